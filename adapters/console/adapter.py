@@ -1,0 +1,137 @@
+"""The console adapter: a chat in a terminal. The reference implementation of the seam.
+
+Commands are typed as in any messenger and run as the current person (`/as <email>` switches).
+Cards print with their fields and, for each button, the text command that presses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sys
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TextIO
+
+from bot.adapter import Adapter
+from bot.events import Actor, Command, Conversation, Message, MessageRef
+
+if TYPE_CHECKING:
+    from bot.core import Core
+
+PLATFORM = "console"
+
+
+def render_message(message: Message, width: int = 78) -> str:
+    lines = [message.text] if message.text else []
+    card = message.card
+    if card is not None:
+        lines.append("┌─ " + card.title)
+        for name, value in card.fields:
+            value_lines = str(value).splitlines() or [""]
+            lines.append(f"│ {name}: {value_lines[0]}")
+            lines += [f"│   {extra}" for extra in value_lines[1:]]
+        if card.progress is not None:
+            filled = int(round(card.progress * 20))
+            lines.append(f"│ [{'█' * filled}{'·' * (20 - filled)}] {card.progress:.0%}")
+        if card.link:
+            lines.append(f"│ {card.link[0]}: {card.link[1]}")
+        for b in card.buttons:
+            twin = f"  → type: {b.text_command}" if b.text_command else ""
+            lines.append(f"│ [ {b.label} ]{twin}")
+        if card.footer:
+            lines.append(f"│ {card.footer}")
+        lines.append("└" + "─" * 20)
+    for path in message.attachments:
+        lines.append(f"(attachment saved: {path})")
+    return "\n".join(lines)
+
+
+class ConsoleAdapter(Adapter):
+    platform = PLATFORM
+
+    def __init__(self, as_email: str, *, out: TextIO | None = None, prompt: bool = True,
+                 read_line: Callable[[], str] | None = None):
+        self.as_email = as_email.lower()
+        self.out = out if out is not None else sys.stdout
+        self.prompt = prompt
+        self._read_line = read_line
+        self._ids = itertools.count(1)
+        self.core: Core | None = None
+        self.transcript: list[tuple[str, str, Message]] = []  # (kind, conversation, message), for tests
+        self._closed = asyncio.Event()
+
+    # -- the seam ------------------------------------------------------------------------------
+    async def start(self, core: Core) -> None:
+        self.core = core
+
+    async def stop(self) -> None:
+        self._closed.set()
+
+    async def send(self, conversation: Conversation, message: Message) -> MessageRef:
+        ref = MessageRef(PLATFORM, conversation.id, str(next(self._ids)))
+        self.transcript.append(("send", conversation.id, message))
+        header = f"[{conversation.id}] " if conversation.id != "you" else ""
+        self._print(f"{header}#{ref.id} " + render_message(message))
+        return ref
+
+    async def update(self, ref: MessageRef, message: Message) -> None:
+        self.transcript.append(("update", ref.conversation_id, message))
+        self._print(f"[{ref.conversation_id}] (message #{ref.id} updated) " + render_message(message))
+
+    async def resolve(self, actor: Actor) -> tuple[str, str | None] | None:
+        return (actor.user_id, None) if "@" in actor.user_id else None
+
+    def conversation_for(self, purpose: str) -> Conversation | None:
+        return Conversation(PLATFORM, purpose, "channel") if purpose in ("approvals", "hr") else None
+
+    # -- typing ----------------------------------------------------------------------------------
+    def actor(self) -> Actor:
+        return Actor(PLATFORM, self.as_email, email=self.as_email)
+
+    async def say(self, text: str) -> Message | None:
+        """Run one line as the current person and print the bot's answer."""
+        assert self.core is not None, "start() the adapter first"
+        stripped = text.strip()
+        if stripped.startswith("/as"):
+            who = stripped[3:].strip()
+            if "@" not in who:
+                self._print("Usage: /as <email>")
+                return None
+            self.as_email = who.lower()
+            roles = ", ".join(sorted(self.core.roles_of(self.as_email))) or "no role"
+            self._print(f"You are now {self.as_email} ({roles}).")
+            return None
+        if stripped in ("/whoami",):
+            roles = ", ".join(sorted(self.core.roles_of(self.as_email))) or "no role"
+            self._print(f"You are {self.as_email} ({roles}).")
+            return None
+        conversation = Conversation(PLATFORM, "you")
+        reply = await self.core.handle_command(
+            Command(self.actor(), stripped, conversation, delivery_id=f"console-{uuid.uuid4()}")
+        )
+        if reply is not None:
+            self.transcript.append(("reply", "you", reply))
+            self._print(render_message(reply))
+        return reply
+
+    async def repl(self) -> None:
+        """Read lines until end of input or /quit."""
+        loop = asyncio.get_running_loop()
+        while not self._closed.is_set():
+            if self.prompt:
+                self.out.write(f"{self.as_email}> ")
+                self.out.flush()
+            reader = self._read_line or sys.stdin.readline
+            line = await loop.run_in_executor(None, reader)
+            if not line:
+                break
+            if line.strip() in ("/quit", "/exit"):
+                break
+            if not line.strip():
+                continue
+            await self.say(line)
+
+    def _print(self, text: str) -> None:
+        self.out.write(text + "\n")
+        self.out.flush()

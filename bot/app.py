@@ -1,0 +1,133 @@
+"""The composition root: the one place that builds engines, the core and its adapters from settings.
+
+Adapters are found through the `postroom.adapters` entry points (see pyproject.toml), so the
+core never imports one: `postroom serve` starts every adapter whose section is configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+from bot.adapter import Adapter
+from bot.config import Settings
+from bot.context import Context
+from bot.core import Core
+from bot.db.engine import ensure_schema, make_engine, make_sessionmaker
+from bot.links import Signer
+from bot.mail.server import EmbeddedSmtpServer, Route
+
+log = logging.getLogger(__name__)
+
+
+async def build_core(settings: Settings, **context_options: Any) -> Core:
+    """Engine, schema check (a new empty database is created), context and core."""
+    engine = make_engine(settings.database.url)
+    try:
+        await ensure_schema(engine)
+    except BaseException:
+        await engine.dispose()
+        raise
+    ctx = Context(settings=settings, engine=engine, sessions=make_sessionmaker(engine),
+                  signer=Signer(settings.web.secret), **context_options)
+    return Core(ctx)
+
+
+async def close_core(core: Core) -> None:
+    await core.shutdown()
+    for adapter in list(core.adapters.values()):
+        try:
+            await asyncio.wait_for(adapter.stop(), 5)
+        except Exception:
+            log.exception("stopping %s failed", adapter.platform)
+    await core.ctx.engine.dispose()
+
+
+def adapter_factories() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group="postroom.adapters")}
+
+
+def load_adapter(name: str, settings: Settings, **options: Any) -> Adapter | None:
+    """The adapter `name` built from settings, or None when its section is not configured."""
+    ep = adapter_factories().get(name)
+    if ep is None:
+        raise LookupError(f"No adapter named {name} is installed.")
+    return ep.load()(settings, **options)
+
+
+def configured_adapters(settings: Settings) -> list[Adapter]:
+    found: list[Adapter] = []
+    for name in sorted(adapter_factories()):
+        if name == "console":
+            continue
+        adapter = load_adapter(name, settings)
+        if adapter is not None:
+            found.append(adapter)
+    return found
+
+
+@dataclass
+class Runtime:
+    """What `postroom serve` and the demo run beside the core."""
+
+    core: Core
+    mail_server: EmbeddedSmtpServer | None = None
+    web_task: asyncio.Task[Any] | None = None
+    web_server: Any = None
+    extra_stops: list[Any] = field(default_factory=list)
+
+    async def start_web(self, host: str, port: int) -> None:
+        import uvicorn
+
+        from bot.web import build_web
+
+        config = uvicorn.Config(build_web(self.core), host=host, port=port, log_level="warning", lifespan="off",
+                                access_log=False)
+        server = uvicorn.Server(config)
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # we own SIGTERM
+        self.web_server = server
+        self.web_task = asyncio.get_running_loop().create_task(server.serve())
+        for _ in range(200):
+            if server.started or self.web_task.done():
+                break
+            await asyncio.sleep(0.02)
+        if self.web_task.done():
+            self.web_task.result()  # re-raise the bind error
+
+    async def start_mail(self, host: str, port: int, routes: list[Route]) -> EmbeddedSmtpServer:
+        self.mail_server = EmbeddedSmtpServer(host, port, routes)
+        await self.mail_server.start()
+        return self.mail_server
+
+    async def resume_campaigns(self) -> list[str]:
+        """Campaigns left `sending` by a stop or a crash carry on where they were."""
+        from sqlalchemy import select
+
+        from bot.commands.campaigns import resume_sending
+        from bot.db.models import Campaign
+
+        async with self.core.ctx.sessions() as session:
+            rows = (await session.execute(select(Campaign.id, Campaign.name).where(Campaign.state == "sending"))).all()
+        for cid, _name in rows:
+            resume_sending(self.core, cid)
+        return [name for _cid, name in rows]
+
+    async def stop(self) -> None:
+        for stop in self.extra_stops:
+            try:
+                await stop()
+            except Exception:
+                log.exception("stopping a service failed")
+        if self.web_server is not None:
+            self.web_server.should_exit = True
+            if self.web_task is not None:
+                try:
+                    await asyncio.wait_for(self.web_task, 5)
+                except (TimeoutError, asyncio.CancelledError):
+                    self.web_task.cancel()
+        if self.mail_server is not None:
+            await self.mail_server.stop()
+        await close_core(self.core)

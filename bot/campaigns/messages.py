@@ -1,0 +1,102 @@
+"""One campaign's messages: the template compiled once, personalised and assembled per recipient."""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from bot.campaigns.audience import Recipient
+from bot.campaigns.templates import CompiledTemplate, Rendered, TemplateSource
+from bot.config import Settings
+from bot.db.models import Campaign
+from bot.links import Signer
+from bot.mail.compose import build_message, new_message_id
+
+RESERVED = {"name", "email", "unsubscribe_url", "org", "campaign", "attributes", "first_name"}
+
+
+@dataclass(frozen=True)
+class Built:
+    message_id: str
+    data: bytes
+    rendered: Rendered
+
+
+class CampaignMessages:
+    def __init__(self, settings: Settings, signer: Signer, campaign: Campaign, source: TemplateSource):
+        self.settings = settings
+        self.signer = signer
+        self.campaign = campaign
+        self.template = CompiledTemplate(source, campaign.subject)
+        self._org = {"name": settings.org.name, "postal_address": settings.org.postal_address}
+        self._campaign = {"name": campaign.name}
+        self._domain = campaign.from_address.rsplit("@", 1)[-1]
+        slug = re.sub(r"[^a-z0-9-]+", "-", campaign.audience_name.lower()).strip("-") or "list"
+        self._list_id = f"{settings.org.name} {campaign.audience_name} <{slug}.campaigns.{self._domain}>"
+        self._feedback_id = f"{campaign.id}:{slug}:postroom"
+
+    def unsubscribe_token(self, email: str) -> str:
+        return self.signer.sign("u", str(self.campaign.id), email)
+
+    def unsubscribe_url(self, email: str) -> str:
+        return f"{self.settings.web.base_url}/u/{self.unsubscribe_token(email)}"
+
+    def context(self, r: Recipient, unsubscribe_url: str) -> dict[str, Any]:
+        ctx: dict[str, Any] = {k: v for k, v in r.attributes.items() if k not in RESERVED and v not in (None, "")}
+        if r.name:
+            ctx["name"] = r.name
+            ctx["first_name"] = r.name.split()[0]
+        ctx["email"] = r.email
+        ctx["attributes"] = dict(r.attributes)
+        ctx["unsubscribe_url"] = unsubscribe_url
+        ctx["org"] = self._org
+        ctx["campaign"] = self._campaign
+        return ctx
+
+    def render(self, r: Recipient) -> Rendered:
+        return self.template.render(self.context(r, self.unsubscribe_url(r.email)))
+
+    def build(self, r: Recipient, *, subject_prefix: str = "") -> Built:
+        token = self.unsubscribe_token(r.email)
+        url = f"{self.settings.web.base_url}/u/{token}"
+        rendered = self.template.render(self.context(r, url))
+        mailto = f"mailto:{self.settings.campaigns.unsubscribe_mailbox}?subject={quote('unsubscribe ' + token)}"
+        message_id = new_message_id(self._domain)
+        data = build_message(
+            from_name=self.campaign.from_name,
+            from_address=self.campaign.from_address,
+            to_name=r.name,
+            to_address=r.email,
+            subject=subject_prefix + rendered.subject,
+            text=rendered.text,
+            html=rendered.html,
+            message_id=message_id,
+            headers=[
+                ("List-Unsubscribe", f"<{url}>, <{mailto}>"),
+                ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+                ("List-Id", self._list_id),
+                ("Feedback-ID", self._feedback_id),
+                ("Precedence", "bulk"),
+                ("X-Postroom-Campaign", str(self.campaign.id)),
+            ],
+        )
+        return Built(message_id, data, rendered)
+
+
+def lint(messages: CampaignMessages, sample: Recipient) -> list[str]:
+    """What stops a campaign from being submitted, as sentences. Empty when it is fine."""
+    problems: list[str] = []
+    url = messages.unsubscribe_url(sample.email)
+    rendered = messages.template.render(messages.context(sample, url))
+    if not rendered.subject.strip():
+        problems.append("The subject is empty: give one with --subject or a <title> in the template.")
+    postal = messages.settings.org.postal_address.strip()
+    for part, body in (("HTML", rendered.html), ("text", rendered.text)):
+        if url not in body and url.replace("&", "&amp;") not in body:
+            problems.append(f"The {part} part has no unsubscribe link: add {{{{ unsubscribe_url }}}} to it.")
+        if postal and postal not in body and html.escape(postal) not in body:
+            problems.append(f"The {part} part does not show the postal address: add {{{{ org.postal_address }}}}.")
+    return problems

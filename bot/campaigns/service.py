@@ -1,0 +1,193 @@
+"""Campaign life: draft → pending_approval → approved → (scheduled) → sending ⇄ paused → completed,
+with rejected, cancelled and failed as ends. Every transition is one conditional UPDATE, so two
+clicks have one effect. An approval is bound to the hash of what will be sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot import audit
+from bot.campaigns.audience import AudienceReport, Recipient, describe_audience
+from bot.campaigns.messages import CampaignMessages, lint
+from bot.campaigns.templates import TemplateProblem, html_title, load_source
+from bot.context import Context
+from bot.db.models import Approval, Campaign, Delivery
+from bot.errors import UserError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+EDITABLE = ("draft", "pending_approval", "approved", "rejected", "scheduled")
+ENDS = ("completed", "rejected", "cancelled", "failed")
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise UserError(
+            f"“{name[:60]}” cannot be a campaign name: use up to 64 letters, digits, dots, dashes or underscores."
+        )
+    return name
+
+
+async def get(session: AsyncSession, name: str) -> Campaign:
+    check_name(name)
+    c = (await session.execute(select(Campaign).where(Campaign.name == name))).scalar_one_or_none()
+    if c is None:
+        raise UserError(f"There is no campaign “{name}”. /campaign list shows them.")
+    return c
+
+
+def content_hash(campaign: Campaign, template_digest: str) -> str:
+    """What an approval is bound to: subject, template, audience definition and sender."""
+    h = hashlib.sha256()
+    for part in (
+        campaign.subject,
+        template_digest,
+        f"{campaign.audience_kind}:{campaign.audience_name}",
+        campaign.from_address,
+        campaign.from_name or "",
+        "tracking" if campaign.tracking else "no-tracking",
+    ):
+        h.update(part.encode())
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def current_hash(ctx: Context, campaign: Campaign) -> str:
+    source = load_source(ctx.settings.campaigns.templates_dir, campaign.template)
+    return content_hash(campaign, source.digest())
+
+
+async def transition(
+    session: AsyncSession, campaign_id: int, from_states: tuple[str, ...], to_state: str, **values: object
+) -> bool:
+    """Compare-and-set: true for the one caller whose UPDATE matched."""
+    result = await session.execute(
+        update(Campaign)
+        .where(Campaign.id == campaign_id, Campaign.state.in_(from_states))
+        .values(state=to_state, **values)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def messages_for(ctx: Context, campaign: Campaign) -> CampaignMessages:
+    source = load_source(ctx.settings.campaigns.templates_dir, campaign.template)
+    return CampaignMessages(ctx.settings, ctx.signer, campaign, source)
+
+
+def default_subject(ctx: Context, template: str) -> str:
+    source = load_source(ctx.settings.campaigns.templates_dir, template)
+    return html_title(source.html) or ""
+
+
+@dataclass
+class Review:
+    """What an approver needs to judge a campaign, and what blocks submission."""
+
+    audience: AudienceReport
+    problems: list[str]
+    sample: Recipient | None
+    messages: CampaignMessages
+
+
+async def review(ctx: Context, session: AsyncSession, campaign: Campaign) -> Review:
+    messages = messages_for(ctx, campaign)
+    report = await describe_audience(session, ctx.settings, campaign)
+    problems: list[str] = []
+    sample: Recipient | None = None
+    assert report.key_sets is not None
+    for _keys, (count, recipient) in report.key_sets.items():
+        sample = sample or recipient
+        try:
+            messages.render(recipient)
+        except TemplateProblem as exc:
+            who = "recipient" if count == 1 else "recipients"
+            problems.append(f"{count} {who} (e.g. {recipient.email}) can't be rendered: {exc.sentence}")
+    if report.total == 0:
+        problems.append("The audience is empty after consent and suppression: nobody would receive it.")
+    if sample is not None:
+        try:
+            problems.extend(lint(messages, sample))
+        except TemplateProblem:
+            pass  # reported above
+    else:
+        try:
+            problems.extend(lint(messages, Recipient("sample@example.com", "Sample", {})))
+        except TemplateProblem as exc:
+            problems.append(exc.sentence)
+    return Review(report, problems, sample, messages)
+
+
+async def record_decision(
+    ctx: Context, session: AsyncSession, campaign: Campaign, *, approver: str, decision: str, reason: str | None,
+    digest: str,
+) -> bool:
+    """Insert an approval/rejection once; False when this approver already decided on this content."""
+    existing = (
+        await session.execute(
+            select(Approval.id).where(
+                Approval.campaign_id == campaign.id, Approval.approver == approver, Approval.content_hash == digest
+            )
+        )
+    ).scalar_one_or_none()
+    if existing is not None:
+        return False
+    ttl = timedelta(hours=ctx.settings.campaigns.approval_ttl_hours)
+    session.add(
+        Approval(
+            campaign_id=campaign.id,
+            approver=approver,
+            decision=decision,
+            content_hash=digest,
+            reason=reason,
+            expires_at=ctx.now() + ttl if decision == "approved" else None,
+        )
+    )
+    await session.flush()
+    return True
+
+
+async def valid_approval(session: AsyncSession, campaign: Campaign, digest: str, now: datetime) -> Approval | None:
+    """The committed, unexpired approval matching what will be sent — or None (invariant 1)."""
+    return (
+        await session.execute(
+            select(Approval)
+            .where(
+                Approval.campaign_id == campaign.id,
+                Approval.decision == "approved",
+                Approval.content_hash == digest,
+                Approval.expires_at > now,
+            )
+            .order_by(Approval.id.desc())
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+
+
+async def counts(session: AsyncSession, campaign_id: int) -> dict[str, int]:
+    rows = (
+        await session.execute(
+            select(Delivery.status, func.count()).where(Delivery.campaign_id == campaign_id).group_by(Delivery.status)
+        )
+    ).all()
+    return {status: n for status, n in rows}
+
+
+def audit_campaign(session: AsyncSession, campaign: Campaign, *, actor: str, via: str, action: str,
+                   before: str | None = None, after: str | None = None, detail: str | None = None) -> None:
+    audit.record(
+        session,
+        actor=actor,
+        via=via,
+        action=action,
+        subject=f"campaign:{campaign.name}",
+        before={"state": before} if before else None,
+        after={"state": after} if after else None,
+        detail=detail,
+    )

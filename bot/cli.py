@@ -1,0 +1,217 @@
+"""The `postroom` command: demo, chat, serve, db, contacts."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from bot.config import ConfigError, Settings, load_settings
+from bot.db.engine import SchemaError
+from bot.errors import UserError
+
+
+def _settings(config: str | None) -> Settings:
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _run(coro) -> None:  # type: ignore[no-untyped-def]
+    try:
+        asyncio.run(coro)
+    except (ConfigError, SchemaError, UserError) as exc:
+        raise click.ClickException(getattr(exc, "sentence", None) or str(exc)) from None
+    except KeyboardInterrupt:
+        pass
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config", envvar="POSTROOM_CONFIG", type=click.Path(dir_okay=False),
+              help="TOML configuration file (default ./postroom.toml).")
+@click.option("-v", "--verbose", is_flag=True, help="Log more.")
+@click.pass_context
+def main(ctx: click.Context, config: str | None, verbose: bool) -> None:
+    """Postroom: email groups (internal) and approved campaigns (external), run from chat."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx.obj = {"config": config}
+
+
+# -- demo ---------------------------------------------------------------------------------------
+@main.command()
+@click.option("--dir", "folder", default=".postroom-demo", show_default=True, help="Where the demo keeps its data.")
+@click.option("--fresh", is_flag=True, help="Start clean even if a demo folder exists.")
+@click.option("--as", "as_email", default=None, help="Start as this person (default: the HR person).")
+def demo(folder: str, fresh: bool, as_email: str | None) -> None:
+    """Run Postroom on embedded defaults with a seeded organisation, in a console chat."""
+    _run(_demo(folder, fresh, as_email))
+
+
+async def _demo(folder: str, fresh: bool, as_email: str | None) -> None:
+    from bot import demo as d
+    from bot.app import Runtime, build_core, load_adapter
+    from bot.mail.server import Mailbox
+
+    plan = d.prepare(folder, fresh=fresh)
+    s = plan.settings
+    core = await build_core(s)
+    runtime = Runtime(core)
+    try:
+        await d.seed(core, plan.folder)
+        mailbox = Mailbox(s.relay.mailbox_dir or plan.folder / "mailbox")
+        await runtime.start_mail(s.relay.host, s.relay.port, d.demo_routes(core, mailbox))
+        await runtime.start_web(s.web.host, s.web.port)
+        console = load_adapter("console", s, as_email=as_email or d.HR)
+        assert console is not None
+        core.attach(console)
+        await console.start(core)
+        resumed = await runtime.resume_campaigns()
+        state = "a fresh start" if plan.fresh else "resuming the previous demo (postroom demo --fresh starts clean)"
+        click.echo(f"Postroom demo — {s.org.name}, {state}.")
+        click.echo(f"Data: {plan.folder}   Web: {s.web.base_url}   SMTP (embedded): 127.0.0.1:{s.relay.port}   "
+                   f"Mailbox: {mailbox.dir}")
+        if resumed:
+            click.echo(f"Resuming campaigns that were sending: {', '.join(resumed)}")
+        click.echo(d.guide())
+        await console.repl()  # type: ignore[attr-defined]
+        if core._tasks:
+            click.echo("Waiting for background sends to finish…")
+            await core.drain()
+    finally:
+        await runtime.stop()
+
+
+# -- chat ---------------------------------------------------------------------------------------
+@main.command()
+@click.option("--as", "as_email", required=True, help="Run the command as this person (an email address).")
+@click.argument("text", nargs=-1, required=True)
+@click.pass_context
+def chat(ctx: click.Context, as_email: str, text: tuple[str, ...]) -> None:
+    """Run one chat command through the console adapter and print the bot's reply.
+
+    Background work the command starts (a campaign send) finishes before it exits.
+    """
+    settings = _settings(ctx.obj["config"])
+    _run(_chat(settings, as_email, " ".join(text)))
+
+
+async def _chat(settings: Settings, as_email: str, text: str) -> None:
+    from bot.app import build_core, close_core, load_adapter
+
+    core = await build_core(settings)
+    try:
+        console = load_adapter("console", settings, as_email=as_email, prompt=False)
+        assert console is not None
+        core.attach(console)
+        await console.start(core)
+        await console.say(text)  # type: ignore[attr-defined]
+        await core.drain()
+    finally:
+        await close_core(core)
+
+
+# -- serve --------------------------------------------------------------------------------------
+@main.command()
+@click.pass_context
+def serve(ctx: click.Context) -> None:
+    """Run the configured adapters, the web app, the mail server and the scheduler until stopped."""
+    settings = _settings(ctx.obj["config"])
+    _run(_serve(settings))
+
+
+async def _serve(settings: Settings) -> None:
+    from bot.app import Runtime, build_core, configured_adapters
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    core = await build_core(settings)
+    runtime = Runtime(core)
+    try:
+        adapters = configured_adapters(settings)
+        for adapter in adapters:
+            core.attach(adapter)
+        from bot.services import start_services
+
+        await start_services(runtime)
+        await runtime.start_web(settings.web.host, settings.web.port)
+        for adapter in adapters:
+            await adapter.start(core)
+        resumed = await runtime.resume_campaigns()
+        names = ", ".join(a.platform for a in adapters) or "no messenger (configure one; see README)"
+        click.echo(f"Postroom serving: adapters: {names}; web {settings.web.base_url}"
+                   + (f"; resumed {', '.join(resumed)}" if resumed else ""), err=True)
+        await stop.wait()
+        click.echo("Stopping…", err=True)
+    finally:
+        await runtime.stop()
+
+
+# -- db -----------------------------------------------------------------------------------------
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.pass_context
+def db_upgrade(ctx: click.Context) -> None:
+    """Apply every pending migration."""
+    settings = _settings(ctx.parent.obj["config"] if ctx.parent and ctx.parent.obj else None)
+
+    async def go() -> None:
+        from bot.db.engine import make_engine, upgrade
+
+        engine = make_engine(settings.database.url)
+        try:
+            before, after = await upgrade(engine)
+        finally:
+            await engine.dispose()
+        if before == after:
+            click.echo(f"The schema is up to date ({after}).")
+        else:
+            click.echo(f"Upgraded the schema from {before or 'empty'} to {after}.")
+
+    _run(go())
+
+
+# -- contacts -----------------------------------------------------------------------------------
+@main.group()
+def contacts() -> None:
+    """External contacts and their consent."""
+
+
+@contacts.command("import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--list", "list_name", required=True, help="The contact list to add them to (created if new).")
+@click.pass_context
+def contacts_import(ctx: click.Context, file: str, list_name: str) -> None:
+    """Import contacts from a CSV: email, name, consent_at, consent_source, and attribute columns."""
+    root = ctx.find_root()
+    settings = _settings(root.obj["config"])
+
+    async def go() -> None:
+        from bot.app import build_core, close_core
+        from bot.contacts.importer import import_contacts
+
+        core = await build_core(settings)
+        try:
+            report = await import_contacts(core.ctx, Path(file), list_name, actor="cli")
+        finally:
+            await close_core(core)
+        click.echo(report.summary())
+        if report.bad and not (report.added or report.updated):
+            sys.exit(1)
+
+    _run(go())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,489 @@
+"""/campaign …, /approve, /reject — and the approval card's buttons, which share their code."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select, update
+
+from bot.addresses import normalise
+from bot.campaigns import service
+from bot.campaigns.audience import Recipient, resolve_audience
+from bot.campaigns.engine import DeliveryEngine
+from bot.campaigns.templates import TemplateProblem, load_source
+from bot.commands.parser import Arg, Flag, Parsed, Spec
+from bot.db.models import Approval, Campaign, Delivery
+from bot.errors import PermissionDenied, UserError
+from bot.events import Action, Button, Card, Message
+
+if TYPE_CHECKING:
+    from bot.core import Core, Request
+
+NAME = Arg("name")
+TO = Flag("to", help="a contact list or a group")
+TEMPLATE = Flag("template", help="a template in campaigns.templates_dir (name.html, optional name.txt)")
+SUBJECT = Flag("subject", help="the subject line; a template too, e.g. \"Hello {{ first_name }}\"")
+
+NEW = Spec(("campaign", "new"), (NAME,), (TO, TEMPLATE, SUBJECT), "Start a draft campaign (senders).", ("senders",))
+EDIT = Spec(("campaign", "edit"), (NAME,), (TO, TEMPLATE, SUBJECT),
+            "Change a campaign; an edit voids any approval.", ("senders",))
+PREVIEW = Spec(("campaign", "preview"), (NAME, Arg("recipient", required=False)), (),
+               "Render a campaign for one recipient and check the whole audience.", ("senders", "approvers"))
+TEST = Spec(("campaign", "test"), (NAME, Arg("email")), (), "Send one test message to an internal address.",
+            ("senders",))
+SUBMIT = Spec(("campaign", "submit"), (NAME,), (), "Ask the approvers to approve a campaign.", ("senders",))
+STATUS = Spec(("campaign", "status"), (NAME,), (), "Where a campaign stands.", ("senders", "approvers"))
+PAUSE = Spec(("campaign", "pause"), (NAME,), (), "Pause a sending campaign.", ("senders", "approvers"))
+RESUME = Spec(("campaign", "resume"), (NAME,), (), "Resume a paused campaign.", ("senders", "approvers"))
+CANCEL = Spec(("campaign", "cancel"), (NAME,), (), "Cancel a campaign for good.", ("senders", "approvers"))
+LIST = Spec(("campaign", "list"), (), (), "All campaigns and their states.", ("senders", "approvers"))
+APPROVE = Spec(("approve",), (Arg("campaign"),), (), "Approve a campaign (approvers; not your own).", ("approvers",))
+REJECT = Spec(("reject",), (Arg("campaign"), Arg("reason", rest=True)), (),
+              "Reject a campaign, saying why (approvers).", ("approvers",))
+
+
+def register(core: Core) -> None:
+    for spec, fn in (
+        (NEW, new), (EDIT, edit), (PREVIEW, preview), (TEST, test), (SUBMIT, submit), (STATUS, status),
+        (PAUSE, pause), (RESUME, resume), (CANCEL, cancel), (LIST, list_campaigns), (APPROVE, approve),
+        (REJECT, reject),
+    ):
+        core.command(spec)(fn)
+    core.action("campaign.approve")(approve_click)
+    core.action("campaign.reject")(reject_click)
+
+
+def _with_usage(exc: UserError, spec: Spec) -> UserError:
+    return UserError(exc.sentence, exc.usage or spec.usage)
+
+
+async def new(core: Core, req: Request, p: Parsed) -> Message:
+    name = p.arg("name")
+    if not p.flag("to") or not p.flag("template"):
+        missing = " and ".join(f"--{f}" for f in ("to", "template") if not p.flag(f))
+        raise UserError(f"/campaign new needs {missing}.", NEW.usage)
+    ctx = core.ctx
+    try:
+        service.check_name(name)
+        load_source(ctx.settings.campaigns.templates_dir, p.flag("template") or "")
+        subject = p.flag("subject") or service.default_subject(ctx, p.flag("template") or "")
+        async with ctx.sessions() as session, session.begin():
+            if (await session.execute(select(Campaign.id).where(Campaign.name == name))).scalar_one_or_none():
+                raise UserError(f"A campaign named “{name}” already exists; pick another name or /campaign edit it.")
+            kind, audience = await resolve_audience(session, ctx.settings, p.flag("to") or "")
+            campaign = Campaign(
+                name=name, template=p.flag("template"), subject=subject, audience_kind=kind, audience_name=audience,
+                from_address=ctx.settings.campaigns.from_address, from_name=ctx.settings.campaigns.from_name,
+                created_by=req.email,
+            )
+            session.add(campaign)
+            await session.flush()
+            service.audit_campaign(session, campaign, actor=req.email, via=req.via, action="campaign.create",
+                                   after="draft")
+    except UserError as exc:
+        raise _with_usage(exc, NEW) from None
+    subject_note = f" with subject “{subject}”" if subject else " (no subject yet: add --subject before submitting)"
+    return Message(f"Draft campaign “{name}” to {kind} {audience}{subject_note}. Next: /campaign preview {name}, "
+                   f"then /campaign submit {name}.")
+
+
+async def _load(core: Core, name: str, spec: Spec) -> Campaign:
+    async with core.ctx.sessions() as session:
+        try:
+            return await service.get(session, name)
+        except UserError as exc:
+            raise _with_usage(exc, spec) from None
+
+
+def _owner_or_admin(req: Request, campaign: Campaign, what: str) -> None:
+    if campaign.created_by != req.email and not req.has("admins"):
+        raise PermissionDenied(f"Only {campaign.created_by} (who created “{campaign.name}”) or an admin can {what} it.")
+
+
+async def edit(core: Core, req: Request, p: Parsed) -> Message:
+    ctx = core.ctx
+    if not (p.flag("to") or p.flag("template") or p.flag("subject")):
+        raise UserError("/campaign edit needs at least one of --to, --template, --subject.", EDIT.usage)
+    try:
+        async with ctx.sessions() as session, session.begin():
+            campaign = await service.get(session, p.arg("name"))
+            _owner_or_admin(req, campaign, "edit")
+            if campaign.state not in service.EDITABLE:
+                raise UserError(f"“{campaign.name}” is {campaign.state}; it can no longer be edited.")
+            values: dict[str, object] = {}
+            if p.flag("template"):
+                load_source(ctx.settings.campaigns.templates_dir, p.flag("template") or "")
+                values["template"] = p.flag("template")
+            if p.flag("subject"):
+                values["subject"] = p.flag("subject")
+            if p.flag("to"):
+                kind, audience = await resolve_audience(session, ctx.settings, p.flag("to") or "")
+                values.update(audience_kind=kind, audience_name=audience)
+            before = campaign.state
+            # Any edit voids an approval: back to draft, the submitted hash forgotten.
+            result = await session.execute(
+                update(Campaign).where(Campaign.id == campaign.id, Campaign.state == before)
+                .values(state="draft", content_hash=None, **values).execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:
+                raise UserError(f"“{campaign.name}” changed state while you edited it; try again.")
+            service.audit_campaign(session, campaign, actor=req.email, via=req.via, action="campaign.edit",
+                                   before=before, after="draft", detail=", ".join(sorted(values)))
+    except UserError as exc:
+        raise _with_usage(exc, EDIT) from None
+    voided = " The earlier approval request is void; submit it again." if before != "draft" else ""
+    return Message(f"Updated “{campaign.name}” ({', '.join(sorted(values))}).{voided}")
+
+
+def _audience_line(review: service.Review, campaign: Campaign) -> str:
+    a = review.audience
+    text = f"{campaign.audience_kind} {campaign.audience_name}: {a.total} recipient{'s' if a.total != 1 else ''}"
+    extra = []
+    if a.without_consent:
+        extra.append(f"{a.without_consent} without consent, not mailed")
+    if a.suppressed:
+        extra.append(f"{a.suppressed} suppressed")
+    return text + (f" ({'; '.join(extra)})" if extra else "")
+
+
+async def preview(core: Core, req: Request, p: Parsed) -> Message:
+    ctx = core.ctx
+    try:
+        async with ctx.sessions() as session:
+            campaign = await service.get(session, p.arg("name"))
+            review = await service.review(ctx, session, campaign)
+            recipient = review.sample
+            if p.opt("recipient"):
+                email = normalise(p.opt("recipient") or "")
+                recipient = await _find_recipient(core, session, campaign, email)
+    except UserError as exc:
+        raise _with_usage(exc, PREVIEW) from None
+    lines = [f"Campaign “{campaign.name}” ({campaign.state}) — {_audience_line(review, campaign)}"]
+    if recipient is not None:
+        try:
+            rendered = review.messages.render(recipient)
+            lines.append(f"For {recipient.email}:\nSubject: {rendered.subject}\n")
+            body = rendered.text if len(rendered.text) < 1500 else rendered.text[:1500] + "\n…"
+            lines.append(body.rstrip())
+        except TemplateProblem as exc:
+            lines.append(f"For {recipient.email}: {exc.sentence}")
+    lines.append("")
+    lines.append("Checks: " + ("all passed." if not review.problems else ""))
+    lines += [f"  ✗ {problem}" for problem in review.problems]
+    lines.append(f"HTML preview: {preview_url(core, campaign)}")
+    return Message("\n".join(lines), ephemeral=True)
+
+
+async def _find_recipient(core: Core, session, campaign: Campaign, email: str) -> Recipient:  # type: ignore[no-untyped-def]
+    from bot.campaigns.audience import stream_candidates
+
+    async for chunk in stream_candidates(session, core.ctx.settings, campaign):
+        for r in chunk:
+            if r.email == email:
+                return r
+    raise UserError(f"{email} is not in the audience of “{campaign.name}” (or has not given consent).")
+
+
+def preview_url(core: Core, campaign: Campaign) -> str:
+    token = core.ctx.signer.sign_expiring("p", str(campaign.id), ttl_s=int(core.ctx.settings.campaigns.approval_ttl_hours * 3600))
+    return f"{core.ctx.settings.web.base_url}/preview/{token}"
+
+
+async def test(core: Core, req: Request, p: Parsed) -> Message:
+    ctx = core.ctx
+    try:
+        email = normalise(p.arg("email"))
+        if not ctx.settings.is_internal(email) and email != req.email:
+            raise UserError(
+                f"Tests go to internal addresses only; {email} is outside {', '.join(ctx.settings.org.domains)}. "
+                "External people get a campaign only after approval."
+            )
+        async with ctx.sessions() as session:
+            campaign = await service.get(session, p.arg("name"))
+            review = await service.review(ctx, session, campaign)
+    except UserError as exc:
+        raise _with_usage(exc, TEST) from None
+    sample = review.sample or Recipient(email, None, {})
+    recipient = Recipient(email, sample.name, sample.attributes)
+    try:
+        built = review.messages.build(recipient, subject_prefix="[TEST] ")
+    except TemplateProblem as exc:
+        raise UserError(exc.sentence) from None
+    transport = ctx.new_transport(connections=1)
+    try:
+        outcome = await transport.send(campaign.from_address, email, built.data)
+    finally:
+        await transport.close()
+    if not outcome.ok:
+        raise UserError(f"The mail server did not take the test message: {outcome.detail}.")
+    async with ctx.sessions() as session, session.begin():
+        service.audit_campaign(session, campaign, actor=req.email, via=req.via, action="campaign.test",
+                               detail=f"test to {email}")
+    return Message(f"Sent a test of “{campaign.name}” to {email} (subject: [TEST] {built.rendered.subject}).")
+
+
+def approval_card(core: Core, campaign: Campaign, review: service.Review | None, *, outcome: str | None = None,
+                  counts: dict[str, int] | None = None) -> Card:
+    fields: list[tuple[str, str]] = [("Requested by", campaign.submitted_by or campaign.created_by)]
+    if review is not None:
+        fields.append(("Audience", _audience_line(review, campaign)))
+        if review.sample is not None:
+            try:
+                rendered = review.messages.render(review.sample)
+                fields.append(("Subject", rendered.subject))
+                snippet = " ".join(rendered.text.split())[:280]
+                fields.append((f"Sample ({review.sample.email})", snippet))
+            except TemplateProblem:
+                fields.append(("Subject", campaign.subject))
+        fields.append(("Checks", "passed" if not review.problems else "; ".join(review.problems)))
+    else:
+        fields.append(("Audience", f"{campaign.audience_kind} {campaign.audience_name}"))
+        fields.append(("Subject", campaign.subject))
+    fields.append(("Sender", f"{campaign.from_name} <{campaign.from_address}>" if campaign.from_name else campaign.from_address))
+    fields.append(("Template", campaign.template))
+    progress = None
+    if counts is not None:
+        total = sum(counts.values())
+        done = total - counts.get("pending", 0) - counts.get("sending", 0)
+        progress = done / total if total else 1.0
+        fields.append(("Progress", f"{done}/{total} — " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))))
+    if outcome is not None:
+        fields.append(("Outcome", outcome))
+        return Card(title=f"Campaign “{campaign.name}”", fields=tuple(fields), progress=progress,
+                    link=("Preview", preview_url(core, campaign)))
+    buttons = (
+        Button("campaign.approve", "Approve", str(campaign.id), style="primary",
+               text_command=f"/approve {campaign.name}"),
+        Button("campaign.reject", "Reject", str(campaign.id), style="danger",
+               confirm=f"Reject “{campaign.name}”? The sender will be told.",
+               text_command=f"/reject {campaign.name} <reason>"),
+    )
+    return Card(title=f"Approval needed: campaign “{campaign.name}”", fields=tuple(fields), buttons=buttons,
+                link=("Preview", preview_url(core, campaign)))
+
+
+async def submit(core: Core, req: Request, p: Parsed) -> Message:
+    ctx = core.ctx
+    try:
+        async with ctx.sessions() as session, session.begin():
+            campaign = await service.get(session, p.arg("name"))
+            _owner_or_admin(req, campaign, "submit")
+            if campaign.state not in ("draft", "rejected"):
+                raise UserError(f"“{campaign.name}” is {campaign.state.replace('_', ' ')}; only a draft can be submitted.")
+            review = await service.review(ctx, session, campaign)
+            if review.problems:
+                raise UserError(f"“{campaign.name}” can't be submitted yet: " + " ".join(review.problems))
+            digest = service.current_hash(ctx, campaign)
+            won = await service.transition(session, campaign.id, ("draft", "rejected"), "pending_approval",
+                                           content_hash=digest, submitted_by=req.email)
+            if not won:
+                raise UserError(f"“{campaign.name}” was submitted by someone else just now.")
+            campaign.state, campaign.content_hash, campaign.submitted_by = "pending_approval", digest, req.email
+            service.audit_campaign(session, campaign, actor=req.email, via=req.via, action="campaign.submit",
+                                   before="draft", after="pending_approval", detail=f"hash {digest[:12]}")
+    except UserError as exc:
+        raise _with_usage(exc, SUBMIT) from None
+    card = approval_card(core, campaign, review)
+    refs = await core.post("approvals", Message(f"{req.email} asks to send campaign “{campaign.name}”.", card),
+                           subject=f"campaign:{campaign.id}")
+    where = "to the approvers" if refs else "(no approvals channel is configured: approvers can type /approve)"
+    approvers = ", ".join(a for a in ctx.settings.roles.approvers if a != req.email) or "nobody yet"
+    return Message(f"Submitted “{campaign.name}” for approval {where}. Approvers: {approvers}. "
+                   f"It goes to {review.audience.total} recipients once approved.")
+
+
+async def _decide(core: Core, req: Request, campaign_ref: str, decision: str, reason: str | None, spec: Spec) -> Message:
+    ctx = core.ctx
+    if not req.has("approvers"):
+        raise PermissionDenied("Only approvers can approve or reject campaigns.")
+    async with ctx.sessions() as session, session.begin():
+        try:
+            if campaign_ref.isdigit():
+                campaign = await session.get(Campaign, int(campaign_ref))
+                if campaign is None:
+                    raise UserError("That campaign no longer exists.")
+            else:
+                campaign = await service.get(session, campaign_ref)
+        except UserError as exc:
+            raise _with_usage(exc, spec) from None
+        if req.email in (campaign.created_by, campaign.submitted_by):
+            raise PermissionDenied(f"You asked for “{campaign.name}”, so you can't approve or reject it yourself; "
+                                   "another approver must.")
+        if campaign.state != "pending_approval":
+            decided = (await session.execute(
+                select(Approval.approver, Approval.decision).where(Approval.campaign_id == campaign.id)
+                .order_by(Approval.id.desc()).limit(1))).first()
+            by = f" ({decided.decision} by {decided.approver})" if decided else ""
+            raise UserError(f"“{campaign.name}” is {campaign.state.replace('_', ' ')}{by}; there is nothing to {decision} any more.")
+        try:
+            digest = service.current_hash(ctx, campaign)
+        except UserError as exc:
+            raise UserError(f"“{campaign.name}” can't be checked: {exc.sentence}") from None
+        if digest != campaign.content_hash:
+            raise UserError(f"“{campaign.name}” changed after it was submitted (its template, subject, audience or "
+                            "sender); it must be submitted again.")
+        await service.record_decision(ctx, session, campaign, approver=req.email,
+                                      decision="approved" if decision == "approve" else "rejected",
+                                      reason=reason, digest=digest)
+        if decision == "approve":
+            won = await service.transition(session, campaign.id, ("pending_approval",), "approved")
+            new_state = "approved"
+        else:
+            won = await service.transition(session, campaign.id, ("pending_approval",), "rejected",
+                                           status_note=f"Rejected by {req.email}: {reason}")
+            new_state = "rejected"
+        if not won:
+            raise UserError(f"“{campaign.name}” was decided by someone else just now.")
+        service.audit_campaign(session, campaign, actor=req.email, via=req.via, action=f"campaign.{decision}",
+                               before="pending_approval", after=new_state, detail=reason)
+    if decision == "reject":
+        card = approval_card(core, campaign, None, outcome=f"Rejected by {req.email}: {reason}")
+        await core.update_subject(f"campaign:{campaign.id}", Message(f"“{campaign.name}” was rejected.", card))
+        return Message(f"Rejected “{campaign.name}”. {campaign.submitted_by or campaign.created_by} can edit and "
+                       "submit it again.")
+    start_sending(core, campaign.id, req.email)
+    card = approval_card(core, campaign, None, outcome=f"Approved by {req.email}; sending…")
+    await core.update_subject(f"campaign:{campaign.id}", Message(f"“{campaign.name}” was approved.", card))
+    return Message(f"Approved “{campaign.name}”; sending has started. /campaign status {campaign.name} shows progress.")
+
+
+def start_sending(core: Core, campaign_id: int, actor: str) -> None:
+    core.spawn(_send(core, campaign_id, actor, start=True), name=f"campaign-{campaign_id}")
+
+
+def resume_sending(core: Core, campaign_id: int) -> None:
+    core.spawn(_send(core, campaign_id, "system", start=False), name=f"campaign-{campaign_id}")
+
+
+async def _send(core: Core, campaign_id: int, actor: str, *, start: bool) -> None:
+    last_update = [0.0]
+
+    async def on_event(cid: int, what: str) -> None:
+        now = time.monotonic()
+        if what == "progress" and now - last_update[0] < 3.0:
+            return  # messengers rate-limit message updates; every few seconds is plenty
+        last_update[0] = now
+        await refresh_card(core, cid, what)
+
+    engine = DeliveryEngine(core.ctx, on_event=on_event, worker_id=core.worker_id)
+    if start:
+        state = await engine.start(campaign_id, actor)
+        if state != "sending":
+            await refresh_card(core, campaign_id, state)
+            return
+    await engine.run(campaign_id)
+
+
+async def refresh_card(core: Core, campaign_id: int, what: str) -> None:
+    async with core.ctx.sessions() as session:
+        campaign = await session.get(Campaign, campaign_id)
+        if campaign is None:
+            return
+        counts = await service.counts(session, campaign_id)
+        approver = (await session.execute(
+            select(Approval.approver).where(Approval.campaign_id == campaign_id, Approval.decision == "approved")
+            .order_by(Approval.id.desc()).limit(1))).scalar_one_or_none()
+    state = campaign.state
+    outcome = {
+        "sending": f"Approved by {approver}; sending…",
+        "completed": f"Approved by {approver}; sent — {counts.get('sent', 0)} delivered to the mail server",
+        "paused": f"Paused. {campaign.status_note or ''}".strip(),
+        "failed": f"Failed. {campaign.status_note or ''}".strip(),
+        "cancelled": "Cancelled.",
+    }.get(state, state)
+    card = approval_card(core, campaign, None, outcome=outcome, counts=counts)
+    await core.update_subject(f"campaign:{campaign_id}", Message(f"“{campaign.name}”: {state}.", card))
+
+
+async def approve(core: Core, req: Request, p: Parsed) -> Message:
+    return await _decide(core, req, p.arg("campaign"), "approve", None, APPROVE)
+
+
+async def reject(core: Core, req: Request, p: Parsed) -> Message:
+    reason = (p.opt("reason") or "").strip()
+    if len(reason) > 1000:
+        raise UserError("Keep the reason under 1,000 characters.", REJECT.usage)
+    return await _decide(core, req, p.arg("campaign"), "reject", reason, REJECT)
+
+
+async def approve_click(core: Core, req: Request, action: Action) -> Message | None:
+    value = action.value.split(":", 1)[0]
+    if not value.isdigit():
+        raise UserError("That button's value is not a campaign.")
+    return await _decide(core, req, value, "approve", None, APPROVE)
+
+
+async def reject_click(core: Core, req: Request, action: Action) -> Message | None:
+    value, _, reason = action.value.partition(":")
+    if not value.isdigit():
+        raise UserError("That button's value is not a campaign.")
+    return await _decide(core, req, value, "reject", reason.strip() or "no reason given", REJECT)
+
+
+async def status(core: Core, req: Request, p: Parsed) -> Message:
+    campaign = await _load(core, p.arg("name"), STATUS)
+    async with core.ctx.sessions() as session:
+        counts = await service.counts(session, campaign.id)
+        decisions = (await session.execute(
+            select(Approval.approver, Approval.decision, Approval.created_at, Approval.reason)
+            .where(Approval.campaign_id == campaign.id).order_by(Approval.id))).all()
+    lines = [f"“{campaign.name}” is {campaign.state.replace('_', ' ')}.",
+             f"  to {campaign.audience_kind} {campaign.audience_name}, template {campaign.template}, "
+             f"subject “{campaign.subject}”, created by {campaign.created_by}"]
+    for d in decisions:
+        why = f": {d.reason}" if d.reason else ""
+        lines.append(f"  {d.decision} by {d.approver} at {d.created_at:%Y-%m-%d %H:%M} UTC{why}")
+    if counts:
+        total = sum(counts.values())
+        lines.append(f"  {total} recipients: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    if campaign.status_note:
+        lines.append(f"  {campaign.status_note}")
+    return Message("\n".join(lines))
+
+
+async def list_campaigns(core: Core, req: Request, p: Parsed) -> Message:
+    async with core.ctx.sessions() as session:
+        rows = (await session.execute(select(Campaign).order_by(Campaign.created_at.desc()).limit(50))).scalars().all()
+    if not rows:
+        return Message("There are no campaigns yet. /campaign new starts one.")
+    lines = [f"{len(rows)} campaign{'s' if len(rows) != 1 else ''}:"]
+    lines += [f"  {c.name} — {c.state.replace('_', ' ')}, to {c.audience_name}, by {c.created_by}" for c in rows]
+    return Message("\n".join(lines))
+
+
+async def _set_state(core: Core, req: Request, p: Parsed, spec: Spec, from_states: tuple[str, ...], to: str,
+                     verb: str) -> Campaign:
+    campaign = await _load(core, p.arg("name"), spec)
+    if campaign.created_by != req.email and not req.has("approvers"):
+        raise PermissionDenied(f"Only {campaign.created_by}, approvers and admins can {verb} “{campaign.name}”.")
+    async with core.ctx.sessions() as session, session.begin():
+        won = await service.transition(session, campaign.id, from_states, to, status_note=f"{to.capitalize()} by {req.email}.")
+        if not won:
+            current = (await session.execute(select(Campaign.state).where(Campaign.id == campaign.id))).scalar_one()
+            raise UserError(f"“{campaign.name}” is {current.replace('_', ' ')}; it can't be {to}.", spec.usage)
+        if to == "cancelled":
+            await session.execute(update(Delivery).where(Delivery.campaign_id == campaign.id,
+                                                         Delivery.status == "pending").values(status="cancelled"))
+        service.audit_campaign(session, campaign, actor=req.email, via=req.via, action=f"campaign.{verb}",
+                               before=campaign.state, after=to)
+    return campaign
+
+
+async def pause(core: Core, req: Request, p: Parsed) -> Message:
+    c = await _set_state(core, req, p, PAUSE, ("sending",), "paused", "pause")
+    await refresh_card(core, c.id, "paused")
+    return Message(f"Paused “{c.name}”. /campaign resume {c.name} continues where it stopped.")
+
+
+async def resume(core: Core, req: Request, p: Parsed) -> Message:
+    c = await _set_state(core, req, p, RESUME, ("paused",), "sending", "resume")
+    resume_sending(core, c.id)
+    return Message(f"Resumed “{c.name}”.")
+
+
+async def cancel(core: Core, req: Request, p: Parsed) -> Message:
+    c = await _set_state(core, req, p, CANCEL, ("draft", "pending_approval", "approved", "scheduled", "sending", "paused"),
+                         "cancelled", "cancel")
+    await refresh_card(core, c.id, "cancelled")
+    return Message(f"Cancelled “{c.name}”; no more messages will be sent.")

@@ -1,0 +1,156 @@
+"""Commands are parsed, not split: quoted values, `--flag value`, `--flag=value`, boolean flags.
+
+Each command declares a `Spec`; `parse` turns the text into named arguments or raises a
+UserError whose sentence says what is wrong and whose usage is the command's usage line.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+
+from bot.errors import UserError
+
+MAX_COMMAND_LENGTH = 4000
+
+
+@dataclass(frozen=True)
+class Arg:
+    name: str
+    required: bool = True
+    many: bool = False  # takes every remaining positional (at least one when required)
+    rest: bool = False  # takes the rest of the text as one value (a reason, a display name)
+
+
+@dataclass(frozen=True)
+class Flag:
+    name: str  # without the dashes
+    takes_value: bool = True
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class Spec:
+    path: tuple[str, ...]  # ("addgroup",) or ("campaign", "new")
+    args: tuple[Arg, ...] = ()
+    flags: tuple[Flag, ...] = ()
+    summary: str = ""
+    roles: tuple[str, ...] = ()  # who may run it; () means anyone
+    usage_override: str | None = None
+
+    @property
+    def name(self) -> str:
+        return " ".join(self.path)
+
+    @property
+    def usage(self) -> str:
+        if self.usage_override:
+            return self.usage_override
+        parts = ["/" + self.name]
+        for a in self.args:
+            label = f"<{a.name}>" + (" [...]" if a.many else "")
+            parts.append(label if a.required else f"[{label}]")
+        for f in self.flags:
+            parts.append(f"[--{f.name}{' <' + f.name + '>' if f.takes_value else ''}]")
+        return " ".join(parts)
+
+
+@dataclass
+class Parsed:
+    spec: Spec
+    args: dict[str, str | list[str] | None] = field(default_factory=dict)
+    flags: dict[str, str | bool | None] = field(default_factory=dict)
+
+    def arg(self, name: str) -> str:
+        value = self.args.get(name)
+        assert isinstance(value, str)
+        return value
+
+    def opt(self, name: str) -> str | None:
+        value = self.args.get(name)
+        return value if isinstance(value, str) else None
+
+    def many(self, name: str) -> list[str]:
+        value = self.args.get(name)
+        return list(value) if isinstance(value, list) else []
+
+    def flag(self, name: str) -> str | None:
+        value = self.flags.get(name)
+        return value if isinstance(value, str) else None
+
+    def switch(self, name: str) -> bool:
+        return bool(self.flags.get(name))
+
+
+def tokenize(text: str) -> list[str]:
+    if len(text) > MAX_COMMAND_LENGTH:
+        raise UserError(f"That command is {len(text)} characters long; the limit is {MAX_COMMAND_LENGTH}.")
+    if "\x00" in text:
+        raise UserError("That command contains a NUL character.")
+    # Messengers turn straight quotes into curly ones; accept both.
+    text = text.replace("“", '"').replace("”", '"').replace("‘", "'").replace("’", "'")
+    try:
+        return shlex.split(text, posix=True)
+    except ValueError:
+        raise UserError("A quotation mark in that command is not closed.") from None
+
+
+def parse(spec: Spec, tokens: list[str]) -> Parsed:
+    """`tokens` are what follows the command's path."""
+    flags_by_name = {f.name: f for f in spec.flags}
+    positionals: list[str] = []
+    flags: dict[str, str | bool | None] = {}
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if tok.startswith("--") and len(tok) > 2:
+            name, eq, value = tok[2:].partition("=")
+            f = flags_by_name.get(name)
+            if f is None:
+                known = ", ".join("--" + n for n in flags_by_name) or "no flags"
+                raise UserError(f"/{spec.name} has no option --{name} (it takes {known}).", spec.usage)
+            if name in flags:
+                raise UserError(f"--{name} is given twice.", spec.usage)
+            if f.takes_value:
+                if not eq:
+                    if i + 1 >= len(tokens) or (tokens[i + 1].startswith("--") and len(tokens[i + 1]) > 2):
+                        raise UserError(f"--{name} needs a value.", spec.usage)
+                    i += 1
+                    value = tokens[i]
+                if not value.strip():
+                    raise UserError(f"--{name} needs a value.", spec.usage)
+                flags[name] = value
+            else:
+                if eq:
+                    raise UserError(f"--{name} is a switch and takes no value.", spec.usage)
+                flags[name] = True
+        else:
+            positionals.append(tok)
+        i += 1
+
+    args: dict[str, str | list[str] | None] = {}
+    pos = 0
+    for a in spec.args:
+        if a.many:
+            taken = positionals[pos:]
+            pos = len(positionals)
+            if a.required and not taken:
+                raise UserError(f"/{spec.name} needs at least one {a.name}.", spec.usage)
+            args[a.name] = taken
+        elif a.rest:
+            taken = positionals[pos:]
+            pos = len(positionals)
+            if a.required and not taken:
+                raise UserError(f"/{spec.name} needs a {a.name}.", spec.usage)
+            args[a.name] = " ".join(taken) if taken else None
+        elif pos < len(positionals):
+            args[a.name] = positionals[pos]
+            pos += 1
+        elif a.required:
+            raise UserError(f"/{spec.name} needs a {a.name}.", spec.usage)
+        else:
+            args[a.name] = None
+    if pos < len(positionals):
+        extra = positionals[pos]
+        raise UserError(f"/{spec.name} does not take “{extra[:60]}” here.", spec.usage)
+    return Parsed(spec=spec, args=args, flags=flags)

@@ -1,0 +1,209 @@
+"""Settings: one TOML file, every key overridable as POSTROOM_<SECTION>__<KEY>, validated at start.
+
+The file is `--config`, else `$POSTROOM_CONFIG`, else `./postroom.toml` (absent is fine: defaults).
+`manifests/postroom.example.toml` documents every key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded as one sentence for the person starting Postroom."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatabaseSettings(_Section):
+    url: str = "sqlite+aiosqlite:///postroom.db"
+
+    @field_validator("url")
+    @classmethod
+    def _known_driver(cls, v: str) -> str:
+        if not (v.startswith("sqlite") or v.startswith("postgresql")):
+            raise ValueError("must be an sqlite+aiosqlite:// or postgresql+asyncpg:// URL")
+        return normalise_database_url(v)
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept the plain scheme people paste (postgresql://, sqlite://) and pick the async driver."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+asyncpg://" + url.split("://", 1)[1]
+    if url.startswith("sqlite://") and not url.startswith("sqlite+aiosqlite://"):
+        return "sqlite+aiosqlite://" + url.split("://", 1)[1]
+    return url
+
+
+class SmtpSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=2525, ge=1, le=65535)
+    username: str | None = None
+    password: str | None = Field(default=None, repr=False)
+    starttls: bool = False
+    timeout_s: float = Field(default=30.0, gt=0)
+    connections: int = Field(default=2, ge=1, le=64)
+
+    @field_validator("username", "password")
+    @classmethod
+    def _empty_is_none(cls, v: str | None) -> str | None:
+        return v or None
+
+
+class OrgSettings(_Section):
+    name: str = "Example Corp"
+    domains: list[str] = ["corp.example"]
+    postal_address: str = "1 Example Street, Example City"
+
+    @field_validator("domains")
+    @classmethod
+    def _lower(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("must list at least one mail domain of the company")
+        return [d.strip().lower().lstrip("@") for d in v]
+
+
+class RolesSettings(_Section):
+    hr: list[str] = []
+    senders: list[str] = []
+    approvers: list[str] = []
+    admins: list[str] = []
+
+    @field_validator("hr", "senders", "approvers", "admins")
+    @classmethod
+    def _lower(cls, v: list[str]) -> list[str]:
+        return [e.strip().lower() for e in v]
+
+
+class WebSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    base_url: str = "http://127.0.0.1:8080"
+    secret: str = Field(default="change-me-postroom-dev-secret", repr=False, min_length=16)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+
+class CampaignSettings(_Section):
+    templates_dir: str = "templates"
+    from_address: str = "news@corp.example"
+    from_name: str = "Example Corp"
+    unsubscribe_mailbox: str = "unsubscribe@corp.example"
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    approval_ttl_hours: float = Field(default=72, gt=0)
+
+
+class RelaySettings(_Section):
+    """The built-in SMTP server: the demo's mailbox, bounces, and (lifecycle issue) group addresses."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=2525, ge=0, le=65535)
+    mailbox_dir: str | None = None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="POSTROOM_", env_nested_delimiter="__", extra="forbid", case_sensitive=False
+    )
+
+    database: DatabaseSettings = DatabaseSettings()
+    smtp: SmtpSettings = SmtpSettings()
+    org: OrgSettings = OrgSettings()
+    roles: RolesSettings = RolesSettings()
+    web: WebSettings = WebSettings()
+    campaigns: CampaignSettings = CampaignSettings()
+    relay: RelaySettings = RelaySettings()
+    console_locale: Literal["en"] = "en"
+
+    _toml_data: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _DictSource(settings_cls, cls._toml_data))
+
+    def is_internal(self, email: str) -> bool:
+        domain = email.rsplit("@", 1)[-1].lower()
+        return any(domain == d or domain.endswith("." + d) for d in self.org.domains)
+
+
+class _DictSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]):
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("POSTROOM_CONFIG"):
+        return Path(os.environ["POSTROOM_CONFIG"])
+    default = Path("postroom.toml")
+    return default if default.exists() else None
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, *, read_file: bool = True,
+                  **overrides: Any) -> Settings:
+    """Read and validate the configuration; raise ConfigError with one sentence on a bad value.
+
+    `overrides` are sections given in code (the demo's, tests'); the environment still wins.
+    """
+    chosen = config_path(path) if read_file else None
+    data: dict[str, Any] = {}
+    if chosen is not None:
+        try:
+            data = tomllib.loads(chosen.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"The configuration file {chosen} does not exist.") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"The configuration file {chosen} is not valid TOML: {exc}.") from None
+    for section, values in overrides.items():
+        if isinstance(values, dict):
+            data.setdefault(section, {}).update(values)
+        else:
+            data[section] = values
+    Settings._toml_data = data
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+    finally:
+        Settings._toml_data = {}
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    key = ".".join(str(p) for p in first["loc"])
+    env = "POSTROOM_" + "__".join(str(p).upper() for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"Configuration key {key} is not one Postroom knows (see manifests/postroom.example.toml)."
+    msg = first["msg"].removeprefix("Value error, ")
+    got = first.get("input")
+    got_text = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
+    return f"Configuration key {key} (or ${env}) {msg[0].lower() + msg[1:]}{got_text}."

@@ -1,0 +1,150 @@
+"""`postroom contacts import <file.csv> --list <name>`: external contacts with their consent.
+
+Columns: `email`, `name`, `consent_at` (ISO 8601), `consent_source`, optional `consent_method`,
+and any attribute columns. A row without consent is kept but never mailed by a campaign; a bad
+row is reported with its line number and the good rows are kept. Someone erased on request is
+not imported again.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import select
+
+from bot import audit
+from bot.addresses import email_hash, normalise
+from bot.context import Context
+from bot.db.models import Contact, ContactList, ListMember, Suppression
+from bot.db.upsert import insert_ignore
+from bot.errors import UserError
+
+CORE_COLUMNS = {"email", "name", "consent_at", "consent_source", "consent_method"}
+MAX_ATTRIBUTE_LENGTH = 1000
+
+
+@dataclass
+class ImportReport:
+    list_name: str
+    rows: int = 0
+    added: int = 0
+    updated: int = 0
+    without_consent: int = 0
+    erased_skipped: int = 0
+    bad: list[tuple[int, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [
+            f"Imported {self.added + self.updated} of {self.rows} rows into list “{self.list_name}” "
+            f"({self.added} new, {self.updated} updated)."
+        ]
+        if self.without_consent:
+            lines.append(f"{self.without_consent} contact{'s have' if self.without_consent != 1 else ' has'} no consent "
+                         "record (consent_at) and will not be mailed by any campaign.")
+        if self.erased_skipped:
+            lines.append(f"{self.erased_skipped} row{'s were' if self.erased_skipped != 1 else ' was'} skipped: "
+                         "erased on request, never imported again.")
+        if self.bad:
+            lines.append(f"{len(self.bad)} row{'s were' if len(self.bad) != 1 else ' was'} not imported:")
+            lines += [f"  line {line}: {why}" for line, why in self.bad[:50]]
+            if len(self.bad) > 50:
+                lines.append(f"  … and {len(self.bad) - 50} more")
+        return "\n".join(lines)
+
+
+def parse_time(text: str) -> datetime:
+    value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        raise ValueError("has no time zone offset")
+    return value.astimezone(UTC)
+
+
+async def import_contacts(ctx: Context, path: str | Path, list_name: str, *, actor: str = "cli") -> ImportReport:
+    if not list_name or len(list_name) > 200 or not list_name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise UserError(f"“{list_name[:60]}” cannot be a list name: use letters, digits, dot, dash or underscore.")
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise UserError(f"Can't read {p}: {exc.strerror or exc}.") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise UserError(f"{p} is not UTF-8 text; save it as UTF-8 CSV.") from None
+    reader = csv.DictReader(io.StringIO(text))
+    headers = [h.strip().lower() for h in (reader.fieldnames or [])]
+    if "email" not in headers:
+        raise UserError(f"{p} has no “email” column; the first line must name the columns (email, name, consent_at, …).")
+    reader.fieldnames = headers
+    report = ImportReport(list_name=list_name)
+    now = ctx.now()
+    async with ctx.sessions() as session, session.begin():
+        lst = (await session.execute(select(ContactList).where(ContactList.name == list_name))).scalar_one_or_none()
+        if lst is None:
+            lst = ContactList(name=list_name)
+            session.add(lst)
+            await session.flush()
+        seen: set[str] = set()
+        for row in reader:
+            line = reader.line_num
+            report.rows += 1
+            if None in row:
+                report.bad.append((line, "has more fields than the header"))
+                continue
+            try:
+                email = normalise(row.get("email") or "")
+            except UserError as exc:
+                report.bad.append((line, exc.sentence))
+                continue
+            if email in seen:
+                report.bad.append((line, f"{email} appears earlier in the file"))
+                continue
+            seen.add(email)
+            consent_at = None
+            if (row.get("consent_at") or "").strip():
+                try:
+                    consent_at = parse_time(row["consent_at"])
+                except ValueError:
+                    report.bad.append((line, f"consent_at “{row['consent_at'][:40]}” is not an ISO 8601 time with an offset"))
+                    continue
+                if consent_at > now:
+                    report.bad.append((line, "consent_at is in the future"))
+                    continue
+            attributes = {k: v.strip() for k, v in row.items() if k not in CORE_COLUMNS and k and v and v.strip()}
+            if any(len(v) > MAX_ATTRIBUTE_LENGTH for v in attributes.values()):
+                report.bad.append((line, f"a value is longer than {MAX_ATTRIBUTE_LENGTH} characters"))
+                continue
+            erased = (await session.execute(select(Suppression.reason).where(
+                Suppression.email_hash == email_hash(email)))).scalar_one_or_none()
+            if erased == "erased":
+                report.erased_skipped += 1
+                continue
+            contact = (await session.execute(select(Contact).where(Contact.email == email))).scalar_one_or_none()
+            name = (row.get("name") or "").strip() or None
+            if contact is None:
+                contact = Contact(email=email, name=name, attributes=attributes, consent_at=consent_at,
+                                  consent_source=(row.get("consent_source") or "").strip() or None,
+                                  consent_method=(row.get("consent_method") or "").strip() or None)
+                session.add(contact)
+                await session.flush()
+                report.added += 1
+            else:
+                contact.name = name or contact.name
+                contact.attributes = {**(contact.attributes or {}), **attributes}
+                if consent_at is not None:  # a file without consent never erases a recorded consent
+                    contact.consent_at = consent_at
+                    contact.consent_source = (row.get("consent_source") or "").strip() or contact.consent_source
+                    contact.consent_method = (row.get("consent_method") or "").strip() or contact.consent_method
+                report.updated += 1
+            if contact.consent_at is None:
+                report.without_consent += 1
+            await insert_ignore(session, ListMember, [{"list_id": lst.id, "contact_id": contact.id}],
+                                ["list_id", "contact_id"])
+        audit.record(session, actor=actor, via="csv", action="contacts.import", subject=f"list:{list_name}",
+                     after={"added": report.added, "updated": report.updated, "bad": len(report.bad)},
+                     detail=str(p.name))
+    return report

@@ -1,0 +1,43 @@
+"""What the core's services share: settings, the session factory, the link signer, the clock.
+
+Built once by `bot.app.build` (the composition root) and passed in; never a module global.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from bot.config import Settings
+from bot.links import Signer
+from bot.mail.transport import SmtpTarget, SmtpTransport
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Context:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker
+    signer: Signer
+    clock: Callable[[], datetime] = _utcnow
+    transport_factory: Callable[[], SmtpTransport] | None = None
+    extras: dict[str, object] = field(default_factory=dict)
+
+    def new_transport(self, connections: int | None = None) -> SmtpTransport:
+        if self.transport_factory is not None:
+            return self.transport_factory()
+        return SmtpTransport(SmtpTarget.from_settings(self.settings.smtp), connections)
+
+    def now(self) -> datetime:
+        return self.clock()
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name

@@ -1,0 +1,260 @@
+"""The core: takes Commands, Actions and PersonEvents from adapters, decides, and answers.
+
+It answers fast (a messenger gives about 3 seconds) and does slow work — a campaign send —
+in background tasks that report back by updating the message they started from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from bot.adapter import Adapter
+from bot.addresses import normalise
+from bot.commands.parser import Parsed, Spec, parse, tokenize
+from bot.context import Context
+from bot.db.models import Identity, MessageRecord, ProcessedEvent
+from bot.db.upsert import insert_ignore
+from bot.errors import PermissionDenied, UserError
+from bot.events import Action, Actor, Command, Conversation, Message, MessageRef
+
+log = logging.getLogger(__name__)
+
+ROLE_NAMES = ("hr", "senders", "approvers", "admins")
+
+
+@dataclass(frozen=True)
+class Request:
+    """Who is asking, through what, from where."""
+
+    email: str
+    roles: frozenset[str]
+    via: str  # the platform: console, slack, dingtalk, wecom
+    conversation: Conversation
+    actor: Actor
+
+    def has(self, *roles: str) -> bool:
+        return "admins" in self.roles or any(r in self.roles for r in roles)
+
+
+Handler = Callable[["Core", Request, Parsed], Awaitable[Message]]
+ActionHandler = Callable[["Core", Request, Action], Awaitable[Message | None]]
+
+
+class Core:
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.adapters: dict[str, Adapter] = {}
+        self.commands: dict[tuple[str, ...], tuple[Spec, Handler]] = {}
+        self.actions: dict[str, ActionHandler] = {}
+        self.groups_of_commands: dict[str, list[tuple[str, ...]]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.worker_id = f"{ctx.settings.org.name[:10]}-{secrets.token_hex(3)}"
+        self.services: dict[str, Any] = {}
+        from bot.commands import register_all
+
+        register_all(self)
+
+    # -- wiring ---------------------------------------------------------------------------------
+    def attach(self, adapter: Adapter) -> None:
+        self.adapters[adapter.platform] = adapter
+
+    def command(self, spec: Spec) -> Callable[[Handler], Handler]:
+        def register(fn: Handler) -> Handler:
+            self.commands[spec.path] = (spec, fn)
+            return fn
+
+        return register
+
+    def action(self, action_id: str) -> Callable[[ActionHandler], ActionHandler]:
+        def register(fn: ActionHandler) -> ActionHandler:
+            self.actions[action_id] = fn
+            return fn
+
+        return register
+
+    # -- background work -------------------------------------------------------------------------
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str = "") -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name or None)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait for background work (a send) to finish; used by `postroom chat` and tests."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+            if timeout is not None:
+                break
+
+    async def shutdown(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=5)
+
+    # -- identity ------------------------------------------------------------------------------
+    def roles_of(self, email: str) -> frozenset[str]:
+        r = self.ctx.settings.roles
+        return frozenset(name for name in ROLE_NAMES if email in getattr(r, name))
+
+    async def identify(self, actor: Actor) -> str:
+        if actor.email:
+            return normalise(actor.email)
+        async with self.ctx.sessions() as session:
+            cached = (
+                await session.execute(
+                    select(Identity.email).where(Identity.platform == actor.platform, Identity.user_id == actor.user_id)
+                )
+            ).scalar_one_or_none()
+        if cached:
+            return cached
+        adapter = self.adapters.get(actor.platform)
+        found = await adapter.resolve(actor) if adapter is not None else None
+        if not found or not found[0]:
+            raise UserError(
+                "I can't tell who you are: your account has no email address I can read. Ask an admin to check "
+                "the bot's directory permissions."
+            )
+        email = normalise(found[0])
+        async with self.ctx.sessions() as session, session.begin():
+            await insert_ignore(
+                session,
+                Identity,
+                [{"platform": actor.platform, "user_id": actor.user_id, "email": email, "name": found[1]}],
+                ["platform", "user_id"],
+            )
+        return email
+
+    async def _request(self, actor: Actor, conversation: Conversation) -> Request:
+        email = await self.identify(actor)
+        return Request(email, self.roles_of(email), actor.platform, conversation, actor)
+
+    async def first_time(self, source: str, event_id: str | None) -> bool:
+        """Record an inbound delivery id; False when it was seen before (a redelivery)."""
+        if not event_id:
+            return True
+        async with self.ctx.sessions() as session, session.begin():
+            return await insert_ignore(
+                session, ProcessedEvent, [{"source": source, "event_id": event_id[:300]}], ["source", "event_id"]
+            ) == 1
+
+    # -- inbound -------------------------------------------------------------------------------
+    def find_command(self, tokens: list[str]) -> tuple[Spec, Handler, list[str]] | None:
+        if not tokens:
+            return None
+        head = tokens[0].lstrip("/").lower()
+        if len(tokens) > 1 and (head, tokens[1].lower()) in self.commands:
+            spec, fn = self.commands[(head, tokens[1].lower())]
+            return spec, fn, tokens[2:]
+        if (head,) in self.commands:
+            spec, fn = self.commands[(head,)]
+            return spec, fn, tokens[1:]
+        return None
+
+    async def handle_command(self, cmd: Command) -> Message | None:
+        """The reply to a command; None when it is a redelivery already answered."""
+        if not await self.first_time(f"{cmd.actor.platform}:command", cmd.delivery_id):
+            return None
+        try:
+            tokens = tokenize(cmd.text.strip())
+            if not tokens:
+                return Message("Type /help to see what I can do.")
+            found = self.find_command(tokens)
+            if found is None:
+                sub = self.groups_of_commands.get(tokens[0].lstrip("/").lower())
+                if sub:
+                    usage = " | ".join(sorted(" ".join(p) for p in sub))
+                    raise UserError(f"/{tokens[0].lstrip('/')} needs one of: {usage}.")
+                raise UserError(f"I don't know the command “{tokens[0][:40]}”. /help lists what I can do.")
+            spec, handler, rest = found
+            request = await self._request(cmd.actor, cmd.conversation)
+            if spec.roles and "owners" not in spec.roles and not request.has(*spec.roles):
+                raise PermissionDenied(_role_sentence(spec))
+            parsed = parse(spec, rest)
+            return await handler(self, request, parsed)
+        except UserError as exc:
+            return error_message(exc)
+        except Exception:
+            ref = secrets.token_hex(4)
+            log.exception("command failed (ref %s): %r", ref, cmd.text[:200])
+            return Message(f"Something went wrong on my side (reference {ref}); nothing was changed. "
+                           "An admin can find the details in the log.")
+
+    async def handle_action(self, action: Action) -> Message | None:
+        if not await self.first_time(f"{action.actor.platform}:action", action.delivery_id):
+            return None
+        handler = self.actions.get(action.action_id)
+        try:
+            if handler is None:
+                raise UserError("That button is no longer active.")
+            request = await self._request(action.actor, action.conversation)
+            return await handler(self, request, action)
+        except UserError as exc:
+            return error_message(exc)
+        except Exception:
+            ref = secrets.token_hex(4)
+            log.exception("action failed (ref %s): %s", ref, action.action_id)
+            return Message(f"Something went wrong on my side (reference {ref}); nothing was changed.")
+
+    # -- outbound ------------------------------------------------------------------------------
+    async def post(self, purpose: str, message: Message, subject: str | None = None) -> list[MessageRef]:
+        """Send to every attached adapter's conversation for `purpose`; remember refs under `subject`."""
+        refs: list[MessageRef] = []
+        for adapter in list(self.adapters.values()):
+            conversation = adapter.conversation_for(purpose)
+            if conversation is None:
+                continue
+            try:
+                ref = await adapter.send(conversation, message)
+            except Exception:
+                log.exception("posting to %s failed", adapter.platform)
+                continue
+            refs.append(ref)
+        if subject and refs:
+            async with self.ctx.sessions() as session, session.begin():
+                for ref in refs:
+                    session.add(MessageRecord(subject=subject, platform=ref.platform, conversation_id=ref.conversation_id,
+                                              ref_id=ref.id, extra=dict(ref.extra)))
+        return refs
+
+    async def update_subject(self, subject: str, message: Message) -> int:
+        """Replace every message posted about `subject` on the adapters attached here."""
+        async with self.ctx.sessions() as session:
+            records = (await session.execute(select(MessageRecord).where(MessageRecord.subject == subject))).scalars().all()
+        updated = 0
+        for rec in records:
+            adapter = self.adapters.get(rec.platform)
+            if adapter is None:
+                continue
+            ref = MessageRef(rec.platform, rec.conversation_id, rec.ref_id, tuple(sorted((rec.extra or {}).items())))
+            try:
+                await adapter.update(ref, message)
+                updated += 1
+            except Exception:
+                log.exception("updating a %s message failed", rec.platform)
+        return updated
+
+
+def _role_sentence(spec: Spec) -> str:
+    names = {"hr": "HR", "senders": "campaign sender", "approvers": "approver", "admins": "admin"}
+    wanted = " or ".join(names.get(r, r) for r in spec.roles if r != "owners")
+    return f"/{spec.name} is for {wanted}s; you don't have that role. An admin can grant it in the configuration."
+
+
+def error_message(exc: UserError) -> Message:
+    text = exc.sentence
+    if exc.usage:
+        text += f"\nUsage: {exc.usage}"
+    return Message(text, ephemeral=True)

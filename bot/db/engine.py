@@ -1,0 +1,103 @@
+"""Engines, sessions and the schema's version check. Built from settings by `bot.app`, never at import."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class SchemaError(Exception):
+    """The database's schema is not the one this version of Postroom expects."""
+
+
+def make_engine(url: str) -> AsyncEngine:
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def alembic_config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return cfg
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def _current(conn: Connection) -> str | None:
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+def _has_tables(conn: Connection) -> bool:
+    from sqlalchemy import inspect
+
+    return bool(inspect(conn).get_table_names())
+
+
+def _upgrade(conn: Connection) -> None:
+    cfg = alembic_config()
+    cfg.attributes["connection"] = conn
+    command.upgrade(cfg, "head")
+
+
+async def upgrade(engine: AsyncEngine) -> tuple[str | None, str | None]:
+    """Apply every pending migration. Returns (revision before, revision after)."""
+    async with engine.begin() as conn:
+        before = await conn.run_sync(_current)
+        await conn.run_sync(_upgrade)
+        after = await conn.run_sync(_current)
+    return before, after
+
+
+async def ensure_schema(engine: AsyncEngine) -> str:
+    """Migrate a new empty database; refuse an out-of-date one with a sentence saying what to do."""
+    async with engine.connect() as conn:
+        current = await conn.run_sync(_current)
+        has_tables = await conn.run_sync(_has_tables)
+    head = head_revision()
+    if current == head:
+        return "ready"
+    if current is None and not has_tables:
+        await upgrade(engine)
+        return "created"
+    if current is None:
+        raise SchemaError(
+            "The database has tables but no Postroom schema version: point database.url at an empty "
+            "database or at one Postroom created."
+        )
+    script = ScriptDirectory.from_config(alembic_config())
+    if script.get_revision(current) is None:
+        raise SchemaError(
+            f"The database's schema ({current}) is newer than this version of Postroom knows: "
+            "upgrade Postroom."
+        )
+    raise SchemaError(
+        f"The database's schema is out of date ({current}, this version needs {head}): "
+        "run `postroom db upgrade` first."
+    )

@@ -1,0 +1,134 @@
+"""`postroom demo`: Postroom on its embedded defaults, with a seeded organisation, in a console.
+
+Everything lives in one folder (default `.postroom-demo/`): the SQLite database, the templates,
+and the mailbox where the embedded SMTP server keeps every message it is handed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+
+from bot.config import Settings, load_settings
+
+DATA = Path(__file__).parent / "demo_data"
+DOMAIN = "corp.example"
+
+HR = f"hannah@{DOMAIN}"
+SENDER = f"sam@{DOMAIN}"
+APPROVERS = [f"maria@{DOMAIN}", f"omar@{DOMAIN}"]
+ADMIN = f"admin@{DOMAIN}"
+
+EMPLOYEES = [
+    ("E001", f"alice@{DOMAIN}", "Alice Wong", {"department": "Engineering", "location": "Berlin"}),
+    ("E002", f"bob@{DOMAIN}", "Bob Meyer", {"department": "Engineering", "location": "Shanghai"}),
+    ("E003", f"chen@{DOMAIN}", "Chen Li", {"department": "Sales", "location": "Shanghai"}),
+    ("E004", f"dana@{DOMAIN}", "Dana Cruz", {"department": "Marketing", "location": "Berlin"}),
+    ("E005", HR, "Hannah Berg", {"department": "People", "location": "Berlin"}),
+    ("E006", SENDER, "Sam Okafor", {"department": "Marketing", "location": "Berlin"}),
+    ("E007", APPROVERS[0], "Maria Rossi", {"department": "Marketing", "location": "Berlin", "title": "Head of Marketing"}),
+    ("E008", APPROVERS[1], "Omar Haddad", {"department": "Legal", "location": "Berlin"}),
+]
+
+
+def free_port(preferred: int) -> int:
+    for port in (preferred, 0):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise OSError("no free port on 127.0.0.1")
+
+
+@dataclass
+class DemoPlan:
+    folder: Path
+    settings: Settings
+    fresh: bool
+
+
+def prepare(folder: str | Path = ".postroom-demo", *, fresh: bool = False, web_port: int | None = None,
+            smtp_port: int | None = None) -> DemoPlan:
+    base = Path(folder).resolve()
+    if fresh and base.exists():
+        shutil.rmtree(base)
+    is_new = not (base / "postroom.db").exists()
+    base.mkdir(parents=True, exist_ok=True)
+    templates = base / "templates"
+    if not templates.exists():
+        shutil.copytree(DATA / "templates", templates)
+    if not (base / "contacts.csv").exists():
+        shutil.copy(DATA / "contacts.csv", base / "contacts.csv")
+    smtp = smtp_port if smtp_port is not None else free_port(2525)
+    web = web_port if web_port is not None else free_port(8080)
+    settings = load_settings(
+        read_file=False,
+        database={"url": f"sqlite+aiosqlite:///{base / 'postroom.db'}"},
+        smtp={"host": "127.0.0.1", "port": smtp, "connections": 2},
+        relay={"enabled": True, "host": "127.0.0.1", "port": smtp, "mailbox_dir": str(base / "mailbox")},
+        org={"name": "Example Corp", "domains": [DOMAIN], "postal_address": "1 Example Street, 10115 Berlin"},
+        roles={"hr": [HR], "senders": [SENDER], "approvers": APPROVERS, "admins": [ADMIN]},
+        web={"host": "127.0.0.1", "port": web, "base_url": f"http://127.0.0.1:{web}",
+             "secret": "demo-secret-not-for-production"},
+        campaigns={"templates_dir": str(templates), "from_address": f"news@{DOMAIN}", "from_name": "Example Corp",
+                   "unsubscribe_mailbox": f"unsubscribe@{DOMAIN}"},
+    )
+    return DemoPlan(base, settings, is_new)
+
+
+async def seed(core, folder: Path) -> None:  # type: ignore[no-untyped-def]
+    """The demo organisation: people, two groups, a contact list with consent records."""
+    from bot.contacts.importer import import_contacts
+    from bot.db.models import Person
+    from bot.groups import service as groups
+
+    ctx = core.ctx
+    async with ctx.sessions() as session, session.begin():
+        if (await session.execute(select(Person.id).limit(1))).first():
+            return
+        for emp_id, email, name, attrs in EMPLOYEES:
+            session.add(Person(employee_id=emp_id, email=email, name=name, attributes=attrs, source="demo"))
+        await session.flush()
+        everyone = [e[1] for e in EMPLOYEES]
+        engineers = [e[1] for e in EMPLOYEES if e[3]["department"] == "Engineering"]
+        for address, display, members in (("all-staff", "Everyone at Example Corp", everyone),
+                                          ("eng", "Engineering", engineers)):
+            group = await groups.create_group(session, ctx.settings, address=address, display_name=display,
+                                              actor="demo", via="demo", owners=[HR])
+            plan = await groups.plan_add(session, group, members, source="manual", reason="demo seed")
+            await groups.apply(session, plan, actor="demo", via="demo")
+    await import_contacts(ctx, folder / "contacts.csv", "customers", actor="demo")
+
+
+GUIDE = """\
+People: {hr} (HR), {sender} (campaign sender), {a1} and {a2} (approvers), {admin} (admin).
+You are {hr}. Try, in order:
+  /groups
+  /addgroup eng chen@corp.example
+  /addgroup eng someone@gmail.com          ← refused: eng@ is internal
+  /members eng
+  /as {sender}
+  /campaign new spring --to customers --template welcome --subject "Spring news for {{{{ first_name }}}}"
+  /campaign preview spring
+  /campaign submit spring                  ← the approvers get a card
+  /approve spring                          ← refused: senders can't approve
+  /as {a1}
+  /approve spring                          ← sent; watch the mailbox lines
+  /help   ·   /as <email>   ·   /quit
+"""
+
+
+def guide() -> str:
+    return GUIDE.format(hr=HR, sender=SENDER, a1=APPROVERS[0], a2=APPROVERS[1], admin=ADMIN)
+
+
+def demo_routes(core, mailbox):  # type: ignore[no-untyped-def]
+    from bot.services import mail_routes
+
+    return mail_routes(core, mailbox)

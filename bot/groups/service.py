@@ -1,0 +1,294 @@
+"""Email groups: one path for every membership change — plan, policy, apply, audit.
+
+Whatever starts a change (a command, an HR event, a rule, a reconcile), it becomes a `Plan` of
+adds and removes with a reason each. `check_policy` refuses what must never happen (an external
+address into an internal group). `apply` makes the plan true idempotently and audits each change.
+The same plan, unapplied, is the dry-run preview.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot import audit
+from bot.addresses import domain_of, normalise
+from bot.config import Settings
+from bot.db.models import Group, Membership, Person
+from bot.errors import UserError
+
+LOCAL_PART_RE = re.compile(r"^[a-z0-9][a-z0-9._+-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Change:
+    op: Literal["add", "remove"]
+    group_id: int
+    group_address: str
+    email: str
+    source: str
+    reason: str
+    person_id: int | None = None
+
+
+@dataclass
+class Plan:
+    changes: list[Change] = field(default_factory=list)
+    refused: list[tuple[Change, str]] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+    @property
+    def adds(self) -> list[Change]:
+        return [c for c in self.changes if c.op == "add"]
+
+    @property
+    def removes(self) -> list[Change]:
+        return [c for c in self.changes if c.op == "remove"]
+
+    def summary(self) -> str:
+        lines = [f"{len(self.adds)} to add, {len(self.removes)} to remove."]
+        for c in self.changes[:50]:
+            sign = "+" if c.op == "add" else "−"
+            lines.append(f"  {sign} {c.email} {'to' if c.op == 'add' else 'from'} {c.group_address} ({c.reason})")
+        if len(self.changes) > 50:
+            lines.append(f"  … and {len(self.changes) - 50} more")
+        for c, why in self.refused[:20]:
+            lines.append(f"  refused: {c.email} — {why}")
+        return "\n".join(lines)
+
+
+def group_label(group: Group) -> str:
+    return group.address
+
+
+async def find_group(session: AsyncSession, name: str, settings: Settings) -> Group:
+    """A group by full address, or by local part when that is unambiguous."""
+    raw = name.strip().lower()
+    if not raw or len(raw) > 320:
+        raise UserError(f"“{name[:60]}” is not a group name.")
+    if "@" in raw:
+        group = (await session.execute(select(Group).where(Group.address == raw))).scalar_one_or_none()
+        if group is not None:
+            return group
+        local = raw.split("@", 1)[0]
+        hint = await _suggest(session, local)
+        raise UserError(f"There is no group {raw}.{hint}")
+    rows = (await session.execute(select(Group).where(Group.local_part == raw))).scalars().all()
+    if len(rows) == 1:
+        return rows[0]
+    if len(rows) > 1:
+        options = ", ".join(g.address for g in rows)
+        raise UserError(f"“{raw}” could mean {options}: give the full address.")
+    hint = await _suggest(session, raw)
+    raise UserError(f"There is no group “{raw[:60]}”.{hint}")
+
+
+async def _suggest(session: AsyncSession, local: str) -> str:
+    names = (await session.execute(select(Group.address).order_by(Group.address).limit(200))).scalars().all()
+    import difflib
+
+    close = difflib.get_close_matches(local, [n.split("@")[0] for n in names], n=1)
+    if close:
+        match = next(n for n in names if n.split("@")[0] == close[0])
+        return f" Did you mean {match}?"
+    return " /groups lists them." if names else " There are no groups yet: /newgroup creates one."
+
+
+async def create_group(
+    session: AsyncSession,
+    settings: Settings,
+    *,
+    address: str,
+    display_name: str | None,
+    actor: str,
+    via: str,
+    kind: str = "internal",
+    owners: Iterable[str] = (),
+    protected: bool = False,
+    post_policy: str = "company",
+    visibility: str = "company",
+) -> Group:
+    raw = address.strip().lower()
+    if "@" not in raw:
+        raw = f"{raw}@{settings.org.domains[0]}"
+    addr = normalise(raw)
+    local = addr.split("@", 1)[0]
+    if not LOCAL_PART_RE.match(local):
+        raise UserError(f"“{local}” cannot be a group's name: use letters, digits, dot, dash or underscore.")
+    if not settings.is_internal(addr):
+        raise UserError(
+            f"{addr} is outside {', '.join(settings.org.domains)}: a group's address must be on one of "
+            "the company's own domains."
+        )
+    exists = (await session.execute(select(Group.id).where(Group.address == addr))).scalar_one_or_none()
+    if exists is not None:
+        raise UserError(f"The group {addr} already exists.")
+    if display_name is not None and len(display_name) > 200:
+        raise UserError("A display name can be at most 200 characters.")
+    group = Group(
+        address=addr,
+        local_part=local,
+        display_name=display_name,
+        kind=kind,
+        owners=[normalise(o) for o in owners],
+        protected=protected,
+        post_policy=post_policy,
+        visibility=visibility,
+        created_by=actor,
+    )
+    session.add(group)
+    await session.flush()
+    audit.record(
+        session,
+        actor=actor,
+        via=via,
+        action="group.create",
+        subject=f"group:{addr}",
+        after={"address": addr, "display_name": display_name, "kind": kind},
+    )
+    return group
+
+
+async def plan_add(
+    session: AsyncSession, group: Group, emails: Iterable[str], *, source: str, reason: str
+) -> Plan:
+    plan = Plan()
+    emails = list(emails)
+    existing = set(
+        (
+            await session.execute(
+                select(Membership.email).where(Membership.group_id == group.id, Membership.email.in_(emails))
+            )
+        ).scalars()
+    )
+    people = dict(
+        (await session.execute(select(Person.email, Person.id).where(Person.email.in_(emails)))).all()
+    )
+    for email in emails:
+        if email in existing:
+            plan.unchanged.append(f"{email} is already in {group.address}")
+            continue
+        plan.changes.append(
+            Change("add", group.id, group.address, email, source, reason, person_id=people.get(email))
+        )
+    return plan
+
+
+async def plan_remove(
+    session: AsyncSession, group: Group, emails: Iterable[str], *, source: str, reason: str
+) -> Plan:
+    plan = Plan()
+    emails = list(emails)
+    rows = (
+        await session.execute(
+            select(Membership.email, Membership.person_id).where(
+                Membership.group_id == group.id, Membership.email.in_(emails)
+            )
+        )
+    ).all()
+    present = {r.email: r.person_id for r in rows}
+    for email in emails:
+        if email not in present:
+            plan.unchanged.append(f"{email} is not in {group.address}")
+            continue
+        plan.changes.append(
+            Change("remove", group.id, group.address, email, source, reason, person_id=present[email])
+        )
+    return plan
+
+
+def external_refusal(email: str, group_address: str, settings: Settings) -> str:
+    return (
+        f"{email} is outside {', '.join(settings.org.domains)}, and {group_address} is an internal group: "
+        "external people can't join it. To mail external audiences, use a campaign (/help campaign)."
+    )
+
+
+async def check_policy(session: AsyncSession, plan: Plan, settings: Settings) -> Plan:
+    """Move every change that policy forbids into `plan.refused`, with the sentence why."""
+    if not plan.changes:
+        return plan
+    group_ids = {c.group_id for c in plan.changes}
+    kinds = dict((await session.execute(select(Group.id, Group.kind).where(Group.id.in_(group_ids)))).all())
+    allowed: list[Change] = []
+    for c in plan.changes:
+        if c.op == "add" and kinds.get(c.group_id) == "internal" and not settings.is_internal(c.email):
+            plan.refused.append((c, external_refusal(c.email, c.group_address, settings)))
+        else:
+            allowed.append(c)
+    plan.changes = allowed
+    return plan
+
+
+async def apply(session: AsyncSession, plan: Plan, *, actor: str, via: str) -> int:
+    """Make the plan true. Idempotent: an add already present or a remove already gone is a no-op."""
+    applied = 0
+    for c in plan.changes:
+        if c.op == "add":
+            present = (
+                await session.execute(
+                    select(Membership.id).where(Membership.group_id == c.group_id, Membership.email == c.email)
+                )
+            ).scalar_one_or_none()
+            if present is not None:
+                continue
+            session.add(
+                Membership(
+                    group_id=c.group_id, email=c.email, person_id=c.person_id, source=c.source, added_by=actor
+                )
+            )
+            audit.record(
+                session,
+                actor=actor,
+                via=via,
+                action="membership.add",
+                subject=f"group:{c.group_address}",
+                before=None,
+                after={"email": c.email, "source": c.source},
+                detail=c.reason,
+            )
+        else:
+            result = await session.execute(
+                delete(Membership).where(Membership.group_id == c.group_id, Membership.email == c.email)
+            )
+            if result.rowcount == 0:
+                continue
+            audit.record(
+                session,
+                actor=actor,
+                via=via,
+                action="membership.remove",
+                subject=f"group:{c.group_address}",
+                before={"email": c.email, "source": c.source},
+                after=None,
+                detail=c.reason,
+            )
+        applied += 1
+    await session.flush()
+    return applied
+
+
+async def member_count(session: AsyncSession, group_id: int) -> int:
+    return (await session.execute(select(func.count()).where(Membership.group_id == group_id))).scalar_one()
+
+
+def is_external_domain(email: str, settings: Settings) -> bool:
+    return not settings.is_internal(email)
+
+
+__all__ = [
+    "Change",
+    "Plan",
+    "apply",
+    "check_policy",
+    "create_group",
+    "domain_of",
+    "find_group",
+    "plan_add",
+    "plan_remove",
+]

@@ -1,0 +1,136 @@
+"""Fixtures: real databases (SQLite always, PostgreSQL when POSTROOM_TEST_DATABASE_URL is set),
+a real SMTP server on loopback, and a console chat with the bot — like errbot's testbot."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from adapters.console import ConsoleAdapter, render_message
+from bot.app import build_core, close_core
+from bot.config import Settings, load_settings, normalise_database_url
+from bot.core import Core
+from bot.events import Message
+from tests.smtp import SmtpServer
+
+DEMO_TEMPLATES = Path(__file__).parents[1] / "bot" / "demo_data" / "templates"
+PG_URL = os.environ.get("POSTROOM_TEST_DATABASE_URL")
+
+HR = "hannah@corp.example"
+SENDER = "sam@corp.example"
+APPROVER = "maria@corp.example"
+APPROVER2 = "omar@corp.example"
+ADMIN = "admin@corp.example"
+NOBODY = "nora@corp.example"
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str | None]:
+    """A throwaway PostgreSQL database for this test session, dropped at the end."""
+    if not PG_URL:
+        yield None
+        return
+    base = normalise_database_url(PG_URL)
+    name = f"postroom_t_{uuid.uuid4().hex[:10]}"
+
+    async def admin(sql: str) -> None:
+        engine = create_async_engine(base, isolation_level="AUTOCOMMIT")
+        async with engine.connect() as conn:
+            await conn.execute(text(sql))
+        await engine.dispose()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    yield base.rsplit("/", 1)[0] + "/" + name
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _reset_postgres(url: str) -> None:
+    engine = create_async_engine(url)
+    async with engine.begin() as conn:
+        tables = (await conn.execute(text(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename <> 'alembic_version'"
+        ))).scalars().all()
+        if tables:
+            await conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"))
+    await engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path, pg_server_url: str | None) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'postroom.db'}"
+    if pg_server_url is None:
+        pytest.skip("POSTROOM_TEST_DATABASE_URL is not set (CI sets it)")
+    await _reset_postgres(pg_server_url)
+    return pg_server_url
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpServer]:
+    with SmtpServer() as server:
+        yield server
+
+
+def make_settings(database_url: str, smtp_port: int, tmp_path: Path, **sections: Any) -> Settings:
+    templates = tmp_path / "templates"
+    if not templates.exists():
+        shutil.copytree(DEMO_TEMPLATES, templates)
+    data: dict[str, Any] = {
+        "database": {"url": database_url},
+        "smtp": {"host": "127.0.0.1", "port": smtp_port, "connections": 2, "timeout_s": 5},
+        "org": {"name": "Example Corp", "domains": ["corp.example"], "postal_address": "1 Example Street, Berlin"},
+        "roles": {"hr": [HR], "senders": [SENDER], "approvers": [APPROVER, APPROVER2], "admins": [ADMIN]},
+        "web": {"base_url": "http://127.0.0.1:8080", "secret": "test-secret-0123456789"},
+        "campaigns": {"templates_dir": str(templates), "from_address": "news@corp.example", "from_name": "Example Corp"},
+    }
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    return load_settings(read_file=False, **data)
+
+
+class ChatBot:
+    """Talk to the bot as different people through the real console adapter."""
+
+    def __init__(self, core: Core, console: ConsoleAdapter, out: io.StringIO):
+        self.core = core
+        self.console = console
+        self.out = out
+
+    async def say(self, as_email: str, text: str) -> str:
+        self.console.as_email = as_email
+        reply = await self.console.say(text)
+        return render_message(reply) if reply is not None else ""
+
+    async def settle(self) -> None:
+        await asyncio.wait_for(self.core.drain(), 30)
+
+    def cards(self, conversation: str = "approvals") -> list[Message]:
+        return [m for kind, conv, m in self.console.transcript if conv == conversation and m.card is not None]
+
+
+@pytest.fixture
+async def settings(database_url: str, smtp: SmtpServer, tmp_path: Path) -> Settings:
+    return make_settings(database_url, smtp.port, tmp_path)
+
+
+@pytest.fixture
+async def bot(settings: Settings) -> AsyncIterator[ChatBot]:
+    core = await build_core(settings)
+    out = io.StringIO()
+    console = ConsoleAdapter(HR, out=out, prompt=False)
+    core.attach(console)
+    await console.start(core)
+    try:
+        yield ChatBot(core, console, out)
+    finally:
+        await close_core(core)
