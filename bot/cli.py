@@ -65,7 +65,9 @@ async def _demo(folder: str, fresh: bool, as_email: str | None) -> None:
     try:
         await d.seed(core, plan.folder)
         mailbox = Mailbox(s.relay.mailbox_dir or plan.folder / "mailbox")
-        await runtime.start_mail(s.relay.host, s.relay.port, d.demo_routes(core, mailbox))
+        from bot.services import start_services
+
+        await start_services(runtime, mailbox=mailbox)
         await runtime.start_web(s.web.host, s.web.port)
         console = load_adapter("console", s, as_email=as_email or d.HR)
         assert console is not None

@@ -127,8 +127,3 @@ You are {hr}. Try, in order:
 def guide() -> str:
     return GUIDE.format(hr=HR, sender=SENDER, a1=APPROVERS[0], a2=APPROVERS[1], admin=ADMIN)
 
-
-def demo_routes(core, mailbox):  # type: ignore[no-untyped-def]
-    from bot.services import mail_routes
-
-    return mail_routes(core, mailbox)

@@ -1,5 +1,5 @@
-"""What runs beside the core in `postroom serve` and the demo: the embedded mail server's
-routes (mailbox, and the capabilities that claim addresses), and later the scheduler."""
+"""What runs beside the core in `postroom serve` and the demo: the embedded mail server with its
+routes (each capability that claims addresses adds one), and the scheduler."""
 
 from __future__ import annotations
 
@@ -20,8 +20,14 @@ def mail_routes(core: Core, mailbox: Mailbox | None = None) -> list[Route]:
     return routes
 
 
-async def start_services(runtime: Runtime) -> None:
-    settings = runtime.core.ctx.settings
+async def start_services(runtime: Runtime, *, mailbox: Mailbox | None = None) -> None:
+    from bot.scheduler import ensure_scheduler
+
+    core = runtime.core
+    settings = core.ctx.settings
     if settings.relay.enabled:
-        mailbox = Mailbox(settings.relay.mailbox_dir) if settings.relay.mailbox_dir else None
-        await runtime.start_mail(settings.relay.host, settings.relay.port, mail_routes(runtime.core, mailbox))
+        if mailbox is None and settings.relay.mailbox_dir:
+            mailbox = Mailbox(settings.relay.mailbox_dir)
+        await runtime.start_mail(settings.relay.host, settings.relay.port, mail_routes(core, mailbox))
+    scheduler = await ensure_scheduler(core, run_jobs=True)
+    runtime.extra_stops.append(scheduler.stop)

@@ -22,12 +22,18 @@ def run_migrations_online() -> None:
     _run(connection)
 
 
+def _ours(obj, name, type_, reflected, compare_to) -> bool:  # type: ignore[no-untyped-def]
+    # APScheduler creates and owns its job table; it is not part of our migrations.
+    return not (type_ == "table" and name == "apscheduler_jobs")
+
+
 def _run(connection) -> None:  # type: ignore[no-untyped-def]
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_object=_ours,
     )
     with context.begin_transaction():
         context.run_migrations()
