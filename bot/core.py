@@ -22,7 +22,7 @@ from bot.context import Context
 from bot.db.models import Identity, MessageRecord, ProcessedEvent
 from bot.db.upsert import insert_ignore
 from bot.errors import PermissionDenied, UserError
-from bot.events import Action, Actor, Command, Conversation, Message, MessageRef
+from bot.events import Action, Actor, Command, Conversation, Message, MessageRef, PersonEvent
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +207,15 @@ class Core:
             ref = secrets.token_hex(4)
             log.exception("action failed (ref %s): %s", ref, action.action_id)
             return Message(f"Something went wrong on my side (reference {ref}); nothing was changed.")
+
+    async def handle_person_event(self, event: PersonEvent) -> Any:
+        """A joiner, mover or leaver from any source (HR webhook, CSV, a messenger's directory).
+
+        Returns the lifecycle outcome (`.status`: applied, duplicate or stale).
+        """
+        from bot.hr.lifecycle import apply_person_event
+
+        return await apply_person_event(self, event)
 
     # -- outbound ------------------------------------------------------------------------------
     async def post(self, purpose: str, message: Message, subject: str | None = None) -> list[MessageRef]:
