@@ -379,8 +379,10 @@ async def decide(core: Core, plan_id: int, approver: str, via: str, decision: st
             applied = await service.apply(session, plan, actor=approver, via=via)
     if decision == "approved" and events is not None:
         for raw in events:
-            await lifecycle.apply_person_event(core, lifecycle.event_from_dict(raw), guard=False)
+            await lifecycle.apply_person_event(core, lifecycle.event_from_dict(raw), guard=False, notify=False)
             applied += 1
+        await core.post("hr", Message(f"Plan #{plan_id} approved by {approver}: {applied} HR events from "
+                                      f"{pending.source} applied.\n{pending.summary[:3000]}"))
     verb = "Approved" if decision == "approved" else "Rejected"
     what = f"; {applied} {'events' if events is not None else 'changes'} applied" if decision == "approved" else \
         "; nothing was changed"

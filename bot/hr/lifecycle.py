@@ -72,8 +72,11 @@ def _lock_for(core: Core, key: str) -> asyncio.Lock:
     return lock
 
 
-async def apply_person_event(core: Core, event: PersonEvent, *, guard: bool = True) -> Outcome:
-    """Apply one HR event. Raises UserError (nothing changed) when the event is unusable."""
+async def apply_person_event(core: Core, event: PersonEvent, *, guard: bool = True, notify: bool = True) -> Outcome:
+    """Apply one HR event. Raises UserError (nothing changed) when the event is unusable.
+
+    `notify=False` (a bulk import) leaves the per-person note to HR to the caller's summary.
+    """
     if event.kind not in KINDS:
         raise UserError(f"“{str(event.kind)[:40]}” is not an HR event type (joined, changed, left).")
     if event.at.tzinfo is None:
@@ -90,7 +93,7 @@ async def apply_person_event(core: Core, event: PersonEvent, *, guard: bool = Tr
                     raise
                 await asyncio.sleep(delay)
     if outcome.status == "applied":
-        await _after_commit(core, event, outcome)
+        await _after_commit(core, event, outcome, notify)
     return outcome
 
 
@@ -274,7 +277,7 @@ def _hr_note(event: PersonEvent, person: Person, before: dict[str, Any], o: Outc
     return text
 
 
-async def _after_commit(core: Core, event: PersonEvent, o: Outcome) -> None:
+async def _after_commit(core: Core, event: PersonEvent, o: Outcome, notify: bool = True) -> None:
     if o.removal_due is not None:
         try:
             from bot.scheduler import ensure_scheduler
@@ -291,7 +294,8 @@ async def _after_commit(core: Core, event: PersonEvent, o: Outcome) -> None:
             pending = await session.get(planner.PendingPlan, o.held)
         if pending is not None:
             await planner.announce_hold(core, pending)
-    await core.post("hr", Message(o.note))
+    if notify:
+        await core.post("hr", Message(o.note))
 
 
 def leaver_job_id(person_id: int) -> str:
