@@ -123,7 +123,7 @@ class GroupsSettings(_Section):
     max_remove_share: float = Field(default=0.3, gt=0, le=1)
     max_remove_count: int = Field(default=100, ge=1)
     guard_min_removals: int = Field(default=3, ge=1)
-    audit_cron: str = "0 8 * * 1"
+    audit_cron: str = "0 8 * * mon"
     manual_max_age_days: int = Field(default=365, ge=1)
 
     @field_validator("audit_cron")

@@ -63,14 +63,13 @@ async def build_report(core: Core) -> Report:
     grace = timedelta(hours=settings.groups.leaver_grace_hours)
     report = Report()
     async with ctx.sessions() as session:
-        groups = (await session.execute(
-            select(Group.id, Group.address, Group.kind, Group.owners, func.count(Membership.id))
-            .outerjoin(Membership, Membership.group_id == Group.id)
-            .group_by(Group.id, Group.address, Group.kind, Group.owners).order_by(Group.address))).all()
-        for _gid, address, _kind, owners, count in groups:
+        counts = dict((await session.execute(
+            select(Membership.group_id, func.count()).group_by(Membership.group_id))).all())
+        groups = (await session.execute(select(Group.id, Group.address, Group.owners).order_by(Group.address))).all()
+        for gid, address, owners in groups:
             if not owners:
                 report.no_owner.append(address)
-            if count == 0:
+            if not counts.get(gid):
                 report.empty.append(address)
         domains = settings.org.domains
         rows = (await session.execute(

@@ -113,6 +113,9 @@ async def import_staff(core: Core, path: Path, *, dry_run: bool = False, actor: 
     now = ctx.now()
     result = ImportResult(dry_run=dry_run)
     rules = planner.rules_in_force(core)
+    if not dry_run:  # the rule groups exist before anyone is planned into them
+        async with ctx.sessions() as session, session.begin():
+            await planner.sync_group_definitions(session, rules, ctx.settings, actor=actor, via=SOURCE)
     events: list[PersonEvent] = []
     async with ctx.sessions() as session:
         people = {p.employee_id: p for p in (await session.execute(select(Person))).scalars() if p.employee_id}
