@@ -233,7 +233,11 @@ async def _manual_groups(session: Any, person: Person) -> list[str]:
 
 
 async def owned_groups(session: Any, email: str) -> list[str]:
-    rows = (await session.execute(select(Group.address, Group.owners))).all()
+    from sqlalchemy import String, cast
+
+    # The text match narrows the rows on both databases; the list check makes it exact.
+    rows = (await session.execute(select(Group.address, Group.owners).where(
+        cast(Group.owners, String).like(f'%"{email}"%')))).all()
     return sorted(a for a, owners in rows if email in (owners or []))
 
 
