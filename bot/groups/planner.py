@@ -176,7 +176,7 @@ async def plan_reconcile(session: AsyncSession, rules: RuleSet, settings: Settin
     memberships: dict[str, list[tuple[int, str]]] = defaultdict(list)
     # One fetch: streaming in batches costs five times more through the async drivers.
     for email, gid, source in (await session.execute(
-            select(Membership.email, Membership.group_id, Membership.source))).tuples():
+            select(Membership.email, Membership.group_id, Membership.source))).all():
         memberships[email].append((gid, source))
     known: set[str] = set()
     leaving = leaving or set()
