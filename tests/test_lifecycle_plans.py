@@ -150,3 +150,18 @@ async def test_changes_to_a_protected_group_wait_for_an_approver(lbot, tmp_path)
     # A leaver leaves protected groups at once: nobody waits for an approver to stop mail.
     left = await lbot.core.handle_person_event(PersonEvent("left", "test", "E3", None, {}, "p2", at + timedelta(1)))
     assert left.held is None and await groups_of(lbot, "kim@corp.example") == {}
+
+
+def test_the_documented_example_rules_file_loads_and_matches() -> None:
+    from bot.config import load_settings
+    from bot.groups.rules import load_rules, person_values
+
+    root = Path(__file__).parents[1]
+    rules = load_rules(root / "manifests/groups.example.yaml", load_settings(read_file=False))
+    assert [g.local_part for g in rules.groups] == ["all-staff", "eng", "berlin", "eng-leads", "partners"]
+    lead = person_values("li@corp.example", "E7", None, {"department": "engineering", "title": "Team Lead",
+                                                          "location": "Potsdam"})
+    assert [g.local_part for g in rules.groups_for(lead)] == ["all-staff", "eng", "berlin", "eng-leads"]
+    contractor = person_values("c@corp.example", "E0042", None, {"employment_type": "Contractor"})
+    assert [g.local_part for g in rules.groups_for(contractor)] == ["eng-leads"]
+    assert rules.by_address["partners@corp.example"].kind == "external-allowed"
