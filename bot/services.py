@@ -44,3 +44,4 @@ async def start_group_services(core: Core, scheduler: Any) -> None:
     async with core.ctx.sessions() as session, session.begin():
         await planner.sync_group_definitions(session, rules, core.ctx.settings, actor="system", via="rules")
     scheduler.cron(report.JOB_ID, core.ctx.settings.groups.audit_cron, "bot.groups.report:scheduled_report")
+    scheduler.cron("groups.announce-plans", "* * * * *", "bot.groups.planner:announce_pending_job")

@@ -124,6 +124,13 @@ async def test_group_mail_on_the_demo_reaches_each_member_once(tmp_path: Path) -
         names = sorted(p.name.split("-", 1)[1] for p in mailbox.messages())
         assert names == ["alice@corp.example.eml", "bob@corp.example.eml"]
         assert b"List-Id:" in mailbox.messages()[0].read_bytes()
-        assert planner.rules_in_force(core).groups == ()
+        assert [g.local_part for g in planner.rules_in_force(core).groups] == ["all-staff", "eng", "berlin"]
+        from bot.commands.lifecycle import reconcile
+
+        preview = await reconcile(core, source="sync", actor="demo", via="demo", dry_run=True)
+        assert "+ alice@corp.example to berlin@corp.example" in preview
+        with pytest.raises(aiosmtplib.SMTPRecipientsRefused):  # eng@ takes mail from its members only
+            await aiosmtplib.send(mail("chen@corp.example", ["eng@corp.example"]), hostname="127.0.0.1",
+                                  port=plan.settings.relay.port)
     finally:
         await runtime.stop()

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as settings_
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 
+from bot.config import load_settings
 from bot.db.models import AuditEntry, Group, Membership, PendingPlan, Person
 from bot.errors import UserError
 from bot.events import Action, Actor, Conversation, PersonEvent
@@ -15,6 +20,7 @@ from bot.hr.importer import import_staff
 from tests.conftest import ADMIN, APPROVER, HR, NOBODY
 from tests.lifecycle_kit import RULES, groups_of, lifecycle_bot, write_rules
 
+SETTINGS = load_settings(read_file=False)
 STAFF = ["employee_id,email,name,department,location"] + [
     f"E{i:03d},p{i}@corp.example,Person {i},{'Engineering' if i % 2 else 'Sales'},Berlin" for i in range(10)]
 
@@ -165,3 +171,52 @@ def test_the_documented_example_rules_file_loads_and_matches() -> None:
     contractor = person_values("c@corp.example", "E0042", None, {"employment_type": "Contractor"})
     assert [g.local_part for g in rules.groups_for(contractor)] == ["eng-leads"]
     assert rules.by_address["partners@corp.example"].kind == "external-allowed"
+
+
+async def test_a_plan_held_where_no_messenger_listens_is_announced_once_later(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from bot.groups import planner
+
+    await import_staff(lbot.core, csv_file(tmp_path, STAFF))
+    console = lbot.core.adapters.pop("console")  # as in `postroom hr import`: no messenger attached
+    held = await import_staff(lbot.core, csv_file(tmp_path, STAFF[:2], "two.csv"))
+    assert held.held is not None
+    lbot.core.attach(console)
+    assert await planner.announce_pending(lbot.core) == [held.held]
+    assert await planner.announce_pending(lbot.core) == []
+    card = lbot.cards("approvals")[-1].card
+    assert card is not None and card.title == f"Membership plan #{held.held} needs an approver"
+
+
+async def test_groups_shows_each_membership_source(lbot) -> None:  # type: ignore[no-untyped-def]
+    at = datetime(2026, 11, 2, 9, tzinfo=UTC)
+    await lbot.core.handle_person_event(PersonEvent("joined", "test", "E3", "kim@corp.example",
+                                                    {"department": "Sales"}, "s1", at))
+    await lbot.say(HR, "/addgroup social kim@corp.example")
+    reply = await lbot.say(HR, "/groups kim@corp.example")
+    assert "sales@corp.example — by the rule “sales”" in reply
+    assert f"social@corp.example — added by hand by {HR}" in reply
+
+
+@settings_(max_examples=200, deadline=None)
+@given(st.text(max_size=300))
+def test_any_rules_text_loads_or_is_refused_with_a_sentence(text: str) -> None:
+    from bot.groups.rules import RulesError, parse_rules
+
+    try:
+        parse_rules(text, SETTINGS, "r.yaml")
+    except RulesError as exc:
+        assert exc.sentence.startswith("r.yaml") and exc.sentence.endswith(".")
+
+
+@settings_(max_examples=100, deadline=None)
+@given(st.lists(st.sampled_from(["  - address: a\n", "    members: {department: x}\n", "    post: members\n",
+                                 "    except: {title: y}\n", "    kind: internal\n", "    owners: [o@corp.example]\n",
+                                 "    bogus: 1\n", "  - {}\n", "    members: everyone\n"]), max_size=8))
+def test_generated_rule_files_load_or_name_their_line(lines: list[str]) -> None:
+    from bot.groups.rules import RulesError, parse_rules
+
+    text = "groups:\n" + "".join(lines)
+    try:
+        parse_rules(text, SETTINGS, "r.yaml")
+    except RulesError as exc:
+        assert re.match(r"r\.yaml, line \d+: ", exc.sentence), exc.sentence

@@ -320,6 +320,33 @@ async def announce_hold(core: Core, pending: PendingPlan) -> None:
     await core.post("approvals", approval_card(pending), subject=f"plan:{pending.id}")
 
 
+async def announce_pending(core: Core) -> list[int]:
+    """Post the card of every pending plan no approver has seen yet (one held by `postroom hr import`,
+    a process with no messenger attached). Returns the plan ids announced."""
+    from bot.db.models import MessageRecord
+
+    async with core.ctx.sessions() as session:
+        pending = (await session.execute(select(PendingPlan).where(PendingPlan.state == "pending")
+                                         .order_by(PendingPlan.id))).scalars().all()
+        if not pending:
+            return []
+        seen = set((await session.execute(select(MessageRecord.subject).where(
+            MessageRecord.subject.in_([f"plan:{p.id}" for p in pending])))).scalars())
+    done = []
+    for p in pending:
+        if f"plan:{p.id}" not in seen:
+            await announce_hold(core, p)
+            done.append(p.id)
+    return done
+
+
+async def announce_pending_job() -> None:
+    """Scheduled job (every minute in `postroom serve`)."""
+    from bot.scheduler import current_core
+
+    await announce_pending(current_core())
+
+
 async def execute(core: Core, plan: Plan, *, source: str, actor: str, via: str, guard: bool = True,
                   session: AsyncSession | None = None) -> Outcome:
     """Policy, guards, apply. Refused changes are dropped (see plan.refused); a guarded plan is held."""
