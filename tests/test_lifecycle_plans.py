@@ -220,3 +220,16 @@ def test_generated_rule_files_load_or_name_their_line(lines: list[str]) -> None:
         parse_rules(text, SETTINGS, "r.yaml")
     except RulesError as exc:
         assert re.match(r"r\.yaml, line \d+: ", exc.sentence), exc.sentence
+
+
+async def test_a_second_snapshot_moves_people_and_drops_attributes_it_no_longer_has(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    await import_staff(lbot.core, csv_file(tmp_path, STAFF[:3]))  # p0 Sales, p1 Engineering, both Berlin
+    moved = [STAFF[0], STAFF[1].replace(",Sales,Berlin", ",Engineering,"), STAFF[2]]
+    result = await import_staff(lbot.core, csv_file(tmp_path, moved, "moved.csv"))
+    assert (result.changed, result.unchanged, result.left) == (1, 1, 0)
+    assert await groups_of(lbot, "p0@corp.example") == {"all-staff": "rule:all-staff", "eng": "rule:eng"}
+    async with lbot.core.ctx.sessions() as s:
+        attrs = (await s.execute(select(Person.attributes).where(Person.employee_id == "E000"))).scalar_one()
+    assert attrs == {"department": "Engineering"}
+    again = await import_staff(lbot.core, csv_file(tmp_path, moved, "moved.csv"))
+    assert (again.changed, again.unchanged, again.plan.changes) == (0, 2, [])

@@ -406,7 +406,8 @@ async def decide(core: Core, plan_id: int, approver: str, via: str, decision: st
             applied = await service.apply(session, plan, actor=approver, via=via)
     if decision == "approved" and events is not None:
         for raw in events:
-            await lifecycle.apply_person_event(core, lifecycle.event_from_dict(raw), guard=False, notify=False)
+            await lifecycle.apply_person_event(core, lifecycle.event_from_dict(raw), guard=False, notify=False,
+                                               snapshot=bool(raw.get("snapshot")))
             applied += 1
         await core.post("hr", Message(f"Plan #{plan_id} approved by {approver}: {applied} HR events from "
                                       f"{pending.source} applied.\n{pending.summary[:3000]}"))

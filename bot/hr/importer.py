@@ -163,12 +163,12 @@ async def import_staff(core: Core, path: Path, *, dry_run: bool = False, actor: 
         async with ctx.sessions() as session, session.begin():
             pending = await planner.hold(session, source=SOURCE, actor=actor, via=SOURCE, reasons=result.reasons,
                                          summary=result.summary(), changes=plan.changes,
-                                         events=[lifecycle.event_to_dict(e) for e in events])
+                                         events=[{**lifecycle.event_to_dict(e), "snapshot": True} for e in events])
         result.held = pending.id
         await planner.announce_hold(core, pending)
         return result
     for i, event in enumerate(events, start=1):
-        await lifecycle.apply_person_event(core, event, guard=False, notify=False)
+        await lifecycle.apply_person_event(core, event, guard=False, notify=False, snapshot=True)
         if progress is not None:
             progress(i, len(events))
     result.applied = True

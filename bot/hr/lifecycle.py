@@ -72,10 +72,12 @@ def _lock_for(core: Core, key: str) -> asyncio.Lock:
     return lock
 
 
-async def apply_person_event(core: Core, event: PersonEvent, *, guard: bool = True, notify: bool = True) -> Outcome:
+async def apply_person_event(core: Core, event: PersonEvent, *, guard: bool = True, notify: bool = True,
+                             snapshot: bool = False) -> Outcome:
     """Apply one HR event. Raises UserError (nothing changed) when the event is unusable.
 
-    `notify=False` (a bulk import) leaves the per-person note to HR to the caller's summary.
+    `notify=False` (a bulk import) leaves the per-person note to HR to the caller's summary;
+    `snapshot=True` (a CSV row) replaces the attributes on record instead of merging into them.
     """
     if event.kind not in KINDS:
         raise UserError(f"“{str(event.kind)[:40]}” is not an HR event type (joined, changed, left).")
@@ -84,7 +86,7 @@ async def apply_person_event(core: Core, event: PersonEvent, *, guard: bool = Tr
     async with _lock_for(core, event.external_id):
         for attempt, delay in enumerate((*RETRY_DELAYS_S, None)):
             try:
-                outcome = await _apply(core, event, guard)
+                outcome = await _apply(core, event, guard, snapshot)
                 break
             except DBAPIError:
                 if delay is None:
@@ -121,7 +123,7 @@ async def retry_event(event: dict[str, Any]) -> None:
     await apply_person_event(current_core(), event_from_dict(event))
 
 
-async def _apply(core: Core, event: PersonEvent, guard: bool) -> Outcome:
+async def _apply(core: Core, event: PersonEvent, guard: bool, snapshot: bool = False) -> Outcome:
     ctx = core.ctx
     settings = ctx.settings
     rules = planner.rules_in_force(core)
@@ -176,7 +178,7 @@ async def _apply(core: Core, event: PersonEvent, guard: bool) -> Outcome:
                 await _rename(session, person, email)
             if event.name:
                 person.name = event.name
-            if event.kind == "joined":
+            if event.kind == "joined" or snapshot:
                 person.attributes = dict(event.attributes)
             else:
                 person.attributes = {**(person.attributes or {}), **dict(event.attributes)}
