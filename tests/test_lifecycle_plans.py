@@ -108,7 +108,7 @@ async def test_sync_dry_run_shows_the_plan_and_sync_applies_it_keeping_manual(lb
     await lbot.say(HR, "/addgroup social zoe@corp.example")
     reply = await lbot.say(HR, "/sync --dry-run")
     assert "Dry run — nothing changed. 5 to add, 0 to remove." in reply
-    assert "+ yan@corp.example to berlin@corp.example (rule berlin: location is one of berlin, potsdam" in reply
+    assert "+ yan@corp.example to berlin@corp.example (rule berlin: location is one of Berlin, Potsdam" in reply
     assert await groups_of(lbot, "zoe@corp.example") == {"social": "manual"}
     reply = await lbot.say(NOBODY, "/sync")
     assert "for HRs" in reply
@@ -124,7 +124,7 @@ async def test_sync_dry_run_shows_the_plan_and_sync_applies_it_keeping_manual(lb
 
 async def test_bad_rules_file_is_refused_and_the_old_rules_stay(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
     before = await lbot.say(HR, "/rules")
-    assert "eng@corp.example (internal, posting: members; owners alice@corp.example) — department is engineering" in before
+    assert "eng@corp.example (internal, posting: members; owners alice@corp.example) — department is Engineering" in before
     write_rules(tmp_path, RULES.replace("    post: members\n", "    post: everybody\n"))
     reply = await lbot.say(HR, "/rules reload")
     assert "line 8: post must be one of members, company, anyone, not “everybody”" in reply

@@ -63,6 +63,7 @@ class GroupRule:
     members: tuple[Condition, ...] | None = None  # None: no rule (filled by hand); (): nobody
     exceptions: tuple[Condition, ...] = ()
     line: int = 0
+    wording: str | None = None  # the rule as written (original case), for /rules and plan reasons
 
     @property
     def source(self) -> str:
@@ -73,6 +74,8 @@ class GroupRule:
         return self.members is not None
 
     def describe(self) -> str:
+        if self.wording is not None:
+            return self.wording
         if self.members is None:
             return "filled by hand"
         if self.members == ((),):
@@ -89,7 +92,7 @@ def _describe_condition(cond: Condition) -> str:
         return "everyone"
     parts = []
     for key, values in cond:
-        vs = sorted(values)
+        vs = sorted(values, key=str.lower)
         parts.append(f"{key} is {vs[0]}" if len(vs) == 1 else f"{key} is one of {', '.join(vs)}")
     return " and ".join(parts)
 
@@ -262,7 +265,7 @@ def _choice(node: yaml.Node, name: str, what: str, options: Iterable[str]) -> st
     return raw
 
 
-def _conditions(node: yaml.Node, name: str, what: str) -> tuple[Condition, ...]:
+def _conditions(node: yaml.Node, name: str, what: str, keep_case: bool = False) -> tuple[Condition, ...]:
     if isinstance(node, yaml.ScalarNode) and str(node.value).strip().lower() in ("everyone", "all", "*"):
         return ((),)
     items = node.value if isinstance(node, yaml.SequenceNode) else [node]
@@ -278,7 +281,7 @@ def _conditions(node: yaml.Node, name: str, what: str) -> tuple[Condition, ...]:
             k = key.lower()
             if not k.replace("_", "").replace("-", "").isalnum():
                 raise RulesError(f"{name}, line {_line(knode)}: “{key[:40]}” is not an attribute name.")
-            values = frozenset(v.lower() for v in _scalars(vnode, name, f"the value of {key}"))
+            values = frozenset(v if keep_case else v.lower() for v in _scalars(vnode, name, f"the value of {key}"))
             cond.append((k, values))
         out.append(tuple(cond))
     return tuple(out)
@@ -331,7 +334,13 @@ def _group(node: yaml.Node, name: str, settings: Settings) -> GroupRule:
         raise RulesError(f"{name}, line {_line(m['except'][1])}: `except: everyone` would leave the group empty.")
     if exceptions and members is None:
         raise RulesError(f"{name}, line {_line(m['except'][0])}: `except` needs a `members` rule to except from.")
+    wording = None
+    if members is not None:
+        shown = GroupRule(address, local, members=_conditions(m["members"][1], name, "members", keep_case=True),
+                          exceptions=_conditions(m["except"][1], name, "except", keep_case=True) if "except" in m else ())
+        wording = shown.describe()
     return GroupRule(
+        wording=wording,
         address=address,
         local_part=local,
         display_name=_scalar(m["name"][1], name, "name")[:200] if "name" in m else None,
