@@ -38,6 +38,9 @@ async def build_core(settings: Settings, **context_options: Any) -> Core:
 
 async def close_core(core: Core) -> None:
     await core.shutdown()
+    scheduler = core.services.get("scheduler")
+    if scheduler is not None:  # opened (paused) by whatever scheduled a job: a leaver's grace period
+        await scheduler.stop()
     for adapter in list(core.adapters.values()):
         try:
             await asyncio.wait_for(adapter.stop(), 5)

@@ -1,4 +1,4 @@
-"""The `postroom` command: demo, chat, serve, db, contacts."""
+"""The `postroom` command: demo, chat, serve, db, contacts, hr, groups."""
 
 from __future__ import annotations
 
@@ -211,6 +211,84 @@ def contacts_import(ctx: click.Context, file: str, list_name: str) -> None:
         click.echo(report.summary())
         if report.bad and not (report.added or report.updated):
             sys.exit(1)
+
+    _run(go())
+
+
+# -- hr -----------------------------------------------------------------------------------------
+@main.group()
+def hr() -> None:
+    """HR events: staff snapshots from an HRIS export."""
+
+
+@hr.command("import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
+@click.pass_context
+def hr_import(ctx: click.Context, file: str, dry_run: bool) -> None:
+    """Import a full staff snapshot (CSV: employee_id, email, name, attribute columns).
+
+    Everyone missing from the file leaves; a plan removing too much waits for an approver.
+    """
+    settings = _settings(ctx.find_root().obj["config"])
+
+    async def go() -> None:
+        from bot.app import build_core, close_core
+        from bot.hr.importer import import_staff
+
+        core = await build_core(settings)
+        bar = None
+        try:
+            def progress(done: int, total: int) -> None:
+                nonlocal bar
+                if bar is None:
+                    bar = click.progressbar(length=total, label="Applying HR events", file=sys.stderr)
+                    bar.__enter__()
+                bar.update(1)
+
+            result = await import_staff(core, Path(file), dry_run=dry_run, actor="cli", progress=progress)
+        finally:
+            if bar is not None:
+                bar.__exit__(None, None, None)
+            await close_core(core)
+        click.echo(result.summary())
+        if result.held is not None:
+            click.echo(f"Approvers get a card in chat (from `postroom serve`), or an approver types /plan approve "
+                       f"{result.held}.")
+            sys.exit(2)
+
+    _run(go())
+
+
+# -- groups -------------------------------------------------------------------------------------
+@main.group("groups")
+def groups_cli() -> None:
+    """Email groups."""
+
+
+@groups_cli.command("export")
+@click.option("--format", "fmt", type=click.Choice(["postfix"]), required=True, help="What to write.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default="-", show_default=True,
+              help="File to write (- for standard output).")
+@click.pass_context
+def groups_export(ctx: click.Context, fmt: str, output: str) -> None:
+    """Write a Postfix virtual alias map of every group (run `postmap` on it)."""
+    settings = _settings(ctx.find_root().obj["config"])
+
+    async def go() -> None:
+        from bot.app import build_core, close_core
+        from bot.groups.export import postfix_virtual
+
+        core = await build_core(settings)
+        try:
+            text = await postfix_virtual(core.ctx)
+        finally:
+            await close_core(core)
+        if output == "-":
+            click.echo(text, nl=False)
+        else:
+            Path(output).write_text(text, encoding="utf-8")
+            click.echo(f"Wrote {output}; now run: postmap {output}", err=True)
 
     _run(go())
 

@@ -115,6 +115,44 @@ class RelaySettings(_Section):
     mailbox_dir: str | None = None
 
 
+class GroupsSettings(_Section):
+    """Email groups: the rules file, the lifecycle's grace period, the mass-removal brake, the audit report."""
+
+    rules_file: str | None = None
+    leaver_grace_hours: float = Field(default=0, ge=0, le=24 * 365)
+    max_remove_share: float = Field(default=0.3, gt=0, le=1)
+    max_remove_count: int = Field(default=100, ge=1)
+    guard_min_removals: int = Field(default=3, ge=1)
+    audit_cron: str = "0 8 * * mon"
+    manual_max_age_days: int = Field(default=365, ge=1)
+
+    @field_validator("audit_cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(v)
+        except ValueError as exc:
+            raise ValueError(f"must be a cron expression of five fields ({exc})") from None
+        return v
+
+
+class HrSettings(_Section):
+    """HR events: the signed webhook."""
+
+    webhook_secret: str | None = Field(default=None, repr=False)
+    webhook_max_bytes: int = Field(default=65536, ge=1024, le=10 * 1024 * 1024)
+    webhook_tolerance_s: int = Field(default=300, ge=1, le=3600)
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _long_enough(cls, v: str | None) -> str | None:
+        if v and len(v) < 16:
+            raise ValueError("must be at least 16 characters")
+        return v or None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="POSTROOM_", env_nested_delimiter="__", extra="forbid", case_sensitive=False
@@ -127,6 +165,8 @@ class Settings(BaseSettings):
     web: WebSettings = WebSettings()
     campaigns: CampaignSettings = CampaignSettings()
     relay: RelaySettings = RelaySettings()
+    groups: GroupsSettings = GroupsSettings()
+    hr: HrSettings = HrSettings()
     console_locale: Literal["en"] = "en"
 
     _toml_data: ClassVar[dict[str, Any]] = {}

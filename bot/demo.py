@@ -65,6 +65,8 @@ def prepare(folder: str | Path = ".postroom-demo", *, fresh: bool = False, web_p
         shutil.copytree(DATA / "templates", templates)
     if not (base / "contacts.csv").exists():
         shutil.copy(DATA / "contacts.csv", base / "contacts.csv")
+    if not (base / "groups.yaml").exists():
+        shutil.copy(DATA / "groups.yaml", base / "groups.yaml")
     smtp = smtp_port if smtp_port is not None else free_port(2525)
     web = web_port if web_port is not None else free_port(8080)
     settings = load_settings(
@@ -78,6 +80,8 @@ def prepare(folder: str | Path = ".postroom-demo", *, fresh: bool = False, web_p
              "secret": "demo-secret-not-for-production"},
         campaigns={"templates_dir": str(templates), "from_address": f"news@{DOMAIN}", "from_name": "Example Corp",
                    "unsubscribe_mailbox": f"unsubscribe@{DOMAIN}"},
+        groups={"rules_file": str(base / "groups.yaml")},
+        hr={"webhook_secret": "demo-hr-webhook-secret-not-for-production"},
     )
     return DemoPlan(base, settings, is_new)
 
@@ -113,6 +117,8 @@ You are {hr}. Try, in order:
   /addgroup eng chen@corp.example
   /addgroup eng someone@gmail.com          ← refused: eng@ is internal
   /members eng
+  /rules                                   ← group rules (groups.yaml in the demo folder)
+  /sync --dry-run                          ← what following the rules would change; /sync applies it
   /as {sender}
   /campaign new spring --to customers --template welcome --subject "Spring news for {{{{ first_name }}}}"
   /campaign preview spring

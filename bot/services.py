@@ -3,7 +3,7 @@ routes (each capability that claims addresses adds one), and the scheduler."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bot.mail.server import Mailbox, Route
 
@@ -14,7 +14,9 @@ if TYPE_CHECKING:
 
 def mail_routes(core: Core, mailbox: Mailbox | None = None) -> list[Route]:
     """Routes in order: specific claims first, the catch-all mailbox (demo only) last."""
-    routes: list[Route] = []
+    from bot.groups.relay import group_route
+
+    routes: list[Route] = [group_route(core)]
     if mailbox is not None:
         routes.append(mailbox.route())
     return routes
@@ -31,3 +33,15 @@ async def start_services(runtime: Runtime, *, mailbox: Mailbox | None = None) ->
         await runtime.start_mail(settings.relay.host, settings.relay.port, mail_routes(core, mailbox))
     scheduler = await ensure_scheduler(core, run_jobs=True)
     runtime.extra_stops.append(scheduler.stop)
+    await start_group_services(core, scheduler)
+
+
+async def start_group_services(core: Core, scheduler: Any) -> None:
+    """Rule groups from the rules file exist, and the audit report is on the calendar."""
+    from bot.groups import planner, report
+
+    rules = planner.rules_in_force(core)
+    async with core.ctx.sessions() as session, session.begin():
+        await planner.sync_group_definitions(session, rules, core.ctx.settings, actor="system", via="rules")
+    scheduler.cron(report.JOB_ID, core.ctx.settings.groups.audit_cron, "bot.groups.report:scheduled_report")
+    scheduler.cron("groups.announce-plans", "* * * * *", "bot.groups.planner:announce_pending_job")

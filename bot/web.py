@@ -108,6 +108,9 @@ def build_web(core: Core) -> Starlette:
         Route("/u/{token}", unsubscribe_post, methods=["POST"]),
         Route("/preview/{token}", preview),
     ]
+    from bot.hr.webhook import webhook_routes
+
+    routes.extend(webhook_routes(core))
     for adapter in core.adapters.values():
         routes.extend(adapter.web_routes())
     routes.extend(core.services.get("web_routes", []))  # type: ignore[arg-type]

@@ -64,6 +64,8 @@ class Person(Base):
     source: Mapped[str] = mapped_column(String(100), default="manual")
     last_event_at: Mapped[datetime | None]
     left_at: Mapped[datetime | None]
+    # The groups a leaver was removed from, so that HR can be told on a rehire.
+    left_groups: Mapped[list[str] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -247,3 +249,20 @@ class Identity(Base):
     email: Mapped[str] = mapped_column(String(320))
     name: Mapped[str | None] = mapped_column(String(200))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class PendingPlan(Base):
+    """A membership plan held for an approver (mass removal, protected group). Decided once."""
+
+    __tablename__ = "pending_plans"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    state: Mapped[str] = mapped_column(String(20), default="pending", index=True)  # pending|approved|rejected
+    source: Mapped[str] = mapped_column(String(100))  # sync | rules | csv | command | hr-webhook …
+    actor: Mapped[str] = mapped_column(String(320))
+    via: Mapped[str] = mapped_column(String(100))
+    reasons: Mapped[list[str]] = mapped_column(default=list)
+    summary: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {"changes": [...]} or {"events": [...]}
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    decided_by: Mapped[str | None] = mapped_column(String(320))
+    decided_at: Mapped[datetime | None]

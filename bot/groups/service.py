@@ -226,49 +226,52 @@ async def check_policy(session: AsyncSession, plan: Plan, settings: Settings) ->
 
 
 async def apply(session: AsyncSession, plan: Plan, *, actor: str, via: str) -> int:
-    """Make the plan true. Idempotent: an add already present or a remove already gone is a no-op."""
+    """Make the plan true. Idempotent: an add already present or a remove already gone is a no-op.
+
+    Removes go out as one DELETE … RETURNING per person (a leaver's fifty groups in one round
+    trip), and only the rows really deleted are audited.
+    """
     applied = 0
-    for c in plan.changes:
-        if c.op == "add":
-            present = (
-                await session.execute(
-                    select(Membership.id).where(Membership.group_id == c.group_id, Membership.email == c.email)
-                )
-            ).scalar_one_or_none()
-            if present is not None:
+    adds = [c for c in plan.changes if c.op == "add"]
+    removes = [c for c in plan.changes if c.op == "remove"]
+    if adds:
+        wanted: dict[int, list[str]] = {}
+        for c in adds:
+            wanted.setdefault(c.group_id, []).append(c.email)
+        present: set[tuple[int, str]] = set()
+        for gid, emails in wanted.items():
+            for i in range(0, len(emails), 500):
+                rows = await session.execute(select(Membership.email).where(
+                    Membership.group_id == gid, Membership.email.in_(emails[i:i + 500])))
+                present.update((gid, e) for e in rows.scalars())
+        for c in adds:
+            if (c.group_id, c.email) in present:
                 continue
-            session.add(
-                Membership(
-                    group_id=c.group_id, email=c.email, person_id=c.person_id, source=c.source, added_by=actor
-                )
-            )
-            audit.record(
-                session,
-                actor=actor,
-                via=via,
-                action="membership.add",
-                subject=f"group:{c.group_address}",
-                before=None,
-                after={"email": c.email, "source": c.source},
-                detail=c.reason,
-            )
-        else:
-            result = await session.execute(
-                delete(Membership).where(Membership.group_id == c.group_id, Membership.email == c.email)
-            )
-            if result.rowcount == 0:
-                continue
-            audit.record(
-                session,
-                actor=actor,
-                via=via,
-                action="membership.remove",
-                subject=f"group:{c.group_address}",
-                before={"email": c.email, "source": c.source},
-                after=None,
-                detail=c.reason,
-            )
-        applied += 1
+            present.add((c.group_id, c.email))
+            session.add(Membership(group_id=c.group_id, email=c.email, person_id=c.person_id, source=c.source,
+                                   added_by=actor))
+            audit.record(session, actor=actor, via=via, action="membership.add", subject=f"group:{c.group_address}",
+                         before=None, after={"email": c.email, "source": c.source}, detail=c.reason)
+            applied += 1
+    if removes:
+        by_email: dict[str, list[Change]] = {}
+        for c in removes:
+            by_email.setdefault(c.email, []).append(c)
+        for email, changes in by_email.items():
+            for i in range(0, len(changes), 500):
+                part = changes[i:i + 500]
+                gone = set((await session.execute(
+                    delete(Membership).where(Membership.email == email,
+                                             Membership.group_id.in_([c.group_id for c in part]))
+                    .returning(Membership.group_id))).scalars())
+                for c in part:
+                    if c.group_id not in gone:
+                        continue
+                    gone.discard(c.group_id)
+                    audit.record(session, actor=actor, via=via, action="membership.remove",
+                                 subject=f"group:{c.group_address}", before={"email": c.email, "source": c.source},
+                                 after=None, detail=c.reason)
+                    applied += 1
     await session.flush()
     return applied
 

@@ -2,27 +2,38 @@
 
 An event has one effect however often it is delivered (its id is kept), and events for one
 person apply in order: one older than the last applied for that person changes nothing.
-A leaver is removed from every group — manual memberships too — through the same
-plan → policy → apply → audit path as every other change.
+Joiner: the rule groups. Mover: rule groups recomputed, manual memberships kept. Leaver: out
+of every group, manual ones too — at once, or when the grace period ends (a persistent scheduled
+job, so a restart does not forget it). Rehire: rules apply again and HR hears what they had.
+Every change goes through the planner (plan → policy → apply → audit) and HR gets a short note.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
 from bot import audit
 from bot.addresses import normalise
-from bot.db.models import Group, Membership, Person, ProcessedEvent
+from bot.db.models import Group, Person, ProcessedEvent
 from bot.db.upsert import insert_ignore
 from bot.errors import UserError
-from bot.events import PersonEvent
+from bot.events import Message, PersonEvent
+from bot.groups import planner
 from bot.groups import service as groups
 
 if TYPE_CHECKING:
     from bot.core import Core
+
+log = logging.getLogger(__name__)
+KINDS = ("joined", "changed", "left")
+RETRY_DELAYS_S = (0.2, 1.0)
 
 
 @dataclass
@@ -31,19 +42,101 @@ class Outcome:
     person: str | None = None
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # manual memberships a mover keeps
+    owned: list[str] = field(default_factory=list)  # groups a leaver owned
+    before: list[str] | None = None  # a rehire's groups when they left
+    removal_due: datetime | None = None  # a leaver in their grace period
+    held: int | None = None  # a plan waiting for an approver (protected groups)
+    note: str = ""  # what HR was told
+    person_id: int | None = None
 
 
-async def apply_person_event(core: Core, event: PersonEvent) -> Outcome:
+def event_to_dict(e: PersonEvent) -> dict[str, Any]:
+    return {"kind": e.kind, "source": e.source, "external_id": e.external_id, "email": e.email,
+            "attributes": dict(e.attributes), "event_id": e.event_id, "at": e.at.isoformat(), "name": e.name}
+
+
+def event_from_dict(d: dict[str, Any]) -> PersonEvent:
+    return PersonEvent(d["kind"], d["source"], d["external_id"], d.get("email"), dict(d.get("attributes") or {}),
+                       d["event_id"], datetime.fromisoformat(d["at"]), d.get("name"))
+
+
+def _lock_for(core: Core, key: str) -> asyncio.Lock:
+    locks: dict[str, asyncio.Lock] = core.services.setdefault("person_locks", {})
+    lock = locks.get(key)
+    if lock is None:
+        if len(locks) > 10_000:
+            for k in [k for k, v in locks.items() if not v.locked()]:
+                locks.pop(k, None)
+        lock = locks[key] = asyncio.Lock()
+    return lock
+
+
+async def apply_person_event(core: Core, event: PersonEvent, *, guard: bool = True, notify: bool = True,
+                             snapshot: bool = False) -> Outcome:
+    """Apply one HR event. Raises UserError (nothing changed) when the event is unusable.
+
+    `notify=False` (a bulk import) leaves the per-person note to HR to the caller's summary;
+    `snapshot=True` (a CSV row) replaces the attributes on record instead of merging into them.
+    """
+    if event.kind not in KINDS:
+        raise UserError(f"“{str(event.kind)[:40]}” is not an HR event type (joined, changed, left).")
+    if event.at.tzinfo is None:
+        raise UserError("The event's time has no time zone.")
+    async with _lock_for(core, event.external_id):
+        for attempt, delay in enumerate((*RETRY_DELAYS_S, None)):
+            try:
+                outcome = await _apply(core, event, guard, snapshot)
+                break
+            except DBAPIError:
+                if delay is None:
+                    log.exception("HR event %s failed %d times", event.event_id, attempt + 1)
+                    await _report_failure(core, event)
+                    raise
+                await asyncio.sleep(delay)
+    if outcome.status == "applied":
+        await _after_commit(core, event, outcome, notify)
+    return outcome
+
+
+async def _report_failure(core: Core, event: PersonEvent) -> None:
+    who = event.email or event.external_id
+    text = f"Applying the {event.kind} event for {who} failed; I will try again in a minute."
+    if event.kind == "left":
+        text = f"Removing leaver {who} from their groups failed; I will try again in a minute."
+    try:
+        from bot.scheduler import ensure_scheduler, now
+
+        scheduler = await ensure_scheduler(core, run_jobs=False)
+        scheduler.at(f"hr.retry:{event.source}:{event.event_id}"[:190], now() + timedelta(minutes=1),
+                     "bot.hr.lifecycle:retry_event", event=event_to_dict(event))
+    except Exception:
+        log.exception("could not schedule the retry of %s", event.event_id)
+        text = text.replace("I will try again in a minute", "the HR system's redelivery or /sync will fix it")
+    await core.post("hr", Message(text))
+
+
+async def retry_event(event: dict[str, Any]) -> None:
+    """Scheduled job: a failed event, once more."""
+    from bot.scheduler import current_core
+
+    await apply_person_event(current_core(), event_from_dict(event))
+
+
+async def _apply(core: Core, event: PersonEvent, guard: bool, snapshot: bool = False) -> Outcome:
     ctx = core.ctx
-    if event.kind not in ("joined", "changed", "left"):
-        raise UserError(f"“{event.kind}” is not an HR event type (joined, changed, left).")
+    settings = ctx.settings
+    rules = planner.rules_in_force(core)
     async with ctx.sessions() as session, session.begin():
         fresh = await insert_ignore(session, ProcessedEvent, [{"source": f"person:{event.source}",
                                                                "event_id": event.event_id[:300]}],
                                     ["source", "event_id"])
         if not fresh:
             return Outcome("duplicate")
-        person = (await session.execute(select(Person).where(Person.employee_id == event.external_id))).scalar_one_or_none()
+        query = select(Person).where(Person.employee_id == event.external_id)
+        if ctx.dialect == "postgresql":
+            query = query.with_for_update()
+        person = (await session.execute(query)).scalar_one_or_none()
         email = normalise(event.email) if event.email else (person.email if person else None)
         if email is None:
             raise UserError(f"The {event.kind} event for {event.external_id} has no email address, and the person "
@@ -54,36 +147,196 @@ async def apply_person_event(core: Core, event: PersonEvent) -> Outcome:
             return Outcome("stale", email)
         if person is None:
             person = Person(employee_id=event.external_id, email=email, name=event.name,
-                            attributes=dict(event.attributes), source=event.source, last_event_at=event.at)
+                            attributes=dict(event.attributes), source=event.source, status="active")
             session.add(person)
             await session.flush()
-        before = {"status": person.status, "email": person.email, "attributes": person.attributes}
+        before = {"status": person.status, "email": person.email, "attributes": dict(person.attributes or {})}
         person.last_event_at = event.at
         person.employee_id = person.employee_id or event.external_id
         outcome = Outcome("applied", email)
+        actor, via = f"hr:{event.source}", event.source
         if event.kind == "left":
             person.status = "left"
             person.left_at = event.at
-            rows = (await session.execute(
-                select(Group, Membership.email).join(Membership, Membership.group_id == Group.id)
-                .where(or_(Membership.person_id == person.id, Membership.email == person.email))
-            )).all()
-            plan = groups.Plan()
-            for group, member_email in rows:
-                plan.changes.append(groups.Change("remove", group.id, group.address, member_email, "leaver",
-                                                  f"{email} left ({event.source})", person.id))
-            await groups.apply(session, plan, actor=f"hr:{event.source}", via=event.source)
-            outcome.removed = [c.group_address for c in plan.changes]
+            due = event.at + timedelta(hours=settings.groups.leaver_grace_hours)
+            current = await planner.plan_leaver(session, person, f"{email} left ({event.source})")
+            person.left_groups = sorted({c.group_address for c in current.changes})
+            if due <= ctx.now():
+                await groups.apply(session, current, actor=actor, via=via)
+                outcome.removed = sorted({c.group_address for c in current.changes})
+            else:
+                outcome.removal_due = due
+            outcome.owned = await owned_groups(session, email)
         else:
-            person.status = "active"
-            person.left_at = None
-            if event.email:
-                person.email = email
+            rehire = event.kind == "joined" and person.status == "left"
+            if rehire:
+                outcome.before = list(person.left_groups or [])
+            if event.kind == "joined" or person.status != "left":
+                person.status = "active"
+                person.left_at = None
+            if event.email and email != person.email:
+                await _rename(session, person, email)
             if event.name:
                 person.name = event.name
-            person.attributes = {**(person.attributes or {}), **dict(event.attributes)}
-        audit.record(session, actor=f"hr:{event.source}", via=event.source, action=f"person.{event.kind}",
+            if event.kind == "joined" or snapshot:
+                person.attributes = dict(event.attributes)
+            else:
+                person.attributes = {**(person.attributes or {}), **dict(event.attributes)}
+            await session.flush()
+            if person.status == "active":
+                plan = await planner.plan_person(session, rules, person)
+                plan = await groups.check_policy(session, plan, settings)
+                if plan.refused:
+                    c = plan.refused[0][0]
+                    raise UserError(f"{c.email} is outside {', '.join(settings.org.domains)}, and the rules put them "
+                                    f"in the internal group {c.group_address}: external people can't join it.")
+                held = groups.Plan()
+                if guard:
+                    plan, held = planner.split_protected(plan, await planner.protected_addresses(session, plan))
+                await groups.apply(session, plan, actor=actor, via=via)
+                outcome.added = sorted(c.group_address for c in plan.adds)
+                outcome.removed = sorted(c.group_address for c in plan.removes)
+                if held.changes:
+                    pending = await planner.hold(session, source=event.source, actor=actor, via=via,
+                                                 reasons=[f"it changes the protected group {a}" for a in
+                                                          sorted({c.group_address for c in held.changes})],
+                                                 summary=held.summary(), changes=held.changes)
+                    outcome.held = pending.id
+                outcome.kept = await _manual_groups(session, person)
+        audit.record(session, actor=actor, via=via, action=f"person.{'rehired' if outcome.before is not None else event.kind}",
                      subject=f"person:{person.employee_id or email}", before=before,
                      after={"status": person.status, "email": person.email, "attributes": person.attributes},
                      detail=f"event {event.event_id}")
+        outcome.note = _hr_note(event, person, before, outcome)
+        person_id = person.id
+    outcome.person_id = person_id
     return outcome
+
+
+async def _rename(session: Any, person: Person, email: str) -> None:
+    """A person's address changed: their memberships follow."""
+    from sqlalchemy import update
+
+    from bot.db.models import Membership
+
+    taken = (await session.execute(select(Person.id).where(Person.email == email, Person.id != person.id))).first()
+    if taken:
+        raise UserError(f"{email} already belongs to another person on record.")
+    await session.execute(update(Membership).where(Membership.person_id == person.id).values(email=email))
+    person.email = email
+
+
+async def _manual_groups(session: Any, person: Person) -> list[str]:
+    from bot.db.models import Membership
+
+    return sorted((await session.execute(
+        select(Group.address).join(Membership, Membership.group_id == Group.id)
+        .where(Membership.email == person.email, ~Membership.source.like("rule:%")))).scalars())
+
+
+async def owned_groups(session: Any, email: str) -> list[str]:
+    from sqlalchemy import String, cast
+
+    # The text match narrows the rows on both databases; the list check makes it exact.
+    rows = (await session.execute(select(Group.address, Group.owners).where(
+        cast(Group.owners, String).like(f'%"{email}"%')))).all()
+    return sorted(a for a, owners in rows if email in (owners or []))
+
+
+def _list(items: list[str], limit: int = 10) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _hr_note(event: PersonEvent, person: Person, before: dict[str, Any], o: Outcome) -> str:
+    who = f"{person.name} ({person.email})" if person.name else person.email
+    if event.kind == "left":
+        if o.removal_due is not None:
+            text = f"{who} left; they stay in their groups until {o.removal_due:%Y-%m-%d %H:%M} UTC (grace period)."
+        elif o.removed:
+            text = f"{who} left: removed from {_list(o.removed)}."
+        else:
+            text = f"{who} left; they were in no group."
+        if o.owned:
+            text += f" They owned {_list(o.owned)}: those groups need a new owner."
+        return text
+    changes = []
+    if o.added:
+        changes.append(f"added to {_list(o.added)}")
+    if o.removed:
+        changes.append(f"removed from {_list(o.removed)}")
+    done = "; ".join(changes) if changes else "no group changed"
+    if o.before is not None:
+        had = _list(o.before) if o.before else "no group"
+        text = f"{who} is back (rehired): {done}. When they left they were in {had}."
+    elif event.kind == "joined":
+        text = f"{who} joined: {done}."
+    else:
+        moved = [f"{k} {before['attributes'].get(k, '—')} → {v}" for k, v in sorted(event.attributes.items())
+                 if before["attributes"].get(k) != v]
+        text = f"{who} changed{' (' + '; '.join(moved) + ')' if moved else ''}: {done}."
+        kept = [g for g in o.kept if g not in o.added]
+        if kept and changes:
+            text += f" Kept (added by hand): {_list(kept)}."
+    if o.held is not None:
+        text += f" Changes to protected groups wait for an approver (plan #{o.held})."
+    return text
+
+
+async def _after_commit(core: Core, event: PersonEvent, o: Outcome, notify: bool = True) -> None:
+    if o.removal_due is not None:
+        try:
+            from bot.scheduler import ensure_scheduler
+
+            scheduler = await ensure_scheduler(core, run_jobs=False)
+            assert o.person_id is not None
+            scheduler.at(leaver_job_id(o.person_id), o.removal_due, "bot.hr.lifecycle:finish_leaver",
+                         person_id=o.person_id, left_at=event.at.isoformat())
+        except Exception:
+            log.exception("could not schedule the removal of leaver %s", o.person)
+            o.note += " Scheduling their removal failed: /sync will remove them when the grace period is over."
+    if o.held is not None:
+        async with core.ctx.sessions() as session:
+            pending = await session.get(planner.PendingPlan, o.held)
+        if pending is not None:
+            await planner.announce_hold(core, pending)
+    if notify:
+        await core.post("hr", Message(o.note))
+
+
+def leaver_job_id(person_id: int) -> str:
+    return f"hr.leaver:{person_id}"
+
+
+async def finish_leaver(person_id: int, left_at: str) -> None:
+    """Scheduled job: the grace period is over, so the leaver leaves every group."""
+    from bot.scheduler import current_core
+
+    await remove_leaver(current_core(), person_id, datetime.fromisoformat(left_at))
+
+
+async def remove_leaver(core: Core, person_id: int, left_at: datetime) -> list[str]:
+    removed: list[str] = []
+    try:
+        async with core.ctx.sessions() as session, session.begin():
+            person = await session.get(Person, person_id)
+            # Rehired (or a newer leave) since: this job is no longer theirs to run.
+            if person is None or person.status != "left" or person.left_at != left_at.astimezone(UTC):
+                return removed
+            plan = await planner.plan_leaver(session, person, f"{person.email} left; grace period over")
+            await groups.apply(session, plan, actor="hr:grace-period", via="scheduler")
+            removed = sorted({c.group_address for c in plan.changes})
+            who = person.email
+    except Exception:
+        log.exception("removing leaver %s failed", person_id)
+        from bot.scheduler import ensure_scheduler, now
+
+        scheduler = await ensure_scheduler(core, run_jobs=False)
+        scheduler.at(leaver_job_id(person_id), now() + timedelta(minutes=1), "bot.hr.lifecycle:finish_leaver",
+                     person_id=person_id, left_at=left_at.isoformat())
+        await core.post("hr", Message(f"Removing a leaver (person #{person_id}) from their groups failed; "
+                                      "I will try again in a minute."))
+        return removed
+    await core.post("hr", Message(f"{who}'s grace period is over: removed from {_list(removed)}." if removed else
+                                  f"{who}'s grace period is over; they were in no group."))
+    return removed

@@ -1,0 +1,202 @@
+"""HR lifecycle at company scale: leaver latency and a full reconcile.
+
+    python benchmarks/lifecycle.py [--database-url URL] [--people 10000] [--groups 1000] [--per-person 50]
+
+Sets up `people` people and `groups` rule groups (50 attributes x 20 values, so each person
+matches exactly `per-person` groups: 500,000 memberships at the defaults), then measures:
+- a `left` event through `Core.handle_person_event` (dedupe, plan, remove from every group,
+  audit each removal, HR note), p50/p95 over 200 leavers;
+- a full reconcile (`/sync`: rule definitions, every person against the rules, policy, guards,
+  apply) with 1% of people moved to another department since the last one.
+Baselines from the same run: one audited single-row transaction (the database's floor for an
+event) and streaming every membership row (the floor for any full reconcile).
+On PostgreSQL a throwaway database is created next to the one in the URL and dropped after.
+The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sqlalchemy import insert, select, text, update  # noqa: E402
+from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
+
+from bot import audit  # noqa: E402
+from bot.app import build_core, close_core  # noqa: E402
+from bot.commands.lifecycle import reconcile  # noqa: E402
+from bot.config import load_settings, normalise_database_url  # noqa: E402
+from bot.db.models import Group, Membership, Person  # noqa: E402
+from bot.events import PersonEvent  # noqa: E402
+from bot.groups import planner  # noqa: E402
+from bot.groups.rules import parse_rules  # noqa: E402
+
+VALUES = 20
+
+
+def rules_yaml(groups: int) -> str:
+    lines = ["groups:"]
+    for g in range(groups):
+        dim, val = divmod(g, VALUES)
+        lines += [f"  - address: g{dim}-{val}", "    owners: [owner@corp.example]",
+                  f"    members: {{a{dim}: v{val}}}"]
+    return "\n".join(lines) + "\n"
+
+
+def attributes(i: int, dims: int, shift: int = 0) -> dict[str, str]:
+    return {f"a{d}": f"v{(i * 7 + d * 3 + shift) % VALUES}" for d in range(dims)}
+
+
+async def setup(core, people: int, groups: int, per_person: int) -> None:  # type: ignore[no-untyped-def]
+    settings = core.ctx.settings
+    rules = parse_rules(rules_yaml(groups), settings, "bench.yaml")
+    core.services["rules"] = rules
+    async with core.ctx.sessions() as s, s.begin():
+        await planner.sync_group_definitions(s, rules, settings, actor="bench", via="bench")
+    dims = groups // VALUES
+    assert dims == per_person, "groups / 20 must equal per-person"
+    at = datetime.now(UTC) - timedelta(days=30)
+    async with core.ctx.sessions() as s, s.begin():
+        await s.execute(insert(Person), [
+            {"employee_id": f"E{i:06d}", "email": f"p{i}@corp.example", "name": f"Person {i}",
+             "attributes": attributes(i, dims), "status": "active", "source": "bench", "last_event_at": at}
+            for i in range(people)])
+    async with core.ctx.sessions() as s:
+        ids = dict((await s.execute(select(Group.address, Group.id))).all())
+        pids = dict((await s.execute(select(Person.email, Person.id))).all())
+    rows = []
+    for i in range(people):
+        email = f"p{i}@corp.example"
+        for d, v in attributes(i, dims).items():
+            address = f"g{d[1:]}-{v[1:]}@corp.example"
+            rows.append({"group_id": ids[address], "email": email, "person_id": pids[email],
+                         "source": f"rule:g{d[1:]}-{v[1:]}", "added_by": "bench"})
+    for k in range(0, len(rows), 20_000):
+        async with core.ctx.sessions() as s, s.begin():
+            await s.execute(insert(Membership), rows[k:k + 20_000])
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+async def run(url: str, people: int, groups: int, per_person: int, leavers: int) -> dict[str, object]:
+    settings = load_settings(read_file=False, database={"url": url},
+                             org={"name": "Bench", "domains": ["corp.example"]},
+                             groups={"max_remove_count": 100_000})
+    core = await build_core(settings)
+    try:
+        t0 = time.perf_counter()
+        await setup(core, people, groups, per_person)
+        setup_s = time.perf_counter() - t0
+        async with core.ctx.sessions() as s:
+            total = (await s.execute(text("SELECT count(*) FROM memberships"))).scalar_one()
+        print(f"setup: {people} people, {groups} groups, {total} memberships in {setup_s:.1f} s "
+              f"({core.ctx.dialect})", file=sys.stderr)
+
+        # Baseline: one audited single-row transaction.
+        base = []
+        for i in range(200):
+            t = time.perf_counter()
+            async with core.ctx.sessions() as s, s.begin():
+                audit.record(s, actor="bench", via="bench", action="bench.noop", subject=f"bench:{i}")
+            base.append((time.perf_counter() - t) * 1000)
+
+        # Leavers: one event each, applied and audited.
+        times = []
+        now = datetime.now(UTC)
+        for i in range(leavers):
+            n = (i * 37) % people
+            event = PersonEvent("left", "bench", f"E{n:06d}", None, {}, f"leave-{n}", now)
+            t = time.perf_counter()
+            out = await core.handle_person_event(event)
+            times.append((time.perf_counter() - t) * 1000)
+            assert out.status == "applied" and len(out.removed) == per_person, (out.status, len(out.removed))
+        async with core.ctx.sessions() as s:
+            audited = (await s.execute(text("SELECT count(*) FROM audit WHERE action = 'membership.remove'"))).scalar_one()
+        assert audited == leavers * per_person
+
+        # Drift: 1% of people move (their first attribute changes) since the last reconcile.
+        movers = people // 100
+        async with core.ctx.sessions() as s, s.begin():
+            for i in range(movers):
+                n = (i * 53 + 1) % people
+                attrs = attributes(n, per_person)
+                attrs["a0"] = f"v{(int(attrs['a0'][1:]) + 1) % VALUES}"
+                await s.execute(update(Person).where(Person.employee_id == f"E{n:06d}", Person.status == "active")
+                                .values(attributes=attrs))
+        t = time.perf_counter()
+        async with core.ctx.sessions() as s:
+            streamed = len((await s.execute(select(Membership.email, Membership.group_id,
+                                                    Membership.source))).all())
+        scan_s = time.perf_counter() - t
+
+        t = time.perf_counter()
+        summary = await reconcile(core, source="sync", actor="bench", via="bench", dry_run=False)
+        reconcile_s = time.perf_counter() - t
+        first_line = summary.splitlines()[0]
+        t = time.perf_counter()
+        again = await reconcile(core, source="sync", actor="bench", via="bench", dry_run=True)
+        insync_s = time.perf_counter() - t
+        assert "nothing to change" in again, again[:300]
+    finally:
+        await close_core(core)
+    print(f"baseline: one audited single-row transaction p50 {statistics.median(base):.2f} ms, "
+          f"p95 {pct(base, 95):.2f} ms", file=sys.stderr)
+    print(f"leaver event ({per_person} groups, audited): p50 {statistics.median(times):.1f} ms, "
+          f"p95 {pct(times, 95):.1f} ms, max {max(times):.1f} ms over {leavers} events", file=sys.stderr)
+    print(f"baseline: reading all {streamed} membership rows {scan_s:.2f} s", file=sys.stderr)
+    print(f"full reconcile of {people} people with {movers} movers: {reconcile_s:.2f} s ({first_line}); "
+          f"dry run when in sync: {insync_s:.2f} s", file=sys.stderr)
+    return {"people": people, "groups": groups, "per_person": per_person,
+            "leaver_p50_ms": round(statistics.median(times), 1), "leaver_p95_ms": round(pct(times, 95), 1),
+            "reconcile_s": round(reconcile_s, 2), "reconcile_in_sync_s": round(insync_s, 2),
+            "baseline_txn_p95_ms": round(pct(base, 95), 2), "baseline_scan_s": round(scan_s, 2),
+            "database": core.ctx.dialect}
+
+
+async def with_database(args: argparse.Namespace) -> dict[str, object]:
+    if not args.database_url:
+        with tempfile.TemporaryDirectory() as tmp:
+            return await run(f"sqlite+aiosqlite:///{tmp}/bench.db", args.people, args.groups, args.per_person,
+                             args.leavers)
+    url = normalise_database_url(args.database_url)
+    if not url.startswith("postgresql"):
+        return await run(url, args.people, args.groups, args.per_person, args.leavers)
+    name = f"postroom_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_async_engine(url, isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        return await run(url.rsplit("/", 1)[0] + "/" + name, args.people, args.groups, args.per_person, args.leavers)
+    finally:
+        async with admin.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await admin.dispose()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--database-url", default=None, help="default: a temporary SQLite file")
+    p.add_argument("--people", type=int, default=10_000)
+    p.add_argument("--groups", type=int, default=1_000)
+    p.add_argument("--per-person", type=int, default=50)
+    p.add_argument("--leavers", type=int, default=200)
+    args = p.parse_args()
+    result = asyncio.run(with_database(args))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""The audit report on email groups: `/audit` on demand, and on a schedule (groups.audit_cron) to HR.
+
+It lists groups with no owner, empty groups, external members, leavers still in any group
+(there must never be one once their grace period is over), and manual memberships older than
+groups.manual_max_age_days.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import func, select
+
+from bot.db.models import Group, Membership, Person
+from bot.events import Card, Message
+
+if TYPE_CHECKING:
+    from bot.core import Core
+
+JOB_ID = "groups.audit-report"
+
+
+@dataclass
+class Report:
+    no_owner: list[str] = field(default_factory=list)
+    empty: list[str] = field(default_factory=list)
+    external: list[tuple[str, str]] = field(default_factory=list)  # (group, member)
+    leavers: list[tuple[str, str]] = field(default_factory=list)  # (email, group): must be none
+    in_grace: list[tuple[str, str]] = field(default_factory=list)  # (email, removal due)
+    old_manual: list[tuple[str, str, str]] = field(default_factory=list)  # (group, member, since)
+
+    @property
+    def clean(self) -> bool:
+        return not (self.no_owner or self.empty or self.external or self.leavers or self.old_manual)
+
+    def message(self, max_age_days: int) -> Message:
+        def some(items: list[str], limit: int = 15) -> str:
+            if not items:
+                return "none"
+            return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+        fields = (
+            ("Leavers still in a group (must be none)", some([f"{e} in {g}" for e, g in self.leavers])),
+            ("Leavers in their grace period", some([f"{e} until {d}" for e, d in self.in_grace])),
+            ("Groups with no owner", some(self.no_owner)),
+            ("Empty groups", some(self.empty)),
+            ("External members", some([f"{m} in {g}" for g, m in self.external])),
+            (f"Manual memberships older than {max_age_days} days",
+             some([f"{m} in {g} (since {s})" for g, m, s in self.old_manual])),
+        )
+        headline = "Email groups audit: all clear." if self.clean else "Email groups audit: some things need a look."
+        if self.leavers:
+            headline = f"Email groups audit: {len(self.leavers)} leaver membership(s) remain — /sync removes them."
+        return Message(headline, Card(title="Email groups audit", fields=fields))
+
+
+async def build_report(core: Core) -> Report:
+    ctx = core.ctx
+    settings = ctx.settings
+    now = ctx.now()
+    grace = timedelta(hours=settings.groups.leaver_grace_hours)
+    report = Report()
+    async with ctx.sessions() as session:
+        counts = dict((await session.execute(
+            select(Membership.group_id, func.count()).group_by(Membership.group_id))).all())
+        groups = (await session.execute(select(Group.id, Group.address, Group.owners).order_by(Group.address))).all()
+        for gid, address, owners in groups:
+            if not owners:
+                report.no_owner.append(address)
+            if not counts.get(gid):
+                report.empty.append(address)
+        domains = settings.org.domains
+        rows = (await session.execute(
+            select(Group.address, Membership.email).join(Membership, Membership.group_id == Group.id)
+            .order_by(Group.address, Membership.email))).all()
+        for address, email in rows:
+            domain = email.rsplit("@", 1)[-1]
+            if not any(domain == d or domain.endswith("." + d) for d in domains):
+                report.external.append((address, email))
+        leavers = (await session.execute(
+            select(Person.email, Person.left_at, Group.address)
+            .join(Membership, (Membership.person_id == Person.id) | (Membership.email == Person.email))
+            .join(Group, Group.id == Membership.group_id)
+            .where(Person.status == "left").order_by(Person.email, Group.address))).all()
+        for email, left_at, address in leavers:
+            due = (left_at or now) + grace
+            if due <= now:
+                report.leavers.append((email, address))
+            elif (email, f"{due:%Y-%m-%d %H:%M}") not in report.in_grace:
+                report.in_grace.append((email, f"{due:%Y-%m-%d %H:%M}"))
+        cutoff = now - timedelta(days=settings.groups.manual_max_age_days)
+        old = (await session.execute(
+            select(Group.address, Membership.email, Membership.added_at)
+            .join(Membership, Membership.group_id == Group.id)
+            .where(Membership.source == "manual", Membership.added_at < cutoff)
+            .order_by(Membership.added_at).limit(500))).all()
+        report.old_manual = [(a, e, f"{t:%Y-%m-%d}") for a, e, t in old]
+    return report
+
+
+async def scheduled_report() -> None:
+    """Scheduled job: the audit report to the HR conversation."""
+    from bot.scheduler import current_core
+
+    core = current_core()
+    report = await build_report(core)
+    await core.post("hr", report.message(core.ctx.settings.groups.manual_max_age_days))

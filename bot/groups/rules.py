@@ -1,0 +1,355 @@
+"""The rules file: which groups exist and who belongs in them, by person attributes.
+
+    groups:
+      - address: eng                 # local part or full address on a company domain
+        name: Engineering
+        owners: [hannah@corp.example]
+        kind: internal               # internal | external-allowed
+        protected: false
+        post: members                # members | company | anyone
+        visibility: company          # members | company | owners
+        members:                     # several keys: all of them; a list of values: any of them
+          department: Engineering
+          location: [Berlin, Shanghai]
+        except:                      # people who match this stay out
+          title: Contractor
+
+`members` may also be a list of such mappings (any of them), `members: everyone` takes every
+active person, and a group without `members` is declared but filled by hand. A file with an
+error is refused whole, with its line and the reason; the rules in force stay as they were.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bot.config import Settings
+from bot.groups.service import LOCAL_PART_RE
+
+KINDS = ("internal", "external-allowed")
+POST_POLICIES = ("members", "company", "anyone")
+VISIBILITIES = ("members", "company", "owners")
+GROUP_KEYS = {"address", "name", "owners", "kind", "protected", "post", "visibility", "members", "except"}
+# Attributes read from the person record rather than from `attributes`.
+BUILTIN_KEYS = {"email", "employee_id", "name"}
+
+
+class RulesError(Exception):
+    """The rules file is wrong; `sentence` says where (line) and why."""
+
+    def __init__(self, sentence: str):
+        super().__init__(sentence)
+        self.sentence = sentence
+
+
+Condition = tuple[tuple[str, frozenset[str]], ...]  # all of these keys, each any of these values
+
+
+@dataclass(frozen=True)
+class GroupRule:
+    address: str
+    local_part: str
+    display_name: str | None = None
+    owners: tuple[str, ...] = ()
+    kind: str = "internal"
+    protected: bool = False
+    post_policy: str = "company"
+    visibility: str = "company"
+    members: tuple[Condition, ...] | None = None  # None: no rule (filled by hand); (): nobody
+    exceptions: tuple[Condition, ...] = ()
+    line: int = 0
+    wording: str | None = None  # the rule as written (original case), for /rules and plan reasons
+
+    @property
+    def source(self) -> str:
+        return f"rule:{self.local_part}"
+
+    @property
+    def has_rule(self) -> bool:
+        return self.members is not None
+
+    def describe(self) -> str:
+        if self.wording is not None:
+            return self.wording
+        if self.members is None:
+            return "filled by hand"
+        if self.members == ((),):
+            text = "everyone"
+        else:
+            text = " or ".join(_describe_condition(c) for c in self.members) or "nobody"
+        if self.exceptions:
+            text += ", except " + " or ".join(_describe_condition(c) for c in self.exceptions)
+        return text
+
+
+def _describe_condition(cond: Condition) -> str:
+    if not cond:
+        return "everyone"
+    parts = []
+    for key, values in cond:
+        vs = sorted(values, key=str.lower)
+        parts.append(f"{key} is {vs[0]}" if len(vs) == 1 else f"{key} is one of {', '.join(vs)}")
+    return " and ".join(parts)
+
+
+def person_values(email: str, employee_id: str | None, name: str | None,
+                  attributes: Mapping[str, Any] | None) -> dict[str, str]:
+    """The person's attributes as matching sees them: lower-cased strings, built-ins included."""
+    out = {str(k).strip().lower(): str(v).strip().lower() for k, v in (attributes or {}).items()
+           if v is not None and not isinstance(v, (dict, list))}
+    out["email"] = email.lower()
+    if employee_id:
+        out["employee_id"] = employee_id.lower()
+    if name:
+        out["name"] = name.lower()
+    return out
+
+
+def _matches(cond: Condition, values: Mapping[str, str]) -> bool:
+    return all(values.get(key) in allowed for key, allowed in cond)
+
+
+@dataclass
+class RuleSet:
+    groups: tuple[GroupRule, ...] = ()
+    path: str | None = None
+    # (key, value) -> indexes of rules whose every condition needs that pair; a person only has to
+    # be checked against the rules one of their pairs points to (10,000 people x 1,000 rules).
+    _index: dict[tuple[str, str], list[int]] = field(default_factory=dict, repr=False)
+    _always: list[int] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        for i, rule in enumerate(self.groups):
+            if rule.members is None:
+                continue
+            for cond in rule.members:
+                if not cond:
+                    self._always.append(i)
+                    continue
+                key, values = cond[0]
+                for v in values:
+                    self._index.setdefault((key, v), []).append(i)
+
+    @property
+    def by_address(self) -> dict[str, GroupRule]:
+        return {g.address: g for g in self.groups}
+
+    @property
+    def rule_sources(self) -> dict[str, GroupRule]:
+        return {g.source: g for g in self.groups if g.has_rule}
+
+    def groups_for(self, values: Mapping[str, str]) -> list[GroupRule]:
+        """The rule groups a person with these attribute values belongs in."""
+        candidates = set(self._always)
+        for pair in values.items():
+            candidates.update(self._index.get(pair, ()))
+        found = []
+        for i in sorted(candidates):
+            rule = self.groups[i]
+            assert rule.members is not None
+            if any(_matches(c, values) for c in rule.members) and not any(_matches(c, values) for c in rule.exceptions):
+                found.append(rule)
+        return found
+
+    def describe(self) -> str:
+        if not self.groups:
+            return "No group rules are in force." + ("" if self.path else " Set groups.rules_file in the configuration.")
+        lines = [f"{len(self.groups)} group{'s' if len(self.groups) != 1 else ''} from {self.path or 'the rules file'}:"]
+        for g in self.groups:
+            flags = [g.kind]
+            if g.protected:
+                flags.append("protected")
+            flags.append(f"posting: {g.post_policy}")
+            owners = f"; owners {', '.join(g.owners)}" if g.owners else "; no owner"
+            lines.append(f"  {g.address} ({', '.join(flags)}{owners}) — {g.describe()}")
+        return "\n".join(lines)
+
+
+# -- loading ------------------------------------------------------------------------------------
+def load_rules(path: str | Path, settings: Settings) -> RuleSet:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RulesError(f"The rules file {p} does not exist.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RulesError(f"The rules file {p} cannot be read: {exc}.") from None
+    return parse_rules(text, settings, str(p))
+
+
+def parse_rules(text: str, settings: Settings, path: str | None = None) -> RuleSet:
+    name = path or "the rules file"
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else 0
+        raise RulesError(f"{name}, line {line}: not valid YAML ({exc.problem}).") from None
+    except yaml.YAMLError as exc:
+        raise RulesError(f"{name}: not valid YAML ({exc}).") from None
+    if root is None:
+        return RuleSet((), path)
+    top = _mapping(root, name, "the file")
+    unknown = [k for k in top if k != "groups"]
+    if unknown:
+        raise RulesError(f"{name}, line {_line(top[unknown[0]][0])}: unknown top-level key “{unknown[0]}” "
+                         "(the file holds `groups:`).")
+    if "groups" not in top:
+        return RuleSet((), path)
+    seq = top["groups"][1]
+    if not isinstance(seq, yaml.SequenceNode):
+        raise RulesError(f"{name}, line {_line(seq)}: `groups` must be a list of groups.")
+    rules: list[GroupRule] = []
+    seen: dict[str, int] = {}
+    for item in seq.value:
+        rule = _group(item, name, settings)
+        if rule.address in seen:
+            raise RulesError(f"{name}, line {rule.line}: {rule.address} is declared twice (first on line "
+                             f"{seen[rule.address]}).")
+        seen[rule.address] = rule.line
+        rules.append(rule)
+    return RuleSet(tuple(rules), path)
+
+
+def _line(node: yaml.Node) -> int:
+    return node.start_mark.line + 1
+
+
+def _mapping(node: yaml.Node, name: str, what: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+    if not isinstance(node, yaml.MappingNode):
+        raise RulesError(f"{name}, line {_line(node)}: {what} must be a mapping of keys to values.")
+    out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    for k, v in node.value:
+        if not isinstance(k, yaml.ScalarNode):
+            raise RulesError(f"{name}, line {_line(k)}: a key must be a plain word.")
+        key = str(k.value).strip()
+        if key in out:
+            raise RulesError(f"{name}, line {_line(k)}: “{key}” is given twice in {what}.")
+        out[key] = (k, v)
+    return out
+
+
+def _scalar(node: yaml.Node, name: str, what: str) -> str:
+    if not isinstance(node, yaml.ScalarNode) or node.value is None or str(node.value).strip() == "":
+        raise RulesError(f"{name}, line {_line(node)}: {what} must be a single value.")
+    return str(node.value).strip()
+
+
+def _scalars(node: yaml.Node, name: str, what: str) -> list[str]:
+    if isinstance(node, yaml.SequenceNode):
+        values = [_scalar(v, name, what) for v in node.value]
+        if not values:
+            raise RulesError(f"{name}, line {_line(node)}: {what} is an empty list.")
+        return values
+    return [_scalar(node, name, what)]
+
+
+def _bool(node: yaml.Node, name: str, what: str) -> bool:
+    raw = _scalar(node, name, what).lower()
+    if raw in ("true", "yes", "on"):
+        return True
+    if raw in ("false", "no", "off"):
+        return False
+    raise RulesError(f"{name}, line {_line(node)}: {what} must be true or false, not “{raw[:40]}”.")
+
+
+def _choice(node: yaml.Node, name: str, what: str, options: Iterable[str]) -> str:
+    raw = _scalar(node, name, what).lower()
+    opts = tuple(options)
+    if raw not in opts:
+        raise RulesError(f"{name}, line {_line(node)}: {what} must be one of {', '.join(opts)}, not “{raw[:40]}”.")
+    return raw
+
+
+def _conditions(node: yaml.Node, name: str, what: str, keep_case: bool = False) -> tuple[Condition, ...]:
+    if isinstance(node, yaml.ScalarNode) and str(node.value).strip().lower() in ("everyone", "all", "*"):
+        return ((),)
+    items = node.value if isinstance(node, yaml.SequenceNode) else [node]
+    if not items:
+        raise RulesError(f"{name}, line {_line(node)}: {what} is an empty list.")
+    out: list[Condition] = []
+    for item in items:
+        m = _mapping(item, name, what)
+        if not m:
+            raise RulesError(f"{name}, line {_line(item)}: {what} has no attribute to match.")
+        cond = []
+        for key, (knode, vnode) in m.items():
+            k = key.lower()
+            if not k.replace("_", "").replace("-", "").isalnum():
+                raise RulesError(f"{name}, line {_line(knode)}: “{key[:40]}” is not an attribute name.")
+            values = frozenset(v if keep_case else v.lower() for v in _scalars(vnode, name, f"the value of {key}"))
+            cond.append((k, values))
+        out.append(tuple(cond))
+    return tuple(out)
+
+
+def _group(node: yaml.Node, name: str, settings: Settings) -> GroupRule:
+    from bot.addresses import normalise
+    from bot.errors import UserError
+
+    line = _line(node)
+    m = _mapping(node, name, "a group")
+    unknown = [k for k in m if k not in GROUP_KEYS]
+    if unknown:
+        raise RulesError(f"{name}, line {_line(m[unknown[0]][0])}: unknown key “{unknown[0][:40]}” "
+                         f"(a group takes {', '.join(sorted(GROUP_KEYS))}).")
+    if "address" not in m:
+        raise RulesError(f"{name}, line {line}: a group needs an `address`.")
+    anode = m["address"][1]
+    raw = _scalar(anode, name, "address").lower()
+    if "@" not in raw:
+        raw = f"{raw}@{settings.org.domains[0]}"
+    try:
+        address = normalise(raw)
+    except UserError as exc:
+        raise RulesError(f"{name}, line {_line(anode)}: {exc.sentence}") from None
+    local = address.split("@", 1)[0]
+    if not LOCAL_PART_RE.match(local):
+        raise RulesError(f"{name}, line {_line(anode)}: “{local}” cannot be a group's name: use letters, digits, "
+                         "dot, dash or underscore.")
+    if not settings.is_internal(address):
+        raise RulesError(f"{name}, line {_line(anode)}: {address} is outside {', '.join(settings.org.domains)}; "
+                         "a group's address must be on a company domain.")
+    owners: list[str] = []
+    if "owners" in m:
+        onode = m["owners"][1]
+        for o in _scalars(onode, name, "owners"):
+            try:
+                owners.append(normalise(o))
+            except UserError as exc:
+                raise RulesError(f"{name}, line {_line(onode)}: {exc.sentence}") from None
+    kind = _choice(m["kind"][1], name, "kind", KINDS) if "kind" in m else "internal"
+    if kind == "internal":
+        outside = [o for o in owners if not settings.is_internal(o)]
+        if outside:
+            raise RulesError(f"{name}, line {_line(m['owners'][1])}: {outside[0]} is external and {address} is "
+                             "an internal group: external people can't own it.")
+    members = _conditions(m["members"][1], name, "members") if "members" in m else None
+    exceptions = _conditions(m["except"][1], name, "except") if "except" in m else ()
+    if exceptions == ((),):
+        raise RulesError(f"{name}, line {_line(m['except'][1])}: `except: everyone` would leave the group empty.")
+    if exceptions and members is None:
+        raise RulesError(f"{name}, line {_line(m['except'][0])}: `except` needs a `members` rule to except from.")
+    wording = None
+    if members is not None:
+        shown = GroupRule(address, local, members=_conditions(m["members"][1], name, "members", keep_case=True),
+                          exceptions=_conditions(m["except"][1], name, "except", keep_case=True) if "except" in m else ())
+        wording = shown.describe()
+    return GroupRule(
+        wording=wording,
+        address=address,
+        local_part=local,
+        display_name=_scalar(m["name"][1], name, "name")[:200] if "name" in m else None,
+        owners=tuple(owners),
+        kind=kind,
+        protected=_bool(m["protected"][1], name, "protected") if "protected" in m else False,
+        post_policy=_choice(m["post"][1], name, "post", POST_POLICIES) if "post" in m else "company",
+        visibility=_choice(m["visibility"][1], name, "visibility", VISIBILITIES) if "visibility" in m else "company",
+        members=members,
+        exceptions=exceptions,
+        line=line,
+    )

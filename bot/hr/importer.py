@@ -1,0 +1,179 @@
+"""`postroom hr import staff.csv`: a full snapshot from an HRIS export.
+
+Columns: `employee_id` (or `id`), `email`, optional `name`, and any other column is an attribute
+(`department`, `location`, `title`, `employment_type`, `manager`, …). Everyone in the file is a
+joiner, a mover or unchanged; every active person on record who is missing from the file is a
+leaver. The whole snapshot is planned first: a bad row refuses the file, and a plan that removes
+too much (or touches a protected group) waits for an approver instead of applying.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from bot.addresses import normalise
+from bot.db.models import Person
+from bot.errors import UserError
+from bot.events import PersonEvent
+from bot.groups import planner
+from bot.groups import service as groups
+from bot.groups.planner import PersonRow
+from bot.hr import lifecycle
+
+if TYPE_CHECKING:
+    from bot.core import Core
+
+SOURCE = "csv"
+MAX_ROWS = 200_000
+
+
+@dataclass
+class ImportResult:
+    joined: int = 0
+    changed: int = 0
+    left: int = 0
+    unchanged: int = 0
+    plan: groups.Plan = field(default_factory=groups.Plan)
+    reasons: list[str] = field(default_factory=list)
+    held: int | None = None
+    applied: bool = False
+    dry_run: bool = False
+
+    def summary(self) -> str:
+        head = (f"{self.joined} joining, {self.changed} changing, {self.left} leaving, {self.unchanged} unchanged. "
+                + self.plan.summary())
+        if self.held is not None:
+            return (head + f"\nStopped: the plan waits for an approver (plan #{self.held}) because "
+                    + "; ".join(self.reasons) + ". Nothing was changed yet.")
+        if self.dry_run:
+            extra = ("\nApplying it would need an approver: " + "; ".join(self.reasons) + ".") if self.reasons else ""
+            return "Dry run — nothing changed. " + head + extra
+        return ("Imported. " if self.applied else "") + head
+
+
+def read_snapshot(text: str, domains_check: Callable[[str], bool] | None = None) -> list[dict[str, Any]]:
+    """Rows as {employee_id, email, name, attributes}; UserError naming the line for the first bad one."""
+    reader = csv.DictReader(io.StringIO(text))
+    if reader.fieldnames is None:
+        raise UserError("The file is empty: it needs a header line with employee_id and email.")
+    names = [(n or "").strip().lower() for n in reader.fieldnames]
+    id_col = "employee_id" if "employee_id" in names else "id" if "id" in names else None
+    if id_col is None or "email" not in names:
+        raise UserError("The file's header needs an employee_id (or id) column and an email column.")
+    if len(set(names)) != len(names):
+        raise UserError("The file's header names a column twice.")
+    rows: list[dict[str, Any]] = []
+    seen_ids: dict[str, int] = {}
+    seen_emails: dict[str, int] = {}
+    for n, raw in enumerate(reader, start=2):
+        if len(rows) >= MAX_ROWS:
+            raise UserError(f"The file has more than {MAX_ROWS} rows.")
+        row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items() if k is not None}
+        if None in raw:
+            raise UserError(f"Line {n} has more fields than the header.")
+        emp = row.get(id_col, "")
+        if not emp:
+            raise UserError(f"Line {n} has no {id_col}.")
+        try:
+            email = normalise(row.get("email", ""))
+        except UserError as exc:
+            raise UserError(f"Line {n}: {exc.sentence}") from None
+        if emp in seen_ids:
+            raise UserError(f"Line {n} repeats employee {emp} (first on line {seen_ids[emp]}).")
+        if email in seen_emails:
+            raise UserError(f"Line {n} repeats {email} (first on line {seen_emails[email]}).")
+        seen_ids[emp], seen_emails[email] = n, n
+        attrs = {k: v for k, v in row.items() if k not in (id_col, "email", "name") and v != ""}
+        rows.append({"employee_id": emp, "email": email, "name": row.get("name") or None, "attributes": attrs,
+                     "line": n})
+    return rows
+
+
+async def import_staff(core: Core, path: Path, *, dry_run: bool = False, actor: str = "cli",
+                       progress: Callable[[int, int], None] | None = None) -> ImportResult:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"Cannot read {path}: {exc.strerror or exc}.") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text.") from None
+    rows = read_snapshot(text)
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    ctx = core.ctx
+    now = ctx.now()
+    result = ImportResult(dry_run=dry_run)
+    rules = planner.rules_in_force(core)
+    if not dry_run:  # the rule groups exist before anyone is planned into them
+        async with ctx.sessions() as session, session.begin():
+            await planner.sync_group_definitions(session, rules, ctx.settings, actor=actor, via=SOURCE)
+    events: list[PersonEvent] = []
+    async with ctx.sessions() as session:
+        people = {p.employee_id: p for p in (await session.execute(select(Person))).scalars() if p.employee_id}
+        by_email = {p.email: p for p in people.values()}
+        snapshot: list[PersonRow] = []
+        in_file: set[str] = set()
+        for r in rows:
+            person = people.get(r["employee_id"]) or by_email.get(r["email"])
+            if person is not None:
+                in_file.add(person.employee_id or "")
+            if person is None or person.status == "left":
+                kind = "joined"
+                result.joined += 1
+            elif (person.email, person.attributes or {}, person.name or None) != (r["email"], r["attributes"],
+                                                                               r["name"] or person.name):
+                kind = "changed"
+                result.changed += 1
+            else:
+                kind = None
+                result.unchanged += 1
+            snapshot.append(PersonRow(person.id if person else None, r["employee_id"], r["email"], r["name"],
+                                      r["attributes"]))
+            if kind is not None:
+                events.append(PersonEvent(kind, SOURCE, r["employee_id"], r["email"], r["attributes"],
+                                          f"{digest}:{r['employee_id']}:{kind}", now, r["name"]))
+        leaving = set()
+        for emp, person in sorted(people.items()):
+            if emp not in in_file and person.status == "active":
+                leaving.add(person.email)
+                snapshot.append(PersonRow(person.id, emp, person.email, person.name, person.attributes or {}))
+                events.append(PersonEvent("left", SOURCE, emp, person.email, {}, f"{digest}:{emp}:left", now))
+                result.left += 1
+        plan = await planner.plan_reconcile(session, rules, ctx.settings, now=now, people=snapshot, leaving=leaving,
+                                            reason_suffix=f" (missing from {path.name})")
+        plan = await groups.check_policy(session, plan, ctx.settings)
+        result.plan = plan
+        if plan.refused:
+            c, _why = plan.refused[0]
+            raise UserError(f"{c.email} is outside {', '.join(ctx.settings.org.domains)}, and the rules put them in the "
+                            f"internal group {c.group_address}: fix the file, nothing was imported.")
+        result.reasons = await planner.hold_reasons(session, plan, ctx.settings)
+    if dry_run:
+        return result
+    if result.reasons:
+        async with ctx.sessions() as session, session.begin():
+            pending = await planner.hold(session, source=SOURCE, actor=actor, via=SOURCE, reasons=result.reasons,
+                                         summary=result.summary(), changes=plan.changes,
+                                         events=[{**lifecycle.event_to_dict(e), "snapshot": True} for e in events])
+        result.held = pending.id
+        await planner.announce_hold(core, pending)
+        return result
+    for i, event in enumerate(events, start=1):
+        await lifecycle.apply_person_event(core, event, guard=False, notify=False, snapshot=True)
+        if progress is not None:
+            progress(i, len(events))
+    result.applied = True
+    if events:
+        from bot.events import Message
+
+        await core.post("hr", Message(f"Staff import from {path.name} by {actor}: " + result.summary()[:3000]))
+    return result

@@ -1,0 +1,162 @@
+"""`POST /hooks/hr`: joined / changed / left events from an HR system, signed with a shared secret.
+
+Contract (docs/hr-webhook.md): headers `X-Postroom-Timestamp: <unix seconds>` and
+`X-Postroom-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<raw body>">` keyed with
+`hr.webhook_secret`; a JSON body with `event_id`, `type`, `occurred_at` and `employee`
+(`id`, `email`, `name`, `attributes`). Every bad input gets a 4xx with one sentence and changes
+nothing; a redelivered event id answers 200 with status "duplicate".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from bot.errors import UserError
+from bot.events import PersonEvent
+
+if TYPE_CHECKING:
+    from bot.core import Core
+
+log = logging.getLogger(__name__)
+SOURCE = "hr-webhook"
+MAX_ATTRIBUTES = 100
+
+
+class Refused(Exception):
+    def __init__(self, status: int, sentence: str):
+        super().__init__(sentence)
+        self.status = status
+        self.sentence = sentence
+
+
+def sign(secret: str, timestamp: str | int, body: bytes) -> str:
+    """The signature header value for a body (what an HR system computes)."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"sha256={mac}"
+
+
+def _refuse(status: int, sentence: str) -> Response:
+    return JSONResponse({"status": "refused", "error": sentence}, status_code=status)
+
+
+async def _read_capped(request: Request, cap: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise Refused(400, "The Content-Length header is not a number.")
+        if int(declared) > cap:
+            raise Refused(413, f"The body is larger than the {cap} bytes this webhook accepts.")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > cap:
+            raise Refused(413, f"The body is larger than the {cap} bytes this webhook accepts.")
+    return bytes(body)
+
+
+def verify(secret: str, headers: Any, body: bytes, tolerance_s: int, now: float) -> None:
+    ts = headers.get("x-postroom-timestamp")
+    sig = headers.get("x-postroom-signature")
+    if not ts or not sig:
+        raise Refused(401, "The X-Postroom-Timestamp and X-Postroom-Signature headers are required.")
+    if not ts.strip().isdigit():
+        raise Refused(400, "X-Postroom-Timestamp must be a whole number of seconds since 1970.")
+    if abs(now - int(ts)) > tolerance_s:
+        raise Refused(401, f"The timestamp is more than {tolerance_s // 60} minutes from now; sign the request again.")
+    if not hmac.compare_digest(sign(secret, ts.strip(), body).encode(), sig.strip().encode()):
+        raise Refused(401, "The signature does not match the body and timestamp.")
+
+
+def _text(value: Any, what: str, limit: int, required: bool = True) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise Refused(422, f"{what} is missing.")
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise Refused(422, f"{what} must be a string.")
+    text = str(value).strip()
+    if len(text) > limit:
+        raise Refused(422, f"{what} is longer than {limit} characters.")
+    return text
+
+
+def parse_event(body: bytes) -> PersonEvent:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise Refused(400, "The body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise Refused(400, "The body must be a JSON object.")
+    event_id = _text(data.get("event_id"), "event_id", 300)
+    kind = data.get("type")
+    if kind not in ("joined", "changed", "left"):
+        raise Refused(422, f"type must be joined, changed or left, not {json.dumps(kind)[:40]}.")
+    raw_at = data.get("occurred_at")
+    if not isinstance(raw_at, str):
+        raise Refused(422, "occurred_at must be an ISO 8601 time with a time zone, e.g. 2026-11-26T09:00:00Z.")
+    try:
+        at = datetime.fromisoformat(raw_at.replace("Z", "+00:00"))
+    except ValueError:
+        raise Refused(422, "occurred_at must be an ISO 8601 time with a time zone, e.g. 2026-11-26T09:00:00Z.") from None
+    if at.tzinfo is None:
+        raise Refused(422, "occurred_at has no time zone; add Z or +hh:mm.")
+    employee = data.get("employee")
+    if not isinstance(employee, dict):
+        raise Refused(422, "employee must be an object with id, email, name and attributes.")
+    emp_id = _text(employee.get("id"), "employee.id", 200)
+    email = _text(employee.get("email"), "employee.email", 320, required=kind != "left")
+    name = _text(employee.get("name"), "employee.name", 200, required=False)
+    attributes = employee.get("attributes") or {}
+    if not isinstance(attributes, dict):
+        raise Refused(422, "employee.attributes must be a flat JSON object such as {\"department\": \"Sales\"}.")
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise Refused(422, f"employee.attributes has more than {MAX_ATTRIBUTES} keys.")
+    for key, value in attributes.items():
+        if len(key) > 100 or not (value is None or isinstance(value, (str, int, float, bool))):
+            raise Refused(422, f"employee.attributes.{key[:40]} must be a string, number or boolean.")
+        if isinstance(value, str) and len(value) > 500:
+            raise Refused(422, f"employee.attributes.{key[:40]} is longer than 500 characters.")
+    assert event_id is not None and emp_id is not None
+    return PersonEvent(kind, SOURCE, emp_id, email, {k: v for k, v in attributes.items() if v is not None},
+                       event_id, at.astimezone(UTC), name)
+
+
+def webhook_routes(core: Core) -> list[Route]:
+    settings = core.ctx.settings.hr
+
+    async def hook(request: Request) -> Response:
+        try:
+            if not settings.webhook_secret:
+                raise Refused(403, "The HR webhook is not configured (hr.webhook_secret is unset).")
+            body = await _read_capped(request, settings.webhook_max_bytes)
+            verify(settings.webhook_secret, request.headers, body, settings.webhook_tolerance_s, time.time())
+            event = parse_event(body)
+            try:
+                outcome = await core.handle_person_event(event)
+            except UserError as exc:
+                raise Refused(422, exc.sentence) from None
+        except Refused as exc:
+            return _refuse(exc.status, exc.sentence)
+        except Exception:
+            log.exception("HR webhook failed")
+            return _refuse(503, "Postroom could not apply the event just now; send it again later.")
+        result: dict[str, Any] = {"status": outcome.status}
+        if outcome.status == "applied":
+            result.update({"added": outcome.added, "removed": outcome.removed})
+            if outcome.removal_due is not None:
+                result["removal_due"] = outcome.removal_due.isoformat()
+            if outcome.held is not None:
+                result["held_plan"] = outcome.held
+        return JSONResponse(result)
+
+    return [Route("/hooks/hr", hook, methods=["POST"])]

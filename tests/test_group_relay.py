@@ -1,0 +1,136 @@
+"""Group addresses deliver: mail to a group over SMTP reaches each member once, the policy is kept."""
+
+from __future__ import annotations
+
+import asyncio
+from email.message import EmailMessage
+from pathlib import Path
+
+import aiosmtplib
+import pytest
+from sqlalchemy import select
+
+from bot.app import Runtime, build_core
+from bot.db.models import Person
+from bot.groups import planner
+from bot.hr.importer import import_staff
+from bot.services import start_services
+from tests.lifecycle_kit import lifecycle_bot
+from tests.smtp import free_port
+
+STAFF = """employee_id,email,name,department,location
+E1,alice@corp.example,Alice,Engineering,Berlin
+E2,bob@corp.example,Bob,Engineering,Shanghai
+E3,chen@corp.example,Chen,Sales,Shanghai
+"""
+
+
+@pytest.fixture
+async def relay(database_url, smtp, tmp_path):  # type: ignore[no-untyped-def]
+    port = free_port()
+    async for bot in lifecycle_bot(database_url, smtp.port, tmp_path,
+                                   relay={"enabled": True, "host": "127.0.0.1", "port": port}):
+        runtime = Runtime(bot.core)
+        await start_services(runtime)
+        staff = tmp_path / "staff.csv"
+        staff.write_text(STAFF)
+        await import_staff(bot.core, staff)
+        try:
+            yield bot, runtime.mail_server.port  # type: ignore[union-attr]
+        finally:
+            for stop in runtime.extra_stops:
+                await stop()
+            await runtime.mail_server.stop()  # type: ignore[union-attr]
+
+
+def mail(sender: str, to: list[str], subject: str = "Hello") -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = f"Sender <{sender}>"
+    msg["To"] = ", ".join(to)
+    msg["Subject"] = subject
+    msg.set_content("Body text.")
+    return msg
+
+
+async def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+async def test_mail_to_groups_reaches_each_member_once_with_list_id(relay, smtp) -> None:  # type: ignore[no-untyped-def]
+    _bot, port = relay
+    msg = mail("alice@corp.example", ["eng@corp.example", "all-staff@corp.example"])
+    errors, reply = await aiosmtplib.send(msg, hostname="127.0.0.1", port=port,
+                                          recipients=["eng@corp.example", "all-staff@corp.example"])
+    assert errors == {} and reply.startswith("Message accepted")
+    got = sorted(r for m in smtp.messages for r in m.rcpt_tos)
+    assert got == ["alice@corp.example", "bob@corp.example", "chen@corp.example"]
+    copy = smtp.handler.to("bob@corp.example")[0].message
+    assert copy["From"] == "Sender <alice@corp.example>"
+    assert copy["List-Id"] == '"eng" <eng.corp.example>'
+    assert copy["Subject"] == "Hello"
+
+
+async def test_policy_and_unknown_addresses_are_refused_at_smtp_time(relay, smtp) -> None:  # type: ignore[no-untyped-def]
+    _bot, port = relay
+    with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as refused:
+        await aiosmtplib.send(mail("chen@corp.example", ["eng@corp.example"]), hostname="127.0.0.1", port=port)
+    assert refused.value.recipients[0].code == 550
+    assert "only members of this group may post" in refused.value.recipients[0].message
+    with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as refused:
+        await aiosmtplib.send(mail("x@gmail.com", ["all-staff@corp.example"]), hostname="127.0.0.1", port=port)
+    assert "only people at corp.example may post" in refused.value.recipients[0].message
+    with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as refused:
+        await aiosmtplib.send(mail("alice@corp.example", ["nosuch@corp.example"]), hostname="127.0.0.1", port=port)
+    assert refused.value.recipients[0].code == 550 and "no such address" in refused.value.recipients[0].message
+    # `post: anyone`: an outsider may write to partners@ (no members yet: nothing goes out).
+    errors, _ = await aiosmtplib.send(mail("x@gmail.com", ["partners@corp.example"]), hostname="127.0.0.1", port=port)
+    assert errors == {}
+    assert smtp.messages == []
+
+
+async def test_a_leaver_gets_no_more_group_mail(relay, smtp) -> None:  # type: ignore[no-untyped-def]
+    bot, port = relay
+    from datetime import UTC, datetime
+
+    from bot.events import PersonEvent
+
+    await bot.core.handle_person_event(PersonEvent("left", "test", "E2", None, {}, "l1", datetime.now(UTC)))
+    await aiosmtplib.send(mail("alice@corp.example", ["eng@corp.example"]), hostname="127.0.0.1", port=port)
+    assert sorted(r for m in smtp.messages for r in m.rcpt_tos) == ["alice@corp.example"]
+
+
+async def test_group_mail_on_the_demo_reaches_each_member_once(tmp_path: Path) -> None:
+    from bot import demo
+    from bot.mail.server import Mailbox
+
+    plan = demo.prepare(tmp_path / "demo", web_port=free_port(), smtp_port=free_port())
+    core = await build_core(plan.settings)
+    runtime = Runtime(core)
+    try:
+        await demo.seed(core, plan.folder)
+        mailbox = Mailbox(tmp_path / "mailbox", echo=None)
+        await start_services(runtime, mailbox=mailbox)
+        async with core.ctx.sessions() as s:
+            engineers = sorted((await s.execute(select(Person.email).where(
+                Person.attributes["department"].as_string() == "Engineering"))).scalars())
+        assert engineers == ["alice@corp.example", "bob@corp.example"]
+        await aiosmtplib.send(mail("alice@corp.example", ["eng@corp.example"]), hostname="127.0.0.1",
+                              port=plan.settings.relay.port)
+        await wait_for(lambda: len(mailbox.messages()) >= 2)
+        names = sorted(p.name.split("-", 1)[1] for p in mailbox.messages())
+        assert names == ["alice@corp.example.eml", "bob@corp.example.eml"]
+        assert b"List-Id:" in mailbox.messages()[0].read_bytes()
+        assert [g.local_part for g in planner.rules_in_force(core).groups] == ["all-staff", "eng", "berlin"]
+        from bot.commands.lifecycle import reconcile
+
+        preview = await reconcile(core, source="sync", actor="demo", via="demo", dry_run=True)
+        assert "+ alice@corp.example to berlin@corp.example" in preview
+        with pytest.raises(aiosmtplib.SMTPRecipientsRefused):  # eng@ takes mail from its members only
+            await aiosmtplib.send(mail("chen@corp.example", ["eng@corp.example"]), hostname="127.0.0.1",
+                                  port=plan.settings.relay.port)
+    finally:
+        await runtime.stop()
