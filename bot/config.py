@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -115,6 +115,27 @@ class RelaySettings(_Section):
     mailbox_dir: str | None = None
 
 
+class SlackSettings(_Section):
+    """The Slack adapter (adapters/slack). Off unless bot_token is set."""
+
+    bot_token: SecretStr | None = None  # xoxb-…
+    signing_secret: SecretStr | None = None  # HTTP mode: verifies requests to /slack/events
+    app_token: SecretStr | None = None  # xapp-…, Socket Mode
+    mode: Literal["http", "socket"] = "http"
+    approvals_channel: str | None = None  # channel id (C…) where approval cards go
+    hr_channel: str | None = None  # channel id for HR notices
+    api_url: str = "https://slack.com/api/"
+    update_interval_s: float = Field(default=3.0, ge=0)  # at most one chat.update per message this often
+    answer_within_s: float = Field(default=0.7, gt=0, le=2.5)  # answer in the ack if the core is this fast
+
+    @field_validator("api_url")
+    @classmethod
+    def _slash(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/") + "/"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="POSTROOM_", env_nested_delimiter="__", extra="forbid", case_sensitive=False
@@ -127,6 +148,7 @@ class Settings(BaseSettings):
     web: WebSettings = WebSettings()
     campaigns: CampaignSettings = CampaignSettings()
     relay: RelaySettings = RelaySettings()
+    slack: SlackSettings = SlackSettings()
     console_locale: Literal["en"] = "en"
 
     _toml_data: ClassVar[dict[str, Any]] = {}
