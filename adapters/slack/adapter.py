@@ -388,6 +388,10 @@ class SlackAdapter(Adapter):
         assert self.verifier is not None
         timestamp = request.headers.get("x-slack-request-timestamp")
         signature = request.headers.get("x-slack-signature")
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError:
+            return JSONResponse({"error": "malformed payload"}, status_code=400)
         if not timestamp or not signature or not self.verifier.is_valid(body, timestamp, signature):
             return JSONResponse({"error": "invalid request signature"}, status_code=401)
         if not well_formed(body, request.headers.get("content-type", "")):
