@@ -251,7 +251,12 @@ class SlackAdapter(Adapter):
                 return Message(f"I couldn't look up the people you mentioned in Slack ({_error_code(exc)}); "
                                "nothing was changed. Try again, or type email addresses.")
             line = f"{body.get('command') or ''} {text}".strip()
-            return await core.handle_command(Command(actor, line, conversation, delivery_id=body.get("trigger_id")))
+            try:
+                return await core.handle_command(Command(actor, line, conversation,
+                                                         delivery_id=body.get("trigger_id")))
+            except Exception:
+                log.exception("a Slack command could not be handled")
+                return Message("Something went wrong on my side; nothing was changed. Try again in a minute.")
 
         task = self._spawn(run())
         done, _ = await asyncio.wait({task}, timeout=self.cfg.answer_within_s)
