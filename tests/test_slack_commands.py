@@ -120,3 +120,9 @@ async def test_the_same_command_delivered_twice_runs_once(rig: Rig) -> None:
     texts = sorted(r.text for r in (first, second))
     assert texts[0] == "" and "Added alice@corp.example" in texts[1]  # the redelivery gets an empty ack
     assert await members(rig) == ["alice@corp.example"]
+
+
+async def test_the_umbrella_command_reaches_every_command(rig: Rig) -> None:
+    text = await rig.say(U_HR, "/postroom newgroup eng")
+    assert text.startswith("Created the internal group eng@corp.example")
+    assert "/addgroup" in await rig.say(U_HR, "/postroom")  # alone: the help

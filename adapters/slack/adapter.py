@@ -48,6 +48,7 @@ EVENTS_PATH = "/slack/events"
 MAX_BODY_BYTES = 1_000_000
 USER_CACHE_S = 3600.0
 WORKING = "Working on it…"
+UMBRELLA = "/postroom"
 
 # Problems met while the core handles one request (a card that could not be posted), told to
 # the person in the answer to that request.
@@ -250,7 +251,9 @@ class SlackAdapter(Adapter):
                 log.warning("resolving mentions failed: %s", _error_code(exc))
                 return Message(f"I couldn't look up the people you mentioned in Slack ({_error_code(exc)}); "
                                "nothing was changed. Try again, or type email addresses.")
-            line = f"{body.get('command') or ''} {text}".strip()
+            command = str(body.get("command") or "")
+            # /postroom <command> … reaches every command, for workspaces where a name is taken
+            line = (text.strip() or "help") if command == UMBRELLA else f"{command} {text}".strip()
             try:
                 return await core.handle_command(Command(actor, line, conversation,
                                                          delivery_id=body.get("trigger_id")))

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from adapters.slack.adapter import EVENTS_PATH
+from adapters.slack.adapter import EVENTS_PATH, UMBRELLA
 
 if TYPE_CHECKING:
     from bot.commands.parser import Spec
@@ -50,6 +50,8 @@ def slash_commands(specs: list[Spec]) -> list[dict[str, str]]:
             description = f"{head.capitalize()}s: " + ", ".join(subs) + ". /help " + head + " explains each."
             hint = "|".join(subs) + " <name> [options]"
         out.append({"command": f"/{head}"[:32], "description": description[:140], "usage_hint": hint[:140]})
+    out.append({"command": UMBRELLA, "description": "Any Postroom command, e.g. /postroom addgroup eng "
+                "alice@corp.example; alone, the help.", "usage_hint": "<command> [arguments]"})
     return out
 
 
