@@ -80,7 +80,8 @@ def person_event(body: dict[str, Any]) -> PersonEvent | None:
     kind = decide(user)
     if kind is None:
         return None
-    stamp = body.get("event_time") or user.get("updated") or event.get("event_ts") or 0
+    # event_ts has microseconds; event_time only seconds, and two changes in one second must both count
+    stamp = event.get("event_ts") or body.get("event_time") or user.get("updated") or 0
     try:
         at = datetime.fromtimestamp(float(stamp), UTC)
     except (TypeError, ValueError, OverflowError):
