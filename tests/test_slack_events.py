@@ -164,6 +164,16 @@ async def test_unsigned_stale_or_malformed_requests_are_refused_and_change_nothi
         assert (await s.execute(select(func.count()).select_from(AuditEntry))).scalar_one() == 0
 
 
+async def test_slack_verifies_the_request_url_and_oversize_bodies_are_refused(rig: Rig) -> None:
+    challenge = json.dumps({"token": "legacy", "challenge": "c-3f9a", "type": "url_verification"}).encode()
+    resp = await rig.http.post("/slack/events", content=challenge,
+                               headers=signed_headers(challenge, content_type="application/json"))
+    assert resp.status_code == 200 and resp.json() == {"challenge": "c-3f9a"}
+    huge = form({"command": "/newgroup", "text": "x" * 1_100_000})
+    resp = await rig.http.post("/slack/events", content=huge, headers=signed_headers(huge))
+    assert resp.status_code == 413
+
+
 async def test_secrets_never_reach_the_logs(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     await rig.say(U_HR, "/newgroup eng")

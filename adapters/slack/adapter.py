@@ -390,6 +390,9 @@ class SlackAdapter(Adapter):
     # -- HTTP mode ------------------------------------------------------------------------------
     async def _http_endpoint(self, request: Request) -> Response:
         """Signature and shape first (401 / 400, nothing runs), then bolt, which verifies again."""
+        declared = request.headers.get("content-length", "0")
+        if not declared.isdigit() or int(declared) > MAX_BODY_BYTES:
+            return JSONResponse({"error": "request too large"}, status_code=413)
         body = await request.body()
         if len(body) > MAX_BODY_BYTES:
             return JSONResponse({"error": "request too large"}, status_code=413)

@@ -73,6 +73,7 @@ def build_manifest(specs: list[Spec], url: str | None, *, socket_mode: bool = Fa
         events = {"request_url": endpoint, **events}
         interactivity["request_url"] = endpoint
     return {
+        "_metadata": {"major_version": 1, "minor_version": 1},
         "display_information": {
             "name": name[:35],
             "description": "Email groups and approved campaigns, run from Slack.",
