@@ -96,3 +96,21 @@ async def test_serve_answers_a_signed_addgroup_over_real_http(database_url: str,
     finally:
         await runtime.stop()
         await fake.stop()
+
+
+async def test_a_refused_bot_token_stops_serve_with_a_sentence(tmp_path: Path) -> None:
+    from bot.errors import UserError
+    from tests.slack_fake import BOT_TOKEN
+
+    fake = await FakeSlack().start()
+    try:
+        fake.fail("auth.test", body={"ok": False, "error": "invalid_auth"})
+        settings = load_settings(read_file=False, database={"url": f"sqlite+aiosqlite:///{tmp_path}/x.db"},
+                                 slack=slack_section(fake))
+        (adapter,) = configured_adapters(settings)
+        with pytest.raises(UserError) as caught:
+            await adapter.start(None)  # type: ignore[arg-type]
+        assert caught.value.sentence == "Slack refused the bot token (invalid_auth); check slack.bot_token."
+        assert BOT_TOKEN not in caught.value.sentence
+    finally:
+        await fake.stop()

@@ -105,6 +105,9 @@ class SlackAdapter(Adapter):
             auth = await self.client.auth_test()
         except SlackApiError as exc:
             raise UserError(f"Slack refused the bot token ({_error_code(exc)}); check slack.bot_token.") from None
+        except Exception as exc:
+            raise UserError(f"Postroom can't reach Slack at {self.cfg.api_url} ({type(exc).__name__}); "
+                            "check the network and slack.api_url.") from None
         self.bot_user_id = auth.get("user_id")
         if self.cfg.mode == "socket":
             from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
