@@ -292,6 +292,18 @@ def groups_export(ctx: click.Context, fmt: str, output: str) -> None:
 
     _run(go())
 
+# -- commands from installed packages (an adapter's own: `postroom slack manifest`) ------------
+def _add_plugin_commands() -> None:
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="postroom.cli"):
+        try:
+            main.add_command(ep.load(), ep.name)
+        except Exception as exc:  # a broken plugin must not take the whole CLI down
+            logging.getLogger(__name__).warning("postroom %s is unavailable: %s", ep.name, exc)
+
+
+_add_plugin_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -152,6 +152,26 @@ class HrSettings(_Section):
             raise ValueError("must be at least 16 characters")
         return v or None
 
+class SlackSettings(_Section):
+    """The Slack adapter (adapters/slack). Off unless bot_token is set."""
+
+    bot_token: SecretStr | None = None  # xoxb-…
+    signing_secret: SecretStr | None = None  # HTTP mode: verifies requests to /slack/events
+    app_token: SecretStr | None = None  # xapp-…, Socket Mode
+    mode: Literal["http", "socket"] = "http"
+    approvals_channel: str | None = None  # channel id (C…) where approval cards go
+    hr_channel: str | None = None  # channel id for HR notices
+    api_url: str = "https://slack.com/api/"
+    update_interval_s: float = Field(default=3.0, ge=0)  # at most one chat.update per message this often
+    answer_within_s: float = Field(default=0.7, gt=0, le=2.5)  # answer in the ack if the core is this fast
+
+    @field_validator("api_url")
+    @classmethod
+    def _slash(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/") + "/"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -167,6 +187,8 @@ class Settings(BaseSettings):
     relay: RelaySettings = RelaySettings()
     groups: GroupsSettings = GroupsSettings()
     hr: HrSettings = HrSettings()
+
+    slack: SlackSettings = SlackSettings()
     console_locale: Literal["en"] = "en"
 
     _toml_data: ClassVar[dict[str, Any]] = {}
