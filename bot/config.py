@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 
 class ConfigError(Exception):
@@ -193,6 +194,8 @@ def load_settings(path: str | os.PathLike[str] | None = None, *, read_file: bool
         return Settings()
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from None
+    except SettingsError as exc:  # an environment value that should be JSON (a list) and is not
+        raise ConfigError(describe_settings_error(exc)) from None
     finally:
         Settings._toml_data = {}
 
@@ -207,3 +210,25 @@ def describe_validation_error(exc: ValidationError) -> str:
     got = first.get("input")
     got_text = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
     return f"Configuration key {key} (or ${env}) {msg[0].lower() + msg[1:]}{got_text}."
+
+
+def describe_settings_error(exc: SettingsError) -> str:
+    """Name the environment variable pydantic-settings could not decode (it names only the section)."""
+    import json
+    import re
+
+    m = re.search(r'field "(\w+)"', str(exc))
+    section = m.group(1) if m else ""
+    prefix = f"POSTROOM_{section.upper()}__"
+    model = Settings.model_fields[section].annotation if section in Settings.model_fields else None
+    fields = getattr(model, "model_fields", {})
+    for name, value in sorted(os.environ.items()):
+        key = name[len(prefix):].lower() if name.upper().startswith(prefix) else ""
+        if key not in fields or "list" not in str(fields[key].annotation):
+            continue
+        try:
+            json.loads(value)
+        except ValueError:
+            return (f"Environment variable {name} can't be read: a list is written as JSON, "
+                    f"e.g. {name}='[\"{value}\"]'.")
+    return f"An environment variable of the [{section}] section can't be read: lists are written as JSON."
