@@ -131,6 +131,7 @@ class Settings(BaseSettings):
     console_locale: Literal["en"] = "en"
 
     _toml_data: ClassVar[dict[str, Any]] = {}
+    _read_env: ClassVar[bool] = True
 
     @classmethod
     def settings_customise_sources(
@@ -141,7 +142,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _DictSource(settings_cls, cls._toml_data))
+        env = (env_settings,) if cls._read_env else ()
+        return (init_settings, *env, _DictSource(settings_cls, cls._toml_data))
 
     def is_internal(self, email: str) -> bool:
         domain = email.rsplit("@", 1)[-1].lower()
@@ -169,11 +171,12 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
     return default if default.exists() else None
 
 
-def load_settings(path: str | os.PathLike[str] | None = None, *, read_file: bool = True,
+def load_settings(path: str | os.PathLike[str] | None = None, *, read_file: bool = True, read_env: bool = True,
                   **overrides: Any) -> Settings:
     """Read and validate the configuration; raise ConfigError with one sentence on a bad value.
 
-    `overrides` are sections given in code (the demo's, tests'); the environment still wins.
+    `overrides` are sections given in code (the demo's, tests'); the environment still wins, unless
+    `read_env` is false (the demo: POSTROOM_DATABASE__URL must never point it at a real database).
     """
     chosen = config_path(path) if read_file else None
     data: dict[str, Any] = {}
@@ -190,6 +193,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, *, read_file: bool
         else:
             data[section] = values
     Settings._toml_data = data
+    Settings._read_env = read_env
     try:
         return Settings()
     except ValidationError as exc:
@@ -198,6 +202,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, *, read_file: bool
         raise ConfigError(describe_settings_error(exc)) from None
     finally:
         Settings._toml_data = {}
+        Settings._read_env = True
 
 
 def describe_validation_error(exc: ValidationError) -> str:
