@@ -9,6 +9,8 @@ not a change a person made.
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +18,9 @@ import pytest
 from sqlalchemy import func, select
 
 from bot.contacts.importer import import_contacts
-from bot.db.models import Base, Campaign, Group, Membership
-from tests.conftest import APPROVER, HR, NOBODY, SENDER
+from bot.db.models import Approval, Base, Campaign, Group, Membership
+from bot.events import Action, Actor, Conversation
+from tests.conftest import APPROVER, APPROVER2, HR, NOBODY, SENDER
 
 CSV = """email,name,consent_at,consent_source,company
 lena@example.com,Lena Fischer,2026-03-02T10:15:00+00:00,signup form,Fischer GmbH
@@ -339,3 +342,46 @@ async def test_a_campaign_named_with_digits_is_found_by_name(seeded) -> None:  #
     assert "Submitted" in await seeded.say(SENDER, "/campaign submit 2024")
     reply = await seeded.say(APPROVER, "/reject 2024 wrong year")
     assert "Rejected “2024”" in reply
+
+
+def click(who: str, action_id: str, value: str) -> Action:
+    return Action(Actor("console", who, email=who), action_id, value, Conversation("console", "approvals"),
+                  delivery_id=f"click-{uuid.uuid4()}")
+
+
+async def test_button_clicks_with_bad_values_answer_with_a_sentence(seeded) -> None:  # type: ignore[no-untyped-def]
+    before = await snapshot(seeded)
+    cases = [
+        ("campaign.nosuch", "1", "That button is no longer active."),
+        ("campaign.approve", "x", "That button's value is not a campaign."),
+        ("campaign.approve", "", "That button's value is not a campaign."),
+        ("campaign.approve", "²", "That button's value is not a campaign."),
+        ("campaign.approve", "9" * 30, "That button's value is not a campaign."),
+        ("campaign.reject", "999999:why", "That campaign no longer exists."),
+    ]
+    for action_id, value, says in cases:
+        reply = await seeded.core.handle_action(click(APPROVER, action_id, value))
+        assert reply is not None and reply.text.splitlines()[0] == says, (action_id, value, reply)
+    assert await snapshot(seeded) == before
+
+
+async def test_clicks_racing_each_other_send_once(seeded, smtp) -> None:  # type: ignore[no-untyped-def]
+    """A double click, a second approver and a reject, all at once: one decision, at most one send."""
+    card = seeded.cards()[-1].card
+    value = card.buttons[0].value
+    replies = await asyncio.gather(
+        seeded.core.handle_action(click(APPROVER, "campaign.approve", value)),
+        seeded.core.handle_action(click(APPROVER, "campaign.approve", value)),
+        seeded.core.handle_action(click(APPROVER2, "campaign.approve", value)),
+        seeded.core.handle_action(click(APPROVER2, "campaign.reject", value + ":no")),
+    )
+    await seeded.settle()
+    texts = [r.text for r in replies if r is not None]
+    assert len(texts) == 4 and not any("Something went wrong" in t for t in texts), texts
+    async with seeded.core.ctx.sessions() as s:
+        decisions = (await s.execute(select(Approval.decision))).scalars().all()
+    assert len(decisions) == 1  # whichever click won; the others were told so
+    won = "Approved “sub”" if decisions == ["approved"] else "Rejected “sub”"
+    assert sum(t.startswith(won) for t in texts) == 1, texts
+    sent = [r for m in smtp.messages for r in m.rcpt_tos]
+    assert sent == (["lena@example.com"] if decisions == ["approved"] else [])

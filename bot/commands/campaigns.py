@@ -328,9 +328,10 @@ async def _decide(core: Core, req: Request, campaign_ref: str, decision: str, re
         if digest != campaign.content_hash:
             raise UserError(f"“{campaign.name}” changed after it was submitted (its template, subject, audience or "
                             "sender); it must be submitted again.")
-        await service.record_decision(ctx, session, campaign, approver=req.email,
-                                      decision="approved" if decision == "approve" else "rejected",
-                                      reason=reason, digest=digest)
+        if not await service.record_decision(ctx, session, campaign, approver=req.email,
+                                             decision="approved" if decision == "approve" else "rejected",
+                                             reason=reason, digest=digest):
+            raise UserError(f"Your decision on “{campaign.name}” is already recorded; nothing changed.")
         if decision == "approve":
             won = await service.transition(session, campaign.id, ("pending_approval",), "approved")
             new_state = "approved"
