@@ -118,6 +118,12 @@ def chat(ctx: click.Context, as_email: str, text: tuple[str, ...]) -> None:
 
     Background work the command starts (a campaign send) finishes before it exits.
     """
+    from bot.addresses import normalise
+
+    try:
+        as_email = normalise(as_email)
+    except UserError as exc:
+        raise click.BadParameter(exc.sentence, param_hint="--as") from None
     settings = _settings(ctx.obj["config"])
     _run(_chat(settings, as_email, " ".join(text)), settings)
 

@@ -259,3 +259,33 @@ def test_db_upgrade_and_an_unknown_schema_is_refused(setup: Setup) -> None:
         done = setup.run(*args)
         assert done.returncode != 0 and "has tables but no Postroom schema version" in done.stderr
         assert done.stderr.count("\n") == 1
+
+
+def test_serve_on_a_taken_port_says_so(setup: Setup) -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", setup.web_port)):
+        done = setup.run("serve", timeout=30)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"Error: The web app can't listen on 127.0.0.1:{setup.web_port} (address already in use): "
+        "set web.port to a free port.")
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (("chat", "--as", "notanemail", "/groups"), "Invalid value for --as: “notanemail” is not an email address."),
+    (("contacts", "import", "nosuch.csv", "--list", "x"), "Can't read nosuch.csv: No such file or directory."),
+    (("contacts", "import", "binary.csv", "--list", "x"), "binary.csv is not UTF-8 text; save it as UTF-8 CSV."),
+    (("contacts", "import", "noemail.csv", "--list", "x"), "noemail.csv has no “email” column"),
+    (("contacts", "import", "noemail.csv", "--list", "bad list!"), "“bad list!” cannot be a list name"),
+])
+def test_cli_bad_input_is_one_sentence_and_changes_nothing(setup: Setup, args: tuple[str, ...], says: str) -> None:
+    (setup.folder / "binary.csv").write_bytes(b"\xff\xfe\x00email")
+    (setup.folder / "noemail.csv").write_text("name\nx\n")
+    done = setup.run(*args)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert says in done.stderr.strip().splitlines()[-1]
+    if setup.db.exists():
+        with sqlite3.connect(setup.db) as conn:
+            assert conn.execute("SELECT count(*) FROM contacts").fetchone() == (0,)
+            assert conn.execute("SELECT count(*) FROM contact_lists").fetchone() == (0,)
