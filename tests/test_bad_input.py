@@ -385,3 +385,14 @@ async def test_clicks_racing_each_other_send_once(seeded, smtp) -> None:  # type
     assert sum(t.startswith(won) for t in texts) == 1, texts
     sent = [r for m in smtp.messages for r in m.rcpt_tos]
     assert sent == (["lena@example.com"] if decisions == ["approved"] else [])
+
+
+async def test_someone_elses_campaign_is_refused_without_a_usage_line(seeded) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import ADMIN
+
+    assert "Draft" in await seeded.say(ADMIN, "/campaign new theirs --to customers --template welcome")
+    before = await snapshot(seeded)
+    for text in ("/campaign edit theirs --subject hi", "/campaign submit theirs"):
+        reply = await seeded.say(SENDER, text)
+        assert reply.startswith("Only admin@corp.example (who created “theirs”) or an admin") and "\n" not in reply
+    assert await snapshot(seeded) == before

@@ -55,6 +55,8 @@ def register(core: Core) -> None:
 
 
 def _with_usage(exc: UserError, spec: Spec) -> UserError:
+    if isinstance(exc, PermissionDenied):
+        return exc  # a refusal is not a usage problem
     return UserError(exc.sentence, exc.usage or spec.usage)
 
 
@@ -293,7 +295,8 @@ async def submit(core: Core, req: Request, p: Parsed) -> Message:
     where = "to the approvers" if refs else "(no approvals channel is configured: approvers can type /approve)"
     approvers = ", ".join(a for a in ctx.settings.roles.approvers if a != req.email) or "nobody yet"
     return Message(f"Submitted “{campaign.name}” for approval {where}. Approvers: {approvers}. "
-                   f"It goes to {review.audience.total} recipients once approved.")
+                   f"It goes to {review.audience.total} recipient{'s' if review.audience.total != 1 else ''} once "
+                   "approved.")
 
 
 async def _decide(core: Core, req: Request, campaign_ref: str, decision: str, reason: str | None, spec: Spec,
