@@ -144,8 +144,10 @@ def _safe_range(*args: int) -> range:
 # `if` and `~`. No calls, loops, macros or arithmetic — nothing that can run away.
 _SUBJECT_NODES = (nodes.Template, nodes.Output, nodes.TemplateData, nodes.Name, nodes.Getattr, nodes.Getitem,
                   nodes.Const, nodes.Filter, nodes.Test, nodes.CondExpr, nodes.If, nodes.Compare, nodes.Operand,
-                  nodes.And, nodes.Or, nodes.Not, nodes.Concat, nodes.Keyword)
-SUBJECT_FILTERS = frozenset({"default", "d", "upper", "lower", "title", "capitalize", "trim", "e", "escape"})
+                  nodes.And, nodes.Or, nodes.Not, nodes.Concat, nodes.Keyword, nodes.Slice, nodes.List,
+                  nodes.Tuple)
+SUBJECT_FILTERS = frozenset({"default", "d", "upper", "lower", "title", "capitalize", "trim", "e", "escape",
+                             "truncate", "replace", "striptags", "string"})
 
 
 def check_subject(env: SandboxedEnvironment, subject: str) -> None:
