@@ -396,3 +396,15 @@ async def test_someone_elses_campaign_is_refused_without_a_usage_line(seeded) ->
         reply = await seeded.say(SENDER, text)
         assert reply.startswith("Only admin@corp.example (who created “theirs”) or an admin") and "\n" not in reply
     assert await snapshot(seeded) == before
+
+
+async def test_console_as_takes_only_an_address(seeded) -> None:  # type: ignore[no-untyped-def]
+    console = seeded.console
+    console.as_email = HR
+    for text in ("/as", "/as x@", "/as not an address"):
+        assert await console.say(text) is None
+        assert seeded.out.getvalue().rstrip().endswith("Usage: /as <email>")
+        assert console.as_email == HR
+    reply = await console.say("/assign")  # not /as
+    assert reply is not None and "don't know the command “/assign”" in reply.text
+    assert await console.say("/as SAM@corp.example") is None and console.as_email == SENDER

@@ -93,12 +93,16 @@ class ConsoleAdapter(Adapter):
         """Run one line as the current person and print the bot's answer."""
         assert self.core is not None, "start() the adapter first"
         stripped = text.strip()
-        if stripped.startswith("/as"):
-            who = stripped[3:].strip()
-            if "@" not in who:
-                self._print("Usage: /as <email>")
+        if stripped.split(maxsplit=1)[:1] == ["/as"]:
+            from bot.addresses import normalise
+            from bot.errors import UserError
+
+            try:
+                who = normalise(stripped[3:].strip())
+            except UserError as exc:
+                self._print(f"{exc.sentence}\nUsage: /as <email>")
                 return None
-            self.as_email = who.lower()
+            self.as_email = who
             roles = ", ".join(sorted(self.core.roles_of(self.as_email))) or "no role"
             self._print(f"You are now {self.as_email} ({roles}).")
             return None
