@@ -77,3 +77,50 @@ def test_demo_settings_stay_on_loopback_and_in_its_folder(tmp_path: Path, monkey
     (tmp_path / "d" / "postroom.db").write_text("")
     assert not demo.prepare(tmp_path / "d").fresh
     assert demo.prepare(tmp_path / "d", fresh=True).fresh
+
+
+def test_demo_in_a_terminal_prompts_and_ctrl_c_leaves_at_once(tmp_path: Path) -> None:
+    """As `make demo` runs it: a prompt per person, and Ctrl-C ends it (not after the next Enter)."""
+    import pty
+    import select
+    import signal
+    import time
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTROOM_")}
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the demo on a terminal
+        os.chdir(tmp_path)
+        os.execve(POSTROOM, [POSTROOM, "demo", "--dir", str(tmp_path / "d")], env)
+    seen = b""
+
+    def read_until(marker: bytes, seconds: float) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + seconds
+        while marker not in seen:
+            assert time.monotonic() < deadline, f"no {marker!r} in {seen[-500:]!r}"
+            if select.select([fd], [], [], 0.1)[0]:
+                seen += os.read(fd, 65536)
+
+    try:
+        read_until(b"hannah@corp.example> ", 30)
+        os.write(fd, b"/members eng\n")
+        read_until(b"eng@corp.example has 2 members", 10)
+        read_until(b"hannah@corp.example> ", 10)
+        os.kill(pid, signal.SIGINT)
+        deadline = time.monotonic() + 5
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+            assert time.monotonic() < deadline, "the demo did not stop within 5 s of Ctrl-C"
+            if select.select([fd], [], [], 0.1)[0]:
+                try:
+                    seen += os.read(fd, 65536)
+                except OSError:
+                    pass
+        assert os.waitstatus_to_exitcode(done[1]) == 0
+        assert b"Traceback" not in seen
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(fd)
