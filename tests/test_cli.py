@@ -63,14 +63,14 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def write_config(folder: Path, smtp_port: int, web_port: int, **extra: str) -> Path:
+def write_config(folder: Path, smtp_port: int, web_port: int, database_url: str | None = None) -> Path:
     templates = folder / "templates"
     if not templates.exists():
         shutil.copytree(DEMO_TEMPLATES, templates)
     config = folder / "postroom.toml"
     config.write_text(f"""
 [database]
-url = "sqlite+aiosqlite:///{folder / 'postroom.db'}"
+url = "{database_url or f'sqlite+aiosqlite:///{folder / "postroom.db"}'}"
 
 [smtp]
 host = "127.0.0.1"
@@ -97,15 +97,25 @@ secret = "cli-test-secret-0123456789"
 templates_dir = "{templates}"
 from_address = "news@corp.example"
 unsubscribe_mailbox = "unsubscribe@corp.example"
-""" + "".join(extra.values()))
+""")
     return config
 
 
 @pytest.fixture
 def setup(tmp_path: Path) -> Iterator[Setup]:
+    """SQLite only (the schema tests edit the file directly)."""
     with SmtpServer() as smtp:
         web_port = free_port()
         config = write_config(tmp_path, smtp.port, web_port)
+        yield Setup(tmp_path, config, tmp_path / "postroom.db", web_port, smtp)
+
+
+@pytest.fixture
+def setup_on_each_database(tmp_path: Path, database_url: str) -> Iterator[Setup]:
+    """SQLite, and PostgreSQL when POSTROOM_TEST_DATABASE_URL is set."""
+    with SmtpServer() as smtp:
+        web_port = free_port()
+        config = write_config(tmp_path, smtp.port, web_port, database_url)
         yield Setup(tmp_path, config, tmp_path / "postroom.db", web_port, smtp)
 
 
@@ -141,7 +151,8 @@ def served(setup: Setup) -> Iterator[subprocess.Popen[str]]:
             assert time.monotonic() - started < 5
 
 
-def test_the_done_when_list_from_a_shell(setup: Setup) -> None:
+def test_the_done_when_list_from_a_shell(setup_on_each_database: Setup) -> None:
+    setup = setup_on_each_database
     smtp = setup.smtp.handler
 
     # HR creates a group, adds two internal people; /members lists them.
@@ -212,7 +223,8 @@ def test_the_done_when_list_from_a_shell(setup: Setup) -> None:
     assert sorted(r for m in smtp.messages for r in m.rcpt_tos) == ["raj@example.net", "yuki@example.org"]
 
 
-def test_serve_answers_healthz_and_stops_on_sigterm(setup: Setup) -> None:
+def test_serve_answers_healthz_and_stops_on_sigterm(setup_on_each_database: Setup) -> None:
+    setup = setup_on_each_database
     with served(setup) as proc:
         health = httpx.get(f"http://127.0.0.1:{setup.web_port}/healthz")
         assert health.json() == {"status": "ok"}
