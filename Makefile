@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/postroom demo
 
 test: $(STAMP)
-	$(BIN)/ruff check bot adapters tests benchmarks
+	$(BIN)/ruff check bot adapters tests $(wildcard benchmarks)
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 

@@ -91,8 +91,20 @@ class Runtime:
                                 access_log=False)
         server = uvicorn.Server(config)
         server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # we own SIGTERM
+        # Bind here: uvicorn answers a taken port with sys.exit() inside its task, which no caller can catch.
+        import os
+        import socket
+
+        from bot.config import ConfigError
+
+        try:
+            sock = socket.create_server((host, port))
+        except OSError as exc:
+            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+            raise ConfigError(f"The web app can't listen on {host}:{port} ({reason}): "
+                              "set web.port to a free port.") from None
         self.web_server = server
-        self.web_task = asyncio.get_running_loop().create_task(server.serve())
+        self.web_task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
         for _ in range(200):
             if server.started or self.web_task.done():
                 break

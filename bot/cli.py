@@ -22,13 +22,32 @@ def _settings(config: str | None) -> Settings:
         raise click.ClickException(str(exc)) from None
 
 
-def _run(coro) -> None:  # type: ignore[no-untyped-def]
+def _run(coro, settings: Settings | None = None) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
     try:
         asyncio.run(coro)
     except (ConfigError, SchemaError, UserError) as exc:
         raise click.ClickException(getattr(exc, "sentence", None) or str(exc)) from None
+    except (OperationalError, InterfaceError, OSError) as exc:
+        # A database that can't be opened or reached, a port already taken: a sentence, not a traceback.
+        if settings is None:
+            raise
+        raise click.ClickException(_unreachable(settings, exc)) from None
     except KeyboardInterrupt:
         pass
+
+
+def _unreachable(settings: Settings, exc: BaseException) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import DBAPIError
+
+    reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:200].rstrip(".")
+    is_db = isinstance(exc, DBAPIError) or "Connect call failed" in reason  # asyncpg raises it raw
+    where = ""
+    if is_db:
+        where = f" (database.url is {make_url(settings.database.url).render_as_string(hide_password=True)})"
+    return f"Postroom could not start: {reason}{where}."
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -99,8 +118,14 @@ def chat(ctx: click.Context, as_email: str, text: tuple[str, ...]) -> None:
 
     Background work the command starts (a campaign send) finishes before it exits.
     """
+    from bot.addresses import normalise
+
+    try:
+        as_email = normalise(as_email)
+    except UserError as exc:
+        raise click.BadParameter(exc.sentence, param_hint="--as") from None
     settings = _settings(ctx.obj["config"])
-    _run(_chat(settings, as_email, " ".join(text)))
+    _run(_chat(settings, as_email, " ".join(text)), settings)
 
 
 async def _chat(settings: Settings, as_email: str, text: str) -> None:
@@ -124,7 +149,7 @@ async def _chat(settings: Settings, as_email: str, text: str) -> None:
 def serve(ctx: click.Context) -> None:
     """Run the configured adapters, the web app, the mail server and the scheduler until stopped."""
     settings = _settings(ctx.obj["config"])
-    _run(_serve(settings))
+    _run(_serve(settings), settings)
 
 
 async def _serve(settings: Settings) -> None:
@@ -181,7 +206,7 @@ def db_upgrade(ctx: click.Context) -> None:
         else:
             click.echo(f"Upgraded the schema from {before or 'empty'} to {after}.")
 
-    _run(go())
+    _run(go(), settings)
 
 
 # -- contacts -----------------------------------------------------------------------------------
@@ -212,7 +237,7 @@ def contacts_import(ctx: click.Context, file: str, list_name: str) -> None:
         if report.bad and not (report.added or report.updated):
             sys.exit(1)
 
-    _run(go())
+    _run(go(), settings)
 
 
 # -- hr -----------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 
 class ConfigError(Exception):
@@ -192,6 +193,7 @@ class Settings(BaseSettings):
     console_locale: Literal["en"] = "en"
 
     _toml_data: ClassVar[dict[str, Any]] = {}
+    _read_env: ClassVar[bool] = True
 
     @classmethod
     def settings_customise_sources(
@@ -202,7 +204,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _DictSource(settings_cls, cls._toml_data))
+        env = (env_settings,) if cls._read_env else ()
+        return (init_settings, *env, _DictSource(settings_cls, cls._toml_data))
 
     def is_internal(self, email: str) -> bool:
         domain = email.rsplit("@", 1)[-1].lower()
@@ -230,11 +233,12 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
     return default if default.exists() else None
 
 
-def load_settings(path: str | os.PathLike[str] | None = None, *, read_file: bool = True,
+def load_settings(path: str | os.PathLike[str] | None = None, *, read_file: bool = True, read_env: bool = True,
                   **overrides: Any) -> Settings:
     """Read and validate the configuration; raise ConfigError with one sentence on a bad value.
 
-    `overrides` are sections given in code (the demo's, tests'); the environment still wins.
+    `overrides` are sections given in code (the demo's, tests'); the environment still wins, unless
+    `read_env` is false (the demo: POSTROOM_DATABASE__URL must never point it at a real database).
     """
     chosen = config_path(path) if read_file else None
     data: dict[str, Any] = {}
@@ -251,12 +255,16 @@ def load_settings(path: str | os.PathLike[str] | None = None, *, read_file: bool
         else:
             data[section] = values
     Settings._toml_data = data
+    Settings._read_env = read_env
     try:
         return Settings()
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from None
+    except SettingsError as exc:  # an environment value that should be JSON (a list) and is not
+        raise ConfigError(describe_settings_error(exc)) from None
     finally:
         Settings._toml_data = {}
+        Settings._read_env = True
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -269,3 +277,25 @@ def describe_validation_error(exc: ValidationError) -> str:
     got = first.get("input")
     got_text = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
     return f"Configuration key {key} (or ${env}) {msg[0].lower() + msg[1:]}{got_text}."
+
+
+def describe_settings_error(exc: SettingsError) -> str:
+    """Name the environment variable pydantic-settings could not decode (it names only the section)."""
+    import json
+    import re
+
+    m = re.search(r'field "(\w+)"', str(exc))
+    section = m.group(1) if m else ""
+    prefix = f"POSTROOM_{section.upper()}__"
+    model = Settings.model_fields[section].annotation if section in Settings.model_fields else None
+    fields = getattr(model, "model_fields", {})
+    for name, value in sorted(os.environ.items()):
+        key = name[len(prefix):].lower() if name.upper().startswith(prefix) else ""
+        if key not in fields or "list" not in str(fields[key].annotation):
+            continue
+        try:
+            json.loads(value)
+        except ValueError:
+            return (f"Environment variable {name} can't be read: a list is written as JSON, "
+                    f"e.g. {name}='[\"{value}\"]'.")
+    return f"An environment variable of the [{section}] section can't be read: lists are written as JSON."

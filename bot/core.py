@@ -163,20 +163,36 @@ class Core:
             return spec, fn, tokens[1:]
         return None
 
+    def usage_for(self, words: list[str]) -> str | None:
+        """The usage line of the command these first words name, if any."""
+        found = self.find_command(words)
+        if found is not None:
+            return found[0].usage
+        sub = self.groups_of_commands.get(words[0].lstrip("/").lower()) if words else None
+        return f"/{words[0].lstrip('/').lower()} {'|'.join(sorted(p[1] for p in sub))} …" if sub else None
+
     async def handle_command(self, cmd: Command) -> Message | None:
         """The reply to a command; None when it is a redelivery already answered."""
         if not await self.first_time(f"{cmd.actor.platform}:command", cmd.delivery_id):
             return None
         try:
-            tokens = tokenize(cmd.text.strip())
+            try:
+                tokens = tokenize(cmd.text.strip())
+            except UserError as exc:
+                raise UserError(exc.sentence, self.usage_for(cmd.text.split()[:2])) from None
             if not tokens:
                 return Message("Type /help to see what I can do.")
             found = self.find_command(tokens)
             if found is None:
-                sub = self.groups_of_commands.get(tokens[0].lstrip("/").lower())
+                head = tokens[0].lstrip("/").lower()
+                sub = self.groups_of_commands.get(head)
                 if sub:
-                    usage = " | ".join(sorted(" ".join(p) for p in sub))
-                    raise UserError(f"/{tokens[0].lstrip('/')} needs one of: {usage}.")
+                    names = sorted(p[1] for p in sub)
+                    usage = self.usage_for(tokens[:1])
+                    if len(tokens) > 1:
+                        raise UserError(f"/{head} has no subcommand “{tokens[1][:40]}”; it takes {', '.join(names)}.",
+                                        usage)
+                    raise UserError(f"/{head} needs a subcommand: {', '.join(names)}.", usage)
                 raise UserError(f"I don't know the command “{tokens[0][:40]}”. /help lists what I can do.")
             spec, handler, rest = found
             request = await self._request(cmd.actor, cmd.conversation)
@@ -258,12 +274,22 @@ class Core:
 
 def _role_sentence(spec: Spec) -> str:
     names = {"hr": "HR", "senders": "campaign sender", "approvers": "approver", "admins": "admin"}
-    wanted = " or ".join(names.get(r, r) for r in spec.roles if r != "owners")
-    return f"/{spec.name} is for {wanted}s; you don't have that role. An admin can grant it in the configuration."
+    wanted = " or ".join(names.get(r, r) + "s" for r in spec.roles if r != "owners")
+    return f"/{spec.name} is for {wanted}; you don't have that role. An admin can grant it in the configuration."
 
 
 def error_message(exc: UserError) -> Message:
-    text = exc.sentence
+    text = visible(exc.sentence)
     if exc.usage:
         text += f"\nUsage: {exc.usage}"
     return Message(text, ephemeral=True)
+
+
+# Control characters and bidirectional overrides a person typed are echoed as visible escapes,
+# so an answer can't clear a terminal or reverse the rest of a line in a messenger.
+_INVISIBLE = {c: f"\\u{c:04x}" for c in [*range(0, 10), *range(11, 32), 127, *range(0x80, 0xA0), 0x200E, 0x200F,
+                                         *range(0x202A, 0x202F), *range(0x2066, 0x206A)]}
+
+
+def visible(text: str) -> str:
+    return text.translate(_INVISIBLE)

@@ -71,6 +71,7 @@ def prepare(folder: str | Path = ".postroom-demo", *, fresh: bool = False, web_p
     web = web_port if web_port is not None else free_port(8080)
     settings = load_settings(
         read_file=False,
+        read_env=False,  # the demo is self-contained: no postroom.toml, no POSTROOM_* variables
         database={"url": f"sqlite+aiosqlite:///{base / 'postroom.db'}"},
         smtp={"host": "127.0.0.1", "port": smtp, "connections": 2},
         relay={"enabled": True, "host": "127.0.0.1", "port": smtp, "mailbox_dir": str(base / "mailbox")},

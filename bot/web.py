@@ -69,9 +69,16 @@ def build_web(core: Core) -> Starlette:
         target = _unsubscribe_target(request.path_params["token"])
         if target is None:
             return PlainTextResponse("This unsubscribe link is not valid.\n", status_code=400)
-        body = await request.body()
-        if len(body) > MAX_FORM_BYTES:
-            return PlainTextResponse("Request body too large.\n", status_code=413)
+        # Count while reading: a public endpoint must not buffer whatever size a client sends.
+        declared = request.headers.get("content-length", "0")
+        too_large = PlainTextResponse("Request body too large.\n", status_code=413)
+        if not declared.isdigit() or int(declared) > MAX_FORM_BYTES:
+            return too_large
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_FORM_BYTES:
+                return too_large
         campaign_id, email = target
         async with core.ctx.sessions() as session, session.begin():
             new = await suppress(session, email, "unsubscribed", "one-click", campaign_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sys
+import threading
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
@@ -93,12 +94,16 @@ class ConsoleAdapter(Adapter):
         """Run one line as the current person and print the bot's answer."""
         assert self.core is not None, "start() the adapter first"
         stripped = text.strip()
-        if stripped.startswith("/as"):
-            who = stripped[3:].strip()
-            if "@" not in who:
-                self._print("Usage: /as <email>")
+        if stripped.split(maxsplit=1)[:1] == ["/as"]:
+            from bot.addresses import normalise
+            from bot.errors import UserError
+
+            try:
+                who = normalise(stripped[3:].strip())
+            except UserError as exc:
+                self._print(f"{exc.sentence}\nUsage: /as <email>")
                 return None
-            self.as_email = who.lower()
+            self.as_email = who
             roles = ", ".join(sorted(self.core.roles_of(self.as_email))) or "no role"
             self._print(f"You are now {self.as_email} ({roles}).")
             return None
@@ -123,7 +128,7 @@ class ConsoleAdapter(Adapter):
                 self.out.write(f"{self.as_email}> ")
                 self.out.flush()
             reader = self._read_line or sys.stdin.readline
-            line = await loop.run_in_executor(None, reader)
+            line = await _read_in_daemon_thread(loop, reader)
             if not line:
                 break
             if line.strip() in ("/quit", "/exit"):
@@ -135,3 +140,30 @@ class ConsoleAdapter(Adapter):
     def _print(self, text: str) -> None:
         self.out.write(text + "\n")
         self.out.flush()
+
+
+def _read_in_daemon_thread(loop: asyncio.AbstractEventLoop, reader: Callable[[], str]) -> asyncio.Future[str]:
+    """A line from a blocking reader. Not the default executor: asyncio.run waits for its threads on the
+    way out, so Ctrl-C would hang until Enter; a daemon thread blocked in readline does not hold exit."""
+    future: asyncio.Future[str] = loop.create_future()
+
+    def settle(value: str | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value or "")
+
+    def work() -> None:
+        try:
+            line, error = reader(), None
+        except Exception as exc:
+            line, error = "", exc
+        try:
+            loop.call_soon_threadsafe(settle, line, error)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+    threading.Thread(target=work, name="console-stdin", daemon=True).start()
+    return future

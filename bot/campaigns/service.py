@@ -19,6 +19,7 @@ from bot.campaigns.messages import CampaignMessages, lint
 from bot.campaigns.templates import TemplateProblem, html_title, load_source
 from bot.context import Context
 from bot.db.models import Approval, Campaign, Delivery
+from bot.db.upsert import insert_ignore
 from bot.errors import UserError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -128,29 +129,17 @@ async def record_decision(
     ctx: Context, session: AsyncSession, campaign: Campaign, *, approver: str, decision: str, reason: str | None,
     digest: str,
 ) -> bool:
-    """Insert an approval/rejection once; False when this approver already decided on this content."""
-    existing = (
-        await session.execute(
-            select(Approval.id).where(
-                Approval.campaign_id == campaign.id, Approval.approver == approver, Approval.content_hash == digest
-            )
-        )
-    ).scalar_one_or_none()
-    if existing is not None:
-        return False
+    """Insert an approval/rejection once; False when this approver already decided on this content.
+
+    ON CONFLICT DO NOTHING, so a double click racing itself finds the first row instead of failing.
+    """
     ttl = timedelta(hours=ctx.settings.campaigns.approval_ttl_hours)
-    session.add(
-        Approval(
-            campaign_id=campaign.id,
-            approver=approver,
-            decision=decision,
-            content_hash=digest,
-            reason=reason,
-            expires_at=ctx.now() + ttl if decision == "approved" else None,
-        )
-    )
-    await session.flush()
-    return True
+    row = {
+        "campaign_id": campaign.id, "approver": approver, "decision": decision, "content_hash": digest,
+        "reason": reason, "created_at": ctx.now(),
+        "expires_at": ctx.now() + ttl if decision == "approved" else None,
+    }
+    return await insert_ignore(session, Approval, [row], ["campaign_id", "approver", "content_hash"]) == 1
 
 
 async def valid_approval(session: AsyncSession, campaign: Campaign, digest: str, now: datetime) -> Approval | None:

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
+from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, nodes
 from jinja2.exceptions import SecurityError
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
 
 from bot.errors import UserError
 
@@ -28,26 +28,108 @@ class TemplateProblem(UserError):
     pass
 
 
-class _Env(SandboxedEnvironment):
-    """A sandbox that also refuses to build huge strings and ranges."""
+_BIG_WIDTH = re.compile(r"%[-#0 +]*(\*|\d{5,})|%[-#0 +]*\d*\.(\*|\d{5,})|\{[^{}]*?(\d{5,})[^{}]*\}")
 
-    intercepted_binops = frozenset({"*", "**"})
+
+def _too_large(size: int) -> None:
+    if size > MAX_RENDERED_BYTES:
+        raise SecurityError("the template builds a value too large to send")
+
+
+def _check_width(fmt: str) -> None:
+    if _BIG_WIDTH.search(fmt):
+        raise SecurityError("the template pads a value to too large a width")
+
+
+def _size(value: Any) -> int:
+    return len(value) if isinstance(value, str | list | tuple | dict) else 0
+
+
+class _Env(ImmutableSandboxedEnvironment):
+    """A sandbox (immutable: no list.append to accumulate state) that also refuses to build huge values.
+
+    The sandbox stops attribute escapes but not memory exhaustion ('a' * 10**9, padding to a
+    huge width, replace/join amplification); these checks run before the value is built.
+    """
+
+    intercepted_binops = frozenset({"*", "**", "%"})
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "*" and isinstance(right, int) and isinstance(left, str | list | tuple):
-            if len(left) * right > MAX_RENDERED_BYTES:
-                raise SecurityError("the template builds a value too large to send")
-        if operator == "*" and isinstance(left, int) and isinstance(right, str | list | tuple):
-            if len(right) * left > MAX_RENDERED_BYTES:
-                raise SecurityError("the template builds a value too large to send")
-        if operator == "**" and isinstance(right, int) and right > 1000:
-            raise SecurityError("the template raises a number to too large a power")
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, str | list | tuple) and isinstance(n, int):
+                    _too_large(len(seq) * n)
+            if isinstance(left, int) and isinstance(right, int):
+                _too_large((left.bit_length() + right.bit_length()) // 8)
+        if operator == "**" and isinstance(left, int) and isinstance(right, int):
+            if right > 1000 or (abs(left) > 1 and left.bit_length() * max(right, 0) > 100_000):
+                raise SecurityError("the template raises a number to too large a power")
+        if operator == "%" and isinstance(left, str):
+            _check_width(left)
         return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        for value in (*args, *kwargs.values()):
+            _too_large(_size(value))
+        owner = getattr(__obj, "__self__", None)
+        if isinstance(owner, str):
+            _check_str_method(owner, getattr(__obj, "__name__", ""), args)
+        result = super().call(__context, __obj, *args, **kwargs)
+        _too_large(_size(result))
+        return result
+
+
+def _check_str_method(text: str, name: str, args: tuple[Any, ...]) -> None:
+    """Estimate what a str method would build, before it builds it."""
+    if name in ("center", "ljust", "rjust", "zfill") and args and isinstance(args[0], int):
+        _too_large(args[0])
+    elif name == "expandtabs":
+        _too_large(len(text) + text.count("\t") * (args[0] if args and isinstance(args[0], int) else 8))
+    elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
+        hits = text.count(args[0]) if args[0] else len(text) + 1
+        _too_large(len(text) + hits * len(args[1]))
+    elif name == "join" and args and isinstance(args[0], list | tuple):
+        _too_large(len(text) * len(args[0]) + sum(_size(v) for v in args[0]))
+    elif name in ("format", "format_map"):
+        _check_width(text)
+
+
+def _guard_filters(env: SandboxedEnvironment) -> None:
+    """Filters are called directly (and folded at compile time): check the amplifying ones."""
+    originals = dict(env.filters)
+
+    def center(value: Any, width: int = 80) -> Any:
+        _too_large(int(width))
+        return originals["center"](value, width)
+
+    def indent(value: Any, width: Any = 4, *a: Any, **kw: Any) -> Any:
+        w = len(width) if isinstance(width, str) else int(width)
+        _too_large(w * (str(value).count("\n") + 1) + len(str(value)))
+        return originals["indent"](value, width, *a, **kw)
+
+    def format_(value: Any, *a: Any, **kw: Any) -> Any:
+        _check_width(str(value))
+        return originals["format"](value, *a, **kw)
+
+    def replace(eval_ctx: Any, s: Any, old: Any, new: Any, count: int | None = None) -> Any:
+        _check_str_method(str(s), "replace", (str(old), str(new)))
+        return originals["replace"](eval_ctx, s, old, new, count)
+
+    def join(eval_ctx: Any, value: Any, d: str = "", attribute: Any = None) -> Any:
+        items = list(value) if not isinstance(value, str) else [value]
+        _too_large(len(str(d)) * len(items) + sum(_size(v) for v in items))
+        return originals["join"](eval_ctx, items, d, attribute)
+
+    from jinja2.utils import pass_eval_context
+
+    env.filters.update(center=center, indent=indent, format=format_,
+                       replace=pass_eval_context(replace), join=pass_eval_context(join))
 
 
 def make_environment(autoescape: bool) -> SandboxedEnvironment:
     env = _Env(undefined=StrictUndefined, autoescape=autoescape, keep_trailing_newline=True)
     env.globals = {"range": _safe_range}
+    _guard_filters(env)
     return env
 
 
@@ -56,6 +138,37 @@ def _safe_range(*args: int) -> range:
     if len(r) > 10_000:
         raise SecurityError("the template asks for a range longer than 10,000")
     return r
+
+
+# A subject is typed in chat, so it may only show values: names, attributes, items, a few filters,
+# `if` and `~`. No calls, loops, macros or arithmetic — nothing that can run away.
+_SUBJECT_NODES = (nodes.Template, nodes.Output, nodes.TemplateData, nodes.Name, nodes.Getattr, nodes.Getitem,
+                  nodes.Const, nodes.Filter, nodes.Test, nodes.CondExpr, nodes.If, nodes.Compare, nodes.Operand,
+                  nodes.And, nodes.Or, nodes.Not, nodes.Concat, nodes.Keyword, nodes.Slice, nodes.List,
+                  nodes.Tuple)
+SUBJECT_FILTERS = frozenset({"default", "d", "upper", "lower", "title", "capitalize", "trim", "e", "escape",
+                             "truncate", "replace", "striptags", "string"})
+
+
+def check_subject(env: SandboxedEnvironment, subject: str) -> None:
+    """Refuse, with a sentence, a subject that does more than show values."""
+    if len(subject) > 1000:
+        raise TemplateProblem("The subject is longer than 1,000 characters.")
+    try:
+        tree = env.parse(subject)
+    except TemplateSyntaxError as exc:
+        raise TemplateProblem(f"The subject is not a valid template: {exc.message}.") from None
+    allowed = ", ".join(sorted(SUBJECT_FILTERS - {"d", "e"}))
+    for node in [tree, *tree.find_all(nodes.Node)]:
+        if not isinstance(node, _SUBJECT_NODES):
+            raise TemplateProblem(
+                f"The subject can only show values (with if and the filters {allowed}); "
+                f"“{type(node).__name__.lower()}” is not allowed there."
+            )
+        if isinstance(node, nodes.Filter) and node.name not in SUBJECT_FILTERS:
+            raise TemplateProblem(f"The subject can only use the filters {allowed}; “{node.name}” is not one.")
+        if isinstance(node, nodes.Getattr | nodes.Name) and str(getattr(node, "attr", getattr(node, "name", ""))).startswith("_"):
+            raise TemplateProblem("The subject cannot use names that start with an underscore.")
 
 
 @dataclass(frozen=True)
@@ -135,6 +248,7 @@ class CompiledTemplate:
         self.subject_source = subject
         html_env = make_environment(autoescape=True)
         text_env = make_environment(autoescape=False)
+        check_subject(text_env, subject)
         try:
             self._subject = text_env.from_string(subject)
         except TemplateSyntaxError as exc:
@@ -154,18 +268,30 @@ class CompiledTemplate:
 
     def render(self, context: dict[str, Any]) -> Rendered:
         try:
-            subject = self._subject.render(context)
-            body_html = self._html.render(context)
-            body_text = self._text.render(context)
+            subject = _render_capped(self._subject, context, MAX_RENDERED_BYTES)
+            body_html = _render_capped(self._html, context, MAX_RENDERED_BYTES)
+            body_text = _render_capped(self._text, context, MAX_RENDERED_BYTES - len(body_html))
+        except TemplateProblem:
+            raise
         except UndefinedError as exc:
             raise TemplateProblem(f"The template uses a value this recipient does not have: {exc.message}.") from None
         except SecurityError as exc:
-            raise TemplateProblem(f"The template was stopped by the sandbox: {exc}.") from None
+            raise TemplateProblem(f"The template was stopped by the sandbox: {str(exc).rstrip('.')}.") from None
         except Exception as exc:  # a template can raise anything (division by zero, bad filter args)
-            raise TemplateProblem(f"The template failed to render: {type(exc).__name__}: {exc}.") from None
-        if len(body_html) + len(body_text) > MAX_RENDERED_BYTES:
-            raise TemplateProblem("The rendered message is larger than 2 MB; that is too large to send.")
+            raise TemplateProblem(f"The template failed to render: {type(exc).__name__}: {str(exc)[:200]}.") from None
         subject = " ".join(subject.split())
         if len(subject) > 500:
             raise TemplateProblem("The rendered subject is longer than 500 characters.")
         return Rendered(subject=subject, html=body_html, text=body_text)
+
+
+def _render_capped(template: Any, context: dict[str, Any], budget: int) -> str:
+    """Render chunk by chunk, stopping as soon as the output passes the budget (a loop can't run away)."""
+    parts: list[str] = []
+    size = 0
+    for chunk in template.generate(context):
+        size += len(chunk)
+        if size > budget:
+            raise TemplateProblem("The rendered message is larger than 2 MB; that is too large to send.")
+        parts.append(chunk)
+    return "".join(parts)

@@ -11,7 +11,7 @@ from bot.addresses import normalise
 from bot.campaigns import service
 from bot.campaigns.audience import Recipient, resolve_audience
 from bot.campaigns.engine import DeliveryEngine
-from bot.campaigns.templates import TemplateProblem, load_source
+from bot.campaigns.templates import CompiledTemplate, TemplateProblem, load_source
 from bot.commands.parser import Arg, Flag, Parsed, Spec
 from bot.db.models import Approval, Campaign, Delivery
 from bot.errors import PermissionDenied, UserError
@@ -55,6 +55,8 @@ def register(core: Core) -> None:
 
 
 def _with_usage(exc: UserError, spec: Spec) -> UserError:
+    if isinstance(exc, PermissionDenied):
+        return exc  # a refusal is not a usage problem
     return UserError(exc.sentence, exc.usage or spec.usage)
 
 
@@ -66,8 +68,9 @@ async def new(core: Core, req: Request, p: Parsed) -> Message:
     ctx = core.ctx
     try:
         service.check_name(name)
-        load_source(ctx.settings.campaigns.templates_dir, p.flag("template") or "")
+        source = load_source(ctx.settings.campaigns.templates_dir, p.flag("template") or "")
         subject = p.flag("subject") or service.default_subject(ctx, p.flag("template") or "")
+        CompiledTemplate(source, subject)  # a broken or hostile template is refused now, not at send time
         async with ctx.sessions() as session, session.begin():
             if (await session.execute(select(Campaign.id).where(Campaign.name == name))).scalar_one_or_none():
                 raise UserError(f"A campaign named “{name}” already exists; pick another name or /campaign edit it.")
@@ -120,6 +123,8 @@ async def edit(core: Core, req: Request, p: Parsed) -> Message:
             if p.flag("to"):
                 kind, audience = await resolve_audience(session, ctx.settings, p.flag("to") or "")
                 values.update(audience_kind=kind, audience_name=audience)
+            CompiledTemplate(load_source(ctx.settings.campaigns.templates_dir, str(values.get("template", campaign.template))),
+                             str(values.get("subject", campaign.subject)))
             before = campaign.state
             # Any edit voids an approval: back to draft, the submitted hash forgotten.
             result = await session.execute(
@@ -290,16 +295,19 @@ async def submit(core: Core, req: Request, p: Parsed) -> Message:
     where = "to the approvers" if refs else "(no approvals channel is configured: approvers can type /approve)"
     approvers = ", ".join(a for a in ctx.settings.roles.approvers if a != req.email) or "nobody yet"
     return Message(f"Submitted “{campaign.name}” for approval {where}. Approvers: {approvers}. "
-                   f"It goes to {review.audience.total} recipients once approved.")
+                   f"It goes to {review.audience.total} recipient{'s' if review.audience.total != 1 else ''} once "
+                   "approved.")
 
 
-async def _decide(core: Core, req: Request, campaign_ref: str, decision: str, reason: str | None, spec: Spec) -> Message:
+async def _decide(core: Core, req: Request, campaign_ref: str, decision: str, reason: str | None, spec: Spec,
+                  *, by_id: bool = False) -> Message:
+    """`campaign_ref` is a name (typed) or, from a button, an id; a name may be all digits."""
     ctx = core.ctx
     if not req.has("approvers"):
         raise PermissionDenied("Only approvers can approve or reject campaigns.")
     async with ctx.sessions() as session, session.begin():
         try:
-            if campaign_ref.isdigit():
+            if by_id:
                 campaign = await session.get(Campaign, int(campaign_ref))
                 if campaign is None:
                     raise UserError("That campaign no longer exists.")
@@ -323,9 +331,10 @@ async def _decide(core: Core, req: Request, campaign_ref: str, decision: str, re
         if digest != campaign.content_hash:
             raise UserError(f"“{campaign.name}” changed after it was submitted (its template, subject, audience or "
                             "sender); it must be submitted again.")
-        await service.record_decision(ctx, session, campaign, approver=req.email,
-                                      decision="approved" if decision == "approve" else "rejected",
-                                      reason=reason, digest=digest)
+        if not await service.record_decision(ctx, session, campaign, approver=req.email,
+                                             decision="approved" if decision == "approve" else "rejected",
+                                             reason=reason, digest=digest):
+            raise UserError(f"Your decision on “{campaign.name}” is already recorded; nothing changed.")
         if decision == "approve":
             won = await service.transition(session, campaign.id, ("pending_approval",), "approved")
             new_state = "approved"
@@ -402,6 +411,8 @@ async def approve(core: Core, req: Request, p: Parsed) -> Message:
 
 async def reject(core: Core, req: Request, p: Parsed) -> Message:
     reason = (p.opt("reason") or "").strip()
+    if not reason:
+        raise UserError("/reject needs a reason, so the sender knows what to change.", REJECT.usage)
     if len(reason) > 1000:
         raise UserError("Keep the reason under 1,000 characters.", REJECT.usage)
     return await _decide(core, req, p.arg("campaign"), "reject", reason, REJECT)
@@ -409,16 +420,20 @@ async def reject(core: Core, req: Request, p: Parsed) -> Message:
 
 async def approve_click(core: Core, req: Request, action: Action) -> Message | None:
     value = action.value.split(":", 1)[0]
-    if not value.isdigit():
+    if not _is_id(value):
         raise UserError("That button's value is not a campaign.")
-    return await _decide(core, req, value, "approve", None, APPROVE)
+    return await _decide(core, req, value, "approve", None, APPROVE, by_id=True)
 
 
 async def reject_click(core: Core, req: Request, action: Action) -> Message | None:
     value, _, reason = action.value.partition(":")
-    if not value.isdigit():
+    if not _is_id(value):
         raise UserError("That button's value is not a campaign.")
-    return await _decide(core, req, value, "reject", reason.strip() or "no reason given", REJECT)
+    return await _decide(core, req, value, "reject", reason.strip()[:1000] or "no reason given", REJECT, by_id=True)
+
+
+def _is_id(value: str) -> bool:
+    return value.isascii() and value.isdigit() and len(value) <= 18  # fits a BIGINT
 
 
 async def status(core: Core, req: Request, p: Parsed) -> Message:

@@ -117,7 +117,7 @@ async def removegroup(core: Core, req: Request, p: Parsed) -> Message:
 async def groups(core: Core, req: Request, p: Parsed) -> Message:
     who = p.opt("member")
     async with core.ctx.sessions() as session:
-        if who:
+        if who is not None:
             try:
                 email = normalise(who)
             except UserError as exc:

@@ -6,7 +6,6 @@ UserError whose sentence says what is wrong and whose usage is the command's usa
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass, field
 
 from bot.errors import UserError
@@ -82,17 +81,75 @@ class Parsed:
         return bool(self.flags.get(name))
 
 
+_DOUBLE = '"“”'  # messengers turn straight quotes into curly ones; accept both
+_SINGLE_OPEN = "'‘"
+_SINGLE_CLOSE = "'’"
+
+
 def tokenize(text: str) -> list[str]:
+    """Split a command into words. "Double quotes" group words anywhere (`--subject="Hi there"`);
+    'single quotes' only when they open a word, so an apostrophe (it's, it’s) is just a letter.
+    Inside double quotes a backslash escapes a quote or a backslash; elsewhere it is a letter.
+    """
     if len(text) > MAX_COMMAND_LENGTH:
         raise UserError(f"That command is {len(text)} characters long; the limit is {MAX_COMMAND_LENGTH}.")
     if "\x00" in text:
         raise UserError("That command contains a NUL character.")
-    # Messengers turn straight quotes into curly ones; accept both.
-    text = text.replace("“", '"').replace("”", '"').replace("‘", "'").replace("’", "'")
-    try:
-        return shlex.split(text, posix=True)
-    except ValueError:
-        raise UserError("A quotation mark in that command is not closed.") from None
+    tokens: list[str] = []
+    word: list[str] = []
+    in_word = False
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch.isspace():
+            if in_word:
+                tokens.append("".join(word))
+                word, in_word = [], False
+            i += 1
+        elif ch in _DOUBLE:
+            i += 1
+            while True:
+                if i >= n:
+                    raise UserError("A quotation mark in that command is not closed.")
+                c = text[i]
+                if c == "\\" and i + 1 < n and (text[i + 1] in _DOUBLE or text[i + 1] == "\\"):
+                    word.append(text[i + 1])
+                    i += 2
+                elif c in _DOUBLE:
+                    i += 1
+                    break
+                else:
+                    word.append(c)
+                    i += 1
+            in_word = True
+        elif ch in _SINGLE_OPEN and (not in_word or (word and word[-1] == "=")):
+            end = min((j for j in (text.find(q, i + 1) for q in _SINGLE_CLOSE) if j != -1), default=-1)
+            if end == -1:  # no closing quote: it was an apostrophe
+                word.append(ch)
+                i += 1
+            else:
+                word.append(text[i + 1:end])
+                i = end + 1
+            in_word = True
+        else:
+            word.append(ch)
+            in_word = True
+            i += 1
+    if in_word:
+        tokens.append("".join(word))
+    return tokens
+
+
+def quote(value: str) -> str:
+    """The text that `tokenize` reads back as the single word `value`."""
+    if value and not any(c.isspace() or c in _DOUBLE or c in _SINGLE_OPEN or c == "\\" for c in value):
+        return value
+    escaped = "".join("\\" + c if c in _DOUBLE or c == "\\" else c for c in value)
+    return f'"{escaped}"'
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[:1].lower() in "aeiou" else "a ") + noun
 
 
 def parse(spec: Spec, tokens: list[str]) -> Parsed:
@@ -141,13 +198,13 @@ def parse(spec: Spec, tokens: list[str]) -> Parsed:
             taken = positionals[pos:]
             pos = len(positionals)
             if a.required and not taken:
-                raise UserError(f"/{spec.name} needs a {a.name}.", spec.usage)
+                raise UserError(f"/{spec.name} needs {_a(a.name)}.", spec.usage)
             args[a.name] = " ".join(taken) if taken else None
         elif pos < len(positionals):
             args[a.name] = positionals[pos]
             pos += 1
         elif a.required:
-            raise UserError(f"/{spec.name} needs a {a.name}.", spec.usage)
+            raise UserError(f"/{spec.name} needs {_a(a.name)}.", spec.usage)
         else:
             args[a.name] = None
     if pos < len(positionals):

@@ -21,6 +21,7 @@ class SchemaError(Exception):
 
 def make_engine(url: str) -> AsyncEngine:
     if url.startswith("sqlite"):
+        _check_sqlite_folder(url)
         engine = create_async_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine.sync_engine, "connect")
@@ -34,6 +35,17 @@ def make_engine(url: str) -> AsyncEngine:
 
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+def _check_sqlite_folder(url: str) -> None:
+    # aiosqlite fails a connection in a worker thread that can outlive the event loop; say it first.
+    from sqlalchemy.engine import make_url
+
+    from bot.config import ConfigError
+
+    database = make_url(url).database
+    if database and database != ":memory:" and not Path(database).parent.is_dir():
+        raise ConfigError(f"database.url points into {Path(database).parent}, a folder that does not exist.")
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker:
@@ -66,10 +78,31 @@ def _upgrade(conn: Connection) -> None:
     command.upgrade(cfg, "head")
 
 
+def _known(revision: str) -> bool:
+    from alembic.util import CommandError
+
+    try:
+        return ScriptDirectory.from_config(alembic_config()).get_revision(revision) is not None
+    except CommandError:  # alembic raises, rather than returning None, for an id it has never seen
+        return False
+
+
+NO_VERSION = ("The database has tables but no Postroom schema version: point database.url at an empty "
+              "database or at one Postroom created.")
+
+
+def _newer(current: str) -> str:
+    return f"The database's schema ({current}) is newer than this version of Postroom knows: upgrade Postroom."
+
+
 async def upgrade(engine: AsyncEngine) -> tuple[str | None, str | None]:
     """Apply every pending migration. Returns (revision before, revision after)."""
     async with engine.begin() as conn:
         before = await conn.run_sync(_current)
+        if before is None and await conn.run_sync(_has_tables):
+            raise SchemaError(NO_VERSION)
+        if before is not None and not _known(before):
+            raise SchemaError(_newer(before))
         await conn.run_sync(_upgrade)
         after = await conn.run_sync(_current)
     return before, after
@@ -87,16 +120,9 @@ async def ensure_schema(engine: AsyncEngine) -> str:
         await upgrade(engine)
         return "created"
     if current is None:
-        raise SchemaError(
-            "The database has tables but no Postroom schema version: point database.url at an empty "
-            "database or at one Postroom created."
-        )
-    script = ScriptDirectory.from_config(alembic_config())
-    if script.get_revision(current) is None:
-        raise SchemaError(
-            f"The database's schema ({current}) is newer than this version of Postroom knows: "
-            "upgrade Postroom."
-        )
+        raise SchemaError(NO_VERSION)
+    if not _known(current):
+        raise SchemaError(_newer(current))
     raise SchemaError(
         f"The database's schema is out of date ({current}, this version needs {head}): "
         "run `postroom db upgrade` first."

@@ -130,6 +130,8 @@ async def create_group(
         raise UserError(f"The group {addr} already exists.")
     if display_name is not None and len(display_name) > 200:
         raise UserError("A display name can be at most 200 characters.")
+    if display_name is not None and any(_is_control(ch) for ch in display_name):
+        raise UserError("A display name can't contain control characters or text-direction overrides.")
     group = Group(
         address=addr,
         local_part=local,
@@ -152,6 +154,12 @@ async def create_group(
         after={"address": addr, "display_name": display_name, "kind": kind},
     )
     return group
+
+
+def _is_control(ch: str) -> bool:
+    import unicodedata
+
+    return unicodedata.category(ch) == "Cc" or "\u202a" <= ch <= "\u202e" or "\u2066" <= ch <= "\u2069"
 
 
 async def plan_add(
