@@ -10,7 +10,8 @@ Replaced, because in 0.24.3 they:
   jitter (`backoff_base` × 2ⁿ, capped) before every reconnect;
 - `background_task()` — drops a frame it can't parse without an ACK, so the platform redelivers it
   forever: ours answers it with a 400 ACK and logs it; its tasks are kept referenced;
-- the event ACK echoes the payload back instead of `{"status": "SUCCESS"}`: see `adapter._Events`.
+- the event ACK echoes the payload back instead of `{"status": "SUCCESS"}`: see `adapter._Events`;
+- every gateway ping is logged as a WARNING: filtered out.
 """
 
 from __future__ import annotations
@@ -33,10 +34,24 @@ from adapters.dingtalk.openapi import DingTalkApi
 log = logging.getLogger(__name__)
 
 
+class _QuietPings(logging.Filter):
+    """0.24.3 logs every gateway ping as a WARNING ("unknown message topic"); they are routine."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.getMessage().startswith("unknown message topic, topic=ping"))
+
+
+def _sdk_logger() -> logging.Logger:
+    logger = logging.getLogger("adapters.dingtalk.sdk")
+    if not any(isinstance(f, _QuietPings) for f in logger.filters):
+        logger.addFilter(_QuietPings())
+    return logger
+
+
 class PostroomStreamClient(DingTalkStreamClient):
     def __init__(self, credential: Credential, api: DingTalkApi, *, backoff_base: float = 1.0,
                  backoff_cap: float = 30.0):
-        super().__init__(credential, logger=logging.getLogger("dingtalk_stream.client"))
+        super().__init__(credential, logger=_sdk_logger())
         self.api = api
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
