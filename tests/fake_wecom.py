@@ -70,7 +70,18 @@ class FakeWeCom:
                 return JSONResponse({"errcode": 60111, "errmsg": "userid not found"})
             return JSONResponse({"errcode": 0, "errmsg": "ok", "userid": userid, **self.users[userid]})
 
+        async def userid_by_email(request: Request) -> JSONResponse:
+            if not authorised(request):
+                return JSONResponse({"errcode": 42001, "errmsg": "access_token expired"})
+            body = await request.json()
+            self.calls.append(("/cgi-bin/user/get_userid_by_email", body))
+            for userid, user in self.users.items():
+                if body.get("email") in (user.get("email"), user.get("biz_mail"), user.get("hidden_email")):
+                    return JSONResponse({"errcode": 0, "errmsg": "ok", "userid": userid})
+            return JSONResponse({"errcode": 46004, "errmsg": "user no exist"})
+
         return Starlette(routes=[
+            Route("/cgi-bin/user/get_userid_by_email", userid_by_email, methods=["POST"]),
             Route("/cgi-bin/gettoken", gettoken),
             Route("/cgi-bin/message/send", send, methods=["POST"]),
             Route("/cgi-bin/message/update_template_card", update_card, methods=["POST"]),

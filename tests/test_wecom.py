@@ -298,3 +298,19 @@ async def test_access_token_is_cached_refreshed_before_expiry_and_refetched_when
             assert fake.token_requests == 3
         finally:
             await api.aclose()
+
+
+async def test_people_are_tied_to_their_userid_by_email_when_user_get_hides_it(world: WeComWorld) -> None:
+    from datetime import UTC, datetime
+
+    from bot.events import PersonEvent
+
+    world.fake.users["li"] = {"name": "Li", "hidden_email": "li@corp.example"}  # user/get shows no email
+    await world.core.handle_person_event(PersonEvent("joined", "hr", "E1", "li@corp.example", {}, "hr-1",
+                                                     datetime.now(UTC)))
+    assert await world.adapter.learn_userids() == 1
+    world.fake.calls.clear()
+    await world.say("li", "/groups", "9001")
+    replies = world.fake.sent("text", to="li")
+    assert len(replies) == 1 and "can't tell who you are" not in replies[0]["text"]["content"]
+    assert not [c for c in world.fake.calls if c[0] == "/cgi-bin/user/get"]

@@ -300,6 +300,9 @@ class DingTalkAdapter(Adapter):
             text = LEADING_MENTIONS.sub("", text)
         conversation = (Conversation(PLATFORM, msg.conversation_id, "group") if group
                         else Conversation(PLATFORM, f"user:{msg.sender_staff_id}", "direct"))
+        # An admin finds the openConversationId for dingtalk.approvals_conversation here (postroom -v serve).
+        log.info("DingTalk command from staff id %s in conversation %s (%s)", msg.sender_staff_id,
+                 msg.conversation_id, msg.conversation_title or "direct")
         command = Command(Actor(PLATFORM, msg.sender_staff_id, name=msg.sender_nick), text.strip(), conversation,
                           delivery_id=msg.message_id)
         reply = await self.core.handle_command(command)

@@ -101,6 +101,37 @@ class WeComAdapter(Adapter):
     # -- the seam ------------------------------------------------------------------------------
     async def start(self, core: Core) -> None:
         self.core = core
+        self._spawn(self.learn_userids(), "learn user ids")
+
+    async def learn_userids(self) -> int:
+        """Map the people Postroom knows to WeCom UserIDs by email (get_userid_by_email).
+
+        Apps created since 2022 no longer read members' emails from `user/get`, so without this a
+        person's first command could not be tied to their email. Returns how many were learnt.
+        """
+        assert self.core is not None
+        from sqlalchemy import select
+
+        from bot.db.models import Identity, Person
+
+        async with self.core.ctx.sessions() as session:
+            known = set((await session.execute(select(Identity.email).where(Identity.platform == PLATFORM)))
+                        .scalars().all())
+            emails = [e for e in (await session.execute(select(Person.email).where(Person.status == "active")))
+                      .scalars().all() if e not in known]
+        learnt = 0
+        for email in emails:
+            try:
+                userid = await self.api.userid_by_email(email)
+            except (WeComError, OSError, ValueError) as exc:
+                log.warning("WeCom: looking up the UserID of %s failed (%s); stopping for now", email, exc)
+                break
+            if userid:
+                await identities.remember(self.core.ctx, PLATFORM, userid, email)
+                learnt += 1
+        if learnt:
+            log.info("WeCom: learnt the UserIDs of %d people by their email", learnt)
+        return learnt
 
     async def stop(self) -> None:
         for task in list(self._tasks):

@@ -90,3 +90,14 @@ class WeComApi:
 
     async def user(self, userid: str) -> dict[str, Any]:
         return await self.call("GET", "/cgi-bin/user/get", params={"userid": userid})
+
+    async def userid_by_email(self, email: str, email_type: int = 1) -> str | None:
+        """The UserID with this corporate (1) or personal (2) email, or None when nobody has it."""
+        try:
+            data = await self.call("POST", "/cgi-bin/user/get_userid_by_email",
+                                   json={"email": email, "email_type": email_type})
+        except WeComError as exc:
+            if exc.errcode in (46004, 60103, 40010):  # no such member / invalid email
+                return None
+            raise
+        return str(data.get("userid") or "") or None
