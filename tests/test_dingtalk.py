@@ -153,6 +153,14 @@ async def test_address_book_joiner_and_leaver(ding: DingWorld) -> None:
         person = (await s.execute(select(Person).where(Person.employee_id == "dingtalk:ivan01"))).scalar_one()
     assert (person.email, person.status, person.attributes) == ("ivan@corp.example", "active",
                                                                 {"department": "7", "title": "Engineer"})
+    ding.fake.users["ivan01"]["title"] = "Staff Engineer"  # a change in the directory
+    change = ding.fake.event("user_modify_org", "ev-1b", {"timeStamp": "1", "userId": ["ivan01"], "diffInfo": [
+        {"userid": "ivan01", "prev": {"name": "Ivan"}, "curr": {"name": "Ivan"}}]}, born_ms=born - 30_000)
+    await ding.acked(await ding.fake.push(change))
+    await ding.adapter.settle()
+    async with ding.core.ctx.sessions() as s:
+        person = (await s.execute(select(Person).where(Person.employee_id == "dingtalk:ivan01"))).scalar_one()
+    assert person.attributes["title"] == "Staff Engineer"
     await ding.console.say("/as hannah@corp.example")
     await ding.console.say("/newgroup eng")
     await ding.console.say("/addgroup eng ivan@corp.example")
@@ -240,3 +248,18 @@ async def test_bad_frames_are_refused_and_change_nothing(ding: DingWorld) -> Non
     async with ding.core.ctx.sessions() as s:
         assert (await s.execute(select(func.count()).select_from(Group))).scalar_one() == 0
         assert (await s.execute(select(func.count()).select_from(Person))).scalar_one() == 0
+
+
+def test_reconnect_waits_are_jittered_and_capped() -> None:
+    from dingtalk_stream import Credential
+
+    from adapters.dingtalk.openapi import DingTalkApi
+    from adapters.dingtalk.stream import PostroomStreamClient
+
+    client = PostroomStreamClient(Credential("a", "b"), DingTalkApi("http://x", "http://x", "a", "b"),
+                                  backoff_base=1.0, backoff_cap=30.0)
+    for failures in (0, 1, 3, 10, 100):
+        waits = [client.backoff(failures) for _ in range(200)]
+        assert all(0 <= w <= min(30.0, 2 ** failures) for w in waits)
+        assert len(set(waits)) > 150  # spread out, so replicas don't reconnect in step
+    assert max(client.backoff(10) for _ in range(200)) > 15  # it does grow towards the cap

@@ -270,6 +270,8 @@ async def test_bad_callbacks_are_refused_and_change_nothing(world: WeComWorld) -
         "msg_signature": world.crypto.signature(ts, "n", padded), "timestamp": ts, "nonce": "n"},
         content=f"<xml><Encrypt>{padded}</Encrypt></xml>".encode())
     assert broken.status_code == 400 and "padding" in broken.text
+    huge = await world.callback(hello, body=b"<xml><Encrypt>" + b"A" * 70_000 + b"</Encrypt></xml>")
+    assert huge.status_code == 413
     unknown = await world.callback("<xml><FromUserName>hannah</FromUserName><CreateTime>5</CreateTime>"
                                    "<MsgType>event</MsgType><Event>enter_agent</Event></xml>")
     assert unknown.status_code == 200  # WeCom retries anything else: accepted, logged, ignored
