@@ -47,6 +47,7 @@ CARD_TOPIC = "/v1.0/card/instances/callback"
 CONTACT_KINDS = {"user_add_org": "joined", "user_modify_org": "changed", "user_leave_org": "left"}
 WEBHOOK_MARGIN_MS = 60_000  # don't use a session webhook in its last minute
 LEADING_MENTIONS = re.compile(r"^(?:\s*@\S+)+\s*")
+MARKDOWN_LIMIT = 4000  # robot markdown messages are cut by DingTalk around 5,000 characters
 MAX_BUTTONS = 2  # the documented card template has two buttons (manifests/dingtalk/card-template.md)
 
 
@@ -211,7 +212,8 @@ class DingTalkAdapter(Adapter):
         card = message.card
         if card is not None:
             lines.append(self._card_markdown(message, with_buttons))
-        return "\n\n".join(lines)
+        text = "\n\n".join(lines)
+        return text if len(text) <= MARKDOWN_LIMIT else text[:MARKDOWN_LIMIT - 1] + "…"
 
     def _card_markdown(self, message: Message, with_buttons: bool) -> str:
         card = message.card

@@ -156,7 +156,7 @@ class WeComAdapter(Adapter):
 
     async def update(self, ref: MessageRef, message: Message) -> None:
         task_id = ref.get("task_id")
-        if ref.get("kind") == "card" and task_id:
+        if ref.get("kind") == "card" and task_id and message.card is not None:
             code = self._click_codes.pop(task_id, None)
             if code is None:
                 sent_code = ref.get("response_code")
