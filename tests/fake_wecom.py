@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ class FakeWeCom:
     valid_tokens: set[str] = field(default_factory=set)
     used_codes: set[str] = field(default_factory=set)
     token_requests: int = 0
+    user_gate: asyncio.Event | None = None  # when set, user lookups wait for it (a slow directory)
     _ids: Any = field(default_factory=lambda: itertools.count(1))
 
     def sent(self, msgtype: str | None = None, to: str | None = None) -> list[dict[str, Any]]:
@@ -66,6 +68,8 @@ class FakeWeCom:
                 return JSONResponse({"errcode": 42001, "errmsg": "access_token expired"})
             userid = request.query_params.get("userid", "")
             self.calls.append(("/cgi-bin/user/get", {"userid": userid}))
+            if self.user_gate is not None:
+                await self.user_gate.wait()
             if userid not in self.users:
                 return JSONResponse({"errcode": 60111, "errmsg": "userid not found"})
             return JSONResponse({"errcode": 0, "errmsg": "ok", "userid": userid, **self.users[userid]})

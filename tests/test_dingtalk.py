@@ -45,7 +45,7 @@ class DingWorld:
         expires = int(time.time() * 1000) + (3_600_000 if webhook_valid else -1000)
         return self.fake.bot_message(
             msgtype="text", text={"content": text}, msgId=msg_id, senderStaffId=sender, senderId=f"$:{sender}",
-            senderNick="韩娜", conversationType="2" if group else "1", conversationId="cidHR",
+            senderNick="韩娜", senderCorpId="ding-corp", conversationType="2" if group else "1", conversationId="cidHR",
             isInAtList=True, robotCode="ding-app", sessionWebhook=f"{self.url}/webhook/{msg_id}",
             sessionWebhookExpiredTime=expires, chatbotUserId="bot", createAt=int(time.time() * 1000))
 
@@ -59,6 +59,7 @@ class DingWorld:
 def ding_settings(database_url: str, smtp_port: int, tmp_path: Path, url: str):  # type: ignore[no-untyped-def]
     return make_settings(database_url, smtp_port, tmp_path, dingtalk={
         "client_id": "ding-app", "client_secret": "ding-secret", "card_template_id": "approval.schema",
+        "corp_id": "ding-corp",
         "approvals_conversation": "cidApprovers", "hr_conversation": "cidHR",
         "openapi_endpoint": url, "oapi_endpoint": url, "timeout_s": 5})
 
@@ -122,6 +123,9 @@ async def test_a_card_click_approves_once_and_updates_the_card(ding: DingWorld, 
     assert (params["btn1_label"], params["btn2_label"], params["has_buttons"]) == ("批准", "拒绝", "true")
     assert "申请人" in params["content"] and all(isinstance(v, str) for v in params.values())
 
+    forged = {"outTrackId": card["outTrackId"], "userId": "maria01", "corpId": "ding-other", "content": json.dumps(
+        {"cardPrivateData": {"params": {"action_id": params["btn1_action"], "value": params["btn1_value"]}}})}
+    assert (await ding.acked(await ding.fake.push(ding.fake.card_click(forged))))["code"] == 400
     click = {"outTrackId": card["outTrackId"], "userId": "maria01", "corpId": "ding-corp", "type": "actionCallback",
              "spaceType": "IM", "spaceId": "cidApprovers",
              "content": json.dumps({"cardPrivateData": {"actionIds": ["btn1"], "params": {
@@ -233,11 +237,14 @@ async def test_bad_frames_are_refused_and_change_nothing(ding: DingWorld) -> Non
     assert (await ding.acked(await ding.fake.push(no_text)))["code"] == 400
     odd_card = ding.fake.card_click({"outTrackId": "x", "userId": "maria01", "content": "{broken"})
     assert (await ding.acked(await ding.fake.push(odd_card)))["code"] == 400
-    foreign = ding.fake.card_click({"outTrackId": "x", "userId": "maria01",
+    foreign = ding.fake.card_click({"outTrackId": "x", "userId": "maria01", "corpId": "ding-corp",
                                     "content": json.dumps({"cardPrivateData": {"params": {}}})})
     assert (await ding.acked(await ding.fake.push(foreign)))["code"] == 200  # not ours: logged and ignored
     unknown = await ding.fake.push(ding.fake.event("org_dept_create", "ev-9", {"deptId": [1]}))
     assert json.loads((await ding.acked(unknown))["data"])["status"] == "SUCCESS"
+    other_corp = ding.fake.event("user_leave_org", "ev-x", {"userId": ["hannah01"]})
+    other_corp["headers"]["eventCorpId"] = "ding-other"
+    assert (await ding.acked(await ding.fake.push(other_corp)))["code"] == 400
     outsider = ding.message("/newgroup evil", "m-out", sender="")
     await ding.acked(await ding.fake.push(outsider))
     await ding.fake.push_raw("not a frame")

@@ -3,6 +3,7 @@ test vectors and the adapter's own crypto; a fake WeCom API on loopback; real SM
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import struct
@@ -316,3 +317,19 @@ async def test_people_are_tied_to_their_userid_by_email_when_user_get_hides_it(w
     replies = world.fake.sent("text", to="li")
     assert len(replies) == 1 and "can't tell who you are" not in replies[0]["text"]["content"]
     assert not [c for c in world.fake.calls if c[0] == "/cgi-bin/user/get"]
+
+
+async def test_the_callback_is_answered_before_slow_work_finishes(world: WeComWorld) -> None:
+    world.fake.user_gate = asyncio.Event()
+    ts = str(int(time.time()))
+    inner = (f"<xml><FromUserName>hannah</FromUserName><CreateTime>{ts}</CreateTime><MsgType>text</MsgType>"
+             "<Content>/groups</Content><MsgId>5151</MsgId></xml>")
+    encrypted, sig = world.crypto.encrypt_envelope(inner, ts, "n")
+    response = await world.web.post("/wecom/callback", params={"msg_signature": sig, "timestamp": ts, "nonce": "n"},
+                                    content=f"<xml><Encrypt>{encrypted}</Encrypt></xml>".encode())
+    assert response.status_code == 200  # answered while the directory lookup is still waiting
+    await wait_until(lambda: any(path == "/cgi-bin/user/get" for path, _ in world.fake.calls))
+    assert world.fake.sent("text", to="hannah") == []
+    world.fake.user_gate.set()
+    await world.adapter.settle()
+    assert len(world.fake.sent("text", to="hannah")) == 1

@@ -283,6 +283,8 @@ class DingTalkAdapter(Adapter):
         if not isinstance(data, dict):
             raise TypeError("the robot message is not a JSON object")
         msg = ChatbotMessage.from_dict(data)  # a text message without `text` raises: a 400 ACK
+        if not self._our_corp(msg.sender_corp_id or msg.chatbot_corp_id or self.settings.corp_id):
+            raise ValueError(f"a message from another organisation ({msg.sender_corp_id})")
         if msg.message_type != "text" or msg.text is None or not msg.text.content:
             log.info("DingTalk %s message ignored: Postroom reads text commands", msg.message_type)
             return
@@ -325,6 +327,8 @@ class DingTalkAdapter(Adapter):
         if not isinstance(data, dict):
             raise TypeError("the card callback is not a JSON object")
         click = CardCallbackMessage.from_dict(data)  # content that is not JSON raises: a 400 ACK
+        if not self._our_corp(click.corp_id):
+            raise ValueError(f"a card click from another organisation ({click.corp_id})")
         content = click.content if isinstance(click.content, dict) else {}
         params = (content.get("cardPrivateData") or {}).get("params") or {}
         action_id, value = str(params.get("action_id") or ""), str(params.get("value") or "")
@@ -347,7 +351,12 @@ class DingTalkAdapter(Adapter):
         if reply is not None:
             await self._post_markdown(action.conversation.id, reply)
 
+    def _our_corp(self, corp_id: str | None) -> bool:
+        return not self.settings.corp_id or corp_id == self.settings.corp_id
+
     def on_event(self, event: EventMessage) -> None:
+        if not self._our_corp(event.headers.event_corp_id):
+            raise ValueError(f"an event from another organisation ({event.headers.event_corp_id})")
         kind = event.headers.event_type or ""
         handler = self._event_kinds.get(kind)
         if handler is None:
