@@ -125,7 +125,10 @@ async def test_a_card_click_approves_once_and_updates_the_card(ding: DingWorld, 
 
     forged = {"outTrackId": card["outTrackId"], "userId": "maria01", "corpId": "ding-other", "content": json.dumps(
         {"cardPrivateData": {"params": {"action_id": params["btn1_action"], "value": params["btn1_value"]}}})}
-    assert (await ding.acked(await ding.fake.push(ding.fake.card_click(forged))))["code"] == 400
+    assert (await ding.acked(await ding.fake.push(ding.fake.card_click(forged))))["code"] == 200  # logged, ignored
+    await ding.adapter.settle()
+    async with ding.core.ctx.sessions() as s:
+        assert (await s.execute(select(func.count()).select_from(Approval))).scalar_one() == 0
     click = {"outTrackId": card["outTrackId"], "userId": "maria01", "corpId": "ding-corp", "type": "actionCallback",
              "spaceType": "IM", "spaceId": "cidApprovers",
              "content": json.dumps({"cardPrivateData": {"actionIds": ["btn1"], "params": {
@@ -244,7 +247,7 @@ async def test_bad_frames_are_refused_and_change_nothing(ding: DingWorld) -> Non
     assert json.loads((await ding.acked(unknown))["data"])["status"] == "SUCCESS"
     other_corp = ding.fake.event("user_leave_org", "ev-x", {"userId": ["hannah01"]})
     other_corp["headers"]["eventCorpId"] = "ding-other"
-    assert (await ding.acked(await ding.fake.push(other_corp)))["code"] == 400
+    assert json.loads((await ding.acked(await ding.fake.push(other_corp)))["data"])["status"] == "SUCCESS"
     outsider = ding.message("/newgroup evil", "m-out", sender="")
     await ding.acked(await ding.fake.push(outsider))
     await ding.fake.push_raw("not a frame")

@@ -284,7 +284,9 @@ class DingTalkAdapter(Adapter):
             raise TypeError("the robot message is not a JSON object")
         msg = ChatbotMessage.from_dict(data)  # a text message without `text` raises: a 400 ACK
         if not self._our_corp(msg.sender_corp_id or msg.chatbot_corp_id or self.settings.corp_id):
-            raise ValueError(f"a message from another organisation ({msg.sender_corp_id})")
+            # People from other organisations share groups with the robot: not an error, not ours.
+            log.info("DingTalk message from another organisation (%s) ignored", msg.sender_corp_id)
+            return
         if msg.message_type != "text" or msg.text is None or not msg.text.content:
             log.info("DingTalk %s message ignored: Postroom reads text commands", msg.message_type)
             return
@@ -328,7 +330,8 @@ class DingTalkAdapter(Adapter):
             raise TypeError("the card callback is not a JSON object")
         click = CardCallbackMessage.from_dict(data)  # content that is not JSON raises: a 400 ACK
         if not self._our_corp(click.corp_id):
-            raise ValueError(f"a card click from another organisation ({click.corp_id})")
+            log.warning("DingTalk card click from another organisation (%s) ignored", click.corp_id)
+            return
         content = click.content if isinstance(click.content, dict) else {}
         params = (content.get("cardPrivateData") or {}).get("params") or {}
         action_id, value = str(params.get("action_id") or ""), str(params.get("value") or "")
@@ -356,7 +359,8 @@ class DingTalkAdapter(Adapter):
 
     def on_event(self, event: EventMessage) -> None:
         if not self._our_corp(event.headers.event_corp_id):
-            raise ValueError(f"an event from another organisation ({event.headers.event_corp_id})")
+            log.warning("DingTalk event from another organisation (%s) ignored", event.headers.event_corp_id)
+            return
         kind = event.headers.event_type or ""
         handler = self._event_kinds.get(kind)
         if handler is None:
