@@ -173,6 +173,61 @@ class SlackSettings(_Section):
             raise ValueError("must start with http:// or https://")
         return v.rstrip("/") + "/"
 
+class DingTalkSettings(_Section):
+    """DingTalk (钉钉) in Stream mode. Configured when client_id is set; see manifests/dingtalk/."""
+
+    client_id: str = ""  # the app's AppKey / Client ID
+    client_secret: str = Field(default="", repr=False)
+    robot_code: str = ""  # the robot's code; empty: the client id (true for a company-internal app's robot)
+    corp_id: str = ""  # the organisation's CorpId; when set, clicks and events from another corp are ignored
+    card_template_id: str = ""  # interactive card template for approvals (manifests/dingtalk/card-template.md)
+    approvals_conversation: str = ""  # openConversationId of the approvers' group, or user:<staffId>
+    hr_conversation: str = ""
+    # The SDK reads $DINGTALK_OPENAPI_ENDPOINT at import; Postroom's own calls use these keys, which default
+    # to that variable (tests point both at a local fake).
+    openapi_endpoint: str = Field(default_factory=lambda: os.environ.get("DINGTALK_OPENAPI_ENDPOINT",
+                                                                         "https://api.dingtalk.com"))
+    oapi_endpoint: str = "https://oapi.dingtalk.com"  # the older API: user lookup by userid
+    timeout_s: float = Field(default=10.0, gt=0, le=60)
+    locale: Literal["zh_CN", "en"] = "zh_CN"
+
+    @field_validator("openapi_endpoint", "oapi_endpoint")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+
+class WeComSettings(_Section):
+    """WeCom (企业微信) self-built app in callback mode. Configured when corp_id is set; see manifests/wecom/."""
+
+    corp_id: str = ""
+    agent_id: int = 0
+    secret: str = Field(default="", repr=False)
+    token: str = Field(default="", repr=False)  # the callback's Token
+    encoding_aes_key: str = Field(default="", repr=False)  # the callback's EncodingAESKey (43 characters)
+    approvals_users: list[str] = []  # WeCom UserIDs that receive approval cards
+    hr_users: list[str] = []
+    api_url: str = "https://qyapi.weixin.qq.com"
+    timeout_s: float = Field(default=10.0, gt=0, le=60)
+    max_clock_skew_s: int = Field(default=300, ge=0)  # refuse callbacks whose timestamp is further off than this
+    locale: Literal["zh_CN", "en"] = "zh_CN"
+
+    @field_validator("encoding_aes_key")
+    @classmethod
+    def _aes_key(cls, v: str) -> str:
+        if v and len(v) != 43:
+            raise ValueError("must be the 43-character EncodingAESKey from the WeCom admin console")
+        return v
+
+    @field_validator("api_url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -190,6 +245,9 @@ class Settings(BaseSettings):
     hr: HrSettings = HrSettings()
 
     slack: SlackSettings = SlackSettings()
+
+    dingtalk: DingTalkSettings = DingTalkSettings()
+    wecom: WeComSettings = WeComSettings()
     console_locale: Literal["en"] = "en"
 
     _toml_data: ClassVar[dict[str, Any]] = {}

@@ -1,0 +1,141 @@
+"""DingTalk's OpenAPI over httpx, with a timeout on every call and nothing blocking the event loop.
+
+The SDK's own helpers (`get_access_token`, the reply and card helpers) call `requests` without a
+timeout from async code, so Postroom makes these calls itself: the app access token (cached,
+refreshed before it expires, refetched after a 401), the Stream gateway's open-connection call, robot
+messages, interactive cards, and the user lookup on the older `oapi` host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+import httpx
+
+log = logging.getLogger(__name__)
+REFRESH_MARGIN_S = 300
+OAPI_TOKEN_ERRORS = (40014, 42001, 88)
+
+
+class DingTalkError(Exception):
+    def __init__(self, path: str, status: int, detail: str):
+        super().__init__(f"DingTalk {path} answered {status}: {detail[:300]}")
+        self.status = status
+
+
+class DingTalkApi:
+    def __init__(self, openapi: str, oapi: str, client_id: str, client_secret: str, *, timeout: float = 10.0,
+                 clock: Any = time.monotonic):
+        self.openapi = openapi.rstrip("/")
+        self.oapi = oapi.rstrip("/")
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout))
+        self._token: str | None = None
+        self._expires_at = 0.0
+        self._lock = asyncio.Lock()
+        self._clock = clock
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- token ---------------------------------------------------------------------------------------
+    async def token(self) -> str:
+        async with self._lock:
+            if self._token and self._clock() < self._expires_at - REFRESH_MARGIN_S:
+                return self._token
+            data = await self._post_plain("/v1.0/oauth2/accessToken",
+                                          {"appKey": self.client_id, "appSecret": self.client_secret})
+            if not data.get("accessToken"):
+                raise DingTalkError("/v1.0/oauth2/accessToken", 200, json.dumps(data))
+            self._token = str(data["accessToken"])
+            self._expires_at = self._clock() + float(data.get("expireIn", 7200))
+            return self._token
+
+    def forget_token(self, token: str) -> None:
+        if self._token == token:
+            self._token = None
+
+    async def _post_plain(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = await self._http.post(self.openapi + path, json=body)
+        if response.status_code >= 400:
+            raise DingTalkError(path, response.status_code, response.text)
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def call(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """An OpenAPI (api.dingtalk.com) call with the app token; a 401 refetches the token once."""
+        for attempt in (1, 2):
+            token = await self.token()
+            response = await self._http.request(method, self.openapi + path, json=body,
+                                                headers={"x-acs-dingtalk-access-token": token})
+            if response.status_code == 401 and attempt == 1:
+                self.forget_token(token)
+                continue
+            if response.status_code >= 400:
+                raise DingTalkError(path, response.status_code, response.text)
+            return response.json() if response.content else {}
+        raise AssertionError("unreachable")
+
+    async def oapi_call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A call on the older oapi host (token in the query, errors in `errcode`)."""
+        for attempt in (1, 2):
+            token = await self.token()
+            response = await self._http.post(self.oapi + path, params={"access_token": token}, json=body)
+            if response.status_code >= 400:
+                raise DingTalkError(path, response.status_code, response.text)
+            data: dict[str, Any] = response.json()
+            code = int(data.get("errcode", 0))
+            if code in OAPI_TOKEN_ERRORS and attempt == 1:
+                self.forget_token(token)
+                continue
+            if code != 0:
+                raise DingTalkError(path, code, str(data.get("errmsg", "")))
+            return data
+        raise AssertionError("unreachable")
+
+    # -- the calls the adapter makes ---------------------------------------------------------------------
+    async def open_connection(self, subscriptions: list[dict[str, str]], local_ip: str, ua: str) -> dict[str, Any]:
+        data = await self._post_plain("/v1.0/gateway/connections/open", {
+            "clientId": self.client_id, "clientSecret": self.client_secret, "subscriptions": subscriptions,
+            "ua": ua, "localIp": local_ip})
+        if not data.get("endpoint") or not data.get("ticket"):
+            raise DingTalkError("/v1.0/gateway/connections/open", 200, json.dumps(data))
+        return data
+
+    async def session_webhook(self, url: str, body: dict[str, Any]) -> None:
+        response = await self._http.post(url, json=body)
+        if response.status_code >= 400:
+            raise DingTalkError("sessionWebhook", response.status_code, response.text)
+        data = response.json() if response.content else {}
+        if int(data.get("errcode", 0)) != 0:
+            raise DingTalkError("sessionWebhook", int(data["errcode"]), str(data.get("errmsg", "")))
+
+    async def send_to_users(self, robot_code: str, user_ids: list[str], msg_key: str,
+                            msg_param: dict[str, Any]) -> dict[str, Any]:
+        return await self.call("POST", "/v1.0/robot/oToMessages/batchSend", {
+            "robotCode": robot_code, "userIds": user_ids, "msgKey": msg_key,
+            "msgParam": json.dumps(msg_param, ensure_ascii=False)})
+
+    async def send_to_group(self, robot_code: str, conversation_id: str, msg_key: str,
+                            msg_param: dict[str, Any]) -> dict[str, Any]:
+        return await self.call("POST", "/v1.0/robot/groupMessages/send", {
+            "robotCode": robot_code, "openConversationId": conversation_id, "msgKey": msg_key,
+            "msgParam": json.dumps(msg_param, ensure_ascii=False)})
+
+    async def create_and_deliver_card(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self.call("POST", "/v1.0/card/instances/createAndDeliver", body)
+
+    async def update_card(self, out_track_id: str, params: dict[str, str]) -> dict[str, Any]:
+        return await self.call("PUT", "/v1.0/card/instances", {
+            "outTrackId": out_track_id, "cardData": {"cardParamMap": params},
+            "cardUpdateOptions": {"updateCardDataByKey": True}})
+
+    async def user(self, user_id: str) -> dict[str, Any]:
+        data = await self.oapi_call("/topapi/v2/user/get", {"userid": user_id, "language": "zh_CN"})
+        result: dict[str, Any] = data.get("result") or {}
+        return result

@@ -1,0 +1,103 @@
+"""WeCom's server API over httpx: the access token (cached, refreshed before it expires, fetched again
+after an invalid-token error), app messages, template-card updates and the member directory."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+TOKEN_ERRORS = (40014, 42001, 40001)  # invalid token, expired token, invalid credential
+REFRESH_MARGIN_S = 300  # refetch this long before the token expires
+
+
+class WeComError(Exception):
+    def __init__(self, path: str, errcode: int, errmsg: str):
+        super().__init__(f"WeCom {path} answered {errcode}: {errmsg}")
+        self.errcode = errcode
+        self.errmsg = errmsg
+
+
+class WeComApi:
+    def __init__(self, base_url: str, corp_id: str, secret: str, agent_id: int, *, timeout: float = 10.0,
+                 clock: Any = time.monotonic):
+        self.base_url = base_url.rstrip("/")
+        self.corp_id = corp_id
+        self.secret = secret
+        self.agent_id = agent_id
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=httpx.Timeout(timeout))
+        self._token: str | None = None
+        self._expires_at = 0.0
+        self._lock = asyncio.Lock()
+        self._clock = clock
+        self.token_fetches = 0
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def token(self) -> str:
+        async with self._lock:
+            if self._token and self._clock() < self._expires_at - REFRESH_MARGIN_S:
+                return self._token
+            response = await self._http.get("/cgi-bin/gettoken", params={"corpid": self.corp_id,
+                                                                          "corpsecret": self.secret})
+            response.raise_for_status()
+            data = response.json()
+            if data.get("errcode", 0) != 0 or not data.get("access_token"):
+                raise WeComError("/cgi-bin/gettoken", int(data.get("errcode", -1)), str(data.get("errmsg", "")))
+            self.token_fetches += 1
+            self._token = str(data["access_token"])
+            self._expires_at = self._clock() + float(data.get("expires_in", 7200))
+            return self._token
+
+    def forget_token(self, token: str) -> None:
+        if self._token == token:
+            self._token = None
+
+    async def call(self, method: str, path: str, *, json: dict[str, Any] | None = None,
+                   params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One API call; an invalid or expired token is fetched again and the call retried once."""
+        for attempt in (1, 2):
+            token = await self.token()
+            response = await self._http.request(method, path, params={**(params or {}), "access_token": token},
+                                                json=json)
+            response.raise_for_status()
+            data: dict[str, Any] = response.json()
+            code = int(data.get("errcode", 0))
+            if code in TOKEN_ERRORS and attempt == 1:
+                self.forget_token(token)
+                continue
+            if code != 0:
+                raise WeComError(path, code, str(data.get("errmsg", "")))
+            return data
+        raise AssertionError("unreachable")
+
+    # -- the calls the adapter makes ---------------------------------------------------------------
+    async def send(self, touser: str, msgtype: str, body: dict[str, Any]) -> dict[str, Any]:
+        payload = {"touser": touser, "msgtype": msgtype, "agentid": self.agent_id, msgtype: body}
+        return await self.call("POST", "/cgi-bin/message/send", json=payload)
+
+    async def update_template_card(self, userids: list[str], response_code: str,
+                                   template_card: dict[str, Any]) -> dict[str, Any]:
+        payload = {"userids": userids, "agentid": self.agent_id, "response_code": response_code,
+                   "template_card": template_card}
+        return await self.call("POST", "/cgi-bin/message/update_template_card", json=payload)
+
+    async def user(self, userid: str) -> dict[str, Any]:
+        return await self.call("GET", "/cgi-bin/user/get", params={"userid": userid})
+
+    async def userid_by_email(self, email: str, email_type: int = 1) -> str | None:
+        """The UserID with this corporate (1) or personal (2) email, or None when nobody has it."""
+        try:
+            data = await self.call("POST", "/cgi-bin/user/get_userid_by_email",
+                                   json={"email": email, "email_type": email_type})
+        except WeComError as exc:
+            if exc.errcode in (46004, 60103, 40010):  # no such member / invalid email
+                return None
+            raise
+        return str(data.get("userid") or "") or None

@@ -1,0 +1,93 @@
+"""A small fake of WeCom's server API (qyapi.weixin.qq.com) for tests, served on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+
+@dataclass
+class FakeWeCom:
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)
+    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (path, body or query)
+    valid_tokens: set[str] = field(default_factory=set)
+    used_codes: set[str] = field(default_factory=set)
+    token_requests: int = 0
+    user_gate: asyncio.Event | None = None  # when set, user lookups wait for it (a slow directory)
+    _ids: Any = field(default_factory=lambda: itertools.count(1))
+
+    def sent(self, msgtype: str | None = None, to: str | None = None) -> list[dict[str, Any]]:
+        return [body for path, body in self.calls if path == "/cgi-bin/message/send"
+                and (msgtype is None or body.get("msgtype") == msgtype) and (to is None or body.get("touser") == to)]
+
+    def updates(self) -> list[dict[str, Any]]:
+        return [body for path, body in self.calls if path == "/cgi-bin/message/update_template_card"]
+
+    def app(self) -> Starlette:
+        def authorised(request: Request) -> bool:
+            return request.query_params.get("access_token", "") in self.valid_tokens
+
+        async def gettoken(request: Request) -> JSONResponse:
+            self.token_requests += 1
+            if request.query_params.get("corpsecret") != "app-secret":
+                return JSONResponse({"errcode": 40001, "errmsg": "invalid credential"})
+            token = f"token-{next(self._ids)}"
+            self.valid_tokens.add(token)
+            return JSONResponse({"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": 7200})
+
+        async def send(request: Request) -> JSONResponse:
+            if not authorised(request):
+                return JSONResponse({"errcode": 42001, "errmsg": "access_token expired"})
+            body = await request.json()
+            self.calls.append(("/cgi-bin/message/send", body))
+            answer: dict[str, Any] = {"errcode": 0, "errmsg": "ok", "msgid": f"msg-{next(self._ids)}"}
+            if body.get("msgtype") == "template_card":
+                answer["response_code"] = f"sent-code-{next(self._ids)}"
+            return JSONResponse(answer)
+
+        async def update_card(request: Request) -> JSONResponse:
+            if not authorised(request):
+                return JSONResponse({"errcode": 42001, "errmsg": "access_token expired"})
+            body = await request.json()
+            self.calls.append(("/cgi-bin/message/update_template_card", body))
+            code = body.get("response_code", "")
+            if code in self.used_codes:
+                return JSONResponse({"errcode": 40029, "errmsg": "invalid response_code"})
+            self.used_codes.add(code)
+            return JSONResponse({"errcode": 0, "errmsg": "ok", "invaliduser": []})
+
+        async def user_get(request: Request) -> JSONResponse:
+            if not authorised(request):
+                return JSONResponse({"errcode": 42001, "errmsg": "access_token expired"})
+            userid = request.query_params.get("userid", "")
+            self.calls.append(("/cgi-bin/user/get", {"userid": userid}))
+            if self.user_gate is not None:
+                await self.user_gate.wait()
+            if userid not in self.users:
+                return JSONResponse({"errcode": 60111, "errmsg": "userid not found"})
+            return JSONResponse({"errcode": 0, "errmsg": "ok", "userid": userid, **self.users[userid]})
+
+        async def userid_by_email(request: Request) -> JSONResponse:
+            if not authorised(request):
+                return JSONResponse({"errcode": 42001, "errmsg": "access_token expired"})
+            body = await request.json()
+            self.calls.append(("/cgi-bin/user/get_userid_by_email", body))
+            for userid, user in self.users.items():
+                if body.get("email") in (user.get("email"), user.get("biz_mail"), user.get("hidden_email")):
+                    return JSONResponse({"errcode": 0, "errmsg": "ok", "userid": userid})
+            return JSONResponse({"errcode": 46004, "errmsg": "user no exist"})
+
+        return Starlette(routes=[
+            Route("/cgi-bin/user/get_userid_by_email", userid_by_email, methods=["POST"]),
+            Route("/cgi-bin/gettoken", gettoken),
+            Route("/cgi-bin/message/send", send, methods=["POST"]),
+            Route("/cgi-bin/message/update_template_card", update_card, methods=["POST"]),
+            Route("/cgi-bin/user/get", user_get),
+        ])
