@@ -37,6 +37,11 @@ async def build_core(settings: Settings, **context_options: Any) -> Core:
 
 
 async def close_core(core: Core) -> None:
+    for engine in list(core.services.get("engines", {}).values()):
+        engine.stop()  # sending campaigns stay `sending`; the next start resumes them
+    scheduler = core.services.get("scheduler")
+    if scheduler is not None:
+        await scheduler.stop()
     await core.shutdown()
     for adapter in list(core.adapters.values()):
         try:

@@ -27,6 +27,10 @@ class Signer:
     def _mac(self, payload: bytes) -> str:
         return _b64(hmac.new(self._key, payload, hashlib.sha256).digest()[:18])
 
+    def short_mac(self, text: str, length: int = 16) -> str:
+        """A lower-case hex MAC, for places that fold case (an SMTP local part: VERP)."""
+        return hmac.new(self._key, text.encode(), hashlib.sha256).hexdigest()[:length]
+
     def sign(self, *parts: str) -> str:
         for p in parts:
             if "|" in p:

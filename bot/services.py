@@ -14,7 +14,9 @@ if TYPE_CHECKING:
 
 def mail_routes(core: Core, mailbox: Mailbox | None = None) -> list[Route]:
     """Routes in order: specific claims first, the catch-all mailbox (demo only) last."""
-    routes: list[Route] = []
+    from bot.campaigns.bounces import BounceMailbox
+
+    routes: list[Route] = [BounceMailbox(core.ctx).route()]  # VERP return paths: bounces, complaints
     if mailbox is not None:
         routes.append(mailbox.route())
     return routes
@@ -31,3 +33,8 @@ async def start_services(runtime: Runtime, *, mailbox: Mailbox | None = None) ->
         await runtime.start_mail(settings.relay.host, settings.relay.port, mail_routes(core, mailbox))
     scheduler = await ensure_scheduler(core, run_jobs=True)
     runtime.extra_stops.append(scheduler.stop)
+    from bot.campaigns.watcher import CampaignWatcher
+
+    watcher = CampaignWatcher(core)
+    await watcher.start()
+    runtime.extra_stops.insert(0, watcher.stop)

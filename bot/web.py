@@ -108,6 +108,9 @@ def build_web(core: Core) -> Starlette:
         Route("/u/{token}", unsubscribe_post, methods=["POST"]),
         Route("/preview/{token}", preview),
     ]
+    from bot.campaigns.web_routes import campaign_routes
+
+    routes.extend(campaign_routes(core))  # open pixel, click redirect, email-events webhook
     for adapter in core.adapters.values():
         routes.extend(adapter.web_routes())
     routes.extend(core.services.get("web_routes", []))  # type: ignore[arg-type]

@@ -139,6 +139,8 @@ async def record_decision(
     if existing is not None:
         return False
     ttl = timedelta(hours=ctx.settings.campaigns.approval_ttl_hours)
+    # A scheduled campaign's approval runs from its start time, so scheduling ahead is possible.
+    base = max(ctx.now(), campaign.scheduled_at) if campaign.scheduled_at else ctx.now()
     session.add(
         Approval(
             campaign_id=campaign.id,
@@ -146,7 +148,7 @@ async def record_decision(
             decision=decision,
             content_hash=digest,
             reason=reason,
-            expires_at=ctx.now() + ttl if decision == "approved" else None,
+            expires_at=base + ttl if decision == "approved" else None,
         )
     )
     await session.flush()
@@ -168,6 +170,23 @@ async def valid_approval(session: AsyncSession, campaign: Campaign, digest: str,
             .limit(1)
         )
     ).scalar_one_or_none()
+
+
+async def approvals_in_force(session: AsyncSession, campaign: Campaign, digest: str, now: datetime) -> list[str]:
+    """Distinct approvers whose unexpired approval matches what will be sent."""
+    rows = (
+        await session.execute(
+            select(Approval.approver)
+            .where(
+                Approval.campaign_id == campaign.id,
+                Approval.decision == "approved",
+                Approval.content_hash == digest,
+                Approval.expires_at > now,
+            )
+            .distinct()
+        )
+    ).scalars().all()
+    return sorted(rows)
 
 
 async def counts(session: AsyncSession, campaign_id: int) -> dict[str, int]:
