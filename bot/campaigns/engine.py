@@ -289,7 +289,7 @@ class DeliveryEngine:
         async with self.ctx.sessions() as session:
             return (await session.execute(select(Campaign.state).where(Campaign.id == campaign_id))).scalar_one()
 
-    async def _claim(self, campaign_id: int) -> list[Delivery]:
+    async def _claim(self, campaign_id: int) -> list[Any]:
         now = self.ctx.now()
         lease_cutoff = now - timedelta(seconds=self.options.lease_s)
         claimable = or_(
@@ -314,8 +314,7 @@ class DeliveryEngine:
         )
         async with self.ctx.sessions() as session, session.begin():
             rows = (await session.execute(stmt)).all()
-        batch = [Delivery(id=r.id, email=r.email, name=r.name, attributes=r.attributes, attempts=r.attempts)
-                 for r in rows]
+        batch = list(rows)  # plain rows (id, email, name, attributes, attempts): no ORM bookkeeping per row
         batch.sort(key=lambda d: d.id)
         return batch
 
@@ -343,7 +342,7 @@ class DeliveryEngine:
             slot = self._domain_slots[domain] = asyncio.Semaphore(self.options.connections_per_domain)
         return slot
 
-    async def _send_batch(self, campaign: Campaign, messages: CampaignMessages, batch: list[Delivery],
+    async def _send_batch(self, campaign: Campaign, messages: CampaignMessages, batch: list[Any],
                           transport: SmtpTransport) -> str | None:
         """Send one claimed batch and record every outcome. Returns a reason when the server is unusable."""
         emails = [d.email for d in batch]

@@ -78,7 +78,9 @@ class LinkTracker:
         signer, base, skip = self.signer, self.base, self._skip
 
         def link(m: re.Match[str]) -> str:
-            url = html.unescape(m.group(2))
+            url = m.group(2)
+            if "&" in url:
+                url = html.unescape(url)
             if url.startswith(skip):
                 return m.group(0)
             return f"{m.group(1)}{base}/c/{click_token(signer, delivery_id, url)}{m.group(3)}"
