@@ -9,9 +9,9 @@ if TYPE_CHECKING:
 
 
 def register_all(core: Core) -> None:
-    from bot.commands import campaigns, general, groups
+    from bot.commands import campaigns, general, groups, privacy
 
-    for module in (general, groups, campaigns):
+    for module in (general, groups, campaigns, privacy):
         module.register(core)
     for path in core.commands:
         if len(path) > 1:
