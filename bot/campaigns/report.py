@@ -109,7 +109,23 @@ async def build_report(ctx: Context, campaign: Campaign) -> Figures:
     return f
 
 
-def _draw(path: Path, f: Figures) -> None:
+def _unit(span_s: float) -> tuple[float, str]:
+    if span_s < 120:
+        return 1.0, "seconds"
+    if span_s < 2 * 3600:
+        return 60.0, "minutes"
+    if span_s < 3 * 86400:
+        return 3600.0, "hours"
+    return 86400.0, "days"
+
+
+def _cumulative(ax, times: list[datetime], t0: datetime, scale: float, label: str, colour: str) -> None:  # type: ignore[no-untyped-def]
+    xs = [0.0] + [max(0.0, (t - t0).total_seconds() / scale) for t in times]
+    ys = [0] + list(range(1, len(times) + 1))
+    ax.step(xs, ys, where="post", label=f"{label} ({len(times)})", color=colour)
+
+
+def _draw(path: Path, f: Figures, started: datetime | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -117,23 +133,31 @@ def _draw(path: Path, f: Figures) -> None:
 
     fig = Figure(figsize=(8, 6), dpi=100)
     top, bottom = fig.subplots(2, 1)
-    if f.sent_times:
-        t0 = f.sent_times[0]
-        xs = [(t - t0).total_seconds() / 60 for t in f.sent_times]
-        top.plot(xs, range(1, len(xs) + 1), color="#2563eb")
-        top.set_xlabel(f"minutes since {t0:%Y-%m-%d %H:%M} UTC")
+    t0 = started or (f.sent_times[0] if f.sent_times else None)
+    top.set_title(f"“{f.campaign}”: send — {f.sent} sent, {f.hard_bounces} hard bounces, {f.soft_bounces} soft")
     top.set_ylabel("messages sent")
-    top.set_title(f"“{f.campaign}”: send ({f.sent} sent, {f.hard_bounces} hard bounces)")
-    start = f.sent_times[0] if f.sent_times else None
-    for times, label, colour in ((f.open_times, "opens", "#16a34a"), (f.click_times, "clicks", "#dc2626")):
-        if times and start is not None:
-            xs = [max(0.0, (t - start).total_seconds() / 3600) for t in times]
-            bottom.step(xs, range(1, len(xs) + 1), where="post", label=f"{label} ({len(xs)})", color=colour)
-    bottom.set_xlabel("hours since the first message")
-    bottom.set_ylabel("recipients (cumulative)")
+    if t0 is not None and f.sent_times:
+        scale, unit = _unit((f.sent_times[-1] - t0).total_seconds())
+        _cumulative(top, f.sent_times, t0, scale, "sent", "#2563eb")
+        top.set_xlabel(f"{unit} since the start ({t0:%Y-%m-%d %H:%M} UTC)")
+        top.set_ylim(bottom=0)
+    else:
+        top.text(0.5, 0.5, "nothing sent yet", ha="center", va="center", transform=top.transAxes)
     bottom.set_title("engagement" + ("" if f.tracking else " (tracking off)"))
-    if f.open_times or f.click_times:
+    bottom.set_ylabel("recipients (cumulative)")
+    engaged = f.open_times + f.click_times
+    if t0 is not None and engaged:
+        scale, unit = _unit((max(engaged) - t0).total_seconds())
+        if f.open_times:
+            _cumulative(bottom, f.open_times, t0, scale, "opened", "#16a34a")
+        if f.click_times:
+            _cumulative(bottom, f.click_times, t0, scale, "clicked", "#dc2626")
+        bottom.set_xlabel(f"{unit} since the start")
+        bottom.set_ylim(bottom=0)
         bottom.legend(loc="upper left")
+    else:
+        bottom.text(0.5, 0.5, "no opens or clicks recorded" if f.tracking else "not tracked",
+                    ha="center", va="center", transform=bottom.transAxes)
     fig.tight_layout()
     fig.savefig(path, format="png")
 
@@ -147,5 +171,5 @@ async def render_chart(ctx: Context, campaign: Campaign, figures: Figures) -> Pa
     folder = Path(ctx.settings.campaigns.reports_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = (folder / f"{campaign.name}-{ctx.now():%Y%m%d-%H%M%S}.png").resolve()
-    await asyncio.get_running_loop().run_in_executor(None, _draw, path, figures)
+    await asyncio.get_running_loop().run_in_executor(None, _draw, path, figures, campaign.started_at)
     return path
