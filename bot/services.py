@@ -15,8 +15,10 @@ if TYPE_CHECKING:
 def mail_routes(core: Core, mailbox: Mailbox | None = None) -> list[Route]:
     """Routes in order: specific claims first, the catch-all mailbox (demo only) last."""
     from bot.campaigns.bounces import BounceMailbox
+    from bot.campaigns.unsubscribe_mail import UnsubscribeMailbox
 
-    routes: list[Route] = [BounceMailbox(core.ctx).route()]  # VERP return paths: bounces, complaints
+    # VERP return paths (bounces, complaints) and List-Unsubscribe's mailto:
+    routes: list[Route] = [BounceMailbox(core.ctx).route(), UnsubscribeMailbox(core.ctx).route()]
     if mailbox is not None:
         routes.append(mailbox.route())
     return routes

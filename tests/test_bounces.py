@@ -142,3 +142,28 @@ async def test_the_email_events_webhook_needs_a_valid_signature(make_bot, smtp) 
     async with bot.core.ctx.sessions() as session:
         reasons = dict((await session.execute(select(Suppression.email, Suppression.reason))).all())
     assert reasons == {"kim@example.org": "complaint", "ode@example.com": "hard_bounce"}
+
+
+async def test_the_mailto_unsubscribe_suppresses_only_with_a_valid_token(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    from urllib.parse import unquote
+
+    bot = await make_bot()
+    await send(bot, "letters")
+    await bot.settle()
+    header = smtp.handler.to("raj@example.net")[0].message["List-Unsubscribe"]
+    mailto = header.split("<mailto:")[1].rstrip(">")
+    address, _, query = mailto.partition("?subject=")
+    server = EmbeddedSmtpServer("127.0.0.1", free_port(), mail_routes(bot.core))
+    await server.start()
+    try:
+        for subject in ("unsubscribe nonsense.token", unquote(query)):
+            data = f"From: raj@example.net\r\nTo: {address}\r\nSubject: {subject}\r\n\r\n\r\n".encode()
+            client = aiosmtplib.SMTP(hostname="127.0.0.1", port=server.port)
+            await client.connect()
+            await client.sendmail("raj@example.net", [address], data)
+            await client.quit()
+            async with bot.core.ctx.sessions() as session:
+                reasons = dict((await session.execute(select(Suppression.email, Suppression.reason))).all())
+            assert reasons == ({} if "nonsense" in subject else {"raj@example.net": "unsubscribed"})
+    finally:
+        await server.stop()

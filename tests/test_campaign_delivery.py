@@ -327,3 +327,57 @@ async def test_privacy_export_and_erase(make_bot, smtp, tmp_path) -> None:  # ty
     report = await import_contacts(bot.core.ctx, tmp_path / "contacts.csv", "customers")
     assert report.erased_skipped == 1
     assert "not a valid email" in await bot.say(ADMIN, "/privacy erase not-an-address@")
+
+
+async def _approved_campaign(bot: ChatBot, tmp_path: Path, n: int) -> int:
+    """A campaign to n consented contacts, approved, not yet started (the engine is driven by hand)."""
+    from bot.campaigns import service
+    from bot.db.models import Approval
+
+    rows = "".join(f"p{i}@example.com,P {i},2026-01-01T00:00:00+00:00,form,C{i}\n" for i in range(n))
+    path = tmp_path / "many.csv"
+    path.write_text("email,name,consent_at,consent_source,company\n" + rows)
+    await import_contacts(bot.core.ctx, path, "many")
+    await bot.say(SENDER, "/campaign new shared --to many --template welcome")
+    await bot.say(SENDER, "/campaign submit shared")
+    async with bot.core.ctx.sessions() as session, session.begin():
+        campaign = (await session.execute(select(Campaign).where(Campaign.name == "shared"))).scalar_one()
+        session.add(Approval(campaign_id=campaign.id, approver=APPROVER, decision="approved",
+                             content_hash=service.current_hash(bot.core.ctx, campaign),
+                             expires_at=datetime.now(UTC) + timedelta(hours=1)))
+        assert await service.transition(session, campaign.id, ("pending_approval",), "approved")
+        return campaign.id
+
+
+async def test_two_workers_share_a_campaign_without_sending_twice(make_bot, smtp, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from bot.campaigns.engine import DeliveryEngine, EngineOptions
+
+    bot = await make_bot()
+    cid = await _approved_campaign(bot, tmp_path, 40)
+    options = EngineOptions.from_settings(bot.core.ctx.settings, batch_size=3)
+    a = DeliveryEngine(bot.core.ctx, options=options, worker_id="worker-a")
+    b = DeliveryEngine(bot.core.ctx, options=options, worker_id="worker-b")
+    assert await a.start(cid) == "sending"
+    results = await asyncio.gather(a.run(cid), b.run(cid))
+    assert {r.state for r in results} <= {"completed", "sending"} and await state_of(bot, "shared") == "completed"
+    got = received(smtp)
+    assert len(got) == 40 and set(got.values()) == {1}
+    assert a.sent_total > 0 and b.sent_total > 0 and a.sent_total + b.sent_total == 40
+
+
+async def test_a_dead_workers_batch_is_claimed_again_when_its_lease_runs_out(make_bot, smtp, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from bot.campaigns.engine import DeliveryEngine, EngineOptions
+
+    bot = await make_bot()
+    cid = await _approved_campaign(bot, tmp_path, 10)
+    options = EngineOptions.from_settings(bot.core.ctx.settings, batch_size=4, lease_s=0.3)
+    dead = DeliveryEngine(bot.core.ctx, options=options, worker_id="dead")
+    assert await dead.start(cid) == "sending"
+    claimed = await dead._claim(cid)  # claimed, then the process "dies" without sending or recording
+    assert len(claimed) == 4
+    alive = DeliveryEngine(bot.core.ctx, options=options, worker_id="alive")
+    result = await asyncio.wait_for(alive.run(cid), 20)
+    assert result.state == "completed"
+    assert received(smtp) == Counter({f"p{i}@example.com": 1 for i in range(10)})
+    rows = await deliveries(bot, "shared")
+    assert {d.claimed_by for d in rows.values()} == {"alive"}
