@@ -217,3 +217,10 @@ async def run_worker(database_url: str, folder: Path, port: int, campaign_id: in
         return {"state": result.state, "started": started, "ended": time.time(), "sent": engine.sent_total}
     finally:
         await close_core(core)
+
+
+def run_async(coro: Any) -> Any:
+    """As `postroom` runs its loop (uvloop when installed)."""
+    from bot.cli import run_coroutine
+
+    return run_coroutine(coro)

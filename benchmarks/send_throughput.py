@@ -14,12 +14,11 @@ baseline_messages_per_s, speedup, peak_rss_mb.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import resource
 import time
 
-from common import Sink, fresh_folder, recipient, seed_campaign, settings_for
+from common import Sink, fresh_folder, recipient, run_async, seed_campaign, settings_for
 
 
 async def engine_run(folder, port: int, n: int, connections: int) -> tuple[float, dict[str, int]]:  # type: ignore[no-untyped-def]
@@ -92,10 +91,10 @@ def main() -> None:
     with Sink() as sink:
         print(f"sink: {sink.kind} on 127.0.0.1:{sink.port}; recipients: {args.recipients}; "
               f"connections: {args.connections}")
-        elapsed, counts = asyncio.run(engine_run(folder, sink.port, args.recipients, args.connections))
+        elapsed, counts = run_async(engine_run(folder, sink.port, args.recipients, args.connections))
         rate = args.recipients / elapsed
         print(f"engine: {args.recipients} recipients in {elapsed:.2f} s = {rate:,.0f} msg/s ({counts})")
-        baseline = asyncio.run(baseline_run(folder, sink.port, min(args.baseline_recipients, args.recipients)))
+        baseline = run_async(baseline_run(folder, sink.port, min(args.baseline_recipients, args.recipients)))
         print(f"baseline (EmailMessage + send_message, one connection): {baseline:,.0f} msg/s")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"speedup: {rate / baseline:.1f}x; peak RSS {peak:.0f} MB")

@@ -180,7 +180,8 @@ async def test_cancel_stops_the_send_for_good(make_bot, smtp) -> None:  # type: 
 
 
 async def test_an_unsubscribe_mid_campaign_stops_the_next_message(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]
-    bot = await make_bot(rate_per_s=5, batch_size=1)
+    # One batch holds everyone: the unsubscribe lands while that batch is being sent.
+    bot = await make_bot(rate_per_s=4, batch_size=10)
     await send(bot, "mid")
     await until(lambda: len(smtp.messages) >= 1)
     first = smtp.messages[0].message
@@ -381,3 +382,17 @@ async def test_a_dead_workers_batch_is_claimed_again_when_its_lease_runs_out(mak
     assert received(smtp) == Counter({f"p{i}@example.com": 1 for i in range(10)})
     rows = await deliveries(bot, "shared")
     assert {d.claimed_by for d in rows.values()} == {"alive"}
+
+
+async def test_submit_needs_an_unsubscribe_link_and_the_postal_address(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]
+    bot = await make_bot()
+    templates = Path(bot.core.ctx.settings.campaigns.templates_dir)
+    (templates / "bare.html").write_text("<html><body><p>Hello {{ first_name }}</p></body></html>")
+    await bot.say(SENDER, '/campaign new bare --to customers --template bare --subject "Hi"')
+    reply = await bot.say(SENDER, "/campaign submit bare")
+    assert "can't be submitted" in reply and "unsubscribe link" in reply and "postal address" in reply
+    assert await state_of(bot, "bare") == "draft"
+    assert "no report until it is sent" in await bot.say(SENDER, "/campaign report bare")
+    assert "There is no campaign" in await bot.say(SENDER, "/campaign report nope")
+    assert "needs a name" in await bot.say(SENDER, "/campaign report")
+    assert "on or off" in await bot.say(SENDER, "/campaign edit bare --tracking maybe")

@@ -24,13 +24,14 @@ from typing import Any
 
 from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 
+from bot.addresses import email_hash
 from bot.campaigns import service
 from bot.campaigns.audience import Recipient, stream_audience, suppressed_among
 from bot.campaigns.messages import CampaignMessages
 from bot.campaigns.templates import TemplateProblem
 from bot.config import Settings
 from bot.context import Context
-from bot.db.models import Campaign, Delivery
+from bot.db.models import Campaign, Delivery, Suppression
 from bot.mail.transport import Outcome, SmtpTransport
 from bot.suppressions import suppress
 
@@ -105,13 +106,19 @@ class _ErrorWindow:
     """The share of failures among the last N outcomes."""
 
     def __init__(self, size: int):
-        self.outcomes: deque[str | None] = deque(maxlen=size)
+        self.size = size
+        self.outcomes: deque[str | None] = deque()
+        self.errors = 0
 
     def add(self, error: str | None) -> None:
         self.outcomes.append(error)
+        if error is not None:
+            self.errors += 1
+        if len(self.outcomes) > self.size and self.outcomes.popleft() is not None:
+            self.errors -= 1
 
     def share(self) -> tuple[int, int]:
-        return sum(1 for o in self.outcomes if o is not None), len(self.outcomes)
+        return self.errors, len(self.outcomes)
 
     def most_common(self) -> str:
         errors = Counter(o[:120] for o in self.outcomes if o is not None)
@@ -131,6 +138,8 @@ class DeliveryEngine:
         self._window = _ErrorWindow(self.options.error_window)
         self._limiter = _RateLimiter(self.options.rate_per_s)
         self._domain_slots: dict[str, asyncio.Semaphore] = {}
+        self._late_suppressions: set[str] = set()  # hashes suppressed while a batch is out
+        self._suppression_mark = 0
         self.sent_total = 0
 
     def stop(self) -> None:
@@ -208,9 +217,12 @@ class DeliveryEngine:
                 await transport.close()
 
     async def _watch(self, campaign_id: int) -> None:
-        """Read the state a few times a second; renew the lease on what this worker holds."""
+        """Read the state a few times a second, pick up new suppressions (an unsubscribe takes effect
+        before the next message, even within a batch), and renew the lease on what this worker holds."""
         loop = asyncio.get_running_loop()
         renewed = loop.time()
+        async with self.ctx.sessions() as session:
+            self._suppression_mark = (await session.execute(select(func.max(Suppression.id)))).scalar() or 0
         while not self._halt.is_set():
             await asyncio.sleep(self.options.watch_s)
             try:
@@ -218,6 +230,12 @@ class DeliveryEngine:
                 if state != "sending":
                     self._halt.set()
                     return
+                async with self.ctx.sessions() as session:
+                    fresh = (await session.execute(select(Suppression.id, Suppression.email_hash)
+                                                   .where(Suppression.id > self._suppression_mark))).all()
+                for sid, hashed in fresh:
+                    self._late_suppressions.add(hashed)
+                    self._suppression_mark = max(self._suppression_mark, sid)
                 if loop.time() - renewed > self.options.lease_s / 3:
                     renewed = loop.time()
                     async with self.ctx.sessions() as session, session.begin():
@@ -363,6 +381,7 @@ class DeliveryEngine:
         attempted = 0
         queue = deque(batch)
         halt = self._halt
+        late = self._late_suppressions
 
         async def worker() -> None:
             nonlocal connection_failures, attempted
@@ -371,7 +390,7 @@ class DeliveryEngine:
                 if halt.is_set():
                     unsent.append({"b_id": d.id})
                     continue
-                if d.email in suppressed:
+                if d.email in suppressed or (late and email_hash(d.email) in late):
                     skipped.append({"b_id": d.id, "status": "suppressed", "err": "suppressed before sending"})
                     continue
                 if d.email in capped:
