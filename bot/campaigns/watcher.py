@@ -32,12 +32,16 @@ class CampaignWatcher:
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def _ensure_schedules(self) -> None:
-        from bot.commands.campaigns import schedule_start
+        """Every scheduled campaign has its job (one lost between a commit and a crash is put back)."""
+        from bot.commands.campaigns import schedule_start, start_job_id
 
         async with self.core.ctx.sessions() as session:
             rows = (await session.execute(select(Campaign).where(Campaign.state == "scheduled"))).scalars().all()
+        scheduler = self.core.services.get("scheduler")
         for campaign in rows:
-            if campaign.scheduled_at is not None:
+            if campaign.scheduled_at is None:
+                continue
+            if scheduler is None or scheduler.next_run(start_job_id(campaign.id)) is None:
                 await schedule_start(self.core, campaign)
 
     async def _loop(self) -> None:
@@ -50,6 +54,7 @@ class CampaignWatcher:
                 for cid in ids:
                     if not is_running_here(self.core, cid):
                         resume_sending(self.core, cid)
+                await self._ensure_schedules()
                 scheduler = self.core.services.get("scheduler")
                 if scheduler is not None and scheduler.leader:
                     scheduler.aps.wakeup()
