@@ -43,12 +43,14 @@ class Signer:
 
     def verify(self, token: str, kind: str) -> list[str] | None:
         """The parts after `kind`, or None when the token is malformed, foreign or tampered with."""
-        if not token or len(token) > 4096 or token.count(".") != 1:
+        if not token or len(token) > 4096 or token.count(".") != 1 or not token.isascii():
             return None
         body, mac = token.split(".")
         try:
             payload = _unb64(body)
         except (ValueError, TypeError):
+            return None
+        if _b64(payload) != body:  # only the canonical spelling: no two tokens for one payload
             return None
         if not hmac.compare_digest(self._mac(payload), mac):
             return None

@@ -237,7 +237,8 @@ async def test_tracked_links_redirect_only_when_signed(make_bot, smtp) -> None: 
         body, mac = clicks[0].removeprefix("/c/").split(".")
         for bad in (f"/c/{body[:-2]}AA.{mac}", f"/c/{body}.{mac[:-2]}AA",
                     "/c/" + Signer("another-secret-0123456789").sign("c", "1", "https://evil.example/"),
-                    "/c/" + bot.core.ctx.signer.sign("c", "1", "javascript:alert(1)")):
+                    "/c/" + bot.core.ctx.signer.sign("c", "1", "javascript:alert(1)"), "/c/%C3%A9" + clicks[0][4:],
+                    "/c/" + "A" * 5000):
             refused = await client.get(bad)
             assert refused.status_code == 400 and "location" not in refused.headers
         assert (await client.get(pixel.group(1))).status_code == 200
