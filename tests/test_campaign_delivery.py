@@ -24,6 +24,7 @@ from bot.db.models import Campaign, CampaignEvent, Contact, Delivery, Suppressio
 from bot.links import Signer
 from bot.web import build_web
 from tests.conftest import ADMIN, APPROVER, APPROVER2, HR, SENDER, ChatBot, make_settings
+from tests.smtp import RecordingHandler, free_port
 
 CSV = """email,name,consent_at,consent_source,company
 lena@example.com,Lena Fischer,2026-03-02T10:15:00+00:00,signup form,Fischer GmbH
@@ -41,8 +42,8 @@ FAST = {"retry_base_s": 0, "error_min_samples": 50}
 async def make_bot(database_url: str, smtp, tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:  # type: ignore[no-untyped-def]
     made: list[ChatBot] = []
 
-    async def factory(**campaigns: Any) -> ChatBot:
-        settings = make_settings(database_url, smtp.port, tmp_path,
+    async def factory(smtp_section: dict[str, Any] | None = None, **campaigns: Any) -> ChatBot:
+        settings = make_settings(database_url, smtp.port, tmp_path, smtp=smtp_section or {},
                                  campaigns={**FAST, "reports_dir": str(tmp_path / "reports"), **campaigns})
         core = await build_core(settings)
         console = ConsoleAdapter(HR, out=io.StringIO(), prompt=False)
@@ -397,3 +398,39 @@ async def test_submit_needs_an_unsubscribe_link_and_the_postal_address(make_bot,
     assert "There is no campaign" in await bot.say(SENDER, "/campaign report nope")
     assert "needs a name" in await bot.say(SENDER, "/campaign report")
     assert "on or off" in await bot.say(SENDER, "/campaign edit bare --tracking maybe")
+
+
+class SlowServerHandler(RecordingHandler):
+    """Takes a moment over each message and notes how many were in flight per recipient domain."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_flight: Counter[str] = Counter()
+        self.peak: Counter[str] = Counter()
+
+    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+        domain = envelope.rcpt_tos[0].rsplit("@", 1)[-1]
+        self.in_flight[domain] += 1
+        self.peak[domain] = max(self.peak[domain], self.in_flight[domain])
+        await asyncio.sleep(0.1)  # the server being slow, so that sends overlap
+        self.in_flight[domain] -= 1
+        return await super().handle_DATA(server, session, envelope)
+
+
+@pytest.mark.parametrize("per_domain", [1, 0])
+async def test_connections_per_domain_limits_messages_in_flight_to_one_domain(make_bot, per_domain) -> None:  # type: ignore[no-untyped-def]
+    from aiosmtpd.controller import Controller
+
+    handler = SlowServerHandler()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port, decode_data=False)
+    controller.start()
+    try:
+        bot = await make_bot(smtp_section={"port": port, "connections": 4}, connections_per_domain=per_domain)
+        await send(bot, "spread")
+        await bot.settle()
+    finally:
+        controller.stop()
+    assert sorted(r for m in handler.messages for r in m.rcpt_tos) == sorted(CONSENTED)
+    # lena@ and ode@ share example.com: one at a time with the limit, together without it.
+    assert handler.peak["example.com"] == (1 if per_domain else 2)
