@@ -108,7 +108,7 @@ class CampaignSettings(_Section):
     # delivery engine (bot/campaigns/engine.py)
     rate_per_s: float = Field(default=0, ge=0)  # 0: no limit
     connections_per_domain: int = Field(default=0, ge=0, le=64)  # 0: no limit beyond smtp.connections
-    lease_s: float = Field(default=120, gt=0)
+    lease_s: float = Field(default=30, gt=0)
     max_attempts: int = Field(default=5, ge=1, le=50)
     retry_base_s: float = Field(default=60, ge=0)
     retry_max_s: float = Field(default=3600, ge=0)

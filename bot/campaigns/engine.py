@@ -44,7 +44,7 @@ ProgressCallback = Callable[[int, str], Awaitable[None]]
 @dataclass
 class EngineOptions:
     batch_size: int = 500
-    lease_s: float = 120.0
+    lease_s: float = 30.0
     max_attempts: int = 5
     retry_base_s: float = 60.0
     retry_max_s: float = 3600.0
