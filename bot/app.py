@@ -37,6 +37,14 @@ async def build_core(settings: Settings, **context_options: Any) -> Core:
 
 
 async def close_core(core: Core) -> None:
+    for engine in list(core.services.get("engines", {}).values()):
+        engine.stop()  # sending campaigns stay `sending`; the next start resumes them
+    runs = [t for t in core.services.get("campaign_runs", {}).values() if not t.done()]
+    if runs:  # let the batch in flight be recorded (unsent rows go back to pending) rather than wait for a lease
+        await asyncio.wait(runs, timeout=10)
+    scheduler = core.services.get("scheduler")
+    if scheduler is not None:
+        await scheduler.stop()
     await core.shutdown()
     scheduler = core.services.get("scheduler")
     if scheduler is not None:  # opened (paused) by whatever scheduled a job: a leaver's grace period

@@ -105,6 +105,28 @@ class CampaignSettings(_Section):
     unsubscribe_mailbox: str = "unsubscribe@corp.example"
     batch_size: int = Field(default=500, ge=1, le=10_000)
     approval_ttl_hours: float = Field(default=72, gt=0)
+    required_approvals: int = Field(default=1, ge=1, le=10)
+    # delivery engine (bot/campaigns/engine.py)
+    rate_per_s: float = Field(default=0, ge=0)  # 0: no limit
+    connections_per_domain: int = Field(default=0, ge=0, le=64)  # 0: no limit beyond smtp.connections
+    lease_s: float = Field(default=30, gt=0)
+    max_attempts: int = Field(default=5, ge=1, le=50)
+    retry_base_s: float = Field(default=60, ge=0)
+    retry_max_s: float = Field(default=3600, ge=0)
+    error_window: int = Field(default=200, ge=1)
+    error_min_samples: int = Field(default=50, ge=1)
+    error_pause_share: float = Field(default=0.5, gt=0, le=1)
+    poll_s: float = Field(default=2.0, gt=0)
+    # compliance
+    frequency_cap: int = Field(default=0, ge=0)  # at most N campaign messages per contact per period; 0: off
+    frequency_period_days: float = Field(default=7, gt=0)
+    # bounces
+    bounce_domain: str = ""  # VERP return path bounces+<token>@<domain>; empty: from_address's domain
+    soft_bounce_limit: int = Field(default=3, ge=1)
+    webhook_secret: str = Field(default="", repr=False)  # signs POST /hooks/email-events; empty: endpoint off
+    # tracking and reports
+    tracking: bool = True  # opens and clicks, globally; a campaign can switch it off with --no-tracking
+    reports_dir: str = "reports"
 
 
 class RelaySettings(_Section):

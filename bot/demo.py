@@ -80,7 +80,7 @@ def prepare(folder: str | Path = ".postroom-demo", *, fresh: bool = False, web_p
         web={"host": "127.0.0.1", "port": web, "base_url": f"http://127.0.0.1:{web}",
              "secret": "demo-secret-not-for-production"},
         campaigns={"templates_dir": str(templates), "from_address": f"news@{DOMAIN}", "from_name": "Example Corp",
-                   "unsubscribe_mailbox": f"unsubscribe@{DOMAIN}"},
+                   "unsubscribe_mailbox": f"unsubscribe@{DOMAIN}", "reports_dir": str(base / "reports")},
         groups={"rules_file": str(base / "groups.yaml")},
         hr={"webhook_secret": "demo-hr-webhook-secret-not-for-production"},
     )
@@ -127,6 +127,7 @@ You are {hr}. Try, in order:
   /approve spring                          ← refused: senders can't approve
   /as {a1}
   /approve spring                          ← sent; watch the mailbox lines
+  /campaign report spring                  ← figures, rates, and a chart (PNG) saved under the demo folder
   /help   ·   /as <email>   ·   /quit
 """
 

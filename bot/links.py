@@ -23,9 +23,16 @@ def _unb64(text: str) -> bytes:
 class Signer:
     def __init__(self, secret: str):
         self._key = hashlib.sha256(("postroom-links:" + secret).encode()).digest()
+        self._keyed = hmac.new(self._key, digestmod=hashlib.sha256)  # copied per token: no key set-up each time
 
     def _mac(self, payload: bytes) -> str:
-        return _b64(hmac.new(self._key, payload, hashlib.sha256).digest()[:18])
+        h = self._keyed.copy()
+        h.update(payload)
+        return _b64(h.digest()[:18])
+
+    def short_mac(self, text: str, length: int = 16) -> str:
+        """A lower-case hex MAC, for places that fold case (an SMTP local part: VERP)."""
+        return hmac.new(self._key, text.encode(), hashlib.sha256).hexdigest()[:length]
 
     def sign(self, *parts: str) -> str:
         for p in parts:
@@ -36,12 +43,14 @@ class Signer:
 
     def verify(self, token: str, kind: str) -> list[str] | None:
         """The parts after `kind`, or None when the token is malformed, foreign or tampered with."""
-        if not token or len(token) > 4096 or token.count(".") != 1:
+        if not token or len(token) > 4096 or token.count(".") != 1 or not token.isascii():
             return None
         body, mac = token.split(".")
         try:
             payload = _unb64(body)
         except (ValueError, TypeError):
+            return None
+        if _b64(payload) != body:  # only the canonical spelling: no two tokens for one payload
             return None
         if not hmac.compare_digest(self._mac(payload), mac):
             return None

@@ -14,9 +14,12 @@ if TYPE_CHECKING:
 
 def mail_routes(core: Core, mailbox: Mailbox | None = None) -> list[Route]:
     """Routes in order: specific claims first, the catch-all mailbox (demo only) last."""
+    from bot.campaigns.bounces import BounceMailbox
+    from bot.campaigns.unsubscribe_mail import UnsubscribeMailbox
     from bot.groups.relay import group_route
 
-    routes: list[Route] = [group_route(core)]
+    # VERP return paths (bounces, complaints), List-Unsubscribe's mailto:, then group addresses.
+    routes: list[Route] = [BounceMailbox(core.ctx).route(), UnsubscribeMailbox(core.ctx).route(), group_route(core)]
     if mailbox is not None:
         routes.append(mailbox.route())
     return routes
@@ -33,6 +36,11 @@ async def start_services(runtime: Runtime, *, mailbox: Mailbox | None = None) ->
         await runtime.start_mail(settings.relay.host, settings.relay.port, mail_routes(core, mailbox))
     scheduler = await ensure_scheduler(core, run_jobs=True)
     runtime.extra_stops.append(scheduler.stop)
+    from bot.campaigns.watcher import CampaignWatcher
+
+    watcher = CampaignWatcher(core)
+    await watcher.start()
+    runtime.extra_stops.insert(0, watcher.stop)
     await start_group_services(core, scheduler)
 
 

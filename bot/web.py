@@ -118,6 +118,9 @@ def build_web(core: Core) -> Starlette:
     from bot.hr.webhook import webhook_routes
 
     routes.extend(webhook_routes(core))
+    from bot.campaigns.web_routes import campaign_routes
+
+    routes.extend(campaign_routes(core))  # open pixel, click redirect, email-events webhook
     for adapter in core.adapters.values():
         routes.extend(adapter.web_routes())
     routes.extend(core.services.get("web_routes", []))  # type: ignore[arg-type]

@@ -1,10 +1,14 @@
 """The delivery engine: snapshot the audience into delivery rows, then claim, render and send them
 in batches over persistent SMTP connections, recording results a batch at a time.
 
-Nothing is lost: a row is `pending` until a batch claims it (`sending`, with a lease); a process
-that dies leaves its claimed rows to be re-claimed when the lease runs out, so at most one batch
-per worker is repeated. Several workers share a campaign by claiming disjoint batches
-(`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite's single writer serialises the claim).
+Nothing is lost: a row is `pending` until a batch claims it (`sending`, with a lease that the
+worker renews while it works); a process that dies leaves its claimed rows to be re-claimed when
+the lease runs out, so at most one batch per worker is repeated (the in-flight window). Several
+workers share a campaign by claiming disjoint batches (`FOR UPDATE SKIP LOCKED` on PostgreSQL;
+SQLite's single writer serialises the claim).
+
+While a batch is out, a watcher reads the campaign's state a few times a second: a pause or a
+cancel from any process stops the next message, and what was not sent goes back to `pending`.
 """
 
 from __future__ import annotations
@@ -12,33 +16,61 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 
+from bot.addresses import email_hash
 from bot.campaigns import service
 from bot.campaigns.audience import Recipient, stream_audience, suppressed_among
 from bot.campaigns.messages import CampaignMessages
 from bot.campaigns.templates import TemplateProblem
+from bot.config import Settings
 from bot.context import Context
-from bot.db.models import Campaign, Delivery
+from bot.db.models import Campaign, Delivery, Suppression
 from bot.mail.transport import Outcome, SmtpTransport
 from bot.suppressions import suppress
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, str], Awaitable[None]]  # (campaign id, event: progress|done|paused|failed)
+# (campaign id, event: progress | done | paused | auto-paused | failed)
+ProgressCallback = Callable[[int, str], Awaitable[None]]
 
 
 @dataclass
 class EngineOptions:
     batch_size: int = 500
-    lease_s: float = 60.0
+    lease_s: float = 30.0
     max_attempts: int = 5
-    retry_base_s: float = 30.0
+    retry_base_s: float = 60.0
+    retry_max_s: float = 3600.0
     idle_poll_s: float = 0.5
+    watch_s: float = 0.25  # how often the campaign's state is read while sending (pause within a second)
+    rate_per_s: float = 0.0  # messages per second overall, 0: unlimited
+    connections: int | None = None  # None: smtp.connections
+    connections_per_domain: int = 0  # concurrent sends to one recipient domain, 0: unlimited
+    error_window: int = 200
+    error_min_samples: int = 50
+    error_pause_share: float = 0.5
+    frequency_cap: int = 0
+    frequency_period_s: float = 7 * 86400.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> EngineOptions:
+        c = settings.campaigns
+        values: dict[str, Any] = dict(
+            batch_size=c.batch_size, lease_s=c.lease_s, max_attempts=c.max_attempts, retry_base_s=c.retry_base_s,
+            retry_max_s=c.retry_max_s, rate_per_s=c.rate_per_s, connections_per_domain=c.connections_per_domain,
+            error_window=c.error_window, error_min_samples=c.error_min_samples,
+            error_pause_share=c.error_pause_share, frequency_cap=c.frequency_cap,
+            frequency_period_s=c.frequency_period_days * 86400.0,
+        )
+        values.update(overrides)
+        return cls(**values)
 
 
 @dataclass
@@ -49,17 +81,71 @@ class RunResult:
     note: str | None = None
 
 
+class _RateLimiter:
+    """A pacing limiter: one slot every 1/rate seconds, waiting interruptibly."""
+
+    def __init__(self, rate: float):
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self.next_at = 0.0
+
+    async def wait(self, halt: asyncio.Event) -> None:
+        if not self.interval:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        slot = max(now, self.next_at)
+        self.next_at = slot + self.interval
+        if slot > now:
+            try:
+                await asyncio.wait_for(halt.wait(), slot - now)
+            except TimeoutError:
+                pass
+
+
+class _ErrorWindow:
+    """The share of failures among the last N outcomes."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.outcomes: deque[str | None] = deque()
+        self.errors = 0
+
+    def add(self, error: str | None) -> None:
+        self.outcomes.append(error)
+        if error is not None:
+            self.errors += 1
+        if len(self.outcomes) > self.size and self.outcomes.popleft() is not None:
+            self.errors -= 1
+
+    def share(self) -> tuple[int, int]:
+        return self.errors, len(self.outcomes)
+
+    def most_common(self) -> str:
+        errors = Counter(o[:120] for o in self.outcomes if o is not None)
+        return errors.most_common(1)[0][0] if errors else ""
+
+
 class DeliveryEngine:
     def __init__(self, ctx: Context, *, options: EngineOptions | None = None, on_event: ProgressCallback | None = None,
                  worker_id: str | None = None):
         self.ctx = ctx
-        self.options = options or EngineOptions(batch_size=ctx.settings.campaigns.batch_size)
+        self.options = options or EngineOptions.from_settings(ctx.settings)
         self.on_event = on_event
         self.worker_id = worker_id or f"w-{secrets.token_hex(4)}"
         self._stop = asyncio.Event()
+        self._halt = asyncio.Event()  # the campaign left `sending`, or the engine paused it itself
+        self._halt_reason: str | None = None
+        self._window = _ErrorWindow(self.options.error_window)
+        self._limiter = _RateLimiter(self.options.rate_per_s)
+        self._domain_slots: dict[str, asyncio.Semaphore] = {}
+        self._late_suppressions: set[str] = set()  # hashes suppressed while a batch is out
+        self._suppression_mark = 0
+        self.sent_total = 0
 
     def stop(self) -> None:
+        """Stop this process's work (shutdown); the campaign stays `sending` for a restart to resume."""
         self._stop.set()
+        self._halt.set()
 
     async def _emit(self, campaign_id: int, what: str) -> None:
         if self.on_event is not None:
@@ -68,6 +154,7 @@ class DeliveryEngine:
             except Exception:  # a chat failure must not stop a send
                 log.exception("progress callback failed for campaign %s", campaign_id)
 
+    # -- start ----------------------------------------------------------------------------------
     async def start(self, campaign_id: int, actor: str = "system") -> str:
         """Move an approved (or due scheduled) campaign to `sending` and snapshot its audience.
 
@@ -83,8 +170,9 @@ class DeliveryEngine:
                 digest = service.current_hash(self.ctx, campaign)
             except Exception as exc:
                 digest = f"unavailable: {exc}"
-            approval = await service.valid_approval(session, campaign, digest, self.ctx.now())
-            if digest != campaign.content_hash or approval is None:
+            approved = await service.approvals_in_force(session, campaign, digest, self.ctx.now())
+            needed = self.ctx.settings.campaigns.required_approvals
+            if digest != campaign.content_hash or len(approved) < needed:
                 won = await service.transition(
                     session, campaign.id, ("approved", "scheduled"), "failed",
                     status_note="What would be sent no longer matches the approval (or it expired); "
@@ -115,15 +203,53 @@ class DeliveryEngine:
                 ],
             )
 
+    # -- run ------------------------------------------------------------------------------------
     async def run(self, campaign_id: int, transport: SmtpTransport | None = None) -> RunResult:
         """Send every remaining delivery of a `sending` campaign. Returns when it is done, paused or stopped."""
         own_transport = transport is None
-        transport = transport or self.ctx.new_transport()
+        transport = transport or self.ctx.new_transport(self.options.connections)
+        watcher = asyncio.get_running_loop().create_task(self._watch(campaign_id))
         try:
             return await self._run(campaign_id, transport)
         finally:
+            watcher.cancel()
             if own_transport:
                 await transport.close()
+
+    async def _watch(self, campaign_id: int) -> None:
+        """Read the state a few times a second, pick up new suppressions (an unsubscribe takes effect
+        before the next message, even within a batch), and renew the lease on what this worker holds."""
+        loop = asyncio.get_running_loop()
+        renewed = loop.time()
+        async with self.ctx.sessions() as session:
+            self._suppression_mark = (await session.execute(select(func.max(Suppression.id)))).scalar() or 0
+        while not self._halt.is_set():
+            await asyncio.sleep(self.options.watch_s)
+            try:
+                state = await self._state(campaign_id)
+                if state != "sending":
+                    self._halt.set()
+                    return
+                async with self.ctx.sessions() as session:
+                    fresh = (await session.execute(select(Suppression.id, Suppression.email_hash)
+                                                   .where(Suppression.id > self._suppression_mark))).all()
+                for sid, hashed in fresh:
+                    self._late_suppressions.add(hashed)
+                    self._suppression_mark = max(self._suppression_mark, sid)
+                if loop.time() - renewed > self.options.lease_s / 3:
+                    renewed = loop.time()
+                    async with self.ctx.sessions() as session, session.begin():
+                        await session.execute(
+                            update(Delivery)
+                            .where(Delivery.campaign_id == campaign_id, Delivery.status == "sending",
+                                   Delivery.claimed_by == self.worker_id)
+                            .values(claimed_at=self.ctx.now())
+                            .execution_options(synchronize_session=False)
+                        )
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a database hiccup: try again next tick
+                log.exception("watching campaign %s failed", campaign_id)
 
     async def _run(self, campaign_id: int, transport: SmtpTransport) -> RunResult:
         async with self.ctx.sessions() as session:
@@ -138,118 +264,197 @@ class DeliveryEngine:
         loop = asyncio.get_running_loop()
         while not self._stop.is_set():
             state = await self._state(campaign_id)
-            if state != "sending":
+            if state != "sending" or self._halt.is_set():
+                if state == "cancelled":  # rows this batch handed back must not wait forever
+                    await self._cancel_pending(campaign_id)
                 return RunResult(campaign_id, state)
             batch = await self._claim(campaign_id)
             if not batch:
                 if await self._finished(campaign_id):
                     return await self._complete(campaign)
-                await asyncio.sleep(self.options.idle_poll_s)  # retries waiting out their backoff
+                try:  # retries waiting out their backoff, or another worker's batch
+                    await asyncio.wait_for(self._halt.wait(), self.options.idle_poll_s)
+                except TimeoutError:
+                    pass
                 continue
             broken = await self._send_batch(campaign, messages, batch, transport)
+            if broken is None and self._halt_reason is not None:
+                broken = self._halt_reason
             if broken:
-                note = (f"Paused: the mail server at {self.ctx.settings.smtp.host}:{self.ctx.settings.smtp.port} "
-                        f"refused or dropped every message of the last batch ({broken}).")
-                async with self.ctx.sessions() as session, session.begin():
-                    if await service.transition(session, campaign_id, ("sending",), "paused", status_note=note):
-                        service.audit_campaign(session, campaign, actor="system", via="engine",
-                                               action="campaign.pause", before="sending", after="paused",
-                                               detail=note)
-                await self._emit(campaign_id, "paused")
-                return RunResult(campaign_id, "paused", note=note)
+                return await self._pause(campaign, broken)
             if loop.time() - last_progress > 1.0:
                 last_progress = loop.time()
                 await self._emit(campaign_id, "progress")
         return RunResult(campaign_id, await self._state(campaign_id))
 
+    async def _pause(self, campaign: Campaign, note: str) -> RunResult:
+        async with self.ctx.sessions() as session, session.begin():
+            won = await service.transition(session, campaign.id, ("sending",), "paused", status_note=note)
+            if won:
+                service.audit_campaign(session, campaign, actor="system", via="engine", action="campaign.pause",
+                                       before="sending", after="paused", detail=note)
+        if won:
+            await self._emit(campaign.id, "auto-paused")
+        return RunResult(campaign.id, "paused", note=note)
+
+    async def _cancel_pending(self, campaign_id: int) -> None:
+        async with self.ctx.sessions() as session, session.begin():
+            await session.execute(update(Delivery).where(Delivery.campaign_id == campaign_id,
+                                                         Delivery.status == "pending").values(status="cancelled")
+                                  .execution_options(synchronize_session=False))
+
     async def _state(self, campaign_id: int) -> str:
         async with self.ctx.sessions() as session:
             return (await session.execute(select(Campaign.state).where(Campaign.id == campaign_id))).scalar_one()
 
-    async def _claim(self, campaign_id: int) -> list[Delivery]:
+    async def _claim(self, campaign_id: int) -> list[Any]:
+        """Claim up to a batch: first rows whose lease ran out (a dead worker's), then pending ones.
+
+        Two range scans on (campaign_id, status, id) rather than one OR: each claim costs the
+        batch, not the campaign's size, so throughput holds at 100,000 recipients.
+        """
         now = self.ctx.now()
         lease_cutoff = now - timedelta(seconds=self.options.lease_s)
-        claimable = or_(
+        conditions = (
+            and_(Delivery.status == "sending", Delivery.claimed_at < lease_cutoff),
             and_(Delivery.status == "pending",
                  or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now)),
-            and_(Delivery.status == "sending", Delivery.claimed_at < lease_cutoff),
         )
-        ids = (
-            select(Delivery.id)
-            .where(Delivery.campaign_id == campaign_id, claimable)
-            .order_by(Delivery.id)
-            .limit(self.options.batch_size)
-        )
-        if self.ctx.dialect == "postgresql":
-            ids = ids.with_for_update(skip_locked=True)
-        stmt = (
-            update(Delivery)
-            .where(Delivery.id.in_(ids.scalar_subquery()))
-            .values(status="sending", claimed_by=self.worker_id, claimed_at=now, attempts=Delivery.attempts + 1)
-            .returning(Delivery.id, Delivery.email, Delivery.name, Delivery.attributes, Delivery.attempts)
-            .execution_options(synchronize_session=False)
-        )
+        rows: list[Any] = []
         async with self.ctx.sessions() as session, session.begin():
-            rows = (await session.execute(stmt)).all()
-        batch = [Delivery(id=r.id, email=r.email, name=r.name, attributes=r.attributes, attempts=r.attempts)
-                 for r in rows]
-        batch.sort(key=lambda d: d.id)
-        return batch
+            for condition in conditions:
+                room = self.options.batch_size - len(rows)
+                if room <= 0:
+                    break
+                ids = (select(Delivery.id).where(Delivery.campaign_id == campaign_id, condition)
+                       .order_by(Delivery.id).limit(room))
+                if self.ctx.dialect == "postgresql":
+                    ids = ids.with_for_update(skip_locked=True)
+                stmt = (
+                    update(Delivery)
+                    .where(Delivery.id.in_(ids.scalar_subquery()))
+                    .values(status="sending", claimed_by=self.worker_id, claimed_at=now,
+                            attempts=Delivery.attempts + 1)
+                    .returning(Delivery.id, Delivery.email, Delivery.name, Delivery.attributes, Delivery.attempts)
+                    .execution_options(synchronize_session=False)
+                )
+                rows.extend((await session.execute(stmt)).all())
+        rows.sort(key=lambda d: d.id)  # plain rows (id, email, name, attributes, attempts): no ORM bookkeeping
+        return rows
 
-    async def _send_batch(self, campaign: Campaign, messages: CampaignMessages, batch: list[Delivery],
+    async def _capped(self, campaign_id: int, emails: list[str]) -> set[str]:
+        """Addresses that already had `frequency_cap` campaign messages within the period."""
+        cap = self.options.frequency_cap
+        if not cap or not emails:
+            return set()
+        cutoff = self.ctx.now() - timedelta(seconds=self.options.frequency_period_s)
+        async with self.ctx.sessions() as session:
+            rows = (await session.execute(
+                select(Delivery.email, func.count())
+                .where(Delivery.email.in_(emails), Delivery.status == "sent", Delivery.sent_at >= cutoff,
+                       Delivery.campaign_id != campaign_id)
+                .group_by(Delivery.email)
+            )).all()
+        return {email for email, n in rows if n >= cap}
+
+    def _domain_slot(self, email: str) -> asyncio.Semaphore | None:
+        if not self.options.connections_per_domain:
+            return None
+        domain = email.rsplit("@", 1)[-1]
+        slot = self._domain_slots.get(domain)
+        if slot is None:
+            slot = self._domain_slots[domain] = asyncio.Semaphore(self.options.connections_per_domain)
+        return slot
+
+    async def _send_batch(self, campaign: Campaign, messages: CampaignMessages, batch: list[Any],
                           transport: SmtpTransport) -> str | None:
         """Send one claimed batch and record every outcome. Returns a reason when the server is unusable."""
+        emails = [d.email for d in batch]
         async with self.ctx.sessions() as session:
             # Checked at send time, per batch: an unsubscribe mid-campaign stops the next message.
-            suppressed = await suppressed_among(session, (d.email for d in batch))
+            suppressed = await suppressed_among(session, emails)
+        capped = await self._capped(campaign.id, emails)
         sent: list[dict] = []
         failed: list[dict] = []
         retry: list[dict] = []
         bounced: list[dict] = []
         skipped: list[dict] = []
+        unsent: list[dict] = []
         now = self.ctx.now()
-        sender = campaign.from_address
-        sem = asyncio.Semaphore(transport.size)
+        opts = self.options
+        window = self._window
         connection_failures = 0
         attempted = 0
+        queue = deque(batch)
+        halt = self._halt
+        late = self._late_suppressions
 
-        async def one(d: Delivery) -> None:
+        async def worker() -> None:
             nonlocal connection_failures, attempted
-            if d.email in suppressed:
-                skipped.append({"b_id": d.id, "status": "suppressed", "err": "suppressed before sending"})
-                return
-            try:
-                built = messages.build(Recipient(d.email, d.name, dict(d.attributes or {})))
-            except TemplateProblem as exc:
-                failed.append({"b_id": d.id, "status": "failed", "err": exc.sentence})
-                return
-            async with sem:
-                outcome: Outcome = await transport.send(sender, d.email, built.data)
-            attempted += 1
-            if outcome.ok:
-                sent.append({"b_id": d.id, "mid": built.message_id})
-            elif outcome.permanent:
-                bounced.append({"b_id": d.id, "status": "bounced", "err": outcome.detail, "email": d.email})
-            else:
-                if outcome.code is None:
-                    connection_failures += 1
-                if d.attempts >= self.options.max_attempts:
-                    failed.append({"b_id": d.id, "status": "failed",
-                                   "err": f"gave up after {d.attempts} attempts: {outcome.detail}"})
+            while queue:
+                d = queue.popleft()
+                if halt.is_set():
+                    unsent.append({"b_id": d.id})
+                    continue
+                if d.email in suppressed or (late and email_hash(d.email) in late):
+                    skipped.append({"b_id": d.id, "status": "suppressed", "err": "suppressed before sending"})
+                    continue
+                if d.email in capped:
+                    skipped.append({"b_id": d.id, "status": "capped",
+                                    "err": f"frequency cap: {opts.frequency_cap} campaign messages per period"})
+                    continue
+                await self._limiter.wait(halt)
+                if halt.is_set():
+                    unsent.append({"b_id": d.id})
+                    continue
+                try:
+                    built = messages.build(Recipient(d.email, d.name, d.attributes or {}), delivery_id=d.id)
+                except TemplateProblem as exc:
+                    failed.append({"b_id": d.id, "status": "failed", "err": exc.sentence})
+                    continue
+                slot = self._domain_slot(d.email)
+                if slot is None:
+                    outcome: Outcome = await transport.send(built.sender, d.email, built.data)
                 else:
-                    delay = self.options.retry_base_s * (2 ** (d.attempts - 1))
-                    retry.append({"b_id": d.id, "err": outcome.detail, "nxt": now + timedelta(seconds=delay)})
+                    async with slot:
+                        outcome = await transport.send(built.sender, d.email, built.data)
+                attempted += 1
+                if outcome.ok:
+                    sent.append({"b_id": d.id, "mid": built.message_id})
+                    window.add(None)
+                    continue
+                window.add(outcome.detail or "error")
+                if outcome.permanent:
+                    bounced.append({"b_id": d.id, "status": "bounced", "err": outcome.detail, "email": d.email})
+                else:
+                    if outcome.code is None:
+                        connection_failures += 1
+                    if d.attempts >= opts.max_attempts:
+                        failed.append({"b_id": d.id, "status": "failed",
+                                       "err": f"gave up after {d.attempts} attempts: {outcome.detail}"})
+                    else:
+                        delay = min(opts.retry_base_s * (2 ** (d.attempts - 1)), opts.retry_max_s)
+                        retry.append({"b_id": d.id, "err": outcome.detail, "nxt": now + timedelta(seconds=delay)})
+                errors, seen = window.share()
+                if seen >= opts.error_min_samples and errors / seen >= opts.error_pause_share and not halt.is_set():
+                    self._halt_reason = (
+                        f"Paused by itself: {errors} of the last {seen} messages failed "
+                        f"(most often: {window.most_common()}). Check the mail server, then /campaign resume "
+                        f"{campaign.name}."
+                    )
+                    halt.set()
 
-        await asyncio.gather(*(one(d) for d in batch))
-        await self._record(campaign, sent, failed, retry, bounced, skipped)
-        if attempted and connection_failures == attempted:
-            return retry[0]["err"] if retry else "connection failures"
+        workers = max(1, transport.size)
+        await asyncio.gather(*(worker() for _ in range(min(workers, len(batch)))))
+        await self._record(campaign, sent, failed, retry, bounced, skipped, unsent)
+        self.sent_total += len(sent)
+        if attempted and connection_failures == attempted and not self._halt_reason:
+            return (f"Paused by itself: the mail server at {self.ctx.settings.smtp.host}:{self.ctx.settings.smtp.port} "
+                    f"refused or dropped every message of the last batch ({retry[0]['err'] if retry else 'connection failures'}).")
         return None
 
     async def _record(self, campaign: Campaign, sent: list[dict], failed: list[dict], retry: list[dict],
-                      bounced: list[dict], skipped: list[dict]) -> None:
-        from sqlalchemy import bindparam
-
+                      bounced: list[dict], skipped: list[dict], unsent: list[dict]) -> None:
         now = self.ctx.now()
         async with self.ctx.sessions() as session, session.begin():
             conn = await session.connection()
@@ -273,6 +478,11 @@ class DeliveryEngine:
                                                       next_attempt_at=bindparam("nxt")),
                     retry,
                 )
+            if unsent:  # halted before these went out: back in the queue, the attempt not counted
+                await conn.execute(
+                    table.update().where(mine).values(status="pending", attempts=table.c.attempts - 1),
+                    unsent,
+                )
             for r in bounced:
                 await suppress(session, r["email"], "hard_bounce", f"campaign {campaign.name}: {r['err']}",
                                campaign.id)
@@ -290,14 +500,17 @@ class DeliveryEngine:
 
     async def _complete(self, campaign: Campaign) -> RunResult:
         async with self.ctx.sessions() as session, session.begin():
-            if await service.transition(session, campaign.id, ("sending",), "completed", finished_at=self.ctx.now()):
+            won = await service.transition(session, campaign.id, ("sending",), "completed",
+                                           finished_at=self.ctx.now())
+            if won:
                 counts = await service.counts(session, campaign.id)
                 service.audit_campaign(session, campaign, actor="system", via="engine", action="campaign.complete",
                                        before="sending", after="completed",
                                        detail=", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
         async with self.ctx.sessions() as session:
             counts = await service.counts(session, campaign.id)
-        await self._emit(campaign.id, "done")
+        if won:
+            await self._emit(campaign.id, "done")
         return RunResult(campaign.id, "completed", counts)
 
     async def _fail(self, campaign: Campaign, note: str) -> RunResult:

@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 from bot.campaigns.audience import Recipient
 from bot.campaigns.templates import CompiledTemplate, Rendered, TemplateSource
+from bot.campaigns.tracking import LinkTracker, verp_address
 from bot.config import Settings
 from bot.db.models import Campaign
 from bot.links import Signer
@@ -23,6 +24,7 @@ class Built:
     message_id: str
     data: bytes
     rendered: Rendered
+    sender: str  # the envelope sender: a VERP return path for a campaign delivery
 
 
 class CampaignMessages:
@@ -37,6 +39,9 @@ class CampaignMessages:
         slug = re.sub(r"[^a-z0-9-]+", "-", campaign.audience_name.lower()).strip("-") or "list"
         self._list_id = f"{settings.org.name} {campaign.audience_name} <{slug}.campaigns.{self._domain}>"
         self._feedback_id = f"{campaign.id}:{slug}:postroom"
+        self.tracking = bool(settings.campaigns.tracking and campaign.tracking)
+        self._tracker = LinkTracker(signer, settings.web.base_url)
+        self._bounce_domain = settings.campaigns.bounce_domain or self._domain
 
     def unsubscribe_token(self, email: str) -> str:
         return self.signer.sign("u", str(self.campaign.id), email)
@@ -59,10 +64,18 @@ class CampaignMessages:
     def render(self, r: Recipient) -> Rendered:
         return self.template.render(self.context(r, self.unsubscribe_url(r.email)))
 
-    def build(self, r: Recipient, *, subject_prefix: str = "") -> Built:
+    def build(self, r: Recipient, *, subject_prefix: str = "", delivery_id: int | None = None) -> Built:
+        """The message for one recipient. With a delivery id (a real send): a VERP return path and,
+        when tracking is on, tracked links and an open pixel; without one (a test), neither."""
         token = self.unsubscribe_token(r.email)
         url = f"{self.settings.web.base_url}/u/{token}"
         rendered = self.template.render(self.context(r, url))
+        body_html = rendered.html
+        sender = self.campaign.from_address
+        if delivery_id is not None:
+            sender = verp_address(self.signer, delivery_id, self._bounce_domain)
+            if self.tracking:
+                body_html = self._tracker.rewrite(body_html, delivery_id)
         mailto = f"mailto:{self.settings.campaigns.unsubscribe_mailbox}?subject={quote('unsubscribe ' + token)}"
         message_id = new_message_id(self._domain)
         data = build_message(
@@ -72,7 +85,7 @@ class CampaignMessages:
             to_address=r.email,
             subject=subject_prefix + rendered.subject,
             text=rendered.text,
-            html=rendered.html,
+            html=body_html,
             message_id=message_id,
             headers=[
                 ("List-Unsubscribe", f"<{url}>, <{mailto}>"),
@@ -83,7 +96,7 @@ class CampaignMessages:
                 ("X-Postroom-Campaign", str(self.campaign.id)),
             ],
         )
-        return Built(message_id, data, rendered)
+        return Built(message_id, data, rendered, sender)
 
 
 def lint(messages: CampaignMessages, sample: Recipient) -> list[str]:

@@ -134,10 +134,12 @@ async def record_decision(
     ON CONFLICT DO NOTHING, so a double click racing itself finds the first row instead of failing.
     """
     ttl = timedelta(hours=ctx.settings.campaigns.approval_ttl_hours)
+    # A scheduled campaign's approval runs from its start time, so scheduling ahead is possible.
+    base = max(ctx.now(), campaign.scheduled_at) if campaign.scheduled_at else ctx.now()
     row = {
         "campaign_id": campaign.id, "approver": approver, "decision": decision, "content_hash": digest,
         "reason": reason, "created_at": ctx.now(),
-        "expires_at": ctx.now() + ttl if decision == "approved" else None,
+        "expires_at": base + ttl if decision == "approved" else None,
     }
     return await insert_ignore(session, Approval, [row], ["campaign_id", "approver", "content_hash"]) == 1
 
@@ -157,6 +159,23 @@ async def valid_approval(session: AsyncSession, campaign: Campaign, digest: str,
             .limit(1)
         )
     ).scalar_one_or_none()
+
+
+async def approvals_in_force(session: AsyncSession, campaign: Campaign, digest: str, now: datetime) -> list[str]:
+    """Distinct approvers whose unexpired approval matches what will be sent."""
+    rows = (
+        await session.execute(
+            select(Approval.approver)
+            .where(
+                Approval.campaign_id == campaign.id,
+                Approval.decision == "approved",
+                Approval.content_hash == digest,
+                Approval.expires_at > now,
+            )
+            .distinct()
+        )
+    ).scalars().all()
+    return sorted(rows)
 
 
 async def counts(session: AsyncSession, campaign_id: int) -> dict[str, int]:

@@ -9,9 +9,9 @@ if TYPE_CHECKING:
 
 
 def register_all(core: Core) -> None:
-    from bot.commands import campaigns, general, groups, lifecycle
+    from bot.commands import campaigns, general, groups, lifecycle, privacy
 
-    for module in (general, groups, campaigns, lifecycle):
+    for module in (general, groups, campaigns, lifecycle, privacy):
         module.register(core)
     for path in core.commands:
         if len(path) > 1:

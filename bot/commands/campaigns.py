@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import TYPE_CHECKING
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 
@@ -25,14 +27,21 @@ TO = Flag("to", help="a contact list or a group")
 TEMPLATE = Flag("template", help="a template in campaigns.templates_dir (name.html, optional name.txt)")
 SUBJECT = Flag("subject", help="the subject line; a template too, e.g. \"Hello {{ first_name }}\"")
 
-NEW = Spec(("campaign", "new"), (NAME,), (TO, TEMPLATE, SUBJECT), "Start a draft campaign (senders).", ("senders",))
-EDIT = Spec(("campaign", "edit"), (NAME,), (TO, TEMPLATE, SUBJECT),
+NO_TRACKING = Flag("no-tracking", takes_value=False, help="no open pixel and no click redirects in this campaign's mail")
+TRACKING = Flag("tracking", help="on or off: open and click tracking for this campaign")
+AT = Flag("at", help="start time, ISO 8601 with an offset, e.g. 2026-12-01T09:00:00+01:00")
+NEW = Spec(("campaign", "new"), (NAME,), (TO, TEMPLATE, SUBJECT, NO_TRACKING), "Start a draft campaign (senders).",
+           ("senders",))
+EDIT = Spec(("campaign", "edit"), (NAME,), (TO, TEMPLATE, SUBJECT, TRACKING),
             "Change a campaign; an edit voids any approval.", ("senders",))
 PREVIEW = Spec(("campaign", "preview"), (NAME, Arg("recipient", required=False)), (),
                "Render a campaign for one recipient and check the whole audience.", ("senders", "approvers"))
 TEST = Spec(("campaign", "test"), (NAME, Arg("email")), (), "Send one test message to an internal address.",
             ("senders",))
-SUBMIT = Spec(("campaign", "submit"), (NAME,), (), "Ask the approvers to approve a campaign.", ("senders",))
+SUBMIT = Spec(("campaign", "submit"), (NAME,), (AT,),
+              "Ask the approvers to approve a campaign; --at schedules its start.", ("senders",))
+REPORT = Spec(("campaign", "report"), (NAME,), (),
+              "Sent, bounces, unsubscribes, complaints, opens and clicks, with a chart.", ("senders", "approvers"))
 STATUS = Spec(("campaign", "status"), (NAME,), (), "Where a campaign stands.", ("senders", "approvers"))
 PAUSE = Spec(("campaign", "pause"), (NAME,), (), "Pause a sending campaign.", ("senders", "approvers"))
 RESUME = Spec(("campaign", "resume"), (NAME,), (), "Resume a paused campaign.", ("senders", "approvers"))
@@ -47,7 +56,7 @@ def register(core: Core) -> None:
     for spec, fn in (
         (NEW, new), (EDIT, edit), (PREVIEW, preview), (TEST, test), (SUBMIT, submit), (STATUS, status),
         (PAUSE, pause), (RESUME, resume), (CANCEL, cancel), (LIST, list_campaigns), (APPROVE, approve),
-        (REJECT, reject),
+        (REJECT, reject), (REPORT, report),
     ):
         core.command(spec)(fn)
     core.action("campaign.approve")(approve_click)
@@ -78,7 +87,7 @@ async def new(core: Core, req: Request, p: Parsed) -> Message:
             campaign = Campaign(
                 name=name, template=p.flag("template"), subject=subject, audience_kind=kind, audience_name=audience,
                 from_address=ctx.settings.campaigns.from_address, from_name=ctx.settings.campaigns.from_name,
-                created_by=req.email,
+                created_by=req.email, tracking=not p.switch("no-tracking"),
             )
             session.add(campaign)
             await session.flush()
@@ -87,6 +96,8 @@ async def new(core: Core, req: Request, p: Parsed) -> Message:
     except UserError as exc:
         raise _with_usage(exc, NEW) from None
     subject_note = f" with subject “{subject}”" if subject else " (no subject yet: add --subject before submitting)"
+    if p.switch("no-tracking"):
+        subject_note += ", without open and click tracking"
     return Message(f"Draft campaign “{name}” to {kind} {audience}{subject_note}. Next: /campaign preview {name}, "
                    f"then /campaign submit {name}.")
 
@@ -106,8 +117,11 @@ def _owner_or_admin(req: Request, campaign: Campaign, what: str) -> None:
 
 async def edit(core: Core, req: Request, p: Parsed) -> Message:
     ctx = core.ctx
-    if not (p.flag("to") or p.flag("template") or p.flag("subject")):
-        raise UserError("/campaign edit needs at least one of --to, --template, --subject.", EDIT.usage)
+    if not (p.flag("to") or p.flag("template") or p.flag("subject") or p.flag("tracking")):
+        raise UserError("/campaign edit needs at least one of --to, --template, --subject, --tracking.", EDIT.usage)
+    tracking = (p.flag("tracking") or "").lower()
+    if tracking and tracking not in ("on", "off"):
+        raise UserError(f"--tracking takes on or off, not “{tracking[:20]}”.", EDIT.usage)
     try:
         async with ctx.sessions() as session, session.begin():
             campaign = await service.get(session, p.arg("name"))
@@ -120,6 +134,8 @@ async def edit(core: Core, req: Request, p: Parsed) -> Message:
                 values["template"] = p.flag("template")
             if p.flag("subject"):
                 values["subject"] = p.flag("subject")
+            if tracking:
+                values["tracking"] = tracking == "on"
             if p.flag("to"):
                 kind, audience = await resolve_audience(session, ctx.settings, p.flag("to") or "")
                 values.update(audience_kind=kind, audience_name=audience)
@@ -228,8 +244,32 @@ async def test(core: Core, req: Request, p: Parsed) -> Message:
     return Message(f"Sent a test of “{campaign.name}” to {email} (subject: [TEST] {built.rendered.subject}).")
 
 
+def _eta(campaign: Campaign, counts: dict[str, int], now: datetime) -> str | None:
+    total = sum(counts.values())
+    left = counts.get("pending", 0) + counts.get("sending", 0)
+    done = total - left
+    if not left or not done or campaign.started_at is None or campaign.state != "sending":
+        return None
+    elapsed = (now - campaign.started_at).total_seconds()
+    if elapsed <= 0:
+        return None
+    seconds = left / (done / elapsed)
+    if seconds < 90:
+        return f"about {max(1, round(seconds))} s"
+    if seconds < 5400:
+        return f"about {round(seconds / 60)} min"
+    return f"about {seconds / 3600:.1f} h"
+
+
+def _schedule_line(campaign: Campaign) -> str:
+    if campaign.scheduled_at is None:
+        return "as soon as approved"
+    return f"{campaign.scheduled_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC ({campaign.scheduled_at.isoformat()})"
+
+
 def approval_card(core: Core, campaign: Campaign, review: service.Review | None, *, outcome: str | None = None,
-                  counts: dict[str, int] | None = None) -> Card:
+                  counts: dict[str, int] | None = None, approvers: list[str] | None = None) -> Card:
+    settings = core.ctx.settings
     fields: list[tuple[str, str]] = [("Requested by", campaign.submitted_by or campaign.created_by)]
     if review is not None:
         fields.append(("Audience", _audience_line(review, campaign)))
@@ -247,12 +287,22 @@ def approval_card(core: Core, campaign: Campaign, review: service.Review | None,
         fields.append(("Subject", campaign.subject))
     fields.append(("Sender", f"{campaign.from_name} <{campaign.from_address}>" if campaign.from_name else campaign.from_address))
     fields.append(("Template", campaign.template))
+    fields.append(("Schedule", _schedule_line(campaign)))
+    tracked = settings.campaigns.tracking and campaign.tracking
+    fields.append(("Tracking", "opens and clicks" if tracked else "off (no tracking links in the mail)"))
+    needed = settings.campaigns.required_approvals
+    if needed > 1 or approvers:
+        fields.append(("Approvals", f"{len(approvers or [])} of {needed}"
+                       + (f" ({', '.join(approvers)})" if approvers else "")))
     progress = None
     if counts is not None:
         total = sum(counts.values())
         done = total - counts.get("pending", 0) - counts.get("sending", 0)
         progress = done / total if total else 1.0
         fields.append(("Progress", f"{done}/{total} — " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))))
+        eta = _eta(campaign, counts, core.ctx.now())
+        if eta:
+            fields.append(("ETA", eta))
     if outcome is not None:
         fields.append(("Outcome", outcome))
         return Card(title=f"Campaign “{campaign.name}”", fields=tuple(fields), progress=progress,
@@ -268,9 +318,29 @@ def approval_card(core: Core, campaign: Campaign, review: service.Review | None,
                 link=("Preview", preview_url(core, campaign)))
 
 
+def parse_start_time(text: str, now: datetime) -> datetime:
+    """An ISO 8601 time with an offset, in the future and within a year."""
+    raw = text.strip()
+    try:
+        when = datetime.fromisoformat(raw.replace("Z", "+00:00") if raw.endswith("Z") else raw)
+    except ValueError:
+        raise UserError(f"--at “{raw[:40]}” is not an ISO 8601 time such as 2026-12-01T09:00:00+01:00.",
+                        SUBMIT.usage) from None
+    if when.tzinfo is None:
+        raise UserError(f"--at “{raw[:40]}” has no offset: add one (+01:00, Z) so there is no doubt when it starts.",
+                        SUBMIT.usage)
+    when = when.astimezone(UTC)
+    if when <= now:
+        raise UserError(f"--at {raw[:40]} is in the past; give a time from now on.", SUBMIT.usage)
+    if when > now + timedelta(days=366):
+        raise UserError("--at is more than a year ahead; schedule it closer to the date.", SUBMIT.usage)
+    return when
+
+
 async def submit(core: Core, req: Request, p: Parsed) -> Message:
     ctx = core.ctx
     try:
+        when = parse_start_time(p.flag("at") or "", ctx.now()) if p.flag("at") else None
         async with ctx.sessions() as session, session.begin():
             campaign = await service.get(session, p.arg("name"))
             _owner_or_admin(req, campaign, "submit")
@@ -281,12 +351,14 @@ async def submit(core: Core, req: Request, p: Parsed) -> Message:
                 raise UserError(f"“{campaign.name}” can't be submitted yet: " + " ".join(review.problems))
             digest = service.current_hash(ctx, campaign)
             won = await service.transition(session, campaign.id, ("draft", "rejected"), "pending_approval",
-                                           content_hash=digest, submitted_by=req.email)
+                                           content_hash=digest, submitted_by=req.email, scheduled_at=when)
             if not won:
                 raise UserError(f"“{campaign.name}” was submitted by someone else just now.")
             campaign.state, campaign.content_hash, campaign.submitted_by = "pending_approval", digest, req.email
+            campaign.scheduled_at = when
             service.audit_campaign(session, campaign, actor=req.email, via=req.via, action="campaign.submit",
-                                   before="draft", after="pending_approval", detail=f"hash {digest[:12]}")
+                                   before="draft", after="pending_approval",
+                                   detail=f"hash {digest[:12]}" + (f", start {when.isoformat()}" if when else ""))
     except UserError as exc:
         raise _with_usage(exc, SUBMIT) from None
     card = approval_card(core, campaign, review)
@@ -294,15 +366,19 @@ async def submit(core: Core, req: Request, p: Parsed) -> Message:
                            subject=f"campaign:{campaign.id}")
     where = "to the approvers" if refs else "(no approvals channel is configured: approvers can type /approve)"
     approvers = ", ".join(a for a in ctx.settings.roles.approvers if a != req.email) or "nobody yet"
+    start = f" It starts at {_schedule_line(campaign)} once approved." if when else ""
     return Message(f"Submitted “{campaign.name}” for approval {where}. Approvers: {approvers}. "
                    f"It goes to {review.audience.total} recipient{'s' if review.audience.total != 1 else ''} once "
-                   "approved.")
+                   f"approved.{start}")
 
 
 async def _decide(core: Core, req: Request, campaign_ref: str, decision: str, reason: str | None, spec: Spec,
                   *, by_id: bool = False) -> Message:
     """`campaign_ref` is a name (typed) or, from a button, an id; a name may be all digits."""
     ctx = core.ctx
+    needed = ctx.settings.campaigns.required_approvals
+    approvers: list[str] = []
+    new_state = "pending_approval"
     if not req.has("approvers"):
         raise PermissionDenied("Only approvers can approve or reject campaigns.")
     async with ctx.sessions() as session, session.begin():
@@ -331,38 +407,94 @@ async def _decide(core: Core, req: Request, campaign_ref: str, decision: str, re
         if digest != campaign.content_hash:
             raise UserError(f"“{campaign.name}” changed after it was submitted (its template, subject, audience or "
                             "sender); it must be submitted again.")
-        if not await service.record_decision(ctx, session, campaign, approver=req.email,
-                                             decision="approved" if decision == "approve" else "rejected",
-                                             reason=reason, digest=digest):
-            raise UserError(f"Your decision on “{campaign.name}” is already recorded; nothing changed.")
+        fresh = await service.record_decision(ctx, session, campaign, approver=req.email,
+                                              decision="approved" if decision == "approve" else "rejected",
+                                              reason=reason, digest=digest)
+        if not fresh:
+            raise UserError(f"You already decided on “{campaign.name}”; it needs another approver now.")
         if decision == "approve":
-            won = await service.transition(session, campaign.id, ("pending_approval",), "approved")
-            new_state = "approved"
+            approvers = await service.approvals_in_force(session, campaign, digest, ctx.now())
+            if len(approvers) < needed:
+                service.audit_campaign(session, campaign, actor=req.email, via=req.via, action="campaign.approve",
+                                       before="pending_approval", after="pending_approval",
+                                       detail=f"{len(approvers)} of {needed} approvals")
+                won = True
+            else:
+                scheduled = campaign.scheduled_at is not None and campaign.scheduled_at > ctx.now()
+                new_state = "scheduled" if scheduled else "approved"
+                won = await service.transition(session, campaign.id, ("pending_approval",), new_state)
         else:
             won = await service.transition(session, campaign.id, ("pending_approval",), "rejected",
                                            status_note=f"Rejected by {req.email}: {reason}")
             new_state = "rejected"
         if not won:
             raise UserError(f"“{campaign.name}” was decided by someone else just now.")
-        service.audit_campaign(session, campaign, actor=req.email, via=req.via, action=f"campaign.{decision}",
-                               before="pending_approval", after=new_state, detail=reason)
+        if new_state != "pending_approval":
+            service.audit_campaign(session, campaign, actor=req.email, via=req.via, action=f"campaign.{decision}",
+                                   before="pending_approval", after=new_state, detail=reason)
     if decision == "reject":
         card = approval_card(core, campaign, None, outcome=f"Rejected by {req.email}: {reason}")
         await core.update_subject(f"campaign:{campaign.id}", Message(f"“{campaign.name}” was rejected.", card))
         return Message(f"Rejected “{campaign.name}”. {campaign.submitted_by or campaign.created_by} can edit and "
                        "submit it again.")
+    if new_state == "pending_approval":
+        async with ctx.sessions() as session:
+            review = await service.review(ctx, session, campaign)
+        card = approval_card(core, campaign, review, approvers=approvers)
+        await core.update_subject(f"campaign:{campaign.id}",
+                                  Message(f"“{campaign.name}” has {len(approvers)} of {needed} approvals.", card))
+        return Message(f"Approved “{campaign.name}” ({len(approvers)} of {needed} approvals); it needs "
+                       f"{needed - len(approvers)} more before it is sent.")
+    who = ", ".join(approvers)
+    if new_state == "scheduled":
+        await schedule_start(core, campaign)
+        card = approval_card(core, campaign, None, outcome=f"Approved by {who}; starts {_schedule_line(campaign)}",
+                             approvers=approvers)
+        await core.update_subject(f"campaign:{campaign.id}", Message(f"“{campaign.name}” was approved.", card))
+        return Message(f"Approved “{campaign.name}”; it starts at {_schedule_line(campaign)}. "
+                       f"/campaign status {campaign.name} shows it.")
     start_sending(core, campaign.id, req.email)
-    card = approval_card(core, campaign, None, outcome=f"Approved by {req.email}; sending…")
+    card = approval_card(core, campaign, None, outcome=f"Approved by {who}; sending…", approvers=approvers)
     await core.update_subject(f"campaign:{campaign.id}", Message(f"“{campaign.name}” was approved.", card))
     return Message(f"Approved “{campaign.name}”; sending has started. /campaign status {campaign.name} shows progress.")
 
 
+def start_job_id(campaign_id: int) -> str:
+    return f"campaign-start-{campaign_id}"
+
+
+async def schedule_start(core: Core, campaign: Campaign) -> None:
+    """Put the start in the persistent job store (it survives a restart; one process runs it)."""
+    from bot.scheduler import ensure_scheduler
+
+    assert campaign.scheduled_at is not None
+    scheduler = await ensure_scheduler(core, run_jobs=False)
+    scheduler.at(start_job_id(campaign.id), campaign.scheduled_at, "bot.campaigns.jobs:start_campaign",
+                 campaign_id=campaign.id)
+
+
+def _runs(core: Core) -> dict[int, asyncio.Task[Any]]:
+    return core.services.setdefault("campaign_runs", {})  # type: ignore[no-any-return]
+
+
 def start_sending(core: Core, campaign_id: int, actor: str) -> None:
-    core.spawn(_send(core, campaign_id, actor, start=True), name=f"campaign-{campaign_id}")
+    _spawn_run(core, campaign_id, actor, start=True)
 
 
 def resume_sending(core: Core, campaign_id: int) -> None:
-    core.spawn(_send(core, campaign_id, "system", start=False), name=f"campaign-{campaign_id}")
+    """Run a `sending` campaign here unless this process already does."""
+    _spawn_run(core, campaign_id, "system", start=False)
+
+
+def is_running_here(core: Core, campaign_id: int) -> bool:
+    task = _runs(core).get(campaign_id)
+    return task is not None and not task.done()
+
+
+def _spawn_run(core: Core, campaign_id: int, actor: str, *, start: bool) -> None:
+    if is_running_here(core, campaign_id):
+        return  # the running task notices a resume itself (see _send)
+    _runs(core)[campaign_id] = core.spawn(_send(core, campaign_id, actor, start=start), name=f"campaign-{campaign_id}")
 
 
 async def _send(core: Core, campaign_id: int, actor: str, *, start: bool) -> None:
@@ -375,13 +507,31 @@ async def _send(core: Core, campaign_id: int, actor: str, *, start: bool) -> Non
         last_update[0] = now
         await refresh_card(core, cid, what)
 
-    engine = DeliveryEngine(core.ctx, on_event=on_event, worker_id=core.worker_id)
+    runs = _runs(core)
+    me = asyncio.current_task()
     if start:
+        engine = DeliveryEngine(core.ctx, on_event=on_event, worker_id=core.worker_id)
         state = await engine.start(campaign_id, actor)
         if state != "sending":
             await refresh_card(core, campaign_id, state)
+            if runs.get(campaign_id) is me:
+                runs.pop(campaign_id, None)
             return
-    await engine.run(campaign_id)
+    while True:
+        engine = DeliveryEngine(core.ctx, on_event=on_event, worker_id=core.worker_id)
+        core.services.setdefault("engines", {})[campaign_id] = engine
+        result = await engine.run(campaign_id)
+        if runs.get(campaign_id) is me:
+            runs.pop(campaign_id, None)
+        # A resume that came while this run was winding down found it still alive and left the
+        # work to it: look once more, and carry on unless another run took over.
+        if result.state in ("completed", "failed", "cancelled", "missing") or engine._stop.is_set():
+            return
+        async with core.ctx.sessions() as session:
+            state = (await session.execute(select(Campaign.state).where(Campaign.id == campaign_id))).scalar_one()
+        if state != "sending" or campaign_id in runs:
+            return
+        runs[campaign_id] = me  # type: ignore[assignment]
 
 
 async def refresh_card(core: Core, campaign_id: int, what: str) -> None:
@@ -390,19 +540,25 @@ async def refresh_card(core: Core, campaign_id: int, what: str) -> None:
         if campaign is None:
             return
         counts = await service.counts(session, campaign_id)
-        approver = (await session.execute(
-            select(Approval.approver).where(Approval.campaign_id == campaign_id, Approval.decision == "approved")
-            .order_by(Approval.id.desc()).limit(1))).scalar_one_or_none()
+        approvers = sorted(set((await session.execute(
+            select(Approval.approver).where(Approval.campaign_id == campaign_id, Approval.decision == "approved",
+                                            Approval.content_hash == campaign.content_hash))).scalars().all()))
     state = campaign.state
+    who = ", ".join(approvers) or "nobody"
     outcome = {
-        "sending": f"Approved by {approver}; sending…",
-        "completed": f"Approved by {approver}; sent — {counts.get('sent', 0)} delivered to the mail server",
+        "sending": f"Approved by {who}; sending…",
+        "scheduled": f"Approved by {who}; starts {_schedule_line(campaign)}",
+        "completed": f"Approved by {who}; sent — {counts.get('sent', 0)} delivered to the mail server",
         "paused": f"Paused. {campaign.status_note or ''}".strip(),
         "failed": f"Failed. {campaign.status_note or ''}".strip(),
         "cancelled": "Cancelled.",
     }.get(state, state)
-    card = approval_card(core, campaign, None, outcome=outcome, counts=counts)
+    card = approval_card(core, campaign, None, outcome=outcome, counts=counts, approvers=approvers)
     await core.update_subject(f"campaign:{campaign_id}", Message(f"“{campaign.name}”: {state}.", card))
+    if what == "auto-paused" and campaign.status_note:
+        # Say why in the chat, not only on the card: someone has to act on it.
+        await core.post("approvals", Message(f"Campaign “{campaign.name}”: {campaign.status_note}"))
+
 
 
 async def approve(core: Core, req: Request, p: Parsed) -> Message:
@@ -452,9 +608,31 @@ async def status(core: Core, req: Request, p: Parsed) -> Message:
     if counts:
         total = sum(counts.values())
         lines.append(f"  {total} recipients: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    if campaign.scheduled_at is not None and campaign.state in ("pending_approval", "approved", "scheduled"):
+        lines.append(f"  starts {_schedule_line(campaign)}"
+                     + (" (in the persistent schedule)" if campaign.state == "scheduled" else " once approved"))
+    needed = core.ctx.settings.campaigns.required_approvals
+    if campaign.state == "pending_approval" and needed > 1:
+        got = {d.approver for d in decisions if d.decision == "approved"}
+        lines.append(f"  {len(got)} of {needed} approvals")
     if campaign.status_note:
         lines.append(f"  {campaign.status_note}")
+    eta = _eta(campaign, counts, core.ctx.now()) if counts else None
+    if eta:
+        lines.append(f"  about {eta.removeprefix('about ')} to go")
     return Message("\n".join(lines))
+
+
+async def report(core: Core, req: Request, p: Parsed) -> Message:
+    from bot.campaigns.report import build_report, render_chart
+
+    campaign = await _load(core, p.arg("name"), REPORT)
+    if campaign.state in ("draft", "pending_approval", "approved", "scheduled", "rejected"):
+        raise UserError(f"“{campaign.name}” is {campaign.state.replace('_', ' ')}; it has no report until it is sent.",
+                        REPORT.usage)
+    figures = await build_report(core.ctx, campaign)
+    chart = await render_chart(core.ctx, campaign, figures)
+    return Message(figures.text(), attachments=(str(chart),) if chart else ())
 
 
 async def list_campaigns(core: Core, req: Request, p: Parsed) -> Message:
@@ -500,5 +678,8 @@ async def resume(core: Core, req: Request, p: Parsed) -> Message:
 async def cancel(core: Core, req: Request, p: Parsed) -> Message:
     c = await _set_state(core, req, p, CANCEL, ("draft", "pending_approval", "approved", "scheduled", "sending", "paused"),
                          "cancelled", "cancel")
+    scheduler = core.services.get("scheduler")
+    if scheduler is not None:
+        scheduler.cancel(start_job_id(c.id))
     await refresh_card(core, c.id, "cancelled")
     return Message(f"Cancelled “{c.name}”; no more messages will be sent.")

@@ -184,6 +184,7 @@ class Delivery(Base):
     __table_args__ = (
         UniqueConstraint("campaign_id", "email", name="uq_delivery_campaign_email"),
         Index("ix_deliveries_claim", "campaign_id", "status", "id"),
+        Index("ix_deliveries_email_sent", "email", "sent_at"),  # the frequency cap's look-up
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
@@ -199,6 +200,24 @@ class Delivery(Base):
     next_attempt_at: Mapped[datetime | None]  # a 4xx waits here before the next try
     sent_at: Mapped[datetime | None]
     message_id: Mapped[str | None] = mapped_column(String(300))
+
+
+class CampaignEvent(Base):
+    """What happened to a campaign message after it left: open, click, bounce, complaint.
+
+    Holds the delivery id and a hash of the address, never the address itself, so an erasure
+    leaves nothing personal here while the campaign's report keeps its counts.
+    """
+
+    __tablename__ = "campaign_events"
+    __table_args__ = (Index("ix_campaign_events_campaign_kind", "campaign_id", "kind"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
+    delivery_id: Mapped[int | None] = mapped_column(BigInteger)
+    email_hash: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(20))  # open | click | soft_bounce | hard_bounce | complaint
+    detail: Mapped[str | None] = mapped_column(Text)  # the clicked URL, the DSN's status and diagnostic
+    at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class AuditEntry(Base):

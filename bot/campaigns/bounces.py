@@ -1,0 +1,193 @@
+"""Bounces and complaints: the embedded SMTP server's VERP route, DSN parsing, and recording.
+
+A campaign message's return path is `bounces+<delivery>-<mac>@<domain>` (bot/campaigns/tracking.py),
+so a bounce names its delivery without trusting the bounce's body. The body is parsed as a
+delivery status notification (RFC 3464, `multipart/report; report-type=delivery-status`) to tell
+a hard bounce (5.x.x: suppressed at once) from a soft one (4.x.x, or 5.2.2 mailbox full and
+5.7.x policy blocks: suppressed after `campaigns.soft_bounce_limit` of them), and an abuse report
+(RFC 5965, `report-type=feedback-report`) is a complaint (suppressed at once).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from email import message_from_bytes, policy
+from email.message import Message as EmailMessage
+
+from sqlalchemy import func, select
+
+from bot import audit
+from bot.addresses import email_hash
+from bot.campaigns.tracking import VERP_RE, verp_delivery
+from bot.context import Context
+from bot.db.models import Campaign, CampaignEvent, Delivery, ProcessedEvent
+from bot.db.upsert import insert_ignore
+from bot.mail.server import Route
+from bot.suppressions import suppress
+
+log = logging.getLogger(__name__)
+STATUS_RE = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str  # hard_bounce | soft_bounce | complaint
+    status: str  # the enhanced status code, e.g. 5.1.1 ("" for a complaint)
+    recipient: str | None  # Final-Recipient, as the reporting MTA saw it
+    diagnostic: str
+
+    @property
+    def detail(self) -> str:
+        return " ".join(p for p in (self.status, self.diagnostic) if p)[:500]
+
+
+def classify_status(status: str, action: str = "failed") -> str | None:
+    """hard_bounce, soft_bounce, or None for a status that is not a failure (delivered, relayed)."""
+    action = action.strip().lower()
+    if action in ("delivered", "relayed", "expanded"):
+        return None
+    if action == "delayed":
+        return "soft_bounce"
+    m = STATUS_RE.search(status)
+    if m is None:
+        return "soft_bounce" if action == "failed" else None
+    klass, subject, detail = m.groups()
+    if klass == "2":
+        return None
+    if klass == "4":
+        return "soft_bounce"
+    if (subject, detail) == ("2", "2") or subject == "7":
+        return "soft_bounce"  # mailbox full, policy or reputation blocks: may clear up
+    return "hard_bounce"
+
+
+def _field(block: EmailMessage, name: str) -> str:
+    value = block.get(name)
+    return str(value).strip() if value is not None else ""
+
+
+def parse_report(data: bytes) -> list[Finding]:
+    """What a bounce or an abuse report says, one Finding per failed recipient."""
+    msg = message_from_bytes(data, policy=policy.compat32)
+    found: list[Finding] = []
+    if msg.get_content_type() == "multipart/report":
+        report_type = (msg.get_param("report-type") or "").lower()  # type: ignore[union-attr]
+        for part in msg.walk():
+            ctype = part.get_content_type()
+            if ctype == "message/feedback-report" or (report_type == "feedback-report" and not found
+                                                      and ctype == "text/plain"):
+                found.append(Finding("complaint", "", None, "abuse report (feedback-report)"))
+                continue
+            if ctype != "message/delivery-status":
+                continue
+            payload = part.get_payload()
+            blocks = payload if isinstance(payload, list) else []
+            for block in blocks[1:] if len(blocks) > 1 else blocks:
+                action = _field(block, "Action")
+                status = _field(block, "Status")
+                if not action and not status:
+                    continue
+                kind = classify_status(status, action or "failed")
+                if kind is None:
+                    continue
+                recipient = _field(block, "Final-Recipient") or _field(block, "Original-Recipient")
+                found.append(Finding(kind, status, recipient.split(";", 1)[-1].strip() or None,
+                                     " ".join(_field(block, "Diagnostic-Code").split())))
+        if found:
+            return found
+    # Not a standard report: many MTAs still quote the enhanced status code in plain text.
+    text = _plain_text(msg)
+    m = STATUS_RE.search(text)
+    if m is not None and m.group(1) in "45":
+        kind = classify_status(m.group(0))
+        if kind:
+            return [Finding(kind, m.group(0), None, "non-standard bounce")]
+    return []
+
+
+def _plain_text(msg: EmailMessage) -> str:
+    for part in msg.walk():
+        if part.get_content_type() == "text/plain":
+            payload = part.get_payload(decode=True)
+            if isinstance(payload, bytes):
+                return payload.decode("utf-8", "replace")[:20000]
+    return ""
+
+
+async def record_finding(ctx: Context, delivery_id: int | None, finding: Finding, *, via: str,
+                         email: str | None = None) -> str | None:
+    """Store the event and suppress as its kind says. Returns the suppression reason applied, if any."""
+    async with ctx.sessions() as session, session.begin():
+        row = None
+        if delivery_id is not None:
+            row = (await session.execute(select(Delivery.campaign_id, Delivery.email)
+                                         .where(Delivery.id == delivery_id))).first()
+        elif email is not None:  # an email service's notification without our return path
+            row = (await session.execute(select(Delivery.campaign_id, Delivery.email, Delivery.id)
+                                         .where(Delivery.email == email.lower(), Delivery.status == "sent")
+                                         .order_by(Delivery.sent_at.desc()).limit(1))).first()
+            if row is not None:
+                delivery_id = row.id
+        if row is None:
+            log.info("a %s for an unknown delivery was ignored", finding.kind)
+            return None
+        address = row.email
+        hashed = email_hash(address)
+        session.add(CampaignEvent(campaign_id=row.campaign_id, delivery_id=delivery_id, email_hash=hashed,
+                                  kind=finding.kind, detail=finding.detail or None, at=ctx.now()))
+        await session.flush()
+        name = (await session.execute(select(Campaign.name).where(Campaign.id == row.campaign_id))).scalar_one()
+        reason: str | None = None
+        if finding.kind == "hard_bounce":
+            reason = "hard_bounce"
+        elif finding.kind == "complaint":
+            reason = "complaint"
+        else:
+            soft = (await session.execute(select(func.count()).select_from(CampaignEvent).where(
+                CampaignEvent.email_hash == hashed, CampaignEvent.kind == "soft_bounce"))).scalar_one()
+            if soft >= ctx.settings.campaigns.soft_bounce_limit:
+                reason = "soft_bounce"
+        if reason is not None and "@erased.invalid" not in address:
+            if await suppress(session, address, reason, f"{via}: campaign {name}: {finding.detail}"[:200],
+                              row.campaign_id):
+                audit.record(session, actor="system", via=via, action="suppression.add",
+                             subject=f"contact:{address}", after={"reason": reason}, detail=finding.detail)
+        return reason
+
+
+class BounceMailbox:
+    """The embedded SMTP server's route for VERP return paths."""
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+
+    async def accepts(self, rcpt: str, mail_from: str) -> str | None:
+        if verp_delivery(self.ctx.signer, rcpt) is not None:
+            return "250 OK"
+        if VERP_RE.match(rcpt) or rcpt.startswith("bounces+"):
+            return f"550 5.1.1 <{rcpt}>: not a return path of this server"
+        return None
+
+    async def deliver(self, mail_from: str, rcpts: list[str], data: bytes) -> str:
+        msg_id = message_from_bytes(data[:20000], policy=policy.compat32).get("Message-ID")
+        if msg_id:
+            async with self.ctx.sessions() as session, session.begin():
+                first = await insert_ignore(session, ProcessedEvent,
+                                            [{"source": "dsn", "event_id": str(msg_id).strip()[:300]}],
+                                            ["source", "event_id"]) == 1
+            if not first:
+                return "250 OK (already processed)"
+        findings = parse_report(data)
+        if not findings:
+            log.info("mail to a return path was neither a bounce nor a complaint (an auto-reply?); ignored")
+            return "250 OK"
+        order = {"complaint": 0, "hard_bounce": 1, "soft_bounce": 2}
+        finding = min(findings, key=lambda f: order[f.kind])  # a return path stands for one delivery
+        for rcpt in rcpts:
+            await record_finding(self.ctx, verp_delivery(self.ctx.signer, rcpt), finding, via="dsn")
+        return "250 OK"
+
+    def route(self) -> Route:
+        return Route("bounces", self.accepts, self.deliver)

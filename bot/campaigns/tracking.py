@@ -1,0 +1,96 @@
+"""Per-recipient links in campaign mail: the VERP return path, the open pixel and click redirects.
+
+Every link is signed, so the web app only ever redirects to a URL that Postroom itself put in a
+message for that delivery (no open redirect), and a bounce is attributed by its return path
+without trusting what the bounce says about the recipient.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+from bot.links import Signer
+
+_HREF = re.compile(r'(<a\b[^>]*?\bhref=")(https?://[^"]+)(")', re.I)
+VERP_RE = re.compile(r"^bounces\+([0-9a-z]{1,13})-([0-9a-f]{16})@([a-z0-9.-]+)$")
+
+
+def verp_address(signer: Signer, delivery_id: int, domain: str) -> str:
+    ident = _base36(delivery_id)
+    return f"bounces+{ident}-{signer.short_mac('verp:' + ident)}@{domain}"
+
+
+def verp_delivery(signer: Signer, address: str) -> int | None:
+    """The delivery id a VERP return path stands for, or None when it is not one of ours."""
+    m = VERP_RE.match(address.strip().lower())
+    if m is None or signer.short_mac("verp:" + m.group(1)) != m.group(2):
+        return None
+    return int(m.group(1), 36)
+
+
+def _base36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+        if n == 0:
+            return out
+
+
+def click_token(signer: Signer, delivery_id: int, url: str) -> str:
+    # '|' separates signed parts: escape it (and '%', so the URL comes back byte for byte).
+    if "|" in url or "%" in url:
+        url = url.replace("%", "%25").replace("|", "%7C")
+    return signer.sign("c", str(delivery_id), url)
+
+
+def open_token(signer: Signer, delivery_id: int) -> str:
+    return signer.sign("o", str(delivery_id))
+
+
+def verify_click(signer: Signer, token: str) -> tuple[int, str] | None:
+    """(delivery id, URL) for an untampered click token whose URL is http(s); else None."""
+    parts = signer.verify(token, "c")
+    if not parts or len(parts) != 2 or not parts[0].isdigit():
+        return None
+    url = parts[1].replace("%7C", "|").replace("%25", "%")
+    if not re.match(r"^https?://[^/\s\\]+", url, re.I) or any(c in url for c in "\r\n"):
+        return None
+    return int(parts[0]), url
+
+
+def verify_open(signer: Signer, token: str) -> int | None:
+    parts = signer.verify(token.removesuffix(".gif"), "o")
+    if not parts or len(parts) != 1 or not parts[0].isdigit():
+        return None
+    return int(parts[0])
+
+
+class LinkTracker:
+    """Rewrites a rendered HTML part for one delivery: links through /c/, a pixel through /o/."""
+
+    def __init__(self, signer: Signer, base_url: str):
+        self.signer = signer
+        self.base = base_url
+        self._skip = base_url + "/u/"  # the unsubscribe link stays direct and readable
+
+    def rewrite(self, body: str, delivery_id: int) -> str:
+        signer, base, skip = self.signer, self.base, self._skip
+
+        def link(m: re.Match[str]) -> str:
+            url = m.group(2)
+            if "&" in url:
+                url = html.unescape(url)
+            if url.startswith(skip):
+                return m.group(0)
+            return f"{m.group(1)}{base}/c/{click_token(signer, delivery_id, url)}{m.group(3)}"
+
+        body = _HREF.sub(link, body)
+        pixel = (f'<img src="{base}/o/{open_token(signer, delivery_id)}.gif" width="1" height="1" alt="" '
+                 'style="display:block;border:0">')
+        end = body.lower().rfind("</body")
+        if end < 0:
+            return body + pixel
+        return body[:end] + pixel + body[end:]

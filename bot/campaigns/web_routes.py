@@ -1,0 +1,148 @@
+"""Campaign endpoints on the web app: open pixel, click redirect, and the email-events webhook.
+
+Click redirects go only to URLs signed into a message by Postroom (no open redirect): a tampered
+or foreign token gets a 400 page, never a redirect.
+
+The webhook is the extension point for an email service (SES, SendGrid, Postmark, …) that reports
+bounces and complaints over HTTP instead of by mail. A small translator on your side turns the
+service's payload into this one and signs it:
+
+    POST /hooks/email-events
+    X-Postroom-Timestamp: <unix seconds>
+    X-Postroom-Signature: v1=<hex HMAC-SHA256(campaigns.webhook_secret, "<timestamp>.<raw body>")>
+    {"events": [{"id": "evt-1", "type": "bounce", "bounce": "hard", "email": "x@example.com",
+                 "return_path": "bounces+…@…", "status": "5.1.1", "detail": "user unknown"},
+                {"id": "evt-2", "type": "complaint", "email": "y@example.com"}]}
+
+`return_path` (the VERP address the message went out with) is preferred; without it the latest
+message sent to `email` is the one meant. Events are idempotent by `id`. Timestamps older than
+five minutes are refused. With no webhook_secret configured the endpoint answers 404.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from bot.addresses import email_hash
+from bot.campaigns.bounces import Finding, classify_status, record_finding
+from bot.campaigns.tracking import verify_click, verify_open, verp_delivery
+from bot.db.models import CampaignEvent, Delivery, ProcessedEvent
+from bot.db.upsert import insert_ignore
+
+if TYPE_CHECKING:
+    from bot.core import Core
+
+PIXEL = bytes.fromhex("47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b")
+MAX_WEBHOOK_BYTES = 1_000_000
+MAX_SKEW_S = 300
+
+
+def campaign_routes(core: Core) -> list[Route]:
+    ctx = core.ctx
+    signer = ctx.signer
+
+    async def record(delivery_id: int, kind: str, detail: str | None) -> None:
+        async with ctx.sessions() as session, session.begin():
+            row = (await session.execute(select(Delivery.campaign_id, Delivery.email)
+                                         .where(Delivery.id == delivery_id))).first()
+            if row is None:
+                return  # erased or deleted since: nothing to count
+            session.add(CampaignEvent(campaign_id=row.campaign_id, delivery_id=delivery_id,
+                                      email_hash=email_hash(row.email), kind=kind, detail=detail, at=ctx.now()))
+
+    async def open_pixel(request: Request) -> Response:
+        delivery_id = verify_open(signer, request.path_params["token"])
+        if delivery_id is None:
+            return Response(status_code=400)
+        await record(delivery_id, "open", None)
+        return Response(PIXEL, media_type="image/gif",
+                        headers={"Cache-Control": "no-store, private", "Referrer-Policy": "no-referrer"})
+
+    async def click(request: Request) -> Response:
+        found = verify_click(signer, request.path_params["token"])
+        if found is None:
+            return HTMLResponse("<!doctype html><title>Link not valid</title><p>This link is not valid. If you "
+                                "copied it from an email, check that it is complete.</p>", status_code=400,
+                                headers={"Cache-Control": "no-store"})
+        delivery_id, url = found
+        await record(delivery_id, "click", url[:2000])
+        return RedirectResponse(url, status_code=302, headers={"Cache-Control": "no-store",
+                                                               "Referrer-Policy": "no-referrer"})
+
+    async def email_events(request: Request) -> Response:
+        secret = ctx.settings.campaigns.webhook_secret
+        if not secret:
+            return JSONResponse({"error": "not enabled"}, status_code=404)
+        body = await request.body()
+        if len(body) > MAX_WEBHOOK_BYTES:
+            return JSONResponse({"error": "body too large"}, status_code=413)
+        ts = request.headers.get("x-postroom-timestamp", "")
+        given = request.headers.get("x-postroom-signature", "")
+        if not ts.isdigit() or abs(time.time() - int(ts)) > MAX_SKEW_S:
+            return JSONResponse({"error": "stale or missing timestamp"}, status_code=401)
+        expected = "v1=" + hmac.new(secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, given):
+            return JSONResponse({"error": "bad signature"}, status_code=401)
+        try:
+            payload = json.loads(body)
+            events = payload["events"]
+            if not isinstance(events, list):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse({"error": "expected {\"events\": [...]}"}, status_code=400)
+        accepted = ignored = 0
+        for event in events[:1000]:
+            finding, delivery_id, email = _translate(event, signer)
+            if finding is None:
+                ignored += 1
+                continue
+            event_id = str(event.get("id") or "")[:300]
+            if event_id:
+                async with ctx.sessions() as session, session.begin():
+                    if await insert_ignore(session, ProcessedEvent, [{"source": "hook:email-events",
+                                                                      "event_id": event_id}],
+                                           ["source", "event_id"]) != 1:
+                        ignored += 1
+                        continue
+            await record_finding(ctx, delivery_id, finding, via="webhook", email=email)
+            accepted += 1
+        return JSONResponse({"accepted": accepted, "ignored": ignored})
+
+    return [
+        Route("/o/{token}", open_pixel, methods=["GET"]),
+        Route("/c/{token}", click, methods=["GET"]),
+        Route("/hooks/email-events", email_events, methods=["POST"]),
+    ]
+
+
+def _translate(event: Any, signer: Any) -> tuple[Finding | None, int | None, str | None]:
+    if not isinstance(event, dict):
+        return None, None, None
+    kind = str(event.get("type", "")).lower()
+    email = str(event.get("email") or "").strip().lower() or None
+    delivery_id = verp_delivery(signer, str(event.get("return_path") or ""))
+    if delivery_id is None and email is None:
+        return None, None, None
+    detail = " ".join(str(event.get("detail") or "").split())[:300]
+    if kind == "complaint":
+        return Finding("complaint", "", email, detail or "complaint"), delivery_id, email
+    if kind == "bounce":
+        status = str(event.get("status") or "")
+        hint = str(event.get("bounce") or "").lower()
+        if hint in ("hard", "permanent"):
+            found = "hard_bounce"
+        elif hint in ("soft", "transient"):
+            found = "soft_bounce"
+        else:
+            found = classify_status(status) or "soft_bounce"
+        return Finding(found, status, email, detail), delivery_id, email
+    return None, None, None

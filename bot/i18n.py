@@ -1,0 +1,71 @@
+"""One translation layer for every text a person reads: replies, errors, cards, reports.
+
+Texts are written in English with named placeholders and passed through `t()`:
+
+    raise UserError(t("There is no group {name}.", name=name))
+
+The locale is a context variable: the core sets it for each command, click and background task
+from the adapter's locale (config; DingTalk and WeCom default to zh_CN) or the person's own choice
+(`/lang`). Catalogs are JSON files in `bot/locale/<locale>/*.json` mapping the English text to its
+translation; a test fails when a `t()` text has no zh_CN entry.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+LOCALES = ("en", "zh_CN")
+DEFAULT = "en"
+_current: ContextVar[str] = ContextVar("postroom_locale", default=DEFAULT)
+CATALOG_DIR = Path(__file__).parent / "locale"
+
+
+@cache
+def catalog(locale: str) -> dict[str, str]:
+    merged: dict[str, str] = {}
+    folder = CATALOG_DIR / locale
+    if folder.is_dir():
+        for path in sorted(folder.glob("*.json")):
+            merged.update(json.loads(path.read_text(encoding="utf-8")))
+    return merged
+
+
+def normalise_locale(value: str | None) -> str:
+    if not value:
+        return DEFAULT
+    v = value.replace("-", "_").strip()
+    for known in LOCALES:
+        if v.lower() == known.lower() or v.lower().split("_")[0] == known.lower().split("_")[0]:
+            return known
+    return DEFAULT
+
+
+def current() -> str:
+    return _current.get()
+
+
+def set_locale(locale: str | None) -> None:
+    _current.set(normalise_locale(locale))
+
+
+@contextmanager
+def using(locale: str | None) -> Iterator[None]:
+    token = _current.set(normalise_locale(locale))
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def t(text: str, /, **values: Any) -> str:
+    """`text` in the current locale, with `{placeholders}` filled in."""
+    locale = _current.get()
+    if locale != DEFAULT:
+        text = catalog(locale).get(text, text)
+    return text.format(**values) if values else text
