@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 class Adapter(ABC):
     platform: str = ""
+    locale: str = "en"  # the language of this messenger's people unless they choose another (/lang)
 
     @abstractmethod
     async def start(self, core: Core) -> None:

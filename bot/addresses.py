@@ -7,6 +7,7 @@ import hashlib
 from email_validator import EmailNotValidError, validate_email
 
 from bot.errors import UserError
+from bot.i18n import t
 
 
 def normalise(address: str) -> str:
@@ -15,12 +16,13 @@ def normalise(address: str) -> str:
     if text.lower().startswith("mailto:"):
         text = text[7:]
     if not text or "@" not in text:
-        raise UserError(f"{_show(address)} is not an email address.")
+        raise UserError(t("{text} is not an email address.", text=_show(address)))
     try:
         result = validate_email(text, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
         reason = str(exc).rstrip(".")
-        raise UserError(f"{_show(address)} is not a valid email address: {reason[0].lower() + reason[1:]}.") from None
+        raise UserError(t("{text} is not a valid email address: {reason}.", text=_show(address),
+                           reason=reason[0].lower() + reason[1:])) from None
     return result.normalized.lower()
 
 

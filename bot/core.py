@@ -15,14 +15,16 @@ from typing import Any
 
 from sqlalchemy import select
 
+from bot import i18n
 from bot.adapter import Adapter
 from bot.addresses import normalise
 from bot.commands.parser import Parsed, Spec, parse, tokenize
 from bot.context import Context
-from bot.db.models import Identity, MessageRecord, ProcessedEvent
+from bot.db.models import Identity, MessageRecord, Preference, ProcessedEvent
 from bot.db.upsert import insert_ignore
 from bot.errors import PermissionDenied, UserError
 from bot.events import Action, Actor, Command, Conversation, Message, MessageRef, PersonEvent
+from bot.i18n import t
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +101,8 @@ class Core:
                 break
 
     async def shutdown(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
+        for task in list(self._tasks):
+            task.cancel()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=5)
 
@@ -123,10 +125,10 @@ class Core:
         adapter = self.adapters.get(actor.platform)
         found = await adapter.resolve(actor) if adapter is not None else None
         if not found or not found[0]:
-            raise UserError(
+            raise UserError(t(
                 "I can't tell who you are: your account has no email address I can read. Ask an admin to check "
                 "the bot's directory permissions."
-            )
+            ))
         email = normalise(found[0])
         async with self.ctx.sessions() as session, session.begin():
             await insert_ignore(
@@ -140,6 +142,19 @@ class Core:
     async def _request(self, actor: Actor, conversation: Conversation) -> Request:
         email = await self.identify(actor)
         return Request(email, self.roles_of(email), actor.platform, conversation, actor)
+
+    def platform_locale(self, platform: str) -> str:
+        adapter = self.adapters.get(platform)
+        return adapter.locale if adapter is not None else i18n.DEFAULT
+
+    async def locale_of(self, email: str | None, platform: str) -> str:
+        """The person's own choice (/lang), else their messenger's language."""
+        if email:
+            async with self.ctx.sessions() as session:
+                chosen = (await session.execute(select(Preference.locale).where(Preference.email == email))).scalar()
+            if chosen:
+                return i18n.normalise_locale(chosen)
+        return self.platform_locale(platform)
 
     async def first_time(self, source: str, event_id: str | None) -> bool:
         """Record an inbound delivery id; False when it was seen before (a redelivery)."""
@@ -175,13 +190,25 @@ class Core:
         """The reply to a command; None when it is a redelivery already answered."""
         if not await self.first_time(f"{cmd.actor.platform}:command", cmd.delivery_id):
             return None
+        with i18n.using(self.platform_locale(cmd.actor.platform)):
+            return await self._command(cmd)
+
+    async def _use_person_locale(self, actor: Actor) -> None:
+        try:
+            email = await self.identify(actor)
+        except UserError:
+            return  # answered later, in the messenger's language
+        i18n.set_locale(await self.locale_of(email, actor.platform))
+
+    async def _command(self, cmd: Command) -> Message | None:
+        await self._use_person_locale(cmd.actor)
         try:
             try:
                 tokens = tokenize(cmd.text.strip())
             except UserError as exc:
                 raise UserError(exc.sentence, self.usage_for(cmd.text.split()[:2])) from None
             if not tokens:
-                return Message("Type /help to see what I can do.")
+                return Message(t("Type /help to see what I can do."))
             found = self.find_command(tokens)
             if found is None:
                 head = tokens[0].lstrip("/").lower()
@@ -190,10 +217,10 @@ class Core:
                     names = sorted(p[1] for p in sub)
                     usage = self.usage_for(tokens[:1])
                     if len(tokens) > 1:
-                        raise UserError(f"/{head} has no subcommand “{tokens[1][:40]}”; it takes {', '.join(names)}.",
-                                        usage)
-                    raise UserError(f"/{head} needs a subcommand: {', '.join(names)}.", usage)
-                raise UserError(f"I don't know the command “{tokens[0][:40]}”. /help lists what I can do.")
+                        raise UserError(t("/{command} has no subcommand “{sub}”; it takes {names}.", command=head,
+                                          sub=tokens[1][:40], names=", ".join(names)), usage)
+                    raise UserError(t("/{command} needs a subcommand: {names}.", command=head, names=", ".join(names)), usage)
+                raise UserError(t("I don't know the command “{name}”. /help lists what I can do.", name=tokens[0][:40]))
             spec, handler, rest = found
             request = await self._request(cmd.actor, cmd.conversation)
             if spec.roles and "owners" not in spec.roles and not request.has(*spec.roles):
@@ -205,16 +232,21 @@ class Core:
         except Exception:
             ref = secrets.token_hex(4)
             log.exception("command failed (ref %s): %r", ref, cmd.text[:200])
-            return Message(f"Something went wrong on my side (reference {ref}); nothing was changed. "
-                           "An admin can find the details in the log.")
+            return Message(t("Something went wrong on my side (reference {ref}); nothing was changed. "
+                             "An admin can find the details in the log.", ref=ref))
 
     async def handle_action(self, action: Action) -> Message | None:
         if not await self.first_time(f"{action.actor.platform}:action", action.delivery_id):
             return None
+        with i18n.using(self.platform_locale(action.actor.platform)):
+            return await self._action(action)
+
+    async def _action(self, action: Action) -> Message | None:
+        await self._use_person_locale(action.actor)
         handler = self.actions.get(action.action_id)
         try:
             if handler is None:
-                raise UserError("That button is no longer active.")
+                raise UserError(t("That button is no longer active."))
             request = await self._request(action.actor, action.conversation)
             return await handler(self, request, action)
         except UserError as exc:
@@ -222,7 +254,7 @@ class Core:
         except Exception:
             ref = secrets.token_hex(4)
             log.exception("action failed (ref %s): %s", ref, action.action_id)
-            return Message(f"Something went wrong on my side (reference {ref}); nothing was changed.")
+            return Message(t("Something went wrong on my side (reference {ref}); nothing was changed.", ref=ref))
 
     async def handle_person_event(self, event: PersonEvent) -> Any:
         """A joiner, mover or leaver from any source (HR webhook, CSV, a messenger's directory).
@@ -234,15 +266,18 @@ class Core:
         return await apply_person_event(self, event)
 
     # -- outbound ------------------------------------------------------------------------------
-    async def post(self, purpose: str, message: Message, subject: str | None = None) -> list[MessageRef]:
-        """Send to every attached adapter's conversation for `purpose`; remember refs under `subject`."""
+    async def post(self, purpose: str, message: Outgoing, subject: str | None = None) -> list[MessageRef]:
+        """Send to every attached adapter's conversation for `purpose`; remember refs under `subject`.
+
+        Pass a function that builds the message to have it written in each messenger's language.
+        """
         refs: list[MessageRef] = []
         for adapter in list(self.adapters.values()):
             conversation = adapter.conversation_for(purpose)
             if conversation is None:
                 continue
             try:
-                ref = await adapter.send(conversation, message)
+                ref = await adapter.send(conversation, _build(message, adapter.locale))
             except Exception:
                 log.exception("posting to %s failed", adapter.platform)
                 continue
@@ -254,7 +289,7 @@ class Core:
                                               ref_id=ref.id, extra=dict(ref.extra)))
         return refs
 
-    async def update_subject(self, subject: str, message: Message) -> int:
+    async def update_subject(self, subject: str, message: Outgoing) -> int:
         """Replace every message posted about `subject` on the adapters attached here."""
         async with self.ctx.sessions() as session:
             records = (await session.execute(select(MessageRecord).where(MessageRecord.subject == subject))).scalars().all()
@@ -265,23 +300,34 @@ class Core:
                 continue
             ref = MessageRef(rec.platform, rec.conversation_id, rec.ref_id, tuple(sorted((rec.extra or {}).items())))
             try:
-                await adapter.update(ref, message)
+                await adapter.update(ref, _build(message, adapter.locale))
                 updated += 1
             except Exception:
                 log.exception("updating a %s message failed", rec.platform)
         return updated
 
 
+Outgoing = Message | Callable[[], Message]
+
+
+def _build(message: Outgoing, locale: str) -> Message:
+    if isinstance(message, Message):
+        return message
+    with i18n.using(locale):
+        return message()
+
+
 def _role_sentence(spec: Spec) -> str:
-    names = {"hr": "HR", "senders": "campaign sender", "approvers": "approver", "admins": "admin"}
-    wanted = " or ".join(names.get(r, r) + "s" for r in spec.roles if r != "owners")
-    return f"/{spec.name} is for {wanted}; you don't have that role. An admin can grant it in the configuration."
+    names = {"hr": t("HR"), "senders": t("campaign senders"), "approvers": t("approvers"), "admins": t("admins")}
+    wanted = t(" or ").join(names.get(r, r) for r in spec.roles if r != "owners")
+    return t("/{command} is for {roles}; you don't have that role. An admin can grant it in the configuration.",
+             command=spec.name, roles=wanted)
 
 
 def error_message(exc: UserError) -> Message:
     text = visible(exc.sentence)
     if exc.usage:
-        text += f"\nUsage: {exc.usage}"
+        text += "\n" + t("Usage: {usage}", usage=exc.usage)
     return Message(text, ephemeral=True)
 
 

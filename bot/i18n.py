@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 LOCALES = ("en", "zh_CN")
+NAMES = {"en": "English", "zh_CN": "Chinese"}
 DEFAULT = "en"
 _current: ContextVar[str] = ContextVar("postroom_locale", default=DEFAULT)
 CATALOG_DIR = Path(__file__).parent / "locale"
@@ -36,14 +37,20 @@ def catalog(locale: str) -> dict[str, str]:
     return merged
 
 
-def normalise_locale(value: str | None) -> str:
-    if not value:
-        return DEFAULT
-    v = value.replace("-", "_").strip()
+def match_locale(value: str) -> str | None:
+    """A known locale for what a person typed (zh, zh-CN, zh_cn, 中文, English…), or None."""
+    v = value.replace("-", "_").strip().lower()
+    aliases = {"中文": "zh_CN", "chinese": "zh_CN", "english": "en", "英文": "en"}
+    if v in aliases:
+        return aliases[v]
     for known in LOCALES:
-        if v.lower() == known.lower() or v.lower().split("_")[0] == known.lower().split("_")[0]:
+        if v == known.lower() or v.split("_")[0] == known.lower().split("_")[0]:
             return known
-    return DEFAULT
+    return None
+
+
+def normalise_locale(value: str | None) -> str:
+    return (match_locale(value) if value else None) or DEFAULT
 
 
 def current() -> str:

@@ -164,7 +164,7 @@ def test_the_done_when_list_from_a_shell(setup_on_each_database: Setup) -> None:
     # A gmail address is refused with a sentence, and nothing changes; nor can a non-HR person add.
     refused = setup.chat(HR, "/addgroup eng carol@corp.example someone@gmail.com")
     assert "someone@gmail.com is outside corp.example" in refused and "campaign" in refused
-    assert "is for HRs" in setup.chat(NOBODY, "/newgroup sales")
+    assert "is for HR;" in setup.chat(NOBODY, "/newgroup sales")
     assert "owners of eng@corp.example" in setup.chat(NOBODY, "/addgroup eng nora@corp.example")
     assert setup.chat(HR, "/members eng") == members
 

@@ -37,7 +37,7 @@ async def test_external_address_never_enters_an_internal_group(bot) -> None:  # 
 async def test_someone_without_the_hr_role_is_refused(bot) -> None:  # type: ignore[no-untyped-def]
     await bot.say(HR, "/newgroup eng")
     reply = await bot.say(NOBODY, "/newgroup sales")
-    assert "for HRs" in reply or "HR" in reply
+    assert "for HR;" in reply or "HR" in reply
     reply = await bot.say(NOBODY, "/addgroup eng nora@corp.example")
     assert "owners of eng@corp.example" in reply
     assert await membership_count(bot) == 0

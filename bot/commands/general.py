@@ -1,21 +1,33 @@
-"""/help"""
+"""/help and /lang"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from bot import i18n
 from bot.commands.parser import Arg, Parsed, Spec
+from bot.db.models import Preference
+from bot.db.upsert import insert_ignore
 from bot.errors import UserError
 from bot.events import Message
+from bot.i18n import t
 
 if TYPE_CHECKING:
     from bot.core import Core, Request
 
 HELP = Spec(("help",), (Arg("command", required=False, rest=True),), summary="What I can do, or how to use one command.")
+LANG = Spec(("lang",), (Arg("language", required=False),),
+            summary="The language I answer you in: en or zh_CN (中文). Without a value, shows the current one.")
 
 
 def register(core: Core) -> None:
     core.command(HELP)(help_command)
+    core.command(LANG)(lang_command)
+
+
+def describe(spec: Spec) -> str:
+    """A command's summary in the current language."""
+    return t(spec.summary)
 
 
 async def help_command(core: Core, req: Request, p: Parsed) -> Message:
@@ -24,18 +36,36 @@ async def help_command(core: Core, req: Request, p: Parsed) -> Message:
         words = [w.lstrip("/").lower() for w in wanted.split()]
         matches = [(path, spec) for path, (spec, _) in core.commands.items() if list(path[: len(words)]) == words]
         if not matches:
-            raise UserError(f"There is no command /{' '.join(words)[:40]}. /help lists them.")
+            raise UserError(t("There is no command /{name}. /help lists them.", name=" ".join(words)[:40]))
         lines = []
         for _path, spec in sorted(matches):
-            lines.append(f"{spec.usage}\n    {spec.summary}")
+            lines.append(f"{spec.usage}\n    {describe(spec)}")
             for f in spec.flags:
                 if f.help:
-                    lines.append(f"    --{f.name}: {f.help}")
+                    lines.append(f"    --{f.name}: {t(f.help)}")
         return Message("\n".join(lines), ephemeral=True)
-    lines = ["Email groups (internal) and campaigns (external), from chat. Commands:"]
+    lines = [t("Email groups (internal) and campaigns (external), from chat. Commands:")]
     for _path, (spec, _) in sorted(core.commands.items()):
         allowed = not spec.roles or req.has(*spec.roles) or "owners" in spec.roles
-        mark = "" if allowed else "  (needs a role you don't have)"
-        lines.append(f"  {spec.usage}{mark}\n      {spec.summary}")
-    lines.append("/help <command> shows one in full.")
+        mark = "" if allowed else "  " + t("(needs a role you don't have)")
+        lines.append(f"  {spec.usage}{mark}\n      {describe(spec)}")
+    lines.append(t("/help <command> shows one in full."))
     return Message("\n".join(lines), ephemeral=True)
+
+
+async def lang_command(core: Core, req: Request, p: Parsed) -> Message:
+    wanted = p.opt("language")
+    if wanted is None:
+        return Message(t("I answer you in {language}. /lang en or /lang zh_CN changes it.",
+                         language=t(i18n.NAMES[i18n.current()])))
+    chosen = i18n.match_locale(wanted)
+    if chosen is None:
+        raise UserError(t("I speak {choices}; “{text}” is not one of them.",
+                          choices=", ".join(i18n.LOCALES), text=wanted[:20]), LANG.usage)
+    async with core.ctx.sessions() as session, session.begin():
+        await insert_ignore(session, Preference, [{"email": req.email, "locale": chosen}], ["email"])
+        row = await session.get(Preference, req.email)
+        assert row is not None
+        row.locale = chosen
+    i18n.set_locale(chosen)
+    return Message(t("From now on I answer you in {language}.", language=t(i18n.NAMES[chosen])))

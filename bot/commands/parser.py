@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bot.errors import UserError
+from bot.i18n import t
 
 MAX_COMMAND_LENGTH = 4000
 
@@ -92,9 +93,10 @@ def tokenize(text: str) -> list[str]:
     Inside double quotes a backslash escapes a quote or a backslash; elsewhere it is a letter.
     """
     if len(text) > MAX_COMMAND_LENGTH:
-        raise UserError(f"That command is {len(text)} characters long; the limit is {MAX_COMMAND_LENGTH}.")
+        raise UserError(t("That command is {length} characters long; the limit is {limit}.", length=len(text),
+                          limit=MAX_COMMAND_LENGTH))
     if "\x00" in text:
-        raise UserError("That command contains a NUL character.")
+        raise UserError(t("That command contains a NUL character."))
     tokens: list[str] = []
     word: list[str] = []
     in_word = False
@@ -110,7 +112,7 @@ def tokenize(text: str) -> list[str]:
             i += 1
             while True:
                 if i >= n:
-                    raise UserError("A quotation mark in that command is not closed.")
+                    raise UserError(t("A quotation mark in that command is not closed."))
                 c = text[i]
                 if c == "\\" and i + 1 < n and (text[i + 1] in _DOUBLE or text[i + 1] == "\\"):
                     word.append(text[i + 1])
@@ -164,22 +166,23 @@ def parse(spec: Spec, tokens: list[str]) -> Parsed:
             name, eq, value = tok[2:].partition("=")
             f = flags_by_name.get(name)
             if f is None:
-                known = ", ".join("--" + n for n in flags_by_name) or "no flags"
-                raise UserError(f"/{spec.name} has no option --{name} (it takes {known}).", spec.usage)
+                known = ", ".join("--" + n for n in flags_by_name) or t("no options")
+                raise UserError(t("/{command} has no option --{option} (it takes {known}).", command=spec.name, option=name,
+                                  known=known), spec.usage)
             if name in flags:
-                raise UserError(f"--{name} is given twice.", spec.usage)
+                raise UserError(t("--{option} is given twice.", option=name), spec.usage)
             if f.takes_value:
                 if not eq:
                     if i + 1 >= len(tokens) or (tokens[i + 1].startswith("--") and len(tokens[i + 1]) > 2):
-                        raise UserError(f"--{name} needs a value.", spec.usage)
+                        raise UserError(t("--{option} needs a value.", option=name), spec.usage)
                     i += 1
                     value = tokens[i]
                 if not value.strip():
-                    raise UserError(f"--{name} needs a value.", spec.usage)
+                    raise UserError(t("--{option} needs a value.", option=name), spec.usage)
                 flags[name] = value
             else:
                 if eq:
-                    raise UserError(f"--{name} is a switch and takes no value.", spec.usage)
+                    raise UserError(t("--{option} is a switch and takes no value.", option=name), spec.usage)
                 flags[name] = True
         else:
             positionals.append(tok)
@@ -192,22 +195,23 @@ def parse(spec: Spec, tokens: list[str]) -> Parsed:
             taken = positionals[pos:]
             pos = len(positionals)
             if a.required and not taken:
-                raise UserError(f"/{spec.name} needs at least one {a.name}.", spec.usage)
+                raise UserError(t("/{command} needs at least one {what}.", command=spec.name, what=t(a.name)),
+                                spec.usage)
             args[a.name] = taken
         elif a.rest:
             taken = positionals[pos:]
             pos = len(positionals)
             if a.required and not taken:
-                raise UserError(f"/{spec.name} needs {_a(a.name)}.", spec.usage)
+                raise UserError(t("/{command} needs {what}.", command=spec.name, what=t(_a(a.name))), spec.usage)
             args[a.name] = " ".join(taken) if taken else None
         elif pos < len(positionals):
             args[a.name] = positionals[pos]
             pos += 1
         elif a.required:
-            raise UserError(f"/{spec.name} needs {_a(a.name)}.", spec.usage)
+            raise UserError(t("/{command} needs {what}.", command=spec.name, what=t(_a(a.name))), spec.usage)
         else:
             args[a.name] = None
     if pos < len(positionals):
         extra = positionals[pos]
-        raise UserError(f"/{spec.name} does not take “{extra[:60]}” here.", spec.usage)
+        raise UserError(t("/{command} does not take “{text}” here.", command=spec.name, text=extra[:60]), spec.usage)
     return Parsed(spec=spec, args=args, flags=flags)

@@ -285,3 +285,12 @@ class PendingPlan(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     decided_by: Mapped[str | None] = mapped_column(String(320))
     decided_at: Mapped[datetime | None]
+
+
+class Preference(Base):
+    """A person's own settings, whatever messenger they use (the language Postroom answers in)."""
+
+    __tablename__ = "preferences"
+    email: Mapped[str] = mapped_column(String(320), primary_key=True)
+    locale: Mapped[str | None] = mapped_column(String(20))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
