@@ -1,4 +1,4 @@
-"""`postroom serve`'s wiring with DingTalk and WeCom configured against local fakes: both adapters are
+"""`postroom serve`'s wiring with Slack, DingTalk and WeCom configured against local fakes: the adapters are
 found through their entry points, run beside the console, share the web app, and stop in time."""
 
 from __future__ import annotations
@@ -19,21 +19,25 @@ from tests.conftest import HR, make_settings
 from tests.fake_dingtalk import FakeDingTalk
 from tests.fake_wecom import FakeWeCom
 from tests.loopback import serve, wait_until
+from tests.slack_fake import FakeSlack, command_body, form, signed_headers
+from tests.slack_rig import U_HR, directory, slack_section
 from tests.smtp import free_port
 from tests.test_wecom import AES_KEY, CORP_ID, TOKEN
 
 
-async def test_serve_runs_dingtalk_and_wecom_side_by_side(database_url: str, smtp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_serve_runs_slack_dingtalk_and_wecom_side_by_side(database_url: str, smtp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     ding, wecom = FakeDingTalk(), FakeWeCom()
+    slack = await FakeSlack(users=directory()).start()
     async with serve(ding.app()) as ding_url, serve(wecom.app()) as wecom_url:
         port = free_port()
-        settings = make_settings(database_url, smtp.port, tmp_path, web={"port": port}, dingtalk={
+        settings = make_settings(database_url, smtp.port, tmp_path, web={"port": port}, slack=slack_section(slack),
+                                 dingtalk={
             "client_id": "ding-app", "client_secret": "ding-secret", "openapi_endpoint": ding_url,
             "oapi_endpoint": ding_url}, wecom={
             "corp_id": CORP_ID, "agent_id": 1000002, "secret": "app-secret", "token": TOKEN,
             "encoding_aes_key": AES_KEY, "api_url": wecom_url})
         adapters = configured_adapters(settings)
-        assert [a.platform for a in adapters] == ["dingtalk", "wecom"]
+        assert [a.platform for a in adapters] == ["dingtalk", "slack", "wecom"]
         core = await build_core(settings)
         runtime = Runtime(core)
         console = ConsoleAdapter(HR, out=io.StringIO(), prompt=False)
@@ -51,12 +55,19 @@ async def test_serve_runs_dingtalk_and_wecom_side_by_side(database_url: str, smt
                 answer = await http.get(f"http://127.0.0.1:{port}/wecom/callback",
                                         params={"msg_signature": signature, "timestamp": ts, "nonce": "n",
                                                 "echostr": echostr})
+                body = form(command_body(slack, U_HR, "/newgroup", "eng"))
+                slash = await http.post(f"http://127.0.0.1:{port}/slack/events", content=body,
+                                        headers=signed_headers(body))
             assert (answer.status_code, answer.text) == (200, "echo-42")
+            assert slash.status_code == 200 and "eng@corp.example" in slash.json()["text"]
+            console_reply = await console.say("/members eng")
+            assert console_reply is not None and "no members yet" in console_reply.text
         finally:
             loop = asyncio.get_running_loop()
             started = loop.time()
             await asyncio.wait_for(runtime.stop(), 15)
             stopped_in = loop.time() - started
+            await slack.stop()
         assert stopped_in < 10
         await wait_until(lambda: not ding.online)
 
