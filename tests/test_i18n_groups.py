@@ -10,7 +10,7 @@ import pytest
 
 from bot.db.models import Person
 from bot.events import PersonEvent
-from tests.conftest import HR, NOBODY, ChatBot
+from tests.conftest import APPROVER, APPROVER2, HR, NOBODY, ChatBot
 from tests.lifecycle_kit import lifecycle_bot
 from tests.smtp import SmtpServer
 
@@ -81,3 +81,23 @@ async def test_rules_sync_audit_and_hr_notices_are_chinese(zbot: ChatBot) -> Non
 
     reply = await zbot.say(HR, "/audit")
     assert "邮件组审计" in reply and "没有负责人的邮件组" in reply
+
+
+async def test_a_held_plan_is_announced_and_decided_in_chinese(zbot: ChatBot) -> None:
+    from bot.groups import planner
+
+    async with zbot.core.ctx.sessions() as session, session.begin():
+        pending = await planner.hold(session, source="sync", actor=HR, via="console",
+                                     reasons=["it changes the protected group social@corp.example"], summary="",
+                                     changes=[])
+    await planner.announce_hold(zbot.core, pending)
+    card = zbot.cards()[-1]
+    assert card.text == "来自 sync 的成员变更计划等待审批。"
+    assert card.card is not None and card.card.title == f"成员变更计划 #{pending.id} 需要审批"
+    assert [b.label for b in card.card.buttons] == ["批准", "拒绝"]
+    reply = await zbot.say(HR, f"/plan approve {pending.id}")
+    assert "仅限审批人使用" in reply
+    reply = await zbot.say(APPROVER, f"/plan approve {pending.id}")
+    assert reply == f"已批准成员变更计划 #{pending.id}（{APPROVER}）；已执行 0 项变更。"
+    reply = await zbot.say(APPROVER2, f"/plan reject {pending.id}")
+    assert f"计划 #{pending.id} 已由 {APPROVER} 批准，未做任何更改。" in reply
