@@ -12,6 +12,7 @@ from bot.db.models import Group, Membership
 from bot.errors import PermissionDenied, UserError
 from bot.events import Message
 from bot.groups import service
+from bot.i18n import t
 
 if TYPE_CHECKING:
     from bot.core import Core, Request
@@ -44,14 +45,14 @@ def _members_from_args(raw: list[str], spec: Spec) -> list[str]:
             except UserError as exc:
                 raise UserError(exc.sentence, spec.usage) from None
     if not emails:
-        raise UserError(f"/{spec.name} needs at least one member.", spec.usage)
+        raise UserError(t("/{command} needs at least one member.", command=spec.name), spec.usage)
     seen: set[str] = set()
     for e in emails:
         if e in seen:
-            raise UserError(f"{e} is given twice.", spec.usage)
+            raise UserError(t("{email} is given twice.", email=e), spec.usage)
         seen.add(e)
     if len(emails) > 500:
-        raise UserError("Give at most 500 members at once; for more, use an import.", spec.usage)
+        raise UserError(t("Give at most 500 members at once; for more, use an import."), spec.usage)
     return emails
 
 
@@ -68,8 +69,11 @@ async def newgroup(core: Core, req: Request, p: Parsed) -> Message:
             )
         except UserError as exc:
             raise UserError(exc.sentence, NEWGROUP.usage) from None
-    label = f" ({group.display_name})" if group.display_name else ""
-    return Message(f"Created the internal group {group.address}{label}. Add people with /addgroup {group.local_part} <email>.")
+    if group.display_name:
+        return Message(t("Created the internal group {address} ({name}). Add people with /addgroup {local} <email>.",
+                         address=group.address, name=group.display_name, local=group.local_part))
+    return Message(t("Created the internal group {address}. Add people with /addgroup {local} <email>.",
+                     address=group.address, local=group.local_part))
 
 
 async def _change(core: Core, req: Request, p: Parsed, spec: Spec, op: str) -> Message:
@@ -82,27 +86,36 @@ async def _change(core: Core, req: Request, p: Parsed, spec: Spec, op: str) -> M
             raise UserError(exc.sentence, spec.usage) from None
         if not _may_manage(req, group):
             raise PermissionDenied(
-                f"/{spec.name} is for HR, admins and the owners of {group.address}; you are none of these."
+                t("/{command} is for HR, admins and the owners of {group}; you are none of these.", command=spec.name,
+                  group=group.address)
             )
         if op == "add":
-            plan = await service.plan_add(session, group, emails, source="manual", reason=f"added by {req.email}")
+            plan = await service.plan_add(session, group, emails, source="manual", reason=t("added by {email}", email=req.email))
             plan = await service.check_policy(session, plan, settings)
             if plan.refused:
                 # One refusal refuses the whole command: nothing changes.
                 raise UserError(plan.refused[0][1])
         else:
             plan = await service.plan_remove(session, group, emails, source="manual",
-                                             reason=f"removed by {req.email}")
+                                             reason=t("removed by {email}", email=req.email))
         if not plan.changes:
-            raise UserError(("; ".join(plan.unchanged) or "Nothing to change") + ": nothing changed.", spec.usage)
+            if plan.unchanged:
+                raise UserError(t("{reasons}: nothing changed.", reasons=t("; ").join(plan.unchanged)), spec.usage)
+            raise UserError(t("Nothing to change: nothing changed."), spec.usage)
         await service.apply(session, plan, actor=req.email, via=req.via)
         count = await service.member_count(session, group.id)
     done = ", ".join(c.email for c in plan.changes)
-    verb = "Added" if op == "add" else "Removed"
-    prep = "to" if op == "add" else "from"
-    text = f"{verb} {done} {prep} {group.address}; it now has {count} member{'s' if count != 1 else ''}."
+    if op == "add":
+        text = (t("Added {emails} to {group}; it now has {count} member.", emails=done, group=group.address, count=count)
+                if count == 1 else
+                t("Added {emails} to {group}; it now has {count} members.", emails=done, group=group.address, count=count))
+    else:
+        text = (t("Removed {emails} from {group}; it now has {count} member.", emails=done, group=group.address,
+                  count=count) if count == 1 else
+                t("Removed {emails} from {group}; it now has {count} members.", emails=done, group=group.address,
+                  count=count))
     if plan.unchanged:
-        text += " Unchanged: " + "; ".join(plan.unchanged) + "."
+        text += " " + t("Unchanged: {items}.", items=t("; ").join(plan.unchanged))
     return Message(text)
 
 
@@ -123,7 +136,7 @@ async def groups(core: Core, req: Request, p: Parsed) -> Message:
             except UserError as exc:
                 raise UserError(exc.sentence, GROUPS.usage) from None
             if email != req.email and not req.has("hr"):
-                raise PermissionDenied("Only HR and admins can look up someone else's groups.")
+                raise PermissionDenied(t("Only HR and admins can look up someone else's groups."))
             rows = (
                 await session.execute(
                     select(Group.address, Membership.source, Membership.role, Membership.added_by, Membership.added_at)
@@ -133,11 +146,13 @@ async def groups(core: Core, req: Request, p: Parsed) -> Message:
                 )
             ).all()
             if not rows:
-                return Message(f"{email} is in no group.")
-            lines = [f"{email} is in {len(rows)} group{'s' if len(rows) != 1 else ''}:"]
+                return Message(t("{email} is in no group.", email=email))
+            lines = [t("{email} is in {count} group:", email=email, count=len(rows)) if len(rows) == 1 else
+                     t("{email} is in {count} groups:", email=email, count=len(rows))]
             for r in rows:
                 how = _source_text(r.source, r.added_by)
-                lines.append(f"  {r.address} — {how}, since {r.added_at:%Y-%m-%d}" + (f" ({r.role})" if r.role != "member" else ""))
+                lines.append("  " + t("{group} — {how}, since {date}", group=r.address, how=how,
+                                      date=f"{r.added_at:%Y-%m-%d}") + (f" ({r.role})" if r.role != "member" else ""))
             return Message("\n".join(lines))
         from sqlalchemy import func
 
@@ -150,22 +165,23 @@ async def groups(core: Core, req: Request, p: Parsed) -> Message:
             )
         ).all()
     if not rows:
-        return Message("There are no groups yet. /newgroup creates one.")
-    lines = [f"{len(rows)} group{'s' if len(rows) != 1 else ''}:"]
+        return Message(t("There are no groups yet. /newgroup creates one."))
+    lines = [t("{count} group:", count=len(rows)) if len(rows) == 1 else t("{count} groups:", count=len(rows))]
     for address, display, kind, n in rows:
         extra = f" “{display}”" if display else ""
-        kind_text = "" if kind == "internal" else " [external members allowed]"
-        lines.append(f"  {address}{extra} — {n} member{'s' if n != 1 else ''}{kind_text}")
+        kind_text = "" if kind == "internal" else " " + t("[external members allowed]")
+        size = t("{count} member", count=n) if n == 1 else t("{count} members", count=n)
+        lines.append(f"  {address}{extra} — {size}{kind_text}")
     return Message("\n".join(lines))
 
 
 def _source_text(source: str, added_by: str | None) -> str:
     if source == "manual":
-        return f"added by hand by {added_by}" if added_by else "added by hand"
+        return t("added by hand by {email}", email=added_by) if added_by else t("added by hand")
     if source.startswith("rule:"):
-        return f"by the rule “{source[5:]}”"
+        return t("by the rule “{rule}”", rule=source[5:])
     if source == "import":
-        return "from an import"
+        return t("from an import")
     return source
 
 
@@ -190,12 +206,13 @@ async def members(core: Core, req: Request, p: Parsed) -> Message:
         or (group.visibility == "members" and is_member)
     )
     if not allowed:
-        raise PermissionDenied(f"The members of {group.address} are visible to its owners and HR only.")
+        raise PermissionDenied(t("The members of {group} are visible to its owners and HR only.", group=group.address))
     if not rows:
-        return Message(f"{group.address} has no members yet.")
+        return Message(t("{group} has no members yet.", group=group.address))
     shown = rows[:200]
-    lines = [f"{group.address} has {len(rows)} member{'s' if len(rows) != 1 else ''}:"]
+    lines = [t("{group} has {count} member:", group=group.address, count=len(rows)) if len(rows) == 1 else
+             t("{group} has {count} members:", group=group.address, count=len(rows))]
     lines += [f"  {r.email}" + ("" if r.source == "manual" else f" ({_source_text(r.source, None)})") for r in shown]
     if len(rows) > len(shown):
-        lines.append(f"  … and {len(rows) - len(shown)} more")
+        lines.append("  " + t("… and {count} more", count=len(rows) - len(shown)))
     return Message("\n".join(lines))

@@ -12,6 +12,7 @@ from bot.errors import PermissionDenied, UserError
 from bot.events import Action, Message
 from bot.groups import planner, service
 from bot.groups.report import build_report
+from bot.i18n import t
 
 if TYPE_CHECKING:
     from bot.core import Core, Request
@@ -52,28 +53,30 @@ async def reconcile(core: Core, *, source: str, actor: str, via: str, dry_run: b
         if dry_run:
             existing = set((await session.execute(select(Group.address))).scalars()) if rules_set.groups else set()
             missing = [g.address for g in rules_set.groups if g.address not in existing]
-            defs = [f"would create {a}" for a in missing]
+            defs = [t("would create {group}", group=a) for a in missing]
         else:
             defs = await planner.sync_group_definitions(session, rules_set, ctx.settings, actor=actor, via=via)
         plan = await planner.plan_reconcile(session, rules_set, ctx.settings, now=ctx.now())
         plan = await service.check_policy(session, plan, ctx.settings)
         reasons = await planner.hold_reasons(session, plan, ctx.settings)
-    head = ("Groups: " + "; ".join(defs) + ".\n") if defs else ""
+    head = (t("Groups: {changes}.", changes=t("; ").join(defs)) + "\n") if defs else ""
     if dry_run:
         if not plan.changes and not plan.refused:
-            return head + "Everything matches the rules: nothing to change (dry run)."
-        text = head + "Dry run — nothing changed. " + plan.summary()
+            return head + t("Everything matches the rules: nothing to change (dry run).")
+        text = head + t("Dry run — nothing changed.") + " " + plan.summary()
         if reasons:
-            text += "\nApplying it would need an approver: " + "; ".join(reasons) + "."
+            text += "\n" + t("Applying it would need an approver: {reasons}.", reasons=t("; ").join(reasons))
         return text
     if not plan.changes:
         extra = ("\n" + plan.summary()) if plan.refused else ""
-        return head + "Everything matches the rules: nothing changed." + extra
+        return head + t("Everything matches the rules: nothing changed.") + extra
     out = await planner.execute(core, plan, source=source, actor=actor, via=via)
     if out.held is not None:
-        return (head + f"The plan waits for an approver (plan #{out.held}): " + "; ".join(out.reasons) + ".\n"
-                + plan.summary())
-    return head + f"Applied {out.applied} change{'s' if out.applied != 1 else ''}. " + plan.summary()
+        return (head + t("The plan waits for an approver (plan #{id}): {reasons}.", id=out.held,
+                         reasons=t("; ").join(out.reasons)) + "\n" + plan.summary())
+    applied = (t("Applied {count} change.", count=out.applied) if out.applied == 1 else
+               t("Applied {count} changes.", count=out.applied))
+    return head + applied + " " + plan.summary()
 
 
 async def sync(core: Core, req: Request, p: Parsed) -> Message:
@@ -83,8 +86,10 @@ async def sync(core: Core, req: Request, p: Parsed) -> Message:
 async def rules_reload(core: Core, req: Request, p: Parsed) -> Message:
     loaded = planner.reload_rules(core)
     text = await reconcile(core, source="rules", actor=req.email, via=req.via, dry_run=False)
-    return Message(f"Loaded {len(loaded.groups)} group rule{'s' if len(loaded.groups) != 1 else ''} from "
-                   f"{loaded.path}.\n{text}")
+    n = len(loaded.groups)
+    loaded_text = (t("Loaded {count} group rule from {path}.", count=n, path=loaded.path) if n == 1 else
+                   t("Loaded {count} group rules from {path}.", count=n, path=loaded.path))
+    return Message(f"{loaded_text}\n{text}")
 
 
 async def audit_command(core: Core, req: Request, p: Parsed) -> Message:
@@ -95,7 +100,7 @@ async def audit_command(core: Core, req: Request, p: Parsed) -> Message:
 def _plan_id(raw: str, usage: str) -> int:
     raw = raw.lstrip("#")
     if not raw.isdigit() or len(raw) > 12:
-        raise UserError(f"“{raw[:40]}” is not a plan number.", usage)
+        raise UserError(t("“{text}” is not a plan number.", text=raw[:40]), usage)
     return int(raw)
 
 
@@ -111,13 +116,13 @@ async def plan_reject(core: Core, req: Request, p: Parsed) -> Message:
 
 async def approve_click(core: Core, req: Request, action: Action) -> Message | None:
     if not req.has("approvers"):
-        raise PermissionDenied("Only approvers can approve a membership plan.")
+        raise PermissionDenied(t("Only approvers can approve a membership plan."))
     return Message(await planner.decide(core, _plan_id(action.value, PLAN_APPROVE.usage), req.email, req.via,
                                         "approved"))
 
 
 async def reject_click(core: Core, req: Request, action: Action) -> Message | None:
     if not req.has("approvers"):
-        raise PermissionDenied("Only approvers can reject a membership plan.")
+        raise PermissionDenied(t("Only approvers can reject a membership plan."))
     return Message(await planner.decide(core, _plan_id(action.value, PLAN_REJECT.usage), req.email, req.via,
                                         "rejected"))

@@ -25,6 +25,7 @@ from bot.events import Button, Card, Message
 from bot.groups import service
 from bot.groups.rules import GroupRule, RulesError, RuleSet, load_rules, person_values
 from bot.groups.service import Change, Plan
+from bot.i18n import t
 
 if TYPE_CHECKING:
     from bot.core import Core
@@ -53,11 +54,11 @@ def reload_rules(core: Core) -> RuleSet:
     """Re-read the rules file; on any error raise UserError and keep the rules in force."""
     path = core.ctx.settings.groups.rules_file
     if not path:
-        raise UserError("No rules file is configured: set groups.rules_file in the configuration.")
+        raise UserError(t("No rules file is configured: set groups.rules_file in the configuration."))
     try:
         rules = load_rules(path, core.ctx.settings)
     except RulesError as exc:
-        raise UserError(f"{exc.sentence} The rules in force are unchanged.") from None
+        raise UserError(t("{problem} The rules in force are unchanged.", problem=exc.sentence)) from None
     core.services["rules"] = rules
     return rules
 
@@ -79,7 +80,7 @@ async def sync_group_definitions(session: AsyncSession, rules: RuleSet, settings
                                        actor=actor, via=via, kind=rule.kind, owners=rule.owners,
                                        protected=rule.protected, post_policy=rule.post_policy,
                                        visibility=rule.visibility)
-            done.append(f"created {rule.address}")
+            done.append(t("created {group}", group=rule.address))
             continue
         before = {k: getattr(group, k) for k in wanted}
         if rule.display_name is None:
@@ -89,7 +90,7 @@ async def sync_group_definitions(session: AsyncSession, rules: RuleSet, settings
                 setattr(group, k, v)
             audit.record(session, actor=actor, via=via, action="group.update", subject=f"group:{group.address}",
                          before=before, after=wanted, detail="from the rules file")
-            done.append(f"updated {rule.address}")
+            done.append(t("updated {group}", group=rule.address))
     await session.flush()
     return done
 
@@ -102,7 +103,7 @@ async def _group_ids(session: AsyncSession, rules: RuleSet) -> dict[str, int]:
 
 
 def _add_reason(rule: GroupRule) -> str:
-    return f"rule {rule.local_part}: {rule.describe()}"
+    return t("rule {rule}: {wording}", rule=rule.local_part, wording=rule.describe())
 
 
 # -- plans --------------------------------------------------------------------------------------
@@ -121,7 +122,8 @@ async def plan_person(session: AsyncSession, rules: RuleSet, person: Person) -> 
     for r in rows:
         if r.source.startswith("rule:") and r.address not in desired:
             plan.changes.append(Change("remove", r.group_id, r.address, r.email, r.source,
-                                       f"{person.email} no longer matches rule {r.source[5:]}", person.id))
+                                       t("{email} no longer matches rule {rule}", email=person.email,
+                                         rule=r.source[5:]), person.id))
     for address, rule in desired.items():
         if address not in present:
             plan.changes.append(Change("add", ids[address], address, person.email, rule.source, _add_reason(rule),
@@ -187,7 +189,7 @@ async def plan_reconcile(session: AsyncSession, rules: RuleSet, settings: Settin
         if p.email in leaving or p.status == "left":
             due = p.email in leaving or p.left_at is None or p.left_at + grace <= now
             if due:
-                why = f"{p.email} left{reason_suffix}"
+                why = t("{email} left", email=p.email) + reason_suffix
                 for gid, source in mine:
                     plan.changes.append(Change("remove", gid, all_groups[gid], p.email, source, why, p.id))
             continue
@@ -198,7 +200,8 @@ async def plan_reconcile(session: AsyncSession, rules: RuleSet, settings: Settin
             present.add(gid)
             if source.startswith("rule:") and gid not in desired:
                 plan.changes.append(Change("remove", gid, all_groups[gid], p.email, source,
-                                           f"{p.email} no longer matches rule {source[5:]}{reason_suffix}", p.id))
+                                           t("{email} no longer matches rule {rule}", email=p.email,
+                                             rule=source[5:]) + reason_suffix, p.id))
         for gid, rule in desired.items():
             if gid not in present:
                 plan.changes.append(Change("add", gid, addresses[gid], p.email, rule.source, _add_reason(rule), p.id))
@@ -209,10 +212,10 @@ async def plan_reconcile(session: AsyncSession, rules: RuleSet, settings: Settin
                 continue
             if email not in known:
                 plan.changes.append(Change("remove", gid, all_groups[gid], email, source,
-                                           f"{email} is not a person on record{reason_suffix}"))
+                                           t("{email} is not a person on record", email=email) + reason_suffix))
             elif source not in rule_sources and email not in leaving:
                 plan.changes.append(Change("remove", gid, all_groups[gid], email, source,
-                                           f"the rule {source[5:]} is no longer in the rules file"))
+                                           t("the rule {rule} is no longer in the rules file", rule=source[5:])))
     return plan
 
 
@@ -230,17 +233,18 @@ async def hold_reasons(session: AsyncSession, plan: Plan, settings: Settings) ->
         for address, n in sorted(removes.items()):
             size = sizes.get(group_ids[address], 0)
             if n >= g.guard_min_removals and size and n / size > g.max_remove_share:
-                reasons.append(f"it removes {n} of {size} members ({n / size:.0%}) of {address}, more than "
-                               f"the {g.max_remove_share:.0%} allowed without approval")
+                reasons.append(t("it removes {count} of {size} members ({share}) of {group}, more than the {limit} "
+                                 "allowed without approval", count=n, size=size, share=f"{n / size:.0%}",
+                                 group=address, limit=f"{g.max_remove_share:.0%}"))
         total = sum(removes.values())
         if total > g.max_remove_count:
-            reasons.append(f"it removes {total} memberships at once, more than the {g.max_remove_count} allowed "
-                           "without approval")
+            reasons.append(t("it removes {count} memberships at once, more than the {limit} allowed without approval",
+                             count=total, limit=g.max_remove_count))
     if group_ids:
         protected = (await session.execute(select(Group.address).where(
             Group.id.in_(list(group_ids.values())), Group.protected.is_(True)))).scalars().all()
         for address in sorted(protected):
-            reasons.append(f"it changes the protected group {address}")
+            reasons.append(t("it changes the protected group {group}", group=address))
     return reasons
 
 
@@ -297,27 +301,28 @@ def approval_card(pending: PendingPlan) -> Message:
     events = pending.payload.get("events")
     adds = sum(1 for c in changes if c["op"] == "add")
     removes = len(changes) - adds
-    fields: list[tuple[str, str]] = [("Requested by", f"{pending.actor} via {pending.via}"),
-                                     ("Why it waits", "; ".join(pending.reasons))]
+    fields: list[tuple[str, str]] = [
+        (t("Requested by"), t("{actor} via {via}", actor=pending.actor, via=pending.via)),
+        (t("Why it waits"), t("; ").join(pending.reasons))]
     if events is not None:
-        fields.append(("HR events", str(len(events))))
-    fields.append(("Changes", f"{adds} to add, {removes} to remove"))
-    fields.append(("Plan", pending.summary[:1500]))
+        fields.append((t("HR events"), str(len(events))))
+    fields.append((t("Changes"), t("{adds} to add, {removes} to remove", adds=adds, removes=removes)))
+    fields.append((t("Plan"), pending.summary[:1500]))
     card = Card(
-        title=f"Membership plan #{pending.id} needs an approver",
+        title=t("Membership plan #{id} needs an approver", id=pending.id),
         fields=tuple(fields),
         buttons=(
-            Button("plan.approve", "Approve", str(pending.id), style="primary",
-                   confirm="Apply this membership plan?", text_command=f"/plan approve {pending.id}"),
-            Button("plan.reject", "Reject", str(pending.id), style="danger",
+            Button("plan.approve", t("Approve"), str(pending.id), style="primary",
+                   confirm=t("Apply this membership plan?"), text_command=f"/plan approve {pending.id}"),
+            Button("plan.reject", t("Reject"), str(pending.id), style="danger",
                    text_command=f"/plan reject {pending.id}"),
         ),
     )
-    return Message(f"A membership plan from {pending.source} waits for approval.", card)
+    return Message(t("A membership plan from {source} waits for approval.", source=pending.source), card)
 
 
 async def announce_hold(core: Core, pending: PendingPlan) -> None:
-    await core.post("approvals", approval_card(pending), subject=f"plan:{pending.id}")
+    await core.post("approvals", lambda: approval_card(pending), subject=f"plan:{pending.id}")
 
 
 async def announce_pending(core: Core) -> list[int]:
@@ -387,15 +392,22 @@ async def decide(core: Core, plan_id: int, approver: str, via: str, decision: st
     async with core.ctx.sessions() as session, session.begin():
         pending = await session.get(PendingPlan, plan_id)
         if pending is None:
-            raise UserError(f"There is no membership plan #{plan_id}.")
+            raise UserError(t("There is no membership plan #{id}.", id=plan_id))
         if pending.state != "pending":
-            raise UserError(f"Plan #{plan_id} was already {pending.state} by {pending.decided_by}: nothing changed.")
+            if pending.state == "approved":
+                raise UserError(t("Plan #{id} was already approved by {who}: nothing changed.", id=plan_id,
+                                  who=pending.decided_by))
+            if pending.state == "rejected":
+                raise UserError(t("Plan #{id} was already rejected by {who}: nothing changed.", id=plan_id,
+                                  who=pending.decided_by))
+            raise UserError(t("Plan #{id} was already {state} by {who}: nothing changed.", id=plan_id,
+                              state=pending.state, who=pending.decided_by))
         if pending.actor == approver:
-            raise UserError("You asked for this plan, so someone else has to approve it.")
+            raise UserError(t("You asked for this plan, so someone else has to approve it."))
         won = await session.execute(update(PendingPlan).where(PendingPlan.id == plan_id, PendingPlan.state == "pending")
                                     .values(state=decision, decided_by=approver, decided_at=now))
         if won.rowcount != 1:
-            raise UserError(f"Plan #{plan_id} was decided a moment ago: nothing changed.")
+            raise UserError(t("Plan #{id} was decided a moment ago: nothing changed.", id=plan_id))
         audit.record(session, actor=approver, via=via, action=f"plan.{decision}", subject=f"plan:{plan_id}",
                      before={"state": "pending"}, after={"state": decision})
         applied = 0
@@ -409,12 +421,23 @@ async def decide(core: Core, plan_id: int, approver: str, via: str, decision: st
             await lifecycle.apply_person_event(core, lifecycle.event_from_dict(raw), guard=False, notify=False,
                                                snapshot=bool(raw.get("snapshot")))
             applied += 1
-        await core.post("hr", Message(f"Plan #{plan_id} approved by {approver}: {applied} HR events from "
-                                      f"{pending.source} applied.\n{pending.summary[:3000]}"))
-    verb = "Approved" if decision == "approved" else "Rejected"
-    what = f"; {applied} {'events' if events is not None else 'changes'} applied" if decision == "approved" else \
-        "; nothing was changed"
-    text = f"{verb} membership plan #{plan_id} ({approver}){what}."
-    await core.update_subject(f"plan:{plan_id}", Message(text, Card(title=f"Membership plan #{plan_id}",
-                                                                      fields=(("Outcome", text),))))
-    return text
+        summary = pending.summary[:3000]
+        await core.post("hr", lambda: Message(t("Plan #{id} approved by {approver}: {count} HR events from {source} "
+                                                "applied.", id=plan_id, approver=approver, count=applied,
+                                                source=pending.source) + "\n" + summary))
+
+    def outcome_text() -> str:
+        if decision != "approved":
+            return t("Rejected membership plan #{id} ({approver}); nothing was changed.", id=plan_id, approver=approver)
+        if events is not None:
+            return t("Approved membership plan #{id} ({approver}); {count} events applied.", id=plan_id,
+                     approver=approver, count=applied)
+        return t("Approved membership plan #{id} ({approver}); {count} changes applied.", id=plan_id,
+                 approver=approver, count=applied)
+
+    def card() -> Message:
+        text = outcome_text()
+        return Message(text, Card(title=t("Membership plan #{id}", id=plan_id), fields=((t("Outcome"), text),)))
+
+    await core.update_subject(f"plan:{plan_id}", card)
+    return outcome_text()

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 
 from bot.db.models import Group, Membership, Person
 from bot.events import Card, Message
+from bot.i18n import t
 
 if TYPE_CHECKING:
     from bot.core import Core
@@ -38,22 +39,25 @@ class Report:
     def message(self, max_age_days: int) -> Message:
         def some(items: list[str], limit: int = 15) -> str:
             if not items:
-                return "none"
-            return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+                return t("none")
+            shown = ", ".join(items[:limit])
+            return t("{items} and {count} more", items=shown, count=len(items) - limit) if len(items) > limit else shown
 
         fields = (
-            ("Leavers still in a group (must be none)", some([f"{e} in {g}" for e, g in self.leavers])),
-            ("Leavers in their grace period", some([f"{e} until {d}" for e, d in self.in_grace])),
-            ("Groups with no owner", some(self.no_owner)),
-            ("Empty groups", some(self.empty)),
-            ("External members", some([f"{m} in {g}" for g, m in self.external])),
-            (f"Manual memberships older than {max_age_days} days",
-             some([f"{m} in {g} (since {s})" for g, m, s in self.old_manual])),
+            (t("Leavers still in a group (must be none)"),
+             some([t("{email} in {group}", email=e, group=g) for e, g in self.leavers])),
+            (t("Leavers in their grace period"), some([t("{email} until {due}", email=e, due=d) for e, d in self.in_grace])),
+            (t("Groups with no owner"), some(self.no_owner)),
+            (t("Empty groups"), some(self.empty)),
+            (t("External members"), some([t("{email} in {group}", email=m, group=g) for g, m in self.external])),
+            (t("Manual memberships older than {days} days", days=max_age_days),
+             some([t("{email} in {group} (since {date})", email=m, group=g, date=s) for g, m, s in self.old_manual])),
         )
-        headline = "Email groups audit: all clear." if self.clean else "Email groups audit: some things need a look."
+        headline = t("Email groups audit: all clear.") if self.clean else t("Email groups audit: some things need a look.")
         if self.leavers:
-            headline = f"Email groups audit: {len(self.leavers)} leaver membership(s) remain — /sync removes them."
-        return Message(headline, Card(title="Email groups audit", fields=fields))
+            headline = t("Email groups audit: {count} leaver membership(s) remain — /sync removes them.",
+                         count=len(self.leavers))
+        return Message(headline, Card(title=t("Email groups audit"), fields=fields))
 
 
 async def build_report(core: Core) -> Report:
@@ -106,4 +110,4 @@ async def scheduled_report() -> None:
 
     core = current_core()
     report = await build_report(core)
-    await core.post("hr", report.message(core.ctx.settings.groups.manual_max_age_days))
+    await core.post("hr", lambda: report.message(core.ctx.settings.groups.manual_max_age_days))

@@ -30,6 +30,7 @@ import yaml
 
 from bot.config import Settings
 from bot.groups.service import LOCAL_PART_RE
+from bot.i18n import t
 
 KINDS = ("internal", "external-allowed")
 POST_POLICIES = ("members", "company", "anyone")
@@ -63,7 +64,8 @@ class GroupRule:
     members: tuple[Condition, ...] | None = None  # None: no rule (filled by hand); (): nobody
     exceptions: tuple[Condition, ...] = ()
     line: int = 0
-    wording: str | None = None  # the rule as written (original case), for /rules and plan reasons
+    # the rule as written (original case), for /rules and plan reasons: (members, exceptions)
+    wording: tuple[tuple[Condition, ...], tuple[Condition, ...]] | None = None
 
     @property
     def source(self) -> str:
@@ -74,27 +76,29 @@ class GroupRule:
         return self.members is not None
 
     def describe(self) -> str:
-        if self.wording is not None:
-            return self.wording
-        if self.members is None:
-            return "filled by hand"
-        if self.members == ((),):
-            text = "everyone"
+        """The rule in words, in the current language."""
+        members, exceptions = self.wording if self.wording is not None else (self.members, self.exceptions)
+        if members is None:
+            return t("filled by hand")
+        if members == ((),):
+            text = t("everyone")
         else:
-            text = " or ".join(_describe_condition(c) for c in self.members) or "nobody"
-        if self.exceptions:
-            text += ", except " + " or ".join(_describe_condition(c) for c in self.exceptions)
+            text = t(" or ").join(_describe_condition(c) for c in members) or t("nobody")
+        if exceptions:
+            text = t("{rule}, except {exceptions}", rule=text,
+                     exceptions=t(" or ").join(_describe_condition(c) for c in exceptions))
         return text
 
 
 def _describe_condition(cond: Condition) -> str:
     if not cond:
-        return "everyone"
+        return t("everyone")
     parts = []
     for key, values in cond:
         vs = sorted(values, key=str.lower)
-        parts.append(f"{key} is {vs[0]}" if len(vs) == 1 else f"{key} is one of {', '.join(vs)}")
-    return " and ".join(parts)
+        parts.append(t("{key} is {value}", key=key, value=vs[0]) if len(vs) == 1 else
+                     t("{key} is one of {values}", key=key, values=", ".join(vs)))
+    return t(" and ").join(parts)
 
 
 def person_values(email: str, employee_id: str | None, name: str | None,
@@ -158,15 +162,21 @@ class RuleSet:
 
     def describe(self) -> str:
         if not self.groups:
-            return "No group rules are in force." + ("" if self.path else " Set groups.rules_file in the configuration.")
-        lines = [f"{len(self.groups)} group{'s' if len(self.groups) != 1 else ''} from {self.path or 'the rules file'}:"]
+            if self.path:
+                return t("No group rules are in force.")
+            return t("No group rules are in force.") + " " + t("Set groups.rules_file in the configuration.")
+        n, where = len(self.groups), self.path or t("the rules file")
+        lines = [t("{count} group from {path}:", count=n, path=where) if n == 1 else
+                 t("{count} groups from {path}:", count=n, path=where)]
+        kinds = {"internal": t("internal"), "external-allowed": t("external-allowed")}
         for g in self.groups:
-            flags = [g.kind]
+            flags = [kinds.get(g.kind, g.kind)]
             if g.protected:
-                flags.append("protected")
-            flags.append(f"posting: {g.post_policy}")
-            owners = f"; owners {', '.join(g.owners)}" if g.owners else "; no owner"
-            lines.append(f"  {g.address} ({', '.join(flags)}{owners}) — {g.describe()}")
+                flags.append(t("protected"))
+            flags.append(t("posting: {policy}", policy=g.post_policy))
+            owners = t("owners {owners}", owners=", ".join(g.owners)) if g.owners else t("no owner")
+            lines.append("  " + t("{group} ({flags}; {owners}) — {rule}", group=g.address, flags=", ".join(flags),
+                                  owners=owners, rule=g.describe()))
         return "\n".join(lines)
 
 
@@ -176,40 +186,41 @@ def load_rules(path: str | Path, settings: Settings) -> RuleSet:
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise RulesError(f"The rules file {p} does not exist.") from None
+        raise RulesError(t("The rules file {path} does not exist.", path=p)) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise RulesError(f"The rules file {p} cannot be read: {exc}.") from None
+        raise RulesError(t("The rules file {path} cannot be read: {error}.", path=p, error=exc)) from None
     return parse_rules(text, settings, str(p))
 
 
 def parse_rules(text: str, settings: Settings, path: str | None = None) -> RuleSet:
-    name = path or "the rules file"
+    name = path or t("the rules file")
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else 0
-        raise RulesError(f"{name}, line {line}: not valid YAML ({exc.problem}).") from None
+        raise RulesError(t("{file}, line {line}: not valid YAML ({problem}).", file=name, line=line,
+                           problem=exc.problem)) from None
     except yaml.YAMLError as exc:
-        raise RulesError(f"{name}: not valid YAML ({exc}).") from None
+        raise RulesError(t("{file}: not valid YAML ({problem}).", file=name, problem=exc)) from None
     if root is None:
         return RuleSet((), path)
-    top = _mapping(root, name, "the file")
+    top = _mapping(root, name, t("the file"))
     unknown = [k for k in top if k != "groups"]
     if unknown:
-        raise RulesError(f"{name}, line {_line(top[unknown[0]][0])}: unknown top-level key “{unknown[0]}” "
-                         "(the file holds `groups:`).")
+        raise RulesError(t("{file}, line {line}: unknown top-level key “{key}” (the file holds `groups:`).",
+                           file=name, line=_line(top[unknown[0]][0]), key=unknown[0]))
     if "groups" not in top:
         return RuleSet((), path)
     seq = top["groups"][1]
     if not isinstance(seq, yaml.SequenceNode):
-        raise RulesError(f"{name}, line {_line(seq)}: `groups` must be a list of groups.")
+        raise RulesError(t("{file}, line {line}: `groups` must be a list of groups.", file=name, line=_line(seq)))
     rules: list[GroupRule] = []
     seen: dict[str, int] = {}
     for item in seq.value:
         rule = _group(item, name, settings)
         if rule.address in seen:
-            raise RulesError(f"{name}, line {rule.line}: {rule.address} is declared twice (first on line "
-                             f"{seen[rule.address]}).")
+            raise RulesError(t("{file}, line {line}: {group} is declared twice (first on line {first}).", file=name,
+                               line=rule.line, group=rule.address, first=seen[rule.address]))
         seen[rule.address] = rule.line
         rules.append(rule)
     return RuleSet(tuple(rules), path)
@@ -221,21 +232,24 @@ def _line(node: yaml.Node) -> int:
 
 def _mapping(node: yaml.Node, name: str, what: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:
     if not isinstance(node, yaml.MappingNode):
-        raise RulesError(f"{name}, line {_line(node)}: {what} must be a mapping of keys to values.")
+        raise RulesError(t("{file}, line {line}: {what} must be a mapping of keys to values.", file=name,
+                           line=_line(node), what=what))
     out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
     for k, v in node.value:
         if not isinstance(k, yaml.ScalarNode):
-            raise RulesError(f"{name}, line {_line(k)}: a key must be a plain word.")
+            raise RulesError(t("{file}, line {line}: a key must be a plain word.", file=name, line=_line(k)))
         key = str(k.value).strip()
         if key in out:
-            raise RulesError(f"{name}, line {_line(k)}: “{key}” is given twice in {what}.")
+            raise RulesError(t("{file}, line {line}: “{key}” is given twice in {what}.", file=name, line=_line(k), key=key,
+                               what=what))
         out[key] = (k, v)
     return out
 
 
 def _scalar(node: yaml.Node, name: str, what: str) -> str:
     if not isinstance(node, yaml.ScalarNode) or node.value is None or str(node.value).strip() == "":
-        raise RulesError(f"{name}, line {_line(node)}: {what} must be a single value.")
+        raise RulesError(t("{file}, line {line}: {what} must be a single value.", file=name, line=_line(node),
+                           what=what))
     return str(node.value).strip()
 
 
@@ -243,7 +257,7 @@ def _scalars(node: yaml.Node, name: str, what: str) -> list[str]:
     if isinstance(node, yaml.SequenceNode):
         values = [_scalar(v, name, what) for v in node.value]
         if not values:
-            raise RulesError(f"{name}, line {_line(node)}: {what} is an empty list.")
+            raise RulesError(t("{file}, line {line}: {what} is an empty list.", file=name, line=_line(node), what=what))
         return values
     return [_scalar(node, name, what)]
 
@@ -254,14 +268,16 @@ def _bool(node: yaml.Node, name: str, what: str) -> bool:
         return True
     if raw in ("false", "no", "off"):
         return False
-    raise RulesError(f"{name}, line {_line(node)}: {what} must be true or false, not “{raw[:40]}”.")
+    raise RulesError(t("{file}, line {line}: {what} must be true or false, not “{text}”.", file=name,
+                       line=_line(node), what=what, text=raw[:40]))
 
 
 def _choice(node: yaml.Node, name: str, what: str, options: Iterable[str]) -> str:
     raw = _scalar(node, name, what).lower()
     opts = tuple(options)
     if raw not in opts:
-        raise RulesError(f"{name}, line {_line(node)}: {what} must be one of {', '.join(opts)}, not “{raw[:40]}”.")
+        raise RulesError(t("{file}, line {line}: {what} must be one of {options}, not “{text}”.", file=name,
+                           line=_line(node), what=what, options=", ".join(opts), text=raw[:40]))
     return raw
 
 
@@ -270,18 +286,20 @@ def _conditions(node: yaml.Node, name: str, what: str, keep_case: bool = False) 
         return ((),)
     items = node.value if isinstance(node, yaml.SequenceNode) else [node]
     if not items:
-        raise RulesError(f"{name}, line {_line(node)}: {what} is an empty list.")
+        raise RulesError(t("{file}, line {line}: {what} is an empty list.", file=name, line=_line(node), what=what))
     out: list[Condition] = []
     for item in items:
         m = _mapping(item, name, what)
         if not m:
-            raise RulesError(f"{name}, line {_line(item)}: {what} has no attribute to match.")
+            raise RulesError(t("{file}, line {line}: {what} has no attribute to match.", file=name, line=_line(item),
+                               what=what))
         cond = []
         for key, (knode, vnode) in m.items():
             k = key.lower()
             if not k.replace("_", "").replace("-", "").isalnum():
-                raise RulesError(f"{name}, line {_line(knode)}: “{key[:40]}” is not an attribute name.")
-            values = frozenset(v if keep_case else v.lower() for v in _scalars(vnode, name, f"the value of {key}"))
+                raise RulesError(t("{file}, line {line}: “{key}” is not an attribute name.", file=name,
+                                   line=_line(knode), key=key[:40]))
+            values = frozenset(v if keep_case else v.lower() for v in _scalars(vnode, name, t("the value of {key}", key=key)))
             cond.append((k, values))
         out.append(tuple(cond))
     return tuple(out)
@@ -292,13 +310,13 @@ def _group(node: yaml.Node, name: str, settings: Settings) -> GroupRule:
     from bot.errors import UserError
 
     line = _line(node)
-    m = _mapping(node, name, "a group")
+    m = _mapping(node, name, t("a group"))
     unknown = [k for k in m if k not in GROUP_KEYS]
     if unknown:
-        raise RulesError(f"{name}, line {_line(m[unknown[0]][0])}: unknown key “{unknown[0][:40]}” "
-                         f"(a group takes {', '.join(sorted(GROUP_KEYS))}).")
+        raise RulesError(t("{file}, line {line}: unknown key “{key}” (a group takes {keys}).", file=name,
+                           line=_line(m[unknown[0]][0]), key=unknown[0][:40], keys=", ".join(sorted(GROUP_KEYS))))
     if "address" not in m:
-        raise RulesError(f"{name}, line {line}: a group needs an `address`.")
+        raise RulesError(t("{file}, line {line}: a group needs an `address`.", file=name, line=line))
     anode = m["address"][1]
     raw = _scalar(anode, name, "address").lower()
     if "@" not in raw:
@@ -306,14 +324,15 @@ def _group(node: yaml.Node, name: str, settings: Settings) -> GroupRule:
     try:
         address = normalise(raw)
     except UserError as exc:
-        raise RulesError(f"{name}, line {_line(anode)}: {exc.sentence}") from None
+        raise RulesError(t("{file}, line {line}: {problem}", file=name, line=_line(anode), problem=exc.sentence)) from None
     local = address.split("@", 1)[0]
     if not LOCAL_PART_RE.match(local):
-        raise RulesError(f"{name}, line {_line(anode)}: “{local}” cannot be a group's name: use letters, digits, "
-                         "dot, dash or underscore.")
+        raise RulesError(t("{file}, line {line}: “{name}” cannot be a group's name: use letters, digits, dot, dash "
+                           "or underscore.", file=name, line=_line(anode), name=local))
     if not settings.is_internal(address):
-        raise RulesError(f"{name}, line {_line(anode)}: {address} is outside {', '.join(settings.org.domains)}; "
-                         "a group's address must be on a company domain.")
+        raise RulesError(t("{file}, line {line}: {address} is outside {domains}; a group's address must be on a "
+                           "company domain.", file=name, line=_line(anode), address=address,
+                           domains=", ".join(settings.org.domains)))
     owners: list[str] = []
     if "owners" in m:
         onode = m["owners"][1]
@@ -321,24 +340,27 @@ def _group(node: yaml.Node, name: str, settings: Settings) -> GroupRule:
             try:
                 owners.append(normalise(o))
             except UserError as exc:
-                raise RulesError(f"{name}, line {_line(onode)}: {exc.sentence}") from None
+                raise RulesError(t("{file}, line {line}: {problem}", file=name, line=_line(onode),
+                                   problem=exc.sentence)) from None
     kind = _choice(m["kind"][1], name, "kind", KINDS) if "kind" in m else "internal"
     if kind == "internal":
         outside = [o for o in owners if not settings.is_internal(o)]
         if outside:
-            raise RulesError(f"{name}, line {_line(m['owners'][1])}: {outside[0]} is external and {address} is "
-                             "an internal group: external people can't own it.")
+            raise RulesError(t("{file}, line {line}: {email} is external and {address} is an internal group: external "
+                               "people can't own it.", file=name, line=_line(m["owners"][1]), email=outside[0],
+                               address=address))
     members = _conditions(m["members"][1], name, "members") if "members" in m else None
     exceptions = _conditions(m["except"][1], name, "except") if "except" in m else ()
     if exceptions == ((),):
-        raise RulesError(f"{name}, line {_line(m['except'][1])}: `except: everyone` would leave the group empty.")
+        raise RulesError(t("{file}, line {line}: `except: everyone` would leave the group empty.", file=name,
+                           line=_line(m["except"][1])))
     if exceptions and members is None:
-        raise RulesError(f"{name}, line {_line(m['except'][0])}: `except` needs a `members` rule to except from.")
+        raise RulesError(t("{file}, line {line}: `except` needs a `members` rule to except from.", file=name,
+                           line=_line(m["except"][0])))
     wording = None
     if members is not None:
-        shown = GroupRule(address, local, members=_conditions(m["members"][1], name, "members", keep_case=True),
-                          exceptions=_conditions(m["except"][1], name, "except", keep_case=True) if "except" in m else ())
-        wording = shown.describe()
+        wording = (_conditions(m["members"][1], name, "members", keep_case=True),
+                   _conditions(m["except"][1], name, "except", keep_case=True) if "except" in m else ())
     return GroupRule(
         wording=wording,
         address=address,

@@ -21,6 +21,7 @@ from bot.addresses import domain_of, normalise
 from bot.config import Settings
 from bot.db.models import Group, Membership, Person
 from bot.errors import UserError
+from bot.i18n import t
 
 LOCAL_PART_RE = re.compile(r"^[a-z0-9][a-z0-9._+-]{0,63}$")
 
@@ -51,14 +52,17 @@ class Plan:
         return [c for c in self.changes if c.op == "remove"]
 
     def summary(self) -> str:
-        lines = [f"{len(self.adds)} to add, {len(self.removes)} to remove."]
+        lines = [t("{adds} to add, {removes} to remove.", adds=len(self.adds), removes=len(self.removes))]
         for c in self.changes[:50]:
-            sign = "+" if c.op == "add" else "−"
-            lines.append(f"  {sign} {c.email} {'to' if c.op == 'add' else 'from'} {c.group_address} ({c.reason})")
+            if c.op == "add":
+                line = t("+ {email} to {group} ({reason})", email=c.email, group=c.group_address, reason=c.reason)
+            else:
+                line = t("− {email} from {group} ({reason})", email=c.email, group=c.group_address, reason=c.reason)
+            lines.append("  " + line)
         if len(self.changes) > 50:
-            lines.append(f"  … and {len(self.changes) - 50} more")
+            lines.append("  " + t("… and {count} more", count=len(self.changes) - 50))
         for c, why in self.refused[:20]:
-            lines.append(f"  refused: {c.email} — {why}")
+            lines.append("  " + t("refused: {email} — {why}", email=c.email, why=why))
         return "\n".join(lines)
 
 
@@ -70,22 +74,22 @@ async def find_group(session: AsyncSession, name: str, settings: Settings) -> Gr
     """A group by full address, or by local part when that is unambiguous."""
     raw = name.strip().lower()
     if not raw or len(raw) > 320:
-        raise UserError(f"“{name[:60]}” is not a group name.")
+        raise UserError(t("“{text}” is not a group name.", text=name[:60]))
     if "@" in raw:
         group = (await session.execute(select(Group).where(Group.address == raw))).scalar_one_or_none()
         if group is not None:
             return group
         local = raw.split("@", 1)[0]
         hint = await _suggest(session, local)
-        raise UserError(f"There is no group {raw}.{hint}")
+        raise UserError(t("There is no group {name}.", name=raw) + hint)
     rows = (await session.execute(select(Group).where(Group.local_part == raw))).scalars().all()
     if len(rows) == 1:
         return rows[0]
     if len(rows) > 1:
         options = ", ".join(g.address for g in rows)
-        raise UserError(f"“{raw}” could mean {options}: give the full address.")
+        raise UserError(t("“{text}” could mean {options}: give the full address.", text=raw, options=options))
     hint = await _suggest(session, raw)
-    raise UserError(f"There is no group “{raw[:60]}”.{hint}")
+    raise UserError(t("There is no group “{name}”.", name=raw[:60]) + hint)
 
 
 async def _suggest(session: AsyncSession, local: str) -> str:
@@ -95,8 +99,8 @@ async def _suggest(session: AsyncSession, local: str) -> str:
     close = difflib.get_close_matches(local, [n.split("@")[0] for n in names], n=1)
     if close:
         match = next(n for n in names if n.split("@")[0] == close[0])
-        return f" Did you mean {match}?"
-    return " /groups lists them." if names else " There are no groups yet: /newgroup creates one."
+        return " " + t("Did you mean {group}?", group=match)
+    return " " + (t("/groups lists them.") if names else t("There are no groups yet: /newgroup creates one."))
 
 
 async def create_group(
@@ -119,19 +123,19 @@ async def create_group(
     addr = normalise(raw)
     local = addr.split("@", 1)[0]
     if not LOCAL_PART_RE.match(local):
-        raise UserError(f"“{local}” cannot be a group's name: use letters, digits, dot, dash or underscore.")
+        raise UserError(t("“{name}” cannot be a group's name: use letters, digits, dot, dash or underscore.",
+                          name=local))
     if not settings.is_internal(addr):
-        raise UserError(
-            f"{addr} is outside {', '.join(settings.org.domains)}: a group's address must be on one of "
-            "the company's own domains."
-        )
+        raise UserError(t(
+            "{address} is outside {domains}: a group's address must be on one of the company's own domains.",
+            address=addr, domains=", ".join(settings.org.domains)))
     exists = (await session.execute(select(Group.id).where(Group.address == addr))).scalar_one_or_none()
     if exists is not None:
-        raise UserError(f"The group {addr} already exists.")
+        raise UserError(t("The group {address} already exists.", address=addr))
     if display_name is not None and len(display_name) > 200:
-        raise UserError("A display name can be at most 200 characters.")
+        raise UserError(t("A display name can be at most 200 characters."))
     if display_name is not None and any(_is_control(ch) for ch in display_name):
-        raise UserError("A display name can't contain control characters or text-direction overrides.")
+        raise UserError(t("A display name can't contain control characters or text-direction overrides."))
     group = Group(
         address=addr,
         local_part=local,
@@ -179,7 +183,7 @@ async def plan_add(
     )
     for email in emails:
         if email in existing:
-            plan.unchanged.append(f"{email} is already in {group.address}")
+            plan.unchanged.append(t("{email} is already in {group}", email=email, group=group.address))
             continue
         plan.changes.append(
             Change("add", group.id, group.address, email, source, reason, person_id=people.get(email))
@@ -202,7 +206,7 @@ async def plan_remove(
     present = {r.email: r.person_id for r in rows}
     for email in emails:
         if email not in present:
-            plan.unchanged.append(f"{email} is not in {group.address}")
+            plan.unchanged.append(t("{email} is not in {group}", email=email, group=group.address))
             continue
         plan.changes.append(
             Change("remove", group.id, group.address, email, source, reason, person_id=present[email])
@@ -211,10 +215,9 @@ async def plan_remove(
 
 
 def external_refusal(email: str, group_address: str, settings: Settings) -> str:
-    return (
-        f"{email} is outside {', '.join(settings.org.domains)}, and {group_address} is an internal group: "
-        "external people can't join it. To mail external audiences, use a campaign (/help campaign)."
-    )
+    return t("{email} is outside {domains}, and {group} is an internal group: external people can't join it. "
+             "To mail external audiences, use a campaign (/help campaign).", email=email,
+             domains=", ".join(settings.org.domains), group=group_address)
 
 
 async def check_policy(session: AsyncSession, plan: Plan, settings: Settings) -> Plan:

@@ -27,6 +27,7 @@ from bot.groups import planner
 from bot.groups import service as groups
 from bot.groups.planner import PersonRow
 from bot.hr import lifecycle
+from bot.i18n import t
 
 if TYPE_CHECKING:
     from bot.core import Core
@@ -48,48 +49,51 @@ class ImportResult:
     dry_run: bool = False
 
     def summary(self) -> str:
-        head = (f"{self.joined} joining, {self.changed} changing, {self.left} leaving, {self.unchanged} unchanged. "
-                + self.plan.summary())
+        head = t("{joined} joining, {changed} changing, {left} leaving, {unchanged} unchanged.", joined=self.joined,
+                 changed=self.changed, left=self.left, unchanged=self.unchanged) + " " + self.plan.summary()
         if self.held is not None:
-            return (head + f"\nStopped: the plan waits for an approver (plan #{self.held}) because "
-                    + "; ".join(self.reasons) + ". Nothing was changed yet.")
+            return head + "\n" + t("Stopped: the plan waits for an approver (plan #{id}) because {reasons}. Nothing "
+                                   "was changed yet.", id=self.held, reasons=t("; ").join(self.reasons))
         if self.dry_run:
-            extra = ("\nApplying it would need an approver: " + "; ".join(self.reasons) + ".") if self.reasons else ""
-            return "Dry run — nothing changed. " + head + extra
-        return ("Imported. " if self.applied else "") + head
+            extra = ("\n" + t("Applying it would need an approver: {reasons}.", reasons=t("; ").join(self.reasons))
+                     if self.reasons else "")
+            return t("Dry run — nothing changed.") + " " + head + extra
+        return (t("Imported.") + " " if self.applied else "") + head
 
 
 def read_snapshot(text: str, domains_check: Callable[[str], bool] | None = None) -> list[dict[str, Any]]:
     """Rows as {employee_id, email, name, attributes}; UserError naming the line for the first bad one."""
     reader = csv.DictReader(io.StringIO(text))
     if reader.fieldnames is None:
-        raise UserError("The file is empty: it needs a header line with employee_id and email.")
+        raise UserError(t("The file is empty: it needs a header line with employee_id and email."))
     names = [(n or "").strip().lower() for n in reader.fieldnames]
     id_col = "employee_id" if "employee_id" in names else "id" if "id" in names else None
     if id_col is None or "email" not in names:
-        raise UserError("The file's header needs an employee_id (or id) column and an email column.")
+        raise UserError(t("The file's header needs an employee_id (or id) column and an email column."))
     if len(set(names)) != len(names):
-        raise UserError("The file's header names a column twice.")
+        raise UserError(t("The file's header names a column twice."))
     rows: list[dict[str, Any]] = []
     seen_ids: dict[str, int] = {}
     seen_emails: dict[str, int] = {}
     for n, raw in enumerate(reader, start=2):
         if len(rows) >= MAX_ROWS:
-            raise UserError(f"The file has more than {MAX_ROWS} rows.")
+            raise UserError(t("The file has more than {count} rows.", count=MAX_ROWS))
         row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items() if k is not None}
         if None in raw:
-            raise UserError(f"Line {n} has more fields than the header.")
+            raise UserError(t("Line {line} has more fields than the header.", line=n))
         emp = row.get(id_col, "")
         if not emp:
-            raise UserError(f"Line {n} has no {id_col}.")
+            raise UserError(t("Line {line} has no {column}.", line=n, column=id_col))
         try:
             email = normalise(row.get("email", ""))
         except UserError as exc:
-            raise UserError(f"Line {n}: {exc.sentence}") from None
+            raise UserError(t("Line {line}: {problem}", line=n, problem=exc.sentence)) from None
         if emp in seen_ids:
-            raise UserError(f"Line {n} repeats employee {emp} (first on line {seen_ids[emp]}).")
+            raise UserError(t("Line {line} repeats employee {id} (first on line {first}).", line=n, id=emp,
+                              first=seen_ids[emp]))
         if email in seen_emails:
-            raise UserError(f"Line {n} repeats {email} (first on line {seen_emails[email]}).")
+            raise UserError(t("Line {line} repeats {email} (first on line {first}).", line=n, email=email,
+                              first=seen_emails[email]))
         seen_ids[emp], seen_emails[email] = n, n
         attrs = {k: v for k, v in row.items() if k not in (id_col, "email", "name") and v != ""}
         rows.append({"employee_id": emp, "email": email, "name": row.get("name") or None, "attributes": attrs,
@@ -102,11 +106,11 @@ async def import_staff(core: Core, path: Path, *, dry_run: bool = False, actor: 
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise UserError(f"Cannot read {path}: {exc.strerror or exc}.") from None
+        raise UserError(t("Cannot read {path}: {error}.", path=path, error=exc.strerror or exc)) from None
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise UserError(f"{path} is not UTF-8 text.") from None
+        raise UserError(t("{path} is not UTF-8 text.", path=path)) from None
     rows = read_snapshot(text)
     digest = hashlib.sha256(data).hexdigest()[:16]
     ctx = core.ctx
@@ -149,13 +153,14 @@ async def import_staff(core: Core, path: Path, *, dry_run: bool = False, actor: 
                 events.append(PersonEvent("left", SOURCE, emp, person.email, {}, f"{digest}:{emp}:left", now))
                 result.left += 1
         plan = await planner.plan_reconcile(session, rules, ctx.settings, now=now, people=snapshot, leaving=leaving,
-                                            reason_suffix=f" (missing from {path.name})")
+                                            reason_suffix=" " + t("(missing from {file})", file=path.name))
         plan = await groups.check_policy(session, plan, ctx.settings)
         result.plan = plan
         if plan.refused:
             c, _why = plan.refused[0]
-            raise UserError(f"{c.email} is outside {', '.join(ctx.settings.org.domains)}, and the rules put them in the "
-                            f"internal group {c.group_address}: fix the file, nothing was imported.")
+            raise UserError(t("{email} is outside {domains}, and the rules put them in the internal group {group}: "
+                              "fix the file, nothing was imported.", email=c.email,
+                              domains=", ".join(ctx.settings.org.domains), group=c.group_address))
         result.reasons = await planner.hold_reasons(session, plan, ctx.settings)
     if dry_run:
         return result
@@ -175,5 +180,6 @@ async def import_staff(core: Core, path: Path, *, dry_run: bool = False, actor: 
     if events:
         from bot.events import Message
 
-        await core.post("hr", Message(f"Staff import from {path.name} by {actor}: " + result.summary()[:3000]))
+        await core.post("hr", lambda: Message(t("Staff import from {file} by {actor}:", file=path.name, actor=actor)
+                                              + " " + result.summary()[:3000]))
     return result

@@ -27,6 +27,7 @@ from bot.errors import UserError
 from bot.events import Message, PersonEvent
 from bot.groups import planner
 from bot.groups import service as groups
+from bot.i18n import t
 
 if TYPE_CHECKING:
     from bot.core import Core
@@ -47,8 +48,12 @@ class Outcome:
     before: list[str] | None = None  # a rehire's groups when they left
     removal_due: datetime | None = None  # a leaver in their grace period
     held: int | None = None  # a plan waiting for an approver (protected groups)
-    note: str = ""  # what HR was told
+    note: str = ""  # what HR was told (in the language of the moment; each messenger gets its own)
     person_id: int | None = None
+    kind: str = ""
+    who: str = ""  # "Name (email)" or the email
+    moved: list[str] = field(default_factory=list)  # a mover's attribute changes, "key old → new"
+    schedule_failed: bool = False
 
 
 def event_to_dict(e: PersonEvent) -> dict[str, Any]:
@@ -80,9 +85,9 @@ async def apply_person_event(core: Core, event: PersonEvent, *, guard: bool = Tr
     `snapshot=True` (a CSV row) replaces the attributes on record instead of merging into them.
     """
     if event.kind not in KINDS:
-        raise UserError(f"“{str(event.kind)[:40]}” is not an HR event type (joined, changed, left).")
+        raise UserError(t("“{text}” is not an HR event type (joined, changed, left).", text=str(event.kind)[:40]))
     if event.at.tzinfo is None:
-        raise UserError("The event's time has no time zone.")
+        raise UserError(t("The event's time has no time zone."))
     async with _lock_for(core, event.external_id):
         for attempt, delay in enumerate((*RETRY_DELAYS_S, None)):
             try:
@@ -101,9 +106,7 @@ async def apply_person_event(core: Core, event: PersonEvent, *, guard: bool = Tr
 
 async def _report_failure(core: Core, event: PersonEvent) -> None:
     who = event.email or event.external_id
-    text = f"Applying the {event.kind} event for {who} failed; I will try again in a minute."
-    if event.kind == "left":
-        text = f"Removing leaver {who} from their groups failed; I will try again in a minute."
+    scheduled = True
     try:
         from bot.scheduler import ensure_scheduler, now
 
@@ -112,8 +115,22 @@ async def _report_failure(core: Core, event: PersonEvent) -> None:
                      "bot.hr.lifecycle:retry_event", event=event_to_dict(event))
     except Exception:
         log.exception("could not schedule the retry of %s", event.event_id)
-        text = text.replace("I will try again in a minute", "the HR system's redelivery or /sync will fix it")
-    await core.post("hr", Message(text))
+        scheduled = False
+
+    def text() -> Message:
+        if event.kind == "left":
+            if scheduled:
+                return Message(t("Removing leaver {who} from their groups failed; I will try again in a minute.",
+                                 who=who))
+            return Message(t("Removing leaver {who} from their groups failed; the HR system's redelivery or /sync "
+                             "will fix it.", who=who))
+        if scheduled:
+            return Message(t("Applying the {kind} event for {who} failed; I will try again in a minute.",
+                             kind=event.kind, who=who))
+        return Message(t("Applying the {kind} event for {who} failed; the HR system's redelivery or /sync will fix "
+                         "it.", kind=event.kind, who=who))
+
+    await core.post("hr", text)
 
 
 async def retry_event(event: dict[str, Any]) -> None:
@@ -139,8 +156,8 @@ async def _apply(core: Core, event: PersonEvent, guard: bool, snapshot: bool = F
         person = (await session.execute(query)).scalar_one_or_none()
         email = normalise(event.email) if event.email else (person.email if person else None)
         if email is None:
-            raise UserError(f"The {event.kind} event for {event.external_id} has no email address, and the person "
-                            "is not known yet.")
+            raise UserError(t("The {kind} event for {id} has no email address, and the person is not known yet.",
+                              kind=event.kind, id=event.external_id))
         if person is None:
             person = (await session.execute(select(Person).where(Person.email == email))).scalar_one_or_none()
         if person is not None and person.last_event_at is not None and event.at <= person.last_event_at:
@@ -159,7 +176,8 @@ async def _apply(core: Core, event: PersonEvent, guard: bool, snapshot: bool = F
             person.status = "left"
             person.left_at = event.at
             due = event.at + timedelta(hours=settings.groups.leaver_grace_hours)
-            current = await planner.plan_leaver(session, person, f"{email} left ({event.source})")
+            current = await planner.plan_leaver(session, person, t("{email} left ({source})", email=email,
+                                                                   source=event.source))
             person.left_groups = sorted({c.group_address for c in current.changes})
             if due <= ctx.now():
                 await groups.apply(session, current, actor=actor, via=via)
@@ -188,8 +206,9 @@ async def _apply(core: Core, event: PersonEvent, guard: bool, snapshot: bool = F
                 plan = await groups.check_policy(session, plan, settings)
                 if plan.refused:
                     c = plan.refused[0][0]
-                    raise UserError(f"{c.email} is outside {', '.join(settings.org.domains)}, and the rules put them "
-                                    f"in the internal group {c.group_address}: external people can't join it.")
+                    raise UserError(t("{email} is outside {domains}, and the rules put them in the internal group "
+                                      "{group}: external people can't join it.", email=c.email,
+                                      domains=", ".join(settings.org.domains), group=c.group_address))
                 held = groups.Plan()
                 if guard:
                     plan, held = planner.split_protected(plan, await planner.protected_addresses(session, plan))
@@ -198,7 +217,7 @@ async def _apply(core: Core, event: PersonEvent, guard: bool, snapshot: bool = F
                 outcome.removed = sorted(c.group_address for c in plan.removes)
                 if held.changes:
                     pending = await planner.hold(session, source=event.source, actor=actor, via=via,
-                                                 reasons=[f"it changes the protected group {a}" for a in
+                                                 reasons=[t("it changes the protected group {group}", group=a) for a in
                                                           sorted({c.group_address for c in held.changes})],
                                                  summary=held.summary(), changes=held.changes)
                     outcome.held = pending.id
@@ -207,7 +226,11 @@ async def _apply(core: Core, event: PersonEvent, guard: bool, snapshot: bool = F
                      subject=f"person:{person.employee_id or email}", before=before,
                      after={"status": person.status, "email": person.email, "attributes": person.attributes},
                      detail=f"event {event.event_id}")
-        outcome.note = _hr_note(event, person, before, outcome)
+        outcome.kind = event.kind
+        outcome.who = f"{person.name} ({person.email})" if person.name else person.email
+        outcome.moved = [f"{k} {before['attributes'].get(k, '—')} → {v}" for k, v in sorted(event.attributes.items())
+                         if before["attributes"].get(k) != v]
+        outcome.note = hr_note(outcome)
         person_id = person.id
     outcome.person_id = person_id
     return outcome
@@ -221,7 +244,7 @@ async def _rename(session: Any, person: Person, email: str) -> None:
 
     taken = (await session.execute(select(Person.id).where(Person.email == email, Person.id != person.id))).first()
     if taken:
-        raise UserError(f"{email} already belongs to another person on record.")
+        raise UserError(t("{email} already belongs to another person on record.", email=email))
     await session.execute(update(Membership).where(Membership.person_id == person.id).values(email=email))
     person.email = email
 
@@ -245,41 +268,50 @@ async def owned_groups(session: Any, email: str) -> list[str]:
 
 def _list(items: list[str], limit: int = 10) -> str:
     shown = ", ".join(items[:limit])
-    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+    return t("{items} and {count} more", items=shown, count=len(items) - limit) if len(items) > limit else shown
 
 
-def _hr_note(event: PersonEvent, person: Person, before: dict[str, Any], o: Outcome) -> str:
-    who = f"{person.name} ({person.email})" if person.name else person.email
-    if event.kind == "left":
+def hr_note(o: Outcome) -> str:
+    """What HR is told about an applied event, in the current language."""
+    who = o.who
+    if o.kind == "left":
         if o.removal_due is not None:
-            text = f"{who} left; they stay in their groups until {o.removal_due:%Y-%m-%d %H:%M} UTC (grace period)."
+            text = t("{who} left; they stay in their groups until {due} UTC (grace period).", who=who,
+                     due=f"{o.removal_due:%Y-%m-%d %H:%M}")
         elif o.removed:
-            text = f"{who} left: removed from {_list(o.removed)}."
+            text = t("{who} left: removed from {groups}.", who=who, groups=_list(o.removed))
         else:
-            text = f"{who} left; they were in no group."
+            text = t("{who} left; they were in no group.", who=who)
         if o.owned:
-            text += f" They owned {_list(o.owned)}: those groups need a new owner."
-        return text
-    changes = []
-    if o.added:
-        changes.append(f"added to {_list(o.added)}")
-    if o.removed:
-        changes.append(f"removed from {_list(o.removed)}")
-    done = "; ".join(changes) if changes else "no group changed"
-    if o.before is not None:
-        had = _list(o.before) if o.before else "no group"
-        text = f"{who} is back (rehired): {done}. When they left they were in {had}."
-    elif event.kind == "joined":
-        text = f"{who} joined: {done}."
+            text += " " + t("They owned {groups}: those groups need a new owner.", groups=_list(o.owned))
     else:
-        moved = [f"{k} {before['attributes'].get(k, '—')} → {v}" for k, v in sorted(event.attributes.items())
-                 if before["attributes"].get(k) != v]
-        text = f"{who} changed{' (' + '; '.join(moved) + ')' if moved else ''}: {done}."
-        kept = [g for g in o.kept if g not in o.added]
-        if kept and changes:
-            text += f" Kept (added by hand): {_list(kept)}."
-    if o.held is not None:
-        text += f" Changes to protected groups wait for an approver (plan #{o.held})."
+        changes = []
+        if o.added:
+            changes.append(t("added to {groups}", groups=_list(o.added)))
+        if o.removed:
+            changes.append(t("removed from {groups}", groups=_list(o.removed)))
+        done = t("; ").join(changes) if changes else t("no group changed")
+        if o.before is not None:
+            if o.before:
+                text = t("{who} is back (rehired): {changes}. When they left they were in {groups}.", who=who,
+                         changes=done, groups=_list(o.before))
+            else:
+                text = t("{who} is back (rehired): {changes}. When they left they were in no group.", who=who,
+                         changes=done)
+        elif o.kind == "joined":
+            text = t("{who} joined: {changes}.", who=who, changes=done)
+        else:
+            if o.moved:
+                text = t("{who} changed ({moves}): {changes}.", who=who, moves=t("; ").join(o.moved), changes=done)
+            else:
+                text = t("{who} changed: {changes}.", who=who, changes=done)
+            kept = [g for g in o.kept if g not in o.added]
+            if kept and changes:
+                text += " " + t("Kept (added by hand): {groups}.", groups=_list(kept))
+        if o.held is not None:
+            text += " " + t("Changes to protected groups wait for an approver (plan #{id}).", id=o.held)
+    if o.schedule_failed:
+        text += " " + t("Scheduling their removal failed: /sync will remove them when the grace period is over.")
     return text
 
 
@@ -294,14 +326,15 @@ async def _after_commit(core: Core, event: PersonEvent, o: Outcome, notify: bool
                          person_id=o.person_id, left_at=event.at.isoformat())
         except Exception:
             log.exception("could not schedule the removal of leaver %s", o.person)
-            o.note += " Scheduling their removal failed: /sync will remove them when the grace period is over."
+            o.schedule_failed = True
+            o.note = hr_note(o)
     if o.held is not None:
         async with core.ctx.sessions() as session:
             pending = await session.get(planner.PendingPlan, o.held)
         if pending is not None:
             await planner.announce_hold(core, pending)
     if notify:
-        await core.post("hr", Message(o.note))
+        await core.post("hr", lambda: Message(hr_note(o)))
 
 
 def leaver_job_id(person_id: int) -> str:
@@ -323,7 +356,7 @@ async def remove_leaver(core: Core, person_id: int, left_at: datetime) -> list[s
             # Rehired (or a newer leave) since: this job is no longer theirs to run.
             if person is None or person.status != "left" or person.left_at != left_at.astimezone(UTC):
                 return removed
-            plan = await planner.plan_leaver(session, person, f"{person.email} left; grace period over")
+            plan = await planner.plan_leaver(session, person, t("{email} left; grace period over", email=person.email))
             await groups.apply(session, plan, actor="hr:grace-period", via="scheduler")
             removed = sorted({c.group_address for c in plan.changes})
             who = person.email
@@ -334,9 +367,10 @@ async def remove_leaver(core: Core, person_id: int, left_at: datetime) -> list[s
         scheduler = await ensure_scheduler(core, run_jobs=False)
         scheduler.at(leaver_job_id(person_id), now() + timedelta(minutes=1), "bot.hr.lifecycle:finish_leaver",
                      person_id=person_id, left_at=left_at.isoformat())
-        await core.post("hr", Message(f"Removing a leaver (person #{person_id}) from their groups failed; "
-                                      "I will try again in a minute."))
+        await core.post("hr", lambda: Message(t("Removing a leaver (person #{id}) from their groups failed; I will "
+                                                "try again in a minute.", id=person_id)))
         return removed
-    await core.post("hr", Message(f"{who}'s grace period is over: removed from {_list(removed)}." if removed else
-                                  f"{who}'s grace period is over; they were in no group."))
+    await core.post("hr", lambda: Message(
+        t("{who}'s grace period is over: removed from {groups}.", who=who, groups=_list(removed)) if removed else
+        t("{who}'s grace period is over; they were in no group.", who=who)))
     return removed
