@@ -13,7 +13,7 @@ from bot.addresses import normalise
 from bot.campaigns import service
 from bot.campaigns.audience import Recipient, resolve_audience
 from bot.campaigns.engine import DeliveryEngine
-from bot.campaigns.notes import decision_name, note, show, state_name, status_name
+from bot.campaigns.notes import decision_name, note, sentence_gap, show, state_name, status_name
 from bot.campaigns.templates import CompiledTemplate, TemplateProblem, load_source
 from bot.commands.parser import Arg, Flag, Parsed, Spec
 from bot.db.models import Approval, Campaign, Delivery
@@ -428,7 +428,7 @@ async def submit(core: Core, req: Request, p: Parsed) -> Message:
         sentences.append(t("It goes to {count} recipients once approved.", count=review.audience.total))
     if when:
         sentences.append(t("It starts at {time} once approved.", time=_schedule_line(campaign)))
-    return Message(" ".join(sentences))
+    return Message(sentence_gap().join(sentences))
 
 
 async def _decide(core: Core, req: Request, campaign_ref: str, decision: str, reason: str | None, spec: Spec,

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from bot import privacy
 from bot.addresses import normalise
+from bot.campaigns.notes import status_name
 from bot.commands.parser import Arg, Parsed, Spec
 from bot.errors import UserError
 from bot.events import Message
@@ -56,7 +57,7 @@ async def export(core: Core, req: Request, p: Parsed) -> Message:
     lines.append("  " + (t("suppressed: {reason} since {date}", reason=s["reason"], date=s["since"][:10]) if s
                          else t("not suppressed")))
     lines.append("  " + t("campaign messages: {count}", count=len(data["messages"]))
-                 + (" (" + ", ".join(f"{m['campaign']}: {m['status']}" for m in data["messages"][:10]) + ")"
+                 + (" (" + ", ".join(f"{m['campaign']}: {status_name(m['status'])}" for m in data["messages"][:10]) + ")"
                     if data["messages"] else ""))
     if data["events"]:
         lines.append("  " + t("events: {counts}", counts=", ".join(f"{k} {v}" for k, v in sorted(data["events"].items()))))
