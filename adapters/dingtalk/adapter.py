@@ -32,7 +32,7 @@ from dingtalk_stream.frames import Headers
 from adapters.dingtalk.openapi import DingTalkApi, DingTalkError
 from adapters.dingtalk.stream import PostroomStreamClient
 from adapters.dingtalk.texts import t
-from bot import identities
+from bot import i18n, identities
 from bot.adapter import Adapter
 from bot.config import DingTalkSettings
 from bot.errors import UserError
@@ -235,8 +235,11 @@ class DingTalkAdapter(Adapter):
         """The string variables of the approval card template (manifests/dingtalk/card-template.md)."""
         card = message.card
         assert card is not None
-        fields = [(n, v) for n, v in card.fields if n != "Outcome"]
-        outcome = next((v for n, v in card.fields if n == "Outcome"), "")
+        # The core writes field names in this adapter's language (see core.post): "Outcome" or its translation.
+        with i18n.using(self.locale):
+            outcome_names = {"Outcome", i18n.t("Outcome")}
+        fields = [(n, v) for n, v in card.fields if n not in outcome_names]
+        outcome = next((v for n, v in card.fields if n in outcome_names), "")
         body = message.__class__(text="", card=card.__class__(title=card.title, fields=tuple(fields),
                                                                progress=card.progress, footer=card.footer))
         params = {

@@ -16,6 +16,7 @@ from bot.addresses import email_hash
 from bot.config import Settings
 from bot.db.models import Campaign, Contact, ContactList, Group, ListMember, Membership, Person, Suppression
 from bot.errors import UserError
+from bot.i18n import t
 
 CHUNK = 1000
 
@@ -33,7 +34,7 @@ async def resolve_audience(session: AsyncSession, settings: Settings, name: str)
 
     raw = name.strip()
     if not raw:
-        raise UserError("--to needs a contact list or a group.")
+        raise UserError(t("--to needs a contact list or a group."))
     if "@" not in raw:
         lst = (await session.execute(select(ContactList).where(ContactList.name == raw))).scalar_one_or_none()
         if lst is not None:
@@ -42,8 +43,11 @@ async def resolve_audience(session: AsyncSession, settings: Settings, name: str)
         group = await find_group(session, raw, settings)
     except UserError:
         lists = (await session.execute(select(ContactList.name).order_by(ContactList.name).limit(20))).scalars().all()
-        known = f" Contact lists: {', '.join(lists)}." if lists else " There are no contact lists yet."
-        raise UserError(f"“{raw[:80]}” is neither a contact list nor a group.{known}") from None
+        if lists:
+            raise UserError(t("“{text}” is neither a contact list nor a group. Contact lists: {names}.", text=raw[:80],
+                              names=", ".join(lists))) from None
+        raise UserError(t("“{text}” is neither a contact list nor a group. There are no contact lists yet.",
+                          text=raw[:80])) from None
     return "group", group.address
 
 
@@ -86,7 +90,7 @@ async def stream_candidates(
             await session.execute(select(Group).where(Group.address == campaign.audience_name))
         ).scalar_one_or_none()
         if group is None:
-            raise UserError(f"The group {campaign.audience_name} no longer exists.")
+            raise UserError(t("The group {address} no longer exists.", address=campaign.audience_name))
         stmt = (
             select(Membership.id, Membership.email, Person.name, Person.attributes, Person.status,
                    Contact.name.label("cname"), Contact.attributes.label("cattrs"), Contact.consent_at)

@@ -28,6 +28,7 @@ from bot.addresses import email_hash
 from bot.campaigns import service
 from bot.campaigns.audience import Recipient, stream_audience, suppressed_among
 from bot.campaigns.messages import CampaignMessages
+from bot.campaigns.notes import english, note
 from bot.campaigns.templates import TemplateProblem
 from bot.config import Settings
 from bot.context import Context
@@ -175,8 +176,8 @@ class DeliveryEngine:
             if digest != campaign.content_hash or len(approved) < needed:
                 won = await service.transition(
                     session, campaign.id, ("approved", "scheduled"), "failed",
-                    status_note="What would be sent no longer matches the approval (or it expired); "
-                    "submit it again.", finished_at=self.ctx.now(),
+                    status_note=note("What would be sent no longer matches the approval (or it expired); "
+                                     "submit it again."), finished_at=self.ctx.now(),
                 )
                 if won:
                     service.audit_campaign(session, campaign, actor=actor, via="engine", action="campaign.fail",
@@ -259,7 +260,7 @@ class DeliveryEngine:
         try:
             messages = service.messages_for(self.ctx, campaign)
         except Exception as exc:
-            return await self._fail(campaign, f"The template can no longer be loaded: {exc}")
+            return await self._fail(campaign, note("The template can no longer be loaded: {error}", error=exc))
         last_progress = 0.0
         loop = asyncio.get_running_loop()
         while not self._stop.is_set():
@@ -287,15 +288,16 @@ class DeliveryEngine:
                 await self._emit(campaign_id, "progress")
         return RunResult(campaign_id, await self._state(campaign_id))
 
-    async def _pause(self, campaign: Campaign, note: str) -> RunResult:
+    async def _pause(self, campaign: Campaign, stored: str) -> RunResult:
+        """`stored` is a status note from `notes.note` (shown translated; English in the audit trail)."""
         async with self.ctx.sessions() as session, session.begin():
-            won = await service.transition(session, campaign.id, ("sending",), "paused", status_note=note)
+            won = await service.transition(session, campaign.id, ("sending",), "paused", status_note=stored)
             if won:
                 service.audit_campaign(session, campaign, actor="system", via="engine", action="campaign.pause",
-                                       before="sending", after="paused", detail=note)
+                                       before="sending", after="paused", detail=english(stored))
         if won:
             await self._emit(campaign.id, "auto-paused")
-        return RunResult(campaign.id, "paused", note=note)
+        return RunResult(campaign.id, "paused", note=english(stored))
 
     async def _cancel_pending(self, campaign_id: int) -> None:
         async with self.ctx.sessions() as session, session.begin():
@@ -437,10 +439,10 @@ class DeliveryEngine:
                         retry.append({"b_id": d.id, "err": outcome.detail, "nxt": now + timedelta(seconds=delay)})
                 errors, seen = window.share()
                 if seen >= opts.error_min_samples and errors / seen >= opts.error_pause_share and not halt.is_set():
-                    self._halt_reason = (
-                        f"Paused by itself: {errors} of the last {seen} messages failed "
-                        f"(most often: {window.most_common()}). Check the mail server, then /campaign resume "
-                        f"{campaign.name}."
+                    self._halt_reason = note(
+                        "Paused by itself: {errors} of the last {seen} messages failed (most often: {error}). "
+                        "Check the mail server, then /campaign resume {name}.",
+                        errors=errors, seen=seen, error=window.most_common(), name=campaign.name,
                     )
                     halt.set()
 
@@ -449,8 +451,13 @@ class DeliveryEngine:
         await self._record(campaign, sent, failed, retry, bounced, skipped, unsent)
         self.sent_total += len(sent)
         if attempted and connection_failures == attempted and not self._halt_reason:
-            return (f"Paused by itself: the mail server at {self.ctx.settings.smtp.host}:{self.ctx.settings.smtp.port} "
-                    f"refused or dropped every message of the last batch ({retry[0]['err'] if retry else 'connection failures'}).")
+            if retry:
+                return note("Paused by itself: the mail server at {server} refused or dropped every message of the "
+                            "last batch ({error}).", server=f"{self.ctx.settings.smtp.host}:{self.ctx.settings.smtp.port}",
+                            error=retry[0]["err"])
+            return note("Paused by itself: the mail server at {server} refused or dropped every message of the last "
+                        "batch (connection failures).",
+                        server=f"{self.ctx.settings.smtp.host}:{self.ctx.settings.smtp.port}")
         return None
 
     async def _record(self, campaign: Campaign, sent: list[dict], failed: list[dict], retry: list[dict],
@@ -513,9 +520,9 @@ class DeliveryEngine:
             await self._emit(campaign.id, "done")
         return RunResult(campaign.id, "completed", counts)
 
-    async def _fail(self, campaign: Campaign, note: str) -> RunResult:
+    async def _fail(self, campaign: Campaign, stored: str) -> RunResult:
         async with self.ctx.sessions() as session, session.begin():
-            await service.transition(session, campaign.id, ("sending",), "failed", status_note=note,
+            await service.transition(session, campaign.id, ("sending",), "failed", status_note=stored,
                                      finished_at=self.ctx.now())
         await self._emit(campaign.id, "failed")
-        return RunResult(campaign.id, "failed", note=note)
+        return RunResult(campaign.id, "failed", note=english(stored))

@@ -13,6 +13,7 @@ from bot.campaigns.templates import CompiledTemplate, Rendered, TemplateSource
 from bot.campaigns.tracking import LinkTracker, verp_address
 from bot.config import Settings
 from bot.db.models import Campaign
+from bot.i18n import t
 from bot.links import Signer
 from bot.mail.compose import build_message, new_message_id
 
@@ -105,11 +106,15 @@ def lint(messages: CampaignMessages, sample: Recipient) -> list[str]:
     url = messages.unsubscribe_url(sample.email)
     rendered = messages.template.render(messages.context(sample, url))
     if not rendered.subject.strip():
-        problems.append("The subject is empty: give one with --subject or a <title> in the template.")
+        problems.append(t("The subject is empty: give one with --subject or a <title> in the template."))
     postal = messages.settings.org.postal_address.strip()
+    no_link = {"HTML": t("The HTML part has no unsubscribe link: add {tag} to it.", tag="{{ unsubscribe_url }}"),
+               "text": t("The text part has no unsubscribe link: add {tag} to it.", tag="{{ unsubscribe_url }}")}
+    no_postal = {"HTML": t("The HTML part does not show the postal address: add {tag}.", tag="{{ org.postal_address }}"),
+                 "text": t("The text part does not show the postal address: add {tag}.", tag="{{ org.postal_address }}")}
     for part, body in (("HTML", rendered.html), ("text", rendered.text)):
         if url not in body and url.replace("&", "&amp;") not in body:
-            problems.append(f"The {part} part has no unsubscribe link: add {{{{ unsubscribe_url }}}} to it.")
+            problems.append(no_link[part])
         if postal and postal not in body and html.escape(postal) not in body:
-            problems.append(f"The {part} part does not show the postal address: add {{{{ org.postal_address }}}}.")
+            problems.append(no_postal[part])
     return problems

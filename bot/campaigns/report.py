@@ -16,8 +16,10 @@ from pathlib import Path
 from sqlalchemy import distinct, func, select
 
 from bot.campaigns import service
+from bot.campaigns.notes import state_name, status_name
 from bot.context import Context
 from bot.db.models import Campaign, CampaignEvent, Delivery, Suppression
+from bot.i18n import t
 
 OPEN_BENCHMARK = 0.20
 CLICK_BENCHMARK = 0.03
@@ -52,29 +54,46 @@ class Figures:
 
         attempted = self.sent + self.statuses.get("bounced", 0)
         lines = [
-            f"Report for “{self.campaign}” ({self.state}): {self.recipients} recipients.",
-            f"  sent {self.sent}, delivered {self.delivered} ({pct(self.delivered / attempted) if attempted else '—'} "
-            "of attempts)",
-            f"  hard bounces {self.hard_bounces} ({pct(self.hard_bounces / attempted) if attempted else '—'}), "
-            f"soft bounces {self.soft_bounces}",
-            f"  unsubscribes {self.unsubscribes} ({pct(self.rate(self.unsubscribes))}), "
-            f"complaints {self.complaints} ({pct(self.rate(self.complaints))})"
-            + ("  ⚠ above the 0.3% spam-rate ceiling" if self.rate(self.complaints) > COMPLAINT_LIMIT else ""),
+            t("Report for “{name}” ({state}): {count} recipients.", name=self.campaign, state=state_name(self.state),
+              count=self.recipients),
+            "  " + t("sent {sent}, delivered {delivered} ({share} of attempts)", sent=self.sent,
+                     delivered=self.delivered, share=pct(self.delivered / attempted) if attempted else "—"),
+            "  " + t("hard bounces {hard} ({share}), soft bounces {soft}", hard=self.hard_bounces,
+                     share=pct(self.hard_bounces / attempted) if attempted else "—", soft=self.soft_bounces),
+            "  " + t("unsubscribes {unsubscribes} ({unsubscribe_rate}), complaints {complaints} ({complaint_rate})",
+                     unsubscribes=self.unsubscribes, unsubscribe_rate=pct(self.rate(self.unsubscribes)),
+                     complaints=self.complaints, complaint_rate=pct(self.rate(self.complaints)))
+            + ("  " + t("⚠ above the 0.3% spam-rate ceiling") if self.rate(self.complaints) > COMPLAINT_LIMIT else ""),
         ]
         if self.tracking:
             o, c = self.rate(self.opens), self.rate(self.clicks)
-            lines.append(f"  opens {self.opens} ({pct(o)}) — "
-                         + ("above" if o > OPEN_BENCHMARK else "below") + " the common 20% benchmark")
-            lines.append(f"  clicks {self.clicks} ({pct(c)} click-through) — "
-                         + ("above" if c > CLICK_BENCHMARK else "below") + " the common 3% benchmark"
-                         + (f"; {self.clicks / self.opens:.0%} of openers clicked" if self.opens else ""))
-            lines.append("  Note: opens are inflated by mail-privacy proxies (Apple Mail Privacy Protection loads "
-                         "every image), so clicks are the engagement figure to trust.")
+            if o > OPEN_BENCHMARK:
+                lines.append("  " + t("opens {opens} ({rate}) — above the common 20% benchmark", opens=self.opens,
+                                      rate=pct(o)))
+            else:
+                lines.append("  " + t("opens {opens} ({rate}) — below the common 20% benchmark", opens=self.opens,
+                                      rate=pct(o)))
+            values = {"clicks": self.clicks, "rate": pct(c)}
+            if self.opens:
+                values["share"] = f"{self.clicks / self.opens:.0%}"
+                if c > CLICK_BENCHMARK:
+                    clicks = t("clicks {clicks} ({rate} click-through) — above the common 3% benchmark; {share} of "
+                               "openers clicked", **values)
+                else:
+                    clicks = t("clicks {clicks} ({rate} click-through) — below the common 3% benchmark; {share} of "
+                               "openers clicked", **values)
+            elif c > CLICK_BENCHMARK:
+                clicks = t("clicks {clicks} ({rate} click-through) — above the common 3% benchmark", **values)
+            else:
+                clicks = t("clicks {clicks} ({rate} click-through) — below the common 3% benchmark", **values)
+            lines.append("  " + clicks)
+            lines.append("  " + t("Note: opens are inflated by mail-privacy proxies (Apple Mail Privacy Protection "
+                                  "loads every image), so clicks are the engagement figure to trust."))
         else:
-            lines.append("  opens and clicks: not tracked for this campaign.")
+            lines.append("  " + t("opens and clicks: not tracked for this campaign."))
         others = {k: v for k, v in self.statuses.items() if k not in ("sent", "bounced")}
         if others:
-            lines.append("  not sent: " + ", ".join(f"{k} {v}" for k, v in sorted(others.items())))
+            lines.append("  " + t("not sent: {counts}", counts=", ".join(f"{status_name(k)} {v}" for k, v in sorted(others.items()))))
         return "\n".join(lines)
 
 

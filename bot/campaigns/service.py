@@ -21,6 +21,7 @@ from bot.context import Context
 from bot.db.models import Approval, Campaign, Delivery
 from bot.db.upsert import insert_ignore
 from bot.errors import UserError
+from bot.i18n import t
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 EDITABLE = ("draft", "pending_approval", "approved", "rejected", "scheduled")
@@ -29,9 +30,10 @@ ENDS = ("completed", "rejected", "cancelled", "failed")
 
 def check_name(name: str) -> str:
     if not NAME_RE.match(name):
-        raise UserError(
-            f"“{name[:60]}” cannot be a campaign name: use up to 64 letters, digits, dots, dashes or underscores."
-        )
+        raise UserError(t(
+            "“{name}” cannot be a campaign name: use up to 64 letters, digits, dots, dashes or underscores.",
+            name=name[:60],
+        ))
     return name
 
 
@@ -39,7 +41,7 @@ async def get(session: AsyncSession, name: str) -> Campaign:
     check_name(name)
     c = (await session.execute(select(Campaign).where(Campaign.name == name))).scalar_one_or_none()
     if c is None:
-        raise UserError(f"There is no campaign “{name}”. /campaign list shows them.")
+        raise UserError(t("There is no campaign “{name}”. /campaign list shows them.", name=name))
     return c
 
 
@@ -108,10 +110,14 @@ async def review(ctx: Context, session: AsyncSession, campaign: Campaign) -> Rev
         try:
             messages.render(recipient)
         except TemplateProblem as exc:
-            who = "recipient" if count == 1 else "recipients"
-            problems.append(f"{count} {who} (e.g. {recipient.email}) can't be rendered: {exc.sentence}")
+            if count == 1:
+                problems.append(t("1 recipient (e.g. {email}) can't be rendered: {problem}", email=recipient.email,
+                                  problem=exc.sentence))
+            else:
+                problems.append(t("{count} recipients (e.g. {email}) can't be rendered: {problem}", count=count,
+                                  email=recipient.email, problem=exc.sentence))
     if report.total == 0:
-        problems.append("The audience is empty after consent and suppression: nobody would receive it.")
+        problems.append(t("The audience is empty after consent and suppression: nobody would receive it."))
     if sample is not None:
         try:
             problems.extend(lint(messages, sample))

@@ -19,6 +19,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
 
 from bot.errors import UserError
+from bot.i18n import t
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 MAX_RENDERED_BYTES = 2_000_000  # the sandbox does not stop 'a' * 10**9; the size cap does
@@ -153,22 +154,23 @@ SUBJECT_FILTERS = frozenset({"default", "d", "upper", "lower", "title", "capital
 def check_subject(env: SandboxedEnvironment, subject: str) -> None:
     """Refuse, with a sentence, a subject that does more than show values."""
     if len(subject) > 1000:
-        raise TemplateProblem("The subject is longer than 1,000 characters.")
+        raise TemplateProblem(t("The subject is longer than 1,000 characters."))
     try:
         tree = env.parse(subject)
     except TemplateSyntaxError as exc:
-        raise TemplateProblem(f"The subject is not a valid template: {exc.message}.") from None
+        raise TemplateProblem(t("The subject is not a valid template: {error}.", error=exc.message)) from None
     allowed = ", ".join(sorted(SUBJECT_FILTERS - {"d", "e"}))
     for node in [tree, *tree.find_all(nodes.Node)]:
         if not isinstance(node, _SUBJECT_NODES):
-            raise TemplateProblem(
-                f"The subject can only show values (with if and the filters {allowed}); "
-                f"“{type(node).__name__.lower()}” is not allowed there."
-            )
+            raise TemplateProblem(t(
+                "The subject can only show values (with if and the filters {allowed}); “{what}” is not allowed there.",
+                allowed=allowed, what=type(node).__name__.lower(),
+            ))
         if isinstance(node, nodes.Filter) and node.name not in SUBJECT_FILTERS:
-            raise TemplateProblem(f"The subject can only use the filters {allowed}; “{node.name}” is not one.")
+            raise TemplateProblem(t("The subject can only use the filters {allowed}; “{name}” is not one.", allowed=allowed,
+                                     name=node.name))
         if isinstance(node, nodes.Getattr | nodes.Name) and str(getattr(node, "attr", getattr(node, "name", ""))).startswith("_"):
-            raise TemplateProblem("The subject cannot use names that start with an underscore.")
+            raise TemplateProblem(t("The subject cannot use names that start with an underscore."))
 
 
 @dataclass(frozen=True)
@@ -187,13 +189,15 @@ class TemplateSource:
 
 def load_source(templates_dir: str | Path, name: str) -> TemplateSource:
     if not NAME_RE.match(name):
-        raise UserError(f"“{name[:60]}” is not a template name (letters, digits, dot, dash, underscore).")
+        raise UserError(t("“{name}” is not a template name (letters, digits, dot, dash, underscore).", name=name[:60]))
     base = Path(templates_dir)
     html_path = base / f"{name}.html"
     if not html_path.is_file():
         available = sorted(p.stem for p in base.glob("*.html")) if base.is_dir() else []
-        hint = f" Templates available: {', '.join(available)}." if available else ""
-        raise UserError(f"There is no template “{name}” in {base}.{hint}")
+        if available:
+            raise UserError(t("There is no template “{name}” in {folder}. Templates available: {names}.", name=name,
+                              folder=base, names=", ".join(available)))
+        raise UserError(t("There is no template “{name}” in {folder}.", name=name, folder=base))
     text_path = base / f"{name}.txt"
     try:
         return TemplateSource(
@@ -202,7 +206,7 @@ def load_source(templates_dir: str | Path, name: str) -> TemplateSource:
             text=text_path.read_text(encoding="utf-8") if text_path.is_file() else None,
         )
     except UnicodeDecodeError:
-        raise UserError(f"Template “{name}” is not UTF-8 text.") from None
+        raise UserError(t("Template “{name}” is not UTF-8 text.", name=name)) from None
 
 
 def html_title(source: str) -> str | None:
@@ -252,19 +256,21 @@ class CompiledTemplate:
         try:
             self._subject = text_env.from_string(subject)
         except TemplateSyntaxError as exc:
-            raise TemplateProblem(f"The subject is not a valid template: {exc.message}.") from None
+            raise TemplateProblem(t("The subject is not a valid template: {error}.", error=exc.message)) from None
         try:
             self._html = html_env.from_string(source.html)
         except TemplateSyntaxError as exc:
-            raise TemplateProblem(
-                f"Template {source.name}.html has an error on line {exc.lineno}: {exc.message}."
-            ) from None
+            raise TemplateProblem(t("Template {file} has an error on line {line}: {error}.", file=f"{source.name}.html",
+                                    line=exc.lineno, error=exc.message)) from None
         text_src = source.text if source.text is not None else html_to_text_template(source.html)
         try:
             self._text = text_env.from_string(text_src)
         except TemplateSyntaxError as exc:
-            where = f"{source.name}.txt" if source.text is not None else f"the text derived from {source.name}.html"
-            raise TemplateProblem(f"Template {where} has an error on line {exc.lineno}: {exc.message}.") from None
+            if source.text is not None:
+                raise TemplateProblem(t("Template {file} has an error on line {line}: {error}.", file=f"{source.name}.txt",
+                                        line=exc.lineno, error=exc.message)) from None
+            raise TemplateProblem(t("The text derived from template {file} has an error on line {line}: {error}.",
+                                    file=f"{source.name}.html", line=exc.lineno, error=exc.message)) from None
 
     def render(self, context: dict[str, Any]) -> Rendered:
         try:
@@ -274,14 +280,16 @@ class CompiledTemplate:
         except TemplateProblem:
             raise
         except UndefinedError as exc:
-            raise TemplateProblem(f"The template uses a value this recipient does not have: {exc.message}.") from None
+            raise TemplateProblem(t("The template uses a value this recipient does not have: {error}.",
+                                    error=exc.message)) from None
         except SecurityError as exc:
-            raise TemplateProblem(f"The template was stopped by the sandbox: {str(exc).rstrip('.')}.") from None
+            raise TemplateProblem(t("The template was stopped by the sandbox: {error}.", error=str(exc).rstrip("."))) from None
         except Exception as exc:  # a template can raise anything (division by zero, bad filter args)
-            raise TemplateProblem(f"The template failed to render: {type(exc).__name__}: {str(exc)[:200]}.") from None
+            raise TemplateProblem(t("The template failed to render: {error}.",
+                                    error=f"{type(exc).__name__}: {str(exc)[:200]}")) from None
         subject = " ".join(subject.split())
         if len(subject) > 500:
-            raise TemplateProblem("The rendered subject is longer than 500 characters.")
+            raise TemplateProblem(t("The rendered subject is longer than 500 characters."))
         return Rendered(subject=subject, html=body_html, text=body_text)
 
 
@@ -292,6 +300,6 @@ def _render_capped(template: Any, context: dict[str, Any], budget: int) -> str:
     for chunk in template.generate(context):
         size += len(chunk)
         if size > budget:
-            raise TemplateProblem("The rendered message is larger than 2 MB; that is too large to send.")
+            raise TemplateProblem(t("The rendered message is larger than 2 MB; that is too large to send."))
         parts.append(chunk)
     return "".join(parts)

@@ -13,11 +13,13 @@ from bot.addresses import normalise
 from bot.campaigns import service
 from bot.campaigns.audience import Recipient, resolve_audience
 from bot.campaigns.engine import DeliveryEngine
+from bot.campaigns.notes import decision_name, note, sentence_gap, show, state_name, status_name
 from bot.campaigns.templates import CompiledTemplate, TemplateProblem, load_source
 from bot.commands.parser import Arg, Flag, Parsed, Spec
 from bot.db.models import Approval, Campaign, Delivery
 from bot.errors import PermissionDenied, UserError
 from bot.events import Action, Button, Card, Message
+from bot.i18n import t
 
 if TYPE_CHECKING:
     from bot.core import Core, Request
@@ -72,8 +74,9 @@ def _with_usage(exc: UserError, spec: Spec) -> UserError:
 async def new(core: Core, req: Request, p: Parsed) -> Message:
     name = p.arg("name")
     if not p.flag("to") or not p.flag("template"):
-        missing = " and ".join(f"--{f}" for f in ("to", "template") if not p.flag(f))
-        raise UserError(f"/campaign new needs {missing}.", NEW.usage)
+        if not p.flag("to") and not p.flag("template"):
+            raise UserError(t("/campaign new needs --to and --template."), NEW.usage)
+        raise UserError(t("/campaign new needs {flag}.", flag="--to" if not p.flag("to") else "--template"), NEW.usage)
     ctx = core.ctx
     try:
         service.check_name(name)
@@ -82,7 +85,8 @@ async def new(core: Core, req: Request, p: Parsed) -> Message:
         CompiledTemplate(source, subject)  # a broken or hostile template is refused now, not at send time
         async with ctx.sessions() as session, session.begin():
             if (await session.execute(select(Campaign.id).where(Campaign.name == name))).scalar_one_or_none():
-                raise UserError(f"A campaign named “{name}” already exists; pick another name or /campaign edit it.")
+                raise UserError(t("A campaign named “{name}” already exists; pick another name or /campaign edit it.",
+                                  name=name))
             kind, audience = await resolve_audience(session, ctx.settings, p.flag("to") or "")
             campaign = Campaign(
                 name=name, template=p.flag("template"), subject=subject, audience_kind=kind, audience_name=audience,
@@ -95,11 +99,30 @@ async def new(core: Core, req: Request, p: Parsed) -> Message:
                                    after="draft")
     except UserError as exc:
         raise _with_usage(exc, NEW) from None
-    subject_note = f" with subject “{subject}”" if subject else " (no subject yet: add --subject before submitting)"
-    if p.switch("no-tracking"):
-        subject_note += ", without open and click tracking"
-    return Message(f"Draft campaign “{name}” to {kind} {audience}{subject_note}. Next: /campaign preview {name}, "
-                   f"then /campaign submit {name}.")
+    values = {"name": name, "audience": _audience(kind, audience), "subject": subject}
+    if subject and not p.switch("no-tracking"):
+        text = t("Draft campaign “{name}” to {audience} with subject “{subject}”. Next: /campaign preview {name}, "
+                 "then /campaign submit {name}.", **values)
+    elif subject:
+        text = t("Draft campaign “{name}” to {audience} with subject “{subject}”, without open and click tracking. "
+                 "Next: /campaign preview {name}, then /campaign submit {name}.", **values)
+    elif not p.switch("no-tracking"):
+        text = t("Draft campaign “{name}” to {audience} (no subject yet: add --subject before submitting). "
+                 "Next: /campaign preview {name}, then /campaign submit {name}.", name=name, audience=values["audience"])
+    else:
+        text = t("Draft campaign “{name}” to {audience} (no subject yet: add --subject before submitting), without "
+                 "open and click tracking. Next: /campaign preview {name}, then /campaign submit {name}.",
+                 name=name, audience=values["audience"])
+    return Message(text)
+
+
+def _audience(kind: str, name: str) -> str:
+    """“list customers” or “group team@corp.example”, in the current language."""
+    if kind == "list":
+        return t("list {name}", name=name)
+    if kind == "group":
+        return t("group {name}", name=name)
+    return f"{kind} {name}"
 
 
 async def _load(core: Core, name: str, spec: Spec) -> Campaign:
@@ -112,22 +135,27 @@ async def _load(core: Core, name: str, spec: Spec) -> Campaign:
 
 def _owner_or_admin(req: Request, campaign: Campaign, what: str) -> None:
     if campaign.created_by != req.email and not req.has("admins"):
-        raise PermissionDenied(f"Only {campaign.created_by} (who created “{campaign.name}”) or an admin can {what} it.")
+        if what == "edit":
+            raise PermissionDenied(t("Only {email} (who created “{name}”) or an admin can edit it.",
+                                     email=campaign.created_by, name=campaign.name))
+        raise PermissionDenied(t("Only {email} (who created “{name}”) or an admin can submit it.",
+                                 email=campaign.created_by, name=campaign.name))
 
 
 async def edit(core: Core, req: Request, p: Parsed) -> Message:
     ctx = core.ctx
     if not (p.flag("to") or p.flag("template") or p.flag("subject") or p.flag("tracking")):
-        raise UserError("/campaign edit needs at least one of --to, --template, --subject, --tracking.", EDIT.usage)
+        raise UserError(t("/campaign edit needs at least one of --to, --template, --subject, --tracking."), EDIT.usage)
     tracking = (p.flag("tracking") or "").lower()
     if tracking and tracking not in ("on", "off"):
-        raise UserError(f"--tracking takes on or off, not “{tracking[:20]}”.", EDIT.usage)
+        raise UserError(t("--tracking takes on or off, not “{value}”.", value=tracking[:20]), EDIT.usage)
     try:
         async with ctx.sessions() as session, session.begin():
             campaign = await service.get(session, p.arg("name"))
             _owner_or_admin(req, campaign, "edit")
             if campaign.state not in service.EDITABLE:
-                raise UserError(f"“{campaign.name}” is {campaign.state}; it can no longer be edited.")
+                raise UserError(t("“{name}” is {state}; it can no longer be edited.", name=campaign.name,
+                                  state=state_name(campaign.state)))
             values: dict[str, object] = {}
             if p.flag("template"):
                 load_source(ctx.settings.campaigns.templates_dir, p.flag("template") or "")
@@ -148,23 +176,30 @@ async def edit(core: Core, req: Request, p: Parsed) -> Message:
                 .values(state="draft", content_hash=None, **values).execution_options(synchronize_session=False)
             )
             if result.rowcount != 1:
-                raise UserError(f"“{campaign.name}” changed state while you edited it; try again.")
+                raise UserError(t("“{name}” changed state while you edited it; try again.", name=campaign.name))
             service.audit_campaign(session, campaign, actor=req.email, via=req.via, action="campaign.edit",
                                    before=before, after="draft", detail=", ".join(sorted(values)))
     except UserError as exc:
         raise _with_usage(exc, EDIT) from None
-    voided = " The earlier approval request is void; submit it again." if before != "draft" else ""
-    return Message(f"Updated “{campaign.name}” ({', '.join(sorted(values))}).{voided}")
+    changed = ", ".join(sorted(values))
+    if before != "draft":
+        return Message(t("Updated “{name}” ({fields}). The earlier approval request is void; submit it again.",
+                         name=campaign.name, fields=changed))
+    return Message(t("Updated “{name}” ({fields}).", name=campaign.name, fields=changed))
 
 
 def _audience_line(review: service.Review, campaign: Campaign) -> str:
     a = review.audience
-    text = f"{campaign.audience_kind} {campaign.audience_name}: {a.total} recipient{'s' if a.total != 1 else ''}"
+    audience = _audience(campaign.audience_kind, campaign.audience_name)
+    if a.total == 1:
+        text = t("{audience}: 1 recipient", audience=audience)
+    else:
+        text = t("{audience}: {count} recipients", audience=audience, count=a.total)
     extra = []
     if a.without_consent:
-        extra.append(f"{a.without_consent} without consent, not mailed")
+        extra.append(t("{count} without consent, not mailed", count=a.without_consent))
     if a.suppressed:
-        extra.append(f"{a.suppressed} suppressed")
+        extra.append(t("{count} suppressed", count=a.suppressed))
     return text + (f" ({'; '.join(extra)})" if extra else "")
 
 
@@ -180,19 +215,21 @@ async def preview(core: Core, req: Request, p: Parsed) -> Message:
                 recipient = await _find_recipient(core, session, campaign, email)
     except UserError as exc:
         raise _with_usage(exc, PREVIEW) from None
-    lines = [f"Campaign “{campaign.name}” ({campaign.state}) — {_audience_line(review, campaign)}"]
+    lines = [t("Campaign “{name}” ({state}) — {audience}", name=campaign.name, state=state_name(campaign.state),
+               audience=_audience_line(review, campaign))]
     if recipient is not None:
         try:
             rendered = review.messages.render(recipient)
-            lines.append(f"For {recipient.email}:\nSubject: {rendered.subject}\n")
+            lines.append(t("For {email}:", email=recipient.email) + "\n"
+                         + t("Subject: {subject}", subject=rendered.subject) + "\n")
             body = rendered.text if len(rendered.text) < 1500 else rendered.text[:1500] + "\n…"
             lines.append(body.rstrip())
         except TemplateProblem as exc:
-            lines.append(f"For {recipient.email}: {exc.sentence}")
+            lines.append(t("For {email}: {problem}", email=recipient.email, problem=exc.sentence))
     lines.append("")
-    lines.append("Checks: " + ("all passed." if not review.problems else ""))
+    lines.append(t("Checks: all passed.") if not review.problems else t("Checks:"))
     lines += [f"  ✗ {problem}" for problem in review.problems]
-    lines.append(f"HTML preview: {preview_url(core, campaign)}")
+    lines.append(t("HTML preview: {url}", url=preview_url(core, campaign)))
     return Message("\n".join(lines), ephemeral=True)
 
 
@@ -203,7 +240,8 @@ async def _find_recipient(core: Core, session, campaign: Campaign, email: str) -
         for r in chunk:
             if r.email == email:
                 return r
-    raise UserError(f"{email} is not in the audience of “{campaign.name}” (or has not given consent).")
+    raise UserError(t("{email} is not in the audience of “{name}” (or has not given consent).", email=email,
+                      name=campaign.name))
 
 
 def preview_url(core: Core, campaign: Campaign) -> str:
@@ -216,10 +254,10 @@ async def test(core: Core, req: Request, p: Parsed) -> Message:
     try:
         email = normalise(p.arg("email"))
         if not ctx.settings.is_internal(email) and email != req.email:
-            raise UserError(
-                f"Tests go to internal addresses only; {email} is outside {', '.join(ctx.settings.org.domains)}. "
-                "External people get a campaign only after approval."
-            )
+            raise UserError(t(
+                "Tests go to internal addresses only; {email} is outside {domains}. External people get a campaign "
+                "only after approval.", email=email, domains=", ".join(ctx.settings.org.domains),
+            ))
         async with ctx.sessions() as session:
             campaign = await service.get(session, p.arg("name"))
             review = await service.review(ctx, session, campaign)
@@ -237,14 +275,16 @@ async def test(core: Core, req: Request, p: Parsed) -> Message:
     finally:
         await transport.close()
     if not outcome.ok:
-        raise UserError(f"The mail server did not take the test message: {outcome.detail}.")
+        raise UserError(t("The mail server did not take the test message: {detail}.", detail=outcome.detail))
     async with ctx.sessions() as session, session.begin():
         service.audit_campaign(session, campaign, actor=req.email, via=req.via, action="campaign.test",
                                detail=f"test to {email}")
-    return Message(f"Sent a test of “{campaign.name}” to {email} (subject: [TEST] {built.rendered.subject}).")
+    return Message(t("Sent a test of “{name}” to {email} (subject: {subject}).", name=campaign.name, email=email,
+                     subject=f"[TEST] {built.rendered.subject}"))
 
 
 def _eta(campaign: Campaign, counts: dict[str, int], now: datetime) -> str | None:
+    """How long the rest will take at the rate so far ("3 min"), or None."""
     total = sum(counts.values())
     left = counts.get("pending", 0) + counts.get("sending", 0)
     done = total - left
@@ -255,67 +295,73 @@ def _eta(campaign: Campaign, counts: dict[str, int], now: datetime) -> str | Non
         return None
     seconds = left / (done / elapsed)
     if seconds < 90:
-        return f"about {max(1, round(seconds))} s"
+        return t("{count} s", count=max(1, round(seconds)))
     if seconds < 5400:
-        return f"about {round(seconds / 60)} min"
-    return f"about {seconds / 3600:.1f} h"
+        return t("{count} min", count=round(seconds / 60))
+    return t("{count} h", count=f"{seconds / 3600:.1f}")
 
 
 def _schedule_line(campaign: Campaign) -> str:
     if campaign.scheduled_at is None:
-        return "as soon as approved"
+        return t("as soon as approved")
     return f"{campaign.scheduled_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC ({campaign.scheduled_at.isoformat()})"
 
 
 def approval_card(core: Core, campaign: Campaign, review: service.Review | None, *, outcome: str | None = None,
                   counts: dict[str, int] | None = None, approvers: list[str] | None = None) -> Card:
+    """The card approvers see, in the current language (build it per messenger: see `core.post`)."""
     settings = core.ctx.settings
-    fields: list[tuple[str, str]] = [("Requested by", campaign.submitted_by or campaign.created_by)]
+    fields: list[tuple[str, str]] = [(t("Requested by"), campaign.submitted_by or campaign.created_by)]
     if review is not None:
-        fields.append(("Audience", _audience_line(review, campaign)))
+        fields.append((t("Audience"), _audience_line(review, campaign)))
         if review.sample is not None:
             try:
                 rendered = review.messages.render(review.sample)
-                fields.append(("Subject", rendered.subject))
+                fields.append((t("Subject"), rendered.subject))
                 snippet = " ".join(rendered.text.split())[:280]
-                fields.append((f"Sample ({review.sample.email})", snippet))
+                fields.append((t("Sample ({email})", email=review.sample.email), snippet))
             except TemplateProblem:
-                fields.append(("Subject", campaign.subject))
-        fields.append(("Checks", "passed" if not review.problems else "; ".join(review.problems)))
+                fields.append((t("Subject"), campaign.subject))
+        fields.append((t("Checks"), t("passed") if not review.problems else "; ".join(review.problems)))
     else:
-        fields.append(("Audience", f"{campaign.audience_kind} {campaign.audience_name}"))
-        fields.append(("Subject", campaign.subject))
-    fields.append(("Sender", f"{campaign.from_name} <{campaign.from_address}>" if campaign.from_name else campaign.from_address))
-    fields.append(("Template", campaign.template))
-    fields.append(("Schedule", _schedule_line(campaign)))
+        fields.append((t("Audience"), _audience(campaign.audience_kind, campaign.audience_name)))
+        fields.append((t("Subject"), campaign.subject))
+    fields.append((t("Sender"), f"{campaign.from_name} <{campaign.from_address}>" if campaign.from_name
+                   else campaign.from_address))
+    fields.append((t("Template"), campaign.template))
+    fields.append((t("Schedule"), _schedule_line(campaign)))
     tracked = settings.campaigns.tracking and campaign.tracking
-    fields.append(("Tracking", "opens and clicks" if tracked else "off (no tracking links in the mail)"))
+    fields.append((t("Tracking"), t("opens and clicks") if tracked else t("off (no tracking links in the mail)")))
     needed = settings.campaigns.required_approvals
     if needed > 1 or approvers:
-        fields.append(("Approvals", f"{len(approvers or [])} of {needed}"
+        fields.append((t("Approvals"), t("{count} of {needed}", count=len(approvers or []), needed=needed)
                        + (f" ({', '.join(approvers)})" if approvers else "")))
     progress = None
     if counts is not None:
         total = sum(counts.values())
         done = total - counts.get("pending", 0) - counts.get("sending", 0)
         progress = done / total if total else 1.0
-        fields.append(("Progress", f"{done}/{total} — " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))))
+        fields.append((t("Progress"), f"{done}/{total} — " + _counts_line(counts)))
         eta = _eta(campaign, counts, core.ctx.now())
         if eta:
-            fields.append(("ETA", eta))
+            fields.append((t("ETA"), t("about {duration}", duration=eta)))
     if outcome is not None:
-        fields.append(("Outcome", outcome))
-        return Card(title=f"Campaign “{campaign.name}”", fields=tuple(fields), progress=progress,
-                    link=("Preview", preview_url(core, campaign)))
+        fields.append((t("Outcome"), outcome))
+        return Card(title=t("Campaign “{name}”", name=campaign.name), fields=tuple(fields), progress=progress,
+                    link=(t("Preview"), preview_url(core, campaign)))
     buttons = (
-        Button("campaign.approve", "Approve", str(campaign.id), style="primary",
+        Button("campaign.approve", t("Approve"), str(campaign.id), style="primary",
                text_command=f"/approve {campaign.name}"),
-        Button("campaign.reject", "Reject", str(campaign.id), style="danger",
-               confirm=f"Reject “{campaign.name}”? The sender will be told.",
+        Button("campaign.reject", t("Reject"), str(campaign.id), style="danger",
+               confirm=t("Reject “{name}”? The sender will be told.", name=campaign.name),
                text_command=f"/reject {campaign.name} <reason>"),
     )
-    return Card(title=f"Approval needed: campaign “{campaign.name}”", fields=tuple(fields), buttons=buttons,
-                link=("Preview", preview_url(core, campaign)))
+    return Card(title=t("Approval needed: campaign “{name}”", name=campaign.name), fields=tuple(fields),
+                buttons=buttons, link=(t("Preview"), preview_url(core, campaign)))
+
+
+def _counts_line(counts: dict[str, int]) -> str:
+    return ", ".join(f"{status_name(k)} {v}" for k, v in sorted(counts.items()))
 
 
 def parse_start_time(text: str, now: datetime) -> datetime:
@@ -324,16 +370,16 @@ def parse_start_time(text: str, now: datetime) -> datetime:
     try:
         when = datetime.fromisoformat(raw.replace("Z", "+00:00") if raw.endswith("Z") else raw)
     except ValueError:
-        raise UserError(f"--at “{raw[:40]}” is not an ISO 8601 time such as 2026-12-01T09:00:00+01:00.",
+        raise UserError(t("--at “{text}” is not an ISO 8601 time such as 2026-12-01T09:00:00+01:00.", text=raw[:40]),
                         SUBMIT.usage) from None
     if when.tzinfo is None:
-        raise UserError(f"--at “{raw[:40]}” has no offset: add one (+01:00, Z) so there is no doubt when it starts.",
-                        SUBMIT.usage)
+        raise UserError(t("--at “{text}” has no offset: add one (+01:00, Z) so there is no doubt when it starts.",
+                          text=raw[:40]), SUBMIT.usage)
     when = when.astimezone(UTC)
     if when <= now:
-        raise UserError(f"--at {raw[:40]} is in the past; give a time from now on.", SUBMIT.usage)
+        raise UserError(t("--at {text} is in the past; give a time from now on.", text=raw[:40]), SUBMIT.usage)
     if when > now + timedelta(days=366):
-        raise UserError("--at is more than a year ahead; schedule it closer to the date.", SUBMIT.usage)
+        raise UserError(t("--at is more than a year ahead; schedule it closer to the date."), SUBMIT.usage)
     return when
 
 
@@ -345,15 +391,17 @@ async def submit(core: Core, req: Request, p: Parsed) -> Message:
             campaign = await service.get(session, p.arg("name"))
             _owner_or_admin(req, campaign, "submit")
             if campaign.state not in ("draft", "rejected"):
-                raise UserError(f"“{campaign.name}” is {campaign.state.replace('_', ' ')}; only a draft can be submitted.")
+                raise UserError(t("“{name}” is {state}; only a draft can be submitted.", name=campaign.name,
+                                  state=state_name(campaign.state)))
             review = await service.review(ctx, session, campaign)
             if review.problems:
-                raise UserError(f"“{campaign.name}” can't be submitted yet: " + " ".join(review.problems))
+                raise UserError(t("“{name}” can't be submitted yet: {problems}", name=campaign.name,
+                                  problems=" ".join(review.problems)))
             digest = service.current_hash(ctx, campaign)
             won = await service.transition(session, campaign.id, ("draft", "rejected"), "pending_approval",
                                            content_hash=digest, submitted_by=req.email, scheduled_at=when)
             if not won:
-                raise UserError(f"“{campaign.name}” was submitted by someone else just now.")
+                raise UserError(t("“{name}” was submitted by someone else just now.", name=campaign.name))
             campaign.state, campaign.content_hash, campaign.submitted_by = "pending_approval", digest, req.email
             campaign.scheduled_at = when
             service.audit_campaign(session, campaign, actor=req.email, via=req.via, action="campaign.submit",
@@ -361,15 +409,26 @@ async def submit(core: Core, req: Request, p: Parsed) -> Message:
                                    detail=f"hash {digest[:12]}" + (f", start {when.isoformat()}" if when else ""))
     except UserError as exc:
         raise _with_usage(exc, SUBMIT) from None
-    card = approval_card(core, campaign, review)
-    refs = await core.post("approvals", Message(f"{req.email} asks to send campaign “{campaign.name}”.", card),
-                           subject=f"campaign:{campaign.id}")
-    where = "to the approvers" if refs else "(no approvals channel is configured: approvers can type /approve)"
-    approvers = ", ".join(a for a in ctx.settings.roles.approvers if a != req.email) or "nobody yet"
-    start = f" It starts at {_schedule_line(campaign)} once approved." if when else ""
-    return Message(f"Submitted “{campaign.name}” for approval {where}. Approvers: {approvers}. "
-                   f"It goes to {review.audience.total} recipient{'s' if review.audience.total != 1 else ''} once "
-                   f"approved.{start}")
+
+    def request() -> Message:  # built once per messenger, in its language
+        return Message(t("{email} asks to send campaign “{name}”.", email=req.email, name=campaign.name),
+                       approval_card(core, campaign, review))
+
+    refs = await core.post("approvals", request, subject=f"campaign:{campaign.id}")
+    if refs:
+        sentences = [t("Submitted “{name}” for approval to the approvers.", name=campaign.name)]
+    else:
+        sentences = [t("Submitted “{name}” for approval (no approvals channel is configured: approvers can type "
+                       "/approve).", name=campaign.name)]
+    approvers = ", ".join(a for a in ctx.settings.roles.approvers if a != req.email) or t("nobody yet")
+    sentences.append(t("Approvers: {names}.", names=approvers))
+    if review.audience.total == 1:
+        sentences.append(t("It goes to 1 recipient once approved."))
+    else:
+        sentences.append(t("It goes to {count} recipients once approved.", count=review.audience.total))
+    if when:
+        sentences.append(t("It starts at {time} once approved.", time=_schedule_line(campaign)))
+    return Message(sentence_gap().join(sentences))
 
 
 async def _decide(core: Core, req: Request, campaign_ref: str, decision: str, reason: str | None, spec: Spec,
@@ -380,38 +439,46 @@ async def _decide(core: Core, req: Request, campaign_ref: str, decision: str, re
     approvers: list[str] = []
     new_state = "pending_approval"
     if not req.has("approvers"):
-        raise PermissionDenied("Only approvers can approve or reject campaigns.")
+        raise PermissionDenied(t("Only approvers can approve or reject campaigns."))
     async with ctx.sessions() as session, session.begin():
         try:
             if by_id:
                 campaign = await session.get(Campaign, int(campaign_ref))
                 if campaign is None:
-                    raise UserError("That campaign no longer exists.")
+                    raise UserError(t("That campaign no longer exists."))
             else:
                 campaign = await service.get(session, campaign_ref)
         except UserError as exc:
             raise _with_usage(exc, spec) from None
         if req.email in (campaign.created_by, campaign.submitted_by):
-            raise PermissionDenied(f"You asked for “{campaign.name}”, so you can't approve or reject it yourself; "
-                                   "another approver must.")
+            raise PermissionDenied(t("You asked for “{name}”, so you can't approve or reject it yourself; another "
+                                     "approver must.", name=campaign.name))
         if campaign.state != "pending_approval":
             decided = (await session.execute(
                 select(Approval.approver, Approval.decision).where(Approval.campaign_id == campaign.id)
                 .order_by(Approval.id.desc()).limit(1))).first()
-            by = f" ({decided.decision} by {decided.approver})" if decided else ""
-            raise UserError(f"“{campaign.name}” is {campaign.state.replace('_', ' ')}{by}; there is nothing to {decision} any more.")
+            values = {"name": campaign.name, "state": state_name(campaign.state)}
+            if decided and decision == "approve":
+                raise UserError(t("“{name}” is {state} ({decision} by {email}); there is nothing to approve any more.",
+                                  decision=decision_name(decided.decision), email=decided.approver, **values))
+            if decided:
+                raise UserError(t("“{name}” is {state} ({decision} by {email}); there is nothing to reject any more.",
+                                  decision=decision_name(decided.decision), email=decided.approver, **values))
+            if decision == "approve":
+                raise UserError(t("“{name}” is {state}; there is nothing to approve any more.", **values))
+            raise UserError(t("“{name}” is {state}; there is nothing to reject any more.", **values))
         try:
             digest = service.current_hash(ctx, campaign)
         except UserError as exc:
-            raise UserError(f"“{campaign.name}” can't be checked: {exc.sentence}") from None
+            raise UserError(t("“{name}” can't be checked: {problem}", name=campaign.name, problem=exc.sentence)) from None
         if digest != campaign.content_hash:
-            raise UserError(f"“{campaign.name}” changed after it was submitted (its template, subject, audience or "
-                            "sender); it must be submitted again.")
+            raise UserError(t("“{name}” changed after it was submitted (its template, subject, audience or sender); "
+                              "it must be submitted again.", name=campaign.name))
         fresh = await service.record_decision(ctx, session, campaign, approver=req.email,
                                               decision="approved" if decision == "approve" else "rejected",
                                               reason=reason, digest=digest)
         if not fresh:
-            raise UserError(f"You already decided on “{campaign.name}”; it needs another approver now.")
+            raise UserError(t("You already decided on “{name}”; it needs another approver now.", name=campaign.name))
         if decision == "approve":
             approvers = await service.approvals_in_force(session, campaign, digest, ctx.now())
             if len(approvers) < needed:
@@ -425,38 +492,42 @@ async def _decide(core: Core, req: Request, campaign_ref: str, decision: str, re
                 won = await service.transition(session, campaign.id, ("pending_approval",), new_state)
         else:
             won = await service.transition(session, campaign.id, ("pending_approval",), "rejected",
-                                           status_note=f"Rejected by {req.email}: {reason}")
+                                           status_note=note("Rejected by {email}: {reason}", email=req.email,
+                                                                       reason=reason))
             new_state = "rejected"
         if not won:
-            raise UserError(f"“{campaign.name}” was decided by someone else just now.")
+            raise UserError(t("“{name}” was decided by someone else just now.", name=campaign.name))
         if new_state != "pending_approval":
             service.audit_campaign(session, campaign, actor=req.email, via=req.via, action=f"campaign.{decision}",
                                    before="pending_approval", after=new_state, detail=reason)
+    subject = f"campaign:{campaign.id}"
+    name = campaign.name
+    # Each card is built once per messenger, in its language (core.update_subject calls the function).
     if decision == "reject":
-        card = approval_card(core, campaign, None, outcome=f"Rejected by {req.email}: {reason}")
-        await core.update_subject(f"campaign:{campaign.id}", Message(f"“{campaign.name}” was rejected.", card))
-        return Message(f"Rejected “{campaign.name}”. {campaign.submitted_by or campaign.created_by} can edit and "
-                       "submit it again.")
+        await core.update_subject(subject, lambda: Message(t("“{name}” was rejected.", name=name), approval_card(
+            core, campaign, None, outcome=t("Rejected by {email}: {reason}", email=req.email, reason=reason))))
+        return Message(t("Rejected “{name}”. {email} can edit and submit it again.", name=name,
+                         email=campaign.submitted_by or campaign.created_by))
     if new_state == "pending_approval":
         async with ctx.sessions() as session:
             review = await service.review(ctx, session, campaign)
-        card = approval_card(core, campaign, review, approvers=approvers)
-        await core.update_subject(f"campaign:{campaign.id}",
-                                  Message(f"“{campaign.name}” has {len(approvers)} of {needed} approvals.", card))
-        return Message(f"Approved “{campaign.name}” ({len(approvers)} of {needed} approvals); it needs "
-                       f"{needed - len(approvers)} more before it is sent.")
+        await core.update_subject(subject, lambda: Message(
+            t("“{name}” has {count} of {needed} approvals.", name=name, count=len(approvers), needed=needed),
+            approval_card(core, campaign, review, approvers=approvers)))
+        return Message(t("Approved “{name}” ({count} of {needed} approvals); it needs {more} more before it is sent.",
+                         name=name, count=len(approvers), needed=needed, more=needed - len(approvers)))
     who = ", ".join(approvers)
     if new_state == "scheduled":
         await schedule_start(core, campaign)
-        card = approval_card(core, campaign, None, outcome=f"Approved by {who}; starts {_schedule_line(campaign)}",
-                             approvers=approvers)
-        await core.update_subject(f"campaign:{campaign.id}", Message(f"“{campaign.name}” was approved.", card))
-        return Message(f"Approved “{campaign.name}”; it starts at {_schedule_line(campaign)}. "
-                       f"/campaign status {campaign.name} shows it.")
+        await core.update_subject(subject, lambda: Message(t("“{name}” was approved.", name=name), approval_card(
+            core, campaign, None, outcome=t("Approved by {names}; starts {time}", names=who,
+                                            time=_schedule_line(campaign)), approvers=approvers)))
+        return Message(t("Approved “{name}”; it starts at {time}. /campaign status {name} shows it.", name=name,
+                         time=_schedule_line(campaign)))
     start_sending(core, campaign.id, req.email)
-    card = approval_card(core, campaign, None, outcome=f"Approved by {who}; sending…", approvers=approvers)
-    await core.update_subject(f"campaign:{campaign.id}", Message(f"“{campaign.name}” was approved.", card))
-    return Message(f"Approved “{campaign.name}”; sending has started. /campaign status {campaign.name} shows progress.")
+    await core.update_subject(subject, lambda: Message(t("“{name}” was approved.", name=name), approval_card(
+        core, campaign, None, outcome=t("Approved by {names}; sending…", names=who), approvers=approvers)))
+    return Message(t("Approved “{name}”; sending has started. /campaign status {name} shows progress.", name=name))
 
 
 def start_job_id(campaign_id: int) -> str:
@@ -544,20 +615,33 @@ async def refresh_card(core: Core, campaign_id: int, what: str) -> None:
             select(Approval.approver).where(Approval.campaign_id == campaign_id, Approval.decision == "approved",
                                             Approval.content_hash == campaign.content_hash))).scalars().all()))
     state = campaign.state
-    who = ", ".join(approvers) or "nobody"
-    outcome = {
-        "sending": f"Approved by {who}; sending…",
-        "scheduled": f"Approved by {who}; starts {_schedule_line(campaign)}",
-        "completed": f"Approved by {who}; sent — {counts.get('sent', 0)} delivered to the mail server",
-        "paused": f"Paused. {campaign.status_note or ''}".strip(),
-        "failed": f"Failed. {campaign.status_note or ''}".strip(),
-        "cancelled": "Cancelled.",
-    }.get(state, state)
-    card = approval_card(core, campaign, None, outcome=outcome, counts=counts, approvers=approvers)
-    await core.update_subject(f"campaign:{campaign_id}", Message(f"“{campaign.name}”: {state}.", card))
+
+    def build() -> Message:  # once per messenger, in its language
+        who = ", ".join(approvers) or t("nobody")
+        note_text = show(campaign.status_note)
+        if state == "sending":
+            outcome = t("Approved by {names}; sending…", names=who)
+        elif state == "scheduled":
+            outcome = t("Approved by {names}; starts {time}", names=who, time=_schedule_line(campaign))
+        elif state == "completed":
+            outcome = t("Approved by {names}; sent — {count} delivered to the mail server", names=who,
+                        count=counts.get("sent", 0))
+        elif state == "paused":
+            outcome = t("Paused. {note}", note=note_text) if note_text else t("Paused.")
+        elif state == "failed":
+            outcome = t("Failed. {note}", note=note_text) if note_text else t("Failed.")
+        elif state == "cancelled":
+            outcome = t("Cancelled.")
+        else:
+            outcome = state_name(state)
+        card = approval_card(core, campaign, None, outcome=outcome, counts=counts, approvers=approvers)
+        return Message(t("“{name}”: {state}.", name=campaign.name, state=state_name(state)), card)
+
+    await core.update_subject(f"campaign:{campaign_id}", build)
     if what == "auto-paused" and campaign.status_note:
         # Say why in the chat, not only on the card: someone has to act on it.
-        await core.post("approvals", Message(f"Campaign “{campaign.name}”: {campaign.status_note}"))
+        await core.post("approvals", lambda: Message(t("Campaign “{name}”: {note}", name=campaign.name,
+                                                       note=show(campaign.status_note))))
 
 
 
@@ -568,24 +652,24 @@ async def approve(core: Core, req: Request, p: Parsed) -> Message:
 async def reject(core: Core, req: Request, p: Parsed) -> Message:
     reason = (p.opt("reason") or "").strip()
     if not reason:
-        raise UserError("/reject needs a reason, so the sender knows what to change.", REJECT.usage)
+        raise UserError(t("/reject needs a reason, so the sender knows what to change."), REJECT.usage)
     if len(reason) > 1000:
-        raise UserError("Keep the reason under 1,000 characters.", REJECT.usage)
+        raise UserError(t("Keep the reason under 1,000 characters."), REJECT.usage)
     return await _decide(core, req, p.arg("campaign"), "reject", reason, REJECT)
 
 
 async def approve_click(core: Core, req: Request, action: Action) -> Message | None:
     value = action.value.split(":", 1)[0]
     if not _is_id(value):
-        raise UserError("That button's value is not a campaign.")
+        raise UserError(t("That button's value is not a campaign."))
     return await _decide(core, req, value, "approve", None, APPROVE, by_id=True)
 
 
 async def reject_click(core: Core, req: Request, action: Action) -> Message | None:
     value, _, reason = action.value.partition(":")
     if not _is_id(value):
-        raise UserError("That button's value is not a campaign.")
-    return await _decide(core, req, value, "reject", reason.strip()[:1000] or "no reason given", REJECT, by_id=True)
+        raise UserError(t("That button's value is not a campaign."))
+    return await _decide(core, req, value, "reject", reason.strip()[:1000] or t("no reason given"), REJECT, by_id=True)
 
 
 def _is_id(value: str) -> bool:
@@ -599,27 +683,33 @@ async def status(core: Core, req: Request, p: Parsed) -> Message:
         decisions = (await session.execute(
             select(Approval.approver, Approval.decision, Approval.created_at, Approval.reason)
             .where(Approval.campaign_id == campaign.id).order_by(Approval.id))).all()
-    lines = [f"“{campaign.name}” is {campaign.state.replace('_', ' ')}.",
-             f"  to {campaign.audience_kind} {campaign.audience_name}, template {campaign.template}, "
-             f"subject “{campaign.subject}”, created by {campaign.created_by}"]
+    lines = [t("“{name}” is {state}.", name=campaign.name, state=state_name(campaign.state)),
+             "  " + t("to {audience}, template {template}, subject “{subject}”, created by {email}",
+                      audience=_audience(campaign.audience_kind, campaign.audience_name), template=campaign.template,
+                      subject=campaign.subject, email=campaign.created_by)]
     for d in decisions:
-        why = f": {d.reason}" if d.reason else ""
-        lines.append(f"  {d.decision} by {d.approver} at {d.created_at:%Y-%m-%d %H:%M} UTC{why}")
+        values = {"decision": decision_name(d.decision), "email": d.approver, "time": f"{d.created_at:%Y-%m-%d %H:%M}"}
+        if d.reason:
+            lines.append("  " + t("{decision} by {email} at {time} UTC: {reason}", reason=d.reason, **values))
+        else:
+            lines.append("  " + t("{decision} by {email} at {time} UTC", **values))
     if counts:
         total = sum(counts.values())
-        lines.append(f"  {total} recipients: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        lines.append("  " + t("{count} recipients: {counts}", count=total, counts=_counts_line(counts)))
     if campaign.scheduled_at is not None and campaign.state in ("pending_approval", "approved", "scheduled"):
-        lines.append(f"  starts {_schedule_line(campaign)}"
-                     + (" (in the persistent schedule)" if campaign.state == "scheduled" else " once approved"))
+        if campaign.state == "scheduled":
+            lines.append("  " + t("starts {time} (in the persistent schedule)", time=_schedule_line(campaign)))
+        else:
+            lines.append("  " + t("starts {time} once approved", time=_schedule_line(campaign)))
     needed = core.ctx.settings.campaigns.required_approvals
     if campaign.state == "pending_approval" and needed > 1:
         got = {d.approver for d in decisions if d.decision == "approved"}
-        lines.append(f"  {len(got)} of {needed} approvals")
+        lines.append("  " + t("{count} of {needed} approvals", count=len(got), needed=needed))
     if campaign.status_note:
-        lines.append(f"  {campaign.status_note}")
+        lines.append(f"  {show(campaign.status_note)}")
     eta = _eta(campaign, counts, core.ctx.now()) if counts else None
     if eta:
-        lines.append(f"  about {eta.removeprefix('about ')} to go")
+        lines.append("  " + t("about {duration} to go", duration=eta))
     return Message("\n".join(lines))
 
 
@@ -628,8 +718,8 @@ async def report(core: Core, req: Request, p: Parsed) -> Message:
 
     campaign = await _load(core, p.arg("name"), REPORT)
     if campaign.state in ("draft", "pending_approval", "approved", "scheduled", "rejected"):
-        raise UserError(f"“{campaign.name}” is {campaign.state.replace('_', ' ')}; it has no report until it is sent.",
-                        REPORT.usage)
+        raise UserError(t("“{name}” is {state}; it has no report until it is sent.", name=campaign.name,
+                          state=state_name(campaign.state)), REPORT.usage)
     figures = await build_report(core.ctx, campaign)
     chart = await render_chart(core.ctx, campaign, figures)
     return Message(figures.text(), attachments=(str(chart),) if chart else ())
@@ -639,9 +729,10 @@ async def list_campaigns(core: Core, req: Request, p: Parsed) -> Message:
     async with core.ctx.sessions() as session:
         rows = (await session.execute(select(Campaign).order_by(Campaign.created_at.desc()).limit(50))).scalars().all()
     if not rows:
-        return Message("There are no campaigns yet. /campaign new starts one.")
-    lines = [f"{len(rows)} campaign{'s' if len(rows) != 1 else ''}:"]
-    lines += [f"  {c.name} — {c.state.replace('_', ' ')}, to {c.audience_name}, by {c.created_by}" for c in rows]
+        return Message(t("There are no campaigns yet. /campaign new starts one."))
+    lines = [t("1 campaign:") if len(rows) == 1 else t("{count} campaigns:", count=len(rows))]
+    lines += ["  " + t("{name} — {state}, to {audience}, by {email}", name=c.name, state=state_name(c.state),
+                       audience=c.audience_name, email=c.created_by) for c in rows]
     return Message("\n".join(lines))
 
 
@@ -649,12 +740,27 @@ async def _set_state(core: Core, req: Request, p: Parsed, spec: Spec, from_state
                      verb: str) -> Campaign:
     campaign = await _load(core, p.arg("name"), spec)
     if campaign.created_by != req.email and not req.has("approvers"):
-        raise PermissionDenied(f"Only {campaign.created_by}, approvers and admins can {verb} “{campaign.name}”.")
+        refusals = {
+            "pause": t("Only {email}, approvers and admins can pause “{name}”.", email=campaign.created_by,
+                       name=campaign.name),
+            "resume": t("Only {email}, approvers and admins can resume “{name}”.", email=campaign.created_by,
+                        name=campaign.name),
+            "cancel": t("Only {email}, approvers and admins can cancel “{name}”.", email=campaign.created_by,
+                        name=campaign.name),
+        }
+        raise PermissionDenied(refusals[verb])
+    stored = {"paused": note("Paused by {email}.", email=req.email),
+              "sending": note("Resumed by {email}.", email=req.email),
+              "cancelled": note("Cancelled by {email}.", email=req.email)}[to]
     async with core.ctx.sessions() as session, session.begin():
-        won = await service.transition(session, campaign.id, from_states, to, status_note=f"{to.capitalize()} by {req.email}.")
+        won = await service.transition(session, campaign.id, from_states, to, status_note=stored)
         if not won:
             current = (await session.execute(select(Campaign.state).where(Campaign.id == campaign.id))).scalar_one()
-            raise UserError(f"“{campaign.name}” is {current.replace('_', ' ')}; it can't be {to}.", spec.usage)
+            values = {"name": campaign.name, "state": state_name(current)}
+            refusal = {"paused": t("“{name}” is {state}; it can't be paused.", **values),
+                       "sending": t("“{name}” is {state}; it can't be resumed.", **values),
+                       "cancelled": t("“{name}” is {state}; it can't be cancelled.", **values)}[to]
+            raise UserError(refusal, spec.usage)
         if to == "cancelled":
             await session.execute(update(Delivery).where(Delivery.campaign_id == campaign.id,
                                                          Delivery.status == "pending").values(status="cancelled"))
@@ -666,13 +772,13 @@ async def _set_state(core: Core, req: Request, p: Parsed, spec: Spec, from_state
 async def pause(core: Core, req: Request, p: Parsed) -> Message:
     c = await _set_state(core, req, p, PAUSE, ("sending",), "paused", "pause")
     await refresh_card(core, c.id, "paused")
-    return Message(f"Paused “{c.name}”. /campaign resume {c.name} continues where it stopped.")
+    return Message(t("Paused “{name}”. /campaign resume {name} continues where it stopped.", name=c.name))
 
 
 async def resume(core: Core, req: Request, p: Parsed) -> Message:
     c = await _set_state(core, req, p, RESUME, ("paused",), "sending", "resume")
     resume_sending(core, c.id)
-    return Message(f"Resumed “{c.name}”.")
+    return Message(t("Resumed “{name}”.", name=c.name))
 
 
 async def cancel(core: Core, req: Request, p: Parsed) -> Message:
@@ -682,4 +788,4 @@ async def cancel(core: Core, req: Request, p: Parsed) -> Message:
     if scheduler is not None:
         scheduler.cancel(start_job_id(c.id))
     await refresh_card(core, c.id, "cancelled")
-    return Message(f"Cancelled “{c.name}”; no more messages will be sent.")
+    return Message(t("Cancelled “{name}”; no more messages will be sent.", name=c.name))

@@ -8,9 +8,11 @@ from typing import TYPE_CHECKING
 
 from bot import privacy
 from bot.addresses import normalise
+from bot.campaigns.notes import status_name
 from bot.commands.parser import Arg, Parsed, Spec
 from bot.errors import UserError
 from bot.events import Message
+from bot.i18n import t
 
 if TYPE_CHECKING:
     from bot.core import Core, Request
@@ -36,23 +38,29 @@ async def export(core: Core, req: Request, p: Parsed) -> Message:
     path = (folder / f"privacy-export-{core.ctx.now():%Y%m%d-%H%M%S}.json").resolve()
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False))
     c = data["contact"]
-    lines = [f"What Postroom holds about {email}:"]
+    lines = [t("What Postroom holds about {email}:", email=email)]
     if c:
         consent = c["consent"]
-        lines.append(f"  contact: {c['name'] or '(no name)'}, attributes {json.dumps(c['attributes'], ensure_ascii=False)}")
-        lines.append(f"  consent: {consent['at'] or 'none recorded'}" +
-                     (f" via {consent['source']}" if consent["source"] else "") +
-                     (f" ({consent['method']})" if consent["method"] else ""))
-        lines.append(f"  lists: {', '.join(data['lists']) or 'none'}")
+        lines.append("  " + t("contact: {name}, attributes {attributes}", name=c["name"] or t("(no name)"),
+                              attributes=json.dumps(c["attributes"], ensure_ascii=False)))
+        how = ", ".join(part for part in (consent["source"], consent["method"]) if part)
+        if consent["at"] and how:
+            lines.append("  " + t("consent: {time} ({how})", time=consent["at"], how=how))
+        elif consent["at"]:
+            lines.append("  " + t("consent: {time}", time=consent["at"]))
+        else:
+            lines.append("  " + t("consent: none recorded"))
+        lines.append("  " + t("lists: {names}", names=", ".join(data["lists"]) or t("none")))
     else:
-        lines.append("  no contact record")
+        lines.append("  " + t("no contact record"))
     s = data["suppression"]
-    lines.append(f"  suppressed: {s['reason']} since {s['since'][:10]}" if s else "  not suppressed")
-    lines.append(f"  campaign messages: {len(data['messages'])}"
-                 + (" (" + ", ".join(f"{m['campaign']}: {m['status']}" for m in data["messages"][:10]) + ")"
+    lines.append("  " + (t("suppressed: {reason} since {date}", reason=s["reason"], date=s["since"][:10]) if s
+                         else t("not suppressed")))
+    lines.append("  " + t("campaign messages: {count}", count=len(data["messages"]))
+                 + (" (" + ", ".join(f"{m['campaign']}: {status_name(m['status'])}" for m in data["messages"][:10]) + ")"
                     if data["messages"] else ""))
     if data["events"]:
-        lines.append("  events: " + ", ".join(f"{k} {v}" for k, v in sorted(data["events"].items())))
+        lines.append("  " + t("events: {counts}", counts=", ".join(f"{k} {v}" for k, v in sorted(data["events"].items()))))
     return Message("\n".join(lines), ephemeral=True, attachments=(str(path),))
 
 
@@ -62,9 +70,15 @@ async def erase(core: Core, req: Request, p: Parsed) -> Message:
     except UserError as exc:
         raise UserError(exc.sentence, ERASE.usage) from None
     if core.ctx.settings.is_internal(email):
-        raise UserError(f"{email} is a company address; erasure here is for external contacts (HR handles staff).",
-                        ERASE.usage)
+        raise UserError(t("{email} is a company address; erasure here is for external contacts (HR handles staff).",
+                          email=email), ERASE.usage)
     done = await privacy.erase(core.ctx, email, actor=req.email, via=req.via)
-    what = "the contact record and consent" if done["contact"] else "no contact record (none was held)"
-    return Message(f"Erased {email}: {what}, {done['messages']} campaign message records anonymised. Only a hash "
-                   "stays on the suppression list, so no campaign or import will mail them again.")
+    if done["contact"]:
+        text = t("Erased {email}: the contact record and consent, {count} campaign message records anonymised. Only "
+                 "a hash stays on the suppression list, so no campaign or import will mail them again.",
+                 email=email, count=done["messages"])
+    else:
+        text = t("Erased {email}: no contact record (none was held), {count} campaign message records anonymised. "
+                 "Only a hash stays on the suppression list, so no campaign or import will mail them again.",
+                 email=email, count=done["messages"])
+    return Message(text)

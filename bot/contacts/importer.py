@@ -22,6 +22,7 @@ from bot.context import Context
 from bot.db.models import Contact, ContactList, ListMember, Suppression
 from bot.db.upsert import insert_ignore
 from bot.errors import UserError
+from bot.i18n import t
 
 CORE_COLUMNS = {"email", "name", "consent_at", "consent_source", "consent_method"}
 MAX_ATTRIBUTE_LENGTH = 1000
@@ -65,20 +66,22 @@ def parse_time(text: str) -> datetime:
 
 async def import_contacts(ctx: Context, path: str | Path, list_name: str, *, actor: str = "cli") -> ImportReport:
     if not list_name or len(list_name) > 200 or not list_name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise UserError(f"“{list_name[:60]}” cannot be a list name: use letters, digits, dot, dash or underscore.")
+        raise UserError(t("“{name}” cannot be a list name: use letters, digits, dot, dash or underscore.",
+                          name=list_name[:60]))
     p = Path(path)
     try:
         raw = p.read_bytes()
     except OSError as exc:
-        raise UserError(f"Can't read {p}: {exc.strerror or exc}.") from None
+        raise UserError(t("Can't read {path}: {error}.", path=p, error=exc.strerror or exc)) from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise UserError(f"{p} is not UTF-8 text; save it as UTF-8 CSV.") from None
+        raise UserError(t("{path} is not UTF-8 text; save it as UTF-8 CSV.", path=p)) from None
     reader = csv.DictReader(io.StringIO(text))
     headers = [h.strip().lower() for h in (reader.fieldnames or [])]
     if "email" not in headers:
-        raise UserError(f"{p} has no “email” column; the first line must name the columns (email, name, consent_at, …).")
+        raise UserError(t("{path} has no “email” column; the first line must name the columns (email, name, consent_at, …).",
+                          path=p))
     reader.fieldnames = headers
     report = ImportReport(list_name=list_name)
     now = ctx.now()
