@@ -95,7 +95,10 @@ async def test_a_group_command_is_answered_once_through_the_session_webhook(ding
     await ding.acked(again)
     await ding.adapter.settle()
     replies = ding.fake.made("/webhook/msg-1")
-    assert len(replies) == 1 and "eng@corp.example" in replies[0]["markdown"]["text"]
+    assert len(replies) == 1 and "已创建内部邮件组 eng@corp.example" in replies[0]["markdown"]["text"]  # zh_CN
+    await ding.fake.push(ding.message("@Postroom /addgroup eng alice@corp.example", "msg-1b"))
+    await wait_until(lambda: ding.fake.made("/webhook/msg-1b"))
+    assert "已将 alice@corp.example 添加到 eng@corp.example" in ding.fake.made("/webhook/msg-1b")[0]["markdown"]["text"]
     async with ding.core.ctx.sessions() as s:
         assert (await s.execute(select(func.count()).select_from(Group))).scalar_one() == 1
         identity = (await s.execute(select(Identity).where(Identity.user_id == "hannah01"))).scalar_one()

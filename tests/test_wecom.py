@@ -241,6 +241,8 @@ async def test_joiner_and_leaver_from_the_address_book(world: WeComWorld) -> Non
     await world.say("hannah", "/addgroup eng ivan@corp.example", "8002")
     async with world.core.ctx.sessions() as s:
         assert (await s.execute(select(func.count()).select_from(Membership))).scalar_one() == 1
+    await wait_until(lambda: any("已将 ivan@corp.example 添加到 eng@corp.example" in m["text"]["content"]
+                                 for m in world.fake.sent("text", to="hannah")))  # answered in zh_CN
     del world.fake.users["ivan"]  # people who left can't be looked up any more: the kept mapping answers
     leave = contact_xml("delete_user", "ivan", now)
     for _ in range(2):
