@@ -301,3 +301,20 @@ def test_cli_bad_input_is_one_sentence_and_changes_nothing(setup: Setup, args: t
         with sqlite3.connect(setup.db) as conn:
             assert conn.execute("SELECT count(*) FROM contacts").fetchone() == (0,)
             assert conn.execute("SELECT count(*) FROM contact_lists").fetchone() == (0,)
+
+
+def test_an_older_schema_is_refused_until_db_upgrade(setup: Setup) -> None:
+    from alembic import command
+
+    from bot.db.engine import alembic_config, head_revision
+
+    cfg = alembic_config()
+    cfg.set_main_option("sqlalchemy.url", f"sqlite:///{setup.db}")
+    command.upgrade(cfg, "0004")  # a database left by the previous release
+    refused = setup.run("chat", "--as", HR, "/help")
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert refused.stderr == (f"Error: The database's schema is out of date (0004, this version needs "
+                              f"{head_revision()}): run `postroom db upgrade` first.\n")
+    upgraded = setup.run("db", "upgrade")
+    assert upgraded.returncode == 0 and upgraded.stdout.strip() == f"Upgraded the schema from 0004 to {head_revision()}."
+    assert setup.run("chat", "--as", HR, "/help").returncode == 0
