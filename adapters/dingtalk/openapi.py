@@ -61,23 +61,38 @@ class DingTalkApi:
             self._token = None
 
     async def _post_plain(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        response = await self._http.post(self.openapi + path, json=body)
+        response = await self._send("POST", self.openapi + path, path, json=body)
         if response.status_code >= 400:
-            raise DingTalkError(path, response.status_code, response.text)
+            raise DingTalkError(path, response.status_code, self._clean(response.text))
         result: dict[str, Any] = response.json()
         return result
+
+    async def _send(self, method: str, url: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One HTTP exchange. Errors name the path, never the URL (the oapi host and session webhooks
+        carry tokens in the query) and whatever is raised ends up in the logs."""
+        try:
+            return await self._http.request(method, url, **kwargs)
+        except httpx.HTTPError as exc:
+            raise DingTalkError(path, -1, f"no answer ({type(exc).__name__})") from None
+
+    def _clean(self, text: str) -> str:
+        """An error body with the app secret and the token blanked out, in case a server echoes them."""
+        for secret in (self.client_secret, self._token):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
 
     async def call(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """An OpenAPI (api.dingtalk.com) call with the app token; a 401 refetches the token once."""
         for attempt in (1, 2):
             token = await self.token()
-            response = await self._http.request(method, self.openapi + path, json=body,
-                                                headers={"x-acs-dingtalk-access-token": token})
+            response = await self._send(method, self.openapi + path, path, json=body,
+                                        headers={"x-acs-dingtalk-access-token": token})
             if response.status_code == 401 and attempt == 1:
                 self.forget_token(token)
                 continue
             if response.status_code >= 400:
-                raise DingTalkError(path, response.status_code, response.text)
+                raise DingTalkError(path, response.status_code, self._clean(response.text))
             return response.json() if response.content else {}
         raise AssertionError("unreachable")
 
@@ -85,9 +100,9 @@ class DingTalkApi:
         """A call on the older oapi host (token in the query, errors in `errcode`)."""
         for attempt in (1, 2):
             token = await self.token()
-            response = await self._http.post(self.oapi + path, params={"access_token": token}, json=body)
+            response = await self._send("POST", self.oapi + path, path, params={"access_token": token}, json=body)
             if response.status_code >= 400:
-                raise DingTalkError(path, response.status_code, response.text)
+                raise DingTalkError(path, response.status_code, self._clean(response.text))
             data: dict[str, Any] = response.json()
             code = int(data.get("errcode", 0))
             if code in OAPI_TOKEN_ERRORS and attempt == 1:
@@ -108,9 +123,9 @@ class DingTalkApi:
         return data
 
     async def session_webhook(self, url: str, body: dict[str, Any]) -> None:
-        response = await self._http.post(url, json=body)
+        response = await self._send("POST", url, "sessionWebhook", json=body)
         if response.status_code >= 400:
-            raise DingTalkError("sessionWebhook", response.status_code, response.text)
+            raise DingTalkError("sessionWebhook", response.status_code, self._clean(response.text))
         data = response.json() if response.content else {}
         if int(data.get("errcode", 0)) != 0:
             raise DingTalkError("sessionWebhook", int(data["errcode"]), str(data.get("errmsg", "")))

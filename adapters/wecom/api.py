@@ -44,10 +44,8 @@ class WeComApi:
         async with self._lock:
             if self._token and self._clock() < self._expires_at - REFRESH_MARGIN_S:
                 return self._token
-            response = await self._http.get("/cgi-bin/gettoken", params={"corpid": self.corp_id,
-                                                                          "corpsecret": self.secret})
-            response.raise_for_status()
-            data = response.json()
+            data = await self._send("GET", "/cgi-bin/gettoken",
+                                    params={"corpid": self.corp_id, "corpsecret": self.secret})
             if data.get("errcode", 0) != 0 or not data.get("access_token"):
                 raise WeComError("/cgi-bin/gettoken", int(data.get("errcode", -1)), str(data.get("errmsg", "")))
             self.token_fetches += 1
@@ -59,15 +57,28 @@ class WeComApi:
         if self._token == token:
             self._token = None
 
+    async def _send(self, method: str, path: str, *, params: dict[str, Any],
+                    json: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One HTTP exchange. Errors name the path and the status only: the URL's query carries the
+        corp secret or the access token, and whatever is raised ends up in the logs."""
+        try:
+            response = await self._http.request(method, path, params=params, json=json)
+        except httpx.HTTPError as exc:
+            raise WeComError(path, -1, f"no answer ({type(exc).__name__})") from None
+        if response.status_code >= 400:
+            raise WeComError(path, response.status_code, f"HTTP {response.status_code}")
+        try:
+            data: dict[str, Any] = response.json()
+        except ValueError:
+            raise WeComError(path, response.status_code, "an answer that is not JSON") from None
+        return data
+
     async def call(self, method: str, path: str, *, json: dict[str, Any] | None = None,
                    params: dict[str, Any] | None = None) -> dict[str, Any]:
         """One API call; an invalid or expired token is fetched again and the call retried once."""
         for attempt in (1, 2):
             token = await self.token()
-            response = await self._http.request(method, path, params={**(params or {}), "access_token": token},
-                                                json=json)
-            response.raise_for_status()
-            data: dict[str, Any] = response.json()
+            data = await self._send(method, path, params={**(params or {}), "access_token": token}, json=json)
             code = int(data.get("errcode", 0))
             if code in TOKEN_ERRORS and attempt == 1:
                 self.forget_token(token)
