@@ -173,6 +173,7 @@ async def _serve(settings: Settings) -> None:
     core = await build_core(settings)
     runtime = Runtime(core)
     try:
+        runtime.bind_web(settings.web.host, settings.web.port)  # a taken port stops us before anything runs
         adapters = configured_adapters(settings)
         for adapter in adapters:
             core.attach(adapter)
