@@ -187,3 +187,22 @@ async def test_secrets_never_reach_the_logs(rig: Rig, caplog: pytest.LogCaptureF
     assert "chat.postMessage" in caplog.text or "invalid_auth" in caplog.text  # the failure was logged…
     for secret in (BOT_TOKEN, SIGNING_SECRET, APP_TOKEN):
         assert secret not in text  # …without a secret in it
+
+
+async def test_roles_follow_an_address_change_from_a_directory_event(rig: Rig) -> None:
+    """Review 13: Slack user_change refreshes the cached identity, so HR's role goes with the old address."""
+    assert (await rig.say(U_HR, "/newgroup first")).startswith("Created")
+    hannah = rig.fake.users[U_HR]
+    moved = {**hannah, "profile": {**hannah["profile"], "email": "hannah.private@corp.example"}}
+    rig.fake.users[U_HR] = moved
+    await rig.event(event_envelope({"type": "user_change", "user": moved}, "Ev0HANNAH", at=time.time()))
+    from bot import identities
+
+    deadline = time.monotonic() + 10
+    while (await identities.known(rig.core.ctx, "slack", U_HR) or ("",))[0] != "hannah.private@corp.example":
+        assert time.monotonic() < deadline, "the directory event never reached the identities cache"
+        await asyncio.sleep(0.02)
+    refused = await rig.say(U_HR, "/newgroup second")
+    assert "you don't have that role" in refused, refused
+    async with rig.core.ctx.sessions() as s:
+        assert (await s.execute(select(Group.local_part).order_by(Group.local_part))).scalars().all() == ["first"]
