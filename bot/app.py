@@ -153,19 +153,6 @@ class Runtime:
         await self.mail_server.start()
         return self.mail_server
 
-    async def resume_campaigns(self) -> list[str]:
-        """Campaigns left `sending` by a stop or a crash carry on where they were."""
-        from sqlalchemy import select
-
-        from bot.commands.campaigns import resume_sending
-        from bot.db.models import Campaign
-
-        async with self.core.ctx.sessions() as session:
-            rows = (await session.execute(select(Campaign.id, Campaign.name).where(Campaign.state == "sending"))).all()
-        for cid, _name in rows:
-            resume_sending(self.core, cid)
-        return [name for _cid, name in rows]
-
     async def stop(self) -> None:
         for stop in self.extra_stops:
             try:
