@@ -8,8 +8,6 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -26,22 +24,7 @@ from tests.slack_fake import (
     signed_headers,
     user,
 )
-from tests.slack_rig import U_HR, Rig, directory, running
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeSlack]:
-    server = await FakeSlack(users=directory()).start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
-async def rig(database_url: str, smtp, tmp_path: Path, fake: FakeSlack) -> AsyncIterator[Rig]:  # type: ignore[no-untyped-def]
-    async with running(database_url, smtp.port, tmp_path, fake) as r:
-        yield r
+from tests.slack_rig import U_HR, Rig
 
 
 async def people(rig: Rig) -> dict[str, Person]:
