@@ -19,6 +19,19 @@ if str(ROOT) not in sys.path:
 
 SMTP_SINK = "/usr/sbin/smtp-sink"
 
+
+def count(text: str) -> int:
+    """An argparse type: a whole number above 0, or a sentence saying what was expected."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"“{text}” is not a whole number; give a count like 200.") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is too small; give a count of 1 or more.")
+    return value
+
 HTML = """<!doctype html><html><head><meta charset="utf-8"><title>News for {{ first_name }}</title>
 <style>body{font-family:sans-serif;color:#222}.box{padding:12px;border:1px solid #ddd}</style></head>
 <body><h1>Hello {{ first_name }},</h1>

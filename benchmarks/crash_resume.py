@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import RecordingSink, fresh_folder, recipient, run_worker, seed_campaign, settings_for
+from common import RecordingSink, count, fresh_folder, recipient, run_worker, seed_campaign, settings_for
 
 LEASE_S = 2.0
 
@@ -43,9 +43,9 @@ async def prepare(db: str, folder: Path, port: int, n: int) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--recipients", type=int, default=20000)
-    parser.add_argument("--kills", type=int, default=5)
-    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--recipients", type=count, default=20000)
+    parser.add_argument("--kills", type=count, default=5)
+    parser.add_argument("--batch", type=count, default=100)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
@@ -92,8 +92,11 @@ def main() -> None:
     window = args.batch * kills
     print(f"recipients {args.recipients}, kills {kills}, received {len(received)}, lost {lost}, "
           f"duplicated {duplicated} (in-flight window: {args.batch} per kill, {window} for {kills} kills)")
-    print(json.dumps({"recipients": args.recipients, "kills": kills, "lost": lost, "duplicated": duplicated,
-                      "in_flight_window": window}))
+    if kills < args.kills:
+        print(f"Only {kills} of the {args.kills} kills asked for were made: the send finished before the next "
+              "kill could land. Use more --recipients (or a smaller --batch) for that many kills.", flush=True)
+    print(json.dumps({"recipients": args.recipients, "kills": kills, "kills_requested": args.kills, "lost": lost,
+                      "duplicated": duplicated, "in_flight_window": window}))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import count  # noqa: E402  (benchmarks/common.py: this script's folder is on sys.path)
 from sqlalchemy import insert, select, text, update  # noqa: E402
 from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
 
@@ -189,11 +190,16 @@ async def with_database(args: argparse.Namespace) -> dict[str, object]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--database-url", default=None, help="default: a temporary SQLite file")
-    p.add_argument("--people", type=int, default=10_000)
-    p.add_argument("--groups", type=int, default=1_000)
-    p.add_argument("--per-person", type=int, default=50)
-    p.add_argument("--leavers", type=int, default=200)
+    p.add_argument("--people", type=count, default=10_000)
+    p.add_argument("--groups", type=count, default=1_000, help=f"must be {VALUES} × --per-person")
+    p.add_argument("--per-person", type=count, default=50)
+    p.add_argument("--leavers", type=count, default=200)
     args = p.parse_args()
+    if args.groups != VALUES * args.per_person:
+        p.error(f"--groups must be {VALUES} × --per-person (each attribute has {VALUES} values, one group each): "
+                f"with --per-person {args.per_person} use --groups {VALUES * args.per_person}.")
+    if args.leavers > args.people:
+        p.error(f"--leavers ({args.leavers}) can't be more than --people ({args.people}).")
     result = asyncio.run(with_database(args))
     print(json.dumps(result))
 

@@ -21,7 +21,16 @@ import time
 import uuid
 from pathlib import Path
 
-from common import RecordingSink, fresh_folder, recipient, run_worker, seed_campaign, settings_for, tally
+from common import (
+    RecordingSink,
+    count,
+    fresh_folder,
+    recipient,
+    run_worker,
+    seed_campaign,
+    settings_for,
+    tally,
+)
 
 DEFAULT_SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 
@@ -51,8 +60,8 @@ async def prepare(db: str, folder: Path, port: int, n: int) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--recipients", type=int, default=20_000)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--recipients", type=count, default=20_000)
+    parser.add_argument("--workers", type=count, default=2)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)

@@ -18,7 +18,7 @@ import json
 import resource
 import time
 
-from common import Sink, fresh_folder, recipient, run_async, seed_campaign, settings_for
+from common import Sink, count, fresh_folder, recipient, run_async, seed_campaign, settings_for
 
 
 async def engine_run(folder, port: int, n: int, connections: int) -> tuple[float, dict[str, int]]:  # type: ignore[no-untyped-def]
@@ -82,9 +82,9 @@ async def baseline_run(folder, port: int, n: int) -> float:  # type: ignore[no-u
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--recipients", type=int, default=20_000)
-    parser.add_argument("--connections", type=int, default=4)
-    parser.add_argument("--baseline-recipients", type=int, default=3_000,
+    parser.add_argument("--recipients", type=count, default=20_000)
+    parser.add_argument("--connections", type=count, default=4)
+    parser.add_argument("--baseline-recipients", type=count, default=3_000,
                         help="the baseline's rate is steady; a sample of this size measures it")
     args = parser.parse_args()
     folder = fresh_folder("throughput")

@@ -101,5 +101,10 @@ async def main(n: int) -> dict[str, object]:
 
 
 if __name__ == "__main__":
-    count = int(sys.argv[1]) if len(sys.argv) > 1 else 200
-    print(json.dumps(asyncio.run(main(count))))
+    import argparse
+
+    from common import count
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("requests", nargs="?", type=count, default=200)
+    print(json.dumps(asyncio.run(main(parser.parse_args().requests))))

@@ -7,7 +7,6 @@ Usage: .venv/bin/python benchmarks/template_render.py [N]    Last line: one JSON
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -32,7 +31,13 @@ def per_render(render, n: int) -> float:  # type: ignore[no-untyped-def]
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
+    import argparse
+
+    from common import count
+
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("renders", nargs="?", type=count, default=20_000)
+    n = parser.parse_args().renders
     html, text = (TEMPLATES / "welcome.html").read_text(), (TEMPLATES / "welcome.txt").read_text()
     ours = CompiledTemplate(TemplateSource("welcome", html, text), SUBJECT)
     plain_html = SandboxedEnvironment(undefined=StrictUndefined, autoescape=True)

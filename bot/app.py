@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
 from bot.adapter import Adapter
-from bot.config import Settings
+from bot.config import ConfigError, Settings
 from bot.context import Context
 from bot.core import Core
 from bot.db.engine import ensure_schema, make_engine, make_sessionmaker
@@ -80,6 +82,28 @@ def configured_adapters(settings: Settings) -> list[Adapter]:
     return found
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket for `host:port`, created with proto=IPPROTO_TCP.
+
+    `socket.create_server` leaves proto at 0, and asyncio switches Nagle off (TCP_NODELAY) only on
+    accepted sockets whose proto is IPPROTO_TCP: every response then waited ~40 ms for the client's
+    delayed ACK before its last segment went out.
+    """
+    family, kind, proto, _name, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                              proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        if os.name == "posix":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 @dataclass
 class Runtime:
     """What `postroom serve` and the demo run beside the core."""
@@ -90,27 +114,31 @@ class Runtime:
     web_server: Any = None
     extra_stops: list[Any] = field(default_factory=list)
 
+    web_socket: socket.socket | None = None
+
+    def bind_web(self, host: str, port: int) -> socket.socket:
+        """Take the web port now (before anything else starts), or say in one sentence why not."""
+        if self.web_socket is None:
+            try:
+                self.web_socket = listening_socket(host, port)
+            except OSError as exc:
+                reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+                raise ConfigError(f"The web app can't listen on {host}:{port} ({reason}): "
+                                  "set web.port to a free port.") from None
+        return self.web_socket
+
     async def start_web(self, host: str, port: int) -> None:
         import uvicorn
 
         from bot.web import build_web
 
+        # Bound here (or earlier by bind_web): uvicorn answers a taken port with sys.exit() inside its task,
+        # which no caller can catch.
+        sock = self.bind_web(host, port)
         config = uvicorn.Config(build_web(self.core), host=host, port=port, log_level="warning", lifespan="off",
                                 access_log=False)
         server = uvicorn.Server(config)
         server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # we own SIGTERM
-        # Bind here: uvicorn answers a taken port with sys.exit() inside its task, which no caller can catch.
-        import os
-        import socket
-
-        from bot.config import ConfigError
-
-        try:
-            sock = socket.create_server((host, port))
-        except OSError as exc:
-            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
-            raise ConfigError(f"The web app can't listen on {host}:{port} ({reason}): "
-                              "set web.port to a free port.") from None
         self.web_server = server
         self.web_task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
         for _ in range(200):
@@ -124,19 +152,6 @@ class Runtime:
         self.mail_server = EmbeddedSmtpServer(host, port, routes)
         await self.mail_server.start()
         return self.mail_server
-
-    async def resume_campaigns(self) -> list[str]:
-        """Campaigns left `sending` by a stop or a crash carry on where they were."""
-        from sqlalchemy import select
-
-        from bot.commands.campaigns import resume_sending
-        from bot.db.models import Campaign
-
-        async with self.core.ctx.sessions() as session:
-            rows = (await session.execute(select(Campaign.id, Campaign.name).where(Campaign.state == "sending"))).all()
-        for cid, _name in rows:
-            resume_sending(self.core, cid)
-        return [name for _cid, name in rows]
 
     async def stop(self) -> None:
         for stop in self.extra_stops:

@@ -7,12 +7,16 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from bot.config import ConfigError, Settings, load_settings
 from bot.db.engine import SchemaError
 from bot.errors import UserError
+
+if TYPE_CHECKING:
+    from bot.core import Core
 
 
 def _settings(config: str | None) -> Settings:
@@ -103,7 +107,7 @@ async def _demo(folder: str, fresh: bool, as_email: str | None) -> None:
         assert console is not None
         core.attach(console)
         await console.start(core)
-        resumed = await runtime.resume_campaigns()
+        resumed = await _sending(core)
         state = "a fresh start" if plan.fresh else "resuming the previous demo (postroom demo --fresh starts clean)"
         click.echo(f"Postroom demo — {s.org.name}, {state}.")
         click.echo(f"Data: {plan.folder}   Web: {s.web.base_url}   SMTP (embedded): 127.0.0.1:{s.relay.port}   "
@@ -163,6 +167,17 @@ def serve(ctx: click.Context) -> None:
     _run(_serve(settings), settings)
 
 
+async def _sending(core: Core) -> list[str]:
+    """Names of campaigns left `sending` by a stop or a crash; CampaignWatcher carries them on."""
+    from sqlalchemy import select
+
+    from bot.db.models import Campaign
+
+    async with core.ctx.sessions() as session:
+        return list((await session.execute(select(Campaign.name).where(Campaign.state == "sending")
+                                           .order_by(Campaign.id))).scalars().all())
+
+
 async def _serve(settings: Settings) -> None:
     from bot.app import Runtime, build_core, configured_adapters
 
@@ -173,6 +188,7 @@ async def _serve(settings: Settings) -> None:
     core = await build_core(settings)
     runtime = Runtime(core)
     try:
+        runtime.bind_web(settings.web.host, settings.web.port)  # a taken port stops us before anything runs
         adapters = configured_adapters(settings)
         for adapter in adapters:
             core.attach(adapter)
@@ -182,7 +198,7 @@ async def _serve(settings: Settings) -> None:
         await runtime.start_web(settings.web.host, settings.web.port)
         for adapter in adapters:
             await adapter.start(core)
-        resumed = await runtime.resume_campaigns()
+        resumed = await _sending(core)  # the campaign watcher (started with the services) resumes them
         names = ", ".join(a.platform for a in adapters) or "no messenger (configure one; see README)"
         click.echo(f"Postroom serving: adapters: {names}; web {settings.web.base_url}"
                    + (f"; resumed {', '.join(resumed)}" if resumed else ""), err=True)

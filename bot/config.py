@@ -136,6 +136,34 @@ class RelaySettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=2525, ge=0, le=65535)
     mailbox_dir: str | None = None
+    # Peers (IP networks) allowed to post to group addresses; bounces and unsubscribe mail come from anyone.
+    trusted_networks: list[str] = ["127.0.0.0/8", "::1/128"]
+
+    @field_validator("trusted_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP network like 10.0.0.0/8 or 192.0.2.7") from None
+        return value
+
+    def trusts(self, peer: str | None) -> bool:
+        """Whether an SMTP client at `peer` (an IP address) may post to group addresses."""
+        import ipaddress
+
+        if not peer:
+            return False
+        try:
+            ip = ipaddress.ip_address(peer.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in ipaddress.ip_network(net, strict=False) for net in self.trusted_networks)
 
 
 class GroupsSettings(_Section):

@@ -15,12 +15,12 @@ from typing import Any
 
 from sqlalchemy import select
 
-from bot import i18n
+from bot import i18n, identities
 from bot.adapter import Adapter
 from bot.addresses import normalise
 from bot.commands.parser import Parsed, Spec, parse, tokenize
 from bot.context import Context
-from bot.db.models import Identity, MessageRecord, Preference, ProcessedEvent
+from bot.db.models import MessageRecord, Preference, ProcessedEvent
 from bot.db.upsert import insert_ignore
 from bot.errors import PermissionDenied, UserError
 from bot.events import Action, Actor, Command, Conversation, Message, MessageRef, PersonEvent
@@ -114,29 +114,17 @@ class Core:
     async def identify(self, actor: Actor) -> str:
         if actor.email:
             return normalise(actor.email)
-        async with self.ctx.sessions() as session:
-            cached = (
-                await session.execute(
-                    select(Identity.email).where(Identity.platform == actor.platform, Identity.user_id == actor.user_id)
-                )
-            ).scalar_one_or_none()
-        if cached:
-            return cached
         adapter = self.adapters.get(actor.platform)
-        found = await adapter.resolve(actor) if adapter is not None else None
-        if not found or not found[0]:
+
+        async def resolve() -> tuple[str | None, str | None] | None:
+            return await adapter.resolve(actor) if adapter is not None else None
+
+        email = await identities.identify(self.ctx, actor.platform, actor.user_id, resolve)
+        if not email:
             raise UserError(t(
                 "I can't tell who you are: your account has no email address I can read. Ask an admin to check "
                 "the bot's directory permissions."
             ))
-        email = normalise(found[0])
-        async with self.ctx.sessions() as session, session.begin():
-            await insert_ignore(
-                session,
-                Identity,
-                [{"platform": actor.platform, "user_id": actor.user_id, "email": email, "name": found[1]}],
-                ["platform", "user_id"],
-            )
         return email
 
     async def _request(self, actor: Actor, conversation: Conversation) -> Request:

@@ -1,10 +1,15 @@
 """The (platform, user id) → email mapping kept in the `identities` table.
 
-The core caches what `Adapter.resolve` answers here; directory adapters (DingTalk, WeCom) also write
-what their address-book events tell them, because a person who has left can no longer be looked up.
+The core caches what `Adapter.resolve` answers here (`identify`: one implementation, used by
+Core.identify); directory adapters (Slack, DingTalk, WeCom) also write what their directory events tell
+them, because a person who has left can no longer be looked up. An entry older than `TTL` is resolved
+again, so roles follow an address change even when no directory event arrived.
 """
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
 
@@ -35,3 +40,29 @@ async def known(ctx: Context, platform: str, user_id: str) -> tuple[str, str | N
         row = (await session.execute(select(Identity.email, Identity.name)
                                      .where(Identity.platform == platform, Identity.user_id == user_id))).first()
     return (row.email, row.name) if row else None
+
+
+TTL = timedelta(hours=1)  # how long a resolved address is trusted without asking the directory again
+
+
+def _aware(at: datetime | None) -> datetime | None:
+    return at.replace(tzinfo=UTC) if at is not None and at.tzinfo is None else at
+
+
+async def identify(ctx: Context, platform: str, user_id: str,
+                   resolve: Callable[[], Awaitable[tuple[str | None, str | None] | None]],
+                   *, ttl: timedelta = TTL) -> str | None:
+    """The email of `user_id`: the cached one while it is younger than `ttl`, else `resolve()`'s answer
+    (recorded). None when neither the cache nor the directory has an address."""
+    async with ctx.sessions() as session:
+        row = (await session.execute(select(Identity.email, Identity.updated_at)
+                                     .where(Identity.platform == platform, Identity.user_id == user_id))).first()
+    if row is not None:
+        at = _aware(row.updated_at)
+        if at is not None and at > utcnow() - ttl:
+            return str(row.email)
+    found = await resolve()
+    if not found or not found[0]:
+        return None
+    await remember(ctx, platform, user_id, found[0], found[1])
+    return normalise(found[0])

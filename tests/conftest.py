@@ -134,3 +134,29 @@ async def bot(settings: Settings) -> AsyncIterator[ChatBot]:
         yield ChatBot(core, console, out)
     finally:
         await close_core(core)
+
+
+# -- Slack: the fake Slack API and a Postroom with the Slack adapter on it (tests/slack_rig.py) ----------
+@pytest.fixture
+async def fake() -> AsyncIterator[Any]:
+    """The fake Slack Web API (tests/slack_fake.py) on loopback, with the test directory of people."""
+    from tests.slack_fake import FakeSlack
+    from tests.slack_rig import directory
+
+    server = await FakeSlack(users=directory()).start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def rig(request: pytest.FixtureRequest, database_url: str, smtp: SmtpServer, tmp_path: Path,
+              fake: Any) -> AsyncIterator[Any]:
+    """Postroom with the Slack adapter on `fake`; a test module's SLACK_OVERRIDES change the [slack] section
+    (e.g. socket mode)."""
+    from tests.slack_rig import running
+
+    overrides = getattr(request.module, "SLACK_OVERRIDES", {})
+    async with running(database_url, smtp.port, tmp_path, fake, **overrides) as r:
+        yield r

@@ -273,15 +273,42 @@ def test_db_upgrade_and_an_unknown_schema_is_refused(setup: Setup) -> None:
         assert done.stderr.count("\n") == 1
 
 
-def test_serve_on_a_taken_port_says_so(setup: Setup) -> None:
+def test_serve_on_a_taken_port_says_so_before_starting_anything(setup: Setup) -> None:
     import socket
 
+    mailbox = setup.folder / "relay-mailbox"  # the relay (started by the services) would create it
+    with setup.config.open("a") as f:
+        f.write(f'\n[relay]\nenabled = true\nhost = "127.0.0.1"\nport = {free_port()}\nmailbox_dir = "{mailbox}"\n')
     with socket.create_server(("127.0.0.1", setup.web_port)):
         done = setup.run("serve", timeout=30)
     assert done.returncode != 0 and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1] == (
+    assert done.stderr.strip().splitlines() == [
         f"Error: The web app can't listen on 127.0.0.1:{setup.web_port} (address already in use): "
-        "set web.port to a free port.")
+        "set web.port to a free port."]
+    assert not mailbox.exists(), "the relay, scheduler and watcher must not start when the web port is taken"
+
+
+async def test_web_connections_have_nagle_off() -> None:
+    """The web port's socket is made so asyncio sets TCP_NODELAY on each connection; without it every
+    response waited ~40 ms for the client's delayed ACK (slack_ack's /healthz baseline: 48 ms -> 1.7 ms)."""
+    import asyncio
+    import socket
+
+    from bot.app import listening_socket
+
+    sock = listening_socket("127.0.0.1", 0)
+    seen: list[int] = []
+
+    async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        writer.close()
+
+    server = await asyncio.start_server(accepted, sock=sock)
+    async with server:
+        _reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+        await _reader.read()
+        writer.close()
+    assert seen and seen[0] != 0
 
 
 @pytest.mark.parametrize(("args", "says"), [

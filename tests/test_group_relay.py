@@ -134,3 +134,52 @@ async def test_group_mail_on_the_demo_reaches_each_member_once(tmp_path: Path) -
                                   port=plan.settings.relay.port)
     finally:
         await runtime.stop()
+
+
+@pytest.fixture
+async def untrusting_relay(database_url, smtp, tmp_path):  # type: ignore[no-untyped-def]
+    """The relay when loopback is not among `relay.trusted_networks` (as a remote client would be)."""
+    port = free_port()
+    async for bot in lifecycle_bot(database_url, smtp.port, tmp_path,
+                                   relay={"enabled": True, "host": "127.0.0.1", "port": port,
+                                          "trusted_networks": ["10.0.0.0/8", "2001:db8::/32"]}):
+        runtime = Runtime(bot.core)
+        await start_services(runtime)
+        staff = tmp_path / "staff.csv"
+        staff.write_text(STAFF)
+        await import_staff(bot.core, staff)
+        try:
+            yield bot, runtime.mail_server.port  # type: ignore[union-attr]
+        finally:
+            for stop in runtime.extra_stops:
+                await stop()
+            await runtime.mail_server.stop()  # type: ignore[union-attr]
+
+
+async def test_groups_refuse_untrusted_peers_but_unsubscribe_mail_stays_open(untrusting_relay, smtp) -> None:  # type: ignore[no-untyped-def]
+    bot, port = untrusting_relay
+    with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as refused:
+        await aiosmtplib.send(mail("alice@corp.example", ["all-staff@corp.example"]), hostname="127.0.0.1",
+                              port=port)
+    (err,) = refused.value.recipients
+    assert err.code == 550 and "relaying denied" in err.message
+    assert smtp.messages == []  # nobody in all-staff@ got it
+    unsubscribe = bot.core.ctx.settings.campaigns.unsubscribe_mailbox
+    errors, reply = await aiosmtplib.send(mail("someone@example.com", [unsubscribe]), hostname="127.0.0.1",
+                                          port=port)
+    assert errors == {} and reply.startswith("Message accepted")
+    with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as unknown:  # unknown addresses: the usual answer
+        await aiosmtplib.send(mail("alice@corp.example", ["nobody@corp.example"]), hostname="127.0.0.1", port=port)
+    assert "no such address" in unknown.value.recipients[0].message
+
+
+def test_trusted_networks_default_to_loopback_and_reject_nonsense(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from bot.config import ConfigError, RelaySettings
+    from tests.conftest import make_settings
+
+    relay = RelaySettings()
+    assert relay.trusts("127.0.0.1") and relay.trusts("::1") and relay.trusts("::ffff:127.0.0.1")
+    assert not relay.trusts("192.0.2.7") and not relay.trusts(None) and not relay.trusts("not-an-ip")
+    assert RelaySettings(trusted_networks=["192.0.2.0/24"]).trusts("192.0.2.7")
+    with pytest.raises(ConfigError, match="not an IP network"):
+        make_settings("sqlite+aiosqlite://", 25, tmp_path, relay={"trusted_networks": ["corp.example"]})

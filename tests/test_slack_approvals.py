@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 from sqlalchemy import select
 
 from bot.db.models import Campaign
-from tests.slack_fake import Call, FakeSlack, click_payload, form, signed_headers
+from tests.slack_fake import Call, click_payload, form, signed_headers
 from tests.slack_rig import (
     APPROVALS,
     U_APPROVER,
@@ -19,25 +17,8 @@ from tests.slack_rig import (
     U_NOBODY,
     U_SENDER,
     Rig,
-    directory,
     load_customers,
-    running,
 )
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeSlack]:
-    server = await FakeSlack(users=directory()).start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
-async def rig(database_url: str, smtp, tmp_path: Path, fake: FakeSlack) -> AsyncIterator[Rig]:  # type: ignore[no-untyped-def]
-    async with running(database_url, smtp.port, tmp_path, fake) as r:
-        yield r
 
 
 async def submitted(rig: Rig, tmp_path: Path) -> Call:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 from sqlalchemy import func, select
 
 from bot.db.models import Group, Membership
-from tests.slack_fake import FakeSlack
 from tests.slack_rig import (
     APPROVALS,
     U_ALICE,
@@ -19,25 +16,8 @@ from tests.slack_rig import (
     U_NOMAIL,
     U_SENDER,
     Rig,
-    directory,
     load_customers,
-    running,
 )
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeSlack]:
-    server = await FakeSlack(users=directory()).start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
-async def rig(database_url: str, smtp, tmp_path: Path, fake: FakeSlack) -> AsyncIterator[Rig]:  # type: ignore[no-untyped-def]
-    async with running(database_url, smtp.port, tmp_path, fake) as r:
-        yield r
 
 
 async def members(rig: Rig) -> list[str]:

@@ -8,8 +8,6 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -26,22 +24,7 @@ from tests.slack_fake import (
     signed_headers,
     user,
 )
-from tests.slack_rig import U_HR, Rig, directory, running
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeSlack]:
-    server = await FakeSlack(users=directory()).start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
-async def rig(database_url: str, smtp, tmp_path: Path, fake: FakeSlack) -> AsyncIterator[Rig]:  # type: ignore[no-untyped-def]
-    async with running(database_url, smtp.port, tmp_path, fake) as r:
-        yield r
+from tests.slack_rig import U_HR, Rig
 
 
 async def people(rig: Rig) -> dict[str, Person]:
@@ -187,3 +170,22 @@ async def test_secrets_never_reach_the_logs(rig: Rig, caplog: pytest.LogCaptureF
     assert "chat.postMessage" in caplog.text or "invalid_auth" in caplog.text  # the failure was logged…
     for secret in (BOT_TOKEN, SIGNING_SECRET, APP_TOKEN):
         assert secret not in text  # …without a secret in it
+
+
+async def test_roles_follow_an_address_change_from_a_directory_event(rig: Rig) -> None:
+    """Review 13: Slack user_change refreshes the cached identity, so HR's role goes with the old address."""
+    assert (await rig.say(U_HR, "/newgroup first")).startswith("Created")
+    hannah = rig.fake.users[U_HR]
+    moved = {**hannah, "profile": {**hannah["profile"], "email": "hannah.private@corp.example"}}
+    rig.fake.users[U_HR] = moved
+    await rig.event(event_envelope({"type": "user_change", "user": moved}, "Ev0HANNAH", at=time.time()))
+    from bot import identities
+
+    deadline = time.monotonic() + 10
+    while (await identities.known(rig.core.ctx, "slack", U_HR) or ("",))[0] != "hannah.private@corp.example":
+        assert time.monotonic() < deadline, "the directory event never reached the identities cache"
+        await asyncio.sleep(0.02)
+    refused = await rig.say(U_HR, "/newgroup second")
+    assert "you don't have that role" in refused, refused
+    async with rig.core.ctx.sessions() as s:
+        assert (await s.execute(select(Group.local_part).order_by(Group.local_part))).scalars().all() == ["first"]

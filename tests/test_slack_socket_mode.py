@@ -4,30 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 from sqlalchemy import select
 
 from bot.db.models import Campaign, Membership
-from tests.slack_fake import APP_TOKEN, FakeSlack, click_payload, command_body, event_envelope, user
-from tests.slack_rig import APPROVALS, U_APPROVER, U_HR, U_SENDER, Rig, directory, load_customers, running
+from tests.slack_fake import APP_TOKEN, click_payload, command_body, event_envelope, user
+from tests.slack_rig import APPROVALS, U_APPROVER, U_HR, U_SENDER, Rig, load_customers
 
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeSlack]:
-    server = await FakeSlack(users=directory()).start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
-async def rig(database_url: str, smtp, tmp_path: Path, fake: FakeSlack) -> AsyncIterator[Rig]:  # type: ignore[no-untyped-def]
-    async with running(database_url, smtp.port, tmp_path, fake, mode="socket", signing_secret=None) as r:
-        yield r
+SLACK_OVERRIDES = {"mode": "socket", "signing_secret": None}  # the `rig` fixture (tests/conftest.py) reads this
 
 
 async def command(rig: Rig, user_id: str, line: str) -> dict:

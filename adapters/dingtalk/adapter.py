@@ -12,7 +12,6 @@ import logging
 import re
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -31,10 +30,11 @@ from dingtalk_stream.frames import Headers
 
 from adapters.dingtalk.openapi import DingTalkApi, DingTalkError
 from adapters.dingtalk.stream import PostroomStreamClient
-from adapters.dingtalk.texts import t
 from bot import i18n, identities
 from bot.adapter import Adapter
+from bot.card_texts import t
 from bot.config import DingTalkSettings
+from bot.dedupe import Seen as _Seen
 from bot.errors import UserError
 from bot.events import Action, Actor, Command, Conversation, Message, MessageRef, PersonEvent
 
@@ -49,23 +49,6 @@ WEBHOOK_MARGIN_MS = 60_000  # don't use a session webhook in its last minute
 LEADING_MENTIONS = re.compile(r"^(?:\s*@\S+)+\s*")
 MARKDOWN_LIMIT = 4000  # robot markdown messages are cut by DingTalk around 5,000 characters
 MAX_BUTTONS = 2  # the documented card template has two buttons (manifests/dingtalk/card-template.md)
-
-
-class _Seen:
-    """Delivery keys handled lately, so a duplicate is dropped before any work; the core's
-    processed_events table is what makes one effect durable across restarts."""
-
-    def __init__(self, size: int = 4096):
-        self._keys: OrderedDict[str, None] = OrderedDict()
-        self._size = size
-
-    def first(self, key: str) -> bool:
-        if key in self._keys:
-            return False
-        self._keys[key] = None
-        if len(self._keys) > self._size:
-            self._keys.popitem(last=False)
-        return True
 
 
 class _BotMessages(CallbackHandler):

@@ -8,7 +8,6 @@ messages, interactive cards, and the user lookup on the older `oapi` host.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -16,8 +15,9 @@ from typing import Any
 
 import httpx
 
+from bot.tokens import StaleToken, TokenCache
+
 log = logging.getLogger(__name__)
-REFRESH_MARGIN_S = 300
 OAPI_TOKEN_ERRORS = (40014, 42001, 88)
 
 
@@ -35,68 +35,73 @@ class DingTalkApi:
         self.client_id = client_id
         self.client_secret = client_secret
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout))
-        self._token: str | None = None
-        self._expires_at = 0.0
-        self._lock = asyncio.Lock()
-        self._clock = clock
+        self._tokens = TokenCache(self._fetch_token, clock=clock)
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
     # -- token ---------------------------------------------------------------------------------------
     async def token(self) -> str:
-        async with self._lock:
-            if self._token and self._clock() < self._expires_at - REFRESH_MARGIN_S:
-                return self._token
-            data = await self._post_plain("/v1.0/oauth2/accessToken",
-                                          {"appKey": self.client_id, "appSecret": self.client_secret})
-            if not data.get("accessToken"):
-                raise DingTalkError("/v1.0/oauth2/accessToken", 200, json.dumps(data))
-            self._token = str(data["accessToken"])
-            self._expires_at = self._clock() + float(data.get("expireIn", 7200))
-            return self._token
+        return await self._tokens.get()
 
     def forget_token(self, token: str) -> None:
-        if self._token == token:
-            self._token = None
+        self._tokens.forget(token)
+
+    async def _fetch_token(self) -> tuple[str, float]:
+        data = await self._post_plain("/v1.0/oauth2/accessToken",
+                                      {"appKey": self.client_id, "appSecret": self.client_secret})
+        if not data.get("accessToken"):
+            raise DingTalkError("/v1.0/oauth2/accessToken", 200, self._clean(json.dumps(data)))
+        return str(data["accessToken"]), float(data.get("expireIn", 7200))
 
     async def _post_plain(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        response = await self._http.post(self.openapi + path, json=body)
+        response = await self._send("POST", self.openapi + path, path, json=body)
         if response.status_code >= 400:
-            raise DingTalkError(path, response.status_code, response.text)
+            raise DingTalkError(path, response.status_code, self._clean(response.text))
         result: dict[str, Any] = response.json()
         return result
 
+    async def _send(self, method: str, url: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One HTTP exchange. Errors name the path, never the URL (the oapi host and session webhooks
+        carry tokens in the query) and whatever is raised ends up in the logs."""
+        try:
+            return await self._http.request(method, url, **kwargs)
+        except httpx.HTTPError as exc:
+            raise DingTalkError(path, -1, f"no answer ({type(exc).__name__})") from None
+
+    def _clean(self, text: str) -> str:
+        """An error body with the app secret and the token blanked out, in case a server echoes them."""
+        for secret in (self.client_secret, self._tokens.current):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
     async def call(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """An OpenAPI (api.dingtalk.com) call with the app token; a 401 refetches the token once."""
-        for attempt in (1, 2):
-            token = await self.token()
-            response = await self._http.request(method, self.openapi + path, json=body,
-                                                headers={"x-acs-dingtalk-access-token": token})
-            if response.status_code == 401 and attempt == 1:
-                self.forget_token(token)
-                continue
+        async def attempt(token: str) -> dict[str, Any]:
+            response = await self._send(method, self.openapi + path, path, json=body,
+                                        headers={"x-acs-dingtalk-access-token": token})
             if response.status_code >= 400:
-                raise DingTalkError(path, response.status_code, response.text)
+                error = DingTalkError(path, response.status_code, self._clean(response.text))
+                raise StaleToken(error) if response.status_code == 401 else error
             return response.json() if response.content else {}
-        raise AssertionError("unreachable")
+
+        return await self._tokens.call(attempt)
 
     async def oapi_call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """A call on the older oapi host (token in the query, errors in `errcode`)."""
-        for attempt in (1, 2):
-            token = await self.token()
-            response = await self._http.post(self.oapi + path, params={"access_token": token}, json=body)
+        async def attempt(token: str) -> dict[str, Any]:
+            response = await self._send("POST", self.oapi + path, path, params={"access_token": token}, json=body)
             if response.status_code >= 400:
-                raise DingTalkError(path, response.status_code, response.text)
+                raise DingTalkError(path, response.status_code, self._clean(response.text))
             data: dict[str, Any] = response.json()
             code = int(data.get("errcode", 0))
-            if code in OAPI_TOKEN_ERRORS and attempt == 1:
-                self.forget_token(token)
-                continue
             if code != 0:
-                raise DingTalkError(path, code, str(data.get("errmsg", "")))
+                error = DingTalkError(path, code, str(data.get("errmsg", "")))
+                raise StaleToken(error) if code in OAPI_TOKEN_ERRORS else error
             return data
-        raise AssertionError("unreachable")
+
+        return await self._tokens.call(attempt)
 
     # -- the calls the adapter makes ---------------------------------------------------------------------
     async def open_connection(self, subscriptions: list[dict[str, str]], local_ip: str, ua: str) -> dict[str, Any]:
@@ -108,9 +113,9 @@ class DingTalkApi:
         return data
 
     async def session_webhook(self, url: str, body: dict[str, Any]) -> None:
-        response = await self._http.post(url, json=body)
+        response = await self._send("POST", url, "sessionWebhook", json=body)
         if response.status_code >= 400:
-            raise DingTalkError("sessionWebhook", response.status_code, response.text)
+            raise DingTalkError("sessionWebhook", response.status_code, self._clean(response.text))
         data = response.json() if response.content else {}
         if int(data.get("errcode", 0)) != 0:
             raise DingTalkError("sessionWebhook", int(data["errcode"]), str(data.get("errmsg", "")))

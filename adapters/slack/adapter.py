@@ -33,6 +33,7 @@ from starlette.routing import Route
 from adapters.slack import blocks
 from adapters.slack.directory import email_of, fingerprint, name_of, person_event
 from adapters.slack.markup import resolve_markup
+from bot import identities
 from bot.adapter import Adapter
 from bot.config import SlackSettings
 from bot.errors import UserError
@@ -336,6 +337,9 @@ class SlackAdapter(Adapter):
         event = body.get("event") or {}
         user = event.get("user") if isinstance(event.get("user"), dict) else {}
         self._remember(user)
+        email = email_of(user)
+        if user.get("id") and email:  # roles follow the new address from the next command on
+            await identities.remember(self._core().ctx, PLATFORM, user["id"], email, name_of(user))
         person = person_event(body)
         if person is None:
             return

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -26,10 +25,11 @@ from starlette.routing import Route
 
 from adapters.wecom.api import WeComApi, WeComError
 from adapters.wecom.crypto import CallbackRefused, WeComCrypto
-from adapters.wecom.texts import t
 from bot import identities
 from bot.adapter import Adapter
+from bot.card_texts import t
 from bot.config import WeComSettings
+from bot.dedupe import Seen as _Seen
 from bot.errors import UserError
 from bot.events import Action, Actor, Command, Conversation, Message, MessageRef, PersonEvent
 
@@ -54,23 +54,6 @@ def parse_xml(data: bytes | str) -> dict[str, str]:
     if root.tag != "xml":
         raise CallbackRefused("the XML root is not <xml>")
     return {child.tag: (child.text or "").strip() for child in root}
-
-
-class _Seen:
-    """Delivery keys handled lately: a redelivery within the window is dropped before any work.
-    The core's processed_events table is what makes one effect durable."""
-
-    def __init__(self, size: int = 4096):
-        self._keys: OrderedDict[str, None] = OrderedDict()
-        self._size = size
-
-    def first(self, key: str) -> bool:
-        if key in self._keys:
-            return False
-        self._keys[key] = None
-        if len(self._keys) > self._size:
-            self._keys.popitem(last=False)
-        return True
 
 
 class WeComAdapter(Adapter):

@@ -3,17 +3,17 @@ after an invalid-token error), app messages, template-card updates and the membe
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
 
 import httpx
 
+from bot.tokens import StaleToken, TokenCache
+
 log = logging.getLogger(__name__)
 
 TOKEN_ERRORS = (40014, 42001, 40001)  # invalid token, expired token, invalid credential
-REFRESH_MARGIN_S = 300  # refetch this long before the token expires
 
 
 class WeComError(Exception):
@@ -31,51 +31,55 @@ class WeComApi:
         self.secret = secret
         self.agent_id = agent_id
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=httpx.Timeout(timeout))
-        self._token: str | None = None
-        self._expires_at = 0.0
-        self._lock = asyncio.Lock()
-        self._clock = clock
-        self.token_fetches = 0
+        self._tokens = TokenCache(self._fetch_token, clock=clock)
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
     async def token(self) -> str:
-        async with self._lock:
-            if self._token and self._clock() < self._expires_at - REFRESH_MARGIN_S:
-                return self._token
-            response = await self._http.get("/cgi-bin/gettoken", params={"corpid": self.corp_id,
-                                                                          "corpsecret": self.secret})
-            response.raise_for_status()
-            data = response.json()
-            if data.get("errcode", 0) != 0 or not data.get("access_token"):
-                raise WeComError("/cgi-bin/gettoken", int(data.get("errcode", -1)), str(data.get("errmsg", "")))
-            self.token_fetches += 1
-            self._token = str(data["access_token"])
-            self._expires_at = self._clock() + float(data.get("expires_in", 7200))
-            return self._token
+        return await self._tokens.get()
+
+    @property
+    def token_fetches(self) -> int:
+        return self._tokens.fetches
 
     def forget_token(self, token: str) -> None:
-        if self._token == token:
-            self._token = None
+        self._tokens.forget(token)
+
+    async def _fetch_token(self) -> tuple[str, float]:
+        data = await self._send("GET", "/cgi-bin/gettoken", params={"corpid": self.corp_id, "corpsecret": self.secret})
+        if data.get("errcode", 0) != 0 or not data.get("access_token"):
+            raise WeComError("/cgi-bin/gettoken", int(data.get("errcode", -1)), str(data.get("errmsg", "")))
+        return str(data["access_token"]), float(data.get("expires_in", 7200))
+
+    async def _send(self, method: str, path: str, *, params: dict[str, Any],
+                    json: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One HTTP exchange. Errors name the path and the status only: the URL's query carries the
+        corp secret or the access token, and whatever is raised ends up in the logs."""
+        try:
+            response = await self._http.request(method, path, params=params, json=json)
+        except httpx.HTTPError as exc:
+            raise WeComError(path, -1, f"no answer ({type(exc).__name__})") from None
+        if response.status_code >= 400:
+            raise WeComError(path, response.status_code, f"HTTP {response.status_code}")
+        try:
+            data: dict[str, Any] = response.json()
+        except ValueError:
+            raise WeComError(path, response.status_code, "an answer that is not JSON") from None
+        return data
 
     async def call(self, method: str, path: str, *, json: dict[str, Any] | None = None,
                    params: dict[str, Any] | None = None) -> dict[str, Any]:
         """One API call; an invalid or expired token is fetched again and the call retried once."""
-        for attempt in (1, 2):
-            token = await self.token()
-            response = await self._http.request(method, path, params={**(params or {}), "access_token": token},
-                                                json=json)
-            response.raise_for_status()
-            data: dict[str, Any] = response.json()
+        async def attempt(token: str) -> dict[str, Any]:
+            data = await self._send(method, path, params={**(params or {}), "access_token": token}, json=json)
             code = int(data.get("errcode", 0))
-            if code in TOKEN_ERRORS and attempt == 1:
-                self.forget_token(token)
-                continue
             if code != 0:
-                raise WeComError(path, code, str(data.get("errmsg", "")))
+                error = WeComError(path, code, str(data.get("errmsg", "")))
+                raise StaleToken(error) if code in TOKEN_ERRORS else error
             return data
-        raise AssertionError("unreachable")
+
+        return await self._tokens.call(attempt)
 
     # -- the calls the adapter makes ---------------------------------------------------------------
     async def send(self, touser: str, msgtype: str, body: dict[str, Any]) -> dict[str, Any]:

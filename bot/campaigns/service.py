@@ -150,23 +150,6 @@ async def record_decision(
     return await insert_ignore(session, Approval, [row], ["campaign_id", "approver", "content_hash"]) == 1
 
 
-async def valid_approval(session: AsyncSession, campaign: Campaign, digest: str, now: datetime) -> Approval | None:
-    """The committed, unexpired approval matching what will be sent — or None (invariant 1)."""
-    return (
-        await session.execute(
-            select(Approval)
-            .where(
-                Approval.campaign_id == campaign.id,
-                Approval.decision == "approved",
-                Approval.content_hash == digest,
-                Approval.expires_at > now,
-            )
-            .order_by(Approval.id.desc())
-            .limit(1)
-        )
-    ).scalar_one_or_none()
-
-
 async def approvals_in_force(session: AsyncSession, campaign: Campaign, digest: str, now: datetime) -> list[str]:
     """Distinct approvers whose unexpired approval matches what will be sent."""
     rows = (

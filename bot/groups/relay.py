@@ -1,5 +1,9 @@
 """Group addresses deliver (the `local` provider): the embedded SMTP server's route for groups.
 
+Only SMTP clients in `relay.trusted_networks` (default: loopback) may post to a group address; any
+other peer gets "550 relaying denied", so nobody who merely reaches the port can claim a company
+sender and fan out to every member. Bounce and unsubscribe addresses stay open to everyone.
+
 At RCPT time a group address is claimed only if its posting policy lets the sender post
 (members, the company, anyone); otherwise the sender gets a 550 with the reason during the SMTP
 conversation. At DATA time one copy goes to each current member through the outbound SMTP
@@ -94,7 +98,7 @@ def group_route(core: Core) -> Route:
             log.warning("group mail not delivered to %d member(s): %s", len(failed), "; ".join(failed[:10]))
         return f"250 Delivered to {delivered} member{'s' if delivered != 1 else ''}"
 
-    return Route("groups", accepts, deliver)
+    return Route("groups", accepts, deliver, peer_allowed=settings.relay.trusts)
 
 
 def _headers(data: bytes) -> bytes:

@@ -66,10 +66,6 @@ class Plan:
         return "\n".join(lines)
 
 
-def group_label(group: Group) -> str:
-    return group.address
-
-
 async def find_group(session: AsyncSession, name: str, settings: Settings) -> Group:
     """A group by full address, or by local part when that is unambiguous."""
     raw = name.strip().lower()
@@ -289,10 +285,6 @@ async def apply(session: AsyncSession, plan: Plan, *, actor: str, via: str) -> i
 
 async def member_count(session: AsyncSession, group_id: int) -> int:
     return (await session.execute(select(func.count()).where(Membership.group_id == group_id))).scalar_one()
-
-
-def is_external_domain(email: str, settings: Settings) -> bool:
-    return not settings.is_internal(email)
 
 
 __all__ = [

@@ -27,12 +27,16 @@ class Route:
     """Claims recipients at RCPT time and takes the message at DATA time.
 
     `accepts(rcpt, mail_from)` returns None to pass, "250 OK" (or any 2xx) to claim, or a
-    4xx/5xx reply to refuse. `deliver(mail_from, rcpts, data)` returns an SMTP reply.
+    4xx/5xx reply to refuse; a route with `peer_allowed` refuses an address it answers for when the
+    client's IP address is not allowed. `deliver(mail_from, rcpts, data)` returns an SMTP reply.
     """
 
     name: str
     accepts: Callable[[str, str], Awaitable[str | None]]
     deliver: Callable[[str, list[str], bytes], Awaitable[str]]
+    # When set, only SMTP clients this says yes to (their IP address) may send to the route's addresses;
+    # others get "550 relaying denied" (group addresses: `relay.trusted_networks`). None: anyone.
+    peer_allowed: Callable[[str | None], bool] | None = None
 
 
 class Mailbox:
@@ -77,6 +81,12 @@ class _Handler:
             reply = await route.accepts(rcpt, (envelope.mail_from or "").lower())
             if reply is None:
                 continue
+            if route.peer_allowed is not None:
+                peer = session.peer[0] if isinstance(session.peer, tuple) and session.peer else None
+                if not route.peer_allowed(peer):
+                    log.warning("relaying to %s denied for %s", rcpt, peer)
+                    return (f"550 5.7.1 <{rcpt}>: relaying denied: this server takes mail for this address only "
+                            "from the company's own mail servers")
             if reply.startswith("2"):
                 envelope.rcpt_tos.append(rcpt)
                 tags = getattr(envelope, "postroom_routes", None)

@@ -1,5 +1,6 @@
-"""The WeCom adapter's own words: button labels, card field names, hints. Chinese by default
-(`wecom.locale`); the core's sentences are translated by the core's own layer, not here."""
+"""The messenger adapters' own words: button labels, card field names, hints (DingTalk and WeCom use
+them, Chinese by default: `dingtalk.locale`, `wecom.locale`); the core's sentences are translated by the
+core's own layer (bot.i18n), not here. In bot/ because adapters must not import each other."""
 
 from __future__ import annotations
 
