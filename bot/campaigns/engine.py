@@ -521,8 +521,14 @@ class DeliveryEngine:
         return RunResult(campaign.id, "completed", counts)
 
     async def _fail(self, campaign: Campaign, stored: str) -> RunResult:
+        """Move a sending campaign to `failed`, audited in the same transaction (invariant 6)."""
         async with self.ctx.sessions() as session, session.begin():
-            await service.transition(session, campaign.id, ("sending",), "failed", status_note=stored,
-                                     finished_at=self.ctx.now())
+            won = await service.transition(session, campaign.id, ("sending",), "failed", status_note=stored,
+                                           finished_at=self.ctx.now())
+            if won:
+                service.audit_campaign(session, campaign, actor="system", via="engine", action="campaign.fail",
+                                       before="sending", after="failed", detail=english(stored))
+        if not won:  # paused, cancelled or failed by someone else meanwhile: theirs is the last word
+            return RunResult(campaign.id, await self._state(campaign.id))
         await self._emit(campaign.id, "failed")
         return RunResult(campaign.id, "failed", note=english(stored))
