@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import select, update
 
-from bot.db.models import AuditEntry
+from bot.app import Runtime, close_core
+from bot.campaigns.watcher import CampaignWatcher
+from bot.db.models import Approval, AuditEntry
 from tests.conftest import SENDER
 from tests.test_campaign_delivery import CONSENTED, make_bot, send, state_of, until
 
@@ -31,16 +34,96 @@ async def _paused_midway(bot, smtp, name: str) -> int:  # type: ignore[no-untype
     return sent
 
 
-async def test_a_failure_while_sending_is_audited(make_bot, smtp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def _stopped_midway(make_bot, smtp, name: str):  # type: ignore[no-untyped-def]
     bot = await make_bot(rate_per_s=4, batch_size=2)
-    sent = await _paused_midway(bot, smtp, "gone")
+    await send(bot, name)
+    await until(lambda: len(smtp.messages) >= 1)
+    await close_core(bot.core)  # the process stops mid-send: the campaign stays `sending`
+    sent = len(smtp.messages)
+    assert sent < len(CONSENTED)
+    assert await state_of(bot, name) == "sending"
+    return sent
+
+
+async def test_a_failure_while_sending_is_audited(make_bot, smtp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    sent = await _stopped_midway(make_bot, smtp, "gone")
     for path in (tmp_path / "templates").glob("welcome.*"):
         path.unlink()
-    await bot.say(SENDER, "/campaign resume gone")
+    bot = await make_bot(rate_per_s=4, batch_size=2)
+    assert await Runtime(bot.core).resume_campaigns() == ["gone"]
     await bot.settle()
     assert await state_of(bot, "gone") == "failed"
     assert len(smtp.messages) == sent
     entries = await _audit(bot, "campaign.fail")
-    assert [(e.subject, e.before, e.after) for e in entries] == [
-        ("campaign:gone", {"state": "sending"}, {"state": "failed"})]
+    assert [(e.subject, e.actor, e.before, e.after) for e in entries] == [
+        ("campaign:gone", "system", {"state": "sending"}, {"state": "failed"})]
     assert "template" in (entries[0].detail or "")
+
+
+def _edit_template(tmp_path: Path) -> None:
+    for path in (tmp_path / "templates").glob("welcome.*"):
+        path.write_text(path.read_text().replace("Hello", "UNAPPROVED TEXT"))
+
+
+def _unapproved(smtp) -> int:  # type: ignore[no-untyped-def]
+    return sum(b"UNAPPROVED TEXT" in m.data for m in smtp.messages)
+
+
+def _said(bot) -> list[str]:  # type: ignore[no-untyped-def]
+    return [m.text for _kind, conv, m in bot.console.transcript if conv == "approvals" and m.card is None]
+
+
+async def test_resume_after_the_template_changed_fails_the_campaign_and_says_why(make_bot, smtp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bot = await make_bot(rate_per_s=4, batch_size=2)
+    sent = await _paused_midway(bot, smtp, "slow")
+    _edit_template(tmp_path)
+    reply = await bot.say(SENDER, "/campaign resume slow")
+    await bot.settle()
+    assert "not resumed and has failed" in reply and "no longer matches" in reply, reply
+    assert len(smtp.messages) == sent and _unapproved(smtp) == 0
+    assert await state_of(bot, "slow") == "failed"
+    entries = await _audit(bot, "campaign.fail")
+    assert [(e.actor, e.before, e.after) for e in entries] == [(SENDER, {"state": "paused"}, {"state": "failed"})]
+    assert any("no longer matches" in text for text in _said(bot)), _said(bot)
+    assert "Failed" in str(bot.cards()[-1].card)
+
+
+async def test_resume_after_the_approval_expired_fails_the_campaign(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]
+    bot = await make_bot(rate_per_s=4, batch_size=2)
+    sent = await _paused_midway(bot, smtp, "late")
+    async with bot.core.ctx.sessions() as session, session.begin():  # the approval runs out while paused
+        await session.execute(update(Approval).values(expires_at=bot.core.ctx.now()))
+    reply = await bot.say(SENDER, "/campaign resume late")
+    await bot.settle()
+    assert "no longer in force" in reply, reply
+    assert len(smtp.messages) == sent
+    assert await state_of(bot, "late") == "failed"
+
+
+@pytest.mark.parametrize("how", ["restart", "watcher"])
+async def test_a_restart_or_another_process_does_not_send_unapproved_content(make_bot, smtp, tmp_path: Path,
+                                                                             how: str) -> None:
+    sent = await _stopped_midway(make_bot, smtp, "crash")
+    _edit_template(tmp_path)
+    again = await make_bot(rate_per_s=4, batch_size=2)
+    if how == "restart":
+        assert await Runtime(again.core).resume_campaigns() == ["crash"]
+        await again.settle()
+    else:
+        watcher = CampaignWatcher(again.core)
+        await watcher.start()
+        try:
+            await until(lambda: _is_failed(again, "crash"), timeout=10)
+            await again.settle()
+        finally:
+            await watcher.stop()
+    assert await state_of(again, "crash") == "failed"
+    assert len(smtp.messages) == sent and _unapproved(smtp) == 0
+    entries = await _audit(again, "campaign.fail")
+    assert [(e.before, e.after) for e in entries] == [({"state": "sending"}, {"state": "failed"})]
+    assert "no longer matches" in (entries[0].detail or "")
+    assert any("no longer matches" in text for text in _said(again)), _said(again)
+
+
+async def _is_failed(bot, name: str) -> bool:  # type: ignore[no-untyped-def]
+    return await state_of(bot, name) == "failed"

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot import audit
 from bot.campaigns.audience import AudienceReport, Recipient, describe_audience
 from bot.campaigns.messages import CampaignMessages, lint
+from bot.campaigns.notes import note
 from bot.campaigns.templates import TemplateProblem, html_title, load_source
 from bot.context import Context
 from bot.db.models import Approval, Campaign, Delivery
@@ -182,6 +183,21 @@ async def approvals_in_force(session: AsyncSession, campaign: Campaign, digest: 
         )
     ).scalars().all()
     return sorted(rows)
+
+
+async def approval_gap(ctx: Context, session: AsyncSession, campaign: Campaign, digest: str) -> str | None:
+    """Why `digest` may not be sent now, as a status note; None when enough committed, unexpired approvals
+    of this very content are in force (invariant 1). Checked whenever sending starts or resumes."""
+    if digest != campaign.content_hash:
+        return note("What would be sent no longer matches what was approved (its template, subject, audience or "
+                    "sender changed); submit it again.")
+    approvers = await approvals_in_force(session, campaign, digest, ctx.now())
+    needed = ctx.settings.campaigns.required_approvals
+    if len(approvers) < needed:
+        return note("Its approval is no longer in force ({count} of {needed} approvals left; an approval lasts "
+                    "{hours} hours); submit it again.", count=len(approvers), needed=needed,
+                    hours=f"{ctx.settings.campaigns.approval_ttl_hours:g}")
+    return None
 
 
 async def counts(session: AsyncSession, campaign_id: int) -> dict[str, int]:

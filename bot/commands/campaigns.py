@@ -13,7 +13,7 @@ from bot.addresses import normalise
 from bot.campaigns import service
 from bot.campaigns.audience import Recipient, resolve_audience
 from bot.campaigns.engine import DeliveryEngine
-from bot.campaigns.notes import decision_name, note, sentence_gap, show, state_name, status_name
+from bot.campaigns.notes import decision_name, english, note, sentence_gap, show, state_name, status_name
 from bot.campaigns.templates import CompiledTemplate, TemplateProblem, load_source
 from bot.commands.parser import Arg, Flag, Parsed, Spec
 from bot.db.models import Approval, Campaign, Delivery
@@ -638,7 +638,7 @@ async def refresh_card(core: Core, campaign_id: int, what: str) -> None:
         return Message(t("“{name}”: {state}.", name=campaign.name, state=state_name(state)), card)
 
     await core.update_subject(f"campaign:{campaign_id}", build)
-    if what == "auto-paused" and campaign.status_note:
+    if what in ("auto-paused", "failed") and campaign.status_note and state == what.removeprefix("auto-"):
         # Say why in the chat, not only on the card: someone has to act on it.
         await core.post("approvals", lambda: Message(t("Campaign “{name}”: {note}", name=campaign.name,
                                                        note=show(campaign.status_note))))
@@ -739,16 +739,7 @@ async def list_campaigns(core: Core, req: Request, p: Parsed) -> Message:
 async def _set_state(core: Core, req: Request, p: Parsed, spec: Spec, from_states: tuple[str, ...], to: str,
                      verb: str) -> Campaign:
     campaign = await _load(core, p.arg("name"), spec)
-    if campaign.created_by != req.email and not req.has("approvers"):
-        refusals = {
-            "pause": t("Only {email}, approvers and admins can pause “{name}”.", email=campaign.created_by,
-                       name=campaign.name),
-            "resume": t("Only {email}, approvers and admins can resume “{name}”.", email=campaign.created_by,
-                        name=campaign.name),
-            "cancel": t("Only {email}, approvers and admins can cancel “{name}”.", email=campaign.created_by,
-                        name=campaign.name),
-        }
-        raise PermissionDenied(refusals[verb])
+    _may_act(req, campaign, verb)
     stored = {"paused": note("Paused by {email}.", email=req.email),
               "sending": note("Resumed by {email}.", email=req.email),
               "cancelled": note("Cancelled by {email}.", email=req.email)}[to]
@@ -769,6 +760,19 @@ async def _set_state(core: Core, req: Request, p: Parsed, spec: Spec, from_state
     return campaign
 
 
+def _may_act(req: Request, campaign: Campaign, verb: str) -> None:
+    if campaign.created_by != req.email and not req.has("approvers"):
+        refusals = {
+            "pause": t("Only {email}, approvers and admins can pause “{name}”.", email=campaign.created_by,
+                       name=campaign.name),
+            "resume": t("Only {email}, approvers and admins can resume “{name}”.", email=campaign.created_by,
+                        name=campaign.name),
+            "cancel": t("Only {email}, approvers and admins can cancel “{name}”.", email=campaign.created_by,
+                        name=campaign.name),
+        }
+        raise PermissionDenied(refusals[verb])
+
+
 async def pause(core: Core, req: Request, p: Parsed) -> Message:
     c = await _set_state(core, req, p, PAUSE, ("sending",), "paused", "pause")
     await refresh_card(core, c.id, "paused")
@@ -776,9 +780,36 @@ async def pause(core: Core, req: Request, p: Parsed) -> Message:
 
 
 async def resume(core: Core, req: Request, p: Parsed) -> Message:
+    campaign = await _load(core, p.arg("name"), RESUME)
+    _may_act(req, campaign, "resume")
+    gap = await _fail_unless_approved(core, req, campaign)
+    if gap is not None:
+        return Message(t("“{name}” was not resumed and has failed: {reason}", name=campaign.name, reason=show(gap)))
     c = await _set_state(core, req, p, RESUME, ("paused",), "sending", "resume")
     resume_sending(core, c.id)
     return Message(t("Resumed “{name}”.", name=c.name))
+
+
+async def _fail_unless_approved(core: Core, req: Request, campaign: Campaign) -> str | None:
+    """A paused campaign resumes only with its approval in force for what is on disk now (invariant 1);
+    otherwise it fails here, audited, and the card says why. Returns that reason (a stored note) or None.
+    The engine checks again when it starts sending, for every other path."""
+    ctx = core.ctx
+    try:
+        digest = service.current_hash(ctx, campaign)
+    except UserError as exc:
+        digest = f"unavailable: {exc.sentence}"
+    async with ctx.sessions() as session, session.begin():
+        gap = await service.approval_gap(ctx, session, campaign, digest)
+        if gap is None:
+            return None
+        if not await service.transition(session, campaign.id, ("paused",), "failed", status_note=gap,
+                                        finished_at=ctx.now()):
+            return None  # no longer paused: the usual refusal follows
+        service.audit_campaign(session, campaign, actor=req.email, via=req.via, action="campaign.fail",
+                               before="paused", after="failed", detail=english(gap))
+    await refresh_card(core, campaign.id, "failed")
+    return gap
 
 
 async def cancel(core: Core, req: Request, p: Parsed) -> Message:
