@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from bot.app import Runtime, close_core
 from bot.campaigns.watcher import CampaignWatcher
 from bot.db.models import Approval, AuditEntry
-from tests.conftest import SENDER
+from tests.conftest import APPROVER, APPROVER2, SENDER
 from tests.test_campaign_delivery import CONSENTED, make_bot, send, state_of, until
 
 __all__ = ["make_bot"]  # the fixture, used by name
@@ -127,3 +127,21 @@ async def test_a_restart_or_another_process_does_not_send_unapproved_content(mak
 
 async def _is_failed(bot, name: str) -> bool:  # type: ignore[no-untyped-def]
     return await state_of(bot, name) == "failed"
+
+
+async def test_a_rejection_voids_earlier_approvals(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]
+    bot = await make_bot(required_approvals=2)
+    await bot.say(SENDER, "/campaign new c2 --to customers --template welcome")
+    assert "Submitted" in await bot.say(SENDER, "/campaign submit c2")
+    assert "1 of 2" in await bot.say(APPROVER, "/approve c2")
+    assert "Rejected" in await bot.say(APPROVER2, "/reject c2 wrong audience")
+    assert "Submitted" in await bot.say(SENDER, "/campaign submit c2")  # unchanged: a new round all the same
+    reply = await bot.say(APPROVER2, "/approve c2")  # omar decides again on the new submission
+    assert "1 of 2" in reply and "needs 1 more" in reply, reply
+    await bot.settle()
+    assert await state_of(bot, "c2") == "pending_approval" and smtp.messages == []
+    assert "1 of 2 approvals" in await bot.say(SENDER, "/campaign status c2")
+    reply = await bot.say(APPROVER, "/approve c2")  # maria again: now the second approval of this round
+    assert "sending has started" in reply, reply
+    await bot.settle()
+    assert await state_of(bot, "c2") == "completed" and len(smtp.messages) == len(CONSENTED)

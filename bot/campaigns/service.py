@@ -144,11 +144,22 @@ async def record_decision(
     # A scheduled campaign's approval runs from its start time, so scheduling ahead is possible.
     base = max(ctx.now(), campaign.scheduled_at) if campaign.scheduled_at else ctx.now()
     row = {
-        "campaign_id": campaign.id, "approver": approver, "decision": decision, "content_hash": digest,
+        "campaign_id": campaign.id, "submission": campaign.submission, "approver": approver, "decision": decision,
+        "content_hash": digest,
         "reason": reason, "created_at": ctx.now(),
         "expires_at": base + ttl if decision == "approved" else None,
     }
-    return await insert_ignore(session, Approval, [row], ["campaign_id", "approver", "content_hash"]) == 1
+    return await insert_ignore(session, Approval, [row], ["campaign_id", "submission", "approver", "content_hash"]) == 1
+
+
+async def void_approvals(ctx: Context, session: AsyncSession, campaign: Campaign) -> None:
+    """A rejection or a new submission ends the earlier approvals of this campaign: they expire now."""
+    await session.execute(
+        update(Approval)
+        .where(Approval.campaign_id == campaign.id, Approval.decision == "approved", Approval.expires_at > ctx.now())
+        .values(expires_at=ctx.now())
+        .execution_options(synchronize_session=False)
+    )
 
 
 async def valid_approval(session: AsyncSession, campaign: Campaign, digest: str, now: datetime) -> Approval | None:
@@ -158,6 +169,7 @@ async def valid_approval(session: AsyncSession, campaign: Campaign, digest: str,
             select(Approval)
             .where(
                 Approval.campaign_id == campaign.id,
+                Approval.submission == campaign.submission,
                 Approval.decision == "approved",
                 Approval.content_hash == digest,
                 Approval.expires_at > now,
@@ -169,12 +181,13 @@ async def valid_approval(session: AsyncSession, campaign: Campaign, digest: str,
 
 
 async def approvals_in_force(session: AsyncSession, campaign: Campaign, digest: str, now: datetime) -> list[str]:
-    """Distinct approvers whose unexpired approval matches what will be sent."""
+    """Distinct approvers whose unexpired approval of the current submission matches what will be sent."""
     rows = (
         await session.execute(
             select(Approval.approver)
             .where(
                 Approval.campaign_id == campaign.id,
+                Approval.submission == campaign.submission,
                 Approval.decision == "approved",
                 Approval.content_hash == digest,
                 Approval.expires_at > now,

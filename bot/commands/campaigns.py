@@ -399,9 +399,14 @@ async def submit(core: Core, req: Request, p: Parsed) -> Message:
                                   problems=" ".join(review.problems)))
             digest = service.current_hash(ctx, campaign)
             won = await service.transition(session, campaign.id, ("draft", "rejected"), "pending_approval",
-                                           content_hash=digest, submitted_by=req.email, scheduled_at=when)
+                                           content_hash=digest, submitted_by=req.email, scheduled_at=when,
+                                           submission=Campaign.submission + 1)
             if not won:
                 raise UserError(t("“{name}” was submitted by someone else just now.", name=campaign.name))
+            # A new round of decisions: approvals given to an earlier submission no longer count.
+            await service.void_approvals(ctx, session, campaign)
+            campaign.submission = (await session.execute(
+                select(Campaign.submission).where(Campaign.id == campaign.id))).scalar_one()
             campaign.state, campaign.content_hash, campaign.submitted_by = "pending_approval", digest, req.email
             campaign.scheduled_at = when
             service.audit_campaign(session, campaign, actor=req.email, via=req.via, action="campaign.submit",
@@ -494,6 +499,8 @@ async def _decide(core: Core, req: Request, campaign_ref: str, decision: str, re
             won = await service.transition(session, campaign.id, ("pending_approval",), "rejected",
                                            status_note=note("Rejected by {email}: {reason}", email=req.email,
                                                                        reason=reason))
+            if won:  # a rejection voids the approvals given before it
+                await service.void_approvals(ctx, session, campaign)
             new_state = "rejected"
         if not won:
             raise UserError(t("“{name}” was decided by someone else just now.", name=campaign.name))
@@ -613,6 +620,7 @@ async def refresh_card(core: Core, campaign_id: int, what: str) -> None:
         counts = await service.counts(session, campaign_id)
         approvers = sorted(set((await session.execute(
             select(Approval.approver).where(Approval.campaign_id == campaign_id, Approval.decision == "approved",
+                                            Approval.submission == campaign.submission,
                                             Approval.content_hash == campaign.content_hash))).scalars().all()))
     state = campaign.state
 
@@ -681,7 +689,7 @@ async def status(core: Core, req: Request, p: Parsed) -> Message:
     async with core.ctx.sessions() as session:
         counts = await service.counts(session, campaign.id)
         decisions = (await session.execute(
-            select(Approval.approver, Approval.decision, Approval.created_at, Approval.reason)
+            select(Approval.approver, Approval.decision, Approval.created_at, Approval.reason, Approval.submission)
             .where(Approval.campaign_id == campaign.id).order_by(Approval.id))).all()
     lines = [t("“{name}” is {state}.", name=campaign.name, state=state_name(campaign.state)),
              "  " + t("to {audience}, template {template}, subject “{subject}”, created by {email}",
@@ -703,7 +711,7 @@ async def status(core: Core, req: Request, p: Parsed) -> Message:
             lines.append("  " + t("starts {time} once approved", time=_schedule_line(campaign)))
     needed = core.ctx.settings.campaigns.required_approvals
     if campaign.state == "pending_approval" and needed > 1:
-        got = {d.approver for d in decisions if d.decision == "approved"}
+        got = {d.approver for d in decisions if d.decision == "approved" and d.submission == campaign.submission}
         lines.append("  " + t("{count} of {needed} approvals", count=len(got), needed=needed))
     if campaign.status_note:
         lines.append(f"  {show(campaign.status_note)}")
