@@ -145,3 +145,16 @@ async def test_a_rejection_voids_earlier_approvals(make_bot, smtp) -> None:  # t
     assert "sending has started" in reply, reply
     await bot.settle()
     assert await state_of(bot, "c2") == "completed" and len(smtp.messages) == len(CONSENTED)
+
+
+async def test_help_shows_the_flags_campaign_new_requires_and_the_parser_enforces_them(make_bot) -> None:  # type: ignore[no-untyped-def]
+    bot = await make_bot()
+    usage = "/campaign new <name> --to <to> --template <template> [--subject <subject>] [--no-tracking]"
+    assert usage in await bot.say(SENDER, "/help")
+    for command, says in (("/campaign new x", "/campaign new needs --to and --template."),
+                          ("/campaign new x --to customers", "/campaign new needs --template."),
+                          ("/campaign new x --template welcome --no-tracking", "/campaign new needs --to.")):
+        reply = await bot.say(SENDER, command)
+        assert says in reply and usage in reply, reply
+    assert "no campaigns yet" in await bot.say(SENDER, "/campaign list")
+    assert "Draft campaign" in await bot.say(SENDER, "/campaign new x --to customers --template welcome")

@@ -27,12 +27,14 @@ if TYPE_CHECKING:
 NAME = Arg("name")
 TO = Flag("to", help="a contact list or a group")
 TEMPLATE = Flag("template", help="a template in campaigns.templates_dir (name.html, optional name.txt)")
+NEEDS_TO = Flag("to", help=TO.help, required=True)
+NEEDS_TEMPLATE = Flag("template", help=TEMPLATE.help, required=True)
 SUBJECT = Flag("subject", help="the subject line; a template too, e.g. \"Hello {{ first_name }}\"")
 
 NO_TRACKING = Flag("no-tracking", takes_value=False, help="no open pixel and no click redirects in this campaign's mail")
 TRACKING = Flag("tracking", help="on or off: open and click tracking for this campaign")
 AT = Flag("at", help="start time, ISO 8601 with an offset, e.g. 2026-12-01T09:00:00+01:00")
-NEW = Spec(("campaign", "new"), (NAME,), (TO, TEMPLATE, SUBJECT, NO_TRACKING), "Start a draft campaign (senders).",
+NEW = Spec(("campaign", "new"), (NAME,), (NEEDS_TO, NEEDS_TEMPLATE, SUBJECT, NO_TRACKING), "Start a draft campaign (senders).",
            ("senders",))
 EDIT = Spec(("campaign", "edit"), (NAME,), (TO, TEMPLATE, SUBJECT, TRACKING),
             "Change a campaign; an edit voids any approval.", ("senders",))
@@ -72,11 +74,7 @@ def _with_usage(exc: UserError, spec: Spec) -> UserError:
 
 
 async def new(core: Core, req: Request, p: Parsed) -> Message:
-    name = p.arg("name")
-    if not p.flag("to") or not p.flag("template"):
-        if not p.flag("to") and not p.flag("template"):
-            raise UserError(t("/campaign new needs --to and --template."), NEW.usage)
-        raise UserError(t("/campaign new needs {flag}.", flag="--to" if not p.flag("to") else "--template"), NEW.usage)
+    name = p.arg("name")  # --to and --template are required flags: the parser refused the command without them
     ctx = core.ctx
     try:
         service.check_name(name)
