@@ -4,6 +4,8 @@ start and resume, failures are audited, a rejection voids earlier approvals, req
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -11,9 +13,10 @@ from sqlalchemy import select, update
 
 from bot.app import Runtime, close_core
 from bot.campaigns.watcher import CampaignWatcher
+from bot.campaigns.web_routes import MAX_WEBHOOK_BYTES
 from bot.db.models import Approval, AuditEntry
 from tests.conftest import APPROVER, APPROVER2, SENDER
-from tests.test_campaign_delivery import CONSENTED, make_bot, send, state_of, until
+from tests.test_campaign_delivery import CONSENTED, make_bot, send, state_of, until, web
 
 __all__ = ["make_bot"]  # the fixture, used by name
 
@@ -158,3 +161,26 @@ async def test_help_shows_the_flags_campaign_new_requires_and_the_parser_enforce
         assert says in reply and usage in reply, reply
     assert "no campaigns yet" in await bot.say(SENDER, "/campaign list")
     assert "Draft campaign" in await bot.say(SENDER, "/campaign new x --to customers --template welcome")
+
+
+async def test_the_email_events_webhook_refuses_an_oversize_body_while_reading_it(make_bot) -> None:  # type: ignore[no-untyped-def]
+    bot = await make_bot(webhook_secret="s3cret")
+    never = asyncio.Event()
+    offered = 0
+
+    async def endless() -> AsyncIterator[bytes]:  # no Content-Length; the sender never finishes
+        nonlocal offered
+        while True:
+            if offered > MAX_WEBHOOK_BYTES:
+                await never.wait()  # only a reader that stops at the cap gets to answer
+            offered += 65536
+            yield b"x" * 65536
+
+    async with web(bot) as client:
+        resp = await asyncio.wait_for(client.post("/hooks/email-events", content=endless()), 5)
+        assert resp.status_code == 413 and "larger than" in resp.json()["error"]
+        declared = await client.post("/hooks/email-events", content=b"x" * (MAX_WEBHOOK_BYTES + 1))
+        assert declared.status_code == 413
+        bad_length = await client.post("/hooks/email-events", content=b"{}", headers={"content-length": "x"})
+        assert bad_length.status_code == 400
+    assert offered <= MAX_WEBHOOK_BYTES + 65536
