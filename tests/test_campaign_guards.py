@@ -184,3 +184,15 @@ async def test_the_email_events_webhook_refuses_an_oversize_body_while_reading_i
         bad_length = await client.post("/hooks/email-events", content=b"{}", headers={"content-length": "x"})
         assert bad_length.status_code == 400
     assert offered <= MAX_WEBHOOK_BYTES + 65536
+
+
+async def test_resume_without_the_template_fails_the_campaign_and_says_so(make_bot, smtp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bot = await make_bot(rate_per_s=4, batch_size=2)
+    sent = await _paused_midway(bot, smtp, "lost")
+    for path in (tmp_path / "templates").glob("welcome.*"):
+        path.unlink()
+    reply = await bot.say(SENDER, "/campaign resume lost")
+    await bot.settle()
+    assert "not resumed and has failed" in reply and "template can no longer be loaded" in reply, reply
+    assert len(smtp.messages) == sent and await state_of(bot, "lost") == "failed"
+    assert len(await _audit(bot, "campaign.fail")) == 1

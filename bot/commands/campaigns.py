@@ -801,12 +801,13 @@ async def _fail_unless_approved(core: Core, req: Request, campaign: Campaign) ->
     otherwise it fails here, audited, and the card says why. Returns that reason (a stored note) or None.
     The engine checks again when it starts sending, for every other path."""
     ctx = core.ctx
+    unloadable: str | None = None
     try:
         digest = service.current_hash(ctx, campaign)
     except UserError as exc:
-        digest = f"unavailable: {exc.sentence}"
+        digest, unloadable = "", note("The template can no longer be loaded: {error}", error=exc.sentence)
     async with ctx.sessions() as session, session.begin():
-        gap = await service.approval_gap(ctx, session, campaign, digest)
+        gap = unloadable or await service.approval_gap(ctx, session, campaign, digest)
         if gap is None:
             return None
         if not await service.transition(session, campaign.id, ("paused",), "failed", status_note=gap,
