@@ -345,8 +345,8 @@ async def _approved_campaign(bot: ChatBot, tmp_path: Path, n: int) -> int:
     await bot.say(SENDER, "/campaign submit shared")
     async with bot.core.ctx.sessions() as session, session.begin():
         campaign = (await session.execute(select(Campaign).where(Campaign.name == "shared"))).scalar_one()
-        session.add(Approval(campaign_id=campaign.id, approver=APPROVER, decision="approved",
-                             content_hash=service.current_hash(bot.core.ctx, campaign),
+        session.add(Approval(campaign_id=campaign.id, submission=campaign.submission, approver=APPROVER,
+                             decision="approved", content_hash=service.current_hash(bot.core.ctx, campaign),
                              expires_at=datetime.now(UTC) + timedelta(hours=1)))
         assert await service.transition(session, campaign.id, ("pending_approval",), "approved")
         return campaign.id

@@ -29,7 +29,7 @@ from bot.campaigns import service
 from bot.campaigns.audience import Recipient, stream_audience, suppressed_among
 from bot.campaigns.messages import CampaignMessages
 from bot.campaigns.notes import english, note
-from bot.campaigns.templates import TemplateProblem
+from bot.campaigns.templates import TemplateProblem, load_source
 from bot.config import Settings
 from bot.context import Context
 from bot.db.models import Campaign, Delivery, Suppression
@@ -171,17 +171,13 @@ class DeliveryEngine:
                 digest = service.current_hash(self.ctx, campaign)
             except Exception as exc:
                 digest = f"unavailable: {exc}"
-            approved = await service.approvals_in_force(session, campaign, digest, self.ctx.now())
-            needed = self.ctx.settings.campaigns.required_approvals
-            if digest != campaign.content_hash or len(approved) < needed:
-                won = await service.transition(
-                    session, campaign.id, ("approved", "scheduled"), "failed",
-                    status_note=note("What would be sent no longer matches the approval (or it expired); "
-                                     "submit it again."), finished_at=self.ctx.now(),
-                )
+            gap = await service.approval_gap(self.ctx, session, campaign, digest)
+            if gap is not None:
+                won = await service.transition(session, campaign.id, ("approved", "scheduled"), "failed",
+                                               status_note=gap, finished_at=self.ctx.now())
                 if won:
                     service.audit_campaign(session, campaign, actor=actor, via="engine", action="campaign.fail",
-                                           before=campaign.state, after="failed", detail="approval mismatch")
+                                           before=campaign.state, after="failed", detail=english(gap))
                 return "failed"
             won = await service.transition(
                 session, campaign.id, ("approved", "scheduled"), "sending", started_at=self.ctx.now()
@@ -258,9 +254,17 @@ class DeliveryEngine:
         if campaign is None:
             return RunResult(campaign_id, "missing")
         try:
-            messages = service.messages_for(self.ctx, campaign)
+            source = load_source(self.ctx.settings.campaigns.templates_dir, campaign.template)
+            messages = CampaignMessages(self.ctx.settings, self.ctx.signer, campaign, source)
         except Exception as exc:
             return await self._fail(campaign, note("The template can no longer be loaded: {error}", error=exc))
+        # Every start and resume (a command, a restart, another process joining) checks the approval
+        # against the very source it will send from: nothing unapproved or expired leaves (invariant 1).
+        async with self.ctx.sessions() as session:
+            gap = await service.approval_gap(self.ctx, session, campaign,
+                                             service.content_hash(campaign, source.digest()))
+        if gap is not None:
+            return await self._fail(campaign, gap)
         last_progress = 0.0
         loop = asyncio.get_running_loop()
         while not self._stop.is_set():
@@ -521,8 +525,14 @@ class DeliveryEngine:
         return RunResult(campaign.id, "completed", counts)
 
     async def _fail(self, campaign: Campaign, stored: str) -> RunResult:
+        """Move a sending campaign to `failed`, audited in the same transaction (invariant 6)."""
         async with self.ctx.sessions() as session, session.begin():
-            await service.transition(session, campaign.id, ("sending",), "failed", status_note=stored,
-                                     finished_at=self.ctx.now())
+            won = await service.transition(session, campaign.id, ("sending",), "failed", status_note=stored,
+                                           finished_at=self.ctx.now())
+            if won:
+                service.audit_campaign(session, campaign, actor="system", via="engine", action="campaign.fail",
+                                       before="sending", after="failed", detail=english(stored))
+        if not won:  # paused, cancelled or failed by someone else meanwhile: theirs is the last word
+            return RunResult(campaign.id, await self._state(campaign.id))
         await self._emit(campaign.id, "failed")
         return RunResult(campaign.id, "failed", note=english(stored))

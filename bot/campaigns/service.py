@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot import audit
 from bot.campaigns.audience import AudienceReport, Recipient, describe_audience
 from bot.campaigns.messages import CampaignMessages, lint
+from bot.campaigns.notes import note
 from bot.campaigns.templates import TemplateProblem, html_title, load_source
 from bot.context import Context
 from bot.db.models import Approval, Campaign, Delivery
@@ -143,20 +144,32 @@ async def record_decision(
     # A scheduled campaign's approval runs from its start time, so scheduling ahead is possible.
     base = max(ctx.now(), campaign.scheduled_at) if campaign.scheduled_at else ctx.now()
     row = {
-        "campaign_id": campaign.id, "approver": approver, "decision": decision, "content_hash": digest,
+        "campaign_id": campaign.id, "submission": campaign.submission, "approver": approver, "decision": decision,
+        "content_hash": digest,
         "reason": reason, "created_at": ctx.now(),
         "expires_at": base + ttl if decision == "approved" else None,
     }
-    return await insert_ignore(session, Approval, [row], ["campaign_id", "approver", "content_hash"]) == 1
+    return await insert_ignore(session, Approval, [row], ["campaign_id", "submission", "approver", "content_hash"]) == 1
+
+
+async def void_approvals(ctx: Context, session: AsyncSession, campaign: Campaign) -> None:
+    """A rejection or a new submission ends the earlier approvals of this campaign: they expire now."""
+    await session.execute(
+        update(Approval)
+        .where(Approval.campaign_id == campaign.id, Approval.decision == "approved", Approval.expires_at > ctx.now())
+        .values(expires_at=ctx.now())
+        .execution_options(synchronize_session=False)
+    )
 
 
 async def approvals_in_force(session: AsyncSession, campaign: Campaign, digest: str, now: datetime) -> list[str]:
-    """Distinct approvers whose unexpired approval matches what will be sent."""
+    """Distinct approvers whose unexpired approval of the current submission matches what will be sent."""
     rows = (
         await session.execute(
             select(Approval.approver)
             .where(
                 Approval.campaign_id == campaign.id,
+                Approval.submission == campaign.submission,
                 Approval.decision == "approved",
                 Approval.content_hash == digest,
                 Approval.expires_at > now,
@@ -165,6 +178,21 @@ async def approvals_in_force(session: AsyncSession, campaign: Campaign, digest: 
         )
     ).scalars().all()
     return sorted(rows)
+
+
+async def approval_gap(ctx: Context, session: AsyncSession, campaign: Campaign, digest: str) -> str | None:
+    """Why `digest` may not be sent now, as a status note; None when enough committed, unexpired approvals
+    of this very content are in force (invariant 1). Checked whenever sending starts or resumes."""
+    if digest != campaign.content_hash:
+        return note("What would be sent no longer matches what was approved (its template, subject, audience or "
+                    "sender changed); submit it again.")
+    approvers = await approvals_in_force(session, campaign, digest, ctx.now())
+    needed = ctx.settings.campaigns.required_approvals
+    if len(approvers) < needed:
+        return note("Its approval is no longer in force ({count} of {needed} approvals left; an approval lasts "
+                    "{hours} hours); submit it again.", count=len(approvers), needed=needed,
+                    hours=f"{ctx.settings.campaigns.approval_ttl_hours:g}")
+    return None
 
 
 async def counts(session: AsyncSession, campaign_id: int) -> dict[str, int]:

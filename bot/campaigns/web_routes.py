@@ -37,6 +37,7 @@ from bot.campaigns.bounces import Finding, classify_status, record_finding
 from bot.campaigns.tracking import verify_click, verify_open, verp_delivery
 from bot.db.models import CampaignEvent, Delivery, ProcessedEvent
 from bot.db.upsert import insert_ignore
+from bot.webhooks import Refused, read_capped
 
 if TYPE_CHECKING:
     from bot.core import Core
@@ -82,9 +83,10 @@ def campaign_routes(core: Core) -> list[Route]:
         secret = ctx.settings.campaigns.webhook_secret
         if not secret:
             return JSONResponse({"error": "not enabled"}, status_code=404)
-        body = await request.body()
-        if len(body) > MAX_WEBHOOK_BYTES:
-            return JSONResponse({"error": "body too large"}, status_code=413)
+        try:  # capped while reading: an oversize body is refused before it is held in memory whole
+            body = await read_capped(request, MAX_WEBHOOK_BYTES)
+        except Refused as exc:
+            return JSONResponse({"error": exc.sentence}, status_code=exc.status)
         ts = request.headers.get("x-postroom-timestamp", "")
         given = request.headers.get("x-postroom-signature", "")
         if not ts.isdigit() or abs(time.time() - int(ts)) > MAX_SKEW_S:

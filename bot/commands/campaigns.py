@@ -13,7 +13,7 @@ from bot.addresses import normalise
 from bot.campaigns import service
 from bot.campaigns.audience import Recipient, resolve_audience
 from bot.campaigns.engine import DeliveryEngine
-from bot.campaigns.notes import decision_name, note, sentence_gap, show, state_name, status_name
+from bot.campaigns.notes import decision_name, english, note, sentence_gap, show, state_name, status_name
 from bot.campaigns.templates import CompiledTemplate, TemplateProblem, load_source
 from bot.commands.parser import Arg, Flag, Parsed, Spec
 from bot.db.models import Approval, Campaign, Delivery
@@ -27,12 +27,14 @@ if TYPE_CHECKING:
 NAME = Arg("name")
 TO = Flag("to", help="a contact list or a group")
 TEMPLATE = Flag("template", help="a template in campaigns.templates_dir (name.html, optional name.txt)")
+NEEDS_TO = Flag("to", help=TO.help, required=True)
+NEEDS_TEMPLATE = Flag("template", help=TEMPLATE.help, required=True)
 SUBJECT = Flag("subject", help="the subject line; a template too, e.g. \"Hello {{ first_name }}\"")
 
 NO_TRACKING = Flag("no-tracking", takes_value=False, help="no open pixel and no click redirects in this campaign's mail")
 TRACKING = Flag("tracking", help="on or off: open and click tracking for this campaign")
 AT = Flag("at", help="start time, ISO 8601 with an offset, e.g. 2026-12-01T09:00:00+01:00")
-NEW = Spec(("campaign", "new"), (NAME,), (TO, TEMPLATE, SUBJECT, NO_TRACKING), "Start a draft campaign (senders).",
+NEW = Spec(("campaign", "new"), (NAME,), (NEEDS_TO, NEEDS_TEMPLATE, SUBJECT, NO_TRACKING), "Start a draft campaign (senders).",
            ("senders",))
 EDIT = Spec(("campaign", "edit"), (NAME,), (TO, TEMPLATE, SUBJECT, TRACKING),
             "Change a campaign; an edit voids any approval.", ("senders",))
@@ -72,11 +74,7 @@ def _with_usage(exc: UserError, spec: Spec) -> UserError:
 
 
 async def new(core: Core, req: Request, p: Parsed) -> Message:
-    name = p.arg("name")
-    if not p.flag("to") or not p.flag("template"):
-        if not p.flag("to") and not p.flag("template"):
-            raise UserError(t("/campaign new needs --to and --template."), NEW.usage)
-        raise UserError(t("/campaign new needs {flag}.", flag="--to" if not p.flag("to") else "--template"), NEW.usage)
+    name = p.arg("name")  # --to and --template are required flags: the parser refused the command without them
     ctx = core.ctx
     try:
         service.check_name(name)
@@ -399,9 +397,14 @@ async def submit(core: Core, req: Request, p: Parsed) -> Message:
                                   problems=" ".join(review.problems)))
             digest = service.current_hash(ctx, campaign)
             won = await service.transition(session, campaign.id, ("draft", "rejected"), "pending_approval",
-                                           content_hash=digest, submitted_by=req.email, scheduled_at=when)
+                                           content_hash=digest, submitted_by=req.email, scheduled_at=when,
+                                           submission=Campaign.submission + 1)
             if not won:
                 raise UserError(t("“{name}” was submitted by someone else just now.", name=campaign.name))
+            # A new round of decisions: approvals given to an earlier submission no longer count.
+            await service.void_approvals(ctx, session, campaign)
+            campaign.submission = (await session.execute(
+                select(Campaign.submission).where(Campaign.id == campaign.id))).scalar_one()
             campaign.state, campaign.content_hash, campaign.submitted_by = "pending_approval", digest, req.email
             campaign.scheduled_at = when
             service.audit_campaign(session, campaign, actor=req.email, via=req.via, action="campaign.submit",
@@ -494,6 +497,8 @@ async def _decide(core: Core, req: Request, campaign_ref: str, decision: str, re
             won = await service.transition(session, campaign.id, ("pending_approval",), "rejected",
                                            status_note=note("Rejected by {email}: {reason}", email=req.email,
                                                                        reason=reason))
+            if won:  # a rejection voids the approvals given before it
+                await service.void_approvals(ctx, session, campaign)
             new_state = "rejected"
         if not won:
             raise UserError(t("“{name}” was decided by someone else just now.", name=campaign.name))
@@ -613,6 +618,7 @@ async def refresh_card(core: Core, campaign_id: int, what: str) -> None:
         counts = await service.counts(session, campaign_id)
         approvers = sorted(set((await session.execute(
             select(Approval.approver).where(Approval.campaign_id == campaign_id, Approval.decision == "approved",
+                                            Approval.submission == campaign.submission,
                                             Approval.content_hash == campaign.content_hash))).scalars().all()))
     state = campaign.state
 
@@ -638,7 +644,7 @@ async def refresh_card(core: Core, campaign_id: int, what: str) -> None:
         return Message(t("“{name}”: {state}.", name=campaign.name, state=state_name(state)), card)
 
     await core.update_subject(f"campaign:{campaign_id}", build)
-    if what == "auto-paused" and campaign.status_note:
+    if what in ("auto-paused", "failed") and campaign.status_note and state == what.removeprefix("auto-"):
         # Say why in the chat, not only on the card: someone has to act on it.
         await core.post("approvals", lambda: Message(t("Campaign “{name}”: {note}", name=campaign.name,
                                                        note=show(campaign.status_note))))
@@ -681,7 +687,7 @@ async def status(core: Core, req: Request, p: Parsed) -> Message:
     async with core.ctx.sessions() as session:
         counts = await service.counts(session, campaign.id)
         decisions = (await session.execute(
-            select(Approval.approver, Approval.decision, Approval.created_at, Approval.reason)
+            select(Approval.approver, Approval.decision, Approval.created_at, Approval.reason, Approval.submission)
             .where(Approval.campaign_id == campaign.id).order_by(Approval.id))).all()
     lines = [t("“{name}” is {state}.", name=campaign.name, state=state_name(campaign.state)),
              "  " + t("to {audience}, template {template}, subject “{subject}”, created by {email}",
@@ -703,7 +709,7 @@ async def status(core: Core, req: Request, p: Parsed) -> Message:
             lines.append("  " + t("starts {time} once approved", time=_schedule_line(campaign)))
     needed = core.ctx.settings.campaigns.required_approvals
     if campaign.state == "pending_approval" and needed > 1:
-        got = {d.approver for d in decisions if d.decision == "approved"}
+        got = {d.approver for d in decisions if d.decision == "approved" and d.submission == campaign.submission}
         lines.append("  " + t("{count} of {needed} approvals", count=len(got), needed=needed))
     if campaign.status_note:
         lines.append(f"  {show(campaign.status_note)}")
@@ -739,16 +745,7 @@ async def list_campaigns(core: Core, req: Request, p: Parsed) -> Message:
 async def _set_state(core: Core, req: Request, p: Parsed, spec: Spec, from_states: tuple[str, ...], to: str,
                      verb: str) -> Campaign:
     campaign = await _load(core, p.arg("name"), spec)
-    if campaign.created_by != req.email and not req.has("approvers"):
-        refusals = {
-            "pause": t("Only {email}, approvers and admins can pause “{name}”.", email=campaign.created_by,
-                       name=campaign.name),
-            "resume": t("Only {email}, approvers and admins can resume “{name}”.", email=campaign.created_by,
-                        name=campaign.name),
-            "cancel": t("Only {email}, approvers and admins can cancel “{name}”.", email=campaign.created_by,
-                        name=campaign.name),
-        }
-        raise PermissionDenied(refusals[verb])
+    _may_act(req, campaign, verb)
     stored = {"paused": note("Paused by {email}.", email=req.email),
               "sending": note("Resumed by {email}.", email=req.email),
               "cancelled": note("Cancelled by {email}.", email=req.email)}[to]
@@ -769,6 +766,19 @@ async def _set_state(core: Core, req: Request, p: Parsed, spec: Spec, from_state
     return campaign
 
 
+def _may_act(req: Request, campaign: Campaign, verb: str) -> None:
+    if campaign.created_by != req.email and not req.has("approvers"):
+        refusals = {
+            "pause": t("Only {email}, approvers and admins can pause “{name}”.", email=campaign.created_by,
+                       name=campaign.name),
+            "resume": t("Only {email}, approvers and admins can resume “{name}”.", email=campaign.created_by,
+                        name=campaign.name),
+            "cancel": t("Only {email}, approvers and admins can cancel “{name}”.", email=campaign.created_by,
+                        name=campaign.name),
+        }
+        raise PermissionDenied(refusals[verb])
+
+
 async def pause(core: Core, req: Request, p: Parsed) -> Message:
     c = await _set_state(core, req, p, PAUSE, ("sending",), "paused", "pause")
     await refresh_card(core, c.id, "paused")
@@ -776,9 +786,37 @@ async def pause(core: Core, req: Request, p: Parsed) -> Message:
 
 
 async def resume(core: Core, req: Request, p: Parsed) -> Message:
+    campaign = await _load(core, p.arg("name"), RESUME)
+    _may_act(req, campaign, "resume")
+    gap = await _fail_unless_approved(core, req, campaign)
+    if gap is not None:
+        return Message(t("“{name}” was not resumed and has failed: {reason}", name=campaign.name, reason=show(gap)))
     c = await _set_state(core, req, p, RESUME, ("paused",), "sending", "resume")
     resume_sending(core, c.id)
     return Message(t("Resumed “{name}”.", name=c.name))
+
+
+async def _fail_unless_approved(core: Core, req: Request, campaign: Campaign) -> str | None:
+    """A paused campaign resumes only with its approval in force for what is on disk now (invariant 1);
+    otherwise it fails here, audited, and the card says why. Returns that reason (a stored note) or None.
+    The engine checks again when it starts sending, for every other path."""
+    ctx = core.ctx
+    unloadable: str | None = None
+    try:
+        digest = service.current_hash(ctx, campaign)
+    except UserError as exc:
+        digest, unloadable = "", note("The template can no longer be loaded: {error}", error=exc.sentence)
+    async with ctx.sessions() as session, session.begin():
+        gap = unloadable or await service.approval_gap(ctx, session, campaign, digest)
+        if gap is None:
+            return None
+        if not await service.transition(session, campaign.id, ("paused",), "failed", status_note=gap,
+                                        finished_at=ctx.now()):
+            return None  # no longer paused: the usual refusal follows
+        service.audit_campaign(session, campaign, actor=req.email, via=req.via, action="campaign.fail",
+                               before="paused", after="failed", detail=english(gap))
+    await refresh_card(core, campaign.id, "failed")
+    return gap
 
 
 async def cancel(core: Core, req: Request, p: Parsed) -> Message:

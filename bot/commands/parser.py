@@ -27,6 +27,7 @@ class Flag:
     name: str  # without the dashes
     takes_value: bool = True
     help: str = ""
+    required: bool = False  # the command can't run without it (shown without brackets in the usage line)
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,8 @@ class Spec:
             label = f"<{a.name}>" + (" [...]" if a.many else "")
             parts.append(label if a.required else f"[{label}]")
         for f in self.flags:
-            parts.append(f"[--{f.name}{' <' + f.name + '>' if f.takes_value else ''}]")
+            label = f"--{f.name}{' <' + f.name + '>' if f.takes_value else ''}"
+            parts.append(label if f.required else f"[{label}]")
         return " ".join(parts)
 
 
@@ -214,4 +216,9 @@ def parse(spec: Spec, tokens: list[str]) -> Parsed:
     if pos < len(positionals):
         extra = positionals[pos]
         raise UserError(t("/{command} does not take “{text}” here.", command=spec.name, text=extra[:60]), spec.usage)
+    missing = ["--" + f.name for f in spec.flags if f.required and f.name not in flags]
+    if missing:
+        what = missing[0] if len(missing) == 1 else t("{first} and {last}", first=", ".join(missing[:-1]),
+                                                          last=missing[-1])
+        raise UserError(t("/{command} needs {what}.", command=spec.name, what=what), spec.usage)
     return Parsed(spec=spec, args=args, flags=flags)

@@ -153,6 +153,7 @@ class Campaign(Base):
     created_by: Mapped[str] = mapped_column(String(320))
     submitted_by: Mapped[str | None] = mapped_column(String(320))
     content_hash: Mapped[str | None] = mapped_column(String(64))
+    submission: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # +1 on each submit
     tracking: Mapped[bool] = mapped_column(Boolean, default=True)
     scheduled_at: Mapped[datetime | None]
     status_note: Mapped[str | None] = mapped_column(Text)
@@ -166,9 +167,14 @@ class Approval(Base):
     """A decision on a campaign, bound to the hash of what will be sent."""
 
     __tablename__ = "approvals"
-    __table_args__ = (UniqueConstraint("campaign_id", "approver", "content_hash", name="uq_approval_once"),)
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "submission", "approver", "content_hash", name="uq_approval_once"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
+    # Which submission of the campaign this decides: a resubmission starts a new round, and only
+    # decisions on the current round count (a rejection voids the approvals before it).
+    submission: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     approver: Mapped[str] = mapped_column(String(320))
     decision: Mapped[str] = mapped_column(String(20))  # approved | rejected
     content_hash: Mapped[str] = mapped_column(String(64))

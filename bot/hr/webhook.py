@@ -23,6 +23,8 @@ from starlette.routing import Route
 
 from bot.errors import UserError
 from bot.events import PersonEvent
+from bot.webhooks import Refused
+from bot.webhooks import read_capped as _read_capped
 
 if TYPE_CHECKING:
     from bot.core import Core
@@ -30,13 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 SOURCE = "hr-webhook"
 MAX_ATTRIBUTES = 100
-
-
-class Refused(Exception):
-    def __init__(self, status: int, sentence: str):
-        super().__init__(sentence)
-        self.status = status
-        self.sentence = sentence
 
 
 def sign(secret: str, timestamp: str | int, body: bytes) -> str:
@@ -47,21 +42,6 @@ def sign(secret: str, timestamp: str | int, body: bytes) -> str:
 
 def _refuse(status: int, sentence: str) -> Response:
     return JSONResponse({"status": "refused", "error": sentence}, status_code=status)
-
-
-async def _read_capped(request: Request, cap: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise Refused(400, "The Content-Length header is not a number.")
-        if int(declared) > cap:
-            raise Refused(413, f"The body is larger than the {cap} bytes this webhook accepts.")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > cap:
-            raise Refused(413, f"The body is larger than the {cap} bytes this webhook accepts.")
-    return bytes(body)
 
 
 def verify(secret: str, headers: Any, body: bytes, tolerance_s: int, now: float) -> None:
