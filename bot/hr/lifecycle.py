@@ -21,7 +21,7 @@ from sqlalchemy.exc import DBAPIError
 
 from bot import audit
 from bot.addresses import normalise
-from bot.db.models import Group, Person, ProcessedEvent
+from bot.db.models import Group, Person, PersonId, ProcessedEvent
 from bot.db.upsert import insert_ignore
 from bot.errors import UserError
 from bot.events import Message, PersonEvent
@@ -35,11 +35,24 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 KINDS = ("joined", "changed", "left")
 RETRY_DELAYS_S = (0.2, 1.0)
+# A leaver event naming nobody known yet (no email, an id no source has given before) is tried again:
+# the joiner event, or the directory's, may still be on its way.
+UNKNOWN_LEAVER_RETRY_MIN = (1, 10, 60, 360, 1440)
+HR_SOURCES = ("hr-webhook", "csv")
+
+
+def id_namespace(source: str) -> str:
+    """Whose ids an event's external_id is: the HR system's (webhook and CSV share them) or a messenger's."""
+    return "hr" if source in HR_SOURCES else source
+
+
+class UnknownPerson(UserError):
+    """An event with no email for a person no source has told us about."""
 
 
 @dataclass
 class Outcome:
-    status: str  # applied | duplicate | stale
+    status: str  # applied | duplicate | stale | queued (an unknown leaver, tried again later)
     person: str | None = None
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
@@ -88,11 +101,16 @@ async def apply_person_event(core: Core, event: PersonEvent, *, guard: bool = Tr
         raise UserError(t("“{text}” is not an HR event type (joined, changed, left).", text=str(event.kind)[:40]))
     if event.at.tzinfo is None:
         raise UserError(t("The event's time has no time zone."))
-    async with _lock_for(core, event.external_id):
+    async with _lock_for(core, f"{id_namespace(event.source)}:{event.external_id}"):
         for attempt, delay in enumerate((*RETRY_DELAYS_S, None)):
             try:
                 outcome = await _apply(core, event, guard, snapshot)
                 break
+            except UnknownPerson as exc:
+                if event.kind != "left":
+                    raise
+                await _retry_unknown_leaver(core, event, exc.sentence, attempt=0)
+                return Outcome("queued", person=event.external_id, kind=event.kind, note=exc.sentence)
             except DBAPIError:
                 if delay is None:
                     log.exception("HR event %s failed %d times", event.event_id, attempt + 1)
@@ -140,6 +158,61 @@ async def retry_event(event: dict[str, Any]) -> None:
     await apply_person_event(current_core(), event_from_dict(event))
 
 
+def _unknown_job_id(event: PersonEvent) -> str:
+    return f"hr.unknown-leaver:{event.source}:{event.event_id}"[:190]
+
+
+async def _retry_unknown_leaver(core: Core, event: PersonEvent, why: str, *, attempt: int) -> None:
+    """A leaver event that names nobody known: HR hears of it, and it is tried again later."""
+    who = event.external_id
+    if attempt >= len(UNKNOWN_LEAVER_RETRY_MIN):
+        log.error("leaver event %s from %s gave up: %s", event.event_id, event.source, why)
+        await core.post("hr", lambda: Message(t(
+            "The leaver event for {who} ({source}) still names nobody I know, so I stopped trying: remove them "
+            "by hand (/removegroup) or send the event again with their email address.", who=who,
+            source=event.source)))
+        return
+    minutes = UNKNOWN_LEAVER_RETRY_MIN[attempt]
+    scheduled = True
+    try:
+        from bot.scheduler import ensure_scheduler, now
+
+        scheduler = await ensure_scheduler(core, run_jobs=False)
+        scheduler.at(_unknown_job_id(event), now() + timedelta(minutes=minutes), "bot.hr.lifecycle:retry_unknown_leaver",
+                     event=event_to_dict(event), attempt=attempt + 1)
+    except Exception:
+        log.exception("could not schedule the retry of leaver event %s", event.event_id)
+        scheduled = False
+    log.warning("leaver event %s from %s not applied yet: %s", event.event_id, event.source, why)
+    if attempt == 0 or not scheduled:
+        def text() -> Message:
+            if scheduled:
+                return Message(t("A leaver event for {who} ({source}) names nobody I know yet (no email address); "
+                                 "I will try again in {minutes} minutes. If they are still in groups, remove them by "
+                                 "hand (/removegroup).", who=who, source=event.source, minutes=minutes))
+            return Message(t("A leaver event for {who} ({source}) names nobody I know (no email address), and I "
+                             "could not schedule another try: remove them by hand (/removegroup) or send the event "
+                             "again with their email address.", who=who, source=event.source))
+
+        await core.post("hr", text)
+
+
+async def retry_unknown_leaver(event: dict[str, Any], attempt: int) -> None:
+    """Scheduled job: a leaver event that named nobody known, once more."""
+    from bot.scheduler import current_core
+
+    core = current_core()
+    ev = event_from_dict(event)
+    try:
+        async with _lock_for(core, f"{id_namespace(ev.source)}:{ev.external_id}"):
+            outcome = await _apply(core, ev, True)
+    except UnknownPerson as exc:
+        await _retry_unknown_leaver(core, ev, exc.sentence, attempt=attempt)
+        return
+    if outcome.status == "applied":
+        await _after_commit(core, ev, outcome, True)
+
+
 async def _apply(core: Core, event: PersonEvent, guard: bool, snapshot: bool = False) -> Outcome:
     ctx = core.ctx
     settings = ctx.settings
@@ -150,13 +223,21 @@ async def _apply(core: Core, event: PersonEvent, guard: bool, snapshot: bool = F
                                     ["source", "event_id"])
         if not fresh:
             return Outcome("duplicate")
-        query = select(Person).where(Person.employee_id == event.external_id)
+        namespace = id_namespace(event.source)
+        known_ids = select(PersonId.person_id).where(PersonId.namespace == namespace,
+                                                     PersonId.external_id == event.external_id)
+        query = select(Person).where(Person.id.in_(known_ids))
         if ctx.dialect == "postgresql":
             query = query.with_for_update()
-        person = (await session.execute(query)).scalar_one_or_none()
+        person = (await session.execute(query)).scalars().first()
+        if person is None:  # a person on record before source ids were kept
+            query = select(Person).where(Person.employee_id == event.external_id)
+            if ctx.dialect == "postgresql":
+                query = query.with_for_update()
+            person = (await session.execute(query)).scalar_one_or_none()
         email = normalise(event.email) if event.email else (person.email if person else None)
         if email is None:
-            raise UserError(t("The {kind} event for {id} has no email address, and the person is not known yet.",
+            raise UnknownPerson(t("The {kind} event for {id} has no email address, and the person is not known yet.",
                               kind=event.kind, id=event.external_id))
         if person is None:
             person = (await session.execute(select(Person).where(Person.email == email))).scalar_one_or_none()
@@ -167,6 +248,9 @@ async def _apply(core: Core, event: PersonEvent, guard: bool, snapshot: bool = F
                             attributes=dict(event.attributes), source=event.source, status="active")
             session.add(person)
             await session.flush()
+        await insert_ignore(session, PersonId, [{"namespace": namespace, "external_id": event.external_id[:200],
+                                                 "person_id": person.id, "created_at": ctx.now()}],
+                            ["namespace", "external_id"])
         before = {"status": person.status, "email": person.email, "attributes": dict(person.attributes or {})}
         person.last_event_at = event.at
         person.employee_id = person.employee_id or event.external_id

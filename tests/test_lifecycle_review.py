@@ -1,0 +1,73 @@
+"""Review findings on the HR lifecycle and email groups: each test failed on main before its fix."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from bot.events import PersonEvent
+from tests.lifecycle_kit import groups_of, hr_event, lifecycle_bot, post_event, web_client
+
+T0 = datetime(2026, 11, 1, 9, tzinfo=UTC)
+
+
+@pytest.fixture
+async def lbot(database_url, smtp, tmp_path):  # type: ignore[no-untyped-def]
+    async for b in lifecycle_bot(database_url, smtp.port, tmp_path):
+        yield b
+
+
+def slack_join(user: str, email: str, at: datetime, event_id: str = "Ev1") -> PersonEvent:
+    from adapters.slack.directory import person_event
+
+    ev = person_event({"event_id": event_id, "event": {"type": "team_join", "event_ts": str(at.timestamp()),
+                                                        "user": {"id": user, "profile": {"email": email,
+                                                                                         "real_name": "Someone"}}}})
+    assert ev is not None
+    return ev
+
+
+# -- finding 3: any source's id finds the person; an unknown leaver goes to HR and is retried ------------
+async def test_hr_leaver_without_email_finds_a_person_slack_created(lbot) -> None:  # type: ignore[no-untyped-def]
+    core = lbot.core
+    await core.handle_person_event(slack_join("U1", "bob@corp.example", T0))
+    await core.handle_person_event(PersonEvent("changed", "hr-webhook", "E200", "bob@corp.example",
+                                               {"department": "Engineering"}, "hr-2", T0 + timedelta(hours=1)))
+    assert set(await groups_of(lbot, "bob@corp.example")) == {"all-staff", "eng"}
+    async with web_client(lbot) as client:
+        r = await post_event(client, hr_event("left", "hr-3", "E200", None, "2026-11-01T11:00:00Z"))
+    assert r.status_code == 200, r.text
+    assert await groups_of(lbot, "bob@corp.example") == {}
+    # and a leaver from the other directory id works as well (a second person, created by HR)
+    await core.handle_person_event(PersonEvent("joined", "hr-webhook", "E300", "cy@corp.example",
+                                               {"department": "Engineering"}, "hr-4", T0))
+    await core.handle_person_event(slack_join("U3", "cy@corp.example", T0 + timedelta(hours=1), "Ev3"))
+    out = await core.handle_person_event(PersonEvent("left", "slack", "U3", None, {}, "Ev4", T0 + timedelta(hours=2)))
+    assert out.status == "applied"
+    assert await groups_of(lbot, "cy@corp.example") == {}
+
+
+async def test_an_unknown_leaver_is_reported_to_hr_and_retried(lbot) -> None:  # type: ignore[no-untyped-def]
+    core = lbot.core
+    out = await core.handle_person_event(PersonEvent("left", "wecom", "wecom:zhang", None, {}, "w1", T0))
+    assert out.status == "queued"
+    assert "A leaver event for wecom:zhang (wecom) names nobody I know yet" in lbot.out.getvalue()
+    job = core.services["scheduler"].aps.get_job("hr.unknown-leaver:wecom:w1")
+    assert job is not None
+    # The person becomes known (HR, then a change from the messenger with its id); the retry removes them.
+    await core.handle_person_event(PersonEvent("joined", "hr-webhook", "E9", "zhang@corp.example",
+                                               {"department": "Engineering"}, "h9", T0 - timedelta(hours=2)))
+    await core.handle_person_event(PersonEvent("changed", "wecom", "wecom:zhang", "zhang@corp.example", {},
+                                               "w0", T0 - timedelta(hours=1)))
+    assert set(await groups_of(lbot, "zhang@corp.example")) == {"all-staff", "eng"}
+    await job.func(**job.kwargs)
+    assert await groups_of(lbot, "zhang@corp.example") == {}
+    assert "zhang@corp.example left: removed from" in lbot.out.getvalue()
+
+
+async def test_the_webhook_accepts_an_unknown_leaver_for_a_retry(lbot) -> None:  # type: ignore[no-untyped-def]
+    async with web_client(lbot) as client:
+        r = await post_event(client, hr_event("left", "x1", "E404", None, "2026-11-01T11:00:00Z"))
+    assert r.status_code == 202 and r.json()["status"] == "queued"
+    assert lbot.core.services["scheduler"].aps.get_job("hr.unknown-leaver:hr-webhook:x1") is not None
