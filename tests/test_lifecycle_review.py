@@ -5,8 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import select
 
+from bot.db.models import AuditEntry, Group, Membership
 from bot.events import PersonEvent
+from tests.conftest import HR
 from tests.lifecycle_kit import groups_of, hr_event, lifecycle_bot, post_event, web_client
 
 T0 = datetime(2026, 11, 1, 9, tzinfo=UTC)
@@ -71,3 +74,43 @@ async def test_the_webhook_accepts_an_unknown_leaver_for_a_retry(lbot) -> None: 
         r = await post_event(client, hr_event("left", "x1", "E404", None, "2026-11-01T11:00:00Z"))
     assert r.status_code == 202 and r.json()["status"] == "queued"
     assert lbot.core.services["scheduler"].aps.get_job("hr.unknown-leaver:hr-webhook:x1") is not None
+
+
+# -- finding 2: an address change to an external address leaves every internal group ------------------
+async def internal_rows(core, email):  # type: ignore[no-untyped-def]
+    async with core.ctx.sessions() as s:
+        return (await s.execute(select(Group.address).join(Membership, Membership.group_id == Group.id)
+                                .where(Membership.email == email, Group.kind == "internal"))).scalars().all()
+
+
+async def test_an_address_change_to_an_external_address_leaves_internal_groups(lbot) -> None:  # type: ignore[no-untyped-def]
+    core = lbot.core
+    await core.handle_person_event(PersonEvent("joined", "hr-webhook", "E300", "carl@corp.example",
+                                               {"department": "Engineering"}, "hr-1", T0, "Carl"))
+    assert "Added" in await lbot.say(HR, "/addgroup social carl@corp.example")
+    assert "Added" in await lbot.say(HR, "/addgroup partners carl@corp.example")
+    async with web_client(lbot) as client:
+        r = await post_event(client, hr_event("changed", "hr-2", "E300", "carl@gmail.com", "2026-11-01T10:00:00Z"))
+    assert r.status_code == 200, r.text
+    assert set(r.json()["removed"]) >= {"all-staff@corp.example", "eng@corp.example", "social@corp.example"}
+    assert await internal_rows(core, "carl@gmail.com") == []
+    assert await internal_rows(core, "carl@corp.example") == []
+    assert await groups_of(lbot, "carl@gmail.com") == {"partners": "manual"}  # external-allowed: it follows
+    async with core.ctx.sessions() as s:
+        reasons = (await s.execute(select(AuditEntry.detail).where(AuditEntry.action == "membership.remove"))
+                   ).scalars().all()
+    assert len(reasons) == 3 and all("changed address to carl@gmail.com" in r for r in reasons)
+
+
+async def test_a_slack_email_change_to_an_external_address_leaves_internal_groups(lbot) -> None:  # type: ignore[no-untyped-def]
+    from adapters.slack.directory import person_event
+
+    core = lbot.core
+    await core.handle_person_event(slack_join("U7", "dora@corp.example", T0))
+    assert "Added" in await lbot.say(HR, "/addgroup social dora@corp.example")
+    ev = person_event({"event_id": "Ev8", "event": {"type": "user_change", "event_ts": str(T0.timestamp() + 60),
+                                                    "user": {"id": "U7", "profile": {"email": "dora@gmail.com"}}}})
+    assert ev is not None
+    await core.handle_person_event(ev)
+    assert await internal_rows(core, "dora@gmail.com") == []
+    assert await internal_rows(core, "dora@corp.example") == []

@@ -276,8 +276,9 @@ async def _apply(core: Core, event: PersonEvent, guard: bool, snapshot: bool = F
             if event.kind == "joined" or person.status != "left":
                 person.status = "active"
                 person.left_at = None
+            moved_out: list[str] = []
             if event.email and email != person.email:
-                await _rename(session, person, email)
+                moved_out = await _rename(session, person, email, settings, actor=actor, via=via)
             if event.name:
                 person.name = event.name
             if event.kind == "joined" or snapshot:
@@ -288,7 +289,7 @@ async def _apply(core: Core, event: PersonEvent, guard: bool, snapshot: bool = F
             if person.status == "active":
                 plan = await planner.plan_person(session, rules, person)
                 plan = await groups.check_policy(session, plan, settings)
-                if plan.refused:
+                if plan.refused and not moved_out:
                     c = plan.refused[0][0]
                     raise UserError(t("{email} is outside {domains}, and the rules put them in the internal group "
                                       "{group}: external people can't join it.", email=c.email,
@@ -298,7 +299,7 @@ async def _apply(core: Core, event: PersonEvent, guard: bool, snapshot: bool = F
                     plan, held = planner.split_protected(plan, await planner.protected_addresses(session, plan))
                 await groups.apply(session, plan, actor=actor, via=via)
                 outcome.added = sorted(c.group_address for c in plan.adds)
-                outcome.removed = sorted(c.group_address for c in plan.removes)
+                outcome.removed = sorted({*moved_out, *(c.group_address for c in plan.removes)})
                 if held.changes:
                     pending = await planner.hold(session, source=event.source, actor=actor, via=via,
                                                  reasons=[t("it changes the protected group {group}", group=a) for a in
@@ -320,8 +321,10 @@ async def _apply(core: Core, event: PersonEvent, guard: bool, snapshot: bool = F
     return outcome
 
 
-async def _rename(session: Any, person: Person, email: str) -> None:
-    """A person's address changed: their memberships follow."""
+async def _rename(session: Any, person: Person, email: str, settings: Any, *, actor: str, via: str) -> list[str]:
+    """A person's address changed: their memberships follow — except into internal groups when the new
+    address is outside the company's domains: those memberships are removed (planned, audited, with the
+    reason). Returns the groups they were removed from."""
     from sqlalchemy import update
 
     from bot.db.models import Membership
@@ -329,8 +332,22 @@ async def _rename(session: Any, person: Person, email: str) -> None:
     taken = (await session.execute(select(Person.id).where(Person.email == email, Person.id != person.id))).first()
     if taken:
         raise UserError(t("{email} already belongs to another person on record.", email=email))
+    removed: list[str] = []
+    if not settings.is_internal(email):
+        rows = (await session.execute(
+            select(Membership.group_id, Group.address, Membership.email, Membership.source)
+            .join(Group, Group.id == Membership.group_id)
+            .where((Membership.person_id == person.id) | (Membership.email == person.email),
+                   Group.kind == "internal"))).all()
+        why = t("{old} changed address to {new}, outside {domains}: external people can't be in internal groups",
+                old=person.email, new=email, domains=", ".join(settings.org.domains))
+        plan = groups.Plan([groups.Change("remove", r.group_id, r.address, r.email, r.source, why, person.id)
+                            for r in rows])
+        await groups.apply(session, plan, actor=actor, via=via)
+        removed = sorted({r.address for r in rows})
     await session.execute(update(Membership).where(Membership.person_id == person.id).values(email=email))
     person.email = email
+    return removed
 
 
 async def _manual_groups(session: Any, person: Person) -> list[str]:
