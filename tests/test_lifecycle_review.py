@@ -114,3 +114,24 @@ async def test_a_slack_email_change_to_an_external_address_leaves_internal_group
     await core.handle_person_event(ev)
     assert await internal_rows(core, "dora@gmail.com") == []
     assert await internal_rows(core, "dora@corp.example") == []
+
+
+# -- finding 10: a group turns internal in the rules only once no external address is in it ------------
+async def test_turning_a_group_internal_with_external_members_is_refused(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from bot.groups import planner
+    from tests.lifecycle_kit import RULES, write_rules
+
+    core = lbot.core
+    assert "Added" in await lbot.say(HR, "/addgroup partners ext@gmail.com")
+    write_rules(tmp_path, RULES.replace("    kind: external-allowed\n", ""))
+    reply = await lbot.say(HR, "/rules reload")
+    assert "partners@corp.example can't become internal while external people are in it (ext@gmail.com)" in reply
+    async with core.ctx.sessions() as s:
+        kind = (await s.execute(select(Group.kind).where(Group.local_part == "partners"))).scalar_one()
+    assert kind == "external-allowed"
+    in_force = {g.local_part: g.kind for g in planner.rules_in_force(core).groups}
+    assert in_force["partners"] == "external-allowed"
+    assert "refused" not in (await lbot.say(HR, "/removegroup partners ext@gmail.com")).lower()
+    assert "Loaded" in await lbot.say(HR, "/rules reload")
+    async with core.ctx.sessions() as s:
+        assert (await s.execute(select(Group.kind).where(Group.local_part == "partners"))).scalar_one() == "internal"

@@ -83,6 +83,8 @@ async def sync_group_definitions(session: AsyncSession, rules: RuleSet, settings
             done.append(t("created {group}", group=rule.address))
             continue
         before = {k: getattr(group, k) for k in wanted}
+        if rule.kind == "internal" and group.kind != "internal":
+            await _refuse_external_members(session, group, settings)
         if rule.display_name is None:
             wanted["display_name"] = group.display_name
         if before != wanted:
@@ -93,6 +95,17 @@ async def sync_group_definitions(session: AsyncSession, rules: RuleSet, settings
             done.append(t("updated {group}", group=rule.address))
     await session.flush()
     return done
+
+
+async def _refuse_external_members(session: AsyncSession, group: Group, settings: Settings) -> None:
+    """A group may become internal only once no external address is in it (invariant 4)."""
+    emails = (await session.execute(select(Membership.email).where(Membership.group_id == group.id)
+                                    .order_by(Membership.email))).scalars().all()
+    outside = [e for e in emails if not settings.is_internal(e)]
+    if outside:
+        shown = ", ".join(outside[:10]) + (t(" and {count} more", count=len(outside) - 10) if len(outside) > 10 else "")
+        raise UserError(t("{group} can't become internal while external people are in it ({emails}): remove them "
+                          "first (/removegroup). The rules in force are unchanged.", group=group.address, emails=shown))
 
 
 async def _group_ids(session: AsyncSession, rules: RuleSet) -> dict[str, int]:
