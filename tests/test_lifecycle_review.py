@@ -135,3 +135,23 @@ async def test_turning_a_group_internal_with_external_members_is_refused(lbot, t
     assert "Loaded" in await lbot.say(HR, "/rules reload")
     async with core.ctx.sessions() as s:
         assert (await s.execute(select(Group.kind).where(Group.local_part == "partners"))).scalar_one() == "internal"
+
+
+# -- finding 6: a leaver is never put back into a group, by any path -------------------------------------
+async def test_a_leaver_cannot_be_added_back(lbot) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import APPROVER
+
+    core = lbot.core
+    async with core.ctx.sessions() as s, s.begin():
+        (await s.execute(select(Group).where(Group.local_part == "all-staff"))).scalar_one().protected = True
+    out = await core.handle_person_event(PersonEvent("joined", "hr-webhook", "E400", "dana@corp.example",
+                                                     {"department": "Engineering"}, "hr-1", T0, "Dana"))
+    assert out.held is not None  # all-staff waits for an approver
+    await core.handle_person_event(PersonEvent("left", "hr-webhook", "E400", None, {}, "hr-2",
+                                               T0 + timedelta(hours=1)))
+    assert await groups_of(lbot, "dana@corp.example") == {}
+    reply = await lbot.say(HR, "/addgroup social dana@corp.example")
+    assert "dana@corp.example has left the company: leavers can't be added to groups." in reply
+    reply = await lbot.say(APPROVER, f"/plan approve {out.held}")
+    assert "0 changes applied" in reply
+    assert await groups_of(lbot, "dana@corp.example") == {}
