@@ -155,3 +155,36 @@ async def test_a_leaver_cannot_be_added_back(lbot) -> None:  # type: ignore[no-u
     reply = await lbot.say(APPROVER, f"/plan approve {out.held}")
     assert "0 changes applied" in reply
     assert await groups_of(lbot, "dana@corp.example") == {}
+
+
+# -- finding 7: a hand-given membership follows an address change, and the leaver loses it --------------
+async def test_a_membership_given_before_the_person_existed_follows_them_out(lbot) -> None:  # type: ignore[no-untyped-def]
+    core = lbot.core
+    assert "Added" in await lbot.say(HR, "/addgroup social fay@corp.example")
+    await core.handle_person_event(PersonEvent("joined", "hr-webhook", "E500", "fay@corp.example",
+                                               {"department": "Nowhere"}, "hr-1", T0, "Fay"))
+    async with core.ctx.sessions() as s:
+        linked = (await s.execute(select(Membership.person_id).join(Group, Group.id == Membership.group_id)
+                                  .where(Group.local_part == "social"))).scalar_one()
+    assert linked is not None
+    await core.handle_person_event(PersonEvent("changed", "hr-webhook", "E500", "fay.new@corp.example",
+                                               {}, "hr-2", T0 + timedelta(hours=1)))
+    assert await groups_of(lbot, "fay.new@corp.example") == {"all-staff": "rule:all-staff", "social": "manual"}
+    assert await groups_of(lbot, "fay@corp.example") == {}
+    await core.handle_person_event(PersonEvent("left", "hr-webhook", "E500", None, {}, "hr-3",
+                                               T0 + timedelta(hours=2)))
+    assert await groups_of(lbot, "fay@corp.example") == {} and await groups_of(lbot, "fay.new@corp.example") == {}
+    assert "fay" not in await lbot.say(HR, "/audit")
+
+
+async def test_audit_finds_a_leaver_by_email_when_the_membership_has_no_person(lbot) -> None:  # type: ignore[no-untyped-def]
+    core = lbot.core
+    await core.handle_person_event(PersonEvent("joined", "hr-webhook", "E501", "gus@corp.example",
+                                               {"department": "Nowhere"}, "hr-1", T0, "Gus"))
+    await core.handle_person_event(PersonEvent("left", "hr-webhook", "E501", None, {}, "hr-2",
+                                               T0 + timedelta(hours=1)))
+    # A row written behind the lifecycle's back (an old import, a manual SQL fix): no person id on it.
+    async with core.ctx.sessions() as s, s.begin():
+        gid = (await s.execute(select(Group.id).where(Group.local_part == "social"))).scalar_one()
+        s.add(Membership(group_id=gid, email="gus@corp.example", person_id=None, source="manual", added_by="x"))
+    assert "gus@corp.example" in await lbot.say(HR, "/audit")

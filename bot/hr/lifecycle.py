@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError
 
 from bot import audit
 from bot.addresses import normalise
-from bot.db.models import Group, Person, PersonId, ProcessedEvent
+from bot.db.models import Group, Membership, Person, PersonId, ProcessedEvent
 from bot.db.upsert import insert_ignore
 from bot.errors import UserError
 from bot.events import Message, PersonEvent
@@ -251,6 +251,9 @@ async def _apply(core: Core, event: PersonEvent, guard: bool, snapshot: bool = F
         await insert_ignore(session, PersonId, [{"namespace": namespace, "external_id": event.external_id[:200],
                                                  "person_id": person.id, "created_at": ctx.now()}],
                             ["namespace", "external_id"])
+        # Memberships given by hand before the person was on record become theirs.
+        await session.execute(update(Membership).where(Membership.email == person.email,
+                                                       Membership.person_id.is_(None)).values(person_id=person.id))
         before = {"status": person.status, "email": person.email, "attributes": dict(person.attributes or {})}
         person.last_event_at = event.at
         person.employee_id = person.employee_id or event.external_id
@@ -325,10 +328,6 @@ async def _rename(session: Any, person: Person, email: str, settings: Any, *, ac
     """A person's address changed: their memberships follow — except into internal groups when the new
     address is outside the company's domains: those memberships are removed (planned, audited, with the
     reason). Returns the groups they were removed from."""
-    from sqlalchemy import update
-
-    from bot.db.models import Membership
-
     taken = (await session.execute(select(Person.id).where(Person.email == email, Person.id != person.id))).first()
     if taken:
         raise UserError(t("{email} already belongs to another person on record.", email=email))
@@ -345,14 +344,14 @@ async def _rename(session: Any, person: Person, email: str, settings: Any, *, ac
                             for r in rows])
         await groups.apply(session, plan, actor=actor, via=via)
         removed = sorted({r.address for r in rows})
-    await session.execute(update(Membership).where(Membership.person_id == person.id).values(email=email))
+    await session.execute(update(Membership).where(
+        (Membership.person_id == person.id) | (Membership.email == person.email)).values(email=email,
+                                                                                        person_id=person.id))
     person.email = email
     return removed
 
 
 async def _manual_groups(session: Any, person: Person) -> list[str]:
-    from bot.db.models import Membership
-
     return sorted((await session.execute(
         select(Group.address).join(Membership, Membership.group_id == Group.id)
         .where(Membership.email == person.email, ~Membership.source.like("rule:%")))).scalars())
