@@ -188,3 +188,31 @@ async def test_audit_finds_a_leaver_by_email_when_the_membership_has_no_person(l
         gid = (await s.execute(select(Group.id).where(Group.local_part == "social"))).scalar_one()
         s.add(Membership(group_id=gid, email="gus@corp.example", person_id=None, source="manual", added_by="x"))
     assert "gus@corp.example" in await lbot.say(HR, "/audit")
+
+
+# -- finding 4: a directory's joined merges its own (namespaced) attributes, never replaces HR's --------
+async def test_a_directory_join_keeps_hr_attributes_and_rule_groups(lbot) -> None:  # type: ignore[no-untyped-def]
+    from adapters.slack.directory import person_event
+    from bot.db.models import Person
+
+    core = lbot.core
+    await core.handle_person_event(PersonEvent("joined", "hr-webhook", "E100", "alice@corp.example",
+                                               {"department": "Engineering"}, "hr-1", T0, "Alice"))
+    ev = person_event({"event_id": "Ev1", "event": {"type": "team_join", "event_ts": str(T0.timestamp() + 3600),
+                                                    "user": {"id": "U1", "profile": {
+                                                        "email": "alice@corp.example", "real_name": "Alice",
+                                                        "title": "Sales Lead"}}}})
+    assert ev is not None and "department" not in ev.attributes and ev.attributes["slack_title"] == "Sales Lead"
+    await core.handle_person_event(ev)
+    assert set(await groups_of(lbot, "alice@corp.example")) == {"all-staff", "eng"}
+    await core.handle_person_event(PersonEvent("joined", "wecom", "wecom:alice", "alice@corp.example",
+                                               {"wecom_department": "1,2"}, "w1", T0 + timedelta(hours=2)))
+    assert set(await groups_of(lbot, "alice@corp.example")) == {"all-staff", "eng"}
+    # HR's next full record replaces HR's attributes and keeps what the directories said
+    await core.handle_person_event(PersonEvent("joined", "hr-webhook", "E100", "alice@corp.example",
+                                               {"department": "Sales"}, "hr-2", T0 + timedelta(hours=3)))
+    async with core.ctx.sessions() as s:
+        person = (await s.execute(select(Person).where(Person.email == "alice@corp.example"))).scalar_one()
+    assert person.attributes["department"] == "Sales" and person.attributes["slack_title"] == "Sales Lead"
+    assert person.attributes["wecom_department"] == "1,2"
+    assert set(await groups_of(lbot, "alice@corp.example")) == {"all-staff", "sales"}

@@ -361,7 +361,8 @@ class WeComAdapter(Adapter):
                 await identities.remember(self.core.ctx, PLATFORM, user, email, name)
             except UserError as exc:
                 log.warning("WeCom user %s has an unusable email: %s", user, exc.sentence)
-        attributes = {k: v for k, v in (("department", msg.get("Department")), ("title", msg.get("Position")))
+        attributes = {k: v for k, v in (("wecom_department", msg.get("Department")),
+                                                  ("wecom_position", msg.get("Position")))
                       if v}
         created = msg.get("CreateTime", "")
         at = datetime.fromtimestamp(int(created), UTC) if created.isdigit() else datetime.now(UTC)

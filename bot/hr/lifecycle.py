@@ -39,6 +39,8 @@ RETRY_DELAYS_S = (0.2, 1.0)
 # the joiner event, or the directory's, may still be on its way.
 UNKNOWN_LEAVER_RETRY_MIN = (1, 10, 60, 360, 1440)
 HR_SOURCES = ("hr-webhook", "csv")
+# Messenger directories namespace what they know so it never overwrites an HR attribute the rules match on.
+DIRECTORY_PREFIXES = ("slack_", "dingtalk_", "wecom_")
 
 
 def id_namespace(source: str) -> str:
@@ -284,9 +286,12 @@ async def _apply(core: Core, event: PersonEvent, guard: bool, snapshot: bool = F
                 moved_out = await _rename(session, person, email, settings, actor=actor, via=via)
             if event.name:
                 person.name = event.name
-            if event.kind == "joined" or snapshot:
-                person.attributes = dict(event.attributes)
-            else:
+            if event.source in HR_SOURCES and (event.kind == "joined" or snapshot):
+                # HR's record is the whole truth about HR's attributes; what a messenger's directory added
+                # (namespaced: slack_…, dingtalk_…, wecom_…) stays.
+                person.attributes = {**{k: v for k, v in (person.attributes or {}).items()
+                                        if k.startswith(DIRECTORY_PREFIXES)}, **dict(event.attributes)}
+            else:  # a directory's joined or changed merges, never replaces
                 person.attributes = {**(person.attributes or {}), **dict(event.attributes)}
             await session.flush()
             if person.status == "active":
