@@ -216,3 +216,38 @@ async def test_a_directory_join_keeps_hr_attributes_and_rule_groups(lbot) -> Non
     assert person.attributes["department"] == "Sales" and person.attributes["slack_title"] == "Sales Lead"
     assert person.attributes["wecom_department"] == "1,2"
     assert set(await groups_of(lbot, "alice@corp.example")) == {"all-staff", "sales"}
+
+
+# -- finding 5: a broken rules file stops start-up and never strips rule groups --------------------------
+BROKEN = "groups:\n  - address: eng\n    members: [unclosed\n"
+
+
+async def test_a_broken_rules_file_strips_no_one_and_stops_start_up(database_url, smtp, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from bot.app import Runtime, build_core, close_core
+    from bot.errors import UserError
+    from bot.services import start_services
+
+    async for b in lifecycle_bot(database_url, smtp.port, tmp_path):
+        await b.core.handle_person_event(PersonEvent("joined", "hr-webhook", "E1", "al@corp.example",
+                                                     {"department": "Engineering", "location": "Berlin"}, "h1", T0))
+        settings = b.core.ctx.settings
+        before = await groups_of(b, "al@corp.example")
+    assert set(before) == {"all-staff", "eng", "berlin"}
+    (tmp_path / "groups.yaml").write_text(BROKEN)
+    core = await build_core(settings)
+    try:
+        with pytest.raises(UserError, match="The group rules file could not be loaded, so Postroom did not start"):
+            await start_services(Runtime(core))
+        assert "scheduler" not in core.services
+        await core.handle_person_event(PersonEvent("changed", "hr-webhook", "E1", "al@corp.example",
+                                                   {"title": "Senior"}, "h2", T0 + timedelta(hours=1)))
+        from bot.commands.lifecycle import reconcile
+
+        text = await reconcile(core, source="sync", actor=HR, via="test", dry_run=False)
+        assert "nothing changed" in text
+        async with core.ctx.sessions() as s:
+            after = set((await s.execute(select(Group.local_part).join(Membership, Membership.group_id == Group.id)
+                                         .where(Membership.email == "al@corp.example"))).scalars())
+        assert after == {"all-staff", "eng", "berlin"}
+    finally:
+        await close_core(core)

@@ -46,7 +46,18 @@ def rules_in_force(core: Core) -> RuleSet:
             rules = load_rules(path, core.ctx.settings)
         except RulesError as exc:
             log.error("group rules not loaded: %s", exc.sentence)
+            # Not "no rules": unknown rules. Plans add nothing and remove no rule membership.
+            rules = RuleSet((), path, error=exc.sentence)
     core.services["rules"] = rules
+    return rules
+
+
+def check_rules_at_start(core: Core) -> RuleSet:
+    """`serve` and the demo start only on a rules file that loads: a broken one would strip every mover."""
+    rules = rules_in_force(core)
+    if rules.error:
+        raise UserError(t("The group rules file could not be loaded, so Postroom did not start: {problem}",
+                          problem=rules.error))
     return rules
 
 
@@ -133,6 +144,8 @@ async def plan_person(session: AsyncSession, rules: RuleSet, person: Person) -> 
     )).all()
     present = {r.address for r in rows}
     for r in rows:
+        if rules.error:  # the rules are unknown, so nothing says a rule membership is wrong
+            break
         if r.source.startswith("rule:") and r.address not in desired:
             plan.changes.append(Change("remove", r.group_id, r.address, r.email, r.source,
                                        t("{email} no longer matches rule {rule}", email=person.email,
@@ -211,7 +224,7 @@ async def plan_reconcile(session: AsyncSession, rules: RuleSet, settings: Settin
         present = set()
         for gid, source in mine:
             present.add(gid)
-            if source.startswith("rule:") and gid not in desired:
+            if source.startswith("rule:") and gid not in desired and not rules.error:
                 plan.changes.append(Change("remove", gid, all_groups[gid], p.email, source,
                                            t("{email} no longer matches rule {rule}", email=p.email,
                                              rule=source[5:]) + reason_suffix, p.id))
@@ -219,7 +232,7 @@ async def plan_reconcile(session: AsyncSession, rules: RuleSet, settings: Settin
             if gid not in present:
                 plan.changes.append(Change("add", gid, addresses[gid], p.email, rule.source, _add_reason(rule), p.id))
     # Rule memberships of addresses that are nobody we know, or of rules that no longer exist.
-    for email, mine in memberships.items():
+    for email, mine in ({} if rules.error else memberships).items():
         for gid, source in mine:
             if not source.startswith("rule:"):
                 continue
