@@ -251,3 +251,23 @@ async def test_a_broken_rules_file_strips_no_one_and_stops_start_up(database_url
         assert after == {"all-staff", "eng", "berlin"}
     finally:
         await close_core(core)
+
+
+# -- finding 9: /addgroup and /removegroup on a protected group wait for an approver --------------------
+async def test_hand_changes_to_a_protected_group_wait_for_an_approver(lbot) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import APPROVER
+
+    core = lbot.core
+    async with core.ctx.sessions() as s, s.begin():
+        (await s.execute(select(Group).where(Group.local_part == "social"))).scalar_one().protected = True
+    reply = await lbot.say(HR, "/addgroup social erin@corp.example")
+    assert "social@corp.example is protected: adding erin@corp.example waits for an approver (plan #" in reply
+    assert await groups_of(lbot, "erin@corp.example") == {}
+    cards = lbot.cards()
+    assert cards and "needs an approver" in cards[-1].card.title
+    plan_id = reply.split("plan #")[1].split(")")[0]
+    assert "1 changes applied" in await lbot.say(APPROVER, f"/plan approve {plan_id}")
+    assert await groups_of(lbot, "erin@corp.example") == {"social": "manual"}
+    reply = await lbot.say(HR, "/removegroup social erin@corp.example")
+    assert "removing erin@corp.example waits for an approver" in reply
+    assert await groups_of(lbot, "erin@corp.example") == {"social": "manual"}
