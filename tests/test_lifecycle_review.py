@@ -11,6 +11,7 @@ from bot.db.models import AuditEntry, Group, Membership
 from bot.events import PersonEvent
 from tests.conftest import HR
 from tests.lifecycle_kit import groups_of, hr_event, lifecycle_bot, post_event, web_client
+from tests.test_wecom import world  # noqa: F401  (the WeCom rig: real adapter, fake API on loopback)
 
 T0 = datetime(2026, 11, 1, 9, tzinfo=UTC)
 
@@ -271,3 +272,26 @@ async def test_hand_changes_to_a_protected_group_wait_for_an_approver(lbot) -> N
     reply = await lbot.say(HR, "/removegroup social erin@corp.example")
     assert "removing erin@corp.example waits for an approver" in reply
     assert await groups_of(lbot, "erin@corp.example") == {"social": "manual"}
+
+
+# -- finding 18: two directory changes in the same second both count ---------------------------------
+async def test_two_wecom_changes_in_one_second_both_apply(world) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    import time as _time
+
+    from bot.db.models import Person
+    from tests.test_wecom import contact_xml
+
+    now = int(_time.time())
+    assert (await world.callback(contact_xml("create_user", "ivan", now, Name="Ivan", Department="2"))
+            ).status_code == 200
+    assert (await world.callback(contact_xml("update_user", "ivan", now, Position="Staff Engineer"))
+            ).status_code == 200
+    async with world.core.ctx.sessions() as s:
+        person = (await s.execute(select(Person).where(Person.email == "ivan@corp.example"))).scalar_one()
+    assert person.attributes.get("wecom_position") == "Staff Engineer"
+    assert person.attributes.get("wecom_department") == "2"
+    # an event strictly older than the last applied one is still stale
+    out = await world.core.handle_person_event(PersonEvent("changed", "wecom", "wecom:ivan", None,
+                                                           {"wecom_position": "Intern"}, "old-1",
+                                                           datetime.fromtimestamp(now - 5, UTC)))
+    assert out.status == "stale"

@@ -9,6 +9,7 @@ event a `PersonEvent`. Replies are app messages; approvals are `button_interacti
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 import uuid
@@ -366,8 +367,10 @@ class WeComAdapter(Adapter):
                       if v}
         created = msg.get("CreateTime", "")
         at = datetime.fromtimestamp(int(created), UTC) if created.isdigit() else datetime.now(UTC)
+        # CreateTime has whole seconds: two changes in one second differ by what they say (a redelivery doesn't).
+        digest = hashlib.sha256(repr(sorted(msg.items())).encode()).hexdigest()[:16]
         event = PersonEvent(kind, PLATFORM, f"{PLATFORM}:{user}", email, attributes,  # type: ignore[arg-type]
-                            f"{change}:{user}:{created}", at, name=name)
+                            f"{change}:{user}:{created}:{digest}", at, name=name)
         try:
             outcome = await self.core.handle_person_event(event)
             log.info("WeCom %s for %s: %s", change, user, getattr(outcome, "status", outcome))

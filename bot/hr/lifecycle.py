@@ -243,7 +243,9 @@ async def _apply(core: Core, event: PersonEvent, guard: bool, snapshot: bool = F
                               kind=event.kind, id=event.external_id))
         if person is None:
             person = (await session.execute(select(Person).where(Person.email == email))).scalar_one_or_none()
-        if person is not None and person.last_event_at is not None and event.at <= person.last_event_at:
+        # Only a strictly older event is stale: one with the same time (sources with whole seconds) and another
+        # id is a further change, applied in arrival order; the same id was caught as a duplicate above.
+        if person is not None and person.last_event_at is not None and event.at < person.last_event_at:
             return Outcome("stale", email)
         if person is None:
             person = Person(employee_id=event.external_id, email=email, name=event.name,
