@@ -101,6 +101,12 @@ async def test_an_address_change_to_an_external_address_leaves_internal_groups(l
         reasons = (await s.execute(select(AuditEntry.detail).where(AuditEntry.action == "membership.remove"))
                    ).scalars().all()
     assert len(reasons) == 3 and all("changed address to carl@gmail.com" in r for r in reasons)
+    # HR's later changes for them still apply, and still put them in no internal group
+    async with web_client(lbot) as client:
+        r = await post_event(client, hr_event("changed", "hr-3", "E300", "carl@gmail.com", "2026-11-01T11:00:00Z",
+                                              department="Sales"))
+    assert r.status_code == 200, r.text
+    assert await internal_rows(core, "carl@gmail.com") == []
 
 
 async def test_a_slack_email_change_to_an_external_address_leaves_internal_groups(lbot) -> None:  # type: ignore[no-untyped-def]

@@ -247,6 +247,7 @@ async def _apply(core: Core, event: PersonEvent, guard: bool, snapshot: bool = F
         # id is a further change, applied in arrival order; the same id was caught as a duplicate above.
         if person is not None and person.last_event_at is not None and event.at < person.last_event_at:
             return Outcome("stale", email)
+        known_before = person is not None
         if person is None:
             person = Person(employee_id=event.external_id, email=email, name=event.name,
                             attributes=dict(event.attributes), source=event.source, status="active")
@@ -299,7 +300,10 @@ async def _apply(core: Core, event: PersonEvent, guard: bool, snapshot: bool = F
             if person.status == "active":
                 plan = await planner.plan_person(session, rules, person)
                 plan = await groups.check_policy(session, plan, settings)
-                if plan.refused and not moved_out:
+                # A new person (or a joiner) the rules would put in an internal group with an external address
+                # is refused whole; someone already on record who is external now (moved out by an address
+                # change) simply stays out of internal groups while their other changes apply.
+                if plan.refused and not moved_out and (event.kind == "joined" or not known_before):
                     c = plan.refused[0][0]
                     raise UserError(t("{email} is outside {domains}, and the rules put them in the internal group "
                                       "{group}: external people can't join it.", email=c.email,
