@@ -26,7 +26,10 @@ def mail_routes(core: Core, mailbox: Mailbox | None = None) -> list[Route]:
 
 
 async def start_services(runtime: Runtime, *, mailbox: Mailbox | None = None) -> None:
+    from bot.groups.planner import check_rules_at_start
     from bot.scheduler import ensure_scheduler
+
+    check_rules_at_start(runtime.core)  # before anything starts: a broken rules file is a sentence
 
     core = runtime.core
     settings = core.ctx.settings

@@ -162,7 +162,7 @@ async def test_address_book_joiner_and_leaver(ding: DingWorld) -> None:
     async with ding.core.ctx.sessions() as s:
         person = (await s.execute(select(Person).where(Person.employee_id == "dingtalk:ivan01"))).scalar_one()
     assert (person.email, person.status, person.attributes) == ("ivan@corp.example", "active",
-                                                                {"department": "7", "title": "Engineer"})
+                                                                {"dingtalk_dept_ids": "7", "dingtalk_title": "Engineer"})
     ding.fake.users["ivan01"]["title"] = "Staff Engineer"  # a change in the directory
     change = ding.fake.event("user_modify_org", "ev-1b", {"timeStamp": "1", "userId": ["ivan01"], "diffInfo": [
         {"userid": "ivan01", "prev": {"name": "Ivan"}, "curr": {"name": "Ivan"}}]}, born_ms=born - 30_000)
@@ -170,7 +170,7 @@ async def test_address_book_joiner_and_leaver(ding: DingWorld) -> None:
     await ding.adapter.settle()
     async with ding.core.ctx.sessions() as s:
         person = (await s.execute(select(Person).where(Person.employee_id == "dingtalk:ivan01"))).scalar_one()
-    assert person.attributes["title"] == "Staff Engineer"
+    assert person.attributes["dingtalk_title"] == "Staff Engineer"
     await ding.console.say("/as hannah@corp.example")
     await ding.console.say("/newgroup eng")
     await ding.console.say("/addgroup eng ivan@corp.example")

@@ -56,7 +56,7 @@ async def test_joiner_mover_leaver_and_a_retry_with_one_effect(rig: Rig) -> None
     assert resp.status_code == 200
     assert await wait_audits(rig, 1) == ["person.joined"]
     dana_row = (await people(rig))["dana@corp.example"]
-    assert (dana_row.status, dana_row.name, dana_row.attributes["title"]) == ("active", "Dana Diaz", "Engineer")
+    assert (dana_row.status, dana_row.name, dana_row.attributes["slack_title"]) == ("active", "Dana Diaz", "Engineer")
 
     await rig.say(U_HR, "/newgroup eng")
     await rig.say(U_HR, "/addgroup eng dana@corp.example")
@@ -64,7 +64,7 @@ async def test_joiner_mover_leaver_and_a_retry_with_one_effect(rig: Rig) -> None
     moved = {**dana, "profile": {**dana["profile"], "title": "Staff Engineer"}}
     await rig.event(event_envelope({"type": "user_change", "user": moved}, "Ev0MOVE", at=now - 20))
     assert await wait_audits(rig, 2) == ["person.joined", "person.changed"]
-    assert (await people(rig))["dana@corp.example"].attributes["title"] == "Staff Engineer"
+    assert (await people(rig))["dana@corp.example"].attributes["slack_title"] == "Staff Engineer"
 
     gone = {**moved, "deleted": True}
     left = event_envelope({"type": "user_change", "user": gone}, "Ev0LEFT", at=now - 10)

@@ -236,7 +236,7 @@ async def test_joiner_and_leaver_from_the_address_book(world: WeComWorld) -> Non
             ).status_code == 200
     async with world.core.ctx.sessions() as s:
         person = (await s.execute(select(Person).where(Person.employee_id == "wecom:ivan"))).scalar_one()
-    assert (person.email, person.status, person.attributes.get("department")) == ("ivan@corp.example", "active", "2")
+    assert (person.email, person.status, person.attributes.get("wecom_department")) == ("ivan@corp.example", "active", "2")
     await world.say("hannah", "/newgroup eng", "8001")
     await world.say("hannah", "/addgroup eng ivan@corp.example", "8002")
     async with world.core.ctx.sessions() as s:

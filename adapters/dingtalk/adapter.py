@@ -379,9 +379,9 @@ class DingTalkAdapter(Adapter):
                 email = found.get("org_email") or found.get("email") or None
                 name = found.get("name") or name
                 if found.get("dept_id_list"):
-                    attributes["department"] = ",".join(str(d) for d in found["dept_id_list"])
+                    attributes["dingtalk_dept_ids"] = ",".join(str(d) for d in found["dept_id_list"])
                 if found.get("title"):
-                    attributes["title"] = found["title"]
+                    attributes["dingtalk_title"] = found["title"]
             except (DingTalkError, OSError, ValueError) as exc:
                 log.warning("looking up DingTalk user %s failed: %s", user, exc)
             email = email or curr.get("email") or None

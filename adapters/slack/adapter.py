@@ -343,17 +343,25 @@ class SlackAdapter(Adapter):
         person = person_event(body)
         if person is None:
             return
+        previous = self._seen.get(person.external_id)
         if event.get("type") == "user_change":
             mark = fingerprint(user)
-            if self._seen.get(person.external_id) == mark:
+            if previous == mark:
                 return  # a status or avatar change: nothing Postroom keeps
+            # Claimed before handling: the same profile arriving while this one is applied is skipped too.
+            self._seen[person.external_id] = mark
         try:
             outcome = await self._core().handle_person_event(person)
-        except UserError as exc:
+        except BaseException as exc:
+            if event.get("type") == "user_change":  # not applied: a redelivery must not be skipped
+                if previous is None:
+                    self._seen.pop(person.external_id, None)
+                else:
+                    self._seen[person.external_id] = previous
+            if not isinstance(exc, UserError):
+                raise
             log.warning("Slack %s event for %s not applied: %s", person.kind, person.external_id, exc.sentence)
             return
-        if event.get("type") == "user_change":
-            self._seen[person.external_id] = fingerprint(user)
         log.info("Slack %s event for %s: %s", person.kind, person.external_id, getattr(outcome, "status", outcome))
 
     # -- answering -------------------------------------------------------------------------------

@@ -46,9 +46,9 @@ def attributes_of(user: dict[str, Any]) -> dict[str, Any]:
     profile = user.get("profile") or {}
     attrs: dict[str, Any] = {"slack_user_id": user.get("id")}
     if profile.get("title"):
-        attrs["title"] = str(profile["title"])[:200]
+        attrs["slack_title"] = str(profile["title"])[:200]
     if user.get("tz"):
-        attrs["tz"] = str(user["tz"])
+        attrs["slack_tz"] = str(user["tz"])
     return attrs
 
 

@@ -9,6 +9,7 @@ event a `PersonEvent`. Replies are app messages; approvals are `button_interacti
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 import uuid
@@ -344,12 +345,15 @@ class WeComAdapter(Adapter):
                 await identities.remember(self.core.ctx, PLATFORM, user, email, name)
             except UserError as exc:
                 log.warning("WeCom user %s has an unusable email: %s", user, exc.sentence)
-        attributes = {k: v for k, v in (("department", msg.get("Department")), ("title", msg.get("Position")))
+        attributes = {k: v for k, v in (("wecom_department", msg.get("Department")),
+                                                  ("wecom_position", msg.get("Position")))
                       if v}
         created = msg.get("CreateTime", "")
         at = datetime.fromtimestamp(int(created), UTC) if created.isdigit() else datetime.now(UTC)
+        # CreateTime has whole seconds: two changes in one second differ by what they say (a redelivery doesn't).
+        digest = hashlib.sha256(repr(sorted(msg.items())).encode()).hexdigest()[:16]
         event = PersonEvent(kind, PLATFORM, f"{PLATFORM}:{user}", email, attributes,  # type: ignore[arg-type]
-                            f"{change}:{user}:{created}", at, name=name)
+                            f"{change}:{user}:{created}:{digest}", at, name=name)
         try:
             outcome = await self.core.handle_person_event(event)
             log.info("WeCom %s for %s: %s", change, user, getattr(outcome, "status", outcome))

@@ -11,7 +11,7 @@ from bot.commands.parser import Arg, Parsed, Spec
 from bot.db.models import Group, Membership
 from bot.errors import PermissionDenied, UserError
 from bot.events import Message
-from bot.groups import service
+from bot.groups import planner, service
 from bot.i18n import t
 
 if TYPE_CHECKING:
@@ -102,9 +102,21 @@ async def _change(core: Core, req: Request, p: Parsed, spec: Spec, op: str) -> M
             if plan.unchanged:
                 raise UserError(t("{reasons}: nothing changed.", reasons=t("; ").join(plan.unchanged)), spec.usage)
             raise UserError(t("Nothing to change: nothing changed."), spec.usage)
-        await service.apply(session, plan, actor=req.email, via=req.via)
+        held = None
+        if group.protected:  # as on every other path: a protected group changes only with an approver
+            held = await planner.hold(session, source=f"/{spec.name}", actor=req.email, via=req.via,
+                                      reasons=[t("it changes the protected group {group}", group=group.address)],
+                                      summary=plan.summary(), changes=plan.changes)
+        else:
+            await service.apply(session, plan, actor=req.email, via=req.via)
         count = await service.member_count(session, group.id)
     done = ", ".join(c.email for c in plan.changes)
+    if held is not None:
+        await planner.announce_hold(core, held)
+        return Message(t("{group} is protected: adding {emails} waits for an approver (plan #{id}).",
+                         group=group.address, emails=done, id=held.id) if op == "add" else
+                       t("{group} is protected: removing {emails} waits for an approver (plan #{id}).",
+                         group=group.address, emails=done, id=held.id))
     if op == "add":
         text = (t("Added {emails} to {group}; it now has {count} member.", emails=done, group=group.address, count=count)
                 if count == 1 else

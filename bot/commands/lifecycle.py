@@ -84,8 +84,17 @@ async def sync(core: Core, req: Request, p: Parsed) -> Message:
 
 
 async def rules_reload(core: Core, req: Request, p: Parsed) -> Message:
+    previous = core.services.get("rules")
     loaded = planner.reload_rules(core)
-    text = await reconcile(core, source="rules", actor=req.email, via=req.via, dry_run=False)
+    try:
+        text = await reconcile(core, source="rules", actor=req.email, via=req.via, dry_run=False)
+    except UserError:
+        # The new rules could not be put in force (a group with external members turning internal).
+        if previous is None:
+            core.services.pop("rules", None)
+        else:
+            core.services["rules"] = previous
+        raise
     n = len(loaded.groups)
     loaded_text = (t("Loaded {count} group rule from {path}.", count=n, path=loaded.path) if n == 1 else
                    t("Loaded {count} group rules from {path}.", count=n, path=loaded.path))

@@ -70,6 +70,19 @@ class Person(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+class PersonId(Base):
+    """Each source's id for a person (HR employee id, Slack user id, dingtalk:/wecom: ids), so an event
+    from any source finds the person whichever source created them."""
+
+    __tablename__ = "person_ids"
+    __table_args__ = (UniqueConstraint("namespace", "external_id", name="uq_person_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    namespace: Mapped[str] = mapped_column(String(100))
+    external_id: Mapped[str] = mapped_column(String(200))
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Group(Base):
     __tablename__ = "groups"
     id: Mapped[int] = mapped_column(primary_key=True)

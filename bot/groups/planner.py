@@ -46,7 +46,18 @@ def rules_in_force(core: Core) -> RuleSet:
             rules = load_rules(path, core.ctx.settings)
         except RulesError as exc:
             log.error("group rules not loaded: %s", exc.sentence)
+            # Not "no rules": unknown rules. Plans add nothing and remove no rule membership.
+            rules = RuleSet((), path, error=exc.sentence)
     core.services["rules"] = rules
+    return rules
+
+
+def check_rules_at_start(core: Core) -> RuleSet:
+    """`serve` and the demo start only on a rules file that loads: a broken one would strip every mover."""
+    rules = rules_in_force(core)
+    if rules.error:
+        raise UserError(t("The group rules file could not be loaded, so Postroom did not start: {problem}",
+                          problem=rules.error))
     return rules
 
 
@@ -83,6 +94,8 @@ async def sync_group_definitions(session: AsyncSession, rules: RuleSet, settings
             done.append(t("created {group}", group=rule.address))
             continue
         before = {k: getattr(group, k) for k in wanted}
+        if rule.kind == "internal" and group.kind != "internal":
+            await _refuse_external_members(session, group, settings)
         if rule.display_name is None:
             wanted["display_name"] = group.display_name
         if before != wanted:
@@ -93,6 +106,17 @@ async def sync_group_definitions(session: AsyncSession, rules: RuleSet, settings
             done.append(t("updated {group}", group=rule.address))
     await session.flush()
     return done
+
+
+async def _refuse_external_members(session: AsyncSession, group: Group, settings: Settings) -> None:
+    """A group may become internal only once no external address is in it (invariant 4)."""
+    emails = (await session.execute(select(Membership.email).where(Membership.group_id == group.id)
+                                    .order_by(Membership.email))).scalars().all()
+    outside = [e for e in emails if not settings.is_internal(e)]
+    if outside:
+        shown = ", ".join(outside[:10]) + (t(" and {count} more", count=len(outside) - 10) if len(outside) > 10 else "")
+        raise UserError(t("{group} can't become internal while external people are in it ({emails}): remove them "
+                          "first (/removegroup). The rules in force are unchanged.", group=group.address, emails=shown))
 
 
 async def _group_ids(session: AsyncSession, rules: RuleSet) -> dict[str, int]:
@@ -120,6 +144,8 @@ async def plan_person(session: AsyncSession, rules: RuleSet, person: Person) -> 
     )).all()
     present = {r.address for r in rows}
     for r in rows:
+        if rules.error:  # the rules are unknown, so nothing says a rule membership is wrong
+            break
         if r.source.startswith("rule:") and r.address not in desired:
             plan.changes.append(Change("remove", r.group_id, r.address, r.email, r.source,
                                        t("{email} no longer matches rule {rule}", email=person.email,
@@ -198,7 +224,7 @@ async def plan_reconcile(session: AsyncSession, rules: RuleSet, settings: Settin
         present = set()
         for gid, source in mine:
             present.add(gid)
-            if source.startswith("rule:") and gid not in desired:
+            if source.startswith("rule:") and gid not in desired and not rules.error:
                 plan.changes.append(Change("remove", gid, all_groups[gid], p.email, source,
                                            t("{email} no longer matches rule {rule}", email=p.email,
                                              rule=source[5:]) + reason_suffix, p.id))
@@ -206,7 +232,7 @@ async def plan_reconcile(session: AsyncSession, rules: RuleSet, settings: Settin
             if gid not in present:
                 plan.changes.append(Change("add", gid, addresses[gid], p.email, rule.source, _add_reason(rule), p.id))
     # Rule memberships of addresses that are nobody we know, or of rules that no longer exist.
-    for email, mine in memberships.items():
+    for email, mine in ({} if rules.error else memberships).items():
         for gid, source in mine:
             if not source.startswith("rule:"):
                 continue

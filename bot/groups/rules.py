@@ -122,6 +122,8 @@ def _matches(cond: Condition, values: Mapping[str, str]) -> bool:
 class RuleSet:
     groups: tuple[GroupRule, ...] = ()
     path: str | None = None
+    # Why the rules file could not be read: no rule is known, so no rule membership may be removed.
+    error: str | None = None
     # (key, value) -> indexes of rules whose every condition needs that pair; a person only has to
     # be checked against the rules one of their pairs points to (10,000 people x 1,000 rules).
     _index: dict[tuple[str, str], list[int]] = field(default_factory=dict, repr=False)
@@ -162,6 +164,9 @@ class RuleSet:
 
     def describe(self) -> str:
         if not self.groups:
+            if self.error:
+                return t("The rules file could not be loaded, so no rule membership is added or removed: {problem}",
+                         problem=self.error)
             if self.path:
                 return t("No group rules are in force.")
             return t("No group rules are in force.") + " " + t("Set groups.rules_file in the configuration.")

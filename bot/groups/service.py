@@ -222,14 +222,35 @@ async def check_policy(session: AsyncSession, plan: Plan, settings: Settings) ->
         return plan
     group_ids = {c.group_id for c in plan.changes}
     kinds = dict((await session.execute(select(Group.id, Group.kind).where(Group.id.in_(group_ids)))).all())
+    left = await _leavers(session, [c for c in plan.changes if c.op == "add"])
     allowed: list[Change] = []
     for c in plan.changes:
         if c.op == "add" and kinds.get(c.group_id) == "internal" and not settings.is_internal(c.email):
             plan.refused.append((c, external_refusal(c.email, c.group_address, settings)))
+        elif c.op == "add" and (c.email in left or c.person_id in left):
+            plan.refused.append((c, t("{email} has left the company: leavers can't be added to groups.",
+                                      email=c.email)))
         else:
             allowed.append(c)
     plan.changes = allowed
     return plan
+
+
+async def _leavers(session: AsyncSession, adds: list[Change]) -> set[object]:
+    """The emails and person ids among these adds that belong to people who have left."""
+    if not adds:
+        return set()
+    emails = sorted({c.email for c in adds})
+    ids = sorted({c.person_id for c in adds if c.person_id is not None})
+    found: set[object] = set()
+    for i in range(0, max(len(emails), len(ids)), 500):
+        cond = Person.email.in_(emails[i:i + 500])
+        if ids[i:i + 500]:
+            cond = cond | Person.id.in_(ids[i:i + 500])
+        for pid, email in (await session.execute(select(Person.id, Person.email).where(
+                cond, Person.status == "left"))).all():
+            found.update((pid, email))
+    return found
 
 
 async def apply(session: AsyncSession, plan: Plan, *, actor: str, via: str) -> int:

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError
 
 from bot import audit
 from bot.addresses import normalise
-from bot.db.models import Group, Person, ProcessedEvent
+from bot.db.models import Group, Membership, Person, PersonId, ProcessedEvent
 from bot.db.upsert import insert_ignore
 from bot.errors import UserError
 from bot.events import Message, PersonEvent
@@ -35,11 +35,26 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 KINDS = ("joined", "changed", "left")
 RETRY_DELAYS_S = (0.2, 1.0)
+# A leaver event naming nobody known yet (no email, an id no source has given before) is tried again:
+# the joiner event, or the directory's, may still be on its way.
+UNKNOWN_LEAVER_RETRY_MIN = (1, 10, 60, 360, 1440)
+HR_SOURCES = ("hr-webhook", "csv")
+# Messenger directories namespace what they know so it never overwrites an HR attribute the rules match on.
+DIRECTORY_PREFIXES = ("slack_", "dingtalk_", "wecom_")
+
+
+def id_namespace(source: str) -> str:
+    """Whose ids an event's external_id is: the HR system's (webhook and CSV share them) or a messenger's."""
+    return "hr" if source in HR_SOURCES else source
+
+
+class UnknownPerson(UserError):
+    """An event with no email for a person no source has told us about."""
 
 
 @dataclass
 class Outcome:
-    status: str  # applied | duplicate | stale
+    status: str  # applied | duplicate | stale | queued (an unknown leaver, tried again later)
     person: str | None = None
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
@@ -88,11 +103,16 @@ async def apply_person_event(core: Core, event: PersonEvent, *, guard: bool = Tr
         raise UserError(t("“{text}” is not an HR event type (joined, changed, left).", text=str(event.kind)[:40]))
     if event.at.tzinfo is None:
         raise UserError(t("The event's time has no time zone."))
-    async with _lock_for(core, event.external_id):
+    async with _lock_for(core, f"{id_namespace(event.source)}:{event.external_id}"):
         for attempt, delay in enumerate((*RETRY_DELAYS_S, None)):
             try:
                 outcome = await _apply(core, event, guard, snapshot)
                 break
+            except UnknownPerson as exc:
+                if event.kind != "left":
+                    raise
+                await _retry_unknown_leaver(core, event, exc.sentence, attempt=0)
+                return Outcome("queued", person=event.external_id, kind=event.kind, note=exc.sentence)
             except DBAPIError:
                 if delay is None:
                     log.exception("HR event %s failed %d times", event.event_id, attempt + 1)
@@ -140,6 +160,61 @@ async def retry_event(event: dict[str, Any]) -> None:
     await apply_person_event(current_core(), event_from_dict(event))
 
 
+def _unknown_job_id(event: PersonEvent) -> str:
+    return f"hr.unknown-leaver:{event.source}:{event.event_id}"[:190]
+
+
+async def _retry_unknown_leaver(core: Core, event: PersonEvent, why: str, *, attempt: int) -> None:
+    """A leaver event that names nobody known: HR hears of it, and it is tried again later."""
+    who = event.external_id
+    if attempt >= len(UNKNOWN_LEAVER_RETRY_MIN):
+        log.error("leaver event %s from %s gave up: %s", event.event_id, event.source, why)
+        await core.post("hr", lambda: Message(t(
+            "The leaver event for {who} ({source}) still names nobody I know, so I stopped trying: remove them "
+            "by hand (/removegroup) or send the event again with their email address.", who=who,
+            source=event.source)))
+        return
+    minutes = UNKNOWN_LEAVER_RETRY_MIN[attempt]
+    scheduled = True
+    try:
+        from bot.scheduler import ensure_scheduler, now
+
+        scheduler = await ensure_scheduler(core, run_jobs=False)
+        scheduler.at(_unknown_job_id(event), now() + timedelta(minutes=minutes), "bot.hr.lifecycle:retry_unknown_leaver",
+                     event=event_to_dict(event), attempt=attempt + 1)
+    except Exception:
+        log.exception("could not schedule the retry of leaver event %s", event.event_id)
+        scheduled = False
+    log.warning("leaver event %s from %s not applied yet: %s", event.event_id, event.source, why)
+    if attempt == 0 or not scheduled:
+        def text() -> Message:
+            if scheduled:
+                return Message(t("A leaver event for {who} ({source}) names nobody I know yet (no email address); "
+                                 "I will try again in {minutes} minutes. If they are still in groups, remove them by "
+                                 "hand (/removegroup).", who=who, source=event.source, minutes=minutes))
+            return Message(t("A leaver event for {who} ({source}) names nobody I know (no email address), and I "
+                             "could not schedule another try: remove them by hand (/removegroup) or send the event "
+                             "again with their email address.", who=who, source=event.source))
+
+        await core.post("hr", text)
+
+
+async def retry_unknown_leaver(event: dict[str, Any], attempt: int) -> None:
+    """Scheduled job: a leaver event that named nobody known, once more."""
+    from bot.scheduler import current_core
+
+    core = current_core()
+    ev = event_from_dict(event)
+    try:
+        async with _lock_for(core, f"{id_namespace(ev.source)}:{ev.external_id}"):
+            outcome = await _apply(core, ev, True)
+    except UnknownPerson as exc:
+        await _retry_unknown_leaver(core, ev, exc.sentence, attempt=attempt)
+        return
+    if outcome.status == "applied":
+        await _after_commit(core, ev, outcome, True)
+
+
 async def _apply(core: Core, event: PersonEvent, guard: bool, snapshot: bool = False) -> Outcome:
     ctx = core.ctx
     settings = ctx.settings
@@ -150,23 +225,40 @@ async def _apply(core: Core, event: PersonEvent, guard: bool, snapshot: bool = F
                                     ["source", "event_id"])
         if not fresh:
             return Outcome("duplicate")
-        query = select(Person).where(Person.employee_id == event.external_id)
+        namespace = id_namespace(event.source)
+        known_ids = select(PersonId.person_id).where(PersonId.namespace == namespace,
+                                                     PersonId.external_id == event.external_id)
+        query = select(Person).where(Person.id.in_(known_ids))
         if ctx.dialect == "postgresql":
             query = query.with_for_update()
-        person = (await session.execute(query)).scalar_one_or_none()
+        person = (await session.execute(query)).scalars().first()
+        if person is None:  # a person on record before source ids were kept
+            query = select(Person).where(Person.employee_id == event.external_id)
+            if ctx.dialect == "postgresql":
+                query = query.with_for_update()
+            person = (await session.execute(query)).scalar_one_or_none()
         email = normalise(event.email) if event.email else (person.email if person else None)
         if email is None:
-            raise UserError(t("The {kind} event for {id} has no email address, and the person is not known yet.",
+            raise UnknownPerson(t("The {kind} event for {id} has no email address, and the person is not known yet.",
                               kind=event.kind, id=event.external_id))
         if person is None:
             person = (await session.execute(select(Person).where(Person.email == email))).scalar_one_or_none()
-        if person is not None and person.last_event_at is not None and event.at <= person.last_event_at:
+        # Only a strictly older event is stale: one with the same time (sources with whole seconds) and another
+        # id is a further change, applied in arrival order; the same id was caught as a duplicate above.
+        if person is not None and person.last_event_at is not None and event.at < person.last_event_at:
             return Outcome("stale", email)
+        known_before = person is not None
         if person is None:
             person = Person(employee_id=event.external_id, email=email, name=event.name,
                             attributes=dict(event.attributes), source=event.source, status="active")
             session.add(person)
             await session.flush()
+        await insert_ignore(session, PersonId, [{"namespace": namespace, "external_id": event.external_id[:200],
+                                                 "person_id": person.id, "created_at": ctx.now()}],
+                            ["namespace", "external_id"])
+        # Memberships given by hand before the person was on record become theirs.
+        await session.execute(update(Membership).where(Membership.email == person.email,
+                                                       Membership.person_id.is_(None)).values(person_id=person.id))
         before = {"status": person.status, "email": person.email, "attributes": dict(person.attributes or {})}
         person.last_event_at = event.at
         person.employee_id = person.employee_id or event.external_id
@@ -192,19 +284,26 @@ async def _apply(core: Core, event: PersonEvent, guard: bool, snapshot: bool = F
             if event.kind == "joined" or person.status != "left":
                 person.status = "active"
                 person.left_at = None
+            moved_out: list[str] = []
             if event.email and email != person.email:
-                await _rename(session, person, email)
+                moved_out = await _rename(session, person, email, settings, actor=actor, via=via)
             if event.name:
                 person.name = event.name
-            if event.kind == "joined" or snapshot:
-                person.attributes = dict(event.attributes)
-            else:
+            if event.source in HR_SOURCES and (event.kind == "joined" or snapshot):
+                # HR's record is the whole truth about HR's attributes; what a messenger's directory added
+                # (namespaced: slack_…, dingtalk_…, wecom_…) stays.
+                person.attributes = {**{k: v for k, v in (person.attributes or {}).items()
+                                        if k.startswith(DIRECTORY_PREFIXES)}, **dict(event.attributes)}
+            else:  # a directory's joined or changed merges, never replaces
                 person.attributes = {**(person.attributes or {}), **dict(event.attributes)}
             await session.flush()
             if person.status == "active":
                 plan = await planner.plan_person(session, rules, person)
                 plan = await groups.check_policy(session, plan, settings)
-                if plan.refused:
+                # A new person (or a joiner) the rules would put in an internal group with an external address
+                # is refused whole; someone already on record who is external now (moved out by an address
+                # change) simply stays out of internal groups while their other changes apply.
+                if plan.refused and not moved_out and (event.kind == "joined" or not known_before):
                     c = plan.refused[0][0]
                     raise UserError(t("{email} is outside {domains}, and the rules put them in the internal group "
                                       "{group}: external people can't join it.", email=c.email,
@@ -214,7 +313,7 @@ async def _apply(core: Core, event: PersonEvent, guard: bool, snapshot: bool = F
                     plan, held = planner.split_protected(plan, await planner.protected_addresses(session, plan))
                 await groups.apply(session, plan, actor=actor, via=via)
                 outcome.added = sorted(c.group_address for c in plan.adds)
-                outcome.removed = sorted(c.group_address for c in plan.removes)
+                outcome.removed = sorted({*moved_out, *(c.group_address for c in plan.removes)})
                 if held.changes:
                     pending = await planner.hold(session, source=event.source, actor=actor, via=via,
                                                  reasons=[t("it changes the protected group {group}", group=a) for a in
@@ -236,22 +335,34 @@ async def _apply(core: Core, event: PersonEvent, guard: bool, snapshot: bool = F
     return outcome
 
 
-async def _rename(session: Any, person: Person, email: str) -> None:
-    """A person's address changed: their memberships follow."""
-    from sqlalchemy import update
-
-    from bot.db.models import Membership
-
+async def _rename(session: Any, person: Person, email: str, settings: Any, *, actor: str, via: str) -> list[str]:
+    """A person's address changed: their memberships follow — except into internal groups when the new
+    address is outside the company's domains: those memberships are removed (planned, audited, with the
+    reason). Returns the groups they were removed from."""
     taken = (await session.execute(select(Person.id).where(Person.email == email, Person.id != person.id))).first()
     if taken:
         raise UserError(t("{email} already belongs to another person on record.", email=email))
-    await session.execute(update(Membership).where(Membership.person_id == person.id).values(email=email))
+    removed: list[str] = []
+    if not settings.is_internal(email):
+        rows = (await session.execute(
+            select(Membership.group_id, Group.address, Membership.email, Membership.source)
+            .join(Group, Group.id == Membership.group_id)
+            .where((Membership.person_id == person.id) | (Membership.email == person.email),
+                   Group.kind == "internal"))).all()
+        why = t("{old} changed address to {new}, outside {domains}: external people can't be in internal groups",
+                old=person.email, new=email, domains=", ".join(settings.org.domains))
+        plan = groups.Plan([groups.Change("remove", r.group_id, r.address, r.email, r.source, why, person.id)
+                            for r in rows])
+        await groups.apply(session, plan, actor=actor, via=via)
+        removed = sorted({r.address for r in rows})
+    await session.execute(update(Membership).where(
+        (Membership.person_id == person.id) | (Membership.email == person.email)).values(email=email,
+                                                                                        person_id=person.id))
     person.email = email
+    return removed
 
 
 async def _manual_groups(session: Any, person: Person) -> list[str]:
-    from bot.db.models import Membership
-
     return sorted((await session.execute(
         select(Group.address).join(Membership, Membership.group_id == Group.id)
         .where(Membership.email == person.email, ~Membership.source.like("rule:%")))).scalars())

@@ -131,6 +131,9 @@ def webhook_routes(core: Core) -> list[Route]:
             log.exception("HR webhook failed")
             return _refuse(503, "Postroom could not apply the event just now; send it again later.")
         result: dict[str, Any] = {"status": outcome.status}
+        if outcome.status == "queued":  # a leaver nobody is known by yet: HR is told, and it is tried again
+            result["detail"] = outcome.note
+            return JSONResponse(result, status_code=202)
         if outcome.status == "applied":
             result.update({"added": outcome.added, "removed": outcome.removed})
             if outcome.removal_due is not None:
