@@ -116,7 +116,7 @@ async def _demo(folder: str, fresh: bool, as_email: str | None) -> None:
             click.echo(f"Resuming campaigns that were sending: {', '.join(resumed)}")
         click.echo(d.guide())
         await console.repl()  # type: ignore[attr-defined]
-        if core._tasks:
+        if core.background:
             click.echo("Waiting for background sends to finish…")
             await core.drain()
     finally:

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from bot import i18n, identities
 from bot.adapter import Adapter
 from bot.addresses import normalise
+from bot.background import Background
 from bot.commands.parser import Parsed, Spec, parse, tokenize
 from bot.context import Context
 from bot.db.models import MessageRecord, Preference, ProcessedEvent
@@ -56,7 +57,7 @@ class Core:
         self.commands: dict[tuple[str, ...], tuple[Spec, Handler]] = {}
         self.actions: dict[str, ActionHandler] = {}
         self.groups_of_commands: dict[str, list[tuple[str, ...]]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self.background = Background("core", log)
         self.worker_id = f"{ctx.settings.org.name[:10]}-{secrets.token_hex(3)}"
         self.services: dict[str, Any] = {}
         from bot.commands import register_all
@@ -83,28 +84,14 @@ class Core:
 
     # -- background work -------------------------------------------------------------------------
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str = "") -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro, name=name or None)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-        return task
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+        return self.background.spawn(coro, name)
 
     async def drain(self, timeout: float | None = None) -> None:
         """Wait for background work (a send) to finish; used by `postroom chat` and tests."""
-        while self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout)
-            if timeout is not None:
-                break
+        await self.background.settle(timeout)
 
     async def shutdown(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=5)
+        await self.background.cancel()
 
     # -- identity ------------------------------------------------------------------------------
     def roles_of(self, email: str) -> frozenset[str]:

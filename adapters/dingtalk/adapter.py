@@ -32,6 +32,7 @@ from adapters.dingtalk.openapi import DingTalkApi, DingTalkError
 from adapters.dingtalk.stream import PostroomStreamClient
 from bot import i18n, identities
 from bot.adapter import Adapter
+from bot.background import Background
 from bot.card_texts import t
 from bot.config import DingTalkSettings
 from bot.dedupe import Seen as _Seen
@@ -119,7 +120,7 @@ class DingTalkAdapter(Adapter):
         self.clock = clock
         self.core: Core | None = None
         self._run: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self.background = Background("dingtalk", log)
         self._seen = _Seen()
         self._last_text: dict[str, str] = {}
         self._event_kinds = {kind: self._on_contact for kind in CONTACT_KINDS}
@@ -135,7 +136,7 @@ class DingTalkAdapter(Adapter):
             await asyncio.wait_for(self.client.stop(), 2)
         except (TimeoutError, OSError):
             pass
-        pending = [task for task in (self._run, *self._tasks, *self.client._frames) if task is not None]
+        pending = [task for task in (self._run, *self.background, *self.client._frames) if task is not None]
         for task in pending:
             task.cancel()
         if pending:
@@ -249,21 +250,11 @@ class DingTalkAdapter(Adapter):
 
     # -- inbound: called by the stream handlers, return at once ----------------------------------
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=f"dingtalk {name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("DingTalk work %s failed", task.get_name(), exc_info=task.exception())
+        self.background.spawn(coro, name)
 
     async def settle(self, timeout: float = 10.0) -> None:
         """Wait for the background work of frames already acknowledged (tests)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self._tasks and loop.time() < deadline:
-            await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - loop.time()))
+        await self.background.settle(timeout)
 
     def on_bot_message(self, data: dict[str, Any]) -> None:
         if not isinstance(data, dict):

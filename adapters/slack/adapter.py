@@ -35,6 +35,7 @@ from adapters.slack.directory import email_of, fingerprint, name_of, person_even
 from adapters.slack.markup import resolve_markup
 from bot import identities
 from bot.adapter import Adapter
+from bot.background import Background
 from bot.config import SlackSettings
 from bot.errors import UserError
 from bot.events import Action, Actor, Command, Conversation, Message, MessageRef
@@ -93,7 +94,7 @@ class SlackAdapter(Adapter):
         self.bot_user_id: str | None = None
         self._users: dict[str, tuple[str | None, str | None, float]] = {}
         self._seen: dict[str, tuple[Any, ...]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self.background = Background("slack", log)
         # chat.update throttle, per message: when it last went out, what waits, the timer
         self._last_update: dict[tuple[str, str], float] = {}
         self._pending: dict[tuple[str, str], tuple[MessageRef, Message]] = {}
@@ -131,8 +132,7 @@ class SlackAdapter(Adapter):
         if self.socket is not None:
             await self.socket.close_async()
             self.socket = None
-        for task in list(self._tasks):
-            task.cancel()
+        await self.background.cancel(timeout=3)
 
     async def send(self, conversation: Conversation, message: Message) -> MessageRef:
         payload = blocks.message_payload(message)
@@ -366,10 +366,7 @@ class SlackAdapter(Adapter):
 
     # -- answering -------------------------------------------------------------------------------
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return self.background.spawn(coro)
 
     @staticmethod
     def _with_notes(reply: Message, notes: list[str]) -> dict[str, Any]:

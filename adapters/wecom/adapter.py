@@ -8,7 +8,6 @@ event a `PersonEvent`. Replies are app messages; approvals are `button_interacti
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import time
@@ -28,6 +27,7 @@ from adapters.wecom.api import WeComApi, WeComError
 from adapters.wecom.crypto import CallbackRefused, WeComCrypto
 from bot import identities
 from bot.adapter import Adapter
+from bot.background import Background
 from bot.card_texts import t
 from bot.config import WeComSettings
 from bot.dedupe import Seen as _Seen
@@ -70,7 +70,7 @@ class WeComAdapter(Adapter):
                                    timeout=settings.timeout_s)
         self.clock = clock
         self.core: Core | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self.background = Background("wecom", log)
         self._seen = _Seen()
         self._click_codes: dict[str, str] = {}  # task_id -> the newest unused ResponseCode from a click
         self._used_codes: set[str] = set()
@@ -118,10 +118,7 @@ class WeComAdapter(Adapter):
         return learnt
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=3)
+        await self.background.cancel(timeout=3)
         await self.api.aclose()
 
     def conversation_for(self, purpose: str) -> Conversation | None:
@@ -280,20 +277,11 @@ class WeComAdapter(Adapter):
         self._spawn(handler(msg), key)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=f"wecom {name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("WeCom work %s failed", task.get_name(), exc_info=task.exception())
+        self.background.spawn(coro, name)
 
     async def settle(self, timeout: float = 10.0) -> None:
         """Wait for the background work of callbacks already answered (tests, shutdown)."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while self._tasks and asyncio.get_running_loop().time() < deadline:
-            await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
+        await self.background.settle(timeout)
 
     # -- what each kind of callback does ---------------------------------------------------------
     async def _on_text(self, msg: dict[str, str]) -> None:
