@@ -137,7 +137,7 @@ def test_cli_hr_import_dry_run_and_groups_export(tmp_path: Path) -> None:
         return subprocess.run([*exe, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
 
     bad = run("hr", "import", "nope.csv")
-    assert bad.returncode == 1 and "Cannot read nope.csv" in bad.stderr
+    assert bad.returncode == 1 and "Can't read nope.csv" in bad.stderr
     dry = run("hr", "import", "staff.csv", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "Dry run — nothing changed. 3 joining" in dry.stdout

@@ -19,6 +19,7 @@ from sqlalchemy import select
 from bot import audit
 from bot.addresses import email_hash, normalise
 from bot.context import Context
+from bot.csvfiles import read_utf8
 from bot.db.models import Contact, ContactList, ListMember, Suppression
 from bot.db.upsert import insert_ignore
 from bot.errors import UserError
@@ -69,14 +70,7 @@ async def import_contacts(ctx: Context, path: str | Path, list_name: str, *, act
         raise UserError(t("“{name}” cannot be a list name: use letters, digits, dot, dash or underscore.",
                           name=list_name[:60]))
     p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise UserError(t("Can't read {path}: {error}.", path=p, error=exc.strerror or exc)) from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise UserError(t("{path} is not UTF-8 text; save it as UTF-8 CSV.", path=p)) from None
+    _raw, text = read_utf8(p)
     reader = csv.DictReader(io.StringIO(text))
     headers = [h.strip().lower() for h in (reader.fieldnames or [])]
     if "email" not in headers:

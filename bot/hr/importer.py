@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from bot.addresses import normalise
+from bot.csvfiles import read_utf8
 from bot.db.models import Person
 from bot.errors import UserError
 from bot.events import PersonEvent
@@ -103,14 +104,7 @@ def read_snapshot(text: str, domains_check: Callable[[str], bool] | None = None)
 
 async def import_staff(core: Core, path: Path, *, dry_run: bool = False, actor: str = "cli",
                        progress: Callable[[int, int], None] | None = None) -> ImportResult:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UserError(t("Cannot read {path}: {error}.", path=path, error=exc.strerror or exc)) from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise UserError(t("{path} is not UTF-8 text.", path=path)) from None
+    data, text = read_utf8(path)
     rows = read_snapshot(text)
     digest = hashlib.sha256(data).hexdigest()[:16]
     ctx = core.ctx
