@@ -276,3 +276,37 @@ def test_reconnect_waits_are_jittered_and_capped() -> None:
         assert all(0 <= w <= min(30.0, 2 ** failures) for w in waits)
         assert len(set(waits)) > 150  # spread out, so replicas don't reconnect in step
     assert max(client.backoff(10) for _ in range(200)) > 15  # it does grow towards the cap
+
+
+async def use_rules(core: Core, tmp_path: Path, text: str) -> None:
+    """Rules in force for this core, as `rules_file` at start-up would give (`/rules reload` re-reads it)."""
+    from bot.groups import planner
+
+    path = tmp_path / "groups.yaml"
+    path.write_text(text)
+    core.ctx.settings.groups.rules_file = str(path)
+    rules = planner.reload_rules(core)
+    async with core.ctx.sessions() as session, session.begin():
+        await planner.sync_group_definitions(session, rules, core.ctx.settings, actor="test", via="test")
+
+
+async def test_an_address_book_joiner_lands_in_the_rule_groups_and_the_leaver_leaves_them(
+        ding: DingWorld, tmp_path: Path) -> None:
+    await use_rules(ding.core, tmp_path, "groups:\n  - address: all-staff\n    members: everyone\n"
+                    "  - address: dept7\n    members: {dingtalk_dept_ids: '7'}\n"
+                    "  - address: dept8\n    members: {dingtalk_dept_ids: '8'}\n")
+    born = int(time.time() * 1000)
+    await ding.acked(await ding.fake.push(ding.fake.event(
+        "user_add_org", "ev-r1", {"timeStamp": "1", "userId": ["ivan01"]}, born_ms=born - 60_000)))
+    await ding.adapter.settle()
+
+    async def groups_of_ivan() -> list[str]:
+        async with ding.core.ctx.sessions() as s:
+            return sorted((await s.execute(select(Group.address).join(Membership, Membership.group_id == Group.id)
+                                           .where(Membership.email == "ivan@corp.example"))).scalars())
+
+    assert await groups_of_ivan() == ["all-staff@corp.example", "dept7@corp.example"]
+    leave = ding.fake.event("user_leave_org", "ev-r2", {"timeStamp": "2", "userId": ["ivan01"]}, born_ms=born)
+    await ding.acked(await ding.fake.push(leave))
+    await ding.adapter.settle()
+    assert await groups_of_ivan() == []

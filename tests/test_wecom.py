@@ -335,3 +335,25 @@ async def test_the_callback_is_answered_before_slow_work_finishes(world: WeComWo
     world.fake.user_gate.set()
     await world.adapter.settle()
     assert len(world.fake.sent("text", to="hannah")) == 1
+
+
+async def test_a_contacts_joiner_lands_in_the_rule_groups_and_the_leaver_leaves_them(
+        world: WeComWorld, tmp_path: Path) -> None:
+    from tests.test_dingtalk import use_rules
+
+    await use_rules(world.core, tmp_path, "groups:\n  - address: all-staff\n    members: everyone\n"
+                    "  - address: dept2\n    members: {wecom_department: '2'}\n"
+                    "  - address: dept3\n    members: {wecom_department: '3'}\n")
+    now = int(time.time())
+    assert (await world.callback(contact_xml("create_user", "ivan", now - 60, Name="Ivan", Department="2"))
+            ).status_code == 200
+
+    async def groups_of_ivan() -> list[str]:
+        await world.adapter.settle()
+        async with world.core.ctx.sessions() as s:
+            return sorted((await s.execute(select(Group.address).join(Membership, Membership.group_id == Group.id)
+                                           .where(Membership.email == "ivan@corp.example"))).scalars())
+
+    assert await groups_of_ivan() == ["all-staff@corp.example", "dept2@corp.example"]
+    assert (await world.callback(contact_xml("delete_user", "ivan", now))).status_code == 200
+    assert await groups_of_ivan() == []
