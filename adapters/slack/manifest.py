@@ -65,7 +65,10 @@ def build_manifest(specs: list[Spec], url: str | None, *, socket_mode: bool = Fa
         entry: dict[str, Any] = {"command": c["command"]}
         if endpoint:
             entry["url"] = endpoint
-        entry.update(description=c["description"], usage_hint=c["usage_hint"], should_escape=True)
+        entry["description"] = c["description"]
+        if c["usage_hint"]:  # an empty hint is left out rather than sent as ""
+            entry["usage_hint"] = c["usage_hint"]
+        entry["should_escape"] = True
         commands.append(entry)
     events: dict[str, Any] = {"bot_events": list(BOT_EVENTS)}
     interactivity: dict[str, Any] = {"is_enabled": True}
