@@ -19,6 +19,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check bot adapters tests $(wildcard benchmarks)
+	$(BIN)/ruff format --check --quiet bot adapters tests $(wildcard benchmarks)
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 

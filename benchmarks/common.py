@@ -32,32 +32,41 @@ def count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{value} is too small; give a count of 1 or more.")
     return value
 
-HTML = """<!doctype html><html><head><meta charset="utf-8"><title>News for {{ first_name }}</title>
+
+HTML = (
+    """<!doctype html><html><head><meta charset="utf-8"><title>News for {{ first_name }}</title>
 <style>body{font-family:sans-serif;color:#222}.box{padding:12px;border:1px solid #ddd}</style></head>
 <body><h1>Hello {{ first_name }},</h1>
 <p>Thanks for being a customer of {{ org.name }}{% if company is defined %} at {{ company }}{% endif %}. Here is what is new this
 month, chosen for people in {{ city }}.</p>
-""" + "".join(
-    f'<div class="box"><h2>Item {i}</h2><p>Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod '
-    f'tempor incididunt ut labore et dolore magna aliqua. Ut enim ad minim veniam, quis nostrud exercitation.</p>'
-    f'<p><a href="https://www.example.com/articles/{i}?utm_campaign=news&amp;ref={{{{ ref }}}}">Read more</a></p></div>\n'
-    for i in range(1, 9)
-) + """<p>Your reference: {{ ref }}</p>
+"""
+    + "".join(
+        f'<div class="box"><h2>Item {i}</h2><p>Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod '
+        f"tempor incididunt ut labore et dolore magna aliqua. Ut enim ad minim veniam, quis nostrud exercitation.</p>"
+        f'<p><a href="https://www.example.com/articles/{i}?utm_campaign=news&amp;ref={{{{ ref }}}}">Read more</a></p></div>\n'
+        for i in range(1, 9)
+    )
+    + """<p>Your reference: {{ ref }}</p>
 <p style="font-size:12px;color:#888">{{ org.name }}, {{ org.postal_address }} —
 <a href="{{ unsubscribe_url }}">unsubscribe</a></p></body></html>
 """
+)
 
-TEXT = """Hello {{ first_name }},
+TEXT = (
+    """Hello {{ first_name }},
 
 Thanks for being a customer of {{ org.name }}{% if company is defined %} at {{ company }}{% endif %}.
-""" + "".join(
-    f"Item {i}: Lorem ipsum dolor sit amet, consectetur adipiscing elit. https://www.example.com/articles/{i}\n"
-    for i in range(1, 9)
-) + """
+"""
+    + "".join(
+        f"Item {i}: Lorem ipsum dolor sit amet, consectetur adipiscing elit. https://www.example.com/articles/{i}\n"
+        for i in range(1, 9)
+    )
+    + """
 Your reference: {{ ref }}
 {{ org.name }}, {{ org.postal_address }}
 Unsubscribe: {{ unsubscribe_url }}
 """
+)
 
 
 def free_port() -> int:
@@ -82,7 +91,12 @@ class Sink:
             args += [f"127.0.0.1:{self.port}", "1024"]
             self.kind = "postfix smtp-sink"
         else:
-            args = [sys.executable, str(Path(__file__).parent / "recording_sink.py"), str(self.port), os.devnull]
+            args = [
+                sys.executable,
+                str(Path(__file__).parent / "recording_sink.py"),
+                str(self.port),
+                os.devnull,
+            ]
             self.kind = "aiosmtpd sink"
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port)
@@ -114,20 +128,39 @@ def settings_for(folder: Path, database_url: str, smtp_port: int, **campaigns: A
     return load_settings(
         read_file=False,
         database={"url": database_url},
-        smtp={"host": "127.0.0.1", "port": smtp_port, "connections": campaigns.pop("connections", 4),
-              "timeout_s": 30},
-        org={"name": "Example Corp", "domains": ["corp.example"], "postal_address": "1 Example Street, Berlin"},
+        smtp={
+            "host": "127.0.0.1",
+            "port": smtp_port,
+            "connections": campaigns.pop("connections", 4),
+            "timeout_s": 30,
+        },
+        org={
+            "name": "Example Corp",
+            "domains": ["corp.example"],
+            "postal_address": "1 Example Street, Berlin",
+        },
         web={"base_url": "https://postroom.corp.example", "secret": "benchmark-secret-0123456789"},
-        campaigns={"templates_dir": str(templates), "from_address": "news@corp.example", "from_name": "Example Corp",
-                   "reports_dir": str(folder / "reports"), **campaigns},
+        campaigns={
+            "templates_dir": str(templates),
+            "from_address": "news@corp.example",
+            "from_name": "Example Corp",
+            "reports_dir": str(folder / "reports"),
+            **campaigns,
+        },
     )
 
 
 def recipient(i: int) -> dict[str, Any]:
     cities = ("Berlin", "Shanghai", "Lisbon", "Austin", "Nairobi")
-    return {"email": f"person{i:07d}@d{i % 50}.example", "name": f"Person{i} Example",
-            "attributes": {"city": cities[i % 5], "company": f"Company {i % 997}" if i % 3 else "",
-                           "ref": f"R{i:08d}"}}
+    return {
+        "email": f"person{i:07d}@d{i % 50}.example",
+        "name": f"Person{i} Example",
+        "attributes": {
+            "city": cities[i % 5],
+            "company": f"Company {i % 997}" if i % 3 else "",
+            "ref": f"R{i:08d}",
+        },
+    }
 
 
 async def seed_campaign(core: Any, n: int, name: str = "bench") -> int:
@@ -140,7 +173,9 @@ async def seed_campaign(core: Any, n: int, name: str = "bench") -> int:
     ctx = core.ctx
     now = datetime.now(UTC)
     async with ctx.sessions() as session, session.begin():
-        lst = (await session.execute(select(ContactList).where(ContactList.name == "customers"))).scalar_one_or_none()
+        lst = (
+            await session.execute(select(ContactList).where(ContactList.name == "customers"))
+        ).scalar_one_or_none()
         if lst is None:
             lst = ContactList(name="customers")
             session.add(lst)
@@ -150,20 +185,47 @@ async def seed_campaign(core: Any, n: int, name: str = "bench") -> int:
                 rows = []
                 for i in range(start, min(n, start + step)):
                     r = recipient(i)
-                    rows.append({"id": i + 1, "email": r["email"], "name": r["name"], "attributes": r["attributes"],
-                                 "consent_at": now - timedelta(days=30), "consent_source": "benchmark",
-                                 "created_at": now, "updated_at": now})
+                    rows.append(
+                        {
+                            "id": i + 1,
+                            "email": r["email"],
+                            "name": r["name"],
+                            "attributes": r["attributes"],
+                            "consent_at": now - timedelta(days=30),
+                            "consent_source": "benchmark",
+                            "created_at": now,
+                            "updated_at": now,
+                        }
+                    )
                 await session.execute(insert(Contact), rows)
-                await session.execute(insert(ListMember), [{"list_id": lst.id, "contact_id": r["id"]} for r in rows])
-        campaign = Campaign(name=name, template="news", subject="News for {{ first_name }}", audience_kind="list",
-                            audience_name="customers", from_address="news@corp.example", from_name="Example Corp",
-                            created_by="sam@corp.example", submitted_by="sam@corp.example", state="approved")
+                await session.execute(
+                    insert(ListMember), [{"list_id": lst.id, "contact_id": r["id"]} for r in rows]
+                )
+        campaign = Campaign(
+            name=name,
+            template="news",
+            subject="News for {{ first_name }}",
+            audience_kind="list",
+            audience_name="customers",
+            from_address="news@corp.example",
+            from_name="Example Corp",
+            created_by="sam@corp.example",
+            submitted_by="sam@corp.example",
+            state="approved",
+        )
         session.add(campaign)
         await session.flush()
         digest = service.current_hash(ctx, campaign)
         campaign.content_hash = digest
-        session.add(Approval(campaign_id=campaign.id, approver="maria@corp.example", decision="approved",
-                             content_hash=digest, expires_at=now + timedelta(days=1)))
+        session.add(
+            Approval(
+                campaign_id=campaign.id,
+                approver="maria@corp.example",
+                decision="approved",
+                content_hash=digest,
+                expires_at=now + timedelta(days=1),
+            )
+        )
         return campaign.id
 
 
@@ -187,8 +249,9 @@ class RecordingSink:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> RecordingSink:
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "recording_sink.py"),
-                                      str(self.port), str(self.path)])
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).parent / "recording_sink.py"), str(self.port), str(self.path)]
+        )
         wait_port(self.port)
         return self
 
@@ -214,7 +277,9 @@ def tally(received: list[str], expected: set[str]) -> tuple[int, int]:
     return lost, duplicated
 
 
-async def run_worker(database_url: str, folder: Path, port: int, campaign_id: int, **campaigns: Any) -> dict[str, Any]:
+async def run_worker(
+    database_url: str, folder: Path, port: int, campaign_id: int, **campaigns: Any
+) -> dict[str, Any]:
     """One sending process: what `postroom serve` does for a campaign that is `sending`."""
     from bot.app import build_core, close_core
     from bot.campaigns.engine import DeliveryEngine

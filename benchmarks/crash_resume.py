@@ -26,8 +26,17 @@ LEASE_S = 2.0
 
 
 def child(args: argparse.Namespace) -> None:
-    result = asyncio.run(run_worker(args.db, Path(args.folder), args.port, args.campaign, batch_size=args.batch,
-                                    lease_s=LEASE_S, connections=2))
+    result = asyncio.run(
+        run_worker(
+            args.db,
+            Path(args.folder),
+            args.port,
+            args.campaign,
+            batch_size=args.batch,
+            lease_s=LEASE_S,
+            connections=2,
+        )
+    )
     print(json.dumps(result), flush=True)
 
 
@@ -61,8 +70,21 @@ def main() -> None:
     db = f"sqlite+aiosqlite:///{folder / 'crash.db'}"
     with RecordingSink(folder / "received.txt") as sink:
         cid = asyncio.run(prepare(db, folder, sink.port, args.recipients))
-        cmd = [sys.executable, __file__, "--child", "--db", db, "--folder", str(folder), "--port", str(sink.port),
-               "--campaign", str(cid), "--batch", str(args.batch)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            "--db",
+            db,
+            "--folder",
+            str(folder),
+            "--port",
+            str(sink.port),
+            "--campaign",
+            str(cid),
+            "--batch",
+            str(args.batch),
+        ]
         kills = 0
         for _ in range(args.kills):
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -75,7 +97,10 @@ def main() -> None:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
                 kills += 1
-                print(f"kill {kills}: SIGKILL after {delay:.2f} s; {len(sink.received())} received so far", flush=True)
+                print(
+                    f"kill {kills}: SIGKILL after {delay:.2f} s; {len(sink.received())} received so far",
+                    flush=True,
+                )
             else:
                 break
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -90,13 +115,28 @@ def main() -> None:
     lost, duplicated = tally(received, expected)
     # A worker has at most one claimed, unrecorded batch in flight when it dies: per kill, a batch.
     window = args.batch * kills
-    print(f"recipients {args.recipients}, kills {kills}, received {len(received)}, lost {lost}, "
-          f"duplicated {duplicated} (in-flight window: {args.batch} per kill, {window} for {kills} kills)")
+    print(
+        f"recipients {args.recipients}, kills {kills}, received {len(received)}, lost {lost}, "
+        f"duplicated {duplicated} (in-flight window: {args.batch} per kill, {window} for {kills} kills)"
+    )
     if kills < args.kills:
-        print(f"Only {kills} of the {args.kills} kills asked for were made: the send finished before the next "
-              "kill could land. Use more --recipients (or a smaller --batch) for that many kills.", flush=True)
-    print(json.dumps({"recipients": args.recipients, "kills": kills, "kills_requested": args.kills, "lost": lost,
-                      "duplicated": duplicated, "in_flight_window": window}))
+        print(
+            f"Only {kills} of the {args.kills} kills asked for were made: the send finished before the next "
+            "kill could land. Use more --recipients (or a smaller --batch) for that many kills.",
+            flush=True,
+        )
+    print(
+        json.dumps(
+            {
+                "recipients": args.recipients,
+                "kills": kills,
+                "kills_requested": args.kills,
+                "lost": lost,
+                "duplicated": duplicated,
+                "in_flight_window": window,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

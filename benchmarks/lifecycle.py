@@ -49,8 +49,11 @@ def rules_yaml(groups: int) -> str:
     lines = ["groups:"]
     for g in range(groups):
         dim, val = divmod(g, VALUES)
-        lines += [f"  - address: g{dim}-{val}", "    owners: [owner@corp.example]",
-                  f"    members: {{a{dim}: v{val}}}"]
+        lines += [
+            f"  - address: g{dim}-{val}",
+            "    owners: [owner@corp.example]",
+            f"    members: {{a{dim}: v{val}}}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -68,10 +71,21 @@ async def setup(core, people: int, groups: int, per_person: int) -> None:  # typ
     assert dims == per_person, "groups / 20 must equal per-person"
     at = datetime.now(UTC) - timedelta(days=30)
     async with core.ctx.sessions() as s, s.begin():
-        await s.execute(insert(Person), [
-            {"employee_id": f"E{i:06d}", "email": f"p{i}@corp.example", "name": f"Person {i}",
-             "attributes": attributes(i, dims), "status": "active", "source": "bench", "last_event_at": at}
-            for i in range(people)])
+        await s.execute(
+            insert(Person),
+            [
+                {
+                    "employee_id": f"E{i:06d}",
+                    "email": f"p{i}@corp.example",
+                    "name": f"Person {i}",
+                    "attributes": attributes(i, dims),
+                    "status": "active",
+                    "source": "bench",
+                    "last_event_at": at,
+                }
+                for i in range(people)
+            ],
+        )
     async with core.ctx.sessions() as s:
         ids = dict((await s.execute(select(Group.address, Group.id))).all())
         pids = dict((await s.execute(select(Person.email, Person.id))).all())
@@ -80,11 +94,18 @@ async def setup(core, people: int, groups: int, per_person: int) -> None:  # typ
         email = f"p{i}@corp.example"
         for d, v in attributes(i, dims).items():
             address = f"g{d[1:]}-{v[1:]}@corp.example"
-            rows.append({"group_id": ids[address], "email": email, "person_id": pids[email],
-                         "source": f"rule:g{d[1:]}-{v[1:]}", "added_by": "bench"})
+            rows.append(
+                {
+                    "group_id": ids[address],
+                    "email": email,
+                    "person_id": pids[email],
+                    "source": f"rule:g{d[1:]}-{v[1:]}",
+                    "added_by": "bench",
+                }
+            )
     for k in range(0, len(rows), 20_000):
         async with core.ctx.sessions() as s, s.begin():
-            await s.execute(insert(Membership), rows[k:k + 20_000])
+            await s.execute(insert(Membership), rows[k : k + 20_000])
 
 
 def pct(values: list[float], p: float) -> float:
@@ -93,9 +114,12 @@ def pct(values: list[float], p: float) -> float:
 
 
 async def run(url: str, people: int, groups: int, per_person: int, leavers: int) -> dict[str, object]:
-    settings = load_settings(read_file=False, database={"url": url},
-                             org={"name": "Bench", "domains": ["corp.example"]},
-                             groups={"max_remove_count": 100_000})
+    settings = load_settings(
+        read_file=False,
+        database={"url": url},
+        org={"name": "Bench", "domains": ["corp.example"]},
+        groups={"max_remove_count": 100_000},
+    )
     core = await build_core(settings)
     try:
         t0 = time.perf_counter()
@@ -103,8 +127,11 @@ async def run(url: str, people: int, groups: int, per_person: int, leavers: int)
         setup_s = time.perf_counter() - t0
         async with core.ctx.sessions() as s:
             total = (await s.execute(text("SELECT count(*) FROM memberships"))).scalar_one()
-        print(f"setup: {people} people, {groups} groups, {total} memberships in {setup_s:.1f} s "
-              f"({core.ctx.dialect})", file=sys.stderr)
+        print(
+            f"setup: {people} people, {groups} groups, {total} memberships in {setup_s:.1f} s "
+            f"({core.ctx.dialect})",
+            file=sys.stderr,
+        )
 
         # Baseline: one audited single-row transaction.
         base = []
@@ -125,7 +152,9 @@ async def run(url: str, people: int, groups: int, per_person: int, leavers: int)
             times.append((time.perf_counter() - t) * 1000)
             assert out.status == "applied" and len(out.removed) == per_person, (out.status, len(out.removed))
         async with core.ctx.sessions() as s:
-            audited = (await s.execute(text("SELECT count(*) FROM audit WHERE action = 'membership.remove'"))).scalar_one()
+            audited = (
+                await s.execute(text("SELECT count(*) FROM audit WHERE action = 'membership.remove'"))
+            ).scalar_one()
         assert audited == leavers * per_person
 
         # Drift: 1% of people move (their first attribute changes) since the last reconcile.
@@ -135,12 +164,16 @@ async def run(url: str, people: int, groups: int, per_person: int, leavers: int)
                 n = (i * 53 + 1) % people
                 attrs = attributes(n, per_person)
                 attrs["a0"] = f"v{(int(attrs['a0'][1:]) + 1) % VALUES}"
-                await s.execute(update(Person).where(Person.employee_id == f"E{n:06d}", Person.status == "active")
-                                .values(attributes=attrs))
+                await s.execute(
+                    update(Person)
+                    .where(Person.employee_id == f"E{n:06d}", Person.status == "active")
+                    .values(attributes=attrs)
+                )
         t = time.perf_counter()
         async with core.ctx.sessions() as s:
-            streamed = len((await s.execute(select(Membership.email, Membership.group_id,
-                                                    Membership.source))).all())
+            streamed = len(
+                (await s.execute(select(Membership.email, Membership.group_id, Membership.source))).all()
+            )
         scan_s = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -153,25 +186,42 @@ async def run(url: str, people: int, groups: int, per_person: int, leavers: int)
         assert "nothing to change" in again, again[:300]
     finally:
         await close_core(core)
-    print(f"baseline: one audited single-row transaction p50 {statistics.median(base):.2f} ms, "
-          f"p95 {pct(base, 95):.2f} ms", file=sys.stderr)
-    print(f"leaver event ({per_person} groups, audited): p50 {statistics.median(times):.1f} ms, "
-          f"p95 {pct(times, 95):.1f} ms, max {max(times):.1f} ms over {leavers} events", file=sys.stderr)
+    print(
+        f"baseline: one audited single-row transaction p50 {statistics.median(base):.2f} ms, "
+        f"p95 {pct(base, 95):.2f} ms",
+        file=sys.stderr,
+    )
+    print(
+        f"leaver event ({per_person} groups, audited): p50 {statistics.median(times):.1f} ms, "
+        f"p95 {pct(times, 95):.1f} ms, max {max(times):.1f} ms over {leavers} events",
+        file=sys.stderr,
+    )
     print(f"baseline: reading all {streamed} membership rows {scan_s:.2f} s", file=sys.stderr)
-    print(f"full reconcile of {people} people with {movers} movers: {reconcile_s:.2f} s ({first_line}); "
-          f"dry run when in sync: {insync_s:.2f} s", file=sys.stderr)
-    return {"people": people, "groups": groups, "per_person": per_person,
-            "leaver_p50_ms": round(statistics.median(times), 1), "leaver_p95_ms": round(pct(times, 95), 1),
-            "reconcile_s": round(reconcile_s, 2), "reconcile_in_sync_s": round(insync_s, 2),
-            "baseline_txn_p95_ms": round(pct(base, 95), 2), "baseline_scan_s": round(scan_s, 2),
-            "database": core.ctx.dialect}
+    print(
+        f"full reconcile of {people} people with {movers} movers: {reconcile_s:.2f} s ({first_line}); "
+        f"dry run when in sync: {insync_s:.2f} s",
+        file=sys.stderr,
+    )
+    return {
+        "people": people,
+        "groups": groups,
+        "per_person": per_person,
+        "leaver_p50_ms": round(statistics.median(times), 1),
+        "leaver_p95_ms": round(pct(times, 95), 1),
+        "reconcile_s": round(reconcile_s, 2),
+        "reconcile_in_sync_s": round(insync_s, 2),
+        "baseline_txn_p95_ms": round(pct(base, 95), 2),
+        "baseline_scan_s": round(scan_s, 2),
+        "database": core.ctx.dialect,
+    }
 
 
 async def with_database(args: argparse.Namespace) -> dict[str, object]:
     if not args.database_url:
         with tempfile.TemporaryDirectory() as tmp:
-            return await run(f"sqlite+aiosqlite:///{tmp}/bench.db", args.people, args.groups, args.per_person,
-                             args.leavers)
+            return await run(
+                f"sqlite+aiosqlite:///{tmp}/bench.db", args.people, args.groups, args.per_person, args.leavers
+            )
     url = normalise_database_url(args.database_url)
     if not url.startswith("postgresql"):
         return await run(url, args.people, args.groups, args.per_person, args.leavers)
@@ -180,7 +230,9 @@ async def with_database(args: argparse.Namespace) -> dict[str, object]:
     async with admin.connect() as conn:
         await conn.execute(text(f'CREATE DATABASE "{name}"'))
     try:
-        return await run(url.rsplit("/", 1)[0] + "/" + name, args.people, args.groups, args.per_person, args.leavers)
+        return await run(
+            url.rsplit("/", 1)[0] + "/" + name, args.people, args.groups, args.per_person, args.leavers
+        )
     finally:
         async with admin.connect() as conn:
             await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -196,8 +248,10 @@ def main() -> None:
     p.add_argument("--leavers", type=count, default=200)
     args = p.parse_args()
     if args.groups != VALUES * args.per_person:
-        p.error(f"--groups must be {VALUES} × --per-person (each attribute has {VALUES} values, one group each): "
-                f"with --per-person {args.per_person} use --groups {VALUES * args.per_person}.")
+        p.error(
+            f"--groups must be {VALUES} × --per-person (each attribute has {VALUES} values, one group each): "
+            f"with --per-person {args.per_person} use --groups {VALUES * args.per_person}."
+        )
     if args.leavers > args.people:
         p.error(f"--leavers ({args.leavers}) can't be more than --people ({args.people}).")
     result = asyncio.run(with_database(args))

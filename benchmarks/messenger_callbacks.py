@@ -39,16 +39,28 @@ N = 1000
 
 def summary(samples: list[float]) -> dict[str, float]:
     ordered = sorted(samples)
-    return {"p50_ms": round(statistics.median(ordered) * 1000, 3),
-            "p99_ms": round(ordered[int(len(ordered) * 0.99) - 1] * 1000, 3)}
+    return {
+        "p50_ms": round(statistics.median(ordered) * 1000, 3),
+        "p99_ms": round(ordered[int(len(ordered) * 0.99) - 1] * 1000, 3),
+    }
 
 
 async def wecom(tmp: Path) -> dict[str, dict[str, float]]:
     fake = FakeWeCom()
     async with serve(fake.app()) as url:
-        settings = make_settings(f"sqlite+aiosqlite:///{tmp / 'w.db'}", 2525, tmp, wecom={
-            "corp_id": CORP_ID, "agent_id": 1, "secret": "app-secret", "token": TOKEN,
-            "encoding_aes_key": AES_KEY, "api_url": url})
+        settings = make_settings(
+            f"sqlite+aiosqlite:///{tmp / 'w.db'}",
+            2525,
+            tmp,
+            wecom={
+                "corp_id": CORP_ID,
+                "agent_id": 1,
+                "secret": "app-secret",
+                "token": TOKEN,
+                "encoding_aes_key": AES_KEY,
+                "api_url": url,
+            },
+        )
         core = await build_core(settings)
         adapter = load_adapter("wecom", settings)
         assert adapter is not None
@@ -56,16 +68,23 @@ async def wecom(tmp: Path) -> dict[str, dict[str, float]]:
         await adapter.start(core)
         crypto = WeComCrypto(TOKEN, AES_KEY, CORP_ID)
         full, base = [], []
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_web(core)), base_url="http://b") as web:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=build_web(core)), base_url="http://b"
+        ) as web:
             for i in range(N):
                 ts = str(int(time.time()))
-                inner = (f"<xml><FromUserName>u{i}</FromUserName><CreateTime>{ts}</CreateTime><MsgType>event</MsgType>"
-                         f"<Event>enter_agent</Event><AgentID>1</AgentID></xml>")
+                inner = (
+                    f"<xml><FromUserName>u{i}</FromUserName><CreateTime>{ts}</CreateTime><MsgType>event</MsgType>"
+                    f"<Event>enter_agent</Event><AgentID>1</AgentID></xml>"
+                )
                 encrypted, sig = crypto.encrypt_envelope(inner, ts, f"n{i}")
                 body = f"<xml><ToUserName>{CORP_ID}</ToUserName><Encrypt>{encrypted}</Encrypt></xml>".encode()
                 t0 = time.perf_counter()
-                r = await web.post("/wecom/callback", params={"msg_signature": sig, "timestamp": ts, "nonce": f"n{i}"},
-                                   content=body)
+                r = await web.post(
+                    "/wecom/callback",
+                    params={"msg_signature": sig, "timestamp": ts, "nonce": f"n{i}"},
+                    content=body,
+                )
                 full.append(time.perf_counter() - t0)
                 assert r.status_code == 200
                 t0 = time.perf_counter()
@@ -79,9 +98,18 @@ async def wecom(tmp: Path) -> dict[str, dict[str, float]]:
 async def dingtalk(tmp: Path) -> dict[str, dict[str, float]]:
     fake = FakeDingTalk(users={"hannah01": {"name": "H", "org_email": HR}})
     async with serve(fake.app()) as url:
-        settings = make_settings(f"sqlite+aiosqlite:///{tmp / 'd.db'}", 2525, tmp, dingtalk={
-            "client_id": "ding-app", "client_secret": "ding-secret", "openapi_endpoint": url, "oapi_endpoint": url,
-            "hr_conversation": "cidHR"})
+        settings = make_settings(
+            f"sqlite+aiosqlite:///{tmp / 'd.db'}",
+            2525,
+            tmp,
+            dingtalk={
+                "client_id": "ding-app",
+                "client_secret": "ding-secret",
+                "openapi_endpoint": url,
+                "oapi_endpoint": url,
+                "hr_conversation": "cidHR",
+            },
+        )
         core = await build_core(settings)
         adapter = load_adapter("dingtalk", settings, backoff_base=0.05)
         assert adapter is not None
@@ -100,10 +128,20 @@ async def dingtalk(tmp: Path) -> dict[str, dict[str, float]]:
         msgs, pings = [], []
         for i in range(N // 4):
             pings.append(await ack_latency(fake.system("ping")))
-            msgs.append(await ack_latency(fake.bot_message(
-                msgtype="text", text={"content": "/help"}, msgId=f"m{i}", senderStaffId="hannah01",
-                conversationType="2", conversationId="cidHR", sessionWebhook=f"{url}/webhook/x",
-                sessionWebhookExpiredTime=int(time.time() * 1000) + 3_600_000)))
+            msgs.append(
+                await ack_latency(
+                    fake.bot_message(
+                        msgtype="text",
+                        text={"content": "/help"},
+                        msgId=f"m{i}",
+                        senderStaffId="hannah01",
+                        conversationType="2",
+                        conversationId="cidHR",
+                        sessionWebhook=f"{url}/webhook/x",
+                        sessionWebhookExpiredTime=int(time.time() * 1000) + 3_600_000,
+                    )
+                )
+            )
         await adapter.settle(60)  # type: ignore[attr-defined]
         await close_core(core)
     return {"dingtalk_ack_robot_message": summary(msgs), "dingtalk_baseline_ack_ping": summary(pings)}

@@ -69,8 +69,9 @@ def main() -> None:
     parser.add_argument("--campaign", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        result = asyncio.run(run_worker(args.db, Path(args.folder), args.port, args.campaign, connections=4,
-                                        batch_size=500))
+        result = asyncio.run(
+            run_worker(args.db, Path(args.folder), args.port, args.campaign, connections=4, batch_size=500)
+        )
         print(json.dumps(result), flush=True)
         return
     from bot.config import normalise_database_url
@@ -83,8 +84,19 @@ def main() -> None:
     try:
         with RecordingSink(folder / "received.txt") as sink:
             cid = asyncio.run(prepare(db, folder, sink.port, args.recipients))
-            cmd = [sys.executable, __file__, "--child", "--db", db, "--folder", str(folder), "--port",
-                   str(sink.port), "--campaign", str(cid)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                "--db",
+                db,
+                "--folder",
+                str(folder),
+                "--port",
+                str(sink.port),
+                "--campaign",
+                str(cid),
+            ]
             procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(args.workers)]
             results = []
             for p in procs:
@@ -100,10 +112,21 @@ def main() -> None:
     rate = len(set(received)) / elapsed
     for i, r in enumerate(results, 1):
         print(f"worker {i}: sent {r['sent']}, ended {r['state']}")
-    print(f"{args.workers} workers on PostgreSQL: {args.recipients} recipients in {elapsed:.2f} s = {rate:,.0f} msg/s; "
-          f"received {len(received)}, lost {lost}, duplicated {duplicated}")
-    print(json.dumps({"recipients": args.recipients, "workers": args.workers, "messages_per_s": round(rate, 1),
-                      "duplicated": duplicated, "lost": lost}))
+    print(
+        f"{args.workers} workers on PostgreSQL: {args.recipients} recipients in {elapsed:.2f} s = {rate:,.0f} msg/s; "
+        f"received {len(received)}, lost {lost}, duplicated {duplicated}"
+    )
+    print(
+        json.dumps(
+            {
+                "recipients": args.recipients,
+                "workers": args.workers,
+                "messages_per_s": round(rate, 1),
+                "duplicated": duplicated,
+                "lost": lost,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ class SinkProtocol(asyncio.Protocol):
                 if end < 0:
                     self.buf = self.buf[-4:]  # keep the tail in case the terminator is split
                     return
-                self.buf = self.buf[end + 5:]
+                self.buf = self.buf[end + 5 :]
                 self.in_data = False
                 self.out.write(b"".join(r + b"\n" for r in self.rcpts))
                 self.rcpts = []
@@ -38,7 +38,7 @@ class SinkProtocol(asyncio.Protocol):
             nl = self.buf.find(b"\r\n")
             if nl < 0:
                 return
-            line, self.buf = self.buf[:nl], self.buf[nl + 2:]
+            line, self.buf = self.buf[:nl], self.buf[nl + 2 :]
             verb = line[:4].upper()
             if verb in (b"EHLO",):
                 self.transport.write(b"250-sink\r\n250-8BITMIME\r\n250-SIZE 52428800\r\n250 SMTPUTF8\r\n")
@@ -48,7 +48,7 @@ class SinkProtocol(asyncio.Protocol):
                 self.rcpts = []
                 self.transport.write(b"250 2.1.0 ok\r\n")
             elif verb == b"RCPT":
-                addr = line[line.find(b"<") + 1:line.rfind(b">")].lower()
+                addr = line[line.find(b"<") + 1 : line.rfind(b">")].lower()
                 self.rcpts.append(addr)
                 self.transport.write(b"250 2.1.5 ok\r\n")
             elif verb == b"DATA":

@@ -26,8 +26,9 @@ async def engine_run(folder, port: int, n: int, connections: int) -> tuple[float
     from bot.campaigns import service
     from bot.campaigns.engine import DeliveryEngine
 
-    settings = settings_for(folder, f"sqlite+aiosqlite:///{folder / 'bench.db'}", port, connections=connections,
-                            batch_size=1000)
+    settings = settings_for(
+        folder, f"sqlite+aiosqlite:///{folder / 'bench.db'}", port, connections=connections, batch_size=1000
+    )
     core = await build_core(settings)
     try:
         cid = await seed_campaign(core, n)
@@ -61,8 +62,14 @@ async def baseline_run(folder, port: int, n: int) -> float:  # type: ignore[no-u
     t0 = time.perf_counter()
     for i in range(n):
         r = recipient(i)
-        ctx = {**r["attributes"], "first_name": r["name"].split()[0], "name": r["name"], "email": r["email"],
-               "org": org, "unsubscribe_url": f"https://postroom.corp.example/u/{i}"}
+        ctx = {
+            **r["attributes"],
+            "first_name": r["name"].split()[0],
+            "name": r["name"],
+            "email": r["email"],
+            "org": org,
+            "unsubscribe_url": f"https://postroom.corp.example/u/{i}",
+        }
         rendered = template.render(ctx)
         msg = EmailMessage()
         msg["From"] = "Example Corp <news@corp.example>"
@@ -84,13 +91,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recipients", type=count, default=20_000)
     parser.add_argument("--connections", type=count, default=4)
-    parser.add_argument("--baseline-recipients", type=count, default=3_000,
-                        help="the baseline's rate is steady; a sample of this size measures it")
+    parser.add_argument(
+        "--baseline-recipients",
+        type=count,
+        default=3_000,
+        help="the baseline's rate is steady; a sample of this size measures it",
+    )
     args = parser.parse_args()
     folder = fresh_folder("throughput")
     with Sink() as sink:
-        print(f"sink: {sink.kind} on 127.0.0.1:{sink.port}; recipients: {args.recipients}; "
-              f"connections: {args.connections}")
+        print(
+            f"sink: {sink.kind} on 127.0.0.1:{sink.port}; recipients: {args.recipients}; "
+            f"connections: {args.connections}"
+        )
         elapsed, counts = run_async(engine_run(folder, sink.port, args.recipients, args.connections))
         rate = args.recipients / elapsed
         print(f"engine: {args.recipients} recipients in {elapsed:.2f} s = {rate:,.0f} msg/s ({counts})")
@@ -98,9 +111,17 @@ def main() -> None:
         print(f"baseline (EmailMessage + send_message, one connection): {baseline:,.0f} msg/s")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"speedup: {rate / baseline:.1f}x; peak RSS {peak:.0f} MB")
-    print(json.dumps({"recipients": args.recipients, "messages_per_s": round(rate, 1),
-                      "baseline_messages_per_s": round(baseline, 1), "speedup": round(rate / baseline, 2),
-                      "peak_rss_mb": round(peak, 1)}))
+    print(
+        json.dumps(
+            {
+                "recipients": args.recipients,
+                "messages_per_s": round(rate, 1),
+                "baseline_messages_per_s": round(baseline, 1),
+                "speedup": round(rate / baseline, 2),
+                "peak_rss_mb": round(peak, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

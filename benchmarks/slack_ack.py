@@ -37,17 +37,20 @@ from tests.smtp import free_port  # noqa: E402
 
 def figures(samples: list[float]) -> dict[str, float]:
     ordered = sorted(samples)
-    return {"p50_ms": round(statistics.median(ordered) * 1000, 2),
-            "p95_ms": round(ordered[int(len(ordered) * 0.95) - 1] * 1000, 2),
-            "max_ms": round(ordered[-1] * 1000, 2)}
+    return {
+        "p50_ms": round(statistics.median(ordered) * 1000, 2),
+        "p95_ms": round(ordered[int(len(ordered) * 0.95) - 1] * 1000, 2),
+        "max_ms": round(ordered[-1] * 1000, 2),
+    }
 
 
 async def main(n: int) -> dict[str, object]:
     fake = await FakeSlack(users=directory()).start()
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        settings = make_settings(f"sqlite+aiosqlite:///{tmp_path / 'bench.db'}", 2525, tmp_path,
-                                 slack=slack_section(fake))
+        settings = make_settings(
+            f"sqlite+aiosqlite:///{tmp_path / 'bench.db'}", 2525, tmp_path, slack=slack_section(fake)
+        )
         core = await build_core(settings)
         runtime = Runtime(core)
         port = free_port()
@@ -57,6 +60,7 @@ async def main(n: int) -> dict[str, object]:
                 await adapter.start(core)
             await runtime.start_web("127.0.0.1", port)
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+
                 async def slack(line: str) -> tuple[float, str]:
                     name, _, rest = line.partition(" ")
                     body = form(command_body(fake, U_HR, name, rest))
@@ -91,9 +95,14 @@ async def main(n: int) -> dict[str, object]:
         finally:
             await runtime.stop()
             await fake.stop()
-    result = {"benchmark": "slack_ack", "requests": n, "slack_ack": figures(acks),
-              "answered_in_ack": n - late, "baseline_healthz": figures(health),
-              "baseline_console_core": figures(direct)}
+    result = {
+        "benchmark": "slack_ack",
+        "requests": n,
+        "slack_ack": figures(acks),
+        "answered_in_ack": n - late,
+        "baseline_healthz": figures(health),
+        "baseline_console_core": figures(direct),
+    }
     print(f"signed /addgroup → ack with answer: {result['slack_ack']}  ({n - late}/{n} answers in the ack)")
     print(f"baseline GET /healthz, same server: {result['baseline_healthz']}")
     print(f"baseline console adapter, same command in-process: {result['baseline_console_core']}")

@@ -17,9 +17,14 @@ from bot.campaigns.templates import CompiledTemplate, TemplateSource
 
 TEMPLATES = Path(__file__).parents[1] / "bot" / "demo_data" / "templates"
 SUBJECT = "Spring news for {{ first_name }}"
-CONTEXT = {"first_name": "Lena", "name": "Lena Fischer", "company": "Fischer GmbH", "email": "lena@example.com",
-           "unsubscribe_url": "https://postroom.corp.example/u/token",
-           "org": {"name": "Example Corp", "postal_address": "1 Example Street, Berlin"}}
+CONTEXT = {
+    "first_name": "Lena",
+    "name": "Lena Fischer",
+    "company": "Fischer GmbH",
+    "email": "lena@example.com",
+    "unsubscribe_url": "https://postroom.corp.example/u/token",
+    "org": {"name": "Example Corp", "postal_address": "1 Example Street, Berlin"},
+}
 
 
 def per_render(render, n: int) -> float:  # type: ignore[no-untyped-def]
@@ -52,8 +57,16 @@ def main() -> None:
     ours_us = per_render(lambda: ours.render(CONTEXT), n)
     print(f"plain Jinja2 sandbox (baseline): {base_us:.1f} µs per recipient")
     print(f"Postroom CompiledTemplate:       {ours_us:.1f} µs per recipient ({ours_us / base_us:.2f}x)")
-    print(json.dumps({"renders": n, "baseline_us": round(base_us, 2), "postroom_us": round(ours_us, 2),
-                      "ratio": round(ours_us / base_us, 3)}))
+    print(
+        json.dumps(
+            {
+                "renders": n,
+                "baseline_us": round(base_us, 2),
+                "postroom_us": round(ours_us, 2),
+                "ratio": round(ours_us / base_us, 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -21,8 +21,13 @@ def normalise(address: str) -> str:
         result = validate_email(text, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
         reason = str(exc).rstrip(".")
-        raise UserError(t("{text} is not a valid email address: {reason}.", text=_show(address),
-                           reason=reason[0].lower() + reason[1:])) from None
+        raise UserError(
+            t(
+                "{text} is not a valid email address: {reason}.",
+                text=_show(address),
+                reason=reason[0].lower() + reason[1:],
+            )
+        ) from None
     return result.normalized.lower()
 
 

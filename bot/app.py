@@ -33,8 +33,13 @@ async def build_core(settings: Settings, **context_options: Any) -> Core:
     except BaseException:
         await engine.dispose()
         raise
-    ctx = Context(settings=settings, engine=engine, sessions=make_sessionmaker(engine),
-                  signer=Signer(settings.web.secret), **context_options)
+    ctx = Context(
+        settings=settings,
+        engine=engine,
+        sessions=make_sessionmaker(engine),
+        signer=Signer(settings.web.secret),
+        **context_options,
+    )
     return Core(ctx)
 
 
@@ -42,7 +47,9 @@ async def close_core(core: Core) -> None:
     for engine in list(core.services.get("engines", {}).values()):
         engine.stop()  # sending campaigns stay `sending`; the next start resumes them
     runs = [t for t in core.services.get("campaign_runs", {}).values() if not t.done()]
-    if runs:  # let the batch in flight be recorded (unsent rows go back to pending) rather than wait for a lease
+    if (
+        runs
+    ):  # let the batch in flight be recorded (unsent rows go back to pending) rather than wait for a lease
         await asyncio.wait(runs, timeout=10)
     scheduler = core.services.get("scheduler")
     if scheduler is not None:
@@ -89,8 +96,9 @@ def listening_socket(host: str, port: int) -> socket.socket:
     accepted sockets whose proto is IPPROTO_TCP: every response then waited ~40 ms for the client's
     delayed ACK before its last segment went out.
     """
-    family, kind, proto, _name, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                                              proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE)[0]
+    family, kind, proto, _name, address = socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
+    )[0]
     sock = socket.socket(family, kind, proto)
     try:
         if os.name == "posix":
@@ -123,8 +131,9 @@ class Runtime:
                 self.web_socket = listening_socket(host, port)
             except OSError as exc:
                 reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
-                raise ConfigError(f"The web app can't listen on {host}:{port} ({reason}): "
-                                  "set web.port to a free port.") from None
+                raise ConfigError(
+                    f"The web app can't listen on {host}:{port} ({reason}): set web.port to a free port."
+                ) from None
         return self.web_socket
 
     async def start_web(self, host: str, port: int) -> None:
@@ -135,8 +144,9 @@ class Runtime:
         # Bound here (or earlier by bind_web): uvicorn answers a taken port with sys.exit() inside its task,
         # which no caller can catch.
         sock = self.bind_web(host, port)
-        config = uvicorn.Config(build_web(self.core), host=host, port=port, log_level="warning", lifespan="off",
-                                access_log=False)
+        config = uvicorn.Config(
+            build_web(self.core), host=host, port=port, log_level="warning", lifespan="off", access_log=False
+        )
         server = uvicorn.Server(config)
         server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # we own SIGTERM
         self.web_server = server

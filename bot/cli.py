@@ -66,20 +66,29 @@ def _unreachable(settings: Settings, exc: BaseException) -> str:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config", envvar="POSTROOM_CONFIG", type=click.Path(dir_okay=False),
-              help="TOML configuration file (default ./postroom.toml).")
+@click.option(
+    "--config",
+    "config",
+    envvar="POSTROOM_CONFIG",
+    type=click.Path(dir_okay=False),
+    help="TOML configuration file (default ./postroom.toml).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log more.")
 @click.pass_context
 def main(ctx: click.Context, config: str | None, verbose: bool) -> None:
     """Postroom: email groups (internal) and approved campaigns (external), run from chat."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     ctx.obj = {"config": config}
 
 
 # -- demo ---------------------------------------------------------------------------------------
 @main.command()
-@click.option("--dir", "folder", default=".postroom-demo", show_default=True, help="Where the demo keeps its data.")
+@click.option(
+    "--dir", "folder", default=".postroom-demo", show_default=True, help="Where the demo keeps its data."
+)
 @click.option("--fresh", is_flag=True, help="Start clean even if a demo folder exists.")
 @click.option("--as", "as_email", default=None, help="Start as this person (default: the HR person).")
 def demo(folder: str, fresh: bool, as_email: str | None) -> None:
@@ -108,10 +117,16 @@ async def _demo(folder: str, fresh: bool, as_email: str | None) -> None:
         core.attach(console)
         await console.start(core)
         resumed = await _sending(core)
-        state = "a fresh start" if plan.fresh else "resuming the previous demo (postroom demo --fresh starts clean)"
+        state = (
+            "a fresh start"
+            if plan.fresh
+            else "resuming the previous demo (postroom demo --fresh starts clean)"
+        )
         click.echo(f"Postroom demo — {s.org.name}, {state}.")
-        click.echo(f"Data: {plan.folder}   Web: {s.web.base_url}   SMTP (embedded): 127.0.0.1:{s.relay.port}   "
-                   f"Mailbox: {mailbox.dir}")
+        click.echo(
+            f"Data: {plan.folder}   Web: {s.web.base_url}   SMTP (embedded): 127.0.0.1:{s.relay.port}   "
+            f"Mailbox: {mailbox.dir}"
+        )
         if resumed:
             click.echo(f"Resuming campaigns that were sending: {', '.join(resumed)}")
         click.echo(d.guide())
@@ -174,8 +189,15 @@ async def _sending(core: Core) -> list[str]:
     from bot.db.models import Campaign
 
     async with core.ctx.sessions() as session:
-        return list((await session.execute(select(Campaign.name).where(Campaign.state == "sending")
-                                           .order_by(Campaign.id))).scalars().all())
+        return list(
+            (
+                await session.execute(
+                    select(Campaign.name).where(Campaign.state == "sending").order_by(Campaign.id)
+                )
+            )
+            .scalars()
+            .all()
+        )
 
 
 async def _serve(settings: Settings) -> None:
@@ -200,8 +222,11 @@ async def _serve(settings: Settings) -> None:
             await adapter.start(core)
         resumed = await _sending(core)  # the campaign watcher (started with the services) resumes them
         names = ", ".join(a.platform for a in adapters) or "no messenger (configure one; see README)"
-        click.echo(f"Postroom serving: adapters: {names}; web {settings.web.base_url}"
-                   + (f"; resumed {', '.join(resumed)}" if resumed else ""), err=True)
+        click.echo(
+            f"Postroom serving: adapters: {names}; web {settings.web.base_url}"
+            + (f"; resumed {', '.join(resumed)}" if resumed else ""),
+            err=True,
+        )
         await stop.wait()
         click.echo("Stopping…", err=True)
     finally:
@@ -291,6 +316,7 @@ def hr_import(ctx: click.Context, file: str, dry_run: bool) -> None:
         core = await build_core(settings)
         bar = None
         try:
+
             def progress(done: int, total: int) -> None:
                 nonlocal bar
                 if bar is None:
@@ -305,8 +331,10 @@ def hr_import(ctx: click.Context, file: str, dry_run: bool) -> None:
             await close_core(core)
         click.echo(result.summary())
         if result.held is not None:
-            click.echo(f"Approvers get a card in chat (from `postroom serve`), or an approver types /plan approve "
-                       f"{result.held}.")
+            click.echo(
+                f"Approvers get a card in chat (from `postroom serve`), or an approver types /plan approve "
+                f"{result.held}."
+            )
             sys.exit(2)
 
     _run(go())
@@ -320,8 +348,14 @@ def groups_cli() -> None:
 
 @groups_cli.command("export")
 @click.option("--format", "fmt", type=click.Choice(["postfix"]), required=True, help="What to write.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False), default="-", show_default=True,
-              help="File to write (- for standard output).")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False),
+    default="-",
+    show_default=True,
+    help="File to write (- for standard output).",
+)
 @click.pass_context
 def groups_export(ctx: click.Context, fmt: str, output: str) -> None:
     """Write a Postfix virtual alias map of every group (run `postmap` on it)."""
@@ -343,6 +377,7 @@ def groups_export(ctx: click.Context, fmt: str, output: str) -> None:
             click.echo(f"Wrote {output}; now run: postmap {output}", err=True)
 
     _run(go())
+
 
 # -- commands from installed packages (an adapter's own: `postroom slack manifest`) ------------
 def _add_plugin_commands() -> None:

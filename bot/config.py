@@ -203,6 +203,7 @@ class HrSettings(_Section):
             raise ValueError("must be at least 16 characters")
         return v or None
 
+
 class SlackSettings(_Section):
     """The Slack adapter (adapters/slack). Off unless bot_token is set."""
 
@@ -223,6 +224,7 @@ class SlackSettings(_Section):
             raise ValueError("must start with http:// or https://")
         return v.rstrip("/") + "/"
 
+
 class DingTalkSettings(_Section):
     """DingTalk (钉钉) in Stream mode. Configured when client_id is set; see manifests/dingtalk/."""
 
@@ -230,13 +232,16 @@ class DingTalkSettings(_Section):
     client_secret: str = Field(default="", repr=False)
     robot_code: str = ""  # the robot's code; empty: the client id (true for a company-internal app's robot)
     corp_id: str = ""  # the organisation's CorpId; when set, clicks and events from another corp are ignored
-    card_template_id: str = ""  # interactive card template for approvals (manifests/dingtalk/card-template.md)
+    card_template_id: str = (
+        ""  # interactive card template for approvals (manifests/dingtalk/card-template.md)
+    )
     approvals_conversation: str = ""  # openConversationId of the approvers' group, or user:<staffId>
     hr_conversation: str = ""
     # The SDK reads $DINGTALK_OPENAPI_ENDPOINT at import; Postroom's own calls use these keys, which default
     # to that variable (tests point both at a local fake).
-    openapi_endpoint: str = Field(default_factory=lambda: os.environ.get("DINGTALK_OPENAPI_ENDPOINT",
-                                                                         "https://api.dingtalk.com"))
+    openapi_endpoint: str = Field(
+        default_factory=lambda: os.environ.get("DINGTALK_OPENAPI_ENDPOINT", "https://api.dingtalk.com")
+    )
     oapi_endpoint: str = "https://oapi.dingtalk.com"  # the older API: user lookup by userid
     timeout_s: float = Field(default=10.0, gt=0, le=60)
     locale: Literal["zh_CN", "en"] = "zh_CN"
@@ -261,7 +266,9 @@ class WeComSettings(_Section):
     hr_users: list[str] = []
     api_url: str = "https://qyapi.weixin.qq.com"
     timeout_s: float = Field(default=10.0, gt=0, le=60)
-    max_clock_skew_s: int = Field(default=300, ge=0)  # refuse callbacks whose timestamp is further off than this
+    max_clock_skew_s: int = Field(
+        default=300, ge=0
+    )  # refuse callbacks whose timestamp is further off than this
     locale: Literal["zh_CN", "en"] = "zh_CN"
 
     @field_validator("encoding_aes_key")
@@ -341,8 +348,13 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
     return default if default.exists() else None
 
 
-def load_settings(path: str | os.PathLike[str] | None = None, *, read_file: bool = True, read_env: bool = True,
-                  **overrides: Any) -> Settings:
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    read_file: bool = True,
+    read_env: bool = True,
+    **overrides: Any,
+) -> Settings:
     """Read and validate the configuration; raise ConfigError with one sentence on a bad value.
 
     `overrides` are sections given in code (the demo's, tests'); the environment still wins, unless
@@ -398,12 +410,14 @@ def describe_settings_error(exc: SettingsError) -> str:
     model = Settings.model_fields[section].annotation if section in Settings.model_fields else None
     fields = getattr(model, "model_fields", {})
     for name, value in sorted(os.environ.items()):
-        key = name[len(prefix):].lower() if name.upper().startswith(prefix) else ""
+        key = name[len(prefix) :].lower() if name.upper().startswith(prefix) else ""
         if key not in fields or "list" not in str(fields[key].annotation):
             continue
         try:
             json.loads(value)
         except ValueError:
-            return (f"Environment variable {name} can't be read: a list is written as JSON, "
-                    f"e.g. {name}='[\"{value}\"]'.")
+            return (
+                f"Environment variable {name} can't be read: a list is written as JSON, "
+                f"e.g. {name}='[\"{value}\"]'."
+            )
     return f"An environment variable of the [{section}] section can't be read: lists are written as JSON."

@@ -108,10 +108,12 @@ class Core:
 
         email = await identities.identify(self.ctx, actor.platform, actor.user_id, resolve)
         if not email:
-            raise UserError(t(
-                "I can't tell who you are: your account has no email address I can read. Ask an admin to check "
-                "the bot's directory permissions."
-            ))
+            raise UserError(
+                t(
+                    "I can't tell who you are: your account has no email address I can read. Ask an admin to check "
+                    "the bot's directory permissions."
+                )
+            )
         return email
 
     async def _request(self, actor: Actor, conversation: Conversation) -> Request:
@@ -126,7 +128,9 @@ class Core:
         """The person's own choice (/lang), else their messenger's language."""
         if email:
             async with self.ctx.sessions() as session:
-                chosen = (await session.execute(select(Preference.locale).where(Preference.email == email))).scalar()
+                chosen = (
+                    await session.execute(select(Preference.locale).where(Preference.email == email))
+                ).scalar()
             if chosen:
                 return i18n.normalise_locale(chosen)
         return self.platform_locale(platform)
@@ -136,9 +140,15 @@ class Core:
         if not event_id:
             return True
         async with self.ctx.sessions() as session, session.begin():
-            return await insert_ignore(
-                session, ProcessedEvent, [{"source": source, "event_id": event_id[:300]}], ["source", "event_id"]
-            ) == 1
+            return (
+                await insert_ignore(
+                    session,
+                    ProcessedEvent,
+                    [{"source": source, "event_id": event_id[:300]}],
+                    ["source", "event_id"],
+                )
+                == 1
+            )
 
     # -- inbound -------------------------------------------------------------------------------
     def find_command(self, tokens: list[str]) -> tuple[Spec, Handler, list[str]] | None:
@@ -192,10 +202,22 @@ class Core:
                     names = sorted(p[1] for p in sub)
                     usage = self.usage_for(tokens[:1])
                     if len(tokens) > 1:
-                        raise UserError(t("/{command} has no subcommand “{sub}”; it takes {names}.", command=head,
-                                          sub=tokens[1][:40], names=", ".join(names)), usage)
-                    raise UserError(t("/{command} needs a subcommand: {names}.", command=head, names=", ".join(names)), usage)
-                raise UserError(t("I don't know the command “{name}”. /help lists what I can do.", name=tokens[0][:40]))
+                        raise UserError(
+                            t(
+                                "/{command} has no subcommand “{sub}”; it takes {names}.",
+                                command=head,
+                                sub=tokens[1][:40],
+                                names=", ".join(names),
+                            ),
+                            usage,
+                        )
+                    raise UserError(
+                        t("/{command} needs a subcommand: {names}.", command=head, names=", ".join(names)),
+                        usage,
+                    )
+                raise UserError(
+                    t("I don't know the command “{name}”. /help lists what I can do.", name=tokens[0][:40])
+                )
             spec, handler, rest = found
             request = await self._request(cmd.actor, cmd.conversation)
             if spec.roles and "owners" not in spec.roles and not request.has(*spec.roles):
@@ -207,8 +229,13 @@ class Core:
         except Exception:
             ref = secrets.token_hex(4)
             log.exception("command failed (ref %s): %r", ref, cmd.text[:200])
-            return Message(t("Something went wrong on my side (reference {ref}); nothing was changed. "
-                             "An admin can find the details in the log.", ref=ref))
+            return Message(
+                t(
+                    "Something went wrong on my side (reference {ref}); nothing was changed. "
+                    "An admin can find the details in the log.",
+                    ref=ref,
+                )
+            )
 
     async def handle_action(self, action: Action) -> Message | None:
         if not await self.first_time(f"{action.actor.platform}:action", action.delivery_id):
@@ -229,7 +256,9 @@ class Core:
         except Exception:
             ref = secrets.token_hex(4)
             log.exception("action failed (ref %s): %s", ref, action.action_id)
-            return Message(t("Something went wrong on my side (reference {ref}); nothing was changed.", ref=ref))
+            return Message(
+                t("Something went wrong on my side (reference {ref}); nothing was changed.", ref=ref)
+            )
 
     async def handle_person_event(self, event: PersonEvent) -> Any:
         """A joiner, mover or leaver from any source (HR webhook, CSV, a messenger's directory).
@@ -260,20 +289,33 @@ class Core:
         if subject and refs:
             async with self.ctx.sessions() as session, session.begin():
                 for ref in refs:
-                    session.add(MessageRecord(subject=subject, platform=ref.platform, conversation_id=ref.conversation_id,
-                                              ref_id=ref.id, extra=dict(ref.extra)))
+                    session.add(
+                        MessageRecord(
+                            subject=subject,
+                            platform=ref.platform,
+                            conversation_id=ref.conversation_id,
+                            ref_id=ref.id,
+                            extra=dict(ref.extra),
+                        )
+                    )
         return refs
 
     async def update_subject(self, subject: str, message: Outgoing) -> int:
         """Replace every message posted about `subject` on the adapters attached here."""
         async with self.ctx.sessions() as session:
-            records = (await session.execute(select(MessageRecord).where(MessageRecord.subject == subject))).scalars().all()
+            records = (
+                (await session.execute(select(MessageRecord).where(MessageRecord.subject == subject)))
+                .scalars()
+                .all()
+            )
         updated = 0
         for rec in records:
             adapter = self.adapters.get(rec.platform)
             if adapter is None:
                 continue
-            ref = MessageRef(rec.platform, rec.conversation_id, rec.ref_id, tuple(sorted((rec.extra or {}).items())))
+            ref = MessageRef(
+                rec.platform, rec.conversation_id, rec.ref_id, tuple(sorted((rec.extra or {}).items()))
+            )
             try:
                 await adapter.update(ref, _build(message, adapter.locale))
                 updated += 1
@@ -293,10 +335,18 @@ def _build(message: Outgoing, locale: str) -> Message:
 
 
 def _role_sentence(spec: Spec) -> str:
-    names = {"hr": t("HR"), "senders": t("campaign senders"), "approvers": t("approvers"), "admins": t("admins")}
+    names = {
+        "hr": t("HR"),
+        "senders": t("campaign senders"),
+        "approvers": t("approvers"),
+        "admins": t("admins"),
+    }
     wanted = t(" or ").join(names.get(r, r) for r in spec.roles if r != "owners")
-    return t("/{command} is for {roles}; you don't have that role. An admin can grant it in the configuration.",
-             command=spec.name, roles=wanted)
+    return t(
+        "/{command} is for {roles}; you don't have that role. An admin can grant it in the configuration.",
+        command=spec.name,
+        roles=wanted,
+    )
 
 
 def error_message(exc: UserError) -> Message:
@@ -308,8 +358,19 @@ def error_message(exc: UserError) -> Message:
 
 # Control characters and bidirectional overrides a person typed are echoed as visible escapes,
 # so an answer can't clear a terminal or reverse the rest of a line in a messenger.
-_INVISIBLE = {c: f"\\u{c:04x}" for c in [*range(0, 10), *range(11, 32), 127, *range(0x80, 0xA0), 0x200E, 0x200F,
-                                         *range(0x202A, 0x202F), *range(0x2066, 0x206A)]}
+_INVISIBLE = {
+    c: f"\\u{c:04x}"
+    for c in [
+        *range(0, 10),
+        *range(11, 32),
+        127,
+        *range(0x80, 0xA0),
+        0x200E,
+        0x200F,
+        *range(0x202A, 0x202F),
+        *range(0x2066, 0x206A),
+    ]
+}
 
 
 def visible(text: str) -> str:

@@ -30,7 +30,12 @@ EMPLOYEES = [
     ("E004", f"dana@{DOMAIN}", "Dana Cruz", {"department": "Marketing", "location": "Berlin"}),
     ("E005", HR, "Hannah Berg", {"department": "People", "location": "Berlin"}),
     ("E006", SENDER, "Sam Okafor", {"department": "Marketing", "location": "Berlin"}),
-    ("E007", APPROVERS[0], "Maria Rossi", {"department": "Marketing", "location": "Berlin", "title": "Head of Marketing"}),
+    (
+        "E007",
+        APPROVERS[0],
+        "Maria Rossi",
+        {"department": "Marketing", "location": "Berlin", "title": "Head of Marketing"},
+    ),
     ("E008", APPROVERS[1], "Omar Haddad", {"department": "Legal", "location": "Berlin"}),
 ]
 
@@ -53,8 +58,13 @@ class DemoPlan:
     fresh: bool
 
 
-def prepare(folder: str | Path = ".postroom-demo", *, fresh: bool = False, web_port: int | None = None,
-            smtp_port: int | None = None) -> DemoPlan:
+def prepare(
+    folder: str | Path = ".postroom-demo",
+    *,
+    fresh: bool = False,
+    web_port: int | None = None,
+    smtp_port: int | None = None,
+) -> DemoPlan:
     base = Path(folder).resolve()
     if fresh and base.exists():
         shutil.rmtree(base)
@@ -77,10 +87,19 @@ def prepare(folder: str | Path = ".postroom-demo", *, fresh: bool = False, web_p
         relay={"enabled": True, "host": "127.0.0.1", "port": smtp, "mailbox_dir": str(base / "mailbox")},
         org={"name": "Example Corp", "domains": [DOMAIN], "postal_address": "1 Example Street, 10115 Berlin"},
         roles={"hr": [HR], "senders": [SENDER], "approvers": APPROVERS, "admins": [ADMIN]},
-        web={"host": "127.0.0.1", "port": web, "base_url": f"http://127.0.0.1:{web}",
-             "secret": "demo-secret-not-for-production"},
-        campaigns={"templates_dir": str(templates), "from_address": f"news@{DOMAIN}", "from_name": "Example Corp",
-                   "unsubscribe_mailbox": f"unsubscribe@{DOMAIN}", "reports_dir": str(base / "reports")},
+        web={
+            "host": "127.0.0.1",
+            "port": web,
+            "base_url": f"http://127.0.0.1:{web}",
+            "secret": "demo-secret-not-for-production",
+        },
+        campaigns={
+            "templates_dir": str(templates),
+            "from_address": f"news@{DOMAIN}",
+            "from_name": "Example Corp",
+            "unsubscribe_mailbox": f"unsubscribe@{DOMAIN}",
+            "reports_dir": str(base / "reports"),
+        },
         groups={"rules_file": str(base / "groups.yaml")},
         hr={"webhook_secret": "demo-hr-webhook-secret-not-for-production"},
     )
@@ -102,10 +121,19 @@ async def seed(core, folder: Path) -> None:  # type: ignore[no-untyped-def]
         await session.flush()
         everyone = [e[1] for e in EMPLOYEES]
         engineers = [e[1] for e in EMPLOYEES if e[3]["department"] == "Engineering"]
-        for address, display, members in (("all-staff", "Everyone at Example Corp", everyone),
-                                          ("eng", "Engineering", engineers)):
-            group = await groups.create_group(session, ctx.settings, address=address, display_name=display,
-                                              actor="demo", via="demo", owners=[HR])
+        for address, display, members in (
+            ("all-staff", "Everyone at Example Corp", everyone),
+            ("eng", "Engineering", engineers),
+        ):
+            group = await groups.create_group(
+                session,
+                ctx.settings,
+                address=address,
+                display_name=display,
+                actor="demo",
+                via="demo",
+                owners=[HR],
+            )
             plan = await groups.plan_add(session, group, members, source="manual", reason="demo seed")
             await groups.apply(session, plan, actor="demo", via="demo")
     await import_contacts(ctx, folder / "contacts.csv", "customers", actor="demo")
@@ -134,4 +162,3 @@ You are {hr}. Try, in order:
 
 def guide() -> str:
     return GUIDE.format(hr=HR, sender=SENDER, a1=APPROVERS[0], a2=APPROVERS[1], admin=ADMIN)
-

@@ -23,22 +23,41 @@ async def remember(ctx: Context, platform: str, user_id: str, email: str, name: 
     """Record or refresh who `user_id` is; the newest email wins."""
     email = normalise(email)
     async with ctx.sessions() as session, session.begin():
-        fresh = await insert_ignore(session, Identity, [{"platform": platform, "user_id": user_id, "email": email,
-                                                         "name": name, "updated_at": utcnow()}],
-                                    ["platform", "user_id"])
+        fresh = await insert_ignore(
+            session,
+            Identity,
+            [
+                {
+                    "platform": platform,
+                    "user_id": user_id,
+                    "email": email,
+                    "name": name,
+                    "updated_at": utcnow(),
+                }
+            ],
+            ["platform", "user_id"],
+        )
         if not fresh:
             values: dict[str, object] = {"email": email, "updated_at": utcnow()}
             if name:
                 values["name"] = name
-            await session.execute(update(Identity).where(Identity.platform == platform, Identity.user_id == user_id)
-                                  .values(**values))
+            await session.execute(
+                update(Identity)
+                .where(Identity.platform == platform, Identity.user_id == user_id)
+                .values(**values)
+            )
 
 
 async def known(ctx: Context, platform: str, user_id: str) -> tuple[str, str | None] | None:
     """The (email, name) last recorded for `user_id`, or None."""
     async with ctx.sessions() as session:
-        row = (await session.execute(select(Identity.email, Identity.name)
-                                     .where(Identity.platform == platform, Identity.user_id == user_id))).first()
+        row = (
+            await session.execute(
+                select(Identity.email, Identity.name).where(
+                    Identity.platform == platform, Identity.user_id == user_id
+                )
+            )
+        ).first()
     return (row.email, row.name) if row else None
 
 
@@ -49,14 +68,24 @@ def _aware(at: datetime | None) -> datetime | None:
     return at.replace(tzinfo=UTC) if at is not None and at.tzinfo is None else at
 
 
-async def identify(ctx: Context, platform: str, user_id: str,
-                   resolve: Callable[[], Awaitable[tuple[str | None, str | None] | None]],
-                   *, ttl: timedelta = TTL) -> str | None:
+async def identify(
+    ctx: Context,
+    platform: str,
+    user_id: str,
+    resolve: Callable[[], Awaitable[tuple[str | None, str | None] | None]],
+    *,
+    ttl: timedelta = TTL,
+) -> str | None:
     """The email of `user_id`: the cached one while it is younger than `ttl`, else `resolve()`'s answer
     (recorded). None when neither the cache nor the directory has an address."""
     async with ctx.sessions() as session:
-        row = (await session.execute(select(Identity.email, Identity.updated_at)
-                                     .where(Identity.platform == platform, Identity.user_id == user_id))).first()
+        row = (
+            await session.execute(
+                select(Identity.email, Identity.updated_at).where(
+                    Identity.platform == platform, Identity.user_id == user_id
+                )
+            )
+        ).first()
     if row is not None:
         at = _aware(row.updated_at)
         if at is not None and at > utcnow() - ttl:

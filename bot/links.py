@@ -23,7 +23,9 @@ def _unb64(text: str) -> bytes:
 class Signer:
     def __init__(self, secret: str):
         self._key = hashlib.sha256(("postroom-links:" + secret).encode()).digest()
-        self._keyed = hmac.new(self._key, digestmod=hashlib.sha256)  # copied per token: no key set-up each time
+        self._keyed = hmac.new(
+            self._key, digestmod=hashlib.sha256
+        )  # copied per token: no key set-up each time
 
     def _mac(self, payload: bytes) -> str:
         h = self._keyed.copy()

@@ -31,30 +31,64 @@ async def export(ctx: Context, email: str) -> dict[str, Any]:
     hashed = email_hash(email)
     async with ctx.sessions() as session:
         contact = (await session.execute(select(Contact).where(Contact.email == email))).scalar_one_or_none()
-        out: dict[str, Any] = {"email": email, "contact": None, "lists": [], "suppression": None, "messages": [],
-                               "events": {}}
+        out: dict[str, Any] = {
+            "email": email,
+            "contact": None,
+            "lists": [],
+            "suppression": None,
+            "messages": [],
+            "events": {},
+        }
         if contact is not None:
             out["contact"] = {
-                "name": contact.name, "attributes": contact.attributes,
-                "consent": {"at": contact.consent_at.isoformat() if contact.consent_at else None,
-                            "source": contact.consent_source, "method": contact.consent_method},
+                "name": contact.name,
+                "attributes": contact.attributes,
+                "consent": {
+                    "at": contact.consent_at.isoformat() if contact.consent_at else None,
+                    "source": contact.consent_source,
+                    "method": contact.consent_method,
+                },
                 "created_at": contact.created_at.isoformat(),
             }
-            out["lists"] = list((await session.execute(
-                select(ContactList.name).join(ListMember, ListMember.list_id == ContactList.id)
-                .where(ListMember.contact_id == contact.id))).scalars())
-        sup = (await session.execute(select(Suppression).where(Suppression.email_hash == hashed))).scalar_one_or_none()
+            out["lists"] = list(
+                (
+                    await session.execute(
+                        select(ContactList.name)
+                        .join(ListMember, ListMember.list_id == ContactList.id)
+                        .where(ListMember.contact_id == contact.id)
+                    )
+                ).scalars()
+            )
+        sup = (
+            await session.execute(select(Suppression).where(Suppression.email_hash == hashed))
+        ).scalar_one_or_none()
         if sup is not None:
-            out["suppression"] = {"reason": sup.reason, "since": sup.created_at.isoformat(), "source": sup.source}
-        rows = (await session.execute(
-            select(Campaign.name, Delivery.status, Delivery.sent_at)
-            .join(Campaign, Campaign.id == Delivery.campaign_id).where(Delivery.email == email)
-            .order_by(Delivery.id))).all()
-        out["messages"] = [{"campaign": r.name, "status": r.status,
-                            "sent_at": r.sent_at.isoformat() if r.sent_at else None} for r in rows]
-        out["events"] = dict((await session.execute(
-            select(CampaignEvent.kind, func.count()).where(CampaignEvent.email_hash == hashed)
-            .group_by(CampaignEvent.kind))).all())
+            out["suppression"] = {
+                "reason": sup.reason,
+                "since": sup.created_at.isoformat(),
+                "source": sup.source,
+            }
+        rows = (
+            await session.execute(
+                select(Campaign.name, Delivery.status, Delivery.sent_at)
+                .join(Campaign, Campaign.id == Delivery.campaign_id)
+                .where(Delivery.email == email)
+                .order_by(Delivery.id)
+            )
+        ).all()
+        out["messages"] = [
+            {"campaign": r.name, "status": r.status, "sent_at": r.sent_at.isoformat() if r.sent_at else None}
+            for r in rows
+        ]
+        out["events"] = dict(
+            (
+                await session.execute(
+                    select(CampaignEvent.kind, func.count())
+                    .where(CampaignEvent.email_hash == hashed)
+                    .group_by(CampaignEvent.kind)
+                )
+            ).all()
+        )
     return out
 
 
@@ -64,24 +98,42 @@ async def erase(ctx: Context, email: str, *, actor: str, via: str) -> dict[str, 
     tag = f"contact:sha256:{hashed[:16]}"
     done: dict[str, int] = {}
     async with ctx.sessions() as session, session.begin():
-        contact_id = (await session.execute(select(Contact.id).where(Contact.email == email))).scalar_one_or_none()
+        contact_id = (
+            await session.execute(select(Contact.id).where(Contact.email == email))
+        ).scalar_one_or_none()
         if contact_id is not None:
             await session.execute(delete(ListMember).where(ListMember.contact_id == contact_id))
             await session.execute(delete(Contact).where(Contact.id == contact_id))
         done["contact"] = int(contact_id is not None)
         # Not yet sent: never will be. Then the address leaves the campaign history.
-        await session.execute(update(Delivery).where(Delivery.email == email, Delivery.status.in_(("pending",)))
-                              .values(status="suppressed", last_error="erased on request"))
-        result = await session.execute(update(Delivery).where(Delivery.email == email)
-                                       .values(email=placeholder, name=None, attributes={}, last_error=None))
+        await session.execute(
+            update(Delivery)
+            .where(Delivery.email == email, Delivery.status.in_(("pending",)))
+            .values(status="suppressed", last_error="erased on request")
+        )
+        result = await session.execute(
+            update(Delivery)
+            .where(Delivery.email == email)
+            .values(email=placeholder, name=None, attributes={}, last_error=None)
+        )
         done["messages"] = result.rowcount or 0
-        existing = (await session.execute(select(Suppression).where(Suppression.email_hash == hashed))).scalar_one_or_none()
+        existing = (
+            await session.execute(select(Suppression).where(Suppression.email_hash == hashed))
+        ).scalar_one_or_none()
         if existing is None:
             session.add(Suppression(email_hash=hashed, email=None, reason="erased", source="erasure request"))
         else:
             existing.email, existing.reason, existing.source = None, "erased", "erasure request"
-        await session.execute(update(AuditEntry).where(AuditEntry.subject == f"contact:{email}").values(subject=tag))
+        await session.execute(
+            update(AuditEntry).where(AuditEntry.subject == f"contact:{email}").values(subject=tag)
+        )
         await session.execute(update(AuditEntry).where(or_(AuditEntry.actor == email)).values(actor=tag))
-        audit.record(session, actor=actor, via=via, action="privacy.erase", subject=tag,
-                     detail=f"contact {'deleted' if contact_id else 'not found'}; {done['messages']} messages anonymised")
+        audit.record(
+            session,
+            actor=actor,
+            via=via,
+            action="privacy.erase",
+            subject=tag,
+            detail=f"contact {'deleted' if contact_id else 'not found'}; {done['messages']} messages anonymised",
+        )
     return done

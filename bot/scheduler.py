@@ -86,7 +86,9 @@ class Scheduler:
 
         if self._lock_conn is None:
             self._lock_conn = await self.core.ctx.engine.connect()
-        got = (await self._lock_conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY})).scalar()
+        got = (
+            await self._lock_conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
+        ).scalar()
         return bool(got)
 
     async def _wait_for_leadership(self) -> None:
@@ -117,8 +119,13 @@ class Scheduler:
         self.aps.add_job(func, "date", run_date=when, id=job_id, kwargs=kwargs, replace_existing=True)
 
     def cron(self, job_id: str, expression: str, func: str, **kwargs: Any) -> None:
-        self.aps.add_job(func, CronTrigger.from_crontab(expression, timezone=UTC), id=job_id, kwargs=kwargs,
-                         replace_existing=True)
+        self.aps.add_job(
+            func,
+            CronTrigger.from_crontab(expression, timezone=UTC),
+            id=job_id,
+            kwargs=kwargs,
+            replace_existing=True,
+        )
 
     def cancel(self, job_id: str) -> bool:
         try:

@@ -19,7 +19,11 @@ def mail_routes(core: Core, mailbox: Mailbox | None = None) -> list[Route]:
     from bot.groups.relay import group_route
 
     # VERP return paths (bounces, complaints), List-Unsubscribe's mailto:, then group addresses.
-    routes: list[Route] = [BounceMailbox(core.ctx).route(), UnsubscribeMailbox(core.ctx).route(), group_route(core)]
+    routes: list[Route] = [
+        BounceMailbox(core.ctx).route(),
+        UnsubscribeMailbox(core.ctx).route(),
+        group_route(core),
+    ]
     if mailbox is not None:
         routes.append(mailbox.route())
     return routes

@@ -25,8 +25,13 @@ class StaleToken(Exception):
 
 
 class TokenCache:
-    def __init__(self, fetch: Callable[[], Awaitable[tuple[str, float]]], *,
-                 clock: Callable[[], float] = time.monotonic, margin_s: float = REFRESH_MARGIN_S):
+    def __init__(
+        self,
+        fetch: Callable[[], Awaitable[tuple[str, float]]],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        margin_s: float = REFRESH_MARGIN_S,
+    ):
         """`fetch()` answers (token, lifetime in seconds)."""
         self._fetch = fetch
         self._clock = clock

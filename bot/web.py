@@ -33,7 +33,9 @@ def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
         "margin:4rem auto;padding:0 1rem;line-height:1.5}button{font-size:1rem;padding:.5rem 1rem}</style>"
         f"</head><body><h1>{html.escape(title)}</h1>{body}</body></html>"
     )
-    return HTMLResponse(doc, status_code=status, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+    return HTMLResponse(
+        doc, status_code=status, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+    )
 
 
 def build_web(core: Core) -> Starlette:
@@ -54,8 +56,11 @@ def build_web(core: Core) -> Starlette:
     async def unsubscribe_page(request: Request) -> Response:
         target = _unsubscribe_target(request.path_params["token"])
         if target is None:
-            return _page("Link not valid", "<p>This unsubscribe link is not valid. If you copied it, check that "
-                         "it is complete.</p>", 400)
+            return _page(
+                "Link not valid",
+                "<p>This unsubscribe link is not valid. If you copied it, check that it is complete.</p>",
+                400,
+            )
         token = html.escape(request.path_params["token"], quote=True)
         # GET never unsubscribes: mail scanners follow links. The button POSTs.
         return _page(
@@ -83,11 +88,21 @@ def build_web(core: Core) -> Starlette:
         async with core.ctx.sessions() as session, session.begin():
             new = await suppress(session, email, "unsubscribed", "one-click", campaign_id)
             if new:
-                audit.record(session, actor=email, via="web", action="suppression.add", subject=f"contact:{email}",
-                             after={"reason": "unsubscribed"}, detail=f"one-click from campaign {campaign_id}")
+                audit.record(
+                    session,
+                    actor=email,
+                    via="web",
+                    action="suppression.add",
+                    subject=f"contact:{email}",
+                    after={"reason": "unsubscribed"},
+                    detail=f"one-click from campaign {campaign_id}",
+                )
         if "text/html" in request.headers.get("accept", ""):
-            return _page("Unsubscribed", f"<p>{html.escape(email)} will receive no more campaign email from "
-                         f"{html.escape(org.name)}.</p>")
+            return _page(
+                "Unsubscribed",
+                f"<p>{html.escape(email)} will receive no more campaign email from "
+                f"{html.escape(org.name)}.</p>",
+            )
         return PlainTextResponse("Unsubscribed.\n")
 
     async def preview(request: Request) -> Response:
@@ -101,13 +116,20 @@ def build_web(core: Core) -> Starlette:
             try:
                 review = await service.review(core.ctx, session, campaign)
                 if review.sample is None:
-                    return _page("No recipients", "<p>The audience is empty, so there is nothing to preview.</p>")
+                    return _page(
+                        "No recipients", "<p>The audience is empty, so there is nothing to preview.</p>"
+                    )
                 rendered = review.messages.render(review.sample)
             except (TemplateProblem, Exception) as exc:  # a broken template is shown, not raised
                 return _page("Preview failed", f"<p>{html.escape(str(exc))}</p>", 422)
-        return HTMLResponse(rendered.html, headers={
-            "Content-Security-Policy": "default-src 'none'; img-src * data:; style-src 'unsafe-inline'",
-            "Cache-Control": "no-store", "X-Robots-Tag": "noindex"})
+        return HTMLResponse(
+            rendered.html,
+            headers={
+                "Content-Security-Policy": "default-src 'none'; img-src * data:; style-src 'unsafe-inline'",
+                "Cache-Control": "no-store",
+                "X-Robots-Tag": "noindex",
+            },
+        )
 
     routes = [
         Route("/healthz", health),

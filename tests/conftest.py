@@ -57,11 +57,21 @@ def pg_server_url() -> Iterator[str | None]:
 async def _reset_postgres(url: str) -> None:
     engine = create_async_engine(url)
     async with engine.begin() as conn:
-        tables = (await conn.execute(text(
-            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename <> 'alembic_version'"
-        ))).scalars().all()
+        tables = (
+            (
+                await conn.execute(
+                    text(
+                        "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename <> 'alembic_version'"
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
         if tables:
-            await conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"))
+            await conn.execute(
+                text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE")
+            )
     await engine.dispose()
 
 
@@ -88,10 +98,18 @@ def make_settings(database_url: str, smtp_port: int, tmp_path: Path, **sections:
     data: dict[str, Any] = {
         "database": {"url": database_url},
         "smtp": {"host": "127.0.0.1", "port": smtp_port, "connections": 2, "timeout_s": 5},
-        "org": {"name": "Example Corp", "domains": ["corp.example"], "postal_address": "1 Example Street, Berlin"},
+        "org": {
+            "name": "Example Corp",
+            "domains": ["corp.example"],
+            "postal_address": "1 Example Street, Berlin",
+        },
         "roles": {"hr": [HR], "senders": [SENDER], "approvers": [APPROVER, APPROVER2], "admins": [ADMIN]},
         "web": {"base_url": "http://127.0.0.1:8080", "secret": "test-secret-0123456789"},
-        "campaigns": {"templates_dir": str(templates), "from_address": "news@corp.example", "from_name": "Example Corp"},
+        "campaigns": {
+            "templates_dir": str(templates),
+            "from_address": "news@corp.example",
+            "from_name": "Example Corp",
+        },
     }
     for section, values in sections.items():
         data.setdefault(section, {}).update(values)
@@ -151,8 +169,9 @@ async def fake() -> AsyncIterator[Any]:
 
 
 @pytest.fixture
-async def rig(request: pytest.FixtureRequest, database_url: str, smtp: SmtpServer, tmp_path: Path,
-              fake: Any) -> AsyncIterator[Any]:
+async def rig(
+    request: pytest.FixtureRequest, database_url: str, smtp: SmtpServer, tmp_path: Path, fake: Any
+) -> AsyncIterator[Any]:
     """Postroom with the Slack adapter on `fake`; a test module's SLACK_OVERRIDES change the [slack] section
     (e.g. socket mode)."""
     from tests.slack_rig import running

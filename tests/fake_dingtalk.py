@@ -58,10 +58,18 @@ class FakeDingTalk:
 
     def frame(self, kind: str, headers: dict[str, Any], data: Any) -> dict[str, Any]:
         message_id = f"frame-{next(self._ids)}"
-        return {"specVersion": "1.0", "type": kind,
-                "headers": {"messageId": message_id, "contentType": "application/json",
-                            "time": str(int(time.time() * 1000)), "appId": "app-1", **headers},
-                "data": data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}
+        return {
+            "specVersion": "1.0",
+            "type": kind,
+            "headers": {
+                "messageId": message_id,
+                "contentType": "application/json",
+                "time": str(int(time.time() * 1000)),
+                "appId": "app-1",
+                **headers,
+            },
+            "data": data if isinstance(data, str) else json.dumps(data, ensure_ascii=False),
+        }
 
     def bot_message(self, **data: Any) -> dict[str, Any]:
         return self.frame("CALLBACK", {"topic": BOT_TOPIC}, data)
@@ -70,9 +78,18 @@ class FakeDingTalk:
         return self.frame("CALLBACK", {"topic": CARD_TOPIC}, data)
 
     def event(self, event_type: str, event_id: str, data: Any, born_ms: int | None = None) -> dict[str, Any]:
-        return self.frame("EVENT", {"topic": "*", "eventType": event_type, "eventId": event_id,
-                                    "eventBornTime": str(born_ms or int(time.time() * 1000)), "eventCorpId": "ding-corp",
-                                    "eventUnifiedAppId": "app-1"}, data)
+        return self.frame(
+            "EVENT",
+            {
+                "topic": "*",
+                "eventType": event_type,
+                "eventId": event_id,
+                "eventBornTime": str(born_ms or int(time.time() * 1000)),
+                "eventCorpId": "ding-corp",
+                "eventUnifiedAppId": "app-1",
+            },
+            data,
+        )
 
     def system(self, topic: str) -> dict[str, Any]:
         return self.frame("SYSTEM", {"topic": topic}, {})
@@ -138,17 +155,32 @@ class FakeDingTalk:
                 return JSONResponse({"errcode": 60121, "errmsg": "user not found"})
             return JSONResponse({"errcode": 0, "errmsg": "ok", "result": {"userid": body["userid"], **user}})
 
-        return Starlette(routes=[
-            Route("/v1.0/gateway/connections/open", open_connection, methods=["POST"]),
-            WebSocketRoute("/connect", connect),
-            Route("/v1.0/oauth2/accessToken", access_token, methods=["POST"]),
-            Route("/v1.0/robot/oToMessages/batchSend",
-                  recorder("/v1.0/robot/oToMessages/batchSend", {"processQueryKey": "q1"}), methods=["POST"]),
-            Route("/v1.0/robot/groupMessages/send",
-                  recorder("/v1.0/robot/groupMessages/send", {"processQueryKey": "q2"}), methods=["POST"]),
-            Route("/v1.0/card/instances/createAndDeliver",
-                  recorder("/v1.0/card/instances/createAndDeliver", {"success": True}), methods=["POST"]),
-            Route("/v1.0/card/instances", recorder("/v1.0/card/instances", {"success": True}), methods=["PUT"]),
-            Route("/webhook/{sid}", webhook, methods=["POST"]),
-            Route("/topapi/v2/user/get", user_get, methods=["POST"]),
-        ])
+        return Starlette(
+            routes=[
+                Route("/v1.0/gateway/connections/open", open_connection, methods=["POST"]),
+                WebSocketRoute("/connect", connect),
+                Route("/v1.0/oauth2/accessToken", access_token, methods=["POST"]),
+                Route(
+                    "/v1.0/robot/oToMessages/batchSend",
+                    recorder("/v1.0/robot/oToMessages/batchSend", {"processQueryKey": "q1"}),
+                    methods=["POST"],
+                ),
+                Route(
+                    "/v1.0/robot/groupMessages/send",
+                    recorder("/v1.0/robot/groupMessages/send", {"processQueryKey": "q2"}),
+                    methods=["POST"],
+                ),
+                Route(
+                    "/v1.0/card/instances/createAndDeliver",
+                    recorder("/v1.0/card/instances/createAndDeliver", {"success": True}),
+                    methods=["POST"],
+                ),
+                Route(
+                    "/v1.0/card/instances",
+                    recorder("/v1.0/card/instances", {"success": True}),
+                    methods=["PUT"],
+                ),
+                Route("/webhook/{sid}", webhook, methods=["POST"]),
+                Route("/topapi/v2/user/get", user_get, methods=["POST"]),
+            ]
+        )

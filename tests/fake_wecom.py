@@ -24,8 +24,13 @@ class FakeWeCom:
     _ids: Any = field(default_factory=lambda: itertools.count(1))
 
     def sent(self, msgtype: str | None = None, to: str | None = None) -> list[dict[str, Any]]:
-        return [body for path, body in self.calls if path == "/cgi-bin/message/send"
-                and (msgtype is None or body.get("msgtype") == msgtype) and (to is None or body.get("touser") == to)]
+        return [
+            body
+            for path, body in self.calls
+            if path == "/cgi-bin/message/send"
+            and (msgtype is None or body.get("msgtype") == msgtype)
+            and (to is None or body.get("touser") == to)
+        ]
 
     def updates(self) -> list[dict[str, Any]]:
         return [body for path, body in self.calls if path == "/cgi-bin/message/update_template_card"]
@@ -84,10 +89,12 @@ class FakeWeCom:
                     return JSONResponse({"errcode": 0, "errmsg": "ok", "userid": userid})
             return JSONResponse({"errcode": 46004, "errmsg": "user no exist"})
 
-        return Starlette(routes=[
-            Route("/cgi-bin/user/get_userid_by_email", userid_by_email, methods=["POST"]),
-            Route("/cgi-bin/gettoken", gettoken),
-            Route("/cgi-bin/message/send", send, methods=["POST"]),
-            Route("/cgi-bin/message/update_template_card", update_card, methods=["POST"]),
-            Route("/cgi-bin/user/get", user_get),
-        ])
+        return Starlette(
+            routes=[
+                Route("/cgi-bin/user/get_userid_by_email", userid_by_email, methods=["POST"]),
+                Route("/cgi-bin/gettoken", gettoken),
+                Route("/cgi-bin/message/send", send, methods=["POST"]),
+                Route("/cgi-bin/message/update_template_card", update_card, methods=["POST"]),
+                Route("/cgi-bin/user/get", user_get),
+            ]
+        )

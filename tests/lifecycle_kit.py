@@ -49,31 +49,47 @@ def write_rules(tmp_path: Path, text: str = RULES) -> Path:
     return path
 
 
-async def lifecycle_bot(database_url: str, smtp_port: int, tmp_path: Path, rules: str = RULES,
-                        **sections: Any) -> AsyncIterator[ChatBot]:
+async def lifecycle_bot(
+    database_url: str, smtp_port: int, tmp_path: Path, rules: str = RULES, **sections: Any
+) -> AsyncIterator[ChatBot]:
     import io
 
     from adapters.console import ConsoleAdapter
     from bot.groups import planner
 
     groups = {"rules_file": str(write_rules(tmp_path, rules)), **sections.pop("groups", {})}
-    settings = make_settings(database_url, smtp_port, tmp_path, groups=groups,
-                             hr={"webhook_secret": SECRET, **sections.pop("hr", {})}, **sections)
+    settings = make_settings(
+        database_url,
+        smtp_port,
+        tmp_path,
+        groups=groups,
+        hr={"webhook_secret": SECRET, **sections.pop("hr", {})},
+        **sections,
+    )
     core = await build_core(settings)
     out = io.StringIO()
     console = ConsoleAdapter(HR, out=out, prompt=False)
     core.attach(console)
     await console.start(core)
     async with core.ctx.sessions() as session, session.begin():
-        await planner.sync_group_definitions(session, planner.rules_in_force(core), settings, actor="test", via="test")
+        await planner.sync_group_definitions(
+            session, planner.rules_in_force(core), settings, actor="test", via="test"
+        )
     try:
         yield ChatBot(core, console, out)
     finally:
         await close_core(core)
 
 
-def hr_event(kind: str, event_id: str, emp_id: str, email: str | None, at: str, name: str | None = None,
-             **attributes: Any) -> dict[str, Any]:
+def hr_event(
+    kind: str,
+    event_id: str,
+    emp_id: str,
+    email: str | None,
+    at: str,
+    name: str | None = None,
+    **attributes: Any,
+) -> dict[str, Any]:
     employee: dict[str, Any] = {"id": emp_id, "attributes": attributes}
     if email is not None:
         employee["email"] = email
@@ -84,8 +100,11 @@ def hr_event(kind: str, event_id: str, emp_id: str, email: str | None, at: str, 
 
 def signed(body: bytes, *, secret: str = SECRET, ts: int | None = None) -> dict[str, str]:
     stamp = int(time.time()) if ts is None else ts
-    return {"X-Postroom-Timestamp": str(stamp), "X-Postroom-Signature": sign(secret, stamp, body),
-            "Content-Type": "application/json"}
+    return {
+        "X-Postroom-Timestamp": str(stamp),
+        "X-Postroom-Signature": sign(secret, stamp, body),
+        "Content-Type": "application/json",
+    }
 
 
 async def post_event(client: httpx.AsyncClient, payload: dict[str, Any]) -> httpx.Response:
@@ -94,12 +113,19 @@ async def post_event(client: httpx.AsyncClient, payload: dict[str, Any]) -> http
 
 
 def web_client(bot: ChatBot) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=build_web(bot.core)), base_url="http://postroom")
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=build_web(bot.core)), base_url="http://postroom"
+    )
 
 
 async def groups_of(bot: ChatBot, email: str) -> dict[str, str]:
     """{group local part: membership source} for one address."""
     async with bot.core.ctx.sessions() as s:
-        rows = (await s.execute(select(Group.local_part, Membership.source).join(
-            Membership, Membership.group_id == Group.id).where(Membership.email == email))).all()
+        rows = (
+            await s.execute(
+                select(Group.local_part, Membership.source)
+                .join(Membership, Membership.group_id == Group.id)
+                .where(Membership.email == email)
+            )
+        ).all()
     return dict(rows)

@@ -15,8 +15,15 @@ from tests.smtp import free_port
 @asynccontextmanager
 async def serve(app: Any) -> AsyncIterator[str]:
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
-                            access_log=False, ws="websockets-sansio")
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="off",
+        access_log=False,
+        ws="websockets-sansio",
+    )
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.get_running_loop().create_task(server.serve())

@@ -31,9 +31,20 @@ def user(uid: str, email: str | None, name: str, **extra: Any) -> dict[str, Any]
     if email:
         profile["email"] = email
     profile.update(extra.pop("profile", {}))
-    return {"id": uid, "team_id": TEAM, "name": name.split()[0].lower(), "real_name": name, "deleted": False,
-            "is_bot": False, "is_restricted": False, "is_ultra_restricted": False, "tz": "Europe/Berlin",
-            "updated": int(time.time()), "profile": profile, **extra}
+    return {
+        "id": uid,
+        "team_id": TEAM,
+        "name": name.split()[0].lower(),
+        "real_name": name,
+        "deleted": False,
+        "is_bot": False,
+        "is_restricted": False,
+        "is_ultra_restricted": False,
+        "tz": "Europe/Berlin",
+        "updated": int(time.time()),
+        "profile": profile,
+        **extra,
+    }
 
 
 @dataclass
@@ -87,10 +98,17 @@ class FakeSlack:
         return f"http://127.0.0.1:{self.port}/response/{uuid.uuid4().hex[:12]}"
 
     # -- scripting and reading -------------------------------------------------------------------
-    def fail(self, method: str, status: int = 200, body: dict[str, Any] | None = None,
-             headers: dict[str, str] | None = None) -> None:
+    def fail(
+        self,
+        method: str,
+        status: int = 200,
+        body: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         """The next call of `method` gets this answer instead of the normal one."""
-        self.scripted.setdefault(method, []).append((status, headers or {}, body or {"ok": False, "error": "fatal"}))
+        self.scripted.setdefault(method, []).append(
+            (status, headers or {}, body or {"ok": False, "error": "fatal"})
+        )
 
     def of(self, method: str) -> list[Call]:
         return [c for c in self.calls if c.method == method]
@@ -102,8 +120,9 @@ class FakeSlack:
             try:
                 await asyncio.wait_for(self._changed.wait_for(predicate), timeout)
             except TimeoutError:
-                raise AssertionError(f"condition not met within {timeout}s; calls: "
-                                     f"{[c.method for c in self.calls]}") from None
+                raise AssertionError(
+                    f"condition not met within {timeout}s; calls: {[c.method for c in self.calls]}"
+                ) from None
         return predicate()
 
     async def _notify(self) -> None:
@@ -135,15 +154,26 @@ class FakeSlack:
 
     def _answer(self, method: str, p: dict[str, Any]) -> dict[str, Any]:
         if method == "auth.test":
-            return {"ok": True, "url": "https://postroom-test.slack.com/", "team": "Test", "user": "postroom",
-                    "team_id": TEAM, "user_id": "UBOT", "bot_id": "BBOT"}
+            return {
+                "ok": True,
+                "url": "https://postroom-test.slack.com/",
+                "team": "Test",
+                "user": "postroom",
+                "team_id": TEAM,
+                "user_id": "UBOT",
+                "bot_id": "BBOT",
+            }
         if method == "users.info":
             found = self.users.get(str(p.get("user")))
             return {"ok": True, "user": found} if found else {"ok": False, "error": "user_not_found"}
         if method == "chat.postMessage":
             p["_ts"] = f"1700000000.{next(self._ts):06d}"
-            return {"ok": True, "channel": p.get("channel"), "ts": p["_ts"],
-                    "message": {"text": p.get("text"), "blocks": p.get("blocks")}}
+            return {
+                "ok": True,
+                "channel": p.get("channel"),
+                "ts": p["_ts"],
+                "message": {"text": p.get("text"), "blocks": p.get("blocks")},
+            }
         if method == "chat.update":
             return {"ok": True, "channel": p.get("channel"), "ts": p.get("ts"), "text": p.get("text")}
         if method == "chat.postEphemeral":
@@ -166,9 +196,16 @@ class FakeSlack:
         ws = web.WebSocketResponse(autoping=True)
         await ws.prepare(request)
         self.sockets.append(ws)
-        await ws.send_str(json.dumps({"type": "hello", "num_connections": 1,
-                                      "connection_info": {"app_id": "A0POSTROOM"},
-                                      "debug_info": {"host": "fake", "approximate_connection_time": 3600}}))
+        await ws.send_str(
+            json.dumps(
+                {
+                    "type": "hello",
+                    "num_connections": 1,
+                    "connection_info": {"app_id": "A0POSTROOM"},
+                    "debug_info": {"host": "fake", "approximate_connection_time": 3600},
+                }
+            )
+        )
         await self._notify()
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
@@ -184,25 +221,52 @@ class FakeSlack:
         """Send one Socket Mode envelope; return the client's acknowledgement."""
         await self.wait_for(lambda: self.sockets, timeout)
         envelope_id = str(uuid.uuid4())
-        await self.sockets[-1].send_str(json.dumps({"envelope_id": envelope_id, "type": kind, "payload": payload,
-                                                    "accepts_response_payload": kind != "events_api",
-                                                    "retry_attempt": 0, "retry_reason": ""}))
+        await self.sockets[-1].send_str(
+            json.dumps(
+                {
+                    "envelope_id": envelope_id,
+                    "type": kind,
+                    "payload": payload,
+                    "accepts_response_payload": kind != "events_api",
+                    "retry_attempt": 0,
+                    "retry_reason": "",
+                }
+            )
+        )
         return await self.wait_for(lambda: self.acks.get(envelope_id), timeout)
 
 
 # -- what Slack sends --------------------------------------------------------------------------------
-def signed_headers(body: bytes, *, secret: str = SIGNING_SECRET, timestamp: int | None = None,
-                   content_type: str = "application/x-www-form-urlencoded") -> dict[str, str]:
+def signed_headers(
+    body: bytes,
+    *,
+    secret: str = SIGNING_SECRET,
+    timestamp: int | None = None,
+    content_type: str = "application/x-www-form-urlencoded",
+) -> dict[str, str]:
     ts = str(int(time.time()) if timestamp is None else timestamp)
     signature = SignatureVerifier(secret).generate_signature(timestamp=ts, body=body)
     return {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": signature, "Content-Type": content_type}
 
 
-def command_body(fake: FakeSlack, user_id: str, command: str, text: str, channel: str = "C0GENERAL") -> dict[str, str]:
-    return {"token": "legacy-verification", "team_id": TEAM, "team_domain": "test", "channel_id": channel,
-            "channel_name": "general", "user_id": user_id, "user_name": user_id.lower(), "command": command,
-            "text": text, "api_app_id": "A0POSTROOM", "is_enterprise_install": "false",
-            "response_url": fake.response_url(), "trigger_id": f"trig.{uuid.uuid4().hex}"}
+def command_body(
+    fake: FakeSlack, user_id: str, command: str, text: str, channel: str = "C0GENERAL"
+) -> dict[str, str]:
+    return {
+        "token": "legacy-verification",
+        "team_id": TEAM,
+        "team_domain": "test",
+        "channel_id": channel,
+        "channel_name": "general",
+        "user_id": user_id,
+        "user_name": user_id.lower(),
+        "command": command,
+        "text": text,
+        "api_app_id": "A0POSTROOM",
+        "is_enterprise_install": "false",
+        "response_url": fake.response_url(),
+        "trigger_id": f"trig.{uuid.uuid4().hex}",
+    }
 
 
 def form(fields: dict[str, str]) -> bytes:
@@ -212,24 +276,55 @@ def form(fields: dict[str, str]) -> bytes:
 def click_payload(fake: FakeSlack, user_id: str, posted: Call, action_id: str) -> dict[str, Any]:
     """A block_actions payload for a click on the button `action_id` of a message we posted."""
     ts = posted.params["_ts"]
-    button = next(e for b in posted.params["blocks"] if b["type"] == "actions" for e in b["elements"]
-                  if e["action_id"] == action_id)
+    button = next(
+        e
+        for b in posted.params["blocks"]
+        if b["type"] == "actions"
+        for e in b["elements"]
+        if e["action_id"] == action_id
+    )
     channel = posted.params["channel"]
     return {
-        "type": "block_actions", "team": {"id": TEAM, "domain": "test"},
+        "type": "block_actions",
+        "team": {"id": TEAM, "domain": "test"},
         "user": {"id": user_id, "username": user_id.lower(), "name": user_id.lower(), "team_id": TEAM},
-        "api_app_id": "A0POSTROOM", "token": "legacy-verification",
+        "api_app_id": "A0POSTROOM",
+        "token": "legacy-verification",
         "container": {"type": "message", "message_ts": ts, "channel_id": channel, "is_ephemeral": False},
-        "trigger_id": f"trig.{uuid.uuid4().hex}", "channel": {"id": channel, "name": "approvals"},
-        "message": {"type": "message", "ts": ts, "text": posted.params.get("text"), "blocks": posted.params["blocks"]},
+        "trigger_id": f"trig.{uuid.uuid4().hex}",
+        "channel": {"id": channel, "name": "approvals"},
+        "message": {
+            "type": "message",
+            "ts": ts,
+            "text": posted.params.get("text"),
+            "blocks": posted.params["blocks"],
+        },
         "response_url": fake.response_url(),
-        "actions": [{"action_id": action_id, "block_id": "b", "text": button["text"], "value": button["value"],
-                     "type": "button", "action_ts": f"{time.time():.6f}"}],
+        "actions": [
+            {
+                "action_id": action_id,
+                "block_id": "b",
+                "text": button["text"],
+                "value": button["value"],
+                "type": "button",
+                "action_ts": f"{time.time():.6f}",
+            }
+        ],
     }
 
 
-def event_envelope(event: dict[str, Any], event_id: str | None = None, at: float | None = None) -> dict[str, Any]:
-    return {"token": "legacy-verification", "team_id": TEAM, "api_app_id": "A0POSTROOM", "event": event,
-            "type": "event_callback", "event_id": event_id or f"Ev{uuid.uuid4().hex[:10].upper()}",
-            "event_time": int(time.time() if at is None else at), "authorizations": [
-                {"team_id": TEAM, "user_id": "UBOT", "is_bot": True, "is_enterprise_install": False}]}
+def event_envelope(
+    event: dict[str, Any], event_id: str | None = None, at: float | None = None
+) -> dict[str, Any]:
+    return {
+        "token": "legacy-verification",
+        "team_id": TEAM,
+        "api_app_id": "A0POSTROOM",
+        "event": event,
+        "type": "event_callback",
+        "event_id": event_id or f"Ev{uuid.uuid4().hex[:10].upper()}",
+        "event_time": int(time.time() if at is None else at),
+        "authorizations": [
+            {"team_id": TEAM, "user_id": "UBOT", "is_bot": True, "is_enterprise_install": False}
+        ],
+    }

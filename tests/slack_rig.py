@@ -34,17 +34,30 @@ APPROVALS, HR_CHANNEL = "C0APPROVALS", "C0HR"
 
 
 def directory() -> dict[str, dict[str, Any]]:
-    people = {U_HR: (HR, "Hannah Hart"), U_SENDER: (SENDER, "Sam Sender"), U_APPROVER: (APPROVER, "Maria Muster"),
-              U_APPROVER2: (APPROVER2, "Omar Okafor"), U_NOBODY: (NOBODY, "Nora Nobody"),
-              U_ADMIN: (ADMIN, "Ada Admin"), U_ALICE: ("alice@corp.example", "Alice Archer"),
-              U_NOMAIL: (None, "Mailless Bot")}
+    people = {
+        U_HR: (HR, "Hannah Hart"),
+        U_SENDER: (SENDER, "Sam Sender"),
+        U_APPROVER: (APPROVER, "Maria Muster"),
+        U_APPROVER2: (APPROVER2, "Omar Okafor"),
+        U_NOBODY: (NOBODY, "Nora Nobody"),
+        U_ADMIN: (ADMIN, "Ada Admin"),
+        U_ALICE: ("alice@corp.example", "Alice Archer"),
+        U_NOMAIL: (None, "Mailless Bot"),
+    }
     return {uid: user(uid, email, name) for uid, (email, name) in people.items()}
 
 
 def slack_section(fake: FakeSlack, **overrides: Any) -> dict[str, Any]:
-    section = {"bot_token": BOT_TOKEN, "signing_secret": SIGNING_SECRET, "mode": "http",
-               "approvals_channel": APPROVALS, "hr_channel": HR_CHANNEL, "api_url": fake.api_url,
-               "update_interval_s": 0.3, "answer_within_s": 0.7}
+    section = {
+        "bot_token": BOT_TOKEN,
+        "signing_secret": SIGNING_SECRET,
+        "mode": "http",
+        "approvals_channel": APPROVALS,
+        "hr_channel": HR_CHANNEL,
+        "api_url": fake.api_url,
+        "update_interval_s": 0.3,
+        "answer_within_s": 0.7,
+    }
     if overrides.get("mode") == "socket":
         section["app_token"] = APP_TOKEN
     section.update(overrides)
@@ -58,7 +71,9 @@ class Rig:
     fake: FakeSlack
     http: httpx.AsyncClient
 
-    async def command(self, user_id: str, command: str, text: str = "") -> tuple[httpx.Response, float, dict[str, str]]:
+    async def command(
+        self, user_id: str, command: str, text: str = ""
+    ) -> tuple[httpx.Response, float, dict[str, str]]:
         fields = command_body(self.fake, user_id, command, text)
         body = form(fields)
         started = time.monotonic()
@@ -78,8 +93,11 @@ class Rig:
 
     async def event(self, envelope: dict[str, Any], **headers: str) -> httpx.Response:
         body = json.dumps(envelope).encode()
-        return await self.http.post("/slack/events", content=body,
-                                    headers={**signed_headers(body, content_type="application/json"), **headers})
+        return await self.http.post(
+            "/slack/events",
+            content=body,
+            headers={**signed_headers(body, content_type="application/json"), **headers},
+        )
 
     def answers(self) -> list[str]:
         """Texts of answers that went out after the ack: response URLs, ephemerals, DMs."""
@@ -89,8 +107,9 @@ class Rig:
 
 
 @asynccontextmanager
-async def running(database_url: str, smtp_port: int, tmp_path: Path, fake: FakeSlack,
-                  **overrides: Any) -> AsyncIterator[Rig]:
+async def running(
+    database_url: str, smtp_port: int, tmp_path: Path, fake: FakeSlack, **overrides: Any
+) -> AsyncIterator[Rig]:
     settings = make_settings(database_url, smtp_port, tmp_path, slack=slack_section(fake, **overrides))
     core = await build_core(settings)
     try:

@@ -51,7 +51,9 @@ class RecordingHandler:
 
     async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
         with self.lock:
-            self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+            self.messages.append(
+                Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
+            )
             if self.drop_after is not None and len(self.messages) >= self.drop_after:
                 self.drop_after = None
                 server.transport.close()

@@ -21,6 +21,7 @@ TOKEN = "tok-very-private"
 
 def broken_api() -> Starlette:
     """Every path answers 500 with a body that echoes the query (as some proxies do)."""
+
     async def anything(request: Request) -> PlainTextResponse | JSONResponse:
         if request.url.path == "/cgi-bin/gettoken" and request.query_params.get("corpsecret") == SECRET:
             if "ok" in request.query_params.get("corpid", ""):
@@ -35,7 +36,9 @@ def broken_api() -> Starlette:
 def assert_clean(exc: BaseException) -> None:
     text = f"{exc!s} {exc!r}"
     assert SECRET not in text and TOKEN not in text, text
-    assert exc.__cause__ is None and (exc.__context__ is None or exc.__suppress_context__), "the httpx error (with the URL) must not be chained"
+    assert exc.__cause__ is None and (exc.__context__ is None or exc.__suppress_context__), (
+        "the httpx error (with the URL) must not be chained"
+    )
 
 
 async def test_wecom_errors_carry_no_secret_or_token() -> None:
@@ -70,8 +73,9 @@ async def test_dingtalk_errors_carry_no_secret_or_token() -> None:
                 assert_clean(caught.value)
         finally:
             await api.aclose()
-    api = DingTalkApi(f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}", "client", SECRET,
-                      timeout=5)
+    api = DingTalkApi(
+        f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}", "client", SECRET, timeout=5
+    )
     try:
         with pytest.raises(DingTalkError) as caught:
             await api.token()

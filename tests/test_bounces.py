@@ -78,6 +78,7 @@ async def test_dsns_to_the_return_path_suppress_hard_at_once_and_soft_after_the_
     server = EmbeddedSmtpServer("127.0.0.1", free_port(), mail_routes(bot.core))
     await server.start()
     try:
+
         async def mail(rcpt: str, data: bytes) -> None:
             client = aiosmtplib.SMTP(hostname="127.0.0.1", port=server.port)
             await client.connect()
@@ -117,27 +118,49 @@ async def test_the_email_events_webhook_needs_a_valid_signature(make_bot, smtp) 
     bot = await make_bot(webhook_secret=secret)
     await send(bot, "hooked")
     await bot.settle()
-    body = json.dumps({"events": [
-        {"id": "e1", "type": "complaint", "email": "kim@example.org"},
-        {"id": "e2", "type": "bounce", "bounce": "hard", "return_path": smtp.handler.to("ode@example.com")[0].mail_from,
-         "status": "5.1.1"},
-        {"id": "e3", "type": "delivery", "email": "raj@example.net"},
-    ]}).encode()
+    body = json.dumps(
+        {
+            "events": [
+                {"id": "e1", "type": "complaint", "email": "kim@example.org"},
+                {
+                    "id": "e2",
+                    "type": "bounce",
+                    "bounce": "hard",
+                    "return_path": smtp.handler.to("ode@example.com")[0].mail_from,
+                    "status": "5.1.1",
+                },
+                {"id": "e3", "type": "delivery", "email": "raj@example.net"},
+            ]
+        }
+    ).encode()
     ts = str(int(time.time()))
     good = "v1=" + hmac.new(secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_web(bot.core)), base_url="http://t") as web:
-        bad = await web.post("/hooks/email-events", content=body,
-                             headers={"x-postroom-timestamp": ts, "x-postroom-signature": good[:-2] + "00"})
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=build_web(bot.core)), base_url="http://t"
+    ) as web:
+        bad = await web.post(
+            "/hooks/email-events",
+            content=body,
+            headers={"x-postroom-timestamp": ts, "x-postroom-signature": good[:-2] + "00"},
+        )
         assert bad.status_code == 401
-        stale = await web.post("/hooks/email-events", content=body,
-                               headers={"x-postroom-timestamp": str(int(time.time()) - 3600),
-                                        "x-postroom-signature": good})
+        stale = await web.post(
+            "/hooks/email-events",
+            content=body,
+            headers={"x-postroom-timestamp": str(int(time.time()) - 3600), "x-postroom-signature": good},
+        )
         assert stale.status_code == 401
-        ok = await web.post("/hooks/email-events", content=body,
-                            headers={"x-postroom-timestamp": ts, "x-postroom-signature": good})
+        ok = await web.post(
+            "/hooks/email-events",
+            content=body,
+            headers={"x-postroom-timestamp": ts, "x-postroom-signature": good},
+        )
         assert ok.json() == {"accepted": 2, "ignored": 1}
-        again = await web.post("/hooks/email-events", content=body,
-                               headers={"x-postroom-timestamp": ts, "x-postroom-signature": good})
+        again = await web.post(
+            "/hooks/email-events",
+            content=body,
+            headers={"x-postroom-timestamp": ts, "x-postroom-signature": good},
+        )
         assert again.json() == {"accepted": 0, "ignored": 3}
     async with bot.core.ctx.sessions() as session:
         reasons = dict((await session.execute(select(Suppression.email, Suppression.reason))).all())

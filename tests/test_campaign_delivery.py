@@ -43,8 +43,13 @@ async def make_bot(database_url: str, smtp, tmp_path: Path) -> AsyncIterator[Cal
     made: list[ChatBot] = []
 
     async def factory(smtp_section: dict[str, Any] | None = None, **campaigns: Any) -> ChatBot:
-        settings = make_settings(database_url, smtp.port, tmp_path, smtp=smtp_section or {},
-                                 campaigns={**FAST, "reports_dir": str(tmp_path / "reports"), **campaigns})
+        settings = make_settings(
+            database_url,
+            smtp.port,
+            tmp_path,
+            smtp=smtp_section or {},
+            campaigns={**FAST, "reports_dir": str(tmp_path / "reports"), **campaigns},
+        )
         core = await build_core(settings)
         console = ConsoleAdapter(HR, out=io.StringIO(), prompt=False)
         core.attach(console)
@@ -101,8 +106,9 @@ def received(smtp) -> Counter[str]:  # type: ignore[no-untyped-def]
 
 
 def web(bot: ChatBot) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=build_web(bot.core)), base_url="http://t",
-                             follow_redirects=False)
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=build_web(bot.core)), base_url="http://t", follow_redirects=False
+    )
 
 
 async def test_a_4xx_is_retried_until_it_is_accepted(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]
@@ -191,8 +197,11 @@ async def test_an_unsubscribe_mid_campaign_stops_the_next_message(make_bot, smtp
         cid = (await session.execute(select(Campaign.id).where(Campaign.name == "mid"))).scalar_one()
     token = bot.core.ctx.signer.sign("u", str(cid), "ode@example.com")
     async with web(bot) as client:
-        done = await client.post(f"/u/{token}", content="List-Unsubscribe=One-Click",
-                                 headers={"content-type": "application/x-www-form-urlencoded"})
+        done = await client.post(
+            f"/u/{token}",
+            content="List-Unsubscribe=One-Click",
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
     assert done.status_code == 200
     await bot.settle()
     assert "ode@example.com" not in received(smtp)
@@ -236,10 +245,14 @@ async def test_tracked_links_redirect_only_when_signed(make_bot, smtp) -> None: 
         ok = await client.get(clicks[0])
         assert ok.status_code == 302 and ok.headers["location"].startswith("https://")
         body, mac = clicks[0].removeprefix("/c/").split(".")
-        for bad in (f"/c/{body[:-2]}AA.{mac}", f"/c/{body}.{mac[:-2]}AA",
-                    "/c/" + Signer("another-secret-0123456789").sign("c", "1", "https://evil.example/"),
-                    "/c/" + bot.core.ctx.signer.sign("c", "1", "javascript:alert(1)"), "/c/%C3%A9" + clicks[0][4:],
-                    "/c/" + "A" * 5000):
+        for bad in (
+            f"/c/{body[:-2]}AA.{mac}",
+            f"/c/{body}.{mac[:-2]}AA",
+            "/c/" + Signer("another-secret-0123456789").sign("c", "1", "https://evil.example/"),
+            "/c/" + bot.core.ctx.signer.sign("c", "1", "javascript:alert(1)"),
+            "/c/%C3%A9" + clicks[0][4:],
+            "/c/" + "A" * 5000,
+        ):
             refused = await client.get(bad)
             assert refused.status_code == 400 and "location" not in refused.headers
         assert (await client.get(pixel.group(1))).status_code == 200
@@ -287,8 +300,11 @@ async def test_a_scheduled_start_survives_a_restart(make_bot, smtp, tmp_path) ->
 async def test_bad_start_times_are_refused(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]
     bot = await make_bot()
     await bot.say(SENDER, "/campaign new when --to customers --template welcome")
-    for bad, says in (("tomorrow", "not an ISO 8601"), ("2030-01-01T09:00:00", "no offset"),
-                      ("2020-01-01T09:00:00+00:00", "in the past")):
+    for bad, says in (
+        ("tomorrow", "not an ISO 8601"),
+        ("2030-01-01T09:00:00", "no offset"),
+        ("2020-01-01T09:00:00+00:00", "in the past"),
+    ):
         reply = await bot.say(SENDER, f"/campaign submit when --at {bad}")
         assert says in reply and "Usage:" in reply
     assert await state_of(bot, "when") == "draft"
@@ -322,7 +338,9 @@ async def test_privacy_export_and_erase(make_bot, smtp, tmp_path) -> None:  # ty
     reply = await bot.say(ADMIN, "/privacy erase lena@example.com")
     assert "Erased lena@example.com" in reply
     async with bot.core.ctx.sessions() as session:
-        assert (await session.execute(select(Contact).where(Contact.email == "lena@example.com"))).first() is None
+        assert (
+            await session.execute(select(Contact).where(Contact.email == "lena@example.com"))
+        ).first() is None
         sup = (await session.execute(select(Suppression))).scalars().all()
         left = (await session.execute(select(Delivery.email))).scalars().all()
     assert [(s.email, s.reason) for s in sup] == [(None, "erased")]
@@ -345,9 +363,16 @@ async def _approved_campaign(bot: ChatBot, tmp_path: Path, n: int) -> int:
     await bot.say(SENDER, "/campaign submit shared")
     async with bot.core.ctx.sessions() as session, session.begin():
         campaign = (await session.execute(select(Campaign).where(Campaign.name == "shared"))).scalar_one()
-        session.add(Approval(campaign_id=campaign.id, submission=campaign.submission, approver=APPROVER,
-                             decision="approved", content_hash=service.current_hash(bot.core.ctx, campaign),
-                             expires_at=datetime.now(UTC) + timedelta(hours=1)))
+        session.add(
+            Approval(
+                campaign_id=campaign.id,
+                submission=campaign.submission,
+                approver=APPROVER,
+                decision="approved",
+                content_hash=service.current_hash(bot.core.ctx, campaign),
+                expires_at=datetime.now(UTC) + timedelta(hours=1),
+            )
+        )
         assert await service.transition(session, campaign.id, ("pending_approval",), "approved")
         return campaign.id
 
@@ -362,13 +387,17 @@ async def test_two_workers_share_a_campaign_without_sending_twice(make_bot, smtp
     b = DeliveryEngine(bot.core.ctx, options=options, worker_id="worker-b")
     assert await a.start(cid) == "sending"
     results = await asyncio.gather(a.run(cid), b.run(cid))
-    assert {r.state for r in results} <= {"completed", "sending"} and await state_of(bot, "shared") == "completed"
+    assert {r.state for r in results} <= {"completed", "sending"} and await state_of(
+        bot, "shared"
+    ) == "completed"
     got = received(smtp)
     assert len(got) == 40 and set(got.values()) == {1}
     assert a.sent_total > 0 and b.sent_total > 0 and a.sent_total + b.sent_total == 40
 
 
-async def test_a_dead_workers_batch_is_claimed_again_when_its_lease_runs_out(make_bot, smtp, tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_dead_workers_batch_is_claimed_again_when_its_lease_runs_out(
+    make_bot, smtp, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     from bot.campaigns.engine import DeliveryEngine, EngineOptions
 
     bot = await make_bot()

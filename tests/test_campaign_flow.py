@@ -26,7 +26,9 @@ async def load_customers(bot, tmp_path: Path) -> None:  # type: ignore[no-untype
 
 async def test_approved_campaign_reaches_each_consented_contact_once(bot, smtp, tmp_path) -> None:  # type: ignore[no-untyped-def]
     await load_customers(bot, tmp_path)
-    reply = await bot.say(SENDER, '/campaign new spring --to customers --template welcome --subject "Hi {{ first_name }}"')
+    reply = await bot.say(
+        SENDER, '/campaign new spring --to customers --template welcome --subject "Hi {{ first_name }}"'
+    )
     assert "Draft campaign “spring”" in reply
     reply = await bot.say(SENDER, "/campaign submit spring")
     assert "Submitted “spring” for approval" in reply
@@ -61,13 +63,18 @@ async def test_one_click_unsubscribe_skips_the_contact_next_time(bot, smtp, tmp_
     await bot.settle()
     url = smtp.handler.to("lena@example.com")[0].message["List-Unsubscribe"].split(",")[0].strip("<> ")
     path = url.removeprefix("http://127.0.0.1:8080")
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_web(bot.core)), base_url="http://t") as web:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=build_web(bot.core)), base_url="http://t"
+    ) as web:
         page = await web.get(path)
         assert page.status_code == 200 and "Unsubscribe" in page.text
         tampered = await web.post(path[:-3] + "AAA", content="List-Unsubscribe=One-Click")
         assert tampered.status_code == 400
-        done = await web.post(path, content="List-Unsubscribe=One-Click",
-                              headers={"content-type": "application/x-www-form-urlencoded"})
+        done = await web.post(
+            path,
+            content="List-Unsubscribe=One-Click",
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
         assert done.status_code == 200
     smtp.handler.messages.clear()
     await bot.say(SENDER, "/campaign new two --to customers --template welcome")
@@ -89,7 +96,9 @@ async def test_an_edit_after_submission_voids_the_approval_request(bot, smtp, tm
     assert smtp.messages == []
 
 
-async def test_changing_the_template_file_after_submission_blocks_approval(bot, smtp, tmp_path, settings) -> None:  # type: ignore[no-untyped-def]
+async def test_changing_the_template_file_after_submission_blocks_approval(
+    bot, smtp, tmp_path, settings
+) -> None:  # type: ignore[no-untyped-def]
     await load_customers(bot, tmp_path)
     await bot.say(SENDER, "/campaign new spring --to customers --template welcome")
     await bot.say(SENDER, "/campaign submit spring")

@@ -22,7 +22,9 @@ __all__ = ["make_bot"]  # the fixture, used by name
 
 async def _audit(bot, action: str) -> list[AuditEntry]:  # type: ignore[no-untyped-def]
     async with bot.core.ctx.sessions() as session:
-        return list((await session.execute(select(AuditEntry).where(AuditEntry.action == action))).scalars().all())
+        return list(
+            (await session.execute(select(AuditEntry).where(AuditEntry.action == action))).scalars().all()
+        )
 
 
 async def _paused_midway(bot, smtp, name: str) -> int:  # type: ignore[no-untyped-def]
@@ -57,7 +59,8 @@ async def test_a_failure_while_sending_is_audited(make_bot, smtp, tmp_path: Path
     assert len(smtp.messages) == sent
     entries = await _audit(bot, "campaign.fail")
     assert [(e.subject, e.actor, e.before, e.after) for e in entries] == [
-        ("campaign:gone", "system", {"state": "sending"}, {"state": "failed"})]
+        ("campaign:gone", "system", {"state": "sending"}, {"state": "failed"})
+    ]
     assert "template" in (entries[0].detail or "")
 
 
@@ -74,7 +77,9 @@ def _said(bot) -> list[str]:  # type: ignore[no-untyped-def]
     return [m.text for _kind, conv, m in bot.console.transcript if conv == "approvals" and m.card is None]
 
 
-async def test_resume_after_the_template_changed_fails_the_campaign_and_says_why(make_bot, smtp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_resume_after_the_template_changed_fails_the_campaign_and_says_why(
+    make_bot, smtp, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     bot = await make_bot(rate_per_s=4, batch_size=2)
     sent = await _paused_midway(bot, smtp, "slow")
     _edit_template(tmp_path)
@@ -84,7 +89,9 @@ async def test_resume_after_the_template_changed_fails_the_campaign_and_says_why
     assert len(smtp.messages) == sent and _unapproved(smtp) == 0
     assert await state_of(bot, "slow") == "failed"
     entries = await _audit(bot, "campaign.fail")
-    assert [(e.actor, e.before, e.after) for e in entries] == [(SENDER, {"state": "paused"}, {"state": "failed"})]
+    assert [(e.actor, e.before, e.after) for e in entries] == [
+        (SENDER, {"state": "paused"}, {"state": "failed"})
+    ]
     assert any("no longer matches" in text for text in _said(bot)), _said(bot)
     assert "Failed" in str(bot.cards()[-1].card)
 
@@ -112,7 +119,9 @@ async def _resumed_by_the_watcher(bot, name: str) -> None:  # type: ignore[no-un
         await watcher.stop()
 
 
-async def test_a_restart_or_another_process_does_not_send_unapproved_content(make_bot, smtp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_restart_or_another_process_does_not_send_unapproved_content(
+    make_bot, smtp, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     sent = await _stopped_midway(make_bot, smtp, "crash")
     _edit_template(tmp_path)
     again = await make_bot(rate_per_s=4, batch_size=2)
@@ -151,9 +160,11 @@ async def test_help_shows_the_flags_campaign_new_requires_and_the_parser_enforce
     bot = await make_bot()
     usage = "/campaign new <name> --to <to> --template <template> [--subject <subject>] [--no-tracking]"
     assert usage in await bot.say(SENDER, "/help")
-    for command, says in (("/campaign new x", "/campaign new needs --to and --template."),
-                          ("/campaign new x --to customers", "/campaign new needs --template."),
-                          ("/campaign new x --template welcome --no-tracking", "/campaign new needs --to.")):
+    for command, says in (
+        ("/campaign new x", "/campaign new needs --to and --template."),
+        ("/campaign new x --to customers", "/campaign new needs --template."),
+        ("/campaign new x --template welcome --no-tracking", "/campaign new needs --to."),
+    ):
         reply = await bot.say(SENDER, command)
         assert says in reply and usage in reply, reply
     assert "no campaigns yet" in await bot.say(SENDER, "/campaign list")
@@ -183,7 +194,9 @@ async def test_the_email_events_webhook_refuses_an_oversize_body_while_reading_i
     assert offered <= MAX_WEBHOOK_BYTES + 65536
 
 
-async def test_resume_without_the_template_fails_the_campaign_and_says_so(make_bot, smtp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_resume_without_the_template_fails_the_campaign_and_says_so(
+    make_bot, smtp, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     bot = await make_bot(rate_per_s=4, batch_size=2)
     sent = await _paused_midway(bot, smtp, "lost")
     for path in (tmp_path / "templates").glob("welcome.*"):

@@ -18,9 +18,11 @@ from bot.links import Signer
 
 SIGNER = Signer("property-secret-0123456789")
 OTHER = Signer("another-secret-0123456789")
-URL = st.builds(lambda host, path: f"https://{host}.example/{path}",
-                st.from_regex(r"[a-z0-9-]{1,20}", fullmatch=True),
-                st.text(st.characters(min_codepoint=33, max_codepoint=126, exclude_characters='"<>\\'), max_size=80))
+URL = st.builds(
+    lambda host, path: f"https://{host}.example/{path}",
+    st.from_regex(r"[a-z0-9-]{1,20}", fullmatch=True),
+    st.text(st.characters(min_codepoint=33, max_codepoint=126, exclude_characters='"<>\\'), max_size=80),
+)
 
 
 @given(st.integers(min_value=1, max_value=2**53), URL)
@@ -30,13 +32,15 @@ def test_a_click_token_gives_back_exactly_the_url_it_signed(delivery: int, url: 
     assert verify_click(OTHER, token) is None
 
 
-@given(st.integers(min_value=1, max_value=2**53), URL, st.integers(min_value=0, max_value=200), st.characters())
+@given(
+    st.integers(min_value=1, max_value=2**53), URL, st.integers(min_value=0, max_value=200), st.characters()
+)
 def test_any_change_to_a_click_token_is_refused(delivery: int, url: str, where: int, ch: str) -> None:
     token = click_token(SIGNER, delivery, url)
     i = where % len(token)
     if token[i] == ch:
         return
-    assert verify_click(SIGNER, token[:i] + ch + token[i + 1:]) in (None,)
+    assert verify_click(SIGNER, token[:i] + ch + token[i + 1 :]) in (None,)
 
 
 @given(st.integers(min_value=1, max_value=2**60), st.from_regex(r"[a-z0-9]{1,10}\.example", fullmatch=True))
@@ -55,8 +59,10 @@ def test_the_bounce_parser_never_raises(data: bytes) -> None:
 
 def test_tracking_rewrites_links_but_not_the_unsubscribe_link() -> None:
     tracker = LinkTracker(SIGNER, "https://p.example")
-    html = ('<html><body><a href="https://x.example/a?b=1&amp;c=2">x</a> <a href="https://p.example/u/tok">u</a>'
-            '<a href="mailto:a@b.example">m</a></body></html>')
+    html = (
+        '<html><body><a href="https://x.example/a?b=1&amp;c=2">x</a> <a href="https://p.example/u/tok">u</a>'
+        '<a href="mailto:a@b.example">m</a></body></html>'
+    )
     out = tracker.rewrite(html, 7)
     assert 'href="https://p.example/u/tok"' in out and 'href="mailto:a@b.example"' in out
     token = out.split('href="https://p.example/c/')[1].split('"')[0]

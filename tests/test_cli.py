@@ -46,9 +46,17 @@ class Setup:
     web_port: int
     smtp: SmtpServer
 
-    def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([POSTROOM, "--config", str(self.config), *args], capture_output=True, text=True,
-                              cwd=self.folder, env=clean_env(env), timeout=timeout)
+    def run(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [POSTROOM, "--config", str(self.config), *args],
+            capture_output=True,
+            text=True,
+            cwd=self.folder,
+            env=clean_env(env),
+            timeout=timeout,
+        )
 
     def chat(self, who: str, text: str) -> str:
         done = self.run("chat", "--as", who, text)
@@ -68,9 +76,10 @@ def write_config(folder: Path, smtp_port: int, web_port: int, database_url: str 
     if not templates.exists():
         shutil.copytree(DEMO_TEMPLATES, templates)
     config = folder / "postroom.toml"
+    default_url = f"sqlite+aiosqlite:///{folder / 'postroom.db'}"
     config.write_text(f"""
 [database]
-url = "{database_url or f'sqlite+aiosqlite:///{folder / "postroom.db"}'}"
+url = "{database_url or default_url}"
 
 [smtp]
 host = "127.0.0.1"
@@ -122,8 +131,14 @@ def setup_on_each_database(tmp_path: Path, database_url: str) -> Iterator[Setup]
 @contextmanager
 def served(setup: Setup) -> Iterator[subprocess.Popen[str]]:
     """`postroom serve` running until the block ends; then SIGTERM, and it must stop within 5 s."""
-    proc = subprocess.Popen([POSTROOM, "--config", str(setup.config), "serve"], cwd=setup.folder,
-                            env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [POSTROOM, "--config", str(setup.config), "serve"],
+        cwd=setup.folder,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -176,7 +191,9 @@ def test_the_done_when_list_from_a_shell(setup_on_each_database: Setup) -> None:
 
     # The sender's submit reaches the approvers as a card, with buttons and their text commands.
     assert "Draft campaign “spring”" in setup.chat(
-        SAM, '/campaign new spring --to customers --template welcome --subject "Spring news for {{ first_name }}"')
+        SAM,
+        '/campaign new spring --to customers --template welcome --subject "Spring news for {{ first_name }}"',
+    )
     submitted = setup.chat(SAM, "/campaign submit spring")
     assert "[approvals]" in submitted and "┌─ Approval needed: campaign “spring”" in submitted
     assert "[ Approve ]  → type: /approve spring" in submitted
@@ -191,7 +208,10 @@ def test_the_done_when_list_from_a_shell(setup_on_each_database: Setup) -> None:
     approved = setup.chat(MARIA, "/approve spring")
     assert "Approved “spring”" in approved and "sent — 3 delivered" in approved
     assert sorted(r for m in smtp.messages for r in m.rcpt_tos) == [
-        "lena@example.com", "raj@example.net", "yuki@example.org"]
+        "lena@example.com",
+        "raj@example.net",
+        "yuki@example.org",
+    ]
     ids = set()
     for received in smtp.messages:
         msg = received.message
@@ -213,8 +233,11 @@ def test_the_done_when_list_from_a_shell(setup_on_each_database: Setup) -> None:
     with served(setup):
         page = httpx.get(f"http://127.0.0.1:{setup.web_port}{path}")
         assert page.status_code == 200 and "lena@example.com" in page.text
-        done = httpx.post(f"http://127.0.0.1:{setup.web_port}{path}", content="List-Unsubscribe=One-Click",
-                          headers={"content-type": "application/x-www-form-urlencoded"})
+        done = httpx.post(
+            f"http://127.0.0.1:{setup.web_port}{path}",
+            content="List-Unsubscribe=One-Click",
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
         assert done.status_code == 200
     smtp.messages.clear()
     setup.chat(SAM, "/campaign new summer --to customers --template welcome")
@@ -232,20 +255,43 @@ def test_serve_answers_healthz_and_stops_on_sigterm(setup_on_each_database: Setu
     assert proc.returncode == 0
 
 
-@pytest.mark.parametrize(("toml", "env", "says"), [
-    ("[smtp]\nport = 70000\n", {}, "smtp.port (or $POSTROOM_SMTP__PORT)"),
-    ("[smtp]\nhots = \"mail\"\n", {}, "smtp.hots is not one Postroom knows"),
-    ("[smtp\nport = 25\n", {}, "is not valid TOML"),
-    ("[web]\nbase_url = \"ftp://x\"\n", {}, "web.base_url"),
-    ("", {"POSTROOM_SMTP__PORT": "abc"}, "smtp.port (or $POSTROOM_SMTP__PORT) input should be a valid integer"),
-    ("", {"POSTROOM_ORG__DOMAINS": "corp.example"}, "POSTROOM_ORG__DOMAINS can't be read: a list is written as JSON"),
-    ("[database]\nurl = \"sqlite+aiosqlite:////nonexistent/dir/x.db\"\n", {}, "a folder that does not exist"),
-])
-def test_a_bad_configuration_stops_with_one_sentence(tmp_path: Path, toml: str, env: dict[str, str], says: str) -> None:
+@pytest.mark.parametrize(
+    ("toml", "env", "says"),
+    [
+        ("[smtp]\nport = 70000\n", {}, "smtp.port (or $POSTROOM_SMTP__PORT)"),
+        ('[smtp]\nhots = "mail"\n', {}, "smtp.hots is not one Postroom knows"),
+        ("[smtp\nport = 25\n", {}, "is not valid TOML"),
+        ('[web]\nbase_url = "ftp://x"\n', {}, "web.base_url"),
+        (
+            "",
+            {"POSTROOM_SMTP__PORT": "abc"},
+            "smtp.port (or $POSTROOM_SMTP__PORT) input should be a valid integer",
+        ),
+        (
+            "",
+            {"POSTROOM_ORG__DOMAINS": "corp.example"},
+            "POSTROOM_ORG__DOMAINS can't be read: a list is written as JSON",
+        ),
+        (
+            '[database]\nurl = "sqlite+aiosqlite:////nonexistent/dir/x.db"\n',
+            {},
+            "a folder that does not exist",
+        ),
+    ],
+)
+def test_a_bad_configuration_stops_with_one_sentence(
+    tmp_path: Path, toml: str, env: dict[str, str], says: str
+) -> None:
     config = tmp_path / "postroom.toml"
     config.write_text(toml)
-    done = subprocess.run([POSTROOM, "--config", str(config), "chat", "--as", HR, "/help"], capture_output=True,
-                          text=True, cwd=tmp_path, env=clean_env(env), timeout=60)
+    done = subprocess.run(
+        [POSTROOM, "--config", str(config), "chat", "--as", HR, "/help"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=clean_env(env),
+        timeout=60,
+    )
     assert done.returncode != 0
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("Error: ") and says in done.stderr
     assert done.stderr.rstrip().endswith(".")
@@ -262,8 +308,10 @@ def test_db_upgrade_and_an_unknown_schema_is_refused(setup: Setup) -> None:
     for args in (("chat", "--as", HR, "/help"), ("db", "upgrade")):
         done = setup.run(*args)
         assert done.returncode != 0 and "Traceback" not in done.stderr
-        assert done.stderr == ("Error: The database's schema (9999_from_the_future) is newer than this version of "
-                               "Postroom knows: upgrade Postroom.\n")
+        assert done.stderr == (
+            "Error: The database's schema (9999_from_the_future) is newer than this version of "
+            "Postroom knows: upgrade Postroom.\n"
+        )
 
     with sqlite3.connect(setup.db) as conn:
         conn.execute("DELETE FROM alembic_version")
@@ -278,13 +326,16 @@ def test_serve_on_a_taken_port_says_so_before_starting_anything(setup: Setup) ->
 
     mailbox = setup.folder / "relay-mailbox"  # the relay (started by the services) would create it
     with setup.config.open("a") as f:
-        f.write(f'\n[relay]\nenabled = true\nhost = "127.0.0.1"\nport = {free_port()}\nmailbox_dir = "{mailbox}"\n')
+        f.write(
+            f'\n[relay]\nenabled = true\nhost = "127.0.0.1"\nport = {free_port()}\nmailbox_dir = "{mailbox}"\n'
+        )
     with socket.create_server(("127.0.0.1", setup.web_port)):
         done = setup.run("serve", timeout=30)
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [
         f"Error: The web app can't listen on 127.0.0.1:{setup.web_port} (address already in use): "
-        "set web.port to a free port."]
+        "set web.port to a free port."
+    ]
     assert not mailbox.exists(), "the relay, scheduler and watcher must not start when the web port is taken"
 
 
@@ -311,14 +362,28 @@ async def test_web_connections_have_nagle_off() -> None:
     assert seen and seen[0] != 0
 
 
-@pytest.mark.parametrize(("args", "says"), [
-    (("chat", "--as", "notanemail", "/groups"), "Invalid value for --as: “notanemail” is not an email address."),
-    (("contacts", "import", "nosuch.csv", "--list", "x"), "Can't read nosuch.csv: No such file or directory."),
-    (("contacts", "import", "binary.csv", "--list", "x"), "binary.csv is not UTF-8 text; save it as UTF-8 CSV."),
-    (("contacts", "import", "noemail.csv", "--list", "x"), "noemail.csv has no “email” column"),
-    (("contacts", "import", "noemail.csv", "--list", "bad list!"), "“bad list!” cannot be a list name"),
-])
-def test_cli_bad_input_is_one_sentence_and_changes_nothing(setup: Setup, args: tuple[str, ...], says: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (
+            ("chat", "--as", "notanemail", "/groups"),
+            "Invalid value for --as: “notanemail” is not an email address.",
+        ),
+        (
+            ("contacts", "import", "nosuch.csv", "--list", "x"),
+            "Can't read nosuch.csv: No such file or directory.",
+        ),
+        (
+            ("contacts", "import", "binary.csv", "--list", "x"),
+            "binary.csv is not UTF-8 text; save it as UTF-8 CSV.",
+        ),
+        (("contacts", "import", "noemail.csv", "--list", "x"), "noemail.csv has no “email” column"),
+        (("contacts", "import", "noemail.csv", "--list", "bad list!"), "“bad list!” cannot be a list name"),
+    ],
+)
+def test_cli_bad_input_is_one_sentence_and_changes_nothing(
+    setup: Setup, args: tuple[str, ...], says: str
+) -> None:
     (setup.folder / "binary.csv").write_bytes(b"\xff\xfe\x00email")
     (setup.folder / "noemail.csv").write_text("name\nx\n")
     done = setup.run(*args)
@@ -340,8 +405,13 @@ def test_an_older_schema_is_refused_until_db_upgrade(setup: Setup) -> None:
     command.upgrade(cfg, "0004")  # a database left by the previous release
     refused = setup.run("chat", "--as", HR, "/help")
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
-    assert refused.stderr == (f"Error: The database's schema is out of date (0004, this version needs "
-                              f"{head_revision()}): run `postroom db upgrade` first.\n")
+    assert refused.stderr == (
+        f"Error: The database's schema is out of date (0004, this version needs "
+        f"{head_revision()}): run `postroom db upgrade` first.\n"
+    )
     upgraded = setup.run("db", "upgrade")
-    assert upgraded.returncode == 0 and upgraded.stdout.strip() == f"Upgraded the schema from 0004 to {head_revision()}."
+    assert (
+        upgraded.returncode == 0
+        and upgraded.stdout.strip() == f"Upgraded the schema from 0004 to {head_revision()}."
+    )
     assert setup.run("chat", "--as", HR, "/help").returncode == 0

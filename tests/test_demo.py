@@ -26,8 +26,15 @@ SESSION = """\
 
 
 def run_demo(folder: Path, cwd: Path, commands: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([POSTROOM, "demo", "--dir", str(folder)], input=commands, capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=120)
+    return subprocess.run(
+        [POSTROOM, "demo", "--dir", str(folder)],
+        input=commands,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=120,
+    )
 
 
 def test_demo_runs_the_whole_job_and_resumes(tmp_path: Path) -> None:
@@ -36,8 +43,11 @@ def test_demo_runs_the_whole_job_and_resumes(tmp_path: Path) -> None:
     # Neither a broken postroom.toml in the folder nor POSTROOM_* variables reach the demo.
     (cwd / "postroom.toml").write_text("[smtp\nthis is not TOML")
     env = {k: v for k, v in os.environ.items() if not k.startswith("POSTROOM_")}
-    env.update(POSTROOM_DATABASE__URL=f"sqlite+aiosqlite:///{tmp_path / 'production.db'}",
-               POSTROOM_SMTP__HOST="192.0.2.1", POSTROOM_WEB__PORT="not-a-port")
+    env.update(
+        POSTROOM_DATABASE__URL=f"sqlite+aiosqlite:///{tmp_path / 'production.db'}",
+        POSTROOM_SMTP__HOST="192.0.2.1",
+        POSTROOM_WEB__PORT="not-a-port",
+    )
     folder = tmp_path / "demo"
 
     first = run_demo(folder, cwd, SESSION, env)
@@ -49,11 +59,16 @@ def test_demo_runs_the_whole_job_and_resumes(tmp_path: Path) -> None:
     assert "eng@corp.example “Engineering” — 2 members" in out
     assert "someone@gmail.com is outside corp.example" in out
     assert "┌─ Approval needed: campaign “spring”" in out
-    assert "[ Approve ]  → type: /approve spring" in out and "[ Reject ]  → type: /reject spring <reason>" in out
+    assert (
+        "[ Approve ]  → type: /approve spring" in out and "[ Reject ]  → type: /reject spring <reason>" in out
+    )
     assert "/approve is for approvers" in out  # the sender can't approve
     mailbox_lines = [line for line in out.splitlines() if "✉ mailbox: to" in line]
     assert sorted(line.split(" to ")[1].split(" —")[0] for line in mailbox_lines) == [
-        "lena@example.com", "raj@example.net", "yuki@example.org"]
+        "lena@example.com",
+        "raj@example.net",
+        "yuki@example.org",
+    ]
     assert "“Spring news for Lena”" in out
     assert len(list((folder / "mailbox").glob("*.eml"))) == 3
     assert not (tmp_path / "production.db").exists()
@@ -65,7 +80,9 @@ def test_demo_runs_the_whole_job_and_resumes(tmp_path: Path) -> None:
     assert len(list((folder / "mailbox").glob("*.eml"))) == 3  # nothing sent twice
 
 
-def test_demo_settings_stay_on_loopback_and_in_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_settings_stay_on_loopback_and_in_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("POSTROOM_DATABASE__URL", "postgresql://prod.example/postroom")
     monkeypatch.setenv("POSTROOM_SMTP__HOST", "smtp.prod.example")
     plan = demo.prepare(tmp_path / "d")

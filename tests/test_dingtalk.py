@@ -40,14 +40,33 @@ class DingWorld:
     fake: FakeDingTalk
     url: str
 
-    def message(self, text: str, msg_id: str, *, sender: str = "hannah01", group: bool = True,
-                webhook_valid: bool = True) -> dict:  # type: ignore[type-arg]
+    def message(
+        self,
+        text: str,
+        msg_id: str,
+        *,
+        sender: str = "hannah01",
+        group: bool = True,
+        webhook_valid: bool = True,
+    ) -> dict:  # type: ignore[type-arg]
         expires = int(time.time() * 1000) + (3_600_000 if webhook_valid else -1000)
         return self.fake.bot_message(
-            msgtype="text", text={"content": text}, msgId=msg_id, senderStaffId=sender, senderId=f"$:{sender}",
-            senderNick="韩娜", senderCorpId="ding-corp", conversationType="2" if group else "1", conversationId="cidHR",
-            isInAtList=True, robotCode="ding-app", sessionWebhook=f"{self.url}/webhook/{msg_id}",
-            sessionWebhookExpiredTime=expires, chatbotUserId="bot", createAt=int(time.time() * 1000))
+            msgtype="text",
+            text={"content": text},
+            msgId=msg_id,
+            senderStaffId=sender,
+            senderId=f"$:{sender}",
+            senderNick="韩娜",
+            senderCorpId="ding-corp",
+            conversationType="2" if group else "1",
+            conversationId="cidHR",
+            isInAtList=True,
+            robotCode="ding-app",
+            sessionWebhook=f"{self.url}/webhook/{msg_id}",
+            sessionWebhookExpiredTime=expires,
+            chatbotUserId="bot",
+            createAt=int(time.time() * 1000),
+        )
 
     async def acked(self, message_id: str) -> dict:  # type: ignore[type-arg]
         await wait_until(lambda: self.fake.ack_for(message_id) is not None)
@@ -57,11 +76,22 @@ class DingWorld:
 
 
 def ding_settings(database_url: str, smtp_port: int, tmp_path: Path, url: str):  # type: ignore[no-untyped-def]
-    return make_settings(database_url, smtp_port, tmp_path, dingtalk={
-        "client_id": "ding-app", "client_secret": "ding-secret", "card_template_id": "approval.schema",
-        "corp_id": "ding-corp",
-        "approvals_conversation": "cidApprovers", "hr_conversation": "cidHR",
-        "openapi_endpoint": url, "oapi_endpoint": url, "timeout_s": 5})
+    return make_settings(
+        database_url,
+        smtp_port,
+        tmp_path,
+        dingtalk={
+            "client_id": "ding-app",
+            "client_secret": "ding-secret",
+            "card_template_id": "approval.schema",
+            "corp_id": "ding-corp",
+            "approvals_conversation": "cidApprovers",
+            "hr_conversation": "cidHR",
+            "openapi_endpoint": url,
+            "oapi_endpoint": url,
+            "timeout_s": 5,
+        },
+    )
 
 
 @pytest.fixture
@@ -95,10 +125,15 @@ async def test_a_group_command_is_answered_once_through_the_session_webhook(ding
     await ding.acked(again)
     await ding.adapter.settle()
     replies = ding.fake.made("/webhook/msg-1")
-    assert len(replies) == 1 and "已创建内部邮件组 eng@corp.example" in replies[0]["markdown"]["text"]  # zh_CN
+    assert (
+        len(replies) == 1 and "已创建内部邮件组 eng@corp.example" in replies[0]["markdown"]["text"]
+    )  # zh_CN
     await ding.fake.push(ding.message("@Postroom /addgroup eng alice@corp.example", "msg-1b"))
     await wait_until(lambda: ding.fake.made("/webhook/msg-1b"))
-    assert "已将 alice@corp.example 添加到 eng@corp.example" in ding.fake.made("/webhook/msg-1b")[0]["markdown"]["text"]
+    assert (
+        "已将 alice@corp.example 添加到 eng@corp.example"
+        in ding.fake.made("/webhook/msg-1b")[0]["markdown"]["text"]
+    )
     async with ding.core.ctx.sessions() as s:
         assert (await s.execute(select(func.count()).select_from(Group))).scalar_one() == 1
         identity = (await s.execute(select(Identity).where(Identity.user_id == "hannah01"))).scalar_one()
@@ -114,7 +149,9 @@ async def test_a_group_command_is_answered_once_through_the_session_webhook(ding
 
 async def test_a_card_click_approves_once_and_updates_the_card(ding: DingWorld, smtp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     csv = tmp_path / "c.csv"
-    csv.write_text("email,name,consent_at,consent_source\nlena@example.com,Lena,2026-03-02T10:15:00+00:00,form\n")
+    csv.write_text(
+        "email,name,consent_at,consent_source\nlena@example.com,Lena,2026-03-02T10:15:00+00:00,form\n"
+    )
     await import_contacts(ding.core.ctx, csv, "customers")
     await ding.console.say("/campaign new spring --to customers --template welcome")
     await ding.console.say("/campaign submit spring")
@@ -126,16 +163,40 @@ async def test_a_card_click_approves_once_and_updates_the_card(ding: DingWorld, 
     assert (params["btn1_label"], params["btn2_label"], params["has_buttons"]) == ("批准", "拒绝", "true")
     assert "申请人" in params["content"] and all(isinstance(v, str) for v in params.values())
 
-    forged = {"outTrackId": card["outTrackId"], "userId": "maria01", "corpId": "ding-other", "content": json.dumps(
-        {"cardPrivateData": {"params": {"action_id": params["btn1_action"], "value": params["btn1_value"]}}})}
-    assert (await ding.acked(await ding.fake.push(ding.fake.card_click(forged))))["code"] == 200  # logged, ignored
+    forged = {
+        "outTrackId": card["outTrackId"],
+        "userId": "maria01",
+        "corpId": "ding-other",
+        "content": json.dumps(
+            {
+                "cardPrivateData": {
+                    "params": {"action_id": params["btn1_action"], "value": params["btn1_value"]}
+                }
+            }
+        ),
+    }
+    assert (await ding.acked(await ding.fake.push(ding.fake.card_click(forged))))[
+        "code"
+    ] == 200  # logged, ignored
     await ding.adapter.settle()
     async with ding.core.ctx.sessions() as s:
         assert (await s.execute(select(func.count()).select_from(Approval))).scalar_one() == 0
-    click = {"outTrackId": card["outTrackId"], "userId": "maria01", "corpId": "ding-corp", "type": "actionCallback",
-             "spaceType": "IM", "spaceId": "cidApprovers",
-             "content": json.dumps({"cardPrivateData": {"actionIds": ["btn1"], "params": {
-                 "action_id": params["btn1_action"], "value": params["btn1_value"]}}})}
+    click = {
+        "outTrackId": card["outTrackId"],
+        "userId": "maria01",
+        "corpId": "ding-corp",
+        "type": "actionCallback",
+        "spaceType": "IM",
+        "spaceId": "cidApprovers",
+        "content": json.dumps(
+            {
+                "cardPrivateData": {
+                    "actionIds": ["btn1"],
+                    "params": {"action_id": params["btn1_action"], "value": params["btn1_value"]},
+                }
+            }
+        ),
+    }
     for _ in range(3):  # the platform redelivers; one approval, one send
         await ding.acked(await ding.fake.push(ding.fake.card_click(click)))
     await ding.adapter.settle()
@@ -154,18 +215,32 @@ async def test_a_card_click_approves_once_and_updates_the_card(ding: DingWorld, 
 
 async def test_address_book_joiner_and_leaver(ding: DingWorld) -> None:
     born = int(time.time() * 1000)
-    join = await ding.fake.push(ding.fake.event("user_add_org", "ev-1", {"timeStamp": "1", "userId": ["ivan01"]},
-                                                born_ms=born - 60_000))
+    join = await ding.fake.push(
+        ding.fake.event(
+            "user_add_org", "ev-1", {"timeStamp": "1", "userId": ["ivan01"]}, born_ms=born - 60_000
+        )
+    )
     ack = await ding.acked(join)
     assert ack["code"] == 200 and json.loads(ack["data"]) == {"status": "SUCCESS", "message": "success"}
     await ding.adapter.settle()
     async with ding.core.ctx.sessions() as s:
         person = (await s.execute(select(Person).where(Person.employee_id == "dingtalk:ivan01"))).scalar_one()
-    assert (person.email, person.status, person.attributes) == ("ivan@corp.example", "active",
-                                                                {"dingtalk_dept_ids": "7", "dingtalk_title": "Engineer"})
+    assert (person.email, person.status, person.attributes) == (
+        "ivan@corp.example",
+        "active",
+        {"dingtalk_dept_ids": "7", "dingtalk_title": "Engineer"},
+    )
     ding.fake.users["ivan01"]["title"] = "Staff Engineer"  # a change in the directory
-    change = ding.fake.event("user_modify_org", "ev-1b", {"timeStamp": "1", "userId": ["ivan01"], "diffInfo": [
-        {"userid": "ivan01", "prev": {"name": "Ivan"}, "curr": {"name": "Ivan"}}]}, born_ms=born - 30_000)
+    change = ding.fake.event(
+        "user_modify_org",
+        "ev-1b",
+        {
+            "timeStamp": "1",
+            "userId": ["ivan01"],
+            "diffInfo": [{"userid": "ivan01", "prev": {"name": "Ivan"}, "curr": {"name": "Ivan"}}],
+        },
+        born_ms=born - 30_000,
+    )
     await ding.acked(await ding.fake.push(change))
     await ding.adapter.settle()
     async with ding.core.ctx.sessions() as s:
@@ -182,11 +257,14 @@ async def test_address_book_joiner_and_leaver(ding: DingWorld) -> None:
     await ding.adapter.settle()
     async with ding.core.ctx.sessions() as s:
         assert (await s.execute(select(func.count()).select_from(Membership))).scalar_one() == 0
-        assert (await s.execute(select(Person.status).where(Person.employee_id == "dingtalk:ivan01"))).scalar_one() \
-            == "left"
+        assert (
+            await s.execute(select(Person.status).where(Person.employee_id == "dingtalk:ivan01"))
+        ).scalar_one() == "left"
 
 
-async def test_disconnect_frame_is_acked_then_the_client_reconnects_with_a_new_ticket(ding: DingWorld) -> None:
+async def test_disconnect_frame_is_acked_then_the_client_reconnects_with_a_new_ticket(
+    ding: DingWorld,
+) -> None:
     bye = await ding.fake.push(ding.fake.system("disconnect"))
     await ding.acked(bye)
     await wait_until(lambda: ding.fake.connections == 2 and ding.fake.online)
@@ -243,8 +321,14 @@ async def test_bad_frames_are_refused_and_change_nothing(ding: DingWorld) -> Non
     assert (await ding.acked(await ding.fake.push(no_text)))["code"] == 400
     odd_card = ding.fake.card_click({"outTrackId": "x", "userId": "maria01", "content": "{broken"})
     assert (await ding.acked(await ding.fake.push(odd_card)))["code"] == 400
-    foreign = ding.fake.card_click({"outTrackId": "x", "userId": "maria01", "corpId": "ding-corp",
-                                    "content": json.dumps({"cardPrivateData": {"params": {}}})})
+    foreign = ding.fake.card_click(
+        {
+            "outTrackId": "x",
+            "userId": "maria01",
+            "corpId": "ding-corp",
+            "content": json.dumps({"cardPrivateData": {"params": {}}}),
+        }
+    )
     assert (await ding.acked(await ding.fake.push(foreign)))["code"] == 200  # not ours: logged and ignored
     unknown = await ding.fake.push(ding.fake.event("org_dept_create", "ev-9", {"deptId": [1]}))
     assert json.loads((await ding.acked(unknown))["data"])["status"] == "SUCCESS"
@@ -269,11 +353,15 @@ def test_reconnect_waits_are_jittered_and_capped() -> None:
     from adapters.dingtalk.openapi import DingTalkApi
     from adapters.dingtalk.stream import PostroomStreamClient
 
-    client = PostroomStreamClient(Credential("a", "b"), DingTalkApi("http://x", "http://x", "a", "b"),
-                                  backoff_base=1.0, backoff_cap=30.0)
+    client = PostroomStreamClient(
+        Credential("a", "b"),
+        DingTalkApi("http://x", "http://x", "a", "b"),
+        backoff_base=1.0,
+        backoff_cap=30.0,
+    )
     for failures in (0, 1, 3, 10, 100):
         waits = [client.backoff(failures) for _ in range(200)]
-        assert all(0 <= w <= min(30.0, 2 ** failures) for w in waits)
+        assert all(0 <= w <= min(30.0, 2**failures) for w in waits)
         assert len(set(waits)) > 150  # spread out, so replicas don't reconnect in step
     assert max(client.backoff(10) for _ in range(200)) > 15  # it does grow towards the cap
 
@@ -291,19 +379,36 @@ async def use_rules(core: Core, tmp_path: Path, text: str) -> None:
 
 
 async def test_an_address_book_joiner_lands_in_the_rule_groups_and_the_leaver_leaves_them(
-        ding: DingWorld, tmp_path: Path) -> None:
-    await use_rules(ding.core, tmp_path, "groups:\n  - address: all-staff\n    members: everyone\n"
-                    "  - address: dept7\n    members: {dingtalk_dept_ids: '7'}\n"
-                    "  - address: dept8\n    members: {dingtalk_dept_ids: '8'}\n")
+    ding: DingWorld, tmp_path: Path
+) -> None:
+    await use_rules(
+        ding.core,
+        tmp_path,
+        "groups:\n  - address: all-staff\n    members: everyone\n"
+        "  - address: dept7\n    members: {dingtalk_dept_ids: '7'}\n"
+        "  - address: dept8\n    members: {dingtalk_dept_ids: '8'}\n",
+    )
     born = int(time.time() * 1000)
-    await ding.acked(await ding.fake.push(ding.fake.event(
-        "user_add_org", "ev-r1", {"timeStamp": "1", "userId": ["ivan01"]}, born_ms=born - 60_000)))
+    await ding.acked(
+        await ding.fake.push(
+            ding.fake.event(
+                "user_add_org", "ev-r1", {"timeStamp": "1", "userId": ["ivan01"]}, born_ms=born - 60_000
+            )
+        )
+    )
     await ding.adapter.settle()
 
     async def groups_of_ivan() -> list[str]:
         async with ding.core.ctx.sessions() as s:
-            return sorted((await s.execute(select(Group.address).join(Membership, Membership.group_id == Group.id)
-                                           .where(Membership.email == "ivan@corp.example"))).scalars())
+            return sorted(
+                (
+                    await s.execute(
+                        select(Group.address)
+                        .join(Membership, Membership.group_id == Group.id)
+                        .where(Membership.email == "ivan@corp.example")
+                    )
+                ).scalars()
+            )
 
     assert await groups_of_ivan() == ["all-staff@corp.example", "dept7@corp.example"]
     leave = ding.fake.event("user_leave_org", "ev-r2", {"timeStamp": "2", "userId": ["ivan01"]}, born_ms=born)

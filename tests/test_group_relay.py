@@ -28,8 +28,9 @@ E3,chen@corp.example,Chen,Sales,Shanghai
 @pytest.fixture
 async def relay(database_url, smtp, tmp_path):  # type: ignore[no-untyped-def]
     port = free_port()
-    async for bot in lifecycle_bot(database_url, smtp.port, tmp_path,
-                                   relay={"enabled": True, "host": "127.0.0.1", "port": port}):
+    async for bot in lifecycle_bot(
+        database_url, smtp.port, tmp_path, relay={"enabled": True, "host": "127.0.0.1", "port": port}
+    ):
         runtime = Runtime(bot.core)
         await start_services(runtime)
         staff = tmp_path / "staff.csv"
@@ -63,8 +64,9 @@ async def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no
 async def test_mail_to_groups_reaches_each_member_once_with_list_id(relay, smtp) -> None:  # type: ignore[no-untyped-def]
     _bot, port = relay
     msg = mail("alice@corp.example", ["eng@corp.example", "all-staff@corp.example"])
-    errors, reply = await aiosmtplib.send(msg, hostname="127.0.0.1", port=port,
-                                          recipients=["eng@corp.example", "all-staff@corp.example"])
+    errors, reply = await aiosmtplib.send(
+        msg, hostname="127.0.0.1", port=port, recipients=["eng@corp.example", "all-staff@corp.example"]
+    )
     assert errors == {} and reply.startswith("Message accepted")
     got = sorted(r for m in smtp.messages for r in m.rcpt_tos)
     assert got == ["alice@corp.example", "bob@corp.example", "chen@corp.example"]
@@ -77,17 +79,27 @@ async def test_mail_to_groups_reaches_each_member_once_with_list_id(relay, smtp)
 async def test_policy_and_unknown_addresses_are_refused_at_smtp_time(relay, smtp) -> None:  # type: ignore[no-untyped-def]
     _bot, port = relay
     with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as refused:
-        await aiosmtplib.send(mail("chen@corp.example", ["eng@corp.example"]), hostname="127.0.0.1", port=port)
+        await aiosmtplib.send(
+            mail("chen@corp.example", ["eng@corp.example"]), hostname="127.0.0.1", port=port
+        )
     assert refused.value.recipients[0].code == 550
     assert "only members of this group may post" in refused.value.recipients[0].message
     with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as refused:
-        await aiosmtplib.send(mail("x@gmail.com", ["all-staff@corp.example"]), hostname="127.0.0.1", port=port)
+        await aiosmtplib.send(
+            mail("x@gmail.com", ["all-staff@corp.example"]), hostname="127.0.0.1", port=port
+        )
     assert "only people at corp.example may post" in refused.value.recipients[0].message
     with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as refused:
-        await aiosmtplib.send(mail("alice@corp.example", ["nosuch@corp.example"]), hostname="127.0.0.1", port=port)
-    assert refused.value.recipients[0].code == 550 and "no such address" in refused.value.recipients[0].message
+        await aiosmtplib.send(
+            mail("alice@corp.example", ["nosuch@corp.example"]), hostname="127.0.0.1", port=port
+        )
+    assert (
+        refused.value.recipients[0].code == 550 and "no such address" in refused.value.recipients[0].message
+    )
     # `post: anyone`: an outsider may write to partners@ (no members yet: nothing goes out).
-    errors, _ = await aiosmtplib.send(mail("x@gmail.com", ["partners@corp.example"]), hostname="127.0.0.1", port=port)
+    errors, _ = await aiosmtplib.send(
+        mail("x@gmail.com", ["partners@corp.example"]), hostname="127.0.0.1", port=port
+    )
     assert errors == {}
     assert smtp.messages == []
 
@@ -115,11 +127,21 @@ async def test_group_mail_on_the_demo_reaches_each_member_once(tmp_path: Path) -
         mailbox = Mailbox(tmp_path / "mailbox", echo=None)
         await start_services(runtime, mailbox=mailbox)
         async with core.ctx.sessions() as s:
-            engineers = sorted((await s.execute(select(Person.email).where(
-                Person.attributes["department"].as_string() == "Engineering"))).scalars())
+            engineers = sorted(
+                (
+                    await s.execute(
+                        select(Person.email).where(
+                            Person.attributes["department"].as_string() == "Engineering"
+                        )
+                    )
+                ).scalars()
+            )
         assert engineers == ["alice@corp.example", "bob@corp.example"]
-        await aiosmtplib.send(mail("alice@corp.example", ["eng@corp.example"]), hostname="127.0.0.1",
-                              port=plan.settings.relay.port)
+        await aiosmtplib.send(
+            mail("alice@corp.example", ["eng@corp.example"]),
+            hostname="127.0.0.1",
+            port=plan.settings.relay.port,
+        )
         await wait_for(lambda: len(mailbox.messages()) >= 2)
         names = sorted(p.name.split("-", 1)[1] for p in mailbox.messages())
         assert names == ["alice@corp.example.eml", "bob@corp.example.eml"]
@@ -130,8 +152,11 @@ async def test_group_mail_on_the_demo_reaches_each_member_once(tmp_path: Path) -
         preview = await reconcile(core, source="sync", actor="demo", via="demo", dry_run=True)
         assert "+ alice@corp.example to berlin@corp.example" in preview
         with pytest.raises(aiosmtplib.SMTPRecipientsRefused):  # eng@ takes mail from its members only
-            await aiosmtplib.send(mail("chen@corp.example", ["eng@corp.example"]), hostname="127.0.0.1",
-                                  port=plan.settings.relay.port)
+            await aiosmtplib.send(
+                mail("chen@corp.example", ["eng@corp.example"]),
+                hostname="127.0.0.1",
+                port=plan.settings.relay.port,
+            )
     finally:
         await runtime.stop()
 
@@ -140,9 +165,17 @@ async def test_group_mail_on_the_demo_reaches_each_member_once(tmp_path: Path) -
 async def untrusting_relay(database_url, smtp, tmp_path):  # type: ignore[no-untyped-def]
     """The relay when loopback is not among `relay.trusted_networks` (as a remote client would be)."""
     port = free_port()
-    async for bot in lifecycle_bot(database_url, smtp.port, tmp_path,
-                                   relay={"enabled": True, "host": "127.0.0.1", "port": port,
-                                          "trusted_networks": ["10.0.0.0/8", "2001:db8::/32"]}):
+    async for bot in lifecycle_bot(
+        database_url,
+        smtp.port,
+        tmp_path,
+        relay={
+            "enabled": True,
+            "host": "127.0.0.1",
+            "port": port,
+            "trusted_networks": ["10.0.0.0/8", "2001:db8::/32"],
+        },
+    ):
         runtime = Runtime(bot.core)
         await start_services(runtime)
         staff = tmp_path / "staff.csv"
@@ -159,17 +192,21 @@ async def untrusting_relay(database_url, smtp, tmp_path):  # type: ignore[no-unt
 async def test_groups_refuse_untrusted_peers_but_unsubscribe_mail_stays_open(untrusting_relay, smtp) -> None:  # type: ignore[no-untyped-def]
     bot, port = untrusting_relay
     with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as refused:
-        await aiosmtplib.send(mail("alice@corp.example", ["all-staff@corp.example"]), hostname="127.0.0.1",
-                              port=port)
+        await aiosmtplib.send(
+            mail("alice@corp.example", ["all-staff@corp.example"]), hostname="127.0.0.1", port=port
+        )
     (err,) = refused.value.recipients
     assert err.code == 550 and "relaying denied" in err.message
     assert smtp.messages == []  # nobody in all-staff@ got it
     unsubscribe = bot.core.ctx.settings.campaigns.unsubscribe_mailbox
-    errors, reply = await aiosmtplib.send(mail("someone@example.com", [unsubscribe]), hostname="127.0.0.1",
-                                          port=port)
+    errors, reply = await aiosmtplib.send(
+        mail("someone@example.com", [unsubscribe]), hostname="127.0.0.1", port=port
+    )
     assert errors == {} and reply.startswith("Message accepted")
     with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as unknown:  # unknown addresses: the usual answer
-        await aiosmtplib.send(mail("alice@corp.example", ["nobody@corp.example"]), hostname="127.0.0.1", port=port)
+        await aiosmtplib.send(
+            mail("alice@corp.example", ["nobody@corp.example"]), hostname="127.0.0.1", port=port
+        )
     assert "no such address" in unknown.value.recipients[0].message
 
 

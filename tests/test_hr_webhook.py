@@ -23,20 +23,41 @@ async def lbot(database_url, smtp, tmp_path):  # type: ignore[no-untyped-def]
 
 async def test_joiner_mover_leaver_through_the_webhook(lbot) -> None:  # type: ignore[no-untyped-def]
     async with web_client(lbot) as client:
-        r = await post_event(client, hr_event("joined", "ev-1", "E100", IVAN, "2026-11-02T09:00:00Z",
-                                              name="Ivan Petrov", department="Engineering", location="Berlin"))
+        r = await post_event(
+            client,
+            hr_event(
+                "joined",
+                "ev-1",
+                "E100",
+                IVAN,
+                "2026-11-02T09:00:00Z",
+                name="Ivan Petrov",
+                department="Engineering",
+                location="Berlin",
+            ),
+        )
         assert r.status_code == 200, r.text
-        assert await groups_of(lbot, IVAN) == {"all-staff": "rule:all-staff", "eng": "rule:eng",
-                                               "berlin": "rule:berlin"}
-        assert "Ivan Petrov (ivan@corp.example) joined: added to all-staff@corp.example, berlin@corp.example, " \
-               "eng@corp.example." in lbot.out.getvalue()
+        assert await groups_of(lbot, IVAN) == {
+            "all-staff": "rule:all-staff",
+            "eng": "rule:eng",
+            "berlin": "rule:berlin",
+        }
+        assert (
+            "Ivan Petrov (ivan@corp.example) joined: added to all-staff@corp.example, berlin@corp.example, "
+            "eng@corp.example." in lbot.out.getvalue()
+        )
 
         await lbot.say(HR, f"/addgroup social {IVAN}")
-        r = await post_event(client, hr_event("changed", "ev-2", "E100", IVAN, "2026-11-03T09:00:00Z",
-                                              department="Sales"))
+        r = await post_event(
+            client, hr_event("changed", "ev-2", "E100", IVAN, "2026-11-03T09:00:00Z", department="Sales")
+        )
         assert r.status_code == 200 and r.json()["added"] == ["sales@corp.example"]
-        assert await groups_of(lbot, IVAN) == {"all-staff": "rule:all-staff", "sales": "rule:sales",
-                                               "berlin": "rule:berlin", "social": "manual"}
+        assert await groups_of(lbot, IVAN) == {
+            "all-staff": "rule:all-staff",
+            "sales": "rule:sales",
+            "berlin": "rule:berlin",
+            "social": "manual",
+        }
         assert "department Engineering → Sales" in lbot.out.getvalue()
 
         for _ in range(5):
@@ -45,59 +66,95 @@ async def test_joiner_mover_leaver_through_the_webhook(lbot) -> None:  # type: i
         assert r.json()["status"] == "duplicate"
         assert await groups_of(lbot, IVAN) == {}
         async with lbot.core.ctx.sessions() as s:
-            removes = (await s.execute(select(func.count()).select_from(AuditEntry).where(
-                AuditEntry.action == "membership.remove", AuditEntry.detail.like("%left%")))).scalar_one()
+            removes = (
+                await s.execute(
+                    select(func.count())
+                    .select_from(AuditEntry)
+                    .where(AuditEntry.action == "membership.remove", AuditEntry.detail.like("%left%"))
+                )
+            ).scalar_one()
         assert removes == 4  # one effect, though sent five times
 
         # An old `changed` arriving after `left` resurrects nobody.
-        r = await post_event(client, hr_event("changed", "ev-old", "E100", IVAN, "2026-11-03T12:00:00Z",
-                                              department="Engineering"))
+        r = await post_event(
+            client,
+            hr_event("changed", "ev-old", "E100", IVAN, "2026-11-03T12:00:00Z", department="Engineering"),
+        )
         assert r.json()["status"] == "stale"
         async with lbot.core.ctx.sessions() as s:
-            assert (await s.execute(select(Person.status).where(Person.employee_id == "E100"))).scalar_one() == "left"
+            assert (
+                await s.execute(select(Person.status).where(Person.employee_id == "E100"))
+            ).scalar_one() == "left"
         assert await groups_of(lbot, IVAN) == {}
 
 
 async def test_rehire_gets_rules_again_and_hr_hears_what_they_had(lbot) -> None:  # type: ignore[no-untyped-def]
     async with web_client(lbot) as client:
-        await post_event(client, hr_event("joined", "r1", "E7", IVAN, "2026-01-01T09:00:00Z", department="Sales"))
+        await post_event(
+            client, hr_event("joined", "r1", "E7", IVAN, "2026-01-01T09:00:00Z", department="Sales")
+        )
         await lbot.say(HR, f"/addgroup social {IVAN}")
         await post_event(client, hr_event("left", "r2", "E7", IVAN, "2026-02-01T09:00:00Z"))
         assert await groups_of(lbot, IVAN) == {}
-        r = await post_event(client, hr_event("joined", "r3", "E7", IVAN, "2026-06-01T09:00:00Z",
-                                              department="Engineering"))
+        r = await post_event(
+            client, hr_event("joined", "r3", "E7", IVAN, "2026-06-01T09:00:00Z", department="Engineering")
+        )
         assert r.status_code == 200
     assert await groups_of(lbot, IVAN) == {"all-staff": "rule:all-staff", "eng": "rule:eng"}
-    assert ("is back (rehired): added to all-staff@corp.example, eng@corp.example. When they left they were in "
-            "all-staff@corp.example, sales@corp.example, social@corp.example.") in lbot.out.getvalue()
+    assert (
+        "is back (rehired): added to all-staff@corp.example, eng@corp.example. When they left they were in "
+        "all-staff@corp.example, sales@corp.example, social@corp.example."
+    ) in lbot.out.getvalue()
 
 
 async def test_leaver_who_owned_a_group_is_reported_to_hr(lbot) -> None:  # type: ignore[no-untyped-def]
     async with web_client(lbot) as client:
-        await post_event(client, hr_event("joined", "o1", "E1", "alice@corp.example", "2026-01-01T09:00:00Z",
-                                          department="Engineering"))
+        await post_event(
+            client,
+            hr_event(
+                "joined", "o1", "E1", "alice@corp.example", "2026-01-01T09:00:00Z", department="Engineering"
+            ),
+        )
         await post_event(client, hr_event("left", "o2", "E1", None, "2026-03-01T09:00:00Z"))
     assert "They owned eng@corp.example: those groups need a new owner." in lbot.out.getvalue()
     assert await groups_of(lbot, "alice@corp.example") == {}
 
 
 BAD = [
-    ("bad signature", lambda b: {**signed(b), "X-Postroom-Signature": "sha256=" + "0" * 64}, None, 401, "signature"),
+    (
+        "bad signature",
+        lambda b: {**signed(b), "X-Postroom-Signature": "sha256=" + "0" * 64},
+        None,
+        401,
+        "signature",
+    ),
     ("stale timestamp", lambda b: signed(b, ts=int(time.time()) - 301), None, 401, "5 minutes"),
     ("no headers", lambda b: {"Content-Type": "application/json"}, None, 401, "required"),
     ("malformed json", signed, b'{"event_id": "x", ', 400, "not valid JSON"),
     ("unknown type", signed, {"type": "promoted"}, 422, "type must be joined, changed or left"),
     ("missing email", signed, {"employee": {"id": "E5", "attributes": {}}}, 422, "employee.email is missing"),
-    ("external address", signed, {"employee": {"id": "E5", "email": "x@gmail.com", "attributes": {}}}, 422,
-     "x@gmail.com is outside corp.example"),
-    ("oversize body", signed, {"employee": {"id": "E5", "email": IVAN, "attributes": {"x": "y" * 70_000}}},
-     413, "larger than"),
+    (
+        "external address",
+        signed,
+        {"employee": {"id": "E5", "email": "x@gmail.com", "attributes": {}}},
+        422,
+        "x@gmail.com is outside corp.example",
+    ),
+    (
+        "oversize body",
+        signed,
+        {"employee": {"id": "E5", "email": IVAN, "attributes": {"x": "y" * 70_000}}},
+        413,
+        "larger than",
+    ),
     ("naive time", signed, {"occurred_at": "2026-11-02T09:00:00"}, 422, "no time zone"),
 ]
 
 
 @pytest.mark.parametrize("name,headers,change,status,words", BAD, ids=[b[0] for b in BAD])
-async def test_bad_input_gets_a_4xx_sentence_and_changes_nothing(lbot, name, headers, change, status, words) -> None:  # type: ignore[no-untyped-def]
+async def test_bad_input_gets_a_4xx_sentence_and_changes_nothing(
+    lbot, name, headers, change, status, words
+) -> None:  # type: ignore[no-untyped-def]
     payload = hr_event("joined", f"bad-{name}", "E5", IVAN, "2026-11-02T09:00:00Z", department="Engineering")
     if isinstance(change, dict):
         payload.update(change)

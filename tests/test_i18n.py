@@ -24,14 +24,22 @@ READ_KW = {"title", "fields", "footer", "label", "confirm", "link"}
 
 
 def modules() -> list[Path]:
-    return sorted(p for p in BOT.rglob("*.py") if str(p.relative_to(BOT)) not in EXEMPT
-                  and "migrations/versions" not in str(p))
+    return sorted(
+        p
+        for p in BOT.rglob("*.py")
+        if str(p.relative_to(BOT)) not in EXEMPT and "migrations/versions" not in str(p)
+    )
 
 
 def t_calls(tree: ast.AST) -> list[tuple[int, str]]:
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "t" and node.args:
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "t"
+            and node.args
+        ):
             first = node.args[0]
             if isinstance(first, ast.Constant) and isinstance(first.value, str):
                 found.append((node.lineno, first.value))

@@ -64,8 +64,12 @@ async def _contacts(core, tmp_path: Path) -> None:  # type: ignore[no-untyped-de
     await import_contacts(core.ctx, path, "customers")
 
 
-async def test_a_campaign_runs_in_chinese_on_a_chinese_console(database_url: str, smtp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    settings = make_settings(database_url, smtp.port, tmp_path, campaigns={"reports_dir": str(tmp_path / "reports")})
+async def test_a_campaign_runs_in_chinese_on_a_chinese_console(
+    database_url: str, smtp, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(
+        database_url, smtp.port, tmp_path, campaigns={"reports_dir": str(tmp_path / "reports")}
+    )
     core = await build_core(settings)
     console = ConsoleAdapter(HR, out=io.StringIO(), prompt=False)
     console.locale = "zh_CN"
@@ -79,7 +83,9 @@ async def test_a_campaign_runs_in_chinese_on_a_chinese_console(database_url: str
         reply = await bot.say(SENDER, "/campaign new spring --to customers --template welcome")
         assert "名为“spring”的群发活动已存在" in reply and "用法：" in reply, reply
         reply = await bot.say(SENDER, "/campaign preview spring")
-        assert "群发活动“spring”（草稿）" in reply and "2 位收件人" in reply and "检查：全部通过。" in reply, reply
+        assert (
+            "群发活动“spring”（草稿）" in reply and "2 位收件人" in reply and "检查：全部通过。" in reply
+        ), reply
         reply = await bot.say(SENDER, "/campaign submit spring")
         assert "已将“spring”提交给审批人审批" in reply and "批准后将发送给 2 位收件人" in reply, reply
 
@@ -89,7 +95,9 @@ async def test_a_campaign_runs_in_chinese_on_a_chinese_console(database_url: str
         assert card_message.text == f"{SENDER} 申请发送群发活动“spring”。"
         assert card.title == "待审批：群发活动“spring”"
         names = [name for name, _ in card.fields]
-        assert names[:2] == ["申请人", "收件人"] and "主题" in names and "检查" in names and "跟踪" in names, names
+        assert (
+            names[:2] == ["申请人", "收件人"] and "主题" in names and "检查" in names and "跟踪" in names
+        ), names
         assert dict(card.fields)["检查"] == "通过"
         assert [b.label for b in card.buttons] == ["批准", "拒绝"]
         assert card.buttons[1].confirm == "拒绝“spring”？发件人会收到通知。"
@@ -100,7 +108,9 @@ async def test_a_campaign_runs_in_chinese_on_a_chinese_console(database_url: str
         await until(lambda: len({r for m in smtp.messages for r in m.rcpt_tos}) == 2)
         await bot.settle()
         async with core.ctx.sessions() as session:
-            state = (await session.execute(select(Campaign.state).where(Campaign.name == "spring"))).scalar_one()
+            state = (
+                await session.execute(select(Campaign.state).where(Campaign.name == "spring"))
+            ).scalar_one()
         assert state == "completed"
         outcome = dict(bot.cards()[-1].card.fields)["结果"]  # type: ignore[union-attr]
         assert outcome.startswith(f"已由 {APPROVER} 批准；已发送 — 2 封"), outcome
@@ -109,7 +119,9 @@ async def test_a_campaign_runs_in_chinese_on_a_chinese_console(database_url: str
         assert "“spring”状态：已完成。" in reply and f"{APPROVER} 于" in reply and "已批准" in reply, reply
         assert "2 位收件人：已发送 2" in reply, reply
         reply = await bot.say(SENDER, "/campaign report spring")
-        assert "“spring”的报告（已完成）：2 位收件人。" in reply and "硬退信 0" in reply and "退订 0" in reply, reply
+        assert (
+            "“spring”的报告（已完成）：2 位收件人。" in reply and "硬退信 0" in reply and "退订 0" in reply
+        ), reply
         assert "打开 0" in reply and "点击率" in reply and "(attachment saved:" in reply, reply
         reply = await bot.say(SENDER, "/campaign list")
         assert "1 个群发活动：" in reply and "spring — 已完成" in reply, reply
@@ -131,14 +143,19 @@ async def test_one_approval_card_goes_out_in_each_messengers_language(settings, 
     bot = ChatBot(core, english_console, english_console.out)  # type: ignore[arg-type]
     try:
         await _contacts(core, tmp_path)
-        assert "Draft campaign" in await bot.say(SENDER, "/campaign new autumn --to customers --template welcome")
+        assert "Draft campaign" in await bot.say(
+            SENDER, "/campaign new autumn --to customers --template welcome"
+        )
         reply = await bot.say(SENDER, "/campaign submit autumn")
         assert "Submitted “autumn” for approval to the approvers." in reply, reply
 
         en = bot.cards()[-1]
         zh = [m for kind, conv, m in chinese.transcript if kind == "send" and m.card is not None][-1]
         assert en.card is not None and zh.card is not None
-        assert en.card.title == "Approval needed: campaign “autumn”" and zh.card.title == "待审批：群发活动“autumn”"
+        assert (
+            en.card.title == "Approval needed: campaign “autumn”"
+            and zh.card.title == "待审批：群发活动“autumn”"
+        )
         assert [b.label for b in en.card.buttons] == ["Approve", "Reject"]
         assert [b.label for b in zh.card.buttons] == ["批准", "拒绝"]
         assert [b.text_command for b in en.card.buttons] == [b.text_command for b in zh.card.buttons]
@@ -160,22 +177,32 @@ async def test_one_approval_card_goes_out_in_each_messengers_language(settings, 
 
         # The stored note is one record, shown in each reader's language.
         async with core.ctx.sessions() as session:
-            stored = (await session.execute(select(Campaign.status_note).where(Campaign.name == "autumn"))).scalar_one()
+            stored = (
+                await session.execute(select(Campaign.status_note).where(Campaign.name == "autumn"))
+            ).scalar_one()
         assert english(stored) == f"Rejected by {APPROVER}: the footer is missing"
         with i18n.using("zh_CN"):
             assert show(stored) == f"已由 {APPROVER} 拒绝：the footer is missing"
-        assert f"Rejected by {APPROVER}: the footer is missing" in await bot.say(SENDER, "/campaign status autumn")
+        assert f"Rejected by {APPROVER}: the footer is missing" in await bot.say(
+            SENDER, "/campaign status autumn"
+        )
     finally:
         await close_core(core)
 
 
 def test_status_notes_translate_when_shown_and_old_plain_notes_stay() -> None:
-    stored = note("Paused by itself: the mail server at {server} refused or dropped every message of the last "
-                  "batch ({error}).", server="127.0.0.1:25", error="421 busy")
+    stored = note(
+        "Paused by itself: the mail server at {server} refused or dropped every message of the last "
+        "batch ({error}).",
+        server="127.0.0.1:25",
+        error="421 busy",
+    )
     assert json.loads(stored)["v"] == {"server": "127.0.0.1:25", "error": "421 busy"}
     assert english(stored).startswith("Paused by itself: the mail server at 127.0.0.1:25")
     with i18n.using("zh_CN"):
-        assert show(stored) == "已自动暂停：邮件服务器 127.0.0.1:25 拒收或丢弃了上一批的全部邮件（421 busy）。"
+        assert (
+            show(stored) == "已自动暂停：邮件服务器 127.0.0.1:25 拒收或丢弃了上一批的全部邮件（421 busy）。"
+        )
         assert show("Cancelled by someone.") == "Cancelled by someone."  # written before notes had keys
         assert show("{not json") == "{not json"
         assert show(None) == ""
@@ -186,8 +213,13 @@ def test_every_status_note_text_has_a_translation() -> None:
     found = []
     for path in sorted(BOT.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "note"
-                    and node.args and isinstance(node.args[0], ast.Constant)):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "note"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+            ):
                 found.append(node.args[0].value)
     assert len(found) >= 8  # engine pauses and failures, rejections, pause/resume/cancel
     missing = [text for text in found if text not in zh]

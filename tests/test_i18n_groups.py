@@ -50,18 +50,31 @@ async def test_rules_sync_audit_and_hr_notices_are_chinese(zbot: ChatBot) -> Non
     reply = await zbot.say(HR, "/rules")
     assert "个邮件组：" in reply
     assert "all-staff@corp.example（内部, 发信权限：company；负责人 hannah@corp.example）— 所有人" in reply
-    assert "department 为 Engineering" in reply and "location 为 Berlin, Potsdam 之一，但排除 title 为 Contractor" in reply
+    assert (
+        "department 为 Engineering" in reply
+        and "location 为 Berlin, Potsdam 之一，但排除 title 为 Contractor" in reply
+    )
     assert "partners@corp.example（允许外部成员, 发信权限：anyone；无负责人）— 手动维护" in reply
 
     at = datetime.now(UTC) - timedelta(minutes=5)
-    await zbot.core.handle_person_event(PersonEvent("joined", "test", "E1", "kim@corp.example",
-                                                    {"department": "Engineering"}, "j1", at, "Kim"))
+    await zbot.core.handle_person_event(
+        PersonEvent(
+            "joined", "test", "E1", "kim@corp.example", {"department": "Engineering"}, "j1", at, "Kim"
+        )
+    )
     notice = hr_notices(zbot)[-1]
     assert notice.startswith("Kim (kim@corp.example) 已入职：已加入 ") and "eng@corp.example" in notice
 
     async with zbot.core.ctx.sessions() as session, session.begin():  # on record, not yet in any group
-        session.add(Person(employee_id="E2", email="lee@corp.example", attributes={"department": "Sales"},
-                           source="test", status="active"))
+        session.add(
+            Person(
+                employee_id="E2",
+                email="lee@corp.example",
+                attributes={"department": "Sales"},
+                source="test",
+                status="active",
+            )
+        )
     reply = await zbot.say(HR, "/sync --dry-run")
     assert reply.startswith("试运行——未做任何更改。 添加 2 项，移除 0 项。")
     assert "+ lee@corp.example 加入 sales@corp.example（规则 sales：department 为 Sales）" in reply
@@ -70,12 +83,15 @@ async def test_rules_sync_audit_and_hr_notices_are_chinese(zbot: ChatBot) -> Non
     reply = await zbot.say(HR, "/sync --dry-run")
     assert reply == "一切都与规则一致，无需变更（试运行）。"
 
-    await zbot.core.handle_person_event(PersonEvent("changed", "test", "E1", None, {"department": "Sales"}, "c1",
-                                                    at + timedelta(minutes=1)))
+    await zbot.core.handle_person_event(
+        PersonEvent("changed", "test", "E1", None, {"department": "Sales"}, "c1", at + timedelta(minutes=1))
+    )
     notice = hr_notices(zbot)[-1]
     assert "已调岗（department Engineering → Sales）" in notice and "已从 eng@corp.example 移除" in notice
 
-    await zbot.core.handle_person_event(PersonEvent("left", "test", "E1", None, {}, "l1", at + timedelta(minutes=2)))
+    await zbot.core.handle_person_event(
+        PersonEvent("left", "test", "E1", None, {}, "l1", at + timedelta(minutes=2))
+    )
     notice = hr_notices(zbot)[-1]
     assert "Kim (kim@corp.example) 已离职" in notice and "all-staff@corp.example" in notice
 
@@ -87,9 +103,15 @@ async def test_a_held_plan_is_announced_and_decided_in_chinese(zbot: ChatBot) ->
     from bot.groups import planner
 
     async with zbot.core.ctx.sessions() as session, session.begin():
-        pending = await planner.hold(session, source="sync", actor=HR, via="console",
-                                     reasons=["it changes the protected group social@corp.example"], summary="",
-                                     changes=[])
+        pending = await planner.hold(
+            session,
+            source="sync",
+            actor=HR,
+            via="console",
+            reasons=["it changes the protected group social@corp.example"],
+            summary="",
+            changes=[],
+        )
     await planner.announce_hold(zbot.core, pending)
     card = zbot.cards()[-1]
     assert card.text == "来自 sync 的成员变更计划等待审批。"

@@ -25,8 +25,11 @@ async def test_identify_uses_fresh_entries_and_re_resolves_old_ones(bot) -> None
     assert await identities.identify(ctx, "chat", "U1", resolve) == "carl@corp.example"  # cached, fresh
     assert asked == ["U1"]
     async with ctx.sessions() as session, session.begin():
-        await session.execute(update(Identity).where(Identity.user_id == "U1")
-                              .values(updated_at=utcnow() - identities.TTL - timedelta(minutes=1)))
+        await session.execute(
+            update(Identity)
+            .where(Identity.user_id == "U1")
+            .values(updated_at=utcnow() - identities.TTL - timedelta(minutes=1))
+        )
     assert await identities.identify(ctx, "chat", "U1", resolve) == "carl.new@corp.example"
     assert asked == ["U1", "U1"]
     assert await identities.known(ctx, "chat", "U1") == ("carl.new@corp.example", "Carl")

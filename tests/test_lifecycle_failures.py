@@ -19,16 +19,19 @@ async def lbot(database_url, smtp, tmp_path):  # type: ignore[no-untyped-def]
 
 async def test_a_failed_leaver_removal_is_reported_and_retried(lbot) -> None:  # type: ignore[no-untyped-def]
     async with web_client(lbot) as client:
-        r = await post_event(client, hr_event("joined", "f1", "E1", IVAN, "2026-11-02T09:00:00Z",
-                                              department="Engineering"))
+        r = await post_event(
+            client, hr_event("joined", "f1", "E1", IVAN, "2026-11-02T09:00:00Z", department="Engineering")
+        )
         assert r.status_code == 200
         # The audit table disappears: every write of the leaver's removal fails.
         async with lbot.core.ctx.engine.begin() as conn:
             await conn.execute(text("DROP TABLE audit"))
         r = await post_event(client, hr_event("left", "f2", "E1", IVAN, "2026-11-05T09:00:00Z"))
     assert r.status_code == 503 and "send it again later" in r.json()["error"]
-    assert "Removing leaver ivan@corp.example from their groups failed; I will try again in a minute." \
+    assert (
+        "Removing leaver ivan@corp.example from their groups failed; I will try again in a minute."
         in lbot.out.getvalue()
+    )
     assert set(await groups_of(lbot, IVAN)) == {"all-staff", "eng"}  # rolled back whole, event not consumed
     async with lbot.core.ctx.sessions() as s:
         ids = (await s.execute(text("SELECT event_id FROM processed_events"))).scalars().all()
@@ -40,4 +43,7 @@ async def test_a_failed_leaver_removal_is_reported_and_retried(lbot) -> None:  #
     assert job is not None
     await job.func(**job.kwargs)  # the stored retry, as the scheduler runs it a minute later
     assert await groups_of(lbot, IVAN) == {}
-    assert "ivan@corp.example left: removed from all-staff@corp.example, eng@corp.example." in lbot.out.getvalue()
+    assert (
+        "ivan@corp.example left: removed from all-staff@corp.example, eng@corp.example."
+        in lbot.out.getvalue()
+    )

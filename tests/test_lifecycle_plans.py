@@ -22,7 +22,8 @@ from tests.lifecycle_kit import RULES, groups_of, lifecycle_bot, write_rules
 
 SETTINGS = load_settings(read_file=False)
 STAFF = ["employee_id,email,name,department,location"] + [
-    f"E{i:03d},p{i}@corp.example,Person {i},{'Engineering' if i % 2 else 'Sales'},Berlin" for i in range(10)]
+    f"E{i:03d},p{i}@corp.example,Person {i},{'Engineering' if i % 2 else 'Sales'},Berlin" for i in range(10)
+]
 
 
 @pytest.fixture
@@ -39,16 +40,25 @@ def csv_file(tmp_path: Path, lines: list[str], name: str = "staff.csv") -> Path:
 
 async def all_staff_size(bot) -> int:  # type: ignore[no-untyped-def]
     async with bot.core.ctx.sessions() as s:
-        return (await s.execute(select(func.count()).select_from(Membership).join(Group).where(
-            Group.local_part == "all-staff"))).scalar_one()
+        return (
+            await s.execute(
+                select(func.count())
+                .select_from(Membership)
+                .join(Group)
+                .where(Group.local_part == "all-staff")
+            )
+        ).scalar_one()
 
 
 async def test_csv_import_that_drops_half_of_all_staff_waits_for_an_approver(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
     first = await import_staff(lbot.core, csv_file(tmp_path, STAFF))
     assert first.applied and first.joined == 10
     assert await all_staff_size(lbot) == 10
-    assert await groups_of(lbot, "p1@corp.example") == {"all-staff": "rule:all-staff", "eng": "rule:eng",
-                                                        "berlin": "rule:berlin"}
+    assert await groups_of(lbot, "p1@corp.example") == {
+        "all-staff": "rule:all-staff",
+        "eng": "rule:eng",
+        "berlin": "rule:berlin",
+    }
 
     dry = await import_staff(lbot.core, csv_file(tmp_path, STAFF[:6], "half.csv"), dry_run=True)
     assert dry.left == 5 and dry.reasons and "Dry run" in dry.summary()
@@ -57,18 +67,30 @@ async def test_csv_import_that_drops_half_of_all_staff_waits_for_an_approver(lbo
     assert "removes 5 of 10 members (50%) of all-staff@corp.example" in half.summary()
     assert await all_staff_size(lbot) == 10  # nothing changed
     async with lbot.core.ctx.sessions() as s:
-        assert (await s.execute(select(func.count()).select_from(Person).where(Person.status == "left"))).scalar_one() == 0
+        assert (
+            await s.execute(select(func.count()).select_from(Person).where(Person.status == "left"))
+        ).scalar_one() == 0
     card = lbot.cards("approvals")[-1].card
     assert card is not None and [b.label for b in card.buttons] == ["Approve", "Reject"]
     assert any("all-staff@corp.example" in v for _n, v in card.fields)
 
     # Someone without the approver role cannot press it; an approver can, once.
-    click = Action(Actor("console", NOBODY, email=NOBODY), "plan.approve", str(half.held),
-                   Conversation("console", "approvals"), delivery_id="click-1")
+    click = Action(
+        Actor("console", NOBODY, email=NOBODY),
+        "plan.approve",
+        str(half.held),
+        Conversation("console", "approvals"),
+        delivery_id="click-1",
+    )
     refused = await lbot.core.handle_action(click)
     assert refused is not None and "Only approvers" in refused.text
-    ok = Action(Actor("console", APPROVER, email=APPROVER), "plan.approve", str(half.held),
-                Conversation("console", "approvals"), delivery_id="click-2")
+    ok = Action(
+        Actor("console", APPROVER, email=APPROVER),
+        "plan.approve",
+        str(half.held),
+        Conversation("console", "approvals"),
+        delivery_id="click-2",
+    )
     reply = await lbot.core.handle_action(ok)
     assert reply is not None and "Approved membership plan" in reply.text
     assert await all_staff_size(lbot) == 5
@@ -103,28 +125,43 @@ async def test_bad_csv_is_refused_whole(lbot, tmp_path) -> None:  # type: ignore
 async def test_sync_dry_run_shows_the_plan_and_sync_applies_it_keeping_manual(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
     async with lbot.core.ctx.sessions() as s, s.begin():
         s.add(Person(employee_id="E1", email="zoe@corp.example", attributes={"department": "Engineering"}))
-        s.add(Person(employee_id="E2", email="yan@corp.example", attributes={"department": "Sales",
-                                                                             "location": "Potsdam"}))
+        s.add(
+            Person(
+                employee_id="E2",
+                email="yan@corp.example",
+                attributes={"department": "Sales", "location": "Potsdam"},
+            )
+        )
     await lbot.say(HR, "/addgroup social zoe@corp.example")
     reply = await lbot.say(HR, "/sync --dry-run")
     assert "Dry run — nothing changed. 5 to add, 0 to remove." in reply
-    assert "+ yan@corp.example to berlin@corp.example (rule berlin: location is one of Berlin, Potsdam" in reply
+    assert (
+        "+ yan@corp.example to berlin@corp.example (rule berlin: location is one of Berlin, Potsdam" in reply
+    )
     assert await groups_of(lbot, "zoe@corp.example") == {"social": "manual"}
     reply = await lbot.say(NOBODY, "/sync")
     assert "for HR;" in reply
     reply = await lbot.say(HR, "/sync")
     assert "Applied 5 changes." in reply
-    assert await groups_of(lbot, "zoe@corp.example") == {"social": "manual", "all-staff": "rule:all-staff",
-                                                         "eng": "rule:eng"}
+    assert await groups_of(lbot, "zoe@corp.example") == {
+        "social": "manual",
+        "all-staff": "rule:all-staff",
+        "eng": "rule:eng",
+    }
     assert "nothing to change" in await lbot.say(HR, "/sync --dry-run")
     async with lbot.core.ctx.sessions() as s:
-        actors = set((await s.execute(select(AuditEntry.actor).where(AuditEntry.action == "membership.add"))).scalars())
+        actors = set(
+            (await s.execute(select(AuditEntry.actor).where(AuditEntry.action == "membership.add"))).scalars()
+        )
     assert actors == {HR}
 
 
 async def test_bad_rules_file_is_refused_and_the_old_rules_stay(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
     before = await lbot.say(HR, "/rules")
-    assert "eng@corp.example (internal, posting: members; owners alice@corp.example) — department is Engineering" in before
+    assert (
+        "eng@corp.example (internal, posting: members; owners alice@corp.example) — department is Engineering"
+        in before
+    )
     write_rules(tmp_path, RULES.replace("    post: members\n", "    post: everybody\n"))
     reply = await lbot.say(HR, "/rules reload")
     assert "line 8: post must be one of members, company, anyone, not “everybody”" in reply
@@ -146,15 +183,18 @@ async def test_changes_to_a_protected_group_wait_for_an_approver(lbot, tmp_path)
     write_rules(tmp_path, RULES.replace("    name: Everyone\n", "    name: Everyone\n    protected: true\n"))
     await lbot.say(ADMIN, "/rules reload")
     at = datetime(2026, 11, 2, 9, tzinfo=UTC)
-    out = await lbot.core.handle_person_event(PersonEvent("joined", "test", "E3", "kim@corp.example",
-                                                          {"department": "Sales"}, "p1", at))
+    out = await lbot.core.handle_person_event(
+        PersonEvent("joined", "test", "E3", "kim@corp.example", {"department": "Sales"}, "p1", at)
+    )
     assert out.added == ["sales@corp.example"] and out.held is not None
     assert await groups_of(lbot, "kim@corp.example") == {"sales": "rule:sales"}
     assert "wait for an approver (plan #" in lbot.out.getvalue()
     await lbot.say(APPROVER, f"/plan approve {out.held}")
     assert await groups_of(lbot, "kim@corp.example") == {"sales": "rule:sales", "all-staff": "rule:all-staff"}
     # A leaver leaves protected groups at once: nobody waits for an approver to stop mail.
-    left = await lbot.core.handle_person_event(PersonEvent("left", "test", "E3", None, {}, "p2", at + timedelta(1)))
+    left = await lbot.core.handle_person_event(
+        PersonEvent("left", "test", "E3", None, {}, "p2", at + timedelta(1))
+    )
     assert left.held is None and await groups_of(lbot, "kim@corp.example") == {}
 
 
@@ -165,8 +205,12 @@ def test_the_documented_example_rules_file_loads_and_matches() -> None:
     root = Path(__file__).parents[1]
     rules = load_rules(root / "manifests/groups.example.yaml", load_settings(read_file=False))
     assert [g.local_part for g in rules.groups] == ["all-staff", "eng", "berlin", "eng-leads", "partners"]
-    lead = person_values("li@corp.example", "E7", None, {"department": "engineering", "title": "Team Lead",
-                                                          "location": "Potsdam"})
+    lead = person_values(
+        "li@corp.example",
+        "E7",
+        None,
+        {"department": "engineering", "title": "Team Lead", "location": "Potsdam"},
+    )
     assert [g.local_part for g in rules.groups_for(lead)] == ["all-staff", "eng", "berlin", "eng-leads"]
     contractor = person_values("c@corp.example", "E0042", None, {"employment_type": "Contractor"})
     assert [g.local_part for g in rules.groups_for(contractor)] == ["eng-leads"]
@@ -189,8 +233,9 @@ async def test_a_plan_held_where_no_messenger_listens_is_announced_once_later(lb
 
 async def test_groups_shows_each_membership_source(lbot) -> None:  # type: ignore[no-untyped-def]
     at = datetime(2026, 11, 2, 9, tzinfo=UTC)
-    await lbot.core.handle_person_event(PersonEvent("joined", "test", "E3", "kim@corp.example",
-                                                    {"department": "Sales"}, "s1", at))
+    await lbot.core.handle_person_event(
+        PersonEvent("joined", "test", "E3", "kim@corp.example", {"department": "Sales"}, "s1", at)
+    )
     await lbot.say(HR, "/addgroup social kim@corp.example")
     reply = await lbot.say(HR, "/groups kim@corp.example")
     assert "sales@corp.example — by the rule “sales”" in reply
@@ -209,9 +254,24 @@ def test_any_rules_text_loads_or_is_refused_with_a_sentence(text: str) -> None:
 
 
 @settings_(max_examples=100, deadline=None)
-@given(st.lists(st.sampled_from(["  - address: a\n", "    members: {department: x}\n", "    post: members\n",
-                                 "    except: {title: y}\n", "    kind: internal\n", "    owners: [o@corp.example]\n",
-                                 "    bogus: 1\n", "  - {}\n", "    members: everyone\n"]), max_size=8))
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "  - address: a\n",
+                "    members: {department: x}\n",
+                "    post: members\n",
+                "    except: {title: y}\n",
+                "    kind: internal\n",
+                "    owners: [o@corp.example]\n",
+                "    bogus: 1\n",
+                "  - {}\n",
+                "    members: everyone\n",
+            ]
+        ),
+        max_size=8,
+    )
+)
 def test_generated_rule_files_load_or_name_their_line(lines: list[str]) -> None:
     from bot.groups.rules import RulesError, parse_rules
 

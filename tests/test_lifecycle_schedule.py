@@ -48,8 +48,9 @@ async def test_leaver_grace_period_is_kept_across_a_restart(database_url, smtp, 
         settings = bot.core.ctx.settings
         joined_at = datetime.now(UTC) - timedelta(hours=2)
         for n, (emp, email) in enumerate((("E1", "alice@corp.example"), ("E2", "bob@corp.example"))):
-            await bot.core.handle_person_event(PersonEvent("joined", "test", emp, email, {"department": "Engineering"},
-                                                           f"j{n}", joined_at))
+            await bot.core.handle_person_event(
+                PersonEvent("joined", "test", emp, email, {"department": "Engineering"}, f"j{n}", joined_at)
+            )
         await bot.say(HR, "/addgroup social bob@corp.example")
         at = datetime.now(UTC) - timedelta(hours=1) + timedelta(seconds=1.5)
         out = await bot.core.handle_person_event(PersonEvent("left", "test", "E2", None, {}, "g1", at))
@@ -67,11 +68,15 @@ async def test_leaver_grace_period_is_kept_across_a_restart(database_url, smtp, 
 
         async def gone() -> bool:
             async with core.ctx.sessions() as s:
-                return (await s.execute(select(Membership.id).where(Membership.email == "bob@corp.example"))).first() is None
+                return (
+                    await s.execute(select(Membership.id).where(Membership.email == "bob@corp.example"))
+                ).first() is None
 
         await wait_for(gone)
         async with core.ctx.sessions() as s:
-            assert (await s.execute(select(Membership.id).where(Membership.email == "alice@corp.example"))).first()
+            assert (
+                await s.execute(select(Membership.id).where(Membership.email == "alice@corp.example"))
+            ).first()
     finally:
         await close_core(core)
 
@@ -87,16 +92,23 @@ async def test_audit_report_lists_what_needs_a_look(database_url, smtp, tmp_path
         await bot.say(HR, "/addgroup social chen@corp.example")
         async with bot.core.ctx.sessions() as s, s.begin():
             # As if a removal had failed half-way: a leaver with a membership left behind.
-            await s.execute(update(Person).where(Person.email == "bob@corp.example").values(
-                status="left", left_at=datetime.now(UTC) - timedelta(days=1)))
-            await s.execute(update(Membership).where(Membership.email == "chen@corp.example",
-                                                     Membership.source == "manual")
-                            .values(added_at=datetime.now(UTC) - timedelta(days=400)))
+            await s.execute(
+                update(Person)
+                .where(Person.email == "bob@corp.example")
+                .values(status="left", left_at=datetime.now(UTC) - timedelta(days=1))
+            )
+            await s.execute(
+                update(Membership)
+                .where(Membership.email == "chen@corp.example", Membership.source == "manual")
+                .values(added_at=datetime.now(UTC) - timedelta(days=400))
+            )
         reply = await bot.say(HR, "/audit")
         assert "2 leaver membership(s) remain" in reply  # bob is in all-staff and eng
         assert "Leavers still in a group (must be none): bob@corp.example in all-staff@corp.example" in reply
-        assert "Groups with no owner: berlin@corp.example, partners@corp.example, quiet@corp.example, " \
-               "sales@corp.example, social@corp.example" in reply
+        assert (
+            "Groups with no owner: berlin@corp.example, partners@corp.example, quiet@corp.example, "
+            "sales@corp.example, social@corp.example" in reply
+        )
         assert "Empty groups: quiet@corp.example\n" in reply
         assert "External members: lena@example.com in partners@corp.example" in reply
         assert "chen@corp.example in social@corp.example (since" in reply
@@ -119,7 +131,11 @@ async def test_postfix_lookup_query_and_export_expand_a_group(database_url, smtp
         cf = "pgsql-groups.cf" if bot.core.ctx.dialect == "postgresql" else "sqlite-groups.cf"
         query = re.search(r"^query = (.*)$", (ROOT / "manifests/postfix" / cf).read_text(), re.M).group(1)  # type: ignore[union-attr]
         async with bot.core.ctx.engine.connect() as conn:
-            rows = (await conn.execute(text(query.replace("'%s'", ":a")), {"a": "eng@corp.example"})).scalars().all()
+            rows = (
+                (await conn.execute(text(query.replace("'%s'", ":a")), {"a": "eng@corp.example"}))
+                .scalars()
+                .all()
+            )
         assert sorted(rows) == ["alice@corp.example", "bob@corp.example"]
         table = await postfix_virtual(bot.core.ctx)
         assert "eng@corp.example alice@corp.example,bob@corp.example\n" in table
@@ -127,14 +143,21 @@ async def test_postfix_lookup_query_and_export_expand_a_group(database_url, smtp
 
 
 def test_cli_hr_import_dry_run_and_groups_export(tmp_path: Path) -> None:
-    (tmp_path / "groups.yaml").write_text("groups:\n  - address: eng\n    members: {department: Engineering}\n")
+    (tmp_path / "groups.yaml").write_text(
+        "groups:\n  - address: eng\n    members: {department: Engineering}\n"
+    )
     (tmp_path / "staff.csv").write_text(STAFF)
-    env = {**os.environ, "POSTROOM_DATABASE__URL": f"sqlite+aiosqlite:///{tmp_path / 'p.db'}",
-           "POSTROOM_GROUPS__RULES_FILE": str(tmp_path / "groups.yaml")}
+    env = {
+        **os.environ,
+        "POSTROOM_DATABASE__URL": f"sqlite+aiosqlite:///{tmp_path / 'p.db'}",
+        "POSTROOM_GROUPS__RULES_FILE": str(tmp_path / "groups.yaml"),
+    }
     exe = [sys.executable, "-m", "bot.cli"]
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*exe, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [*exe, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
 
     bad = run("hr", "import", "nope.csv")
     assert bad.returncode == 1 and "Can't read nope.csv" in bad.stderr

@@ -25,17 +25,34 @@ from tests.smtp import free_port
 from tests.test_wecom import AES_KEY, CORP_ID, TOKEN
 
 
-async def test_serve_runs_slack_dingtalk_and_wecom_side_by_side(database_url: str, smtp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_serve_runs_slack_dingtalk_and_wecom_side_by_side(
+    database_url: str, smtp, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     ding, wecom = FakeDingTalk(), FakeWeCom()
     slack = await FakeSlack(users=directory()).start()
     async with serve(ding.app()) as ding_url, serve(wecom.app()) as wecom_url:
         port = free_port()
-        settings = make_settings(database_url, smtp.port, tmp_path, web={"port": port}, slack=slack_section(slack),
-                                 dingtalk={
-            "client_id": "ding-app", "client_secret": "ding-secret", "openapi_endpoint": ding_url,
-            "oapi_endpoint": ding_url}, wecom={
-            "corp_id": CORP_ID, "agent_id": 1000002, "secret": "app-secret", "token": TOKEN,
-            "encoding_aes_key": AES_KEY, "api_url": wecom_url})
+        settings = make_settings(
+            database_url,
+            smtp.port,
+            tmp_path,
+            web={"port": port},
+            slack=slack_section(slack),
+            dingtalk={
+                "client_id": "ding-app",
+                "client_secret": "ding-secret",
+                "openapi_endpoint": ding_url,
+                "oapi_endpoint": ding_url,
+            },
+            wecom={
+                "corp_id": CORP_ID,
+                "agent_id": 1000002,
+                "secret": "app-secret",
+                "token": TOKEN,
+                "encoding_aes_key": AES_KEY,
+                "api_url": wecom_url,
+            },
+        )
         adapters = configured_adapters(settings)
         assert [a.platform for a in adapters] == ["dingtalk", "slack", "wecom"]
         core = await build_core(settings)
@@ -52,12 +69,14 @@ async def test_serve_runs_slack_dingtalk_and_wecom_side_by_side(database_url: st
             ts = str(int(time.time()))
             echostr, signature = crypto.encrypt_envelope("echo-42", ts, "n")
             async with httpx.AsyncClient() as http:
-                answer = await http.get(f"http://127.0.0.1:{port}/wecom/callback",
-                                        params={"msg_signature": signature, "timestamp": ts, "nonce": "n",
-                                                "echostr": echostr})
+                answer = await http.get(
+                    f"http://127.0.0.1:{port}/wecom/callback",
+                    params={"msg_signature": signature, "timestamp": ts, "nonce": "n", "echostr": echostr},
+                )
                 body = form(command_body(slack, U_HR, "/newgroup", "eng"))
-                slash = await http.post(f"http://127.0.0.1:{port}/slack/events", content=body,
-                                        headers=signed_headers(body))
+                slash = await http.post(
+                    f"http://127.0.0.1:{port}/slack/events", content=body, headers=signed_headers(body)
+                )
             assert (answer.status_code, answer.text) == (200, "echo-42")
             assert slash.status_code == 200 and "eng@corp.example" in slash.json()["text"]
             console_reply = await console.say("/members eng")
@@ -73,13 +92,22 @@ async def test_serve_runs_slack_dingtalk_and_wecom_side_by_side(database_url: st
 
 
 def test_a_half_configured_messenger_is_a_clear_configuration_error(tmp_path: Path) -> None:
-    settings = make_settings(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}", 2525, tmp_path,
-                             wecom={"corp_id": CORP_ID}, dingtalk={"client_id": "ding-app"})
+    settings = make_settings(
+        f"sqlite+aiosqlite:///{tmp_path / 'x.db'}",
+        2525,
+        tmp_path,
+        wecom={"corp_id": CORP_ID},
+        dingtalk={"client_id": "ding-app"},
+    )
     with pytest.raises(ConfigError, match="dingtalk.client_secret"):
         configured_adapters(settings)
     with pytest.raises(ConfigError, match="encoding_aes_key"):
-        make_settings(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}", 2525, tmp_path,
-                      wecom={"corp_id": CORP_ID, "encoding_aes_key": "too-short"})
+        make_settings(
+            f"sqlite+aiosqlite:///{tmp_path / 'x.db'}",
+            2525,
+            tmp_path,
+            wecom={"corp_id": CORP_ID, "encoding_aes_key": "too-short"},
+        )
 
 
 async def test_postroom_serve_process_runs_both_and_stops_on_sigterm(tmp_path: Path) -> None:
@@ -94,7 +122,7 @@ async def test_postroom_serve_process_runs_both_and_stops_on_sigterm(tmp_path: P
         config = tmp_path / "postroom.toml"
         config.write_text(f"""
 [database]
-url = "sqlite+aiosqlite:///{tmp_path / 'serve.db'}"
+url = "sqlite+aiosqlite:///{tmp_path / "serve.db"}"
 [web]
 port = {port}
 base_url = "http://127.0.0.1:{port}"
@@ -113,9 +141,14 @@ encoding_aes_key = "{AES_KEY}"
 api_url = "{wecom_url}"
 """)
         postroom = Path(sys.executable).with_name("postroom")
-        proc = await asyncio.create_subprocess_exec(str(postroom), "--config", str(config), "serve",
-                                                    stderr=asyncio.subprocess.PIPE,
-                                                    env={**os.environ, "POSTROOM_CONFIG": str(config)})
+        proc = await asyncio.create_subprocess_exec(
+            str(postroom),
+            "--config",
+            str(config),
+            "serve",
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "POSTROOM_CONFIG": str(config)},
+        )
         try:
             await wait_until(lambda: ding.online, 30, 0.05)
             crypto = WeComCrypto(TOKEN, AES_KEY, CORP_ID)
@@ -123,8 +156,10 @@ api_url = "{wecom_url}"
             echostr, signature = crypto.encrypt_envelope("echo-7", ts, "n")
             async with httpx.AsyncClient() as http:
                 # serve starts the web app before the adapters, so it is up once DingTalk is connected
-                answer = await http.get(f"http://127.0.0.1:{port}/wecom/callback", params={
-                    "msg_signature": signature, "timestamp": ts, "nonce": "n", "echostr": echostr})
+                answer = await http.get(
+                    f"http://127.0.0.1:{port}/wecom/callback",
+                    params={"msg_signature": signature, "timestamp": ts, "nonce": "n", "echostr": echostr},
+                )
             assert (answer.status_code, answer.text) == (200, "echo-7")
             proc.send_signal(signal.SIGTERM)
             started = asyncio.get_running_loop().time()

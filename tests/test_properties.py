@@ -43,8 +43,13 @@ def test_tokenize_returns_words_or_says_why(text: str) -> None:
 
 
 @PROPS
-@given(st.sampled_from(SPECS), st.lists(st.one_of(word, st.sampled_from(["--", "--to", "--to=", "--subject", "--x=1",
-                                                                         "-", "--template=a"])), max_size=8))
+@given(
+    st.sampled_from(SPECS),
+    st.lists(
+        st.one_of(word, st.sampled_from(["--", "--to", "--to=", "--subject", "--x=1", "-", "--template=a"])),
+        max_size=8,
+    ),
+)
 def test_parse_accepts_or_answers_with_usage(spec: Spec, tokens: list[str]) -> None:
     try:
         parsed = parse(spec, tokens)
@@ -72,8 +77,11 @@ def test_a_flag_value_reads_back_unchanged(value: str) -> None:
 
 
 # -- templates ------------------------------------------------------------------------------------
-SOURCE = TemplateSource("t", "<p>Hello {{ name }} at {{ company }}</p><a href='{{ unsubscribe_url }}'>x</a>",
-                        "Hello {{ name }} at {{ company }}\n")
+SOURCE = TemplateSource(
+    "t",
+    "<p>Hello {{ name }} at {{ company }}</p><a href='{{ unsubscribe_url }}'>x</a>",
+    "Hello {{ name }} at {{ company }}\n",
+)
 TEMPLATE = CompiledTemplate(SOURCE, "News for {{ company }}")
 
 
@@ -131,17 +139,20 @@ def test_hostile_templates_are_refused_or_capped(body: str, n: int) -> None:
     assert "<class" not in rendered.html and "globals" not in rendered.html
 
 
-@pytest.mark.parametrize("subject", [
-    '{{ "a" * 100000000 }}',
-    "{{ ''.__class__ }}",
-    "{{ x.__class__.__mro__ }}",
-    "{{ name|center(999999999) }}",
-    "{% for i in range(10) %}x{% endfor %}",
-    "{{ lipsum() }}",
-    "{% macro m() %}{% endmacro %}",
-    "{{ 10 ** 10 ** 10 }}",
-    "{{ name",
-])
+@pytest.mark.parametrize(
+    "subject",
+    [
+        '{{ "a" * 100000000 }}',
+        "{{ ''.__class__ }}",
+        "{{ x.__class__.__mro__ }}",
+        "{{ name|center(999999999) }}",
+        "{% for i in range(10) %}x{% endfor %}",
+        "{{ lipsum() }}",
+        "{% macro m() %}{% endmacro %}",
+        "{{ 10 ** 10 ** 10 }}",
+        "{{ name",
+    ],
+)
 def test_hostile_subjects_are_refused_with_a_sentence(subject: str) -> None:
     with pytest.raises(TemplateProblem) as caught:
         CompiledTemplate(SOURCE, subject)

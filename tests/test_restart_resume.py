@@ -16,9 +16,18 @@ from tests.test_campaign_delivery import CONSENTED, CSV, FAST, received, send, s
 
 async def test_a_stopped_campaign_is_resumed_by_the_watcher(database_url, smtp, tmp_path) -> None:  # type: ignore[no-untyped-def]
     def settings():  # type: ignore[no-untyped-def]
-        return make_settings(database_url, smtp.port, tmp_path,
-                             campaigns={**FAST, "reports_dir": str(tmp_path / "reports"), "rate_per_s": 2,
-                                        "batch_size": 1, "poll_s": 0.2})
+        return make_settings(
+            database_url,
+            smtp.port,
+            tmp_path,
+            campaigns={
+                **FAST,
+                "reports_dir": str(tmp_path / "reports"),
+                "rate_per_s": 2,
+                "batch_size": 1,
+                "poll_s": 0.2,
+            },
+        )
 
     core = await build_core(settings())
     console = ConsoleAdapter(HR, out=io.StringIO(), prompt=False)

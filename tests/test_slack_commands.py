@@ -61,7 +61,9 @@ async def test_when_the_response_url_fails_the_answer_still_reaches_the_person(r
     rig.fake.response_status = 404
     rig.fake.fail("chat.postEphemeral", body={"ok": False, "error": "channel_not_found"})
     await rig.command(U_HR, "/addgroup", "eng <@U0ALICE>")
-    dm = await rig.fake.wait_for(lambda: [c for c in rig.fake.of("chat.postMessage") if c.params["channel"] == U_HR])
+    dm = await rig.fake.wait_for(
+        lambda: [c for c in rig.fake.of("chat.postMessage") if c.params["channel"] == U_HR]
+    )
     assert dm[0].params["text"].startswith("Added alice@corp.example")
     assert rig.fake.of("chat.postEphemeral")[0].params["user"] == U_HR
 
@@ -94,8 +96,9 @@ async def test_the_same_command_delivered_twice_runs_once(rig: Rig) -> None:
 
     await rig.say(U_HR, "/newgroup eng")
     body = form(command_body(rig.fake, U_HR, "/addgroup", "eng alice@corp.example"))
-    first, second = await asyncio.gather(*(rig.http.post("/slack/events", content=body, headers=signed_headers(body))
-                                           for _ in range(2)))
+    first, second = await asyncio.gather(
+        *(rig.http.post("/slack/events", content=body, headers=signed_headers(body)) for _ in range(2))
+    )
     assert first.status_code == second.status_code == 200
     texts = sorted(r.text for r in (first, second))
     assert texts[0] == "" and "Added alice@corp.example" in texts[1]  # the redelivery gets an empty ack

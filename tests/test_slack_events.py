@@ -34,8 +34,17 @@ async def people(rig: Rig) -> dict[str, Person]:
 
 async def person_audits(rig: Rig) -> list[str]:
     async with rig.core.ctx.sessions() as s:
-        return list((await s.execute(select(AuditEntry.action).where(AuditEntry.action.like("person.%"))
-                                     .order_by(AuditEntry.id))).scalars().all())
+        return list(
+            (
+                await s.execute(
+                    select(AuditEntry.action)
+                    .where(AuditEntry.action.like("person.%"))
+                    .order_by(AuditEntry.id)
+                )
+            )
+            .scalars()
+            .all()
+        )
 
 
 async def wait_audits(rig: Rig, count: int) -> list[str]:
@@ -56,7 +65,11 @@ async def test_joiner_mover_leaver_and_a_retry_with_one_effect(rig: Rig) -> None
     assert resp.status_code == 200
     assert await wait_audits(rig, 1) == ["person.joined"]
     dana_row = (await people(rig))["dana@corp.example"]
-    assert (dana_row.status, dana_row.name, dana_row.attributes["slack_title"]) == ("active", "Dana Diaz", "Engineer")
+    assert (dana_row.status, dana_row.name, dana_row.attributes["slack_title"]) == (
+        "active",
+        "Dana Diaz",
+        "Engineer",
+    )
 
     await rig.say(U_HR, "/newgroup eng")
     await rig.say(U_HR, "/addgroup eng dana@corp.example")
@@ -73,8 +86,11 @@ async def test_joiner_mover_leaver_and_a_retry_with_one_effect(rig: Rig) -> None
     retried = await rig.event(left, **{"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"})
     assert retried.status_code == 200
     # the retry is handled (and found to be a duplicate) before this team_join for someone else is
-    await rig.event(event_envelope({"type": "team_join", "user": user("U0EVE", "eve@corp.example", "Eve E")},
-                                   "Ev0EVE", at=now))
+    await rig.event(
+        event_envelope(
+            {"type": "team_join", "user": user("U0EVE", "eve@corp.example", "Eve E")}, "Ev0EVE", at=now
+        )
+    )
     assert await wait_audits(rig, 4) == ["person.joined", "person.changed", "person.left", "person.joined"]
     assert (await people(rig))["dana@corp.example"].status == "left"
     async with rig.core.ctx.sessions() as s:
@@ -91,7 +107,9 @@ async def test_bots_and_guests_follow_the_policy(rig: Rig) -> None:
     member = user("U0MIKE", "mike@corp.example", "Mike M")
     await rig.event(event_envelope({"type": "team_join", "user": member}, "Ev3", at=now - 10))
     assert await wait_audits(rig, 1) == ["person.joined"]  # bot and guest: nothing; mike: joined
-    await rig.event(event_envelope({"type": "user_change", "user": {**member, "is_restricted": True}}, "Ev4", at=now))
+    await rig.event(
+        event_envelope({"type": "user_change", "user": {**member, "is_restricted": True}}, "Ev4", at=now)
+    )
     assert await wait_audits(rig, 2) == ["person.joined", "person.left"]
     assert {e: p.status for e, p in (await people(rig)).items()} == {"mike@corp.example": "left"}
 
@@ -103,7 +121,9 @@ async def test_a_status_emoji_change_is_not_a_mover(rig: Rig) -> None:
     assert await wait_audits(rig, 1) == ["person.changed"]
     emoji = {**dana, "profile": {**dana["profile"], "status_emoji": ":palm_tree:"}}
     await rig.event(event_envelope({"type": "user_change", "user": emoji}, "Ev2", at=now - 5))
-    await rig.event(event_envelope({"type": "team_join", "user": user("U0Z", "z@corp.example", "Z")}, "Ev3", at=now))
+    await rig.event(
+        event_envelope({"type": "team_join", "user": user("U0Z", "z@corp.example", "Z")}, "Ev3", at=now)
+    )
     assert await wait_audits(rig, 2) == ["person.changed", "person.joined"]
 
 
@@ -122,18 +142,37 @@ def _bad_requests(fake: FakeSlack) -> list[tuple[str, bytes, dict[str, str], int
     ]
     for name, raw, ctype in [
         ("payload not JSON", form({"payload": "{not json"}), "application/x-www-form-urlencoded"),
-        ("payload without a user", form({"payload": json.dumps({"type": "block_actions"})}),
-         "application/x-www-form-urlencoded"),
-        ("command without a user", form({"command": "/newgroup", "text": "eng", "team_id": "T"}),
-         "application/x-www-form-urlencoded"),
+        (
+            "payload without a user",
+            form({"payload": json.dumps({"type": "block_actions"})}),
+            "application/x-www-form-urlencoded",
+        ),
+        (
+            "command without a user",
+            form({"command": "/newgroup", "text": "eng", "team_id": "T"}),
+            "application/x-www-form-urlencoded",
+        ),
         ("JSON that is not an object", b"[1, 2]", "application/json"),
     ]:
         cases.append((name, raw, signed_headers(raw, content_type=ctype), 400))
     # bytes that are not UTF-8, signed by hand (the SDK's signer only takes text)
     raw, ts = b"\xff\xfe command=x", str(int(time.time()))
-    sig = "v0=" + hmac.new(SIGNING_SECRET.encode(), b"v0:" + ts.encode() + b":" + raw, hashlib.sha256).hexdigest()
-    cases.append(("not UTF-8", raw, {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": sig,
-                                     "Content-Type": "application/x-www-form-urlencoded"}, 400))
+    sig = (
+        "v0="
+        + hmac.new(SIGNING_SECRET.encode(), b"v0:" + ts.encode() + b":" + raw, hashlib.sha256).hexdigest()
+    )
+    cases.append(
+        (
+            "not UTF-8",
+            raw,
+            {
+                "X-Slack-Request-Timestamp": ts,
+                "X-Slack-Signature": sig,
+                "Content-Type": "application/x-www-form-urlencoded",
+            },
+            400,
+        )
+    )
     return cases
 
 
@@ -149,8 +188,9 @@ async def test_unsigned_stale_or_malformed_requests_are_refused_and_change_nothi
 
 async def test_slack_verifies_the_request_url_and_oversize_bodies_are_refused(rig: Rig) -> None:
     challenge = json.dumps({"token": "legacy", "challenge": "c-3f9a", "type": "url_verification"}).encode()
-    resp = await rig.http.post("/slack/events", content=challenge,
-                               headers=signed_headers(challenge, content_type="application/json"))
+    resp = await rig.http.post(
+        "/slack/events", content=challenge, headers=signed_headers(challenge, content_type="application/json")
+    )
     assert resp.status_code == 200 and resp.json() == {"challenge": "c-3f9a"}
     huge = form({"command": "/newgroup", "text": "x" * 1_100_000})
     resp = await rig.http.post("/slack/events", content=huge, headers=signed_headers(huge))
@@ -188,4 +228,6 @@ async def test_roles_follow_an_address_change_from_a_directory_event(rig: Rig) -
     refused = await rig.say(U_HR, "/newgroup second")
     assert "you don't have that role" in refused, refused
     async with rig.core.ctx.sessions() as s:
-        assert (await s.execute(select(Group.local_part).order_by(Group.local_part))).scalars().all() == ["first"]
+        assert (await s.execute(select(Group.local_part).order_by(Group.local_part))).scalars().all() == [
+            "first"
+        ]

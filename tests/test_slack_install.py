@@ -31,7 +31,11 @@ def test_the_printed_manifest_has_every_command_scope_event_and_url() -> None:
     assert result.exit_code == 0, result.output
     manifest = yaml.safe_load(result.output)
     commands = manifest["features"]["slash_commands"]
-    assert {c["command"] for c in commands} == registered_heads() >= {"/addgroup", "/campaign", "/approve", "/reject"}
+    assert (
+        {c["command"] for c in commands}
+        == registered_heads()
+        >= {"/addgroup", "/campaign", "/approve", "/reject"}
+    )
     for c in commands:
         assert c["url"] == "https://bot.corp.example/slack/events" and c["should_escape"] is True
         assert c["description"] and len(c["command"]) <= 32 and c["command"] == c["command"].lower()
@@ -39,9 +43,14 @@ def test_the_printed_manifest_has_every_command_scope_event_and_url() -> None:
     assert addgroup["usage_hint"] == "<group> <member> [...]"
     assert manifest["oauth_config"]["scopes"]["bot"] == BOT_SCOPES
     settings = manifest["settings"]
-    assert settings["event_subscriptions"] == {"request_url": "https://bot.corp.example/slack/events",
-                                               "bot_events": ["team_join", "user_change"]}
-    assert settings["interactivity"] == {"is_enabled": True, "request_url": "https://bot.corp.example/slack/events"}
+    assert settings["event_subscriptions"] == {
+        "request_url": "https://bot.corp.example/slack/events",
+        "bot_events": ["team_join", "user_change"],
+    }
+    assert settings["interactivity"] == {
+        "is_enabled": True,
+        "request_url": "https://bot.corp.example/slack/events",
+    }
     assert settings["socket_mode_enabled"] is False
 
 
@@ -59,7 +68,8 @@ def test_the_manifest_in_the_repository_lists_every_command_the_bot_answers() ->
     shipped = {c["command"] for c in yaml.safe_load(MANIFEST.read_text())["features"]["slash_commands"]}
     assert shipped == registered_heads(), (
         "manifests/slack.yaml is out of date: postroom slack manifest --url https://postroom.example.com "
-        "> manifests/slack.yaml")
+        "> manifests/slack.yaml"
+    )
     assert len(slash_commands(registered_specs(load_settings(read_file=False)))) == len(shipped)
 
 
@@ -68,11 +78,15 @@ def test_a_half_configured_slack_is_a_configuration_error(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="signing_secret"):
         configured_adapters(load_settings(read_file=False, **base, slack={"bot_token": "xoxb-1"}))
     with pytest.raises(ConfigError, match="app_token"):
-        configured_adapters(load_settings(read_file=False, **base, slack={"bot_token": "xoxb-1", "mode": "socket"}))
+        configured_adapters(
+            load_settings(read_file=False, **base, slack={"bot_token": "xoxb-1", "mode": "socket"})
+        )
     assert configured_adapters(load_settings(read_file=False, **base)) == []  # not configured: not started
 
 
-async def test_serve_answers_a_signed_addgroup_over_real_http(database_url: str, smtp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_serve_answers_a_signed_addgroup_over_real_http(
+    database_url: str, smtp, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     fake = await FakeSlack(users=directory()).start()
     port = free_port()
     settings = make_settings(database_url, smtp.port, tmp_path, slack=slack_section(fake))
@@ -105,8 +119,11 @@ async def test_a_refused_bot_token_stops_serve_with_a_sentence(tmp_path: Path) -
     fake = await FakeSlack().start()
     try:
         fake.fail("auth.test", body={"ok": False, "error": "invalid_auth"})
-        settings = load_settings(read_file=False, database={"url": f"sqlite+aiosqlite:///{tmp_path}/x.db"},
-                                 slack=slack_section(fake))
+        settings = load_settings(
+            read_file=False,
+            database={"url": f"sqlite+aiosqlite:///{tmp_path}/x.db"},
+            slack=slack_section(fake),
+        )
         (adapter,) = configured_adapters(settings)
         with pytest.raises(UserError) as caught:
             await adapter.start(None)  # type: ignore[arg-type]

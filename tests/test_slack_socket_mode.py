@@ -12,7 +12,10 @@ from bot.db.models import Campaign, Membership
 from tests.slack_fake import APP_TOKEN, click_payload, command_body, event_envelope, user
 from tests.slack_rig import APPROVALS, U_APPROVER, U_HR, U_SENDER, Rig, load_customers
 
-SLACK_OVERRIDES = {"mode": "socket", "signing_secret": None}  # the `rig` fixture (tests/conftest.py) reads this
+SLACK_OVERRIDES = {
+    "mode": "socket",
+    "signing_secret": None,
+}  # the `rig` fixture (tests/conftest.py) reads this
 
 
 async def command(rig: Rig, user_id: str, line: str) -> dict:
@@ -35,7 +38,10 @@ async def test_socket_mode_connects_with_the_app_token_and_serves_no_http_route(
 
 async def test_a_command_and_an_approval_click_over_socket_mode(rig: Rig, smtp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     payload = await command(rig, U_HR, "/newgroup eng")
-    assert payload["response_type"] == "ephemeral" and "Created the internal group eng@corp.example" in payload["text"]
+    assert (
+        payload["response_type"] == "ephemeral"
+        and "Created the internal group eng@corp.example" in payload["text"]
+    )
     payload = await command(rig, U_HR, "/addgroup eng <@U0ALICE|alice>")
     assert payload["text"].startswith("Added alice@corp.example to eng@corp.example")
     async with rig.core.ctx.sessions() as s:
@@ -46,7 +52,9 @@ async def test_a_command_and_an_approval_click_over_socket_mode(rig: Rig, smtp, 
     payload = await command(rig, U_SENDER, "/campaign submit spring")
     assert "Submitted “spring”" in payload["text"]
     card = next(c for c in rig.fake.of("chat.postMessage") if c.params["channel"] == APPROVALS)
-    ack = await rig.fake.envelope("interactive", click_payload(rig.fake, U_APPROVER, card, "campaign.approve"))
+    ack = await rig.fake.envelope(
+        "interactive", click_payload(rig.fake, U_APPROVER, card, "campaign.approve")
+    )
     assert "payload" not in ack or not ack["payload"]  # acknowledged with nothing to show
     await asyncio.to_thread(smtp.handler.wait_for, 2)
     await asyncio.wait_for(rig.core.drain(), 20)

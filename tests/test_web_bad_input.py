@@ -26,7 +26,9 @@ async def test_unsubscribe_and_preview_refuse_garbage_and_change_nothing(bot) ->
         for _ in range(10):
             yield b"x" * 1024
 
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_web(bot.core)), base_url="http://t") as web:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=build_web(bot.core)), base_url="http://t"
+    ) as web:
         for token in ("garbage", "a.b", good[:-2] + "AA", foreign, other_key, "a" * 5000, good + ".x", "%00"):
             assert (await web.get(f"/u/{token}")).status_code == 400
             posted = await web.post(f"/u/{token}", content="List-Unsubscribe=One-Click")
@@ -34,7 +36,11 @@ async def test_unsubscribe_and_preview_refuse_garbage_and_change_nothing(bot) ->
         assert (await web.post(f"/u/{good}", content=b"x" * (MAX_FORM_BYTES + 1))).status_code == 413
         assert (await web.post(f"/u/{good}", content=chunks())).status_code == 413  # no length given
         assert (await web.put(f"/u/{good}")).status_code == 405
-        for token in ("x.y", signer.sign("u", "1", "lena@example.com"), signer.sign_expiring("p", "1", ttl_s=-1)):
+        for token in (
+            "x.y",
+            signer.sign("u", "1", "lena@example.com"),
+            signer.sign_expiring("p", "1", ttl_s=-1),
+        ):
             assert (await web.get(f"/preview/{token}")).status_code == 403
         assert await suppressed(bot) == 0
         page = await web.get(f"/u/{good}")

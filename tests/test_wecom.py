@@ -37,9 +37,12 @@ from tests.loopback import serve, wait_until
 TOKEN = "123456"
 AES_KEY = "kWxPEV2UEDyxWpmPdKC3F4dgPDmOvfKX1HGnEUDS1aR"
 CORP_ID = "wx49f0ab532d5d035a"
-VECTOR = {"msg_signature": "dd6b9c95b495b3f7e2901bfbc76c664930ffdb96", "timestamp": "1411443780",
-          "nonce": "437374425",
-          "echostr": "4ByGGj+sVCYcvGeQYhaKIk1o0pQRNbRjxybjTGblXrBaXlTXeOo1+bXFXDQQb1o6co6Yh9Bv41n7hOchLF6p+Q=="}
+VECTOR = {
+    "msg_signature": "dd6b9c95b495b3f7e2901bfbc76c664930ffdb96",
+    "timestamp": "1411443780",
+    "nonce": "437374425",
+    "echostr": "4ByGGj+sVCYcvGeQYhaKIk1o0pQRNbRjxybjTGblXrBaXlTXeOo1+bXFXDQQb1o6co6Yh9Bv41n7hOchLF6p+Q==",
+}
 USERS = {
     "hannah": {"name": "Hannah", "email": "hannah@corp.example"},
     "maria": {"name": "Maria", "biz_mail": "maria@corp.example"},
@@ -97,14 +100,23 @@ class WeComWorld:
     web: httpx.AsyncClient
     crypto: WeComCrypto
 
-    async def callback(self, inner_xml: str, *, crypto: WeComCrypto | None = None, signature: str | None = None,
-                       timestamp: str | None = None, body: bytes | None = None) -> httpx.Response:
+    async def callback(
+        self,
+        inner_xml: str,
+        *,
+        crypto: WeComCrypto | None = None,
+        signature: str | None = None,
+        timestamp: str | None = None,
+        body: bytes | None = None,
+    ) -> httpx.Response:
         crypto = crypto or self.crypto
         ts = timestamp or str(int(time.time()))
         encrypted, sig = crypto.encrypt_envelope(inner_xml, ts, "nonce-1")
         if body is None:
-            body = (f"<xml><ToUserName><![CDATA[{CORP_ID}]]></ToUserName><Encrypt><![CDATA[{encrypted}]]></Encrypt>"
-                    "<AgentID><![CDATA[1000002]]></AgentID></xml>").encode()
+            body = (
+                f"<xml><ToUserName><![CDATA[{CORP_ID}]]></ToUserName><Encrypt><![CDATA[{encrypted}]]></Encrypt>"
+                "<AgentID><![CDATA[1000002]]></AgentID></xml>"
+            ).encode()
         params = {"msg_signature": signature or sig, "timestamp": ts, "nonce": "nonce-1"}
         response = await self.web.post("/wecom/callback", params=params, content=body)
         await self.adapter.settle()
@@ -114,22 +126,37 @@ class WeComWorld:
         return await self.callback(
             f"<xml><ToUserName><![CDATA[{CORP_ID}]]></ToUserName><FromUserName><![CDATA[{user}]]></FromUserName>"
             f"<CreateTime>{int(time.time())}</CreateTime><MsgType><![CDATA[text]]></MsgType>"
-            f"<Content><![CDATA[{text}]]></Content><MsgId>{msg_id}</MsgId><AgentID>1000002</AgentID></xml>")
+            f"<Content><![CDATA[{text}]]></Content><MsgId>{msg_id}</MsgId><AgentID>1000002</AgentID></xml>"
+        )
 
 
 def contact_xml(change: str, user: str, created: int, **extra: str) -> str:
     fields = "".join(f"<{k}><![CDATA[{v}]]></{k}>" for k, v in extra.items())
-    return (f"<xml><ToUserName><![CDATA[{CORP_ID}]]></ToUserName><FromUserName><![CDATA[sys]]></FromUserName>"
-            f"<CreateTime>{created}</CreateTime><MsgType><![CDATA[event]]></MsgType>"
-            f"<Event><![CDATA[change_contact]]></Event><ChangeType><![CDATA[{change}]]></ChangeType>"
-            f"<UserID><![CDATA[{user}]]></UserID>{fields}</xml>")
+    return (
+        f"<xml><ToUserName><![CDATA[{CORP_ID}]]></ToUserName><FromUserName><![CDATA[sys]]></FromUserName>"
+        f"<CreateTime>{created}</CreateTime><MsgType><![CDATA[event]]></MsgType>"
+        f"<Event><![CDATA[change_contact]]></Event><ChangeType><![CDATA[{change}]]></ChangeType>"
+        f"<UserID><![CDATA[{user}]]></UserID>{fields}</xml>"
+    )
 
 
 def wecom_settings(database_url: str, smtp_port: int, tmp_path: Path, api_url: str, **more: Any):  # type: ignore[no-untyped-def]
-    return make_settings(database_url, smtp_port, tmp_path, wecom={
-        "corp_id": CORP_ID, "agent_id": 1000002, "secret": "app-secret", "token": TOKEN,
-        "encoding_aes_key": AES_KEY, "approvals_users": ["maria", "omar"], "hr_users": ["hannah"],
-        "api_url": api_url, **more})
+    return make_settings(
+        database_url,
+        smtp_port,
+        tmp_path,
+        wecom={
+            "corp_id": CORP_ID,
+            "agent_id": 1000002,
+            "secret": "app-secret",
+            "token": TOKEN,
+            "encoding_aes_key": AES_KEY,
+            "approvals_users": ["maria", "omar"],
+            "hr_users": ["hannah"],
+            "api_url": api_url,
+            **more,
+        },
+    )
 
 
 @pytest.fixture
@@ -144,7 +171,9 @@ async def world(database_url: str, smtp, tmp_path: Path) -> AsyncIterator[WeComW
         for a in (adapter, console):
             core.attach(a)
             await a.start(core)
-        web = httpx.AsyncClient(transport=httpx.ASGITransport(app=build_web(core)), base_url="http://postroom")
+        web = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=build_web(core)), base_url="http://postroom"
+        )
         try:
             yield WeComWorld(core, adapter, console, fake, web, WeComCrypto(TOKEN, AES_KEY, CORP_ID))
         finally:
@@ -160,12 +189,16 @@ async def test_url_verification_answers_the_published_vector(database_url: str, 
     core.attach(adapter)
     await adapter.start(core)
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_web(core)), base_url="http://t") as web:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=build_web(core)), base_url="http://t"
+        ) as web:
             ok = await web.get("/wecom/callback", params=VECTOR)
             assert (ok.status_code, ok.text) == (200, "5927782489442352469")
             forged = await web.get("/wecom/callback", params={**VECTOR, "msg_signature": "a" * 40})
             assert forged.status_code == 403 and "5927782489442352469" not in forged.text
-            missing = await web.get("/wecom/callback", params={k: v for k, v in VECTOR.items() if k != "nonce"})
+            missing = await web.get(
+                "/wecom/callback", params={k: v for k, v in VECTOR.items() if k != "nonce"}
+            )
             assert missing.status_code == 400 and "nonce" in missing.text
     finally:
         await close_core(core)
@@ -183,9 +216,13 @@ async def test_a_command_is_answered_by_app_message_once_however_often_delivered
     assert identity.email == "hannah@corp.example" and identity.platform == "wecom"
 
 
-async def test_manager_approves_on_the_card_and_mail_is_delivered_once(world: WeComWorld, smtp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_manager_approves_on_the_card_and_mail_is_delivered_once(
+    world: WeComWorld, smtp, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     csv = tmp_path / "c.csv"
-    csv.write_text("email,name,consent_at,consent_source\nlena@example.com,Lena,2026-03-02T10:15:00+00:00,form\n")
+    csv.write_text(
+        "email,name,consent_at,consent_source\nlena@example.com,Lena,2026-03-02T10:15:00+00:00,form\n"
+    )
     await import_contacts(world.core.ctx, csv, "customers")
     await world.console.say("/campaign new spring --to customers --template welcome")
     await world.console.say("/campaign submit spring")
@@ -198,12 +235,14 @@ async def test_manager_approves_on_the_card_and_mail_is_delivered_once(world: We
     assert approve_key.startswith("campaign.approve|")
     assert any(row["keyname"] == "申请人" for row in card["horizontal_content_list"])
 
-    click = (f"<xml><ToUserName><![CDATA[{CORP_ID}]]></ToUserName><FromUserName><![CDATA[maria]]></FromUserName>"
-             f"<CreateTime>{int(time.time())}</CreateTime><MsgType><![CDATA[event]]></MsgType>"
-             "<Event><![CDATA[template_card_event]]></Event>"
-             f"<EventKey><![CDATA[{approve_key}]]></EventKey><TaskId><![CDATA[{card['task_id']}]]></TaskId>"
-             "<CardType><![CDATA[button_interaction]]></CardType><ResponseCode><![CDATA[click-code-1]]></ResponseCode>"
-             "<AgentID>1000002</AgentID></xml>")
+    click = (
+        f"<xml><ToUserName><![CDATA[{CORP_ID}]]></ToUserName><FromUserName><![CDATA[maria]]></FromUserName>"
+        f"<CreateTime>{int(time.time())}</CreateTime><MsgType><![CDATA[event]]></MsgType>"
+        "<Event><![CDATA[template_card_event]]></Event>"
+        f"<EventKey><![CDATA[{approve_key}]]></EventKey><TaskId><![CDATA[{card['task_id']}]]></TaskId>"
+        "<CardType><![CDATA[button_interaction]]></CardType><ResponseCode><![CDATA[click-code-1]]></ResponseCode>"
+        "<AgentID>1000002</AgentID></xml>"
+    )
     for _ in range(2):  # a replayed click has no second effect
         assert (await world.callback(click)).status_code == 200
     await wait_until(lambda: len(smtp.messages) >= 1)
@@ -218,10 +257,14 @@ async def test_manager_approves_on_the_card_and_mail_is_delivered_once(world: We
     assert len(answers) == 1 and "spring" in answers[0]["text"]["content"]
 
 
-async def test_an_expired_response_code_falls_back_to_one_text_per_state(world: WeComWorld, tmp_path: Path) -> None:
+async def test_an_expired_response_code_falls_back_to_one_text_per_state(
+    world: WeComWorld, tmp_path: Path
+) -> None:
     from bot.events import Card, Message, MessageRef
 
-    ref = MessageRef("wecom", "maria|omar", "m1", (("kind", "card"), ("response_code", "old"), ("task_id", "t1")))
+    ref = MessageRef(
+        "wecom", "maria|omar", "m1", (("kind", "card"), ("response_code", "old"), ("task_id", "t1"))
+    )
     world.fake.used_codes.add("old")
     card = Card("Campaign “x”", (("Outcome", "Approved by maria@corp.example; sending…"),))
     for _ in range(3):
@@ -232,29 +275,42 @@ async def test_an_expired_response_code_falls_back_to_one_text_per_state(world: 
 
 async def test_joiner_and_leaver_from_the_address_book(world: WeComWorld) -> None:
     now = int(time.time())
-    assert (await world.callback(contact_xml("create_user", "ivan", now - 60, Name="Ivan", Department="2"))
-            ).status_code == 200
+    assert (
+        await world.callback(contact_xml("create_user", "ivan", now - 60, Name="Ivan", Department="2"))
+    ).status_code == 200
     async with world.core.ctx.sessions() as s:
         person = (await s.execute(select(Person).where(Person.employee_id == "wecom:ivan"))).scalar_one()
-    assert (person.email, person.status, person.attributes.get("wecom_department")) == ("ivan@corp.example", "active", "2")
+    assert (person.email, person.status, person.attributes.get("wecom_department")) == (
+        "ivan@corp.example",
+        "active",
+        "2",
+    )
     await world.say("hannah", "/newgroup eng", "8001")
     await world.say("hannah", "/addgroup eng ivan@corp.example", "8002")
     async with world.core.ctx.sessions() as s:
         assert (await s.execute(select(func.count()).select_from(Membership))).scalar_one() == 1
-    await wait_until(lambda: any("已将 ivan@corp.example 添加到 eng@corp.example" in m["text"]["content"]
-                                 for m in world.fake.sent("text", to="hannah")))  # answered in zh_CN
+    await wait_until(
+        lambda: any(
+            "已将 ivan@corp.example 添加到 eng@corp.example" in m["text"]["content"]
+            for m in world.fake.sent("text", to="hannah")
+        )
+    )  # answered in zh_CN
     del world.fake.users["ivan"]  # people who left can't be looked up any more: the kept mapping answers
     leave = contact_xml("delete_user", "ivan", now)
     for _ in range(2):
         assert (await world.callback(leave)).status_code == 200
     async with world.core.ctx.sessions() as s:
         assert (await s.execute(select(func.count()).select_from(Membership))).scalar_one() == 0
-        assert (await s.execute(select(Person.status).where(Person.employee_id == "wecom:ivan"))).scalar_one() == "left"
+        assert (
+            await s.execute(select(Person.status).where(Person.employee_id == "wecom:ivan"))
+        ).scalar_one() == "left"
 
 
 async def test_bad_callbacks_are_refused_and_change_nothing(world: WeComWorld) -> None:
-    hello = ("<xml><FromUserName>hannah</FromUserName><CreateTime>1</CreateTime><MsgType>text</MsgType>"
-             "<Content>/newgroup evil</Content><MsgId>666</MsgId></xml>")
+    hello = (
+        "<xml><FromUserName>hannah</FromUserName><CreateTime>1</CreateTime><MsgType>text</MsgType>"
+        "<Content>/newgroup evil</Content><MsgId>666</MsgId></xml>"
+    )
     wrong_sig = await world.callback(hello, signature="0" * 40)
     assert wrong_sig.status_code == 403 and "signature" in wrong_sig.text
     other_corp = await world.callback(hello, crypto=WeComCrypto(TOKEN, AES_KEY, "ww-another-corp"))
@@ -263,20 +319,26 @@ async def test_bad_callbacks_are_refused_and_change_nothing(world: WeComWorld) -
     assert stale.status_code == 403 and "timestamp" in stale.text
     not_xml = await world.callback(hello, body=b"<xml><Encrypt>unclosed")
     assert not_xml.status_code == 400 and "malformed" in not_xml.text
-    bomb = await world.callback(hello, body=b'<!DOCTYPE x [<!ENTITY a "aaaa">]><xml><Encrypt>&a;</Encrypt></xml>')
+    bomb = await world.callback(
+        hello, body=b'<!DOCTYPE x [<!ENTITY a "aaaa">]><xml><Encrypt>&a;</Encrypt></xml>'
+    )
     assert bomb.status_code == 400
     inner_broken = await world.callback("<xml><MsgType>text</MsgType><Content>")
     assert inner_broken.status_code == 400 and "malformed" in inner_broken.text
     ts = str(int(time.time()))
     padded = encrypt_with_padding(world.crypto, b"<xml/>", bytes([9]) * 4)
-    broken = await world.web.post("/wecom/callback", params={
-        "msg_signature": world.crypto.signature(ts, "n", padded), "timestamp": ts, "nonce": "n"},
-        content=f"<xml><Encrypt>{padded}</Encrypt></xml>".encode())
+    broken = await world.web.post(
+        "/wecom/callback",
+        params={"msg_signature": world.crypto.signature(ts, "n", padded), "timestamp": ts, "nonce": "n"},
+        content=f"<xml><Encrypt>{padded}</Encrypt></xml>".encode(),
+    )
     assert broken.status_code == 400 and "padding" in broken.text
     huge = await world.callback(hello, body=b"<xml><Encrypt>" + b"A" * 70_000 + b"</Encrypt></xml>")
     assert huge.status_code == 413
-    unknown = await world.callback("<xml><FromUserName>hannah</FromUserName><CreateTime>5</CreateTime>"
-                                   "<MsgType>event</MsgType><Event>enter_agent</Event></xml>")
+    unknown = await world.callback(
+        "<xml><FromUserName>hannah</FromUserName><CreateTime>5</CreateTime>"
+        "<MsgType>event</MsgType><Event>enter_agent</Event></xml>"
+    )
     assert unknown.status_code == 200  # WeCom retries anything else: accepted, logged, ignored
     odd_contact = await world.callback(contact_xml("create_party", "x", int(time.time())))
     assert odd_contact.status_code == 200
@@ -311,8 +373,9 @@ async def test_people_are_tied_to_their_userid_by_email_when_user_get_hides_it(w
     from bot.events import PersonEvent
 
     world.fake.users["li"] = {"name": "Li", "hidden_email": "li@corp.example"}  # user/get shows no email
-    await world.core.handle_person_event(PersonEvent("joined", "hr", "E1", "li@corp.example", {}, "hr-1",
-                                                     datetime.now(UTC)))
+    await world.core.handle_person_event(
+        PersonEvent("joined", "hr", "E1", "li@corp.example", {}, "hr-1", datetime.now(UTC))
+    )
     assert await world.adapter.learn_userids() == 1
     world.fake.calls.clear()
     await world.say("li", "/groups", "9001")
@@ -324,11 +387,16 @@ async def test_people_are_tied_to_their_userid_by_email_when_user_get_hides_it(w
 async def test_the_callback_is_answered_before_slow_work_finishes(world: WeComWorld) -> None:
     world.fake.user_gate = asyncio.Event()
     ts = str(int(time.time()))
-    inner = (f"<xml><FromUserName>hannah</FromUserName><CreateTime>{ts}</CreateTime><MsgType>text</MsgType>"
-             "<Content>/groups</Content><MsgId>5151</MsgId></xml>")
+    inner = (
+        f"<xml><FromUserName>hannah</FromUserName><CreateTime>{ts}</CreateTime><MsgType>text</MsgType>"
+        "<Content>/groups</Content><MsgId>5151</MsgId></xml>"
+    )
     encrypted, sig = world.crypto.encrypt_envelope(inner, ts, "n")
-    response = await world.web.post("/wecom/callback", params={"msg_signature": sig, "timestamp": ts, "nonce": "n"},
-                                    content=f"<xml><Encrypt>{encrypted}</Encrypt></xml>".encode())
+    response = await world.web.post(
+        "/wecom/callback",
+        params={"msg_signature": sig, "timestamp": ts, "nonce": "n"},
+        content=f"<xml><Encrypt>{encrypted}</Encrypt></xml>".encode(),
+    )
     assert response.status_code == 200  # answered while the directory lookup is still waiting
     await wait_until(lambda: any(path == "/cgi-bin/user/get" for path, _ in world.fake.calls))
     assert world.fake.sent("text", to="hannah") == []
@@ -338,21 +406,34 @@ async def test_the_callback_is_answered_before_slow_work_finishes(world: WeComWo
 
 
 async def test_a_contacts_joiner_lands_in_the_rule_groups_and_the_leaver_leaves_them(
-        world: WeComWorld, tmp_path: Path) -> None:
+    world: WeComWorld, tmp_path: Path
+) -> None:
     from tests.test_dingtalk import use_rules
 
-    await use_rules(world.core, tmp_path, "groups:\n  - address: all-staff\n    members: everyone\n"
-                    "  - address: dept2\n    members: {wecom_department: '2'}\n"
-                    "  - address: dept3\n    members: {wecom_department: '3'}\n")
+    await use_rules(
+        world.core,
+        tmp_path,
+        "groups:\n  - address: all-staff\n    members: everyone\n"
+        "  - address: dept2\n    members: {wecom_department: '2'}\n"
+        "  - address: dept3\n    members: {wecom_department: '3'}\n",
+    )
     now = int(time.time())
-    assert (await world.callback(contact_xml("create_user", "ivan", now - 60, Name="Ivan", Department="2"))
-            ).status_code == 200
+    assert (
+        await world.callback(contact_xml("create_user", "ivan", now - 60, Name="Ivan", Department="2"))
+    ).status_code == 200
 
     async def groups_of_ivan() -> list[str]:
         await world.adapter.settle()
         async with world.core.ctx.sessions() as s:
-            return sorted((await s.execute(select(Group.address).join(Membership, Membership.group_id == Group.id)
-                                           .where(Membership.email == "ivan@corp.example"))).scalars())
+            return sorted(
+                (
+                    await s.execute(
+                        select(Group.address)
+                        .join(Membership, Membership.group_id == Group.id)
+                        .where(Membership.email == "ivan@corp.example")
+                    )
+                ).scalars()
+            )
 
     assert await groups_of_ivan() == ["all-staff@corp.example", "dept2@corp.example"]
     assert (await world.callback(contact_xml("delete_user", "ivan", now))).status_code == 200

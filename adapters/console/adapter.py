@@ -51,8 +51,14 @@ def render_message(message: Message, width: int = 78) -> str:
 class ConsoleAdapter(Adapter):
     platform = PLATFORM
 
-    def __init__(self, as_email: str, *, out: TextIO | None = None, prompt: bool = True,
-                 read_line: Callable[[], str] | None = None):
+    def __init__(
+        self,
+        as_email: str,
+        *,
+        out: TextIO | None = None,
+        prompt: bool = True,
+        read_line: Callable[[], str] | None = None,
+    ):
         self.as_email = as_email.lower()
         self.out = out if out is not None else sys.stdout
         self.prompt = prompt

@@ -18,6 +18,8 @@ def from_settings(settings: Any, **options: Any) -> DingTalkAdapter | None:
     if not d.client_secret:
         from bot.config import ConfigError
 
-        raise ConfigError("dingtalk.client_id is set, so dingtalk.client_secret must be set too "
-                          "(see manifests/dingtalk/README.md).")
+        raise ConfigError(
+            "dingtalk.client_id is set, so dingtalk.client_secret must be set too "
+            "(see manifests/dingtalk/README.md)."
+        )
     return DingTalkAdapter(d, **options)

@@ -105,15 +105,27 @@ def conversation_from_config(value: str) -> Conversation | None:
 class DingTalkAdapter(Adapter):
     platform = PLATFORM
 
-    def __init__(self, settings: DingTalkSettings, *, backoff_base: float = 1.0, api: DingTalkApi | None = None,
-                 clock: Any = time.time):
+    def __init__(
+        self,
+        settings: DingTalkSettings,
+        *,
+        backoff_base: float = 1.0,
+        api: DingTalkApi | None = None,
+        clock: Any = time.time,
+    ):
         self.settings = settings
         self.locale = settings.locale
         self.robot_code = settings.robot_code or settings.client_id
-        self.api = api or DingTalkApi(settings.openapi_endpoint, settings.oapi_endpoint, settings.client_id,
-                                      settings.client_secret, timeout=settings.timeout_s)
-        self.client = PostroomStreamClient(Credential(settings.client_id, settings.client_secret), self.api,
-                                           backoff_base=backoff_base)
+        self.api = api or DingTalkApi(
+            settings.openapi_endpoint,
+            settings.oapi_endpoint,
+            settings.client_id,
+            settings.client_secret,
+            timeout=settings.timeout_s,
+        )
+        self.client = PostroomStreamClient(
+            Credential(settings.client_id, settings.client_secret), self.api, backoff_base=backoff_base
+        )
         self.client.register_callback_handler(ChatbotMessage.TOPIC, _BotMessages(self))
         self.client.register_callback_handler(CARD_TOPIC, _CardClicks(self))
         self.client.register_all_event_handler(_Events(self))
@@ -144,7 +156,9 @@ class DingTalkAdapter(Adapter):
         await self.api.aclose()
 
     def conversation_for(self, purpose: str) -> Conversation | None:
-        value = {"approvals": self.settings.approvals_conversation, "hr": self.settings.hr_conversation}.get(purpose)
+        value = {"approvals": self.settings.approvals_conversation, "hr": self.settings.hr_conversation}.get(
+            purpose
+        )
         return conversation_from_config(value or "")
 
     async def send(self, conversation: Conversation, message: Message) -> MessageRef:
@@ -197,7 +211,7 @@ class DingTalkAdapter(Adapter):
         if card is not None:
             lines.append(self._card_markdown(message, with_buttons))
         text = "\n\n".join(lines)
-        return text if len(text) <= MARKDOWN_LIMIT else text[:MARKDOWN_LIMIT - 1] + "…"
+        return text if len(text) <= MARKDOWN_LIMIT else text[: MARKDOWN_LIMIT - 1] + "…"
 
     def _card_markdown(self, message: Message, with_buttons: bool) -> str:
         card = message.card
@@ -209,8 +223,11 @@ class DingTalkAdapter(Adapter):
         if card.link:
             lines.append(f"[{t(self.locale, card.link[0])}]({card.link[1]})")
         if with_buttons:
-            lines += [f"- {t(self.locale, b.label)}：{t(self.locale, 'or type')} `{b.text_command}`"
-                      for b in card.buttons if b.text_command]
+            lines += [
+                f"- {t(self.locale, b.label)}：{t(self.locale, 'or type')} `{b.text_command}`"
+                for b in card.buttons
+                if b.text_command
+            ]
         if card.footer:
             lines.append(card.footer)
         return "\n".join(lines)
@@ -224,8 +241,12 @@ class DingTalkAdapter(Adapter):
             outcome_names = {"Outcome", i18n.t("Outcome")}
         fields = [(n, v) for n, v in card.fields if n not in outcome_names]
         outcome = next((v for n, v in card.fields if n in outcome_names), "")
-        body = message.__class__(text="", card=card.__class__(title=card.title, fields=tuple(fields),
-                                                               progress=card.progress, footer=card.footer))
+        body = message.__class__(
+            text="",
+            card=card.__class__(
+                title=card.title, fields=tuple(fields), progress=card.progress, footer=card.footer
+            ),
+        )
         params = {
             "title": card.title,
             "summary": message.text,
@@ -236,8 +257,14 @@ class DingTalkAdapter(Adapter):
             "has_buttons": "false" if decided or not card.buttons else "true",
         }
         for i, button in enumerate(card.buttons[:MAX_BUTTONS], start=1):
-            params.update({f"btn{i}_label": t(self.locale, button.label), f"btn{i}_action": button.action_id,
-                           f"btn{i}_value": button.value, f"btn{i}_style": button.style})
+            params.update(
+                {
+                    f"btn{i}_label": t(self.locale, button.label),
+                    f"btn{i}_action": button.action_id,
+                    f"btn{i}_value": button.value,
+                    f"btn{i}_style": button.style,
+                }
+            )
         return params
 
     async def _post_markdown(self, conversation_id: str, message: Message) -> None:
@@ -281,13 +308,24 @@ class DingTalkAdapter(Adapter):
         group = msg.conversation_type == "2"
         if group:
             text = LEADING_MENTIONS.sub("", text)
-        conversation = (Conversation(PLATFORM, msg.conversation_id, "group") if group
-                        else Conversation(PLATFORM, f"user:{msg.sender_staff_id}", "direct"))
+        conversation = (
+            Conversation(PLATFORM, msg.conversation_id, "group")
+            if group
+            else Conversation(PLATFORM, f"user:{msg.sender_staff_id}", "direct")
+        )
         # An admin finds the openConversationId for dingtalk.approvals_conversation here (postroom -v serve).
-        log.info("DingTalk command from staff id %s in conversation %s (%s)", msg.sender_staff_id,
-                 msg.conversation_id, msg.conversation_title or "direct")
-        command = Command(Actor(PLATFORM, msg.sender_staff_id, name=msg.sender_nick), text.strip(), conversation,
-                          delivery_id=msg.message_id)
+        log.info(
+            "DingTalk command from staff id %s in conversation %s (%s)",
+            msg.sender_staff_id,
+            msg.conversation_id,
+            msg.conversation_title or "direct",
+        )
+        command = Command(
+            Actor(PLATFORM, msg.sender_staff_id, name=msg.sender_nick),
+            text.strip(),
+            conversation,
+            delivery_id=msg.message_id,
+        )
         reply = await self.core.handle_command(command)
         if reply is None:
             return
@@ -295,8 +333,10 @@ class DingTalkAdapter(Adapter):
         if msg.session_webhook and expires > self.clock() * 1000 + WEBHOOK_MARGIN_MS:
             try:
                 title = reply.text.split("\n", 1)[0][:60] or "Postroom"
-                await self.api.session_webhook(msg.session_webhook, {
-                    "msgtype": "markdown", "markdown": {"title": title, "text": self.markdown(reply)}})
+                await self.api.session_webhook(
+                    msg.session_webhook,
+                    {"msgtype": "markdown", "markdown": {"title": title, "text": self.markdown(reply)}},
+                )
                 return
             except (DingTalkError, OSError) as exc:
                 log.info("DingTalk session webhook failed (%s); replying through the robot API", exc)
@@ -319,10 +359,14 @@ class DingTalkAdapter(Adapter):
         if self.core is None or not self._seen.first(key):
             log.info("DingTalk card click %s ignored: a redelivery", key)
             return
-        action = Action(Actor(PLATFORM, click.user_id), action_id, value,
-                        Conversation(PLATFORM, f"user:{click.user_id}", "direct"),
-                        MessageRef(PLATFORM, click.space_id or "", click.card_instance_id, (("kind", "card"),)),
-                        delivery_id=key)
+        action = Action(
+            Actor(PLATFORM, click.user_id),
+            action_id,
+            value,
+            Conversation(PLATFORM, f"user:{click.user_id}", "direct"),
+            MessageRef(PLATFORM, click.space_id or "", click.card_instance_id, (("kind", "card"),)),
+            delivery_id=key,
+        )
         self._spawn(self._action(action), key)
 
     async def _action(self, action: Action) -> None:
@@ -354,11 +398,19 @@ class DingTalkAdapter(Adapter):
             return
         born = event.headers.event_born_time
         at = datetime.fromtimestamp(born / 1000, UTC) if born else datetime.now(UTC)
-        diff = {d.get("userid"): d.get("curr") or {} for d in event.data.get("diffInfo") or [] if isinstance(d, dict)}
+        diff = {
+            d.get("userid"): d.get("curr") or {}
+            for d in event.data.get("diffInfo") or []
+            if isinstance(d, dict)
+        }
         for user in users:
-            self._spawn(handler(kind, str(user), f"{event_id}:{user}", at, diff.get(user, {})), f"{kind} {user}")
+            self._spawn(
+                handler(kind, str(user), f"{event_id}:{user}", at, diff.get(user, {})), f"{kind} {user}"
+            )
 
-    async def _on_contact(self, kind: str, user: str, event_id: str, at: datetime, curr: dict[str, Any]) -> None:
+    async def _on_contact(
+        self, kind: str, user: str, event_id: str, at: datetime, curr: dict[str, Any]
+    ) -> None:
         assert self.core is not None
         change = CONTACT_KINDS[kind]
         email: str | None = None
@@ -384,8 +436,16 @@ class DingTalkAdapter(Adapter):
                 await identities.remember(self.core.ctx, PLATFORM, user, email, name)
             except UserError as exc:
                 log.warning("DingTalk user %s has an unusable email: %s", user, exc.sentence)
-        event = PersonEvent(change, PLATFORM, f"{PLATFORM}:{user}", email, attributes,  # type: ignore[arg-type]
-                            event_id, at, name=name)
+        event = PersonEvent(
+            change,
+            PLATFORM,
+            f"{PLATFORM}:{user}",
+            email,
+            attributes,  # type: ignore[arg-type]
+            event_id,
+            at,
+            name=name,
+        )
         try:
             outcome = await self.core.handle_person_event(event)
             log.info("DingTalk %s for %s: %s", kind, user, getattr(outcome, "status", outcome))

@@ -28,8 +28,16 @@ class DingTalkError(Exception):
 
 
 class DingTalkApi:
-    def __init__(self, openapi: str, oapi: str, client_id: str, client_secret: str, *, timeout: float = 10.0,
-                 clock: Any = time.monotonic):
+    def __init__(
+        self,
+        openapi: str,
+        oapi: str,
+        client_id: str,
+        client_secret: str,
+        *,
+        timeout: float = 10.0,
+        clock: Any = time.monotonic,
+    ):
         self.openapi = openapi.rstrip("/")
         self.oapi = oapi.rstrip("/")
         self.client_id = client_id
@@ -48,8 +56,9 @@ class DingTalkApi:
         self._tokens.forget(token)
 
     async def _fetch_token(self) -> tuple[str, float]:
-        data = await self._post_plain("/v1.0/oauth2/accessToken",
-                                      {"appKey": self.client_id, "appSecret": self.client_secret})
+        data = await self._post_plain(
+            "/v1.0/oauth2/accessToken", {"appKey": self.client_id, "appSecret": self.client_secret}
+        )
         if not data.get("accessToken"):
             raise DingTalkError("/v1.0/oauth2/accessToken", 200, self._clean(json.dumps(data)))
         return str(data["accessToken"]), float(data.get("expireIn", 7200))
@@ -78,9 +87,11 @@ class DingTalkApi:
 
     async def call(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """An OpenAPI (api.dingtalk.com) call with the app token; a 401 refetches the token once."""
+
         async def attempt(token: str) -> dict[str, Any]:
-            response = await self._send(method, self.openapi + path, path, json=body,
-                                        headers={"x-acs-dingtalk-access-token": token})
+            response = await self._send(
+                method, self.openapi + path, path, json=body, headers={"x-acs-dingtalk-access-token": token}
+            )
             if response.status_code >= 400:
                 error = DingTalkError(path, response.status_code, self._clean(response.text))
                 raise StaleToken(error) if response.status_code == 401 else error
@@ -90,8 +101,11 @@ class DingTalkApi:
 
     async def oapi_call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """A call on the older oapi host (token in the query, errors in `errcode`)."""
+
         async def attempt(token: str) -> dict[str, Any]:
-            response = await self._send("POST", self.oapi + path, path, params={"access_token": token}, json=body)
+            response = await self._send(
+                "POST", self.oapi + path, path, params={"access_token": token}, json=body
+            )
             if response.status_code >= 400:
                 raise DingTalkError(path, response.status_code, self._clean(response.text))
             data: dict[str, Any] = response.json()
@@ -104,10 +118,19 @@ class DingTalkApi:
         return await self._tokens.call(attempt)
 
     # -- the calls the adapter makes ---------------------------------------------------------------------
-    async def open_connection(self, subscriptions: list[dict[str, str]], local_ip: str, ua: str) -> dict[str, Any]:
-        data = await self._post_plain("/v1.0/gateway/connections/open", {
-            "clientId": self.client_id, "clientSecret": self.client_secret, "subscriptions": subscriptions,
-            "ua": ua, "localIp": local_ip})
+    async def open_connection(
+        self, subscriptions: list[dict[str, str]], local_ip: str, ua: str
+    ) -> dict[str, Any]:
+        data = await self._post_plain(
+            "/v1.0/gateway/connections/open",
+            {
+                "clientId": self.client_id,
+                "clientSecret": self.client_secret,
+                "subscriptions": subscriptions,
+                "ua": ua,
+                "localIp": local_ip,
+            },
+        )
         if not data.get("endpoint") or not data.get("ticket"):
             raise DingTalkError("/v1.0/gateway/connections/open", 200, json.dumps(data))
         return data
@@ -120,25 +143,47 @@ class DingTalkApi:
         if int(data.get("errcode", 0)) != 0:
             raise DingTalkError("sessionWebhook", int(data["errcode"]), str(data.get("errmsg", "")))
 
-    async def send_to_users(self, robot_code: str, user_ids: list[str], msg_key: str,
-                            msg_param: dict[str, Any]) -> dict[str, Any]:
-        return await self.call("POST", "/v1.0/robot/oToMessages/batchSend", {
-            "robotCode": robot_code, "userIds": user_ids, "msgKey": msg_key,
-            "msgParam": json.dumps(msg_param, ensure_ascii=False)})
+    async def send_to_users(
+        self, robot_code: str, user_ids: list[str], msg_key: str, msg_param: dict[str, Any]
+    ) -> dict[str, Any]:
+        return await self.call(
+            "POST",
+            "/v1.0/robot/oToMessages/batchSend",
+            {
+                "robotCode": robot_code,
+                "userIds": user_ids,
+                "msgKey": msg_key,
+                "msgParam": json.dumps(msg_param, ensure_ascii=False),
+            },
+        )
 
-    async def send_to_group(self, robot_code: str, conversation_id: str, msg_key: str,
-                            msg_param: dict[str, Any]) -> dict[str, Any]:
-        return await self.call("POST", "/v1.0/robot/groupMessages/send", {
-            "robotCode": robot_code, "openConversationId": conversation_id, "msgKey": msg_key,
-            "msgParam": json.dumps(msg_param, ensure_ascii=False)})
+    async def send_to_group(
+        self, robot_code: str, conversation_id: str, msg_key: str, msg_param: dict[str, Any]
+    ) -> dict[str, Any]:
+        return await self.call(
+            "POST",
+            "/v1.0/robot/groupMessages/send",
+            {
+                "robotCode": robot_code,
+                "openConversationId": conversation_id,
+                "msgKey": msg_key,
+                "msgParam": json.dumps(msg_param, ensure_ascii=False),
+            },
+        )
 
     async def create_and_deliver_card(self, body: dict[str, Any]) -> dict[str, Any]:
         return await self.call("POST", "/v1.0/card/instances/createAndDeliver", body)
 
     async def update_card(self, out_track_id: str, params: dict[str, str]) -> dict[str, Any]:
-        return await self.call("PUT", "/v1.0/card/instances", {
-            "outTrackId": out_track_id, "cardData": {"cardParamMap": params},
-            "cardUpdateOptions": {"updateCardDataByKey": True}})
+        return await self.call(
+            "PUT",
+            "/v1.0/card/instances",
+            {
+                "outTrackId": out_track_id,
+                "cardData": {"cardParamMap": params},
+                "cardUpdateOptions": {"updateCardDataByKey": True},
+            },
+        )
 
     async def user(self, user_id: str) -> dict[str, Any]:
         data = await self.oapi_call("/topapi/v2/user/get", {"userid": user_id, "language": "zh_CN"})

@@ -49,8 +49,14 @@ def _sdk_logger() -> logging.Logger:
 
 
 class PostroomStreamClient(DingTalkStreamClient):
-    def __init__(self, credential: Credential, api: DingTalkApi, *, backoff_base: float = 1.0,
-                 backoff_cap: float = 30.0):
+    def __init__(
+        self,
+        credential: Credential,
+        api: DingTalkApi,
+        *,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 30.0,
+    ):
         super().__init__(credential, logger=_sdk_logger())
         self.api = api
         self.backoff_base = backoff_base
@@ -73,8 +79,9 @@ class PostroomStreamClient(DingTalkStreamClient):
         """The local address a connection to the gateway host would use (UDP connect sends nothing)."""
         parts = urlsplit(self.api.openapi)
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, parts.port or 443,
-                                                                  type=socket.SOCK_DGRAM)
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                parts.hostname, parts.port or 443, type=socket.SOCK_DGRAM
+            )
             family, _, _, _, address = infos[0]
             with socket.socket(family, socket.SOCK_DGRAM) as s:
                 s.connect(address)
@@ -102,8 +109,14 @@ class PostroomStreamClient(DingTalkStreamClient):
             try:
                 connection = await self.open_connection_async()
                 uri = f"{connection['endpoint']}?ticket={quote_plus(connection['ticket'])}"
-                async with websockets.connect(uri, open_timeout=10, close_timeout=2, ping_interval=30,
-                                              ping_timeout=20, max_size=4 * 1024 * 1024) as ws:
+                async with websockets.connect(
+                    uri,
+                    open_timeout=10,
+                    close_timeout=2,
+                    ping_interval=30,
+                    ping_timeout=20,
+                    max_size=4 * 1024 * 1024,
+                ) as ws:
                     self.websocket = ws
                     self.connections += 1
                     self.connected.set()
@@ -117,8 +130,12 @@ class PostroomStreamClient(DingTalkStreamClient):
                 raise
             except Exception as exc:  # network, gateway or TLS trouble: back off and try again
                 self.failures += 1
-                log.warning("DingTalk stream connection failed (%s: %s); retry %d", type(exc).__name__, exc,
-                            self.failures)
+                log.warning(
+                    "DingTalk stream connection failed (%s: %s); retry %d",
+                    type(exc).__name__,
+                    exc,
+                    self.failures,
+                )
             finally:
                 self.connected.clear()
                 self.websocket = None
@@ -145,7 +162,11 @@ class PostroomStreamClient(DingTalkStreamClient):
             if result == DingTalkStreamClient.TAG_DISCONNECT and ws is not None:
                 await ws.close()
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            message_id = (frame.get("headers") or {}).get("messageId") if isinstance(frame.get("headers"), dict) else None
+            message_id = (
+                (frame.get("headers") or {}).get("messageId")
+                if isinstance(frame.get("headers"), dict)
+                else None
+            )
             log.warning("DingTalk frame %s refused: %s: %s", message_id, type(exc).__name__, exc)
             if message_id and ws is not None:
                 ack = AckMessage()

@@ -74,15 +74,21 @@ class SlackAdapter(Adapter):
         self.client = AsyncWebClient(
             token=cfg.bot_token.get_secret_value(),
             base_url=cfg.api_url,
-            retry_handlers=[AsyncConnectionErrorRetryHandler(max_retry_count=2),
-                            AsyncRateLimitErrorRetryHandler(max_retry_count=3)],
+            retry_handlers=[
+                AsyncConnectionErrorRetryHandler(max_retry_count=2),
+                AsyncRateLimitErrorRetryHandler(max_retry_count=3),
+            ],
         )
         http = cfg.mode == "http"
         secret = cfg.signing_secret.get_secret_value() if cfg.signing_secret else ""
         self.verifier = SignatureVerifier(secret) if http else None
-        self.app = AsyncApp(client=self.client, signing_secret=secret or None,
-                            request_verification_enabled=http, process_before_response=False,
-                            logger=logging.getLogger("adapters.slack.bolt"))
+        self.app = AsyncApp(
+            client=self.client,
+            signing_secret=secret or None,
+            request_verification_enabled=http,
+            process_before_response=False,
+            logger=logging.getLogger("adapters.slack.bolt"),
+        )
         self._register(self.app)
         self.http_handler: Any = None
         if http:
@@ -106,17 +112,24 @@ class SlackAdapter(Adapter):
         try:
             auth = await self.client.auth_test()
         except SlackApiError as exc:
-            raise UserError(f"Slack refused the bot token ({_error_code(exc)}); check slack.bot_token.") from None
+            raise UserError(
+                f"Slack refused the bot token ({_error_code(exc)}); check slack.bot_token."
+            ) from None
         except Exception as exc:
-            raise UserError(f"Postroom can't reach Slack at {self.cfg.api_url} ({type(exc).__name__}); "
-                            "check the network and slack.api_url.") from None
+            raise UserError(
+                f"Postroom can't reach Slack at {self.cfg.api_url} ({type(exc).__name__}); "
+                "check the network and slack.api_url."
+            ) from None
         self.bot_user_id = auth.get("user_id")
         if self.cfg.mode == "socket":
             from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
             assert self.cfg.app_token is not None
-            self.socket = AsyncSocketModeHandler(self.app, self.cfg.app_token.get_secret_value(),
-                                                 logger=logging.getLogger("adapters.slack.socket"))
+            self.socket = AsyncSocketModeHandler(
+                self.app,
+                self.cfg.app_token.get_secret_value(),
+                logger=logging.getLogger("adapters.slack.socket"),
+            )
             await self.socket.connect_async()
 
     async def stop(self) -> None:
@@ -140,8 +153,11 @@ class SlackAdapter(Adapter):
             resp = await self.client.chat_postMessage(channel=conversation.id, unfurl_links=False, **payload)
         except Exception as exc:
             code = _error_code(exc)
-            hint = " Invite the bot to that channel (/invite @Postroom)." if code in ("not_in_channel",
-                                                                                       "channel_not_found") else ""
+            hint = (
+                " Invite the bot to that channel (/invite @Postroom)."
+                if code in ("not_in_channel", "channel_not_found")
+                else ""
+            )
             self._note(f"I couldn't post to <#{conversation.id}> (Slack said: {code}).{hint}")
             raise
         channel, ts = str(resp.get("channel") or conversation.id), str(resp["ts"])
@@ -181,8 +197,9 @@ class SlackAdapter(Adapter):
     async def _chat_update(self, ref: MessageRef, message: Message) -> None:
         payload = blocks.message_payload(message)
         payload.setdefault("blocks", [])
-        await self.client.chat_update(channel=ref.get("channel") or ref.conversation_id, ts=ref.get("ts") or ref.id,
-                                      **payload)
+        await self.client.chat_update(
+            channel=ref.get("channel") or ref.conversation_id, ts=ref.get("ts") or ref.id, **payload
+        )
 
     async def resolve(self, actor: Actor) -> tuple[str, str | None] | None:
         email, name = await self._lookup(actor.user_id)
@@ -253,14 +270,17 @@ class SlackAdapter(Adapter):
                 return error_message(exc)
             except Exception as exc:
                 log.warning("resolving mentions failed: %s", _error_code(exc))
-                return Message(f"I couldn't look up the people you mentioned in Slack ({_error_code(exc)}); "
-                               "nothing was changed. Try again, or type email addresses.")
+                return Message(
+                    f"I couldn't look up the people you mentioned in Slack ({_error_code(exc)}); "
+                    "nothing was changed. Try again, or type email addresses."
+                )
             command = str(body.get("command") or "")
             # /postroom <command> … reaches every command, for workspaces where a name is taken
             line = (text.strip() or "help") if command == UMBRELLA else f"{command} {text}".strip()
             try:
-                return await core.handle_command(Command(actor, line, conversation,
-                                                         delivery_id=body.get("trigger_id")))
+                return await core.handle_command(
+                    Command(actor, line, conversation, delivery_id=body.get("trigger_id"))
+                )
             except Exception:
                 log.exception("a Slack command could not be handled")
                 return Message("Something went wrong on my side; nothing was changed. Try again in a minute.")
@@ -291,21 +311,37 @@ class SlackAdapter(Adapter):
             # A rejection needs a reason: ask in a modal, then the submission becomes the Action.
             title = "Reject campaign" if action_id.startswith("campaign.") else "Reject"
             try:
-                await self.client.views_open(trigger_id=body.get("trigger_id"), view=blocks.reason_modal(
-                    title=title, action_id=action_id, value=value, channel=channel, ts=ts))
+                await self.client.views_open(
+                    trigger_id=body.get("trigger_id"),
+                    view=blocks.reason_modal(
+                        title=title, action_id=action_id, value=value, channel=channel, ts=ts
+                    ),
+                )
             except Exception as exc:
-                await self._tell(user_id, channel, {"text": (
-                    f"I couldn't open the form for your reason (Slack said: {_error_code(exc)}). "
-                    "Type /reject <campaign> <reason> instead.")}, respond)
+                await self._tell(
+                    user_id,
+                    channel,
+                    {
+                        "text": (
+                            f"I couldn't open the form for your reason (Slack said: {_error_code(exc)}). "
+                            "Type /reject <campaign> <reason> instead."
+                        )
+                    },
+                    respond,
+                )
             return
         notes: list[str] = []
         _notes.set(notes)
-        reply = await core.handle_action(Action(
-            Actor(PLATFORM, user_id, name=(body.get("user") or {}).get("name")), action_id, value,
-            Conversation(PLATFORM, channel, "channel"),
-            MessageRef(PLATFORM, channel, ts, (("channel", channel), ("ts", ts))) if ts else None,
-            delivery_id=body.get("trigger_id") or action.get("action_ts"),
-        ))
+        reply = await core.handle_action(
+            Action(
+                Actor(PLATFORM, user_id, name=(body.get("user") or {}).get("name")),
+                action_id,
+                value,
+                Conversation(PLATFORM, channel, "channel"),
+                MessageRef(PLATFORM, channel, ts, (("channel", channel), ("ts", ts))) if ts else None,
+                delivery_id=body.get("trigger_id") or action.get("action_ts"),
+            )
+        )
         if reply is not None:
             await self._tell(user_id, channel, self._with_notes(reply, notes), respond)
 
@@ -324,12 +360,16 @@ class SlackAdapter(Adapter):
         channel, ts = meta["c"], meta["t"]
         notes: list[str] = []
         _notes.set(notes)
-        reply = await self._core().handle_action(Action(
-            Actor(PLATFORM, user_id, name=(body.get("user") or {}).get("name")), meta["a"], f"{meta['v']}:{reason}",
-            Conversation(PLATFORM, channel, "channel"),
-            MessageRef(PLATFORM, channel, ts, (("channel", channel), ("ts", ts))) if ts else None,
-            delivery_id=f"view:{view.get('id')}",
-        ))
+        reply = await self._core().handle_action(
+            Action(
+                Actor(PLATFORM, user_id, name=(body.get("user") or {}).get("name")),
+                meta["a"],
+                f"{meta['v']}:{reason}",
+                Conversation(PLATFORM, channel, "channel"),
+                MessageRef(PLATFORM, channel, ts, (("channel", channel), ("ts", ts))) if ts else None,
+                delivery_id=f"view:{view.get('id')}",
+            )
+        )
         if reply is not None:
             await self._tell(user_id, channel, self._with_notes(reply, notes), None)
 
@@ -360,9 +400,13 @@ class SlackAdapter(Adapter):
                     self._seen[person.external_id] = previous
             if not isinstance(exc, UserError):
                 raise
-            log.warning("Slack %s event for %s not applied: %s", person.kind, person.external_id, exc.sentence)
+            log.warning(
+                "Slack %s event for %s not applied: %s", person.kind, person.external_id, exc.sentence
+            )
             return
-        log.info("Slack %s event for %s: %s", person.kind, person.external_id, getattr(outcome, "status", outcome))
+        log.info(
+            "Slack %s event for %s: %s", person.kind, person.external_id, getattr(outcome, "status", outcome)
+        )
 
     # -- answering -------------------------------------------------------------------------------
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
@@ -375,7 +419,9 @@ class SlackAdapter(Adapter):
             extra = "\n".join(notes)  # our own sentences, with Slack channel links in them
             payload["text"] = f"{payload['text']}\n{extra}" if payload["text"] else extra
             if "blocks" in payload:
-                payload["blocks"].append({"type": "section", "text": {"type": "mrkdwn", "text": extra[:3000]}})
+                payload["blocks"].append(
+                    {"type": "section", "text": {"type": "mrkdwn", "text": extra[:3000]}}
+                )
         return payload
 
     async def _tell(self, user_id: str, channel: str, payload: dict[str, Any], respond: Any) -> None:
@@ -437,7 +483,11 @@ def well_formed(body: bytes, content_type: str) -> bool:
             data = json.loads(form["payload"][0])
         except ValueError:
             return False
-        return isinstance(data, dict) and isinstance(data.get("type"), str) and isinstance(data.get("user"), dict)
+        return (
+            isinstance(data, dict)
+            and isinstance(data.get("type"), str)
+            and isinstance(data.get("user"), dict)
+        )
     if "ssl_check" in form:
         return True
     return all(form.get(k, [""])[0] for k in ("command", "user_id", "team_id"))

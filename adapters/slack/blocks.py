@@ -41,8 +41,12 @@ def progress_bar(fraction: float, width: int = 20) -> str:
 
 
 def _button(b: Button, block_token: str) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": "button", "action_id": b.action_id, "text": _plain(b.label, 75),
-                           "value": b.value[:2000]}
+    out: dict[str, Any] = {
+        "type": "button",
+        "action_id": b.action_id,
+        "text": _plain(b.label, 75),
+        "value": b.value[:2000],
+    }
     if b.style in ("primary", "danger"):
         out["style"] = b.style
     if b.confirm:
@@ -66,25 +70,51 @@ def card_blocks(card: Card, text: str = "") -> list[dict[str, Any]]:
 
     blocks: list[dict[str, Any]] = [{"type": "header", "block_id": bid(), "text": _plain(card.title)}]
     if text:
-        blocks.append({"type": "section", "block_id": bid(),
-                       "text": {"type": "mrkdwn", "text": _cut(escape(text), SECTION_LIMIT)}})
-    fields = [{"type": "mrkdwn", "text": _cut(f"*{escape(name)}*\n{escape(str(value))}", FIELD_LIMIT)}
-              for name, value in card.fields]
+        blocks.append(
+            {
+                "type": "section",
+                "block_id": bid(),
+                "text": {"type": "mrkdwn", "text": _cut(escape(text), SECTION_LIMIT)},
+            }
+        )
+    fields = [
+        {"type": "mrkdwn", "text": _cut(f"*{escape(name)}*\n{escape(str(value))}", FIELD_LIMIT)}
+        for name, value in card.fields
+    ]
     for i in range(0, len(fields), FIELDS_PER_SECTION):
-        blocks.append({"type": "section", "block_id": bid(), "fields": fields[i: i + FIELDS_PER_SECTION]})
+        blocks.append({"type": "section", "block_id": bid(), "fields": fields[i : i + FIELDS_PER_SECTION]})
     if card.progress is not None:
-        blocks.append({"type": "context", "block_id": bid(),
-                       "elements": [{"type": "mrkdwn", "text": progress_bar(card.progress)}]})
+        blocks.append(
+            {
+                "type": "context",
+                "block_id": bid(),
+                "elements": [{"type": "mrkdwn", "text": progress_bar(card.progress)}],
+            }
+        )
     if card.link:
         label, url = card.link
-        blocks.append({"type": "section", "block_id": bid(),
-                       "text": {"type": "mrkdwn", "text": f"<{url}|{escape(label)}> (opens a sample in your browser)"}})
+        blocks.append(
+            {
+                "type": "section",
+                "block_id": bid(),
+                "text": {
+                    "type": "mrkdwn",
+                    "text": f"<{url}|{escape(label)}> (opens a sample in your browser)",
+                },
+            }
+        )
     if card.buttons:
-        blocks.append({"type": "actions", "block_id": bid(),
-                       "elements": [_button(b, token) for b in card.buttons[:25]]})
+        blocks.append(
+            {"type": "actions", "block_id": bid(), "elements": [_button(b, token) for b in card.buttons[:25]]}
+        )
     if card.footer:
-        blocks.append({"type": "context", "block_id": bid(),
-                       "elements": [{"type": "mrkdwn", "text": _cut(escape(card.footer), SECTION_LIMIT)}]})
+        blocks.append(
+            {
+                "type": "context",
+                "block_id": bid(),
+                "elements": [{"type": "mrkdwn", "text": _cut(escape(card.footer), SECTION_LIMIT)}],
+            }
+        )
     return blocks
 
 
@@ -107,13 +137,20 @@ def reason_modal(*, title: str, action_id: str, value: str, channel: str, ts: st
         "title": _plain(title, 24),
         "submit": _plain("Reject", 24),
         "close": _plain("Cancel", 24),
-        "blocks": [{
-            "type": "input",
-            "block_id": REASON_BLOCK,
-            "label": _plain("Why? The sender will see this.", 2000),
-            "element": {"type": "plain_text_input", "action_id": REASON_INPUT, "multiline": True,
-                        "min_length": 1, "max_length": 1000},
-        }],
+        "blocks": [
+            {
+                "type": "input",
+                "block_id": REASON_BLOCK,
+                "label": _plain("Why? The sender will see this.", 2000),
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": REASON_INPUT,
+                    "multiline": True,
+                    "min_length": 1,
+                    "max_length": 1000,
+                },
+            }
+        ],
     }
 
 

@@ -11,8 +11,12 @@ def slack() -> None:
 
 
 @slack.command("manifest")
-@click.option("--url", default=None, help="Postroom's public base URL (web.base_url); Slack calls <url>/slack/events.")
-@click.option("--socket", "socket_mode", is_flag=True, help="Socket Mode: no public URL, the bot connects out.")
+@click.option(
+    "--url", default=None, help="Postroom's public base URL (web.base_url); Slack calls <url>/slack/events."
+)
+@click.option(
+    "--socket", "socket_mode", is_flag=True, help="Socket Mode: no public URL, the bot connects out."
+)
 @click.option("--name", default="Postroom", show_default=True, help="The app's name in Slack.")
 @click.pass_context
 def manifest(ctx: click.Context, url: str | None, socket_mode: bool, name: str) -> None:
@@ -30,5 +34,10 @@ def manifest(ctx: click.Context, url: str | None, socket_mode: bool, name: str) 
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     args = "--socket" if socket_mode else f"--url {url}"
-    click.echo(render(build_manifest(registered_specs(settings), url, socket_mode=socket_mode, name=name),
-                      command_line=f"postroom slack manifest {args}"), nl=False)
+    click.echo(
+        render(
+            build_manifest(registered_specs(settings), url, socket_mode=socket_mode, name=name),
+            command_line=f"postroom slack manifest {args}",
+        ),
+        nl=False,
+    )

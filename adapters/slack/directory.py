@@ -87,11 +87,24 @@ def person_event(body: dict[str, Any]) -> PersonEvent | None:
     except (TypeError, ValueError, OverflowError):
         at = datetime.now(UTC)
     event_id = str(body.get("event_id") or f"{event.get('type')}:{user['id']}:{stamp}")
-    return PersonEvent(kind=kind, source=SOURCE, external_id=str(user["id"]), email=email_of(user),
-                       attributes=attributes_of(user), event_id=event_id, at=at, name=name_of(user))
+    return PersonEvent(
+        kind=kind,
+        source=SOURCE,
+        external_id=str(user["id"]),
+        email=email_of(user),
+        attributes=attributes_of(user),
+        event_id=event_id,
+        at=at,
+        name=name_of(user),
+    )
 
 
 def fingerprint(user: dict[str, Any]) -> tuple[Any, ...]:
     """What a `changed` event can change in Postroom; status-emoji edits leave it equal."""
-    return (email_of(user), name_of(user), bool(user.get("deleted")), is_guest(user),
-            tuple(sorted(attributes_of(user).items())))
+    return (
+        email_of(user),
+        name_of(user),
+        bool(user.get("deleted")),
+        is_guest(user),
+        tuple(sorted(attributes_of(user).items())),
+    )

@@ -29,7 +29,12 @@ def registered_specs(settings: Settings) -> list[Spec]:
     from bot.links import Signer
 
     engine = make_engine("sqlite+aiosqlite://")  # never connected: registration reads no data
-    ctx = Context(settings=settings, engine=engine, sessions=make_sessionmaker(engine), signer=Signer(settings.web.secret))
+    ctx = Context(
+        settings=settings,
+        engine=engine,
+        sessions=make_sessionmaker(engine),
+        signer=Signer(settings.web.secret),
+    )
     return [spec for spec, _handler in Core(ctx).commands.values()]
 
 
@@ -50,13 +55,20 @@ def slash_commands(specs: list[Spec]) -> list[dict[str, str]]:
             description = f"{head.capitalize()}s: " + ", ".join(subs) + ". /help " + head + " explains each."
             hint = "|".join(subs) + " <name> [options]"
         out.append({"command": f"/{head}"[:32], "description": description[:140], "usage_hint": hint[:140]})
-    out.append({"command": UMBRELLA, "description": "Any Postroom command, e.g. /postroom addgroup eng "
-                "alice@corp.example; alone, the help.", "usage_hint": "<command> [arguments]"})
+    out.append(
+        {
+            "command": UMBRELLA,
+            "description": "Any Postroom command, e.g. /postroom addgroup eng "
+            "alice@corp.example; alone, the help.",
+            "usage_hint": "<command> [arguments]",
+        }
+    )
     return out
 
 
-def build_manifest(specs: list[Spec], url: str | None, *, socket_mode: bool = False,
-                   name: str = "Postroom") -> dict[str, Any]:
+def build_manifest(
+    specs: list[Spec], url: str | None, *, socket_mode: bool = False, name: str = "Postroom"
+) -> dict[str, Any]:
     if not socket_mode and not url:
         raise ValueError("HTTP mode needs the public base URL")
     endpoint = f"{url.rstrip('/')}{EVENTS_PATH}" if url and not socket_mode else None
@@ -83,8 +95,11 @@ def build_manifest(specs: list[Spec], url: str | None, *, socket_mode: bool = Fa
             "background_color": "#2f3a4a",
         },
         "features": {
-            "app_home": {"home_tab_enabled": False, "messages_tab_enabled": True,
-                         "messages_tab_read_only_enabled": True},
+            "app_home": {
+                "home_tab_enabled": False,
+                "messages_tab_enabled": True,
+                "messages_tab_read_only_enabled": True,
+            },
             "bot_user": {"display_name": name[:80], "always_online": True},
             "slash_commands": commands,
         },
@@ -100,6 +115,8 @@ def build_manifest(specs: list[Spec], url: str | None, *, socket_mode: bool = Fa
 
 
 def render(manifest: dict[str, Any], *, command_line: str) -> str:
-    header = (f"# Slack app manifest for Postroom, printed by `{command_line}`.\n"
-              "# Paste it at https://api.slack.com/apps → Create New App → From an app manifest.\n")
+    header = (
+        f"# Slack app manifest for Postroom, printed by `{command_line}`.\n"
+        "# Paste it at https://api.slack.com/apps → Create New App → From an app manifest.\n"
+    )
     return header + yaml.safe_dump(manifest, sort_keys=False, allow_unicode=True, width=120)

@@ -29,7 +29,7 @@ async def resolve_markup(text: str, email_of: Lookup) -> str:
     out: list[str] = []
     pos = 0
     for m in TOKEN.finditer(text):
-        out.append(unescape(text[pos: m.start()]))
+        out.append(unescape(text[pos : m.start()]))
         out.append(await _replace(m.group(1), email_of))
         pos = m.end()
     out.append(unescape(text[pos:]))
@@ -49,7 +49,7 @@ async def _replace(inner: str, email_of: Lookup) -> str:
             raise UserError(f"{who} has no email address I can read in Slack; type their address instead.")
         return email
     if target.startswith("mailto:"):
-        return unescape(target[len("mailto:"):])
+        return unescape(target[len("mailto:") :])
     if target.startswith("#"):
         return "#" + label if label else target
     if target.startswith("!"):

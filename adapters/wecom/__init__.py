@@ -18,6 +18,8 @@ def from_settings(settings: Any, **options: Any) -> WeComAdapter | None:
     if missing:
         from bot.config import ConfigError
 
-        raise ConfigError(f"wecom.corp_id is set, so wecom.{', wecom.'.join(missing)} must be set too "
-                          "(see manifests/wecom/README.md).")
+        raise ConfigError(
+            f"wecom.corp_id is set, so wecom.{', wecom.'.join(missing)} must be set too "
+            "(see manifests/wecom/README.md)."
+        )
     return WeComAdapter(w, base_url=settings.web.base_url, **options)

@@ -60,14 +60,21 @@ def parse_xml(data: bytes | str) -> dict[str, str]:
 class WeComAdapter(Adapter):
     platform = PLATFORM
 
-    def __init__(self, settings: WeComSettings, *, base_url: str = "", clock: Callable[[], float] = time.time,
-                 api: WeComApi | None = None):
+    def __init__(
+        self,
+        settings: WeComSettings,
+        *,
+        base_url: str = "",
+        clock: Callable[[], float] = time.time,
+        api: WeComApi | None = None,
+    ):
         self.settings = settings
         self.locale = settings.locale
         self.base_url = base_url
         self.crypto = WeComCrypto(settings.token, settings.encoding_aes_key, settings.corp_id)
-        self.api = api or WeComApi(settings.api_url, settings.corp_id, settings.secret, settings.agent_id,
-                                   timeout=settings.timeout_s)
+        self.api = api or WeComApi(
+            settings.api_url, settings.corp_id, settings.secret, settings.agent_id, timeout=settings.timeout_s
+        )
         self.clock = clock
         self.core: Core | None = None
         self.background = Background("wecom", log)
@@ -99,10 +106,18 @@ class WeComAdapter(Adapter):
         from bot.db.models import Identity, Person
 
         async with self.core.ctx.sessions() as session:
-            known = set((await session.execute(select(Identity.email).where(Identity.platform == PLATFORM)))
-                        .scalars().all())
-            emails = [e for e in (await session.execute(select(Person.email).where(Person.status == "active")))
-                      .scalars().all() if e not in known]
+            known = set(
+                (await session.execute(select(Identity.email).where(Identity.platform == PLATFORM)))
+                .scalars()
+                .all()
+            )
+            emails = [
+                e
+                for e in (await session.execute(select(Person.email).where(Person.status == "active")))
+                .scalars()
+                .all()
+                if e not in known
+            ]
         learnt = 0
         for email in emails:
             try:
@@ -129,11 +144,21 @@ class WeComAdapter(Adapter):
         card = message.card
         if card is not None and card.buttons:
             task_id = f"pr-{uuid.uuid4().hex}"
-            data = await self.api.send(conversation.id, "template_card", self._card(message, task_id, buttons=True))
-            extra = {"kind": "card", "task_id": task_id, "response_code": str(data.get("response_code") or "")}
-            return MessageRef(PLATFORM, conversation.id, str(data.get("msgid") or task_id), tuple(sorted(extra.items())))
+            data = await self.api.send(
+                conversation.id, "template_card", self._card(message, task_id, buttons=True)
+            )
+            extra = {
+                "kind": "card",
+                "task_id": task_id,
+                "response_code": str(data.get("response_code") or ""),
+            }
+            return MessageRef(
+                PLATFORM, conversation.id, str(data.get("msgid") or task_id), tuple(sorted(extra.items()))
+            )
         data = await self.api.send(conversation.id, "text", {"content": self.render_text(message)})
-        return MessageRef(PLATFORM, conversation.id, str(data.get("msgid") or uuid.uuid4().hex), (("kind", "text"),))
+        return MessageRef(
+            PLATFORM, conversation.id, str(data.get("msgid") or uuid.uuid4().hex), (("kind", "text"),)
+        )
 
     async def update(self, ref: MessageRef, message: Message) -> None:
         task_id = ref.get("task_id")
@@ -145,8 +170,9 @@ class WeComAdapter(Adapter):
             if code:
                 self._used_codes.add(code)
                 try:
-                    await self.api.update_template_card(ref.conversation_id.split(KEY_SEP), code,
-                                                        self._card(message, task_id, buttons=False))
+                    await self.api.update_template_card(
+                        ref.conversation_id.split(KEY_SEP), code, self._card(message, task_id, buttons=False)
+                    )
                     return
                 except WeComError as exc:  # used or expired (72 h) response code: say it in a message instead
                     log.info("updating WeCom card %s failed (%s); sending a text instead", task_id, exc)
@@ -168,8 +194,10 @@ class WeComAdapter(Adapter):
         return (str(email), user.get("name")) if email else None
 
     def web_routes(self) -> list[Any]:
-        return [Route("/wecom/callback", self._verify_url, methods=["GET"]),
-                Route("/wecom/callback", self._callback, methods=["POST"])]
+        return [
+            Route("/wecom/callback", self._verify_url, methods=["GET"]),
+            Route("/wecom/callback", self._callback, methods=["POST"]),
+        ]
 
     # -- rendering -------------------------------------------------------------------------------
     def render_text(self, message: Message, with_buttons: bool = True) -> str:
@@ -183,8 +211,11 @@ class WeComAdapter(Adapter):
             if card.link:
                 lines.append(f"{t(self.locale, card.link[0])}：{card.link[1]}")
             if with_buttons:
-                lines += [f"{t(self.locale, b.label)} — {t(self.locale, 'or type')} {b.text_command}"
-                          for b in card.buttons if b.text_command]
+                lines += [
+                    f"{t(self.locale, b.label)} — {t(self.locale, 'or type')} {b.text_command}"
+                    for b in card.buttons
+                    if b.text_command
+                ]
             if card.footer:
                 lines.append(card.footer)
         text = "\n".join(lines)
@@ -195,7 +226,9 @@ class WeComAdapter(Adapter):
     def _card(self, message: Message, task_id: str, *, buttons: bool) -> dict[str, Any]:
         card = message.card
         assert card is not None
-        rows = [{"keyname": t(self.locale, name)[:20], "value": str(value)[:120]} for name, value in card.fields]
+        rows = [
+            {"keyname": t(self.locale, name)[:20], "value": str(value)[:120]} for name, value in card.fields
+        ]
         if card.progress is not None:
             rows.append({"keyname": t(self.locale, "Progress"), "value": f"{card.progress:.0%}"})
         link = card.link[1] if card.link else self.base_url or "https://work.weixin.qq.com"
@@ -208,8 +241,14 @@ class WeComAdapter(Adapter):
         }
         if buttons:
             body["card_type"] = "button_interaction"
-            body["button_list"] = [{"text": t(self.locale, b.label)[:20], "style": BUTTON_STYLES.get(b.style, 2),
-                                    "key": f"{b.action_id}{KEY_SEP}{b.value}"[:1024]} for b in card.buttons[:6]]
+            body["button_list"] = [
+                {
+                    "text": t(self.locale, b.label)[:20],
+                    "style": BUTTON_STYLES.get(b.style, 2),
+                    "key": f"{b.action_id}{KEY_SEP}{b.value}"[:1024],
+                }
+                for b in card.buttons[:6]
+            ]
             body["replace_text"] = t(self.locale, "Submitted")
         else:
             body["card_type"] = "text_notice"  # the outcome: no buttons left to press
@@ -236,8 +275,9 @@ class WeComAdapter(Adapter):
 
     async def _verify_url(self, request: Request) -> Response:
         try:
-            signature, timestamp, nonce, echostr = self._check_params(request, "msg_signature", "timestamp", "nonce",
-                                                                      "echostr")
+            signature, timestamp, nonce, echostr = self._check_params(
+                request, "msg_signature", "timestamp", "nonce", "echostr"
+            )
             self.crypto.verify(signature, timestamp, nonce, echostr)
             plain = self.crypto.decrypt(echostr)
         except CallbackRefused as exc:
@@ -287,8 +327,12 @@ class WeComAdapter(Adapter):
     async def _on_text(self, msg: dict[str, str]) -> None:
         assert self.core is not None
         user = msg.get("FromUserName", "")
-        command = Command(Actor(PLATFORM, user), msg.get("Content", ""), Conversation(PLATFORM, user, "direct"),
-                          delivery_id=f"msg:{msg.get('MsgId') or delivery_key(msg)}")
+        command = Command(
+            Actor(PLATFORM, user),
+            msg.get("Content", ""),
+            Conversation(PLATFORM, user, "direct"),
+            delivery_id=f"msg:{msg.get('MsgId') or delivery_key(msg)}",
+        )
         reply = await self.core.handle_command(command)
         if reply is not None:
             await self.api.send(user, "text", {"content": self.render_text(reply)})
@@ -298,13 +342,20 @@ class WeComAdapter(Adapter):
         user, task_id, key = msg.get("FromUserName", ""), msg.get("TaskId", ""), msg.get("EventKey", "")
         action_id, sep, value = key.partition(KEY_SEP)
         if not sep or not task_id:
-            log.warning("WeCom card click with key %r on task %r is not one of Postroom's buttons", key, task_id)
+            log.warning(
+                "WeCom card click with key %r on task %r is not one of Postroom's buttons", key, task_id
+            )
             return
         if msg.get("ResponseCode"):
             self._click_codes[task_id] = msg["ResponseCode"]
-        action = Action(Actor(PLATFORM, user), action_id, value, Conversation(PLATFORM, user, "direct"),
-                        MessageRef(PLATFORM, user, task_id, (("kind", "card"), ("task_id", task_id))),
-                        delivery_id=f"card:{task_id}:{user}:{key}")
+        action = Action(
+            Actor(PLATFORM, user),
+            action_id,
+            value,
+            Conversation(PLATFORM, user, "direct"),
+            MessageRef(PLATFORM, user, task_id, (("kind", "card"), ("task_id", task_id))),
+            delivery_id=f"card:{task_id}:{user}:{key}",
+        )
         reply = await self.core.handle_action(action)
         if reply is not None:
             await self.api.send(user, "text", {"content": self.render_text(reply)})
@@ -333,15 +384,25 @@ class WeComAdapter(Adapter):
                 await identities.remember(self.core.ctx, PLATFORM, user, email, name)
             except UserError as exc:
                 log.warning("WeCom user %s has an unusable email: %s", user, exc.sentence)
-        attributes = {k: v for k, v in (("wecom_department", msg.get("Department")),
-                                                  ("wecom_position", msg.get("Position")))
-                      if v}
+        attributes = {
+            k: v
+            for k, v in (("wecom_department", msg.get("Department")), ("wecom_position", msg.get("Position")))
+            if v
+        }
         created = msg.get("CreateTime", "")
         at = datetime.fromtimestamp(int(created), UTC) if created.isdigit() else datetime.now(UTC)
         # CreateTime has whole seconds: two changes in one second differ by what they say (a redelivery doesn't).
         digest = hashlib.sha256(repr(sorted(msg.items())).encode()).hexdigest()[:16]
-        event = PersonEvent(kind, PLATFORM, f"{PLATFORM}:{user}", email, attributes,  # type: ignore[arg-type]
-                            f"{change}:{user}:{created}:{digest}", at, name=name)
+        event = PersonEvent(
+            kind,
+            PLATFORM,
+            f"{PLATFORM}:{user}",
+            email,
+            attributes,  # type: ignore[arg-type]
+            f"{change}:{user}:{created}:{digest}",
+            at,
+            name=name,
+        )
         try:
             outcome = await self.core.handle_person_event(event)
             log.info("WeCom %s for %s: %s", change, user, getattr(outcome, "status", outcome))
@@ -353,6 +414,8 @@ def delivery_key(msg: dict[str, str]) -> str:
     """What makes a callback the same delivery: MsgId, else (for events) who, when and what."""
     if msg.get("MsgId"):
         return f"msg:{msg['MsgId']}"
-    parts = [msg.get(k, "") for k in ("FromUserName", "CreateTime", "Event", "ChangeType", "UserID", "TaskId",
-                                       "EventKey")]
+    parts = [
+        msg.get(k, "")
+        for k in ("FromUserName", "CreateTime", "Event", "ChangeType", "UserID", "TaskId", "EventKey")
+    ]
     return "event:" + ":".join(parts)

@@ -24,8 +24,16 @@ class WeComError(Exception):
 
 
 class WeComApi:
-    def __init__(self, base_url: str, corp_id: str, secret: str, agent_id: int, *, timeout: float = 10.0,
-                 clock: Any = time.monotonic):
+    def __init__(
+        self,
+        base_url: str,
+        corp_id: str,
+        secret: str,
+        agent_id: int,
+        *,
+        timeout: float = 10.0,
+        clock: Any = time.monotonic,
+    ):
         self.base_url = base_url.rstrip("/")
         self.corp_id = corp_id
         self.secret = secret
@@ -47,13 +55,16 @@ class WeComApi:
         self._tokens.forget(token)
 
     async def _fetch_token(self) -> tuple[str, float]:
-        data = await self._send("GET", "/cgi-bin/gettoken", params={"corpid": self.corp_id, "corpsecret": self.secret})
+        data = await self._send(
+            "GET", "/cgi-bin/gettoken", params={"corpid": self.corp_id, "corpsecret": self.secret}
+        )
         if data.get("errcode", 0) != 0 or not data.get("access_token"):
             raise WeComError("/cgi-bin/gettoken", int(data.get("errcode", -1)), str(data.get("errmsg", "")))
         return str(data["access_token"]), float(data.get("expires_in", 7200))
 
-    async def _send(self, method: str, path: str, *, params: dict[str, Any],
-                    json: dict[str, Any] | None = None) -> dict[str, Any]:
+    async def _send(
+        self, method: str, path: str, *, params: dict[str, Any], json: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """One HTTP exchange. Errors name the path and the status only: the URL's query carries the
         corp secret or the access token, and whatever is raised ends up in the logs."""
         try:
@@ -68,9 +79,16 @@ class WeComApi:
             raise WeComError(path, response.status_code, "an answer that is not JSON") from None
         return data
 
-    async def call(self, method: str, path: str, *, json: dict[str, Any] | None = None,
-                   params: dict[str, Any] | None = None) -> dict[str, Any]:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """One API call; an invalid or expired token is fetched again and the call retried once."""
+
         async def attempt(token: str) -> dict[str, Any]:
             data = await self._send(method, path, params={**(params or {}), "access_token": token}, json=json)
             code = int(data.get("errcode", 0))
@@ -86,10 +104,15 @@ class WeComApi:
         payload = {"touser": touser, "msgtype": msgtype, "agentid": self.agent_id, msgtype: body}
         return await self.call("POST", "/cgi-bin/message/send", json=payload)
 
-    async def update_template_card(self, userids: list[str], response_code: str,
-                                   template_card: dict[str, Any]) -> dict[str, Any]:
-        payload = {"userids": userids, "agentid": self.agent_id, "response_code": response_code,
-                   "template_card": template_card}
+    async def update_template_card(
+        self, userids: list[str], response_code: str, template_card: dict[str, Any]
+    ) -> dict[str, Any]:
+        payload = {
+            "userids": userids,
+            "agentid": self.agent_id,
+            "response_code": response_code,
+            "template_card": template_card,
+        }
         return await self.call("POST", "/cgi-bin/message/update_template_card", json=payload)
 
     async def user(self, userid: str) -> dict[str, Any]:
@@ -98,8 +121,9 @@ class WeComApi:
     async def userid_by_email(self, email: str, email_type: int = 1) -> str | None:
         """The UserID with this corporate (1) or personal (2) email, or None when nobody has it."""
         try:
-            data = await self.call("POST", "/cgi-bin/user/get_userid_by_email",
-                                   json={"email": email, "email_type": email_type})
+            data = await self.call(
+                "POST", "/cgi-bin/user/get_userid_by_email", json={"email": email, "email_type": email_type}
+            )
         except WeComError as exc:
             if exc.errcode in (46004, 60103, 40010):  # no such member / invalid email
                 return None

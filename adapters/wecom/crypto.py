@@ -73,7 +73,7 @@ class WeComCrypto:
         (length,) = struct.unpack(">I", plain[16:20])
         if 20 + length > len(plain):
             raise CallbackRefused("the decrypted length is out of range")
-        message, receive_id = plain[20:20 + length], plain[20 + length:]
+        message, receive_id = plain[20 : 20 + length], plain[20 + length :]
         if not hmac.compare_digest(receive_id, self.receive_id.encode()):
             raise CallbackRefused("the message is for another corp id", 403)
         try:

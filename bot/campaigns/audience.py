@@ -42,12 +42,25 @@ async def resolve_audience(session: AsyncSession, settings: Settings, name: str)
     try:
         group = await find_group(session, raw, settings)
     except UserError:
-        lists = (await session.execute(select(ContactList.name).order_by(ContactList.name).limit(20))).scalars().all()
+        lists = (
+            (await session.execute(select(ContactList.name).order_by(ContactList.name).limit(20)))
+            .scalars()
+            .all()
+        )
         if lists:
-            raise UserError(t("“{text}” is neither a contact list nor a group. Contact lists: {names}.", text=raw[:80],
-                              names=", ".join(lists))) from None
-        raise UserError(t("“{text}” is neither a contact list nor a group. There are no contact lists yet.",
-                          text=raw[:80])) from None
+            raise UserError(
+                t(
+                    "“{text}” is neither a contact list nor a group. Contact lists: {names}.",
+                    text=raw[:80],
+                    names=", ".join(lists),
+                )
+            ) from None
+        raise UserError(
+            t(
+                "“{text}” is neither a contact list nor a group. There are no contact lists yet.",
+                text=raw[:80],
+            )
+        ) from None
     return "group", group.address
 
 
@@ -92,8 +105,16 @@ async def stream_candidates(
         if group is None:
             raise UserError(t("The group {address} no longer exists.", address=campaign.audience_name))
         stmt = (
-            select(Membership.id, Membership.email, Person.name, Person.attributes, Person.status,
-                   Contact.name.label("cname"), Contact.attributes.label("cattrs"), Contact.consent_at)
+            select(
+                Membership.id,
+                Membership.email,
+                Person.name,
+                Person.attributes,
+                Person.status,
+                Contact.name.label("cname"),
+                Contact.attributes.label("cattrs"),
+                Contact.consent_at,
+            )
             .outerjoin(Person, Person.id == Membership.person_id)
             .outerjoin(Contact, Contact.email == Membership.email)
             .where(Membership.group_id == group.id)

@@ -76,8 +76,9 @@ def parse_report(data: bytes) -> list[Finding]:
         report_type = (msg.get_param("report-type") or "").lower()  # type: ignore[union-attr]
         for part in msg.walk():
             ctype = part.get_content_type()
-            if ctype == "message/feedback-report" or (report_type == "feedback-report" and not found
-                                                      and ctype == "text/plain"):
+            if ctype == "message/feedback-report" or (
+                report_type == "feedback-report" and not found and ctype == "text/plain"
+            ):
                 found.append(Finding("complaint", "", None, "abuse report (feedback-report)"))
                 continue
             if ctype != "message/delivery-status":
@@ -93,8 +94,14 @@ def parse_report(data: bytes) -> list[Finding]:
                 if kind is None:
                     continue
                 recipient = _field(block, "Final-Recipient") or _field(block, "Original-Recipient")
-                found.append(Finding(kind, status, recipient.split(";", 1)[-1].strip() or None,
-                                     " ".join(_field(block, "Diagnostic-Code").split())))
+                found.append(
+                    Finding(
+                        kind,
+                        status,
+                        recipient.split(";", 1)[-1].strip() or None,
+                        " ".join(_field(block, "Diagnostic-Code").split()),
+                    )
+                )
         if found:
             return found
     # Not a standard report: many MTAs still quote the enhanced status code in plain text.
@@ -116,18 +123,27 @@ def _plain_text(msg: EmailMessage) -> str:
     return ""
 
 
-async def record_finding(ctx: Context, delivery_id: int | None, finding: Finding, *, via: str,
-                         email: str | None = None) -> str | None:
+async def record_finding(
+    ctx: Context, delivery_id: int | None, finding: Finding, *, via: str, email: str | None = None
+) -> str | None:
     """Store the event and suppress as its kind says. Returns the suppression reason applied, if any."""
     async with ctx.sessions() as session, session.begin():
         row = None
         if delivery_id is not None:
-            row = (await session.execute(select(Delivery.campaign_id, Delivery.email)
-                                         .where(Delivery.id == delivery_id))).first()
+            row = (
+                await session.execute(
+                    select(Delivery.campaign_id, Delivery.email).where(Delivery.id == delivery_id)
+                )
+            ).first()
         elif email is not None:  # an email service's notification without our return path
-            row = (await session.execute(select(Delivery.campaign_id, Delivery.email, Delivery.id)
-                                         .where(Delivery.email == email.lower(), Delivery.status == "sent")
-                                         .order_by(Delivery.sent_at.desc()).limit(1))).first()
+            row = (
+                await session.execute(
+                    select(Delivery.campaign_id, Delivery.email, Delivery.id)
+                    .where(Delivery.email == email.lower(), Delivery.status == "sent")
+                    .order_by(Delivery.sent_at.desc())
+                    .limit(1)
+                )
+            ).first()
             if row is not None:
                 delivery_id = row.id
         if row is None:
@@ -135,25 +151,48 @@ async def record_finding(ctx: Context, delivery_id: int | None, finding: Finding
             return None
         address = row.email
         hashed = email_hash(address)
-        session.add(CampaignEvent(campaign_id=row.campaign_id, delivery_id=delivery_id, email_hash=hashed,
-                                  kind=finding.kind, detail=finding.detail or None, at=ctx.now()))
+        session.add(
+            CampaignEvent(
+                campaign_id=row.campaign_id,
+                delivery_id=delivery_id,
+                email_hash=hashed,
+                kind=finding.kind,
+                detail=finding.detail or None,
+                at=ctx.now(),
+            )
+        )
         await session.flush()
-        name = (await session.execute(select(Campaign.name).where(Campaign.id == row.campaign_id))).scalar_one()
+        name = (
+            await session.execute(select(Campaign.name).where(Campaign.id == row.campaign_id))
+        ).scalar_one()
         reason: str | None = None
         if finding.kind == "hard_bounce":
             reason = "hard_bounce"
         elif finding.kind == "complaint":
             reason = "complaint"
         else:
-            soft = (await session.execute(select(func.count()).select_from(CampaignEvent).where(
-                CampaignEvent.email_hash == hashed, CampaignEvent.kind == "soft_bounce"))).scalar_one()
+            soft = (
+                await session.execute(
+                    select(func.count())
+                    .select_from(CampaignEvent)
+                    .where(CampaignEvent.email_hash == hashed, CampaignEvent.kind == "soft_bounce")
+                )
+            ).scalar_one()
             if soft >= ctx.settings.campaigns.soft_bounce_limit:
                 reason = "soft_bounce"
         if reason is not None and "@erased.invalid" not in address:
-            if await suppress(session, address, reason, f"{via}: campaign {name}: {finding.detail}"[:200],
-                              row.campaign_id):
-                audit.record(session, actor="system", via=via, action="suppression.add",
-                             subject=f"contact:{address}", after={"reason": reason}, detail=finding.detail)
+            if await suppress(
+                session, address, reason, f"{via}: campaign {name}: {finding.detail}"[:200], row.campaign_id
+            ):
+                audit.record(
+                    session,
+                    actor="system",
+                    via=via,
+                    action="suppression.add",
+                    subject=f"contact:{address}",
+                    after={"reason": reason},
+                    detail=finding.detail,
+                )
         return reason
 
 
@@ -174,9 +213,15 @@ class BounceMailbox:
         msg_id = message_from_bytes(data[:20000], policy=policy.compat32).get("Message-ID")
         if msg_id:
             async with self.ctx.sessions() as session, session.begin():
-                first = await insert_ignore(session, ProcessedEvent,
-                                            [{"source": "dsn", "event_id": str(msg_id).strip()[:300]}],
-                                            ["source", "event_id"]) == 1
+                first = (
+                    await insert_ignore(
+                        session,
+                        ProcessedEvent,
+                        [{"source": "dsn", "event_id": str(msg_id).strip()[:300]}],
+                        ["source", "event_id"],
+                    )
+                    == 1
+                )
             if not first:
                 return "250 OK (already processed)"
         findings = parse_report(data)

@@ -64,10 +64,17 @@ class EngineOptions:
     def from_settings(cls, settings: Settings, **overrides: Any) -> EngineOptions:
         c = settings.campaigns
         values: dict[str, Any] = dict(
-            batch_size=c.batch_size, lease_s=c.lease_s, max_attempts=c.max_attempts, retry_base_s=c.retry_base_s,
-            retry_max_s=c.retry_max_s, rate_per_s=c.rate_per_s, connections_per_domain=c.connections_per_domain,
-            error_window=c.error_window, error_min_samples=c.error_min_samples,
-            error_pause_share=c.error_pause_share, frequency_cap=c.frequency_cap,
+            batch_size=c.batch_size,
+            lease_s=c.lease_s,
+            max_attempts=c.max_attempts,
+            retry_base_s=c.retry_base_s,
+            retry_max_s=c.retry_max_s,
+            rate_per_s=c.rate_per_s,
+            connections_per_domain=c.connections_per_domain,
+            error_window=c.error_window,
+            error_min_samples=c.error_min_samples,
+            error_pause_share=c.error_pause_share,
+            frequency_cap=c.frequency_cap,
             frequency_period_s=c.frequency_period_days * 86400.0,
         )
         values.update(overrides)
@@ -127,8 +134,14 @@ class _ErrorWindow:
 
 
 class DeliveryEngine:
-    def __init__(self, ctx: Context, *, options: EngineOptions | None = None, on_event: ProgressCallback | None = None,
-                 worker_id: str | None = None):
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        options: EngineOptions | None = None,
+        on_event: ProgressCallback | None = None,
+        worker_id: str | None = None,
+    ):
         self.ctx = ctx
         self.options = options or EngineOptions.from_settings(ctx.settings)
         self.on_event = on_event
@@ -173,11 +186,25 @@ class DeliveryEngine:
                 digest = f"unavailable: {exc}"
             gap = await service.approval_gap(self.ctx, session, campaign, digest)
             if gap is not None:
-                won = await service.transition(session, campaign.id, ("approved", "scheduled"), "failed",
-                                               status_note=gap, finished_at=self.ctx.now())
+                won = await service.transition(
+                    session,
+                    campaign.id,
+                    ("approved", "scheduled"),
+                    "failed",
+                    status_note=gap,
+                    finished_at=self.ctx.now(),
+                )
                 if won:
-                    service.audit_campaign(session, campaign, actor=actor, via="engine", action="campaign.fail",
-                                           before=campaign.state, after="failed", detail=english(gap))
+                    service.audit_campaign(
+                        session,
+                        campaign,
+                        actor=actor,
+                        via="engine",
+                        action="campaign.fail",
+                        before=campaign.state,
+                        after="failed",
+                        detail=english(gap),
+                    )
                 return "failed"
             won = await service.transition(
                 session, campaign.id, ("approved", "scheduled"), "sending", started_at=self.ctx.now()
@@ -185,8 +212,15 @@ class DeliveryEngine:
             if not won:
                 return (await session.get(Campaign, campaign_id, populate_existing=True)).state  # type: ignore[union-attr]
             await self._snapshot(session, campaign)
-            service.audit_campaign(session, campaign, actor=actor, via="engine", action="campaign.start",
-                                   before=campaign.state, after="sending")
+            service.audit_campaign(
+                session,
+                campaign,
+                actor=actor,
+                via="engine",
+                action="campaign.start",
+                before=campaign.state,
+                after="sending",
+            )
         return "sending"
 
     async def _snapshot(self, session, campaign: Campaign) -> None:  # type: ignore[no-untyped-def]
@@ -194,8 +228,14 @@ class DeliveryEngine:
             await session.execute(
                 insert(Delivery),
                 [
-                    {"campaign_id": campaign.id, "email": r.email, "name": r.name, "attributes": r.attributes,
-                     "status": "pending", "attempts": 0}
+                    {
+                        "campaign_id": campaign.id,
+                        "email": r.email,
+                        "name": r.name,
+                        "attributes": r.attributes,
+                        "status": "pending",
+                        "attempts": 0,
+                    }
                     for r in chunk
                 ],
             )
@@ -228,8 +268,13 @@ class DeliveryEngine:
                     self._halt.set()
                     return
                 async with self.ctx.sessions() as session:
-                    fresh = (await session.execute(select(Suppression.id, Suppression.email_hash)
-                                                   .where(Suppression.id > self._suppression_mark))).all()
+                    fresh = (
+                        await session.execute(
+                            select(Suppression.id, Suppression.email_hash).where(
+                                Suppression.id > self._suppression_mark
+                            )
+                        )
+                    ).all()
                 for sid, hashed in fresh:
                     self._late_suppressions.add(hashed)
                     self._suppression_mark = max(self._suppression_mark, sid)
@@ -238,8 +283,11 @@ class DeliveryEngine:
                     async with self.ctx.sessions() as session, session.begin():
                         await session.execute(
                             update(Delivery)
-                            .where(Delivery.campaign_id == campaign_id, Delivery.status == "sending",
-                                   Delivery.claimed_by == self.worker_id)
+                            .where(
+                                Delivery.campaign_id == campaign_id,
+                                Delivery.status == "sending",
+                                Delivery.claimed_by == self.worker_id,
+                            )
                             .values(claimed_at=self.ctx.now())
                             .execution_options(synchronize_session=False)
                         )
@@ -257,12 +305,15 @@ class DeliveryEngine:
             source = load_source(self.ctx.settings.campaigns.templates_dir, campaign.template)
             messages = CampaignMessages(self.ctx.settings, self.ctx.signer, campaign, source)
         except Exception as exc:
-            return await self._fail(campaign, note("The template can no longer be loaded: {error}", error=exc))
+            return await self._fail(
+                campaign, note("The template can no longer be loaded: {error}", error=exc)
+            )
         # Every start and resume (a command, a restart, another process joining) checks the approval
         # against the very source it will send from: nothing unapproved or expired leaves (invariant 1).
         async with self.ctx.sessions() as session:
-            gap = await service.approval_gap(self.ctx, session, campaign,
-                                             service.content_hash(campaign, source.digest()))
+            gap = await service.approval_gap(
+                self.ctx, session, campaign, service.content_hash(campaign, source.digest())
+            )
         if gap is not None:
             return await self._fail(campaign, gap)
         last_progress = 0.0
@@ -297,21 +348,34 @@ class DeliveryEngine:
         async with self.ctx.sessions() as session, session.begin():
             won = await service.transition(session, campaign.id, ("sending",), "paused", status_note=stored)
             if won:
-                service.audit_campaign(session, campaign, actor="system", via="engine", action="campaign.pause",
-                                       before="sending", after="paused", detail=english(stored))
+                service.audit_campaign(
+                    session,
+                    campaign,
+                    actor="system",
+                    via="engine",
+                    action="campaign.pause",
+                    before="sending",
+                    after="paused",
+                    detail=english(stored),
+                )
         if won:
             await self._emit(campaign.id, "auto-paused")
         return RunResult(campaign.id, "paused", note=english(stored))
 
     async def _cancel_pending(self, campaign_id: int) -> None:
         async with self.ctx.sessions() as session, session.begin():
-            await session.execute(update(Delivery).where(Delivery.campaign_id == campaign_id,
-                                                         Delivery.status == "pending").values(status="cancelled")
-                                  .execution_options(synchronize_session=False))
+            await session.execute(
+                update(Delivery)
+                .where(Delivery.campaign_id == campaign_id, Delivery.status == "pending")
+                .values(status="cancelled")
+                .execution_options(synchronize_session=False)
+            )
 
     async def _state(self, campaign_id: int) -> str:
         async with self.ctx.sessions() as session:
-            return (await session.execute(select(Campaign.state).where(Campaign.id == campaign_id))).scalar_one()
+            return (
+                await session.execute(select(Campaign.state).where(Campaign.id == campaign_id))
+            ).scalar_one()
 
     async def _claim(self, campaign_id: int) -> list[Any]:
         """Claim up to a batch: first rows whose lease ran out (a dead worker's), then pending ones.
@@ -323,8 +387,10 @@ class DeliveryEngine:
         lease_cutoff = now - timedelta(seconds=self.options.lease_s)
         conditions = (
             and_(Delivery.status == "sending", Delivery.claimed_at < lease_cutoff),
-            and_(Delivery.status == "pending",
-                 or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now)),
+            and_(
+                Delivery.status == "pending",
+                or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
+            ),
         )
         rows: list[Any] = []
         async with self.ctx.sessions() as session, session.begin():
@@ -332,20 +398,32 @@ class DeliveryEngine:
                 room = self.options.batch_size - len(rows)
                 if room <= 0:
                     break
-                ids = (select(Delivery.id).where(Delivery.campaign_id == campaign_id, condition)
-                       .order_by(Delivery.id).limit(room))
+                ids = (
+                    select(Delivery.id)
+                    .where(Delivery.campaign_id == campaign_id, condition)
+                    .order_by(Delivery.id)
+                    .limit(room)
+                )
                 if self.ctx.dialect == "postgresql":
                     ids = ids.with_for_update(skip_locked=True)
                 stmt = (
                     update(Delivery)
                     .where(Delivery.id.in_(ids.scalar_subquery()))
-                    .values(status="sending", claimed_by=self.worker_id, claimed_at=now,
-                            attempts=Delivery.attempts + 1)
-                    .returning(Delivery.id, Delivery.email, Delivery.name, Delivery.attributes, Delivery.attempts)
+                    .values(
+                        status="sending",
+                        claimed_by=self.worker_id,
+                        claimed_at=now,
+                        attempts=Delivery.attempts + 1,
+                    )
+                    .returning(
+                        Delivery.id, Delivery.email, Delivery.name, Delivery.attributes, Delivery.attempts
+                    )
                     .execution_options(synchronize_session=False)
                 )
                 rows.extend((await session.execute(stmt)).all())
-        rows.sort(key=lambda d: d.id)  # plain rows (id, email, name, attributes, attempts): no ORM bookkeeping
+        rows.sort(
+            key=lambda d: d.id
+        )  # plain rows (id, email, name, attributes, attempts): no ORM bookkeeping
         return rows
 
     async def _capped(self, campaign_id: int, emails: list[str]) -> set[str]:
@@ -355,12 +433,18 @@ class DeliveryEngine:
             return set()
         cutoff = self.ctx.now() - timedelta(seconds=self.options.frequency_period_s)
         async with self.ctx.sessions() as session:
-            rows = (await session.execute(
-                select(Delivery.email, func.count())
-                .where(Delivery.email.in_(emails), Delivery.status == "sent", Delivery.sent_at >= cutoff,
-                       Delivery.campaign_id != campaign_id)
-                .group_by(Delivery.email)
-            )).all()
+            rows = (
+                await session.execute(
+                    select(Delivery.email, func.count())
+                    .where(
+                        Delivery.email.in_(emails),
+                        Delivery.status == "sent",
+                        Delivery.sent_at >= cutoff,
+                        Delivery.campaign_id != campaign_id,
+                    )
+                    .group_by(Delivery.email)
+                )
+            ).all()
         return {email for email, n in rows if n >= cap}
 
     def _domain_slot(self, email: str) -> asyncio.Semaphore | None:
@@ -372,8 +456,9 @@ class DeliveryEngine:
             slot = self._domain_slots[domain] = asyncio.Semaphore(self.options.connections_per_domain)
         return slot
 
-    async def _send_batch(self, campaign: Campaign, messages: CampaignMessages, batch: list[Any],
-                          transport: SmtpTransport) -> str | None:
+    async def _send_batch(
+        self, campaign: Campaign, messages: CampaignMessages, batch: list[Any], transport: SmtpTransport
+    ) -> str | None:
         """Send one claimed batch and record every outcome. Returns a reason when the server is unusable."""
         emails = [d.email for d in batch]
         async with self.ctx.sessions() as session:
@@ -406,8 +491,13 @@ class DeliveryEngine:
                     skipped.append({"b_id": d.id, "status": "suppressed", "err": "suppressed before sending"})
                     continue
                 if d.email in capped:
-                    skipped.append({"b_id": d.id, "status": "capped",
-                                    "err": f"frequency cap: {opts.frequency_cap} campaign messages per period"})
+                    skipped.append(
+                        {
+                            "b_id": d.id,
+                            "status": "capped",
+                            "err": f"frequency cap: {opts.frequency_cap} campaign messages per period",
+                        }
+                    )
                     continue
                 await self._limiter.wait(halt)
                 if halt.is_set():
@@ -431,22 +521,38 @@ class DeliveryEngine:
                     continue
                 window.add(outcome.detail or "error")
                 if outcome.permanent:
-                    bounced.append({"b_id": d.id, "status": "bounced", "err": outcome.detail, "email": d.email})
+                    bounced.append(
+                        {"b_id": d.id, "status": "bounced", "err": outcome.detail, "email": d.email}
+                    )
                 else:
                     if outcome.code is None:
                         connection_failures += 1
                     if d.attempts >= opts.max_attempts:
-                        failed.append({"b_id": d.id, "status": "failed",
-                                       "err": f"gave up after {d.attempts} attempts: {outcome.detail}"})
+                        failed.append(
+                            {
+                                "b_id": d.id,
+                                "status": "failed",
+                                "err": f"gave up after {d.attempts} attempts: {outcome.detail}",
+                            }
+                        )
                     else:
                         delay = min(opts.retry_base_s * (2 ** (d.attempts - 1)), opts.retry_max_s)
-                        retry.append({"b_id": d.id, "err": outcome.detail, "nxt": now + timedelta(seconds=delay)})
+                        retry.append(
+                            {"b_id": d.id, "err": outcome.detail, "nxt": now + timedelta(seconds=delay)}
+                        )
                 errors, seen = window.share()
-                if seen >= opts.error_min_samples and errors / seen >= opts.error_pause_share and not halt.is_set():
+                if (
+                    seen >= opts.error_min_samples
+                    and errors / seen >= opts.error_pause_share
+                    and not halt.is_set()
+                ):
                     self._halt_reason = note(
                         "Paused by itself: {errors} of the last {seen} messages failed (most often: {error}). "
                         "Check the mail server, then /campaign resume {name}.",
-                        errors=errors, seen=seen, error=window.most_common(), name=campaign.name,
+                        errors=errors,
+                        seen=seen,
+                        error=window.most_common(),
+                        name=campaign.name,
                     )
                     halt.set()
 
@@ -456,16 +562,29 @@ class DeliveryEngine:
         self.sent_total += len(sent)
         if attempted and connection_failures == attempted and not self._halt_reason:
             if retry:
-                return note("Paused by itself: the mail server at {server} refused or dropped every message of the "
-                            "last batch ({error}).", server=f"{self.ctx.settings.smtp.host}:{self.ctx.settings.smtp.port}",
-                            error=retry[0]["err"])
-            return note("Paused by itself: the mail server at {server} refused or dropped every message of the last "
-                        "batch (connection failures).",
-                        server=f"{self.ctx.settings.smtp.host}:{self.ctx.settings.smtp.port}")
+                return note(
+                    "Paused by itself: the mail server at {server} refused or dropped every message of the "
+                    "last batch ({error}).",
+                    server=f"{self.ctx.settings.smtp.host}:{self.ctx.settings.smtp.port}",
+                    error=retry[0]["err"],
+                )
+            return note(
+                "Paused by itself: the mail server at {server} refused or dropped every message of the last "
+                "batch (connection failures).",
+                server=f"{self.ctx.settings.smtp.host}:{self.ctx.settings.smtp.port}",
+            )
         return None
 
-    async def _record(self, campaign: Campaign, sent: list[dict], failed: list[dict], retry: list[dict],
-                      bounced: list[dict], skipped: list[dict], unsent: list[dict]) -> None:
+    async def _record(
+        self,
+        campaign: Campaign,
+        sent: list[dict],
+        failed: list[dict],
+        retry: list[dict],
+        bounced: list[dict],
+        skipped: list[dict],
+        unsent: list[dict],
+    ) -> None:
         now = self.ctx.now()
         async with self.ctx.sessions() as session, session.begin():
             conn = await session.connection()
@@ -473,20 +592,24 @@ class DeliveryEngine:
             mine = and_(table.c.id == bindparam("b_id"), table.c.claimed_by == self.worker_id)
             if sent:
                 await conn.execute(
-                    table.update().where(mine).values(status="sent", sent_at=now, message_id=bindparam("mid"),
-                                                      last_error=None),
+                    table.update()
+                    .where(mine)
+                    .values(status="sent", sent_at=now, message_id=bindparam("mid"), last_error=None),
                     sent,
                 )
             for rows in (failed, bounced, skipped):
                 if rows:
                     await conn.execute(
-                        table.update().where(mine).values(status=bindparam("status"), last_error=bindparam("err")),
+                        table.update()
+                        .where(mine)
+                        .values(status=bindparam("status"), last_error=bindparam("err")),
                         [{k: v for k, v in r.items() if k != "email"} for r in rows],
                     )
             if retry:
                 await conn.execute(
-                    table.update().where(mine).values(status="pending", last_error=bindparam("err"),
-                                                      next_attempt_at=bindparam("nxt")),
+                    table.update()
+                    .where(mine)
+                    .values(status="pending", last_error=bindparam("err"), next_attempt_at=bindparam("nxt")),
                     retry,
                 )
             if unsent:  # halted before these went out: back in the queue, the attempt not counted
@@ -495,8 +618,9 @@ class DeliveryEngine:
                     unsent,
                 )
             for r in bounced:
-                await suppress(session, r["email"], "hard_bounce", f"campaign {campaign.name}: {r['err']}",
-                               campaign.id)
+                await suppress(
+                    session, r["email"], "hard_bounce", f"campaign {campaign.name}: {r['err']}", campaign.id
+                )
 
     async def _finished(self, campaign_id: int) -> bool:
         async with self.ctx.sessions() as session:
@@ -511,13 +635,21 @@ class DeliveryEngine:
 
     async def _complete(self, campaign: Campaign) -> RunResult:
         async with self.ctx.sessions() as session, session.begin():
-            won = await service.transition(session, campaign.id, ("sending",), "completed",
-                                           finished_at=self.ctx.now())
+            won = await service.transition(
+                session, campaign.id, ("sending",), "completed", finished_at=self.ctx.now()
+            )
             if won:
                 counts = await service.counts(session, campaign.id)
-                service.audit_campaign(session, campaign, actor="system", via="engine", action="campaign.complete",
-                                       before="sending", after="completed",
-                                       detail=", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+                service.audit_campaign(
+                    session,
+                    campaign,
+                    actor="system",
+                    via="engine",
+                    action="campaign.complete",
+                    before="sending",
+                    after="completed",
+                    detail=", ".join(f"{k}: {v}" for k, v in sorted(counts.items())),
+                )
         async with self.ctx.sessions() as session:
             counts = await service.counts(session, campaign.id)
         if won:
@@ -527,11 +659,20 @@ class DeliveryEngine:
     async def _fail(self, campaign: Campaign, stored: str) -> RunResult:
         """Move a sending campaign to `failed`, audited in the same transaction (invariant 6)."""
         async with self.ctx.sessions() as session, session.begin():
-            won = await service.transition(session, campaign.id, ("sending",), "failed", status_note=stored,
-                                           finished_at=self.ctx.now())
+            won = await service.transition(
+                session, campaign.id, ("sending",), "failed", status_note=stored, finished_at=self.ctx.now()
+            )
             if won:
-                service.audit_campaign(session, campaign, actor="system", via="engine", action="campaign.fail",
-                                       before="sending", after="failed", detail=english(stored))
+                service.audit_campaign(
+                    session,
+                    campaign,
+                    actor="system",
+                    via="engine",
+                    action="campaign.fail",
+                    before="sending",
+                    after="failed",
+                    detail=english(stored),
+                )
         if not won:  # paused, cancelled or failed by someone else meanwhile: theirs is the last word
             return RunResult(campaign.id, await self._state(campaign.id))
         await self._emit(campaign.id, "failed")

@@ -51,7 +51,9 @@ class CampaignMessages:
         return f"{self.settings.web.base_url}/u/{self.unsubscribe_token(email)}"
 
     def context(self, r: Recipient, unsubscribe_url: str) -> dict[str, Any]:
-        ctx: dict[str, Any] = {k: v for k, v in r.attributes.items() if k not in RESERVED and v not in (None, "")}
+        ctx: dict[str, Any] = {
+            k: v for k, v in r.attributes.items() if k not in RESERVED and v not in (None, "")
+        }
         if r.name:
             ctx["name"] = r.name
             ctx["first_name"] = r.name.split()[0]
@@ -77,7 +79,9 @@ class CampaignMessages:
             sender = verp_address(self.signer, delivery_id, self._bounce_domain)
             if self.tracking:
                 body_html = self._tracker.rewrite(body_html, delivery_id)
-        mailto = f"mailto:{self.settings.campaigns.unsubscribe_mailbox}?subject={quote('unsubscribe ' + token)}"
+        mailto = (
+            f"mailto:{self.settings.campaigns.unsubscribe_mailbox}?subject={quote('unsubscribe ' + token)}"
+        )
         message_id = new_message_id(self._domain)
         data = build_message(
             from_name=self.campaign.from_name,
@@ -108,10 +112,18 @@ def lint(messages: CampaignMessages, sample: Recipient) -> list[str]:
     if not rendered.subject.strip():
         problems.append(t("The subject is empty: give one with --subject or a <title> in the template."))
     postal = messages.settings.org.postal_address.strip()
-    no_link = {"HTML": t("The HTML part has no unsubscribe link: add {tag} to it.", tag="{{ unsubscribe_url }}"),
-               "text": t("The text part has no unsubscribe link: add {tag} to it.", tag="{{ unsubscribe_url }}")}
-    no_postal = {"HTML": t("The HTML part does not show the postal address: add {tag}.", tag="{{ org.postal_address }}"),
-                 "text": t("The text part does not show the postal address: add {tag}.", tag="{{ org.postal_address }}")}
+    no_link = {
+        "HTML": t("The HTML part has no unsubscribe link: add {tag} to it.", tag="{{ unsubscribe_url }}"),
+        "text": t("The text part has no unsubscribe link: add {tag} to it.", tag="{{ unsubscribe_url }}"),
+    }
+    no_postal = {
+        "HTML": t(
+            "The HTML part does not show the postal address: add {tag}.", tag="{{ org.postal_address }}"
+        ),
+        "text": t(
+            "The text part does not show the postal address: add {tag}.", tag="{{ org.postal_address }}"
+        ),
+    }
     for part, body in (("HTML", rendered.html), ("text", rendered.text)):
         if url not in body and url.replace("&", "&amp;") not in body:
             problems.append(no_link[part])

@@ -45,9 +45,16 @@ def english(stored: str | None) -> str:
 def state_name(state: str) -> str:
     """A campaign state as a person reads it (“pending approval”)."""
     names = {
-        "draft": t("draft"), "pending_approval": t("pending approval"), "approved": t("approved"),
-        "scheduled": t("scheduled"), "sending": t("sending"), "paused": t("paused"), "completed": t("completed"),
-        "failed": t("failed"), "cancelled": t("cancelled"), "rejected": t("rejected"),
+        "draft": t("draft"),
+        "pending_approval": t("pending approval"),
+        "approved": t("approved"),
+        "scheduled": t("scheduled"),
+        "sending": t("sending"),
+        "paused": t("paused"),
+        "completed": t("completed"),
+        "failed": t("failed"),
+        "cancelled": t("cancelled"),
+        "rejected": t("rejected"),
     }
     return names.get(state, state.replace("_", " "))
 
@@ -55,8 +62,14 @@ def state_name(state: str) -> str:
 def status_name(status: str) -> str:
     """A delivery status as a person reads it."""
     names = {
-        "pending": t("pending"), "sending": t("sending"), "sent": t("sent"), "bounced": t("bounced"),
-        "failed": t("failed"), "suppressed": t("suppressed"), "cancelled": t("cancelled"), "capped": t("capped"),
+        "pending": t("pending"),
+        "sending": t("sending"),
+        "sent": t("sent"),
+        "bounced": t("bounced"),
+        "failed": t("failed"),
+        "suppressed": t("suppressed"),
+        "cancelled": t("cancelled"),
+        "capped": t("capped"),
     }
     return names.get(status, status)
 

@@ -54,59 +54,120 @@ class Figures:
 
         attempted = self.sent + self.statuses.get("bounced", 0)
         lines = [
-            t("Report for “{name}” ({state}): {count} recipients.", name=self.campaign, state=state_name(self.state),
-              count=self.recipients),
-            "  " + t("sent {sent}, delivered {delivered} ({share} of attempts)", sent=self.sent,
-                     delivered=self.delivered, share=pct(self.delivered / attempted) if attempted else "—"),
-            "  " + t("hard bounces {hard} ({share}), soft bounces {soft}", hard=self.hard_bounces,
-                     share=pct(self.hard_bounces / attempted) if attempted else "—", soft=self.soft_bounces),
-            "  " + t("unsubscribes {unsubscribes} ({unsubscribe_rate}), complaints {complaints} ({complaint_rate})",
-                     unsubscribes=self.unsubscribes, unsubscribe_rate=pct(self.rate(self.unsubscribes)),
-                     complaints=self.complaints, complaint_rate=pct(self.rate(self.complaints)))
-            + ("  " + t("⚠ above the 0.3% spam-rate ceiling") if self.rate(self.complaints) > COMPLAINT_LIMIT else ""),
+            t(
+                "Report for “{name}” ({state}): {count} recipients.",
+                name=self.campaign,
+                state=state_name(self.state),
+                count=self.recipients,
+            ),
+            "  "
+            + t(
+                "sent {sent}, delivered {delivered} ({share} of attempts)",
+                sent=self.sent,
+                delivered=self.delivered,
+                share=pct(self.delivered / attempted) if attempted else "—",
+            ),
+            "  "
+            + t(
+                "hard bounces {hard} ({share}), soft bounces {soft}",
+                hard=self.hard_bounces,
+                share=pct(self.hard_bounces / attempted) if attempted else "—",
+                soft=self.soft_bounces,
+            ),
+            "  "
+            + t(
+                "unsubscribes {unsubscribes} ({unsubscribe_rate}), complaints {complaints} ({complaint_rate})",
+                unsubscribes=self.unsubscribes,
+                unsubscribe_rate=pct(self.rate(self.unsubscribes)),
+                complaints=self.complaints,
+                complaint_rate=pct(self.rate(self.complaints)),
+            )
+            + (
+                "  " + t("⚠ above the 0.3% spam-rate ceiling")
+                if self.rate(self.complaints) > COMPLAINT_LIMIT
+                else ""
+            ),
         ]
         if self.tracking:
             o, c = self.rate(self.opens), self.rate(self.clicks)
             if o > OPEN_BENCHMARK:
-                lines.append("  " + t("opens {opens} ({rate}) — above the common 20% benchmark", opens=self.opens,
-                                      rate=pct(o)))
+                lines.append(
+                    "  "
+                    + t(
+                        "opens {opens} ({rate}) — above the common 20% benchmark",
+                        opens=self.opens,
+                        rate=pct(o),
+                    )
+                )
             else:
-                lines.append("  " + t("opens {opens} ({rate}) — below the common 20% benchmark", opens=self.opens,
-                                      rate=pct(o)))
+                lines.append(
+                    "  "
+                    + t(
+                        "opens {opens} ({rate}) — below the common 20% benchmark",
+                        opens=self.opens,
+                        rate=pct(o),
+                    )
+                )
             values = {"clicks": self.clicks, "rate": pct(c)}
             if self.opens:
                 values["share"] = f"{self.clicks / self.opens:.0%}"
                 if c > CLICK_BENCHMARK:
-                    clicks = t("clicks {clicks} ({rate} click-through) — above the common 3% benchmark; {share} of "
-                               "openers clicked", **values)
+                    clicks = t(
+                        "clicks {clicks} ({rate} click-through) — above the common 3% benchmark; {share} of "
+                        "openers clicked",
+                        **values,
+                    )
                 else:
-                    clicks = t("clicks {clicks} ({rate} click-through) — below the common 3% benchmark; {share} of "
-                               "openers clicked", **values)
+                    clicks = t(
+                        "clicks {clicks} ({rate} click-through) — below the common 3% benchmark; {share} of "
+                        "openers clicked",
+                        **values,
+                    )
             elif c > CLICK_BENCHMARK:
                 clicks = t("clicks {clicks} ({rate} click-through) — above the common 3% benchmark", **values)
             else:
                 clicks = t("clicks {clicks} ({rate} click-through) — below the common 3% benchmark", **values)
             lines.append("  " + clicks)
-            lines.append("  " + t("Note: opens are inflated by mail-privacy proxies (Apple Mail Privacy Protection "
-                                  "loads every image), so clicks are the engagement figure to trust."))
+            lines.append(
+                "  "
+                + t(
+                    "Note: opens are inflated by mail-privacy proxies (Apple Mail Privacy Protection "
+                    "loads every image), so clicks are the engagement figure to trust."
+                )
+            )
         else:
             lines.append("  " + t("opens and clicks: not tracked for this campaign."))
         others = {k: v for k, v in self.statuses.items() if k not in ("sent", "bounced")}
         if others:
-            lines.append("  " + t("not sent: {counts}", counts=", ".join(f"{status_name(k)} {v}" for k, v in sorted(others.items()))))
+            lines.append(
+                "  "
+                + t(
+                    "not sent: {counts}",
+                    counts=", ".join(f"{status_name(k)} {v}" for k, v in sorted(others.items())),
+                )
+            )
         return "\n".join(lines)
 
 
 async def build_report(ctx: Context, campaign: Campaign) -> Figures:
-    f = Figures(campaign=campaign.name, state=campaign.state,
-                tracking=bool(ctx.settings.campaigns.tracking and campaign.tracking))
+    f = Figures(
+        campaign=campaign.name,
+        state=campaign.state,
+        tracking=bool(ctx.settings.campaigns.tracking and campaign.tracking),
+    )
     async with ctx.sessions() as session:
         f.statuses = await service.counts(session, campaign.id)
         f.recipients = sum(f.statuses.values())
         f.sent = f.statuses.get("sent", 0)
-        events = dict((await session.execute(
-            select(CampaignEvent.kind, func.count(distinct(CampaignEvent.delivery_id)))
-            .where(CampaignEvent.campaign_id == campaign.id).group_by(CampaignEvent.kind))).all())
+        events = dict(
+            (
+                await session.execute(
+                    select(CampaignEvent.kind, func.count(distinct(CampaignEvent.delivery_id)))
+                    .where(CampaignEvent.campaign_id == campaign.id)
+                    .group_by(CampaignEvent.kind)
+                )
+            ).all()
+        )
         late_hard = events.get("hard_bounce", 0)
         f.hard_bounces = f.statuses.get("bounced", 0) + late_hard
         f.soft_bounces = events.get("soft_bounce", 0)
@@ -114,16 +175,28 @@ async def build_report(ctx: Context, campaign: Campaign) -> Figures:
         f.opens = events.get("open", 0)
         f.clicks = events.get("click", 0)
         f.delivered = max(0, f.sent - late_hard)
-        f.unsubscribes = (await session.execute(
-            select(func.count()).select_from(Suppression)
-            .where(Suppression.campaign_id == campaign.id, Suppression.reason == "unsubscribed"))).scalar_one()
-        f.sent_times = list((await session.execute(
-            select(Delivery.sent_at).where(Delivery.campaign_id == campaign.id, Delivery.status == "sent")
-            .order_by(Delivery.sent_at))).scalars())
+        f.unsubscribes = (
+            await session.execute(
+                select(func.count())
+                .select_from(Suppression)
+                .where(Suppression.campaign_id == campaign.id, Suppression.reason == "unsubscribed")
+            )
+        ).scalar_one()
+        f.sent_times = list(
+            (
+                await session.execute(
+                    select(Delivery.sent_at)
+                    .where(Delivery.campaign_id == campaign.id, Delivery.status == "sent")
+                    .order_by(Delivery.sent_at)
+                )
+            ).scalars()
+        )
         for kind, target in (("open", f.open_times), ("click", f.click_times)):
-            first = (select(func.min(CampaignEvent.at))
-                     .where(CampaignEvent.campaign_id == campaign.id, CampaignEvent.kind == kind)
-                     .group_by(CampaignEvent.delivery_id))
+            first = (
+                select(func.min(CampaignEvent.at))
+                .where(CampaignEvent.campaign_id == campaign.id, CampaignEvent.kind == kind)
+                .group_by(CampaignEvent.delivery_id)
+            )
             target.extend(sorted((await session.execute(first)).scalars()))
     return f
 
@@ -153,7 +226,9 @@ def _draw(path: Path, f: Figures, started: datetime | None) -> None:
     fig = Figure(figsize=(8, 6), dpi=100)
     top, bottom = fig.subplots(2, 1)
     t0 = started or (f.sent_times[0] if f.sent_times else None)
-    top.set_title(f"“{f.campaign}”: send — {f.sent} sent, {f.hard_bounces} hard bounces, {f.soft_bounces} soft")
+    top.set_title(
+        f"“{f.campaign}”: send — {f.sent} sent, {f.hard_bounces} hard bounces, {f.soft_bounces} soft"
+    )
     top.set_ylabel("messages sent")
     if t0 is not None and f.sent_times:
         scale, unit = _unit((f.sent_times[-1] - t0).total_seconds())
@@ -175,8 +250,14 @@ def _draw(path: Path, f: Figures, started: datetime | None) -> None:
         bottom.set_ylim(bottom=0)
         bottom.legend(loc="upper left")
     else:
-        bottom.text(0.5, 0.5, "no opens or clicks recorded" if f.tracking else "not tracked",
-                    ha="center", va="center", transform=bottom.transAxes)
+        bottom.text(
+            0.5,
+            0.5,
+            "no opens or clicks recorded" if f.tracking else "not tracked",
+            ha="center",
+            va="center",
+            transform=bottom.transAxes,
+        )
     fig.tight_layout()
     fig.savefig(path, format="png")
 

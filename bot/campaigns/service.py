@@ -31,10 +31,12 @@ ENDS = ("completed", "rejected", "cancelled", "failed")
 
 def check_name(name: str) -> str:
     if not NAME_RE.match(name):
-        raise UserError(t(
-            "“{name}” cannot be a campaign name: use up to 64 letters, digits, dots, dashes or underscores.",
-            name=name[:60],
-        ))
+        raise UserError(
+            t(
+                "“{name}” cannot be a campaign name: use up to 64 letters, digits, dots, dashes or underscores.",
+                name=name[:60],
+            )
+        )
     return name
 
 
@@ -112,11 +114,22 @@ async def review(ctx: Context, session: AsyncSession, campaign: Campaign) -> Rev
             messages.render(recipient)
         except TemplateProblem as exc:
             if count == 1:
-                problems.append(t("1 recipient (e.g. {email}) can't be rendered: {problem}", email=recipient.email,
-                                  problem=exc.sentence))
+                problems.append(
+                    t(
+                        "1 recipient (e.g. {email}) can't be rendered: {problem}",
+                        email=recipient.email,
+                        problem=exc.sentence,
+                    )
+                )
             else:
-                problems.append(t("{count} recipients (e.g. {email}) can't be rendered: {problem}", count=count,
-                                  email=recipient.email, problem=exc.sentence))
+                problems.append(
+                    t(
+                        "{count} recipients (e.g. {email}) can't be rendered: {problem}",
+                        count=count,
+                        email=recipient.email,
+                        problem=exc.sentence,
+                    )
+                )
     if report.total == 0:
         problems.append(t("The audience is empty after consent and suppression: nobody would receive it."))
     if sample is not None:
@@ -133,7 +146,13 @@ async def review(ctx: Context, session: AsyncSession, campaign: Campaign) -> Rev
 
 
 async def record_decision(
-    ctx: Context, session: AsyncSession, campaign: Campaign, *, approver: str, decision: str, reason: str | None,
+    ctx: Context,
+    session: AsyncSession,
+    campaign: Campaign,
+    *,
+    approver: str,
+    decision: str,
+    reason: str | None,
     digest: str,
 ) -> bool:
     """Insert an approval/rejection once; False when this approver already decided on this content.
@@ -144,39 +163,58 @@ async def record_decision(
     # A scheduled campaign's approval runs from its start time, so scheduling ahead is possible.
     base = max(ctx.now(), campaign.scheduled_at) if campaign.scheduled_at else ctx.now()
     row = {
-        "campaign_id": campaign.id, "submission": campaign.submission, "approver": approver, "decision": decision,
+        "campaign_id": campaign.id,
+        "submission": campaign.submission,
+        "approver": approver,
+        "decision": decision,
         "content_hash": digest,
-        "reason": reason, "created_at": ctx.now(),
+        "reason": reason,
+        "created_at": ctx.now(),
         "expires_at": base + ttl if decision == "approved" else None,
     }
-    return await insert_ignore(session, Approval, [row], ["campaign_id", "submission", "approver", "content_hash"]) == 1
+    return (
+        await insert_ignore(
+            session, Approval, [row], ["campaign_id", "submission", "approver", "content_hash"]
+        )
+        == 1
+    )
 
 
 async def void_approvals(ctx: Context, session: AsyncSession, campaign: Campaign) -> None:
     """A rejection or a new submission ends the earlier approvals of this campaign: they expire now."""
     await session.execute(
         update(Approval)
-        .where(Approval.campaign_id == campaign.id, Approval.decision == "approved", Approval.expires_at > ctx.now())
+        .where(
+            Approval.campaign_id == campaign.id,
+            Approval.decision == "approved",
+            Approval.expires_at > ctx.now(),
+        )
         .values(expires_at=ctx.now())
         .execution_options(synchronize_session=False)
     )
 
 
-async def approvals_in_force(session: AsyncSession, campaign: Campaign, digest: str, now: datetime) -> list[str]:
+async def approvals_in_force(
+    session: AsyncSession, campaign: Campaign, digest: str, now: datetime
+) -> list[str]:
     """Distinct approvers whose unexpired approval of the current submission matches what will be sent."""
     rows = (
-        await session.execute(
-            select(Approval.approver)
-            .where(
-                Approval.campaign_id == campaign.id,
-                Approval.submission == campaign.submission,
-                Approval.decision == "approved",
-                Approval.content_hash == digest,
-                Approval.expires_at > now,
+        (
+            await session.execute(
+                select(Approval.approver)
+                .where(
+                    Approval.campaign_id == campaign.id,
+                    Approval.submission == campaign.submission,
+                    Approval.decision == "approved",
+                    Approval.content_hash == digest,
+                    Approval.expires_at > now,
+                )
+                .distinct()
             )
-            .distinct()
         )
-    ).scalars().all()
+        .scalars()
+        .all()
+    )
     return sorted(rows)
 
 
@@ -184,28 +222,45 @@ async def approval_gap(ctx: Context, session: AsyncSession, campaign: Campaign, 
     """Why `digest` may not be sent now, as a status note; None when enough committed, unexpired approvals
     of this very content are in force (invariant 1). Checked whenever sending starts or resumes."""
     if digest != campaign.content_hash:
-        return note("What would be sent no longer matches what was approved (its template, subject, audience or "
-                    "sender changed); submit it again.")
+        return note(
+            "What would be sent no longer matches what was approved (its template, subject, audience or "
+            "sender changed); submit it again."
+        )
     approvers = await approvals_in_force(session, campaign, digest, ctx.now())
     needed = ctx.settings.campaigns.required_approvals
     if len(approvers) < needed:
-        return note("Its approval is no longer in force ({count} of {needed} approvals left; an approval lasts "
-                    "{hours} hours); submit it again.", count=len(approvers), needed=needed,
-                    hours=f"{ctx.settings.campaigns.approval_ttl_hours:g}")
+        return note(
+            "Its approval is no longer in force ({count} of {needed} approvals left; an approval lasts "
+            "{hours} hours); submit it again.",
+            count=len(approvers),
+            needed=needed,
+            hours=f"{ctx.settings.campaigns.approval_ttl_hours:g}",
+        )
     return None
 
 
 async def counts(session: AsyncSession, campaign_id: int) -> dict[str, int]:
     rows = (
         await session.execute(
-            select(Delivery.status, func.count()).where(Delivery.campaign_id == campaign_id).group_by(Delivery.status)
+            select(Delivery.status, func.count())
+            .where(Delivery.campaign_id == campaign_id)
+            .group_by(Delivery.status)
         )
     ).all()
     return {status: n for status, n in rows}
 
 
-def audit_campaign(session: AsyncSession, campaign: Campaign, *, actor: str, via: str, action: str,
-                   before: str | None = None, after: str | None = None, detail: str | None = None) -> None:
+def audit_campaign(
+    session: AsyncSession,
+    campaign: Campaign,
+    *,
+    actor: str,
+    via: str,
+    action: str,
+    before: str | None = None,
+    after: str | None = None,
+    detail: str | None = None,
+) -> None:
     audit.record(
         session,
         actor=actor,

@@ -123,8 +123,13 @@ def _guard_filters(env: SandboxedEnvironment) -> None:
 
     from jinja2.utils import pass_eval_context
 
-    env.filters.update(center=center, indent=indent, format=format_,
-                       replace=pass_eval_context(replace), join=pass_eval_context(join))
+    env.filters.update(
+        center=center,
+        indent=indent,
+        format=format_,
+        replace=pass_eval_context(replace),
+        join=pass_eval_context(join),
+    )
 
 
 def make_environment(autoescape: bool) -> SandboxedEnvironment:
@@ -143,12 +148,46 @@ def _safe_range(*args: int) -> range:
 
 # A subject is typed in chat, so it may only show values: names, attributes, items, a few filters,
 # `if` and `~`. No calls, loops, macros or arithmetic — nothing that can run away.
-_SUBJECT_NODES = (nodes.Template, nodes.Output, nodes.TemplateData, nodes.Name, nodes.Getattr, nodes.Getitem,
-                  nodes.Const, nodes.Filter, nodes.Test, nodes.CondExpr, nodes.If, nodes.Compare, nodes.Operand,
-                  nodes.And, nodes.Or, nodes.Not, nodes.Concat, nodes.Keyword, nodes.Slice, nodes.List,
-                  nodes.Tuple)
-SUBJECT_FILTERS = frozenset({"default", "d", "upper", "lower", "title", "capitalize", "trim", "e", "escape",
-                             "truncate", "replace", "striptags", "string"})
+_SUBJECT_NODES = (
+    nodes.Template,
+    nodes.Output,
+    nodes.TemplateData,
+    nodes.Name,
+    nodes.Getattr,
+    nodes.Getitem,
+    nodes.Const,
+    nodes.Filter,
+    nodes.Test,
+    nodes.CondExpr,
+    nodes.If,
+    nodes.Compare,
+    nodes.Operand,
+    nodes.And,
+    nodes.Or,
+    nodes.Not,
+    nodes.Concat,
+    nodes.Keyword,
+    nodes.Slice,
+    nodes.List,
+    nodes.Tuple,
+)
+SUBJECT_FILTERS = frozenset(
+    {
+        "default",
+        "d",
+        "upper",
+        "lower",
+        "title",
+        "capitalize",
+        "trim",
+        "e",
+        "escape",
+        "truncate",
+        "replace",
+        "striptags",
+        "string",
+    }
+)
 
 
 def check_subject(env: SandboxedEnvironment, subject: str) -> None:
@@ -162,14 +201,24 @@ def check_subject(env: SandboxedEnvironment, subject: str) -> None:
     allowed = ", ".join(sorted(SUBJECT_FILTERS - {"d", "e"}))
     for node in [tree, *tree.find_all(nodes.Node)]:
         if not isinstance(node, _SUBJECT_NODES):
-            raise TemplateProblem(t(
-                "The subject can only show values (with if and the filters {allowed}); “{what}” is not allowed there.",
-                allowed=allowed, what=type(node).__name__.lower(),
-            ))
+            raise TemplateProblem(
+                t(
+                    "The subject can only show values (with if and the filters {allowed}); “{what}” is not allowed there.",
+                    allowed=allowed,
+                    what=type(node).__name__.lower(),
+                )
+            )
         if isinstance(node, nodes.Filter) and node.name not in SUBJECT_FILTERS:
-            raise TemplateProblem(t("The subject can only use the filters {allowed}; “{name}” is not one.", allowed=allowed,
-                                     name=node.name))
-        if isinstance(node, nodes.Getattr | nodes.Name) and str(getattr(node, "attr", getattr(node, "name", ""))).startswith("_"):
+            raise TemplateProblem(
+                t(
+                    "The subject can only use the filters {allowed}; “{name}” is not one.",
+                    allowed=allowed,
+                    name=node.name,
+                )
+            )
+        if isinstance(node, nodes.Getattr | nodes.Name) and str(
+            getattr(node, "attr", getattr(node, "name", ""))
+        ).startswith("_"):
             raise TemplateProblem(t("The subject cannot use names that start with an underscore."))
 
 
@@ -189,14 +238,22 @@ class TemplateSource:
 
 def load_source(templates_dir: str | Path, name: str) -> TemplateSource:
     if not NAME_RE.match(name):
-        raise UserError(t("“{name}” is not a template name (letters, digits, dot, dash, underscore).", name=name[:60]))
+        raise UserError(
+            t("“{name}” is not a template name (letters, digits, dot, dash, underscore).", name=name[:60])
+        )
     base = Path(templates_dir)
     html_path = base / f"{name}.html"
     if not html_path.is_file():
         available = sorted(p.stem for p in base.glob("*.html")) if base.is_dir() else []
         if available:
-            raise UserError(t("There is no template “{name}” in {folder}. Templates available: {names}.", name=name,
-                              folder=base, names=", ".join(available)))
+            raise UserError(
+                t(
+                    "There is no template “{name}” in {folder}. Templates available: {names}.",
+                    name=name,
+                    folder=base,
+                    names=", ".join(available),
+                )
+            )
         raise UserError(t("There is no template “{name}” in {folder}.", name=name, folder=base))
     text_path = base / f"{name}.txt"
     try:
@@ -256,21 +313,41 @@ class CompiledTemplate:
         try:
             self._subject = text_env.from_string(subject)
         except TemplateSyntaxError as exc:
-            raise TemplateProblem(t("The subject is not a valid template: {error}.", error=exc.message)) from None
+            raise TemplateProblem(
+                t("The subject is not a valid template: {error}.", error=exc.message)
+            ) from None
         try:
             self._html = html_env.from_string(source.html)
         except TemplateSyntaxError as exc:
-            raise TemplateProblem(t("Template {file} has an error on line {line}: {error}.", file=f"{source.name}.html",
-                                    line=exc.lineno, error=exc.message)) from None
+            raise TemplateProblem(
+                t(
+                    "Template {file} has an error on line {line}: {error}.",
+                    file=f"{source.name}.html",
+                    line=exc.lineno,
+                    error=exc.message,
+                )
+            ) from None
         text_src = source.text if source.text is not None else html_to_text_template(source.html)
         try:
             self._text = text_env.from_string(text_src)
         except TemplateSyntaxError as exc:
             if source.text is not None:
-                raise TemplateProblem(t("Template {file} has an error on line {line}: {error}.", file=f"{source.name}.txt",
-                                        line=exc.lineno, error=exc.message)) from None
-            raise TemplateProblem(t("The text derived from template {file} has an error on line {line}: {error}.",
-                                    file=f"{source.name}.html", line=exc.lineno, error=exc.message)) from None
+                raise TemplateProblem(
+                    t(
+                        "Template {file} has an error on line {line}: {error}.",
+                        file=f"{source.name}.txt",
+                        line=exc.lineno,
+                        error=exc.message,
+                    )
+                ) from None
+            raise TemplateProblem(
+                t(
+                    "The text derived from template {file} has an error on line {line}: {error}.",
+                    file=f"{source.name}.html",
+                    line=exc.lineno,
+                    error=exc.message,
+                )
+            ) from None
 
     def render(self, context: dict[str, Any]) -> Rendered:
         try:
@@ -280,13 +357,17 @@ class CompiledTemplate:
         except TemplateProblem:
             raise
         except UndefinedError as exc:
-            raise TemplateProblem(t("The template uses a value this recipient does not have: {error}.",
-                                    error=exc.message)) from None
+            raise TemplateProblem(
+                t("The template uses a value this recipient does not have: {error}.", error=exc.message)
+            ) from None
         except SecurityError as exc:
-            raise TemplateProblem(t("The template was stopped by the sandbox: {error}.", error=str(exc).rstrip("."))) from None
+            raise TemplateProblem(
+                t("The template was stopped by the sandbox: {error}.", error=str(exc).rstrip("."))
+            ) from None
         except Exception as exc:  # a template can raise anything (division by zero, bad filter args)
-            raise TemplateProblem(t("The template failed to render: {error}.",
-                                    error=f"{type(exc).__name__}: {str(exc)[:200]}")) from None
+            raise TemplateProblem(
+                t("The template failed to render: {error}.", error=f"{type(exc).__name__}: {str(exc)[:200]}")
+            ) from None
         subject = " ".join(subject.split())
         if len(subject) > 500:
             raise TemplateProblem(t("The rendered subject is longer than 500 characters."))

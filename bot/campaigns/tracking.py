@@ -88,8 +88,10 @@ class LinkTracker:
             return f"{m.group(1)}{base}/c/{click_token(signer, delivery_id, url)}{m.group(3)}"
 
         body = _HREF.sub(link, body)
-        pixel = (f'<img src="{base}/o/{open_token(signer, delivery_id)}.gif" width="1" height="1" alt="" '
-                 'style="display:block;border:0">')
+        pixel = (
+            f'<img src="{base}/o/{open_token(signer, delivery_id)}.gif" width="1" height="1" alt="" '
+            'style="display:block;border:0">'
+        )
         end = body.lower().rfind("</body")
         if end < 0:
             return body + pixel

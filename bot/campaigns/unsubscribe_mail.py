@@ -31,8 +31,15 @@ class UnsubscribeMailbox:
         campaign_id, email = int(parts[0]), parts[1]
         async with self.ctx.sessions() as session, session.begin():
             if await suppress(session, email, "unsubscribed", "mailto", campaign_id):
-                audit.record(session, actor=email, via="mail", action="suppression.add", subject=f"contact:{email}",
-                             after={"reason": "unsubscribed"}, detail=f"mailto unsubscribe from campaign {campaign_id}")
+                audit.record(
+                    session,
+                    actor=email,
+                    via="mail",
+                    action="suppression.add",
+                    subject=f"contact:{email}",
+                    after={"reason": "unsubscribed"},
+                    detail=f"mailto unsubscribe from campaign {campaign_id}",
+                )
         return "250 OK unsubscribed"
 
     def route(self) -> Route:

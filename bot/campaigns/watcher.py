@@ -36,7 +36,9 @@ class CampaignWatcher:
         from bot.commands.campaigns import schedule_start, start_job_id
 
         async with self.core.ctx.sessions() as session:
-            rows = (await session.execute(select(Campaign).where(Campaign.state == "scheduled"))).scalars().all()
+            rows = (
+                (await session.execute(select(Campaign).where(Campaign.state == "scheduled"))).scalars().all()
+            )
         scheduler = self.core.services.get("scheduler")
         for campaign in rows:
             if campaign.scheduled_at is None:
@@ -50,7 +52,11 @@ class CampaignWatcher:
         while True:
             try:
                 async with self.core.ctx.sessions() as session:
-                    ids = (await session.execute(select(Campaign.id).where(Campaign.state == "sending"))).scalars().all()
+                    ids = (
+                        (await session.execute(select(Campaign.id).where(Campaign.state == "sending")))
+                        .scalars()
+                        .all()
+                    )
                 for cid in ids:
                     if not is_running_here(self.core, cid):
                         resume_sending(self.core, cid)

@@ -42,7 +42,9 @@ from bot.webhooks import Refused, read_capped
 if TYPE_CHECKING:
     from bot.core import Core
 
-PIXEL = bytes.fromhex("47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b")
+PIXEL = bytes.fromhex(
+    "47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b"
+)
 MAX_WEBHOOK_BYTES = 1_000_000
 MAX_SKEW_S = 300
 
@@ -53,31 +55,49 @@ def campaign_routes(core: Core) -> list[Route]:
 
     async def record(delivery_id: int, kind: str, detail: str | None) -> None:
         async with ctx.sessions() as session, session.begin():
-            row = (await session.execute(select(Delivery.campaign_id, Delivery.email)
-                                         .where(Delivery.id == delivery_id))).first()
+            row = (
+                await session.execute(
+                    select(Delivery.campaign_id, Delivery.email).where(Delivery.id == delivery_id)
+                )
+            ).first()
             if row is None:
                 return  # erased or deleted since: nothing to count
-            session.add(CampaignEvent(campaign_id=row.campaign_id, delivery_id=delivery_id,
-                                      email_hash=email_hash(row.email), kind=kind, detail=detail, at=ctx.now()))
+            session.add(
+                CampaignEvent(
+                    campaign_id=row.campaign_id,
+                    delivery_id=delivery_id,
+                    email_hash=email_hash(row.email),
+                    kind=kind,
+                    detail=detail,
+                    at=ctx.now(),
+                )
+            )
 
     async def open_pixel(request: Request) -> Response:
         delivery_id = verify_open(signer, request.path_params["token"])
         if delivery_id is None:
             return Response(status_code=400)
         await record(delivery_id, "open", None)
-        return Response(PIXEL, media_type="image/gif",
-                        headers={"Cache-Control": "no-store, private", "Referrer-Policy": "no-referrer"})
+        return Response(
+            PIXEL,
+            media_type="image/gif",
+            headers={"Cache-Control": "no-store, private", "Referrer-Policy": "no-referrer"},
+        )
 
     async def click(request: Request) -> Response:
         found = verify_click(signer, request.path_params["token"])
         if found is None:
-            return HTMLResponse("<!doctype html><title>Link not valid</title><p>This link is not valid. If you "
-                                "copied it from an email, check that it is complete.</p>", status_code=400,
-                                headers={"Cache-Control": "no-store"})
+            return HTMLResponse(
+                "<!doctype html><title>Link not valid</title><p>This link is not valid. If you "
+                "copied it from an email, check that it is complete.</p>",
+                status_code=400,
+                headers={"Cache-Control": "no-store"},
+            )
         delivery_id, url = found
         await record(delivery_id, "click", url[:2000])
-        return RedirectResponse(url, status_code=302, headers={"Cache-Control": "no-store",
-                                                               "Referrer-Policy": "no-referrer"})
+        return RedirectResponse(
+            url, status_code=302, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+        )
 
     async def email_events(request: Request) -> Response:
         secret = ctx.settings.campaigns.webhook_secret
@@ -100,7 +120,7 @@ def campaign_routes(core: Core) -> list[Route]:
             if not isinstance(events, list):
                 raise TypeError
         except (ValueError, KeyError, TypeError):
-            return JSONResponse({"error": "expected {\"events\": [...]}"}, status_code=400)
+            return JSONResponse({"error": 'expected {"events": [...]}'}, status_code=400)
         accepted = ignored = 0
         for event in events[:1000]:
             finding, delivery_id, email = _translate(event, signer)
@@ -110,9 +130,15 @@ def campaign_routes(core: Core) -> list[Route]:
             event_id = str(event.get("id") or "")[:300]
             if event_id:
                 async with ctx.sessions() as session, session.begin():
-                    if await insert_ignore(session, ProcessedEvent, [{"source": "hook:email-events",
-                                                                      "event_id": event_id}],
-                                           ["source", "event_id"]) != 1:
+                    if (
+                        await insert_ignore(
+                            session,
+                            ProcessedEvent,
+                            [{"source": "hook:email-events", "event_id": event_id}],
+                            ["source", "event_id"],
+                        )
+                        != 1
+                    ):
                         ignored += 1
                         continue
             await record_finding(ctx, delivery_id, finding, via="webhook", email=email)

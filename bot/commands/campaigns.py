@@ -29,38 +29,87 @@ TO = Flag("to", help="a contact list or a group")
 TEMPLATE = Flag("template", help="a template in campaigns.templates_dir (name.html, optional name.txt)")
 NEEDS_TO = Flag("to", help=TO.help, required=True)
 NEEDS_TEMPLATE = Flag("template", help=TEMPLATE.help, required=True)
-SUBJECT = Flag("subject", help="the subject line; a template too, e.g. \"Hello {{ first_name }}\"")
+SUBJECT = Flag("subject", help='the subject line; a template too, e.g. "Hello {{ first_name }}"')
 
-NO_TRACKING = Flag("no-tracking", takes_value=False, help="no open pixel and no click redirects in this campaign's mail")
+NO_TRACKING = Flag(
+    "no-tracking", takes_value=False, help="no open pixel and no click redirects in this campaign's mail"
+)
 TRACKING = Flag("tracking", help="on or off: open and click tracking for this campaign")
 AT = Flag("at", help="start time, ISO 8601 with an offset, e.g. 2026-12-01T09:00:00+01:00")
-NEW = Spec(("campaign", "new"), (NAME,), (NEEDS_TO, NEEDS_TEMPLATE, SUBJECT, NO_TRACKING), "Start a draft campaign (senders).",
-           ("senders",))
-EDIT = Spec(("campaign", "edit"), (NAME,), (TO, TEMPLATE, SUBJECT, TRACKING),
-            "Change a campaign; an edit voids any approval.", ("senders",))
-PREVIEW = Spec(("campaign", "preview"), (NAME, Arg("recipient", required=False)), (),
-               "Render a campaign for one recipient and check the whole audience.", ("senders", "approvers"))
-TEST = Spec(("campaign", "test"), (NAME, Arg("email")), (), "Send one test message to an internal address.",
-            ("senders",))
-SUBMIT = Spec(("campaign", "submit"), (NAME,), (AT,),
-              "Ask the approvers to approve a campaign; --at schedules its start.", ("senders",))
-REPORT = Spec(("campaign", "report"), (NAME,), (),
-              "Sent, bounces, unsubscribes, complaints, opens and clicks, with a chart.", ("senders", "approvers"))
+NEW = Spec(
+    ("campaign", "new"),
+    (NAME,),
+    (NEEDS_TO, NEEDS_TEMPLATE, SUBJECT, NO_TRACKING),
+    "Start a draft campaign (senders).",
+    ("senders",),
+)
+EDIT = Spec(
+    ("campaign", "edit"),
+    (NAME,),
+    (TO, TEMPLATE, SUBJECT, TRACKING),
+    "Change a campaign; an edit voids any approval.",
+    ("senders",),
+)
+PREVIEW = Spec(
+    ("campaign", "preview"),
+    (NAME, Arg("recipient", required=False)),
+    (),
+    "Render a campaign for one recipient and check the whole audience.",
+    ("senders", "approvers"),
+)
+TEST = Spec(
+    ("campaign", "test"),
+    (NAME, Arg("email")),
+    (),
+    "Send one test message to an internal address.",
+    ("senders",),
+)
+SUBMIT = Spec(
+    ("campaign", "submit"),
+    (NAME,),
+    (AT,),
+    "Ask the approvers to approve a campaign; --at schedules its start.",
+    ("senders",),
+)
+REPORT = Spec(
+    ("campaign", "report"),
+    (NAME,),
+    (),
+    "Sent, bounces, unsubscribes, complaints, opens and clicks, with a chart.",
+    ("senders", "approvers"),
+)
 STATUS = Spec(("campaign", "status"), (NAME,), (), "Where a campaign stands.", ("senders", "approvers"))
 PAUSE = Spec(("campaign", "pause"), (NAME,), (), "Pause a sending campaign.", ("senders", "approvers"))
 RESUME = Spec(("campaign", "resume"), (NAME,), (), "Resume a paused campaign.", ("senders", "approvers"))
 CANCEL = Spec(("campaign", "cancel"), (NAME,), (), "Cancel a campaign for good.", ("senders", "approvers"))
 LIST = Spec(("campaign", "list"), (), (), "All campaigns and their states.", ("senders", "approvers"))
-APPROVE = Spec(("approve",), (Arg("campaign"),), (), "Approve a campaign (approvers; not your own).", ("approvers",))
-REJECT = Spec(("reject",), (Arg("campaign"), Arg("reason", rest=True)), (),
-              "Reject a campaign, saying why (approvers).", ("approvers",))
+APPROVE = Spec(
+    ("approve",), (Arg("campaign"),), (), "Approve a campaign (approvers; not your own).", ("approvers",)
+)
+REJECT = Spec(
+    ("reject",),
+    (Arg("campaign"), Arg("reason", rest=True)),
+    (),
+    "Reject a campaign, saying why (approvers).",
+    ("approvers",),
+)
 
 
 def register(core: Core) -> None:
     for spec, fn in (
-        (NEW, new), (EDIT, edit), (PREVIEW, preview), (TEST, test), (SUBMIT, submit), (STATUS, status),
-        (PAUSE, pause), (RESUME, resume), (CANCEL, cancel), (LIST, list_campaigns), (APPROVE, approve),
-        (REJECT, reject), (REPORT, report),
+        (NEW, new),
+        (EDIT, edit),
+        (PREVIEW, preview),
+        (TEST, test),
+        (SUBMIT, submit),
+        (STATUS, status),
+        (PAUSE, pause),
+        (RESUME, resume),
+        (CANCEL, cancel),
+        (LIST, list_campaigns),
+        (APPROVE, approve),
+        (REJECT, reject),
+        (REPORT, report),
     ):
         core.command(spec)(fn)
     core.action("campaign.approve")(approve_click)
@@ -74,7 +123,9 @@ def _with_usage(exc: UserError, spec: Spec) -> UserError:
 
 
 async def new(core: Core, req: Request, p: Parsed) -> Message:
-    name = p.arg("name")  # --to and --template are required flags: the parser refused the command without them
+    name = p.arg(
+        "name"
+    )  # --to and --template are required flags: the parser refused the command without them
     ctx = core.ctx
     try:
         service.check_name(name)
@@ -83,34 +134,58 @@ async def new(core: Core, req: Request, p: Parsed) -> Message:
         CompiledTemplate(source, subject)  # a broken or hostile template is refused now, not at send time
         async with ctx.sessions() as session, session.begin():
             if (await session.execute(select(Campaign.id).where(Campaign.name == name))).scalar_one_or_none():
-                raise UserError(t("A campaign named “{name}” already exists; pick another name or /campaign edit it.",
-                                  name=name))
+                raise UserError(
+                    t(
+                        "A campaign named “{name}” already exists; pick another name or /campaign edit it.",
+                        name=name,
+                    )
+                )
             kind, audience = await resolve_audience(session, ctx.settings, p.flag("to") or "")
             campaign = Campaign(
-                name=name, template=p.flag("template"), subject=subject, audience_kind=kind, audience_name=audience,
-                from_address=ctx.settings.campaigns.from_address, from_name=ctx.settings.campaigns.from_name,
-                created_by=req.email, tracking=not p.switch("no-tracking"),
+                name=name,
+                template=p.flag("template"),
+                subject=subject,
+                audience_kind=kind,
+                audience_name=audience,
+                from_address=ctx.settings.campaigns.from_address,
+                from_name=ctx.settings.campaigns.from_name,
+                created_by=req.email,
+                tracking=not p.switch("no-tracking"),
             )
             session.add(campaign)
             await session.flush()
-            service.audit_campaign(session, campaign, actor=req.email, via=req.via, action="campaign.create",
-                                   after="draft")
+            service.audit_campaign(
+                session, campaign, actor=req.email, via=req.via, action="campaign.create", after="draft"
+            )
     except UserError as exc:
         raise _with_usage(exc, NEW) from None
     values = {"name": name, "audience": _audience(kind, audience), "subject": subject}
     if subject and not p.switch("no-tracking"):
-        text = t("Draft campaign “{name}” to {audience} with subject “{subject}”. Next: /campaign preview {name}, "
-                 "then /campaign submit {name}.", **values)
+        text = t(
+            "Draft campaign “{name}” to {audience} with subject “{subject}”. Next: /campaign preview {name}, "
+            "then /campaign submit {name}.",
+            **values,
+        )
     elif subject:
-        text = t("Draft campaign “{name}” to {audience} with subject “{subject}”, without open and click tracking. "
-                 "Next: /campaign preview {name}, then /campaign submit {name}.", **values)
+        text = t(
+            "Draft campaign “{name}” to {audience} with subject “{subject}”, without open and click tracking. "
+            "Next: /campaign preview {name}, then /campaign submit {name}.",
+            **values,
+        )
     elif not p.switch("no-tracking"):
-        text = t("Draft campaign “{name}” to {audience} (no subject yet: add --subject before submitting). "
-                 "Next: /campaign preview {name}, then /campaign submit {name}.", name=name, audience=values["audience"])
+        text = t(
+            "Draft campaign “{name}” to {audience} (no subject yet: add --subject before submitting). "
+            "Next: /campaign preview {name}, then /campaign submit {name}.",
+            name=name,
+            audience=values["audience"],
+        )
     else:
-        text = t("Draft campaign “{name}” to {audience} (no subject yet: add --subject before submitting), without "
-                 "open and click tracking. Next: /campaign preview {name}, then /campaign submit {name}.",
-                 name=name, audience=values["audience"])
+        text = t(
+            "Draft campaign “{name}” to {audience} (no subject yet: add --subject before submitting), without "
+            "open and click tracking. Next: /campaign preview {name}, then /campaign submit {name}.",
+            name=name,
+            audience=values["audience"],
+        )
     return Message(text)
 
 
@@ -134,16 +209,28 @@ async def _load(core: Core, name: str, spec: Spec) -> Campaign:
 def _owner_or_admin(req: Request, campaign: Campaign, what: str) -> None:
     if campaign.created_by != req.email and not req.has("admins"):
         if what == "edit":
-            raise PermissionDenied(t("Only {email} (who created “{name}”) or an admin can edit it.",
-                                     email=campaign.created_by, name=campaign.name))
-        raise PermissionDenied(t("Only {email} (who created “{name}”) or an admin can submit it.",
-                                 email=campaign.created_by, name=campaign.name))
+            raise PermissionDenied(
+                t(
+                    "Only {email} (who created “{name}”) or an admin can edit it.",
+                    email=campaign.created_by,
+                    name=campaign.name,
+                )
+            )
+        raise PermissionDenied(
+            t(
+                "Only {email} (who created “{name}”) or an admin can submit it.",
+                email=campaign.created_by,
+                name=campaign.name,
+            )
+        )
 
 
 async def edit(core: Core, req: Request, p: Parsed) -> Message:
     ctx = core.ctx
     if not (p.flag("to") or p.flag("template") or p.flag("subject") or p.flag("tracking")):
-        raise UserError(t("/campaign edit needs at least one of --to, --template, --subject, --tracking."), EDIT.usage)
+        raise UserError(
+            t("/campaign edit needs at least one of --to, --template, --subject, --tracking."), EDIT.usage
+        )
     tracking = (p.flag("tracking") or "").lower()
     if tracking and tracking not in ("on", "off"):
         raise UserError(t("--tracking takes on or off, not “{value}”.", value=tracking[:20]), EDIT.usage)
@@ -152,8 +239,13 @@ async def edit(core: Core, req: Request, p: Parsed) -> Message:
             campaign = await service.get(session, p.arg("name"))
             _owner_or_admin(req, campaign, "edit")
             if campaign.state not in service.EDITABLE:
-                raise UserError(t("“{name}” is {state}; it can no longer be edited.", name=campaign.name,
-                                  state=state_name(campaign.state)))
+                raise UserError(
+                    t(
+                        "“{name}” is {state}; it can no longer be edited.",
+                        name=campaign.name,
+                        state=state_name(campaign.state),
+                    )
+                )
             values: dict[str, object] = {}
             if p.flag("template"):
                 load_source(ctx.settings.campaigns.templates_dir, p.flag("template") or "")
@@ -165,24 +257,45 @@ async def edit(core: Core, req: Request, p: Parsed) -> Message:
             if p.flag("to"):
                 kind, audience = await resolve_audience(session, ctx.settings, p.flag("to") or "")
                 values.update(audience_kind=kind, audience_name=audience)
-            CompiledTemplate(load_source(ctx.settings.campaigns.templates_dir, str(values.get("template", campaign.template))),
-                             str(values.get("subject", campaign.subject)))
+            CompiledTemplate(
+                load_source(
+                    ctx.settings.campaigns.templates_dir, str(values.get("template", campaign.template))
+                ),
+                str(values.get("subject", campaign.subject)),
+            )
             before = campaign.state
             # Any edit voids an approval: back to draft, the submitted hash forgotten.
             result = await session.execute(
-                update(Campaign).where(Campaign.id == campaign.id, Campaign.state == before)
-                .values(state="draft", content_hash=None, **values).execution_options(synchronize_session=False)
+                update(Campaign)
+                .where(Campaign.id == campaign.id, Campaign.state == before)
+                .values(state="draft", content_hash=None, **values)
+                .execution_options(synchronize_session=False)
             )
             if result.rowcount != 1:
-                raise UserError(t("“{name}” changed state while you edited it; try again.", name=campaign.name))
-            service.audit_campaign(session, campaign, actor=req.email, via=req.via, action="campaign.edit",
-                                   before=before, after="draft", detail=", ".join(sorted(values)))
+                raise UserError(
+                    t("“{name}” changed state while you edited it; try again.", name=campaign.name)
+                )
+            service.audit_campaign(
+                session,
+                campaign,
+                actor=req.email,
+                via=req.via,
+                action="campaign.edit",
+                before=before,
+                after="draft",
+                detail=", ".join(sorted(values)),
+            )
     except UserError as exc:
         raise _with_usage(exc, EDIT) from None
     changed = ", ".join(sorted(values))
     if before != "draft":
-        return Message(t("Updated “{name}” ({fields}). The earlier approval request is void; submit it again.",
-                         name=campaign.name, fields=changed))
+        return Message(
+            t(
+                "Updated “{name}” ({fields}). The earlier approval request is void; submit it again.",
+                name=campaign.name,
+                fields=changed,
+            )
+        )
     return Message(t("Updated “{name}” ({fields}).", name=campaign.name, fields=changed))
 
 
@@ -213,13 +326,23 @@ async def preview(core: Core, req: Request, p: Parsed) -> Message:
                 recipient = await _find_recipient(core, session, campaign, email)
     except UserError as exc:
         raise _with_usage(exc, PREVIEW) from None
-    lines = [t("Campaign “{name}” ({state}) — {audience}", name=campaign.name, state=state_name(campaign.state),
-               audience=_audience_line(review, campaign))]
+    lines = [
+        t(
+            "Campaign “{name}” ({state}) — {audience}",
+            name=campaign.name,
+            state=state_name(campaign.state),
+            audience=_audience_line(review, campaign),
+        )
+    ]
     if recipient is not None:
         try:
             rendered = review.messages.render(recipient)
-            lines.append(t("For {email}:", email=recipient.email) + "\n"
-                         + t("Subject: {subject}", subject=rendered.subject) + "\n")
+            lines.append(
+                t("For {email}:", email=recipient.email)
+                + "\n"
+                + t("Subject: {subject}", subject=rendered.subject)
+                + "\n"
+            )
             body = rendered.text if len(rendered.text) < 1500 else rendered.text[:1500] + "\n…"
             lines.append(body.rstrip())
         except TemplateProblem as exc:
@@ -238,12 +361,19 @@ async def _find_recipient(core: Core, session, campaign: Campaign, email: str) -
         for r in chunk:
             if r.email == email:
                 return r
-    raise UserError(t("{email} is not in the audience of “{name}” (or has not given consent).", email=email,
-                      name=campaign.name))
+    raise UserError(
+        t(
+            "{email} is not in the audience of “{name}” (or has not given consent).",
+            email=email,
+            name=campaign.name,
+        )
+    )
 
 
 def preview_url(core: Core, campaign: Campaign) -> str:
-    token = core.ctx.signer.sign_expiring("p", str(campaign.id), ttl_s=int(core.ctx.settings.campaigns.approval_ttl_hours * 3600))
+    token = core.ctx.signer.sign_expiring(
+        "p", str(campaign.id), ttl_s=int(core.ctx.settings.campaigns.approval_ttl_hours * 3600)
+    )
     return f"{core.ctx.settings.web.base_url}/preview/{token}"
 
 
@@ -252,10 +382,14 @@ async def test(core: Core, req: Request, p: Parsed) -> Message:
     try:
         email = normalise(p.arg("email"))
         if not ctx.settings.is_internal(email) and email != req.email:
-            raise UserError(t(
-                "Tests go to internal addresses only; {email} is outside {domains}. External people get a campaign "
-                "only after approval.", email=email, domains=", ".join(ctx.settings.org.domains),
-            ))
+            raise UserError(
+                t(
+                    "Tests go to internal addresses only; {email} is outside {domains}. External people get a campaign "
+                    "only after approval.",
+                    email=email,
+                    domains=", ".join(ctx.settings.org.domains),
+                )
+            )
         async with ctx.sessions() as session:
             campaign = await service.get(session, p.arg("name"))
             review = await service.review(ctx, session, campaign)
@@ -275,10 +409,17 @@ async def test(core: Core, req: Request, p: Parsed) -> Message:
     if not outcome.ok:
         raise UserError(t("The mail server did not take the test message: {detail}.", detail=outcome.detail))
     async with ctx.sessions() as session, session.begin():
-        service.audit_campaign(session, campaign, actor=req.email, via=req.via, action="campaign.test",
-                               detail=f"test to {email}")
-    return Message(t("Sent a test of “{name}” to {email} (subject: {subject}).", name=campaign.name, email=email,
-                     subject=f"[TEST] {built.rendered.subject}"))
+        service.audit_campaign(
+            session, campaign, actor=req.email, via=req.via, action="campaign.test", detail=f"test to {email}"
+        )
+    return Message(
+        t(
+            "Sent a test of “{name}” to {email} (subject: {subject}).",
+            name=campaign.name,
+            email=email,
+            subject=f"[TEST] {built.rendered.subject}",
+        )
+    )
 
 
 def _eta(campaign: Campaign, counts: dict[str, int], now: datetime) -> str | None:
@@ -305,8 +446,15 @@ def _schedule_line(campaign: Campaign) -> str:
     return f"{campaign.scheduled_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC ({campaign.scheduled_at.isoformat()})"
 
 
-def approval_card(core: Core, campaign: Campaign, review: service.Review | None, *, outcome: str | None = None,
-                  counts: dict[str, int] | None = None, approvers: list[str] | None = None) -> Card:
+def approval_card(
+    core: Core,
+    campaign: Campaign,
+    review: service.Review | None,
+    *,
+    outcome: str | None = None,
+    counts: dict[str, int] | None = None,
+    approvers: list[str] | None = None,
+) -> Card:
     """The card approvers see, in the current language (build it per messenger: see `core.post`)."""
     settings = core.ctx.settings
     fields: list[tuple[str, str]] = [(t("Requested by"), campaign.submitted_by or campaign.created_by)]
@@ -324,16 +472,29 @@ def approval_card(core: Core, campaign: Campaign, review: service.Review | None,
     else:
         fields.append((t("Audience"), _audience(campaign.audience_kind, campaign.audience_name)))
         fields.append((t("Subject"), campaign.subject))
-    fields.append((t("Sender"), f"{campaign.from_name} <{campaign.from_address}>" if campaign.from_name
-                   else campaign.from_address))
+    fields.append(
+        (
+            t("Sender"),
+            f"{campaign.from_name} <{campaign.from_address}>"
+            if campaign.from_name
+            else campaign.from_address,
+        )
+    )
     fields.append((t("Template"), campaign.template))
     fields.append((t("Schedule"), _schedule_line(campaign)))
     tracked = settings.campaigns.tracking and campaign.tracking
-    fields.append((t("Tracking"), t("opens and clicks") if tracked else t("off (no tracking links in the mail)")))
+    fields.append(
+        (t("Tracking"), t("opens and clicks") if tracked else t("off (no tracking links in the mail)"))
+    )
     needed = settings.campaigns.required_approvals
     if needed > 1 or approvers:
-        fields.append((t("Approvals"), t("{count} of {needed}", count=len(approvers or []), needed=needed)
-                       + (f" ({', '.join(approvers)})" if approvers else "")))
+        fields.append(
+            (
+                t("Approvals"),
+                t("{count} of {needed}", count=len(approvers or []), needed=needed)
+                + (f" ({', '.join(approvers)})" if approvers else ""),
+            )
+        )
     progress = None
     if counts is not None:
         total = sum(counts.values())
@@ -345,17 +506,35 @@ def approval_card(core: Core, campaign: Campaign, review: service.Review | None,
             fields.append((t("ETA"), t("about {duration}", duration=eta)))
     if outcome is not None:
         fields.append((t("Outcome"), outcome))
-        return Card(title=t("Campaign “{name}”", name=campaign.name), fields=tuple(fields), progress=progress,
-                    link=(t("Preview"), preview_url(core, campaign)))
+        return Card(
+            title=t("Campaign “{name}”", name=campaign.name),
+            fields=tuple(fields),
+            progress=progress,
+            link=(t("Preview"), preview_url(core, campaign)),
+        )
     buttons = (
-        Button("campaign.approve", t("Approve"), str(campaign.id), style="primary",
-               text_command=f"/approve {campaign.name}"),
-        Button("campaign.reject", t("Reject"), str(campaign.id), style="danger",
-               confirm=t("Reject “{name}”? The sender will be told.", name=campaign.name),
-               text_command=f"/reject {campaign.name} <reason>"),
+        Button(
+            "campaign.approve",
+            t("Approve"),
+            str(campaign.id),
+            style="primary",
+            text_command=f"/approve {campaign.name}",
+        ),
+        Button(
+            "campaign.reject",
+            t("Reject"),
+            str(campaign.id),
+            style="danger",
+            confirm=t("Reject “{name}”? The sender will be told.", name=campaign.name),
+            text_command=f"/reject {campaign.name} <reason>",
+        ),
     )
-    return Card(title=t("Approval needed: campaign “{name}”", name=campaign.name), fields=tuple(fields),
-                buttons=buttons, link=(t("Preview"), preview_url(core, campaign)))
+    return Card(
+        title=t("Approval needed: campaign “{name}”", name=campaign.name),
+        fields=tuple(fields),
+        buttons=buttons,
+        link=(t("Preview"), preview_url(core, campaign)),
+    )
 
 
 def _counts_line(counts: dict[str, int]) -> str:
@@ -368,14 +547,23 @@ def parse_start_time(text: str, now: datetime) -> datetime:
     try:
         when = datetime.fromisoformat(raw.replace("Z", "+00:00") if raw.endswith("Z") else raw)
     except ValueError:
-        raise UserError(t("--at “{text}” is not an ISO 8601 time such as 2026-12-01T09:00:00+01:00.", text=raw[:40]),
-                        SUBMIT.usage) from None
+        raise UserError(
+            t("--at “{text}” is not an ISO 8601 time such as 2026-12-01T09:00:00+01:00.", text=raw[:40]),
+            SUBMIT.usage,
+        ) from None
     if when.tzinfo is None:
-        raise UserError(t("--at “{text}” has no offset: add one (+01:00, Z) so there is no doubt when it starts.",
-                          text=raw[:40]), SUBMIT.usage)
+        raise UserError(
+            t(
+                "--at “{text}” has no offset: add one (+01:00, Z) so there is no doubt when it starts.",
+                text=raw[:40],
+            ),
+            SUBMIT.usage,
+        )
     when = when.astimezone(UTC)
     if when <= now:
-        raise UserError(t("--at {text} is in the past; give a time from now on.", text=raw[:40]), SUBMIT.usage)
+        raise UserError(
+            t("--at {text} is in the past; give a time from now on.", text=raw[:40]), SUBMIT.usage
+        )
     if when > now + timedelta(days=366):
         raise UserError(t("--at is more than a year ahead; schedule it closer to the date."), SUBMIT.usage)
     return when
@@ -389,40 +577,76 @@ async def submit(core: Core, req: Request, p: Parsed) -> Message:
             campaign = await service.get(session, p.arg("name"))
             _owner_or_admin(req, campaign, "submit")
             if campaign.state not in ("draft", "rejected"):
-                raise UserError(t("“{name}” is {state}; only a draft can be submitted.", name=campaign.name,
-                                  state=state_name(campaign.state)))
+                raise UserError(
+                    t(
+                        "“{name}” is {state}; only a draft can be submitted.",
+                        name=campaign.name,
+                        state=state_name(campaign.state),
+                    )
+                )
             review = await service.review(ctx, session, campaign)
             if review.problems:
-                raise UserError(t("“{name}” can't be submitted yet: {problems}", name=campaign.name,
-                                  problems=" ".join(review.problems)))
+                raise UserError(
+                    t(
+                        "“{name}” can't be submitted yet: {problems}",
+                        name=campaign.name,
+                        problems=" ".join(review.problems),
+                    )
+                )
             digest = service.current_hash(ctx, campaign)
-            won = await service.transition(session, campaign.id, ("draft", "rejected"), "pending_approval",
-                                           content_hash=digest, submitted_by=req.email, scheduled_at=when,
-                                           submission=Campaign.submission + 1)
+            won = await service.transition(
+                session,
+                campaign.id,
+                ("draft", "rejected"),
+                "pending_approval",
+                content_hash=digest,
+                submitted_by=req.email,
+                scheduled_at=when,
+                submission=Campaign.submission + 1,
+            )
             if not won:
                 raise UserError(t("“{name}” was submitted by someone else just now.", name=campaign.name))
             # A new round of decisions: approvals given to an earlier submission no longer count.
             await service.void_approvals(ctx, session, campaign)
-            campaign.submission = (await session.execute(
-                select(Campaign.submission).where(Campaign.id == campaign.id))).scalar_one()
-            campaign.state, campaign.content_hash, campaign.submitted_by = "pending_approval", digest, req.email
+            campaign.submission = (
+                await session.execute(select(Campaign.submission).where(Campaign.id == campaign.id))
+            ).scalar_one()
+            campaign.state, campaign.content_hash, campaign.submitted_by = (
+                "pending_approval",
+                digest,
+                req.email,
+            )
             campaign.scheduled_at = when
-            service.audit_campaign(session, campaign, actor=req.email, via=req.via, action="campaign.submit",
-                                   before="draft", after="pending_approval",
-                                   detail=f"hash {digest[:12]}" + (f", start {when.isoformat()}" if when else ""))
+            service.audit_campaign(
+                session,
+                campaign,
+                actor=req.email,
+                via=req.via,
+                action="campaign.submit",
+                before="draft",
+                after="pending_approval",
+                detail=f"hash {digest[:12]}" + (f", start {when.isoformat()}" if when else ""),
+            )
     except UserError as exc:
         raise _with_usage(exc, SUBMIT) from None
 
     def request() -> Message:  # built once per messenger, in its language
-        return Message(t("{email} asks to send campaign “{name}”.", email=req.email, name=campaign.name),
-                       approval_card(core, campaign, review))
+        return Message(
+            t("{email} asks to send campaign “{name}”.", email=req.email, name=campaign.name),
+            approval_card(core, campaign, review),
+        )
 
     refs = await core.post("approvals", request, subject=f"campaign:{campaign.id}")
     if refs:
         sentences = [t("Submitted “{name}” for approval to the approvers.", name=campaign.name)]
     else:
-        sentences = [t("Submitted “{name}” for approval (no approvals channel is configured: approvers can type "
-                       "/approve).", name=campaign.name)]
+        sentences = [
+            t(
+                "Submitted “{name}” for approval (no approvals channel is configured: approvers can type "
+                "/approve).",
+                name=campaign.name,
+            )
+        ]
     approvers = ", ".join(a for a in ctx.settings.roles.approvers if a != req.email) or t("nobody yet")
     sentences.append(t("Approvers: {names}.", names=approvers))
     if review.audience.total == 1:
@@ -434,8 +658,16 @@ async def submit(core: Core, req: Request, p: Parsed) -> Message:
     return Message(sentence_gap().join(sentences))
 
 
-async def _decide(core: Core, req: Request, campaign_ref: str, decision: str, reason: str | None, spec: Spec,
-                  *, by_id: bool = False) -> Message:
+async def _decide(
+    core: Core,
+    req: Request,
+    campaign_ref: str,
+    decision: str,
+    reason: str | None,
+    spec: Spec,
+    *,
+    by_id: bool = False,
+) -> Message:
     """`campaign_ref` is a name (typed) or, from a button, an id; a name may be all digits."""
     ctx = core.ctx
     needed = ctx.settings.campaigns.required_approvals
@@ -454,85 +686,200 @@ async def _decide(core: Core, req: Request, campaign_ref: str, decision: str, re
         except UserError as exc:
             raise _with_usage(exc, spec) from None
         if req.email in (campaign.created_by, campaign.submitted_by):
-            raise PermissionDenied(t("You asked for “{name}”, so you can't approve or reject it yourself; another "
-                                     "approver must.", name=campaign.name))
+            raise PermissionDenied(
+                t(
+                    "You asked for “{name}”, so you can't approve or reject it yourself; another "
+                    "approver must.",
+                    name=campaign.name,
+                )
+            )
         if campaign.state != "pending_approval":
-            decided = (await session.execute(
-                select(Approval.approver, Approval.decision).where(Approval.campaign_id == campaign.id)
-                .order_by(Approval.id.desc()).limit(1))).first()
+            decided = (
+                await session.execute(
+                    select(Approval.approver, Approval.decision)
+                    .where(Approval.campaign_id == campaign.id)
+                    .order_by(Approval.id.desc())
+                    .limit(1)
+                )
+            ).first()
             values = {"name": campaign.name, "state": state_name(campaign.state)}
             if decided and decision == "approve":
-                raise UserError(t("“{name}” is {state} ({decision} by {email}); there is nothing to approve any more.",
-                                  decision=decision_name(decided.decision), email=decided.approver, **values))
+                raise UserError(
+                    t(
+                        "“{name}” is {state} ({decision} by {email}); there is nothing to approve any more.",
+                        decision=decision_name(decided.decision),
+                        email=decided.approver,
+                        **values,
+                    )
+                )
             if decided:
-                raise UserError(t("“{name}” is {state} ({decision} by {email}); there is nothing to reject any more.",
-                                  decision=decision_name(decided.decision), email=decided.approver, **values))
+                raise UserError(
+                    t(
+                        "“{name}” is {state} ({decision} by {email}); there is nothing to reject any more.",
+                        decision=decision_name(decided.decision),
+                        email=decided.approver,
+                        **values,
+                    )
+                )
             if decision == "approve":
                 raise UserError(t("“{name}” is {state}; there is nothing to approve any more.", **values))
             raise UserError(t("“{name}” is {state}; there is nothing to reject any more.", **values))
         try:
             digest = service.current_hash(ctx, campaign)
         except UserError as exc:
-            raise UserError(t("“{name}” can't be checked: {problem}", name=campaign.name, problem=exc.sentence)) from None
+            raise UserError(
+                t("“{name}” can't be checked: {problem}", name=campaign.name, problem=exc.sentence)
+            ) from None
         if digest != campaign.content_hash:
-            raise UserError(t("“{name}” changed after it was submitted (its template, subject, audience or sender); "
-                              "it must be submitted again.", name=campaign.name))
-        fresh = await service.record_decision(ctx, session, campaign, approver=req.email,
-                                              decision="approved" if decision == "approve" else "rejected",
-                                              reason=reason, digest=digest)
+            raise UserError(
+                t(
+                    "“{name}” changed after it was submitted (its template, subject, audience or sender); "
+                    "it must be submitted again.",
+                    name=campaign.name,
+                )
+            )
+        fresh = await service.record_decision(
+            ctx,
+            session,
+            campaign,
+            approver=req.email,
+            decision="approved" if decision == "approve" else "rejected",
+            reason=reason,
+            digest=digest,
+        )
         if not fresh:
-            raise UserError(t("You already decided on “{name}”; it needs another approver now.", name=campaign.name))
+            raise UserError(
+                t("You already decided on “{name}”; it needs another approver now.", name=campaign.name)
+            )
         if decision == "approve":
             approvers = await service.approvals_in_force(session, campaign, digest, ctx.now())
             if len(approvers) < needed:
-                service.audit_campaign(session, campaign, actor=req.email, via=req.via, action="campaign.approve",
-                                       before="pending_approval", after="pending_approval",
-                                       detail=f"{len(approvers)} of {needed} approvals")
+                service.audit_campaign(
+                    session,
+                    campaign,
+                    actor=req.email,
+                    via=req.via,
+                    action="campaign.approve",
+                    before="pending_approval",
+                    after="pending_approval",
+                    detail=f"{len(approvers)} of {needed} approvals",
+                )
                 won = True
             else:
                 scheduled = campaign.scheduled_at is not None and campaign.scheduled_at > ctx.now()
                 new_state = "scheduled" if scheduled else "approved"
                 won = await service.transition(session, campaign.id, ("pending_approval",), new_state)
         else:
-            won = await service.transition(session, campaign.id, ("pending_approval",), "rejected",
-                                           status_note=note("Rejected by {email}: {reason}", email=req.email,
-                                                                       reason=reason))
+            won = await service.transition(
+                session,
+                campaign.id,
+                ("pending_approval",),
+                "rejected",
+                status_note=note("Rejected by {email}: {reason}", email=req.email, reason=reason),
+            )
             if won:  # a rejection voids the approvals given before it
                 await service.void_approvals(ctx, session, campaign)
             new_state = "rejected"
         if not won:
             raise UserError(t("“{name}” was decided by someone else just now.", name=campaign.name))
         if new_state != "pending_approval":
-            service.audit_campaign(session, campaign, actor=req.email, via=req.via, action=f"campaign.{decision}",
-                                   before="pending_approval", after=new_state, detail=reason)
+            service.audit_campaign(
+                session,
+                campaign,
+                actor=req.email,
+                via=req.via,
+                action=f"campaign.{decision}",
+                before="pending_approval",
+                after=new_state,
+                detail=reason,
+            )
     subject = f"campaign:{campaign.id}"
     name = campaign.name
     # Each card is built once per messenger, in its language (core.update_subject calls the function).
     if decision == "reject":
-        await core.update_subject(subject, lambda: Message(t("“{name}” was rejected.", name=name), approval_card(
-            core, campaign, None, outcome=t("Rejected by {email}: {reason}", email=req.email, reason=reason))))
-        return Message(t("Rejected “{name}”. {email} can edit and submit it again.", name=name,
-                         email=campaign.submitted_by or campaign.created_by))
+        await core.update_subject(
+            subject,
+            lambda: Message(
+                t("“{name}” was rejected.", name=name),
+                approval_card(
+                    core,
+                    campaign,
+                    None,
+                    outcome=t("Rejected by {email}: {reason}", email=req.email, reason=reason),
+                ),
+            ),
+        )
+        return Message(
+            t(
+                "Rejected “{name}”. {email} can edit and submit it again.",
+                name=name,
+                email=campaign.submitted_by or campaign.created_by,
+            )
+        )
     if new_state == "pending_approval":
         async with ctx.sessions() as session:
             review = await service.review(ctx, session, campaign)
-        await core.update_subject(subject, lambda: Message(
-            t("“{name}” has {count} of {needed} approvals.", name=name, count=len(approvers), needed=needed),
-            approval_card(core, campaign, review, approvers=approvers)))
-        return Message(t("Approved “{name}” ({count} of {needed} approvals); it needs {more} more before it is sent.",
-                         name=name, count=len(approvers), needed=needed, more=needed - len(approvers)))
+        await core.update_subject(
+            subject,
+            lambda: Message(
+                t(
+                    "“{name}” has {count} of {needed} approvals.",
+                    name=name,
+                    count=len(approvers),
+                    needed=needed,
+                ),
+                approval_card(core, campaign, review, approvers=approvers),
+            ),
+        )
+        return Message(
+            t(
+                "Approved “{name}” ({count} of {needed} approvals); it needs {more} more before it is sent.",
+                name=name,
+                count=len(approvers),
+                needed=needed,
+                more=needed - len(approvers),
+            )
+        )
     who = ", ".join(approvers)
     if new_state == "scheduled":
         await schedule_start(core, campaign)
-        await core.update_subject(subject, lambda: Message(t("“{name}” was approved.", name=name), approval_card(
-            core, campaign, None, outcome=t("Approved by {names}; starts {time}", names=who,
-                                            time=_schedule_line(campaign)), approvers=approvers)))
-        return Message(t("Approved “{name}”; it starts at {time}. /campaign status {name} shows it.", name=name,
-                         time=_schedule_line(campaign)))
+        await core.update_subject(
+            subject,
+            lambda: Message(
+                t("“{name}” was approved.", name=name),
+                approval_card(
+                    core,
+                    campaign,
+                    None,
+                    outcome=t("Approved by {names}; starts {time}", names=who, time=_schedule_line(campaign)),
+                    approvers=approvers,
+                ),
+            ),
+        )
+        return Message(
+            t(
+                "Approved “{name}”; it starts at {time}. /campaign status {name} shows it.",
+                name=name,
+                time=_schedule_line(campaign),
+            )
+        )
     start_sending(core, campaign.id, req.email)
-    await core.update_subject(subject, lambda: Message(t("“{name}” was approved.", name=name), approval_card(
-        core, campaign, None, outcome=t("Approved by {names}; sending…", names=who), approvers=approvers)))
-    return Message(t("Approved “{name}”; sending has started. /campaign status {name} shows progress.", name=name))
+    await core.update_subject(
+        subject,
+        lambda: Message(
+            t("“{name}” was approved.", name=name),
+            approval_card(
+                core,
+                campaign,
+                None,
+                outcome=t("Approved by {names}; sending…", names=who),
+                approvers=approvers,
+            ),
+        ),
+    )
+    return Message(
+        t("Approved “{name}”; sending has started. /campaign status {name} shows progress.", name=name)
+    )
 
 
 def start_job_id(campaign_id: int) -> str:
@@ -545,8 +892,12 @@ async def schedule_start(core: Core, campaign: Campaign) -> None:
 
     assert campaign.scheduled_at is not None
     scheduler = await ensure_scheduler(core, run_jobs=False)
-    scheduler.at(start_job_id(campaign.id), campaign.scheduled_at, "bot.campaigns.jobs:start_campaign",
-                 campaign_id=campaign.id)
+    scheduler.at(
+        start_job_id(campaign.id),
+        campaign.scheduled_at,
+        "bot.campaigns.jobs:start_campaign",
+        campaign_id=campaign.id,
+    )
 
 
 def _runs(core: Core) -> dict[int, asyncio.Task[Any]]:
@@ -570,7 +921,9 @@ def is_running_here(core: Core, campaign_id: int) -> bool:
 def _spawn_run(core: Core, campaign_id: int, actor: str, *, start: bool) -> None:
     if is_running_here(core, campaign_id):
         return  # the running task notices a resume itself (see _send)
-    _runs(core)[campaign_id] = core.spawn(_send(core, campaign_id, actor, start=start), name=f"campaign-{campaign_id}")
+    _runs(core)[campaign_id] = core.spawn(
+        _send(core, campaign_id, actor, start=start), name=f"campaign-{campaign_id}"
+    )
 
 
 async def _send(core: Core, campaign_id: int, actor: str, *, start: bool) -> None:
@@ -604,7 +957,9 @@ async def _send(core: Core, campaign_id: int, actor: str, *, start: bool) -> Non
         if result.state in ("completed", "failed", "cancelled", "missing") or engine._stop.is_set():
             return
         async with core.ctx.sessions() as session:
-            state = (await session.execute(select(Campaign.state).where(Campaign.id == campaign_id))).scalar_one()
+            state = (
+                await session.execute(select(Campaign.state).where(Campaign.id == campaign_id))
+            ).scalar_one()
         if state != "sending" or campaign_id in runs:
             return
         runs[campaign_id] = me  # type: ignore[assignment]
@@ -616,10 +971,22 @@ async def refresh_card(core: Core, campaign_id: int, what: str) -> None:
         if campaign is None:
             return
         counts = await service.counts(session, campaign_id)
-        approvers = sorted(set((await session.execute(
-            select(Approval.approver).where(Approval.campaign_id == campaign_id, Approval.decision == "approved",
-                                            Approval.submission == campaign.submission,
-                                            Approval.content_hash == campaign.content_hash))).scalars().all()))
+        approvers = sorted(
+            set(
+                (
+                    await session.execute(
+                        select(Approval.approver).where(
+                            Approval.campaign_id == campaign_id,
+                            Approval.decision == "approved",
+                            Approval.submission == campaign.submission,
+                            Approval.content_hash == campaign.content_hash,
+                        )
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        )
     state = campaign.state
 
     def build() -> Message:  # once per messenger, in its language
@@ -630,8 +997,11 @@ async def refresh_card(core: Core, campaign_id: int, what: str) -> None:
         elif state == "scheduled":
             outcome = t("Approved by {names}; starts {time}", names=who, time=_schedule_line(campaign))
         elif state == "completed":
-            outcome = t("Approved by {names}; sent — {count} delivered to the mail server", names=who,
-                        count=counts.get("sent", 0))
+            outcome = t(
+                "Approved by {names}; sent — {count} delivered to the mail server",
+                names=who,
+                count=counts.get("sent", 0),
+            )
         elif state == "paused":
             outcome = t("Paused. {note}", note=note_text) if note_text else t("Paused.")
         elif state == "failed":
@@ -646,9 +1016,12 @@ async def refresh_card(core: Core, campaign_id: int, what: str) -> None:
     await core.update_subject(f"campaign:{campaign_id}", build)
     if what in ("auto-paused", "failed") and campaign.status_note and state == what.removeprefix("auto-"):
         # Say why in the chat, not only on the card: someone has to act on it.
-        await core.post("approvals", lambda: Message(t("Campaign “{name}”: {note}", name=campaign.name,
-                                                       note=show(campaign.status_note))))
-
+        await core.post(
+            "approvals",
+            lambda: Message(
+                t("Campaign “{name}”: {note}", name=campaign.name, note=show(campaign.status_note))
+            ),
+        )
 
 
 async def approve(core: Core, req: Request, p: Parsed) -> Message:
@@ -675,7 +1048,9 @@ async def reject_click(core: Core, req: Request, action: Action) -> Message | No
     value, _, reason = action.value.partition(":")
     if not _is_id(value):
         raise UserError(t("That button's value is not a campaign."))
-    return await _decide(core, req, value, "reject", reason.strip()[:1000] or t("no reason given"), REJECT, by_id=True)
+    return await _decide(
+        core, req, value, "reject", reason.strip()[:1000] or t("no reason given"), REJECT, by_id=True
+    )
 
 
 def _is_id(value: str) -> bool:
@@ -686,15 +1061,36 @@ async def status(core: Core, req: Request, p: Parsed) -> Message:
     campaign = await _load(core, p.arg("name"), STATUS)
     async with core.ctx.sessions() as session:
         counts = await service.counts(session, campaign.id)
-        decisions = (await session.execute(
-            select(Approval.approver, Approval.decision, Approval.created_at, Approval.reason, Approval.submission)
-            .where(Approval.campaign_id == campaign.id).order_by(Approval.id))).all()
-    lines = [t("“{name}” is {state}.", name=campaign.name, state=state_name(campaign.state)),
-             "  " + t("to {audience}, template {template}, subject “{subject}”, created by {email}",
-                      audience=_audience(campaign.audience_kind, campaign.audience_name), template=campaign.template,
-                      subject=campaign.subject, email=campaign.created_by)]
+        decisions = (
+            await session.execute(
+                select(
+                    Approval.approver,
+                    Approval.decision,
+                    Approval.created_at,
+                    Approval.reason,
+                    Approval.submission,
+                )
+                .where(Approval.campaign_id == campaign.id)
+                .order_by(Approval.id)
+            )
+        ).all()
+    lines = [
+        t("“{name}” is {state}.", name=campaign.name, state=state_name(campaign.state)),
+        "  "
+        + t(
+            "to {audience}, template {template}, subject “{subject}”, created by {email}",
+            audience=_audience(campaign.audience_kind, campaign.audience_name),
+            template=campaign.template,
+            subject=campaign.subject,
+            email=campaign.created_by,
+        ),
+    ]
     for d in decisions:
-        values = {"decision": decision_name(d.decision), "email": d.approver, "time": f"{d.created_at:%Y-%m-%d %H:%M}"}
+        values = {
+            "decision": decision_name(d.decision),
+            "email": d.approver,
+            "time": f"{d.created_at:%Y-%m-%d %H:%M}",
+        }
         if d.reason:
             lines.append("  " + t("{decision} by {email} at {time} UTC: {reason}", reason=d.reason, **values))
         else:
@@ -704,12 +1100,16 @@ async def status(core: Core, req: Request, p: Parsed) -> Message:
         lines.append("  " + t("{count} recipients: {counts}", count=total, counts=_counts_line(counts)))
     if campaign.scheduled_at is not None and campaign.state in ("pending_approval", "approved", "scheduled"):
         if campaign.state == "scheduled":
-            lines.append("  " + t("starts {time} (in the persistent schedule)", time=_schedule_line(campaign)))
+            lines.append(
+                "  " + t("starts {time} (in the persistent schedule)", time=_schedule_line(campaign))
+            )
         else:
             lines.append("  " + t("starts {time} once approved", time=_schedule_line(campaign)))
     needed = core.ctx.settings.campaigns.required_approvals
     if campaign.state == "pending_approval" and needed > 1:
-        got = {d.approver for d in decisions if d.decision == "approved" and d.submission == campaign.submission}
+        got = {
+            d.approver for d in decisions if d.decision == "approved" and d.submission == campaign.submission
+        }
         lines.append("  " + t("{count} of {needed} approvals", count=len(got), needed=needed))
     if campaign.status_note:
         lines.append(f"  {show(campaign.status_note)}")
@@ -724,8 +1124,14 @@ async def report(core: Core, req: Request, p: Parsed) -> Message:
 
     campaign = await _load(core, p.arg("name"), REPORT)
     if campaign.state in ("draft", "pending_approval", "approved", "scheduled", "rejected"):
-        raise UserError(t("“{name}” is {state}; it has no report until it is sent.", name=campaign.name,
-                          state=state_name(campaign.state)), REPORT.usage)
+        raise UserError(
+            t(
+                "“{name}” is {state}; it has no report until it is sent.",
+                name=campaign.name,
+                state=state_name(campaign.state),
+            ),
+            REPORT.usage,
+        )
     figures = await build_report(core.ctx, campaign)
     chart = await render_chart(core.ctx, campaign, figures)
     return Message(figures.text(), attachments=(str(chart),) if chart else ())
@@ -733,48 +1139,87 @@ async def report(core: Core, req: Request, p: Parsed) -> Message:
 
 async def list_campaigns(core: Core, req: Request, p: Parsed) -> Message:
     async with core.ctx.sessions() as session:
-        rows = (await session.execute(select(Campaign).order_by(Campaign.created_at.desc()).limit(50))).scalars().all()
+        rows = (
+            (await session.execute(select(Campaign).order_by(Campaign.created_at.desc()).limit(50)))
+            .scalars()
+            .all()
+        )
     if not rows:
         return Message(t("There are no campaigns yet. /campaign new starts one."))
     lines = [t("1 campaign:") if len(rows) == 1 else t("{count} campaigns:", count=len(rows))]
-    lines += ["  " + t("{name} — {state}, to {audience}, by {email}", name=c.name, state=state_name(c.state),
-                       audience=c.audience_name, email=c.created_by) for c in rows]
+    lines += [
+        "  "
+        + t(
+            "{name} — {state}, to {audience}, by {email}",
+            name=c.name,
+            state=state_name(c.state),
+            audience=c.audience_name,
+            email=c.created_by,
+        )
+        for c in rows
+    ]
     return Message("\n".join(lines))
 
 
-async def _set_state(core: Core, req: Request, p: Parsed, spec: Spec, from_states: tuple[str, ...], to: str,
-                     verb: str) -> Campaign:
+async def _set_state(
+    core: Core, req: Request, p: Parsed, spec: Spec, from_states: tuple[str, ...], to: str, verb: str
+) -> Campaign:
     campaign = await _load(core, p.arg("name"), spec)
     _may_act(req, campaign, verb)
-    stored = {"paused": note("Paused by {email}.", email=req.email),
-              "sending": note("Resumed by {email}.", email=req.email),
-              "cancelled": note("Cancelled by {email}.", email=req.email)}[to]
+    stored = {
+        "paused": note("Paused by {email}.", email=req.email),
+        "sending": note("Resumed by {email}.", email=req.email),
+        "cancelled": note("Cancelled by {email}.", email=req.email),
+    }[to]
     async with core.ctx.sessions() as session, session.begin():
         won = await service.transition(session, campaign.id, from_states, to, status_note=stored)
         if not won:
-            current = (await session.execute(select(Campaign.state).where(Campaign.id == campaign.id))).scalar_one()
+            current = (
+                await session.execute(select(Campaign.state).where(Campaign.id == campaign.id))
+            ).scalar_one()
             values = {"name": campaign.name, "state": state_name(current)}
-            refusal = {"paused": t("“{name}” is {state}; it can't be paused.", **values),
-                       "sending": t("“{name}” is {state}; it can't be resumed.", **values),
-                       "cancelled": t("“{name}” is {state}; it can't be cancelled.", **values)}[to]
+            refusal = {
+                "paused": t("“{name}” is {state}; it can't be paused.", **values),
+                "sending": t("“{name}” is {state}; it can't be resumed.", **values),
+                "cancelled": t("“{name}” is {state}; it can't be cancelled.", **values),
+            }[to]
             raise UserError(refusal, spec.usage)
         if to == "cancelled":
-            await session.execute(update(Delivery).where(Delivery.campaign_id == campaign.id,
-                                                         Delivery.status == "pending").values(status="cancelled"))
-        service.audit_campaign(session, campaign, actor=req.email, via=req.via, action=f"campaign.{verb}",
-                               before=campaign.state, after=to)
+            await session.execute(
+                update(Delivery)
+                .where(Delivery.campaign_id == campaign.id, Delivery.status == "pending")
+                .values(status="cancelled")
+            )
+        service.audit_campaign(
+            session,
+            campaign,
+            actor=req.email,
+            via=req.via,
+            action=f"campaign.{verb}",
+            before=campaign.state,
+            after=to,
+        )
     return campaign
 
 
 def _may_act(req: Request, campaign: Campaign, verb: str) -> None:
     if campaign.created_by != req.email and not req.has("approvers"):
         refusals = {
-            "pause": t("Only {email}, approvers and admins can pause “{name}”.", email=campaign.created_by,
-                       name=campaign.name),
-            "resume": t("Only {email}, approvers and admins can resume “{name}”.", email=campaign.created_by,
-                        name=campaign.name),
-            "cancel": t("Only {email}, approvers and admins can cancel “{name}”.", email=campaign.created_by,
-                        name=campaign.name),
+            "pause": t(
+                "Only {email}, approvers and admins can pause “{name}”.",
+                email=campaign.created_by,
+                name=campaign.name,
+            ),
+            "resume": t(
+                "Only {email}, approvers and admins can resume “{name}”.",
+                email=campaign.created_by,
+                name=campaign.name,
+            ),
+            "cancel": t(
+                "Only {email}, approvers and admins can cancel “{name}”.",
+                email=campaign.created_by,
+                name=campaign.name,
+            ),
         }
         raise PermissionDenied(refusals[verb])
 
@@ -790,7 +1235,9 @@ async def resume(core: Core, req: Request, p: Parsed) -> Message:
     _may_act(req, campaign, "resume")
     gap = await _fail_unless_approved(core, req, campaign)
     if gap is not None:
-        return Message(t("“{name}” was not resumed and has failed: {reason}", name=campaign.name, reason=show(gap)))
+        return Message(
+            t("“{name}” was not resumed and has failed: {reason}", name=campaign.name, reason=show(gap))
+        )
     c = await _set_state(core, req, p, RESUME, ("paused",), "sending", "resume")
     resume_sending(core, c.id)
     return Message(t("Resumed “{name}”.", name=c.name))
@@ -810,18 +1257,34 @@ async def _fail_unless_approved(core: Core, req: Request, campaign: Campaign) ->
         gap = unloadable or await service.approval_gap(ctx, session, campaign, digest)
         if gap is None:
             return None
-        if not await service.transition(session, campaign.id, ("paused",), "failed", status_note=gap,
-                                        finished_at=ctx.now()):
+        if not await service.transition(
+            session, campaign.id, ("paused",), "failed", status_note=gap, finished_at=ctx.now()
+        ):
             return None  # no longer paused: the usual refusal follows
-        service.audit_campaign(session, campaign, actor=req.email, via=req.via, action="campaign.fail",
-                               before="paused", after="failed", detail=english(gap))
+        service.audit_campaign(
+            session,
+            campaign,
+            actor=req.email,
+            via=req.via,
+            action="campaign.fail",
+            before="paused",
+            after="failed",
+            detail=english(gap),
+        )
     await refresh_card(core, campaign.id, "failed")
     return gap
 
 
 async def cancel(core: Core, req: Request, p: Parsed) -> Message:
-    c = await _set_state(core, req, p, CANCEL, ("draft", "pending_approval", "approved", "scheduled", "sending", "paused"),
-                         "cancelled", "cancel")
+    c = await _set_state(
+        core,
+        req,
+        p,
+        CANCEL,
+        ("draft", "pending_approval", "approved", "scheduled", "sending", "paused"),
+        "cancelled",
+        "cancel",
+    )
     scheduler = core.services.get("scheduler")
     if scheduler is not None:
         scheduler.cancel(start_job_id(c.id))

@@ -15,9 +15,16 @@ from bot.i18n import t
 if TYPE_CHECKING:
     from bot.core import Core, Request
 
-HELP = Spec(("help",), (Arg("command", required=False, rest=True),), summary="What I can do, or how to use one command.")
-LANG = Spec(("lang",), (Arg("language", required=False),),
-            summary="The language I answer you in: en or zh_CN (中文). Without a value, shows the current one.")
+HELP = Spec(
+    ("help",),
+    (Arg("command", required=False, rest=True),),
+    summary="What I can do, or how to use one command.",
+)
+LANG = Spec(
+    ("lang",),
+    (Arg("language", required=False),),
+    summary="The language I answer you in: en or zh_CN (中文). Without a value, shows the current one.",
+)
 
 
 def register(core: Core) -> None:
@@ -34,7 +41,9 @@ async def help_command(core: Core, req: Request, p: Parsed) -> Message:
     wanted = p.opt("command")
     if wanted:
         words = [w.lstrip("/").lower() for w in wanted.split()]
-        matches = [(path, spec) for path, (spec, _) in core.commands.items() if list(path[: len(words)]) == words]
+        matches = [
+            (path, spec) for path, (spec, _) in core.commands.items() if list(path[: len(words)]) == words
+        ]
         if not matches:
             raise UserError(t("There is no command /{name}. /help lists them.", name=" ".join(words)[:40]))
         lines = []
@@ -56,12 +65,22 @@ async def help_command(core: Core, req: Request, p: Parsed) -> Message:
 async def lang_command(core: Core, req: Request, p: Parsed) -> Message:
     wanted = p.opt("language")
     if wanted is None:
-        return Message(t("I answer you in {language}. /lang en or /lang zh_CN changes it.",
-                         language=t(i18n.NAMES[i18n.current()])))
+        return Message(
+            t(
+                "I answer you in {language}. /lang en or /lang zh_CN changes it.",
+                language=t(i18n.NAMES[i18n.current()]),
+            )
+        )
     chosen = i18n.match_locale(wanted)
     if chosen is None:
-        raise UserError(t("I speak {choices}; “{text}” is not one of them.",
-                          choices=", ".join(i18n.LOCALES), text=wanted[:20]), LANG.usage)
+        raise UserError(
+            t(
+                "I speak {choices}; “{text}” is not one of them.",
+                choices=", ".join(i18n.LOCALES),
+                text=wanted[:20],
+            ),
+            LANG.usage,
+        )
     async with core.ctx.sessions() as session, session.begin():
         await insert_ignore(session, Preference, [{"email": req.email, "locale": chosen}], ["email"])
         row = await session.get(Preference, req.email)

@@ -18,16 +18,33 @@ if TYPE_CHECKING:
     from bot.core import Core, Request
 
 RULES = Spec(("rules",), summary="The group rules in force: which groups exist and who belongs in them.")
-RULES_RELOAD = Spec(("rules", "reload"), summary="Re-read the rules file and apply it (HR, admins).",
-                    roles=("hr",))
-SYNC = Spec(("sync",), flags=(Flag("dry-run", takes_value=False, help="show the plan, change nothing"),),
-            summary="Reconcile every group with the rules and the people on record (HR, admins).", roles=("hr",))
-AUDIT = Spec(("audit",), summary="Groups without owner, empty groups, external members, leavers left behind, "
-             "old manual memberships (HR, admins).", roles=("hr",))
-PLAN_APPROVE = Spec(("plan", "approve"), (Arg("id"),), summary="Approve a held membership plan (approvers).",
-                    roles=("approvers",))
-PLAN_REJECT = Spec(("plan", "reject"), (Arg("id"),), summary="Reject a held membership plan (approvers).",
-                   roles=("approvers",))
+RULES_RELOAD = Spec(
+    ("rules", "reload"), summary="Re-read the rules file and apply it (HR, admins).", roles=("hr",)
+)
+SYNC = Spec(
+    ("sync",),
+    flags=(Flag("dry-run", takes_value=False, help="show the plan, change nothing"),),
+    summary="Reconcile every group with the rules and the people on record (HR, admins).",
+    roles=("hr",),
+)
+AUDIT = Spec(
+    ("audit",),
+    summary="Groups without owner, empty groups, external members, leavers left behind, "
+    "old manual memberships (HR, admins).",
+    roles=("hr",),
+)
+PLAN_APPROVE = Spec(
+    ("plan", "approve"),
+    (Arg("id"),),
+    summary="Approve a held membership plan (approvers).",
+    roles=("approvers",),
+)
+PLAN_REJECT = Spec(
+    ("plan", "reject"),
+    (Arg("id"),),
+    summary="Reject a held membership plan (approvers).",
+    roles=("approvers",),
+)
 
 
 def register(core: Core) -> None:
@@ -51,11 +68,15 @@ async def reconcile(core: Core, *, source: str, actor: str, via: str, dry_run: b
     rules_set = planner.rules_in_force(core)
     async with ctx.sessions() as session, session.begin():
         if dry_run:
-            existing = set((await session.execute(select(Group.address))).scalars()) if rules_set.groups else set()
+            existing = (
+                set((await session.execute(select(Group.address))).scalars()) if rules_set.groups else set()
+            )
             missing = [g.address for g in rules_set.groups if g.address not in existing]
             defs = [t("would create {group}", group=a) for a in missing]
         else:
-            defs = await planner.sync_group_definitions(session, rules_set, ctx.settings, actor=actor, via=via)
+            defs = await planner.sync_group_definitions(
+                session, rules_set, ctx.settings, actor=actor, via=via
+            )
         plan = await planner.plan_reconcile(session, rules_set, ctx.settings, now=ctx.now())
         plan = await service.check_policy(session, plan, ctx.settings)
         reasons = await planner.hold_reasons(session, plan, ctx.settings)
@@ -72,15 +93,28 @@ async def reconcile(core: Core, *, source: str, actor: str, via: str, dry_run: b
         return head + t("Everything matches the rules: nothing changed.") + extra
     out = await planner.execute(core, plan, source=source, actor=actor, via=via)
     if out.held is not None:
-        return (head + t("The plan waits for an approver (plan #{id}): {reasons}.", id=out.held,
-                         reasons=t("; ").join(out.reasons)) + "\n" + plan.summary())
-    applied = (t("Applied {count} change.", count=out.applied) if out.applied == 1 else
-               t("Applied {count} changes.", count=out.applied))
+        return (
+            head
+            + t(
+                "The plan waits for an approver (plan #{id}): {reasons}.",
+                id=out.held,
+                reasons=t("; ").join(out.reasons),
+            )
+            + "\n"
+            + plan.summary()
+        )
+    applied = (
+        t("Applied {count} change.", count=out.applied)
+        if out.applied == 1
+        else t("Applied {count} changes.", count=out.applied)
+    )
     return head + applied + " " + plan.summary()
 
 
 async def sync(core: Core, req: Request, p: Parsed) -> Message:
-    return Message(await reconcile(core, source="sync", actor=req.email, via=req.via, dry_run=p.switch("dry-run")))
+    return Message(
+        await reconcile(core, source="sync", actor=req.email, via=req.via, dry_run=p.switch("dry-run"))
+    )
 
 
 async def rules_reload(core: Core, req: Request, p: Parsed) -> Message:
@@ -96,8 +130,11 @@ async def rules_reload(core: Core, req: Request, p: Parsed) -> Message:
             core.services["rules"] = previous
         raise
     n = len(loaded.groups)
-    loaded_text = (t("Loaded {count} group rule from {path}.", count=n, path=loaded.path) if n == 1 else
-                   t("Loaded {count} group rules from {path}.", count=n, path=loaded.path))
+    loaded_text = (
+        t("Loaded {count} group rule from {path}.", count=n, path=loaded.path)
+        if n == 1
+        else t("Loaded {count} group rules from {path}.", count=n, path=loaded.path)
+    )
     return Message(f"{loaded_text}\n{text}")
 
 
@@ -114,24 +151,28 @@ def _plan_id(raw: str, usage: str) -> int:
 
 
 async def plan_approve(core: Core, req: Request, p: Parsed) -> Message:
-    return Message(await planner.decide(core, _plan_id(p.arg("id"), PLAN_APPROVE.usage), req.email, req.via,
-                                        "approved"))
+    return Message(
+        await planner.decide(core, _plan_id(p.arg("id"), PLAN_APPROVE.usage), req.email, req.via, "approved")
+    )
 
 
 async def plan_reject(core: Core, req: Request, p: Parsed) -> Message:
-    return Message(await planner.decide(core, _plan_id(p.arg("id"), PLAN_REJECT.usage), req.email, req.via,
-                                        "rejected"))
+    return Message(
+        await planner.decide(core, _plan_id(p.arg("id"), PLAN_REJECT.usage), req.email, req.via, "rejected")
+    )
 
 
 async def approve_click(core: Core, req: Request, action: Action) -> Message | None:
     if not req.has("approvers"):
         raise PermissionDenied(t("Only approvers can approve a membership plan."))
-    return Message(await planner.decide(core, _plan_id(action.value, PLAN_APPROVE.usage), req.email, req.via,
-                                        "approved"))
+    return Message(
+        await planner.decide(core, _plan_id(action.value, PLAN_APPROVE.usage), req.email, req.via, "approved")
+    )
 
 
 async def reject_click(core: Core, req: Request, action: Action) -> Message | None:
     if not req.has("approvers"):
         raise PermissionDenied(t("Only approvers can reject a membership plan."))
-    return Message(await planner.decide(core, _plan_id(action.value, PLAN_REJECT.usage), req.email, req.via,
-                                        "rejected"))
+    return Message(
+        await planner.decide(core, _plan_id(action.value, PLAN_REJECT.usage), req.email, req.via, "rejected")
+    )

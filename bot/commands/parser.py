@@ -95,8 +95,13 @@ def tokenize(text: str) -> list[str]:
     Inside double quotes a backslash escapes a quote or a backslash; elsewhere it is a letter.
     """
     if len(text) > MAX_COMMAND_LENGTH:
-        raise UserError(t("That command is {length} characters long; the limit is {limit}.", length=len(text),
-                          limit=MAX_COMMAND_LENGTH))
+        raise UserError(
+            t(
+                "That command is {length} characters long; the limit is {limit}.",
+                length=len(text),
+                limit=MAX_COMMAND_LENGTH,
+            )
+        )
     if "\x00" in text:
         raise UserError(t("That command contains a NUL character."))
     tokens: list[str] = []
@@ -132,7 +137,7 @@ def tokenize(text: str) -> list[str]:
                 word.append(ch)
                 i += 1
             else:
-                word.append(text[i + 1:end])
+                word.append(text[i + 1 : end])
                 i = end + 1
             in_word = True
         else:
@@ -169,8 +174,15 @@ def parse(spec: Spec, tokens: list[str]) -> Parsed:
             f = flags_by_name.get(name)
             if f is None:
                 known = ", ".join("--" + n for n in flags_by_name) or t("no options")
-                raise UserError(t("/{command} has no option --{option} (it takes {known}).", command=spec.name, option=name,
-                                  known=known), spec.usage)
+                raise UserError(
+                    t(
+                        "/{command} has no option --{option} (it takes {known}).",
+                        command=spec.name,
+                        option=name,
+                        known=known,
+                    ),
+                    spec.usage,
+                )
             if name in flags:
                 raise UserError(t("--{option} is given twice.", option=name), spec.usage)
             if f.takes_value:
@@ -197,14 +209,17 @@ def parse(spec: Spec, tokens: list[str]) -> Parsed:
             taken = positionals[pos:]
             pos = len(positionals)
             if a.required and not taken:
-                raise UserError(t("/{command} needs at least one {what}.", command=spec.name, what=t(a.name)),
-                                spec.usage)
+                raise UserError(
+                    t("/{command} needs at least one {what}.", command=spec.name, what=t(a.name)), spec.usage
+                )
             args[a.name] = taken
         elif a.rest:
             taken = positionals[pos:]
             pos = len(positionals)
             if a.required and not taken:
-                raise UserError(t("/{command} needs {what}.", command=spec.name, what=t(_a(a.name))), spec.usage)
+                raise UserError(
+                    t("/{command} needs {what}.", command=spec.name, what=t(_a(a.name))), spec.usage
+                )
             args[a.name] = " ".join(taken) if taken else None
         elif pos < len(positionals):
             args[a.name] = positionals[pos]
@@ -215,10 +230,15 @@ def parse(spec: Spec, tokens: list[str]) -> Parsed:
             args[a.name] = None
     if pos < len(positionals):
         extra = positionals[pos]
-        raise UserError(t("/{command} does not take “{text}” here.", command=spec.name, text=extra[:60]), spec.usage)
+        raise UserError(
+            t("/{command} does not take “{text}” here.", command=spec.name, text=extra[:60]), spec.usage
+        )
     missing = ["--" + f.name for f in spec.flags if f.required and f.name not in flags]
     if missing:
-        what = missing[0] if len(missing) == 1 else t("{first} and {last}", first=", ".join(missing[:-1]),
-                                                          last=missing[-1])
+        what = (
+            missing[0]
+            if len(missing) == 1
+            else t("{first} and {last}", first=", ".join(missing[:-1]), last=missing[-1])
+        )
         raise UserError(t("/{command} needs {what}.", command=spec.name, what=what), spec.usage)
     return Parsed(spec=spec, args=args, flags=flags)

@@ -17,9 +17,16 @@ from bot.i18n import t
 if TYPE_CHECKING:
     from bot.core import Core, Request
 
-EXPORT = Spec(("privacy", "export"), (Arg("email"),), (), "Everything held about a contact (admins).", ("admins",))
-ERASE = Spec(("privacy", "erase"), (Arg("email"),), (),
-             "Erase a contact; only a hash stays, so they are never mailed again (admins).", ("admins",))
+EXPORT = Spec(
+    ("privacy", "export"), (Arg("email"),), (), "Everything held about a contact (admins).", ("admins",)
+)
+ERASE = Spec(
+    ("privacy", "erase"),
+    (Arg("email"),),
+    (),
+    "Erase a contact; only a hash stays, so they are never mailed again (admins).",
+    ("admins",),
+)
 
 
 def register(core: Core) -> None:
@@ -41,8 +48,14 @@ async def export(core: Core, req: Request, p: Parsed) -> Message:
     lines = [t("What Postroom holds about {email}:", email=email)]
     if c:
         consent = c["consent"]
-        lines.append("  " + t("contact: {name}, attributes {attributes}", name=c["name"] or t("(no name)"),
-                              attributes=json.dumps(c["attributes"], ensure_ascii=False)))
+        lines.append(
+            "  "
+            + t(
+                "contact: {name}, attributes {attributes}",
+                name=c["name"] or t("(no name)"),
+                attributes=json.dumps(c["attributes"], ensure_ascii=False),
+            )
+        )
         how = ", ".join(part for part in (consent["source"], consent["method"]) if part)
         if consent["at"] and how:
             lines.append("  " + t("consent: {time} ({how})", time=consent["at"], how=how))
@@ -54,13 +67,30 @@ async def export(core: Core, req: Request, p: Parsed) -> Message:
     else:
         lines.append("  " + t("no contact record"))
     s = data["suppression"]
-    lines.append("  " + (t("suppressed: {reason} since {date}", reason=s["reason"], date=s["since"][:10]) if s
-                         else t("not suppressed")))
-    lines.append("  " + t("campaign messages: {count}", count=len(data["messages"]))
-                 + (" (" + ", ".join(f"{m['campaign']}: {status_name(m['status'])}" for m in data["messages"][:10]) + ")"
-                    if data["messages"] else ""))
+    lines.append(
+        "  "
+        + (
+            t("suppressed: {reason} since {date}", reason=s["reason"], date=s["since"][:10])
+            if s
+            else t("not suppressed")
+        )
+    )
+    lines.append(
+        "  "
+        + t("campaign messages: {count}", count=len(data["messages"]))
+        + (
+            " ("
+            + ", ".join(f"{m['campaign']}: {status_name(m['status'])}" for m in data["messages"][:10])
+            + ")"
+            if data["messages"]
+            else ""
+        )
+    )
     if data["events"]:
-        lines.append("  " + t("events: {counts}", counts=", ".join(f"{k} {v}" for k, v in sorted(data["events"].items()))))
+        lines.append(
+            "  "
+            + t("events: {counts}", counts=", ".join(f"{k} {v}" for k, v in sorted(data["events"].items())))
+        )
     return Message("\n".join(lines), ephemeral=True, attachments=(str(path),))
 
 
@@ -70,15 +100,26 @@ async def erase(core: Core, req: Request, p: Parsed) -> Message:
     except UserError as exc:
         raise UserError(exc.sentence, ERASE.usage) from None
     if core.ctx.settings.is_internal(email):
-        raise UserError(t("{email} is a company address; erasure here is for external contacts (HR handles staff).",
-                          email=email), ERASE.usage)
+        raise UserError(
+            t(
+                "{email} is a company address; erasure here is for external contacts (HR handles staff).",
+                email=email,
+            ),
+            ERASE.usage,
+        )
     done = await privacy.erase(core.ctx, email, actor=req.email, via=req.via)
     if done["contact"]:
-        text = t("Erased {email}: the contact record and consent, {count} campaign message records anonymised. Only "
-                 "a hash stays on the suppression list, so no campaign or import will mail them again.",
-                 email=email, count=done["messages"])
+        text = t(
+            "Erased {email}: the contact record and consent, {count} campaign message records anonymised. Only "
+            "a hash stays on the suppression list, so no campaign or import will mail them again.",
+            email=email,
+            count=done["messages"],
+        )
     else:
-        text = t("Erased {email}: no contact record (none was held), {count} campaign message records anonymised. "
-                 "Only a hash stays on the suppression list, so no campaign or import will mail them again.",
-                 email=email, count=done["messages"])
+        text = t(
+            "Erased {email}: no contact record (none was held), {count} campaign message records anonymised. "
+            "Only a hash stays on the suppression list, so no campaign or import will mail them again.",
+            email=email,
+            count=done["messages"],
+        )
     return Message(text)

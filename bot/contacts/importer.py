@@ -45,11 +45,15 @@ class ImportReport:
             f"({self.added} new, {self.updated} updated)."
         ]
         if self.without_consent:
-            lines.append(f"{self.without_consent} contact{'s have' if self.without_consent != 1 else ' has'} no consent "
-                         "record (consent_at) and will not be mailed by any campaign.")
+            lines.append(
+                f"{self.without_consent} contact{'s have' if self.without_consent != 1 else ' has'} no consent "
+                "record (consent_at) and will not be mailed by any campaign."
+            )
         if self.erased_skipped:
-            lines.append(f"{self.erased_skipped} row{'s were' if self.erased_skipped != 1 else ' was'} skipped: "
-                         "erased on request, never imported again.")
+            lines.append(
+                f"{self.erased_skipped} row{'s were' if self.erased_skipped != 1 else ' was'} skipped: "
+                "erased on request, never imported again."
+            )
         if self.bad:
             lines.append(f"{len(self.bad)} row{'s were' if len(self.bad) != 1 else ' was'} not imported:")
             lines += [f"  line {line}: {why}" for line, why in self.bad[:50]]
@@ -65,22 +69,38 @@ def parse_time(text: str) -> datetime:
     return value.astimezone(UTC)
 
 
-async def import_contacts(ctx: Context, path: str | Path, list_name: str, *, actor: str = "cli") -> ImportReport:
-    if not list_name or len(list_name) > 200 or not list_name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise UserError(t("“{name}” cannot be a list name: use letters, digits, dot, dash or underscore.",
-                          name=list_name[:60]))
+async def import_contacts(
+    ctx: Context, path: str | Path, list_name: str, *, actor: str = "cli"
+) -> ImportReport:
+    if (
+        not list_name
+        or len(list_name) > 200
+        or not list_name.replace("-", "").replace("_", "").replace(".", "").isalnum()
+    ):
+        raise UserError(
+            t(
+                "“{name}” cannot be a list name: use letters, digits, dot, dash or underscore.",
+                name=list_name[:60],
+            )
+        )
     p = Path(path)
     _raw, text = read_utf8(p)
     reader = csv.DictReader(io.StringIO(text))
     headers = [h.strip().lower() for h in (reader.fieldnames or [])]
     if "email" not in headers:
-        raise UserError(t("{path} has no “email” column; the first line must name the columns (email, name, consent_at, …).",
-                          path=p))
+        raise UserError(
+            t(
+                "{path} has no “email” column; the first line must name the columns (email, name, consent_at, …).",
+                path=p,
+            )
+        )
     reader.fieldnames = headers
     report = ImportReport(list_name=list_name)
     now = ctx.now()
     async with ctx.sessions() as session, session.begin():
-        lst = (await session.execute(select(ContactList).where(ContactList.name == list_name))).scalar_one_or_none()
+        lst = (
+            await session.execute(select(ContactList).where(ContactList.name == list_name))
+        ).scalar_one_or_none()
         if lst is None:
             lst = ContactList(name=list_name)
             session.add(lst)
@@ -106,26 +126,43 @@ async def import_contacts(ctx: Context, path: str | Path, list_name: str, *, act
                 try:
                     consent_at = parse_time(row["consent_at"])
                 except ValueError:
-                    report.bad.append((line, f"consent_at “{row['consent_at'][:40]}” is not an ISO 8601 time with an offset"))
+                    report.bad.append(
+                        (
+                            line,
+                            f"consent_at “{row['consent_at'][:40]}” is not an ISO 8601 time with an offset",
+                        )
+                    )
                     continue
                 if consent_at > now:
                     report.bad.append((line, "consent_at is in the future"))
                     continue
-            attributes = {k: v.strip() for k, v in row.items() if k not in CORE_COLUMNS and k and v and v.strip()}
+            attributes = {
+                k: v.strip() for k, v in row.items() if k not in CORE_COLUMNS and k and v and v.strip()
+            }
             if any(len(v) > MAX_ATTRIBUTE_LENGTH for v in attributes.values()):
                 report.bad.append((line, f"a value is longer than {MAX_ATTRIBUTE_LENGTH} characters"))
                 continue
-            erased = (await session.execute(select(Suppression.reason).where(
-                Suppression.email_hash == email_hash(email)))).scalar_one_or_none()
+            erased = (
+                await session.execute(
+                    select(Suppression.reason).where(Suppression.email_hash == email_hash(email))
+                )
+            ).scalar_one_or_none()
             if erased == "erased":
                 report.erased_skipped += 1
                 continue
-            contact = (await session.execute(select(Contact).where(Contact.email == email))).scalar_one_or_none()
+            contact = (
+                await session.execute(select(Contact).where(Contact.email == email))
+            ).scalar_one_or_none()
             name = (row.get("name") or "").strip() or None
             if contact is None:
-                contact = Contact(email=email, name=name, attributes=attributes, consent_at=consent_at,
-                                  consent_source=(row.get("consent_source") or "").strip() or None,
-                                  consent_method=(row.get("consent_method") or "").strip() or None)
+                contact = Contact(
+                    email=email,
+                    name=name,
+                    attributes=attributes,
+                    consent_at=consent_at,
+                    consent_source=(row.get("consent_source") or "").strip() or None,
+                    consent_method=(row.get("consent_method") or "").strip() or None,
+                )
                 session.add(contact)
                 await session.flush()
                 report.added += 1
@@ -134,14 +171,28 @@ async def import_contacts(ctx: Context, path: str | Path, list_name: str, *, act
                 contact.attributes = {**(contact.attributes or {}), **attributes}
                 if consent_at is not None:  # a file without consent never erases a recorded consent
                     contact.consent_at = consent_at
-                    contact.consent_source = (row.get("consent_source") or "").strip() or contact.consent_source
-                    contact.consent_method = (row.get("consent_method") or "").strip() or contact.consent_method
+                    contact.consent_source = (
+                        row.get("consent_source") or ""
+                    ).strip() or contact.consent_source
+                    contact.consent_method = (
+                        row.get("consent_method") or ""
+                    ).strip() or contact.consent_method
                 report.updated += 1
             if contact.consent_at is None:
                 report.without_consent += 1
-            await insert_ignore(session, ListMember, [{"list_id": lst.id, "contact_id": contact.id}],
-                                ["list_id", "contact_id"])
-        audit.record(session, actor=actor, via="csv", action="contacts.import", subject=f"list:{list_name}",
-                     after={"added": report.added, "updated": report.updated, "bad": len(report.bad)},
-                     detail=str(p.name))
+            await insert_ignore(
+                session,
+                ListMember,
+                [{"list_id": lst.id, "contact_id": contact.id}],
+                ["list_id", "contact_id"],
+            )
+        audit.record(
+            session,
+            actor=actor,
+            via="csv",
+            action="contacts.import",
+            subject=f"list:{list_name}",
+            after={"added": report.added, "updated": report.updated, "bad": len(report.bad)},
+            detail=str(p.name),
+        )
     return report

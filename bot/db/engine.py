@@ -87,12 +87,16 @@ def _known(revision: str) -> bool:
         return False
 
 
-NO_VERSION = ("The database has tables but no Postroom schema version: point database.url at an empty "
-              "database or at one Postroom created.")
+NO_VERSION = (
+    "The database has tables but no Postroom schema version: point database.url at an empty "
+    "database or at one Postroom created."
+)
 
 
 def _newer(current: str) -> str:
-    return f"The database's schema ({current}) is newer than this version of Postroom knows: upgrade Postroom."
+    return (
+        f"The database's schema ({current}) is newer than this version of Postroom knows: upgrade Postroom."
+    )
 
 
 async def upgrade(engine: AsyncEngine) -> tuple[str | None, str | None]:

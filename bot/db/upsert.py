@@ -8,7 +8,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 
-async def insert_ignore(session: AsyncSession, model: Any, rows: list[dict[str, Any]], conflict: list[str]) -> int:
+async def insert_ignore(
+    session: AsyncSession, model: Any, rows: list[dict[str, Any]], conflict: list[str]
+) -> int:
     """Insert the rows that do not clash on `conflict`; returns how many were new."""
     if not rows:
         return 0

@@ -17,12 +17,16 @@ async def postfix_virtual(ctx: Context) -> str:
     """
     members: dict[str, list[str]] = defaultdict(list)
     async with ctx.sessions() as session:
-        rows = await session.stream(select(Group.address, Membership.email)
-                                    .join(Membership, Membership.group_id == Group.id)
-                                    .order_by(Group.address, Membership.email))
+        rows = await session.stream(
+            select(Group.address, Membership.email)
+            .join(Membership, Membership.group_id == Group.id)
+            .order_by(Group.address, Membership.email)
+        )
         async for address, email in rows:
             members[address].append(email)
-    lines = ["# Postroom email groups, written by `postroom groups export --format postfix`.",
-             "# Regenerate after membership changes, then: postmap <this file>"]
+    lines = [
+        "# Postroom email groups, written by `postroom groups export --format postfix`.",
+        "# Regenerate after membership changes, then: postmap <this file>",
+    ]
     lines += [f"{address} {','.join(emails)}" for address, emails in sorted(members.items())]
     return "\n".join(lines) + "\n"

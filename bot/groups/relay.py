@@ -52,10 +52,17 @@ def group_route(core: Core) -> Route:
             if group.post_policy == "company" or group.post_policy not in ("members", "anyone"):
                 if settings.is_internal(mail_from):
                     return "250 OK"
-                return (f"550 5.7.1 <{rcpt}>: only people at {', '.join(settings.org.domains)} may post to "
-                        "this group")
-            member = (await session.execute(select(Membership.id).where(
-                Membership.group_id == group.id, Membership.email == mail_from))).first()
+                return (
+                    f"550 5.7.1 <{rcpt}>: only people at {', '.join(settings.org.domains)} may post to "
+                    "this group"
+                )
+            member = (
+                await session.execute(
+                    select(Membership.id).where(
+                        Membership.group_id == group.id, Membership.email == mail_from
+                    )
+                )
+            ).first()
             if member is not None or mail_from in (group.owners or []):
                 return "250 OK"
             return f"550 5.7.1 <{rcpt}>: only members of this group may post to it"
@@ -71,24 +78,38 @@ def group_route(core: Core) -> Route:
                     group = await _group(session, rcpt)
                     if group is None:
                         continue
-                    members = (await session.execute(select(Membership.email).where(
-                        Membership.group_id == group.id).order_by(Membership.email))).scalars().all()
+                    members = (
+                        (
+                            await session.execute(
+                                select(Membership.email)
+                                .where(Membership.group_id == group.id)
+                                .order_by(Membership.email)
+                            )
+                        )
+                        .scalars()
+                        .all()
+                    )
                 lid = list_id(group)
                 if f"<{group.local_part}.{group.address.split('@', 1)[1]}>".encode() in _headers(data):
                     log.warning("mail loop on %s refused", rcpt)
                     return "554 5.4.6 Mail loop detected: this message has already passed through the group"
-                copy = (f"List-Id: {lid}\r\nPrecedence: list\r\nX-Postroom-Group: {group.address}\r\n").encode() + data
+                copy = (
+                    f"List-Id: {lid}\r\nPrecedence: list\r\nX-Postroom-Group: {group.address}\r\n"
+                ).encode() + data
                 todo = [m for m in members if m not in sent]
                 sent.update(todo)
                 for i in range(0, len(todo), SEND_CHUNK):
-                    chunk = todo[i:i + SEND_CHUNK]
-                    outcomes = await asyncio.gather(*(transport.send(mail_from or group.address, m, copy)
-                                                      for m in chunk))
+                    chunk = todo[i : i + SEND_CHUNK]
+                    outcomes = await asyncio.gather(
+                        *(transport.send(mail_from or group.address, m, copy) for m in chunk)
+                    )
                     for member, outcome in zip(chunk, outcomes, strict=True):
                         if outcome.ok:
                             delivered += 1
-                        elif outcome.transient and (await transport.send(mail_from or group.address, member,
-                                                                         copy)).ok:
+                        elif (
+                            outcome.transient
+                            and (await transport.send(mail_from or group.address, member, copy)).ok
+                        ):
                             delivered += 1
                         else:
                             failed.append(f"{member}: {outcome.detail}")

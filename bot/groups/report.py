@@ -41,22 +41,47 @@ class Report:
             if not items:
                 return t("none")
             shown = ", ".join(items[:limit])
-            return t("{items} and {count} more", items=shown, count=len(items) - limit) if len(items) > limit else shown
+            return (
+                t("{items} and {count} more", items=shown, count=len(items) - limit)
+                if len(items) > limit
+                else shown
+            )
 
         fields = (
-            (t("Leavers still in a group (must be none)"),
-             some([t("{email} in {group}", email=e, group=g) for e, g in self.leavers])),
-            (t("Leavers in their grace period"), some([t("{email} until {due}", email=e, due=d) for e, d in self.in_grace])),
+            (
+                t("Leavers still in a group (must be none)"),
+                some([t("{email} in {group}", email=e, group=g) for e, g in self.leavers]),
+            ),
+            (
+                t("Leavers in their grace period"),
+                some([t("{email} until {due}", email=e, due=d) for e, d in self.in_grace]),
+            ),
             (t("Groups with no owner"), some(self.no_owner)),
             (t("Empty groups"), some(self.empty)),
-            (t("External members"), some([t("{email} in {group}", email=m, group=g) for g, m in self.external])),
-            (t("Manual memberships older than {days} days", days=max_age_days),
-             some([t("{email} in {group} (since {date})", email=m, group=g, date=s) for g, m, s in self.old_manual])),
+            (
+                t("External members"),
+                some([t("{email} in {group}", email=m, group=g) for g, m in self.external]),
+            ),
+            (
+                t("Manual memberships older than {days} days", days=max_age_days),
+                some(
+                    [
+                        t("{email} in {group} (since {date})", email=m, group=g, date=s)
+                        for g, m, s in self.old_manual
+                    ]
+                ),
+            ),
         )
-        headline = t("Email groups audit: all clear.") if self.clean else t("Email groups audit: some things need a look.")
+        headline = (
+            t("Email groups audit: all clear.")
+            if self.clean
+            else t("Email groups audit: some things need a look.")
+        )
         if self.leavers:
-            headline = t("Email groups audit: {count} leaver membership(s) remain — /sync removes them.",
-                         count=len(self.leavers))
+            headline = t(
+                "Email groups audit: {count} leaver membership(s) remain — /sync removes them.",
+                count=len(self.leavers),
+            )
         return Message(headline, Card(title=t("Email groups audit"), fields=fields))
 
 
@@ -67,27 +92,40 @@ async def build_report(core: Core) -> Report:
     grace = timedelta(hours=settings.groups.leaver_grace_hours)
     report = Report()
     async with ctx.sessions() as session:
-        counts = dict((await session.execute(
-            select(Membership.group_id, func.count()).group_by(Membership.group_id))).all())
-        groups = (await session.execute(select(Group.id, Group.address, Group.owners).order_by(Group.address))).all()
+        counts = dict(
+            (
+                await session.execute(select(Membership.group_id, func.count()).group_by(Membership.group_id))
+            ).all()
+        )
+        groups = (
+            await session.execute(select(Group.id, Group.address, Group.owners).order_by(Group.address))
+        ).all()
         for gid, address, owners in groups:
             if not owners:
                 report.no_owner.append(address)
             if not counts.get(gid):
                 report.empty.append(address)
         domains = settings.org.domains
-        rows = (await session.execute(
-            select(Group.address, Membership.email).join(Membership, Membership.group_id == Group.id)
-            .order_by(Group.address, Membership.email))).all()
+        rows = (
+            await session.execute(
+                select(Group.address, Membership.email)
+                .join(Membership, Membership.group_id == Group.id)
+                .order_by(Group.address, Membership.email)
+            )
+        ).all()
         for address, email in rows:
             domain = email.rsplit("@", 1)[-1]
             if not any(domain == d or domain.endswith("." + d) for d in domains):
                 report.external.append((address, email))
-        leavers = (await session.execute(
-            select(Person.email, Person.left_at, Group.address)
-            .join(Membership, (Membership.person_id == Person.id) | (Membership.email == Person.email))
-            .join(Group, Group.id == Membership.group_id)
-            .where(Person.status == "left").order_by(Person.email, Group.address))).all()
+        leavers = (
+            await session.execute(
+                select(Person.email, Person.left_at, Group.address)
+                .join(Membership, (Membership.person_id == Person.id) | (Membership.email == Person.email))
+                .join(Group, Group.id == Membership.group_id)
+                .where(Person.status == "left")
+                .order_by(Person.email, Group.address)
+            )
+        ).all()
         for email, left_at, address in leavers:
             due = (left_at or now) + grace
             if due <= now:
@@ -95,11 +133,15 @@ async def build_report(core: Core) -> Report:
             elif (email, f"{due:%Y-%m-%d %H:%M}") not in report.in_grace:
                 report.in_grace.append((email, f"{due:%Y-%m-%d %H:%M}"))
         cutoff = now - timedelta(days=settings.groups.manual_max_age_days)
-        old = (await session.execute(
-            select(Group.address, Membership.email, Membership.added_at)
-            .join(Membership, Membership.group_id == Group.id)
-            .where(Membership.source == "manual", Membership.added_at < cutoff)
-            .order_by(Membership.added_at).limit(500))).all()
+        old = (
+            await session.execute(
+                select(Group.address, Membership.email, Membership.added_at)
+                .join(Membership, Membership.group_id == Group.id)
+                .where(Membership.source == "manual", Membership.added_at < cutoff)
+                .order_by(Membership.added_at)
+                .limit(500)
+            )
+        ).all()
         report.old_manual = [(a, e, f"{t:%Y-%m-%d}") for a, e, t in old]
     return report
 

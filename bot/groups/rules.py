@@ -85,8 +85,11 @@ class GroupRule:
         else:
             text = t(" or ").join(_describe_condition(c) for c in members) or t("nobody")
         if exceptions:
-            text = t("{rule}, except {exceptions}", rule=text,
-                     exceptions=t(" or ").join(_describe_condition(c) for c in exceptions))
+            text = t(
+                "{rule}, except {exceptions}",
+                rule=text,
+                exceptions=t(" or ").join(_describe_condition(c) for c in exceptions),
+            )
         return text
 
 
@@ -96,16 +99,23 @@ def _describe_condition(cond: Condition) -> str:
     parts = []
     for key, values in cond:
         vs = sorted(values, key=str.lower)
-        parts.append(t("{key} is {value}", key=key, value=vs[0]) if len(vs) == 1 else
-                     t("{key} is one of {values}", key=key, values=", ".join(vs)))
+        parts.append(
+            t("{key} is {value}", key=key, value=vs[0])
+            if len(vs) == 1
+            else t("{key} is one of {values}", key=key, values=", ".join(vs))
+        )
     return t(" and ").join(parts)
 
 
-def person_values(email: str, employee_id: str | None, name: str | None,
-                  attributes: Mapping[str, Any] | None) -> dict[str, str]:
+def person_values(
+    email: str, employee_id: str | None, name: str | None, attributes: Mapping[str, Any] | None
+) -> dict[str, str]:
     """The person's attributes as matching sees them: lower-cased strings, built-ins included."""
-    out = {str(k).strip().lower(): str(v).strip().lower() for k, v in (attributes or {}).items()
-           if v is not None and not isinstance(v, (dict, list))}
+    out = {
+        str(k).strip().lower(): str(v).strip().lower()
+        for k, v in (attributes or {}).items()
+        if v is not None and not isinstance(v, (dict, list))
+    }
     out["email"] = email.lower()
     if employee_id:
         out["employee_id"] = employee_id.lower()
@@ -158,21 +168,28 @@ class RuleSet:
         for i in sorted(candidates):
             rule = self.groups[i]
             assert rule.members is not None
-            if any(_matches(c, values) for c in rule.members) and not any(_matches(c, values) for c in rule.exceptions):
+            if any(_matches(c, values) for c in rule.members) and not any(
+                _matches(c, values) for c in rule.exceptions
+            ):
                 found.append(rule)
         return found
 
     def describe(self) -> str:
         if not self.groups:
             if self.error:
-                return t("The rules file could not be loaded, so no rule membership is added or removed: {problem}",
-                         problem=self.error)
+                return t(
+                    "The rules file could not be loaded, so no rule membership is added or removed: {problem}",
+                    problem=self.error,
+                )
             if self.path:
                 return t("No group rules are in force.")
             return t("No group rules are in force.") + " " + t("Set groups.rules_file in the configuration.")
         n, where = len(self.groups), self.path or t("the rules file")
-        lines = [t("{count} group from {path}:", count=n, path=where) if n == 1 else
-                 t("{count} groups from {path}:", count=n, path=where)]
+        lines = [
+            t("{count} group from {path}:", count=n, path=where)
+            if n == 1
+            else t("{count} groups from {path}:", count=n, path=where)
+        ]
         kinds = {"internal": t("internal"), "external-allowed": t("external-allowed")}
         for g in self.groups:
             flags = [kinds.get(g.kind, g.kind)]
@@ -180,8 +197,16 @@ class RuleSet:
                 flags.append(t("protected"))
             flags.append(t("posting: {policy}", policy=g.post_policy))
             owners = t("owners {owners}", owners=", ".join(g.owners)) if g.owners else t("no owner")
-            lines.append("  " + t("{group} ({flags}; {owners}) — {rule}", group=g.address, flags=", ".join(flags),
-                                  owners=owners, rule=g.describe()))
+            lines.append(
+                "  "
+                + t(
+                    "{group} ({flags}; {owners}) — {rule}",
+                    group=g.address,
+                    flags=", ".join(flags),
+                    owners=owners,
+                    rule=g.describe(),
+                )
+            )
         return "\n".join(lines)
 
 
@@ -203,8 +228,9 @@ def parse_rules(text: str, settings: Settings, path: str | None = None) -> RuleS
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else 0
-        raise RulesError(t("{file}, line {line}: not valid YAML ({problem}).", file=name, line=line,
-                           problem=exc.problem)) from None
+        raise RulesError(
+            t("{file}, line {line}: not valid YAML ({problem}).", file=name, line=line, problem=exc.problem)
+        ) from None
     except yaml.YAMLError as exc:
         raise RulesError(t("{file}: not valid YAML ({problem}).", file=name, problem=exc)) from None
     if root is None:
@@ -212,20 +238,35 @@ def parse_rules(text: str, settings: Settings, path: str | None = None) -> RuleS
     top = _mapping(root, name, t("the file"))
     unknown = [k for k in top if k != "groups"]
     if unknown:
-        raise RulesError(t("{file}, line {line}: unknown top-level key “{key}” (the file holds `groups:`).",
-                           file=name, line=_line(top[unknown[0]][0]), key=unknown[0]))
+        raise RulesError(
+            t(
+                "{file}, line {line}: unknown top-level key “{key}” (the file holds `groups:`).",
+                file=name,
+                line=_line(top[unknown[0]][0]),
+                key=unknown[0],
+            )
+        )
     if "groups" not in top:
         return RuleSet((), path)
     seq = top["groups"][1]
     if not isinstance(seq, yaml.SequenceNode):
-        raise RulesError(t("{file}, line {line}: `groups` must be a list of groups.", file=name, line=_line(seq)))
+        raise RulesError(
+            t("{file}, line {line}: `groups` must be a list of groups.", file=name, line=_line(seq))
+        )
     rules: list[GroupRule] = []
     seen: dict[str, int] = {}
     for item in seq.value:
         rule = _group(item, name, settings)
         if rule.address in seen:
-            raise RulesError(t("{file}, line {line}: {group} is declared twice (first on line {first}).", file=name,
-                               line=rule.line, group=rule.address, first=seen[rule.address]))
+            raise RulesError(
+                t(
+                    "{file}, line {line}: {group} is declared twice (first on line {first}).",
+                    file=name,
+                    line=rule.line,
+                    group=rule.address,
+                    first=seen[rule.address],
+                )
+            )
         seen[rule.address] = rule.line
         rules.append(rule)
     return RuleSet(tuple(rules), path)
@@ -237,24 +278,38 @@ def _line(node: yaml.Node) -> int:
 
 def _mapping(node: yaml.Node, name: str, what: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:
     if not isinstance(node, yaml.MappingNode):
-        raise RulesError(t("{file}, line {line}: {what} must be a mapping of keys to values.", file=name,
-                           line=_line(node), what=what))
+        raise RulesError(
+            t(
+                "{file}, line {line}: {what} must be a mapping of keys to values.",
+                file=name,
+                line=_line(node),
+                what=what,
+            )
+        )
     out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
     for k, v in node.value:
         if not isinstance(k, yaml.ScalarNode):
             raise RulesError(t("{file}, line {line}: a key must be a plain word.", file=name, line=_line(k)))
         key = str(k.value).strip()
         if key in out:
-            raise RulesError(t("{file}, line {line}: “{key}” is given twice in {what}.", file=name, line=_line(k), key=key,
-                               what=what))
+            raise RulesError(
+                t(
+                    "{file}, line {line}: “{key}” is given twice in {what}.",
+                    file=name,
+                    line=_line(k),
+                    key=key,
+                    what=what,
+                )
+            )
         out[key] = (k, v)
     return out
 
 
 def _scalar(node: yaml.Node, name: str, what: str) -> str:
     if not isinstance(node, yaml.ScalarNode) or node.value is None or str(node.value).strip() == "":
-        raise RulesError(t("{file}, line {line}: {what} must be a single value.", file=name, line=_line(node),
-                           what=what))
+        raise RulesError(
+            t("{file}, line {line}: {what} must be a single value.", file=name, line=_line(node), what=what)
+        )
     return str(node.value).strip()
 
 
@@ -262,7 +317,9 @@ def _scalars(node: yaml.Node, name: str, what: str) -> list[str]:
     if isinstance(node, yaml.SequenceNode):
         values = [_scalar(v, name, what) for v in node.value]
         if not values:
-            raise RulesError(t("{file}, line {line}: {what} is an empty list.", file=name, line=_line(node), what=what))
+            raise RulesError(
+                t("{file}, line {line}: {what} is an empty list.", file=name, line=_line(node), what=what)
+            )
         return values
     return [_scalar(node, name, what)]
 
@@ -273,16 +330,31 @@ def _bool(node: yaml.Node, name: str, what: str) -> bool:
         return True
     if raw in ("false", "no", "off"):
         return False
-    raise RulesError(t("{file}, line {line}: {what} must be true or false, not “{text}”.", file=name,
-                       line=_line(node), what=what, text=raw[:40]))
+    raise RulesError(
+        t(
+            "{file}, line {line}: {what} must be true or false, not “{text}”.",
+            file=name,
+            line=_line(node),
+            what=what,
+            text=raw[:40],
+        )
+    )
 
 
 def _choice(node: yaml.Node, name: str, what: str, options: Iterable[str]) -> str:
     raw = _scalar(node, name, what).lower()
     opts = tuple(options)
     if raw not in opts:
-        raise RulesError(t("{file}, line {line}: {what} must be one of {options}, not “{text}”.", file=name,
-                           line=_line(node), what=what, options=", ".join(opts), text=raw[:40]))
+        raise RulesError(
+            t(
+                "{file}, line {line}: {what} must be one of {options}, not “{text}”.",
+                file=name,
+                line=_line(node),
+                what=what,
+                options=", ".join(opts),
+                text=raw[:40],
+            )
+        )
     return raw
 
 
@@ -291,20 +363,36 @@ def _conditions(node: yaml.Node, name: str, what: str, keep_case: bool = False) 
         return ((),)
     items = node.value if isinstance(node, yaml.SequenceNode) else [node]
     if not items:
-        raise RulesError(t("{file}, line {line}: {what} is an empty list.", file=name, line=_line(node), what=what))
+        raise RulesError(
+            t("{file}, line {line}: {what} is an empty list.", file=name, line=_line(node), what=what)
+        )
     out: list[Condition] = []
     for item in items:
         m = _mapping(item, name, what)
         if not m:
-            raise RulesError(t("{file}, line {line}: {what} has no attribute to match.", file=name, line=_line(item),
-                               what=what))
+            raise RulesError(
+                t(
+                    "{file}, line {line}: {what} has no attribute to match.",
+                    file=name,
+                    line=_line(item),
+                    what=what,
+                )
+            )
         cond = []
         for key, (knode, vnode) in m.items():
             k = key.lower()
             if not k.replace("_", "").replace("-", "").isalnum():
-                raise RulesError(t("{file}, line {line}: “{key}” is not an attribute name.", file=name,
-                                   line=_line(knode), key=key[:40]))
-            values = frozenset(v if keep_case else v.lower() for v in _scalars(vnode, name, t("the value of {key}", key=key)))
+                raise RulesError(
+                    t(
+                        "{file}, line {line}: “{key}” is not an attribute name.",
+                        file=name,
+                        line=_line(knode),
+                        key=key[:40],
+                    )
+                )
+            values = frozenset(
+                v if keep_case else v.lower() for v in _scalars(vnode, name, t("the value of {key}", key=key))
+            )
             cond.append((k, values))
         out.append(tuple(cond))
     return tuple(out)
@@ -318,8 +406,15 @@ def _group(node: yaml.Node, name: str, settings: Settings) -> GroupRule:
     m = _mapping(node, name, t("a group"))
     unknown = [k for k in m if k not in GROUP_KEYS]
     if unknown:
-        raise RulesError(t("{file}, line {line}: unknown key “{key}” (a group takes {keys}).", file=name,
-                           line=_line(m[unknown[0]][0]), key=unknown[0][:40], keys=", ".join(sorted(GROUP_KEYS))))
+        raise RulesError(
+            t(
+                "{file}, line {line}: unknown key “{key}” (a group takes {keys}).",
+                file=name,
+                line=_line(m[unknown[0]][0]),
+                key=unknown[0][:40],
+                keys=", ".join(sorted(GROUP_KEYS)),
+            )
+        )
     if "address" not in m:
         raise RulesError(t("{file}, line {line}: a group needs an `address`.", file=name, line=line))
     anode = m["address"][1]
@@ -329,15 +424,31 @@ def _group(node: yaml.Node, name: str, settings: Settings) -> GroupRule:
     try:
         address = normalise(raw)
     except UserError as exc:
-        raise RulesError(t("{file}, line {line}: {problem}", file=name, line=_line(anode), problem=exc.sentence)) from None
+        raise RulesError(
+            t("{file}, line {line}: {problem}", file=name, line=_line(anode), problem=exc.sentence)
+        ) from None
     local = address.split("@", 1)[0]
     if not LOCAL_PART_RE.match(local):
-        raise RulesError(t("{file}, line {line}: “{name}” cannot be a group's name: use letters, digits, dot, dash "
-                           "or underscore.", file=name, line=_line(anode), name=local))
+        raise RulesError(
+            t(
+                "{file}, line {line}: “{name}” cannot be a group's name: use letters, digits, dot, dash "
+                "or underscore.",
+                file=name,
+                line=_line(anode),
+                name=local,
+            )
+        )
     if not settings.is_internal(address):
-        raise RulesError(t("{file}, line {line}: {address} is outside {domains}; a group's address must be on a "
-                           "company domain.", file=name, line=_line(anode), address=address,
-                           domains=", ".join(settings.org.domains)))
+        raise RulesError(
+            t(
+                "{file}, line {line}: {address} is outside {domains}; a group's address must be on a "
+                "company domain.",
+                file=name,
+                line=_line(anode),
+                address=address,
+                domains=", ".join(settings.org.domains),
+            )
+        )
     owners: list[str] = []
     if "owners" in m:
         onode = m["owners"][1]
@@ -345,27 +456,47 @@ def _group(node: yaml.Node, name: str, settings: Settings) -> GroupRule:
             try:
                 owners.append(normalise(o))
             except UserError as exc:
-                raise RulesError(t("{file}, line {line}: {problem}", file=name, line=_line(onode),
-                                   problem=exc.sentence)) from None
+                raise RulesError(
+                    t("{file}, line {line}: {problem}", file=name, line=_line(onode), problem=exc.sentence)
+                ) from None
     kind = _choice(m["kind"][1], name, "kind", KINDS) if "kind" in m else "internal"
     if kind == "internal":
         outside = [o for o in owners if not settings.is_internal(o)]
         if outside:
-            raise RulesError(t("{file}, line {line}: {email} is external and {address} is an internal group: external "
-                               "people can't own it.", file=name, line=_line(m["owners"][1]), email=outside[0],
-                               address=address))
+            raise RulesError(
+                t(
+                    "{file}, line {line}: {email} is external and {address} is an internal group: external "
+                    "people can't own it.",
+                    file=name,
+                    line=_line(m["owners"][1]),
+                    email=outside[0],
+                    address=address,
+                )
+            )
     members = _conditions(m["members"][1], name, "members") if "members" in m else None
     exceptions = _conditions(m["except"][1], name, "except") if "except" in m else ()
     if exceptions == ((),):
-        raise RulesError(t("{file}, line {line}: `except: everyone` would leave the group empty.", file=name,
-                           line=_line(m["except"][1])))
+        raise RulesError(
+            t(
+                "{file}, line {line}: `except: everyone` would leave the group empty.",
+                file=name,
+                line=_line(m["except"][1]),
+            )
+        )
     if exceptions and members is None:
-        raise RulesError(t("{file}, line {line}: `except` needs a `members` rule to except from.", file=name,
-                           line=_line(m["except"][0])))
+        raise RulesError(
+            t(
+                "{file}, line {line}: `except` needs a `members` rule to except from.",
+                file=name,
+                line=_line(m["except"][0]),
+            )
+        )
     wording = None
     if members is not None:
-        wording = (_conditions(m["members"][1], name, "members", keep_case=True),
-                   _conditions(m["except"][1], name, "except", keep_case=True) if "except" in m else ())
+        wording = (
+            _conditions(m["members"][1], name, "members", keep_case=True),
+            _conditions(m["except"][1], name, "except", keep_case=True) if "except" in m else (),
+        )
     return GroupRule(
         wording=wording,
         address=address,
@@ -375,7 +506,9 @@ def _group(node: yaml.Node, name: str, settings: Settings) -> GroupRule:
         kind=kind,
         protected=_bool(m["protected"][1], name, "protected") if "protected" in m else False,
         post_policy=_choice(m["post"][1], name, "post", POST_POLICIES) if "post" in m else "company",
-        visibility=_choice(m["visibility"][1], name, "visibility", VISIBILITIES) if "visibility" in m else "company",
+        visibility=_choice(m["visibility"][1], name, "visibility", VISIBILITIES)
+        if "visibility" in m
+        else "company",
         members=members,
         exceptions=exceptions,
         line=line,

@@ -55,9 +55,13 @@ class Plan:
         lines = [t("{adds} to add, {removes} to remove.", adds=len(self.adds), removes=len(self.removes))]
         for c in self.changes[:50]:
             if c.op == "add":
-                line = t("+ {email} to {group} ({reason})", email=c.email, group=c.group_address, reason=c.reason)
+                line = t(
+                    "+ {email} to {group} ({reason})", email=c.email, group=c.group_address, reason=c.reason
+                )
             else:
-                line = t("− {email} from {group} ({reason})", email=c.email, group=c.group_address, reason=c.reason)
+                line = t(
+                    "− {email} from {group} ({reason})", email=c.email, group=c.group_address, reason=c.reason
+                )
             lines.append("  " + line)
         if len(self.changes) > 50:
             lines.append("  " + t("… and {count} more", count=len(self.changes) - 50))
@@ -119,12 +123,17 @@ async def create_group(
     addr = normalise(raw)
     local = addr.split("@", 1)[0]
     if not LOCAL_PART_RE.match(local):
-        raise UserError(t("“{name}” cannot be a group's name: use letters, digits, dot, dash or underscore.",
-                          name=local))
+        raise UserError(
+            t("“{name}” cannot be a group's name: use letters, digits, dot, dash or underscore.", name=local)
+        )
     if not settings.is_internal(addr):
-        raise UserError(t(
-            "{address} is outside {domains}: a group's address must be on one of the company's own domains.",
-            address=addr, domains=", ".join(settings.org.domains)))
+        raise UserError(
+            t(
+                "{address} is outside {domains}: a group's address must be on one of the company's own domains.",
+                address=addr,
+                domains=", ".join(settings.org.domains),
+            )
+        )
     exists = (await session.execute(select(Group.id).where(Group.address == addr))).scalar_one_or_none()
     if exists is not None:
         raise UserError(t("The group {address} already exists.", address=addr))
@@ -211,9 +220,13 @@ async def plan_remove(
 
 
 def external_refusal(email: str, group_address: str, settings: Settings) -> str:
-    return t("{email} is outside {domains}, and {group} is an internal group: external people can't join it. "
-             "To mail external audiences, use a campaign (/help campaign).", email=email,
-             domains=", ".join(settings.org.domains), group=group_address)
+    return t(
+        "{email} is outside {domains}, and {group} is an internal group: external people can't join it. "
+        "To mail external audiences, use a campaign (/help campaign).",
+        email=email,
+        domains=", ".join(settings.org.domains),
+        group=group_address,
+    )
 
 
 async def check_policy(session: AsyncSession, plan: Plan, settings: Settings) -> Plan:
@@ -228,8 +241,9 @@ async def check_policy(session: AsyncSession, plan: Plan, settings: Settings) ->
         if c.op == "add" and kinds.get(c.group_id) == "internal" and not settings.is_internal(c.email):
             plan.refused.append((c, external_refusal(c.email, c.group_address, settings)))
         elif c.op == "add" and (c.email in left or c.person_id in left):
-            plan.refused.append((c, t("{email} has left the company: leavers can't be added to groups.",
-                                      email=c.email)))
+            plan.refused.append(
+                (c, t("{email} has left the company: leavers can't be added to groups.", email=c.email))
+            )
         else:
             allowed.append(c)
     plan.changes = allowed
@@ -244,11 +258,12 @@ async def _leavers(session: AsyncSession, adds: list[Change]) -> set[object]:
     ids = sorted({c.person_id for c in adds if c.person_id is not None})
     found: set[object] = set()
     for i in range(0, max(len(emails), len(ids)), 500):
-        cond = Person.email.in_(emails[i:i + 500])
-        if ids[i:i + 500]:
-            cond = cond | Person.id.in_(ids[i:i + 500])
-        for pid, email in (await session.execute(select(Person.id, Person.email).where(
-                cond, Person.status == "left"))).all():
+        cond = Person.email.in_(emails[i : i + 500])
+        if ids[i : i + 500]:
+            cond = cond | Person.id.in_(ids[i : i + 500])
+        for pid, email in (
+            await session.execute(select(Person.id, Person.email).where(cond, Person.status == "left"))
+        ).all():
             found.update((pid, email))
     return found
 
@@ -269,17 +284,31 @@ async def apply(session: AsyncSession, plan: Plan, *, actor: str, via: str) -> i
         present: set[tuple[int, str]] = set()
         for gid, emails in wanted.items():
             for i in range(0, len(emails), 500):
-                rows = await session.execute(select(Membership.email).where(
-                    Membership.group_id == gid, Membership.email.in_(emails[i:i + 500])))
+                rows = await session.execute(
+                    select(Membership.email).where(
+                        Membership.group_id == gid, Membership.email.in_(emails[i : i + 500])
+                    )
+                )
                 present.update((gid, e) for e in rows.scalars())
         for c in adds:
             if (c.group_id, c.email) in present:
                 continue
             present.add((c.group_id, c.email))
-            session.add(Membership(group_id=c.group_id, email=c.email, person_id=c.person_id, source=c.source,
-                                   added_by=actor))
-            audit.record(session, actor=actor, via=via, action="membership.add", subject=f"group:{c.group_address}",
-                         before=None, after={"email": c.email, "source": c.source}, detail=c.reason)
+            session.add(
+                Membership(
+                    group_id=c.group_id, email=c.email, person_id=c.person_id, source=c.source, added_by=actor
+                )
+            )
+            audit.record(
+                session,
+                actor=actor,
+                via=via,
+                action="membership.add",
+                subject=f"group:{c.group_address}",
+                before=None,
+                after={"email": c.email, "source": c.source},
+                detail=c.reason,
+            )
             applied += 1
     if removes:
         by_email: dict[str, list[Change]] = {}
@@ -287,18 +316,32 @@ async def apply(session: AsyncSession, plan: Plan, *, actor: str, via: str) -> i
             by_email.setdefault(c.email, []).append(c)
         for email, changes in by_email.items():
             for i in range(0, len(changes), 500):
-                part = changes[i:i + 500]
-                gone = set((await session.execute(
-                    delete(Membership).where(Membership.email == email,
-                                             Membership.group_id.in_([c.group_id for c in part]))
-                    .returning(Membership.group_id))).scalars())
+                part = changes[i : i + 500]
+                gone = set(
+                    (
+                        await session.execute(
+                            delete(Membership)
+                            .where(
+                                Membership.email == email, Membership.group_id.in_([c.group_id for c in part])
+                            )
+                            .returning(Membership.group_id)
+                        )
+                    ).scalars()
+                )
                 for c in part:
                     if c.group_id not in gone:
                         continue
                     gone.discard(c.group_id)
-                    audit.record(session, actor=actor, via=via, action="membership.remove",
-                                 subject=f"group:{c.group_address}", before={"email": c.email, "source": c.source},
-                                 after=None, detail=c.reason)
+                    audit.record(
+                        session,
+                        actor=actor,
+                        via=via,
+                        action="membership.remove",
+                        subject=f"group:{c.group_address}",
+                        before={"email": c.email, "source": c.source},
+                        after=None,
+                        detail=c.reason,
+                    )
                     applied += 1
     await session.flush()
     return applied

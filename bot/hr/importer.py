@@ -50,14 +50,34 @@ class ImportResult:
     dry_run: bool = False
 
     def summary(self) -> str:
-        head = t("{joined} joining, {changed} changing, {left} leaving, {unchanged} unchanged.", joined=self.joined,
-                 changed=self.changed, left=self.left, unchanged=self.unchanged) + " " + self.plan.summary()
+        head = (
+            t(
+                "{joined} joining, {changed} changing, {left} leaving, {unchanged} unchanged.",
+                joined=self.joined,
+                changed=self.changed,
+                left=self.left,
+                unchanged=self.unchanged,
+            )
+            + " "
+            + self.plan.summary()
+        )
         if self.held is not None:
-            return head + "\n" + t("Stopped: the plan waits for an approver (plan #{id}) because {reasons}. Nothing "
-                                   "was changed yet.", id=self.held, reasons=t("; ").join(self.reasons))
+            return (
+                head
+                + "\n"
+                + t(
+                    "Stopped: the plan waits for an approver (plan #{id}) because {reasons}. Nothing "
+                    "was changed yet.",
+                    id=self.held,
+                    reasons=t("; ").join(self.reasons),
+                )
+            )
         if self.dry_run:
-            extra = ("\n" + t("Applying it would need an approver: {reasons}.", reasons=t("; ").join(self.reasons))
-                     if self.reasons else "")
+            extra = (
+                "\n" + t("Applying it would need an approver: {reasons}.", reasons=t("; ").join(self.reasons))
+                if self.reasons
+                else ""
+            )
             return t("Dry run — nothing changed.") + " " + head + extra
         return (t("Imported.") + " " if self.applied else "") + head
 
@@ -90,20 +110,45 @@ def read_snapshot(text: str, domains_check: Callable[[str], bool] | None = None)
         except UserError as exc:
             raise UserError(t("Line {line}: {problem}", line=n, problem=exc.sentence)) from None
         if emp in seen_ids:
-            raise UserError(t("Line {line} repeats employee {id} (first on line {first}).", line=n, id=emp,
-                              first=seen_ids[emp]))
+            raise UserError(
+                t(
+                    "Line {line} repeats employee {id} (first on line {first}).",
+                    line=n,
+                    id=emp,
+                    first=seen_ids[emp],
+                )
+            )
         if email in seen_emails:
-            raise UserError(t("Line {line} repeats {email} (first on line {first}).", line=n, email=email,
-                              first=seen_emails[email]))
+            raise UserError(
+                t(
+                    "Line {line} repeats {email} (first on line {first}).",
+                    line=n,
+                    email=email,
+                    first=seen_emails[email],
+                )
+            )
         seen_ids[emp], seen_emails[email] = n, n
         attrs = {k: v for k, v in row.items() if k not in (id_col, "email", "name") and v != ""}
-        rows.append({"employee_id": emp, "email": email, "name": row.get("name") or None, "attributes": attrs,
-                     "line": n})
+        rows.append(
+            {
+                "employee_id": emp,
+                "email": email,
+                "name": row.get("name") or None,
+                "attributes": attrs,
+                "line": n,
+            }
+        )
     return rows
 
 
-async def import_staff(core: Core, path: Path, *, dry_run: bool = False, actor: str = "cli",
-                       progress: Callable[[int, int], None] | None = None) -> ImportResult:
+async def import_staff(
+    core: Core,
+    path: Path,
+    *,
+    dry_run: bool = False,
+    actor: str = "cli",
+    progress: Callable[[int, int], None] | None = None,
+) -> ImportResult:
     data, text = read_utf8(path)
     rows = read_snapshot(text)
     digest = hashlib.sha256(data).hexdigest()[:16]
@@ -116,7 +161,9 @@ async def import_staff(core: Core, path: Path, *, dry_run: bool = False, actor: 
             await planner.sync_group_definitions(session, rules, ctx.settings, actor=actor, via=SOURCE)
     events: list[PersonEvent] = []
     async with ctx.sessions() as session:
-        people = {p.employee_id: p for p in (await session.execute(select(Person))).scalars() if p.employee_id}
+        people = {
+            p.employee_id: p for p in (await session.execute(select(Person))).scalars() if p.employee_id
+        }
         by_email = {p.email: p for p in people.values()}
         snapshot: list[PersonRow] = []
         in_file: set[str] = set()
@@ -127,18 +174,34 @@ async def import_staff(core: Core, path: Path, *, dry_run: bool = False, actor: 
             if person is None or person.status == "left":
                 kind = "joined"
                 result.joined += 1
-            elif (person.email, person.attributes or {}, person.name or None) != (r["email"], r["attributes"],
-                                                                               r["name"] or person.name):
+            elif (person.email, person.attributes or {}, person.name or None) != (
+                r["email"],
+                r["attributes"],
+                r["name"] or person.name,
+            ):
                 kind = "changed"
                 result.changed += 1
             else:
                 kind = None
                 result.unchanged += 1
-            snapshot.append(PersonRow(person.id if person else None, r["employee_id"], r["email"], r["name"],
-                                      r["attributes"]))
+            snapshot.append(
+                PersonRow(
+                    person.id if person else None, r["employee_id"], r["email"], r["name"], r["attributes"]
+                )
+            )
             if kind is not None:
-                events.append(PersonEvent(kind, SOURCE, r["employee_id"], r["email"], r["attributes"],
-                                          f"{digest}:{r['employee_id']}:{kind}", now, r["name"]))
+                events.append(
+                    PersonEvent(
+                        kind,
+                        SOURCE,
+                        r["employee_id"],
+                        r["email"],
+                        r["attributes"],
+                        f"{digest}:{r['employee_id']}:{kind}",
+                        now,
+                        r["name"],
+                    )
+                )
         leaving = set()
         for emp, person in sorted(people.items()):
             if emp not in in_file and person.status == "active":
@@ -146,23 +209,43 @@ async def import_staff(core: Core, path: Path, *, dry_run: bool = False, actor: 
                 snapshot.append(PersonRow(person.id, emp, person.email, person.name, person.attributes or {}))
                 events.append(PersonEvent("left", SOURCE, emp, person.email, {}, f"{digest}:{emp}:left", now))
                 result.left += 1
-        plan = await planner.plan_reconcile(session, rules, ctx.settings, now=now, people=snapshot, leaving=leaving,
-                                            reason_suffix=" " + t("(missing from {file})", file=path.name))
+        plan = await planner.plan_reconcile(
+            session,
+            rules,
+            ctx.settings,
+            now=now,
+            people=snapshot,
+            leaving=leaving,
+            reason_suffix=" " + t("(missing from {file})", file=path.name),
+        )
         plan = await groups.check_policy(session, plan, ctx.settings)
         result.plan = plan
         if plan.refused:
             c, _why = plan.refused[0]
-            raise UserError(t("{email} is outside {domains}, and the rules put them in the internal group {group}: "
-                              "fix the file, nothing was imported.", email=c.email,
-                              domains=", ".join(ctx.settings.org.domains), group=c.group_address))
+            raise UserError(
+                t(
+                    "{email} is outside {domains}, and the rules put them in the internal group {group}: "
+                    "fix the file, nothing was imported.",
+                    email=c.email,
+                    domains=", ".join(ctx.settings.org.domains),
+                    group=c.group_address,
+                )
+            )
         result.reasons = await planner.hold_reasons(session, plan, ctx.settings)
     if dry_run:
         return result
     if result.reasons:
         async with ctx.sessions() as session, session.begin():
-            pending = await planner.hold(session, source=SOURCE, actor=actor, via=SOURCE, reasons=result.reasons,
-                                         summary=result.summary(), changes=plan.changes,
-                                         events=[{**lifecycle.event_to_dict(e), "snapshot": True} for e in events])
+            pending = await planner.hold(
+                session,
+                source=SOURCE,
+                actor=actor,
+                via=SOURCE,
+                reasons=result.reasons,
+                summary=result.summary(),
+                changes=plan.changes,
+                events=[{**lifecycle.event_to_dict(e), "snapshot": True} for e in events],
+            )
         result.held = pending.id
         await planner.announce_hold(core, pending)
         return result
@@ -174,6 +257,12 @@ async def import_staff(core: Core, path: Path, *, dry_run: bool = False, actor: 
     if events:
         from bot.events import Message
 
-        await core.post("hr", lambda: Message(t("Staff import from {file} by {actor}:", file=path.name, actor=actor)
-                                              + " " + result.summary()[:3000]))
+        await core.post(
+            "hr",
+            lambda: Message(
+                t("Staff import from {file} by {actor}:", file=path.name, actor=actor)
+                + " "
+                + result.summary()[:3000]
+            ),
+        )
     return result

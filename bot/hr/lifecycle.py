@@ -72,13 +72,29 @@ class Outcome:
 
 
 def event_to_dict(e: PersonEvent) -> dict[str, Any]:
-    return {"kind": e.kind, "source": e.source, "external_id": e.external_id, "email": e.email,
-            "attributes": dict(e.attributes), "event_id": e.event_id, "at": e.at.isoformat(), "name": e.name}
+    return {
+        "kind": e.kind,
+        "source": e.source,
+        "external_id": e.external_id,
+        "email": e.email,
+        "attributes": dict(e.attributes),
+        "event_id": e.event_id,
+        "at": e.at.isoformat(),
+        "name": e.name,
+    }
 
 
 def event_from_dict(d: dict[str, Any]) -> PersonEvent:
-    return PersonEvent(d["kind"], d["source"], d["external_id"], d.get("email"), dict(d.get("attributes") or {}),
-                       d["event_id"], datetime.fromisoformat(d["at"]), d.get("name"))
+    return PersonEvent(
+        d["kind"],
+        d["source"],
+        d["external_id"],
+        d.get("email"),
+        dict(d.get("attributes") or {}),
+        d["event_id"],
+        datetime.fromisoformat(d["at"]),
+        d.get("name"),
+    )
 
 
 def _lock_for(core: Core, key: str) -> asyncio.Lock:
@@ -92,15 +108,18 @@ def _lock_for(core: Core, key: str) -> asyncio.Lock:
     return lock
 
 
-async def apply_person_event(core: Core, event: PersonEvent, *, guard: bool = True, notify: bool = True,
-                             snapshot: bool = False) -> Outcome:
+async def apply_person_event(
+    core: Core, event: PersonEvent, *, guard: bool = True, notify: bool = True, snapshot: bool = False
+) -> Outcome:
     """Apply one HR event. Raises UserError (nothing changed) when the event is unusable.
 
     `notify=False` (a bulk import) leaves the per-person note to HR to the caller's summary;
     `snapshot=True` (a CSV row) replaces the attributes on record instead of merging into them.
     """
     if event.kind not in KINDS:
-        raise UserError(t("“{text}” is not an HR event type (joined, changed, left).", text=str(event.kind)[:40]))
+        raise UserError(
+            t("“{text}” is not an HR event type (joined, changed, left).", text=str(event.kind)[:40])
+        )
     if event.at.tzinfo is None:
         raise UserError(t("The event's time has no time zone."))
     async with _lock_for(core, f"{id_namespace(event.source)}:{event.external_id}"):
@@ -131,8 +150,12 @@ async def _report_failure(core: Core, event: PersonEvent) -> None:
         from bot.scheduler import ensure_scheduler, now
 
         scheduler = await ensure_scheduler(core, run_jobs=False)
-        scheduler.at(f"hr.retry:{event.source}:{event.event_id}"[:190], now() + timedelta(minutes=1),
-                     "bot.hr.lifecycle:retry_event", event=event_to_dict(event))
+        scheduler.at(
+            f"hr.retry:{event.source}:{event.event_id}"[:190],
+            now() + timedelta(minutes=1),
+            "bot.hr.lifecycle:retry_event",
+            event=event_to_dict(event),
+        )
     except Exception:
         log.exception("could not schedule the retry of %s", event.event_id)
         scheduled = False
@@ -140,15 +163,35 @@ async def _report_failure(core: Core, event: PersonEvent) -> None:
     def text() -> Message:
         if event.kind == "left":
             if scheduled:
-                return Message(t("Removing leaver {who} from their groups failed; I will try again in a minute.",
-                                 who=who))
-            return Message(t("Removing leaver {who} from their groups failed; the HR system's redelivery or /sync "
-                             "will fix it.", who=who))
+                return Message(
+                    t(
+                        "Removing leaver {who} from their groups failed; I will try again in a minute.",
+                        who=who,
+                    )
+                )
+            return Message(
+                t(
+                    "Removing leaver {who} from their groups failed; the HR system's redelivery or /sync "
+                    "will fix it.",
+                    who=who,
+                )
+            )
         if scheduled:
-            return Message(t("Applying the {kind} event for {who} failed; I will try again in a minute.",
-                             kind=event.kind, who=who))
-        return Message(t("Applying the {kind} event for {who} failed; the HR system's redelivery or /sync will fix "
-                         "it.", kind=event.kind, who=who))
+            return Message(
+                t(
+                    "Applying the {kind} event for {who} failed; I will try again in a minute.",
+                    kind=event.kind,
+                    who=who,
+                )
+            )
+        return Message(
+            t(
+                "Applying the {kind} event for {who} failed; the HR system's redelivery or /sync will fix "
+                "it.",
+                kind=event.kind,
+                who=who,
+            )
+        )
 
     await core.post("hr", text)
 
@@ -169,10 +212,17 @@ async def _retry_unknown_leaver(core: Core, event: PersonEvent, why: str, *, att
     who = event.external_id
     if attempt >= len(UNKNOWN_LEAVER_RETRY_MIN):
         log.error("leaver event %s from %s gave up: %s", event.event_id, event.source, why)
-        await core.post("hr", lambda: Message(t(
-            "The leaver event for {who} ({source}) still names nobody I know, so I stopped trying: remove them "
-            "by hand (/removegroup) or send the event again with their email address.", who=who,
-            source=event.source)))
+        await core.post(
+            "hr",
+            lambda: Message(
+                t(
+                    "The leaver event for {who} ({source}) still names nobody I know, so I stopped trying: remove them "
+                    "by hand (/removegroup) or send the event again with their email address.",
+                    who=who,
+                    source=event.source,
+                )
+            ),
+        )
         return
     minutes = UNKNOWN_LEAVER_RETRY_MIN[attempt]
     scheduled = True
@@ -180,21 +230,40 @@ async def _retry_unknown_leaver(core: Core, event: PersonEvent, why: str, *, att
         from bot.scheduler import ensure_scheduler, now
 
         scheduler = await ensure_scheduler(core, run_jobs=False)
-        scheduler.at(_unknown_job_id(event), now() + timedelta(minutes=minutes), "bot.hr.lifecycle:retry_unknown_leaver",
-                     event=event_to_dict(event), attempt=attempt + 1)
+        scheduler.at(
+            _unknown_job_id(event),
+            now() + timedelta(minutes=minutes),
+            "bot.hr.lifecycle:retry_unknown_leaver",
+            event=event_to_dict(event),
+            attempt=attempt + 1,
+        )
     except Exception:
         log.exception("could not schedule the retry of leaver event %s", event.event_id)
         scheduled = False
     log.warning("leaver event %s from %s not applied yet: %s", event.event_id, event.source, why)
     if attempt == 0 or not scheduled:
+
         def text() -> Message:
             if scheduled:
-                return Message(t("A leaver event for {who} ({source}) names nobody I know yet (no email address); "
-                                 "I will try again in {minutes} minutes. If they are still in groups, remove them by "
-                                 "hand (/removegroup).", who=who, source=event.source, minutes=minutes))
-            return Message(t("A leaver event for {who} ({source}) names nobody I know (no email address), and I "
-                             "could not schedule another try: remove them by hand (/removegroup) or send the event "
-                             "again with their email address.", who=who, source=event.source))
+                return Message(
+                    t(
+                        "A leaver event for {who} ({source}) names nobody I know yet (no email address); "
+                        "I will try again in {minutes} minutes. If they are still in groups, remove them by "
+                        "hand (/removegroup).",
+                        who=who,
+                        source=event.source,
+                        minutes=minutes,
+                    )
+                )
+            return Message(
+                t(
+                    "A leaver event for {who} ({source}) names nobody I know (no email address), and I "
+                    "could not schedule another try: remove them by hand (/removegroup) or send the event "
+                    "again with their email address.",
+                    who=who,
+                    source=event.source,
+                )
+            )
 
         await core.post("hr", text)
 
@@ -220,14 +289,18 @@ async def _apply(core: Core, event: PersonEvent, guard: bool, snapshot: bool = F
     settings = ctx.settings
     rules = planner.rules_in_force(core)
     async with ctx.sessions() as session, session.begin():
-        fresh = await insert_ignore(session, ProcessedEvent, [{"source": f"person:{event.source}",
-                                                               "event_id": event.event_id[:300]}],
-                                    ["source", "event_id"])
+        fresh = await insert_ignore(
+            session,
+            ProcessedEvent,
+            [{"source": f"person:{event.source}", "event_id": event.event_id[:300]}],
+            ["source", "event_id"],
+        )
         if not fresh:
             return Outcome("duplicate")
         namespace = id_namespace(event.source)
-        known_ids = select(PersonId.person_id).where(PersonId.namespace == namespace,
-                                                     PersonId.external_id == event.external_id)
+        known_ids = select(PersonId.person_id).where(
+            PersonId.namespace == namespace, PersonId.external_id == event.external_id
+        )
         query = select(Person).where(Person.id.in_(known_ids))
         if ctx.dialect == "postgresql":
             query = query.with_for_update()
@@ -239,8 +312,13 @@ async def _apply(core: Core, event: PersonEvent, guard: bool, snapshot: bool = F
             person = (await session.execute(query)).scalar_one_or_none()
         email = normalise(event.email) if event.email else (person.email if person else None)
         if email is None:
-            raise UnknownPerson(t("The {kind} event for {id} has no email address, and the person is not known yet.",
-                              kind=event.kind, id=event.external_id))
+            raise UnknownPerson(
+                t(
+                    "The {kind} event for {id} has no email address, and the person is not known yet.",
+                    kind=event.kind,
+                    id=event.external_id,
+                )
+            )
         if person is None:
             person = (await session.execute(select(Person).where(Person.email == email))).scalar_one_or_none()
         # Only a strictly older event is stale: one with the same time (sources with whole seconds) and another
@@ -249,16 +327,35 @@ async def _apply(core: Core, event: PersonEvent, guard: bool, snapshot: bool = F
             return Outcome("stale", email)
         known_before = person is not None
         if person is None:
-            person = Person(employee_id=event.external_id, email=email, name=event.name,
-                            attributes=dict(event.attributes), source=event.source, status="active")
+            person = Person(
+                employee_id=event.external_id,
+                email=email,
+                name=event.name,
+                attributes=dict(event.attributes),
+                source=event.source,
+                status="active",
+            )
             session.add(person)
             await session.flush()
-        await insert_ignore(session, PersonId, [{"namespace": namespace, "external_id": event.external_id[:200],
-                                                 "person_id": person.id, "created_at": ctx.now()}],
-                            ["namespace", "external_id"])
+        await insert_ignore(
+            session,
+            PersonId,
+            [
+                {
+                    "namespace": namespace,
+                    "external_id": event.external_id[:200],
+                    "person_id": person.id,
+                    "created_at": ctx.now(),
+                }
+            ],
+            ["namespace", "external_id"],
+        )
         # Memberships given by hand before the person was on record become theirs.
-        await session.execute(update(Membership).where(Membership.email == person.email,
-                                                       Membership.person_id.is_(None)).values(person_id=person.id))
+        await session.execute(
+            update(Membership)
+            .where(Membership.email == person.email, Membership.person_id.is_(None))
+            .values(person_id=person.id)
+        )
         before = {"status": person.status, "email": person.email, "attributes": dict(person.attributes or {})}
         person.last_event_at = event.at
         person.employee_id = person.employee_id or event.external_id
@@ -268,8 +365,9 @@ async def _apply(core: Core, event: PersonEvent, guard: bool, snapshot: bool = F
             person.status = "left"
             person.left_at = event.at
             due = event.at + timedelta(hours=settings.groups.leaver_grace_hours)
-            current = await planner.plan_leaver(session, person, t("{email} left ({source})", email=email,
-                                                                   source=event.source))
+            current = await planner.plan_leaver(
+                session, person, t("{email} left ({source})", email=email, source=event.source)
+            )
             person.left_groups = sorted({c.group_address for c in current.changes})
             if due <= ctx.now():
                 await groups.apply(session, current, actor=actor, via=via)
@@ -292,8 +390,12 @@ async def _apply(core: Core, event: PersonEvent, guard: bool, snapshot: bool = F
             if event.source in HR_SOURCES and (event.kind == "joined" or snapshot):
                 # HR's record is the whole truth about HR's attributes; what a messenger's directory added
                 # (namespaced: slack_…, dingtalk_…, wecom_…) stays.
-                person.attributes = {**{k: v for k, v in (person.attributes or {}).items()
-                                        if k.startswith(DIRECTORY_PREFIXES)}, **dict(event.attributes)}
+                person.attributes = {
+                    **{
+                        k: v for k, v in (person.attributes or {}).items() if k.startswith(DIRECTORY_PREFIXES)
+                    },
+                    **dict(event.attributes),
+                }
             else:  # a directory's joined or changed merges, never replaces
                 person.attributes = {**(person.attributes or {}), **dict(event.attributes)}
             await session.flush()
@@ -305,81 +407,133 @@ async def _apply(core: Core, event: PersonEvent, guard: bool, snapshot: bool = F
                 # change) simply stays out of internal groups while their other changes apply.
                 if plan.refused and not moved_out and (event.kind == "joined" or not known_before):
                     c = plan.refused[0][0]
-                    raise UserError(t("{email} is outside {domains}, and the rules put them in the internal group "
-                                      "{group}: external people can't join it.", email=c.email,
-                                      domains=", ".join(settings.org.domains), group=c.group_address))
+                    raise UserError(
+                        t(
+                            "{email} is outside {domains}, and the rules put them in the internal group "
+                            "{group}: external people can't join it.",
+                            email=c.email,
+                            domains=", ".join(settings.org.domains),
+                            group=c.group_address,
+                        )
+                    )
                 held = groups.Plan()
                 if guard:
-                    plan, held = planner.split_protected(plan, await planner.protected_addresses(session, plan))
+                    plan, held = planner.split_protected(
+                        plan, await planner.protected_addresses(session, plan)
+                    )
                 await groups.apply(session, plan, actor=actor, via=via)
                 outcome.added = sorted(c.group_address for c in plan.adds)
                 outcome.removed = sorted({*moved_out, *(c.group_address for c in plan.removes)})
                 if held.changes:
-                    pending = await planner.hold(session, source=event.source, actor=actor, via=via,
-                                                 reasons=[t("it changes the protected group {group}", group=a) for a in
-                                                          sorted({c.group_address for c in held.changes})],
-                                                 summary=held.summary(), changes=held.changes)
+                    pending = await planner.hold(
+                        session,
+                        source=event.source,
+                        actor=actor,
+                        via=via,
+                        reasons=[
+                            t("it changes the protected group {group}", group=a)
+                            for a in sorted({c.group_address for c in held.changes})
+                        ],
+                        summary=held.summary(),
+                        changes=held.changes,
+                    )
                     outcome.held = pending.id
                 outcome.kept = await _manual_groups(session, person)
-        audit.record(session, actor=actor, via=via, action=f"person.{'rehired' if outcome.before is not None else event.kind}",
-                     subject=f"person:{person.employee_id or email}", before=before,
-                     after={"status": person.status, "email": person.email, "attributes": person.attributes},
-                     detail=f"event {event.event_id}")
+        audit.record(
+            session,
+            actor=actor,
+            via=via,
+            action=f"person.{'rehired' if outcome.before is not None else event.kind}",
+            subject=f"person:{person.employee_id or email}",
+            before=before,
+            after={"status": person.status, "email": person.email, "attributes": person.attributes},
+            detail=f"event {event.event_id}",
+        )
         outcome.kind = event.kind
         outcome.who = f"{person.name} ({person.email})" if person.name else person.email
-        outcome.moved = [f"{k} {before['attributes'].get(k, '—')} → {v}" for k, v in sorted(event.attributes.items())
-                         if before["attributes"].get(k) != v]
+        outcome.moved = [
+            f"{k} {before['attributes'].get(k, '—')} → {v}"
+            for k, v in sorted(event.attributes.items())
+            if before["attributes"].get(k) != v
+        ]
         outcome.note = hr_note(outcome)
         person_id = person.id
     outcome.person_id = person_id
     return outcome
 
 
-async def _rename(session: Any, person: Person, email: str, settings: Any, *, actor: str, via: str) -> list[str]:
+async def _rename(
+    session: Any, person: Person, email: str, settings: Any, *, actor: str, via: str
+) -> list[str]:
     """A person's address changed: their memberships follow — except into internal groups when the new
     address is outside the company's domains: those memberships are removed (planned, audited, with the
     reason). Returns the groups they were removed from."""
-    taken = (await session.execute(select(Person.id).where(Person.email == email, Person.id != person.id))).first()
+    taken = (
+        await session.execute(select(Person.id).where(Person.email == email, Person.id != person.id))
+    ).first()
     if taken:
         raise UserError(t("{email} already belongs to another person on record.", email=email))
     removed: list[str] = []
     if not settings.is_internal(email):
-        rows = (await session.execute(
-            select(Membership.group_id, Group.address, Membership.email, Membership.source)
-            .join(Group, Group.id == Membership.group_id)
-            .where((Membership.person_id == person.id) | (Membership.email == person.email),
-                   Group.kind == "internal"))).all()
-        why = t("{old} changed address to {new}, outside {domains}: external people can't be in internal groups",
-                old=person.email, new=email, domains=", ".join(settings.org.domains))
-        plan = groups.Plan([groups.Change("remove", r.group_id, r.address, r.email, r.source, why, person.id)
-                            for r in rows])
+        rows = (
+            await session.execute(
+                select(Membership.group_id, Group.address, Membership.email, Membership.source)
+                .join(Group, Group.id == Membership.group_id)
+                .where(
+                    (Membership.person_id == person.id) | (Membership.email == person.email),
+                    Group.kind == "internal",
+                )
+            )
+        ).all()
+        why = t(
+            "{old} changed address to {new}, outside {domains}: external people can't be in internal groups",
+            old=person.email,
+            new=email,
+            domains=", ".join(settings.org.domains),
+        )
+        plan = groups.Plan(
+            [groups.Change("remove", r.group_id, r.address, r.email, r.source, why, person.id) for r in rows]
+        )
         await groups.apply(session, plan, actor=actor, via=via)
         removed = sorted({r.address for r in rows})
-    await session.execute(update(Membership).where(
-        (Membership.person_id == person.id) | (Membership.email == person.email)).values(email=email,
-                                                                                        person_id=person.id))
+    await session.execute(
+        update(Membership)
+        .where((Membership.person_id == person.id) | (Membership.email == person.email))
+        .values(email=email, person_id=person.id)
+    )
     person.email = email
     return removed
 
 
 async def _manual_groups(session: Any, person: Person) -> list[str]:
-    return sorted((await session.execute(
-        select(Group.address).join(Membership, Membership.group_id == Group.id)
-        .where(Membership.email == person.email, ~Membership.source.like("rule:%")))).scalars())
+    return sorted(
+        (
+            await session.execute(
+                select(Group.address)
+                .join(Membership, Membership.group_id == Group.id)
+                .where(Membership.email == person.email, ~Membership.source.like("rule:%"))
+            )
+        ).scalars()
+    )
 
 
 async def owned_groups(session: Any, email: str) -> list[str]:
     from sqlalchemy import String, cast
 
     # The text match narrows the rows on both databases; the list check makes it exact.
-    rows = (await session.execute(select(Group.address, Group.owners).where(
-        cast(Group.owners, String).like(f'%"{email}"%')))).all()
+    rows = (
+        await session.execute(
+            select(Group.address, Group.owners).where(cast(Group.owners, String).like(f'%"{email}"%'))
+        )
+    ).all()
     return sorted(a for a, owners in rows if email in (owners or []))
 
 
 def _list(items: list[str], limit: int = 10) -> str:
     shown = ", ".join(items[:limit])
-    return t("{items} and {count} more", items=shown, count=len(items) - limit) if len(items) > limit else shown
+    return (
+        t("{items} and {count} more", items=shown, count=len(items) - limit) if len(items) > limit else shown
+    )
 
 
 def hr_note(o: Outcome) -> str:
@@ -387,8 +541,11 @@ def hr_note(o: Outcome) -> str:
     who = o.who
     if o.kind == "left":
         if o.removal_due is not None:
-            text = t("{who} left; they stay in their groups until {due} UTC (grace period).", who=who,
-                     due=f"{o.removal_due:%Y-%m-%d %H:%M}")
+            text = t(
+                "{who} left; they stay in their groups until {due} UTC (grace period).",
+                who=who,
+                due=f"{o.removal_due:%Y-%m-%d %H:%M}",
+            )
         elif o.removed:
             text = t("{who} left: removed from {groups}.", who=who, groups=_list(o.removed))
         else:
@@ -404,16 +561,25 @@ def hr_note(o: Outcome) -> str:
         done = t("; ").join(changes) if changes else t("no group changed")
         if o.before is not None:
             if o.before:
-                text = t("{who} is back (rehired): {changes}. When they left they were in {groups}.", who=who,
-                         changes=done, groups=_list(o.before))
+                text = t(
+                    "{who} is back (rehired): {changes}. When they left they were in {groups}.",
+                    who=who,
+                    changes=done,
+                    groups=_list(o.before),
+                )
             else:
-                text = t("{who} is back (rehired): {changes}. When they left they were in no group.", who=who,
-                         changes=done)
+                text = t(
+                    "{who} is back (rehired): {changes}. When they left they were in no group.",
+                    who=who,
+                    changes=done,
+                )
         elif o.kind == "joined":
             text = t("{who} joined: {changes}.", who=who, changes=done)
         else:
             if o.moved:
-                text = t("{who} changed ({moves}): {changes}.", who=who, moves=t("; ").join(o.moved), changes=done)
+                text = t(
+                    "{who} changed ({moves}): {changes}.", who=who, moves=t("; ").join(o.moved), changes=done
+                )
             else:
                 text = t("{who} changed: {changes}.", who=who, changes=done)
             kept = [g for g in o.kept if g not in o.added]
@@ -422,7 +588,9 @@ def hr_note(o: Outcome) -> str:
         if o.held is not None:
             text += " " + t("Changes to protected groups wait for an approver (plan #{id}).", id=o.held)
     if o.schedule_failed:
-        text += " " + t("Scheduling their removal failed: /sync will remove them when the grace period is over.")
+        text += " " + t(
+            "Scheduling their removal failed: /sync will remove them when the grace period is over."
+        )
     return text
 
 
@@ -433,8 +601,13 @@ async def _after_commit(core: Core, event: PersonEvent, o: Outcome, notify: bool
 
             scheduler = await ensure_scheduler(core, run_jobs=False)
             assert o.person_id is not None
-            scheduler.at(leaver_job_id(o.person_id), o.removal_due, "bot.hr.lifecycle:finish_leaver",
-                         person_id=o.person_id, left_at=event.at.isoformat())
+            scheduler.at(
+                leaver_job_id(o.person_id),
+                o.removal_due,
+                "bot.hr.lifecycle:finish_leaver",
+                person_id=o.person_id,
+                left_at=event.at.isoformat(),
+            )
         except Exception:
             log.exception("could not schedule the removal of leaver %s", o.person)
             o.schedule_failed = True
@@ -467,7 +640,9 @@ async def remove_leaver(core: Core, person_id: int, left_at: datetime) -> list[s
             # Rehired (or a newer leave) since: this job is no longer theirs to run.
             if person is None or person.status != "left" or person.left_at != left_at.astimezone(UTC):
                 return removed
-            plan = await planner.plan_leaver(session, person, t("{email} left; grace period over", email=person.email))
+            plan = await planner.plan_leaver(
+                session, person, t("{email} left; grace period over", email=person.email)
+            )
             await groups.apply(session, plan, actor="hr:grace-period", via="scheduler")
             removed = sorted({c.group_address for c in plan.changes})
             who = person.email
@@ -476,12 +651,30 @@ async def remove_leaver(core: Core, person_id: int, left_at: datetime) -> list[s
         from bot.scheduler import ensure_scheduler, now
 
         scheduler = await ensure_scheduler(core, run_jobs=False)
-        scheduler.at(leaver_job_id(person_id), now() + timedelta(minutes=1), "bot.hr.lifecycle:finish_leaver",
-                     person_id=person_id, left_at=left_at.isoformat())
-        await core.post("hr", lambda: Message(t("Removing a leaver (person #{id}) from their groups failed; I will "
-                                                "try again in a minute.", id=person_id)))
+        scheduler.at(
+            leaver_job_id(person_id),
+            now() + timedelta(minutes=1),
+            "bot.hr.lifecycle:finish_leaver",
+            person_id=person_id,
+            left_at=left_at.isoformat(),
+        )
+        await core.post(
+            "hr",
+            lambda: Message(
+                t(
+                    "Removing a leaver (person #{id}) from their groups failed; I will "
+                    "try again in a minute.",
+                    id=person_id,
+                )
+            ),
+        )
         return removed
-    await core.post("hr", lambda: Message(
-        t("{who}'s grace period is over: removed from {groups}.", who=who, groups=_list(removed)) if removed else
-        t("{who}'s grace period is over; they were in no group.", who=who)))
+    await core.post(
+        "hr",
+        lambda: Message(
+            t("{who}'s grace period is over: removed from {groups}.", who=who, groups=_list(removed))
+            if removed
+            else t("{who}'s grace period is over; they were in no group.", who=who)
+        ),
+    )
     return removed

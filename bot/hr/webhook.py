@@ -52,7 +52,9 @@ def verify(secret: str, headers: Any, body: bytes, tolerance_s: int, now: float)
     if not ts.strip().isdigit():
         raise Refused(400, "X-Postroom-Timestamp must be a whole number of seconds since 1970.")
     if abs(now - int(ts)) > tolerance_s:
-        raise Refused(401, f"The timestamp is more than {tolerance_s // 60} minutes from now; sign the request again.")
+        raise Refused(
+            401, f"The timestamp is more than {tolerance_s // 60} minutes from now; sign the request again."
+        )
     if not hmac.compare_digest(sign(secret, ts.strip(), body).encode(), sig.strip().encode()):
         raise Refused(401, "The signature does not match the body and timestamp.")
 
@@ -83,11 +85,15 @@ def parse_event(body: bytes) -> PersonEvent:
         raise Refused(422, f"type must be joined, changed or left, not {json.dumps(kind)[:40]}.")
     raw_at = data.get("occurred_at")
     if not isinstance(raw_at, str):
-        raise Refused(422, "occurred_at must be an ISO 8601 time with a time zone, e.g. 2026-11-26T09:00:00Z.")
+        raise Refused(
+            422, "occurred_at must be an ISO 8601 time with a time zone, e.g. 2026-11-26T09:00:00Z."
+        )
     try:
         at = datetime.fromisoformat(raw_at.replace("Z", "+00:00"))
     except ValueError:
-        raise Refused(422, "occurred_at must be an ISO 8601 time with a time zone, e.g. 2026-11-26T09:00:00Z.") from None
+        raise Refused(
+            422, "occurred_at must be an ISO 8601 time with a time zone, e.g. 2026-11-26T09:00:00Z."
+        ) from None
     if at.tzinfo is None:
         raise Refused(422, "occurred_at has no time zone; add Z or +hh:mm.")
     employee = data.get("employee")
@@ -98,7 +104,7 @@ def parse_event(body: bytes) -> PersonEvent:
     name = _text(employee.get("name"), "employee.name", 200, required=False)
     attributes = employee.get("attributes") or {}
     if not isinstance(attributes, dict):
-        raise Refused(422, "employee.attributes must be a flat JSON object such as {\"department\": \"Sales\"}.")
+        raise Refused(422, 'employee.attributes must be a flat JSON object such as {"department": "Sales"}.')
     if len(attributes) > MAX_ATTRIBUTES:
         raise Refused(422, f"employee.attributes has more than {MAX_ATTRIBUTES} keys.")
     for key, value in attributes.items():
@@ -107,8 +113,16 @@ def parse_event(body: bytes) -> PersonEvent:
         if isinstance(value, str) and len(value) > 500:
             raise Refused(422, f"employee.attributes.{key[:40]} is longer than 500 characters.")
     assert event_id is not None and emp_id is not None
-    return PersonEvent(kind, SOURCE, emp_id, email, {k: v for k, v in attributes.items() if v is not None},
-                       event_id, at.astimezone(UTC), name)
+    return PersonEvent(
+        kind,
+        SOURCE,
+        emp_id,
+        email,
+        {k: v for k, v in attributes.items() if v is not None},
+        event_id,
+        at.astimezone(UTC),
+        name,
+    )
 
 
 def webhook_routes(core: Core) -> list[Route]:

@@ -69,7 +69,9 @@ def build_message(
     lines.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
     head = ("\r\n".join(lines) + "\r\n\r\n").encode()
     b = boundary.encode()
-    part_head = b'Content-Type: text/%s; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n'
+    part_head = (
+        b'Content-Type: text/%s; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n'
+    )
     return b"".join(
         [
             head,

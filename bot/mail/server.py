@@ -74,8 +74,9 @@ class Mailbox:
 class _Handler:
     routes: list[Route] = field(default_factory=list)
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
-                          rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
         rcpt = address.lower()
         for route in self.routes:
             reply = await route.accepts(rcpt, (envelope.mail_from or "").lower())
@@ -85,8 +86,10 @@ class _Handler:
                 peer = session.peer[0] if isinstance(session.peer, tuple) and session.peer else None
                 if not route.peer_allowed(peer):
                     log.warning("relaying to %s denied for %s", rcpt, peer)
-                    return (f"550 5.7.1 <{rcpt}>: relaying denied: this server takes mail for this address only "
-                            "from the company's own mail servers")
+                    return (
+                        f"550 5.7.1 <{rcpt}>: relaying denied: this server takes mail for this address only "
+                        "from the company's own mail servers"
+                    )
             if reply.startswith("2"):
                 envelope.rcpt_tos.append(rcpt)
                 tags = getattr(envelope, "postroom_routes", None)
@@ -117,8 +120,9 @@ class _Handler:
 
 
 class EmbeddedSmtpServer:
-    def __init__(self, host: str, port: int, routes: list[Route] | None = None,
-                 data_size_limit: int = 25 * 1024 * 1024):
+    def __init__(
+        self, host: str, port: int, routes: list[Route] | None = None, data_size_limit: int = 25 * 1024 * 1024
+    ):
         self.host = host
         self.port = port
         self.handler = _Handler(list(routes or []))
@@ -134,9 +138,15 @@ class EmbeddedSmtpServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: SMTP(self.handler, hostname="postroom", data_size_limit=self.data_size_limit,
-                         decode_data=False, ident="Postroom ESMTP"),
-            host=self.host, port=self.port,
+            lambda: SMTP(
+                self.handler,
+                hostname="postroom",
+                data_size_limit=self.data_size_limit,
+                decode_data=False,
+                ident="Postroom ESMTP",
+            ),
+            host=self.host,
+            port=self.port,
         )
         self.port = self._server.sockets[0].getsockname()[1]
 

@@ -84,7 +84,8 @@ class SmtpTransport:
             reply = await client.execute_command(b"RCPT", b"TO:<" + recipient.encode() + b">")
             if reply.code not in (250, 251):
                 raise aiosmtplib.SMTPRecipientsRefused(
-                    [aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)])
+                    [aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)]
+                )
             await self._data(client, data)
         except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
             try:  # reset the envelope for the next message on this connection
@@ -142,11 +143,18 @@ class SmtpTransport:
                     await _discard(holder)
                     if attempt == 2:
                         return _classify(exc.code, exc.message)
-                except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPConnectError, aiosmtplib.SMTPTimeoutError,
-                        ConnectionError, OSError) as exc:
+                except (
+                    aiosmtplib.SMTPServerDisconnected,
+                    aiosmtplib.SMTPConnectError,
+                    aiosmtplib.SMTPTimeoutError,
+                    ConnectionError,
+                    OSError,
+                ) as exc:
                     await _discard(holder)
                     if attempt == 2:
-                        return Outcome(ok=False, permanent=False, code=None, detail=f"connection failed: {exc}")
+                        return Outcome(
+                            ok=False, permanent=False, code=None, detail=f"connection failed: {exc}"
+                        )
         return Outcome(ok=False, detail="unreachable")  # pragma: no cover
 
     async def close(self) -> None:

@@ -3,6 +3,7 @@
 Revision ID: 0004
 Revises: 0003
 """
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -15,7 +16,9 @@ depends_on = None
 def upgrade() -> None:
     op.create_table(
         "campaign_events",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
+        sa.Column(
+            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
+        ),
         sa.Column("campaign_id", sa.Integer(), nullable=False),
         sa.Column("delivery_id", sa.BigInteger(), nullable=True),
         sa.Column("email_hash", sa.String(length=64), nullable=False),

@@ -3,6 +3,7 @@
 Revision ID: 0006
 Revises: 0005
 """
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -18,7 +19,9 @@ def upgrade() -> None:
     with op.batch_alter_table("approvals") as batch:
         batch.add_column(sa.Column("submission", sa.Integer(), nullable=False, server_default="0"))
         batch.drop_constraint("uq_approval_once", type_="unique")
-        batch.create_unique_constraint("uq_approval_once", ["campaign_id", "submission", "approver", "content_hash"])
+        batch.create_unique_constraint(
+            "uq_approval_once", ["campaign_id", "submission", "approver", "content_hash"]
+        )
 
 
 def downgrade() -> None:
