@@ -111,6 +111,22 @@ class Membership(Base):
     added_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class RuleException(Base):
+    """HR removed this person by hand from a group their rules put them in: reconciles keep them out
+    until HR adds them again (`/addgroup`), which lifts the exception."""
+
+    __tablename__ = "rule_exceptions"
+    __table_args__ = (UniqueConstraint("group_id", "person_id", name="uq_rule_exception"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"))
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id", ondelete="CASCADE"), index=True)
+    email: Mapped[str] = mapped_column(String(320))  # the person's address when it was made, for display
+    rule: Mapped[str] = mapped_column(String(120))  # the rule source it overrides, e.g. rule:eng
+    created_by: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
 class Contact(Base):
     """An external person a campaign may mail, with the record of their consent."""
 
