@@ -21,6 +21,7 @@ test: $(STAMP)
 	$(BIN)/ruff check bot adapters tests $(wildcard benchmarks)
 	$(BIN)/ruff format --check --quiet bot adapters tests $(wildcard benchmarks)
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -281,11 +281,12 @@ async def run_worker(
     database_url: str, folder: Path, port: int, campaign_id: int, **campaigns: Any
 ) -> dict[str, Any]:
     """One sending process: what `postroom serve` does for a campaign that is `sending`."""
-    from bot.app import build_core, close_core
+    from bot.app import build_app
     from bot.campaigns.engine import DeliveryEngine
 
     settings = settings_for(folder, database_url, port, **campaigns)
-    core = await build_core(settings)
+    app = await build_app(settings)
+    core = app.core
     try:
         engine = DeliveryEngine(core.ctx, worker_id=f"bench-{os.getpid()}")
         started = time.time()
@@ -294,7 +295,7 @@ async def run_worker(
         result = await engine.run(campaign_id)
         return {"state": result.state, "started": started, "ended": time.time(), "sent": engine.sent_total}
     finally:
-        await close_core(core)
+        await app.close()
 
 
 def run_async(coro: Any) -> Any:

@@ -41,13 +41,15 @@ def child(args: argparse.Namespace) -> None:
 
 
 async def prepare(db: str, folder: Path, port: int, n: int) -> int:
-    from bot.app import build_core, close_core
+    from bot.app import build_app
 
-    core = await build_core(settings_for(folder, db, port))
+    app = await build_app(settings_for(folder, db, port))
+
+    core = app.core
     try:
         return await seed_campaign(core, n)
     finally:
-        await close_core(core)
+        await app.close()
 
 
 def main() -> None:

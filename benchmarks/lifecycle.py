@@ -34,8 +34,7 @@ from sqlalchemy import insert, select, text, update  # noqa: E402
 from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
 
 from bot import audit  # noqa: E402
-from bot.app import build_core, close_core  # noqa: E402
-from bot.commands.lifecycle import reconcile  # noqa: E402
+from bot.app import build_app  # noqa: E402
 from bot.config import load_settings, normalise_database_url  # noqa: E402
 from bot.db.models import Group, Membership, Person  # noqa: E402
 from bot.events import PersonEvent  # noqa: E402
@@ -61,10 +60,11 @@ def attributes(i: int, dims: int, shift: int = 0) -> dict[str, str]:
     return {f"a{d}": f"v{(i * 7 + d * 3 + shift) % VALUES}" for d in range(dims)}
 
 
-async def setup(core, people: int, groups: int, per_person: int) -> None:  # type: ignore[no-untyped-def]
+async def setup(app, people: int, groups: int, per_person: int) -> None:  # type: ignore[no-untyped-def]
+    core = app.core
     settings = core.ctx.settings
     rules = parse_rules(rules_yaml(groups), settings, "bench.yaml")
-    core.services["rules"] = rules
+    app.rules.use(rules)
     async with core.ctx.sessions() as s, s.begin():
         await planner.sync_group_definitions(s, rules, settings, actor="bench", via="bench")
     dims = groups // VALUES
@@ -120,10 +120,11 @@ async def run(url: str, people: int, groups: int, per_person: int, leavers: int)
         org={"name": "Bench", "domains": ["corp.example"]},
         groups={"max_remove_count": 100_000},
     )
-    core = await build_core(settings)
+    app = await build_app(settings)
+    core = app.core
     try:
         t0 = time.perf_counter()
-        await setup(core, people, groups, per_person)
+        await setup(app, people, groups, per_person)
         setup_s = time.perf_counter() - t0
         async with core.ctx.sessions() as s:
             total = (await s.execute(text("SELECT count(*) FROM memberships"))).scalar_one()
@@ -177,15 +178,15 @@ async def run(url: str, people: int, groups: int, per_person: int, leavers: int)
         scan_s = time.perf_counter() - t
 
         t = time.perf_counter()
-        summary = await reconcile(core, source="sync", actor="bench", via="bench", dry_run=False)
+        summary = await app.memberships.reconcile(source="sync", actor="bench", via="bench", dry_run=False)
         reconcile_s = time.perf_counter() - t
         first_line = summary.splitlines()[0]
         t = time.perf_counter()
-        again = await reconcile(core, source="sync", actor="bench", via="bench", dry_run=True)
+        again = await app.memberships.reconcile(source="sync", actor="bench", via="bench", dry_run=True)
         insync_s = time.perf_counter() - t
         assert "nothing to change" in again, again[:300]
     finally:
-        await close_core(core)
+        await app.close()
     print(
         f"baseline: one audited single-row transaction p50 {statistics.median(base):.2f} ms, "
         f"p95 {pct(base, 95):.2f} ms",

@@ -26,8 +26,7 @@ import httpx  # noqa: E402
 
 from adapters.console import ConsoleAdapter  # noqa: E402
 from adapters.wecom.crypto import WeComCrypto  # noqa: E402
-from bot.app import build_core, close_core, load_adapter  # noqa: E402
-from bot.web import build_web  # noqa: E402
+from bot.app import build_app, load_adapter  # noqa: E402
 from tests.conftest import HR, make_settings  # noqa: E402
 from tests.fake_dingtalk import FakeDingTalk  # noqa: E402
 from tests.fake_wecom import FakeWeCom  # noqa: E402
@@ -61,15 +60,16 @@ async def wecom(tmp: Path) -> dict[str, dict[str, float]]:
                 "api_url": url,
             },
         )
-        core = await build_core(settings)
+        app = await build_app(settings)
+        core = app.core
         adapter = load_adapter("wecom", settings)
         assert adapter is not None
-        core.attach(adapter)
+        app.attach(adapter)
         await adapter.start(core)
         crypto = WeComCrypto(TOKEN, AES_KEY, CORP_ID)
         full, base = [], []
         async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=build_web(core)), base_url="http://b"
+            transport=httpx.ASGITransport(app=app.web()), base_url="http://b"
         ) as web:
             for i in range(N):
                 ts = str(int(time.time()))
@@ -91,7 +91,7 @@ async def wecom(tmp: Path) -> dict[str, dict[str, float]]:
                 r = await web.post("/wecom/callback", content=body)
                 base.append(time.perf_counter() - t0)
                 assert r.status_code == 400
-        await close_core(core)
+        await app.close()
     return {"wecom_callback": summary(full), "wecom_baseline_refused_early": summary(base)}
 
 
@@ -110,12 +110,13 @@ async def dingtalk(tmp: Path) -> dict[str, dict[str, float]]:
                 "hr_conversation": "cidHR",
             },
         )
-        core = await build_core(settings)
+        app = await build_app(settings)
+        core = app.core
         adapter = load_adapter("dingtalk", settings, backoff_base=0.05)
         assert adapter is not None
         console = ConsoleAdapter(HR, out=io.StringIO(), prompt=False)
         for a in (adapter, console):
-            core.attach(a)
+            app.attach(a)
             await a.start(core)
         await wait_until(lambda: fake.online)
 
@@ -143,7 +144,7 @@ async def dingtalk(tmp: Path) -> dict[str, dict[str, float]]:
                 )
             )
         await adapter.settle(60)  # type: ignore[attr-defined]
-        await close_core(core)
+        await app.close()
     return {"dingtalk_ack_robot_message": summary(msgs), "dingtalk_baseline_ack_ping": summary(pings)}
 
 

@@ -46,16 +46,18 @@ async def admin(server: str, sql: str) -> None:
 
 
 async def prepare(db: str, folder: Path, port: int, n: int) -> int:
-    from bot.app import build_core, close_core
+    from bot.app import build_app
     from bot.campaigns.engine import DeliveryEngine
 
-    core = await build_core(settings_for(folder, db, port))
+    app = await build_app(settings_for(folder, db, port))
+
+    core = app.core
     try:
         cid = await seed_campaign(core, n)
         assert await DeliveryEngine(core.ctx).start(cid) == "sending"  # the snapshot, before the clock starts
         return cid
     finally:
-        await close_core(core)
+        await app.close()
 
 
 def main() -> None:

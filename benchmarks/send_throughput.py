@@ -22,14 +22,15 @@ from common import Sink, count, fresh_folder, recipient, run_async, seed_campaig
 
 
 async def engine_run(folder, port: int, n: int, connections: int) -> tuple[float, dict[str, int]]:  # type: ignore[no-untyped-def]
-    from bot.app import build_core, close_core
+    from bot.app import build_app
     from bot.campaigns import service
     from bot.campaigns.engine import DeliveryEngine
 
     settings = settings_for(
         folder, f"sqlite+aiosqlite:///{folder / 'bench.db'}", port, connections=connections, batch_size=1000
     )
-    core = await build_core(settings)
+    app = await build_app(settings)
+    core = app.core
     try:
         cid = await seed_campaign(core, n)
         engine = DeliveryEngine(core.ctx)
@@ -42,7 +43,7 @@ async def engine_run(folder, port: int, n: int, connections: int) -> tuple[float
         assert result.state == "completed", result
         return elapsed, counts
     finally:
-        await close_core(core)
+        await app.close()
 
 
 async def baseline_run(folder, port: int, n: int) -> float:  # type: ignore[no-untyped-def]

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from adapters.console import ConsoleAdapter  # noqa: E402
-from bot.app import Runtime, build_core, configured_adapters  # noqa: E402
+from bot.app import Runtime, build_app, configured_adapters  # noqa: E402
 from tests.conftest import HR, make_settings  # noqa: E402
 from tests.slack_fake import FakeSlack, command_body, form, signed_headers  # noqa: E402
 from tests.slack_rig import U_HR, directory, slack_section  # noqa: E402
@@ -51,12 +51,13 @@ async def main(n: int) -> dict[str, object]:
         settings = make_settings(
             f"sqlite+aiosqlite:///{tmp_path / 'bench.db'}", 2525, tmp_path, slack=slack_section(fake)
         )
-        core = await build_core(settings)
-        runtime = Runtime(core)
+        app = await build_app(settings)
+        core = app.core
+        runtime = Runtime(app)
         port = free_port()
         try:
             for adapter in configured_adapters(settings):
-                core.attach(adapter)
+                app.attach(adapter)
                 await adapter.start(core)
             await runtime.start_web("127.0.0.1", port)
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
@@ -84,7 +85,7 @@ async def main(n: int) -> dict[str, object]:
                     await http.get("/healthz")
                     health.append(time.perf_counter() - started)
             console = ConsoleAdapter(HR, out=io.StringIO(), prompt=False)
-            core.attach(console)
+            app.attach(console)
             await console.start(core)
             await console.say("/newgroup ops")
             direct = []

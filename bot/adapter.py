@@ -1,14 +1,43 @@
-"""What every messenger adapter implements. The console adapter is the reference."""
+"""The seam between the core and a messenger adapter. The console adapter is the reference.
+
+`Adapter` is what every adapter implements. `CoreHandle` is all an adapter may call on the core:
+hand it inbound events, ask whose roles an address has, and use the narrow `Directory` port to
+remember which platform user is which person (adapters never touch the database themselves).
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from bot.events import Actor, Conversation, Message, MessageRef
+from bot.events import Action, Actor, Command, Conversation, Message, MessageRef, PersonEvent
 
-if TYPE_CHECKING:
-    from bot.core import Core
+
+class Directory(Protocol):
+    """The platform identities the core keeps: (platform, user id) -> the person's email."""
+
+    async def remember(self, platform: str, user_id: str, email: str, name: str | None = None) -> None:
+        """Record or refresh who `user_id` is (UserError for an unusable address)."""
+
+    async def known(self, platform: str, user_id: str) -> tuple[str, str | None] | None:
+        """The (email, name) last recorded for `user_id`: the answer for leavers the platform can no
+        longer look up."""
+
+    async def unmapped(self, platform: str) -> list[str]:
+        """Emails of active people this platform's user id is not known for yet."""
+
+
+class CoreHandle(Protocol):
+    @property
+    def directory(self) -> Directory: ...
+
+    async def handle_command(self, cmd: Command) -> Message | None: ...
+
+    async def handle_action(self, action: Action) -> Message | None: ...
+
+    async def handle_person_event(self, event: PersonEvent) -> Any: ...
+
+    def roles_of(self, email: str) -> frozenset[str]: ...
 
 
 class Adapter(ABC):
@@ -16,7 +45,7 @@ class Adapter(ABC):
     locale: str = "en"  # the language of this messenger's people unless they choose another (/lang)
 
     @abstractmethod
-    async def start(self, core: Core) -> None:
+    async def start(self, core: CoreHandle) -> None:
         """Connect and begin delivering Commands, Actions and PersonEvents to the core."""
 
     @abstractmethod

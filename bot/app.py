@@ -1,7 +1,10 @@
-"""The composition root: the one place that builds engines, the core and its adapters from settings.
+"""The composition root: the one place that builds Postroom from settings — the engine, every
+capability with the collaborators it needs, the commands, the core — and wires them.
 
-Adapters are found through the `postroom.adapters` entry points (see pyproject.toml), so the
-core never imports one: `postroom serve` starts every adapter whose section is configured.
+Nothing else builds an engine, a client or a capability, and nothing is looked up by name at run
+time: each part gets what it uses, typed, here. Adapters are found through the `postroom.adapters`
+entry points (see pyproject.toml), so the core never imports one: `postroom serve` starts every
+adapter whose section is configured.
 """
 
 from __future__ import annotations
@@ -9,61 +12,175 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import socket
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
+from starlette.applications import Starlette
+
 from bot.adapter import Adapter
+from bot.campaigns.approval import Approvals
+from bot.campaigns.bounces import BounceMailbox
+from bot.campaigns.cards import CampaignCards
+from bot.campaigns.drafts import Drafts
+from bot.campaigns.runs import CampaignRuns
+from bot.campaigns.unsubscribe_mail import UnsubscribeMailbox
+from bot.campaigns.watcher import CampaignWatcher
+from bot.campaigns.web_routes import campaign_routes
+from bot.commands.campaigns import CampaignCommands
+from bot.commands.general import GeneralCommands
+from bot.commands.groups import GroupCommands
+from bot.commands.lifecycle import LifecycleCommands
+from bot.commands.privacy import PrivacyCommands
 from bot.config import ConfigError, Settings
 from bot.context import Context
-from bot.core import Core
+from bot.core import CommandTable, Core
 from bot.db.engine import ensure_schema, make_engine, make_sessionmaker
+from bot.groups import planner
+from bot.groups.membership import Memberships
+from bot.groups.relay import group_route
+from bot.groups.report import JOB_ID as AUDIT_JOB
+from bot.groups.report import AuditReport
+from bot.groups.rules import RuleBook
+from bot.hr.lifecycle import Lifecycle
+from bot.hr.webhook import webhook_routes
+from bot.identities import Identities
 from bot.links import Signer
-from bot.mail.server import EmbeddedSmtpServer, Route
+from bot.mail.server import EmbeddedSmtpServer, Mailbox, Route
+from bot.messengers import Messengers
+from bot.scheduler import Scheduler
+from bot.web import build_web
 
 log = logging.getLogger(__name__)
+ANNOUNCE_JOB = "groups.announce-plans"
 
 
-async def build_core(settings: Settings, **context_options: Any) -> Core:
-    """Engine, schema check (a new empty database is created), context and core."""
+@dataclass
+class App:
+    """Postroom, assembled: what `serve`, the demo, the CLI commands and the tests run."""
+
+    ctx: Context
+    messengers: Messengers
+    scheduler: Scheduler
+    rules: RuleBook
+    memberships: Memberships
+    lifecycle: Lifecycle
+    identities: Identities
+    cards: CampaignCards
+    runs: CampaignRuns
+    approvals: Approvals
+    drafts: Drafts
+    audit_report: AuditReport
+    core: Core
+
+    @property
+    def settings(self) -> Settings:
+        return self.ctx.settings
+
+    def attach(self, adapter: Adapter) -> None:
+        self.messengers.attach(adapter)
+
+    def web(self) -> Starlette:
+        """The web app: Postroom's own pages, the HR and email-events webhooks, the adapters' callbacks."""
+        routes: list[Any] = [*webhook_routes(self.settings.hr, self.lifecycle), *campaign_routes(self.ctx)]
+        for adapter in self.messengers.adapters.values():
+            routes.extend(adapter.web_routes())
+        return build_web(self.ctx, routes)
+
+    def mail_routes(self, mailbox: Mailbox | None = None) -> list[Route]:
+        """The embedded SMTP server's routes, specific claims first: VERP return paths (bounces,
+        complaints), List-Unsubscribe's mailto:, group addresses, then the demo's catch-all mailbox."""
+        routes = [
+            BounceMailbox(self.ctx).route(),
+            UnsubscribeMailbox(self.ctx).route(),
+            group_route(self.ctx),
+        ]
+        if mailbox is not None:
+            routes.append(mailbox.route())
+        return routes
+
+    def schedule_group_jobs(self) -> None:
+        """The audit report to HR on `groups.audit_cron`; held plans announced every minute."""
+        self.scheduler.cron(AUDIT_JOB, self.settings.groups.audit_cron, AUDIT_JOB)
+        self.scheduler.cron(ANNOUNCE_JOB, "* * * * *", ANNOUNCE_JOB)
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait for background work (a send) to finish; used by `postroom chat` and tests."""
+        await self.runs.background.settle(timeout)
+
+    async def close(self) -> None:
+        await self.runs.stop()  # sending campaigns stay `sending`; the next start resumes them
+        await self.scheduler.stop()
+        for adapter in list(self.messengers.adapters.values()):
+            try:
+                await asyncio.wait_for(adapter.stop(), 5)
+            except Exception:
+                log.exception("stopping %s failed", adapter.platform)
+        await self.ctx.engine.dispose()
+
+
+async def build_app(settings: Settings, **context_options: Any) -> App:
+    """Engine, schema check (a new empty database is created), and every part wired."""
     engine = make_engine(settings.database.url)
     try:
         await ensure_schema(engine)
     except BaseException:
         await engine.dispose()
         raise
+    sessions = make_sessionmaker(engine)
     ctx = Context(
         settings=settings,
         engine=engine,
-        sessions=make_sessionmaker(engine),
+        sessions=sessions,
         signer=Signer(settings.web.secret),
         **context_options,
     )
-    return Core(ctx)
-
-
-async def close_core(core: Core) -> None:
-    for engine in list(core.services.get("engines", {}).values()):
-        engine.stop()  # sending campaigns stay `sending`; the next start resumes them
-    runs = [t for t in core.services.get("campaign_runs", {}).values() if not t.done()]
-    if (
-        runs
-    ):  # let the batch in flight be recorded (unsent rows go back to pending) rather than wait for a lease
-        await asyncio.wait(runs, timeout=10)
-    scheduler = core.services.get("scheduler")
-    if scheduler is not None:
-        await scheduler.stop()
-    await core.shutdown()
-    scheduler = core.services.get("scheduler")
-    if scheduler is not None:  # opened (paused) by whatever scheduled a job: a leaver's grace period
-        await scheduler.stop()
-    for adapter in list(core.adapters.values()):
-        try:
-            await asyncio.wait_for(adapter.stop(), 5)
-        except Exception:
-            log.exception("stopping %s failed", adapter.platform)
-    await core.ctx.engine.dispose()
+    messengers = Messengers(sessions)
+    scheduler = Scheduler(engine, settings.database.url)
+    rules = RuleBook(settings)
+    identities = Identities(sessions)
+    memberships = Memberships(ctx, rules, messengers)
+    lifecycle = Lifecycle(ctx, rules, memberships, messengers, scheduler)
+    memberships.replay_events = lifecycle.replay
+    cards = CampaignCards(ctx, messengers)
+    runs = CampaignRuns(ctx, cards, scheduler, worker_id=f"{settings.org.name[:10]}-{secrets.token_hex(3)}")
+    approvals = Approvals(ctx, cards, runs)
+    drafts = Drafts(ctx, cards, runs)
+    audit_report = AuditReport(ctx, messengers)
+    for name, handler in {
+        **lifecycle.jobs(),
+        **runs.jobs(),
+        ANNOUNCE_JOB: memberships.announce_pending,
+        AUDIT_JOB: audit_report.send,
+    }.items():
+        scheduler.handle(name, handler)
+    table = CommandTable()
+    for commands in (
+        GeneralCommands(ctx, table),
+        GroupCommands(ctx, memberships),
+        CampaignCommands(ctx, drafts, approvals, runs, cards),
+        LifecycleCommands(ctx, rules, memberships),
+        PrivacyCommands(ctx),
+    ):
+        commands.register(table)
+    core = Core(ctx, table=table, messengers=messengers, identities=identities, lifecycle=lifecycle)
+    return App(
+        ctx,
+        messengers,
+        scheduler,
+        rules,
+        memberships,
+        lifecycle,
+        identities,
+        cards,
+        runs,
+        approvals,
+        drafts,
+        audit_report,
+        core,
+    )
 
 
 def adapter_factories() -> dict[str, Any]:
@@ -75,7 +192,8 @@ def load_adapter(name: str, settings: Settings, **options: Any) -> Adapter | Non
     ep = adapter_factories().get(name)
     if ep is None:
         raise LookupError(f"No adapter named {name} is installed.")
-    return ep.load()(settings, **options)
+    adapter: Adapter | None = ep.load()(settings, **options)
+    return adapter
 
 
 def configured_adapters(settings: Settings) -> list[Adapter]:
@@ -114,15 +232,15 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 @dataclass
 class Runtime:
-    """What `postroom serve` and the demo run beside the core."""
+    """What `postroom serve` and the demo run beside the core: web app, mail server, scheduler, watcher."""
 
-    core: Core
+    app: App
     mail_server: EmbeddedSmtpServer | None = None
     web_task: asyncio.Task[Any] | None = None
     web_server: Any = None
-    extra_stops: list[Any] = field(default_factory=list)
-
+    watcher: CampaignWatcher | None = None
     web_socket: socket.socket | None = None
+    extra_stops: list[Any] = field(default_factory=list)
 
     def bind_web(self, host: str, port: int) -> socket.socket:
         """Take the web port now (before anything else starts), or say in one sentence why not."""
@@ -136,19 +254,36 @@ class Runtime:
                 ) from None
         return self.web_socket
 
+    async def start_services(self, *, mailbox: Mailbox | None = None) -> None:
+        """The mail server with its routes, the scheduler (leading if it can), the campaign watcher, the
+        rule groups and the scheduled reports."""
+        app = self.app
+        settings = app.settings
+        app.rules.check_at_start()  # before anything starts: a broken rules file is a sentence
+        if settings.relay.enabled:
+            if mailbox is None and settings.relay.mailbox_dir:
+                mailbox = Mailbox(settings.relay.mailbox_dir)
+            await self.start_mail(settings.relay.host, settings.relay.port, app.mail_routes(mailbox))
+        await app.scheduler.start(run_jobs=True)
+        self.watcher = CampaignWatcher(app.ctx, app.runs, app.scheduler)
+        await self.watcher.start()
+        async with app.ctx.sessions() as session, session.begin():
+            await planner.sync_group_definitions(
+                session, app.rules.current(), settings, actor="system", via="rules"
+            )
+        app.schedule_group_jobs()
+
     async def start_web(self, host: str, port: int) -> None:
         import uvicorn
-
-        from bot.web import build_web
 
         # Bound here (or earlier by bind_web): uvicorn answers a taken port with sys.exit() inside its task,
         # which no caller can catch.
         sock = self.bind_web(host, port)
         config = uvicorn.Config(
-            build_web(self.core), host=host, port=port, log_level="warning", lifespan="off", access_log=False
+            self.app.web(), host=host, port=port, log_level="warning", lifespan="off", access_log=False
         )
         server = uvicorn.Server(config)
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # we own SIGTERM
+        server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]  # we own SIGTERM
         self.web_server = server
         self.web_task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
         for _ in range(200):
@@ -164,6 +299,15 @@ class Runtime:
         return self.mail_server
 
     async def stop(self) -> None:
+        await self.stop_services()
+        await self.app.close()
+
+    async def stop_services(self) -> None:
+        """Stop what `start_services`, `start_web` and `start_mail` started; the app stays open."""
+        if self.watcher is not None:
+            await self.watcher.stop()
+            self.watcher = None
+        await self.app.scheduler.stop()
         for stop in self.extra_stops:
             try:
                 await stop()
@@ -178,4 +322,4 @@ class Runtime:
                     self.web_task.cancel()
         if self.mail_server is not None:
             await self.mail_server.stop()
-        await close_core(self.core)
+            self.mail_server = None

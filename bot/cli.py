@@ -16,7 +16,7 @@ from bot.db.engine import SchemaError
 from bot.errors import UserError
 
 if TYPE_CHECKING:
-    from bot.core import Core
+    from bot.app import App
 
 
 def _settings(config: str | None) -> Settings:
@@ -26,7 +26,7 @@ def _settings(config: str | None) -> Settings:
         raise click.ClickException(str(exc)) from None
 
 
-def run_coroutine(coro):  # type: ignore[no-untyped-def]
+def run_coroutine(coro):
     """Run the main coroutine on uvloop when it is installed (faster I/O: the send engine gains
     about a fifth), else on asyncio's own loop."""
     try:
@@ -37,7 +37,7 @@ def run_coroutine(coro):  # type: ignore[no-untyped-def]
         return runner.run(coro)
 
 
-def _run(coro, settings: Settings | None = None) -> None:  # type: ignore[no-untyped-def]
+def _run(coro, settings: Settings | None = None) -> None:
     from sqlalchemy.exc import InterfaceError, OperationalError
 
     try:
@@ -98,25 +98,23 @@ def demo(folder: str, fresh: bool, as_email: str | None) -> None:
 
 async def _demo(folder: str, fresh: bool, as_email: str | None) -> None:
     from bot import demo as d
-    from bot.app import Runtime, build_core, load_adapter
+    from bot.app import Runtime, build_app, load_adapter
     from bot.mail.server import Mailbox
 
     plan = d.prepare(folder, fresh=fresh)
     s = plan.settings
-    core = await build_core(s)
-    runtime = Runtime(core)
+    app = await build_app(s)
+    runtime = Runtime(app)
     try:
-        await d.seed(core, plan.folder)
+        await d.seed(app, plan.folder)
         mailbox = Mailbox(s.relay.mailbox_dir or plan.folder / "mailbox")
-        from bot.services import start_services
-
-        await start_services(runtime, mailbox=mailbox)
+        await runtime.start_services(mailbox=mailbox)
         await runtime.start_web(s.web.host, s.web.port)
         console = load_adapter("console", s, as_email=as_email or d.HR)
         assert console is not None
-        core.attach(console)
-        await console.start(core)
-        resumed = await _sending(core)
+        app.attach(console)
+        await console.start(app.core)
+        resumed = await _sending(app)
         state = (
             "a fresh start"
             if plan.fresh
@@ -131,9 +129,9 @@ async def _demo(folder: str, fresh: bool, as_email: str | None) -> None:
             click.echo(f"Resuming campaigns that were sending: {', '.join(resumed)}")
         click.echo(d.guide())
         await console.repl()  # type: ignore[attr-defined]
-        if core.background:
+        if len(app.runs.background):
             click.echo("Waiting for background sends to finish…")
-            await core.drain()
+            await app.drain()
     finally:
         await runtime.stop()
 
@@ -159,18 +157,18 @@ def chat(ctx: click.Context, as_email: str, text: tuple[str, ...]) -> None:
 
 
 async def _chat(settings: Settings, as_email: str, text: str) -> None:
-    from bot.app import build_core, close_core, load_adapter
+    from bot.app import build_app, load_adapter
 
-    core = await build_core(settings)
+    app = await build_app(settings)
     try:
         console = load_adapter("console", settings, as_email=as_email, prompt=False)
         assert console is not None
-        core.attach(console)
-        await console.start(core)
+        app.attach(console)
+        await console.start(app.core)
         await console.say(text)  # type: ignore[attr-defined]
-        await core.drain()
+        await app.drain()
     finally:
-        await close_core(core)
+        await app.close()
 
 
 # -- serve --------------------------------------------------------------------------------------
@@ -182,13 +180,13 @@ def serve(ctx: click.Context) -> None:
     _run(_serve(settings), settings)
 
 
-async def _sending(core: Core) -> list[str]:
+async def _sending(app: App) -> list[str]:
     """Names of campaigns left `sending` by a stop or a crash; CampaignWatcher carries them on."""
     from sqlalchemy import select
 
     from bot.db.models import Campaign
 
-    async with core.ctx.sessions() as session:
+    async with app.ctx.sessions() as session:
         return list(
             (
                 await session.execute(
@@ -201,26 +199,24 @@ async def _sending(core: Core) -> list[str]:
 
 
 async def _serve(settings: Settings) -> None:
-    from bot.app import Runtime, build_core, configured_adapters
+    from bot.app import Runtime, build_app, configured_adapters
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    core = await build_core(settings)
-    runtime = Runtime(core)
+    app = await build_app(settings)
+    runtime = Runtime(app)
     try:
         runtime.bind_web(settings.web.host, settings.web.port)  # a taken port stops us before anything runs
         adapters = configured_adapters(settings)
         for adapter in adapters:
-            core.attach(adapter)
-        from bot.services import start_services
-
-        await start_services(runtime)
+            app.attach(adapter)
+        await runtime.start_services()
         await runtime.start_web(settings.web.host, settings.web.port)
         for adapter in adapters:
-            await adapter.start(core)
-        resumed = await _sending(core)  # the campaign watcher (started with the services) resumes them
+            await adapter.start(app.core)
+        resumed = await _sending(app)  # the campaign watcher (started with the services) resumes them
         names = ", ".join(a.platform for a in adapters) or "no messenger (configure one; see README)"
         click.echo(
             f"Postroom serving: adapters: {names}; web {settings.web.base_url}"
@@ -277,14 +273,14 @@ def contacts_import(ctx: click.Context, file: str, list_name: str) -> None:
     settings = _settings(root.obj["config"])
 
     async def go() -> None:
-        from bot.app import build_core, close_core
+        from bot.app import build_app
         from bot.contacts.importer import import_contacts
 
-        core = await build_core(settings)
+        app = await build_app(settings)
         try:
-            report = await import_contacts(core.ctx, Path(file), list_name, actor="cli")
+            report = await import_contacts(app.ctx, Path(file), list_name, actor="cli")
         finally:
-            await close_core(core)
+            await app.close()
         click.echo(report.summary())
         if report.bad and not (report.added or report.updated):
             sys.exit(1)
@@ -310,10 +306,10 @@ def hr_import(ctx: click.Context, file: str, dry_run: bool) -> None:
     settings = _settings(ctx.find_root().obj["config"])
 
     async def go() -> None:
-        from bot.app import build_core, close_core
+        from bot.app import build_app
         from bot.hr.importer import import_staff
 
-        core = await build_core(settings)
+        app = await build_app(settings)
         bar = None
         try:
 
@@ -324,11 +320,13 @@ def hr_import(ctx: click.Context, file: str, dry_run: bool) -> None:
                     bar.__enter__()
                 bar.update(1)
 
-            result = await import_staff(core, Path(file), dry_run=dry_run, actor="cli", progress=progress)
+            result = await import_staff(
+                app.lifecycle, Path(file), dry_run=dry_run, actor="cli", progress=progress
+            )
         finally:
             if bar is not None:
                 bar.__exit__(None, None, None)
-            await close_core(core)
+            await app.close()
         click.echo(result.summary())
         if result.held is not None:
             click.echo(
@@ -362,14 +360,14 @@ def groups_export(ctx: click.Context, fmt: str, output: str) -> None:
     settings = _settings(ctx.find_root().obj["config"])
 
     async def go() -> None:
-        from bot.app import build_core, close_core
+        from bot.app import build_app
         from bot.groups.export import postfix_virtual
 
-        core = await build_core(settings)
+        app = await build_app(settings)
         try:
-            text = await postfix_virtual(core.ctx)
+            text = await postfix_virtual(app.ctx)
         finally:
-            await close_core(core)
+            await app.close()
         if output == "-":
             click.echo(text, nl=False)
         else:

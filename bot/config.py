@@ -167,13 +167,16 @@ class RelaySettings(_Section):
 
 
 class GroupsSettings(_Section):
-    """Email groups: the rules file, the lifecycle's grace period, the mass-removal brake, the audit report."""
+    """Email groups: the rules file, the lifecycle's grace period, the mass-removal and mass-addition brakes, the
+    audit report."""
 
     rules_file: str | None = None
     leaver_grace_hours: float = Field(default=0, ge=0, le=24 * 365)
     max_remove_share: float = Field(default=0.3, gt=0, le=1)
     max_remove_count: int = Field(default=100, ge=1)
     guard_min_removals: int = Field(default=3, ge=1)
+    # A plan adding more than this many people to one group waits for an approver (not in a reconcile).
+    max_add_count: int = Field(default=100, ge=1)
     audit_cron: str = "0 8 * * mon"
     manual_max_age_days: int = Field(default=365, ge=1)
 

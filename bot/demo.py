@@ -13,7 +13,11 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from bot.app import App
 from bot.config import Settings, load_settings
+from bot.contacts.importer import import_contacts
+from bot.db.models import Person
+from bot.groups import service as groups
 
 DATA = Path(__file__).parent / "demo_data"
 DOMAIN = "corp.example"
@@ -106,13 +110,9 @@ def prepare(
     return DemoPlan(base, settings, is_new)
 
 
-async def seed(core, folder: Path) -> None:  # type: ignore[no-untyped-def]
+async def seed(app: App, folder: Path) -> None:
     """The demo organisation: people, two groups, a contact list with consent records."""
-    from bot.contacts.importer import import_contacts
-    from bot.db.models import Person
-    from bot.groups import service as groups
-
-    ctx = core.ctx
+    ctx = app.ctx
     async with ctx.sessions() as session, session.begin():
         if (await session.execute(select(Person.id).limit(1))).first():
             return
@@ -135,7 +135,9 @@ async def seed(core, folder: Path) -> None:  # type: ignore[no-untyped-def]
                 owners=[HR],
             )
             plan = await groups.plan_add(session, group, members, source="manual", reason="demo seed")
-            await groups.apply(session, plan, actor="demo", via="demo")
+            await app.memberships.execute(  # the one membership path, as /addgroup takes
+                plan, kind="command", source="demo", actor="demo", via="demo", session=session, whole=True
+            )
     await import_contacts(ctx, folder / "contacts.csv", "customers", actor="demo")
 
 

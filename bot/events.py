@@ -62,9 +62,12 @@ class Action:
     delivery_id: str | None = None
 
 
+PersonKind = Literal["joined", "changed", "left"]
+
+
 @dataclass(frozen=True)
 class PersonEvent:
-    kind: Literal["joined", "changed", "left"]
+    kind: PersonKind
     source: str
     external_id: str
     email: str | None

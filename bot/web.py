@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 import logging
-from typing import TYPE_CHECKING
+from typing import Any
 
 from sqlalchemy import select
 from starlette.applications import Starlette
@@ -16,11 +16,9 @@ from starlette.routing import Route
 from bot import audit
 from bot.campaigns import service
 from bot.campaigns.templates import TemplateProblem
+from bot.context import Context
 from bot.db.models import Campaign
 from bot.suppressions import suppress
-
-if TYPE_CHECKING:
-    from bot.core import Core
 
 log = logging.getLogger(__name__)
 MAX_FORM_BYTES = 4096
@@ -38,12 +36,14 @@ def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
     )
 
 
-def build_web(core: Core) -> Starlette:
-    signer = core.ctx.signer
-    org = core.ctx.settings.org
+def build_web(ctx: Context, routes: list[Any]) -> Starlette:
+    """The pages Postroom serves itself (health, unsubscribe, preview), then `routes`: the HR webhook,
+    tracking and the email-events webhook, and the adapters' callbacks."""
+    signer = ctx.signer
+    org = ctx.settings.org
 
     async def health(request: Request) -> Response:
-        async with core.ctx.sessions() as session:
+        async with ctx.sessions() as session:
             await session.execute(select(1))
         return JSONResponse({"status": "ok"})
 
@@ -85,7 +85,7 @@ def build_web(core: Core) -> Starlette:
             if size > MAX_FORM_BYTES:
                 return too_large
         campaign_id, email = target
-        async with core.ctx.sessions() as session, session.begin():
+        async with ctx.sessions() as session, session.begin():
             new = await suppress(session, email, "unsubscribed", "one-click", campaign_id)
             if new:
                 audit.record(
@@ -109,12 +109,12 @@ def build_web(core: Core) -> Starlette:
         parts = signer.verify_expiring(request.path_params["token"], "p")
         if not parts or not parts[0].isdigit():
             return _page("Link not valid", "<p>This preview link is not valid or has expired.</p>", 403)
-        async with core.ctx.sessions() as session:
+        async with ctx.sessions() as session:
             campaign = await session.get(Campaign, int(parts[0]))
             if campaign is None:
                 return _page("Not found", "<p>That campaign no longer exists.</p>", 404)
             try:
-                review = await service.review(core.ctx, session, campaign)
+                review = await service.review(ctx, session, campaign)
                 if review.sample is None:
                     return _page(
                         "No recipients", "<p>The audience is empty, so there is nothing to preview.</p>"
@@ -131,19 +131,12 @@ def build_web(core: Core) -> Starlette:
             },
         )
 
-    routes = [
-        Route("/healthz", health),
-        Route("/u/{token}", unsubscribe_page, methods=["GET"]),
-        Route("/u/{token}", unsubscribe_post, methods=["POST"]),
-        Route("/preview/{token}", preview),
-    ]
-    from bot.hr.webhook import webhook_routes
-
-    routes.extend(webhook_routes(core))
-    from bot.campaigns.web_routes import campaign_routes
-
-    routes.extend(campaign_routes(core))  # open pixel, click redirect, email-events webhook
-    for adapter in core.adapters.values():
-        routes.extend(adapter.web_routes())
-    routes.extend(core.services.get("web_routes", []))  # type: ignore[arg-type]
-    return Starlette(routes=routes)
+    return Starlette(
+        routes=[
+            Route("/healthz", health),
+            Route("/u/{token}", unsubscribe_page, methods=["GET"]),
+            Route("/u/{token}", unsubscribe_post, methods=["POST"]),
+            Route("/preview/{token}", preview),
+            *routes,
+        ]
+    )

@@ -17,9 +17,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from adapters.console import ConsoleAdapter, render_message
-from bot.app import build_core, close_core
+from bot.app import App, build_app
 from bot.config import Settings, load_settings, normalise_database_url
-from bot.core import Core
 from bot.events import Message
 from tests.smtp import SmtpServer
 
@@ -119,8 +118,9 @@ def make_settings(database_url: str, smtp_port: int, tmp_path: Path, **sections:
 class ChatBot:
     """Talk to the bot as different people through the real console adapter."""
 
-    def __init__(self, core: Core, console: ConsoleAdapter, out: io.StringIO):
-        self.core = core
+    def __init__(self, app: App, console: ConsoleAdapter, out: io.StringIO):
+        self.app = app
+        self.core = app.core
         self.console = console
         self.out = out
 
@@ -130,7 +130,7 @@ class ChatBot:
         return render_message(reply) if reply is not None else ""
 
     async def settle(self) -> None:
-        await asyncio.wait_for(self.core.drain(), 30)
+        await asyncio.wait_for(self.app.drain(), 30)
 
     def cards(self, conversation: str = "approvals") -> list[Message]:
         return [m for kind, conv, m in self.console.transcript if conv == conversation and m.card is not None]
@@ -143,15 +143,15 @@ async def settings(database_url: str, smtp: SmtpServer, tmp_path: Path) -> Setti
 
 @pytest.fixture
 async def bot(settings: Settings) -> AsyncIterator[ChatBot]:
-    core = await build_core(settings)
+    app = await build_app(settings)
     out = io.StringIO()
     console = ConsoleAdapter(HR, out=out, prompt=False)
-    core.attach(console)
-    await console.start(core)
+    app.attach(console)
+    await console.start(app.core)
     try:
-        yield ChatBot(core, console, out)
+        yield ChatBot(app, console, out)
     finally:
-        await close_core(core)
+        await app.close()
 
 
 # -- Slack: the fake Slack API and a Postroom with the Slack adapter on it (tests/slack_rig.py) ----------

@@ -11,10 +11,9 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
-from bot.app import build_core, close_core
+from bot.app import build_app
 from bot.db.models import Group, Membership
 from bot.hr.webhook import sign
-from bot.web import build_web
 from tests.conftest import HR, ChatBot, make_settings
 
 SECRET = "hr-webhook-secret-0123456789"
@@ -66,19 +65,17 @@ async def lifecycle_bot(
         hr={"webhook_secret": SECRET, **sections.pop("hr", {})},
         **sections,
     )
-    core = await build_core(settings)
+    app = await build_app(settings)
     out = io.StringIO()
     console = ConsoleAdapter(HR, out=out, prompt=False)
-    core.attach(console)
-    await console.start(core)
-    async with core.ctx.sessions() as session, session.begin():
-        await planner.sync_group_definitions(
-            session, planner.rules_in_force(core), settings, actor="test", via="test"
-        )
+    app.attach(console)
+    await console.start(app.core)
+    async with app.ctx.sessions() as session, session.begin():
+        await planner.sync_group_definitions(session, app.rules.current(), settings, actor="test", via="test")
     try:
-        yield ChatBot(core, console, out)
+        yield ChatBot(app, console, out)
     finally:
-        await close_core(core)
+        await app.close()
 
 
 def hr_event(
@@ -113,9 +110,7 @@ async def post_event(client: httpx.AsyncClient, payload: dict[str, Any]) -> http
 
 
 def web_client(bot: ChatBot) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=build_web(bot.core)), base_url="http://postroom"
-    )
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=bot.app.web()), base_url="http://postroom")
 
 
 async def groups_of(bot: ChatBot, email: str) -> dict[str, str]:

@@ -13,9 +13,8 @@ from typing import Any
 import httpx
 
 from adapters.slack.adapter import SlackAdapter
-from bot.app import build_core, close_core, load_adapter
+from bot.app import App, build_app, load_adapter
 from bot.core import Core
-from bot.web import build_web
 from tests.conftest import ADMIN, APPROVER, APPROVER2, HR, NOBODY, SENDER, make_settings
 from tests.slack_fake import (
     APP_TOKEN,
@@ -66,10 +65,14 @@ def slack_section(fake: FakeSlack, **overrides: Any) -> dict[str, Any]:
 
 @dataclass
 class Rig:
-    core: Core
+    app: App
     adapter: SlackAdapter
     fake: FakeSlack
     http: httpx.AsyncClient
+
+    @property
+    def core(self) -> Core:
+        return self.app.core
 
     async def command(
         self, user_id: str, command: str, text: str = ""
@@ -111,17 +114,18 @@ async def running(
     database_url: str, smtp_port: int, tmp_path: Path, fake: FakeSlack, **overrides: Any
 ) -> AsyncIterator[Rig]:
     settings = make_settings(database_url, smtp_port, tmp_path, slack=slack_section(fake, **overrides))
-    core = await build_core(settings)
+    app = await build_app(settings)
+    core = app.core
     try:
         adapter = load_adapter("slack", settings)
         assert isinstance(adapter, SlackAdapter)
-        core.attach(adapter)
+        app.attach(adapter)
         await adapter.start(core)
-        transport = httpx.ASGITransport(app=build_web(core))
+        transport = httpx.ASGITransport(app=app.web())
         async with httpx.AsyncClient(transport=transport, base_url="http://postroom.test") as http:
-            yield Rig(core, adapter, fake, http)
+            yield Rig(app, adapter, fake, http)
     finally:
-        await close_core(core)
+        await app.close()
 
 
 async def load_customers(core: Core, tmp_path: Path) -> None:

@@ -330,7 +330,7 @@ def hostile_cases(path: tuple[str, ...]) -> list[tuple[str, str | None, bool]]:
 
 
 def quoted(value: str) -> str:
-    from bot.commands.parser import quote
+    from bot.commandline import quote
 
     return quote(value)
 
@@ -398,12 +398,8 @@ def check_answer(reply: str, usage: str, fragment: str | None, with_usage: bool)
 async def test_bad_input_gets_a_sentence_and_changes_nothing(seeded, command: str) -> None:  # type: ignore[no-untyped-def]
     bot = seeded
     who, path, cases = COMMANDS[command]
-    spec = bot.core.commands[path][0] if path in bot.core.commands else None
-    usage = (
-        spec.usage
-        if spec
-        else f"/{path[0]} " + "|".join(sorted(p[1] for p in bot.core.groups_of_commands[path[0]])) + " …"
-    )
+    spec = bot.core.table.commands[path][0] if path in bot.core.table.commands else None
+    usage = spec.usage if spec else f"/{path[0]} " + "|".join(bot.core.table.subcommands(path[0])) + " …"
     all_cases: list[tuple[str, str | None, bool]] = list(cases)
     all_cases += [
         (f"/{' '.join(path)}{tail}", fragment, with_usage) for tail, fragment, with_usage in GENERIC

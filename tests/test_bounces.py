@@ -15,8 +15,6 @@ from sqlalchemy import select
 from bot.campaigns.bounces import classify_status, parse_report
 from bot.db.models import CampaignEvent, Suppression
 from bot.mail.server import EmbeddedSmtpServer
-from bot.services import mail_routes
-from bot.web import build_web
 from tests.smtp import free_port
 from tests.test_campaign_delivery import make_bot, send  # noqa: F401  (fixture)
 
@@ -75,7 +73,7 @@ async def test_dsns_to_the_return_path_suppress_hard_at_once_and_soft_after_the_
     bot = await make_bot(soft_bounce_limit=2)
     await send(bot, "news")
     await bot.settle()
-    server = EmbeddedSmtpServer("127.0.0.1", free_port(), mail_routes(bot.core))
+    server = EmbeddedSmtpServer("127.0.0.1", free_port(), bot.app.mail_routes())
     await server.start()
     try:
 
@@ -136,7 +134,7 @@ async def test_the_email_events_webhook_needs_a_valid_signature(make_bot, smtp) 
     ts = str(int(time.time()))
     good = "v1=" + hmac.new(secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=build_web(bot.core)), base_url="http://t"
+        transport=httpx.ASGITransport(app=bot.app.web()), base_url="http://t"
     ) as web:
         bad = await web.post(
             "/hooks/email-events",
@@ -176,7 +174,7 @@ async def test_the_mailto_unsubscribe_suppresses_only_with_a_valid_token(make_bo
     header = smtp.handler.to("raj@example.net")[0].message["List-Unsubscribe"]
     mailto = header.split("<mailto:")[1].rstrip(">")
     address, _, query = mailto.partition("?subject=")
-    server = EmbeddedSmtpServer("127.0.0.1", free_port(), mail_routes(bot.core))
+    server = EmbeddedSmtpServer("127.0.0.1", free_port(), bot.app.mail_routes())
     await server.start()
     try:
         for subject in ("unsubscribe nonsense.token", unquote(query)):

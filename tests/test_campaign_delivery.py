@@ -18,11 +18,10 @@ import pytest
 from sqlalchemy import select
 
 from adapters.console import ConsoleAdapter
-from bot.app import build_core, close_core
+from bot.app import build_app
 from bot.contacts.importer import import_contacts
 from bot.db.models import Campaign, CampaignEvent, Contact, Delivery, Suppression
 from bot.links import Signer
-from bot.web import build_web
 from tests.conftest import ADMIN, APPROVER, APPROVER2, HR, SENDER, ChatBot, make_settings
 from tests.smtp import RecordingHandler, free_port
 
@@ -50,11 +49,12 @@ async def make_bot(database_url: str, smtp, tmp_path: Path) -> AsyncIterator[Cal
             smtp=smtp_section or {},
             campaigns={**FAST, "reports_dir": str(tmp_path / "reports"), **campaigns},
         )
-        core = await build_core(settings)
+        app = await build_app(settings)
+        core = app.core
         console = ConsoleAdapter(HR, out=io.StringIO(), prompt=False)
-        core.attach(console)
+        app.attach(console)
         await console.start(core)
-        bot = ChatBot(core, console, console.out)  # type: ignore[arg-type]
+        bot = ChatBot(app, console, console.out)  # type: ignore[arg-type]
         made.append(bot)
         path = tmp_path / "contacts.csv"
         if not path.exists():
@@ -65,7 +65,7 @@ async def make_bot(database_url: str, smtp, tmp_path: Path) -> AsyncIterator[Cal
 
     yield factory
     for bot in made:
-        await close_core(bot.core)
+        await bot.app.close()
 
 
 async def send(bot: ChatBot, name: str, *extra: str) -> None:
@@ -107,7 +107,7 @@ def received(smtp) -> Counter[str]:  # type: ignore[no-untyped-def]
 
 def web(bot: ChatBot) -> httpx.AsyncClient:
     return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=build_web(bot.core)), base_url="http://t", follow_redirects=False
+        transport=httpx.ASGITransport(app=bot.app.web()), base_url="http://t", follow_redirects=False
     )
 
 
@@ -156,7 +156,7 @@ async def test_pause_stops_within_a_second_and_resume_finishes_without_repeats(m
     t0 = time.monotonic()
     reply = await bot.say(SENDER, "/campaign pause slow")
     assert "Paused" in reply
-    await until(lambda: all(t.done() for t in bot.core.services["campaign_runs"].values()), timeout=2)
+    await until(lambda: all(t.done() for t in bot.app.runs._runs.values()), timeout=2)
     assert time.monotonic() - t0 < 1.0
     stopped_at = len(smtp.messages)
     assert stopped_at < len(CONSENTED)
@@ -276,7 +276,6 @@ async def test_no_tracking_means_no_tracking_links(make_bot, smtp) -> None:  # t
 
 
 async def test_a_scheduled_start_survives_a_restart(make_bot, smtp, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from bot.scheduler import ensure_scheduler
 
     bot = await make_bot()
     at = (datetime.now(UTC) + timedelta(seconds=3)).isoformat(timespec="seconds")
@@ -287,10 +286,11 @@ async def test_a_scheduled_start_survives_a_restart(make_bot, smtp, tmp_path) ->
     assert "it starts at" in reply
     status = await bot.say(SENDER, "/campaign status later")
     assert "scheduled" in status and "persistent schedule" in status
-    await close_core(bot.core)  # the process stops before the start time
+    await bot.app.close()  # the process stops before the start time
     assert smtp.messages == []
     again = await make_bot()
-    scheduler = await ensure_scheduler(again.core, run_jobs=True)
+    scheduler = again.app.scheduler
+    await scheduler.start(run_jobs=True)
     assert scheduler.next_run("campaign-start-1") is not None
     await until(lambda: len(smtp.messages) >= 4, timeout=20)
     await again.settle()

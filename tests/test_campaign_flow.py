@@ -7,7 +7,6 @@ from pathlib import Path
 import httpx
 
 from bot.contacts.importer import import_contacts
-from bot.web import build_web
 from tests.conftest import APPROVER, APPROVER2, SENDER
 
 CSV = """email,name,consent_at,consent_source,company
@@ -64,7 +63,7 @@ async def test_one_click_unsubscribe_skips_the_contact_next_time(bot, smtp, tmp_
     url = smtp.handler.to("lena@example.com")[0].message["List-Unsubscribe"].split(",")[0].strip("<> ")
     path = url.removeprefix("http://127.0.0.1:8080")
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=build_web(bot.core)), base_url="http://t"
+        transport=httpx.ASGITransport(app=bot.app.web()), base_url="http://t"
     ) as web:
         page = await web.get(path)
         assert page.status_code == 200 and "Unsubscribe" in page.text

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
-from bot.app import close_core
 from bot.campaigns.watcher import CampaignWatcher
 from bot.campaigns.web_routes import MAX_WEBHOOK_BYTES
 from bot.db.models import Approval, AuditEntry
@@ -31,7 +30,7 @@ async def _paused_midway(bot, smtp, name: str) -> int:  # type: ignore[no-untype
     await send(bot, name)
     await until(lambda: len(smtp.messages) >= 1)
     assert "Paused" in await bot.say(SENDER, f"/campaign pause {name}")
-    await until(lambda: all(t.done() for t in bot.core.services["campaign_runs"].values()), timeout=2)
+    await until(lambda: all(t.done() for t in bot.app.runs._runs.values()), timeout=2)
     assert await state_of(bot, name) == "paused"
     sent = len(smtp.messages)
     assert sent < len(CONSENTED)
@@ -42,7 +41,7 @@ async def _stopped_midway(make_bot, smtp, name: str):  # type: ignore[no-untyped
     bot = await make_bot(rate_per_s=4, batch_size=2)
     await send(bot, name)
     await until(lambda: len(smtp.messages) >= 1)
-    await close_core(bot.core)  # the process stops mid-send: the campaign stays `sending`
+    await bot.app.close()  # the process stops mid-send: the campaign stays `sending`
     sent = len(smtp.messages)
     assert sent < len(CONSENTED)
     assert await state_of(bot, name) == "sending"
@@ -110,7 +109,7 @@ async def test_resume_after_the_approval_expired_fails_the_campaign(make_bot, sm
 
 async def _resumed_by_the_watcher(bot, name: str) -> None:  # type: ignore[no-untyped-def]
     """What a restarted `postroom serve` (or another process) does with a campaign left sending."""
-    watcher = CampaignWatcher(bot.core)
+    watcher = CampaignWatcher(bot.app.ctx, bot.app.runs, bot.app.scheduler)
     await watcher.start()
     try:
         await until(lambda: _is_failed(bot, name), timeout=10)

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from adapters.console import ConsoleAdapter
 from adapters.dingtalk import DingTalkAdapter
-from bot.app import build_core, close_core, load_adapter
+from bot.app import App, build_app, load_adapter
 from bot.contacts.importer import import_contacts
 from bot.core import Core
 from bot.db.models import Approval, Group, Identity, Membership, Person
@@ -34,11 +34,15 @@ USERS = {
 
 @dataclass
 class DingWorld:
-    core: Core
+    app: App
     adapter: DingTalkAdapter
     console: ConsoleAdapter
     fake: FakeDingTalk
     url: str
+
+    @property
+    def core(self) -> Core:
+        return self.app.core
 
     def message(
         self,
@@ -99,18 +103,19 @@ async def ding(database_url: str, smtp, tmp_path: Path) -> AsyncIterator[DingWor
     fake = FakeDingTalk(users={k: dict(v) for k, v in USERS.items()})
     async with serve(fake.app()) as url:
         settings = ding_settings(database_url, smtp.port, tmp_path, url)
-        core = await build_core(settings)
+        app = await build_app(settings)
+        core = app.core
         adapter = load_adapter("dingtalk", settings, backoff_base=0.05)
         assert isinstance(adapter, DingTalkAdapter)
         console = ConsoleAdapter(SENDER, out=io.StringIO(), prompt=False)
         for a in (adapter, console):
-            core.attach(a)
+            app.attach(a)
             await a.start(core)
         await wait_until(lambda: fake.online)
         try:
-            yield DingWorld(core, adapter, console, fake, url)
+            yield DingWorld(app, adapter, console, fake, url)
         finally:
-            await close_core(core)
+            await app.close()
 
 
 async def test_a_group_command_is_answered_once_through_the_session_webhook(ding: DingWorld) -> None:
@@ -201,7 +206,7 @@ async def test_a_card_click_approves_once_and_updates_the_card(ding: DingWorld, 
         await ding.acked(await ding.fake.push(ding.fake.card_click(click)))
     await ding.adapter.settle()
     await wait_until(lambda: len(smtp.messages) >= 1)
-    await ding.core.drain(10)
+    await ding.app.drain(10)
     assert [r for m in smtp.messages for r in m.rcpt_tos] == ["lena@example.com"]
     async with ding.core.ctx.sessions() as s:
         assert (await s.execute(select(Approval.approver))).scalars().all() == ["maria@corp.example"]
@@ -300,17 +305,18 @@ async def test_stop_returns_quickly_and_nothing_reconnects(ding: DingWorld) -> N
 
 async def test_stop_while_the_gateway_is_unreachable(database_url: str, smtp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     settings = ding_settings(database_url, smtp.port, tmp_path, "http://127.0.0.1:9")
-    core = await build_core(settings)
+    app = await build_app(settings)
+    core = app.core
     adapter = load_adapter("dingtalk", settings, backoff_base=0.05)
     assert adapter is not None
-    core.attach(adapter)
+    app.attach(adapter)
     await adapter.start(core)
     try:
         await wait_until(lambda: adapter.client.failures >= 3)  # type: ignore[attr-defined]
         await asyncio.wait_for(adapter.stop(), 5)
         assert adapter._run.done()  # type: ignore[attr-defined]
     finally:
-        await close_core(core)
+        await app.close()
 
 
 async def test_bad_frames_are_refused_and_change_nothing(ding: DingWorld) -> None:
@@ -366,23 +372,24 @@ def test_reconnect_waits_are_jittered_and_capped() -> None:
     assert max(client.backoff(10) for _ in range(200)) > 15  # it does grow towards the cap
 
 
-async def use_rules(core: Core, tmp_path: Path, text: str) -> None:
-    """Rules in force for this core, as `rules_file` at start-up would give (`/rules reload` re-reads it)."""
+async def use_rules(app: App, tmp_path: Path, text: str) -> None:
+    """Rules in force for this app, as `rules_file` at start-up would give (`/rules reload` re-reads it)."""
     from bot.groups import planner
 
     path = tmp_path / "groups.yaml"
     path.write_text(text)
-    core.ctx.settings.groups.rules_file = str(path)
-    rules = planner.reload_rules(core)
-    async with core.ctx.sessions() as session, session.begin():
-        await planner.sync_group_definitions(session, rules, core.ctx.settings, actor="test", via="test")
+    app.settings.groups.rules_file = str(path)
+    rules = app.rules.read()
+    app.rules.use(rules)
+    async with app.ctx.sessions() as session, session.begin():
+        await planner.sync_group_definitions(session, rules, app.settings, actor="test", via="test")
 
 
 async def test_an_address_book_joiner_lands_in_the_rule_groups_and_the_leaver_leaves_them(
     ding: DingWorld, tmp_path: Path
 ) -> None:
     await use_rules(
-        ding.core,
+        ding.app,
         tmp_path,
         "groups:\n  - address: all-staff\n    members: everyone\n"
         "  - address: dept7\n    members: {dingtalk_dept_ids: '7'}\n"

@@ -10,11 +10,9 @@ import aiosmtplib
 import pytest
 from sqlalchemy import select
 
-from bot.app import Runtime, build_core
+from bot.app import Runtime, build_app
 from bot.db.models import Person
-from bot.groups import planner
 from bot.hr.importer import import_staff
-from bot.services import start_services
 from tests.lifecycle_kit import lifecycle_bot
 from tests.smtp import free_port
 
@@ -31,17 +29,15 @@ async def relay(database_url, smtp, tmp_path):  # type: ignore[no-untyped-def]
     async for bot in lifecycle_bot(
         database_url, smtp.port, tmp_path, relay={"enabled": True, "host": "127.0.0.1", "port": port}
     ):
-        runtime = Runtime(bot.core)
-        await start_services(runtime)
+        runtime = Runtime(bot.app)
+        await runtime.start_services()
         staff = tmp_path / "staff.csv"
         staff.write_text(STAFF)
-        await import_staff(bot.core, staff)
+        await import_staff(bot.app.lifecycle, staff)
         try:
             yield bot, runtime.mail_server.port  # type: ignore[union-attr]
         finally:
-            for stop in runtime.extra_stops:
-                await stop()
-            await runtime.mail_server.stop()  # type: ignore[union-attr]
+            await runtime.stop_services()
 
 
 def mail(sender: str, to: list[str], subject: str = "Hello") -> EmailMessage:
@@ -120,12 +116,13 @@ async def test_group_mail_on_the_demo_reaches_each_member_once(tmp_path: Path) -
     from bot.mail.server import Mailbox
 
     plan = demo.prepare(tmp_path / "demo", web_port=free_port(), smtp_port=free_port())
-    core = await build_core(plan.settings)
-    runtime = Runtime(core)
+    app = await build_app(plan.settings)
+    core = app.core
+    runtime = Runtime(app)
     try:
-        await demo.seed(core, plan.folder)
+        await demo.seed(app, plan.folder)
         mailbox = Mailbox(tmp_path / "mailbox", echo=None)
-        await start_services(runtime, mailbox=mailbox)
+        await runtime.start_services(mailbox=mailbox)
         async with core.ctx.sessions() as s:
             engineers = sorted(
                 (
@@ -146,10 +143,8 @@ async def test_group_mail_on_the_demo_reaches_each_member_once(tmp_path: Path) -
         names = sorted(p.name.split("-", 1)[1] for p in mailbox.messages())
         assert names == ["alice@corp.example.eml", "bob@corp.example.eml"]
         assert b"List-Id:" in mailbox.messages()[0].read_bytes()
-        assert [g.local_part for g in planner.rules_in_force(core).groups] == ["all-staff", "eng", "berlin"]
-        from bot.commands.lifecycle import reconcile
-
-        preview = await reconcile(core, source="sync", actor="demo", via="demo", dry_run=True)
+        assert [g.local_part for g in app.rules.current().groups] == ["all-staff", "eng", "berlin"]
+        preview = await app.memberships.reconcile(source="sync", actor="demo", via="demo", dry_run=True)
         assert "+ alice@corp.example to berlin@corp.example" in preview
         with pytest.raises(aiosmtplib.SMTPRecipientsRefused):  # eng@ takes mail from its members only
             await aiosmtplib.send(
@@ -176,17 +171,15 @@ async def untrusting_relay(database_url, smtp, tmp_path):  # type: ignore[no-unt
             "trusted_networks": ["10.0.0.0/8", "2001:db8::/32"],
         },
     ):
-        runtime = Runtime(bot.core)
-        await start_services(runtime)
+        runtime = Runtime(bot.app)
+        await runtime.start_services()
         staff = tmp_path / "staff.csv"
         staff.write_text(STAFF)
-        await import_staff(bot.core, staff)
+        await import_staff(bot.app.lifecycle, staff)
         try:
             yield bot, runtime.mail_server.port  # type: ignore[union-attr]
         finally:
-            for stop in runtime.extra_stops:
-                await stop()
-            await runtime.mail_server.stop()  # type: ignore[union-attr]
+            await runtime.stop_services()
 
 
 async def test_groups_refuse_untrusted_peers_but_unsubscribe_mail_stays_open(untrusting_relay, smtp) -> None:  # type: ignore[no-untyped-def]

@@ -11,8 +11,8 @@ import pytest
 
 from adapters.console import ConsoleAdapter
 from bot import i18n
-from bot.app import build_core, close_core
-from bot.commands.parser import _a
+from bot.app import build_app
+from bot.commandline import _a
 from tests.conftest import HR
 
 BOT = Path(__file__).parents[1] / "bot"
@@ -99,21 +99,12 @@ def test_no_untranslated_text_reaches_a_person(path: Path) -> None:
     assert not raw, f"{path.name}: text not passed through t():\n" + "\n".join(raw)
 
 
-def test_every_command_summary_flag_and_argument_is_translated(tmp_path: Path) -> None:
-    import asyncio
-
-    from tests.conftest import make_settings
-
-    async def specs():  # type: ignore[no-untyped-def]
-        core = await build_core(make_settings(f"sqlite+aiosqlite:///{tmp_path}/x.db", 25, tmp_path))
-        try:
-            return [spec for spec, _ in core.commands.values()]
-        finally:
-            await close_core(core)
+def test_every_command_summary_flag_and_argument_is_translated() -> None:
+    from bot.commands import all_specs
 
     zh = i18n.catalog("zh_CN")
     missing = set()
-    for spec in asyncio.run(specs()):
+    for spec in all_specs():
         missing |= {spec.summary} - zh.keys()
         missing |= {f.help for f in spec.flags if f.help} - zh.keys()
         for a in spec.args:
@@ -135,10 +126,12 @@ def test_catalog_files_are_valid_and_have_no_stale_duplicates() -> None:
 async def test_a_chinese_console_answers_in_chinese_and_lang_switches(settings) -> None:  # type: ignore[no-untyped-def]
     import io
 
-    core = await build_core(settings)
+    app = await build_app(settings)
+
+    core = app.core
     console = ConsoleAdapter(HR, out=io.StringIO(), prompt=False)
     console.locale = "zh_CN"
-    core.attach(console)
+    app.attach(console)
     await console.start(core)
     try:
         reply = await console.say("/frobnicate")
@@ -150,4 +143,4 @@ async def test_a_chinese_console_answers_in_chinese_and_lang_switches(settings) 
         reply = await console.say("/lang klingon")
         assert reply is not None and "Usage: /lang" in reply.text
     finally:
-        await close_core(core)
+        await app.close()

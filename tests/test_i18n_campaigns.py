@@ -15,7 +15,7 @@ from sqlalchemy import select
 from adapters.console import ConsoleAdapter
 from adapters.console.adapter import render_message
 from bot import i18n
-from bot.app import build_core, close_core
+from bot.app import build_app
 from bot.campaigns.notes import english, note, show
 from bot.contacts.importer import import_contacts
 from bot.db.models import Campaign
@@ -70,12 +70,13 @@ async def test_a_campaign_runs_in_chinese_on_a_chinese_console(
     settings = make_settings(
         database_url, smtp.port, tmp_path, campaigns={"reports_dir": str(tmp_path / "reports")}
     )
-    core = await build_core(settings)
+    app = await build_app(settings)
+    core = app.core
     console = ConsoleAdapter(HR, out=io.StringIO(), prompt=False)
     console.locale = "zh_CN"
-    core.attach(console)
+    app.attach(console)
     await console.start(core)
-    bot = ChatBot(core, console, console.out)  # type: ignore[arg-type]
+    bot = ChatBot(app, console, console.out)  # type: ignore[arg-type]
     try:
         await _contacts(core, tmp_path)
         reply = await bot.say(SENDER, "/campaign new spring --to customers --template welcome --subject Hi")
@@ -128,19 +129,20 @@ async def test_a_campaign_runs_in_chinese_on_a_chinese_console(
         reply = await bot.say(SENDER, "/campaign pause spring")
         assert "“spring”当前为已完成，不能暂停。" in reply, reply
     finally:
-        await close_core(core)
+        await app.close()
 
 
 async def test_one_approval_card_goes_out_in_each_messengers_language(settings, smtp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    core = await build_core(settings)
+    app = await build_app(settings)
+    core = app.core
     english_console = ConsoleAdapter(HR, out=io.StringIO(), prompt=False)
     chinese = SecondConsole(HR, out=io.StringIO(), prompt=False)
     chinese.locale = "zh_CN"
-    core.attach(english_console)
-    core.attach(chinese)
+    app.attach(english_console)
+    app.attach(chinese)
     await english_console.start(core)
     await chinese.start(core)
-    bot = ChatBot(core, english_console, english_console.out)  # type: ignore[arg-type]
+    bot = ChatBot(app, english_console, english_console.out)  # type: ignore[arg-type]
     try:
         await _contacts(core, tmp_path)
         assert "Draft campaign" in await bot.say(
@@ -187,7 +189,7 @@ async def test_one_approval_card_goes_out_in_each_messengers_language(settings, 
             SENDER, "/campaign status autumn"
         )
     finally:
-        await close_core(core)
+        await app.close()
 
 
 def test_status_notes_translate_when_shown_and_old_plain_notes_stay() -> None:

@@ -100,10 +100,8 @@ async def test_rules_sync_audit_and_hr_notices_are_chinese(zbot: ChatBot) -> Non
 
 
 async def test_a_held_plan_is_announced_and_decided_in_chinese(zbot: ChatBot) -> None:
-    from bot.groups import planner
-
     async with zbot.core.ctx.sessions() as session, session.begin():
-        pending = await planner.hold(
+        pending = await zbot.app.memberships.hold(
             session,
             source="sync",
             actor=HR,
@@ -112,7 +110,7 @@ async def test_a_held_plan_is_announced_and_decided_in_chinese(zbot: ChatBot) ->
             summary="",
             changes=[],
         )
-    await planner.announce_hold(zbot.core, pending)
+    await zbot.app.memberships.announce(pending.id)
     card = zbot.cards()[-1]
     assert card.text == "来自 sync 的成员变更计划等待审批。"
     assert card.card is not None and card.card.title == f"成员变更计划 #{pending.id} 需要审批"

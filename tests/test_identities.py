@@ -13,6 +13,7 @@ from bot.db.models import Identity, utcnow
 
 async def test_identify_uses_fresh_entries_and_re_resolves_old_ones(bot) -> None:  # type: ignore[no-untyped-def]
     ctx = bot.core.ctx
+    ids = bot.app.identities
     directory = {"U1": ("Carl@Corp.example", "Carl")}
     asked: list[str] = []
 
@@ -20,9 +21,9 @@ async def test_identify_uses_fresh_entries_and_re_resolves_old_ones(bot) -> None
         asked.append("U1")
         return directory.get("U1")
 
-    assert await identities.identify(ctx, "chat", "U1", resolve) == "carl@corp.example"
+    assert await ids.identify("chat", "U1", resolve) == "carl@corp.example"
     directory["U1"] = ("carl.new@corp.example", "Carl")
-    assert await identities.identify(ctx, "chat", "U1", resolve) == "carl@corp.example"  # cached, fresh
+    assert await ids.identify("chat", "U1", resolve) == "carl@corp.example"  # cached, fresh
     assert asked == ["U1"]
     async with ctx.sessions() as session, session.begin():
         await session.execute(
@@ -30,13 +31,13 @@ async def test_identify_uses_fresh_entries_and_re_resolves_old_ones(bot) -> None
             .where(Identity.user_id == "U1")
             .values(updated_at=utcnow() - identities.TTL - timedelta(minutes=1))
         )
-    assert await identities.identify(ctx, "chat", "U1", resolve) == "carl.new@corp.example"
+    assert await ids.identify("chat", "U1", resolve) == "carl.new@corp.example"
     assert asked == ["U1", "U1"]
-    assert await identities.known(ctx, "chat", "U1") == ("carl.new@corp.example", "Carl")
-    assert await identities.identify(ctx, "chat", "U1", resolve) == "carl.new@corp.example"
+    assert await ids.known("chat", "U1") == ("carl.new@corp.example", "Carl")
+    assert await ids.identify("chat", "U1", resolve) == "carl.new@corp.example"
     assert asked == ["U1", "U1"]  # refreshed: fresh again
 
     async def nobody() -> None:
         return None
 
-    assert await identities.identify(ctx, "chat", "U2", nobody) is None
+    assert await ids.identify("chat", "U2", nobody) is None

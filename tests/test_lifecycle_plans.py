@@ -51,7 +51,7 @@ async def all_staff_size(bot) -> int:  # type: ignore[no-untyped-def]
 
 
 async def test_csv_import_that_drops_half_of_all_staff_waits_for_an_approver(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    first = await import_staff(lbot.core, csv_file(tmp_path, STAFF))
+    first = await import_staff(lbot.app.lifecycle, csv_file(tmp_path, STAFF))
     assert first.applied and first.joined == 10
     assert await all_staff_size(lbot) == 10
     assert await groups_of(lbot, "p1@corp.example") == {
@@ -60,9 +60,9 @@ async def test_csv_import_that_drops_half_of_all_staff_waits_for_an_approver(lbo
         "berlin": "rule:berlin",
     }
 
-    dry = await import_staff(lbot.core, csv_file(tmp_path, STAFF[:6], "half.csv"), dry_run=True)
+    dry = await import_staff(lbot.app.lifecycle, csv_file(tmp_path, STAFF[:6], "half.csv"), dry_run=True)
     assert dry.left == 5 and dry.reasons and "Dry run" in dry.summary()
-    half = await import_staff(lbot.core, csv_file(tmp_path, STAFF[:6], "half.csv"))
+    half = await import_staff(lbot.app.lifecycle, csv_file(tmp_path, STAFF[:6], "half.csv"))
     assert half.held is not None and not half.applied
     assert "removes 5 of 10 members (50%) of all-staff@corp.example" in half.summary()
     assert await all_staff_size(lbot) == 10  # nothing changed
@@ -100,8 +100,8 @@ async def test_csv_import_that_drops_half_of_all_staff_waits_for_an_approver(lbo
 
 
 async def test_rejected_plan_changes_nothing(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    await import_staff(lbot.core, csv_file(tmp_path, STAFF))
-    half = await import_staff(lbot.core, csv_file(tmp_path, STAFF[:3], "few.csv"))
+    await import_staff(lbot.app.lifecycle, csv_file(tmp_path, STAFF))
+    half = await import_staff(lbot.app.lifecycle, csv_file(tmp_path, STAFF[:3], "few.csv"))
     assert half.held is not None
     reply = await lbot.say(APPROVER, f"/plan reject {half.held}")
     assert "Rejected membership plan" in reply
@@ -113,11 +113,13 @@ async def test_rejected_plan_changes_nothing(lbot, tmp_path) -> None:  # type: i
 async def test_bad_csv_is_refused_whole(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
     bad = STAFF[:4] + ["E099,not-an-email,X,Sales,Berlin"]
     with pytest.raises(UserError, match="Line 5"):
-        await import_staff(lbot.core, csv_file(tmp_path, bad))
+        await import_staff(lbot.app.lifecycle, csv_file(tmp_path, bad))
     with pytest.raises(UserError, match="repeats employee E001"):
-        await import_staff(lbot.core, csv_file(tmp_path, STAFF[:3] + [STAFF[2]]))
+        await import_staff(lbot.app.lifecycle, csv_file(tmp_path, STAFF[:3] + [STAFF[2]]))
     with pytest.raises(UserError, match="outside corp.example"):
-        await import_staff(lbot.core, csv_file(tmp_path, STAFF[:2] + ["E050,x@gmail.com,X,Sales,Berlin"]))
+        await import_staff(
+            lbot.app.lifecycle, csv_file(tmp_path, STAFF[:2] + ["E050,x@gmail.com,X,Sales,Berlin"])
+        )
     async with lbot.core.ctx.sessions() as s:
         assert (await s.execute(select(func.count()).select_from(Person))).scalar_one() == 0
 
@@ -218,15 +220,14 @@ def test_the_documented_example_rules_file_loads_and_matches() -> None:
 
 
 async def test_a_plan_held_where_no_messenger_listens_is_announced_once_later(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from bot.groups import planner
 
-    await import_staff(lbot.core, csv_file(tmp_path, STAFF))
-    console = lbot.core.adapters.pop("console")  # as in `postroom hr import`: no messenger attached
-    held = await import_staff(lbot.core, csv_file(tmp_path, STAFF[:2], "two.csv"))
+    await import_staff(lbot.app.lifecycle, csv_file(tmp_path, STAFF))
+    console = lbot.app.messengers.adapters.pop("console")  # as in `postroom hr import`: no messenger attached
+    held = await import_staff(lbot.app.lifecycle, csv_file(tmp_path, STAFF[:2], "two.csv"))
     assert held.held is not None
-    lbot.core.attach(console)
-    assert await planner.announce_pending(lbot.core) == [held.held]
-    assert await planner.announce_pending(lbot.core) == []
+    lbot.app.attach(console)
+    assert await lbot.app.memberships.announce_pending() == [held.held]
+    assert await lbot.app.memberships.announce_pending() == []
     card = lbot.cards("approvals")[-1].card
     assert card is not None and card.title == f"Membership plan #{held.held} needs an approver"
 
@@ -283,13 +284,15 @@ def test_generated_rule_files_load_or_name_their_line(lines: list[str]) -> None:
 
 
 async def test_a_second_snapshot_moves_people_and_drops_attributes_it_no_longer_has(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    await import_staff(lbot.core, csv_file(tmp_path, STAFF[:3]))  # p0 Sales, p1 Engineering, both Berlin
+    await import_staff(
+        lbot.app.lifecycle, csv_file(tmp_path, STAFF[:3])
+    )  # p0 Sales, p1 Engineering, both Berlin
     moved = [STAFF[0], STAFF[1].replace(",Sales,Berlin", ",Engineering,"), STAFF[2]]
-    result = await import_staff(lbot.core, csv_file(tmp_path, moved, "moved.csv"))
+    result = await import_staff(lbot.app.lifecycle, csv_file(tmp_path, moved, "moved.csv"))
     assert (result.changed, result.unchanged, result.left) == (1, 1, 0)
     assert await groups_of(lbot, "p0@corp.example") == {"all-staff": "rule:all-staff", "eng": "rule:eng"}
     async with lbot.core.ctx.sessions() as s:
         attrs = (await s.execute(select(Person.attributes).where(Person.employee_id == "E000"))).scalar_one()
     assert attrs == {"department": "Engineering"}
-    again = await import_staff(lbot.core, csv_file(tmp_path, moved, "moved.csv"))
+    again = await import_staff(lbot.app.lifecycle, csv_file(tmp_path, moved, "moved.csv"))
     assert (again.changed, again.unchanged, again.plan.changes) == (0, 2, [])

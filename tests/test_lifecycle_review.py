@@ -78,8 +78,7 @@ async def test_an_unknown_leaver_is_reported_to_hr_and_retried(lbot) -> None:  #
     out = await core.handle_person_event(PersonEvent("left", "wecom", "wecom:zhang", None, {}, "w1", T0))
     assert out.status == "queued"
     assert "A leaver event for wecom:zhang (wecom) names nobody I know yet" in lbot.out.getvalue()
-    job = core.services["scheduler"].aps.get_job("hr.unknown-leaver:wecom:w1")
-    assert job is not None
+    assert lbot.app.scheduler.next_run("hr.unknown-leaver:wecom:w1") is not None
     # The person becomes known (HR, then a change from the messenger with its id); the retry removes them.
     await core.handle_person_event(
         PersonEvent(
@@ -98,7 +97,7 @@ async def test_an_unknown_leaver_is_reported_to_hr_and_retried(lbot) -> None:  #
         )
     )
     assert set(await groups_of(lbot, "zhang@corp.example")) == {"all-staff", "eng"}
-    await job.func(**job.kwargs)
+    await lbot.app.scheduler.run_now("hr.unknown-leaver:wecom:w1")
     assert await groups_of(lbot, "zhang@corp.example") == {}
     assert "zhang@corp.example left: removed from" in lbot.out.getvalue()
 
@@ -107,7 +106,7 @@ async def test_the_webhook_accepts_an_unknown_leaver_for_a_retry(lbot) -> None: 
     async with web_client(lbot) as client:
         r = await post_event(client, hr_event("left", "x1", "E404", None, "2026-11-01T11:00:00Z"))
     assert r.status_code == 202 and r.json()["status"] == "queued"
-    assert lbot.core.services["scheduler"].aps.get_job("hr.unknown-leaver:hr-webhook:x1") is not None
+    assert lbot.app.scheduler.aps.get_job("hr.unknown-leaver:hr-webhook:x1") is not None
 
 
 # -- finding 2: an address change to an external address leaves every internal group ------------------
@@ -192,7 +191,6 @@ async def test_a_slack_email_change_to_an_external_address_leaves_internal_group
 
 # -- finding 10: a group turns internal in the rules only once no external address is in it ------------
 async def test_turning_a_group_internal_with_external_members_is_refused(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from bot.groups import planner
     from tests.lifecycle_kit import RULES, write_rules
 
     core = lbot.core
@@ -205,7 +203,7 @@ async def test_turning_a_group_internal_with_external_members_is_refused(lbot, t
     async with core.ctx.sessions() as s:
         kind = (await s.execute(select(Group.kind).where(Group.local_part == "partners"))).scalar_one()
     assert kind == "external-allowed"
-    in_force = {g.local_part: g.kind for g in planner.rules_in_force(core).groups}
+    in_force = {g.local_part: g.kind for g in lbot.app.rules.current().groups}
     assert in_force["partners"] == "external-allowed"
     assert "refused" not in (await lbot.say(HR, "/removegroup partners ext@gmail.com")).lower()
     assert "Loaded" in await lbot.say(HR, "/rules reload")
@@ -375,9 +373,8 @@ BROKEN = "groups:\n  - address: eng\n    members: [unclosed\n"
 
 
 async def test_a_broken_rules_file_strips_no_one_and_stops_start_up(database_url, smtp, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from bot.app import Runtime, build_core, close_core
+    from bot.app import Runtime, build_app
     from bot.errors import UserError
-    from bot.services import start_services
 
     async for b in lifecycle_bot(database_url, smtp.port, tmp_path):
         await b.core.handle_person_event(
@@ -395,13 +392,14 @@ async def test_a_broken_rules_file_strips_no_one_and_stops_start_up(database_url
         before = await groups_of(b, "al@corp.example")
     assert set(before) == {"all-staff", "eng", "berlin"}
     (tmp_path / "groups.yaml").write_text(BROKEN)
-    core = await build_core(settings)
+    app = await build_app(settings)
+    core = app.core
     try:
         with pytest.raises(
             UserError, match="The group rules file could not be loaded, so Postroom did not start"
         ):
-            await start_services(Runtime(core))
-        assert "scheduler" not in core.services
+            await Runtime(app).start_services()
+        assert not app.scheduler.aps.running
         await core.handle_person_event(
             PersonEvent(
                 "changed",
@@ -413,9 +411,7 @@ async def test_a_broken_rules_file_strips_no_one_and_stops_start_up(database_url
                 T0 + timedelta(hours=1),
             )
         )
-        from bot.commands.lifecycle import reconcile
-
-        text = await reconcile(core, source="sync", actor=HR, via="test", dry_run=False)
+        text = await app.memberships.reconcile(source="sync", actor=HR, via="test", dry_run=False)
         assert "nothing changed" in text
         async with core.ctx.sessions() as s:
             after = set(
@@ -429,7 +425,7 @@ async def test_a_broken_rules_file_strips_no_one_and_stops_start_up(database_url
             )
         assert after == {"all-staff", "eng", "berlin"}
     finally:
-        await close_core(core)
+        await app.close()
 
 
 # -- finding 9: /addgroup and /removegroup on a protected group wait for an approver --------------------
@@ -440,7 +436,8 @@ async def test_hand_changes_to_a_protected_group_wait_for_an_approver(lbot) -> N
     async with core.ctx.sessions() as s, s.begin():
         (await s.execute(select(Group).where(Group.local_part == "social"))).scalar_one().protected = True
     reply = await lbot.say(HR, "/addgroup social erin@corp.example")
-    assert "social@corp.example is protected: adding erin@corp.example waits for an approver (plan #" in reply
+    assert "Adding erin@corp.example to social@corp.example waits for an approver (plan #" in reply
+    assert "it changes the protected group social@corp.example" in reply
     assert await groups_of(lbot, "erin@corp.example") == {}
     cards = lbot.cards()
     assert cards and "needs an approver" in cards[-1].card.title
@@ -448,7 +445,7 @@ async def test_hand_changes_to_a_protected_group_wait_for_an_approver(lbot) -> N
     assert "1 changes applied" in await lbot.say(APPROVER, f"/plan approve {plan_id}")
     assert await groups_of(lbot, "erin@corp.example") == {"social": "manual"}
     reply = await lbot.say(HR, "/removegroup social erin@corp.example")
-    assert "removing erin@corp.example waits for an approver" in reply
+    assert "Removing erin@corp.example from social@corp.example waits for an approver" in reply
     assert await groups_of(lbot, "erin@corp.example") == {"social": "manual"}
 
 

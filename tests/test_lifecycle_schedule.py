@@ -13,14 +13,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text, update
 
-from bot.app import build_core, close_core
+from bot.app import build_app
 from bot.db.models import Membership, Person
 from bot.events import PersonEvent
 from bot.groups import report
 from bot.groups.export import postfix_virtual
 from bot.hr.importer import import_staff
-from bot.scheduler import JOBS_TABLE, ensure_scheduler
-from bot.services import start_group_services
+from bot.scheduler import JOBS_TABLE
 from tests.conftest import HR
 from tests.lifecycle_kit import groups_of, lifecycle_bot
 
@@ -62,9 +61,10 @@ async def test_leaver_grace_period_is_kept_across_a_restart(database_url, smtp, 
         assert "hr.leaver:2" in jobs
     # The process is gone; a new one runs the scheduler and the job fires when due.
     assert settings is not None
-    core = await build_core(settings)
+    app = await build_app(settings)
+    core = app.core
     try:
-        await ensure_scheduler(core, run_jobs=True)
+        await app.scheduler.start(run_jobs=True)
 
         async def gone() -> bool:
             async with core.ctx.sessions() as s:
@@ -78,14 +78,14 @@ async def test_leaver_grace_period_is_kept_across_a_restart(database_url, smtp, 
                 await s.execute(select(Membership.id).where(Membership.email == "alice@corp.example"))
             ).first()
     finally:
-        await close_core(core)
+        await app.close()
 
 
 async def test_audit_report_lists_what_needs_a_look(database_url, smtp, tmp_path) -> None:  # type: ignore[no-untyped-def]
     staff = tmp_path / "staff.csv"
     staff.write_text(STAFF)
     async for bot in lifecycle_bot(database_url, smtp.port, tmp_path):
-        await import_staff(bot.core, staff)
+        await import_staff(bot.app.lifecycle, staff)
         assert "Leavers still in a group (must be none): none" in await bot.say(HR, "/audit")
         await bot.say(HR, "/addgroup partners lena@example.com")
         await bot.say(HR, "/newgroup quiet")
@@ -117,9 +117,8 @@ async def test_audit_report_lists_what_needs_a_look(database_url, smtp, tmp_path
         await bot.say(HR, "/sync")
         assert "Leavers still in a group (must be none): none" in await bot.say(HR, "/audit")
         # The report is on the calendar (default: Mondays 08:00 UTC) and posts to HR when it runs.
-        scheduler = await ensure_scheduler(bot.core, run_jobs=False)
-        await start_group_services(bot.core, scheduler)
-        nxt = scheduler.next_run(report.JOB_ID)
+        bot.app.schedule_group_jobs()
+        nxt = bot.app.scheduler.next_run(report.JOB_ID)
         assert nxt is not None and nxt.weekday() == 0 and nxt.hour == 8
 
 
@@ -127,7 +126,7 @@ async def test_postfix_lookup_query_and_export_expand_a_group(database_url, smtp
     staff = tmp_path / "staff.csv"
     staff.write_text(STAFF)
     async for bot in lifecycle_bot(database_url, smtp.port, tmp_path):
-        await import_staff(bot.core, staff)
+        await import_staff(bot.app.lifecycle, staff)
         cf = "pgsql-groups.cf" if bot.core.ctx.dialect == "postgresql" else "sqlite-groups.cf"
         query = re.search(r"^query = (.*)$", (ROOT / "manifests/postfix" / cf).read_text(), re.M).group(1)  # type: ignore[union-attr]
         async with bot.core.ctx.engine.connect() as conn:

@@ -13,7 +13,7 @@ import pytest
 
 from adapters.console import ConsoleAdapter
 from adapters.wecom.crypto import WeComCrypto
-from bot.app import Runtime, build_core, configured_adapters
+from bot.app import Runtime, build_app, configured_adapters
 from bot.config import ConfigError
 from tests.conftest import HR, make_settings
 from tests.fake_dingtalk import FakeDingTalk
@@ -55,11 +55,12 @@ async def test_serve_runs_slack_dingtalk_and_wecom_side_by_side(
         )
         adapters = configured_adapters(settings)
         assert [a.platform for a in adapters] == ["dingtalk", "slack", "wecom"]
-        core = await build_core(settings)
-        runtime = Runtime(core)
+        app = await build_app(settings)
+        core = app.core
+        runtime = Runtime(app)
         console = ConsoleAdapter(HR, out=io.StringIO(), prompt=False)
         for adapter in (*adapters, console):
-            core.attach(adapter)
+            app.attach(adapter)
         await runtime.start_web("127.0.0.1", port)
         for adapter in (*adapters, console):
             await adapter.start(core)

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 from markupsafe import escape
 
 from bot.campaigns.templates import MAX_RENDERED_BYTES, CompiledTemplate, TemplateProblem, TemplateSource
+from bot.commandline import MAX_COMMAND_LENGTH, Spec, parse, quote, tokenize
 from bot.commands import campaigns, general, groups
-from bot.commands.parser import MAX_COMMAND_LENGTH, Spec, parse, quote, tokenize
 from bot.errors import UserError
 
 SPECS = [v for m in (general, groups, campaigns) for v in vars(m).values() if isinstance(v, Spec)]

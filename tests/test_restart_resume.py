@@ -7,9 +7,8 @@ import io
 from collections import Counter
 
 from adapters.console import ConsoleAdapter
-from bot.app import Runtime, build_core, close_core
+from bot.app import Runtime, build_app
 from bot.contacts.importer import import_contacts
-from bot.services import start_services
 from tests.conftest import HR, ChatBot, make_settings
 from tests.test_campaign_delivery import CONSENTED, CSV, FAST, received, send, state_of, until
 
@@ -29,27 +28,29 @@ async def test_a_stopped_campaign_is_resumed_by_the_watcher(database_url, smtp, 
             },
         )
 
-    core = await build_core(settings())
+    app = await build_app(settings())
+
+    core = app.core
     console = ConsoleAdapter(HR, out=io.StringIO(), prompt=False)
-    core.attach(console)
+    app.attach(console)
     await console.start(core)
     (tmp_path / "contacts.csv").write_text(CSV)
     await import_contacts(core.ctx, tmp_path / "contacts.csv", "customers")
-    bot = ChatBot(core, console, console.out)  # type: ignore[arg-type]
+    bot = ChatBot(app, console, console.out)  # type: ignore[arg-type]
     await send(bot, "halfway")
     await until(lambda: len(smtp.messages) >= 1)
-    await close_core(core)  # the process stops mid-campaign: it stays `sending`
+    await app.close()  # the process stops mid-campaign: it stays `sending`
     assert len(smtp.messages) < len(CONSENTED)
 
-    again = await build_core(settings())
-    runtime = Runtime(again)
+    again_app = await build_app(settings())
+    runtime = Runtime(again_app)
     try:
-        assert await state_of(ChatBot(again, console, console.out), "halfway") == "sending"  # type: ignore[arg-type]
-        await start_services(runtime)
+        assert await state_of(ChatBot(again_app, console, console.out), "halfway") == "sending"  # type: ignore[arg-type]
+        await runtime.start_services()
         await until(lambda: len(smtp.messages) >= len(CONSENTED), timeout=20)
 
         async def finished() -> bool:
-            return await state_of(ChatBot(again, console, console.out), "halfway") != "sending"  # type: ignore[arg-type]
+            return await state_of(ChatBot(again_app, console, console.out), "halfway") != "sending"  # type: ignore[arg-type]
 
         await until(finished, timeout=10)
     finally:

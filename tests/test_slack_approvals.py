@@ -78,7 +78,7 @@ async def test_one_click_approves_sends_once_and_replaces_the_card(rig: Rig, smt
     assert resp.status_code == 200 and resp.text == ""  # acked at once; the core answers after
 
     await asyncio.to_thread(smtp.handler.wait_for, 2)
-    await asyncio.wait_for(rig.core.drain(), 20)
+    await asyncio.wait_for(rig.app.drain(), 20)
     assert sorted(r for m in smtp.messages for r in m.rcpt_tos) == ["lena@example.com", "raj@example.net"]
     assert await state(rig) == "completed"
 
@@ -110,7 +110,7 @@ async def test_a_double_click_has_one_effect(rig: Rig, smtp, tmp_path: Path) -> 
     responses = await asyncio.gather(*(rig.interact(c) for c in clicks))
     assert [r.status_code for r in responses] == [200, 200, 200]
     await rig.fake.wait_for(lambda: len(rig.answers()) == 3)
-    await asyncio.wait_for(rig.core.drain(), 20)
+    await asyncio.wait_for(rig.app.drain(), 20)
     answers = rig.answers()
     assert sum(a.startswith("Approved “spring”") for a in answers) == 1
     # Each losing click is told something (the exact words depend on where the race was lost).
@@ -200,7 +200,7 @@ async def test_a_rate_limited_post_is_retried_after_retry_after(rig: Rig) -> Non
         headers={"Retry-After": "1"},
         body={"ok": False, "error": "ratelimited"},
     )
-    refs = await rig.core.post("approvals", Message("hello", Card("Hello")), subject="test:1")
+    refs = await rig.app.messengers.post("approvals", Message("hello", Card("Hello")), subject="test:1")
     first, second = rig.fake.of("chat.postMessage")
     assert second.at - first.at >= 1.0
     assert [r.id for r in refs] == [second.params["_ts"]]

@@ -205,7 +205,7 @@ async def test_secrets_never_reach_the_logs(rig: Rig, caplog: pytest.LogCaptureF
     rig.fake.fail("chat.postMessage", body={"ok": False, "error": "invalid_auth"})
     from bot.events import Message
 
-    await rig.core.post("approvals", Message("hello"))
+    await rig.app.messengers.post("approvals", Message("hello"))
     text = caplog.text + repr(rig.core.ctx.settings) + str(rig.core.ctx.settings.model_dump())
     assert "chat.postMessage" in caplog.text or "invalid_auth" in caplog.text  # the failure was logged…
     for secret in (BOT_TOKEN, SIGNING_SECRET, APP_TOKEN):
@@ -219,10 +219,9 @@ async def test_roles_follow_an_address_change_from_a_directory_event(rig: Rig) -
     moved = {**hannah, "profile": {**hannah["profile"], "email": "hannah.private@corp.example"}}
     rig.fake.users[U_HR] = moved
     await rig.event(event_envelope({"type": "user_change", "user": moved}, "Ev0HANNAH", at=time.time()))
-    from bot import identities
 
     deadline = time.monotonic() + 10
-    while (await identities.known(rig.core.ctx, "slack", U_HR) or ("",))[0] != "hannah.private@corp.example":
+    while (await rig.app.identities.known("slack", U_HR) or ("",))[0] != "hannah.private@corp.example":
         assert time.monotonic() < deadline, "the directory event never reached the identities cache"
         await asyncio.sleep(0.02)
     refused = await rig.say(U_HR, "/newgroup second")

@@ -11,7 +11,7 @@ import yaml
 from click.testing import CliRunner
 
 from adapters.slack.manifest import BOT_SCOPES, registered_specs, slash_commands
-from bot.app import Runtime, build_core, configured_adapters
+from bot.app import Runtime, build_app, configured_adapters
 from bot.cli import main
 from bot.config import ConfigError, load_settings
 from tests.conftest import make_settings
@@ -23,7 +23,7 @@ MANIFEST = Path(__file__).parents[1] / "manifests" / "slack.yaml"
 
 
 def registered_heads() -> set[str]:
-    return {"/" + spec.path[0] for spec in registered_specs(load_settings(read_file=False))} | {"/postroom"}
+    return {"/" + spec.path[0] for spec in registered_specs()} | {"/postroom"}
 
 
 def test_the_printed_manifest_has_every_command_scope_event_and_url() -> None:
@@ -70,7 +70,7 @@ def test_the_manifest_in_the_repository_lists_every_command_the_bot_answers() ->
         "manifests/slack.yaml is out of date: postroom slack manifest --url https://postroom.example.com "
         "> manifests/slack.yaml"
     )
-    assert len(slash_commands(registered_specs(load_settings(read_file=False)))) == len(shipped)
+    assert len(slash_commands(registered_specs())) == len(shipped)
 
 
 def test_a_half_configured_slack_is_a_configuration_error(tmp_path: Path) -> None:
@@ -90,11 +90,12 @@ async def test_serve_answers_a_signed_addgroup_over_real_http(
     fake = await FakeSlack(users=directory()).start()
     port = free_port()
     settings = make_settings(database_url, smtp.port, tmp_path, slack=slack_section(fake))
-    core = await build_core(settings)
-    runtime = Runtime(core)
+    app = await build_app(settings)
+    core = app.core
+    runtime = Runtime(app)
     try:
         for adapter in configured_adapters(settings):  # what `postroom serve` does
-            core.attach(adapter)
+            app.attach(adapter)
             await adapter.start(core)
         await runtime.start_web("127.0.0.1", port)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:

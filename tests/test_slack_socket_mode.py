@@ -57,7 +57,7 @@ async def test_a_command_and_an_approval_click_over_socket_mode(rig: Rig, smtp, 
     )
     assert "payload" not in ack or not ack["payload"]  # acknowledged with nothing to show
     await asyncio.to_thread(smtp.handler.wait_for, 2)
-    await asyncio.wait_for(rig.core.drain(), 20)
+    await asyncio.wait_for(rig.app.drain(), 20)
     assert sorted(r for m in smtp.messages for r in m.rcpt_tos) == ["lena@example.com", "raj@example.net"]
     update = (await rig.fake.wait_for(lambda: rig.fake.of("chat.update")))[0]
     assert "Approved by maria@corp.example" in json.dumps(update.params["blocks"], ensure_ascii=False)

@@ -8,7 +8,7 @@ import httpx
 from sqlalchemy import func, select
 
 from bot.db.models import Suppression
-from bot.web import MAX_FORM_BYTES, build_web
+from bot.web import MAX_FORM_BYTES
 
 
 async def suppressed(bot) -> int:  # type: ignore[no-untyped-def]
@@ -27,7 +27,7 @@ async def test_unsubscribe_and_preview_refuse_garbage_and_change_nothing(bot) ->
             yield b"x" * 1024
 
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=build_web(bot.core)), base_url="http://t"
+        transport=httpx.ASGITransport(app=bot.app.web()), base_url="http://t"
     ) as web:
         for token in ("garbage", "a.b", good[:-2] + "AA", foreign, other_key, "a" * 5000, good + ".x", "%00"):
             assert (await web.get(f"/u/{token}")).status_code == 400

@@ -12,40 +12,17 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
-from bot.adapter import Adapter
+from bot.adapter import Adapter, CoreHandle
 from bot.events import Actor, Command, Conversation, Message, MessageRef
-
-if TYPE_CHECKING:
-    from bot.core import Core
+from bot.message_text import CONSOLE, render
 
 PLATFORM = "console"
 
 
-def render_message(message: Message, width: int = 78) -> str:
-    lines = [message.text] if message.text else []
-    card = message.card
-    if card is not None:
-        lines.append("┌─ " + card.title)
-        for name, value in card.fields:
-            value_lines = str(value).splitlines() or [""]
-            lines.append(f"│ {name}: {value_lines[0]}")
-            lines += [f"│   {extra}" for extra in value_lines[1:]]
-        if card.progress is not None:
-            filled = int(round(card.progress * 20))
-            lines.append(f"│ [{'█' * filled}{'·' * (20 - filled)}] {card.progress:.0%}")
-        if card.link:
-            lines.append(f"│ {card.link[0]}: {card.link[1]}")
-        for b in card.buttons:
-            twin = f"  → type: {b.text_command}" if b.text_command else ""
-            lines.append(f"│ [ {b.label} ]{twin}")
-        if card.footer:
-            lines.append(f"│ {card.footer}")
-        lines.append("└" + "─" * 20)
-    for path in message.attachments:
-        lines.append(f"(attachment saved: {path})")
-    return "\n".join(lines)
+def render_message(message: Message) -> str:
+    return render(message, CONSOLE)
 
 
 class ConsoleAdapter(Adapter):
@@ -64,12 +41,12 @@ class ConsoleAdapter(Adapter):
         self.prompt = prompt
         self._read_line = read_line
         self._ids = itertools.count(1)
-        self.core: Core | None = None
+        self.core: CoreHandle | None = None
         self.transcript: list[tuple[str, str, Message]] = []  # (kind, conversation, message), for tests
         self._closed = asyncio.Event()
 
     # -- the seam ------------------------------------------------------------------------------
-    async def start(self, core: Core) -> None:
+    async def start(self, core: CoreHandle) -> None:
         self.core = core
 
     async def stop(self) -> None:

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Coroutine
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dingtalk_stream import (
     AckMessage,
@@ -30,25 +30,35 @@ from dingtalk_stream.frames import Headers
 
 from adapters.dingtalk.openapi import DingTalkApi, DingTalkError
 from adapters.dingtalk.stream import PostroomStreamClient
-from bot import i18n, identities
-from bot.adapter import Adapter
+from bot import i18n
+from bot.adapter import Adapter, CoreHandle
 from bot.background import Background
-from bot.card_texts import t
 from bot.config import DingTalkSettings
 from bot.dedupe import Seen as _Seen
 from bot.errors import UserError
-from bot.events import Action, Actor, Command, Conversation, Message, MessageRef, PersonEvent
-
-if TYPE_CHECKING:
-    from bot.core import Core
+from bot.events import (
+    Action,
+    Actor,
+    Card,
+    Command,
+    Conversation,
+    Message,
+    MessageRef,
+    PersonEvent,
+    PersonKind,
+)
+from bot.message_text import MARKDOWN, card_lines, render
 
 log = logging.getLogger(__name__)
 PLATFORM = "dingtalk"
 CARD_TOPIC = "/v1.0/card/instances/callback"
-CONTACT_KINDS = {"user_add_org": "joined", "user_modify_org": "changed", "user_leave_org": "left"}
+CONTACT_KINDS: dict[str, PersonKind] = {
+    "user_add_org": "joined",
+    "user_modify_org": "changed",
+    "user_leave_org": "left",
+}
 WEBHOOK_MARGIN_MS = 60_000  # don't use a session webhook in its last minute
 LEADING_MENTIONS = re.compile(r"^(?:\s*@\S+)+\s*")
-MARKDOWN_LIMIT = 4000  # robot markdown messages are cut by DingTalk around 5,000 characters
 MAX_BUTTONS = 2  # the documented card template has two buttons (manifests/dingtalk/card-template.md)
 
 
@@ -130,7 +140,7 @@ class DingTalkAdapter(Adapter):
         self.client.register_callback_handler(CARD_TOPIC, _CardClicks(self))
         self.client.register_all_event_handler(_Events(self))
         self.clock = clock
-        self.core: Core | None = None
+        self.core: CoreHandle | None = None
         self._run: asyncio.Task[None] | None = None
         self.background = Background("dingtalk", log)
         self._seen = _Seen()
@@ -138,7 +148,7 @@ class DingTalkAdapter(Adapter):
         self._event_kinds = {kind: self._on_contact for kind in CONTACT_KINDS}
 
     # -- the seam ------------------------------------------------------------------------------
-    async def start(self, core: Core) -> None:
+    async def start(self, core: CoreHandle) -> None:
         self.core = core
         self._run = asyncio.get_running_loop().create_task(self.client.start(), name="dingtalk stream")
 
@@ -206,31 +216,7 @@ class DingTalkAdapter(Adapter):
 
     # -- rendering -------------------------------------------------------------------------------
     def markdown(self, message: Message, with_buttons: bool = True) -> str:
-        lines = [message.text] if message.text else []
-        card = message.card
-        if card is not None:
-            lines.append(self._card_markdown(message, with_buttons))
-        text = "\n\n".join(lines)
-        return text if len(text) <= MARKDOWN_LIMIT else text[: MARKDOWN_LIMIT - 1] + "…"
-
-    def _card_markdown(self, message: Message, with_buttons: bool) -> str:
-        card = message.card
-        assert card is not None
-        lines = [f"#### {card.title}"]
-        lines += [f"- **{t(self.locale, name)}**：{value}" for name, value in card.fields]
-        if card.progress is not None:
-            lines.append(f"- **{t(self.locale, 'Progress')}**：{card.progress:.0%}")
-        if card.link:
-            lines.append(f"[{t(self.locale, card.link[0])}]({card.link[1]})")
-        if with_buttons:
-            lines += [
-                f"- {t(self.locale, b.label)}：{t(self.locale, 'or type')} `{b.text_command}`"
-                for b in card.buttons
-                if b.text_command
-            ]
-        if card.footer:
-            lines.append(card.footer)
-        return "\n".join(lines)
+        return render(message, MARKDOWN, self.locale, buttons=with_buttons)
 
     def card_params(self, message: Message, *, decided: bool = False) -> dict[str, str]:
         """The string variables of the approval card template (manifests/dingtalk/card-template.md)."""
@@ -241,25 +227,22 @@ class DingTalkAdapter(Adapter):
             outcome_names = {"Outcome", i18n.t("Outcome")}
         fields = [(n, v) for n, v in card.fields if n not in outcome_names]
         outcome = next((v for n, v in card.fields if n in outcome_names), "")
-        body = message.__class__(
-            text="",
-            card=card.__class__(
-                title=card.title, fields=tuple(fields), progress=card.progress, footer=card.footer
-            ),
-        )
+        body = Card(title=card.title, fields=tuple(fields), progress=card.progress, footer=card.footer)
+        with i18n.using(self.locale):
+            content = "\n".join(card_lines(body, MARKDOWN, buttons=False, title=False))
         params = {
             "title": card.title,
             "summary": message.text,
-            "content": "\n".join(self._card_markdown(body, with_buttons=False).splitlines()[1:]),
+            "content": content,
             "status": outcome,
-            "preview_label": t(self.locale, card.link[0]) if card.link else "",
+            "preview_label": card.link[0] if card.link else "",
             "preview_url": card.link[1] if card.link else "",
             "has_buttons": "false" if decided or not card.buttons else "true",
         }
         for i, button in enumerate(card.buttons[:MAX_BUTTONS], start=1):
             params.update(
                 {
-                    f"btn{i}_label": t(self.locale, button.label),
+                    f"btn{i}_label": button.label,
                     f"btn{i}_action": button.action_id,
                     f"btn{i}_value": button.value,
                     f"btn{i}_style": button.style,
@@ -429,11 +412,11 @@ class DingTalkAdapter(Adapter):
                 log.warning("looking up DingTalk user %s failed: %s", user, exc)
             email = email or curr.get("email") or None
         if email is None:
-            kept = await identities.known(self.core.ctx, PLATFORM, user)
+            kept = await self.core.directory.known(PLATFORM, user)
             email = kept[0] if kept else None
         elif change != "left":
             try:
-                await identities.remember(self.core.ctx, PLATFORM, user, email, name)
+                await self.core.directory.remember(PLATFORM, user, email, name)
             except UserError as exc:
                 log.warning("DingTalk user %s has an unusable email: %s", user, exc.sentence)
         event = PersonEvent(
@@ -441,7 +424,7 @@ class DingTalkAdapter(Adapter):
             PLATFORM,
             f"{PLATFORM}:{user}",
             email,
-            attributes,  # type: ignore[arg-type]
+            attributes,
             event_id,
             at,
             name=name,

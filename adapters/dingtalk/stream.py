@@ -49,6 +49,8 @@ def _sdk_logger() -> logging.Logger:
 
 
 class PostroomStreamClient(DingTalkStreamClient):
+    websocket: Any  # the open connection while connected, else None (the SDK's attribute)
+
     def __init__(
         self,
         credential: Credential,
@@ -148,7 +150,7 @@ class PostroomStreamClient(DingTalkStreamClient):
         if ws is not None:
             await ws.close()
 
-    async def background_task(self, raw: Any) -> None:  # type: ignore[override]
+    async def background_task(self, raw: Any) -> None:
         ws = self.websocket
         try:
             frame = json.loads(raw)

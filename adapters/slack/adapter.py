@@ -15,7 +15,7 @@ import json
 import logging
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs
 
 from slack_bolt.app.async_app import AsyncApp
@@ -33,15 +33,11 @@ from starlette.routing import Route
 from adapters.slack import blocks
 from adapters.slack.directory import email_of, fingerprint, name_of, person_event
 from adapters.slack.markup import resolve_markup
-from bot import identities
-from bot.adapter import Adapter
+from bot.adapter import Adapter, CoreHandle
 from bot.background import Background
 from bot.config import SlackSettings
-from bot.errors import UserError
+from bot.errors import UserError, error_message
 from bot.events import Action, Actor, Command, Conversation, Message, MessageRef
-
-if TYPE_CHECKING:
-    from bot.core import Core
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +92,7 @@ class SlackAdapter(Adapter):
 
             self.http_handler = AsyncSlackRequestHandler(self.app)
         self.socket: Any = None
-        self.core: Core | None = None
+        self.core: CoreHandle | None = None
         self.bot_user_id: str | None = None
         self._users: dict[str, tuple[str | None, str | None, float]] = {}
         self._seen: dict[str, tuple[Any, ...]] = {}
@@ -107,7 +103,7 @@ class SlackAdapter(Adapter):
         self._timers: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     # -- the seam ------------------------------------------------------------------------------
-    async def start(self, core: Core) -> None:
+    async def start(self, core: CoreHandle) -> None:
         self.core = core
         try:
             auth = await self.client.auth_test()
@@ -242,7 +238,7 @@ class SlackAdapter(Adapter):
         app.event("team_join")(self._on_directory)
         app.event("user_change")(self._on_directory)
 
-    def _core(self) -> Core:
+    def _core(self) -> CoreHandle:
         if self.core is None:
             raise RuntimeError("the Slack adapter was not started")
         return self.core
@@ -265,8 +261,6 @@ class SlackAdapter(Adapter):
             try:
                 text = await resolve_markup(str(body.get("text") or ""), self._email_for)
             except UserError as exc:
-                from bot.core import error_message
-
                 return error_message(exc)
             except Exception as exc:
                 log.warning("resolving mentions failed: %s", _error_code(exc))
@@ -375,11 +369,11 @@ class SlackAdapter(Adapter):
 
     async def _on_directory(self, body: dict[str, Any]) -> None:
         event = body.get("event") or {}
-        user = event.get("user") if isinstance(event.get("user"), dict) else {}
+        user: dict[str, Any] = event["user"] if isinstance(event.get("user"), dict) else {}
         self._remember(user)
         email = email_of(user)
         if user.get("id") and email:  # roles follow the new address from the next command on
-            await identities.remember(self._core().ctx, PLATFORM, user["id"], email, name_of(user))
+            await self._core().directory.remember(PLATFORM, user["id"], email, name_of(user))
         person = person_event(body)
         if person is None:
             return

@@ -22,21 +22,15 @@ def slack() -> None:
 def manifest(ctx: click.Context, url: str | None, socket_mode: bool, name: str) -> None:
     """Print the Slack app manifest (YAML) to paste into Slack's app settings."""
     from adapters.slack.manifest import build_manifest, registered_specs, render
-    from bot.config import ConfigError, load_settings
 
     if not socket_mode and not url:
         raise click.UsageError("Give --url <public base URL> (HTTP mode), or --socket for Socket Mode.")
     if url and not url.startswith("https://") and not url.startswith("http://"):
         raise click.UsageError("--url must start with https:// (Slack only calls https URLs).")
-    root = ctx.find_root()
-    try:
-        settings = load_settings((root.obj or {}).get("config"))
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
     args = "--socket" if socket_mode else f"--url {url}"
     click.echo(
         render(
-            build_manifest(registered_specs(settings), url, socket_mode=socket_mode, name=name),
+            build_manifest(registered_specs(), url, socket_mode=socket_mode, name=name),
             command_line=f"postroom slack manifest {args}",
         ),
         nl=False,

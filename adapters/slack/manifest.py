@@ -6,36 +6,22 @@ output for https://postroom.example.com, kept in the repository to read and diff
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from adapters.slack.adapter import EVENTS_PATH, UMBRELLA
-
-if TYPE_CHECKING:
-    from bot.commands.parser import Spec
-    from bot.config import Settings
+from bot.commandline import Spec
+from bot.commands import all_specs
 
 EXAMPLE_URL = "https://postroom.example.com"
 BOT_SCOPES = ["commands", "chat:write", "users:read", "users:read.email"]
 BOT_EVENTS = ["team_join", "user_change"]
 
 
-def registered_specs(settings: Settings) -> list[Spec]:
-    """Every command spec the core registers, without touching a database."""
-    from bot.context import Context
-    from bot.core import Core
-    from bot.db.engine import make_engine, make_sessionmaker
-    from bot.links import Signer
-
-    engine = make_engine("sqlite+aiosqlite://")  # never connected: registration reads no data
-    ctx = Context(
-        settings=settings,
-        engine=engine,
-        sessions=make_sessionmaker(engine),
-        signer=Signer(settings.web.secret),
-    )
-    return [spec for spec, _handler in Core(ctx).commands.values()]
+def registered_specs() -> list[Spec]:
+    """Every command Postroom answers, from the command modules' specs: nothing is built or connected."""
+    return all_specs()
 
 
 def slash_commands(specs: list[Spec]) -> list[dict[str, str]]:

@@ -12,9 +12,9 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from xml.etree.ElementTree import Element, ParseError
 
 from defusedxml import DefusedXmlException
@@ -25,24 +25,24 @@ from starlette.routing import Route
 
 from adapters.wecom.api import WeComApi, WeComError
 from adapters.wecom.crypto import CallbackRefused, WeComCrypto
-from bot import identities
-from bot.adapter import Adapter
+from bot import i18n
+from bot.adapter import Adapter, CoreHandle
 from bot.background import Background
-from bot.card_texts import t
 from bot.config import WeComSettings
 from bot.dedupe import Seen as _Seen
 from bot.errors import UserError
-from bot.events import Action, Actor, Command, Conversation, Message, MessageRef, PersonEvent
-
-if TYPE_CHECKING:
-    from bot.core import Core
+from bot.events import Action, Actor, Command, Conversation, Message, MessageRef, PersonEvent, PersonKind
+from bot.message_text import PLAIN, render
 
 log = logging.getLogger(__name__)
 PLATFORM = "wecom"
 MAX_BODY = 64 * 1024
-TEXT_LIMIT = 2000  # WeCom cuts text messages at 2048 bytes
 KEY_SEP = "|"
-CONTACT_KINDS = {"create_user": "joined", "update_user": "changed", "delete_user": "left"}
+CONTACT_KINDS: dict[str, PersonKind] = {
+    "create_user": "joined",
+    "update_user": "changed",
+    "delete_user": "left",
+}
 BUTTON_STYLES = {"primary": 1, "default": 2, "danger": 3}
 
 
@@ -76,21 +76,21 @@ class WeComAdapter(Adapter):
             settings.api_url, settings.corp_id, settings.secret, settings.agent_id, timeout=settings.timeout_s
         )
         self.clock = clock
-        self.core: Core | None = None
+        self.core: CoreHandle | None = None
         self.background = Background("wecom", log)
         self._seen = _Seen()
         self._click_codes: dict[str, str] = {}  # task_id -> the newest unused ResponseCode from a click
         self._used_codes: set[str] = set()
         self._last_fallback: dict[str, str] = {}
         self.refused: list[str] = []  # reasons, newest last (for the log and tests)
-        self._handlers: dict[tuple[str, str], Callable[[dict[str, str]], Awaitable[None]]] = {
+        self._handlers: dict[tuple[str, str], Callable[[dict[str, str]], Coroutine[Any, Any, None]]] = {
             ("text", ""): self._on_text,
             ("event", "template_card_event"): self._on_card_click,
             ("event", "change_contact"): self._on_contact,
         }
 
     # -- the seam ------------------------------------------------------------------------------
-    async def start(self, core: Core) -> None:
+    async def start(self, core: CoreHandle) -> None:
         self.core = core
         self._spawn(self.learn_userids(), "learn user ids")
 
@@ -101,23 +101,7 @@ class WeComAdapter(Adapter):
         person's first command could not be tied to their email. Returns how many were learnt.
         """
         assert self.core is not None
-        from sqlalchemy import select
-
-        from bot.db.models import Identity, Person
-
-        async with self.core.ctx.sessions() as session:
-            known = set(
-                (await session.execute(select(Identity.email).where(Identity.platform == PLATFORM)))
-                .scalars()
-                .all()
-            )
-            emails = [
-                e
-                for e in (await session.execute(select(Person.email).where(Person.status == "active")))
-                .scalars()
-                .all()
-                if e not in known
-            ]
+        emails = await self.core.directory.unmapped(PLATFORM)
         learnt = 0
         for email in emails:
             try:
@@ -126,7 +110,7 @@ class WeComAdapter(Adapter):
                 log.warning("WeCom: looking up the UserID of %s failed (%s); stopping for now", email, exc)
                 break
             if userid:
-                await identities.remember(self.core.ctx, PLATFORM, userid, email)
+                await self.core.directory.remember(PLATFORM, userid, email)
                 learnt += 1
         if learnt:
             log.info("WeCom: learnt the UserIDs of %d people by their email", learnt)
@@ -201,39 +185,22 @@ class WeComAdapter(Adapter):
 
     # -- rendering -------------------------------------------------------------------------------
     def render_text(self, message: Message, with_buttons: bool = True) -> str:
-        lines = [message.text] if message.text else []
-        card = message.card
-        if card is not None:
-            lines.append(f"【{card.title}】")
-            lines += [f"{t(self.locale, name)}：{value}" for name, value in card.fields]
-            if card.progress is not None:
-                lines.append(f"{t(self.locale, 'Progress')}：{card.progress:.0%}")
-            if card.link:
-                lines.append(f"{t(self.locale, card.link[0])}：{card.link[1]}")
-            if with_buttons:
-                lines += [
-                    f"{t(self.locale, b.label)} — {t(self.locale, 'or type')} {b.text_command}"
-                    for b in card.buttons
-                    if b.text_command
-                ]
-            if card.footer:
-                lines.append(card.footer)
-        text = "\n".join(lines)
-        while len(text.encode()) > TEXT_LIMIT:
-            text = text[: int(len(text) * 0.9)] + "…"
-        return text
+        return render(message, PLAIN, self.locale, buttons=with_buttons)
+
+    def _words(self, text: str) -> str:
+        """One of the adapter's own words on a card, in this messenger's language."""
+        with i18n.using(self.locale):
+            return i18n.t(text)
 
     def _card(self, message: Message, task_id: str, *, buttons: bool) -> dict[str, Any]:
         card = message.card
         assert card is not None
-        rows = [
-            {"keyname": t(self.locale, name)[:20], "value": str(value)[:120]} for name, value in card.fields
-        ]
+        rows = [{"keyname": name[:20], "value": str(value)[:120]} for name, value in card.fields]
         if card.progress is not None:
-            rows.append({"keyname": t(self.locale, "Progress"), "value": f"{card.progress:.0%}"})
+            rows.append({"keyname": self._words("Progress"), "value": f"{card.progress:.0%}"})
         link = card.link[1] if card.link else self.base_url or "https://work.weixin.qq.com"
         body: dict[str, Any] = {
-            "source": {"desc": t(self.locale, "Postroom")},
+            "source": {"desc": self._words("Postroom")},
             "main_title": {"title": card.title[:60], "desc": message.text[:120]},
             "horizontal_content_list": rows[-6:] if not buttons else rows[:6],
             "card_action": {"type": 1, "url": link},
@@ -243,13 +210,13 @@ class WeComAdapter(Adapter):
             body["card_type"] = "button_interaction"
             body["button_list"] = [
                 {
-                    "text": t(self.locale, b.label)[:20],
+                    "text": b.label[:20],
                     "style": BUTTON_STYLES.get(b.style, 2),
                     "key": f"{b.action_id}{KEY_SEP}{b.value}"[:1024],
                 }
                 for b in card.buttons[:6]
             ]
-            body["replace_text"] = t(self.locale, "Submitted")
+            body["replace_text"] = self._words("Submitted")
         else:
             body["card_type"] = "text_notice"  # the outcome: no buttons left to press
         return body
@@ -316,7 +283,7 @@ class WeComAdapter(Adapter):
             return
         self._spawn(handler(msg), key)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         self.background.spawn(coro, name)
 
     async def settle(self, timeout: float = 10.0) -> None:
@@ -377,11 +344,11 @@ class WeComAdapter(Adapter):
             except (WeComError, OSError, ValueError) as exc:
                 log.warning("looking up WeCom user %s failed: %s", user, exc)
         if email is None:
-            kept = await identities.known(self.core.ctx, PLATFORM, user)
+            kept = await self.core.directory.known(PLATFORM, user)
             email = kept[0] if kept else None
         if email and kind != "left":
             try:
-                await identities.remember(self.core.ctx, PLATFORM, user, email, name)
+                await self.core.directory.remember(PLATFORM, user, email, name)
             except UserError as exc:
                 log.warning("WeCom user %s has an unusable email: %s", user, exc.sentence)
         attributes = {
@@ -398,7 +365,7 @@ class WeComAdapter(Adapter):
             PLATFORM,
             f"{PLATFORM}:{user}",
             email,
-            attributes,  # type: ignore[arg-type]
+            attributes,
             f"{change}:{user}:{created}:{digest}",
             at,
             name=name,

@@ -84,7 +84,7 @@ def parse_report(data: bytes) -> list[Finding]:
             if ctype != "message/delivery-status":
                 continue
             payload = part.get_payload()
-            blocks = payload if isinstance(payload, list) else []
+            blocks = [b for b in payload if isinstance(b, EmailMessage)] if isinstance(payload, list) else []
             for block in blocks[1:] if len(blocks) > 1 else blocks:
                 action = _field(block, "Action")
                 status = _field(block, "Status")

@@ -20,9 +20,9 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Table, and_, bindparam, func, insert, or_, select, update
 
 from bot.addresses import email_hash
 from bot.campaigns import service
@@ -161,6 +161,10 @@ class DeliveryEngine:
         self._stop.set()
         self._halt.set()
 
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
     async def _emit(self, campaign_id: int, what: str) -> None:
         if self.on_event is not None:
             try:
@@ -210,7 +214,7 @@ class DeliveryEngine:
                 session, campaign.id, ("approved", "scheduled"), "sending", started_at=self.ctx.now()
             )
             if not won:
-                return (await session.get(Campaign, campaign_id, populate_existing=True)).state  # type: ignore[union-attr]
+                return (await session.get(Campaign, campaign_id, populate_existing=True)).state
             await self._snapshot(session, campaign)
             service.audit_campaign(
                 session,
@@ -223,7 +227,7 @@ class DeliveryEngine:
             )
         return "sending"
 
-    async def _snapshot(self, session, campaign: Campaign) -> None:  # type: ignore[no-untyped-def]
+    async def _snapshot(self, session, campaign: Campaign) -> None:
         async for chunk in stream_audience(session, self.ctx.settings, campaign):
             await session.execute(
                 insert(Delivery),
@@ -588,7 +592,7 @@ class DeliveryEngine:
         now = self.ctx.now()
         async with self.ctx.sessions() as session, session.begin():
             conn = await session.connection()
-            table = Delivery.__table__
+            table = cast(Table, Delivery.__table__)
             mine = and_(table.c.id == bindparam("b_id"), table.c.claimed_by == self.worker_id)
             if sent:
                 await conn.execute(

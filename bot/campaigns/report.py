@@ -211,7 +211,7 @@ def _unit(span_s: float) -> tuple[float, str]:
     return 86400.0, "days"
 
 
-def _cumulative(ax, times: list[datetime], t0: datetime, scale: float, label: str, colour: str) -> None:  # type: ignore[no-untyped-def]
+def _cumulative(ax, times: list[datetime], t0: datetime, scale: float, label: str, colour: str) -> None:
     xs = [0.0] + [max(0.0, (t - t0).total_seconds() / scale) for t in times]
     ys = [0] + list(range(1, len(times) + 1))
     ax.step(xs, ys, where="post", label=f"{label} ({len(times)})", color=colour)

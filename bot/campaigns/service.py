@@ -9,8 +9,10 @@ import hashlib
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, cast
 
 from sqlalchemy import func, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import audit
@@ -79,7 +81,7 @@ async def transition(
         .values(state=to_state, **values)
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1
+    return cast(CursorResult[Any], result).rowcount == 1
 
 
 def messages_for(ctx: Context, campaign: Campaign) -> CampaignMessages:

@@ -25,7 +25,7 @@ import hashlib
 import hmac
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import select
 from starlette.requests import Request
@@ -35,12 +35,10 @@ from starlette.routing import Route
 from bot.addresses import email_hash
 from bot.campaigns.bounces import Finding, classify_status, record_finding
 from bot.campaigns.tracking import verify_click, verify_open, verp_delivery
+from bot.context import Context
 from bot.db.models import CampaignEvent, Delivery, ProcessedEvent
 from bot.db.upsert import insert_ignore
 from bot.webhooks import Refused, read_capped
-
-if TYPE_CHECKING:
-    from bot.core import Core
 
 PIXEL = bytes.fromhex(
     "47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b"
@@ -49,8 +47,7 @@ MAX_WEBHOOK_BYTES = 1_000_000
 MAX_SKEW_S = 300
 
 
-def campaign_routes(core: Core) -> list[Route]:
-    ctx = core.ctx
+def campaign_routes(ctx: Context) -> list[Route]:
     signer = ctx.signer
 
     async def record(delivery_id: int, kind: str, detail: str | None) -> None:

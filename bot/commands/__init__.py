@@ -1,18 +1,13 @@
-"""Chat commands: the same grammar on every messenger. Each module registers its commands."""
+"""Chat commands: the same grammar on every messenger. Each module declares its commands' `SPECS`
+and a class whose `register(table)` puts its handlers in the core's CommandTable; the composition
+root (bot/app.py) builds those classes with what they need."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from bot.core import Core
+from bot.commandline import Spec
+from bot.commands import campaigns, general, groups, lifecycle, privacy
 
 
-def register_all(core: Core) -> None:
-    from bot.commands import campaigns, general, groups, lifecycle, privacy
-
-    for module in (general, groups, campaigns, lifecycle, privacy):
-        module.register(core)
-    for path in core.commands:
-        if len(path) > 1:
-            core.groups_of_commands.setdefault(path[0], []).append(path)
+def all_specs() -> list[Spec]:
+    """Every command Postroom answers, without building anything (the Slack manifest, /help checks)."""
+    return [spec for module in (general, groups, campaigns, lifecycle, privacy) for spec in module.SPECS]

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from bot import i18n
-from bot.commands.parser import Arg, Parsed, Spec
+from bot.commandline import Arg, Parsed, Spec
+from bot.context import Context
+from bot.core import CommandTable, Request
 from bot.db.models import Preference
 from bot.db.upsert import insert_ignore
 from bot.errors import UserError
 from bot.events import Message
 from bot.i18n import t
-
-if TYPE_CHECKING:
-    from bot.core import Core, Request
 
 HELP = Spec(
     ("help",),
@@ -27,9 +24,23 @@ LANG = Spec(
 )
 
 
-def register(core: Core) -> None:
-    core.command(HELP)(help_command)
-    core.command(LANG)(lang_command)
+SPECS = (HELP, LANG)
+
+
+class GeneralCommands:
+    def __init__(self, ctx: Context, table: CommandTable):
+        self.ctx = ctx
+        self.table = table
+
+    def register(self, table: CommandTable) -> None:
+        table.command(HELP, self.help)
+        table.command(LANG, self.lang)
+
+    async def help(self, req: Request, p: Parsed) -> Message:
+        return describe_commands(self.table, req, p.opt("command"))
+
+    async def lang(self, req: Request, p: Parsed) -> Message:
+        return await choose_language(self.ctx, req, p.opt("language"))
 
 
 def describe(spec: Spec) -> str:
@@ -37,12 +48,11 @@ def describe(spec: Spec) -> str:
     return t(spec.summary)
 
 
-async def help_command(core: Core, req: Request, p: Parsed) -> Message:
-    wanted = p.opt("command")
+def describe_commands(table: CommandTable, req: Request, wanted: str | None) -> Message:
     if wanted:
         words = [w.lstrip("/").lower() for w in wanted.split()]
         matches = [
-            (path, spec) for path, (spec, _) in core.commands.items() if list(path[: len(words)]) == words
+            (path, spec) for path, (spec, _) in table.commands.items() if list(path[: len(words)]) == words
         ]
         if not matches:
             raise UserError(t("There is no command /{name}. /help lists them.", name=" ".join(words)[:40]))
@@ -54,7 +64,7 @@ async def help_command(core: Core, req: Request, p: Parsed) -> Message:
                     lines.append(f"    --{f.name}: {t(f.help)}")
         return Message("\n".join(lines), ephemeral=True)
     lines = [t("Email groups (internal) and campaigns (external), from chat. Commands:")]
-    for _path, (spec, _) in sorted(core.commands.items()):
+    for spec in table.specs():
         allowed = not spec.roles or req.has(*spec.roles) or "owners" in spec.roles
         mark = "" if allowed else "  " + t("(needs a role you don't have)")
         lines.append(f"  {spec.usage}{mark}\n      {describe(spec)}")
@@ -62,8 +72,7 @@ async def help_command(core: Core, req: Request, p: Parsed) -> Message:
     return Message("\n".join(lines), ephemeral=True)
 
 
-async def lang_command(core: Core, req: Request, p: Parsed) -> Message:
-    wanted = p.opt("language")
+async def choose_language(ctx: Context, req: Request, wanted: str | None) -> Message:
     if wanted is None:
         return Message(
             t(
@@ -81,7 +90,7 @@ async def lang_command(core: Core, req: Request, p: Parsed) -> Message:
             ),
             LANG.usage,
         )
-    async with core.ctx.sessions() as session, session.begin():
+    async with ctx.sessions() as session, session.begin():
         await insert_ignore(session, Preference, [{"email": req.email, "locale": chosen}], ["email"])
         row = await session.get(Preference, req.email)
         assert row is not None

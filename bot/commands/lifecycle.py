@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from sqlalchemy import select
-
-from bot.commands.parser import Arg, Flag, Parsed, Spec
-from bot.db.models import Group
+from bot.commandline import Arg, Flag, Parsed, Spec
+from bot.context import Context
+from bot.core import CommandTable, Request
 from bot.errors import PermissionDenied, UserError
 from bot.events import Action, Message
-from bot.groups import planner, service
+from bot.groups.membership import Memberships
 from bot.groups.report import build_report
+from bot.groups.rules import RuleBook
 from bot.i18n import t
-
-if TYPE_CHECKING:
-    from bot.core import Core, Request
 
 RULES = Spec(("rules",), summary="The group rules in force: which groups exist and who belongs in them.")
 RULES_RELOAD = Spec(
@@ -47,100 +42,7 @@ PLAN_REJECT = Spec(
 )
 
 
-def register(core: Core) -> None:
-    core.command(RULES)(rules)
-    core.command(RULES_RELOAD)(rules_reload)
-    core.command(SYNC)(sync)
-    core.command(AUDIT)(audit_command)
-    core.command(PLAN_APPROVE)(plan_approve)
-    core.command(PLAN_REJECT)(plan_reject)
-    core.action("plan.approve")(approve_click)
-    core.action("plan.reject")(reject_click)
-
-
-async def rules(core: Core, req: Request, p: Parsed) -> Message:
-    return Message(planner.rules_in_force(core).describe())
-
-
-async def reconcile(core: Core, *, source: str, actor: str, via: str, dry_run: bool) -> str:
-    """Definitions from the rules file, then every person against the rules: the /sync plan."""
-    ctx = core.ctx
-    rules_set = planner.rules_in_force(core)
-    async with ctx.sessions() as session, session.begin():
-        if dry_run:
-            existing = (
-                set((await session.execute(select(Group.address))).scalars()) if rules_set.groups else set()
-            )
-            missing = [g.address for g in rules_set.groups if g.address not in existing]
-            defs = [t("would create {group}", group=a) for a in missing]
-        else:
-            defs = await planner.sync_group_definitions(
-                session, rules_set, ctx.settings, actor=actor, via=via
-            )
-        plan = await planner.plan_reconcile(session, rules_set, ctx.settings, now=ctx.now())
-        plan = await service.check_policy(session, plan, ctx.settings)
-        reasons = await planner.hold_reasons(session, plan, ctx.settings)
-    head = (t("Groups: {changes}.", changes=t("; ").join(defs)) + "\n") if defs else ""
-    if dry_run:
-        if not plan.changes and not plan.refused:
-            return head + t("Everything matches the rules: nothing to change (dry run).")
-        text = head + t("Dry run — nothing changed.") + " " + plan.summary()
-        if reasons:
-            text += "\n" + t("Applying it would need an approver: {reasons}.", reasons=t("; ").join(reasons))
-        return text
-    if not plan.changes:
-        extra = ("\n" + plan.summary()) if plan.refused else ""
-        return head + t("Everything matches the rules: nothing changed.") + extra
-    out = await planner.execute(core, plan, source=source, actor=actor, via=via)
-    if out.held is not None:
-        return (
-            head
-            + t(
-                "The plan waits for an approver (plan #{id}): {reasons}.",
-                id=out.held,
-                reasons=t("; ").join(out.reasons),
-            )
-            + "\n"
-            + plan.summary()
-        )
-    applied = (
-        t("Applied {count} change.", count=out.applied)
-        if out.applied == 1
-        else t("Applied {count} changes.", count=out.applied)
-    )
-    return head + applied + " " + plan.summary()
-
-
-async def sync(core: Core, req: Request, p: Parsed) -> Message:
-    return Message(
-        await reconcile(core, source="sync", actor=req.email, via=req.via, dry_run=p.switch("dry-run"))
-    )
-
-
-async def rules_reload(core: Core, req: Request, p: Parsed) -> Message:
-    previous = core.services.get("rules")
-    loaded = planner.reload_rules(core)
-    try:
-        text = await reconcile(core, source="rules", actor=req.email, via=req.via, dry_run=False)
-    except UserError:
-        # The new rules could not be put in force (a group with external members turning internal).
-        if previous is None:
-            core.services.pop("rules", None)
-        else:
-            core.services["rules"] = previous
-        raise
-    n = len(loaded.groups)
-    loaded_text = (
-        t("Loaded {count} group rule from {path}.", count=n, path=loaded.path)
-        if n == 1
-        else t("Loaded {count} group rules from {path}.", count=n, path=loaded.path)
-    )
-    return Message(f"{loaded_text}\n{text}")
-
-
-async def audit_command(core: Core, req: Request, p: Parsed) -> Message:
-    report = await build_report(core)
-    return report.message(core.ctx.settings.groups.manual_max_age_days)
+SPECS = (RULES, RULES_RELOAD, SYNC, AUDIT, PLAN_APPROVE, PLAN_REJECT)
 
 
 def _plan_id(raw: str, usage: str) -> int:
@@ -150,29 +52,71 @@ def _plan_id(raw: str, usage: str) -> int:
     return int(raw)
 
 
-async def plan_approve(core: Core, req: Request, p: Parsed) -> Message:
-    return Message(
-        await planner.decide(core, _plan_id(p.arg("id"), PLAN_APPROVE.usage), req.email, req.via, "approved")
-    )
+class LifecycleCommands:
+    def __init__(self, ctx: Context, rules: RuleBook, memberships: Memberships):
+        self.ctx = ctx
+        self.rules = rules
+        self.memberships = memberships
 
+    def register(self, table: CommandTable) -> None:
+        table.command(RULES, self.show_rules)
+        table.command(RULES_RELOAD, self.rules_reload)
+        table.command(SYNC, self.sync)
+        table.command(AUDIT, self.audit)
+        table.command(PLAN_APPROVE, self.plan_approve)
+        table.command(PLAN_REJECT, self.plan_reject)
+        table.action("plan.approve", self.approve_click)
+        table.action("plan.reject", self.reject_click)
 
-async def plan_reject(core: Core, req: Request, p: Parsed) -> Message:
-    return Message(
-        await planner.decide(core, _plan_id(p.arg("id"), PLAN_REJECT.usage), req.email, req.via, "rejected")
-    )
+    async def show_rules(self, req: Request, p: Parsed) -> Message:
+        return Message(self.rules.current().describe())
 
+    async def sync(self, req: Request, p: Parsed) -> Message:
+        return Message(
+            await self.memberships.reconcile(
+                source="sync", actor=req.email, via=req.via, dry_run=p.switch("dry-run")
+            )
+        )
 
-async def approve_click(core: Core, req: Request, action: Action) -> Message | None:
-    if not req.has("approvers"):
-        raise PermissionDenied(t("Only approvers can approve a membership plan."))
-    return Message(
-        await planner.decide(core, _plan_id(action.value, PLAN_APPROVE.usage), req.email, req.via, "approved")
-    )
+    async def rules_reload(self, req: Request, p: Parsed) -> Message:
+        previous = self.rules.in_force()
+        loaded = self.rules.read()
+        self.rules.use(loaded)
+        try:
+            text = await self.memberships.reconcile(
+                source="rules", actor=req.email, via=req.via, dry_run=False
+            )
+        except UserError:
+            # The new rules could not be put in force (a group with external members turning internal).
+            self.rules.use(previous)
+            raise
+        n = len(loaded.groups)
+        loaded_text = (
+            t("Loaded {count} group rule from {path}.", count=n, path=loaded.path)
+            if n == 1
+            else t("Loaded {count} group rules from {path}.", count=n, path=loaded.path)
+        )
+        return Message(f"{loaded_text}\n{text}")
 
+    async def audit(self, req: Request, p: Parsed) -> Message:
+        report = await build_report(self.ctx)
+        return report.message(self.ctx.settings.groups.manual_max_age_days)
 
-async def reject_click(core: Core, req: Request, action: Action) -> Message | None:
-    if not req.has("approvers"):
-        raise PermissionDenied(t("Only approvers can reject a membership plan."))
-    return Message(
-        await planner.decide(core, _plan_id(action.value, PLAN_REJECT.usage), req.email, req.via, "rejected")
-    )
+    async def _decide(self, req: Request, raw: str, usage: str, decision: str) -> Message:
+        return Message(await self.memberships.decide(_plan_id(raw, usage), req.email, req.via, decision))
+
+    async def plan_approve(self, req: Request, p: Parsed) -> Message:
+        return await self._decide(req, p.arg("id"), PLAN_APPROVE.usage, "approved")
+
+    async def plan_reject(self, req: Request, p: Parsed) -> Message:
+        return await self._decide(req, p.arg("id"), PLAN_REJECT.usage, "rejected")
+
+    async def approve_click(self, req: Request, action: Action) -> Message | None:
+        if not req.has("approvers"):
+            raise PermissionDenied(t("Only approvers can approve a membership plan."))
+        return await self._decide(req, action.value, PLAN_APPROVE.usage, "approved")
+
+    async def reject_click(self, req: Request, action: Action) -> Message | None:
+        if not req.has("approvers"):
+            raise PermissionDenied(t("Only approvers can reject a membership plan."))
+        return await self._decide(req, action.value, PLAN_REJECT.usage, "rejected")

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from bot import privacy
 from bot.addresses import normalise
 from bot.campaigns.notes import status_name
-from bot.commands.parser import Arg, Parsed, Spec
+from bot.commandline import Arg, Parsed, Spec
+from bot.context import Context
+from bot.core import CommandTable, Request
 from bot.errors import UserError
 from bot.events import Message
 from bot.i18n import t
-
-if TYPE_CHECKING:
-    from bot.core import Core, Request
 
 EXPORT = Spec(
     ("privacy", "export"), (Arg("email"),), (), "Everything held about a contact (admins).", ("admins",)
@@ -29,20 +28,27 @@ ERASE = Spec(
 )
 
 
-def register(core: Core) -> None:
-    core.command(EXPORT)(export)
-    core.command(ERASE)(erase)
+SPECS = (EXPORT, ERASE)
 
 
-async def export(core: Core, req: Request, p: Parsed) -> Message:
+class PrivacyCommands:
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+
+    def register(self, table: CommandTable) -> None:
+        table.command(EXPORT, partial(export, self.ctx))
+        table.command(ERASE, partial(erase, self.ctx))
+
+
+async def export(ctx: Context, req: Request, p: Parsed) -> Message:
     try:
         email = normalise(p.arg("email"))
     except UserError as exc:
         raise UserError(exc.sentence, EXPORT.usage) from None
-    data = await privacy.export(core.ctx, email)
-    folder = Path(core.ctx.settings.campaigns.reports_dir)
+    data = await privacy.export(ctx, email)
+    folder = Path(ctx.settings.campaigns.reports_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    path = (folder / f"privacy-export-{core.ctx.now():%Y%m%d-%H%M%S}.json").resolve()
+    path = (folder / f"privacy-export-{ctx.now():%Y%m%d-%H%M%S}.json").resolve()
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False))
     c = data["contact"]
     lines = [t("What Postroom holds about {email}:", email=email)]
@@ -94,12 +100,12 @@ async def export(core: Core, req: Request, p: Parsed) -> Message:
     return Message("\n".join(lines), ephemeral=True, attachments=(str(path),))
 
 
-async def erase(core: Core, req: Request, p: Parsed) -> Message:
+async def erase(ctx: Context, req: Request, p: Parsed) -> Message:
     try:
         email = normalise(p.arg("email"))
     except UserError as exc:
         raise UserError(exc.sentence, ERASE.usage) from None
-    if core.ctx.settings.is_internal(email):
+    if ctx.settings.is_internal(email):
         raise UserError(
             t(
                 "{email} is a company address; erasure here is for external contacts (HR handles staff).",
@@ -107,7 +113,7 @@ async def erase(core: Core, req: Request, p: Parsed) -> Message:
             ),
             ERASE.usage,
         )
-    done = await privacy.erase(core.ctx, email, actor=req.email, via=req.via)
+    done = await privacy.erase(ctx, email, actor=req.email, via=req.via)
     if done["contact"]:
         text = t(
             "Erased {email}: the contact record and consent, {count} campaign message records anonymised. Only "

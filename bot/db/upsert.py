@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
 
@@ -17,5 +18,5 @@ async def insert_ignore(
     dialect = (await session.connection()).dialect.name
     ins = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stmt = ins(model).values(rows).on_conflict_do_nothing(index_elements=conflict)
-    result = await session.execute(stmt)
+    result = cast(CursorResult[Any], await session.execute(stmt))
     return result.rowcount if result.rowcount is not None and result.rowcount >= 0 else len(rows)

@@ -1,81 +1,41 @@
-"""One planner for every membership change: a command, an HR event, a rule edit, a full reconcile.
+"""What a membership change should be, as a `Plan`: for one person (a joiner or a mover: their rule
+groups recomputed, manual memberships kept), for a leaver (every group), and for the whole population
+against the rules (`/sync`, a rule edit, a CSV snapshot). Each change carries its reason. Plans are
+executed — guarded, applied or held — by `bot.groups.membership.Memberships`, never here.
 
-Each produces a `Plan` (adds and removes, each with its reason). `execute` checks policy, then the
-guards — a plan removing too many people, or touching a protected group, is held for an approver
-(a card with Approve/Reject; the plan waits in `pending_plans`) — and otherwise applies it
-idempotently through `groups.service.apply`, which audits each change.
+A rule exception (a person HR removed by hand from a group their rules give them) keeps that
+person out of that group in every plan until HR adds them again.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from collections import defaultdict
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import audit
 from bot.config import Settings
-from bot.db.models import Group, Membership, PendingPlan, Person
+from bot.db.models import Group, Membership, Person, RuleException
 from bot.errors import UserError
-from bot.events import Button, Card, Message
 from bot.groups import service
-from bot.groups.rules import GroupRule, RulesError, RuleSet, load_rules, person_values
+from bot.groups.rules import GroupRule, RuleSet, person_values
 from bot.groups.service import Change, Plan
 from bot.i18n import t
-
-if TYPE_CHECKING:
-    from bot.core import Core
 
 log = logging.getLogger(__name__)
 
 
-# -- the rules in force -------------------------------------------------------------------------
-def rules_in_force(core: Core) -> RuleSet:
-    """The rules this process runs on; read from `groups.rules_file` the first time."""
-    rules = core.services.get("rules")
-    if isinstance(rules, RuleSet):
-        return rules
-    path = core.ctx.settings.groups.rules_file
-    rules = RuleSet((), None)
-    if path:
-        try:
-            rules = load_rules(path, core.ctx.settings)
-        except RulesError as exc:
-            log.error("group rules not loaded: %s", exc.sentence)
-            # Not "no rules": unknown rules. Plans add nothing and remove no rule membership.
-            rules = RuleSet((), path, error=exc.sentence)
-    core.services["rules"] = rules
-    return rules
-
-
-def check_rules_at_start(core: Core) -> RuleSet:
-    """`serve` and the demo start only on a rules file that loads: a broken one would strip every mover."""
-    rules = rules_in_force(core)
-    if rules.error:
-        raise UserError(
-            t(
-                "The group rules file could not be loaded, so Postroom did not start: {problem}",
-                problem=rules.error,
-            )
-        )
-    return rules
-
-
-def reload_rules(core: Core) -> RuleSet:
-    """Re-read the rules file; on any error raise UserError and keep the rules in force."""
-    path = core.ctx.settings.groups.rules_file
-    if not path:
-        raise UserError(t("No rules file is configured: set groups.rules_file in the configuration."))
-    try:
-        rules = load_rules(path, core.ctx.settings)
-    except RulesError as exc:
-        raise UserError(t("{problem} The rules in force are unchanged.", problem=exc.sentence)) from None
-    core.services["rules"] = rules
-    return rules
+async def rule_exceptions(session: AsyncSession, person_id: int | None = None) -> set[tuple[int, int]]:
+    """(group id, person id) pairs the rules must leave alone."""
+    query = select(RuleException.group_id, RuleException.person_id)
+    if person_id is not None:
+        query = query.where(RuleException.person_id == person_id)
+    return {(g, p) for g, p in (await session.execute(query)).all()}
 
 
 async def sync_group_definitions(
@@ -209,8 +169,9 @@ async def plan_person(session: AsyncSession, rules: RuleSet, person: Person) -> 
                     person.id,
                 )
             )
+    kept_out = await rule_exceptions(session, person.id)
     for address, rule in desired.items():
-        if address not in present:
+        if address not in present and (ids[address], person.id) not in kept_out:
             plan.changes.append(
                 Change("add", ids[address], address, person.email, rule.source, _add_reason(rule), person.id)
             )
@@ -218,7 +179,7 @@ async def plan_person(session: AsyncSession, rules: RuleSet, person: Person) -> 
 
 
 async def plan_leaver(session: AsyncSession, person: Person, why: str) -> Plan:
-    """Every membership goes, manual ones too."""
+    """Every membership goes, manual ones too; no guard may hold it (cause "left")."""
     plan = Plan()
     rows = (
         await session.execute(
@@ -228,7 +189,9 @@ async def plan_leaver(session: AsyncSession, person: Person, why: str) -> Plan:
         )
     ).all()
     for r in rows:
-        plan.changes.append(Change("remove", r.group_id, r.address, r.email, r.source, why, person.id))
+        plan.changes.append(
+            Change("remove", r.group_id, r.address, r.email, r.source, why, person.id, "left")
+        )
     return plan
 
 
@@ -259,10 +222,12 @@ async def plan_reconcile(
 
     `people` replaces the database's people (a CSV snapshot); `leaving` lists emails that leave.
     Leavers whose grace period is over lose every membership; the rest get exactly their rule
-    groups while manual memberships stay.
+    groups while manual memberships stay. Someone who has left on record leaves for certain (cause
+    "left"); someone merely missing from a snapshot is a removal the mass-removal brake counts.
     """
     plan = Plan()
     ids = await _group_ids(session, rules)
+    kept_out = await rule_exceptions(session)
     if people is None:
         people = [
             PersonRow(r.id, r.employee_id, r.email, r.name, r.attributes or {}, r.status, r.left_at)
@@ -299,8 +264,11 @@ async def plan_reconcile(
             due = p.email in leaving or p.left_at is None or p.left_at + grace <= now
             if due:
                 why = t("{email} left", email=p.email) + reason_suffix
+                cause = "left" if p.status == "left" else ""
                 for gid, source in mine:
-                    plan.changes.append(Change("remove", gid, all_groups[gid], p.email, source, why, p.id))
+                    plan.changes.append(
+                        Change("remove", gid, all_groups[gid], p.email, source, why, p.id, cause)
+                    )
             continue
         desired = {
             ids[r.address]: r
@@ -324,7 +292,7 @@ async def plan_reconcile(
                     )
                 )
         for gid, rule in desired.items():
-            if gid not in present:
+            if gid not in present and (gid, p.id) not in kept_out:
                 plan.changes.append(
                     Change("add", gid, addresses[gid], p.email, rule.source, _add_reason(rule), p.id)
                 )
@@ -356,372 +324,3 @@ async def plan_reconcile(
                     )
                 )
     return plan
-
-
-# -- guards -------------------------------------------------------------------------------------
-async def hold_reasons(session: AsyncSession, plan: Plan, settings: Settings) -> list[str]:
-    """Why this plan needs an approver before it applies (empty: it may apply now)."""
-    g = settings.groups
-    reasons: list[str] = []
-    removes = Counter(c.group_address for c in plan.removes)
-    group_ids = {c.group_address: c.group_id for c in plan.changes}
-    if removes:
-        sizes = dict(
-            (
-                await session.execute(
-                    select(Membership.group_id, func.count())
-                    .where(Membership.group_id.in_([group_ids[a] for a in removes]))
-                    .group_by(Membership.group_id)
-                )
-            ).all()
-        )
-        for address, n in sorted(removes.items()):
-            size = sizes.get(group_ids[address], 0)
-            if n >= g.guard_min_removals and size and n / size > g.max_remove_share:
-                reasons.append(
-                    t(
-                        "it removes {count} of {size} members ({share}) of {group}, more than the {limit} "
-                        "allowed without approval",
-                        count=n,
-                        size=size,
-                        share=f"{n / size:.0%}",
-                        group=address,
-                        limit=f"{g.max_remove_share:.0%}",
-                    )
-                )
-        total = sum(removes.values())
-        if total > g.max_remove_count:
-            reasons.append(
-                t(
-                    "it removes {count} memberships at once, more than the {limit} allowed without approval",
-                    count=total,
-                    limit=g.max_remove_count,
-                )
-            )
-    if group_ids:
-        protected = (
-            (
-                await session.execute(
-                    select(Group.address).where(
-                        Group.id.in_(list(group_ids.values())), Group.protected.is_(True)
-                    )
-                )
-            )
-            .scalars()
-            .all()
-        )
-        for address in sorted(protected):
-            reasons.append(t("it changes the protected group {group}", group=address))
-    return reasons
-
-
-def split_protected(plan: Plan, protected: set[str]) -> tuple[Plan, Plan]:
-    """(changes that may apply now, changes to protected groups that wait for an approver)."""
-    now, held = Plan(unchanged=list(plan.unchanged), refused=list(plan.refused)), Plan()
-    for c in plan.changes:
-        (held if c.group_address in protected else now).changes.append(c)
-    return now, held
-
-
-async def protected_addresses(session: AsyncSession, plan: Plan) -> set[str]:
-    ids = {c.group_id for c in plan.changes}
-    if not ids:
-        return set()
-    return set(
-        (
-            await session.execute(select(Group.address).where(Group.id.in_(ids), Group.protected.is_(True)))
-        ).scalars()
-    )
-
-
-# -- held plans ---------------------------------------------------------------------------------
-@dataclass
-class Outcome:
-    applied: int = 0
-    held: int | None = None  # the pending plan's id
-    reasons: list[str] = field(default_factory=list)
-    plan: Plan = field(default_factory=Plan)
-
-
-def _change_dict(c: Change) -> dict[str, Any]:
-    return asdict(c)
-
-
-def _change_from(d: dict[str, Any]) -> Change:
-    return Change(**d)
-
-
-async def hold(
-    session: AsyncSession,
-    *,
-    source: str,
-    actor: str,
-    via: str,
-    reasons: list[str],
-    summary: str,
-    changes: list[Change] | None = None,
-    events: list[dict[str, Any]] | None = None,
-) -> PendingPlan:
-    payload: dict[str, Any] = {"changes": [_change_dict(c) for c in changes or []]}
-    if events is not None:
-        payload["events"] = events
-    pending = PendingPlan(
-        source=source, actor=actor, via=via, reasons=reasons, summary=summary[:20_000], payload=payload
-    )
-    session.add(pending)
-    await session.flush()
-    audit.record(
-        session,
-        actor=actor,
-        via=via,
-        action="plan.hold",
-        subject=f"plan:{pending.id}",
-        after={"reasons": reasons, "changes": len(changes or []), "events": len(events or [])},
-        detail=summary[:2000],
-    )
-    return pending
-
-
-def approval_card(pending: PendingPlan) -> Message:
-    changes = pending.payload.get("changes", [])
-    events = pending.payload.get("events")
-    adds = sum(1 for c in changes if c["op"] == "add")
-    removes = len(changes) - adds
-    fields: list[tuple[str, str]] = [
-        (t("Requested by"), t("{actor} via {via}", actor=pending.actor, via=pending.via)),
-        (t("Why it waits"), t("; ").join(pending.reasons)),
-    ]
-    if events is not None:
-        fields.append((t("HR events"), str(len(events))))
-    fields.append((t("Changes"), t("{adds} to add, {removes} to remove", adds=adds, removes=removes)))
-    fields.append((t("Plan"), pending.summary[:1500]))
-    card = Card(
-        title=t("Membership plan #{id} needs an approver", id=pending.id),
-        fields=tuple(fields),
-        buttons=(
-            Button(
-                "plan.approve",
-                t("Approve"),
-                str(pending.id),
-                style="primary",
-                confirm=t("Apply this membership plan?"),
-                text_command=f"/plan approve {pending.id}",
-            ),
-            Button(
-                "plan.reject",
-                t("Reject"),
-                str(pending.id),
-                style="danger",
-                text_command=f"/plan reject {pending.id}",
-            ),
-        ),
-    )
-    return Message(t("A membership plan from {source} waits for approval.", source=pending.source), card)
-
-
-async def announce_hold(core: Core, pending: PendingPlan) -> None:
-    await core.post("approvals", lambda: approval_card(pending), subject=f"plan:{pending.id}")
-
-
-async def announce_pending(core: Core) -> list[int]:
-    """Post the card of every pending plan no approver has seen yet (one held by `postroom hr import`,
-    a process with no messenger attached). Returns the plan ids announced."""
-    from bot.db.models import MessageRecord
-
-    async with core.ctx.sessions() as session:
-        pending = (
-            (
-                await session.execute(
-                    select(PendingPlan).where(PendingPlan.state == "pending").order_by(PendingPlan.id)
-                )
-            )
-            .scalars()
-            .all()
-        )
-        if not pending:
-            return []
-        seen = set(
-            (
-                await session.execute(
-                    select(MessageRecord.subject).where(
-                        MessageRecord.subject.in_([f"plan:{p.id}" for p in pending])
-                    )
-                )
-            ).scalars()
-        )
-    done = []
-    for p in pending:
-        if f"plan:{p.id}" not in seen:
-            await announce_hold(core, p)
-            done.append(p.id)
-    return done
-
-
-async def announce_pending_job() -> None:
-    """Scheduled job (every minute in `postroom serve`)."""
-    from bot.scheduler import current_core
-
-    await announce_pending(current_core())
-
-
-async def execute(
-    core: Core,
-    plan: Plan,
-    *,
-    source: str,
-    actor: str,
-    via: str,
-    guard: bool = True,
-    session: AsyncSession | None = None,
-) -> Outcome:
-    """Policy, guards, apply. Refused changes are dropped (see plan.refused); a guarded plan is held."""
-    if session is None:
-        async with core.ctx.sessions() as s, s.begin():
-            out = await _execute(core, s, plan, source=source, actor=actor, via=via, guard=guard)
-    else:
-        out = await _execute(core, session, plan, source=source, actor=actor, via=via, guard=guard)
-    if out.held is not None:
-        async with core.ctx.sessions() as s:
-            pending = await s.get(PendingPlan, out.held)
-        if pending is not None:
-            await announce_hold(core, pending)
-    return out
-
-
-async def _execute(
-    core: Core, session: AsyncSession, plan: Plan, *, source: str, actor: str, via: str, guard: bool
-) -> Outcome:
-    settings = core.ctx.settings
-    plan = await service.check_policy(session, plan, settings)
-    out = Outcome(plan=plan)
-    if guard:
-        reasons = await hold_reasons(session, plan, settings)
-        if reasons:
-            pending = await hold(
-                session,
-                source=source,
-                actor=actor,
-                via=via,
-                reasons=reasons,
-                summary=plan.summary(),
-                changes=plan.changes,
-            )
-            out.held, out.reasons = pending.id, reasons
-            return out
-    out.applied = await service.apply(session, plan, actor=actor, via=via)
-    return out
-
-
-async def decide(core: Core, plan_id: int, approver: str, via: str, decision: str) -> str:
-    """Approve (apply) or reject a held plan; one decision however often it is clicked."""
-    from bot.hr import lifecycle
-
-    now = core.ctx.now()
-    async with core.ctx.sessions() as session, session.begin():
-        pending = await session.get(PendingPlan, plan_id)
-        if pending is None:
-            raise UserError(t("There is no membership plan #{id}.", id=plan_id))
-        if pending.state != "pending":
-            if pending.state == "approved":
-                raise UserError(
-                    t(
-                        "Plan #{id} was already approved by {who}: nothing changed.",
-                        id=plan_id,
-                        who=pending.decided_by,
-                    )
-                )
-            if pending.state == "rejected":
-                raise UserError(
-                    t(
-                        "Plan #{id} was already rejected by {who}: nothing changed.",
-                        id=plan_id,
-                        who=pending.decided_by,
-                    )
-                )
-            raise UserError(
-                t(
-                    "Plan #{id} was already {state} by {who}: nothing changed.",
-                    id=plan_id,
-                    state=pending.state,
-                    who=pending.decided_by,
-                )
-            )
-        if pending.actor == approver:
-            raise UserError(t("You asked for this plan, so someone else has to approve it."))
-        won = await session.execute(
-            update(PendingPlan)
-            .where(PendingPlan.id == plan_id, PendingPlan.state == "pending")
-            .values(state=decision, decided_by=approver, decided_at=now)
-        )
-        if won.rowcount != 1:
-            raise UserError(t("Plan #{id} was decided a moment ago: nothing changed.", id=plan_id))
-        audit.record(
-            session,
-            actor=approver,
-            via=via,
-            action=f"plan.{decision}",
-            subject=f"plan:{plan_id}",
-            before={"state": "pending"},
-            after={"state": decision},
-        )
-        applied = 0
-        events = pending.payload.get("events")
-        if decision == "approved" and events is None:
-            plan = Plan([_change_from(d) for d in pending.payload.get("changes", [])])
-            plan = await service.check_policy(session, plan, core.ctx.settings)
-            applied = await service.apply(session, plan, actor=approver, via=via)
-    if decision == "approved" and events is not None:
-        for raw in events:
-            await lifecycle.apply_person_event(
-                core,
-                lifecycle.event_from_dict(raw),
-                guard=False,
-                notify=False,
-                snapshot=bool(raw.get("snapshot")),
-            )
-            applied += 1
-        summary = pending.summary[:3000]
-        await core.post(
-            "hr",
-            lambda: Message(
-                t(
-                    "Plan #{id} approved by {approver}: {count} HR events from {source} applied.",
-                    id=plan_id,
-                    approver=approver,
-                    count=applied,
-                    source=pending.source,
-                )
-                + "\n"
-                + summary
-            ),
-        )
-
-    def outcome_text() -> str:
-        if decision != "approved":
-            return t(
-                "Rejected membership plan #{id} ({approver}); nothing was changed.",
-                id=plan_id,
-                approver=approver,
-            )
-        if events is not None:
-            return t(
-                "Approved membership plan #{id} ({approver}); {count} events applied.",
-                id=plan_id,
-                approver=approver,
-                count=applied,
-            )
-        return t(
-            "Approved membership plan #{id} ({approver}); {count} changes applied.",
-            id=plan_id,
-            approver=approver,
-            count=applied,
-        )
-
-    def card() -> Message:
-        text = outcome_text()
-        return Message(
-            text, Card(title=t("Membership plan #{id}", id=plan_id), fields=((t("Outcome"), text),))
-        )
-
-    await core.update_subject(f"plan:{plan_id}", card)
-    return outcome_text()

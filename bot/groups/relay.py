@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
+from bot.context import Context
 from bot.db.models import Group, Membership
 from bot.mail.server import Route
-
-if TYPE_CHECKING:
-    from bot.core import Core
 
 log = logging.getLogger(__name__)
 SEND_CHUNK = 500
@@ -34,14 +31,14 @@ def list_id(group: Group) -> str:
     return f'"{label}" <{group.local_part}.{group.address.split("@", 1)[1]}>'
 
 
-def group_route(core: Core) -> Route:
-    settings = core.ctx.settings
+def group_route(ctx: Context) -> Route:
+    settings = ctx.settings
 
-    async def _group(session, rcpt: str) -> Group | None:  # type: ignore[no-untyped-def]
+    async def _group(session, rcpt: str) -> Group | None:
         return (await session.execute(select(Group).where(Group.address == rcpt))).scalar_one_or_none()
 
     async def accepts(rcpt: str, mail_from: str) -> str | None:
-        async with core.ctx.sessions() as session:
+        async with ctx.sessions() as session:
             group = await _group(session, rcpt)
             if group is None:
                 return None
@@ -71,10 +68,10 @@ def group_route(core: Core) -> Route:
         sent: set[str] = set(rcpts)  # never mail a group to itself
         failed: list[str] = []
         delivered = 0
-        transport = core.ctx.new_transport()
+        transport = ctx.new_transport()
         try:
             for rcpt in rcpts:
-                async with core.ctx.sessions() as session:
+                async with ctx.sessions() as session:
                     group = await _group(session, rcpt)
                     if group is None:
                         continue

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 
+from bot.context import Context
 from bot.db.models import Group, Membership, Person
 from bot.events import Card, Message
 from bot.i18n import t
+from bot.messengers import Messengers
 
-if TYPE_CHECKING:
-    from bot.core import Core
-
-JOB_ID = "groups.audit-report"
+JOB_ID = "groups.audit-report"  # the job's id, and the name of its handler
 
 
 @dataclass
@@ -85,8 +83,7 @@ class Report:
         return Message(headline, Card(title=t("Email groups audit"), fields=fields))
 
 
-async def build_report(core: Core) -> Report:
-    ctx = core.ctx
+async def build_report(ctx: Context) -> Report:
     settings = ctx.settings
     now = ctx.now()
     grace = timedelta(hours=settings.groups.leaver_grace_hours)
@@ -146,10 +143,13 @@ async def build_report(core: Core) -> Report:
     return report
 
 
-async def scheduled_report() -> None:
-    """Scheduled job: the audit report to the HR conversation."""
-    from bot.scheduler import current_core
+class AuditReport:
+    """The report on a schedule (groups.audit_cron) to the HR conversation."""
 
-    core = current_core()
-    report = await build_report(core)
-    await core.post("hr", lambda: report.message(core.ctx.settings.groups.manual_max_age_days))
+    def __init__(self, ctx: Context, messengers: Messengers):
+        self.ctx = ctx
+        self.messengers = messengers
+
+    async def send(self) -> None:
+        report = await build_report(self.ctx)
+        await self.messengers.post("hr", lambda: report.message(self.ctx.settings.groups.manual_max_age_days))

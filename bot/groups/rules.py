@@ -21,6 +21,7 @@ error is refused whole, with its line and the reason; the rules in force stay as
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +30,11 @@ from typing import Any
 import yaml
 
 from bot.config import Settings
+from bot.errors import UserError
 from bot.groups.service import LOCAL_PART_RE
 from bot.i18n import t
+
+log = logging.getLogger(__name__)
 
 KINDS = ("internal", "external-allowed")
 POST_POLICIES = ("members", "company", "anyone")
@@ -513,3 +517,58 @@ def _group(node: yaml.Node, name: str, settings: Settings) -> GroupRule:
         exceptions=exceptions,
         line=line,
     )
+
+
+# -- the rules in force -------------------------------------------------------------------------
+class RuleBook:
+    """The rules this process runs on: read from `groups.rules_file` the first time they are needed,
+    replaced by `/rules reload`. A file that does not load leaves *unknown* rules in force (not "no
+    rules"): plans then add nothing and remove no rule membership."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._rules: RuleSet | None = None
+
+    def current(self) -> RuleSet:
+        if self._rules is None:
+            path = self.settings.groups.rules_file
+            rules = RuleSet((), None)
+            if path:
+                try:
+                    rules = load_rules(path, self.settings)
+                except RulesError as exc:
+                    log.error("group rules not loaded: %s", exc.sentence)
+                    rules = RuleSet((), path, error=exc.sentence)
+            self._rules = rules
+        return self._rules
+
+    def in_force(self) -> RuleSet | None:
+        """The rules in force if they were read already (None: not yet)."""
+        return self._rules
+
+    def use(self, rules: RuleSet | None) -> None:
+        """Put `rules` in force (None: read the file again when next needed)."""
+        self._rules = rules
+
+    def check_at_start(self) -> RuleSet:
+        """`serve` and the demo start only on a rules file that loads: a broken one would strip every mover."""
+        rules = self.current()
+        if rules.error:
+            raise UserError(
+                t(
+                    "The group rules file could not be loaded, so Postroom did not start: {problem}",
+                    problem=rules.error,
+                )
+            )
+        return rules
+
+    def read(self) -> RuleSet:
+        """The rules file as it is now, not yet in force; UserError (the rules in force unchanged) if it
+        does not load."""
+        path = self.settings.groups.rules_file
+        if not path:
+            raise UserError(t("No rules file is configured: set groups.rules_file in the configuration."))
+        try:
+            return load_rules(path, self.settings)
+        except RulesError as exc:
+            raise UserError(t("{problem} The rules in force are unchanged.", problem=exc.sentence)) from None

@@ -1,9 +1,9 @@
-"""Email groups: one path for every membership change — plan, policy, apply, audit.
+"""Email groups: the membership primitives under the one path.
 
 Whatever starts a change (a command, an HR event, a rule, a reconcile), it becomes a `Plan` of
-adds and removes with a reason each. `check_policy` refuses what must never happen (an external
-address into an internal group). `apply` makes the plan true idempotently and audits each change.
-The same plan, unapplied, is the dry-run preview.
+adds and removes with a reason each; `bot.groups.membership.Memberships.execute` checks it against
+the one guard (bot/groups/guard.py) and then calls `apply`, which makes it true idempotently and
+audits each change. Nothing else calls `apply`. Membership rows are written only here.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import audit
@@ -35,6 +35,9 @@ class Change:
     source: str
     reason: str
     person_id: int | None = None
+    # Why a removal must happen whatever the guard says: "left" (the person left the company) or
+    # "address-out" (their address moved outside the company's domains). Empty for every other change.
+    cause: str = ""
 
 
 @dataclass
@@ -219,55 +222,6 @@ async def plan_remove(
     return plan
 
 
-def external_refusal(email: str, group_address: str, settings: Settings) -> str:
-    return t(
-        "{email} is outside {domains}, and {group} is an internal group: external people can't join it. "
-        "To mail external audiences, use a campaign (/help campaign).",
-        email=email,
-        domains=", ".join(settings.org.domains),
-        group=group_address,
-    )
-
-
-async def check_policy(session: AsyncSession, plan: Plan, settings: Settings) -> Plan:
-    """Move every change that policy forbids into `plan.refused`, with the sentence why."""
-    if not plan.changes:
-        return plan
-    group_ids = {c.group_id for c in plan.changes}
-    kinds = dict((await session.execute(select(Group.id, Group.kind).where(Group.id.in_(group_ids)))).all())
-    left = await _leavers(session, [c for c in plan.changes if c.op == "add"])
-    allowed: list[Change] = []
-    for c in plan.changes:
-        if c.op == "add" and kinds.get(c.group_id) == "internal" and not settings.is_internal(c.email):
-            plan.refused.append((c, external_refusal(c.email, c.group_address, settings)))
-        elif c.op == "add" and (c.email in left or c.person_id in left):
-            plan.refused.append(
-                (c, t("{email} has left the company: leavers can't be added to groups.", email=c.email))
-            )
-        else:
-            allowed.append(c)
-    plan.changes = allowed
-    return plan
-
-
-async def _leavers(session: AsyncSession, adds: list[Change]) -> set[object]:
-    """The emails and person ids among these adds that belong to people who have left."""
-    if not adds:
-        return set()
-    emails = sorted({c.email for c in adds})
-    ids = sorted({c.person_id for c in adds if c.person_id is not None})
-    found: set[object] = set()
-    for i in range(0, max(len(emails), len(ids)), 500):
-        cond = Person.email.in_(emails[i : i + 500])
-        if ids[i : i + 500]:
-            cond = cond | Person.id.in_(ids[i : i + 500])
-        for pid, email in (
-            await session.execute(select(Person.id, Person.email).where(cond, Person.status == "left"))
-        ).all():
-            found.update((pid, email))
-    return found
-
-
 async def apply(session: AsyncSession, plan: Plan, *, actor: str, via: str) -> int:
     """Make the plan true. Idempotent: an add already present or a remove already gone is a no-op.
 
@@ -347,6 +301,24 @@ async def apply(session: AsyncSession, plan: Plan, *, actor: str, via: str) -> i
     return applied
 
 
+async def link_person(session: AsyncSession, person_id: int, email: str) -> None:
+    """Memberships given by hand before the person was on record become theirs."""
+    await session.execute(
+        update(Membership)
+        .where(Membership.email == email, Membership.person_id.is_(None))
+        .values(person_id=person_id)
+    )
+
+
+async def follow_address(session: AsyncSession, person_id: int, old: str, new: str) -> None:
+    """A person's address changed: every membership of theirs moves to the new address."""
+    await session.execute(
+        update(Membership)
+        .where((Membership.person_id == person_id) | (Membership.email == old))
+        .values(email=new, person_id=person_id)
+    )
+
+
 async def member_count(session: AsyncSession, group_id: int) -> int:
     return (await session.execute(select(func.count()).where(Membership.group_id == group_id))).scalar_one()
 
@@ -355,10 +327,11 @@ __all__ = [
     "Change",
     "Plan",
     "apply",
-    "check_policy",
     "create_group",
     "domain_of",
     "find_group",
+    "follow_address",
+    "link_person",
     "plan_add",
     "plan_remove",
 ]

@@ -15,7 +15,7 @@ import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import select
 
@@ -23,15 +23,12 @@ from bot.addresses import normalise
 from bot.csvfiles import read_utf8
 from bot.db.models import Person
 from bot.errors import UserError
-from bot.events import PersonEvent
+from bot.events import Message, PersonEvent, PersonKind
 from bot.groups import planner
 from bot.groups import service as groups
 from bot.groups.planner import PersonRow
-from bot.hr import lifecycle
+from bot.hr.lifecycle import Lifecycle, event_to_dict
 from bot.i18n import t
-
-if TYPE_CHECKING:
-    from bot.core import Core
 
 SOURCE = "csv"
 MAX_ROWS = 200_000
@@ -142,7 +139,7 @@ def read_snapshot(text: str, domains_check: Callable[[str], bool] | None = None)
 
 
 async def import_staff(
-    core: Core,
+    hr: Lifecycle,
     path: Path,
     *,
     dry_run: bool = False,
@@ -152,10 +149,10 @@ async def import_staff(
     data, text = read_utf8(path)
     rows = read_snapshot(text)
     digest = hashlib.sha256(data).hexdigest()[:16]
-    ctx = core.ctx
+    ctx = hr.ctx
     now = ctx.now()
     result = ImportResult(dry_run=dry_run)
-    rules = planner.rules_in_force(core)
+    rules = hr.rules.current()
     if not dry_run:  # the rule groups exist before anyone is planned into them
         async with ctx.sessions() as session, session.begin():
             await planner.sync_group_definitions(session, rules, ctx.settings, actor=actor, via=SOURCE)
@@ -172,7 +169,7 @@ async def import_staff(
             if person is not None:
                 in_file.add(person.employee_id or "")
             if person is None or person.status == "left":
-                kind = "joined"
+                kind: PersonKind | None = "joined"
                 result.joined += 1
             elif (person.email, person.attributes or {}, person.name or None) != (
                 r["email"],
@@ -218,7 +215,10 @@ async def import_staff(
             leaving=leaving,
             reason_suffix=" " + t("(missing from {file})", file=path.name),
         )
-        plan = await groups.check_policy(session, plan, ctx.settings)
+        # The snapshot is guarded as a whole: a bad export must not half-apply.
+        verdict = await hr.memberships.review(session, plan, "reconcile")
+        plan = verdict.plan
+        plan.changes = plan.changes + verdict.held
         result.plan = plan
         if plan.refused:
             c, _why = plan.refused[0]
@@ -231,12 +231,12 @@ async def import_staff(
                     group=c.group_address,
                 )
             )
-        result.reasons = await planner.hold_reasons(session, plan, ctx.settings)
+        result.reasons = verdict.reasons
     if dry_run:
         return result
     if result.reasons:
         async with ctx.sessions() as session, session.begin():
-            pending = await planner.hold(
+            pending = await hr.memberships.hold(
                 session,
                 source=SOURCE,
                 actor=actor,
@@ -244,20 +244,18 @@ async def import_staff(
                 reasons=result.reasons,
                 summary=result.summary(),
                 changes=plan.changes,
-                events=[{**lifecycle.event_to_dict(e), "snapshot": True} for e in events],
+                events=[{**event_to_dict(e), "snapshot": True} for e in events],
             )
         result.held = pending.id
-        await planner.announce_hold(core, pending)
+        await hr.memberships.announce(pending.id)
         return result
     for i, event in enumerate(events, start=1):
-        await lifecycle.apply_person_event(core, event, guard=False, notify=False, snapshot=True)
+        await hr.apply(event, kind="reviewed", notify=False, snapshot=True)
         if progress is not None:
             progress(i, len(events))
     result.applied = True
     if events:
-        from bot.events import Message
-
-        await core.post(
+        await hr.messengers.post(
             "hr",
             lambda: Message(
                 t("Staff import from {file} by {actor}:", file=path.name, actor=actor)

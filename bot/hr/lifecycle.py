@@ -5,7 +5,8 @@ person apply in order: one older than the last applied for that person changes n
 Joiner: the rule groups. Mover: rule groups recomputed, manual memberships kept. Leaver: out
 of every group, manual ones too — at once, or when the grace period ends (a persistent scheduled
 job, so a restart does not forget it). Rehire: rules apply again and HR hears what they had.
-Every change goes through the planner (plan → policy → apply → audit) and HR gets a short note.
+Every membership change is a plan executed through the one membership path
+(bot/groups/membership.py), and HR gets a short note.
 """
 
 from __future__ import annotations
@@ -14,23 +15,26 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import String, cast, select
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import audit
 from bot.addresses import normalise
+from bot.context import Context
 from bot.db.models import Group, Membership, Person, PersonId, ProcessedEvent
 from bot.db.upsert import insert_ignore
 from bot.errors import UserError
 from bot.events import Message, PersonEvent
-from bot.groups import planner
-from bot.groups import service as groups
+from bot.groups import planner, service
+from bot.groups.guard import Kind
+from bot.groups.membership import Memberships, Refused
+from bot.groups.rules import RuleBook
 from bot.i18n import t
-
-if TYPE_CHECKING:
-    from bot.core import Core
+from bot.messengers import Messengers
+from bot.scheduler import Scheduler, now
 
 log = logging.getLogger(__name__)
 KINDS = ("joined", "changed", "left")
@@ -41,6 +45,10 @@ UNKNOWN_LEAVER_RETRY_MIN = (1, 10, 60, 360, 1440)
 HR_SOURCES = ("hr-webhook", "csv")
 # Messenger directories namespace what they know so it never overwrites an HR attribute the rules match on.
 DIRECTORY_PREFIXES = ("slack_", "dingtalk_", "wecom_")
+# The scheduled jobs this module owns (registered with the scheduler by the composition root).
+FINISH_LEAVER = "hr.finish-leaver"
+RETRY_EVENT = "hr.retry-event"
+RETRY_UNKNOWN_LEAVER = "hr.retry-unknown-leaver"
 
 
 def id_namespace(source: str) -> str:
@@ -97,412 +105,498 @@ def event_from_dict(d: dict[str, Any]) -> PersonEvent:
     )
 
 
-def _lock_for(core: Core, key: str) -> asyncio.Lock:
-    locks: dict[str, asyncio.Lock] = core.services.setdefault("person_locks", {})
-    lock = locks.get(key)
-    if lock is None:
-        if len(locks) > 10_000:
-            for k in [k for k, v in locks.items() if not v.locked()]:
-                locks.pop(k, None)
-        lock = locks[key] = asyncio.Lock()
-    return lock
+class Lifecycle:
+    """Applies PersonEvents from every source: the HR webhook, CSV snapshots, messenger directories."""
 
+    def __init__(
+        self,
+        ctx: Context,
+        rules: RuleBook,
+        memberships: Memberships,
+        messengers: Messengers,
+        scheduler: Scheduler,
+    ):
+        self.ctx = ctx
+        self.rules = rules
+        self.memberships = memberships
+        self.messengers = messengers
+        self.scheduler = scheduler
+        self._locks: dict[str, asyncio.Lock] = {}
 
-async def apply_person_event(
-    core: Core, event: PersonEvent, *, guard: bool = True, notify: bool = True, snapshot: bool = False
-) -> Outcome:
-    """Apply one HR event. Raises UserError (nothing changed) when the event is unusable.
+    def jobs(self) -> dict[str, Any]:
+        """The scheduled jobs this lifecycle runs, by handler name."""
+        return {
+            FINISH_LEAVER: self.finish_leaver,
+            RETRY_EVENT: self.retry_event,
+            RETRY_UNKNOWN_LEAVER: self.retry_unknown_leaver,
+        }
 
-    `notify=False` (a bulk import) leaves the per-person note to HR to the caller's summary;
-    `snapshot=True` (a CSV row) replaces the attributes on record instead of merging into them.
-    """
-    if event.kind not in KINDS:
-        raise UserError(
-            t("“{text}” is not an HR event type (joined, changed, left).", text=str(event.kind)[:40])
-        )
-    if event.at.tzinfo is None:
-        raise UserError(t("The event's time has no time zone."))
-    async with _lock_for(core, f"{id_namespace(event.source)}:{event.external_id}"):
-        for attempt, delay in enumerate((*RETRY_DELAYS_S, None)):
-            try:
-                outcome = await _apply(core, event, guard, snapshot)
-                break
-            except UnknownPerson as exc:
-                if event.kind != "left":
-                    raise
-                await _retry_unknown_leaver(core, event, exc.sentence, attempt=0)
-                return Outcome("queued", person=event.external_id, kind=event.kind, note=exc.sentence)
-            except DBAPIError:
-                if delay is None:
-                    log.exception("HR event %s failed %d times", event.event_id, attempt + 1)
-                    await _report_failure(core, event)
-                    raise
-                await asyncio.sleep(delay)
-    if outcome.status == "applied":
-        await _after_commit(core, event, outcome, notify)
-    return outcome
+    def _lock_for(self, key: str) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            if len(self._locks) > 10_000:
+                for k in [k for k, v in self._locks.items() if not v.locked()]:
+                    self._locks.pop(k, None)
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
 
+    async def apply(
+        self, event: PersonEvent, *, kind: Kind = "person", notify: bool = True, snapshot: bool = False
+    ) -> Outcome:
+        """Apply one HR event. Raises UserError (nothing changed) when the event is unusable.
 
-async def _report_failure(core: Core, event: PersonEvent) -> None:
-    who = event.email or event.external_id
-    scheduled = True
-    try:
-        from bot.scheduler import ensure_scheduler, now
+        `kind="reviewed"` applies an event whose plan an approver (or the snapshot's own review) has
+        already seen; `notify=False` (a bulk import) leaves the per-person note to HR to the caller's
+        summary; `snapshot=True` (a CSV row) replaces the attributes on record instead of merging.
+        """
+        if event.kind not in KINDS:
+            raise UserError(
+                t("“{text}” is not an HR event type (joined, changed, left).", text=str(event.kind)[:40])
+            )
+        if event.at.tzinfo is None:
+            raise UserError(t("The event's time has no time zone."))
+        async with self._lock_for(f"{id_namespace(event.source)}:{event.external_id}"):
+            for attempt, delay in enumerate((*RETRY_DELAYS_S, None)):
+                try:
+                    outcome = await self._apply(event, kind, snapshot)
+                    break
+                except UnknownPerson as exc:
+                    if event.kind != "left":
+                        raise
+                    await self._retry_unknown_leaver(event, exc.sentence, attempt=0)
+                    return Outcome("queued", person=event.external_id, kind=event.kind, note=exc.sentence)
+                except DBAPIError:
+                    if delay is None:
+                        log.exception("HR event %s failed %d times", event.event_id, attempt + 1)
+                        await self._report_failure(event)
+                        raise
+                    await asyncio.sleep(delay)
+        if outcome.status == "applied":
+            await self._after_commit(event, outcome, notify)
+        return outcome
 
-        scheduler = await ensure_scheduler(core, run_jobs=False)
-        scheduler.at(
-            f"hr.retry:{event.source}:{event.event_id}"[:190],
-            now() + timedelta(minutes=1),
-            "bot.hr.lifecycle:retry_event",
-            event=event_to_dict(event),
-        )
-    except Exception:
-        log.exception("could not schedule the retry of %s", event.event_id)
-        scheduled = False
+    async def replay(self, events: list[dict[str, Any]]) -> int:
+        """Apply HR events an approver released (a held CSV snapshot); returns how many."""
+        for raw in events:
+            await self.apply(
+                event_from_dict(raw), kind="reviewed", notify=False, snapshot=bool(raw.get("snapshot"))
+            )
+        return len(events)
 
-    def text() -> Message:
-        if event.kind == "left":
+    # -- failures and retries ------------------------------------------------------------------
+    async def _report_failure(self, event: PersonEvent) -> None:
+        who = event.email or event.external_id
+        scheduled = True
+        try:
+            self.scheduler.at(
+                f"hr.retry:{event.source}:{event.event_id}"[:190],
+                now() + timedelta(minutes=1),
+                RETRY_EVENT,
+                event=event_to_dict(event),
+            )
+        except Exception:
+            log.exception("could not schedule the retry of %s", event.event_id)
+            scheduled = False
+
+        def text() -> Message:
+            if event.kind == "left":
+                if scheduled:
+                    return Message(
+                        t(
+                            "Removing leaver {who} from their groups failed; I will try again in a minute.",
+                            who=who,
+                        )
+                    )
+                return Message(
+                    t(
+                        "Removing leaver {who} from their groups failed; the HR system's redelivery or /sync "
+                        "will fix it.",
+                        who=who,
+                    )
+                )
             if scheduled:
                 return Message(
                     t(
-                        "Removing leaver {who} from their groups failed; I will try again in a minute.",
+                        "Applying the {kind} event for {who} failed; I will try again in a minute.",
+                        kind=event.kind,
                         who=who,
                     )
                 )
             return Message(
                 t(
-                    "Removing leaver {who} from their groups failed; the HR system's redelivery or /sync "
-                    "will fix it.",
-                    who=who,
-                )
-            )
-        if scheduled:
-            return Message(
-                t(
-                    "Applying the {kind} event for {who} failed; I will try again in a minute.",
+                    "Applying the {kind} event for {who} failed; the HR system's redelivery or /sync will fix "
+                    "it.",
                     kind=event.kind,
                     who=who,
                 )
             )
-        return Message(
-            t(
-                "Applying the {kind} event for {who} failed; the HR system's redelivery or /sync will fix "
-                "it.",
-                kind=event.kind,
-                who=who,
-            )
-        )
 
-    await core.post("hr", text)
+        await self.messengers.post("hr", text)
 
+    async def retry_event(self, event: dict[str, Any]) -> None:
+        """Scheduled job: a failed event, once more."""
+        await self.apply(event_from_dict(event))
 
-async def retry_event(event: dict[str, Any]) -> None:
-    """Scheduled job: a failed event, once more."""
-    from bot.scheduler import current_core
-
-    await apply_person_event(current_core(), event_from_dict(event))
-
-
-def _unknown_job_id(event: PersonEvent) -> str:
-    return f"hr.unknown-leaver:{event.source}:{event.event_id}"[:190]
-
-
-async def _retry_unknown_leaver(core: Core, event: PersonEvent, why: str, *, attempt: int) -> None:
-    """A leaver event that names nobody known: HR hears of it, and it is tried again later."""
-    who = event.external_id
-    if attempt >= len(UNKNOWN_LEAVER_RETRY_MIN):
-        log.error("leaver event %s from %s gave up: %s", event.event_id, event.source, why)
-        await core.post(
-            "hr",
-            lambda: Message(
-                t(
-                    "The leaver event for {who} ({source}) still names nobody I know, so I stopped trying: remove them "
-                    "by hand (/removegroup) or send the event again with their email address.",
-                    who=who,
-                    source=event.source,
-                )
-            ),
-        )
-        return
-    minutes = UNKNOWN_LEAVER_RETRY_MIN[attempt]
-    scheduled = True
-    try:
-        from bot.scheduler import ensure_scheduler, now
-
-        scheduler = await ensure_scheduler(core, run_jobs=False)
-        scheduler.at(
-            _unknown_job_id(event),
-            now() + timedelta(minutes=minutes),
-            "bot.hr.lifecycle:retry_unknown_leaver",
-            event=event_to_dict(event),
-            attempt=attempt + 1,
-        )
-    except Exception:
-        log.exception("could not schedule the retry of leaver event %s", event.event_id)
-        scheduled = False
-    log.warning("leaver event %s from %s not applied yet: %s", event.event_id, event.source, why)
-    if attempt == 0 or not scheduled:
-
-        def text() -> Message:
-            if scheduled:
-                return Message(
+    async def _retry_unknown_leaver(self, event: PersonEvent, why: str, *, attempt: int) -> None:
+        """A leaver event that names nobody known: HR hears of it, and it is tried again later."""
+        who = event.external_id
+        if attempt >= len(UNKNOWN_LEAVER_RETRY_MIN):
+            log.error("leaver event %s from %s gave up: %s", event.event_id, event.source, why)
+            await self.messengers.post(
+                "hr",
+                lambda: Message(
                     t(
-                        "A leaver event for {who} ({source}) names nobody I know yet (no email address); "
-                        "I will try again in {minutes} minutes. If they are still in groups, remove them by "
-                        "hand (/removegroup).",
+                        "The leaver event for {who} ({source}) still names nobody I know, so I stopped trying: "
+                        "remove them by hand (/removegroup) or send the event again with their email address.",
                         who=who,
                         source=event.source,
-                        minutes=minutes,
+                    )
+                ),
+            )
+            return
+        minutes = UNKNOWN_LEAVER_RETRY_MIN[attempt]
+        scheduled = True
+        try:
+            self.scheduler.at(
+                f"hr.unknown-leaver:{event.source}:{event.event_id}"[:190],
+                now() + timedelta(minutes=minutes),
+                RETRY_UNKNOWN_LEAVER,
+                event=event_to_dict(event),
+                attempt=attempt + 1,
+            )
+        except Exception:
+            log.exception("could not schedule the retry of leaver event %s", event.event_id)
+            scheduled = False
+        log.warning("leaver event %s from %s not applied yet: %s", event.event_id, event.source, why)
+        if attempt == 0 or not scheduled:
+
+            def text() -> Message:
+                if scheduled:
+                    return Message(
+                        t(
+                            "A leaver event for {who} ({source}) names nobody I know yet (no email address); "
+                            "I will try again in {minutes} minutes. If they are still in groups, remove them by "
+                            "hand (/removegroup).",
+                            who=who,
+                            source=event.source,
+                            minutes=minutes,
+                        )
+                    )
+                return Message(
+                    t(
+                        "A leaver event for {who} ({source}) names nobody I know (no email address), and I "
+                        "could not schedule another try: remove them by hand (/removegroup) or send the event "
+                        "again with their email address.",
+                        who=who,
+                        source=event.source,
                     )
                 )
-            return Message(
-                t(
-                    "A leaver event for {who} ({source}) names nobody I know (no email address), and I "
-                    "could not schedule another try: remove them by hand (/removegroup) or send the event "
-                    "again with their email address.",
-                    who=who,
-                    source=event.source,
-                )
-            )
 
-        await core.post("hr", text)
+            await self.messengers.post("hr", text)
 
+    async def retry_unknown_leaver(self, event: dict[str, Any], attempt: int) -> None:
+        """Scheduled job: a leaver event that named nobody known, once more."""
+        ev = event_from_dict(event)
+        try:
+            async with self._lock_for(f"{id_namespace(ev.source)}:{ev.external_id}"):
+                outcome = await self._apply(ev, "person")
+        except UnknownPerson as exc:
+            await self._retry_unknown_leaver(ev, exc.sentence, attempt=attempt)
+            return
+        if outcome.status == "applied":
+            await self._after_commit(ev, outcome, True)
 
-async def retry_unknown_leaver(event: dict[str, Any], attempt: int) -> None:
-    """Scheduled job: a leaver event that named nobody known, once more."""
-    from bot.scheduler import current_core
-
-    core = current_core()
-    ev = event_from_dict(event)
-    try:
-        async with _lock_for(core, f"{id_namespace(ev.source)}:{ev.external_id}"):
-            outcome = await _apply(core, ev, True)
-    except UnknownPerson as exc:
-        await _retry_unknown_leaver(core, ev, exc.sentence, attempt=attempt)
-        return
-    if outcome.status == "applied":
-        await _after_commit(core, ev, outcome, True)
-
-
-async def _apply(core: Core, event: PersonEvent, guard: bool, snapshot: bool = False) -> Outcome:
-    ctx = core.ctx
-    settings = ctx.settings
-    rules = planner.rules_in_force(core)
-    async with ctx.sessions() as session, session.begin():
-        fresh = await insert_ignore(
-            session,
-            ProcessedEvent,
-            [{"source": f"person:{event.source}", "event_id": event.event_id[:300]}],
-            ["source", "event_id"],
-        )
-        if not fresh:
-            return Outcome("duplicate")
+    # -- one event -----------------------------------------------------------------------------
+    async def _find(self, session: AsyncSession, event: PersonEvent) -> Person | None:
         namespace = id_namespace(event.source)
         known_ids = select(PersonId.person_id).where(
             PersonId.namespace == namespace, PersonId.external_id == event.external_id
         )
         query = select(Person).where(Person.id.in_(known_ids))
-        if ctx.dialect == "postgresql":
+        if self.ctx.dialect == "postgresql":
             query = query.with_for_update()
         person = (await session.execute(query)).scalars().first()
         if person is None:  # a person on record before source ids were kept
             query = select(Person).where(Person.employee_id == event.external_id)
-            if ctx.dialect == "postgresql":
+            if self.ctx.dialect == "postgresql":
                 query = query.with_for_update()
             person = (await session.execute(query)).scalar_one_or_none()
-        email = normalise(event.email) if event.email else (person.email if person else None)
-        if email is None:
-            raise UnknownPerson(
-                t(
-                    "The {kind} event for {id} has no email address, and the person is not known yet.",
-                    kind=event.kind,
-                    id=event.external_id,
+        return person
+
+    async def _apply(self, event: PersonEvent, kind: Kind, snapshot: bool = False) -> Outcome:
+        ctx = self.ctx
+        settings = ctx.settings
+        rules = self.rules.current()
+        async with ctx.sessions() as session, session.begin():
+            fresh = await insert_ignore(
+                session,
+                ProcessedEvent,
+                [{"source": f"person:{event.source}", "event_id": event.event_id[:300]}],
+                ["source", "event_id"],
+            )
+            if not fresh:
+                return Outcome("duplicate")
+            person = await self._find(session, event)
+            email = normalise(event.email) if event.email else (person.email if person else None)
+            if email is None:
+                raise UnknownPerson(
+                    t(
+                        "The {kind} event for {id} has no email address, and the person is not known yet.",
+                        kind=event.kind,
+                        id=event.external_id,
+                    )
                 )
+            if person is None:
+                person = (
+                    await session.execute(select(Person).where(Person.email == email))
+                ).scalar_one_or_none()
+            # Only a strictly older event is stale: one with the same time (sources with whole seconds) and
+            # another id is a further change, applied in arrival order; the same id was caught as a duplicate.
+            if person is not None and person.last_event_at is not None and event.at < person.last_event_at:
+                return Outcome("stale", email)
+            known_before = person is not None
+            if person is None:
+                person = Person(
+                    employee_id=event.external_id,
+                    email=email,
+                    name=event.name,
+                    attributes=dict(event.attributes),
+                    source=event.source,
+                    status="active",
+                )
+                session.add(person)
+                await session.flush()
+            await insert_ignore(
+                session,
+                PersonId,
+                [
+                    {
+                        "namespace": id_namespace(event.source),
+                        "external_id": event.external_id[:200],
+                        "person_id": person.id,
+                        "created_at": ctx.now(),
+                    }
+                ],
+                ["namespace", "external_id"],
             )
-        if person is None:
-            person = (await session.execute(select(Person).where(Person.email == email))).scalar_one_or_none()
-        # Only a strictly older event is stale: one with the same time (sources with whole seconds) and another
-        # id is a further change, applied in arrival order; the same id was caught as a duplicate above.
-        if person is not None and person.last_event_at is not None and event.at < person.last_event_at:
-            return Outcome("stale", email)
-        known_before = person is not None
-        if person is None:
-            person = Person(
-                employee_id=event.external_id,
-                email=email,
-                name=event.name,
-                attributes=dict(event.attributes),
-                source=event.source,
-                status="active",
-            )
-            session.add(person)
-            await session.flush()
-        await insert_ignore(
-            session,
-            PersonId,
-            [
-                {
-                    "namespace": namespace,
-                    "external_id": event.external_id[:200],
-                    "person_id": person.id,
-                    "created_at": ctx.now(),
-                }
-            ],
-            ["namespace", "external_id"],
-        )
-        # Memberships given by hand before the person was on record become theirs.
-        await session.execute(
-            update(Membership)
-            .where(Membership.email == person.email, Membership.person_id.is_(None))
-            .values(person_id=person.id)
-        )
-        before = {"status": person.status, "email": person.email, "attributes": dict(person.attributes or {})}
-        person.last_event_at = event.at
-        person.employee_id = person.employee_id or event.external_id
-        outcome = Outcome("applied", email)
-        actor, via = f"hr:{event.source}", event.source
-        if event.kind == "left":
-            person.status = "left"
-            person.left_at = event.at
-            due = event.at + timedelta(hours=settings.groups.leaver_grace_hours)
-            current = await planner.plan_leaver(
-                session, person, t("{email} left ({source})", email=email, source=event.source)
-            )
-            person.left_groups = sorted({c.group_address for c in current.changes})
-            if due <= ctx.now():
-                await groups.apply(session, current, actor=actor, via=via)
-                outcome.removed = sorted({c.group_address for c in current.changes})
+            await service.link_person(session, person.id, person.email)
+            attributes_before = dict(person.attributes or {})
+            before = {"status": person.status, "email": person.email, "attributes": attributes_before}
+            person.last_event_at = event.at
+            person.employee_id = person.employee_id or event.external_id
+            outcome = Outcome("applied", email)
+            actor, via = f"hr:{event.source}", event.source
+            if event.kind == "left":
+                person.status = "left"
+                person.left_at = event.at
+                due = event.at + timedelta(hours=settings.groups.leaver_grace_hours)
+                current = await planner.plan_leaver(
+                    session, person, t("{email} left ({source})", email=email, source=event.source)
+                )
+                person.left_groups = sorted({c.group_address for c in current.changes})
+                if due <= ctx.now():
+                    await self.memberships.execute(
+                        current, kind=kind, source=event.source, actor=actor, via=via, session=session
+                    )
+                    outcome.removed = sorted({c.group_address for c in current.changes})
+                else:
+                    outcome.removal_due = due
+                outcome.owned = await owned_groups(session, email)
             else:
-                outcome.removal_due = due
-            outcome.owned = await owned_groups(session, email)
-        else:
-            rehire = event.kind == "joined" and person.status == "left"
-            if rehire:
-                outcome.before = list(person.left_groups or [])
-            if event.kind == "joined" or person.status != "left":
-                person.status = "active"
-                person.left_at = None
-            moved_out: list[str] = []
-            if event.email and email != person.email:
-                moved_out = await _rename(session, person, email, settings, actor=actor, via=via)
-            if event.name:
-                person.name = event.name
-            if event.source in HR_SOURCES and (event.kind == "joined" or snapshot):
-                # HR's record is the whole truth about HR's attributes; what a messenger's directory added
-                # (namespaced: slack_…, dingtalk_…, wecom_…) stays.
-                person.attributes = {
-                    **{
-                        k: v for k, v in (person.attributes or {}).items() if k.startswith(DIRECTORY_PREFIXES)
-                    },
-                    **dict(event.attributes),
-                }
-            else:  # a directory's joined or changed merges, never replaces
-                person.attributes = {**(person.attributes or {}), **dict(event.attributes)}
-            await session.flush()
-            if person.status == "active":
-                plan = await planner.plan_person(session, rules, person)
-                plan = await groups.check_policy(session, plan, settings)
-                # A new person (or a joiner) the rules would put in an internal group with an external address
-                # is refused whole; someone already on record who is external now (moved out by an address
-                # change) simply stays out of internal groups while their other changes apply.
-                if plan.refused and not moved_out and (event.kind == "joined" or not known_before):
-                    c = plan.refused[0][0]
-                    raise UserError(
-                        t(
-                            "{email} is outside {domains}, and the rules put them in the internal group "
-                            "{group}: external people can't join it.",
-                            email=c.email,
-                            domains=", ".join(settings.org.domains),
-                            group=c.group_address,
+                rehire = event.kind == "joined" and person.status == "left"
+                if rehire:
+                    outcome.before = list(person.left_groups or [])
+                    await self.memberships.forget_exceptions(session, person, actor=actor, via=via)
+                if event.kind == "joined" or person.status != "left":
+                    person.status = "active"
+                    person.left_at = None
+                moved_out: list[str] = []
+                if event.email and email != person.email:
+                    moved_out = await self._rename(session, person, email, kind, actor=actor, via=via)
+                if event.name:
+                    person.name = event.name
+                if event.source in HR_SOURCES and (event.kind == "joined" or snapshot):
+                    # HR's record is the whole truth about HR's attributes; what a messenger's directory
+                    # added (namespaced: slack_…, dingtalk_…, wecom_…) stays.
+                    person.attributes = {
+                        **{
+                            k: v
+                            for k, v in (person.attributes or {}).items()
+                            if k.startswith(DIRECTORY_PREFIXES)
+                        },
+                        **dict(event.attributes),
+                    }
+                else:  # a directory's joined or changed merges, never replaces
+                    person.attributes = {**(person.attributes or {}), **dict(event.attributes)}
+                await session.flush()
+                if person.status == "active":
+                    plan = await planner.plan_person(session, rules, person)
+                    # A new person (or a joiner) the rules would put in an internal group with an external
+                    # address is refused whole; someone already on record who is external now (moved out by
+                    # an address change) simply stays out of internal groups while their other changes apply.
+                    whole = not moved_out and (event.kind == "joined" or not known_before)
+                    try:
+                        out = await self.memberships.execute(
+                            plan,
+                            kind=kind,
+                            source=event.source,
+                            actor=actor,
+                            via=via,
+                            session=session,
+                            whole=whole,
                         )
-                    )
-                held = groups.Plan()
-                if guard:
-                    plan, held = planner.split_protected(
-                        plan, await planner.protected_addresses(session, plan)
-                    )
-                await groups.apply(session, plan, actor=actor, via=via)
-                outcome.added = sorted(c.group_address for c in plan.adds)
-                outcome.removed = sorted({*moved_out, *(c.group_address for c in plan.removes)})
-                if held.changes:
-                    pending = await planner.hold(
-                        session,
-                        source=event.source,
-                        actor=actor,
-                        via=via,
-                        reasons=[
-                            t("it changes the protected group {group}", group=a)
-                            for a in sorted({c.group_address for c in held.changes})
-                        ],
-                        summary=held.summary(),
-                        changes=held.changes,
-                    )
-                    outcome.held = pending.id
-                outcome.kept = await _manual_groups(session, person)
-        audit.record(
-            session,
-            actor=actor,
-            via=via,
-            action=f"person.{'rehired' if outcome.before is not None else event.kind}",
-            subject=f"person:{person.employee_id or email}",
-            before=before,
-            after={"status": person.status, "email": person.email, "attributes": person.attributes},
-            detail=f"event {event.event_id}",
-        )
-        outcome.kind = event.kind
-        outcome.who = f"{person.name} ({person.email})" if person.name else person.email
-        outcome.moved = [
-            f"{k} {before['attributes'].get(k, '—')} → {v}"
-            for k, v in sorted(event.attributes.items())
-            if before["attributes"].get(k) != v
-        ]
-        outcome.note = hr_note(outcome)
-        person_id = person.id
-    outcome.person_id = person_id
-    return outcome
-
-
-async def _rename(
-    session: Any, person: Person, email: str, settings: Any, *, actor: str, via: str
-) -> list[str]:
-    """A person's address changed: their memberships follow — except into internal groups when the new
-    address is outside the company's domains: those memberships are removed (planned, audited, with the
-    reason). Returns the groups they were removed from."""
-    taken = (
-        await session.execute(select(Person.id).where(Person.email == email, Person.id != person.id))
-    ).first()
-    if taken:
-        raise UserError(t("{email} already belongs to another person on record.", email=email))
-    removed: list[str] = []
-    if not settings.is_internal(email):
-        rows = (
-            await session.execute(
-                select(Membership.group_id, Group.address, Membership.email, Membership.source)
-                .join(Group, Group.id == Membership.group_id)
-                .where(
-                    (Membership.person_id == person.id) | (Membership.email == person.email),
-                    Group.kind == "internal",
-                )
+                    except Refused as exc:
+                        c = exc.refused[0][0]
+                        raise UserError(
+                            t(
+                                "{email} is outside {domains}, and the rules put them in the internal group "
+                                "{group}: external people can't join it.",
+                                email=c.email,
+                                domains=", ".join(settings.org.domains),
+                                group=c.group_address,
+                            )
+                        ) from None
+                    outcome.added = sorted(c.group_address for c in out.plan.adds)
+                    outcome.removed = sorted({*moved_out, *(c.group_address for c in out.plan.removes)})
+                    outcome.held = out.held
+                    outcome.kept = await _manual_groups(session, person)
+            audit.record(
+                session,
+                actor=actor,
+                via=via,
+                action=f"person.{'rehired' if outcome.before is not None else event.kind}",
+                subject=f"person:{person.employee_id or email}",
+                before=before,
+                after={"status": person.status, "email": person.email, "attributes": person.attributes},
+                detail=f"event {event.event_id}",
             )
-        ).all()
-        why = t(
-            "{old} changed address to {new}, outside {domains}: external people can't be in internal groups",
-            old=person.email,
-            new=email,
-            domains=", ".join(settings.org.domains),
+            outcome.kind = event.kind
+            outcome.who = f"{person.name} ({person.email})" if person.name else person.email
+            outcome.moved = [
+                f"{k} {attributes_before.get(k, '—')} → {v}"
+                for k, v in sorted(event.attributes.items())
+                if attributes_before.get(k) != v
+            ]
+            outcome.note = hr_note(outcome)
+            person_id = person.id
+        outcome.person_id = person_id
+        return outcome
+
+    async def _rename(
+        self, session: AsyncSession, person: Person, email: str, kind: Kind, *, actor: str, via: str
+    ) -> list[str]:
+        """A person's address changed: their memberships follow — except into internal groups when the new
+        address is outside the company's domains: those memberships are removed (planned, audited, with
+        the reason). Returns the groups they were removed from."""
+        settings = self.ctx.settings
+        taken = (
+            await session.execute(select(Person.id).where(Person.email == email, Person.id != person.id))
+        ).first()
+        if taken:
+            raise UserError(t("{email} already belongs to another person on record.", email=email))
+        removed: list[str] = []
+        if not settings.is_internal(email):
+            rows = (
+                await session.execute(
+                    select(Membership.group_id, Group.address, Membership.email, Membership.source)
+                    .join(Group, Group.id == Membership.group_id)
+                    .where(
+                        (Membership.person_id == person.id) | (Membership.email == person.email),
+                        Group.kind == "internal",
+                    )
+                )
+            ).all()
+            why = t(
+                "{old} changed address to {new}, outside {domains}: external people can't be in internal groups",
+                old=person.email,
+                new=email,
+                domains=", ".join(settings.org.domains),
+            )
+            plan = service.Plan(
+                [
+                    service.Change(
+                        "remove", r.group_id, r.address, r.email, r.source, why, person.id, "address-out"
+                    )
+                    for r in rows
+                ]
+            )
+            await self.memberships.execute(plan, kind=kind, source=via, actor=actor, via=via, session=session)
+            removed = sorted({r.address for r in rows})
+        await service.follow_address(session, person.id, person.email, email)
+        person.email = email
+        return removed
+
+    async def _after_commit(self, event: PersonEvent, o: Outcome, notify: bool = True) -> None:
+        if o.removal_due is not None:
+            try:
+                assert o.person_id is not None
+                self.scheduler.at(
+                    leaver_job_id(o.person_id),
+                    o.removal_due,
+                    FINISH_LEAVER,
+                    person_id=o.person_id,
+                    left_at=event.at.isoformat(),
+                )
+            except Exception:
+                log.exception("could not schedule the removal of leaver %s", o.person)
+                o.schedule_failed = True
+                o.note = hr_note(o)
+        await self.memberships.announce(o.held)
+        if notify:
+            await self.messengers.post("hr", lambda: Message(hr_note(o)))
+
+    # -- the grace period ----------------------------------------------------------------------
+    async def finish_leaver(self, person_id: int, left_at: str) -> list[str]:
+        """Scheduled job: the grace period is over, so the leaver leaves every group."""
+        left = datetime.fromisoformat(left_at)
+        removed: list[str] = []
+        try:
+            async with self.ctx.sessions() as session, session.begin():
+                person = await session.get(Person, person_id)
+                # Rehired (or a newer leave) since: this job is no longer theirs to run.
+                if person is None or person.status != "left" or person.left_at != left.astimezone(UTC):
+                    return removed
+                plan = await planner.plan_leaver(
+                    session, person, t("{email} left; grace period over", email=person.email)
+                )
+                await self.memberships.execute(
+                    plan,
+                    kind="person",
+                    source="grace-period",
+                    actor="hr:grace-period",
+                    via="scheduler",
+                    session=session,
+                )
+                removed = sorted({c.group_address for c in plan.changes})
+                who = person.email
+        except Exception:
+            log.exception("removing leaver %s failed", person_id)
+            self.scheduler.at(
+                leaver_job_id(person_id),
+                now() + timedelta(minutes=1),
+                FINISH_LEAVER,
+                person_id=person_id,
+                left_at=left_at,
+            )
+            await self.messengers.post(
+                "hr",
+                lambda: Message(
+                    t(
+                        "Removing a leaver (person #{id}) from their groups failed; I will try again in a minute.",
+                        id=person_id,
+                    )
+                ),
+            )
+            return removed
+        await self.messengers.post(
+            "hr",
+            lambda: Message(
+                t("{who}'s grace period is over: removed from {groups}.", who=who, groups=_list(removed))
+                if removed
+                else t("{who}'s grace period is over; they were in no group.", who=who)
+            ),
         )
-        plan = groups.Plan(
-            [groups.Change("remove", r.group_id, r.address, r.email, r.source, why, person.id) for r in rows]
-        )
-        await groups.apply(session, plan, actor=actor, via=via)
-        removed = sorted({r.address for r in rows})
-    await session.execute(
-        update(Membership)
-        .where((Membership.person_id == person.id) | (Membership.email == person.email))
-        .values(email=email, person_id=person.id)
-    )
-    person.email = email
-    return removed
+        return removed
 
 
 async def _manual_groups(session: Any, person: Person) -> list[str]:
@@ -518,8 +612,6 @@ async def _manual_groups(session: Any, person: Person) -> list[str]:
 
 
 async def owned_groups(session: Any, email: str) -> list[str]:
-    from sqlalchemy import String, cast
-
     # The text match narrows the rows on both databases; the list check makes it exact.
     rows = (
         await session.execute(
@@ -594,87 +686,5 @@ def hr_note(o: Outcome) -> str:
     return text
 
 
-async def _after_commit(core: Core, event: PersonEvent, o: Outcome, notify: bool = True) -> None:
-    if o.removal_due is not None:
-        try:
-            from bot.scheduler import ensure_scheduler
-
-            scheduler = await ensure_scheduler(core, run_jobs=False)
-            assert o.person_id is not None
-            scheduler.at(
-                leaver_job_id(o.person_id),
-                o.removal_due,
-                "bot.hr.lifecycle:finish_leaver",
-                person_id=o.person_id,
-                left_at=event.at.isoformat(),
-            )
-        except Exception:
-            log.exception("could not schedule the removal of leaver %s", o.person)
-            o.schedule_failed = True
-            o.note = hr_note(o)
-    if o.held is not None:
-        async with core.ctx.sessions() as session:
-            pending = await session.get(planner.PendingPlan, o.held)
-        if pending is not None:
-            await planner.announce_hold(core, pending)
-    if notify:
-        await core.post("hr", lambda: Message(hr_note(o)))
-
-
 def leaver_job_id(person_id: int) -> str:
     return f"hr.leaver:{person_id}"
-
-
-async def finish_leaver(person_id: int, left_at: str) -> None:
-    """Scheduled job: the grace period is over, so the leaver leaves every group."""
-    from bot.scheduler import current_core
-
-    await remove_leaver(current_core(), person_id, datetime.fromisoformat(left_at))
-
-
-async def remove_leaver(core: Core, person_id: int, left_at: datetime) -> list[str]:
-    removed: list[str] = []
-    try:
-        async with core.ctx.sessions() as session, session.begin():
-            person = await session.get(Person, person_id)
-            # Rehired (or a newer leave) since: this job is no longer theirs to run.
-            if person is None or person.status != "left" or person.left_at != left_at.astimezone(UTC):
-                return removed
-            plan = await planner.plan_leaver(
-                session, person, t("{email} left; grace period over", email=person.email)
-            )
-            await groups.apply(session, plan, actor="hr:grace-period", via="scheduler")
-            removed = sorted({c.group_address for c in plan.changes})
-            who = person.email
-    except Exception:
-        log.exception("removing leaver %s failed", person_id)
-        from bot.scheduler import ensure_scheduler, now
-
-        scheduler = await ensure_scheduler(core, run_jobs=False)
-        scheduler.at(
-            leaver_job_id(person_id),
-            now() + timedelta(minutes=1),
-            "bot.hr.lifecycle:finish_leaver",
-            person_id=person_id,
-            left_at=left_at.isoformat(),
-        )
-        await core.post(
-            "hr",
-            lambda: Message(
-                t(
-                    "Removing a leaver (person #{id}) from their groups failed; I will "
-                    "try again in a minute.",
-                    id=person_id,
-                )
-            ),
-        )
-        return removed
-    await core.post(
-        "hr",
-        lambda: Message(
-            t("{who}'s grace period is over: removed from {groups}.", who=who, groups=_list(removed))
-            if removed
-            else t("{who}'s grace period is over; they were in no group.", who=who)
-        ),
-    )
-    return removed

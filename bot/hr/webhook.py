@@ -15,19 +15,18 @@ import json
 import logging
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from bot.config import HrSettings
 from bot.errors import UserError
 from bot.events import PersonEvent
+from bot.hr.lifecycle import Lifecycle
 from bot.webhooks import Refused
 from bot.webhooks import read_capped as _read_capped
-
-if TYPE_CHECKING:
-    from bot.core import Core
 
 log = logging.getLogger(__name__)
 SOURCE = "hr-webhook"
@@ -125,8 +124,7 @@ def parse_event(body: bytes) -> PersonEvent:
     )
 
 
-def webhook_routes(core: Core) -> list[Route]:
-    settings = core.ctx.settings.hr
+def webhook_routes(settings: HrSettings, hr: Lifecycle) -> list[Route]:
 
     async def hook(request: Request) -> Response:
         try:
@@ -136,7 +134,7 @@ def webhook_routes(core: Core) -> list[Route]:
             verify(settings.webhook_secret, request.headers, body, settings.webhook_tolerance_s, time.time())
             event = parse_event(body)
             try:
-                outcome = await core.handle_person_event(event)
+                outcome = await hr.apply(event)
             except UserError as exc:
                 raise Refused(422, exc.sentence) from None
         except Refused as exc:

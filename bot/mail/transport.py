@@ -41,7 +41,7 @@ class SmtpTarget:
     connections: int = 2
 
     @classmethod
-    def from_settings(cls, s) -> SmtpTarget:  # type: ignore[no-untyped-def]
+    def from_settings(cls, s) -> SmtpTarget:
         return cls(s.host, s.port, s.username, s.password, s.starttls, s.timeout_s, s.connections)
 
 
@@ -129,9 +129,10 @@ class SmtpTransport:
         async with self._slot() as holder:
             for attempt in (1, 2):
                 try:
-                    if holder[0] is None or not holder[0].is_connected:
-                        holder[0] = await self._connect()
-                    await self._deliver(holder[0], sender, recipient, data)
+                    client = holder[0]
+                    if client is None or not client.is_connected:
+                        client = holder[0] = await self._connect()
+                    await self._deliver(client, sender, recipient, data)
                     return Outcome(ok=True, code=250)
                 except aiosmtplib.SMTPRecipientsRefused as exc:
                     err = exc.recipients[0] if exc.recipients else None

@@ -15,6 +15,7 @@ def run_migrations_online() -> None:
         from sqlalchemy import create_engine
 
         url = config.get_main_option("sqlalchemy.url")
+        assert url, "alembic runs with a connection from bot.db.engine, or with sqlalchemy.url set"
         with create_engine(url).connect() as conn:
             _run(conn)
             conn.commit()
@@ -22,12 +23,12 @@ def run_migrations_online() -> None:
     _run(connection)
 
 
-def _ours(obj, name, type_, reflected, compare_to) -> bool:  # type: ignore[no-untyped-def]
+def _ours(obj, name, type_, reflected, compare_to) -> bool:
     # APScheduler creates and owns its job table; it is not part of our migrations.
     return not (type_ == "table" and name == "apscheduler_jobs")
 
 
-def _run(connection) -> None:  # type: ignore[no-untyped-def]
+def _run(connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,

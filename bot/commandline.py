@@ -6,9 +6,11 @@ UserError whose sentence says what is wrong and whose usage is the command's usa
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from bot.errors import UserError
+from bot.errors import PermissionDenied, UserError
 from bot.i18n import t
 
 MAX_COMMAND_LENGTH = 4000
@@ -242,3 +244,14 @@ def parse(spec: Spec, tokens: list[str]) -> Parsed:
         )
         raise UserError(t("/{command} needs {what}.", command=spec.name, what=what), spec.usage)
     return Parsed(spec=spec, args=args, flags=flags)
+
+
+@contextmanager
+def usage_of(spec: Spec) -> Iterator[None]:
+    """Refusals raised inside carry the command's usage line (a permission refusal is not a usage problem)."""
+    try:
+        yield
+    except PermissionDenied:
+        raise
+    except UserError as exc:
+        raise UserError(exc.sentence, exc.usage or spec.usage) from None

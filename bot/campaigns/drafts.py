@@ -1,0 +1,216 @@
+"""Writing a campaign before it is sent: create a draft, edit it (which voids any approval), look at it
+for one recipient, and send one test message to a person in the company."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.addresses import normalise
+from bot.campaigns import service
+from bot.campaigns.approval import may_change
+from bot.campaigns.audience import Recipient, resolve_audience, stream_candidates
+from bot.campaigns.cards import CampaignCards, Preview
+from bot.campaigns.notes import note, state_name
+from bot.campaigns.runs import CampaignRuns, start_job_id
+from bot.campaigns.templates import CompiledTemplate, TemplateProblem, load_source
+from bot.context import Context
+from bot.db.models import Campaign
+from bot.errors import UserError
+from bot.i18n import t
+
+
+@dataclass
+class Edited:
+    campaign: Campaign
+    before: str  # the state it was in: anything but draft means an approval request was voided
+    fields: list[str]
+
+
+class Drafts:
+    def __init__(self, ctx: Context, cards: CampaignCards, runs: CampaignRuns):
+        self.ctx = ctx
+        self.cards = cards
+        self.runs = runs
+
+    def _check_template(self, template: str, subject: str) -> None:
+        # A broken or hostile template is refused now, not at send time.
+        CompiledTemplate(load_source(self.ctx.settings.campaigns.templates_dir, template), subject)
+
+    async def create(
+        self, name: str, *, to: str, template: str, subject: str | None, tracking: bool, actor: str, via: str
+    ) -> Campaign:
+        ctx = self.ctx
+        service.check_name(name)
+        load_source(ctx.settings.campaigns.templates_dir, template)
+        subject = subject or service.default_subject(ctx, template)
+        self._check_template(template, subject)
+        async with ctx.sessions() as session, session.begin():
+            if (await session.execute(select(Campaign.id).where(Campaign.name == name))).scalar_one_or_none():
+                raise UserError(
+                    t(
+                        "A campaign named “{name}” already exists; pick another name or /campaign edit it.",
+                        name=name,
+                    )
+                )
+            kind, audience = await resolve_audience(session, ctx.settings, to)
+            campaign = Campaign(
+                name=name,
+                template=template,
+                subject=subject,
+                audience_kind=kind,
+                audience_name=audience,
+                from_address=ctx.settings.campaigns.from_address,
+                from_name=ctx.settings.campaigns.from_name,
+                created_by=actor,
+                tracking=tracking,
+            )
+            session.add(campaign)
+            await session.flush()
+            service.audit_campaign(
+                session, campaign, actor=actor, via=via, action="campaign.create", after="draft"
+            )
+        return campaign
+
+    async def edit(
+        self,
+        name: str,
+        *,
+        to: str | None,
+        template: str | None,
+        subject: str | None,
+        tracking: bool | None,
+        actor: str,
+        via: str,
+        admin: bool,
+    ) -> Edited:
+        """Change a campaign; any edit voids an approval (back to draft, the submitted hash forgotten), and
+        every card that showed the request or the approval says so."""
+        ctx = self.ctx
+        async with ctx.sessions() as session, session.begin():
+            campaign = await service.get(session, name)
+            may_change(campaign, actor, admin, "edit")
+            if campaign.state not in service.EDITABLE:
+                raise UserError(
+                    t(
+                        "“{name}” is {state}; it can no longer be edited.",
+                        name=campaign.name,
+                        state=state_name(campaign.state),
+                    )
+                )
+            values: dict[str, object] = {}
+            if template:
+                load_source(ctx.settings.campaigns.templates_dir, template)
+                values["template"] = template
+            if subject:
+                values["subject"] = subject
+            if tracking is not None:
+                values["tracking"] = tracking
+            if to:
+                kind, audience = await resolve_audience(session, ctx.settings, to)
+                values.update(audience_kind=kind, audience_name=audience)
+            self._check_template(
+                str(values.get("template", campaign.template)), str(values.get("subject", campaign.subject))
+            )
+            before = campaign.state
+            if before != "draft":
+                values["status_note"] = note(
+                    "Edited by {email} after it was submitted: that approval request is void; it must be submitted "
+                    "again.",
+                    email=actor,
+                )
+            result = await session.execute(
+                update(Campaign)
+                .where(Campaign.id == campaign.id, Campaign.state == before)
+                .values(state="draft", content_hash=None, **values)
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:
+                raise UserError(
+                    t("“{name}” changed state while you edited it; try again.", name=campaign.name)
+                )
+            fields = sorted(k for k in values if k != "status_note")
+            service.audit_campaign(
+                session,
+                campaign,
+                actor=actor,
+                via=via,
+                action="campaign.edit",
+                before=before,
+                after="draft",
+                detail=", ".join(fields),
+            )
+        if before != "draft":
+            self.runs.scheduler.cancel(start_job_id(campaign.id))
+            await self.cards.refresh(campaign.id, "edited")
+        return Edited(campaign, before, fields)
+
+    async def preview(self, name: str, recipient: str | None) -> Preview:
+        ctx = self.ctx
+        async with ctx.sessions() as session:
+            campaign = await service.get(session, name)
+            review = await service.review(ctx, session, campaign)
+            chosen = review.sample
+            if recipient:
+                chosen = await self._find_recipient(session, campaign, normalise(recipient))
+        out = Preview(campaign, review, chosen, None, None)
+        if chosen is not None:
+            try:
+                out.rendered = review.messages.render(chosen)
+            except TemplateProblem as exc:
+                out.problem = exc.sentence
+        return out
+
+    async def _find_recipient(self, session: AsyncSession, campaign: Campaign, email: str) -> Recipient:
+        async for chunk in stream_candidates(session, self.ctx.settings, campaign):
+            for r in chunk:
+                if r.email == email:
+                    return r
+        raise UserError(
+            t(
+                "{email} is not in the audience of “{name}” (or has not given consent).",
+                email=email,
+                name=campaign.name,
+            )
+        )
+
+    async def send_test(self, name: str, to: str, *, actor: str, via: str) -> tuple[Campaign, str]:
+        """One test message to an internal address (or the sender's own); returns the campaign and the
+        subject sent."""
+        ctx = self.ctx
+        email = normalise(to)
+        async with ctx.sessions() as session:
+            if not ctx.settings.is_internal(email) and email != actor:
+                raise UserError(
+                    t(
+                        "Tests go to internal addresses only; {email} is outside {domains}. External people get a "
+                        "campaign only after approval.",
+                        email=email,
+                        domains=", ".join(ctx.settings.org.domains),
+                    )
+                )
+            campaign = await service.get(session, name)
+            review = await service.review(ctx, session, campaign)
+        sample = review.sample or Recipient(email, None, {})
+        try:
+            built = review.messages.build(
+                Recipient(email, sample.name, sample.attributes), subject_prefix="[TEST] "
+            )
+        except TemplateProblem as exc:
+            raise UserError(exc.sentence) from None
+        transport = ctx.new_transport(connections=1)
+        try:
+            outcome = await transport.send(campaign.from_address, email, built.data)
+        finally:
+            await transport.close()
+        if not outcome.ok:
+            raise UserError(
+                t("The mail server did not take the test message: {detail}.", detail=outcome.detail)
+            )
+        async with ctx.sessions() as session, session.begin():
+            service.audit_campaign(
+                session, campaign, actor=actor, via=via, action="campaign.test", detail=f"test to {email}"
+            )
+        return campaign, f"[TEST] {built.rendered.subject}"

@@ -1,0 +1,471 @@
+"""The one membership path: every change to who is in which group — a command, an HR event from any
+source, a rule edit, a CSV snapshot, `/sync`, an approved plan, the demo's seeding — is a `Plan`
+handed to `Memberships.execute`. It asks the one guard (bot/groups/guard.py), applies what may apply
+now through `service.apply` (idempotent, audited), keeps the rest in `pending_plans` for an approver
+(a card with Approve/Reject), and keeps rule exceptions: a person HR removed by hand from a group
+their rules put them in stays out of it until HR adds them again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot import audit
+from bot.context import Context
+from bot.db.models import Group, PendingPlan, Person, RuleException
+from bot.errors import UserError
+from bot.events import Button, Card, Message
+from bot.groups import planner, service
+from bot.groups.guard import Guard, Kind, Verdict
+from bot.groups.rules import RuleBook, person_values
+from bot.groups.service import Change, Plan
+from bot.i18n import t
+from bot.messengers import Messengers
+
+log = logging.getLogger(__name__)
+
+# Held plans of whole HR events (a CSV snapshot) are applied, once approved, by the HR lifecycle.
+EventReplay = Callable[[list[dict[str, Any]]], Awaitable[int]]
+
+
+class Refused(UserError):
+    """The plan was to apply whole (a command, a joiner) and policy refused part of it."""
+
+    def __init__(self, refused: list[tuple[Change, str]]):
+        super().__init__(refused[0][1])
+        self.refused = refused
+
+
+@dataclass
+class Outcome:
+    applied: int = 0
+    held: int | None = None  # the pending plan's id
+    reasons: list[str] = field(default_factory=list)
+    plan: Plan = field(default_factory=Plan)  # what applied now (refused changes in plan.refused)
+    waiting: list[Change] = field(default_factory=list)  # what the held plan holds
+
+
+class Memberships:
+    def __init__(self, ctx: Context, rules: RuleBook, messengers: Messengers):
+        self.ctx = ctx
+        self.rules = rules
+        self.messengers = messengers
+        self.guard = Guard(ctx.settings)
+        self.replay_events: EventReplay | None = None  # set by the composition root
+
+    # -- the path --------------------------------------------------------------------------------
+    async def review(self, session: AsyncSession, plan: Plan, kind: Kind) -> Verdict:
+        """What the guard says of a plan, without applying anything (dry runs, previews)."""
+        return await self.guard.review(session, plan, kind)
+
+    async def execute(
+        self,
+        plan: Plan,
+        *,
+        kind: Kind,
+        source: str,
+        actor: str,
+        via: str,
+        session: AsyncSession | None = None,
+        whole: bool = False,
+    ) -> Outcome:
+        """Guard, apply, hold. With `whole`, a refusal of any change refuses the plan (raises Refused,
+        nothing applied). Inside a caller's `session`, the caller announces a held plan after its
+        commit (`announce`); otherwise it is announced here."""
+        if session is not None:
+            return await self._execute(session, plan, kind, source, actor, via, whole)
+        async with self.ctx.sessions() as own, own.begin():
+            out = await self._execute(own, plan, kind, source, actor, via, whole)
+        await self.announce(out.held)
+        return out
+
+    async def _execute(
+        self, session: AsyncSession, plan: Plan, kind: Kind, source: str, actor: str, via: str, whole: bool
+    ) -> Outcome:
+        verdict = await self.guard.review(session, plan, kind)
+        if whole and verdict.plan.refused:
+            raise Refused(verdict.plan.refused)
+        out = Outcome(plan=verdict.plan, reasons=verdict.reasons, waiting=verdict.held)
+        if verdict.held:
+            pending = await self.hold(
+                session,
+                source=source,
+                actor=actor,
+                via=via,
+                reasons=verdict.reasons,
+                summary=Plan(verdict.held).summary(),
+                changes=verdict.held,
+            )
+            out.held = pending.id
+        out.applied = await self._apply(session, verdict.plan, actor=actor, via=via)
+        return out
+
+    async def _apply(self, session: AsyncSession, plan: Plan, *, actor: str, via: str) -> int:
+        await self._keep_exceptions(session, plan, actor=actor, via=via)
+        return await service.apply(session, plan, actor=actor, via=via)
+
+    async def reconcile(self, *, source: str, actor: str, via: str, dry_run: bool) -> str:
+        """Definitions from the rules file, then every person against the rules: the /sync plan, in words."""
+        ctx = self.ctx
+        rules = self.rules.current()
+        async with ctx.sessions() as session, session.begin():
+            if dry_run:
+                existing = (
+                    set((await session.execute(select(Group.address))).scalars()) if rules.groups else set()
+                )
+                defs = [
+                    t("would create {group}", group=g.address)
+                    for g in rules.groups
+                    if g.address not in existing
+                ]
+            else:
+                defs = await planner.sync_group_definitions(
+                    session, rules, ctx.settings, actor=actor, via=via
+                )
+            plan = await planner.plan_reconcile(session, rules, ctx.settings, now=ctx.now())
+            if dry_run:
+                verdict = await self.guard.review(session, plan, "reconcile")
+                kept_out = await _exceptions(session)
+        head = (t("Groups: {changes}.", changes=t("; ").join(defs)) + "\n") if defs else ""
+        if dry_run:
+            tail = (
+                ("\n" + t("Kept out by rule exceptions: {items}.", items=t("; ").join(kept_out)))
+                if kept_out
+                else ""
+            )
+            allowed = Plan(verdict.plan.changes + verdict.held, refused=verdict.plan.refused)
+            if not allowed.changes and not allowed.refused:
+                return head + t("Everything matches the rules: nothing to change (dry run).") + tail
+            text = head + t("Dry run — nothing changed.") + " " + allowed.summary()
+            if verdict.reasons:
+                text += "\n" + t(
+                    "Applying it would need an approver: {reasons}.", reasons=t("; ").join(verdict.reasons)
+                )
+            return text + tail
+        if not plan.changes:
+            return head + t("Everything matches the rules: nothing changed.")
+        out = await self.execute(plan, kind="reconcile", source=source, actor=actor, via=via)
+        if not out.plan.changes and not out.waiting:
+            return head + t("Everything matches the rules: nothing changed.") + "\n" + out.plan.summary()
+        applied = (
+            t("Applied {count} change.", count=out.applied)
+            if out.applied == 1
+            else t("Applied {count} changes.", count=out.applied)
+        )
+        if out.held is None:
+            return head + applied + " " + out.plan.summary()
+        waiting = t(
+            "The plan waits for an approver (plan #{id}): {reasons}.",
+            id=out.held,
+            reasons=t("; ").join(out.reasons),
+        )
+        done = (applied + " " + out.plan.summary() + "\n") if out.plan.changes else ""
+        return head + done + waiting + "\n" + Plan(out.waiting).summary()
+
+    # -- rule exceptions -------------------------------------------------------------------------
+    async def _keep_exceptions(self, session: AsyncSession, plan: Plan, *, actor: str, via: str) -> None:
+        """A manual removal of someone the rules put in that group becomes a rule exception; adding
+        them again by hand lifts it."""
+        manual = [c for c in plan.changes if c.source == "manual"]
+        if not manual:
+            return
+        rules = self.rules.current()
+        emails = sorted({c.email for c in manual})
+        people = {
+            p.email: p
+            for p in (await session.execute(select(Person).where(Person.email.in_(emails)))).scalars()
+        }
+        for c in manual:
+            person = people.get(c.email)
+            if person is None:
+                continue
+            if c.op == "add":
+                gone = await session.execute(
+                    delete(RuleException)
+                    .where(RuleException.group_id == c.group_id, RuleException.person_id == person.id)
+                    .returning(RuleException.rule)
+                )
+                for lifted in gone.scalars():
+                    audit.record(
+                        session,
+                        actor=actor,
+                        via=via,
+                        action="rule_exception.lift",
+                        subject=f"group:{c.group_address}",
+                        before={"email": c.email, "rule": lifted},
+                        detail=c.reason,
+                    )
+                continue
+            values = person_values(person.email, person.employee_id, person.name, person.attributes)
+            rule = next((r for r in rules.groups_for(values) if r.address == c.group_address), None)
+            if rule is None:
+                continue
+            exists = (
+                await session.execute(
+                    select(RuleException.id).where(
+                        RuleException.group_id == c.group_id, RuleException.person_id == person.id
+                    )
+                )
+            ).first()
+            if exists:
+                continue
+            session.add(
+                RuleException(
+                    group_id=c.group_id,
+                    person_id=person.id,
+                    email=person.email,
+                    rule=rule.source,
+                    created_by=actor,
+                    created_at=self.ctx.now(),
+                    reason=c.reason,
+                )
+            )
+            audit.record(
+                session,
+                actor=actor,
+                via=via,
+                action="rule_exception.add",
+                subject=f"group:{c.group_address}",
+                after={"email": c.email, "rule": rule.source},
+                detail=c.reason,
+            )
+
+    async def forget_exceptions(self, session: AsyncSession, person: Person, *, actor: str, via: str) -> None:
+        """A rehire starts afresh: the rules apply again, exceptions made for their earlier time included."""
+        gone = await session.execute(
+            delete(RuleException).where(RuleException.person_id == person.id).returning(RuleException.rule)
+        )
+        for rule in gone.scalars():
+            audit.record(
+                session,
+                actor=actor,
+                via=via,
+                action="rule_exception.lift",
+                subject=f"person:{person.employee_id or person.email}",
+                before={"email": person.email, "rule": rule},
+                detail="rehired",
+            )
+
+    # -- held plans ------------------------------------------------------------------------------
+    async def hold(
+        self,
+        session: AsyncSession,
+        *,
+        source: str,
+        actor: str,
+        via: str,
+        reasons: list[str],
+        summary: str,
+        changes: list[Change] | None = None,
+        events: list[dict[str, Any]] | None = None,
+    ) -> PendingPlan:
+        """Keep a plan (its changes, or whole HR events) for an approver."""
+        payload: dict[str, Any] = {"changes": [asdict(c) for c in changes or []]}
+        if events is not None:
+            payload["events"] = events
+        pending = PendingPlan(
+            source=source, actor=actor, via=via, reasons=reasons, summary=summary[:20_000], payload=payload
+        )
+        session.add(pending)
+        await session.flush()
+        audit.record(
+            session,
+            actor=actor,
+            via=via,
+            action="plan.hold",
+            subject=f"plan:{pending.id}",
+            after={"reasons": reasons, "changes": len(changes or []), "events": len(events or [])},
+            detail=summary[:2000],
+        )
+        return pending
+
+    async def announce(self, plan_id: int | None) -> None:
+        """Post a held plan's card to the approvers (after the plan is committed)."""
+        if plan_id is None:
+            return
+        async with self.ctx.sessions() as session:
+            pending = await session.get(PendingPlan, plan_id)
+        if pending is not None:
+            await self.messengers.post(
+                "approvals", lambda: approval_card(pending), subject=f"plan:{pending.id}"
+            )
+
+    async def announce_pending(self) -> list[int]:
+        """Post the card of every pending plan no approver has seen yet (one held by `postroom hr import`,
+        a process with no messenger attached). Scheduled every minute in `postroom serve`."""
+        async with self.ctx.sessions() as session:
+            ids = (
+                (
+                    await session.execute(
+                        select(PendingPlan.id).where(PendingPlan.state == "pending").order_by(PendingPlan.id)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        seen = await self.messengers.posted_about([f"plan:{i}" for i in ids])
+        done = []
+        for plan_id in ids:
+            if f"plan:{plan_id}" not in seen:
+                await self.announce(plan_id)
+                done.append(plan_id)
+        return done
+
+    async def decide(self, plan_id: int, approver: str, via: str, decision: str) -> str:
+        """Approve (apply) or reject a held plan; one decision however often it is clicked."""
+        now = self.ctx.now()
+        applied = 0
+        async with self.ctx.sessions() as session, session.begin():
+            pending = await session.get(PendingPlan, plan_id)
+            if pending is None:
+                raise UserError(t("There is no membership plan #{id}.", id=plan_id))
+            if pending.state != "pending":
+                if pending.state == "approved":
+                    raise UserError(
+                        t(
+                            "Plan #{id} was already approved by {who}: nothing changed.",
+                            id=plan_id,
+                            who=pending.decided_by,
+                        )
+                    )
+                if pending.state == "rejected":
+                    raise UserError(
+                        t(
+                            "Plan #{id} was already rejected by {who}: nothing changed.",
+                            id=plan_id,
+                            who=pending.decided_by,
+                        )
+                    )
+                raise UserError(
+                    t(
+                        "Plan #{id} was already {state} by {who}: nothing changed.",
+                        id=plan_id,
+                        state=pending.state,
+                        who=pending.decided_by,
+                    )
+                )
+            if pending.actor == approver:
+                raise UserError(t("You asked for this plan, so someone else has to approve it."))
+            won = await session.execute(
+                update(PendingPlan)
+                .where(PendingPlan.id == plan_id, PendingPlan.state == "pending")
+                .values(state=decision, decided_by=approver, decided_at=now)
+            )
+            if won.rowcount != 1:
+                raise UserError(t("Plan #{id} was decided a moment ago: nothing changed.", id=plan_id))
+            audit.record(
+                session,
+                actor=approver,
+                via=via,
+                action=f"plan.{decision}",
+                subject=f"plan:{plan_id}",
+                before={"state": "pending"},
+                after={"state": decision},
+            )
+            events = pending.payload.get("events")
+            if decision == "approved" and events is None:
+                plan = Plan([Change(**d) for d in pending.payload.get("changes", [])])
+                out = await self._execute(session, plan, "reviewed", pending.source, approver, via, False)
+                applied = out.applied
+        if decision == "approved" and events is not None:
+            if self.replay_events is None:
+                raise RuntimeError("no HR lifecycle is wired to apply approved HR events")
+            applied = await self.replay_events(events)
+            summary = pending.summary[:3000]
+            await self.messengers.post(
+                "hr",
+                lambda: Message(
+                    t(
+                        "Plan #{id} approved by {approver}: {count} HR events from {source} applied.",
+                        id=plan_id,
+                        approver=approver,
+                        count=applied,
+                        source=pending.source,
+                    )
+                    + "\n"
+                    + summary
+                ),
+            )
+
+        def outcome_text() -> str:
+            if decision != "approved":
+                return t(
+                    "Rejected membership plan #{id} ({approver}); nothing was changed.",
+                    id=plan_id,
+                    approver=approver,
+                )
+            if events is not None:
+                return t(
+                    "Approved membership plan #{id} ({approver}); {count} events applied.",
+                    id=plan_id,
+                    approver=approver,
+                    count=applied,
+                )
+            return t(
+                "Approved membership plan #{id} ({approver}); {count} changes applied.",
+                id=plan_id,
+                approver=approver,
+                count=applied,
+            )
+
+        def card() -> Message:
+            text = outcome_text()
+            return Message(
+                text, Card(title=t("Membership plan #{id}", id=plan_id), fields=((t("Outcome"), text),))
+            )
+
+        await self.messengers.update_subject(f"plan:{plan_id}", card)
+        return outcome_text()
+
+
+def approval_card(pending: PendingPlan) -> Message:
+    changes = pending.payload.get("changes", [])
+    events = pending.payload.get("events")
+    adds = sum(1 for c in changes if c["op"] == "add")
+    removes = len(changes) - adds
+    fields: list[tuple[str, str]] = [
+        (t("Requested by"), t("{actor} via {via}", actor=pending.actor, via=pending.via)),
+        (t("Why it waits"), t("; ").join(pending.reasons)),
+    ]
+    if events is not None:
+        fields.append((t("HR events"), str(len(events))))
+    fields.append((t("Changes"), t("{adds} to add, {removes} to remove", adds=adds, removes=removes)))
+    fields.append((t("Plan"), pending.summary[:1500]))
+    card = Card(
+        title=t("Membership plan #{id} needs an approver", id=pending.id),
+        fields=tuple(fields),
+        buttons=(
+            Button(
+                "plan.approve",
+                t("Approve"),
+                str(pending.id),
+                style="primary",
+                confirm=t("Apply this membership plan?"),
+                text_command=f"/plan approve {pending.id}",
+            ),
+            Button(
+                "plan.reject",
+                t("Reject"),
+                str(pending.id),
+                style="danger",
+                text_command=f"/plan reject {pending.id}",
+            ),
+        ),
+    )
+    return Message(t("A membership plan from {source} waits for approval.", source=pending.source), card)
+
+
+async def _exceptions(session: AsyncSession) -> list[str]:
+    rows = await session.execute(
+        select(RuleException.email, Group.address, RuleException.created_by)
+        .join(Group, Group.id == RuleException.group_id)
+        .order_by(Group.address, RuleException.email)
+        .limit(50)
+    )
+    return [t("{email} from {group} (by {who})", email=e, group=g, who=w) for e, g, w in rows.all()]
