@@ -31,6 +31,23 @@ APPROVER = "maria@corp.example"
 APPROVER2 = "omar@corp.example"
 ADMIN = "admin@corp.example"
 NOBODY = "nora@corp.example"
+# The company's people on record (as an HR import would have put them), so that adding them to a group
+# by hand is adding a colleague, not an address nobody knows (/addgroup asks for --unknown-ok then).
+COLLEAGUES = [HR, SENDER, APPROVER, APPROVER2, ADMIN, NOBODY] + [
+    f"{name}@corp.example"
+    for name in ("alice", "bob", "carl", "carol", "chen", "dana", "erin", "frank", "gus")
+]
+
+
+async def put_on_record(app: App, emails: list[str]) -> None:
+    """People on record for these addresses, as an HR import would have made them."""
+    from bot.db.models import Person
+
+    async with app.ctx.sessions() as session, session.begin():
+        for i, email in enumerate(emails):
+            session.add(
+                Person(employee_id=f"T{i:03d}", email=email, name=email.split("@")[0].title(), source="test")
+            )
 
 
 @pytest.fixture(scope="session")
@@ -144,6 +161,7 @@ async def settings(database_url: str, smtp: SmtpServer, tmp_path: Path) -> Setti
 @pytest.fixture
 async def bot(settings: Settings) -> AsyncIterator[ChatBot]:
     app = await build_app(settings)
+    await put_on_record(app, COLLEAGUES)
     out = io.StringIO()
     console = ConsoleAdapter(HR, out=out, prompt=False)
     app.attach(console)

@@ -172,12 +172,14 @@ def test_the_done_when_list_from_a_shell(setup_on_each_database: Setup) -> None:
 
     # HR creates a group, adds two internal people; /members lists them.
     assert "Created the internal group eng@corp.example" in setup.chat(HR, '/newgroup eng "Engineering"')
-    assert "it now has 2 members" in setup.chat(HR, "/addgroup eng alice@corp.example bob@corp.example")
+    assert "it now has 2 members" in setup.chat(
+        HR, "/addgroup eng alice@corp.example bob@corp.example --unknown-ok"
+    )
     members = setup.chat(HR, "/members eng")
     assert "alice@corp.example" in members and "bob@corp.example" in members
 
     # A gmail address is refused with a sentence, and nothing changes; nor can a non-HR person add.
-    refused = setup.chat(HR, "/addgroup eng carol@corp.example someone@gmail.com")
+    refused = setup.chat(HR, "/addgroup eng carol@corp.example someone@gmail.com --unknown-ok")
     assert "someone@gmail.com is outside corp.example" in refused and "campaign" in refused
     assert "is for HR;" in setup.chat(NOBODY, "/newgroup sales")
     assert "owners of eng@corp.example" in setup.chat(NOBODY, "/addgroup eng nora@corp.example")

@@ -133,7 +133,7 @@ async def test_a_group_command_is_answered_once_through_the_session_webhook(ding
     assert (
         len(replies) == 1 and "已创建内部邮件组 eng@corp.example" in replies[0]["markdown"]["text"]
     )  # zh_CN
-    await ding.fake.push(ding.message("@Postroom /addgroup eng alice@corp.example", "msg-1b"))
+    await ding.fake.push(ding.message("@Postroom /addgroup eng alice@corp.example --unknown-ok", "msg-1b"))
     await wait_until(lambda: ding.fake.made("/webhook/msg-1b"))
     assert (
         "已将 alice@corp.example 添加到 eng@corp.example"

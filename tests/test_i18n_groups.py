@@ -27,7 +27,7 @@ def hr_notices(bot: ChatBot) -> list[str]:
 
 
 async def test_group_commands_answer_in_chinese(zbot: ChatBot) -> None:
-    reply = await zbot.say(HR, "/addgroup social alice@corp.example")
+    reply = await zbot.say(HR, "/addgroup social alice@corp.example --unknown-ok")
     assert "已将 alice@corp.example 添加到 social@corp.example；该组现有 1 名成员。" in reply
     reply = await zbot.say(HR, "/addgroup social someone@gmail.com")
     assert "someone@gmail.com 不属于 corp.example" in reply and "外部人员不能加入" in reply

@@ -247,7 +247,7 @@ async def test_a_leaver_cannot_be_added_back(lbot) -> None:  # type: ignore[no-u
 # -- finding 7: a hand-given membership follows an address change, and the leaver loses it --------------
 async def test_a_membership_given_before_the_person_existed_follows_them_out(lbot) -> None:  # type: ignore[no-untyped-def]
     core = lbot.core
-    assert "Added" in await lbot.say(HR, "/addgroup social fay@corp.example")
+    assert "Added" in await lbot.say(HR, "/addgroup social fay@corp.example --unknown-ok")
     await core.handle_person_event(
         PersonEvent(
             "joined", "hr-webhook", "E500", "fay@corp.example", {"department": "Nowhere"}, "hr-1", T0, "Fay"
@@ -435,7 +435,7 @@ async def test_hand_changes_to_a_protected_group_wait_for_an_approver(lbot) -> N
     core = lbot.core
     async with core.ctx.sessions() as s, s.begin():
         (await s.execute(select(Group).where(Group.local_part == "social"))).scalar_one().protected = True
-    reply = await lbot.say(HR, "/addgroup social erin@corp.example")
+    reply = await lbot.say(HR, "/addgroup social erin@corp.example --unknown-ok")
     assert "Adding erin@corp.example to social@corp.example waits for an approver (plan #" in reply
     assert "it changes the protected group social@corp.example" in reply
     assert await groups_of(lbot, "erin@corp.example") == {}

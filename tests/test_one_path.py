@@ -139,7 +139,7 @@ async def test_a_command_trips_every_guard_the_same_way(lbot, tmp_path) -> None:
     assert all([("social" in await groups_of(lbot, e)) for e in new])
     # protected group
     await protect(app, "social")
-    await lbot.say(HR, "/addgroup social hannah@corp.example")
+    await lbot.say(HR, "/addgroup social hannah@corp.example --unknown-ok")
     plan = await assert_held(app, "it changes the protected group social@corp.example")
     assert "social" not in await groups_of(lbot, HR)
     await lbot.say(APPROVER, f"/plan reject {plan.id}")

@@ -30,7 +30,7 @@ async def test_slash_command_is_answered_in_the_ack_with_mentions_resolved(rig: 
     assert resp.status_code == 200 and elapsed < 3.0  # Slack's hard limit; the benchmark measures the usual
     assert "Created the internal group eng@corp.example" in resp.json()["text"]
 
-    text = "eng <@U0ALICE|alice> <mailto:bob@corp.example|bob@corp.example>"
+    text = "eng <@U0ALICE|alice> <mailto:bob@corp.example|bob@corp.example> --unknown-ok"
     resp, elapsed, _ = await rig.command(U_HR, "/addgroup", text)
     assert resp.status_code == 200 and elapsed < 3.0
     assert resp.json()["text"].startswith("Added alice@corp.example, bob@corp.example to eng@corp.example")
@@ -70,7 +70,7 @@ async def test_when_the_response_url_fails_the_answer_still_reaches_the_person(r
 
 async def test_a_mention_without_an_email_is_refused_and_changes_nothing(rig: Rig) -> None:
     await rig.say(U_HR, "/newgroup eng")
-    text = await rig.say(U_HR, f"/addgroup eng <@{U_NOMAIL}|mailless> alice@corp.example")
+    text = await rig.say(U_HR, f"/addgroup eng <@{U_NOMAIL}|mailless> alice@corp.example --unknown-ok")
     assert "@mailless has no email address I can read in Slack" in text
     assert await members(rig) == []
 
@@ -95,7 +95,7 @@ async def test_the_same_command_delivered_twice_runs_once(rig: Rig) -> None:
     from tests.slack_fake import command_body, form, signed_headers
 
     await rig.say(U_HR, "/newgroup eng")
-    body = form(command_body(rig.fake, U_HR, "/addgroup", "eng alice@corp.example"))
+    body = form(command_body(rig.fake, U_HR, "/addgroup", "eng alice@corp.example --unknown-ok"))
     first, second = await asyncio.gather(
         *(rig.http.post("/slack/events", content=body, headers=signed_headers(body)) for _ in range(2))
     )

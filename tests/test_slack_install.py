@@ -40,7 +40,7 @@ def test_the_printed_manifest_has_every_command_scope_event_and_url() -> None:
         assert c["url"] == "https://bot.corp.example/slack/events" and c["should_escape"] is True
         assert c["description"] and len(c["command"]) <= 32 and c["command"] == c["command"].lower()
     addgroup = next(c for c in commands if c["command"] == "/addgroup")
-    assert addgroup["usage_hint"] == "<group> <member> [...]"
+    assert addgroup["usage_hint"] == "<group> <member> [...] [--unknown-ok]"
     assert manifest["oauth_config"]["scopes"]["bot"] == BOT_SCOPES
     settings = manifest["settings"]
     assert settings["event_subscriptions"] == {

@@ -221,7 +221,13 @@ class SlackAdapter(Adapter):
             raise
         user = resp.get("user") or {}
         self._remember(user)
-        return email_of(user), name_of(user)
+        email = email_of(user)
+        if email:  # the directory knows them: a mention of them is a colleague, not a typo
+            try:
+                await self._core().directory.remember(PLATFORM, user_id, email, name_of(user))
+            except UserError as exc:
+                log.warning("Slack user %s has an unusable email: %s", user_id, exc.sentence)
+        return email, name_of(user)
 
     def _remember(self, user: dict[str, Any]) -> None:
         if user.get("id"):

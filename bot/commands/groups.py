@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from bot.addresses import normalise
-from bot.commandline import Arg, Parsed, Spec
+from bot.commandline import Arg, Flag, Parsed, Spec
 from bot.context import Context
 from bot.core import CommandTable, Request
 from bot.db.models import Group, Membership, Person, RuleException
@@ -24,6 +24,11 @@ NEWGROUP = Spec(
 ADDGROUP = Spec(
     ("addgroup",),
     (Arg("group"), Arg("member", many=True)),
+    (
+        Flag(
+            "unknown-ok", takes_value=False, help="also add company addresses no HR source or messenger knows"
+        ),
+    ),
     summary="Add people to a group (HR, admins, the group's owners).",
     roles=("hr", "owners"),
 )
@@ -131,6 +136,20 @@ class GroupCommands:
                     )
                 )
             if op == "add":
+                unknown = (
+                    []
+                    if p.switch("unknown-ok")
+                    else await service.unknown_addresses(session, settings, emails)
+                )
+                if unknown:
+                    raise UserError(
+                        t(
+                            "No HR source or messenger knows {emails}: check the spelling, or add --unknown-ok "
+                            "to add them anyway (/audit lists such members).",
+                            emails=", ".join(unknown[:10]),
+                        ),
+                        spec.usage,
+                    )
                 plan = await service.plan_add(
                     session, group, emails, source="manual", reason=t("added by {email}", email=req.email)
                 )

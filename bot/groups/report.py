@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from bot.context import Context
 from bot.db.models import Group, Membership, Person
 from bot.events import Card, Message
+from bot.groups.service import unknown_addresses
 from bot.i18n import t
 from bot.messengers import Messengers
 
@@ -29,10 +30,13 @@ class Report:
     leavers: list[tuple[str, str]] = field(default_factory=list)  # (email, group): must be none
     in_grace: list[tuple[str, str]] = field(default_factory=list)  # (email, removal due)
     old_manual: list[tuple[str, str, str]] = field(default_factory=list)  # (group, member, since)
+    unknown: list[tuple[str, str]] = field(default_factory=list)  # (group, member) no source knows
 
     @property
     def clean(self) -> bool:
-        return not (self.no_owner or self.empty or self.external or self.leavers or self.old_manual)
+        return not (
+            self.no_owner or self.empty or self.external or self.leavers or self.old_manual or self.unknown
+        )
 
     def message(self, max_age_days: int) -> Message:
         def some(items: list[str], limit: int = 15) -> str:
@@ -59,6 +63,10 @@ class Report:
             (
                 t("External members"),
                 some([t("{email} in {group}", email=m, group=g) for g, m in self.external]),
+            ),
+            (
+                t("Members no HR source or messenger knows"),
+                some([t("{email} in {group}", email=m, group=g) for g, m in self.unknown]),
             ),
             (
                 t("Manual memberships older than {days} days", days=max_age_days),
@@ -114,6 +122,8 @@ async def build_report(ctx: Context) -> Report:
             domain = email.rsplit("@", 1)[-1]
             if not any(domain == d or domain.endswith("." + d) for d in domains):
                 report.external.append((address, email))
+        unknown = set(await unknown_addresses(session, settings, {email for _address, email in rows}))
+        report.unknown = [(address, email) for address, email in rows if email in unknown]
         leavers = (
             await session.execute(
                 select(Person.email, Person.left_at, Group.address)

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot import audit
 from bot.addresses import domain_of, normalise
 from bot.config import Settings
-from bot.db.models import Group, Membership, Person
+from bot.db.models import Group, Identity, Membership, Person
 from bot.errors import UserError
 from bot.i18n import t
 
@@ -317,6 +317,18 @@ async def follow_address(session: AsyncSession, person_id: int, old: str, new: s
         .where((Membership.person_id == person_id) | (Membership.email == old))
         .values(email=new, person_id=person_id)
     )
+
+
+async def unknown_addresses(session: AsyncSession, settings: Settings, emails: Iterable[str]) -> list[str]:
+    """The company addresses among `emails` that no source has told Postroom about: not a person on
+    record (HR, a directory) and not a messenger user it has seen. A typo or a stranger more often
+    than a new colleague."""
+    internal = sorted({e for e in emails if settings.is_internal(e)})
+    if not internal:
+        return []
+    people = set((await session.execute(select(Person.email).where(Person.email.in_(internal)))).scalars())
+    seen = set((await session.execute(select(Identity.email).where(Identity.email.in_(internal)))).scalars())
+    return [e for e in internal if e not in people and e not in seen]
 
 
 async def member_count(session: AsyncSession, group_id: int) -> int:
