@@ -17,7 +17,7 @@ from bot.campaigns.notes import note, state_name
 from bot.campaigns.runs import CampaignRuns, start_job_id
 from bot.campaigns.templates import CompiledTemplate, TemplateProblem, load_source
 from bot.context import Context
-from bot.db.models import Campaign
+from bot.db.models import Campaign, Group, Person
 from bot.errors import UserError
 from bot.i18n import t
 
@@ -177,8 +177,8 @@ class Drafts:
         )
 
     async def send_test(self, name: str, to: str, *, actor: str, via: str) -> tuple[Campaign, str]:
-        """One test message to an internal address (or the sender's own); returns the campaign and the
-        subject sent."""
+        """One test message to one person: the sender, or a colleague on record (never a group, never an
+        address outside the company); returns the campaign and the subject sent."""
         ctx = self.ctx
         email = normalise(to)
         async with ctx.sessions() as session:
@@ -189,6 +189,22 @@ class Drafts:
                         "campaign only after approval.",
                         email=email,
                         domains=", ".join(ctx.settings.org.domains),
+                    )
+                )
+            if (await session.execute(select(Group.id).where(Group.address == email))).first():
+                raise UserError(
+                    t(
+                        "{email} is an email group: a test goes to one person. A group gets a campaign only "
+                        "through its approval.",
+                        email=email,
+                    )
+                )
+            status = (await session.execute(select(Person.status).where(Person.email == email))).scalar()
+            if email != actor and status != "active":
+                raise UserError(
+                    t(
+                        "{email} is not a colleague on record: a test goes to you or to a person HR knows.",
+                        email=email,
                     )
                 )
             campaign = await service.get(session, name)

@@ -242,6 +242,8 @@ class GroupCommands:
 
     async def groups(self, req: Request, p: Parsed) -> Message:
         who = p.opt("member")
+        if not self.ctx.settings.is_internal(req.email) and not req.has("hr"):
+            raise PermissionDenied(t("/groups is for people in the company."))
         async with self.ctx.sessions() as session:
             if who is not None:
                 try:
