@@ -92,6 +92,32 @@ async def export(ctx: Context, email: str) -> dict[str, Any]:
     return out
 
 
+async def erase_preview(ctx: Context, email: str) -> dict[str, int]:
+    """What `erase` would do, changing nothing: it can't be undone, so it is shown first."""
+    async with ctx.sessions() as session:
+        contact_id = (
+            await session.execute(select(Contact.id).where(Contact.email == email))
+        ).scalar_one_or_none()
+        lists = 0
+        if contact_id is not None:
+            lists = (
+                await session.execute(
+                    select(func.count()).select_from(ListMember).where(ListMember.contact_id == contact_id)
+                )
+            ).scalar_one()
+        messages = (
+            await session.execute(select(func.count()).select_from(Delivery).where(Delivery.email == email))
+        ).scalar_one()
+        entries = (
+            await session.execute(
+                select(func.count())
+                .select_from(AuditEntry)
+                .where(or_(AuditEntry.subject == f"contact:{email}", AuditEntry.actor == email))
+            )
+        ).scalar_one()
+    return {"contact": int(contact_id is not None), "lists": lists, "messages": messages, "audit": entries}
+
+
 async def erase(ctx: Context, email: str, *, actor: str, via: str) -> dict[str, int]:
     hashed = email_hash(email)
     placeholder = f"erased-{hashed[:24]}@erased.invalid"

@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from bot.contacts.importer import import_contacts
 from bot.db.models import Approval, Base, Campaign, Group, Membership
 from bot.events import Action, Actor, Conversation
-from tests.conftest import APPROVER, APPROVER2, HR, NOBODY, SENDER
+from tests.conftest import ADMIN, APPROVER, APPROVER2, HR, NOBODY, SENDER
 
 CSV = """email,name,consent_at,consent_source,company
 lena@example.com,Lena Fischer,2026-03-02T10:15:00+00:00,signup form,Fischer GmbH
@@ -308,6 +308,16 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], list[tuple[str, str, bool]]]] = 
             ("/reject sub " + "why " * 300, "under 1,000 characters", True),
         ],
     ),
+    "privacy erase": (
+        ADMIN,
+        ("privacy", "erase"),
+        [
+            ("/privacy erase", "needs an email", True),
+            ("/privacy erase notanemail --confirm", "not an email address", True),
+            ("/privacy erase lena@example.com --confirm=yes", "is a switch", True),
+            ("/privacy erase alice@corp.example --confirm", "is a company address", True),
+        ],
+    ),
 }
 
 # Someone without the role: refused with a sentence, before anything is looked up.
@@ -321,6 +331,7 @@ REFUSED = [
     (SENDER, "/approve sub", "is for approvers"),
     (SENDER, "/reject sub because", "is for approvers"),
     (HR, "/campaign submit spring", "is for campaign senders"),
+    (APPROVER, "/privacy erase lena@example.com --confirm", "is for admins"),
 ]
 
 
