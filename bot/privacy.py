@@ -67,6 +67,8 @@ async def export(ctx: Context, email: str) -> dict[str, Any]:
                 "reason": sup.reason,
                 "since": sup.created_at.isoformat(),
                 "source": sup.source,
+                "kind": sup.kind,
+                "evidence": sup.evidence,
             }
         rows = (
             await session.execute(
@@ -146,10 +148,21 @@ async def erase(ctx: Context, email: str, *, actor: str, via: str) -> dict[str, 
         existing = (
             await session.execute(select(Suppression).where(Suppression.email_hash == hashed))
         ).scalar_one_or_none()
+        # Earlier evidence (a server's reply, a DSN) quotes the address: only the hash and the erasure stay.
         if existing is None:
-            session.add(Suppression(email_hash=hashed, email=None, reason="erased", source="erasure request"))
+            session.add(
+                Suppression(
+                    email_hash=hashed,
+                    email=None,
+                    reason="erased",
+                    source="erasure request",
+                    kind="erased",
+                    actor=actor,
+                )
+            )
         else:
             existing.email, existing.reason, existing.source = None, "erased", "erasure request"
+            existing.kind, existing.evidence, existing.actor = "erased", None, actor
         await session.execute(
             update(AuditEntry).where(AuditEntry.subject == f"contact:{email}").values(subject=tag)
         )

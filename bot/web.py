@@ -17,7 +17,7 @@ from bot import audit
 from bot.campaigns import service
 from bot.campaigns.templates import TemplateProblem
 from bot.db.models import Campaign
-from bot.suppressions import suppress
+from bot.suppressions import Evidence, suppress
 
 if TYPE_CHECKING:
     from bot.core import Core
@@ -86,7 +86,12 @@ def build_web(core: Core) -> Starlette:
                 return too_large
         campaign_id, email = target
         async with core.ctx.sessions() as session, session.begin():
-            new = await suppress(session, email, "unsubscribed", "one-click", campaign_id)
+            new = await suppress(
+                session,
+                email,
+                "unsubscribed",
+                Evidence("unsubscribe", "one-click", "one-click unsubscribe (RFC 8058)", campaign_id, email),
+            )
             if new:
                 audit.record(
                     session,

@@ -22,10 +22,10 @@ from bot import audit
 from bot.addresses import email_hash
 from bot.campaigns.tracking import VERP_RE, verp_delivery
 from bot.context import Context
-from bot.db.models import Campaign, CampaignEvent, Delivery, ProcessedEvent
+from bot.db.models import CampaignEvent, Delivery, ProcessedEvent
 from bot.db.upsert import insert_ignore
 from bot.mail.server import Route
-from bot.suppressions import suppress
+from bot.suppressions import Evidence, suppress
 
 log = logging.getLogger(__name__)
 STATUS_RE = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
@@ -162,9 +162,6 @@ async def record_finding(
             )
         )
         await session.flush()
-        name = (
-            await session.execute(select(Campaign.name).where(Campaign.id == row.campaign_id))
-        ).scalar_one()
         reason: str | None = None
         if finding.kind == "hard_bounce":
             reason = "hard_bounce"
@@ -181,9 +178,9 @@ async def record_finding(
             if soft >= ctx.settings.campaigns.soft_bounce_limit:
                 reason = "soft_bounce"
         if reason is not None and "@erased.invalid" not in address:
-            if await suppress(
-                session, address, reason, f"{via}: campaign {name}: {finding.detail}"[:200], row.campaign_id
-            ):
+            kind = "complaint" if reason == "complaint" else "dsn"
+            evidence = Evidence(kind, via, finding.detail or finding.kind, row.campaign_id, "system")
+            if await suppress(session, address, reason, evidence):
                 audit.record(
                     session,
                     actor="system",

@@ -34,7 +34,7 @@ from bot.config import Settings
 from bot.context import Context
 from bot.db.models import Campaign, Delivery, Suppression
 from bot.mail.transport import Outcome, SmtpTransport
-from bot.suppressions import suppress
+from bot.suppressions import Evidence, suppress
 
 log = logging.getLogger(__name__)
 
@@ -617,9 +617,12 @@ class DeliveryEngine:
                     table.update().where(mine).values(status="pending", attempts=table.c.attempts - 1),
                     unsent,
                 )
-            for r in bounced:
+            for r in bounced:  # the relay refused this very address: the evidence is its reply
                 await suppress(
-                    session, r["email"], "hard_bounce", f"campaign {campaign.name}: {r['err']}", campaign.id
+                    session,
+                    r["email"],
+                    "hard_bounce",
+                    Evidence("rcpt", "smtp", r["err"], campaign.id, "system"),
                 )
 
     async def _finished(self, campaign_id: int) -> bool:

@@ -9,9 +9,9 @@ if TYPE_CHECKING:
 
 
 def register_all(core: Core) -> None:
-    from bot.commands import campaigns, general, groups, lifecycle, privacy
+    from bot.commands import campaigns, general, groups, lifecycle, privacy, suppressions
 
-    for module in (general, groups, campaigns, lifecycle, privacy):
+    for module in (general, groups, campaigns, lifecycle, privacy, suppressions):
         module.register(core)
     for path in core.commands:
         if len(path) > 1:
