@@ -34,6 +34,7 @@ from bot.commands.general import GeneralCommands
 from bot.commands.groups import GroupCommands
 from bot.commands.lifecycle import LifecycleCommands
 from bot.commands.privacy import PrivacyCommands
+from bot.commands.suppressions import SuppressionCommands
 from bot.config import ConfigError, Settings
 from bot.context import Context
 from bot.core import CommandTable, Core
@@ -163,6 +164,7 @@ async def build_app(settings: Settings, **context_options: Any) -> App:
         CampaignCommands(ctx, drafts, approvals, runs, cards),
         LifecycleCommands(ctx, rules, memberships),
         PrivacyCommands(ctx),
+        SuppressionCommands(ctx),
     ):
         commands.register(table)
     core = Core(ctx, table=table, messengers=messengers, identities=identities, lifecycle=lifecycle)

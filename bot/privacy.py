@@ -67,6 +67,8 @@ async def export(ctx: Context, email: str) -> dict[str, Any]:
                 "reason": sup.reason,
                 "since": sup.created_at.isoformat(),
                 "source": sup.source,
+                "kind": sup.kind,
+                "evidence": sup.evidence,
             }
         rows = (
             await session.execute(
@@ -90,6 +92,32 @@ async def export(ctx: Context, email: str) -> dict[str, Any]:
             ).all()
         )
     return out
+
+
+async def erase_preview(ctx: Context, email: str) -> dict[str, int]:
+    """What `erase` would do, changing nothing: it can't be undone, so it is shown first."""
+    async with ctx.sessions() as session:
+        contact_id = (
+            await session.execute(select(Contact.id).where(Contact.email == email))
+        ).scalar_one_or_none()
+        lists = 0
+        if contact_id is not None:
+            lists = (
+                await session.execute(
+                    select(func.count()).select_from(ListMember).where(ListMember.contact_id == contact_id)
+                )
+            ).scalar_one()
+        messages = (
+            await session.execute(select(func.count()).select_from(Delivery).where(Delivery.email == email))
+        ).scalar_one()
+        entries = (
+            await session.execute(
+                select(func.count())
+                .select_from(AuditEntry)
+                .where(or_(AuditEntry.subject == f"contact:{email}", AuditEntry.actor == email))
+            )
+        ).scalar_one()
+    return {"contact": int(contact_id is not None), "lists": lists, "messages": messages, "audit": entries}
 
 
 async def erase(ctx: Context, email: str, *, actor: str, via: str) -> dict[str, int]:
@@ -120,10 +148,21 @@ async def erase(ctx: Context, email: str, *, actor: str, via: str) -> dict[str, 
         existing = (
             await session.execute(select(Suppression).where(Suppression.email_hash == hashed))
         ).scalar_one_or_none()
+        # Earlier evidence (a server's reply, a DSN) quotes the address: only the hash and the erasure stay.
         if existing is None:
-            session.add(Suppression(email_hash=hashed, email=None, reason="erased", source="erasure request"))
+            session.add(
+                Suppression(
+                    email_hash=hashed,
+                    email=None,
+                    reason="erased",
+                    source="erasure request",
+                    kind="erased",
+                    actor=actor,
+                )
+            )
         else:
             existing.email, existing.reason, existing.source = None, "erased", "erasure request"
+            existing.kind, existing.evidence, existing.actor = "erased", None, actor
         await session.execute(
             update(AuditEntry).where(AuditEntry.subject == f"contact:{email}").values(subject=tag)
         )

@@ -18,7 +18,7 @@ from bot.campaigns import service
 from bot.campaigns.templates import TemplateProblem
 from bot.context import Context
 from bot.db.models import Campaign
-from bot.suppressions import suppress
+from bot.suppressions import Evidence, suppress
 
 log = logging.getLogger(__name__)
 MAX_FORM_BYTES = 4096
@@ -86,7 +86,12 @@ def build_web(ctx: Context, routes: list[Any]) -> Starlette:
                 return too_large
         campaign_id, email = target
         async with ctx.sessions() as session, session.begin():
-            new = await suppress(session, email, "unsubscribed", "one-click", campaign_id)
+            new = await suppress(
+                session,
+                email,
+                "unsubscribed",
+                Evidence("unsubscribe", "one-click", "one-click unsubscribe (RFC 8058)", campaign_id, email),
+            )
             if new:
                 audit.record(
                     session,

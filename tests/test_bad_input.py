@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from bot.commandline import quote
 from bot.contacts.importer import import_contacts
 from bot.db.models import Approval, Base, Campaign, Group, Membership
 from bot.events import Action, Actor, Conversation
-from tests.conftest import APPROVER, APPROVER2, HR, NOBODY, SENDER
+from tests.conftest import ADMIN, APPROVER, APPROVER2, HR, NOBODY, SENDER
 
 CSV = """email,name,consent_at,consent_source,company
 lena@example.com,Lena Fischer,2026-03-02T10:15:00+00:00,signup form,Fischer GmbH
@@ -308,6 +309,57 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], list[tuple[str, str, bool]]]] = 
             ("/reject sub " + "why " * 300, "under 1,000 characters", True),
         ],
     ),
+    "suppressions": (
+        ADMIN,
+        ("suppressions",),
+        [
+            ("/suppressions", "needs a subcommand", True),
+            ("/suppressions nosuch", "has no subcommand “nosuch”", True),
+            ("/suppressions erase lena@example.com", "has no subcommand", True),
+        ],
+    ),
+    "suppressions list": (
+        ADMIN,
+        ("suppressions", "list"),
+        [
+            ("/suppressions list extra", "does not take", True),
+            ("/suppressions list --reason nosuch", "is not a suppression reason", True),
+            ("/suppressions list --reason", "--reason needs a value", True),
+            ("/suppressions list --all", "has no option --all", True),
+        ],
+    ),
+    "suppressions show": (
+        ADMIN,
+        ("suppressions", "show"),
+        [
+            ("/suppressions show", "needs an email", True),
+            ("/suppressions show notanemail", "not an email address", True),
+            ("/suppressions show a@x.example b@x.example", "does not take", True),
+        ],
+    ),
+    "suppressions lift": (
+        ADMIN,
+        ("suppressions", "lift"),
+        [
+            ("/suppressions lift", "needs an email", True),
+            ("/suppressions lift lena@example.com", "needs --reason", True),
+            ("/suppressions lift lena@example.com --reason '  '", "--reason needs a value", True),
+            ("/suppressions lift notanemail --reason typo", "not an email address", True),
+            ("/suppressions lift lena@example.com --reason typo", "is not suppressed", False),
+            ("/suppressions lift lena@example.com --reason " + quote("why " * 300), "under 1,000", True),
+            ("/suppressions lift lena@example.com --reason 'a\x1bb'", "control characters", True),
+        ],
+    ),
+    "privacy erase": (
+        ADMIN,
+        ("privacy", "erase"),
+        [
+            ("/privacy erase", "needs an email", True),
+            ("/privacy erase notanemail --confirm", "not an email address", True),
+            ("/privacy erase lena@example.com --confirm=yes", "is a switch", True),
+            ("/privacy erase alice@corp.example --confirm", "is a company address", True),
+        ],
+    ),
 }
 
 # Someone without the role: refused with a sentence, before anything is looked up.
@@ -321,6 +373,9 @@ REFUSED = [
     (SENDER, "/approve sub", "is for approvers"),
     (SENDER, "/reject sub because", "is for approvers"),
     (HR, "/campaign submit spring", "is for campaign senders"),
+    (SENDER, "/suppressions list", "is for admins"),
+    (HR, "/suppressions lift lena@example.com --reason typo", "is for admins"),
+    (APPROVER, "/privacy erase lena@example.com --confirm", "is for admins"),
 ]
 
 
@@ -330,8 +385,6 @@ def hostile_cases(path: tuple[str, ...]) -> list[tuple[str, str | None, bool]]:
 
 
 def quoted(value: str) -> str:
-    from bot.commandline import quote
-
     return quote(value)
 
 

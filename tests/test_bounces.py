@@ -65,6 +65,15 @@ def test_dsn_parsing_classifies_hard_soft_and_ignores_success() -> None:
     assert parse_report(b"garbage \x00\xff") == []
 
 
+def test_only_a_dsn_about_the_address_itself_is_a_hard_bounce() -> None:
+    """Invariant 8: a DSN that our sender was refused (5.1.7/5.1.8), or one about routing, content or the
+    receiving system, is not the recipient's own failure; it counts as soft, not an instant suppression."""
+    for status in ("5.1.1", "5.1.2", "5.1.3", "5.1.6", "5.1.10", "5.2.1"):
+        assert classify_status(status) == "hard_bounce", status
+    for status in ("5.1.7", "5.1.8", "5.0.0", "5.3.0", "5.4.4", "5.4.7", "5.5.0", "5.6.1", "5.7.26"):
+        assert classify_status(status) == "soft_bounce", status
+
+
 async def _return_path(bot, smtp, email: str) -> str:  # type: ignore[no-untyped-def]
     return smtp.handler.to(email)[0].mail_from
 

@@ -335,7 +335,7 @@ async def test_privacy_export_and_erase(make_bot, smtp, tmp_path) -> None:  # ty
     reply = await bot.say(ADMIN, "/privacy export lena@example.com")
     assert "Lena Fischer" in reply and "signup form" in reply and "before: sent" in reply
     assert "is for admins" in await bot.say(SENDER, "/privacy erase lena@example.com")
-    reply = await bot.say(ADMIN, "/privacy erase lena@example.com")
+    reply = await bot.say(ADMIN, "/privacy erase lena@example.com --confirm")
     assert "Erased lena@example.com" in reply
     async with bot.core.ctx.sessions() as session:
         assert (

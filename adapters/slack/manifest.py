@@ -38,7 +38,8 @@ def slash_commands(specs: list[Spec]) -> list[dict[str, str]]:
             hint = spec.usage.removeprefix("/" + head).strip()
         else:
             subs = [" ".join(s.path[1:]) for s in group if len(s.path) > 1]
-            description = f"{head.capitalize()}s: " + ", ".join(subs) + ". /help " + head + " explains each."
+            plural = head.capitalize() + ("" if head.endswith("s") else "s")  # not “Suppressionss”
+            description = f"{plural}: " + ", ".join(subs) + ". /help " + head + " explains each."
             hint = "|".join(subs) + " <name> [options]"
         out.append({"command": f"/{head}"[:32], "description": description[:140], "usage_hint": hint[:140]})
     out.append(

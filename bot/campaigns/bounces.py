@@ -3,9 +3,11 @@
 A campaign message's return path is `bounces+<delivery>-<mac>@<domain>` (bot/campaigns/tracking.py),
 so a bounce names its delivery without trusting the bounce's body. The body is parsed as a
 delivery status notification (RFC 3464, `multipart/report; report-type=delivery-status`) to tell
-a hard bounce (5.x.x: suppressed at once) from a soft one (4.x.x, or 5.2.2 mailbox full and
-5.7.x policy blocks: suppressed after `campaigns.soft_bounce_limit` of them), and an abuse report
-(RFC 5965, `report-type=feedback-report`) is a complaint (suppressed at once).
+a hard bounce (the address's own permanent failure: 5.1.x but 5.1.7/5.1.8, which are about our sender,
+and 5.2.1 mailbox disabled: suppressed at once) from a soft one (4.x.x and every other 5.x.x — mailbox
+full, policy blocks, routing, content: suppressed after `campaigns.soft_bounce_limit` of them), and an
+abuse report (RFC 5965, `report-type=feedback-report`) is a complaint (suppressed at once). Each
+suppression keeps the DSN's status and diagnostic as its evidence.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ from bot import audit
 from bot.addresses import email_hash
 from bot.campaigns.tracking import VERP_RE, verp_delivery
 from bot.context import Context
-from bot.db.models import Campaign, CampaignEvent, Delivery, ProcessedEvent
+from bot.db.models import CampaignEvent, Delivery, ProcessedEvent
 from bot.db.upsert import insert_ignore
 from bot.mail.server import Route
-from bot.suppressions import suppress
+from bot.suppressions import Evidence, suppress
 
 log = logging.getLogger(__name__)
 STATUS_RE = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
@@ -58,9 +60,11 @@ def classify_status(status: str, action: str = "failed") -> str | None:
         return None
     if klass == "4":
         return "soft_bounce"
-    if (subject, detail) == ("2", "2") or subject == "7":
-        return "soft_bounce"  # mailbox full, policy or reputation blocks: may clear up
-    return "hard_bounce"
+    if (subject == "1" and detail not in ("7", "8")) or (subject, detail) == ("2", "1"):
+        return "hard_bounce"  # the address itself: no such user or domain, bad syntax, moved, disabled
+    # Anything else is not shown to be the address's own fault: a full mailbox, policy or reputation
+    # blocks, our sender refused (5.1.7/5.1.8), routing, content, an expired queue. It may clear up.
+    return "soft_bounce"
 
 
 def _field(block: EmailMessage, name: str) -> str:
@@ -162,9 +166,6 @@ async def record_finding(
             )
         )
         await session.flush()
-        name = (
-            await session.execute(select(Campaign.name).where(Campaign.id == row.campaign_id))
-        ).scalar_one()
         reason: str | None = None
         if finding.kind == "hard_bounce":
             reason = "hard_bounce"
@@ -181,9 +182,9 @@ async def record_finding(
             if soft >= ctx.settings.campaigns.soft_bounce_limit:
                 reason = "soft_bounce"
         if reason is not None and "@erased.invalid" not in address:
-            if await suppress(
-                session, address, reason, f"{via}: campaign {name}: {finding.detail}"[:200], row.campaign_id
-            ):
+            kind = "complaint" if reason == "complaint" else "dsn"
+            evidence = Evidence(kind, via, finding.detail or finding.kind, row.campaign_id, "system")
+            if await suppress(session, address, reason, evidence):
                 audit.record(
                     session,
                     actor="system",

@@ -9,6 +9,11 @@ SQLite's single writer serialises the claim).
 
 While a batch is out, a watcher reads the campaign's state a few times a second: a pause or a
 cancel from any process stops the next message, and what was not sent goes back to `pending`.
+
+Only a recipient's own permanent failure bounces and suppresses (bot/mail/replies.py). A failure of the
+send itself — the connection, the login, the sender, the relay — trips a circuit breaker: the campaign
+pauses at once with a sentence saying what to check, and the rows go back to `pending` uncounted, so a
+resume after the fix mails everyone once (invariant 8).
 """
 
 from __future__ import annotations
@@ -29,12 +34,13 @@ from bot.campaigns import service
 from bot.campaigns.audience import Recipient, stream_audience, suppressed_among
 from bot.campaigns.messages import CampaignMessages
 from bot.campaigns.notes import english, note
+from bot.campaigns.send_faults import pause_note
 from bot.campaigns.templates import TemplateProblem, load_source
 from bot.config import Settings
 from bot.context import Context
 from bot.db.models import Campaign, Delivery, Suppression
 from bot.mail.transport import Outcome, SmtpTransport
-from bot.suppressions import suppress
+from bot.suppressions import Evidence, suppress
 
 log = logging.getLogger(__name__)
 
@@ -337,11 +343,9 @@ class DeliveryEngine:
                 except TimeoutError:
                     pass
                 continue
-            broken = await self._send_batch(campaign, messages, batch, transport)
-            if broken is None and self._halt_reason is not None:
-                broken = self._halt_reason
-            if broken:
-                return await self._pause(campaign, broken)
+            await self._send_batch(campaign, messages, batch, transport)
+            if self._halt_reason is not None:  # the error window or the circuit breaker tripped
+                return await self._pause(campaign, self._halt_reason)
             if loop.time() - last_progress > 1.0:
                 last_progress = loop.time()
                 await self._emit(campaign_id, "progress")
@@ -462,8 +466,9 @@ class DeliveryEngine:
 
     async def _send_batch(
         self, campaign: Campaign, messages: CampaignMessages, batch: list[Any], transport: SmtpTransport
-    ) -> str | None:
-        """Send one claimed batch and record every outcome. Returns a reason when the server is unusable."""
+    ) -> None:
+        """Send one claimed batch and record every outcome. A failure of the send itself sets
+        `_halt_reason` and halts: what was not sent goes back to `pending`, its attempt not counted."""
         emails = [d.email for d in batch]
         async with self.ctx.sessions() as session:
             # Checked at send time, per batch: an unsubscribe mid-campaign stops the next message.
@@ -478,14 +483,12 @@ class DeliveryEngine:
         now = self.ctx.now()
         opts = self.options
         window = self._window
-        connection_failures = 0
-        attempted = 0
+        server = f"{self.ctx.settings.smtp.host}:{self.ctx.settings.smtp.port}"
         queue = deque(batch)
         halt = self._halt
         late = self._late_suppressions
 
         async def worker() -> None:
-            nonlocal connection_failures, attempted
             while queue:
                 d = queue.popleft()
                 if halt.is_set():
@@ -518,32 +521,43 @@ class DeliveryEngine:
                 else:
                     async with slot:
                         outcome = await transport.send(built.sender, d.email, built.data)
-                attempted += 1
                 if outcome.ok:
                     sent.append({"b_id": d.id, "mid": built.message_id})
                     window.add(None)
                     continue
+                if outcome.stops_send or (
+                    outcome.fault == "transient"
+                    and not outcome.about_recipient
+                    and d.attempts >= opts.max_attempts
+                ):
+                    # The server, the login, the sender or the connection failed, not this recipient:
+                    # the row goes back untouched and the campaign pauses now (a circuit breaker that
+                    # does not wait for error_min_samples).
+                    unsent.append({"b_id": d.id})
+                    if not halt.is_set():
+                        self._halt_reason = pause_note(
+                            outcome, server=server, sender=built.sender, name=campaign.name
+                        )
+                        halt.set()
+                    continue
                 window.add(outcome.detail or "error")
-                if outcome.permanent:
+                if outcome.fault == "recipient":
                     bounced.append(
                         {"b_id": d.id, "status": "bounced", "err": outcome.detail, "email": d.email}
                     )
+                elif outcome.fault == "rejected":
+                    failed.append({"b_id": d.id, "status": "failed", "err": outcome.detail})
+                elif d.attempts >= opts.max_attempts:
+                    failed.append(
+                        {
+                            "b_id": d.id,
+                            "status": "failed",
+                            "err": f"gave up after {d.attempts} attempts: {outcome.detail}",
+                        }
+                    )
                 else:
-                    if outcome.code is None:
-                        connection_failures += 1
-                    if d.attempts >= opts.max_attempts:
-                        failed.append(
-                            {
-                                "b_id": d.id,
-                                "status": "failed",
-                                "err": f"gave up after {d.attempts} attempts: {outcome.detail}",
-                            }
-                        )
-                    else:
-                        delay = min(opts.retry_base_s * (2 ** (d.attempts - 1)), opts.retry_max_s)
-                        retry.append(
-                            {"b_id": d.id, "err": outcome.detail, "nxt": now + timedelta(seconds=delay)}
-                        )
+                    delay = min(opts.retry_base_s * (2 ** (d.attempts - 1)), opts.retry_max_s)
+                    retry.append({"b_id": d.id, "err": outcome.detail, "nxt": now + timedelta(seconds=delay)})
                 errors, seen = window.share()
                 if (
                     seen >= opts.error_min_samples
@@ -564,20 +578,6 @@ class DeliveryEngine:
         await asyncio.gather(*(worker() for _ in range(min(workers, len(batch)))))
         await self._record(campaign, sent, failed, retry, bounced, skipped, unsent)
         self.sent_total += len(sent)
-        if attempted and connection_failures == attempted and not self._halt_reason:
-            if retry:
-                return note(
-                    "Paused by itself: the mail server at {server} refused or dropped every message of the "
-                    "last batch ({error}).",
-                    server=f"{self.ctx.settings.smtp.host}:{self.ctx.settings.smtp.port}",
-                    error=retry[0]["err"],
-                )
-            return note(
-                "Paused by itself: the mail server at {server} refused or dropped every message of the last "
-                "batch (connection failures).",
-                server=f"{self.ctx.settings.smtp.host}:{self.ctx.settings.smtp.port}",
-            )
-        return None
 
     async def _record(
         self,
@@ -621,9 +621,12 @@ class DeliveryEngine:
                     table.update().where(mine).values(status="pending", attempts=table.c.attempts - 1),
                     unsent,
                 )
-            for r in bounced:
+            for r in bounced:  # the relay refused this very address: the evidence is its reply
                 await suppress(
-                    session, r["email"], "hard_bounce", f"campaign {campaign.name}: {r['err']}", campaign.id
+                    session,
+                    r["email"],
+                    "hard_bounce",
+                    Evidence("rcpt", "smtp", r["err"], campaign.id, "system"),
                 )
 
     async def _finished(self, campaign_id: int) -> bool:

@@ -9,7 +9,7 @@ from email import message_from_bytes, policy
 from bot import audit
 from bot.context import Context
 from bot.mail.server import Route
-from bot.suppressions import suppress
+from bot.suppressions import Evidence, suppress
 
 TOKEN_RE = re.compile(r"unsubscribe\s+([A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+)", re.I)
 
@@ -30,7 +30,10 @@ class UnsubscribeMailbox:
             return "250 OK (no valid unsubscribe token; nothing done)"
         campaign_id, email = int(parts[0]), parts[1]
         async with self.ctx.sessions() as session, session.begin():
-            if await suppress(session, email, "unsubscribed", "mailto", campaign_id):
+            evidence = Evidence(
+                "unsubscribe", "mailto", f"unsubscribe mail from <{mail_from[:200]}>", campaign_id, email
+            )
+            if await suppress(session, email, "unsubscribed", evidence):
                 audit.record(
                     session,
                     actor=email,

@@ -5,9 +5,10 @@ root (bot/app.py) builds those classes with what they need."""
 from __future__ import annotations
 
 from bot.commandline import Spec
-from bot.commands import campaigns, general, groups, lifecycle, privacy
+from bot.commands import campaigns, general, groups, lifecycle, privacy, suppressions
 
 
 def all_specs() -> list[Spec]:
     """Every command Postroom answers, without building anything (the Slack manifest, /help checks)."""
-    return [spec for module in (general, groups, campaigns, lifecycle, privacy) for spec in module.SPECS]
+    modules = (general, groups, campaigns, lifecycle, privacy, suppressions)
+    return [spec for module in modules for spec in module.SPECS]

@@ -1,15 +1,19 @@
-"""/privacy export <email> and /privacy erase <email> (admins): data-subject requests."""
+"""/privacy export <email> and /privacy erase <email> [--confirm] (admins): data-subject requests."""
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
+from datetime import datetime
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from bot import privacy
 from bot.addresses import normalise
-from bot.campaigns.notes import status_name
-from bot.commandline import Arg, Parsed, Spec
+from bot.campaigns.notes import sentence_gap, status_name
+from bot.commandline import Arg, Flag, Parsed, Spec
 from bot.context import Context
 from bot.core import CommandTable, Request
 from bot.errors import UserError
@@ -22,8 +26,9 @@ EXPORT = Spec(
 ERASE = Spec(
     ("privacy", "erase"),
     (Arg("email"),),
-    (),
-    "Erase a contact; only a hash stays, so they are never mailed again (admins).",
+    (Flag("confirm", takes_value=False, help="Erase for real; without it, shows what would be erased."),),
+    "Erase a contact; only a hash stays, so they are never mailed again. Shows what it would erase "
+    "first; --confirm erases (admins).",
     ("admins",),
 )
 
@@ -46,10 +51,7 @@ async def export(ctx: Context, req: Request, p: Parsed) -> Message:
     except UserError as exc:
         raise UserError(exc.sentence, EXPORT.usage) from None
     data = await privacy.export(ctx, email)
-    folder = Path(ctx.settings.campaigns.reports_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = (folder / f"privacy-export-{ctx.now():%Y%m%d-%H%M%S}.json").resolve()
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False))
+    path = _write_export(Path(ctx.settings.campaigns.reports_dir), ctx.now(), data)
     c = data["contact"]
     lines = [t("What Postroom holds about {email}:", email=email)]
     if c:
@@ -100,6 +102,17 @@ async def export(ctx: Context, req: Request, p: Parsed) -> Message:
     return Message("\n".join(lines), ephemeral=True, attachments=(str(path),))
 
 
+def _write_export(folder: Path, now: datetime, data: dict[str, Any]) -> Path:
+    """A new file per export: a random part makes the name unique (two exports in one second don't
+    overwrite each other) and not guessable from the time; readable by the owner only (personal data)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = (folder / f"privacy-export-{now:%Y%m%d-%H%M%S}-{secrets.token_urlsafe(12)}.json").resolve()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never an existing file
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(json.dumps(data, indent=2, ensure_ascii=False))
+    return path
+
+
 async def erase(ctx: Context, req: Request, p: Parsed) -> Message:
     try:
         email = normalise(p.arg("email"))
@@ -113,6 +126,8 @@ async def erase(ctx: Context, req: Request, p: Parsed) -> Message:
             ),
             ERASE.usage,
         )
+    if not p.switch("confirm"):
+        return Message(_erase_preview_text(email, await privacy.erase_preview(ctx, email)), ephemeral=True)
     done = await privacy.erase(ctx, email, actor=req.email, via=req.via)
     if done["contact"]:
         text = t(
@@ -129,3 +144,28 @@ async def erase(ctx: Context, req: Request, p: Parsed) -> Message:
             count=done["messages"],
         )
     return Message(text)
+
+
+def _erase_preview_text(email: str, would: dict[str, int]) -> str:
+    values = {"email": email, "lists": would["lists"], "messages": would["messages"], "audit": would["audit"]}
+    if would["contact"]:
+        text = t(
+            "Erasing {email} would delete the contact record with its consent and list memberships "
+            "({lists}), anonymise campaign message records ({messages}) and audit entries ({audit}), and "
+            "keep only a hash on the suppression list.",
+            **values,
+        )
+    else:
+        text = t(
+            "Postroom holds no contact record for {email}; erasing would anonymise campaign message "
+            "records ({messages}) and audit entries ({audit}), and keep only a hash on the suppression list.",
+            **values,
+        )
+    return (
+        text
+        + sentence_gap()
+        + t(
+            "It can't be undone: to erase, repeat with --confirm (/privacy erase {email} --confirm).",
+            email=email,
+        )
+    )

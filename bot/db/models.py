@@ -162,10 +162,18 @@ class Suppression(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     email_hash: Mapped[str] = mapped_column(String(64), unique=True)
     email: Mapped[str | None] = mapped_column(String(320))  # None once erased
-    reason: Mapped[str] = mapped_column(String(40))  # unsubscribed|hard_bounce|complaint|erased|manual
+    reason: Mapped[str] = mapped_column(
+        String(40)
+    )  # unsubscribed|hard_bounce|soft_bounce|complaint|erased|manual
     source: Mapped[str | None] = mapped_column(String(200))
     campaign_id: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The evidence (bot/suppressions.py): how it was learnt — rcpt (the relay refused the address at RCPT),
+    # dsn, complaint, unsubscribe, manual, erased — the server's reply or the DSN's status and diagnostic,
+    # and who did it. None on rows from before migration 0009.
+    kind: Mapped[str | None] = mapped_column(String(20))
+    evidence: Mapped[str | None] = mapped_column(Text)
+    actor: Mapped[str | None] = mapped_column(String(320))
 
 
 class Campaign(Base):

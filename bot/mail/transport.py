@@ -1,8 +1,9 @@
 """Outbound SMTP over a few persistent aiosmtplib connections.
 
 aiosmtplib sends one message at a time per connection and has no pipelining, so throughput
-comes from several connections. A dropped connection is reopened on the next send; every reply
-is classified as sent, transient (4xx: retry later) or permanent (5xx: hard bounce).
+comes from several connections. A dropped connection is reopened on the next send. Every failure
+is returned as an `Outcome` that says whose fault it is and at which stage it happened
+(bot/mail/replies.py holds the table): only a recipient's own permanent failure is `recipient`.
 """
 
 from __future__ import annotations
@@ -15,19 +16,29 @@ from dataclasses import dataclass
 
 import aiosmtplib
 
+from bot.mail.replies import Outcome, Stage, classify, no_reply, sent
+
+__all__ = ["Outcome", "SmtpTarget", "SmtpTransport"]
+
 log = logging.getLogger(__name__)
 
+_NO_REPLY = (
+    aiosmtplib.SMTPServerDisconnected,
+    aiosmtplib.SMTPConnectError,
+    aiosmtplib.SMTPTimeoutError,
+    ConnectionError,
+    OSError,  # ssl.SSLError too: a TLS handshake that failed
+    TimeoutError,
+)
 
-@dataclass(frozen=True)
-class Outcome:
-    ok: bool
-    permanent: bool = False
-    code: int | None = None
-    detail: str = ""
 
-    @property
-    def transient(self) -> bool:
-        return not self.ok and not self.permanent
+class _SetupFailed(Exception):
+    """Opening a connection failed at `stage` (connect, EHLO, STARTTLS, AUTH)."""
+
+    def __init__(self, stage: Stage, error: BaseException):
+        super().__init__(f"{stage}: {error}")
+        self.stage = stage
+        self.error = error
 
 
 @dataclass(frozen=True)
@@ -55,37 +66,55 @@ class SmtpTransport:
             self._idle.put_nowait(None)  # a slot; connected lazily
 
     async def _connect(self) -> aiosmtplib.SMTP:
+        """Connect, EHLO, STARTTLS and log in one step at a time, so a failure names its stage
+        (aiosmtplib would log in inside `connect()` and a refused password would look like a refused
+        connection)."""
         t = self.target
         client = aiosmtplib.SMTP(
-            hostname=t.host,
-            port=t.port,
-            timeout=t.timeout_s,
-            start_tls=t.starttls,
-            use_tls=False,
-            username=t.username,
-            password=t.password,
+            hostname=t.host, port=t.port, timeout=t.timeout_s, start_tls=False, use_tls=False
         )
-        await client.connect()
-        await client.ehlo()
+        stage: Stage = "connect"
+        try:
+            await client.connect()
+            stage = "ehlo"
+            await client.ehlo()
+            if t.starttls:
+                stage = "starttls"
+                await client.starttls()
+                stage = "ehlo"
+                await client.ehlo()
+            if t.username:
+                stage = "auth"
+                await client.login(t.username, t.password or "")
+        except (aiosmtplib.SMTPException, *_NO_REPLY) as exc:
+            client.close()
+            raise _SetupFailed(stage, exc) from exc
         self._size_ok = client.supports_extension("size")
         return client
 
-    async def _deliver(self, client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes) -> None:
+    async def _deliver(
+        self, client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes, where: list[Stage]
+    ) -> None:
         """MAIL, RCPT, DATA for one recipient: `sendmail` without its per-call address parsing and
-        option handling (a third of the CPU per message; addresses here are validated ASCII already)."""
+        option handling (a third of the CPU per message; addresses here are validated ASCII already).
+        `where[0]` follows the stage, so a connection lost midway is placed."""
         if not (sender.isascii() and recipient.isascii()):
+            where[0] = "mail"
             await client.sendmail(sender, [recipient], data)
             return
         size = b" SIZE=%d" % len(data) if self._size_ok else b""
         try:
+            where[0] = "mail"
             reply = await client.execute_command(b"MAIL", b"FROM:<" + sender.encode() + b">" + size)
             if reply.code != 250:
                 raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, sender)
+            where[0] = "rcpt"
             reply = await client.execute_command(b"RCPT", b"TO:<" + recipient.encode() + b">")
             if reply.code not in (250, 251):
                 raise aiosmtplib.SMTPRecipientsRefused(
                     [aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)]
                 )
+            where[0] = "data"
             await self._data(client, data)
         except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
             try:  # reset the envelope for the next message on this connection
@@ -125,38 +154,42 @@ class SmtpTransport:
             self._idle.put_nowait(holder[0])
 
     async def send(self, sender: str, recipient: str, data: bytes) -> Outcome:
-        """Send one message to one recipient; reconnect once if the connection was dropped."""
+        """Send one message to one recipient. A connection that was dropped (or a greeting that said
+        "try later") is reopened once; a refusal is returned at once, classified."""
         async with self._slot() as holder:
-            for attempt in (1, 2):
+            outcome = Outcome(ok=False, fault="connection", detail="unreachable")
+            for _attempt in (1, 2):
+                where: list[Stage] = ["connect"]
                 try:
                     client = holder[0]
                     if client is None or not client.is_connected:
                         client = holder[0] = await self._connect()
-                    await self._deliver(client, sender, recipient, data)
-                    return Outcome(ok=True, code=250)
+                    await self._deliver(client, sender, recipient, data, where)
+                    return sent()
+                except _SetupFailed as exc:
+                    await _discard(holder)
+                    outcome = _setup_outcome(exc, sender)
+                    if not outcome.transient:
+                        return outcome
                 except aiosmtplib.SMTPRecipientsRefused as exc:
                     err = exc.recipients[0] if exc.recipients else None
-                    code = err.code if err else 550
-                    return _classify(code, err.message if err else str(exc))
-                except (aiosmtplib.SMTPSenderRefused, aiosmtplib.SMTPDataError) as exc:
-                    return _classify(exc.code, exc.message)
+                    return classify("rcpt", err.code if err else 550, err.message if err else str(exc))
+                except aiosmtplib.SMTPSenderRefused as exc:
+                    return classify("mail", exc.code, exc.message, sender=sender)
+                except aiosmtplib.SMTPDataError as exc:
+                    return classify("data", exc.code, exc.message, sender=sender)
                 except aiosmtplib.SMTPResponseException as exc:
                     await _discard(holder)
-                    if attempt == 2:
-                        return _classify(exc.code, exc.message)
-                except (
-                    aiosmtplib.SMTPServerDisconnected,
-                    aiosmtplib.SMTPConnectError,
-                    aiosmtplib.SMTPTimeoutError,
-                    ConnectionError,
-                    OSError,
-                ) as exc:
+                    outcome = classify(where[0], exc.code, exc.message, sender=sender)
+                    if not outcome.transient:
+                        return outcome
+                except _NO_REPLY as exc:
                     await _discard(holder)
-                    if attempt == 2:
-                        return Outcome(
-                            ok=False, permanent=False, code=None, detail=f"connection failed: {exc}"
-                        )
-        return Outcome(ok=False, detail="unreachable")  # pragma: no cover
+                    outcome = no_reply(where[0], exc)
+                except aiosmtplib.SMTPException as exc:  # e.g. SMTPUTF8 not offered for a non-ASCII address
+                    await _discard(holder)
+                    return Outcome(ok=False, fault="server", stage=where[0], detail=str(exc)[:300])
+            return outcome
 
     async def close(self) -> None:
         clients = []
@@ -182,7 +215,16 @@ async def _discard(holder: list[aiosmtplib.SMTP | None]) -> None:
             pass
 
 
-def _classify(code: int, message: str) -> Outcome:
-    if 200 <= code < 300:
-        return Outcome(ok=True, code=code, detail=message)
-    return Outcome(ok=False, permanent=code >= 500, code=code, detail=f"{code} {message}".strip())
+def _setup_outcome(exc: _SetupFailed, sender: str) -> Outcome:
+    error = exc.error
+    if isinstance(error, aiosmtplib.SMTPResponseException):
+        return classify(exc.stage, error.code, error.message, sender=sender)
+    if isinstance(error, _NO_REPLY):
+        return no_reply(exc.stage, error)
+    # The server lacks what the settings ask for: STARTTLS, or AUTH when a username is set.
+    return Outcome(
+        ok=False,
+        fault="auth" if exc.stage == "auth" else "server",
+        stage=exc.stage,
+        detail=" ".join(str(error).split())[:300],
+    )

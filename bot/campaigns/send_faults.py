@@ -1,0 +1,82 @@
+"""The sentence a campaign pauses with when the send itself fails (bot/mail/replies.py: `stops_send`).
+
+Each names the server's reply and the setting to check, so whoever reads it in the approvals chat or in
+`/campaign status` can fix it and `/campaign resume`. Stored with `notes.note`, so each reader sees it in
+their own language.
+"""
+
+from __future__ import annotations
+
+from bot.campaigns.notes import note
+from bot.mail.replies import STAGE_NAMES, Outcome
+
+
+def pause_note(outcome: Outcome, *, server: str, sender: str, name: str) -> str:
+    reply = outcome.detail or "no reply"
+    stage = STAGE_NAMES.get(outcome.stage or "", outcome.stage or "?")
+    if outcome.fault == "connection":
+        return note(
+            "Paused by itself: Postroom could not talk to the mail server at {server} ({reply}, at {stage}). "
+            "Check smtp.host, smtp.port and smtp.starttls, and that the server is running. Nobody was "
+            "suppressed; /campaign resume {name} continues where it stopped.",
+            server=server,
+            reply=reply,
+            stage=stage,
+            name=name,
+        )
+    if outcome.fault == "auth" and outcome.stage == "auth":
+        return note(
+            "Paused by itself: the mail server at {server} refused Postroom's login ({reply}). Check "
+            "smtp.username and smtp.password. Nobody was suppressed; /campaign resume {name} continues "
+            "where it stopped.",
+            server=server,
+            reply=reply,
+            name=name,
+        )
+    if outcome.fault == "auth":
+        return note(
+            "Paused by itself: the mail server at {server} does not let Postroom send through it ({reply}, "
+            "at {stage}). Check smtp.username and smtp.password, and that the server relays mail from this "
+            "host. Nobody was suppressed; /campaign resume {name} continues where it stopped.",
+            server=server,
+            reply=reply,
+            stage=stage,
+            name=name,
+        )
+    if outcome.fault == "sender" and outcome.stage == "data":
+        return note(
+            "Paused by itself: the mail server at {server} refused the message itself ({reply}). Check "
+            "campaigns.from_address against the server's sender policy (SPF, DKIM) and the message's "
+            "content. Nobody was suppressed; /campaign resume {name} continues where it stopped.",
+            server=server,
+            reply=reply,
+            name=name,
+        )
+    if outcome.fault == "sender":
+        return note(
+            "Paused by itself: the mail server at {server} refused the sender {sender} ({reply}). Check "
+            "campaigns.from_address and campaigns.bounce_domain against the server's sender policy. "
+            "Nobody was suppressed; /campaign resume {name} continues where it stopped.",
+            server=server,
+            sender=sender,
+            reply=reply,
+            name=name,
+        )
+    if outcome.fault == "transient":
+        return note(
+            "Paused by itself: the mail server at {server} kept answering {reply} at {stage}, which is not "
+            "about any recipient. Nobody was suppressed; /campaign resume {name} tries again.",
+            server=server,
+            reply=reply,
+            stage=stage,
+            name=name,
+        )
+    return note(
+        "Paused by itself: the mail server at {server} answered {reply} at {stage}, which is not about any "
+        "recipient. Check that smtp.host and smtp.port point at a mail relay configured to accept this "
+        "mail. Nobody was suppressed; /campaign resume {name} continues where it stopped.",
+        server=server,
+        reply=reply,
+        stage=stage,
+        name=name,
+    )

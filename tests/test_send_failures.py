@@ -1,0 +1,207 @@
+"""A failure of the send — the login, the sender, the relay, the message, the connection — changes nobody's
+data (invariant 8): every recipient stays unsuppressed and `pending`, the campaign pauses at once with a
+sentence naming the server's reply, and once the server is fixed `/campaign resume` delivers to everyone
+exactly once. Only a recipient's own 5xx at RCPT suppresses, and `/suppressions show` gives the evidence.
+
+Against a real aiosmtpd relay on loopback (tests/smtp_faults.py) and a real database, for an audience of
+three and for one larger than `error_min_samples` (the error-rate pause waits for 50 samples; the circuit
+breaker must not).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from bot.contacts.importer import import_contacts
+from bot.db.models import Campaign, Delivery, Suppression
+from tests.conftest import ADMIN, APPROVER, SENDER, ChatBot
+from tests.smtp import free_port
+from tests.smtp_faults import PASSWORD, USERNAME, FaultyServer
+from tests.test_campaign_delivery import make_bot, state_of
+
+__all__ = ["make_bot"]  # the fixture, used by name
+pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")  # loopback only
+
+SMALL = 3
+LARGE = 80  # more than error_min_samples (50)
+
+
+async def audience(bot: ChatBot, tmp_path: Path, size: int) -> str:
+    name = f"people{size}"
+    rows = "".join(f"r{i}@example.net,R {i},2026-01-01T00:00:00+00:00,form\n" for i in range(size))
+    path = tmp_path / f"{name}.csv"
+    path.write_text("email,name,consent_at,consent_source\n" + rows)
+    report = await import_contacts(bot.core.ctx, path, name)
+    assert report.added == size
+    return name
+
+
+def addresses(size: int) -> list[str]:
+    return [f"r{i}@example.net" for i in range(size)]
+
+
+async def approve(bot: ChatBot, name: str, to: str) -> None:
+    assert "Draft campaign" in await bot.say(SENDER, f"/campaign new {name} --to {to} --template welcome")
+    assert "Submitted" in await bot.say(SENDER, f"/campaign submit {name}")
+    assert "Approved" in await bot.say(APPROVER, f"/approve {name}")
+    await bot.settle()
+
+
+async def suppressed(bot: ChatBot) -> int:
+    async with bot.core.ctx.sessions() as session:
+        return (await session.execute(select(func.count()).select_from(Suppression))).scalar_one()
+
+
+async def statuses(bot: ChatBot, name: str) -> Counter[tuple[str, int]]:
+    async with bot.core.ctx.sessions() as session:
+        cid = (await session.execute(select(Campaign.id).where(Campaign.name == name))).scalar_one()
+        rows = (
+            await session.execute(
+                select(Delivery.status, Delivery.attempts).where(Delivery.campaign_id == cid)
+            )
+        ).all()
+    return Counter((status, attempts) for status, attempts in rows)
+
+
+def said(bot: ChatBot) -> list[str]:
+    return [m.text for _kind, conv, m in bot.console.transcript if conv == "approvals" and m.card is None]
+
+
+def received(server: FaultyServer) -> Counter[str]:
+    return Counter(r for m in server.messages for r in m.rcpt_tos)
+
+
+# case: (how the relay is broken, the settings' smtp section, what the sentence must name)
+CASES: dict[str, tuple[dict[str, Any], list[str]]] = {
+    "wrong password (535 at AUTH)": ({}, ["535", "smtp.username and smtp.password"]),
+    "sender refused (550 at MAIL FROM)": (
+        {"mail_reply": "550 5.7.1 Sender address rejected: not permitted"},
+        ["550 5.7.1 Sender address rejected", "campaigns.from_address"],
+    ),
+    "sender refused (553 at MAIL FROM)": (
+        {"mail_reply": "553 5.1.8 Domain of sender address does not exist"},
+        ["553 5.1.8", "campaigns.from_address"],
+    ),
+    "relay access denied (554 5.7.1 at RCPT)": (
+        {"rcpt_reply": "554 5.7.1 Relay access denied"},
+        ["Relay access denied", "smtp.username and smtp.password"],
+    ),
+    "misconfigured relay (500 at DATA)": (
+        {"data_reply": "500 Error: command not recognized"},
+        ["500 Error: command not recognized", "smtp.host and smtp.port"],
+    ),
+    "relay refuses the message (554 at DATA)": (
+        {"data_reply": "554 Transaction failed"},
+        ["554 Transaction failed", "smtp.host and smtp.port"],
+    ),
+    "connection refused": ({}, ["could not talk to the mail server", "smtp.host, smtp.port"]),
+}
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE], ids=["3 recipients", f"{LARGE} recipients"])
+@pytest.mark.parametrize("case", list(CASES))
+async def test_a_failure_of_the_send_pauses_at_once_suppresses_nobody_and_resume_delivers_once(
+    make_bot, tmp_path: Path, case: str, size: int
+) -> None:  # type: ignore[no-untyped-def]
+    replies, names = CASES[case]
+    port = free_port()
+    server = FaultyServer(port, auth=True)
+    for attr, value in replies.items():
+        setattr(server.handler, attr, value)
+    right = {"port": port, "username": USERNAME, "password": PASSWORD}
+    wrong = {**right, "password": "wrong-password"} if "535" in case else right
+    listening = "connection refused" not in case
+    if listening:
+        server.__enter__()
+    try:
+        bot = await make_bot(smtp_section=wrong)
+        to = await audience(bot, tmp_path, size)
+        await approve(bot, "spring", to)
+
+        assert await state_of(bot, "spring") == "paused"
+        assert await suppressed(bot) == 0
+        assert await statuses(bot, "spring") == Counter({("pending", 0): size})  # no attempt counted
+        assert server.messages == []
+        # At once: the messages in flight on the two connections, not error_min_samples of them.
+        assert len(server.handler.refused_logins) + len(server.handler.refused) <= 2
+        sentence = [text for text in said(bot) if "Paused by itself" in text]
+        assert len(sentence) == 1 and all(n in sentence[0] for n in names), said(bot)
+        assert "Nobody was suppressed" in sentence[0] and "/campaign resume spring" in sentence[0]
+        status = await bot.say(SENDER, "/campaign status spring")
+        assert "is paused" in status and all(n in status for n in names), status
+
+        # The admin fixes it; /campaign resume delivers to everyone, once.
+        if not listening:
+            server.__enter__()
+            listening = True
+        server.handler.fix()
+        if wrong is not right:
+            bot = await make_bot(smtp_section=right)  # the corrected password, after a restart
+        assert "Resumed" in await bot.say(SENDER, "/campaign resume spring")
+        await bot.settle()
+        assert await state_of(bot, "spring") == "completed"
+        assert received(server) == Counter({e: 1 for e in addresses(size)})
+        assert await suppressed(bot) == 0
+    finally:
+        if listening:
+            server.__exit__()
+
+
+async def test_a_5xx_at_rcpt_suppresses_that_address_only_with_the_reply_as_evidence(
+    make_bot, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    with FaultyServer() as server:
+        server.handler.rcpt_replies["r1@example.net"] = (
+            "550 5.1.1 <r1@example.net>: Recipient address rejected"
+        )
+        bot = await make_bot(smtp_section={"port": server.port})
+        to = await audience(bot, tmp_path, SMALL)
+        await approve(bot, "spring", to)
+        assert await state_of(bot, "spring") == "completed"
+        assert received(server) == Counter({"r0@example.net": 1, "r2@example.net": 1})
+        async with bot.core.ctx.sessions() as session:
+            rows = (await session.execute(select(Suppression))).scalars().all()
+        assert [(s.email, s.reason, s.kind) for s in rows] == [("r1@example.net", "hard_bounce", "rcpt")]
+        shown = await bot.say(ADMIN, "/suppressions show r1@example.net")
+        assert "r1@example.net is suppressed: hard bounce" in shown
+        assert "550 5.1.1 <r1@example.net>: Recipient address rejected" in shown
+        assert "campaign: spring" in shown and "RCPT" in shown
+        assert "r0@example.net is not suppressed." in await bot.say(
+            ADMIN, "/suppressions show r0@example.net"
+        )
+
+
+async def test_a_full_mailbox_or_a_policy_refusal_at_rcpt_suppresses_nobody(make_bot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with FaultyServer() as server:
+        server.handler.rcpt_replies["r0@example.net"] = "552 5.2.2 Mailbox full"
+        server.handler.rcpt_replies["r1@example.net"] = "550 5.7.1 Message refused by local policy"
+        bot = await make_bot(smtp_section={"port": server.port}, max_attempts=2)
+        to = await audience(bot, tmp_path, SMALL)
+        await approve(bot, "spring", to)
+        assert await state_of(bot, "spring") == "completed"
+        assert await suppressed(bot) == 0
+        assert received(server) == Counter({"r2@example.net": 1})
+
+
+async def test_a_throttle_that_outlasts_the_retries_pauses_rather_than_failing_recipients(
+    make_bot, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    with FaultyServer() as server:
+        server.handler.mail_reply = "454 4.7.0 Throttling failure: Maximum sending rate exceeded"
+        bot = await make_bot(smtp_section={"port": server.port}, max_attempts=2)
+        to = await audience(bot, tmp_path, SMALL)
+        await approve(bot, "spring", to)
+        assert await state_of(bot, "spring") == "paused"
+        assert await statuses(bot, "spring") == Counter({("pending", 1): SMALL})  # the last try not counted
+        assert any("kept answering 454" in text for text in said(bot)), said(bot)
+        server.handler.fix()
+        assert "Resumed" in await bot.say(SENDER, "/campaign resume spring")
+        await bot.settle()
+        assert await state_of(bot, "spring") == "completed"
+        assert received(server) == Counter({e: 1 for e in addresses(SMALL)})
+        assert await suppressed(bot) == 0
