@@ -231,7 +231,7 @@ class DingTalkSettings(_Section):
     client_id: str = ""  # the app's AppKey / Client ID
     client_secret: str = Field(default="", repr=False)
     robot_code: str = ""  # the robot's code; empty: the client id (true for a company-internal app's robot)
-    corp_id: str = ""  # the organisation's CorpId; when set, clicks and events from another corp are ignored
+    corp_id: str = ""  # the organisation's CorpId (required): clicks and events from another corp are ignored
     card_template_id: str = (
         ""  # interactive card template for approvals (manifests/dingtalk/card-template.md)
     )

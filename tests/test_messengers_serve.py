@@ -41,6 +41,7 @@ async def test_serve_runs_slack_dingtalk_and_wecom_side_by_side(
             dingtalk={
                 "client_id": "ding-app",
                 "client_secret": "ding-secret",
+                "corp_id": "ding-corp",
                 "openapi_endpoint": ding_url,
                 "oapi_endpoint": ding_url,
             },
@@ -130,6 +131,7 @@ secret = "serve-test-secret-0123456789"
 [dingtalk]
 client_id = "ding-app"
 client_secret = "ding-secret"
+corp_id = "ding-corp"
 openapi_endpoint = "{ding_url}"
 oapi_endpoint = "{ding_url}"
 [wecom]
