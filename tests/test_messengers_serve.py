@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import secrets
 import time
 from pathlib import Path
 
@@ -127,7 +128,7 @@ url = "sqlite+aiosqlite:///{tmp_path / "serve.db"}"
 [web]
 port = {port}
 base_url = "http://127.0.0.1:{port}"
-secret = "serve-test-secret-0123456789"
+secret = "{secrets.token_urlsafe(32)}"
 [dingtalk]
 client_id = "ding-app"
 client_secret = "ding-secret"
