@@ -105,6 +105,7 @@ async def dingtalk(tmp: Path) -> dict[str, dict[str, float]]:
             dingtalk={
                 "client_id": "ding-app",
                 "client_secret": "ding-secret",
+                "corp_id": "ding-corp",
                 "openapi_endpoint": url,
                 "oapi_endpoint": url,
                 "hr_conversation": "cidHR",

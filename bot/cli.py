@@ -16,14 +16,18 @@ from bot.db.engine import SchemaError
 from bot.errors import UserError
 
 if TYPE_CHECKING:
-    from bot.app import App
+    from bot.app import App, Runtime
 
 
 def _settings(config: str | None) -> Settings:
+    from bot import log_masking
+
     try:
-        return load_settings(config)
+        settings = load_settings(config)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    log_masking.remember_secrets(log_masking.settings_secrets(settings))
+    return settings
 
 
 def run_coroutine(coro):
@@ -77,11 +81,64 @@ def _unreachable(settings: Settings, exc: BaseException) -> str:
 @click.pass_context
 def main(ctx: click.Context, config: str | None, verbose: bool) -> None:
     """Postroom: email groups (internal) and approved campaigns (external), run from chat."""
+    from bot import log_masking
+
+    log_masking.install()  # before anything logs: no credential in a log line, -v or not
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     ctx.obj = {"config": config}
+
+
+# -- init ---------------------------------------------------------------------------------------
+@main.command()
+@click.option("--org-name", default=None, help="The organisation's name: the From name of campaign mail.")
+@click.option(
+    "--domain", "domains", multiple=True, help="A mail domain of the organisation (repeat for more)."
+)
+@click.option("--base-url", default=None, help="The public https URL of Postroom's web app.")
+@click.option("--postal-address", default=None, help="The postal address every campaign message shows.")
+@click.option(
+    "-o",
+    "--output",
+    default="postroom.toml",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="The file to write.",
+)
+@click.option("--force", is_flag=True, help="Overwrite the file if it exists.")
+def init(
+    org_name: str | None,
+    domains: tuple[str, ...],
+    base_url: str | None,
+    postal_address: str | None,
+    output: str,
+    force: bool,
+) -> None:
+    """Write a starter postroom.toml with generated secrets (mode 0600)."""
+    from bot.starter_config import Starter
+    from bot.starter_config import init as write_starter
+
+    if base_url is not None and not base_url.startswith(("http://", "https://")):
+        raise click.BadParameter("must start with https:// (or http://).", param_hint="--base-url")
+    for domain in domains:
+        if "." not in domain or any(c in domain for c in " /@:"):
+            raise click.BadParameter(f"{domain!r} is not a mail domain like acme.com.", param_hint="--domain")
+    path = Path(output)
+    starter = Starter(org_name, domains, base_url.rstrip("/") if base_url else None, postal_address)
+    try:
+        write_starter(path, starter, force=force)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Wrote {path} (readable by you only) with a generated web.secret.")
+    missing = [
+        k for k, v in (("org.name", org_name), ("org.domains", domains), ("web.base_url", base_url)) if not v
+    ]
+    if missing:
+        click.echo(
+            f"Fill in {', '.join(missing)} before sending mail; then run: postroom --config {path} serve"
+        )
 
 
 # -- demo ---------------------------------------------------------------------------------------
@@ -176,7 +233,12 @@ async def _chat(settings: Settings, as_email: str, text: str) -> None:
 @click.pass_context
 def serve(ctx: click.Context) -> None:
     """Run the configured adapters, the web app, the mail server and the scheduler until stopped."""
+    from bot.secret_policy import serving_problem
+
     settings = _settings(ctx.obj["config"])
+    problem = serving_problem(settings)  # before anything opens: a forgeable secret serves nothing
+    if problem is not None:
+        raise click.ClickException(problem)
     _run(_serve(settings), settings)
 
 
@@ -223,10 +285,36 @@ async def _serve(settings: Settings) -> None:
             + (f"; resumed {', '.join(resumed)}" if resumed else ""),
             err=True,
         )
+        for line in startup_lines(settings, runtime):
+            click.echo(line, err=True)
         await stop.wait()
         click.echo("Stopping…", err=True)
     finally:
         await runtime.stop()
+
+
+def startup_lines(settings: Settings, runtime: Runtime) -> list[str]:
+    """What an operator checks first: who the mail says it is from, and where Postroom listens."""
+    c = settings.campaigns
+    lines = [
+        f"Campaign mail: From: {c.from_name} <{c.from_address}>; Return-Path: bounces+…@{c.bounce_domain}; "
+        f"List-Unsubscribe: {settings.web.base_url}/u/…, mailto:{c.unsubscribe_mailbox}"
+    ]
+    listening = []
+    if runtime.web_socket is not None:
+        host, port = runtime.web_socket.getsockname()[:2]
+        listening.append(f"web {host}:{port}")
+    if runtime.mail_server is not None:
+        listening.append(f"SMTP relay {runtime.mail_server.host}:{runtime.mail_server.port}")
+    else:
+        listening.append("SMTP relay off (relay.enabled = false)")
+    lines.append("Listening: " + "; ".join(listening))
+    if "org" not in settings.model_fields_set:
+        lines.append(
+            f"Warning: [org] is not configured, so mail names the example organisation {settings.org.name} "
+            f"({', '.join(settings.org.domains)}): set org.name and org.domains."
+        )
+    return lines
 
 
 # -- db -----------------------------------------------------------------------------------------

@@ -7,17 +7,29 @@ The file is `--config`, else `$POSTROOM_CONFIG`, else `./postroom.toml` (absent 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
 
 class ConfigError(Exception):
     """A configuration problem, worded as one sentence for the person starting Postroom."""
+
+
+UNSET = ""  # a derived setting nobody gave: see Settings._derive_from_org
 
 
 class _Section(BaseModel):
@@ -88,7 +100,17 @@ class WebSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     base_url: str = "http://127.0.0.1:8080"
-    secret: str = Field(default="change-me-postroom-dev-secret", repr=False, min_length=16)
+    # Signs every link in mail and every preview link. No default: `postroom serve` refuses to start
+    # without a strong one (bot/secret_policy.py); commands that sign nothing run without it.
+    secret: str | None = Field(default=None, repr=False, min_length=16)
+    # Unsubscribe links from before 0.2 carried the address; none are made now, but mail already sent
+    # holds them and must keep working. Switch off once such mail is older than anyone acts on.
+    legacy_unsubscribe_tokens: bool = True
+
+    @field_validator("secret", mode="before")
+    @classmethod
+    def _empty_secret_is_unset(cls, v: object) -> object:
+        return v or None
 
     @field_validator("base_url")
     @classmethod
@@ -100,9 +122,10 @@ class WebSettings(_Section):
 
 class CampaignSettings(_Section):
     templates_dir: str = "templates"
-    from_address: str = "news@corp.example"
-    from_name: str = "Example Corp"
-    unsubscribe_mailbox: str = "unsubscribe@corp.example"
+    # UNSET ("") values are derived from [org] by Settings._derive_from_org, the one place that does it.
+    from_address: str = UNSET  # unset: news@<org.domains[0]>
+    from_name: str = UNSET  # unset: org.name
+    unsubscribe_mailbox: str = UNSET  # unset: unsubscribe@<the from address's domain>
     batch_size: int = Field(default=500, ge=1, le=10_000)
     approval_ttl_hours: float = Field(default=72, gt=0)
     required_approvals: int = Field(default=1, ge=1, le=10)
@@ -121,7 +144,7 @@ class CampaignSettings(_Section):
     frequency_cap: int = Field(default=0, ge=0)  # at most N campaign messages per contact per period; 0: off
     frequency_period_days: float = Field(default=7, gt=0)
     # bounces
-    bounce_domain: str = ""  # VERP return path bounces+<token>@<domain>; empty: from_address's domain
+    bounce_domain: str = UNSET  # VERP return path bounces+<token>@<domain>; unset: from_address's domain
     soft_bounce_limit: int = Field(default=3, ge=1)
     webhook_secret: str = Field(default="", repr=False)  # signs POST /hooks/email-events; empty: endpoint off
     # tracking and reports
@@ -234,7 +257,7 @@ class DingTalkSettings(_Section):
     client_id: str = ""  # the app's AppKey / Client ID
     client_secret: str = Field(default="", repr=False)
     robot_code: str = ""  # the robot's code; empty: the client id (true for a company-internal app's robot)
-    corp_id: str = ""  # the organisation's CorpId; when set, clicks and events from another corp are ignored
+    corp_id: str = ""  # the organisation's CorpId (required): clicks and events from another corp are ignored
     card_template_id: str = (
         ""  # interactive card template for approvals (manifests/dingtalk/card-template.md)
     )
@@ -325,6 +348,22 @@ class Settings(BaseSettings):
         env = (env_settings,) if cls._read_env else ()
         return (init_settings, *env, _DictSource(settings_cls, cls._toml_data))
 
+    @model_validator(mode="after")
+    def _derive_from_org(self) -> Settings:
+        """Sender values nobody set follow [org], so no example value ends up in real mail."""
+        c = self.campaigns
+        from_address = c.from_address or f"news@{self.org.domains[0]}"
+        domain = from_address.rsplit("@", 1)[-1].lower()
+        self.campaigns = c.model_copy(
+            update={
+                "from_address": from_address,
+                "from_name": c.from_name or self.org.name,
+                "unsubscribe_mailbox": c.unsubscribe_mailbox or f"unsubscribe@{domain}",
+                "bounce_domain": c.bounce_domain or domain,
+            }
+        )
+        return self
+
     def is_internal(self, email: str) -> bool:
         domain = email.rsplit("@", 1)[-1].lower()
         return any(domain == d or domain.endswith("." + d) for d in self.org.domains)
@@ -399,13 +438,25 @@ def describe_validation_error(exc: ValidationError) -> str:
     msg = first["msg"].removeprefix("Value error, ")
     got = first.get("input")
     got_text = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
+    if is_secret_key(str(first["loc"][-1])):
+        got_text = ""  # the sentence lands in terminals, logs and CI output: never echo a secret
+        msg = _SECRET_DETAIL.sub("", msg)
     return f"Configuration key {key} (or ${env}) {msg[0].lower() + msg[1:]}{got_text}."
+
+
+_SECRET_KEY = re.compile(r"secret|password|passwd|token|encoding_aes_key|api_key|private_key", re.I)
+# pydantic quotes parts of a bad value in some messages ("unable to parse string ... 'abc'"): cut them.
+_SECRET_DETAIL = re.compile(r",? ?(unable to parse|input was|got) .*$", re.I)
+
+
+def is_secret_key(name: str) -> bool:
+    """Whether a configuration key (its last part) holds a credential whose value is never printed."""
+    return bool(_SECRET_KEY.search(name))
 
 
 def describe_settings_error(exc: SettingsError) -> str:
     """Name the environment variable pydantic-settings could not decode (it names only the section)."""
     import json
-    import re
 
     m = re.search(r'field "(\w+)"', str(exc))
     section = m.group(1) if m else ""
@@ -419,8 +470,9 @@ def describe_settings_error(exc: SettingsError) -> str:
         try:
             json.loads(value)
         except ValueError:
+            example = "…" if is_secret_key(key) else value
             return (
                 f"Environment variable {name} can't be read: a list is written as JSON, "
-                f"e.g. {name}='[\"{value}\"]'."
+                f"e.g. {name}='[\"{example}\"]'."
             )
     return f"An environment variable of the [{section}] section can't be read: lists are written as JSON."

@@ -1,11 +1,14 @@
 """`postroom demo`: Postroom on its embedded defaults, with a seeded organisation, in a console.
 
 Everything lives in one folder (default `.postroom-demo/`): the SQLite database, the templates,
-and the mailbox where the embedded SMTP server keeps every message it is handed.
+the demo's generated secrets (`secrets.json`), and the mailbox where the embedded SMTP server keeps
+every message it is handed.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import socket
 from dataclasses import dataclass
@@ -18,6 +21,7 @@ from bot.config import Settings, load_settings
 from bot.contacts.importer import import_contacts
 from bot.db.models import Person
 from bot.groups import service as groups
+from bot.secret_policy import generate_secret
 
 DATA = Path(__file__).parent / "demo_data"
 DOMAIN = "corp.example"
@@ -81,6 +85,7 @@ def prepare(
         shutil.copy(DATA / "contacts.csv", base / "contacts.csv")
     if not (base / "groups.yaml").exists():
         shutil.copy(DATA / "groups.yaml", base / "groups.yaml")
+    secrets = demo_secrets(base)
     smtp = smtp_port if smtp_port is not None else free_port(2525)
     web = web_port if web_port is not None else free_port(8080)
     settings = load_settings(
@@ -95,19 +100,36 @@ def prepare(
             "host": "127.0.0.1",
             "port": web,
             "base_url": f"http://127.0.0.1:{web}",
-            "secret": "demo-secret-not-for-production",
+            "secret": secrets["web_secret"],
         },
-        campaigns={
-            "templates_dir": str(templates),
-            "from_address": f"news@{DOMAIN}",
-            "from_name": "Example Corp",
-            "unsubscribe_mailbox": f"unsubscribe@{DOMAIN}",
-            "reports_dir": str(base / "reports"),
-        },
+        # The sender (news@, unsubscribe@, the bounce domain) follows [org], as in a real install.
+        campaigns={"templates_dir": str(templates), "reports_dir": str(base / "reports")},
         groups={"rules_file": str(base / "groups.yaml")},
-        hr={"webhook_secret": "demo-hr-webhook-secret-not-for-production"},
+        hr={"webhook_secret": secrets["hr_webhook_secret"]},
     )
     return DemoPlan(base, settings, is_new)
+
+
+SECRETS_FILE = "secrets.json"
+SECRET_KEYS = ("web_secret", "hr_webhook_secret")
+
+
+def demo_secrets(folder: Path) -> dict[str, str]:
+    """The demo's own secrets: generated the first time (mode 0600 in its folder), then reused, so links
+    in its mailbox keep working when it resumes; --fresh removes the folder and with it the secrets."""
+    path = folder / SECRETS_FILE
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(found, dict) and all(isinstance(found.get(k), str) and found[k] for k in SECRET_KEYS):
+            return {k: found[k] for k in SECRET_KEYS}
+    except (OSError, ValueError):
+        pass  # absent or unreadable: make new ones
+    made = {k: generate_secret() for k in SECRET_KEYS}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(made, f)
+    os.chmod(path, 0o600)
+    return made
 
 
 async def seed(app: App, folder: Path) -> None:

@@ -1,7 +1,8 @@
-"""Signed, per-recipient tokens for links in mail (unsubscribe, and later tracking and previews).
+"""Signed tokens for links in mail and previews (bot/campaigns/tracking.py says which kinds exist).
 
 A token is `<base64url payload>.<base64url HMAC-SHA256>`; the payload is a short JSON-free
-string `kind|campaign|email[|extra]`. Tampering with any part fails verification.
+string `kind|id[|extra]` of opaque ids (a delivery id, a campaign id), never an address.
+Tampering with any part fails verification.
 """
 
 from __future__ import annotations
@@ -9,7 +10,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import secrets
 import time
+
+from bot.errors import UserError
+from bot.i18n import t
 
 
 def _b64(data: bytes) -> str:
@@ -20,12 +25,32 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+class UnsetSecret(UserError):
+    """A link would be signed, and web.secret is not set."""
+
+
 class Signer:
-    def __init__(self, secret: str):
-        self._key = hashlib.sha256(("postroom-links:" + secret).encode()).digest()
+    """Signs with web.secret. Without one (a command that signs nothing, run before `postroom init`)
+    it verifies nothing and refuses to sign, with a sentence saying how to make a secret."""
+
+    def __init__(self, secret: str | None):
+        self.ready = bool(secret)
+        # Unset: a random key, so nothing verifies, rather than a key anyone could compute.
+        material = secret if secret else secrets.token_hex(32)
+        self._key = hashlib.sha256(("postroom-links:" + material).encode()).digest()
         self._keyed = hmac.new(
             self._key, digestmod=hashlib.sha256
         )  # copied per token: no key set-up each time
+
+    def _require(self) -> None:
+        if not self.ready:
+            raise UnsetSecret(
+                t(
+                    "Links in mail can't be signed because web.secret is not set: run {init} to write a "
+                    "postroom.toml with generated secrets.",
+                    init="postroom init",
+                )
+            )
 
     def _mac(self, payload: bytes) -> str:
         h = self._keyed.copy()
@@ -37,6 +62,7 @@ class Signer:
         return hmac.new(self._key, text.encode(), hashlib.sha256).hexdigest()[:length]
 
     def sign(self, *parts: str) -> str:
+        self._require()
         for p in parts:
             if "|" in p:
                 raise ValueError("a signed part cannot contain '|'")
@@ -45,7 +71,7 @@ class Signer:
 
     def verify(self, token: str, kind: str) -> list[str] | None:
         """The parts after `kind`, or None when the token is malformed, foreign or tampered with."""
-        if not token or len(token) > 4096 or token.count(".") != 1 or not token.isascii():
+        if not self.ready or not token or len(token) > 4096 or token.count(".") != 1 or not token.isascii():
             return None
         body, mac = token.split(".")
         try:

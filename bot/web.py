@@ -13,12 +13,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from bot import audit
-from bot.campaigns import service
-from bot.campaigns.templates import TemplateProblem
+from bot.campaigns.preview import PreviewCache
+from bot.campaigns.unsubscribe import masked, read_token, target_of, unsubscribe
 from bot.context import Context
-from bot.db.models import Campaign
-from bot.suppressions import Evidence, suppress
 
 log = logging.getLogger(__name__)
 MAX_FORM_BYTES = 4096
@@ -36,6 +33,13 @@ def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
     )
 
 
+GONE = "This link's message is no longer on record, so there is nothing to unsubscribe."
+
+
+def _gone() -> HTMLResponse:
+    return _page("Link no longer valid", f"<p>{GONE}</p>", 404)
+
+
 def build_web(ctx: Context, routes: list[Any]) -> Starlette:
     """The pages Postroom serves itself (health, unsubscribe, preview), then `routes`: the HR webhook,
     tracking and the email-events webhook, and the adapters' callbacks."""
@@ -47,32 +51,36 @@ def build_web(ctx: Context, routes: list[Any]) -> Starlette:
             await session.execute(select(1))
         return JSONResponse({"status": "ok"})
 
-    def _unsubscribe_target(token: str) -> tuple[int, str] | None:
-        parts = signer.verify(token, "u")
-        if not parts or len(parts) != 2 or not parts[0].isdigit():
-            return None
-        return int(parts[0]), parts[1]
-
     async def unsubscribe_page(request: Request) -> Response:
-        target = _unsubscribe_target(request.path_params["token"])
-        if target is None:
+        link = read_token(ctx, request.path_params["token"])
+        if link is None:
             return _page(
                 "Link not valid",
                 "<p>This unsubscribe link is not valid. If you copied it, check that it is complete.</p>",
                 400,
             )
+        if link.kind == "preview":
+            return _page(
+                "Unsubscribe (preview)",
+                f"<p>This is a preview. In the real message, this link unsubscribes the recipient from "
+                f"{html.escape(org.name)} campaign email. Nobody was unsubscribed.</p>",
+            )
+        target = await target_of(ctx, link)
+        if target is None:
+            return _gone()
         token = html.escape(request.path_params["token"], quote=True)
         # GET never unsubscribes: mail scanners follow links. The button POSTs.
         return _page(
             "Unsubscribe",
-            f"<p>Stop receiving {html.escape(org.name)} campaign email at <b>{html.escape(target[1])}</b>?</p>"
+            f"<p>Stop receiving {html.escape(org.name)} campaign email at "
+            f"<b>{html.escape(masked(target.email))}</b>?</p>"
             f"<form method='post' action='/u/{token}'><input type='hidden' name='List-Unsubscribe' "
             "value='One-Click'><button type='submit'>Unsubscribe</button></form>",
         )
 
     async def unsubscribe_post(request: Request) -> Response:
-        target = _unsubscribe_target(request.path_params["token"])
-        if target is None:
+        link = read_token(ctx, request.path_params["token"])
+        if link is None:
             return PlainTextResponse("This unsubscribe link is not valid.\n", status_code=400)
         # Count while reading: a public endpoint must not buffer whatever size a client sends.
         declared = request.headers.get("content-length", "0")
@@ -84,54 +92,40 @@ def build_web(ctx: Context, routes: list[Any]) -> Starlette:
             size += len(chunk)
             if size > MAX_FORM_BYTES:
                 return too_large
-        campaign_id, email = target
-        async with ctx.sessions() as session, session.begin():
-            new = await suppress(
-                session,
-                email,
-                "unsubscribed",
-                Evidence("unsubscribe", "one-click", "one-click unsubscribe (RFC 8058)", campaign_id, email),
-            )
-            if new:
-                audit.record(
-                    session,
-                    actor=email,
-                    via="web",
-                    action="suppression.add",
-                    subject=f"contact:{email}",
-                    after={"reason": "unsubscribed"},
-                    detail=f"one-click from campaign {campaign_id}",
+        wants_page = "text/html" in request.headers.get("accept", "")
+        if link.kind == "preview":
+            if wants_page:
+                return _page(
+                    "Unsubscribe (preview)", "<p>This is a preview link: nobody was unsubscribed.</p>"
                 )
-        if "text/html" in request.headers.get("accept", ""):
+            return PlainTextResponse("This is a preview link: nobody was unsubscribed.\n")
+        target = await target_of(ctx, link)
+        if target is None:
+            return _gone() if wants_page else PlainTextResponse(GONE + "\n", status_code=404)
+        await unsubscribe(ctx, target, via="web", how="one-click", detail="one-click unsubscribe (RFC 8058)")
+        if wants_page:
             return _page(
                 "Unsubscribed",
-                f"<p>{html.escape(email)} will receive no more campaign email from "
+                f"<p>{html.escape(masked(target.email))} will receive no more campaign email from "
                 f"{html.escape(org.name)}.</p>",
             )
         return PlainTextResponse("Unsubscribed.\n")
 
+    previews = PreviewCache()
+
     async def preview(request: Request) -> Response:
         parts = signer.verify_expiring(request.path_params["token"], "p")
-        if not parts or not parts[0].isdigit():
+        if not parts or len(parts) != 1 or not parts[0].isdigit():
             return _page("Link not valid", "<p>This preview link is not valid or has expired.</p>", 403)
-        async with ctx.sessions() as session:
-            campaign = await session.get(Campaign, int(parts[0]))
-            if campaign is None:
-                return _page("Not found", "<p>That campaign no longer exists.</p>", 404)
-            try:
-                review = await service.review(ctx, session, campaign)
-                if review.sample is None:
-                    return _page(
-                        "No recipients", "<p>The audience is empty, so there is nothing to preview.</p>"
-                    )
-                rendered = review.messages.render(review.sample)
-            except (TemplateProblem, Exception) as exc:  # a broken template is shown, not raised
-                return _page("Preview failed", f"<p>{html.escape(str(exc))}</p>", 422)
+        page = await previews.page(ctx, int(parts[0]))
+        if not page.document:
+            return _page(page.title, f"<p>{html.escape(page.body)}</p>", page.status)
         return HTMLResponse(
-            rendered.html,
+            page.body,
             headers={
                 "Content-Security-Policy": "default-src 'none'; img-src * data:; style-src 'unsafe-inline'",
                 "Cache-Control": "no-store",
+                "Referrer-Policy": "no-referrer",
                 "X-Robots-Tag": "noindex",
             },
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import secrets
 import time
 from pathlib import Path
 
@@ -41,6 +42,7 @@ async def test_serve_runs_slack_dingtalk_and_wecom_side_by_side(
             dingtalk={
                 "client_id": "ding-app",
                 "client_secret": "ding-secret",
+                "corp_id": "ding-corp",
                 "openapi_endpoint": ding_url,
                 "oapi_endpoint": ding_url,
             },
@@ -127,10 +129,11 @@ url = "sqlite+aiosqlite:///{tmp_path / "serve.db"}"
 [web]
 port = {port}
 base_url = "http://127.0.0.1:{port}"
-secret = "serve-test-secret-0123456789"
+secret = "{secrets.token_urlsafe(32)}"
 [dingtalk]
 client_id = "ding-app"
 client_secret = "ding-secret"
+corp_id = "ding-corp"
 openapi_endpoint = "{ding_url}"
 oapi_endpoint = "{ding_url}"
 [wecom]

@@ -359,7 +359,8 @@ class DingTalkAdapter(Adapter):
             await self._post_markdown(action.conversation.id, reply)
 
     def _our_corp(self, corp_id: str | None) -> bool:
-        return not self.settings.corp_id or corp_id == self.settings.corp_id
+        # corp_id is required (adapters/dingtalk/__init__.py); unset, nothing is ours rather than everything.
+        return bool(self.settings.corp_id) and corp_id == self.settings.corp_id
 
     def on_event(self, event: EventMessage) -> None:
         if not self._our_corp(event.headers.event_corp_id):

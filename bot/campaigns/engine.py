@@ -311,6 +311,16 @@ class DeliveryEngine:
             campaign = await session.get(Campaign, campaign_id)
         if campaign is None:
             return RunResult(campaign_id, "missing")
+        if not self.ctx.signer.ready:  # a configuration problem, not the campaign's: pause (invariant 8)
+            return await self._pause(
+                campaign,
+                note(
+                    "Paused: links in mail can't be signed because web.secret is not set. Run {init}, "
+                    "then /campaign resume {name}.",
+                    init="postroom init",
+                    name=campaign.name,
+                ),
+            )
         try:
             source = load_source(self.ctx.settings.campaigns.templates_dir, campaign.template)
             messages = CampaignMessages(self.ctx.settings, self.ctx.signer, campaign, source)

@@ -10,7 +10,12 @@ from urllib.parse import quote
 
 from bot.campaigns.audience import Recipient
 from bot.campaigns.templates import CompiledTemplate, Rendered, TemplateSource
-from bot.campaigns.tracking import LinkTracker, verp_address
+from bot.campaigns.tracking import (
+    LinkTracker,
+    preview_unsubscribe_token,
+    unsubscribe_token,
+    verp_address,
+)
 from bot.config import Settings
 from bot.db.models import Campaign
 from bot.i18n import t
@@ -42,13 +47,17 @@ class CampaignMessages:
         self._feedback_id = f"{campaign.id}:{slug}:postroom"
         self.tracking = bool(settings.campaigns.tracking and campaign.tracking)
         self._tracker = LinkTracker(signer, settings.web.base_url)
-        self._bounce_domain = settings.campaigns.bounce_domain or self._domain
+        self._bounce_domain = settings.campaigns.bounce_domain  # derived from the from address when unset
 
-    def unsubscribe_token(self, email: str) -> str:
-        return self.signer.sign("u", str(self.campaign.id), email)
+    def unsubscribe_url(self, delivery_id: int | None = None) -> str:
+        """The unsubscribe link of one delivery; without one (a preview, a test message) an inert link
+        whose page explains what the real one does: a preview must never unsubscribe its sample."""
+        return f"{self.settings.web.base_url}/u/{self._unsubscribe_token(delivery_id)}"
 
-    def unsubscribe_url(self, email: str) -> str:
-        return f"{self.settings.web.base_url}/u/{self.unsubscribe_token(email)}"
+    def _unsubscribe_token(self, delivery_id: int | None) -> str:
+        if delivery_id is None:
+            return preview_unsubscribe_token(self.signer, self.campaign.id)
+        return unsubscribe_token(self.signer, delivery_id)
 
     def context(self, r: Recipient, unsubscribe_url: str) -> dict[str, Any]:
         ctx: dict[str, Any] = {
@@ -65,12 +74,13 @@ class CampaignMessages:
         return ctx
 
     def render(self, r: Recipient) -> Rendered:
-        return self.template.render(self.context(r, self.unsubscribe_url(r.email)))
+        """The message for `r` as a preview shows it: with the inert preview unsubscribe link."""
+        return self.template.render(self.context(r, self.unsubscribe_url()))
 
     def build(self, r: Recipient, *, subject_prefix: str = "", delivery_id: int | None = None) -> Built:
         """The message for one recipient. With a delivery id (a real send): a VERP return path and,
         when tracking is on, tracked links and an open pixel; without one (a test), neither."""
-        token = self.unsubscribe_token(r.email)
+        token = self._unsubscribe_token(delivery_id)
         url = f"{self.settings.web.base_url}/u/{token}"
         rendered = self.template.render(self.context(r, url))
         body_html = rendered.html
@@ -107,7 +117,7 @@ class CampaignMessages:
 def lint(messages: CampaignMessages, sample: Recipient) -> list[str]:
     """What stops a campaign from being submitted, as sentences. Empty when it is fine."""
     problems: list[str] = []
-    url = messages.unsubscribe_url(sample.email)
+    url = messages.unsubscribe_url()
     rendered = messages.template.render(messages.context(sample, url))
     if not rendered.subject.strip():
         problems.append(t("The subject is empty: give one with --subject or a <title> in the template."))

@@ -5,6 +5,7 @@ clicks have one effect. An approval is bound to the hash of what will be sent.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from dataclasses import dataclass
@@ -105,8 +106,14 @@ class Review:
 
 
 async def review(ctx: Context, session: AsyncSession, campaign: Campaign) -> Review:
-    messages = messages_for(ctx, campaign)
+    """Renders one sample per distinct set of attributes, in a worker thread: a heavy template must not
+    stall the event loop (the web app, the messengers' acknowledgements) while it renders."""
+    messages = await asyncio.to_thread(messages_for, ctx, campaign)
     report = await describe_audience(session, ctx.settings, campaign)
+    return await asyncio.to_thread(_judge, messages, report)
+
+
+def _judge(messages: CampaignMessages, report: AudienceReport) -> Review:
     problems: list[str] = []
     sample: Recipient | None = None
     assert report.key_sets is not None

@@ -1,4 +1,8 @@
-"""Per-recipient links in campaign mail: the VERP return path, the open pixel and click redirects.
+"""Per-recipient links in campaign mail: unsubscribe, the VERP return path, the open pixel and clicks.
+
+Every token names a delivery row (or, for previews, a campaign) by its id, never an address: the web
+app looks the recipient up. Token kinds: `ud` unsubscribe, `up` a preview's inert unsubscribe, `c`
+click, `o` open, `p` the approver's preview page (expiring); VERP return paths carry a MAC of their own.
 
 Every link is signed, so the web app only ever redirects to a URL that Postroom itself put in a
 message for that delivery (no open redirect), and a bounce is attributed by its return path
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import html
 import re
+from dataclasses import dataclass
 
 from bot.links import Signer
 
@@ -37,6 +42,44 @@ def _base36(n: int) -> str:
         out = digits[r] + out
         if n == 0:
             return out
+
+
+@dataclass(frozen=True)
+class UnsubscribeLink:
+    """What an unsubscribe token stands for. `kind` is `delivery` (a sent message: the delivery row
+    names the address), `preview` (a preview or test message: it unsubscribes nobody) or `legacy`
+    (a token from before 0.2, which carried the campaign id and the address itself)."""
+
+    kind: str
+    id: int  # the delivery id, or the campaign id for a preview or legacy token
+    email: str | None = None  # legacy tokens only
+
+
+def unsubscribe_token(signer: Signer, delivery_id: int) -> str:
+    return signer.sign("ud", str(delivery_id))
+
+
+def preview_unsubscribe_token(signer: Signer, campaign_id: int) -> str:
+    return signer.sign("up", str(campaign_id))
+
+
+def verify_unsubscribe(signer: Signer, token: str, *, legacy: bool = True) -> UnsubscribeLink | None:
+    """What an untampered unsubscribe token stands for, or None.
+
+    Tokens that carried the address (`u|campaign|email`) are no longer made, but they are in mail
+    already sent, and an unsubscribe must keep working: they are accepted while `legacy` is true
+    (`web.legacy_unsubscribe_tokens`)."""
+    for kind, name in (("ud", "delivery"), ("up", "preview")):
+        parts = signer.verify(token, kind)
+        if parts is not None:
+            if len(parts) != 1 or not parts[0].isdigit():
+                return None
+            return UnsubscribeLink(name, int(parts[0]))
+    if legacy:
+        parts = signer.verify(token, "u")
+        if parts and len(parts) == 2 and parts[0].isdigit() and "@" in parts[1]:
+            return UnsubscribeLink("legacy", int(parts[0]), parts[1].lower())
+    return None
 
 
 def click_token(signer: Signer, delivery_id: int, url: str) -> str:
@@ -83,7 +126,9 @@ class LinkTracker:
             url = m.group(2)
             if "&" in url:
                 url = html.unescape(url)
-            if url.startswith(skip):
+            # The unsubscribe link stays direct; so does a link that carries an address (a template that
+            # personalises a URL with {{ email }}): a tracking token must never hold one.
+            if url.startswith(skip) or "@" in url or "%40" in url.lower():
                 return m.group(0)
             return f"{m.group(1)}{base}/c/{click_token(signer, delivery_id, url)}{m.group(3)}"
 

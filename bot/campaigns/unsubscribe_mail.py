@@ -1,15 +1,15 @@
 """The mailto: half of List-Unsubscribe: mail to campaigns.unsubscribe_mailbox whose subject is
-`unsubscribe <token>` (what the header's link pre-fills) suppresses the address the token names."""
+`unsubscribe <token>` (what the header's link pre-fills) suppresses the address of the delivery the
+token names (bot/campaigns/unsubscribe.py)."""
 
 from __future__ import annotations
 
 import re
 from email import message_from_bytes, policy
 
-from bot import audit
+from bot.campaigns.unsubscribe import read_token, target_of, unsubscribe
 from bot.context import Context
 from bot.mail.server import Route
-from bot.suppressions import Evidence, suppress
 
 TOKEN_RE = re.compile(r"unsubscribe\s+([A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+)", re.I)
 
@@ -25,24 +25,17 @@ class UnsubscribeMailbox:
     async def deliver(self, mail_from: str, rcpts: list[str], data: bytes) -> str:
         msg = message_from_bytes(data[:100_000], policy=policy.compat32)
         m = TOKEN_RE.search(str(msg.get("Subject", "")))
-        parts = self.ctx.signer.verify(m.group(1), "u") if m else None
-        if not parts or len(parts) != 2 or not parts[0].isdigit():
+        link = read_token(self.ctx, m.group(1)) if m else None
+        if link is None:
             return "250 OK (no valid unsubscribe token; nothing done)"
-        campaign_id, email = int(parts[0]), parts[1]
-        async with self.ctx.sessions() as session, session.begin():
-            evidence = Evidence(
-                "unsubscribe", "mailto", f"unsubscribe mail from <{mail_from[:200]}>", campaign_id, email
-            )
-            if await suppress(session, email, "unsubscribed", evidence):
-                audit.record(
-                    session,
-                    actor=email,
-                    via="mail",
-                    action="suppression.add",
-                    subject=f"contact:{email}",
-                    after={"reason": "unsubscribed"},
-                    detail=f"mailto unsubscribe from campaign {campaign_id}",
-                )
+        if link.kind == "preview":
+            return "250 OK (a preview's unsubscribe link; nothing done)"
+        target = await target_of(self.ctx, link)
+        if target is None:
+            return "250 OK (that message is no longer on record; nothing done)"
+        await unsubscribe(
+            self.ctx, target, via="mail", how="mailto", detail=f"unsubscribe mail from <{mail_from[:200]}>"
+        )
         return "250 OK unsubscribed"
 
     def route(self) -> Route:

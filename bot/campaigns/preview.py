@@ -1,0 +1,161 @@
+"""The approver's preview page (GET /preview/<token>, linked from the approval card).
+
+It shows the message as the sample recipient would get it, under a banner with the subject, the
+sender, the recipient and the result of the checks. Its unsubscribe link is the preview's inert one
+(bot/campaigns/tracking.py): opening a preview never unsubscribes the customer it was rendered for.
+
+A page is rendered once per campaign and content (its approval hash) and kept in a cache bounded
+in entries, bytes and age, so reloading it costs no render; renders run in a worker thread, so a
+heavy template does not stall the web app's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bot.campaigns import service
+from bot.campaigns.templates import load_source
+from bot.context import Context
+from bot.db.models import Campaign
+from bot.errors import UserError
+
+_BODY = re.compile(r"<body\b[^>]*>", re.I)
+CacheKey = tuple[int, str]
+
+
+@dataclass(frozen=True)
+class Page:
+    status: int
+    title: str
+    body: str  # a whole document when `document`, else a paragraph for the site's page frame
+    document: bool = False
+
+
+class PreviewCache:
+    """Rendered preview pages by (campaign id, content hash), least recently used out first."""
+
+    def __init__(
+        self,
+        *,
+        max_entries: int = 32,
+        max_bytes: int = 32 * 1024 * 1024,
+        max_age_s: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.max_entries, self.max_bytes, self.max_age_s = max_entries, max_bytes, max_age_s
+        self._clock = clock
+        self._pages: OrderedDict[CacheKey, tuple[float, Page]] = OrderedDict()
+        self._bytes = 0
+        self._inflight: dict[CacheKey, asyncio.Future[Page]] = {}
+        self.renders = 0  # pages rendered (cache misses), for the curious and the tests
+
+    def get(self, key: CacheKey) -> Page | None:
+        found = self._pages.get(key)
+        if found is None:
+            return None
+        stored_at, page = found
+        if self._clock() - stored_at > self.max_age_s:  # the audience and the checks move on
+            self._drop(key)
+            return None
+        self._pages.move_to_end(key)
+        return page
+
+    def put(self, key: CacheKey, page: Page) -> None:
+        size = len(page.body)
+        if size > self.max_bytes:
+            return
+        if key in self._pages:
+            self._drop(key)
+        self._pages[key] = (self._clock(), page)
+        self._bytes += size
+        while len(self._pages) > self.max_entries or self._bytes > self.max_bytes:
+            self._drop(next(iter(self._pages)))
+
+    def _drop(self, key: CacheKey) -> None:
+        _at, page = self._pages.pop(key)
+        self._bytes -= len(page.body)
+
+    def __len__(self) -> int:
+        return len(self._pages)
+
+    async def page(self, ctx: Context, campaign_id: int) -> Page:
+        async with ctx.sessions() as session:
+            campaign = await session.get(Campaign, campaign_id)
+        if campaign is None:
+            return Page(404, "Not found", "That campaign no longer exists.")
+        try:
+            source = await asyncio.to_thread(
+                load_source, ctx.settings.campaigns.templates_dir, campaign.template
+            )
+        except UserError as exc:  # a missing or broken template file is shown, not raised
+            return Page(422, "Preview failed", exc.sentence)
+        key = (campaign.id, service.content_hash(campaign, source.digest()))
+        cached = self.get(key)
+        if cached is not None:
+            return cached
+        running = self._inflight.get(key)
+        if running is not None:  # the same page is being rendered for another request: share it
+            return await asyncio.shield(running)
+        future: asyncio.Future[Page] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            page = await _render(ctx, campaign)
+            self.renders += 1
+            if page.status == 200:
+                self.put(key, page)
+            future.set_result(page)
+            return page
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning when nobody else waited
+            raise
+        finally:
+            del self._inflight[key]
+
+
+async def _render(ctx: Context, campaign: Campaign) -> Page:
+    try:
+        async with ctx.sessions() as session:
+            review = await service.review(ctx, session, campaign)
+        if review.sample is None:
+            return Page(200, "No recipients", "The audience is empty, so there is nothing to preview.")
+        rendered = await asyncio.to_thread(review.messages.render, review.sample)
+    except UserError as exc:  # a broken template is shown, not raised
+        return Page(422, "Preview failed", exc.sentence)
+    sample = review.sample
+    sender = (
+        f"{campaign.from_name} <{campaign.from_address}>" if campaign.from_name else campaign.from_address
+    )
+    recipient = f"{sample.name} <{sample.email}>" if sample.name else sample.email
+    checks = (
+        "<li>All checks passed.</li>"
+        if not review.problems
+        else "".join(f"<li>✗ {html.escape(p)}</li>" for p in review.problems)
+    )
+    rows = "".join(
+        f"<tr><th style='text-align:left;padding-right:1em'>{label}</th><td>{html.escape(value)}</td></tr>"
+        for label, value in (
+            ("Subject", rendered.subject),
+            ("From", sender),
+            ("To", recipient + " (a sample recipient)"),
+            ("Audience", f"{review.audience.total} recipient" + ("" if review.audience.total == 1 else "s")),
+        )
+    )
+    banner = (
+        "<div id='postroom-preview' style='font:14px/1.4 system-ui,sans-serif;background:#fff8d6;"
+        "color:#222;border-bottom:2px solid #e0c200;padding:12px 16px;margin:0 0 16px'>"
+        f"<strong>Preview of campaign “{html.escape(campaign.name)}” — not a sent message.</strong> "
+        "Its unsubscribe link is a preview link: it unsubscribes nobody."
+        f"<table style='margin:8px 0'>{rows}</table><strong>Checks</strong><ul style='margin:4px 0'>{checks}</ul>"
+        "</div>"
+    )
+    body = rendered.html
+    m = _BODY.search(body)
+    document = body[: m.end()] + banner + body[m.end() :] if m else banner + body
+    return Page(200, "Preview", document, document=True)

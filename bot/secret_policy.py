@@ -1,0 +1,143 @@
+"""Which signing secrets a running Postroom accepts, and how to make one (invariant 9: no built-in secret).
+
+Every link in campaign mail (unsubscribe, click, open, VERP return path) and every approver's preview
+link is an HMAC made with `web.secret`; the HR and email-events webhooks are verified with their own
+secrets. A secret anyone can read — the old built-in default, the demo's, the example file's, any string
+in Postroom's own source — lets anyone forge those links, so `postroom serve` refuses it, as it refuses
+one that is short or predictable.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections import Counter
+from collections.abc import Iterable
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bot.config import Settings
+
+MIN_LENGTH = 32
+HOW_TO_MAKE_ONE = (
+    "run `postroom init` to write a postroom.toml with generated secrets, or set it to the output of "
+    '`python -c "import secrets; print(secrets.token_urlsafe(32))"`'
+)
+# Values that were (or are) printed in Postroom's source, docs or examples: never a real secret.
+PUBLISHED = frozenset(
+    {
+        "change-me-postroom-dev-secret",  # the web.secret default before 0.2
+        "demo-secret-not-for-production",  # the demo's fixed secrets before 0.2
+        "demo-hr-webhook-secret-not-for-production",
+        "change-me-to-a-long-random-string",  # manifests/postroom.example.toml before 0.2
+    }
+)
+# Words people type into placeholders; six letters or more, so a random 43-character token contains
+# one by chance about once in thirty million.
+PLACEHOLDER_WORDS = (
+    "change",
+    "example",
+    "secret",
+    "password",
+    "sample",
+    "replace",
+    "production",
+    "default",
+    "postroom",
+    "placeholder",
+)
+_SOURCE_SUFFIXES = {".py", ".toml", ".md", ".yaml", ".yml", ".json", ".html", ".txt", ".cf", ".csv", ".mako"}
+
+
+def generate_secret() -> str:
+    """A fresh secret that this policy accepts (43 URL-safe characters, 256 bits)."""
+    while True:
+        value = secrets.token_urlsafe(32)
+        if _weakness(value) is None:
+            return value
+
+
+def _weakness(value: str) -> str | None:
+    """Why `value` is unfit to sign with, as the end of a sentence; None when it is fit."""
+    if value in PUBLISHED:
+        return "is a value published with Postroom, so anyone could forge its links"
+    lowered = value.lower()
+    if any(word in lowered for word in PLACEHOLDER_WORDS):
+        return "looks like a placeholder (it contains a word such as “secret” or “example”)"
+    if len(value) < MIN_LENGTH:
+        return f"is shorter than {MIN_LENGTH} characters"
+    if len(set(value)) < 10 or _periodic(value) or _shannon_bits(value) < 100:
+        return "is too predictable (repeated characters or a repeating pattern)"
+    if _in_source(value):
+        return "appears in Postroom's own source or examples, so anyone could forge its links"
+    return None
+
+
+def _periodic(value: str) -> bool:
+    n = len(value)
+    return any(all(value[i] == value[i + p] for i in range(n - p)) for p in range(1, n // 2 + 1))
+
+
+def _shannon_bits(value: str) -> float:
+    n = len(value)
+    return -sum(c / n * math.log2(c / n) for c in Counter(value).values()) * n
+
+
+def source_roots() -> list[Path]:
+    """Postroom's installed packages, and beside them (a checkout) the examples, docs and tests."""
+    package = Path(__file__).resolve().parent
+    top = package.parent
+    roots = [package, top / "adapters"]
+    roots += [top / name for name in ("manifests", "docs", "tests", "benchmarks", "README.md")]
+    return [r for r in roots if r.exists()]
+
+
+@lru_cache(maxsize=1)
+def _source_text() -> str:
+    parts: list[str] = []
+    for root in source_roots():
+        files: Iterable[Path] = [root] if root.is_file() else root.rglob("*")
+        for path in files:
+            if path.suffix in _SOURCE_SUFFIXES and "__pycache__" not in path.parts and path.is_file():
+                try:
+                    parts.append(path.read_text(encoding="utf-8", errors="replace"))
+                except OSError:
+                    continue
+    return "\n".join(parts)
+
+
+def _in_source(value: str) -> bool:
+    return value in _source_text()
+
+
+def check_secret(key: str, value: str | None, *, required: bool) -> str | None:
+    """The sentence refusing `key`'s value, or None when it is fine (or unset and not required)."""
+    env = "$POSTROOM_" + "__".join(part.upper() for part in key.split("."))
+    if not value:
+        if not required:
+            return None
+        return (
+            f"{key} is not set, and postroom serve signs every unsubscribe, tracking and preview link "
+            f"with it: {HOW_TO_MAKE_ONE} (or put it in {env})."
+        )
+    why = _weakness(value)
+    if why is None:
+        return None
+    return f"{key} {why}: {HOW_TO_MAKE_ONE} (or put it in {env})."
+
+
+def serving_problem(settings: Settings) -> str | None:
+    """Why `postroom serve` must not start with these secrets, as one sentence; None when they are fine.
+
+    web.secret is required; the webhook secrets are checked when set (unset, their endpoints are off)."""
+    for key, value, required in (
+        ("web.secret", settings.web.secret, True),
+        ("hr.webhook_secret", settings.hr.webhook_secret, False),
+        ("campaigns.webhook_secret", settings.campaigns.webhook_secret, False),
+    ):
+        problem = check_secret(key, value, required=required)
+        if problem is not None:
+            return problem
+    return None

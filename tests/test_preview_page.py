@@ -1,0 +1,122 @@
+"""The approver's preview page: a banner with subject, sender, recipient and checks; an unsubscribe link
+that unsubscribes nobody; rendered once (in a worker thread) and kept; the link expires."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+
+import pytest
+from sqlalchemy import func, select
+
+from bot.campaigns import templates
+from bot.db.models import Suppression
+from tests import test_campaign_delivery
+from tests.conftest import SENDER
+from tests.test_campaign_delivery import web
+
+make_bot = test_campaign_delivery.make_bot  # the fixture
+
+
+@pytest.fixture
+def renders(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The thread of every template render (a spy: the real render runs)."""
+    seen: list[str] = []
+    real = templates.CompiledTemplate.render
+
+    def counting(self, context):  # type: ignore[no-untyped-def]
+        seen.append(threading.current_thread().name)
+        return real(self, context)
+
+    monkeypatch.setattr(templates.CompiledTemplate, "render", counting)
+    return seen
+
+
+async def preview_path(bot) -> str:  # type: ignore[no-untyped-def]
+    await bot.say(SENDER, "/campaign new spring --to customers --template welcome")
+    reply = await bot.say(SENDER, "/campaign preview spring")
+    url = re.search(r"HTML preview: (\S+)", reply)
+    assert url is not None, reply
+    return url.group(1).removeprefix("http://127.0.0.1:8080")
+
+
+async def test_the_preview_shows_a_banner_no_live_unsubscribe_and_renders_once(
+    make_bot, smtp, tmp_path, renders: list[str]
+) -> None:  # type: ignore[no-untyped-def]
+    bot = await make_bot()
+    path = await preview_path(bot)
+    async with web(bot) as client:
+        renders.clear()
+        first = await client.get(path)
+        assert first.status_code == 200
+        assert renders and all(name != threading.main_thread().name for name in renders)  # off the loop
+        after_first = len(renders)
+        second = await client.get(path)
+        assert second.status_code == 200 and second.text == first.text
+        assert len(renders) == after_first, "a second GET must not render again"
+
+        page = first.text
+        banner = page[page.index("id='postroom-preview'") : page.index("</div>")]
+        assert "Preview of campaign “spring”" in banner and "not a sent message" in banner
+        assert (
+            "<th style='text-align:left;padding-right:1em'>Subject</th><td>Welcome to Example Corp" in banner
+        )
+        assert "Example Corp &lt;news@corp.example&gt;" in banner
+        assert "Lena Fischer &lt;lena@example.com&gt;" in banner  # the sample recipient
+        assert "All checks passed." in banner
+        assert "Hello Lena" in page  # the message itself, below the banner
+        from bot.campaigns.tracking import verify_unsubscribe
+
+        tokens = re.findall(r"/u/([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)", page)
+        assert tokens
+        for token in tokens:
+            link = verify_unsubscribe(bot.core.ctx.signer, token)
+            assert link is not None and link.kind == "preview"
+            assert (await client.post(f"/u/{token}", content="List-Unsubscribe=One-Click")).status_code == 200
+        async with bot.core.ctx.sessions() as session:
+            assert (await session.execute(select(func.count()).select_from(Suppression))).scalar_one() == 0
+
+        # A changed template is a new page (the cache key is the approval hash), with its checks.
+        html = tmp_path / "templates" / "welcome.html"
+        html.write_text(html.read_text().replace("{{ unsubscribe_url }}", "https://nowhere.example/"))
+        renders.clear()
+        changed = await client.get(path)
+        assert changed.status_code == 200 and renders
+        assert "✗ The HTML part has no unsubscribe link" in changed.text
+        assert "All checks passed." not in changed.text
+
+
+async def test_an_expired_or_foreign_preview_link_gets_403(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]
+    bot = await make_bot()
+    path = await preview_path(bot)
+    signer = bot.core.ctx.signer
+    token = path.removeprefix("/preview/")
+    campaign_id, expires = signer.verify(token, "p")  # type: ignore[misc]
+    ttl = bot.core.ctx.settings.campaigns.approval_ttl_hours * 3600
+    assert abs(int(expires) - (time.time() + ttl)) < 120  # it lasts as long as an approval
+    expired = signer.sign("p", campaign_id, str(int(time.time()) - 1))
+    async with web(bot) as client:
+        assert (await client.get(path)).status_code == 200
+        for bad in (expired, signer.sign("p", campaign_id), signer.sign("ud", campaign_id), token + "x"):
+            answer = await client.get(f"/preview/{bad}")
+            assert answer.status_code == 403 and "not valid or has expired" in answer.text
+
+
+def test_the_preview_cache_is_bounded_in_entries_bytes_and_age() -> None:
+    from bot.campaigns.preview import Page, PreviewCache
+
+    now = [0.0]
+    cache = PreviewCache(max_entries=2, max_bytes=1000, max_age_s=60, clock=lambda: now[0])
+    page = Page(200, "Preview", "x" * 400, document=True)
+    cache.put((1, "a"), page)
+    cache.put((2, "a"), page)
+    assert cache.get((1, "a")) is page  # now the most recently used
+    cache.put((3, "a"), page)  # over the count: the least recently used (2) goes
+    assert len(cache) == 2 and cache.get((2, "a")) is None and cache.get((1, "a")) is page
+    cache.put((4, "a"), Page(200, "Preview", "y" * 700, document=True))  # over the bytes: the oldest go
+    assert cache.get((4, "a")) is not None and len(cache) == 1
+    cache.put((5, "a"), Page(200, "Preview", "z" * 5000, document=True))  # larger than the cache: not kept
+    assert cache.get((5, "a")) is None
+    now[0] = 61
+    assert cache.get((4, "a")) is None and len(cache) == 0
