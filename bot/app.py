@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
-from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from bot.adapter import Adapter
 from bot.campaigns.approval import Approvals
@@ -83,7 +83,7 @@ class App:
     def attach(self, adapter: Adapter) -> None:
         self.messengers.attach(adapter)
 
-    def web(self) -> Starlette:
+    def web(self) -> ASGIApp:
         """The web app: Postroom's own pages, the HR and email-events webhooks, the adapters' callbacks."""
         routes: list[Any] = [*webhook_routes(self.settings.hr, self.lifecycle), *campaign_routes(self.ctx)]
         for adapter in self.messengers.adapters.values():

@@ -75,6 +75,8 @@ class OrgSettings(_Section):
     name: str = "Example Corp"
     domains: list[str] = ["corp.example"]
     postal_address: str = "1 Example Street, Example City"
+    # The language of the pages recipients open (unsubscribe, preview, link errors): en or zh_CN.
+    locale: Literal["en", "zh_CN"] = "en"
 
     @field_validator("domains")
     @classmethod

@@ -12,18 +12,23 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from bot import i18n
 from bot.campaigns.preview import PreviewCache
 from bot.campaigns.unsubscribe import masked, read_token, target_of, unsubscribe
 from bot.context import Context
+from bot.i18n import t
 
 log = logging.getLogger(__name__)
 MAX_FORM_BYTES = 4096
 
 
 def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
+    lang = i18n.current().replace("_", "-")
     doc = (
-        "<!doctype html><html><head><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
+        f"<!doctype html><html lang='{lang}'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width'>"
         f"<title>{html.escape(title)}</title><style>body{{font-family:system-ui,sans-serif;max-width:36rem;"
         "margin:4rem auto;padding:0 1rem;line-height:1.5}button{font-size:1rem;padding:.5rem 1rem}</style>"
         f"</head><body><h1>{html.escape(title)}</h1>{body}</body></html>"
@@ -33,14 +38,27 @@ def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
     )
 
 
-GONE = "This link's message is no longer on record, so there is nothing to unsubscribe."
+def _gone_text() -> str:
+    return t("This link's message is no longer on record, so there is nothing to unsubscribe.")
 
 
 def _gone() -> HTMLResponse:
-    return _page("Link no longer valid", f"<p>{GONE}</p>", 404)
+    return _page(t("Link no longer valid"), f"<p>{html.escape(_gone_text())}</p>", 404)
 
 
-def build_web(ctx: Context, routes: list[Any]) -> Starlette:
+class OrgLanguage:
+    """Pages recipients open speak the organisation's language (`org.locale`): set for every request."""
+
+    def __init__(self, app: ASGIApp, locale: str):
+        self.app = app
+        self.locale = locale
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        with i18n.using(self.locale):
+            await self.app(scope, receive, send)
+
+
+def build_web(ctx: Context, routes: list[Any]) -> ASGIApp:
     """The pages Postroom serves itself (health, unsubscribe, preview), then `routes`: the HR webhook,
     tracking and the email-events webhook, and the adapters' callbacks."""
     signer = ctx.signer
@@ -55,36 +73,41 @@ def build_web(ctx: Context, routes: list[Any]) -> Starlette:
         link = read_token(ctx, request.path_params["token"])
         if link is None:
             return _page(
-                "Link not valid",
-                "<p>This unsubscribe link is not valid. If you copied it, check that it is complete.</p>",
+                t("Link not valid"),
+                _p(t("This unsubscribe link is not valid. If you copied it, check that it is complete.")),
                 400,
             )
         if link.kind == "preview":
             return _page(
-                "Unsubscribe (preview)",
-                f"<p>This is a preview. In the real message, this link unsubscribes the recipient from "
-                f"{html.escape(org.name)} campaign email. Nobody was unsubscribed.</p>",
+                t("Unsubscribe (preview)"),
+                _p(
+                    t(
+                        "This is a preview. In the real message, this link unsubscribes the recipient from "
+                        "{org} campaign email. Nobody was unsubscribed.",
+                        org=org.name,
+                    )
+                ),
             )
         target = await target_of(ctx, link)
         if target is None:
             return _gone()
         token = html.escape(request.path_params["token"], quote=True)
         # GET never unsubscribes: mail scanners follow links. The button POSTs.
+        question = html.escape(t("Stop receiving {org} campaign email at {email}?", org=org.name, email="\0"))
         return _page(
-            "Unsubscribe",
-            f"<p>Stop receiving {html.escape(org.name)} campaign email at "
-            f"<b>{html.escape(masked(target.email))}</b>?</p>"
+            t("Unsubscribe"),
+            "<p>" + question.replace("\0", f"<b>{html.escape(masked(target.email))}</b>") + "</p>"
             f"<form method='post' action='/u/{token}'><input type='hidden' name='List-Unsubscribe' "
-            "value='One-Click'><button type='submit'>Unsubscribe</button></form>",
+            f"value='One-Click'><button type='submit'>{html.escape(t('Unsubscribe'))}</button></form>",
         )
 
     async def unsubscribe_post(request: Request) -> Response:
         link = read_token(ctx, request.path_params["token"])
         if link is None:
-            return PlainTextResponse("This unsubscribe link is not valid.\n", status_code=400)
+            return PlainTextResponse(t("This unsubscribe link is not valid.") + "\n", status_code=400)
         # Count while reading: a public endpoint must not buffer whatever size a client sends.
         declared = request.headers.get("content-length", "0")
-        too_large = PlainTextResponse("Request body too large.\n", status_code=413)
+        too_large = PlainTextResponse(t("Request body too large.") + "\n", status_code=413)
         if not declared.isdigit() or int(declared) > MAX_FORM_BYTES:
             return too_large
         size = 0
@@ -94,29 +117,33 @@ def build_web(ctx: Context, routes: list[Any]) -> Starlette:
                 return too_large
         wants_page = "text/html" in request.headers.get("accept", "")
         if link.kind == "preview":
+            said = t("This is a preview link: nobody was unsubscribed.")
             if wants_page:
-                return _page(
-                    "Unsubscribe (preview)", "<p>This is a preview link: nobody was unsubscribed.</p>"
-                )
-            return PlainTextResponse("This is a preview link: nobody was unsubscribed.\n")
+                return _page(t("Unsubscribe (preview)"), _p(said))
+            return PlainTextResponse(said + "\n")
         target = await target_of(ctx, link)
         if target is None:
-            return _gone() if wants_page else PlainTextResponse(GONE + "\n", status_code=404)
+            return _gone() if wants_page else PlainTextResponse(_gone_text() + "\n", status_code=404)
         await unsubscribe(ctx, target, via="web", how="one-click", detail="one-click unsubscribe (RFC 8058)")
         if wants_page:
             return _page(
-                "Unsubscribed",
-                f"<p>{html.escape(masked(target.email))} will receive no more campaign email from "
-                f"{html.escape(org.name)}.</p>",
+                t("Unsubscribed"),
+                _p(
+                    t(
+                        "{email} will receive no more campaign email from {org}.",
+                        email=masked(target.email),
+                        org=org.name,
+                    )
+                ),
             )
-        return PlainTextResponse("Unsubscribed.\n")
+        return PlainTextResponse(t("Unsubscribed.") + "\n")
 
     previews = PreviewCache()
 
     async def preview(request: Request) -> Response:
         parts = signer.verify_expiring(request.path_params["token"], "p")
         if not parts or len(parts) != 1 or not parts[0].isdigit():
-            return _page("Link not valid", "<p>This preview link is not valid or has expired.</p>", 403)
+            return _page(t("Link not valid"), _p(t("This preview link is not valid or has expired.")), 403)
         page = await previews.page(ctx, int(parts[0]))
         if not page.document:
             return _page(page.title, f"<p>{html.escape(page.body)}</p>", page.status)
@@ -130,7 +157,7 @@ def build_web(ctx: Context, routes: list[Any]) -> Starlette:
             },
         )
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/healthz", health),
             Route("/u/{token}", unsubscribe_page, methods=["GET"]),
@@ -139,3 +166,8 @@ def build_web(ctx: Context, routes: list[Any]) -> Starlette:
             *routes,
         ]
     )
+    return OrgLanguage(app, org.locale)
+
+
+def _p(sentence: str) -> str:
+    return f"<p>{html.escape(sentence)}</p>"

@@ -24,6 +24,7 @@ from bot.campaigns.templates import load_source
 from bot.context import Context
 from bot.db.models import Campaign
 from bot.errors import UserError
+from bot.i18n import t
 
 _BODY = re.compile(r"<body\b[^>]*>", re.I)
 CacheKey = tuple[int, str]
@@ -88,13 +89,13 @@ class PreviewCache:
         async with ctx.sessions() as session:
             campaign = await session.get(Campaign, campaign_id)
         if campaign is None:
-            return Page(404, "Not found", "That campaign no longer exists.")
+            return Page(404, t("Not found"), t("That campaign no longer exists."))
         try:
             source = await asyncio.to_thread(
                 load_source, ctx.settings.campaigns.templates_dir, campaign.template
             )
         except UserError as exc:  # a missing or broken template file is shown, not raised
-            return Page(422, "Preview failed", exc.sentence)
+            return Page(422, t("Preview failed"), exc.sentence)
         key = (campaign.id, service.content_hash(campaign, source.digest()))
         cached = self.get(key)
         if cached is not None:
@@ -124,38 +125,44 @@ async def _render(ctx: Context, campaign: Campaign) -> Page:
         async with ctx.sessions() as session:
             review = await service.review(ctx, session, campaign)
         if review.sample is None:
-            return Page(200, "No recipients", "The audience is empty, so there is nothing to preview.")
+            return Page(200, t("No recipients"), t("The audience is empty, so there is nothing to preview."))
         rendered = await asyncio.to_thread(review.messages.render, review.sample)
     except UserError as exc:  # a broken template is shown, not raised
-        return Page(422, "Preview failed", exc.sentence)
+        return Page(422, t("Preview failed"), exc.sentence)
     sample = review.sample
     sender = (
         f"{campaign.from_name} <{campaign.from_address}>" if campaign.from_name else campaign.from_address
     )
     recipient = f"{sample.name} <{sample.email}>" if sample.name else sample.email
     checks = (
-        "<li>All checks passed.</li>"
+        f"<li>{html.escape(t('All checks passed.'))}</li>"
         if not review.problems
         else "".join(f"<li>✗ {html.escape(p)}</li>" for p in review.problems)
     )
     rows = "".join(
-        f"<tr><th style='text-align:left;padding-right:1em'>{label}</th><td>{html.escape(value)}</td></tr>"
+        f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(label)}</th><td>{html.escape(value)}</td></tr>"
         for label, value in (
-            ("Subject", rendered.subject),
-            ("From", sender),
-            ("To", recipient + " (a sample recipient)"),
-            ("Audience", f"{review.audience.total} recipient" + ("" if review.audience.total == 1 else "s")),
+            (t("Subject"), rendered.subject),
+            (t("From"), sender),
+            (t("To"), t("{recipient} (a sample recipient)", recipient=recipient)),
+            (
+                t("Audience"),
+                t("1 recipient")
+                if review.audience.total == 1
+                else t("{count} recipients", count=review.audience.total),
+            ),
         )
     )
     banner = (
         "<div id='postroom-preview' style='font:14px/1.4 system-ui,sans-serif;background:#fff8d6;"
         "color:#222;border-bottom:2px solid #e0c200;padding:12px 16px;margin:0 0 16px'>"
-        f"<strong>Preview of campaign “{html.escape(campaign.name)}” — not a sent message.</strong> "
-        "Its unsubscribe link is a preview link: it unsubscribes nobody."
-        f"<table style='margin:8px 0'>{rows}</table><strong>Checks</strong><ul style='margin:4px 0'>{checks}</ul>"
+        f"<strong>{html.escape(t('Preview of campaign “{name}” — not a sent message.', name=campaign.name))}"
+        f"</strong> {html.escape(t('Its unsubscribe link is a preview link: it unsubscribes nobody.'))}"
+        f"<table style='margin:8px 0'>{rows}</table><strong>{html.escape(t('Checks'))}</strong>"
+        f"<ul style='margin:4px 0'>{checks}</ul>"
         "</div>"
     )
     body = rendered.html
     m = _BODY.search(body)
     document = body[: m.end()] + banner + body[m.end() :] if m else banner + body
-    return Page(200, "Preview", document, document=True)
+    return Page(200, t("Preview"), document, document=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import html
 import json
 import time
 from typing import Any
@@ -32,12 +33,14 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from bot import i18n
 from bot.addresses import email_hash
 from bot.campaigns.bounces import Finding, classify_status, record_finding
 from bot.campaigns.tracking import verify_click, verify_open, verp_delivery
 from bot.context import Context
 from bot.db.models import CampaignEvent, Delivery, ProcessedEvent
 from bot.db.upsert import insert_ignore
+from bot.i18n import t
 from bot.webhooks import Refused, read_capped
 
 PIXEL = bytes.fromhex(
@@ -84,9 +87,13 @@ def campaign_routes(ctx: Context) -> list[Route]:
     async def click(request: Request) -> Response:
         found = verify_click(signer, request.path_params["token"])
         if found is None:
+            title = html.escape(t("Link not valid"))
+            said = html.escape(
+                t("This link is not valid. If you copied it from an email, check that it is complete.")
+            )
+            lang = i18n.current().replace("_", "-")
             return HTMLResponse(
-                "<!doctype html><title>Link not valid</title><p>This link is not valid. If you "
-                "copied it from an email, check that it is complete.</p>",
+                f"<!doctype html><html lang='{lang}'><meta charset='utf-8'><title>{title}</title><p>{said}</p>",
                 status_code=400,
                 headers={"Cache-Control": "no-store"},
             )
