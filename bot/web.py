@@ -18,6 +18,7 @@ from bot.campaigns import service
 from bot.campaigns.templates import TemplateProblem
 from bot.db.models import Campaign
 from bot.suppressions import suppress
+from bot.webhooks import Refused, read_capped
 
 if TYPE_CHECKING:
     from bot.core import Core
@@ -74,16 +75,10 @@ def build_web(core: Core) -> Starlette:
         target = _unsubscribe_target(request.path_params["token"])
         if target is None:
             return PlainTextResponse("This unsubscribe link is not valid.\n", status_code=400)
-        # Count while reading: a public endpoint must not buffer whatever size a client sends.
-        declared = request.headers.get("content-length", "0")
-        too_large = PlainTextResponse("Request body too large.\n", status_code=413)
-        if not declared.isdigit() or int(declared) > MAX_FORM_BYTES:
-            return too_large
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_FORM_BYTES:
-                return too_large
+        try:  # capped while reading: a public endpoint must not buffer whatever size a client sends
+            await read_capped(request, MAX_FORM_BYTES)
+        except Refused as exc:
+            return PlainTextResponse(f"{exc.sentence}\n", status_code=exc.status)
         campaign_id, email = target
         async with core.ctx.sessions() as session, session.begin():
             new = await suppress(session, email, "unsubscribed", "one-click", campaign_id)

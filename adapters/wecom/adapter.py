@@ -33,6 +33,7 @@ from bot.config import WeComSettings
 from bot.dedupe import Seen as _Seen
 from bot.errors import UserError
 from bot.events import Action, Actor, Command, Conversation, Message, MessageRef, PersonEvent
+from bot.webhooks import Refused, parse_timestamp, read_capped
 
 if TYPE_CHECKING:
     from bot.core import Core
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 PLATFORM = "wecom"
 MAX_BODY = 64 * 1024
+MAX_PARAM = 128
 TEXT_LIMIT = 2000  # WeCom cuts text messages at 2048 bytes
 KEY_SEP = "|"
 CONTACT_KINDS = {"create_user": "joined", "update_user": "changed", "delete_user": "left"}
@@ -265,11 +267,14 @@ class WeComAdapter(Adapter):
         missing = [n for n, v in zip(names, values, strict=True) if not v]
         if missing:
             raise CallbackRefused(f"the query lacks {', '.join(missing)}")
-        timestamp = values[1]
-        if not timestamp.isdigit():
+        stamp = parse_timestamp(values[1])
+        if stamp is None:
             raise CallbackRefused("the timestamp is not a number")
+        # WeCom's signatures are 40 hex digits and nonces short; anything else is not from WeCom.
+        if any(len(v) > MAX_PARAM or not v.isascii() for v in (values[0], values[2])):
+            raise CallbackRefused("the signature or nonce is malformed")
         skew = self.settings.max_clock_skew_s
-        if skew and abs(self.clock() - int(timestamp)) > skew:
+        if skew and abs(self.clock() - stamp) > skew:
             raise CallbackRefused("the timestamp is too far from now (a stale or replayed request)", 403)
         return values
 
@@ -287,9 +292,13 @@ class WeComAdapter(Adapter):
     async def _callback(self, request: Request) -> Response:
         try:
             signature, timestamp, nonce = self._check_params(request, "msg_signature", "timestamp", "nonce")
-            body = await request.body()
-            if len(body) > MAX_BODY:
-                raise CallbackRefused("the body is too large", 413)
+            try:  # capped while reading, chunked or not: an oversize body is never held whole
+                body = await read_capped(request, MAX_BODY)
+            except Refused as exc:
+                reason = (
+                    "the body is too large" if exc.status == 413 else "the Content-Length is not a number"
+                )
+                raise CallbackRefused(reason, exc.status) from None
             encrypted = parse_xml(body).get("Encrypt")
             if not encrypted:
                 raise CallbackRefused("the XML has no Encrypt element")
