@@ -27,6 +27,7 @@ from bot.errors import UserError
 from bot.events import Message, PersonEvent
 from bot.groups import planner
 from bot.groups import service as groups
+from bot.hr import admission
 from bot.i18n import t
 
 if TYPE_CHECKING:
@@ -122,6 +123,7 @@ async def apply_person_event(
         )
     if event.at.tzinfo is None:
         raise UserError(t("The event's time has no time zone."))
+    event = await admission.admit(core, event)
     async with _lock_for(core, f"{id_namespace(event.source)}:{event.external_id}"):
         for attempt, delay in enumerate((*RETRY_DELAYS_S, None)):
             try:
