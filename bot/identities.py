@@ -17,11 +17,14 @@ from bot.addresses import normalise
 from bot.context import Context
 from bot.db.models import Identity, utcnow
 from bot.db.upsert import insert_ignore
+from bot.values import clean_text
 
 
 async def remember(ctx: Context, platform: str, user_id: str, email: str, name: str | None = None) -> None:
     """Record or refresh who `user_id` is; the newest email wins."""
     email = normalise(email)
+    # A messenger's directory: nobody can correct it through Postroom, so it is cleaned, not refused.
+    name = (clean_text(name)[:200] or None) if name is not None else None
     async with ctx.sessions() as session, session.begin():
         fresh = await insert_ignore(
             session,

@@ -9,10 +9,11 @@ daemon thread per process keeps the deadlines of the renders under way and, when
 next bytecode boundary, whatever Jinja is doing. (C code such as one `re.sub` or `list.sort` is not
 interrupted: those are bounded by the 2 MB value cap in templates.py.)
 
-Why it is safe: the interrupt is raised only while the render is registered, and `release` — under
-the same lock — ends the registration and clears an interrupt not yet delivered, so none lands after
-the render has returned. `_Interrupted` derives from BaseException, so no `except Exception` in Jinja
-or in Postroom swallows it, and `run_within` turns it into `OutOfTime` before it leaves.
+Why it is safe: the interrupt is raised only for a render registered in the watchdog's set, under a
+plain lock; leaving the set (under the same lock) clears an interrupt raised but not yet delivered, so
+none lands after the render has returned, and both ways out of `run_within` take the job out of the set
+wherever in that stretch the interrupt lands. `_Interrupted` derives from BaseException, so no
+`except Exception` in Jinja or in Postroom swallows it, and `run_within` turns it into `OutOfTime`.
 
 A CPU-bound render still holds the event loop while it runs in the loop's thread: `off_loop` runs it
 in a worker thread instead (CPython hands the GIL back to the loop every 5 ms), which is what the
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -53,48 +53,36 @@ def _raise_in(thread_id: int, exc: type[BaseException] | None) -> None:
 class _Job:
     thread_id: int
     deadline: float
-    done: bool = False
     fired: bool = False
 
 
+# How often the watchdog looks at the renders under way (at most; sooner when a deadline is nearer).
+_IDLE_S = 0.05
+_BUSY_S = 0.01
+
+
 class _Watchdog:
+    """Only plain `threading.Lock`s on the rendering side: their `with` acquires and releases in C, so an
+    interrupt can't land between acquiring and the block that releases (a Condition's Python-level
+    `__enter__` could, and the lock would stay held — the stress test in tests/test_render_budget.py found
+    exactly that)."""
+
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._jobs: set[_Job] = set()
-        self._next = math.inf  # the deadline the thread sleeps until
-        self._thread: threading.Thread | None = None
-
-    def watch(self, job: _Job) -> None:
-        with self._cond:
-            self._jobs.add(job)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._run, name="postroom-render-watchdog", daemon=True
-                )
-                self._thread.start()
-            elif job.deadline < self._next:
-                self._cond.notify()
-
-    def release(self, job: _Job) -> None:
-        with self._cond:
-            if job.done:
-                return
-            job.done = True
-            self._jobs.discard(job)
-            if job.fired:  # an interrupt raised but not delivered yet must not land after the render
-                _raise_in(job.thread_id, None)
+        self.lock = threading.Lock()
+        self.jobs: set[_Job] = set()
+        self._thread = threading.Thread(target=self._run, name="postroom-render-watchdog", daemon=True)
+        self._thread.start()
 
     def _run(self) -> None:
-        with self._cond:
-            while True:
+        while True:
+            with self.lock:
                 now = time.monotonic()
-                for job in self._jobs:
+                for job in self.jobs:
                     if not job.fired and job.deadline <= now:
                         job.fired = True
                         _raise_in(job.thread_id, _Interrupted)
-                waiting = [j.deadline for j in self._jobs if not j.fired]
-                self._next = min(waiting) if waiting else math.inf
-                self._cond.wait(None if not waiting else max(self._next - now, 0.001))
+                waiting = [j.deadline for j in self.jobs if not j.fired]
+            time.sleep(min(max(min(waiting) - now, 0.001), _BUSY_S) if waiting else _IDLE_S)
 
 
 _dog: _Watchdog | None = None
@@ -112,17 +100,27 @@ def _watchdog() -> _Watchdog:
 
 
 def run_within(fn: Callable[[], T], seconds: float) -> T:
-    """`fn()`, or OutOfTime when it runs longer than `seconds` (in whichever thread this is called)."""
+    """`fn()`, or OutOfTime when it runs longer than `seconds` (in whichever thread this is called).
+
+    The interrupt can only arrive between the job entering and leaving `dog.jobs` (the watchdog raises it
+    under `dog.lock`, for jobs in the set): wherever it lands in that stretch, one of the two handlers
+    below takes it out of the set and turns it into OutOfTime, and leaving the set clears one that was
+    raised but not yet delivered."""
     dog = _watchdog()
     job = _Job(threading.get_ident(), time.monotonic() + seconds)
     try:
         try:
-            dog.watch(job)
+            with dog.lock:
+                dog.jobs.add(job)
             return fn()
         finally:
-            dog.release(job)
+            with dog.lock:
+                dog.jobs.discard(job)
+                if job.fired:
+                    _raise_in(job.thread_id, None)
     except _Interrupted:
-        dog.release(job)  # again: the interrupt may have landed inside the first release
+        with dog.lock:
+            dog.jobs.discard(job)  # a job fires once, and this is its interrupt: nothing is pending
         raise OutOfTime from None
 
 
