@@ -46,7 +46,7 @@ class CampaignMessages:
         # the chat preview, the approval card, the web preview after a review — is not a second,
         # blocking render of a slow template.
         self._memo: dict[tuple[str, str | None, str], Rendered | TemplateProblem] = {}
-        self._slow = False  # a render outran the on-loop slice: this campaign's builds go to a thread
+        self._overruns = 0  # renders in a row that outran the on-loop slice; at 3, builds go to a thread
         self._org = {"name": settings.org.name, "postal_address": settings.org.postal_address}
         self._campaign = {"name": campaign.name}
         self._domain = campaign.from_address.rsplit("@", 1)[-1]
@@ -117,14 +117,18 @@ class CampaignMessages:
     ) -> Built:
         """`build` without holding the event loop past ON_LOOP_S: a message renders on the loop (a thread
         hop would cost more than the render), and one that needs longer is rendered again in a worker
-        thread with the whole budget — as is every later message of this campaign."""
-        if not self._slow:
+        thread with the whole budget. After 3 such messages in a row (not one that a busy machine
+        merely paused), this campaign's messages go to the thread straight away."""
+        if self._overruns < 3:
             try:
-                return self._build(
+                built = self._build(
                     r, subject_prefix, delivery_id, lambda c: self.template.render_within(c, ON_LOOP_S)
                 )
             except render_time.OutOfTime:
-                self._slow = True
+                self._overruns += 1
+            else:
+                self._overruns = 0
+                return built
         return await render_time.off_loop(
             lambda: self._build(r, subject_prefix, delivery_id, self.template.render)
         )
