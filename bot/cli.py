@@ -422,6 +422,8 @@ def hr_import(ctx: click.Context, file: str, dry_run: bool) -> None:
                 f"{result.held}."
             )
             sys.exit(2)
+        if result.not_applied:  # the file is not what Postroom now holds: a script must notice
+            sys.exit(1)
 
     _run(go())
 

@@ -142,6 +142,9 @@ class CampaignSettings(_Section):
     error_min_samples: int = Field(default=50, ge=1)
     error_pause_share: float = Field(default=0.5, gt=0, le=1)
     poll_s: float = Field(default=2.0, gt=0)
+    # A template that takes longer than this to render one message is stopped and refused (preview,
+    # submit, and each message at send time); a real one renders in well under a millisecond.
+    render_timeout_s: float = Field(default=0.5, ge=0.01, le=30)
     # compliance
     frequency_cap: int = Field(default=0, ge=0)  # at most N campaign messages per contact per period; 0: off
     frequency_period_days: float = Field(default=7, gt=0)
@@ -223,6 +226,9 @@ class HrSettings(_Section):
     webhook_secret: str | None = Field(default=None, repr=False)
     webhook_max_bytes: int = Field(default=65536, ge=1024, le=10 * 1024 * 1024)
     webhook_tolerance_s: int = Field(default=300, ge=1, le=3600)
+    # An HR event dated further ahead than this is refused: one far-future date would make every later
+    # event for that person stale (bot/hr/admission.py).
+    max_future_skew_s: int = Field(default=86400, ge=0, le=30 * 86400)
 
     @field_validator("webhook_secret")
     @classmethod

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from bot.addresses import normalise
 from bot.db.models import Identity, Person, utcnow
 from bot.db.upsert import insert_ignore
+from bot.values import clean_text
 
 TTL = timedelta(hours=1)  # how long a resolved address is trusted without asking the directory again
 Resolver = Callable[[], Awaitable[tuple[str | None, str | None] | None]]
@@ -35,6 +36,8 @@ class Identities:
     async def remember(self, platform: str, user_id: str, email: str, name: str | None = None) -> None:
         """Record or refresh who `user_id` is; the newest email wins."""
         email = normalise(email)
+        # A messenger's directory: nobody can correct it through Postroom, so it is cleaned, not refused.
+        name = (clean_text(name)[:200] or None) if name is not None else None
         async with self.sessions() as session, session.begin():
             row = {
                 "platform": platform,

@@ -19,6 +19,7 @@ from bot.campaigns.preview import PreviewCache
 from bot.campaigns.unsubscribe import masked, read_token, target_of, unsubscribe
 from bot.context import Context
 from bot.i18n import t
+from bot.webhooks import Refused, read_capped
 
 log = logging.getLogger(__name__)
 MAX_FORM_BYTES = 4096
@@ -105,16 +106,10 @@ def build_web(ctx: Context, routes: list[Any]) -> ASGIApp:
         link = read_token(ctx, request.path_params["token"])
         if link is None:
             return PlainTextResponse(t("This unsubscribe link is not valid.") + "\n", status_code=400)
-        # Count while reading: a public endpoint must not buffer whatever size a client sends.
-        declared = request.headers.get("content-length", "0")
-        too_large = PlainTextResponse(t("Request body too large.") + "\n", status_code=413)
-        if not declared.isdigit() or int(declared) > MAX_FORM_BYTES:
-            return too_large
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_FORM_BYTES:
-                return too_large
+        try:  # capped while reading: a public endpoint must not buffer whatever size a client sends
+            await read_capped(request, MAX_FORM_BYTES)
+        except Refused as exc:
+            return PlainTextResponse(f"{exc.sentence}\n", status_code=exc.status)
         wants_page = "text/html" in request.headers.get("accept", "")
         if link.kind == "preview":
             said = t("This is a preview link: nobody was unsubscribed.")

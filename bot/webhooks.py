@@ -1,14 +1,29 @@
-"""What Postroom's signed webhooks share (`/hooks/hr`, `/hooks/email-events`): a refusal that carries
-its HTTP status and one sentence, and reading a request body with a size cap.
+"""What Postroom's HTTP endpoints that take a body share (`/hooks/hr`, `/hooks/email-events`,
+`POST /u/<token>`, and the adapters' `/slack/events` and `/wecom/callback`): a refusal that carries
+its HTTP status and one sentence, a body read with a size cap, and signature headers parsed without
+surprises.
 
 The cap is enforced while reading: a declared Content-Length over the cap is refused before a byte
 of the body is read, and a body sent without one (chunked) is refused as soon as it passes the cap,
 so an oversize request never sits in memory whole.
+
+Answering before the body is read is safe with uvicorn (checked with 0.55 and its h11 protocol; its
+httptools protocol discards the same way): once the response is complete it reads the rest of the
+request and throws it away, so the client — httpx, curl, requests — finishes sending and then reads
+the 413 (tests/test_bounded_work.py checks it on a real server). What must not happen is
+closing the connection with the body unread (a `Connection: close` answer does that): the kernel
+then resets the socket and the client sees a broken pipe instead of the answer.
 """
 
 from __future__ import annotations
 
+import hmac
+
 from starlette.requests import Request
+
+# Seconds since 1970 have 10 digits until the year 2286; anything longer is not a time.
+MAX_TIMESTAMP_DIGITS = 12
+_ASCII_DIGITS = frozenset("0123456789")
 
 
 class Refused(Exception):
@@ -18,16 +33,54 @@ class Refused(Exception):
         self.sentence = sentence
 
 
+def _too_large(cap: int) -> Refused:
+    return Refused(413, f"The body is larger than the {cap} bytes this endpoint accepts.")
+
+
 async def read_capped(request: Request, cap: int) -> bytes:
+    """The body, read at most `cap` bytes far; Refused(413) past the cap, Refused(400) for a
+    Content-Length that is not a number."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        declared = declared.strip()
+        if not declared or not set(declared) <= _ASCII_DIGITS:
             raise Refused(400, "The Content-Length header is not a number.")
-        if int(declared) > cap:
-            raise Refused(413, f"The body is larger than the {cap} bytes this webhook accepts.")
+        if len(declared) > len(str(cap)) or int(declared) > cap:
+            raise _too_large(cap)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > cap:
-            raise Refused(413, f"The body is larger than the {cap} bytes this webhook accepts.")
+            raise _too_large(cap)
     return bytes(body)
+
+
+def parse_timestamp(value: str | None) -> int | None:
+    """Unix seconds from a header or query parameter, or None when it is not ASCII digits of a sane
+    length (`int()` would take "²", "١٢٣" or 5,000 digits and fail or mislead later)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text or len(text) > MAX_TIMESTAMP_DIGITS or not set(text) <= _ASCII_DIGITS:
+        return None
+    return int(text)
+
+
+def signatures_match(expected: str, given: str) -> bool:
+    """Constant-time comparison that also takes a non-ASCII `given` (hmac.compare_digest raises
+    TypeError on non-ASCII str, which would be a 500)."""
+    return hmac.compare_digest(expected.encode(), given.encode("utf-8", "surrogatepass"))
+
+
+def replay(request: Request, body: bytes) -> Request:
+    """The same request with its body already read, for a handler that reads it again (bolt)."""
+    sent = False
+
+    async def receive() -> dict[str, object]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(request.scope, receive)

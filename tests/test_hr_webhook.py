@@ -120,6 +120,16 @@ async def test_leaver_who_owned_a_group_is_reported_to_hr(lbot) -> None:  # type
     assert await groups_of(lbot, "alice@corp.example") == {}
 
 
+def employee(name: str = "Ivan Petrov", **attributes: object) -> dict[str, object]:
+    return {"employee": {"id": "E5", "email": IVAN, "name": name, "attributes": attributes}}
+
+
+# A valid event with one attribute worth 3, to swap for what json.dumps would never write.
+RAW = (
+    b'{"event_id": "raw", "type": "joined", "occurred_at": "2026-11-02T09:00:00Z", '
+    b'"employee": {"id": "E5", "email": "ivan@corp.example", "attributes": {"level": 3}}}'
+)
+
 BAD = [
     (
         "bad signature",
@@ -148,6 +158,60 @@ BAD = [
         "larger than",
     ),
     ("naive time", signed, {"occurred_at": "2026-11-02T09:00:00"}, 422, "no time zone"),
+    # Issue "Safe to run for real": input that can never succeed is refused for good (4xx), never 503.
+    ("far-future date", signed, {"occurred_at": "9999-12-31T00:00:00Z"}, 422, "can't come from the future"),
+    ("date before 2000", signed, {"occurred_at": "1970-01-01T00:00:00Z"}, 422, "before 2000-01-01"),
+    (
+        "NUL in a name",
+        signed,
+        employee(name="Ivan\x00Petrov"),
+        422,
+        "employee.name contains a control character (U+0000)",
+    ),
+    (
+        "VT in a name",
+        signed,
+        employee(name="Ivan\x0bPetrov"),
+        422,
+        "employee.name contains a control character (U+000B)",
+    ),
+    ("override in a name", signed, employee(name="\u202eIvan"), 422, "text-direction override (U+202E)"),
+    ("half a surrogate", signed, employee(name="Ivan\ud800"), 422, "broken character (U+D800"),
+    (
+        "control character in an attribute",
+        signed,
+        employee(department="Engi\x1bneering"),
+        422,
+        "employee.attributes.department contains a control character (U+001B)",
+    ),
+    ("control character in the event id", signed, {"event_id": "ev\x07"}, 422, "event_id contains a control"),
+    ("NaN", signed, RAW.replace(b"3", b"NaN"), 400, "NaN is not a number in JSON"),
+    ("Infinity", signed, RAW.replace(b"3", b"-Infinity"), 400, "-Infinity is not a number in JSON"),
+    ("a number too large to be finite", signed, RAW.replace(b"3", b"1e999"), 422, "not a finite number"),
+    ("a number too large to keep", signed, employee(level=10**20), 422, "too large to keep exactly"),
+    ("a nested attribute", signed, employee(skills=[{"go": True}]), 422, "a list of those"),
+    ("a long list", signed, employee(skills=["x"] * 51), 422, "more than 50 items"),
+    (
+        "odd digits in the timestamp",
+        lambda b: {**signed(b), "X-Postroom-Timestamp": b"\xb2"},
+        None,
+        400,
+        "whole number",
+    ),
+    (
+        "a 400-digit timestamp",
+        lambda b: {**signed(b), "X-Postroom-Timestamp": "9" * 400},
+        None,
+        400,
+        "whole number",
+    ),
+    (
+        "non-ASCII signature",
+        lambda b: {**signed(b), "X-Postroom-Signature": b"sha256=\xe9"},
+        None,
+        401,
+        "signature",
+    ),
 ]
 
 

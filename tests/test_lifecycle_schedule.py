@@ -164,7 +164,7 @@ def test_cli_hr_import_dry_run_and_groups_export(tmp_path: Path) -> None:
     assert dry.returncode == 0, dry.stderr
     assert "Dry run — nothing changed. 3 joining" in dry.stdout
     real = run("hr", "import", "staff.csv")
-    assert real.returncode == 0 and "Imported. 3 joining" in real.stdout, real.stderr
+    assert real.returncode == 0 and "Imported: 3 joined" in real.stdout, real.stderr
     assert "+ bob@corp.example to eng@corp.example" in real.stdout
     out = run("groups", "export", "--format", "postfix")
     assert out.returncode == 0 and "eng@corp.example alice@corp.example,bob@corp.example" in out.stdout

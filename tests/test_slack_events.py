@@ -139,6 +139,11 @@ def _bad_requests(fake: FakeSlack) -> list[tuple[str, bytes, dict[str, str], int
         ("timestamp header missing", body, no_ts, 401),
         ("timestamp over 5 minutes old", body, stale, 401),
         ("body changed after signing", body + b"x", good, 401),
+        # Issue "Safe to run for real": headers the SDK's verifier choked on (500 with a traceback).
+        ("timestamp not a number", body, {**good, "X-Slack-Request-Timestamp": "abc"}, 400),
+        ("timestamp of 400 digits", body, {**good, "X-Slack-Request-Timestamp": "9" * 400}, 400),
+        ("timestamp in other digits", body, {**good, "X-Slack-Request-Timestamp": b"\xb2"}, 400),  # type: ignore[dict-item]
+        ("signature not ASCII", body, {**good, "X-Slack-Signature": "v0=\u00e9".encode()}, 401),  # type: ignore[dict-item]
     ]
     for name, raw, ctype in [
         ("payload not JSON", form({"payload": "{not json"}), "application/x-www-form-urlencoded"),

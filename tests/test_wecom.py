@@ -340,6 +340,12 @@ async def test_bad_callbacks_are_refused_and_change_nothing(world: WeComWorld) -
     assert broken.status_code == 400 and "padding" in broken.text
     huge = await world.callback(hello, body=b"<xml><Encrypt>" + b"A" * 70_000 + b"</Encrypt></xml>")
     assert huge.status_code == 413
+    # Issue "Safe to run for real": odd query parameters are refused, not a 500.
+    for timestamp in ("\u00b2", "9" * 400, "-5"):
+        odd = await world.callback(hello, timestamp=timestamp)
+        assert odd.status_code == 400 and "not a number" in odd.text, timestamp
+    odd = await world.callback(hello, signature="\u00e9" * 300)
+    assert odd.status_code == 400 and "malformed" in odd.text
     unknown = await world.callback(
         "<xml><FromUserName>hannah</FromUserName><CreateTime>5</CreateTime>"
         "<MsgType>event</MsgType><Event>enter_agent</Event></xml>"

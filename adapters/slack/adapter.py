@@ -38,6 +38,7 @@ from bot.background import Background
 from bot.config import SlackSettings
 from bot.errors import UserError, error_message
 from bot.events import Action, Actor, Command, Conversation, Message, MessageRef
+from bot.webhooks import Refused, parse_timestamp, read_capped, replay
 
 log = logging.getLogger(__name__)
 
@@ -448,24 +449,29 @@ class SlackAdapter(Adapter):
     # -- HTTP mode ------------------------------------------------------------------------------
     async def _http_endpoint(self, request: Request) -> Response:
         """Signature and shape first (401 / 400, nothing runs), then bolt, which verifies again."""
-        declared = request.headers.get("content-length", "0")
-        if not declared.isdigit() or int(declared) > MAX_BODY_BYTES:
-            return JSONResponse({"error": "request too large"}, status_code=413)
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            return JSONResponse({"error": "request too large"}, status_code=413)
+        try:  # capped while reading, chunked or not: an oversize body is never held whole
+            body = await read_capped(request, MAX_BODY_BYTES)
+        except Refused as exc:
+            return JSONResponse({"error": exc.sentence}, status_code=exc.status)
         assert self.verifier is not None
         timestamp = request.headers.get("x-slack-request-timestamp")
         signature = request.headers.get("x-slack-signature")
+        if not timestamp or not signature:
+            return JSONResponse({"error": "invalid request signature"}, status_code=401)
+        # What the SDK's verifier would choke on (int("abc"), non-ASCII in compare_digest) is refused here.
+        if parse_timestamp(timestamp) is None:
+            return JSONResponse({"error": "malformed X-Slack-Request-Timestamp"}, status_code=400)
+        if not signature.isascii():
+            return JSONResponse({"error": "invalid request signature"}, status_code=401)
         try:
             body.decode("utf-8")
         except UnicodeDecodeError:
             return JSONResponse({"error": "malformed payload"}, status_code=400)
-        if not timestamp or not signature or not self.verifier.is_valid(body, timestamp, signature):
+        if not self.verifier.is_valid(body, timestamp, signature):
             return JSONResponse({"error": "invalid request signature"}, status_code=401)
         if not well_formed(body, request.headers.get("content-type", "")):
             return JSONResponse({"error": "malformed payload"}, status_code=400)
-        return await self.http_handler.handle(request)
+        return await self.http_handler.handle(replay(request, body))
 
 
 def well_formed(body: bytes, content_type: str) -> bool:

@@ -33,10 +33,12 @@ from bot.dedupe import Seen as _Seen
 from bot.errors import UserError
 from bot.events import Action, Actor, Command, Conversation, Message, MessageRef, PersonEvent, PersonKind
 from bot.message_text import PLAIN, render
+from bot.webhooks import Refused, parse_timestamp, read_capped
 
 log = logging.getLogger(__name__)
 PLATFORM = "wecom"
 MAX_BODY = 64 * 1024
+MAX_PARAM = 128
 KEY_SEP = "|"
 CONTACT_KINDS: dict[str, PersonKind] = {
     "create_user": "joined",
@@ -232,11 +234,14 @@ class WeComAdapter(Adapter):
         missing = [n for n, v in zip(names, values, strict=True) if not v]
         if missing:
             raise CallbackRefused(f"the query lacks {', '.join(missing)}")
-        timestamp = values[1]
-        if not timestamp.isdigit():
+        stamp = parse_timestamp(values[1])
+        if stamp is None:
             raise CallbackRefused("the timestamp is not a number")
+        # WeCom's signatures are 40 hex digits and nonces short; anything else is not from WeCom.
+        if any(len(v) > MAX_PARAM or not v.isascii() for v in (values[0], values[2])):
+            raise CallbackRefused("the signature or nonce is malformed")
         skew = self.settings.max_clock_skew_s
-        if skew and abs(self.clock() - int(timestamp)) > skew:
+        if skew and abs(self.clock() - stamp) > skew:
             raise CallbackRefused("the timestamp is too far from now (a stale or replayed request)", 403)
         return values
 
@@ -254,9 +259,13 @@ class WeComAdapter(Adapter):
     async def _callback(self, request: Request) -> Response:
         try:
             signature, timestamp, nonce = self._check_params(request, "msg_signature", "timestamp", "nonce")
-            body = await request.body()
-            if len(body) > MAX_BODY:
-                raise CallbackRefused("the body is too large", 413)
+            try:  # capped while reading, chunked or not: an oversize body is never held whole
+                body = await read_capped(request, MAX_BODY)
+            except Refused as exc:
+                reason = (
+                    "the body is too large" if exc.status == 413 else "the Content-Length is not a number"
+                )
+                raise CallbackRefused(reason, exc.status) from None
             encrypted = parse_xml(body).get("Encrypt")
             if not encrypted:
                 raise CallbackRefused("the XML has no Encrypt element")

@@ -521,7 +521,9 @@ class DeliveryEngine:
                     unsent.append({"b_id": d.id})
                     continue
                 try:
-                    built = messages.build(Recipient(d.email, d.name, d.attributes or {}), delivery_id=d.id)
+                    built = await messages.build_async(
+                        Recipient(d.email, d.name, d.attributes or {}), delivery_id=d.id
+                    )
                 except TemplateProblem as exc:
                     failed.append({"b_id": d.id, "status": "failed", "err": exc.sentence})
                     continue

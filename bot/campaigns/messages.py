@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import html
+import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from bot.campaigns import render_time
 from bot.campaigns.audience import Recipient
-from bot.campaigns.templates import CompiledTemplate, Rendered, TemplateSource
+from bot.campaigns.templates import CompiledTemplate, Rendered, TemplateProblem, TemplateSource
 from bot.campaigns.tracking import (
     LinkTracker,
     preview_unsubscribe_token,
@@ -23,6 +26,9 @@ from bot.links import Signer
 from bot.mail.compose import build_message, new_message_id
 
 RESERVED = {"name", "email", "unsubscribe_url", "org", "campaign", "attributes", "first_name"}
+# How long a send renders on the event loop before it moves to a worker thread (build_async).
+ON_LOOP_S = 0.02
+MEMO_SIZE = 64
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,14 @@ class CampaignMessages:
         self.settings = settings
         self.signer = signer
         self.campaign = campaign
-        self.template = CompiledTemplate(source, campaign.subject)
+        self.template = CompiledTemplate(
+            source, campaign.subject, time_budget_s=settings.campaigns.render_timeout_s
+        )
+        # Renders done off the loop (render_async), so that a later render() of the same recipient —
+        # the chat preview, the approval card, the web preview after a review — is not a second,
+        # blocking render of a slow template.
+        self._memo: dict[tuple[str, str | None, str], Rendered | TemplateProblem] = {}
+        self._overruns = 0  # renders in a row that outran the on-loop slice; at 3, builds go to a thread
         self._org = {"name": settings.org.name, "postal_address": settings.org.postal_address}
         self._campaign = {"name": campaign.name}
         self._domain = campaign.from_address.rsplit("@", 1)[-1]
@@ -74,15 +87,72 @@ class CampaignMessages:
         return ctx
 
     def render(self, r: Recipient) -> Rendered:
-        """The message for `r` as a preview shows it: with the inert preview unsubscribe link."""
+        """The message for `r` as a preview shows it (with the inert preview unsubscribe link), within the
+        time budget (TemplateProblem otherwise). Blocks the thread while it renders: from a coroutine,
+        prefer `await render_async(r)`."""
+        if self._memo:
+            found = self._memo.get(_memo_key(r))
+            if isinstance(found, TemplateProblem):
+                raise found
+            if found is not None:
+                return found
         return self.template.render(self.context(r, self.unsubscribe_url()))
+
+    async def render_async(self, r: Recipient) -> Rendered:
+        """`render` in a worker thread, so the event loop keeps answering while a slow template runs
+        into its time budget. What it finds is remembered for this object's later `render(r)`."""
+        key = _memo_key(r)
+        found = self._memo.get(key)
+        if found is None:
+            context = self.context(r, self.unsubscribe_url())
+            try:
+                found = await render_time.off_loop(lambda: self.template.render(context))
+            except TemplateProblem as exc:
+                found = exc
+            if len(self._memo) >= MEMO_SIZE:
+                self._memo.pop(next(iter(self._memo)))
+            self._memo[key] = found
+        if isinstance(found, TemplateProblem):
+            raise found
+        return found
 
     def build(self, r: Recipient, *, subject_prefix: str = "", delivery_id: int | None = None) -> Built:
         """The message for one recipient. With a delivery id (a real send): a VERP return path and,
-        when tracking is on, tracked links and an open pixel; without one (a test), neither."""
+        when tracking is on, tracked links and an open pixel; without one (a test), neither.
+        TemplateProblem when it can't be rendered within the time budget."""
+        return self._build(r, subject_prefix, delivery_id, self.template.render)
+
+    async def build_async(
+        self, r: Recipient, *, subject_prefix: str = "", delivery_id: int | None = None
+    ) -> Built:
+        """`build` without holding the event loop past ON_LOOP_S: a message renders on the loop (a thread
+        hop would cost more than the render), and one that needs longer is rendered again in a worker
+        thread with the whole budget. After 3 such messages in a row (not one that a busy machine
+        merely paused), this campaign's messages go to the thread straight away."""
+        if self._overruns < 3:
+            try:
+                built = self._build(
+                    r, subject_prefix, delivery_id, lambda c: self.template.render_within(c, ON_LOOP_S)
+                )
+            except render_time.OutOfTime:
+                self._overruns += 1
+            else:
+                self._overruns = 0
+                return built
+        return await render_time.off_loop(
+            lambda: self._build(r, subject_prefix, delivery_id, self.template.render)
+        )
+
+    def _build(
+        self,
+        r: Recipient,
+        subject_prefix: str,
+        delivery_id: int | None,
+        render: Callable[[dict[str, Any]], Rendered],
+    ) -> Built:
         token = self._unsubscribe_token(delivery_id)
         url = f"{self.settings.web.base_url}/u/{token}"
-        rendered = self.template.render(self.context(r, url))
+        rendered = render(self.context(r, url))
         body_html = rendered.html
         sender = self.campaign.from_address
         if delivery_id is not None:
@@ -114,11 +184,15 @@ class CampaignMessages:
         return Built(message_id, data, rendered, sender)
 
 
+def _memo_key(r: Recipient) -> tuple[str, str | None, str]:
+    return r.email, r.name, json.dumps(r.attributes, sort_keys=True, default=str)
+
+
 def lint(messages: CampaignMessages, sample: Recipient) -> list[str]:
     """What stops a campaign from being submitted, as sentences. Empty when it is fine."""
     problems: list[str] = []
     url = messages.unsubscribe_url()
-    rendered = messages.template.render(messages.context(sample, url))
+    rendered = messages.render(sample)
     if not rendered.subject.strip():
         problems.append(t("The subject is empty: give one with --subject or a <title> in the template."))
     postal = messages.settings.org.postal_address.strip()

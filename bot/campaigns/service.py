@@ -26,6 +26,7 @@ from bot.db.models import Approval, Campaign, Delivery
 from bot.db.upsert import insert_ignore
 from bot.errors import UserError
 from bot.i18n import t
+from bot.values import check_text
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 EDITABLE = ("draft", "pending_approval", "approved", "rejected", "scheduled")
@@ -106,21 +107,21 @@ class Review:
 
 
 async def review(ctx: Context, session: AsyncSession, campaign: Campaign) -> Review:
-    """Renders one sample per distinct set of attributes, in a worker thread: a heavy template must not
-    stall the event loop (the web app, the messengers' acknowledgements) while it renders."""
+    """Renders one sample per distinct set of attributes, each in a worker thread within the time budget:
+    a heavy template must not stall the event loop (the web app, the messengers' acknowledgements)."""
     messages = await asyncio.to_thread(messages_for, ctx, campaign)
     report = await describe_audience(session, ctx.settings, campaign)
-    return await asyncio.to_thread(_judge, messages, report)
+    return await _judge(messages, report)
 
 
-def _judge(messages: CampaignMessages, report: AudienceReport) -> Review:
+async def _judge(messages: CampaignMessages, report: AudienceReport) -> Review:
     problems: list[str] = []
     sample: Recipient | None = None
     assert report.key_sets is not None
     for _keys, (count, recipient) in report.key_sets.items():
         sample = sample or recipient
-        try:
-            messages.render(recipient)
+        try:  # off the event loop: a template that runs into its time budget must not stall the bot
+            await messages.render_async(recipient)
         except TemplateProblem as exc:
             if count == 1:
                 problems.append(
@@ -147,8 +148,10 @@ def _judge(messages: CampaignMessages, report: AudienceReport) -> Review:
         except TemplateProblem:
             pass  # reported above
     else:
+        placeholder = Recipient("sample@example.com", "Sample", {})
         try:
-            problems.extend(lint(messages, Recipient("sample@example.com", "Sample", {})))
+            await messages.render_async(placeholder)  # lint's render below is then remembered
+            problems.extend(lint(messages, placeholder))
         except TemplateProblem as exc:
             problems.append(exc.sentence)
     return Review(report, problems, sample, messages)
@@ -168,6 +171,8 @@ async def record_decision(
 
     ON CONFLICT DO NOTHING, so a double click racing itself finds the first row instead of failing.
     """
+    if reason is not None:  # typed in chat and shown on every card about the campaign
+        check_text(reason, t("The reason"), 1000, multiline=True)
     ttl = timedelta(hours=ctx.settings.campaigns.approval_ttl_hours)
     # A scheduled campaign's approval runs from its start time, so scheduling ahead is possible.
     base = max(ctx.now(), campaign.scheduled_at) if campaign.scheduled_at else ctx.now()

@@ -18,6 +18,8 @@ from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, nodes
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
 
+from bot import values
+from bot.campaigns import render_time
 from bot.errors import UserError
 from bot.i18n import t
 
@@ -27,6 +29,13 @@ MAX_RENDERED_BYTES = 2_000_000  # the sandbox does not stop 'a' * 10**9; the siz
 
 class TemplateProblem(UserError):
     pass
+
+
+class TemplateTimeout(TemplateProblem):
+    """The render ran past its time budget and was stopped."""
+
+
+DEFAULT_TIME_BUDGET_S = 0.5  # campaigns.render_timeout_s; a real message renders in about 0.1 ms
 
 
 _BIG_WIDTH = re.compile(r"%[-#0 +]*(\*|\d{5,})|%[-#0 +]*\d*\.(\*|\d{5,})|\{[^{}]*?(\d{5,})[^{}]*\}")
@@ -194,6 +203,10 @@ def check_subject(env: SandboxedEnvironment, subject: str) -> None:
     """Refuse, with a sentence, a subject that does more than show values."""
     if len(subject) > 1000:
         raise TemplateProblem(t("The subject is longer than 1,000 characters."))
+    # Line breaks fold into spaces when it is rendered; a NUL or an override would reach the header.
+    unsafe = values.problem(subject, t("The subject"), multiline=True)
+    if unsafe is not None:
+        raise TemplateProblem(unsafe)
     try:
         tree = env.parse(subject)
     except TemplateSyntaxError as exc:
@@ -304,9 +317,10 @@ class Rendered:
 class CompiledTemplate:
     """Subject, HTML and text compiled once; `render` per recipient."""
 
-    def __init__(self, source: TemplateSource, subject: str):
+    def __init__(self, source: TemplateSource, subject: str, *, time_budget_s: float = DEFAULT_TIME_BUDGET_S):
         self.source = source
         self.subject_source = subject
+        self.time_budget_s = time_budget_s
         html_env = make_environment(autoescape=True)
         text_env = make_environment(autoescape=False)
         check_subject(text_env, subject)
@@ -350,6 +364,25 @@ class CompiledTemplate:
             ) from None
 
     def render(self, context: dict[str, Any]) -> Rendered:
+        """Subject, HTML and text for one recipient; TemplateProblem (TemplateTimeout past the time
+        budget) with a sentence when it can't be rendered."""
+        try:
+            return self.render_within(context, self.time_budget_s)
+        except render_time.OutOfTime:
+            raise TemplateTimeout(
+                t(
+                    "Template {name} took longer than {seconds} s to render and was stopped (a loop that runs "
+                    "too long?).",
+                    name=self.source.name,
+                    seconds=f"{self.time_budget_s:g}",
+                )
+            ) from None
+
+    def render_within(self, context: dict[str, Any], seconds: float) -> Rendered:
+        """As `render`, but render_time.OutOfTime when it takes longer than `seconds`."""
+        return render_time.run_within(lambda: self._render(context), seconds)
+
+    def _render(self, context: dict[str, Any]) -> Rendered:
         try:
             subject = _render_capped(self._subject, context, MAX_RENDERED_BYTES)
             body_html = _render_capped(self._html, context, MAX_RENDERED_BYTES)

@@ -41,7 +41,8 @@ from bot.context import Context
 from bot.db.models import CampaignEvent, Delivery, ProcessedEvent
 from bot.db.upsert import insert_ignore
 from bot.i18n import t
-from bot.webhooks import Refused, read_capped
+from bot.values import clean_text
+from bot.webhooks import Refused, parse_timestamp, read_capped, signatures_match
 
 PIXEL = bytes.fromhex(
     "47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b"
@@ -113,13 +114,14 @@ def campaign_routes(ctx: Context) -> list[Route]:
             return JSONResponse({"error": exc.sentence}, status_code=exc.status)
         ts = request.headers.get("x-postroom-timestamp", "")
         given = request.headers.get("x-postroom-signature", "")
-        if not ts.isdigit() or abs(time.time() - int(ts)) > MAX_SKEW_S:
+        stamp = parse_timestamp(ts)
+        if stamp is None or abs(time.time() - stamp) > MAX_SKEW_S:
             return JSONResponse({"error": "stale or missing timestamp"}, status_code=401)
         expected = "v1=" + hmac.new(secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, given):
+        if not signatures_match(expected, given):
             return JSONResponse({"error": "bad signature"}, status_code=401)
         try:
-            payload = json.loads(body)
+            payload = json.loads(body, parse_constant=_no_constants)
             events = payload["events"]
             if not isinstance(events, list):
                 raise TypeError
@@ -131,7 +133,7 @@ def campaign_routes(ctx: Context) -> list[Route]:
             if finding is None:
                 ignored += 1
                 continue
-            event_id = str(event.get("id") or "")[:300]
+            event_id = clean_text(str(event.get("id") or ""))[:300]
             if event_id:
                 async with ctx.sessions() as session, session.begin():
                     if (
@@ -156,15 +158,20 @@ def campaign_routes(ctx: Context) -> list[Route]:
     ]
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _translate(event: Any, signer: Any) -> tuple[Finding | None, int | None, str | None]:
     if not isinstance(event, dict):
         return None, None, None
     kind = str(event.get("type", "")).lower()
-    email = str(event.get("email") or "").strip().lower() or None
+    email = clean_text(str(event.get("email") or "")).strip().lower() or None
     delivery_id = verp_delivery(signer, str(event.get("return_path") or ""))
     if delivery_id is None and email is None:
         return None, None, None
-    detail = " ".join(str(event.get("detail") or "").split())[:300]
+    # The service's own words: kept, without what would break a chat line or a database text column.
+    detail = clean_text(" ".join(str(event.get("detail") or "").split()))[:300]
     if kind == "complaint":
         return Finding("complaint", "", email, detail or "complaint"), delivery_id, email
     if kind == "bounce":

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from bot import audit
+from bot import audit, values
 from bot.addresses import email_hash, normalise
 from bot.context import Context
 from bot.csvfiles import read_utf8
@@ -94,6 +94,10 @@ async def import_contacts(
                 path=p,
             )
         )
+    for column in headers:
+        unsafe = values.problem(column, t("A column name in the header"))
+        if unsafe is not None:
+            raise UserError(unsafe)
     reader.fieldnames = headers
     report = ImportReport(list_name=list_name)
     now = ctx.now()
@@ -141,6 +145,30 @@ async def import_contacts(
             }
             if any(len(v) > MAX_ATTRIBUTE_LENGTH for v in attributes.values()):
                 report.bad.append((line, f"a value is longer than {MAX_ATTRIBUTE_LENGTH} characters"))
+                continue
+            unsafe = next(
+                (
+                    found
+                    for column, value in (
+                        ("name", row.get("name") or ""),
+                        ("consent_source", row.get("consent_source") or ""),
+                        ("consent_method", row.get("consent_method") or ""),
+                        *attributes.items(),
+                    )
+                    if (found := values.problem(value, column)) is not None
+                ),
+                None,
+            )
+            if unsafe is not None:  # a NUL or a VT in a name reaches the To: of every campaign message
+                report.bad.append((line, unsafe.rstrip(".")))
+                continue
+            too_long = [
+                f"{column} is longer than {limit} characters"
+                for column, limit in (("name", 200), ("consent_source", 500), ("consent_method", 200))
+                if len((row.get(column) or "").strip()) > limit
+            ]
+            if too_long:
+                report.bad.append((line, too_long[0]))
                 continue
             erased = (
                 await session.execute(

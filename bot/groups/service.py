@@ -16,7 +16,7 @@ from typing import Literal
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import audit
+from bot import audit, values
 from bot.addresses import domain_of, normalise
 from bot.config import Settings
 from bot.db.models import Group, Identity, Membership, Person
@@ -142,7 +142,7 @@ async def create_group(
         raise UserError(t("The group {address} already exists.", address=addr))
     if display_name is not None and len(display_name) > 200:
         raise UserError(t("A display name can be at most 200 characters."))
-    if display_name is not None and any(_is_control(ch) for ch in display_name):
+    if display_name is not None and not values.is_clean(display_name):
         raise UserError(t("A display name can't contain control characters or text-direction overrides."))
     group = Group(
         address=addr,
@@ -166,12 +166,6 @@ async def create_group(
         after={"address": addr, "display_name": display_name, "kind": kind},
     )
     return group
-
-
-def _is_control(ch: str) -> bool:
-    import unicodedata
-
-    return unicodedata.category(ch) == "Cc" or "\u202a" <= ch <= "\u202e" or "\u2066" <= ch <= "\u2069"
 
 
 async def plan_add(

@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from bot import values
 from bot.addresses import normalise
 from bot.csvfiles import read_utf8
 from bot.db.models import Person
@@ -27,7 +28,7 @@ from bot.events import Message, PersonEvent, PersonKind
 from bot.groups import planner
 from bot.groups import service as groups
 from bot.groups.planner import PersonRow
-from bot.hr.lifecycle import Lifecycle, event_to_dict
+from bot.hr.lifecycle import Lifecycle, Outcome, event_to_dict
 from bot.i18n import t
 
 SOURCE = "csv"
@@ -45,8 +46,35 @@ class ImportResult:
     held: int | None = None
     applied: bool = False
     dry_run: bool = False
+    # What applying did, event by event (the plan above is what it meant to do).
+    done: dict[str, int] = field(default_factory=dict)  # kind -> events applied
+    added: list[tuple[str, str]] = field(default_factory=list)  # (email, group)
+    removed: list[tuple[str, str]] = field(default_factory=list)
+    in_grace: int = 0
+    not_applied: list[str] = field(default_factory=list)  # one sentence per event that changed nothing
+
+    def record(self, event: PersonEvent, outcome: Outcome) -> None:
+        if outcome.status != "applied":
+            why = {
+                "stale": t("an event dated later than this import is on record for them"),
+                "duplicate": t("this same file was imported before, and this event was handled then"),
+                "queued": outcome.note,
+            }.get(outcome.status, outcome.status)
+            self.refuse(event, why)
+            return
+        self.done[event.kind] = self.done.get(event.kind, 0) + 1
+        email = outcome.person or event.email or ""
+        self.added += [(email, g) for g in outcome.added]
+        self.removed += [(email, g) for g in outcome.removed]
+        self.in_grace += outcome.removal_due is not None
+
+    def refuse(self, event: PersonEvent, why: str) -> None:
+        who = f"{event.external_id} ({event.email})" if event.email else event.external_id
+        self.not_applied.append(t("{who}, {kind}: not applied — {why}", who=who, kind=event.kind, why=why))
 
     def summary(self) -> str:
+        if self.applied:
+            return self._applied_summary()
         head = (
             t(
                 "{joined} joining, {changed} changing, {left} leaving, {unchanged} unchanged.",
@@ -76,7 +104,54 @@ class ImportResult:
                 else ""
             )
             return t("Dry run — nothing changed.") + " " + head + extra
-        return (t("Imported.") + " " if self.applied else "") + head
+        return head
+
+    def _applied_summary(self) -> str:
+        """What was applied, from the outcomes: never the plan's intent when an event changed nothing."""
+        lines = [
+            t(
+                "Imported: {joined} joined, {changed} changed, {left} left, {unchanged} unchanged; {adds} added "
+                "to groups, {removes} removed from groups.",
+                joined=self.done.get("joined", 0),
+                changed=self.done.get("changed", 0),
+                left=self.done.get("left", 0),
+                unchanged=self.unchanged,
+                adds=len(self.added),
+                removes=len(self.removed),
+            )
+        ]
+        reasons: dict[tuple[str, str, str], str] = {
+            (c.op, c.email, c.group_address): c.reason for c in self.plan.changes
+        }
+        shown = [("add", e, g) for e, g in self.added] + [("remove", e, g) for e, g in self.removed]
+        for op, email, group in shown[:50]:
+            reason = reasons.get((op, email, group), t("import"))
+            if op == "add":
+                lines.append(
+                    "  " + t("+ {email} to {group} ({reason})", email=email, group=group, reason=reason)
+                )
+            else:
+                lines.append(
+                    "  " + t("− {email} from {group} ({reason})", email=email, group=group, reason=reason)
+                )
+        if len(shown) > 50:
+            lines.append("  " + t("… and {count} more", count=len(shown) - 50))
+        if self.in_grace:
+            lines.append(
+                t("{count} leavers stay in their groups until their grace period ends.", count=self.in_grace)
+            )
+        if self.not_applied:
+            lines.append(
+                t(
+                    "{count} of {total} events were not applied, so those people are not as the file says:",
+                    count=len(self.not_applied),
+                    total=len(self.not_applied) + sum(self.done.values()),
+                )
+            )
+            lines += ["  " + line for line in self.not_applied[:50]]
+            if len(self.not_applied) > 50:
+                lines.append("  " + t("… and {count} more", count=len(self.not_applied) - 50))
+        return "\n".join(lines)
 
 
 def read_snapshot(text: str, domains_check: Callable[[str], bool] | None = None) -> list[dict[str, Any]]:
@@ -90,6 +165,10 @@ def read_snapshot(text: str, domains_check: Callable[[str], bool] | None = None)
         raise UserError(t("The file's header needs an employee_id (or id) column and an email column."))
     if len(set(names)) != len(names):
         raise UserError(t("The file's header names a column twice."))
+    for column in names:
+        unsafe = values.problem(column, t("A column name in the header"))
+        if unsafe is not None:
+            raise UserError(unsafe)
     rows: list[dict[str, Any]] = []
     seen_ids: dict[str, int] = {}
     seen_emails: dict[str, int] = {}
@@ -126,6 +205,12 @@ def read_snapshot(text: str, domains_check: Callable[[str], bool] | None = None)
             )
         seen_ids[emp], seen_emails[email] = n, n
         attrs = {k: v for k, v in row.items() if k not in (id_col, "email", "name") and v != ""}
+        try:
+            values.check_text(emp, id_col, values.MAX_ID)
+            values.check_text(row.get("name", ""), "name", values.MAX_NAME)
+            values.check_attributes(attrs, "")
+        except UserError as exc:
+            raise UserError(t("Line {line}: {problem}", line=n, problem=exc.sentence)) from None
         rows.append(
             {
                 "employee_id": emp,
@@ -250,7 +335,12 @@ async def import_staff(
         await hr.memberships.announce(pending.id)
         return result
     for i, event in enumerate(events, start=1):
-        await hr.apply(event, kind="reviewed", notify=False, snapshot=True)
+        try:
+            outcome = await hr.apply(event, kind="reviewed", notify=False, snapshot=True)
+        except UserError as exc:  # refused for this person (nothing changed for them); the rest go on
+            result.refuse(event, exc.sentence.rstrip("."))
+        else:
+            result.record(event, outcome)
         if progress is not None:
             progress(i, len(events))
     result.applied = True

@@ -32,6 +32,8 @@ from bot.groups import planner, service
 from bot.groups.guard import Kind
 from bot.groups.membership import Memberships, Refused
 from bot.groups.rules import RuleBook
+from bot.hr import admission
+from bot.hr.admission import HR_SOURCES, id_namespace
 from bot.i18n import t
 from bot.messengers import Messengers
 from bot.scheduler import Scheduler, now
@@ -42,18 +44,12 @@ RETRY_DELAYS_S = (0.2, 1.0)
 # A leaver event naming nobody known yet (no email, an id no source has given before) is tried again:
 # the joiner event, or the directory's, may still be on its way.
 UNKNOWN_LEAVER_RETRY_MIN = (1, 10, 60, 360, 1440)
-HR_SOURCES = ("hr-webhook", "csv")
 # Messenger directories namespace what they know so it never overwrites an HR attribute the rules match on.
 DIRECTORY_PREFIXES = ("slack_", "dingtalk_", "wecom_")
 # The scheduled jobs this module owns (registered with the scheduler by the composition root).
 FINISH_LEAVER = "hr.finish-leaver"
 RETRY_EVENT = "hr.retry-event"
 RETRY_UNKNOWN_LEAVER = "hr.retry-unknown-leaver"
-
-
-def id_namespace(source: str) -> str:
-    """Whose ids an event's external_id is: the HR system's (webhook and CSV share them) or a messenger's."""
-    return "hr" if source in HR_SOURCES else source
 
 
 class UnknownPerson(UserError):
@@ -155,6 +151,7 @@ class Lifecycle:
             )
         if event.at.tzinfo is None:
             raise UserError(t("The event's time has no time zone."))
+        event = await admission.admit(self.ctx, event)  # dated within the window, clean values (or refused)
         async with self._lock_for(f"{id_namespace(event.source)}:{event.external_id}"):
             for attempt, delay in enumerate((*RETRY_DELAYS_S, None)):
                 try:

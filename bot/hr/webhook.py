@@ -17,20 +17,22 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy.exc import DataError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from bot import values
 from bot.config import HrSettings
 from bot.errors import UserError
 from bot.events import PersonEvent
+from bot.hr.admission import time_problem
 from bot.hr.lifecycle import Lifecycle
-from bot.webhooks import Refused
+from bot.webhooks import Refused, parse_timestamp, signatures_match
 from bot.webhooks import read_capped as _read_capped
 
 log = logging.getLogger(__name__)
 SOURCE = "hr-webhook"
-MAX_ATTRIBUTES = 100
 
 
 def sign(secret: str, timestamp: str | int, body: bytes) -> str:
@@ -48,13 +50,14 @@ def verify(secret: str, headers: Any, body: bytes, tolerance_s: int, now: float)
     sig = headers.get("x-postroom-signature")
     if not ts or not sig:
         raise Refused(401, "The X-Postroom-Timestamp and X-Postroom-Signature headers are required.")
-    if not ts.strip().isdigit():
+    stamp = parse_timestamp(ts)
+    if stamp is None:
         raise Refused(400, "X-Postroom-Timestamp must be a whole number of seconds since 1970.")
-    if abs(now - int(ts)) > tolerance_s:
+    if abs(now - stamp) > tolerance_s:
         raise Refused(
             401, f"The timestamp is more than {tolerance_s // 60} minutes from now; sign the request again."
         )
-    if not hmac.compare_digest(sign(secret, ts.strip(), body).encode(), sig.strip().encode()):
+    if not signatures_match(sign(secret, ts.strip(), body), sig.strip()):
         raise Refused(401, "The signature does not match the body and timestamp.")
 
 
@@ -66,14 +69,19 @@ def _text(value: Any, what: str, limit: int, required: bool = True) -> str | Non
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise Refused(422, f"{what} must be a string.")
     text = str(value).strip()
-    if len(text) > limit:
-        raise Refused(422, f"{what} is longer than {limit} characters.")
-    return text
+    try:
+        return values.check_text(text, what, limit)
+    except UserError as exc:
+        raise Refused(422, exc.sentence) from None
+
+
+def _no_constants(name: str) -> Any:
+    raise Refused(400, f"The body is not valid JSON: {name} is not a number in JSON.")
 
 
 def parse_event(body: bytes) -> PersonEvent:
     try:
-        data = json.loads(body)
+        data = json.loads(body, parse_constant=_no_constants)
     except (ValueError, UnicodeDecodeError):
         raise Refused(400, "The body is not valid JSON.") from None
     if not isinstance(data, dict):
@@ -104,13 +112,10 @@ def parse_event(body: bytes) -> PersonEvent:
     attributes = employee.get("attributes") or {}
     if not isinstance(attributes, dict):
         raise Refused(422, 'employee.attributes must be a flat JSON object such as {"department": "Sales"}.')
-    if len(attributes) > MAX_ATTRIBUTES:
-        raise Refused(422, f"employee.attributes has more than {MAX_ATTRIBUTES} keys.")
-    for key, value in attributes.items():
-        if len(key) > 100 or not (value is None or isinstance(value, (str, int, float, bool))):
-            raise Refused(422, f"employee.attributes.{key[:40]} must be a string, number or boolean.")
-        if isinstance(value, str) and len(value) > 500:
-            raise Refused(422, f"employee.attributes.{key[:40]} is longer than 500 characters.")
+    try:
+        attributes = values.check_attributes(attributes, "employee.attributes")
+    except UserError as exc:
+        raise Refused(422, exc.sentence) from None
     assert event_id is not None and emp_id is not None
     return PersonEvent(
         kind,
@@ -133,10 +138,18 @@ def webhook_routes(settings: HrSettings, hr: Lifecycle) -> list[Route]:
             body = await _read_capped(request, settings.webhook_max_bytes)
             verify(settings.webhook_secret, request.headers, body, settings.webhook_tolerance_s, time.time())
             event = parse_event(body)
+            late = time_problem(event.at, hr.ctx.now(), settings.max_future_skew_s)
+            if late is not None:
+                raise Refused(422, late)
             try:
                 outcome = await hr.apply(event)
             except UserError as exc:
                 raise Refused(422, exc.sentence) from None
+            except DataError as exc:  # the database refuses the value itself: sending it again can't help
+                log.warning("HR event %s refused by the database: %s", event.event_id, exc.orig)
+                raise Refused(
+                    422, "Postroom can't store a value in this event; correct the record."
+                ) from None
         except Refused as exc:
             return _refuse(exc.status, exc.sentence)
         except Exception:

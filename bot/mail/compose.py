@@ -8,14 +8,22 @@ Parts are UTF-8 quoted-printable; header values are RFC 2047-encoded only when n
 from __future__ import annotations
 
 import binascii
+import re
 import secrets
 import time
 from email.header import Header
 from email.utils import formataddr, formatdate
 
+# What no header may carry: inputs refuse these (bot/values.py), but a value stored before they did may.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def _one_line(value: str) -> str:
+    return value if value.isprintable() else _CONTROLS.sub(" ", value)
+
 
 def _header_value(value: str) -> str:
-    value = value.replace("\r", " ").replace("\n", " ")
+    value = _one_line(value)
     if value.isascii():
         return value
     return Header(value, "utf-8").encode()
@@ -24,8 +32,7 @@ def _header_value(value: str) -> str:
 def _address(name: str | None, email: str) -> str:
     if not name:
         return email
-    name = name.replace("\r", " ").replace("\n", " ")
-    return formataddr((name, email), charset="utf-8")
+    return formataddr((_one_line(name), email), charset="utf-8")
 
 
 def _qp(text: str) -> bytes:
