@@ -384,3 +384,18 @@ async def test_a_stored_job_from_before_the_upgrade_still_runs(database_url, smt
         # the scheduler loads it and its handler runs it (person #1 is nobody now: nothing to remove)
         assert b.app.scheduler.next_run("hr.leaver:1") == T0
         assert await b.app.scheduler.run_now("hr.leaver:1") == []
+
+
+async def test_an_approved_snapshot_counts_only_the_events_that_applied(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    app = lbot.app
+    await import_staff(app.lifecycle, csv(tmp_path, staff_rows(10)))
+    held = await import_staff(app.lifecycle, csv(tmp_path, staff_rows(5), "half.csv"))
+    assert held.held is not None  # five leavers at once wait for an approver
+    # Meanwhile HR's system says something newer about one of them: their leave from the file is stale.
+    await lbot.core.handle_person_event(
+        PersonEvent("changed", "hr-webhook", "E009", None, {"department": "Sales"}, "n9", datetime.now(UTC))
+    )
+    reply = await lbot.say(APPROVER, f"/plan approve {held.held}")
+    assert "4 events applied" in reply, reply
+    assert "all-staff" in await groups_of(lbot, "p9@corp.example")
+    assert await groups_of(lbot, "p8@corp.example") == {}

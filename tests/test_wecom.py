@@ -449,3 +449,16 @@ async def test_a_contacts_joiner_lands_in_the_rule_groups_and_the_leaver_leaves_
     assert await groups_of_ivan() == ["all-staff@corp.example", "dept2@corp.example"]
     assert (await world.callback(contact_xml("delete_user", "ivan", now))).status_code == 200
     assert await groups_of_ivan() == []
+
+
+async def test_an_absurd_create_time_in_a_signed_callback_is_taken_as_now(world: WeComWorld) -> None:
+    from datetime import UTC, datetime
+
+    from bot.db.models import Person
+
+    xml = contact_xml("create_user", "ivan", 10**30, Name="Ivan", Department="2")
+    assert (await world.callback(xml)).status_code == 200
+    await world.adapter.settle()
+    async with world.core.ctx.sessions() as s:
+        ivan = (await s.execute(select(Person).where(Person.email == "ivan@corp.example"))).scalar_one()
+    assert abs((ivan.last_event_at - datetime.now(UTC)).total_seconds()) < 60

@@ -381,7 +381,10 @@ class DingTalkAdapter(Adapter):
             log.info("DingTalk event %s ignored: a redelivery", event_id)
             return
         born = event.headers.event_born_time
-        at = datetime.fromtimestamp(born / 1000, UTC) if born else datetime.now(UTC)
+        try:
+            at = datetime.fromtimestamp(born / 1000, UTC) if born else datetime.now(UTC)
+        except (OverflowError, OSError, ValueError, TypeError):
+            at = datetime.now(UTC)  # an absurd birth time: admission would refuse it anyway
         diff = {
             d.get("userid"): d.get("curr") or {}
             for d in event.data.get("diffInfo") or []

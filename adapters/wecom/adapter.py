@@ -366,7 +366,13 @@ class WeComAdapter(Adapter):
             if v
         }
         created = msg.get("CreateTime", "")
-        at = datetime.fromtimestamp(int(created), UTC) if created.isdigit() else datetime.now(UTC)
+        try:  # inside a signed callback, but an absurd number must not stop the event (admission bounds it)
+            at = (
+                datetime.fromtimestamp(int(created), UTC) if created.isascii() and created.isdigit() else None
+            )
+        except (OverflowError, OSError, ValueError):
+            at = None
+        at = at or datetime.now(UTC)
         # CreateTime has whole seconds: two changes in one second differ by what they say (a redelivery doesn't).
         digest = hashlib.sha256(repr(sorted(msg.items())).encode()).hexdigest()[:16]
         event = PersonEvent(

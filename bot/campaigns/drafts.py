@@ -158,7 +158,7 @@ class Drafts:
         out = Preview(campaign, review, chosen, None, None)
         if chosen is not None:
             try:
-                out.rendered = review.messages.render(chosen)
+                out.rendered = await review.messages.render_async(chosen)
             except TemplateProblem as exc:
                 out.problem = exc.sentence
         return out
@@ -211,7 +211,7 @@ class Drafts:
             review = await service.review(ctx, session, campaign)
         sample = review.sample or Recipient(email, None, {})
         try:
-            built = review.messages.build(
+            built = await review.messages.build_async(
                 Recipient(email, sample.name, sample.attributes), subject_prefix="[TEST] "
             )
         except TemplateProblem as exc:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import String, cast, select
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import audit
@@ -162,6 +162,11 @@ class Lifecycle:
                         raise
                     await self._retry_unknown_leaver(event, exc.sentence, attempt=0)
                     return Outcome("queued", person=event.external_id, kind=event.kind, note=exc.sentence)
+                except DataError as exc:  # a value the database can't hold: sending it again won't help
+                    log.warning("HR event %s has a value the database refuses: %s", event.event_id, exc.orig)
+                    raise UserError(
+                        t("The event has a value that can't be stored; correct it and send it again.")
+                    ) from None
                 except DBAPIError:
                     if delay is None:
                         log.exception("HR event %s failed %d times", event.event_id, attempt + 1)
@@ -173,12 +178,19 @@ class Lifecycle:
         return outcome
 
     async def replay(self, events: list[dict[str, Any]]) -> int:
-        """Apply HR events an approver released (a held CSV snapshot); returns how many."""
+        """Apply HR events an approver released (a held CSV snapshot); returns how many applied (a stale or
+        duplicate one, or one refused for its person, is not counted: the others still apply)."""
+        applied = 0
         for raw in events:
-            await self.apply(
-                event_from_dict(raw), kind="reviewed", notify=False, snapshot=bool(raw.get("snapshot"))
-            )
-        return len(events)
+            try:
+                out = await self.apply(
+                    event_from_dict(raw), kind="reviewed", notify=False, snapshot=bool(raw.get("snapshot"))
+                )
+            except UserError as exc:
+                log.warning("released HR event %s not applied: %s", raw.get("event_id"), exc.sentence)
+                continue
+            applied += out.status == "applied"
+        return applied
 
     # -- failures and retries ------------------------------------------------------------------
     async def _report_failure(self, event: PersonEvent) -> None:
