@@ -37,6 +37,8 @@ async def fanned_out(app: App, timeout: float = 30.0) -> list[GroupPost]:
 async def deliveries(app: App, post_id: int) -> dict[str, str]:
     async with app.ctx.sessions() as session:
         rows = await session.execute(
-            select(GroupPostDelivery.email, GroupPostDelivery.status).where(GroupPostDelivery.post_id == post_id)
+            select(GroupPostDelivery.email, GroupPostDelivery.status).where(
+                GroupPostDelivery.post_id == post_id
+            )
         )
         return {email: status for email, status in rows}
