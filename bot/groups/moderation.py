@@ -61,7 +61,7 @@ class PostfixQueue:
             return 127, str(exc).encode()
         try:
             assert proc.stdout is not None
-            out = await asyncio.wait_for(proc.stdout.read(limit), 20)
+            out = await asyncio.wait_for(_read_upto(proc.stdout, limit), 20)
             await asyncio.wait_for(proc.wait(), 20)
         except TimeoutError:
             proc.kill()
@@ -96,6 +96,15 @@ class PostfixQueue:
             return None
         lines = [ln for ln in out.split(b"\n") if not ln.startswith(b"*** ")]
         return b"\r\n".join(lines)
+
+
+async def _read_upto(stream: asyncio.StreamReader, limit: int) -> bytes:
+    """Everything the stream gives until its end, at most `limit` bytes (the rest is drained, unread)."""
+    out = bytearray()
+    while chunk := await stream.read(65536):
+        if len(out) < limit:
+            out += chunk[: limit - len(out)]
+    return bytes(out)
 
 
 def _size(n: int) -> str:
