@@ -136,6 +136,7 @@ class App:
     async def close(self) -> None:
         await self.group_mail.fanout.stop()
         await self.group_mail.policy.stop()
+        await self.group_mail.relay.stop()
         await self.runs.stop()  # sending campaigns stay `sending`; the next start resumes them
         await self.scheduler.stop()
         for adapter in list(self.messengers.adapters.values()):
@@ -358,6 +359,7 @@ class Runtime:
         await self.app.scheduler.stop()
         await self.app.group_mail.fanout.stop()
         await self.app.group_mail.policy.stop()
+        await self.app.group_mail.relay.stop()
         for stop in self.extra_stops:
             try:
                 await stop()

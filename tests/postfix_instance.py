@@ -158,7 +158,9 @@ smtp_destination_recipient_limit = 500
         raise RuntimeError(f"Postfix did not start: {self.log()[-2000:]}")
 
     def _postfix(self, *args: str) -> None:
-        done = subprocess.run([POSTFIX, "-c", str(self.etc), *args], capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [POSTFIX, "-c", str(self.etc), *args], capture_output=True, text=True, timeout=60
+        )
         if done.returncode != 0:
             raise RuntimeError(f"postfix {' '.join(args)} failed: {done.stderr.strip()[:2000]}")
 

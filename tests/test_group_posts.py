@@ -91,7 +91,9 @@ async def post(port: int, sender: str, to: str, data: bytes) -> str:
 
 
 def held_cards(bot):  # type: ignore[no-untyped-def]
-    return [m.card for kind, conv, m in bot.console.transcript if kind == "send" and m.card and m.card.buttons]
+    return [
+        m.card for kind, conv, m in bot.console.transcript if kind == "send" and m.card and m.card.buttons
+    ]
 
 
 def copies(smtp, address: str) -> int:  # type: ignore[no-untyped-def]

@@ -117,6 +117,9 @@ class PolicyService:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:
             self._server.close()
             try:

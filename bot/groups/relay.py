@@ -150,5 +150,11 @@ class GroupRelay:
         except Exception:  # the minute job posts it again
             log.exception("posting the moderation card of post %s failed", post_id)
 
+    async def stop(self) -> None:
+        """Cancel card postings still under way (the minute job posts any that did not make it)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
     def route(self) -> Route:
         return Route("groups", self.accepts, self.deliver, peer_allowed=self.ctx.settings.relay.trusts)
