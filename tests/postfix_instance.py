@@ -100,7 +100,8 @@ class PostfixInstance:
     def main_cf(self) -> str:
         policy = ""
         if self.policy_port is not None:
-            service = f"check_policy_service inet:127.0.0.1:{self.policy_port}"
+            # the restrictions manifests/postfix/main.cf.snippet gives
+            service = f"check_policy_service {{ inet:127.0.0.1:{self.policy_port}, timeout=10s, default_action=DUNNO }}"
             policy = (
                 f"smtpd_recipient_restrictions = {service}, permit_mynetworks, reject_unauth_destination\n"
                 f"smtpd_end_of_data_restrictions = {service}\n"
