@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import Sink, free_port, run_async
+from common import Sink, free_port
 
 from tests.postfix_instance import PostfixInstance, lookup_table, missing, shared_dir
 
