@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import Sink, free_port
+from common import Sink, count, free_port
 
 from tests.postfix_instance import PostfixInstance, lookup_table, missing, shared_dir
 
@@ -33,6 +33,16 @@ MESSAGE = (
     b"From: Alice <alice@corp.example>\r\nTo: big@corp.example\r\nSubject: All hands\r\n"
     b"Message-ID: <bench-%d@corp.example>\r\n\r\n" + b"The all-hands is at 10.\r\n" * 40
 )
+
+
+def sizes(text: str) -> list[int]:
+    """An argparse type: group sizes like 1000,10000."""
+    try:
+        return [count(part) for part in text.split(",")]
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(
+            f"“{text}” is not a list of group sizes like 1000,10000 ({exc})"
+        ) from None
 
 
 def members(n: int) -> list[str]:
@@ -140,17 +150,16 @@ async def policy_latency(port: int, requests: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default="1000,10000")
-    parser.add_argument("--policy-requests", type=int, default=5000)
+    parser.add_argument("--sizes", type=sizes, default=[1000, 10000])
+    parser.add_argument("--policy-requests", type=count, default=5000)
     args = parser.parse_args()
     why = missing()
     if why:
         raise SystemExit(f"group_fanout needs a real Postfix: {why}.")
-    sizes = [int(s) for s in args.sizes.split(",")]
     results: dict[str, Any] = {"sizes": {}}
     with Sink() as sink:
         print(f"sink: {sink.kind} on 127.0.0.1:{sink.port}")
-        for n in sizes:
+        for n in args.sizes:
             folder = shared_dir(f"postroom-bench-{n}-")
             relay_port, policy_port = free_port(), free_port()
             loop = asyncio.new_event_loop()
@@ -174,7 +183,7 @@ def main() -> None:
                     folder / "pa", sink_port=sink.port, alias_maps=f"texthash:{static}"
                 ) as pa:
                     row["postfix_alone_s"] = through_postfix(pa, 3)
-                if n == sizes[-1]:
+                if n == args.sizes[-1]:
                     p50, p99 = loop.run_until_complete(policy_latency(policy_port, args.policy_requests))
                     results["policy_p50_ms"], results["policy_p99_ms"] = round(p50, 3), round(p99, 3)
             finally:
