@@ -34,19 +34,33 @@ def moderators_of(group: Group) -> list[str]:
 async def decide(session: AsyncSession, settings: Settings, group: Group, sender: str) -> Decision:
     """Whether `sender` (an envelope sender, "" for none) may post to `group` now."""
     sender = sender.lower()
+    allowed = member = False
+    if sender and group.post_policy != "anyone":
+        allowed = (
+            await session.execute(
+                select(GroupSenderAllow.id).where(
+                    GroupSenderAllow.group_id == group.id, GroupSenderAllow.email == sender
+                )
+            )
+        ).first() is not None
+        if group.post_policy == "members" and not allowed:
+            member = (
+                await session.execute(
+                    select(Membership.id).where(Membership.group_id == group.id, Membership.email == sender)
+                )
+            ).first() is not None
+    return decide_with(settings, group, sender, member=member, allowed=allowed)
+
+
+def decide_with(settings: Settings, group: Group, sender: str, *, member: bool, allowed: bool) -> Decision:
+    """The decision once it is known whether the sender is a member and on the group's allow list."""
+    sender = sender.lower()
     if group.post_policy == "anyone":
         return Decision("accept")
     if not sender:
         return Decision("refuse", "this group takes no mail without a sender")
     if sender in moderators_of(group) or sender in (group.owners or []):
         return Decision("accept")
-    allowed = (
-        await session.execute(
-            select(GroupSenderAllow.id).where(
-                GroupSenderAllow.group_id == group.id, GroupSenderAllow.email == sender
-            )
-        )
-    ).first() is not None
     if group.post_policy == "moderated":
         return (
             Decision("accept")
@@ -54,11 +68,6 @@ async def decide(session: AsyncSession, settings: Settings, group: Group, sender
             else Decision("hold", "every post to this group waits for a moderator")
         )
     if group.post_policy == "members":
-        member = (
-            await session.execute(
-                select(Membership.id).where(Membership.group_id == group.id, Membership.email == sender)
-            )
-        ).first() is not None
         refusal = "" if member else "only members of this group may post to it"
     else:  # company, and anything unknown: the safe middle
         refusal = (
