@@ -33,6 +33,7 @@ from bot.commands.campaigns import CampaignCommands
 from bot.commands.general import GeneralCommands
 from bot.commands.groups import GroupCommands
 from bot.commands.lifecycle import LifecycleCommands
+from bot.commands.posts import PostCommands
 from bot.commands.privacy import PrivacyCommands
 from bot.commands.suppressions import SuppressionCommands
 from bot.config import ConfigError, Settings
@@ -40,8 +41,13 @@ from bot.context import Context
 from bot.core import CommandTable, Core
 from bot.db.engine import ensure_schema, make_engine, make_sessionmaker
 from bot.groups import planner
+from bot.groups.dmarc import DmarcPolicies
+from bot.groups.fanout import BounceReports, GroupBounceMailbox, GroupFanout
 from bot.groups.membership import Memberships
-from bot.groups.relay import group_route
+from bot.groups.moderation import JOB_ID as MODERATION_JOB
+from bot.groups.moderation import PRUNE_JOB, Moderation, PostfixQueue
+from bot.groups.postfix_policy import PolicyService
+from bot.groups.relay import GroupRelay
 from bot.groups.report import JOB_ID as AUDIT_JOB
 from bot.groups.report import AuditReport
 from bot.groups.rules import RuleBook
@@ -56,6 +62,18 @@ from bot.web import build_web
 
 log = logging.getLogger(__name__)
 ANNOUNCE_JOB = "groups.announce-plans"
+
+
+@dataclass
+class GroupMail:
+    """Group mail delivered like a list server: the relay's route, the fan-out from the post store,
+    moderation, bounce reports, and the Postfix policy service."""
+
+    fanout: GroupFanout
+    moderation: Moderation
+    relay: GroupRelay
+    bounces: GroupBounceMailbox
+    policy: PolicyService
 
 
 @dataclass
@@ -75,6 +93,7 @@ class App:
     drafts: Drafts
     audit_report: AuditReport
     core: Core
+    group_mail: GroupMail
 
     @property
     def settings(self) -> Settings:
@@ -94,9 +113,10 @@ class App:
         """The embedded SMTP server's routes, specific claims first: VERP return paths (bounces,
         complaints), List-Unsubscribe's mailto:, group addresses, then the demo's catch-all mailbox."""
         routes = [
+            self.group_mail.bounces.route(),
             BounceMailbox(self.ctx).route(),
             UnsubscribeMailbox(self.ctx).route(),
-            group_route(self.ctx),
+            self.group_mail.relay.route(),
         ]
         if mailbox is not None:
             routes.append(mailbox.route())
@@ -106,12 +126,17 @@ class App:
         """The audit report to HR on `groups.audit_cron`; held plans announced every minute."""
         self.scheduler.cron(AUDIT_JOB, self.settings.groups.audit_cron, AUDIT_JOB)
         self.scheduler.cron(ANNOUNCE_JOB, "* * * * *", ANNOUNCE_JOB)
+        self.scheduler.cron(MODERATION_JOB, "* * * * *", MODERATION_JOB)  # held posts expire
+        self.scheduler.cron(PRUNE_JOB, "17 3 * * *", PRUNE_JOB)  # the post log's retention
 
     async def drain(self, timeout: float | None = None) -> None:
         """Wait for background work (a send) to finish; used by `postroom chat` and tests."""
         await self.runs.background.settle(timeout)
 
     async def close(self) -> None:
+        await self.group_mail.fanout.stop()
+        await self.group_mail.policy.stop()
+        await self.group_mail.relay.stop()
         await self.runs.stop()  # sending campaigns stay `sending`; the next start resumes them
         await self.scheduler.stop()
         for adapter in list(self.messengers.adapters.values()):
@@ -150,9 +175,24 @@ async def build_app(settings: Settings, **context_options: Any) -> App:
     approvals = Approvals(ctx, cards, runs)
     drafts = Drafts(ctx, cards, runs)
     audit_report = AuditReport(ctx, messengers)
+    relay = settings.relay
+    dmarc = DmarcPolicies(
+        relay.dns_nameservers, port=relay.dns_port, timeout_s=relay.dns_timeout_s, cache_s=relay.dns_cache_s
+    )
+    reports = BounceReports(ctx, messengers)
+    fanout = GroupFanout(ctx, dmarc, reports, worker_id=f"{settings.org.name[:10]}-g{secrets.token_hex(3)}")
+    moderation = Moderation(ctx, messengers, fanout, PostfixQueue(settings.postfix))
+    group_mail = GroupMail(
+        fanout,
+        moderation,
+        GroupRelay(ctx, fanout, moderation),
+        GroupBounceMailbox(ctx, reports),
+        PolicyService(ctx, moderation),
+    )
     for name, handler in {
         **lifecycle.jobs(),
         **runs.jobs(),
+        **moderation.jobs(),
         ANNOUNCE_JOB: memberships.announce_pending,
         AUDIT_JOB: audit_report.send,
     }.items():
@@ -165,6 +205,7 @@ async def build_app(settings: Settings, **context_options: Any) -> App:
         LifecycleCommands(ctx, rules, memberships),
         PrivacyCommands(ctx),
         SuppressionCommands(ctx),
+        PostCommands(ctx, moderation),
     ):
         commands.register(table)
     core = Core(ctx, table=table, messengers=messengers, identities=identities, lifecycle=lifecycle)
@@ -182,6 +223,7 @@ async def build_app(settings: Settings, **context_options: Any) -> App:
         drafts,
         audit_report,
         core,
+        group_mail,
     )
 
 
@@ -266,6 +308,9 @@ class Runtime:
             if mailbox is None and settings.relay.mailbox_dir:
                 mailbox = Mailbox(settings.relay.mailbox_dir)
             await self.start_mail(settings.relay.host, settings.relay.port, app.mail_routes(mailbox))
+            app.group_mail.fanout.start()
+        if settings.postfix.policy_enabled:
+            await app.group_mail.policy.start()
         await app.scheduler.start(run_jobs=True)
         self.watcher = CampaignWatcher(app.ctx, app.runs, app.scheduler)
         await self.watcher.start()
@@ -296,7 +341,9 @@ class Runtime:
             self.web_task.result()  # re-raise the bind error
 
     async def start_mail(self, host: str, port: int, routes: list[Route]) -> EmbeddedSmtpServer:
-        self.mail_server = EmbeddedSmtpServer(host, port, routes)
+        self.mail_server = EmbeddedSmtpServer(
+            host, port, routes, data_size_limit=self.app.settings.relay.max_message_bytes
+        )
         await self.mail_server.start()
         return self.mail_server
 
@@ -310,6 +357,9 @@ class Runtime:
             await self.watcher.stop()
             self.watcher = None
         await self.app.scheduler.stop()
+        await self.app.group_mail.fanout.stop()
+        await self.app.group_mail.policy.stop()
+        await self.app.group_mail.relay.stop()
         for stop in self.extra_stops:
             try:
                 await stop()

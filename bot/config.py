@@ -166,6 +166,23 @@ class RelaySettings(_Section):
     mailbox_dir: str | None = None
     # Peers (IP networks) allowed to post to group addresses; bounces and unsubscribe mail come from anyone.
     trusted_networks: list[str] = ["127.0.0.0/8", "::1/128"]
+    # Group mail (bot/groups/): bounds on what a post may be, and the fan-out from the post store.
+    max_message_bytes: int = Field(default=25 * 1024 * 1024, ge=1024, le=200 * 1024 * 1024)
+    max_header_bytes: int = Field(default=256 * 1024, ge=1024, le=10 * 1024 * 1024)
+    duplicate_window_hours: float = Field(default=24, gt=0, le=24 * 30)  # a client's retry is not re-sent
+    hold_hours: float = Field(default=72, gt=0, le=24 * 90)  # a held post expires after this
+    post_retention_days: int = Field(default=180, ge=1, le=3650)  # the post log
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    connections: int = Field(default=4, ge=1, le=64)
+    lease_s: float = Field(default=30, gt=0)
+    max_attempts: int = Field(default=10, ge=1, le=50)
+    retry_base_s: float = Field(default=30, ge=0)
+    retry_max_s: float = Field(default=3600, ge=0)
+    # DMARC look-ups for From munging; empty: the system's resolver (/etc/resolv.conf).
+    dns_nameservers: list[str] = []
+    dns_port: int = Field(default=53, ge=1, le=65535)
+    dns_timeout_s: float = Field(default=2.0, gt=0, le=30)
+    dns_cache_s: float = Field(default=3600, ge=0)
 
     @field_validator("trusted_networks")
     @classmethod
@@ -181,17 +198,22 @@ class RelaySettings(_Section):
 
     def trusts(self, peer: str | None) -> bool:
         """Whether an SMTP client at `peer` (an IP address) may post to group addresses."""
-        import ipaddress
+        return peer_in(peer, self.trusted_networks)
 
-        if not peer:
-            return False
-        try:
-            ip = ipaddress.ip_address(peer.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in ipaddress.ip_network(net, strict=False) for net in self.trusted_networks)
+
+def peer_in(peer: str | None, networks: list[str]) -> bool:
+    """Whether the IP address `peer` is in one of `networks` (an IPv4-mapped IPv6 address counts as IPv4)."""
+    import ipaddress
+
+    if not peer:
+        return False
+    try:
+        ip = ipaddress.ip_address(peer.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in ipaddress.ip_network(net, strict=False) for net in networks)
 
 
 class GroupsSettings(_Section):
@@ -218,6 +240,32 @@ class GroupsSettings(_Section):
         except ValueError as exc:
             raise ValueError(f"must be a cron expression of five fields ({exc})") from None
         return v
+
+
+class PostfixSettings(_Section):
+    """Postfix does the fan-out (virtual_alias_maps over Postroom's database) and asks Postroom's policy
+    service (check_policy_service) whether a post may go, waits or is refused (manifests/postfix/)."""
+
+    policy_enabled: bool = False
+    policy_host: str = "127.0.0.1"
+    policy_port: int = Field(default=10040, ge=0, le=65535)
+    # Peers allowed to ask; anyone else is disconnected. Postfix runs on the same host by default.
+    policy_clients: list[str] = ["127.0.0.0/8", "::1/128"]
+    max_request_bytes: int = Field(default=16384, ge=512, le=1024 * 1024)
+    max_request_lines: int = Field(default=100, ge=10, le=10_000)
+    answer_within_s: float = Field(default=2.0, gt=0, le=30)
+    # What a request gets when Postroom can't decide it (database down, a bug): DEFER_IF_PERMIT makes the
+    # client try again later, so no post skips the policy and none is lost (bot/groups/postfix_policy.py).
+    on_error: Literal["DEFER_IF_PERMIT", "DUNNO"] = "DEFER_IF_PERMIT"
+    # A held post waits in Postfix's hold queue; these release (-H) and delete (-d) it and read it.
+    postsuper: list[str] = ["/usr/sbin/postsuper"]
+    postcat: list[str] = ["/usr/sbin/postcat"]
+    config_directory: str | None = None  # postsuper -c / postcat -c; None: Postfix's default
+
+    @field_validator("policy_clients")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        return RelaySettings._networks(value)
 
 
 class HrSettings(_Section):
@@ -334,6 +382,7 @@ class Settings(BaseSettings):
     relay: RelaySettings = RelaySettings()
     groups: GroupsSettings = GroupsSettings()
     hr: HrSettings = HrSettings()
+    postfix: PostfixSettings = PostfixSettings()
 
     slack: SlackSettings = SlackSettings()
 

@@ -78,6 +78,51 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], list[tuple[str, str, bool]]]] = 
             ("/newgroup ''", "not a valid email address", True),
         ],
     ),
+    "posts": (
+        HR,
+        ("posts",),
+        [
+            ("/posts", "needs a group", True),
+            ("/posts nosuch", "There is no group", True),
+            ("/posts eng --since yesterday", "is not a time for --since", True),
+            ("/posts eng --since 99999d", "at most 3650 days", True),
+            ("/posts eng --since 2999-01-01", "in the future", True),
+            ("/posts eng --since 2026-13-45", "is not a time for --since", True),
+            ("/posts eng --since", "needs a value", True),
+            ("/posts eng extra", "does not take", True),
+            ("/posts eng", "Nothing was posted to eng@corp.example", False),
+        ],
+    ),
+    "post approve": (
+        HR,
+        ("post", "approve"),
+        [
+            ("/post approve", "needs an id", True),
+            ("/post approve abc", "is not a post number", True),
+            ("/post approve 1234567890123", "is not a post number", True),
+            ("/post approve 42", "There is no held post #42", False),
+            ("/post approve 1 2", "does not take", True),
+        ],
+    ),
+    "post reject": (
+        HR,
+        ("post", "reject"),
+        [
+            ("/post reject", "needs an id", True),
+            ("/post reject -1 spam", "is not a post number", True),
+            ("/post reject 42 spam", "There is no held post #42", False),
+            ("/post reject 1 " + "x" * 600, "at most 500 characters", True),
+        ],
+    ),
+    "post allow": (
+        HR,
+        ("post", "allow"),
+        [
+            ("/post allow", "needs an id", True),
+            ("/post allow #x", "is not a post number", True),
+            ("/post allow 7", "There is no held post #7", False),
+        ],
+    ),
     "addgroup": (
         HR,
         ("addgroup",),

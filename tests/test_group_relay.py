@@ -13,6 +13,7 @@ from sqlalchemy import select
 from bot.app import Runtime, build_app
 from bot.db.models import Person
 from bot.hr.importer import import_staff
+from tests.group_mail_kit import fanned_out
 from tests.lifecycle_kit import lifecycle_bot
 from tests.smtp import free_port
 
@@ -64,6 +65,7 @@ async def test_mail_to_groups_reaches_each_member_once_with_list_id(relay, smtp)
         msg, hostname="127.0.0.1", port=port, recipients=["eng@corp.example", "all-staff@corp.example"]
     )
     assert errors == {} and reply.startswith("Message accepted")
+    await fanned_out(_bot.app)
     got = sorted(r for m in smtp.messages for r in m.rcpt_tos)
     assert got == ["alice@corp.example", "bob@corp.example", "chen@corp.example"]
     copy = smtp.handler.to("bob@corp.example")[0].message
@@ -108,6 +110,7 @@ async def test_a_leaver_gets_no_more_group_mail(relay, smtp) -> None:  # type: i
 
     await bot.core.handle_person_event(PersonEvent("left", "test", "E2", None, {}, "l1", datetime.now(UTC)))
     await aiosmtplib.send(mail("alice@corp.example", ["eng@corp.example"]), hostname="127.0.0.1", port=port)
+    await fanned_out(bot.app)
     assert sorted(r for m in smtp.messages for r in m.rcpt_tos) == ["alice@corp.example"]
 
 

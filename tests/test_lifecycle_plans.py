@@ -166,7 +166,7 @@ async def test_bad_rules_file_is_refused_and_the_old_rules_stay(lbot, tmp_path) 
     )
     write_rules(tmp_path, RULES.replace("    post: members\n", "    post: everybody\n"))
     reply = await lbot.say(HR, "/rules reload")
-    assert "line 8: post must be one of members, company, anyone, not “everybody”" in reply
+    assert "line 8: post must be one of members, company, anyone, moderated, not “everybody”" in reply
     assert "rules in force are unchanged" in reply
     assert await lbot.say(HR, "/rules") == before
     write_rules(tmp_path, RULES + "  - address: eng\n")

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Table, func, insert, select, update
 
 from bot.addresses import email_hash
 from bot.campaigns import service
@@ -40,9 +40,17 @@ from bot.config import Settings
 from bot.context import Context
 from bot.db.models import Campaign, Delivery, Suppression
 from bot.mail.transport import Outcome, SmtpTransport
+from bot.outbox import Claims, backoff_s, verdict
 from bot.suppressions import Evidence, suppress
 
 log = logging.getLogger(__name__)
+
+CLAIMS = Claims(
+    cast(Table, Delivery.__table__),
+    "campaign_id",
+    ("id", "email", "name", "attributes", "attempts"),
+    sent_extra=(("message_id", "mid"),),
+)
 
 # (campaign id, event: progress | done | paused | auto-paused | failed)
 ProgressCallback = Callable[[int, str], Awaitable[None]]
@@ -291,16 +299,7 @@ class DeliveryEngine:
                 if loop.time() - renewed > self.options.lease_s / 3:
                     renewed = loop.time()
                     async with self.ctx.sessions() as session, session.begin():
-                        await session.execute(
-                            update(Delivery)
-                            .where(
-                                Delivery.campaign_id == campaign_id,
-                                Delivery.status == "sending",
-                                Delivery.claimed_by == self.worker_id,
-                            )
-                            .values(claimed_at=self.ctx.now())
-                            .execution_options(synchronize_session=False)
-                        )
+                        await CLAIMS.renew(session, campaign_id, self.worker_id, self.ctx.now())
             except asyncio.CancelledError:
                 raise
             except Exception:  # a database hiccup: try again next tick
@@ -396,53 +395,16 @@ class DeliveryEngine:
             ).scalar_one()
 
     async def _claim(self, campaign_id: int) -> list[Any]:
-        """Claim up to a batch: first rows whose lease ran out (a dead worker's), then pending ones.
-
-        Two range scans on (campaign_id, status, id) rather than one OR: each claim costs the
-        batch, not the campaign's size, so throughput holds at 100,000 recipients.
-        """
-        now = self.ctx.now()
-        lease_cutoff = now - timedelta(seconds=self.options.lease_s)
-        conditions = (
-            and_(Delivery.status == "sending", Delivery.claimed_at < lease_cutoff),
-            and_(
-                Delivery.status == "pending",
-                or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
-            ),
+        """Claim up to a batch (bot/outbox.py): rows whose lease ran out first, then due pending ones."""
+        return await CLAIMS.claim(
+            self.ctx.sessions,
+            self.ctx.dialect,
+            campaign_id,
+            self.worker_id,
+            self.options.batch_size,
+            self.options.lease_s,
+            self.ctx.now(),
         )
-        rows: list[Any] = []
-        async with self.ctx.sessions() as session, session.begin():
-            for condition in conditions:
-                room = self.options.batch_size - len(rows)
-                if room <= 0:
-                    break
-                ids = (
-                    select(Delivery.id)
-                    .where(Delivery.campaign_id == campaign_id, condition)
-                    .order_by(Delivery.id)
-                    .limit(room)
-                )
-                if self.ctx.dialect == "postgresql":
-                    ids = ids.with_for_update(skip_locked=True)
-                stmt = (
-                    update(Delivery)
-                    .where(Delivery.id.in_(ids.scalar_subquery()))
-                    .values(
-                        status="sending",
-                        claimed_by=self.worker_id,
-                        claimed_at=now,
-                        attempts=Delivery.attempts + 1,
-                    )
-                    .returning(
-                        Delivery.id, Delivery.email, Delivery.name, Delivery.attributes, Delivery.attempts
-                    )
-                    .execution_options(synchronize_session=False)
-                )
-                rows.extend((await session.execute(stmt)).all())
-        rows.sort(
-            key=lambda d: d.id
-        )  # plain rows (id, email, name, attributes, attempts): no ORM bookkeeping
-        return rows
 
     async def _capped(self, campaign_id: int, emails: list[str]) -> set[str]:
         """Addresses that already had `frequency_cap` campaign messages within the period."""
@@ -533,15 +495,12 @@ class DeliveryEngine:
                 else:
                     async with slot:
                         outcome = await transport.send(built.sender, d.email, built.data)
-                if outcome.ok:
+                kind = verdict(outcome, d.attempts, opts.max_attempts)
+                if kind == "sent":
                     sent.append({"b_id": d.id, "mid": built.message_id})
                     window.add(None)
                     continue
-                if outcome.stops_send or (
-                    outcome.fault == "transient"
-                    and not outcome.about_recipient
-                    and d.attempts >= opts.max_attempts
-                ):
+                if kind == "halt":
                     # The server, the login, the sender or the connection failed, not this recipient:
                     # the row goes back untouched and the campaign pauses now (a circuit breaker that
                     # does not wait for error_min_samples).
@@ -553,13 +512,13 @@ class DeliveryEngine:
                         halt.set()
                     continue
                 window.add(outcome.detail or "error")
-                if outcome.fault == "recipient":
+                if kind == "bounced":
                     bounced.append(
                         {"b_id": d.id, "status": "bounced", "err": outcome.detail, "email": d.email}
                     )
-                elif outcome.fault == "rejected":
+                elif kind == "failed":
                     failed.append({"b_id": d.id, "status": "failed", "err": outcome.detail})
-                elif d.attempts >= opts.max_attempts:
+                elif kind == "gave_up":
                     failed.append(
                         {
                             "b_id": d.id,
@@ -568,7 +527,7 @@ class DeliveryEngine:
                         }
                     )
                 else:
-                    delay = min(opts.retry_base_s * (2 ** (d.attempts - 1)), opts.retry_max_s)
+                    delay = backoff_s(d.attempts, opts.retry_base_s, opts.retry_max_s)
                     retry.append({"b_id": d.id, "err": outcome.detail, "nxt": now + timedelta(seconds=delay)})
                 errors, seen = window.share()
                 if (
@@ -603,36 +562,15 @@ class DeliveryEngine:
     ) -> None:
         now = self.ctx.now()
         async with self.ctx.sessions() as session, session.begin():
-            conn = await session.connection()
-            table = cast(Table, Delivery.__table__)
-            mine = and_(table.c.id == bindparam("b_id"), table.c.claimed_by == self.worker_id)
-            if sent:
-                await conn.execute(
-                    table.update()
-                    .where(mine)
-                    .values(status="sent", sent_at=now, message_id=bindparam("mid"), last_error=None),
-                    sent,
-                )
-            for rows in (failed, bounced, skipped):
-                if rows:
-                    await conn.execute(
-                        table.update()
-                        .where(mine)
-                        .values(status=bindparam("status"), last_error=bindparam("err")),
-                        [{k: v for k, v in r.items() if k != "email"} for r in rows],
-                    )
-            if retry:
-                await conn.execute(
-                    table.update()
-                    .where(mine)
-                    .values(status="pending", last_error=bindparam("err"), next_attempt_at=bindparam("nxt")),
-                    retry,
-                )
-            if unsent:  # halted before these went out: back in the queue, the attempt not counted
-                await conn.execute(
-                    table.update().where(mine).values(status="pending", attempts=table.c.attempts - 1),
-                    unsent,
-                )
+            await CLAIMS.record(
+                session,
+                self.worker_id,
+                now,
+                sent=sent,
+                ended=[*failed, *bounced, *skipped],
+                retry=retry,
+                unsent=unsent,  # halted before these went out: back in the queue, the attempt not counted
+            )
             for r in bounced:  # the relay refused this very address: the evidence is its reply
                 await suppress(
                     session,
@@ -642,15 +580,7 @@ class DeliveryEngine:
                 )
 
     async def _finished(self, campaign_id: int) -> bool:
-        async with self.ctx.sessions() as session:
-            left = (
-                await session.execute(
-                    select(Delivery.id)
-                    .where(Delivery.campaign_id == campaign_id, Delivery.status.in_(("pending", "sending")))
-                    .limit(1)
-                )
-            ).scalar_one_or_none()
-        return left is None
+        return not await CLAIMS.remaining(self.ctx.sessions, campaign_id)
 
     async def _complete(self, campaign: Campaign) -> RunResult:
         async with self.ctx.sessions() as session, session.begin():

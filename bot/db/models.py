@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -96,6 +97,10 @@ class Group(Base):
     owners: Mapped[list[str]] = mapped_column(default=list)
     created_by: Mapped[str | None] = mapped_column(String(320))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Posting (bot/groups/posting.py): `post_policy` may also be `moderated` (every post held);
+    # `moderation` `nonmembers` holds what the policy would refuse instead of refusing it.
+    moderation: Mapped[str] = mapped_column(String(20), default="none", server_default="none")
+    moderators: Mapped[list[str] | None] = mapped_column(JSON)  # None: the owners
 
 
 class Membership(Base):
@@ -337,3 +342,70 @@ class Preference(Base):
     email: Mapped[str] = mapped_column(String(320), primary_key=True)
     locale: Mapped[str | None] = mapped_column(String(20))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class GroupPost(Base):
+    """One message posted to one group: the post log (metadata, kept `relay.post_retention_days`) and,
+    until it is delivered, rejected or expired, the message itself.
+
+    Stored before the SMTP 250 reply; the fan-out works off its `group_post_deliveries`. A client's retry
+    (same group, envelope sender and Message-ID within `relay.duplicate_window_hours`) finds
+    `dedupe_key` taken and is not delivered again."""
+
+    __tablename__ = "group_posts"
+    __table_args__ = (Index("ix_group_posts_group_received", "group_id", "received_at"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    group_id: Mapped[int | None] = mapped_column(ForeignKey("groups.id", ondelete="SET NULL"))
+    group_address: Mapped[str] = mapped_column(String(320))
+    via: Mapped[str] = mapped_column(String(20))  # relay | postfix
+    # held | sending | delivered | rejected | expired (postfix: accepted, held, released)
+    state: Mapped[str] = mapped_column(String(20), index=True)
+    sender: Mapped[str] = mapped_column(String(320))  # the envelope sender ("" for none)
+    author: Mapped[str | None] = mapped_column(String(500))  # the From header as written
+    subject: Mapped[str | None] = mapped_column(String(500))
+    message_id: Mapped[str | None] = mapped_column(String(300))
+    dedupe_key: Mapped[str | None] = mapped_column(String(64), unique=True)
+    queue_id: Mapped[str | None] = mapped_column(String(40))  # Postfix's, for posts through Postfix
+    size: Mapped[int] = mapped_column(Integer, default=0)
+    recipient_count: Mapped[int] = mapped_column(Integer, default=0)
+    has_links: Mapped[bool] = mapped_column(Boolean, default=False)
+    has_unsubscribe: Mapped[bool] = mapped_column(Boolean, default=False)  # an unsubscribe-like footer
+    moderated: Mapped[bool] = mapped_column(Boolean, default=False)  # was held for a moderator
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None]  # a held post's deadline
+    decided_by: Mapped[str | None] = mapped_column(String(320))
+    decided_at: Mapped[datetime | None]
+    reason: Mapped[str | None] = mapped_column(Text)  # a rejection's reason, as sent to the sender
+    body: Mapped[bytes | None] = mapped_column(LargeBinary)  # the message; None once it is done
+
+
+class GroupPostDelivery(Base):
+    """One member's copy of one post (bot/outbox.py claims these as the campaign engine claims deliveries)."""
+
+    __tablename__ = "group_post_deliveries"
+    __table_args__ = (
+        UniqueConstraint("post_id", "email", name="uq_group_post_delivery"),
+        Index("ix_group_post_deliveries_claim", "post_id", "status", "id"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    post_id: Mapped[int] = mapped_column(ForeignKey("group_posts.id", ondelete="CASCADE"))
+    email: Mapped[str] = mapped_column(String(320))
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending|sending|sent|failed|bounced
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    claimed_by: Mapped[str | None] = mapped_column(String(100))
+    claimed_at: Mapped[datetime | None]
+    next_attempt_at: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None]
+
+
+class GroupSenderAllow(Base):
+    """A moderator's "always allow this sender": their posts to this group skip moderation."""
+
+    __tablename__ = "group_sender_allows"
+    __table_args__ = (UniqueConstraint("group_id", "email", name="uq_group_sender_allow"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"))
+    email: Mapped[str] = mapped_column(String(320))
+    created_by: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

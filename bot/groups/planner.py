@@ -60,9 +60,11 @@ async def sync_group_definitions(
             "post_policy": rule.post_policy,
             "visibility": rule.visibility,
             "owners": list(rule.owners),
+            "moderation": rule.moderation,
+            "moderators": list(rule.moderators) or None,
         }
         if group is None:
-            await service.create_group(
+            created = await service.create_group(
                 session,
                 settings,
                 address=rule.address,
@@ -75,6 +77,7 @@ async def sync_group_definitions(
                 post_policy=rule.post_policy,
                 visibility=rule.visibility,
             )
+            created.moderation, created.moderators = rule.moderation, list(rule.moderators) or None
             done.append(t("created {group}", group=rule.address))
             continue
         before = {k: getattr(group, k) for k in wanted}

@@ -1,126 +1,160 @@
-"""Group addresses deliver (the `local` provider): the embedded SMTP server's route for groups.
+"""Group addresses deliver (the `local` provider): the embedded SMTP server's route for groups, a durable
+relay in the way of a real list server — accept into a store, answer, deliver from the store.
 
 Only SMTP clients in `relay.trusted_networks` (default: loopback) may post to a group address; any
 other peer gets "550 relaying denied", so nobody who merely reaches the port can claim a company
 sender and fan out to every member. Bounce and unsubscribe addresses stay open to everyone.
 
-At RCPT time a group address is claimed only if its posting policy lets the sender post
-(members, the company, anyone); otherwise the sender gets a 550 with the reason during the SMTP
-conversation. At DATA time one copy goes to each current member through the outbound SMTP
-server, with `List-Id` added and the original `From` kept. A member of two addressed groups gets
-one copy.
+At RCPT time a group address is claimed only if its posting policy (bot/groups/posting.py) lets the
+sender post or holds the post for a moderator; otherwise the sender gets a 550 with the reason during the
+SMTP conversation. At DATA time the message, its post-log entry and one delivery row per member are
+committed, and only then does the client hear 250; the fan-out (bot/groups/fanout.py) delivers from the
+store. A member of two addressed groups gets one copy. A client that timed out and sends the same
+message again (same group, envelope sender and Message-ID, within `relay.duplicate_window_hours`) hears
+250 and nobody gets it twice. A message that already passed through the group (its loop marker, or too
+many `Received:` lines) is refused at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.context import Context
-from bot.db.models import Group, Membership
+from bot.db.models import Group
+from bot.groups.fanout import GroupFanout
+from bot.groups.moderation import Moderation
+from bot.groups.posting import decide
+from bot.groups.posts import (
+    BadMessage,
+    Inspected,
+    add_post,
+    dedupe_key,
+    duplicate_of,
+    inspect,
+    loops_through,
+    member_count,
+    snapshot_members,
+)
 from bot.mail.server import Route
 
 log = logging.getLogger(__name__)
-SEND_CHUNK = 500
 
 
-def list_id(group: Group) -> str:
-    label = (group.display_name or group.local_part).replace('"', "").replace("\r", "").replace("\n", "")
-    return f'"{label}" <{group.local_part}.{group.address.split("@", 1)[1]}>'
+class GroupRelay:
+    def __init__(self, ctx: Context, fanout: GroupFanout, moderation: Moderation):
+        self.ctx = ctx
+        self.fanout = fanout
+        self.moderation = moderation
+        self._tasks: set[asyncio.Task[None]] = set()
 
-
-def group_route(ctx: Context) -> Route:
-    settings = ctx.settings
-
-    async def _group(session, rcpt: str) -> Group | None:
+    async def _group(self, session: AsyncSession, rcpt: str) -> Group | None:
         return (await session.execute(select(Group).where(Group.address == rcpt))).scalar_one_or_none()
 
-    async def accepts(rcpt: str, mail_from: str) -> str | None:
-        async with ctx.sessions() as session:
-            group = await _group(session, rcpt)
+    async def accepts(self, rcpt: str, mail_from: str) -> str | None:
+        async with self.ctx.sessions() as session:
+            group = await self._group(session, rcpt)
             if group is None:
                 return None
-            if group.post_policy == "anyone":
-                return "250 OK"
-            if not mail_from:
-                return f"550 5.7.1 <{rcpt}>: this group takes no mail without a sender"
-            if group.post_policy == "company" or group.post_policy not in ("members", "anyone"):
-                if settings.is_internal(mail_from):
-                    return "250 OK"
-                return (
-                    f"550 5.7.1 <{rcpt}>: only people at {', '.join(settings.org.domains)} may post to "
-                    "this group"
-                )
-            member = (
-                await session.execute(
-                    select(Membership.id).where(
-                        Membership.group_id == group.id, Membership.email == mail_from
-                    )
-                )
-            ).first()
-            if member is not None or mail_from in (group.owners or []):
-                return "250 OK"
-            return f"550 5.7.1 <{rcpt}>: only members of this group may post to it"
+            decision = await decide(session, self.ctx.settings, group, mail_from)
+        if decision.action == "refuse":
+            return f"550 5.7.1 <{rcpt}>: {decision.reason}"
+        return "250 OK"
 
-    async def deliver(mail_from: str, rcpts: list[str], data: bytes) -> str:
-        sent: set[str] = set(rcpts)  # never mail a group to itself
-        failed: list[str] = []
-        delivered = 0
-        transport = ctx.new_transport()
+    async def deliver(self, mail_from: str, rcpts: list[str], data: bytes) -> str:
+        settings = self.ctx.settings
         try:
-            for rcpt in rcpts:
-                async with ctx.sessions() as session:
-                    group = await _group(session, rcpt)
-                    if group is None:
-                        continue
-                    members = (
-                        (
-                            await session.execute(
-                                select(Membership.email)
-                                .where(Membership.group_id == group.id)
-                                .order_by(Membership.email)
-                            )
-                        )
-                        .scalars()
-                        .all()
-                    )
-                lid = list_id(group)
-                if f"<{group.local_part}.{group.address.split('@', 1)[1]}>".encode() in _headers(data):
-                    log.warning("mail loop on %s refused", rcpt)
+            seen = inspect(data, settings.relay.max_header_bytes)
+        except BadMessage as exc:
+            return exc.reply
+        try:
+            return await self._store(mail_from, rcpts, data, seen)
+        except IntegrityError:  # the same post stored by a retry at the same moment: it is in
+            log.info("a post from %s was stored by a concurrent retry", mail_from or "<>")
+            return "250 2.0.0 Already accepted: this message was received before"
+
+    async def _store(self, mail_from: str, rcpts: list[str], data: bytes, seen: Inspected) -> str:
+        settings = self.ctx.settings
+        now = self.ctx.now()
+        window = timedelta(hours=settings.relay.duplicate_window_hours)
+        held: list[int] = []
+        queued = 0
+        duplicates = 0
+        async with self.ctx.sessions() as session, session.begin():
+            groups = [g for g in [await self._group(session, r) for r in rcpts] if g is not None]
+            for group in groups:
+                if loops_through(seen, group):
+                    log.warning("mail loop on %s refused (from %s)", group.address, mail_from or "<>")
                     return "554 5.4.6 Mail loop detected: this message has already passed through the group"
-                copy = (
-                    f"List-Id: {lid}\r\nPrecedence: list\r\nX-Postroom-Group: {group.address}\r\n"
-                ).encode() + data
-                todo = [m for m in members if m not in sent]
-                sent.update(todo)
-                for i in range(0, len(todo), SEND_CHUNK):
-                    chunk = todo[i : i + SEND_CHUNK]
-                    outcomes = await asyncio.gather(
-                        *(transport.send(mail_from or group.address, m, copy) for m in chunk)
+            # never mail a group to itself, and a member of two addressed groups once
+            covered: set[str] = {g for g in (await session.execute(select(Group.address))).scalars()}
+            for group in groups:
+                decision = await decide(session, settings, group, mail_from)
+                if decision.action == "refuse":  # the policy changed between RCPT and DATA
+                    return f"550 5.7.1 <{group.address}>: {decision.reason}"
+                key = dedupe_key(group.id, mail_from, seen.message_id, data)
+                if await duplicate_of(session, key, window, now) is not None:
+                    duplicates += 1
+                    continue
+                if decision.action == "hold":
+                    post = await add_post(
+                        session,
+                        group,
+                        via="relay",
+                        state="held",
+                        sender=mail_from,
+                        data=data,
+                        inspected=seen,
+                        key=key,
+                        now=now,
+                        size=len(data),
+                        expires_at=now + timedelta(hours=settings.relay.hold_hours),
                     )
-                    for member, outcome in zip(chunk, outcomes, strict=True):
-                        if outcome.ok:
-                            delivered += 1
-                        elif (
-                            outcome.transient
-                            and (await transport.send(mail_from or group.address, member, copy)).ok
-                        ):
-                            delivered += 1
-                        else:
-                            failed.append(f"{member}: {outcome.detail}")
-        finally:
-            await transport.close()
-        if failed:
-            log.warning("group mail not delivered to %d member(s): %s", len(failed), "; ".join(failed[:10]))
-        return f"250 Delivered to {delivered} member{'s' if delivered != 1 else ''}"
+                    post.recipient_count = await member_count(session, group.id)
+                    held.append(post.id)
+                    continue
+                post = await add_post(
+                    session,
+                    group,
+                    via="relay",
+                    state="sending",
+                    sender=mail_from,
+                    data=data,
+                    inspected=seen,
+                    key=key,
+                    now=now,
+                    size=len(data),
+                )
+                covered.update(await snapshot_members(session, post, covered))
+                queued += post.recipient_count
+        if queued:
+            self.fanout.wake()
+        for post_id in held:
+            task = asyncio.get_running_loop().create_task(self._announce(post_id))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if held and not queued and not duplicates:
+            return "250 2.0.0 Held for a moderator: the group's moderators decide whether it goes out"
+        if duplicates and not queued and not held:
+            return "250 2.0.0 Already accepted: this message was received before"
+        return f"250 2.0.0 Queued for {queued} member{'s' if queued != 1 else ''}"
 
-    return Route("groups", accepts, deliver, peer_allowed=settings.relay.trusts)
+    async def _announce(self, post_id: int) -> None:
+        try:
+            await self.moderation.announce(post_id)
+        except Exception:  # the minute job posts it again
+            log.exception("posting the moderation card of post %s failed", post_id)
 
+    async def stop(self) -> None:
+        """Cancel card postings still under way (the minute job posts any that did not make it)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
-def _headers(data: bytes) -> bytes:
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        end = data.find(b"\n\n")
-    return data[: end if end >= 0 else len(data)]
+    def route(self) -> Route:
+        return Route("groups", self.accepts, self.deliver, peer_allowed=self.ctx.settings.relay.trusts)

@@ -6,7 +6,9 @@
         owners: [hannah@corp.example]
         kind: internal               # internal | external-allowed
         protected: false
-        post: members                # members | company | anyone
+        post: members                # members | company | anyone | moderated (every post waits)
+        moderate: nonmembers         # none | nonmembers: hold, rather than refuse, who may not post
+        moderators: [hannah@corp.example]  # who decides held posts; default: the owners
         visibility: company          # members | company | owners
         members:                     # several keys: all of them; a list of values: any of them
           department: Engineering
@@ -37,9 +39,22 @@ from bot.i18n import t
 log = logging.getLogger(__name__)
 
 KINDS = ("internal", "external-allowed")
-POST_POLICIES = ("members", "company", "anyone")
+POST_POLICIES = ("members", "company", "anyone", "moderated")
+MODERATIONS = ("none", "nonmembers")
 VISIBILITIES = ("members", "company", "owners")
-GROUP_KEYS = {"address", "name", "owners", "kind", "protected", "post", "visibility", "members", "except"}
+GROUP_KEYS = {
+    "address",
+    "name",
+    "owners",
+    "kind",
+    "protected",
+    "post",
+    "moderate",
+    "moderators",
+    "visibility",
+    "members",
+    "except",
+}
 # Attributes read from the person record rather than from `attributes`.
 BUILTIN_KEYS = {"email", "employee_id", "name"}
 
@@ -65,6 +80,8 @@ class GroupRule:
     protected: bool = False
     post_policy: str = "company"
     visibility: str = "company"
+    moderation: str = "none"
+    moderators: tuple[str, ...] = ()  # (): the owners
     members: tuple[Condition, ...] | None = None  # None: no rule (filled by hand); (): nobody
     exceptions: tuple[Condition, ...] = ()
     line: int = 0
@@ -200,6 +217,8 @@ class RuleSet:
             if g.protected:
                 flags.append(t("protected"))
             flags.append(t("posting: {policy}", policy=g.post_policy))
+            if g.moderation != "none":
+                flags.append(t("moderated: {who}", who=g.moderation))
             owners = t("owners {owners}", owners=", ".join(g.owners)) if g.owners else t("no owner")
             lines.append(
                 "  "
@@ -463,6 +482,16 @@ def _group(node: yaml.Node, name: str, settings: Settings) -> GroupRule:
                 raise RulesError(
                     t("{file}, line {line}: {problem}", file=name, line=_line(onode), problem=exc.sentence)
                 ) from None
+    moderators: list[str] = []
+    if "moderators" in m:
+        mnode = m["moderators"][1]
+        for o in _scalars(mnode, name, "moderators"):
+            try:
+                moderators.append(normalise(o))
+            except UserError as exc:
+                raise RulesError(
+                    t("{file}, line {line}: {problem}", file=name, line=_line(mnode), problem=exc.sentence)
+                ) from None
     kind = _choice(m["kind"][1], name, "kind", KINDS) if "kind" in m else "internal"
     if kind == "internal":
         outside = [o for o in owners if not settings.is_internal(o)]
@@ -513,6 +542,8 @@ def _group(node: yaml.Node, name: str, settings: Settings) -> GroupRule:
         visibility=_choice(m["visibility"][1], name, "visibility", VISIBILITIES)
         if "visibility" in m
         else "company",
+        moderation=_choice(m["moderate"][1], name, "moderate", MODERATIONS) if "moderate" in m else "none",
+        moderators=tuple(moderators),
         members=members,
         exceptions=exceptions,
         line=line,

@@ -1,0 +1,391 @@
+"""The fan-out: group posts delivered from the post store, one copy per member, with the campaigns'
+crash-safe machinery (bot/outbox.py): claimed batches with leases, retries with backoff, each outcome read
+by whose fault it is, results recorded a batch at a time.
+
+Each member's copy has its own VERP return path (`bounces+g.<delivery>-<mac>@<bounce domain>`), so a
+bounce names the delivery. A member's own permanent failure (a 5.1.x at RCPT, or a DSN later) marks that
+delivery `bounced` and is reported to HR in chat and to the group's owners by mail; it never suppresses
+the member — whether the address is wrong is for a person to decide. A failure of the relay itself (the
+connection, the login, our sender) puts the rows back uncounted and waits before trying that post again.
+
+A process that dies mid-post leaves its claimed batch to be claimed again when the lease runs out: nobody
+is skipped and at most that batch is repeated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, cast
+
+from sqlalchemy import Table, select, update
+
+from bot.context import Context
+from bot.db.models import Group, GroupPost, GroupPostDelivery
+from bot.events import Message
+from bot.groups.dmarc import DmarcPolicies
+from bot.groups.notices import send_notice
+from bot.groups.posts import inspect, relayed_copy
+from bot.i18n import t
+from bot.links import Signer
+from bot.mail.dsn import parse_report
+from bot.mail.server import Route
+from bot.mail.transport import Outcome, SmtpTransport
+from bot.messengers import Messengers
+from bot.outbox import Claims, backoff_s, verdict
+
+log = logging.getLogger(__name__)
+
+CLAIMS = Claims(cast(Table, GroupPostDelivery.__table__), "post_id", ("id", "email", "attempts"))
+GROUP_VERP_RE = re.compile(r"^bounces\+g\.([0-9a-z]{1,13})-([0-9a-f]{16})@([a-z0-9.-]+)$")
+
+
+def group_verp(signer: Signer, delivery_id: int, domain: str) -> str:
+    ident = _base36(delivery_id)
+    return f"bounces+g.{ident}-{signer.short_mac('gverp:' + ident)}@{domain}"
+
+
+def group_verp_delivery(signer: Signer, address: str) -> int | None:
+    m = GROUP_VERP_RE.match(address.strip().lower())
+    if m is None or signer.short_mac("gverp:" + m.group(1)) != m.group(2):
+        return None
+    return int(m.group(1), 36)
+
+
+def _base36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+        if n == 0:
+            return out
+
+
+@dataclass
+class _Copy:
+    group: Group
+    data: bytes
+
+
+class BounceReports:
+    """A member's hard bounce from group mail: HR hears in chat, the group's owners by mail. Nobody is
+    suppressed or removed: a person decides (`/removegroup`)."""
+
+    def __init__(self, ctx: Context, messengers: Messengers):
+        self.ctx = ctx
+        self.messengers = messengers
+
+    async def report(self, group: Group, bounced: list[tuple[str, str]]) -> None:
+        if not bounced:
+            return
+        lines = "\n".join(f"• {email}: {detail[:200]}" for email, detail in bounced[:20])
+        more = len(bounced) - 20
+
+        def build() -> Message:
+            text = t(
+                "Group mail to {group} bounced for {count} member(s); they stay in the group until someone "
+                "removes them (/removegroup {local} <email>):",
+                group=group.address,
+                count=len(bounced),
+                local=group.local_part,
+            )
+            extra = "\n" + t("…and {count} more.", count=more) if more > 0 else ""
+            return Message(f"{text}\n{lines}{extra}")
+
+        try:
+            await self.messengers.post("hr", build)
+        except Exception:  # a chat failure must not stop delivery
+            log.exception("reporting group bounces to HR failed")
+        await send_notice(
+            self.ctx,
+            group.address,
+            list(group.owners or []),
+            f"Undeliverable group mail to {group.address}",
+            f"Mail to {group.address} could not be delivered to these members:\n\n{lines}\n\n"
+            "They are still members. If an address is wrong or gone, ask HR to update it or remove it "
+            f"with /removegroup {group.local_part} <email>.\n",
+        )
+
+
+class GroupFanout:
+    """Works off every post in `sending`, in this process, until stopped. Several processes may run one."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        dmarc: DmarcPolicies,
+        reports: BounceReports,
+        *,
+        worker_id: str | None = None,
+        transport_factory: Callable[[], SmtpTransport] | None = None,
+    ):
+        self.ctx = ctx
+        self.dmarc = dmarc
+        self.reports = reports
+        self.options = ctx.settings.relay
+        self.worker_id = worker_id or f"g-{secrets.token_hex(4)}"
+        self._transport_factory = transport_factory
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._copies: dict[int, _Copy] = {}
+        self._resume_at: dict[int, float] = {}  # post id -> loop time: the relay failed, wait
+        self.sent_total = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._stop.clear()
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, 10)
+            except (TimeoutError, asyncio.CancelledError):
+                self._task.cancel()
+            self._task = None
+
+    async def _loop(self) -> None:
+        transport = self._new_transport()
+        try:
+            while not self._stop.is_set():
+                self._wake.clear()
+                try:
+                    await self.run_pending(transport)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # a database hiccup: try again shortly
+                    log.exception("group fan-out failed; trying again")
+                try:
+                    await asyncio.wait_for(self._wake.wait(), 0.5)
+                except TimeoutError:
+                    pass
+        finally:
+            await transport.close()
+
+    def _new_transport(self) -> SmtpTransport:
+        if self._transport_factory is not None:
+            return self._transport_factory()
+        return self.ctx.new_transport(self.options.connections)
+
+    async def run_pending(self, transport: SmtpTransport | None = None) -> int:
+        """Deliver what can be delivered now of every post in `sending`; returns the copies sent."""
+        own = transport is None
+        transport = transport or self._new_transport()
+        before = self.sent_total
+        try:
+            async with self.ctx.sessions() as session:
+                ids = list(
+                    (
+                        await session.execute(
+                            select(GroupPost.id).where(GroupPost.state == "sending").order_by(GroupPost.id)
+                        )
+                    ).scalars()
+                )
+            loop = asyncio.get_running_loop()
+            for post_id in ids:
+                if self._stop.is_set():
+                    break
+                if self._resume_at.get(post_id, 0) > loop.time():
+                    continue
+                await self._work(post_id, transport)
+        finally:
+            if own:
+                await transport.close()
+        return self.sent_total - before
+
+    async def _copy(self, post_id: int) -> _Copy | None:
+        cached = self._copies.get(post_id)
+        if cached is not None:
+            return cached
+        async with self.ctx.sessions() as session:
+            post = await session.get(GroupPost, post_id)
+            group = await session.get(Group, post.group_id) if post and post.group_id else None
+        if post is None or group is None or post.body is None:
+            return None
+        inspected = inspect(post.body, self.options.max_header_bytes)
+        munge = await self.dmarc.needs_munging(inspected.author_address, self.ctx.settings.is_internal)
+        data = relayed_copy(post.body, group, inspected, munge=munge, domain=group.address.split("@", 1)[1])
+        if len(self._copies) > 64:
+            self._copies.clear()
+        copy = self._copies[post_id] = _Copy(group, data)
+        return copy
+
+    async def _work(self, post_id: int, transport: SmtpTransport) -> None:
+        copy = await self._copy(post_id)
+        if copy is None:  # the group was deleted under a post: nothing to deliver it to
+            await self._finish(post_id)
+            return
+        while not self._stop.is_set():
+            batch = await CLAIMS.claim(
+                self.ctx.sessions,
+                self.ctx.dialect,
+                post_id,
+                self.worker_id,
+                self.options.batch_size,
+                self.options.lease_s,
+                self.ctx.now(),
+            )
+            if not batch:
+                if not await CLAIMS.remaining(self.ctx.sessions, post_id):
+                    await self._finish(post_id)
+                return
+            if not await self._send_batch(post_id, copy, batch, transport):
+                return
+
+    async def _renew(self, post_id: int) -> None:
+        while True:
+            await asyncio.sleep(self.options.lease_s / 3)
+            try:
+                async with self.ctx.sessions() as session, session.begin():
+                    await CLAIMS.renew(session, post_id, self.worker_id, self.ctx.now())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("renewing the lease on post %s failed", post_id)
+
+    async def _send_batch(
+        self, post_id: int, copy: _Copy, batch: list[Any], transport: SmtpTransport
+    ) -> bool:
+        """Send one claimed batch and record it; False when the relay failed and the post waits."""
+        opts = self.options
+        signer = self.ctx.signer
+        domain = self.ctx.settings.campaigns.bounce_domain
+        now = self.ctx.now()
+        sent: list[dict[str, Any]] = []
+        ended: list[dict[str, Any]] = []
+        retry: list[dict[str, Any]] = []
+        unsent: list[dict[str, Any]] = []
+        bounced: list[tuple[str, str]] = []
+        halted: list[Outcome] = []
+        queue = deque(batch)
+
+        async def worker() -> None:
+            while queue:
+                d = queue.popleft()
+                if halted:
+                    unsent.append({"b_id": d.id})
+                    continue
+                outcome = await transport.send(group_verp(signer, d.id, domain), d.email, copy.data)
+                kind = verdict(outcome, d.attempts, opts.max_attempts)
+                if kind == "halt" and outcome.status == "5.4.6":
+                    kind = "failed"  # a loop through this member's address: theirs alone, not the relay's
+                if kind == "sent":
+                    sent.append({"b_id": d.id})
+                elif kind == "halt":
+                    unsent.append({"b_id": d.id})
+                    halted.append(outcome)
+                elif kind == "bounced":
+                    ended.append({"b_id": d.id, "status": "bounced", "err": outcome.detail})
+                    bounced.append((d.email, outcome.detail))
+                elif kind in ("failed", "gave_up"):
+                    err = (
+                        outcome.detail
+                        if kind == "failed"
+                        else f"gave up after {d.attempts} attempts: {outcome.detail}"
+                    )
+                    ended.append({"b_id": d.id, "status": "failed", "err": err})
+                else:
+                    delay = backoff_s(d.attempts, opts.retry_base_s, opts.retry_max_s)
+                    retry.append({"b_id": d.id, "err": outcome.detail, "nxt": now + timedelta(seconds=delay)})
+
+        renewing = asyncio.get_running_loop().create_task(self._renew(post_id))
+        try:
+            await asyncio.gather(*(worker() for _ in range(min(max(1, transport.size), len(batch)))))
+        finally:
+            renewing.cancel()
+        async with self.ctx.sessions() as session, session.begin():
+            await CLAIMS.record(
+                session, self.worker_id, self.ctx.now(), sent=sent, ended=ended, retry=retry, unsent=unsent
+            )
+        self.sent_total += len(sent)
+        if bounced:
+            await self.reports.report(copy.group, bounced)
+        if halted:
+            attempts = max(d.attempts for d in batch)
+            wait = backoff_s(attempts, opts.retry_base_s, opts.retry_max_s)
+            self._resume_at[post_id] = asyncio.get_running_loop().time() + wait
+            log.warning(
+                "group mail to %s paused for %.0f s: the outbound relay failed (%s, %s); %d copies wait",
+                copy.group.address,
+                wait,
+                halted[0].fault,
+                halted[0].detail,
+                len(unsent),
+            )
+            return False
+        return True
+
+    async def _finish(self, post_id: int) -> None:
+        async with self.ctx.sessions() as session, session.begin():
+            await session.execute(
+                update(GroupPost)
+                .where(GroupPost.id == post_id, GroupPost.state == "sending")
+                .values(state="delivered", body=None)
+            )
+        self._copies.pop(post_id, None)
+        self._resume_at.pop(post_id, None)
+
+
+class GroupBounceMailbox:
+    """The embedded SMTP server's route for group mail's VERP return paths: a DSN marks that member's
+    delivery bounced (hard) or notes it (soft) and reports a hard one; nobody is suppressed."""
+
+    def __init__(self, ctx: Context, reports: BounceReports):
+        self.ctx = ctx
+        self.reports = reports
+
+    async def accepts(self, rcpt: str, mail_from: str) -> str | None:
+        if group_verp_delivery(self.ctx.signer, rcpt) is not None:
+            return "250 OK"
+        if rcpt.startswith("bounces+g."):
+            return f"550 5.1.1 <{rcpt}>: not a return path of this server"
+        return None
+
+    async def deliver(self, mail_from: str, rcpts: list[str], data: bytes) -> str:
+        findings = parse_report(data)
+        hard = [f for f in findings if f.kind == "hard_bounce"]
+        finding = hard[0] if hard else (findings[0] if findings else None)
+        if finding is None:
+            return "250 OK"
+        for rcpt in rcpts:
+            delivery_id = group_verp_delivery(self.ctx.signer, rcpt)
+            if delivery_id is None:
+                continue
+            async with self.ctx.sessions() as session, session.begin():
+                row = (
+                    await session.execute(
+                        select(GroupPostDelivery.email, GroupPostDelivery.status, GroupPost.group_id)
+                        .join(GroupPost, GroupPost.id == GroupPostDelivery.post_id)
+                        .where(GroupPostDelivery.id == delivery_id)
+                    )
+                ).first()
+                if row is None:
+                    continue
+                changed = False
+                if finding.kind == "hard_bounce" and row.status != "bounced":
+                    await session.execute(
+                        update(GroupPostDelivery)
+                        .where(GroupPostDelivery.id == delivery_id)
+                        .values(status="bounced", last_error=finding.detail or "hard bounce")
+                    )
+                    changed = True
+                group = await session.get(Group, row.group_id) if row.group_id else None
+            if changed and group is not None:
+                await self.reports.report(group, [(row.email, finding.detail or "hard bounce")])
+        return "250 OK"
+
+    def route(self) -> Route:
+        return Route("group-bounces", self.accepts, self.deliver)

@@ -1,0 +1,43 @@
+"""Short notices Postroom mails about group mail: a rejected or expired post to its sender, bounces to
+a group's owners. Sent with a null envelope sender, so a notice that fails never bounces back into a loop."""
+
+from __future__ import annotations
+
+import logging
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+
+from bot.context import Context
+
+log = logging.getLogger(__name__)
+
+
+def notice_bytes(from_address: str, to: list[str], subject: str, text: str) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = from_address
+    msg["To"] = ", ".join(to)
+    msg["Subject"] = subject
+    msg["Date"] = formatdate(usegmt=True)
+    msg["Message-ID"] = make_msgid(domain=from_address.rsplit("@", 1)[-1])
+    msg["Auto-Submitted"] = "auto-replied"
+    msg.set_content(text)
+    return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+
+
+async def send_notice(ctx: Context, from_address: str, to: list[str], subject: str, text: str) -> int:
+    """Mail the notice to each address; returns how many took it (a failure is logged, not raised)."""
+    if not to:
+        return 0
+    data = notice_bytes(from_address, to, subject, text)
+    transport = ctx.new_transport(1)
+    delivered = 0
+    try:
+        for rcpt in to:
+            outcome = await transport.send("", rcpt, data)
+            if outcome.ok:
+                delivered += 1
+            else:
+                log.warning("notice %r to %s not delivered: %s", subject, rcpt, outcome.detail)
+    finally:
+        await transport.close()
+    return delivered

@@ -1,0 +1,282 @@
+"""The post store: a message posted to a group is written (the message, its log entry, one delivery row
+per member) before the SMTP client hears 250, and the fan-out (bot/groups/fanout.py) delivers from here.
+
+Also what a post is, read once: who wrote it, its subject and Message-ID, whether it carries links or an
+unsubscribe-like footer (the post log), its first lines (the moderation card); and the copy members
+get: `List-Id`, `List-Post`, `Sender`, `Precedence: list`, a loop marker, a `Message-ID`/`Date` when the
+original lacks them, and — for a sender whose domain publishes DMARC reject or quarantine — the
+`From` rewritten to "Name via Group" with `Reply-To` the original author.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from email.parser import BytesHeaderParser
+from email.utils import formataddr, formatdate, getaddresses, make_msgid
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.db.models import Group, GroupPost, GroupPostDelivery, Membership
+
+MAX_RECEIVED = 30  # more Received: lines than this is a loop (Postfix's hopcount_limit is 50)
+CHUNK = 5000
+_LINK = re.compile(rb"https?://", re.I)
+_UNSUBSCRIBE = re.compile(r"unsubscribe|opt[ -]?out|退订|取消订阅", re.I)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
+
+
+class BadMessage(Exception):
+    """A message the relay refuses whole; `reply` is the SMTP answer."""
+
+    def __init__(self, reply: str):
+        super().__init__(reply)
+        self.reply = reply
+
+
+def list_id(group: Group) -> str:
+    label = (group.display_name or group.local_part).replace('"', "").replace("\r", "").replace("\n", "")
+    return f'"{label}" <{list_id_value(group)}>'
+
+
+def list_id_value(group: Group) -> str:
+    return f"{group.local_part}.{group.address.split('@', 1)[1]}"
+
+
+def _clean(text: str | None, limit: int) -> str | None:
+    if text is None:
+        return None
+    text = " ".join(_CONTROL.sub(" ", str(text)).split())
+    return text[:limit] or None
+
+
+def split(data: bytes) -> tuple[bytes, bytes]:
+    """(header block with its last line end, the rest from the blank line on)."""
+    for sep in (b"\r\n\r\n", b"\n\n"):
+        end = data.find(sep)
+        if end >= 0:
+            cut = end + len(sep) // 2
+            return data[:cut], data[cut:]
+    return data if data.endswith(b"\n") else data + b"\r\n", b"\r\n"
+
+
+@dataclass(frozen=True)
+class Inspected:
+    author: str | None  # the From header as written
+    author_address: str | None
+    author_name: str | None
+    subject: str | None
+    message_id: str | None
+    has_links: bool
+    has_unsubscribe: bool
+    first_lines: tuple[str, ...]
+    markers: frozenset[str]  # the groups this message already passed through (X-Postroom-Group)
+    received: int
+    has_date: bool
+    has_reply_to: bool
+
+
+def inspect(data: bytes, max_header_bytes: int) -> Inspected:
+    """Read what the log and the card need; BadMessage for a header block over the bound."""
+    headers, body = split(data)
+    if len(headers) > max_header_bytes:
+        raise BadMessage(
+            f"552 5.3.4 The message's header is {len(headers)} bytes; this server takes at most {max_header_bytes}"
+        )
+    parsed = BytesHeaderParser(policy=policy.compat32).parsebytes(headers)
+    author = _clean(_decoded(parsed.get("From")), 500)
+    pairs = getaddresses([author or ""])
+    name, address = pairs[0] if pairs else ("", "")
+    markers = frozenset(
+        m.strip().strip("<>").lower() for m in parsed.get_all("X-Postroom-Group") or [] if isinstance(m, str)
+    )
+    text = _plain_text(data)
+    lines = tuple(line.strip()[:200] for line in text.splitlines() if line.strip())[:5]
+    return Inspected(
+        author=author,
+        author_address=address.lower() or None if "@" in address else None,
+        author_name=_clean(name, 200),
+        subject=_clean(_decoded(parsed.get("Subject")), 500),
+        message_id=_clean(parsed.get("Message-ID"), 300),
+        has_links=bool(_LINK.search(body[:1_000_000])) or "http://" in text or "https://" in text,
+        has_unsubscribe=bool(parsed.get("List-Unsubscribe")) or bool(_UNSUBSCRIBE.search(text[-4000:])),
+        first_lines=lines,
+        markers=markers,
+        received=len(parsed.get_all("Received") or []),
+        has_date=parsed.get("Date") is not None,
+        has_reply_to=parsed.get("Reply-To") is not None,
+    )
+
+
+def _decoded(value: object) -> str | None:
+    if value is None:
+        return None
+    from email.header import decode_header, make_header
+
+    try:
+        return str(make_header(decode_header(str(value))))
+    except (ValueError, LookupError, UnicodeError):
+        return str(value)
+
+
+def _plain_text(data: bytes) -> str:
+    """The text a person reads first: the plain part (or the HTML's text), bounded."""
+    try:
+        msg = message_from_bytes(data[:2_000_000], policy=policy.default)
+        assert isinstance(msg, EmailMessage)
+        part = msg.get_body(preferencelist=("plain", "html"))
+        if part is None:
+            return ""
+        content = part.get_content()
+    except Exception:  # a broken MIME structure still gets relayed; it just has no preview
+        return ""
+    if not isinstance(content, str):
+        return ""
+    if part.get_content_subtype() == "html":
+        content = re.sub(r"<[^>]+>", " ", content)
+    return content[:20000]
+
+
+def loops_through(inspected: Inspected, group: Group) -> bool:
+    return group.address in inspected.markers or inspected.received > MAX_RECEIVED
+
+
+_DROP = {b"list-id", b"list-post", b"sender", b"precedence", b"return-path"}
+
+
+def relayed_copy(data: bytes, group: Group, inspected: Inspected, *, munge: bool, domain: str) -> bytes:
+    """The bytes every member of `group` gets (the envelope's return path is each member's own)."""
+    headers, body = split(data)
+    kept: list[bytes] = []
+    dropping = False
+    for line in headers.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t"):  # a folded continuation belongs to the header before it
+            if not dropping:
+                kept.append(_crlf(line))
+            continue
+        name = line.split(b":", 1)[0].strip().lower()
+        dropping = name in _DROP or (munge and name == b"from")
+        if not dropping:
+            kept.append(_crlf(line))
+    label = group.display_name or group.local_part
+    added = [
+        f"X-Postroom-Group: {group.address}",
+        f"List-Id: {list_id(group)}",
+        f"List-Post: <mailto:{group.address}>",
+        f"Sender: {group.address}",
+        "Precedence: list",
+    ]
+    if munge:
+        who = inspected.author_name or (inspected.author_address or "").split("@")[0] or "Someone"
+        added.append("From: " + formataddr((f"{who} via {label}", group.address), charset="utf-8"))
+        if not inspected.has_reply_to and inspected.author:
+            added.append(f"Reply-To: {inspected.author}")
+    if inspected.message_id is None:
+        added.append(f"Message-ID: {make_msgid(domain=domain)}")
+    if not inspected.has_date:
+        added.append(f"Date: {formatdate(localtime=False, usegmt=True)}")
+    head = "".join(h + "\r\n" for h in added).encode("utf-8")
+    return head + b"".join(kept) + body
+
+
+def _crlf(line: bytes) -> bytes:
+    return line if line.endswith(b"\r\n") else line.rstrip(b"\n") + b"\r\n"
+
+
+def dedupe_key(group_id: int, sender: str, message_id: str | None, data: bytes) -> str:
+    """The same group, envelope sender and Message-ID (or, without one, the same bytes) is the same post."""
+    ident = message_id or "sha256:" + hashlib.sha256(data).hexdigest()
+    return hashlib.sha256(f"{group_id}\0{sender}\0{ident}".encode()).hexdigest()
+
+
+async def duplicate_of(session: AsyncSession, key: str, window: timedelta, now: datetime) -> int | None:
+    """The post `key` names if it came within `window`; an older one gives its key up (a new post)."""
+    row = (
+        await session.execute(select(GroupPost.id, GroupPost.received_at).where(GroupPost.dedupe_key == key))
+    ).first()
+    if row is None:
+        return None
+    if row.received_at >= now - window:
+        return int(row.id)
+    await session.execute(update(GroupPost).where(GroupPost.id == row.id).values(dedupe_key=None))
+    return None
+
+
+async def add_post(
+    session: AsyncSession,
+    group: Group,
+    *,
+    via: str,
+    state: str,
+    sender: str,
+    data: bytes | None,
+    inspected: Inspected | None,
+    key: str | None,
+    now: datetime,
+    size: int,
+    queue_id: str | None = None,
+    expires_at: datetime | None = None,
+) -> GroupPost:
+    post = GroupPost(
+        group_id=group.id,
+        group_address=group.address,
+        via=via,
+        state=state,
+        sender=sender,
+        author=inspected.author if inspected else None,
+        subject=inspected.subject if inspected else None,
+        message_id=inspected.message_id if inspected else None,
+        dedupe_key=key,
+        queue_id=queue_id,
+        size=size,
+        recipient_count=0,
+        has_links=bool(inspected and inspected.has_links),
+        has_unsubscribe=bool(inspected and inspected.has_unsubscribe),
+        moderated=state == "held",
+        received_at=now,
+        expires_at=expires_at,
+        body=data,
+    )
+    session.add(post)
+    await session.flush()
+    return post
+
+
+async def member_count(session: AsyncSession, group_id: int) -> int:
+    return (
+        await session.execute(
+            select(func.count()).select_from(Membership).where(Membership.group_id == group_id)
+        )
+    ).scalar_one()
+
+
+async def snapshot_members(session: AsyncSession, post: GroupPost, exclude: set[str]) -> list[str]:
+    """One pending delivery per current member of the post's group (the relay reads membership, never
+    changes it), leaving out `exclude` — members another group of the same message already covers,
+    and group addresses. Returns the addresses, so the caller can exclude them from the next group."""
+    emails = [
+        e
+        for e in (
+            await session.execute(
+                select(Membership.email)
+                .where(Membership.group_id == post.group_id)
+                .order_by(Membership.email)
+            )
+        ).scalars()
+        if e not in exclude
+    ]
+    for i in range(0, len(emails), CHUNK):
+        await session.execute(
+            insert(GroupPostDelivery),
+            [
+                {"post_id": post.id, "email": e, "status": "pending", "attempts": 0}
+                for e in emails[i : i + CHUNK]
+            ],
+        )
+    post.recipient_count = len(emails)
+    return emails
