@@ -7,6 +7,7 @@ import asyncio
 import io
 import re
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,19 @@ async def make_bot(database_url: str, smtp: SmtpServer, tmp_path: Path) -> Async
         yield factory
     finally:
         for bot in made:
-            await bot.app.close()
+            if not getattr(bot, "closed", False):
+                await bot.app.close()
+
+
+async def restart(bot: ChatBot) -> None:
+    """Stop this app (as a process would stop); the next `make_bot()` is the same database restarted."""
+    await bot.app.close()
+    bot.closed = True  # type: ignore[attr-defined]
+
+
+def at(bot: ChatBot, when: datetime) -> None:
+    """The app's clock stands at `when` (triggers and sends read it)."""
+    bot.app.ctx.clock = lambda: when
 
 
 def web(bot: ChatBot, client_ip: str = "198.51.100.7") -> httpx.AsyncClient:

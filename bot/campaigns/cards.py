@@ -159,6 +159,12 @@ def preview_text(preview: Preview, url: str) -> str:
     return "\n".join(lines)
 
 
+def _outcome_title(campaign: Campaign) -> str:
+    if campaign.kind == "automation":
+        return t("Automation “{name}”", name=campaign.name.removeprefix(service.AUTOMATION_PREFIX))
+    return t("Campaign “{name}”", name=campaign.name)
+
+
 class CampaignCards:
     def __init__(self, ctx: Context, messengers: Messengers):
         self.ctx = ctx
@@ -265,7 +271,7 @@ class CampaignCards:
         if outcome is not None:
             fields.append((t("Outcome"), outcome))
             return Card(
-                title=t("Campaign “{name}”", name=campaign.name),
+                title=_outcome_title(campaign),
                 fields=tuple(fields),
                 progress=progress,
                 link=(t("Preview"), self.preview_url(campaign)),
