@@ -34,7 +34,7 @@ async def deliveries(bot, name: str) -> list[Delivery]:  # type: ignore[no-untyp
         )
 
 
-async def test_a_welcome_automation_is_sent_only_while_its_approval_matches(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]
+async def test_a_welcome_automation_is_sent_only_while_its_approval_matches(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     bot = await make_bot()
     reply = await bot.say(SENDER, "/automation new welcome --on confirmed:customers --template welcome")
     assert "Draft automation “welcome”" in reply and "nothing is sent before it is approved" in reply, reply
@@ -90,8 +90,9 @@ async def test_a_welcome_automation_is_sent_only_while_its_approval_matches(make
 
 
 async def test_a_renewal_reminder_fires_once_per_contact_per_date_also_across_a_restart(
-    make_bot, smtp
-) -> None:  # type: ignore[no-untyped-def]
+    make_bot,  # noqa: F811
+    smtp,
+) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     bot = await make_bot()
     at(bot, datetime(2027, 1, 6, 9, 0, tzinfo=UTC))  # 14 days before Lena's renewal on 2027-01-20
     reply = await bot.say(
@@ -121,7 +122,7 @@ async def test_a_renewal_reminder_fires_once_per_contact_per_date_also_across_a_
     assert smtp.handler.to("nocon@example.com") == []  # no consent: never
 
 
-async def test_the_daily_cap_holds_the_rest_for_the_next_day(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]
+async def test_the_daily_cap_holds_the_rest_for_the_next_day(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     bot = await make_bot()
     at(bot, datetime(2027, 1, 20, 9, 0, tzinfo=UTC))
     await bot.say(SENDER, '/automation new day --on "renewal_date" --template welcome --to customers --cap 1')
@@ -138,7 +139,7 @@ async def test_the_daily_cap_holds_the_rest_for_the_next_day(make_bot, smtp) -> 
     assert "daily cap 1" in await bot.say(SENDER, "/automation status day")
 
 
-async def test_a_joiner_gets_the_onboarding_automation_once(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]
+async def test_a_joiner_gets_the_onboarding_automation_once(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     bot = await make_bot()
     await bot.say(
         SENDER, '/automation new onboarding --on joined --template welcome --subject "Welcome aboard"'
@@ -162,7 +163,7 @@ async def test_a_joiner_gets_the_onboarding_automation_once(make_bot, smtp) -> N
     assert smtp.handler.to("new.hire@corp.example")[0].message["Subject"] == "Welcome aboard"
 
 
-async def test_a_complaint_rate_over_the_threshold_pauses_it_with_a_card(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]
+async def test_a_complaint_rate_over_the_threshold_pauses_it_with_a_card(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     bot = await make_bot(automations={"rate_min_samples": 2, "complaint_pause_share": 0.5})
     await bot.say(SENDER, "/automation new welcome --on confirmed:customers --template welcome")
     await approve(bot, "welcome")

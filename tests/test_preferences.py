@@ -33,7 +33,7 @@ async def kinds(bot, email: str) -> list[tuple[str, str | None]]:  # type: ignor
         return [(e.kind, e.list_name) for e in rows]
 
 
-async def test_leave_a_list_come_back_unsubscribe_and_return(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]
+async def test_leave_a_list_come_back_unsubscribe_and_return(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     bot = await make_bot()
     link = await sent_link(bot, smtp, "lena@example.com")
     async with web(bot) as client:
@@ -74,7 +74,7 @@ async def test_leave_a_list_come_back_unsubscribe_and_return(make_bot, smtp) -> 
     assert events[0].wording_version == "preference-centre#1"
 
 
-async def test_the_one_click_unsubscribe_is_in_the_consent_record(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]
+async def test_the_one_click_unsubscribe_is_in_the_consent_record(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     bot = await make_bot()
     link = await sent_link(bot, smtp, "raj@example.net")
     async with web(bot) as client:
@@ -83,7 +83,7 @@ async def test_the_one_click_unsubscribe_is_in_the_consent_record(make_bot, smtp
     assert ("unsubscribed", None) in await kinds(bot, "raj@example.net")
 
 
-async def test_a_chinese_organisation_gets_a_chinese_preference_centre(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]
+async def test_a_chinese_organisation_gets_a_chinese_preference_centre(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     bot = await make_bot()
     bot.app.settings.org.locale = "zh_CN"
     link = await sent_link(bot, smtp, "kim@example.org")

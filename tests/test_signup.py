@@ -13,7 +13,7 @@ from tests.audience_kit import WORDING, confirmation_links, make_bot, open_signu
 from tests.conftest import APPROVER, SENDER
 
 
-async def test_a_hosted_page_signup_is_a_contact_only_once_confirmed(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]
+async def test_a_hosted_page_signup_is_a_contact_only_once_confirmed(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     bot = await make_bot(signup={"record_ip": True, "record_user_agent": True})
     await open_signup(bot)
     async with web(bot) as client:
@@ -62,7 +62,7 @@ async def test_a_hosted_page_signup_is_a_contact_only_once_confirmed(make_bot, s
     assert "requested" in shown and "confirmed" in shown and WORDING in shown, shown
 
 
-async def test_ip_and_user_agent_are_not_kept_unless_the_organisation_enables_it(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]
+async def test_ip_and_user_agent_are_not_kept_unless_the_organisation_enables_it(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     bot = await make_bot()
     await open_signup(bot)
     async with web(bot) as client:
@@ -76,7 +76,7 @@ async def test_ip_and_user_agent_are_not_kept_unless_the_organisation_enables_it
     assert rows and all(ip is None and ua is None for ip, ua in rows)
 
 
-async def test_an_unconfirmed_signup_is_never_mailed_by_a_campaign_and_expires(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]
+async def test_an_unconfirmed_signup_is_never_mailed_by_a_campaign_and_expires(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     bot = await make_bot()
     await open_signup(bot)
     async with web(bot) as client:
@@ -106,7 +106,7 @@ async def test_an_unconfirmed_signup_is_never_mailed_by_a_campaign_and_expires(m
         ).first() is None
 
 
-async def test_honeypot_and_rate_limits_and_no_signal_whether_an_address_exists(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]
+async def test_honeypot_and_rate_limits_and_no_signal_whether_an_address_exists(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     bot = await make_bot(
         signup={"per_ip_per_hour": 6, "per_address_per_day": 3, "mails_per_address_per_day": 2}
     )
@@ -133,7 +133,7 @@ async def test_honeypot_and_rate_limits_and_no_signal_whether_an_address_exists(
         assert (await s.execute(select(func.count()).select_from(Signup))).scalar_one() == 2
 
 
-async def test_bad_signups_get_a_sentence_and_a_status(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]
+async def test_bad_signups_get_a_sentence_and_a_status(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     bot = await make_bot()
     await open_signup(bot)
     async with web(bot) as client:
@@ -164,7 +164,7 @@ async def test_bad_signups_get_a_sentence_and_a_status(make_bot, smtp) -> None: 
         assert (await s.execute(select(func.count()).select_from(Signup))).scalar_one() == 0
 
 
-async def test_a_closed_list_takes_no_signup_and_the_form_snippet_posts_here(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]
+async def test_a_closed_list_takes_no_signup_and_the_form_snippet_posts_here(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     bot = await make_bot()
     await open_signup(bot)
     snippet = await bot.say(SENDER, "/lists form customers")
@@ -179,7 +179,7 @@ async def test_a_closed_list_takes_no_signup_and_the_form_snippet_posts_here(mak
         assert (await client.post("/s/customers", data={"email": "a@example.com"})).status_code == 404
 
 
-async def test_a_sales_person_adds_a_contact_with_the_consent_they_recorded(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]
+async def test_a_sales_person_adds_a_contact_with_the_consent_they_recorded(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     bot = await make_bot()
     reply = await bot.say(
         SENDER,
