@@ -86,7 +86,7 @@ def created(campaign: Campaign) -> str:
     name, subject, tracked = campaign.name, campaign.subject, campaign.tracking
     values = {
         "name": name,
-        "audience": audience(campaign.audience_kind, campaign.audience_name),
+        "audience": audience(campaign.audience_kind, campaign.audience_name, campaign.audience_where),
         "subject": subject,
     }
     if subject and tracked:
