@@ -69,7 +69,7 @@ async def show(ctx: Context, email: str) -> ContactView:
 
 async def find(ctx: Context, text: str) -> list[Contact]:
     needle = text.strip().lower()
-    if len(needle) < 2 or len(needle) > 200:
+    if len(needle) < 2 or len(needle) > 200 or any(not c.isprintable() for c in needle):
         raise UserError(t("Search for 2 to 200 characters of an address or a name."))
     escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     pattern = f"%{escaped}%"

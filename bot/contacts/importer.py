@@ -28,7 +28,14 @@ from bot.db.upsert import insert_ignore
 from bot.errors import UserError
 from bot.i18n import t
 
-CORE_COLUMNS = {"email", "name", "consent_at", "consent_source", "consent_method"}
+CORE_COLUMNS = {
+    "email",
+    "name",
+    "consent_at",
+    "consent_source",
+    "consent_method",
+    "lists",
+}  # lists: an export's
 MAX_ATTRIBUTE_LENGTH = 1000
 
 
