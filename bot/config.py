@@ -169,6 +169,8 @@ class SignupSettings(_Section):
     # Optionally refuse an address whose domain has no mail server (a DNS look-up with a timeout).
     mx_check: bool = False
     dns_timeout_s: float = Field(default=2.0, gt=0, le=30)
+    dns_servers: list[str] = []  # resolvers to ask (IP addresses); empty: the system's (/etc/resolv.conf)
+    dns_port: int = Field(default=53, ge=1, le=65535)
     # Contacts with no open or click for this long are inactive (/contacts inactive, sunset policy).
     sunset_days: int = Field(default=180, ge=1)
 

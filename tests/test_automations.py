@@ -194,3 +194,19 @@ async def test_a_complaint_rate_over_the_threshold_pauses_it_with_a_card(make_bo
     await bot.settle()
     assert smtp.handler.to("a4@example.com") == []
     assert "Resumed" in await bot.say(SENDER, "/automation resume welcome")
+
+
+async def test_a_delayed_message_is_not_sent_to_someone_who_left_the_list_meanwhile(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot()
+    await bot.say(SENDER, "/automation new later --on confirmed:customers --template welcome --delay 2d")
+    await approve(bot, "later")
+    await bot.say(SENDER, f"/contacts add stay@example.com --list customers {CONSENT}")
+    await bot.say(SENDER, f"/contacts add go@example.com --list customers {CONSENT}")
+    await bot.say(SENDER, "/contacts remove go@example.com --list customers")
+    at(bot, bot.app.ctx.now() + timedelta(days=2, minutes=1))
+    await bot.app.automations.send_due()
+    await bot.settle()
+    await wait_for_mail(smtp, "stay@example.com")
+    assert smtp.handler.to("go@example.com") == []
+    statuses = {d.email: d.status for d in await deliveries(bot, "later")}
+    assert statuses == {"stay@example.com": "sent", "go@example.com": "suppressed"}

@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from bot import audit, consent
 from bot.addresses import domain_of, email_hash, normalise
-from bot.contacts.mx import has_mail_server
+from bot.contacts.mx import domain_receives_mail
 from bot.context import Context
 from bot.csvfiles import read_utf8
 from bot.db.models import Contact, ContactList, ListMember, Suppression
@@ -159,7 +159,7 @@ async def _import(
             if ctx.settings.signup.mx_check:
                 domain = domain_of(email)
                 if domain not in mx:
-                    mx[domain] = await has_mail_server(domain, timeout_s=ctx.settings.signup.dns_timeout_s)
+                    mx[domain] = await domain_receives_mail(ctx.settings.signup, domain)
                 if not mx[domain]:
                     report.bad.append((line, f"{domain} does not receive email (no MX or A record)"))
                     continue

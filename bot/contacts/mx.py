@@ -10,6 +10,18 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
+from bot.config import SignupSettings
+
+
+async def domain_receives_mail(settings: SignupSettings, domain: str) -> bool:
+    """`has_mail_server` with the configured resolvers and timeout."""
+    return await has_mail_server(
+        domain,
+        timeout_s=settings.dns_timeout_s,
+        nameservers=settings.dns_servers or None,
+        port=settings.dns_port,
+    )
+
 
 async def has_mail_server(
     domain: str, *, timeout_s: float, nameservers: list[str] | None = None, port: int = 53

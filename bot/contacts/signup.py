@@ -24,7 +24,7 @@ from bot import audit, consent
 from bot.addresses import domain_of, email_hash, normalise
 from bot.background import Background
 from bot.contacts import rate_limits
-from bot.contacts.mx import has_mail_server
+from bot.contacts.mx import domain_receives_mail
 from bot.context import Context
 from bot.db.models import Contact, ContactList, ListMember, Signup, Suppression
 from bot.db.upsert import insert_ignore
@@ -175,9 +175,7 @@ class Signups:
             name = clean_name(form.name)
         except UserError as exc:
             raise Refused(400, exc.sentence) from None
-        if settings.mx_check and not await has_mail_server(
-            domain_of(email), timeout_s=settings.dns_timeout_s
-        ):
+        if settings.mx_check and not await domain_receives_mail(settings, domain_of(email)):
             raise Refused(
                 400, t("{domain} does not receive email; check the address.", domain=domain_of(email))
             )
