@@ -60,7 +60,9 @@ async def main_run(folder, url: str, port: int, contacts: int, spread: int) -> d
                     for i in range(start, min(contacts, start + 5000))
                 ]
                 await session.execute(insert(Contact), rows)
-                await session.execute(insert(ListMember), [{"list_id": lst.id, "contact_id": r["id"]} for r in rows])
+                await session.execute(
+                    insert(ListMember), [{"list_id": lst.id, "contact_id": r["id"]} for r in rows]
+                )
         shown = await app.automations.create(
             "renew",
             on="renewal_date - 14d",
@@ -109,7 +111,9 @@ async def main_run(folder, url: str, port: int, contacts: int, spread: int) -> d
         async with ctx.sessions() as session:
             sent = (
                 await session.execute(
-                    select(Delivery.id).where(Delivery.campaign_id == shown.campaign.id, Delivery.status == "sent")
+                    select(Delivery.id).where(
+                        Delivery.campaign_id == shown.campaign.id, Delivery.status == "sent"
+                    )
                 )
             ).all()
         assert result.state == "idle" and len(sent) == made, (result, len(sent), made)
@@ -159,17 +163,24 @@ async def main_run(folder, url: str, port: int, contacts: int, spread: int) -> d
 def main() -> None:
     parser = argparse.ArgumentParser(prog="automations.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--contacts", type=count, default=100_000)
-    parser.add_argument("--spread-days", type=count, default=60, help="renewal dates spread over this many days")
+    parser.add_argument(
+        "--spread-days", type=count, default=60, help="renewal dates spread over this many days"
+    )
     parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
     args = parser.parse_args()
     folder = fresh_folder("automations")
     url = args.database_url or f"sqlite+aiosqlite:///{folder / 'bench.db'}"
-    if url.startswith("postgresql"):
-        url = _fresh_postgres(url)
-    with Sink() as sink:
-        figures = run_async(main_run(folder, url, sink.port, args.contacts, args.spread_days))
+    throwaway = _fresh_postgres(url) if url.startswith("postgres") else None
+    try:
+        with Sink() as sink:
+            figures = run_async(
+                main_run(folder, throwaway or url, sink.port, args.contacts, args.spread_days)
+            )
+    finally:
+        if throwaway is not None:
+            _drop_postgres(url, throwaway)
     figures["sink"] = sink.kind
-    figures["database"] = url.split(":", 1)[0]
+    figures["database"] = "postgresql" if throwaway else "sqlite"
     print(
         f"{figures['contacts']:,} contacts; the daily scan made {figures['due']:,} reminders in {figures['scan_s']} s "
         f"(target < 5 s); the same scan again made none in {figures['rescan_s']} s"
@@ -202,6 +213,23 @@ def _fresh_postgres(url: str) -> str:
 
     asyncio.run(make())
     return base.rsplit("/", 1)[0] + "/" + name
+
+
+def _drop_postgres(url: str, throwaway: str) -> None:
+    import asyncio
+
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from bot.config import normalise_database_url
+
+    async def drop() -> None:
+        engine = create_async_engine(normalise_database_url(url), isolation_level="AUTOCOMMIT")
+        async with engine.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{throwaway.rsplit("/", 1)[1]}" WITH (FORCE)'))
+        await engine.dispose()
+
+    asyncio.run(drop())
 
 
 if __name__ == "__main__":

@@ -29,6 +29,11 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
         ("crash_resume.py", ["--kills", "0"], "argument --kills: 0 is too small; give a count of 1 or more."),
         ("slack_ack.py", ["lots"], "argument requests: “lots” is not a whole number; give a count like 200."),
         ("template_render.py", ["-5"], "argument renders: -5 is too small; give a count of 1 or more."),
+        (
+            "automations.py",
+            ["--contacts", "0"],
+            "argument --contacts: 0 is too small; give a count of 1 or more.",
+        ),
     ],
 )
 def test_bad_benchmark_arguments_are_one_sentence(script: str, args: list[str], says: str) -> None:
