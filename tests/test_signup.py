@@ -60,6 +60,15 @@ async def test_a_hosted_page_signup_is_a_contact_only_once_confirmed(make_bot, s
     assert "hosted signup page on https://corp.example/join" in (confirmed.source or "")
     shown = await bot.say(SENDER, "/contacts show neo@example.com")
     assert "requested" in shown and "confirmed" in shown and WORDING in shown, shown
+    from tests.conftest import ADMIN
+
+    assert "Erased" in await bot.say(ADMIN, "/privacy erase neo@example.com --confirm")
+    async with bot.app.ctx.sessions() as s:
+        kept = (await s.execute(select(ConsentEvent.kind, ConsentEvent.ip, ConsentEvent.user_agent))).all()
+        assert (await s.execute(select(func.count()).select_from(Signup))).scalar_one() == 0
+    assert {k for k, _, _ in kept} >= {"requested", "confirmed"} and all(
+        ip is None and ua is None for _, ip, ua in kept
+    )
 
 
 async def test_ip_and_user_agent_are_not_kept_unless_the_organisation_enables_it(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
