@@ -90,3 +90,15 @@ async def test_a_chinese_organisation_gets_a_chinese_preference_centre(make_bot,
     async with web(bot) as client:
         page = await client.get(link)
         assert "<html lang='zh-CN'>" in page.text and "邮件偏好" in page.text
+
+
+async def test_a_tampered_form_signs_nobody_up_to_a_list_they_were_never_on(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot()
+    from tests.conftest import ADMIN
+
+    assert "is open" in await bot.say(ADMIN, '/lists open partners --wording "Partner news, now and then."')
+    link = await sent_link(bot, smtp, "lena@example.com")
+    async with web(bot) as client:
+        forged = await client.post(f"{link}/preferences", data={"action": "join", "list": "partners"})
+        assert "Nothing changed." in forged.text
+    assert await kinds(bot, "lena@example.com") == [("imported", "customers")]

@@ -19,7 +19,7 @@ from bot import consent
 from bot.addresses import email_hash
 from bot.campaigns.unsubscribe import Target, masked, unsubscribe
 from bot.context import Context
-from bot.db.models import Campaign, ConsentEvent, Contact, ContactList, ListMember, Suppression
+from bot.db.models import ConsentEvent, Contact, ContactList, ListMember, Suppression
 from bot.html_pages import attr, page, para
 from bot.i18n import t
 from bot.webhooks import Refused, read_capped
@@ -155,6 +155,18 @@ async def come_back(ctx: Context, target: Target, list_name: str | None) -> bool
         ).scalar_one_or_none()
         if contact is None or lst is None:
             return False
+        # Only back to a list they left: a tampered form must not sign anyone up to another list.
+        left = (
+            await session.execute(
+                select(ConsentEvent.id).where(
+                    ConsentEvent.contact_id == contact.id,
+                    ConsentEvent.kind == "left",
+                    ConsentEvent.list_name == lst.name,
+                )
+            )
+        ).first()
+        if left is None:
+            return False
         await consent.grant(
             session,
             email=target.email,
@@ -170,16 +182,6 @@ async def come_back(ctx: Context, target: Target, list_name: str | None) -> bool
             method="preference centre",
         )
     return True
-
-
-async def campaign_list(ctx: Context, campaign_id: int) -> str | None:
-    async with ctx.sessions() as session:
-        row = (
-            await session.execute(
-                select(Campaign.audience_kind, Campaign.audience_name).where(Campaign.id == campaign_id)
-            )
-        ).first()
-    return row.audience_name if row is not None and row.audience_kind == "list" else None
 
 
 def render(ctx: Context, token: str, prefs: Preferences, status: str | None = None) -> Response:
