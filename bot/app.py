@@ -22,21 +22,28 @@ from starlette.types import ASGIApp
 
 from bot.adapter import Adapter
 from bot.campaigns.approval import Approvals
+from bot.campaigns.automations import Automations
 from bot.campaigns.bounces import BounceMailbox
 from bot.campaigns.cards import CampaignCards
 from bot.campaigns.drafts import Drafts
 from bot.campaigns.runs import CampaignRuns
+from bot.campaigns.sunset import Sunsets
 from bot.campaigns.unsubscribe_mail import UnsubscribeMailbox
 from bot.campaigns.watcher import CampaignWatcher
 from bot.campaigns.web_routes import campaign_routes
+from bot.commands.automations import AutomationCommands
 from bot.commands.campaigns import CampaignCommands
+from bot.commands.contacts import ContactCommands
 from bot.commands.general import GeneralCommands
 from bot.commands.groups import GroupCommands
 from bot.commands.lifecycle import LifecycleCommands
 from bot.commands.posts import PostCommands
 from bot.commands.privacy import PrivacyCommands
+from bot.commands.segments import SegmentCommands
 from bot.commands.suppressions import SuppressionCommands
 from bot.config import ConfigError, Settings
+from bot.contacts.signup import EXPIRE_JOB, Signups
+from bot.contacts.web_routes import signup_routes
 from bot.context import Context
 from bot.core import CommandTable, Core
 from bot.db.engine import ensure_schema, make_engine, make_sessionmaker
@@ -94,6 +101,8 @@ class App:
     audit_report: AuditReport
     core: Core
     group_mail: GroupMail
+    signups: Signups
+    automations: Automations
 
     @property
     def settings(self) -> Settings:
@@ -104,7 +113,11 @@ class App:
 
     def web(self) -> ASGIApp:
         """The web app: Postroom's own pages, the HR and email-events webhooks, the adapters' callbacks."""
-        routes: list[Any] = [*webhook_routes(self.settings.hr, self.lifecycle), *campaign_routes(self.ctx)]
+        routes: list[Any] = [
+            *webhook_routes(self.settings.hr, self.lifecycle),
+            *campaign_routes(self.ctx),
+            *signup_routes(self.ctx, self.signups),
+        ]
         for adapter in self.messengers.adapters.values():
             routes.extend(adapter.web_routes())
         return build_web(self.ctx, routes)
@@ -128,9 +141,12 @@ class App:
         self.scheduler.cron(ANNOUNCE_JOB, "* * * * *", ANNOUNCE_JOB)
         self.scheduler.cron(MODERATION_JOB, "* * * * *", MODERATION_JOB)  # held posts expire
         self.scheduler.cron(PRUNE_JOB, "17 3 * * *", PRUNE_JOB)  # the post log's retention
+        self.automations.schedule()
+        self.scheduler.cron(EXPIRE_JOB, "7 * * * *", EXPIRE_JOB)
 
     async def drain(self, timeout: float | None = None) -> None:
         """Wait for background work (a send) to finish; used by `postroom chat` and tests."""
+        await self.signups.background.settle(timeout)
         await self.runs.background.settle(timeout)
 
     async def close(self) -> None:
@@ -189,10 +205,15 @@ async def build_app(settings: Settings, **context_options: Any) -> App:
         GroupBounceMailbox(ctx, reports),
         PolicyService(ctx, moderation),
     )
+    automations = Automations(ctx, approvals, runs, cards)
+    lifecycle.listen_for_joiners(automations.on_joined)
+    signups = Signups(ctx, on_confirmed=automations.on_list_joined)
     for name, handler in {
         **lifecycle.jobs(),
         **runs.jobs(),
         **moderation.jobs(),
+        **automations.jobs(),
+        **signups.jobs(),
         ANNOUNCE_JOB: memberships.announce_pending,
         AUDIT_JOB: audit_report.send,
     }.items():
@@ -206,6 +227,9 @@ async def build_app(settings: Settings, **context_options: Any) -> App:
         PrivacyCommands(ctx),
         SuppressionCommands(ctx),
         PostCommands(ctx, moderation),
+        AutomationCommands(ctx, automations),
+        SegmentCommands(ctx),
+        ContactCommands(ctx, signups, Sunsets(ctx, messengers)),
     ):
         commands.register(table)
     core = Core(ctx, table=table, messengers=messengers, identities=identities, lifecycle=lifecycle)
@@ -224,6 +248,8 @@ async def build_app(settings: Settings, **context_options: Any) -> App:
         audit_report,
         core,
         group_mail,
+        signups,
+        automations,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -184,7 +185,7 @@ async def _demo(folder: str, fresh: bool, as_email: str | None) -> None:
         )
         if resumed:
             click.echo(f"Resuming campaigns that were sending: {', '.join(resumed)}")
-        click.echo(d.guide())
+        click.echo(d.guide(s.web.base_url))
         await console.repl()  # type: ignore[attr-defined]
         if len(app.runs.background):
             click.echo("Waiting for background sends to finish…")
@@ -354,8 +355,9 @@ def contacts() -> None:
 @contacts.command("import")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--list", "list_name", required=True, help="The contact list to add them to (created if new).")
+@click.option("--dry-run", is_flag=True, help="Check every row and say what would happen; change nothing.")
 @click.pass_context
-def contacts_import(ctx: click.Context, file: str, list_name: str) -> None:
+def contacts_import(ctx: click.Context, file: str, list_name: str, dry_run: bool) -> None:
     """Import contacts from a CSV: email, name, consent_at, consent_source, and attribute columns."""
     root = ctx.find_root()
     settings = _settings(root.obj["config"])
@@ -366,12 +368,47 @@ def contacts_import(ctx: click.Context, file: str, list_name: str) -> None:
 
         app = await build_app(settings)
         try:
-            report = await import_contacts(app.ctx, Path(file), list_name, actor="cli")
+            report = await import_contacts(app.ctx, Path(file), list_name, actor="cli", dry_run=dry_run)
         finally:
             await app.close()
         click.echo(report.summary())
         if report.bad and not (report.added or report.updated):
             sys.exit(1)
+
+    _run(go(), settings)
+
+
+@contacts.command("export")
+@click.option("--list", "list_name", default=None, help="Only this contact list (default: every contact).")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False),
+    default="-",
+    show_default=True,
+    help="File to write (- for standard output).",
+)
+@click.pass_context
+def contacts_export(ctx: click.Context, list_name: str | None, output: str) -> None:
+    """Write contacts as CSV with their consent columns and attributes (readable by contacts import)."""
+    settings = _settings(ctx.find_root().obj["config"])
+
+    async def go() -> None:
+        from bot.app import build_app
+        from bot.contacts.directory import export_csv
+
+        app = await build_app(settings)
+        try:
+            text, count = await export_csv(app.ctx, list_name)
+        finally:
+            await app.close()
+        if output == "-":
+            click.echo(text, nl=False)
+        else:
+            fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # personal data: owner only
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+                f.write(text)
+            click.echo(f"Wrote {count} contacts to {output}.", err=True)
 
     _run(go(), settings)
 

@@ -157,6 +157,55 @@ class CampaignSettings(_Section):
     reports_dir: str = "reports"
 
 
+class SignupSettings(_Section):
+    """Double opt-in signup (/s/<list>) and the contacts it brings: abuse limits, what is recorded."""
+
+    confirm_ttl_hours: float = Field(default=48, gt=0, le=24 * 30)  # an unconfirmed signup expires then
+    # What the consent record keeps of the person's connection: off unless the organisation enables it.
+    record_ip: bool = False
+    record_user_agent: bool = False
+    # Rate limits, counted in the database so that every process shares them.
+    per_ip_per_hour: int = Field(default=20, ge=1)
+    per_address_per_day: int = Field(default=5, ge=1)
+    mails_per_address_per_day: int = Field(default=3, ge=1)  # confirmation mails to one address
+    max_body_bytes: int = Field(default=8192, ge=512, le=65536)
+    # Optionally refuse an address whose domain has no mail server (a DNS look-up with a timeout).
+    mx_check: bool = False
+    dns_timeout_s: float = Field(default=2.0, gt=0, le=30)
+    dns_servers: list[str] = []  # resolvers to ask (IP addresses); empty: the system's (/etc/resolv.conf)
+    dns_port: int = Field(default=53, ge=1, le=65535)
+    # Contacts with no open or click for this long are inactive (/contacts inactive, sunset policy).
+    sunset_days: int = Field(default=180, ge=1)
+
+
+class AutomationSettings(_Section):
+    """Automations: standing campaigns sent when something happens (bot/campaigns/automations.py)."""
+
+    scan_cron: str = "*/10 * * * *"  # how often triggers are looked for (each fires once per contact)
+    daily_cap: int = Field(default=1000, ge=1)  # messages per automation per day unless it sets its own
+    approval_ttl_days: float = Field(
+        default=365, gt=0
+    )  # an approved automation runs this long, then asks again
+    catch_up_days: int = Field(default=3, ge=0, le=60)  # a date trigger missed while down fires this late
+    # An automation pauses itself, with a card, when its complaints or failures pass these shares
+    # (of its last `rate_window` messages, counted once `rate_min_samples` are in).
+    complaint_pause_share: float = Field(default=0.003, gt=0, le=1)
+    error_pause_share: float = Field(default=0.1, gt=0, le=1)
+    rate_window: int = Field(default=1000, ge=1)
+    rate_min_samples: int = Field(default=20, ge=1)
+
+    @field_validator("scan_cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(v)
+        except ValueError as exc:
+            raise ValueError(f"must be a cron expression of five fields ({exc})") from None
+        return v
+
+
 class RelaySettings(_Section):
     """The built-in SMTP server: the demo's mailbox, bounces, and (lifecycle issue) group addresses."""
 
@@ -379,6 +428,8 @@ class Settings(BaseSettings):
     roles: RolesSettings = RolesSettings()
     web: WebSettings = WebSettings()
     campaigns: CampaignSettings = CampaignSettings()
+    signup: SignupSettings = SignupSettings()
+    automations: AutomationSettings = AutomationSettings()
     relay: RelaySettings = RelaySettings()
     groups: GroupsSettings = GroupsSettings()
     hr: HrSettings = HrSettings()

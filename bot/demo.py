@@ -161,6 +161,10 @@ async def seed(app: App, folder: Path) -> None:
                 plan, kind="command", source="demo", actor="demo", via="demo", session=session, whole=True
             )
     await import_contacts(ctx, folder / "contacts.csv", "customers", actor="demo")
+    await app.signups.open_list("customers", SIGNUP_WORDING, actor="demo", via="demo")
+
+
+SIGNUP_WORDING = "Yes, send me Example Corp's news by email. I can leave at any time with one click."
 
 
 GUIDE = """\
@@ -180,9 +184,14 @@ You are {hr}. Try, in order:
   /as {a1}
   /approve spring                          ← sent; watch the mailbox lines
   /campaign report spring                  ← figures, rates, and a chart (PNG) saved under the demo folder
+  /as {sender}
+  /automation new welcome --on confirmed:customers --template welcome
+  /automation submit welcome               ← approved like a campaign: /as {a1}, /approve automation:welcome
+  then sign up at {base}/s/customers, confirm from the mailbox, and open the welcome's unsubscribe link
+  /contacts show <the address>             ← the consent record, step by step
   /help   ·   /as <email>   ·   /quit
 """
 
 
-def guide() -> str:
-    return GUIDE.format(hr=HR, sender=SENDER, a1=APPROVERS[0], a2=APPROVERS[1], admin=ADMIN)
+def guide(base_url: str = "http://127.0.0.1:8080") -> str:
+    return GUIDE.format(hr=HR, sender=SENDER, a1=APPROVERS[0], a2=APPROVERS[1], admin=ADMIN, base=base_url)

@@ -66,6 +66,17 @@ PersonKind = Literal["joined", "changed", "left"]
 
 
 @dataclass(frozen=True)
+class Joiner:
+    """A joiner the HR lifecycle has applied (what an onboarding automation listens for)."""
+
+    person_id: int
+    email: str
+    name: str | None
+    attributes: dict[str, Any]
+    event_id: str
+
+
+@dataclass(frozen=True)
 class PersonEvent:
     kind: PersonKind
     source: str

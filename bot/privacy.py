@@ -19,10 +19,12 @@ from bot.db.models import (
     AuditEntry,
     Campaign,
     CampaignEvent,
+    ConsentEvent,
     Contact,
     ContactList,
     Delivery,
     ListMember,
+    Signup,
     Suppression,
 )
 
@@ -38,6 +40,8 @@ async def export(ctx: Context, email: str) -> dict[str, Any]:
             "suppression": None,
             "messages": [],
             "events": {},
+            "consent_history": [],
+            "signups": [],
         }
         if contact is not None:
             out["contact"] = {
@@ -81,6 +85,27 @@ async def export(ctx: Context, email: str) -> dict[str, Any]:
         out["messages"] = [
             {"campaign": r.name, "status": r.status, "sent_at": r.sent_at.isoformat() if r.sent_at else None}
             for r in rows
+        ]
+        out["consent_history"] = [
+            {
+                "at": e.at.isoformat(),
+                "kind": e.kind,
+                "list": e.list_name,
+                "source": e.source,
+                "wording": e.wording,
+                "wording_version": e.wording_version,
+                "ip": e.ip,
+                "user_agent": e.user_agent,
+            }
+            for e in (
+                await session.execute(
+                    select(ConsentEvent).where(ConsentEvent.email_hash == hashed).order_by(ConsentEvent.id)
+                )
+            ).scalars()
+        ]
+        out["signups"] = [
+            {"list_id": sg.list_id, "state": sg.state, "at": sg.created_at.isoformat(), "source": sg.source}
+            for sg in (await session.execute(select(Signup).where(Signup.email == email))).scalars()
         ]
         out["events"] = dict(
             (
@@ -133,6 +158,18 @@ async def erase(ctx: Context, email: str, *, actor: str, via: str) -> dict[str, 
             await session.execute(delete(ListMember).where(ListMember.contact_id == contact_id))
             await session.execute(delete(Contact).where(Contact.id == contact_id))
         done["contact"] = int(contact_id is not None)
+        await session.execute(delete(Signup).where(Signup.email == email))
+        # The consent history keeps its shape under the hash; what identifies the person goes.
+        await session.execute(
+            update(ConsentEvent)
+            .where(ConsentEvent.email_hash == hashed)
+            .values(ip=None, user_agent=None, contact_id=None)
+        )
+        await session.execute(
+            update(ConsentEvent)
+            .where(ConsentEvent.email_hash == hashed, ConsentEvent.actor == email)
+            .values(actor=None)
+        )
         # Not yet sent: never will be. Then the address leaves the campaign history.
         await session.execute(
             update(Delivery)

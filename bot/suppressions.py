@@ -24,8 +24,8 @@ from bot.db.upsert import insert_ignore
 from bot.errors import UserError
 from bot.i18n import t
 
-KINDS = ("rcpt", "dsn", "complaint", "unsubscribe", "manual", "erased")
-REASONS = ("hard_bounce", "soft_bounce", "complaint", "unsubscribed", "manual", "erased")
+KINDS = ("rcpt", "dsn", "complaint", "unsubscribe", "manual", "erased", "sunset")
+REASONS = ("hard_bounce", "soft_bounce", "complaint", "unsubscribed", "manual", "erased", "inactive")
 NEEDS_CONSENT = ("complaint", "unsubscribed")  # the person's own word: lifted only after fresh consent
 MAX_EVIDENCE = 2000
 LIST_LIMIT = 20
@@ -192,6 +192,7 @@ def reason_name(reason: str) -> str:
         "unsubscribed": t("unsubscribed"),
         "manual": t("added by an admin"),
         "erased": t("erased on request"),
+        "inactive": t("no answer to a re-permission message"),
     }
     return names.get(reason, reason)
 
@@ -205,5 +206,6 @@ def kind_name(kind: str | None) -> str:
         "unsubscribe": t("the recipient unsubscribed"),
         "manual": t("an admin"),
         "erased": t("an erasure request"),
+        "sunset": t("an approved sunset of inactive contacts"),
     }
     return names.get(kind or "", t("not recorded (from before evidence was kept)"))

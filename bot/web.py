@@ -15,6 +15,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bot import i18n
+from bot.campaigns import preferences
 from bot.campaigns.preview import PreviewCache
 from bot.campaigns.unsubscribe import masked, read_token, target_of, unsubscribe
 from bot.context import Context
@@ -92,15 +93,22 @@ def build_web(ctx: Context, routes: list[Any]) -> ASGIApp:
         target = await target_of(ctx, link)
         if target is None:
             return _gone()
-        token = html.escape(request.path_params["token"], quote=True)
-        # GET never unsubscribes: mail scanners follow links. The button POSTs.
-        question = html.escape(t("Stop receiving {org} campaign email at {email}?", org=org.name, email="\0"))
-        return _page(
-            t("Unsubscribe"),
-            "<p>" + question.replace("\0", f"<b>{html.escape(masked(target.email))}</b>") + "</p>"
-            f"<form method='post' action='/u/{token}'><input type='hidden' name='List-Unsubscribe' "
-            f"value='One-Click'><button type='submit'>{html.escape(t('Unsubscribe'))}</button></form>",
-        )
+        # The preference centre. GET never changes anything: mail scanners follow links. Its buttons POST.
+        prefs = await preferences.load(ctx, target)
+        return preferences.render(ctx, request.path_params["token"], prefs)
+
+    async def preferences_post(request: Request) -> Response:
+        link = read_token(ctx, request.path_params["token"])
+        if link is None or link.kind == "preview":
+            return _page(
+                t("Link not valid"),
+                _p(t("This unsubscribe link is not valid. If you copied it, check that it is complete.")),
+                400,
+            )
+        target = await target_of(ctx, link)
+        if target is None:
+            return _gone()
+        return await preferences.handle_post(ctx, request, request.path_params["token"], target)
 
     async def unsubscribe_post(request: Request) -> Response:
         link = read_token(ctx, request.path_params["token"])
@@ -157,6 +165,7 @@ def build_web(ctx: Context, routes: list[Any]) -> ASGIApp:
             Route("/healthz", health),
             Route("/u/{token}", unsubscribe_page, methods=["GET"]),
             Route("/u/{token}", unsubscribe_post, methods=["POST"]),
+            Route("/u/{token}/preferences", preferences_post, methods=["POST"]),
             Route("/preview/{token}", preview),
             *routes,
         ]

@@ -405,6 +405,202 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], list[tuple[str, str, bool]]]] = 
             ("/privacy erase alice@corp.example --confirm", "is a company address", True),
         ],
     ),
+    "automation": (
+        SENDER,
+        ("automation",),
+        [
+            ("/automation", "needs a subcommand", True),
+            ("/automation nosuch", "has no subcommand “nosuch”", True),
+        ],
+    ),
+    "automation new": (
+        SENDER,
+        ("automation", "new"),
+        [
+            ("/automation new", "needs a name", True),
+            ("/automation new w", "needs --on and --template", True),
+            ("/automation new w --on joined --template nosuch", "There is no template", True),
+            ("/automation new w --on 'DROP TABLE' --template welcome", "is not a trigger", True),
+            ("/automation new w --on confirmed --template welcome", "needs the list", True),
+            ("/automation new w --on confirmed:nosuch --template welcome", "There is no contact list", True),
+            ("/automation new w --on inactive:0d --template welcome --to customers", "1 to 3650", True),
+            ("/automation new w --on 'renewal_date - 14d' --template welcome", "needs --to", True),
+            ("/automation new w --on joined --template welcome --to customers", "takes no --to", True),
+            ("/automation new w --on joined --template welcome --delay 5y", "not a delay", True),
+            ("/automation new w --on joined --template welcome --cap 0", "--cap takes", True),
+            (
+                "/automation new w --on renewal_date --template welcome --to customers --where 'x = '",
+                "column",
+                True,
+            ),
+            (
+                "/automation new w --on renewal_date --template welcome --to eng",
+                "must be a contact list",
+                True,
+            ),
+            ("/automation new 'a b' --on joined --template welcome", "cannot be a campaign name", True),
+        ],
+    ),
+    "automation edit": (
+        SENDER,
+        ("automation", "edit"),
+        [
+            ("/automation edit", "needs a name", True),
+            ("/automation edit nosuch", "needs at least one of", True),
+            ("/automation edit nosuch --delay 1h", "There is no automation “nosuch”", True),
+            ("/automation edit nosuch --tracking maybe", "takes on or off", True),
+        ],
+    ),
+    "automation submit": (
+        SENDER,
+        ("automation", "submit"),
+        [
+            ("/automation submit", "needs a name", True),
+            ("/automation submit nosuch", "There is no automation", True),
+        ],
+    ),
+    "automation pause": (
+        SENDER,
+        ("automation", "pause"),
+        [("/automation pause nosuch", "There is no automation", True)],
+    ),
+    "automation resume": (
+        SENDER,
+        ("automation", "resume"),
+        [("/automation resume nosuch", "There is no automation", True)],
+    ),
+    "automation status": (
+        SENDER,
+        ("automation", "status"),
+        [("/automation status nosuch", "There is no automation", True)],
+    ),
+    "automation report": (
+        SENDER,
+        ("automation", "report"),
+        [("/automation report nosuch", "There is no automation", True)],
+    ),
+    "automation list": (SENDER, ("automation", "list"), [("/automation list x", "does not take", True)]),
+    "segment new": (
+        SENDER,
+        ("segment", "new"),
+        [
+            ("/segment new", "needs a name", True),
+            ("/segment new s", "needs a list", True),
+            ("/segment new s customers", "needs --where", True),
+            ("/segment new s nosuch --where 'a = 1'", "There is no contact list", True),
+            ("/segment new s customers --where 'a = '", "column", True),
+            ("/segment new customers customers --where 'a = 1'", "is a contact list already", True),
+            (
+                "/segment new s customers --where '1; DROP TABLE contacts'",
+                "not part of the expression language",
+                True,
+            ),
+            ("/segment new s customers --where 'pg_sleep(10)'", "not a function", True),
+        ],
+    ),
+    "segment edit": (
+        SENDER,
+        ("segment", "edit"),
+        [("/segment edit nosuch --where 'a = 1'", "There is no segment", True)],
+    ),
+    "segment show": (SENDER, ("segment", "show"), [("/segment show nosuch", "There is no segment", True)]),
+    "segment delete": (
+        SENDER,
+        ("segment", "delete"),
+        [("/segment delete nosuch", "There is no segment", True)],
+    ),
+    "contacts add": (
+        SENDER,
+        ("contacts", "add"),
+        [
+            ("/contacts add", "needs an email", True),
+            ("/contacts add x@example.com", "needs --list and --consent", True),
+            (
+                "/contacts add notanemail --list customers --consent 'said yes to news'",
+                "not an email address",
+                True,
+            ),
+            (
+                "/contacts add x@example.com --list nosuch --consent 'said yes to news'",
+                "There is no contact list",
+                True,
+            ),
+            ("/contacts add x@example.com --list customers --consent 'yes'", "at least 10 characters", True),
+            (
+                "/contacts add alice@corp.example --list customers --consent 'said yes to news'",
+                "company address",
+                True,
+            ),
+        ],
+    ),
+    "contacts show": (
+        SENDER,
+        ("contacts", "show"),
+        [
+            ("/contacts show", "needs an email", True),
+            ("/contacts show nobody@example.com", "There is no contact", True),
+            ("/contacts show notanemail", "not an email address", True),
+        ],
+    ),
+    "contacts find": (
+        SENDER,
+        ("contacts", "find"),
+        [("/contacts find", "needs a text", True), ("/contacts find a", "2 to 200 characters", True)],
+    ),
+    "contacts remove": (
+        SENDER,
+        ("contacts", "remove"),
+        [
+            ("/contacts remove lena@example.com", "needs --list", True),
+            ("/contacts remove lena@example.com --list nosuch", "There is no contact list", True),
+            ("/contacts remove raj@example.net --list customers", "is not on the list", True),
+        ],
+    ),
+    "contacts inactive": (
+        SENDER,
+        ("contacts", "inactive"),
+        [
+            ("/contacts inactive nosuch", "There is no contact list", True),
+            ("/contacts inactive customers --days 0", "1 to 3650", True),
+        ],
+    ),
+    "contacts sunset": (
+        SENDER,
+        ("contacts", "sunset"),
+        [
+            ("/contacts sunset customers", "needs --after", True),
+            ("/contacts sunset customers --after nosuch", "There is no automation", True),
+            ("/contacts sunset customers --after x --window abc", "number of days", True),
+        ],
+    ),
+    "lists": (SENDER, ("lists",), [("/lists extra", "does not take", True)]),
+    "lists open": (
+        ADMIN,
+        ("lists", "open"),
+        [
+            ("/lists open", "needs a name", True),
+            ("/lists open x", "needs --wording", True),
+            ("/lists open 'a b' --wording 'you agree to get news'", "cannot be a list name", True),
+            ("/lists open x --wording short", "at least 10 characters", True),
+            ("/lists open x --wording 'bad\x07 wording here'", "control characters", True),
+        ],
+    ),
+    "lists close": (ADMIN, ("lists", "close"), [("/lists close nosuch", "has no open signup", True)]),
+    "lists form": (SENDER, ("lists", "form"), [("/lists form customers", "has no open signup", True)]),
+    "sunset approve": (
+        APPROVER,
+        ("sunset", "approve"),
+        [
+            ("/sunset approve", "needs an id", True),
+            ("/sunset approve x", "is not a sunset number", True),
+            ("/sunset approve 99", "There is no sunset #99", True),
+        ],
+    ),
+    "sunset reject": (
+        APPROVER,
+        ("sunset", "reject"),
+        [("/sunset reject 99", "There is no sunset #99", True)],
+    ),
 }
 
 # Someone without the role: refused with a sentence, before anything is looked up.
@@ -421,6 +617,10 @@ REFUSED = [
     (SENDER, "/suppressions list", "is for admins"),
     (HR, "/suppressions lift lena@example.com --reason typo", "is for admins"),
     (APPROVER, "/privacy erase lena@example.com --confirm", "is for admins"),
+    (NOBODY, "/automation new x --on joined --template welcome", "is for campaign senders"),
+    (NOBODY, "/contacts show lena@example.com", "is for campaign senders or approvers"),
+    (SENDER, "/lists open x --wording 'you agree to get news'", "is for admins"),
+    (SENDER, "/sunset approve 1", "is for approvers"),
 ]
 
 

@@ -34,6 +34,11 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
             ["--policy-requests", "0"],
             "argument --policy-requests: 0 is too small; give a count of 1 or more.",
         ),
+        (
+            "automations.py",
+            ["--contacts", "0"],
+            "argument --contacts: 0 is too small; give a count of 1 or more.",
+        ),
     ],
 )
 def test_bad_benchmark_arguments_are_one_sentence(script: str, args: list[str], says: str) -> None:

@@ -157,7 +157,7 @@ async def test_a_rejection_voids_earlier_approvals(make_bot, smtp) -> None:  # t
 
 async def test_help_shows_the_flags_campaign_new_requires_and_the_parser_enforces_them(make_bot) -> None:  # type: ignore[no-untyped-def]
     bot = await make_bot()
-    usage = "/campaign new <name> --to <to> --template <template> [--subject <subject>] [--no-tracking]"
+    usage = "/campaign new <name> --to <to> --template <template> [--where <where>] [--subject <subject>] [--no-tracking]"
     assert usage in await bot.say(SENDER, "/help")
     for command, says in (
         ("/campaign new x", "/campaign new needs --to and --template."),

@@ -1,20 +1,34 @@
-"""Who a campaign reaches: a contact list or a group, minus consent-less contacts and suppressions.
+"""Who a campaign reaches: a contact list (narrowed by a segment's expression, bot/campaigns/segments.py)
+or a group, minus consent-less contacts and suppressions; for a joiner automation, the company's people.
 
-Streamed in chunks, so memory does not grow with the audience.
+Streamed in chunks, so memory does not grow with the audience. The segment is a SQL condition with
+bound values, applied in the database: set-based, never a filter over rows fetched into Python.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, func, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.addresses import email_hash
+from bot.campaigns.segments import check, compile_where
 from bot.config import Settings
-from bot.db.models import Campaign, Contact, ContactList, Group, ListMember, Membership, Person, Suppression
+from bot.db.models import (
+    Campaign,
+    Contact,
+    ContactList,
+    Group,
+    ListMember,
+    Membership,
+    Person,
+    Segment,
+    Suppression,
+)
 from bot.errors import UserError
 from bot.i18n import t
 
@@ -64,6 +78,41 @@ async def resolve_audience(session: AsyncSession, settings: Settings, name: str)
     return "group", group.address
 
 
+@dataclass(frozen=True)
+class Target:
+    """What --to (and --where) name: a list with an optional expression, or a group."""
+
+    kind: str  # list | group | joiners
+    name: str
+    where: str | None = None
+    segment: str | None = None  # the named segment it came from (its definition is copied, so it is bound)
+
+
+async def resolve_target(session: AsyncSession, settings: Settings, to: str, where: str | None) -> Target:
+    """A list, a named segment (its list and expression copied), or a group; --where narrows a list."""
+    raw = to.strip()
+    segment = None
+    if raw and "@" not in raw:
+        found = (await session.execute(select(ContactList.id).where(ContactList.name == raw))).first()
+        if found is None:
+            segment = (await session.execute(select(Segment).where(Segment.name == raw))).scalar_one_or_none()
+    if segment is not None:
+        expression = segment.expression if not where else f"({segment.expression}) and ({where})"
+        return Target("list", segment.list_name, check(expression), segment.name)
+    kind, name = await resolve_audience(session, settings, raw)
+    if where:
+        if kind != "list":
+            raise UserError(t("--where narrows a contact list; {name} is a group.", name=name))
+        return Target(kind, name, check(where))
+    return Target(kind, name)
+
+
+def audience_filter(campaign: Campaign, now: datetime | None = None) -> ColumnElement[bool]:
+    if not campaign.audience_where:
+        return true()
+    return compile_where(campaign.audience_where, now or datetime.now(UTC))
+
+
 async def suppressed_among(session: AsyncSession, emails: Iterable[str]) -> set[str]:
     """Which of these addresses are on the suppression list (checked by hash: erased ones too)."""
     by_hash = {email_hash(e): e for e in emails}
@@ -83,12 +132,29 @@ async def stream_candidates(
     Internal members of a group need no consent record; external members of an
     external-allowed group do, like any contact.
     """
+    if campaign.audience_kind == "joiners":
+        people = select(Person.id, Person.email, Person.name, Person.attributes).where(
+            Person.status == "active"
+        )
+        last_id = 0
+        while True:
+            rows = (
+                await session.execute(people.where(Person.id > last_id).order_by(Person.id).limit(CHUNK))
+            ).all()
+            if not rows:
+                return
+            last_id = rows[-1].id
+            yield [Recipient(r.email, r.name, dict(r.attributes or {})) for r in rows]
     if campaign.audience_kind == "list":
         stmt = (
             select(Contact.id, Contact.email, Contact.name, Contact.attributes)
             .join(ListMember, ListMember.contact_id == Contact.id)
             .join(ContactList, ContactList.id == ListMember.list_id)
-            .where(ContactList.name == campaign.audience_name, Contact.consent_at.is_not(None))
+            .where(
+                ContactList.name == campaign.audience_name,
+                Contact.consent_at.is_not(None),
+                audience_filter(campaign),
+            )
             .order_by(Contact.id)
         )
         last_id = 0
@@ -138,6 +204,30 @@ async def stream_candidates(
                 yield chunk
 
 
+async def withdrawn_among(session: AsyncSession, campaign: Campaign, emails: list[str]) -> set[str]:
+    """Which of these addresses an automation may no longer mail, checked at send time: a contact who
+    left the list or has no consent any more (or fell out of the segment), a joiner who has left."""
+    if not emails or campaign.kind != "automation":
+        return set()
+    if campaign.audience_kind == "joiners":
+        still = select(Person.email).where(Person.email.in_(emails), Person.status == "active")
+    elif campaign.audience_kind == "list":
+        still = (
+            select(Contact.email)
+            .join(ListMember, ListMember.contact_id == Contact.id)
+            .join(ContactList, ContactList.id == ListMember.list_id)
+            .where(
+                Contact.email.in_(emails),
+                ContactList.name == campaign.audience_name,
+                Contact.consent_at.is_not(None),
+                audience_filter(campaign),
+            )
+        )
+    else:
+        return set()
+    return set(emails) - set((await session.execute(still)).scalars())
+
+
 async def stream_audience(
     session: AsyncSession, settings: Settings, campaign: Campaign
 ) -> AsyncIterator[list[Recipient]]:
@@ -177,15 +267,17 @@ async def describe_audience(session: AsyncSession, settings: Settings, campaign:
             count, sample = report.key_sets.get(keys, (0, r))
             report.key_sets[keys] = (count + 1, sample)
     if campaign.audience_kind == "list":
-        from sqlalchemy import func
-
         report.without_consent = (
             await session.execute(
                 select(func.count())
                 .select_from(Contact)
                 .join(ListMember, ListMember.contact_id == Contact.id)
                 .join(ContactList, ContactList.id == ListMember.list_id)
-                .where(ContactList.name == campaign.audience_name, Contact.consent_at.is_(None))
+                .where(
+                    ContactList.name == campaign.audience_name,
+                    Contact.consent_at.is_(None),
+                    audience_filter(campaign),
+                )
             )
         ).scalar_one()
     return report

@@ -17,6 +17,7 @@ from bot.campaigns import service
 from bot.campaigns.audience import Recipient
 from bot.campaigns.notes import decision_name, show, state_name, status_name
 from bot.campaigns.templates import Rendered, TemplateProblem
+from bot.campaigns.triggers import delay_text, from_bound
 from bot.context import Context
 from bot.db.models import Approval, Campaign
 from bot.events import Button, Card, Message
@@ -24,18 +25,22 @@ from bot.i18n import t
 from bot.messengers import Messengers
 
 
-def audience(kind: str, name: str) -> str:
+def audience(kind: str, name: str, where: str | None = None) -> str:
     """“list customers” or “group team@corp.example”, in the current language."""
+    if kind == "list" and where:
+        return t("list {name} where {expression}", name=name, expression=where)
     if kind == "list":
         return t("list {name}", name=name)
     if kind == "group":
         return t("group {name}", name=name)
+    if kind == "joiners":
+        return t("each new employee")
     return f"{kind} {name}"
 
 
 def audience_line(review: service.Review, campaign: Campaign) -> str:
     a = review.audience
-    name = audience(campaign.audience_kind, campaign.audience_name)
+    name = audience(campaign.audience_kind, campaign.audience_name, campaign.audience_where)
     if a.total == 1:
         text = t("{audience}: 1 recipient", audience=name)
     else:
@@ -81,7 +86,7 @@ def created(campaign: Campaign) -> str:
     name, subject, tracked = campaign.name, campaign.subject, campaign.tracking
     values = {
         "name": name,
-        "audience": audience(campaign.audience_kind, campaign.audience_name),
+        "audience": audience(campaign.audience_kind, campaign.audience_name, campaign.audience_where),
         "subject": subject,
     }
     if subject and tracked:
@@ -154,6 +159,12 @@ def preview_text(preview: Preview, url: str) -> str:
     return "\n".join(lines)
 
 
+def _outcome_title(campaign: Campaign) -> str:
+    if campaign.kind == "automation":
+        return t("Automation “{name}”", name=campaign.name.removeprefix(service.AUTOMATION_PREFIX))
+    return t("Campaign “{name}”", name=campaign.name)
+
+
 class CampaignCards:
     def __init__(self, ctx: Context, messengers: Messengers):
         self.ctx = ctx
@@ -212,8 +223,19 @@ class CampaignCards:
                     fields.append((t("Subject"), campaign.subject))
             fields.append((t("Checks"), t("passed") if not review.problems else "; ".join(review.problems)))
         else:
-            fields.append((t("Audience"), audience(campaign.audience_kind, campaign.audience_name)))
+            fields.append(
+                (
+                    t("Audience"),
+                    audience(campaign.audience_kind, campaign.audience_name, campaign.audience_where),
+                )
+            )
             fields.append((t("Subject"), campaign.subject))
+        standing = from_bound(campaign.bound) if campaign.kind == "automation" else None
+        if standing is not None:
+            trigger, delay_s, cap = standing
+            fields.append((t("Trigger"), trigger.describe()))
+            fields.append((t("Delay"), delay_text(delay_s)))
+            fields.append((t("Daily cap"), str(cap or settings.automations.daily_cap)))
         fields.append(
             (
                 t("Sender"),
@@ -249,7 +271,7 @@ class CampaignCards:
         if outcome is not None:
             fields.append((t("Outcome"), outcome))
             return Card(
-                title=t("Campaign “{name}”", name=campaign.name),
+                title=_outcome_title(campaign),
                 fields=tuple(fields),
                 progress=progress,
                 link=(t("Preview"), self.preview_url(campaign)),
@@ -271,8 +293,16 @@ class CampaignCards:
                 text_command=f"/reject {campaign.name} <reason>",
             ),
         )
+        title = (
+            t(
+                "Approval needed: automation “{name}”",
+                name=campaign.name.removeprefix(service.AUTOMATION_PREFIX),
+            )
+            if campaign.kind == "automation"
+            else t("Approval needed: campaign “{name}”", name=campaign.name)
+        )
         return Card(
-            title=t("Approval needed: campaign “{name}”", name=campaign.name),
+            title=title,
             fields=tuple(fields),
             buttons=buttons,
             link=(t("Preview"), self.preview_url(campaign)),
@@ -305,7 +335,9 @@ class CampaignCards:
         def build() -> Message:  # once per messenger, in its language
             who = ", ".join(approvers) or t("nobody")
             note_text = show(campaign.status_note)
-            if state == "sending":
+            if state == "sending" and campaign.kind == "automation":
+                outcome = t("Approved by {names}; running: each trigger sends one message", names=who)
+            elif state == "sending":
                 outcome = t("Approved by {names}; sending…", names=who)
             elif state == "scheduled":
                 outcome = t("Approved by {names}; starts {time}", names=who, time=schedule_line(campaign))
@@ -360,7 +392,7 @@ class CampaignCards:
             "  "
             + t(
                 "to {audience}, template {template}, subject “{subject}”, created by {email}",
-                audience=audience(campaign.audience_kind, campaign.audience_name),
+                audience=audience(campaign.audience_kind, campaign.audience_name, campaign.audience_where),
                 template=campaign.template,
                 subject=campaign.subject,
                 email=campaign.created_by,
@@ -411,7 +443,14 @@ class CampaignCards:
         """Every campaign and its state, newest first (at most 50), for /campaign list."""
         async with self.ctx.sessions() as session:
             rows = (
-                (await session.execute(select(Campaign).order_by(Campaign.created_at.desc()).limit(50)))
+                (
+                    await session.execute(
+                        select(Campaign)
+                        .where(Campaign.kind == "campaign")
+                        .order_by(Campaign.created_at.desc())
+                        .limit(50)
+                    )
+                )
                 .scalars()
                 .all()
             )

@@ -9,9 +9,9 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.addresses import normalise
-from bot.campaigns import service
+from bot.campaigns import segment_store, service
 from bot.campaigns.approval import may_change
-from bot.campaigns.audience import Recipient, resolve_audience, stream_candidates
+from bot.campaigns.audience import Recipient, resolve_target, stream_candidates
 from bot.campaigns.cards import CampaignCards, Preview
 from bot.campaigns.notes import note, state_name
 from bot.campaigns.runs import CampaignRuns, start_job_id
@@ -40,7 +40,16 @@ class Drafts:
         CompiledTemplate(load_source(self.ctx.settings.campaigns.templates_dir, template), subject)
 
     async def create(
-        self, name: str, *, to: str, template: str, subject: str | None, tracking: bool, actor: str, via: str
+        self,
+        name: str,
+        *,
+        to: str,
+        template: str,
+        subject: str | None,
+        tracking: bool,
+        actor: str,
+        via: str,
+        where: str | None = None,
     ) -> Campaign:
         ctx = self.ctx
         service.check_name(name)
@@ -55,13 +64,14 @@ class Drafts:
                         name=name,
                     )
                 )
-            kind, audience = await resolve_audience(session, ctx.settings, to)
+            target = await resolve_target(session, ctx.settings, to, where)
             campaign = Campaign(
                 name=name,
                 template=template,
                 subject=subject,
-                audience_kind=kind,
-                audience_name=audience,
+                audience_kind=target.kind,
+                audience_name=target.name,
+                audience_where=target.where,
                 from_address=ctx.settings.campaigns.from_address,
                 from_name=ctx.settings.campaigns.from_name,
                 created_by=actor,
@@ -85,6 +95,7 @@ class Drafts:
         actor: str,
         via: str,
         admin: bool,
+        where: str | None = None,
     ) -> Edited:
         """Change a campaign; any edit voids an approval (back to draft, the submitted hash forgotten), and
         every card that showed the request or the approval says so."""
@@ -108,9 +119,12 @@ class Drafts:
                 values["subject"] = subject
             if tracking is not None:
                 values["tracking"] = tracking
-            if to:
-                kind, audience = await resolve_audience(session, ctx.settings, to)
-                values.update(audience_kind=kind, audience_name=audience)
+            if to or where:
+                # --where alone narrows the list it goes to now (replacing an earlier expression).
+                target = await resolve_target(session, ctx.settings, to or campaign.audience_name, where)
+                values.update(
+                    audience_kind=target.kind, audience_name=target.name, audience_where=target.where
+                )
             self._check_template(
                 str(values.get("template", campaign.template)), str(values.get("subject", campaign.subject))
             )
@@ -146,6 +160,19 @@ class Drafts:
             self.runs.scheduler.cancel(start_job_id(campaign.id))
             await self.cards.refresh(campaign.id, "edited")
         return Edited(campaign, before, fields)
+
+    async def audience_note(self, campaign: Campaign) -> str:
+        """For a segment: how many it reaches now and a sample, before anything is submitted."""
+        if not campaign.audience_where:
+            return ""
+        found = await segment_store.match(self.ctx, campaign.audience_name, campaign.audience_where)
+        if not found.count:
+            return "\n" + t("The segment matches nobody on the list now.")
+        return "\n" + t(
+            "The segment matches {count} contacts now, e.g. {sample}.",
+            count=found.count,
+            sample=", ".join(found.sample),
+        )
 
     async def preview(self, name: str, recipient: str | None) -> Preview:
         ctx = self.ctx

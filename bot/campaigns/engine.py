@@ -31,7 +31,7 @@ from sqlalchemy import Table, func, insert, select, update
 
 from bot.addresses import email_hash
 from bot.campaigns import service
-from bot.campaigns.audience import Recipient, stream_audience, suppressed_among
+from bot.campaigns.audience import Recipient, stream_audience, suppressed_among, withdrawn_among
 from bot.campaigns.messages import CampaignMessages
 from bot.campaigns.notes import english, note
 from bot.campaigns.send_faults import pause_note
@@ -229,7 +229,8 @@ class DeliveryEngine:
             )
             if not won:
                 return (await session.get(Campaign, campaign_id, populate_existing=True)).state
-            await self._snapshot(session, campaign)
+            if campaign.kind != "automation":  # an automation's deliveries are made by its triggers
+                await self._snapshot(session, campaign)
             service.audit_campaign(
                 session,
                 campaign,
@@ -345,6 +346,8 @@ class DeliveryEngine:
                 return RunResult(campaign_id, state)
             batch = await self._claim(campaign_id)
             if not batch:
+                if campaign.kind == "automation":  # standing: idle until its triggers make more (runs.py)
+                    return RunResult(campaign_id, "idle")
                 if await self._finished(campaign_id):
                     return await self._complete(campaign)
                 try:  # retries waiting out their backoff, or another worker's batch
@@ -443,8 +446,10 @@ class DeliveryEngine:
         `_halt_reason` and halts: what was not sent goes back to `pending`, its attempt not counted."""
         emails = [d.email for d in batch]
         async with self.ctx.sessions() as session:
-            # Checked at send time, per batch: an unsubscribe mid-campaign stops the next message.
+            # Checked at send time, per batch: an unsubscribe mid-campaign stops the next message; an
+            # automation's contact who left the list or withdrew consent since the trigger is not mailed.
             suppressed = await suppressed_among(session, emails)
+            suppressed |= await withdrawn_among(session, campaign, emails)
         capped = await self._capped(campaign.id, emails)
         sent: list[dict] = []
         failed: list[dict] = []

@@ -29,7 +29,8 @@ from bot.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 START_JOB = "campaigns.start"  # the scheduled start's handler
-ENDS = ("completed", "failed", "cancelled", "missing")
+# "idle": an automation's standing campaign with nothing due; its triggers start it again.
+ENDS = ("completed", "failed", "cancelled", "missing", "idle")
 PROGRESS_EVERY_S = 3.0  # messengers rate-limit message updates; every few seconds is plenty
 
 

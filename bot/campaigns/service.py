@@ -44,8 +44,11 @@ def check_name(name: str) -> str:
     return name
 
 
+AUTOMATION_PREFIX = "automation:"  # the standing campaign behind an automation (bot/campaigns/automations.py)
+
+
 async def get(session: AsyncSession, name: str) -> Campaign:
-    check_name(name)
+    check_name(name.removeprefix(AUTOMATION_PREFIX))
     c = (await session.execute(select(Campaign).where(Campaign.name == name))).scalar_one_or_none()
     if c is None:
         raise UserError(t("There is no campaign “{name}”. /campaign list shows them.", name=name))
@@ -53,8 +56,15 @@ async def get(session: AsyncSession, name: str) -> Campaign:
 
 
 def content_hash(campaign: Campaign, template_digest: str) -> str:
-    """What an approval is bound to: subject, template, audience definition and sender."""
+    """What an approval is bound to: subject, template, audience definition (a segment's expression too)
+    and sender; for an automation also its trigger, delay and daily cap (`bound`). Parts added later are
+    hashed only when set, so an approval given before them stays valid."""
     h = hashlib.sha256()
+    extra = []
+    if campaign.audience_where:
+        extra.append(f"where:{campaign.audience_where}")
+    if campaign.bound:
+        extra.append(f"bound:{campaign.bound}")
     for part in (
         campaign.subject,
         template_digest,
@@ -62,6 +72,7 @@ def content_hash(campaign: Campaign, template_digest: str) -> str:
         campaign.from_address,
         campaign.from_name or "",
         "tracking" if campaign.tracking else "no-tracking",
+        *extra,
     ):
         h.update(part.encode())
         h.update(b"\x00")
@@ -111,10 +122,10 @@ async def review(ctx: Context, session: AsyncSession, campaign: Campaign) -> Rev
     a heavy template must not stall the event loop (the web app, the messengers' acknowledgements)."""
     messages = await asyncio.to_thread(messages_for, ctx, campaign)
     report = await describe_audience(session, ctx.settings, campaign)
-    return await _judge(messages, report)
+    return await _judge(messages, report, campaign.kind == "automation")
 
 
-async def _judge(messages: CampaignMessages, report: AudienceReport) -> Review:
+async def _judge(messages: CampaignMessages, report: AudienceReport, standing: bool = False) -> Review:
     problems: list[str] = []
     sample: Recipient | None = None
     assert report.key_sets is not None
@@ -140,7 +151,7 @@ async def _judge(messages: CampaignMessages, report: AudienceReport) -> Review:
                         problem=exc.sentence,
                     )
                 )
-    if report.total == 0:
+    if report.total == 0 and not standing:  # an automation's audience may still be to come
         problems.append(t("The audience is empty after consent and suppression: nobody would receive it."))
     if sample is not None:
         try:
@@ -174,6 +185,8 @@ async def record_decision(
     if reason is not None:  # typed in chat and shown on every card about the campaign
         check_text(reason, t("The reason"), 1000, multiline=True)
     ttl = timedelta(hours=ctx.settings.campaigns.approval_ttl_hours)
+    if campaign.kind == "automation":  # approved once, it runs standing: re-approved yearly by default
+        ttl = timedelta(days=ctx.settings.automations.approval_ttl_days)
     # A scheduled campaign's approval runs from its start time, so scheduling ahead is possible.
     base = max(ctx.now(), campaign.scheduled_at) if campaign.scheduled_at else ctx.now()
     row = {

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from bot import audit
+from bot import audit, consent
 from bot.campaigns.tracking import UnsubscribeLink, verify_unsubscribe
 from bot.context import Context
-from bot.db.models import Delivery
+from bot.db.models import Contact, Delivery
 from bot.suppressions import Evidence, suppress
 
 
@@ -58,6 +58,17 @@ async def unsubscribe(ctx: Context, target: Target, *, via: str, how: str, detai
                 subject=f"contact:{target.email}",
                 after={"reason": "unsubscribed"},
                 detail=f"{how} unsubscribe from campaign {target.campaign_id}",
+            )
+            contact_id = (
+                await session.execute(select(Contact.id).where(Contact.email == target.email))
+            ).scalar_one_or_none()
+            consent.record(  # the consent history shows the withdrawal beside the consent it ends
+                session,
+                email=target.email,
+                kind="unsubscribed",
+                at=ctx.now(),
+                contact_id=contact_id,
+                proof=consent.Proof(source=f"{how} (campaign {target.campaign_id})", actor=target.email),
             )
     return new
 

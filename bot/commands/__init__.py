@@ -5,10 +5,23 @@ root (bot/app.py) builds those classes with what they need."""
 from __future__ import annotations
 
 from bot.commandline import Spec
-from bot.commands import campaigns, general, groups, lifecycle, posts, privacy, suppressions
+from bot.commands import (
+    automations,
+    campaigns,
+    contacts,
+    general,
+    groups,
+    lifecycle,
+    posts,
+    privacy,
+    segments,
+    suppressions,
+)
 
 
 def all_specs() -> list[Spec]:
     """Every command Postroom answers, without building anything (the Slack manifest, /help checks)."""
-    modules = (general, groups, campaigns, lifecycle, privacy, suppressions, posts)
+    modules = (
+        general, groups, campaigns, lifecycle, privacy, suppressions, posts, automations, segments, contacts,
+    )  # fmt: skip
     return [spec for module in modules for spec in module.SPECS]

@@ -22,7 +22,8 @@ from bot.events import Action, Message
 from bot.i18n import t
 
 NAME = Arg("name")
-TO = Flag("to", help="a contact list or a group")
+TO = Flag("to", help="a contact list, a segment or a group")
+WHERE = Flag("where", help='narrow the list: a segment expression, e.g. "country in ("DE", "AT")"')
 TEMPLATE = Flag("template", help="a template in campaigns.templates_dir (name.html, optional name.txt)")
 SUBJECT = Flag("subject", help='the subject line; a template too, e.g. "Hello {{ first_name }}"')
 NO_TRACKING = Flag("no-tracking", False, "no open pixel and no click redirects in this campaign's mail")
@@ -39,13 +40,17 @@ def _campaign(
 
 REQUIRED = (Flag("to", help=TO.help, required=True), Flag("template", help=TEMPLATE.help, required=True))
 NEW = _campaign(
-    "new", "Start a draft campaign (senders).", NAME, flags=(*REQUIRED, SUBJECT, NO_TRACKING), roles=SENDERS
+    "new",
+    "Start a draft campaign (senders).",
+    NAME,
+    flags=(*REQUIRED, WHERE, SUBJECT, NO_TRACKING),
+    roles=SENDERS,
 )
 EDIT = _campaign(
     "edit",
     "Change a campaign; an edit voids any approval.",
     NAME,
-    flags=(TO, TEMPLATE, SUBJECT, TRACKING),
+    flags=(TO, WHERE, TEMPLATE, SUBJECT, TRACKING),
     roles=SENDERS,
 )
 PREVIEW = _campaign(
@@ -127,18 +132,20 @@ class CampaignCommands:
             campaign = await self.drafts.create(
                 p.arg("name"),
                 to=p.flag("to") or "",
+                where=p.flag("where"),
                 template=p.flag("template") or "",
                 subject=p.flag("subject"),
                 tracking=not p.switch("no-tracking"),
                 actor=req.email,
                 via=req.via,
             )
-        return Message(created(campaign))
+        return Message(created(campaign) + await self.drafts.audience_note(campaign))
 
     async def edit(self, req: Request, p: Parsed) -> Message:
-        if not (p.flag("to") or p.flag("template") or p.flag("subject") or p.flag("tracking")):
+        if not any(p.flag(f) for f in ("to", "where", "template", "subject", "tracking")):
             raise UserError(
-                t("/campaign edit needs at least one of --to, --template, --subject, --tracking."), EDIT.usage
+                t("/campaign edit needs at least one of --to, --where, --template, --subject, --tracking."),
+                EDIT.usage,
             )
         tracking = (p.flag("tracking") or "").lower()
         if tracking and tracking not in ("on", "off"):
@@ -147,6 +154,7 @@ class CampaignCommands:
             done = await self.drafts.edit(
                 p.arg("name"),
                 to=p.flag("to"),
+                where=p.flag("where"),
                 template=p.flag("template"),
                 subject=p.flag("subject"),
                 tracking=(tracking == "on") if tracking else None,

@@ -1,9 +1,11 @@
-"""`postroom contacts import <file.csv> --list <name>`: external contacts with their consent.
+"""`postroom contacts import <file.csv> --list <name> [--dry-run]`: external contacts with their consent.
 
 Columns: `email`, `name`, `consent_at` (ISO 8601), `consent_source`, optional `consent_method`,
 and any attribute columns. A row without consent is kept but never mailed by a campaign; a bad
 row is reported with its line number and the good rows are kept. Someone erased on request is
-not imported again.
+not imported again. Each consent a row brings is kept in the consent history (bot/consent.py); with
+`signup.mx_check` on, an address whose domain has no mail server is reported and left out. `--dry-run`
+reads and checks everything in a transaction it rolls back: the report says what would happen.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from bot import audit, values
-from bot.addresses import email_hash, normalise
+from bot import audit, consent, values
+from bot.addresses import domain_of, email_hash, normalise
+from bot.contacts.mx import domain_receives_mail
 from bot.context import Context
 from bot.csvfiles import read_utf8
 from bot.db.models import Contact, ContactList, ListMember, Suppression
@@ -25,7 +28,14 @@ from bot.db.upsert import insert_ignore
 from bot.errors import UserError
 from bot.i18n import t
 
-CORE_COLUMNS = {"email", "name", "consent_at", "consent_source", "consent_method"}
+CORE_COLUMNS = {
+    "email",
+    "name",
+    "consent_at",
+    "consent_source",
+    "consent_method",
+    "lists",
+}  # lists: an export's
 MAX_ATTRIBUTE_LENGTH = 1000
 
 
@@ -38,10 +48,12 @@ class ImportReport:
     without_consent: int = 0
     erased_skipped: int = 0
     bad: list[tuple[int, str]] = field(default_factory=list)
+    dry_run: bool = False
 
     def summary(self) -> str:
+        verb = "Would import" if self.dry_run else "Imported"
         lines = [
-            f"Imported {self.added + self.updated} of {self.rows} rows into list “{self.list_name}” "
+            f"{verb} {self.added + self.updated} of {self.rows} rows into list “{self.list_name}” "
             f"({self.added} new, {self.updated} updated)."
         ]
         if self.without_consent:
@@ -59,6 +71,8 @@ class ImportReport:
             lines += [f"  line {line}: {why}" for line, why in self.bad[:50]]
             if len(self.bad) > 50:
                 lines.append(f"  … and {len(self.bad) - 50} more")
+        if self.dry_run:
+            lines.append("Dry run: nothing was changed.")
         return "\n".join(lines)
 
 
@@ -69,12 +83,11 @@ def parse_time(text: str) -> datetime:
     return value.astimezone(UTC)
 
 
-async def import_contacts(
-    ctx: Context, path: str | Path, list_name: str, *, actor: str = "cli"
-) -> ImportReport:
+def check_list_name(list_name: str) -> str:
     if (
         not list_name
         or len(list_name) > 200
+        or not list_name.isascii()
         or not list_name.replace("-", "").replace("_", "").replace(".", "").isalnum()
     ):
         raise UserError(
@@ -83,6 +96,17 @@ async def import_contacts(
                 name=list_name[:60],
             )
         )
+    return list_name
+
+
+class _DryRun(Exception):
+    """Raised at the end of a dry run so its transaction rolls back."""
+
+
+async def import_contacts(
+    ctx: Context, path: str | Path, list_name: str, *, actor: str = "cli", dry_run: bool = False
+) -> ImportReport:
+    check_list_name(list_name)
     p = Path(path)
     _raw, text = read_utf8(p)
     reader = csv.DictReader(io.StringIO(text))
@@ -99,8 +123,19 @@ async def import_contacts(
         if unsafe is not None:
             raise UserError(unsafe)
     reader.fieldnames = headers
-    report = ImportReport(list_name=list_name)
+    report = ImportReport(list_name=list_name, dry_run=dry_run)
+    try:
+        await _import(ctx, reader, p, list_name, actor, report)
+    except _DryRun:
+        pass
+    return report
+
+
+async def _import(
+    ctx: Context, reader: csv.DictReader, p: Path, list_name: str, actor: str, report: ImportReport
+) -> None:
     now = ctx.now()
+    mx: dict[str, bool] = {}
     async with ctx.sessions() as session, session.begin():
         lst = (
             await session.execute(select(ContactList).where(ContactList.name == list_name))
@@ -125,6 +160,13 @@ async def import_contacts(
                 report.bad.append((line, f"{email} appears earlier in the file"))
                 continue
             seen.add(email)
+            if ctx.settings.signup.mx_check:
+                domain = domain_of(email)
+                if domain not in mx:
+                    mx[domain] = await domain_receives_mail(ctx.settings.signup, domain)
+                if not mx[domain]:
+                    report.bad.append((line, f"{domain} does not receive email (no MX or A record)"))
+                    continue
             consent_at = None
             if (row.get("consent_at") or "").strip():
                 try:
@@ -182,6 +224,7 @@ async def import_contacts(
                 await session.execute(select(Contact).where(Contact.email == email))
             ).scalar_one_or_none()
             name = (row.get("name") or "").strip() or None
+            consent_before = contact.consent_at if contact is not None else None
             if contact is None:
                 contact = Contact(
                     email=email,
@@ -208,10 +251,25 @@ async def import_contacts(
                 report.updated += 1
             if contact.consent_at is None:
                 report.without_consent += 1
+            elif contact.consent_at != consent_before:
+                consent.record(
+                    session,
+                    email=email,
+                    kind="imported",
+                    at=now,
+                    contact_id=contact.id,
+                    list_name=list_name,
+                    proof=consent.Proof(
+                        source=f"csv {p.name}: {contact.consent_source or 'no source given'}"
+                        f" (consent given {contact.consent_at.isoformat()})",
+                        wording=contact.consent_method,
+                        actor=actor,
+                    ),
+                )
             await insert_ignore(
                 session,
                 ListMember,
-                [{"list_id": lst.id, "contact_id": contact.id}],
+                [{"list_id": lst.id, "contact_id": contact.id, "subscribed_at": contact.consent_at or now}],
                 ["list_id", "contact_id"],
             )
         audit.record(
@@ -223,4 +281,5 @@ async def import_contacts(
             after={"added": report.added, "updated": report.updated, "bad": len(report.bad)},
             detail=str(p.name),
         )
-    return report
+        if report.dry_run:
+            raise _DryRun

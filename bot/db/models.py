@@ -152,12 +152,128 @@ class ContactList(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Public signup (/s/<name>): off until someone opens it with the consent wording people will see.
+    # Each change of the wording is a new version; every consent event keeps the exact text it showed.
+    signup_open: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    consent_wording: Mapped[str | None] = mapped_column(Text)
+    wording_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class ListMember(Base):
     __tablename__ = "list_members"
     list_id: Mapped[int] = mapped_column(ForeignKey("contact_lists.id", ondelete="CASCADE"), primary_key=True)
     contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True)
+    subscribed_at: Mapped[datetime | None]  # None on rows from before migration 0013
+
+
+class ConsentEvent(Base):
+    """One step of a contact's consent, kept as it happened (GDPR Art. 7: consent must be demonstrable):
+    a signup asked for, confirmed, added from chat, imported, a list left, an unsubscribe, a come-back.
+
+    Keyed by a hash of the address as well as the contact, so an erasure can drop the contact and what
+    identifies the person (IP, user agent) while the history's shape stays.
+    """
+
+    __tablename__ = "consent_events"
+    __table_args__ = (Index("ix_consent_events_contact", "contact_id", "id"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id", ondelete="SET NULL"))
+    email_hash: Mapped[str] = mapped_column(String(64), index=True)
+    list_name: Mapped[str | None] = mapped_column(String(200))  # None: every list (an unsubscribe)
+    # requested | confirmed | added | imported | left | unsubscribed | resubscribed | sunset
+    kind: Mapped[str] = mapped_column(String(30))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    source: Mapped[str | None] = mapped_column(String(500))  # the form and page, chat:<who>, csv:<file>
+    wording: Mapped[str | None] = mapped_column(Text)  # the exact consent text shown
+    wording_version: Mapped[str | None] = mapped_column(String(100))
+    ip: Mapped[str | None] = mapped_column(String(64))  # only where signup.record_ip is on
+    user_agent: Mapped[str | None] = mapped_column(String(400))  # only where signup.record_user_agent is on
+    actor: Mapped[str | None] = mapped_column(String(320))
+
+
+class Signup(Base):
+    """A double opt-in signup waiting for its confirmation link. Not a contact until confirmed, so no
+    campaign can mail it; it expires."""
+
+    __tablename__ = "signups"
+    __table_args__ = (UniqueConstraint("list_id", "email", name="uq_signup_list_email"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    list_id: Mapped[int] = mapped_column(ForeignKey("contact_lists.id", ondelete="CASCADE"))
+    email: Mapped[str] = mapped_column(String(320), index=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    state: Mapped[str] = mapped_column(String(20), default="pending")  # pending | confirmed | expired
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    confirmed_at: Mapped[datetime | None]
+    source: Mapped[str | None] = mapped_column(String(500))
+    wording: Mapped[str | None] = mapped_column(Text)
+    wording_version: Mapped[str | None] = mapped_column(String(100))
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(400))
+    mails_sent: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class RateCount(Base):
+    """Hits per key per fixed window, for the public endpoints' rate limits: in the database, so every
+    `postroom serve` process counts against the same limit."""
+
+    __tablename__ = "rate_counts"
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Segment(Base):
+    """A named audience: a contact list narrowed by an expression (bot/campaigns/segments.py)."""
+
+    __tablename__ = "segments"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    list_name: Mapped[str] = mapped_column(String(200))
+    expression: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Automation(Base):
+    """A standing campaign: its Campaign row (kind "automation") holds the template, audience, state and
+    approvals; this row holds what triggers a message. Each message is a delivery of that campaign,
+    keyed by its trigger (`Delivery.trigger_key`) so it is made once however often the scan runs."""
+
+    __tablename__ = "automations"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), unique=True)
+    trigger: Mapped[str] = mapped_column(String(20))  # confirmed | date | joined | inactive
+    trigger_list: Mapped[str | None] = mapped_column(String(200))  # confirmed: the list
+    attribute: Mapped[str | None] = mapped_column(String(100))  # date: the contact attribute
+    offset_days: Mapped[int] = mapped_column(Integer, default=0)  # date: renewal_date - 14d is -14
+    inactive_days: Mapped[int | None] = mapped_column(Integer)
+    delay_s: Mapped[int] = mapped_column(Integer, default=0)
+    daily_cap: Mapped[int] = mapped_column(Integer, default=0)  # 0: automations.daily_cap
+    created_by: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_scan_at: Mapped[datetime | None]
+    cap_day: Mapped[str | None] = mapped_column(String(10))  # the UTC day cap_count counts
+    cap_count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Sunset(Base):
+    """Suppressing contacts who did not answer a re-permission message, held for an approver."""
+
+    __tablename__ = "sunsets"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    list_name: Mapped[str] = mapped_column(String(200))
+    automation: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(20), default="pending")  # pending | approved | rejected
+    requested_by: Mapped[str] = mapped_column(String(320))
+    decided_by: Mapped[str | None] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    decided_at: Mapped[datetime | None]
+    payload: Mapped[dict[str, Any]] = mapped_column(
+        default=dict
+    )  # {"ids": [contact ids], "emails": [sample]}
 
 
 class Suppression(Base):
@@ -193,6 +309,12 @@ class Campaign(Base):
     from_address: Mapped[str] = mapped_column(String(320))
     from_name: Mapped[str | None] = mapped_column(String(200))
     created_by: Mapped[str] = mapped_column(String(320))
+    # campaign | automation (the standing campaign behind an Automation: never snapshotted, never completes)
+    kind: Mapped[str] = mapped_column(String(20), default="campaign", server_default="campaign")
+    # A segment's expression narrowing the list (bot/campaigns/segments.py); part of the approval hash.
+    audience_where: Mapped[str | None] = mapped_column(Text)
+    # The rest of what an approval is bound to, canonical text: an automation's trigger, delay and cap.
+    bound: Mapped[str | None] = mapped_column(Text)
     submitted_by: Mapped[str | None] = mapped_column(String(320))
     content_hash: Mapped[str | None] = mapped_column(String(64))
     submission: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # +1 on each submit
@@ -230,7 +352,8 @@ class Delivery(Base):
 
     __tablename__ = "deliveries"
     __table_args__ = (
-        UniqueConstraint("campaign_id", "email", name="uq_delivery_campaign_email"),
+        # An automation mails one contact once per trigger (a welcome, each renewal date): the key says which.
+        UniqueConstraint("campaign_id", "email", "trigger_key", name="uq_delivery_campaign_email_trigger"),
         Index("ix_deliveries_claim", "campaign_id", "status", "id"),
         Index("ix_deliveries_email_sent", "email", "sent_at"),  # the frequency cap's look-up
     )
@@ -248,6 +371,7 @@ class Delivery(Base):
     next_attempt_at: Mapped[datetime | None]  # a 4xx waits here before the next try
     sent_at: Mapped[datetime | None]
     message_id: Mapped[str | None] = mapped_column(String(300))
+    trigger_key: Mapped[str] = mapped_column(String(200), default="", server_default="")
 
 
 class CampaignEvent(Base):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,7 +28,7 @@ from bot.context import Context
 from bot.db.models import Group, Membership, Person, PersonId, ProcessedEvent
 from bot.db.upsert import insert_ignore
 from bot.errors import UserError
-from bot.events import Message, PersonEvent
+from bot.events import Joiner, Message, PersonEvent
 from bot.groups import planner, service
 from bot.groups.guard import Kind
 from bot.groups.membership import Memberships, Refused
@@ -118,6 +119,11 @@ class Lifecycle:
         self.messengers = messengers
         self.scheduler = scheduler
         self._locks: dict[str, asyncio.Lock] = {}
+        self._joiner_hooks: list[Callable[[Joiner], Awaitable[None]]] = []
+
+    def listen_for_joiners(self, hook: Callable[[Joiner], Awaitable[None]]) -> None:
+        """Call `hook` after each applied joiner is committed (an onboarding automation)."""
+        self._joiner_hooks.append(hook)
 
     def jobs(self) -> dict[str, Any]:
         """The scheduled jobs this lifecycle runs, by handler name."""
@@ -553,6 +559,13 @@ class Lifecycle:
         await self.memberships.announce(o.held)
         if notify:
             await self.messengers.post("hr", lambda: Message(hr_note(o)))
+        if event.kind == "joined" and o.person_id is not None and o.person:
+            joiner = Joiner(o.person_id, o.person, event.name, dict(event.attributes), event.event_id)
+            for hook in self._joiner_hooks:
+                try:
+                    await hook(joiner)
+                except Exception:  # the membership change stands; the hook's owner logs its own trouble
+                    log.exception("joiner hook failed for %s", o.person)
 
     # -- the grace period ----------------------------------------------------------------------
     async def finish_leaver(self, person_id: int, left_at: str) -> list[str]:

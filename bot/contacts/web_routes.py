@@ -1,0 +1,196 @@
+"""The public signup endpoints: the hosted page `/s/<list>`, the form snippet a company's website embeds
+(`/s/<list>/form`), the JSON endpoint for a website or CRM (`POST /s/<list>.json`), and the
+confirmation link's page (`/s/confirm/<token>`: GET shows a button, POST confirms — mail scanners
+follow links, and a scanner must not consent for anyone).
+
+Every body is capped while it is read; bad input gets one sentence and a status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from urllib.parse import parse_qs
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from bot.contacts.signup import SignupForm, Signups, accepted_sentence, find_list
+from bot.context import Context
+from bot.db.models import ContactList
+from bot.html_pages import attr, page, para
+from bot.i18n import t
+from bot.webhooks import Refused, read_capped
+
+log = logging.getLogger(__name__)
+HONEYPOT = "website"  # a field people don't see; bots fill it in
+
+
+def form_html(ctx: Context, lst: ContactList, *, hosted: bool) -> str:
+    """The signup form, as the hosted page shows it and as a website embeds it (absolute action)."""
+    base = "" if hosted else ctx.settings.web.base_url
+    source = "page" if hosted else "form"
+    return (
+        f"<form method='post' action='{attr(base)}/s/{attr(lst.name)}'>"
+        f"<input type='hidden' name='source' value='{source}'>"
+        f"<label for='pr-email'>{attr(t('Email address'))}</label>"
+        "<input type='email' id='pr-email' name='email' required autocomplete='email' maxlength='320'>"
+        f"<label for='pr-name'>{attr(t('Name (optional)'))}</label>"
+        "<input type='text' id='pr-name' name='name' autocomplete='name' maxlength='200'>"
+        f"<div class='hp' aria-hidden='true'><label for='pr-{HONEYPOT}'>{attr(t('Leave this empty'))}</label>"
+        f"<input type='text' id='pr-{HONEYPOT}' name='{HONEYPOT}' tabindex='-1' autocomplete='off'></div>"
+        f"<p id='pr-consent'>{attr(lst.consent_wording or '')}</p>"
+        f"<button type='submit' aria-describedby='pr-consent'>{attr(t('Sign up'))}</button></form>"
+    )
+
+
+def _client(request: Request) -> tuple[str | None, str | None]:
+    ip = request.client.host if request.client else None
+    return ip, (request.headers.get("user-agent") or "")[:400] or None
+
+
+def signup_routes(ctx: Context, signups: Signups) -> list[Route]:
+    cap = ctx.settings.signup.max_body_bytes
+
+    def not_open(name: str) -> Response:
+        return page(
+            t("No such signup"), para(t("There is no signup for a list named “{name}”.", name=name[:60])), 404
+        )
+
+    async def hosted(request: Request) -> Response:
+        lst = await find_list(ctx, request.path_params["name"])
+        if lst is None or not lst.signup_open:
+            return not_open(request.path_params["name"])
+        intro = para(t("Sign up for email from {org}: {list}.", org=ctx.settings.org.name, list=lst.name))
+        return page(t("Sign up: {list}", list=lst.name), intro + form_html(ctx, lst, hosted=True))
+
+    async def snippet(request: Request) -> Response:
+        lst = await find_list(ctx, request.path_params["name"])
+        if lst is None or not lst.signup_open:
+            return not_open(request.path_params["name"])
+        return PlainTextResponse(
+            form_html(ctx, lst, hosted=False) + "\n", headers={"Cache-Control": "no-store"}
+        )
+
+    async def submit(request: Request) -> Response:
+        name = request.path_params["name"]
+        try:
+            body = await read_capped(request, cap)
+            fields = {
+                k: v[0]
+                for k, v in parse_qs(body.decode("utf-8", "replace"), max_num_fields=20).items()
+                if k in ("email", "name", "source", HONEYPOT)
+            }
+            ip, agent = _client(request)
+            await signups.request(
+                SignupForm(
+                    name,
+                    fields.get("email", ""),
+                    fields.get("name", ""),
+                    fields.get(HONEYPOT, ""),
+                    "form" if fields.get("source") == "form" else "page",
+                    request.headers.get("referer", "")[:300] or None,
+                    ip,
+                    agent,
+                )
+            )
+        except Refused as exc:
+            back = (
+                f"<p><a href='/s/{attr(name)}'>{attr(t('Back to the form'))}</a></p>"
+                if exc.status != 404
+                else ""
+            )
+            return page(t("Signup not taken"), para(exc.sentence) + back, exc.status)
+        except ValueError:
+            return page(t("Signup not taken"), para(t("That form could not be read.")), 400)
+        return page(t("Check your inbox"), f"<p role='status'>{attr(accepted_sentence())}</p>")
+
+    async def submit_json(request: Request) -> Response:
+        try:
+            body = await read_capped(request, cap)
+            try:
+                data = json.loads(body)
+            except ValueError:
+                raise Refused(
+                    400, t("The body is not JSON: send {example}.", example='{"email": "…"}')
+                ) from None
+            if not isinstance(data, dict) or not isinstance(data.get("email"), str):
+                raise Refused(400, t("The JSON needs an “email” string."))
+            text = {k: data.get(k) for k in ("name", "page_url", HONEYPOT)}
+            if any(v is not None and not isinstance(v, str) for v in text.values()):
+                raise Refused(400, t("“name”, “page_url” and “website” must be strings when given."))
+            ip, agent = _client(request)
+            await signups.request(
+                SignupForm(
+                    request.path_params["name"],
+                    data["email"],
+                    text["name"] or "",
+                    text[HONEYPOT] or "",
+                    "api",
+                    (text["page_url"] or "")[:300] or None,
+                    ip,
+                    agent,
+                )
+            )
+        except Refused as exc:
+            return JSONResponse({"error": exc.sentence}, status_code=exc.status)
+        return JSONResponse({"status": "accepted", "message": accepted_sentence()}, status_code=202)
+
+    async def confirm_page(request: Request) -> Response:
+        token = request.path_params["token"]
+        found = await signups.pending(token)
+        if found is None:
+            return page(
+                t("Link not valid"),
+                para(t("This confirmation link is not valid. If you copied it, check that it is complete.")),
+                400,
+            )
+        if found.state == "confirmed":
+            return page(t("Subscribed"), para(t("You are on the list “{list}”.", list=found.list_name)))
+        if found.state == "expired":
+            return page(
+                t("Link expired"),
+                para(t("This confirmation link has expired; sign up again to get a new one.")),
+                410,
+            )
+        return page(
+            t("Confirm your subscription"),
+            para(t("Confirm that you want email on the list “{list}”.", list=found.list_name))
+            + f"<form method='post' action='/s/confirm/{attr(token)}'><button type='submit'>"
+            + attr(t("Confirm my subscription"))
+            + "</button></form>",
+        )
+
+    async def confirm(request: Request) -> Response:
+        try:
+            await read_capped(request, cap)
+        except Refused as exc:
+            return page(t("Signup not taken"), para(exc.sentence), exc.status)
+        ip, agent = _client(request)
+        found = await signups.confirm(request.path_params["token"], ip=ip, user_agent=agent)
+        if found is None:
+            return page(
+                t("Link not valid"),
+                para(t("This confirmation link is not valid. If you copied it, check that it is complete.")),
+                400,
+            )
+        if found.state == "expired":
+            return page(
+                t("Link expired"),
+                para(t("This confirmation link has expired; sign up again to get a new one.")),
+                410,
+            )
+        return page(
+            t("Subscribed"),
+            f"<p role='status'>{attr(t('Thank you: you are on the list “{list}”.', list=found.list_name))}</p>",
+        )
+
+    return [
+        Route("/s/confirm/{token}", confirm_page, methods=["GET"]),
+        Route("/s/confirm/{token}", confirm, methods=["POST"]),
+        Route("/s/{name}.json", submit_json, methods=["POST"]),
+        Route("/s/{name}/form", snippet, methods=["GET"]),
+        Route("/s/{name}", hosted, methods=["GET"]),
+        Route("/s/{name}", submit, methods=["POST"]),
+    ]

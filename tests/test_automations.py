@@ -1,0 +1,212 @@
+"""Automations approved once: the campaign approval bound to trigger, delay and cap; messages through the
+delivery engine; an edit voids the approval; a date trigger fires once per contact per date, across a
+restart too; a joiner gets onboarding mail; the daily cap; a complaint rate that pauses with a card."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+
+from bot.db.models import Automation, Campaign, CampaignEvent, Delivery
+from bot.events import PersonEvent
+from tests.audience_kit import at, make_bot, open_signup, restart, wait_for_mail  # noqa: F401
+from tests.conftest import APPROVER, SENDER
+
+CONSENT = '--consent "Said yes at the booth"'
+
+
+async def approve(bot, name: str) -> None:  # type: ignore[no-untyped-def]
+    reply = await bot.say(SENDER, f"/automation submit {name}")
+    assert "Submitted automation" in reply, reply
+    reply = await bot.say(APPROVER, f"/approve automation:{name}")
+    assert "Approved “automation:" in reply, reply
+    await bot.settle()
+
+
+async def deliveries(bot, name: str) -> list[Delivery]:  # type: ignore[no-untyped-def]
+    async with bot.app.ctx.sessions() as s:
+        cid = (await s.execute(select(Automation.campaign_id).where(Automation.name == name))).scalar_one()
+        return list(
+            (
+                await s.execute(select(Delivery).where(Delivery.campaign_id == cid).order_by(Delivery.id))
+            ).scalars()
+        )
+
+
+async def test_a_welcome_automation_is_sent_only_while_its_approval_matches(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot()
+    reply = await bot.say(SENDER, "/automation new welcome --on confirmed:customers --template welcome")
+    assert "Draft automation “welcome”" in reply and "nothing is sent before it is approved" in reply, reply
+    assert "An automation named" in await bot.say(
+        SENDER, "/automation new welcome --on joined --template welcome"
+    )
+    await bot.say(SENDER, f"/contacts add early@example.com --list customers {CONSENT}")
+    assert smtp.handler.to("early@example.com") == []  # not approved yet: nothing
+    assert "is for approvers" in await bot.say(SENDER, "/approve automation:welcome")
+    await approve(bot, "welcome")
+    card = bot.cards()[-1].card
+    assert card is not None and card.title == "Automation “welcome”"
+    assert ("Trigger", "a contact confirms on the list “customers”") in card.fields
+    assert "running" in await bot.say(SENDER, "/automation status welcome")
+
+    await bot.say(SENDER, f"/contacts add ann@example.com --list customers {CONSENT}")
+    await bot.settle()
+    await wait_for_mail(smtp, "ann@example.com")
+    assert smtp.handler.to("early@example.com") == []  # joined before it started: no welcome
+
+    reply = await bot.say(SENDER, "/automation edit welcome --delay 1h")
+    assert "Its approval is void" in reply, reply
+    assert "is draft" in await bot.say(SENDER, "/automation status welcome")
+    await bot.say(SENDER, f"/contacts add bea@example.com --list customers {CONSENT}")
+    await bot.app.automations.scan()
+    await bot.settle()
+    assert smtp.handler.to("bea@example.com") == []
+    assert [d.email for d in await deliveries(bot, "welcome")] == ["ann@example.com"]
+    assert "nothing to approve" in await bot.say(APPROVER, "/approve automation:welcome")
+
+    # The stored approval no longer matches even if the state were forced back: the engine refuses.
+    async with bot.app.ctx.sessions() as s, s.begin():
+        c = (await s.execute(select(Campaign).where(Campaign.name == "automation:welcome"))).scalar_one()
+        c.state = "sending"
+    bot.app.runs.start(c.id, "test")
+    await bot.settle()
+    async with bot.app.ctx.sessions() as s:
+        assert (await s.get(Campaign, c.id)).state == "failed"  # type: ignore[union-attr]
+    async with bot.app.ctx.sessions() as s, s.begin():
+        (await s.get(Campaign, c.id)).state = "draft"  # type: ignore[union-attr]
+
+    await approve(bot, "welcome")
+    started = bot.app.ctx.now()
+    await bot.say(SENDER, f"/contacts add cy@example.com --list customers {CONSENT}")
+    await bot.settle()
+    (cy,) = [d for d in await deliveries(bot, "welcome") if d.email == "cy@example.com"]
+    assert cy.status == "pending" and cy.next_attempt_at >= started + timedelta(minutes=59)  # the new delay
+    at(bot, started + timedelta(hours=2))
+    await bot.app.automations.send_due()
+    await bot.settle()
+    await wait_for_mail(smtp, "cy@example.com")
+    assert smtp.handler.to("bea@example.com") == []  # confirmed while it was void, before it ran again
+
+
+async def test_a_renewal_reminder_fires_once_per_contact_per_date_also_across_a_restart(
+    make_bot,  # noqa: F811
+    smtp,
+) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot()
+    at(bot, datetime(2027, 1, 6, 9, 0, tzinfo=UTC))  # 14 days before Lena's renewal on 2027-01-20
+    reply = await bot.say(
+        SENDER, '/automation new renew --on "renewal_date - 14d" --template welcome --to customers'
+    )
+    assert "14 days before a contact's renewal_date" in reply, reply
+    await approve(bot, "renew")
+    assert await bot.app.automations.scan() == {"renew": 1}
+    await bot.settle()
+    assert await bot.app.automations.scan() == {"renew": 0}  # the same scan again: nothing twice
+    await restart(bot)
+
+    bot = await make_bot()
+    at(bot, datetime(2027, 1, 7, 9, 0, tzinfo=UTC))  # the next day, still within the catch-up window
+    await bot.app.scheduler.start(run_jobs=False)
+    bot.app.automations.schedule()  # as serve does at start; the stored job names its handler
+    assert await bot.app.scheduler.run_now("automations.scan") == {"renew": 0}
+    at(bot, datetime(2027, 1, 18, 9, 0, tzinfo=UTC))  # Raj's turn (2027-02-01); Kim's is "not a date"
+    assert await bot.app.automations.scan() == {"renew": 1}
+    await bot.settle()
+    rows = await deliveries(bot, "renew")
+    assert [(d.email, d.trigger_key, d.status) for d in rows] == [
+        ("lena@example.com", "date:renewal_date=2027-01-20", "sent"),
+        ("raj@example.net", "date:renewal_date=2027-02-01", "sent"),
+    ]
+    assert len(smtp.handler.to("lena@example.com")) == 1 and len(smtp.handler.to("raj@example.net")) == 1
+    assert smtp.handler.to("nocon@example.com") == []  # no consent: never
+
+
+async def test_the_daily_cap_holds_the_rest_for_the_next_day(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot()
+    at(bot, datetime(2027, 1, 20, 9, 0, tzinfo=UTC))
+    await bot.say(SENDER, '/automation new day --on "renewal_date" --template welcome --to customers --cap 1')
+    async with bot.app.ctx.sessions() as s, s.begin():
+        from bot.db.models import Contact
+
+        raj = (await s.execute(select(Contact).where(Contact.email == "raj@example.net"))).scalar_one()
+        raj.attributes = {**raj.attributes, "renewal_date": "2027-01-20"}
+    await approve(bot, "day")
+    assert await bot.app.automations.scan() == {"day": 1}
+    assert await bot.app.automations.scan() == {"day": 0}
+    at(bot, datetime(2027, 1, 21, 9, 0, tzinfo=UTC))
+    assert await bot.app.automations.scan() == {"day": 1}
+    assert "daily cap 1" in await bot.say(SENDER, "/automation status day")
+
+
+async def test_a_joiner_gets_the_onboarding_automation_once(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot()
+    await bot.say(
+        SENDER, '/automation new onboarding --on joined --template welcome --subject "Welcome aboard"'
+    )
+    await approve(bot, "onboarding")
+    event = PersonEvent(
+        "joined",
+        "hr-webhook",
+        "E900",
+        "new.hire@corp.example",
+        {"department": "Sales"},
+        "evt-900",
+        bot.app.ctx.now(),
+        "New Hire",
+    )
+    await bot.app.core.handle_person_event(event)
+    await bot.app.core.handle_person_event(event)  # redelivered: one effect
+    await bot.settle()
+    await wait_for_mail(smtp, "new.hire@corp.example")
+    assert len(smtp.handler.to("new.hire@corp.example")) == 1
+    assert smtp.handler.to("new.hire@corp.example")[0].message["Subject"] == "Welcome aboard"
+
+
+async def test_a_complaint_rate_over_the_threshold_pauses_it_with_a_card(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot(automations={"rate_min_samples": 2, "complaint_pause_share": 0.5})
+    await bot.say(SENDER, "/automation new welcome --on confirmed:customers --template welcome")
+    await approve(bot, "welcome")
+    for who in ("a1", "a2", "a3"):
+        await bot.say(SENDER, f"/contacts add {who}@example.com --list customers {CONSENT}")
+    await bot.settle()
+    rows = await deliveries(bot, "welcome")
+    assert [d.status for d in rows] == ["sent", "sent", "sent"]
+    async with bot.app.ctx.sessions() as s, s.begin():
+        s.add(
+            CampaignEvent(
+                campaign_id=rows[0].campaign_id, delivery_id=rows[0].id, email_hash="x", kind="complaint"
+            )
+        )
+    assert await bot.app.automations.check_rates("welcome") is None  # 1 of 3: under half
+    async with bot.app.ctx.sessions() as s, s.begin():
+        s.add(
+            CampaignEvent(
+                campaign_id=rows[1].campaign_id, delivery_id=rows[1].id, email_hash="y", kind="complaint"
+            )
+        )
+    paused = await bot.app.automations.check_rates("welcome")
+    assert paused is not None
+    assert "is paused" in await bot.say(SENDER, "/automation status welcome")
+    card = bot.cards()[-1]
+    assert card.card is not None and card.card.title == "Automation “welcome” paused"
+    await bot.say(SENDER, f"/contacts add a4@example.com --list customers {CONSENT}")
+    await bot.settle()
+    assert smtp.handler.to("a4@example.com") == []
+    assert "Resumed" in await bot.say(SENDER, "/automation resume welcome")
+
+
+async def test_a_delayed_message_is_not_sent_to_someone_who_left_the_list_meanwhile(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot()
+    await bot.say(SENDER, "/automation new later --on confirmed:customers --template welcome --delay 2d")
+    await approve(bot, "later")
+    await bot.say(SENDER, f"/contacts add stay@example.com --list customers {CONSENT}")
+    await bot.say(SENDER, f"/contacts add go@example.com --list customers {CONSENT}")
+    await bot.say(SENDER, "/contacts remove go@example.com --list customers")
+    at(bot, bot.app.ctx.now() + timedelta(days=2, minutes=1))
+    await bot.app.automations.send_due()
+    await bot.settle()
+    await wait_for_mail(smtp, "stay@example.com")
+    assert smtp.handler.to("go@example.com") == []
+    statuses = {d.email: d.status for d in await deliveries(bot, "later")}
+    assert statuses == {"stay@example.com": "sent", "go@example.com": "suppressed"}

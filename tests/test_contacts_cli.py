@@ -1,0 +1,49 @@
+"""`postroom contacts import --dry-run` and `postroom contacts export`, as separate processes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sqlite3
+import stat
+
+from tests.test_cli import CONTACTS, setup  # noqa: F401  (the fixture)
+
+
+def test_a_dry_run_says_what_would_happen_and_changes_nothing(setup) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    (setup.folder / "contacts.csv").write_text(CONTACTS)
+    dry = setup.run("contacts", "import", "contacts.csv", "--list", "customers", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "Would import 4 of 5 rows into list “customers” (4 new, 0 updated)." in dry.stdout
+    assert "not-an-address" in dry.stdout and "Dry run: nothing was changed." in dry.stdout
+    with sqlite3.connect(setup.db) as conn:
+        assert conn.execute("SELECT count(*) FROM contacts").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM contact_lists").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM consent_events").fetchone() == (0,)
+    real = setup.run("contacts", "import", "contacts.csv", "--list", "customers")
+    assert "Imported 4 of 5 rows" in real.stdout, real.stdout
+    with sqlite3.connect(setup.db) as conn:
+        assert conn.execute("SELECT count(*) FROM consent_events WHERE kind = 'imported'").fetchone() == (3,)
+
+
+def test_export_writes_consent_columns_that_import_reads_back(setup) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    (setup.folder / "contacts.csv").write_text(CONTACTS.replace("Tanaka KK", "=HYPERLINK(1)"))
+    setup.run("contacts", "import", "contacts.csv", "--list", "customers")
+    out = setup.run("contacts", "export", "--list", "customers")
+    assert out.returncode == 0, out.stderr
+    rows = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert [r["email"] for r in rows] == [
+        "lena@example.com",
+        "raj@example.net",
+        "yuki@example.org",
+        "nocon@example.com",
+    ]
+    assert rows[0]["consent_source"] == "signup form" and rows[0]["consent_at"].startswith("2026-03-02T10:15")
+    assert rows[2]["company"] == "'=HYPERLINK(1)"  # a spreadsheet would run it: kept as text
+    written = setup.run("contacts", "export", "-o", "all.csv")
+    assert "Wrote 4 contacts to all.csv." in written.stderr
+    assert stat.S_IMODE((setup.folder / "all.csv").stat().st_mode) == 0o600
+    again = setup.run("contacts", "import", "all.csv", "--list", "copy", "--dry-run")
+    assert "Would import 4 of 4 rows" in again.stdout, again.stdout
+    missing = setup.run("contacts", "export", "--list", "nosuch")
+    assert missing.returncode == 1 and "There is no contact list “nosuch”" in missing.stderr

@@ -1,0 +1,140 @@
+"""Segments: the expression language's errors point at the column, hostile input is refused with a
+sentence, every value reaches SQL as a bound parameter, and a segment narrows a campaign whose approval
+is bound to the expression."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from bot.campaigns import segments
+from bot.campaigns.service import content_hash
+from bot.db.models import Campaign, CampaignEvent, Contact, Delivery
+from tests.audience_kit import make_bot  # noqa: F401
+from tests.conftest import APPROVER, SENDER
+
+NOW = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ('country in ("DE" ))', "column 19"),
+        ('country = "DE', "a quotation mark that is not closed"),
+        ("plan = ", "column 7"),
+        ("plan == 'pro'", "column 7"),
+        ("", "The expression is empty."),
+        ("clicked_within(90)", "a duration such as 90d or 2w"),
+        ("clicked_within(9999d)", "outside 1 to 3650 days"),
+        ("opened_count >= 'many'", "a count, compared with something not a number"),
+        ("domain > 'x'", "takes only =, != and in"),
+        ("country not = 'DE'", "where “in” should be"),
+        ("a = 1 and", "the end where a field or a function"),
+    ],
+)
+def test_mistakes_are_a_sentence_pointing_at_the_column(text: str, says: str) -> None:
+    with pytest.raises(segments.ExpressionProblem) as caught:
+        segments.parse(text)
+    assert says in caught.value.sentence and caught.value.sentence.endswith("."), caught.value.sentence
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "1; DROP TABLE contacts",
+        "plan = 'x' -- comment",
+        "plan = 'x' /* */",
+        "pg_sleep(10)",
+        "sqlite_version()",
+        "attributes->>'x' = 1",
+        "plan = 'x' union select email from contacts",
+        "email = email",
+        "(" * 12 + "plan = 'x'" + ")" * 12,
+        " or ".join(["plan = 'x'"] * 41),
+        "plan in (" + ", ".join(["'x'"] * 101) + ")",
+        "plan = '" + "x" * 2000 + "'",
+        "plan = 'a\x00b'",
+        "plan = 'a\u202eb'",
+        "a.b = 'x'",
+        "plan = `x`",
+    ],
+)
+def test_hostile_expressions_are_refused_with_a_sentence(hostile: str) -> None:
+    with pytest.raises(segments.ExpressionProblem) as caught:
+        segments.parse(hostile)
+    sentence = caught.value.sentence
+    assert sentence.endswith(".") and "\n" not in sentence and len(sentence) < 400, sentence
+
+
+HOSTILE_VALUES = ["x'; DROP TABLE contacts; --", 'x" OR 1=1 --', "%' OR '1'='1", "\\'; SELECT 1; --"]
+
+
+@pytest.mark.parametrize("value", HOSTILE_VALUES)
+def test_values_are_bound_parameters_never_sql(value: str) -> None:
+    quoted = '"' + value.replace('"', "") + '"' if '"' not in value else "'" + value + "'"
+    text = f"plan = {quoted} or country in ({quoted}, 'DE') or email = {quoted}"
+    where = segments.compile_where(text, NOW)
+    for dialect in (sqlite.dialect(), postgresql.dialect()):
+        compiled = where.compile(dialect=dialect)
+        sql = str(compiled)
+        assert "DROP" not in sql and "OR 1=1" not in sql and "SELECT 1" not in sql and "'1'='1" not in sql
+        assert quoted[1:-1] in [v for v in compiled.params.values() if isinstance(v, str)] or any(
+            quoted[1:-1] in (v if isinstance(v, list) else []) for v in compiled.params.values()
+        )
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=120))
+def test_any_text_parses_or_is_a_sentence(text: str) -> None:
+    try:
+        segments.compile_where(text, NOW)
+    except segments.ExpressionProblem as exc:
+        assert exc.sentence and "\n" not in exc.sentence
+
+
+async def test_a_segment_narrows_the_audience_in_the_database(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot()
+    reply = await bot.say(
+        SENDER, '/segment new dach customers --where \'country in ("DE", "AT") and not clicked_within(90d)\''
+    )
+    assert "matches 2 contacts now" in reply and "lena@example.com, kim@example.org" in reply, reply
+    hostile = "/segment new evil customers --where \"plan = 'x'; DROP TABLE contacts; --'\""
+    assert "not part of the expression language" in await bot.say(SENDER, hostile)
+    assert "column" in await bot.say(
+        SENDER, "/campaign new x --to customers --template welcome --where 'country = '"
+    )
+    async with bot.app.ctx.sessions() as s:
+        assert (await s.execute(select(func.count()).select_from(Contact))).scalar_one() == 4  # table intact
+
+    reply = await bot.say(SENDER, "/campaign new spring --to dach --template welcome")
+    assert "list customers where" in reply and "The segment matches 2 contacts now" in reply, reply
+    async with bot.app.ctx.sessions() as s:
+        campaign = (await s.execute(select(Campaign).where(Campaign.name == "spring"))).scalar_one()
+    before = content_hash(campaign, "digest")
+    campaign.audience_where = "country = 'DE'"
+    assert content_hash(campaign, "digest") != before  # the expression is part of what is approved
+
+    assert "Submitted" in await bot.say(SENDER, "/campaign submit spring")
+    assert "approval request is void" in await bot.say(
+        SENDER, "/campaign edit spring --where \"country = 'DE'\""
+    )
+    assert "nothing to approve" in await bot.say(APPROVER, "/approve spring")
+    assert "Submitted" in await bot.say(SENDER, "/campaign submit spring")
+    await bot.say(APPROVER, "/approve spring")
+    await bot.settle()
+    async with bot.app.ctx.sessions() as s:
+        assert set((await s.execute(select(Delivery.email))).scalars()) == {"lena@example.com"}
+        lena = (await s.execute(select(Delivery).where(Delivery.email == "lena@example.com"))).scalar_one()
+        s.add(CampaignEvent(campaign_id=lena.campaign_id, delivery_id=lena.id, email_hash="h", kind="click"))
+        await s.commit()
+    reply = await bot.say(SENDER, "/segment show dach")
+    assert "matches 1 contacts now" in reply and "kim@example.org" in reply, reply  # Lena clicked since
+    reply = await bot.say(
+        SENDER, "/segment new clickers customers --where 'clicked_count >= 1 and signed_up_within(3650d)'"
+    )
+    assert "matches 1 contacts now" in reply and "lena@example.com" in reply, reply

@@ -1,0 +1,207 @@
+"""Double opt-in signup through the real web app: the hosted page, the form, the JSON endpoint, the
+confirmation link; abuse limits in the database; no signal whether an address exists; an unconfirmed
+signup is never mailed by a campaign and expires."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import func, select
+
+from bot.db.models import ConsentEvent, Contact, Delivery, Signup
+from tests.audience_kit import WORDING, confirmation_links, make_bot, open_signup, wait_for_mail, web  # noqa: F401
+from tests.conftest import APPROVER, SENDER
+
+
+async def test_a_hosted_page_signup_is_a_contact_only_once_confirmed(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot(signup={"record_ip": True, "record_user_agent": True})
+    await open_signup(bot)
+    async with web(bot) as client:
+        page = await client.get("/s/customers")
+        assert page.status_code == 200 and WORDING in page.text and "<script" not in page.text
+        assert (
+            "name='website'" in page.text and "<label for='pr-email'>" in page.text
+        )  # honeypot; labelled fields
+        taken = await client.post(
+            "/s/customers",
+            data={"email": "Neo@Example.COM", "name": "Neo", "website": "", "source": "page"},
+            headers={"User-Agent": "test-browser/1.0", "Referer": "https://corp.example/join"},
+        )
+        assert taken.status_code == 200 and "confirmation link is on its way" in taken.text
+        await bot.app.drain()
+        await wait_for_mail(smtp, "neo@example.com")
+        mail = smtp.handler.to("neo@example.com")[0].message
+        assert mail["Subject"] == "Confirm your subscription to customers"
+        assert "neo@example.com" not in mail.get_content().split("/s/confirm/")[1]  # the link names an id
+        async with bot.app.ctx.sessions() as s:
+            assert (
+                await s.execute(select(Contact).where(Contact.email == "neo@example.com"))
+            ).first() is None
+        (link,) = confirmation_links(smtp, "neo@example.com")
+        shown = await client.get(link)  # a mail scanner following the link confirms nothing
+        assert shown.status_code == 200 and "<form method='post'" in shown.text
+        async with bot.app.ctx.sessions() as s:
+            assert (
+                await s.execute(select(Contact).where(Contact.email == "neo@example.com"))
+            ).first() is None
+        done = await client.post(link, headers={"User-Agent": "test-browser/1.0"})
+        assert done.status_code == 200 and "you are on the list “customers”" in done.text
+        again = await client.post(link)
+        assert again.status_code == 200  # a second click: still confirmed, nothing doubled
+    async with bot.app.ctx.sessions() as s:
+        contact = (await s.execute(select(Contact).where(Contact.email == "neo@example.com"))).scalar_one()
+        events = (await s.execute(select(ConsentEvent).order_by(ConsentEvent.id))).scalars().all()
+    assert contact.consent_method == "double opt-in" and contact.consent_at is not None
+    steps = [(e.kind, e.list_name) for e in events if e.contact_id == contact.id or e.kind == "requested"]
+    assert ("requested", "customers") in steps and ("confirmed", "customers") in steps
+    confirmed = next(e for e in events if e.kind == "confirmed")
+    assert confirmed.wording == WORDING and confirmed.wording_version == "customers#1"
+    assert confirmed.ip == "198.51.100.7" and confirmed.user_agent == "test-browser/1.0"
+    assert "hosted signup page on https://corp.example/join" in (confirmed.source or "")
+    shown = await bot.say(SENDER, "/contacts show neo@example.com")
+    assert "requested" in shown and "confirmed" in shown and WORDING in shown, shown
+    from tests.conftest import ADMIN
+
+    assert "Erased" in await bot.say(ADMIN, "/privacy erase neo@example.com --confirm")
+    async with bot.app.ctx.sessions() as s:
+        kept = (await s.execute(select(ConsentEvent.kind, ConsentEvent.ip, ConsentEvent.user_agent))).all()
+        assert (await s.execute(select(func.count()).select_from(Signup))).scalar_one() == 0
+    assert {k for k, _, _ in kept} >= {"requested", "confirmed"} and all(
+        ip is None and ua is None for _, ip, ua in kept
+    )
+
+
+async def test_ip_and_user_agent_are_not_kept_unless_the_organisation_enables_it(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot()
+    await open_signup(bot)
+    async with web(bot) as client:
+        await client.post("/s/customers", data={"email": "ana@example.com"}, headers={"User-Agent": "ua"})
+        await bot.app.drain()
+        await wait_for_mail(smtp, "ana@example.com")
+        (link,) = confirmation_links(smtp, "ana@example.com")
+        await client.post(link, headers={"User-Agent": "ua"})
+    async with bot.app.ctx.sessions() as s:
+        rows = (await s.execute(select(ConsentEvent.ip, ConsentEvent.user_agent))).all()
+    assert rows and all(ip is None and ua is None for ip, ua in rows)
+
+
+async def test_an_unconfirmed_signup_is_never_mailed_by_a_campaign_and_expires(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot()
+    await open_signup(bot)
+    async with web(bot) as client:
+        reply = await client.post("/s/customers.json", json={"email": "pending@example.com"})
+        assert reply.status_code == 202 and reply.json()["status"] == "accepted"
+    await bot.app.drain()
+    await wait_for_mail(smtp, "pending@example.com")
+    await bot.say(SENDER, "/campaign new spring --to customers --template welcome")
+    assert "Submitted" in await bot.say(SENDER, "/campaign submit spring")
+    await bot.say(APPROVER, "/approve spring")
+    await bot.settle()
+    async with bot.app.ctx.sessions() as s:
+        mailed = set((await s.execute(select(Delivery.email))).scalars())
+    assert mailed == {"lena@example.com", "raj@example.net", "kim@example.org"}
+    assert len(smtp.handler.to("pending@example.com")) == 1  # the confirmation mail, nothing else
+    (link,) = confirmation_links(smtp, "pending@example.com")
+    later = bot.app.ctx.now() + timedelta(hours=49)
+    bot.app.ctx.clock = lambda: later
+    assert await bot.app.signups.expire() == 1
+    async with web(bot) as client:
+        gone = await client.post(link)
+        assert gone.status_code == 410 and "expired" in gone.text
+    async with bot.app.ctx.sessions() as s:
+        assert (await s.execute(select(Signup.state))).scalars().all() == ["expired"]
+        assert (
+            await s.execute(select(Contact).where(Contact.email == "pending@example.com"))
+        ).first() is None
+
+
+async def test_honeypot_and_rate_limits_and_no_signal_whether_an_address_exists(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot(
+        signup={"per_ip_per_hour": 6, "per_address_per_day": 3, "mails_per_address_per_day": 2}
+    )
+    await open_signup(bot)
+    async with web(bot, "203.0.113.9") as client:
+        bot_fill = await client.post(
+            "/s/customers", data={"email": "spam@example.com", "website": "http://x"}
+        )
+        member = await client.post("/s/customers", data={"email": "lena@example.com"})  # on the list already
+        stranger = await client.post("/s/customers", data={"email": "new@example.com"})
+        assert bot_fill.status_code == member.status_code == stranger.status_code == 200
+        assert bot_fill.text == member.text == stranger.text  # nobody learns who is on the list
+        for _ in range(3):  # the same address again: at most two confirmation mails a day
+            await client.post("/s/customers", data={"email": "new@example.com"})
+        over = await client.post("/s/customers", data={"email": "other@example.com"})
+        assert over.status_code == 429 and "Too many signups" in over.text
+    async with web(bot, "203.0.113.10") as elsewhere:  # another network still may
+        assert (await elsewhere.post("/s/customers", data={"email": "third@example.com"})).status_code == 200
+    await bot.app.drain()
+    await wait_for_mail(smtp, "third@example.com")
+    assert smtp.handler.to("spam@example.com") == [] and smtp.handler.to("lena@example.com") == []
+    assert len(smtp.handler.to("new@example.com")) == 2
+    async with bot.app.ctx.sessions() as s:
+        assert (await s.execute(select(func.count()).select_from(Signup))).scalar_one() == 2
+
+
+async def test_bad_signups_get_a_sentence_and_a_status(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot()
+    await open_signup(bot)
+    async with web(bot) as client:
+        cases = [
+            (
+                await client.post("/s/customers", data={"email": "not an address"}),
+                400,
+                "not an email address",
+            ),
+            (await client.post("/s/nosuch", data={"email": "a@example.com"}), 404, "no signup for a list"),
+            (await client.get("/s/nosuch"), 404, "no signup for a list"),
+            (await client.post("/s/customers", content=b"email=" + b"a" * 20000), 413, "larger than"),
+            (await client.post("/s/customers.json", content=b"{not json"), 400, "not JSON"),
+            (await client.post("/s/customers.json", json={"email": 7}), 400, "“email” string"),
+            (await client.post("/s/customers.json", json=["a"]), 400, "“email” string"),
+            (await client.get("/s/confirm/forged.token"), 400, "not valid"),
+            (await client.post("/s/confirm/forged.token"), 400, "not valid"),
+            (
+                await client.post("/s/customers", data={"email": "a@example.com", "name": "x\x1by"}),
+                400,
+                "printable",
+            ),
+        ]
+    for response, status, words in cases:
+        assert response.status_code == status and words in response.text, (status, response.text[:300])
+        assert "Traceback" not in response.text
+    async with bot.app.ctx.sessions() as s:
+        assert (await s.execute(select(func.count()).select_from(Signup))).scalar_one() == 0
+
+
+async def test_a_closed_list_takes_no_signup_and_the_form_snippet_posts_here(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot()
+    await open_signup(bot)
+    snippet = await bot.say(SENDER, "/lists form customers")
+    assert "action='http://127.0.0.1:8080/s/customers'" in snippet and "name='website'" in snippet
+    async with web(bot) as client:
+        embedded = await client.get("/s/customers/form")
+        assert embedded.status_code == 200 and "<form method='post'" in embedded.text
+    from tests.conftest import ADMIN
+
+    assert "Closed" in await bot.say(ADMIN, "/lists close customers")
+    async with web(bot) as client:
+        assert (await client.post("/s/customers", data={"email": "a@example.com"})).status_code == 404
+
+
+async def test_a_sales_person_adds_a_contact_with_the_consent_they_recorded(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot()
+    reply = await bot.say(
+        SENDER,
+        '/contacts add mo@example.com --list customers --consent "Asked at the fair to get news" --name "Mo"',
+    )
+    assert "Added mo@example.com to “customers”" in reply, reply
+    shown = await bot.say(SENDER, "/contacts show mo@example.com")
+    assert "added" in shown and f"chat:{SENDER}" in shown and "Asked at the fair" in shown, shown
+    assert "mo@example.com" in await bot.say(SENDER, "/contacts find mo@")
+    assert "Took mo@example.com off" in await bot.say(
+        SENDER, "/contacts remove mo@example.com --list customers"
+    )
+    shown = await bot.say(SENDER, "/contacts show mo@example.com")
+    assert "left" in shown and "lists: none" in shown, shown
+    lists = await bot.say(SENDER, "/lists")
+    assert "customers — 3 members, 2 with consent" in lists or "customers —" in lists, lists
