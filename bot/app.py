@@ -30,6 +30,7 @@ from bot.campaigns.unsubscribe_mail import UnsubscribeMailbox
 from bot.campaigns.watcher import CampaignWatcher
 from bot.campaigns.web_routes import campaign_routes
 from bot.commands.campaigns import CampaignCommands
+from bot.commands.drift import DriftCommands
 from bot.commands.general import GeneralCommands
 from bot.commands.groups import GroupCommands
 from bot.commands.lifecycle import LifecycleCommands
@@ -39,7 +40,11 @@ from bot.context import Context
 from bot.core import CommandTable, Core
 from bot.db.engine import ensure_schema, make_engine, make_sessionmaker
 from bot.groups import planner
+from bot.groups.adoption import DriftChoices
 from bot.groups.membership import Memberships
+from bot.groups.outbox import JOB as PUSH_JOB
+from bot.groups.outbox import Outbox
+from bot.groups.providers.registry import Providers
 from bot.groups.relay import group_route
 from bot.groups.report import JOB_ID as AUDIT_JOB
 from bot.groups.report import AuditReport
@@ -74,6 +79,9 @@ class App:
     drafts: Drafts
     audit_report: AuditReport
     core: Core
+    providers: Providers
+    outbox: Outbox
+    drift: DriftChoices
 
     @property
     def settings(self) -> Settings:
@@ -105,14 +113,19 @@ class App:
         """The audit report to HR on `groups.audit_cron`; held plans announced every minute."""
         self.scheduler.cron(AUDIT_JOB, self.settings.groups.audit_cron, AUDIT_JOB)
         self.scheduler.cron(ANNOUNCE_JOB, "* * * * *", ANNOUNCE_JOB)
+        # Changes a platform has not confirmed yet are pushed again every minute (and sooner when due).
+        self.scheduler.cron(PUSH_JOB, "* * * * *", PUSH_JOB)
 
     async def drain(self, timeout: float | None = None) -> None:
-        """Wait for background work (a send) to finish; used by `postroom chat` and tests."""
+        """Wait for background work (a send, a push to a platform) to finish; `postroom chat` and tests."""
         await self.runs.background.settle(timeout)
+        await self.outbox.settle(timeout)
 
     async def close(self) -> None:
         await self.runs.stop()  # sending campaigns stay `sending`; the next start resumes them
+        await self.outbox.background.cancel()  # what was not pushed stays in the outbox for the next start
         await self.scheduler.stop()
+        await self.providers.aclose()
         for adapter in list(self.messengers.adapters.values()):
             try:
                 await asyncio.wait_for(adapter.stop(), 5)
@@ -141,27 +154,32 @@ async def build_app(settings: Settings, **context_options: Any) -> App:
     scheduler = Scheduler(engine, settings.database.url)
     rules = RuleBook(settings)
     identities = Identities(sessions)
-    memberships = Memberships(ctx, rules, messengers)
+    providers = Providers(settings)
+    outbox = Outbox(ctx, providers, messengers, scheduler)
+    memberships = Memberships(ctx, rules, messengers, outbox)
+    drift = DriftChoices(ctx, memberships)
     lifecycle = Lifecycle(ctx, rules, memberships, messengers, scheduler)
     memberships.replay_events = lifecycle.replay
     cards = CampaignCards(ctx, messengers)
     runs = CampaignRuns(ctx, cards, scheduler, worker_id=f"{settings.org.name[:10]}-{secrets.token_hex(3)}")
     approvals = Approvals(ctx, cards, runs)
     drafts = Drafts(ctx, cards, runs)
-    audit_report = AuditReport(ctx, messengers)
+    audit_report = AuditReport(ctx, messengers, drift)
     for name, handler in {
         **lifecycle.jobs(),
         **runs.jobs(),
         ANNOUNCE_JOB: memberships.announce_pending,
         AUDIT_JOB: audit_report.send,
+        PUSH_JOB: outbox.run_job,
     }.items():
         scheduler.handle(name, handler)
     table = CommandTable()
     for commands in (
         GeneralCommands(ctx, table),
         GroupCommands(ctx, memberships),
+        DriftCommands(ctx, drift),
         CampaignCommands(ctx, drafts, approvals, runs, cards),
-        LifecycleCommands(ctx, rules, memberships),
+        LifecycleCommands(ctx, rules, memberships, drift),
         PrivacyCommands(ctx),
     ):
         commands.register(table)
@@ -180,6 +198,9 @@ async def build_app(settings: Settings, **context_options: Any) -> App:
         drafts,
         audit_report,
         core,
+        providers,
+        outbox,
+        drift,
     )
 
 

@@ -5,9 +5,9 @@ root (bot/app.py) builds those classes with what they need."""
 from __future__ import annotations
 
 from bot.commandline import Spec
-from bot.commands import campaigns, general, groups, lifecycle, privacy
+from bot.commands import campaigns, drift, general, groups, lifecycle, privacy
 
 
 def all_specs() -> list[Spec]:
     """Every command Postroom answers, without building anything (the Slack manifest, /help checks)."""
-    return [spec for module in (general, groups, campaigns, lifecycle, privacy) for spec in module.SPECS]
+    return [spec for module in (general, groups, drift, campaigns, lifecycle, privacy) for spec in module.SPECS]
