@@ -220,6 +220,7 @@ class MicrosoftProviderSettings(_Section):
     client_secret: str = Field(default="", repr=False)
     authority_url: str = "https://login.microsoftonline.com"
     graph_url: str = "https://graph.microsoft.com/v1.0"
+    ca_file: str = ""  # a CA bundle for the token endpoint (a TLS-inspecting proxy); empty: the system's
     timeout_s: float = Field(default=20.0, gt=0, le=120)
 
     _urls = field_validator("authority_url", "graph_url")(lambda cls, v: _http_url(v))

@@ -10,4 +10,6 @@ from bot.commands import campaigns, drift, general, groups, lifecycle, privacy
 
 def all_specs() -> list[Spec]:
     """Every command Postroom answers, without building anything (the Slack manifest, /help checks)."""
-    return [spec for module in (general, groups, drift, campaigns, lifecycle, privacy) for spec in module.SPECS]
+    return [
+        spec for module in (general, groups, drift, campaigns, lifecycle, privacy) for spec in module.SPECS
+    ]

@@ -93,7 +93,11 @@ class GroupCommands:
             chosen = chosen.strip().lower()
             if chosen not in NAMES:
                 raise UserError(
-                    t("“{text}” is not a provider: use one of {names}.", text=chosen[:40], names=", ".join(NAMES)),
+                    t(
+                        "“{text}” is not a provider: use one of {names}.",
+                        text=chosen[:40],
+                        names=", ".join(NAMES),
+                    ),
                     NEWGROUP.usage,
                 )
             if chosen != LOCAL and chosen not in providers.configured():

@@ -106,9 +106,7 @@ class DriftChoices:
             else:
                 match = [d for d in items if d.group == word or d.group.split("@", 1)[0] == word]
             if not match:
-                raise UserError(
-                    t("“{text}” names no recorded drift: /drift lists it.", text=raw[:60])
-                )
+                raise UserError(t("“{text}” names no recorded drift: /drift lists it.", text=raw[:60]))
             chosen.update((d.id, d) for d in match)
         return [chosen[k] for k in sorted(chosen)]
 
@@ -143,10 +141,14 @@ class DriftChoices:
             for d in mine:
                 pid = people.get(d.email)
                 if choice == "adopt":
-                    reason = t("changed by hand on {platform}; adopted by {who}", platform=platform, who=actor)
+                    reason = t(
+                        "changed by hand on {platform}; adopted by {who}", platform=platform, who=actor
+                    )
                     if d.kind == "added":
                         changes.append(
-                            Change("add", d.group_id, d.group, d.email, "manual", reason, pid, "imported", d.role)
+                            Change(
+                                "add", d.group_id, d.group, d.email, "manual", reason, pid, "imported", d.role
+                            )
                         )
                     else:
                         changes.append(Change("remove", d.group_id, d.group, d.email, "manual", reason, pid))
@@ -170,10 +172,16 @@ class DriftChoices:
                     else:
                         source = sources.get((d.group_id, d.email), "manual")
                         changes.append(
-                            Change("add", d.group_id, d.group, d.email, source, reason, pid, "overwrite", d.role)
+                            Change(
+                                "add", d.group_id, d.group, d.email, source, reason, pid, "overwrite", d.role
+                            )
                         )
             out = await self.memberships.execute(
-                Plan(changes), kind="command", source=f"provider:{provider}", actor=actor, via=f"provider:{provider}"
+                Plan(changes),
+                kind="command",
+                source=f"provider:{provider}",
+                actor=actor,
+                via=f"provider:{provider}",
             )
             settled = {(c.group_id, c.email) for c in out.plan.changes}
             held = out.held if out.held is not None else held

@@ -47,7 +47,9 @@ async def compare(
         e: (s, r)
         for e, s, r in (
             await session.execute(
-                select(Membership.email, Membership.state, Membership.role).where(Membership.group_id == group_id)
+                select(Membership.email, Membership.state, Membership.role).where(
+                    Membership.group_id == group_id
+                )
             )
         ).all()
     }
@@ -70,14 +72,18 @@ async def record(
     """The group's drift is what was just found: new items added, resolved ones dropped."""
     known = {
         d.email: d
-        for d in (await session.execute(select(ProviderDrift).where(ProviderDrift.group_id == group_id))).scalars()
+        for d in (
+            await session.execute(select(ProviderDrift).where(ProviderDrift.group_id == group_id))
+        ).scalars()
     }
     seen = set()
     for email, kind, role in found:
         seen.add(email)
         item = known.get(email)
         if item is None:
-            session.add(ProviderDrift(group_id=group_id, provider=provider, email=email, kind=kind, role=role))
+            session.add(
+                ProviderDrift(group_id=group_id, provider=provider, email=email, kind=kind, role=role)
+            )
         elif item.kind != kind:
             item.kind, item.role = kind, role
     gone = [e for e in known if e not in seen]
@@ -98,7 +104,7 @@ async def items(session: AsyncSession, ids: list[int] | None = None) -> list[Dri
         query = query.where(ProviderDrift.id.in_(ids))
     rows = (await session.execute(query)).all()
     emails = sorted({d.email for d, _ in rows})
-    left = set()
+    left: set[str] = set()
     for i in range(0, len(emails), 500):
         left.update(
             (

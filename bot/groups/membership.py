@@ -131,7 +131,9 @@ class Memberships:
         found: dict[int, str] = {}
         providers = self.outbox.providers
         for i in range(0, len(ids), 500):
-            rows = await session.execute(select(Group.id, Group.provider).where(Group.id.in_(ids[i : i + 500])))
+            rows = await session.execute(
+                select(Group.id, Group.provider).where(Group.id.in_(ids[i : i + 500]))
+            )
             for gid, own in rows.all():
                 name = providers.name_of(own)
                 if name != LOCAL:

@@ -141,7 +141,9 @@ class Outbox:
         async with self.ctx.sessions() as session, session.begin():
             ids = list(
                 (
-                    await session.execute(select(ProviderOp.id).where(due).order_by(ProviderOp.id).limit(BATCH))
+                    await session.execute(
+                        select(ProviderOp.id).where(due).order_by(ProviderOp.id).limit(BATCH)
+                    )
                 ).scalars()
             )
             if not ids:
@@ -166,9 +168,7 @@ class Outbox:
                 )
             ).all()
         return [
-            _Op(
-                o.id, o.group_id, a, n, k, o.provider, o.email, o.op, o.role, o.cause, o.attempts
-            )
+            _Op(o.id, o.group_id, a, n, k, o.provider, o.email, o.op, o.role, o.cause, o.attempts)
             for o, a, n, k in rows
         ]
 
@@ -223,7 +223,10 @@ class Outbox:
                 # What the platform holds that nobody in Postroom put there is drift: found now, kept
                 # in the write (nothing overwritten silently) until HR decides.
                 await drift.record(
-                    session, first.group_id, first.provider, await drift.compare(session, first.group_id, there)
+                    session,
+                    first.group_id,
+                    first.provider,
+                    await drift.compare(session, first.group_id, there),
                 )
             wanted = {
                 e: r
@@ -273,7 +276,9 @@ class Outbox:
                     total.done += 1
                     if o.op == "add":
                         await session.execute(
-                            update(Membership).where(where, Membership.state == "adding").values(state="active")
+                            update(Membership)
+                            .where(where, Membership.state == "adding")
+                            .values(state="active")
                         )
                     else:
                         await session.execute(delete(Membership).where(where, Membership.state == "removing"))

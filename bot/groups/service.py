@@ -188,7 +188,9 @@ async def plan_add(
         (
             await session.execute(
                 select(Membership.email).where(
-                    Membership.group_id == group.id, Membership.email.in_(emails), Membership.state != "removing"
+                    Membership.group_id == group.id,
+                    Membership.email.in_(emails),
+                    Membership.state != "removing",
                 )
             )
         ).scalars()

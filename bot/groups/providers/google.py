@@ -174,7 +174,9 @@ class GoogleGroups(Provider):
             data = r.json()
             for m in data.get("members", []):
                 if m.get("email"):
-                    found.append(RemoteMember(str(m["email"]).lower(), FROM_GOOGLE.get(m.get("role"), "member")))
+                    found.append(
+                        RemoteMember(str(m["email"]).lower(), FROM_GOOGLE.get(m.get("role"), "member"))
+                    )
             token = data.get("nextPageToken")
             if not token:
                 return found
@@ -182,10 +184,14 @@ class GoogleGroups(Provider):
     async def external_allowed(self, address: str) -> bool:
         if address not in self._external_allowed:
             r = await self.api.request(
-                "GET", f"{self.settings.settings_api_url}/groups/{quote(address, safe='@')}", params={"alt": "json"}
+                "GET",
+                f"{self.settings.settings_api_url}/groups/{quote(address, safe='@')}",
+                params={"alt": "json"},
             )
             self._raise(r, address)
-            self._external_allowed[address] = str(r.json().get("allowExternalMembers", "false")).lower() == "true"
+            self._external_allowed[address] = (
+                str(r.json().get("allowExternalMembers", "false")).lower() == "true"
+            )
         return self._external_allowed[address]
 
     # -- writing ---------------------------------------------------------------------------------
@@ -219,7 +225,9 @@ class GoogleGroups(Provider):
         self, address: str, name: str | None, external_allowed: bool, first: list[RemoteMember]
     ) -> None:
         r = await self.api.request(
-            "POST", "/admin/directory/v1/groups", json={"email": address, "name": name or address.split("@")[0]}
+            "POST",
+            "/admin/directory/v1/groups",
+            json={"email": address, "name": name or address.split("@")[0]},
         )
         if r.status_code != 409:
             self._raise(r, address)

@@ -67,15 +67,18 @@ class ApiClient:
         params: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
     ) -> httpx.Response:
-        fresh = False
+        fresh = refreshed = False
         backoff = 0.25
         for attempt in range(INLINE_TRIES):
             all_headers = dict(headers or {})
             if self._token is not None:
                 all_headers["Authorization"] = f"{self._scheme} {await self._token(fresh)}"
+                fresh = False
             self.calls += 1
             try:
-                response = await self._http.request(method, url, json=json, params=params, headers=all_headers)
+                response = await self._http.request(
+                    method, url, json=json, params=params, headers=all_headers
+                )
             except httpx.HTTPError as exc:
                 if attempt + 1 < INLINE_TRIES and backoff <= self._max_wait:
                     await asyncio.sleep(backoff)
@@ -83,8 +86,8 @@ class ApiClient:
                     continue
                 raise RetryLater(f"{self.label} did not answer ({type(exc).__name__}).") from None
             if response.status_code == 401 and self._token is not None:
-                if not fresh:
-                    fresh = True  # the token expired or was revoked: once more with a new one
+                if not refreshed:
+                    fresh = refreshed = True  # the token expired or was revoked: once more with a new one
                     continue
                 raise RetryLater(f"{self.label} refused Postroom's credentials (HTTP 401): check them.")
             wait = None

@@ -15,6 +15,7 @@ never waits on the directory.
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 from bot.config import LdapProviderSettings
@@ -46,8 +47,10 @@ class LdapGroups(Provider):
         self.member_attr = {"groupOfNames": "member", "groupOfUniqueNames": "uniqueMember"}.get(
             self.schema, settings.member_mail_attribute
         )
-        self.object_class = "groupOfUniqueNames" if self.schema == "groupOfUniqueNames" else (
-            "groupOfNames" if self.schema == "groupOfNames" else "nisMailAlias"
+        self.object_class = (
+            "groupOfUniqueNames"
+            if self.schema == "groupOfUniqueNames"
+            else ("groupOfNames" if self.schema == "groupOfNames" else "nisMailAlias")
         )
         self._dns: dict[str, str] = {}  # member address -> DN
 
@@ -62,9 +65,14 @@ class LdapGroups(Provider):
 
         s = self.settings
         try:
-            server = ldap3.Server(s.url, connect_timeout=s.timeout_s)
+            timeout = max(1, math.ceil(s.timeout_s))  # ldap3 packs it into a socket option: whole seconds
+            server = ldap3.Server(s.url, connect_timeout=timeout)
             conn = ldap3.Connection(
-                server, user=s.bind_dn, password=s.password, receive_timeout=s.timeout_s, raise_exceptions=False
+                server,
+                user=s.bind_dn,
+                password=s.password,
+                receive_timeout=timeout,
+                raise_exceptions=False,
             )
             if not conn.bind():
                 raise RetryLater(
@@ -187,7 +195,9 @@ class LdapGroups(Provider):
             if code == 20:  # attributeOrValueExists: a member already
                 return
             if code != 0:
-                raise RetryLater(f"The LDAP server refused to add {member.email} ({conn.result.get('description')}).")
+                raise RetryLater(
+                    f"The LDAP server refused to add {member.email} ({conn.result.get('description')})."
+                )
             own = str(group.entry_dn)
             if self.schema != "mail-attribute" and own in [str(v) for v in group[self.member_attr].values]:
                 self._modify(conn, own, {self.member_attr: [(ldap3.MODIFY_DELETE, [own])]})
@@ -218,7 +228,9 @@ class LdapGroups(Provider):
                 ops = [(ldap3.MODIFY_REPLACE, [str(group.entry_dn)])]
             code = self._modify(conn, group.entry_dn, {self.member_attr: ops})
             if code not in (0, 16):  # 16: noSuchAttribute (gone already)
-                raise RetryLater(f"The LDAP server refused to remove {email} ({conn.result.get('description')}).")
+                raise RetryLater(
+                    f"The LDAP server refused to remove {email} ({conn.result.get('description')})."
+                )
 
         await self._run(work)
 
@@ -247,7 +259,9 @@ class LdapGroups(Provider):
             self._calls += 1
             conn.add(dn, classes, attrs)
             if conn.result.get("result") not in (0, 68):  # 68: entryAlreadyExists
-                raise RetryLater(f"The LDAP server refused to create {dn} ({conn.result.get('description')}).")
+                raise RetryLater(
+                    f"The LDAP server refused to create {dn} ({conn.result.get('description')})."
+                )
 
         await self._run(work)
 

@@ -9,6 +9,7 @@ after its own `Retry-After`. Graph cannot change distribution lists or mail-enab
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any
 from urllib.parse import quote
 
@@ -49,6 +50,7 @@ class GraphGroups(Provider):
             max_inline_wait_s=max_inline_wait_s,
             token=self._token,
         )
+        self._token_http: Any = None
         self._ids: dict[str, str] = {}  # group address -> Graph id
         self._users: dict[str, str] = {}  # member address -> Graph user id
         self.token_fetches = 0
@@ -59,6 +61,8 @@ class GraphGroups(Provider):
 
     async def aclose(self) -> None:
         await self.api.aclose()
+        if self._token_http is not None:
+            self._token_http.close()
 
     # -- the token ---------------------------------------------------------------------------------
     async def _token(self, fresh: bool) -> str:
@@ -77,16 +81,22 @@ class GraphGroups(Provider):
         return str(result["access_token"])
 
     def _new_app(self) -> Any:
+        import httpx
         import msal
 
         s = self.settings
+        # msal's HTTP goes through httpx too (its get/post/Response are what msal expects): one TLS
+        # set-up for both, and a CA bundle given here is not overridden by $REQUESTS_CA_BUNDLE.
+        if self._token_http is None:
+            verify = ssl.create_default_context(cafile=s.ca_file) if s.ca_file else True
+            self._token_http = httpx.Client(verify=verify, timeout=s.timeout_s)
         return msal.ConfidentialClientApplication(
             s.client_id,
             client_credential=s.client_secret,
             authority=f"{s.authority_url}/{s.tenant_id}",
             instance_discovery=False,
             validate_authority=False,
-            timeout=s.timeout_s,
+            http_client=self._token_http,
         )
 
     # -- the group -----------------------------------------------------------------------------------
@@ -252,7 +262,9 @@ class GraphGroups(Provider):
         self._read(await self._batch(requests), known, out, exists_ok=False)
         return out
 
-    def _read(self, answers: dict[str, dict[str, Any]], emails: list[str], out: Pushed, *, exists_ok: bool) -> None:
+    def _read(
+        self, answers: dict[str, dict[str, Any]], emails: list[str], out: Pushed, *, exists_ok: bool
+    ) -> None:
         for rid, answer in answers.items():
             email = emails[int(rid)]
             status = int(answer.get("status", 0))
@@ -269,7 +281,9 @@ class GraphGroups(Provider):
                 if after is not None:
                     out.retry_after_s = max(out.retry_after_s or 0, float(after))
             elif status == 403:
-                out.retry[email] = f"Microsoft Graph refused access ({message}): the app needs GroupMember.ReadWrite.All."
+                out.retry[email] = (
+                    f"Microsoft Graph refused access ({message}): the app needs GroupMember.ReadWrite.All."
+                )
             else:
                 out.refused[email] = f"Microsoft Graph refused {email} (HTTP {status}: {message})."
 

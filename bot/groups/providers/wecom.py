@@ -71,7 +71,9 @@ class WeComMailGroups(Provider):
         self, method: str, path: str, *, params: dict[str, Any] | None = None, json: Any = None
     ) -> dict[str, Any]:
         async def attempt(token: str) -> dict[str, Any]:
-            r = await self.api.request(method, path, params={**(params or {}), "access_token": token}, json=json)
+            r = await self.api.request(
+                method, path, params={**(params or {}), "access_token": token}, json=json
+            )
             try:
                 data: dict[str, Any] = r.json()
             except ValueError:
@@ -80,7 +82,9 @@ class WeComMailGroups(Provider):
             if code in TOKEN_ERRORS:
                 raise StaleToken(RetryLater(f"WeCom keeps refusing the access token ({code})."))
             if code in BUSY:
-                raise RetryLater(f"WeCom is busy or limiting calls ({code}: {data.get('errmsg')}).", after_s=60)
+                raise RetryLater(
+                    f"WeCom is busy or limiting calls ({code}: {data.get('errmsg')}).", after_s=60
+                )
             if code != 0:
                 raise Refused(f"WeCom refused {path.rsplit('/', 1)[-1]} ({code}: {data.get('errmsg')}).")
             return data
@@ -88,7 +92,9 @@ class WeComMailGroups(Provider):
         return await self._tokens.call(attempt)
 
     async def _search(self, groupid: str, fuzzy: int) -> list[dict[str, Any]]:
-        data = await self.call("GET", "/cgi-bin/exmail/group/search", params={"fuzzy": fuzzy, "groupid": groupid})
+        data = await self.call(
+            "GET", "/cgi-bin/exmail/group/search", params={"fuzzy": fuzzy, "groupid": groupid}
+        )
         return list(data.get("groups") or [])
 
     async def list_groups(self) -> list[RemoteGroup]:
