@@ -6,6 +6,7 @@
   empty clears it, an absent one stays; members may not all be cleared;
 - `GET /cgi-bin/exmail/group/get?access_token&groupid` → `{errcode, groupid, groupname, email_list: {list},
   department_list, tag_list, group_list, allow_type}`;
+- `POST /cgi-bin/exmail/group/delete?access_token` `{groupid}`;
 - `GET /cgi-bin/exmail/group/search?access_token&fuzzy=0|1&groupid` → `{errcode, count, groups: [{groupid,
   groupname}]}`;
 - errors as `errcode`/`errmsg` with HTTP 200: 42001 expired token, 45009 call frequency over the limit.
@@ -102,6 +103,15 @@ class FakeWeComMail:
                 group["email_list"] = emails
             return JSONResponse({"errcode": 0, "errmsg": "ok"})
 
+        async def delete(request: Request) -> JSONResponse:
+            if (refused := gate(request)) is not None:
+                return refused
+            body = await request.json()
+            self.writes.append({"delete": body.get("groupid")})
+            if self.groups.pop(body.get("groupid"), None) is None:
+                return JSONResponse({"errcode": 60102, "errmsg": "group not exist"})
+            return JSONResponse({"errcode": 0, "errmsg": "ok"})
+
         async def get(request: Request) -> JSONResponse:
             if (refused := gate(request)) is not None:
                 return refused
@@ -140,6 +150,7 @@ class FakeWeComMail:
                 Route("/cgi-bin/exmail/group/create", create, methods=["POST"]),
                 Route("/cgi-bin/exmail/group/update", update, methods=["POST"]),
                 Route("/cgi-bin/exmail/group/get", get),
+                Route("/cgi-bin/exmail/group/delete", delete, methods=["POST"]),
                 Route("/cgi-bin/exmail/group/search", search),
             ]
         )

@@ -1,4 +1,4 @@
-"""WeCom mail groups (企业微信 邮件群组) through `cgi-bin/exmail/group/{create,update,get,search}`, with
+"""WeCom mail groups (企业微信 邮件群组) through `cgi-bin/exmail/group/{create,update,get,search,delete}`, with
 the access-token handling the WeCom adapter uses (bot/tokens.py: cached, fetched again once after an
 invalid-token answer).
 
@@ -111,10 +111,15 @@ class WeComMailGroups(Provider):
 
     async def set_members(self, address: str, members: list[RemoteMember]) -> None:
         if not members:
-            raise Refused(
-                f"WeCom mail does not allow {address} to have no members at all: add someone, or delete the group "
-                "in the WeCom admin console."
+            group = await self.call("GET", "/cgi-bin/exmail/group/get", params={"groupid": address})
+            others = any(
+                (group.get(k) or {}).get("list") for k in ("department_list", "tag_list", "group_list")
             )
+            if not others:
+                # WeCom keeps no group without members: the last one leaving deletes it (the next member
+                # added creates it again).
+                await self.call("POST", "/cgi-bin/exmail/group/delete", json={"groupid": address})
+                return
         await self.call(
             "POST",
             "/cgi-bin/exmail/group/update",
