@@ -88,7 +88,7 @@ class GroupCommands:
 
     async def newgroup(self, req: Request, p: Parsed) -> Message:
         providers = self.memberships.outbox.providers
-        chosen = p.opt("provider")
+        chosen = p.flag("provider")
         if chosen is not None:
             chosen = chosen.strip().lower()
             if chosen not in NAMES:
