@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -245,10 +245,10 @@ index mail eq
 """
 
 
-@pytest.fixture(scope="session")
-def slapd() -> Iterator[Slapd]:
-    if SLAPD is None or shutil.which("ldapadd") is None:
-        pytest.skip("OpenLDAP is not installed: apt-get install slapd ldap-utils")
+@contextmanager
+def running_slapd() -> Iterator[Slapd]:
+    """A slapd of our own in a temporary directory on a free loopback port, stopped afterwards."""
+    assert SLAPD is not None
     folder = Path(tempfile.mkdtemp(prefix="postroom-slapd-"))
     (folder / "data").mkdir()
     (folder / "slapd.conf").write_text(
@@ -264,15 +264,11 @@ def slapd() -> Iterator[Slapd]:
     try:
         deadline = time.monotonic() + 20
         while True:
-            probe = subprocess.run(
-                ["ldapsearch", "-x", "-H", url, "-b", "", "-s", "base"], capture_output=True
-            )
+            probe = subprocess.run(["ldapsearch", "-x", "-H", url, "-b", "", "-s", "base"], capture_output=True)
             if probe.returncode == 0:
                 break
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"slapd did not start: {proc.stderr.read().decode() if proc.stderr else ''}"
-                )
+                raise RuntimeError(f"slapd did not start: {proc.stderr.read().decode() if proc.stderr else ''}")
             time.sleep(0.1)
         server = Slapd(url, folder)
         server.ldif(
@@ -289,6 +285,14 @@ def slapd() -> Iterator[Slapd]:
         except subprocess.TimeoutExpired:
             proc.kill()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def slapd() -> Iterator[Slapd]:
+    if SLAPD is None or shutil.which("ldapadd") is None:
+        pytest.skip("OpenLDAP is not installed: apt-get install slapd ldap-utils")
+    with running_slapd() as server:
+        yield server
 
 
 # -- Mailman 3 ------------------------------------------------------------------------------------
