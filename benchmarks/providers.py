@@ -46,7 +46,9 @@ def settings_for(folder: Path, provider: str, section: dict[str, Any], groups: i
     rules = folder / "groups.yaml"
     rules.write_text(
         "groups:\n"
-        + "".join(f"  - address: g{i}\n    provider: {provider}\n    members: everyone\n" for i in range(groups))
+        + "".join(
+            f"  - address: g{i}\n    provider: {provider}\n    members: everyone\n" for i in range(groups)
+        )
     )
     extra = {provider: section} if provider != "local" else {}
     return load_settings(
@@ -72,7 +74,9 @@ def event(kind: str, i: int, minutes: int) -> PersonEvent:
     )
 
 
-async def leavers(name: str, section: dict[str, Any], folder: Path, n: int, groups: int, prepare: Any) -> dict[str, Any]:
+async def leavers(
+    name: str, section: dict[str, Any], folder: Path, n: int, groups: int, prepare: Any
+) -> dict[str, Any]:
     settings = settings_for(folder, name, section, groups)
     app = await build_app(settings)
     try:
@@ -107,7 +111,8 @@ async def full_import(folder: Path, groups: int, members: int) -> dict[str, Any]
     async with google_platform(folder) as g:
         for i in range(groups):
             g.fake.add_group(
-                f"imp{i}@corp.example", {f"m{(i * 37 + j) % 10_000}@corp.example": "member" for j in range(members)}
+                f"imp{i}@corp.example",
+                {f"m{(i * 37 + j) % 10_000}@corp.example": "member" for j in range(members)},
             )
         settings = load_settings(
             read_file=False,

@@ -264,11 +264,15 @@ def running_slapd() -> Iterator[Slapd]:
     try:
         deadline = time.monotonic() + 20
         while True:
-            probe = subprocess.run(["ldapsearch", "-x", "-H", url, "-b", "", "-s", "base"], capture_output=True)
+            probe = subprocess.run(
+                ["ldapsearch", "-x", "-H", url, "-b", "", "-s", "base"], capture_output=True
+            )
             if probe.returncode == 0:
                 break
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"slapd did not start: {proc.stderr.read().decode() if proc.stderr else ''}")
+                raise RuntimeError(
+                    f"slapd did not start: {proc.stderr.read().decode() if proc.stderr else ''}"
+                )
             time.sleep(0.1)
         server = Slapd(url, folder)
         server.ldif(

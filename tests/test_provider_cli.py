@@ -69,13 +69,19 @@ async def test_import_from_google_then_check(tmp_path: Path) -> None:
                     "JOIN groups g ON g.id = m.group_id"
                 )
             )
-        assert groups == {"eng@corp.example": "internal:google", "partners@corp.example": "external-allowed:google"}
+        assert groups == {
+            "eng@corp.example": "internal:google",
+            "partners@corp.example": "external-allowed:google",
+        }
         assert members == {
             ("eng@corp.example", "ann@corp.example", "owner", "import", "active"),
             ("eng@corp.example", "bob@corp.example", "member", "import", "active"),
             ("partners@corp.example", "x@partner.example", "member", "import", "active"),
         }
-        assert g.fake.members_of("eng@corp.example") == {"ann@corp.example": "owner", "bob@corp.example": "member"}
+        assert g.fake.members_of("eng@corp.example") == {
+            "ann@corp.example": "owner",
+            "bob@corp.example": "member",
+        }
 
         code, out = await postroom(config, "providers", "check")
         assert code == 0, out
@@ -84,5 +90,7 @@ async def test_import_from_google_then_check(tmp_path: Path) -> None:
 
         g.fake.admin = "someone-else@corp.example"  # delegation no longer matches
         code, out = await postroom(config, "providers", "check")
-        assert code == 1 and "google: does not work — Google refused the service account's token request" in out
+        assert (
+            code == 1 and "google: does not work — Google refused the service account's token request" in out
+        )
         assert "Traceback" not in out

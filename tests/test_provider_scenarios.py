@@ -42,7 +42,7 @@ groups:
 
 @asynccontextmanager
 async def provider_bot(
-    database_url: str, smtp_port: int, tmp_path: Path, p: Platform
+    database_url: str, smtp_port: int, tmp_path: Path, p: Platform, **groups: object
 ) -> AsyncIterator[ChatBot]:
     rules_file = tmp_path / "groups.yaml"
     rules_file.write_text(rules(p))
@@ -50,7 +50,7 @@ async def provider_bot(
         database_url,
         smtp_port,
         tmp_path,
-        groups={"rules_file": str(rules_file)},
+        groups={"rules_file": str(rules_file), **groups},
         providers={p.name: p.settings, "max_inline_wait_s": 2, "retry_base_s": 30},
     )
     app = await build_app(settings)
@@ -65,7 +65,9 @@ async def provider_bot(
         await app.close()
 
 
-def event(kind: str, n: int, p: Platform, who: str, minutes: int = 0, **attributes: str) -> PersonEvent:
+def event(
+    kind: str, n: int, p: Platform, who: str, minutes: int = 0, at: datetime = T0, **attributes: str
+) -> PersonEvent:
     return PersonEvent(
         kind,  # type: ignore[arg-type]
         "hr-webhook",
@@ -73,7 +75,7 @@ def event(kind: str, n: int, p: Platform, who: str, minutes: int = 0, **attribut
         p.email(who),
         attributes,
         f"ev-{p.tag}-{n}",
-        T0 + timedelta(minutes=minutes),
+        at + timedelta(minutes=minutes),
         who.title(),
     )
 
@@ -206,3 +208,58 @@ async def test_an_outage_during_a_leaver_is_retried_until_applied_and_hr_is_told
         assert any("has now taken the changes" in text and ann in text for text in hr_texts(bot))
         async with bot.app.ctx.sessions() as s:
             assert (await s.execute(select(Membership))).scalars().all() == []
+
+
+async def test_a_leaver_removed_by_hand_on_the_platform_is_never_put_back(
+    database_url, smtp, tmp_path, plat
+) -> None:
+    p = plat
+    eng = f"eng-{p.tag}@corp.example"
+    ann, bob = p.email("ann"), p.email("bob")
+    async with provider_bot(database_url, smtp.port, tmp_path, p, leaver_grace_hours=24) as bot:
+        await bot.core.handle_person_event(event("joined", 1, p, "ann", department="Engineering"))
+        await bot.core.handle_person_event(event("joined", 2, p, "bob", department="Engineering"))
+        await bot.settle()
+        now = datetime.now(UTC)
+        await bot.core.handle_person_event(
+            event("left", 3, p, "bob", at=now)
+        )  # in the grace period: a member still
+        await bot.settle()
+        assert p.members(eng) == {ann, bob}
+        p.remove_by_hand(eng, bob)  # the admin removes the leaver at once on the platform
+        assert "they have left" in await bot.say(HR, "/sync --dry-run")
+        reply = await bot.say(HR, f"/drift overwrite eng-{p.tag}")
+        assert "has left the company" in reply, reply
+        await bot.settle()
+        assert p.members(eng) == {ann}
+        adopted = await bot.say(HR, f"/drift adopt eng-{p.tag}")
+        assert "Adopted 1" in adopted, adopted
+        await bot.settle()
+        assert p.members(eng) == {ann}
+        async with bot.app.ctx.sessions() as s:
+            emails = set(
+                (
+                    await s.execute(
+                        select(Membership.email)
+                        .join(Group, Group.id == Membership.group_id)
+                        .where(Group.address == eng)
+                    )
+                ).scalars()
+            )
+        assert emails == {ann}
+
+
+@pytest.mark.parametrize("plat", ["wecom"], indirect=True)
+async def test_a_whole_list_write_keeps_what_was_added_by_hand(database_url, smtp, tmp_path, plat) -> None:
+    p = plat
+    eng = f"eng-{p.tag}@corp.example"
+    ann, cy, dee = p.email("ann"), p.email("cy"), p.email("dee")
+    async with provider_bot(database_url, smtp.port, tmp_path, p) as bot:
+        await bot.core.handle_person_event(event("joined", 1, p, "ann", department="Engineering"))
+        await bot.settle()
+        p.add_by_hand(eng, cy)
+        await bot.core.handle_person_event(event("joined", 2, p, "dee", department="Engineering"))
+        await bot.settle()
+        assert p.members(eng) == {ann, cy, dee}  # cy stays: not overwritten silently…
+        assert p.fake.writes[-1]["email_list"]["list"] == sorted([ann, cy, dee])
+        assert f"{cy} is on WeCom mail but not in Postroom" in await bot.say(HR, "/drift")  # …but listed

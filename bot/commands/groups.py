@@ -384,7 +384,7 @@ class GroupCommands:
                 raise UserError(exc.sentence, MEMBERS.usage) from None
             rows = (
                 await session.execute(
-                    select(Membership.email, Membership.source, Membership.role)
+                    select(Membership.email, Membership.source, Membership.role, Membership.state)
                     .where(Membership.group_id == group.id)
                     .order_by(Membership.email)
                 )
@@ -409,7 +409,18 @@ class GroupCommands:
             else t("{group} has {count} members:", group=group.address, count=len(rows))
         ]
         lines += [
-            f"  {r.email}" + ("" if r.source == "manual" else f" ({_source_text(r.source, None)})")
+            f"  {r.email}"
+            + ("" if r.source == "manual" else f" ({_source_text(r.source, None)})")
+            + (
+                ""
+                if r.state == "active"
+                else " — "
+                + (
+                    t("being added on its platform")
+                    if r.state == "adding"
+                    else t("being removed on its platform")
+                )
+            )
             for r in shown
         ]
         if len(rows) > len(shown):

@@ -42,6 +42,7 @@ from bot.scheduler import Scheduler, now
 log = logging.getLogger(__name__)
 JOB = "groups.push-providers"  # the scheduled job's id and handler name
 LEASE_S = 120
+PARALLEL = 8  # groups pushed at once
 BATCH = 500
 
 
@@ -176,22 +177,35 @@ class Outbox:
         by_group: dict[int, list[_Op]] = defaultdict(list)
         for o in ops:
             by_group[o.group_id].append(o)
-        for group_ops in by_group.values():
-            first = group_ops[0]
-            try:
-                provider = self.providers.get(first.provider)
-                said = await self._push_group(provider, group_ops)
-            except ProviderError as exc:
-                said = Pushed()
-                said.fail_all([o.email for o in group_ops], exc)
-            except Exception as exc:  # a platform's own failure changes nobody's data (invariant 8)
-                log.exception("pushing to %s failed", first.provider)
-                said = Pushed()
-                said.fail_all(
-                    [o.email for o in group_ops],
-                    ProviderError(t("an unexpected error ({error})", error=type(exc).__name__)),
-                )
-            await self._record(group_ops, said, total)
+        # A leaver's fifty groups are pushed side by side (a few at a time: the platforms' rate limits),
+        # and what each platform said is written one group after the other.
+        gate = asyncio.Semaphore(PARALLEL)
+
+        async def one(group_ops: list[_Op]) -> Pushed:
+            async with gate:
+                return await self._push_one(group_ops)
+
+        said = await asyncio.gather(*(one(group_ops) for group_ops in by_group.values()))
+        for group_ops, answer in zip(by_group.values(), said, strict=True):
+            await self._record(group_ops, answer, total)
+
+    async def _push_one(self, group_ops: list[_Op]) -> Pushed:
+        first = group_ops[0]
+        try:
+            provider = self.providers.get(first.provider)
+            return await self._push_group(provider, group_ops)
+        except ProviderError as exc:
+            said = Pushed()
+            said.fail_all([o.email for o in group_ops], exc)
+            return said
+        except Exception as exc:  # a platform's own failure changes nobody's data (invariant 8)
+            log.exception("pushing to %s failed", first.provider)
+            said = Pushed()
+            said.fail_all(
+                [o.email for o in group_ops],
+                ProviderError(t("an unexpected error ({error})", error=type(exc).__name__)),
+            )
+            return said
 
     async def _push_group(self, provider: Provider, ops: list[_Op]) -> Pushed:
         first = ops[0]
