@@ -6,6 +6,7 @@ Mailman 3 core, started once per test session in a temporary directory on free l
 from __future__ import annotations
 
 import asyncio
+import atexit
 import datetime as dt
 import ipaddress
 import json
@@ -16,7 +17,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -291,12 +292,21 @@ def running_slapd() -> Iterator[Slapd]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+# One slapd and one Mailman per test process, whichever test modules ask for them (a session fixture
+# imported into two modules would be two fixtures, and start two servers); stopped when it exits.
+_SHARED: dict[str, Any] = {}
+_STACK = ExitStack()
+atexit.register(_STACK.close)
+
+
 @pytest.fixture(scope="session")
-def slapd() -> Iterator[Slapd]:
+def slapd() -> Slapd:
     if SLAPD is None or shutil.which("ldapadd") is None:
         pytest.skip("OpenLDAP is not installed: apt-get install slapd ldap-utils")
-    with running_slapd() as server:
-        yield server
+    if "slapd" not in _SHARED:
+        _SHARED["slapd"] = _STACK.enter_context(running_slapd())
+    server: Slapd = _SHARED["slapd"]
+    return server
 
 
 # -- Mailman 3 ------------------------------------------------------------------------------------
@@ -346,17 +356,45 @@ smtp_port: {smtp}
 [archiver.prototype]
 enable: no
 """
+# Only the REST runner: the tests need the API, and every other runner costs start-up time.
+MAILMAN_RUNNERS = (
+    "archive",
+    "bad",
+    "bounces",
+    "command",
+    "digest",
+    "in",
+    "lmtp",
+    "nntp",
+    "out",
+    "pipeline",
+    "retry",
+    "shunt",
+    "virgin",
+    "task",
+)
 
 
 @pytest.fixture(scope="session")
-def mailman() -> Iterator[Mailman]:
+def mailman() -> Mailman:
     if MAILMAN is None:
         pytest.skip("Mailman 3 is not installed: apt-get install mailman3")
+    if "mailman" not in _SHARED:
+        _SHARED["mailman"] = _STACK.enter_context(running_mailman())
+    server: Mailman = _SHARED["mailman"]
+    return server
+
+
+@contextmanager
+def running_mailman() -> Iterator[Mailman]:
+    """A Mailman 3 core of our own in a temporary directory (its REST API on a free loopback port)."""
+    assert MAILMAN is not None
     folder = Path(tempfile.mkdtemp(prefix="postroom-mailman-"))
     port = free_port()
     cfg = folder / "mailman.cfg"
     cfg.write_text(
-        MAILMAN_CFG.format(
+        "".join(f"[runner.{name}]\nstart: no\n\n" for name in MAILMAN_RUNNERS)
+        + MAILMAN_CFG.format(
             folder=folder,
             bin_dir="/usr/lib/mailman3/bin"
             if os.path.isdir("/usr/lib/mailman3/bin")

@@ -51,7 +51,7 @@ async def provider_bot(
         smtp_port,
         tmp_path,
         groups={"rules_file": str(rules_file), **groups},
-        providers={p.name: p.settings, "max_inline_wait_s": 2, "retry_base_s": 30},
+        providers={p.name: p.settings, "max_inline_wait_s": 0.3, "retry_base_s": 30},
     )
     app = await build_app(settings)
     console = ConsoleAdapter(HR, out=io.StringIO(), prompt=False)
