@@ -132,6 +132,9 @@ class Outbox:
                     break
         await self._tell_hr(total)
         await self._schedule_next()
+        if self._again:  # a commit between the last look and the lock's release: look once more
+            self._again = False
+            self.kick()
         return total
 
     async def _claim(self) -> list[_Op]:
