@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -102,7 +103,7 @@ async def leavers(
     times.sort()
     return {
         "p50_ms": round(statistics.median(times), 1),
-        "p95_ms": round(times[max(0, int(len(times) * 0.95) - 1)], 1),
+        "p95_ms": round(times[min(len(times) - 1, math.ceil(len(times) * 0.95) - 1)], 1),
         "api_calls_per_leaver": round(statistics.mean(calls), 1),
     }
 
@@ -156,7 +157,7 @@ async def main() -> None:
         folder.mkdir()
         out["local (baseline)"] = await leavers("local", {}, folder, args.leavers, args.groups, nothing)
         print(f"local (baseline): {out['local (baseline)']}", flush=True)
-        for name in args.providers.split(","):
+        for name in filter(None, args.providers.split(",")):
             folder = root / name
             folder.mkdir()
             async with AsyncExitStack() as stack:

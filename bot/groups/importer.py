@@ -108,7 +108,7 @@ async def _import_chunk(
                 continue
             if group is None:
                 out.groups_new.append(remote.address)
-                if dry_run_only(out):
+                if out.dry_run:
                     out.members += len(members)
                     continue
                 group = await service.create_group(
@@ -154,7 +154,7 @@ async def _import_chunk(
                         m.role,
                     )
                 )
-        if dry_run_only(out):
+        if out.dry_run:
             return
         result = await memberships.execute(
             Plan(changes),
@@ -166,7 +166,3 @@ async def _import_chunk(
         )
         out.refused += [f"{c.email} in {c.group_address}: {why}" for c, why in result.plan.refused]
     await memberships.announce(result.held)
-
-
-def dry_run_only(out: Imported) -> bool:
-    return out.dry_run
