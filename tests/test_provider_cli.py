@@ -94,3 +94,14 @@ async def test_import_from_google_then_check(tmp_path: Path) -> None:
             code == 1 and "google: does not work — Google refused the service account's token request" in out
         )
         assert "Traceback" not in out
+
+
+async def test_a_default_provider_that_is_not_set_up_stops_with_one_sentence(tmp_path: Path) -> None:
+    config = tmp_path / "postroom.toml"
+    config.write_text(
+        f"[database]\nurl = {toml_value('sqlite+aiosqlite:///' + str(tmp_path / 'p.db'))}\n"
+        '[groups]\nprovider = "microsoft"\n'
+    )
+    code, out = await postroom(config, "providers", "check")
+    assert code == 1 and "groups.provider is microsoft, but [providers.microsoft] is not filled in" in out, out
+    assert "Traceback" not in out

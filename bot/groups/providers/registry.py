@@ -3,7 +3,7 @@ made unless a group lives there) and closed with the app. Groups name their prov
 
 from __future__ import annotations
 
-from bot.config import Settings
+from bot.config import ConfigError, Settings
 from bot.groups.providers.base import Provider, ProviderError
 
 LOCAL = "local"
@@ -24,6 +24,12 @@ class NotConfigured(ProviderError):
 
 class Providers:
     def __init__(self, settings: Settings):
+        default = settings.groups.provider
+        if default != LOCAL and default not in settings.providers.configured():
+            raise ConfigError(
+                f"groups.provider is {default}, but [providers.{default}] is not filled in "
+                f"(manifests/{default}/README.md)."
+            )
         self.settings = settings
         self._built: dict[str, Provider] = {}
 
