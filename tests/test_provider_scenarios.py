@@ -210,6 +210,8 @@ async def test_an_outage_during_a_leaver_is_retried_until_applied_and_hr_is_told
             assert (await s.execute(select(Membership))).scalars().all() == []
 
 
+# The guard decides this, whatever the platform: one add-and-remove provider and one whole-list provider.
+@pytest.mark.parametrize("plat", ["google", "wecom"], indirect=True)
 async def test_a_leaver_removed_by_hand_on_the_platform_is_never_put_back(
     database_url, smtp, tmp_path, plat
 ) -> None:
