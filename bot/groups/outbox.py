@@ -180,17 +180,51 @@ class Outbox:
         by_group: dict[int, list[_Op]] = defaultdict(list)
         for o in ops:
             by_group[o.group_id].append(o)
+        batched: dict[str, list[list[_Op]]] = defaultdict(list)
+        alone: list[list[_Op]] = []
+        for group_ops in by_group.values():
+            name = group_ops[0].provider
+            try:
+                shared = self.providers.get(name).cross_group_batches
+            except ProviderError:
+                shared = False
+            (batched[name] if shared else alone).append(group_ops)
         # A leaver's fifty groups are pushed side by side (a few at a time: the platforms' rate limits),
-        # and what each platform said is written one group after the other.
+        # or in shared batches where the platform takes them; what each said is written group by group.
         gate = asyncio.Semaphore(PARALLEL)
 
-        async def one(group_ops: list[_Op]) -> Pushed:
+        async def one(group_ops: list[_Op]) -> list[tuple[list[_Op], Pushed]]:
             async with gate:
-                return await self._push_one(group_ops)
+                return [(group_ops, await self._push_one(group_ops))]
 
-        said = await asyncio.gather(*(one(group_ops) for group_ops in by_group.values()))
-        for group_ops, answer in zip(by_group.values(), said, strict=True):
-            await self._record(group_ops, answer, total)
+        work = [one(g) for g in alone] + [self._push_shared(name, groups) for name, groups in batched.items()]
+        for answers in await asyncio.gather(*work):
+            for group_ops, answer in answers:
+                await self._record(group_ops, answer, total)
+
+    async def _push_shared(self, name: str, groups: list[list[_Op]]) -> list[tuple[list[_Op], Pushed]]:
+        work = {
+            g[0].address: (
+                [RemoteMember(o.email, o.role) for o in g if o.op == "add"],
+                [o.email for o in g if o.op == "remove"],
+            )
+            for g in groups
+        }
+        try:
+            said = await self.providers.get(name).push_many(work)
+        except Exception as exc:  # a platform's own failure changes nobody's data (invariant 8)
+            error = (
+                exc
+                if isinstance(exc, ProviderError)
+                else ProviderError(t("an unexpected error ({error})", error=type(exc).__name__))
+            )
+            if not isinstance(exc, ProviderError):
+                log.exception("pushing to %s failed", name)
+            said = {}
+            for g in groups:
+                said[g[0].address] = Pushed()
+                said[g[0].address].fail_all([o.email for o in g], error)
+        return [(g, said.get(g[0].address, Pushed())) for g in groups]
 
     async def _push_one(self, group_ops: list[_Op]) -> Pushed:
         first = group_ops[0]

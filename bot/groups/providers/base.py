@@ -88,6 +88,9 @@ class Provider(ABC):
     # True where the platform's only membership write replaces the whole list (WeCom mail):
     # the outbox then writes the full desired list, computed from Postroom's database.
     whole_list_writes: bool = False
+    # True where one call can carry changes of several groups (Graph's $batch): the outbox then hands
+    # all of a push's groups to `push_many` at once.
+    cross_group_batches: bool = False
 
     @property
     @abstractmethod
@@ -127,6 +130,10 @@ class Provider(ABC):
         raise NotImplementedError
 
     async def remove_one(self, address: str, email: str) -> None:
+        raise NotImplementedError
+
+    async def push_many(self, work: dict[str, tuple[list[RemoteMember], list[str]]]) -> dict[str, Pushed]:
+        """Adds and removes of several groups at once (providers with `cross_group_batches`)."""
         raise NotImplementedError
 
     async def set_members(self, address: str, members: list[RemoteMember]) -> None:
