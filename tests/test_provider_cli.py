@@ -103,5 +103,7 @@ async def test_a_default_provider_that_is_not_set_up_stops_with_one_sentence(tmp
         '[groups]\nprovider = "microsoft"\n'
     )
     code, out = await postroom(config, "providers", "check")
-    assert code == 1 and "groups.provider is microsoft, but [providers.microsoft] is not filled in" in out, out
+    assert code == 1 and "groups.provider is microsoft, but [providers.microsoft] is not filled in" in out, (
+        out
+    )
     assert "Traceback" not in out
