@@ -34,6 +34,7 @@ from bot.campaigns.web_routes import campaign_routes
 from bot.commands.automations import AutomationCommands
 from bot.commands.campaigns import CampaignCommands
 from bot.commands.contacts import ContactCommands
+from bot.commands.drift import DriftCommands
 from bot.commands.general import GeneralCommands
 from bot.commands.groups import GroupCommands
 from bot.commands.lifecycle import LifecycleCommands
@@ -48,12 +49,16 @@ from bot.context import Context
 from bot.core import CommandTable, Core
 from bot.db.engine import ensure_schema, make_engine, make_sessionmaker
 from bot.groups import planner
+from bot.groups.adoption import DriftChoices
 from bot.groups.dmarc import DmarcPolicies
 from bot.groups.fanout import BounceReports, GroupBounceMailbox, GroupFanout
 from bot.groups.membership import Memberships
 from bot.groups.moderation import JOB_ID as MODERATION_JOB
 from bot.groups.moderation import PRUNE_JOB, Moderation, PostfixQueue
+from bot.groups.outbox import JOB as PUSH_JOB
+from bot.groups.outbox import Outbox
 from bot.groups.postfix_policy import PolicyService
+from bot.groups.providers.registry import Providers
 from bot.groups.relay import GroupRelay
 from bot.groups.report import JOB_ID as AUDIT_JOB
 from bot.groups.report import AuditReport
@@ -103,6 +108,9 @@ class App:
     group_mail: GroupMail
     signups: Signups
     automations: Automations
+    providers: Providers
+    outbox: Outbox
+    drift: DriftChoices
 
     @property
     def settings(self) -> Settings:
@@ -143,18 +151,23 @@ class App:
         self.scheduler.cron(PRUNE_JOB, "17 3 * * *", PRUNE_JOB)  # the post log's retention
         self.automations.schedule()
         self.scheduler.cron(EXPIRE_JOB, "7 * * * *", EXPIRE_JOB)
+        # Changes a platform has not confirmed yet are pushed again every minute (and sooner when due).
+        self.scheduler.cron(PUSH_JOB, "* * * * *", PUSH_JOB)
 
     async def drain(self, timeout: float | None = None) -> None:
-        """Wait for background work (a send) to finish; used by `postroom chat` and tests."""
+        """Wait for background work (a send, a push to a platform) to finish; `postroom chat` and tests."""
         await self.signups.background.settle(timeout)
         await self.runs.background.settle(timeout)
+        await self.outbox.settle(timeout)
 
     async def close(self) -> None:
         await self.group_mail.fanout.stop()
         await self.group_mail.policy.stop()
         await self.group_mail.relay.stop()
         await self.runs.stop()  # sending campaigns stay `sending`; the next start resumes them
+        await self.outbox.background.cancel()  # what was not pushed stays in the outbox for the next start
         await self.scheduler.stop()
+        await self.providers.aclose()
         for adapter in list(self.messengers.adapters.values()):
             try:
                 await asyncio.wait_for(adapter.stop(), 5)
@@ -183,14 +196,17 @@ async def build_app(settings: Settings, **context_options: Any) -> App:
     scheduler = Scheduler(engine, settings.database.url)
     rules = RuleBook(settings)
     identities = Identities(sessions)
-    memberships = Memberships(ctx, rules, messengers)
+    providers = Providers(settings)
+    outbox = Outbox(ctx, providers, messengers, scheduler)
+    memberships = Memberships(ctx, rules, messengers, outbox)
+    drift = DriftChoices(ctx, memberships)
     lifecycle = Lifecycle(ctx, rules, memberships, messengers, scheduler)
     memberships.replay_events = lifecycle.replay
     cards = CampaignCards(ctx, messengers)
     runs = CampaignRuns(ctx, cards, scheduler, worker_id=f"{settings.org.name[:10]}-{secrets.token_hex(3)}")
     approvals = Approvals(ctx, cards, runs)
     drafts = Drafts(ctx, cards, runs)
-    audit_report = AuditReport(ctx, messengers)
+    audit_report = AuditReport(ctx, messengers, drift)
     relay = settings.relay
     dmarc = DmarcPolicies(
         relay.dns_nameservers, port=relay.dns_port, timeout_s=relay.dns_timeout_s, cache_s=relay.dns_cache_s
@@ -216,14 +232,16 @@ async def build_app(settings: Settings, **context_options: Any) -> App:
         **signups.jobs(),
         ANNOUNCE_JOB: memberships.announce_pending,
         AUDIT_JOB: audit_report.send,
+        PUSH_JOB: outbox.run_job,
     }.items():
         scheduler.handle(name, handler)
     table = CommandTable()
     for commands in (
         GeneralCommands(ctx, table),
         GroupCommands(ctx, memberships),
+        DriftCommands(ctx, drift),
         CampaignCommands(ctx, drafts, approvals, runs, cards),
-        LifecycleCommands(ctx, rules, memberships),
+        LifecycleCommands(ctx, rules, memberships, drift),
         PrivacyCommands(ctx),
         SuppressionCommands(ctx),
         PostCommands(ctx, moderation),
@@ -250,6 +268,9 @@ async def build_app(settings: Settings, **context_options: Any) -> App:
         group_mail,
         signups,
         automations,
+        providers,
+        outbox,
+        drift,
     )
 
 

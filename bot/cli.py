@@ -504,6 +504,80 @@ def groups_export(ctx: click.Context, fmt: str, output: str) -> None:
     _run(go())
 
 
+@groups_cli.command("import")
+@click.option(
+    "--from", "provider", required=True, help="The provider to read: google, microsoft, wecom, ldap, mailman."
+)
+@click.option("--dry-run", is_flag=True, help="Print what would be imported and change nothing.")
+@click.pass_context
+def groups_import(ctx: click.Context, provider: str, dry_run: bool) -> None:
+    """Adopt a platform's existing groups and memberships as Postroom's starting state."""
+    settings = _settings(ctx.find_root().obj["config"])
+
+    async def go() -> None:
+        from bot.app import build_app
+        from bot.groups.importer import import_groups
+        from bot.groups.providers.base import ProviderError
+
+        if provider not in settings.providers.configured():
+            raise click.ClickException(
+                f"The provider {provider} is not configured: fill in [providers.{provider}] "
+                f"(manifests/{provider}/README.md)."
+            )
+        app = await build_app(settings)
+        try:
+            result = await import_groups(app.ctx, app.memberships, provider, dry_run=dry_run)
+            await app.drain(60)  # leavers found on the platform are removed there before we stop
+        except ProviderError as exc:
+            raise click.ClickException(f"{provider}: {exc.sentence}") from None
+        finally:
+            await app.close()
+        click.echo(result.summary())
+
+    _run(go(), settings)
+
+
+@main.group("providers")
+def providers_cli() -> None:
+    """The platforms where groups live."""
+
+
+@providers_cli.command("check")
+@click.pass_context
+def providers_check(ctx: click.Context) -> None:
+    """Call each configured provider read-only and say in one sentence what works and what is missing."""
+    settings = _settings(ctx.find_root().obj["config"])
+
+    async def go() -> None:
+        from bot.groups.providers.base import ProviderError
+        from bot.groups.providers.registry import NAMES, Providers
+
+        providers = Providers(settings)
+        failed = False
+        try:
+            click.echo(
+                f"local: works — Postroom's database is the truth (default provider: {settings.groups.provider})."
+            )
+            configured = providers.configured()
+            for name in NAMES[1:]:
+                if name not in configured:
+                    click.echo(
+                        f"{name}: not configured — fill in [providers.{name}] to use it (manifests/{name}/README.md)."
+                    )
+                    continue
+                try:
+                    click.echo(f"{name}: works — {await providers.get(name).check()}.")
+                except ProviderError as exc:
+                    failed = True
+                    click.echo(f"{name}: does not work — {exc.sentence}")
+        finally:
+            await providers.aclose()
+        if failed:
+            sys.exit(1)
+
+    _run(go(), settings)
+
+
 # -- commands from installed packages (an adapter's own: `postroom slack manifest`) ------------
 def _add_plugin_commands() -> None:
     from importlib.metadata import entry_points

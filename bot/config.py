@@ -278,6 +278,8 @@ class GroupsSettings(_Section):
     max_add_count: int = Field(default=100, ge=1)
     audit_cron: str = "0 8 * * mon"
     manual_max_age_days: int = Field(default=365, ge=1)
+    # Where a group's membership takes effect unless the group names its own (bot/groups/providers/).
+    provider: Literal["local", "google", "microsoft", "wecom", "ldap", "mailman"] = "local"
 
     @field_validator("audit_cron")
     @classmethod
@@ -315,6 +317,103 @@ class PostfixSettings(_Section):
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
         return RelaySettings._networks(value)
+
+
+def _http_url(v: str) -> str:
+    if not v.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    return v.rstrip("/")
+
+
+class GoogleProviderSettings(_Section):
+    """Google Workspace groups through the Admin SDK Directory API (manifests/google/README.md)."""
+
+    service_account_file: str = ""  # the service account's JSON key (domain-wide delegation)
+    delegated_admin: str = ""  # the admin the service account acts as
+    api_url: str = "https://admin.googleapis.com"
+    settings_api_url: str = "https://www.googleapis.com/groups/v1"  # Groups Settings: allowExternalMembers
+    timeout_s: float = Field(default=20.0, gt=0, le=120)
+
+    _api = field_validator("api_url", "settings_api_url")(lambda cls, v: _http_url(v))
+
+
+class MicrosoftProviderSettings(_Section):
+    """Microsoft 365 groups through Microsoft Graph, app-only (manifests/microsoft/README.md)."""
+
+    tenant_id: str = ""
+    client_id: str = ""
+    client_secret: str = Field(default="", repr=False)
+    authority_url: str = "https://login.microsoftonline.com"
+    graph_url: str = "https://graph.microsoft.com/v1.0"
+    ca_file: str = ""  # a CA bundle for the token endpoint (a TLS-inspecting proxy); empty: the system's
+    timeout_s: float = Field(default=20.0, gt=0, le=120)
+
+    _urls = field_validator("authority_url", "graph_url")(lambda cls, v: _http_url(v))
+
+
+class WeComMailProviderSettings(_Section):
+    """WeCom mail groups (企业微信 邮件群组, manifests/wecom-mail/README.md). Empty keys: [wecom]'s."""
+
+    corp_id: str = ""
+    secret: str = Field(default="", repr=False)  # an app with the mail-group permission
+    api_url: str = ""
+    timeout_s: float = Field(default=10.0, gt=0, le=60)
+
+
+class LdapProviderSettings(_Section):
+    """Groups kept in an LDAP directory a mail server reads (manifests/ldap/README.md)."""
+
+    url: str = ""  # ldap://ldap.corp.example or ldaps://…
+    bind_dn: str = ""
+    password: str = Field(default="", repr=False)
+    group_base: str = ""  # the subtree that holds the groups (the bind DN writes here)
+    people_base: str = ""  # where member DNs are found by mail (groupOfNames / groupOfUniqueNames)
+    schema_: Literal["groupOfNames", "groupOfUniqueNames", "mail-attribute"] = Field(
+        default="groupOfNames", alias="schema"
+    )
+    address_attribute: str = "mail"  # the group's own address
+    member_mail_attribute: str = "rfc822MailMember"  # mail-attribute schema: one value per member
+    people_mail_attribute: str = "mail"
+    timeout_s: float = Field(default=10.0, gt=0, le=60)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class MailmanProviderSettings(_Section):
+    """Mailman 3 lists through its REST API (manifests/mailman/README.md)."""
+
+    api_url: str = ""  # e.g. http://localhost:8001/3.1
+    user: str = ""
+    password: str = Field(default="", repr=False)
+    timeout_s: float = Field(default=10.0, gt=0, le=60)
+
+
+class ProvidersSettings(_Section):
+    """The platforms groups can live on, and how Postroom waits for them."""
+
+    google: GoogleProviderSettings = GoogleProviderSettings()
+    microsoft: MicrosoftProviderSettings = MicrosoftProviderSettings()
+    wecom: WeComMailProviderSettings = WeComMailProviderSettings()
+    ldap: LdapProviderSettings = LdapProviderSettings()
+    mailman: MailmanProviderSettings = MailmanProviderSettings()
+    max_inline_wait_s: float = Field(default=10.0, ge=0, le=120)  # a Retry-After up to this is waited out
+    retry_base_s: float = Field(default=30.0, gt=0)  # then the outbox retries after this, doubling…
+    retry_max_s: float = Field(default=1800.0, gt=0)  # …up to this
+
+    def configured(self) -> list[str]:
+        """The platform providers whose settings are filled in."""
+        names = []
+        if self.google.service_account_file:
+            names.append("google")
+        if self.microsoft.tenant_id and self.microsoft.client_id:
+            names.append("microsoft")
+        if self.wecom.secret:
+            names.append("wecom")
+        if self.ldap.url:
+            names.append("ldap")
+        if self.mailman.api_url:
+            names.append("mailman")
+        return names
 
 
 class HrSettings(_Section):
@@ -434,6 +533,7 @@ class Settings(BaseSettings):
     groups: GroupsSettings = GroupsSettings()
     hr: HrSettings = HrSettings()
     postfix: PostfixSettings = PostfixSettings()
+    providers: ProvidersSettings = ProvidersSettings()
 
     slack: SlackSettings = SlackSettings()
 

@@ -51,6 +51,23 @@ GENERIC = [
 
 # Per command: who types it, its path, and its own cases (text, fragment of the answer, usage line?).
 COMMANDS: dict[str, tuple[str, tuple[str, ...], list[tuple[str, str, bool]]]] = {
+    "drift adopt": (
+        HR,
+        ("drift", "adopt"),
+        [
+            ("/drift adopt", "needs", True),
+            ("/drift adopt #12", "No drift is recorded", True),
+            ("/drift adopt all", "No drift is recorded", True),
+        ],
+    ),
+    "drift overwrite": (
+        HR,
+        ("drift", "overwrite"),
+        [
+            ("/drift overwrite", "needs", True),
+            ("/drift overwrite eng", "No drift is recorded", True),
+        ],
+    ),
     "help": (
         HR,
         ("help",),
@@ -72,6 +89,9 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], list[tuple[str, str, bool]]]] = 
             ("/newgroup -eng", "cannot be a group's name", True),
             ("/newgroup eng..x", "not a valid email address", True),
             ("/newgroup sales --owner x", "has no option --owner", True),
+            ("/newgroup sales --provider nosuch", "is not a provider", True),
+            ("/newgroup sales --provider google", "provider google is not configured", True),
+            ("/newgroup sales --provider", "needs a value", True),
             ("/newgroup sales " + "x" * 300, "at most 200 characters", True),
             ("/newgroup sales 'bad\x07name'", "control characters", True),
             ("/newgroup sales '\u202eevil'", "text-direction overrides", True),

@@ -9,6 +9,7 @@ from bot.commands import (
     automations,
     campaigns,
     contacts,
+    drift,
     general,
     groups,
     lifecycle,
@@ -22,6 +23,7 @@ from bot.commands import (
 def all_specs() -> list[Spec]:
     """Every command Postroom answers, without building anything (the Slack manifest, /help checks)."""
     modules = (
-        general, groups, campaigns, lifecycle, privacy, suppressions, posts, automations, segments, contacts,
+        general, groups, drift, campaigns, lifecycle, privacy, suppressions, posts, automations, segments,
+        contacts,
     )  # fmt: skip
     return [spec for module in modules for spec in module.SPECS]

@@ -13,11 +13,14 @@ from bot.errors import PermissionDenied, UserError
 from bot.events import Message
 from bot.groups import service
 from bot.groups.membership import Memberships
+from bot.groups.providers.base import ProviderError
+from bot.groups.providers.registry import LABELS, LOCAL, NAMES
 from bot.i18n import t
 
 NEWGROUP = Spec(
     ("newgroup",),
     (Arg("address"), Arg("display name", required=False, rest=True)),
+    (Flag("provider", help="where the group lives: local, google, microsoft, wecom, ldap, mailman"),),
     summary="Create an internal email group (HR, admins).",
     roles=("hr",),
 )
@@ -84,6 +87,29 @@ class GroupCommands:
         table.command(MEMBERS, self.members)
 
     async def newgroup(self, req: Request, p: Parsed) -> Message:
+        providers = self.memberships.outbox.providers
+        chosen = p.flag("provider")
+        if chosen is not None:
+            chosen = chosen.strip().lower()
+            if chosen not in NAMES:
+                raise UserError(
+                    t(
+                        "“{text}” is not a provider: use one of {names}.",
+                        text=chosen[:40],
+                        names=", ".join(NAMES),
+                    ),
+                    NEWGROUP.usage,
+                )
+            if chosen != LOCAL and chosen not in providers.configured():
+                raise UserError(
+                    t(
+                        "The provider {provider} is not configured: fill in [providers.{provider}] "
+                        "(manifests/{provider}/README.md).",
+                        provider=chosen,
+                    ),
+                    NEWGROUP.usage,
+                )
+        name = providers.name_of(chosen)
         async with self.ctx.sessions() as session, session.begin():
             try:
                 group = await service.create_group(
@@ -93,9 +119,32 @@ class GroupCommands:
                     display_name=p.opt("display name"),
                     actor=req.email,
                     via=req.via,
+                    provider=chosen,
                 )
             except UserError as exc:
                 raise UserError(exc.sentence, NEWGROUP.usage) from None
+            if name != LOCAL:
+                # The platform first answers; if it refuses, the group is not created in Postroom either.
+                try:
+                    await providers.get(name).create_group(group.address, group.display_name, False, [])
+                except ProviderError as exc:
+                    raise UserError(
+                        t(
+                            "{platform} did not create {address}, so neither did Postroom: {why}",
+                            platform=LABELS[name],
+                            address=group.address,
+                            why=exc.sentence,
+                        )
+                    ) from None
+        if name != LOCAL:
+            return Message(
+                t(
+                    "Created the internal group {address} on {platform}. Add people with /addgroup {local} <email>.",
+                    address=group.address,
+                    platform=LABELS[name],
+                    local=group.local_part,
+                )
+            )
         if group.display_name:
             return Message(
                 t(
@@ -335,7 +384,7 @@ class GroupCommands:
                 raise UserError(exc.sentence, MEMBERS.usage) from None
             rows = (
                 await session.execute(
-                    select(Membership.email, Membership.source, Membership.role)
+                    select(Membership.email, Membership.source, Membership.role, Membership.state)
                     .where(Membership.group_id == group.id)
                     .order_by(Membership.email)
                 )
@@ -360,7 +409,18 @@ class GroupCommands:
             else t("{group} has {count} members:", group=group.address, count=len(rows))
         ]
         lines += [
-            f"  {r.email}" + ("" if r.source == "manual" else f" ({_source_text(r.source, None)})")
+            f"  {r.email}"
+            + ("" if r.source == "manual" else f" ({_source_text(r.source, None)})")
+            + (
+                ""
+                if r.state == "active"
+                else " — "
+                + (
+                    t("being added on its platform")
+                    if r.state == "adding"
+                    else t("being removed on its platform")
+                )
+            )
             for r in shown
         ]
         if len(rows) > len(shown):

@@ -7,6 +7,7 @@ from bot.context import Context
 from bot.core import CommandTable, Request
 from bot.errors import PermissionDenied, UserError
 from bot.events import Action, Message
+from bot.groups.adoption import DriftChoices
 from bot.groups.membership import Memberships
 from bot.groups.report import build_report
 from bot.groups.rules import RuleBook
@@ -53,10 +54,11 @@ def _plan_id(raw: str, usage: str) -> int:
 
 
 class LifecycleCommands:
-    def __init__(self, ctx: Context, rules: RuleBook, memberships: Memberships):
+    def __init__(self, ctx: Context, rules: RuleBook, memberships: Memberships, drift: DriftChoices):
         self.ctx = ctx
         self.rules = rules
         self.memberships = memberships
+        self.drift = drift
 
     def register(self, table: CommandTable) -> None:
         table.command(RULES, self.show_rules)
@@ -72,11 +74,12 @@ class LifecycleCommands:
         return Message(self.rules.current().describe())
 
     async def sync(self, req: Request, p: Parsed) -> Message:
-        return Message(
-            await self.memberships.reconcile(
-                source="sync", actor=req.email, via=req.via, dry_run=p.switch("dry-run")
-            )
-        )
+        dry_run = p.switch("dry-run")
+        text = await self.memberships.reconcile(source="sync", actor=req.email, via=req.via, dry_run=dry_run)
+        # The platforms' real membership against Postroom's: what was changed there by hand is listed,
+        # never overwritten by a sync (HR adopts or overwrites it with /drift).
+        found = self.drift.describe(await self.drift.scan() if dry_run else await self.drift.recorded())
+        return Message(text + ("\n" + found if found else ""))
 
     async def rules_reload(self, req: Request, p: Parsed) -> Message:
         previous = self.rules.in_force()

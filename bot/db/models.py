@@ -101,6 +101,9 @@ class Group(Base):
     # `moderation` `nonmembers` holds what the policy would refuse instead of refusing it.
     moderation: Mapped[str] = mapped_column(String(20), default="none", server_default="none")
     moderators: Mapped[list[str] | None] = mapped_column(JSON)  # None: the owners
+    # Where the group's membership takes effect (bot/groups/providers/): local | google | microsoft |
+    # wecom | ldap | mailman. None: the configured default (groups.provider).
+    provider: Mapped[str | None] = mapped_column(String(40))
 
 
 class Membership(Base):
@@ -114,6 +117,48 @@ class Membership(Base):
     role: Mapped[str] = mapped_column(String(20), default="member")  # member | manager | owner
     added_by: Mapped[str | None] = mapped_column(String(320))
     added_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # On a group whose provider is a platform: `adding` and `removing` until the platform confirms
+    # (bot/groups/outbox.py); `active` once it has (and always on a local group).
+    state: Mapped[str] = mapped_column(String(20), default="active", server_default="active")
+
+
+class ProviderOp(Base):
+    """The outbox: a membership change a platform has not confirmed yet. One per (group, address): a
+    newer change replaces an older one still waiting. Written with the membership in one transaction,
+    pushed after the commit and retried (with back-off) until the platform answers."""
+
+    __tablename__ = "provider_ops"
+    __table_args__ = (
+        UniqueConstraint("group_id", "email", name="uq_provider_op"),
+        Index("ix_provider_ops_due", "provider", "next_attempt_at"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"))
+    provider: Mapped[str] = mapped_column(String(40))
+    email: Mapped[str] = mapped_column(String(320))
+    op: Mapped[str] = mapped_column(String(10))  # add | remove
+    role: Mapped[str] = mapped_column(String(20), default="member")
+    cause: Mapped[str] = mapped_column(String(20), default="")  # "left": a leaver (HR hears when it lands)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    claimed_until: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ProviderDrift(Base):
+    """A difference between a platform's membership and Postroom's that Postroom did not make: someone
+    changed the group by hand in the platform. HR adopts it or overwrites it; until then it stays."""
+
+    __tablename__ = "provider_drift"
+    __table_args__ = (UniqueConstraint("group_id", "email", name="uq_provider_drift"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"))
+    provider: Mapped[str] = mapped_column(String(40))
+    email: Mapped[str] = mapped_column(String(320))
+    kind: Mapped[str] = mapped_column(String(10))  # added (on the platform only) | removed (in Postroom only)
+    role: Mapped[str] = mapped_column(String(20), default="member")
+    found_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class RuleException(Base):

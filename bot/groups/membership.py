@@ -23,6 +23,8 @@ from bot.errors import UserError
 from bot.events import Button, Card, Message
 from bot.groups import planner, service
 from bot.groups.guard import Guard, Kind, Verdict
+from bot.groups.outbox import Outbox
+from bot.groups.providers.registry import LOCAL
 from bot.groups.rules import RuleBook, person_values
 from bot.groups.service import Change, Plan
 from bot.i18n import t
@@ -49,13 +51,15 @@ class Outcome:
     reasons: list[str] = field(default_factory=list)
     plan: Plan = field(default_factory=Plan)  # what applied now (refused changes in plan.refused)
     waiting: list[Change] = field(default_factory=list)  # what the held plan holds
+    pushed: bool = False  # it changed a group on a platform (the outbox pushes it after the commit)
 
 
 class Memberships:
-    def __init__(self, ctx: Context, rules: RuleBook, messengers: Messengers):
+    def __init__(self, ctx: Context, rules: RuleBook, messengers: Messengers, outbox: Outbox):
         self.ctx = ctx
         self.rules = rules
         self.messengers = messengers
+        self.outbox = outbox
         self.guard = Guard(ctx.settings)
         self.replay_events: EventReplay | None = None  # set by the composition root
 
@@ -83,6 +87,10 @@ class Memberships:
         async with self.ctx.sessions() as own, own.begin():
             out = await self._execute(own, plan, kind, source, actor, via, whole)
         await self.announce(out.held)
+        if out.pushed:
+            # A command's answer comes once the platform has answered (or the bound has passed: the
+            # outbox keeps trying and HR hears of it).
+            await self.outbox.settle(self.ctx.settings.providers.max_inline_wait_s + 5)
         return out
 
     async def _execute(
@@ -104,11 +112,33 @@ class Memberships:
             )
             out.held = pending.id
         out.applied = await self._apply(session, verdict.plan, actor=actor, via=via)
+        out.pushed = bool(session.info.get("outbox.watch"))
         return out
 
     async def _apply(self, session: AsyncSession, plan: Plan, *, actor: str, via: str) -> int:
+        """Where a plan takes effect: Postroom's rows, and for a group on a platform its outbox entries,
+        pushed once this transaction commits."""
         await self._keep_exceptions(session, plan, actor=actor, via=via)
-        return await service.apply(session, plan, actor=actor, via=via)
+        remote = await self._platforms(session, plan)
+        applied = await service.apply(session, plan, actor=actor, via=via, remote=remote)
+        if remote and any(c.group_id in remote for c in plan.changes):
+            self.outbox.watch(session)
+        return applied
+
+    async def _platforms(self, session: AsyncSession, plan: Plan) -> dict[int, str]:
+        """The groups of this plan whose membership lives on a platform, with its provider's name."""
+        ids = sorted({c.group_id for c in plan.changes})
+        found: dict[int, str] = {}
+        providers = self.outbox.providers
+        for i in range(0, len(ids), 500):
+            rows = await session.execute(
+                select(Group.id, Group.provider).where(Group.id.in_(ids[i : i + 500]))
+            )
+            for gid, own in rows.all():
+                name = providers.name_of(own)
+                if name != LOCAL:
+                    found[gid] = name
+        return found
 
     async def reconcile(self, *, source: str, actor: str, via: str, dry_run: bool) -> str:
         """Definitions from the rules file, then every person against the rules: the /sync plan, in words."""

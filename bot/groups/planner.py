@@ -63,6 +63,8 @@ async def sync_group_definitions(
             "moderation": rule.moderation,
             "moderators": list(rule.moderators) or None,
         }
+        if rule.provider is not None:
+            wanted["provider"] = rule.provider
         if group is None:
             created = await service.create_group(
                 session,
@@ -76,6 +78,7 @@ async def sync_group_definitions(
                 protected=rule.protected,
                 post_policy=rule.post_policy,
                 visibility=rule.visibility,
+                provider=rule.provider,
             )
             created.moderation, created.moderators = rule.moderation, list(rule.moderators) or None
             done.append(t("created {group}", group=rule.address))
@@ -153,7 +156,10 @@ async def plan_person(session: AsyncSession, rules: RuleSet, person: Person) -> 
         await session.execute(
             select(Membership.group_id, Group.address, Membership.email, Membership.source)
             .join(Group, Group.id == Membership.group_id)
-            .where((Membership.person_id == person.id) | (Membership.email == person.email))
+            .where(
+                (Membership.person_id == person.id) | (Membership.email == person.email),
+                Membership.state != "removing",  # on its way out of a platform already
+            )
         )
     ).all()
     present = {r.address for r in rows}
@@ -188,7 +194,10 @@ async def plan_leaver(session: AsyncSession, person: Person, why: str) -> Plan:
         await session.execute(
             select(Membership.group_id, Group.address, Membership.email, Membership.source)
             .join(Group, Group.id == Membership.group_id)
-            .where((Membership.person_id == person.id) | (Membership.email == person.email))
+            .where(
+                (Membership.person_id == person.id) | (Membership.email == person.email),
+                Membership.state != "removing",  # on its way out of a platform already
+            )
         )
     ).all()
     for r in rows:
@@ -254,7 +263,11 @@ async def plan_reconcile(
     memberships: dict[str, list[tuple[int, str]]] = defaultdict(list)
     # One fetch: streaming in batches costs five times more through the async drivers.
     for email, gid, source in (
-        await session.execute(select(Membership.email, Membership.group_id, Membership.source))
+        await session.execute(
+            select(Membership.email, Membership.group_id, Membership.source).where(
+                Membership.state != "removing"
+            )
+        )
     ).all():
         memberships[email].append((gid, source))
     known: set[str] = set()

@@ -13,8 +13,10 @@ from datetime import timedelta
 from sqlalchemy import func, select
 
 from bot.context import Context
-from bot.db.models import Group, Membership, Person
+from bot.db.models import Group, Membership, Person, ProviderOp
 from bot.events import Card, Message
+from bot.groups import drift
+from bot.groups.adoption import DriftChoices, item_line
 from bot.groups.service import unknown_addresses
 from bot.i18n import t
 from bot.messengers import Messengers
@@ -31,11 +33,20 @@ class Report:
     in_grace: list[tuple[str, str]] = field(default_factory=list)  # (email, removal due)
     old_manual: list[tuple[str, str, str]] = field(default_factory=list)  # (group, member, since)
     unknown: list[tuple[str, str]] = field(default_factory=list)  # (group, member) no source knows
+    drift: list[str] = field(default_factory=list)  # changed by hand on a platform, waiting for HR
+    pending: int = 0  # changes a platform has not confirmed yet
 
     @property
     def clean(self) -> bool:
         return not (
-            self.no_owner or self.empty or self.external or self.leavers or self.old_manual or self.unknown
+            self.no_owner
+            or self.empty
+            or self.external
+            or self.leavers
+            or self.old_manual
+            or self.unknown
+            or self.drift
+            or self.pending
         )
 
     def message(self, max_age_days: int) -> Message:
@@ -77,6 +88,8 @@ class Report:
                     ]
                 ),
             ),
+            (t("Changed by hand on the platforms (/drift)"), some(self.drift, 10)),
+            (t("Changes a platform has not confirmed yet"), str(self.pending)),
         )
         headline = (
             t("Email groups audit: all clear.")
@@ -150,16 +163,20 @@ async def build_report(ctx: Context) -> Report:
             )
         ).all()
         report.old_manual = [(a, e, f"{t:%Y-%m-%d}") for a, e, t in old]
+        report.drift = [item_line(d) for d in await drift.items(session)]
+        report.pending = (await session.execute(select(func.count()).select_from(ProviderOp))).scalar_one()
     return report
 
 
 class AuditReport:
     """The report on a schedule (groups.audit_cron) to the HR conversation."""
 
-    def __init__(self, ctx: Context, messengers: Messengers):
+    def __init__(self, ctx: Context, messengers: Messengers, drift: DriftChoices):
         self.ctx = ctx
         self.messengers = messengers
+        self.drift = drift
 
     async def send(self) -> None:
+        await self.drift.scan()  # the platforms read again: this week's drift
         report = await build_report(self.ctx)
         await self.messengers.post("hr", lambda: report.message(self.ctx.settings.groups.manual_max_age_days))

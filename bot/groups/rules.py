@@ -54,7 +54,9 @@ GROUP_KEYS = {
     "visibility",
     "members",
     "except",
+    "provider",
 }
+PROVIDERS = ("local", "google", "microsoft", "wecom", "ldap", "mailman")
 # Attributes read from the person record rather than from `attributes`.
 BUILTIN_KEYS = {"email", "employee_id", "name"}
 
@@ -87,6 +89,7 @@ class GroupRule:
     line: int = 0
     # the rule as written (original case), for /rules and plan reasons: (members, exceptions)
     wording: tuple[tuple[Condition, ...], tuple[Condition, ...]] | None = None
+    provider: str | None = None  # where its membership takes effect; None: groups.provider
 
     @property
     def source(self) -> str:
@@ -524,6 +527,20 @@ def _group(node: yaml.Node, name: str, settings: Settings) -> GroupRule:
                 line=_line(m["except"][0]),
             )
         )
+    provider = None
+    if "provider" in m:
+        pnode = m["provider"][1]
+        provider = _choice(pnode, name, "provider", PROVIDERS)
+        if provider != "local" and provider not in settings.providers.configured():
+            raise RulesError(
+                t(
+                    "{file}, line {line}: the provider {provider} is not configured: fill in [providers.{provider}] "
+                    "(manifests/{provider}/README.md).",
+                    file=name,
+                    line=_line(pnode),
+                    provider=provider,
+                )
+            )
     wording = None
     if members is not None:
         wording = (
@@ -547,6 +564,7 @@ def _group(node: yaml.Node, name: str, settings: Settings) -> GroupRule:
         members=members,
         exceptions=exceptions,
         line=line,
+        provider=provider,
     )
 
 

@@ -9,17 +9,18 @@ audits each change. Nothing else calls `apply`. Membership rows are written only
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Literal
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import audit, values
 from bot.addresses import domain_of, normalise
 from bot.config import Settings
-from bot.db.models import Group, Identity, Membership, Person
+from bot.db.models import AuditEntry, Group, Identity, Membership, Person, ProviderOp
 from bot.errors import UserError
 from bot.i18n import t
 
@@ -36,8 +37,11 @@ class Change:
     reason: str
     person_id: int | None = None
     # Why a removal must happen whatever the guard says: "left" (the person left the company) or
-    # "address-out" (their address moved outside the company's domains). Empty for every other change.
+    # "address-out" (their address moved outside the company's domains). On a platform's group also
+    # "overwrite" (HR chose Postroom's membership over a change made by hand on the platform: push it
+    # even where the row already says so) and "imported" (read from the platform: it is there already).
     cause: str = ""
+    role: str = "member"  # member | manager | owner (a platform's roles are kept)
 
 
 @dataclass
@@ -119,6 +123,7 @@ async def create_group(
     protected: bool = False,
     post_policy: str = "company",
     visibility: str = "company",
+    provider: str | None = None,
 ) -> Group:
     raw = address.strip().lower()
     if "@" not in raw:
@@ -154,6 +159,7 @@ async def create_group(
         post_policy=post_policy,
         visibility=visibility,
         created_by=actor,
+        provider=provider,
     )
     session.add(group)
     await session.flush()
@@ -163,7 +169,7 @@ async def create_group(
         via=via,
         action="group.create",
         subject=f"group:{addr}",
-        after={"address": addr, "display_name": display_name, "kind": kind},
+        after={"address": addr, "display_name": display_name, "kind": kind, "provider": provider},
     )
     return group
 
@@ -176,7 +182,11 @@ async def plan_add(
     existing = set(
         (
             await session.execute(
-                select(Membership.email).where(Membership.group_id == group.id, Membership.email.in_(emails))
+                select(Membership.email).where(
+                    Membership.group_id == group.id,
+                    Membership.email.in_(emails),
+                    Membership.state != "removing",
+                )
             )
         ).scalars()
     )
@@ -201,7 +211,7 @@ async def plan_remove(
     rows = (
         await session.execute(
             select(Membership.email, Membership.person_id).where(
-                Membership.group_id == group.id, Membership.email.in_(emails)
+                Membership.group_id == group.id, Membership.email.in_(emails), Membership.state != "removing"
             )
         )
     ).all()
@@ -216,15 +226,26 @@ async def plan_remove(
     return plan
 
 
-async def apply(session: AsyncSession, plan: Plan, *, actor: str, via: str) -> int:
+async def apply(
+    session: AsyncSession, plan: Plan, *, actor: str, via: str, remote: Mapping[int, str] | None = None
+) -> int:
     """Make the plan true. Idempotent: an add already present or a remove already gone is a no-op.
 
     Removes go out as one DELETE … RETURNING per person (a leaver's fifty groups in one round
     trip), and only the rows really deleted are audited.
+
+    `remote` names the platform provider of each group whose membership lives on a platform: there a
+    change is written as waiting (`adding`, `removing`) together with its outbox entry, in this same
+    transaction, and becomes true when the platform confirms it (bot/groups/outbox.py).
     """
+    remote = remote or {}
     applied = 0
-    adds = [c for c in plan.changes if c.op == "add"]
-    removes = [c for c in plan.changes if c.op == "remove"]
+    if remote:
+        applied += await _apply_remote(
+            session, [c for c in plan.changes if c.group_id in remote], remote, actor=actor, via=via
+        )
+    adds = [c for c in plan.changes if c.op == "add" and c.group_id not in remote]
+    removes = [c for c in plan.changes if c.op == "remove" and c.group_id not in remote]
     if adds:
         wanted: dict[int, list[str]] = {}
         for c in adds:
@@ -244,7 +265,12 @@ async def apply(session: AsyncSession, plan: Plan, *, actor: str, via: str) -> i
             present.add((c.group_id, c.email))
             session.add(
                 Membership(
-                    group_id=c.group_id, email=c.email, person_id=c.person_id, source=c.source, added_by=actor
+                    group_id=c.group_id,
+                    email=c.email,
+                    person_id=c.person_id,
+                    source=c.source,
+                    role=c.role,
+                    added_by=actor,
                 )
             )
             audit.record(
@@ -293,6 +319,135 @@ async def apply(session: AsyncSession, plan: Plan, *, actor: str, via: str) -> i
                     applied += 1
     await session.flush()
     return applied
+
+
+async def _apply_remote(
+    session: AsyncSession, changes: list[Change], remote: Mapping[int, str], *, actor: str, via: str
+) -> int:
+    """Changes to groups on a platform: the row says what is waiting, the outbox holds what to push."""
+    if not changes:
+        return 0
+    state: dict[tuple[int, str], str] = {}
+    for gid in {c.group_id for c in changes}:
+        emails = sorted({c.email for c in changes if c.group_id == gid})
+        for i in range(0, len(emails), 500):
+            rows = await session.execute(
+                select(Membership.email, Membership.state).where(
+                    Membership.group_id == gid, Membership.email.in_(emails[i : i + 500])
+                )
+            )
+            state.update(((gid, e), s) for e, s in rows.all())
+    applied = 0
+    # What a platform has already (an import, an adopted member) is written in bulk: an import of
+    # 50,000 memberships through the ORM's unit of work took a minute.
+    bulk_rows: list[dict[str, object]] = []
+    bulk_audit: list[dict[str, object]] = []
+    at = datetime.now(UTC)
+    for c in changes:
+        key = (c.group_id, c.email)
+        now = state.get(key)
+        where = (Membership.group_id == c.group_id) & (Membership.email == c.email)
+        if c.op == "add":
+            if c.cause == "imported":
+                if now is not None:
+                    continue
+                state[key] = "active"
+                bulk_rows.append(
+                    {
+                        "group_id": c.group_id,
+                        "email": c.email,
+                        "person_id": c.person_id,
+                        "source": c.source,
+                        "role": c.role,
+                        "added_by": actor,
+                        "added_at": at,
+                        "state": "active",
+                    }
+                )
+                bulk_audit.append(
+                    {
+                        "at": at,
+                        "actor": actor,
+                        "via": via,
+                        "action": "membership.add",
+                        "subject": f"group:{c.group_address}",
+                        "before": None,
+                        "after": {
+                            "email": c.email,
+                            "source": c.source,
+                            "provider": remote[c.group_id],
+                            "state": "active",
+                        },
+                        "detail": c.reason,
+                    }
+                )
+                applied += 1
+                continue
+            elif now is None:
+                session.add(_row(c, actor, "adding"))
+                state[key] = "adding"
+            elif now == "removing" or c.cause == "overwrite":
+                await session.execute(
+                    update(Membership).where(where).values(state="adding", source=c.source, role=c.role)
+                )
+                state[key] = "adding"
+            else:
+                continue
+        else:
+            if now is None and c.cause == "overwrite":
+                session.add(_row(c, actor, "removing"))
+            elif now is None or now == "removing":
+                continue
+            else:
+                await session.execute(update(Membership).where(where).values(state="removing"))
+            state[key] = "removing"
+        if c.cause != "imported":
+            await _enqueue(session, c, remote[c.group_id])
+        audit.record(
+            session,
+            actor=actor,
+            via=via,
+            action=f"membership.{c.op}",
+            subject=f"group:{c.group_address}",
+            before=None if c.op == "add" else {"email": c.email, "source": c.source},
+            after={
+                "email": c.email,
+                "source": c.source,
+                "provider": remote[c.group_id],
+                "state": state[key],
+            }
+            if c.op == "add"
+            else {"provider": remote[c.group_id], "state": "removing"},
+            detail=c.reason,
+        )
+        applied += 1
+    for i in range(0, len(bulk_rows), 1000):
+        await session.execute(insert(Membership), bulk_rows[i : i + 1000])
+        await session.execute(insert(AuditEntry), bulk_audit[i : i + 1000])
+    await session.flush()
+    return applied
+
+
+def _row(c: Change, actor: str, state: str) -> Membership:
+    return Membership(
+        group_id=c.group_id,
+        email=c.email,
+        person_id=c.person_id,
+        source=c.source,
+        role=c.role,
+        added_by=actor,
+        state=state,
+    )
+
+
+async def _enqueue(session: AsyncSession, c: Change, provider: str) -> None:
+    """The newest change of an address in a group replaces one still waiting (one entry per pair)."""
+    await session.execute(
+        delete(ProviderOp).where(ProviderOp.group_id == c.group_id, ProviderOp.email == c.email)
+    )
+    session.add(
+        ProviderOp(group_id=c.group_id, provider=provider, email=c.email, op=c.op, role=c.role, cause=c.cause)
+    )
 
 
 async def link_person(session: AsyncSession, person_id: int, email: str) -> None:

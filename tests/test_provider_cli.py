@@ -1,0 +1,109 @@
+"""`postroom groups import --from <provider> [--dry-run]` and `postroom providers check`, as separate
+processes, against the fake Google Workspace on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import sys
+from pathlib import Path
+
+from tests.provider_rig import google_platform
+
+POSTROOM = str(Path(sys.executable).parent / "postroom")
+
+
+def toml_value(value: object) -> str:
+    return json.dumps(value)
+
+
+def write_config(folder: Path, google: dict[str, str]) -> Path:
+    lines = [
+        "[database]",
+        f"url = {toml_value('sqlite+aiosqlite:///' + str(folder / 'postroom.db'))}",
+        "[org]",
+        'domains = ["corp.example"]',
+        "[providers.google]",
+        *(f"{k} = {toml_value(v)}" for k, v in google.items()),
+    ]
+    path = folder / "postroom.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+async def postroom(config: Path, *args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        POSTROOM,
+        "--config",
+        str(config),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=config.parent,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    return proc.returncode or 0, out.decode()
+
+
+async def test_import_from_google_then_check(tmp_path: Path) -> None:
+    async with google_platform(tmp_path) as g:
+        g.fake.add_group("eng@corp.example", {"ann@corp.example": "owner", "bob@corp.example": "member"})
+        g.fake.add_group("partners@corp.example", {"x@partner.example": "member"}, external=True)
+        g.fake.add_group("elsewhere@other.example", {"ann@corp.example": "member"})
+        config = write_config(tmp_path, g.settings)
+
+        code, out = await postroom(config, "groups", "import", "--from", "google", "--dry-run")
+        assert code == 0, out
+        assert "Would import from google: 2 new groups" in out and "elsewhere@other.example" in out
+        with sqlite3.connect(tmp_path / "postroom.db") as db:
+            assert db.execute("SELECT count(*) FROM groups").fetchone() == (0,)
+
+        code, out = await postroom(config, "groups", "import", "--from", "google")
+        assert code == 0, out
+        with sqlite3.connect(tmp_path / "postroom.db") as db:
+            groups = dict(db.execute("SELECT address, kind || ':' || provider FROM groups"))
+            members = set(
+                db.execute(
+                    "SELECT g.address, m.email, m.role, m.source, m.state FROM memberships m "
+                    "JOIN groups g ON g.id = m.group_id"
+                )
+            )
+        assert groups == {
+            "eng@corp.example": "internal:google",
+            "partners@corp.example": "external-allowed:google",
+        }
+        assert members == {
+            ("eng@corp.example", "ann@corp.example", "owner", "import", "active"),
+            ("eng@corp.example", "bob@corp.example", "member", "import", "active"),
+            ("partners@corp.example", "x@partner.example", "member", "import", "active"),
+        }
+        assert g.fake.members_of("eng@corp.example") == {
+            "ann@corp.example": "owner",
+            "bob@corp.example": "member",
+        }
+
+        code, out = await postroom(config, "providers", "check")
+        assert code == 0, out
+        assert "google: works — reads groups as admin@corp.example" in out
+        assert "microsoft: not configured" in out
+
+        g.fake.admin = "someone-else@corp.example"  # delegation no longer matches
+        code, out = await postroom(config, "providers", "check")
+        assert (
+            code == 1 and "google: does not work — Google refused the service account's token request" in out
+        )
+        assert "Traceback" not in out
+
+
+async def test_a_default_provider_that_is_not_set_up_stops_with_one_sentence(tmp_path: Path) -> None:
+    config = tmp_path / "postroom.toml"
+    config.write_text(
+        f"[database]\nurl = {toml_value('sqlite+aiosqlite:///' + str(tmp_path / 'p.db'))}\n"
+        '[groups]\nprovider = "microsoft"\n'
+    )
+    code, out = await postroom(config, "providers", "check")
+    assert code == 1 and "groups.provider is microsoft, but [providers.microsoft] is not filled in" in out, (
+        out
+    )
+    assert "Traceback" not in out
