@@ -43,6 +43,7 @@ async def test_slash_command_is_answered_in_the_ack_with_mentions_resolved(rig: 
 
 async def test_slow_work_acks_at_once_and_the_answer_follows_by_response_url(rig: Rig) -> None:
     await rig.say(U_HR, "/newgroup eng")
+    rig.quick_ack()
     rig.fake.delay["users.info"] = 1.0  # the mention's directory lookup is slow today
     resp, elapsed, fields = await rig.command(U_HR, "/addgroup", "eng <@U0ALICE>")
     assert resp.status_code == 200 and elapsed < 1.0
@@ -57,6 +58,7 @@ async def test_slow_work_acks_at_once_and_the_answer_follows_by_response_url(rig
 
 async def test_when_the_response_url_fails_the_answer_still_reaches_the_person(rig: Rig) -> None:
     await rig.say(U_HR, "/newgroup eng")
+    rig.quick_ack()
     rig.fake.delay["users.info"] = 1.0
     rig.fake.response_status = 404
     rig.fake.fail("chat.postEphemeral", body={"ok": False, "error": "channel_not_found"})
