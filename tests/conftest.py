@@ -232,3 +232,13 @@ async def rig(
     overrides = getattr(request.module, "SLACK_OVERRIDES", {})
     async with running(database_url, smtp.port, tmp_path, fake, **overrides) as r:
         yield r
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under `-n 2 --dist loadgroup` (make test) the tests on the real Mailman run on one worker: each worker
+    starts its own session servers, and Mailman takes ~20 s to start and ~10 s to stop."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params.values() if callspec is not None else ()
+        if "mailman" in getattr(item, "fixturenames", ()) or "mailman" in params:
+            item.add_marker(pytest.mark.xdist_group("mailman"))
