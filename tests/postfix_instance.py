@@ -26,7 +26,13 @@ def missing() -> str | None:
         return f"Postfix is not installed (apt-get install {PACKAGES}; .ci/run does it)"
     if os.geteuid() != 0:
         return "a private Postfix instance needs root"
-    maps = subprocess.run(["/usr/sbin/postconf", "-m"], capture_output=True, text=True).stdout.split()
+    # Against an empty main.cf of our own: `postconf -m` fails without /etc/postfix/main.cf, which Debian's
+    # package leaves out when installed with "No configuration" (as .ci/run does).
+    with tempfile.TemporaryDirectory() as etc:
+        (Path(etc) / "main.cf").write_text("")
+        maps = subprocess.run(
+            ["/usr/sbin/postconf", "-c", etc, "-m"], capture_output=True, text=True
+        ).stdout.split()
     lacking = [m for m in ("sqlite", "pgsql") if m not in maps]
     if lacking:
         return f"Postfix lacks the {', '.join(lacking)} map type (apt-get install {PACKAGES})"
