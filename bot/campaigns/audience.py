@@ -36,6 +36,7 @@ from sqlalchemy import (
     not_,
     or_,
     select,
+    text,
     true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -463,11 +464,18 @@ async def snapshot_deliveries(session: AsyncSession, settings: Settings, campaig
         if group is None:
             raise UserError(t("The group {address} no longer exists.", address=campaign.audience_name))
         group_id = group
+    if dialect == "postgresql":
+        # Hash joins, whatever the statistics say: on tables just loaded (no ANALYZE yet) the planner
+        # takes the suppressions for a few rows and checks every address against all of them, hashing
+        # the address once per pair — quadratic. A hash join hashes each address once: linear.
+        await session.execute(text("SET LOCAL enable_nestloop = off"))
     result = await session.execute(
         insert(Delivery).from_select(
             SNAPSHOT_COLUMNS, _snapshot_sql(settings, campaign, dialect, group_id), include_defaults=False
         )
     )
+    if dialect == "postgresql":
+        await session.execute(text("SET LOCAL enable_nestloop TO DEFAULT"))
     written = max(result.rowcount or 0, 0)  # type: ignore[attr-defined]
     async for chunk in stream_candidates(session, settings, campaign, only=_not_plain(dialect)):
         suppressed = await suppressed_among(session, (r.email for r in chunk))
