@@ -18,7 +18,7 @@ import json
 import time
 from datetime import UTC, date, datetime, timedelta
 
-from common import Sink, count, fresh_folder, run_async, settings_for
+from common import Sink, count, drop_postgres, fresh_folder, fresh_postgres, run_async, settings_for
 
 TODAY = date(2027, 3, 1)
 
@@ -170,7 +170,7 @@ def main() -> None:
     args = parser.parse_args()
     folder = fresh_folder("automations")
     url = args.database_url or f"sqlite+aiosqlite:///{folder / 'bench.db'}"
-    throwaway = _fresh_postgres(url) if url.startswith("postgres") else None
+    throwaway = fresh_postgres(url) if url.startswith("postgres") else None
     try:
         with Sink() as sink:
             figures = run_async(
@@ -178,7 +178,7 @@ def main() -> None:
             )
     finally:
         if throwaway is not None:
-            _drop_postgres(url, throwaway)
+            drop_postgres(url, throwaway)
     figures["sink"] = sink.kind
     figures["database"] = "postgresql" if throwaway else "sqlite"
     print(
@@ -190,46 +190,6 @@ def main() -> None:
         f"sending a campaign to the same segment: {figures['baseline_messages_per_s']:,} msg/s ({sink.kind})"
     )
     print(json.dumps(figures))
-
-
-def _fresh_postgres(url: str) -> str:
-    """A throwaway database beside the one named, so a benchmark never writes into a real one."""
-    import asyncio
-    import uuid
-
-    from sqlalchemy import text
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    from bot.config import normalise_database_url
-
-    base = normalise_database_url(url)
-    name = f"postroom_bench_{uuid.uuid4().hex[:8]}"
-
-    async def make() -> None:
-        engine = create_async_engine(base, isolation_level="AUTOCOMMIT")
-        async with engine.connect() as conn:
-            await conn.execute(text(f'CREATE DATABASE "{name}"'))
-        await engine.dispose()
-
-    asyncio.run(make())
-    return base.rsplit("/", 1)[0] + "/" + name
-
-
-def _drop_postgres(url: str, throwaway: str) -> None:
-    import asyncio
-
-    from sqlalchemy import text
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    from bot.config import normalise_database_url
-
-    async def drop() -> None:
-        engine = create_async_engine(normalise_database_url(url), isolation_level="AUTOCOMMIT")
-        async with engine.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{throwaway.rsplit("/", 1)[1]}" WITH (FORCE)'))
-        await engine.dispose()
-
-    asyncio.run(drop())
 
 
 if __name__ == "__main__":

@@ -303,3 +303,43 @@ def run_async(coro: Any) -> Any:
     from bot.cli import run_coroutine
 
     return run_coroutine(coro)
+
+
+def fresh_postgres(url: str) -> str:
+    """A throwaway database beside the one named, so a benchmark never writes into a real one."""
+    import asyncio
+    import uuid
+
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from bot.config import normalise_database_url
+
+    base = normalise_database_url(url)
+    name = f"postroom_bench_{uuid.uuid4().hex[:8]}"
+
+    async def make() -> None:
+        engine = create_async_engine(base, isolation_level="AUTOCOMMIT")
+        async with engine.connect() as conn:
+            await conn.execute(text(f'CREATE DATABASE "{name}"'))
+        await engine.dispose()
+
+    asyncio.run(make())
+    return base.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_postgres(url: str, throwaway: str) -> None:
+    import asyncio
+
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from bot.config import normalise_database_url
+
+    async def drop() -> None:
+        engine = create_async_engine(normalise_database_url(url), isolation_level="AUTOCOMMIT")
+        async with engine.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{throwaway.rsplit("/", 1)[1]}" WITH (FORCE)'))
+        await engine.dispose()
+
+    asyncio.run(drop())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal
@@ -12,16 +11,16 @@ from typing import TYPE_CHECKING
 
 import click
 
-from bot.config import ConfigError, Settings, load_settings
-from bot.db.engine import SchemaError
-from bot.errors import UserError
-
+# Nothing heavy at import: `postroom --help`, `postroom init` and a mistyped option must not pay for
+# pydantic's settings models, SQLAlchemy or Alembic. Each command imports what it uses.
 if TYPE_CHECKING:
     from bot.app import App, Runtime
+    from bot.config import Settings
 
 
 def _settings(config: str | None) -> Settings:
     from bot import log_masking
+    from bot.config import ConfigError, load_settings
 
     try:
         settings = load_settings(config)
@@ -34,6 +33,8 @@ def _settings(config: str | None) -> Settings:
 def run_coroutine(coro):
     """Run the main coroutine on uvloop when it is installed (faster I/O: the send engine gains
     about a fifth), else on asyncio's own loop."""
+    import asyncio
+
     try:
         import uvloop
     except ImportError:
@@ -44,6 +45,10 @@ def run_coroutine(coro):
 
 def _run(coro, settings: Settings | None = None) -> None:
     from sqlalchemy.exc import InterfaceError, OperationalError
+
+    from bot.config import ConfigError
+    from bot.db.engine import SchemaError
+    from bot.errors import UserError
 
     try:
         run_coroutine(coro)
@@ -118,6 +123,7 @@ def init(
     force: bool,
 ) -> None:
     """Write a starter postroom.toml with generated secrets (mode 0600)."""
+    from bot.config import ConfigError
     from bot.starter_config import Starter
     from bot.starter_config import init as write_starter
 
@@ -205,6 +211,7 @@ def chat(ctx: click.Context, as_email: str, text: tuple[str, ...]) -> None:
     Background work the command starts (a campaign send) finishes before it exits.
     """
     from bot.addresses import normalise
+    from bot.errors import UserError
 
     try:
         as_email = normalise(as_email)
@@ -262,6 +269,8 @@ async def _sending(app: App) -> list[str]:
 
 
 async def _serve(settings: Settings) -> None:
+    import asyncio
+
     from bot.app import Runtime, build_app, configured_adapters
 
     stop = asyncio.Event()

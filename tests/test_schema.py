@@ -29,3 +29,9 @@ async def test_migrations_match_the_models(database_url: str, tmp_path: Path) ->
             assert await conn.run_sync(_differences) == []
     finally:
         await engine.dispose()
+
+
+def test_the_scripts_head_read_as_text_is_alembics() -> None:
+    from bot.db.engine import head_revision, scripted_head
+
+    assert scripted_head() == head_revision() is not None

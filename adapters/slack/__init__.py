@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.config import ConfigError
-
 
 def from_settings(settings: Any, **options: Any) -> Any:
     """Entry point `postroom.adapters:slack`: None while `slack.bot_token` is not set."""
+    from bot.config import ConfigError  # here, not at import: `postroom slack` is loaded by every CLI start
+
     cfg = settings.slack
     if cfg.bot_token is None or not cfg.bot_token.get_secret_value():
         return None

@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy import Table, func, select, update
 
 from bot.addresses import email_hash
 from bot.campaigns import service
-from bot.campaigns.audience import Recipient, stream_audience, suppressed_among, withdrawn_among
+from bot.campaigns.audience import Recipient, snapshot_deliveries, suppressed_among, withdrawn_among
 from bot.campaigns.messages import CampaignMessages
 from bot.campaigns.notes import english, note
 from bot.campaigns.send_faults import pause_note
@@ -243,21 +243,7 @@ class DeliveryEngine:
         return "sending"
 
     async def _snapshot(self, session, campaign: Campaign) -> None:
-        async for chunk in stream_audience(session, self.ctx.settings, campaign):
-            await session.execute(
-                insert(Delivery),
-                [
-                    {
-                        "campaign_id": campaign.id,
-                        "email": r.email,
-                        "name": r.name,
-                        "attributes": r.attributes,
-                        "status": "pending",
-                        "attempts": 0,
-                    }
-                    for r in chunk
-                ],
-            )
+        await snapshot_deliveries(session, self.ctx.settings, campaign)
 
     # -- run ------------------------------------------------------------------------------------
     async def run(self, campaign_id: int, transport: SmtpTransport | None = None) -> RunResult:

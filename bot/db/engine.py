@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic is imported only to migrate or to explain a version mismatch: a start on an up-to-date schema
+# (every `postroom` command but `db upgrade`) reads the version row and the scripts' text instead.
 MIGRATIONS = Path(__file__).parent / "migrations"
+_REVISION = re.compile(r'^(down_revision|revision)\s*=\s*(None|"([^"]*)")\s*$', re.MULTILINE)
 
 
 class SchemaError(Exception):
@@ -53,17 +57,48 @@ def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker:
 
 
 def alembic_config() -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     return cfg
 
 
 def head_revision() -> str | None:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
+def scripted_head() -> str | None:
+    """The one head of the migration scripts, read from their `revision`/`down_revision` lines without
+    importing them; None when that reading is not plain (two heads, a tuple, a missing line)."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for script in (MIGRATIONS / "versions").glob("*.py"):
+        found = dict((m[0], m[2] or None) for m in _REVISION.findall(script.read_text(encoding="utf-8")))
+        if "revision" not in found or "down_revision" not in found or found["revision"] is None:
+            return None
+        revisions.add(found["revision"])
+        if found["down_revision"] is not None:
+            parents.add(found["down_revision"])
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
 def _current(conn: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     return MigrationContext.configure(conn).get_current_revision()
+
+
+def _version_rows(conn: Connection) -> list[str] | None:
+    """alembic_version's rows, or None when the table is not there."""
+    from sqlalchemy import inspect
+
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    return list(conn.execute(text("SELECT version_num FROM alembic_version")).scalars())
 
 
 def _has_tables(conn: Connection) -> bool:
@@ -73,12 +108,15 @@ def _has_tables(conn: Connection) -> bool:
 
 
 def _upgrade(conn: Connection) -> None:
+    from alembic import command
+
     cfg = alembic_config()
     cfg.attributes["connection"] = conn
     command.upgrade(cfg, "head")
 
 
 def _known(revision: str) -> bool:
+    from alembic.script import ScriptDirectory
     from alembic.util import CommandError
 
     try:
@@ -114,6 +152,10 @@ async def upgrade(engine: AsyncEngine) -> tuple[str | None, str | None]:
 
 async def ensure_schema(engine: AsyncEngine) -> str:
     """Migrate a new empty database; refuse an out-of-date one with a sentence saying what to do."""
+    async with engine.connect() as conn:
+        rows = await conn.run_sync(_version_rows)
+    if rows is not None and len(rows) == 1 and rows[0] == scripted_head():
+        return "ready"
     async with engine.connect() as conn:
         current = await conn.run_sync(_current)
         has_tables = await conn.run_sync(_has_tables)
