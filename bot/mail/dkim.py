@@ -220,8 +220,11 @@ def txt_strings(record: str, size: int = 255) -> list[str]:
 def relaxed_header(field: bytes) -> bytes:
     """One header field (name, colon, value, folded or not, without its final CRLF), canonicalised."""
     name, _, value = field.partition(b":")
-    value = _WSP_RUN.sub(b" ", value.replace(b"\r\n", b"")).strip(b" \t")
-    return name.rstrip(b" \t").lower() + b":" + value + b"\r\n"
+    if b"\r\n" in value:
+        value = value.replace(b"\r\n", b"")
+    if b"\t" in value or b"  " in value:
+        value = _WSP_RUN.sub(b" ", value)
+    return name.rstrip(b" \t").lower() + b":" + value.strip(b" \t") + b"\r\n"
 
 
 def relaxed_body(body: bytes) -> bytes:
@@ -260,17 +263,30 @@ def normalise_line_ends(data: bytes) -> bytes:
     return _LINE_ENDS.sub(b"\r\n", data)
 
 
-def split_fields(head: bytes) -> list[tuple[bytes, bytes]]:
+def split_fields(head: bytes, wanted: frozenset[bytes] | None = None) -> list[tuple[bytes, bytes]]:
     """The header block (without the blank line) as (lower-case name, the whole field without its
-    final CRLF), top to bottom; continuation lines stay with their field."""
+    final CRLF), top to bottom, only the `wanted` names if given; continuation lines stay with their
+    field."""
     fields: list[tuple[bytes, bytes]] = []
+    keep = False
     for line in head.split(b"\r\n"):
-        if line[:1] in (b" ", b"\t") and fields:
-            name, text = fields[-1]
-            fields[-1] = (name, text + b"\r\n" + line)
-        elif line:
-            fields.append((line.split(b":", 1)[0].strip().lower(), line))
+        first = line[:1]
+        if first == b" " or first == b"\t":
+            if keep and fields:
+                name, text = fields[-1]
+                fields[-1] = (name, text + b"\r\n" + line)
+            continue
+        if not line:
+            keep = False
+            continue
+        name = line.split(b":", 1)[0].strip().lower()
+        keep = wanted is None or name in wanted
+        if keep:
+            fields.append((name, line))
     return fields
+
+
+_WANTED = frozenset((*SIGNED, b"sender"))
 
 
 def _domain_of(value: bytes) -> str | None:
@@ -317,6 +333,13 @@ class DkimSigner:
         self._clock = clock
         # Group mail hands the same bytes to every member: they are signed once.
         self._last: tuple[bytes, bytes] | None = None
+        self._h_lists: dict[tuple[bytes, ...], bytes] = {}  # the folded h= of each list of signed names
+
+    def _h_list(self, names: list[bytes]) -> bytes:
+        folded = _fold_list(names)
+        if len(self._h_lists) < 256:
+            self._h_lists[tuple(names)] = folded
+        return folded
 
     def __bool__(self) -> bool:
         return bool(self.keys)
@@ -359,7 +382,7 @@ class DkimSigner:
             head, start = data[:-2], len(data)
         else:
             head, start = data[:end], end + 4
-        fields = split_fields(head)
+        fields = split_fields(head, _WANTED)
         keys: Sequence[DkimKey] = ()
         for wanted in (b"from", b"sender"):
             for name, text in fields:
@@ -389,7 +412,7 @@ class DkimSigner:
         signed_headers = b"".join(canon)
         bh = base64.b64encode(_body_hash(data, start))
         now = int(self._clock())
-        h = _fold_list(names)
+        h = self._h_lists.get(tuple(names)) or self._h_list(names)
         signatures = []
         for key in keys:
             head_part = (
