@@ -1,4 +1,4 @@
-"""The `postroom` command: demo, chat, serve, db, contacts, hr, groups, providers, dkim."""
+"""The `postroom` command: demo, chat, serve, db, contacts, hr, groups, providers, dkim, doctor."""
 
 from __future__ import annotations
 
@@ -655,6 +655,50 @@ def dkim_keygen(domain: str, selector: str, algorithm: str, bits: str, out: str 
     click.echo(f'domain = "{domain}"')
     click.echo(f'selector = "{selector}"')
     click.echo(f'key_file = "{path.resolve()}"')
+
+
+# -- doctor -------------------------------------------------------------------------------------
+@main.command()
+@click.option(
+    "--nameserver",
+    "nameservers",
+    multiple=True,
+    help="A resolver to ask (an IP address; repeatable). Default: relay.dns_nameservers, else the system's.",
+)
+@click.option("--port", "dns_port", type=click.IntRange(1, 65535), default=None, help="The resolvers' port.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(0.1, 30), default=3.0, show_default=True)
+@click.pass_context
+def doctor(ctx: click.Context, nameservers: tuple[str, ...], dns_port: int | None, timeout_s: float) -> None:
+    """Check what DNS says about each sending domain: SPF, DKIM, DMARC, the bounce MX, and https."""
+    import ipaddress
+
+    from bot.app import dkim_signer
+    from bot.doctor import Doctor, Lookup
+
+    settings = _settings(ctx.obj["config"])
+    for server in nameservers:
+        try:
+            ipaddress.ip_address(server)
+        except ValueError:
+            raise click.ClickException(
+                f"--nameserver {server!r} is not an IP address like 192.0.2.53."
+            ) from None
+    try:
+        signer = dkim_signer(settings)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    lookup = Lookup(
+        list(nameservers) or settings.relay.dns_nameservers,
+        port=dns_port or settings.relay.dns_port,
+        timeout_s=timeout_s,
+    )
+    findings = run_coroutine(Doctor(settings, signer, lookup).run())
+    for finding in findings:
+        click.echo(finding.line())
+    fixes = sum(1 for f in findings if f.status == "fix")
+    click.echo(f"{fixes} to fix." if fixes else "Nothing to fix.")
+    if fixes:
+        sys.exit(1)
 
 
 # -- commands from installed packages (an adapter's own: `postroom slack manifest`) ------------
