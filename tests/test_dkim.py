@@ -355,3 +355,21 @@ def test_keygen_writes_a_0600_key_whose_printed_record_verifies(tmp_path: Path) 
         result = runner.invoke(main, ["dkim", "keygen", *args, "--out", str(tmp_path / "other.pem")])
         assert result.exit_code != 0 and said in result.output and "Traceback" not in result.output
         assert not (tmp_path / "other.pem").exists()
+
+
+async def test_serve_names_the_keys_in_force(tmp_path: Path, keys: Keys) -> None:
+    from bot.cli import startup_lines
+
+    settings = make_settings(
+        "sqlite+aiosqlite:///" + str(tmp_path / "s.db"), 2525, tmp_path, dkim=keys.section("pr2026", "ed2026")
+    )
+    app = await build_app(settings)
+    try:
+        lines = startup_lines(settings, Runtime(app))
+    finally:
+        await app.close()
+    assert (
+        "DKIM signing: corp.example (s=pr2026, rsa-sha256, 2048 bits), corp.example (s=ed2026, ed25519-sha256)"
+        in lines
+    )
+    assert not any("no key for" in line for line in lines)
