@@ -67,7 +67,7 @@ from bot.hr.lifecycle import Lifecycle
 from bot.hr.webhook import webhook_routes
 from bot.identities import Identities
 from bot.links import Signer
-from bot.mail.dkim import DkimSigner, KeyProblem, load_key
+from bot.mail.dkim import DkimSigner, KeyProblem, SigningPool, load_key
 from bot.mail.server import EmbeddedSmtpServer, Mailbox, Route
 from bot.messengers import Messengers
 from bot.scheduler import Scheduler
@@ -174,6 +174,8 @@ class App:
                 await asyncio.wait_for(adapter.stop(), 5)
             except Exception:
                 log.exception("stopping %s failed", adapter.platform)
+        if self.ctx.dkim is not None and self.ctx.dkim.pool is not None:
+            self.ctx.dkim.pool.close()
         await self.ctx.engine.dispose()
 
 
@@ -194,7 +196,10 @@ def dkim_signer(settings: Settings) -> DkimSigner:
             )
         except KeyProblem as exc:
             raise ConfigError(str(exc)) from None
-    return DkimSigner(keys)
+    signer = DkimSigner(keys)
+    if settings.dkim.signing_processes and signer.uses_rsa:
+        signer.pool = SigningPool(signer.keys, settings.dkim.signing_processes)
+    return signer
 
 
 async def build_app(settings: Settings, **context_options: Any) -> App:

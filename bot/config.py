@@ -308,6 +308,9 @@ class DkimSettings(_Section):
     From domain; a domain with an RSA and an Ed25519 key gets both signatures."""
 
     keys: list[DkimKeySettings] = []
+    # RSA signatures (about a millisecond of CPU each) made in this many other processes, so sending uses
+    # more than one core; 0: on the event loop. Worth it with RSA keys on a machine with cores to spare.
+    signing_processes: int = Field(default=0, ge=0, le=64)
 
     @field_validator("keys")
     @classmethod

@@ -193,7 +193,7 @@ async def test_group_mail_copies_verify(database_url, smtp, tmp_path: Path, keys
         smtp.port,
         tmp_path,
         relay={"enabled": True, "host": "127.0.0.1", "port": port},
-        dkim=keys.section("pr2026"),
+        dkim={**keys.section("pr2026"), "signing_processes": 1},  # RSA signed in another process
     ):
         runtime = Runtime(bot.app)
         await runtime.start_services()
@@ -373,3 +373,22 @@ async def test_serve_names_the_keys_in_force(tmp_path: Path, keys: Keys) -> None
         in lines
     )
     assert not any("no key for" in line for line in lines)
+
+
+async def test_rsa_signatures_made_in_signing_processes_verify(keys: Keys) -> None:
+    import asyncio
+
+    from bot.mail.dkim import SigningPool
+
+    s = signer(keys)  # RSA and Ed25519: the RSA one is made in another process, the Ed25519 one here
+    s.pool = SigningPool(s.keys, 2)
+    try:
+        signed = await asyncio.gather(*(s.sign_async(message(subject=f"n{i}")) for i in range(30)))
+    finally:
+        s.pool.close()
+    for data in signed:
+        assert verified(data, keys) == [
+            (DOMAIN, "pr2026", "rsa-sha256"),
+            (DOMAIN, "ed2026", "ed25519-sha256"),
+        ]
+    assert len({d.split(b"b=", 2)[1][:40] for d in signed}) == 30  # each message its own signature

@@ -18,6 +18,7 @@ the settings name, an RSA key too short to be trusted — into one `KeyProblem` 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -334,6 +335,7 @@ class DkimSigner:
         # Group mail hands the same bytes to every member: they are signed once.
         self._last: tuple[bytes, bytes] | None = None
         self._h_lists: dict[tuple[bytes, ...], bytes] = {}  # the folded h= of each list of signed names
+        self.pool: SigningPool | None = None  # RSA signatures in other processes (dkim.signing_processes)
 
     def _h_list(self, names: list[bytes]) -> bytes:
         folded = _fold_list(names)
@@ -369,11 +371,40 @@ class DkimSigner:
         last = self._last
         if last is not None and last[0] is data:
             return last[1]
-        signed = self._sign(data)
+        prepared = self._prepare(data)
+        if isinstance(prepared, bytes):
+            return prepared
+        body, jobs = prepared
+        signed = _assemble(body, jobs, [key._sign(to_sign) for key, _, to_sign in jobs])
         self._last = (data, signed)
         return signed
 
-    def _sign(self, data: bytes) -> bytes:
+    async def sign_async(self, data: bytes) -> bytes:
+        """`sign`, with the RSA signatures made in the signing processes when there are any (the
+        canonicalisation and hashing stay here: what crosses over is the few hundred bytes signed)."""
+        pool = self.pool
+        if pool is None:
+            return self.sign(data)
+        last = self._last
+        if last is not None and last[0] is data:
+            return last[1]
+        prepared = self._prepare(data)
+        if isinstance(prepared, bytes):
+            return prepared
+        body, jobs = prepared
+        sigs = [
+            await pool.sign(self.keys.index(key), to_sign)
+            if key.algorithm == "rsa-sha256"
+            else key._sign(to_sign)
+            for key, _, to_sign in jobs
+        ]
+        signed = _assemble(body, jobs, sigs)
+        self._last = (data, signed)
+        return signed
+
+    def _prepare(self, data: bytes) -> bytes | tuple[bytes, list[tuple[DkimKey, bytes, bytes]]]:
+        """The message as it goes out when nothing signs it, else (the message, [(key, the signature
+        header without its b= value, the bytes that key signs)])."""
         data = normalise_line_ends(data)
         end = data.find(b"\r\n\r\n")
         if end < 0:
@@ -413,15 +444,65 @@ class DkimSigner:
         bh = base64.b64encode(_body_hash(data, start))
         now = int(self._clock())
         h = self._h_lists.get(tuple(names)) or self._h_list(names)
-        signatures = []
+        jobs = []
         for key in keys:
             head_part = (
                 b"DKIM-Signature: v=1; a=%s; c=relaxed/relaxed;\r\n\td=%s; s=%s; t=%d;\r\n\th=%s;\r\n\tbh=%s;\r\n\tb="
                 % (key.algorithm.encode(), key.domain.encode(), key.selector.encode(), now, h, bh)
             )
-            to_sign = signed_headers + relaxed_header(head_part)[:-2]
-            signatures.append(head_part + _fold_b64(key._sign(to_sign), 70) + b"\r\n")
-        return b"".join(signatures) + data
+            jobs.append((key, head_part, signed_headers + relaxed_header(head_part)[:-2]))
+        return data, jobs
+
+
+def _assemble(data: bytes, jobs: list[tuple[DkimKey, bytes, bytes]], sigs: list[bytes]) -> bytes:
+    return (
+        b"".join(head + _fold_b64(sig, 70) + b"\r\n" for (_, head, _), sig in zip(jobs, sigs, strict=True))
+        + data
+    )
+
+
+# -- RSA signatures in other processes -------------------------------------------------------------
+# An RSA-2048 signature is about a millisecond of CPU, and `cryptography` holds the GIL while it signs:
+# threads don't help, processes do. Each process gets the keys once, when it starts.
+_CHILD_KEYS: list[rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey] = []  # set in a signing process only
+
+
+def _child_start(pems: list[bytes]) -> None:
+    _CHILD_KEYS[:] = [serialization.load_pem_private_key(p, password=None) for p in pems]  # type: ignore[misc]
+
+
+def _child_sign(index: int, data: bytes) -> bytes:
+    key = _CHILD_KEYS[index]
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.sign(hashlib.sha256(data).digest())
+    return key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+
+
+class SigningPool:
+    """`processes` signing processes holding the keys; `sign` hands one signature's bytes to one."""
+
+    def __init__(self, keys: Sequence[DkimKey], processes: int):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        pems = [
+            k.private_key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+            for k in keys
+        ]
+        self.executor = ProcessPoolExecutor(
+            max_workers=processes,
+            mp_context=multiprocessing.get_context("spawn"),  # no fork of a process with threads and a loop
+            initializer=_child_start,
+            initargs=(pems,),
+        )
+
+    async def sign(self, index: int, data: bytes) -> bytes:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, _child_sign, index, data)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
 
 
 class SignedTransport(SmtpTransport):
@@ -433,4 +514,4 @@ class SignedTransport(SmtpTransport):
         self.signer = signer
 
     async def send(self, sender: str, recipient: str, data: bytes) -> Outcome:
-        return await super().send(sender, recipient, self.signer.sign(data))
+        return await super().send(sender, recipient, await self.signer.sign_async(data))
