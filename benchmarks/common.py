@@ -118,7 +118,9 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
 
 
-def settings_for(folder: Path, database_url: str, smtp_port: int, **campaigns: Any) -> Any:
+def settings_for(
+    folder: Path, database_url: str, smtp_port: int, dkim: dict[str, Any] | None = None, **campaigns: Any
+) -> Any:
     from bot.config import load_settings
 
     templates = folder / "templates"
@@ -147,6 +149,7 @@ def settings_for(folder: Path, database_url: str, smtp_port: int, **campaigns: A
             "reports_dir": str(folder / "reports"),
             **campaigns,
         },
+        dkim=dkim or {},
     )
 
 

@@ -1,6 +1,6 @@
 """Campaign send throughput, end to end, against a naive baseline measured in the same run.
 
-    python benchmarks/send_throughput.py [--recipients 20000] [--connections 4]
+    python benchmarks/send_throughput.py [--recipients 20000] [--connections 4] [--dkim]
 
 The engine path: audience snapshot into delivery rows (SQLite), batch claims, the template
 compiled once and rendered per recipient (text + HTML, personalised subject, tracked links,
@@ -9,25 +9,40 @@ aiosmtplib connections to a loopback sink (Postfix's smtp-sink when installed), 
 a batch at a time. The baseline: the same rendering, one `EmailMessage` per recipient and
 `send_message` over one connection. Last line: JSON with recipients, messages_per_s,
 baseline_messages_per_s, speedup, peak_rss_mb.
+
+With --dkim the engine runs five times in the same process, each on a fresh database: unsigned, signed
+with an Ed25519 key, signed with an RSA-2048 key (keys made here as `postroom dkim keygen` makes them) on
+the event loop, then with the RSA signatures in cores-1 signing processes (dkim.signing_processes), and
+unsigned again; each signed rate is compared with the mean of the two unsigned ones. The JSON adds
+each signed rate, its share of the unsigned one, and the signing cost alone per message (the signer
+over a built message, without the engine).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import time
 
 from common import Sink, count, fresh_folder, recipient, run_async, seed_campaign, settings_for
 
 
-async def engine_run(folder, port: int, n: int, connections: int) -> tuple[float, dict[str, int]]:  # type: ignore[no-untyped-def]
+async def engine_run(
+    folder, port: int, n: int, connections: int, dkim=None, db="bench"
+) -> tuple[float, dict[str, int]]:  # type: ignore[no-untyped-def]
     from bot.app import build_app
     from bot.campaigns import service
     from bot.campaigns.engine import DeliveryEngine
 
     settings = settings_for(
-        folder, f"sqlite+aiosqlite:///{folder / 'bench.db'}", port, connections=connections, batch_size=1000
+        folder,
+        f"sqlite+aiosqlite:///{folder / (db + '.db')}",
+        port,
+        dkim=dkim,
+        connections=connections,
+        batch_size=1000,
     )
     app = await build_app(settings)
     core = app.core
@@ -88,6 +103,44 @@ async def baseline_run(folder, port: int, n: int) -> float:  # type: ignore[no-u
     return n / elapsed
 
 
+def make_key(folder, algorithm: str) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    """A key file as `postroom dkim keygen` writes it, and the [dkim] section that uses it."""
+    from bot.mail.dkim import generate_key
+
+    path = folder / f"corp.example.{algorithm[:3]}.pem"
+    path.write_bytes(generate_key(algorithm))  # type: ignore[arg-type]
+    path.chmod(0o600)
+    return {"keys": [{"domain": "corp.example", "selector": algorithm[:3], "key_file": str(path)}]}
+
+
+def signing_cost_us(section: dict, samples: int = 500) -> float:  # type: ignore[type-arg]
+    """µs to sign one benchmark-sized message, the signer alone."""
+    from bot.mail.compose import build_message
+    from bot.mail.dkim import DkimSigner, load_key
+
+    k = section["keys"][0]
+    signer = DkimSigner([load_key(domain=k["domain"], selector=k["selector"], key_file=k["key_file"])])
+    html = "<p>" + "Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 60 + "</p>"
+    messages = [
+        build_message(
+            from_name="Example Corp",
+            from_address="news@corp.example",
+            to_name=f"Person{i} Example",
+            to_address=f"person{i}@d.example",
+            subject=f"News for Person{i}",
+            text=html,
+            html=html,
+            message_id=f"<{i}@corp.example>",
+            headers=[("List-Unsubscribe", f"<https://postroom.corp.example/u/{i}>")],
+        )
+        for i in range(samples)
+    ]
+    t0 = time.perf_counter()
+    for m in messages:
+        signer.sign(m)
+    return (time.perf_counter() - t0) / samples * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recipients", type=count, default=20_000)
@@ -98,8 +151,16 @@ def main() -> None:
         default=3_000,
         help="the baseline's rate is steady; a sample of this size measures it",
     )
+    parser.add_argument(
+        "--dkim",
+        action="store_true",
+        help="also run the engine DKIM-signing with RSA-2048 and with Ed25519, beside the unsigned run",
+    )
     args = parser.parse_args()
     folder = fresh_folder("throughput")
+    signed: dict[str, float] = {}
+    cost: dict[str, float] = {}
+    unsigned_runs: list[float] = []
     with Sink() as sink:
         print(
             f"sink: {sink.kind} on 127.0.0.1:{sink.port}; recipients: {args.recipients}; "
@@ -108,21 +169,63 @@ def main() -> None:
         elapsed, counts = run_async(engine_run(folder, sink.port, args.recipients, args.connections))
         rate = args.recipients / elapsed
         print(f"engine: {args.recipients} recipients in {elapsed:.2f} s = {rate:,.0f} msg/s ({counts})")
+        if args.dkim:
+            processes = max(1, (os.cpu_count() or 2) - 1)
+            for label in ("ed25519-sha256", "rsa-sha256", f"rsa-sha256, {processes} signing process(es)"):
+                algorithm = label.split(",")[0]
+                section = make_key(folder, algorithm)
+                cost[label] = signing_cost_us(section)
+                if label != algorithm:
+                    section["signing_processes"] = processes
+                took, counts = run_async(
+                    engine_run(
+                        folder,
+                        sink.port,
+                        args.recipients,
+                        args.connections,
+                        dkim=section,
+                        db=f"{algorithm[:3]}{len(signed)}",
+                    )
+                )
+                signed[label] = args.recipients / took
+                print(
+                    f"engine, DKIM {label}: {args.recipients} recipients in {took:.2f} s = "
+                    f"{signed[label]:,.0f} msg/s (signing alone {cost[label]:,.0f} µs a message; {counts})"
+                )
+            # Unsigned once more, last: on a shared machine the load drifts, and the reference is the mean
+            # of the unsigned runs before and after the signed ones.
+            again, counts = run_async(
+                engine_run(folder, sink.port, args.recipients, args.connections, db="unsigned2")
+            )
+            second = args.recipients / again
+            print(
+                f"engine, unsigned again: {args.recipients} recipients in {again:.2f} s = {second:,.0f} msg/s"
+            )
+            unsigned_runs = [rate, second]
+            rate = sum(unsigned_runs) / 2
+            for algorithm, value in signed.items():
+                print(
+                    f"DKIM {algorithm}: {value / rate:.0%} of the unsigned rate ({rate:,.0f} msg/s, mean of both)"
+                )
         baseline = run_async(baseline_run(folder, sink.port, min(args.baseline_recipients, args.recipients)))
         print(f"baseline (EmailMessage + send_message, one connection): {baseline:,.0f} msg/s")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"speedup: {rate / baseline:.1f}x; peak RSS {peak:.0f} MB")
-    print(
-        json.dumps(
-            {
-                "recipients": args.recipients,
-                "messages_per_s": round(rate, 1),
-                "baseline_messages_per_s": round(baseline, 1),
-                "speedup": round(rate / baseline, 2),
-                "peak_rss_mb": round(peak, 1),
-            }
-        )
-    )
+    result = {
+        "recipients": args.recipients,
+        "messages_per_s": round(rate, 1),
+        "baseline_messages_per_s": round(baseline, 1),
+        "speedup": round(rate / baseline, 2),
+        "peak_rss_mb": round(peak, 1),
+    }
+    if signed:
+        result["unsigned_runs_messages_per_s"] = [round(r, 1) for r in unsigned_runs]
+    for algorithm, value in signed.items():
+        short = algorithm.split("-")[0] + ("_processes" if "process" in algorithm else "")
+        result[f"dkim_{short}_messages_per_s"] = round(value, 1)
+        result[f"dkim_{short}_share_of_unsigned"] = round(value / rate, 3)
+        result[f"dkim_{short}_sign_us"] = round(cost[algorithm], 1)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ from bot.hr.lifecycle import Lifecycle
 from bot.hr.webhook import webhook_routes
 from bot.identities import Identities
 from bot.links import Signer
+from bot.mail.dkim import DkimSigner, KeyProblem, SigningPool, load_key
 from bot.mail.server import EmbeddedSmtpServer, Mailbox, Route
 from bot.messengers import Messengers
 from bot.scheduler import Scheduler
@@ -173,11 +174,39 @@ class App:
                 await asyncio.wait_for(adapter.stop(), 5)
             except Exception:
                 log.exception("stopping %s failed", adapter.platform)
+        if self.ctx.dkim is not None and self.ctx.dkim.pool is not None:
+            self.ctx.dkim.pool.close()
         await self.ctx.engine.dispose()
+
+
+def dkim_signer(settings: Settings) -> DkimSigner:
+    """The DKIM keys of `[dkim]`, each read and checked now: a problem with one is a ConfigError sentence
+    at start, never a failure at send time."""
+    keys = []
+    for k in settings.dkim.keys:
+        try:
+            keys.append(
+                load_key(
+                    domain=k.domain,
+                    selector=k.selector,
+                    key_file=k.key_file,
+                    key_env=k.key_env,
+                    algorithm=k.algorithm,
+                )
+            )
+        except KeyProblem as exc:
+            raise ConfigError(str(exc)) from None
+    signer = DkimSigner(keys)
+    if settings.dkim.signing_processes and signer.uses_rsa:
+        signer.pool = SigningPool(signer.keys, settings.dkim.signing_processes)
+    return signer
 
 
 async def build_app(settings: Settings, **context_options: Any) -> App:
     """Engine, schema check (a new empty database is created), and every part wired."""
+    dkim = context_options.pop("dkim", None) or dkim_signer(
+        settings
+    )  # a bad key stops us before anything opens
     engine = make_engine(settings.database.url)
     try:
         await ensure_schema(engine)
@@ -190,6 +219,7 @@ async def build_app(settings: Settings, **context_options: Any) -> App:
         engine=engine,
         sessions=sessions,
         signer=Signer(settings.web.secret),
+        dkim=dkim,
         **context_options,
     )
     messengers = Messengers(sessions)

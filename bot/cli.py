@@ -1,4 +1,4 @@
-"""The `postroom` command: demo, chat, serve, db, contacts, hr, groups."""
+"""The `postroom` command: demo, chat, serve, db, contacts, hr, groups, providers, dkim, doctor."""
 
 from __future__ import annotations
 
@@ -319,6 +319,18 @@ def startup_lines(settings: Settings, runtime: Runtime) -> list[str]:
     else:
         listening.append("SMTP relay off (relay.enabled = false)")
     lines.append("Listening: " + "; ".join(listening))
+    dkim = runtime.app.ctx.dkim
+    if dkim:
+        lines.append("DKIM signing: " + ", ".join(k.describe() for k in dkim.keys))
+    sending = c.from_address.rsplit("@", 1)[-1].lower()
+    if not (dkim and dkim.keys_for(sending)):
+        lines.append(
+            f"DKIM signing: no key for {sending}, so campaign mail leaves unsigned unless the relay signs it; "
+            f"postroom dkim keygen {sending} <selector> makes one (README, DKIM)."
+        )
+    for k in dkim.keys if dkim else ():
+        if k.algorithm == "rsa-sha256" and k.bits < 2048:
+            lines.append(f"Warning: the DKIM key {k.describe()} is shorter than 2048 bits: make a new one.")
     if "org" not in settings.model_fields_set:
         lines.append(
             f"Warning: [org] is not configured, so mail names the example organisation {settings.org.name} "
@@ -585,6 +597,117 @@ def providers_check(ctx: click.Context) -> None:
             sys.exit(1)
 
     _run(go(), settings)
+
+
+# -- dkim ---------------------------------------------------------------------------------------
+@main.group("dkim")
+def dkim_cli() -> None:
+    """DKIM keys for signing outgoing mail."""
+
+
+@dkim_cli.command("keygen")
+@click.argument("domain")
+@click.argument("selector")
+@click.option(
+    "--algorithm",
+    type=click.Choice(["rsa", "ed25519"]),
+    default="rsa",
+    show_default=True,
+    help="RSA is what every receiver verifies; Ed25519 (RFC 8463) is signed beside an RSA key.",
+)
+@click.option("--bits", type=click.Choice(["2048", "3072", "4096"]), default="2048", show_default=True)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Where to write the private key (default: dkim/<domain>.<selector>.pem).",
+)
+@click.option("--force", is_flag=True, help="Overwrite the key file if it exists.")
+def dkim_keygen(domain: str, selector: str, algorithm: str, bits: str, out: str | None, force: bool) -> None:
+    """Write a new private key (mode 0600) and print the DNS TXT record to publish for it."""
+    from bot.mail.dkim import generate_key, parse_key, txt_strings, valid_domain, valid_selector
+
+    domain = domain.strip().lower().rstrip(".")
+    selector = selector.strip().lower()
+    if not valid_domain(domain):
+        raise click.ClickException(f"{domain!r} is not a mail domain like corp.example.")
+    if not valid_selector(selector):
+        raise click.ClickException(
+            f"{selector!r} is not a DKIM selector: letters, digits, - and _ (for example pr2026)."
+        )
+    path = Path(out) if out else Path("dkim") / f"{domain}.{selector}.pem"
+    if path.exists() and not force:
+        raise click.ClickException(f"{path} exists; give --force to replace it (and publish the new record).")
+    alg = "ed25519-sha256" if algorithm == "ed25519" else "rsa-sha256"
+    pem = generate_key(alg, int(bits))  # type: ignore[arg-type]
+    key = parse_key(pem, domain=domain, selector=selector, where=str(path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if force:
+            path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise click.ClickException(f"Can't write {path}: {exc.strerror}.") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    os.chmod(path, 0o600)  # whatever the umask
+    record = key.dns_record()
+    quoted = " ".join(f'"{part}"' for part in txt_strings(record))
+    click.echo(f"Wrote the private key to {path} (mode 0600; keep it readable by Postroom's user only).")
+    click.echo("")
+    click.echo("Publish this DNS TXT record:")
+    click.echo(f"{key.dns_name()}. IN TXT ( {quoted} )")
+    click.echo("")
+    click.echo("Then add to postroom.toml (and restart):")
+    click.echo("[[dkim.keys]]")
+    click.echo(f'domain = "{domain}"')
+    click.echo(f'selector = "{selector}"')
+    click.echo(f'key_file = "{path.resolve()}"')
+
+
+# -- doctor -------------------------------------------------------------------------------------
+@main.command()
+@click.option(
+    "--nameserver",
+    "nameservers",
+    multiple=True,
+    help="A resolver to ask (an IP address; repeatable). Default: relay.dns_nameservers, else the system's.",
+)
+@click.option("--port", "dns_port", type=click.IntRange(1, 65535), default=None, help="The resolvers' port.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(0.1, 30), default=3.0, show_default=True)
+@click.pass_context
+def doctor(ctx: click.Context, nameservers: tuple[str, ...], dns_port: int | None, timeout_s: float) -> None:
+    """Check what DNS says about each sending domain: SPF, DKIM, DMARC, the bounce MX, and https."""
+    import ipaddress
+
+    from bot.app import dkim_signer
+    from bot.doctor import Doctor, Lookup
+
+    settings = _settings(ctx.obj["config"])
+    for server in nameservers:
+        try:
+            ipaddress.ip_address(server)
+        except ValueError:
+            raise click.ClickException(
+                f"--nameserver {server!r} is not an IP address like 192.0.2.53."
+            ) from None
+    try:
+        signer = dkim_signer(settings)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    lookup = Lookup(
+        list(nameservers) or settings.relay.dns_nameservers,
+        port=dns_port or settings.relay.dns_port,
+        timeout_s=timeout_s,
+    )
+    findings = run_coroutine(Doctor(settings, signer, lookup).run())
+    for finding in findings:
+        click.echo(finding.line())
+    fixes = sum(1 for f in findings if f.status == "fix")
+    click.echo(f"{fixes} to fix." if fixes else "Nothing to fix.")
+    if fixes:
+        sys.exit(1)
 
 
 # -- commands from installed packages (an adapter's own: `postroom slack manifest`) ------------

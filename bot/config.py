@@ -265,6 +265,70 @@ def peer_in(peer: str | None, networks: list[str]) -> bool:
     return any(ip in ipaddress.ip_network(net, strict=False) for net in networks)
 
 
+class DkimKeySettings(_Section):
+    """One signing key: the domain it signs for (and, lacking their own key, its subdomains), the
+    selector its public key is published under, and where the private key is read from at start."""
+
+    domain: str
+    selector: str
+    key_file: str | None = None  # a PEM file, readable by Postroom's user only
+    key_env: str | None = None  # the name of an environment variable holding the PEM text
+    algorithm: Literal["rsa-sha256", "ed25519-sha256"] | None = None  # checked against the key when given
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, v: str) -> str:
+        v = v.strip().lower().rstrip(".")
+        if not _DNS_NAME.match(v):
+            raise ValueError("is not a mail domain like corp.example")
+        return v
+
+    @field_validator("selector")
+    @classmethod
+    def _selector(cls, v: str) -> str:
+        v = v.strip().lower()
+        if not _SELECTOR.match(v):
+            raise ValueError("is not a DKIM selector (letters, digits, - and _, dot-separated)")
+        return v
+
+    @field_validator("key_file", "key_env", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: object) -> object:
+        return v or None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DkimKeySettings:
+        if (self.key_file is None) == (self.key_env is None):
+            raise ValueError(f"for {self.domain} needs one of key_file or key_env")
+        return self
+
+
+class DkimSettings(_Section):
+    """DKIM signing of outgoing mail (bot/mail/dkim.py): each message is signed with the key(s) of its
+    From domain; a domain with an RSA and an Ed25519 key gets both signatures."""
+
+    keys: list[DkimKeySettings] = []
+    # RSA signatures (about a millisecond of CPU each) made in this many other processes, so sending uses
+    # more than one core; 0: on the event loop. Worth it with RSA keys on a machine with cores to spare.
+    signing_processes: int = Field(default=0, ge=0, le=64)
+
+    @field_validator("keys")
+    @classmethod
+    def _distinct(cls, v: list[DkimKeySettings]) -> list[DkimKeySettings]:
+        seen: set[tuple[str, str]] = set()
+        for k in v:
+            if (k.domain, k.selector) in seen:
+                raise ValueError(f"lists selector {k.selector} of {k.domain} twice")
+            seen.add((k.domain, k.selector))
+        return v
+
+
+_DNS_NAME = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$"
+)
+_SELECTOR = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}(?:\.[a-z0-9][a-z0-9_-]{0,62})*$")
+
+
 class GroupsSettings(_Section):
     """Email groups: the rules file, the lifecycle's grace period, the mass-removal and mass-addition brakes, the
     audit report."""
@@ -534,6 +598,7 @@ class Settings(BaseSettings):
     hr: HrSettings = HrSettings()
     postfix: PostfixSettings = PostfixSettings()
     providers: ProvidersSettings = ProvidersSettings()
+    dkim: DkimSettings = DkimSettings()
 
     slack: SlackSettings = SlackSettings()
 

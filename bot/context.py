@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from bot.config import Settings
 from bot.links import Signer
+from bot.mail.dkim import DkimSigner, SignedTransport
 from bot.mail.transport import SmtpTarget, SmtpTransport
 
 
@@ -29,11 +30,17 @@ class Context:
     clock: Callable[[], datetime] = _utcnow
     transport_factory: Callable[[], SmtpTransport] | None = None
     extras: dict[str, object] = field(default_factory=dict)
+    # DKIM keys loaded at start (bot.app): every transport made here signs with them.
+    dkim: DkimSigner | None = None
 
     def new_transport(self, connections: int | None = None) -> SmtpTransport:
+        """The outgoing SMTP transport; with DKIM keys, one that signs every message it sends."""
         if self.transport_factory is not None:
             return self.transport_factory()
-        return SmtpTransport(SmtpTarget.from_settings(self.settings.smtp), connections)
+        target = SmtpTarget.from_settings(self.settings.smtp)
+        if self.dkim:
+            return SignedTransport(target, connections, self.dkim)
+        return SmtpTransport(target, connections)
 
     def now(self) -> datetime:
         return self.clock()

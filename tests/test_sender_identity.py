@@ -159,6 +159,7 @@ def test_mail_from_an_org_without_a_campaigns_section_names_the_org_and_no_token
         assert "mailto:unsubscribe@acme.example" in err
         assert f"Listening: web 127.0.0.1:{web_port}; SMTP relay 127.0.0.1:{relay_port}" in err
         assert "Warning" not in err  # [org] is configured
+        assert "DKIM signing: no key for acme.example, so campaign mail leaves unsigned" in err
 
 
 def test_serve_warns_when_the_example_organisation_would_send(tmp_path: Path) -> None:

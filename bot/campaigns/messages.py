@@ -61,6 +61,15 @@ class CampaignMessages:
         self.tracking = bool(settings.campaigns.tracking and campaign.tracking)
         self._tracker = LinkTracker(signer, settings.web.base_url)
         self._bounce_domain = settings.campaigns.bounce_domain  # derived from the from address when unset
+        # Bulk mail either way (Precedence: bulk keeps vacation responders quiet). An automation is sent by
+        # a trigger, not a person: RFC 3834's auto-generated, and Exchange is asked for no auto-replies.
+        self._automatic: tuple[tuple[str, str], ...] = (("Precedence", "bulk"),)
+        if campaign.kind == "automation":
+            self._automatic = (
+                ("Auto-Submitted", "auto-generated"),
+                ("X-Auto-Response-Suppress", "All"),
+                ("Precedence", "bulk"),
+            )
 
     def unsubscribe_url(self, delivery_id: int | None = None) -> str:
         """The unsubscribe link of one delivery; without one (a preview, a test message) an inert link
@@ -177,7 +186,7 @@ class CampaignMessages:
                 ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
                 ("List-Id", self._list_id),
                 ("Feedback-ID", self._feedback_id),
-                ("Precedence", "bulk"),
+                *self._automatic,
                 ("X-Postroom-Campaign", str(self.campaign.id)),
             ],
         )

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import logging
 from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
+from email.utils import make_msgid
 
 from bot.context import Context
+from bot.mail.compose import date_header
 
 log = logging.getLogger(__name__)
 
@@ -17,7 +18,7 @@ def notice_bytes(from_address: str, to: list[str], subject: str, text: str) -> b
     msg["From"] = from_address
     msg["To"] = ", ".join(to)
     msg["Subject"] = subject
-    msg["Date"] = formatdate(usegmt=True)
+    msg["Date"] = date_header()
     msg["Message-ID"] = make_msgid(domain=from_address.rsplit("@", 1)[-1])
     msg["Auto-Submitted"] = "auto-replied"
     msg.set_content(text)

@@ -17,12 +17,13 @@ from datetime import datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
-from email.utils import formataddr, formatdate, getaddresses, make_msgid
+from email.utils import getaddresses, make_msgid
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.db.models import Group, GroupPost, GroupPostDelivery, Membership
+from bot.mail.compose import address, date_header
 
 MAX_RECEIVED = 30  # more Received: lines than this is a loop (Postfix's hopcount_limit is 50)
 CHUNK = 5000
@@ -173,13 +174,13 @@ def relayed_copy(data: bytes, group: Group, inspected: Inspected, *, munge: bool
     ]
     if munge:
         who = inspected.author_name or (inspected.author_address or "").split("@")[0] or "Someone"
-        added.append("From: " + formataddr((f"{who} via {label}", group.address), charset="utf-8"))
+        added.append(address(f"{who} via {label}", group.address, "From"))
         if not inspected.has_reply_to and inspected.author:
             added.append(f"Reply-To: {inspected.author}")
     if inspected.message_id is None:
         added.append(f"Message-ID: {make_msgid(domain=domain)}")
     if not inspected.has_date:
-        added.append(f"Date: {formatdate(localtime=False, usegmt=True)}")
+        added.append(f"Date: {date_header()}")
     head = "".join(h + "\r\n" for h in added).encode("utf-8")
     return head + b"".join(kept) + body
 
