@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from bot.config import ConfigError, Settings, load_settings
+from bot.config import ConfigError, Settings, load_settings, org_problem
 from bot.db.engine import SchemaError
 from bot.errors import UserError
 
@@ -123,9 +123,7 @@ def init(
 
     if base_url is not None and not base_url.startswith(("http://", "https://")):
         raise click.BadParameter("must start with https:// (or http://).", param_hint="--base-url")
-    for domain in domains:
-        if "." not in domain or any(c in domain for c in " /@:"):
-            raise click.BadParameter(f"{domain!r} is not a mail domain like acme.com.", param_hint="--domain")
+    org_name, postal_address, domains = _init_org_values(org_name, postal_address, domains)
     path = Path(output)
     starter = Starter(org_name, domains, base_url.rstrip("/") if base_url else None, postal_address)
     try:
@@ -133,13 +131,67 @@ def init(
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"Wrote {path} (readable by you only) with a generated web.secret.")
-    missing = [
-        k for k, v in (("org.name", org_name), ("org.domains", domains), ("web.base_url", base_url)) if not v
+    org_missing = [
+        k
+        for k, v in (("org.name", org_name), ("org.domains", domains), ("org.postal_address", postal_address))
+        if not v
     ]
-    if missing:
+    missing = org_missing + ([] if base_url else ["web.base_url"])
+    if org_missing:
         click.echo(
-            f"Fill in {', '.join(missing)} before sending mail; then run: postroom --config {path} serve"
+            f"Fill in {', '.join(missing)} (postroom serve and postroom chat refuse to start without "
+            f"{', '.join(org_missing)}), then [smtp] (your mail server) and [roles] (who may do what)."
         )
+    elif missing:
+        click.echo(
+            f"Fill in {', '.join(missing)}, then [smtp] (your mail server) and [roles] (who may do what)."
+        )
+    else:
+        click.echo("Next: fill in [smtp] (your mail server) and [roles] (who may do what).")
+    click.echo(f"Then run: postroom --config {path} serve")
+
+
+def _init_org_values(
+    org_name: str | None, postal_address: str | None, domains: tuple[str, ...]
+) -> tuple[str | None, str | None, tuple[str, ...]]:
+    """init's --org-name, --postal-address and --domain, checked as [org] checks them (nothing is written
+    when one is refused)."""
+    from bot.config import (
+        MAX_ORG_NAME,
+        MAX_POSTAL_ADDRESS,
+        PLACEHOLDER_DOMAIN,
+        PLACEHOLDER_ORG_NAME,
+        PLACEHOLDER_POSTAL_ADDRESS,
+        domain_problem,
+        normalise_domain,
+        org_text_problem,
+    )
+
+    checked: list[str | None] = []
+    for value, hint, limit, placeholder in (
+        (org_name, "--org-name", MAX_ORG_NAME, PLACEHOLDER_ORG_NAME),
+        (postal_address, "--postal-address", MAX_POSTAL_ADDRESS, PLACEHOLDER_POSTAL_ADDRESS),
+    ):
+        if value is None:
+            checked.append(None)
+            continue
+        value = value.strip()
+        problem = org_text_problem(value, limit)
+        if problem is None and value.casefold() == placeholder.casefold():
+            problem = "must be your organisation's own, not the placeholder"
+        if problem:
+            raise click.BadParameter(problem + ".", param_hint=hint)
+        checked.append(value)
+    normalised = []
+    for domain in domains:
+        d = normalise_domain(domain)
+        problem = domain_problem(d)
+        if problem is None and d == PLACEHOLDER_DOMAIN:
+            problem = "is the placeholder; give your organisation's own mail domain"
+        if problem:
+            raise click.BadParameter(f"{domain!r} {problem}.", param_hint="--domain")
+        normalised.append(d)
+    return checked[0], checked[1], tuple(normalised)
 
 
 # -- demo ---------------------------------------------------------------------------------------
@@ -211,6 +263,9 @@ def chat(ctx: click.Context, as_email: str, text: tuple[str, ...]) -> None:
     except UserError as exc:
         raise click.BadParameter(exc.sentence, param_hint="--as") from None
     settings = _settings(ctx.obj["config"])
+    problem = org_problem(settings, "chat")
+    if problem is not None:
+        raise click.ClickException(problem)
     _run(_chat(settings, as_email, " ".join(text)), settings)
 
 
@@ -237,7 +292,8 @@ def serve(ctx: click.Context) -> None:
     from bot.secret_policy import serving_problem
 
     settings = _settings(ctx.obj["config"])
-    problem = serving_problem(settings)  # before anything opens: a forgeable secret serves nothing
+    # Before anything opens: a forgeable secret serves nothing, and placeholders in [org] mail nobody.
+    problem = serving_problem(settings) or org_problem(settings, "serve")
     if problem is not None:
         raise click.ClickException(problem)
     _run(_serve(settings), settings)
@@ -310,11 +366,6 @@ def startup_lines(settings: Settings, runtime: Runtime) -> list[str]:
     else:
         listening.append("SMTP relay off (relay.enabled = false)")
     lines.append("Listening: " + "; ".join(listening))
-    if "org" not in settings.model_fields_set:
-        lines.append(
-            f"Warning: [org] is not configured, so mail names the example organisation {settings.org.name} "
-            f"({', '.join(settings.org.domains)}): set org.name and org.domains."
-        )
     return lines
 
 

@@ -235,7 +235,10 @@ def test_init_writes_a_private_starter_config_with_generated_secrets(tmp_path: P
     ]
     assert path.read_text() == first
     forced = run(["init", "--force", "-o", "postroom.toml"], tmp_path)
-    assert forced.returncode == 0 and "Fill in org.name, org.domains, web.base_url" in forced.stdout
+    assert (
+        forced.returncode == 0
+        and "Fill in org.name, org.domains, org.postal_address, web.base_url" in forced.stdout
+    )
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert load_settings(path, read_env=False).web.secret != settings.web.secret
     other = tmp_path / "elsewhere.toml"
