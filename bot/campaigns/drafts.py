@@ -26,7 +26,7 @@ from bot.i18n import t
 class Edited:
     campaign: Campaign
     before: str  # the state it was in: anything but draft means an approval request was voided
-    fields: list[str]
+    fields: list[str]  # what changed, as the options the sender typed (--to, --subject, …)
 
 
 class Drafts:
@@ -145,7 +145,10 @@ class Drafts:
                 raise UserError(
                     t("“{name}” changed state while you edited it; try again.", name=campaign.name)
                 )
-            fields = sorted(k for k in values if k != "status_note")
+            # Named as the sender typed them, in /campaign edit's order; never as database columns.
+            given = {"--to": to, "--where": where, "--template": template, "--subject": subject}
+            fields = [flag for flag, value in given.items() if value]
+            fields += ["--tracking"] if tracking is not None else []
             service.audit_campaign(
                 session,
                 campaign,
