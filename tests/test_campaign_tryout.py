@@ -4,13 +4,23 @@ what a cancelled campaign's card shows."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
 
 from sqlalchemy import select
 
-from bot.db.models import AuditEntry
+from bot.db.models import AuditEntry, Campaign
 from tests.conftest import SENDER
+from tests.slack_rig import APPROVALS, U_APPROVER, U_SENDER, Rig
+from tests.slack_rig import load_customers as load_slack_customers
 from tests.test_campaign_flow import load_customers
+
+SLACK_OVERRIDES = {"update_interval_s": 0}  # every card update goes out: none is folded into a later one
+
+
+def blocks_text(call) -> str:  # type: ignore[no-untyped-def]
+    return json.dumps(call.params.get("blocks"), ensure_ascii=False)
 
 
 # -- /campaign edit: the words the sender typed; one bound for the subject ------------------------------
@@ -53,3 +63,66 @@ async def test_new_and_edit_bound_the_subject_alike(bot, tmp_path: Path) -> None
     )
     preview = await bot.say(SENDER, "/campaign preview spring")
     assert f"Subject: {longest}" in preview and "Checks: all passed." in preview
+
+
+# -- a card belongs to one submission --------------------------------------------------------------------
+async def test_a_resubmission_updates_its_own_card_never_the_rejected_one(
+    rig: Rig, smtp, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    await load_slack_customers(rig.core, tmp_path)
+    await rig.say(U_SENDER, "/campaign new spring --to customers --template welcome")
+    await rig.say(U_SENDER, "/campaign submit spring")
+    (first,) = [c for c in rig.fake.of("chat.postMessage") if c.params["channel"] == APPROVALS]
+    assert (await rig.say(U_APPROVER, "/reject spring too short")).startswith("Rejected “spring”")
+
+    def updates_of(card) -> list:  # type: ignore[no-untyped-def]
+        return [c for c in rig.fake.of("chat.update") if c.params["ts"] == card.params["_ts"]]
+
+    rejected = await rig.fake.wait_for(
+        lambda: [c for c in updates_of(first) if "Rejected by" in blocks_text(c)]
+    )
+    seen = len(updates_of(first))
+    await rig.say(U_SENDER, '/campaign edit spring --subject "Spring is here"')
+    await rig.say(U_SENDER, "/campaign submit spring")
+    cards = [c for c in rig.fake.of("chat.postMessage") if c.params["channel"] == APPROVALS]
+    assert len(cards) == 2 and cards[0] is first
+    second = cards[1]
+    await rig.say(U_APPROVER, "/approve spring")
+    await asyncio.to_thread(smtp.handler.wait_for, 2)
+    await asyncio.wait_for(rig.app.drain(), 20)
+    async with rig.core.ctx.sessions() as session:
+        assert (await session.execute(select(Campaign.state))).scalar_one() == "completed"
+    await rig.fake.wait_for(lambda: [c for c in updates_of(second) if "sent — 2 delivered" in blocks_text(c)])
+    # The rejected card still says what happened to its submission: nothing after it was touched it.
+    assert len(updates_of(first)) == seen, [blocks_text(c)[:300] for c in updates_of(first)[seen:]]
+    assert "Rejected by maria@corp.example: too short" in blocks_text(updates_of(first)[-1])
+    assert rejected
+
+
+async def test_a_card_posted_before_cards_were_kept_per_submission_is_still_updated(
+    bot, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import update
+
+    from bot.db.models import MessageRecord
+    from tests.conftest import APPROVER
+
+    await load_customers(bot, tmp_path)
+    await bot.say(SENDER, "/campaign new spring --to customers --template welcome")
+    await bot.say(SENDER, "/campaign submit spring")
+    async with bot.core.ctx.sessions() as session, session.begin():
+        cid = (await session.execute(select(Campaign.id))).scalar_one()
+        await session.execute(update(MessageRecord).values(subject=f"campaign:{cid}"))  # as 0.x stored it
+    before = len(bot.console.transcript)
+    assert "Rejected “spring”" in await bot.say(APPROVER, "/reject spring not yet")
+    updates = [m for kind, _c, m in bot.console.transcript[before:] if kind == "update"]
+    assert len(updates) == 1 and "Rejected by maria@corp.example: not yet" in str(updates[0].card)
+    # With a second submission, such a card may be an earlier one's: it is left alone.
+    await bot.say(SENDER, '/campaign edit spring --subject "Again"')
+    await bot.say(SENDER, "/campaign submit spring")
+    async with bot.core.ctx.sessions() as session, session.begin():
+        await session.execute(update(MessageRecord).values(subject=f"campaign:{cid}"))
+    before = len(bot.console.transcript)
+    await bot.say(APPROVER, "/reject spring still not")
+    assert [kind for kind, _c, _m in bot.console.transcript[before:] if kind == "update"] == []
+

@@ -283,8 +283,8 @@ class Approvals:
         elif out.state == "pending_approval":
             async with self.ctx.sessions() as session:
                 review = await service.review(self.ctx, session, campaign)
-            await self.cards.messengers.update_subject(
-                f"campaign:{campaign.id}",
+            await self.cards.update_card(
+                campaign,
                 lambda: Message(
                     t(
                         "“{name}” has {count} of {needed} approvals.",

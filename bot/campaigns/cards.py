@@ -159,6 +159,12 @@ def preview_text(preview: Preview, url: str) -> str:
     return "\n".join(lines)
 
 
+def card_subject(campaign: Campaign) -> str:
+    """What the approval card of the campaign's current submission is remembered under. A card belongs to
+    one submission: a resubmission posts a new card, and the rejected or voided one keeps its outcome."""
+    return f"campaign:{campaign.id}:{campaign.submission}"
+
+
 def _outcome_title(campaign: Campaign) -> str:
     if campaign.kind == "automation":
         return t("Automation “{name}”", name=campaign.name.removeprefix(service.AUTOMATION_PREFIX))
@@ -185,7 +191,7 @@ class CampaignCards:
                 self.approval_card(campaign, review),
             )
 
-        return len(await self.messengers.post("approvals", request, subject=f"campaign:{campaign.id}"))
+        return len(await self.messengers.post("approvals", request, subject=card_subject(campaign)))
 
     async def show_outcome(
         self, campaign: Campaign, words: Callable[[], tuple[str, str]], approvers: list[str] | None = None
@@ -197,6 +203,14 @@ class CampaignCards:
             text, outcome = words()
             return Message(text, self.approval_card(campaign, None, outcome=outcome, approvers=approvers))
 
+        await self.update_card(campaign, build)
+
+    async def update_card(self, campaign: Campaign, build: Callable[[], Message]) -> None:
+        """Replace the current submission's card (built per messenger), and no other."""
+        if await self.messengers.update_subject(card_subject(campaign), build) or campaign.submission > 1:
+            return
+        # A card posted before cards were kept per submission is remembered as campaign:<id>; with one
+        # submission so far it can only be this one's.
         await self.messengers.update_subject(f"campaign:{campaign.id}", build)
 
     def approval_card(
@@ -360,7 +374,7 @@ class CampaignCards:
             card = self.approval_card(campaign, None, outcome=outcome, counts=counts, approvers=approvers)
             return Message(t("“{name}”: {state}.", name=campaign.name, state=state_name(state)), card)
 
-        await self.messengers.update_subject(f"campaign:{campaign_id}", build)
+        await self.update_card(campaign, build)
         if what in ("auto-paused", "failed") and campaign.status_note and state == what.removeprefix("auto-"):
             # Say why in the chat, not only on the card: someone has to act on it.
             await self.messengers.post(

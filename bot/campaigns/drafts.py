@@ -161,6 +161,7 @@ class Drafts:
             )
         if before != "draft":
             self.runs.scheduler.cancel(start_job_id(campaign.id))
+        if before not in ("draft", "rejected"):  # a rejected request's card keeps saying it was rejected
             await self.cards.refresh(campaign.id, "edited")
         return Edited(campaign, before, fields)
 
