@@ -126,3 +126,28 @@ async def test_a_card_posted_before_cards_were_kept_per_submission_is_still_upda
     await bot.say(APPROVER, "/reject spring still not")
     assert [kind for kind, _c, _m in bot.console.transcript[before:] if kind == "update"] == []
 
+
+# -- /campaign test: addressed to the tester; the sample's data announced --------------------------------
+async def test_a_test_mail_is_addressed_to_the_tester_and_says_whose_data_it_shows(
+    bot, smtp, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    await load_customers(bot, tmp_path)
+    await bot.say(
+        SENDER, '/campaign new spring --to customers --template welcome --subject "Hi {{ first_name }}"'
+    )
+    assert (await bot.say(SENDER, "/campaign test spring alice@corp.example")).startswith(
+        "Sent a test of “spring” to alice@corp.example (subject: [TEST] Hi Lena)"
+    )
+    (received,) = smtp.handler.to("alice@corp.example")
+    msg = received.message
+    assert msg["To"] == "Alice <alice@corp.example>"  # her name on record, not the sample's
+    banner = (
+        "Test message for alice@corp.example: it shows the data of lena@example.com, a recipient of "
+        "“spring”. Nobody else got it."
+    )
+    text = msg.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert text.startswith(banner + "\n\n") and "Hello Lena" in text
+    html_part = msg.get_body(("html",)).get_content()
+    assert html_part.lower().index("<body") < html_part.index(banner) < html_part.index("Hello Lena")
+    await bot.say(SENDER, "/campaign test spring sam@corp.example")  # the sender's own address
+    assert smtp.handler.to("sam@corp.example")[0].message["To"] == "Sam <sam@corp.example>"

@@ -230,7 +230,10 @@ class Drafts:
                         email=email,
                     )
                 )
-            status = (await session.execute(select(Person.status).where(Person.email == email))).scalar()
+            person = (
+                await session.execute(select(Person.status, Person.name).where(Person.email == email))
+            ).first()
+            status, tester_name = (person.status, person.name) if person is not None else (None, None)
             if email != actor and status != "active":
                 raise UserError(
                     t(
@@ -240,11 +243,26 @@ class Drafts:
                 )
             campaign = await service.get(session, name)
             review = await service.review(ctx, session, campaign)
-        sample = review.sample or Recipient(email, None, {})
-        try:
-            built = await review.messages.build_async(
-                Recipient(email, sample.name, sample.attributes), subject_prefix="[TEST] "
+        # The mail is addressed to the person testing, by their own name; its content shows the sample
+        # recipient's data (as the approvers will see it), and its first line says so.
+        tester = Recipient(email, tester_name, {})
+        if review.sample is not None:
+            banner = t(
+                "Test message for {email}: it shows the data of {sample}, a recipient of “{name}”. Nobody else "
+                "got it.",
+                email=email,
+                sample=review.sample.email,
+                name=campaign.name,
             )
+        else:
+            banner = t(
+                "Test message for {email}: “{name}” has no recipient yet, so it shows your own address. Nobody "
+                "else got it.",
+                email=email,
+                name=campaign.name,
+            )
+        try:
+            built = await review.messages.build_test_async(review.sample or tester, tester, banner)
         except TemplateProblem as exc:
             raise UserError(exc.sentence) from None
         transport = ctx.new_transport(connections=1)
