@@ -31,6 +31,21 @@ class ConfigError(Exception):
 
 UNSET = ""  # a derived setting nobody gave: see Settings._derive_from_org
 
+# The signing secrets' rule (bot/secret_policy.py enforces it when `postroom serve` starts): 32 or more
+# random characters. Loading the file refuses only what is plainly too short (under 16), with the same rule.
+SECRET_MIN_LENGTH = 32
+SECRET_LOAD_FLOOR = 16
+SECRET_RULE = (
+    f"must be {SECRET_MIN_LENGTH} or more random characters (postroom serve refuses anything shorter, "
+    "predictable or published; postroom init writes one)"
+)
+
+
+def _secret_floor(v: str | None) -> str | None:
+    if v and len(v) < SECRET_LOAD_FLOOR:
+        raise ValueError(SECRET_RULE)
+    return v or None
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -169,7 +184,7 @@ class WebSettings(_Section):
     base_url: str = "http://127.0.0.1:8080"
     # Signs every link in mail and every preview link. No default: `postroom serve` refuses to start
     # without a strong one (bot/secret_policy.py); commands that sign nothing run without it.
-    secret: str | None = Field(default=None, repr=False, min_length=16)
+    secret: str | None = Field(default=None, repr=False)
     # Unsubscribe links from before 0.2 carried the address; none are made now, but mail already sent
     # holds them and must keep working. Switch off once such mail is older than anyone acts on.
     legacy_unsubscribe_tokens: bool = True
@@ -178,6 +193,11 @@ class WebSettings(_Section):
     @classmethod
     def _empty_secret_is_unset(cls, v: object) -> object:
         return v or None
+
+    @field_validator("secret")
+    @classmethod
+    def _long_enough(cls, v: str | None) -> str | None:
+        return _secret_floor(v)
 
     @field_validator("base_url")
     @classmethod
@@ -494,9 +514,7 @@ class HrSettings(_Section):
     @field_validator("webhook_secret")
     @classmethod
     def _long_enough(cls, v: str | None) -> str | None:
-        if v and len(v) < 16:
-            raise ValueError("must be at least 16 characters")
-        return v or None
+        return _secret_floor(v)
 
 
 class SlackSettings(_Section):
