@@ -151,3 +151,38 @@ async def test_a_test_mail_is_addressed_to_the_tester_and_says_whose_data_it_sho
     assert html_part.lower().index("<body") < html_part.index(banner) < html_part.index("Hello Lena")
     await bot.say(SENDER, "/campaign test spring sam@corp.example")  # the sender's own address
     assert smtp.handler.to("sam@corp.example")[0].message["To"] == "Sam <sam@corp.example>"
+
+
+# -- what a card shows once decided ----------------------------------------------------------------------
+async def test_a_cancelled_campaigns_card_shows_the_share_that_went_out(bot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    await load_customers(bot, tmp_path)
+    await bot.say(SENDER, "/campaign new spring --to customers --template welcome")
+    async with bot.core.ctx.sessions() as session:
+        campaign = (await session.execute(select(Campaign))).scalar_one()
+    card = bot.app.cards.approval_card(
+        campaign, None, outcome="Cancelled.", counts={"sent": 1, "cancelled": 3}
+    )
+    assert card.progress == 0.25
+    assert dict(card.fields)["Progress"] == "1/4 — cancelled 3, sent 1"
+    # No deliveries yet (a draft, a voided request): no progress at all, not a full bar.
+    empty = bot.app.cards.approval_card(campaign, None, outcome="draft", counts={})
+    assert empty.progress is None and "Progress" not in dict(empty.fields)
+
+
+async def test_cards_name_the_campaign_and_submission_and_say_where_it_stands(bot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import APPROVER
+
+    await load_customers(bot, tmp_path)
+    await bot.say(SENDER, "/campaign new spring --to customers --template welcome")
+    await bot.say(SENDER, "/campaign submit spring")
+    assert bot.cards()[-1].card.title == "Approval needed: campaign “spring”, submission 1"
+    await bot.say(APPROVER, "/reject spring not yet")
+    assert bot.cards()[-1].card.title == "Campaign “spring”, submission 1: rejected"
+    await bot.say(SENDER, '/campaign edit spring --subject "Again"')
+    await bot.say(SENDER, "/campaign submit spring")
+    assert bot.cards()[-1].card.title == "Approval needed: campaign “spring”, submission 2"
+    await bot.say(SENDER, "/campaign cancel spring")
+    assert bot.cards()[-1].card.title == "Campaign “spring”, submission 2: cancelled"
+    # The console prints no message number of its own (it read like a plan's: /plan approve 1).
+    out = bot.out.getvalue()
+    assert "#1" not in out and "message #" not in out and "(updated) " in out

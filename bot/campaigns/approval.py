@@ -279,6 +279,7 @@ class Approvals:
                     t("“{name}” was rejected.", name=name),
                     t("Rejected by {email}: {reason}", email=approver, reason=reason),
                 ),
+                state="rejected",
             )
         elif out.state == "pending_approval":
             async with self.ctx.sessions() as session:
@@ -304,6 +305,7 @@ class Approvals:
                     t("Approved by {names}; starts {time}", names=who, time=schedule_line(campaign)),
                 ),
                 out.approvers,
+                state="scheduled",
             )
         else:
             self.runs.start(campaign.id, approver)
@@ -314,4 +316,5 @@ class Approvals:
                     t("Approved by {names}; sending…", names=who),
                 ),
                 out.approvers,
+                state="approved",
             )
