@@ -129,9 +129,7 @@ def init(
 
     if base_url is not None and not base_url.startswith(("http://", "https://")):
         raise click.BadParameter("must start with https:// (or http://).", param_hint="--base-url")
-    for domain in domains:
-        if "." not in domain or any(c in domain for c in " /@:"):
-            raise click.BadParameter(f"{domain!r} is not a mail domain like acme.com.", param_hint="--domain")
+    org_name, postal_address, domains = _init_org_values(org_name, postal_address, domains)
     path = Path(output)
     starter = Starter(org_name, domains, base_url.rstrip("/") if base_url else None, postal_address)
     try:
@@ -139,13 +137,67 @@ def init(
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"Wrote {path} (readable by you only) with a generated web.secret.")
-    missing = [
-        k for k, v in (("org.name", org_name), ("org.domains", domains), ("web.base_url", base_url)) if not v
+    org_missing = [
+        k
+        for k, v in (("org.name", org_name), ("org.domains", domains), ("org.postal_address", postal_address))
+        if not v
     ]
-    if missing:
+    missing = org_missing + ([] if base_url else ["web.base_url"])
+    if org_missing:
         click.echo(
-            f"Fill in {', '.join(missing)} before sending mail; then run: postroom --config {path} serve"
+            f"Fill in {', '.join(missing)} (postroom serve and postroom chat refuse to start without "
+            f"{', '.join(org_missing)}), then [smtp] (your mail server) and [roles] (who may do what)."
         )
+    elif missing:
+        click.echo(
+            f"Fill in {', '.join(missing)}, then [smtp] (your mail server) and [roles] (who may do what)."
+        )
+    else:
+        click.echo("Next: fill in [smtp] (your mail server) and [roles] (who may do what).")
+    click.echo(f"Then run: postroom --config {path} serve")
+
+
+def _init_org_values(
+    org_name: str | None, postal_address: str | None, domains: tuple[str, ...]
+) -> tuple[str | None, str | None, tuple[str, ...]]:
+    """init's --org-name, --postal-address and --domain, checked as [org] checks them (nothing is written
+    when one is refused)."""
+    from bot.config import (
+        MAX_ORG_NAME,
+        MAX_POSTAL_ADDRESS,
+        PLACEHOLDER_DOMAIN,
+        PLACEHOLDER_ORG_NAME,
+        PLACEHOLDER_POSTAL_ADDRESS,
+        domain_problem,
+        normalise_domain,
+        org_text_problem,
+    )
+
+    checked: list[str | None] = []
+    for value, hint, limit, placeholder in (
+        (org_name, "--org-name", MAX_ORG_NAME, PLACEHOLDER_ORG_NAME),
+        (postal_address, "--postal-address", MAX_POSTAL_ADDRESS, PLACEHOLDER_POSTAL_ADDRESS),
+    ):
+        if value is None:
+            checked.append(None)
+            continue
+        value = value.strip()
+        problem = org_text_problem(value, limit)
+        if problem is None and value.casefold() == placeholder.casefold():
+            problem = "must be your organisation's own, not the placeholder"
+        if problem:
+            raise click.BadParameter(problem + ".", param_hint=hint)
+        checked.append(value)
+    normalised = []
+    for domain in domains:
+        d = normalise_domain(domain)
+        problem = domain_problem(d)
+        if problem is None and d == PLACEHOLDER_DOMAIN:
+            problem = "is the placeholder; give your organisation's own mail domain"
+        if problem:
+            raise click.BadParameter(f"{domain!r} {problem}.", param_hint="--domain")
+        normalised.append(d)
+    return checked[0], checked[1], tuple(normalised)
 
 
 # -- demo ---------------------------------------------------------------------------------------
@@ -217,7 +269,12 @@ def chat(ctx: click.Context, as_email: str, text: tuple[str, ...]) -> None:
         as_email = normalise(as_email)
     except UserError as exc:
         raise click.BadParameter(exc.sentence, param_hint="--as") from None
+    from bot.config import org_problem
+
     settings = _settings(ctx.obj["config"])
+    problem = org_problem(settings, "chat")
+    if problem is not None:
+        raise click.ClickException(problem)
     _run(_chat(settings, as_email, " ".join(text)), settings)
 
 
@@ -241,10 +298,12 @@ async def _chat(settings: Settings, as_email: str, text: str) -> None:
 @click.pass_context
 def serve(ctx: click.Context) -> None:
     """Run the configured adapters, the web app, the mail server and the scheduler until stopped."""
+    from bot.config import org_problem
     from bot.secret_policy import serving_problem
 
     settings = _settings(ctx.obj["config"])
-    problem = serving_problem(settings)  # before anything opens: a forgeable secret serves nothing
+    # Before anything opens: a forgeable secret serves nothing, and placeholders in [org] mail nobody.
+    problem = serving_problem(settings) or org_problem(settings, "serve")
     if problem is not None:
         raise click.ClickException(problem)
     _run(_serve(settings), settings)
@@ -331,11 +390,6 @@ def startup_lines(settings: Settings, runtime: Runtime) -> list[str]:
     for k in dkim.keys if dkim else ():
         if k.algorithm == "rsa-sha256" and k.bits < 2048:
             lines.append(f"Warning: the DKIM key {k.describe()} is shorter than 2048 bits: make a new one.")
-    if "org" not in settings.model_fields_set:
-        lines.append(
-            f"Warning: [org] is not configured, so mail names the example organisation {settings.org.name} "
-            f"({', '.join(settings.org.domains)}): set org.name and org.domains."
-        )
     return lines
 
 
@@ -682,6 +736,7 @@ def doctor(ctx: click.Context, nameservers: tuple[str, ...], dns_port: int | Non
     import ipaddress
 
     from bot.app import dkim_signer
+    from bot.config import ConfigError
     from bot.doctor import Doctor, Lookup
 
     settings = _settings(ctx.obj["config"])

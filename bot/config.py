@@ -31,6 +31,21 @@ class ConfigError(Exception):
 
 UNSET = ""  # a derived setting nobody gave: see Settings._derive_from_org
 
+# The signing secrets' rule (bot/secret_policy.py enforces it when `postroom serve` starts): 32 or more
+# random characters. Loading the file refuses only what is plainly too short (under 16), with the same rule.
+SECRET_MIN_LENGTH = 32
+SECRET_LOAD_FLOOR = 16
+SECRET_RULE = (
+    f"must be {SECRET_MIN_LENGTH} or more random characters (postroom serve refuses anything shorter, "
+    "predictable or published; postroom init writes one)"
+)
+
+
+def _secret_floor(v: str | None) -> str | None:
+    if v and len(v) < SECRET_LOAD_FLOOR:
+        raise ValueError(SECRET_RULE)
+    return v or None
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -71,19 +86,84 @@ class SmtpSettings(_Section):
         return v or None
 
 
+# What [org] holds until someone sets it: obvious placeholders, which `postroom serve` and `postroom chat`
+# refuse (org_problem), so no example organisation ever names itself in real mail.
+PLACEHOLDER_ORG_NAME = "Your Organisation"
+PLACEHOLDER_DOMAIN = "your-company.example"
+PLACEHOLDER_POSTAL_ADDRESS = "Your street, postcode and city"
+MAX_ORG_NAME = 200
+MAX_POSTAL_ADDRESS = 500
+# The characters bot/values.py refuses in stored text (C0/C1 controls, text-direction overrides and
+# isolates, unpaired surrogates): they would reach every campaign message's From: and footer.
+_UNSAFE_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def org_text_problem(value: str, limit: int) -> str | None:
+    """Why `value` (already stripped) can't be org.name or org.postal_address, as the end of a sentence."""
+    if not value:
+        return "must not be empty"
+    found = _UNSAFE_TEXT.search(value)
+    if found is not None:
+        return f"must not contain control or text-direction characters (it has U+{ord(found.group()):04X})"
+    if len(value) > limit:
+        return f"must be at most {limit} characters long (it has {len(value)})"
+    return None
+
+
+def normalise_domain(value: str) -> str:
+    return value.strip().lower().lstrip("@")
+
+
+def domain_problem(domain: str) -> str | None:
+    """Why `domain` (normalised) is not a mail domain, as the end of a sentence; None when it is one."""
+    if (
+        "." not in domain
+        or domain.startswith(".")
+        or domain.endswith(".")
+        or len(domain) > 253
+        or _UNSAFE_TEXT.search(domain)
+        or any(c in domain for c in ' /@:,;<>"')
+    ):
+        return "is not a mail domain like acme.com"
+    return None
+
+
 class OrgSettings(_Section):
-    name: str = "Example Corp"
-    domains: list[str] = ["corp.example"]
-    postal_address: str = "1 Example Street, Example City"
+    name: str = PLACEHOLDER_ORG_NAME
+    domains: list[str] = [PLACEHOLDER_DOMAIN]
+    postal_address: str = PLACEHOLDER_POSTAL_ADDRESS
     # The language of the pages recipients open (unsubscribe, preview, link errors): en or zh_CN.
     locale: Literal["en", "zh_CN"] = "en"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        v = v.strip()
+        problem = org_text_problem(v, MAX_ORG_NAME)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("postal_address")
+    @classmethod
+    def _postal_address(cls, v: str) -> str:
+        v = v.strip()
+        problem = org_text_problem(v, MAX_POSTAL_ADDRESS)
+        if problem:
+            raise ValueError(problem)
+        return v
 
     @field_validator("domains")
     @classmethod
     def _lower(cls, v: list[str]) -> list[str]:
         if not v:
             raise ValueError("must list at least one mail domain of the company")
-        return [d.strip().lower().lstrip("@") for d in v]
+        domains = [normalise_domain(d) for d in v]
+        for d in domains:
+            problem = domain_problem(d)
+            if problem:
+                raise ValueError(f"{d!r} {problem}")
+        return domains
 
 
 class RolesSettings(_Section):
@@ -104,7 +184,7 @@ class WebSettings(_Section):
     base_url: str = "http://127.0.0.1:8080"
     # Signs every link in mail and every preview link. No default: `postroom serve` refuses to start
     # without a strong one (bot/secret_policy.py); commands that sign nothing run without it.
-    secret: str | None = Field(default=None, repr=False, min_length=16)
+    secret: str | None = Field(default=None, repr=False)
     # Unsubscribe links from before 0.2 carried the address; none are made now, but mail already sent
     # holds them and must keep working. Switch off once such mail is older than anyone acts on.
     legacy_unsubscribe_tokens: bool = True
@@ -113,6 +193,11 @@ class WebSettings(_Section):
     @classmethod
     def _empty_secret_is_unset(cls, v: object) -> object:
         return v or None
+
+    @field_validator("secret")
+    @classmethod
+    def _long_enough(cls, v: str | None) -> str | None:
+        return _secret_floor(v)
 
     @field_validator("base_url")
     @classmethod
@@ -493,9 +578,7 @@ class HrSettings(_Section):
     @field_validator("webhook_secret")
     @classmethod
     def _long_enough(cls, v: str | None) -> str | None:
-        if v and len(v) < 16:
-            raise ValueError("must be at least 16 characters")
-        return v or None
+        return _secret_floor(v)
 
 
 class SlackSettings(_Section):
@@ -640,6 +723,38 @@ class Settings(BaseSettings):
     def is_internal(self, email: str) -> bool:
         domain = email.rsplit("@", 1)[-1].lower()
         return any(domain == d or domain.endswith("." + d) for d in self.org.domains)
+
+
+INIT_ORG_COMMAND = "postroom init --org-name … --domain … --postal-address …"
+
+
+def org_placeholders(settings: Settings) -> list[str]:
+    """The [org] keys still unset (so holding their placeholder), in the order the file lists them."""
+    org = settings.org
+    keys = []
+    if org.name.casefold() == PLACEHOLDER_ORG_NAME.casefold():
+        keys.append("org.name")
+    if PLACEHOLDER_DOMAIN in org.domains:
+        keys.append("org.domains")
+    if org.postal_address.casefold() == PLACEHOLDER_POSTAL_ADDRESS.casefold():
+        keys.append("org.postal_address")
+    return keys
+
+
+def org_problem(settings: Settings, command: str) -> str | None:
+    """Why `postroom <command>` must not start with this [org], as one sentence; None when it may.
+
+    Every campaign message names the organisation (From:, the postal address in the footer) and the
+    domains decide who is internal: a placeholder there would reach real people."""
+    keys = org_placeholders(settings)
+    if not keys:
+        return None
+    verb = "is" if len(keys) == 1 else "are"
+    return (
+        f"postroom {command} won't start while {', '.join(keys)} {verb} unset (still the placeholder), "
+        f"because campaign mail and the internal/external check use them: write them with "
+        f"`{INIT_ORG_COMMAND}` or set them in the [org] section of the configuration file."
+    )
 
 
 class _DictSource(PydanticBaseSettingsSource):

@@ -17,10 +17,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bot.config import SECRET_MIN_LENGTH
+
 if TYPE_CHECKING:
     from bot.config import Settings
 
-MIN_LENGTH = 32
+MIN_LENGTH = SECRET_MIN_LENGTH
 HOW_TO_MAKE_ONE = (
     "run `postroom init` to write a postroom.toml with generated secrets, or set it to the output of "
     '`python -c "import secrets; print(secrets.token_urlsafe(32))"`'

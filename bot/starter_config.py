@@ -40,19 +40,24 @@ def render(starter: Starter, *, web_secret: str, hr_secret: str, events_secret: 
         '# url = "postgresql+asyncpg://postroom@db.example/postroom"   # production, several processes',
         "",
         "[org]",
+        "# postroom serve and postroom chat refuse to start until name, domains and postal_address are set.",
     ]
     if starter.org_name:
         lines.append(f"name = {_q(starter.org_name)}")
     else:
-        lines.append('# name = "Your Company"          # set it: it is the From name of campaign mail')
+        lines.append('# name = "Your Organisation"           # set it: the From name of campaign mail')
     if domains:
         lines.append(f"domains = [{', '.join(_q(d) for d in domains)}]")
     else:
-        lines.append('# domains = ["your-company.com"] # set it: the company\'s mail domains (internal)')
+        lines.append(
+            '# domains = ["your-company.example"]   # set it: the company\'s mail domains (internal)'
+        )
     if starter.postal_address:
         lines.append(f"postal_address = {_q(starter.postal_address)}")
     else:
-        lines.append('# postal_address = "…"           # set it: shown in every campaign message (CAN-SPAM)')
+        lines.append(
+            '# postal_address = "Your street, postcode and city"   # set it: in every campaign message (CAN-SPAM)'
+        )
     lines += [
         "",
         "[roles]                          # email addresses",

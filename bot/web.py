@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -111,35 +111,37 @@ def build_web(ctx: Context, routes: list[Any]) -> ASGIApp:
         return await preferences.handle_post(ctx, request, request.path_params["token"], target)
 
     async def unsubscribe_post(request: Request) -> Response:
+        # Always a page in the org's language, like the GET page: a person who pressed the button reads
+        # it, and a one-click client (RFC 8058) looks only at the status.
         link = read_token(ctx, request.path_params["token"])
         if link is None:
-            return PlainTextResponse(t("This unsubscribe link is not valid.") + "\n", status_code=400)
+            return _page(
+                t("Link not valid"),
+                _p(t("This unsubscribe link is not valid. If you copied it, check that it is complete.")),
+                400,
+            )
         try:  # capped while reading: a public endpoint must not buffer whatever size a client sends
             await read_capped(request, MAX_FORM_BYTES)
         except Refused as exc:
-            return PlainTextResponse(f"{exc.sentence}\n", status_code=exc.status)
-        wants_page = "text/html" in request.headers.get("accept", "")
+            return _page(t("Link not valid"), _p(exc.sentence), exc.status)
         if link.kind == "preview":
-            said = t("This is a preview link: nobody was unsubscribed.")
-            if wants_page:
-                return _page(t("Unsubscribe (preview)"), _p(said))
-            return PlainTextResponse(said + "\n")
+            return _page(
+                t("Unsubscribe (preview)"), _p(t("This is a preview link: nobody was unsubscribed."))
+            )
         target = await target_of(ctx, link)
         if target is None:
-            return _gone() if wants_page else PlainTextResponse(_gone_text() + "\n", status_code=404)
+            return _gone()
         await unsubscribe(ctx, target, via="web", how="one-click", detail="one-click unsubscribe (RFC 8058)")
-        if wants_page:
-            return _page(
-                t("Unsubscribed"),
-                _p(
-                    t(
-                        "{email} will receive no more campaign email from {org}.",
-                        email=masked(target.email),
-                        org=org.name,
-                    )
-                ),
-            )
-        return PlainTextResponse(t("Unsubscribed.") + "\n")
+        return _page(
+            t("Unsubscribed"),
+            _p(
+                t(
+                    "{email} will receive no more campaign email from {org}.",
+                    email=masked(target.email),
+                    org=org.name,
+                )
+            ),
+        )
 
     previews = PreviewCache()
 

@@ -46,7 +46,7 @@ async def test_a_welcome_automation_is_sent_only_while_its_approval_matches(make
     assert "is for approvers" in await bot.say(SENDER, "/approve automation:welcome")
     await approve(bot, "welcome")
     card = bot.cards()[-1].card
-    assert card is not None and card.title == "Automation “welcome”"
+    assert card is not None and card.title == "Automation “welcome”, submission 1: approved"
     assert ("Trigger", "a contact confirms on the list “customers”") in card.fields
     assert "running" in await bot.say(SENDER, "/automation status welcome")
 

@@ -276,7 +276,8 @@ def test_serve_answers_healthz_and_stops_on_sigterm(setup_on_each_database: Setu
             "POSTROOM_ORG__DOMAINS can't be read: a list is written as JSON",
         ),
         (
-            '[database]\nurl = "sqlite+aiosqlite:////nonexistent/dir/x.db"\n',
+            '[database]\nurl = "sqlite+aiosqlite:////nonexistent/dir/x.db"\n'
+            '[org]\nname = "Acme"\ndomains = ["acme.example"]\npostal_address = "Street 1, Berlin"\n',
             {},
             "a folder that does not exist",
         ),

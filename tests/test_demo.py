@@ -141,3 +141,37 @@ def test_demo_in_a_terminal_prompts_and_ctrl_c_leaves_at_once(tmp_path: Path) ->
         except (ProcessLookupError, ChildProcessError):
             pass
         os.close(fd)
+
+
+async def test_every_demo_template_can_be_sent_to_the_demos_contacts(tmp_path: Path) -> None:
+    """Each template the demo ships renders for every contact it seeds and passes submit's checks."""
+    from bot.app import build_app
+    from bot.campaigns import service
+    from bot.campaigns.drafts import Drafts
+    from bot.db.models import Campaign
+
+    plan = demo.prepare(tmp_path / "d")
+    app = await build_app(plan.settings)
+    try:
+        await demo.seed(app, plan.folder)
+        templates = sorted(p.stem for p in (demo.DATA / "templates").glob("*.html"))
+        assert "webinar" in templates and "welcome" in templates
+        drafts: Drafts = app.drafts
+        for name in templates:
+            campaign = await drafts.create(
+                f"try-{name}",
+                to="customers",
+                template=name,
+                subject=None,
+                tracking=True,
+                actor=demo.SENDER,
+                via="test",
+            )
+            async with app.ctx.sessions() as session:
+                loaded = await session.get(Campaign, campaign.id)
+                assert loaded is not None
+                review = await service.review(app.ctx, session, loaded)
+            assert review.problems == [], (name, review.problems)
+            assert review.audience.total == 3
+    finally:
+        await app.close()

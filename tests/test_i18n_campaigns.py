@@ -94,7 +94,7 @@ async def test_a_campaign_runs_in_chinese_on_a_chinese_console(
         card = card_message.card
         assert card is not None
         assert card_message.text == f"{SENDER} 申请发送群发活动“spring”。"
-        assert card.title == "待审批：群发活动“spring”"
+        assert card.title == "待审批：群发活动“spring”，第 1 次提交"
         names = [name for name, _ in card.fields]
         assert (
             names[:2] == ["申请人", "收件人"] and "主题" in names and "检查" in names and "跟踪" in names
@@ -155,8 +155,8 @@ async def test_one_approval_card_goes_out_in_each_messengers_language(settings, 
         zh = [m for kind, conv, m in chinese.transcript if kind == "send" and m.card is not None][-1]
         assert en.card is not None and zh.card is not None
         assert (
-            en.card.title == "Approval needed: campaign “autumn”"
-            and zh.card.title == "待审批：群发活动“autumn”"
+            en.card.title == "Approval needed: campaign “autumn”, submission 1"
+            and zh.card.title == "待审批：群发活动“autumn”，第 1 次提交"
         )
         assert [b.label for b in en.card.buttons] == ["Approve", "Reject"]
         assert [b.label for b in zh.card.buttons] == ["批准", "拒绝"]

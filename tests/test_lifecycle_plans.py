@@ -20,7 +20,7 @@ from bot.hr.importer import import_staff
 from tests.conftest import ADMIN, APPROVER, HR, NOBODY
 from tests.lifecycle_kit import RULES, groups_of, lifecycle_bot, write_rules
 
-SETTINGS = load_settings(read_file=False)
+SETTINGS = load_settings(read_file=False, org={"domains": ["corp.example"]})
 STAFF = ["employee_id,email,name,department,location"] + [
     f"E{i:03d},p{i}@corp.example,Person {i},{'Engineering' if i % 2 else 'Sales'},Berlin" for i in range(10)
 ]
@@ -205,7 +205,10 @@ def test_the_documented_example_rules_file_loads_and_matches() -> None:
     from bot.groups.rules import load_rules, person_values
 
     root = Path(__file__).parents[1]
-    rules = load_rules(root / "manifests/groups.example.yaml", load_settings(read_file=False))
+    rules = load_rules(
+        root / "manifests/groups.example.yaml",
+        load_settings(read_file=False, org={"domains": ["corp.example"]}),
+    )
     assert [g.local_part for g in rules.groups] == ["all-staff", "eng", "berlin", "eng-leads", "partners"]
     lead = person_values(
         "li@corp.example",

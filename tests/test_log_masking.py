@@ -34,6 +34,7 @@ url = "sqlite+aiosqlite:///{tmp_path / "serve.db"}"
 [org]
 name = "Example Corp"
 domains = ["corp.example"]
+postal_address = "1 Example Street, Berlin"
 [web]
 port = {port}
 base_url = "http://127.0.0.1:{port}"

@@ -126,6 +126,10 @@ async def test_postroom_serve_process_runs_both_and_stops_on_sigterm(tmp_path: P
         config.write_text(f"""
 [database]
 url = "sqlite+aiosqlite:///{tmp_path / "serve.db"}"
+[org]
+name = "Example Corp"
+domains = ["corp.example"]
+postal_address = "1 Example Street, Berlin"
 [web]
 port = {port}
 base_url = "http://127.0.0.1:{port}"

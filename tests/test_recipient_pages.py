@@ -39,3 +39,22 @@ async def test_an_english_organisation_keeps_english_pages(make_bot, smtp) -> No
     async with web(bot) as client:
         page = await client.get("/u/forged.token")
         assert page.status_code == 400 and "This unsubscribe link is not valid." in page.text
+
+
+async def test_a_one_click_post_answers_a_page_in_the_org_language(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """Without Accept: text/html (a mail client's RFC 8058 POST, or a browser that sends none) the answer
+    is the same HTML page as for a person, in the org's language, never plain English text."""
+    bot = await make_bot()
+    bot.app.settings.org.locale = "zh_CN"
+    await bot.say(SENDER, "/campaign new spring --to customers --template welcome")
+    await bot.say(SENDER, "/campaign submit spring")
+    await bot.say(APPROVER, "/approve spring")
+    await bot.settle()
+    mail = smtp.handler.to("lena@example.com")[0].message
+    link = re.search(r"<https?://[^/]+(/u/[^>]+)>", mail["List-Unsubscribe"]).group(1)  # type: ignore[union-attr]
+    async with web(bot) as client:
+        done = await client.post(link, content="List-Unsubscribe=One-Click")
+        assert done.status_code == 200 and done.headers["content-type"].startswith("text/html")
+        assert "<html lang='zh-CN'>" in done.text and "将不再收到 Example Corp 的营销邮件。" in done.text
+        bad = await client.post("/u/forged.token", content="List-Unsubscribe=One-Click")
+        assert bad.status_code == 400 and "<html lang='zh-CN'>" in bad.text and "链接无效" in bad.text

@@ -1,6 +1,7 @@
 """The sender follows [org]: with `org.name = "Acme GmbH"`, `org.domains = ["acme.example"]` and no
 [campaigns] section, mail goes out from Acme, never from the example organisation; `postroom serve`
-says at start who the mail is from and where it listens."""
+says at start who the mail is from and where it listens (without [org] it does not start at all:
+tests/test_org_placeholders.py)."""
 
 from __future__ import annotations
 
@@ -160,39 +161,6 @@ def test_mail_from_an_org_without_a_campaigns_section_names_the_org_and_no_token
         assert f"Listening: web 127.0.0.1:{web_port}; SMTP relay 127.0.0.1:{relay_port}" in err
         assert "Warning" not in err  # [org] is configured
         assert "DKIM signing: no key for acme.example, so campaign mail leaves unsigned" in err
-
-
-def test_serve_warns_when_the_example_organisation_would_send(tmp_path: Path) -> None:
-    web_port = free_port()
-    config = tmp_path / "postroom.toml"
-    config.write_text(
-        f'[database]\nurl = "sqlite+aiosqlite:///{tmp_path / "x.db"}"\n'
-        f'[web]\nport = {web_port}\nsecret = "{secrets.token_urlsafe(32)}"\n'
-    )
-    proc = subprocess.Popen(
-        [POSTROOM, "--config", str(config), "serve"],
-        cwd=tmp_path,
-        env=clean_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert proc.poll() is None, proc.communicate()[1]
-            try:
-                if httpx.get(f"http://127.0.0.1:{web_port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        _out, err = proc.communicate(timeout=10)
-    assert "SMTP relay off" in err
-    assert "Warning: [org] is not configured" in err and "set org.name and org.domains" in err
 
 
 @pytest.mark.parametrize(

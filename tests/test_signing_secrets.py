@@ -240,7 +240,10 @@ def test_init_writes_a_private_starter_config_with_generated_secrets(tmp_path: P
     ]
     assert path.read_text() == first
     forced = run(["init", "--force", "-o", "postroom.toml"], tmp_path)
-    assert forced.returncode == 0 and "Fill in org.name, org.domains, web.base_url" in forced.stdout
+    assert (
+        forced.returncode == 0
+        and "Fill in org.name, org.domains, org.postal_address, web.base_url" in forced.stdout
+    )
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert load_settings(path, read_env=False).web.secret != settings.web.secret
     other = tmp_path / "elsewhere.toml"
@@ -305,3 +308,27 @@ def test_a_configuration_error_names_a_secret_key_but_never_its_value(
     )
     assert done.returncode != 0 and done.stderr.count("\n") == 1, done.stderr
     assert key in done.stderr and value not in done.stderr
+
+
+def test_every_doc_and_message_states_the_one_secret_length_rule() -> None:
+    """The rule is the policy's (MIN_LENGTH); no doc or configuration message says another length."""
+    from bot.config import ConfigError, load_settings
+    from bot.secret_policy import MIN_LENGTH, check_secret
+
+    root = Path(__file__).parents[1]
+    docs = [root / "README.md", EXAMPLE, *sorted((root / "docs").glob("*.md"))]
+    for doc in docs:
+        for line in doc.read_text().splitlines():
+            if "secret" in line.lower():
+                lengths = re.findall(
+                    r"(\d+)\+? (?:random )?characters|(\d+)\+ random|< ?(\d+) characters", line
+                )
+                for found in lengths:
+                    assert str(MIN_LENGTH) in found, f"{doc.name}: {line.strip()}"
+    assert f"{MIN_LENGTH} or more random" in (root / "docs" / "hr-webhook.md").read_text()
+    for section, key in (("web", "secret"), ("hr", "webhook_secret")):
+        with pytest.raises(ConfigError) as caught:
+            load_settings(read_file=False, read_env=False, **{section: {key: "tinyHR7x"}})
+        assert f"must be {MIN_LENGTH} or more random characters" in str(caught.value)
+    said = check_secret("hr.webhook_secret", "q7Xz" * 6, required=False)
+    assert said is not None and f"shorter than {MIN_LENGTH} characters" in said

@@ -52,7 +52,11 @@ async def test_the_card_is_block_kit_with_opaque_values_and_a_confirmed_reject(
     assert blocks[0] == {
         "type": "header",
         "block_id": blocks[0]["block_id"],
-        "text": {"type": "plain_text", "text": "Approval needed: campaign “spring”", "emoji": True},
+        "text": {
+            "type": "plain_text",
+            "text": "Approval needed: campaign “spring”, submission 1",
+            "emoji": True,
+        },
     }
     fields = [f["text"] for b in blocks if b["type"] == "section" for f in b.get("fields", [])]
     assert any(f.startswith("*Audience*\nlist customers: 2 recipients") for f in fields)

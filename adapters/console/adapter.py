@@ -55,13 +55,15 @@ class ConsoleAdapter(Adapter):
     async def send(self, conversation: Conversation, message: Message) -> MessageRef:
         ref = MessageRef(PLATFORM, conversation.id, str(next(self._ids)))
         self.transcript.append(("send", conversation.id, message))
+        # No message number: the console's own counter means nothing to a reader and reads like a plan's or
+        # a post's number (/plan approve 1). A card says what it is about in its title.
         header = f"[{conversation.id}] " if conversation.id != "you" else ""
-        self._print(f"{header}#{ref.id} " + render_message(message))
+        self._print(header + render_message(message))
         return ref
 
     async def update(self, ref: MessageRef, message: Message) -> None:
         self.transcript.append(("update", ref.conversation_id, message))
-        self._print(f"[{ref.conversation_id}] (message #{ref.id} updated) " + render_message(message))
+        self._print(f"[{ref.conversation_id}] (updated) " + render_message(message))
 
     async def resolve(self, actor: Actor) -> tuple[str, str | None] | None:
         return (actor.user_id, None) if "@" in actor.user_id else None

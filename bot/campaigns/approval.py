@@ -279,12 +279,13 @@ class Approvals:
                     t("“{name}” was rejected.", name=name),
                     t("Rejected by {email}: {reason}", email=approver, reason=reason),
                 ),
+                state="rejected",
             )
         elif out.state == "pending_approval":
             async with self.ctx.sessions() as session:
                 review = await service.review(self.ctx, session, campaign)
-            await self.cards.messengers.update_subject(
-                f"campaign:{campaign.id}",
+            await self.cards.update_card(
+                campaign,
                 lambda: Message(
                     t(
                         "“{name}” has {count} of {needed} approvals.",
@@ -304,6 +305,7 @@ class Approvals:
                     t("Approved by {names}; starts {time}", names=who, time=schedule_line(campaign)),
                 ),
                 out.approvers,
+                state="scheduled",
             )
         else:
             self.runs.start(campaign.id, approver)
@@ -314,4 +316,5 @@ class Approvals:
                     t("Approved by {names}; sending…", names=who),
                 ),
                 out.approvers,
+                state="approved",
             )

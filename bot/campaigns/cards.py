@@ -159,10 +159,23 @@ def preview_text(preview: Preview, url: str) -> str:
     return "\n".join(lines)
 
 
-def _outcome_title(campaign: Campaign) -> str:
+def card_subject(campaign: Campaign) -> str:
+    """What the approval card of the campaign's current submission is remembered under. A card belongs to
+    one submission: a resubmission posts a new card, and the rejected or voided one keeps its outcome."""
+    return f"campaign:{campaign.id}:{campaign.submission}"
+
+
+def _outcome_title(campaign: Campaign, state: str | None = None) -> str:
+    """A decided card's title: which campaign, which submission (a card belongs to one), and where it
+    stands now, so that no number on it reads like a plan's or a post's."""
+    values = {"submission": campaign.submission, "state": state_name(state or campaign.state)}
     if campaign.kind == "automation":
-        return t("Automation “{name}”", name=campaign.name.removeprefix(service.AUTOMATION_PREFIX))
-    return t("Campaign “{name}”", name=campaign.name)
+        return t(
+            "Automation “{name}”, submission {submission}: {state}",
+            name=campaign.name.removeprefix(service.AUTOMATION_PREFIX),
+            **values,
+        )
+    return t("Campaign “{name}”, submission {submission}: {state}", name=campaign.name, **values)
 
 
 class CampaignCards:
@@ -185,18 +198,32 @@ class CampaignCards:
                 self.approval_card(campaign, review),
             )
 
-        return len(await self.messengers.post("approvals", request, subject=f"campaign:{campaign.id}"))
+        return len(await self.messengers.post("approvals", request, subject=card_subject(campaign)))
 
     async def show_outcome(
-        self, campaign: Campaign, words: Callable[[], tuple[str, str]], approvers: list[str] | None = None
+        self,
+        campaign: Campaign,
+        words: Callable[[], tuple[str, str]],
+        approvers: list[str] | None = None,
+        *,
+        state: str | None = None,
     ) -> None:
         """Replace the approval card with its outcome (no buttons). `words` gives (message, outcome) in the
         current language: it is called once per messenger."""
 
         def build() -> Message:
             text, outcome = words()
-            return Message(text, self.approval_card(campaign, None, outcome=outcome, approvers=approvers))
+            card = self.approval_card(campaign, None, outcome=outcome, approvers=approvers, state=state)
+            return Message(text, card)
 
+        await self.update_card(campaign, build)
+
+    async def update_card(self, campaign: Campaign, build: Callable[[], Message]) -> None:
+        """Replace the current submission's card (built per messenger), and no other."""
+        if await self.messengers.update_subject(card_subject(campaign), build) or campaign.submission > 1:
+            return
+        # A card posted before cards were kept per submission is remembered as campaign:<id>; with one
+        # submission so far it can only be this one's.
         await self.messengers.update_subject(f"campaign:{campaign.id}", build)
 
     def approval_card(
@@ -207,6 +234,7 @@ class CampaignCards:
         outcome: str | None = None,
         counts: dict[str, int] | None = None,
         approvers: list[str] | None = None,
+        state: str | None = None,
     ) -> Card:
         """The card approvers see, in the current language (build it per messenger: see `core.post`)."""
         settings = self.ctx.settings
@@ -260,10 +288,12 @@ class CampaignCards:
                 )
             )
         progress = None
-        if counts is not None:
+        if counts:  # no deliveries yet (a draft, a voided request): no progress to show
             total = sum(counts.values())
-            done = total - counts.get("pending", 0) - counts.get("sending", 0)
-            progress = done / total if total else 1.0
+            # Cancelled deliveries were never tried: they are not progress, so a cancelled campaign's
+            # bar shows the share that really went out.
+            done = total - counts.get("pending", 0) - counts.get("sending", 0) - counts.get("cancelled", 0)
+            progress = done / total
             fields.append((t("Progress"), f"{done}/{total} — " + counts_line(counts)))
             remaining = eta(campaign, counts, self.ctx.now())
             if remaining:
@@ -271,7 +301,7 @@ class CampaignCards:
         if outcome is not None:
             fields.append((t("Outcome"), outcome))
             return Card(
-                title=_outcome_title(campaign),
+                title=_outcome_title(campaign, state),
                 fields=tuple(fields),
                 progress=progress,
                 link=(t("Preview"), self.preview_url(campaign)),
@@ -295,11 +325,16 @@ class CampaignCards:
         )
         title = (
             t(
-                "Approval needed: automation “{name}”",
+                "Approval needed: automation “{name}”, submission {submission}",
                 name=campaign.name.removeprefix(service.AUTOMATION_PREFIX),
+                submission=campaign.submission,
             )
             if campaign.kind == "automation"
-            else t("Approval needed: campaign “{name}”", name=campaign.name)
+            else t(
+                "Approval needed: campaign “{name}”, submission {submission}",
+                name=campaign.name,
+                submission=campaign.submission,
+            )
         )
         return Card(
             title=title,
@@ -360,7 +395,7 @@ class CampaignCards:
             card = self.approval_card(campaign, None, outcome=outcome, counts=counts, approvers=approvers)
             return Message(t("“{name}”: {state}.", name=campaign.name, state=state_name(state)), card)
 
-        await self.messengers.update_subject(f"campaign:{campaign_id}", build)
+        await self.update_card(campaign, build)
         if what in ("auto-paused", "failed") and campaign.status_note and state == what.removeprefix("auto-"):
             # Say why in the chat, not only on the card: someone has to act on it.
             await self.messengers.post(

@@ -26,7 +26,7 @@ from bot.i18n import t
 class Edited:
     campaign: Campaign
     before: str  # the state it was in: anything but draft means an approval request was voided
-    fields: list[str]
+    fields: list[str]  # what changed, as the options the sender typed (--to, --subject, …)
 
 
 class Drafts:
@@ -145,7 +145,10 @@ class Drafts:
                 raise UserError(
                     t("“{name}” changed state while you edited it; try again.", name=campaign.name)
                 )
-            fields = sorted(k for k in values if k != "status_note")
+            # Named as the sender typed them, in /campaign edit's order; never as database columns.
+            given = {"--to": to, "--where": where, "--template": template, "--subject": subject}
+            fields = [flag for flag, value in given.items() if value]
+            fields += ["--tracking"] if tracking is not None else []
             service.audit_campaign(
                 session,
                 campaign,
@@ -158,6 +161,7 @@ class Drafts:
             )
         if before != "draft":
             self.runs.scheduler.cancel(start_job_id(campaign.id))
+        if before not in ("draft", "rejected"):  # a rejected request's card keeps saying it was rejected
             await self.cards.refresh(campaign.id, "edited")
         return Edited(campaign, before, fields)
 
@@ -226,7 +230,10 @@ class Drafts:
                         email=email,
                     )
                 )
-            status = (await session.execute(select(Person.status).where(Person.email == email))).scalar()
+            person = (
+                await session.execute(select(Person.status, Person.name).where(Person.email == email))
+            ).first()
+            status, tester_name = (person.status, person.name) if person is not None else (None, None)
             if email != actor and status != "active":
                 raise UserError(
                     t(
@@ -236,11 +243,26 @@ class Drafts:
                 )
             campaign = await service.get(session, name)
             review = await service.review(ctx, session, campaign)
-        sample = review.sample or Recipient(email, None, {})
-        try:
-            built = await review.messages.build_async(
-                Recipient(email, sample.name, sample.attributes), subject_prefix="[TEST] "
+        # The mail is addressed to the person testing, by their own name; its content shows the sample
+        # recipient's data (as the approvers will see it), and its first line says so.
+        tester = Recipient(email, tester_name, {})
+        if review.sample is not None:
+            banner = t(
+                "Test message for {email}: it shows the data of {sample}, a recipient of “{name}”. Nobody else "
+                "got it.",
+                email=email,
+                sample=review.sample.email,
+                name=campaign.name,
             )
+        else:
+            banner = t(
+                "Test message for {email}: “{name}” has no recipient yet, so it shows your own address. Nobody "
+                "else got it.",
+                email=email,
+                name=campaign.name,
+            )
+        try:
+            built = await review.messages.build_test_async(review.sample or tester, tester, banner)
         except TemplateProblem as exc:
             raise UserError(exc.sentence) from None
         transport = ctx.new_transport(connections=1)

@@ -131,8 +131,19 @@ class CampaignMessages:
         TemplateProblem when it can't be rendered within the time budget."""
         return self._build(r, subject_prefix, delivery_id, self.template.render)
 
+    async def build_test_async(self, sample: Recipient, to: Recipient, banner: str) -> Built:
+        """A test message: the content rendered for `sample`, addressed to `to` (the person testing, by
+        their own name), with `banner` as the first line of both parts saying whose data it shows."""
+        return await self.build_async(sample, subject_prefix="[TEST] ", to=to, banner=banner)
+
     async def build_async(
-        self, r: Recipient, *, subject_prefix: str = "", delivery_id: int | None = None
+        self,
+        r: Recipient,
+        *,
+        subject_prefix: str = "",
+        delivery_id: int | None = None,
+        to: Recipient | None = None,
+        banner: str | None = None,
     ) -> Built:
         """`build` without holding the event loop past ON_LOOP_S: a message renders on the loop (a thread
         hop would cost more than the render), and one that needs longer is rendered again in a worker
@@ -141,7 +152,12 @@ class CampaignMessages:
         if self._overruns < 3:
             try:
                 built = self._build(
-                    r, subject_prefix, delivery_id, lambda c: self.template.render_within(c, ON_LOOP_S)
+                    r,
+                    subject_prefix,
+                    delivery_id,
+                    lambda c: self.template.render_within(c, ON_LOOP_S),
+                    to,
+                    banner,
                 )
             except render_time.OutOfTime:
                 self._overruns += 1
@@ -149,7 +165,7 @@ class CampaignMessages:
                 self._overruns = 0
                 return built
         return await render_time.off_loop(
-            lambda: self._build(r, subject_prefix, delivery_id, self.template.render)
+            lambda: self._build(r, subject_prefix, delivery_id, self.template.render, to, banner)
         )
 
     def _build(
@@ -158,11 +174,16 @@ class CampaignMessages:
         subject_prefix: str,
         delivery_id: int | None,
         render: Callable[[dict[str, Any]], Rendered],
+        to: Recipient | None = None,
+        banner: str | None = None,
     ) -> Built:
         token = self._unsubscribe_token(delivery_id)
         url = f"{self.settings.web.base_url}/u/{token}"
         rendered = render(self.context(r, url))
-        body_html = rendered.html
+        body_html, body_text = rendered.html, rendered.text
+        if banner is not None:
+            body_html, body_text = _with_banner(body_html, banner), f"{banner}\n\n{body_text}"
+        to = to or r
         sender = self.campaign.from_address
         if delivery_id is not None:
             sender = verp_address(self.signer, delivery_id, self._bounce_domain)
@@ -175,10 +196,10 @@ class CampaignMessages:
         data = build_message(
             from_name=self.campaign.from_name,
             from_address=self.campaign.from_address,
-            to_name=r.name,
-            to_address=r.email,
+            to_name=to.name,
+            to_address=to.email,
             subject=subject_prefix + rendered.subject,
-            text=rendered.text,
+            text=body_text,
             html=body_html,
             message_id=message_id,
             headers=[
@@ -191,6 +212,21 @@ class CampaignMessages:
             ],
         )
         return Built(message_id, data, rendered, sender)
+
+
+_BODY_TAG = re.compile(r"<body\b[^>]*>", re.I)
+
+
+def _with_banner(body_html: str, banner: str) -> str:
+    """`body_html` with `banner` as its first paragraph (right after <body>, else at the start)."""
+    line = (
+        '<p style="margin:0 0 1em;padding:.5em;background:#fff4c2;border:1px solid #e0c060;'
+        f'font-family:sans-serif;font-size:14px">{html.escape(banner)}</p>'
+    )
+    found = _BODY_TAG.search(body_html)
+    if found is None:
+        return line + body_html
+    return body_html[: found.end()] + line + body_html[found.end() :]
 
 
 def _memo_key(r: Recipient) -> tuple[str, str | None, str]:

@@ -199,10 +199,21 @@ SUBJECT_FILTERS = frozenset(
 )
 
 
+# One bound for a subject, typed (/campaign new and edit) and rendered: a subject accepted when typed
+# that could never be sent would only fail later, at preview or submit.
+MAX_SUBJECT = 500
+
+
 def check_subject(env: SandboxedEnvironment, subject: str) -> None:
     """Refuse, with a sentence, a subject that does more than show values."""
-    if len(subject) > 1000:
-        raise TemplateProblem(t("The subject is longer than 1,000 characters."))
+    if len(subject) > MAX_SUBJECT:
+        raise TemplateProblem(
+            t(
+                "The subject is longer than {limit} characters (it has {count}).",
+                limit=MAX_SUBJECT,
+                count=len(subject),
+            )
+        )
     # Line breaks fold into spaces when it is rendered; a NUL or an override would reach the header.
     unsafe = values.problem(subject, t("The subject"), multiline=True)
     if unsafe is not None:
@@ -402,8 +413,10 @@ class CompiledTemplate:
                 t("The template failed to render: {error}.", error=f"{type(exc).__name__}: {str(exc)[:200]}")
             ) from None
         subject = " ".join(subject.split())
-        if len(subject) > 500:
-            raise TemplateProblem(t("The rendered subject is longer than 500 characters."))
+        if len(subject) > MAX_SUBJECT:
+            raise TemplateProblem(
+                t("The rendered subject is longer than {limit} characters.", limit=MAX_SUBJECT)
+            )
         return Rendered(subject=subject, html=body_html, text=body_text)
 
 

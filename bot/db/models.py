@@ -466,7 +466,7 @@ class MessageRecord(Base):
 
     __tablename__ = "message_refs"
     id: Mapped[int] = mapped_column(primary_key=True)
-    subject: Mapped[str] = mapped_column(String(200), index=True)  # e.g. campaign:12
+    subject: Mapped[str] = mapped_column(String(200), index=True)  # e.g. campaign:12:2 (its submission 2)
     platform: Mapped[str] = mapped_column(String(40))
     conversation_id: Mapped[str] = mapped_column(String(300))
     ref_id: Mapped[str] = mapped_column(String(300))

@@ -1,0 +1,179 @@
+"""No example organisation reaches real mail: until org.name, org.domains and org.postal_address are set,
+[org] holds obvious placeholders, and `postroom serve` and `postroom chat` refuse to start with one
+sentence naming the keys and the `postroom init` that writes them. The values are checked the same way
+in the file and on init's command line."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from bot.config import ConfigError, load_settings, org_problem
+from tests.conftest import HR
+from tests.smtp import free_port
+from tests.test_cli import POSTROOM, clean_env
+
+EXAMPLE = Path(__file__).parents[1] / "manifests" / "postroom.example.toml"
+INIT = "`postroom init --org-name … --domain … --postal-address …`"
+
+
+def postroom(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [POSTROOM, *args], capture_output=True, text=True, cwd=cwd, env=clean_env(), timeout=60
+    )
+
+
+def base_config(folder: Path, org: str) -> Path:
+    config = folder / "postroom.toml"
+    config.write_text(
+        f'[database]\nurl = "sqlite+aiosqlite:///{folder / "x.db"}"\n'
+        f'[web]\nport = {free_port()}\nsecret = "{secrets.token_urlsafe(32)}"\n' + org
+    )
+    return config
+
+
+def refusal(folder: Path, config: Path, command: str) -> str:
+    args = ["serve"] if command == "serve" else ["chat", "--as", HR, "/help"]
+    done = postroom(folder, "--config", str(config), *args)
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+    assert done.stdout == "", "nothing ran"
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and lines[0].endswith("."), done.stderr
+    assert f"postroom {command} won't start while " in lines[0] and INIT in lines[0]
+    return lines[0]
+
+
+def example_org() -> str:
+    text = EXAMPLE.read_text()
+    section = text[text.index("[org]\n") : text.index("\n[", text.index("[org]\n"))]
+    return section + "\n"
+
+
+@pytest.mark.parametrize("command", ["serve", "chat"])
+def test_serve_and_chat_refuse_without_org(tmp_path: Path, command: str) -> None:
+    said = refusal(tmp_path, base_config(tmp_path, ""), command)
+    assert "org.name, org.domains, org.postal_address are unset" in said
+
+
+@pytest.mark.parametrize("command", ["serve", "chat"])
+def test_serve_and_chat_refuse_the_example_files_org(tmp_path: Path, command: str) -> None:
+    org = example_org()
+    assert tomllib.loads(org)["org"]["name"] == "Your Organisation"  # the section was copied whole
+    said = refusal(tmp_path, base_config(tmp_path, org), command)
+    assert "org.name, org.domains, org.postal_address are unset" in said
+
+
+@pytest.mark.parametrize("command", ["serve", "chat"])
+def test_serve_and_chat_refuse_a_missing_postal_address(tmp_path: Path, command: str) -> None:
+    config = base_config(tmp_path, '[org]\nname = "Acme GmbH"\ndomains = ["acme.example"]\n')
+    said = refusal(tmp_path, config, command)
+    assert "while org.postal_address is unset" in said and "org.name" not in said
+
+
+@pytest.mark.parametrize("command", ["serve", "chat"])
+def test_serve_and_chat_refuse_inits_commented_org(tmp_path: Path, command: str) -> None:
+    done = postroom(tmp_path, "init")
+    assert done.returncode == 0, done.stderr
+    assert "postroom serve and postroom chat refuse to start without" in done.stdout
+    config = tmp_path / "postroom.toml"
+    assert re.search(r"^# name = ", config.read_text(), re.M)  # [org] is there, commented out
+    said = refusal(tmp_path, config, command)
+    assert "org.name, org.domains, org.postal_address are unset" in said
+
+
+def test_a_configured_org_starts_chat(tmp_path: Path) -> None:
+    config = base_config(
+        tmp_path,
+        '[org]\nname = "Acme GmbH"\ndomains = ["acme.example"]\npostal_address = "Hauptstraße 1, Berlin"\n',
+    )
+    done = postroom(tmp_path, "--config", str(config), "chat", "--as", HR, "/help")
+    assert done.returncode == 0 and "/addgroup" in done.stdout, done.stderr
+
+
+def test_defaults_are_placeholders_that_org_problem_names() -> None:
+    s = load_settings(read_file=False, read_env=False)
+    assert (s.org.name, s.org.domains, s.org.postal_address) == (
+        "Your Organisation",
+        ["your-company.example"],
+        "Your street, postcode and city",
+    )
+    assert s.campaigns.from_name == "Your Organisation"  # derived, so serve refuses it with the rest
+    said = org_problem(s, "serve")
+    assert said is not None and said.startswith("postroom serve won't start while org.name, org.domains")
+    fine = load_settings(
+        read_file=False,
+        read_env=False,
+        org={"name": " Acme ", "domains": ["acme.example"], "postal_address": "Hauptstraße 1"},
+    )
+    assert fine.org.name == "Acme" and org_problem(fine, "serve") is None
+
+
+@pytest.mark.parametrize(
+    ("org", "says"),
+    [
+        ({"name": "   "}, "org.name (or $POSTROOM_ORG__NAME) must not be empty"),
+        ({"name": "Acme\x00GmbH"}, "org.name (or $POSTROOM_ORG__NAME) must not contain control"),
+        ({"name": "Acme \u202egnp"}, "must not contain control or text-direction characters (it has U+202E)"),
+        ({"name": "A" * 201}, "org.name (or $POSTROOM_ORG__NAME) must be at most 200 characters"),
+        ({"postal_address": ""}, "org.postal_address (or $POSTROOM_ORG__POSTAL_ADDRESS) must not be empty"),
+        ({"postal_address": "Street 1\x0bBerlin"}, "must not contain control"),
+        ({"postal_address": "x" * 501}, "must be at most 500 characters"),
+        ({"domains": ["acme"]}, "'acme' is not a mail domain like acme.com"),
+        ({"domains": ["acme.example, evil.example"]}, "is not a mail domain"),
+    ],
+)
+def test_bad_org_values_are_a_configuration_error(org: dict[str, object], says: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(read_file=False, read_env=False, org=org)
+    assert says in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--org-name", "Acme\x07GmbH"], "Invalid value for --org-name: must not contain control"),
+        (["--org-name", "Acme \u202eHmbG"], "Invalid value for --org-name: must not contain control"),
+        (["--org-name", "  "], "Invalid value for --org-name: must not be empty."),
+        (["--org-name", "A" * 201], "--org-name: must be at most 200 characters"),
+        (["--org-name", "Your Organisation"], "--org-name: must be your organisation's own"),
+        (
+            ["--postal-address", "Street\x1b[2J 1"],
+            "Invalid value for --postal-address: must not contain control",
+        ),
+        (["--postal-address", "x" * 501], "--postal-address: must be at most 500 characters"),
+        (["--domain", "your-company.example"], "is the placeholder"),
+        (["--domain", "acme.example\x7f"], "is not a mail domain"),
+    ],
+)
+def test_init_refuses_bad_org_values_and_writes_nothing(tmp_path: Path, args: list[str], says: str) -> None:
+    done = postroom(tmp_path, "init", *args)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert says in done.stderr.strip().splitlines()[-1], done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_init_with_every_org_value_starts_and_says_what_to_set_next(tmp_path: Path) -> None:
+    done = postroom(
+        tmp_path,
+        "init",
+        "--org-name",
+        " Acme GmbH ",
+        "--domain",
+        "@Acme.example",
+        "--postal-address",
+        "Hauptstraße 1, 10115 Berlin",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Fill in web.base_url, then [smtp] (your mail server) and [roles]" in done.stdout
+    assert "refuse to start" not in done.stdout
+    config = tmp_path / "postroom.toml"
+    settings = load_settings(config, read_env=False)
+    assert (settings.org.name, settings.org.domains) == ("Acme GmbH", ["acme.example"])
+    assert org_problem(settings, "serve") is None
+    chat = postroom(tmp_path, "--config", str(config), "chat", "--as", "hr@acme.example", "/help")
+    assert chat.returncode == 0, chat.stderr
