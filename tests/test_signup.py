@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
-from bot.db.models import ConsentEvent, Contact, Delivery, Signup
+from bot.db.models import ConsentEvent, Contact, Delivery, Signup, Suppression
 from tests.audience_kit import WORDING, confirmation_links, make_bot, open_signup, wait_for_mail, web  # noqa: F401
 from tests.conftest import APPROVER, SENDER
 
@@ -205,3 +205,41 @@ async def test_a_sales_person_adds_a_contact_with_the_consent_they_recorded(make
     assert "left" in shown and "lists: none" in shown, shown
     lists = await bot.say(SENDER, "/lists")
     assert "customers — 3 members, 2 with consent" in lists or "customers —" in lists, lists
+
+
+async def test_a_confirmation_link_confirms_only_its_own_request_and_only_once(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """One signup row per list and address is reused by every request: an old link must not confirm a
+    newer request (after an unsubscribe that would sign the person up again on someone else's word), and
+    it must not claim "you are on the list" when that is no longer true."""
+    from bot.campaigns.unsubscribe import Target, unsubscribe
+
+    bot = await make_bot()
+    await open_signup(bot)
+    async with web(bot) as client:
+        await client.post("/s/customers", data={"email": "ivy@example.com"})
+        await bot.app.drain()
+        await wait_for_mail(smtp, "ivy@example.com")
+        (first,) = confirmation_links(smtp, "ivy@example.com")
+        assert "you are on the list" in (await client.post(first)).text
+        await unsubscribe(
+            bot.app.ctx, Target("ivy@example.com", 0), via="web", how="one-click", detail="test"
+        )
+        shown = await client.get(first)  # opened again after the unsubscribe: it says what is true
+        assert shown.status_code == 410 and "used already" in shown.text and "on the list" not in shown.text
+        assert "on the list" not in (await client.post(first)).text
+        await client.post("/s/customers", data={"email": "ivy@example.com"})  # a newer request, anyone's
+        await bot.app.drain()
+        await wait_for_mail(smtp, "ivy@example.com", 2)
+        second = confirmation_links(smtp, "ivy@example.com")[1]
+        old = await client.post(first)
+        assert old.status_code == 410 and "newer signup replaced" in old.text
+        async with bot.app.ctx.sessions() as s:
+            assert (await s.execute(select(Signup.state))).scalar_one() == "pending"
+            assert (await s.execute(select(Suppression.reason))).scalar_one() == "unsubscribed"
+        assert "replaced" in (await client.get(first)).text
+        done = await client.post(second)  # the person's own, newest link works
+        assert done.status_code == 200 and "you are on the list “customers”" in done.text
+    async with bot.app.ctx.sessions() as s:
+        assert (await s.execute(select(Suppression))).first() is None
+        kinds = (await s.execute(select(ConsentEvent.kind).order_by(ConsentEvent.id))).scalars().all()
+    assert kinds.count("confirmed") == 2

@@ -8,7 +8,11 @@ confirmation mails per address (counted in the database, so every process shares
 for every well-formed request — nobody learns whether an address is on a list. The confirmation mail is
 sent in the background, so the answer's timing does not tell either.
 
-The confirmation link (`sc` token) names the signup's id, never the address, and expires with it.
+The confirmation link (`sc` token) names the signup's id and the request it was made for (the request's
+creation time, to the microsecond), never the address, and expires with it. One signup row per list and
+address is reused by a later request, so a link is bound to its request: a newer request replaces every
+earlier link, and a link confirms once — opened again it says so, and says "you are on the list" only
+while that is true (after leaving or unsubscribing it is not).
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import audit, consent
 from bot.addresses import domain_of, email_hash, normalise
@@ -61,7 +66,8 @@ class Pending:
     signup_id: int
     list_name: str
     email: str
-    state: str  # pending | confirmed | expired
+    state: str  # pending | confirmed (and on the list now) | used | replaced | expired
+    requested_at: datetime | None = None
 
 
 def accepted_sentence() -> str:
@@ -242,13 +248,17 @@ class Signups:
         ):
             log.info("signup to %s: confirmation mails to this address capped for today", lst.name)
             return
-        self.background.spawn(self._mail(signup_id, email, name, lst.name), name=f"confirm-{signup_id}")
+        self.background.spawn(self._mail(signup_id, now, email, name, lst.name), name=f"confirm-{signup_id}")
 
-    async def _mail(self, signup_id: int, email: str, name: str | None, list_name: str) -> None:
+    async def _mail(
+        self, signup_id: int, requested_at: datetime, email: str, name: str | None, list_name: str
+    ) -> None:
         ctx = self.ctx
         c, org = ctx.settings.campaigns, ctx.settings.org
         hours = ctx.settings.signup.confirm_ttl_hours
-        token = ctx.signer.sign_expiring(TOKEN_KIND, str(signup_id), ttl_s=int(hours * 3600))
+        token = ctx.signer.sign_expiring(
+            TOKEN_KIND, str(signup_id), request_stamp(requested_at), ttl_s=int(hours * 3600)
+        )
         url = f"{ctx.settings.web.base_url}/s/confirm/{token}"
         text = "\n\n".join(
             [
@@ -292,29 +302,49 @@ class Signups:
             )
 
     # -- the confirmation link ----------------------------------------------------------------
-    def _signup_id(self, token: str) -> int | None:
+    def _link(self, token: str) -> tuple[int, str] | None:
         parts = self.ctx.signer.verify_expiring(token, TOKEN_KIND)
-        if not parts or len(parts) != 1 or not parts[0].isdigit() or len(parts[0]) > 18:
+        if (
+            not parts
+            or len(parts) != 2
+            or not all(p.isascii() and p.isdigit() and len(p) <= 20 for p in parts)
+        ):
             return None
-        return int(parts[0])
+        return int(parts[0]), parts[1]
 
     async def pending(self, token: str) -> Pending | None:
         """What a confirmation link stands for, or None for a link that is not one of ours."""
-        signup_id = self._signup_id(token)
-        if signup_id is None:
+        link = self._link(token)
+        if link is None:
             return None
+        signup_id, stamp = link
         async with self.ctx.sessions() as session:
             row = (
                 await session.execute(
-                    select(Signup.id, Signup.email, Signup.state, Signup.expires_at, ContactList.name)
+                    select(
+                        Signup.id,
+                        Signup.list_id,
+                        Signup.email,
+                        Signup.state,
+                        Signup.created_at,
+                        Signup.expires_at,
+                        ContactList.name,
+                    )
                     .join(ContactList, ContactList.id == Signup.list_id)
                     .where(Signup.id == signup_id)
                 )
             ).first()
-        if row is None:
-            return None
-        state = "expired" if row.state == "pending" and row.expires_at <= self.ctx.now() else row.state
-        return Pending(row.id, row.name, row.email, state)
+            if row is None:
+                return None
+            if request_stamp(row.created_at) != stamp:
+                state = "replaced"  # a newer request for this list and address: only its link counts
+            elif row.state == "pending":
+                state = "expired" if row.expires_at <= self.ctx.now() else "pending"
+            elif row.state == "confirmed":
+                state = "confirmed" if await _on_list(session, row.list_id, row.email) else "used"
+            else:
+                state = row.state
+        return Pending(row.id, row.name, row.email, state, row.created_at)
 
     async def confirm(self, token: str, *, ip: str | None, user_agent: str | None) -> Pending | None:
         """Confirm a pending signup: the person is on the list from now, with the consent record."""
@@ -326,7 +356,12 @@ class Signups:
         async with self.ctx.sessions() as session, session.begin():
             won = await session.execute(
                 update(Signup)
-                .where(Signup.id == found.signup_id, Signup.state == "pending", Signup.expires_at > now)
+                .where(
+                    Signup.id == found.signup_id,
+                    Signup.created_at == found.requested_at,  # still the request this link was made for
+                    Signup.state == "pending",
+                    Signup.expires_at > now,
+                )
                 .values(state="confirmed", confirmed_at=now)
             )
             if won.rowcount != 1:
@@ -435,6 +470,28 @@ class Signups:
             except Exception:
                 log.exception("after adding %s to %s", address, list_name)
         return contact
+
+
+def request_stamp(at: datetime) -> str:
+    """A request's creation time as the link carries it: microseconds since 1970 (both databases keep them)."""
+    return str(round(at.timestamp() * 1_000_000))
+
+
+async def _on_list(session: AsyncSession, list_id: int, email: str) -> bool:
+    """Whether the address is on the list now: a member with consent and not suppressed."""
+    member = (
+        await session.execute(
+            select(Contact.id)
+            .join(ListMember, ListMember.contact_id == Contact.id)
+            .where(ListMember.list_id == list_id, Contact.email == email, Contact.consent_at.is_not(None))
+        )
+    ).first()
+    if member is None:
+        return False
+    suppressed = (
+        await session.execute(select(Suppression.id).where(Suppression.email_hash == email_hash(email)))
+    ).first()
+    return suppressed is None
 
 
 def _source(form: SignupForm) -> str:
