@@ -156,6 +156,8 @@ async def test_bad_signups_get_a_sentence_and_a_status(make_bot, smtp) -> None: 
             (await client.get("/s/nosuch"), 404, "no signup for a list"),
             (await client.post("/s/customers", content=b"email=" + b"a" * 20000), 413, "larger than"),
             (await client.post("/s/customers.json", content=b"{not json"), 400, "not JSON"),
+            (await client.post("/s/customers.json", content=b"[" * 4000 + b"]" * 4000), 400, "not JSON"),
+            (await client.post("/s/customers.json", content=b'{"email": NaN}'), 400, "not JSON"),
             (await client.post("/s/customers.json", json={"email": 7}), 400, "“email” string"),
             (await client.post("/s/customers.json", json=["a"]), 400, "“email” string"),
             (await client.get("/s/confirm/forged.token"), 400, "not valid"),

@@ -8,7 +8,6 @@ Every body is capped while it is read; bad input gets one sentence and a status,
 
 from __future__ import annotations
 
-import json
 import logging
 from urllib.parse import parse_qs
 
@@ -21,7 +20,7 @@ from bot.context import Context
 from bot.db.models import ContactList
 from bot.html_pages import attr, page, para
 from bot.i18n import t
-from bot.webhooks import Refused, read_capped
+from bot.webhooks import Refused, parse_json, read_capped
 
 log = logging.getLogger(__name__)
 HONEYPOT = "website"  # a field people don't see; bots fill it in
@@ -109,12 +108,7 @@ def signup_routes(ctx: Context, signups: Signups) -> list[Route]:
     async def submit_json(request: Request) -> Response:
         try:
             body = await read_capped(request, cap)
-            try:
-                data = json.loads(body)
-            except ValueError:
-                raise Refused(
-                    400, t("The body is not JSON: send {example}.", example='{"email": "…"}')
-                ) from None
+            data = parse_json(body, t("The body is not JSON: send {example}.", example='{"email": "…"}'))
             if not isinstance(data, dict) or not isinstance(data.get("email"), str):
                 raise Refused(400, t("The JSON needs an “email” string."))
             text = {k: data.get(k) for k in ("name", "page_url", HONEYPOT)}
