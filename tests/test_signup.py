@@ -245,3 +245,36 @@ async def test_a_confirmation_link_confirms_only_its_own_request_and_only_once(m
         assert (await s.execute(select(Suppression))).first() is None
         kinds = (await s.execute(select(ConsentEvent.kind).order_by(ConsentEvent.id))).scalars().all()
     assert kinds.count("confirmed") == 2
+
+
+async def test_an_idn_domain_is_mailed_as_ascii_and_a_look_alike_is_refused(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    from bot.addresses import normalise
+
+    assert normalise("Bob@Müller.DE") == "bob@xn--mller-kva.de"
+    bot = await make_bot()
+    await open_signup(bot)
+    async with web(bot) as client:
+        look_alike = await client.post(
+            "/s/customers.json", json={"email": "bob@ex\u0430mple.org"}
+        )  # Cyrillic а
+        assert look_alike.status_code == 400 and "mixes letters from different scripts" in look_alike.text
+        assert "Cyrillic and Latin" in look_alike.json()["error"]
+        local = await client.post("/s/customers.json", json={"email": "jürgen@example.org"})
+        assert local.status_code == 400 and "Traceback" not in local.text
+        taken = await client.post("/s/customers.json", json={"email": "bob@müller.de"})
+        assert taken.status_code == 202
+        await bot.app.drain()
+        await wait_for_mail(smtp, "bob@xn--mller-kva.de")  # the confirmation mail went out
+    reply = await bot.say(
+        SENDER, '/contacts add eva@bücher.example --list customers --consent "Asked at the fair"'
+    )
+    assert "eva@xn--bcher-kva.example" in reply, reply
+    assert "mixes letters" in await bot.say(
+        SENDER, '/contacts add eve@p\u0430ypal.com --list customers --consent "Asked at the fair"'
+    )
+    async with bot.app.ctx.sessions() as s:
+        stored = set((await s.execute(select(Contact.email))).scalars()) | set(
+            (await s.execute(select(Signup.email))).scalars()
+        )
+    assert {"bob@xn--mller-kva.de", "eva@xn--bcher-kva.example"} <= stored
+    assert not any(not e.isascii() for e in stored)
