@@ -278,3 +278,30 @@ async def test_an_idn_domain_is_mailed_as_ascii_and_a_look_alike_is_refused(make
         )
     assert {"bob@xn--mller-kva.de", "eva@xn--bcher-kva.example"} <= stored
     assert not any(not e.isascii() for e in stored)
+
+
+async def test_a_company_address_joins_no_external_list_on_any_path(make_bot, smtp, tmp_path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    from bot.contacts.importer import import_contacts
+
+    bot = await make_bot()
+    await open_signup(bot)
+    async with web(bot) as client:
+        inside = await client.post("/s/customers.json", json={"email": "Chen@Corp.Example"})
+        outside = await client.post("/s/customers.json", json={"email": "zoe@example.org"})
+        assert (
+            inside.status_code == outside.status_code == 202 and inside.json() == outside.json()
+        )  # no oracle
+        await bot.app.drain()
+    await wait_for_mail(smtp, "zoe@example.org")
+    assert smtp.handler.to("chen@corp.example") == []
+    assert "company address" in await bot.say(
+        SENDER, '/contacts add chen@corp.example --list customers --consent "Asked at the fair"'
+    )
+    (tmp_path / "staff.csv").write_text("email,name\nchen@corp.example,Chen\numa@example.org,Uma\n")
+    report = await import_contacts(bot.app.ctx, tmp_path / "staff.csv", "customers")
+    assert report.added == 1 and report.bad == [
+        (2, "chen@corp.example is a company address: colleagues get internal mail through groups")
+    ]
+    async with bot.app.ctx.sessions() as s:
+        assert (await s.execute(select(Signup.email))).scalars().all() == ["zoe@example.org"]
+        assert (await s.execute(select(Contact).where(Contact.email == "chen@corp.example"))).first() is None

@@ -156,6 +156,11 @@ async def _import(
             except UserError as exc:
                 report.bad.append((line, exc.sentence))
                 continue
+            if ctx.settings.is_internal(email):  # the rule signup and /contacts add follow
+                report.bad.append(
+                    (line, f"{email} is a company address: colleagues get internal mail through groups")
+                )
+                continue
             if email in seen:
                 report.bad.append((line, f"{email} appears earlier in the file"))
                 continue

@@ -186,6 +186,11 @@ class Signups:
                 400, t("{domain} does not receive email; check the address.", domain=domain_of(email))
             )
         hashed = email_hash(email)
+        if self.ctx.settings.is_internal(email):
+            # A company address is never an external list's contact (the rule /contacts add and imports
+            # follow); the answer stays the neutral one, so the form tells nobody which domains are ours.
+            log.info("signup to %s: a company address, nothing sent", lst.name)
+            return
         if await rate_limits.hit(self.ctx, f"signup-addr:{hashed}", 86400) > settings.per_address_per_day:
             log.info("signup to %s: address over its daily limit, nothing sent", lst.name)
             return
