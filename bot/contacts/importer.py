@@ -225,6 +225,15 @@ async def _import(
             if erased == "erased":
                 report.erased_skipped += 1
                 continue
+            left_at = await consent.own_leave(session, email, list_name)
+            if left_at is not None:  # their own leave wins over the file's claim
+                report.bad.append(
+                    (
+                        line,
+                        f"{email} left “{list_name}” themselves on {left_at:%Y-%m-%d}; only their own fresh signup brings them back",
+                    )
+                )
+                continue
             contact = (
                 await session.execute(select(Contact).where(Contact.email == email))
             ).scalar_one_or_none()

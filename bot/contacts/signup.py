@@ -456,6 +456,17 @@ class Signups:
                         date=f"{sup.created_at:%Y-%m-%d}",
                     )
                 )
+            left_at = await consent.own_leave(session, address, lst.name)
+            if left_at is not None:
+                raise UserError(
+                    t(
+                        "{email} left “{list}” themselves on {date}; only their own fresh signup brings them "
+                        "back.",
+                        email=address,
+                        list=lst.name,
+                        date=f"{left_at:%Y-%m-%d}",
+                    )
+                )
             proof = consent.Proof(source=f"chat:{actor} via {via}", wording=text, actor=actor)
             contact = await consent.grant(
                 session, email=address, lst=lst, kind="added", at=now, proof=proof, name=name, method="chat"
