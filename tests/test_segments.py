@@ -61,6 +61,7 @@ def test_mistakes_are_a_sentence_pointing_at_the_column(text: str, says: str) ->
         "opened_count >= 9223372036854775808",
         "sent_count < -9223372036854775809",
         "opened_count >= 9999999999999999999999999.5",
+        "clicked_count > 2147483648",
         " or ".join(["plan = 'x'"] * 41),
         "plan in (" + ", ".join(["'x'"] * 101) + ")",
         "plan = '" + "x" * 2000 + "'",
@@ -173,5 +174,7 @@ async def test_a_number_no_database_can_bind_is_refused_before_anything_is_store
         await s.commit()
     reply = await bot.say(SENDER, "/segment show old")
     assert "a number outside" in reply, reply
-    reply = await bot.say(SENDER, "/segment new fine customers --where 'opened_count >= 1000000000000'")
+    reply = await bot.say(
+        SENDER, "/segment new fine customers --where 'opened_count >= 1000000000 or sent_count < -1000000000'"
+    )
     assert "matches nobody on the list now" in reply, reply

@@ -23,8 +23,9 @@ Grammar (keywords in any case):
 Attributes are text: `<` and `>` compare them as text, which orders ISO dates (2027-01-31) correctly.
 The counts compare as numbers. A mistake is answered with a sentence naming the column.
 Bounded: 1,000 characters, 40 tests, nesting 10 deep (brackets and `not` both count), 100 values in
-one `in`, numbers between -1,000,000,000,000 and 1,000,000,000,000 (a bigger one is no count anyone
-has, and the databases can't bind it: SQLite and asyncpg take 64-bit integers).
+one `in`, numbers between -1,000,000,000 and 1,000,000,000 (a bigger one is no count anyone has, and
+the databases can't bind it: SQLite takes 64-bit integers, PostgreSQL binds a count's parameter as a
+32-bit one).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ MAX_TESTS = 40
 MAX_DEPTH = 10
 MAX_VALUES = 100
 MAX_DAYS = 3650
-MAX_NUMBER = 10**12
+MAX_NUMBER = 10**9
 FUNCTIONS = ("clicked_within", "opened_within", "sent_within", "signed_up_within")
 COUNTS = ("opened_count", "clicked_count", "sent_count")
 BUILT_IN = ("email", "name", "domain")
@@ -289,9 +290,7 @@ class _Parser:
         if tok.kind == "num":
             number = float(tok.text) if "." in tok.text else int(tok.text)
             if not -MAX_NUMBER <= number <= MAX_NUMBER:
-                raise _problem(
-                    self.text, tok.column, t("a number outside -1,000,000,000,000 to 1,000,000,000,000")
-                )
+                raise _problem(self.text, tok.column, t("a number outside -1,000,000,000 to 1,000,000,000"))
             return number
         raise self.fail(tok, t("a value in quotes or a number"))
 
