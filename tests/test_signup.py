@@ -305,3 +305,47 @@ async def test_a_company_address_joins_no_external_list_on_any_path(make_bot, sm
     async with bot.app.ctx.sessions() as s:
         assert (await s.execute(select(Signup.email))).scalars().all() == ["zoe@example.org"]
         assert (await s.execute(select(Contact).where(Contact.email == "chen@corp.example"))).first() is None
+
+
+async def _signups_through_uvicorn(bot, forwarded: list[str]) -> list[int]:  # type: ignore[no-untyped-def]
+    """POSTs through the real server `postroom serve` runs, each claiming another X-Forwarded-For."""
+    import httpx
+
+    from bot.app import Runtime
+    from tests.smtp import free_port
+
+    runtime, port = Runtime(bot.app), free_port()
+    await runtime.start_web("127.0.0.1", port)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            return [
+                (
+                    await client.post(
+                        "/s/customers.json",
+                        json={"email": f"x{i}@example.com"},
+                        headers={"X-Forwarded-For": ip},
+                    )
+                ).status_code
+                for i, ip in enumerate(forwarded)
+            ]
+    finally:
+        runtime.web_server.should_exit = True
+        await runtime.web_task
+
+
+async def test_the_per_ip_limit_believes_forwarded_headers_only_from_trusted_proxies(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    claimed = ["203.0.113.1", "203.0.113.2", "203.0.113.3"]
+    bot = await make_bot(signup={"per_ip_per_hour": 2})
+    await open_signup(bot)
+    assert await _signups_through_uvicorn(bot, claimed) == [202, 202, 429]  # all from 127.0.0.1
+    proxied = await make_bot(signup={"per_ip_per_hour": 2}, web={"trusted_proxies": ["127.0.0.1"]})
+    assert await _signups_through_uvicorn(proxied, [f"198.51.100.{i}" for i in range(3)]) == [202, 202, 202]
+    from bot.contacts.signup import network_of
+
+    assert network_of("2001:db8:1:2::5") == network_of("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert network_of("::ffff:192.0.2.7") == "192.0.2.7" and network_of("192.0.2.7") == "192.0.2.7"
+    async with web(proxied, "2001:db8:7:7::1") as one, web(proxied, "2001:db8:7:7::2") as same_net:
+        assert (await one.post("/s/customers.json", json={"email": "v1@example.com"})).status_code == 202
+        assert (await same_net.post("/s/customers.json", json={"email": "v2@example.com"})).status_code == 202
+        over = await same_net.post("/s/customers.json", json={"email": "v3@example.com"})
+        assert over.status_code == 429  # another address of the same /64 counts as the same network

@@ -17,6 +17,7 @@ while that is true (after leaving or unsubscribing it is not).
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -168,7 +169,8 @@ class Signups:
             raise Refused(404, t("There is no signup for a list named “{name}”.", name=form.list_name[:60]))
         if (
             form.ip
-            and await rate_limits.hit(self.ctx, f"signup-ip:{form.ip}", 3600) > settings.per_ip_per_hour
+            and await rate_limits.hit(self.ctx, f"signup-ip:{network_of(form.ip)}", 3600)
+            > settings.per_ip_per_hour
         ):
             raise Refused(
                 429, t("Too many signups came from your network in the last hour; try again later.")
@@ -486,6 +488,20 @@ class Signups:
             except Exception:
                 log.exception("after adding %s to %s", address, list_name)
         return contact
+
+
+def network_of(ip: str) -> str:
+    """What the per-IP limit counts: an IPv4 address, or an IPv6 address's /64 — one subscriber's
+    network, where every address is theirs to use."""
+    try:
+        address = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip[:64]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 def request_stamp(at: datetime) -> str:
