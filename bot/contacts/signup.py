@@ -5,8 +5,9 @@ recipient, and it expires (`signup.confirm_ttl_hours`, job `contacts.expire-sign
 
 Abuse resistance without third parties: a honeypot field, per-IP and per-address limits and a cap on
 confirmation mails per address (counted in the database, so every process shares them), and one answer
-for every well-formed request — nobody learns whether an address is on a list. The confirmation mail is
-sent in the background, so the answer's timing does not tell either.
+for every well-formed request — nobody learns whether an address is on a list. Everything that depends on
+the address's standing (a member, suppressed, a company address, over a limit), the database writes and
+the confirmation mail happen in the background after the answer, so its timing does not tell either.
 
 The confirmation link (`sc` token) names the signup's id and the request it was made for (the request's
 creation time, to the microsecond), never the address, and expires with it. One signup row per list and
@@ -187,15 +188,6 @@ class Signups:
             raise Refused(
                 400, t("{domain} does not receive email; check the address.", domain=domain_of(email))
             )
-        hashed = email_hash(email)
-        if self.ctx.settings.is_internal(email):
-            # A company address is never an external list's contact (the rule /contacts add and imports
-            # follow); the answer stays the neutral one, so the form tells nobody which domains are ours.
-            log.info("signup to %s: a company address, nothing sent", lst.name)
-            return
-        if await rate_limits.hit(self.ctx, f"signup-addr:{hashed}", 86400) > settings.per_address_per_day:
-            log.info("signup to %s: address over its daily limit, nothing sent", lst.name)
-            return
         now = self.ctx.now()
         proof = consent.Proof(
             source=_source(form),
@@ -205,6 +197,26 @@ class Signups:
             user_agent=form.user_agent if settings.record_user_agent else None,
             actor=email,
         )
+        # Whether the address is on the list already, suppressed, a company address or over its limits is
+        # decided in the background: every well-formed request returns after the same work (the checks
+        # above), so the answer's timing tells nobody whether an address is a member.
+        self.background.spawn(self._take(lst, email, name, proof, now), name=f"signup-{lst.id}")
+
+    async def _take(
+        self, lst: ContactList, email: str, name: str | None, proof: consent.Proof, now: datetime
+    ) -> None:
+        """The signup's work after the answer: the pending row, the consent event and the mail — or
+        nothing, quietly, for a member, a suppressed or company address, or one over its limits."""
+        settings = self.ctx.settings.signup
+        hashed = email_hash(email)
+        if self.ctx.settings.is_internal(email):
+            # A company address is never an external list's contact (the rule /contacts add and imports
+            # follow); the answer stays the neutral one, so the form tells nobody which domains are ours.
+            log.info("signup to %s: a company address, nothing sent", lst.name)
+            return
+        if await rate_limits.hit(self.ctx, f"signup-addr:{hashed}", 86400) > settings.per_address_per_day:
+            log.info("signup to %s: address over its daily limit, nothing sent", lst.name)
+            return
         async with self.ctx.sessions() as session, session.begin():
             reason = (
                 await session.execute(select(Suppression.reason).where(Suppression.email_hash == hashed))
@@ -255,7 +267,7 @@ class Signups:
         ):
             log.info("signup to %s: confirmation mails to this address capped for today", lst.name)
             return
-        self.background.spawn(self._mail(signup_id, now, email, name, lst.name), name=f"confirm-{signup_id}")
+        await self._mail(signup_id, now, email, name, lst.name)
 
     async def _mail(
         self, signup_id: int, requested_at: datetime, email: str, name: str | None, list_name: str
