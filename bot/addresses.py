@@ -1,8 +1,17 @@
-"""Email addresses as people type them: validated, normalised, and told apart as internal or not."""
+"""Email addresses as people type them: validated, normalised, and told apart as internal or not.
+
+The one place an address typed by someone (signup, /contacts add, a CSV import, HR, chat) becomes the
+form Postroom stores, compares and mails: an internationalised domain is kept in its ASCII (IDNA,
+`xn--`) form, which is what SMTP without SMTPUTF8 carries, so `bob@müller.de` is stored and mailed as
+`bob@xn--mller-kva.de`. A domain label mixing scripts — a Cyrillic "а" among Latin letters, the way
+look-alike domains are made — is refused. A non-ASCII local part is refused: our outbound SMTP does
+not use SMTPUTF8, so such an address can't be mailed.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 
 from email_validator import EmailNotValidError, validate_email
 
@@ -28,7 +37,39 @@ def normalise(address: str) -> str:
                 reason=reason[0].lower() + reason[1:],
             )
         ) from None
-    return result.normalized.lower()
+    mixed = _mixed_scripts(result.domain)
+    if mixed:
+        raise UserError(
+            t(
+                "{text} mixes letters from different scripts in its domain ({scripts}), the way look-alike "
+                "domains do; check the address.",
+                text=_show(address),
+                scripts=" and ".join(mixed),
+            )
+        )
+    return str(result.ascii_email or result.normalized).lower()
+
+
+# Scripts that one label may mix: Japanese writes kanji with kana, Korean hangul with hanja.
+_MIXES = ({"CJK", "HIRAGANA", "KATAKANA"}, {"CJK", "HANGUL"})
+
+
+def _script(char: str) -> str | None:
+    if char.isascii() and not char.isalpha():
+        return None  # digits and hyphens go with every script
+    name = unicodedata.name(char, "")
+    if name.startswith(("KATAKANA-HIRAGANA", "IDEOGRAPHIC")):
+        return None
+    return name.split(" ", 1)[0] or "UNKNOWN"
+
+
+def _mixed_scripts(domain: str) -> list[str]:
+    """The scripts one label of the (Unicode) domain mixes, when they are not a usual mix; else []."""
+    for label in domain.split("."):
+        scripts = {s for s in map(_script, label) if s}
+        if len(scripts) > 1 and not any(scripts <= allowed for allowed in _MIXES):
+            return sorted(s.title() for s in scripts)
+    return []
 
 
 def is_valid(address: str) -> bool:

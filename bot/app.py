@@ -403,8 +403,18 @@ class Runtime:
         # Bound here (or earlier by bind_web): uvicorn answers a taken port with sys.exit() inside its task,
         # which no caller can catch.
         sock = self.bind_web(host, port)
+        trusted = self.app.settings.web.trusted_proxies
         config = uvicorn.Config(
-            self.app.web(), host=host, port=port, log_level="warning", lifespan="off", access_log=False
+            self.app.web(),
+            host=host,
+            port=port,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            # uvicorn believes X-Forwarded-For from 127.0.0.1 unless told otherwise: only from the
+            # proxies named in web.trusted_proxies (none by default).
+            proxy_headers=bool(trusted),
+            forwarded_allow_ips=",".join(trusted) if trusted else "",
         )
         server = uvicorn.Server(config)
         server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]  # we own SIGTERM

@@ -6,6 +6,7 @@ The file is `--config`, else `$POSTROOM_CONFIG`, else `./postroom.toml` (absent 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -188,6 +189,20 @@ class WebSettings(_Section):
     # Unsubscribe links from before 0.2 carried the address; none are made now, but mail already sent
     # holds them and must keep working. Switch off once such mail is older than anyone acts on.
     legacy_unsubscribe_tokens: bool = True
+    # Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (addresses or networks).
+    # None by default: the client address is the connection's, so no client can name its own address
+    # and slip past the per-IP signup limit. Behind nginx/Caddy on the same host: ["127.0.0.1", "::1"].
+    trusted_proxies: list[str] = []
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for item in v:
+            try:
+                ipaddress.ip_network(item.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network") from None
+        return [item.strip() for item in v]
 
     @field_validator("secret", mode="before")
     @classmethod

@@ -131,6 +131,27 @@ async def lift_unsubscribe(session: AsyncSession, email: str, *, at: datetime, a
     return True
 
 
+async def own_leave(session: AsyncSession, email: str, list_name: str) -> datetime | None:
+    """When the person left `list_name` themselves (the preference centre), if that is still their latest
+    word on it — then only their own fresh consent (a signup, the preference centre) brings them back,
+    never someone else's claim (chat, an import)."""
+    latest = (
+        await session.execute(
+            select(ConsentEvent.kind, ConsentEvent.at, ConsentEvent.actor)
+            .where(
+                ConsentEvent.email_hash == email_hash(email),
+                ConsentEvent.list_name == list_name,
+                ConsentEvent.kind.in_(("left", *GRANTING)),
+            )
+            .order_by(ConsentEvent.id.desc())
+            .limit(1)
+        )
+    ).first()
+    if latest is None or latest.kind != "left" or (latest.actor or "").lower() != email.lower():
+        return None
+    return latest.at
+
+
 async def history(session: AsyncSession, email: str, limit: int = 200) -> list[ConsentEvent]:
     """The consent record of an address, oldest first."""
     rows = (

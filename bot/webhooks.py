@@ -13,11 +13,17 @@ request and throws it away, so the client — httpx, curl, requests — finishes
 the 413 (tests/test_bounded_work.py checks it on a real server). What must not happen is
 closing the connection with the body unread (a `Connection: close` answer does that): the kernel
 then resets the socket and the client sees a broken pipe instead of the answer.
+
+A body's JSON is read with `parse_json`: under the size cap a body can still nest arrays thousands
+deep, and the standard parser answers that with RecursionError (not a ValueError), which would be a
+500 with a traceback; here it is bad input like any other, and so are NaN and Infinity.
 """
 
 from __future__ import annotations
 
 import hmac
+import json
+from typing import Any
 
 from starlette.requests import Request
 
@@ -53,6 +59,28 @@ async def read_capped(request: Request, cap: int) -> bytes:
         if len(body) > cap:
             raise _too_large(cap)
     return bytes(body)
+
+
+class _NotANumber(ValueError):
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.name = name
+
+
+def _no_constants(name: str) -> Any:
+    raise _NotANumber(name)
+
+
+def parse_json(body: bytes | str, sentence: str, constant: str | None = None) -> Any:
+    """The body's JSON, or Refused(400, sentence) for anything that is not plain JSON: malformed, not
+    UTF-8, nested deeper than the parser goes (RecursionError), or NaN/Infinity (`constant`, with
+    {name}, says which when given)."""
+    try:
+        return json.loads(body, parse_constant=_no_constants)
+    except _NotANumber as exc:
+        raise Refused(400, constant.format(name=exc.name) if constant else sentence) from None
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise Refused(400, sentence) from None
 
 
 def parse_timestamp(value: str | None) -> int | None:

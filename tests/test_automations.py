@@ -210,3 +210,31 @@ async def test_a_delayed_message_is_not_sent_to_someone_who_left_the_list_meanwh
     assert smtp.handler.to("go@example.com") == []
     statuses = {d.email: d.status for d in await deliveries(bot, "later")}
     assert statuses == {"stay@example.com": "sent", "go@example.com": "suppressed"}
+
+
+async def test_a_failed_automation_is_submitted_again_and_catches_up(make_bot, smtp, tmp_path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot()
+    await bot.say(SENDER, "/automation new welcome --on confirmed:customers --template welcome")
+    await approve(bot, "welcome")
+    await bot.say(SENDER, f"/contacts add ann@example.com --list customers {CONSENT}")
+    await bot.settle()
+    await wait_for_mail(smtp, "ann@example.com")
+    for path in (tmp_path / "templates").glob("welcome.*"):  # changed on disk after the approval
+        path.write_text(path.read_text().replace("Hello", "Hi there"))
+    await bot.say(SENDER, f"/contacts add bea@example.com --list customers {CONSENT}")
+    await bot.settle()
+    status = await bot.say(SENDER, "/automation status welcome")
+    assert "is failed" in status and "submit it again" in status, status
+    assert smtp.handler.to("bea@example.com") == []
+    await bot.say(SENDER, f"/contacts add cy@example.com --list customers {CONSENT}")  # joins while failed
+    await bot.settle()
+    reply = await bot.say(SENDER, "/automation resume welcome")
+    assert "/automation submit welcome" in reply, reply  # the advice is the one that works
+    await approve(bot, "welcome")  # the status's advice: submit it again
+    await wait_for_mail(smtp, "bea@example.com")
+    await bot.app.automations.scan()  # the scheduled scan (automations.scan_cron)
+    await bot.settle()
+    await wait_for_mail(smtp, "cy@example.com")  # caught up within automations.catch_up_days
+    assert b"Hi there" in smtp.handler.to("cy@example.com")[0].data
+    assert len(smtp.handler.to("ann@example.com")) == 1
+    assert "running" in await bot.say(SENDER, "/automation status welcome")

@@ -169,6 +169,15 @@ async def test_the_email_events_webhook_needs_a_valid_signature(make_bot, smtp) 
             headers={"x-postroom-timestamp": ts, "x-postroom-signature": good},
         )
         assert again.json() == {"accepted": 0, "ignored": 3}
+        deep = b'{"events": ' + b"[" * 4000 + b"]" * 4000 + b"}"  # under the cap, past the parser's depth
+        ts = str(int(time.time()))
+        sig = "v1=" + hmac.new(secret.encode(), ts.encode() + b"." + deep, hashlib.sha256).hexdigest()
+        nested = await web.post(
+            "/hooks/email-events",
+            content=deep,
+            headers={"x-postroom-timestamp": ts, "x-postroom-signature": sig},
+        )
+        assert nested.status_code == 400 and "events" in nested.json()["error"]
     async with bot.core.ctx.sessions() as session:
         reasons = dict((await session.execute(select(Suppression.email, Suppression.reason))).all())
     assert reasons == {"kim@example.org": "complaint", "ode@example.com": "hard_bounce"}

@@ -186,6 +186,7 @@ BAD = [
     ),
     ("control character in the event id", signed, {"event_id": "ev\x07"}, 422, "event_id contains a control"),
     ("NaN", signed, RAW.replace(b"3", b"NaN"), 400, "NaN is not a number in JSON"),
+    ("nested thousands deep", signed, b"[" * 4000 + b"]" * 4000, 400, "not valid JSON"),
     ("Infinity", signed, RAW.replace(b"3", b"-Infinity"), 400, "-Infinity is not a number in JSON"),
     ("a number too large to be finite", signed, RAW.replace(b"3", b"1e999"), 422, "not a finite number"),
     ("a number too large to keep", signed, employee(level=10**20), 422, "too large to keep exactly"),

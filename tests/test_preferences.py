@@ -102,3 +102,33 @@ async def test_a_tampered_form_signs_nobody_up_to_a_list_they_were_never_on(make
         forged = await client.post(f"{link}/preferences", data={"action": "join", "list": "partners"})
         assert "Nothing changed." in forged.text
     assert await kinds(bot, "lena@example.com") == [("imported", "customers")]
+
+
+async def test_a_persons_own_leave_wins_over_a_senders_claim(make_bot, smtp, tmp_path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    from bot.contacts.importer import import_contacts
+
+    bot = await make_bot()
+    link = await sent_link(bot, smtp, "lena@example.com")
+    async with web(bot) as client:
+        left = await client.post(f"{link}/preferences", data={"action": "leave", "list": "customers"})
+        assert "You left “customers”." in left.text
+    today = f"{bot.app.ctx.now():%Y-%m-%d}"
+    reply = await bot.say(
+        SENDER, '/contacts add lena@example.com --list customers --consent "She said yes at the fair"'
+    )
+    assert f"left “customers” themselves on {today}" in reply and "own fresh signup" in reply, reply
+    (tmp_path / "again.csv").write_text("email,consent_at\nlena@example.com,2026-05-01T00:00:00+00:00\n")
+    report = await import_contacts(bot.app.ctx, tmp_path / "again.csv", "customers")
+    assert report.bad and "left “customers” themselves" in report.bad[0][1]
+    assert await kinds(bot, "lena@example.com") == [("imported", "customers"), ("left", "customers")]
+    # a sender's own removal is not the person's word: the sender may add them back
+    await bot.say(SENDER, '/contacts add raj@example.net --list customers --consent "Renewed at the fair"')
+    assert "Took raj@example.net off" in await bot.say(
+        SENDER, "/contacts remove raj@example.net --list customers"
+    )
+    assert "Added raj@example.net" in await bot.say(
+        SENDER, '/contacts add raj@example.net --list customers --consent "Asked again by phone"'
+    )
+    async with web(bot) as client:  # their own come-back still works
+        back = await client.post(f"{link}/preferences", data={"action": "join", "list": "customers"})
+        assert "Welcome back to “customers”." in back.text

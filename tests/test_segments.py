@@ -14,7 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from bot.campaigns import segments
 from bot.campaigns.service import content_hash
-from bot.db.models import Campaign, CampaignEvent, Contact, Delivery
+from bot.db.models import Campaign, CampaignEvent, Contact, Delivery, Segment
 from tests.audience_kit import make_bot  # noqa: F401
 from tests.conftest import APPROVER, SENDER
 
@@ -55,6 +55,13 @@ def test_mistakes_are_a_sentence_pointing_at_the_column(text: str, says: str) ->
         "plan = 'x' union select email from contacts",
         "email = email",
         "(" * 12 + "plan = 'x'" + ")" * 12,
+        "not " * 240 + "plan = 'x'",
+        "not (" * 6 + "plan = 'x'" + ")" * 6,
+        "opened_count >= 99999999999999999999999999999",
+        "opened_count >= 9223372036854775808",
+        "sent_count < -9223372036854775809",
+        "opened_count >= 9999999999999999999999999.5",
+        "clicked_count > 2147483648",
         " or ".join(["plan = 'x'"] * 41),
         "plan in (" + ", ".join(["'x'"] * 101) + ")",
         "plan = '" + "x" * 2000 + "'",
@@ -138,3 +145,36 @@ async def test_a_segment_narrows_the_audience_in_the_database(make_bot, smtp) ->
         SENDER, "/segment new clickers customers --where 'clicked_count >= 1 and signed_up_within(3650d)'"
     )
     assert "matches 1 contacts now" in reply and "lena@example.com" in reply, reply
+
+
+async def test_a_number_no_database_can_bind_is_refused_before_anything_is_stored(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot()
+    reply = await bot.say(
+        SENDER, "/segment new big customers --where 'opened_count >= 99999999999999999999999999999'"
+    )
+    assert "a number outside" in reply and "Traceback" not in reply, reply
+    reply = await bot.say(
+        SENDER,
+        "/campaign new huge --to customers --template welcome --where 'opened_count >= 9223372036854775808'",
+    )
+    assert "a number outside" in reply, reply
+    reply = await bot.say(SENDER, "/segment new nots customers --where '" + "not " * 240 + 'plan = "pro"\'')
+    assert "more than 10 levels" in reply, reply
+    async with bot.app.ctx.sessions() as s:
+        assert (await s.execute(select(func.count()).select_from(Segment))).scalar_one() == 0
+        assert (await s.execute(select(func.count()).select_from(Campaign))).scalar_one() == 0
+        s.add(  # stored before the bound existed: shown with a sentence, not a crash
+            Segment(
+                name="old",
+                list_name="customers",
+                expression="opened_count >= 99999999999999999999",
+                created_by=SENDER,
+            )
+        )
+        await s.commit()
+    reply = await bot.say(SENDER, "/segment show old")
+    assert "a number outside" in reply, reply
+    reply = await bot.say(
+        SENDER, "/segment new fine customers --where 'opened_count >= 1000000000 or sent_count < -1000000000'"
+    )
+    assert "matches nobody on the list now" in reply, reply

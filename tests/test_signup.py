@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
-from bot.db.models import ConsentEvent, Contact, Delivery, Signup
+from bot.db.models import ConsentEvent, Contact, Delivery, Signup, Suppression
 from tests.audience_kit import WORDING, confirmation_links, make_bot, open_signup, wait_for_mail, web  # noqa: F401
 from tests.conftest import APPROVER, SENDER
 
@@ -156,6 +156,8 @@ async def test_bad_signups_get_a_sentence_and_a_status(make_bot, smtp) -> None: 
             (await client.get("/s/nosuch"), 404, "no signup for a list"),
             (await client.post("/s/customers", content=b"email=" + b"a" * 20000), 413, "larger than"),
             (await client.post("/s/customers.json", content=b"{not json"), 400, "not JSON"),
+            (await client.post("/s/customers.json", content=b"[" * 4000 + b"]" * 4000), 400, "not JSON"),
+            (await client.post("/s/customers.json", content=b'{"email": NaN}'), 400, "not JSON"),
             (await client.post("/s/customers.json", json={"email": 7}), 400, "“email” string"),
             (await client.post("/s/customers.json", json=["a"]), 400, "“email” string"),
             (await client.get("/s/confirm/forged.token"), 400, "not valid"),
@@ -205,3 +207,176 @@ async def test_a_sales_person_adds_a_contact_with_the_consent_they_recorded(make
     assert "left" in shown and "lists: none" in shown, shown
     lists = await bot.say(SENDER, "/lists")
     assert "customers — 3 members, 2 with consent" in lists or "customers —" in lists, lists
+
+
+async def test_a_confirmation_link_confirms_only_its_own_request_and_only_once(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """One signup row per list and address is reused by every request: an old link must not confirm a
+    newer request (after an unsubscribe that would sign the person up again on someone else's word), and
+    it must not claim "you are on the list" when that is no longer true."""
+    from bot.campaigns.unsubscribe import Target, unsubscribe
+
+    bot = await make_bot()
+    await open_signup(bot)
+    async with web(bot) as client:
+        await client.post("/s/customers", data={"email": "ivy@example.com"})
+        await bot.app.drain()
+        await wait_for_mail(smtp, "ivy@example.com")
+        (first,) = confirmation_links(smtp, "ivy@example.com")
+        assert "you are on the list" in (await client.post(first)).text
+        await unsubscribe(
+            bot.app.ctx, Target("ivy@example.com", 0), via="web", how="one-click", detail="test"
+        )
+        shown = await client.get(first)  # opened again after the unsubscribe: it says what is true
+        assert shown.status_code == 410 and "used already" in shown.text and "on the list" not in shown.text
+        assert "on the list" not in (await client.post(first)).text
+        await client.post("/s/customers", data={"email": "ivy@example.com"})  # a newer request, anyone's
+        await bot.app.drain()
+        await wait_for_mail(smtp, "ivy@example.com", 2)
+        second = confirmation_links(smtp, "ivy@example.com")[1]
+        old = await client.post(first)
+        assert old.status_code == 410 and "newer signup replaced" in old.text
+        async with bot.app.ctx.sessions() as s:
+            assert (await s.execute(select(Signup.state))).scalar_one() == "pending"
+            assert (await s.execute(select(Suppression.reason))).scalar_one() == "unsubscribed"
+        assert "replaced" in (await client.get(first)).text
+        done = await client.post(second)  # the person's own, newest link works
+        assert done.status_code == 200 and "you are on the list “customers”" in done.text
+    async with bot.app.ctx.sessions() as s:
+        assert (await s.execute(select(Suppression))).first() is None
+        kinds = (await s.execute(select(ConsentEvent.kind).order_by(ConsentEvent.id))).scalars().all()
+    assert kinds.count("confirmed") == 2
+
+
+async def test_an_idn_domain_is_mailed_as_ascii_and_a_look_alike_is_refused(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    from bot.addresses import normalise
+
+    assert normalise("Bob@Müller.DE") == "bob@xn--mller-kva.de"
+    bot = await make_bot()
+    await open_signup(bot)
+    async with web(bot) as client:
+        look_alike = await client.post(
+            "/s/customers.json", json={"email": "bob@ex\u0430mple.org"}
+        )  # Cyrillic а
+        assert look_alike.status_code == 400 and "mixes letters from different scripts" in look_alike.text
+        assert "Cyrillic and Latin" in look_alike.json()["error"]
+        local = await client.post("/s/customers.json", json={"email": "jürgen@example.org"})
+        assert local.status_code == 400 and "Traceback" not in local.text
+        taken = await client.post("/s/customers.json", json={"email": "bob@müller.de"})
+        assert taken.status_code == 202
+        await bot.app.drain()
+        await wait_for_mail(smtp, "bob@xn--mller-kva.de")  # the confirmation mail went out
+    reply = await bot.say(
+        SENDER, '/contacts add eva@bücher.example --list customers --consent "Asked at the fair"'
+    )
+    assert "eva@xn--bcher-kva.example" in reply, reply
+    assert "mixes letters" in await bot.say(
+        SENDER, '/contacts add eve@p\u0430ypal.com --list customers --consent "Asked at the fair"'
+    )
+    async with bot.app.ctx.sessions() as s:
+        stored = set((await s.execute(select(Contact.email))).scalars()) | set(
+            (await s.execute(select(Signup.email))).scalars()
+        )
+    assert {"bob@xn--mller-kva.de", "eva@xn--bcher-kva.example"} <= stored
+    assert not any(not e.isascii() for e in stored)
+
+
+async def test_a_company_address_joins_no_external_list_on_any_path(make_bot, smtp, tmp_path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    from bot.contacts.importer import import_contacts
+
+    bot = await make_bot()
+    await open_signup(bot)
+    async with web(bot) as client:
+        inside = await client.post("/s/customers.json", json={"email": "Chen@Corp.Example"})
+        outside = await client.post("/s/customers.json", json={"email": "zoe@example.org"})
+        assert (
+            inside.status_code == outside.status_code == 202 and inside.json() == outside.json()
+        )  # no oracle
+        await bot.app.drain()
+    await wait_for_mail(smtp, "zoe@example.org")
+    assert smtp.handler.to("chen@corp.example") == []
+    assert "company address" in await bot.say(
+        SENDER, '/contacts add chen@corp.example --list customers --consent "Asked at the fair"'
+    )
+    (tmp_path / "staff.csv").write_text("email,name\nchen@corp.example,Chen\numa@example.org,Uma\n")
+    report = await import_contacts(bot.app.ctx, tmp_path / "staff.csv", "customers")
+    assert report.added == 1 and report.bad == [
+        (2, "chen@corp.example is a company address: colleagues get internal mail through groups")
+    ]
+    async with bot.app.ctx.sessions() as s:
+        assert (await s.execute(select(Signup.email))).scalars().all() == ["zoe@example.org"]
+        assert (await s.execute(select(Contact).where(Contact.email == "chen@corp.example"))).first() is None
+
+
+async def _signups_through_uvicorn(bot, forwarded: list[str]) -> list[int]:  # type: ignore[no-untyped-def]
+    """POSTs through the real server `postroom serve` runs, each claiming another X-Forwarded-For."""
+    import httpx
+
+    from bot.app import Runtime
+    from tests.smtp import free_port
+
+    runtime, port = Runtime(bot.app), free_port()
+    await runtime.start_web("127.0.0.1", port)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            return [
+                (
+                    await client.post(
+                        "/s/customers.json",
+                        json={"email": f"x{i}@example.com"},
+                        headers={"X-Forwarded-For": ip},
+                    )
+                ).status_code
+                for i, ip in enumerate(forwarded)
+            ]
+    finally:
+        runtime.web_server.should_exit = True
+        await runtime.web_task
+
+
+async def test_the_per_ip_limit_believes_forwarded_headers_only_from_trusted_proxies(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    claimed = ["203.0.113.1", "203.0.113.2", "203.0.113.3"]
+    bot = await make_bot(signup={"per_ip_per_hour": 2})
+    await open_signup(bot)
+    assert await _signups_through_uvicorn(bot, claimed) == [202, 202, 429]  # all from 127.0.0.1
+    proxied = await make_bot(signup={"per_ip_per_hour": 2}, web={"trusted_proxies": ["127.0.0.1"]})
+    assert await _signups_through_uvicorn(proxied, [f"198.51.100.{i}" for i in range(3)]) == [202, 202, 202]
+    from bot.contacts.signup import network_of
+
+    assert network_of("2001:db8:1:2::5") == network_of("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert network_of("::ffff:192.0.2.7") == "192.0.2.7" and network_of("192.0.2.7") == "192.0.2.7"
+    async with web(proxied, "2001:db8:7:7::1") as one, web(proxied, "2001:db8:7:7::2") as same_net:
+        assert (await one.post("/s/customers.json", json={"email": "v1@example.com"})).status_code == 202
+        assert (await same_net.post("/s/customers.json", json={"email": "v2@example.com"})).status_code == 202
+        over = await same_net.post("/s/customers.json", json={"email": "v3@example.com"})
+        assert over.status_code == 429  # another address of the same /64 counts as the same network
+
+
+async def test_a_member_and_a_new_address_get_the_same_work_before_the_answer(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """No timing oracle: what runs before the answer (the statements sent to the database) is the same
+    for an address on the list and one that is not; the rest happens in the background."""
+    from sqlalchemy import event
+
+    from bot.contacts.signup import SignupForm
+
+    bot = await make_bot()
+    await open_signup(bot)
+    statements: list[str] = []
+
+    def seen(_conn, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+        statements.append(" ".join(statement.split()))
+
+    async def answered(email: str) -> list[str]:
+        statements.clear()
+        event.listen(bot.app.ctx.engine.sync_engine, "before_cursor_execute", seen)
+        try:
+            await bot.app.signups.request(SignupForm("customers", email, ip="192.0.2.1"))
+        finally:
+            event.remove(bot.app.ctx.engine.sync_engine, "before_cursor_execute", seen)
+        shape = list(statements)
+        await bot.app.drain()
+        return shape
+
+    member, new = await answered("lena@example.com"), await answered("newbie@example.org")
+    assert member == new and member
+    await wait_for_mail(smtp, "newbie@example.org")  # the background did the rest
+    assert smtp.handler.to("lena@example.com") == []

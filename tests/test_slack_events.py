@@ -235,3 +235,11 @@ async def test_roles_follow_an_address_change_from_a_directory_event(rig: Rig) -
         assert (await s.execute(select(Group.local_part).order_by(Group.local_part))).scalars().all() == [
             "first"
         ]
+
+
+def test_json_nested_past_the_parsers_depth_is_malformed_not_a_crash() -> None:
+    from adapters.slack.adapter import well_formed
+
+    deep = b"[" * 4000 + b"]" * 4000
+    assert well_formed(deep, "application/json") is False
+    assert well_formed(b"payload=" + deep, "application/x-www-form-urlencoded") is False

@@ -156,7 +156,7 @@ class PostroomStreamClient(DingTalkStreamClient):
             frame = json.loads(raw)
             if not isinstance(frame, dict):
                 raise ValueError("a frame must be a JSON object")
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             log.warning("DingTalk frame is not JSON (%s); ignored", exc)
             return
         try:

@@ -482,12 +482,12 @@ def well_formed(body: bytes, content_type: str) -> bool:
             data = json.loads(text)
             return isinstance(data, dict) and isinstance(data.get("type"), str)
         form = parse_qs(text, keep_blank_values=True, strict_parsing=bool(text))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # nested thousands deep: RecursionError
         return False
     if "payload" in form:
         try:
             data = json.loads(form["payload"][0])
-        except ValueError:
+        except (ValueError, RecursionError):
             return False
         return (
             isinstance(data, dict)

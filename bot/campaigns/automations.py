@@ -303,6 +303,7 @@ class Automations:
                     inactive_days=trigger.inactive_days,
                     delay_s=delay_s,
                     daily_cap=daily_cap,
+                    last_scan_at=None,  # nothing caught up from before the new approval
                 )
             )
             service.audit_campaign(
@@ -320,7 +321,24 @@ class Automations:
         return await self.get(name), before
 
     async def submit(self, name: str, *, requester: str, via: str, admin: bool) -> Submitted:
-        await self.get(name)  # a sentence for a name that is not an automation
+        """Submit a draft — or a failed automation, whose status says "submit it again": it goes back to
+        draft for a new round of approval (what is on disk now is what the approvers see)."""
+        shown = await self.get(name)  # a sentence for a name that is not an automation
+        if shown.campaign.state == "failed":
+            may_change(shown.campaign, requester, admin, "submit")
+            async with self.ctx.sessions() as session, session.begin():
+                if await service.transition(
+                    session, shown.campaign.id, ("failed",), "draft", finished_at=None
+                ):
+                    service.audit_campaign(
+                        session,
+                        shown.campaign,
+                        actor=requester,
+                        via=via,
+                        action="automation.resubmit",
+                        before="failed",
+                        after="draft",
+                    )
         return await self.approvals.submit(PREFIX + name, requester=requester, via=via, admin=admin, at=None)
 
     async def pause(self, name: str, *, actor: str, via: str) -> Shown:
@@ -330,6 +348,14 @@ class Automations:
 
     async def resume(self, name: str, *, actor: str, via: str) -> tuple[Shown, str | None]:
         shown = await self.get(name)
+        if shown.campaign.state == "failed":  # stopped because its approval no longer holds: approve again
+            raise UserError(
+                t(
+                    "Automation “{name}” failed and needs a new approval, not a resume: /automation submit "
+                    "{name}.",
+                    name=name,
+                )
+            )
         gap = await self.runs.resume(shown.campaign, actor=actor, via=via)
         return await self.get(name), gap
 
@@ -484,6 +510,17 @@ class Automations:
             .execution_options(synchronize_session=False)
         )
 
+    def _confirmed_since(self, a: Automation, campaign: Campaign, now: Any) -> Any:
+        """Who a welcome is for: contacts who joined since it started — and, when it stopped running
+        (failed or paused) and was approved again, also those who joined in the gap, since its last scan,
+        at most `automations.catch_up_days` back. An edit clears `last_scan_at`: the edited automation
+        starts afresh from its new approval."""
+        since = campaign.started_at or now
+        if a.last_scan_at is not None:
+            window = now - timedelta(days=self.ctx.settings.automations.catch_up_days)
+            since = min(since, max(a.last_scan_at, window))
+        return since
+
     async def scan_one(self, name: str) -> int:
         """Insert the deliveries one automation's trigger calls for now; returns how many were new.
 
@@ -514,7 +551,7 @@ class Automations:
             ]
             if a.trigger == "confirmed":
                 key = literal(f"confirmed:{a.trigger_list}")
-                conditions.append(ListMember.subscribed_at >= (campaign.started_at or now))
+                conditions.append(ListMember.subscribed_at >= self._confirmed_since(a, campaign, now))
             elif a.trigger == "date":
                 value = Contact.attributes[a.attribute or ""].as_string()
                 day = func.substr(value, 1, 10)

@@ -22,14 +22,17 @@ Grammar (keywords in any case):
 
 Attributes are text: `<` and `>` compare them as text, which orders ISO dates (2027-01-31) correctly.
 The counts compare as numbers. A mistake is answered with a sentence naming the column.
-Bounded: 1,000 characters, 40 tests, nesting 10 deep, 100 values in one `in`.
+Bounded: 1,000 characters, 40 tests, nesting 10 deep (brackets and `not` both count), 100 values in
+one `in`, numbers between -1,000,000,000 and 1,000,000,000 (a bigger one is no count anyone has, and
+the databases can't bind it: SQLite takes 64-bit integers, PostgreSQL binds a count's parameter as a
+32-bit one).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, not_, or_, true
@@ -44,6 +47,7 @@ MAX_TESTS = 40
 MAX_DEPTH = 10
 MAX_VALUES = 100
 MAX_DAYS = 3650
+MAX_NUMBER = 10**9
 FUNCTIONS = ("clicked_within", "opened_within", "sent_within", "signed_up_within")
 COUNTS = ("opened_count", "clicked_count", "sent_count")
 BUILT_IN = ("email", "name", "domain")
@@ -187,6 +191,8 @@ class _Parser:
     def factor(self, depth: int) -> Any:
         tok = self.peek()
         if self.word(tok, "not"):
+            if depth + 1 > MAX_DEPTH:
+                raise _problem(self.text, tok.column, t("more than 10 levels of brackets or “not”"))
             self.take()
             return Node("not", (self.factor(depth + 1),))
         if tok.kind == "punct" and tok.text == "(":
@@ -282,7 +288,10 @@ class _Parser:
         if tok.kind == "str":
             return tok.text
         if tok.kind == "num":
-            return float(tok.text) if "." in tok.text else int(tok.text)
+            number = float(tok.text) if "." in tok.text else int(tok.text)
+            if not -MAX_NUMBER <= number <= MAX_NUMBER:
+                raise _problem(self.text, tok.column, t("a number outside -1,000,000,000 to 1,000,000,000"))
+            return number
         raise self.fail(tok, t("a value in quotes or a number"))
 
 
@@ -292,8 +301,9 @@ def parse(text: str) -> Any:
 
 
 def check(text: str) -> str:
-    """The expression, normalised to one line, once it parses."""
-    parse(text)
+    """The expression, normalised to one line, once it parses and compiles — every save calls this
+    before anything is stored, so what is stored can always be shown and run."""
+    _sql(parse(text), datetime(2000, 1, 1, tzinfo=UTC))
     return " ".join(text.split())
 
 

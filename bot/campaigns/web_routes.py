@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import html
-import json
 import time
 from typing import Any
 
@@ -42,7 +41,7 @@ from bot.db.models import CampaignEvent, Delivery, ProcessedEvent
 from bot.db.upsert import insert_ignore
 from bot.i18n import t
 from bot.values import clean_text
-from bot.webhooks import Refused, parse_timestamp, read_capped, signatures_match
+from bot.webhooks import Refused, parse_json, parse_timestamp, read_capped, signatures_match
 
 PIXEL = bytes.fromhex(
     "47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b"
@@ -121,11 +120,11 @@ def campaign_routes(ctx: Context) -> list[Route]:
         if not signatures_match(expected, given):
             return JSONResponse({"error": "bad signature"}, status_code=401)
         try:
-            payload = json.loads(body, parse_constant=_no_constants)
+            payload = parse_json(body, "not JSON")
             events = payload["events"]
             if not isinstance(events, list):
                 raise TypeError
-        except (ValueError, KeyError, TypeError):
+        except (Refused, KeyError, TypeError):
             return JSONResponse({"error": 'expected {"events": [...]}'}, status_code=400)
         accepted = ignored = 0
         for event in events[:1000]:
@@ -156,10 +155,6 @@ def campaign_routes(ctx: Context) -> list[Route]:
         Route("/c/{token}", click, methods=["GET"]),
         Route("/hooks/email-events", email_events, methods=["POST"]),
     ]
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _translate(event: Any, signer: Any) -> tuple[Finding | None, int | None, str | None]:

@@ -156,6 +156,11 @@ async def _import(
             except UserError as exc:
                 report.bad.append((line, exc.sentence))
                 continue
+            if ctx.settings.is_internal(email):  # the rule signup and /contacts add follow
+                report.bad.append(
+                    (line, f"{email} is a company address: colleagues get internal mail through groups")
+                )
+                continue
             if email in seen:
                 report.bad.append((line, f"{email} appears earlier in the file"))
                 continue
@@ -219,6 +224,15 @@ async def _import(
             ).scalar_one_or_none()
             if erased == "erased":
                 report.erased_skipped += 1
+                continue
+            left_at = await consent.own_leave(session, email, list_name)
+            if left_at is not None:  # their own leave wins over the file's claim
+                report.bad.append(
+                    (
+                        line,
+                        f"{email} left “{list_name}” themselves on {left_at:%Y-%m-%d}; only their own fresh signup brings them back",
+                    )
+                )
                 continue
             contact = (
                 await session.execute(select(Contact).where(Contact.email == email))

@@ -5,20 +5,27 @@ recipient, and it expires (`signup.confirm_ttl_hours`, job `contacts.expire-sign
 
 Abuse resistance without third parties: a honeypot field, per-IP and per-address limits and a cap on
 confirmation mails per address (counted in the database, so every process shares them), and one answer
-for every well-formed request — nobody learns whether an address is on a list. The confirmation mail is
-sent in the background, so the answer's timing does not tell either.
+for every well-formed request — nobody learns whether an address is on a list. Everything that depends on
+the address's standing (a member, suppressed, a company address, over a limit), the database writes and
+the confirmation mail happen in the background after the answer, so its timing does not tell either.
 
-The confirmation link (`sc` token) names the signup's id, never the address, and expires with it.
+The confirmation link (`sc` token) names the signup's id and the request it was made for (the request's
+creation time, to the microsecond), never the address, and expires with it. One signup row per list and
+address is reused by a later request, so a link is bound to its request: a newer request replaces every
+earlier link, and a link confirms once — opened again it says so, and says "you are on the list" only
+while that is true (after leaving or unsubscribing it is not).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import audit, consent
 from bot.addresses import domain_of, email_hash, normalise
@@ -61,7 +68,8 @@ class Pending:
     signup_id: int
     list_name: str
     email: str
-    state: str  # pending | confirmed | expired
+    state: str  # pending | confirmed (and on the list now) | used | replaced | expired
+    requested_at: datetime | None = None
 
 
 def accepted_sentence() -> str:
@@ -162,7 +170,8 @@ class Signups:
             raise Refused(404, t("There is no signup for a list named “{name}”.", name=form.list_name[:60]))
         if (
             form.ip
-            and await rate_limits.hit(self.ctx, f"signup-ip:{form.ip}", 3600) > settings.per_ip_per_hour
+            and await rate_limits.hit(self.ctx, f"signup-ip:{network_of(form.ip)}", 3600)
+            > settings.per_ip_per_hour
         ):
             raise Refused(
                 429, t("Too many signups came from your network in the last hour; try again later.")
@@ -179,10 +188,6 @@ class Signups:
             raise Refused(
                 400, t("{domain} does not receive email; check the address.", domain=domain_of(email))
             )
-        hashed = email_hash(email)
-        if await rate_limits.hit(self.ctx, f"signup-addr:{hashed}", 86400) > settings.per_address_per_day:
-            log.info("signup to %s: address over its daily limit, nothing sent", lst.name)
-            return
         now = self.ctx.now()
         proof = consent.Proof(
             source=_source(form),
@@ -192,6 +197,26 @@ class Signups:
             user_agent=form.user_agent if settings.record_user_agent else None,
             actor=email,
         )
+        # Whether the address is on the list already, suppressed, a company address or over its limits is
+        # decided in the background: every well-formed request returns after the same work (the checks
+        # above), so the answer's timing tells nobody whether an address is a member.
+        self.background.spawn(self._take(lst, email, name, proof, now), name=f"signup-{lst.id}")
+
+    async def _take(
+        self, lst: ContactList, email: str, name: str | None, proof: consent.Proof, now: datetime
+    ) -> None:
+        """The signup's work after the answer: the pending row, the consent event and the mail — or
+        nothing, quietly, for a member, a suppressed or company address, or one over its limits."""
+        settings = self.ctx.settings.signup
+        hashed = email_hash(email)
+        if self.ctx.settings.is_internal(email):
+            # A company address is never an external list's contact (the rule /contacts add and imports
+            # follow); the answer stays the neutral one, so the form tells nobody which domains are ours.
+            log.info("signup to %s: a company address, nothing sent", lst.name)
+            return
+        if await rate_limits.hit(self.ctx, f"signup-addr:{hashed}", 86400) > settings.per_address_per_day:
+            log.info("signup to %s: address over its daily limit, nothing sent", lst.name)
+            return
         async with self.ctx.sessions() as session, session.begin():
             reason = (
                 await session.execute(select(Suppression.reason).where(Suppression.email_hash == hashed))
@@ -242,13 +267,17 @@ class Signups:
         ):
             log.info("signup to %s: confirmation mails to this address capped for today", lst.name)
             return
-        self.background.spawn(self._mail(signup_id, email, name, lst.name), name=f"confirm-{signup_id}")
+        await self._mail(signup_id, now, email, name, lst.name)
 
-    async def _mail(self, signup_id: int, email: str, name: str | None, list_name: str) -> None:
+    async def _mail(
+        self, signup_id: int, requested_at: datetime, email: str, name: str | None, list_name: str
+    ) -> None:
         ctx = self.ctx
         c, org = ctx.settings.campaigns, ctx.settings.org
         hours = ctx.settings.signup.confirm_ttl_hours
-        token = ctx.signer.sign_expiring(TOKEN_KIND, str(signup_id), ttl_s=int(hours * 3600))
+        token = ctx.signer.sign_expiring(
+            TOKEN_KIND, str(signup_id), request_stamp(requested_at), ttl_s=int(hours * 3600)
+        )
         url = f"{ctx.settings.web.base_url}/s/confirm/{token}"
         text = "\n\n".join(
             [
@@ -292,29 +321,49 @@ class Signups:
             )
 
     # -- the confirmation link ----------------------------------------------------------------
-    def _signup_id(self, token: str) -> int | None:
+    def _link(self, token: str) -> tuple[int, str] | None:
         parts = self.ctx.signer.verify_expiring(token, TOKEN_KIND)
-        if not parts or len(parts) != 1 or not parts[0].isdigit() or len(parts[0]) > 18:
+        if (
+            not parts
+            or len(parts) != 2
+            or not all(p.isascii() and p.isdigit() and len(p) <= 20 for p in parts)
+        ):
             return None
-        return int(parts[0])
+        return int(parts[0]), parts[1]
 
     async def pending(self, token: str) -> Pending | None:
         """What a confirmation link stands for, or None for a link that is not one of ours."""
-        signup_id = self._signup_id(token)
-        if signup_id is None:
+        link = self._link(token)
+        if link is None:
             return None
+        signup_id, stamp = link
         async with self.ctx.sessions() as session:
             row = (
                 await session.execute(
-                    select(Signup.id, Signup.email, Signup.state, Signup.expires_at, ContactList.name)
+                    select(
+                        Signup.id,
+                        Signup.list_id,
+                        Signup.email,
+                        Signup.state,
+                        Signup.created_at,
+                        Signup.expires_at,
+                        ContactList.name,
+                    )
                     .join(ContactList, ContactList.id == Signup.list_id)
                     .where(Signup.id == signup_id)
                 )
             ).first()
-        if row is None:
-            return None
-        state = "expired" if row.state == "pending" and row.expires_at <= self.ctx.now() else row.state
-        return Pending(row.id, row.name, row.email, state)
+            if row is None:
+                return None
+            if request_stamp(row.created_at) != stamp:
+                state = "replaced"  # a newer request for this list and address: only its link counts
+            elif row.state == "pending":
+                state = "expired" if row.expires_at <= self.ctx.now() else "pending"
+            elif row.state == "confirmed":
+                state = "confirmed" if await _on_list(session, row.list_id, row.email) else "used"
+            else:
+                state = row.state
+        return Pending(row.id, row.name, row.email, state, row.created_at)
 
     async def confirm(self, token: str, *, ip: str | None, user_agent: str | None) -> Pending | None:
         """Confirm a pending signup: the person is on the list from now, with the consent record."""
@@ -326,7 +375,12 @@ class Signups:
         async with self.ctx.sessions() as session, session.begin():
             won = await session.execute(
                 update(Signup)
-                .where(Signup.id == found.signup_id, Signup.state == "pending", Signup.expires_at > now)
+                .where(
+                    Signup.id == found.signup_id,
+                    Signup.created_at == found.requested_at,  # still the request this link was made for
+                    Signup.state == "pending",
+                    Signup.expires_at > now,
+                )
                 .values(state="confirmed", confirmed_at=now)
             )
             if won.rowcount != 1:
@@ -416,6 +470,17 @@ class Signups:
                         date=f"{sup.created_at:%Y-%m-%d}",
                     )
                 )
+            left_at = await consent.own_leave(session, address, lst.name)
+            if left_at is not None:
+                raise UserError(
+                    t(
+                        "{email} left “{list}” themselves on {date}; only their own fresh signup brings them "
+                        "back.",
+                        email=address,
+                        list=lst.name,
+                        date=f"{left_at:%Y-%m-%d}",
+                    )
+                )
             proof = consent.Proof(source=f"chat:{actor} via {via}", wording=text, actor=actor)
             contact = await consent.grant(
                 session, email=address, lst=lst, kind="added", at=now, proof=proof, name=name, method="chat"
@@ -435,6 +500,42 @@ class Signups:
             except Exception:
                 log.exception("after adding %s to %s", address, list_name)
         return contact
+
+
+def network_of(ip: str) -> str:
+    """What the per-IP limit counts: an IPv4 address, or an IPv6 address's /64 — one subscriber's
+    network, where every address is theirs to use."""
+    try:
+        address = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip[:64]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+def request_stamp(at: datetime) -> str:
+    """A request's creation time as the link carries it: microseconds since 1970 (both databases keep them)."""
+    return str(round(at.timestamp() * 1_000_000))
+
+
+async def _on_list(session: AsyncSession, list_id: int, email: str) -> bool:
+    """Whether the address is on the list now: a member with consent and not suppressed."""
+    member = (
+        await session.execute(
+            select(Contact.id)
+            .join(ListMember, ListMember.contact_id == Contact.id)
+            .where(ListMember.list_id == list_id, Contact.email == email, Contact.consent_at.is_not(None))
+        )
+    ).first()
+    if member is None:
+        return False
+    suppressed = (
+        await session.execute(select(Suppression.id).where(Suppression.email_hash == email_hash(email)))
+    ).first()
+    return suppressed is None
 
 
 def _source(form: SignupForm) -> str:

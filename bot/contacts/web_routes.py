@@ -8,7 +8,6 @@ Every body is capped while it is read; bad input gets one sentence and a status,
 
 from __future__ import annotations
 
-import json
 import logging
 from urllib.parse import parse_qs
 
@@ -16,12 +15,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from bot.contacts.signup import SignupForm, Signups, accepted_sentence, find_list
+from bot.contacts.signup import Pending, SignupForm, Signups, accepted_sentence, find_list
 from bot.context import Context
 from bot.db.models import ContactList
 from bot.html_pages import attr, page, para
 from bot.i18n import t
-from bot.webhooks import Refused, read_capped
+from bot.webhooks import Refused, parse_json, read_capped
 
 log = logging.getLogger(__name__)
 HONEYPOT = "website"  # a field people don't see; bots fill it in
@@ -109,12 +108,7 @@ def signup_routes(ctx: Context, signups: Signups) -> list[Route]:
     async def submit_json(request: Request) -> Response:
         try:
             body = await read_capped(request, cap)
-            try:
-                data = json.loads(body)
-            except ValueError:
-                raise Refused(
-                    400, t("The body is not JSON: send {example}.", example='{"email": "…"}')
-                ) from None
+            data = parse_json(body, t("The body is not JSON: send {example}.", example='{"email": "…"}'))
             if not isinstance(data, dict) or not isinstance(data.get("email"), str):
                 raise Refused(400, t("The JSON needs an “email” string."))
             text = {k: data.get(k) for k in ("name", "page_url", HONEYPOT)}
@@ -137,23 +131,46 @@ def signup_routes(ctx: Context, signups: Signups) -> list[Route]:
             return JSONResponse({"error": exc.sentence}, status_code=exc.status)
         return JSONResponse({"status": "accepted", "message": accepted_sentence()}, status_code=202)
 
-    async def confirm_page(request: Request) -> Response:
-        token = request.path_params["token"]
-        found = await signups.pending(token)
-        if found is None:
-            return page(
-                t("Link not valid"),
-                para(t("This confirmation link is not valid. If you copied it, check that it is complete.")),
-                400,
-            )
-        if found.state == "confirmed":
-            return page(t("Subscribed"), para(t("You are on the list “{list}”.", list=found.list_name)))
-        if found.state == "expired":
+    def refusal(found: Pending | None) -> Response:
+        """The page for a link that confirms nothing (any more)."""
+        if found is not None and found.state == "expired":
             return page(
                 t("Link expired"),
                 para(t("This confirmation link has expired; sign up again to get a new one.")),
                 410,
             )
+        if found is not None and found.state == "replaced":
+            return page(
+                t("Link replaced"),
+                para(
+                    t(
+                        "A newer signup replaced this confirmation link: use the link in the most recent "
+                        "mail, or sign up again."
+                    )
+                ),
+                410,
+            )
+        if found is not None and found.state == "used":
+            return page(
+                t("Link already used"),
+                para(
+                    t("This confirmation link has been used already; to join the list again, sign up again.")
+                ),
+                410,
+            )
+        return page(
+            t("Link not valid"),
+            para(t("This confirmation link is not valid. If you copied it, check that it is complete.")),
+            400,
+        )
+
+    async def confirm_page(request: Request) -> Response:
+        token = request.path_params["token"]
+        found = await signups.pending(token)
+        if found is None or found.state not in ("pending", "confirmed"):
+            return refusal(found)
+        if found.state == "confirmed":
+            return page(t("Subscribed"), para(t("You are on the list “{list}”.", list=found.list_name)))
         return page(
             t("Confirm your subscription"),
             para(t("Confirm that you want email on the list “{list}”.", list=found.list_name))
@@ -169,18 +186,8 @@ def signup_routes(ctx: Context, signups: Signups) -> list[Route]:
             return page(t("Signup not taken"), para(exc.sentence), exc.status)
         ip, agent = _client(request)
         found = await signups.confirm(request.path_params["token"], ip=ip, user_agent=agent)
-        if found is None:
-            return page(
-                t("Link not valid"),
-                para(t("This confirmation link is not valid. If you copied it, check that it is complete.")),
-                400,
-            )
-        if found.state == "expired":
-            return page(
-                t("Link expired"),
-                para(t("This confirmation link has expired; sign up again to get a new one.")),
-                410,
-            )
+        if found is None or found.state != "confirmed":
+            return refusal(found)
         return page(
             t("Subscribed"),
             f"<p role='status'>{attr(t('Thank you: you are on the list “{list}”.', list=found.list_name))}</p>",

@@ -28,7 +28,7 @@ from bot.errors import UserError
 from bot.events import PersonEvent
 from bot.hr.admission import time_problem
 from bot.hr.lifecycle import Lifecycle
-from bot.webhooks import Refused, parse_timestamp, signatures_match
+from bot.webhooks import Refused, parse_json, parse_timestamp, signatures_match
 from bot.webhooks import read_capped as _read_capped
 
 log = logging.getLogger(__name__)
@@ -75,15 +75,10 @@ def _text(value: Any, what: str, limit: int, required: bool = True) -> str | Non
         raise Refused(422, exc.sentence) from None
 
 
-def _no_constants(name: str) -> Any:
-    raise Refused(400, f"The body is not valid JSON: {name} is not a number in JSON.")
-
-
 def parse_event(body: bytes) -> PersonEvent:
-    try:
-        data = json.loads(body, parse_constant=_no_constants)
-    except (ValueError, UnicodeDecodeError):
-        raise Refused(400, "The body is not valid JSON.") from None
+    data = parse_json(
+        body, "The body is not valid JSON.", "The body is not valid JSON: {name} is not a number in JSON."
+    )
     if not isinstance(data, dict):
         raise Refused(400, "The body must be a JSON object.")
     event_id = _text(data.get("event_id"), "event_id", 300)
