@@ -71,7 +71,7 @@ def _members_from_args(raw: list[str], spec: Spec) -> list[str]:
 
 
 def _may_manage(req: Request, group: Group) -> bool:
-    return req.has("hr") or req.email in (group.owners or [])
+    return req.has("hr") or req.owns(group.owners)
 
 
 class GroupCommands:
@@ -291,8 +291,15 @@ class GroupCommands:
 
     async def groups(self, req: Request, p: Parsed) -> Message:
         who = p.opt("member")
-        if not self.ctx.settings.is_internal(req.email) and not req.has("hr"):
-            raise PermissionDenied(t("/groups is for people in the company."))
+        if not req.colleague:
+            raise PermissionDenied(
+                t(
+                    "HR's record says you have left the company, so /{command} is not open to you.",
+                    command="groups",
+                )
+                if req.left
+                else t("/groups is for people in the company.")
+            )
         async with self.ctx.sessions() as session:
             if who is not None:
                 try:
@@ -392,10 +399,22 @@ class GroupCommands:
         is_member = any(r.email == req.email for r in rows)
         allowed = (
             req.has("hr")
-            or req.email in (group.owners or [])
-            or (group.visibility == "company" and self.ctx.settings.is_internal(req.email))
-            or (group.visibility == "members" and is_member)
+            or req.owns(group.owners)
+            or (group.visibility == "company" and req.colleague)
+            # an external member of a group open to them sees it; a leaver in their grace period does not
+            or (
+                group.visibility == "members"
+                and is_member
+                and (req.colleague or not self.ctx.settings.is_internal(req.email))
+            )
         )
+        if not allowed and req.left:
+            raise PermissionDenied(
+                t(
+                    "HR's record says you have left the company, so /{command} is not open to you.",
+                    command="members",
+                )
+            )
         if not allowed:
             raise PermissionDenied(
                 t("The members of {group} are visible to its owners and HR only.", group=group.address)

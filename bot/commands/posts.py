@@ -97,7 +97,7 @@ class PostCommands:
             since = parse_since(p.flag("since"), self.ctx.now())
             async with self.ctx.sessions() as session:
                 group = await service.find_group(session, p.arg("group"), self.ctx.settings)
-                if not (req.has("hr") or req.email in (group.owners or [])):
+                if not (req.has("hr") or req.owns(group.owners)):
                     raise PermissionDenied(
                         t("The post log of {group} is for its owners and HR.", group=group.address)
                     )
@@ -161,7 +161,12 @@ class PostCommands:
                 raise UserError(t("A reason can be at most 500 characters."))
         return Message(
             await self.moderation.decide(
-                post_id, req.email, privileged=req.has("hr"), decision=decision, reason=reason
+                post_id,
+                req.email,
+                privileged=req.has("hr"),
+                colleague=req.colleague,
+                decision=decision,
+                reason=reason,
             )
         )
 

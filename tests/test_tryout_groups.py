@@ -1,0 +1,71 @@
+"""Findings of a new user's tryout of the groups, HR, roles and help side, each with the test that failed
+before its fix."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import HR, NOBODY, ChatBot
+from tests.lifecycle_kit import hr_event, lifecycle_bot, post_event, web_client
+from tests.smtp import SmtpServer
+
+BOB = "bob@corp.example"
+RULES = """\
+groups:
+  - address: eng
+    owners: [bob@corp.example]
+    members: {department: Engineering}
+  - address: club
+    visibility: members
+    members: {department: Engineering}
+"""
+
+
+def _at(days: float = 0) -> str:
+    return (datetime.now(UTC) + timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.fixture
+async def grace_bot(database_url: str, smtp: SmtpServer, tmp_path: Path) -> AsyncIterator[ChatBot]:
+    """Leavers keep their groups for two days (HR's record says left; their removal is pending)."""
+    async for b in lifecycle_bot(
+        database_url,
+        smtp.port,
+        tmp_path,
+        rules=RULES,
+        groups={"leaver_grace_hours": 48},
+        roles={"hr": [HR, BOB]},
+    ):
+        yield b
+
+
+async def test_a_leaver_is_nobodys_colleague_for_any_command(grace_bot: ChatBot) -> None:
+    bot = grace_bot
+    # before leaving: a colleague, an owner of eng@, a member of club@, and listed as HR in the config
+    async with web_client(bot) as client:
+        joined = hr_event("joined", "j-bob", "E1", BOB, _at(-1), department="Engineering")
+        assert (await post_event(client, joined)).status_code == 200
+    assert "eng@corp.example" in await bot.say(BOB, "/groups")
+    assert "club@corp.example has 1 member" in await bot.say(BOB, "/members club")
+    async with web_client(bot) as client:
+        assert (await post_event(client, hr_event("left", "l-bob", "E1", BOB, _at()))).status_code == 200
+    await bot.settle()
+    # left, in the grace period: still in both groups, but no longer a colleague, an owner or HR
+    assert "club@corp.example has 1 member" in await bot.say(HR, "/members club")
+    left = "HR's record says you have left the company"
+    for command in ("/groups", "/groups bob@corp.example", "/members eng", "/members club"):
+        answer = await bot.say(BOB, command)
+        assert left in answer, (command, answer)
+        assert "has 1 member" not in answer and "group:" not in answer, (command, answer)
+    for command in ("/sync --dry-run", "/rules reload", "/audit", "/posts eng"):
+        answer = await bot.say(BOB, command)
+        assert left in answer, (command, answer)
+    answer = await bot.say(BOB, "/addgroup eng nora@corp.example")
+    assert left in answer
+    assert "nora@corp.example" not in await bot.say(HR, "/members eng")
+    # a colleague still sees what the company may see
+    assert "eng@corp.example has 1 member" in await bot.say(NOBODY, "/members eng")
