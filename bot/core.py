@@ -262,7 +262,8 @@ class Core:
                     "Something went wrong on my side (reference {ref}); nothing was changed. "
                     "An admin can find the details in the log.",
                     ref=ref,
-                )
+                ),
+                refused=True,
             )
 
     async def handle_action(self, action: Action) -> Message | None:
@@ -285,7 +286,8 @@ class Core:
             ref = secrets.token_hex(4)
             log.exception("action failed (ref %s): %s", ref, action.action_id)
             return Message(
-                t("Something went wrong on my side (reference {ref}); nothing was changed.", ref=ref)
+                t("Something went wrong on my side (reference {ref}); nothing was changed.", ref=ref),
+                refused=True,
             )
 
     async def handle_person_event(self, event: PersonEvent) -> Any:

@@ -24,7 +24,7 @@ def error_message(exc: UserError) -> Message:
     text = visible(exc.sentence)
     if exc.usage:
         text += "\n" + t("Usage: {usage}", usage=exc.usage)
-    return Message(text, ephemeral=True)
+    return Message(text, ephemeral=True, refused=True)
 
 
 # Control characters and bidirectional overrides a person typed are echoed as visible escapes,

@@ -3,6 +3,7 @@ before its fix."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -69,3 +70,61 @@ async def test_a_leaver_is_nobodys_colleague_for_any_command(grace_bot: ChatBot)
     assert "nora@corp.example" not in await bot.say(HR, "/members eng")
     # a colleague still sees what the company may see
     assert "eng@corp.example has 1 member" in await bot.say(NOBODY, "/members eng")
+
+
+# -- the exit status says what happened --------------------------------------------------------------
+STAFF = """employee_id,email,name,department
+E1,alice@corp.example,Alice,Engineering
+E2,bob@corp.example,Bob,Engineering
+E3,chen@corp.example,Chen,Sales
+"""
+
+
+def test_an_unchanged_re_import_is_a_success_and_says_so(tmp_path: Path) -> None:
+    from tests.test_cli import POSTROOM, clean_env
+
+    (tmp_path / "staff.csv").write_text(STAFF)
+    env = clean_env({"POSTROOM_DATABASE__URL": f"sqlite+aiosqlite:///{tmp_path / 'p.db'}"})
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [POSTROOM, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+
+    first = run("hr", "import", "staff.csv")
+    assert first.returncode == 0 and "Imported: 3 joined" in first.stdout, first.stdout + first.stderr
+    again = run("hr", "import", "staff.csv")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.strip() == (
+        "Nothing to import: all 3 people in staff.csv are already as the file says; nothing changed."
+    )
+
+
+def test_postroom_chat_exits_non_zero_when_the_command_is_refused(tmp_path: Path) -> None:
+    from tests.test_cli import POSTROOM, clean_env, write_config
+
+    with SmtpServer() as smtp:
+        config = write_config(tmp_path, smtp.port, 8080)
+
+        def chat(who: str, text: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [POSTROOM, "--config", str(config), "chat", "--as", who, text],
+                env=clean_env(),
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        done = chat(HR, "/newgroup eng")
+        assert done.returncode == 0 and "Created the internal group eng@corp.example" in done.stdout
+        for who, text, said in (
+            (NOBODY, "/newgroup sales", "/newgroup is for HR"),  # a role refusal
+            (HR, "/newgroup eng", "already exists"),  # refused by the state of things
+            (HR, "/addgroup", "needs a group"),  # malformed
+            (HR, "/nosuch", "I don't know the command"),
+        ):
+            refused = chat(who, text)
+            assert refused.returncode == 1, (text, refused.stdout, refused.stderr)
+            assert said in refused.stdout and "Traceback" not in refused.stderr, (text, refused.stdout)
+        assert chat(NOBODY, "/help").returncode == 0

@@ -44,6 +44,7 @@ class ConsoleAdapter(Adapter):
         self.core: CoreHandle | None = None
         self.transcript: list[tuple[str, str, Message]] = []  # (kind, conversation, message), for tests
         self._closed = asyncio.Event()
+        self.refused = 0  # lines refused or failed so far (a non-interactive run exits non-zero)
 
     # -- the seam ------------------------------------------------------------------------------
     async def start(self, core: CoreHandle) -> None:
@@ -85,6 +86,7 @@ class ConsoleAdapter(Adapter):
                 who = normalise(stripped[3:].strip())
             except UserError as exc:
                 self._print(f"{exc.sentence}\nUsage: /as <email>")
+                self.refused += 1
                 return None
             self.as_email = who
             roles = ", ".join(sorted(self.core.roles_of(self.as_email))) or "no role"
@@ -99,6 +101,7 @@ class ConsoleAdapter(Adapter):
             Command(self.actor(), stripped, conversation, delivery_id=f"console-{uuid.uuid4()}")
         )
         if reply is not None:
+            self.refused += reply.refused
             self.transcript.append(("reply", "you", reply))
             self._print(render_message(reply))
         return reply
