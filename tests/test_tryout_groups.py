@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import HR, NOBODY, ChatBot
+from tests.conftest import APPROVER, HR, NOBODY, ChatBot
 from tests.lifecycle_kit import hr_event, lifecycle_bot, post_event, web_client
 from tests.smtp import SmtpServer
 
@@ -128,3 +128,35 @@ def test_postroom_chat_exits_non_zero_when_the_command_is_refused(tmp_path: Path
             assert refused.returncode == 1, (text, refused.stdout, refused.stderr)
             assert said in refused.stdout and "Traceback" not in refused.stderr, (text, refused.stdout)
         assert chat(NOBODY, "/help").returncode == 0
+
+
+# -- the usage line is for malformed commands only ---------------------------------------------------
+async def test_only_a_malformed_command_gets_the_usage_line(bot: ChatBot) -> None:
+    await bot.say(HR, "/newgroup eng")
+    await bot.say(HR, "/addgroup eng alice@corp.example")
+    refusals = {
+        "/removegroup eng bob@corp.example": "bob@corp.example is not in eng@corp.example",
+        "/addgroup eng alice@corp.example": "already",
+        "/addgroup eng ghost@corp.example": "No HR source or messenger knows ghost@corp.example",
+        "/addgroup eng lena@example.com": "external people can't join it",
+        "/members nosuch": "There is no group “nosuch”",
+        "/groups nosuch@corp.example": "is in no group",
+        "/newgroup eng": "already exists",
+        "/plan approve 7": "There is no membership plan #7",
+    }
+    for command, said in refusals.items():
+        answer = await bot.say(APPROVER if command.startswith("/plan") else HR, command)
+        assert said in answer and "Usage:" not in answer, (command, answer)
+    for who, command in ((NOBODY, "/sync"), (NOBODY, "/removegroup eng alice@corp.example")):
+        answer = await bot.say(who, command)
+        assert "Usage:" not in answer, (command, answer)
+    malformed = {
+        "/addgroup eng": "Usage: /addgroup <group> <member>",
+        "/addgroup eng not-an-address": "Usage: /addgroup <group> <member>",
+        "/members": "Usage: /members <group>",
+        "/plan approve seven": "Usage: /plan approve <id>",
+        "/newgroup bad!name": "Usage: /newgroup <address>",
+    }
+    for command, usage in malformed.items():
+        answer = await bot.say(APPROVER if command.startswith("/plan") else HR, command)
+        assert usage in answer, (command, answer)

@@ -9,7 +9,7 @@ from bot.commandline import Arg, Flag, Parsed, Spec
 from bot.context import Context
 from bot.core import CommandTable, Request
 from bot.db.models import Group, Membership, Person, RuleException
-from bot.errors import PermissionDenied, UserError
+from bot.errors import PermissionDenied, Refusal, UserError, with_usage
 from bot.events import Message
 from bot.groups import service
 from bot.groups.membership import Memberships
@@ -57,7 +57,7 @@ def _members_from_args(raw: list[str], spec: Spec) -> list[str]:
             try:
                 emails.append(normalise(piece))
             except UserError as exc:
-                raise UserError(exc.sentence, spec.usage) from None
+                raise with_usage(exc, spec.usage) from None
     if not emails:
         raise UserError(t("/{command} needs at least one member.", command=spec.name), spec.usage)
     seen: set[str] = set()
@@ -122,7 +122,7 @@ class GroupCommands:
                     provider=chosen,
                 )
             except UserError as exc:
-                raise UserError(exc.sentence, NEWGROUP.usage) from None
+                raise with_usage(exc, NEWGROUP.usage) from None
             if name != LOCAL:
                 # The platform first answers; if it refuses, the group is not created in Postroom either.
                 try:
@@ -175,7 +175,7 @@ class GroupCommands:
             try:
                 group = await service.find_group(session, p.arg("group"), settings)
             except UserError as exc:
-                raise UserError(exc.sentence, spec.usage) from None
+                raise with_usage(exc, spec.usage) from None
             if not _may_manage(req, group):
                 raise PermissionDenied(
                     t(
@@ -191,13 +191,12 @@ class GroupCommands:
                     else await service.unknown_addresses(session, settings, emails)
                 )
                 if unknown:
-                    raise UserError(
+                    raise Refusal(
                         t(
                             "No HR source or messenger knows {emails}: check the spelling, or add --unknown-ok "
                             "to add them anyway (/audit lists such members).",
                             emails=", ".join(unknown[:10]),
-                        ),
-                        spec.usage,
+                        )
                     )
                 plan = await service.plan_add(
                     session, group, emails, source="manual", reason=t("added by {email}", email=req.email)
@@ -208,10 +207,8 @@ class GroupCommands:
                 )
         if not plan.changes:
             if plan.unchanged:
-                raise UserError(
-                    t("{reasons}: nothing changed.", reasons=t("; ").join(plan.unchanged)), spec.usage
-                )
-            raise UserError(t("Nothing to change: nothing changed."), spec.usage)
+                raise Refusal(t("{reasons}: nothing changed.", reasons=t("; ").join(plan.unchanged)))
+            raise Refusal(t("Nothing to change: nothing changed."))
         # One refusal refuses the whole command: nothing changes.
         out = await self.memberships.execute(
             plan, kind="command", source=f"/{spec.name}", actor=req.email, via=req.via, whole=True
@@ -305,7 +302,7 @@ class GroupCommands:
                 try:
                     email = normalise(who)
                 except UserError as exc:
-                    raise UserError(exc.sentence, GROUPS.usage) from None
+                    raise with_usage(exc, GROUPS.usage) from None
                 if email != req.email and not req.has("hr"):
                     raise PermissionDenied(t("Only HR and admins can look up someone else's groups."))
                 rows = (
@@ -388,7 +385,7 @@ class GroupCommands:
             try:
                 group = await service.find_group(session, p.arg("group"), self.ctx.settings)
             except UserError as exc:
-                raise UserError(exc.sentence, MEMBERS.usage) from None
+                raise with_usage(exc, MEMBERS.usage) from None
             rows = (
                 await session.execute(
                     select(Membership.email, Membership.source, Membership.role, Membership.state)

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot import audit
 from bot.context import Context
 from bot.db.models import Group, PendingPlan, Person, RuleException
-from bot.errors import UserError
+from bot.errors import Refusal
 from bot.events import Button, Card, Message
 from bot.groups import planner, service
 from bot.groups.guard import Guard, Kind, Verdict
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 EventReplay = Callable[[list[dict[str, Any]]], Awaitable[int]]
 
 
-class Refused(UserError):
+class Refused(Refusal):
     """The plan was to apply whole (a command, a joiner) and policy refused part of it."""
 
     def __init__(self, refused: list[tuple[Change, str]]):
@@ -354,10 +354,10 @@ class Memberships:
         async with self.ctx.sessions() as session, session.begin():
             pending = await session.get(PendingPlan, plan_id)
             if pending is None:
-                raise UserError(t("There is no membership plan #{id}.", id=plan_id))
+                raise Refusal(t("There is no membership plan #{id}.", id=plan_id))
             if pending.state != "pending":
                 if pending.state == "approved":
-                    raise UserError(
+                    raise Refusal(
                         t(
                             "Plan #{id} was already approved by {who}: nothing changed.",
                             id=plan_id,
@@ -365,14 +365,14 @@ class Memberships:
                         )
                     )
                 if pending.state == "rejected":
-                    raise UserError(
+                    raise Refusal(
                         t(
                             "Plan #{id} was already rejected by {who}: nothing changed.",
                             id=plan_id,
                             who=pending.decided_by,
                         )
                     )
-                raise UserError(
+                raise Refusal(
                     t(
                         "Plan #{id} was already {state} by {who}: nothing changed.",
                         id=plan_id,
@@ -381,14 +381,14 @@ class Memberships:
                     )
                 )
             if pending.actor == approver:
-                raise UserError(t("You asked for this plan, so someone else has to approve it."))
+                raise Refusal(t("You asked for this plan, so someone else has to approve it."))
             won = await session.execute(
                 update(PendingPlan)
                 .where(PendingPlan.id == plan_id, PendingPlan.state == "pending")
                 .values(state=decision, decided_by=approver, decided_at=now)
             )
             if won.rowcount != 1:
-                raise UserError(t("Plan #{id} was decided a moment ago: nothing changed.", id=plan_id))
+                raise Refusal(t("Plan #{id} was decided a moment ago: nothing changed.", id=plan_id))
             audit.record(
                 session,
                 actor=approver,
