@@ -160,3 +160,21 @@ async def test_only_a_malformed_command_gets_the_usage_line(bot: ChatBot) -> Non
     for command, usage in malformed.items():
         answer = await bot.say(APPROVER if command.startswith("/plan") else HR, command)
         assert usage in answer, (command, answer)
+
+
+async def test_the_members_refusal_says_the_groups_real_rule(grace_bot: ChatBot) -> None:
+    bot = grace_bot
+    from bot.db.models import Group
+
+    async with bot.app.ctx.sessions() as session, session.begin():
+        session.add(Group(address="board@corp.example", local_part="board", visibility="owners"))
+    outsider = "guest@partner.example"
+    assert await bot.say(outsider, "/members eng") == (
+        "The members of eng@corp.example are visible to people in the company, its owners, HR and admins."
+    )
+    assert await bot.say(NOBODY, "/members club") == (
+        "The members of club@corp.example are visible to its members, its owners, HR and admins only."
+    )
+    assert await bot.say(NOBODY, "/members board") == (
+        "The members of board@corp.example are visible to its owners, HR and admins only."
+    )

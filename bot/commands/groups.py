@@ -413,9 +413,7 @@ class GroupCommands:
                 )
             )
         if not allowed:
-            raise PermissionDenied(
-                t("The members of {group} are visible to its owners and HR only.", group=group.address)
-            )
+            raise PermissionDenied(_visibility_rule(group))
         if not rows:
             return Message(t("{group} has no members yet.", group=group.address))
         shown = rows[:200]
@@ -442,6 +440,21 @@ class GroupCommands:
         if len(rows) > len(shown):
             lines.append("  " + t("… and {count} more", count=len(rows) - len(shown)))
         return Message("\n".join(lines))
+
+
+def _visibility_rule(group: Group) -> str:
+    """Who may list this group's members, as the refusal says it: the group's real rule."""
+    if group.visibility == "company":
+        return t(
+            "The members of {group} are visible to people in the company, its owners, HR and admins.",
+            group=group.address,
+        )
+    if group.visibility == "members":
+        return t(
+            "The members of {group} are visible to its members, its owners, HR and admins only.",
+            group=group.address,
+        )
+    return t("The members of {group} are visible to its owners, HR and admins only.", group=group.address)
 
 
 def _source_text(source: str, added_by: str | None) -> str:
