@@ -298,16 +298,36 @@ class Core:
         return await self.lifecycle.apply(event)
 
 
+def outsider(req: Request, command: str) -> PermissionDenied:
+    """The refusal for someone who is not a colleague (bot.core.Request.colleague)."""
+    if req.left:
+        return PermissionDenied(
+            t(
+                "HR's record says you have left the company, so /{command} is not open to you.",
+                command=command,
+            )
+        )
+    return PermissionDenied(t("/{command} is for people in the company.", command=command))
+
+
 def _role_sentence(spec: Spec) -> str:
+    """Who may run it, every role that may: the spec's roles, and admins, who may run everything."""
     names = {
         "hr": t("HR"),
         "senders": t("campaign senders"),
         "approvers": t("approvers"),
         "admins": t("admins"),
     }
-    wanted = t(" or ").join(names.get(r, r) for r in spec.roles if r != "owners")
+    roles = [r for r in spec.roles if r not in ("owners", "admins")] + ["admins"]
+    wanted = t(" or ").join(names.get(r, r) for r in roles)
+    if len(roles) == 1:
+        return t(
+            "/{command} is for {roles}; you don't have that role. An admin can grant it in the configuration.",
+            command=spec.name,
+            roles=wanted,
+        )
     return t(
-        "/{command} is for {roles}; you don't have that role. An admin can grant it in the configuration.",
+        "/{command} is for {roles}; you have none of these roles. An admin can grant one in the configuration.",
         command=spec.name,
         roles=wanted,
     )

@@ -625,7 +625,7 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], list[tuple[str, str, bool]]]] = 
 
 # Someone without the role: refused with a sentence, before anything is looked up.
 REFUSED = [
-    (NOBODY, "/newgroup sales", "is for HR;"),
+    (NOBODY, "/newgroup sales", "is for HR or admins;"),
     (NOBODY, "/addgroup eng bob@corp.example", "owners of eng@corp.example"),
     (NOBODY, "/removegroup eng alice@corp.example", "owners of eng@corp.example"),
     (NOBODY, "/groups alice@corp.example", "Only HR and admins"),

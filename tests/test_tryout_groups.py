@@ -178,3 +178,20 @@ async def test_the_members_refusal_says_the_groups_real_rule(grace_bot: ChatBot)
     assert await bot.say(NOBODY, "/members board") == (
         "The members of board@corp.example are visible to its owners, HR and admins only."
     )
+
+
+# -- who may: every role that may, and the README's rule ------------------------------------------------
+async def test_role_sentences_name_every_role_and_rules_is_for_colleagues(bot: ChatBot) -> None:
+    assert await bot.say(NOBODY, "/newgroup sales") == (
+        "/newgroup is for HR or admins; you have none of these roles. An admin can grant one in the "
+        "configuration."
+    )
+    assert "/plan approve is for approvers or admins;" in await bot.say(NOBODY, "/plan approve 1")
+    assert "/rules reload is for HR or admins;" in await bot.say(NOBODY, "/rules reload")
+    assert "/suppressions list is for admins; you don't have that role." in await bot.say(
+        NOBODY, "/suppressions list"
+    )
+    assert "No group rules are in force." in await bot.say(NOBODY, "/rules")
+    assert await bot.say("guest@partner.example", "/rules") == "/rules is for people in the company."
+    help_plan = await bot.say(NOBODY, "/help plan")
+    assert "(approvers, admins)" in help_plan

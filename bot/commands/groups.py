@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 from bot.addresses import normalise
 from bot.commandline import Arg, Flag, Parsed, Spec
 from bot.context import Context
-from bot.core import CommandTable, Request
+from bot.core import CommandTable, Request, outsider
 from bot.db.models import Group, Membership, Person, RuleException
 from bot.errors import PermissionDenied, Refusal, UserError, with_usage
 from bot.events import Message
@@ -44,9 +44,9 @@ REMOVEGROUP = Spec(
 GROUPS = Spec(
     ("groups",),
     (Arg("member", required=False),),
-    summary="All groups, or one person's groups and how each membership came about.",
+    summary="All groups, or one person's groups and how each membership came about (anyone in the company).",
 )
-MEMBERS = Spec(("members",), (Arg("group"),), summary="Who is in a group.")
+MEMBERS = Spec(("members",), (Arg("group"),), summary="Who is in a group (as the group's visibility allows).")
 SPECS = (NEWGROUP, ADDGROUP, REMOVEGROUP, GROUPS, MEMBERS)
 
 
@@ -289,14 +289,7 @@ class GroupCommands:
     async def groups(self, req: Request, p: Parsed) -> Message:
         who = p.opt("member")
         if not req.colleague:
-            raise PermissionDenied(
-                t(
-                    "HR's record says you have left the company, so /{command} is not open to you.",
-                    command="groups",
-                )
-                if req.left
-                else t("/groups is for people in the company.")
-            )
+            raise outsider(req, "groups")
         async with self.ctx.sessions() as session:
             if who is not None:
                 try:
@@ -406,12 +399,7 @@ class GroupCommands:
             )
         )
         if not allowed and req.left:
-            raise PermissionDenied(
-                t(
-                    "HR's record says you have left the company, so /{command} is not open to you.",
-                    command="members",
-                )
-            )
+            raise outsider(req, "members")
         if not allowed:
             raise PermissionDenied(_visibility_rule(group))
         if not rows:
