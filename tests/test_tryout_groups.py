@@ -195,3 +195,15 @@ async def test_role_sentences_name_every_role_and_rules_is_for_colleagues(bot: C
     assert await bot.say("guest@partner.example", "/rules") == "/rules is for people in the company."
     help_plan = await bot.say(NOBODY, "/help plan")
     assert "(approvers, admins)" in help_plan
+
+
+async def test_an_addgroup_refused_whole_says_nothing_was_added_and_names_each_refused_address(
+    bot: ChatBot,
+) -> None:
+    await bot.say(HR, "/newgroup eng")
+    answer = await bot.say(HR, "/addgroup eng carl@corp.example ext@partner.example ext2@other.example")
+    lines = answer.splitlines()
+    assert lines[0] == "Nothing was added to eng@corp.example, because:"
+    assert lines[1].startswith("  ext@partner.example is outside corp.example") and len(lines) == 3
+    assert lines[2].startswith("  ext2@other.example is outside corp.example")
+    assert "eng@corp.example has no members yet." in await bot.say(HR, "/members eng")

@@ -12,7 +12,7 @@ from bot.db.models import Group, Membership, Person, RuleException
 from bot.errors import PermissionDenied, Refusal, UserError, with_usage
 from bot.events import Message
 from bot.groups import service
-from bot.groups.membership import Memberships
+from bot.groups.membership import Memberships, Refused
 from bot.groups.providers.base import ProviderError
 from bot.groups.providers.registry import LABELS, LOCAL, NAMES
 from bot.i18n import t
@@ -209,10 +209,21 @@ class GroupCommands:
             if plan.unchanged:
                 raise Refusal(t("{reasons}: nothing changed.", reasons=t("; ").join(plan.unchanged)))
             raise Refusal(t("Nothing to change: nothing changed."))
-        # One refusal refuses the whole command: nothing changes.
-        out = await self.memberships.execute(
-            plan, kind="command", source=f"/{spec.name}", actor=req.email, via=req.via, whole=True
-        )
+        # One refusal refuses the whole command: nothing changes, and the answer says so and names each
+        # refused address with its reason.
+        try:
+            out = await self.memberships.execute(
+                plan, kind="command", source=f"/{spec.name}", actor=req.email, via=req.via, whole=True
+            )
+        except Refused as exc:
+            reasons = list(dict.fromkeys(why for _change, why in exc.refused))
+            raise Refusal(
+                "\n".join(
+                    [t("Nothing was added to {group}, because:", group=group.address)]
+                    + ["  " + why for why in reasons[:20]]
+                    + ([t("… and {count} more", count=len(reasons) - 20)] if len(reasons) > 20 else [])
+                )
+            ) from None
         async with self.ctx.sessions() as session:
             count = await service.member_count(session, group.id)
         done = ", ".join(c.email for c in plan.changes)
