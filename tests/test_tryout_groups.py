@@ -207,3 +207,43 @@ async def test_an_addgroup_refused_whole_says_nothing_was_added_and_names_each_r
     assert lines[1].startswith("  ext@partner.example is outside corp.example") and len(lines) == 3
     assert lines[2].startswith("  ext2@other.example is outside corp.example")
     assert "eng@corp.example has no members yet." in await bot.say(HR, "/members eng")
+
+
+# -- approving a held plan: why nothing applied, and who asked and who approved -------------------------
+async def test_an_approved_plan_credits_the_requester_and_the_approver_and_says_why_nothing_applied(
+    bot: ChatBot,
+) -> None:
+    from sqlalchemy import select, update
+
+    from bot.db.models import AuditEntry, Group, Membership, Person
+
+    await bot.say(HR, "/newgroup vip")
+    async with bot.app.ctx.sessions() as session, session.begin():
+        await session.execute(update(Group).values(protected=True))
+    held = await bot.say(HR, "/addgroup vip carl@corp.example dana@corp.example")
+    assert "waits for an approver (plan #1)" in held
+    async with bot.app.ctx.sessions() as session, session.begin():  # dana leaves while the plan waits
+        await session.execute(update(Person).where(Person.email == "dana@corp.example").values(status="left"))
+    answer = await bot.say(APPROVER, "/plan approve 1")
+    assert answer == (
+        f"Membership plan #1 from {HR}, approved by {APPROVER}: 1 change applied. Not applied: "
+        "dana@corp.example has left since the plan was made."
+    )
+    async with bot.app.ctx.sessions() as session:
+        added_by = (await session.execute(select(Membership.added_by))).scalars().all()
+        entries = (
+            (
+                await session.execute(
+                    select(AuditEntry).where(AuditEntry.action.in_(["membership.add", "plan.approved"]))
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert added_by == [HR]
+    add = next(e for e in entries if e.action == "membership.add")
+    assert add.actor == HR and add.after == {"email": "carl@corp.example", "source": "manual"}
+    assert add.detail == f"added by {HR}; approved by {APPROVER} (plan #1)"
+    decided = next(e for e in entries if e.action == "plan.approved")
+    assert decided.actor == APPROVER and decided.before == {"state": "pending", "requested_by": HR}
+    assert f"Membership plan #1 from {HR}, approved by {APPROVER}" in str(bot.cards()[-1].card)

@@ -94,7 +94,7 @@ class Guard:
         if adds:
             ids = {c.group_id for c in adds}
             kinds = dict((await session.execute(select(Group.id, Group.kind).where(Group.id.in_(ids)))).all())
-        left = await _leavers(session, adds)
+        left = await leavers(session, adds)
         for c in plan.changes:
             if (
                 c.op == "add"
@@ -187,7 +187,7 @@ class Guard:
         return tripped, reasons
 
 
-async def _leavers(session: AsyncSession, adds: list[Change]) -> set[object]:
+async def leavers(session: AsyncSession, adds: list[Change]) -> set[object]:
     """The emails and person ids among these adds that belong to people who have left."""
     if not adds:
         return set()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import delete, select, update
@@ -22,7 +22,7 @@ from bot.db.models import Group, PendingPlan, Person, RuleException
 from bot.errors import Refusal
 from bot.events import Button, Card, Message
 from bot.groups import planner, service
-from bot.groups.guard import Guard, Kind, Verdict
+from bot.groups.guard import Guard, Kind, Verdict, leavers
 from bot.groups.outbox import Outbox
 from bot.groups.providers.registry import LOCAL
 from bot.groups.rules import RuleBook, person_values
@@ -351,6 +351,7 @@ class Memberships:
         """Approve (apply) or reject a held plan; one decision however often it is clicked."""
         now = self.ctx.now()
         applied = 0
+        not_applied: list[str] = []  # why a change of the approved plan did not apply
         async with self.ctx.sessions() as session, session.begin():
             pending = await session.get(PendingPlan, plan_id)
             if pending is None:
@@ -395,14 +396,30 @@ class Memberships:
                 via=via,
                 action=f"plan.{decision}",
                 subject=f"plan:{plan_id}",
-                before={"state": "pending"},
-                after={"state": decision},
+                before={"state": "pending", "requested_by": pending.actor},
+                after={"state": decision, "decided_by": approver},
             )
             events = pending.payload.get("events")
             if decision == "approved" and events is None:
-                plan = Plan([Change(**d) for d in pending.payload.get("changes", [])])
-                out = await self._execute(session, plan, "reviewed", pending.source, approver, via, False)
+                # Who asked is who changes the group (the membership's added_by, the audit's actor); the
+                # approver is named in each change's reason and in the plan's own entry above.
+                approved = t("approved by {approver} (plan #{id})", approver=approver, id=plan_id)
+                plan = Plan(
+                    [
+                        replace(c, reason=f"{c.reason}; {approved}")
+                        for c in (Change(**d) for d in pending.payload.get("changes", []))
+                    ]
+                )
+                out = await self._execute(
+                    session, plan, "reviewed", pending.source, pending.actor, via, False
+                )
                 applied = out.applied
+                gone = await leavers(session, [c for c, _why in out.plan.refused])
+                for c, why in out.plan.refused:
+                    if c.email in gone or c.person_id in gone:
+                        why = t("{email} has left since the plan was made", email=c.email)
+                    if why not in not_applied:
+                        not_applied.append(why)
         if decision == "approved" and events is not None:
             if self.replay_events is None:
                 raise RuntimeError("no HR lifecycle is wired to apply approved HR events")
@@ -412,8 +429,20 @@ class Memberships:
                 "hr",
                 lambda: Message(
                     t(
-                        "Plan #{id} approved by {approver}: {count} HR events from {source} applied.",
+                        "Plan #{id} from {requester}, approved by {approver}: {count} HR event from {source} "
+                        "applied.",
                         id=plan_id,
+                        requester=pending.actor,
+                        approver=approver,
+                        count=applied,
+                        source=pending.source,
+                    )
+                    if applied == 1
+                    else t(
+                        "Plan #{id} from {requester}, approved by {approver}: {count} HR events from {source} "
+                        "applied.",
+                        id=plan_id,
+                        requester=pending.actor,
                         approver=approver,
                         count=applied,
                         source=pending.source,
@@ -424,25 +453,46 @@ class Memberships:
             )
 
         def outcome_text() -> str:
+            who = {"id": plan_id, "requester": pending.actor, "approver": approver}
             if decision != "approved":
                 return t(
-                    "Rejected membership plan #{id} ({approver}); nothing was changed.",
-                    id=plan_id,
-                    approver=approver,
+                    "Membership plan #{id} from {requester} rejected by {approver}; nothing was changed.",
+                    **who,
                 )
             if events is not None:
-                return t(
-                    "Approved membership plan #{id} ({approver}); {count} events applied.",
-                    id=plan_id,
-                    approver=approver,
-                    count=applied,
+                return (
+                    t(
+                        "Membership plan #{id} from {requester}, approved by {approver}: 1 event applied.",
+                        **who,
+                    )
+                    if applied == 1
+                    else t(
+                        "Membership plan #{id} from {requester}, approved by {approver}: {count} events applied.",
+                        count=applied,
+                        **who,
+                    )
                 )
-            return t(
-                "Approved membership plan #{id} ({approver}); {count} changes applied.",
-                id=plan_id,
-                approver=approver,
-                count=applied,
+            if not applied and not_applied:
+                return t(
+                    "Membership plan #{id} from {requester}, approved by {approver}: nothing to apply, because "
+                    "{reasons}.",
+                    reasons=t("; ").join(why.rstrip(".") for why in not_applied),
+                    **who,
+                )
+            text = (
+                t("Membership plan #{id} from {requester}, approved by {approver}: 1 change applied.", **who)
+                if applied == 1
+                else t(
+                    "Membership plan #{id} from {requester}, approved by {approver}: {count} changes applied.",
+                    count=applied,
+                    **who,
+                )
             )
+            if not_applied:
+                text += " " + t(
+                    "Not applied: {reasons}.", reasons=t("; ").join(why.rstrip(".") for why in not_applied)
+                )
+            return text
 
         def card() -> Message:
             text = outcome_text()
