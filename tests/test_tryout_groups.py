@@ -247,3 +247,31 @@ async def test_an_approved_plan_credits_the_requester_and_the_approver_and_says_
     decided = next(e for e in entries if e.action == "plan.approved")
     assert decided.actor == APPROVER and decided.before == {"state": "pending", "requested_by": HR}
     assert f"Membership plan #1 from {HR}, approved by {APPROVER}" in str(bot.cards()[-1].card)
+
+
+async def test_rules_and_plans_say_plainly_that_leavers_are_never_added_by_rules(grace_bot: ChatBot) -> None:
+    bot = grace_bot
+    from sqlalchemy import select
+
+    from bot.db.models import Group, Person
+    from bot.groups.service import Change, Plan
+
+    assert (
+        "Rules match active people only: leavers are never added by rules, and leave every group (memberships "
+        "added by hand too)."
+    ) in await bot.say(NOBODY, "/rules")
+    async with bot.app.ctx.sessions() as session, session.begin():
+        session.add(Person(employee_id="E9", email="dana@corp.example", status="left", source="test"))
+    async with bot.app.ctx.sessions() as session:
+        eng = (await session.execute(select(Group).where(Group.local_part == "eng"))).scalar_one()
+    rule_add = Change(
+        "add", eng.id, eng.address, "dana@corp.example", "rule:eng", "rule eng: department is Engineering"
+    )
+    out = await bot.app.memberships.execute(
+        Plan([rule_add]), kind="reviewed", source="test", actor="test", via="test"
+    )
+    assert out.applied == 0
+    assert [why for _c, why in out.plan.refused] == [
+        "dana@corp.example has left the company, and leavers are never added by rules: not added to "
+        "eng@corp.example."
+    ]

@@ -104,7 +104,19 @@ class Guard:
                 out.refused.append((c, external_refusal(c.email, c.group_address, self.settings)))
             elif c.op == "add" and (c.email in left or c.person_id in left):
                 out.refused.append(
-                    (c, t("{email} has left the company: leavers can't be added to groups.", email=c.email))
+                    (
+                        c,
+                        t(
+                            "{email} has left the company, and leavers are never added by rules: not added to "
+                            "{group}.",
+                            email=c.email,
+                            group=c.group_address,
+                        )
+                        if c.source.startswith("rule:")
+                        else t(
+                            "{email} has left the company: leavers can't be added to groups.", email=c.email
+                        ),
+                    )
                 )
             else:
                 out.changes.append(c)
