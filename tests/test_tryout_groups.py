@@ -275,3 +275,18 @@ async def test_rules_and_plans_say_plainly_that_leavers_are_never_added_by_rules
         "dana@corp.example has left the company, and leavers are never added by rules: not added to "
         "eng@corp.example."
     ]
+
+
+def test_the_example_rules_file_documents_and_uses_the_moderation_keys() -> None:
+    from bot.config import load_settings
+    from bot.groups.rules import GROUP_KEYS, load_rules
+
+    example = Path(__file__).parents[1] / "manifests" / "groups.example.yaml"
+    header = example.read_text().split("\ngroups:")[0]
+    for key in sorted(GROUP_KEYS):
+        assert f"#   {key} " in header, f"{key} is not documented in {example.name}"
+    assert "moderated (every post waits" in header
+    rules = load_rules(example, load_settings(read_file=False)).by_address
+    eng = rules["eng@corp.example"]
+    assert (eng.moderation, eng.moderators) == ("nonmembers", ("alice@corp.example", "hannah@corp.example"))
+    assert rules["eng-leads@corp.example"].post_policy == "moderated"
