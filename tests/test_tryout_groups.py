@@ -290,3 +290,44 @@ def test_the_example_rules_file_documents_and_uses_the_moderation_keys() -> None
     eng = rules["eng@corp.example"]
     assert (eng.moderation, eng.moderators) == ("nonmembers", ("alice@corp.example", "hannah@corp.example"))
     assert rules["eng-leads@corp.example"].post_policy == "moderated"
+
+
+# -- the demo's mail catcher: a group address nobody has gets the README's 550 ---------------------------
+async def test_with_the_demo_mailbox_behind_the_relay_an_unknown_group_address_gets_550(
+    database_url: str, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    from email.message import EmailMessage
+
+    import aiosmtplib
+
+    from bot.app import Runtime
+    from bot.mail.server import Mailbox
+    from tests.smtp import free_port
+
+    port = free_port()
+    relay = {"enabled": True, "host": "127.0.0.1", "port": port, "mailbox_dir": str(tmp_path / "mailbox")}
+    async for bot in lifecycle_bot(database_url, smtp.port, tmp_path, rules=RULES, relay=relay):
+        runtime = Runtime(bot.app)
+        mailbox = Mailbox(tmp_path / "mailbox", echo=None)
+        await runtime.start_services(mailbox=mailbox)  # as the demo wires it: the catch-all last
+        try:
+            await bot.say(HR, "/addgroup club fay@corp.example --unknown-ok")
+
+            def mail(to: str) -> EmailMessage:
+                msg = EmailMessage()
+                msg["From"], msg["To"], msg["Subject"] = HR, to, "Hello"
+                msg.set_content("Body text.")
+                return msg
+
+            with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as refused:
+                await aiosmtplib.send(mail("nosuch@corp.example"), hostname="127.0.0.1", port=port)
+            (err,) = refused.value.recipients
+            assert err.code == 550 and "no such address" in err.message
+            assert mailbox.messages() == []
+            # the catch-all still takes the rest of the demo's mail: people it knows, and the outside world
+            for to in (HR, "fay@corp.example", "lena@example.com"):
+                errors, _reply = await aiosmtplib.send(mail(to), hostname="127.0.0.1", port=port)
+                assert errors == {}, to
+            assert len(mailbox.messages()) == 3
+        finally:
+            await runtime.stop_services()
