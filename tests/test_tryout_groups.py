@@ -331,3 +331,44 @@ async def test_with_the_demo_mailbox_behind_the_relay_an_unknown_group_address_g
             assert len(mailbox.messages()) == 3
         finally:
             await runtime.stop_services()
+
+
+# -- /help: what the asker may use; the console's own commands; plan texts said once ----------------------
+async def test_help_lists_what_the_asker_may_use_and_the_consoles_own_commands(bot: ChatBot) -> None:
+    from tests.conftest import ADMIN
+
+    nora = await bot.say(NOBODY, "/help")
+    assert "The commands you may use:" in nora
+    for usage in ("/groups [<member>]", "/members <group>", "/rules\n", "/addgroup <group>", "/lang"):
+        assert usage in nora, usage
+    for usage in ("/newgroup", "/sync", "/plan approve", "/campaign new", "/suppressions list"):
+        assert usage not in nora, usage
+    assert "needs a role you don't have" not in nora
+    assert "more commands are for other roles (HR, campaign senders, approvers, admins)." in nora
+    printed = bot.out.getvalue()  # what the console printed under the core's answer
+    assert "On this console:\n  /as <email>" in printed and "/whoami" in printed and "/quit" in printed
+    hr = await bot.say(HR, "/help")
+    assert "/newgroup <address>" in hr and "/sync [--dry-run]" in hr and "/campaign new" not in hr
+    admin = await bot.say(ADMIN, "/help")
+    assert "/suppressions list" in admin and "/plan approve <id>" in admin
+    assert "for other roles" not in admin
+    assert "/newgroup <address>" in await bot.say(NOBODY, "/help newgroup")  # any command, in full
+    before = bot.out.getvalue().count("On this console")
+    await bot.say(NOBODY, "/help newgroup")
+    assert bot.out.getvalue().count("On this console") == before
+
+
+async def test_a_held_plans_card_says_its_counts_once(bot: ChatBot) -> None:
+    from sqlalchemy import update
+
+    from bot.db.models import Group
+
+    await bot.say(HR, "/newgroup vip")
+    async with bot.app.ctx.sessions() as session, session.begin():
+        await session.execute(update(Group).values(protected=True))
+    assert "waits for an approver (plan #1)" in await bot.say(HR, "/addgroup vip carl@corp.example")
+    card = bot.cards()[-1].card
+    assert card is not None
+    fields = dict(card.fields)
+    assert fields["Changes"] == "1 to add, 0 to remove"
+    assert fields["Plan"] == f"  + carl@corp.example to vip@corp.example (added by {HR})"

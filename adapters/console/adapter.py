@@ -19,6 +19,14 @@ from bot.events import Actor, Command, Conversation, Message, MessageRef
 from bot.message_text import CONSOLE, render
 
 PLATFORM = "console"
+# The console's own commands, which never reach the core (English, like the rest of the console's words).
+CONSOLE_HELP = """On this console:
+  /as <email>
+      Switch to another person.
+  /whoami
+      Who you are and your roles.
+  /quit
+      Leave (so does end of input)."""
 
 
 def render_message(message: Message) -> str:
@@ -104,6 +112,8 @@ class ConsoleAdapter(Adapter):
             self.refused += reply.refused
             self.transcript.append(("reply", "you", reply))
             self._print(render_message(reply))
+            if stripped.split() == ["/help"]:
+                self._print(CONSOLE_HELP)
         return reply
 
     async def repl(self) -> None:

@@ -516,7 +516,10 @@ def approval_card(pending: PendingPlan) -> Message:
     if events is not None:
         fields.append((t("HR events"), str(len(events))))
     fields.append((t("Changes"), t("{adds} to add, {removes} to remove", adds=adds, removes=removes)))
-    fields.append((t("Plan"), pending.summary[:1500]))
+    # The plan's text opens with the same counts: said once, in the field above.
+    counts = t("{adds} to add, {removes} to remove.", adds=adds, removes=removes)
+    lines = [line.replace(counts, "").rstrip() for line in pending.summary.splitlines()]
+    fields.append((t("Plan"), "\n".join(line for line in lines if line.strip())[:1500]))
     card = Card(
         title=t("Membership plan #{id} needs an approver", id=pending.id),
         fields=tuple(fields),

@@ -154,7 +154,11 @@ class ImportResult:
             lines.append("  " + t("… and {count} more", count=len(shown) - 50))
         if self.in_grace:
             lines.append(
-                t("{count} leavers stay in their groups until their grace period ends.", count=self.in_grace)
+                t("1 leaver stays in their groups until their grace period ends.")
+                if self.in_grace == 1
+                else t(
+                    "{count} leavers stay in their groups until their grace period ends.", count=self.in_grace
+                )
             )
         if self.not_applied:
             lines.append(
