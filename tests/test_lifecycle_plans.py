@@ -142,7 +142,7 @@ async def test_sync_dry_run_shows_the_plan_and_sync_applies_it_keeping_manual(lb
     )
     assert await groups_of(lbot, "zoe@corp.example") == {"social": "manual"}
     reply = await lbot.say(NOBODY, "/sync")
-    assert "for HR;" in reply
+    assert "for HR or admins;" in reply
     reply = await lbot.say(HR, "/sync")
     assert "Applied 5 changes." in reply
     assert await groups_of(lbot, "zoe@corp.example") == {
