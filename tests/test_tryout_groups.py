@@ -203,10 +203,14 @@ async def test_an_addgroup_refused_whole_says_nothing_was_added_and_names_each_r
     await bot.say(HR, "/newgroup eng")
     answer = await bot.say(HR, "/addgroup eng carl@corp.example ext@partner.example ext2@other.example")
     lines = answer.splitlines()
-    assert lines[0] == "Nothing was added to eng@corp.example, because:"
+    assert lines[0] == "Nothing was added to eng@corp.example: 2 addresses were refused."
     assert lines[1].startswith("  ext@partner.example is outside corp.example") and len(lines) == 3
     assert lines[2].startswith("  ext2@other.example is outside corp.example")
     assert "eng@corp.example has no members yet." in await bot.say(HR, "/members eng")
+    one = await bot.say(HR, "/addgroup eng carl@corp.example ext@partner.example")
+    assert one.startswith(
+        "Nothing was added to eng@corp.example: ext@partner.example is outside corp.example"
+    )
 
 
 # -- approving a held plan: why nothing applied, and who asked and who approved -------------------------

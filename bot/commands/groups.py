@@ -217,11 +217,21 @@ class GroupCommands:
             )
         except Refused as exc:
             reasons = list(dict.fromkeys(why for _change, why in exc.refused))
+            if len(reasons) == 1:
+                raise Refusal(
+                    t("Nothing was added to {group}: {why}", group=group.address, why=reasons[0])
+                ) from None
             raise Refusal(
                 "\n".join(
-                    [t("Nothing was added to {group}, because:", group=group.address)]
+                    [
+                        t(
+                            "Nothing was added to {group}: {count} addresses were refused.",
+                            group=group.address,
+                            count=len(reasons),
+                        )
+                    ]
                     + ["  " + why for why in reasons[:20]]
-                    + ([t("… and {count} more", count=len(reasons) - 20)] if len(reasons) > 20 else [])
+                    + ["  " + t("… and {count} more", count=len(reasons) - 20)] * (len(reasons) > 20)
                 )
             ) from None
         async with self.ctx.sessions() as session:
