@@ -260,25 +260,28 @@ async def _demo(folder: str, fresh: bool, as_email: str | None) -> None:
 def chat(ctx: click.Context, as_email: str, text: tuple[str, ...]) -> None:
     """Run one chat command through the console adapter and print the bot's reply.
 
-    Background work the command starts (a campaign send) finishes before it exits.
+    Background work the command starts (a campaign send) finishes before it exits. Exits 1 when the
+    command is refused or fails (nothing changed).
     """
     from bot.addresses import normalise
+    from bot.config import org_problem
     from bot.errors import UserError
 
     try:
         as_email = normalise(as_email)
     except UserError as exc:
         raise click.BadParameter(exc.sentence, param_hint="--as") from None
-    from bot.config import org_problem
-
     settings = _settings(ctx.obj["config"])
     problem = org_problem(settings, "chat")
     if problem is not None:
         raise click.ClickException(problem)
-    _run(_chat(settings, as_email, " ".join(text)), settings)
+    refused: list[int] = []
+    _run(_chat(settings, as_email, " ".join(text), refused), settings)
+    if refused and refused[0]:
+        sys.exit(1)
 
 
-async def _chat(settings: Settings, as_email: str, text: str) -> None:
+async def _chat(settings: Settings, as_email: str, text: str, refused: list[int]) -> None:
     from bot.app import build_app, load_adapter
 
     app = await build_app(settings)
@@ -288,6 +291,7 @@ async def _chat(settings: Settings, as_email: str, text: str) -> None:
         app.attach(console)
         await console.start(app.core)
         await console.say(text)  # type: ignore[attr-defined]
+        refused.append(console.refused)  # type: ignore[attr-defined]
         await app.drain()
     finally:
         await app.close()

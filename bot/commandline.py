@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from bot.errors import PermissionDenied, UserError
+from bot.errors import UserError, with_usage
 from bot.i18n import t
 
 MAX_COMMAND_LENGTH = 4000
@@ -248,10 +248,12 @@ def parse(spec: Spec, tokens: list[str]) -> Parsed:
 
 @contextmanager
 def usage_of(spec: Spec) -> Iterator[None]:
-    """Refusals raised inside carry the command's usage line (a permission refusal is not a usage problem)."""
+    """Problems of the input raised inside carry the command's usage line; refusals (a role, the guard, the
+    state of things) do not: they are not a usage problem."""
     try:
         yield
-    except PermissionDenied:
-        raise
     except UserError as exc:
-        raise UserError(exc.sentence, exc.usage or spec.usage) from None
+        raised = with_usage(exc, spec.usage)
+        if raised is exc:
+            raise
+        raise raised from None

@@ -21,7 +21,7 @@ from bot import i18n
 from bot.addresses import normalise
 from bot.commandline import Parsed, Spec, parse, tokenize
 from bot.context import Context
-from bot.db.models import Preference, ProcessedEvent
+from bot.db.models import Person, Preference, ProcessedEvent
 from bot.db.upsert import insert_ignore
 from bot.errors import PermissionDenied, UserError, error_message
 from bot.events import Action, Actor, Command, Conversation, Message, PersonEvent
@@ -37,16 +37,27 @@ ROLE_NAMES = ("hr", "senders", "approvers", "admins")
 
 @dataclass(frozen=True)
 class Request:
-    """Who is asking, through what, from where."""
+    """Who is asking, through what, from where.
+
+    `colleague` is the one answer to "is this person in the company?" for every command: an address on
+    one of `org.domains` whose HR record does not say they left (in their grace period or after). A
+    leaver is nobody's colleague and holds no role, whatever the configuration still lists.
+    """
 
     email: str
     roles: frozenset[str]
     via: str  # the platform: console, slack, dingtalk, wecom
     conversation: Conversation
     actor: Actor
+    colleague: bool = False
+    left: bool = False  # HR's record says they left
 
     def has(self, *roles: str) -> bool:
         return "admins" in self.roles or any(r in self.roles for r in roles)
+
+    def owns(self, owners: list[str] | tuple[str, ...] | None) -> bool:
+        """One of these owners (or moderators), and still a colleague."""
+        return self.colleague and self.email in (owners or ())
 
 
 Handler = Callable[[Request, Parsed], Awaitable[Message]]
@@ -141,7 +152,18 @@ class Core:
 
     async def _request(self, actor: Actor, conversation: Conversation) -> Request:
         email = await self.identify(actor)
-        return Request(email, self.roles_of(email), actor.platform, conversation, actor)
+        if await self.has_left(email):
+            return Request(
+                email, frozenset(), actor.platform, conversation, actor, colleague=False, left=True
+            )
+        colleague = self.ctx.settings.is_internal(email)
+        return Request(email, self.roles_of(email), actor.platform, conversation, actor, colleague=colleague)
+
+    async def has_left(self, email: str) -> bool:
+        """HR's record says this person left (their grace period may still be running)."""
+        async with self.ctx.sessions() as session:
+            status = (await session.execute(select(Person.status).where(Person.email == email))).scalar()
+        return status == "left"
 
     async def locale_of(self, email: str | None, platform: str) -> str:
         """The person's own choice (/lang), else their messenger's language."""
@@ -220,6 +242,13 @@ class Core:
                 raise self._unknown(tokens)
             spec, handler, rest = found
             request = await self._request(cmd.actor, cmd.conversation)
+            if spec.roles and request.left:
+                raise PermissionDenied(
+                    t(
+                        "HR's record says you have left the company, so /{command} is not open to you.",
+                        command=spec.name,
+                    )
+                )
             if spec.roles and "owners" not in spec.roles and not request.has(*spec.roles):
                 raise PermissionDenied(_role_sentence(spec))
             return await handler(request, parse(spec, rest))
@@ -233,7 +262,8 @@ class Core:
                     "Something went wrong on my side (reference {ref}); nothing was changed. "
                     "An admin can find the details in the log.",
                     ref=ref,
-                )
+                ),
+                refused=True,
             )
 
     async def handle_action(self, action: Action) -> Message | None:
@@ -256,7 +286,8 @@ class Core:
             ref = secrets.token_hex(4)
             log.exception("action failed (ref %s): %s", ref, action.action_id)
             return Message(
-                t("Something went wrong on my side (reference {ref}); nothing was changed.", ref=ref)
+                t("Something went wrong on my side (reference {ref}); nothing was changed.", ref=ref),
+                refused=True,
             )
 
     async def handle_person_event(self, event: PersonEvent) -> Any:
@@ -267,16 +298,36 @@ class Core:
         return await self.lifecycle.apply(event)
 
 
+def outsider(req: Request, command: str) -> PermissionDenied:
+    """The refusal for someone who is not a colleague (bot.core.Request.colleague)."""
+    if req.left:
+        return PermissionDenied(
+            t(
+                "HR's record says you have left the company, so /{command} is not open to you.",
+                command=command,
+            )
+        )
+    return PermissionDenied(t("/{command} is for people in the company.", command=command))
+
+
 def _role_sentence(spec: Spec) -> str:
+    """Who may run it, every role that may: the spec's roles, and admins, who may run everything."""
     names = {
         "hr": t("HR"),
         "senders": t("campaign senders"),
         "approvers": t("approvers"),
         "admins": t("admins"),
     }
-    wanted = t(" or ").join(names.get(r, r) for r in spec.roles if r != "owners")
+    roles = [r for r in spec.roles if r not in ("owners", "admins")] + ["admins"]
+    wanted = t(" or ").join(names.get(r, r) for r in roles)
+    if len(roles) == 1:
+        return t(
+            "/{command} is for {roles}; you don't have that role. An admin can grant it in the configuration.",
+            command=spec.name,
+            roles=wanted,
+        )
     return t(
-        "/{command} is for {roles}; you don't have that role. An admin can grant it in the configuration.",
+        "/{command} is for {roles}; you have none of these roles. An admin can grant one in the configuration.",
         command=spec.name,
         roles=wanted,
     )

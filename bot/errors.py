@@ -15,16 +15,29 @@ class UserError(Exception):
         self.usage = usage
 
 
-class PermissionDenied(UserError):
+class Refusal(UserError):
+    """A well-formed command that is refused — by a role, the guard, the state of things (no such group,
+    already a member). Its answer never carries the usage line: only a malformed command gets that."""
+
+
+class PermissionDenied(Refusal):
     pass
 
 
+def with_usage(exc: UserError, usage: str) -> UserError:
+    """The error to raise for `exc` met while running a command with this usage line: a refusal as it
+    is, any other problem of the input with the usage line."""
+    if isinstance(exc, Refusal):
+        return exc
+    return UserError(exc.sentence, exc.usage or usage)
+
+
 def error_message(exc: UserError) -> Message:
-    """The answer to a refusal: its sentence, then the usage line where there is one."""
+    """The answer to a refusal: its sentence, then the usage line for a malformed command."""
     text = visible(exc.sentence)
-    if exc.usage:
+    if exc.usage and not isinstance(exc, Refusal):
         text += "\n" + t("Usage: {usage}", usage=exc.usage)
-    return Message(text, ephemeral=True)
+    return Message(text, ephemeral=True, refused=True)
 
 
 # Control characters and bidirectional overrides a person typed are echoed as visible escapes,

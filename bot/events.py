@@ -114,3 +114,5 @@ class Message:
     card: Card | None = None
     ephemeral: bool = False
     attachments: tuple[str, ...] = field(default=())  # paths of files (a chart), if any
+    # The command was refused or failed, nothing changed (a script driving `postroom chat` exits non-zero).
+    refused: bool = False

@@ -39,11 +39,11 @@ async def test_group_commands_answer_in_chinese(zbot: ChatBot) -> None:
     reply = await zbot.say(HR, "/groups alice@corp.example")
     assert "alice@corp.example 在 1 个邮件组中：" in reply and f"由 {HR} 手动添加" in reply
     reply = await zbot.say(NOBODY, "/members nosuch")
-    assert "没有名为“nosuch”的邮件组。" in reply and "用法：/members <group>" in reply
+    assert "没有名为“nosuch”的邮件组。" in reply and "用法：" not in reply  # a refusal: no usage line
     reply = await zbot.say(HR, "/addgroup social")
     assert "/addgroup 至少需要一个成员。" in reply
     reply = await zbot.say(NOBODY, "/plan approve 99")
-    assert "仅限审批人使用" in reply
+    assert "仅限审批人或管理员使用" in reply
 
 
 async def test_rules_sync_audit_and_hr_notices_are_chinese(zbot: ChatBot) -> None:
@@ -116,8 +116,8 @@ async def test_a_held_plan_is_announced_and_decided_in_chinese(zbot: ChatBot) ->
     assert card.card is not None and card.card.title == f"成员变更计划 #{pending.id} 需要审批"
     assert [b.label for b in card.card.buttons] == ["批准", "拒绝"]
     reply = await zbot.say(HR, f"/plan approve {pending.id}")
-    assert "仅限审批人使用" in reply
+    assert "仅限审批人或管理员使用" in reply
     reply = await zbot.say(APPROVER, f"/plan approve {pending.id}")
-    assert reply == f"已批准成员变更计划 #{pending.id}（{APPROVER}）；已执行 0 项变更。"
+    assert reply == f"{HR} 提出的成员变更计划 #{pending.id} 已由 {APPROVER} 批准：已执行 0 项更改。"
     reply = await zbot.say(APPROVER2, f"/plan reject {pending.id}")
     assert f"计划 #{pending.id} 已由 {APPROVER} 批准，未做任何更改。" in reply

@@ -240,7 +240,10 @@ async def test_a_leaver_cannot_be_added_back(lbot) -> None:  # type: ignore[no-u
     reply = await lbot.say(HR, "/addgroup social dana@corp.example")
     assert "dana@corp.example has left the company: leavers can't be added to groups." in reply
     reply = await lbot.say(APPROVER, f"/plan approve {out.held}")
-    assert "0 changes applied" in reply
+    assert reply == (
+        f"Membership plan #{out.held} from hr:hr-webhook, approved by {APPROVER}: nothing to apply, because "
+        "dana@corp.example has left since the plan was made."
+    )
     assert await groups_of(lbot, "dana@corp.example") == {}
 
 
@@ -442,7 +445,7 @@ async def test_hand_changes_to_a_protected_group_wait_for_an_approver(lbot) -> N
     cards = lbot.cards()
     assert cards and "needs an approver" in cards[-1].card.title
     plan_id = reply.split("plan #")[1].split(")")[0]
-    assert "1 changes applied" in await lbot.say(APPROVER, f"/plan approve {plan_id}")
+    assert "1 change applied." in await lbot.say(APPROVER, f"/plan approve {plan_id}")
     assert await groups_of(lbot, "erin@corp.example") == {"social": "manual"}
     reply = await lbot.say(HR, "/removegroup social erin@corp.example")
     assert "Removing erin@corp.example from social@corp.example waits for an approver" in reply

@@ -112,7 +112,7 @@ async def test_audit_report_lists_what_needs_a_look(database_url, smtp, tmp_path
         assert "Empty groups: quiet@corp.example\n" in reply
         assert "External members: lena@example.com in partners@corp.example" in reply
         assert "chen@corp.example in social@corp.example (since" in reply
-        assert "for HR;" in await bot.say("nora@corp.example", "/audit")
+        assert "for HR or admins;" in await bot.say("nora@corp.example", "/audit")
         # /sync clears the leaver; the report then says so.
         await bot.say(HR, "/sync")
         assert "Leavers still in a group (must be none): none" in await bot.say(HR, "/audit")

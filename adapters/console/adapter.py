@@ -19,6 +19,14 @@ from bot.events import Actor, Command, Conversation, Message, MessageRef
 from bot.message_text import CONSOLE, render
 
 PLATFORM = "console"
+# The console's own commands, which never reach the core (English, like the rest of the console's words).
+CONSOLE_HELP = """On this console:
+  /as <email>
+      Switch to another person.
+  /whoami
+      Who you are and your roles.
+  /quit
+      Leave (so does end of input)."""
 
 
 def render_message(message: Message) -> str:
@@ -44,6 +52,7 @@ class ConsoleAdapter(Adapter):
         self.core: CoreHandle | None = None
         self.transcript: list[tuple[str, str, Message]] = []  # (kind, conversation, message), for tests
         self._closed = asyncio.Event()
+        self.refused = 0  # lines refused or failed so far (a non-interactive run exits non-zero)
 
     # -- the seam ------------------------------------------------------------------------------
     async def start(self, core: CoreHandle) -> None:
@@ -87,6 +96,7 @@ class ConsoleAdapter(Adapter):
                 who = normalise(stripped[3:].strip())
             except UserError as exc:
                 self._print(f"{exc.sentence}\nUsage: /as <email>")
+                self.refused += 1
                 return None
             self.as_email = who
             roles = ", ".join(sorted(self.core.roles_of(self.as_email))) or "no role"
@@ -101,8 +111,11 @@ class ConsoleAdapter(Adapter):
             Command(self.actor(), stripped, conversation, delivery_id=f"console-{uuid.uuid4()}")
         )
         if reply is not None:
+            self.refused += reply.refused
             self.transcript.append(("reply", "you", reply))
             self._print(render_message(reply))
+            if stripped.split() == ["/help"]:
+                self._print(CONSOLE_HELP)
         return reply
 
     async def repl(self) -> None:

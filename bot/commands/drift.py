@@ -5,7 +5,7 @@ from __future__ import annotations
 from bot.commandline import Arg, Parsed, Spec
 from bot.context import Context
 from bot.core import CommandTable, Request
-from bot.errors import UserError
+from bot.errors import UserError, with_usage
 from bot.events import Message
 from bot.groups.adoption import Decided, DriftChoices
 from bot.i18n import t
@@ -54,7 +54,7 @@ class DriftCommands:
         try:
             items = await self.drift.select(p.many("item"))
         except UserError as exc:
-            raise UserError(exc.sentence, spec.usage) from None
+            raise with_usage(exc, spec.usage) from None
         out: Decided = await self.drift.decide(items, choice, actor=req.email, via=req.via)
         lines = []
         if out.done:

@@ -63,13 +63,34 @@ def describe_commands(table: CommandTable, req: Request, wanted: str | None) -> 
                 if f.help:
                     lines.append(f"    --{f.name}: {t(f.help)}")
         return Message("\n".join(lines), ephemeral=True)
-    lines = [t("Email groups (internal) and campaigns (external), from chat. Commands:")]
+    lines = [t("Email groups (internal) and campaigns (external), from chat. The commands you may use:")]
+    hidden = 0
     for spec in table.specs():
-        allowed = not spec.roles or req.has(*spec.roles) or "owners" in spec.roles
-        mark = "" if allowed else "  " + t("(needs a role you don't have)")
-        lines.append(f"  {spec.usage}{mark}\n      {describe(spec)}")
-    lines.append(t("/help <command> shows one in full."))
+        if not may_use(spec, req):
+            hidden += 1
+            continue
+        lines.append(f"  {spec.usage}\n      {describe(spec)}")
+    if hidden:
+        lines.append(
+            t("1 more command is for other roles (HR, campaign senders, approvers, admins).")
+            if hidden == 1
+            else t(
+                "{count} more commands are for other roles (HR, campaign senders, approvers, admins).",
+                count=hidden,
+            )
+        )
+    lines.append(t("/help <command> shows one in full, any command."))
     return Message("\n".join(lines), ephemeral=True)
+
+
+def may_use(spec: Spec, req: Request) -> bool:
+    """Whether /help lists the command for this person: open to all, a role they hold, or (a group's
+    owners' commands) a colleague, who may own a group."""
+    if not spec.roles:
+        return True
+    if req.left:
+        return False
+    return req.has(*spec.roles) or ("owners" in spec.roles and req.colleague)
 
 
 async def choose_language(ctx: Context, req: Request, wanted: str | None) -> Message:

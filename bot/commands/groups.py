@@ -7,12 +7,12 @@ from sqlalchemy import func, select
 from bot.addresses import normalise
 from bot.commandline import Arg, Flag, Parsed, Spec
 from bot.context import Context
-from bot.core import CommandTable, Request
+from bot.core import CommandTable, Request, outsider
 from bot.db.models import Group, Membership, Person, RuleException
-from bot.errors import PermissionDenied, UserError
+from bot.errors import PermissionDenied, Refusal, UserError, with_usage
 from bot.events import Message
 from bot.groups import service
-from bot.groups.membership import Memberships
+from bot.groups.membership import Memberships, Refused
 from bot.groups.providers.base import ProviderError
 from bot.groups.providers.registry import LABELS, LOCAL, NAMES
 from bot.i18n import t
@@ -44,9 +44,9 @@ REMOVEGROUP = Spec(
 GROUPS = Spec(
     ("groups",),
     (Arg("member", required=False),),
-    summary="All groups, or one person's groups and how each membership came about.",
+    summary="All groups, or one person's groups and how each membership came about (anyone in the company).",
 )
-MEMBERS = Spec(("members",), (Arg("group"),), summary="Who is in a group.")
+MEMBERS = Spec(("members",), (Arg("group"),), summary="Who is in a group (as the group's visibility allows).")
 SPECS = (NEWGROUP, ADDGROUP, REMOVEGROUP, GROUPS, MEMBERS)
 
 
@@ -57,7 +57,7 @@ def _members_from_args(raw: list[str], spec: Spec) -> list[str]:
             try:
                 emails.append(normalise(piece))
             except UserError as exc:
-                raise UserError(exc.sentence, spec.usage) from None
+                raise with_usage(exc, spec.usage) from None
     if not emails:
         raise UserError(t("/{command} needs at least one member.", command=spec.name), spec.usage)
     seen: set[str] = set()
@@ -71,7 +71,7 @@ def _members_from_args(raw: list[str], spec: Spec) -> list[str]:
 
 
 def _may_manage(req: Request, group: Group) -> bool:
-    return req.has("hr") or req.email in (group.owners or [])
+    return req.has("hr") or req.owns(group.owners)
 
 
 class GroupCommands:
@@ -122,7 +122,7 @@ class GroupCommands:
                     provider=chosen,
                 )
             except UserError as exc:
-                raise UserError(exc.sentence, NEWGROUP.usage) from None
+                raise with_usage(exc, NEWGROUP.usage) from None
             if name != LOCAL:
                 # The platform first answers; if it refuses, the group is not created in Postroom either.
                 try:
@@ -175,7 +175,7 @@ class GroupCommands:
             try:
                 group = await service.find_group(session, p.arg("group"), settings)
             except UserError as exc:
-                raise UserError(exc.sentence, spec.usage) from None
+                raise with_usage(exc, spec.usage) from None
             if not _may_manage(req, group):
                 raise PermissionDenied(
                     t(
@@ -191,13 +191,12 @@ class GroupCommands:
                     else await service.unknown_addresses(session, settings, emails)
                 )
                 if unknown:
-                    raise UserError(
+                    raise Refusal(
                         t(
                             "No HR source or messenger knows {emails}: check the spelling, or add --unknown-ok "
                             "to add them anyway (/audit lists such members).",
                             emails=", ".join(unknown[:10]),
-                        ),
-                        spec.usage,
+                        )
                     )
                 plan = await service.plan_add(
                     session, group, emails, source="manual", reason=t("added by {email}", email=req.email)
@@ -208,14 +207,33 @@ class GroupCommands:
                 )
         if not plan.changes:
             if plan.unchanged:
-                raise UserError(
-                    t("{reasons}: nothing changed.", reasons=t("; ").join(plan.unchanged)), spec.usage
+                raise Refusal(t("{reasons}: nothing changed.", reasons=t("; ").join(plan.unchanged)))
+            raise Refusal(t("Nothing to change: nothing changed."))
+        # One refusal refuses the whole command: nothing changes, and the answer says so and names each
+        # refused address with its reason.
+        try:
+            out = await self.memberships.execute(
+                plan, kind="command", source=f"/{spec.name}", actor=req.email, via=req.via, whole=True
+            )
+        except Refused as exc:
+            reasons = list(dict.fromkeys(why for _change, why in exc.refused))
+            if len(reasons) == 1:
+                raise Refusal(
+                    t("Nothing was added to {group}: {why}", group=group.address, why=reasons[0])
+                ) from None
+            raise Refusal(
+                "\n".join(
+                    [
+                        t(
+                            "Nothing was added to {group}: {count} addresses were refused.",
+                            group=group.address,
+                            count=len(reasons),
+                        )
+                    ]
+                    + ["  " + why for why in reasons[:20]]
+                    + ["  " + t("… and {count} more", count=len(reasons) - 20)] * (len(reasons) > 20)
                 )
-            raise UserError(t("Nothing to change: nothing changed."), spec.usage)
-        # One refusal refuses the whole command: nothing changes.
-        out = await self.memberships.execute(
-            plan, kind="command", source=f"/{spec.name}", actor=req.email, via=req.via, whole=True
-        )
+            ) from None
         async with self.ctx.sessions() as session:
             count = await service.member_count(session, group.id)
         done = ", ".join(c.email for c in plan.changes)
@@ -291,14 +309,14 @@ class GroupCommands:
 
     async def groups(self, req: Request, p: Parsed) -> Message:
         who = p.opt("member")
-        if not self.ctx.settings.is_internal(req.email) and not req.has("hr"):
-            raise PermissionDenied(t("/groups is for people in the company."))
+        if not req.colleague:
+            raise outsider(req, "groups")
         async with self.ctx.sessions() as session:
             if who is not None:
                 try:
                     email = normalise(who)
                 except UserError as exc:
-                    raise UserError(exc.sentence, GROUPS.usage) from None
+                    raise with_usage(exc, GROUPS.usage) from None
                 if email != req.email and not req.has("hr"):
                     raise PermissionDenied(t("Only HR and admins can look up someone else's groups."))
                 rows = (
@@ -381,7 +399,7 @@ class GroupCommands:
             try:
                 group = await service.find_group(session, p.arg("group"), self.ctx.settings)
             except UserError as exc:
-                raise UserError(exc.sentence, MEMBERS.usage) from None
+                raise with_usage(exc, MEMBERS.usage) from None
             rows = (
                 await session.execute(
                     select(Membership.email, Membership.source, Membership.role, Membership.state)
@@ -392,14 +410,19 @@ class GroupCommands:
         is_member = any(r.email == req.email for r in rows)
         allowed = (
             req.has("hr")
-            or req.email in (group.owners or [])
-            or (group.visibility == "company" and self.ctx.settings.is_internal(req.email))
-            or (group.visibility == "members" and is_member)
-        )
-        if not allowed:
-            raise PermissionDenied(
-                t("The members of {group} are visible to its owners and HR only.", group=group.address)
+            or req.owns(group.owners)
+            or (group.visibility == "company" and req.colleague)
+            # an external member of a group open to them sees it; a leaver in their grace period does not
+            or (
+                group.visibility == "members"
+                and is_member
+                and (req.colleague or not self.ctx.settings.is_internal(req.email))
             )
+        )
+        if not allowed and req.left:
+            raise outsider(req, "members")
+        if not allowed:
+            raise PermissionDenied(_visibility_rule(group))
         if not rows:
             return Message(t("{group} has no members yet.", group=group.address))
         shown = rows[:200]
@@ -426,6 +449,21 @@ class GroupCommands:
         if len(rows) > len(shown):
             lines.append("  " + t("… and {count} more", count=len(rows) - len(shown)))
         return Message("\n".join(lines))
+
+
+def _visibility_rule(group: Group) -> str:
+    """Who may list this group's members, as the refusal says it: the group's real rule."""
+    if group.visibility == "company":
+        return t(
+            "The members of {group} are visible to people in the company, its owners, HR and admins.",
+            group=group.address,
+        )
+    if group.visibility == "members":
+        return t(
+            "The members of {group} are visible to its members, its owners, HR and admins only.",
+            group=group.address,
+        )
+    return t("The members of {group} are visible to its owners, HR and admins only.", group=group.address)
 
 
 def _source_text(source: str, added_by: str | None) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bot.commandline import Arg, Flag, Parsed, Spec
 from bot.context import Context
-from bot.core import CommandTable, Request
+from bot.core import CommandTable, Request, outsider
 from bot.errors import PermissionDenied, UserError
 from bot.events import Action, Message
 from bot.groups.adoption import DriftChoices
@@ -13,7 +13,10 @@ from bot.groups.report import build_report
 from bot.groups.rules import RuleBook
 from bot.i18n import t
 
-RULES = Spec(("rules",), summary="The group rules in force: which groups exist and who belongs in them.")
+RULES = Spec(
+    ("rules",),
+    summary="The group rules in force: which groups exist and who belongs in them (anyone in the company).",
+)
 RULES_RELOAD = Spec(
     ("rules", "reload"), summary="Re-read the rules file and apply it (HR, admins).", roles=("hr",)
 )
@@ -32,13 +35,13 @@ AUDIT = Spec(
 PLAN_APPROVE = Spec(
     ("plan", "approve"),
     (Arg("id"),),
-    summary="Approve a held membership plan (approvers).",
+    summary="Approve a held membership plan (approvers, admins).",
     roles=("approvers",),
 )
 PLAN_REJECT = Spec(
     ("plan", "reject"),
     (Arg("id"),),
-    summary="Reject a held membership plan (approvers).",
+    summary="Reject a held membership plan (approvers, admins).",
     roles=("approvers",),
 )
 
@@ -71,6 +74,8 @@ class LifecycleCommands:
         table.action("plan.reject", self.reject_click)
 
     async def show_rules(self, req: Request, p: Parsed) -> Message:
+        if not req.colleague:
+            raise outsider(req, "rules")
         return Message(self.rules.current().describe())
 
     async def sync(self, req: Request, p: Parsed) -> Message:
@@ -116,10 +121,10 @@ class LifecycleCommands:
 
     async def approve_click(self, req: Request, action: Action) -> Message | None:
         if not req.has("approvers"):
-            raise PermissionDenied(t("Only approvers can approve a membership plan."))
+            raise PermissionDenied(t("Only approvers and admins can approve a membership plan."))
         return await self._decide(req, action.value, PLAN_APPROVE.usage, "approved")
 
     async def reject_click(self, req: Request, action: Action) -> Message | None:
         if not req.has("approvers"):
-            raise PermissionDenied(t("Only approvers can reject a membership plan."))
+            raise PermissionDenied(t("Only approvers and admins can reject a membership plan."))
         return await self._decide(req, action.value, PLAN_REJECT.usage, "rejected")

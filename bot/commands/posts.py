@@ -22,19 +22,21 @@ POSTS = Spec(
     ("posts",),
     (Arg("group"),),
     (Flag("since", help="how far back: 7d, 24h, or a date like 2026-11-01 (default 30d)"),),
-    summary="What was posted to a group: who, when, size, recipients, held or not (owners, HR).",
+    summary="What was posted to a group: who, when, size, recipients, held or not (owners, HR, admins).",
     roles=("hr", "owners"),
 )
-POST_APPROVE = Spec(("post", "approve"), (Arg("id"),), summary="Send a held post to its group (moderators).")
+POST_APPROVE = Spec(
+    ("post", "approve"), (Arg("id"),), summary="Send a held post to its group (moderators, HR, admins)."
+)
 POST_REJECT = Spec(
     ("post", "reject"),
     (Arg("id"), Arg("reason", required=False, rest=True)),
-    summary="Refuse a held post; the sender is told the reason (moderators).",
+    summary="Refuse a held post; the sender is told the reason (moderators, HR, admins).",
 )
 POST_ALLOW = Spec(
     ("post", "allow"),
     (Arg("id"),),
-    summary="Send a held post and let its sender post to the group without waiting from now on (moderators).",
+    summary="Send a held post and let its sender post to the group without waiting from now on (moderators, HR, admins).",
 )
 SPECS = (POSTS, POST_APPROVE, POST_REJECT, POST_ALLOW)
 SHOWN = 50
@@ -97,9 +99,9 @@ class PostCommands:
             since = parse_since(p.flag("since"), self.ctx.now())
             async with self.ctx.sessions() as session:
                 group = await service.find_group(session, p.arg("group"), self.ctx.settings)
-                if not (req.has("hr") or req.email in (group.owners or [])):
+                if not (req.has("hr") or req.owns(group.owners)):
                     raise PermissionDenied(
-                        t("The post log of {group} is for its owners and HR.", group=group.address)
+                        t("The post log of {group} is for its owners, HR and admins.", group=group.address)
                     )
                 rows = list(
                     (
@@ -161,7 +163,12 @@ class PostCommands:
                 raise UserError(t("A reason can be at most 500 characters."))
         return Message(
             await self.moderation.decide(
-                post_id, req.email, privileged=req.has("hr"), decision=decision, reason=reason
+                post_id,
+                req.email,
+                privileged=req.has("hr"),
+                colleague=req.colleague,
+                decision=decision,
+                reason=reason,
             )
         )
 

@@ -16,7 +16,7 @@ from bot.campaigns.notes import sentence_gap, status_name
 from bot.commandline import Arg, Flag, Parsed, Spec
 from bot.context import Context
 from bot.core import CommandTable, Request
-from bot.errors import UserError
+from bot.errors import UserError, with_usage
 from bot.events import Message
 from bot.i18n import t
 
@@ -49,7 +49,7 @@ async def export(ctx: Context, req: Request, p: Parsed) -> Message:
     try:
         email = normalise(p.arg("email"))
     except UserError as exc:
-        raise UserError(exc.sentence, EXPORT.usage) from None
+        raise with_usage(exc, EXPORT.usage) from None
     data = await privacy.export(ctx, email)
     path = _write_export(Path(ctx.settings.campaigns.reports_dir), ctx.now(), data)
     c = data["contact"]
@@ -117,7 +117,7 @@ async def erase(ctx: Context, req: Request, p: Parsed) -> Message:
     try:
         email = normalise(p.arg("email"))
     except UserError as exc:
-        raise UserError(exc.sentence, ERASE.usage) from None
+        raise with_usage(exc, ERASE.usage) from None
     if ctx.settings.is_internal(email):
         raise UserError(
             t(

@@ -9,7 +9,7 @@ from bot.addresses import normalise
 from bot.commandline import Arg, Flag, Parsed, Spec
 from bot.context import Context
 from bot.core import CommandTable, Request
-from bot.errors import UserError
+from bot.errors import UserError, with_usage
 from bot.events import Message
 from bot.i18n import t
 
@@ -64,7 +64,7 @@ def _address(p: Parsed, spec: Spec) -> str:
     try:
         return normalise(p.arg("email"))
     except UserError as exc:
-        raise UserError(exc.sentence, spec.usage) from None
+        raise with_usage(exc, spec.usage) from None
 
 
 def _who(entry: suppressions.Entry) -> str:

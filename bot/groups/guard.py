@@ -94,7 +94,7 @@ class Guard:
         if adds:
             ids = {c.group_id for c in adds}
             kinds = dict((await session.execute(select(Group.id, Group.kind).where(Group.id.in_(ids)))).all())
-        left = await _leavers(session, adds)
+        left = await leavers(session, adds)
         for c in plan.changes:
             if (
                 c.op == "add"
@@ -104,7 +104,19 @@ class Guard:
                 out.refused.append((c, external_refusal(c.email, c.group_address, self.settings)))
             elif c.op == "add" and (c.email in left or c.person_id in left):
                 out.refused.append(
-                    (c, t("{email} has left the company: leavers can't be added to groups.", email=c.email))
+                    (
+                        c,
+                        t(
+                            "{email} has left the company, and leavers are never added by rules: not added to "
+                            "{group}.",
+                            email=c.email,
+                            group=c.group_address,
+                        )
+                        if c.source.startswith("rule:")
+                        else t(
+                            "{email} has left the company: leavers can't be added to groups.", email=c.email
+                        ),
+                    )
                 )
             else:
                 out.changes.append(c)
@@ -187,7 +199,7 @@ class Guard:
         return tripped, reasons
 
 
-async def _leavers(session: AsyncSession, adds: list[Change]) -> set[object]:
+async def leavers(session: AsyncSession, adds: list[Change]) -> set[object]:
     """The emails and person ids among these adds that belong to people who have left."""
     if not adds:
         return set()

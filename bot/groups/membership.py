@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import delete, select, update
@@ -19,10 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot import audit
 from bot.context import Context
 from bot.db.models import Group, PendingPlan, Person, RuleException
-from bot.errors import UserError
+from bot.errors import Refusal
 from bot.events import Button, Card, Message
 from bot.groups import planner, service
-from bot.groups.guard import Guard, Kind, Verdict
+from bot.groups.guard import Guard, Kind, Verdict, leavers
 from bot.groups.outbox import Outbox
 from bot.groups.providers.registry import LOCAL
 from bot.groups.rules import RuleBook, person_values
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 EventReplay = Callable[[list[dict[str, Any]]], Awaitable[int]]
 
 
-class Refused(UserError):
+class Refused(Refusal):
     """The plan was to apply whole (a command, a joiner) and policy refused part of it."""
 
     def __init__(self, refused: list[tuple[Change, str]]):
@@ -351,13 +351,14 @@ class Memberships:
         """Approve (apply) or reject a held plan; one decision however often it is clicked."""
         now = self.ctx.now()
         applied = 0
+        not_applied: list[str] = []  # why a change of the approved plan did not apply
         async with self.ctx.sessions() as session, session.begin():
             pending = await session.get(PendingPlan, plan_id)
             if pending is None:
-                raise UserError(t("There is no membership plan #{id}.", id=plan_id))
+                raise Refusal(t("There is no membership plan #{id}.", id=plan_id))
             if pending.state != "pending":
                 if pending.state == "approved":
-                    raise UserError(
+                    raise Refusal(
                         t(
                             "Plan #{id} was already approved by {who}: nothing changed.",
                             id=plan_id,
@@ -365,14 +366,14 @@ class Memberships:
                         )
                     )
                 if pending.state == "rejected":
-                    raise UserError(
+                    raise Refusal(
                         t(
                             "Plan #{id} was already rejected by {who}: nothing changed.",
                             id=plan_id,
                             who=pending.decided_by,
                         )
                     )
-                raise UserError(
+                raise Refusal(
                     t(
                         "Plan #{id} was already {state} by {who}: nothing changed.",
                         id=plan_id,
@@ -381,28 +382,44 @@ class Memberships:
                     )
                 )
             if pending.actor == approver:
-                raise UserError(t("You asked for this plan, so someone else has to approve it."))
+                raise Refusal(t("You asked for this plan, so someone else has to approve it."))
             won = await session.execute(
                 update(PendingPlan)
                 .where(PendingPlan.id == plan_id, PendingPlan.state == "pending")
                 .values(state=decision, decided_by=approver, decided_at=now)
             )
             if won.rowcount != 1:
-                raise UserError(t("Plan #{id} was decided a moment ago: nothing changed.", id=plan_id))
+                raise Refusal(t("Plan #{id} was decided a moment ago: nothing changed.", id=plan_id))
             audit.record(
                 session,
                 actor=approver,
                 via=via,
                 action=f"plan.{decision}",
                 subject=f"plan:{plan_id}",
-                before={"state": "pending"},
-                after={"state": decision},
+                before={"state": "pending", "requested_by": pending.actor},
+                after={"state": decision, "decided_by": approver},
             )
             events = pending.payload.get("events")
             if decision == "approved" and events is None:
-                plan = Plan([Change(**d) for d in pending.payload.get("changes", [])])
-                out = await self._execute(session, plan, "reviewed", pending.source, approver, via, False)
+                # Who asked is who changes the group (the membership's added_by, the audit's actor); the
+                # approver is named in each change's reason and in the plan's own entry above.
+                approved = t("approved by {approver} (plan #{id})", approver=approver, id=plan_id)
+                plan = Plan(
+                    [
+                        replace(c, reason=f"{c.reason}; {approved}")
+                        for c in (Change(**d) for d in pending.payload.get("changes", []))
+                    ]
+                )
+                out = await self._execute(
+                    session, plan, "reviewed", pending.source, pending.actor, via, False
+                )
                 applied = out.applied
+                gone = await leavers(session, [c for c, _why in out.plan.refused])
+                for c, why in out.plan.refused:
+                    if c.email in gone or c.person_id in gone:
+                        why = t("{email} has left since the plan was made", email=c.email)
+                    if why not in not_applied:
+                        not_applied.append(why)
         if decision == "approved" and events is not None:
             if self.replay_events is None:
                 raise RuntimeError("no HR lifecycle is wired to apply approved HR events")
@@ -412,8 +429,20 @@ class Memberships:
                 "hr",
                 lambda: Message(
                     t(
-                        "Plan #{id} approved by {approver}: {count} HR events from {source} applied.",
+                        "Plan #{id} from {requester}, approved by {approver}: {count} HR event from {source} "
+                        "applied.",
                         id=plan_id,
+                        requester=pending.actor,
+                        approver=approver,
+                        count=applied,
+                        source=pending.source,
+                    )
+                    if applied == 1
+                    else t(
+                        "Plan #{id} from {requester}, approved by {approver}: {count} HR events from {source} "
+                        "applied.",
+                        id=plan_id,
+                        requester=pending.actor,
                         approver=approver,
                         count=applied,
                         source=pending.source,
@@ -424,25 +453,46 @@ class Memberships:
             )
 
         def outcome_text() -> str:
+            who = {"id": plan_id, "requester": pending.actor, "approver": approver}
             if decision != "approved":
                 return t(
-                    "Rejected membership plan #{id} ({approver}); nothing was changed.",
-                    id=plan_id,
-                    approver=approver,
+                    "Membership plan #{id} from {requester} rejected by {approver}; nothing was changed.",
+                    **who,
                 )
             if events is not None:
-                return t(
-                    "Approved membership plan #{id} ({approver}); {count} events applied.",
-                    id=plan_id,
-                    approver=approver,
-                    count=applied,
+                return (
+                    t(
+                        "Membership plan #{id} from {requester}, approved by {approver}: 1 event applied.",
+                        **who,
+                    )
+                    if applied == 1
+                    else t(
+                        "Membership plan #{id} from {requester}, approved by {approver}: {count} events applied.",
+                        count=applied,
+                        **who,
+                    )
                 )
-            return t(
-                "Approved membership plan #{id} ({approver}); {count} changes applied.",
-                id=plan_id,
-                approver=approver,
-                count=applied,
+            if not applied and not_applied:
+                return t(
+                    "Membership plan #{id} from {requester}, approved by {approver}: nothing to apply, because "
+                    "{reasons}.",
+                    reasons=t("; ").join(why.rstrip(".") for why in not_applied),
+                    **who,
+                )
+            text = (
+                t("Membership plan #{id} from {requester}, approved by {approver}: 1 change applied.", **who)
+                if applied == 1
+                else t(
+                    "Membership plan #{id} from {requester}, approved by {approver}: {count} changes applied.",
+                    count=applied,
+                    **who,
+                )
             )
+            if not_applied:
+                text += " " + t(
+                    "Not applied: {reasons}.", reasons=t("; ").join(why.rstrip(".") for why in not_applied)
+                )
+            return text
 
         def card() -> Message:
             text = outcome_text()
@@ -466,7 +516,10 @@ def approval_card(pending: PendingPlan) -> Message:
     if events is not None:
         fields.append((t("HR events"), str(len(events))))
     fields.append((t("Changes"), t("{adds} to add, {removes} to remove", adds=adds, removes=removes)))
-    fields.append((t("Plan"), pending.summary[:1500]))
+    # The plan's text opens with the same counts: said once, in the field above.
+    counts = t("{adds} to add, {removes} to remove.", adds=adds, removes=removes)
+    lines = [line.replace(counts, "").rstrip() for line in pending.summary.splitlines()]
+    fields.append((t("Plan"), "\n".join(line for line in lines if line.strip())[:1500]))
     card = Card(
         title=t("Membership plan #{id} needs an approver", id=pending.id),
         fields=tuple(fields),

@@ -233,7 +233,14 @@ class Moderation:
 
     # -- deciding ------------------------------------------------------------------------------
     async def decide(
-        self, post_id: int, actor: str, *, privileged: bool, decision: str, reason: str | None = None
+        self,
+        post_id: int,
+        actor: str,
+        *,
+        privileged: bool,
+        decision: str,
+        reason: str | None = None,
+        colleague: bool = True,
     ) -> str:
         """approve | reject | allow a held post; the answer in words. Decided once: a second click says so."""
         async with self.ctx.sessions() as session:
@@ -241,7 +248,7 @@ class Moderation:
             group = await session.get(Group, post.group_id) if post and post.group_id else None
         if post is None or group is None:
             raise UserError(t("There is no held post #{id}.", id=post_id))
-        if not privileged and actor not in moderators_of(group):
+        if not privileged and (not colleague or actor not in moderators_of(group)):
             raise UserError(
                 t("Only the moderators of {group}, HR and admins can decide its posts.", group=group.address)
             )

@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.context import Context
-from bot.db.models import Group
+from bot.db.models import Group, Membership
 from bot.groups.fanout import GroupFanout
 from bot.groups.moderation import Moderation
 from bot.groups.posting import decide
@@ -41,9 +41,11 @@ from bot.groups.posts import (
     member_count,
     snapshot_members,
 )
-from bot.mail.server import Route
+from bot.groups.service import unknown_addresses
+from bot.mail.server import Route, no_such_address
 
 log = logging.getLogger(__name__)
+ROLE_LISTS = ("hr", "senders", "approvers", "admins")
 
 
 class GroupRelay:
@@ -60,11 +62,25 @@ class GroupRelay:
         async with self.ctx.sessions() as session:
             group = await self._group(session, rcpt)
             if group is None:
+                if await self._nobody(session, rcpt):
+                    # A company address that is no group and nobody's: refused here, during the SMTP
+                    # conversation, so no catch-all route behind this one (the demo's mailbox) takes it.
+                    return no_such_address(rcpt)
                 return None
             decision = await decide(session, self.ctx.settings, group, mail_from)
         if decision.action == "refuse":
             return f"550 5.7.1 <{rcpt}>: {decision.reason}"
         return "250 OK"
+
+    async def _nobody(self, session: AsyncSession, rcpt: str) -> bool:
+        """A company address no group has and no source knows (HR, a messenger, a membership, a role)."""
+        settings = self.ctx.settings
+        if not settings.is_internal(rcpt) or any(rcpt in getattr(settings.roles, r) for r in ROLE_LISTS):
+            return False
+        if not await unknown_addresses(session, settings, [rcpt]):
+            return False
+        member = await session.execute(select(Membership.id).where(Membership.email == rcpt).limit(1))
+        return member.first() is None
 
     async def deliver(self, mail_from: str, rcpts: list[str], data: bytes) -> str:
         settings = self.ctx.settings

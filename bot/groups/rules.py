@@ -233,6 +233,12 @@ class RuleSet:
                     rule=g.describe(),
                 )
             )
+        lines.append(
+            t(
+                "Rules match active people only: leavers are never added by rules, and leave every group "
+                "(memberships added by hand too)."
+            )
+        )
         return "\n".join(lines)
 
 

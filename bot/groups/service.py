@@ -21,7 +21,7 @@ from bot import audit, values
 from bot.addresses import domain_of, normalise
 from bot.config import Settings
 from bot.db.models import AuditEntry, Group, Identity, Membership, Person, ProviderOp
-from bot.errors import UserError
+from bot.errors import Refusal, UserError
 from bot.i18n import t
 
 LOCAL_PART_RE = re.compile(r"^[a-z0-9][a-z0-9._+-]{0,63}$")
@@ -88,15 +88,15 @@ async def find_group(session: AsyncSession, name: str, settings: Settings) -> Gr
             return group
         local = raw.split("@", 1)[0]
         hint = await _suggest(session, local)
-        raise UserError(t("There is no group {name}.", name=raw) + hint)
+        raise Refusal(t("There is no group {name}.", name=raw) + hint)
     rows = (await session.execute(select(Group).where(Group.local_part == raw))).scalars().all()
     if len(rows) == 1:
         return rows[0]
     if len(rows) > 1:
         options = ", ".join(g.address for g in rows)
-        raise UserError(t("“{text}” could mean {options}: give the full address.", text=raw, options=options))
+        raise Refusal(t("“{text}” could mean {options}: give the full address.", text=raw, options=options))
     hint = await _suggest(session, raw)
-    raise UserError(t("There is no group “{name}”.", name=raw[:60]) + hint)
+    raise Refusal(t("There is no group “{name}”.", name=raw[:60]) + hint)
 
 
 async def _suggest(session: AsyncSession, local: str) -> str:
@@ -144,7 +144,7 @@ async def create_group(
         )
     exists = (await session.execute(select(Group.id).where(Group.address == addr))).scalar_one_or_none()
     if exists is not None:
-        raise UserError(t("The group {address} already exists.", address=addr))
+        raise Refusal(t("The group {address} already exists.", address=addr))
     if display_name is not None and len(display_name) > 200:
         raise UserError(t("A display name can be at most 200 characters."))
     if display_name is not None and not values.is_clean(display_name):

@@ -52,6 +52,7 @@ class ImportResult:
     removed: list[tuple[str, str]] = field(default_factory=list)
     in_grace: int = 0
     not_applied: list[str] = field(default_factory=list)  # one sentence per event that changed nothing
+    file: str = ""
 
     def record(self, event: PersonEvent, outcome: Outcome) -> None:
         if outcome.status != "applied":
@@ -108,6 +109,21 @@ class ImportResult:
 
     def _applied_summary(self) -> str:
         """What was applied, from the outcomes: never the plan's intent when an event changed nothing."""
+        if not self.done and not self.not_applied and self.unchanged:
+            # a re-import of a file that matches the record: a success, and it says so
+            return (
+                t(
+                    "Nothing to import: the 1 person in {file} is already as the file says; nothing changed.",
+                    file=self.file,
+                )
+                if self.unchanged == 1
+                else t(
+                    "Nothing to import: all {count} people in {file} are already as the file says; nothing "
+                    "changed.",
+                    count=self.unchanged,
+                    file=self.file,
+                )
+            )
         lines = [
             t(
                 "Imported: {joined} joined, {changed} changed, {left} left, {unchanged} unchanged; {adds} added "
@@ -138,7 +154,11 @@ class ImportResult:
             lines.append("  " + t("… and {count} more", count=len(shown) - 50))
         if self.in_grace:
             lines.append(
-                t("{count} leavers stay in their groups until their grace period ends.", count=self.in_grace)
+                t("1 leaver stays in their groups until their grace period ends.")
+                if self.in_grace == 1
+                else t(
+                    "{count} leavers stay in their groups until their grace period ends.", count=self.in_grace
+                )
             )
         if self.not_applied:
             lines.append(
@@ -236,7 +256,7 @@ async def import_staff(
     digest = hashlib.sha256(data).hexdigest()[:16]
     ctx = hr.ctx
     now = ctx.now()
-    result = ImportResult(dry_run=dry_run)
+    result = ImportResult(dry_run=dry_run, file=path.name)
     rules = hr.rules.current()
     if not dry_run:  # the rule groups exist before anyone is planned into them
         async with ctx.sessions() as session, session.begin():

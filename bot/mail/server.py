@@ -22,6 +22,12 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 log = logging.getLogger(__name__)
 
 
+def no_such_address(rcpt: str) -> str:
+    """The answer for an address nobody here has: the fallback, and a route's own "it is not mine and
+    nobody's" (the group relay's for a company address that is no group), whatever the client."""
+    return f"550 5.1.1 <{rcpt}>: no such address here"
+
+
 @dataclass
 class Route:
     """Claims recipients at RCPT time and takes the message at DATA time.
@@ -82,7 +88,7 @@ class _Handler:
             reply = await route.accepts(rcpt, (envelope.mail_from or "").lower())
             if reply is None:
                 continue
-            if route.peer_allowed is not None:
+            if route.peer_allowed is not None and reply != no_such_address(rcpt):
                 peer = session.peer[0] if isinstance(session.peer, tuple) and session.peer else None
                 if not route.peer_allowed(peer):
                     log.warning("relaying to %s denied for %s", rcpt, peer)
@@ -98,7 +104,7 @@ class _Handler:
                     envelope.postroom_routes = tags  # type: ignore[attr-defined]
                 tags[rcpt] = route
             return reply
-        return f"550 5.1.1 <{rcpt}>: no such address here"
+        return no_such_address(rcpt)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         tags: dict[str, Route] = getattr(envelope, "postroom_routes", {})
