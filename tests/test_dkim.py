@@ -321,6 +321,7 @@ def test_postroom_chat_with_a_bad_key_prints_one_sentence(tmp_path: Path) -> Non
     config = tmp_path / "postroom.toml"
     config.write_text(
         f'[database]\nurl = "sqlite+aiosqlite:///{tmp_path / "p.db"}"\n'
+        '[org]\nname = "Example Corp"\ndomains = ["corp.example"]\npostal_address = "1 Example Street, Berlin"\n'
         f'[[dkim.keys]]\ndomain = "corp.example"\nselector = "s1"\nkey_file = "{tmp_path / "nope.pem"}"\n'
     )
     result = CliRunner().invoke(main, ["--config", str(config), "chat", "--as", "a@corp.example", "/help"])

@@ -199,6 +199,9 @@ def test_hr_import_reports_what_it_applied_and_fails_when_events_were_stale(tmp_
         "POSTROOM_DATABASE__URL": f"sqlite+aiosqlite:///{db}",
         "POSTROOM_GROUPS__RULES_FILE": str(tmp_path / "groups.yaml"),
         "POSTROOM_GROUPS__MAX_REMOVE_SHARE": "1",
+        "POSTROOM_ORG__NAME": "Example Corp",
+        "POSTROOM_ORG__DOMAINS": '["corp.example"]',
+        "POSTROOM_ORG__POSTAL_ADDRESS": "1 Example Street, Berlin",
     }
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:

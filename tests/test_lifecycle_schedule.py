@@ -150,6 +150,9 @@ def test_cli_hr_import_dry_run_and_groups_export(tmp_path: Path) -> None:
         **os.environ,
         "POSTROOM_DATABASE__URL": f"sqlite+aiosqlite:///{tmp_path / 'p.db'}",
         "POSTROOM_GROUPS__RULES_FILE": str(tmp_path / "groups.yaml"),
+        "POSTROOM_ORG__NAME": "Example Corp",
+        "POSTROOM_ORG__DOMAINS": '["corp.example"]',
+        "POSTROOM_ORG__POSTAL_ADDRESS": "1 Example Street, Berlin",
     }
     exe = [sys.executable, "-m", "bot.cli"]
 
