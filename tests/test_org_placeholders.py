@@ -92,7 +92,7 @@ def test_a_configured_org_starts_chat(tmp_path: Path) -> None:
         '[org]\nname = "Acme GmbH"\ndomains = ["acme.example"]\npostal_address = "Hauptstraße 1, Berlin"\n',
     )
     done = postroom(tmp_path, "--config", str(config), "chat", "--as", HR, "/help")
-    assert done.returncode == 0 and "/addgroup" in done.stdout, done.stderr
+    assert done.returncode == 0 and "/groups" in done.stdout, done.stderr
 
 
 def test_defaults_are_placeholders_that_org_problem_names() -> None:

@@ -290,7 +290,8 @@ def test_the_example_rules_file_documents_and_uses_the_moderation_keys() -> None
     for key in sorted(GROUP_KEYS):
         assert f"#   {key} " in header, f"{key} is not documented in {example.name}"
     assert "moderated (every post waits" in header
-    rules = load_rules(example, load_settings(read_file=False)).by_address
+    org = {"name": "Example Corp", "domains": ["corp.example"], "postal_address": "1 Example Street, Berlin"}
+    rules = load_rules(example, load_settings(read_file=False, org=org)).by_address
     eng = rules["eng@corp.example"]
     assert (eng.moderation, eng.moderators) == ("nonmembers", ("alice@corp.example", "hannah@corp.example"))
     assert rules["eng-leads@corp.example"].post_policy == "moderated"
