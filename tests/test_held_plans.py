@@ -87,3 +87,36 @@ async def test_the_same_held_request_twice_is_one_plan(bot: ChatBot) -> None:
     # Another request (different changes) is its own plan.
     other = await bot.say(HR, f"/removegroup eng {addr('alice')} {addr('bob')} {addr('dana')}")
     assert "plan #2" in other, other
+
+
+async def test_removing_a_group_a_few_at_a_time_waits_for_an_approver_within_the_window(bot: ChatBot) -> None:
+    await eng_of(bot, ENG)  # nine members; 30% of them is 2.7
+    # Two at a time is below the per-plan brake (fewer than guard_min_removals = 3)…
+    first = await bot.say(HR, f"/removegroup eng {addr('alice')} {addr('bob')}")
+    assert "waits" not in first, first
+    # …but within the window the removals add up: the next two would make 4 of 9 (44%).
+    second = await bot.say(HR, f"/removegroup eng {addr('carl')} {addr('carol')}")
+    assert "waits for an approver (plan #1)" in second, second
+    assert "in the last 24 hours" in second and "4 of the 9 members" in second, second
+    assert await members(bot) == {addr(n) for n in ENG[2:]}
+    # One at a time does not get round it either.
+    for name in ("carl", "carol", "chen"):
+        answer = await bot.say(HR, f"/removegroup eng {addr(name)}")
+    assert "waits for an approver" in answer, answer
+    assert len(await members(bot)) >= 6
+    # What an approver approved does not count again: after the approval the next removal applies.
+    async with bot.app.ctx.sessions() as s:
+        pending = (
+            (await s.execute(select(PendingPlan.id).where(PendingPlan.state == "pending"))).scalars().all()
+        )
+    for plan_id in pending:
+        await bot.say(APPROVER, f"/plan approve {plan_id}")
+    assert "waits" not in await bot.say(HR, f"/removegroup eng {addr('dana')}")
+
+
+async def test_the_window_is_a_setting_and_zero_turns_it_off(database_url, smtp, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import make_settings
+
+    settings = make_settings(database_url, smtp.port, tmp_path, groups={"remove_window_hours": 0})
+    assert settings.groups.remove_window_hours == 0
+    assert make_settings(database_url, smtp.port, tmp_path).groups.remove_window_hours == 24

@@ -411,7 +411,18 @@ class Memberships:
                 current, since = await _replan(
                     session, [Change(**d) for d in pending.payload.get("changes", [])], pending.created_at
                 )
-                plan = Plan([replace(c, reason=f"{c.reason}; {approved}") for c in current])
+                # An approved removal is marked so (cause "approved"): the brake's window does not count
+                # what an approver has seen already.
+                plan = Plan(
+                    [
+                        replace(
+                            c,
+                            reason=f"{c.reason}; {approved}",
+                            cause=c.cause or ("approved" if c.op == "remove" else ""),
+                        )
+                        for c in current
+                    ]
+                )
                 out = await self._execute(
                     session, plan, "reviewed", pending.source, pending.actor, via, False
                 )
