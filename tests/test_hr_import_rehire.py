@@ -63,3 +63,10 @@ async def test_a_real_refusal_in_the_file_says_its_own_reason(lbot, tmp_path) ->
     with pytest.raises(UserError) as refused:
         await import_staff(app.lifecycle, write(tmp_path, outside, "bad.csv"))
     assert "guest@partner.example is outside corp.example" in refused.value.sentence
+
+
+async def test_a_name_with_an_invisible_character_refuses_the_file(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rows = [*ROWS, "E009,p9@corp.example,Pe\u200dter,Engineering"]
+    with pytest.raises(UserError) as refused:
+        await import_staff(lbot.app.lifecycle, write(tmp_path, rows, "zwj.csv"))
+    assert "Line 6: name contains an invisible character (U+200D)" in refused.value.sentence

@@ -227,7 +227,7 @@ def read_snapshot(text: str, domains_check: Callable[[str], bool] | None = None)
         attrs = {k: v for k, v in row.items() if k not in (id_col, "email", "name") and v != ""}
         try:
             values.check_text(emp, id_col, values.MAX_ID)
-            values.check_text(row.get("name", ""), "name", values.MAX_NAME)
+            values.check_name(row.get("name", ""), "name", values.MAX_NAME)
             values.check_attributes(attrs, "")
         except UserError as exc:
             raise UserError(t("Line {line}: {problem}", line=n, problem=exc.sentence)) from None
