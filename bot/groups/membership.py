@@ -598,13 +598,13 @@ async def _replan(
     groups = set((await session.execute(select(Group.id).where(Group.id.in_(ids)))).scalars())
     now_in: dict[tuple[int, str], datetime] = {}
     for i in range(0, len(emails), 500):
-        rows = await session.execute(
+        found = await session.execute(
             select(Membership.group_id, Membership.email, Membership.added_at).where(
                 Membership.group_id.in_(ids), Membership.email.in_(emails[i : i + 500])
             )
         )
-        for gid, email, added_at in rows.all():
-            now_in[(gid, email)] = added_at
+        for gid, email, joined in found.all():
+            now_in[(gid, email)] = joined
     removed_since: set[tuple[str, str]] = set()
     if any(c.op == "add" for c in changes):
         subjects = sorted({f"group:{c.group_address}" for c in changes if c.op == "add"})
@@ -626,7 +626,7 @@ async def _replan(
             why = t("{group} no longer exists", group=c.group_address)
         elif c.op == "remove" and added_at is None:
             why = t("{email} is no longer in {group}", email=c.email, group=c.group_address)
-        elif c.op == "remove" and added_at > held_at:
+        elif c.op == "remove" and added_at is not None and added_at > held_at:
             why = t(
                 "{email} was added to {group} again after the plan was made, so stays",
                 email=c.email,
