@@ -104,3 +104,32 @@ async def test_a_left_dated_in_the_future_is_held_until_its_date(bot) -> None:  
     # The date comes: the job removes them.
     assert await bot.app.scheduler.run_now(f"hr.leaver:{out.person_id}")
     assert await groups_of(bot) == set()
+
+
+async def test_an_approved_rule_addition_is_dropped_when_the_person_no_longer_matches(
+    database_url, smtp, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """A joiner's addition to a protected rule group waits for an approver; they move to another
+    department meanwhile: approving the old plan must not put them in the old department's group."""
+    from tests.conftest import APPROVER
+    from tests.lifecycle_kit import groups_of as groups_by_name
+    from tests.lifecycle_kit import lifecycle_bot
+
+    async for lbot in lifecycle_bot(database_url, smtp.port, tmp_path):
+        from sqlalchemy import update
+
+        from bot.db.models import Group
+
+        async with lbot.app.ctx.sessions() as s, s.begin():
+            await s.execute(update(Group).where(Group.local_part == "eng").values(protected=True))
+        now = datetime.now(UTC)
+        joined = await lbot.core.handle_person_event(
+            event("joined", "j1", now - timedelta(minutes=10), department="Engineering")
+        )
+        assert joined.held is not None
+        await lbot.core.handle_person_event(
+            event("changed", "c1", now - timedelta(minutes=5), department="Sales")
+        )
+        answer = await lbot.say(APPROVER, f"/plan approve {joined.held}")
+        assert "eng" not in await groups_by_name(lbot, IVAN), answer
+        assert f"{IVAN} no longer matches rule eng" in answer, answer

@@ -26,7 +26,7 @@ from bot.groups import planner, service
 from bot.groups.guard import Guard, Kind, Verdict, leavers
 from bot.groups.outbox import Outbox
 from bot.groups.providers.registry import LOCAL
-from bot.groups.rules import RuleBook, person_values
+from bot.groups.rules import RuleBook, RuleSet, person_values
 from bot.groups.service import Change, Plan
 from bot.i18n import t
 from bot.messengers import Messengers
@@ -409,7 +409,10 @@ class Memberships:
                 # made again against who is in each group now: what happened since it was held stands.
                 approved = t("approved by {approver} (plan #{id})", approver=approver, id=plan_id)
                 current, since = await _replan(
-                    session, [Change(**d) for d in pending.payload.get("changes", [])], pending.created_at
+                    session,
+                    [Change(**d) for d in pending.payload.get("changes", [])],
+                    pending.created_at,
+                    self.rules.current(),
                 )
                 # An approved removal is marked so (cause "approved"): the brake's window does not count
                 # what an approver has seen already.
@@ -585,11 +588,12 @@ async def _same_pending(session: AsyncSession, changes: list[Change]) -> Pending
 
 
 async def _replan(
-    session: AsyncSession, changes: list[Change], held_at: datetime
+    session: AsyncSession, changes: list[Change], held_at: datetime, rules: RuleSet
 ) -> tuple[list[Change], list[str]]:
     """The held changes that still make sense now, and, in words, each one dropped because the group
     changed since the plan was held (`held_at`): a removal of someone no longer in the group or added
-    again since, an addition of someone already in it or removed since, a group that no longer exists.
+    again since, an addition of someone already in it or removed since, a group that no longer exists;
+    and for a rule's change, a person who no longer matches the rule (a mover), or matches it again.
     (Leavers are refused by the guard, which runs again on what is left.)"""
     if not changes:
         return [], []
@@ -618,12 +622,20 @@ async def _replan(
         for subject, before in rows.all():
             if isinstance(before, dict) and before.get("email"):
                 removed_since.add((subject, str(before["email"])))
+    matching = await _rule_matches(session, [c for c in changes if c.source.startswith("rule:")], rules)
     keep: list[Change] = []
     since: list[str] = []
     for c in changes:
         added_at = now_in.get((c.group_id, c.email))
+        match = matching.get((c.email, c.source))
         if c.group_id not in groups:
             why = t("{group} no longer exists", group=c.group_address)
+        elif c.op == "add" and match == "gone":
+            why = t("the rule {rule} is no longer in the rules file", rule=c.source[5:])
+        elif c.op == "add" and match == "no":
+            why = t("{email} no longer matches rule {rule}", email=c.email, rule=c.source[5:])
+        elif c.op == "remove" and not c.cause and match == "yes":
+            why = t("{email} matches rule {rule} again, so stays", email=c.email, rule=c.source[5:])
         elif c.op == "remove" and added_at is None:
             why = t("{email} is no longer in {group}", email=c.email, group=c.group_address)
         elif c.op == "remove" and added_at is not None and added_at > held_at:
@@ -646,6 +658,36 @@ async def _replan(
         if why not in since:
             since.append(why)
     return keep, since
+
+
+async def _rule_matches(
+    session: AsyncSession, changes: list[Change], rules: RuleSet
+) -> dict[tuple[str, str], str]:
+    """For each rule change's (email, rule source): "yes" when the person on record matches that rule
+    now, "no" when not, "gone" when the rule is no longer in the file. Nothing is said when the rules
+    could not be read, or of an address nobody is on record for."""
+    if not changes or rules.error:
+        return {}
+    emails = sorted({c.email for c in changes})
+    people: dict[str, Person] = {}
+    for i in range(0, len(emails), 500):
+        for person in (
+            await session.execute(select(Person).where(Person.email.in_(emails[i : i + 500])))
+        ).scalars():
+            people[person.email] = person
+    sources = rules.rule_sources
+    out: dict[tuple[str, str], str] = {}
+    for c in changes:
+        who = people.get(c.email)
+        if who is None:
+            continue
+        rule = sources.get(c.source)
+        if rule is None:
+            out[(c.email, c.source)] = "gone"
+            continue
+        found = rules.groups_for(person_values(who.email, who.employee_id, who.name, who.attributes))
+        out[(c.email, c.source)] = "yes" if rule in found else "no"
+    return out
 
 
 async def _exceptions(session: AsyncSession) -> list[str]:
