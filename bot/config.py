@@ -438,6 +438,9 @@ class GroupsSettings(_Section):
     max_remove_share: float = Field(default=0.3, gt=0, le=1)
     max_remove_count: int = Field(default=100, ge=1)
     guard_min_removals: int = Field(default=3, ge=1)
+    # The mass-removal brake also counts what was removed from the group over this many hours (removing
+    # a few at a time must not empty a group without an approver); 0 turns the window off.
+    remove_window_hours: float = Field(default=24, ge=0, le=24 * 31)
     # A plan adding more than this many people to one group waits for an approver (not in a reconcile).
     max_add_count: int = Field(default=100, ge=1)
     audit_cron: str = "0 8 * * mon"

@@ -35,6 +35,32 @@ _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff
 _OVERRIDES = re.compile("[\u202a-\u202e\u2066-\u2069]")
 
 
+# In a person's name only: characters that show nothing — zero-width space and joiner, word joiner,
+# byte-order mark — and the bidirectional marks (LRM, RLM, ALM), so that two names that look alike in
+# chat are alike. (U+200C, the zero-width non-joiner, is spelling in Persian and stays.)
+_INVISIBLE = re.compile("[\u200b\u200d\u200e\u200f\u061c\u2060\ufeff]")
+
+
+def check_name(text: str, what: str, limit: int | None = MAX_NAME) -> str:
+    """A person's name: what `check_text` refuses, and invisible formatting characters too."""
+    check_text(text, what, limit)
+    found = _INVISIBLE.search(text)
+    if found is not None:
+        raise UserError(
+            t(
+                "{what} contains an invisible character ({code}); remove it.",
+                what=what,
+                code=f"U+{ord(found.group()):04X}",
+            )
+        )
+    return text
+
+
+def clean_name(text: str) -> str:
+    """A name from a source nobody corrects through Postroom: `clean_text`, without invisible characters."""
+    return _INVISIBLE.sub("", clean_text(text))
+
+
 def is_clean(text: str) -> bool:
     return _UNSAFE.search(text) is None
 

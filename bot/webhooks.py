@@ -71,14 +71,35 @@ def _no_constants(name: str) -> Any:
     raise _NotANumber(name)
 
 
-def parse_json(body: bytes | str, sentence: str, constant: str | None = None) -> Any:
+class _DuplicateKey(ValueError):
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.name = name
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def parse_json(
+    body: bytes | str, sentence: str, constant: str | None = None, duplicate: str | None = None
+) -> Any:
     """The body's JSON, or Refused(400, sentence) for anything that is not plain JSON: malformed, not
-    UTF-8, nested deeper than the parser goes (RecursionError), or NaN/Infinity (`constant`, with
-    {name}, says which when given)."""
+    UTF-8, nested deeper than the parser goes (RecursionError), NaN/Infinity (`constant`, with
+    {name}, says which when given), or an object naming a key twice (`duplicate`, with {name}: which
+    value was meant is anyone's guess, and parsers differ on which one wins)."""
     try:
-        return json.loads(body, parse_constant=_no_constants)
+        return json.loads(body, parse_constant=_no_constants, object_pairs_hook=_no_duplicates)
     except _NotANumber as exc:
         raise Refused(400, constant.format(name=exc.name) if constant else sentence) from None
+    except _DuplicateKey as exc:
+        shown = "".join(ch if ch.isprintable() else "?" for ch in exc.name[:40])
+        raise Refused(400, duplicate.format(name=shown) if duplicate else sentence) from None
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise Refused(400, sentence) from None
 

@@ -176,6 +176,33 @@ BAD = [
         "employee.name contains a control character (U+000B)",
     ),
     ("override in a name", signed, employee(name="\u202eIvan"), 422, "text-direction override (U+202E)"),
+    # Tryout: invisible formatting characters make two names look alike (or one read oddly) in chat.
+    ("zero-width joiner in a name", signed, employee(name="Iv\u200dan"), 422, "invisible character (U+200D)"),
+    (
+        "right-to-left mark in a name",
+        signed,
+        employee(name="Ivan\u200f"),
+        422,
+        "invisible character (U+200F)",
+    ),
+    ("zero-width space in a name", signed, employee(name="I\u200bvan"), 422, "invisible character (U+200B)"),
+    # Tryout: a key given twice was taken silently (the last one won): which one did HR's system mean?
+    (
+        "a key twice",
+        signed,
+        RAW.replace(b'"type": "joined"', b'"type": "joined", "type": "left"'),
+        400,
+        "“type” appears twice",
+    ),
+    (
+        "a nested key twice",
+        signed,
+        RAW.replace(
+            b'"email": "ivan@corp.example"', b'"email": "ivan@corp.example", "email": "x@corp.example"'
+        ),
+        400,
+        "“email” appears twice",
+    ),
     ("half a surrogate", signed, employee(name="Ivan\ud800"), 422, "broken character (U+D800"),
     (
         "control character in an attribute",

@@ -391,10 +391,16 @@ async def test_an_approved_snapshot_counts_only_the_events_that_applied(lbot, tm
     await import_staff(app.lifecycle, csv(tmp_path, staff_rows(10)))
     held = await import_staff(app.lifecycle, csv(tmp_path, staff_rows(5), "half.csv"))
     assert held.held is not None  # five leavers at once wait for an approver
-    # Meanwhile HR's system says something newer about one of them: their leave from the file is stale.
-    await lbot.core.handle_person_event(
-        PersonEvent("changed", "hr-webhook", "E009", None, {"department": "Sales"}, "n9", datetime.now(UTC))
-    )
+    # Meanwhile HR's system says something newer about one of them — they left and were rehired — so their
+    # leave from the file is stale (a late leave applies unless a newer rehire is on record).
+    moment = datetime.now(UTC)
+    for kind, event_id, at in (
+        ("left", "n9-left", moment),
+        ("joined", "n9-back", moment + timedelta(seconds=1)),
+    ):
+        await lbot.core.handle_person_event(
+            PersonEvent(kind, "hr-webhook", "E009", None, {"department": "Sales"}, event_id, at)  # type: ignore[arg-type]
+        )
     reply = await lbot.say(APPROVER, f"/plan approve {held.held}")
     assert "4 events applied" in reply, reply
     assert "all-staff" in await groups_of(lbot, "p9@corp.example")

@@ -7,6 +7,9 @@ on one person's word:
 - a change to a `protected` group;
 - a plan removing more than `groups.max_remove_share` of a group (and at least
   `groups.guard_min_removals` people), or more than `groups.max_remove_count` memberships at once;
+  the share also counts what was removed from the group over the last `groups.remove_window_hours`
+  (default 24), against the group's size when that window began — removing a few at a time does not
+  get round it (removals of leavers, of addresses gone external and of approved plans are not counted);
 - a plan adding more than `groups.max_add_count` people to one group, outside a reconcile (a
   reconcile adds what the rules say; a pasted list into all-staff@ is what this brake is for).
 
@@ -31,13 +34,14 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Settings
-from bot.db.models import Group, Membership, Person
+from bot.db.models import AuditEntry, Group, Membership, Person
 from bot.groups.service import Change, Plan
 from bot.i18n import t
 
@@ -157,6 +161,7 @@ class Guard:
                         )
                     ).all()
                 )
+                window = await _window(session, {gid: address[gid] for gid in removes}, g.remove_window_hours)
                 for gid, n in sorted(removes.items(), key=lambda item: address[item[0]]):
                     size = sizes.get(gid, 0)
                     if n >= g.guard_min_removals and size and n / size > g.max_remove_share:
@@ -172,6 +177,26 @@ class Guard:
                                 limit=f"{g.max_remove_share:.0%}",
                             )
                         )
+                    elif gid in window:
+                        earlier, gone = window[gid]
+                        count = earlier + n
+                        start = size + gone  # the group's size before the window's removals
+                        if count >= g.guard_min_removals and count / start > g.max_remove_share:
+                            tripped.add(gid)
+                            reasons.append(
+                                t(
+                                    "with the {earlier} removed from {group} in the last {hours} hours, it makes "
+                                    "{count} of the {size} members it had ({share}), more than the {limit} allowed "
+                                    "without approval",
+                                    earlier=earlier,
+                                    group=address[gid],
+                                    hours=f"{g.remove_window_hours:g}",
+                                    count=count,
+                                    size=start,
+                                    share=f"{count / start:.0%}",
+                                    limit=f"{g.max_remove_share:.0%}",
+                                )
+                            )
                 total = sum(removes.values())
                 if total > g.max_remove_count:
                     tripped.update(removes)
@@ -197,6 +222,38 @@ class Guard:
                         )
                     )
         return tripped, reasons
+
+
+async def _window(session: AsyncSession, groups: dict[int, str], hours: float) -> dict[int, tuple[int, int]]:
+    """Per group with removals in the last `hours`: how many count for the brake, and how many were removed
+    in all — the group's size before the window's removals is its size now plus that (additions meanwhile
+    are not subtracted: a group filled and emptied within the window is still emptied). Removals of
+    leavers and of addresses gone external do not count, nor those of an approved plan — nor any before
+    it: its approver saw them in its reasons."""
+    if hours <= 0 or not groups:
+        return {}
+    since = datetime.now(UTC) - timedelta(hours=hours)
+    by_subject = {f"group:{a}": gid for gid, a in groups.items()}
+    rows = await session.execute(
+        select(AuditEntry.subject, AuditEntry.before)
+        .where(
+            AuditEntry.subject.in_(sorted(by_subject)),
+            AuditEntry.action == "membership.remove",
+            AuditEntry.at > since,
+        )
+        .order_by(AuditEntry.id)
+    )
+    counted: Counter[int] = Counter()
+    gone: Counter[int] = Counter()
+    for subject, before in rows.all():
+        gid = by_subject[subject]
+        gone[gid] += 1
+        cause = before.get("cause", "") if isinstance(before, dict) else ""
+        if cause == "approved":
+            counted[gid] = 0
+        elif cause not in UNSTOPPABLE:
+            counted[gid] += 1
+    return {gid: (counted[gid], gone[gid]) for gid in counted if counted[gid]}
 
 
 async def leavers(session: AsyncSession, adds: list[Change]) -> set[object]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, select, update
@@ -18,14 +19,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import audit
 from bot.context import Context
-from bot.db.models import Group, PendingPlan, Person, RuleException
+from bot.db.models import AuditEntry, Group, Membership, PendingPlan, Person, RuleException
 from bot.errors import Refusal
 from bot.events import Button, Card, Message
 from bot.groups import planner, service
 from bot.groups.guard import Guard, Kind, Verdict, leavers
 from bot.groups.outbox import Outbox
 from bot.groups.providers.registry import LOCAL
-from bot.groups.rules import RuleBook, person_values
+from bot.groups.rules import RuleBook, RuleSet, person_values
 from bot.groups.service import Change, Plan
 from bot.i18n import t
 from bot.messengers import Messengers
@@ -101,7 +102,8 @@ class Memberships:
             raise Refused(verdict.plan.refused)
         out = Outcome(plan=verdict.plan, reasons=verdict.reasons, waiting=verdict.held)
         if verdict.held:
-            pending = await self.hold(
+            same = await _same_pending(session, verdict.held)
+            pending = same or await self.hold(
                 session,
                 source=source,
                 actor=actor,
@@ -317,8 +319,8 @@ class Memberships:
 
     async def announce(self, plan_id: int | None) -> None:
         """Post a held plan's card to the approvers (after the plan is committed)."""
-        if plan_id is None:
-            return
+        if plan_id is None or await self.messengers.posted_about([f"plan:{plan_id}"]):
+            return  # nothing held, or the same plan asked for again (its card is out already)
         async with self.ctx.sessions() as session:
             pending = await session.get(PendingPlan, plan_id)
         if pending is not None:
@@ -352,6 +354,7 @@ class Memberships:
         now = self.ctx.now()
         applied = 0
         not_applied: list[str] = []  # why a change of the approved plan did not apply
+        since: list[str] = []  # what changed in the groups since the plan was held (those changes dropped)
         async with self.ctx.sessions() as session, session.begin():
             pending = await session.get(PendingPlan, plan_id)
             if pending is None:
@@ -402,12 +405,25 @@ class Memberships:
             events = pending.payload.get("events")
             if decision == "approved" and events is None:
                 # Who asked is who changes the group (the membership's added_by, the audit's actor); the
-                # approver is named in each change's reason and in the plan's own entry above.
+                # approver is named in each change's reason and in the plan's own entry above. The plan is
+                # made again against who is in each group now: what happened since it was held stands.
                 approved = t("approved by {approver} (plan #{id})", approver=approver, id=plan_id)
+                current, since = await _replan(
+                    session,
+                    [Change(**d) for d in pending.payload.get("changes", [])],
+                    pending.created_at,
+                    self.rules.current(),
+                )
+                # An approved removal is marked so (cause "approved"): the brake's window does not count
+                # what an approver has seen already.
                 plan = Plan(
                     [
-                        replace(c, reason=f"{c.reason}; {approved}")
-                        for c in (Change(**d) for d in pending.payload.get("changes", []))
+                        replace(
+                            c,
+                            reason=f"{c.reason}; {approved}",
+                            cause=c.cause or ("approved" if c.op == "remove" else ""),
+                        )
+                        for c in current
                     ]
                 )
                 out = await self._execute(
@@ -472,11 +488,11 @@ class Memberships:
                         **who,
                     )
                 )
-            if not applied and not_applied:
+            if not applied and (not_applied or since):
                 return t(
                     "Membership plan #{id} from {requester}, approved by {approver}: nothing to apply, because "
                     "{reasons}.",
-                    reasons=t("; ").join(why.rstrip(".") for why in not_applied),
+                    reasons=t("; ").join(why.rstrip(".") for why in [*since, *not_applied]),
                     **who,
                 )
             text = (
@@ -488,6 +504,8 @@ class Memberships:
                     **who,
                 )
             )
+            if since:
+                text += " " + t("Changed since the plan was made: {changes}.", changes=t("; ").join(since))
             if not_applied:
                 text += " " + t(
                     "Not applied: {reasons}.", reasons=t("; ").join(why.rstrip(".") for why in not_applied)
@@ -542,6 +560,134 @@ def approval_card(pending: PendingPlan) -> Message:
         ),
     )
     return Message(t("A membership plan from {source} waits for approval.", source=pending.source), card)
+
+
+def _key(c: Change) -> tuple[str, int, str, str]:
+    return (c.op, c.group_id, c.email, c.role)
+
+
+async def _same_pending(session: AsyncSession, changes: list[Change]) -> PendingPlan | None:
+    """A pending plan holding exactly these changes (the same request sent again): it is not queued twice."""
+    wanted = sorted(_key(c) for c in changes)
+    rows = (
+        (
+            await session.execute(
+                select(PendingPlan).where(PendingPlan.state == "pending").order_by(PendingPlan.id)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    for pending in rows:
+        if pending.payload.get("events") is not None:
+            continue
+        held = pending.payload.get("changes", [])
+        if len(held) == len(wanted) and sorted(_key(Change(**d)) for d in held) == wanted:
+            return pending
+    return None
+
+
+async def _replan(
+    session: AsyncSession, changes: list[Change], held_at: datetime, rules: RuleSet
+) -> tuple[list[Change], list[str]]:
+    """The held changes that still make sense now, and, in words, each one dropped because the group
+    changed since the plan was held (`held_at`): a removal of someone no longer in the group or added
+    again since, an addition of someone already in it or removed since, a group that no longer exists;
+    and for a rule's change, a person who no longer matches the rule (a mover), or matches it again.
+    (Leavers are refused by the guard, which runs again on what is left.)"""
+    if not changes:
+        return [], []
+    ids = sorted({c.group_id for c in changes})
+    emails = sorted({c.email for c in changes})
+    groups = set((await session.execute(select(Group.id).where(Group.id.in_(ids)))).scalars())
+    now_in: dict[tuple[int, str], datetime] = {}
+    for i in range(0, len(emails), 500):
+        found = await session.execute(
+            select(Membership.group_id, Membership.email, Membership.added_at).where(
+                Membership.group_id.in_(ids), Membership.email.in_(emails[i : i + 500])
+            )
+        )
+        for gid, email, joined in found.all():
+            now_in[(gid, email)] = joined
+    removed_since: set[tuple[str, str]] = set()
+    if any(c.op == "add" for c in changes):
+        subjects = sorted({f"group:{c.group_address}" for c in changes if c.op == "add"})
+        rows = await session.execute(
+            select(AuditEntry.subject, AuditEntry.before).where(
+                AuditEntry.action == "membership.remove",
+                AuditEntry.subject.in_(subjects),
+                AuditEntry.at > held_at,
+            )
+        )
+        for subject, before in rows.all():
+            if isinstance(before, dict) and before.get("email"):
+                removed_since.add((subject, str(before["email"])))
+    matching = await _rule_matches(session, [c for c in changes if c.source.startswith("rule:")], rules)
+    keep: list[Change] = []
+    since: list[str] = []
+    for c in changes:
+        added_at = now_in.get((c.group_id, c.email))
+        match = matching.get((c.email, c.source))
+        if c.group_id not in groups:
+            why = t("{group} no longer exists", group=c.group_address)
+        elif c.op == "add" and match == "gone":
+            why = t("the rule {rule} is no longer in the rules file", rule=c.source[5:])
+        elif c.op == "add" and match == "no":
+            why = t("{email} no longer matches rule {rule}", email=c.email, rule=c.source[5:])
+        elif c.op == "remove" and not c.cause and match == "yes":
+            why = t("{email} matches rule {rule} again, so stays", email=c.email, rule=c.source[5:])
+        elif c.op == "remove" and added_at is None:
+            why = t("{email} is no longer in {group}", email=c.email, group=c.group_address)
+        elif c.op == "remove" and added_at is not None and added_at > held_at:
+            why = t(
+                "{email} was added to {group} again after the plan was made, so stays",
+                email=c.email,
+                group=c.group_address,
+            )
+        elif c.op == "add" and added_at is not None:
+            why = t("{email} is already in {group}", email=c.email, group=c.group_address)
+        elif c.op == "add" and (f"group:{c.group_address}", c.email) in removed_since:
+            why = t(
+                "{email} was removed from {group} after the plan was made, so is not added",
+                email=c.email,
+                group=c.group_address,
+            )
+        else:
+            keep.append(c)
+            continue
+        if why not in since:
+            since.append(why)
+    return keep, since
+
+
+async def _rule_matches(
+    session: AsyncSession, changes: list[Change], rules: RuleSet
+) -> dict[tuple[str, str], str]:
+    """For each rule change's (email, rule source): "yes" when the person on record matches that rule
+    now, "no" when not, "gone" when the rule is no longer in the file. Nothing is said when the rules
+    could not be read, or of an address nobody is on record for."""
+    if not changes or rules.error:
+        return {}
+    emails = sorted({c.email for c in changes})
+    people: dict[str, Person] = {}
+    for i in range(0, len(emails), 500):
+        for person in (
+            await session.execute(select(Person).where(Person.email.in_(emails[i : i + 500])))
+        ).scalars():
+            people[person.email] = person
+    sources = rules.rule_sources
+    out: dict[tuple[str, str], str] = {}
+    for c in changes:
+        who = people.get(c.email)
+        if who is None:
+            continue
+        rule = sources.get(c.source)
+        if rule is None:
+            out[(c.email, c.source)] = "gone"
+            continue
+        found = rules.groups_for(person_values(who.email, who.employee_id, who.name, who.attributes))
+        out[(c.email, c.source)] = "yes" if rule in found else "no"
+    return out
 
 
 async def _exceptions(session: AsyncSession) -> list[str]:

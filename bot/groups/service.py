@@ -312,13 +312,22 @@ async def apply(
                         via=via,
                         action="membership.remove",
                         subject=f"group:{c.group_address}",
-                        before={"email": c.email, "source": c.source},
+                        before=_removed(c),
                         after=None,
                         detail=c.reason,
                     )
                     applied += 1
     await session.flush()
     return applied
+
+
+def _removed(c: Change) -> dict[str, str]:
+    """A removal's audit `before`: the member, and why the removal had to happen when it says (the
+    mass-removal brake's window leaves leavers, addresses gone external and approved plans out)."""
+    before = {"email": c.email, "source": c.source}
+    if c.cause:
+        before["cause"] = c.cause
+    return before
 
 
 async def _apply_remote(
@@ -409,7 +418,7 @@ async def _apply_remote(
             via=via,
             action=f"membership.{c.op}",
             subject=f"group:{c.group_address}",
-            before=None if c.op == "add" else {"email": c.email, "source": c.source},
+            before=None if c.op == "add" else _removed(c),
             after={
                 "email": c.email,
                 "source": c.source,

@@ -94,7 +94,7 @@ def _check(event: PersonEvent, now: datetime, skew: int) -> None:
     if event.email is not None:
         values.check_text(event.email, t("The email address"), 320)
     if event.name is not None:
-        values.check_text(event.name, t("The name"), values.MAX_NAME)
+        values.check_name(event.name, t("The name"), values.MAX_NAME)
     values.check_attributes(event.attributes)
 
 
@@ -106,7 +106,7 @@ def _cleaned(event: PersonEvent, now: datetime, skew: int) -> PersonEvent:
         )
         # Whole seconds: a later event from a source with whole-second times must not look older.
         at = now.replace(microsecond=0)
-    name = (values.clean_text(event.name)[: values.MAX_NAME] or None) if event.name is not None else None
+    name = (values.clean_name(event.name)[: values.MAX_NAME] or None) if event.name is not None else None
     email = (values.clean_text(event.email) or None) if event.email is not None else None
     attributes = values.clean_attributes(event.attributes)
     changed = (at, name, email, attributes) != (event.at, event.name, event.email, event.attributes)

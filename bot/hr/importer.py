@@ -227,7 +227,7 @@ def read_snapshot(text: str, domains_check: Callable[[str], bool] | None = None)
         attrs = {k: v for k, v in row.items() if k not in (id_col, "email", "name") and v != ""}
         try:
             values.check_text(emp, id_col, values.MAX_ID)
-            values.check_text(row.get("name", ""), "name", values.MAX_NAME)
+            values.check_name(row.get("name", ""), "name", values.MAX_NAME)
             values.check_attributes(attrs, "")
         except UserError as exc:
             raise UserError(t("Line {line}: {problem}", line=n, problem=exc.sentence)) from None
@@ -270,12 +270,21 @@ async def import_staff(
         snapshot: list[PersonRow] = []
         in_file: set[str] = set()
         for r in rows:
+            rehire = ""
             person = people.get(r["employee_id"]) or by_email.get(r["email"])
             if person is not None:
                 in_file.add(person.employee_id or "")
             if person is None or person.status == "left":
                 kind: PersonKind | None = "joined"
                 result.joined += 1
+                if person is not None:
+                    # A rehire: planned (and guarded) as the file says — active — or the guard would refuse
+                    # their groups as a leaver's. This session is never committed: the rehire event does it.
+                    # Its event id names the leave it ends, so the same file imported again after a later
+                    # leave is a new rehire, not a duplicate of the first import's joiner.
+                    person.status = "active"
+                    left_at = person.left_at.isoformat() if person.left_at else ""
+                    rehire = f":after-leave:{left_at}"
             elif (person.email, person.attributes or {}, person.name or None) != (
                 r["email"],
                 r["attributes"],
@@ -299,11 +308,12 @@ async def import_staff(
                         r["employee_id"],
                         r["email"],
                         r["attributes"],
-                        f"{digest}:{r['employee_id']}:{kind}",
+                        f"{digest}:{r['employee_id']}:{kind}{rehire}",
                         now,
                         r["name"],
                     )
                 )
+        await session.flush()
         leaving = set()
         for emp, person in sorted(people.items()):
             if emp not in in_file and person.status == "active":
@@ -326,17 +336,20 @@ async def import_staff(
         plan.changes = plan.changes + verdict.held
         result.plan = plan
         if plan.refused:
-            c, _why = plan.refused[0]
-            raise UserError(
-                t(
-                    "{email} is outside {domains}, and the rules put them in the internal group {group}: "
-                    "fix the file, nothing was imported.",
-                    email=c.email,
-                    domains=", ".join(ctx.settings.org.domains),
-                    group=c.group_address,
+            c, why = plan.refused[0]
+            if not ctx.settings.is_internal(c.email):
+                raise UserError(
+                    t(
+                        "{email} is outside {domains}, and the rules put them in the internal group {group}: "
+                        "fix the file, nothing was imported.",
+                        email=c.email,
+                        domains=", ".join(ctx.settings.org.domains),
+                        group=c.group_address,
+                    )
                 )
-            )
+            raise UserError(t("{problem} Fix the file: nothing was imported.", problem=why))
         result.reasons = verdict.reasons
+        await session.rollback()  # the rehires above were for planning only
     if dry_run:
         return result
     if result.reasons:

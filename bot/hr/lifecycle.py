@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot import audit
 from bot.addresses import normalise
 from bot.context import Context
-from bot.db.models import Group, Membership, Person, PersonId, ProcessedEvent
+from bot.db.models import AuditEntry, Group, Membership, Person, PersonId, ProcessedEvent
 from bot.db.upsert import insert_ignore
 from bot.errors import UserError
 from bot.events import Joiner, Message, PersonEvent
@@ -74,6 +74,14 @@ class Outcome:
     who: str = ""  # "Name (email)" or the email
     moved: list[str] = field(default_factory=list)  # a mover's attribute changes, "key old → new"
     schedule_failed: bool = False
+    future_leave: bool = False  # a leave dated later than now: they stay until its date (and grace)
+
+
+class _NotApplied(Exception):
+    """Raised inside the event's transaction so nothing of it is kept (not even its id as seen)."""
+
+    def __init__(self, outcome: Outcome):
+        self.outcome = outcome
 
 
 def event_to_dict(e: PersonEvent) -> dict[str, Any]:
@@ -339,6 +347,12 @@ class Lifecycle:
         return person
 
     async def _apply(self, event: PersonEvent, kind: Kind, snapshot: bool = False) -> Outcome:
+        try:
+            return await self._apply_once(event, kind, snapshot)
+        except _NotApplied as stale:  # rolled back: a resend is judged again, never a "duplicate"
+            return stale.outcome
+
+    async def _apply_once(self, event: PersonEvent, kind: Kind, snapshot: bool) -> Outcome:
         ctx = self.ctx
         settings = ctx.settings
         rules = self.rules.current()
@@ -367,8 +381,20 @@ class Lifecycle:
                 ).scalar_one_or_none()
             # Only a strictly older event is stale: one with the same time (sources with whole seconds) and
             # another id is a further change, applied in arrival order; the same id was caught as a duplicate.
-            if person is not None and person.last_event_at is not None and event.at < person.last_event_at:
-                return Outcome("stale", email)
+            # The person's clock counts at most up to now, so an event dated in the future (inside the
+            # allowed skew) holds back nothing after its time has come. A late `left` still applies — a
+            # leaver must not stay in groups — unless they already left or a newer rehire is on record.
+            late_left = False
+            if person is not None and person.last_event_at is not None:
+                clock = min(person.last_event_at, ctx.now())
+                if event.at < clock:
+                    if (
+                        event.kind != "left"
+                        or person.status == "left"
+                        or (person.last_event_at > event.at and await _last_was_rehire(session, person))
+                    ):
+                        raise _NotApplied(Outcome("stale", email))
+                    late_left = True
             known_before = person is not None
             if person is None:
                 person = Person(
@@ -397,7 +423,8 @@ class Lifecycle:
             await service.link_person(session, person.id, person.email)
             attributes_before = dict(person.attributes or {})
             before = {"status": person.status, "email": person.email, "attributes": attributes_before}
-            person.last_event_at = event.at
+            assert person.last_event_at is not None or not late_left
+            person.last_event_at = max(person.last_event_at, event.at) if late_left else event.at  # type: ignore[type-var]
             person.employee_id = person.employee_id or event.external_id
             outcome = Outcome("applied", email)
             actor, via = f"hr:{event.source}", event.source
@@ -416,6 +443,7 @@ class Lifecycle:
                     outcome.removed = sorted({c.group_address for c in current.changes})
                 else:
                     outcome.removal_due = due
+                    outcome.future_leave = event.at > ctx.now()
                 outcome.owned = await owned_groups(session, email)
             else:
                 rehire = event.kind == "joined" and person.status == "left"
@@ -621,6 +649,22 @@ class Lifecycle:
         return removed
 
 
+async def _last_was_rehire(session: AsyncSession, person: Person) -> bool:
+    """Whether the last event applied for `person` was a rehire (the audit log keeps each applied event)."""
+    last = (
+        await session.execute(
+            select(AuditEntry.action)
+            .where(
+                AuditEntry.subject == f"person:{person.employee_id or person.email}",
+                AuditEntry.action.in_(("person.joined", "person.changed", "person.left", "person.rehired")),
+            )
+            .order_by(AuditEntry.id.desc())
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+    return last == "person.rehired"
+
+
 async def _manual_groups(session: Any, person: Person) -> list[str]:
     return sorted(
         (
@@ -654,7 +698,13 @@ def hr_note(o: Outcome) -> str:
     """What HR is told about an applied event, in the current language."""
     who = o.who
     if o.kind == "left":
-        if o.removal_due is not None:
+        if o.removal_due is not None and o.future_leave:
+            text = t(
+                "{who} leaves on a later date; they stay in their groups until {due} UTC.",
+                who=who,
+                due=f"{o.removal_due:%Y-%m-%d %H:%M}",
+            )
+        elif o.removal_due is not None:
             text = t(
                 "{who} left; they stay in their groups until {due} UTC (grace period).",
                 who=who,

@@ -77,7 +77,10 @@ def _text(value: Any, what: str, limit: int, required: bool = True) -> str | Non
 
 def parse_event(body: bytes) -> PersonEvent:
     data = parse_json(
-        body, "The body is not valid JSON.", "The body is not valid JSON: {name} is not a number in JSON."
+        body,
+        "The body is not valid JSON.",
+        "The body is not valid JSON: {name} is not a number in JSON.",
+        "The key “{name}” appears twice in one JSON object; send each field once.",
     )
     if not isinstance(data, dict):
         raise Refused(400, "The body must be a JSON object.")
@@ -104,6 +107,11 @@ def parse_event(body: bytes) -> PersonEvent:
     emp_id = _text(employee.get("id"), "employee.id", 200)
     email = _text(employee.get("email"), "employee.email", 320, required=kind != "left")
     name = _text(employee.get("name"), "employee.name", 200, required=False)
+    if name is not None:
+        try:
+            values.check_name(name, "employee.name")
+        except UserError as exc:
+            raise Refused(422, exc.sentence) from None
     attributes = employee.get("attributes") or {}
     if not isinstance(attributes, dict):
         raise Refused(422, 'employee.attributes must be a flat JSON object such as {"department": "Sales"}.')

@@ -1,0 +1,72 @@
+"""`postroom hr import` of a CSV that rehires a former employee.
+
+Tryout finding: the import refused the file saying the rehired person's address was "outside
+corp.example" — it is inside; the guard had refused adding them because, until the file's own
+rehire applies, they are a leaver. A rehire in the file now applies; a real refusal says its own
+reason.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from bot.db.models import Person
+from bot.errors import UserError
+from bot.events import PersonEvent
+from bot.hr.importer import import_staff
+from tests.lifecycle_kit import groups_of, lifecycle_bot
+
+HEADER = "employee_id,email,name,department"
+ROWS = [f"E{i:03d},p{i}@corp.example,Person {i},Engineering" for i in range(4)]
+
+
+@pytest.fixture
+async def lbot(database_url, smtp, tmp_path):  # type: ignore[no-untyped-def]
+    async for b in lifecycle_bot(database_url, smtp.port, tmp_path, groups={"max_remove_share": 1}):
+        yield b
+
+
+def write(tmp_path: Path, rows: list[str], name: str) -> Path:
+    path = tmp_path / name
+    path.write_text("\n".join([HEADER, *rows]) + "\n")
+    return path
+
+
+async def test_a_csv_that_rehires_a_former_employee_applies(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    app = lbot.app
+    await import_staff(app.lifecycle, write(tmp_path, ROWS, "all.csv"))
+    assert "eng" in await groups_of(lbot, "p3@corp.example")
+    left = await lbot.core.handle_person_event(
+        PersonEvent(
+            "left", "hr-webhook", "E003", "p3@corp.example", {}, "l3", datetime.now(UTC) - timedelta(hours=1)
+        )
+    )
+    assert left.status == "applied" and await groups_of(lbot, "p3@corp.example") == {}
+    # The next export has them again: a rehire.
+    result = await import_staff(app.lifecycle, write(tmp_path, ROWS, "again.csv"))
+    text = result.summary()
+    assert "outside" not in text, text
+    assert result.done.get("joined") == 1, text
+    assert "eng" in await groups_of(lbot, "p3@corp.example")
+    async with app.ctx.sessions() as s:
+        status = (await s.execute(select(Person.status).where(Person.employee_id == "E003"))).scalar_one()
+    assert status == "active"
+
+
+async def test_a_real_refusal_in_the_file_says_its_own_reason(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    app = lbot.app
+    outside = [*ROWS, "E009,guest@partner.example,Guest,Engineering"]
+    with pytest.raises(UserError) as refused:
+        await import_staff(app.lifecycle, write(tmp_path, outside, "bad.csv"))
+    assert "guest@partner.example is outside corp.example" in refused.value.sentence
+
+
+async def test_a_name_with_an_invisible_character_refuses_the_file(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rows = [*ROWS, "E009,p9@corp.example,Pe\u200dter,Engineering"]
+    with pytest.raises(UserError) as refused:
+        await import_staff(lbot.app.lifecycle, write(tmp_path, rows, "zwj.csv"))
+    assert "Line 6: name contains an invisible character (U+200D)" in refused.value.sentence
