@@ -131,6 +131,7 @@ def domain_problem(domain: str) -> str | None:
 
 class OrgSettings(_Section):
     name: str = PLACEHOLDER_ORG_NAME
+    # What is internal (`internal_address`): exactly one of these — a subdomain only if listed itself.
     domains: list[str] = [PLACEHOLDER_DOMAIN]
     postal_address: str = PLACEHOLDER_POSTAL_ADDRESS
     # The language of the pages recipients open (unsubscribe, preview, link errors): en or zh_CN.
@@ -736,8 +737,40 @@ class Settings(BaseSettings):
         return self
 
     def is_internal(self, email: str) -> bool:
-        domain = email.rsplit("@", 1)[-1].lower()
-        return any(domain == d or domain.endswith("." + d) for d in self.org.domains)
+        """Whether `email` is a company address: `internal_address` over org.domains."""
+        return internal_address(email, self.org.domains)
+
+
+# The characters a company address's local part may have: a dot-atom (RFC 5322) without "%" and "!",
+# which Postfix (allow_percent_hack, swap_bangpath) and other MTAs read as "pass this on to another
+# host" — x%gmail.com@corp.example is delivered to x@gmail.com.
+_PLAIN_LOCAL = re.compile(r"[A-Za-z0-9#$&'*+\-/=?^_`{|}~.]+")
+
+
+def routing_form(address: str) -> str | None:
+    """What in `address`'s local part (before the last @) can route mail to another host: "%", "!",
+    "a quoted part", "a source route" or "other characters"; None for a plain local part."""
+    local = address.rsplit("@", 1)[0] if "@" in address else address
+    if _PLAIN_LOCAL.fullmatch(local):
+        return None
+    if local.startswith("@") or ":" in local:
+        return "a source route"
+    if '"' in local or "\\" in local:
+        return "a quoted part"
+    for char in ("%", "!"):
+        if char in local:
+            return char
+    return "other characters"
+
+
+def internal_address(address: str, domains: list[str]) -> bool:
+    """The one definition of a company address: its domain (after the last @) is exactly one of
+    `domains` — a subdomain counts only when it is listed itself — and its local part is plain
+    (`routing_form` finds nothing), so no mail server along the way can send it elsewhere."""
+    if "@" not in address:
+        return False
+    domain = address.rsplit("@", 1)[1].lower()
+    return domain in domains and routing_form(address) is None
 
 
 INIT_ORG_COMMAND = "postroom init --org-name … --domain … --postal-address …"
