@@ -467,6 +467,9 @@ class PostfixSettings(_Section):
     policy_port: int = Field(default=10040, ge=0, le=65535)
     # Peers allowed to ask; anyone else is disconnected. Postfix runs on the same host by default.
     policy_clients: list[str] = ["127.0.0.0/8", "::1/128"]
+    # Must equal main.cf's recipient_delimiter (empty: none): eng+x@ reaches eng@, so the policy checks it
+    # as eng@. Each character is a delimiter, as in Postfix.
+    recipient_delimiter: str = Field(default="+", max_length=10)
     max_request_bytes: int = Field(default=16384, ge=512, le=1024 * 1024)
     max_request_lines: int = Field(default=100, ge=10, le=10_000)
     answer_within_s: float = Field(default=2.0, gt=0, le=30)
@@ -482,6 +485,13 @@ class PostfixSettings(_Section):
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
         return RelaySettings._networks(value)
+
+    @field_validator("recipient_delimiter")
+    @classmethod
+    def _delimiter(cls, value: str) -> str:
+        if any(c.isalnum() or c.isspace() or c in '@."' or not c.isprintable() for c in value):
+            raise ValueError("must be characters like + or - (not letters, digits, space, @, . or quotes)")
+        return value
 
 
 def _http_url(v: str) -> str:

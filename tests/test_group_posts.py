@@ -416,3 +416,26 @@ async def test_a_hard_bounce_is_reported_and_suppresses_nobody(relay, smtp) -> N
     async with bot.app.ctx.sessions() as session:
         assert (await session.execute(select(func.count()).select_from(Suppression))).scalar_one() == 0
         assert "bob@corp.example" in (await session.execute(select(Membership.email))).scalars().all()
+
+
+async def test_the_relay_reads_a_recipient_as_the_policy_service_does(relay, smtp) -> None:  # type: ignore[no-untyped-def]
+    """ENG+x@Corp.Example is eng@ (postfix.recipient_delimiter, case): its policy applies, and eng@ and
+    eng+x@ in one envelope are one post, one copy per member."""
+    bot, port = relay
+    with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as refused:
+        await post(
+            port, "chen@corp.example", "ENG+x@Corp.Example", mail("chen@corp.example", "eng@corp.example")
+        )
+    assert "only members of this group may post" in refused.value.recipients[0].message
+    data = mail("alice@corp.example", "eng@corp.example")
+    await aiosmtplib.send(
+        data,
+        sender="alice@corp.example",
+        recipients=["ENG+x@Corp.Example", "eng@corp.example"],
+        hostname="127.0.0.1",
+        port=port,
+    )
+    (stored,) = await fanned_out(bot.app)
+    assert stored.group_address == "eng@corp.example" and stored.recipient_count == 3
+    for member in ("alice@corp.example", "bob@corp.example", "fwd@corp.example"):
+        assert copies(smtp, member) == 1, member

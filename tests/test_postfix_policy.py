@@ -104,3 +104,63 @@ async def test_a_request_not_decided_in_time_defers_and_never_hangs(policy) -> N
     service.settings = service.settings.model_copy(update={"answer_within_s": 1e-9})
     (answer,) = await ask(port, request(sender="chen@corp.example", recipient="eng@corp.example"))
     assert answer == "action=DEFER_IF_PERMIT Group policy temporarily unavailable, try again later"
+
+
+# Security tryout: Postfix expands each of these to eng@corp.example (recipient_delimiter, case folding,
+# the trailing dot, quotes, a bare local part, a source route, the percent hack, a bang path); the policy
+# must check eng@'s policy for every one, not answer DUNNO because the text is not "eng@corp.example".
+REWRITTEN = [
+    "eng+x@corp.example",
+    "eng@corp.example.",
+    '"eng"@corp.example',
+    "ENG@Corp.Example",
+    "eng",
+    "<eng@corp.example>",
+    "@relay.example:eng@corp.example",
+    "eng%corp.example@corp.example",
+    "corp.example!eng",
+]
+
+
+@pytest.mark.parametrize("recipient", REWRITTEN)
+async def test_every_form_postfix_expands_to_a_group_gets_its_policy(policy, recipient: str) -> None:  # type: ignore[no-untyped-def]
+    _bot, port = policy
+    (answer,) = await ask(port, request(sender="chen@corp.example", recipient=recipient))
+    assert answer.startswith("action=REJECT 5.7.1 <") and "only members of this group may post" in answer, (
+        recipient,
+        answer,
+    )
+    (ok,) = await ask(port, request(sender="alice@corp.example", recipient=recipient))
+    assert ok == "action=DUNNO"
+
+
+@pytest.mark.parametrize("recipient", ['"eng@corp.example', "@relay.example", "eng@corp@example"])
+async def test_a_recipient_that_cannot_be_read_is_refused_not_waved_through(policy, recipient: str) -> None:  # type: ignore[no-untyped-def]
+    _bot, port = policy
+    (answer,) = await ask(port, request(sender="chen@corp.example", recipient=recipient))
+    assert answer.startswith("action=REJECT 5.1.3 <") and "can't be read" in answer, answer
+
+
+async def test_the_delimiter_is_postfixs_and_other_mail_is_left_alone(database_url, smtp, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    postfix = {"policy_enabled": True, "policy_port": port, "recipient_delimiter": "-"}
+    async for _bot, _relay in running(database_url, smtp.port, tmp_path, postfix=postfix):
+        answers = await ask(
+            port,
+            request(sender="chen@corp.example", recipient="eng-anything@corp.example"),
+            request(sender="chen@corp.example", recipient="eng+x@corp.example"),  # no such address here
+            request(sender="chen@corp.example", recipient="someone+x@corp.example"),
+        )
+        assert answers[0].startswith("action=REJECT 5.7.1") and "only members" in answers[0]
+        assert answers[1:] == ["action=DUNNO", "action=DUNNO"]
+
+
+async def test_an_address_that_is_a_group_itself_is_not_read_as_its_prefix(
+    database_url, smtp, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """With "-" as the delimiter, eng-open@ is its own group (moderate: nonmembers holds), not eng@."""
+    port = free_port()
+    postfix = {"policy_enabled": True, "policy_port": port, "recipient_delimiter": "-"}
+    async for _bot, _relay in running(database_url, smtp.port, tmp_path, postfix=postfix):
+        (answer,) = await ask(port, request(sender="chen@corp.example", recipient="eng-open@corp.example"))
+        assert answer == "action=DUNNO"  # held at the end of the message, not refused as eng@'s

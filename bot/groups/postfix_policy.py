@@ -6,8 +6,11 @@ The protocol (Postfix's SMTPD_POLICY_README): a request is `name=value` lines en
 `queue_id`, `size`, …); the answer is `action=<what>` and an empty line, on the same connection, which
 Postfix keeps open for further requests.
 
-- RCPT, recipient a group: the group's posting policy (bot/groups/posting.py). A refusal is
-  `REJECT <why>`; a post that may go or must wait is `DUNNO` for now, remembered by `instance`.
+- RCPT, recipient a group: the group's posting policy (bot/groups/posting.py). The recipient is read the
+  way Postfix rewrites it (`group_routes`: case, quotes, a trailing dot, a source route, the percent
+  hack and bang paths, a bare local part, `postfix.recipient_delimiter`), and every group it can reach is
+  checked. A refusal is `REJECT <why>`; a post that may go or must wait is `DUNNO` for now, remembered by
+  `instance`. A recipient whose form can't be read is refused (5.1.3): Postfix might still expand it.
 - END-OF-MESSAGE (`smtpd_end_of_data_restrictions`): every remembered post is logged with its size and
   Postfix's queue id; if one must wait, the answer is `HOLD` — the message stays in Postfix's hold queue
   and the moderators get a card (bot/groups/moderation.py); an approval releases it with `postsuper -H`.
@@ -41,7 +44,7 @@ from bot.config import PostfixSettings, peer_in
 from bot.context import Context
 from bot.db.models import Group, GroupSenderAllow, Membership
 from bot.groups.moderation import Moderation
-from bot.groups.posting import decide_with
+from bot.groups.posting import Unreadable, decide_with, group_routes
 from bot.groups.posts import add_post, member_count
 
 log = logging.getLogger(__name__)
@@ -206,12 +209,19 @@ class PolicyService:
         finally:
             self._refreshing = None
 
-    async def _group(self, address: str) -> Group | None:
+    async def _groups_for(self, routes: list[list[str]]) -> list[Group]:
+        """The group each reading of a recipient reaches (`group_routes`: the first address of each list
+        that is a group, as Postfix takes the first that is in virtual_alias_maps), each once."""
         if self._groups_at < 0:
             await self._load()  # the first request waits for the first copy
         elif time.monotonic() - self._groups_at > GROUPS_TTL_S and self._refreshing is None:
             self._refreshing = asyncio.get_running_loop().create_task(self._refresh())
-        return self._groups.get(address)
+        found: dict[int, Group] = {}
+        for route in routes:
+            group = next((g for g in map(self._groups.get, route) if g is not None), None)
+            if group is not None:
+                found.setdefault(group.id, group)
+        return list(found.values())
 
     async def _decide(self, req: dict[str, str]) -> str:
         if req.get("request") != "smtpd_access_policy":
@@ -220,26 +230,39 @@ class PolicyService:
         sender = req.get("sender", "").lower()[:320]
         instance = req.get("instance", "")[:100]
         if state == "RCPT":
-            recipient = req.get("recipient", "").lower()[:320]
-            group = await self._group(recipient)
-            if group is None:
-                return "DUNNO"
-            decision = decide_with(
-                self.ctx.settings,
-                group,
-                sender,
-                member=sender in self._members.get(group.id, ()),
-                allowed=sender in self._allowed.get(group.id, ()),
-            )
-            if decision.action == "refuse":
-                return f"REJECT 5.7.1 <{recipient}>: {_text(decision.reason)}"
-            if instance:
+            recipient = req.get("recipient", "").strip()[:320]
+            try:
+                routes = group_routes(recipient, self.ctx.settings)
+            except Unreadable:
+                # Postfix may still rewrite it to a group address: refused, never waved through.
+                return (
+                    f"REJECT 5.1.3 <{_text(recipient)}>: the recipient address can't be read, so its group "
+                    "posting policy can't be checked; write it as name@domain"
+                )
+            # Every group the recipient can reach through Postfix's rewriting (eng+x@, "eng"@, eng@corp.
+            # example., a bare eng) gets its policy checked: the strictest answer wins.
+            decisions = []
+            for group in await self._groups_for(routes):
+                decision = decide_with(
+                    self.ctx.settings,
+                    group,
+                    sender,
+                    member=sender in self._members.get(group.id, ()),
+                    allowed=sender in self._allowed.get(group.id, ()),
+                )
+                if decision.action == "refuse":
+                    return f"REJECT 5.7.1 <{_text(recipient)}>: {_text(decision.reason)}"
+                decisions.append((group, decision))
+            if decisions and instance:
                 pending = self._instances.get(instance)
                 if pending is None:
                     pending = self._instances[instance] = _Pending(sender)
                     while len(self._instances) > MAX_INSTANCES:
                         self._instances.popitem(last=False)
-                (pending.held if decision.action == "hold" else pending.accepted).append(group.id)
+                for group, decision in decisions:
+                    bucket = pending.held if decision.action == "hold" else pending.accepted
+                    if group.id not in pending.held and group.id not in pending.accepted:
+                        bucket.append(group.id)
             return "DUNNO"
         if state == "END-OF-MESSAGE":
             pending = self._instances.pop(instance, None) if instance else None

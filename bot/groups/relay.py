@@ -5,6 +5,8 @@ Only SMTP clients in `relay.trusted_networks` (default: loopback) may post to a 
 other peer gets "550 relaying denied", so nobody who merely reaches the port can claim a company
 sender and fan out to every member. Bounce and unsubscribe addresses stay open to everyone.
 
+A recipient is read as the Postfix policy service reads it (`group_candidates` in bot/groups/posting.py:
+case, quotes, a trailing dot, `postfix.recipient_delimiter`): `ENG+x@Corp.Example` is eng@corp.example.
 At RCPT time a group address is claimed only if its posting policy (bot/groups/posting.py) lets the
 sender post or holds the post for a moderator; otherwise the sender gets a 550 with the reason during the
 SMTP conversation. At DATA time the message, its post-log entry and one delivery row per member are
@@ -29,7 +31,7 @@ from bot.context import Context
 from bot.db.models import Group, Membership
 from bot.groups.fanout import GroupFanout
 from bot.groups.moderation import Moderation
-from bot.groups.posting import decide
+from bot.groups.posting import Unreadable, decide, group_candidates
 from bot.groups.posts import (
     BadMessage,
     Inspected,
@@ -56,7 +58,20 @@ class GroupRelay:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def _group(self, session: AsyncSession, rcpt: str) -> Group | None:
-        return (await session.execute(select(Group).where(Group.address == rcpt))).scalar_one_or_none()
+        """The group `rcpt` reaches, read the way the policy service and Postfix read it
+        (`group_candidates`: eng+x@, "eng"@, ENG@Corp.Example, a trailing dot): the first candidate that
+        is a group; None for none, or for a form that can't be read (this relay then delivers nothing)."""
+        try:
+            candidates = group_candidates(rcpt, self.ctx.settings)
+        except Unreadable:
+            return None
+        if not candidates:
+            return None
+        found = {
+            g.address: g
+            for g in (await session.execute(select(Group).where(Group.address.in_(candidates)))).scalars()
+        }
+        return next((found[c] for c in candidates if c in found), None)
 
     async def accepts(self, rcpt: str, mail_from: str) -> str | None:
         async with self.ctx.sessions() as session:
@@ -102,7 +117,11 @@ class GroupRelay:
         queued = 0
         duplicates = 0
         async with self.ctx.sessions() as session, session.begin():
-            groups = [g for g in [await self._group(session, r) for r in rcpts] if g is not None]
+            groups: list[Group] = []
+            for rcpt in rcpts:  # eng@ and eng+x@ in one envelope are one post to eng@
+                group = await self._group(session, rcpt)
+                if group is not None and all(g.id != group.id for g in groups):
+                    groups.append(group)
             for group in groups:
                 if loops_through(seen, group):
                     log.warning("mail loop on %s refused (from %s)", group.address, mail_from or "<>")
