@@ -467,6 +467,11 @@ class PostfixSettings(_Section):
     policy_port: int = Field(default=10040, ge=0, le=65535)
     # Peers allowed to ask; anyone else is disconnected. Postfix runs on the same host by default.
     policy_clients: list[str] = ["127.0.0.0/8", "::1/128"]
+    # Clients (IP networks) whose envelope sender is believed: a company sender from anywhere else counts
+    # only after SMTP AUTH (sasl_username) as that mailbox, else as an outsider (bot/groups/postfix_policy.py).
+    trusted_networks: list[str] = ["127.0.0.0/8", "::1/128"]
+    # SMTP AUTH logins that may send as any company address (an application account); empty: none.
+    sasl_send_as_anyone: list[str] = []
     # Must equal main.cf's recipient_delimiter (empty: none): eng+x@ reaches eng@, so the policy checks it
     # as eng@. Each character is a delimiter, as in Postfix.
     recipient_delimiter: str = Field(default="+", max_length=10)
@@ -481,10 +486,15 @@ class PostfixSettings(_Section):
     postcat: list[str] = ["/usr/sbin/postcat"]
     config_directory: str | None = None  # postsuper -c / postcat -c; None: Postfix's default
 
-    @field_validator("policy_clients")
+    @field_validator("policy_clients", "trusted_networks")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
         return RelaySettings._networks(value)
+
+    @field_validator("sasl_send_as_anyone")
+    @classmethod
+    def _logins(cls, value: list[str]) -> list[str]:
+        return [v.strip().lower() for v in value if v.strip()]
 
     @field_validator("recipient_delimiter")
     @classmethod

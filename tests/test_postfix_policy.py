@@ -164,3 +164,60 @@ async def test_an_address_that_is_a_group_itself_is_not_read_as_its_prefix(
     async for _bot, _relay in running(database_url, smtp.port, tmp_path, postfix=postfix):
         (answer,) = await ask(port, request(sender="chen@corp.example", recipient="eng-open@corp.example"))
         assert answer == "action=DUNNO"  # held at the end of the message, not refused as eng@'s
+
+
+# Security tryout: anyone who reaches the MTA can claim sender=alice@corp.example. Only a client in
+# postfix.trusted_networks (default loopback) or one logged in as that mailbox is believed.
+async def test_a_company_sender_from_outside_the_trusted_networks_is_an_outsider(policy) -> None:  # type: ignore[no-untyped-def]
+    _bot, port = policy
+    outside = {"client_address": "203.0.113.9"}
+    answers = await ask(
+        port,
+        request(sender="alice@corp.example", recipient="eng@corp.example", **outside),  # eng: post: members
+        request(sender="alice@corp.example", recipient="all-staff@corp.example", **outside),  # company
+        request(sender="hannah@corp.example", recipient="board@corp.example", instance="u1", **outside),
+        request(
+            protocol_state="END-OF-MESSAGE",
+            sender="hannah@corp.example",
+            instance="u1",
+            size="10",
+            queue_id="AAA111",
+            **outside,
+        ),
+        request(sender="alice@corp.example", recipient="eng-open@corp.example", **outside),  # holds outsiders
+        request(sender="partner@other.example", recipient="partners@corp.example", **outside),  # post: anyone
+    )
+    assert answers[0].startswith(
+        "action=REJECT 5.7.1 <eng@corp.example>: only members of this group may post"
+    )
+    assert (
+        "alice@corp.example is a company address" in answers[0] and "postfix.trusted_networks" in answers[0]
+    )
+    assert answers[1].startswith("action=REJECT 5.7.1 <all-staff@corp.example>: only people at corp.example")
+    assert "SMTP AUTH" in answers[1]
+    # hannah owns board@ (never held when she really sends), but from outside she is not believed
+    assert answers[2] == "action=DUNNO"
+    assert answers[3].startswith(
+        "action=HOLD held for a moderator of board@corp.example: hannah@corp.example is"
+    )
+    assert answers[4:] == ["action=DUNNO", "action=DUNNO"]
+
+
+async def test_smtp_auth_as_the_sender_is_believed_and_as_someone_else_is_not(policy) -> None:  # type: ignore[no-untyped-def]
+    _bot, port = policy
+    outside = {"client_address": "203.0.113.9"}
+    answers = await ask(
+        port,
+        request(sender="alice@corp.example", recipient="eng@corp.example", sasl_username="alice", **outside),
+        request(
+            sender="alice@corp.example",
+            recipient="eng@corp.example",
+            sasl_username="Alice@Corp.Example",
+            **outside,
+        ),
+        request(sender="alice@corp.example", recipient="eng@corp.example", sasl_username="chen", **outside),
+        request(sender="alice@corp.example", recipient="eng@corp.example", client_address="::1"),
+    )
+    assert answers[0:2] == ["action=DUNNO", "action=DUNNO"]
+    assert answers[2].startswith("action=REJECT 5.7.1") and "SMTP AUTH" in answers[2]
+    assert answers[3] == "action=DUNNO"  # loopback is trusted by default

@@ -164,13 +164,28 @@ async def decide(session: AsyncSession, settings: Settings, group: Group, sender
     return decide_with(settings, group, sender, member=member, allowed=allowed)
 
 
-def decide_with(settings: Settings, group: Group, sender: str, *, member: bool, allowed: bool) -> Decision:
-    """The decision once it is known whether the sender is a member and on the group's allow list."""
+UNVERIFIED = (
+    "{sender} is a company address, but mail from this client is taken as its sender only from "
+    "postfix.trusted_networks or after SMTP AUTH as that mailbox"
+)
+
+
+def decide_with(
+    settings: Settings, group: Group, sender: str, *, member: bool, allowed: bool, verified: bool = True
+) -> Decision:
+    """The decision once it is known whether the sender is a member and on the group's allow list.
+
+    `verified=False`: the client could claim any sender (Postfix, a client outside
+    `postfix.trusted_networks` without SMTP AUTH as the sender). A company sender is then an outsider: not
+    a member, moderator, owner or allowed sender, and not "at the company" — held or refused as the
+    group's policy says for outsiders, with the reason saying why."""
     sender = sender.lower()
     if group.post_policy == "anyone":
         return Decision("accept")
     if not sender:
         return Decision("refuse", "this group takes no mail without a sender")
+    if not verified and settings.is_internal(sender):
+        return _outsider(settings, group, UNVERIFIED.format(sender=sender))
     if sender in moderators_of(group) or sender in (group.owners or []):
         return Decision("accept")
     if group.post_policy == "moderated":
@@ -189,6 +204,19 @@ def decide_with(settings: Settings, group: Group, sender: str, *, member: bool, 
         )
     if not refusal or allowed:
         return Decision("accept")
+    if group.moderation == "nonmembers":
+        return Decision("hold", f"{refusal}: the post waits for a moderator")
+    return Decision("refuse", refusal)
+
+
+def _outsider(settings: Settings, group: Group, why: str) -> Decision:
+    """The decision for a sender who counts as nobody the group knows (`why` says why, in English)."""
+    if group.post_policy == "moderated":
+        return Decision("hold", f"every post to this group waits for a moderator ({why})")
+    if group.post_policy == "members":
+        refusal = f"only members of this group may post to it, and {why}"
+    else:
+        refusal = f"only people at {', '.join(settings.org.domains)} may post to this group, and {why}"
     if group.moderation == "nonmembers":
         return Decision("hold", f"{refusal}: the post waits for a moderator")
     return Decision("refuse", refusal)
