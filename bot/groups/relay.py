@@ -11,7 +11,9 @@ At RCPT time a group address is claimed only if its posting policy (bot/groups/p
 sender post or holds the post for a moderator; otherwise the sender gets a 550 with the reason during the
 SMTP conversation. At DATA time the message, its post-log entry and one delivery row per member are
 committed, and only then does the client hear 250; the fan-out (bot/groups/fanout.py) delivers from the
-store. A member of two addressed groups gets one copy. A client that timed out and sends the same
+store. A member of two addressed groups gets one copy, also when one of the posts is held and
+approved later (posts.snapshot_members leaves out who a sibling post of the message covers); each post's
+`recipient_count` is its group's members the message reached. A client that timed out and sends the same
 message again (same group, envelope sender and Message-ID, within `relay.duplicate_window_hours`) hears
 250 and nobody gets it twice. A message that already passed through the group (its loop marker, or too
 many `Received:` lines) is refused at once.
@@ -127,7 +129,8 @@ class GroupRelay:
                     log.warning("mail loop on %s refused (from %s)", group.address, mail_from or "<>")
                     return "554 5.4.6 Mail loop detected: this message has already passed through the group"
             # never mail a group to itself, and a member of two addressed groups once
-            covered: set[str] = {g for g in (await session.execute(select(Group.address))).scalars()}
+            addresses: set[str] = {g for g in (await session.execute(select(Group.address))).scalars()}
+            covered: set[str] = set()
             for group in groups:
                 decision = await decide(session, settings, group, mail_from)
                 if decision.action == "refuse":  # the policy changed between RCPT and DATA
@@ -165,8 +168,17 @@ class GroupRelay:
                     now=now,
                     size=len(data),
                 )
-                covered.update(await snapshot_members(session, post, covered))
-                queued += post.recipient_count
+                copies = await snapshot_members(session, post, covered, addresses)
+                covered.update(copies)
+                queued += len(copies)
+                log.info(
+                    "post #%s to %s from %s: %s members, %s copies (the others through another group of it)",
+                    post.id,
+                    group.address,
+                    mail_from or "<>",
+                    post.recipient_count,
+                    len(copies),
+                )
         if queued:
             self.fanout.wake()
         for post_id in held:
