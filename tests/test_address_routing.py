@@ -72,3 +72,28 @@ def test_the_rules_file_refuses_a_percent_hack_owner() -> None:
         parse_rules(text, org("corp.example"), "r.yaml")
     assert "x%gmail.com@corp.example is not a company address" in caught.value.sentence
     assert caught.value.sentence.startswith("r.yaml, line 3: ")
+
+
+@pytest.fixture
+async def lbot(database_url, smtp, tmp_path):  # type: ignore[no-untyped-def]
+    from tests.lifecycle_kit import lifecycle_bot
+
+    async for b in lifecycle_bot(database_url, smtp.port, tmp_path):
+        yield b
+
+
+async def test_an_hr_file_with_a_percent_hack_address_imports_nothing(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from bot.errors import UserError
+    from bot.hr.importer import import_staff
+
+    staff = tmp_path / "staff.csv"
+    staff.write_text(
+        "employee_id,email,name,department,location\n"
+        "E1,alice@corp.example,Alice,Engineering,Berlin\n"
+        "E2,x%gmail.com@corp.example,Mallory,Engineering,Berlin\n"
+    )
+    with pytest.raises(UserError) as caught:
+        await import_staff(lbot.app.lifecycle, staff)
+    assert "x%gmail.com@corp.example is not a company address" in caught.value.sentence
+    assert "nothing was imported" in caught.value.sentence
+    assert await members(lbot) == 0
