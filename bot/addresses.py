@@ -6,6 +6,11 @@ form Postroom stores, compares and mails: an internationalised domain is kept in
 `bob@xn--mller-kva.de`. A domain label mixing scripts — a Cyrillic "а" among Latin letters, the way
 look-alike domains are made — is refused. A non-ASCII local part is refused: our outbound SMTP does
 not use SMTPUTF8, so such an address can't be mailed.
+
+Which addresses are the company's is `bot.config.internal_address` (below this module in the layers, so
+`Settings.is_internal` uses the same rule): the domain is exactly one of `org.domains`, and the local part
+is plain. `normalise` keeps `x%gmail.com@corp.example` (a valid address, possibly an outside person's),
+but it is never internal: `routing_refusal` says why, for the places that take group members.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import unicodedata
 
 from email_validator import EmailNotValidError, validate_email
 
+from bot.config import Settings, routing_form
 from bot.errors import UserError
 from bot.i18n import t
 
@@ -78,6 +84,26 @@ def is_valid(address: str) -> bool:
     except UserError:
         return False
     return True
+
+
+def routing_refusal(address: str, settings: Settings) -> str | None:
+    """Why `address`, on one of the company's domains, still is not a company address (its local part can
+    route mail elsewhere: x%gmail.com@corp.example goes to gmail.com), as a clause to end a sentence with
+    or go on from; None when that is not why (a plain address, or another domain)."""
+    form = routing_form(address)
+    if form is None or "@" not in address or address.rsplit("@", 1)[1].lower() not in settings.org.domains:
+        return None
+    what = {
+        "%": t("a “%” before the @-sign"),
+        "!": t("a “!” before the @-sign"),
+        "a quoted part": t("a quoted part before the @-sign"),
+        "a source route": t("a source route (“@host:”) before the @-sign"),
+    }.get(form, t("a character other than letters, digits and . _ - + before the @-sign"))
+    return t(
+        "{email} is not a company address ({what} can make mail servers pass it on to another domain)",
+        email=address,
+        what=what,
+    )
 
 
 def domain_of(address: str) -> str:

@@ -131,6 +131,7 @@ def domain_problem(domain: str) -> str | None:
 
 class OrgSettings(_Section):
     name: str = PLACEHOLDER_ORG_NAME
+    # What is internal (`internal_address`): exactly one of these — a subdomain only if listed itself.
     domains: list[str] = [PLACEHOLDER_DOMAIN]
     postal_address: str = PLACEHOLDER_POSTAL_ADDRESS
     # The language of the pages recipients open (unsubscribe, preview, link errors): en or zh_CN.
@@ -469,6 +470,14 @@ class PostfixSettings(_Section):
     policy_port: int = Field(default=10040, ge=0, le=65535)
     # Peers allowed to ask; anyone else is disconnected. Postfix runs on the same host by default.
     policy_clients: list[str] = ["127.0.0.0/8", "::1/128"]
+    # Clients (IP networks) whose envelope sender is believed: a company sender from anywhere else counts
+    # only after SMTP AUTH (sasl_username) as that mailbox, else as an outsider (bot/groups/postfix_policy.py).
+    trusted_networks: list[str] = ["127.0.0.0/8", "::1/128"]
+    # SMTP AUTH logins that may send as any company address (an application account); empty: none.
+    sasl_send_as_anyone: list[str] = []
+    # Must equal main.cf's recipient_delimiter (empty: none): eng+x@ reaches eng@, so the policy checks it
+    # as eng@. Each character is a delimiter, as in Postfix.
+    recipient_delimiter: str = Field(default="+", max_length=10)
     max_request_bytes: int = Field(default=16384, ge=512, le=1024 * 1024)
     max_request_lines: int = Field(default=100, ge=10, le=10_000)
     answer_within_s: float = Field(default=2.0, gt=0, le=30)
@@ -480,10 +489,22 @@ class PostfixSettings(_Section):
     postcat: list[str] = ["/usr/sbin/postcat"]
     config_directory: str | None = None  # postsuper -c / postcat -c; None: Postfix's default
 
-    @field_validator("policy_clients")
+    @field_validator("policy_clients", "trusted_networks")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
         return RelaySettings._networks(value)
+
+    @field_validator("sasl_send_as_anyone")
+    @classmethod
+    def _logins(cls, value: list[str]) -> list[str]:
+        return [v.strip().lower() for v in value if v.strip()]
+
+    @field_validator("recipient_delimiter")
+    @classmethod
+    def _delimiter(cls, value: str) -> str:
+        if any(c.isalnum() or c.isspace() or c in '@."' or not c.isprintable() for c in value):
+            raise ValueError("must be characters like + or - (not letters, digits, space, @, . or quotes)")
+        return value
 
 
 def _http_url(v: str) -> str:
@@ -739,8 +760,40 @@ class Settings(BaseSettings):
         return self
 
     def is_internal(self, email: str) -> bool:
-        domain = email.rsplit("@", 1)[-1].lower()
-        return any(domain == d or domain.endswith("." + d) for d in self.org.domains)
+        """Whether `email` is a company address: `internal_address` over org.domains."""
+        return internal_address(email, self.org.domains)
+
+
+# The characters a company address's local part may have: a dot-atom (RFC 5322) without "%" and "!",
+# which Postfix (allow_percent_hack, swap_bangpath) and other MTAs read as "pass this on to another
+# host" — x%gmail.com@corp.example is delivered to x@gmail.com.
+_PLAIN_LOCAL = re.compile(r"[A-Za-z0-9#$&'*+\-/=?^_`{|}~.]+")
+
+
+def routing_form(address: str) -> str | None:
+    """What in `address`'s local part (before the last @) can route mail to another host: "%", "!",
+    "a quoted part", "a source route" or "other characters"; None for a plain local part."""
+    local = address.rsplit("@", 1)[0] if "@" in address else address
+    if _PLAIN_LOCAL.fullmatch(local):
+        return None
+    if local.startswith("@") or ":" in local:
+        return "a source route"
+    if '"' in local or "\\" in local:
+        return "a quoted part"
+    for char in ("%", "!"):
+        if char in local:
+            return char
+    return "other characters"
+
+
+def internal_address(address: str, domains: list[str]) -> bool:
+    """The one definition of a company address: its domain (after the last @) is exactly one of
+    `domains` — a subdomain counts only when it is listed itself — and its local part is plain
+    (`routing_form` finds nothing), so no mail server along the way can send it elsewhere."""
+    if "@" not in address:
+        return False
+    domain = address.rsplit("@", 1)[1].lower()
+    return domain in domains and routing_form(address) is None
 
 
 INIT_ORG_COMMAND = "postroom init --org-name … --domain … --postal-address …"

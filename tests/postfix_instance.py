@@ -134,6 +134,7 @@ relayhost = [127.0.0.1]:{self.sink_port}
 smtp_dns_support_level = disabled
 virtual_alias_maps = {self.alias_maps}
 virtual_alias_expansion_limit = 20000
+recipient_delimiter = +
 smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
 {policy}maillog_file = {f}/postfix.log
 maillog_file_prefixes = {f}

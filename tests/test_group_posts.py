@@ -416,3 +416,68 @@ async def test_a_hard_bounce_is_reported_and_suppresses_nobody(relay, smtp) -> N
     async with bot.app.ctx.sessions() as session:
         assert (await session.execute(select(func.count()).select_from(Suppression))).scalar_one() == 0
         assert "bob@corp.example" in (await session.execute(select(Membership.email))).scalars().all()
+
+
+async def test_the_relay_reads_a_recipient_as_the_policy_service_does(relay, smtp) -> None:  # type: ignore[no-untyped-def]
+    """ENG+x@Corp.Example is eng@ (postfix.recipient_delimiter, case): its policy applies, and eng@ and
+    eng+x@ in one envelope are one post, one copy per member."""
+    bot, port = relay
+    with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as refused:
+        await post(
+            port, "chen@corp.example", "ENG+x@Corp.Example", mail("chen@corp.example", "eng@corp.example")
+        )
+    assert "only members of this group may post" in refused.value.recipients[0].message
+    data = mail("alice@corp.example", "eng@corp.example")
+    await aiosmtplib.send(
+        data,
+        sender="alice@corp.example",
+        recipients=["ENG+x@Corp.Example", "eng@corp.example"],
+        hostname="127.0.0.1",
+        port=port,
+    )
+    (stored,) = await fanned_out(bot.app)
+    assert stored.group_address == "eng@corp.example" and stored.recipient_count == 3
+    for member in ("alice@corp.example", "bob@corp.example", "fwd@corp.example"):
+        assert copies(smtp, member) == 1, member
+
+
+async def test_one_message_to_two_groups_is_one_copy_each_and_the_log_counts_true(relay, smtp) -> None:  # type: ignore[no-untyped-def]
+    """Tryout finding: eng@ and all-staff@ in one message gave the log "0 recipients" (or 1) for the
+    second group; a post held for board@ next to one that went to all-staff@ gave its members a second
+    copy when approved. A member gets one copy per message; each group's log counts its members reached."""
+    bot, port = relay
+    everyone = ["alice@corp.example", "bob@corp.example", "chen@corp.example", "fwd@corp.example"]
+    await aiosmtplib.send(
+        mail("alice@corp.example", "eng@corp.example, all-staff@corp.example"),
+        sender="alice@corp.example",
+        recipients=["eng@corp.example", "all-staff@corp.example"],
+        hostname="127.0.0.1",
+        port=port,
+    )
+    posts = await fanned_out(bot.app)
+    assert [(p.group_address, p.recipient_count) for p in posts] == [
+        ("eng@corp.example", 3),
+        ("all-staff@corp.example", 4),
+    ]
+    assert [copies(smtp, m) for m in everyone] == [1, 1, 1, 1]
+    assert "4 recipients" in await bot.say(HR, "/posts all-staff")
+    # chen's post waits for board@'s moderators and goes to all-staff@ at once
+    await aiosmtplib.send(
+        mail("chen@corp.example", "board@corp.example, all-staff@corp.example", "Budget"),
+        sender="chen@corp.example",
+        recipients=["board@corp.example", "all-staff@corp.example"],
+        hostname="127.0.0.1",
+        port=port,
+    )
+    await fanned_out(bot.app)
+    assert [copies(smtp, m) for m in everyone] == [2, 2, 2, 2]
+    await until(lambda: bool(bot.cards("hr")))
+    post_id = bot.cards("hr")[-1].card.buttons[0].value
+    answer = await bot.core.handle_action(click(HR, "post.approve", post_id))
+    assert answer is not None and "Approved post" in answer.text
+    posts = await fanned_out(bot.app)
+    assert [copies(smtp, m) for m in everyone] == [2, 2, 2, 2]  # board@'s members had it from all-staff@
+    assert [(p.group_address, p.state, p.recipient_count) for p in posts[2:]] == [
+        ("board@corp.example", "delivered", 3),
+        ("all-staff@corp.example", "delivered", 4),
+    ]

@@ -151,6 +151,13 @@ BAD = [
         "x@gmail.com is outside corp.example",
     ),
     (
+        "percent-hack address",  # Postfix would deliver it to x@gmail.com: never a company address
+        signed,
+        {"employee": {"id": "E5", "email": "x%gmail.com@corp.example", "attributes": {}}},
+        422,
+        "x%gmail.com@corp.example is not a company address",
+    ),
+    (
         "oversize body",
         signed,
         {"employee": {"id": "E5", "email": IVAN, "attributes": {"x": "y" * 70_000}}},

@@ -103,3 +103,96 @@ async def test_postfix_delivers_groups_with_postroom_policy_and_holds_for_modera
             assert posts[0].size > 0 and posts[0].queue_id and posts[1].subject == "Quarterly numbers"
         finally:
             await asyncio.to_thread(instance.stop)
+
+
+async def test_postfix_rewrites_never_skip_the_policy(database_url, smtp, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Security tryout: Postfix expands eng+x@ (recipient_delimiter), "eng"@ and eng@corp.example. to eng@'s
+    members; a sender eng@ refuses hears the refusal for each of them and no member gets a copy."""
+    folder = shared_dir("postroom-postfix-")
+    url = (
+        f"sqlite+aiosqlite:///{folder / 'postroom.db'}" if database_url.startswith("sqlite") else database_url
+    )
+    policy_port = free_port()
+    postfix = {"policy_enabled": True, "policy_port": policy_port, "config_directory": str(folder / "etc")}
+    async for _bot, _relay_port in running(url, smtp.port, tmp_path, postfix=postfix):
+        open_to_postfix(folder)
+        instance = PostfixInstance(
+            folder, sink_port=smtp.port, alias_maps=lookup_table(folder, url), policy_port=policy_port
+        )
+        await asyncio.to_thread(instance.start)
+        try:
+            for recipient in ["eng+x@corp.example", '"eng"@corp.example', "eng@corp.example."]:
+                with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as refused:
+                    await aiosmtplib.send(
+                        mail("chen@corp.example", "eng@corp.example"),
+                        sender="chen@corp.example",
+                        recipients=[recipient],
+                        hostname="127.0.0.1",
+                        port=instance.port,
+                    )
+                err = refused.value.recipients[0]
+                assert err.code // 100 == 5 and "only members of this group may post" in err.message, (
+                    recipient,
+                    err,
+                )
+            # a member's post to eng+x@ is eng@'s: Postfix delivers it to every member (with the extension,
+            # propagate_unmatched_extensions)
+            await aiosmtplib.send(
+                mail("alice@corp.example", "eng+x@corp.example"),
+                sender="alice@corp.example",
+                recipients=["eng+x@corp.example"],
+                hostname="127.0.0.1",
+                port=instance.port,
+            )
+            members = ["alice+x@corp.example", "bob+x@corp.example", "fwd+x@corp.example"]
+            await until(lambda: sorted(r for m in smtp.messages for r in m.rcpt_tos) == members, 30)  # noqa: B023 (awaited in the loop)
+            assert len(smtp.messages) == 1
+        finally:
+            await asyncio.to_thread(instance.stop)
+
+
+async def test_postfix_clients_outside_the_trusted_networks_cannot_post_as_a_member(
+    database_url, smtp, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """Security tryout: a client that merely reaches Postfix claims sender=alice@corp.example (a member of
+    eng@). With loopback left out of postfix.trusted_networks, this test's client is such a client."""
+    folder = shared_dir("postroom-postfix-")
+    url = (
+        f"sqlite+aiosqlite:///{folder / 'postroom.db'}" if database_url.startswith("sqlite") else database_url
+    )
+    policy_port = free_port()
+    postfix = {
+        "policy_enabled": True,
+        "policy_port": policy_port,
+        "config_directory": str(folder / "etc"),
+        "trusted_networks": ["198.51.100.0/24"],
+    }
+    async for _bot, _relay_port in running(url, smtp.port, tmp_path, postfix=postfix):
+        open_to_postfix(folder)
+        instance = PostfixInstance(
+            folder, sink_port=smtp.port, alias_maps=lookup_table(folder, url), policy_port=policy_port
+        )
+        await asyncio.to_thread(instance.start)
+        try:
+            with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as refused:
+                await aiosmtplib.send(
+                    mail("alice@corp.example", "eng@corp.example"),
+                    sender="alice@corp.example",
+                    recipients=["eng@corp.example"],
+                    hostname="127.0.0.1",
+                    port=instance.port,
+                )
+            err = refused.value.recipients[0]
+            assert err.code // 100 == 5 and "only members of this group may post" in err.message, err
+            assert "alice@corp.example is a company address" in err.message
+            # ordinary mail to an address that is no group is Postfix's business, as before
+            await aiosmtplib.send(
+                mail("alice@corp.example", "someone@corp.example"),
+                sender="alice@corp.example",
+                recipients=["someone@corp.example"],
+                hostname="127.0.0.1",
+                port=instance.port,
+            )
+            await until(lambda: any("someone@corp.example" in m.rcpt_tos for m in smtp.messages), 30)
+        finally:
+            await asyncio.to_thread(instance.stop)

@@ -104,3 +104,120 @@ async def test_a_request_not_decided_in_time_defers_and_never_hangs(policy) -> N
     service.settings = service.settings.model_copy(update={"answer_within_s": 1e-9})
     (answer,) = await ask(port, request(sender="chen@corp.example", recipient="eng@corp.example"))
     assert answer == "action=DEFER_IF_PERMIT Group policy temporarily unavailable, try again later"
+
+
+# Security tryout: Postfix expands each of these to eng@corp.example (recipient_delimiter, case folding,
+# the trailing dot, quotes, a bare local part, a source route, the percent hack, a bang path); the policy
+# must check eng@'s policy for every one, not answer DUNNO because the text is not "eng@corp.example".
+REWRITTEN = [
+    "eng+x@corp.example",
+    "eng@corp.example.",
+    '"eng"@corp.example',
+    "ENG@Corp.Example",
+    "eng",
+    "<eng@corp.example>",
+    "@relay.example:eng@corp.example",
+    "eng%corp.example@corp.example",
+    "corp.example!eng",
+]
+
+
+@pytest.mark.parametrize("recipient", REWRITTEN)
+async def test_every_form_postfix_expands_to_a_group_gets_its_policy(policy, recipient: str) -> None:  # type: ignore[no-untyped-def]
+    _bot, port = policy
+    (answer,) = await ask(port, request(sender="chen@corp.example", recipient=recipient))
+    assert answer.startswith("action=REJECT 5.7.1 <") and "only members of this group may post" in answer, (
+        recipient,
+        answer,
+    )
+    (ok,) = await ask(port, request(sender="alice@corp.example", recipient=recipient))
+    assert ok == "action=DUNNO"
+
+
+@pytest.mark.parametrize("recipient", ['"eng@corp.example', "@relay.example", "eng@corp@example"])
+async def test_a_recipient_that_cannot_be_read_is_refused_not_waved_through(policy, recipient: str) -> None:  # type: ignore[no-untyped-def]
+    _bot, port = policy
+    (answer,) = await ask(port, request(sender="chen@corp.example", recipient=recipient))
+    assert answer.startswith("action=REJECT 5.1.3 <") and "can't be read" in answer, answer
+
+
+async def test_the_delimiter_is_postfixs_and_other_mail_is_left_alone(database_url, smtp, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    postfix = {"policy_enabled": True, "policy_port": port, "recipient_delimiter": "-"}
+    async for _bot, _relay in running(database_url, smtp.port, tmp_path, postfix=postfix):
+        answers = await ask(
+            port,
+            request(sender="chen@corp.example", recipient="eng-anything@corp.example"),
+            request(sender="chen@corp.example", recipient="eng+x@corp.example"),  # no such address here
+            request(sender="chen@corp.example", recipient="someone+x@corp.example"),
+        )
+        assert answers[0].startswith("action=REJECT 5.7.1") and "only members" in answers[0]
+        assert answers[1:] == ["action=DUNNO", "action=DUNNO"]
+
+
+async def test_an_address_that_is_a_group_itself_is_not_read_as_its_prefix(
+    database_url, smtp, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """With "-" as the delimiter, eng-open@ is its own group (moderate: nonmembers holds), not eng@."""
+    port = free_port()
+    postfix = {"policy_enabled": True, "policy_port": port, "recipient_delimiter": "-"}
+    async for _bot, _relay in running(database_url, smtp.port, tmp_path, postfix=postfix):
+        (answer,) = await ask(port, request(sender="chen@corp.example", recipient="eng-open@corp.example"))
+        assert answer == "action=DUNNO"  # held at the end of the message, not refused as eng@'s
+
+
+# Security tryout: anyone who reaches the MTA can claim sender=alice@corp.example. Only a client in
+# postfix.trusted_networks (default loopback) or one logged in as that mailbox is believed.
+async def test_a_company_sender_from_outside_the_trusted_networks_is_an_outsider(policy) -> None:  # type: ignore[no-untyped-def]
+    _bot, port = policy
+    outside = {"client_address": "203.0.113.9"}
+    answers = await ask(
+        port,
+        request(sender="alice@corp.example", recipient="eng@corp.example", **outside),  # eng: post: members
+        request(sender="alice@corp.example", recipient="all-staff@corp.example", **outside),  # company
+        request(sender="hannah@corp.example", recipient="board@corp.example", instance="u1", **outside),
+        request(
+            protocol_state="END-OF-MESSAGE",
+            sender="hannah@corp.example",
+            instance="u1",
+            size="10",
+            queue_id="AAA111",
+            **outside,
+        ),
+        request(sender="alice@corp.example", recipient="eng-open@corp.example", **outside),  # holds outsiders
+        request(sender="partner@other.example", recipient="partners@corp.example", **outside),  # post: anyone
+    )
+    assert answers[0].startswith(
+        "action=REJECT 5.7.1 <eng@corp.example>: only members of this group may post"
+    )
+    assert (
+        "alice@corp.example is a company address" in answers[0] and "postfix.trusted_networks" in answers[0]
+    )
+    assert answers[1].startswith("action=REJECT 5.7.1 <all-staff@corp.example>: only people at corp.example")
+    assert "SMTP AUTH" in answers[1]
+    # hannah owns board@ (never held when she really sends), but from outside she is not believed
+    assert answers[2] == "action=DUNNO"
+    assert answers[3].startswith(
+        "action=HOLD held for a moderator of board@corp.example: hannah@corp.example is"
+    )
+    assert answers[4:] == ["action=DUNNO", "action=DUNNO"]
+
+
+async def test_smtp_auth_as_the_sender_is_believed_and_as_someone_else_is_not(policy) -> None:  # type: ignore[no-untyped-def]
+    _bot, port = policy
+    outside = {"client_address": "203.0.113.9"}
+    answers = await ask(
+        port,
+        request(sender="alice@corp.example", recipient="eng@corp.example", sasl_username="alice", **outside),
+        request(
+            sender="alice@corp.example",
+            recipient="eng@corp.example",
+            sasl_username="Alice@Corp.Example",
+            **outside,
+        ),
+        request(sender="alice@corp.example", recipient="eng@corp.example", sasl_username="chen", **outside),
+        request(sender="alice@corp.example", recipient="eng@corp.example", client_address="::1"),
+    )
+    assert answers[0:2] == ["action=DUNNO", "action=DUNNO"]
+    assert answers[2].startswith("action=REJECT 5.7.1") and "SMTP AUTH" in answers[2]
+    assert answers[3] == "action=DUNNO"  # loopback is trusted by default

@@ -105,6 +105,10 @@ async def seed(app: App) -> None:
             "ext@partner.example",
             "extnoconsent@partner.example",
             "lookalike@notcorp.example",  # not corp.example's subdomain: external, needs consent
+            "unlisted@mail.corp.example",  # a subdomain not in org.domains: external, no consent
+            "x%gmail.com@corp.example",  # the percent hack routes it to gmail.com: external, no consent
+            "x!gmail.com@corp.example",
+            "@relay.example:x@corp.example",
             "stranger@partner.example",  # external, no contact at all
         ]:
             session.add(Membership(group_id=group.id, email=email, person_id=by_email.get(email)))
@@ -127,7 +131,9 @@ async def seed(app: App) -> None:
 
 
 async def test_snapshot_writes_what_the_python_rules_give(database_url: str, tmp_path: Path) -> None:
-    app = await build_app(make_settings(database_url, 25, tmp_path))
+    # eu.corp.example is internal because it is listed: a subdomain is never internal by itself.
+    settings = make_settings(database_url, 25, tmp_path, org={"domains": ["corp.example", "eu.corp.example"]})
+    app = await build_app(settings)
     try:
         await seed(app)
         for campaign_id in (1, 2, 3):

@@ -368,20 +368,28 @@ def _attributes(dialect: str, *columns: Any) -> Any:
     return case(*whens, (not_(_is_falsy_attributes(dialect, last)), last), else_=empty)
 
 
+# The printable ASCII characters `bot.config.internal_address` refuses in a local part (it allows a
+# dot-atom without "%" and "!"): what can route mail elsewhere, quote, or start a source route.
+_ROUTING_CHARS = '!"%(),:;<>@[\\]'
+
+
 def _internal(settings: Settings, column: Any) -> ColumnElement[bool]:
-    """`settings.is_internal` for a plain address: it ends with `@domain` or `.domain`. (A domain with an
-    `@` in it can never match the text after the last `@`, so it is left out, as Python finds it.)"""
+    """`settings.is_internal` for a plain address: it ends with `@domain` (exactly a listed domain) and
+    the part before has none of `_ROUTING_CHARS`. (A domain with an `@` in it can never match the text
+    after the last `@`, so it is left out, as Python finds it.)"""
     ends = []
     for d in settings.org.domains:
         if "@" in d:
             continue
-        for suffix in ("@" + d, "." + d):
-            ends.append(
-                and_(
-                    func.length(column) >= len(suffix),
-                    func.substr(column, func.length(column) - len(suffix) + 1) == suffix,
-                )
+        suffix = "@" + d
+        local = func.substr(column, 1, func.length(column) - len(suffix))
+        ends.append(
+            and_(
+                func.length(column) > len(suffix),
+                func.substr(column, func.length(column) - len(suffix) + 1) == suffix,
+                *(not_(local.contains(c, autoescape=True)) for c in _ROUTING_CHARS),
             )
+        )
     return or_(false(), *ends)
 
 

@@ -40,6 +40,7 @@ from typing import Literal
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.addresses import routing_refusal
 from bot.config import Settings
 from bot.db.models import AuditEntry, Group, Membership, Person
 from bot.groups.service import Change, Plan
@@ -57,6 +58,11 @@ class Verdict:
 
 
 def external_refusal(email: str, group_address: str, settings: Settings) -> str:
+    routed = routing_refusal(email, settings)
+    if routed:
+        return t(
+            "{why}, and {group} is an internal group: it can't join it.", why=routed, group=group_address
+        )
     return t(
         "{email} is outside {domains}, and {group} is an internal group: external people can't join it. "
         "To mail external audiences, use a campaign (/help campaign).",

@@ -316,8 +316,8 @@ class Moderation:
                 if won:
                     fresh = await session.get(GroupPost, post.id, populate_existing=True)
                     assert fresh is not None
-                    exclude = {g for g in (await session.execute(select(Group.address))).scalars()}
-                    await snapshot_members(session, fresh, exclude)
+                    # members who had the message through another group of it get no second copy
+                    await snapshot_members(session, fresh, set())
                     post.recipient_count = fresh.recipient_count
             self.fanout.wake()
         if not won:

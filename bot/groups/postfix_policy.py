@@ -6,8 +6,15 @@ The protocol (Postfix's SMTPD_POLICY_README): a request is `name=value` lines en
 `queue_id`, `size`, …); the answer is `action=<what>` and an empty line, on the same connection, which
 Postfix keeps open for further requests.
 
-- RCPT, recipient a group: the group's posting policy (bot/groups/posting.py). A refusal is
-  `REJECT <why>`; a post that may go or must wait is `DUNNO` for now, remembered by `instance`.
+- RCPT, recipient a group: the group's posting policy (bot/groups/posting.py). The recipient is read the
+  way Postfix rewrites it (`group_routes`: case, quotes, a trailing dot, a source route, the percent
+  hack and bang paths, a bare local part, `postfix.recipient_delimiter`), and every group it can reach is
+  checked. A refusal is `REJECT <why>`; a post that may go or must wait is `DUNNO` for now, remembered by
+  `instance`. A recipient whose form can't be read is refused (5.1.3): Postfix might still expand it.
+  Anyone who reaches the MTA can claim any envelope sender, so a company sender counts as one only when
+  `client_address` is in `postfix.trusted_networks` (default loopback) or the client logged in (SMTP
+  AUTH, `sasl_username`) as that mailbox (or as one of `postfix.sasl_send_as_anyone`); otherwise it is an
+  outsider: refused, or held where the group holds outsiders' posts, with a reason that says why.
 - END-OF-MESSAGE (`smtpd_end_of_data_restrictions`): every remembered post is logged with its size and
   Postfix's queue id; if one must wait, the answer is `HOLD` — the message stays in Postfix's hold queue
   and the moderators get a card (bot/groups/moderation.py); an approval releases it with `postsuper -H`.
@@ -41,7 +48,7 @@ from bot.config import PostfixSettings, peer_in
 from bot.context import Context
 from bot.db.models import Group, GroupSenderAllow, Membership
 from bot.groups.moderation import Moderation
-from bot.groups.posting import decide_with
+from bot.groups.posting import UNVERIFIED, Unreadable, decide_with, group_routes
 from bot.groups.posts import add_post, member_count
 
 log = logging.getLogger(__name__)
@@ -97,6 +104,7 @@ class _Pending:
     sender: str
     accepted: list[int] = field(default_factory=list)
     held: list[int] = field(default_factory=list)
+    unverified: bool = False  # a company sender held because this client could claim any sender
 
 
 class PolicyService:
@@ -206,12 +214,19 @@ class PolicyService:
         finally:
             self._refreshing = None
 
-    async def _group(self, address: str) -> Group | None:
+    async def _groups_for(self, routes: list[list[str]]) -> list[Group]:
+        """The group each reading of a recipient reaches (`group_routes`: the first address of each list
+        that is a group, as Postfix takes the first that is in virtual_alias_maps), each once."""
         if self._groups_at < 0:
             await self._load()  # the first request waits for the first copy
         elif time.monotonic() - self._groups_at > GROUPS_TTL_S and self._refreshing is None:
             self._refreshing = asyncio.get_running_loop().create_task(self._refresh())
-        return self._groups.get(address)
+        found: dict[int, Group] = {}
+        for route in routes:
+            group = next((g for g in map(self._groups.get, route) if g is not None), None)
+            if group is not None:
+                found.setdefault(group.id, group)
+        return list(found.values())
 
     async def _decide(self, req: dict[str, str]) -> str:
         if req.get("request") != "smtpd_access_policy":
@@ -220,26 +235,44 @@ class PolicyService:
         sender = req.get("sender", "").lower()[:320]
         instance = req.get("instance", "")[:100]
         if state == "RCPT":
-            recipient = req.get("recipient", "").lower()[:320]
-            group = await self._group(recipient)
-            if group is None:
-                return "DUNNO"
-            decision = decide_with(
-                self.ctx.settings,
-                group,
-                sender,
-                member=sender in self._members.get(group.id, ()),
-                allowed=sender in self._allowed.get(group.id, ()),
-            )
-            if decision.action == "refuse":
-                return f"REJECT 5.7.1 <{recipient}>: {_text(decision.reason)}"
-            if instance:
+            recipient = req.get("recipient", "").strip()[:320]
+            try:
+                routes = group_routes(recipient, self.ctx.settings)
+            except Unreadable:
+                # Postfix may still rewrite it to a group address: refused, never waved through.
+                return (
+                    f"REJECT 5.1.3 <{_text(recipient)}>: the recipient address can't be read, so its group "
+                    "posting policy can't be checked; write it as name@domain"
+                )
+            # Every group the recipient can reach through Postfix's rewriting (eng+x@, "eng"@, eng@corp.
+            # example., a bare eng) gets its policy checked: the strictest answer wins.
+            verified = self._verified(req, sender)
+            decisions = []
+            for group in await self._groups_for(routes):
+                decision = decide_with(
+                    self.ctx.settings,
+                    group,
+                    sender,
+                    member=sender in self._members.get(group.id, ()),
+                    allowed=sender in self._allowed.get(group.id, ()),
+                    verified=verified,
+                )
+                if decision.action == "refuse":
+                    return f"REJECT 5.7.1 <{_text(recipient)}>: {_text(decision.reason)}"
+                decisions.append((group, decision))
+            if decisions and instance:
                 pending = self._instances.get(instance)
                 if pending is None:
                     pending = self._instances[instance] = _Pending(sender)
                     while len(self._instances) > MAX_INSTANCES:
                         self._instances.popitem(last=False)
-                (pending.held if decision.action == "hold" else pending.accepted).append(group.id)
+                pending.unverified = pending.unverified or (
+                    not verified and self.ctx.settings.is_internal(sender)
+                )
+                for group, decision in decisions:
+                    bucket = pending.held if decision.action == "hold" else pending.accepted
+                    if group.id not in pending.held and group.id not in pending.accepted:
+                        bucket.append(group.id)
             return "DUNNO"
         if state == "END-OF-MESSAGE":
             pending = self._instances.pop(instance, None) if instance else None
@@ -247,6 +280,19 @@ class PolicyService:
                 return "DUNNO"
             return await self._log(pending, req)
         return "DUNNO"
+
+    def _verified(self, req: dict[str, str], sender: str) -> bool:
+        """Whether the envelope sender is believed: the client is in postfix.trusted_networks, or it logged
+        in (SMTP AUTH) as that mailbox — the login is the address, or its local part on the address's
+        domain — or as one of postfix.sasl_send_as_anyone. Anyone else can claim any sender."""
+        if peer_in(req.get("client_address") or None, self.settings.trusted_networks):
+            return True
+        login = req.get("sasl_username", "").strip().lower()
+        if not login or not sender:
+            return False
+        if login in self.settings.sasl_send_as_anyone:
+            return True
+        return login == sender or ("@" not in login and f"{login}@{sender.rsplit('@', 1)[-1]}" == sender)
 
     async def _log(self, pending: _Pending, req: dict[str, str]) -> str:
         now = self.ctx.now()
@@ -285,7 +331,8 @@ class PolicyService:
             task = asyncio.get_running_loop().create_task(self._announce(post_id))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return f"HOLD held for a moderator of {', '.join(names)}"
+        why = f": {_text(UNVERIFIED.format(sender=pending.sender))}" if pending.unverified else ""
+        return f"HOLD held for a moderator of {', '.join(names)}{why}"
 
     def _hold_time(self) -> timedelta:
         return timedelta(hours=self.ctx.settings.relay.hold_hours)

@@ -256,11 +256,18 @@ async def member_count(session: AsyncSession, group_id: int) -> int:
     ).scalar_one()
 
 
-async def snapshot_members(session: AsyncSession, post: GroupPost, exclude: set[str]) -> list[str]:
+async def snapshot_members(
+    session: AsyncSession, post: GroupPost, exclude: set[str], groups: set[str] | None = None
+) -> list[str]:
     """One pending delivery per current member of the post's group (the relay reads membership, never
-    changes it), leaving out `exclude` — members another group of the same message already covers,
-    and group addresses. Returns the addresses, so the caller can exclude them from the next group."""
-    emails = [
+    changes it), leaving out group addresses (`groups`; None: every group's address) and `exclude` —
+    members another group of the same message already covers — and, for members of both, the ones a
+    sibling post of the same message (`siblings_of`) has a copy for. `post.recipient_count` becomes the
+    group's members this message reaches, through this post or a sibling's: the number the log shows.
+    Returns the addresses given a delivery here, so the caller can exclude them from the next group."""
+    if groups is None:
+        groups = set((await session.execute(select(Group.address))).scalars())
+    members = [
         e
         for e in (
             await session.execute(
@@ -269,8 +276,19 @@ async def snapshot_members(session: AsyncSession, post: GroupPost, exclude: set[
                 .order_by(Membership.email)
             )
         ).scalars()
-        if e not in exclude
+        if e not in groups
     ]
+    siblings = await siblings_of(session, post)
+    taken = set(exclude)
+    if siblings:
+        taken.update(
+            (
+                await session.execute(
+                    select(GroupPostDelivery.email).where(GroupPostDelivery.post_id.in_(siblings))
+                )
+            ).scalars()
+        )
+    emails = [e for e in members if e not in taken]
     for i in range(0, len(emails), CHUNK):
         await session.execute(
             insert(GroupPostDelivery),
@@ -279,5 +297,22 @@ async def snapshot_members(session: AsyncSession, post: GroupPost, exclude: set[
                 for e in emails[i : i + CHUNK]
             ],
         )
-    post.recipient_count = len(emails)
+    post.recipient_count = len(members)
     return emails
+
+
+async def siblings_of(session: AsyncSession, post: GroupPost) -> list[int]:
+    """The other posts of the same message: the relay stores all groups of one message in one
+    transaction, with the same envelope sender, Message-ID and time."""
+    rows = await session.execute(
+        select(GroupPost.id).where(
+            GroupPost.id != post.id,
+            GroupPost.via == post.via,
+            GroupPost.sender == post.sender,
+            GroupPost.received_at == post.received_at,
+            GroupPost.message_id.is_(None)
+            if post.message_id is None
+            else GroupPost.message_id == post.message_id,
+        )
+    )
+    return list(rows.scalars())

@@ -5,11 +5,15 @@ Only SMTP clients in `relay.trusted_networks` (default: loopback) may post to a 
 other peer gets "550 relaying denied", so nobody who merely reaches the port can claim a company
 sender and fan out to every member. Bounce and unsubscribe addresses stay open to everyone.
 
+A recipient is read as the Postfix policy service reads it (`group_candidates` in bot/groups/posting.py:
+case, quotes, a trailing dot, `postfix.recipient_delimiter`): `ENG+x@Corp.Example` is eng@corp.example.
 At RCPT time a group address is claimed only if its posting policy (bot/groups/posting.py) lets the
 sender post or holds the post for a moderator; otherwise the sender gets a 550 with the reason during the
 SMTP conversation. At DATA time the message, its post-log entry and one delivery row per member are
 committed, and only then does the client hear 250; the fan-out (bot/groups/fanout.py) delivers from the
-store. A member of two addressed groups gets one copy. A client that timed out and sends the same
+store. A member of two addressed groups gets one copy, also when one of the posts is held and
+approved later (posts.snapshot_members leaves out who a sibling post of the message covers); each post's
+`recipient_count` is its group's members the message reached. A client that timed out and sends the same
 message again (same group, envelope sender and Message-ID, within `relay.duplicate_window_hours`) hears
 250 and nobody gets it twice. A message that already passed through the group (its loop marker, or too
 many `Received:` lines) is refused at once.
@@ -29,7 +33,7 @@ from bot.context import Context
 from bot.db.models import Group, Membership
 from bot.groups.fanout import GroupFanout
 from bot.groups.moderation import Moderation
-from bot.groups.posting import decide
+from bot.groups.posting import Unreadable, decide, group_candidates
 from bot.groups.posts import (
     BadMessage,
     Inspected,
@@ -56,7 +60,20 @@ class GroupRelay:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def _group(self, session: AsyncSession, rcpt: str) -> Group | None:
-        return (await session.execute(select(Group).where(Group.address == rcpt))).scalar_one_or_none()
+        """The group `rcpt` reaches, read the way the policy service and Postfix read it
+        (`group_candidates`: eng+x@, "eng"@, ENG@Corp.Example, a trailing dot): the first candidate that
+        is a group; None for none, or for a form that can't be read (this relay then delivers nothing)."""
+        try:
+            candidates = group_candidates(rcpt, self.ctx.settings)
+        except Unreadable:
+            return None
+        if not candidates:
+            return None
+        found = {
+            g.address: g
+            for g in (await session.execute(select(Group).where(Group.address.in_(candidates)))).scalars()
+        }
+        return next((found[c] for c in candidates if c in found), None)
 
     async def accepts(self, rcpt: str, mail_from: str) -> str | None:
         async with self.ctx.sessions() as session:
@@ -102,13 +119,18 @@ class GroupRelay:
         queued = 0
         duplicates = 0
         async with self.ctx.sessions() as session, session.begin():
-            groups = [g for g in [await self._group(session, r) for r in rcpts] if g is not None]
+            groups: list[Group] = []
+            for rcpt in rcpts:  # eng@ and eng+x@ in one envelope are one post to eng@
+                group = await self._group(session, rcpt)
+                if group is not None and all(g.id != group.id for g in groups):
+                    groups.append(group)
             for group in groups:
                 if loops_through(seen, group):
                     log.warning("mail loop on %s refused (from %s)", group.address, mail_from or "<>")
                     return "554 5.4.6 Mail loop detected: this message has already passed through the group"
             # never mail a group to itself, and a member of two addressed groups once
-            covered: set[str] = {g for g in (await session.execute(select(Group.address))).scalars()}
+            addresses: set[str] = {g for g in (await session.execute(select(Group.address))).scalars()}
+            covered: set[str] = set()
             for group in groups:
                 decision = await decide(session, settings, group, mail_from)
                 if decision.action == "refuse":  # the policy changed between RCPT and DATA
@@ -146,8 +168,17 @@ class GroupRelay:
                     now=now,
                     size=len(data),
                 )
-                covered.update(await snapshot_members(session, post, covered))
-                queued += post.recipient_count
+                copies = await snapshot_members(session, post, covered, addresses)
+                covered.update(copies)
+                queued += len(copies)
+                log.info(
+                    "post #%s to %s from %s: %s members, %s copies (the others through another group of it)",
+                    post.id,
+                    group.address,
+                    mail_from or "<>",
+                    post.recipient_count,
+                    len(copies),
+                )
         if queued:
             self.fanout.wake()
         for post_id in held:

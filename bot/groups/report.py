@@ -123,7 +123,6 @@ async def build_report(ctx: Context) -> Report:
                 report.no_owner.append(address)
             if not counts.get(gid):
                 report.empty.append(address)
-        domains = settings.org.domains
         rows = (
             await session.execute(
                 select(Group.address, Membership.email)
@@ -132,8 +131,7 @@ async def build_report(ctx: Context) -> Report:
             )
         ).all()
         for address, email in rows:
-            domain = email.rsplit("@", 1)[-1]
-            if not any(domain == d or domain.endswith("." + d) for d in domains):
+            if not settings.is_internal(email):
                 report.external.append((address, email))
         unknown = set(await unknown_addresses(session, settings, {email for _address, email in rows}))
         report.unknown = [(address, email) for address, email in rows if email in unknown]

@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from bot.addresses import routing_refusal
 from bot.config import Settings
 from bot.errors import UserError
 from bot.groups.service import LOCAL_PART_RE
@@ -504,6 +505,17 @@ def _group(node: yaml.Node, name: str, settings: Settings) -> GroupRule:
     kind = _choice(m["kind"][1], name, "kind", KINDS) if "kind" in m else "internal"
     if kind == "internal":
         outside = [o for o in owners if not settings.is_internal(o)]
+        routed = routing_refusal(outside[0], settings) if outside else None
+        if routed:
+            raise RulesError(
+                t(
+                    "{file}, line {line}: {why}, and {address} is an internal group: it can't own it.",
+                    file=name,
+                    line=_line(m["owners"][1]),
+                    why=routed,
+                    address=address,
+                )
+            )
         if outside:
             raise RulesError(
                 t(

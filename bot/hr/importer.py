@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import select
 
 from bot import values
-from bot.addresses import normalise
+from bot.addresses import normalise, routing_refusal
 from bot.csvfiles import read_utf8
 from bot.db.models import Person
 from bot.errors import UserError
@@ -337,6 +337,16 @@ async def import_staff(
         result.plan = plan
         if plan.refused:
             c, why = plan.refused[0]
+            routed = routing_refusal(c.email, ctx.settings)
+            if routed:
+                raise UserError(
+                    t(
+                        "{why}, and the rules put them in the internal group {group}: fix the file, nothing "
+                        "was imported.",
+                        why=routed,
+                        group=c.group_address,
+                    )
+                )
             if not ctx.settings.is_internal(c.email):
                 raise UserError(
                     t(

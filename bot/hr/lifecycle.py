@@ -23,7 +23,7 @@ from sqlalchemy.exc import DataError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import audit
-from bot.addresses import normalise
+from bot.addresses import normalise, routing_refusal
 from bot.context import Context
 from bot.db.models import AuditEntry, Group, Membership, Person, PersonId, ProcessedEvent
 from bot.db.upsert import insert_ignore
@@ -490,6 +490,16 @@ class Lifecycle:
                         )
                     except Refused as exc:
                         c = exc.refused[0][0]
+                        routed = routing_refusal(c.email, settings)
+                        if routed:
+                            raise UserError(
+                                t(
+                                    "{why}, and the rules put them in the internal group {group}: it can't "
+                                    "join it.",
+                                    why=routed,
+                                    group=c.group_address,
+                                )
+                            ) from None
                         raise UserError(
                             t(
                                 "{email} is outside {domains}, and the rules put them in the internal group "

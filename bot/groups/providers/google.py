@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import httpx
 
-from bot.config import GoogleProviderSettings
+from bot.config import GoogleProviderSettings, internal_address
 from bot.groups.providers.base import (
     GroupMissing,
     Provider,
@@ -196,8 +196,7 @@ class GoogleGroups(Provider):
 
     # -- writing ---------------------------------------------------------------------------------
     async def add_one(self, address: str, member: RemoteMember) -> None:
-        domain = member.email.rsplit("@", 1)[-1]
-        outside = not any(domain == d or domain.endswith("." + d) for d in self.domains)
+        outside = not internal_address(member.email, self.domains)
         if outside and not await self.external_allowed(address):
             raise Refused(
                 f"{address} does not allow external members in Google Workspace (allowExternalMembers is off)."
