@@ -296,3 +296,37 @@ async def test_the_digest_goes_to_hr_when_scheduled(bot, tmp_path) -> None:  # t
     bot.app.ctx.settings.reports.usage_digest = "off"
     bot.app.schedule_group_jobs()
     assert bot.app.scheduler.next_run(DIGEST_JOB) is None
+
+
+def test_the_post_log_tells_tracking_links_from_plain_links() -> None:
+    assert posts.inspect(NEWSLETTER, 65536).has_tracking  # utm_ parameters
+    assert not posts.inspect(SYNC, 65536).has_tracking  # a plain link to the wiki
+    html = (
+        b"From: a@corp.example\r\nSubject: x\r\nContent-Type: text/html\r\n\r\n"
+        b'<a href="https://click.mailer.example/ls/click?upn=abc">Read</a>'
+    )
+    assert posts.inspect(html, 65536).has_tracking  # a mailing service's click redirect
+
+
+async def test_a_marketing_like_post_in_bulk_is_flagged_without_external_members(bot) -> None:  # type: ignore[no-untyped-def]
+    bot.app.ctx.settings.reports.bulk_recipients = 3
+    await bot.say(HR, "/newgroup all-staff")
+    await bot.say(HR, "/addgroup all-staff alice@corp.example bob@corp.example carl@corp.example")
+    await bot.say(HR, "/newgroup eng")
+    await bot.say(HR, "/addgroup eng alice@corp.example bob@corp.example")
+    big = await post(bot, "all-staff@corp.example", NEWSLETTER.replace(b"partners@", b"all-staff@"), 3)
+    small = await post(bot, "eng@corp.example", DIGEST, 3)
+    reply = await bot.say(HR, "/report usage --months 1")
+    misuse = field(reply, "Possible misuse (1)")
+    assert f"post #{big} to all-staff@corp.example" in misuse, reply
+    assert "bulk: 3 recipients (reports.bulk_recipients is 3)" in misuse and f"#{small}" not in misuse
+
+
+async def test_the_review_answers_in_chinese(bot) -> None:  # type: ignore[no-untyped-def]
+    await bot.say(HR, "/newgroup eng")
+    await bot.say(HR, "/addgroup eng alice@corp.example")
+    await post(bot, "eng@corp.example", SYNC, 3)
+    bot.console.locale = "zh_CN"
+    reply = await bot.say(HR, "/report usage")
+    assert "使用情况审查" in reply and "团队协作" in reply and "未发现误用" in reply, reply
+    assert "不是有效的月数" in await bot.say(HR, "/report usage --months 0")
