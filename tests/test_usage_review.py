@@ -253,6 +253,9 @@ async def test_the_audit_report_shows_the_change_since_the_last_audit(bot) -> No
         f"Since {week}: members 2 → 4 (+2), external members 1 → 2 (+1), empty groups 0 → 1 (+1), "
         "groups with no owner 1 → 2 (+1)" in reply
     ), reply
+    await bot.say(HR, "/audit")  # again today: today's counts replace today's earlier ones
+    async with bot.core.ctx.sessions() as s:
+        assert (await s.execute(select(func.count()).select_from(GroupHealth))).scalar_one() == 2
     # The usage review links to it with the same trend.
     assert f"Since {week}: members 2 → 4 (+2)" in await bot.say(HR, "/report usage")
 
@@ -316,7 +319,13 @@ async def test_a_marketing_like_post_in_bulk_is_flagged_without_external_members
     await bot.say(HR, "/addgroup eng alice@corp.example bob@corp.example")
     big = await post(bot, "all-staff@corp.example", NEWSLETTER.replace(b"partners@", b"all-staff@"), 3)
     small = await post(bot, "eng@corp.example", DIGEST, 3)
+    pasted = await post(bot, "eng@corp.example", SYNC.replace(b"/sprint ", b"/sprint?utm_source=slack "), 2)
     reply = await bot.say(HR, "/report usage --months 1")
+    # A colleague's link with utm_ parameters to the team: tracking links, still team coordination.
+    assert (
+        f"#{pasted} → eng@corp.example “Sprint planning moved to Thursday”: team coordination "
+        "(a post to eng@corp.example, 2 recipients; tracking links; company recipients only)" in reply
+    ), reply
     misuse = field(reply, "Possible misuse (1)")
     assert f"post #{big} to all-staff@corp.example" in misuse, reply
     assert "bulk: 3 recipients (reports.bulk_recipients is 3)" in misuse and f"#{small}" not in misuse

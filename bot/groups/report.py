@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from bot.context import Context
 from bot.db.models import Group, GroupHealth, Membership, Person, ProviderOp
@@ -233,7 +233,14 @@ async def audit(ctx: Context) -> Report:
     now = ctx.now()
     report.previous = await previous_counts(ctx, now)
     c = report.counts
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
     async with ctx.sessions() as session, session.begin():
+        # One row a day (today's last audit) and two years of them: the trend compares across days.
+        await session.execute(
+            delete(GroupHealth).where(
+                (GroupHealth.taken_at >= day) | (GroupHealth.taken_at < now - timedelta(days=731))
+            )
+        )
         session.add(
             GroupHealth(
                 taken_at=now,

@@ -147,16 +147,37 @@ def classify(send: Send, *, domains: str, bulk: int) -> Verdict:
             )
             return Verdict(category, tuple(reasons), flag)
         return Verdict(category, tuple(reasons))
-    # A post to an email group.
+    # A post to an email group: who it reached, then what it looks like.
+    reach: list[str] = []
+    if send.external:
+        who = ", ".join(send.example_external)
+        many = (
+            t("{count} external recipients", count=send.external)
+            if send.external > 1
+            else t("1 external recipient")
+        )
+        reach.append(f"{many} ({who})" if who else many)
+    if send.recipients >= bulk:
+        reach.append(
+            t(
+                "bulk: {count} recipients (reports.bulk_recipients is {limit})",
+                count=send.recipients,
+                limit=bulk,
+            )
+        )
     signals: list[str] = []
     if send.has_unsubscribe:
         signals.append(t("an unsubscribe footer or List-Unsubscribe header"))
     if send.has_tracking:
         signals.append(t("tracking links"))
-    if newsletter_words and (send.has_unsubscribe or send.has_tracking):
+    # An unsubscribe footer makes a post marketing-like; tracking links only when it also reaches people
+    # outside or in bulk (a colleague pastes a link with utm_ parameters to the team now and then). An
+    # offer's words alone ("free pizza") never do.
+    marketing_like = send.has_unsubscribe or (send.has_tracking and bool(reach))
+    if marketing_like and newsletter_words:
         reasons.append(t("the subject reads like a newsletter (“{word}”)", word=newsletter_words[0]))
         category = "newsletter"
-    elif signals:  # an offer's words alone ("free pizza") do not make a post marketing
+    elif marketing_like:
         if marketing_words:
             reasons.append(t("the subject reads like an offer (“{word}”)", word=marketing_words[0]))
         category = "marketing"
@@ -171,30 +192,9 @@ def classify(send: Send, *, domains: str, bulk: int) -> Verdict:
     else:
         reasons.append(t("a post to {group}, {count} recipients", group=send.target, count=send.recipients))
         category = "coordination"
-    reasons += signals
-    if not signals:
-        reasons.append(t("no unsubscribe footer, no tracking links"))
-    reach: list[str] = []
-    if send.external:
-        who = ", ".join(send.example_external)
-        many = (
-            t("{count} external recipients", count=send.external)
-            if send.external > 1
-            else t("1 external recipient")
-        )
-        reach.append(f"{many} ({who})" if who else many)
-    else:
-        reasons.append(t("company recipients only"))
-    if send.recipients >= bulk:
-        reach.append(
-            t(
-                "bulk: {count} recipients (reports.bulk_recipients is {limit})",
-                count=send.recipients,
-                limit=bulk,
-            )
-        )
-    reasons += reach
-    if category in ("marketing", "newsletter") and signals and reach:
+    reasons += signals or [t("no unsubscribe footer, no tracking links")]
+    reasons += reach or [t("company recipients only")]
+    if marketing_like and reach:
         flag = Flag(
             t("Marketing-like mail posted to an email group"),
             tuple(signals + reach),

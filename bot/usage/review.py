@@ -286,7 +286,7 @@ async def build(ctx: Context, *, since: datetime, until: datetime, group: Group 
                 Send(
                     kind="automation" if automation else "campaign",
                     ref=campaign.name,
-                    at=campaign.started_at or first,
+                    at=first,  # its first mail in the period (an automation runs for months)
                     target=_audience(campaign),
                     subject=campaign.subject,
                     recipients=int(total),
