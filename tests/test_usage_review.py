@@ -339,3 +339,14 @@ async def test_the_review_answers_in_chinese(bot) -> None:  # type: ignore[no-un
     reply = await bot.say(HR, "/report usage")
     assert "使用情况审查" in reply and "团队协作" in reply and "未发现误用" in reply, reply
     assert "不是有效的月数" in await bot.say(HR, "/report usage --months 0")
+
+
+async def test_an_empty_period_and_a_post_log_shorter_than_the_period_say_so(bot) -> None:  # type: ignore[no-untyped-def]
+    reply = await bot.say(HR, "/report usage --months 6")
+    assert "nothing was sent in this period." in reply.splitlines()[0], reply
+    start = f"{NOW - timedelta(days=180):%Y-%m-%d}"
+    assert (
+        f"The post log keeps 180 days (relay.post_retention_days): posts before {start} are not counted."
+        in reply
+    )
+    assert "posts before" not in await bot.say(HR, "/report usage --months 3")

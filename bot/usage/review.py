@@ -57,6 +57,8 @@ class Review:
     health: audit_report.Counts | None = None
     previous: audit_report.Counts | None = None
     truncated: bool = False
+    log_starts: datetime | None = None  # the post log is younger than the period: where it starts
+    retention_days: int = 0
 
     @property
     def flags(self) -> list[Flag]:
@@ -83,6 +85,12 @@ class Review:
                 count=len(flags),
             )
             if flags
+            else t(
+                "Usage review {period}{scope}: nothing was sent in this period.",
+                period=period,
+                scope=scope,
+            )
+            if not sends
             else t(
                 "Usage review {period}{scope}: {sends} sends to {recipients} recipients; nothing looks misused.",
                 period=period,
@@ -134,6 +142,15 @@ class Review:
         ]
         if self.truncated:
             send_lines.append(t("Only the newest {count} sends of each kind were read.", count=MAX_READ))
+        if self.log_starts is not None:
+            send_lines.append(
+                t(
+                    "The post log keeps {days} days (relay.post_retention_days): posts before {date} are not "
+                    "counted.",
+                    days=self.retention_days,
+                    date=f"{self.log_starts:%Y-%m-%d}",
+                )
+            )
         health = t("Run /audit for the group health report.")
         if self.health is not None:
             h = self.health
@@ -176,6 +193,9 @@ async def build(ctx: Context, *, since: datetime, until: datetime, group: Group 
     shown_domains = ", ".join(domains)
     bulk = settings.reports.bulk_recipients
     review = Review(since, until, group.address if group else None)
+    retention = settings.relay.post_retention_days
+    if until - timedelta(days=retention) > since:
+        review.log_starts, review.retention_days = until - timedelta(days=retention), retention
 
     def add(send: Send) -> None:
         review.items.append((send, classify(send, domains=shown_domains, bulk=bulk)))
