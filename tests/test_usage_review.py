@@ -177,7 +177,11 @@ def field(reply: str, title: str) -> str:
     """One card field's text as the console shows it (up to the next field)."""
     start = reply.index(title)
     rest = reply[start + len(title) :]
-    ends = [rest.find(t) for t in ("Sends and why", "Group health (/audit)", "By kind") if rest.find(t) > 0]
+    ends = [
+        rest.find(t)
+        for t in ("How to fix", "Sends and why", "Group health (/audit)", "By kind")
+        if rest.find(t) > 0
+    ]
     return rest[: min(ends)] if ends else rest
 
 
@@ -192,14 +196,23 @@ async def test_the_usage_review_finds_each_planted_misuse_and_no_clean_send(bot,
         in misuse
     )
     assert "an unsubscribe footer or List-Unsubscribe header; tracking links; 4 external recipients" in misuse
-    assert "pia@partner.example" in misuse and "contact list with consent" in misuse
+    assert "pia@partner.example" in misuse
+    fixes = field(reply, "How to fix")
+    assert (
+        "Marketing-like mail posted to an email group: Move this audience to a contact list with consent"
+        in fixes
+    )
     # 2. the campaign whose whole audience is company addresses.
     assert "An internal-only audience reached through a campaign — campaign allhands" in misuse
-    assert "all 4 recipients are company addresses (corp.example)" in misuse and "email group" in misuse
+    assert "all 4 recipients are company addresses (corp.example)" in misuse
+    assert (
+        "An internal-only audience reached through a campaign: Internal news belongs in an email group"
+        in fixes
+    )
     # 3. the group whose external members grew.
     assert "A group whose external members keep growing — group partners@corp.example" in misuse
     assert "external members 1 → 2 → 3 → 4 over the period (+3)" in misuse
-    assert "sol@reseller.example" in misuse and "turn the group internal" in misuse
+    assert "sol@reseller.example" in misuse and "turn the group internal" in fixes
     # None of the clean sends is flagged.
     clean_sends = (
         "spring",
@@ -323,7 +336,7 @@ async def test_a_marketing_like_post_in_bulk_is_flagged_without_external_members
     reply = await bot.say(HR, "/report usage --months 1")
     # A colleague's link with utm_ parameters to the team: tracking links, still team coordination.
     assert (
-        f"#{pasted} → eng@corp.example “Sprint planning moved to Thursday”: team coordination "
+        f"#{pasted} “Sprint planning moved to Thursday”: team coordination "
         "(a post to eng@corp.example, 2 recipients; tracking links; company recipients only)" in reply
     ), reply
     misuse = field(reply, "Possible misuse (1)")
@@ -350,3 +363,32 @@ async def test_an_empty_period_and_a_post_log_shorter_than_the_period_say_so(bot
         in reply
     )
     assert "posts before" not in await bot.say(HR, "/report usage --months 3")
+
+
+def test_every_card_field_fits_a_slack_field_and_says_how_many_more() -> None:
+    from bot.usage.classify import Send, classify
+    from bot.usage.review import Review
+
+    review = Review(NOW - timedelta(days=90), NOW, None)
+    for i in range(300):
+        send = Send(
+            kind="post",
+            ref=f"#{i}",
+            at=NOW - timedelta(hours=i),
+            target="partners@corp.example",
+            subject=f"Partner newsletter no. {i} with a rather long subject line to fill the card",
+            recipients=400,
+            external=120,
+            has_unsubscribe=True,
+            has_tracking=True,
+            example_external=("pia@partner.example", "quinn@agency.example", "ravi@partner.example"),
+        )
+        review.items.append((send, classify(send, domains="corp.example", bulk=100)))
+    card = review.message().card
+    assert card is not None
+    for name, value in card.fields:
+        assert len(name) + len(value) < 2000, (name, len(value))
+    fields = dict(card.fields)
+    assert "300 to look at" in review.message().text
+    assert fields["Possible misuse (300)"].splitlines()[-1].startswith("… and ")
+    assert fields["Sends and why"].splitlines()[-1].startswith("… and ")

@@ -37,6 +37,8 @@ MIN_MONTHS, MAX_MONTHS = 1, 24
 MAX_READ = 20_000
 SHOWN_SENDS = 15
 SHOWN_FLAGS = 10
+FIELD_BUDGET = 1800  # characters of one card field's lines (Slack cuts a field at 2,000)
+EXAMPLES_FOR = 50  # the posts (newest first) whose evidence names a few external recipients
 SENT_POST_STATES = ("sending", "delivered", "accepted", "released")
 
 
@@ -65,10 +67,18 @@ class Review:
         return [v.flag for _s, v in self.items if v.flag is not None] + self.growth
 
     def message(self) -> Message:
-        def more(lines: list[str], limit: int) -> list[str]:
-            if len(lines) <= limit:
-                return lines
-            return lines[:limit] + [t("… and {count} more", count=len(lines) - limit)]
+        def more(lines: list[str], limit: int, budget: int = FIELD_BUDGET) -> list[str]:
+            """The first `limit` lines that fit `budget` characters (a Slack card field holds 2,000),
+            then how many more there are."""
+            shown: list[str] = []
+            used = 0
+            for line in lines[:limit]:
+                if shown and used + len(line) + 1 > budget:
+                    break
+                shown.append(line)
+                used += len(line) + 1
+            rest = len(lines) - len(shown)
+            return shown + [t("… and {count} more", count=rest)] if rest else shown
 
         sends = len(self.items)
         recipients = sum(s.recipients for s, _v in self.items)
@@ -116,34 +126,32 @@ class Review:
             for c in CATEGORIES
         )
         by_kind = ", ".join(f"{kind_label(k)} {per_kind[k]}" for k in KINDS)
-        flag_lines = []
-        for i, f in enumerate(flags, 1):
-            flag_lines.append(
-                t("{n}. {what} — {ref}", n=i, what=f.what, ref=f.ref)
-                + "\n   "
-                + t("evidence: {evidence}", evidence="; ".join(f.evidence))
-                + "\n   "
-                + t("fix: {fix}", fix=f.fix)
-            )
+        flag_lines = [
+            t("{n}. {what} — {ref}", n=i, what=f.what, ref=f.ref)
+            + "\n   "
+            + t("evidence: {evidence}", evidence="; ".join(f.evidence))
+            for i, f in enumerate(flags, 1)
+        ]
+        fixes = "\n".join(dict.fromkeys(f"{f.what}: {f.fix}" for f in flags))
         # Flagged sends first, then the newest.
         ordered = sorted(self.items, key=lambda sv: (sv[1].flag is None, -sv[0].at.timestamp()))
         send_lines = [
             t(
-                "{date} {kind} {ref} → {target} “{subject}”: {category} ({reasons})",
+                "{date} {kind} {ref} “{subject}”: {category} ({reasons})",
                 date=f"{s.at:%Y-%m-%d}",
                 kind=kind_label(s.kind),
                 ref=s.ref,
-                target=s.target,
                 subject=s.subject or t("(no subject)"),
                 category=label(v.category),
                 reasons="; ".join(v.reasons),
             )
             for s, v in ordered
         ]
+        notes: list[str] = []
         if self.truncated:
-            send_lines.append(t("Only the newest {count} sends of each kind were read.", count=MAX_READ))
+            notes.append(t("Only the newest {count} sends of each kind were read.", count=MAX_READ))
         if self.log_starts is not None:
-            send_lines.append(
+            notes.append(
                 t(
                     "The post log keeps {days} days (relay.post_retention_days): posts before {date} are not "
                     "counted.",
@@ -176,7 +184,8 @@ class Review:
                 t("Possible misuse ({count})", count=len(flags)),
                 "\n".join(more(flag_lines, SHOWN_FLAGS)) or t("none"),
             ),
-            (t("Sends and why"), "\n".join(more(send_lines, SHOWN_SENDS)) or t("none")),
+            *(((t("How to fix"), fixes),) if fixes else ()),
+            (t("Sends and why"), "\n".join(more(send_lines, SHOWN_SENDS) + notes) or t("none")),
             (t("Group health (/audit)"), health),
         )
         return Message(headline, Card(title=t("Email usage review"), fields=fields))
@@ -243,12 +252,14 @@ async def build(ctx: Context, *, since: datetime, until: datetime, group: Group 
                     )
                 ).scalars()
             )
+        looked_up = 0  # posts whose external recipients were looked up by name (bounded: one query each)
         for p in posts:
             total, external = got.get(p.id, (p.recipient_count, 0))
             examples: tuple[str, ...] = ()
             if p.id not in got and p.group_id is not None:
                 external = min(total, len(group_external.get(p.group_id, [])))
-            if external and (p.has_unsubscribe or p.has_tracking_links):
+            if external and (p.has_unsubscribe or p.has_tracking_links) and looked_up < EXAMPLES_FOR:
+                looked_up += 1
                 if p.id in got:
                     examples = tuple(
                         (
