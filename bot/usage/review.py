@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, func, not_, or_, select
+from sqlalchemy.orm import defer
 
 from bot.context import Context
 from bot.db.models import (
@@ -213,6 +214,7 @@ async def build(ctx: Context, *, since: datetime, until: datetime, group: Group 
         # -- group posts -------------------------------------------------------------------------
         q = (
             select(GroupPost)
+            .options(defer(GroupPost.body))  # a held post's message is not the review's business
             .where(
                 GroupPost.received_at >= since,
                 GroupPost.received_at < until,
