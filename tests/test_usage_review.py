@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select, update
 
 from bot.contacts.importer import import_contacts
-from bot.db.models import Automation, Campaign, Delivery, Group, GroupHealth, Membership
+from bot.db.models import Automation, Campaign, Delivery, Group, GroupHealth, GroupPost, Membership
 from bot.groups import posts
 from bot.usage.digest import JOB_ID as DIGEST_JOB
 from tests.conftest import APPROVER, HR, NOBODY, SENDER
@@ -392,3 +392,29 @@ def test_every_card_field_fits_a_slack_field_and_says_how_many_more() -> None:
     assert "300 to look at" in review.message().text
     assert fields["Possible misuse (300)"].splitlines()[-1].startswith("… and ")
     assert fields["Sends and why"].splitlines()[-1].startswith("… and ")
+
+
+async def test_a_post_through_the_relay_records_its_tracking_links_for_the_review(  # type: ignore[no-untyped-def]
+    database_url, smtp, tmp_path
+) -> None:
+    from tests.group_mail_kit import fanned_out
+    from tests.test_group_posts import mail, running
+    from tests.test_group_posts import post as send_post
+
+    async for bot, port in running(database_url, smtp.port, tmp_path):
+        body = (
+            "Read it: https://news.corp.example/a?utm_source=digest&utm_medium=email\n\nUnsubscribe here.\n"
+        )
+        data = mail("alice@corp.example", "eng@corp.example", subject="Engineering weekly digest", body=body)
+        assert "accepted" in await send_post(port, "alice@corp.example", "eng@corp.example", data)
+        await fanned_out(bot.app)
+        async with bot.app.ctx.sessions() as s:
+            logged = (await s.execute(select(GroupPost))).scalar_one()
+        assert logged.has_tracking_links and logged.has_unsubscribe
+        reply = await bot.say(HR, "/report usage --months 1")
+        assert (
+            f"#{logged.id} “Engineering weekly digest”: newsletter (the subject reads like a newsletter (“weekly”); "
+            "an unsubscribe footer or List-Unsubscribe header; tracking links; company recipients only)"
+            in reply
+        ), reply
+        assert "nothing looks misused" in reply  # colleagues only, not in bulk
