@@ -186,8 +186,9 @@ class Review:
                 "\n".join(more(flag_lines, SHOWN_FLAGS)) or t("none"),
             ),
             *(((t("How to fix"), fixes),) if fixes else ()),
-            (t("Sends and why"), "\n".join(more(send_lines, SHOWN_SENDS) + notes) or t("none")),
             (t("Group health (/audit)"), health),
+            # Last: where a messenger cuts a long message (DingTalk near 4,000 characters), it cuts here.
+            (t("Sends and why"), "\n".join(more(send_lines, SHOWN_SENDS) + notes) or t("none")),
         )
         return Message(headline, Card(title=t("Email usage review"), fields=fields))
 
