@@ -40,6 +40,7 @@ from bot.commands.groups import GroupCommands
 from bot.commands.lifecycle import LifecycleCommands
 from bot.commands.posts import PostCommands
 from bot.commands.privacy import PrivacyCommands
+from bot.commands.reports import ReportCommands
 from bot.commands.segments import SegmentCommands
 from bot.commands.suppressions import SuppressionCommands
 from bot.config import ConfigError, Settings
@@ -71,6 +72,8 @@ from bot.mail.dkim import DkimSigner, KeyProblem, SigningPool, load_key
 from bot.mail.server import EmbeddedSmtpServer, Mailbox, Route
 from bot.messengers import Messengers
 from bot.scheduler import Scheduler
+from bot.usage.digest import JOB_ID as DIGEST_JOB
+from bot.usage.digest import UsageDigest
 from bot.web import build_web
 
 log = logging.getLogger(__name__)
@@ -112,6 +115,7 @@ class App:
     providers: Providers
     outbox: Outbox
     drift: DriftChoices
+    usage_digest: UsageDigest
 
     @property
     def settings(self) -> Settings:
@@ -154,6 +158,11 @@ class App:
         self.scheduler.cron(EXPIRE_JOB, "7 * * * *", EXPIRE_JOB)
         # Changes a platform has not confirmed yet are pushed again every minute (and sooner when due).
         self.scheduler.cron(PUSH_JOB, "* * * * *", PUSH_JOB)
+        # The usage review to HR (reports.usage_digest); turned off, a job scheduled before goes.
+        if self.usage_digest.cron is None:
+            self.scheduler.cancel(DIGEST_JOB)
+        else:
+            self.scheduler.cron(DIGEST_JOB, self.usage_digest.cron, DIGEST_JOB)
 
     async def drain(self, timeout: float | None = None) -> None:
         """Wait for background work (a send, a push to a platform) to finish; `postroom chat` and tests."""
@@ -237,6 +246,7 @@ async def build_app(settings: Settings, **context_options: Any) -> App:
     approvals = Approvals(ctx, cards, runs)
     drafts = Drafts(ctx, cards, runs)
     audit_report = AuditReport(ctx, messengers, drift)
+    usage_digest = UsageDigest(ctx, messengers)
     relay = settings.relay
     dmarc = DmarcPolicies(
         relay.dns_nameservers, port=relay.dns_port, timeout_s=relay.dns_timeout_s, cache_s=relay.dns_cache_s
@@ -262,6 +272,7 @@ async def build_app(settings: Settings, **context_options: Any) -> App:
         **signups.jobs(),
         ANNOUNCE_JOB: memberships.announce_pending,
         AUDIT_JOB: audit_report.send,
+        DIGEST_JOB: usage_digest.send,
         PUSH_JOB: outbox.run_job,
     }.items():
         scheduler.handle(name, handler)
@@ -278,6 +289,7 @@ async def build_app(settings: Settings, **context_options: Any) -> App:
         AutomationCommands(ctx, automations),
         SegmentCommands(ctx),
         ContactCommands(ctx, signups, Sunsets(ctx, messengers)),
+        ReportCommands(ctx),
     ):
         commands.register(table)
     core = Core(ctx, table=table, messengers=messengers, identities=identities, lifecycle=lifecycle)
@@ -301,6 +313,7 @@ async def build_app(settings: Settings, **context_options: Any) -> App:
         providers,
         outbox,
         drift,
+        usage_digest,
     )
 
 

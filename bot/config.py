@@ -461,6 +461,13 @@ class GroupsSettings(_Section):
         return v
 
 
+class ReportsSettings(_Section):
+    """The usage review (/report usage): its digest to HR, and when a post to a group counts as bulk mail."""
+
+    usage_digest: Literal["weekly", "monthly", "off"] = "off"  # Monday / the 1st, 08:00 UTC
+    bulk_recipients: int = Field(default=100, ge=2, le=10_000_000)
+
+
 class PostfixSettings(_Section):
     """Postfix does the fan-out (virtual_alias_maps over Postroom's database) and asks Postroom's policy
     service (check_policy_service) whether a post may go, waits or is refused (manifests/postfix/)."""
@@ -717,6 +724,7 @@ class Settings(BaseSettings):
     automations: AutomationSettings = AutomationSettings()
     relay: RelaySettings = RelaySettings()
     groups: GroupsSettings = GroupsSettings()
+    reports: ReportsSettings = ReportsSettings()
     hr: HrSettings = HrSettings()
     postfix: PostfixSettings = PostfixSettings()
     providers: ProvidersSettings = ProvidersSettings()

@@ -98,6 +98,22 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], list[tuple[str, str, bool]]]] = 
             ("/newgroup ''", "not a valid email address", True),
         ],
     ),
+    "report usage": (
+        HR,
+        ("report", "usage"),
+        [
+            ("/report usage --months 0", "“0” is not a number of months: give 1 to 24.", True),
+            ("/report usage --months 25", "“25” is not a number of months", True),
+            ("/report usage --months 999", "“999” is not a number of months", True),
+            ("/report usage --months three", "“three” is not a number of months", True),
+            ("/report usage --months -1", "is not a number of months", True),
+            ("/report usage --months 1.5", "“1.5” is not a number of months", True),
+            ("/report usage --months", "needs a value", True),
+            ("/report usage --group nosuch", "There is no group “nosuch”.", False),
+            ("/report usage --group {{7*7}}", "There is no group", False),
+            ("/report usage --week 1", "has no option --week", True),
+        ],
+    ),
     "posts": (
         HR,
         ("posts",),
@@ -626,6 +642,8 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], list[tuple[str, str, bool]]]] = 
 # Someone without the role: refused with a sentence, before anything is looked up.
 REFUSED = [
     (NOBODY, "/newgroup sales", "is for HR or admins;"),
+    (NOBODY, "/report usage", "/report usage is for HR or admins;"),
+    (SENDER, "/report usage --months 1", "/report usage is for HR or admins;"),
     (NOBODY, "/addgroup eng bob@corp.example", "owners of eng@corp.example"),
     (NOBODY, "/removegroup eng alice@corp.example", "owners of eng@corp.example"),
     (NOBODY, "/groups alice@corp.example", "Only HR and admins"),

@@ -15,6 +15,7 @@ from bot.commands import (
     lifecycle,
     posts,
     privacy,
+    reports,
     segments,
     suppressions,
 )
@@ -24,6 +25,6 @@ def all_specs() -> list[Spec]:
     """Every command Postroom answers, without building anything (the Slack manifest, /help checks)."""
     modules = (
         general, groups, drift, campaigns, lifecycle, privacy, suppressions, posts, automations, segments,
-        contacts,
+        contacts, reports,
     )  # fmt: skip
     return [spec for module in modules for spec in module.SPECS]

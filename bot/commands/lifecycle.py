@@ -9,7 +9,7 @@ from bot.errors import PermissionDenied, UserError
 from bot.events import Action, Message
 from bot.groups.adoption import DriftChoices
 from bot.groups.membership import Memberships
-from bot.groups.report import build_report
+from bot.groups.report import audit
 from bot.groups.rules import RuleBook
 from bot.i18n import t
 
@@ -107,7 +107,7 @@ class LifecycleCommands:
         return Message(f"{loaded_text}\n{text}")
 
     async def audit(self, req: Request, p: Parsed) -> Message:
-        report = await build_report(self.ctx)
+        report = await audit(self.ctx)
         return report.message(self.ctx.settings.groups.manual_max_age_days)
 
     async def _decide(self, req: Request, raw: str, usage: str, decision: str) -> Message:

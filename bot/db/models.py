@@ -539,6 +539,8 @@ class GroupPost(Base):
     recipient_count: Mapped[int] = mapped_column(Integer, default=0)
     has_links: Mapped[bool] = mapped_column(Boolean, default=False)
     has_unsubscribe: Mapped[bool] = mapped_column(Boolean, default=False)  # an unsubscribe-like footer
+    # links that count their clicks (utm_ parameters, a mailing service's redirect): the usage review
+    has_tracking_links: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     moderated: Mapped[bool] = mapped_column(Boolean, default=False)  # was held for a moderator
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime | None]  # a held post's deadline
@@ -578,3 +580,17 @@ class GroupSenderAllow(Base):
     email: Mapped[str] = mapped_column(String(320))
     created_by: Mapped[str] = mapped_column(String(320))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class GroupHealth(Base):
+    """What the groups audit report counted when it ran (/audit, groups.audit_cron): its trends compare
+    with the last one from an earlier day."""
+
+    __tablename__ = "group_health"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    taken_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    groups: Mapped[int] = mapped_column(Integer, default=0)
+    members: Mapped[int] = mapped_column(Integer, default=0)
+    external: Mapped[int] = mapped_column(Integer, default=0)
+    empty: Mapped[int] = mapped_column(Integer, default=0)
+    no_owner: Mapped[int] = mapped_column(Integer, default=0)

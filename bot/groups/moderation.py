@@ -170,6 +170,7 @@ class Moderation:
                     message_id=seen.message_id,
                     has_links=seen.has_links,
                     has_unsubscribe=seen.has_unsubscribe,
+                    has_tracking_links=seen.has_tracking,
                 )
             )
         post.subject, post.author, post.message_id = seen.subject, seen.author, seen.message_id

@@ -28,6 +28,14 @@ from bot.mail.compose import address, date_header
 MAX_RECEIVED = 30  # more Received: lines than this is a loop (Postfix's hopcount_limit is 50)
 CHUNK = 5000
 _LINK = re.compile(rb"https?://", re.I)
+# A link that counts its clicks: campaign parameters (utm_…, Mailchimp's mc_cid, HubSpot's _hsenc) or a
+# mailing service's click redirect. Read once per post for the usage review (bot/usage/).
+TRACKING = re.compile(
+    r"https?://[^\s\"'<>]*(?:[?&](?:utm_[a-z]+|mc_[ce]id|_hsenc|_hsmi)="
+    r"|list-manage\.com/track|/ls/click|/wf/click|/track/click|mailchi\.mp/|hubspotlinks\.com"
+    r"|sendgrid\.net/|//(?:click|clicks|track|tracking)\.)",
+    re.I,
+)
 _UNSUBSCRIBE = re.compile(r"unsubscribe|opt[ -]?out|退订|取消订阅", re.I)
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
 
@@ -75,6 +83,7 @@ class Inspected:
     message_id: str | None
     has_links: bool
     has_unsubscribe: bool
+    has_tracking: bool  # links that count clicks (TRACKING)
     first_lines: tuple[str, ...]
     markers: frozenset[str]  # the groups this message already passed through (X-Postroom-Group)
     received: int
@@ -106,6 +115,7 @@ def inspect(data: bytes, max_header_bytes: int) -> Inspected:
         message_id=_clean(parsed.get("Message-ID"), 300),
         has_links=bool(_LINK.search(body[:1_000_000])) or "http://" in text or "https://" in text,
         has_unsubscribe=bool(parsed.get("List-Unsubscribe")) or bool(_UNSUBSCRIBE.search(text[-4000:])),
+        has_tracking=bool(TRACKING.search(_raw_text(data))) or bool(TRACKING.search(text)),
         first_lines=lines,
         markers=markers,
         received=len(parsed.get_all("Received") or []),
@@ -141,6 +151,11 @@ def _plain_text(data: bytes) -> str:
     if part.get_content_subtype() == "html":
         content = re.sub(r"<[^>]+>", " ", content)
     return content[:20000]
+
+
+def _raw_text(data: bytes) -> str:
+    """The message's first megabyte as text (an HTML part's hrefs, which the plain text loses)."""
+    return split(data)[1][:1_000_000].decode("utf-8", "replace").replace("=\r\n", "").replace("=\n", "")
 
 
 def loops_through(inspected: Inspected, group: Group) -> bool:
@@ -238,6 +253,7 @@ async def add_post(
         recipient_count=0,
         has_links=bool(inspected and inspected.has_links),
         has_unsubscribe=bool(inspected and inspected.has_unsubscribe),
+        has_tracking_links=bool(inspected and inspected.has_tracking),
         moderated=state == "held",
         received_at=now,
         expires_at=expires_at,

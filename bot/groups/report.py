@@ -2,18 +2,19 @@
 
 It lists groups with no owner, empty groups, external members, leavers still in any group
 (there must never be one once their grace period is over), and manual memberships older than
-groups.manual_max_age_days.
+groups.manual_max_age_days; and the trend: how the counts changed since the last audit from an earlier
+day (each audit's counts are kept in `group_health`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from bot.context import Context
-from bot.db.models import Group, Membership, Person, ProviderOp
+from bot.db.models import Group, GroupHealth, Membership, Person, ProviderOp
 from bot.events import Card, Message
 from bot.groups import drift
 from bot.groups.adoption import DriftChoices, item_line
@@ -22,6 +23,37 @@ from bot.i18n import t
 from bot.messengers import Messengers
 
 JOB_ID = "groups.audit-report"  # the job's id, and the name of its handler
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What an audit counted: groups, memberships, external memberships, empty groups, groups with no owner."""
+
+    groups: int
+    members: int
+    external: int
+    empty: int
+    no_owner: int
+    taken_at: datetime | None = None
+
+    def trend(self, before: Counts | None) -> str:
+        """The change since `before`, in words (one line)."""
+        if before is None:
+            return t("No earlier audit to compare with; the next one shows the change.")
+
+        def part(label: str, now: int, then: int) -> str:
+            delta = now - then
+            sign = f"+{delta}" if delta > 0 else (f"−{-delta}" if delta < 0 else "±0")
+            return t("{label} {then} → {now} ({delta})", label=label, then=then, now=now, delta=sign)
+
+        parts = [
+            part(t("members"), self.members, before.members),
+            part(t("external members"), self.external, before.external),
+            part(t("empty groups"), self.empty, before.empty),
+            part(t("groups with no owner"), self.no_owner, before.no_owner),
+        ]
+        when = f"{before.taken_at:%Y-%m-%d}" if before.taken_at else "?"
+        return t("Since {date}: {changes}", date=when, changes=", ".join(parts))
 
 
 @dataclass
@@ -35,6 +67,13 @@ class Report:
     unknown: list[tuple[str, str]] = field(default_factory=list)  # (group, member) no source knows
     drift: list[str] = field(default_factory=list)  # changed by hand on a platform, waiting for HR
     pending: int = 0  # changes a platform has not confirmed yet
+    groups: int = 0
+    members: int = 0
+    previous: Counts | None = None  # the last audit from an earlier day (the trend), once looked up
+
+    @property
+    def counts(self) -> Counts:
+        return Counts(self.groups, self.members, len(self.external), len(self.empty), len(self.no_owner))
 
     @property
     def clean(self) -> bool:
@@ -90,6 +129,7 @@ class Report:
             ),
             (t("Changed by hand on the platforms (/drift)"), some(self.drift, 10)),
             (t("Changes a platform has not confirmed yet"), str(self.pending)),
+            (t("Change since the last audit"), self.counts.trend(self.previous)),
         )
         headline = (
             t("Email groups audit: all clear.")
@@ -118,6 +158,8 @@ async def build_report(ctx: Context) -> Report:
         groups = (
             await session.execute(select(Group.id, Group.address, Group.owners).order_by(Group.address))
         ).all()
+        report.groups = len(groups)
+        report.members = sum(counts.values())
         for gid, address, owners in groups:
             if not owners:
                 report.no_owner.append(address)
@@ -166,6 +208,50 @@ async def build_report(ctx: Context) -> Report:
     return report
 
 
+async def previous_counts(ctx: Context, before: datetime) -> Counts | None:
+    """The counts of the last audit taken before the day of `before` began (UTC)."""
+    day = before.replace(hour=0, minute=0, second=0, microsecond=0)
+    async with ctx.sessions() as session:
+        row = (
+            await session.execute(
+                select(GroupHealth)
+                .where(GroupHealth.taken_at < day)
+                .order_by(GroupHealth.taken_at.desc())
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+    if row is None:
+        return None
+    return Counts(row.groups, row.members, row.external, row.empty, row.no_owner, row.taken_at)
+
+
+async def audit(ctx: Context) -> Report:
+    """The report with its trend, its counts kept for the next one (/audit and the scheduled report)."""
+    report = await build_report(ctx)
+    now = ctx.now()
+    report.previous = await previous_counts(ctx, now)
+    c = report.counts
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    async with ctx.sessions() as session, session.begin():
+        # One row a day (today's last audit) and two years of them: the trend compares across days.
+        await session.execute(
+            delete(GroupHealth).where(
+                (GroupHealth.taken_at >= day) | (GroupHealth.taken_at < now - timedelta(days=731))
+            )
+        )
+        session.add(
+            GroupHealth(
+                taken_at=now,
+                groups=c.groups,
+                members=c.members,
+                external=c.external,
+                empty=c.empty,
+                no_owner=c.no_owner,
+            )
+        )
+    return report
+
+
 class AuditReport:
     """The report on a schedule (groups.audit_cron) to the HR conversation."""
 
@@ -176,5 +262,5 @@ class AuditReport:
 
     async def send(self) -> None:
         await self.drift.scan()  # the platforms read again: this week's drift
-        report = await build_report(self.ctx)
+        report = await audit(self.ctx)
         await self.messengers.post("hr", lambda: report.message(self.ctx.settings.groups.manual_max_age_days))

@@ -1,0 +1,420 @@
+"""The usage review (/report usage): a seeded quarter of sends — group posts, campaigns, an automation, a
+test send — with planted misuses, through the console adapter; the audit report's trends; bad input."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select, update
+
+from bot.contacts.importer import import_contacts
+from bot.db.models import Automation, Campaign, Delivery, Group, GroupHealth, GroupPost, Membership
+from bot.groups import posts
+from bot.usage.digest import JOB_ID as DIGEST_JOB
+from tests.conftest import APPROVER, HR, NOBODY, SENDER
+
+NOW = datetime.now(UTC)
+
+NEWSLETTER = b"""From: Marketing Team <marketing@corp.example>
+To: partners@corp.example
+Subject: Partner Newsletter - November edition
+Message-ID: <nl-11@corp.example>
+List-Unsubscribe: <https://mail.corp.example/u/abc>
+Content-Type: text/plain; charset=utf-8
+
+Our autumn offers for partners: https://shop.corp.example/deals?utm_source=newsletter&utm_medium=email
+
+You receive this because you are on our partner list. Unsubscribe: https://mail.corp.example/u/abc
+"""
+SYNC = b"""From: Alice <alice@corp.example>
+To: eng@corp.example
+Subject: Sprint planning moved to Thursday
+Message-ID: <sync-1@corp.example>
+
+Same room, see https://wiki.corp.example/sprint for the agenda.
+"""
+CLOSED = b"""From: Hannah <hannah@corp.example>
+To: all-staff@corp.example
+Subject: Office closed for the holiday on Friday
+Message-ID: <closed-1@corp.example>
+
+Enjoy the long weekend.
+"""
+DIGEST = b"""From: Bob <bob@corp.example>
+To: eng@corp.example
+Subject: Fwd: This Week in Rust - weekly digest
+Message-ID: <fwd-1@corp.example>
+
+Forwarded for the team.
+To unsubscribe from this newsletter, click here.
+"""
+VENDORS = b"""From: Dana <dana@corp.example>
+To: vendors@corp.example
+Subject: Delivery dates for the December order
+Message-ID: <vendors-1@corp.example>
+
+Please confirm by Monday.
+"""
+CUSTOMERS = """email,name,consent_at,consent_source
+lena@example.com,Lena Fischer,2026-03-02T10:15:00+00:00,signup form
+raj@example.net,Raj Patel,2026-04-11T08:00:00+00:00,trade fair
+"""
+
+
+async def external_group(bot, name: str, members: list[tuple[str, int]]) -> None:  # type: ignore[no-untyped-def]
+    """A group that may have external members, each added `days` ago (as the rules would have made it)."""
+    async with bot.core.ctx.sessions() as s, s.begin():
+        group = Group(
+            address=f"{name}@corp.example",
+            local_part=name,
+            kind="external-allowed",
+            owners=[HR],
+            created_by=HR,
+        )
+        s.add(group)
+        await s.flush()
+        for email, days in members:
+            s.add(
+                Membership(
+                    group_id=group.id, email=email, source="manual", added_at=NOW - timedelta(days=days)
+                )
+            )
+
+
+async def post(bot, address: str, raw: bytes, days_ago: int) -> int:  # type: ignore[no-untyped-def]
+    """A post in the post log as the relay writes it (the same inspection), delivered `days_ago`."""
+    async with bot.core.ctx.sessions() as s, s.begin():
+        group = (await s.execute(select(Group).where(Group.address == address))).scalar_one()
+        seen = posts.inspect(raw, 65536)
+        stored = await posts.add_post(
+            s,
+            group,
+            via="relay",
+            state="delivered",
+            sender=seen.author_address or "",
+            data=None,
+            inspected=seen,
+            key=None,
+            now=NOW - timedelta(days=days_ago),
+            size=len(raw),
+        )
+        await posts.snapshot_members(s, stored, set())
+        return stored.id
+
+
+async def campaign(bot, tmp_path, name: str, to: str, subject: str, csv: str = "") -> None:  # type: ignore[no-untyped-def]
+    if csv:
+        path = tmp_path / f"{name}.csv"
+        path.write_text(csv)
+        await import_contacts(bot.core.ctx, path, to)
+    reply = await bot.say(SENDER, f'/campaign new {name} --to {to} --template welcome --subject "{subject}"')
+    assert "Draft campaign" in reply, reply
+    assert "Submitted" in await bot.say(SENDER, f"/campaign submit {name}")
+    assert "Approved" in await bot.say(APPROVER, f"/approve {name}")
+    await bot.settle()
+
+
+async def automation(bot) -> None:  # type: ignore[no-untyped-def]
+    """An onboarding automation that mailed two joiners last month."""
+    async with bot.core.ctx.sessions() as s, s.begin():
+        c = Campaign(
+            name="welcome-joiners",
+            kind="automation",
+            state="active",
+            template="welcome",
+            subject="Welcome to Example Corp",
+            audience_kind="joiners",
+            audience_name="joiners",
+            from_address="news@corp.example",
+            created_by=SENDER,
+        )
+        s.add(c)
+        await s.flush()
+        s.add(Automation(name="welcome-joiners", campaign_id=c.id, trigger="joined", created_by=SENDER))
+        for email in ("erin@corp.example", "frank@corp.example"):
+            s.add(Delivery(campaign_id=c.id, email=email, status="sent", sent_at=NOW - timedelta(days=30)))
+
+
+async def seeded_quarter(bot, tmp_path) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    await bot.say(HR, "/newgroup eng")
+    await bot.say(HR, "/addgroup eng alice@corp.example bob@corp.example carl@corp.example")
+    await bot.say(HR, "/newgroup all-staff")
+    await bot.say(
+        HR, "/addgroup all-staff alice@corp.example bob@corp.example dana@corp.example erin@corp.example"
+    )
+    # partners: external members keep joining (one before the quarter, three during it).
+    await external_group(
+        bot,
+        "partners",
+        [
+            ("dana@corp.example", 300),
+            ("pia@partner.example", 120),
+            ("quinn@agency.example", 80),
+            ("ravi@partner.example", 50),
+            ("sol@reseller.example", 20),
+        ],
+    )
+    # vendors: the same two external people all quarter (not growing).
+    await external_group(bot, "vendors", [("dana@corp.example", 400), ("ops@supplier.example", 400)])
+    ids = {
+        "newsletter": await post(bot, "partners@corp.example", NEWSLETTER, 10),  # planted
+        "sync": await post(bot, "eng@corp.example", SYNC, 40),
+        "closed": await post(bot, "all-staff@corp.example", CLOSED, 60),
+        "digest": await post(bot, "eng@corp.example", DIGEST, 15),  # a forwarded newsletter, colleagues only
+        "vendors": await post(bot, "vendors@corp.example", VENDORS, 5),
+    }
+    await campaign(
+        bot, tmp_path, "spring", "spring-list", "Spring offers: 20% off", CUSTOMERS
+    )  # clean: consented
+    # planted: a campaign whose whole audience is company addresses
+    await campaign(bot, tmp_path, "allhands", "all-staff@corp.example", "All-hands on Friday")
+    assert "[TEST]" in await bot.say(SENDER, "/campaign test spring sam@corp.example")
+    await automation(bot)
+    return ids
+
+
+def field(reply: str, title: str) -> str:
+    """One card field's text as the console shows it (up to the next field)."""
+    start = reply.index(title)
+    rest = reply[start + len(title) :]
+    ends = [
+        rest.find(t)
+        for t in ("How to fix", "Sends and why", "Group health (/audit)", "By kind")
+        if rest.find(t) > 0
+    ]
+    return rest[: min(ends)] if ends else rest
+
+
+async def test_the_usage_review_finds_each_planted_misuse_and_no_clean_send(bot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ids = await seeded_quarter(bot, tmp_path)
+    reply = await bot.say(HR, "/report usage")
+    assert "Usage review" in reply and "3 to look at" in reply, reply
+    misuse = field(reply, "Possible misuse (3)")
+    # 1. the newsletter to an email group with external members: its evidence.
+    assert (
+        f"Marketing-like mail posted to an email group — post #{ids['newsletter']} to partners@corp.example"
+        in misuse
+    )
+    assert "an unsubscribe footer or List-Unsubscribe header; tracking links; 4 external recipients" in misuse
+    assert "pia@partner.example" in misuse
+    fixes = field(reply, "How to fix")
+    assert (
+        "Marketing-like mail posted to an email group: Move this audience to a contact list with consent"
+        in fixes
+    )
+    # 2. the campaign whose whole audience is company addresses.
+    assert "An internal-only audience reached through a campaign — campaign allhands" in misuse
+    assert "all 4 recipients are company addresses (corp.example)" in misuse
+    assert (
+        "An internal-only audience reached through a campaign: Internal news belongs in an email group"
+        in fixes
+    )
+    # 3. the group whose external members grew.
+    assert "A group whose external members keep growing — group partners@corp.example" in misuse
+    assert "external members 1 → 2 → 3 → 4 over the period (+3)" in misuse
+    assert "sol@reseller.example" in misuse and "turn the group internal" in fixes
+    # None of the clean sends is flagged.
+    clean_sends = (
+        "spring",
+        "vendors@",
+        "eng@",
+        "welcome-joiners",
+        *(f"#{ids[k]}" for k in ("sync", "closed", "digest")),
+    )
+    for clean in clean_sends:
+        assert clean not in misuse, clean
+    # Every send is categorised, with its reasons.
+    why = field(reply, "Sends and why")
+    assert (
+        "marketing campaign (a campaign to the contact list spring-list; the subject reads like an offer"
+        in why
+    )
+    assert "lifecycle mail (an automation (trigger: joined))" in why
+    assert "team coordination (a post to eng@corp.example, 3 recipients; no unsubscribe footer" in why
+    assert "internal announcement (the subject reads like an announcement (“Office closed”" in why or (
+        "internal announcement (the subject reads like an announcement" in why
+    )
+    assert "newsletter (the subject reads like a newsletter" in why
+    uses = field(reply, "By use case")
+    assert "lifecycle mail — sends: 1, recipients: 2" in uses and "newsletter — sends: 2," in uses
+    assert "group post 5, campaign 2, automation 1" in reply
+    # The review links to the group health report.
+    assert "Group health (/audit)" in reply and "/audit has the details" in reply
+
+    # One group only: its posts, its growth.
+    reply = await bot.say(HR, "/report usage --group vendors --months 1")
+    assert "for vendors@corp.example" in reply and "nothing looks misused" in reply, reply
+    assert "Delivery dates" in reply and "Partner Newsletter" not in reply
+
+
+async def test_the_audit_report_shows_the_change_since_the_last_audit(bot) -> None:  # type: ignore[no-untyped-def]
+    await bot.say(HR, "/newgroup eng")
+    await bot.say(HR, "/addgroup eng alice@corp.example")
+    await external_group(bot, "partners", [("pia@partner.example", 30)])
+    reply = await bot.say(HR, "/audit")
+    assert "Change since the last audit: No earlier audit to compare with" in reply
+    async with bot.core.ctx.sessions() as s, s.begin():  # that audit was last week's
+        await s.execute(update(GroupHealth).values(taken_at=NOW - timedelta(days=7)))
+    await bot.say(HR, "/addgroup eng bob@corp.example")
+    async with bot.core.ctx.sessions() as s, s.begin():
+        gid = (await s.execute(select(Group.id).where(Group.local_part == "partners"))).scalar_one()
+        s.add(Membership(group_id=gid, email="quinn@agency.example", source="manual"))
+    await bot.say(HR, "/newgroup quiet")
+    reply = await bot.say(HR, "/audit")
+    week = f"{NOW - timedelta(days=7):%Y-%m-%d}"
+    assert (
+        f"Since {week}: members 2 → 4 (+2), external members 1 → 2 (+1), empty groups 0 → 1 (+1), "
+        "groups with no owner 1 → 2 (+1)" in reply
+    ), reply
+    await bot.say(HR, "/audit")  # again today: today's counts replace today's earlier ones
+    async with bot.core.ctx.sessions() as s:
+        assert (await s.execute(select(func.count()).select_from(GroupHealth))).scalar_one() == 2
+    # The usage review links to it with the same trend.
+    assert f"Since {week}: members 2 → 4 (+2)" in await bot.say(HR, "/report usage")
+
+
+async def test_bad_input_gets_one_sentence_and_changes_nothing(bot) -> None:  # type: ignore[no-untyped-def]
+    await bot.say(HR, "/newgroup eng")
+    for text, expected in (
+        ("/report usage --months 0", "“0” is not a number of months: give 1 to 24."),
+        ("/report usage --months 999", "“999” is not a number of months: give 1 to 24."),
+        ("/report usage --months three", "“three” is not a number of months: give 1 to 24."),
+        ("/report usage --months -2", "is not a number of months"),
+        ("/report usage --group nosuch", "There is no group “nosuch”."),
+    ):
+        reply = await bot.say(HR, text)
+        assert expected in reply and "Traceback" not in reply, (text, reply)
+    assert "Usage: /report usage [--months <months>] [--group <group>]" in await bot.say(
+        HR, "/report usage --months 0"
+    )
+    refused = await bot.say(NOBODY, "/report usage")
+    assert "/report usage is for HR or admins;" in refused and "Usage review" not in refused
+    async with bot.core.ctx.sessions() as s:
+        assert (await s.execute(select(func.count()).select_from(GroupHealth))).scalar_one() == 0
+
+
+async def test_the_digest_goes_to_hr_when_scheduled(bot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bot.app.schedule_group_jobs()
+    assert bot.app.scheduler.next_run(DIGEST_JOB) is None  # off by default
+    bot.app.ctx.settings.reports.usage_digest = "weekly"
+    bot.app.schedule_group_jobs()
+    nxt = bot.app.scheduler.next_run(DIGEST_JOB)
+    assert nxt is not None and nxt.weekday() == 0 and nxt.hour == 8
+    await bot.say(HR, "/newgroup eng")
+    await bot.say(HR, "/addgroup eng alice@corp.example")
+    await post(bot, "eng@corp.example", SYNC, 3)
+    await post(bot, "eng@corp.example", CLOSED, 20)  # before the week: not in the weekly digest
+    await bot.app.scheduler.run_now(DIGEST_JOB)
+    sent = [m for _kind, conv, m in bot.console.transcript if conv == "hr" and "Usage review" in m.text]
+    assert sent and "1 sends" in sent[-1].text and "Sprint planning" in str(sent[-1].card), [
+        m.text for _k, _c, m in bot.console.transcript
+    ]
+    bot.app.ctx.settings.reports.usage_digest = "off"
+    bot.app.schedule_group_jobs()
+    assert bot.app.scheduler.next_run(DIGEST_JOB) is None
+
+
+def test_the_post_log_tells_tracking_links_from_plain_links() -> None:
+    assert posts.inspect(NEWSLETTER, 65536).has_tracking  # utm_ parameters
+    assert not posts.inspect(SYNC, 65536).has_tracking  # a plain link to the wiki
+    html = (
+        b"From: a@corp.example\r\nSubject: x\r\nContent-Type: text/html\r\n\r\n"
+        b'<a href="https://click.mailer.example/ls/click?upn=abc">Read</a>'
+    )
+    assert posts.inspect(html, 65536).has_tracking  # a mailing service's click redirect
+
+
+async def test_a_marketing_like_post_in_bulk_is_flagged_without_external_members(bot) -> None:  # type: ignore[no-untyped-def]
+    bot.app.ctx.settings.reports.bulk_recipients = 3
+    await bot.say(HR, "/newgroup all-staff")
+    await bot.say(HR, "/addgroup all-staff alice@corp.example bob@corp.example carl@corp.example")
+    await bot.say(HR, "/newgroup eng")
+    await bot.say(HR, "/addgroup eng alice@corp.example bob@corp.example")
+    big = await post(bot, "all-staff@corp.example", NEWSLETTER.replace(b"partners@", b"all-staff@"), 3)
+    small = await post(bot, "eng@corp.example", DIGEST, 3)
+    pasted = await post(bot, "eng@corp.example", SYNC.replace(b"/sprint ", b"/sprint?utm_source=slack "), 2)
+    reply = await bot.say(HR, "/report usage --months 1")
+    # A colleague's link with utm_ parameters to the team: tracking links, still team coordination.
+    assert (
+        f"#{pasted} “Sprint planning moved to Thursday”: team coordination "
+        "(a post to eng@corp.example, 2 recipients; tracking links; company recipients only)" in reply
+    ), reply
+    misuse = field(reply, "Possible misuse (1)")
+    assert f"post #{big} to all-staff@corp.example" in misuse, reply
+    assert "bulk: 3 recipients (reports.bulk_recipients is 3)" in misuse and f"#{small}" not in misuse
+
+
+async def test_the_review_answers_in_chinese(bot) -> None:  # type: ignore[no-untyped-def]
+    await bot.say(HR, "/newgroup eng")
+    await bot.say(HR, "/addgroup eng alice@corp.example")
+    await post(bot, "eng@corp.example", SYNC, 3)
+    bot.console.locale = "zh_CN"
+    reply = await bot.say(HR, "/report usage")
+    assert "使用情况审查" in reply and "团队协作" in reply and "未发现误用" in reply, reply
+    assert "不是有效的月数" in await bot.say(HR, "/report usage --months 0")
+
+
+async def test_an_empty_period_and_a_post_log_shorter_than_the_period_say_so(bot) -> None:  # type: ignore[no-untyped-def]
+    reply = await bot.say(HR, "/report usage --months 6")
+    assert "nothing was sent in this period." in reply.splitlines()[0], reply
+    start = f"{NOW - timedelta(days=180):%Y-%m-%d}"
+    assert (
+        f"The post log keeps 180 days (relay.post_retention_days): posts before {start} are not counted."
+        in reply
+    )
+    assert "posts before" not in await bot.say(HR, "/report usage --months 3")
+
+
+def test_every_card_field_fits_a_slack_field_and_says_how_many_more() -> None:
+    from bot.usage.classify import Send, classify
+    from bot.usage.review import Review
+
+    review = Review(NOW - timedelta(days=90), NOW, None)
+    for i in range(300):
+        send = Send(
+            kind="post",
+            ref=f"#{i}",
+            at=NOW - timedelta(hours=i),
+            target="partners@corp.example",
+            subject=f"Partner newsletter no. {i} with a rather long subject line to fill the card",
+            recipients=400,
+            external=120,
+            has_unsubscribe=True,
+            has_tracking=True,
+            example_external=("pia@partner.example", "quinn@agency.example", "ravi@partner.example"),
+        )
+        review.items.append((send, classify(send, domains="corp.example", bulk=100)))
+    card = review.message().card
+    assert card is not None
+    for name, value in card.fields:
+        assert len(name) + len(value) < 2000, (name, len(value))
+    fields = dict(card.fields)
+    assert "300 to look at" in review.message().text
+    assert fields["Possible misuse (300)"].splitlines()[-1].startswith("… and ")
+    assert fields["Sends and why"].splitlines()[-1].startswith("… and ")
+
+
+async def test_a_post_through_the_relay_records_its_tracking_links_for_the_review(  # type: ignore[no-untyped-def]
+    database_url, smtp, tmp_path
+) -> None:
+    from tests.group_mail_kit import fanned_out
+    from tests.test_group_posts import mail, running
+    from tests.test_group_posts import post as send_post
+
+    async for bot, port in running(database_url, smtp.port, tmp_path):
+        body = (
+            "Read it: https://news.corp.example/a?utm_source=digest&utm_medium=email\n\nUnsubscribe here.\n"
+        )
+        data = mail("alice@corp.example", "eng@corp.example", subject="Engineering weekly digest", body=body)
+        assert "accepted" in await send_post(port, "alice@corp.example", "eng@corp.example", data)
+        await fanned_out(bot.app)
+        async with bot.app.ctx.sessions() as s:
+            logged = (await s.execute(select(GroupPost))).scalar_one()
+        assert logged.has_tracking_links and logged.has_unsubscribe
+        reply = await bot.say(HR, "/report usage --months 1")
+        assert (
+            f"#{logged.id} “Engineering weekly digest”: newsletter (the subject reads like a newsletter (“weekly”); "
+            "an unsubscribe footer or List-Unsubscribe header; tracking links; company recipients only)"
+            in reply
+        ), reply
+        assert "nothing looks misused" in reply  # colleagues only, not in bulk
