@@ -209,7 +209,7 @@ async def test_a_four_recipient_campaign_report_has_its_chart_links_and_page(bot
         assert url.startswith("http://127.0.0.1:8080/report/")
         page = await client.get(url.removeprefix("http://127.0.0.1:8080"))
         assert page.status_code == 200 and "sent 4, delivered 4" in page.text
-        assert "img-src 'self'" in page.headers["content-security-policy"]
+        assert "img-src 'self' data:;" in page.headers["content-security-policy"]
         chart = await client.get(url.removeprefix("http://127.0.0.1:8080") + "/chart.png")
         assert chart.status_code == 200 and chart.headers["content-type"] == "image/png"
 

@@ -630,7 +630,7 @@ def draw(data: ChartData, path: Path | BinaryIO) -> None:
         axes = fig.subplots(len(data.panels), 1)
         for ax, panel in zip(axes, data.panels, strict=True):
             ax.set_title(panel.title, fontsize=11, loc="left")
-            ax.set_xlim(0, data.x_max)
+            ax.set_xlim(-data.x_max * 0.015, data.x_max)  # a count that rose at 0 stays off the axis
             ax.set_xlabel(data.x_label)
             if panel.empty is not None:
                 ax.set_yticks([])

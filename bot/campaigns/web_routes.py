@@ -160,7 +160,7 @@ def campaign_routes(ctx: Context) -> list[Route]:
         width = "52rem" if wide else "36rem"
         doc = (
             f"<!doctype html><html lang='{lang}'><head><meta charset='utf-8'>"
-            "<meta name='viewport' content='width=device-width'>"
+            "<meta name='viewport' content='width=device-width'><link rel='icon' href='data:,'>"
             f"<title>{html.escape(title)}</title><style>body{{font-family:system-ui,sans-serif;"
             f"max-width:{width};margin:3rem auto;padding:0 1rem;line-height:1.5}}"
             "pre{white-space:pre-wrap;background:#f6f6f6;padding:1rem;border-radius:.4rem}"
@@ -171,7 +171,7 @@ def campaign_routes(ctx: Context) -> list[Route]:
             doc,
             status_code=status,
             headers={
-                "Content-Security-Policy": "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'",
+                "Content-Security-Policy": "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'",
                 "Cache-Control": "no-store, private",
                 "Referrer-Policy": "no-referrer",
                 "X-Robots-Tag": "noindex",
