@@ -233,3 +233,40 @@ async def test_a_four_recipient_campaign_report_has_its_chart_links_and_page(bot
     assert series(engagement, "opened").total == 1 and series(engagement, "clicked").total == 1
     text = await bot.say(SENDER, "/campaign report spring")
     assert "(picture “Report: “spring”” saved: " in text  # the console names the file
+
+
+def test_unsubscribes_and_complaints_by_day_and_the_last_campaigns_to_the_list() -> None:
+    from bot.campaigns.report import Earlier
+
+    day1, day2 = T0, T0 + timedelta(days=1, hours=2)
+    text = demo_like(
+        audience="customers",
+        unsubscribes=2,
+        complaints=1,
+        unsubscribe_times=[day1, day2],
+        complaint_times=[day2],
+        earlier=[Earlier("winter", T0 - timedelta(days=60), 200, 50, 9)],
+    ).text()
+    assert "unsubscribes and complaints by day:" in text
+    assert "2026-12-03: 1 unsubscribes, 0 complaints" in text
+    assert "2026-12-04: 1 unsubscribes, 1 complaints" in text
+    assert "the last campaigns to customers:" in text
+    assert "winter (2026-10-04): 200 delivered, opens 25.0%, clicks 4.5%" in text
+    assert "unsubscribes 2 of 4 delivered (50.0%), complaints 1 (25.0%)" in text
+    assert "above the 0.3% spam-rate ceiling" in text
+
+
+async def test_the_report_compares_with_the_last_campaign_to_the_same_list(bot, smtp, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "contacts.csv"
+    path.write_text(CSV)
+    await import_contacts(bot.core.ctx, path, "customers")
+    for name in ("spring", "summer"):
+        await bot.say(SENDER, f"/campaign new {name} --to customers --template welcome")
+        await bot.say(SENDER, f"/campaign submit {name}")
+        assert "Approved" in await bot.say(APPROVER, f"/approve {name}")
+        await bot.settle()
+    summer = await bot.say(SENDER, "/campaign report summer")
+    assert "the last campaigns to customers:" in summer and "spring (" in summer
+    assert "spring (" in summer and "4 delivered, opens 0.0%, clicks 0.0%" in summer
+    spring = await bot.say(SENDER, "/campaign report spring")
+    assert "the last campaigns" not in spring  # nothing was sent to the list before spring

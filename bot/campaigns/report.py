@@ -21,7 +21,7 @@ import asyncio
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -110,7 +110,7 @@ class Figures:
     def benchmark_wait(self) -> str | None:
         """Why the figures can't be compared with the benchmarks yet, or None when they can."""
         ended = self.ended_at()
-        now = self.now or datetime.now()
+        now = self.now or datetime.now(UTC)
         reasons = []
         if self.delivered < MIN_DELIVERED:
             reasons.append(
@@ -314,7 +314,7 @@ def bounce_class_name(klass: str) -> str:
 
 async def build_report(ctx: Context, campaign: Campaign) -> Figures:
     f = Figures(
-        campaign=campaign.name,
+        campaign=campaign.name.removeprefix(service.AUTOMATION_PREFIX),
         state=campaign.state,
         tracking=bool(ctx.settings.campaigns.tracking and campaign.tracking),
         automation=campaign.kind == "automation",
@@ -553,7 +553,7 @@ def _panel(title: str, ylabel: str, series: tuple[Series, ...], **extra: str | N
 
 def chart_data(f: Figures) -> ChartData:
     """What the chart shows, in the current language: axes, series and empty states."""
-    now = f.now or datetime.now()
+    now = f.now or datetime.now(UTC)
     every = (
         f.sent_times + f.bounce_times + f.unsubscribe_times + f.complaint_times + f.open_times + f.click_times
     )
@@ -725,7 +725,7 @@ async def report_message(ctx: Context, campaign: Campaign, figures: Figures | No
     figures = figures or await build_report(ctx, campaign)
     chart = await render_chart(ctx, campaign, figures)
     url = report_url(ctx, campaign)
-    title = t("Report: “{name}”", name=campaign.name)
+    title = t("Report: “{name}”", name=figures.campaign)
     card = (
         Card(
             title=title,

@@ -205,7 +205,7 @@ def campaign_routes(ctx: Context) -> list[Route]:
             f"<p><img id='pr-chart' src='/report/{token}/chart.png' alt='{alt}' width='800' height='640'></p>"
             f"<pre id='pr-figures'>{html.escape(figures.text())}</pre>"
         )
-        return page(t("Report: “{name}”", name=campaign.name), body, wide=True)
+        return page(t("Report: “{name}”", name=figures.campaign), body, wide=True)
 
     async def report_chart(request: Request) -> Response:
         campaign = await reported(request)
