@@ -82,6 +82,13 @@ def test_a_small_fast_send_gets_a_fitting_time_axis_whole_number_counts_and_ever
     assert series(delivery, "bounced").total == 0 and series(delivery, "bounced").label == "bounced (0)"
 
 
+def test_a_large_send_gets_a_few_markers_not_one_per_recipient() -> None:
+    many = [T0 + timedelta(seconds=i) for i in range(5000)]
+    sent = series(chart_data(demo_like(sent=5000, delivered=5000, sent_times=many)).panels[0], "sent")
+    assert sent.total == 5000 and len(sent.ys) == 5002 and len(sent.marks) <= 41
+    assert sent.marks[-1] == (sent.xs[-2], 5000)  # the last count is marked
+
+
 def test_the_time_axis_follows_the_campaign_duration() -> None:
     long = demo_like(now=T0 + timedelta(hours=5))
     assert chart_data(long).unit == "hours" and chart_data(long).x_max == 5.0

@@ -71,8 +71,7 @@ async def test_slack_uploads_the_picture_with_files_upload_v2(database_url, smtp
             (shared, data) = fake.shared_files()[0]
             assert data == png.read_bytes()
             assert shared["channel_id"] == HR_CHANNEL and shared["file"]["title"] == "Report: “spring”"
-            posted = fake.of("chat.postMessage")[-1]
-            assert shared["thread_ts"] == posted.params["_ts"]  # beside its text, in its thread
+            assert "thread_ts" not in shared  # in the channel under its text, not hidden in a thread
             upload_url = fake.of("files.getUploadURLExternal")[-1].params
             assert upload_url["filename"] == "chart.png" and int(upload_url["length"]) == len(data)
 

@@ -158,11 +158,11 @@ class SlackAdapter(Adapter):
             self._note(f"I couldn't post to <#{conversation.id}> (Slack said: {code}).{hint}")
             raise
         channel, ts = str(resp.get("channel") or conversation.id), str(resp["ts"])
-        for image in message.images:
-            await self._upload(channel, image, thread_ts=ts)
+        for image in message.images:  # in the channel, right under the message (a thread would hide it)
+            await self._upload(channel, image)
         return MessageRef(PLATFORM, channel, ts, (("channel", channel), ("ts", ts)))
 
-    async def _upload(self, channel: str, image: Image, *, thread_ts: str | None = None) -> bool:
+    async def _upload(self, channel: str, image: Image) -> bool:
         """A picture beside a message: files upload v2 (files.getUploadURLExternal, the upload,
         files.completeUploadExternal), shared in `channel`. Needs the files:write scope."""
         try:
@@ -172,7 +172,6 @@ class SlackAdapter(Adapter):
                 filename=image.path.rsplit("/", 1)[-1],
                 title=image.title,
                 alt_txt=image.title,
-                thread_ts=thread_ts,
             )
             return True
         except Exception as exc:

@@ -43,6 +43,7 @@ MIN_DELIVERED = 100  # below this a rate moves by whole percents per person: no 
 SETTLE = timedelta(hours=48)  # most opens and clicks arrive within two days of a send
 MIN_SPAN = timedelta(seconds=60)  # the chart's time axis is never shorter than this
 LINKS_SHOWN = 10
+MAX_MARKS = 40  # markers per series on the chart
 PREVIOUS_SHOWN = 3
 FONT = Path(__file__).resolve().parents[1] / "fonts" / "PostroomCJKSC-Regular.otf"
 FONT_FAMILY = "Postroom CJK SC"  # bot/fonts/README.md: a subset of Noto Sans CJK SC, SIL OFL 1.1
@@ -537,13 +538,23 @@ def _series(key: str, label: str, times: list[datetime], t0: datetime, scale: fl
         total=len(points),
         xs=(0.0, *points, x_max),
         ys=(0, *ys, len(points)),
-        marks=tuple(zip(points, ys, strict=True)),
+        marks=_marks(points, ys),
         colour=colour,
         marker=marker,
         linestyle=linestyle,
         linewidth=width,
         zorder=z,
     )
+
+
+def _marks(points: list[float], ys: tuple[int, ...], most: int = MAX_MARKS) -> tuple[tuple[float, int], ...]:
+    """A marker where each count rose; for a large send, `most` of them spread evenly (a marker per
+    recipient would be a smear, and slow to draw)."""
+    pairs = list(zip(points, ys, strict=True))
+    if len(pairs) <= most:
+        return tuple(pairs)
+    step = len(pairs) / most
+    return tuple(pairs[min(len(pairs) - 1, int(i * step))] for i in range(most)) + (pairs[-1],)
 
 
 def _panel(title: str, ylabel: str, series: tuple[Series, ...], **extra: str | None) -> Panel:
