@@ -256,6 +256,7 @@ class CampaignSettings(_Section):
     # tracking and reports
     tracking: bool = True  # opens and clicks, globally; a campaign can switch it off with --no-tracking
     reports_dir: str = "reports"
+    report_link_hours: float = Field(default=72, gt=0)  # the signed report page linked from a report
 
 
 class SignupSettings(_Section):

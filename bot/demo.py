@@ -183,7 +183,7 @@ You are {hr}. Try, in order:
   /approve spring                          ← refused: senders can't approve
   /as {a1}
   /approve spring                          ← sent; watch the mailbox lines
-  /campaign report spring                  ← figures, rates, and a chart (PNG) saved under the demo folder
+  /campaign report spring                  ← figures, rates, a chart (PNG) under the demo folder, a report page
   /as {sender}
   /automation new welcome --on confirmed:customers --template welcome
   /automation submit welcome               ← approved like a campaign: /as {a1}, /approve automation:welcome

@@ -109,10 +109,21 @@ class Card:
 
 
 @dataclass(frozen=True)
+class Image:
+    """A picture shown beside a message's text (a report's chart): a PNG file the core wrote. Each
+    adapter uploads it the platform's way (Slack files upload, DingTalk and WeCom media upload) or,
+    where it can't, names the path."""
+
+    path: str
+    title: str  # the file's title and the picture's alternative text
+
+
+@dataclass(frozen=True)
 class Message:
     text: str
     card: Card | None = None
     ephemeral: bool = False
-    attachments: tuple[str, ...] = field(default=())  # paths of files (a chart), if any
+    attachments: tuple[str, ...] = field(default=())  # paths of files (an export), if any
+    images: tuple[Image, ...] = field(default=())  # pictures shown beside the text
     # The command was refused or failed, nothing changed (a script driving `postroom chat` exits non-zero).
     refused: bool = False

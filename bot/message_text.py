@@ -29,6 +29,9 @@ class TextStyle:
     attachment: str | None = (
         None  # "{path}": how an attached file is mentioned, if the messenger can't send it
     )
+    image: str | None = (
+        None  # "{path}", "{title}": how a picture is named, if the messenger doesn't upload it
+    )
     limit_chars: int | None = None  # cut (with "…") to fit the messenger's message size, in characters…
     limit_bytes: int | None = None  # …or in bytes of UTF-8
 
@@ -43,6 +46,7 @@ CONSOLE = TextStyle(
     footer="│ {footer}",
     closing="└" + "─" * 20,
     attachment="(attachment saved: {path})",
+    image="(picture “{title}” saved: {path})",
 )
 MARKDOWN = TextStyle(  # DingTalk's robot markdown
     title="#### {title}",
@@ -110,6 +114,13 @@ def render(message: Message, style: TextStyle, locale: str | None = None, *, but
         if style.attachment is not None and message.attachments:
             text = "\n".join(
                 [*([text] if text else []), *(style.attachment.format(path=p) for p in message.attachments)]
+            )
+        if style.image is not None and message.images:
+            text = "\n".join(
+                [
+                    *([text] if text else []),
+                    *(style.image.format(path=i.path, title=i.title) for i in message.images),
+                ]
             )
     return fit(text, style)
 

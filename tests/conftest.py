@@ -160,6 +160,7 @@ def make_settings(database_url: str, smtp_port: int, tmp_path: Path, **sections:
             "templates_dir": str(templates),
             "from_address": "news@corp.example",
             "from_name": "Example Corp",
+            "reports_dir": str(tmp_path / "reports"),  # charts stay in the test's folder
         },
     }
     for section, values in sections.items():

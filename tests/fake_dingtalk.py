@@ -30,6 +30,7 @@ class FakeDingTalk:
     acks: list[dict[str, Any]] = field(default_factory=list)
     connections: int = 0
     closed: int = 0
+    uploads: dict[str, dict[str, Any]] = field(default_factory=dict)  # media_id -> what was uploaded
     user_gate: asyncio.Event | None = None  # when set, user lookups wait for it (a slow directory)
     _socket: WebSocket | None = None
     _tickets: set[str] = field(default_factory=set)
@@ -155,8 +156,37 @@ class FakeDingTalk:
                 return JSONResponse({"errcode": 60121, "errmsg": "user not found"})
             return JSONResponse({"errcode": 0, "errmsg": "ok", "result": {"userid": body["userid"], **user}})
 
+        async def media_upload(request: Request) -> Response:
+            """oapi POST /media/upload?access_token=…&type=image: multipart, the file in `media`
+            (images: jpg, gif, png, bmp, at most 20 MB) → {errcode, media_id, type, created_at}."""
+            if not request.query_params.get("access_token", "").startswith("tok-"):
+                return JSONResponse({"errcode": 40014, "errmsg": "invalid token"})
+            kind = request.query_params.get("type", "")
+            if kind not in ("image", "voice", "video", "file"):
+                return JSONResponse({"errcode": 40004, "errmsg": "invalid media type"})
+            form = await request.form()
+            media = form.get("media")
+            if media is None or isinstance(media, str):
+                return JSONResponse({"errcode": 41005, "errmsg": "media data missing"})
+            data = await media.read()
+            if kind == "image" and not data.startswith((b"\x89PNG", b"\xff\xd8", b"GIF8", b"BM")):
+                return JSONResponse({"errcode": 40005, "errmsg": "invalid file type"})
+            media_id = f"@lA{next(self._ids):06d}"
+            self.uploads[media_id] = {"type": kind, "filename": media.filename, "data": data}
+            self.calls.append(("POST", "/media/upload", {"type": kind, "filename": media.filename}))
+            return JSONResponse(
+                {
+                    "errcode": 0,
+                    "errmsg": "ok",
+                    "media_id": media_id,
+                    "type": kind,
+                    "created_at": 1700000000000,
+                }
+            )
+
         return Starlette(
             routes=[
+                Route("/media/upload", media_upload, methods=["POST"]),
                 Route("/v1.0/gateway/connections/open", open_connection, methods=["POST"]),
                 WebSocketRoute("/connect", connect),
                 Route("/v1.0/oauth2/accessToken", access_token, methods=["POST"]),

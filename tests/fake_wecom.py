@@ -20,6 +20,7 @@ class FakeWeCom:
     valid_tokens: set[str] = field(default_factory=set)
     used_codes: set[str] = field(default_factory=set)
     token_requests: int = 0
+    uploads: dict[str, dict[str, Any]] = field(default_factory=dict)  # media_id -> what was uploaded
     user_gate: asyncio.Event | None = None  # when set, user lookups wait for it (a slow directory)
     _ids: Any = field(default_factory=lambda: itertools.count(1))
 
@@ -31,6 +32,10 @@ class FakeWeCom:
             and (msgtype is None or body.get("msgtype") == msgtype)
             and (to is None or body.get("touser") == to)
         ]
+
+    def media(self, media_id: str) -> dict[str, Any] | None:
+        """An uploaded temporary medium: {type, filename, content_type, data}."""
+        return self.uploads.get(media_id)
 
     def updates(self) -> list[dict[str, Any]]:
         return [body for path, body in self.calls if path == "/cgi-bin/message/update_template_card"]
@@ -51,11 +56,45 @@ class FakeWeCom:
             if not authorised(request):
                 return JSONResponse({"errcode": 42001, "errmsg": "access_token expired"})
             body = await request.json()
+            if (
+                body.get("msgtype") == "image"
+                and (body.get("image") or {}).get("media_id") not in self.uploads
+            ):
+                return JSONResponse({"errcode": 40007, "errmsg": "invalid media_id"})
             self.calls.append(("/cgi-bin/message/send", body))
             answer: dict[str, Any] = {"errcode": 0, "errmsg": "ok", "msgid": f"msg-{next(self._ids)}"}
             if body.get("msgtype") == "template_card":
                 answer["response_code"] = f"sent-code-{next(self._ids)}"
             return JSONResponse(answer)
+
+        async def media_upload(request: Request) -> JSONResponse:
+            """POST /cgi-bin/media/upload?type=image: multipart, the file in the field `media`; images
+            are PNG or JPG, more than 5 bytes and at most 10 MB; the media id is valid three days."""
+            if not authorised(request):
+                return JSONResponse({"errcode": 42001, "errmsg": "access_token expired"})
+            kind = request.query_params.get("type", "")
+            if kind not in ("image", "voice", "video", "file"):
+                return JSONResponse({"errcode": 40004, "errmsg": "invalid media type"})
+            form = await request.form()
+            media = form.get("media")
+            if media is None or isinstance(media, str):
+                return JSONResponse({"errcode": 41005, "errmsg": "media data missing"})
+            data = await media.read()
+            if len(data) <= 5 or (kind == "image" and len(data) > 10 * 1024 * 1024):
+                return JSONResponse({"errcode": 40006, "errmsg": "invalid file size"})
+            if kind == "image" and not (data.startswith(b"\x89PNG") or data.startswith(b"\xff\xd8")):
+                return JSONResponse({"errcode": 40005, "errmsg": "invalid file type"})
+            media_id = f"media-{next(self._ids)}"
+            self.uploads[media_id] = {
+                "type": kind,
+                "filename": media.filename,
+                "content_type": media.content_type,
+                "data": data,
+            }
+            self.calls.append(("/cgi-bin/media/upload", {"type": kind, "filename": media.filename}))
+            return JSONResponse(
+                {"errcode": 0, "errmsg": "", "type": kind, "media_id": media_id, "created_at": "1380000000"}
+            )
 
         async def update_card(request: Request) -> JSONResponse:
             if not authorised(request):
@@ -94,6 +133,7 @@ class FakeWeCom:
                 Route("/cgi-bin/user/get_userid_by_email", userid_by_email, methods=["POST"]),
                 Route("/cgi-bin/gettoken", gettoken),
                 Route("/cgi-bin/message/send", send, methods=["POST"]),
+                Route("/cgi-bin/media/upload", media_upload, methods=["POST"]),
                 Route("/cgi-bin/message/update_template_card", update_card, methods=["POST"]),
                 Route("/cgi-bin/user/get", user_get),
             ]

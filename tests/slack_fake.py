@@ -68,6 +68,8 @@ class FakeSlack:
     _changed: asyncio.Condition | None = None
     sockets: list[web.WebSocketResponse] = field(default_factory=list)
     acks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # files upload v2: what files.getUploadURLExternal handed out, and the bytes POSTed to each URL
+    uploads: dict[str, dict[str, Any]] = field(default_factory=dict)  # file id -> {filename, length, data}
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> FakeSlack:
@@ -76,6 +78,7 @@ class FakeSlack:
         app.router.add_post("/api/{method}", self._api)
         app.router.add_get("/api/{method}", self._api)
         app.router.add_post("/response/{key}", self._response)
+        app.router.add_post("/upload/{file_id}", self._upload)
         app.router.add_get("/ws", self._ws)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -138,7 +141,7 @@ class FakeSlack:
             params.update(await request.json())
         elif request.method == "POST":
             params.update(await request.post())
-        for key in ("blocks", "view", "attachments"):
+        for key in ("blocks", "view", "attachments", "files"):
             if isinstance(params.get(key), str):
                 params[key] = json.loads(params[key])
         params["_auth"] = hashlib.sha256(request.headers.get("Authorization", "").encode()).hexdigest()[:8]
@@ -180,9 +183,56 @@ class FakeSlack:
             return {"ok": True, "message_ts": f"1700000001.{next(self._ts):06d}"}
         if method == "views.open":
             return {"ok": True, "view": {"id": "V" + uuid.uuid4().hex[:8].upper()}}
+        if method == "files.getUploadURLExternal":
+            # Slack refuses a call without filename and length (the file's size in bytes).
+            if not p.get("filename") or not str(p.get("length", "")).isdigit():
+                return {"ok": False, "error": "invalid_arguments"}
+            file_id = "F" + uuid.uuid4().hex[:10].upper()
+            self.uploads[file_id] = {"filename": p["filename"], "length": int(p["length"]), "data": None}
+            return {
+                "ok": True,
+                "upload_url": f"http://127.0.0.1:{self.port}/upload/{file_id}",
+                "file_id": file_id,
+            }
+        if method == "files.completeUploadExternal":
+            files = p.get("files") or []
+            if not files or any(self.uploads.get(f.get("id"), {}).get("data") is None for f in files):
+                return {"ok": False, "error": "file_not_found"}  # never uploaded to its URL
+            return {
+                "ok": True,
+                "files": [
+                    {"id": f["id"], "title": f.get("title"), "name": self.uploads[f["id"]]["filename"]}
+                    for f in files
+                ],
+            }
         if method == "apps.connections.open":
             return {"ok": True, "url": f"ws://127.0.0.1:{self.port}/ws"}
         return {"ok": True}
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        """Step 2 of files upload v2: the file's bytes POSTed to the URL Slack handed out."""
+        entry = self.uploads.get(request.match_info["file_id"])
+        if entry is None:
+            return web.Response(status=404, text="unknown upload")
+        data = await request.read()
+        if len(data) != entry["length"]:
+            return web.Response(status=400, text="length mismatch")
+        entry["data"] = data
+        self.calls.append(
+            Call("upload", {"file_id": request.match_info["file_id"], "bytes": len(data)}, time.monotonic())
+        )
+        await self._notify()
+        return web.Response(text=f"OK - {len(data)}")
+
+    def shared_files(self) -> list[tuple[dict[str, Any], bytes]]:
+        """Files completed into a channel: (completeUploadExternal's params, the uploaded bytes) per file."""
+        out = []
+        for call in self.of("files.completeUploadExternal"):
+            for f in call.params.get("files") or []:
+                data = self.uploads.get(f.get("id"), {}).get("data")
+                if data is not None:
+                    out.append(({**call.params, "file": f}, data))
+        return out
 
     async def _response(self, request: web.Request) -> web.Response:
         self.responses.append((request.match_info["key"], await request.json()))

@@ -122,6 +122,10 @@ async def test_a_renewal_reminder_fires_once_per_contact_per_date_also_across_a_
     assert smtp.handler.to("nocon@example.com") == []  # no consent: never
 
 
+def chart_named(report, name: str) -> bool:  # type: ignore[no-untyped-def]
+    return all(image.title == f"Report: “{name}”" for image in report.images)
+
+
 async def test_the_daily_cap_holds_the_rest_for_the_next_day(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     bot = await make_bot()
     at(bot, datetime(2027, 1, 20, 9, 0, tzinfo=UTC))
@@ -137,6 +141,14 @@ async def test_the_daily_cap_holds_the_rest_for_the_next_day(make_bot, smtp) -> 
     at(bot, datetime(2027, 1, 21, 9, 0, tzinfo=UTC))
     assert await bot.app.automations.scan() == {"day": 1}
     assert "daily cap 1" in await bot.say(SENDER, "/automation status day")
+    await bot.settle()
+    bot.console.as_email = SENDER
+    report = await bot.console.say("/automation report day")  # the campaign report, with its chart
+    assert report is not None and "Report for “day”" in report.text and chart_named(report, "day")
+    assert "fewer than 100" in report.text and "the send has not ended" not in report.text
+    (chart,) = report.images
+    assert open(chart.path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert report.card is not None and report.card.link is not None and "/report/" in report.card.link[1]
 
 
 async def test_a_joiner_gets_the_onboarding_automation_once(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811

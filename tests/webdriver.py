@@ -58,7 +58,14 @@ class Browser:
         made = await self._call(
             "POST",
             "/session",
-            {"capabilities": {"alwaysMatch": {"goog:chromeOptions": {"binary": chromium(), "args": args}}}},
+            {
+                "capabilities": {
+                    "alwaysMatch": {
+                        "goog:chromeOptions": {"binary": chromium(), "args": args},
+                        "goog:loggingPrefs": {"browser": "ALL"},  # the page's console, for console_errors()
+                    }
+                }
+            },
         )
         self.session = made["sessionId"]
         return self
@@ -87,6 +94,22 @@ class Browser:
 
     async def source(self) -> str:
         return await self._call("GET", f"/session/{self.session}/source")
+
+    async def execute(self, script: str, *args: Any) -> Any:
+        """Run `script` (a function body; `return` gives the value) in the page."""
+        return await self._call(
+            "POST", f"/session/{self.session}/execute/sync", {"script": script, "args": list(args)}
+        )
+
+    async def screenshot(self) -> bytes:
+        import base64
+
+        return base64.b64decode(await self._call("GET", f"/session/{self.session}/screenshot"))
+
+    async def console_errors(self) -> list[str]:
+        """The page's console messages of level SEVERE since the last call (chromedriver's log)."""
+        entries = await self._call("POST", f"/session/{self.session}/se/log", {"type": "browser"})
+        return [e["message"] for e in entries if e.get("level") == "SEVERE"]
 
     async def wait_for(self, text: str, timeout: float = 15.0) -> str:
         loop = asyncio.get_running_loop()

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Coroutine
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from dingtalk_stream import (
@@ -193,6 +194,7 @@ class DingTalkAdapter(Adapter):
             await self.api.create_and_deliver_card(body)
             return MessageRef(PLATFORM, conversation.id, out_track_id, (("kind", "card"),))
         await self._post_markdown(conversation.id, message)
+        await self._post_images(conversation.id, message)
         return MessageRef(PLATFORM, conversation.id, uuid.uuid4().hex, (("kind", "text"),))
 
     async def update(self, ref: MessageRef, message: Message) -> None:
@@ -249,6 +251,25 @@ class DingTalkAdapter(Adapter):
                 }
             )
         return params
+
+    async def _post_images(self, conversation_id: str, message: Message) -> None:
+        """Each picture as a robot image message: uploaded with media/upload, sent by its media id."""
+        for image in message.images:
+            try:
+                data = await asyncio.to_thread(Path(image.path).read_bytes)
+                media_id = await self.api.upload_image(Path(image.path).name, data)
+                param = {"photoURL": media_id}
+                if conversation_id.startswith("user:"):
+                    await self.api.send_to_users(
+                        self.robot_code, [conversation_id[5:]], "sampleImageMsg", param
+                    )
+                else:
+                    await self.api.send_to_group(self.robot_code, conversation_id, "sampleImageMsg", param)
+            except (DingTalkError, OSError) as exc:
+                log.warning("sending the picture %s to DingTalk failed: %s", image.path, exc)
+                with i18n.using(self.locale):
+                    said = i18n.t("I couldn't show the picture here; it is saved at {path}.", path=image.path)
+                await self._post_markdown(conversation_id, Message(said))
 
     async def _post_markdown(self, conversation_id: str, message: Message) -> None:
         title = (message.card.title if message.card else message.text.split("\n", 1)[0])[:60] or "Postroom"
@@ -313,6 +334,7 @@ class DingTalkAdapter(Adapter):
         if reply is None:
             return
         expires = int(msg.session_webhook_expired_time or 0)
+        answered = False
         if msg.session_webhook and expires > self.clock() * 1000 + WEBHOOK_MARGIN_MS:
             try:
                 title = reply.text.split("\n", 1)[0][:60] or "Postroom"
@@ -320,10 +342,13 @@ class DingTalkAdapter(Adapter):
                     msg.session_webhook,
                     {"msgtype": "markdown", "markdown": {"title": title, "text": self.markdown(reply)}},
                 )
-                return
+                answered = True
             except (DingTalkError, OSError) as exc:
                 log.info("DingTalk session webhook failed (%s); replying through the robot API", exc)
-        await self._post_markdown(conversation.id, reply)
+        if not answered:
+            await self._post_markdown(conversation.id, reply)
+        # A session webhook takes no uploaded picture: pictures go through the robot API.
+        await self._post_images(conversation.id, reply)
 
     def on_card_click(self, data: dict[str, Any]) -> None:
         if not isinstance(data, dict):

@@ -99,12 +99,21 @@ class DingTalkApi:
 
         return await self._tokens.call(attempt)
 
-    async def oapi_call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """A call on the older oapi host (token in the query, errors in `errcode`)."""
+    async def oapi_call(
+        self,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        params: dict[str, str] | None = None,
+        files: dict[str, tuple[str, bytes, str]] | None = None,
+    ) -> dict[str, Any]:
+        """A call on the older oapi host (token in the query, errors in `errcode`): a JSON body, or a
+        multipart upload (`files`)."""
 
         async def attempt(token: str) -> dict[str, Any]:
+            sent: dict[str, Any] = {"files": files} if files is not None else {"json": body}
             response = await self._send(
-                "POST", self.oapi + path, path, params={"access_token": token}, json=body
+                "POST", self.oapi + path, path, params={**(params or {}), "access_token": token}, **sent
             )
             if response.status_code >= 400:
                 raise DingTalkError(path, response.status_code, self._clean(response.text))
@@ -184,6 +193,17 @@ class DingTalkApi:
                 "cardUpdateOptions": {"updateCardDataByKey": True},
             },
         )
+
+    async def upload_image(self, filename: str, data: bytes) -> str:
+        """The media id of a picture uploaded with oapi's media/upload (`type=image`, multipart field
+        `media`); robot image messages (`sampleImageMsg`) take it as their `photoURL`."""
+        got = await self.oapi_call(
+            "/media/upload", params={"type": "image"}, files={"media": (filename, data, "image/png")}
+        )
+        media_id = str(got.get("media_id") or "")
+        if not media_id:
+            raise DingTalkError("/media/upload", 200, "no media_id in the answer")
+        return media_id
 
     async def user(self, user_id: str) -> dict[str, Any]:
         data = await self.oapi_call("/topapi/v2/user/get", {"userid": user_id, "language": "zh_CN"})

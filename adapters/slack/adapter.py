@@ -37,7 +37,7 @@ from bot.adapter import Adapter, CoreHandle
 from bot.background import Background
 from bot.config import SlackSettings
 from bot.errors import UserError, error_message
-from bot.events import Action, Actor, Command, Conversation, Message, MessageRef
+from bot.events import Action, Actor, Command, Conversation, Image, Message, MessageRef
 from bot.webhooks import Refused, parse_timestamp, read_capped, replay
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,30 @@ class SlackAdapter(Adapter):
             self._note(f"I couldn't post to <#{conversation.id}> (Slack said: {code}).{hint}")
             raise
         channel, ts = str(resp.get("channel") or conversation.id), str(resp["ts"])
+        for image in message.images:  # in the channel, right under the message (a thread would hide it)
+            await self._upload(channel, image)
         return MessageRef(PLATFORM, channel, ts, (("channel", channel), ("ts", ts)))
+
+    async def _upload(self, channel: str, image: Image) -> bool:
+        """A picture beside a message: files upload v2 (files.getUploadURLExternal, the upload,
+        files.completeUploadExternal), shared in `channel`. Needs the files:write scope."""
+        try:
+            await self.client.files_upload_v2(
+                channel=channel,
+                file=image.path,
+                filename=image.path.rsplit("/", 1)[-1],
+                title=image.title,
+                alt_txt=image.title,
+            )
+            return True
+        except Exception as exc:
+            code = _error_code(exc)
+            hint = " Add the files:write scope and reinstall the app." if code == "missing_scope" else ""
+            log.warning("uploading %s to Slack failed: %s", image.path, code)
+            self._note(
+                f"I couldn't show the picture here (Slack said: {code}); it is saved at {image.path}.{hint}"
+            )
+            return False
 
     async def update(self, ref: MessageRef, message: Message) -> None:
         """Replace a message; at most one chat.update per message every `update_interval_s`.
@@ -294,11 +317,25 @@ class SlackAdapter(Adapter):
                 await ack()
             else:
                 await ack(response_type="ephemeral", **self._with_notes(reply, notes))
+                if reply.images:
+                    self._spawn(self._pictures(user_id, channel, reply, respond))
             return
         await ack(text=WORKING, response_type="ephemeral")
         reply = await task
         if reply is not None:
             await self._tell(user_id, channel, self._with_notes(reply, notes), respond)
+            if reply.images:
+                await self._pictures(user_id, channel, reply, respond)
+
+    async def _pictures(self, user_id: str, channel: str, reply: Message, respond: Any) -> None:
+        """A command answer's pictures, uploaded where the command was typed (a file can't be ephemeral);
+        if that fails, the person is told where the file is."""
+        notes: list[str] = []
+        _notes.set(notes)
+        for image in reply.images:
+            await self._upload(channel or user_id, image)
+        if notes:
+            await self._tell(user_id, channel, {"text": "\n".join(notes)}, respond)
 
     async def _on_action(self, ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Any) -> None:
         await ack()

@@ -15,7 +15,13 @@ from bot.commandline import Spec
 from bot.commands import all_specs
 
 EXAMPLE_URL = "https://postroom.example.com"
-BOT_SCOPES = ["commands", "chat:write", "users:read", "users:read.email"]
+BOT_SCOPES = [
+    "commands",
+    "chat:write",
+    "files:write",
+    "users:read",
+    "users:read.email",
+]  # files:write: report charts
 BOT_EVENTS = ["team_join", "user_change"]
 
 

@@ -8,12 +8,14 @@ event a `PersonEvent`. Replies are app messages; approvals are `button_interacti
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
 import uuid
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from xml.etree.ElementTree import Element, ParseError
 
@@ -142,6 +144,7 @@ class WeComAdapter(Adapter):
                 PLATFORM, conversation.id, str(data.get("msgid") or task_id), tuple(sorted(extra.items()))
             )
         data = await self.api.send(conversation.id, "text", {"content": self.render_text(message)})
+        await self._send_images(conversation.id, message)
         return MessageRef(
             PLATFORM, conversation.id, str(data.get("msgid") or uuid.uuid4().hex), (("kind", "text"),)
         )
@@ -312,6 +315,20 @@ class WeComAdapter(Adapter):
         reply = await self.core.handle_command(command)
         if reply is not None:
             await self.api.send(user, "text", {"content": self.render_text(reply)})
+            await self._send_images(user, reply)
+
+    async def _send_images(self, touser: str, message: Message) -> None:
+        """Each picture as an image message: uploaded as temporary media, sent by its media id."""
+        for image in message.images:
+            try:
+                data = await asyncio.to_thread(Path(image.path).read_bytes)
+                media_id = await self.api.upload_image(Path(image.path).name, data)
+                await self.api.send(touser, "image", {"media_id": media_id})
+            except (WeComError, OSError) as exc:
+                log.warning("sending the picture %s to WeCom failed: %s", image.path, exc)
+                with i18n.using(self.locale):
+                    said = i18n.t("I couldn't show the picture here; it is saved at {path}.", path=image.path)
+                await self.api.send(touser, "text", {"content": said})
 
     async def _on_card_click(self, msg: dict[str, str]) -> None:
         assert self.core is not None

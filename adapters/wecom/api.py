@@ -63,12 +63,18 @@ class WeComApi:
         return str(data["access_token"]), float(data.get("expires_in", 7200))
 
     async def _send(
-        self, method: str, path: str, *, params: dict[str, Any], json: dict[str, Any] | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any],
+        json: dict[str, Any] | None = None,
+        files: dict[str, tuple[str, bytes, str]] | None = None,
     ) -> dict[str, Any]:
         """One HTTP exchange. Errors name the path and the status only: the URL's query carries the
         corp secret or the access token, and whatever is raised ends up in the logs."""
         try:
-            response = await self._http.request(method, path, params=params, json=json)
+            response = await self._http.request(method, path, params=params, json=json, files=files)
         except httpx.HTTPError as exc:
             raise WeComError(path, -1, f"no answer ({type(exc).__name__})") from None
         if response.status_code >= 400:
@@ -86,11 +92,14 @@ class WeComApi:
         *,
         json: dict[str, Any] | None = None,
         params: dict[str, Any] | None = None,
+        files: dict[str, tuple[str, bytes, str]] | None = None,
     ) -> dict[str, Any]:
         """One API call; an invalid or expired token is fetched again and the call retried once."""
 
         async def attempt(token: str) -> dict[str, Any]:
-            data = await self._send(method, path, params={**(params or {}), "access_token": token}, json=json)
+            data = await self._send(
+                method, path, params={**(params or {}), "access_token": token}, json=json, files=files
+            )
             code = int(data.get("errcode", 0))
             if code != 0:
                 error = WeComError(path, code, str(data.get("errmsg", "")))
@@ -103,6 +112,20 @@ class WeComApi:
     async def send(self, touser: str, msgtype: str, body: dict[str, Any]) -> dict[str, Any]:
         payload = {"touser": touser, "msgtype": msgtype, "agentid": self.agent_id, msgtype: body}
         return await self.call("POST", "/cgi-bin/message/send", json=payload)
+
+    async def upload_image(self, filename: str, data: bytes) -> str:
+        """The media id (valid three days) of a picture uploaded as temporary media: POST
+        /cgi-bin/media/upload?type=image, multipart field `media` (PNG or JPG, at most 10 MB)."""
+        got = await self.call(
+            "POST",
+            "/cgi-bin/media/upload",
+            params={"type": "image"},
+            files={"media": (filename, data, "image/png")},
+        )
+        media_id = str(got.get("media_id") or "")
+        if not media_id:
+            raise WeComError("/cgi-bin/media/upload", 0, "no media_id in the answer")
+        return media_id
 
     async def update_template_card(
         self, userids: list[str], response_code: str, template_card: dict[str, Any]

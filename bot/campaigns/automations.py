@@ -40,7 +40,7 @@ from bot.campaigns.audience import Target, audience_filter, resolve_target
 from bot.campaigns.cards import CampaignCards
 from bot.campaigns.engagement import ENGAGED, events_of
 from bot.campaigns.notes import note, show, state_name
-from bot.campaigns.report import Figures, build_report
+from bot.campaigns.report import report_message
 from bot.campaigns.runs import CampaignRuns
 from bot.campaigns.templates import CompiledTemplate, load_source
 from bot.campaigns.triggers import Trigger, bound_text, delay_text, parse_cap, parse_delay, parse_trigger
@@ -359,8 +359,9 @@ class Automations:
         gap = await self.runs.resume(shown.campaign, actor=actor, via=via)
         return await self.get(name), gap
 
-    async def report(self, name: str) -> Figures:
-        return await build_report(self.ctx, (await self.get(name)).campaign)
+    async def report(self, name: str) -> Message:
+        """The automation's report: figures, chart and report page, as for a campaign."""
+        return await report_message(self.ctx, (await self.get(name)).campaign)
 
     # -- what triggers do -------------------------------------------------------------------------
     async def scan(self) -> dict[str, int]:

@@ -1,17 +1,29 @@
-"""`/campaign report`: what happened to a campaign, as figures, rates and a chart (PNG).
+"""`/campaign report` and `/automation report`: what happened to a campaign, as figures with their
+denominators, and a chart (PNG) drawn to be read.
 
-Rates are over messages delivered to the mail server (sent less later hard bounces). Opens are
-flagged against the common 20% benchmark and clicks against 3%; opens are inflated by
-mail-privacy proxies (Apple Mail Privacy Protection fetches every image), so clicks are the
-engagement figure to trust.
+Rates are over messages delivered to the mail server (sent less later hard bounces); bounce shares are
+over attempts. The common benchmarks (20% opens, 3% click-through) are compared only once the figures
+mean something: at least `MIN_DELIVERED` delivered and `SETTLE` after the send ended (most opens and
+clicks come in the first two days); before that the report says when. Opens are inflated by
+mail-privacy proxies (Apple Mail Privacy Protection fetches every image), so clicks are the engagement
+figure to trust.
+
+The chart is two steps apart: `chart_data` (pure: figures in, series and axes out, testable) and
+`draw` (matplotlib). Counts are cumulative over a time axis from the send's start to now (at least
+`MIN_SPAN`), so a four-recipient send that took 0.2 s reads as "all four went out at once", not as a
+spike; every series has its own colour, marker and line style and is listed in the legend with its
+total, zero included; an empty panel says why it is empty.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any, BinaryIO, cast
 
 from sqlalchemy import distinct, func, select
 
@@ -19,11 +31,36 @@ from bot.campaigns import service
 from bot.campaigns.notes import state_name, status_name
 from bot.context import Context
 from bot.db.models import Campaign, CampaignEvent, Delivery, Suppression
+from bot.events import Card, Image, Message
 from bot.i18n import t
+from bot.links import UnsetSecret
+from bot.mail.dsn import STATUS_RE
 
 OPEN_BENCHMARK = 0.20
 CLICK_BENCHMARK = 0.03
 COMPLAINT_LIMIT = 0.003  # the bulk-sender rules' spam-rate ceiling
+MIN_DELIVERED = 100  # below this a rate moves by whole percents per person: no benchmark verdict
+SETTLE = timedelta(hours=48)  # most opens and clicks arrive within two days of a send
+MIN_SPAN = timedelta(seconds=60)  # the chart's time axis is never shorter than this
+LINKS_SHOWN = 10
+MAX_MARKS = 40  # markers per series on the chart
+PREVIOUS_SHOWN = 3
+FONT = Path(__file__).resolve().parents[1] / "fonts" / "PostroomCJKSC-Regular.otf"
+FONT_FAMILY = "Postroom CJK SC"  # bot/fonts/README.md: a subset of Noto Sans CJK SC, SIL OFL 1.1
+
+
+@dataclass
+class Earlier:
+    """A previous campaign to the same audience, for comparison."""
+
+    name: str
+    started_at: datetime
+    delivered: int
+    opens: int
+    clicks: int
+
+    def rate(self, n: int) -> float:
+        return n / self.delivered if self.delivered else 0.0
 
 
 @dataclass
@@ -41,93 +78,129 @@ class Figures:
     clicks: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
     tracking: bool = True
+    automation: bool = False
+    audience: str = ""
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    now: datetime | None = None
     sent_times: list[datetime] = field(default_factory=list)
     open_times: list[datetime] = field(default_factory=list)
     click_times: list[datetime] = field(default_factory=list)
+    bounce_times: list[datetime] = field(default_factory=list)  # hard and soft, first per recipient
+    unsubscribe_times: list[datetime] = field(default_factory=list)
+    complaint_times: list[datetime] = field(default_factory=list)
+    bounce_classes: dict[tuple[str, str], int] = field(default_factory=dict)  # (hard|soft, class) -> n
+    links: list[tuple[str, int, int]] = field(default_factory=list)  # (url, people, clicks)
+    earlier: list[Earlier] = field(default_factory=list)
+
+    @property
+    def attempted(self) -> int:
+        return self.sent + self.statuses.get("bounced", 0)
 
     def rate(self, n: int) -> float:
         return n / self.delivered if self.delivered else 0.0
 
-    def text(self) -> str:
-        def pct(x: float) -> str:
-            return f"{x:.1%}"
+    def ended_at(self) -> datetime | None:
+        """When the send ended (an automation: when it first sent; its figures settle from there)."""
+        if self.automation:
+            return self.sent_times[0] if self.sent_times else None
+        if self.state == "sending" or self.state == "paused":
+            return None
+        return self.finished_at or (self.sent_times[-1] if self.sent_times else None)
 
-        attempted = self.sent + self.statuses.get("bounced", 0)
+    def benchmark_wait(self) -> str | None:
+        """Why the figures can't be compared with the benchmarks yet, or None when they can."""
+        ended = self.ended_at()
+        now = self.now or datetime.now(UTC)
+        reasons = []
+        if self.delivered < MIN_DELIVERED:
+            reasons.append(
+                t(
+                    "{delivered} delivered is fewer than {minimum}, so one person moves a rate by whole "
+                    "percents",
+                    delivered=self.delivered,
+                    minimum=MIN_DELIVERED,
+                )
+            )
+        if ended is None:
+            reasons.append(t("the send has not ended; compare 48 h after it ends"))
+        elif now - ended < SETTLE:
+            reasons.append(
+                t(
+                    "most opens and clicks come in the first 48 h: compare after {when} UTC",
+                    when=f"{ended + SETTLE:%Y-%m-%d %H:%M}",
+                )
+            )
+        return "; ".join(reasons) if reasons else None
+
+    def text(self) -> str:
         lines = [
             t(
                 "Report for “{name}” ({state}): {count} recipients.",
                 name=self.campaign,
                 state=state_name(self.state),
                 count=self.recipients,
-            ),
+            )
+        ]
+        attempted = self.attempted
+        lines.append(
             "  "
             + t(
-                "sent {sent}, delivered {delivered} ({share} of attempts)",
+                "sent {sent}, delivered {delivered} of {attempted} attempts ({share})",
                 sent=self.sent,
                 delivered=self.delivered,
-                share=pct(self.delivered / attempted) if attempted else "—",
-            ),
-            "  "
-            + t(
-                "hard bounces {hard} ({share}), soft bounces {soft}",
-                hard=self.hard_bounces,
-                share=pct(self.hard_bounces / attempted) if attempted else "—",
-                soft=self.soft_bounces,
-            ),
-            "  "
-            + t(
-                "unsubscribes {unsubscribes} ({unsubscribe_rate}), complaints {complaints} ({complaint_rate})",
-                unsubscribes=self.unsubscribes,
-                unsubscribe_rate=pct(self.rate(self.unsubscribes)),
-                complaints=self.complaints,
-                complaint_rate=pct(self.rate(self.complaints)),
+                attempted=attempted,
+                share=_pct(self.delivered, attempted),
             )
-            + (
-                "  " + t("⚠ above the 0.3% spam-rate ceiling")
-                if self.rate(self.complaints) > COMPLAINT_LIMIT
-                else ""
-            ),
-        ]
+        )
+        lines.append(
+            "  "
+            + t(
+                "hard bounces {hard} of {attempted} attempts ({share}), soft bounces {soft}",
+                hard=self.hard_bounces,
+                attempted=attempted,
+                share=_pct(self.hard_bounces, attempted),
+                soft=self.soft_bounces,
+            )
+        )
+        if self.bounce_classes:
+            lines.append("  " + t("bounces by class: {classes}", classes=self._classes()))
+        complaints = "  " + t(
+            "unsubscribes {unsubscribes} of {delivered} delivered ({unsubscribe_rate}), complaints "
+            "{complaints} ({complaint_rate})",
+            unsubscribes=self.unsubscribes,
+            delivered=self.delivered,
+            unsubscribe_rate=_pct(self.unsubscribes, self.delivered),
+            complaints=self.complaints,
+            complaint_rate=_pct(self.complaints, self.delivered),
+        )
+        if self.rate(self.complaints) > COMPLAINT_LIMIT:
+            complaints += "  " + t("⚠ above the 0.3% spam-rate ceiling")
+        lines.append(complaints)
         if self.tracking:
-            o, c = self.rate(self.opens), self.rate(self.clicks)
-            if o > OPEN_BENCHMARK:
-                lines.append(
-                    "  "
-                    + t(
-                        "opens {opens} ({rate}) — above the common 20% benchmark",
-                        opens=self.opens,
-                        rate=pct(o),
-                    )
+            lines.append(
+                "  "
+                + t(
+                    "opens {opens} of {delivered} delivered ({open_rate}); clicks {clicks} of {delivered} "
+                    "delivered ({click_rate} click-through)",
+                    opens=self.opens,
+                    clicks=self.clicks,
+                    delivered=self.delivered,
+                    open_rate=_pct(self.opens, self.delivered),
+                    click_rate=_pct(self.clicks, self.delivered),
                 )
-            else:
-                lines.append(
-                    "  "
-                    + t(
-                        "opens {opens} ({rate}) — below the common 20% benchmark",
-                        opens=self.opens,
-                        rate=pct(o),
-                    )
-                )
-            values = {"clicks": self.clicks, "rate": pct(c)}
+            )
             if self.opens:
-                values["share"] = f"{self.clicks / self.opens:.0%}"
-                if c > CLICK_BENCHMARK:
-                    clicks = t(
-                        "clicks {clicks} ({rate} click-through) — above the common 3% benchmark; {share} of "
-                        "openers clicked",
-                        **values,
+                lines.append(
+                    "  "
+                    + t(
+                        "{clicks} of {opens} openers clicked ({share})",
+                        clicks=self.clicks,
+                        opens=self.opens,
+                        share=_pct(self.clicks, self.opens),
                     )
-                else:
-                    clicks = t(
-                        "clicks {clicks} ({rate} click-through) — below the common 3% benchmark; {share} of "
-                        "openers clicked",
-                        **values,
-                    )
-            elif c > CLICK_BENCHMARK:
-                clicks = t("clicks {clicks} ({rate} click-through) — above the common 3% benchmark", **values)
-            else:
-                clicks = t("clicks {clicks} ({rate} click-through) — below the common 3% benchmark", **values)
-            lines.append("  " + clicks)
+                )
+            lines.append("  " + self._benchmarks())
             lines.append(
                 "  "
                 + t(
@@ -135,8 +208,41 @@ class Figures:
                     "loads every image), so clicks are the engagement figure to trust."
                 )
             )
+            if self.links:
+                lines.append("  " + t("clicks per link:"))
+                lines += [
+                    "    " + t("{url} — {people} people, {clicks} clicks", url=url, people=people, clicks=n)
+                    for url, people, n in self.links
+                ]
         else:
             lines.append("  " + t("opens and clicks: not tracked for this campaign."))
+        days = self._by_day()
+        if days:
+            lines.append("  " + t("unsubscribes and complaints by day:"))
+            lines += [
+                "    "
+                + t(
+                    "{day}: {unsubscribes} unsubscribes, {complaints} complaints",
+                    day=f"{day:%Y-%m-%d}",
+                    unsubscribes=u,
+                    complaints=c,
+                )
+                for day, (u, c) in days
+            ]
+        if self.earlier:
+            lines.append("  " + t("the last campaigns to {audience}:", audience=self.audience))
+            for e in self.earlier:
+                lines.append(
+                    "    "
+                    + t(
+                        "{name} ({day}): {delivered} delivered, opens {open_rate}, clicks {click_rate}",
+                        name=e.name,
+                        day=f"{e.started_at:%Y-%m-%d}",
+                        delivered=e.delivered,
+                        open_rate=_pct(e.opens, e.delivered),
+                        click_rate=_pct(e.clicks, e.delivered),
+                    )
+                )
         others = {k: v for k, v in self.statuses.items() if k not in ("sent", "bounced")}
         if others:
             lines.append(
@@ -148,22 +254,86 @@ class Figures:
             )
         return "\n".join(lines)
 
+    def _benchmarks(self) -> str:
+        wait = self.benchmark_wait()
+        if wait is not None:
+            return t("Benchmarks (20% opens, 3% clicks) not compared yet: {why}.", why=wait)
+        o, c = self.rate(self.opens), self.rate(self.clicks)
+        opens = (
+            t("opens {rate} — above the common 20% benchmark", rate=f"{o:.1%}")
+            if o > OPEN_BENCHMARK
+            else t("opens {rate} — below the common 20% benchmark", rate=f"{o:.1%}")
+        )
+        clicks = (
+            t("clicks {rate} — above the common 3% benchmark", rate=f"{c:.1%}")
+            if c > CLICK_BENCHMARK
+            else t("clicks {rate} — below the common 3% benchmark", rate=f"{c:.1%}")
+        )
+        return t("Benchmarks: {opens}; {clicks}.", opens=opens, clicks=clicks)
+
+    def _classes(self) -> str:
+        parts = []
+        for kind in ("hard", "soft"):
+            found = sorted(
+                ((k, n) for (h, k), n in self.bounce_classes.items() if h == kind), key=lambda x: -x[1]
+            )
+            if found:
+                label = t("hard") if kind == "hard" else t("soft")
+                parts.append(f"{label}: " + ", ".join(f"{bounce_class_name(k)} {n}" for k, n in found))
+        return "; ".join(parts)
+
+    def _by_day(self) -> list[tuple[date, tuple[int, int]]]:
+        u = Counter(x.date() for x in self.unsubscribe_times)
+        c = Counter(x.date() for x in self.complaint_times)
+        return [(d, (u[d], c[d])) for d in sorted(set(u) | set(c))]
+
+
+def _pct(n: int, of: int) -> str:
+    return f"{n / of:.1%}" if of else "—"
+
+
+def bounce_class(kind: str, detail: str | None) -> str:
+    """The class of a bounce from its enhanced status code (RFC 3463): address, mailbox, routing,
+    policy, or other."""
+    m = STATUS_RE.search(detail or "")
+    if m is None:
+        return "other"
+    return {"1": "address", "2": "mailbox", "4": "routing", "5": "protocol", "7": "policy"}.get(
+        m.group(2), "other"
+    )
+
+
+def bounce_class_name(klass: str) -> str:
+    return {
+        "address": t("unknown or bad address"),
+        "mailbox": t("mailbox full or disabled"),
+        "routing": t("routing or network"),
+        "protocol": t("mail protocol"),
+        "policy": t("refused by policy (spam, blocking, authentication)"),
+    }.get(klass, t("other"))
+
 
 async def build_report(ctx: Context, campaign: Campaign) -> Figures:
     f = Figures(
-        campaign=campaign.name,
+        campaign=campaign.name.removeprefix(service.AUTOMATION_PREFIX),
         state=campaign.state,
         tracking=bool(ctx.settings.campaigns.tracking and campaign.tracking),
+        automation=campaign.kind == "automation",
+        audience=campaign.audience_name,
+        started_at=campaign.started_at,
+        finished_at=campaign.finished_at,
+        now=ctx.now(),
     )
+    cid = campaign.id
     async with ctx.sessions() as session:
-        f.statuses = await service.counts(session, campaign.id)
+        f.statuses = await service.counts(session, cid)
         f.recipients = sum(f.statuses.values())
         f.sent = f.statuses.get("sent", 0)
         events = dict(
             (
                 await session.execute(
                     select(CampaignEvent.kind, func.count(distinct(CampaignEvent.delivery_id)))
-                    .where(CampaignEvent.campaign_id == campaign.id)
+                    .where(CampaignEvent.campaign_id == cid)
                     .group_by(CampaignEvent.kind)
                 )
             ).all()
@@ -175,30 +345,154 @@ async def build_report(ctx: Context, campaign: Campaign) -> Figures:
         f.opens = events.get("open", 0)
         f.clicks = events.get("click", 0)
         f.delivered = max(0, f.sent - late_hard)
-        f.unsubscribes = (
+        unsubscribed = (
             await session.execute(
-                select(func.count())
-                .select_from(Suppression)
-                .where(Suppression.campaign_id == campaign.id, Suppression.reason == "unsubscribed")
+                select(Suppression.created_at)
+                .where(Suppression.campaign_id == cid, Suppression.reason == "unsubscribed")
+                .order_by(Suppression.created_at)
             )
-        ).scalar_one()
+        ).scalars()
+        f.unsubscribe_times = list(unsubscribed)
+        f.unsubscribes = len(f.unsubscribe_times)
         f.sent_times = list(
             (
                 await session.execute(
                     select(Delivery.sent_at)
-                    .where(Delivery.campaign_id == campaign.id, Delivery.status == "sent")
+                    .where(
+                        Delivery.campaign_id == cid, Delivery.status == "sent", Delivery.sent_at.is_not(None)
+                    )
                     .order_by(Delivery.sent_at)
                 )
             ).scalars()
         )
-        for kind, target in (("open", f.open_times), ("click", f.click_times)):
+        firsts: dict[str, list[datetime]] = {}
+        for kind in ("open", "click", "complaint", "hard_bounce", "soft_bounce"):
             first = (
                 select(func.min(CampaignEvent.at))
-                .where(CampaignEvent.campaign_id == campaign.id, CampaignEvent.kind == kind)
+                .where(CampaignEvent.campaign_id == cid, CampaignEvent.kind == kind)
                 .group_by(CampaignEvent.delivery_id)
             )
-            target.extend(sorted((await session.execute(first)).scalars()))
+            firsts[kind] = sorted((await session.execute(first)).scalars())
+        f.open_times, f.click_times, f.complaint_times = firsts["open"], firsts["click"], firsts["complaint"]
+        refused = (
+            await session.execute(
+                select(Delivery.claimed_at, Delivery.last_error).where(
+                    Delivery.campaign_id == cid, Delivery.status == "bounced"
+                )
+            )
+        ).all()
+        f.bounce_times = sorted(
+            [at for at, _ in refused if at is not None] + firsts["hard_bounce"] + firsts["soft_bounce"]
+        )
+        classes: Counter[tuple[str, str]] = Counter(("hard", bounce_class("hard", err)) for _, err in refused)
+        for kind, detail in (
+            await session.execute(
+                select(CampaignEvent.kind, CampaignEvent.detail).where(
+                    CampaignEvent.campaign_id == cid, CampaignEvent.kind.in_(("hard_bounce", "soft_bounce"))
+                )
+            )
+        ).all():
+            classes[(kind.removesuffix("_bounce"), bounce_class(kind, detail))] += 1
+        f.bounce_classes = dict(classes)
+        f.links = [
+            (str(url), int(people), int(n))
+            for url, people, n in (
+                await session.execute(
+                    select(
+                        CampaignEvent.detail, func.count(distinct(CampaignEvent.delivery_id)), func.count()
+                    )
+                    .where(CampaignEvent.campaign_id == cid, CampaignEvent.kind == "click")
+                    .group_by(CampaignEvent.detail)
+                    .order_by(func.count(distinct(CampaignEvent.delivery_id)).desc(), CampaignEvent.detail)
+                    .limit(LINKS_SHOWN)
+                )
+            ).all()
+            if url
+        ]
+        if campaign.started_at is not None and not f.automation:
+            earlier = (
+                await session.execute(
+                    select(Campaign)
+                    .where(
+                        Campaign.audience_kind == campaign.audience_kind,
+                        Campaign.audience_name == campaign.audience_name,
+                        Campaign.kind == "campaign",
+                        Campaign.id != cid,
+                        Campaign.started_at.is_not(None),
+                        Campaign.started_at < campaign.started_at,
+                    )
+                    .order_by(Campaign.started_at.desc())
+                    .limit(PREVIOUS_SHOWN)
+                )
+            ).scalars()
+            for other in earlier:
+                sent = (await service.counts(session, other.id)).get("sent", 0)
+                got = dict(
+                    (
+                        await session.execute(
+                            select(CampaignEvent.kind, func.count(distinct(CampaignEvent.delivery_id)))
+                            .where(CampaignEvent.campaign_id == other.id)
+                            .group_by(CampaignEvent.kind)
+                        )
+                    ).all()
+                )
+                assert other.started_at is not None
+                f.earlier.append(
+                    Earlier(
+                        other.name,
+                        other.started_at,
+                        max(0, sent - got.get("hard_bounce", 0)),
+                        got.get("open", 0),
+                        got.get("click", 0),
+                    )
+                )
     return f
+
+
+# -- the chart's data: pure ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Series:
+    key: str  # sent | bounced | unsubscribed | complained | opened | clicked
+    label: str  # with its total, for the legend
+    total: int
+    xs: tuple[float, ...]  # a cumulative step line, from 0 to the axis' end
+    ys: tuple[int, ...]
+    marks: tuple[tuple[float, int], ...]  # one marker where each count rose
+    colour: str
+    marker: str
+    linestyle: str
+    linewidth: float
+    zorder: int
+
+
+@dataclass(frozen=True)
+class Panel:
+    title: str
+    ylabel: str
+    series: tuple[Series, ...]
+    y_ticks: tuple[int, ...]  # whole numbers: counts of people
+    y_top: float
+    empty: str | None = None  # a sentence instead of the plot, when there is nothing to draw
+    note: str | None = None  # a sentence under the plot (e.g. "every message bounced")
+
+
+@dataclass(frozen=True)
+class ChartData:
+    title: str
+    x_label: str
+    unit: str  # seconds | minutes | hours | days
+    x_max: float
+    panels: tuple[Panel, ...]
+
+
+STYLE = {  # colour-blind-safe (Okabe–Ito), and told apart by marker and line style too
+    "sent": ("#0072B2", "o", "-", 2.0, 3),
+    "bounced": ("#D55E00", "x", "--", 1.8, 4),
+    "unsubscribed": ("#CC79A7", "v", "-.", 1.8, 5),
+    "complained": ("#000000", "D", ":", 1.8, 6),
+    "opened": ("#009E73", "o", "-", 3.0, 3),
+    "clicked": ("#E69F00", "s", "--", 1.8, 4),  # drawn over opened, dashed: both stay visible
+}
 
 
 def _unit(span_s: float) -> tuple[float, str]:
@@ -211,55 +505,200 @@ def _unit(span_s: float) -> tuple[float, str]:
     return 86400.0, "days"
 
 
-def _cumulative(ax, times: list[datetime], t0: datetime, scale: float, label: str, colour: str) -> None:
-    xs = [0.0] + [max(0.0, (t - t0).total_seconds() / scale) for t in times]
-    ys = [0] + list(range(1, len(times) + 1))
-    ax.step(xs, ys, where="post", label=f"{label} ({len(times)})", color=colour)
+def _unit_label(unit: str, t0: datetime) -> str:
+    when = f"{t0:%Y-%m-%d %H:%M:%S}"
+    return {
+        "seconds": t("seconds since the send started ({when} UTC)", when=when),
+        "minutes": t("minutes since the send started ({when} UTC)", when=when),
+        "hours": t("hours since the send started ({when} UTC)", when=when),
+        "days": t("days since the send started ({when} UTC)", when=when),
+    }[unit]
 
 
-def _draw(path: Path, f: Figures, started: datetime | None) -> None:
+def integer_ticks(top: int, most: int = 6) -> tuple[int, ...]:
+    """Whole-number ticks from 0 to at least `top`, at most `most` of them, at a 1-2-5 step."""
+    top = max(1, top)
+    step = 1
+    for magnitude in (10**e for e in range(0, 10)):
+        for k in (1, 2, 5):
+            step = k * magnitude
+            if math.ceil(top / step) + 1 <= most:
+                last = step * math.ceil(top / step)
+                return tuple(range(0, last + 1, step))
+    return (0, top)
+
+
+def _series(key: str, label: str, times: list[datetime], t0: datetime, scale: float, x_max: float) -> Series:
+    points = [min(x_max, max(0.0, (x - t0).total_seconds() / scale)) for x in sorted(times)]
+    ys = tuple(range(1, len(points) + 1))
+    colour, marker, linestyle, width, z = STYLE[key]
+    return Series(
+        key=key,
+        label=f"{label} ({len(points)})",
+        total=len(points),
+        xs=(0.0, *points, x_max),
+        ys=(0, *ys, len(points)),
+        marks=_marks(points, ys),
+        colour=colour,
+        marker=marker,
+        linestyle=linestyle,
+        linewidth=width,
+        zorder=z,
+    )
+
+
+def _marks(points: list[float], ys: tuple[int, ...], most: int = MAX_MARKS) -> tuple[tuple[float, int], ...]:
+    """A marker where each count rose; for a large send, `most` of them spread evenly (a marker per
+    recipient would be a smear, and slow to draw)."""
+    pairs = list(zip(points, ys, strict=True))
+    if len(pairs) <= most:
+        return tuple(pairs)
+    step = len(pairs) / most
+    return tuple(pairs[min(len(pairs) - 1, int(i * step))] for i in range(most)) + (pairs[-1],)
+
+
+def _panel(title: str, ylabel: str, series: tuple[Series, ...], **extra: str | None) -> Panel:
+    ticks = integer_ticks(max((s.total for s in series), default=1))
+    return Panel(title, ylabel, series, ticks, ticks[-1] * 1.08 + 0.1, **extra)
+
+
+def chart_data(f: Figures) -> ChartData:
+    """What the chart shows, in the current language: axes, series and empty states."""
+    now = f.now or datetime.now(UTC)
+    every = (
+        f.sent_times + f.bounce_times + f.unsubscribe_times + f.complaint_times + f.open_times + f.click_times
+    )
+    t0 = min([x for x in (f.started_at, *every) if x is not None], default=now)
+    end = max([now, *every])
+    span = max((end - t0).total_seconds(), MIN_SPAN.total_seconds())
+    scale, unit = _unit(span)
+    x_max = span / scale
+    title = t("“{name}”: {count} recipients", name=f.campaign, count=f.recipients)
+
+    def series(key: str, label: str, times: list[datetime]) -> Series:
+        return _series(key, label, times, t0, scale, x_max)
+
+    if f.attempted == 0:
+        words = (
+            t("Sending has started; nothing has gone out yet.")
+            if f.state in ("sending", "paused")
+            else t("Nothing was sent.")
+        )
+        delivery = _panel(t("Delivery"), t("recipients (cumulative)"), (), empty=words)
+    else:
+        delivery = _panel(
+            t("Delivery"),
+            t("recipients (cumulative)"),
+            (
+                series("sent", t("sent"), f.sent_times),
+                series("bounced", t("bounced"), f.bounce_times),
+                series("unsubscribed", t("unsubscribed"), f.unsubscribe_times),
+                series("complained", t("complained"), f.complaint_times),
+            ),
+            note=t("Every message bounced: nothing was delivered.") if f.delivered == 0 else None,
+        )
+    if not f.tracking:
+        engagement = _panel(
+            t("Engagement"), t("recipients (cumulative)"), (), empty=t("Opens and clicks are not tracked.")
+        )
+    elif f.delivered == 0:
+        engagement = _panel(
+            t("Engagement"),
+            t("recipients (cumulative)"),
+            (),
+            empty=t("Nothing was delivered, so nothing could be opened or clicked.")
+            if f.attempted
+            else t("Nothing was delivered yet."),
+        )
+    else:
+        engagement = _panel(
+            t("Engagement"),
+            t("recipients (cumulative)"),
+            (series("opened", t("opened"), f.open_times), series("clicked", t("clicked"), f.click_times)),
+            note=t("No opens or clicks recorded yet.") if not (f.open_times or f.click_times) else None,
+        )
+    return ChartData(title, _unit_label(unit, t0), unit, x_max, (delivery, engagement))
+
+
+# -- drawing ------------------------------------------------------------------------------------
+def draw(data: ChartData, path: Path | BinaryIO) -> None:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
+    from matplotlib import font_manager
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FixedLocator
 
-    fig = Figure(figsize=(8, 6), dpi=100)
-    top, bottom = fig.subplots(2, 1)
-    t0 = started or (f.sent_times[0] if f.sent_times else None)
-    top.set_title(
-        f"“{f.campaign}”: send — {f.sent} sent, {f.hard_bounces} hard bounces, {f.soft_bounces} soft"
-    )
-    top.set_ylabel("messages sent")
-    if t0 is not None and f.sent_times:
-        scale, unit = _unit((f.sent_times[-1] - t0).total_seconds())
-        _cumulative(top, f.sent_times, t0, scale, "sent", "#2563eb")
-        top.set_xlabel(f"{unit} since the start ({t0:%Y-%m-%d %H:%M} UTC)")
-        top.set_ylim(bottom=0)
-    else:
-        top.text(0.5, 0.5, "nothing sent yet", ha="center", va="center", transform=top.transAxes)
-    bottom.set_title("engagement" + ("" if f.tracking else " (tracking off)"))
-    bottom.set_ylabel("recipients (cumulative)")
-    engaged = f.open_times + f.click_times
-    if t0 is not None and engaged:
-        scale, unit = _unit((max(engaged) - t0).total_seconds())
-        if f.open_times:
-            _cumulative(bottom, f.open_times, t0, scale, "opened", "#16a34a")
-        if f.click_times:
-            _cumulative(bottom, f.click_times, t0, scale, "clicked", "#dc2626")
-        bottom.set_xlabel(f"{unit} since the start")
-        bottom.set_ylim(bottom=0)
-        bottom.legend(loc="upper left")
-    else:
-        bottom.text(
-            0.5,
-            0.5,
-            "no opens or clicks recorded" if f.tracking else "not tracked",
-            ha="center",
-            va="center",
-            transform=bottom.transAxes,
-        )
-    fig.tight_layout()
-    fig.savefig(path, format="png")
+    families = ["DejaVu Sans"]
+    if FONT.exists():  # CJK glyphs (campaign names, the zh_CN labels) fall back to the bundled font
+        if FONT_FAMILY not in {f.name for f in font_manager.fontManager.ttflist}:
+            font_manager.fontManager.addfont(str(FONT))
+        families.append(FONT_FAMILY)
+    with matplotlib.rc_context({"font.family": families, "axes.unicode_minus": False}):
+        fig = Figure(figsize=(8, 6.4), dpi=100)
+        fig.suptitle(data.title, fontsize=13)
+        axes = fig.subplots(len(data.panels), 1)
+        for ax, panel in zip(axes, data.panels, strict=True):
+            ax.set_title(panel.title, fontsize=11, loc="left")
+            ax.set_xlim(-data.x_max * 0.015, data.x_max)  # a count that rose at 0 stays off the axis
+            ax.set_xlabel(data.x_label)
+            if panel.empty is not None:
+                ax.set_yticks([])
+                ax.text(0.5, 0.5, panel.empty, ha="center", va="center", transform=ax.transAxes, fontsize=11)
+                continue
+            ax.set_ylabel(panel.ylabel)
+            ax.set_ylim(-panel.y_top * 0.04, panel.y_top)  # a series at 0 stays visible above the axis
+            ax.yaxis.set_major_locator(FixedLocator(list(panel.y_ticks)))
+            ax.grid(axis="y", alpha=0.3)
+            for s in panel.series:
+                ax.step(
+                    s.xs,
+                    s.ys,
+                    where="post",
+                    color=s.colour,
+                    linestyle=s.linestyle,
+                    linewidth=s.linewidth,
+                    zorder=s.zorder,
+                    label=s.label,
+                    marker=None,
+                )
+                if s.marks:
+                    mx, my = zip(*s.marks, strict=True)
+                    ax.plot(mx, my, linestyle="none", marker=s.marker, color=s.colour, zorder=s.zorder + 0.5)
+            # The legend's entries show the line and the marker of each series.
+            handles = [
+                Line2D(
+                    [],
+                    [],
+                    color=s.colour,
+                    linestyle=cast(Any, s.linestyle),
+                    linewidth=s.linewidth,
+                    marker=s.marker,
+                )
+                for s in panel.series
+            ]
+            ax.legend(
+                handles,
+                [s.label for s in panel.series],
+                loc="upper left",
+                fontsize=9,
+                ncols=2,
+                framealpha=0.9,
+            )
+            if panel.note:
+                ax.text(
+                    0.98,
+                    0.08,
+                    panel.note,
+                    ha="right",
+                    va="bottom",
+                    transform=ax.transAxes,
+                    fontsize=10,
+                    bbox={"facecolor": "white", "edgecolor": "#999999", "alpha": 0.9},
+                )
+        fig.tight_layout()
+        fig.savefig(path, format="png")
 
 
 async def render_chart(ctx: Context, campaign: Campaign, figures: Figures) -> Path | None:
@@ -268,8 +707,44 @@ async def render_chart(ctx: Context, campaign: Campaign, figures: Figures) -> Pa
         import matplotlib  # noqa: F401
     except ImportError:
         return None
+    data = chart_data(figures)  # here, not in the thread: the labels are in the reader's language
     folder = Path(ctx.settings.campaigns.reports_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    path = (folder / f"{campaign.name}-{ctx.now():%Y%m%d-%H%M%S}.png").resolve()
-    await asyncio.get_running_loop().run_in_executor(None, _draw, path, figures, campaign.started_at)
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in campaign.name)[:80]
+    path = (folder / f"{safe}-{ctx.now():%Y%m%d-%H%M%S}.png").resolve()
+    await asyncio.get_running_loop().run_in_executor(None, draw, data, path)
     return path
+
+
+REPORT_KIND = "r"  # the signed report page's token kind (bot/links.py)
+
+
+def report_url(ctx: Context, campaign: Campaign) -> str | None:
+    """The signed, expiring report page for `campaign`; None without web.secret (nothing can be signed)."""
+    try:
+        token = ctx.signer.sign_expiring(
+            REPORT_KIND, str(campaign.id), ttl_s=int(ctx.settings.campaigns.report_link_hours * 3600)
+        )
+    except UnsetSecret:
+        return None
+    return f"{ctx.settings.web.base_url}/report/{token}"
+
+
+async def report_message(ctx: Context, campaign: Campaign, figures: Figures | None = None) -> Message:
+    """The report as a chat answer: the figures as text, the chart as a picture beside it, and a card
+    linking the report page."""
+    figures = figures or await build_report(ctx, campaign)
+    chart = await render_chart(ctx, campaign, figures)
+    url = report_url(ctx, campaign)
+    title = t("Report: “{name}”", name=figures.campaign)
+    card = (
+        Card(
+            title=title,
+            link=(t("The report with its chart, in a browser"), url),
+            footer=t("The link works for {hours} h.", hours=f"{ctx.settings.campaigns.report_link_hours:g}"),
+        )
+        if url
+        else None
+    )
+    images = (Image(str(chart), title),) if chart else ()
+    return Message(figures.text(), card=card, images=images)

@@ -1,4 +1,6 @@
-"""Campaign endpoints on the web app: open pixel, click redirect, and the email-events webhook.
+"""Campaign endpoints on the web app: open pixel, click redirect, the email-events webhook, and the
+signed report page (`/report/<token>`, linked from `/campaign report`; the token expires with
+`campaigns.report_link_hours`) with its chart (`/report/<token>/chart.png`).
 
 Click redirects go only to URLs signed into a message by Postroom (no open redirect): a tampered
 or foreign token gets a 400 page, never a redirect.
@@ -21,9 +23,11 @@ five minutes are refused. With no webhook_secret configured the endpoint answers
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import html
+import io
 import time
 from typing import Any
 
@@ -35,9 +39,10 @@ from starlette.routing import Route
 from bot import i18n
 from bot.addresses import email_hash
 from bot.campaigns.bounces import Finding, classify_status, record_finding
+from bot.campaigns.report import REPORT_KIND, build_report, chart_data, draw
 from bot.campaigns.tracking import verify_click, verify_open, verp_delivery
 from bot.context import Context
-from bot.db.models import CampaignEvent, Delivery, ProcessedEvent
+from bot.db.models import Campaign, CampaignEvent, Delivery, ProcessedEvent
 from bot.db.upsert import insert_ignore
 from bot.i18n import t
 from bot.values import clean_text
@@ -150,7 +155,74 @@ def campaign_routes(ctx: Context) -> list[Route]:
             accepted += 1
         return JSONResponse({"accepted": accepted, "ignored": ignored})
 
+    def page(title: str, body: str, status: int = 200, *, wide: bool = False) -> HTMLResponse:
+        lang = i18n.current().replace("_", "-")
+        width = "52rem" if wide else "36rem"
+        doc = (
+            f"<!doctype html><html lang='{lang}'><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width'><link rel='icon' href='data:,'>"
+            f"<title>{html.escape(title)}</title><style>body{{font-family:system-ui,sans-serif;"
+            f"max-width:{width};margin:3rem auto;padding:0 1rem;line-height:1.5}}"
+            "pre{white-space:pre-wrap;background:#f6f6f6;padding:1rem;border-radius:.4rem}"
+            "img{max-width:100%;height:auto;border:1px solid #ddd}</style>"
+            f"</head><body><h1>{html.escape(title)}</h1>{body}</body></html>"
+        )
+        return HTMLResponse(
+            doc,
+            status_code=status,
+            headers={
+                "Content-Security-Policy": "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'",
+                "Cache-Control": "no-store, private",
+                "Referrer-Policy": "no-referrer",
+                "X-Robots-Tag": "noindex",
+            },
+        )
+
+    async def reported(request: Request) -> Campaign | None:
+        parts = signer.verify_expiring(request.path_params["token"], REPORT_KIND)
+        if not parts or len(parts) != 1 or not parts[0].isdigit():
+            return None
+        async with ctx.sessions() as session:
+            return await session.get(Campaign, int(parts[0]))
+
+    def refused() -> HTMLResponse:
+        return page(
+            t("Link not valid"),
+            f"<p>{html.escape(t('This report link is not valid or has expired: run /campaign report again for a new one.'))}</p>",
+            403,
+        )
+
+    async def report_page(request: Request) -> Response:
+        campaign = await reported(request)
+        if campaign is None:
+            return refused()
+        figures = await build_report(ctx, campaign)
+        token = html.escape(request.path_params["token"], quote=True)
+        alt = html.escape(
+            t("The report's chart: sent, bounced, unsubscribed, opened and clicked over time."), quote=True
+        )
+        body = (
+            f"<p><img id='pr-chart' src='/report/{token}/chart.png' alt='{alt}' width='800' height='640'></p>"
+            f"<pre id='pr-figures'>{html.escape(figures.text())}</pre>"
+        )
+        return page(t("Report: “{name}”", name=figures.campaign), body, wide=True)
+
+    async def report_chart(request: Request) -> Response:
+        campaign = await reported(request)
+        if campaign is None:
+            return Response(status_code=403, headers={"Cache-Control": "no-store"})
+        data = chart_data(await build_report(ctx, campaign))  # labels in the page's language
+        buffer = io.BytesIO()
+        await asyncio.get_running_loop().run_in_executor(None, draw, data, buffer)
+        return Response(
+            buffer.getvalue(),
+            media_type="image/png",
+            headers={"Cache-Control": "no-store, private", "Referrer-Policy": "no-referrer"},
+        )
+
     return [
+        Route("/report/{token}", report_page, methods=["GET"]),
+        Route("/report/{token}/chart.png", report_chart, methods=["GET"]),
         Route("/o/{token}", open_pixel, methods=["GET"]),
         Route("/c/{token}", click, methods=["GET"]),
         Route("/hooks/email-events", email_events, methods=["POST"]),

@@ -209,8 +209,7 @@ class AutomationCommands:
 
     async def report(self, req: Request, p: Parsed) -> Message:
         with usage_of(REPORT):
-            figures = await self.automations.report(p.arg("name"))
-        return Message(figures.text())
+            return await self.automations.report(p.arg("name"))
 
     async def list(self, req: Request, p: Parsed) -> Message:
         shown = await self.automations.listing()

@@ -11,7 +11,7 @@ from bot.campaigns.approval import Approvals
 from bot.campaigns.cards import CampaignCards, created, preview_text, schedule_line
 from bot.campaigns.drafts import Drafts
 from bot.campaigns.notes import sentence_gap, show, state_name
-from bot.campaigns.report import build_report, render_chart
+from bot.campaigns.report import report_message
 from bot.campaigns.runs import CampaignRuns
 from bot.commandline import Arg, Flag, Parsed, Spec, usage_of
 from bot.context import Context
@@ -300,9 +300,7 @@ class CampaignCommands:
                 ),
                 REPORT.usage,
             )
-        figures = await build_report(self.ctx, campaign)
-        chart = await render_chart(self.ctx, campaign, figures)
-        return Message(figures.text(), attachments=(str(chart),) if chart else ())
+        return await report_message(self.ctx, campaign)
 
     async def pause(self, req: Request, p: Parsed) -> Message:
         campaign = await self._control(req, p, PAUSE, "pause")
