@@ -3,16 +3,14 @@ someone's word, the lists themselves, and a CSV export with consent columns."""
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy import delete, func, or_, select
 
 from bot import audit, consent
 from bot.addresses import email_hash, normalise
 from bot.context import Context
+from bot.csvfiles import write_rows
 from bot.db.models import ConsentEvent, Contact, ContactList, ListMember, Signup, Suppression
 from bot.errors import UserError
 from bot.i18n import t
@@ -191,26 +189,16 @@ async def export_csv(ctx: Context, list_name: str | None) -> tuple[str, int]:
         ).all():
             memberships.setdefault(cid, []).append(name)
     keys = sorted({k for c in contacts for k in (c.attributes or {})} - set(EXPORT_COLUMNS))
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(EXPORT_COLUMNS + keys)
-    for c in contacts:
-        attrs: dict[str, Any] = c.attributes or {}
-        writer.writerow(
-            [
-                c.email,
-                c.name or "",
-                c.consent_at.isoformat() if c.consent_at else "",
-                c.consent_source or "",
-                c.consent_method or "",
-                " ".join(sorted(memberships.get(c.id, []))),
-            ]
-            + [_cell(attrs.get(k)) for k in keys]
-        )
-    return out.getvalue(), len(contacts)
-
-
-def _cell(value: Any) -> str:
-    text = "" if value is None else str(value)
-    # A spreadsheet runs a cell that starts like a formula: keep it text (CSV injection).
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+    rows = (
+        [
+            c.email,
+            c.name or "",
+            c.consent_at.isoformat() if c.consent_at else "",
+            c.consent_source or "",
+            c.consent_method or "",
+            " ".join(sorted(memberships.get(c.id, []))),
+        ]
+        + [(c.attributes or {}).get(k) for k in keys]
+        for c in contacts
+    )
+    return write_rows(EXPORT_COLUMNS + keys, rows), len(contacts)

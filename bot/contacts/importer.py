@@ -22,7 +22,7 @@ from bot import audit, consent, values
 from bot.addresses import domain_of, email_hash, normalise
 from bot.contacts.mx import domain_receives_mail
 from bot.context import Context
-from bot.csvfiles import read_utf8
+from bot.csvfiles import read_utf8, unguard
 from bot.db.models import Contact, ContactList, ListMember, Suppression
 from bot.db.upsert import insert_ignore
 from bot.errors import UserError
@@ -110,7 +110,7 @@ async def import_contacts(
     p = Path(path)
     _raw, text = read_utf8(p)
     reader = csv.DictReader(io.StringIO(text))
-    headers = [h.strip().lower() for h in (reader.fieldnames or [])]
+    headers = [unguard(h).strip().lower() for h in (reader.fieldnames or [])]
     if "email" not in headers:
         raise UserError(
             t(
@@ -145,12 +145,14 @@ async def _import(
             session.add(lst)
             await session.flush()
         seen: set[str] = set()
-        for row in reader:
+        for raw in reader:
             line = reader.line_num
             report.rows += 1
-            if None in row:
+            if None in raw:
                 report.bad.append((line, "has more fields than the header"))
                 continue
+            # an export's cells kept from a spreadsheet's formulas read back as they were
+            row = {k: unguard(v) if isinstance(v, str) else v for k, v in raw.items()}
             try:
                 email = normalise(row.get("email") or "")
             except UserError as exc:
