@@ -380,3 +380,22 @@ async def test_a_member_and_a_new_address_get_the_same_work_before_the_answer(ma
     assert member == new and member
     await wait_for_mail(smtp, "newbie@example.org")  # the background did the rest
     assert smtp.handler.to("lena@example.com") == []
+
+
+async def test_a_name_from_chat_with_a_direction_override_or_control_character_is_refused(make_bot) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot()
+    consent = '--consent "Said yes to our newsletter at the fair"'
+    for name, code in (("Ann\u202egnp.exe", "U+202E"), ("Ann\u2066x", "U+2066"), ("Ann\x1bx", "U+001B")):
+        reply = await bot.say(
+            SENDER, f'/contacts add ann@example.com --list customers --name "{name}" {consent}'
+        )
+        assert "The name contains" in reply and code in reply, reply
+    async with bot.app.ctx.sessions() as s:
+        assert (await s.execute(select(Contact).where(Contact.email == "ann@example.com"))).first() is None
+    reply = await bot.say(
+        SENDER, f'/contacts add ann@example.com --list customers --name "Ann  Lee" {consent}'
+    )
+    assert "Added ann@example.com" in reply, reply
+    async with bot.app.ctx.sessions() as s:
+        ann = (await s.execute(select(Contact).where(Contact.email == "ann@example.com"))).scalar_one()
+    assert ann.name == "Ann Lee"

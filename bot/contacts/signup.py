@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import audit, consent
+from bot import audit, consent, values
 from bot.addresses import domain_of, email_hash, normalise
 from bot.background import Background
 from bot.contacts import rate_limits
@@ -439,6 +439,8 @@ class Signups:
     ) -> Contact:
         """A sales person records someone's consent: the contact is on the list, the source is them."""
         text = check_wording(wording)
+        if name is not None:  # an override (U+202E) would make the name read backwards in every To:
+            name = " ".join(values.check_text(name, t("The name"), values.MAX_NAME).split()) or None
         address = normalise(email)
         if self.ctx.settings.is_internal(address):
             raise UserError(
