@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -41,6 +41,17 @@ def run_coroutine(coro):
         return asyncio.run(coro)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(coro)
+
+
+def _count(n: int, noun: str) -> str:
+    """ "1 contact", "2 contacts": CLI text is English."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _per_list(export: Any) -> str:
+    return (
+        f" ({_count(export.rows, 'row')}, one per contact and list)" if export.rows != export.contacts else ""
+    )
 
 
 def _run(coro, settings: Settings | None = None) -> None:
@@ -478,16 +489,19 @@ def contacts_export(ctx: click.Context, list_name: str | None, output: str) -> N
 
         app = await build_app(settings)
         try:
-            text, count = await export_csv(app.ctx, list_name)
+            export = await export_csv(app.ctx, list_name)
         finally:
             await app.close()
+        text = export.text
         if output == "-":
             click.echo(text, nl=False)
         else:
             fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # personal data: owner only
             with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
                 f.write(text)
-            click.echo(f"Wrote {count} contacts to {output}.", err=True)
+            click.echo(
+                f"Wrote {_count(export.contacts, 'contact')} to {output}{_per_list(export)}.", err=True
+            )
 
     _run(go(), settings)
 

@@ -35,7 +35,10 @@ CORE_COLUMNS = {
     "consent_source",
     "consent_method",
     "lists",
-}  # lists: an export's
+    "list",
+    "wording_version",
+    "suppressed",
+}  # lists, list, wording_version, suppressed: an export's (a suppression is read from the database)
 MAX_ATTRIBUTE_LENGTH = 1000
 
 
@@ -47,6 +50,7 @@ class ImportReport:
     updated: int = 0
     without_consent: int = 0
     erased_skipped: int = 0
+    repeated: int = 0  # an export's further rows for a contact's other lists
     bad: list[tuple[int, str]] = field(default_factory=list)
     dry_run: bool = False
 
@@ -60,6 +64,11 @@ class ImportReport:
             lines.append(
                 f"{self.without_consent} contact{'s have' if self.without_consent != 1 else ' has'} no consent "
                 "record (consent_at) and will not be mailed by any campaign."
+            )
+        if self.repeated:
+            lines.append(
+                f"{self.repeated} row{'s' if self.repeated != 1 else ''} of the file repeated a contact "
+                "for another list; the first row of each contact was used."
             )
         if self.erased_skipped:
             lines.append(
@@ -162,6 +171,9 @@ async def _import(
                 report.bad.append(
                     (line, f"{email} is a company address: colleagues get internal mail through groups")
                 )
+                continue
+            if email in seen and "list" in row:  # an export: one row per list, the first row for each
+                report.repeated += 1
                 continue
             if email in seen:
                 report.bad.append((line, f"{email} appears earlier in the file"))
