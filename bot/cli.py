@@ -462,7 +462,7 @@ def contacts_import(ctx: click.Context, file: str, list_name: str, dry_run: bool
         finally:
             await app.close()
         click.echo(report.summary())
-        if report.bad and not (report.added or report.updated):
+        if (report.bad or report.internal) and not (report.added or report.updated):
             sys.exit(1)
 
     _run(go(), settings)

@@ -50,6 +50,8 @@ class ImportReport:
     updated: int = 0
     without_consent: int = 0
     erased_skipped: int = 0
+    internal: int = 0  # company addresses (org.domains): never on an external list
+    internal_domains: set[str] = field(default_factory=set)
     repeated: int = 0  # an export's further rows for a contact's other lists
     bad: list[tuple[int, str]] = field(default_factory=list)
     dry_run: bool = False
@@ -64,6 +66,13 @@ class ImportReport:
             lines.append(
                 f"{self.without_consent} contact{'s have' if self.without_consent != 1 else ' has'} no consent "
                 "record (consent_at) and will not be mailed by any campaign."
+            )
+        if self.internal:
+            lines.append(
+                f"{self.internal} row{'s were company addresses' if self.internal != 1 else ' was a company address'}"
+                f" ({', '.join(sorted(self.internal_domains))}) and {'were' if self.internal != 1 else 'was'} not "
+                "imported: campaigns are for people outside the company; colleagues get internal mail through "
+                "groups."
             )
         if self.repeated:
             lines.append(
@@ -168,8 +177,10 @@ async def _import(
                 report.bad.append((line, exc.sentence))
                 continue
             if ctx.settings.is_internal(email):  # the rule signup and /contacts add follow
-                report.bad.append(
-                    (line, f"{email} is a company address: colleagues get internal mail through groups")
+                report.internal += 1
+                domain = domain_of(email)
+                report.internal_domains.update(
+                    d for d in ctx.settings.org.domains if domain == d or domain.endswith("." + d)
                 )
                 continue
             if email in seen and "list" in row:  # an export: one row per list, the first row for each
@@ -253,6 +264,17 @@ async def _import(
             ).scalar_one_or_none()
             name = (row.get("name") or "").strip() or None
             consent_before = contact.consent_at if contact is not None else None
+            on_list_before = (
+                contact is not None
+                and (
+                    await session.execute(
+                        select(ListMember.contact_id).where(
+                            ListMember.list_id == lst.id, ListMember.contact_id == contact.id
+                        )
+                    )
+                ).first()
+                is not None
+            )
             if contact is None:
                 contact = Contact(
                     email=email,
@@ -279,7 +301,7 @@ async def _import(
                 report.updated += 1
             if contact.consent_at is None:
                 report.without_consent += 1
-            elif contact.consent_at != consent_before:
+            elif contact.consent_at != consent_before or not on_list_before:  # consent for this list too
                 consent.record(
                     session,
                     email=email,
