@@ -178,3 +178,28 @@ async def test_a_number_no_database_can_bind_is_refused_before_anything_is_store
         SENDER, "/segment new fine customers --where 'opened_count >= 1000000000 or sent_count < -1000000000'"
     )
     assert "matches nobody on the list now" in reply, reply
+
+
+async def test_edit_where_narrows_the_campaigns_segment_and_to_starts_over(make_bot) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    from bot.commands.campaigns import EDIT
+
+    bot = await make_bot()
+    assert "narrow" in next(f.help for f in EDIT.flags if f.name == "where")
+    await bot.say(SENDER, '/segment new dach customers --where \'country in ("DE", "AT")\'')
+    await bot.say(SENDER, "/campaign new spring --to dach --template welcome")
+    reply = await bot.say(SENDER, "/campaign edit spring --where \"plan = 'free'\"")
+    assert "Updated “spring” (--where)." in reply, reply
+    async with bot.app.ctx.sessions() as s:
+        campaign = (await s.execute(select(Campaign).where(Campaign.name == "spring"))).scalar_one()
+    # Raj is on the free plan but in India: narrowing the DACH segment leaves nobody, not Raj.
+    assert campaign.audience_where == '(country in ("DE", "AT")) and (plan = \'free\')'
+    await bot.say(SENDER, "/campaign edit spring --where \"country = 'DE'\"")
+    async with bot.app.ctx.sessions() as s:
+        campaign = (await s.execute(select(Campaign).where(Campaign.name == "spring"))).scalar_one()
+    assert (
+        campaign.audience_where == "((country in (\"DE\", \"AT\")) and (plan = 'free')) and (country = 'DE')"
+    )
+    await bot.say(SENDER, "/campaign edit spring --to customers --where \"plan = 'free'\"")  # starts over
+    async with bot.app.ctx.sessions() as s:
+        campaign = (await s.execute(select(Campaign).where(Campaign.name == "spring"))).scalar_one()
+    assert campaign.audience_name == "customers" and campaign.audience_where == "plan = 'free'"
