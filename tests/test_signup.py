@@ -398,3 +398,40 @@ async def test_a_name_from_chat_with_a_direction_override_or_control_character_i
     async with bot.app.ctx.sessions() as s:
         ann = (await s.execute(select(Contact).where(Contact.email == "ann@example.com"))).scalar_one()
     assert ann.name == "Ann Lee"
+
+
+CRM_KEY = "crm-" + "k3y" * 12
+
+
+async def test_a_crm_with_the_api_key_passes_the_per_ip_limit_not_the_address_one(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot(signup={"per_ip_per_hour": 2, "per_address_per_day": 2, "api_key": CRM_KEY})
+    await open_signup(bot)
+    crm = {"Authorization": f"Bearer {CRM_KEY}"}
+    async with web(bot, "192.0.2.50") as client:  # the company's CRM: one address for every signup
+        for i in range(5):
+            sent = await client.post("/s/customers.json", json={"email": f"crm{i}@example.com"}, headers=crm)
+            assert sent.status_code == 202, (i, sent.text)
+        for _ in range(3):  # one address: its own daily limit (2) still holds, quietly
+            assert (
+                await client.post("/s/customers.json", json={"email": "same@example.com"}, headers=crm)
+            ).status_code == 202
+        wrong = await client.post(
+            "/s/customers.json", json={"email": "x@example.com"}, headers={"Authorization": "Bearer nope"}
+        )
+        assert wrong.status_code == 401 and "API key" in wrong.json()["error"]
+        # Without the key the network has its hourly limit, and is told when to come back.
+        for i in range(2):
+            assert (
+                await client.post("/s/customers.json", json={"email": f"w{i}@example.com"})
+            ).status_code == 202
+        over = await client.post("/s/customers.json", json={"email": "y@example.com"})
+        assert over.status_code == 429 and 0 < int(over.headers["Retry-After"]) <= 3600
+        page = await client.post("/s/customers", data={"email": "z@example.com"})
+        assert page.status_code == 429 and 0 < int(page.headers["Retry-After"]) <= 3600
+    await bot.app.drain()
+    await wait_for_mail(smtp, "crm4@example.com")
+    await wait_for_mail(smtp, "same@example.com", 2)
+    assert len(smtp.handler.to("same@example.com")) == 2  # the third was over the address's limit
+    async with bot.app.ctx.sessions() as s:
+        emails = set((await s.execute(select(Signup.email))).scalars())
+    assert {f"crm{i}@example.com" for i in range(5)} <= emails

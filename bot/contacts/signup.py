@@ -59,6 +59,7 @@ class SignupForm:
     page_url: str | None = None
     ip: str | None = None
     user_agent: str | None = None
+    trusted: bool = False  # a caller with signup.api_key (a CRM): not held by the per-IP limit
 
 
 @dataclass(frozen=True)
@@ -170,11 +171,14 @@ class Signups:
             raise Refused(404, t("There is no signup for a list named “{name}”.", name=form.list_name[:60]))
         if (
             form.ip
+            and not form.trusted
             and await rate_limits.hit(self.ctx, f"signup-ip:{network_of(form.ip)}", 3600)
             > settings.per_ip_per_hour
         ):
             raise Refused(
-                429, t("Too many signups came from your network in the last hour; try again later.")
+                429,
+                t("Too many signups came from your network in the last hour; try again later."),
+                retry_after=rate_limits.seconds_left(self.ctx.now(), 3600),
             )
         if form.honeypot.strip():
             log.info("signup to %s: honeypot filled, nothing sent", lst.name)

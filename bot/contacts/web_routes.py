@@ -20,7 +20,7 @@ from bot.context import Context
 from bot.db.models import ContactList
 from bot.html_pages import attr, page, para
 from bot.i18n import t
-from bot.webhooks import Refused, parse_json, read_capped
+from bot.webhooks import Refused, parse_json, read_capped, signatures_match
 
 log = logging.getLogger(__name__)
 HONEYPOT = "website"  # a field people don't see; bots fill it in
@@ -100,10 +100,25 @@ def signup_routes(ctx: Context, signups: Signups) -> list[Route]:
                 if exc.status != 404
                 else ""
             )
-            return page(t("Signup not taken"), para(exc.sentence) + back, exc.status)
+            refused = page(t("Signup not taken"), para(exc.sentence) + back, exc.status)
+            refused.headers.update(exc.headers)
+            return refused
         except ValueError:
             return page(t("Signup not taken"), para(t("That form could not be read.")), 400)
         return page(t("Check your inbox"), f"<p role='status'>{attr(accepted_sentence())}</p>")
+
+    def _trusted(request: Request) -> bool:
+        """A server-to-server caller with signup.api_key; a wrong key is refused, never taken as none."""
+        given = request.headers.get("authorization")
+        if given is None:
+            return False
+        key = ctx.settings.signup.api_key
+        scheme, _, token = given.partition(" ")
+        if not key or scheme.lower() != "bearer" or not signatures_match(key, token.strip()):
+            raise Refused(
+                401, t("That API key is not this Postroom's signup.api_key; send none or the right one.")
+            )
+        return True
 
     async def submit_json(request: Request) -> Response:
         try:
@@ -125,10 +140,11 @@ def signup_routes(ctx: Context, signups: Signups) -> list[Route]:
                     (text["page_url"] or "")[:300] or None,
                     ip,
                     agent,
+                    trusted=_trusted(request),
                 )
             )
         except Refused as exc:
-            return JSONResponse({"error": exc.sentence}, status_code=exc.status)
+            return JSONResponse({"error": exc.sentence}, status_code=exc.status, headers=exc.headers)
         return JSONResponse({"status": "accepted", "message": accepted_sentence()}, status_code=202)
 
     def refusal(found: Pending | None) -> Response:
