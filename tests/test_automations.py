@@ -238,3 +238,41 @@ async def test_a_failed_automation_is_submitted_again_and_catches_up(make_bot, s
     assert b"Hi there" in smtp.handler.to("cy@example.com")[0].data
     assert len(smtp.handler.to("ann@example.com")) == 1
     assert "running" in await bot.say(SENDER, "/automation status welcome")
+
+
+async def test_the_report_counts_only_what_its_own_sends_caused(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    from bot.addresses import email_hash
+    from bot.db.models import Suppression
+
+    bot = await make_bot()
+    async with bot.app.ctx.sessions() as s, s.begin():  # Lena left long ago, through another campaign
+        s.add(
+            Suppression(
+                email_hash=email_hash("lena@example.com"), email="lena@example.com", reason="unsubscribed"
+            )
+        )
+    at(bot, datetime(2027, 1, 6, 9, 0, tzinfo=UTC))  # Lena's renewal reminder is due: she is suppressed
+    await bot.say(SENDER, '/automation new renew --on "renewal_date - 14d" --template welcome --to customers')
+    await approve(bot, "renew")
+    await bot.app.automations.scan()
+    await bot.settle()
+    at(bot, datetime(2027, 1, 18, 9, 0, tzinfo=UTC))  # Raj's: sent, and he unsubscribes from it
+    await bot.app.automations.scan()
+    await bot.settle()
+    await wait_for_mail(smtp, "raj@example.net")
+    (raj,) = [d for d in await deliveries(bot, "renew") if d.email == "raj@example.net"]
+    async with bot.app.ctx.sessions() as s, s.begin():
+        s.add(
+            Suppression(
+                email_hash=email_hash("raj@example.net"),
+                email="raj@example.net",
+                reason="unsubscribed",
+                campaign_id=raj.campaign_id,
+                created_at=datetime(2027, 1, 18, 10, 0, tzinfo=UTC),
+            )
+        )
+    report = await bot.say(SENDER, "/automation report renew")
+    assert "1 recipient." in report and "sent 1," in report, report
+    assert "unsubscribes 1 (100.0%)" in report, report
+    assert "not sent: suppressed" not in report
+    assert "1 contact was suppressed already when its turn came: not mailed, not counted here." in report

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import distinct, func, select
+from sqlalchemy import distinct, exists, func, select
 
 from bot.campaigns import service
 from bot.campaigns.notes import state_name, status_name
@@ -40,6 +40,9 @@ class Figures:
     opens: int = 0
     clicks: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
+    suppressed_before: int = (
+        0  # already suppressed when their turn came: not mailed, not this campaign's doing
+    )
     tracking: bool = True
     sent_times: list[datetime] = field(default_factory=list)
     open_times: list[datetime] = field(default_factory=list)
@@ -54,7 +57,9 @@ class Figures:
 
         attempted = self.sent + self.statuses.get("bounced", 0)
         lines = [
-            t(
+            t("Report for “{name}” ({state}): 1 recipient.", name=self.campaign, state=state_name(self.state))
+            if self.recipients == 1
+            else t(
                 "Report for “{name}” ({state}): {count} recipients.",
                 name=self.campaign,
                 state=state_name(self.state),
@@ -137,7 +142,20 @@ class Figures:
             )
         else:
             lines.append("  " + t("opens and clicks: not tracked for this campaign."))
-        others = {k: v for k, v in self.statuses.items() if k not in ("sent", "bounced")}
+        if self.suppressed_before:
+            lines.append(
+                "  "
+                + (
+                    t("1 contact was suppressed already when its turn came: not mailed, not counted here.")
+                    if self.suppressed_before == 1
+                    else t(
+                        "{count} contacts were suppressed already when their turn came: not mailed, not "
+                        "counted here.",
+                        count=self.suppressed_before,
+                    )
+                )
+            )
+        others = {k: v for k, v in self.statuses.items() if k not in ("sent", "bounced", "suppressed")}
         if others:
             lines.append(
                 "  "
@@ -157,7 +175,10 @@ async def build_report(ctx: Context, campaign: Campaign) -> Figures:
     )
     async with ctx.sessions() as session:
         f.statuses = await service.counts(session, campaign.id)
-        f.recipients = sum(f.statuses.values())
+        # A delivery skipped because its address was suppressed already (a bounce or an unsubscribe from
+        # elsewhere) is no recipient of this campaign and none of its doing: shown apart.
+        f.suppressed_before = f.statuses.get("suppressed", 0)
+        f.recipients = sum(f.statuses.values()) - f.suppressed_before
         f.sent = f.statuses.get("sent", 0)
         events = dict(
             (
@@ -179,7 +200,19 @@ async def build_report(ctx: Context, campaign: Campaign) -> Figures:
             await session.execute(
                 select(func.count())
                 .select_from(Suppression)
-                .where(Suppression.campaign_id == campaign.id, Suppression.reason == "unsubscribed")
+                .where(
+                    Suppression.campaign_id == campaign.id,
+                    Suppression.reason == "unsubscribed",
+                    # from a message of its own that reached them before they left
+                    exists(
+                        select(Delivery.id).where(
+                            Delivery.campaign_id == campaign.id,
+                            Delivery.email == Suppression.email,
+                            Delivery.status == "sent",
+                            Delivery.sent_at <= Suppression.created_at,
+                        )
+                    ),
+                )
             )
         ).scalar_one()
         f.sent_times = list(
