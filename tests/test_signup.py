@@ -435,3 +435,20 @@ async def test_a_crm_with_the_api_key_passes_the_per_ip_limit_not_the_address_on
     async with bot.app.ctx.sessions() as s:
         emails = set((await s.execute(select(Signup.email))).scalars())
     assert {f"crm{i}@example.com" for i in range(5)} <= emails
+
+
+async def test_the_embedded_forms_honeypot_is_hidden_without_the_pages_stylesheet(make_bot) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    import re
+
+    bot = await make_bot()
+    await open_signup(bot)
+    async with web(bot) as client:
+        embedded = (await client.get("/s/customers/form")).text
+    # A website embedding the snippet has no .hp rule: the field must hide itself, from sight and from
+    # the keyboard and screen readers, and no browser may fill it in.
+    (box,) = re.findall(r"<div[^>]*aria-hidden='true'[^>]*>", embedded)
+    style = re.search(r"style='([^']*)'", box)
+    assert style is not None and "position:absolute" in style.group(1) and "left:-10000px" in style.group(1)
+    assert "overflow:hidden" in style.group(1) and "height:1px" in style.group(1)
+    (field,) = re.findall(r"<input[^>]*name='website'[^>]*>", embedded)
+    assert "tabindex='-1'" in field and "autocomplete='off'" in field and "aria-hidden='true'" in field

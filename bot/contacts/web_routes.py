@@ -24,6 +24,9 @@ from bot.webhooks import Refused, parse_json, read_capped, signatures_match
 
 log = logging.getLogger(__name__)
 HONEYPOT = "website"  # a field people don't see; bots fill it in
+# Off-screen on its own: a website embedding the snippet has no `.hp` rule (display:none would tell
+# bots to skip it); aria-hidden and tabindex=-1 keep it from screen readers and the keyboard.
+HIDDEN = "position:absolute;left:-10000px;top:auto;width:1px;height:1px;overflow:hidden"
 
 
 def form_html(ctx: Context, lst: ContactList, *, hosted: bool) -> str:
@@ -37,8 +40,10 @@ def form_html(ctx: Context, lst: ContactList, *, hosted: bool) -> str:
         "<input type='email' id='pr-email' name='email' required autocomplete='email' maxlength='320'>"
         f"<label for='pr-name'>{attr(t('Name (optional)'))}</label>"
         "<input type='text' id='pr-name' name='name' autocomplete='name' maxlength='200'>"
-        f"<div class='hp' aria-hidden='true'><label for='pr-{HONEYPOT}'>{attr(t('Leave this empty'))}</label>"
-        f"<input type='text' id='pr-{HONEYPOT}' name='{HONEYPOT}' tabindex='-1' autocomplete='off'></div>"
+        f"<div class='hp' aria-hidden='true' style='{HIDDEN}'>"
+        f"<label for='pr-{HONEYPOT}'>{attr(t('Leave this empty'))}</label>"
+        f"<input type='text' id='pr-{HONEYPOT}' name='{HONEYPOT}' tabindex='-1' autocomplete='off' "
+        "aria-hidden='true'></div>"
         f"<p id='pr-consent'>{attr(lst.consent_wording or '')}</p>"
         f"<button type='submit' aria-describedby='pr-consent'>{attr(t('Sign up'))}</button></form>"
     )
