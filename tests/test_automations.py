@@ -276,3 +276,21 @@ async def test_the_report_counts_only_what_its_own_sends_caused(make_bot, smtp) 
     assert "unsubscribes 1 (100.0%)" in report, report
     assert "not sent: suppressed" not in report
     assert "1 contact was suppressed already when its turn came: not mailed, not counted here." in report
+
+
+async def test_an_unknown_trigger_or_date_attribute_is_refused_naming_the_closest(make_bot) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot()
+    reply = await bot.say(SENDER, "/automation new hello --on joind --template welcome --to customers")
+    assert "“joind” is not a trigger" in reply and "did you mean “joined”?" in reply, reply
+    reply = await bot.say(
+        SENDER, '/automation new renew --on "renewal_dat - 14d" --template welcome --to customers'
+    )
+    assert "No contact on “customers” has a date attribute “renewal_dat”" in reply, reply
+    assert "did you mean “renewal_date”?" in reply, reply
+    reply = await bot.say(SENDER, "/automation new x --on confirmd:customers --template welcome")
+    assert "did you mean “confirmed:customers”?" in reply, reply
+    async with bot.app.ctx.sessions() as s:
+        assert (await s.execute(select(Automation))).first() is None
+    assert "Draft automation" in await bot.say(
+        SENDER, '/automation new renew --on "renewal_date - 14d" --template welcome --to customers'
+    )

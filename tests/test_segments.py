@@ -203,3 +203,22 @@ async def test_edit_where_narrows_the_campaigns_segment_and_to_starts_over(make_
     async with bot.app.ctx.sessions() as s:
         campaign = (await s.execute(select(Campaign).where(Campaign.name == "spring"))).scalar_one()
     assert campaign.audience_name == "customers" and campaign.audience_where == "plan = 'free'"
+
+
+async def test_a_field_no_contact_has_is_refused_naming_the_closest(make_bot) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot()
+    reply = await bot.say(SENDER, "/segment new dach customers --where \"contry = 'DE'\"")
+    assert "“contry”, which no contact on “customers” has — did you mean “country”?" in reply, reply
+    assert "column 1" in reply and "plan" in reply and "renewal_date" in reply, reply
+    reply = await bot.say(
+        SENDER, "/campaign new spring --to customers --template welcome --where \"pln = 'pro'\""
+    )
+    assert "did you mean “plan”?" in reply, reply
+    reply = await bot.say(SENDER, '/campaign new spring --to customers --template welcome --where "zzzq = 1"')
+    assert "“zzzq”, which no contact on “customers” has. Fields:" in reply, reply
+    async with bot.app.ctx.sessions() as s:
+        assert (await s.execute(select(func.count()).select_from(Segment))).scalar_one() == 0
+        assert (await s.execute(select(func.count()).select_from(Campaign))).scalar_one() == 0
+    assert "matches" in await bot.say(SENDER, "/segment new dach customers --where \"country = 'DE'\"")
+    reply = await bot.say(SENDER, "/segment edit dach --where \"Country = 'DE'\"")
+    assert "did you mean “country”?" in reply, reply

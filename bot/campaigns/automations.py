@@ -25,6 +25,7 @@ complaint and failure rates are watched, and crossing a threshold pauses it with
 
 from __future__ import annotations
 
+import difflib
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -36,14 +37,23 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.campaigns import service
 from bot.campaigns.approval import Approvals, Submitted, may_change
-from bot.campaigns.audience import Target, audience_filter, resolve_target
+from bot.campaigns.audience import Target, audience_filter, known_attributes, resolve_target
 from bot.campaigns.cards import CampaignCards
 from bot.campaigns.engagement import ENGAGED, events_of
 from bot.campaigns.notes import note, show, state_name
 from bot.campaigns.report import Figures, build_report
 from bot.campaigns.runs import CampaignRuns
 from bot.campaigns.templates import CompiledTemplate, load_source
-from bot.campaigns.triggers import Trigger, bound_text, delay_text, parse_cap, parse_delay, parse_trigger
+from bot.campaigns.triggers import (
+    Trigger,
+    bound_text,
+    closest_kind,
+    delay_text,
+    not_a_trigger,
+    parse_cap,
+    parse_delay,
+    parse_trigger,
+)
 from bot.context import Context
 from bot.db.models import Automation, Campaign, CampaignEvent, Contact, ContactList, Delivery, ListMember
 from bot.db.upsert import insert_ignore
@@ -145,7 +155,41 @@ class Automations:
         target = await resolve_target(session, settings, to, where)
         if target.kind != "list":
             raise UserError(t("This trigger watches contacts: --to must be a contact list or a segment."))
+        if trigger.kind == "date":
+            await self._check_date_attribute(session, trigger, target.name)
         return target
+
+    @staticmethod
+    async def _check_date_attribute(session: Any, trigger: Trigger, list_name: str) -> None:
+        """A date trigger names an attribute the list's contacts have: a typo (`renewal_dat`) or a
+        misspelt trigger word (`joind`) would otherwise fire for nobody, silently."""
+        attribute = str(trigger.attribute)
+        known = await known_attributes(session, list_name)
+        if known is None or attribute in known:
+            return
+        if closest_kind(attribute) is not None:
+            raise not_a_trigger(attribute)
+        near = difflib.get_close_matches(attribute, sorted(known), n=1, cutoff=0.6)
+        shown = ", ".join(sorted(known)[:20]) or t("none")
+        if near:
+            raise UserError(
+                t(
+                    "No contact on “{list}” has a date attribute “{name}” — did you mean “{near}”? Their "
+                    "attributes: {attributes}.",
+                    list=list_name,
+                    name=attribute[:64],
+                    near=near[0],
+                    attributes=shown,
+                )
+            )
+        raise UserError(
+            t(
+                "No contact on “{list}” has a date attribute “{name}”. Their attributes: {attributes}.",
+                list=list_name,
+                name=attribute[:64],
+                attributes=shown,
+            )
+        )
 
     async def create(
         self,

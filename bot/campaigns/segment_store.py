@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 
 from bot import audit
 from bot.campaigns import service
+from bot.campaigns.audience import check_fields
 from bot.campaigns.segments import check, compile_where
 from bot.context import Context
 from bot.db.models import Contact, ContactList, ListMember, Segment
@@ -68,6 +69,7 @@ async def create(
             raise UserError(
                 t("“{name}” is a contact list already; give the segment another name.", name=name)
             )
+        await check_fields(session, list_name, expression)
         seg = Segment(name=name, list_name=list_name, expression=expression, created_by=actor)
         session.add(seg)
         audit.record(
@@ -85,6 +87,7 @@ async def edit(ctx: Context, name: str, where: str, *, actor: str, via: str) -> 
     expression = check(where)
     async with ctx.sessions() as session, session.begin():
         seg = await _get(session, name)
+        await check_fields(session, seg.list_name, expression)
         before = seg.expression
         seg.expression = expression
         audit.record(
