@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from bot.contacts.importer import import_contacts
-from bot.db.models import ConsentEvent, Contact, ContactList, ListMember
+from bot.db.models import Campaign, ConsentEvent, Contact, ContactList, ListMember
 from tests.audience_kit import make_bot  # noqa: F401
 
 COMPANY = """email,name,consent_at,consent_source
@@ -70,3 +70,34 @@ async def test_a_known_contact_on_a_new_list_gets_its_consent_step(make_bot, tmp
             )
         ).all()
     assert len(again) == 1
+
+
+async def test_a_list_name_is_one_list_in_any_case_spelt_as_made(make_bot, tmp_path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    from tests.audience_kit import open_signup, web
+    from tests.conftest import SENDER
+
+    bot = await make_bot()
+    first = tmp_path / "a.csv"
+    first.write_text("email,name,consent_at\nann@example.com,Ann,2026-03-02T10:15:00+00:00\n")
+    second = tmp_path / "b.csv"
+    second.write_text("email,name,consent_at\nbob@example.com,Bob,2026-03-02T10:15:00+00:00\n")
+    await import_contacts(bot.app.ctx, first, "Newsletter")
+    report = await import_contacts(bot.app.ctx, second, "newsletter")
+    assert "into list “Newsletter”" in report.summary(), report.summary()
+    async with bot.app.ctx.sessions() as s:
+        names = set((await s.execute(select(ContactList.name))).scalars())
+        kinds = set((await s.execute(select(ConsentEvent.list_name))).scalars())
+    assert names == {"customers", "Newsletter"} and "newsletter" not in kinds
+    await open_signup(bot, "NEWSLETTER")
+    async with web(bot) as client:
+        assert (await client.get("/s/newsletter")).status_code == 200
+    reply = await bot.say(
+        SENDER, '/contacts add cy@example.com --list newsletter --consent "Said yes at the booth today"'
+    )
+    assert "Added cy@example.com to “Newsletter”" in reply, reply
+    reply = await bot.say(SENDER, "/campaign new spring --to NEWSLETTER --template welcome")
+    async with bot.app.ctx.sessions() as s:
+        (audience,) = (await s.execute(select(Campaign.audience_name))).scalars()
+    assert audience == "Newsletter", reply
+    reply = await bot.say(SENDER, "/segment new fans newsletter --where \"name = 'Ann'\"")
+    assert "of list Newsletter" in reply, reply

@@ -78,7 +78,7 @@ async def resolve_audience(session: AsyncSession, settings: Settings, name: str)
     if not raw:
         raise UserError(t("--to needs a contact list or a group."))
     if "@" not in raw:
-        lst = (await session.execute(select(ContactList).where(ContactList.name == raw))).scalar_one_or_none()
+        lst = (await session.execute(select(ContactList).where(ContactList.named(raw)))).scalar_one_or_none()
         if lst is not None:
             return "list", lst.name
     try:
@@ -125,7 +125,7 @@ async def known_attributes(session: AsyncSession, list_name: str) -> set[str] | 
         select(Contact.attributes)
         .join(ListMember, ListMember.contact_id == Contact.id)
         .join(ContactList, ContactList.id == ListMember.list_id)
-        .where(ContactList.name == list_name)
+        .where(ContactList.named(list_name))
         .execution_options(yield_per=2000)
     )
     async for (attributes,) in rows:
@@ -150,7 +150,7 @@ async def resolve_target(session: AsyncSession, settings: Settings, to: str, whe
     raw = to.strip()
     segment = None
     if raw and "@" not in raw:
-        found = (await session.execute(select(ContactList.id).where(ContactList.name == raw))).first()
+        found = (await session.execute(select(ContactList.id).where(ContactList.named(raw)))).first()
         if found is None:
             segment = (await session.execute(select(Segment).where(Segment.name == raw))).scalar_one_or_none()
     if segment is not None:

@@ -25,6 +25,7 @@ complaint and failure rates are watched, and crossing a threshold pauses it with
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
 from dataclasses import dataclass
@@ -135,7 +136,9 @@ class Automations:
             return Target("joiners", "new employees")
         if trigger.kind == "confirmed":
             lst = (
-                await session.execute(select(ContactList.name).where(ContactList.name == trigger.list_name))
+                await session.execute(
+                    select(ContactList.name).where(ContactList.named(str(trigger.list_name)))
+                )
             ).scalar_one_or_none()
             if lst is None:
                 raise UserError(
@@ -219,6 +222,8 @@ class Automations:
                     t("An automation named “{name}” already exists; /automation edit changes it.", name=name)
                 )
             target = await self._target(session, trigger, to, where)
+            if trigger.kind == "confirmed":  # the list as it is spelt, whatever case was typed
+                trigger = dataclasses.replace(trigger, list_name=target.name)
             campaign = Campaign(
                 name=PREFIX + name,
                 kind="automation",
@@ -315,6 +320,8 @@ class Automations:
                 values.update(
                     audience_kind=target.kind, audience_name=target.name, audience_where=target.where
                 )
+                if trigger.kind == "confirmed":
+                    trigger = dataclasses.replace(trigger, list_name=target.name)
             self._check_template(
                 str(values.get("template", campaign.template)), str(values.get("subject", campaign.subject))
             )

@@ -129,7 +129,7 @@ class ContactCommands:
 
     async def add(self, req: Request, p: Parsed) -> Message:
         with usage_of(ADD):
-            contact = await self.signups.add_from_chat(
+            contact, list_name = await self.signups.add_from_chat(
                 p.arg("email"),
                 p.flag("list") or "",
                 p.flag("consent") or "",
@@ -141,7 +141,7 @@ class ContactCommands:
             t(
                 "Added {email} to “{list}” with the consent you recorded; you are its source.",
                 email=contact.email,
-                list=p.flag("list"),
+                list=list_name,
             )
         )
 

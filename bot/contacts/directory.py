@@ -98,7 +98,7 @@ async def remove(ctx: Context, email: str, list_name: str, *, actor: str, via: s
             await session.execute(select(Contact).where(Contact.email == address))
         ).scalar_one_or_none()
         lst = (
-            await session.execute(select(ContactList).where(ContactList.name == list_name))
+            await session.execute(select(ContactList).where(ContactList.named(list_name)))
         ).scalar_one_or_none()
         if lst is None:
             raise UserError(t("There is no contact list “{name}”. /lists shows them.", name=list_name[:60]))
@@ -189,7 +189,7 @@ async def export_csv(ctx: Context, list_name: str | None) -> Export:
         lst_id = None
         if list_name is not None:
             lst_id = (
-                await session.execute(select(ContactList.id).where(ContactList.name == list_name))
+                await session.execute(select(ContactList.id).where(ContactList.named(list_name)))
             ).scalar_one_or_none()
             if lst_id is None:
                 raise UserError(

@@ -156,12 +156,13 @@ async def _import(
     mx: dict[str, bool] = {}
     async with ctx.sessions() as session, session.begin():
         lst = (
-            await session.execute(select(ContactList).where(ContactList.name == list_name))
+            await session.execute(select(ContactList).where(ContactList.named(list_name)))
         ).scalar_one_or_none()
         if lst is None:
             lst = ContactList(name=list_name)
             session.add(lst)
             await session.flush()
+        list_name = report.list_name = lst.name  # the spelling it was made with, in any case typed
         seen: set[str] = set()
         for raw in reader:
             line = reader.line_num
