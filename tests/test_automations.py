@@ -294,3 +294,36 @@ async def test_an_unknown_trigger_or_date_attribute_is_refused_naming_the_closes
     assert "Draft automation" in await bot.say(
         SENDER, '/automation new renew --on "renewal_date - 14d" --template welcome --to customers'
     )
+
+
+async def test_delete_takes_a_paused_or_draft_automation_away_and_keeps_its_history(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    from bot.db.models import AuditEntry
+
+    bot = await make_bot()
+    await bot.say(SENDER, "/automation new welcome --on confirmed:customers --template welcome")
+    await approve(bot, "welcome")
+    await bot.say(SENDER, f"/contacts add ann@example.com --list customers {CONSENT}")
+    await bot.settle()
+    await wait_for_mail(smtp, "ann@example.com")
+    reply = await bot.say(SENDER, "/automation delete welcome")
+    assert "is running; /automation pause welcome first" in reply, reply
+    await bot.say(SENDER, "/automation pause welcome")
+    reply = await bot.say(SENDER, "/automation delete welcome")
+    assert reply == "Deleted automation “welcome”; its 1 message sent and its report stay in the history.", (
+        reply
+    )
+    assert "no automation" in (await bot.say(SENDER, "/automation status welcome")).lower()
+    assert "welcome" not in await bot.say(SENDER, "/automation list")
+    async with bot.app.ctx.sessions() as s:
+        sent = (await s.execute(select(Delivery).where(Delivery.email == "ann@example.com"))).scalar_one()
+        kept = await s.get(Campaign, sent.campaign_id)
+        audit = (
+            await s.execute(select(AuditEntry.action).where(AuditEntry.action == "automation.delete"))
+        ).all()
+    assert kept is not None and kept.state == "cancelled" and sent.status == "sent" and len(audit) == 1
+    # The name is free again; a draft is deleted at once.
+    assert "Draft automation" in await bot.say(
+        SENDER, "/automation new welcome --on confirmed:customers --template welcome"
+    )
+    assert "Deleted automation “welcome”" in await bot.say(SENDER, "/automation delete welcome")
+    assert "There is no automation" in await bot.say(SENDER, "/automation delete welcome")

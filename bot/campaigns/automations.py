@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, func, literal, select, update
+from sqlalchemy import and_, delete, exists, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 SCAN_JOB = "automations.scan"
 PREFIX = service.AUTOMATION_PREFIX
 LIVE = ("sending",)  # an approved automation runs as a campaign that is sending
+DELETABLE = ("draft", "paused")  # a running one is paused first; approvals in flight are withdrawn by an edit
 VOIDABLE = ("draft", "pending_approval", "approved", "scheduled", "rejected", "sending", "paused", "failed")
 
 
@@ -409,6 +410,63 @@ class Automations:
             )
         gap = await self.runs.resume(shown.campaign, actor=actor, via=via)
         return await self.get(name), gap
+
+    async def delete(self, name: str, *, actor: str, via: str, admin: bool) -> int:
+        """Take a draft or paused automation away: nothing of it runs again and its name is free; its
+        campaign stays (cancelled, renamed) with every delivery, event and audit entry, so its history
+        and report remain. Returns how many messages it had sent."""
+        async with self.ctx.sessions() as session, session.begin():
+            shown = await self._get(session, name)
+            a, campaign = shown.automation, shown.campaign
+            may_change(campaign, actor, admin, "delete")
+            if campaign.state not in DELETABLE:
+                state = running_name(campaign.state)
+                raise UserError(
+                    t(
+                        "Automation “{name}” is {state}; /automation pause {name} first.",
+                        name=name,
+                        state=state,
+                    )
+                    if campaign.state in LIVE
+                    else t(
+                        "Automation “{name}” is {state}; only a draft or a paused automation can be deleted.",
+                        name=name,
+                        state=state,
+                    )
+                )
+            sent = (
+                await session.execute(
+                    select(func.count()).where(Delivery.campaign_id == campaign.id, Delivery.status == "sent")
+                )
+            ).scalar_one()
+            kept_as = f"{PREFIX}{name} (deleted #{campaign.id})"[:200]
+            if not await service.transition(
+                session,
+                campaign.id,
+                DELETABLE,
+                "cancelled",
+                name=kept_as,
+                status_note=note("Automation deleted by {email}.", email=actor),
+            ):
+                raise UserError(t("“{name}” changed state while you deleted it; try again.", name=name))
+            await session.execute(
+                update(Delivery)
+                .where(Delivery.campaign_id == campaign.id, Delivery.status == "pending")
+                .values(status="cancelled")
+                .execution_options(synchronize_session=False)
+            )
+            await session.execute(delete(Automation).where(Automation.id == a.id))
+            service.audit_campaign(
+                session,
+                campaign,
+                actor=actor,
+                via=via,
+                action="automation.delete",
+                before=campaign.state,
+                after="cancelled",
+                detail=f"{trigger_of(a).canonical()}; kept as {kept_as}",
+            )
+        return int(sent)
 
     async def report(self, name: str) -> Figures:
         return await build_report(self.ctx, (await self.get(name)).campaign)
