@@ -327,3 +327,28 @@ async def test_delete_takes_a_paused_or_draft_automation_away_and_keeps_its_hist
     )
     assert "Deleted automation “welcome”" in await bot.say(SENDER, "/automation delete welcome")
     assert "There is no automation" in await bot.say(SENDER, "/automation delete welcome")
+
+
+async def test_one_thing_is_counted_in_the_singular(make_bot) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    from tests.conftest import ADMIN
+
+    bot = await make_bot()
+    shown = await bot.say(SENDER, "/contacts find lena")
+    assert shown.startswith("1 contact matches"), shown
+    listed = await bot.say(SENDER, "/lists")
+    assert listed.startswith("1 contact list:"), listed
+    assert "1 contacts" not in await bot.say(SENDER, "/segment new de customers --where \"country = 'DE'\"")
+    reply = await bot.say(SENDER, "/segment new pros customers --where \"country = 'AT'\"")
+    assert "matches 1 contact now" in reply, reply
+    assert (await bot.say(SENDER, "/segment list")).startswith("2 segments:")
+    reply = await bot.say(SENDER, "/campaign new spring --to pros --template welcome")
+    assert "The segment matches 1 contact now" in reply, reply
+    await bot.say(SENDER, "/automation new welcome --on confirmed:customers --template welcome")
+    assert (await bot.say(SENDER, "/automation list")).startswith("1 automation:")
+    assert "0 messages made today" in await bot.say(SENDER, "/automation status welcome")
+    await bot.say(ADMIN, '/lists open partners --wording "Partner news, now and then."')
+    await bot.say(SENDER, f"/contacts add zed@example.com --list partners {CONSENT}")
+    listed = await bot.say(SENDER, "/lists")
+    assert "partners — 1 member, 1 with consent" in listed, listed
+    for text in (shown, listed):
+        assert "1 contacts" not in text and "1 members" not in text

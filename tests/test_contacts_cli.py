@@ -56,7 +56,12 @@ def test_no_configuration_and_an_unwritable_output_each_get_a_true_sentence(tmp_
     from tests.test_cli import POSTROOM, clean_env
 
     bare = subprocess.run(
-        [POSTROOM, "contacts", "export"], capture_output=True, text=True, cwd=tmp_path, env=clean_env(), timeout=60
+        [POSTROOM, "contacts", "export"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=clean_env(),
+        timeout=60,
     )
     assert bare.returncode == 1 and "no configuration" in bare.stderr.lower(), bare.stderr
     assert "postroom init" in bare.stderr and "Traceback" not in bare.stderr

@@ -83,7 +83,7 @@ async def test_a_list_name_is_one_list_in_any_case_spelt_as_made(make_bot, tmp_p
     second.write_text("email,name,consent_at\nbob@example.com,Bob,2026-03-02T10:15:00+00:00\n")
     await import_contacts(bot.app.ctx, first, "Newsletter")
     report = await import_contacts(bot.app.ctx, second, "newsletter")
-    assert "into list “Newsletter”" in report.summary(), report.summary()
+    assert "Imported 1 of 1 row into list “Newsletter”" in report.summary(), report.summary()
     async with bot.app.ctx.sessions() as s:
         names = set((await s.execute(select(ContactList.name))).scalars())
         kinds = set((await s.execute(select(ConsentEvent.list_name))).scalars())

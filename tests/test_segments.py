@@ -140,11 +140,11 @@ async def test_a_segment_narrows_the_audience_in_the_database(make_bot, smtp) ->
         s.add(CampaignEvent(campaign_id=lena.campaign_id, delivery_id=lena.id, email_hash="h", kind="click"))
         await s.commit()
     reply = await bot.say(SENDER, "/segment show dach")
-    assert "matches 1 contacts now" in reply and "kim@example.org" in reply, reply  # Lena clicked since
+    assert "matches 1 contact now" in reply and "kim@example.org" in reply, reply  # Lena clicked since
     reply = await bot.say(
         SENDER, "/segment new clickers customers --where 'clicked_count >= 1 and signed_up_within(3650d)'"
     )
-    assert "matches 1 contacts now" in reply and "lena@example.com" in reply, reply
+    assert "matches 1 contact now" in reply and "lena@example.com" in reply, reply
 
 
 async def test_a_number_no_database_can_bind_is_refused_before_anything_is_stored(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811

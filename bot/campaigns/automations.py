@@ -839,7 +839,10 @@ class Automations:
             ),
         ]
         today = self.ctx.now().date().isoformat()
-        lines.append("  " + t("{count} messages made today", count=a.cap_count if a.cap_day == today else 0))
+        made = a.cap_count if a.cap_day == today else 0
+        lines.append(
+            "  " + (t("1 message made today") if made == 1 else t("{count} messages made today", count=made))
+        )
         if counts:
             lines.append("  " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
         if due is not None:

@@ -175,6 +175,8 @@ class Drafts:
         found = await segment_store.match(self.ctx, campaign.audience_name, campaign.audience_where)
         if not found.count:
             return "\n" + t("The segment matches nobody on the list now.")
+        if found.count == 1:
+            return "\n" + t("The segment matches 1 contact now: {sample}.", sample=", ".join(found.sample))
         return "\n" + t(
             "The segment matches {count} contacts now, e.g. {sample}.",
             count=found.count,

@@ -161,7 +161,9 @@ class Sunsets:
             (t("Re-permission automation"), held.automation),
             (
                 t("Would suppress"),
-                t(
+                t("1 contact who did not answer within {days} days", days=held.payload.get("window"))
+                if len(ids) == 1
+                else t(
                     "{count} contacts who did not answer within {days} days",
                     count=len(ids),
                     days=held.payload.get("window"),

@@ -166,7 +166,9 @@ class AutomationCommands:
                         "An approver types /approve automation:{name} or presses the card's button.",
                         name=name,
                     ),
-                    t("Its audience has {count} contacts now.", count=done.review.audience.total),
+                    t("Its audience has 1 contact now.")
+                    if done.review.audience.total == 1
+                    else t("Its audience has {count} contacts now.", count=done.review.audience.total),
                 ]
             )
         )
@@ -242,7 +244,7 @@ class AutomationCommands:
         shown = await self.automations.listing()
         if not shown:
             return Message(t("There are no automations yet. /automation new starts one."))
-        lines = [t("{count} automations:", count=len(shown))]
+        lines = [t("1 automation:") if len(shown) == 1 else t("{count} automations:", count=len(shown))]
         lines += [
             "  "
             + t(

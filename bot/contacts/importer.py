@@ -59,7 +59,8 @@ class ImportReport:
     def summary(self) -> str:
         verb = "Would import" if self.dry_run else "Imported"
         lines = [
-            f"{verb} {self.added + self.updated} of {self.rows} rows into list “{self.list_name}” "
+            f"{verb} {self.added + self.updated} of {self.rows} row{'' if self.rows == 1 else 's'} into list "
+            f"“{self.list_name}” "
             f"({self.added} new, {self.updated} updated)."
         ]
         if self.without_consent:
