@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,10 +18,19 @@ if TYPE_CHECKING:
     from bot.config import Settings
 
 
-def _settings(config: str | None) -> Settings:
-    from bot import log_masking
-    from bot.config import ConfigError, load_settings
+NO_CONFIGURATION = (
+    "No configuration: there is no postroom.toml in this folder and neither --config nor POSTROOM_CONFIG "
+    "names one, so Postroom would start a new, empty database (./postroom.db) here. Run it from the "
+    "folder `postroom init` wrote its postroom.toml in, or pass --config <file>."
+)
 
+
+def _settings(config: str | None, *, needs_configuration: bool = True) -> Settings:
+    from bot import log_masking
+    from bot.config import ConfigError, config_path, load_settings
+
+    if needs_configuration and config_path(config) is None and not os.environ.get("POSTROOM_DATABASE__URL"):
+        raise click.ClickException(NO_CONFIGURATION)
     try:
         settings = load_settings(config)
     except ConfigError as exc:
@@ -41,6 +50,27 @@ def run_coroutine(coro):
         return asyncio.run(coro)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(coro)
+
+
+def _count(n: int, noun: str) -> str:
+    """ "1 contact", "2 contacts": CLI text is English."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _per_list(export: Any) -> str:
+    return (
+        f" ({_count(export.rows, 'row')}, one per contact and list)" if export.rows != export.contacts else ""
+    )
+
+
+def _write_private(output: str, text: str) -> None:
+    """Write personal data readable by the owner only; a path that can't be written is a sentence."""
+    try:
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+    except OSError as exc:
+        raise click.ClickException(f"Can't write {output}: {exc.strerror or exc}.") from None
 
 
 def _run(coro, settings: Settings | None = None) -> None:
@@ -451,7 +481,7 @@ def contacts_import(ctx: click.Context, file: str, list_name: str, dry_run: bool
         finally:
             await app.close()
         click.echo(report.summary())
-        if report.bad and not (report.added or report.updated):
+        if (report.bad or report.internal) and not (report.added or report.updated):
             sys.exit(1)
 
     _run(go(), settings)
@@ -478,16 +508,17 @@ def contacts_export(ctx: click.Context, list_name: str | None, output: str) -> N
 
         app = await build_app(settings)
         try:
-            text, count = await export_csv(app.ctx, list_name)
+            export = await export_csv(app.ctx, list_name)
         finally:
             await app.close()
+        text = export.text
         if output == "-":
             click.echo(text, nl=False)
         else:
-            fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # personal data: owner only
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-                f.write(text)
-            click.echo(f"Wrote {count} contacts to {output}.", err=True)
+            _write_private(output, text)
+            click.echo(
+                f"Wrote {_count(export.contacts, 'contact')} to {output}{_per_list(export)}.", err=True
+            )
 
     _run(go(), settings)
 
@@ -577,7 +608,10 @@ def groups_export(ctx: click.Context, fmt: str, output: str) -> None:
         if output == "-":
             click.echo(text, nl=False)
         else:
-            Path(output).write_text(text, encoding="utf-8")
+            try:
+                Path(output).write_text(text, encoding="utf-8")
+            except OSError as exc:
+                raise click.ClickException(f"Can't write {output}: {exc.strerror or exc}.") from None
             click.echo(f"Wrote {output}; now run: postmap {output}", err=True)
 
     _run(go())
@@ -743,7 +777,7 @@ def doctor(ctx: click.Context, nameservers: tuple[str, ...], dns_port: int | Non
     from bot.config import ConfigError
     from bot.doctor import Doctor, Lookup
 
-    settings = _settings(ctx.obj["config"])
+    settings = _settings(ctx.obj["config"], needs_configuration=False)
     for server in nameservers:
         try:
             ipaddress.ip_address(server)

@@ -270,6 +270,9 @@ class SignupSettings(_Section):
     per_ip_per_hour: int = Field(default=20, ge=1)
     per_address_per_day: int = Field(default=5, ge=1)
     mails_per_address_per_day: int = Field(default=3, ge=1)  # confirmation mails to one address
+    # A server-to-server caller of POST /s/<list>.json (a CRM: every signup from one IP) sends
+    # `Authorization: Bearer <api_key>` and is not held by per_ip_per_hour; per-address limits still apply.
+    api_key: str | None = Field(default=None, repr=False)
     max_body_bytes: int = Field(default=8192, ge=512, le=65536)
     # Optionally refuse an address whose domain has no mail server (a DNS look-up with a timeout).
     mx_check: bool = False
@@ -278,6 +281,16 @@ class SignupSettings(_Section):
     dns_port: int = Field(default=53, ge=1, le=65535)
     # Contacts with no open or click for this long are inactive (/contacts inactive, sunset policy).
     sunset_days: int = Field(default=180, ge=1)
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_unset(cls, v: object) -> object:
+        return v or None
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_floor(cls, v: str | None) -> str | None:
+        return _secret_floor(v)
 
 
 class AutomationSettings(_Section):

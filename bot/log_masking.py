@@ -108,6 +108,7 @@ def settings_secrets(settings: Any) -> list[Any]:
         settings.smtp.password,
         settings.hr.webhook_secret,
         settings.campaigns.webhook_secret,
+        settings.signup.api_key,
         settings.slack.bot_token,
         settings.slack.signing_secret,
         settings.slack.app_token,

@@ -138,6 +138,7 @@ def serving_problem(settings: Settings) -> str | None:
         ("web.secret", settings.web.secret, True),
         ("hr.webhook_secret", settings.hr.webhook_secret, False),
         ("campaigns.webhook_secret", settings.campaigns.webhook_secret, False),
+        ("signup.api_key", settings.signup.api_key, False),
     ):
         problem = check_secret(key, value, required=required)
         if problem is not None:

@@ -33,10 +33,15 @@ _ASCII_DIGITS = frozenset("0123456789")
 
 
 class Refused(Exception):
-    def __init__(self, status: int, sentence: str):
+    def __init__(self, status: int, sentence: str, *, retry_after: int | None = None):
         super().__init__(sentence)
         self.status = status
         self.sentence = sentence
+        self.retry_after = retry_after  # seconds, for a 429's Retry-After
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
 
 
 def _too_large(cap: int) -> Refused:

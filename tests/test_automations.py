@@ -250,3 +250,117 @@ async def test_a_failed_automation_is_submitted_again_and_catches_up(make_bot, s
     assert b"Hi there" in smtp.handler.to("cy@example.com")[0].data
     assert len(smtp.handler.to("ann@example.com")) == 1
     assert "running" in await bot.say(SENDER, "/automation status welcome")
+
+
+async def test_the_report_counts_only_what_its_own_sends_caused(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    from bot.addresses import email_hash
+    from bot.db.models import Suppression
+
+    bot = await make_bot()
+    async with bot.app.ctx.sessions() as s, s.begin():  # Lena left long ago, through another campaign
+        s.add(
+            Suppression(
+                email_hash=email_hash("lena@example.com"), email="lena@example.com", reason="unsubscribed"
+            )
+        )
+    at(bot, datetime(2027, 1, 6, 9, 0, tzinfo=UTC))  # Lena's renewal reminder is due: she is suppressed
+    await bot.say(SENDER, '/automation new renew --on "renewal_date - 14d" --template welcome --to customers')
+    await approve(bot, "renew")
+    await bot.app.automations.scan()
+    await bot.settle()
+    at(bot, datetime(2027, 1, 18, 9, 0, tzinfo=UTC))  # Raj's: sent, and he unsubscribes from it
+    await bot.app.automations.scan()
+    await bot.settle()
+    await wait_for_mail(smtp, "raj@example.net")
+    (raj,) = [d for d in await deliveries(bot, "renew") if d.email == "raj@example.net"]
+    async with bot.app.ctx.sessions() as s, s.begin():
+        s.add(
+            Suppression(
+                email_hash=email_hash("raj@example.net"),
+                email="raj@example.net",
+                reason="unsubscribed",
+                campaign_id=raj.campaign_id,
+                created_at=datetime(2027, 1, 18, 10, 0, tzinfo=UTC),
+            )
+        )
+    report = await bot.say(SENDER, "/automation report renew")
+    assert "1 recipient." in report and "sent 1," in report, report
+    assert "unsubscribes 1 (100.0%)" in report, report
+    assert "not sent: suppressed" not in report
+    assert "1 contact was suppressed already when its turn came: not mailed, not counted here." in report
+
+
+async def test_an_unknown_trigger_or_date_attribute_is_refused_naming_the_closest(make_bot) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot()
+    reply = await bot.say(SENDER, "/automation new hello --on joind --template welcome --to customers")
+    assert "“joind” is not a trigger" in reply and "did you mean “joined”?" in reply, reply
+    reply = await bot.say(
+        SENDER, '/automation new renew --on "renewal_dat - 14d" --template welcome --to customers'
+    )
+    assert "No contact on “customers” has a date attribute “renewal_dat”" in reply, reply
+    assert "did you mean “renewal_date”?" in reply, reply
+    reply = await bot.say(SENDER, "/automation new x --on confirmd:customers --template welcome")
+    assert "did you mean “confirmed:customers”?" in reply, reply
+    async with bot.app.ctx.sessions() as s:
+        assert (await s.execute(select(Automation))).first() is None
+    assert "Draft automation" in await bot.say(
+        SENDER, '/automation new renew --on "renewal_date - 14d" --template welcome --to customers'
+    )
+
+
+async def test_delete_takes_a_paused_or_draft_automation_away_and_keeps_its_history(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    from bot.db.models import AuditEntry
+
+    bot = await make_bot()
+    await bot.say(SENDER, "/automation new welcome --on confirmed:customers --template welcome")
+    await approve(bot, "welcome")
+    await bot.say(SENDER, f"/contacts add ann@example.com --list customers {CONSENT}")
+    await bot.settle()
+    await wait_for_mail(smtp, "ann@example.com")
+    reply = await bot.say(SENDER, "/automation delete welcome")
+    assert "is running; /automation pause welcome first" in reply, reply
+    await bot.say(SENDER, "/automation pause welcome")
+    reply = await bot.say(SENDER, "/automation delete welcome")
+    assert reply == "Deleted automation “welcome”; its 1 message sent and its report stay in the history.", (
+        reply
+    )
+    assert "no automation" in (await bot.say(SENDER, "/automation status welcome")).lower()
+    assert "welcome" not in await bot.say(SENDER, "/automation list")
+    async with bot.app.ctx.sessions() as s:
+        sent = (await s.execute(select(Delivery).where(Delivery.email == "ann@example.com"))).scalar_one()
+        kept = await s.get(Campaign, sent.campaign_id)
+        audit = (
+            await s.execute(select(AuditEntry.action).where(AuditEntry.action == "automation.delete"))
+        ).all()
+    assert kept is not None and kept.state == "cancelled" and sent.status == "sent" and len(audit) == 1
+    # The name is free again; a draft is deleted at once.
+    assert "Draft automation" in await bot.say(
+        SENDER, "/automation new welcome --on confirmed:customers --template welcome"
+    )
+    assert "Deleted automation “welcome”" in await bot.say(SENDER, "/automation delete welcome")
+    assert "There is no automation" in await bot.say(SENDER, "/automation delete welcome")
+
+
+async def test_one_thing_is_counted_in_the_singular(make_bot) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    from tests.conftest import ADMIN
+
+    bot = await make_bot()
+    shown = await bot.say(SENDER, "/contacts find lena")
+    assert shown.startswith("1 contact matches"), shown
+    listed = await bot.say(SENDER, "/lists")
+    assert listed.startswith("1 contact list:"), listed
+    assert "1 contacts" not in await bot.say(SENDER, "/segment new de customers --where \"country = 'DE'\"")
+    reply = await bot.say(SENDER, "/segment new pros customers --where \"country = 'AT'\"")
+    assert "matches 1 contact now" in reply, reply
+    assert (await bot.say(SENDER, "/segment list")).startswith("2 segments:")
+    reply = await bot.say(SENDER, "/campaign new spring --to pros --template welcome")
+    assert "The segment matches 1 contact now" in reply, reply
+    await bot.say(SENDER, "/automation new welcome --on confirmed:customers --template welcome")
+    assert (await bot.say(SENDER, "/automation list")).startswith("1 automation:")
+    assert "0 messages made today" in await bot.say(SENDER, "/automation status welcome")
+    await bot.say(ADMIN, '/lists open partners --wording "Partner news, now and then."')
+    await bot.say(SENDER, f"/contacts add zed@example.com --list partners {CONSENT}")
+    listed = await bot.say(SENDER, "/lists")
+    assert "partners — 1 member, 1 with consent" in listed, listed
+    for text in (shown, listed):
+        assert "1 contacts" not in text and "1 members" not in text

@@ -33,7 +33,7 @@ async def test_edit_names_what_changed_as_the_options_typed(bot, tmp_path: Path)
     assert reply == "Updated “spring” (--to, --subject, --tracking)."
     for column in ("subject_template", "audience_kind", "audience_name", "audience_where"):
         assert column not in reply
-    assert await bot.say(SENDER, '/campaign edit spring --where "country = \\"DE\\""') == (
+    assert await bot.say(SENDER, '/campaign edit spring --where "company = \\"Tanaka KK\\""') == (
         "Updated “spring” (--where)."
     )
     async with bot.core.ctx.sessions() as session:

@@ -38,7 +38,8 @@ def test_export_writes_consent_columns_that_import_reads_back(setup) -> None:  #
         "yuki@example.org",
         "nocon@example.com",
     ]
-    assert rows[0]["consent_source"] == "signup form" and rows[0]["consent_at"].startswith("2026-03-02T10:15")
+    assert "signup form" in rows[0]["consent_source"] and rows[0]["consent_at"].startswith("2026-03-02T10:15")
+    assert rows[0]["list"] == "customers" and rows[0]["suppressed"] == ""
     assert rows[2]["company"] == "'=HYPERLINK(1)"  # a spreadsheet would run it: kept as text
     written = setup.run("contacts", "export", "-o", "all.csv")
     assert "Wrote 4 contacts to all.csv." in written.stderr
@@ -47,3 +48,28 @@ def test_export_writes_consent_columns_that_import_reads_back(setup) -> None:  #
     assert "Would import 4 of 4 rows" in again.stdout, again.stdout
     missing = setup.run("contacts", "export", "--list", "nosuch")
     assert missing.returncode == 1 and "There is no contact list “nosuch”" in missing.stderr
+
+
+def test_no_configuration_and_an_unwritable_output_each_get_a_true_sentence(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+
+    from tests.test_cli import POSTROOM, clean_env
+
+    bare = subprocess.run(
+        [POSTROOM, "contacts", "export"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=clean_env(),
+        timeout=60,
+    )
+    assert bare.returncode == 1 and "no configuration" in bare.stderr.lower(), bare.stderr
+    assert "postroom init" in bare.stderr and "Traceback" not in bare.stderr
+    assert not (tmp_path / "postroom.db").exists()  # nothing made in whatever folder it was run from
+
+
+def test_an_export_to_a_folder_that_does_not_exist_says_so(setup) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    out = setup.run("contacts", "export", "-o", "/nonexistent/x.csv")
+    assert out.returncode == 1, out.stderr
+    assert "Can't write /nonexistent/x.csv: No such file or directory." in out.stderr, out.stderr
+    assert "could not start" not in out.stderr

@@ -140,11 +140,11 @@ async def test_a_segment_narrows_the_audience_in_the_database(make_bot, smtp) ->
         s.add(CampaignEvent(campaign_id=lena.campaign_id, delivery_id=lena.id, email_hash="h", kind="click"))
         await s.commit()
     reply = await bot.say(SENDER, "/segment show dach")
-    assert "matches 1 contacts now" in reply and "kim@example.org" in reply, reply  # Lena clicked since
+    assert "matches 1 contact now" in reply and "kim@example.org" in reply, reply  # Lena clicked since
     reply = await bot.say(
         SENDER, "/segment new clickers customers --where 'clicked_count >= 1 and signed_up_within(3650d)'"
     )
-    assert "matches 1 contacts now" in reply and "lena@example.com" in reply, reply
+    assert "matches 1 contact now" in reply and "lena@example.com" in reply, reply
 
 
 async def test_a_number_no_database_can_bind_is_refused_before_anything_is_stored(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
@@ -178,3 +178,47 @@ async def test_a_number_no_database_can_bind_is_refused_before_anything_is_store
         SENDER, "/segment new fine customers --where 'opened_count >= 1000000000 or sent_count < -1000000000'"
     )
     assert "matches nobody on the list now" in reply, reply
+
+
+async def test_edit_where_narrows_the_campaigns_segment_and_to_starts_over(make_bot) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    from bot.commands.campaigns import EDIT
+
+    bot = await make_bot()
+    assert "narrow" in next(f.help for f in EDIT.flags if f.name == "where")
+    await bot.say(SENDER, '/segment new dach customers --where \'country in ("DE", "AT")\'')
+    await bot.say(SENDER, "/campaign new spring --to dach --template welcome")
+    reply = await bot.say(SENDER, "/campaign edit spring --where \"plan = 'free'\"")
+    assert "Updated “spring” (--where)." in reply, reply
+    async with bot.app.ctx.sessions() as s:
+        campaign = (await s.execute(select(Campaign).where(Campaign.name == "spring"))).scalar_one()
+    # Raj is on the free plan but in India: narrowing the DACH segment leaves nobody, not Raj.
+    assert campaign.audience_where == '(country in ("DE", "AT")) and (plan = \'free\')'
+    await bot.say(SENDER, "/campaign edit spring --where \"country = 'DE'\"")
+    async with bot.app.ctx.sessions() as s:
+        campaign = (await s.execute(select(Campaign).where(Campaign.name == "spring"))).scalar_one()
+    assert (
+        campaign.audience_where == "((country in (\"DE\", \"AT\")) and (plan = 'free')) and (country = 'DE')"
+    )
+    await bot.say(SENDER, "/campaign edit spring --to customers --where \"plan = 'free'\"")  # starts over
+    async with bot.app.ctx.sessions() as s:
+        campaign = (await s.execute(select(Campaign).where(Campaign.name == "spring"))).scalar_one()
+    assert campaign.audience_name == "customers" and campaign.audience_where == "plan = 'free'"
+
+
+async def test_a_field_no_contact_has_is_refused_naming_the_closest(make_bot) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot()
+    reply = await bot.say(SENDER, "/segment new dach customers --where \"contry = 'DE'\"")
+    assert "“contry”, which no contact on “customers” has — did you mean “country”?" in reply, reply
+    assert "column 1" in reply and "plan" in reply and "renewal_date" in reply, reply
+    reply = await bot.say(
+        SENDER, "/campaign new spring --to customers --template welcome --where \"pln = 'pro'\""
+    )
+    assert "did you mean “plan”?" in reply, reply
+    reply = await bot.say(SENDER, '/campaign new spring --to customers --template welcome --where "zzzq = 1"')
+    assert "“zzzq”, which no contact on “customers” has. Fields:" in reply, reply
+    async with bot.app.ctx.sessions() as s:
+        assert (await s.execute(select(func.count()).select_from(Segment))).scalar_one() == 0
+        assert (await s.execute(select(func.count()).select_from(Campaign))).scalar_one() == 0
+    assert "matches" in await bot.say(SENDER, "/segment new dach customers --where \"country = 'DE'\"")
+    reply = await bot.say(SENDER, "/segment edit dach --where \"Country = 'DE'\"")
+    assert "did you mean “country”?" in reply, reply

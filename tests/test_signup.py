@@ -299,9 +299,8 @@ async def test_a_company_address_joins_no_external_list_on_any_path(make_bot, sm
     )
     (tmp_path / "staff.csv").write_text("email,name\nchen@corp.example,Chen\numa@example.org,Uma\n")
     report = await import_contacts(bot.app.ctx, tmp_path / "staff.csv", "customers")
-    assert report.added == 1 and report.bad == [
-        (2, "chen@corp.example is a company address: colleagues get internal mail through groups")
-    ]
+    assert report.added == 1 and report.bad == [] and report.internal == 1
+    assert "1 row was a company address (corp.example) and was not imported" in report.summary()
     async with bot.app.ctx.sessions() as s:
         assert (await s.execute(select(Signup.email))).scalars().all() == ["zoe@example.org"]
         assert (await s.execute(select(Contact).where(Contact.email == "chen@corp.example"))).first() is None
@@ -380,3 +379,76 @@ async def test_a_member_and_a_new_address_get_the_same_work_before_the_answer(ma
     assert member == new and member
     await wait_for_mail(smtp, "newbie@example.org")  # the background did the rest
     assert smtp.handler.to("lena@example.com") == []
+
+
+async def test_a_name_from_chat_with_a_direction_override_or_control_character_is_refused(make_bot) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot()
+    consent = '--consent "Said yes to our newsletter at the fair"'
+    for name, code in (("Ann\u202egnp.exe", "U+202E"), ("Ann\u2066x", "U+2066"), ("Ann\x1bx", "U+001B")):
+        reply = await bot.say(
+            SENDER, f'/contacts add ann@example.com --list customers --name "{name}" {consent}'
+        )
+        assert "The name contains" in reply and code in reply, reply
+    async with bot.app.ctx.sessions() as s:
+        assert (await s.execute(select(Contact).where(Contact.email == "ann@example.com"))).first() is None
+    reply = await bot.say(
+        SENDER, f'/contacts add ann@example.com --list customers --name "Ann  Lee" {consent}'
+    )
+    assert "Added ann@example.com" in reply, reply
+    async with bot.app.ctx.sessions() as s:
+        ann = (await s.execute(select(Contact).where(Contact.email == "ann@example.com"))).scalar_one()
+    assert ann.name == "Ann Lee"
+
+
+CRM_KEY = "crm-" + "k3y" * 12
+
+
+async def test_a_crm_with_the_api_key_passes_the_per_ip_limit_not_the_address_one(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot(signup={"per_ip_per_hour": 2, "per_address_per_day": 2, "api_key": CRM_KEY})
+    await open_signup(bot)
+    crm = {"Authorization": f"Bearer {CRM_KEY}"}
+    async with web(bot, "192.0.2.50") as client:  # the company's CRM: one address for every signup
+        for i in range(5):
+            sent = await client.post("/s/customers.json", json={"email": f"crm{i}@example.com"}, headers=crm)
+            assert sent.status_code == 202, (i, sent.text)
+        for _ in range(3):  # one address: its own daily limit (2) still holds, quietly
+            assert (
+                await client.post("/s/customers.json", json={"email": "same@example.com"}, headers=crm)
+            ).status_code == 202
+        wrong = await client.post(
+            "/s/customers.json", json={"email": "x@example.com"}, headers={"Authorization": "Bearer nope"}
+        )
+        assert wrong.status_code == 401 and "API key" in wrong.json()["error"]
+        # Without the key the network has its hourly limit, and is told when to come back.
+        for i in range(2):
+            assert (
+                await client.post("/s/customers.json", json={"email": f"w{i}@example.com"})
+            ).status_code == 202
+        over = await client.post("/s/customers.json", json={"email": "y@example.com"})
+        assert over.status_code == 429 and 0 < int(over.headers["Retry-After"]) <= 3600
+        page = await client.post("/s/customers", data={"email": "z@example.com"})
+        assert page.status_code == 429 and 0 < int(page.headers["Retry-After"]) <= 3600
+    await bot.app.drain()
+    await wait_for_mail(smtp, "crm4@example.com")
+    await wait_for_mail(smtp, "same@example.com", 2)
+    assert len(smtp.handler.to("same@example.com")) == 2  # the third was over the address's limit
+    async with bot.app.ctx.sessions() as s:
+        emails = set((await s.execute(select(Signup.email))).scalars())
+    assert {f"crm{i}@example.com" for i in range(5)} <= emails
+
+
+async def test_the_embedded_forms_honeypot_is_hidden_without_the_pages_stylesheet(make_bot) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    import re
+
+    bot = await make_bot()
+    await open_signup(bot)
+    async with web(bot) as client:
+        embedded = (await client.get("/s/customers/form")).text
+    # A website embedding the snippet has no .hp rule: the field must hide itself, from sight and from
+    # the keyboard and screen readers, and no browser may fill it in.
+    (box,) = re.findall(r"<div[^>]*aria-hidden='true'[^>]*>", embedded)
+    style = re.search(r"style='([^']*)'", box)
+    assert style is not None and "position:absolute" in style.group(1) and "left:-10000px" in style.group(1)
+    assert "overflow:hidden" in style.group(1) and "height:1px" in style.group(1)
+    (field,) = re.findall(r"<input[^>]*name='website'[^>]*>", embedded)
+    assert "tabindex='-1'" in field and "autocomplete='off'" in field and "aria-hidden='true'" in field

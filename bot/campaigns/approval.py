@@ -69,6 +69,14 @@ def may_change(campaign: Campaign, email: str, admin: bool, what: str) -> None:
     """Only the campaign's author (or an admin) edits or submits it."""
     if campaign.created_by == email or admin:
         return
+    if what == "delete":
+        raise PermissionDenied(
+            t(
+                "Only {email} (who created “{name}”) or an admin can delete it.",
+                email=campaign.created_by,
+                name=campaign.name,
+            )
+        )
     if what == "edit":
         raise PermissionDenied(
             t(

@@ -43,7 +43,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.addresses import email_hash
-from bot.campaigns.segments import check, compile_where
+from bot.campaigns.segments import check, compile_where, unknown_field
 from bot.config import Settings
 from bot.db.models import (
     Campaign,
@@ -78,7 +78,7 @@ async def resolve_audience(session: AsyncSession, settings: Settings, name: str)
     if not raw:
         raise UserError(t("--to needs a contact list or a group."))
     if "@" not in raw:
-        lst = (await session.execute(select(ContactList).where(ContactList.name == raw))).scalar_one_or_none()
+        lst = (await session.execute(select(ContactList).where(ContactList.named(raw)))).scalar_one_or_none()
         if lst is not None:
             return "list", lst.name
     try:
@@ -116,22 +116,54 @@ class Target:
     segment: str | None = None  # the named segment it came from (its definition is copied, so it is bound)
 
 
+async def known_attributes(session: AsyncSession, list_name: str) -> set[str] | None:
+    """The attribute names the list's contacts have; None for a list with nobody on it yet (nothing to
+    check a field against). Read once when an expression is saved, never per send."""
+    keys: set[str] = set()
+    members = 0
+    rows = await session.stream(
+        select(Contact.attributes)
+        .join(ListMember, ListMember.contact_id == Contact.id)
+        .join(ContactList, ContactList.id == ListMember.list_id)
+        .where(ContactList.named(list_name))
+        .execution_options(yield_per=2000)
+    )
+    async for (attributes,) in rows:
+        members += 1
+        keys.update(attributes or {})
+    return keys if members else None
+
+
+async def check_fields(session: AsyncSession, list_name: str, expression: str) -> str:
+    """`expression` once every attribute it names is one the list's contacts have (a typo such as
+    `contry` would match nobody, silently): UserError naming the closest field otherwise."""
+    known = await known_attributes(session, list_name)
+    if known is not None:
+        problem = unknown_field(expression, known, list_name)
+        if problem is not None:
+            raise problem
+    return expression
+
+
 async def resolve_target(session: AsyncSession, settings: Settings, to: str, where: str | None) -> Target:
     """A list, a named segment (its list and expression copied), or a group; --where narrows a list."""
     raw = to.strip()
     segment = None
     if raw and "@" not in raw:
-        found = (await session.execute(select(ContactList.id).where(ContactList.name == raw))).first()
+        found = (await session.execute(select(ContactList.id).where(ContactList.named(raw)))).first()
         if found is None:
             segment = (await session.execute(select(Segment).where(Segment.name == raw))).scalar_one_or_none()
     if segment is not None:
         expression = segment.expression if not where else f"({segment.expression}) and ({where})"
-        return Target("list", segment.list_name, check(expression), segment.name)
+        checked = check(expression)
+        if where:
+            await check_fields(session, segment.list_name, checked)
+        return Target("list", segment.list_name, checked, segment.name)
     kind, name = await resolve_audience(session, settings, raw)
     if where:
         if kind != "list":
             raise UserError(t("--where narrows a contact list; {name} is a group.", name=name))
-        return Target(kind, name, check(where))
+        return Target(kind, name, await check_fields(session, name, check(where)))
     return Target(kind, name)
 
 

@@ -25,25 +25,36 @@ complaint and failure rates are watched, and crossing a threshold pauses it with
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, func, literal, select, update
+from sqlalchemy import and_, delete, exists, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.campaigns import service
 from bot.campaigns.approval import Approvals, Submitted, may_change
-from bot.campaigns.audience import Target, audience_filter, resolve_target
+from bot.campaigns.audience import Target, audience_filter, known_attributes, resolve_target
 from bot.campaigns.cards import CampaignCards
 from bot.campaigns.engagement import ENGAGED, events_of
 from bot.campaigns.notes import note, show, state_name
 from bot.campaigns.report import report_message
 from bot.campaigns.runs import CampaignRuns
 from bot.campaigns.templates import CompiledTemplate, load_source
-from bot.campaigns.triggers import Trigger, bound_text, delay_text, parse_cap, parse_delay, parse_trigger
+from bot.campaigns.triggers import (
+    Trigger,
+    bound_text,
+    closest_kind,
+    delay_text,
+    not_a_trigger,
+    parse_cap,
+    parse_delay,
+    parse_trigger,
+)
 from bot.context import Context
 from bot.db.models import Automation, Campaign, CampaignEvent, Contact, ContactList, Delivery, ListMember
 from bot.db.upsert import insert_ignore
@@ -55,6 +66,7 @@ log = logging.getLogger(__name__)
 SCAN_JOB = "automations.scan"
 PREFIX = service.AUTOMATION_PREFIX
 LIVE = ("sending",)  # an approved automation runs as a campaign that is sending
+DELETABLE = ("draft", "paused")  # a running one is paused first; approvals in flight are withdrawn by an edit
 VOIDABLE = ("draft", "pending_approval", "approved", "scheduled", "rejected", "sending", "paused", "failed")
 
 
@@ -125,7 +137,9 @@ class Automations:
             return Target("joiners", "new employees")
         if trigger.kind == "confirmed":
             lst = (
-                await session.execute(select(ContactList.name).where(ContactList.name == trigger.list_name))
+                await session.execute(
+                    select(ContactList.name).where(ContactList.named(str(trigger.list_name)))
+                )
             ).scalar_one_or_none()
             if lst is None:
                 raise UserError(
@@ -145,7 +159,41 @@ class Automations:
         target = await resolve_target(session, settings, to, where)
         if target.kind != "list":
             raise UserError(t("This trigger watches contacts: --to must be a contact list or a segment."))
+        if trigger.kind == "date":
+            await self._check_date_attribute(session, trigger, target.name)
         return target
+
+    @staticmethod
+    async def _check_date_attribute(session: Any, trigger: Trigger, list_name: str) -> None:
+        """A date trigger names an attribute the list's contacts have: a typo (`renewal_dat`) or a
+        misspelt trigger word (`joind`) would otherwise fire for nobody, silently."""
+        attribute = str(trigger.attribute)
+        known = await known_attributes(session, list_name)
+        if known is None or attribute in known:
+            return
+        if closest_kind(attribute) is not None:
+            raise not_a_trigger(attribute)
+        near = difflib.get_close_matches(attribute, sorted(known), n=1, cutoff=0.6)
+        shown = ", ".join(sorted(known)[:20]) or t("none")
+        if near:
+            raise UserError(
+                t(
+                    "No contact on “{list}” has a date attribute “{name}” — did you mean “{near}”? Their "
+                    "attributes: {attributes}.",
+                    list=list_name,
+                    name=attribute[:64],
+                    near=near[0],
+                    attributes=shown,
+                )
+            )
+        raise UserError(
+            t(
+                "No contact on “{list}” has a date attribute “{name}”. Their attributes: {attributes}.",
+                list=list_name,
+                name=attribute[:64],
+                attributes=shown,
+            )
+        )
 
     async def create(
         self,
@@ -175,6 +223,8 @@ class Automations:
                     t("An automation named “{name}” already exists; /automation edit changes it.", name=name)
                 )
             target = await self._target(session, trigger, to, where)
+            if trigger.kind == "confirmed":  # the list as it is spelt, whatever case was typed
+                trigger = dataclasses.replace(trigger, list_name=target.name)
             campaign = Campaign(
                 name=PREFIX + name,
                 kind="automation",
@@ -271,6 +321,8 @@ class Automations:
                 values.update(
                     audience_kind=target.kind, audience_name=target.name, audience_where=target.where
                 )
+                if trigger.kind == "confirmed":
+                    trigger = dataclasses.replace(trigger, list_name=target.name)
             self._check_template(
                 str(values.get("template", campaign.template)), str(values.get("subject", campaign.subject))
             )
@@ -358,6 +410,63 @@ class Automations:
             )
         gap = await self.runs.resume(shown.campaign, actor=actor, via=via)
         return await self.get(name), gap
+
+    async def delete(self, name: str, *, actor: str, via: str, admin: bool) -> int:
+        """Take a draft or paused automation away: nothing of it runs again and its name is free; its
+        campaign stays (cancelled, renamed) with every delivery, event and audit entry, so its history
+        and report remain. Returns how many messages it had sent."""
+        async with self.ctx.sessions() as session, session.begin():
+            shown = await self._get(session, name)
+            a, campaign = shown.automation, shown.campaign
+            may_change(campaign, actor, admin, "delete")
+            if campaign.state not in DELETABLE:
+                state = running_name(campaign.state)
+                raise UserError(
+                    t(
+                        "Automation “{name}” is {state}; /automation pause {name} first.",
+                        name=name,
+                        state=state,
+                    )
+                    if campaign.state in LIVE
+                    else t(
+                        "Automation “{name}” is {state}; only a draft or a paused automation can be deleted.",
+                        name=name,
+                        state=state,
+                    )
+                )
+            sent = (
+                await session.execute(
+                    select(func.count()).where(Delivery.campaign_id == campaign.id, Delivery.status == "sent")
+                )
+            ).scalar_one()
+            kept_as = f"{PREFIX}{name} (deleted #{campaign.id})"[:200]
+            if not await service.transition(
+                session,
+                campaign.id,
+                DELETABLE,
+                "cancelled",
+                name=kept_as,
+                status_note=note("Automation deleted by {email}.", email=actor),
+            ):
+                raise UserError(t("“{name}” changed state while you deleted it; try again.", name=name))
+            await session.execute(
+                update(Delivery)
+                .where(Delivery.campaign_id == campaign.id, Delivery.status == "pending")
+                .values(status="cancelled")
+                .execution_options(synchronize_session=False)
+            )
+            await session.execute(delete(Automation).where(Automation.id == a.id))
+            service.audit_campaign(
+                session,
+                campaign,
+                actor=actor,
+                via=via,
+                action="automation.delete",
+                before=campaign.state,
+                after="cancelled",
+                detail=f"{trigger_of(a).canonical()}; kept as {kept_as}",
+            )
+        return int(sent)
 
     async def report(self, name: str) -> Message:
         """The automation's report: figures, chart and report page, as for a campaign."""
@@ -731,7 +840,10 @@ class Automations:
             ),
         ]
         today = self.ctx.now().date().isoformat()
-        lines.append("  " + t("{count} messages made today", count=a.cap_count if a.cap_day == today else 0))
+        made = a.cap_count if a.cap_day == today else 0
+        lines.append(
+            "  " + (t("1 message made today") if made == 1 else t("{count} messages made today", count=made))
+        )
         if counts:
             lines.append("  " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
         if due is not None:

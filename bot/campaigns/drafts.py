@@ -120,7 +120,10 @@ class Drafts:
             if tracking is not None:
                 values["tracking"] = tracking
             if to or where:
-                # --where alone narrows the list it goes to now (replacing an earlier expression).
+                # --where alone narrows what it goes to now: AND-ed with its segment or earlier --where
+                # (as /campaign edit's help says); --to starts over from that list or segment.
+                if where and not to and campaign.audience_where:
+                    where = f"({campaign.audience_where}) and ({where})"
                 target = await resolve_target(session, ctx.settings, to or campaign.audience_name, where)
                 values.update(
                     audience_kind=target.kind, audience_name=target.name, audience_where=target.where
@@ -172,6 +175,8 @@ class Drafts:
         found = await segment_store.match(self.ctx, campaign.audience_name, campaign.audience_where)
         if not found.count:
             return "\n" + t("The segment matches nobody on the list now.")
+        if found.count == 1:
+            return "\n" + t("The segment matches 1 contact now: {sample}.", sample=", ".join(found.sample))
         return "\n" + t(
             "The segment matches {count} contacts now, e.g. {sample}.",
             count=found.count,

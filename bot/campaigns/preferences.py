@@ -92,7 +92,7 @@ async def leave(ctx: Context, target: Target, list_name: str) -> bool:
             await session.execute(select(Contact.id).where(Contact.email == target.email))
         ).scalar_one_or_none()
         lst = (
-            await session.execute(select(ContactList).where(ContactList.name == list_name))
+            await session.execute(select(ContactList).where(ContactList.named(list_name)))
         ).scalar_one_or_none()
         if contact_id is None or lst is None:
             return False
@@ -151,7 +151,7 @@ async def come_back(ctx: Context, target: Target, list_name: str | None) -> bool
             )
             return True
         lst = (
-            await session.execute(select(ContactList).where(ContactList.name == list_name))
+            await session.execute(select(ContactList).where(ContactList.named(list_name)))
         ).scalar_one_or_none()
         if contact is None or lst is None:
             return False

@@ -25,7 +25,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from sqlalchemy import distinct, func, select
+from sqlalchemy import distinct, exists, func, select
 
 from bot.campaigns import service
 from bot.campaigns.notes import state_name, status_name
@@ -77,6 +77,9 @@ class Figures:
     opens: int = 0
     clicks: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
+    suppressed_before: int = (
+        0  # already suppressed when their turn came: not mailed, not this campaign's doing
+    )
     tracking: bool = True
     automation: bool = False
     audience: str = ""
@@ -135,7 +138,9 @@ class Figures:
 
     def text(self) -> str:
         lines = [
-            t(
+            t("Report for “{name}” ({state}): 1 recipient.", name=self.campaign, state=state_name(self.state))
+            if self.recipients == 1
+            else t(
                 "Report for “{name}” ({state}): {count} recipients.",
                 name=self.campaign,
                 state=state_name(self.state),
@@ -243,7 +248,20 @@ class Figures:
                         click_rate=_pct(e.clicks, e.delivered),
                     )
                 )
-        others = {k: v for k, v in self.statuses.items() if k not in ("sent", "bounced")}
+        if self.suppressed_before:
+            lines.append(
+                "  "
+                + (
+                    t("1 contact was suppressed already when its turn came: not mailed, not counted here.")
+                    if self.suppressed_before == 1
+                    else t(
+                        "{count} contacts were suppressed already when their turn came: not mailed, not "
+                        "counted here.",
+                        count=self.suppressed_before,
+                    )
+                )
+            )
+        others = {k: v for k, v in self.statuses.items() if k not in ("sent", "bounced", "suppressed")}
         if others:
             lines.append(
                 "  "
@@ -327,7 +345,10 @@ async def build_report(ctx: Context, campaign: Campaign) -> Figures:
     cid = campaign.id
     async with ctx.sessions() as session:
         f.statuses = await service.counts(session, cid)
-        f.recipients = sum(f.statuses.values())
+        # A delivery skipped because its address was suppressed already (a bounce or an unsubscribe from
+        # elsewhere) is no recipient of this campaign and none of its doing: shown apart.
+        f.suppressed_before = f.statuses.get("suppressed", 0)
+        f.recipients = sum(f.statuses.values()) - f.suppressed_before
         f.sent = f.statuses.get("sent", 0)
         events = dict(
             (
@@ -348,7 +369,19 @@ async def build_report(ctx: Context, campaign: Campaign) -> Figures:
         unsubscribed = (
             await session.execute(
                 select(Suppression.created_at)
-                .where(Suppression.campaign_id == cid, Suppression.reason == "unsubscribed")
+                .where(
+                    Suppression.campaign_id == cid,
+                    Suppression.reason == "unsubscribed",
+                    # from a message of its own that reached them before they left
+                    exists(
+                        select(Delivery.id).where(
+                            Delivery.campaign_id == cid,
+                            Delivery.email == Suppression.email,
+                            Delivery.status == "sent",
+                            Delivery.sent_at <= Suppression.created_at,
+                        )
+                    ),
+                )
                 .order_by(Suppression.created_at)
             )
         ).scalars()

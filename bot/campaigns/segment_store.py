@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 
 from bot import audit
 from bot.campaigns import service
+from bot.campaigns.audience import check_fields
 from bot.campaigns.segments import check, compile_where
 from bot.context import Context
 from bot.db.models import Contact, ContactList, ListMember, Segment
@@ -32,7 +33,7 @@ async def match(ctx: Context, list_name: str, expression: str | None) -> Matched
         select(Contact.email)
         .join(ListMember, ListMember.contact_id == Contact.id)
         .join(ContactList, ContactList.id == ListMember.list_id)
-        .where(ContactList.name == list_name, Contact.consent_at.is_not(None), condition)
+        .where(ContactList.named(list_name), Contact.consent_at.is_not(None), condition)
     )
     async with ctx.sessions() as session:
         count = (await session.execute(select(func.count()).select_from(base.subquery()))).scalar_one()
@@ -54,20 +55,21 @@ async def create(
     service.check_name(name)
     expression = check(where)
     async with ctx.sessions() as session, session.begin():
-        if (
-            await session.execute(select(ContactList.id).where(ContactList.name == list_name))
-        ).first() is None:
+        spelt = (
+            await session.execute(select(ContactList.name).where(ContactList.named(list_name)))
+        ).scalar_one_or_none()
+        if spelt is None:
             raise UserError(t("There is no contact list “{name}”. /lists shows them.", name=list_name[:60]))
+        list_name = spelt  # as the list is spelt, whatever case was typed
         if (await session.execute(select(Segment.id).where(Segment.name == name))).first() is not None:
             raise UserError(
                 t("A segment named “{name}” already exists; /segment edit changes it.", name=name)
             )
-        if (
-            await session.execute(select(ContactList.id).where(ContactList.name == name))
-        ).first() is not None:
+        if (await session.execute(select(ContactList.id).where(ContactList.named(name)))).first() is not None:
             raise UserError(
                 t("“{name}” is a contact list already; give the segment another name.", name=name)
             )
+        await check_fields(session, list_name, expression)
         seg = Segment(name=name, list_name=list_name, expression=expression, created_by=actor)
         session.add(seg)
         audit.record(
@@ -85,6 +87,7 @@ async def edit(ctx: Context, name: str, where: str, *, actor: str, via: str) -> 
     expression = check(where)
     async with ctx.sessions() as session, session.begin():
         seg = await _get(session, name)
+        await check_fields(session, seg.list_name, expression)
         before = seg.expression
         seg.expression = expression
         audit.record(

@@ -30,6 +30,7 @@ the databases can't bind it: SQLite takes 64-bit integers, PostgreSQL binds a co
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -146,6 +147,7 @@ class _Parser:
         self.tokens = tokenize(text)
         self.i = 0
         self.tests = 0
+        self.attributes: list[tuple[str, int]] = []  # attribute fields used, with their columns
 
     def peek(self) -> Token:
         return self.tokens[self.i]
@@ -267,6 +269,8 @@ class _Parser:
         return self.check(tok, Test(name, op.text, (self.value(),)))
 
     def check(self, tok: Token, test: Test) -> Test:
+        if test.field not in (*COUNTS, *BUILT_IN):
+            self.attributes.append((test.field, tok.column))
         if test.field in COUNTS:
             if test.op in ("empty", "notempty") or any(not isinstance(v, int | float) for v in test.values):
                 raise _problem(
@@ -298,6 +302,42 @@ class _Parser:
 def parse(text: str) -> Any:
     """The expression's tree; ExpressionProblem with a sentence pointing at the column."""
     return _Parser(text.strip()).parse()
+
+
+def unknown_field(text: str, known: set[str], list_name: str) -> ExpressionProblem | None:
+    """The sentence for the first attribute the expression names that no contact on the list has (a
+    typo would otherwise match nobody, silently), with the closest field; None when all are known."""
+    parser = _Parser(text.strip())
+    parser.parse()
+    fields = sorted(known) + list(BUILT_IN) + list(COUNTS)
+    for name, column in parser.attributes:
+        if name in known:
+            continue
+        near = difflib.get_close_matches(name, fields, n=1, cutoff=0.6) or difflib.get_close_matches(
+            name.lower(), [f.lower() for f in fields], n=1, cutoff=0.6
+        )
+        shown = ", ".join(sorted(known)[:20]) or t("none")
+        what = (
+            t(
+                "“{name}”, which no contact on “{list}” has — did you mean “{near}”? Fields: {builtin}; "
+                "attributes: {attributes}",
+                name=name[:40],
+                list=list_name,
+                near=next(f for f in fields if f.lower() == near[0].lower()),
+                builtin=", ".join((*BUILT_IN, *COUNTS)),
+                attributes=shown,
+            )
+            if near
+            else t(
+                "“{name}”, which no contact on “{list}” has. Fields: {builtin}; attributes: {attributes}",
+                name=name[:40],
+                list=list_name,
+                builtin=", ".join((*BUILT_IN, *COUNTS)),
+                attributes=shown,
+            )
+        )
+        return _problem(parser.text, column, what)
+    return None
 
 
 def check(text: str) -> str:

@@ -49,7 +49,7 @@ def _on_list(list_name: str):
         select(Contact.id, Contact.email)
         .join(ListMember, ListMember.contact_id == Contact.id)
         .join(ContactList, ContactList.id == ListMember.list_id)
-        .where(ContactList.name == list_name, Contact.consent_at.is_not(None))
+        .where(ContactList.named(list_name), Contact.consent_at.is_not(None))
     )
 
 
@@ -58,7 +58,7 @@ async def find_inactive(ctx: Context, list_name: str, days: int | None = None) -
     since = ctx.now() - timedelta(days=days)
     async with ctx.sessions() as session:
         if (
-            await session.execute(select(ContactList.id).where(ContactList.name == list_name))
+            await session.execute(select(ContactList.id).where(ContactList.named(list_name)))
         ).first() is None:
             raise UserError(t("There is no contact list “{name}”. /lists shows them.", name=list_name[:60]))
         query = _on_list(list_name).where(inactive(since))
@@ -109,7 +109,7 @@ class Sunsets:
                 .join(ListMember, ListMember.contact_id == Contact.id)
                 .join(ContactList, ContactList.id == ListMember.list_id)
                 .where(
-                    ContactList.name == list_name,
+                    ContactList.named(list_name),
                     Delivery.status == "sent",
                     Delivery.sent_at <= cutoff,
                     Contact.consent_at < Delivery.sent_at,
@@ -161,7 +161,9 @@ class Sunsets:
             (t("Re-permission automation"), held.automation),
             (
                 t("Would suppress"),
-                t(
+                t("1 contact who did not answer within {days} days", days=held.payload.get("window"))
+                if len(ids) == 1
+                else t(
                     "{count} contacts who did not answer within {days} days",
                     count=len(ids),
                     days=held.payload.get("window"),

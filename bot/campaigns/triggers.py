@@ -4,6 +4,7 @@ person types, described in their language, and written canonically into what the
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from dataclasses import dataclass
@@ -55,6 +56,37 @@ class Trigger:
         return t("a new employee joins (from the HR lifecycle)")
 
 
+KINDS = ("confirmed", "joined", "inactive")
+
+
+def closest_kind(word: str) -> str | None:
+    """The trigger word a typo such as `joind` or `confirmd` was meant to be, if one is close."""
+    found = difflib.get_close_matches(word.lower(), KINDS, n=1, cutoff=0.75)
+    return found[0] if found else None
+
+
+def not_a_trigger(raw: str) -> UserError:
+    head, sep, rest = raw.partition(":")
+    near = closest_kind(head.strip())
+    if near is not None:
+        meant = near if near == "joined" or not sep else f"{near}:{rest.strip()}"
+        return UserError(
+            t(
+                "“{text}” is not a trigger — did you mean “{near}”? Triggers: confirmed:<list>, joined, "
+                "inactive:<N>d, or a date attribute such as “renewal_date - 14d”.",
+                text=raw[:60],
+                near=meant[:80],
+            )
+        )
+    return UserError(
+        t(
+            "“{text}” is not a trigger: use confirmed:<list>, joined, inactive:<N>d, or a date attribute such "
+            "as “renewal_date - 14d”.",
+            text=raw[:60],
+        )
+    )
+
+
 def parse_trigger(text: str) -> Trigger:
     raw = " ".join(text.split())
     if raw.lower().startswith("date:"):  # the canonical spelling (Trigger.canonical)
@@ -78,13 +110,7 @@ def parse_trigger(text: str) -> Trigger:
         return Trigger("inactive", inactive_days=days)
     m = _DATE.match(raw)
     if m is None:
-        raise UserError(
-            t(
-                "“{text}” is not a trigger: use confirmed:<list>, joined, inactive:<N>d, or a date attribute such "
-                "as “renewal_date - 14d”.",
-                text=raw[:60],
-            )
-        )
+        raise not_a_trigger(raw)
     offset = int(m.group(3) or 0) * (7 if m.group(4) == "w" else 1) * (-1 if m.group(2) == "-" else 1)
     if abs(offset) > 3650:
         raise UserError(t("A date trigger's offset is at most 3650 days."))

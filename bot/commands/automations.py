@@ -1,4 +1,4 @@
-"""/automation new|edit|submit|pause|resume|status|report|list: standing campaigns, approved once.
+"""/automation new|edit|submit|pause|resume|status|report|list|delete: standing campaigns, approved once.
 
 Approving is the campaign approval (`/approve automation:<name>`, or the card's buttons): each handler
 here parses, checks who may do it, calls bot/campaigns/automations.py and phrases the answer.
@@ -64,7 +64,12 @@ RESUME = _spec("resume", "Resume a paused automation (its approval is checked ag
 STATUS = _spec("status", "Where an automation stands: trigger, delay, cap, messages.")
 REPORT = _spec("report", "Sent, bounces, unsubscribes, complaints, opens and clicks of an automation.")
 LIST = _spec("list", "All automations and their states.", name=False)
-SPECS = (NEW, EDIT, SUBMIT, PAUSE, RESUME, STATUS, REPORT, LIST)
+DELETE = _spec(
+    "delete",
+    "Delete a draft or paused automation; what it sent stays in the history.",
+    roles=SENDERS,
+)
+SPECS = (NEW, EDIT, SUBMIT, PAUSE, RESUME, STATUS, REPORT, LIST, DELETE)
 
 
 class AutomationCommands:
@@ -161,7 +166,9 @@ class AutomationCommands:
                         "An approver types /approve automation:{name} or presses the card's button.",
                         name=name,
                     ),
-                    t("Its audience has {count} contacts now.", count=done.review.audience.total),
+                    t("Its audience has 1 contact now.")
+                    if done.review.audience.total == 1
+                    else t("Its audience has {count} contacts now.", count=done.review.audience.total),
                 ]
             )
         )
@@ -207,6 +214,27 @@ class AutomationCommands:
         with usage_of(STATUS):
             return Message(await self.automations.status(p.arg("name")))
 
+    async def delete(self, req: Request, p: Parsed) -> Message:
+        with usage_of(DELETE):
+            sent = await self.automations.delete(
+                p.arg("name"), actor=req.email, via=req.via, admin=req.has("admins")
+            )
+        name = p.arg("name")
+        if sent == 1:
+            return Message(
+                t(
+                    "Deleted automation “{name}”; its 1 message sent and its report stay in the history.",
+                    name=name,
+                )
+            )
+        return Message(
+            t(
+                "Deleted automation “{name}”; its {count} messages sent and its report stay in the history.",
+                name=name,
+                count=sent,
+            )
+        )
+
     async def report(self, req: Request, p: Parsed) -> Message:
         with usage_of(REPORT):
             return await self.automations.report(p.arg("name"))
@@ -215,7 +243,7 @@ class AutomationCommands:
         shown = await self.automations.listing()
         if not shown:
             return Message(t("There are no automations yet. /automation new starts one."))
-        lines = [t("{count} automations:", count=len(shown))]
+        lines = [t("1 automation:") if len(shown) == 1 else t("{count} automations:", count=len(shown))]
         lines += [
             "  "
             + t(

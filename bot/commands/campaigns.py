@@ -24,6 +24,10 @@ from bot.i18n import t
 NAME = Arg("name")
 TO = Flag("to", help="a contact list, a segment or a group")
 WHERE = Flag("where", help='narrow the list: a segment expression, e.g. "country in ("DE", "AT")"')
+EDIT_WHERE = Flag(
+    "where",
+    help="narrow the audience further: AND-ed with its segment or earlier --where (with --to: start over)",
+)
 TEMPLATE = Flag("template", help="a template in campaigns.templates_dir (name.html, optional name.txt)")
 SUBJECT = Flag("subject", help='the subject line; a template too, e.g. "Hello {{ first_name }}"')
 NO_TRACKING = Flag("no-tracking", False, "no open pixel and no click redirects in this campaign's mail")
@@ -50,7 +54,7 @@ EDIT = _campaign(
     "edit",
     "Change a campaign; an edit voids any approval.",
     NAME,
-    flags=(TO, WHERE, TEMPLATE, SUBJECT, TRACKING),
+    flags=(TO, EDIT_WHERE, TEMPLATE, SUBJECT, TRACKING),
     roles=SENDERS,
 )
 PREVIEW = _campaign(

@@ -129,7 +129,7 @@ class ContactCommands:
 
     async def add(self, req: Request, p: Parsed) -> Message:
         with usage_of(ADD):
-            contact = await self.signups.add_from_chat(
+            contact, list_name = await self.signups.add_from_chat(
                 p.arg("email"),
                 p.flag("list") or "",
                 p.flag("consent") or "",
@@ -141,7 +141,7 @@ class ContactCommands:
             t(
                 "Added {email} to “{list}” with the consent you recorded; you are its source.",
                 email=contact.email,
-                list=p.flag("list"),
+                list=list_name,
             )
         )
 
@@ -188,7 +188,11 @@ class ContactCommands:
             found = await directory.find(self.ctx, p.arg("text"))
         if not found:
             return Message(t("No contact matches “{text}”.", text=p.arg("text")[:60]), ephemeral=True)
-        lines = [t("{count} contacts match (at most 20 shown):", count=len(found))]
+        lines = [
+            t("1 contact matches:")
+            if len(found) == 1
+            else t("{count} contacts match (at most 20 shown):", count=len(found))
+        ]
         lines += [
             f"  {c.email}"
             + (f" — {c.name}" if c.name else "")
@@ -220,11 +224,19 @@ class ContactCommands:
             found = await find_inactive(
                 self.ctx, p.arg("list"), int(days.removesuffix("d")) if days else None
             )
-        text = t(
-            "{count} contacts of “{list}” have not opened or clicked for {days} days",
-            count=found.count,
-            list=found.list_name,
-            days=found.days,
+        text = (
+            t(
+                "1 contact of “{list}” has not opened or clicked for {days} days",
+                list=found.list_name,
+                days=found.days,
+            )
+            if found.count == 1
+            else t(
+                "{count} contacts of “{list}” have not opened or clicked for {days} days",
+                count=found.count,
+                list=found.list_name,
+                days=found.days,
+            )
         )
         if found.sample:
             text += t(", e.g. {sample}.", sample=", ".join(found.sample))
@@ -248,11 +260,20 @@ class ContactCommands:
                 actor=req.email,
                 via=req.via,
             )
+        count = len(held.payload.get("ids", []))
+        if count == 1:
+            return Message(
+                t(
+                    "Sunset #{id} waits for an approver: 1 contact of “{list}” would be suppressed.",
+                    id=held.id,
+                    list=held.list_name,
+                )
+            )
         return Message(
             t(
                 "Sunset #{id} waits for an approver: {count} contacts of “{list}” would be suppressed.",
                 id=held.id,
-                count=len(held.payload.get("ids", [])),
+                count=count,
                 list=held.list_name,
             )
         )
@@ -263,7 +284,7 @@ class ContactCommands:
             return Message(
                 t("There are no contact lists yet. postroom contacts import or /lists open makes one.")
             )
-        lines = [t("{count} contact lists:", count=len(rows))]
+        lines = [t("1 contact list:") if len(rows) == 1 else t("{count} contact lists:", count=len(rows))]
         for r in rows:
             signup = (
                 t(
@@ -277,9 +298,9 @@ class ContactCommands:
             lines.append(
                 "  "
                 + t(
-                    "{name} — {members} members, {consented} with consent; {signup}",
+                    "{name} — {members}, {consented} with consent; {signup}",
                     name=r.name,
-                    members=r.members,
+                    members=t("1 member") if r.members == 1 else t("{count} members", count=r.members),
                     consented=r.consented,
                     signup=signup,
                 )
@@ -328,6 +349,8 @@ class ContactCommands:
                 int(ref), approver=req.email, via=req.via, approve=approve
             )
         if approve:
+            if count == 1:
+                return Message(t("Approved sunset #{id}: 1 contact suppressed.", id=held.id))
             return Message(t("Approved sunset #{id}: {count} contacts suppressed.", id=held.id, count=count))
         return Message(t("Rejected sunset #{id}: nobody was suppressed.", id=held.id))
 

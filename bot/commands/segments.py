@@ -42,6 +42,12 @@ SPECS = (NEW, EDIT, SHOW, LIST, DELETE)
 def matched(name: str, found: segment_store.Matched) -> str:
     if not found.count:
         return t("“{name}” matches nobody on the list now.", name=name)
+    if found.count == 1:
+        return t(
+            "“{name}” matches 1 contact now (consented, on the list): {sample}.",
+            name=name,
+            sample=", ".join(found.sample),
+        )
     return t(
         "“{name}” matches {count} contacts now (consented, on the list), e.g. {sample}.",
         name=name,
@@ -96,7 +102,7 @@ class SegmentCommands:
             return Message(t("There are no segments yet. /segment new names one."))
         return Message(
             "\n".join(
-                [t("{count} segments:", count=len(segs))]
+                [t("1 segment:") if len(segs) == 1 else t("{count} segments:", count=len(segs))]
                 + [
                     "  "
                     + t(

@@ -3,16 +3,15 @@ someone's word, the lists themselves, and a CSV export with consent columns."""
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
 
 from sqlalchemy import delete, func, or_, select
 
 from bot import audit, consent
 from bot.addresses import email_hash, normalise
 from bot.context import Context
+from bot.csvfiles import write_rows
 from bot.db.models import ConsentEvent, Contact, ContactList, ListMember, Signup, Suppression
 from bot.errors import UserError
 from bot.i18n import t
@@ -99,7 +98,7 @@ async def remove(ctx: Context, email: str, list_name: str, *, actor: str, via: s
             await session.execute(select(Contact).where(Contact.email == address))
         ).scalar_one_or_none()
         lst = (
-            await session.execute(select(ContactList).where(ContactList.name == list_name))
+            await session.execute(select(ContactList).where(ContactList.named(list_name)))
         ).scalar_one_or_none()
         if lst is None:
             raise UserError(t("There is no contact list “{name}”. /lists shows them.", name=list_name[:60]))
@@ -161,56 +160,90 @@ async def lists(ctx: Context) -> list[ListRow]:
     return [ListRow(r[0], r[3], r[4], bool(r[1]), r[2] or 0) for r in rows]
 
 
-EXPORT_COLUMNS = ["email", "name", "consent_at", "consent_source", "consent_method", "lists"]
+EXPORT_COLUMNS = [
+    "email",
+    "name",
+    "list",
+    "consent_at",
+    "consent_source",
+    "consent_method",
+    "wording_version",
+    "suppressed",
+]
+# How consent was given, by the kind of its event (an import keeps the method its file named).
+METHOD_OF_KIND = {"confirmed": "double opt-in", "added": "chat", "resubscribed": "preference centre"}
 
 
-async def export_csv(ctx: Context, list_name: str | None) -> tuple[str, int]:
-    """Every contact (of one list) as CSV that `postroom contacts import` reads back; attributes as columns."""
+@dataclass
+class Export:
+    text: str
+    contacts: int
+    rows: int
+
+
+async def export_csv(ctx: Context, list_name: str | None) -> Export:
+    """One row per contact and list (of one list), with that list's consent — when, where, how, the
+    wording version — and the contact's suppression if any; attributes as columns. `contacts import`
+    reads it back. A contact on no list is one row with an empty list."""
     async with ctx.sessions() as session:
-        query = select(Contact).order_by(Contact.id)
+        lst_id = None
         if list_name is not None:
-            if (
-                await session.execute(select(ContactList.id).where(ContactList.name == list_name))
-            ).first() is None:
+            lst_id = (
+                await session.execute(select(ContactList.id).where(ContactList.named(list_name)))
+            ).scalar_one_or_none()
+            if lst_id is None:
                 raise UserError(
                     t("There is no contact list “{name}”. /lists shows them.", name=list_name[:60])
                 )
-            query = (
-                query.join(ListMember, ListMember.contact_id == Contact.id)
-                .join(ContactList, ContactList.id == ListMember.list_id)
-                .where(ContactList.name == list_name)
+        members = select(ListMember.contact_id, ContactList.name, ListMember.subscribed_at).join(
+            ContactList, ContactList.id == ListMember.list_id
+        )
+        query = select(Contact).order_by(Contact.id)
+        if lst_id is not None:
+            members = members.where(ListMember.list_id == lst_id)
+            query = query.join(ListMember, ListMember.contact_id == Contact.id).where(
+                ListMember.list_id == lst_id
             )
         contacts = list((await session.execute(query)).scalars())
-        memberships: dict[int, list[str]] = {}
-        for cid, name in (
+        memberships: dict[int, list[tuple[str, datetime | None]]] = {}
+        for cid, name, since in (await session.execute(members)).all():
+            memberships.setdefault(cid, []).append((name, since))
+        granted: dict[tuple[int, str], ConsentEvent] = {}  # the latest consent given per contact and list
+        for event in (
             await session.execute(
-                select(ListMember.contact_id, ContactList.name).join(
-                    ContactList, ContactList.id == ListMember.list_id
-                )
+                select(ConsentEvent)
+                .where(ConsentEvent.kind.in_(consent.GRANTING), ConsentEvent.contact_id.is_not(None))
+                .order_by(ConsentEvent.id)
             )
-        ).all():
-            memberships.setdefault(cid, []).append(name)
+        ).scalars():
+            if event.contact_id is not None and event.list_name is not None:
+                granted[(event.contact_id, event.list_name)] = event
+        suppressed: dict[str, str] = {
+            h: r for h, r in (await session.execute(select(Suppression.email_hash, Suppression.reason))).all()
+        }
     keys = sorted({k for c in contacts for k in (c.attributes or {})} - set(EXPORT_COLUMNS))
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(EXPORT_COLUMNS + keys)
+    rows: list[list[object]] = []
     for c in contacts:
-        attrs: dict[str, Any] = c.attributes or {}
-        writer.writerow(
-            [
-                c.email,
-                c.name or "",
-                c.consent_at.isoformat() if c.consent_at else "",
-                c.consent_source or "",
-                c.consent_method or "",
-                " ".join(sorted(memberships.get(c.id, []))),
-            ]
-            + [_cell(attrs.get(k)) for k in keys]
-        )
-    return out.getvalue(), len(contacts)
-
-
-def _cell(value: Any) -> str:
-    text = "" if value is None else str(value)
-    # A spreadsheet runs a cell that starts like a formula: keep it text (CSV injection).
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+        attrs = [(c.attributes or {}).get(k) for k in keys]
+        reason = suppressed.get(email_hash(c.email), "")
+        for name, since in sorted(memberships.get(c.id, []), key=lambda m: m[0]) or [("", None)]:
+            event = granted.get((c.id, name))
+            if event is None:  # on the list without consent (an import without consent_at): never mailed
+                rows.append([c.email, c.name, name, "", "", "", "", reason, *attrs])
+                continue
+            at = since or event.at
+            method = METHOD_OF_KIND.get(event.kind) or event.wording or c.consent_method or event.kind
+            rows.append(
+                [
+                    c.email,
+                    c.name,
+                    name,
+                    at.isoformat(),
+                    event.source,
+                    method,
+                    event.wording_version,
+                    reason,
+                    *attrs,
+                ]
+            )
+    return Export(write_rows(EXPORT_COLUMNS + keys, rows), len(contacts), len(rows))

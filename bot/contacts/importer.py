@@ -22,7 +22,7 @@ from bot import audit, consent, values
 from bot.addresses import domain_of, email_hash, normalise
 from bot.contacts.mx import domain_receives_mail
 from bot.context import Context
-from bot.csvfiles import read_utf8
+from bot.csvfiles import read_utf8, unguard
 from bot.db.models import Contact, ContactList, ListMember, Suppression
 from bot.db.upsert import insert_ignore
 from bot.errors import UserError
@@ -35,7 +35,10 @@ CORE_COLUMNS = {
     "consent_source",
     "consent_method",
     "lists",
-}  # lists: an export's
+    "list",
+    "wording_version",
+    "suppressed",
+}  # lists, list, wording_version, suppressed: an export's (a suppression is read from the database)
 MAX_ATTRIBUTE_LENGTH = 1000
 
 
@@ -47,19 +50,35 @@ class ImportReport:
     updated: int = 0
     without_consent: int = 0
     erased_skipped: int = 0
+    internal: int = 0  # company addresses (org.domains): never on an external list
+    internal_domains: set[str] = field(default_factory=set)
+    repeated: int = 0  # an export's further rows for a contact's other lists
     bad: list[tuple[int, str]] = field(default_factory=list)
     dry_run: bool = False
 
     def summary(self) -> str:
         verb = "Would import" if self.dry_run else "Imported"
         lines = [
-            f"{verb} {self.added + self.updated} of {self.rows} rows into list “{self.list_name}” "
+            f"{verb} {self.added + self.updated} of {self.rows} row{'' if self.rows == 1 else 's'} into list "
+            f"“{self.list_name}” "
             f"({self.added} new, {self.updated} updated)."
         ]
         if self.without_consent:
             lines.append(
                 f"{self.without_consent} contact{'s have' if self.without_consent != 1 else ' has'} no consent "
                 "record (consent_at) and will not be mailed by any campaign."
+            )
+        if self.internal:
+            lines.append(
+                f"{self.internal} row{'s were company addresses' if self.internal != 1 else ' was a company address'}"
+                f" ({', '.join(sorted(self.internal_domains))}) and {'were' if self.internal != 1 else 'was'} not "
+                "imported: campaigns are for people outside the company; colleagues get internal mail through "
+                "groups."
+            )
+        if self.repeated:
+            lines.append(
+                f"{self.repeated} row{'s' if self.repeated != 1 else ''} of the file repeated a contact "
+                "for another list; the first row of each contact was used."
             )
         if self.erased_skipped:
             lines.append(
@@ -110,7 +129,7 @@ async def import_contacts(
     p = Path(path)
     _raw, text = read_utf8(p)
     reader = csv.DictReader(io.StringIO(text))
-    headers = [h.strip().lower() for h in (reader.fieldnames or [])]
+    headers = [unguard(h).strip().lower() for h in (reader.fieldnames or [])]
     if "email" not in headers:
         raise UserError(
             t(
@@ -138,28 +157,36 @@ async def _import(
     mx: dict[str, bool] = {}
     async with ctx.sessions() as session, session.begin():
         lst = (
-            await session.execute(select(ContactList).where(ContactList.name == list_name))
+            await session.execute(select(ContactList).where(ContactList.named(list_name)))
         ).scalar_one_or_none()
         if lst is None:
             lst = ContactList(name=list_name)
             session.add(lst)
             await session.flush()
+        list_name = report.list_name = lst.name  # the spelling it was made with, in any case typed
         seen: set[str] = set()
-        for row in reader:
+        for raw in reader:
             line = reader.line_num
             report.rows += 1
-            if None in row:
+            if None in raw:
                 report.bad.append((line, "has more fields than the header"))
                 continue
+            # an export's cells kept from a spreadsheet's formulas read back as they were
+            row = {k: unguard(v) if isinstance(v, str) else v for k, v in raw.items()}
             try:
                 email = normalise(row.get("email") or "")
             except UserError as exc:
                 report.bad.append((line, exc.sentence))
                 continue
             if ctx.settings.is_internal(email):  # the rule signup and /contacts add follow
-                report.bad.append(
-                    (line, f"{email} is a company address: colleagues get internal mail through groups")
+                report.internal += 1
+                domain = domain_of(email)
+                report.internal_domains.update(
+                    d for d in ctx.settings.org.domains if domain == d or domain.endswith("." + d)
                 )
+                continue
+            if email in seen and "list" in row:  # an export: one row per list, the first row for each
+                report.repeated += 1
                 continue
             if email in seen:
                 report.bad.append((line, f"{email} appears earlier in the file"))
@@ -239,6 +266,17 @@ async def _import(
             ).scalar_one_or_none()
             name = (row.get("name") or "").strip() or None
             consent_before = contact.consent_at if contact is not None else None
+            on_list_before = (
+                contact is not None
+                and (
+                    await session.execute(
+                        select(ListMember.contact_id).where(
+                            ListMember.list_id == lst.id, ListMember.contact_id == contact.id
+                        )
+                    )
+                ).first()
+                is not None
+            )
             if contact is None:
                 contact = Contact(
                     email=email,
@@ -265,7 +303,7 @@ async def _import(
                 report.updated += 1
             if contact.consent_at is None:
                 report.without_consent += 1
-            elif contact.consent_at != consent_before:
+            elif contact.consent_at != consent_before or not on_list_before:  # consent for this list too
                 consent.record(
                     session,
                     email=email,

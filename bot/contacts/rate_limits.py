@@ -17,6 +17,11 @@ def window_start(now: datetime, window_s: int) -> datetime:
     return datetime.fromtimestamp(epoch - epoch % window_s, UTC)
 
 
+def seconds_left(now: datetime, window_s: int) -> int:
+    """Seconds until the window holding `now` ends (a 429's Retry-After), at least 1."""
+    return max(1, int((window_start(now, window_s) + timedelta(seconds=window_s) - now).total_seconds()))
+
+
 async def hit(ctx: Context, key: str, window_s: int) -> int:
     """Count one hit for `key` in the current window, in its own transaction (a refused request still
     counts); returns the hits so far in this window, this one included."""

@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import audit, consent
+from bot import audit, consent, values
 from bot.addresses import domain_of, email_hash, normalise
 from bot.background import Background
 from bot.contacts import rate_limits
@@ -59,6 +59,7 @@ class SignupForm:
     page_url: str | None = None
     ip: str | None = None
     user_agent: str | None = None
+    trusted: bool = False  # a caller with signup.api_key (a CRM): not held by the per-IP limit
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ async def find_list(ctx: Context, name: str) -> ContactList | None:
         return None
     async with ctx.sessions() as session:
         return (
-            await session.execute(select(ContactList).where(ContactList.name == name))
+            await session.execute(select(ContactList).where(ContactList.named(name)))
         ).scalar_one_or_none()
 
 
@@ -126,7 +127,7 @@ class Signups:
         text = check_wording(wording)
         async with self.ctx.sessions() as session, session.begin():
             lst = (
-                await session.execute(select(ContactList).where(ContactList.name == name))
+                await session.execute(select(ContactList).where(ContactList.named(name)))
             ).scalar_one_or_none()
             if lst is None:
                 lst = ContactList(name=name, wording_version=0)
@@ -151,7 +152,7 @@ class Signups:
         async with self.ctx.sessions() as session, session.begin():
             result = await session.execute(
                 update(ContactList)
-                .where(ContactList.name == name, ContactList.signup_open.is_(True))
+                .where(ContactList.named(name), ContactList.signup_open.is_(True))
                 .values(signup_open=False)
             )
             if result.rowcount:
@@ -170,11 +171,14 @@ class Signups:
             raise Refused(404, t("There is no signup for a list named “{name}”.", name=form.list_name[:60]))
         if (
             form.ip
+            and not form.trusted
             and await rate_limits.hit(self.ctx, f"signup-ip:{network_of(form.ip)}", 3600)
             > settings.per_ip_per_hour
         ):
             raise Refused(
-                429, t("Too many signups came from your network in the last hour; try again later.")
+                429,
+                t("Too many signups came from your network in the last hour; try again later."),
+                retry_after=rate_limits.seconds_left(self.ctx.now(), 3600),
             )
         if form.honeypot.strip():
             log.info("signup to %s: honeypot filled, nothing sent", lst.name)
@@ -436,9 +440,12 @@ class Signups:
     # -- from chat ----------------------------------------------------------------------------
     async def add_from_chat(
         self, email: str, list_name: str, wording: str, *, actor: str, via: str, name: str | None = None
-    ) -> Contact:
-        """A sales person records someone's consent: the contact is on the list, the source is them."""
+    ) -> tuple[Contact, str]:
+        """A sales person records someone's consent: the contact is on the list, the source is them.
+        Returns the contact and the list's name as it is spelt."""
         text = check_wording(wording)
+        if name is not None:  # an override (U+202E) would make the name read backwards in every To:
+            name = " ".join(values.check_text(name, t("The name"), values.MAX_NAME).split()) or None
         address = normalise(email)
         if self.ctx.settings.is_internal(address):
             raise UserError(
@@ -447,7 +454,7 @@ class Signups:
         now = self.ctx.now()
         async with self.ctx.sessions() as session, session.begin():
             lst = (
-                await session.execute(select(ContactList).where(ContactList.name == list_name))
+                await session.execute(select(ContactList).where(ContactList.named(list_name)))
             ).scalar_one_or_none()
             if lst is None:
                 raise UserError(
@@ -494,12 +501,13 @@ class Signups:
                 after={"list": lst.name},
                 detail=text,
             )
+            list_name = lst.name  # as the list is spelt, whatever case was typed
         if self.on_confirmed is not None:
             try:
                 await self.on_confirmed(list_name)
             except Exception:
                 log.exception("after adding %s to %s", address, list_name)
-        return contact
+        return contact, list_name
 
 
 def network_of(ip: str) -> str:

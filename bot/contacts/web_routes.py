@@ -20,10 +20,13 @@ from bot.context import Context
 from bot.db.models import ContactList
 from bot.html_pages import attr, page, para
 from bot.i18n import t
-from bot.webhooks import Refused, parse_json, read_capped
+from bot.webhooks import Refused, parse_json, read_capped, signatures_match
 
 log = logging.getLogger(__name__)
 HONEYPOT = "website"  # a field people don't see; bots fill it in
+# Off-screen on its own: a website embedding the snippet has no `.hp` rule (display:none would tell
+# bots to skip it); aria-hidden and tabindex=-1 keep it from screen readers and the keyboard.
+HIDDEN = "position:absolute;left:-10000px;top:auto;width:1px;height:1px;overflow:hidden"
 
 
 def form_html(ctx: Context, lst: ContactList, *, hosted: bool) -> str:
@@ -37,8 +40,10 @@ def form_html(ctx: Context, lst: ContactList, *, hosted: bool) -> str:
         "<input type='email' id='pr-email' name='email' required autocomplete='email' maxlength='320'>"
         f"<label for='pr-name'>{attr(t('Name (optional)'))}</label>"
         "<input type='text' id='pr-name' name='name' autocomplete='name' maxlength='200'>"
-        f"<div class='hp' aria-hidden='true'><label for='pr-{HONEYPOT}'>{attr(t('Leave this empty'))}</label>"
-        f"<input type='text' id='pr-{HONEYPOT}' name='{HONEYPOT}' tabindex='-1' autocomplete='off'></div>"
+        f"<div class='hp' aria-hidden='true' style='{HIDDEN}'>"
+        f"<label for='pr-{HONEYPOT}'>{attr(t('Leave this empty'))}</label>"
+        f"<input type='text' id='pr-{HONEYPOT}' name='{HONEYPOT}' tabindex='-1' autocomplete='off' "
+        "aria-hidden='true'></div>"
         f"<p id='pr-consent'>{attr(lst.consent_wording or '')}</p>"
         f"<button type='submit' aria-describedby='pr-consent'>{attr(t('Sign up'))}</button></form>"
     )
@@ -100,10 +105,25 @@ def signup_routes(ctx: Context, signups: Signups) -> list[Route]:
                 if exc.status != 404
                 else ""
             )
-            return page(t("Signup not taken"), para(exc.sentence) + back, exc.status)
+            refused = page(t("Signup not taken"), para(exc.sentence) + back, exc.status)
+            refused.headers.update(exc.headers)
+            return refused
         except ValueError:
             return page(t("Signup not taken"), para(t("That form could not be read.")), 400)
         return page(t("Check your inbox"), f"<p role='status'>{attr(accepted_sentence())}</p>")
+
+    def _trusted(request: Request) -> bool:
+        """A server-to-server caller with signup.api_key; a wrong key is refused, never taken as none."""
+        given = request.headers.get("authorization")
+        if given is None:
+            return False
+        key = ctx.settings.signup.api_key
+        scheme, _, token = given.partition(" ")
+        if not key or scheme.lower() != "bearer" or not signatures_match(key, token.strip()):
+            raise Refused(
+                401, t("That API key is not this Postroom's signup.api_key; send none or the right one.")
+            )
+        return True
 
     async def submit_json(request: Request) -> Response:
         try:
@@ -125,10 +145,11 @@ def signup_routes(ctx: Context, signups: Signups) -> list[Route]:
                     (text["page_url"] or "")[:300] or None,
                     ip,
                     agent,
+                    trusted=_trusted(request),
                 )
             )
         except Refused as exc:
-            return JSONResponse({"error": exc.sentence}, status_code=exc.status)
+            return JSONResponse({"error": exc.sentence}, status_code=exc.status, headers=exc.headers)
         return JSONResponse({"status": "accepted", "message": accepted_sentence()}, status_code=202)
 
     def refusal(found: Pending | None) -> Response:

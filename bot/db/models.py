@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -193,9 +194,18 @@ class Contact(Base):
 
 
 class ContactList(Base):
+    """A contact list. Its name is one list whatever the case people type it in (`Newsletter` and
+    `newsletter` are the same list); the spelling it was made with is the one shown and stored elsewhere."""
+
     __tablename__ = "contact_lists"
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
+
+    @staticmethod
+    def named(name: str) -> Any:
+        """The condition that finds the list a person named, in any case (names are ASCII)."""
+        return func.lower(ContactList.name) == name.lower()
+
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Public signup (/s/<name>): off until someone opens it with the consent wording people will see.
     # Each change of the wording is a new version; every consent event keeps the exact text it showed.
