@@ -285,7 +285,7 @@ async def test_the_report_counts_only_what_its_own_sends_caused(make_bot, smtp) 
         )
     report = await bot.say(SENDER, "/automation report renew")
     assert "1 recipient." in report and "sent 1," in report, report
-    assert "unsubscribes 1 (100.0%)" in report, report
+    assert "unsubscribes 1 of 1 delivered (100.0%)" in report, report
     assert "not sent: suppressed" not in report
     assert "1 contact was suppressed already when its turn came: not mailed, not counted here." in report
 
