@@ -107,3 +107,64 @@ async def test_a_default_provider_that_is_not_set_up_stops_with_one_sentence(tmp
         out
     )
     assert "Traceback" not in out
+
+
+async def test_import_names_every_group_it_makes_external_allowed(tmp_path: Path) -> None:
+    """allowExternalMembers alone does not open a group: only a group whose platform allows external
+    members and that has some becomes external-allowed, named in the dry run and in the real run."""
+    async with google_platform(tmp_path) as g:
+        g.fake.add_group("eng@corp.example", {"ann@corp.example": "owner", "bob@corp.example": "member"})
+        g.fake.add_group("partners@corp.example", {"x@partner.example": "member"}, external=True)
+        g.fake.add_group("open@corp.example", {"carol@corp.example": "member"}, external=True)
+        config = write_config(tmp_path, g.settings)
+
+        code, out = await postroom(config, "groups", "import", "--from", "google", "--dry-run")
+        assert code == 0 and "Traceback" not in out, out
+        assert "Would import from google: 3 new groups, 0 known already, 4 memberships" in out, out
+        assert "partners@corp.example would become external-allowed: Google Workspace allows" in out, out
+        assert "open@corp.example stays internal" in out and "kind: external-allowed" in out, out
+        with sqlite3.connect(tmp_path / "postroom.db") as db:
+            assert db.execute("SELECT count(*) FROM groups").fetchone() == (0,)
+
+        code, out = await postroom(config, "groups", "import", "--from", "google")
+        assert code == 0 and "Traceback" not in out, out
+        assert "partners@corp.example is now external-allowed" in out, out
+        assert "open@corp.example stays internal" in out, out
+        with sqlite3.connect(tmp_path / "postroom.db") as db:
+            kinds = dict(db.execute("SELECT address, kind FROM groups"))
+        assert kinds == {
+            "eng@corp.example": "internal",
+            "partners@corp.example": "external-allowed",
+            "open@corp.example": "internal",
+        }
+
+
+async def test_import_goes_on_past_a_group_deleted_meanwhile_and_counts_what_the_guard_let_in(
+    tmp_path: Path,
+) -> None:
+    """A group deleted on the platform while the import runs (404) is named and the others are
+    imported; the memberships counted leave out those the guard refused."""
+    async with google_platform(tmp_path) as g:
+        g.fake.add_group("eng@corp.example", {"ann@corp.example": "owner", "bob@corp.example": "member"})
+        g.fake.add_group("closed@corp.example", {"dan@corp.example": "member", "y@partner.example": "member"})
+        g.fake.vanished.add("gone@corp.example")
+        config = write_config(tmp_path, g.settings)
+
+        for args, verb in ((("--dry-run",), "Would import"), ((), "Imported")):
+            code, out = await postroom(config, "groups", "import", "--from", "google", *args)
+            assert code == 0 and "Traceback" not in out, out
+            assert f"{verb} from google: 2 new groups, 0 known already, 3 memberships" in out, out
+            assert "skipped gone@corp.example: gone@corp.example is not a group in Google Workspace" in out, (
+                out
+            )
+            assert "closed@corp.example stays internal" in out, out
+            assert "refused y@partner.example in closed@corp.example" in out, out
+        with sqlite3.connect(tmp_path / "postroom.db") as db:
+            members = set(
+                db.execute("SELECT g.address, m.email FROM memberships m JOIN groups g ON g.id = m.group_id")
+            )
+        assert members == {
+            ("eng@corp.example", "ann@corp.example"),
+            ("eng@corp.example", "bob@corp.example"),
+            ("closed@corp.example", "dan@corp.example"),
+        }
