@@ -9,7 +9,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from tests.provider_rig import google_platform
+from tests.provider_rig import google_platform, graph_platform
 
 POSTROOM = str(Path(sys.executable).parent / "postroom")
 
@@ -168,3 +168,68 @@ async def test_import_goes_on_past_a_group_deleted_meanwhile_and_counts_what_the
             ("eng@corp.example", "bob@corp.example"),
             ("closed@corp.example", "dan@corp.example"),
         }
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_an_unreachable_or_plain_http_microsoft_endpoint_is_one_sentence_and_the_others_are_checked(
+    tmp_path: Path,
+) -> None:
+    nowhere = f"127.0.0.1:{closed_port()}"
+    cases = {
+        "authority over http": (
+            {"authority_url": f"http://{nowhere}", "graph_url": f"http://{nowhere}"},
+            "providers.microsoft.authority_url",
+            "https://",
+        ),
+        "authority unreachable": (
+            {"authority_url": f"https://{nowhere}", "graph_url": f"http://{nowhere}"},
+            "providers.microsoft.authority_url",
+            "did not answer",
+        ),
+    }
+    async with google_platform(tmp_path) as g:
+        for case, (urls, setting, cause) in cases.items():
+            config = write_config(tmp_path, g.settings)
+            microsoft = {"tenant_id": "tenant-1", "client_id": "app", "client_secret": "s3cret", **urls}
+            config.write_text(
+                config.read_text()
+                + "[providers.microsoft]\n"
+                + "".join(f"{k} = {toml_value(v)}\n" for k, v in microsoft.items())
+            )
+            code, out = await postroom(config, "providers", "check")
+            assert code == 1 and "Traceback" not in out, (case, out)
+            assert "google: works" in out, (case, out)
+            line = next(x for x in out.splitlines() if x.startswith("microsoft:"))
+            assert line.startswith("microsoft: does not work — ") and setting in line and cause in line, (
+                case,
+                out,
+            )
+            assert "s3cret" not in out
+
+            code, out = await postroom(config, "groups", "import", "--from", "microsoft", "--dry-run")
+            assert code == 1 and "Traceback" not in out, (case, out)
+            assert setting in out and cause in out and len(out.strip().splitlines()) == 1, (case, out)
+
+
+async def test_an_unreachable_graph_is_named_by_its_setting(tmp_path: Path) -> None:
+    async with google_platform(tmp_path) as g, graph_platform(tmp_path) as m:
+        config = write_config(tmp_path, g.settings)
+        microsoft = {**m.settings, "graph_url": f"http://127.0.0.1:{closed_port()}"}
+        config.write_text(
+            config.read_text()
+            + "[providers.microsoft]\n"
+            + "".join(f"{k} = {toml_value(v)}\n" for k, v in microsoft.items())
+        )
+        code, out = await postroom(config, "providers", "check")
+        assert code == 1 and "Traceback" not in out and "google: works" in out, out
+        assert (
+            "microsoft: does not work — Microsoft Graph did not answer at providers.microsoft.graph_url"
+            in out
+        ), out

@@ -77,6 +77,7 @@ class GoogleGroups(Provider):
         self.api = ApiClient(
             "Google Workspace",
             settings.api_url,
+            setting="providers.google.api_url",
             timeout_s=settings.timeout_s,
             max_inline_wait_s=max_inline_wait_s,
             token=self._token,
