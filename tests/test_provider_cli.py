@@ -233,3 +233,20 @@ async def test_an_unreachable_graph_is_named_by_its_setting(tmp_path: Path) -> N
             "microsoft: does not work — Microsoft Graph did not answer at providers.microsoft.graph_url"
             in out
         ), out
+
+
+async def test_import_from_an_unknown_provider_or_from_local_says_which_providers_there_are(
+    tmp_path: Path,
+) -> None:
+    async with google_platform(tmp_path) as g:
+        config = write_config(tmp_path, g.settings)
+        code, out = await postroom(config, "groups", "import", "--from", "nosuch", "--dry-run")
+        assert code == 1 and "Traceback" not in out, out
+        assert "There is no provider called nosuch" in out, out
+        assert "google, microsoft, wecom, ldap, mailman" in out and "[providers.nosuch]" not in out, out
+        assert "configured here: google" in out, out
+
+        code, out = await postroom(config, "groups", "import", "--from", "local")
+        assert code == 1 and "Traceback" not in out, out
+        assert "local is Postroom's own database" in out and "not configured" not in out, out
+        assert "google, microsoft, wecom, ldap, mailman" in out, out
