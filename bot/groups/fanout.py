@@ -105,7 +105,6 @@ class BounceReports:
             log.exception("reporting group bounces to HR failed")
         await send_notice(
             self.ctx,
-            group.address,
             list(group.owners or []),
             f"Undeliverable group mail to {group.address}",
             f"Mail to {group.address} could not be delivered to these members:\n\n{lines}\n\n"
