@@ -601,7 +601,9 @@ def groups_import(ctx: click.Context, provider: str, dry_run: bool) -> None:
 
         platforms = ", ".join(n for n in NAMES if n != LOCAL)
         configured = settings.providers.configured()
-        here = f" (configured here: {', '.join(configured)})" if configured else " (none is configured here yet)"
+        here = (
+            f" (configured here: {', '.join(configured)})" if configured else " (none is configured here yet)"
+        )
         if provider == LOCAL:
             raise click.ClickException(
                 f"local is Postroom's own database, so there is nothing to import from it: import from a "

@@ -130,4 +130,6 @@ async def test_kill_9_during_a_10000_member_fan_out_loses_nobody(database_url, s
     repeated = sum(n - 1 for n in counts.values())
     # Unrecorded at the kill: fewer than RECORD_EVERY finished copies, plus those in flight on each connection.
     bound = RECORD_EVERY + CONNECTIONS
-    assert repeated <= bound, f"{repeated} copies repeated; at most {bound} may be (record_every {RECORD_EVERY})"
+    assert repeated <= bound, (
+        f"{repeated} copies repeated; at most {bound} may be (record_every {RECORD_EVERY})"
+    )
