@@ -631,8 +631,23 @@ def groups_import(ctx: click.Context, provider: str, dry_run: bool) -> None:
         from bot.app import build_app
         from bot.groups.importer import import_groups
         from bot.groups.providers.base import ProviderError
+        from bot.groups.providers.registry import LOCAL, NAMES
 
-        if provider not in settings.providers.configured():
+        platforms = ", ".join(n for n in NAMES if n != LOCAL)
+        configured = settings.providers.configured()
+        here = (
+            f" (configured here: {', '.join(configured)})" if configured else " (none is configured here yet)"
+        )
+        if provider == LOCAL:
+            raise click.ClickException(
+                f"local is Postroom's own database, so there is nothing to import from it: import from a "
+                f"platform where groups live, one of {platforms}{here}."
+            )
+        if provider not in NAMES:
+            raise click.ClickException(
+                f"There is no provider called {provider}: the platforms to import from are {platforms}{here}."
+            )
+        if provider not in configured:
             raise click.ClickException(
                 f"The provider {provider} is not configured: fill in [providers.{provider}] "
                 f"(manifests/{provider}/README.md)."

@@ -337,6 +337,9 @@ class RelaySettings(_Section):
     hold_hours: float = Field(default=72, gt=0, le=24 * 90)  # a held post expires after this
     post_retention_days: int = Field(default=180, ge=1, le=3650)  # the post log
     batch_size: int = Field(default=500, ge=1, le=10_000)
+    # Results are written every this many copies of a claimed batch: a process killed mid-fan-out
+    # repeats at most these (and the ones in flight), not the whole batch.
+    record_every: int = Field(default=50, ge=1, le=10_000)
     connections: int = Field(default=4, ge=1, le=64)
     lease_s: float = Field(default=30, gt=0)
     max_attempts: int = Field(default=10, ge=1, le=50)

@@ -481,3 +481,45 @@ async def test_one_message_to_two_groups_is_one_copy_each_and_the_log_counts_tru
         ("board@corp.example", "delivered", 3),
         ("all-staff@corp.example", "delivered", 4),
     ]
+
+
+async def test_deciding_a_post_that_was_never_held_says_so(relay, smtp) -> None:  # type: ignore[no-untyped-def]
+    bot, port = relay
+    # alice is in Engineering: her post to eng-open goes straight out, no moderator involved.
+    await post(
+        port,
+        "alice@corp.example",
+        "eng-open@corp.example",
+        mail("alice@corp.example", "eng-open@corp.example", "Standup"),
+    )
+    (delivered,) = await fanned_out(bot.app)
+    assert delivered.state == "delivered" and not delivered.moderated
+    for verb in ("approve", "reject"):
+        answer = await bot.say(HR, f"/post {verb} {delivered.id}")
+        assert f"Post #{delivered.id} to eng-open@corp.example was never held for a moderator" in answer, (
+            answer
+        )
+        assert "already decided" not in answer
+    log = await bot.say(HR, "/posts eng-open")
+    assert f"#{delivered.id} " in log
+
+
+async def test_a_rejection_notice_comes_from_noreply_on_the_bounce_domain(relay, smtp) -> None:  # type: ignore[no-untyped-def]
+    bot, port = relay
+    await post(
+        port,
+        "chen@corp.example",
+        "eng-open@corp.example",
+        mail("chen@corp.example", "eng-open@corp.example", "Offer"),
+    )
+    await until(lambda: bool(held_cards(bot)))
+    post_id = held_cards(bot)[-1].buttons[0].value
+    assert f"#{post_id}" in held_cards(bot)[-1].title
+    answer = await bot.say("alice@corp.example", f'/post reject {post_id} "off topic"')
+    assert f"Rejected post #{post_id}" in answer
+    (notice,) = await asyncio.to_thread(lambda: smtp.handler.wait_for(1))
+    bounce_domain = bot.app.ctx.settings.campaigns.bounce_domain
+    assert notice.message["From"].addresses[0].addr_spec == f"noreply@{bounce_domain}"
+    assert "eng-open@corp.example" not in str(notice.message["From"])
+    assert notice.message["Auto-Submitted"] == "auto-replied"
+    assert notice.mail_from == "<>"

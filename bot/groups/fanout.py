@@ -1,6 +1,6 @@
 """The fan-out: group posts delivered from the post store, one copy per member, with the campaigns'
 crash-safe machinery (bot/outbox.py): claimed batches with leases, retries with backoff, each outcome read
-by whose fault it is, results recorded a batch at a time.
+by whose fault it is, results recorded every `relay.record_every` copies of a claimed batch.
 
 Each member's copy has its own VERP return path (`bounces+g.<delivery>-<mac>@<bounce domain>`), so a
 bounce names the delivery. A member's own permanent failure (a 5.1.x at RCPT, or a DSN later) marks that
@@ -9,7 +9,8 @@ the member — whether the address is wrong is for a person to decide. A failure
 connection, the login, our sender) puts the rows back uncounted and waits before trying that post again.
 
 A process that dies mid-post leaves its claimed batch to be claimed again when the lease runs out: nobody
-is skipped and at most that batch is repeated.
+is skipped, and only the copies sent since the last record (fewer than `record_every`, plus one in flight
+per connection) are repeated.
 """
 
 from __future__ import annotations
@@ -105,7 +106,6 @@ class BounceReports:
             log.exception("reporting group bounces to HR failed")
         await send_notice(
             self.ctx,
-            group.address,
             list(group.owners or []),
             f"Undeliverable group mail to {group.address}",
             f"Mail to {group.address} could not be delivered to these members:\n\n{lines}\n\n"
@@ -259,36 +259,57 @@ class GroupFanout:
     async def _send_batch(
         self, post_id: int, copy: _Copy, batch: list[Any], transport: SmtpTransport
     ) -> bool:
-        """Send one claimed batch and record it; False when the relay failed and the post waits."""
+        """Send one claimed batch, recording results every `relay.record_every` copies; False when the
+        relay failed and the post waits.
+
+        While results are being written the workers take no new member (the ones already sending finish):
+        what a kill -9 can leave unrecorded — and so repeat once the lease runs out — is fewer than
+        `record_every` copies plus one in flight per connection, never the whole batch."""
         opts = self.options
         signer = self.ctx.signer
         domain = self.ctx.settings.campaigns.bounce_domain
         now = self.ctx.now()
-        sent: list[dict[str, Any]] = []
-        ended: list[dict[str, Any]] = []
-        retry: list[dict[str, Any]] = []
-        unsent: list[dict[str, Any]] = []
+        results: dict[str, list[dict[str, Any]]] = {"sent": [], "ended": [], "retry": [], "unsent": []}
         bounced: list[tuple[str, str]] = []
         halted: list[Outcome] = []
         queue = deque(batch)
+        open_gate = asyncio.Event()
+        open_gate.set()
+        writing = asyncio.Lock()
+        state = {"unrecorded": 0, "unsent": 0}
+
+        async def record() -> None:
+            async with writing:
+                taken = {k: v[:] for k, v in results.items()}
+                for v in results.values():
+                    v.clear()
+                if not any(taken.values()):
+                    return
+                async with self.ctx.sessions() as session, session.begin():
+                    await CLAIMS.record(session, self.worker_id, self.ctx.now(), **taken)
+                self.sent_total += len(taken["sent"])
+                state["unsent"] += len(taken["unsent"])
 
         async def worker() -> None:
             while queue:
+                await open_gate.wait()
+                if not queue:
+                    return
                 d = queue.popleft()
                 if halted:
-                    unsent.append({"b_id": d.id})
+                    results["unsent"].append({"b_id": d.id})
                     continue
                 outcome = await transport.send(group_verp(signer, d.id, domain), d.email, copy.data)
                 kind = verdict(outcome, d.attempts, opts.max_attempts)
                 if kind == "halt" and outcome.status == "5.4.6":
                     kind = "failed"  # a loop through this member's address: theirs alone, not the relay's
                 if kind == "sent":
-                    sent.append({"b_id": d.id})
+                    results["sent"].append({"b_id": d.id})
                 elif kind == "halt":
-                    unsent.append({"b_id": d.id})
+                    results["unsent"].append({"b_id": d.id})
                     halted.append(outcome)
                 elif kind == "bounced":
-                    ended.append({"b_id": d.id, "status": "bounced", "err": outcome.detail})
+                    results["ended"].append({"b_id": d.id, "status": "bounced", "err": outcome.detail})
                     bounced.append((d.email, outcome.detail))
                 elif kind in ("failed", "gave_up"):
                     err = (
@@ -296,21 +317,27 @@ class GroupFanout:
                         if kind == "failed"
                         else f"gave up after {d.attempts} attempts: {outcome.detail}"
                     )
-                    ended.append({"b_id": d.id, "status": "failed", "err": err})
+                    results["ended"].append({"b_id": d.id, "status": "failed", "err": err})
                 else:
                     delay = backoff_s(d.attempts, opts.retry_base_s, opts.retry_max_s)
-                    retry.append({"b_id": d.id, "err": outcome.detail, "nxt": now + timedelta(seconds=delay)})
+                    results["retry"].append(
+                        {"b_id": d.id, "err": outcome.detail, "nxt": now + timedelta(seconds=delay)}
+                    )
+                state["unrecorded"] += 1
+                if state["unrecorded"] >= opts.record_every and queue and open_gate.is_set():
+                    state["unrecorded"] = 0
+                    open_gate.clear()  # no new member until these are written
+                    try:
+                        await record()
+                    finally:
+                        open_gate.set()
 
         renewing = asyncio.get_running_loop().create_task(self._renew(post_id))
         try:
             await asyncio.gather(*(worker() for _ in range(min(max(1, transport.size), len(batch)))))
         finally:
             renewing.cancel()
-        async with self.ctx.sessions() as session, session.begin():
-            await CLAIMS.record(
-                session, self.worker_id, self.ctx.now(), sent=sent, ended=ended, retry=retry, unsent=unsent
-            )
-        self.sent_total += len(sent)
+        await record()
         if bounced:
             await self.reports.report(copy.group, bounced)
         if halted:
@@ -323,7 +350,7 @@ class GroupFanout:
                 wait,
                 halted[0].fault,
                 halted[0].detail,
-                len(unsent),
+                state["unsent"],
             )
             return False
         return True

@@ -276,6 +276,13 @@ class Moderation:
         return await self._approve(post, group, actor, allowed=decision == "allow")
 
     def _already(self, post: GroupPost) -> str:
+        if not post.moderated:  # it went straight out (or was refused): there was never anything to decide
+            return t(
+                "Post #{id} to {group} was never held for a moderator: there is nothing to approve or reject "
+                "(/posts shows what became of it).",
+                id=post.id,
+                group=post.group_address,
+            )
         names = {
             "sending": t("approved"),
             "delivered": t("approved"),
@@ -377,9 +384,7 @@ class Moderation:
         else:
             body = f'Your message "{subject}" to {group.address} was not delivered.\n\nThe moderator\'s reason: {reason}'
         if post.sender:
-            await send_notice(
-                self.ctx, group.address, [post.sender], f"Not delivered: {subject}"[:200], body + "\n"
-            )
+            await send_notice(self.ctx, [post.sender], f"Not delivered: {subject}"[:200], body + "\n")
         if state == "expired":
             await self._close_card(post, group, t("Expired: nobody decided in time. The sender was told."))
             return ""

@@ -1,5 +1,9 @@
 """Short notices Postroom mails about group mail: a rejected or expired post to its sender, bounces to
-a group's owners. Sent with a null envelope sender, so a notice that fails never bounces back into a loop."""
+a group's owners. Sent with a null envelope sender, so a notice that fails never bounces back into a loop,
+`Auto-Submitted: auto-replied` (RFC 3834: autoresponders stay quiet), and From `noreply@` the bounce
+domain, never the group's address: an answer or an out-of-office reply to a notice must not become a
+post to the group (which could be held, noticed again, and so on). Mail to the bounce domain reaches
+Postroom's bounce handling, which drops what is not a bounce of its own."""
 
 from __future__ import annotations
 
@@ -25,11 +29,15 @@ def notice_bytes(from_address: str, to: list[str], subject: str, text: str) -> b
     return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
 
 
-async def send_notice(ctx: Context, from_address: str, to: list[str], subject: str, text: str) -> int:
+def notice_sender(ctx: Context) -> str:
+    return f"noreply@{ctx.settings.campaigns.bounce_domain}"
+
+
+async def send_notice(ctx: Context, to: list[str], subject: str, text: str) -> int:
     """Mail the notice to each address; returns how many took it (a failure is logged, not raised)."""
     if not to:
         return 0
-    data = notice_bytes(from_address, to, subject, text)
+    data = notice_bytes(notice_sender(ctx), to, subject, text)
     transport = ctx.new_transport(1)
     delivered = 0
     try:

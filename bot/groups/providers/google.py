@@ -77,6 +77,7 @@ class GoogleGroups(Provider):
         self.api = ApiClient(
             "Google Workspace",
             settings.api_url,
+            setting="providers.google.api_url",
             timeout_s=settings.timeout_s,
             max_inline_wait_s=max_inline_wait_s,
             token=self._token,
@@ -155,7 +156,11 @@ class GoogleGroups(Provider):
             data = r.json()
             for g in data.get("groups", []):
                 address = str(g["email"]).lower()
-                found.append(RemoteGroup(address, g.get("name"), await self.external_allowed(address)))
+                try:
+                    allowed = await self.external_allowed(address)
+                except GroupMissing:
+                    allowed = False  # deleted since the listing: reading its members says so, for it alone
+                found.append(RemoteGroup(address, g.get("name"), allowed))
             token = data.get("nextPageToken")
             if not token:
                 return found
@@ -188,6 +193,8 @@ class GoogleGroups(Provider):
                 f"{self.settings.settings_api_url}/groups/{quote(address, safe='@')}",
                 params={"alt": "json"},
             )
+            if r.status_code == 404:
+                raise GroupMissing(f"{address} is not a group in Google Workspace.")
             self._raise(r, address)
             self._external_allowed[address] = (
                 str(r.json().get("allowExternalMembers", "false")).lower() == "true"

@@ -46,8 +46,11 @@ class ApiClient:
         auth_header: str = "Bearer",
         auth: httpx.Auth | None = None,
         quota_error: Callable[[httpx.Response], bool] | None = None,
+        setting: str = "",
     ):
         self.label = label
+        # Where the address comes from, named when the platform does not answer: "providers.x.api_url".
+        self._where = f" at {setting} = {base_url.rstrip('/')}" if setting else ""
         self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout_s, auth=auth)
         self._token = token
         self._scheme = auth_header
@@ -84,7 +87,9 @@ class ApiClient:
                     await asyncio.sleep(backoff)
                     backoff *= 2
                     continue
-                raise RetryLater(f"{self.label} did not answer ({type(exc).__name__}).") from None
+                detail = str(exc).strip()[:120]
+                cause = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+                raise RetryLater(f"{self.label} did not answer{self._where} ({cause}).") from None
             if response.status_code == 401 and self._token is not None:
                 if not refreshed:
                     fresh = refreshed = True  # the token expired or was revoked: once more with a new one

@@ -30,6 +30,11 @@ BATCH = 20  # Graph's limit of requests in one $batch
 SCOPE = "https://graph.microsoft.com/.default"
 
 
+def _cause(exc: BaseException) -> str:
+    detail = str(exc).strip()
+    return f"{type(exc).__name__}: {detail[:120]}" if detail else type(exc).__name__
+
+
 def _odata_string(value: str) -> str:
     return value.replace("'", "''")
 
@@ -47,6 +52,7 @@ class GraphGroups(Provider):
         self.api = ApiClient(
             "Microsoft Graph",
             settings.graph_url,
+            setting="providers.microsoft.graph_url",
             timeout_s=settings.timeout_s,
             max_inline_wait_s=max_inline_wait_s,
             token=self._token,
@@ -67,10 +73,31 @@ class GraphGroups(Provider):
 
     # -- the token ---------------------------------------------------------------------------------
     async def _token(self, fresh: bool) -> str:
+        import httpx
+
+        authority = self.settings.authority_url
+        if not authority.startswith("https://"):
+            raise ProviderError(
+                f"providers.microsoft.authority_url is {authority}, but Microsoft Entra's token endpoint is "
+                "only spoken to over https:// (msal refuses anything else): give its https:// address."
+            )
         async with self._lock:
-            if self._msal is None or fresh:
-                self._msal = await asyncio.to_thread(self._new_app)
-            result = await asyncio.to_thread(self._msal.acquire_token_for_client, scopes=[SCOPE])
+            try:
+                if self._msal is None or fresh:
+                    self._msal = await asyncio.to_thread(self._new_app)
+                result = await asyncio.to_thread(self._msal.acquire_token_for_client, scopes=[SCOPE])
+            except (httpx.HTTPError, OSError) as exc:
+                self._msal = None  # discovery failed with it: build it again next time
+                raise RetryLater(
+                    f"Microsoft Entra's token endpoint (providers.microsoft.authority_url = {authority}) "
+                    f"did not answer ({_cause(exc)})."
+                ) from None
+            except ValueError as exc:  # msal's own check of the authority, or an answer that is not JSON
+                self._msal = None
+                raise ProviderError(
+                    f"providers.microsoft.authority_url ({authority}) is not a Microsoft Entra authority msal "
+                    f"can use ({str(exc)[:160]})."
+                ) from None
         if "access_token" not in result:
             raise RetryLater(
                 "Microsoft Entra refused Postroom's token request "
