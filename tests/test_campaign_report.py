@@ -277,3 +277,32 @@ async def test_the_report_compares_with_the_last_campaign_to_the_same_list(bot, 
     assert "spring (" in summer and "4 delivered, opens 0.0%, clicks 0.0%" in summer
     spring = await bot.say(SENDER, "/campaign report spring")
     assert "the last campaigns" not in spring  # nothing was sent to the list before spring
+
+
+async def test_a_click_without_an_image_load_counts_as_an_open(bot, smtp, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "contacts.csv"
+    path.write_text(CSV)
+    await import_contacts(bot.core.ctx, path, "customers")
+    await bot.say(SENDER, "/campaign new spring --to customers --template welcome")
+    await bot.say(SENDER, "/campaign submit spring")
+    assert "Approved" in await bot.say(APPROVER, "/approve spring")
+    await bot.settle()
+    ana = smtp.handler.to("ana@example.com")[0].message.get_body(("html",)).get_content()
+    ben = smtp.handler.to("ben@example.com")[0].message.get_body(("html",)).get_content()
+    async with web(bot) as client:
+        for html in (ana, ben):  # images blocked: a click, no pixel
+            click = re.search(r'href="http://127\.0\.0\.1:8080(/c/[^"]+)"', html).group(1)  # type: ignore[union-attr]
+            assert (await client.get(click)).status_code == 302
+        pixel = re.search(r'src="http://127\.0\.0\.1:8080(/o/[^"]+)"', ana).group(1)  # type: ignore[union-attr]
+        assert (await client.get(pixel)).status_code == 200  # ana loaded images later too
+    async with bot.core.ctx.sessions() as session:
+        campaign = (await session.execute(select(Campaign).where(Campaign.name == "spring"))).scalar_one()
+    figures = await build_report(bot.core.ctx, campaign)
+    assert figures.opens == 2 and figures.clicks == 2
+    text = figures.text()
+    assert "opens 2 of 4 delivered (50.0%)" in text and "2 of 2 openers clicked (100.0%)" in text
+    assert "Apple Mail Privacy Protection" in text
+    engagement = chart_data(figures).panels[1]
+    assert series(engagement, "opened").total == 2 and series(engagement, "clicked").total == 2
+    opened, clicked = series(engagement, "opened"), series(engagement, "clicked")
+    assert all(o <= c for (o, _), (c, _) in zip(opened.marks, clicked.marks, strict=True))  # opened no later

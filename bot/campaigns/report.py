@@ -6,7 +6,8 @@ over attempts. The common benchmarks (20% opens, 3% click-through) are compared 
 mean something: at least `MIN_DELIVERED` delivered and `SETTLE` after the send ended (most opens and
 clicks come in the first two days); before that the report says when. Opens are inflated by
 mail-privacy proxies (Apple Mail Privacy Protection fetches every image), so clicks are the engagement
-figure to trust.
+figure to trust; and a click implies an open, so a delivery that clicked counts as opened (a reader
+who blocks images still clicks).
 
 The chart is two steps apart: `chart_data` (pure: figures in, series and axes out, testable) and
 `draw` (matplotlib). Counts are cumulative over a time axis from the send's start to now (at least
@@ -363,8 +364,18 @@ async def build_report(ctx: Context, campaign: Campaign) -> Figures:
         f.hard_bounces = f.statuses.get("bounced", 0) + late_hard
         f.soft_bounces = events.get("soft_bounce", 0)
         f.complaints = events.get("complaint", 0)
-        f.opens = events.get("open", 0)
         f.clicks = events.get("click", 0)
+        # A click implies an open (the images were blocked, or fetched by a proxy we never saw): a
+        # delivery that clicked counts as opened, so no more people click than open.
+        f.opens = int(
+            (
+                await session.execute(
+                    select(func.count(distinct(CampaignEvent.delivery_id))).where(
+                        CampaignEvent.campaign_id == cid, CampaignEvent.kind.in_(("open", "click"))
+                    )
+                )
+            ).scalar_one()
+        )
         f.delivered = max(0, f.sent - late_hard)
         unsubscribed = (
             await session.execute(
@@ -400,9 +411,10 @@ async def build_report(ctx: Context, campaign: Campaign) -> Figures:
         )
         firsts: dict[str, list[datetime]] = {}
         for kind in ("open", "click", "complaint", "hard_bounce", "soft_bounce"):
+            kinds = ("open", "click") if kind == "open" else (kind,)  # opened: the first open or click
             first = (
                 select(func.min(CampaignEvent.at))
-                .where(CampaignEvent.campaign_id == cid, CampaignEvent.kind == kind)
+                .where(CampaignEvent.campaign_id == cid, CampaignEvent.kind.in_(kinds))
                 .group_by(CampaignEvent.delivery_id)
             )
             firsts[kind] = sorted((await session.execute(first)).scalars())
@@ -470,12 +482,19 @@ async def build_report(ctx: Context, campaign: Campaign) -> Figures:
                     ).all()
                 )
                 assert other.started_at is not None
+                opened = (
+                    await session.execute(
+                        select(func.count(distinct(CampaignEvent.delivery_id))).where(
+                            CampaignEvent.campaign_id == other.id, CampaignEvent.kind.in_(("open", "click"))
+                        )
+                    )
+                ).scalar_one()
                 f.earlier.append(
                     Earlier(
                         other.name,
                         other.started_at,
                         max(0, sent - got.get("hard_bounce", 0)),
-                        got.get("open", 0),
+                        int(opened),
                         got.get("click", 0),
                     )
                 )
