@@ -306,3 +306,17 @@ async def test_a_click_without_an_image_load_counts_as_an_open(bot, smtp, tmp_pa
     assert series(engagement, "opened").total == 2 and series(engagement, "clicked").total == 2
     opened, clicked = series(engagement, "opened"), series(engagement, "clicked")
     assert all(o <= c for (o, _), (c, _) in zip(opened.marks, clicked.marks, strict=True))  # opened no later
+
+
+def test_the_legend_sits_outside_the_plot_so_it_hides_no_data() -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from bot.campaigns.report import figure
+
+    fig = figure(chart_data(demo_like()))  # small send: the cumulative lines peak top-left
+    FigureCanvasAgg(fig).draw()
+    axes = [ax for ax in fig.axes if ax.get_legend() is not None]
+    assert len(axes) == 2
+    for ax in axes:
+        box, plot = ax.get_legend().get_window_extent(), ax.get_window_extent()
+        assert not box.overlaps(plot), "the legend covers the plot area"

@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from sqlalchemy import distinct, exists, func, select
 
@@ -36,6 +36,9 @@ from bot.events import Card, Image, Message
 from bot.i18n import t
 from bot.links import UnsetSecret
 from bot.mail.dsn import STATUS_RE
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 OPEN_BENCHMARK = 0.20
 CLICK_BENCHMARK = 0.03
@@ -676,18 +679,33 @@ def chart_data(f: Figures) -> ChartData:
 def draw(data: ChartData, path: Path | BinaryIO) -> None:
     import matplotlib
 
-    matplotlib.use("Agg", force=False)
+    with matplotlib.rc_context(_fonts()):  # text is laid out when saved: the fonts must hold then too
+        figure(data).savefig(path, format="png")
+
+
+def _fonts() -> dict[str, Any]:
     from matplotlib import font_manager
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import FixedLocator
 
     families = ["DejaVu Sans"]
     if FONT.exists():  # CJK glyphs (campaign names, the zh_CN labels) fall back to the bundled font
         if FONT_FAMILY not in {f.name for f in font_manager.fontManager.ttflist}:
             font_manager.fontManager.addfont(str(FONT))
         families.append(FONT_FAMILY)
-    with matplotlib.rc_context({"font.family": families, "axes.unicode_minus": False}):
+    return {"font.family": families, "axes.unicode_minus": False}
+
+
+def figure(data: ChartData) -> Figure:
+    """The chart as a matplotlib Figure (not yet drawn). Each panel's legend sits below its plot
+    area, never over it: a small send's cumulative lines peak top-left, where a legend inside would
+    hide them."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FixedLocator
+
+    with matplotlib.rc_context(_fonts()):
         fig = Figure(figsize=(8, 6.4), dpi=100)
         fig.suptitle(data.title, fontsize=13)
         axes = fig.subplots(len(data.panels), 1)
@@ -734,9 +752,11 @@ def draw(data: ChartData, path: Path | BinaryIO) -> None:
                 handles,
                 [s.label for s in panel.series],
                 loc="upper left",
+                bbox_to_anchor=(1.01, 1.0),  # right of the plot area: no data is hidden
                 fontsize=9,
-                ncols=2,
-                framealpha=0.9,
+                ncols=1,
+                frameon=False,
+                borderaxespad=0.0,
             )
             if panel.note:
                 ax.text(
@@ -750,7 +770,7 @@ def draw(data: ChartData, path: Path | BinaryIO) -> None:
                     bbox={"facecolor": "white", "edgecolor": "#999999", "alpha": 0.9},
                 )
         fig.tight_layout()
-        fig.savefig(path, format="png")
+    return fig
 
 
 async def render_chart(ctx: Context, campaign: Campaign, figures: Figures) -> Path | None:
