@@ -65,7 +65,7 @@ def test_a_small_fast_send_gets_a_fitting_time_axis_whole_number_counts_and_ever
         assert all(isinstance(y, int) for y in panel.y_ticks)
         for s in panel.series:
             assert all(isinstance(y, int) for y in s.ys)
-            assert s.xs[0] == 0.0 and s.xs[-1] == data.x_max  # every line runs to "now"
+            assert s.xs[0] == 0.0 and s.xs[-1] == data.now_x  # every line runs to "now", not beyond
             assert s.ys[-1] == s.total and f"({s.total})" in s.label
     sent = series(delivery, "sent")
     assert sent.total == 4 and max(x for x, _ in sent.marks) < 1  # all four went out in the first second
@@ -320,3 +320,13 @@ def test_the_legend_sits_outside_the_plot_so_it_hides_no_data() -> None:
     for ax in axes:
         box, plot = ax.get_legend().get_window_extent(), ax.get_window_extent()
         assert not box.overlaps(plot), "the legend covers the plot area"
+
+
+def test_lines_stop_at_the_report_time_and_the_rest_of_the_axis_stays_empty() -> None:
+    data = chart_data(demo_like(now=T0 + timedelta(seconds=23)))
+    assert data.x_max == 60.0 and data.now_x == 23.0  # the axis keeps its minimum span
+    for panel in data.panels:
+        for s in panel.series:
+            assert max(s.xs) == 23.0 and all(x <= 23.0 for x, _ in s.marks)
+    later = chart_data(demo_like(now=T0 + timedelta(hours=5)))
+    assert later.now_x == later.x_max == 5.0

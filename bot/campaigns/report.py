@@ -10,9 +10,9 @@ figure to trust; and a click implies an open, so a delivery that clicked counts 
 who blocks images still clicks).
 
 The chart is two steps apart: `chart_data` (pure: figures in, series and axes out, testable) and
-`draw` (matplotlib). Counts are cumulative over a time axis from the send's start to now (at least
-`MIN_SPAN`), so a four-recipient send that took 0.2 s reads as "all four went out at once", not as a
-spike; every series has its own colour, marker and line style and is listed in the legend with its
+`draw` (matplotlib). Counts are cumulative over a time axis from the send's start, at least
+`MIN_SPAN` long, so a four-recipient send that took 0.2 s reads as "all four went out at once", not
+as a spike; each line stops at the report time (marked "now") and the rest of the axis stays empty; every series has its own colour, marker and line style and is listed in the legend with its
 total, zero included; an empty panel says why it is empty.
 """
 
@@ -536,8 +536,9 @@ class ChartData:
     title: str
     x_label: str
     unit: str  # seconds | minutes | hours | days
-    x_max: float
+    x_max: float  # the axis' end (at least MIN_SPAN)
     panels: tuple[Panel, ...]
+    now_x: float = 0.0  # the report time on the axis: every series stops here, the rest stays empty
 
 
 STYLE = {  # colour-blind-safe (Okabe–Ito), and told apart by marker and line style too
@@ -584,6 +585,7 @@ def integer_ticks(top: int, most: int = 6) -> tuple[int, ...]:
 
 
 def _series(key: str, label: str, times: list[datetime], t0: datetime, scale: float, x_max: float) -> Series:
+    """A cumulative line from 0 to `x_max` (the report time: nothing is known past it)."""
     points = [min(x_max, max(0.0, (x - t0).total_seconds() / scale)) for x in sorted(times)]
     ys = tuple(range(1, len(points) + 1))
     colour, marker, linestyle, width, z = STYLE[key]
@@ -628,10 +630,11 @@ def chart_data(f: Figures) -> ChartData:
     span = max((end - t0).total_seconds(), MIN_SPAN.total_seconds())
     scale, unit = _unit(span)
     x_max = span / scale
+    now_x = (end - t0).total_seconds() / scale
     title = t("“{name}”: {count} recipients", name=f.campaign, count=f.recipients)
 
     def series(key: str, label: str, times: list[datetime]) -> Series:
-        return _series(key, label, times, t0, scale, x_max)
+        return _series(key, label, times, t0, scale, now_x)
 
     if f.attempted == 0:
         words = (
@@ -672,7 +675,7 @@ def chart_data(f: Figures) -> ChartData:
             (series("opened", t("opened"), f.open_times), series("clicked", t("clicked"), f.click_times)),
             note=t("No opens or clicks recorded yet.") if not (f.open_times or f.click_times) else None,
         )
-    return ChartData(title, _unit_label(unit, t0), unit, x_max, (delivery, engagement))
+    return ChartData(title, _unit_label(unit, t0), unit, x_max, (delivery, engagement), now_x)
 
 
 # -- drawing ------------------------------------------------------------------------------------
@@ -721,6 +724,19 @@ def figure(data: ChartData) -> Figure:
             ax.set_ylim(-panel.y_top * 0.04, panel.y_top)  # a series at 0 stays visible above the axis
             ax.yaxis.set_major_locator(FixedLocator(list(panel.y_ticks)))
             ax.grid(axis="y", alpha=0.3)
+            if data.now_x < data.x_max:  # the lines stop at the report time: mark it
+                ax.axvline(data.now_x, color="#999999", linewidth=0.8, linestyle=":", zorder=1)
+                ax.annotate(
+                    t("now"),
+                    (data.now_x, 1.0),
+                    xycoords=("data", "axes fraction"),
+                    xytext=(3, -3),
+                    textcoords="offset points",
+                    ha="left",
+                    va="top",
+                    fontsize=8,
+                    color="#666666",
+                )
             for s in panel.series:
                 ax.step(
                     s.xs,
