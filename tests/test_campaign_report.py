@@ -239,7 +239,7 @@ async def test_a_four_recipient_campaign_report_has_its_chart_links_and_page(bot
     assert series(delivery, "sent").total == 4 and data.x_max >= 60 and delivery.y_ticks == (0, 1, 2, 3, 4)
     assert series(engagement, "opened").total == 1 and series(engagement, "clicked").total == 1
     text = await bot.say(SENDER, "/campaign report spring")
-    assert "(picture “Report: “spring”” saved: " in text  # the console names the file
+    assert "(picture saved: " in text  # the console names the file
 
 
 def test_unsubscribes_and_complaints_by_day_and_the_last_campaigns_to_the_list() -> None:
@@ -330,3 +330,42 @@ def test_lines_stop_at_the_report_time_and_the_rest_of_the_axis_stays_empty() ->
             assert max(s.xs) == 23.0 and all(x <= 23.0 for x, _ in s.marks)
     later = chart_data(demo_like(now=T0 + timedelta(hours=5)))
     assert later.now_x == later.x_max == 5.0
+
+
+async def test_the_report_page_speaks_the_language_of_whoever_asked(bot, smtp, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "contacts.csv"
+    path.write_text(CSV)
+    await import_contacts(bot.core.ctx, path, "customers")
+    await bot.say(SENDER, "/campaign new spring --to customers --template welcome")
+    await bot.say(SENDER, "/campaign submit spring")
+    assert "Approved" in await bot.say(APPROVER, "/approve spring")
+    await bot.settle()
+    bot.console.as_email = SENDER
+    await bot.console.say("/lang zh_CN")
+    reply = await bot.console.say("/campaign report spring")
+    assert reply is not None and reply.card is not None and reply.card.link is not None
+    url = reply.card.link[1].removeprefix("http://127.0.0.1:8080")
+    async with web(bot) as client:
+        page = await client.get(url)
+        assert page.status_code == 200
+        assert "<html lang='zh-CN'>" in page.text and "报告" in page.text and "Report:" not in page.text
+        chart = await client.get(url + "/chart.png")
+        assert chart.status_code == 200
+        await bot.console.say("/lang en")
+        english = (await bot.console.say("/campaign report spring")).card.link[1]  # type: ignore[union-attr]
+        page = await client.get(english.removeprefix("http://127.0.0.1:8080"))
+        assert "<html lang='en'>" in page.text and "Report: “spring”" in page.text
+        signer = bot.core.ctx.signer  # the language is signed: changing it breaks the token
+        campaign_id, locale = signer.verify_expiring(url.rsplit("/", 1)[1], "r")  # type: ignore[misc]
+        assert locale == "zh_CN"
+        old = signer.sign_expiring("r", campaign_id, ttl_s=3600)  # a link made before: still valid, English
+        assert (await client.get(f"/report/{old}")).status_code == 200
+
+
+def test_the_console_names_the_picture_in_the_readers_language_without_nested_quotes() -> None:
+    from bot.events import Image, Message
+    from bot.message_text import CONSOLE, render
+
+    message = Message("x", images=(Image("/tmp/r.png", "Report: “spring”"),))
+    assert "(picture saved: /tmp/r.png — Report: “spring”)" in render(message, CONSOLE, "en")
+    assert "（图片已保存：/tmp/r.png — Report: “spring”）" in render(message, CONSOLE, "zh_CN")

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from sqlalchemy import distinct, exists, func, select
 
+from bot import i18n
 from bot.campaigns import service
 from bot.campaigns.notes import state_name, status_name
 from bot.context import Context
@@ -808,10 +809,15 @@ REPORT_KIND = "r"  # the signed report page's token kind (bot/links.py)
 
 
 def report_url(ctx: Context, campaign: Campaign) -> str | None:
-    """The signed, expiring report page for `campaign`; None without web.secret (nothing can be signed)."""
+    """The signed, expiring report page for `campaign`, in the current language (the requester's: the
+    page and its chart speak it; the language is signed with the rest, so it can't be swapped); None
+    without web.secret (nothing can be signed)."""
     try:
         token = ctx.signer.sign_expiring(
-            REPORT_KIND, str(campaign.id), ttl_s=int(ctx.settings.campaigns.report_link_hours * 3600)
+            REPORT_KIND,
+            str(campaign.id),
+            i18n.current(),
+            ttl_s=int(ctx.settings.campaigns.report_link_hours * 3600),
         )
     except UnsetSecret:
         return None
