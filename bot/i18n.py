@@ -61,6 +61,13 @@ def set_locale(locale: str | None) -> None:
     _current.set(normalise_locale(locale))
 
 
+def sentences(*parts: str) -> str:
+    """Sentences one after another: a space between them in English, none in Chinese (its full stop
+    “。” ends a sentence without one)."""
+    joiner = "" if current().startswith("zh") else " "
+    return joiner.join(p for p in parts if p)
+
+
 @contextmanager
 def using(locale: str | None) -> Iterator[None]:
     token = _current.set(normalise_locale(locale))

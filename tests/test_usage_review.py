@@ -418,3 +418,30 @@ async def test_a_post_through_the_relay_records_its_tracking_links_for_the_revie
             in reply
         ), reply
         assert "nothing looks misused" in reply  # colleagues only, not in bulk
+
+
+def test_the_chinese_catalog_calls_a_postroom_campaign_qunfa_and_keeps_yingxiao_for_the_use_case() -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    catalog = json.loads((Path(__file__).parents[1] / "bot/locale/zh_CN/usage.json").read_text())
+    for english, chinese in catalog.items():
+        if re.search(r"\bcampaigns?\b", english, re.I) and "marketing campaign" not in english:
+            assert "营销活动" not in chinese and "群发活动" in chinese, (english, chinese)
+    assert catalog["marketing campaign"] == "营销活动"
+    for english, chinese in catalog.items():
+        assert ", " not in chinese and "; " not in chinese, (english, chinese)
+
+
+async def test_the_chinese_review_uses_chinese_punctuation(bot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    await seeded_quarter(bot, tmp_path)
+    await bot.say(HR, "/audit")
+    bot.console.locale = "zh_CN"
+    reply = await bot.say(HR, "/report usage")
+    assert "群发活动 allhands" in reply and "营销活动（" in reply, reply  # the Postroom thing; the use case
+    body = reply.replace("reports.bulk_recipients", "")
+    assert ", " not in body and "; " not in body, reply
+    assert "。 " not in reply and "个无负责人。没有更早的审计" in reply, reply  # no space between sentences
+    assert "发到邮件组的营销类邮件：把这些收件人" in reply, reply
+    assert "4 位外部收件人（" in reply, reply

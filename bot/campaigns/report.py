@@ -139,7 +139,7 @@ class Figures:
                     when=f"{ended + SETTLE:%Y-%m-%d %H:%M}",
                 )
             )
-        return "; ".join(reasons) if reasons else None
+        return t("; ").join(reasons) if reasons else None
 
     def text(self) -> str:
         lines = [

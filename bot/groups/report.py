@@ -53,7 +53,7 @@ class Counts:
             part(t("groups with no owner"), self.no_owner, before.no_owner),
         ]
         when = f"{before.taken_at:%Y-%m-%d}" if before.taken_at else "?"
-        return t("Since {date}: {changes}", date=when, changes=", ".join(parts))
+        return t("Since {date}: {changes}", date=when, changes=t(", ").join(parts))
 
 
 @dataclass
@@ -92,7 +92,7 @@ class Report:
         def some(items: list[str], limit: int = 15) -> str:
             if not items:
                 return t("none")
-            shown = ", ".join(items[:limit])
+            shown = t(", ").join(items[:limit])
             return (
                 t("{items} and {count} more", items=shown, count=len(items) - limit)
                 if len(items) > limit

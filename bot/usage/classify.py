@@ -150,13 +150,13 @@ def classify(send: Send, *, domains: str, bulk: int) -> Verdict:
     # A post to an email group: who it reached, then what it looks like.
     reach: list[str] = []
     if send.external:
-        who = ", ".join(send.example_external)
+        who = t(", ").join(send.example_external)
         many = (
             t("{count} external recipients", count=send.external)
             if send.external > 1
             else t("1 external recipient")
         )
-        reach.append(f"{many} ({who})" if who else many)
+        reach.append(t("{reach} ({who})", reach=many, who=who) if who else many)
     if send.recipients >= bulk:
         reach.append(
             t(
@@ -230,7 +230,7 @@ class Growth:
             )
         ]
         if self.newest:
-            evidence.append(t("newest: {who}", who=", ".join(self.newest)))
+            evidence.append(t("newest: {who}", who=t(", ").join(self.newest)))
         return Flag(
             t("A group whose external members keep growing"),
             tuple(evidence),

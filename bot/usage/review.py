@@ -31,7 +31,7 @@ from bot.db.models import (
 )
 from bot.events import Card, Message
 from bot.groups import report as audit_report
-from bot.i18n import t
+from bot.i18n import sentences, t
 from bot.usage.classify import CATEGORIES, KINDS, Flag, Growth, Send, Verdict, classify, kind_label, label
 
 MIN_MONTHS, MAX_MONTHS = 1, 24
@@ -126,14 +126,14 @@ class Review:
             )
             for c in CATEGORIES
         )
-        by_kind = ", ".join(f"{kind_label(k)} {per_kind[k]}" for k in KINDS)
+        by_kind = t(", ").join(f"{kind_label(k)} {per_kind[k]}" for k in KINDS)
         flag_lines = [
             t("{n}. {what} — {ref}", n=i, what=f.what, ref=f.ref)
             + "\n   "
-            + t("evidence: {evidence}", evidence="; ".join(f.evidence))
+            + t("evidence: {evidence}", evidence=t("; ").join(f.evidence))
             for i, f in enumerate(flags, 1)
         ]
-        fixes = "\n".join(dict.fromkeys(f"{f.what}: {f.fix}" for f in flags))
+        fixes = "\n".join(dict.fromkeys(t("{what}: {fix}", what=f.what, fix=f.fix) for f in flags))
         # Flagged sends first, then the newest.
         ordered = sorted(self.items, key=lambda sv: (sv[1].flag is None, -sv[0].at.timestamp()))
         send_lines = [
@@ -144,7 +144,7 @@ class Review:
                 ref=s.ref,
                 subject=s.subject or t("(no subject)"),
                 category=label(v.category),
-                reasons="; ".join(v.reasons),
+                reasons=t("; ").join(v.reasons),
             )
             for s, v in ordered
         ]
@@ -163,7 +163,7 @@ class Review:
         health = t("Run /audit for the group health report.")
         if self.health is not None:
             h = self.health
-            health = (
+            health = sentences(
                 t(
                     "{groups} groups, {members} members, {external} external members, {empty} empty, "
                     "{no_owner} with no owner.",
@@ -172,11 +172,9 @@ class Review:
                     external=h.external,
                     empty=h.empty,
                     no_owner=h.no_owner,
-                )
-                + " "
-                + h.trend(self.previous)
-                + " "
-                + t("/audit has the details.")
+                ),
+                h.trend(self.previous),
+                t("/audit has the details."),
             )
         fields = (
             (t("By use case"), by_use),
@@ -201,7 +199,7 @@ def _internal(column: Any, domains: list[str]) -> ColumnElement[bool]:
 async def build(ctx: Context, *, since: datetime, until: datetime, group: Group | None = None) -> Review:
     settings = ctx.settings
     domains = [d.lower() for d in settings.org.domains]
-    shown_domains = ", ".join(domains)
+    shown_domains = t(", ").join(domains)
     bulk = settings.reports.bulk_recipients
     review = Review(since, until, group.address if group else None)
     retention = settings.relay.post_retention_days
