@@ -445,3 +445,16 @@ async def test_the_chinese_review_uses_chinese_punctuation(bot, tmp_path) -> Non
     assert "。 " not in reply and "个无负责人。没有更早的审计" in reply, reply  # no space between sentences
     assert "发到邮件组的营销类邮件：把这些收件人" in reply, reply
     assert "4 位外部收件人（" in reply, reply
+
+
+async def test_the_first_audit_says_a_later_day_shows_the_change_and_sentences_end_in_full_stops(bot) -> None:  # type: ignore[no-untyped-def]
+    await bot.say(HR, "/newgroup eng")
+    await bot.say(HR, "/addgroup eng alice@corp.example")
+    first = await bot.say(HR, "/audit")
+    assert "No earlier audit to compare with; the first audit on a later day shows the change." in first
+    again = await bot.say(HR, "/audit")  # the same day: still nothing to compare with, and it says why
+    assert "the first audit on a later day shows the change." in again and "the next one" not in again
+    async with bot.core.ctx.sessions() as s, s.begin():
+        await s.execute(update(GroupHealth).values(taken_at=NOW - timedelta(days=7)))
+    review = await bot.say(HR, "/report usage")
+    assert "(±0). /audit has the details." in review, review

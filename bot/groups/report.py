@@ -39,7 +39,8 @@ class Counts:
     def trend(self, before: Counts | None) -> str:
         """The change since `before`, in words (one line)."""
         if before is None:
-            return t("No earlier audit to compare with; the next one shows the change.")
+            # One audit row per day: an audit later today replaces today's, so it has nothing to compare.
+            return t("No earlier audit to compare with; the first audit on a later day shows the change.")
 
         def part(label: str, now: int, then: int) -> str:
             delta = now - then
@@ -53,7 +54,7 @@ class Counts:
             part(t("groups with no owner"), self.no_owner, before.no_owner),
         ]
         when = f"{before.taken_at:%Y-%m-%d}" if before.taken_at else "?"
-        return t("Since {date}: {changes}", date=when, changes=t(", ").join(parts))
+        return t("Since {date}: {changes}.", date=when, changes=t(", ").join(parts))
 
 
 @dataclass
