@@ -369,3 +369,32 @@ def test_the_console_names_the_picture_in_the_readers_language_without_nested_qu
     message = Message("x", images=(Image("/tmp/r.png", "Report: “spring”"),))
     assert "(picture saved: /tmp/r.png — Report: “spring”)" in render(message, CONSOLE, "en")
     assert "（图片已保存：/tmp/r.png — Report: “spring”）" in render(message, CONSOLE, "zh_CN")
+
+
+async def test_an_automation_that_never_sent_has_no_report_like_a_draft_campaign(bot, smtp, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    reply = await bot.say(SENDER, "/automation new welcome --on joined --template welcome")
+    assert "Draft automation “welcome”" in reply, reply
+    refused = await bot.say(SENDER, "/automation report welcome")
+    assert "“welcome” is draft; it has no report until it is sent." in refused, refused
+    assert "0 recipients" not in refused and "Benchmarks" not in refused
+    path = tmp_path / "contacts.csv"
+    path.write_text(CSV)
+    await import_contacts(bot.core.ctx, path, "customers")
+    await bot.say(SENDER, "/campaign new spring --to customers --template welcome")
+    assert "“spring” is draft; it has no report until it is sent." in await bot.say(
+        SENDER, "/campaign report spring"
+    )
+
+
+def test_no_benchmark_line_when_nothing_was_delivered() -> None:
+    bounced = demo_like(
+        sent=0, delivered=0, opens=0, clicks=0, hard_bounces=4, statuses={"bounced": 4},
+        sent_times=[], open_times=[], click_times=[],
+    ).text()  # fmt: skip
+    assert "Benchmarks" not in bounced and "0 delivered is fewer" not in bounced
+    waiting = demo_like(
+        state="sending", sent=0, delivered=0, opens=0, clicks=0, statuses={"pending": 4},
+        sent_times=[], open_times=[], click_times=[],
+    ).text()  # fmt: skip
+    assert "Benchmarks" not in waiting
+    assert "Benchmarks (20% opens, 3% clicks) not compared yet" in demo_like().text()

@@ -42,7 +42,7 @@ from bot.campaigns.audience import Target, audience_filter, known_attributes, re
 from bot.campaigns.cards import CampaignCards
 from bot.campaigns.engagement import ENGAGED, events_of
 from bot.campaigns.notes import note, show, state_name
-from bot.campaigns.report import report_message
+from bot.campaigns.report import refuse_unsent, report_message
 from bot.campaigns.runs import CampaignRuns
 from bot.campaigns.templates import CompiledTemplate, load_source
 from bot.campaigns.triggers import (
@@ -470,7 +470,9 @@ class Automations:
 
     async def report(self, name: str) -> Message:
         """The automation's report: figures, chart and report page, as for a campaign."""
-        return await report_message(self.ctx, (await self.get(name)).campaign)
+        campaign = (await self.get(name)).campaign
+        await refuse_unsent(self.ctx, campaign)
+        return await report_message(self.ctx, campaign)
 
     # -- what triggers do -------------------------------------------------------------------------
     async def scan(self) -> dict[str, int]:

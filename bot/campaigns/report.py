@@ -33,6 +33,7 @@ from bot.campaigns import service
 from bot.campaigns.notes import state_name, status_name
 from bot.context import Context
 from bot.db.models import Campaign, CampaignEvent, Delivery, Suppression
+from bot.errors import Refusal
 from bot.events import Card, Image, Message
 from bot.i18n import t
 from bot.links import UnsetSecret
@@ -210,7 +211,8 @@ class Figures:
                         share=_pct(self.clicks, self.opens),
                     )
                 )
-            lines.append("  " + self._benchmarks())
+            if self.delivered:  # nothing delivered: no rate to compare
+                lines.append("  " + self._benchmarks())
             lines.append(
                 "  "
                 + t(
@@ -806,6 +808,25 @@ async def render_chart(ctx: Context, campaign: Campaign, figures: Figures) -> Pa
 
 
 REPORT_KIND = "r"  # the signed report page's token kind (bot/links.py)
+UNSENT = ("draft", "pending_approval", "approved", "scheduled", "rejected")  # states before a first send
+
+
+async def refuse_unsent(ctx: Context, campaign: Campaign) -> None:
+    """Refuse the report of a campaign or automation that never sent: nothing to report, and a report
+    of "0 recipients" from now on would only mislead. (An automation edited back to draft after sending
+    keeps its report: its history is real.)"""
+    if campaign.state not in UNSENT:
+        return
+    async with ctx.sessions() as session:
+        if sum((await service.counts(session, campaign.id)).values()):
+            return
+    raise Refusal(
+        t(
+            "“{name}” is {state}; it has no report until it is sent.",
+            name=campaign.name.removeprefix(service.AUTOMATION_PREFIX),
+            state=state_name(campaign.state),
+        )
+    )
 
 
 def report_url(ctx: Context, campaign: Campaign) -> str | None:
