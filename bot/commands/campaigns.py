@@ -258,6 +258,14 @@ class CampaignCommands:
                     time=schedule_line(campaign),
                 )
             )
+        if campaign.kind == "automation":  # a standing campaign: live, sending as its trigger fires
+            return Message(
+                t(
+                    "Approved automation “{name}”; it is live: it sends whenever its trigger fires. "
+                    "/automation status {name} shows it.",
+                    name=name.removeprefix(service.AUTOMATION_PREFIX),
+                )
+            )
         return Message(
             t("Approved “{name}”; sending has started. /campaign status {name} shows progress.", name=name)
         )
