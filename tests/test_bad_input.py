@@ -279,7 +279,7 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], list[tuple[str, str, bool]]]] = 
         [
             ("/campaign edit", "needs a name", True),
             ("/campaign edit spring", "needs at least one of", True),
-            ("/campaign edit nosuch --subject x", "There is no campaign “nosuch”", True),
+            ("/campaign edit nosuch --subject x", "There is no campaign “nosuch”", False),
             ("/campaign edit spring --to nosuch", "neither a contact list nor a group", True),
             ("/campaign edit spring --template nosuch", "There is no template", True),
             ("/campaign edit spring --subject '{% if %}'", "not a valid template", True),
@@ -293,7 +293,7 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], list[tuple[str, str, bool]]]] = 
         ("campaign", "preview"),
         [
             ("/campaign preview", "needs a name", True),
-            ("/campaign preview nosuch", "There is no campaign", True),
+            ("/campaign preview nosuch", "There is no campaign", False),
             ("/campaign preview spring notanemail", "not an email address", True),
             ("/campaign preview spring stranger@example.com", "not in the audience", True),
             ("/campaign preview spring nocon@example.com", "has not given consent", True),
@@ -308,7 +308,7 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], list[tuple[str, str, bool]]]] = 
             ("/campaign test spring", "needs an email", True),
             ("/campaign test spring notanemail", "not an email address", True),
             ("/campaign test spring someone@gmail.com", "internal addresses only", True),
-            ("/campaign test nosuch alice@corp.example", "There is no campaign", True),
+            ("/campaign test nosuch alice@corp.example", "There is no campaign", False),
         ],
     ),
     "campaign submit": (
@@ -316,7 +316,7 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], list[tuple[str, str, bool]]]] = 
         ("campaign", "submit"),
         [
             ("/campaign submit", "needs a name", True),
-            ("/campaign submit nosuch", "There is no campaign", True),
+            ("/campaign submit nosuch", "There is no campaign", False),
             ("/campaign submit sub", "only a draft can be submitted", True),
             ("/campaign submit spring extra", "does not take", True),
         ],
@@ -326,7 +326,7 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], list[tuple[str, str, bool]]]] = 
         ("campaign", "status"),
         [
             ("/campaign status", "needs a name", True),
-            ("/campaign status nosuch", "There is no campaign", True),
+            ("/campaign status nosuch", "There is no campaign", False),
             ("/campaign status spring --json", "has no option --json", True),
         ],
     ),
@@ -335,7 +335,7 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], list[tuple[str, str, bool]]]] = 
         ("campaign", "pause"),
         [
             ("/campaign pause", "needs a name", True),
-            ("/campaign pause nosuch", "There is no campaign", True),
+            ("/campaign pause nosuch", "There is no campaign", False),
             ("/campaign pause spring", "is draft; it can't be paused", True),
         ],
     ),
@@ -344,7 +344,7 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], list[tuple[str, str, bool]]]] = 
         ("campaign", "resume"),
         [
             ("/campaign resume", "needs a name", True),
-            ("/campaign resume nosuch", "There is no campaign", True),
+            ("/campaign resume nosuch", "There is no campaign", False),
             ("/campaign resume spring", "is draft", True),
         ],
     ),
@@ -353,7 +353,7 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], list[tuple[str, str, bool]]]] = 
         ("campaign", "cancel"),
         [
             ("/campaign cancel", "needs a name", True),
-            ("/campaign cancel nosuch", "There is no campaign", True),
+            ("/campaign cancel nosuch", "There is no campaign", False),
             ("/campaign cancel spring sub", "does not take", True),
         ],
     ),
@@ -370,9 +370,9 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], list[tuple[str, str, bool]]]] = 
         ("approve",),
         [
             ("/approve", "needs a campaign", True),
-            ("/approve nosuch", "There is no campaign", True),
+            ("/approve nosuch", "There is no campaign", False),
             ("/approve spring", "is draft; there is nothing to approve", False),
-            ("/approve 99999999999999999999999999", "There is no campaign", True),
+            ("/approve 99999999999999999999999999", "There is no campaign", False),
             ("/approve ²", "cannot be a campaign name", True),
             ("/approve sub extra", "does not take", True),
             ("/approve sub --force", "has no option --force", True),
@@ -385,7 +385,7 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], list[tuple[str, str, bool]]]] = 
             ("/reject", "needs a campaign", True),
             ("/reject sub", "needs a reason", True),
             ("/reject sub '   '", "needs a reason", True),
-            ("/reject nosuch because", "There is no campaign", True),
+            ("/reject nosuch because", "There is no campaign", False),
             ("/reject spring because", "is draft; there is nothing to reject", False),
             ("/reject sub " + "why " * 300, "under 1,000 characters", True),
         ],
@@ -483,7 +483,7 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], list[tuple[str, str, bool]]]] = 
         [
             ("/automation edit", "needs a name", True),
             ("/automation edit nosuch", "needs at least one of", True),
-            ("/automation edit nosuch --delay 1h", "There is no automation “nosuch”", True),
+            ("/automation edit nosuch --delay 1h", "There is no automation “nosuch”", False),
             ("/automation edit nosuch --tracking maybe", "takes on or off", True),
         ],
     ),
@@ -492,28 +492,28 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], list[tuple[str, str, bool]]]] = 
         ("automation", "submit"),
         [
             ("/automation submit", "needs a name", True),
-            ("/automation submit nosuch", "There is no automation", True),
+            ("/automation submit nosuch", "There is no automation", False),
         ],
     ),
     "automation pause": (
         SENDER,
         ("automation", "pause"),
-        [("/automation pause nosuch", "There is no automation", True)],
+        [("/automation pause nosuch", "There is no automation", False)],
     ),
     "automation resume": (
         SENDER,
         ("automation", "resume"),
-        [("/automation resume nosuch", "There is no automation", True)],
+        [("/automation resume nosuch", "There is no automation", False)],
     ),
     "automation status": (
         SENDER,
         ("automation", "status"),
-        [("/automation status nosuch", "There is no automation", True)],
+        [("/automation status nosuch", "There is no automation", False)],
     ),
     "automation report": (
         SENDER,
         ("automation", "report"),
-        [("/automation report nosuch", "There is no automation", True)],
+        [("/automation report nosuch", "There is no automation", False)],
     ),
     "automation list": (SENDER, ("automation", "list"), [("/automation list x", "does not take", True)]),
     "segment new": (
@@ -605,7 +605,7 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], list[tuple[str, str, bool]]]] = 
         ("contacts", "sunset"),
         [
             ("/contacts sunset customers", "needs --after", True),
-            ("/contacts sunset customers --after nosuch", "There is no automation", True),
+            ("/contacts sunset customers --after nosuch", "There is no automation", False),
             ("/contacts sunset customers --after x --window abc", "number of days", True),
         ],
     ),

@@ -398,3 +398,20 @@ def test_no_benchmark_line_when_nothing_was_delivered() -> None:
     ).text()  # fmt: skip
     assert "Benchmarks" not in waiting
     assert "Benchmarks (20% opens, 3% clicks) not compared yet" in demo_like().text()
+
+
+async def test_well_formed_report_refusals_carry_their_sentence_alone(bot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "contacts.csv"
+    path.write_text(CSV)
+    await import_contacts(bot.core.ctx, path, "customers")
+    await bot.say(SENDER, "/campaign new spring --to customers --template welcome")
+    await bot.say(SENDER, "/automation new welcome --on joined --template welcome")
+    for text, sentence in (
+        ("/campaign report spring", "“spring” is draft; it has no report until it is sent."),
+        ("/campaign report nosuch", "There is no campaign “nosuch”. /campaign list shows them."),
+        ("/automation report nosuch", "There is no automation “nosuch”. /automation list shows them."),
+        ("/automation report welcome", "“welcome” is draft; it has no report until it is sent."),
+    ):
+        reply = await bot.say(SENDER, text)
+        assert reply == sentence, (text, reply)  # no "Usage:" line: the command was well-formed
+    assert "Usage: /campaign report <name>" in await bot.say(SENDER, "/campaign report")  # malformed

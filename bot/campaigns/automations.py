@@ -58,7 +58,7 @@ from bot.campaigns.triggers import (
 from bot.context import Context
 from bot.db.models import Automation, Campaign, CampaignEvent, Contact, ContactList, Delivery, ListMember
 from bot.db.upsert import insert_ignore
-from bot.errors import UserError
+from bot.errors import Refusal, UserError
 from bot.events import Card, Joiner, Message
 from bot.i18n import t
 
@@ -104,7 +104,7 @@ class Automations:
             )
         ).first()
         if row is None:
-            raise UserError(t("There is no automation “{name}”. /automation list shows them.", name=name))
+            raise Refusal(t("There is no automation “{name}”. /automation list shows them.", name=name))
         return Shown(row[0], row[1])
 
     async def get(self, name: str) -> Shown:
