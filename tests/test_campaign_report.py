@@ -206,7 +206,7 @@ async def test_a_four_recipient_campaign_report_has_its_chart_links_and_page(bot
         assert "sent 4, delivered 4 of 4 attempts (100.0%)" in reply.text
         assert (
             "clicks per link:" in reply.text
-            and "https://corp.example/spring — 1 people, 2 clicks" in reply.text
+            and "https://corp.example/spring — 1 person, 2 clicks" in reply.text
         )
         assert "not compared yet" in reply.text
         (image,) = reply.images
@@ -255,8 +255,8 @@ def test_unsubscribes_and_complaints_by_day_and_the_last_campaigns_to_the_list()
         earlier=[Earlier("winter", T0 - timedelta(days=60), 200, 50, 9)],
     ).text()
     assert "unsubscribes and complaints by day:" in text
-    assert "2026-12-03: 1 unsubscribes, 0 complaints" in text
-    assert "2026-12-04: 1 unsubscribes, 1 complaints" in text
+    assert "2026-12-03: 1 unsubscribe, 0 complaints" in text
+    assert "2026-12-04: 1 unsubscribe, 1 complaint" in text
     assert "the last campaigns to customers:" in text
     assert "winter (2026-10-04): 200 delivered, opens 25.0%, clicks 4.5%" in text
     assert "unsubscribes 2 of 4 delivered (50.0%), complaints 1 (25.0%)" in text
@@ -415,3 +415,47 @@ async def test_well_formed_report_refusals_carry_their_sentence_alone(bot, tmp_p
         reply = await bot.say(SENDER, text)
         assert reply == sentence, (text, reply)  # no "Usage:" line: the command was well-formed
     assert "Usage: /campaign report <name>" in await bot.say(SENDER, "/campaign report")  # malformed
+
+
+def test_counts_of_one_read_in_the_singular_and_lists_read_as_lists() -> None:
+    from bot.campaigns.report import Earlier  # noqa: F401
+
+    one = demo_like(
+        recipients=1, sent=1, delivered=1, opens=1, clicks=1, statuses={"sent": 1},
+        sent_times=[T0], open_times=[T0], click_times=[T0], unsubscribes=1,
+        unsubscribe_times=[T0], links=[("https://corp.example/a", 1, 1), ("https://corp.example/b", 2, 3)],
+    )  # fmt: skip
+    text = one.text()
+    assert "https://corp.example/a — 1 person, 1 click" in text
+    assert "https://corp.example/b — 2 people, 3 clicks" in text
+    assert "2026-12-03: 1 unsubscribe, 0 complaints" in text
+    assert chart_data(one).title == "“spring”: 1 recipient"
+    assert chart_data(demo_like()).title == "“spring”: 4 recipients"
+    with i18n.using("zh_CN"):
+        assert "1 人，1 次点击" in one.text()
+
+
+async def test_the_role_refusal_lists_its_roles_and_the_page_alt_text_names_every_series(bot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import NOBODY
+
+    refused = await bot.say(NOBODY, "/campaign report spring")
+    assert "/campaign report is for campaign senders, approvers or admins;" in refused, refused
+    bot.console.locale = "zh_CN"
+    refused = await bot.say(NOBODY, "/campaign report spring")
+    assert "、" in refused and "或管理员" in refused, refused
+    bot.console.locale = "en"
+    path = tmp_path / "contacts.csv"
+    path.write_text(CSV)
+    await import_contacts(bot.core.ctx, path, "customers")
+    await bot.say(SENDER, "/campaign new spring --to customers --template welcome")
+    await bot.say(SENDER, "/campaign submit spring")
+    await bot.say(APPROVER, "/approve spring")
+    await bot.settle()
+    bot.console.as_email = SENDER
+    reply = await bot.console.say("/campaign report spring")
+    url = reply.card.link[1].removeprefix("http://127.0.0.1:8080")  # type: ignore[union-attr]
+    async with web(bot) as client:
+        page = (await client.get(url)).text
+    alt = re.search(r"alt='([^']*)'", page).group(1)  # type: ignore[union-attr]
+    for word in ("sent", "bounced", "unsubscribed", "complained", "opened", "clicked"):
+        assert word in alt, alt

@@ -276,10 +276,10 @@ async def test_the_audit_report_shows_the_change_since_the_last_audit(bot) -> No
 async def test_bad_input_gets_one_sentence_and_changes_nothing(bot) -> None:  # type: ignore[no-untyped-def]
     await bot.say(HR, "/newgroup eng")
     for text, expected in (
-        ("/report usage --months 0", "“0” is not a number of months: give 1 to 24."),
-        ("/report usage --months 999", "“999” is not a number of months: give 1 to 24."),
-        ("/report usage --months three", "“three” is not a number of months: give 1 to 24."),
-        ("/report usage --months -2", "is not a number of months"),
+        ("/report usage --months 0", "Give a number of months from 1 to 24 (not “0”)."),
+        ("/report usage --months 999", "Give a number of months from 1 to 24 (not “999”)."),
+        ("/report usage --months three", "Give a number of months from 1 to 24 (not “three”)."),
+        ("/report usage --months -2", "Give a number of months from 1 to 24"),
         ("/report usage --group nosuch", "There is no group “nosuch”."),
     ):
         reply = await bot.say(HR, text)
@@ -306,7 +306,7 @@ async def test_the_digest_goes_to_hr_when_scheduled(bot, tmp_path) -> None:  # t
     await post(bot, "eng@corp.example", CLOSED, 20)  # before the week: not in the weekly digest
     await bot.app.scheduler.run_now(DIGEST_JOB)
     sent = [m for _kind, conv, m in bot.console.transcript if conv == "hr" and "Usage review" in m.text]
-    assert sent and "1 sends" in sent[-1].text and "Sprint planning" in str(sent[-1].card), [
+    assert sent and "1 send to 1 recipient;" in sent[-1].text and "Sprint planning" in str(sent[-1].card), [
         m.text for _k, _c, m in bot.console.transcript
     ]
     bot.app.ctx.settings.reports.usage_digest = "off"
@@ -351,7 +351,7 @@ async def test_the_review_answers_in_chinese(bot) -> None:  # type: ignore[no-un
     bot.console.locale = "zh_CN"
     reply = await bot.say(HR, "/report usage")
     assert "使用情况审查" in reply and "团队协作" in reply and "未发现误用" in reply, reply
-    assert "不是有效的月数" in await bot.say(HR, "/report usage --months 0")
+    assert "请给出 1 到 24 之间的月数（不是“0”）。" in await bot.say(HR, "/report usage --months 0")
 
 
 async def test_an_empty_period_and_a_post_log_shorter_than_the_period_say_so(bot) -> None:  # type: ignore[no-untyped-def]

@@ -223,7 +223,7 @@ class Figures:
             if self.links:
                 lines.append("  " + t("clicks per link:"))
                 lines += [
-                    "    " + t("{url} — {people} people, {clicks} clicks", url=url, people=people, clicks=n)
+                    "    " + t("{url} — {people}, {clicks}", url=url, people=_people(people), clicks=_clicks(n))
                     for url, people, n in self.links
                 ]
         else:
@@ -234,10 +234,10 @@ class Figures:
             lines += [
                 "    "
                 + t(
-                    "{day}: {unsubscribes} unsubscribes, {complaints} complaints",
+                    "{day}: {unsubscribes}, {complaints}",
                     day=f"{day:%Y-%m-%d}",
-                    unsubscribes=u,
-                    complaints=c,
+                    unsubscribes=t("1 unsubscribe") if u == 1 else t("{count} unsubscribes", count=u),
+                    complaints=t("1 complaint") if c == 1 else t("{count} complaints", count=c),
                 )
                 for day, (u, c) in days
             ]
@@ -311,6 +311,14 @@ class Figures:
         u = Counter(x.date() for x in self.unsubscribe_times)
         c = Counter(x.date() for x in self.complaint_times)
         return [(d, (u[d], c[d])) for d in sorted(set(u) | set(c))]
+
+
+def _people(n: int) -> str:
+    return t("1 person") if n == 1 else t("{count} people", count=n)
+
+
+def _clicks(n: int) -> str:
+    return t("1 click") if n == 1 else t("{count} clicks", count=n)
 
 
 def _pct(n: int, of: int) -> str:
@@ -634,7 +642,11 @@ def chart_data(f: Figures) -> ChartData:
     scale, unit = _unit(span)
     x_max = span / scale
     now_x = (end - t0).total_seconds() / scale
-    title = t("“{name}”: {count} recipients", name=f.campaign, count=f.recipients)
+    title = (
+        t("“{name}”: 1 recipient", name=f.campaign)
+        if f.recipients == 1
+        else t("“{name}”: {count} recipients", name=f.campaign, count=f.recipients)
+    )
 
     def series(key: str, label: str, times: list[datetime]) -> Series:
         return _series(key, label, times, t0, scale, now_x)

@@ -81,14 +81,16 @@ class Review:
             rest = len(lines) - len(shown)
             return shown + [t("… and {count} more", count=rest)] if rest else shown
 
-        sends = len(self.items)
-        recipients = sum(s.recipients for s, _v in self.items)
+        sends_n = len(self.items)
+        recipients_n = sum(s.recipients for s, _v in self.items)
+        sends = t("1 send") if sends_n == 1 else t("{count} sends", count=sends_n)
+        recipients = t("1 recipient") if recipients_n == 1 else t("{count} recipients", count=recipients_n)
         flags = self.flags
         scope = t(" for {group}", group=self.group) if self.group else ""
         period = f"{self.since:%Y-%m-%d} – {self.until:%Y-%m-%d}"
         headline = (
             t(
-                "Usage review {period}{scope}: {sends} sends to {recipients} recipients; {count} to look at.",
+                "Usage review {period}{scope}: {sends} to {recipients}; {count} to look at.",
                 period=period,
                 scope=scope,
                 sends=sends,
@@ -101,9 +103,9 @@ class Review:
                 period=period,
                 scope=scope,
             )
-            if not sends
+            if not sends_n
             else t(
-                "Usage review {period}{scope}: {sends} sends to {recipients} recipients; nothing looks misused.",
+                "Usage review {period}{scope}: {sends} to {recipients}; nothing looks misused.",
                 period=period,
                 scope=scope,
                 sends=sends,
