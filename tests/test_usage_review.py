@@ -458,3 +458,15 @@ async def test_the_first_audit_says_a_later_day_shows_the_change_and_sentences_e
         await s.execute(update(GroupHealth).values(taken_at=NOW - timedelta(days=7)))
     review = await bot.say(HR, "/report usage")
     assert "(±0). /audit has the details." in review, review
+
+
+async def test_one_groups_review_shows_that_groups_health_and_trend(bot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    await seeded_quarter(bot, tmp_path)
+    reply = await bot.say(HR, "/report usage --group partners")
+    health = field(reply, "Group health (/audit)")
+    since = f"{NOW - timedelta(days=92):%Y-%m}"  # the period's start, three calendar months back
+    assert "partners@corp.example: members 5, external members 4." in health, health
+    assert "members 2 → 5 (+3), external members 1 → 4 (+3)." in health and f"Since {since}" in health, health
+    assert "groups," not in health and "/audit has the details." in health  # not the company's counts
+    whole = field(await bot.say(HR, "/report usage"), "Group health (/audit)")
+    assert "4 groups, 14 members" in whole

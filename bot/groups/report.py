@@ -42,11 +42,7 @@ class Counts:
             # One audit row per day: an audit later today replaces today's, so it has nothing to compare.
             return t("No earlier audit to compare with; the first audit on a later day shows the change.")
 
-        def part(label: str, now: int, then: int) -> str:
-            delta = now - then
-            sign = f"+{delta}" if delta > 0 else (f"−{-delta}" if delta < 0 else "±0")
-            return t("{label} {then} → {now} ({delta})", label=label, then=then, now=now, delta=sign)
-
+        part = change
         parts = [
             part(t("members"), self.members, before.members),
             part(t("external members"), self.external, before.external),
@@ -55,6 +51,13 @@ class Counts:
         ]
         when = f"{before.taken_at:%Y-%m-%d}" if before.taken_at else "?"
         return t("Since {date}: {changes}.", date=when, changes=t(", ").join(parts))
+
+
+def change(label: str, now: int, then: int) -> str:
+    """“members 2 → 4 (+2)”: a count then and now, with the difference."""
+    delta = now - then
+    sign = f"+{delta}" if delta > 0 else (f"−{-delta}" if delta < 0 else "±0")
+    return t("{label} {then} → {now} ({delta})", label=label, then=then, now=now, delta=sign)
 
 
 @dataclass

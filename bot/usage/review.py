@@ -51,6 +51,44 @@ def months_before(when: datetime, months: int) -> datetime:
 
 
 @dataclass
+class GroupHealthNow:
+    """One group's members and external members now and at the period's start (from when each member
+    was added, and the audited removals since)."""
+
+    address: str
+    members: int
+    external: int
+    members_then: int
+    external_then: int
+    owners: bool
+
+    def text(self, since: datetime) -> str:
+        said = [
+            t(
+                "{group}: members {members}, external members {external}.",
+                group=self.address,
+                members=self.members,
+                external=self.external,
+            )
+        ]
+        if not self.owners:
+            said.append(t("It has no owner."))
+        said.append(
+            t(
+                "Since {date}: {changes}.",
+                date=f"{since:%Y-%m-%d}",
+                changes=t(", ").join(
+                    [
+                        audit_report.change(t("members"), self.members, self.members_then),
+                        audit_report.change(t("external members"), self.external, self.external_then),
+                    ]
+                ),
+            )
+        )
+        return sentences(*said)
+
+
+@dataclass
 class Review:
     since: datetime
     until: datetime
@@ -59,6 +97,7 @@ class Review:
     growth: list[Flag] = field(default_factory=list)
     health: audit_report.Counts | None = None
     previous: audit_report.Counts | None = None
+    group_health: GroupHealthNow | None = None  # --group: that group's health instead of the company's
     truncated: bool = False
     log_starts: datetime | None = None  # the post log is younger than the period: where it starts
     retention_days: int = 0
@@ -163,7 +202,9 @@ class Review:
                 )
             )
         health = t("Run /audit for the group health report.")
-        if self.health is not None:
+        if self.group_health is not None:
+            health = sentences(self.group_health.text(self.since), t("/audit has the details."))
+        elif self.health is not None:
             h = self.health
             health = sentences(
                 t(
@@ -366,10 +407,48 @@ async def build(ctx: Context, *, since: datetime, until: datetime, group: Group 
         # -- groups whose external members grew --------------------------------------------------
         review.growth = await _growth(session, since, until, domains, group)
     review.items.sort(key=lambda sv: sv[0].at)
+    if group is not None:
+        async with ctx.sessions() as session:
+            review.group_health = await _group_health(session, group, since, domains)
+        return review
     report = await audit_report.build_report(ctx)
     review.health = report.counts
     review.previous = await audit_report.previous_counts(ctx, until)
     return review
+
+
+async def _group_health(session: Any, group: Group, since: datetime, domains: list[str]) -> GroupHealthNow:
+    internal_suffixes = tuple("@" + d for d in domains) + tuple("." + d for d in domains)
+
+    def external(email: str) -> bool:
+        return not email.lower().endswith(internal_suffixes)
+
+    members = (
+        await session.execute(
+            select(Membership.email, Membership.added_at).where(Membership.group_id == group.id)
+        )
+    ).all()
+    removed = [
+        str((before or {}).get("email", "")).lower()
+        for (before,) in (
+            await session.execute(
+                select(AuditEntry.before).where(
+                    AuditEntry.action == "membership.remove",
+                    AuditEntry.subject == f"group:{group.address}",
+                    AuditEntry.at >= since,
+                )
+            )
+        ).all()
+    ]
+    then = [e for e, added in members if added is None or added <= since] + [e for e in removed if e]
+    return GroupHealthNow(
+        address=group.address,
+        members=len(members),
+        external=sum(1 for e, _a in members if external(e)),
+        members_then=len(then),
+        external_then=sum(1 for e in then if external(e)),
+        owners=bool(group.owners),
+    )
 
 
 def _audience(campaign: Campaign) -> str:
