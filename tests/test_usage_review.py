@@ -470,3 +470,14 @@ async def test_one_groups_review_shows_that_groups_health_and_trend(bot, tmp_pat
     assert "groups," not in health and "/audit has the details." in health  # not the company's counts
     whole = field(await bot.say(HR, "/report usage"), "Group health (/audit)")
     assert "4 groups, 14 members" in whole
+
+
+async def test_the_consent_fix_asks_an_admin_to_open_the_list_when_the_reader_is_not_one(bot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import ADMIN
+
+    await seeded_quarter(bot, tmp_path)
+    hr = field(await bot.say(HR, "/report usage"), "How to fix")
+    assert "ask an admin to run /lists open <list>, which gives it a signup page" in hr, hr
+    assert "(/lists open <list> gives it a signup page)" not in hr
+    admin = field(await bot.say(ADMIN, "/report usage"), "How to fix")
+    assert "(/lists open <list> gives it a signup page)" in admin and "ask an admin" not in admin, admin

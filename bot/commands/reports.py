@@ -56,6 +56,10 @@ class ReportCommands:
                     group = await find_group(session, name, self.ctx.settings)
         until = self.ctx.now()
         found = await review.build(
-            self.ctx, since=review.months_before(until, months), until=until, group=group
+            self.ctx,
+            since=review.months_before(until, months),
+            until=until,
+            group=group,
+            admin="admins" in req.roles,
         )
         return found.message()

@@ -239,7 +239,11 @@ def _internal(column: Any, domains: list[str]) -> ColumnElement[bool]:
     return or_(*[or_(lowered.like(f"%@{d}"), lowered.like(f"%.{d}")) for d in domains])
 
 
-async def build(ctx: Context, *, since: datetime, until: datetime, group: Group | None = None) -> Review:
+async def build(
+    ctx: Context, *, since: datetime, until: datetime, group: Group | None = None, admin: bool = False
+) -> Review:
+    """The review of `since`..`until`; `admin`: the reader is an admin (the fixes name admin-only commands
+    to run, not to ask an admin for)."""
     settings = ctx.settings
     domains = [d.lower() for d in settings.org.domains]
     shown_domains = t(", ").join(domains)
@@ -250,7 +254,7 @@ async def build(ctx: Context, *, since: datetime, until: datetime, group: Group 
         review.log_starts, review.retention_days = until - timedelta(days=retention), retention
 
     def add(send: Send) -> None:
-        review.items.append((send, classify(send, domains=shown_domains, bulk=bulk)))
+        review.items.append((send, classify(send, domains=shown_domains, bulk=bulk, admin=admin)))
 
     async with ctx.sessions() as session:
         # -- group posts -------------------------------------------------------------------------
