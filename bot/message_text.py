@@ -112,7 +112,9 @@ def render(message: Message, style: TextStyle, locale: str | None = None, *, but
             parts.append("\n".join(card_lines(message.card, style, buttons=buttons)))
         text = style.between.join(parts)
         if style.attachment is not None and message.attachments:
-            text = "\n".join([*([text] if text else []), *(t(style.attachment, path=p) for p in message.attachments)])
+            text = "\n".join(
+                [*([text] if text else []), *(t(style.attachment, path=p) for p in message.attachments)]
+            )
         if style.image is not None and message.images:
             text = "\n".join(
                 [

@@ -366,7 +366,8 @@ async def test_one_thing_is_counted_in_the_singular(make_bot) -> None:  # type: 
         assert "1 contacts" not in text and "1 members" not in text
 
 
-async def test_approving_an_automation_says_it_is_live_and_points_to_automation_status(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+async def test_an_approved_automation_is_live(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """/approve automation:<name> says it is live and points to /automation status, not /campaign status."""
     bot = await make_bot()
     await bot.say(SENDER, "/automation new welcome --on joined --template welcome")
     assert "Submitted automation" in await bot.say(SENDER, "/automation submit welcome")

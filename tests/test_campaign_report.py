@@ -435,7 +435,9 @@ def test_counts_of_one_read_in_the_singular_and_lists_read_as_lists() -> None:
         assert "1 人，1 次点击" in one.text()
 
 
-async def test_the_role_refusal_lists_its_roles_and_the_page_alt_text_names_every_series(bot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_the_role_refusal_lists_its_roles_and_the_page_alt_text_names_every_series(
+    bot, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     from tests.conftest import NOBODY
 
     refused = await bot.say(NOBODY, "/campaign report spring")

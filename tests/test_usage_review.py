@@ -472,7 +472,9 @@ async def test_one_groups_review_shows_that_groups_health_and_trend(bot, tmp_pat
     assert "4 groups, 14 members" in whole
 
 
-async def test_the_consent_fix_asks_an_admin_to_open_the_list_when_the_reader_is_not_one(bot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_the_consent_fix_asks_an_admin_to_open_the_list_when_the_reader_is_not_one(
+    bot, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     from tests.conftest import ADMIN
 
     await seeded_quarter(bot, tmp_path)

@@ -223,7 +223,8 @@ class Figures:
             if self.links:
                 lines.append("  " + t("clicks per link:"))
                 lines += [
-                    "    " + t("{url} — {people}, {clicks}", url=url, people=_people(people), clicks=_clicks(n))
+                    "    "
+                    + t("{url} — {people}, {clicks}", url=url, people=_people(people), clicks=_clicks(n))
                     for url, people, n in self.links
                 ]
         else:
@@ -697,7 +698,7 @@ def chart_data(f: Figures) -> ChartData:
 def draw(data: ChartData, path: Path | BinaryIO) -> None:
     import matplotlib
 
-    with matplotlib.rc_context(_fonts()):  # text is laid out when saved: the fonts must hold then too
+    with matplotlib.rc_context(cast(Any, _fonts())):  # text is laid out when saved: fonts must hold then
         figure(data).savefig(path, format="png")
 
 
@@ -723,7 +724,7 @@ def figure(data: ChartData) -> Figure:
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FixedLocator
 
-    with matplotlib.rc_context(_fonts()):
+    with matplotlib.rc_context(cast(Any, _fonts())):
         fig = Figure(figsize=(8, 6.4), dpi=100)
         fig.suptitle(data.title, fontsize=13)
         axes = fig.subplots(len(data.panels), 1)

@@ -206,7 +206,8 @@ def campaign_routes(ctx: Context) -> list[Route]:
         figures = await build_report(ctx, campaign)
         token = html.escape(request.path_params["token"], quote=True)
         alt = html.escape(
-            t("The report's chart: sent, bounced, unsubscribed, complained, opened and clicked over time."), quote=True
+            t("The report's chart: sent, bounced, unsubscribed, complained, opened and clicked over time."),
+            quote=True,
         )
         body = (
             f"<p><img id='pr-chart' src='/report/{token}/chart.png' alt='{alt}' width='800' height='640'></p>"
