@@ -319,7 +319,7 @@ def _role_sentence(spec: Spec) -> str:
         "admins": t("admins"),
     }
     roles = [r for r in spec.roles if r not in ("owners", "admins")] + ["admins"]
-    wanted = t(" or ").join(names.get(r, r) for r in roles)
+    wanted = i18n.any_of([names.get(r, r) for r in roles])
     if len(roles) == 1:
         return t(
             "/{command} is for {roles}; you don't have that role. An admin can grant it in the configuration.",

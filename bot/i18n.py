@@ -61,6 +61,22 @@ def set_locale(locale: str | None) -> None:
     _current.set(normalise_locale(locale))
 
 
+def any_of(items: list[str]) -> str:
+    """“a, b or c” (Chinese: “a、b或c”): a list where any one will do."""
+    if len(items) <= 1:
+        return "".join(items)
+    zh = current().startswith("zh")
+    head = ("、" if zh else ", ").join(items[:-1])
+    return head + ("或" if zh else " or ") + items[-1]
+
+
+def sentences(*parts: str) -> str:
+    """Sentences one after another: a space between them in English, none in Chinese (its full stop
+    “。” ends a sentence without one)."""
+    joiner = "" if current().startswith("zh") else " "
+    return joiner.join(p for p in parts if p)
+
+
 @contextmanager
 def using(locale: str | None) -> Iterator[None]:
     token = _current.set(normalise_locale(locale))

@@ -46,7 +46,7 @@ CONSOLE = TextStyle(
     footer="│ {footer}",
     closing="└" + "─" * 20,
     attachment="(attachment saved: {path})",
-    image="(picture “{title}” saved: {path})",
+    image="(picture saved: {path} — {title})",  # the title may hold quotes of its own: none around it
 )
 MARKDOWN = TextStyle(  # DingTalk's robot markdown
     title="#### {title}",
@@ -113,13 +113,13 @@ def render(message: Message, style: TextStyle, locale: str | None = None, *, but
         text = style.between.join(parts)
         if style.attachment is not None and message.attachments:
             text = "\n".join(
-                [*([text] if text else []), *(style.attachment.format(path=p) for p in message.attachments)]
+                [*([text] if text else []), *(t(style.attachment, path=p) for p in message.attachments)]
             )
         if style.image is not None and message.images:
             text = "\n".join(
                 [
                     *([text] if text else []),
-                    *(style.image.format(path=i.path, title=i.title) for i in message.images),
+                    *(t(style.image, path=i.path, title=i.title) for i in message.images),
                 ]
             )
     return fit(text, style)

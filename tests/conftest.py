@@ -180,7 +180,7 @@ class ChatBot:
     async def say(self, as_email: str, text: str) -> str:
         self.console.as_email = as_email
         reply = await self.console.say(text)
-        return render_message(reply) if reply is not None else ""
+        return render_message(reply, self.console.locale) if reply is not None else ""
 
     async def settle(self) -> None:
         await asyncio.wait_for(self.app.drain(), 30)

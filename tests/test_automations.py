@@ -20,7 +20,7 @@ async def approve(bot, name: str) -> None:  # type: ignore[no-untyped-def]
     reply = await bot.say(SENDER, f"/automation submit {name}")
     assert "Submitted automation" in reply, reply
     reply = await bot.say(APPROVER, f"/approve automation:{name}")
-    assert "Approved “automation:" in reply, reply
+    assert "Approved automation “" in reply, reply
     await bot.settle()
 
 
@@ -364,3 +364,14 @@ async def test_one_thing_is_counted_in_the_singular(make_bot) -> None:  # type: 
     assert "partners — 1 member, 1 with consent" in listed, listed
     for text in (shown, listed):
         assert "1 contacts" not in text and "1 members" not in text
+
+
+async def test_an_approved_automation_is_live(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """/approve automation:<name> says it is live and points to /automation status, not /campaign status."""
+    bot = await make_bot()
+    await bot.say(SENDER, "/automation new welcome --on joined --template welcome")
+    assert "Submitted automation" in await bot.say(SENDER, "/automation submit welcome")
+    reply = await bot.say(APPROVER, "/approve automation:welcome")
+    assert "Approved automation “welcome”; it is live: it sends whenever its trigger fires." in reply, reply
+    assert "/automation status welcome shows it." in reply and "/campaign status" not in reply, reply
+    assert "sending has started" not in reply

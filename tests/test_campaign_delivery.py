@@ -262,8 +262,8 @@ async def test_tracked_links_redirect_only_when_signed(make_bot, smtp) -> None: 
     assert sorted(kinds) == ["click", "open"]
     reply = await bot.say(SENDER, "/campaign report tracked")
     assert "opens 1 of 4 delivered (25.0%); clicks 1 of 4 delivered (25.0%" in reply and "privacy" in reply
-    assert "” saved: " in reply
-    png = Path(reply.split("” saved: ")[1].split(")")[0])
+    assert "(picture saved: " in reply
+    png = Path(reply.split("(picture saved: ")[1].split(" — ")[0])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

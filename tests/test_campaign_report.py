@@ -65,7 +65,7 @@ def test_a_small_fast_send_gets_a_fitting_time_axis_whole_number_counts_and_ever
         assert all(isinstance(y, int) for y in panel.y_ticks)
         for s in panel.series:
             assert all(isinstance(y, int) for y in s.ys)
-            assert s.xs[0] == 0.0 and s.xs[-1] == data.x_max  # every line runs to "now"
+            assert s.xs[0] == 0.0 and s.xs[-1] == data.now_x  # every line runs to "now", not beyond
             assert s.ys[-1] == s.total and f"({s.total})" in s.label
     sent = series(delivery, "sent")
     assert sent.total == 4 and max(x for x, _ in sent.marks) < 1  # all four went out in the first second
@@ -206,7 +206,7 @@ async def test_a_four_recipient_campaign_report_has_its_chart_links_and_page(bot
         assert "sent 4, delivered 4 of 4 attempts (100.0%)" in reply.text
         assert (
             "clicks per link:" in reply.text
-            and "https://corp.example/spring — 1 people, 2 clicks" in reply.text
+            and "https://corp.example/spring — 1 person, 2 clicks" in reply.text
         )
         assert "not compared yet" in reply.text
         (image,) = reply.images
@@ -239,7 +239,7 @@ async def test_a_four_recipient_campaign_report_has_its_chart_links_and_page(bot
     assert series(delivery, "sent").total == 4 and data.x_max >= 60 and delivery.y_ticks == (0, 1, 2, 3, 4)
     assert series(engagement, "opened").total == 1 and series(engagement, "clicked").total == 1
     text = await bot.say(SENDER, "/campaign report spring")
-    assert "(picture “Report: “spring”” saved: " in text  # the console names the file
+    assert "(picture saved: " in text  # the console names the file
 
 
 def test_unsubscribes_and_complaints_by_day_and_the_last_campaigns_to_the_list() -> None:
@@ -255,8 +255,8 @@ def test_unsubscribes_and_complaints_by_day_and_the_last_campaigns_to_the_list()
         earlier=[Earlier("winter", T0 - timedelta(days=60), 200, 50, 9)],
     ).text()
     assert "unsubscribes and complaints by day:" in text
-    assert "2026-12-03: 1 unsubscribes, 0 complaints" in text
-    assert "2026-12-04: 1 unsubscribes, 1 complaints" in text
+    assert "2026-12-03: 1 unsubscribe, 0 complaints" in text
+    assert "2026-12-04: 1 unsubscribe, 1 complaint" in text
     assert "the last campaigns to customers:" in text
     assert "winter (2026-10-04): 200 delivered, opens 25.0%, clicks 4.5%" in text
     assert "unsubscribes 2 of 4 delivered (50.0%), complaints 1 (25.0%)" in text
@@ -277,3 +277,187 @@ async def test_the_report_compares_with_the_last_campaign_to_the_same_list(bot, 
     assert "spring (" in summer and "4 delivered, opens 0.0%, clicks 0.0%" in summer
     spring = await bot.say(SENDER, "/campaign report spring")
     assert "the last campaigns" not in spring  # nothing was sent to the list before spring
+
+
+async def test_a_click_without_an_image_load_counts_as_an_open(bot, smtp, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "contacts.csv"
+    path.write_text(CSV)
+    await import_contacts(bot.core.ctx, path, "customers")
+    await bot.say(SENDER, "/campaign new spring --to customers --template welcome")
+    await bot.say(SENDER, "/campaign submit spring")
+    assert "Approved" in await bot.say(APPROVER, "/approve spring")
+    await bot.settle()
+    ana = smtp.handler.to("ana@example.com")[0].message.get_body(("html",)).get_content()
+    ben = smtp.handler.to("ben@example.com")[0].message.get_body(("html",)).get_content()
+    async with web(bot) as client:
+        for html in (ana, ben):  # images blocked: a click, no pixel
+            click = re.search(r'href="http://127\.0\.0\.1:8080(/c/[^"]+)"', html).group(1)  # type: ignore[union-attr]
+            assert (await client.get(click)).status_code == 302
+        pixel = re.search(r'src="http://127\.0\.0\.1:8080(/o/[^"]+)"', ana).group(1)  # type: ignore[union-attr]
+        assert (await client.get(pixel)).status_code == 200  # ana loaded images later too
+    async with bot.core.ctx.sessions() as session:
+        campaign = (await session.execute(select(Campaign).where(Campaign.name == "spring"))).scalar_one()
+    figures = await build_report(bot.core.ctx, campaign)
+    assert figures.opens == 2 and figures.clicks == 2
+    text = figures.text()
+    assert "opens 2 of 4 delivered (50.0%)" in text and "2 of 2 openers clicked (100.0%)" in text
+    assert "Apple Mail Privacy Protection" in text
+    engagement = chart_data(figures).panels[1]
+    assert series(engagement, "opened").total == 2 and series(engagement, "clicked").total == 2
+    opened, clicked = series(engagement, "opened"), series(engagement, "clicked")
+    assert all(o <= c for (o, _), (c, _) in zip(opened.marks, clicked.marks, strict=True))  # opened no later
+
+
+def test_the_legend_sits_outside_the_plot_so_it_hides_no_data() -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from bot.campaigns.report import figure
+
+    fig = figure(chart_data(demo_like()))  # small send: the cumulative lines peak top-left
+    FigureCanvasAgg(fig).draw()
+    axes = [ax for ax in fig.axes if ax.get_legend() is not None]
+    assert len(axes) == 2
+    for ax in axes:
+        box, plot = ax.get_legend().get_window_extent(), ax.get_window_extent()
+        assert not box.overlaps(plot), "the legend covers the plot area"
+
+
+def test_lines_stop_at_the_report_time_and_the_rest_of_the_axis_stays_empty() -> None:
+    data = chart_data(demo_like(now=T0 + timedelta(seconds=23)))
+    assert data.x_max == 60.0 and data.now_x == 23.0  # the axis keeps its minimum span
+    for panel in data.panels:
+        for s in panel.series:
+            assert max(s.xs) == 23.0 and all(x <= 23.0 for x, _ in s.marks)
+    later = chart_data(demo_like(now=T0 + timedelta(hours=5)))
+    assert later.now_x == later.x_max == 5.0
+
+
+async def test_the_report_page_speaks_the_language_of_whoever_asked(bot, smtp, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "contacts.csv"
+    path.write_text(CSV)
+    await import_contacts(bot.core.ctx, path, "customers")
+    await bot.say(SENDER, "/campaign new spring --to customers --template welcome")
+    await bot.say(SENDER, "/campaign submit spring")
+    assert "Approved" in await bot.say(APPROVER, "/approve spring")
+    await bot.settle()
+    bot.console.as_email = SENDER
+    await bot.console.say("/lang zh_CN")
+    reply = await bot.console.say("/campaign report spring")
+    assert reply is not None and reply.card is not None and reply.card.link is not None
+    url = reply.card.link[1].removeprefix("http://127.0.0.1:8080")
+    async with web(bot) as client:
+        page = await client.get(url)
+        assert page.status_code == 200
+        assert "<html lang='zh-CN'>" in page.text and "报告" in page.text and "Report:" not in page.text
+        chart = await client.get(url + "/chart.png")
+        assert chart.status_code == 200
+        await bot.console.say("/lang en")
+        english = (await bot.console.say("/campaign report spring")).card.link[1]  # type: ignore[union-attr]
+        page = await client.get(english.removeprefix("http://127.0.0.1:8080"))
+        assert "<html lang='en'>" in page.text and "Report: “spring”" in page.text
+        signer = bot.core.ctx.signer  # the language is signed: changing it breaks the token
+        campaign_id, locale = signer.verify_expiring(url.rsplit("/", 1)[1], "r")  # type: ignore[misc]
+        assert locale == "zh_CN"
+        old = signer.sign_expiring("r", campaign_id, ttl_s=3600)  # a link made before: still valid, English
+        assert (await client.get(f"/report/{old}")).status_code == 200
+
+
+def test_the_console_names_the_picture_in_the_readers_language_without_nested_quotes() -> None:
+    from bot.events import Image, Message
+    from bot.message_text import CONSOLE, render
+
+    message = Message("x", images=(Image("/tmp/r.png", "Report: “spring”"),))
+    assert "(picture saved: /tmp/r.png — Report: “spring”)" in render(message, CONSOLE, "en")
+    assert "（图片已保存：/tmp/r.png — Report: “spring”）" in render(message, CONSOLE, "zh_CN")
+
+
+async def test_an_automation_that_never_sent_has_no_report_like_a_draft_campaign(bot, smtp, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    reply = await bot.say(SENDER, "/automation new welcome --on joined --template welcome")
+    assert "Draft automation “welcome”" in reply, reply
+    refused = await bot.say(SENDER, "/automation report welcome")
+    assert "“welcome” is draft; it has no report until it is sent." in refused, refused
+    assert "0 recipients" not in refused and "Benchmarks" not in refused
+    path = tmp_path / "contacts.csv"
+    path.write_text(CSV)
+    await import_contacts(bot.core.ctx, path, "customers")
+    await bot.say(SENDER, "/campaign new spring --to customers --template welcome")
+    assert "“spring” is draft; it has no report until it is sent." in await bot.say(
+        SENDER, "/campaign report spring"
+    )
+
+
+def test_no_benchmark_line_when_nothing_was_delivered() -> None:
+    bounced = demo_like(
+        sent=0, delivered=0, opens=0, clicks=0, hard_bounces=4, statuses={"bounced": 4},
+        sent_times=[], open_times=[], click_times=[],
+    ).text()  # fmt: skip
+    assert "Benchmarks" not in bounced and "0 delivered is fewer" not in bounced
+    waiting = demo_like(
+        state="sending", sent=0, delivered=0, opens=0, clicks=0, statuses={"pending": 4},
+        sent_times=[], open_times=[], click_times=[],
+    ).text()  # fmt: skip
+    assert "Benchmarks" not in waiting
+    assert "Benchmarks (20% opens, 3% clicks) not compared yet" in demo_like().text()
+
+
+async def test_well_formed_report_refusals_carry_their_sentence_alone(bot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "contacts.csv"
+    path.write_text(CSV)
+    await import_contacts(bot.core.ctx, path, "customers")
+    await bot.say(SENDER, "/campaign new spring --to customers --template welcome")
+    await bot.say(SENDER, "/automation new welcome --on joined --template welcome")
+    for text, sentence in (
+        ("/campaign report spring", "“spring” is draft; it has no report until it is sent."),
+        ("/campaign report nosuch", "There is no campaign “nosuch”. /campaign list shows them."),
+        ("/automation report nosuch", "There is no automation “nosuch”. /automation list shows them."),
+        ("/automation report welcome", "“welcome” is draft; it has no report until it is sent."),
+    ):
+        reply = await bot.say(SENDER, text)
+        assert reply == sentence, (text, reply)  # no "Usage:" line: the command was well-formed
+    assert "Usage: /campaign report <name>" in await bot.say(SENDER, "/campaign report")  # malformed
+
+
+def test_counts_of_one_read_in_the_singular_and_lists_read_as_lists() -> None:
+    from bot.campaigns.report import Earlier  # noqa: F401
+
+    one = demo_like(
+        recipients=1, sent=1, delivered=1, opens=1, clicks=1, statuses={"sent": 1},
+        sent_times=[T0], open_times=[T0], click_times=[T0], unsubscribes=1,
+        unsubscribe_times=[T0], links=[("https://corp.example/a", 1, 1), ("https://corp.example/b", 2, 3)],
+    )  # fmt: skip
+    text = one.text()
+    assert "https://corp.example/a — 1 person, 1 click" in text
+    assert "https://corp.example/b — 2 people, 3 clicks" in text
+    assert "2026-12-03: 1 unsubscribe, 0 complaints" in text
+    assert chart_data(one).title == "“spring”: 1 recipient"
+    assert chart_data(demo_like()).title == "“spring”: 4 recipients"
+    with i18n.using("zh_CN"):
+        assert "1 人，1 次点击" in one.text()
+
+
+async def test_the_role_refusal_lists_its_roles_and_the_page_alt_text_names_every_series(
+    bot, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import NOBODY
+
+    refused = await bot.say(NOBODY, "/campaign report spring")
+    assert "/campaign report is for campaign senders, approvers or admins;" in refused, refused
+    bot.console.locale = "zh_CN"
+    refused = await bot.say(NOBODY, "/campaign report spring")
+    assert "、" in refused and "或管理员" in refused, refused
+    bot.console.locale = "en"
+    path = tmp_path / "contacts.csv"
+    path.write_text(CSV)
+    await import_contacts(bot.core.ctx, path, "customers")
+    await bot.say(SENDER, "/campaign new spring --to customers --template welcome")
+    await bot.say(SENDER, "/campaign submit spring")
+    await bot.say(APPROVER, "/approve spring")
+    await bot.settle()
+    bot.console.as_email = SENDER
+    reply = await bot.console.say("/campaign report spring")
+    url = reply.card.link[1].removeprefix("http://127.0.0.1:8080")  # type: ignore[union-attr]
+    async with web(bot) as client:
+        page = (await client.get(url)).text
+    alt = re.search(r"alt='([^']*)'", page).group(1)  # type: ignore[union-attr]
+    for word in ("sent", "bounced", "unsubscribed", "complained", "opened", "clicked"):
+        assert word in alt, alt

@@ -123,7 +123,7 @@ async def test_a_campaign_runs_in_chinese_on_a_chinese_console(
         assert (
             "“spring”的报告（已完成）：2 位收件人。" in reply and "硬退信 0" in reply and "退订 0" in reply
         ), reply
-        assert "打开 0/2" in reply and "点击率" in reply and "” saved: " in reply, reply
+        assert "打开 0/2" in reply and "点击率" in reply and "（图片已保存：" in reply, reply
         reply = await bot.say(SENDER, "/campaign list")
         assert "1 个群发活动：" in reply and "spring — 已完成" in reply, reply
         reply = await bot.say(SENDER, "/campaign pause spring")

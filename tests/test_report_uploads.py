@@ -53,7 +53,7 @@ def test_the_console_names_the_picture_file(tmp_path: Path) -> None:
 
     png = chart(tmp_path)
     text = render_message(Message("Report", images=(Image(str(png), "Report: “spring”"),)))
-    assert f"(picture “Report: “spring”” saved: {png})" in text
+    assert f"(picture saved: {png} — Report: “spring”)" in text
 
 
 async def test_slack_uploads_the_picture_with_files_upload_v2(database_url, smtp, tmp_path) -> None:  # type: ignore[no-untyped-def]

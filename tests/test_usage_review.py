@@ -276,10 +276,10 @@ async def test_the_audit_report_shows_the_change_since_the_last_audit(bot) -> No
 async def test_bad_input_gets_one_sentence_and_changes_nothing(bot) -> None:  # type: ignore[no-untyped-def]
     await bot.say(HR, "/newgroup eng")
     for text, expected in (
-        ("/report usage --months 0", "“0” is not a number of months: give 1 to 24."),
-        ("/report usage --months 999", "“999” is not a number of months: give 1 to 24."),
-        ("/report usage --months three", "“three” is not a number of months: give 1 to 24."),
-        ("/report usage --months -2", "is not a number of months"),
+        ("/report usage --months 0", "Give a number of months from 1 to 24 (not “0”)."),
+        ("/report usage --months 999", "Give a number of months from 1 to 24 (not “999”)."),
+        ("/report usage --months three", "Give a number of months from 1 to 24 (not “three”)."),
+        ("/report usage --months -2", "Give a number of months from 1 to 24"),
         ("/report usage --group nosuch", "There is no group “nosuch”."),
     ):
         reply = await bot.say(HR, text)
@@ -306,7 +306,7 @@ async def test_the_digest_goes_to_hr_when_scheduled(bot, tmp_path) -> None:  # t
     await post(bot, "eng@corp.example", CLOSED, 20)  # before the week: not in the weekly digest
     await bot.app.scheduler.run_now(DIGEST_JOB)
     sent = [m for _kind, conv, m in bot.console.transcript if conv == "hr" and "Usage review" in m.text]
-    assert sent and "1 sends" in sent[-1].text and "Sprint planning" in str(sent[-1].card), [
+    assert sent and "1 send to 1 recipient;" in sent[-1].text and "Sprint planning" in str(sent[-1].card), [
         m.text for _k, _c, m in bot.console.transcript
     ]
     bot.app.ctx.settings.reports.usage_digest = "off"
@@ -351,7 +351,7 @@ async def test_the_review_answers_in_chinese(bot) -> None:  # type: ignore[no-un
     bot.console.locale = "zh_CN"
     reply = await bot.say(HR, "/report usage")
     assert "使用情况审查" in reply and "团队协作" in reply and "未发现误用" in reply, reply
-    assert "不是有效的月数" in await bot.say(HR, "/report usage --months 0")
+    assert "请给出 1 到 24 之间的月数（不是“0”）。" in await bot.say(HR, "/report usage --months 0")
 
 
 async def test_an_empty_period_and_a_post_log_shorter_than_the_period_say_so(bot) -> None:  # type: ignore[no-untyped-def]
@@ -418,3 +418,68 @@ async def test_a_post_through_the_relay_records_its_tracking_links_for_the_revie
             in reply
         ), reply
         assert "nothing looks misused" in reply  # colleagues only, not in bulk
+
+
+def test_the_chinese_catalog_calls_a_postroom_campaign_qunfa_and_keeps_yingxiao_for_the_use_case() -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    catalog = json.loads((Path(__file__).parents[1] / "bot/locale/zh_CN/usage.json").read_text())
+    for english, chinese in catalog.items():
+        if re.search(r"\bcampaigns?\b", english, re.I) and "marketing campaign" not in english:
+            assert "营销活动" not in chinese and "群发活动" in chinese, (english, chinese)
+    assert catalog["marketing campaign"] == "营销活动"
+    for english, chinese in catalog.items():
+        assert ", " not in chinese and "; " not in chinese, (english, chinese)
+
+
+async def test_the_chinese_review_uses_chinese_punctuation(bot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    await seeded_quarter(bot, tmp_path)
+    await bot.say(HR, "/audit")
+    bot.console.locale = "zh_CN"
+    reply = await bot.say(HR, "/report usage")
+    assert "群发活动 allhands" in reply and "营销活动（" in reply, reply  # the Postroom thing; the use case
+    body = reply.replace("reports.bulk_recipients", "")
+    assert ", " not in body and "; " not in body, reply
+    assert "。 " not in reply and "个无负责人。没有更早的审计" in reply, reply  # no space between sentences
+    assert "发到邮件组的营销类邮件：把这些收件人" in reply, reply
+    assert "4 位外部收件人（" in reply, reply
+
+
+async def test_the_first_audit_says_a_later_day_shows_the_change_and_sentences_end_in_full_stops(bot) -> None:  # type: ignore[no-untyped-def]
+    await bot.say(HR, "/newgroup eng")
+    await bot.say(HR, "/addgroup eng alice@corp.example")
+    first = await bot.say(HR, "/audit")
+    assert "No earlier audit to compare with; the first audit on a later day shows the change." in first
+    again = await bot.say(HR, "/audit")  # the same day: still nothing to compare with, and it says why
+    assert "the first audit on a later day shows the change." in again and "the next one" not in again
+    async with bot.core.ctx.sessions() as s, s.begin():
+        await s.execute(update(GroupHealth).values(taken_at=NOW - timedelta(days=7)))
+    review = await bot.say(HR, "/report usage")
+    assert "(±0). /audit has the details." in review, review
+
+
+async def test_one_groups_review_shows_that_groups_health_and_trend(bot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    await seeded_quarter(bot, tmp_path)
+    reply = await bot.say(HR, "/report usage --group partners")
+    health = field(reply, "Group health (/audit)")
+    since = f"{NOW - timedelta(days=92):%Y-%m}"  # the period's start, three calendar months back
+    assert "partners@corp.example: members 5, external members 4." in health, health
+    assert "members 2 → 5 (+3), external members 1 → 4 (+3)." in health and f"Since {since}" in health, health
+    assert "groups," not in health and "/audit has the details." in health  # not the company's counts
+    whole = field(await bot.say(HR, "/report usage"), "Group health (/audit)")
+    assert "4 groups, 14 members" in whole
+
+
+async def test_the_consent_fix_asks_an_admin_to_open_the_list_when_the_reader_is_not_one(
+    bot, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import ADMIN
+
+    await seeded_quarter(bot, tmp_path)
+    hr = field(await bot.say(HR, "/report usage"), "How to fix")
+    assert "ask an admin to run /lists open <list>, which gives it a signup page" in hr, hr
+    assert "(/lists open <list> gives it a signup page)" not in hr
+    admin = field(await bot.say(ADMIN, "/report usage"), "How to fix")
+    assert "(/lists open <list> gives it a signup page)" in admin and "ask an admin" not in admin, admin

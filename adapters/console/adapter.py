@@ -29,8 +29,10 @@ CONSOLE_HELP = """On this console:
       Leave (so does end of input)."""
 
 
-def render_message(message: Message) -> str:
-    return render(message, CONSOLE)
+def render_message(message: Message, locale: str | None = None) -> str:
+    """The message as the console prints it; `locale` is the language of the console's own words
+    (the picture and attachment lines), the console's unless given."""
+    return render(message, CONSOLE, locale)
 
 
 class ConsoleAdapter(Adapter):
@@ -67,12 +69,12 @@ class ConsoleAdapter(Adapter):
         # No message number: the console's own counter means nothing to a reader and reads like a plan's or
         # a post's number (/plan approve 1). A card says what it is about in its title.
         header = f"[{conversation.id}] " if conversation.id != "you" else ""
-        self._print(header + render_message(message))
+        self._print(header + render_message(message, self.locale))
         return ref
 
     async def update(self, ref: MessageRef, message: Message) -> None:
         self.transcript.append(("update", ref.conversation_id, message))
-        self._print(f"[{ref.conversation_id}] (updated) " + render_message(message))
+        self._print(f"[{ref.conversation_id}] (updated) " + render_message(message, self.locale))
 
     async def resolve(self, actor: Actor) -> tuple[str, str | None] | None:
         return (actor.user_id, None) if "@" in actor.user_id else None
@@ -113,7 +115,7 @@ class ConsoleAdapter(Adapter):
         if reply is not None:
             self.refused += reply.refused
             self.transcript.append(("reply", "you", reply))
-            self._print(render_message(reply))
+            self._print(render_message(reply, self.locale))
             if stripped.split() == ["/help"]:
                 self._print(CONSOLE_HELP)
         return reply

@@ -42,7 +42,7 @@ from bot.campaigns.audience import Target, audience_filter, known_attributes, re
 from bot.campaigns.cards import CampaignCards
 from bot.campaigns.engagement import ENGAGED, events_of
 from bot.campaigns.notes import note, show, state_name
-from bot.campaigns.report import report_message
+from bot.campaigns.report import refuse_unsent, report_message
 from bot.campaigns.runs import CampaignRuns
 from bot.campaigns.templates import CompiledTemplate, load_source
 from bot.campaigns.triggers import (
@@ -58,7 +58,7 @@ from bot.campaigns.triggers import (
 from bot.context import Context
 from bot.db.models import Automation, Campaign, CampaignEvent, Contact, ContactList, Delivery, ListMember
 from bot.db.upsert import insert_ignore
-from bot.errors import UserError
+from bot.errors import Refusal, UserError
 from bot.events import Card, Joiner, Message
 from bot.i18n import t
 
@@ -104,7 +104,7 @@ class Automations:
             )
         ).first()
         if row is None:
-            raise UserError(t("There is no automation “{name}”. /automation list shows them.", name=name))
+            raise Refusal(t("There is no automation “{name}”. /automation list shows them.", name=name))
         return Shown(row[0], row[1])
 
     async def get(self, name: str) -> Shown:
@@ -470,7 +470,9 @@ class Automations:
 
     async def report(self, name: str) -> Message:
         """The automation's report: figures, chart and report page, as for a campaign."""
-        return await report_message(self.ctx, (await self.get(name)).campaign)
+        campaign = (await self.get(name)).campaign
+        await refuse_unsent(self.ctx, campaign)
+        return await report_message(self.ctx, campaign)
 
     # -- what triggers do -------------------------------------------------------------------------
     async def scan(self) -> dict[str, int]:

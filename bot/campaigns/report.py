@@ -6,12 +6,13 @@ over attempts. The common benchmarks (20% opens, 3% click-through) are compared 
 mean something: at least `MIN_DELIVERED` delivered and `SETTLE` after the send ended (most opens and
 clicks come in the first two days); before that the report says when. Opens are inflated by
 mail-privacy proxies (Apple Mail Privacy Protection fetches every image), so clicks are the engagement
-figure to trust.
+figure to trust; and a click implies an open, so a delivery that clicked counts as opened (a reader
+who blocks images still clicks).
 
 The chart is two steps apart: `chart_data` (pure: figures in, series and axes out, testable) and
-`draw` (matplotlib). Counts are cumulative over a time axis from the send's start to now (at least
-`MIN_SPAN`), so a four-recipient send that took 0.2 s reads as "all four went out at once", not as a
-spike; every series has its own colour, marker and line style and is listed in the legend with its
+`draw` (matplotlib). Counts are cumulative over a time axis from the send's start, at least
+`MIN_SPAN` long, so a four-recipient send that took 0.2 s reads as "all four went out at once", not
+as a spike; each line stops at the report time (marked "now") and the rest of the axis stays empty; every series has its own colour, marker and line style and is listed in the legend with its
 total, zero included; an empty panel says why it is empty.
 """
 
@@ -23,18 +24,23 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from sqlalchemy import distinct, exists, func, select
 
+from bot import i18n
 from bot.campaigns import service
 from bot.campaigns.notes import state_name, status_name
 from bot.context import Context
 from bot.db.models import Campaign, CampaignEvent, Delivery, Suppression
+from bot.errors import Refusal
 from bot.events import Card, Image, Message
 from bot.i18n import t
 from bot.links import UnsetSecret
 from bot.mail.dsn import STATUS_RE
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 OPEN_BENCHMARK = 0.20
 CLICK_BENCHMARK = 0.03
@@ -134,7 +140,7 @@ class Figures:
                     when=f"{ended + SETTLE:%Y-%m-%d %H:%M}",
                 )
             )
-        return "; ".join(reasons) if reasons else None
+        return t("; ").join(reasons) if reasons else None
 
     def text(self) -> str:
         lines = [
@@ -205,7 +211,8 @@ class Figures:
                         share=_pct(self.clicks, self.opens),
                     )
                 )
-            lines.append("  " + self._benchmarks())
+            if self.delivered:  # nothing delivered: no rate to compare
+                lines.append("  " + self._benchmarks())
             lines.append(
                 "  "
                 + t(
@@ -216,7 +223,8 @@ class Figures:
             if self.links:
                 lines.append("  " + t("clicks per link:"))
                 lines += [
-                    "    " + t("{url} — {people} people, {clicks} clicks", url=url, people=people, clicks=n)
+                    "    "
+                    + t("{url} — {people}, {clicks}", url=url, people=_people(people), clicks=_clicks(n))
                     for url, people, n in self.links
                 ]
         else:
@@ -227,10 +235,10 @@ class Figures:
             lines += [
                 "    "
                 + t(
-                    "{day}: {unsubscribes} unsubscribes, {complaints} complaints",
+                    "{day}: {unsubscribes}, {complaints}",
                     day=f"{day:%Y-%m-%d}",
-                    unsubscribes=u,
-                    complaints=c,
+                    unsubscribes=t("1 unsubscribe") if u == 1 else t("{count} unsubscribes", count=u),
+                    complaints=t("1 complaint") if c == 1 else t("{count} complaints", count=c),
                 )
                 for day, (u, c) in days
             ]
@@ -306,6 +314,14 @@ class Figures:
         return [(d, (u[d], c[d])) for d in sorted(set(u) | set(c))]
 
 
+def _people(n: int) -> str:
+    return t("1 person") if n == 1 else t("{count} people", count=n)
+
+
+def _clicks(n: int) -> str:
+    return t("1 click") if n == 1 else t("{count} clicks", count=n)
+
+
 def _pct(n: int, of: int) -> str:
     return f"{n / of:.1%}" if of else "—"
 
@@ -363,8 +379,18 @@ async def build_report(ctx: Context, campaign: Campaign) -> Figures:
         f.hard_bounces = f.statuses.get("bounced", 0) + late_hard
         f.soft_bounces = events.get("soft_bounce", 0)
         f.complaints = events.get("complaint", 0)
-        f.opens = events.get("open", 0)
         f.clicks = events.get("click", 0)
+        # A click implies an open (the images were blocked, or fetched by a proxy we never saw): a
+        # delivery that clicked counts as opened, so no more people click than open.
+        f.opens = int(
+            (
+                await session.execute(
+                    select(func.count(distinct(CampaignEvent.delivery_id))).where(
+                        CampaignEvent.campaign_id == cid, CampaignEvent.kind.in_(("open", "click"))
+                    )
+                )
+            ).scalar_one()
+        )
         f.delivered = max(0, f.sent - late_hard)
         unsubscribed = (
             await session.execute(
@@ -400,9 +426,10 @@ async def build_report(ctx: Context, campaign: Campaign) -> Figures:
         )
         firsts: dict[str, list[datetime]] = {}
         for kind in ("open", "click", "complaint", "hard_bounce", "soft_bounce"):
+            kinds = ("open", "click") if kind == "open" else (kind,)  # opened: the first open or click
             first = (
                 select(func.min(CampaignEvent.at))
-                .where(CampaignEvent.campaign_id == cid, CampaignEvent.kind == kind)
+                .where(CampaignEvent.campaign_id == cid, CampaignEvent.kind.in_(kinds))
                 .group_by(CampaignEvent.delivery_id)
             )
             firsts[kind] = sorted((await session.execute(first)).scalars())
@@ -470,12 +497,19 @@ async def build_report(ctx: Context, campaign: Campaign) -> Figures:
                     ).all()
                 )
                 assert other.started_at is not None
+                opened = (
+                    await session.execute(
+                        select(func.count(distinct(CampaignEvent.delivery_id))).where(
+                            CampaignEvent.campaign_id == other.id, CampaignEvent.kind.in_(("open", "click"))
+                        )
+                    )
+                ).scalar_one()
                 f.earlier.append(
                     Earlier(
                         other.name,
                         other.started_at,
                         max(0, sent - got.get("hard_bounce", 0)),
-                        got.get("open", 0),
+                        int(opened),
                         got.get("click", 0),
                     )
                 )
@@ -514,8 +548,9 @@ class ChartData:
     title: str
     x_label: str
     unit: str  # seconds | minutes | hours | days
-    x_max: float
+    x_max: float  # the axis' end (at least MIN_SPAN)
     panels: tuple[Panel, ...]
+    now_x: float = 0.0  # the report time on the axis: every series stops here, the rest stays empty
 
 
 STYLE = {  # colour-blind-safe (Okabe–Ito), and told apart by marker and line style too
@@ -562,6 +597,7 @@ def integer_ticks(top: int, most: int = 6) -> tuple[int, ...]:
 
 
 def _series(key: str, label: str, times: list[datetime], t0: datetime, scale: float, x_max: float) -> Series:
+    """A cumulative line from 0 to `x_max` (the report time: nothing is known past it)."""
     points = [min(x_max, max(0.0, (x - t0).total_seconds() / scale)) for x in sorted(times)]
     ys = tuple(range(1, len(points) + 1))
     colour, marker, linestyle, width, z = STYLE[key]
@@ -606,10 +642,15 @@ def chart_data(f: Figures) -> ChartData:
     span = max((end - t0).total_seconds(), MIN_SPAN.total_seconds())
     scale, unit = _unit(span)
     x_max = span / scale
-    title = t("“{name}”: {count} recipients", name=f.campaign, count=f.recipients)
+    now_x = (end - t0).total_seconds() / scale
+    title = (
+        t("“{name}”: 1 recipient", name=f.campaign)
+        if f.recipients == 1
+        else t("“{name}”: {count} recipients", name=f.campaign, count=f.recipients)
+    )
 
     def series(key: str, label: str, times: list[datetime]) -> Series:
-        return _series(key, label, times, t0, scale, x_max)
+        return _series(key, label, times, t0, scale, now_x)
 
     if f.attempted == 0:
         words = (
@@ -650,25 +691,40 @@ def chart_data(f: Figures) -> ChartData:
             (series("opened", t("opened"), f.open_times), series("clicked", t("clicked"), f.click_times)),
             note=t("No opens or clicks recorded yet.") if not (f.open_times or f.click_times) else None,
         )
-    return ChartData(title, _unit_label(unit, t0), unit, x_max, (delivery, engagement))
+    return ChartData(title, _unit_label(unit, t0), unit, x_max, (delivery, engagement), now_x)
 
 
 # -- drawing ------------------------------------------------------------------------------------
 def draw(data: ChartData, path: Path | BinaryIO) -> None:
     import matplotlib
 
-    matplotlib.use("Agg", force=False)
+    with matplotlib.rc_context(cast(Any, _fonts())):  # text is laid out when saved: fonts must hold then
+        figure(data).savefig(path, format="png")
+
+
+def _fonts() -> dict[str, Any]:
     from matplotlib import font_manager
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import FixedLocator
 
     families = ["DejaVu Sans"]
     if FONT.exists():  # CJK glyphs (campaign names, the zh_CN labels) fall back to the bundled font
         if FONT_FAMILY not in {f.name for f in font_manager.fontManager.ttflist}:
             font_manager.fontManager.addfont(str(FONT))
         families.append(FONT_FAMILY)
-    with matplotlib.rc_context({"font.family": families, "axes.unicode_minus": False}):
+    return {"font.family": families, "axes.unicode_minus": False}
+
+
+def figure(data: ChartData) -> Figure:
+    """The chart as a matplotlib Figure (not yet drawn). Each panel's legend sits below its plot
+    area, never over it: a small send's cumulative lines peak top-left, where a legend inside would
+    hide them."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FixedLocator
+
+    with matplotlib.rc_context(cast(Any, _fonts())):
         fig = Figure(figsize=(8, 6.4), dpi=100)
         fig.suptitle(data.title, fontsize=13)
         axes = fig.subplots(len(data.panels), 1)
@@ -684,6 +740,19 @@ def draw(data: ChartData, path: Path | BinaryIO) -> None:
             ax.set_ylim(-panel.y_top * 0.04, panel.y_top)  # a series at 0 stays visible above the axis
             ax.yaxis.set_major_locator(FixedLocator(list(panel.y_ticks)))
             ax.grid(axis="y", alpha=0.3)
+            if data.now_x < data.x_max:  # the lines stop at the report time: mark it
+                ax.axvline(data.now_x, color="#999999", linewidth=0.8, linestyle=":", zorder=1)
+                ax.annotate(
+                    t("now"),
+                    (data.now_x, 1.0),
+                    xycoords=("data", "axes fraction"),
+                    xytext=(3, -3),
+                    textcoords="offset points",
+                    ha="left",
+                    va="top",
+                    fontsize=8,
+                    color="#666666",
+                )
             for s in panel.series:
                 ax.step(
                     s.xs,
@@ -715,9 +784,11 @@ def draw(data: ChartData, path: Path | BinaryIO) -> None:
                 handles,
                 [s.label for s in panel.series],
                 loc="upper left",
+                bbox_to_anchor=(1.01, 1.0),  # right of the plot area: no data is hidden
                 fontsize=9,
-                ncols=2,
-                framealpha=0.9,
+                ncols=1,
+                frameon=False,
+                borderaxespad=0.0,
             )
             if panel.note:
                 ax.text(
@@ -731,7 +802,7 @@ def draw(data: ChartData, path: Path | BinaryIO) -> None:
                     bbox={"facecolor": "white", "edgecolor": "#999999", "alpha": 0.9},
                 )
         fig.tight_layout()
-        fig.savefig(path, format="png")
+    return fig
 
 
 async def render_chart(ctx: Context, campaign: Campaign, figures: Figures) -> Path | None:
@@ -750,13 +821,37 @@ async def render_chart(ctx: Context, campaign: Campaign, figures: Figures) -> Pa
 
 
 REPORT_KIND = "r"  # the signed report page's token kind (bot/links.py)
+UNSENT = ("draft", "pending_approval", "approved", "scheduled", "rejected")  # states before a first send
+
+
+async def refuse_unsent(ctx: Context, campaign: Campaign) -> None:
+    """Refuse the report of a campaign or automation that never sent: nothing to report, and a report
+    of "0 recipients" from now on would only mislead. (An automation edited back to draft after sending
+    keeps its report: its history is real.)"""
+    if campaign.state not in UNSENT:
+        return
+    async with ctx.sessions() as session:
+        if sum((await service.counts(session, campaign.id)).values()):
+            return
+    raise Refusal(
+        t(
+            "“{name}” is {state}; it has no report until it is sent.",
+            name=campaign.name.removeprefix(service.AUTOMATION_PREFIX),
+            state=state_name(campaign.state),
+        )
+    )
 
 
 def report_url(ctx: Context, campaign: Campaign) -> str | None:
-    """The signed, expiring report page for `campaign`; None without web.secret (nothing can be signed)."""
+    """The signed, expiring report page for `campaign`, in the current language (the requester's: the
+    page and its chart speak it; the language is signed with the rest, so it can't be swapped); None
+    without web.secret (nothing can be signed)."""
     try:
         token = ctx.signer.sign_expiring(
-            REPORT_KIND, str(campaign.id), ttl_s=int(ctx.settings.campaigns.report_link_hours * 3600)
+            REPORT_KIND,
+            str(campaign.id),
+            i18n.current(),
+            ttl_s=int(ctx.settings.campaigns.report_link_hours * 3600),
         )
     except UnsetSecret:
         return None

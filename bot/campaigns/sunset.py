@@ -26,7 +26,7 @@ from bot.db.models import (
     ListMember,
     Sunset,
 )
-from bot.errors import PermissionDenied, UserError
+from bot.errors import PermissionDenied, Refusal, UserError
 from bot.events import Button, Card, Message
 from bot.i18n import t
 from bot.messengers import Messengers
@@ -89,7 +89,7 @@ class Sunsets:
                 )
             ).first()
             if row is None:
-                raise UserError(
+                raise Refusal(
                     t("There is no automation “{name}”. /automation list shows them.", name=automation[:60])
                 )
             a, campaign = row

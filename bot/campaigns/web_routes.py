@@ -178,12 +178,15 @@ def campaign_routes(ctx: Context) -> list[Route]:
             },
         )
 
-    async def reported(request: Request) -> Campaign | None:
+    async def reported(request: Request) -> tuple[Campaign | None, str | None]:
+        """The campaign a report token names, and the language it was asked in (signed with it; a
+        token from before languages were signed has none: the organisation's)."""
         parts = signer.verify_expiring(request.path_params["token"], REPORT_KIND)
-        if not parts or len(parts) != 1 or not parts[0].isdigit():
-            return None
+        if not parts or len(parts) > 2 or not parts[0].isdigit():
+            return None, None
+        locale = i18n.match_locale(parts[1]) if len(parts) == 2 else None
         async with ctx.sessions() as session:
-            return await session.get(Campaign, int(parts[0]))
+            return await session.get(Campaign, int(parts[0])), locale
 
     def refused() -> HTMLResponse:
         return page(
@@ -193,13 +196,18 @@ def campaign_routes(ctx: Context) -> list[Route]:
         )
 
     async def report_page(request: Request) -> Response:
-        campaign = await reported(request)
+        campaign, locale = await reported(request)
         if campaign is None:
             return refused()
+        with i18n.using(locale or i18n.current()):
+            return await report_body(request, campaign)
+
+    async def report_body(request: Request, campaign: Campaign) -> Response:
         figures = await build_report(ctx, campaign)
         token = html.escape(request.path_params["token"], quote=True)
         alt = html.escape(
-            t("The report's chart: sent, bounced, unsubscribed, opened and clicked over time."), quote=True
+            t("The report's chart: sent, bounced, unsubscribed, complained, opened and clicked over time."),
+            quote=True,
         )
         body = (
             f"<p><img id='pr-chart' src='/report/{token}/chart.png' alt='{alt}' width='800' height='640'></p>"
@@ -208,10 +216,11 @@ def campaign_routes(ctx: Context) -> list[Route]:
         return page(t("Report: “{name}”", name=figures.campaign), body, wide=True)
 
     async def report_chart(request: Request) -> Response:
-        campaign = await reported(request)
+        campaign, locale = await reported(request)
         if campaign is None:
             return Response(status_code=403, headers={"Cache-Control": "no-store"})
-        data = chart_data(await build_report(ctx, campaign))  # labels in the page's language
+        with i18n.using(locale or i18n.current()):  # labels in the page's language
+            data = chart_data(await build_report(ctx, campaign))
         buffer = io.BytesIO()
         await asyncio.get_running_loop().run_in_executor(None, draw, data, buffer)
         return Response(

@@ -10,8 +10,8 @@ from bot.campaigns import service
 from bot.campaigns.approval import Approvals
 from bot.campaigns.cards import CampaignCards, created, preview_text, schedule_line
 from bot.campaigns.drafts import Drafts
-from bot.campaigns.notes import sentence_gap, show, state_name
-from bot.campaigns.report import report_message
+from bot.campaigns.notes import sentence_gap, show
+from bot.campaigns.report import refuse_unsent, report_message
 from bot.campaigns.runs import CampaignRuns
 from bot.commandline import Arg, Flag, Parsed, Spec, usage_of
 from bot.context import Context
@@ -258,6 +258,14 @@ class CampaignCommands:
                     time=schedule_line(campaign),
                 )
             )
+        if campaign.kind == "automation":  # a standing campaign: live, sending as its trigger fires
+            return Message(
+                t(
+                    "Approved automation “{name}”; it is live: it sends whenever its trigger fires. "
+                    "/automation status {name} shows it.",
+                    name=name.removeprefix(service.AUTOMATION_PREFIX),
+                )
+            )
         return Message(
             t("Approved “{name}”; sending has started. /campaign status {name} shows progress.", name=name)
         )
@@ -295,15 +303,7 @@ class CampaignCommands:
 
     async def report(self, req: Request, p: Parsed) -> Message:
         campaign = await self._load(p.arg("name"), REPORT)
-        if campaign.state in ("draft", "pending_approval", "approved", "scheduled", "rejected"):
-            raise UserError(
-                t(
-                    "“{name}” is {state}; it has no report until it is sent.",
-                    name=campaign.name,
-                    state=state_name(campaign.state),
-                ),
-                REPORT.usage,
-            )
+        await refuse_unsent(self.ctx, campaign)  # a refusal: its sentence alone, no usage line
         return await report_message(self.ctx, campaign)
 
     async def pause(self, req: Request, p: Parsed) -> Message:

@@ -30,7 +30,7 @@ def parse_months(raw: str | None) -> int:
     if not text.isdigit() or len(text) > 4 or not review.MIN_MONTHS <= int(text) <= review.MAX_MONTHS:
         raise UserError(
             t(
-                "“{text}” is not a number of months: give {low} to {high}.",
+                "Give a number of months from {low} to {high} (not “{text}”).",
                 text=raw[:40],
                 low=review.MIN_MONTHS,
                 high=review.MAX_MONTHS,
@@ -56,6 +56,10 @@ class ReportCommands:
                     group = await find_group(session, name, self.ctx.settings)
         until = self.ctx.now()
         found = await review.build(
-            self.ctx, since=review.months_before(until, months), until=until, group=group
+            self.ctx,
+            since=review.months_before(until, months),
+            until=until,
+            group=group,
+            admin="admins" in req.roles,
         )
         return found.message()

@@ -39,13 +39,10 @@ class Counts:
     def trend(self, before: Counts | None) -> str:
         """The change since `before`, in words (one line)."""
         if before is None:
-            return t("No earlier audit to compare with; the next one shows the change.")
+            # One audit row per day: an audit later today replaces today's, so it has nothing to compare.
+            return t("No earlier audit to compare with; the first audit on a later day shows the change.")
 
-        def part(label: str, now: int, then: int) -> str:
-            delta = now - then
-            sign = f"+{delta}" if delta > 0 else (f"−{-delta}" if delta < 0 else "±0")
-            return t("{label} {then} → {now} ({delta})", label=label, then=then, now=now, delta=sign)
-
+        part = change
         parts = [
             part(t("members"), self.members, before.members),
             part(t("external members"), self.external, before.external),
@@ -53,7 +50,14 @@ class Counts:
             part(t("groups with no owner"), self.no_owner, before.no_owner),
         ]
         when = f"{before.taken_at:%Y-%m-%d}" if before.taken_at else "?"
-        return t("Since {date}: {changes}", date=when, changes=", ".join(parts))
+        return t("Since {date}: {changes}.", date=when, changes=t(", ").join(parts))
+
+
+def change(label: str, now: int, then: int) -> str:
+    """“members 2 → 4 (+2)”: a count then and now, with the difference."""
+    delta = now - then
+    sign = f"+{delta}" if delta > 0 else (f"−{-delta}" if delta < 0 else "±0")
+    return t("{label} {then} → {now} ({delta})", label=label, then=then, now=now, delta=sign)
 
 
 @dataclass
@@ -92,7 +96,7 @@ class Report:
         def some(items: list[str], limit: int = 15) -> str:
             if not items:
                 return t("none")
-            shown = ", ".join(items[:limit])
+            shown = t(", ").join(items[:limit])
             return (
                 t("{items} and {count} more", items=shown, count=len(items) - limit)
                 if len(items) > limit

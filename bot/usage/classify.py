@@ -91,14 +91,21 @@ class Verdict:
     flag: Flag | None = None
 
 
-def _fix_consent() -> str:
+def _fix_consent(admin: bool) -> str:
+    """The fix for marketing mail in a group; /lists open is admin-only, so anyone else asks an admin."""
+    if admin:
+        return t(
+            "Move this audience to a contact list with consent (/lists open <list> gives it a signup page) "
+            "and send it as a campaign: recipients get an unsubscribe link and their consent is on record."
+        )
     return t(
-        "Move this audience to a contact list with consent (/lists open <list> gives it a signup page) and "
-        "send it as a campaign: recipients get an unsubscribe link and their consent is on record."
+        "Move this audience to a contact list with consent (ask an admin to run /lists open <list>, which "
+        "gives it a signup page) and send it as a campaign: recipients get an unsubscribe link and their "
+        "consent is on record."
     )
 
 
-def classify(send: Send, *, domains: str, bulk: int) -> Verdict:
+def classify(send: Send, *, domains: str, bulk: int, admin: bool = False) -> Verdict:
     """What `send` is for, with the reasons; and a misuse flag when it used the wrong tool."""
     reasons: list[str] = []
     subject = send.subject or ""
@@ -150,13 +157,13 @@ def classify(send: Send, *, domains: str, bulk: int) -> Verdict:
     # A post to an email group: who it reached, then what it looks like.
     reach: list[str] = []
     if send.external:
-        who = ", ".join(send.example_external)
+        who = t(", ").join(send.example_external)
         many = (
             t("{count} external recipients", count=send.external)
             if send.external > 1
             else t("1 external recipient")
         )
-        reach.append(f"{many} ({who})" if who else many)
+        reach.append(t("{reach} ({who})", reach=many, who=who) if who else many)
     if send.recipients >= bulk:
         reach.append(
             t(
@@ -198,7 +205,7 @@ def classify(send: Send, *, domains: str, bulk: int) -> Verdict:
         flag = Flag(
             t("Marketing-like mail posted to an email group"),
             tuple(signals + reach),
-            _fix_consent(),
+            _fix_consent(admin),
             t("post {ref} to {group}", ref=send.ref, group=send.target),
         )
         return Verdict(category, tuple(reasons), flag)
@@ -230,7 +237,7 @@ class Growth:
             )
         ]
         if self.newest:
-            evidence.append(t("newest: {who}", who=", ".join(self.newest)))
+            evidence.append(t("newest: {who}", who=t(", ").join(self.newest)))
         return Flag(
             t("A group whose external members keep growing"),
             tuple(evidence),

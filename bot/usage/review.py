@@ -31,7 +31,7 @@ from bot.db.models import (
 )
 from bot.events import Card, Message
 from bot.groups import report as audit_report
-from bot.i18n import t
+from bot.i18n import sentences, t
 from bot.usage.classify import CATEGORIES, KINDS, Flag, Growth, Send, Verdict, classify, kind_label, label
 
 MIN_MONTHS, MAX_MONTHS = 1, 24
@@ -51,6 +51,44 @@ def months_before(when: datetime, months: int) -> datetime:
 
 
 @dataclass
+class GroupHealthNow:
+    """One group's members and external members now and at the period's start (from when each member
+    was added, and the audited removals since)."""
+
+    address: str
+    members: int
+    external: int
+    members_then: int
+    external_then: int
+    owners: bool
+
+    def text(self, since: datetime) -> str:
+        said = [
+            t(
+                "{group}: members {members}, external members {external}.",
+                group=self.address,
+                members=self.members,
+                external=self.external,
+            )
+        ]
+        if not self.owners:
+            said.append(t("It has no owner."))
+        said.append(
+            t(
+                "Since {date}: {changes}.",
+                date=f"{since:%Y-%m-%d}",
+                changes=t(", ").join(
+                    [
+                        audit_report.change(t("members"), self.members, self.members_then),
+                        audit_report.change(t("external members"), self.external, self.external_then),
+                    ]
+                ),
+            )
+        )
+        return sentences(*said)
+
+
+@dataclass
 class Review:
     since: datetime
     until: datetime
@@ -59,6 +97,7 @@ class Review:
     growth: list[Flag] = field(default_factory=list)
     health: audit_report.Counts | None = None
     previous: audit_report.Counts | None = None
+    group_health: GroupHealthNow | None = None  # --group: that group's health instead of the company's
     truncated: bool = False
     log_starts: datetime | None = None  # the post log is younger than the period: where it starts
     retention_days: int = 0
@@ -81,14 +120,16 @@ class Review:
             rest = len(lines) - len(shown)
             return shown + [t("… and {count} more", count=rest)] if rest else shown
 
-        sends = len(self.items)
-        recipients = sum(s.recipients for s, _v in self.items)
+        sends_n = len(self.items)
+        recipients_n = sum(s.recipients for s, _v in self.items)
+        sends = t("1 send") if sends_n == 1 else t("{count} sends", count=sends_n)
+        recipients = t("1 recipient") if recipients_n == 1 else t("{count} recipients", count=recipients_n)
         flags = self.flags
         scope = t(" for {group}", group=self.group) if self.group else ""
         period = f"{self.since:%Y-%m-%d} – {self.until:%Y-%m-%d}"
         headline = (
             t(
-                "Usage review {period}{scope}: {sends} sends to {recipients} recipients; {count} to look at.",
+                "Usage review {period}{scope}: {sends} to {recipients}; {count} to look at.",
                 period=period,
                 scope=scope,
                 sends=sends,
@@ -101,9 +142,9 @@ class Review:
                 period=period,
                 scope=scope,
             )
-            if not sends
+            if not sends_n
             else t(
-                "Usage review {period}{scope}: {sends} sends to {recipients} recipients; nothing looks misused.",
+                "Usage review {period}{scope}: {sends} to {recipients}; nothing looks misused.",
                 period=period,
                 scope=scope,
                 sends=sends,
@@ -126,14 +167,14 @@ class Review:
             )
             for c in CATEGORIES
         )
-        by_kind = ", ".join(f"{kind_label(k)} {per_kind[k]}" for k in KINDS)
+        by_kind = t(", ").join(f"{kind_label(k)} {per_kind[k]}" for k in KINDS)
         flag_lines = [
             t("{n}. {what} — {ref}", n=i, what=f.what, ref=f.ref)
             + "\n   "
-            + t("evidence: {evidence}", evidence="; ".join(f.evidence))
+            + t("evidence: {evidence}", evidence=t("; ").join(f.evidence))
             for i, f in enumerate(flags, 1)
         ]
-        fixes = "\n".join(dict.fromkeys(f"{f.what}: {f.fix}" for f in flags))
+        fixes = "\n".join(dict.fromkeys(t("{what}: {fix}", what=f.what, fix=f.fix) for f in flags))
         # Flagged sends first, then the newest.
         ordered = sorted(self.items, key=lambda sv: (sv[1].flag is None, -sv[0].at.timestamp()))
         send_lines = [
@@ -144,7 +185,7 @@ class Review:
                 ref=s.ref,
                 subject=s.subject or t("(no subject)"),
                 category=label(v.category),
-                reasons="; ".join(v.reasons),
+                reasons=t("; ").join(v.reasons),
             )
             for s, v in ordered
         ]
@@ -161,9 +202,11 @@ class Review:
                 )
             )
         health = t("Run /audit for the group health report.")
-        if self.health is not None:
+        if self.group_health is not None:
+            health = sentences(self.group_health.text(self.since), t("/audit has the details."))
+        elif self.health is not None:
             h = self.health
-            health = (
+            health = sentences(
                 t(
                     "{groups} groups, {members} members, {external} external members, {empty} empty, "
                     "{no_owner} with no owner.",
@@ -172,11 +215,9 @@ class Review:
                     external=h.external,
                     empty=h.empty,
                     no_owner=h.no_owner,
-                )
-                + " "
-                + h.trend(self.previous)
-                + " "
-                + t("/audit has the details.")
+                ),
+                h.trend(self.previous),
+                t("/audit has the details."),
             )
         fields = (
             (t("By use case"), by_use),
@@ -198,10 +239,14 @@ def _internal(column: Any, domains: list[str]) -> ColumnElement[bool]:
     return or_(*[or_(lowered.like(f"%@{d}"), lowered.like(f"%.{d}")) for d in domains])
 
 
-async def build(ctx: Context, *, since: datetime, until: datetime, group: Group | None = None) -> Review:
+async def build(
+    ctx: Context, *, since: datetime, until: datetime, group: Group | None = None, admin: bool = False
+) -> Review:
+    """The review of `since`..`until`; `admin`: the reader is an admin (the fixes name admin-only commands
+    to run, not to ask an admin for)."""
     settings = ctx.settings
     domains = [d.lower() for d in settings.org.domains]
-    shown_domains = ", ".join(domains)
+    shown_domains = t(", ").join(domains)
     bulk = settings.reports.bulk_recipients
     review = Review(since, until, group.address if group else None)
     retention = settings.relay.post_retention_days
@@ -209,7 +254,7 @@ async def build(ctx: Context, *, since: datetime, until: datetime, group: Group 
         review.log_starts, review.retention_days = until - timedelta(days=retention), retention
 
     def add(send: Send) -> None:
-        review.items.append((send, classify(send, domains=shown_domains, bulk=bulk)))
+        review.items.append((send, classify(send, domains=shown_domains, bulk=bulk, admin=admin)))
 
     async with ctx.sessions() as session:
         # -- group posts -------------------------------------------------------------------------
@@ -366,10 +411,48 @@ async def build(ctx: Context, *, since: datetime, until: datetime, group: Group 
         # -- groups whose external members grew --------------------------------------------------
         review.growth = await _growth(session, since, until, domains, group)
     review.items.sort(key=lambda sv: sv[0].at)
+    if group is not None:
+        async with ctx.sessions() as session:
+            review.group_health = await _group_health(session, group, since, domains)
+        return review
     report = await audit_report.build_report(ctx)
     review.health = report.counts
     review.previous = await audit_report.previous_counts(ctx, until)
     return review
+
+
+async def _group_health(session: Any, group: Group, since: datetime, domains: list[str]) -> GroupHealthNow:
+    internal_suffixes = tuple("@" + d for d in domains) + tuple("." + d for d in domains)
+
+    def external(email: str) -> bool:
+        return not email.lower().endswith(internal_suffixes)
+
+    members = (
+        await session.execute(
+            select(Membership.email, Membership.added_at).where(Membership.group_id == group.id)
+        )
+    ).all()
+    removed = [
+        str((before or {}).get("email", "")).lower()
+        for (before,) in (
+            await session.execute(
+                select(AuditEntry.before).where(
+                    AuditEntry.action == "membership.remove",
+                    AuditEntry.subject == f"group:{group.address}",
+                    AuditEntry.at >= since,
+                )
+            )
+        ).all()
+    ]
+    then = [e for e, added in members if added is None or added <= since] + [e for e in removed if e]
+    return GroupHealthNow(
+        address=group.address,
+        members=len(members),
+        external=sum(1 for e, _a in members if external(e)),
+        members_then=len(then),
+        external_then=sum(1 for e in then if external(e)),
+        owners=bool(group.owners),
+    )
 
 
 def _audience(campaign: Campaign) -> str:
