@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import ConfigError
-from tests.conftest import make_settings
+from tests.conftest import HR, make_settings
 
 
 @pytest.mark.parametrize("hours", [float("inf"), float("nan"), 1e12, 0.0001, 0.5, 721, -1])
@@ -26,3 +26,15 @@ def test_report_link_hours_from_one_hour_to_thirty_days_is_taken(tmp_path: Path,
         f"sqlite+aiosqlite:///{tmp_path / 'x.db'}", 2525, tmp_path, campaigns={"report_link_hours": hours}
     )
     assert settings.campaigns.report_link_hours == hours
+
+
+@pytest.mark.parametrize("months", ["³", "①", "²", "３", "٣", "١٢", "0003", "1_2"])
+async def test_report_usage_months_takes_ascii_digits_only(bot, months: str) -> None:  # type: ignore[no-untyped-def]
+    reply = await bot.say(HR, f"/report usage --months {months}")
+    assert f"“{months}”" in reply and "months" in reply and "give 1 to 24" in reply, reply
+    assert "internal error" not in reply.lower() and "Usage review" not in reply
+
+
+async def test_report_usage_months_in_ascii_digits_is_taken(bot) -> None:  # type: ignore[no-untyped-def]
+    reply = await bot.say(HR, "/report usage --months 12")
+    assert "is not a number of months" not in reply and "internal error" not in reply.lower(), reply
