@@ -4,6 +4,7 @@ test send — with planted misuses, through the console adapter; the audit repor
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from email.header import Header
 
 from sqlalchemy import func, select, update
 
@@ -418,3 +419,42 @@ async def test_a_post_through_the_relay_records_its_tracking_links_for_the_revie
             in reply
         ), reply
         assert "nothing looks misused" in reply  # colleagues only, not in bulk
+
+
+BLACK_FRIDAY = b"""From: Sam <sam@corp.example>
+To: vendors@corp.example
+Subject: Black Friday: 50% off every licence, buy before Sunday
+Message-ID: <bf-1@corp.example>
+
+Our biggest sale of the year: https://bit.ly/3xYzAbc
+
+Reply STOP if you'd rather not hear from us.
+"""
+
+
+async def test_a_plain_marketing_post_to_external_members_is_flagged_with_its_evidence(bot) -> None:  # type: ignore[no-untyped-def]
+    """An offer in the subject, a link shortener and "reply STOP": marketing, flagged (issue 15)."""
+    seen = posts.inspect(BLACK_FRIDAY, 65536)
+    assert seen.has_tracking and seen.has_unsubscribe  # bit.ly counts clicks; "Reply STOP" is an opt-out
+    await external_group(
+        bot, "vendors", [("dana@corp.example", 40), ("ops@supplier.example", 40), ("li@buyer.example", 40)]
+    )
+    bf = await post(bot, "vendors@corp.example", BLACK_FRIDAY, 2)
+    reply = await bot.say(HR, "/report usage --months 1")
+    assert f"#{bf} “Black Friday: 50% off every licence, buy before Sunday”: marketing" in reply, reply
+    misuse = field(reply, "Possible misuse (1)")
+    assert f"post #{bf} to vendors@corp.example" in misuse, reply
+    assert "the subject reads like an offer (“50% off”)" in misuse and "2 external recipients" in misuse
+    assert "tracking links" in misuse and "an unsubscribe footer" in misuse
+
+
+async def test_an_offer_alone_to_external_members_is_flagged(bot) -> None:  # type: ignore[no-untyped-def]
+    await external_group(bot, "vendors", [("dana@corp.example", 40), ("ops@supplier.example", 40)])
+    subject = Header("限时优惠：全场八折", "utf-8").encode().encode()
+    raw = b"From: Sam <sam@corp.example>\nTo: vendors@corp.example\nSubject: " + subject + b"\n\nhi\n"
+    offer = await post(bot, "vendors@corp.example", raw, 2)
+    team = await post(bot, "vendors@corp.example", VENDORS, 2)
+    reply = await bot.say(HR, "/report usage --months 1")
+    misuse = field(reply, "Possible misuse (1)")
+    assert f"post #{offer} to vendors@corp.example" in misuse and "(“限时”)" in misuse, reply
+    assert f"#{team} “Delivery dates for the December order”: team coordination" in reply

@@ -36,7 +36,26 @@ TRACKING = re.compile(
     r"|sendgrid\.net/|//(?:click|clicks|track|tracking)\.)",
     re.I,
 )
+# A link shortener hides where a link goes and counts its clicks: marketing's tracking links too.
+SHORTENER = re.compile(
+    r"https?://(?:www\.)?(?:bit\.ly|t\.co|tinyurl\.com|goo\.gl|ow\.ly|lnkd\.in|buff\.ly|is\.gd|rebrand\.ly"
+    r"|t\.cn|dwz\.cn|url\.cn)/",
+    re.I,
+)
 _UNSUBSCRIBE = re.compile(r"unsubscribe|opt[ -]?out|退订|取消订阅", re.I)
+# "Reply STOP to opt out": the bulk sender's opt-out, in a footer.
+_REPLY_STOP = re.compile(r"\breply\s+[\"'“‘]?STOP\b|回复\s*[\"“]?(?:TD|T|退订)\b", re.I)
+
+
+def _links_count_clicks(text: str) -> bool:
+    return bool(TRACKING.search(text) or SHORTENER.search(text))
+
+
+def _has_unsubscribe(text: str) -> bool:
+    end = text[-4000:]
+    return bool(_UNSUBSCRIBE.search(end) or _REPLY_STOP.search(end))
+
+
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
 
 
@@ -83,7 +102,7 @@ class Inspected:
     message_id: str | None
     has_links: bool
     has_unsubscribe: bool
-    has_tracking: bool  # links that count clicks (TRACKING)
+    has_tracking: bool  # links that count clicks (TRACKING, SHORTENER)
     first_lines: tuple[str, ...]
     markers: frozenset[str]  # the groups this message already passed through (X-Postroom-Group)
     received: int
@@ -114,8 +133,8 @@ def inspect(data: bytes, max_header_bytes: int) -> Inspected:
         subject=_clean(_decoded(parsed.get("Subject")), 500),
         message_id=_clean(parsed.get("Message-ID"), 300),
         has_links=bool(_LINK.search(body[:1_000_000])) or "http://" in text or "https://" in text,
-        has_unsubscribe=bool(parsed.get("List-Unsubscribe")) or bool(_UNSUBSCRIBE.search(text[-4000:])),
-        has_tracking=bool(TRACKING.search(_raw_text(data))) or bool(TRACKING.search(text)),
+        has_unsubscribe=bool(parsed.get("List-Unsubscribe")) or _has_unsubscribe(text),
+        has_tracking=_links_count_clicks(_raw_text(data)) or _links_count_clicks(text),
         first_lines=lines,
         markers=markers,
         received=len(parsed.get_all("Received") or []),
