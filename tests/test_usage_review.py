@@ -335,10 +335,11 @@ async def test_a_marketing_like_post_in_bulk_is_flagged_without_external_members
     small = await post(bot, "eng@corp.example", DIGEST, 3)
     pasted = await post(bot, "eng@corp.example", SYNC.replace(b"/sprint ", b"/sprint?utm_source=slack "), 2)
     reply = await bot.say(HR, "/report usage --months 1")
-    # A colleague's link with utm_ parameters to the team: tracking links, still team coordination.
+    # A colleague's one link with utm_ parameters to the team: no tracking links, team coordination.
     assert (
         f"#{pasted} “Sprint planning moved to Thursday”: team coordination "
-        "(a post to eng@corp.example, 2 recipients; tracking links; company recipients only)" in reply
+        "(a post to eng@corp.example, 2 recipients; no unsubscribe footer, no tracking links; company "
+        "recipients only)" in reply
     ), reply
     misuse = field(reply, "Possible misuse (1)")
     assert f"post #{big} to all-staff@corp.example" in misuse, reply
@@ -458,3 +459,34 @@ async def test_an_offer_alone_to_external_members_is_flagged(bot) -> None:  # ty
     misuse = field(reply, "Possible misuse (1)")
     assert f"post #{offer} to vendors@corp.example" in misuse and "(“限时”)" in misuse, reply
     assert f"#{team} “Delivery dates for the December order”: team coordination" in reply
+
+
+INTEGRATION = b"""From: Sam <sam@corp.example>
+To: vendors@corp.example
+Subject: Re: integration question
+Message-ID: <re-1@corp.example>
+
+The thread I mentioned: https://forum.example.org/t/42?utm_source=twitter
+
+If you want to opt out of the beta, just tell me.
+
+Sam
+"""
+
+
+async def test_a_reply_with_one_pasted_utm_link_and_opt_out_words_is_not_marketing(bot) -> None:  # type: ignore[no-untyped-def]
+    """Issue 15: a clean reply to external members was flagged as marketing."""
+    seen = posts.inspect(INTEGRATION, 65536)
+    assert not seen.has_tracking and not seen.has_unsubscribe
+    footer = INTEGRATION.replace(b"just tell me.", b"opt out here: https://beta.corp.example/leave")
+    assert posts.inspect(footer, 65536).has_unsubscribe  # opt-out wording with a link, at the end
+    two = INTEGRATION.replace(b"\n\nIf", b" and https://forum.example.org/t/43?utm_source=x\n\nIf")
+    assert posts.inspect(two, 65536).has_tracking  # two tagged links: a campaign's
+    await external_group(bot, "vendors", [("dana@corp.example", 40), ("ops@supplier.example", 40)])
+    clean = await post(bot, "vendors@corp.example", INTEGRATION, 2)
+    offer = INTEGRATION.replace(b"Re: integration question", b"Re: your 20% off offer")
+    replied = await post(bot, "vendors@corp.example", offer.replace(b"<re-1@", b"<re-2@"), 2)
+    reply = await bot.say(HR, "/report usage --months 1")
+    assert f"#{clean} “Re: integration question”: team coordination" in reply, reply
+    assert f"#{replied} “Re: your 20% off offer”: team coordination" in reply, reply
+    assert "Possible misuse (0)" in reply and "nothing looks misused" in reply

@@ -37,6 +37,7 @@ _OFFER = re.compile(
     r"限时|优惠|促销|折扣|打折|[0-9一二三四五六七八九]\s*折",
     re.I,
 )
+_REPLY = re.compile(r"\s*(?:re|aw|回复|答复)\s*[:：]", re.I)
 _ANNOUNCE = re.compile(
     r"announce|all[- ]hands|policy|office|holiday|closure|reminder|welcome|update from|org(anisation|anization)? "
     r"change|通知|公告|放假|提醒",
@@ -180,9 +181,11 @@ def classify(send: Send, *, domains: str, bulk: int) -> Verdict:
     # An unsubscribe footer makes a post marketing-like; tracking links only when it also reaches people
     # outside or in bulk (a colleague pastes a link with utm_ parameters to the team now and then). An
     # offer's words alone ("free pizza") never do.
-    offer = _OFFER.search(subject)
-    marketing_like = (
-        send.has_unsubscribe or (send.has_tracking and bool(reach)) or bool(offer and send.external)
+    # A reply ("Re: integration question") is a conversation: only a real unsubscribe footer makes it
+    # marketing-like, not a link or an offer's words.
+    offer = None if _REPLY.match(subject) else _OFFER.search(subject)
+    marketing_like = send.has_unsubscribe or (
+        not _REPLY.match(subject) and ((send.has_tracking and bool(reach)) or bool(offer and send.external))
     )
     if marketing_like and newsletter_words:
         reasons.append(t("the subject reads like a newsletter (“{word}”)", word=newsletter_words[0]))
