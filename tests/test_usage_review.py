@@ -490,3 +490,28 @@ async def test_a_reply_with_one_pasted_utm_link_and_opt_out_words_is_not_marketi
     assert f"#{clean} “Re: integration question”: team coordination" in reply, reply
     assert f"#{replied} “Re: your 20% off offer”: team coordination" in reply, reply
     assert "Possible misuse (0)" in reply and "nothing looks misused" in reply
+
+
+def inspected_link(url: str) -> bool:
+    raw = f"From: a@corp.example\r\nSubject: x\r\n\r\nSee {url}\r\n".encode()
+    return posts.inspect(raw, 65536).has_tracking
+
+
+def test_a_mailing_service_click_host_is_a_tracking_link_and_a_parcel_tracking_page_is_not() -> None:
+    """The host-label alternative of TRACKING could never match after https:// (issue 15)."""
+    for url in (
+        "https://click.mailer.example/abc",
+        "https://track.customer.io/x",
+        "https://clicks.shop.example/r/1",
+        "http://trk.mailer.example/c?u=2",
+        "https://email.mg.example/c/3",
+        "https://links.news.example/s/4",
+    ):
+        assert inspected_link(url), url
+    for url in (
+        "https://tracking.dhl.example/x",  # a parcel's tracking page: no marketing
+        "https://click.example/about",  # a site called click.example, not a click host
+        "https://wiki.corp.example/track/me",
+        "https://docs.example.org/email.html",
+    ):
+        assert not inspected_link(url), url

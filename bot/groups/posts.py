@@ -29,11 +29,14 @@ MAX_RECEIVED = 30  # more Received: lines than this is a loop (Postfix's hopcoun
 CHUNK = 5000
 _LINK = re.compile(rb"https?://", re.I)
 # A link that counts its clicks for a mailing service: Mailchimp's mc_cid, HubSpot's _hsenc, a click
-# redirect. Read once per post for the usage review (bot/usage/).
+# redirect, or a host whose first label is a mailing service's click host (click., clicks., track., trk.,
+# email., links.: click.mailer.example, track.customer.io). Not tracking.: that is a parcel's tracking page
+# (tracking.dhl.example), no marketing. Read once per post for the usage review (bot/usage/).
 TRACKING = re.compile(
-    r"https?://[^\s\"'<>]*(?:[?&](?:mc_[ce]id|_hsenc|_hsmi)="
+    r"https?://(?:(?:click|clicks|track|trk|email|links)\.[^\s\"'<>/]*\.[a-z]"
+    r"|[^\s\"'<>]*(?:[?&](?:mc_[ce]id|_hsenc|_hsmi)="
     r"|list-manage\.com/track|/ls/click|/wf/click|/track/click|mailchi\.mp/|hubspotlinks\.com"
-    r"|sendgrid\.net/|//(?:click|clicks|track|tracking)\.)",
+    r"|sendgrid\.net/))",
     re.I,
 )
 # utm_ parameters: one link pasted from elsewhere (?utm_source=twitter) is a colleague's link, not a
