@@ -145,3 +145,42 @@ async def test_wecom_uploads_media_then_sends_an_image_message(world: WeComWorld
     (picture,) = world.fake.sent("image", to="sam")
     got = world.fake.media(picture["image"]["media_id"])
     assert got is not None and got["data"][:8] == b"\x89PNG\r\n\x1a\n"
+
+
+async def test_dingtalk_a_failed_picture_after_the_text_never_fails_the_send(
+    ding: DingWorld, tmp_path: Path
+) -> None:  # noqa: F811
+    """Issue 15: a non-JSON 200 from media/upload, or the robot API down after the text, escaped send()
+    (a retrying caller would have sent the text twice). Now send() returns; the fallback is best effort."""
+    png = chart(tmp_path)
+    to = Conversation("dingtalk", "cidHR", "group")
+    message = Message("Report for “spring”", images=(Image(str(png), "Report: “spring”"),))
+    path = "/v1.0/robot/groupMessages/send"
+    ding.fake.faults["/media/upload"] = [(200, "<html>gateway</html>")]
+    await ding.adapter.send(to, message)
+    said = [s["msgParam"] for s in ding.fake.made(path)]
+    assert len(said) == 2 and "Report for" in said[0] and "sampleImageMsg" not in str(ding.fake.made(path))
+    # The robot API goes down after the text: neither the picture nor the fallback gets through.
+    ding.fake.faults[path] = [None, (503, "<html>down</html>"), (503, "<html>down</html>")]
+    await ding.adapter.send(to, message)
+    assert len(ding.fake.made(path)) == 3  # the text once more, nothing else
+    assert not ding.fake.faults[path]
+
+
+async def test_wecom_a_failed_picture_after_the_text_never_fails_the_send(
+    world: WeComWorld, tmp_path: Path
+) -> None:  # noqa: F811
+    png = chart(tmp_path)
+    to = Conversation("wecom", "hannah", "direct")
+    message = Message("Report for “spring”", images=(Image(str(png), "Report: “spring”"),))
+    world.fake.faults["/cgi-bin/media/upload"] = [(200, "<html>gateway</html>")]
+    await world.adapter.send(to, message)
+    assert len(world.fake.sent("text", to="hannah")) == 2 and not world.fake.sent("image")
+    world.fake.faults["/cgi-bin/message/send"] = [
+        None,
+        (502, "<html>down</html>"),
+        (502, "<html>down</html>"),
+    ]
+    await world.adapter.send(to, message)
+    assert len(world.fake.sent("text", to="hannah")) == 3 and not world.fake.sent("image")
+    assert not world.fake.faults["/cgi-bin/message/send"]

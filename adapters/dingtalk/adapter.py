@@ -265,11 +265,14 @@ class DingTalkAdapter(Adapter):
                     )
                 else:
                     await self.api.send_to_group(self.robot_code, conversation_id, "sampleImageMsg", param)
-            except (DingTalkError, OSError) as exc:
+            except Exception as exc:  # the text went out already: a picture's failure never undoes it
                 log.warning("sending the picture %s to DingTalk failed: %s", image.path, exc)
                 with i18n.using(self.locale):
                     said = i18n.t("I couldn't show the picture here; it is saved at {path}.", path=image.path)
-                await self._post_markdown(conversation_id, Message(said))
+                try:
+                    await self._post_markdown(conversation_id, Message(said))
+                except Exception as again:  # best effort: a caller retrying send() would repeat the text
+                    log.warning("telling DingTalk conversation %s so failed too: %s", conversation_id, again)
 
     async def _post_markdown(self, conversation_id: str, message: Message) -> None:
         title = (message.card.title if message.card else message.text.split("\n", 1)[0])[:60] or "Postroom"

@@ -324,11 +324,14 @@ class WeComAdapter(Adapter):
                 data = await asyncio.to_thread(Path(image.path).read_bytes)
                 media_id = await self.api.upload_image(Path(image.path).name, data)
                 await self.api.send(touser, "image", {"media_id": media_id})
-            except (WeComError, OSError) as exc:
+            except Exception as exc:  # the text went out already: a picture's failure never undoes it
                 log.warning("sending the picture %s to WeCom failed: %s", image.path, exc)
                 with i18n.using(self.locale):
                     said = i18n.t("I couldn't show the picture here; it is saved at {path}.", path=image.path)
-                await self.api.send(touser, "text", {"content": said})
+                try:
+                    await self.api.send(touser, "text", {"content": said})
+                except Exception as again:  # best effort: a caller retrying send() would repeat the text
+                    log.warning("telling WeCom user %s so failed too: %s", touser, again)
 
     async def _on_card_click(self, msg: dict[str, str]) -> None:
         assert self.core is not None
