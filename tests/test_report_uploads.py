@@ -148,8 +148,9 @@ async def test_wecom_uploads_media_then_sends_an_image_message(world: WeComWorld
 
 
 async def test_dingtalk_a_failed_picture_after_the_text_never_fails_the_send(
-    ding: DingWorld, tmp_path: Path
-) -> None:  # noqa: F811
+    ding: DingWorld,  # noqa: F811
+    tmp_path: Path,
+) -> None:
     """Issue 15: a non-JSON 200 from media/upload, or the robot API down after the text, escaped send()
     (a retrying caller would have sent the text twice). Now send() returns; the fallback is best effort."""
     png = chart(tmp_path)
@@ -168,8 +169,9 @@ async def test_dingtalk_a_failed_picture_after_the_text_never_fails_the_send(
 
 
 async def test_wecom_a_failed_picture_after_the_text_never_fails_the_send(
-    world: WeComWorld, tmp_path: Path
-) -> None:  # noqa: F811
+    world: WeComWorld,  # noqa: F811
+    tmp_path: Path,
+) -> None:
     png = chart(tmp_path)
     to = Conversation("wecom", "hannah", "direct")
     message = Message("Report for “spring”", images=(Image(str(png), "Report: “spring”"),))
@@ -184,3 +186,29 @@ async def test_wecom_a_failed_picture_after_the_text_never_fails_the_send(
     await world.adapter.send(to, message)
     assert len(world.fake.sent("text", to="hannah")) == 3 and not world.fake.sent("image")
     assert not world.fake.faults["/cgi-bin/message/send"]
+
+
+async def test_the_fallback_names_no_server_path_and_points_to_the_report_page(
+    world: WeComWorld,  # noqa: F811
+    ding: DingWorld,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Issue 15: "它已保存在 /tmp/…/big.png" showed the server's file path in chat."""
+    from bot.events import Card
+
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * (10 * 1024 * 1024 + 1))
+    card = Card(title="Report: “spring”", link=("The report", "https://postroom.example/report/tok"))
+    message = Message("Report for “spring”", card=card, images=(Image(str(big), "Report: “spring”"),))
+    await world.adapter.send(Conversation("wecom", "hannah", "direct"), message)
+    said = world.fake.sent("text", to="hannah")[-1]["text"]["content"]
+    assert "无法在此显示图片（文件对WeCom来说太大）" in said and "https://postroom.example/report/tok" in said
+    assert str(tmp_path) not in said and "big.png" not in said
+    assert not world.fake.uploads  # refused before it was sent
+
+    ding.fake.faults["/media/upload"] = [(200, "<html>gateway</html>")]
+    to = Conversation("dingtalk", "cidHR", "group")
+    plain = Message("Report for “spring”", images=(Image(str(chart(tmp_path)), "Report: “spring”"),))
+    await ding.adapter.send(to, plain)
+    said = json.loads(ding.fake.made("/v1.0/robot/groupMessages/send")[-1]["msgParam"])["text"]
+    assert "无法在此显示图片（DingTalk没有给出可用的答复）。" in said and str(tmp_path) not in said

@@ -34,13 +34,14 @@ from bot.config import WeComSettings
 from bot.dedupe import Seen as _Seen
 from bot.errors import UserError
 from bot.events import Action, Actor, Command, Conversation, Message, MessageRef, PersonEvent, PersonKind
-from bot.message_text import PLAIN, render
+from bot.message_text import PLAIN, picture_fallback, render
 from bot.webhooks import Refused, parse_timestamp, read_capped
 
 log = logging.getLogger(__name__)
 PLATFORM = "wecom"
 MAX_BODY = 64 * 1024
 MAX_PARAM = 128
+MAX_IMAGE_BYTES = 10 * 1024 * 1024  # media/upload takes images of at most 10 MB
 KEY_SEP = "|"
 CONTACT_KINDS: dict[str, PersonKind] = {
     "create_user": "joined",
@@ -320,14 +321,31 @@ class WeComAdapter(Adapter):
     async def _send_images(self, touser: str, message: Message) -> None:
         """Each picture as an image message: uploaded as temporary media, sent by its media id."""
         for image in message.images:
+            with i18n.using(self.locale):
+                why = i18n.t("{platform} gave no usable answer", platform="WeCom")
             try:
-                data = await asyncio.to_thread(Path(image.path).read_bytes)
+                try:
+                    data = await asyncio.to_thread(Path(image.path).read_bytes)
+                except OSError:
+                    with i18n.using(self.locale):
+                        why = i18n.t("the picture file could not be read")
+                    raise
+                if len(data) > MAX_IMAGE_BYTES:
+                    with i18n.using(self.locale):
+                        why = i18n.t("file too large for {platform}", platform="WeCom")
+                    raise WeComError(
+                        "/cgi-bin/media/upload", 40006, f"{len(data)} bytes, over {MAX_IMAGE_BYTES}"
+                    )
                 media_id = await self.api.upload_image(Path(image.path).name, data)
                 await self.api.send(touser, "image", {"media_id": media_id})
             except Exception as exc:  # the text went out already: a picture's failure never undoes it
                 log.warning("sending the picture %s to WeCom failed: %s", image.path, exc)
                 with i18n.using(self.locale):
-                    said = i18n.t("I couldn't show the picture here; it is saved at {path}.", path=image.path)
+                    if isinstance(exc, WeComError) and exc.errcode in (413, 40006):
+                        why = i18n.t("file too large for {platform}", platform="WeCom")
+                    elif isinstance(exc, WeComError) and exc.errcode >= 1000:  # WeCom's own errcode
+                        why = i18n.t("{platform} refused the upload", platform="WeCom")
+                    said = picture_fallback(message, why)
                 try:
                     await self.api.send(touser, "text", {"content": said})
                 except Exception as again:  # best effort: a caller retrying send() would repeat the text
