@@ -38,3 +38,45 @@ async def test_report_usage_months_takes_ascii_digits_only(bot, months: str) -> 
 async def test_report_usage_months_in_ascii_digits_is_taken(bot) -> None:  # type: ignore[no-untyped-def]
     reply = await bot.say(HR, "/report usage --months 12")
     assert "is not a number of months" not in reply and "internal error" not in reply.lower(), reply
+
+
+def test_a_clicked_link_is_shown_without_bidi_or_control_characters_and_cut() -> None:
+    from tests.test_campaign_report import demo_like
+
+    evil = "https://corp.example/\u202egnp.exe\u200b?\x07a=1"
+    long = "https://corp.example/" + "a" * 1500
+    text = demo_like(links=[(evil, 1, 1), (long, 1, 2)]).text()
+    assert "https://corp.example/\\u202egnp.exe\\u200b?\\u0007a=1 — 1 people, 1 clicks" in text
+    assert "\u202e" not in text and "\x07" not in text and "\u200b" not in text
+    cut = next(line.strip() for line in text.splitlines() if line.strip().startswith(long[:40]))
+    assert cut == long[:119] + "… — 1 people, 2 clicks"
+
+
+async def test_the_report_page_shows_clicked_links_escaped_and_cut(bot) -> None:  # type: ignore[no-untyped-def]
+    from tests.audience_kit import web
+    from tests.test_report_render_cost import make_campaign
+
+    path = await make_campaign(bot, 3)
+    cid = int(bot.core.ctx.signer.verify_expiring(path.rsplit("/", 1)[1], "r")[0])
+    async with bot.core.ctx.sessions() as session, session.begin():
+        from sqlalchemy import select
+
+        from bot.db.models import CampaignEvent, Delivery
+
+        did = (
+            (await session.execute(select(Delivery.id).where(Delivery.campaign_id == cid))).scalars().first()
+        )
+        session.add(
+            CampaignEvent(
+                campaign_id=cid,
+                delivery_id=did,
+                email_hash="h",
+                kind="click",
+                detail="https://corp.example/\u202exe.pdf" + "b" * 1500,
+                at=bot.core.ctx.now(),
+            )
+        )
+    async with web(bot) as client:
+        page = (await client.get(path)).text
+    assert "\u202e" not in page and "https://corp.example/\\u202exe.pdf" + "b" * 20 in page
+    assert "b" * 200 not in page and "…" in page

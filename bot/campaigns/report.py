@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -216,7 +217,13 @@ class Figures:
             if self.links:
                 lines.append("  " + t("clicks per link:"))
                 lines += [
-                    "    " + t("{url} — {people} people, {clicks} clicks", url=url, people=people, clicks=n)
+                    "    "
+                    + t(
+                        "{url} — {people} people, {clicks} clicks",
+                        url=shown_url(url),
+                        people=people,
+                        clicks=n,
+                    )
                     for url, people, n in self.links
                 ]
         else:
@@ -304,6 +311,21 @@ class Figures:
         u = Counter(x.date() for x in self.unsubscribe_times)
         c = Counter(x.date() for x in self.complaint_times)
         return [(d, (u[d], c[d])) for d in sorted(set(u) | set(c))]
+
+
+URL_SHOWN = 120  # characters of a clicked link shown in a report
+_UNSEEN = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})  # control, format (bidi), unassigned…
+
+
+def _escaped(c: str) -> str:
+    return f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}"
+
+
+def shown_url(url: str) -> str:
+    """A clicked link as a report shows it: control, bidi and other invisible format characters written
+    out as \\uXXXX (a U+202E would show the rest reversed), and cut at URL_SHOWN characters with "…"."""
+    out = "".join(_escaped(c) if unicodedata.category(c) in _UNSEEN else c for c in url)
+    return out if len(out) <= URL_SHOWN else out[: URL_SHOWN - 1] + "…"
 
 
 def _pct(n: int, of: int) -> str:
