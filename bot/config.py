@@ -257,6 +257,7 @@ class CampaignSettings(_Section):
     # tracking and reports
     tracking: bool = True  # opens and clicks, globally; a campaign can switch it off with --no-tracking
     reports_dir: str = "reports"
+    report_files_days: float = Field(default=30, ge=1, le=3650)  # report PNGs older than this are pruned
     report_link_hours: float = 72  # the signed report page linked from a report: 1 h to 30 days
 
     @field_validator("report_link_hours")

@@ -80,3 +80,91 @@ async def test_the_report_page_shows_clicked_links_escaped_and_cut(bot) -> None:
         page = (await client.get(path)).text
     assert "\u202e" not in page and "https://corp.example/\\u202exe.pdf" + "b" * 20 in page
     assert "b" * 200 not in page and "…" in page
+
+
+KILLED_WRITER = """
+import asyncio, sys
+from datetime import timedelta
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from bot.app import build_app
+from bot.campaigns.report import render_chart
+from bot.db.models import Campaign
+from tests.conftest import make_settings
+from tests.test_campaign_report import demo_like
+
+async def main():
+    folder = Path(sys.argv[2])
+    app = await build_app(make_settings(f"sqlite+aiosqlite:///{folder / 'x.db'}", 2525, folder))
+    start = app.ctx.now()
+    n = 0
+    while True:
+        app.ctx.clock = lambda n=n: start + timedelta(seconds=n)
+        await render_chart(app.ctx, Campaign(name="spring"), demo_like())
+        (folder / "started").touch()
+        n += 1
+
+asyncio.run(main())
+"""
+
+
+def test_a_chart_writer_killed_mid_draw_leaves_no_truncated_png(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(root), str(tmp_path)])
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "started").exists():
+            assert time.monotonic() < deadline and writer.poll() is None, "the writer did not start"
+            time.sleep(0.05)
+        time.sleep(1.3)  # some charts later, mid-draw most likely
+    finally:
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait()
+    pngs = sorted((tmp_path / "reports").glob("*.png"))
+    assert pngs
+    for png in pngs:
+        data = png.read_bytes()
+        assert data.startswith(b"\x89PNG") and data.endswith(b"IEND\xaeB`\x82"), f"{png.name} is truncated"
+
+
+def test_old_report_pngs_are_pruned_and_nothing_else(tmp_path: Path) -> None:
+    import asyncio
+    from datetime import UTC, datetime
+
+    from bot.campaigns.report import render_chart
+    from bot.db.models import Campaign
+    from tests.test_campaign_report import demo_like
+
+    async def run() -> Path | None:
+        from bot.app import build_app
+
+        settings = make_settings(
+            f"sqlite+aiosqlite:///{tmp_path / 'x.db'}", 2525, tmp_path, campaigns={"report_files_days": 30}
+        )
+        app = await build_app(settings)
+        try:
+            app.ctx.clock = lambda: datetime(2026, 12, 3, 8, 0, tzinfo=UTC)
+            return await render_chart(app.ctx, Campaign(name="spring"), demo_like())
+        finally:
+            await app.close()
+
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    old = folder / "autumn-20261001-090000.png"
+    recent = folder / "winter-20261120-090000.png"
+    stale_temp = folder / ".autumn-20261001-090000.png.0a1b2c3d.tmp"
+    export = folder / "privacy-export-20260101-090000-abcdefghijklmnop.json"
+    mine = folder / "holiday-photo.png"  # not a name the report writer makes
+    for f in (old, recent, stale_temp, export, mine):
+        f.write_bytes(b"x")
+    made = asyncio.run(run())
+    assert made is not None and made.exists() and made.name == "spring-20261203-080000.png"
+    assert not old.exists() and not stale_temp.exists()
+    assert recent.exists() and export.exists() and mine.exists()
+    assert not list(folder.glob(".*.tmp"))

@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import re
+import secrets
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
@@ -757,7 +760,9 @@ def draw(data: ChartData, path: Path | BinaryIO) -> None:
 
 
 async def render_chart(ctx: Context, campaign: Campaign, figures: Figures) -> Path | None:
-    """The chart as a PNG under campaigns.reports_dir; None when matplotlib is missing."""
+    """The chart as a PNG under campaigns.reports_dir; None when matplotlib is missing. Drawn into a
+    temporary file beside it and renamed into place, so a crash mid-draw never leaves a truncated PNG;
+    report PNGs older than campaigns.report_files_days are pruned then."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -766,9 +771,44 @@ async def render_chart(ctx: Context, campaign: Campaign, figures: Figures) -> Pa
     folder = Path(ctx.settings.campaigns.reports_dir)
     folder.mkdir(parents=True, exist_ok=True)
     safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in campaign.name)[:80]
-    path = (folder / f"{safe}-{ctx.now():%Y%m%d-%H%M%S}.png").resolve()
-    await asyncio.get_running_loop().run_in_executor(None, draw, data, path)
+    now = ctx.now()
+    path = (folder / f"{safe}-{now:%Y%m%d-%H%M%S}.png").resolve()
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, _write_atomically, data, path)
+    await loop.run_in_executor(None, prune_reports, folder, now, ctx.settings.campaigns.report_files_days)
     return path
+
+
+def _write_atomically(data: ChartData, path: Path) -> None:
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        draw(data, temp)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+# What the report writer names (render_chart): "<name>-YYYYmmdd-HHMMSS.png", and its temporary files.
+_REPORT_FILE = re.compile(r"\.?(?:[^/]{1,80})-(\d{8}-\d{6})\.png(?:\.[0-9a-f]{8}\.tmp)?")
+
+
+def prune_reports(folder: Path, now: datetime, days: float) -> int:
+    """Delete the report PNGs (and left-over temporary files) whose time stamp is older than `days`;
+    nothing else in the folder (privacy exports live there too). How many went."""
+    gone = 0
+    cutoff = now - timedelta(days=days)
+    for entry in folder.iterdir():
+        found = _REPORT_FILE.fullmatch(entry.name)
+        if found is None or not entry.is_file() or entry.is_symlink():
+            continue
+        try:
+            stamp = datetime.strptime(found[1], "%Y%m%d-%H%M%S").replace(tzinfo=now.tzinfo)
+        except ValueError:
+            continue
+        if stamp < cutoff:
+            entry.unlink(missing_ok=True)
+            gone += 1
+    return gone
 
 
 REPORT_KIND = "r"  # the signed report page's token kind (bot/links.py)
