@@ -168,3 +168,21 @@ def test_old_report_pngs_are_pruned_and_nothing_else(tmp_path: Path) -> None:
     assert not old.exists() and not stale_temp.exists()
     assert recent.exists() and export.exists() and mine.exists()
     assert not list(folder.glob(".*.tmp"))
+
+
+def test_concurrent_chart_draws_leave_matplotlib_settings_as_they_were(tmp_path: Path) -> None:
+    """rc_context changes process-wide rcParams: overlapping draws restored each other's values."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import matplotlib
+
+    from bot.campaigns.report import chart_data, draw
+    from tests.test_campaign_report import demo_like
+
+    data = chart_data(demo_like())
+    before = (list(matplotlib.rcParams["font.family"]), matplotlib.rcParams["axes.unicode_minus"])
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda n: draw(data, tmp_path / f"c{n}.png"), range(16)))
+    after = (list(matplotlib.rcParams["font.family"]), matplotlib.rcParams["axes.unicode_minus"])
+    assert after == before
+    assert len({(tmp_path / f"c{n}.png").read_bytes() for n in range(16)}) == 1

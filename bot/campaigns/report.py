@@ -22,6 +22,7 @@ import math
 import os
 import re
 import secrets
+import threading
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
@@ -683,6 +684,15 @@ def draw(data: ChartData, path: Path | BinaryIO) -> None:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
+    with _DRAWING:  # rc_context changes matplotlib's process-wide rcParams: one drawing at a time
+        _draw(data, path)
+
+
+_DRAWING = threading.Lock()
+
+
+def _draw(data: ChartData, path: Path | BinaryIO) -> None:
+    import matplotlib
     from matplotlib import font_manager
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
