@@ -20,6 +20,7 @@ class FakeWeCom:
     valid_tokens: set[str] = field(default_factory=set)
     used_codes: set[str] = field(default_factory=set)
     token_requests: int = 0
+    truncated: int = 0  # text messages cut at 2048 bytes, as WeCom does
     uploads: dict[str, dict[str, Any]] = field(default_factory=dict)  # media_id -> what was uploaded
     user_gate: asyncio.Event | None = None  # when set, user lookups wait for it (a slow directory)
     # path -> what its next calls answer, one entry a call: None (as usual) or (status, raw body), e.g.
@@ -74,6 +75,11 @@ class FakeWeCom:
                 and (body.get("image") or {}).get("media_id") not in self.uploads
             ):
                 return JSONResponse({"errcode": 40007, "errmsg": "invalid media_id"})
+            if body.get("msgtype") == "text":  # WeCom cuts a text's content past 2048 bytes, silently
+                content = str((body.get("text") or {}).get("content") or "").encode()
+                if len(content) > 2048:
+                    body = {**body, "text": {"content": content[:2048].decode("utf-8", "ignore")}}
+                    self.truncated += 1
             self.calls.append(("/cgi-bin/message/send", body))
             answer: dict[str, Any] = {"errcode": 0, "errmsg": "ok", "msgid": f"msg-{next(self._ids)}"}
             if body.get("msgtype") == "template_card":

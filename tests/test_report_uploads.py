@@ -212,3 +212,20 @@ async def test_the_fallback_names_no_server_path_and_points_to_the_report_page(
     await ding.adapter.send(to, plain)
     said = json.loads(ding.fake.made("/v1.0/robot/groupMessages/send")[-1]["msgParam"])["text"]
     assert "无法在此显示图片（DingTalk没有给出可用的答复）。" in said and str(tmp_path) not in said
+
+
+async def test_wecom_splits_a_long_text_at_line_boundaries_within_2048_bytes(
+    world: WeComWorld,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Issue 15: WeCom cuts a text message past 2048 bytes; a long report lost its end (and its link)."""
+    lines = [f"  链接 {n}: https://corp.example/offer/{n} — 3 people, 4 clicks" for n in range(80)]
+    text = "Report for “spring” (completed): 4 recipients.\n" + "\n".join(lines) + "\nthe end"
+    await world.adapter.send(Conversation("wecom", "hannah", "direct"), Message(text))
+    sent = [m["text"]["content"] for m in world.fake.sent("text", to="hannah")]
+    assert world.fake.truncated == 0 and len(sent) > 1
+    assert all(len(part.encode()) <= 2048 for part in sent)
+    assert "\n".join(sent) == world.adapter.render_text(Message(text))  # every line, whole, in order
+    one_line = "长" * 1500  # 4,500 bytes on one line: cut between characters
+    await world.adapter.send(Conversation("wecom", "hannah", "direct"), Message(one_line))
+    assert world.fake.truncated == 0
