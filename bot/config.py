@@ -36,6 +36,7 @@ UNSET = ""  # a derived setting nobody gave: see Settings._derive_from_org
 # random characters. Loading the file refuses only what is plainly too short (under 16), with the same rule.
 SECRET_MIN_LENGTH = 32
 SECRET_LOAD_FLOOR = 16
+REPORT_LINK_HOURS = (1.0, 24.0 * 30)  # campaigns.report_link_hours: 1 hour to 30 days
 SECRET_RULE = (
     f"must be {SECRET_MIN_LENGTH} or more random characters (postroom serve refuses anything shorter, "
     "predictable or published; postroom init writes one)"
@@ -256,7 +257,17 @@ class CampaignSettings(_Section):
     # tracking and reports
     tracking: bool = True  # opens and clicks, globally; a campaign can switch it off with --no-tracking
     reports_dir: str = "reports"
-    report_link_hours: float = Field(default=72, gt=0)  # the signed report page linked from a report
+    report_files_days: float = Field(default=30, ge=1, le=3650)  # report PNGs older than this are pruned
+    report_link_hours: float = 72  # the signed report page linked from a report: 1 h to 30 days
+
+    @field_validator("report_link_hours")
+    @classmethod
+    def _link_hours_bounded(cls, v: float) -> float:
+        if not (REPORT_LINK_HOURS[0] <= v <= REPORT_LINK_HOURS[1]):  # also false for nan
+            raise ValueError(
+                f"must be from {REPORT_LINK_HOURS[0]:g} to {REPORT_LINK_HOURS[1]:g} hours (1 hour to 30 days)"
+            )
+        return v
 
 
 class SignupSettings(_Section):

@@ -132,3 +132,14 @@ def fit(text: str, style: TextStyle) -> str:
     if style.limit_bytes is not None and len(text.encode()) > style.limit_bytes:
         text = text.encode()[: style.limit_bytes - len("…".encode())].decode("utf-8", errors="ignore") + "…"
     return text
+
+
+def picture_fallback(message: Message, why: str) -> str:
+    """What a chat says when a picture could not be shown: why, in a few words, and the report page's
+    link when the message has one — never the server's file path (the console prints that: it's local)."""
+    url = message.card.link[1] if message.card is not None and message.card.link else None
+    if url:
+        return i18n.t(
+            "I couldn't show the picture here ({why}); the report page has it: {url}", why=why, url=url
+        )
+    return i18n.t("I couldn't show the picture here ({why}).", why=why)

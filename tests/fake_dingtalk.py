@@ -32,6 +32,9 @@ class FakeDingTalk:
     closed: int = 0
     uploads: dict[str, dict[str, Any]] = field(default_factory=dict)  # media_id -> what was uploaded
     user_gate: asyncio.Event | None = None  # when set, user lookups wait for it (a slow directory)
+    # path -> what its next calls answer, one entry a call: None (as usual) or (status, raw body), e.g.
+    # a gateway's HTML page or an outage; an empty or missing list: as usual.
+    faults: dict[str, list[tuple[int, str] | None]] = field(default_factory=dict)
     _socket: WebSocket | None = None
     _tickets: set[str] = field(default_factory=set)
     _ids: Any = field(default_factory=lambda: itertools.count(1))
@@ -39,6 +42,14 @@ class FakeDingTalk:
     # -- what tests look at -----------------------------------------------------------------------
     def ack_for(self, message_id: str) -> dict[str, Any] | None:
         return next((a for a in self.acks if a.get("headers", {}).get("messageId") == message_id), None)
+
+    def _fault(self, path: str) -> Response | None:
+        queued = self.faults.get(path)
+        answer = queued.pop(0) if queued else None
+        if answer is None:
+            return None
+        self.calls.append(("FAULT", path, answer))
+        return Response(answer[1], status_code=answer[0], media_type="text/html")
 
     def made(self, path: str, method: str = "POST") -> list[Any]:
         return [body for m, p, body in self.calls if p == path and m == method]
@@ -133,6 +144,8 @@ class FakeDingTalk:
 
         def recorder(path: str, answer: dict[str, Any]) -> Any:
             async def record(request: Request) -> Response:
+                if (fault := self._fault(path)) is not None:
+                    return fault
                 if not request.headers.get("x-acs-dingtalk-access-token", "").startswith("tok-"):
                     return JSONResponse({"code": "InvalidAuthentication"}, status_code=401)
                 self.calls.append((request.method, path, await request.json()))
@@ -159,6 +172,8 @@ class FakeDingTalk:
         async def media_upload(request: Request) -> Response:
             """oapi POST /media/upload?access_token=…&type=image: multipart, the file in `media`
             (images: jpg, gif, png, bmp, at most 20 MB) → {errcode, media_id, type, created_at}."""
+            if (fault := self._fault("/media/upload")) is not None:
+                return fault
             if not request.query_params.get("access_token", "").startswith("tok-"):
                 return JSONResponse({"errcode": 40014, "errmsg": "invalid token"})
             kind = request.query_params.get("type", "")

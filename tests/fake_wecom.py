@@ -9,7 +9,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 
@@ -20,8 +20,12 @@ class FakeWeCom:
     valid_tokens: set[str] = field(default_factory=set)
     used_codes: set[str] = field(default_factory=set)
     token_requests: int = 0
+    truncated: int = 0  # text messages cut at 2048 bytes, as WeCom does
     uploads: dict[str, dict[str, Any]] = field(default_factory=dict)  # media_id -> what was uploaded
     user_gate: asyncio.Event | None = None  # when set, user lookups wait for it (a slow directory)
+    # path -> what its next calls answer, one entry a call: None (as usual) or (status, raw body), e.g.
+    # a gateway's HTML page or an outage; an empty or missing list: as usual.
+    faults: dict[str, list[tuple[int, str] | None]] = field(default_factory=dict)
     _ids: Any = field(default_factory=lambda: itertools.count(1))
 
     def sent(self, msgtype: str | None = None, to: str | None = None) -> list[dict[str, Any]]:
@@ -40,6 +44,14 @@ class FakeWeCom:
     def updates(self) -> list[dict[str, Any]]:
         return [body for path, body in self.calls if path == "/cgi-bin/message/update_template_card"]
 
+    def _fault(self, path: str) -> Response | None:
+        queued = self.faults.get(path)
+        answer = queued.pop(0) if queued else None
+        if answer is None:
+            return None
+        self.calls.append(("FAULT " + path, {"status": answer[0]}))
+        return Response(answer[1], status_code=answer[0], media_type="text/html")
+
     def app(self) -> Starlette:
         def authorised(request: Request) -> bool:
             return request.query_params.get("access_token", "") in self.valid_tokens
@@ -52,7 +64,9 @@ class FakeWeCom:
             self.valid_tokens.add(token)
             return JSONResponse({"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": 7200})
 
-        async def send(request: Request) -> JSONResponse:
+        async def send(request: Request) -> Response:
+            if (fault := self._fault("/cgi-bin/message/send")) is not None:
+                return fault
             if not authorised(request):
                 return JSONResponse({"errcode": 42001, "errmsg": "access_token expired"})
             body = await request.json()
@@ -61,15 +75,22 @@ class FakeWeCom:
                 and (body.get("image") or {}).get("media_id") not in self.uploads
             ):
                 return JSONResponse({"errcode": 40007, "errmsg": "invalid media_id"})
+            if body.get("msgtype") == "text":  # WeCom cuts a text's content past 2048 bytes, silently
+                content = str((body.get("text") or {}).get("content") or "").encode()
+                if len(content) > 2048:
+                    body = {**body, "text": {"content": content[:2048].decode("utf-8", "ignore")}}
+                    self.truncated += 1
             self.calls.append(("/cgi-bin/message/send", body))
             answer: dict[str, Any] = {"errcode": 0, "errmsg": "ok", "msgid": f"msg-{next(self._ids)}"}
             if body.get("msgtype") == "template_card":
                 answer["response_code"] = f"sent-code-{next(self._ids)}"
             return JSONResponse(answer)
 
-        async def media_upload(request: Request) -> JSONResponse:
+        async def media_upload(request: Request) -> Response:
             """POST /cgi-bin/media/upload?type=image: multipart, the file in the field `media`; images
             are PNG or JPG, more than 5 bytes and at most 10 MB; the media id is valid three days."""
+            if (fault := self._fault("/cgi-bin/media/upload")) is not None:
+                return fault
             if not authorised(request):
                 return JSONResponse({"errcode": 42001, "errmsg": "access_token expired"})
             kind = request.query_params.get("type", "")

@@ -145,3 +145,87 @@ async def test_wecom_uploads_media_then_sends_an_image_message(world: WeComWorld
     (picture,) = world.fake.sent("image", to="sam")
     got = world.fake.media(picture["image"]["media_id"])
     assert got is not None and got["data"][:8] == b"\x89PNG\r\n\x1a\n"
+
+
+async def test_dingtalk_a_failed_picture_after_the_text_never_fails_the_send(
+    ding: DingWorld,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Issue 15: a non-JSON 200 from media/upload, or the robot API down after the text, escaped send()
+    (a retrying caller would have sent the text twice). Now send() returns; the fallback is best effort."""
+    png = chart(tmp_path)
+    to = Conversation("dingtalk", "cidHR", "group")
+    message = Message("Report for “spring”", images=(Image(str(png), "Report: “spring”"),))
+    path = "/v1.0/robot/groupMessages/send"
+    ding.fake.faults["/media/upload"] = [(200, "<html>gateway</html>")]
+    await ding.adapter.send(to, message)
+    said = [s["msgParam"] for s in ding.fake.made(path)]
+    assert len(said) == 2 and "Report for" in said[0] and "sampleImageMsg" not in str(ding.fake.made(path))
+    # The robot API goes down after the text: neither the picture nor the fallback gets through.
+    ding.fake.faults[path] = [None, (503, "<html>down</html>"), (503, "<html>down</html>")]
+    await ding.adapter.send(to, message)
+    assert len(ding.fake.made(path)) == 3  # the text once more, nothing else
+    assert not ding.fake.faults[path]
+
+
+async def test_wecom_a_failed_picture_after_the_text_never_fails_the_send(
+    world: WeComWorld,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    png = chart(tmp_path)
+    to = Conversation("wecom", "hannah", "direct")
+    message = Message("Report for “spring”", images=(Image(str(png), "Report: “spring”"),))
+    world.fake.faults["/cgi-bin/media/upload"] = [(200, "<html>gateway</html>")]
+    await world.adapter.send(to, message)
+    assert len(world.fake.sent("text", to="hannah")) == 2 and not world.fake.sent("image")
+    world.fake.faults["/cgi-bin/message/send"] = [
+        None,
+        (502, "<html>down</html>"),
+        (502, "<html>down</html>"),
+    ]
+    await world.adapter.send(to, message)
+    assert len(world.fake.sent("text", to="hannah")) == 3 and not world.fake.sent("image")
+    assert not world.fake.faults["/cgi-bin/message/send"]
+
+
+async def test_the_fallback_names_no_server_path_and_points_to_the_report_page(
+    world: WeComWorld,  # noqa: F811
+    ding: DingWorld,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Issue 15: "它已保存在 /tmp/…/big.png" showed the server's file path in chat."""
+    from bot.events import Card
+
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * (10 * 1024 * 1024 + 1))
+    card = Card(title="Report: “spring”", link=("The report", "https://postroom.example/report/tok"))
+    message = Message("Report for “spring”", card=card, images=(Image(str(big), "Report: “spring”"),))
+    await world.adapter.send(Conversation("wecom", "hannah", "direct"), message)
+    said = world.fake.sent("text", to="hannah")[-1]["text"]["content"]
+    assert "无法在此显示图片（文件对WeCom来说太大）" in said and "https://postroom.example/report/tok" in said
+    assert str(tmp_path) not in said and "big.png" not in said
+    assert not world.fake.uploads  # refused before it was sent
+
+    ding.fake.faults["/media/upload"] = [(200, "<html>gateway</html>")]
+    to = Conversation("dingtalk", "cidHR", "group")
+    plain = Message("Report for “spring”", images=(Image(str(chart(tmp_path)), "Report: “spring”"),))
+    await ding.adapter.send(to, plain)
+    said = json.loads(ding.fake.made("/v1.0/robot/groupMessages/send")[-1]["msgParam"])["text"]
+    assert "无法在此显示图片（DingTalk没有给出可用的答复）。" in said and str(tmp_path) not in said
+
+
+async def test_wecom_splits_a_long_text_at_line_boundaries_within_2048_bytes(
+    world: WeComWorld,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Issue 15: WeCom cuts a text message past 2048 bytes; a long report lost its end (and its link)."""
+    lines = [f"  链接 {n}: https://corp.example/offer/{n} — 3 people, 4 clicks" for n in range(80)]
+    text = "Report for “spring” (completed): 4 recipients.\n" + "\n".join(lines) + "\nthe end"
+    await world.adapter.send(Conversation("wecom", "hannah", "direct"), Message(text))
+    sent = [m["text"]["content"] for m in world.fake.sent("text", to="hannah")]
+    assert world.fake.truncated == 0 and len(sent) > 1
+    assert all(len(part.encode()) <= 2048 for part in sent)
+    assert "\n".join(sent) == world.adapter.render_text(Message(text))  # every line, whole, in order
+    one_line = "长" * 1500  # 4,500 bytes on one line: cut between characters
+    await world.adapter.send(Conversation("wecom", "hannah", "direct"), Message(one_line))
+    assert world.fake.truncated == 0

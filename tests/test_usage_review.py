@@ -4,6 +4,7 @@ test send — with planted misuses, through the console adapter; the audit repor
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from email.header import Header
 
 from sqlalchemy import func, select, update
 
@@ -334,10 +335,11 @@ async def test_a_marketing_like_post_in_bulk_is_flagged_without_external_members
     small = await post(bot, "eng@corp.example", DIGEST, 3)
     pasted = await post(bot, "eng@corp.example", SYNC.replace(b"/sprint ", b"/sprint?utm_source=slack "), 2)
     reply = await bot.say(HR, "/report usage --months 1")
-    # A colleague's link with utm_ parameters to the team: tracking links, still team coordination.
+    # A colleague's one link with utm_ parameters to the team: no tracking links, team coordination.
     assert (
         f"#{pasted} “Sprint planning moved to Thursday”: team coordination "
-        "(a post to eng@corp.example, 2 recipients; tracking links; company recipients only)" in reply
+        "(a post to eng@corp.example, 2 recipients; no unsubscribe footer, no tracking links; company "
+        "recipients only)" in reply
     ), reply
     misuse = field(reply, "Possible misuse (1)")
     assert f"post #{big} to all-staff@corp.example" in misuse, reply
@@ -483,3 +485,98 @@ async def test_the_consent_fix_asks_an_admin_to_open_the_list_when_the_reader_is
     assert "(/lists open <list> gives it a signup page)" not in hr
     admin = field(await bot.say(ADMIN, "/report usage"), "How to fix")
     assert "(/lists open <list> gives it a signup page)" in admin and "ask an admin" not in admin, admin
+
+
+BLACK_FRIDAY = b"""From: Sam <sam@corp.example>
+To: vendors@corp.example
+Subject: Black Friday: 50% off every licence, buy before Sunday
+Message-ID: <bf-1@corp.example>
+
+Our biggest sale of the year: https://bit.ly/3xYzAbc
+
+Reply STOP if you'd rather not hear from us.
+"""
+
+
+async def test_a_plain_marketing_post_to_external_members_is_flagged_with_its_evidence(bot) -> None:  # type: ignore[no-untyped-def]
+    """An offer in the subject, a link shortener and "reply STOP": marketing, flagged (issue 15)."""
+    seen = posts.inspect(BLACK_FRIDAY, 65536)
+    assert seen.has_tracking and seen.has_unsubscribe  # bit.ly counts clicks; "Reply STOP" is an opt-out
+    await external_group(
+        bot, "vendors", [("dana@corp.example", 40), ("ops@supplier.example", 40), ("li@buyer.example", 40)]
+    )
+    bf = await post(bot, "vendors@corp.example", BLACK_FRIDAY, 2)
+    reply = await bot.say(HR, "/report usage --months 1")
+    assert f"#{bf} “Black Friday: 50% off every licence, buy before Sunday”: marketing" in reply, reply
+    misuse = field(reply, "Possible misuse (1)")
+    assert f"post #{bf} to vendors@corp.example" in misuse, reply
+    assert "the subject reads like an offer (“50% off”)" in misuse and "2 external recipients" in misuse
+    assert "tracking links" in misuse and "an unsubscribe footer" in misuse
+
+
+async def test_an_offer_alone_to_external_members_is_flagged(bot) -> None:  # type: ignore[no-untyped-def]
+    await external_group(bot, "vendors", [("dana@corp.example", 40), ("ops@supplier.example", 40)])
+    subject = Header("限时优惠：全场八折", "utf-8").encode().encode()
+    raw = b"From: Sam <sam@corp.example>\nTo: vendors@corp.example\nSubject: " + subject + b"\n\nhi\n"
+    offer = await post(bot, "vendors@corp.example", raw, 2)
+    team = await post(bot, "vendors@corp.example", VENDORS, 2)
+    reply = await bot.say(HR, "/report usage --months 1")
+    misuse = field(reply, "Possible misuse (1)")
+    assert f"post #{offer} to vendors@corp.example" in misuse and "(“限时”)" in misuse, reply
+    assert f"#{team} “Delivery dates for the December order”: team coordination" in reply
+
+
+INTEGRATION = b"""From: Sam <sam@corp.example>
+To: vendors@corp.example
+Subject: Re: integration question
+Message-ID: <re-1@corp.example>
+
+The thread I mentioned: https://forum.example.org/t/42?utm_source=twitter
+
+If you want to opt out of the beta, just tell me.
+
+Sam
+"""
+
+
+async def test_a_reply_with_one_pasted_utm_link_and_opt_out_words_is_not_marketing(bot) -> None:  # type: ignore[no-untyped-def]
+    """Issue 15: a clean reply to external members was flagged as marketing."""
+    seen = posts.inspect(INTEGRATION, 65536)
+    assert not seen.has_tracking and not seen.has_unsubscribe
+    footer = INTEGRATION.replace(b"just tell me.", b"opt out here: https://beta.corp.example/leave")
+    assert posts.inspect(footer, 65536).has_unsubscribe  # opt-out wording with a link, at the end
+    two = INTEGRATION.replace(b"\n\nIf", b" and https://forum.example.org/t/43?utm_source=x\n\nIf")
+    assert posts.inspect(two, 65536).has_tracking  # two tagged links: a campaign's
+    await external_group(bot, "vendors", [("dana@corp.example", 40), ("ops@supplier.example", 40)])
+    clean = await post(bot, "vendors@corp.example", INTEGRATION, 2)
+    offer = INTEGRATION.replace(b"Re: integration question", b"Re: your 20% off offer")
+    replied = await post(bot, "vendors@corp.example", offer.replace(b"<re-1@", b"<re-2@"), 2)
+    reply = await bot.say(HR, "/report usage --months 1")
+    assert f"#{clean} “Re: integration question”: team coordination" in reply, reply
+    assert f"#{replied} “Re: your 20% off offer”: team coordination" in reply, reply
+    assert "Possible misuse (0)" in reply and "nothing looks misused" in reply
+
+
+def inspected_link(url: str) -> bool:
+    raw = f"From: a@corp.example\r\nSubject: x\r\n\r\nSee {url}\r\n".encode()
+    return posts.inspect(raw, 65536).has_tracking
+
+
+def test_a_mailing_service_click_host_is_a_tracking_link_and_a_parcel_tracking_page_is_not() -> None:
+    """The host-label alternative of TRACKING could never match after https:// (issue 15)."""
+    for url in (
+        "https://click.mailer.example/abc",
+        "https://track.customer.io/x",
+        "https://clicks.shop.example/r/1",
+        "http://trk.mailer.example/c?u=2",
+        "https://email.mg.example/c/3",
+        "https://links.news.example/s/4",
+    ):
+        assert inspected_link(url), url
+    for url in (
+        "https://tracking.dhl.example/x",  # a parcel's tracking page: no marketing
+        "https://click.example/about",  # a site called click.example, not a click host
+        "https://wiki.corp.example/track/me",
+        "https://docs.example.org/email.html",
+    ):
+        assert not inspected_link(url), url

@@ -48,7 +48,7 @@ from bot.events import (
     PersonEvent,
     PersonKind,
 )
-from bot.message_text import MARKDOWN, card_lines, render
+from bot.message_text import MARKDOWN, card_lines, picture_fallback, render
 
 log = logging.getLogger(__name__)
 PLATFORM = "dingtalk"
@@ -60,6 +60,7 @@ CONTACT_KINDS: dict[str, PersonKind] = {
 }
 WEBHOOK_MARGIN_MS = 60_000  # don't use a session webhook in its last minute
 LEADING_MENTIONS = re.compile(r"^(?:\s*@\S+)+\s*")
+MAX_IMAGE_BYTES = 20 * 1024 * 1024  # oapi media/upload takes images of at most 20 MB
 MAX_BUTTONS = 2  # the documented card template has two buttons (manifests/dingtalk/card-template.md)
 
 
@@ -255,8 +256,19 @@ class DingTalkAdapter(Adapter):
     async def _post_images(self, conversation_id: str, message: Message) -> None:
         """Each picture as a robot image message: uploaded with media/upload, sent by its media id."""
         for image in message.images:
+            with i18n.using(self.locale):
+                why = i18n.t("{platform} gave no usable answer", platform="DingTalk")
             try:
-                data = await asyncio.to_thread(Path(image.path).read_bytes)
+                try:
+                    data = await asyncio.to_thread(Path(image.path).read_bytes)
+                except OSError:
+                    with i18n.using(self.locale):
+                        why = i18n.t("the picture file could not be read")
+                    raise
+                if len(data) > MAX_IMAGE_BYTES:
+                    with i18n.using(self.locale):
+                        why = i18n.t("file too large for {platform}", platform="DingTalk")
+                    raise DingTalkError("/media/upload", 0, f"{len(data)} bytes, over {MAX_IMAGE_BYTES}")
                 media_id = await self.api.upload_image(Path(image.path).name, data)
                 param = {"photoURL": media_id}
                 if conversation_id.startswith("user:"):
@@ -265,11 +277,18 @@ class DingTalkAdapter(Adapter):
                     )
                 else:
                     await self.api.send_to_group(self.robot_code, conversation_id, "sampleImageMsg", param)
-            except (DingTalkError, OSError) as exc:
+            except Exception as exc:  # the text went out already: a picture's failure never undoes it
                 log.warning("sending the picture %s to DingTalk failed: %s", image.path, exc)
                 with i18n.using(self.locale):
-                    said = i18n.t("I couldn't show the picture here; it is saved at {path}.", path=image.path)
-                await self._post_markdown(conversation_id, Message(said))
+                    if isinstance(exc, DingTalkError) and exc.status in (413, 40006):
+                        why = i18n.t("file too large for {platform}", platform="DingTalk")
+                    elif isinstance(exc, DingTalkError) and exc.status != 0 and not 500 <= exc.status < 600:
+                        why = i18n.t("{platform} refused the upload", platform="DingTalk")
+                    said = picture_fallback(message, why)
+                try:
+                    await self._post_markdown(conversation_id, Message(said))
+                except Exception as again:  # best effort: a caller retrying send() would repeat the text
+                    log.warning("telling DingTalk conversation %s so failed too: %s", conversation_id, again)
 
     async def _post_markdown(self, conversation_id: str, message: Message) -> None:
         title = (message.card.title if message.card else message.text.split("\n", 1)[0])[:60] or "Postroom"

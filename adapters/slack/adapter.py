@@ -38,6 +38,7 @@ from bot.background import Background
 from bot.config import SlackSettings
 from bot.errors import UserError, error_message
 from bot.events import Action, Actor, Command, Conversation, Image, Message, MessageRef
+from bot.message_text import picture_fallback
 from bot.webhooks import Refused, parse_timestamp, read_capped, replay
 
 log = logging.getLogger(__name__)
@@ -159,10 +160,10 @@ class SlackAdapter(Adapter):
             raise
         channel, ts = str(resp.get("channel") or conversation.id), str(resp["ts"])
         for image in message.images:  # in the channel, right under the message (a thread would hide it)
-            await self._upload(channel, image)
+            await self._upload(channel, image, message)
         return MessageRef(PLATFORM, channel, ts, (("channel", channel), ("ts", ts)))
 
-    async def _upload(self, channel: str, image: Image) -> bool:
+    async def _upload(self, channel: str, image: Image, message: Message) -> bool:
         """A picture beside a message: files upload v2 (files.getUploadURLExternal, the upload,
         files.completeUploadExternal), shared in `channel`. Needs the files:write scope."""
         try:
@@ -178,9 +179,7 @@ class SlackAdapter(Adapter):
             code = _error_code(exc)
             hint = " Add the files:write scope and reinstall the app." if code == "missing_scope" else ""
             log.warning("uploading %s to Slack failed: %s", image.path, code)
-            self._note(
-                f"I couldn't show the picture here (Slack said: {code}); it is saved at {image.path}.{hint}"
-            )
+            self._note(picture_fallback(message, f"Slack said: {code}") + hint)
             return False
 
     async def update(self, ref: MessageRef, message: Message) -> None:
@@ -329,11 +328,11 @@ class SlackAdapter(Adapter):
 
     async def _pictures(self, user_id: str, channel: str, reply: Message, respond: Any) -> None:
         """A command answer's pictures, uploaded where the command was typed (a file can't be ephemeral);
-        if that fails, the person is told where the file is."""
+        if that fails, the person is told why, and where the report page is."""
         notes: list[str] = []
         _notes.set(notes)
         for image in reply.images:
-            await self._upload(channel or user_id, image)
+            await self._upload(channel or user_id, image, reply)
         if notes:
             await self._tell(user_id, channel, {"text": "\n".join(notes)}, respond)
 

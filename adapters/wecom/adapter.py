@@ -9,6 +9,7 @@ event a `PersonEvent`. Replies are app messages; approvals are `button_interacti
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import time
@@ -34,13 +35,17 @@ from bot.config import WeComSettings
 from bot.dedupe import Seen as _Seen
 from bot.errors import UserError
 from bot.events import Action, Actor, Command, Conversation, Message, MessageRef, PersonEvent, PersonKind
-from bot.message_text import PLAIN, render
+from bot.message_text import PLAIN, picture_fallback, render
 from bot.webhooks import Refused, parse_timestamp, read_capped
 
 log = logging.getLogger(__name__)
 PLATFORM = "wecom"
 MAX_BODY = 64 * 1024
 MAX_PARAM = 128
+MAX_TEXT_BYTES = 2048  # a text message's content: WeCom truncates past 2048 bytes (UTF-8)
+# A longer answer goes as several messages (_send_text), up to about four; only past that is it cut.
+TEXT = dataclasses.replace(PLAIN, limit_bytes=4 * MAX_TEXT_BYTES)
+MAX_IMAGE_BYTES = 10 * 1024 * 1024  # media/upload takes images of at most 10 MB
 KEY_SEP = "|"
 CONTACT_KINDS: dict[str, PersonKind] = {
     "create_user": "joined",
@@ -143,7 +148,7 @@ class WeComAdapter(Adapter):
             return MessageRef(
                 PLATFORM, conversation.id, str(data.get("msgid") or task_id), tuple(sorted(extra.items()))
             )
-        data = await self.api.send(conversation.id, "text", {"content": self.render_text(message)})
+        data = await self._send_text(conversation.id, self.render_text(message))
         await self._send_images(conversation.id, message)
         return MessageRef(
             PLATFORM, conversation.id, str(data.get("msgid") or uuid.uuid4().hex), (("kind", "text"),)
@@ -171,7 +176,7 @@ class WeComAdapter(Adapter):
         if self._last_fallback.get(key) == message.text:
             return
         self._last_fallback[key] = message.text
-        await self.api.send(ref.conversation_id, "text", {"content": text})
+        await self._send_text(ref.conversation_id, text)
 
     async def resolve(self, actor: Actor) -> tuple[str, str | None] | None:
         try:
@@ -190,7 +195,7 @@ class WeComAdapter(Adapter):
 
     # -- rendering -------------------------------------------------------------------------------
     def render_text(self, message: Message, with_buttons: bool = True) -> str:
-        return render(message, PLAIN, self.locale, buttons=with_buttons)
+        return render(message, TEXT, self.locale, buttons=with_buttons)
 
     def _words(self, text: str) -> str:
         """One of the adapter's own words on a card, in this messenger's language."""
@@ -314,21 +319,50 @@ class WeComAdapter(Adapter):
         )
         reply = await self.core.handle_command(command)
         if reply is not None:
-            await self.api.send(user, "text", {"content": self.render_text(reply)})
+            await self._send_text(user, self.render_text(reply))
             await self._send_images(user, reply)
+
+    async def _send_text(self, touser: str, text: str) -> dict[str, Any]:
+        """A text message; one over MAX_TEXT_BYTES (WeCom cuts it there) goes as several, split at line
+        boundaries, in order. The first message's answer."""
+        first: dict[str, Any] | None = None
+        for part in split_text(text, MAX_TEXT_BYTES):
+            data = await self.api.send(touser, "text", {"content": part})
+            first = data if first is None else first
+        return first or {}
 
     async def _send_images(self, touser: str, message: Message) -> None:
         """Each picture as an image message: uploaded as temporary media, sent by its media id."""
         for image in message.images:
+            with i18n.using(self.locale):
+                why = i18n.t("{platform} gave no usable answer", platform="WeCom")
             try:
-                data = await asyncio.to_thread(Path(image.path).read_bytes)
+                try:
+                    data = await asyncio.to_thread(Path(image.path).read_bytes)
+                except OSError:
+                    with i18n.using(self.locale):
+                        why = i18n.t("the picture file could not be read")
+                    raise
+                if len(data) > MAX_IMAGE_BYTES:
+                    with i18n.using(self.locale):
+                        why = i18n.t("file too large for {platform}", platform="WeCom")
+                    raise WeComError(
+                        "/cgi-bin/media/upload", 40006, f"{len(data)} bytes, over {MAX_IMAGE_BYTES}"
+                    )
                 media_id = await self.api.upload_image(Path(image.path).name, data)
                 await self.api.send(touser, "image", {"media_id": media_id})
-            except (WeComError, OSError) as exc:
+            except Exception as exc:  # the text went out already: a picture's failure never undoes it
                 log.warning("sending the picture %s to WeCom failed: %s", image.path, exc)
                 with i18n.using(self.locale):
-                    said = i18n.t("I couldn't show the picture here; it is saved at {path}.", path=image.path)
-                await self.api.send(touser, "text", {"content": said})
+                    if isinstance(exc, WeComError) and exc.errcode in (413, 40006):
+                        why = i18n.t("file too large for {platform}", platform="WeCom")
+                    elif isinstance(exc, WeComError) and exc.errcode >= 1000:  # WeCom's own errcode
+                        why = i18n.t("{platform} refused the upload", platform="WeCom")
+                    said = picture_fallback(message, why)
+                try:
+                    await self._send_text(touser, said)
+                except Exception as again:  # best effort: a caller retrying send() would repeat the text
+                    log.warning("telling WeCom user %s so failed too: %s", touser, again)
 
     async def _on_card_click(self, msg: dict[str, str]) -> None:
         assert self.core is not None
@@ -351,7 +385,7 @@ class WeComAdapter(Adapter):
         )
         reply = await self.core.handle_action(action)
         if reply is not None:
-            await self.api.send(user, "text", {"content": self.render_text(reply)})
+            await self._send_text(user, self.render_text(reply))
 
     async def _on_contact(self, msg: dict[str, str]) -> None:
         assert self.core is not None
@@ -418,3 +452,29 @@ def delivery_key(msg: dict[str, str]) -> str:
         for k in ("FromUserName", "CreateTime", "Event", "ChangeType", "UserID", "TaskId", "EventKey")
     ]
     return "event:" + ":".join(parts)
+
+
+def split_text(text: str, limit: int) -> list[str]:
+    """`text` in parts of at most `limit` UTF-8 bytes, cut at line boundaries (a line longer than that
+    is cut between characters)."""
+    if len(text.encode()) <= limit:
+        return [text]
+    parts: list[str] = []
+    current = ""
+    for line in text.split("\n"):
+        while len(line.encode()) > limit:  # one overlong line: as many characters as fit
+            head = line.encode()[:limit].decode("utf-8", "ignore")
+            if current:
+                parts.append(current)
+                current = ""
+            parts.append(head)
+            line = line[len(head) :]
+        joined = f"{current}\n{line}" if current else line
+        if len(joined.encode()) <= limit:
+            current = joined
+        else:
+            parts.append(current)
+            current = line
+    if current:
+        parts.append(current)
+    return [p for p in parts if p.strip()]

@@ -20,6 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import re
+import secrets
+import threading
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -224,7 +229,12 @@ class Figures:
                 lines.append("  " + t("clicks per link:"))
                 lines += [
                     "    "
-                    + t("{url} — {people}, {clicks}", url=url, people=_people(people), clicks=_clicks(n))
+                    + t(
+                        "{url} — {people}, {clicks}",
+                        url=shown_url(url),
+                        people=_people(people),
+                        clicks=_clicks(n),
+                    )
                     for url, people, n in self.links
                 ]
         else:
@@ -320,6 +330,21 @@ def _people(n: int) -> str:
 
 def _clicks(n: int) -> str:
     return t("1 click") if n == 1 else t("{count} clicks", count=n)
+
+
+URL_SHOWN = 120  # characters of a clicked link shown in a report
+_UNSEEN = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})  # control, format (bidi), unassigned…
+
+
+def _escaped(c: str) -> str:
+    return f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}"
+
+
+def shown_url(url: str) -> str:
+    """A clicked link as a report shows it: control, bidi and other invisible format characters written
+    out as \\uXXXX (a U+202E would show the rest reversed), and cut at URL_SHOWN characters with "…"."""
+    out = "".join(_escaped(c) if unicodedata.category(c) in _UNSEEN else c for c in url)
+    return out if len(out) <= URL_SHOWN else out[: URL_SHOWN - 1] + "…"
 
 
 def _pct(n: int, of: int) -> str:
@@ -698,8 +723,14 @@ def chart_data(f: Figures) -> ChartData:
 def draw(data: ChartData, path: Path | BinaryIO) -> None:
     import matplotlib
 
-    with matplotlib.rc_context(cast(Any, _fonts())):  # text is laid out when saved: fonts must hold then
+    matplotlib.use("Agg", force=False)
+    with _DRAWING, matplotlib.rc_context(cast(Any, _fonts())):
+        # rc_context changes matplotlib's process-wide rcParams: one drawing at a time; text is laid out
+        # when saved, so the fonts must hold then
         figure(data).savefig(path, format="png")
+
+
+_DRAWING = threading.Lock()
 
 
 def _fonts() -> dict[str, Any]:
@@ -806,7 +837,9 @@ def figure(data: ChartData) -> Figure:
 
 
 async def render_chart(ctx: Context, campaign: Campaign, figures: Figures) -> Path | None:
-    """The chart as a PNG under campaigns.reports_dir; None when matplotlib is missing."""
+    """The chart as a PNG under campaigns.reports_dir; None when matplotlib is missing. Drawn into a
+    temporary file beside it and renamed into place, so a crash mid-draw never leaves a truncated PNG;
+    report PNGs older than campaigns.report_files_days are pruned then."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -815,9 +848,44 @@ async def render_chart(ctx: Context, campaign: Campaign, figures: Figures) -> Pa
     folder = Path(ctx.settings.campaigns.reports_dir)
     folder.mkdir(parents=True, exist_ok=True)
     safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in campaign.name)[:80]
-    path = (folder / f"{safe}-{ctx.now():%Y%m%d-%H%M%S}.png").resolve()
-    await asyncio.get_running_loop().run_in_executor(None, draw, data, path)
+    now = ctx.now()
+    path = (folder / f"{safe}-{now:%Y%m%d-%H%M%S}.png").resolve()
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, _write_atomically, data, path)
+    await loop.run_in_executor(None, prune_reports, folder, now, ctx.settings.campaigns.report_files_days)
     return path
+
+
+def _write_atomically(data: ChartData, path: Path) -> None:
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        draw(data, temp)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+# What the report writer names (render_chart): "<name>-YYYYmmdd-HHMMSS.png", and its temporary files.
+_REPORT_FILE = re.compile(r"\.?(?:[^/]{1,80})-(\d{8}-\d{6})\.png(?:\.[0-9a-f]{8}\.tmp)?")
+
+
+def prune_reports(folder: Path, now: datetime, days: float) -> int:
+    """Delete the report PNGs (and left-over temporary files) whose time stamp is older than `days`;
+    nothing else in the folder (privacy exports live there too). How many went."""
+    gone = 0
+    cutoff = now - timedelta(days=days)
+    for entry in folder.iterdir():
+        found = _REPORT_FILE.fullmatch(entry.name)
+        if found is None or not entry.is_file() or entry.is_symlink():
+            continue
+        try:
+            stamp = datetime.strptime(found[1], "%Y%m%d-%H%M%S").replace(tzinfo=now.tzinfo)
+        except ValueError:
+            continue
+        if stamp < cutoff:
+            entry.unlink(missing_ok=True)
+            gone += 1
+    return gone
 
 
 REPORT_KIND = "r"  # the signed report page's token kind (bot/links.py)

@@ -29,7 +29,7 @@ import hmac
 import html
 import io
 import time
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import select
 from starlette.requests import Request
@@ -40,6 +40,7 @@ from bot import i18n
 from bot.addresses import email_hash
 from bot.campaigns.bounces import Finding, classify_status, record_finding
 from bot.campaigns.report import REPORT_KIND, build_report, chart_data, draw
+from bot.campaigns.report_cache import Busy, RenderCache
 from bot.campaigns.tracking import verify_click, verify_open, verp_delivery
 from bot.context import Context
 from bot.db.models import Campaign, CampaignEvent, Delivery, ProcessedEvent
@@ -57,6 +58,7 @@ MAX_SKEW_S = 300
 
 def campaign_routes(ctx: Context) -> list[Route]:
     signer = ctx.signer
+    renders = cast(RenderCache, ctx.extras.setdefault("report_renders", RenderCache()))
 
     async def record(delivery_id: int, kind: str, detail: str | None) -> None:
         async with ctx.sessions() as session, session.begin():
@@ -195,15 +197,31 @@ def campaign_routes(ctx: Context) -> list[Route]:
             403,
         )
 
+    def busy() -> str:
+        return t("Too many reports are being drawn right now: try again in a few seconds.")
+
     async def report_page(request: Request) -> Response:
         campaign, locale = await reported(request)
         if campaign is None:
             return refused()
-        with i18n.using(locale or i18n.current()):
-            return await report_body(request, campaign)
+        locale = locale or i18n.current()
+        with i18n.using(locale):
+            return await report_body(request, campaign, locale)
 
-    async def report_body(request: Request, campaign: Campaign) -> Response:
-        figures = await build_report(ctx, campaign)
+    async def report_body(request: Request, campaign: Campaign, locale: str) -> Response:
+        if request.method == "HEAD":  # no render for a HEAD
+            return page(t("Report: “{name}”", name=campaign.name), "")
+
+        async def make() -> tuple[str, str]:
+            figures = await build_report(ctx, campaign)
+            return figures.campaign, figures.text()
+
+        try:
+            name, text = await renders.get((campaign.id, locale, "page"), make)
+        except Busy:
+            response = page(t("Busy"), f"<p>{html.escape(busy())}</p>", 503)
+            response.headers["Retry-After"] = "5"
+            return response
         token = html.escape(request.path_params["token"], quote=True)
         alt = html.escape(
             t("The report's chart: sent, bounced, unsubscribed, complained, opened and clicked over time."),
@@ -211,23 +229,39 @@ def campaign_routes(ctx: Context) -> list[Route]:
         )
         body = (
             f"<p><img id='pr-chart' src='/report/{token}/chart.png' alt='{alt}' width='800' height='640'></p>"
-            f"<pre id='pr-figures'>{html.escape(figures.text())}</pre>"
+            f"<pre id='pr-figures'>{html.escape(text)}</pre>"
         )
-        return page(t("Report: “{name}”", name=figures.campaign), body, wide=True)
+        return page(t("Report: “{name}”", name=name), body, wide=True)
 
     async def report_chart(request: Request) -> Response:
         campaign, locale = await reported(request)
         if campaign is None:
             return Response(status_code=403, headers={"Cache-Control": "no-store"})
-        with i18n.using(locale or i18n.current()):  # labels in the page's language
-            data = chart_data(await build_report(ctx, campaign))
-        buffer = io.BytesIO()
-        await asyncio.get_running_loop().run_in_executor(None, draw, data, buffer)
-        return Response(
-            buffer.getvalue(),
-            media_type="image/png",
-            headers={"Cache-Control": "no-store, private", "Referrer-Policy": "no-referrer"},
-        )
+        headers = {"Cache-Control": "no-store, private", "Referrer-Policy": "no-referrer"}
+        if request.method == "HEAD":  # no render for a HEAD
+            return Response(media_type="image/png", headers=headers)
+        shown_in = locale or i18n.current()
+
+        async def make() -> bytes:
+            with i18n.using(shown_in):  # labels in the page's language
+                data = chart_data(await build_report(ctx, campaign))
+            buffer = io.BytesIO()
+            await asyncio.get_running_loop().run_in_executor(None, draw, data, buffer)
+            return buffer.getvalue()
+
+        try:
+            with i18n.using(shown_in):
+                png = await renders.get((campaign.id, shown_in, "png"), make)
+        except Busy:
+            with i18n.using(shown_in):
+                said = busy()
+            return Response(
+                said,
+                status_code=503,
+                media_type="text/plain; charset=utf-8",
+                headers={"Retry-After": "5", "Cache-Control": "no-store"},
+            )
+        return Response(png, media_type="image/png", headers=headers)
 
     return [
         Route("/report/{token}", report_page, methods=["GET"]),

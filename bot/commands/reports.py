@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from bot.commandline import Flag, Parsed, Spec, usage_of
 from bot.context import Context
 from bot.core import CommandTable, Request
@@ -27,7 +29,8 @@ def parse_months(raw: str | None) -> int:
     if raw is None:
         return 3
     text = raw.strip()
-    if not text.isdigit() or len(text) > 4 or not review.MIN_MONTHS <= int(text) <= review.MAX_MONTHS:
+    # ASCII digits only: str.isdigit() is true for "³" or "①" (int() fails) and for "３" or "٣".
+    if not re.fullmatch(r"[0-9]{1,3}", text) or not review.MIN_MONTHS <= int(text) <= review.MAX_MONTHS:
         raise UserError(
             t(
                 "Give a number of months from {low} to {high} (not “{text}”).",

@@ -28,15 +28,54 @@ from bot.mail.compose import address, date_header
 MAX_RECEIVED = 30  # more Received: lines than this is a loop (Postfix's hopcount_limit is 50)
 CHUNK = 5000
 _LINK = re.compile(rb"https?://", re.I)
-# A link that counts its clicks: campaign parameters (utm_…, Mailchimp's mc_cid, HubSpot's _hsenc) or a
-# mailing service's click redirect. Read once per post for the usage review (bot/usage/).
+# A link that counts its clicks for a mailing service: Mailchimp's mc_cid, HubSpot's _hsenc, a click
+# redirect, or a host whose first label is a mailing service's click host (click., clicks., track., trk.,
+# email., links.: click.mailer.example, track.customer.io). Not tracking.: that is a parcel's tracking page
+# (tracking.dhl.example), no marketing. Read once per post for the usage review (bot/usage/).
 TRACKING = re.compile(
-    r"https?://[^\s\"'<>]*(?:[?&](?:utm_[a-z]+|mc_[ce]id|_hsenc|_hsmi)="
+    r"https?://(?:(?:click|clicks|track|trk|email|links)\.[^\s\"'<>/]*\.[a-z]"
+    r"|[^\s\"'<>]*(?:[?&](?:mc_[ce]id|_hsenc|_hsmi)="
     r"|list-manage\.com/track|/ls/click|/wf/click|/track/click|mailchi\.mp/|hubspotlinks\.com"
-    r"|sendgrid\.net/|//(?:click|clicks|track|tracking)\.)",
+    r"|sendgrid\.net/))",
     re.I,
 )
-_UNSUBSCRIBE = re.compile(r"unsubscribe|opt[ -]?out|退订|取消订阅", re.I)
+# utm_ parameters: one link pasted from elsewhere (?utm_source=twitter) is a colleague's link, not a
+# campaign's tracking; two or more such links, or one tagged for mail (utm_medium=email), are.
+_UTM = re.compile(r"https?://[^\s\"'<>]*[?&]utm_[a-z]+=[^\s\"'<>]*", re.I)
+_UTM_MAIL = re.compile(r"[?&]utm_medium=(?:e-?mail|newsletter)\b", re.I)
+# A link shortener hides where a link goes and counts its clicks: marketing's tracking links too.
+SHORTENER = re.compile(
+    r"https?://(?:www\.)?(?:bit\.ly|t\.co|tinyurl\.com|goo\.gl|ow\.ly|lnkd\.in|buff\.ly|is\.gd|rebrand\.ly"
+    r"|t\.cn|dwz\.cn|url\.cn)/",
+    re.I,
+)
+_UNSUBSCRIBE = re.compile(r"unsubscribe|退订|取消订阅", re.I)
+_OPT_OUT = re.compile(r"opt[ -]?out", re.I)
+# "Reply STOP to opt out": the bulk sender's opt-out, in a footer.
+_REPLY_STOP = re.compile(r"\breply\s+[\"'“‘]?STOP\b|回复\s*[\"“]?(?:TD|T|退订)\b", re.I)
+FOOTER_LINES = 6  # an unsubscribe footer is among a message's last lines
+
+
+def _links_count_clicks(text: str) -> bool:
+    if TRACKING.search(text) or SHORTENER.search(text):
+        return True
+    tagged = {m[0] for m in _UTM.finditer(text)}
+    return len(tagged) >= 2 or any(_UTM_MAIL.search(link) for link in tagged)
+
+
+def _has_unsubscribe(text: str) -> bool:
+    """An unsubscribe footer: unsubscribe or "Reply STOP" wording among the last lines, or opt-out
+    wording there beside a link ("If you want to opt out of the beta, just tell me" is no footer)."""
+    lines = [line for line in text[-4000:].splitlines() if line.strip()][-FOOTER_LINES:]
+    for n, line in enumerate(lines):
+        if _UNSUBSCRIBE.search(line) or _REPLY_STOP.search(line):
+            return True
+        near = " ".join(lines[n : n + 2])  # the link on its line or the next
+        if _OPT_OUT.search(line) and ("http://" in near or "https://" in near):
+            return True
+    return False
+
+
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
 
 
@@ -83,7 +122,7 @@ class Inspected:
     message_id: str | None
     has_links: bool
     has_unsubscribe: bool
-    has_tracking: bool  # links that count clicks (TRACKING)
+    has_tracking: bool  # links that count clicks (TRACKING, SHORTENER)
     first_lines: tuple[str, ...]
     markers: frozenset[str]  # the groups this message already passed through (X-Postroom-Group)
     received: int
@@ -114,8 +153,8 @@ def inspect(data: bytes, max_header_bytes: int) -> Inspected:
         subject=_clean(_decoded(parsed.get("Subject")), 500),
         message_id=_clean(parsed.get("Message-ID"), 300),
         has_links=bool(_LINK.search(body[:1_000_000])) or "http://" in text or "https://" in text,
-        has_unsubscribe=bool(parsed.get("List-Unsubscribe")) or bool(_UNSUBSCRIBE.search(text[-4000:])),
-        has_tracking=bool(TRACKING.search(_raw_text(data))) or bool(TRACKING.search(text)),
+        has_unsubscribe=bool(parsed.get("List-Unsubscribe")) or _has_unsubscribe(text),
+        has_tracking=_links_count_clicks(_raw_text(data)) or _links_count_clicks(text),
         first_lines=lines,
         markers=markers,
         received=len(parsed.get_all("Received") or []),

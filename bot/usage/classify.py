@@ -30,6 +30,14 @@ _MARKETING = re.compile(
     r"优惠|促销|折扣|限时|免费|新品",
     re.I,
 )
+# An offer's own words (not "free" or "webinar", which colleagues use too): with external recipients a
+# post that says them is marketing, footer or not.
+_OFFER = re.compile(
+    r"\d+\s*%\s*off|discount|\bsale\b|\boffers?\b|buy now|buy before|coupon|promo code|"
+    r"限时|优惠|促销|折扣|打折|[0-9一二三四五六七八九]\s*折",
+    re.I,
+)
+_REPLY = re.compile(r"\s*(?:re|aw|回复|答复)\s*[:：]", re.I)
 _ANNOUNCE = re.compile(
     r"announce|all[- ]hands|policy|office|holiday|closure|reminder|welcome|update from|org(anisation|anization)? "
     r"change|通知|公告|放假|提醒",
@@ -180,13 +188,19 @@ def classify(send: Send, *, domains: str, bulk: int, admin: bool = False) -> Ver
     # An unsubscribe footer makes a post marketing-like; tracking links only when it also reaches people
     # outside or in bulk (a colleague pastes a link with utm_ parameters to the team now and then). An
     # offer's words alone ("free pizza") never do.
-    marketing_like = send.has_unsubscribe or (send.has_tracking and bool(reach))
+    # A reply ("Re: integration question") is a conversation: only a real unsubscribe footer makes it
+    # marketing-like, not a link or an offer's words.
+    offer = None if _REPLY.match(subject) else _OFFER.search(subject)
+    marketing_like = send.has_unsubscribe or (
+        not _REPLY.match(subject) and ((send.has_tracking and bool(reach)) or bool(offer and send.external))
+    )
     if marketing_like and newsletter_words:
         reasons.append(t("the subject reads like a newsletter (“{word}”)", word=newsletter_words[0]))
         category = "newsletter"
     elif marketing_like:
-        if marketing_words:
-            reasons.append(t("the subject reads like an offer (“{word}”)", word=marketing_words[0]))
+        found = offer or marketing_words
+        if found:
+            reasons.append(t("the subject reads like an offer (“{word}”)", word=found[0]))
         category = "marketing"
     elif send.recipients >= ANNOUNCE_RECIPIENTS or _ANNOUNCE.search(subject):
         found = _ANNOUNCE.search(subject)
@@ -204,7 +218,11 @@ def classify(send: Send, *, domains: str, bulk: int, admin: bool = False) -> Ver
     if marketing_like and reach:
         flag = Flag(
             t("Marketing-like mail posted to an email group"),
-            tuple(signals + reach),
+            tuple(
+                ([t("the subject reads like an offer (“{word}”)", word=offer[0])] if offer else [])
+                + signals
+                + reach
+            ),
             _fix_consent(admin),
             t("post {ref} to {group}", ref=send.ref, group=send.target),
         )
