@@ -31,7 +31,7 @@ def test_report_link_hours_from_one_hour_to_thirty_days_is_taken(tmp_path: Path,
 @pytest.mark.parametrize("months", ["³", "①", "²", "３", "٣", "١٢", "0003", "1_2"])
 async def test_report_usage_months_takes_ascii_digits_only(bot, months: str) -> None:  # type: ignore[no-untyped-def]
     reply = await bot.say(HR, f"/report usage --months {months}")
-    assert f"“{months}”" in reply and "months" in reply and "give 1 to 24" in reply, reply
+    assert f"“{months}”" in reply and "months" in reply and "from 1 to 24" in reply, reply
     assert "internal error" not in reply.lower() and "Usage review" not in reply
 
 
@@ -46,10 +46,10 @@ def test_a_clicked_link_is_shown_without_bidi_or_control_characters_and_cut() ->
     evil = "https://corp.example/\u202egnp.exe\u200b?\x07a=1"
     long = "https://corp.example/" + "a" * 1500
     text = demo_like(links=[(evil, 1, 1), (long, 1, 2)]).text()
-    assert "https://corp.example/\\u202egnp.exe\\u200b?\\u0007a=1 — 1 people, 1 clicks" in text
+    assert "https://corp.example/\\u202egnp.exe\\u200b?\\u0007a=1 — 1 person, 1 click" in text
     assert "\u202e" not in text and "\x07" not in text and "\u200b" not in text
     cut = next(line.strip() for line in text.splitlines() if line.strip().startswith(long[:40]))
-    assert cut == long[:119] + "… — 1 people, 2 clicks"
+    assert cut == long[:119] + "… — 1 person, 2 clicks"
 
 
 async def test_the_report_page_shows_clicked_links_escaped_and_cut(bot) -> None:  # type: ignore[no-untyped-def]
