@@ -189,6 +189,44 @@ async def test_an_hr_event_into_a_protected_rule_group_waits_and_the_rest_applie
         assert await groups_of(lbot, "x@gmail.com") == {}
 
 
+async def test_movers_sent_one_at_a_time_by_webhook_trip_the_rolling_window(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Four movers out of a group of six, one webhook event each: the third waits for an approver (as
+    /removegroup one at a time does), and the webhook answers with the held plan; a leaver still leaves."""
+    await import_staff(lbot.app.lifecycle, csv(tmp_path, staff_rows(6)))
+    replies = []
+    async with web_client(lbot) as client:
+        for i in range(4):
+            moved = {
+                "event_id": f"mv{i}",
+                "type": "changed",
+                "occurred_at": datetime.now(UTC).isoformat(),
+                "employee": {
+                    "id": f"E{i:03d}",
+                    "email": f"p{i}@corp.example",
+                    "attributes": {"department": "Marketing"},
+                },
+            }
+            r = await post_event(client, moved)
+            assert r.status_code == 200, r.text
+            replies.append(r.json())
+        assert replies[0]["removed"] == ["sales@corp.example"] and "held_plan" not in replies[0]
+        assert replies[1]["removed"] == ["sales@corp.example"] and "held_plan" not in replies[1]
+        assert replies[2]["removed"] == [] and replies[2]["held_plan"], replies[2]
+        assert "sales" in await groups_of(lbot, "p2@corp.example")
+        plans = await pending(lbot.app)
+        assert plans and any("with the 2 removed from sales@corp.example" in r for r in plans[0].reasons)
+        # a leaver's removal is never held nor counted
+        left = {
+            "event_id": "lv5",
+            "type": "left",
+            "occurred_at": datetime.now(UTC).isoformat(),
+            "employee": {"id": "E005", "email": "p5@corp.example", "attributes": {}},
+        }
+        r = await post_event(client, left)
+        assert r.status_code == 200 and "sales@corp.example" in r.json()["removed"], r.text
+        assert "held_plan" not in r.json()
+
+
 async def test_a_leaver_leaves_protected_groups_at_once(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
     held = await import_staff(lbot.app.lifecycle, csv(tmp_path, staff_rows(2, "Engineering")))
     assert held.held is not None  # joiners into the protected eng@ waited for an approver
