@@ -260,6 +260,21 @@ async def test_a_csv_snapshot_trips_the_guards_as_a_whole(lbot, tmp_path) -> Non
     assert await groups_of(lbot, "p50@corp.example") == {}
 
 
+async def test_an_approved_snapshots_removals_do_not_count_in_the_window(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    app = lbot.app
+    await import_staff(app.lifecycle, csv(tmp_path, staff_rows(10)))
+    movers = staff_rows(4, "Marketing") + staff_rows(6, "Sales", 4)
+    held = await import_staff(app.lifecycle, csv(tmp_path, movers, "movers.csv"))
+    assert held.held is not None  # 4 of 10 out of sales@ at once
+    reply = await lbot.say(APPROVER, f"/plan approve {held.held}")
+    assert "4 events applied" in reply, reply
+    assert "sales" not in await groups_of(lbot, "p0@corp.example")
+    # the approver saw those four: one more removal by hand is not a fifth of a mass removal
+    reply = await lbot.say(HR, "/removegroup sales p4@corp.example")
+    assert reply.startswith("Removed"), reply
+    assert await pending(app) == []
+
+
 # -- /rules reload and /sync -------------------------------------------------------------------------------
 async def test_rules_reload_and_sync_trip_the_guards_as_a_whole(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
     app = lbot.app

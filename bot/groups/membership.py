@@ -79,10 +79,15 @@ class Memberships:
         via: str,
         session: AsyncSession | None = None,
         whole: bool = False,
+        approved: bool = False,
     ) -> Outcome:
         """Guard, apply, hold. With `whole`, a refusal of any change refuses the plan (raises Refused,
-        nothing applied). Inside a caller's `session`, the caller announces a held plan after its
-        commit (`announce`); otherwise it is announced here."""
+        nothing applied). With `approved` (an approver released it), its removals are marked so (cause
+        "approved"): the brake's window does not count what an approver has seen already. Inside a
+        caller's `session`, the caller announces a held plan after its commit (`announce`); otherwise it
+        is announced here."""
+        if approved:
+            plan = _approved(plan)
         if session is not None:
             return await self._execute(session, plan, kind, source, actor, via, whole)
         async with self.ctx.sessions() as own, own.begin():
@@ -414,18 +419,7 @@ class Memberships:
                     pending.created_at,
                     self.rules.current(),
                 )
-                # An approved removal is marked so (cause "approved"): the brake's window does not count
-                # what an approver has seen already.
-                plan = Plan(
-                    [
-                        replace(
-                            c,
-                            reason=f"{c.reason}; {approved}",
-                            cause=c.cause or ("approved" if c.op == "remove" else ""),
-                        )
-                        for c in current
-                    ]
-                )
+                plan = _approved(Plan([replace(c, reason=f"{c.reason}; {approved}") for c in current]))
                 out = await self._execute(
                     session, plan, "reviewed", pending.source, pending.actor, via, False
                 )
@@ -560,6 +554,15 @@ def approval_card(pending: PendingPlan) -> Message:
         ),
     )
     return Message(t("A membership plan from {source} waits for approval.", source=pending.source), card)
+
+
+def _approved(plan: Plan) -> Plan:
+    """An approved plan's removals are marked so (cause "approved"): the brake's window does not count
+    what an approver has seen already — whether the plan held changes or whole HR events."""
+    return replace(
+        plan,
+        changes=[replace(c, cause=c.cause or ("approved" if c.op == "remove" else "")) for c in plan.changes],
+    )
 
 
 def _key(c: Change) -> tuple[str, int, str, str]:

@@ -151,13 +151,21 @@ class Lifecycle:
         return lock
 
     async def apply(
-        self, event: PersonEvent, *, kind: Kind = "person", notify: bool = True, snapshot: bool = False
+        self,
+        event: PersonEvent,
+        *,
+        kind: Kind = "person",
+        notify: bool = True,
+        snapshot: bool = False,
+        approved: bool = False,
     ) -> Outcome:
         """Apply one HR event. Raises UserError (nothing changed) when the event is unusable.
 
         `kind="reviewed"` applies an event whose plan an approver (or the snapshot's own review) has
         already seen; `notify=False` (a bulk import) leaves the per-person note to HR to the caller's
-        summary; `snapshot=True` (a CSV row) replaces the attributes on record instead of merging.
+        summary; `snapshot=True` (a CSV row) replaces the attributes on record instead of merging;
+        `approved=True` (an approved held plan) marks its removals so the brake's window does not count
+        them again.
         """
         if event.kind not in KINDS:
             raise UserError(
@@ -169,7 +177,7 @@ class Lifecycle:
         async with self._lock_for(f"{id_namespace(event.source)}:{event.external_id}"):
             for attempt, delay in enumerate((*RETRY_DELAYS_S, None)):
                 try:
-                    outcome = await self._apply(event, kind, snapshot)
+                    outcome = await self._apply(event, kind, snapshot, approved)
                     break
                 except UnknownPerson as exc:
                     if event.kind != "left":
@@ -198,7 +206,11 @@ class Lifecycle:
         for raw in events:
             try:
                 out = await self.apply(
-                    event_from_dict(raw), kind="reviewed", notify=False, snapshot=bool(raw.get("snapshot"))
+                    event_from_dict(raw),
+                    kind="reviewed",
+                    notify=False,
+                    snapshot=bool(raw.get("snapshot")),
+                    approved=True,
                 )
             except UserError as exc:
                 log.warning("released HR event %s not applied: %s", raw.get("event_id"), exc.sentence)
@@ -346,13 +358,15 @@ class Lifecycle:
             person = (await session.execute(query)).scalar_one_or_none()
         return person
 
-    async def _apply(self, event: PersonEvent, kind: Kind, snapshot: bool = False) -> Outcome:
+    async def _apply(
+        self, event: PersonEvent, kind: Kind, snapshot: bool = False, approved: bool = False
+    ) -> Outcome:
         try:
-            return await self._apply_once(event, kind, snapshot)
+            return await self._apply_once(event, kind, snapshot, approved)
         except _NotApplied as stale:  # rolled back: a resend is judged again, never a "duplicate"
             return stale.outcome
 
-    async def _apply_once(self, event: PersonEvent, kind: Kind, snapshot: bool) -> Outcome:
+    async def _apply_once(self, event: PersonEvent, kind: Kind, snapshot: bool, approved: bool) -> Outcome:
         ctx = self.ctx
         settings = ctx.settings
         rules = self.rules.current()
@@ -487,6 +501,7 @@ class Lifecycle:
                             via=via,
                             session=session,
                             whole=whole,
+                            approved=approved,
                         )
                     except Refused as exc:
                         c = exc.refused[0][0]
