@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from bot.app import App
 from bot.db.models import Group, Membership, MessageRecord, PendingPlan, Person, RuleException
@@ -273,6 +273,47 @@ async def test_an_approved_snapshots_removals_do_not_count_in_the_window(lbot, t
     reply = await lbot.say(HR, "/removegroup sales p4@corp.example")
     assert reply.startswith("Removed"), reply
     assert await pending(app) == []
+
+
+async def test_the_same_snapshot_again_is_the_waiting_plan_and_its_approval_says_what_changed(
+    lbot, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    app = lbot.app
+    await import_staff(app.lifecycle, csv(tmp_path, staff_rows(10)))
+    first = await import_staff(app.lifecycle, csv(tmp_path, staff_rows(5), "half.csv"))
+    again = await import_staff(app.lifecycle, csv(tmp_path, staff_rows(5), "half.csv"))
+    copy = await import_staff(app.lifecycle, csv(tmp_path, staff_rows(5), "half-copy.csv"))
+    assert first.held is not None and again.held == first.held == copy.held
+    assert [p.id for p in await pending(app)] == [first.held]
+    # one of the five leaves through the webhook meanwhile: the file's leave for them changes nothing
+    await lbot.core.handle_person_event(
+        PersonEvent("left", "hr-webhook", "E009", None, {}, "p9-left", datetime.now(UTC))
+    )
+    reply = await lbot.say(APPROVER, f"/plan approve {first.held}")
+    assert "4 events applied" in reply, reply
+    assert "Changed since the plan was made:" in reply and "E009 (p9@corp.example), left" in reply, reply
+
+
+async def test_an_approved_snapshot_applies_its_changes_for_people_without_an_event(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    app = lbot.app
+    first = await import_staff(app.lifecycle, csv(tmp_path, staff_rows(5, "Engineering")))
+    await lbot.say(APPROVER, f"/plan approve {first.held}")  # joiners into the protected eng@
+    # p0 is as the file says, but not in the rule's protected group: the file has no event for them
+    async with app.ctx.sessions() as s, s.begin():
+        gid = (await s.execute(select(Group.id).where(Group.local_part == "eng"))).scalar_one()
+        await s.execute(
+            delete(Membership).where(Membership.group_id == gid, Membership.email == "p0@corp.example")
+        )
+    held = await import_staff(app.lifecycle, csv(tmp_path, staff_rows(6, "Engineering"), "more.csv"))
+    assert held.held is not None
+    assert any(c.email == "p0@corp.example" and c.op == "add" for c in held.plan.changes)
+    reply = await lbot.say(APPROVER, f"/plan approve {held.held}")
+    assert "1 event applied" in reply and "also applied 1 change" in reply, reply
+    assert "eng" in await groups_of(lbot, "p0@corp.example")
+    assert "eng" in await groups_of(lbot, "p5@corp.example")
+    # so the next import has nothing to ask
+    again = await import_staff(app.lifecycle, csv(tmp_path, staff_rows(6, "Engineering"), "more.csv"))
+    assert again.held is None and not again.plan.changes, again.summary()
 
 
 # -- /rules reload and /sync -------------------------------------------------------------------------------

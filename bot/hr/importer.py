@@ -28,7 +28,7 @@ from bot.events import Message, PersonEvent, PersonKind
 from bot.groups import planner
 from bot.groups import service as groups
 from bot.groups.planner import PersonRow
-from bot.hr.lifecycle import Lifecycle, Outcome, event_to_dict
+from bot.hr.lifecycle import Lifecycle, Outcome, event_to_dict, not_applied, not_applied_why
 from bot.i18n import t
 
 SOURCE = "csv"
@@ -56,12 +56,7 @@ class ImportResult:
 
     def record(self, event: PersonEvent, outcome: Outcome) -> None:
         if outcome.status != "applied":
-            why = {
-                "stale": t("an event dated later than this import is on record for them"),
-                "duplicate": t("this same file was imported before, and this event was handled then"),
-                "queued": outcome.note,
-            }.get(outcome.status, outcome.status)
-            self.refuse(event, why)
+            self.refuse(event, not_applied_why(outcome))
             return
         self.done[event.kind] = self.done.get(event.kind, 0) + 1
         email = outcome.person or event.email or ""
@@ -70,8 +65,7 @@ class ImportResult:
         self.in_grace += outcome.removal_due is not None
 
     def refuse(self, event: PersonEvent, why: str) -> None:
-        who = f"{event.external_id} ({event.email})" if event.email else event.external_id
-        self.not_applied.append(t("{who}, {kind}: not applied — {why}", who=who, kind=event.kind, why=why))
+        self.not_applied.append(not_applied(event, why))
 
     def summary(self) -> str:
         if self.applied:

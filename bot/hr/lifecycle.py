@@ -199,11 +199,14 @@ class Lifecycle:
             await self._after_commit(event, outcome, notify)
         return outcome
 
-    async def replay(self, events: list[dict[str, Any]]) -> int:
-        """Apply HR events an approver released (a held CSV snapshot); returns how many applied (a stale or
-        duplicate one, or one refused for its person, is not counted: the others still apply)."""
+    async def replay(self, events: list[dict[str, Any]]) -> tuple[int, list[str]]:
+        """Apply HR events an approver released (a held CSV snapshot); returns how many applied, and a
+        sentence for each that did not (stale, a duplicate, refused for its person): the others still
+        apply."""
         applied = 0
+        skipped: list[str] = []
         for raw in events:
+            event = event_from_dict(raw)
             try:
                 out = await self.apply(
                     event_from_dict(raw),
@@ -214,9 +217,13 @@ class Lifecycle:
                 )
             except UserError as exc:
                 log.warning("released HR event %s not applied: %s", raw.get("event_id"), exc.sentence)
+                skipped.append(not_applied(event, exc.sentence.rstrip(".")))
                 continue
-            applied += out.status == "applied"
-        return applied
+            if out.status == "applied":
+                applied += 1
+            else:
+                skipped.append(not_applied(event, not_applied_why(out)))
+        return applied, skipped
 
     # -- failures and retries ------------------------------------------------------------------
     async def _report_failure(self, event: PersonEvent) -> None:
@@ -781,6 +788,20 @@ def hr_note(o: Outcome) -> str:
             "Scheduling their removal failed: /sync will remove them when the grace period is over."
         )
     return text
+
+
+def not_applied_why(outcome: Outcome) -> str:
+    """Why an event changed nothing, in words."""
+    return {
+        "stale": t("an event dated later than this import is on record for them"),
+        "duplicate": t("this same file was imported before, and this event was handled then"),
+        "queued": outcome.note,
+    }.get(outcome.status, outcome.status)
+
+
+def not_applied(event: PersonEvent, why: str) -> str:
+    who = f"{event.external_id} ({event.email})" if event.email else event.external_id
+    return t("{who}, {kind}: not applied — {why}", who=who, kind=event.kind, why=why)
 
 
 def leaver_job_id(person_id: int) -> str:
