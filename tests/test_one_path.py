@@ -316,6 +316,58 @@ async def test_an_approved_snapshot_applies_its_changes_for_people_without_an_ev
     assert again.held is None and not again.plan.changes, again.summary()
 
 
+async def test_rows_older_than_the_record_are_listed_with_their_reason(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    app = lbot.app
+    await import_staff(app.lifecycle, csv(tmp_path, staff_rows(3)))
+    ahead = datetime.now(UTC) + timedelta(hours=1)
+    await lbot.core.handle_person_event(
+        PersonEvent("changed", "hr-webhook", "E001", None, {"department": "Sales"}, "b-ahead", ahead)
+    )
+    await lbot.core.handle_person_event(
+        PersonEvent("left", "hr-webhook", "E002", None, {}, "c-later", ahead + timedelta(hours=2))
+    )
+    rows = [
+        "E000,p0@corp.example,Person 0,Sales",
+        "E001,p1@corp.example,Person 1,Marketing",
+        staff_rows(1, start=2)[0],
+    ]
+    for dry in (True, False, False):
+        result = await import_staff(app.lifecycle, csv(tmp_path, rows, "both.csv"), dry_run=dry)
+        text = result.summary()
+        assert result.joined == 0 and result.changed == 0, text
+        assert len(result.not_applied) == 2, text  # so `postroom hr import` exits 1
+        assert "E001 (p1@corp.example), changed: not applied — an event dated" in text, text
+        assert "E002 (p2@corp.example), joined: not applied — an event dated" in text, text
+    assert "sales" in await groups_of(lbot, "p1@corp.example")  # the record stands
+    async with app.ctx.sessions() as s:
+        chen = (await s.execute(select(Person).where(Person.employee_id == "E002"))).scalar_one()
+    assert chen.status == "left"  # their leave on a later date is still on record
+
+
+async def test_a_movers_removal_says_what_changed_not_missing(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    app = lbot.app
+    await import_staff(app.lifecycle, csv(tmp_path, staff_rows(3)))
+    rows = ["E000,p0@corp.example,Person 0,Sales", "E001,p1@corp.example,Person 1,Marketing"]
+    result = await import_staff(app.lifecycle, csv(tmp_path, rows, "staff2.csv"))
+    reasons = {(c.email, c.group_address): c.reason for c in result.plan.removes}
+    assert reasons[("p1@corp.example", "sales@corp.example")] == (
+        "p1@corp.example no longer matches rule sales (changed in staff2.csv: department Sales → Marketing)"
+    )
+    assert reasons[("p2@corp.example", "sales@corp.example")].endswith("(missing from staff2.csv)")
+
+
+async def test_a_first_imports_dry_run_shows_what_the_real_run_does(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    app = lbot.app
+    async with app.ctx.sessions() as s, s.begin():  # a new database: the rule groups are not made yet
+        await s.execute(delete(Group))
+    dry = await import_staff(app.lifecycle, csv(tmp_path, staff_rows(3)), dry_run=True)
+    async with app.ctx.sessions() as s:  # the dry run created nothing
+        assert (await s.execute(select(Group.id).where(Group.local_part == "sales"))).first() is None
+    assert "would create sales@corp.example" in dry.summary(), dry.summary()
+    real = await import_staff(app.lifecycle, csv(tmp_path, staff_rows(3)))
+    assert len(dry.plan.adds) == len(real.added) == 6, (dry.summary(), real.summary())
+
+
 # -- /rules reload and /sync -------------------------------------------------------------------------------
 async def test_rules_reload_and_sync_trip_the_guards_as_a_whole(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
     app = lbot.app
