@@ -58,7 +58,7 @@ from bot.campaigns.triggers import (
 from bot.context import Context
 from bot.db.models import Automation, Campaign, CampaignEvent, Contact, ContactList, Delivery, ListMember
 from bot.db.upsert import insert_ignore
-from bot.errors import UserError
+from bot.errors import Refusal, UserError
 from bot.events import Card, Joiner, Message
 from bot.i18n import t
 
@@ -219,7 +219,7 @@ class Automations:
         self._check_template(template, subject)
         async with ctx.sessions() as session, session.begin():
             if (await session.execute(select(Automation.id).where(Automation.name == name))).first():
-                raise UserError(
+                raise Refusal(
                     t("An automation named “{name}” already exists; /automation edit changes it.", name=name)
                 )
             target = await self._target(session, trigger, to, where)

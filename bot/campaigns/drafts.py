@@ -18,7 +18,7 @@ from bot.campaigns.runs import CampaignRuns, start_job_id
 from bot.campaigns.templates import CompiledTemplate, TemplateProblem, load_source
 from bot.context import Context
 from bot.db.models import Campaign, Group, Person
-from bot.errors import UserError
+from bot.errors import Refusal, UserError
 from bot.i18n import t
 
 
@@ -58,7 +58,7 @@ class Drafts:
         self._check_template(template, subject)
         async with ctx.sessions() as session, session.begin():
             if (await session.execute(select(Campaign.id).where(Campaign.name == name))).scalar_one_or_none():
-                raise UserError(
+                raise Refusal(
                     t(
                         "A campaign named “{name}” already exists; pick another name or /campaign edit it.",
                         name=name,

@@ -24,7 +24,7 @@ from bot.campaigns.templates import TemplateProblem, html_title, load_source
 from bot.context import Context
 from bot.db.models import Approval, Campaign, Delivery
 from bot.db.upsert import insert_ignore
-from bot.errors import UserError
+from bot.errors import Refusal, UserError
 from bot.i18n import t
 from bot.values import check_text
 
@@ -51,7 +51,7 @@ async def get(session: AsyncSession, name: str) -> Campaign:
     check_name(name.removeprefix(AUTOMATION_PREFIX))
     c = (await session.execute(select(Campaign).where(Campaign.name == name))).scalar_one_or_none()
     if c is None:
-        raise UserError(t("There is no campaign “{name}”. /campaign list shows them.", name=name))
+        raise Refusal(t("There is no campaign “{name}”. /campaign list shows them.", name=name))
     return c
 
 
