@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.addresses import normalise
+from bot.addresses import normalise, routing_refusal
 from bot.campaigns import segment_store, service
 from bot.campaigns.approval import may_change
 from bot.campaigns.audience import Recipient, resolve_target, stream_candidates
@@ -218,6 +218,9 @@ class Drafts:
         ctx = self.ctx
         email = normalise(to)
         async with ctx.sessions() as session:
+            routed = routing_refusal(email, ctx.settings)
+            if routed and email != actor:
+                raise UserError(t("Tests go to internal addresses only: {why}.", why=routed))
             if not ctx.settings.is_internal(email) and email != actor:
                 raise UserError(
                     t(
