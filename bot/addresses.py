@@ -32,6 +32,14 @@ def normalise(address: str) -> str:
         text = text[7:]
     if not text or "@" not in text:
         raise UserError(t("{text} is not an email address.", text=_show(address)))
+    if text.startswith("@") and ":" in text:  # the validator would say "nothing before the @-sign"
+        raise UserError(
+            t(
+                "{text} is not a plain email address: a source route (“@host:”) before the @-sign can make "
+                "mail servers pass it on to another domain.",
+                text=_show(address),
+            )
+        )
     try:
         result = validate_email(text, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:

@@ -332,12 +332,14 @@ async def _chat(settings: Settings, as_email: str, text: str, refused: list[int]
 @click.pass_context
 def serve(ctx: click.Context) -> None:
     """Run the configured adapters, the web app, the mail server and the scheduler until stopped."""
-    from bot.config import org_problem
+    from bot.config import example_problem, org_problem
     from bot.secret_policy import serving_problem
 
     settings = _settings(ctx.obj["config"])
     # Before anything opens: a forgeable secret serves nothing, and placeholders in [org] mail nobody.
-    problem = serving_problem(settings) or org_problem(settings, "serve")
+    problem = (
+        serving_problem(settings) or org_problem(settings, "serve") or example_problem(settings, "serve")
+    )
     if problem is not None:
         raise click.ClickException(problem)
     _run(_serve(settings), settings)

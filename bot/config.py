@@ -12,6 +12,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -861,6 +862,39 @@ def org_problem(settings: Settings, command: str) -> str | None:
         f"postroom {command} won't start while {', '.join(keys)} {verb} unset (still the placeholder), "
         f"because campaign mail and the internal/external check use them: write them with "
         f"`{INIT_ORG_COMMAND}` or set them in the [org] section of the configuration file."
+    )
+
+
+# The domain manifests/postroom.example.toml uses for its example people and URLs.
+EXAMPLE_DOMAIN = "corp.example"
+
+
+def _on(domain: str, host: str) -> bool:
+    return host == domain or host.endswith("." + domain)
+
+
+def example_problem(settings: Settings, command: str) -> str | None:
+    """Why `postroom <command>` must not start with web.base_url or [roles] still on the example config's
+    domain when [org] is the company's own: List-Unsubscribe and every link would name the example's
+    host, and the roles would name people outside the company. One sentence; None when it may start."""
+    if any(_on(EXAMPLE_DOMAIN, d) for d in settings.org.domains):
+        return None
+    keys: list[str] = []
+    host = (urlsplit(settings.web.base_url).hostname or "").lower()
+    if _on(EXAMPLE_DOMAIN, host):
+        keys.append(f"web.base_url ({settings.web.base_url})")
+    roles = settings.roles
+    for name in ("hr", "senders", "approvers", "admins"):
+        people = [e for e in getattr(roles, name) if _on(EXAMPLE_DOMAIN, e.rpartition("@")[2])]
+        if people:
+            keys.append(f"roles.{name} ({', '.join(people[:3])}{', …' if len(people) > 3 else ''})")
+    if not keys:
+        return None
+    verb = "is" if len(keys) == 1 else "are"
+    return (
+        f"postroom {command} won't start while {', '.join(keys)} {verb} still on the example domain "
+        f"{EXAMPLE_DOMAIN}, which is not in org.domains ({', '.join(settings.org.domains)}): set them to "
+        f"your own in the configuration file."
     )
 
 

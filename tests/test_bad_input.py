@@ -239,7 +239,7 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], list[tuple[str, str, bool]]]] = 
                 True,
             ),
             ("/campaign new x --to= --template welcome", "--to needs a value", True),
-            ("/campaign new spring --to customers --template welcome", "already exists", True),
+            ("/campaign new spring --to customers --template welcome", "already exists", False),
             ("/campaign new x --to nosuch --template welcome", "neither a contact list nor a group", True),
             ("/campaign new x --to customers --template nosuch", "There is no template “nosuch”", True),
             ("/campaign new x --to customers --template ../../etc/passwd", "not a template name", True),
@@ -336,7 +336,7 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], list[tuple[str, str, bool]]]] = 
         [
             ("/campaign pause", "needs a name", True),
             ("/campaign pause nosuch", "There is no campaign", False),
-            ("/campaign pause spring", "is draft; it can't be paused", True),
+            ("/campaign pause spring", "is draft; it can't be paused", False),
         ],
     ),
     "campaign resume": (
@@ -345,7 +345,7 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], list[tuple[str, str, bool]]]] = 
         [
             ("/campaign resume", "needs a name", True),
             ("/campaign resume nosuch", "There is no campaign", False),
-            ("/campaign resume spring", "is draft", True),
+            ("/campaign resume spring", "is draft", False),
         ],
     ),
     "campaign cancel": (

@@ -186,3 +186,17 @@ async def test_cards_name_the_campaign_and_submission_and_say_where_it_stands(bo
     # The console prints no message number of its own (it read like a plan's: /plan approve 1).
     out = bot.out.getvalue()
     assert "#1" not in out and "message #" not in out and "(updated) " in out
+
+
+async def test_edit_takes_no_tracking_as_new_does(bot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The README's /campaign new has --no-tracking; /campaign edit refused it ("has no option")."""
+    await load_customers(bot, tmp_path)
+    await bot.say(SENDER, "/campaign new spring --to customers --template welcome")
+    assert await bot.say(SENDER, "/campaign edit spring --no-tracking") == "Updated “spring” (--tracking)."
+    async with bot.core.ctx.sessions() as session:
+        tracking = (
+            await session.execute(select(Campaign.tracking).where(Campaign.name == "spring"))
+        ).scalar_one()
+    assert tracking is False
+    both = await bot.say(SENDER, "/campaign edit spring --no-tracking --tracking on")
+    assert both.startswith("--no-tracking and --tracking on say opposite things")

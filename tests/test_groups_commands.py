@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from bot.db.models import AuditEntry, Membership
-from tests.conftest import HR, NOBODY
+from tests.conftest import HR, NOBODY, SENDER
 
 
 async def membership_count(bot) -> int:  # type: ignore[no-untyped-def]
@@ -63,3 +63,21 @@ async def test_remove_and_removing_a_non_member(bot) -> None:  # type: ignore[no
     assert (
         "is not in eng@corp.example" in reply and "Usage: /removegroup" not in reply
     )  # a refusal, not a typo
+
+
+async def test_tryout_answers_say_what_is_wrong_with_the_address(bot) -> None:  # type: ignore[no-untyped-def]
+    await bot.say(HR, "/newgroup eng")
+    routed = await bot.say(HR, "/addgroup eng @relay.example:x@corp.example")
+    assert "something before the @-sign" not in routed, routed
+    assert "a source route (“@host:”) before the @-sign" in routed, routed
+    test = await bot.say(SENDER, "/campaign test c3 x%gmail.com@corp.example")
+    assert "is outside corp.example" not in test, test
+    assert test.startswith(
+        "Tests go to internal addresses only: x%gmail.com@corp.example is not a company address"
+    )
+    bot.out.seek(0)
+    bot.out.truncate()
+    await bot.console.say("/as")
+    assert bot.out.getvalue().startswith(
+        "/as needs the email address of the person to act as.\nUsage: /as <email>"
+    )

@@ -230,8 +230,8 @@ def test_hr_import_reports_what_it_applied_and_fails_when_events_were_stale(tmp_
     assert "0 added to groups, 0 removed from groups" in stale.stdout
     assert "3 of 3 events were not applied" in stale.stdout
     assert (
-        "E1 (alice@corp.example), changed: not applied — an event dated later than this import"
-        in stale.stdout
+        "E1 (alice@corp.example), changed: not applied — an event dated " in stale.stdout
+        and "UTC, later than this import, is on record for them" in stale.stdout
     )
     assert "to remove" not in stale.stdout and "Traceback" not in stale.stderr
     assert eng_members() == 3

@@ -168,7 +168,9 @@ async def test_bad_rules_file_is_refused_and_the_old_rules_stay(lbot, tmp_path) 
     reply = await lbot.say(HR, "/rules reload")
     assert "line 8: post must be one of members, company, anyone, moderated, not “everybody”" in reply
     assert "rules in force are unchanged" in reply
-    assert await lbot.say(HR, "/rules") == before
+    shown = await lbot.say(HR, "/rules")  # says the same: the file does not load, the old rules stay
+    assert shown.startswith("The rules file changed but could not be loaded, so the rules loaded before stay")
+    assert shown.endswith(before)
     write_rules(tmp_path, RULES + "  - address: eng\n")
     assert "eng@corp.example is declared twice (first on line 6)" in await lbot.say(HR, "/rules reload")
     write_rules(tmp_path, RULES + "  - address: ops\n    members: {team: [a, b]\n")
@@ -179,6 +181,29 @@ async def test_bad_rules_file_is_refused_and_the_old_rules_stay(lbot, tmp_path) 
     reply = await lbot.say(HR, "/rules reload")
     assert "Loaded 7 group rules" in reply and "created ops@corp.example" in reply
     assert "ops@corp.example (internal, protected" in await lbot.say(HR, "/rules")
+
+
+async def test_a_running_serve_notices_the_rules_file_changed(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`/rules reload` typed in `postroom chat` (another process) used to leave `serve` on its old rules."""
+    assert "ops@corp.example" not in await lbot.say(HR, "/rules")
+    write_rules(tmp_path, RULES + "  - address: ops\n    members: {department: Ops}\n")
+    # ... what the other process's reload read: this process runs on it too, before anyone reloads here
+    assert "ops@corp.example" in await lbot.say(HR, "/rules")
+    assert any(r.address == "ops@corp.example" for r in lbot.app.rules.current().groups)
+
+
+def test_a_broken_rules_file_reads_the_same_in_reload_and_rules(tmp_path: Path) -> None:
+    from bot.errors import UserError
+    from bot.groups.rules import RuleBook
+    from tests.conftest import make_settings
+
+    path = write_rules(tmp_path, RULES.replace("    post: members\n", "    post: everybody\n"))
+    settings = make_settings("sqlite+aiosqlite:///unused.db", 25, tmp_path, groups={"rules_file": str(path)})
+    book = RuleBook(settings)  # a fresh `postroom chat`
+    with pytest.raises(UserError) as refused:
+        book.read()
+    assert refused.value.sentence == book.describe()
+    assert "could not be loaded" in book.describe() and "unchanged" not in refused.value.sentence
 
 
 async def test_changes_to_a_protected_group_wait_for_an_approver(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]

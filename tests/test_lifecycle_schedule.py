@@ -165,7 +165,8 @@ def test_cli_hr_import_dry_run_and_groups_export(tmp_path: Path) -> None:
     assert bad.returncode == 1 and "Can't read nope.csv" in bad.stderr
     dry = run("hr", "import", "staff.csv", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert "Dry run — nothing changed. 3 joining" in dry.stdout
+    assert "Dry run — nothing changed. Groups: would create eng@corp.example.\n3 joining" in dry.stdout
+    assert "+ bob@corp.example to eng@corp.example" in dry.stdout  # what the real run does
     real = run("hr", "import", "staff.csv")
     assert real.returncode == 0 and "Imported: 3 joined" in real.stdout, real.stderr
     assert "+ bob@corp.example to eng@corp.example" in real.stdout

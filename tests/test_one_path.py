@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from bot.app import App
 from bot.db.models import Group, Membership, MessageRecord, PendingPlan, Person, RuleException
@@ -189,6 +189,44 @@ async def test_an_hr_event_into_a_protected_rule_group_waits_and_the_rest_applie
         assert await groups_of(lbot, "x@gmail.com") == {}
 
 
+async def test_movers_sent_one_at_a_time_by_webhook_trip_the_rolling_window(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Four movers out of a group of six, one webhook event each: the third waits for an approver (as
+    /removegroup one at a time does), and the webhook answers with the held plan; a leaver still leaves."""
+    await import_staff(lbot.app.lifecycle, csv(tmp_path, staff_rows(6)))
+    replies = []
+    async with web_client(lbot) as client:
+        for i in range(4):
+            moved = {
+                "event_id": f"mv{i}",
+                "type": "changed",
+                "occurred_at": datetime.now(UTC).isoformat(),
+                "employee": {
+                    "id": f"E{i:03d}",
+                    "email": f"p{i}@corp.example",
+                    "attributes": {"department": "Marketing"},
+                },
+            }
+            r = await post_event(client, moved)
+            assert r.status_code == 200, r.text
+            replies.append(r.json())
+        assert replies[0]["removed"] == ["sales@corp.example"] and "held_plan" not in replies[0]
+        assert replies[1]["removed"] == ["sales@corp.example"] and "held_plan" not in replies[1]
+        assert replies[2]["removed"] == [] and replies[2]["held_plan"], replies[2]
+        assert "sales" in await groups_of(lbot, "p2@corp.example")
+        plans = await pending(lbot.app)
+        assert plans and any("with the 2 removed from sales@corp.example" in r for r in plans[0].reasons)
+        # a leaver's removal is never held nor counted
+        left = {
+            "event_id": "lv5",
+            "type": "left",
+            "occurred_at": datetime.now(UTC).isoformat(),
+            "employee": {"id": "E005", "email": "p5@corp.example", "attributes": {}},
+        }
+        r = await post_event(client, left)
+        assert r.status_code == 200 and "sales@corp.example" in r.json()["removed"], r.text
+        assert "held_plan" not in r.json()
+
+
 async def test_a_leaver_leaves_protected_groups_at_once(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
     held = await import_staff(lbot.app.lifecycle, csv(tmp_path, staff_rows(2, "Engineering")))
     assert held.held is not None  # joiners into the protected eng@ waited for an approver
@@ -220,6 +258,114 @@ async def test_a_csv_snapshot_trips_the_guards_as_a_whole(lbot, tmp_path) -> Non
     assert eng.held is not None
     await assert_held(app, "it changes the protected group eng@corp.example")
     assert await groups_of(lbot, "p50@corp.example") == {}
+
+
+async def test_an_approved_snapshots_removals_do_not_count_in_the_window(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    app = lbot.app
+    await import_staff(app.lifecycle, csv(tmp_path, staff_rows(10)))
+    movers = staff_rows(4, "Marketing") + staff_rows(6, "Sales", 4)
+    held = await import_staff(app.lifecycle, csv(tmp_path, movers, "movers.csv"))
+    assert held.held is not None  # 4 of 10 out of sales@ at once
+    reply = await lbot.say(APPROVER, f"/plan approve {held.held}")
+    assert "4 events applied" in reply, reply
+    assert "sales" not in await groups_of(lbot, "p0@corp.example")
+    # the approver saw those four: one more removal by hand is not a fifth of a mass removal
+    reply = await lbot.say(HR, "/removegroup sales p4@corp.example")
+    assert reply.startswith("Removed"), reply
+    assert await pending(app) == []
+
+
+async def test_the_same_snapshot_again_is_the_waiting_plan_and_its_approval_says_what_changed(
+    lbot, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    app = lbot.app
+    await import_staff(app.lifecycle, csv(tmp_path, staff_rows(10)))
+    first = await import_staff(app.lifecycle, csv(tmp_path, staff_rows(5), "half.csv"))
+    again = await import_staff(app.lifecycle, csv(tmp_path, staff_rows(5), "half.csv"))
+    copy = await import_staff(app.lifecycle, csv(tmp_path, staff_rows(5), "half-copy.csv"))
+    assert first.held is not None and again.held == first.held == copy.held
+    assert [p.id for p in await pending(app)] == [first.held]
+    # one of the five leaves through the webhook meanwhile: the file's leave for them changes nothing
+    await lbot.core.handle_person_event(
+        PersonEvent("left", "hr-webhook", "E009", None, {}, "p9-left", datetime.now(UTC))
+    )
+    reply = await lbot.say(APPROVER, f"/plan approve {first.held}")
+    assert "4 events applied" in reply, reply
+    assert "Changed since the plan was made:" in reply and "E009 (p9@corp.example), left" in reply, reply
+
+
+async def test_an_approved_snapshot_applies_its_changes_for_people_without_an_event(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    app = lbot.app
+    first = await import_staff(app.lifecycle, csv(tmp_path, staff_rows(5, "Engineering")))
+    await lbot.say(APPROVER, f"/plan approve {first.held}")  # joiners into the protected eng@
+    # p0 is as the file says, but not in the rule's protected group: the file has no event for them
+    async with app.ctx.sessions() as s, s.begin():
+        gid = (await s.execute(select(Group.id).where(Group.local_part == "eng"))).scalar_one()
+        await s.execute(
+            delete(Membership).where(Membership.group_id == gid, Membership.email == "p0@corp.example")
+        )
+    held = await import_staff(app.lifecycle, csv(tmp_path, staff_rows(6, "Engineering"), "more.csv"))
+    assert held.held is not None
+    assert any(c.email == "p0@corp.example" and c.op == "add" for c in held.plan.changes)
+    reply = await lbot.say(APPROVER, f"/plan approve {held.held}")
+    assert "1 event applied" in reply and "also applied 1 change" in reply, reply
+    assert "eng" in await groups_of(lbot, "p0@corp.example")
+    assert "eng" in await groups_of(lbot, "p5@corp.example")
+    # so the next import has nothing to ask
+    again = await import_staff(app.lifecycle, csv(tmp_path, staff_rows(6, "Engineering"), "more.csv"))
+    assert again.held is None and not again.plan.changes, again.summary()
+
+
+async def test_rows_older_than_the_record_are_listed_with_their_reason(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    app = lbot.app
+    await import_staff(app.lifecycle, csv(tmp_path, staff_rows(3)))
+    ahead = datetime.now(UTC) + timedelta(hours=1)
+    await lbot.core.handle_person_event(
+        PersonEvent("changed", "hr-webhook", "E001", None, {"department": "Sales"}, "b-ahead", ahead)
+    )
+    await lbot.core.handle_person_event(
+        PersonEvent("left", "hr-webhook", "E002", None, {}, "c-later", ahead + timedelta(hours=2))
+    )
+    rows = [
+        "E000,p0@corp.example,Person 0,Sales",
+        "E001,p1@corp.example,Person 1,Marketing",
+        staff_rows(1, start=2)[0],
+    ]
+    for dry in (True, False, False):
+        result = await import_staff(app.lifecycle, csv(tmp_path, rows, "both.csv"), dry_run=dry)
+        text = result.summary()
+        assert result.joined == 0 and result.changed == 0, text
+        assert len(result.not_applied) == 2, text  # so `postroom hr import` exits 1
+        assert "E001 (p1@corp.example), changed: not applied — an event dated" in text, text
+        assert "E002 (p2@corp.example), joined: not applied — an event dated" in text, text
+    assert "sales" in await groups_of(lbot, "p1@corp.example")  # the record stands
+    async with app.ctx.sessions() as s:
+        chen = (await s.execute(select(Person).where(Person.employee_id == "E002"))).scalar_one()
+    assert chen.status == "left"  # their leave on a later date is still on record
+
+
+async def test_a_movers_removal_says_what_changed_not_missing(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    app = lbot.app
+    await import_staff(app.lifecycle, csv(tmp_path, staff_rows(3)))
+    rows = ["E000,p0@corp.example,Person 0,Sales", "E001,p1@corp.example,Person 1,Marketing"]
+    result = await import_staff(app.lifecycle, csv(tmp_path, rows, "staff2.csv"))
+    reasons = {(c.email, c.group_address): c.reason for c in result.plan.removes}
+    assert reasons[("p1@corp.example", "sales@corp.example")] == (
+        "p1@corp.example no longer matches rule sales (changed in staff2.csv: department Sales → Marketing)"
+    )
+    assert reasons[("p2@corp.example", "sales@corp.example")].endswith("(missing from staff2.csv)")
+
+
+async def test_a_first_imports_dry_run_shows_what_the_real_run_does(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    app = lbot.app
+    async with app.ctx.sessions() as s, s.begin():  # a new database: the rule groups are not made yet
+        await s.execute(delete(Group))
+    dry = await import_staff(app.lifecycle, csv(tmp_path, staff_rows(3)), dry_run=True)
+    async with app.ctx.sessions() as s:  # the dry run created nothing
+        assert (await s.execute(select(Group.id).where(Group.local_part == "sales"))).first() is None
+    assert "would create sales@corp.example" in dry.summary(), dry.summary()
+    real = await import_staff(app.lifecycle, csv(tmp_path, staff_rows(3)))
+    assert len(dry.plan.adds) == len(real.added) == 6, (dry.summary(), real.summary())
 
 
 # -- /rules reload and /sync -------------------------------------------------------------------------------

@@ -177,3 +177,29 @@ def test_init_with_every_org_value_starts_and_says_what_to_set_next(tmp_path: Pa
     assert org_problem(settings, "serve") is None
     chat = postroom(tmp_path, "--config", str(config), "chat", "--as", "hr@acme.example", "/help")
     assert chat.returncode == 0, chat.stderr
+
+
+def test_serve_refuses_the_example_domain_left_in_web_and_roles(tmp_path: Path) -> None:
+    """Copying the example config and changing only [org] leaked https://postroom.corp.example into
+    List-Unsubscribe, and roles named @corp.example people outside the company without a word."""
+    text = EXAMPLE.read_text()
+    org = 'name = "Acme GmbH"\ndomains = ["acme.example"]\npostal_address = "Hauptstraße 1, Berlin"\n'
+    start = text.index("[org]\n") + len("[org]\n")
+    text = text[:start] + org + text[text.index("\n[", start) :]
+    text = re.sub(r"(?m)^url = .*$", f'url = "sqlite+aiosqlite:///{tmp_path / "x.db"}"', text, count=1)
+    text = re.sub(
+        r"(?m)^# ?secret = .*$|^secret = .*$", f'secret = "{secrets.token_urlsafe(32)}"', text, count=1
+    )
+    config = tmp_path / "postroom.toml"
+    config.write_text(text)
+    settings = load_settings(config, read_env=False)
+    assert settings.org.domains == ["acme.example"] and "corp.example" in settings.web.base_url
+    done = postroom(tmp_path, "--config", str(config), "serve")
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: postroom serve won't start while "), done.stderr
+    assert (
+        "web.base_url (https://postroom.corp.example)" in lines[0]
+        and "roles.hr (hannah@corp.example)" in lines[0]
+    )
+    assert "still on the example domain corp.example, which is not in org.domains (acme.example)" in lines[0]

@@ -95,6 +95,8 @@ class ConsoleAdapter(Adapter):
             from bot.errors import UserError
 
             try:
+                if not stripped[3:].strip():
+                    raise UserError("/as needs the email address of the person to act as.")
                 who = normalise(stripped[3:].strip())
             except UserError as exc:
                 self._print(f"{exc.sentence}\nUsage: /as <email>")

@@ -219,7 +219,7 @@ class Automations:
         self._check_template(template, subject)
         async with ctx.sessions() as session, session.begin():
             if (await session.execute(select(Automation.id).where(Automation.name == name))).first():
-                raise UserError(
+                raise Refusal(
                     t("An automation named “{name}” already exists; /automation edit changes it.", name=name)
                 )
             target = await self._target(session, trigger, to, where)

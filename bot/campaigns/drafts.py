@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.addresses import normalise
+from bot.addresses import normalise, routing_refusal
 from bot.campaigns import segment_store, service
 from bot.campaigns.approval import may_change
 from bot.campaigns.audience import Recipient, resolve_target, stream_candidates
@@ -18,7 +18,7 @@ from bot.campaigns.runs import CampaignRuns, start_job_id
 from bot.campaigns.templates import CompiledTemplate, TemplateProblem, load_source
 from bot.context import Context
 from bot.db.models import Campaign, Group, Person
-from bot.errors import UserError
+from bot.errors import Refusal, UserError
 from bot.i18n import t
 
 
@@ -58,7 +58,7 @@ class Drafts:
         self._check_template(template, subject)
         async with ctx.sessions() as session, session.begin():
             if (await session.execute(select(Campaign.id).where(Campaign.name == name))).scalar_one_or_none():
-                raise UserError(
+                raise Refusal(
                     t(
                         "A campaign named “{name}” already exists; pick another name or /campaign edit it.",
                         name=name,
@@ -218,6 +218,9 @@ class Drafts:
         ctx = self.ctx
         email = normalise(to)
         async with ctx.sessions() as session:
+            routed = routing_refusal(email, ctx.settings)
+            if routed and email != actor:
+                raise UserError(t("Tests go to internal addresses only: {why}.", why=routed))
             if not ctx.settings.is_internal(email) and email != actor:
                 raise UserError(
                     t(

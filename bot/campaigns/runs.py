@@ -23,7 +23,7 @@ from bot.campaigns.engine import DeliveryEngine
 from bot.campaigns.notes import english, note, state_name
 from bot.context import Context
 from bot.db.models import Campaign, Delivery
-from bot.errors import UserError
+from bot.errors import Refusal, UserError
 from bot.i18n import t
 from bot.scheduler import Scheduler
 
@@ -154,7 +154,7 @@ class CampaignRuns:
             if not await service.transition(session, campaign.id, from_states, to, status_note=stored):
                 current = state_name(await self._state(campaign.id) or "missing")
                 values = {"name": campaign.name, "state": current}
-                raise UserError(
+                raise Refusal(
                     {
                         "paused": t("“{name}” is {state}; it can't be paused.", **values),
                         "sending": t("“{name}” is {state}; it can't be resumed.", **values),

@@ -14,7 +14,7 @@ from bot.campaigns.audience import check_fields
 from bot.campaigns.segments import check, compile_where
 from bot.context import Context
 from bot.db.models import Contact, ContactList, ListMember, Segment
-from bot.errors import UserError
+from bot.errors import Refusal, UserError
 from bot.i18n import t
 
 SAMPLE = 5
@@ -62,9 +62,7 @@ async def create(
             raise UserError(t("There is no contact list “{name}”. /lists shows them.", name=list_name[:60]))
         list_name = spelt  # as the list is spelt, whatever case was typed
         if (await session.execute(select(Segment.id).where(Segment.name == name))).first() is not None:
-            raise UserError(
-                t("A segment named “{name}” already exists; /segment edit changes it.", name=name)
-            )
+            raise Refusal(t("A segment named “{name}” already exists; /segment edit changes it.", name=name))
         if (await session.execute(select(ContactList.id).where(ContactList.named(name)))).first() is not None:
             raise UserError(
                 t("“{name}” is a contact list already; give the segment another name.", name=name)

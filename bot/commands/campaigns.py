@@ -54,7 +54,7 @@ EDIT = _campaign(
     "edit",
     "Change a campaign; an edit voids any approval.",
     NAME,
-    flags=(TO, EDIT_WHERE, TEMPLATE, SUBJECT, TRACKING),
+    flags=(TO, EDIT_WHERE, TEMPLATE, SUBJECT, TRACKING, NO_TRACKING),
     roles=SENDERS,
 )
 PREVIEW = _campaign(
@@ -146,7 +146,8 @@ class CampaignCommands:
         return Message(created(campaign) + await self.drafts.audience_note(campaign))
 
     async def edit(self, req: Request, p: Parsed) -> Message:
-        if not any(p.flag(f) for f in ("to", "where", "template", "subject", "tracking")):
+        off = p.switch("no-tracking")  # the same switch as /campaign new's: --tracking off
+        if not off and not any(p.flag(f) for f in ("to", "where", "template", "subject", "tracking")):
             raise UserError(
                 t("/campaign edit needs at least one of --to, --where, --template, --subject, --tracking."),
                 EDIT.usage,
@@ -154,6 +155,9 @@ class CampaignCommands:
         tracking = (p.flag("tracking") or "").lower()
         if tracking and tracking not in ("on", "off"):
             raise UserError(t("--tracking takes on or off, not “{value}”.", value=tracking[:20]), EDIT.usage)
+        if off and tracking == "on":
+            raise UserError(t("--no-tracking and --tracking on say opposite things: give one."), EDIT.usage)
+        tracking = tracking or ("off" if off else "")
         with usage_of(EDIT):
             done = await self.drafts.edit(
                 p.arg("name"),

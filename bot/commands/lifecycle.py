@@ -76,7 +76,7 @@ class LifecycleCommands:
     async def show_rules(self, req: Request, p: Parsed) -> Message:
         if not req.colleague:
             raise outsider(req, "rules")
-        return Message(self.rules.current().describe())
+        return Message(self.rules.describe())
 
     async def sync(self, req: Request, p: Parsed) -> Message:
         dry_run = p.switch("dry-run")

@@ -21,8 +21,9 @@ invariants 3 and 4 want them out at once, protected group or not. (A person mere
 CSV snapshot is not known to have left: those removals count, which is how a bad export that drops
 half the company is stopped.)
 
-- `person`: one person's joiner, mover or leaver event; one person's plan is never a mass removal.
-  Only the changes in the groups that trip a guard are held; the rest apply.
+- `person`: one person's joiner, mover or leaver event. It is never held for the count brake, but the
+  share brake and its rolling window apply (movers sent one event at a time are removals like any
+  other). Only the changes in the groups that trip a guard are held; the rest apply.
 - `command`: a person typing /addgroup or /removegroup. Held whole.
 - `reconcile`: /sync, /rules reload and a CSV snapshot. Held whole (a bad rule or a bad export
   must not half-apply), exempt from the mass-addition brake.
@@ -155,64 +156,65 @@ class Guard:
         for gid in sorted(protected, key=lambda i: address[i]):
             tripped.add(gid)
             reasons.append(t("it changes the protected group {group}", group=address[gid]))
-        if kind != "person":
-            removes = Counter(c.group_id for c in stoppable if c.op == "remove")
-            if removes:
-                sizes = dict(
-                    (
-                        await session.execute(
-                            select(Membership.group_id, func.count())
-                            .where(Membership.group_id.in_(list(removes)))
-                            .group_by(Membership.group_id)
+        # The share and the rolling window apply to every plan, one person's too: movers sent one event
+        # at a time must not empty a group a few at a time. (Leavers' removals are not stoppable.)
+        removes = Counter(c.group_id for c in stoppable if c.op == "remove")
+        if removes:
+            sizes = dict(
+                (
+                    await session.execute(
+                        select(Membership.group_id, func.count())
+                        .where(Membership.group_id.in_(list(removes)))
+                        .group_by(Membership.group_id)
+                    )
+                ).all()
+            )
+            window = await _window(session, {gid: address[gid] for gid in removes}, g.remove_window_hours)
+            for gid, n in sorted(removes.items(), key=lambda item: address[item[0]]):
+                size = sizes.get(gid, 0)
+                if n >= g.guard_min_removals and size and n / size > g.max_remove_share:
+                    tripped.add(gid)
+                    reasons.append(
+                        t(
+                            "it removes {count} of {size} members ({share}) of {group}, more than the {limit} "
+                            "allowed without approval",
+                            count=n,
+                            size=size,
+                            share=f"{n / size:.0%}",
+                            group=address[gid],
+                            limit=f"{g.max_remove_share:.0%}",
                         )
-                    ).all()
-                )
-                window = await _window(session, {gid: address[gid] for gid in removes}, g.remove_window_hours)
-                for gid, n in sorted(removes.items(), key=lambda item: address[item[0]]):
-                    size = sizes.get(gid, 0)
-                    if n >= g.guard_min_removals and size and n / size > g.max_remove_share:
+                    )
+                elif gid in window:
+                    earlier, gone = window[gid]
+                    count = earlier + n
+                    start = size + gone  # the group's size before the window's removals
+                    if count >= g.guard_min_removals and count / start > g.max_remove_share:
                         tripped.add(gid)
                         reasons.append(
                             t(
-                                "it removes {count} of {size} members ({share}) of {group}, more than the {limit} "
-                                "allowed without approval",
-                                count=n,
-                                size=size,
-                                share=f"{n / size:.0%}",
+                                "with the {earlier} removed from {group} in the last {hours} hours, it makes "
+                                "{count} of the {size} members it had ({share}), more than the {limit} allowed "
+                                "without approval",
+                                earlier=earlier,
                                 group=address[gid],
+                                hours=f"{g.remove_window_hours:g}",
+                                count=count,
+                                size=start,
+                                share=f"{count / start:.0%}",
                                 limit=f"{g.max_remove_share:.0%}",
                             )
                         )
-                    elif gid in window:
-                        earlier, gone = window[gid]
-                        count = earlier + n
-                        start = size + gone  # the group's size before the window's removals
-                        if count >= g.guard_min_removals and count / start > g.max_remove_share:
-                            tripped.add(gid)
-                            reasons.append(
-                                t(
-                                    "with the {earlier} removed from {group} in the last {hours} hours, it makes "
-                                    "{count} of the {size} members it had ({share}), more than the {limit} allowed "
-                                    "without approval",
-                                    earlier=earlier,
-                                    group=address[gid],
-                                    hours=f"{g.remove_window_hours:g}",
-                                    count=count,
-                                    size=start,
-                                    share=f"{count / start:.0%}",
-                                    limit=f"{g.max_remove_share:.0%}",
-                                )
-                            )
-                total = sum(removes.values())
-                if total > g.max_remove_count:
-                    tripped.update(removes)
-                    reasons.append(
-                        t(
-                            "it removes {count} memberships at once, more than the {limit} allowed without approval",
-                            count=total,
-                            limit=g.max_remove_count,
-                        )
+            total = sum(removes.values())
+            if kind != "person" and total > g.max_remove_count:
+                tripped.update(removes)
+                reasons.append(
+                    t(
+                        "it removes {count} memberships at once, more than the {limit} allowed without approval",
+                        count=total,
+                        limit=g.max_remove_count,
                     )
+                )
         if kind != "reconcile":
             adds = Counter(c.group_id for c in changes if c.op == "add")
             for gid, n in sorted(adds.items(), key=lambda item: address[item[0]]):

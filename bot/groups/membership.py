@@ -8,6 +8,7 @@ their rules put them in stays out of it until HR adds them again.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -34,7 +35,7 @@ from bot.messengers import Messengers
 log = logging.getLogger(__name__)
 
 # Held plans of whole HR events (a CSV snapshot) are applied, once approved, by the HR lifecycle.
-EventReplay = Callable[[list[dict[str, Any]]], Awaitable[int]]
+EventReplay = Callable[[list[dict[str, Any]]], Awaitable[tuple[int, list[str]]]]
 
 
 class Refused(Refusal):
@@ -79,10 +80,15 @@ class Memberships:
         via: str,
         session: AsyncSession | None = None,
         whole: bool = False,
+        approved: bool = False,
     ) -> Outcome:
         """Guard, apply, hold. With `whole`, a refusal of any change refuses the plan (raises Refused,
-        nothing applied). Inside a caller's `session`, the caller announces a held plan after its
-        commit (`announce`); otherwise it is announced here."""
+        nothing applied). With `approved` (an approver released it), its removals are marked so (cause
+        "approved"): the brake's window does not count what an approver has seen already. Inside a
+        caller's `session`, the caller announces a held plan after its commit (`announce`); otherwise it
+        is announced here."""
+        if approved:
+            plan = _approved(plan)
         if session is not None:
             return await self._execute(session, plan, kind, source, actor, via, whole)
         async with self.ctx.sessions() as own, own.begin():
@@ -297,7 +303,11 @@ class Memberships:
         changes: list[Change] | None = None,
         events: list[dict[str, Any]] | None = None,
     ) -> PendingPlan:
-        """Keep a plan (its changes, or whole HR events) for an approver."""
+        """Keep a plan (its changes, or whole HR events) for an approver. The same request again while
+        it waits (the same changes, and the same HR events) is that plan, not a second one."""
+        same = await _same_pending(session, changes or [], events)
+        if same is not None:
+            return same
         payload: dict[str, Any] = {"changes": [asdict(c) for c in changes or []]}
         if events is not None:
             payload["events"] = events
@@ -349,12 +359,33 @@ class Memberships:
                 done.append(plan_id)
         return done
 
+    async def _apply_rest(
+        self, pending: PendingPlan, events: list[dict[str, Any]], approver: str, via: str
+    ) -> tuple[int, list[str]]:
+        """An approved plan of HR events also holds changes for people none of its events is about (an
+        unchanged person a rule now puts in a protected group): replaying the events does not make them,
+        so they are applied here, made again against the groups now. Returns how many applied, and why
+        each of the others did not."""
+        named = {str(e.get("email") or "") for e in events}
+        changes = [Change(**d) for d in pending.payload.get("changes", []) if d.get("email") not in named]
+        if not changes:
+            return 0, []
+        approved = t("approved by {approver} (plan #{id})", approver=approver, id=pending.id)
+        async with self.ctx.sessions() as session, session.begin():
+            current, since = await _replan(session, changes, pending.created_at, self.rules.current())
+            plan = _approved(Plan([replace(c, reason=f"{c.reason}; {approved}") for c in current]))
+            out = await self._execute(session, plan, "reviewed", pending.source, pending.actor, via, False)
+        if out.pushed:
+            await self.outbox.settle(self.ctx.settings.providers.max_inline_wait_s + 5)
+        return out.applied, since + [why for _c, why in out.plan.refused]
+
     async def decide(self, plan_id: int, approver: str, via: str, decision: str) -> str:
         """Approve (apply) or reject a held plan; one decision however often it is clicked."""
         now = self.ctx.now()
         applied = 0
         not_applied: list[str] = []  # why a change of the approved plan did not apply
         since: list[str] = []  # what changed in the groups since the plan was held (those changes dropped)
+        rest = 0  # an approved plan of HR events: its changes applied for people without an event
         async with self.ctx.sessions() as session, session.begin():
             pending = await session.get(PendingPlan, plan_id)
             if pending is None:
@@ -414,18 +445,7 @@ class Memberships:
                     pending.created_at,
                     self.rules.current(),
                 )
-                # An approved removal is marked so (cause "approved"): the brake's window does not count
-                # what an approver has seen already.
-                plan = Plan(
-                    [
-                        replace(
-                            c,
-                            reason=f"{c.reason}; {approved}",
-                            cause=c.cause or ("approved" if c.op == "remove" else ""),
-                        )
-                        for c in current
-                    ]
-                )
+                plan = _approved(Plan([replace(c, reason=f"{c.reason}; {approved}") for c in current]))
                 out = await self._execute(
                     session, plan, "reviewed", pending.source, pending.actor, via, False
                 )
@@ -439,34 +459,58 @@ class Memberships:
         if decision == "approved" and events is not None:
             if self.replay_events is None:
                 raise RuntimeError("no HR lifecycle is wired to apply approved HR events")
-            applied = await self.replay_events(events)
+            applied, since = await self.replay_events(events)
+            rest, dropped = await self._apply_rest(pending, events, approver, via)
+            not_applied += dropped
             summary = pending.summary[:3000]
             await self.messengers.post(
                 "hr",
                 lambda: Message(
-                    t(
-                        "Plan #{id} from {requester}, approved by {approver}: {count} HR event from {source} "
-                        "applied.",
-                        id=plan_id,
-                        requester=pending.actor,
-                        approver=approver,
-                        count=applied,
-                        source=pending.source,
+                    (
+                        t(
+                            "Plan #{id} from {requester}, approved by {approver}: {count} HR event from {source} "
+                            "applied.",
+                            id=plan_id,
+                            requester=pending.actor,
+                            approver=approver,
+                            count=applied,
+                            source=pending.source,
+                        )
+                        if applied == 1
+                        else t(
+                            "Plan #{id} from {requester}, approved by {approver}: {count} HR events from {source} "
+                            "applied.",
+                            id=plan_id,
+                            requester=pending.actor,
+                            approver=approver,
+                            count=applied,
+                            source=pending.source,
+                        )
                     )
-                    if applied == 1
-                    else t(
-                        "Plan #{id} from {requester}, approved by {approver}: {count} HR events from {source} "
-                        "applied.",
-                        id=plan_id,
-                        requester=pending.actor,
-                        approver=approver,
-                        count=applied,
-                        source=pending.source,
-                    )
+                    + events_tail()
                     + "\n"
                     + summary
                 ),
             )
+
+        def events_tail() -> str:
+            """After an approved plan of HR events: the other changes it applied, and what changed since."""
+            text = ""
+            if rest:
+                text += " " + (
+                    t("It also applied 1 change for someone without an event in the plan.")
+                    if rest == 1
+                    else t(
+                        "It also applied {count} changes for people without an event in the plan.", count=rest
+                    )
+                )
+            if since:
+                text += " " + t("Changed since the plan was made: {changes}.", changes=t("; ").join(since))
+            if not_applied:
+                text += " " + t(
+                    "Not applied: {reasons}.", reasons=t("; ").join(why.rstrip(".") for why in not_applied)
+                )
+            return text
 
         def outcome_text() -> str:
             who = {"id": plan_id, "requester": pending.actor, "approver": approver}
@@ -487,7 +531,7 @@ class Memberships:
                         count=applied,
                         **who,
                     )
-                )
+                ) + events_tail()
             if not applied and (not_applied or since):
                 return t(
                     "Membership plan #{id} from {requester}, approved by {approver}: nothing to apply, because "
@@ -562,13 +606,32 @@ def approval_card(pending: PendingPlan) -> Message:
     return Message(t("A membership plan from {source} waits for approval.", source=pending.source), card)
 
 
+def _approved(plan: Plan) -> Plan:
+    """An approved plan's removals are marked so (cause "approved"): the brake's window does not count
+    what an approver has seen already — whether the plan held changes or whole HR events."""
+    return replace(
+        plan,
+        changes=[replace(c, cause=c.cause or ("approved" if c.op == "remove" else "")) for c in plan.changes],
+    )
+
+
 def _key(c: Change) -> tuple[str, int, str, str]:
     return (c.op, c.group_id, c.email, c.role)
 
 
-async def _same_pending(session: AsyncSession, changes: list[Change]) -> PendingPlan | None:
-    """A pending plan holding exactly these changes (the same request sent again): it is not queued twice."""
+def _event_key(e: dict[str, Any]) -> str:
+    """What an HR event says, whatever file or moment it came with (its id and time left out)."""
+    said = {k: e.get(k) for k in ("kind", "source", "external_id", "email", "attributes", "name", "snapshot")}
+    return json.dumps(said, sort_keys=True, default=str)
+
+
+async def _same_pending(
+    session: AsyncSession, changes: list[Change], events: list[dict[str, Any]] | None = None
+) -> PendingPlan | None:
+    """A pending plan holding exactly these changes — and, for a plan of HR events (a CSV snapshot),
+    the same events (the same request sent again): it is not queued twice."""
     wanted = sorted(_key(c) for c in changes)
+    wanted_events = None if events is None else sorted(_event_key(e) for e in events)
     rows = (
         (
             await session.execute(
@@ -579,7 +642,10 @@ async def _same_pending(session: AsyncSession, changes: list[Change]) -> Pending
         .all()
     )
     for pending in rows:
-        if pending.payload.get("events") is not None:
+        held_events = pending.payload.get("events")
+        if (held_events is None) != (wanted_events is None):
+            continue
+        if held_events is not None and sorted(_event_key(e) for e in held_events) != wanted_events:
             continue
         held = pending.payload.get("changes", [])
         if len(held) == len(wanted) and sorted(_key(Change(**d)) for d in held) == wanted:

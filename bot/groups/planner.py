@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -228,16 +229,18 @@ async def plan_reconcile(
     now: Any,
     people: list[PersonRow] | None = None,
     leaving: set[str] | None = None,
-    reason_suffix: str = "",
+    reason_suffix: str | Callable[[str], str] = "",
 ) -> Plan:
     """The whole population against the rules: what a full sync (or a CSV snapshot) would change.
 
-    `people` replaces the database's people (a CSV snapshot); `leaving` lists emails that leave.
+    `people` replaces the database's people (a CSV snapshot); `leaving` lists emails that leave;
+    `reason_suffix` ends each removal's reason (or, called with the email, says where it comes from).
     Leavers whose grace period is over lose every membership; the rest get exactly their rule
     groups while manual memberships stay. Someone who has left on record leaves for certain (cause
     "left"); someone merely missing from a snapshot is a removal the mass-removal brake counts.
     """
     plan = Plan()
+    suffix = reason_suffix if callable(reason_suffix) else (lambda _email: str(reason_suffix))
     ids = await _group_ids(session, rules)
     kept_out = await rule_exceptions(session)
     if people is None:
@@ -279,7 +282,7 @@ async def plan_reconcile(
         if p.email in leaving or p.status == "left":
             due = p.email in leaving or p.left_at is None or p.left_at + grace <= now
             if due:
-                why = t("{email} left", email=p.email) + reason_suffix
+                why = t("{email} left", email=p.email) + suffix(p.email)
                 cause = "left" if p.status == "left" else ""
                 for gid, source in mine:
                     plan.changes.append(
@@ -303,7 +306,7 @@ async def plan_reconcile(
                         p.email,
                         source,
                         t("{email} no longer matches rule {rule}", email=p.email, rule=source[5:])
-                        + reason_suffix,
+                        + suffix(p.email),
                         p.id,
                     )
                 )
@@ -325,7 +328,7 @@ async def plan_reconcile(
                         all_groups[gid],
                         email,
                         source,
-                        t("{email} is not a person on record", email=email) + reason_suffix,
+                        t("{email} is not a person on record", email=email) + suffix(email),
                     )
                 )
             elif source not in rule_sources and email not in leaving:

@@ -24,6 +24,7 @@ error is refused whole, with its line and the reason; the rules in force stay as
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -589,16 +590,45 @@ def _group(node: yaml.Node, name: str, settings: Settings) -> GroupRule:
 # -- the rules in force -------------------------------------------------------------------------
 class RuleBook:
     """The rules this process runs on: read from `groups.rules_file` the first time they are needed,
-    replaced by `/rules reload`. A file that does not load leaves *unknown* rules in force (not "no
-    rules"): plans then add nothing and remove no rule membership."""
+    replaced by `/rules reload`, and read again whenever the file changes on disk (its modification
+    time, size or inode, checked each time the rules are used): a `/rules reload` typed in another
+    process (`postroom chat`) reaches a running `postroom serve` that way. A file that does not load
+    leaves the rules in force as they are (`file_error` says why, and `/rules` shows it); with no rules
+    read before, that is *unknown* rules (not "no rules"): plans then add nothing and remove no rule
+    membership."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self._rules: RuleSet | None = None
+        self._seen: tuple[int, int, int] | None = None  # the file as it was when last read
+        self.file_error: str | None = None  # the file changed and does not load (the rules in force stay)
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        path = self.settings.groups.rules_file
+        if not path:
+            return None
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def current(self) -> RuleSet:
+        path = self.settings.groups.rules_file
+        if self._rules is not None and path and self._stamp() != self._seen:
+            self._seen = self._stamp()
+            try:
+                self._rules = load_rules(path, self.settings)
+                self.file_error = None
+                log.info("group rules file %s changed: read again", path)
+            except RulesError as exc:
+                log.error("group rules file %s changed and does not load: %s", path, exc.sentence)
+                if self._rules.error:  # nothing known was in force: still nothing known
+                    self._rules = RuleSet((), path, error=exc.sentence)
+                else:
+                    self.file_error = exc.sentence
         if self._rules is None:
-            path = self.settings.groups.rules_file
+            self._seen = self._stamp()
             rules = RuleSet((), None)
             if path:
                 try:
@@ -609,6 +639,21 @@ class RuleBook:
             self._rules = rules
         return self._rules
 
+    def describe(self) -> str:
+        """The rules in force, in words (and, when the file changed and does not load, why)."""
+        rules = self.current()
+        if self.file_error and not rules.error:
+            return (
+                t(
+                    "The rules file changed but could not be loaded, so the rules loaded before stay in force: "
+                    "{problem}",
+                    problem=self.file_error,
+                )
+                + "\n"
+                + rules.describe()
+            )
+        return rules.describe()
+
     def in_force(self) -> RuleSet | None:
         """The rules in force if they were read already (None: not yet)."""
         return self._rules
@@ -616,6 +661,8 @@ class RuleBook:
     def use(self, rules: RuleSet | None) -> None:
         """Put `rules` in force (None: read the file again when next needed)."""
         self._rules = rules
+        self._seen = self._stamp()
+        self.file_error = None
 
     def check_at_start(self) -> RuleSet:
         """`serve` and the demo start only on a rules file that loads: a broken one would strip every mover."""
@@ -638,4 +685,7 @@ class RuleBook:
         try:
             return load_rules(path, self.settings)
         except RulesError as exc:
+            in_force = self.current()
+            if in_force.error:  # nothing was known before either: say what /rules says
+                raise UserError(in_force.describe()) from None
             raise UserError(t("{problem} The rules in force are unchanged.", problem=exc.sentence)) from None

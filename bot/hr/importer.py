@@ -14,6 +14,7 @@ import hashlib
 import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +23,13 @@ from sqlalchemy import select
 from bot import values
 from bot.addresses import normalise, routing_refusal
 from bot.csvfiles import read_utf8
-from bot.db.models import Person
+from bot.db.models import Group, Person
 from bot.errors import UserError
 from bot.events import Message, PersonEvent, PersonKind
 from bot.groups import planner
 from bot.groups import service as groups
 from bot.groups.planner import PersonRow
-from bot.hr.lifecycle import Lifecycle, Outcome, event_to_dict
+from bot.hr.lifecycle import Lifecycle, Outcome, event_to_dict, not_applied, not_applied_why
 from bot.i18n import t
 
 SOURCE = "csv"
@@ -52,16 +53,12 @@ class ImportResult:
     removed: list[tuple[str, str]] = field(default_factory=list)
     in_grace: int = 0
     not_applied: list[str] = field(default_factory=list)  # one sentence per event that changed nothing
+    groups: list[str] = field(default_factory=list)  # a dry run: the rule groups the real run creates
     file: str = ""
 
     def record(self, event: PersonEvent, outcome: Outcome) -> None:
         if outcome.status != "applied":
-            why = {
-                "stale": t("an event dated later than this import is on record for them"),
-                "duplicate": t("this same file was imported before, and this event was handled then"),
-                "queued": outcome.note,
-            }.get(outcome.status, outcome.status)
-            self.refuse(event, why)
+            self.refuse(event, not_applied_why(outcome))
             return
         self.done[event.kind] = self.done.get(event.kind, 0) + 1
         email = outcome.person or event.email or ""
@@ -70,8 +67,7 @@ class ImportResult:
         self.in_grace += outcome.removal_due is not None
 
     def refuse(self, event: PersonEvent, why: str) -> None:
-        who = f"{event.external_id} ({event.email})" if event.email else event.external_id
-        self.not_applied.append(t("{who}, {kind}: not applied — {why}", who=who, kind=event.kind, why=why))
+        self.not_applied.append(not_applied(event, why))
 
     def summary(self) -> str:
         if self.applied:
@@ -87,6 +83,10 @@ class ImportResult:
             + " "
             + self.plan.summary()
         )
+        if self.groups:
+            head = t("Groups: {changes}.", changes=t("; ").join(self.groups)) + "\n" + head
+        if self.not_applied:
+            head += "\n" + self._not_applied_lines()
         if self.held is not None:
             return (
                 head
@@ -161,16 +161,23 @@ class ImportResult:
                 )
             )
         if self.not_applied:
-            lines.append(
-                t(
-                    "{count} of {total} events were not applied, so those people are not as the file says:",
-                    count=len(self.not_applied),
-                    total=len(self.not_applied) + sum(self.done.values()),
-                )
+            lines.append(self._not_applied_lines())
+        return "\n".join(lines)
+
+    def _not_applied_lines(self) -> str:
+        total = len(self.not_applied) + (
+            sum(self.done.values()) if self.applied else self.joined + self.changed + self.left
+        )
+        lines = [
+            t(
+                "{count} of {total} events were not applied, so those people are not as the file says:",
+                count=len(self.not_applied),
+                total=total,
             )
-            lines += ["  " + line for line in self.not_applied[:50]]
-            if len(self.not_applied) > 50:
-                lines.append("  " + t("… and {count} more", count=len(self.not_applied) - 50))
+        ]
+        lines += ["  " + line for line in self.not_applied[:50]]
+        if len(self.not_applied) > 50:
+            lines.append("  " + t("… and {count} more", count=len(self.not_applied) - 50))
         return "\n".join(lines)
 
 
@@ -263,17 +270,67 @@ async def import_staff(
             await planner.sync_group_definitions(session, rules, ctx.settings, actor=actor, via=SOURCE)
     events: list[PersonEvent] = []
     async with ctx.sessions() as session:
+        if dry_run:
+            # The dry run plans what the real run does: against the rule groups the real run creates first
+            # (made in this session only, which is rolled back below).
+            existing = set((await session.execute(select(Group.address))).scalars())
+            result.groups = [
+                t("would create {group}", group=g.address) for g in rules.groups if g.address not in existing
+            ]
+            await planner.sync_group_definitions(session, rules, ctx.settings, actor=actor, via=SOURCE)
         people = {
             p.employee_id: p for p in (await session.execute(select(Person))).scalars() if p.employee_id
         }
         by_email = {p.email: p for p in people.values()}
         snapshot: list[PersonRow] = []
         in_file: set[str] = set()
+        notes: dict[str, str] = {}  # why a person's rule membership goes, when they are in the file
+        # (a date past the allowed skew was never valid: admission repairs it, and the row applies)
+        latest = now + timedelta(seconds=ctx.settings.hr.max_future_skew_s)
         for r in rows:
             rehire = ""
             person = people.get(r["employee_id"]) or by_email.get(r["email"])
             if person is not None:
                 in_file.add(person.employee_id or "")
+            if (
+                person is not None
+                and person.last_event_at is not None
+                and now < person.last_event_at <= latest
+            ):
+                # HR's system told us something dated after this import (a change dated ahead, a leave on a
+                # later date): the file's row is older news, and applying it would be refused as stale. It
+                # is listed, planned as the record stands, and the import exits 1.
+                file_kind: PersonKind = "joined" if person.status == "left" else "changed"
+                if (person.email, person.attributes or {}, person.name or None) != (
+                    r["email"],
+                    r["attributes"],
+                    r["name"] or person.name,
+                ) or person.status == "left":
+                    result.not_applied.append(
+                        not_applied(
+                            PersonEvent(
+                                file_kind, SOURCE, r["employee_id"], r["email"], r["attributes"], "", now
+                            ),
+                            t(
+                                "an event dated {at} UTC, later than this import, is on record for them",
+                                at=f"{person.last_event_at:%Y-%m-%d %H:%M}",
+                            ),
+                        )
+                    )
+                else:
+                    result.unchanged += 1
+                snapshot.append(
+                    PersonRow(
+                        person.id,
+                        person.employee_id or r["employee_id"],
+                        person.email,
+                        person.name,
+                        person.attributes or {},
+                        person.status,
+                        person.left_at,
+                    )
+                )
+                continue
             if person is None or person.status == "left":
                 kind: PersonKind | None = "joined"
                 result.joined += 1
@@ -292,6 +349,19 @@ async def import_staff(
             ):
                 kind = "changed"
                 result.changed += 1
+                moves = [
+                    f"{k} {(person.attributes or {}).get(k, '—')} → {v}"
+                    for k, v in sorted(r["attributes"].items())
+                    if (person.attributes or {}).get(k) != v
+                ] + [
+                    f"{k} {v} → —"
+                    for k, v in sorted((person.attributes or {}).items())
+                    if k not in r["attributes"]
+                ]
+                if moves:
+                    notes[r["email"]] = " " + t(
+                        "(changed in {file}: {changes})", file=path.name, changes=", ".join(moves)
+                    )
             else:
                 kind = None
                 result.unchanged += 1
@@ -314,6 +384,8 @@ async def import_staff(
                     )
                 )
         await session.flush()
+        missing = " " + t("(missing from {file})", file=path.name)
+        listed = {r["email"] for r in rows}
         leaving = set()
         for emp, person in sorted(people.items()):
             if emp not in in_file and person.status == "active":
@@ -328,7 +400,7 @@ async def import_staff(
             now=now,
             people=snapshot,
             leaving=leaving,
-            reason_suffix=" " + t("(missing from {file})", file=path.name),
+            reason_suffix=lambda email: notes.get(email, "") if email in listed else missing,
         )
         # The snapshot is guarded as a whole: a bad export must not half-apply.
         verdict = await hr.memberships.review(session, plan, "reconcile")

@@ -151,13 +151,21 @@ class Lifecycle:
         return lock
 
     async def apply(
-        self, event: PersonEvent, *, kind: Kind = "person", notify: bool = True, snapshot: bool = False
+        self,
+        event: PersonEvent,
+        *,
+        kind: Kind = "person",
+        notify: bool = True,
+        snapshot: bool = False,
+        approved: bool = False,
     ) -> Outcome:
         """Apply one HR event. Raises UserError (nothing changed) when the event is unusable.
 
         `kind="reviewed"` applies an event whose plan an approver (or the snapshot's own review) has
         already seen; `notify=False` (a bulk import) leaves the per-person note to HR to the caller's
-        summary; `snapshot=True` (a CSV row) replaces the attributes on record instead of merging.
+        summary; `snapshot=True` (a CSV row) replaces the attributes on record instead of merging;
+        `approved=True` (an approved held plan) marks its removals so the brake's window does not count
+        them again.
         """
         if event.kind not in KINDS:
             raise UserError(
@@ -169,7 +177,7 @@ class Lifecycle:
         async with self._lock_for(f"{id_namespace(event.source)}:{event.external_id}"):
             for attempt, delay in enumerate((*RETRY_DELAYS_S, None)):
                 try:
-                    outcome = await self._apply(event, kind, snapshot)
+                    outcome = await self._apply(event, kind, snapshot, approved)
                     break
                 except UnknownPerson as exc:
                     if event.kind != "left":
@@ -191,20 +199,31 @@ class Lifecycle:
             await self._after_commit(event, outcome, notify)
         return outcome
 
-    async def replay(self, events: list[dict[str, Any]]) -> int:
-        """Apply HR events an approver released (a held CSV snapshot); returns how many applied (a stale or
-        duplicate one, or one refused for its person, is not counted: the others still apply)."""
+    async def replay(self, events: list[dict[str, Any]]) -> tuple[int, list[str]]:
+        """Apply HR events an approver released (a held CSV snapshot); returns how many applied, and a
+        sentence for each that did not (stale, a duplicate, refused for its person): the others still
+        apply."""
         applied = 0
+        skipped: list[str] = []
         for raw in events:
+            event = event_from_dict(raw)
             try:
                 out = await self.apply(
-                    event_from_dict(raw), kind="reviewed", notify=False, snapshot=bool(raw.get("snapshot"))
+                    event_from_dict(raw),
+                    kind="reviewed",
+                    notify=False,
+                    snapshot=bool(raw.get("snapshot")),
+                    approved=True,
                 )
             except UserError as exc:
                 log.warning("released HR event %s not applied: %s", raw.get("event_id"), exc.sentence)
+                skipped.append(not_applied(event, exc.sentence.rstrip(".")))
                 continue
-            applied += out.status == "applied"
-        return applied
+            if out.status == "applied":
+                applied += 1
+            else:
+                skipped.append(not_applied(event, not_applied_why(out)))
+        return applied, skipped
 
     # -- failures and retries ------------------------------------------------------------------
     async def _report_failure(self, event: PersonEvent) -> None:
@@ -346,13 +365,15 @@ class Lifecycle:
             person = (await session.execute(query)).scalar_one_or_none()
         return person
 
-    async def _apply(self, event: PersonEvent, kind: Kind, snapshot: bool = False) -> Outcome:
+    async def _apply(
+        self, event: PersonEvent, kind: Kind, snapshot: bool = False, approved: bool = False
+    ) -> Outcome:
         try:
-            return await self._apply_once(event, kind, snapshot)
+            return await self._apply_once(event, kind, snapshot, approved)
         except _NotApplied as stale:  # rolled back: a resend is judged again, never a "duplicate"
             return stale.outcome
 
-    async def _apply_once(self, event: PersonEvent, kind: Kind, snapshot: bool) -> Outcome:
+    async def _apply_once(self, event: PersonEvent, kind: Kind, snapshot: bool, approved: bool) -> Outcome:
         ctx = self.ctx
         settings = ctx.settings
         rules = self.rules.current()
@@ -487,6 +508,7 @@ class Lifecycle:
                             via=via,
                             session=session,
                             whole=whole,
+                            approved=approved,
                         )
                     except Refused as exc:
                         c = exc.refused[0][0]
@@ -766,6 +788,20 @@ def hr_note(o: Outcome) -> str:
             "Scheduling their removal failed: /sync will remove them when the grace period is over."
         )
     return text
+
+
+def not_applied_why(outcome: Outcome) -> str:
+    """Why an event changed nothing, in words."""
+    return {
+        "stale": t("an event dated later than this import is on record for them"),
+        "duplicate": t("this same file was imported before, and this event was handled then"),
+        "queued": outcome.note,
+    }.get(outcome.status, outcome.status)
+
+
+def not_applied(event: PersonEvent, why: str) -> str:
+    who = f"{event.external_id} ({event.email})" if event.email else event.external_id
+    return t("{who}, {kind}: not applied — {why}", who=who, kind=event.kind, why=why)
 
 
 def leaver_job_id(person_id: int) -> str:
