@@ -209,3 +209,26 @@ async def test_the_mailto_unsubscribe_suppresses_only_with_a_valid_token(make_bo
             assert reasons == ({} if "nonsense" in subject else {"raj@example.net": "unsubscribed"})
     finally:
         await server.stop()
+
+
+# Attacker tryout: the webhook silently dropped every event after the 1000th and answered 200, so the
+# email service never sent them again. Over the limit the whole body is refused, and nothing recorded.
+async def test_the_email_events_webhook_refuses_more_than_1000_events_whole(make_bot) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    secret = "hook-secret-0123456789"
+    bot = await make_bot(webhook_secret=secret)
+    events = [{"id": f"c{i}", "type": "complaint", "email": f"p{i}@example.org"} for i in range(1001)]
+    body = json.dumps({"events": events}).encode()
+    ts = str(int(time.time()))
+    sig = "v1=" + hmac.new(secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=bot.app.web()), base_url="http://t"
+    ) as web:
+        answer = await web.post(
+            "/hooks/email-events",
+            content=body,
+            headers={"x-postroom-timestamp": ts, "x-postroom-signature": sig},
+        )
+    assert answer.status_code == 413
+    assert answer.json() == {"error": "Send at most 1000 events per request; none of these was recorded."}
+    async with bot.core.ctx.sessions() as session:
+        assert (await session.execute(select(Suppression.email))).all() == []
