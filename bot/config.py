@@ -255,6 +255,8 @@ class CampaignSettings(_Section):
     # bounces
     bounce_domain: str = UNSET  # VERP return path bounces+<token>@<domain>; unset: from_address's domain
     soft_bounce_limit: int = Field(default=3, ge=1)
+    # a bounce or complaint to a return path counts only this long after the send (bot/campaigns/bounces.py)
+    bounce_window_days: float = Field(default=30, gt=0, le=3650)
     webhook_secret: str = Field(default="", repr=False)  # signs POST /hooks/email-events; empty: endpoint off
     # tracking and reports
     tracking: bool = True  # opens and clicks, globally; a campaign can switch it off with --no-tracking
