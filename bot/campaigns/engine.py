@@ -34,7 +34,7 @@ from bot.campaigns import service
 from bot.campaigns.audience import Recipient, snapshot_deliveries, suppressed_among, withdrawn_among
 from bot.campaigns.messages import CampaignMessages
 from bot.campaigns.notes import english, note
-from bot.campaigns.send_faults import pause_note
+from bot.campaigns.send_faults import pause_note, repeated_refusal_note
 from bot.campaigns.templates import TemplateProblem, load_source
 from bot.config import Settings
 from bot.context import Context
@@ -533,15 +533,8 @@ class DeliveryEngine:
                         unsent.extend({"b_id": p.id} for p, _o in unproven)
                         unproven.clear()
                         if not halt.is_set():
-                            self._halt_reason = note(
-                                "Paused by itself: the mail server at {server} refused {count} recipients in "
-                                "a row with the same reply ({reply}) and no status code naming the mailbox, "
-                                "which is the server's doing, not theirs. Check the mail server. Nobody was "
-                                "suppressed; /campaign resume {name} continues where it stopped.",
-                                server=server,
-                                count=refusals.count,
-                                reply=outcome.detail,
-                                name=campaign.name,
+                            self._halt_reason = repeated_refusal_note(
+                                outcome, count=refusals.count, server=server, name=campaign.name
                             )
                             halt.set()
                     continue
