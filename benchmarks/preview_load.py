@@ -6,7 +6,8 @@ budget (`campaigns.render_timeout_s`) every time it is rendered. `--rounds` time
 its preview page start at once (real HTTP, from a child process so the load generator does not compete
 for the server's GIL), while the child also asks GET /healthz every 20 ms and records each answer's time. Before the fix every GET rendered again (a failed render was not
 kept); now a failure is kept like a page, and at most a few renders run at once (the rest get 503 with
-Retry-After).
+Retry-After). Baseline, same run: as many GETs of an invalid preview link (403 at once: no database, no
+render), which is what serving that many requests at once costs by itself.
 
     .venv/bin/python benchmarks/preview_load.py [--concurrent 40] [--rounds 3] [--budget 0.5]
 
@@ -112,20 +113,26 @@ async def main(concurrent: int, rounds: int, budget: float) -> dict[str, object]
         await runtime.start_web("127.0.0.1", port)
         base = f"http://127.0.0.1:{port}"
         try:
-            child = await asyncio.create_subprocess_exec(
-                sys.executable,
-                __file__,
-                "--client",
-                base,
-                path,
-                "--concurrent",
-                str(concurrent),
-                "--rounds",
-                str(rounds),
-                stdout=asyncio.subprocess.PIPE,
-            )
-            out, _ = await child.communicate()
-            measured = json.loads(out.decode().strip().splitlines()[-1])
+
+            async def drive(target: str) -> dict[str, object]:
+                child = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    __file__,
+                    "--client",
+                    base,
+                    target,
+                    "--concurrent",
+                    str(concurrent),
+                    "--rounds",
+                    str(rounds),
+                    stdout=asyncio.subprocess.PIPE,
+                )
+                out, _ = await child.communicate()
+                return dict(json.loads(out.decode().strip().splitlines()[-1]))
+
+            measured = await drive(path)
+            # Baseline, same run: as many GETs of a link that is not valid (403: no database, no render).
+            floor = await drive("/preview/not-a-valid-token")
         finally:
             await runtime.stop()
     result = {
@@ -134,6 +141,7 @@ async def main(concurrent: int, rounds: int, budget: float) -> dict[str, object]
         "rounds": rounds,
         "budget_s": budget,
         **measured,
+        "baseline_invalid_link": floor,
     }
     print(
         f"{rounds} rounds of {concurrent} concurrent preview GETs took {measured['storm_s']} s: "
@@ -141,6 +149,7 @@ async def main(concurrent: int, rounds: int, budget: float) -> dict[str, object]
     )
     print(f"each preview GET: {measured['preview_get']}")
     print(f"GET /healthz meanwhile: {measured['healthz_during']}")
+    print(f"baseline, as many GETs of an invalid link (403): /healthz {floor['healthz_during']}")
     return result
 
 
