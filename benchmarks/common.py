@@ -122,6 +122,7 @@ def settings_for(
     folder: Path, database_url: str, smtp_port: int, dkim: dict[str, Any] | None = None, **campaigns: Any
 ) -> Any:
     from bot.config import load_settings
+    from bot.secret_policy import generate_secret
 
     templates = folder / "templates"
     templates.mkdir(parents=True, exist_ok=True)
@@ -141,7 +142,7 @@ def settings_for(
             "domains": ["corp.example"],
             "postal_address": "1 Example Street, Berlin",
         },
-        web={"base_url": "https://postroom.corp.example", "secret": "benchmark-secret-0123456789"},
+        web={"base_url": "https://postroom.corp.example", "secret": generate_secret()},
         campaigns={
             "templates_dir": str(templates),
             "from_address": "news@corp.example",

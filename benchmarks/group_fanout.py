@@ -56,6 +56,7 @@ async def build(folder: Path, sink_port: int, relay_port: int, policy_port: int,
     from bot.config import load_settings
     from bot.db.models import Group, Membership
     from bot.groups import planner
+    from bot.secret_policy import generate_secret
 
     rules = folder / "groups.yaml"
     rules.write_text("groups:\n  - address: big\n    post: members\n")
@@ -64,7 +65,7 @@ async def build(folder: Path, sink_port: int, relay_port: int, policy_port: int,
         database={"url": f"sqlite+aiosqlite:///{folder / 'postroom.db'}"},
         smtp={"host": "127.0.0.1", "port": sink_port, "connections": 4, "timeout_s": 30},
         org=ORG,
-        web={"secret": "benchmark-secret-0123456789"},
+        web={"secret": generate_secret()},
         groups={"rules_file": str(rules)},
         relay={"enabled": True, "port": relay_port, "connections": 4, "batch_size": 1000},
         postfix={"policy_enabled": True, "policy_port": policy_port},

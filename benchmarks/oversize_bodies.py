@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from bot.links import Signer  # noqa: E402
+from bot.secret_policy import generate_secret  # noqa: E402
 from tests.fake_wecom import FakeWeCom  # noqa: E402
 from tests.loopback import serve  # noqa: E402
 from tests.slack_fake import BOT_TOKEN, SIGNING_SECRET, FakeSlack  # noqa: E402
@@ -37,7 +38,6 @@ from tests.smtp import free_port  # noqa: E402
 from tests.test_wecom import AES_KEY, CORP_ID, TOKEN  # noqa: E402
 
 POSTROOM = str(Path(sys.executable).parent / "postroom")
-WEB_SECRET = "bench-web-secret-0123456789"
 CHUNK = 1024 * 1024
 
 
@@ -51,7 +51,9 @@ def status(pid: int) -> dict[str, float]:
     return found
 
 
-def config(folder: Path, port: int, slack_url: str, wecom_url: str) -> Path:
+def config(folder: Path, port: int, slack_url: str, wecom_url: str, web_secret: str | None = None) -> Path:
+    """serve's configuration; every Postroom secret fresh for this run (serve refuses a fixed one)."""
+    web_secret = web_secret or generate_secret()
     path = folder / "postroom.toml"
     path.write_text(f"""
 [database]
@@ -67,12 +69,12 @@ postal_address = "1 Example Street, Berlin"
 host = "127.0.0.1"
 port = {port}
 base_url = "http://127.0.0.1:{port}"
-secret = "{WEB_SECRET}"
+secret = "{web_secret}"
 [hr]
-webhook_secret = "hr-webhook-secret-0123456789"
+webhook_secret = "{generate_secret()}"
 [campaigns]
 templates_dir = "{ROOT / "bot" / "demo_data" / "templates"}"
-webhook_secret = "email-events-secret-0123"
+webhook_secret = "{generate_secret()}"
 [slack]
 bot_token = "{BOT_TOKEN}"
 signing_secret = "{SIGNING_SECRET}"
@@ -98,7 +100,8 @@ async def main(megabytes: int) -> dict[str, object]:
             with tempfile.TemporaryDirectory() as tmp:
                 folder = Path(tmp)
                 port = free_port()
-                cfg = config(folder, port, slack.api_url, wecom_url)
+                web_secret = generate_secret()
+                cfg = config(folder, port, slack.api_url, wecom_url, web_secret)
                 env = {k: v for k, v in os.environ.items() if not k.startswith("POSTROOM_")}
                 proc = subprocess.Popen(
                     [POSTROOM, "--config", str(cfg), "serve"],
@@ -119,7 +122,7 @@ async def main(megabytes: int) -> dict[str, object]:
                             pass
                         assert time.monotonic() < deadline, "postroom serve did not start"
                         await asyncio.sleep(0.1)
-                    token = Signer(WEB_SECRET).sign("u", "1", "lena@example.com")
+                    token = Signer(web_secret).sign("u", "1", "lena@example.com")
                     now = str(int(time.time()))
                     endpoints = {
                         "/hooks/hr": "/hooks/hr",

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from adapters.console import ConsoleAdapter  # noqa: E402
-from bot.app import Runtime, build_core  # noqa: E402
+from bot.app import Runtime, build_app  # noqa: E402
 from bot.campaigns import service  # noqa: E402
 from bot.campaigns.audience import Recipient  # noqa: E402
 from bot.campaigns.templates import TemplateProblem  # noqa: E402
@@ -94,10 +94,11 @@ async def main(budget: float) -> dict[str, object]:
             campaigns={"render_timeout_s": budget},
         )
         (folder / "templates" / "bomb.html").write_text(BOMB)
-        core = await build_core(settings)
-        runtime = Runtime(core)
+        app = await build_app(settings)
+        core = app.core
+        runtime = Runtime(app)
         console = ConsoleAdapter(SENDER, out=io.StringIO(), prompt=False)
-        core.attach(console)
+        app.attach(console)
         await console.start(core)
         contacts = folder / "contacts.csv"
         contacts.write_text(

@@ -244,6 +244,9 @@ class CampaignSettings(_Section):
     error_window: int = Field(default=200, ge=1)
     error_min_samples: int = Field(default=50, ge=1)
     error_pause_share: float = Field(default=0.5, gt=0, le=1)
+    # the same bare 5xx at RCPT (no enhanced code) for this many recipients in a row, nothing delivered in
+    # between: the relay's fault, the campaign pauses and suppresses none of them (bot/mail/replies.py)
+    same_refusal_limit: int = Field(default=3, ge=2, le=1000)
     poll_s: float = Field(default=2.0, gt=0)
     # A template that takes longer than this to render one message is stopped and refused (preview,
     # submit, and each message at send time); a real one renders in well under a millisecond.
@@ -254,6 +257,8 @@ class CampaignSettings(_Section):
     # bounces
     bounce_domain: str = UNSET  # VERP return path bounces+<token>@<domain>; unset: from_address's domain
     soft_bounce_limit: int = Field(default=3, ge=1)
+    # a bounce or complaint to a return path counts only this long after the send (bot/campaigns/bounces.py)
+    bounce_window_days: float = Field(default=30, gt=0, le=3650)
     webhook_secret: str = Field(default="", repr=False)  # signs POST /hooks/email-events; empty: endpoint off
     # tracking and reports
     tracking: bool = True  # opens and clicks, globally; a campaign can switch it off with --no-tracking

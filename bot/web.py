@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bot import i18n
 from bot.campaigns import preferences
-from bot.campaigns.preview import PreviewCache
+from bot.campaigns.preview import RETRY_AFTER_S, PreviewCache
 from bot.campaigns.unsubscribe import masked, read_token, target_of, unsubscribe
 from bot.context import Context
 from bot.i18n import t
@@ -151,7 +151,10 @@ def build_web(ctx: Context, routes: list[Any]) -> ASGIApp:
             return _page(t("Link not valid"), _p(t("This preview link is not valid or has expired.")), 403)
         page = await previews.page(ctx, int(parts[0]))
         if not page.document:
-            return _page(page.title, f"<p>{html.escape(page.body)}</p>", page.status)
+            shown = _page(page.title, f"<p>{html.escape(page.body)}</p>", page.status)
+            if page.status == 503:
+                shown.headers["Retry-After"] = str(RETRY_AFTER_S)
+            return shown
         return HTMLResponse(
             page.body,
             headers={

@@ -209,3 +209,74 @@ async def test_the_mailto_unsubscribe_suppresses_only_with_a_valid_token(make_bo
             assert reasons == ({} if "nonsense" in subject else {"raj@example.net": "unsubscribed"})
     finally:
         await server.stop()
+
+
+# Attacker tryout: the webhook silently dropped every event after the 1000th and answered 200, so the
+# email service never sent them again. Over the limit the whole body is refused, and nothing recorded.
+async def test_the_email_events_webhook_refuses_more_than_1000_events_whole(make_bot) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    secret = "hook-secret-0123456789"
+    bot = await make_bot(webhook_secret=secret)
+    events = [{"id": f"c{i}", "type": "complaint", "email": f"p{i}@example.org"} for i in range(1001)]
+    body = json.dumps({"events": events}).encode()
+    ts = str(int(time.time()))
+    sig = "v1=" + hmac.new(secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=bot.app.web()), base_url="http://t"
+    ) as web:
+        answer = await web.post(
+            "/hooks/email-events",
+            content=body,
+            headers={"x-postroom-timestamp": ts, "x-postroom-signature": sig},
+        )
+    assert answer.status_code == 413
+    assert answer.json() == {"error": "Send at most 1000 events per request; none of these was recorded."}
+    async with bot.core.ctx.sessions() as session:
+        assert (await session.execute(select(Suppression.email))).all() == []
+
+
+# Attacker tryout: a DSN sent to lena's return path naming another recipient suppressed lena regardless,
+# and a return path never expired, so anyone who once saw it could suppress her any time later. The DSN's
+# Final-Recipient must be the return path's recipient, and it must come within campaigns.bounce_window_days.
+async def test_a_dsn_must_name_the_return_paths_recipient_and_come_within_the_window(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from bot.db.models import Delivery
+
+    bot = await make_bot()
+    await send(bot, "news")
+    await bot.settle()
+    server = EmbeddedSmtpServer("127.0.0.1", free_port(), bot.app.mail_routes())
+    await server.start()
+
+    async def suppressed() -> dict[str, str]:
+        async with bot.core.ctx.sessions() as session:
+            return dict((await session.execute(select(Suppression.email, Suppression.reason))).all())
+
+    try:
+
+        async def mail(rcpt: str, data: bytes) -> None:
+            client = aiosmtplib.SMTP(hostname="127.0.0.1", port=server.port)
+            await client.connect()
+            try:
+                await client.sendmail("", [rcpt], data)
+            finally:
+                await client.quit()
+
+        lena = await _return_path(bot, smtp, "lena@example.com")
+        raj = await _return_path(bot, smtp, "raj@example.net")
+        await mail(lena, dsn("kim@example.org", "5.1.1", msg_id="<other@mx>"))  # names someone else
+        assert await suppressed() == {}
+        async with bot.core.ctx.sessions() as session, session.begin():
+            await session.execute(
+                update(Delivery)
+                .where(Delivery.email == "raj@example.net")
+                .values(sent_at=bot.core.ctx.now() - timedelta(days=31))
+            )
+        await mail(raj, dsn("raj@example.net", "5.1.1", msg_id="<late@mx>"))  # after the 30-day window
+        assert await suppressed() == {}
+        await mail(lena, dsn("Lena@Example.com", "5.1.1", msg_id="<own@mx>"))  # her own, in time
+        assert await suppressed() == {"lena@example.com": "hard_bounce"}
+    finally:
+        await server.stop()

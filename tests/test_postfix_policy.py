@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from bot.groups.postfix_policy import PolicyService
 from tests.smtp import free_port
 from tests.test_group_posts import running
 
@@ -221,3 +222,104 @@ async def test_smtp_auth_as_the_sender_is_believed_and_as_someone_else_is_not(po
     assert answers[0:2] == ["action=DUNNO", "action=DUNNO"]
     assert answers[2].startswith("action=REJECT 5.7.1") and "SMTP AUTH" in answers[2]
     assert answers[3] == "action=DUNNO"  # loopback is trusted by default
+
+
+# Attacker tryout: the held-post decision lived only in memory. A flood of RCPT requests evicted it, and a
+# restart of serve lost it; END-OF-MESSAGE then found nothing and answered DUNNO, so a post to a moderated
+# group went out unmoderated. An END-OF-MESSAGE without a remembered decision is decided afresh from its
+# own attributes, or deferred when they are not enough (several recipients): never DUNNO by default.
+async def flood(port: int, count: int, client: str) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for start in range(0, count, 500):
+            batch = range(start, min(count, start + 500))
+            writer.write(
+                b"".join(
+                    request(
+                        sender=f"f{i}@other.example",
+                        recipient="partners@corp.example",
+                        instance=f"flood{i}",
+                        client_address=client,
+                    )
+                    for i in batch
+                )
+            )
+            await writer.drain()
+            for _ in batch:
+                assert await asyncio.wait_for(reader.readuntil(b"\n\n"), 30) == b"action=DUNNO\n\n"
+    finally:
+        writer.close()
+
+
+def end_of_message(instance: str, **attrs: str) -> bytes:
+    return request(
+        protocol_state="END-OF-MESSAGE", instance=instance, size="10", queue_id=f"Q{instance}", **attrs
+    )
+
+
+async def test_a_held_post_is_held_after_a_flood_evicts_its_decision(policy) -> None:  # type: ignore[no-untyped-def]
+    _bot, port = policy
+    victim = {"sender": "x@gmail.com", "client_address": "198.51.100.7"}
+    assert await ask(port, request(recipient="board@corp.example", instance="victim1", **victim)) == [
+        "action=DUNNO"
+    ]
+    assert await ask(port, request(recipient="board@corp.example", instance="victim2", **victim)) == [
+        "action=DUNNO"
+    ]
+    assert await ask(port, request(recipient="board@corp.example", instance="victim3", **victim)) == [
+        "action=DUNNO"
+    ]
+    await flood(port, 10_001, client="203.0.113.66")  # another client's flood evicts nothing of victim's
+    (three,) = await ask(port, end_of_message("victim3", recipient_count="2", **victim))
+    assert three.startswith("action=HOLD held for a moderator of board@corp.example"), three
+    await flood(port, 1_001, client="198.51.100.7")  # victim's own client: its oldest entries go
+    one, two = await ask(
+        port,
+        # Postfix names the recipient at the end of the message when there is exactly one
+        end_of_message("victim1", recipient="board@corp.example", recipient_count="1", **victim),
+        end_of_message("victim2", recipient_count="2", **victim),  # two recipients: not named
+    )
+    assert one.startswith("action=HOLD held for a moderator of board@corp.example"), one
+    assert two.startswith("action=DEFER_IF_PERMIT ") and "try again later" in two, two
+
+
+async def test_a_held_post_is_held_after_a_restart_between_rcpt_and_end_of_message(policy) -> None:  # type: ignore[no-untyped-def]
+    bot, port = policy
+    victim = {"sender": "x@gmail.com", "client_address": "198.51.100.7"}
+    assert await ask(port, request(recipient="board@corp.example", instance="r1", **victim)) == [
+        "action=DUNNO"
+    ]
+    old = bot.app.group_mail.policy
+    await old.stop()
+    fresh = PolicyService(old.ctx, old.moderation)  # a restarted serve remembers nothing
+    await fresh.start(port=0)
+    try:
+        answers = await ask(
+            fresh.port,
+            end_of_message("r1", recipient="board@corp.example", recipient_count="1", **victim),
+            end_of_message("r2", recipient_count="3", **victim),
+            end_of_message("r3", recipient="eng@corp.example", sender="chen@corp.example"),
+            end_of_message("r4", recipient="someone@corp.example", sender="chen@corp.example"),
+            request(protocol_state="DATA", instance="r5", recipient_count="2", **victim),
+        )
+    finally:
+        await fresh.stop()
+    assert answers[0].startswith("action=HOLD held for a moderator of board@corp.example"), answers
+    assert answers[1].startswith("action=DEFER_IF_PERMIT "), answers
+    assert answers[2].startswith("action=REJECT 5.7.1 <eng@corp.example>: only members"), answers
+    assert answers[3] == "action=DUNNO"  # not a group: ordinary mail
+    assert answers[4].startswith("action=DEFER_IF_PERMIT "), answers
+    log = await bot.say("hannah@corp.example", "/posts board")
+    assert "x@gmail.com" in log
+
+
+async def test_ordinary_mail_to_several_people_is_not_deferred(policy) -> None:  # type: ignore[no-untyped-def]
+    _bot, port = policy
+    answers = await ask(
+        port,
+        request(sender="chen@corp.example", recipient="a@corp.example", instance="m1"),
+        request(sender="chen@corp.example", recipient="b@corp.example", instance="m1"),
+        request(protocol_state="DATA", sender="chen@corp.example", instance="m1", recipient_count="2"),
+        end_of_message("m1", sender="chen@corp.example", recipient_count="2"),
+    )
+    assert answers == ["action=DUNNO"] * 4

@@ -3,6 +3,7 @@ that unsubscribes nobody; rendered once (in a worker thread) and kept; the link 
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 import time
@@ -120,3 +121,55 @@ def test_the_preview_cache_is_bounded_in_entries_bytes_and_age() -> None:
     assert cache.get((5, "a")) is None
     now[0] = 61
     assert cache.get((4, "a")) is None and len(cache) == 0
+
+
+# Attacker tryout: a template bomb runs into its render budget on every render, and a failed render was not
+# kept, so every GET of its preview rendered again (40 at once kept /healthz waiting 813 ms,
+# benchmarks/preview_load.py). A failure is kept like a page, and at most `max_renders` run at once.
+BOMB = (
+    "<p>Hello {{ first_name }}</p>"
+    "{% for a in range(10000) %}{% for b in range(10000) %}{% endfor %}{% endfor %}"
+    '<a href="{{ unsubscribe_url }}">Unsubscribe</a> {{ org.postal_address }}'
+)
+
+
+async def bomb_paths(bot, tmp_path, names: list[str]) -> list[str]:  # type: ignore[no-untyped-def]
+    from bot.db.models import Campaign
+
+    (tmp_path / "templates" / "bomb.html").write_text(BOMB)
+    paths = []
+    for name in names:
+        reply = await bot.say(SENDER, f"/campaign new {name} --to customers --template bomb --subject Hi")
+        assert "Draft campaign" in reply, reply
+        async with bot.core.ctx.sessions() as session:
+            cid = (await session.execute(select(Campaign.id).where(Campaign.name == name))).scalar_one()
+        paths.append("/preview/" + bot.core.ctx.signer.sign_expiring("p", str(cid), ttl_s=3600))
+    return paths
+
+
+async def test_a_failed_preview_render_is_kept_and_not_rendered_again(
+    make_bot, smtp, tmp_path, renders: list[str]
+) -> None:  # type: ignore[no-untyped-def]
+    bot = await make_bot(render_timeout_s=0.2)
+    (path,) = await bomb_paths(bot, tmp_path, ["bomb1"])
+    async with web(bot) as client:
+        renders.clear()
+        first = await client.get(path)
+        assert first.status_code == 422 and "took longer than" in first.text
+        after_first = len(renders)
+        again = await asyncio.gather(*(client.get(path) for _ in range(5)))
+        assert [a.status_code for a in again] == [422] * 5 and all(a.text == first.text for a in again)
+        assert len(renders) == after_first, "a failed render must be kept, not rendered again"
+
+
+async def test_too_many_preview_renders_at_once_get_503_with_retry_after(make_bot, smtp, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bot = await make_bot(render_timeout_s=0.3)
+    paths = await bomb_paths(bot, tmp_path, ["b1", "b2", "b3", "b4"])
+    async with web(bot) as client:
+        answers = await asyncio.gather(*(client.get(p) for p in paths))
+        busy = [a for a in answers if a.status_code == 503]
+        assert sorted(a.status_code for a in answers) == [422, 422, 503, 503], answers
+        assert all(a.headers["retry-after"] == "5" for a in busy)
+        assert all("Too many previews are being rendered at once" in a.text for a in busy)
+        later = await asyncio.gather(*(client.get(p) for p in paths))  # once the renders are done
+        assert [a.status_code for a in later] == [422] * 4

@@ -205,3 +205,47 @@ async def test_a_throttle_that_outlasts_the_retries_pauses_rather_than_failing_r
         assert await state_of(bot, "spring") == "completed"
         assert received(server) == Counter({e: 1 for e in addresses(SMALL)})
         assert await suppressed(bot) == 0
+
+
+# Attacker tryout: a relay answering a generic "550 Requested action not taken: mailbox unavailable" (no
+# enhanced status code) at RCPT for every recipient suppressed 50 of them as hard bounces before the
+# error-rate pause. The same bare reply repeated for campaigns.same_refusal_limit (3) recipients in a row
+# with no delivery in between is the server's doing: pause at once, suppress nobody.
+GENERIC_550 = "550 Requested action not taken: mailbox unavailable"
+
+
+async def test_a_generic_550_at_rcpt_for_everyone_pauses_and_suppresses_nobody(
+    make_bot, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    with FaultyServer() as server:
+        server.handler.rcpt_reply = GENERIC_550
+        bot = await make_bot(smtp_section={"port": server.port})
+        to = await audience(bot, tmp_path, LARGE)
+        await approve(bot, "spring", to)
+        assert await state_of(bot, "spring") == "paused"
+        assert await suppressed(bot) == 0
+        assert await statuses(bot, "spring") == Counter({("pending", 0): LARGE})
+        sentence = [text for text in said(bot) if "Paused by itself" in text]
+        assert len(sentence) == 1 and GENERIC_550 in sentence[0], said(bot)
+        assert "Nobody was suppressed" in sentence[0] and "in a row" in sentence[0]
+        server.handler.fix()
+        assert "Resumed" in await bot.say(SENDER, "/campaign resume spring")
+        await bot.settle()
+        assert await state_of(bot, "spring") == "completed"
+        assert received(server) == Counter({e: 1 for e in addresses(LARGE)})
+        assert await suppressed(bot) == 0
+
+
+async def test_a_generic_550_for_one_mailbox_among_good_ones_still_suppresses_it(
+    make_bot, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    with FaultyServer() as server:
+        server.handler.rcpt_replies["r1@example.net"] = GENERIC_550
+        server.handler.rcpt_replies["r5@example.net"] = GENERIC_550
+        bot = await make_bot(smtp_section={"port": server.port})
+        to = await audience(bot, tmp_path, 8)
+        await approve(bot, "spring", to)
+        assert await state_of(bot, "spring") == "completed"
+        async with bot.core.ctx.sessions() as session:
+            rows = (await session.execute(select(Suppression))).scalars().all()
+        assert sorted(s.email for s in rows) == ["r1@example.net", "r5@example.net"]

@@ -8,11 +8,17 @@ and 5.2.1 mailbox disabled: suppressed at once) from a soft one (4.x.x and every
 full, policy blocks, routing, content: suppressed after `campaigns.soft_bounce_limit` of them), and an
 abuse report (RFC 5965, `report-type=feedback-report`) is a complaint (suppressed at once). Each
 suppression keeps the DSN's status and diagnostic as its evidence.
+
+Anyone who got a message has seen its return path, so a report to it counts only when it is about that
+delivery: its Final-Recipient (or Original-Recipient), when it names one, must be the delivery's
+recipient, and it must arrive within `campaigns.bounce_window_days` (30) of the send. Anything else is
+ignored and logged. The same holds for the email-events webhook (its `email` is the named recipient).
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import UTC, timedelta
 from email import message_from_bytes, policy
 
 from sqlalchemy import func, select
@@ -40,13 +46,15 @@ async def record_finding(
         if delivery_id is not None:
             row = (
                 await session.execute(
-                    select(Delivery.campaign_id, Delivery.email).where(Delivery.id == delivery_id)
+                    select(Delivery.campaign_id, Delivery.email, Delivery.sent_at).where(
+                        Delivery.id == delivery_id
+                    )
                 )
             ).first()
         elif email is not None:  # an email service's notification without our return path
             row = (
                 await session.execute(
-                    select(Delivery.campaign_id, Delivery.email, Delivery.id)
+                    select(Delivery.campaign_id, Delivery.email, Delivery.sent_at, Delivery.id)
                     .where(Delivery.email == email.lower(), Delivery.status == "sent")
                     .order_by(Delivery.sent_at.desc())
                     .limit(1)
@@ -58,6 +66,29 @@ async def record_finding(
             log.info("a %s for an unknown delivery was ignored", finding.kind)
             return None
         address = row.email
+        named = (finding.recipient or "").strip().strip("<>").strip().lower()
+        if named and named != address.lower():
+            # A report to one recipient's return path about someone else: not evidence against either.
+            log.warning(
+                "a %s to delivery %s's return path names another recipient; ignored",
+                finding.kind,
+                delivery_id,
+            )
+            return None
+        window = timedelta(days=ctx.settings.campaigns.bounce_window_days)
+        sent_at = row.sent_at
+        if sent_at is not None and sent_at.tzinfo is None:
+            sent_at = sent_at.replace(tzinfo=UTC)
+        if sent_at is None or ctx.now() - sent_at > window:
+            # A return path is seen by everyone who got the message: it is taken as a bounce address
+            # only for the window after the send, not by anyone who saw it at any time later.
+            log.warning(
+                "a %s for delivery %s outside campaigns.bounce_window_days (sent %s); ignored",
+                finding.kind,
+                delivery_id,
+                sent_at,
+            )
+            return None
         hashed = email_hash(address)
         session.add(
             CampaignEvent(

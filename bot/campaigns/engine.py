@@ -34,7 +34,7 @@ from bot.campaigns import service
 from bot.campaigns.audience import Recipient, snapshot_deliveries, suppressed_among, withdrawn_among
 from bot.campaigns.messages import CampaignMessages
 from bot.campaigns.notes import english, note
-from bot.campaigns.send_faults import pause_note
+from bot.campaigns.send_faults import pause_note, repeated_refusal_note
 from bot.campaigns.templates import TemplateProblem, load_source
 from bot.config import Settings
 from bot.context import Context
@@ -56,6 +56,27 @@ CLAIMS = Claims(
 ProgressCallback = Callable[[int, str], Awaitable[None]]
 
 
+class _RefusalStreak:
+    """The distinct recipients refused in a row with the same unproven reply, since the last delivery."""
+
+    def __init__(self) -> None:
+        self.reply = ""
+        self.emails: set[str] = set()
+
+    @property
+    def count(self) -> int:
+        return len(self.emails)
+
+    def add(self, reply: str, email: str) -> int:
+        if reply != self.reply:
+            self.reply, self.emails = reply, set()
+        self.emails.add(email)
+        return self.count
+
+    def reset(self) -> None:
+        self.reply, self.emails = "", set()
+
+
 @dataclass
 class EngineOptions:
     batch_size: int = 500
@@ -71,6 +92,7 @@ class EngineOptions:
     error_window: int = 200
     error_min_samples: int = 50
     error_pause_share: float = 0.5
+    same_refusal_limit: int = 3  # the same unproven RCPT refusal this often in a row: the server's, pause
     frequency_cap: int = 0
     frequency_period_s: float = 7 * 86400.0
 
@@ -88,6 +110,7 @@ class EngineOptions:
             error_window=c.error_window,
             error_min_samples=c.error_min_samples,
             error_pause_share=c.error_pause_share,
+            same_refusal_limit=c.same_refusal_limit,
             frequency_cap=c.frequency_cap,
             frequency_period_s=c.frequency_period_days * 86400.0,
         )
@@ -168,6 +191,7 @@ class DeliveryEngine:
         self._domain_slots: dict[str, asyncio.Semaphore] = {}
         self._late_suppressions: set[str] = set()  # hashes suppressed while a batch is out
         self._suppression_mark = 0
+        self._refusals = _RefusalStreak()  # unproven RCPT refusals since the last delivery
         self.sent_total = 0
 
     def stop(self) -> None:
@@ -448,6 +472,8 @@ class DeliveryEngine:
         window = self._window
         server = f"{self.ctx.settings.smtp.host}:{self.ctx.settings.smtp.port}"
         queue = deque(batch)
+        unproven: list[tuple[Any, Outcome]] = []  # bare RCPT refusals no delivery has followed yet
+        refusals = self._refusals
         halt = self._halt
         late = self._late_suppressions
 
@@ -490,6 +516,27 @@ class DeliveryEngine:
                 if kind == "sent":
                     sent.append({"b_id": d.id, "mid": built.message_id})
                     window.add(None)
+                    # a delivery after them: the bare refusals before it were about those recipients
+                    bounced.extend(
+                        {"b_id": p.id, "status": "bounced", "err": o.detail, "email": p.email}
+                        for p, o in unproven
+                    )
+                    unproven.clear()
+                    refusals.reset()
+                    continue
+                if kind == "bounced" and outcome.unproven:
+                    unproven.append((d, outcome))
+                    window.add(outcome.detail)
+                    if refusals.add(outcome.same_reply(), d.email) >= opts.same_refusal_limit:
+                        # The same bare refusal for everyone: the server's, not theirs. None of them is
+                        # suppressed; they go back to `pending` uncounted, and the campaign pauses now.
+                        unsent.extend({"b_id": p.id} for p, _o in unproven)
+                        unproven.clear()
+                        if not halt.is_set():
+                            self._halt_reason = repeated_refusal_note(
+                                outcome, count=refusals.count, server=server, name=campaign.name
+                            )
+                            halt.set()
                     continue
                 if kind == "halt":
                     # The server, the login, the sender or the connection failed, not this recipient:
@@ -538,6 +585,19 @@ class DeliveryEngine:
 
         workers = max(1, transport.size)
         await asyncio.gather(*(worker() for _ in range(min(workers, len(batch)))))
+        # Unproven refusals (a bare 5xx at RCPT) that no delivery followed: not evidence yet; tried again.
+        for d, outcome in unproven:
+            if d.attempts >= opts.max_attempts:
+                failed.append(
+                    {
+                        "b_id": d.id,
+                        "status": "failed",
+                        "err": f"gave up after {d.attempts} attempts, not suppressed: {outcome.detail}",
+                    }
+                )
+            else:
+                delay = backoff_s(d.attempts, opts.retry_base_s, opts.retry_max_s)
+                retry.append({"b_id": d.id, "err": outcome.detail, "nxt": now + timedelta(seconds=delay)})
         await self._record(campaign, sent, failed, retry, bounced, skipped, unsent)
         self.sent_total += len(sent)
 

@@ -6,7 +6,11 @@ sender, the recipient and the result of the checks. Its unsubscribe link is the 
 
 A page is rendered once per campaign and content (its approval hash) and kept in a cache bounded
 in entries, bytes and age, so reloading it costs no render; renders run in a worker thread, so a
-heavy template does not stall the web app's event loop.
+heavy template does not stall the web app's event loop. A failed render (a template that runs into its
+time budget) is kept the same way: reloading a template bomb's preview renders nothing again. GETs of a
+page being rendered share that render, and at most `max_renders` different pages render at once; a GET
+beyond that gets 503 with Retry-After (`RETRY_AFTER_S`) and a sentence, so forty open tabs cannot keep
+the worker threads (and, through the GIL, /healthz) busy (benchmarks/preview_load.py).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from bot.i18n import t
 
 _BODY = re.compile(r"<body\b[^>]*>", re.I)
 CacheKey = tuple[int, str]
+RETRY_AFTER_S = 5
 
 
 @dataclass(frozen=True)
@@ -47,9 +52,11 @@ class PreviewCache:
         max_entries: int = 32,
         max_bytes: int = 32 * 1024 * 1024,
         max_age_s: float = 300.0,
+        max_renders: int = 2,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.max_entries, self.max_bytes, self.max_age_s = max_entries, max_bytes, max_age_s
+        self.max_renders = max_renders
         self._clock = clock
         self._pages: OrderedDict[CacheKey, tuple[float, Page]] = OrderedDict()
         self._bytes = 0
@@ -103,12 +110,21 @@ class PreviewCache:
         running = self._inflight.get(key)
         if running is not None:  # the same page is being rendered for another request: share it
             return await asyncio.shield(running)
+        if len(self._inflight) >= self.max_renders:
+            return Page(
+                503,
+                t("Preview busy"),
+                t(
+                    "Too many previews are being rendered at once; try again in {seconds} seconds.",
+                    seconds=RETRY_AFTER_S,
+                ),
+            )
         future: asyncio.Future[Page] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
             page = await _render(ctx, campaign)
             self.renders += 1
-            if page.status == 200:
+            if page.status in (200, 422):  # a failed render is kept too: it would fail the same way
                 self.put(key, page)
             future.set_result(page)
             return page

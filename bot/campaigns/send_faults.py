@@ -80,3 +80,18 @@ def pause_note(outcome: Outcome, *, server: str, sender: str, name: str) -> str:
         stage=stage,
         name=name,
     )
+
+
+def repeated_refusal_note(outcome: Outcome, *, count: int, server: str, name: str) -> str:
+    """The same bare 5xx at RCPT (no enhanced code naming the mailbox) for `count` recipients in a row with
+    nothing delivered in between: the relay refuses everyone, so none of them is suppressed
+    (bot/mail/replies.py, `Outcome.unproven`)."""
+    return note(
+        "Paused by itself: the mail server at {server} refused {count} recipients in a row with the same "
+        "reply ({reply}) and no status code naming the mailbox, which is the server's doing, not theirs. "
+        "Check the mail server. Nobody was suppressed; /campaign resume {name} continues where it stopped.",
+        server=server,
+        count=count,
+        reply=outcome.detail or "no reply",
+        name=name,
+    )

@@ -53,6 +53,7 @@ PIXEL = bytes.fromhex(
     "47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b"
 )
 MAX_WEBHOOK_BYTES = 1_000_000
+MAX_WEBHOOK_EVENTS = 1000  # per request; more is refused whole (413), never cut short, so the service retries
 MAX_SKEW_S = 300
 
 
@@ -133,8 +134,16 @@ def campaign_routes(ctx: Context) -> list[Route]:
                 raise TypeError
         except (Refused, KeyError, TypeError):
             return JSONResponse({"error": 'expected {"events": [...]}'}, status_code=400)
+        if len(events) > MAX_WEBHOOK_EVENTS:
+            return JSONResponse(
+                {
+                    "error": f"Send at most {MAX_WEBHOOK_EVENTS} events per request; "
+                    "none of these was recorded."
+                },
+                status_code=413,
+            )
         accepted = ignored = 0
-        for event in events[:1000]:
+        for event in events:
             finding, delivery_id, email = _translate(event, signer)
             if finding is None:
                 ignored += 1

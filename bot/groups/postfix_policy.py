@@ -18,6 +18,12 @@ Postfix keeps open for further requests.
 - END-OF-MESSAGE (`smtpd_end_of_data_restrictions`): every remembered post is logged with its size and
   Postfix's queue id; if one must wait, the answer is `HOLD` — the message stays in Postfix's hold queue
   and the moderators get a card (bot/groups/moderation.py); an approval releases it with `postsuper -H`.
+  The remembered decisions are bounded (MAX_PER_CLIENT per `client_address`, its oldest forgotten first,
+  MAX_INSTANCES in all), and forgetting must never permit: an END-OF-MESSAGE (or DATA) request with no
+  remembered decision — evicted by a flood, or serve restarted between RCPT and the end — is decided
+  afresh from its own attributes (Postfix names `recipient` there when the message has exactly one), and
+  with several recipients, which Postfix does not name, it gets `postfix.on_error`, never DUNNO. Every
+  RCPT with an `instance` is remembered, groups or not, so ordinary mail to several people is not deferred.
 - Anything else: `DUNNO` (Postroom has no opinion; Postfix goes on with its other restrictions).
 
 Every request is bounded (`postfix.max_request_bytes`, `max_request_lines`); a malformed one is answered
@@ -52,7 +58,8 @@ from bot.groups.posting import UNVERIFIED, Unreadable, decide_with, group_routes
 from bot.groups.posts import add_post, member_count
 
 log = logging.getLogger(__name__)
-MAX_INSTANCES = 10_000
+MAX_INSTANCES = 10_000  # messages between RCPT and END-OF-MESSAGE, in all
+MAX_PER_CLIENT = 1_000  # of them from one SMTP client (client_address)
 GROUPS_TTL_S = 5.0
 
 
@@ -102,9 +109,22 @@ def _text(reason: str) -> str:
 @dataclass
 class _Pending:
     sender: str
+    client: str
     accepted: list[int] = field(default_factory=list)
     held: list[int] = field(default_factory=list)
     unverified: bool = False  # a company sender held because this client could claim any sender
+
+    def add(self, decided: _Decided) -> None:
+        self.unverified = self.unverified or decided.unverified
+        for group, action in decided.groups:
+            if group.id not in self.held and group.id not in self.accepted:
+                (self.held if action == "hold" else self.accepted).append(group.id)
+
+
+@dataclass
+class _Decided:
+    groups: list[tuple[Group, str]]  # every group a recipient reaches, "hold" or "accept"
+    unverified: bool
 
 
 class PolicyService:
@@ -114,6 +134,7 @@ class PolicyService:
         self.settings: PostfixSettings = ctx.settings.postfix
         self._server: asyncio.base_events.Server | None = None
         self._instances: OrderedDict[str, _Pending] = OrderedDict()
+        self._by_client: dict[str, OrderedDict[str, None]] = {}
         self._groups: dict[str, Group] = {}
         self._members: dict[int, set[str]] = {}  # members of `post: members` groups
         self._allowed: dict[int, set[str]] = {}
@@ -234,52 +255,105 @@ class PolicyService:
         state = req.get("protocol_state", "").upper()
         sender = req.get("sender", "").lower()[:320]
         instance = req.get("instance", "")[:100]
+        client = req.get("client_address", "")[:64]
         if state == "RCPT":
-            recipient = req.get("recipient", "").strip()[:320]
-            try:
-                routes = group_routes(recipient, self.ctx.settings)
-            except Unreadable:
-                # Postfix may still rewrite it to a group address: refused, never waved through.
-                return (
-                    f"REJECT 5.1.3 <{_text(recipient)}>: the recipient address can't be read, so its group "
-                    "posting policy can't be checked; write it as name@domain"
-                )
-            # Every group the recipient can reach through Postfix's rewriting (eng+x@, "eng"@, eng@corp.
-            # example., a bare eng) gets its policy checked: the strictest answer wins.
-            verified = self._verified(req, sender)
-            decisions = []
-            for group in await self._groups_for(routes):
-                decision = decide_with(
-                    self.ctx.settings,
-                    group,
-                    sender,
-                    member=sender in self._members.get(group.id, ()),
-                    allowed=sender in self._allowed.get(group.id, ()),
-                    verified=verified,
-                )
-                if decision.action == "refuse":
-                    return f"REJECT 5.7.1 <{_text(recipient)}>: {_text(decision.reason)}"
-                decisions.append((group, decision))
-            if decisions and instance:
+            decided = await self._for_recipient(req, sender)
+            if isinstance(decided, str):
+                return decided
+            if instance:
                 pending = self._instances.get(instance)
                 if pending is None:
-                    pending = self._instances[instance] = _Pending(sender)
-                    while len(self._instances) > MAX_INSTANCES:
-                        self._instances.popitem(last=False)
-                pending.unverified = pending.unverified or (
-                    not verified and self.ctx.settings.is_internal(sender)
-                )
-                for group, decision in decisions:
-                    bucket = pending.held if decision.action == "hold" else pending.accepted
-                    if group.id not in pending.held and group.id not in pending.accepted:
-                        bucket.append(group.id)
+                    pending = self._remember(instance, _Pending(sender, client))
+                pending.add(decided)
             return "DUNNO"
-        if state == "END-OF-MESSAGE":
-            pending = self._instances.pop(instance, None) if instance else None
+        if state in ("DATA", "END-OF-MESSAGE"):
+            pending = self._instances.get(instance) if instance else None
             if pending is None:
+                # Nothing remembered (evicted, a restart, RCPT checked elsewhere): decide afresh from this
+                # request's own attributes, or defer. Never DUNNO by default: that would wave a post
+                # through that the policy refuses or holds (fail-open).
+                if "recipient" not in req or not req["recipient"].strip():
+                    log.warning(
+                        "policy %s request for instance %r: no decision remembered and no single "
+                        "recipient to decide afresh from; answering %s",
+                        state,
+                        instance,
+                        self.settings.on_error,
+                    )
+                    return (
+                        f"{self.settings.on_error} Group policy decision for this message is not known, "
+                        "try again later"
+                    )
+                decided = await self._for_recipient(req, sender)
+                if isinstance(decided, str):
+                    return decided
+                pending = _Pending(sender, client)
+                pending.add(decided)
+                if state == "DATA":  # decided and logged at the end of the message
+                    if instance:
+                        self._remember(instance, pending)
+                    return "DUNNO"
+            elif state == "DATA":
                 return "DUNNO"
+            else:
+                self._forget(instance)
+            if not pending.accepted and not pending.held:
+                return "DUNNO"  # no group among the recipients: ordinary mail
             return await self._log(pending, req)
         return "DUNNO"
+
+    async def _for_recipient(self, req: dict[str, str], sender: str) -> str | _Decided:
+        """A refusal (the whole answer), or every group the request's recipient reaches with "hold" or
+        "accept" for each (none: not a group)."""
+        recipient = req.get("recipient", "").strip()[:320]
+        try:
+            routes = group_routes(recipient, self.ctx.settings)
+        except Unreadable:
+            # Postfix may still rewrite it to a group address: refused, never waved through.
+            return (
+                f"REJECT 5.1.3 <{_text(recipient)}>: the recipient address can't be read, so its group "
+                "posting policy can't be checked; write it as name@domain"
+            )
+        # Every group the recipient can reach through Postfix's rewriting (eng+x@, "eng"@, eng@corp.
+        # example., a bare eng) gets its policy checked: the strictest answer wins.
+        verified = self._verified(req, sender)
+        decisions: list[tuple[Group, str]] = []
+        for group in await self._groups_for(routes):
+            decision = decide_with(
+                self.ctx.settings,
+                group,
+                sender,
+                member=sender in self._members.get(group.id, ()),
+                allowed=sender in self._allowed.get(group.id, ()),
+                verified=verified,
+            )
+            if decision.action == "refuse":
+                return f"REJECT 5.7.1 <{_text(recipient)}>: {_text(decision.reason)}"
+            decisions.append((group, "hold" if decision.action == "hold" else "accept"))
+        return _Decided(decisions, bool(decisions) and not verified and self.ctx.settings.is_internal(sender))
+
+    def _remember(self, instance: str, pending: _Pending) -> _Pending:
+        """Keep a message's decisions until its end; bounded per SMTP client (MAX_PER_CLIENT, its oldest
+        go first) and in all (MAX_INSTANCES). A forgotten one is decided afresh or deferred, never let
+        through."""
+        mine = self._by_client.setdefault(pending.client, OrderedDict())
+        while len(mine) >= MAX_PER_CLIENT:
+            self._forget(next(iter(mine)))
+        while len(self._instances) >= MAX_INSTANCES:
+            self._forget(next(iter(self._instances)))
+        self._instances[instance] = pending
+        self._by_client.setdefault(pending.client, OrderedDict())[instance] = None
+        return pending
+
+    def _forget(self, instance: str) -> None:
+        pending = self._instances.pop(instance, None)
+        if pending is None:
+            return
+        mine = self._by_client.get(pending.client)
+        if mine is not None:
+            mine.pop(instance, None)
+            if not mine:
+                del self._by_client[pending.client]
 
     def _verified(self, req: dict[str, str], sender: str) -> bool:
         """Whether the envelope sender is believed: the client is in postfix.trusted_networks, or it logged

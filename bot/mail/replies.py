@@ -46,7 +46,7 @@ ignored when reading its words (<password@example.com> is not about a password).
 | RCPT                    | 5.7.x with "relay" (Relay access denied, Unable to relay)          | `auth`       |
 | RCPT                    | other 5.7.x (policy)                                               | `rejected`   |
 | RCPT, no usable code    | "relay" without words of a missing user                            | `auth`       |
-| RCPT, no usable code    | words of a missing user; 550, 551, 553, 521, 556                   | `recipient`  |
+| RCPT, no usable code    | words of a missing user; 550, 551, 553, 521, 556 (unproven: below) | `recipient`  |
 | RCPT, no usable code    | 552 storage exceeded                                               | `transient`  |
 | RCPT, no usable code    | 554 and the rest                                                   | `rejected`   |
 | DATA                    | 5.1.7, 5.1.8                                                       | `sender`     |
@@ -55,6 +55,14 @@ ignored when reading its words (<password@example.com> is not about a password).
 | DATA                    | 5.2.3 (too big for this mailbox)                                   | `rejected`   |
 | DATA                    | 5.3.4, 5.6.x, 5.7.x (size, content, SPF/DKIM/DMARC)                | `sender`     |
 | DATA                    | the rest (500 misconfigured relay, 554, a bare 550, 5.3.x, 5.5.x)  | `server`     |
+
+An RCPT refusal read as `recipient` without an enhanced code (`Outcome.unproven`: "550 Requested action
+not taken: mailbox unavailable") is what a relay that refuses everyone says too, so the campaign engine
+counts it against the recipient only once it is shown to be theirs: a later message of the same batch was
+delivered. The same reply (addresses aside) for `campaigns.same_refusal_limit` distinct recipients in a
+row with no delivery in between is the server's: the campaign pauses at once and none of them is
+suppressed (they go back to `pending`). One still unproven when its batch ends is retried later, and
+never suppressed if no delivery ever follows it (after `max_attempts` it fails).
 """
 
 from __future__ import annotations
@@ -119,6 +127,17 @@ class Outcome:
     def stops_send(self) -> bool:
         """A failure of the send itself (server, login, sender, connection): pause, change nobody."""
         return self.fault in STOPS_SEND
+
+    @property
+    def unproven(self) -> bool:
+        """A refusal at RCPT read as the recipient's only from its basic code or words (a bare "550
+        mailbox unavailable", no enhanced code naming the mailbox): a relay that refuses everyone says
+        the same. It counts against the recipient only once shown to be theirs (bot/campaigns/engine.py)."""
+        return self.fault == "recipient" and self.stage == "rcpt" and self.status in ("", "5.0.0")
+
+    def same_reply(self) -> str:
+        """The reply without the addresses in it, to tell one reply repeated for everyone."""
+        return " ".join(_ADDRESS.sub("<>", self.detail.lower()).split())
 
     @property
     def about_recipient(self) -> bool:
