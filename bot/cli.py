@@ -77,12 +77,12 @@ def _run(coro, settings: Settings | None = None) -> None:
     from sqlalchemy.exc import InterfaceError, OperationalError
 
     from bot.config import ConfigError
-    from bot.db.engine import SchemaError
+    from bot.db.engine import DatabaseUnreachable, SchemaError
     from bot.errors import UserError
 
     try:
         run_coroutine(coro)
-    except (ConfigError, SchemaError, UserError) as exc:
+    except (ConfigError, SchemaError, UserError, DatabaseUnreachable) as exc:
         raise click.ClickException(getattr(exc, "sentence", None) or str(exc)) from None
     except (OperationalError, InterfaceError, OSError) as exc:
         # A database that can't be opened or reached, a port already taken: a sentence, not a traceback.
@@ -97,12 +97,12 @@ def _unreachable(settings: Settings, exc: BaseException) -> str:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import DBAPIError
 
+    from bot.db.engine import unreachable_sentence
+
     reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:200].rstrip(".")
-    is_db = isinstance(exc, DBAPIError) or "Connect call failed" in reason  # asyncpg raises it raw
-    where = ""
-    if is_db:
-        where = f" (database.url is {make_url(settings.database.url).render_as_string(hide_password=True)})"
-    return f"Postroom could not start: {reason}{where}."
+    if isinstance(exc, DBAPIError) or "Connect call failed" in reason:  # asyncpg raises it raw
+        return unreachable_sentence(make_url(settings.database.url), exc)
+    return f"Postroom could not start: {reason}."
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
