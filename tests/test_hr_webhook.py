@@ -224,6 +224,15 @@ BAD = [
     ("Infinity", signed, RAW.replace(b"3", b"-Infinity"), 400, "-Infinity is not a number in JSON"),
     ("a number too large to be finite", signed, RAW.replace(b"3", b"1e999"), 422, "not a finite number"),
     ("a number too large to keep", signed, employee(level=10**20), 422, "too large to keep exactly"),
+    # Tryout: a 30-digit employee id was applied; JSON parsers beyond ±2^53 round it to another person's.
+    (
+        "a 30-digit employee id",
+        signed,
+        {"employee": {"id": 10**29 + 7, "email": IVAN, "attributes": {}}},
+        422,
+        "employee.id is a number too large to keep exactly",
+    ),
+    ("an event id beyond 2^53", signed, {"event_id": -(2**53) - 1}, 422, "event_id is a number too large"),
     ("a nested attribute", signed, employee(skills=[{"go": True}]), 422, "a list of those"),
     ("a long list", signed, employee(skills=["x"] * 51), 422, "more than 50 items"),
     (

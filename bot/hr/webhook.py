@@ -68,6 +68,11 @@ def _text(value: Any, what: str, limit: int, required: bool = True) -> str | Non
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise Refused(422, f"{what} must be a string.")
+    if isinstance(value, int) and abs(value) > values.MAX_INT:
+        # Beyond ±2^53 a JSON number is rounded by most parsers: HR's system may hold another id than ours.
+        raise Refused(
+            422, f"{what} is a number too large to keep exactly (beyond ±2^53); send it as a string."
+        )
     text = str(value).strip()
     try:
         return values.check_text(text, what, limit)
