@@ -120,6 +120,33 @@ async def test_leaver_who_owned_a_group_is_reported_to_hr(lbot) -> None:  # type
     assert await groups_of(lbot, "alice@corp.example") == {}
 
 
+async def test_a_changed_event_giving_a_percent_hack_address_is_refused_and_changes_nothing(
+    lbot,
+) -> None:  # type: ignore[no-untyped-def]
+    """Tryout: `changed` with bob%gmail.com@corp.example removed bob from his groups and stored the address
+    (Postfix delivers it to gmail.com); every CSV import was refused afterwards because of it."""
+    bob, hack = "bob@corp.example", "bob%gmail.com@corp.example"
+    async with web_client(lbot) as client:
+        r = await post_event(
+            client, hr_event("joined", "ev-b1", "E7", bob, "2026-11-02T09:00:00Z", department="Engineering")
+        )
+        assert r.status_code == 200, r.text
+        before = await groups_of(lbot, bob)
+        assert before
+        for kind in ("changed", "left", "joined"):
+            r = await post_event(
+                client, hr_event(kind, f"ev-b-{kind}", "E7", hack, "2026-11-03T09:00:00Z", department="Sales")
+            )
+            assert r.status_code == 422, (kind, r.text)
+            error = r.json()["error"]
+            assert error.startswith(
+                f"{hack} is not a company address (a “%” before the @-sign"
+            ) and error.endswith("; correct employee.email."), error
+    assert await groups_of(lbot, bob) == before and await groups_of(lbot, hack) == {}
+    async with lbot.core.ctx.sessions() as s:
+        assert (await s.execute(select(Person.email).where(Person.employee_id == "E7"))).scalar_one() == bob
+
+
 def employee(name: str = "Ivan Petrov", **attributes: object) -> dict[str, object]:
     return {"employee": {"id": "E5", "email": IVAN, "name": name, "attributes": attributes}}
 

@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bot import values
+from bot.addresses import routing_refusal
 from bot.config import HrSettings
 from bot.errors import UserError
 from bot.events import PersonEvent
@@ -146,6 +147,11 @@ def webhook_routes(settings: HrSettings, hr: Lifecycle) -> list[Route]:
             body = await _read_capped(request, settings.webhook_max_bytes)
             verify(settings.webhook_secret, request.headers, body, settings.webhook_tolerance_s, time.time())
             event = parse_event(body)
+            routed = routing_refusal(event.email, hr.ctx.settings) if event.email else None
+            if (
+                routed is not None
+            ):  # x%gmail.com@corp.example: mail to it leaves the company, whatever the kind
+                raise Refused(422, f"{routed}; correct employee.email.")
             late = time_problem(event.at, hr.ctx.now(), settings.max_future_skew_s)
             if late is not None:
                 raise Refused(422, late)
