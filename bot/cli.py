@@ -390,10 +390,23 @@ async def _serve(settings: Settings) -> None:
         )
         for line in startup_lines(settings, runtime):
             click.echo(line, err=True)
+        # A relay that is down, or a wrong host, port or password, is said now, not at the first send; serve
+        # runs on regardless (the relay may come up later, and mail waits for it).
+        relay_check = asyncio.create_task(_warn_about_relay(settings))
         await stop.wait()
+        relay_check.cancel()
         click.echo("Stopping…", err=True)
     finally:
         await runtime.stop()
+
+
+async def _warn_about_relay(settings: Settings) -> None:
+    from bot.mail.probe import relay_problem
+    from bot.mail.transport import SmtpTarget
+
+    problem = await relay_problem(SmtpTarget.from_settings(settings.smtp))
+    if problem is not None:
+        click.echo(f"Warning: {problem}", err=True)
 
 
 def startup_lines(settings: Settings, runtime: Runtime) -> list[str]:
@@ -770,7 +783,7 @@ def dkim_keygen(domain: str, selector: str, algorithm: str, bits: str, out: str 
 @click.option("--timeout", "timeout_s", type=click.FloatRange(0.1, 30), default=3.0, show_default=True)
 @click.pass_context
 def doctor(ctx: click.Context, nameservers: tuple[str, ...], dns_port: int | None, timeout_s: float) -> None:
-    """Check what DNS says about each sending domain: SPF, DKIM, DMARC, the bounce MX, and https."""
+    """Check each sending domain's SPF, DKIM, DMARC, the bounce MX, https, and that the SMTP relay answers."""
     import ipaddress
 
     from bot.app import dkim_signer
