@@ -8,7 +8,7 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from bot.db.models import AuditEntry, Membership, Person
+from bot.db.models import AuditEntry, Membership, Person, PersonId
 from tests.conftest import HR
 from tests.lifecycle_kit import groups_of, hr_event, lifecycle_bot, post_event, signed, web_client
 
@@ -105,6 +105,37 @@ async def test_rehire_gets_rules_again_and_hr_hears_what_they_had(lbot) -> None:
         "is back (rehired): added to all-staff@corp.example, eng@corp.example. When they left they were in "
         "all-staff@corp.example, sales@corp.example, social@corp.example."
     ) in lbot.out.getvalue()
+
+
+async def test_a_joined_under_a_new_id_with_a_leavers_email_is_refused_not_taken_as_their_rehire(
+    lbot,
+) -> None:  # type: ignore[no-untyped-def]
+    """Tryout: E6 frank left; `joined` E6b frank@… re-activated E6, matched by email. A rehire keeps the
+    employee id (above); another id with a leaver's address is refused, like a `changed` giving another
+    person's address, and changes nothing."""
+    frank = "frank@corp.example"
+    async with web_client(lbot) as client:
+        await post_event(
+            client, hr_event("joined", "f1", "E6", frank, "2026-01-01T09:00:00Z", department="Sales")
+        )
+        await post_event(client, hr_event("left", "f2", "E6", frank, "2026-02-01T09:00:00Z"))
+        for kind in ("joined", "changed"):
+            r = await post_event(
+                client, hr_event(kind, f"f3-{kind}", "E6b", frank, "2026-06-01T09:00:00Z", department="Sales")
+            )
+            assert r.status_code == 422, (kind, r.text)
+            assert r.json()["error"] == (
+                "frank@corp.example belongs to E6, who left; a rehire keeps the employee id: send the joined "
+                "event for E6, or correct employee.email."
+            )
+        assert await groups_of(lbot, frank) == {}
+        r = await post_event(
+            client, hr_event("joined", "f4", "E6", frank, "2026-06-01T09:00:00Z", department="Sales")
+        )
+        assert r.status_code == 200 and r.json()["added"], r.text  # the rehire under E6 still works
+    async with lbot.core.ctx.sessions() as s:
+        ids = (await s.execute(select(PersonId.external_id).order_by(PersonId.external_id))).scalars().all()
+    assert list(ids) == ["E6"]
 
 
 async def test_leaver_who_owned_a_group_is_reported_to_hr(lbot) -> None:  # type: ignore[no-untyped-def]
