@@ -77,12 +77,12 @@ def _run(coro, settings: Settings | None = None) -> None:
     from sqlalchemy.exc import InterfaceError, OperationalError
 
     from bot.config import ConfigError
-    from bot.db.engine import SchemaError
+    from bot.db.engine import DatabaseUnreachable, SchemaError
     from bot.errors import UserError
 
     try:
         run_coroutine(coro)
-    except (ConfigError, SchemaError, UserError) as exc:
+    except (ConfigError, SchemaError, UserError, DatabaseUnreachable) as exc:
         raise click.ClickException(getattr(exc, "sentence", None) or str(exc)) from None
     except (OperationalError, InterfaceError, OSError) as exc:
         # A database that can't be opened or reached, a port already taken: a sentence, not a traceback.
@@ -97,12 +97,12 @@ def _unreachable(settings: Settings, exc: BaseException) -> str:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import DBAPIError
 
+    from bot.db.engine import unreachable_sentence
+
     reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:200].rstrip(".")
-    is_db = isinstance(exc, DBAPIError) or "Connect call failed" in reason  # asyncpg raises it raw
-    where = ""
-    if is_db:
-        where = f" (database.url is {make_url(settings.database.url).render_as_string(hide_password=True)})"
-    return f"Postroom could not start: {reason}{where}."
+    if isinstance(exc, DBAPIError) or "Connect call failed" in reason:  # asyncpg raises it raw
+        return unreachable_sentence(make_url(settings.database.url), exc)
+    return f"Postroom could not start: {reason}."
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -392,10 +392,23 @@ async def _serve(settings: Settings) -> None:
         )
         for line in startup_lines(settings, runtime):
             click.echo(line, err=True)
+        # A relay that is down, or a wrong host, port or password, is said now, not at the first send; serve
+        # runs on regardless (the relay may come up later, and mail waits for it).
+        relay_check = asyncio.create_task(_warn_about_relay(settings))
         await stop.wait()
+        relay_check.cancel()
         click.echo("Stopping…", err=True)
     finally:
         await runtime.stop()
+
+
+async def _warn_about_relay(settings: Settings) -> None:
+    from bot.mail.probe import relay_problem
+    from bot.mail.transport import SmtpTarget
+
+    problem = await relay_problem(SmtpTarget.from_settings(settings.smtp))
+    if problem is not None:
+        click.echo(f"Warning: {problem}", err=True)
 
 
 def startup_lines(settings: Settings, runtime: Runtime) -> list[str]:
@@ -787,7 +800,7 @@ def dkim_keygen(domain: str, selector: str, algorithm: str, bits: str, out: str 
 @click.option("--timeout", "timeout_s", type=click.FloatRange(0.1, 30), default=3.0, show_default=True)
 @click.pass_context
 def doctor(ctx: click.Context, nameservers: tuple[str, ...], dns_port: int | None, timeout_s: float) -> None:
-    """Check what DNS says about each sending domain: SPF, DKIM, DMARC, the bounce MX, and https."""
+    """Check each sending domain's SPF, DKIM, DMARC, the bounce MX, https, and that the SMTP relay answers."""
     import ipaddress
 
     from bot.app import dkim_signer

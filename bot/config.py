@@ -117,8 +117,28 @@ def normalise_domain(value: str) -> str:
     return value.strip().lower().lstrip("@")
 
 
+# Mailbox providers anyone can sign up with: listed in org.domains, every one of their users would count
+# as staff (internal groups, the internal/external check). An organisation's own domain is never one.
+PUBLIC_MAILBOX_DOMAINS = frozenset(
+    {
+        "gmail.com", "googlemail.com", "outlook.com", "hotmail.com", "hotmail.co.uk", "hotmail.de",
+        "hotmail.fr", "live.com", "msn.com", "yahoo.com", "yahoo.co.uk", "yahoo.de", "yahoo.fr",
+        "yahoo.co.jp", "ymail.com", "icloud.com", "me.com", "mac.com", "aol.com", "proton.me",
+        "protonmail.com", "pm.me", "gmx.de", "gmx.net", "gmx.com", "web.de", "t-online.de", "mail.ru",
+        "yandex.ru", "yandex.com", "zoho.com", "fastmail.com", "tutanota.com", "hey.com", "qq.com",
+        "foxmail.com", "163.com", "126.com", "yeah.net", "sina.com", "sohu.com", "aliyun.com",
+        "naver.com", "daum.net",
+    }
+)  # fmt: skip
+
+
 def domain_problem(domain: str) -> str | None:
     """Why `domain` (normalised) is not a mail domain, as the end of a sentence; None when it is one."""
+    if domain in PUBLIC_MAILBOX_DOMAINS:
+        return (
+            "is a public mailbox provider's domain: listed, every one of its users would count as "
+            "the organisation's staff; list only domains your organisation owns"
+        )
     if (
         "." not in domain
         or domain.startswith(".")

@@ -3,7 +3,8 @@
 For each sending domain (the campaign From domain and every domain with a DKIM key): SPF, each DKIM
 selector's published key against the private key Postroom signs with, DMARC's policy and whether the
 mail will align with it (DKIM d= or the return path's domain against the From domain), the MX of the
-bounce domain, and the web base URL being https (RFC 8058 one-click unsubscribe). Asks the resolver it
+bounce domain, the web base URL being https (RFC 8058 one-click unsubscribe), and the relay in [smtp]
+answering (connect, EHLO, STARTTLS and login as configured). Asks the resolver it
 is given, so tests use a DNS server on loopback.
 
 The organisational domain is taken as the last two labels (no public suffix list): for a domain under a
@@ -137,7 +138,22 @@ class Doctor:
                 )
             )
         findings.append(self.web())
+        findings.append(await self.relay())
         return findings
+
+    # -- the relay ------------------------------------------------------------------------------
+    async def relay(self) -> Finding:
+        """Connect, EHLO, STARTTLS and AUTH as configured in [smtp]: mail leaves through it or not at all."""
+        from bot.mail.probe import relay_problem
+        from bot.mail.transport import SmtpTarget
+
+        smtp = self.settings.smtp
+        where = f"{smtp.host}:{smtp.port}"
+        problem = await relay_problem(SmtpTarget.from_settings(smtp))
+        if problem is not None:
+            return Finding("fix", "SMTP", where, problem[0].lower() + problem[1:])
+        logged_in = ", and accepted smtp.username's login" if smtp.username else ""
+        return Finding("ok", "SMTP", where, f"the relay answered{logged_in}.")
 
     # -- SPF ------------------------------------------------------------------------------------
     async def spf(self, domain: str) -> list[Finding]:

@@ -130,10 +130,107 @@ def check_secret(key: str, value: str | None, *, required: bool) -> str | None:
     return f"{key} {why}: {HOW_TO_MAKE_ONE} (or put it in {env})."
 
 
+# Credentials a platform issues (or an administrator types into its console): Postroom cannot demand its
+# own rule of them, but one printed in Postroom's source, a placeholder, or one far shorter than the
+# platform makes is refused all the same. (key, the shortest the platform issues, how to get a real one)
+ISSUED = (
+    ("slack.signing_secret", 32, "copy the Signing Secret from the Slack app's Basic Information page"),
+    (
+        "slack.bot_token",
+        40,
+        "copy the Bot User OAuth Token (xoxb-…) from the Slack app's OAuth & Permissions page",
+    ),
+    ("slack.app_token", 40, "generate an app-level token (xapp-…) on the Slack app's Basic Information page"),
+    # WeCom's callback Token is up to 32 letters and digits, typed or generated in the admin console; the
+    # EncodingAESKey is always 43.
+    ("wecom.token", 12, "press 随机获取 (generate) beside Token in the app's API receive settings"),
+    (
+        "wecom.encoding_aes_key",
+        43,
+        "press 随机获取 (generate) beside EncodingAESKey in the app's API receive settings",
+    ),
+    ("wecom.secret", 32, "copy the app's Secret from the WeCom admin console"),
+    ("dingtalk.client_secret", 32, "copy the app's Client Secret from the DingTalk developer console"),
+    (
+        "providers.microsoft.client_secret",
+        32,
+        "create a client secret under the app registration's Certificates & secrets",
+    ),
+    ("providers.wecom.secret", 32, "copy the mail app's Secret from the WeCom admin console"),
+)
+# Passwords someone chose: their strength is not ours to judge, but one printed in Postroom's source is.
+PASSWORDS = ("smtp.password", "providers.ldap.password", "providers.mailman.password")
+
+
+def _issued_weakness(value: str, shortest: int) -> str | None:
+    if value in PUBLISHED:
+        return "is a value published with Postroom, so anyone could use it"
+    lowered = value.lower()
+    if any(word in lowered for word in PLACEHOLDER_WORDS):
+        return "looks like a placeholder (it contains a word such as “secret” or “example”)"
+    if _in_source(value):
+        return "appears in Postroom's own source or examples, so anyone could use it"
+    if len(value) < shortest:
+        return f"is shorter than the {shortest} characters the platform issues"
+    if len(set(value)) < 6 or _periodic(value):
+        return "is too predictable (repeated characters or a repeating pattern)"
+    return None
+
+
+def _password_weakness(value: str) -> str | None:
+    if value in PUBLISHED or _in_source_as_word(value):
+        return "appears in Postroom's own source or examples, so anyone could use it"
+    return None
+
+
+def _in_source_as_word(value: str) -> bool:
+    """Whether `value` stands on its own (not inside a longer word) somewhere in Postroom's source."""
+    text = _source_text()
+    start = text.find(value)
+    while start != -1:
+        end = start + len(value)
+        before = text[start - 1] if start else " "
+        after = text[end] if end < len(text) else " "
+        if not (before.isalnum() or before == "_") and not (after.isalnum() or after == "_"):
+            return True
+        start = text.find(value, start + 1)
+    return False
+
+
+def _setting(settings: Settings, key: str) -> str | None:
+    value: object = settings
+    for part in key.split("."):
+        value = getattr(value, part)
+    if value is not None and hasattr(value, "get_secret_value"):
+        value = value.get_secret_value()
+    return str(value) if value else None
+
+
+def _env(key: str) -> str:
+    return "$POSTROOM_" + "__".join(part.upper() for part in key.split("."))
+
+
+def credential_problem(key: str, value: str | None) -> str | None:
+    """The sentence refusing a platform credential or a password under `key`; None when fine or unset."""
+    if not value:
+        return None
+    for issued, shortest, how in ISSUED:
+        if issued == key:
+            why = _issued_weakness(value, shortest)
+            return None if why is None else f"{key} {why}: {how} (or put it in {_env(key)})."
+    why = _password_weakness(value)
+    return (
+        None
+        if why is None
+        else f"{key} {why}: set the password the server really uses (or put it in {_env(key)})."
+    )
+
+
 def serving_problem(settings: Settings) -> str | None:
     """Why `postroom serve` must not start with these secrets, as one sentence; None when they are fine.
 
-    web.secret is required; the webhook secrets are checked when set (unset, their endpoints are off)."""
+    web.secret is required; the webhook secrets, the signup API key, the messengers' credentials and the
+    passwords are checked when set (unset, what they serve is off)."""
     for key, value, required in (
         ("web.secret", settings.web.secret, True),
         ("hr.webhook_secret", settings.hr.webhook_secret, False),
@@ -141,6 +238,10 @@ def serving_problem(settings: Settings) -> str | None:
         ("signup.api_key", settings.signup.api_key, False),
     ):
         problem = check_secret(key, value, required=required)
+        if problem is not None:
+            return problem
+    for key in [k for k, _, _ in ISSUED] + list(PASSWORDS):
+        problem = credential_problem(key, _setting(settings, key))
         if problem is not None:
             return problem
     return None

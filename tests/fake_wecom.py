@@ -26,6 +26,7 @@ class FakeWeCom:
     # path -> what its next calls answer, one entry a call: None (as usual) or (status, raw body), e.g.
     # a gateway's HTML page or an outage; an empty or missing list: as usual.
     faults: dict[str, list[tuple[int, str] | None]] = field(default_factory=dict)
+    corp_secret: str = "app-secret"  # what gettoken accepts (a `postroom serve` test gives a generated one)
     _ids: Any = field(default_factory=lambda: itertools.count(1))
 
     def sent(self, msgtype: str | None = None, to: str | None = None) -> list[dict[str, Any]]:
@@ -58,7 +59,7 @@ class FakeWeCom:
 
         async def gettoken(request: Request) -> JSONResponse:
             self.token_requests += 1
-            if request.query_params.get("corpsecret") != "app-secret":
+            if request.query_params.get("corpsecret") != self.corp_secret:
                 return JSONResponse({"errcode": 40001, "errmsg": "invalid credential"})
             token = f"token-{next(self._ids)}"
             self.valid_tokens.add(token)
@@ -159,3 +160,16 @@ class FakeWeCom:
                 Route("/cgi-bin/user/get", user_get),
             ]
         )
+
+
+def generated_callback_secrets() -> tuple[str, str, str]:
+    """A callback Token, an EncodingAESKey and an app Secret as the WeCom console makes them, fresh each
+    call: `postroom serve` refuses the public test vectors (they are in Postroom's source)."""
+    import base64
+    import secrets
+
+    while True:
+        aes_key = base64.b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+        if aes_key.isalnum():
+            break
+    return secrets.token_hex(12), aes_key, secrets.token_urlsafe(32)

@@ -8,6 +8,7 @@ accepted like tests/smtp.py. Only the replies it gives are scripted.
 
 from __future__ import annotations
 
+import secrets
 import warnings
 from dataclasses import dataclass, field
 
@@ -17,7 +18,8 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from tests.smtp import RecordingHandler, free_port
 
 USERNAME = "postroom"
-PASSWORD = "right-password"
+# Made per run: `postroom serve` refuses a password that is printed in Postroom's source.
+PASSWORD = "right-" + secrets.token_urlsafe(12)
 
 
 @dataclass

@@ -181,6 +181,18 @@ async def test_the_email_events_webhook_needs_a_valid_signature(make_bot, smtp) 
             headers={"x-postroom-timestamp": ts, "x-postroom-signature": sig},
         )
         assert nested.status_code == 400 and "events" in nested.json()["error"]
+        twice = b'{"events": [], "events": [{"id": "e9", "type": "complaint", "email": "kim@example.org"}]}'
+        sig = "v1=" + hmac.new(secret.encode(), ts.encode() + b"." + twice, hashlib.sha256).hexdigest()
+        duplicate = await web.post(
+            "/hooks/email-events",
+            content=twice,
+            headers={"x-postroom-timestamp": ts, "x-postroom-signature": sig},
+        )
+        assert duplicate.status_code == 400, duplicate.text
+        assert (
+            duplicate.json()["error"]
+            == "The key “events” appears twice in one JSON object; send each field once."
+        )
     async with bot.core.ctx.sessions() as session:
         reasons = dict((await session.execute(select(Suppression.email, Suppression.reason))).all())
     assert reasons == {"kim@example.org": "complaint", "ode@example.com": "hard_bounce"}

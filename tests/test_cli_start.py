@@ -49,3 +49,43 @@ asyncio.run(go())
 """
     assert "alembic" in loaded_after(migrate)  # a new database is migrated: Alembic is needed
     assert "alembic" not in loaded_after(migrate)  # the second start finds it up to date
+
+
+def test_an_unreachable_database_is_one_sentence_naming_database_url_for_every_command(
+    tmp_path: Path,
+) -> None:
+    """Every command that opens the database says where it looked (host:port, never the password) and
+    why it failed, in one sentence: no traceback, no bare "[Errno 111] Connection refused"."""
+    import secrets
+
+    from tests.smtp import free_port
+    from tests.test_cli import HR, POSTROOM, clean_env, write_config
+
+    port = free_port()  # nothing listens there
+    password = "pw" + secrets.token_hex(6)
+    url = f"postgresql+asyncpg://postroom:{password}@127.0.0.1:{port}/postroom"
+    config = write_config(tmp_path, free_port(), free_port(), url)
+    (tmp_path / "staff.csv").write_text("employee_id,email,name,status\nE1,ann@corp.example,Ann,active\n")
+    (tmp_path / "contacts.csv").write_text("email\nbob@customer.example\n")
+    commands = [
+        ["hr", "import", "staff.csv"],
+        ["serve"],
+        ["chat", "--as", HR, "/help"],
+        ["contacts", "import", "contacts.csv", "--list", "customers"],
+        ["db", "upgrade"],
+        ["groups", "export", "--format", "postfix"],
+    ]
+    for args in commands:
+        done = subprocess.run(
+            [POSTROOM, "--config", str(config), *args],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=clean_env(),
+            timeout=60,
+        )
+        said = done.stderr.strip()
+        assert done.returncode == 1 and "Traceback" not in said and len(said.splitlines()) == 1, (args, said)
+        assert said.startswith("Error: ") and said.endswith("."), (args, said)
+        assert f"database.url (127.0.0.1:{port})" in said and "refused" in said.lower(), (args, said)
+        assert password not in said, args

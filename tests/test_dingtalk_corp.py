@@ -48,7 +48,7 @@ def test_serve_names_the_missing_corp_id_in_one_sentence(tmp_path: Path) -> None
         f'[database]\nurl = "sqlite+aiosqlite:///{tmp_path / "x.db"}"\n'
         f'[web]\nport = {free_port()}\nsecret = "{secrets.token_urlsafe(32)}"\n'
         '[org]\nname = "Example Corp"\ndomains = ["corp.example"]\npostal_address = "1 Example Street"\n'
-        '[dingtalk]\nclient_id = "ding-app"\nclient_secret = "ding-secret"\n'
+        f'[dingtalk]\nclient_id = "ding-app"\nclient_secret = "{secrets.token_urlsafe(48)}"\n'
     )
     done = subprocess.run(
         [POSTROOM, "--config", str(config), "serve"],

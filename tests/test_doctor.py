@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import dns.message
@@ -16,6 +17,17 @@ from click.testing import CliRunner
 
 from bot.cli import main
 from tests.dkim_kit import Keys
+from tests.smtp import SmtpServer, free_port
+from tests.smtp_faults import USERNAME, FaultyServer
+
+RELAY = {"port": 0}  # the [smtp] port config() writes: a real relay on loopback (the `relay` fixture)
+
+
+@pytest.fixture(autouse=True)
+def relay() -> Iterator[SmtpServer]:
+    with SmtpServer() as server:
+        RELAY["port"] = server.port
+        yield server
 
 
 class Zone:
@@ -71,6 +83,7 @@ def config(
         f'[web]\nbase_url = "{base_url}"',
         '[org]\nname = "Corp"\ndomains = ["corp.example"]',
         '[campaigns]\nfrom_address = "news@corp.example"',
+        f'[smtp]\nhost = "127.0.0.1"\nport = {RELAY["port"]}\ntimeout_s = 3',
     ]
     for s in selectors:
         lines.append(
@@ -113,6 +126,7 @@ def test_a_domain_set_up_right_has_nothing_to_fix(tmp_path: Path, keys: Keys) ->
         "OK   DMARC corp.example: p=quarantine (at _dmarc.corp.example), aligned by DKIM.",
         "OK   MX corp.example: bounces go to mx.corp.example.",
         "OK   web https://postroom.corp.example: https, as one-click unsubscribe needs.",
+        f"OK   SMTP 127.0.0.1:{RELAY['port']}: the relay answered.",
         "Nothing to fix.",
     ]
 
@@ -213,3 +227,38 @@ def test_a_resolver_that_does_not_answer_and_a_bad_nameserver_are_sentences(
         bad.exit_code == 1
         and bad.output.strip() == "Error: --nameserver 'dns.google' is not an IP address like 192.0.2.53."
     )
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+def test_doctor_says_when_the_relay_is_unreachable_or_refuses_the_login(tmp_path: Path, keys: Keys) -> None:
+    """Tryout: a wrong smtp port or password went unnoticed until the first send; doctor names the key."""
+    import secrets
+
+    path = config(tmp_path, keys, "pr2026")
+    nobody = free_port()
+    path.write_text(path.read_text().replace(f"port = {RELAY['port']}", f"port = {nobody}"))
+    with Zone({}, {}) as zone:
+        code, lines = doctor(path, zone.port)
+    assert code == 1
+    (line,) = [x for x in lines if x.startswith(("FIX  SMTP ", "OK   SMTP "))]
+    assert line.startswith(
+        f"FIX  SMTP 127.0.0.1:{nobody}: the mail relay at 127.0.0.1:{nobody} can't be reached ("
+    )
+    assert line.endswith(
+        "check smtp.host and smtp.port (campaign mail and group posts wait until it answers)."
+    )
+    with FaultyServer(auth=True) as faulty, Zone({}, {}) as zone:
+        wrong = "wrong-" + secrets.token_urlsafe(12)
+        path.write_text(
+            path.read_text().replace(
+                f"port = {nobody}", f'port = {faulty.port}\nusername = "{USERNAME}"\npassword = "{wrong}"'
+            )
+        )
+        code, lines = doctor(path, zone.port)
+    (line,) = [x for x in lines if x.startswith(("FIX  SMTP ", "OK   SMTP "))]
+    assert (
+        code == 1
+        and "refused Postroom's login (535" in line
+        and line.endswith("check smtp.username and smtp.password.")
+    ), line
+    assert wrong not in "\n".join(lines)

@@ -8,7 +8,7 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from bot.db.models import AuditEntry, Membership, Person
+from bot.db.models import AuditEntry, Membership, Person, PersonId
 from tests.conftest import HR
 from tests.lifecycle_kit import groups_of, hr_event, lifecycle_bot, post_event, signed, web_client
 
@@ -107,6 +107,37 @@ async def test_rehire_gets_rules_again_and_hr_hears_what_they_had(lbot) -> None:
     ) in lbot.out.getvalue()
 
 
+async def test_a_joined_under_a_new_id_with_a_leavers_email_is_refused_not_taken_as_their_rehire(
+    lbot,
+) -> None:  # type: ignore[no-untyped-def]
+    """Tryout: E6 frank left; `joined` E6b frank@… re-activated E6, matched by email. A rehire keeps the
+    employee id (above); another id with a leaver's address is refused, like a `changed` giving another
+    person's address, and changes nothing."""
+    frank = "frank@corp.example"
+    async with web_client(lbot) as client:
+        await post_event(
+            client, hr_event("joined", "f1", "E6", frank, "2026-01-01T09:00:00Z", department="Sales")
+        )
+        await post_event(client, hr_event("left", "f2", "E6", frank, "2026-02-01T09:00:00Z"))
+        for kind in ("joined", "changed"):
+            r = await post_event(
+                client, hr_event(kind, f"f3-{kind}", "E6b", frank, "2026-06-01T09:00:00Z", department="Sales")
+            )
+            assert r.status_code == 422, (kind, r.text)
+            assert r.json()["error"] == (
+                "frank@corp.example belongs to E6, who left; a rehire keeps the employee id: send the joined "
+                "event for E6, or correct employee.email."
+            )
+        assert await groups_of(lbot, frank) == {}
+        r = await post_event(
+            client, hr_event("joined", "f4", "E6", frank, "2026-06-01T09:00:00Z", department="Sales")
+        )
+        assert r.status_code == 200 and r.json()["added"], r.text  # the rehire under E6 still works
+    async with lbot.core.ctx.sessions() as s:
+        ids = (await s.execute(select(PersonId.external_id).order_by(PersonId.external_id))).scalars().all()
+    assert list(ids) == ["E6"]
+
+
 async def test_leaver_who_owned_a_group_is_reported_to_hr(lbot) -> None:  # type: ignore[no-untyped-def]
     async with web_client(lbot) as client:
         await post_event(
@@ -118,6 +149,33 @@ async def test_leaver_who_owned_a_group_is_reported_to_hr(lbot) -> None:  # type
         await post_event(client, hr_event("left", "o2", "E1", None, "2026-03-01T09:00:00Z"))
     assert "They owned eng@corp.example: those groups need a new owner." in lbot.out.getvalue()
     assert await groups_of(lbot, "alice@corp.example") == {}
+
+
+async def test_a_changed_event_giving_a_percent_hack_address_is_refused_and_changes_nothing(
+    lbot,
+) -> None:  # type: ignore[no-untyped-def]
+    """Tryout: `changed` with bob%gmail.com@corp.example removed bob from his groups and stored the address
+    (Postfix delivers it to gmail.com); every CSV import was refused afterwards because of it."""
+    bob, hack = "bob@corp.example", "bob%gmail.com@corp.example"
+    async with web_client(lbot) as client:
+        r = await post_event(
+            client, hr_event("joined", "ev-b1", "E7", bob, "2026-11-02T09:00:00Z", department="Engineering")
+        )
+        assert r.status_code == 200, r.text
+        before = await groups_of(lbot, bob)
+        assert before
+        for kind in ("changed", "left", "joined"):
+            r = await post_event(
+                client, hr_event(kind, f"ev-b-{kind}", "E7", hack, "2026-11-03T09:00:00Z", department="Sales")
+            )
+            assert r.status_code == 422, (kind, r.text)
+            error = r.json()["error"]
+            assert error.startswith(
+                f"{hack} is not a company address (a “%” before the @-sign"
+            ) and error.endswith("; correct employee.email."), error
+    assert await groups_of(lbot, bob) == before and await groups_of(lbot, hack) == {}
+    async with lbot.core.ctx.sessions() as s:
+        assert (await s.execute(select(Person.email).where(Person.employee_id == "E7"))).scalar_one() == bob
 
 
 def employee(name: str = "Ivan Petrov", **attributes: object) -> dict[str, object]:
@@ -224,6 +282,15 @@ BAD = [
     ("Infinity", signed, RAW.replace(b"3", b"-Infinity"), 400, "-Infinity is not a number in JSON"),
     ("a number too large to be finite", signed, RAW.replace(b"3", b"1e999"), 422, "not a finite number"),
     ("a number too large to keep", signed, employee(level=10**20), 422, "too large to keep exactly"),
+    # Tryout: a 30-digit employee id was applied; JSON parsers beyond ±2^53 round it to another person's.
+    (
+        "a 30-digit employee id",
+        signed,
+        {"employee": {"id": 10**29 + 7, "email": IVAN, "attributes": {}}},
+        422,
+        "employee.id is a number too large to keep exactly",
+    ),
+    ("an event id beyond 2^53", signed, {"event_id": -(2**53) - 1}, 422, "event_id is a number too large"),
     ("a nested attribute", signed, employee(skills=[{"go": True}]), 422, "a list of those"),
     ("a long list", signed, employee(skills=["x"] * 51), 422, "more than 50 items"),
     (

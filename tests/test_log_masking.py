@@ -17,14 +17,15 @@ import pytest
 
 from adapters.wecom.api import WeComApi
 from adapters.wecom.crypto import WeComCrypto
-from tests.fake_wecom import FakeWeCom
+from tests.fake_wecom import FakeWeCom, generated_callback_secrets
 from tests.loopback import serve, wait_until
 from tests.smtp import free_port
-from tests.test_wecom import AES_KEY, CORP_ID, TOKEN, USERS
+from tests.test_wecom import CORP_ID, USERS
 
 
 async def test_postroom_v_serve_never_logs_the_wecom_secret_or_access_token(tmp_path: Path) -> None:
-    fake = FakeWeCom(users={k: dict(v) for k, v in USERS.items()})
+    token, aes_key, corp_secret = generated_callback_secrets()  # serve refuses the public test vectors
+    fake = FakeWeCom(users={k: dict(v) for k, v in USERS.items()}, corp_secret=corp_secret)
     async with serve(fake.app()) as wecom_url:
         port = free_port()
         config = tmp_path / "postroom.toml"
@@ -42,9 +43,9 @@ secret = "{secrets.token_urlsafe(32)}"
 [wecom]
 corp_id = "{CORP_ID}"
 agent_id = 1000002
-secret = "app-secret"
-token = "{TOKEN}"
-encoding_aes_key = "{AES_KEY}"
+secret = "{corp_secret}"
+token = "{token}"
+encoding_aes_key = "{aes_key}"
 api_url = "{wecom_url}"
 """)
         env = {k: v for k, v in os.environ.items() if not k.startswith("POSTROOM_")}
@@ -68,7 +69,7 @@ api_url = "{wecom_url}"
                         pass
                     assert time.monotonic() < deadline, "serve did not come up"
                     await asyncio.sleep(0.05)
-                crypto = WeComCrypto(TOKEN, AES_KEY, CORP_ID)
+                crypto = WeComCrypto(token, aes_key, CORP_ID)
                 ts = str(int(time.time()))
                 inner = (
                     f"<xml><ToUserName><![CDATA[{CORP_ID}]]></ToUserName><FromUserName><![CDATA[hannah]]>"
@@ -95,10 +96,10 @@ api_url = "{wecom_url}"
     assert fake.token_requests >= 1 and fake.valid_tokens
     assert "HTTP Request: GET" in err and "/cgi-bin/gettoken?corpid=" in err  # httpx did log the URL…
     assert "corpsecret=***" in err and "access_token=***" in err  # …masked
-    assert "app-secret" not in err
+    assert corp_secret not in err
     for token in fake.valid_tokens:
         assert token not in err
-    assert AES_KEY not in err
+    assert aes_key not in err
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from bot.app import Runtime, build_app, configured_adapters
 from bot.config import ConfigError
 from tests.conftest import HR, make_settings
 from tests.fake_dingtalk import FakeDingTalk
-from tests.fake_wecom import FakeWeCom
+from tests.fake_wecom import FakeWeCom, generated_callback_secrets
 from tests.loopback import serve, wait_until
 from tests.slack_fake import FakeSlack, command_body, form, signed_headers
 from tests.slack_rig import U_HR, directory, slack_section
@@ -119,7 +119,9 @@ async def test_postroom_serve_process_runs_both_and_stops_on_sigterm(tmp_path: P
     import signal
     import sys
 
-    ding, wecom = FakeDingTalk(), FakeWeCom()
+    token, aes_key, corp_secret = generated_callback_secrets()  # serve refuses the public test vectors
+    ding = FakeDingTalk(client_secret=secrets.token_urlsafe(48))
+    wecom = FakeWeCom(corp_secret=corp_secret)
     async with serve(ding.app()) as ding_url, serve(wecom.app()) as wecom_url:
         port = free_port()
         config = tmp_path / "postroom.toml"
@@ -136,16 +138,16 @@ base_url = "http://127.0.0.1:{port}"
 secret = "{secrets.token_urlsafe(32)}"
 [dingtalk]
 client_id = "ding-app"
-client_secret = "ding-secret"
+client_secret = "{ding.client_secret}"
 corp_id = "ding-corp"
 openapi_endpoint = "{ding_url}"
 oapi_endpoint = "{ding_url}"
 [wecom]
 corp_id = "{CORP_ID}"
 agent_id = 1000002
-secret = "app-secret"
-token = "{TOKEN}"
-encoding_aes_key = "{AES_KEY}"
+secret = "{corp_secret}"
+token = "{token}"
+encoding_aes_key = "{aes_key}"
 api_url = "{wecom_url}"
 """)
         postroom = Path(sys.executable).with_name("postroom")
@@ -159,7 +161,7 @@ api_url = "{wecom_url}"
         )
         try:
             await wait_until(lambda: ding.online, 30, 0.05)
-            crypto = WeComCrypto(TOKEN, AES_KEY, CORP_ID)
+            crypto = WeComCrypto(token, aes_key, CORP_ID)
             ts = str(int(time.time()))
             echostr, signature = crypto.encrypt_envelope("echo-7", ts, "n")
             async with httpx.AsyncClient() as http:

@@ -125,6 +125,9 @@ def test_defaults_are_placeholders_that_org_problem_names() -> None:
         ({"postal_address": "x" * 501}, "must be at most 500 characters"),
         ({"domains": ["acme"]}, "'acme' is not a mail domain like acme.com"),
         ({"domains": ["acme.example, evil.example"]}, "is not a mail domain"),
+        # Tryout: gmail.com in org.domains was accepted: every Gmail user would count as staff.
+        ({"domains": ["corp.example", "gmail.com"]}, "'gmail.com' is a public mailbox provider's domain"),
+        ({"domains": ["QQ.com"]}, "'qq.com' is a public mailbox provider's domain"),
     ],
 )
 def test_bad_org_values_are_a_configuration_error(org: dict[str, object], says: str) -> None:
@@ -148,6 +151,7 @@ def test_bad_org_values_are_a_configuration_error(org: dict[str, object], says: 
         (["--postal-address", "x" * 501], "--postal-address: must be at most 500 characters"),
         (["--domain", "your-company.example"], "is the placeholder"),
         (["--domain", "acme.example\x7f"], "is not a mail domain"),
+        (["--domain", "corp.example", "--domain", "outlook.com"], "is a public mailbox provider's domain"),
     ],
 )
 def test_init_refuses_bad_org_values_and_writes_nothing(tmp_path: Path, args: list[str], says: str) -> None:
@@ -203,3 +207,21 @@ def test_serve_refuses_the_example_domain_left_in_web_and_roles(tmp_path: Path) 
         and "roles.hr (hannah@corp.example)" in lines[0]
     )
     assert "still on the example domain corp.example, which is not in org.domains (acme.example)" in lines[0]
+
+
+@pytest.mark.parametrize("command", ["serve", "chat"])
+def test_serve_and_chat_refuse_a_public_mailbox_domain_in_org_domains(tmp_path: Path, command: str) -> None:
+    from bot.config import PUBLIC_MAILBOX_DOMAINS
+
+    assert {"gmail.com", "outlook.com", "hotmail.com", "yahoo.com", "icloud.com", "qq.com", "163.com"} <= (
+        PUBLIC_MAILBOX_DOMAINS
+    )
+    config = base_config(
+        tmp_path,
+        '[org]\nname = "Acme GmbH"\ndomains = ["corp.example", "gmail.com"]\npostal_address = "Hauptstraße 1"\n',
+    )
+    args = ["serve"] if command == "serve" else ["chat", "--as", HR, "/help"]
+    done = postroom(tmp_path, "--config", str(config), *args)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode != 0 and len(lines) == 1 and done.stdout == "", done.stderr
+    assert "org.domains" in lines[0] and "'gmail.com' is a public mailbox provider's domain" in lines[0]

@@ -332,3 +332,65 @@ def test_every_doc_and_message_states_the_one_secret_length_rule() -> None:
         assert f"must be {MIN_LENGTH} or more random characters" in str(caught.value)
     said = check_secret("hr.webhook_secret", "q7Xz" * 6, required=False)
     assert said is not None and f"shorter than {MIN_LENGTH} characters" in said
+
+
+# -- the messengers' credentials and the passwords: none from the source, no placeholder --------------
+PUBLISHED_CREDENTIALS = [
+    ("slack", "signing_secret", "test-signing-secret-3f9a1c"),  # tests/slack_fake.py
+    ("wecom", "token", "123456"),  # wechatpy's public test vectors (tests/test_wecom.py)
+    ("wecom", "encoding_aes_key", AES_KEY),
+]
+
+
+@pytest.mark.parametrize(("section", "key", "value"), PUBLISHED_CREDENTIALS)
+def test_serve_refuses_a_published_messenger_credential(
+    setup: Setup, section: str, key: str, value: str
+) -> None:
+    set_secret(setup.config, section, key, value)
+    said = serve_refusal(setup)
+    assert said.startswith(f"Error: {section}.{key} ") and value not in said, said
+    assert not setup.db.exists()
+
+
+def test_the_policy_judges_every_credential_and_password_serve_uses() -> None:
+    """Each platform credential: refused when from the source, a placeholder, far too short or repeated;
+    a real-looking one passes. Passwords: only a string from our source is refused."""
+    from bot.config import load_settings
+    from bot.secret_policy import ISSUED, PASSWORDS, credential_problem, serving_problem
+
+    real = {
+        "slack.signing_secret": secrets.token_hex(16),
+        "slack.bot_token": f"xoxb-{secrets.randbelow(10**12)}-{secrets.randbelow(10**13)}-{secrets.token_urlsafe(18)}",
+        "slack.app_token": f"xapp-1-A0{secrets.randbelow(10**9)}-{secrets.randbelow(10**13)}-{secrets.token_hex(32)}",
+        "wecom.token": secrets.token_hex(8),
+        "wecom.encoding_aes_key": secrets.token_urlsafe(33)[:43],
+        "wecom.secret": secrets.token_urlsafe(32),
+        "dingtalk.client_secret": secrets.token_urlsafe(48),
+        "providers.microsoft.client_secret": secrets.token_urlsafe(30),
+        "providers.wecom.secret": secrets.token_urlsafe(32),
+    }
+    assert set(real) == {key for key, _, _ in ISSUED}
+    for key, shortest, _ in ISSUED:
+        assert credential_problem(key, real[key]) is None, key
+        for bad, says in (
+            (AES_KEY, "Postroom's own source"),
+            ("my-wecom-secret-value-for-corp-2026-xyzabcd", "placeholder"),
+            (secrets.token_hex(shortest)[: shortest - 1], "shorter than"),
+            (("ab" * 30)[:43], "predictable"),
+        ):
+            if key == "wecom.encoding_aes_key" and len(bad) != 43:
+                continue  # loading refuses any other length already
+            said = credential_problem(key, bad)
+            assert said is not None and said.startswith(f"{key} ") and says in said and bad not in said, (
+                key,
+                bad,
+            )
+    for key in PASSWORDS:
+        for fine in ("hunter" + secrets.token_hex(2), "pw" + secrets.token_hex(3), secrets.token_urlsafe(9)):
+            assert credential_problem(key, fine) is None, (key, fine)
+        for published in ("ding-secret", "app-secret", OLD_DEMO):
+            said = credential_problem(key, published)
+            assert said is not None and "Postroom's own source" in said and published not in said
+    good = {"secret": secrets.token_urlsafe(32)}
+    settings = load_settings(read_file=False, read_env=False, web=good, smtp={"password": "app-secret"})
+    assert (serving_problem(settings) or "").startswith("smtp.password appears in Postroom's own source")

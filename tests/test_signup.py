@@ -160,6 +160,23 @@ async def test_bad_signups_get_a_sentence_and_a_status(make_bot, smtp) -> None: 
             (await client.post("/s/customers.json", content=b'{"email": NaN}'), 400, "not JSON"),
             (await client.post("/s/customers.json", json={"email": 7}), 400, "“email” string"),
             (await client.post("/s/customers.json", json=["a"]), 400, "“email” string"),
+            # Tryout: a field given twice was taken silently (the first won); which one was meant?
+            (
+                await client.post(
+                    "/s/customers",
+                    content=b"email=a%40example.com&email=b%40example.com",
+                    headers={"content-type": "application/x-www-form-urlencoded"},
+                ),
+                400,
+                "The form gives “email” more than once",
+            ),
+            (
+                await client.post(
+                    "/s/customers.json", content=b'{"email": "a@example.com", "email": "b@example.com"}'
+                ),
+                400,
+                "The key “email” appears twice in one JSON object",
+            ),
             (await client.get("/s/confirm/forged.token"), 400, "not valid"),
             (await client.post("/s/confirm/forged.token"), 400, "not valid"),
             (

@@ -128,11 +128,17 @@ def campaign_routes(ctx: Context) -> list[Route]:
         if not signatures_match(expected, given):
             return JSONResponse({"error": "bad signature"}, status_code=401)
         try:
-            payload = parse_json(body, "not JSON")
+            payload = parse_json(
+                body,
+                'The body is not JSON: send {"events": [...]}.',
+                duplicate="The key “{name}” appears twice in one JSON object; send each field once.",
+            )
             events = payload["events"]
             if not isinstance(events, list):
                 raise TypeError
-        except (Refused, KeyError, TypeError):
+        except Refused as exc:  # not JSON, or a key named twice: say which
+            return JSONResponse({"error": exc.sentence}, status_code=400)
+        except (KeyError, TypeError):
             return JSONResponse({"error": 'expected {"events": [...]}'}, status_code=400)
         if len(events) > MAX_WEBHOOK_EVENTS:
             return JSONResponse(

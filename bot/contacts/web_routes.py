@@ -81,11 +81,13 @@ def signup_routes(ctx: Context, signups: Signups) -> list[Route]:
         name = request.path_params["name"]
         try:
             body = await read_capped(request, cap)
-            fields = {
-                k: v[0]
-                for k, v in parse_qs(body.decode("utf-8", "replace"), max_num_fields=20).items()
-                if k in ("email", "name", "source", HONEYPOT)
-            }
+            given = parse_qs(body.decode("utf-8", "replace"), max_num_fields=20)
+            fields = {k: v[0] for k, v in given.items() if k in ("email", "name", "source", HONEYPOT)}
+            twice = next((k for k in fields if len(given[k]) > 1), None)
+            if twice is not None:  # email=a@…&email=b@…: which one did the person mean?
+                raise Refused(
+                    400, t("The form gives “{name}” more than once; send each field once.", name=twice)
+                )
             ip, agent = _client(request)
             await signups.request(
                 SignupForm(
@@ -128,7 +130,11 @@ def signup_routes(ctx: Context, signups: Signups) -> list[Route]:
     async def submit_json(request: Request) -> Response:
         try:
             body = await read_capped(request, cap)
-            data = parse_json(body, t("The body is not JSON: send {example}.", example='{"email": "…"}'))
+            data = parse_json(
+                body,
+                t("The body is not JSON: send {example}.", example='{"email": "…"}'),
+                duplicate=t("The key “{name}” appears twice in one JSON object; send each field once."),
+            )
             if not isinstance(data, dict) or not isinstance(data.get("email"), str):
                 raise Refused(400, t("The JSON needs an “email” string."))
             text = {k: data.get(k) for k in ("name", "page_url", HONEYPOT)}

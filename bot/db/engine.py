@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import event, text
-from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -21,6 +22,42 @@ _REVISION = re.compile(r'^(down_revision|revision)\s*=\s*(None|"([^"]*)")\s*$', 
 
 class SchemaError(Exception):
     """The database's schema is not the one this version of Postroom expects."""
+
+
+class DatabaseUnreachable(Exception):
+    """The database database.url names can't be opened or reached; str() is the sentence saying so."""
+
+
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}
+
+
+def unreachable_sentence(url: URL, exc: BaseException) -> str:
+    """One sentence naming database.url's host and port (or file), never its password, and the cause."""
+    if url.get_backend_name() == "sqlite":
+        where = url.database or "memory"
+    else:
+        where = f"{url.host or 'localhost'}:{url.port or _DEFAULT_PORTS.get(url.get_backend_name(), '?')}"
+    cause = getattr(exc, "orig", None) or exc
+    if isinstance(cause, TimeoutError):
+        reason = "it did not answer in time"
+    elif isinstance(cause, OSError) and cause.strerror:
+        reason = cause.strerror[0].lower() + cause.strerror[1:]
+    else:
+        reason = " ".join(str(cause).split())[:200] or type(cause).__name__
+    if url.password:
+        reason = reason.replace(str(url.password), "***")
+    return (
+        f"Postroom can't connect to the database at database.url ({where}): {reason.rstrip('.')}; "
+        "check that the database server is running and that database.url names it."
+    )
+
+
+async def _connect(engine: AsyncEngine) -> AsyncConnection:
+    """The first connection of a command: one that can't be made is a DatabaseUnreachable sentence."""
+    try:
+        return await engine.connect()
+    except (OperationalError, InterfaceError, OSError) as exc:
+        raise DatabaseUnreachable(unreachable_sentence(engine.url, exc)) from None
 
 
 def make_engine(url: str) -> AsyncEngine:
@@ -139,6 +176,7 @@ def _newer(current: str) -> str:
 
 async def upgrade(engine: AsyncEngine) -> tuple[str | None, str | None]:
     """Apply every pending migration. Returns (revision before, revision after)."""
+    await (await _connect(engine)).close()  # an unreachable database is a sentence, not a traceback
     async with engine.begin() as conn:
         before = await conn.run_sync(_current)
         if before is None and await conn.run_sync(_has_tables):
@@ -152,8 +190,11 @@ async def upgrade(engine: AsyncEngine) -> tuple[str | None, str | None]:
 
 async def ensure_schema(engine: AsyncEngine) -> str:
     """Migrate a new empty database; refuse an out-of-date one with a sentence saying what to do."""
-    async with engine.connect() as conn:
+    conn = await _connect(engine)
+    try:
         rows = await conn.run_sync(_version_rows)
+    finally:
+        await conn.close()
     if rows is not None and len(rows) == 1 and rows[0] == scripted_head():
         return "ready"
     async with engine.connect() as conn:
