@@ -226,12 +226,12 @@ async def export_csv(ctx: Context, list_name: str | None) -> Export:
     for c in contacts:
         attrs = [(c.attributes or {}).get(k) for k in keys]
         reason = suppressed.get(email_hash(c.email), "")
-        for name, since in sorted(memberships.get(c.id, []), key=lambda m: m[0]) or [("", None)]:
+        for name, _since in sorted(memberships.get(c.id, []), key=lambda m: m[0]) or [("", None)]:
             event = granted.get((c.id, name))
             if event is None:  # on the list without consent (an import without consent_at): never mailed
                 rows.append([c.email, c.name, name, "", "", "", "", reason, *attrs])
                 continue
-            at = since or event.at
+            at = consent.given_at(event)  # the consent's own time, never when they joined the list
             method = METHOD_OF_KIND.get(event.kind) or event.wording or c.consent_method or event.kind
             rows.append(
                 [
