@@ -452,3 +452,37 @@ async def test_the_embedded_forms_honeypot_is_hidden_without_the_pages_styleshee
     assert "overflow:hidden" in style.group(1) and "height:1px" in style.group(1)
     (field,) = re.findall(r"<input[^>]*name='website'[^>]*>", embedded)
     assert "tabindex='-1'" in field and "autocomplete='off'" in field and "aria-hidden='true'" in field
+
+
+async def test_an_old_embedded_form_records_the_wording_it_showed_not_the_newest(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    from tests.conftest import ADMIN
+
+    bot = await make_bot()
+    v1, v2 = "Partner news from us, now and then (v1).", "Partner news and event invitations (v2)."
+    assert "v1" in await bot.say(ADMIN, f'/lists open Partners --wording "{v1}"')
+    snippet_v1 = await bot.say(SENDER, "/lists form partners")
+    assert "name='wording_version' value='1'" in snippet_v1, snippet_v1
+    reworded = await bot.say(ADMIN, f'/lists open Partners --wording "{v2}"')
+    assert "v2" in reworded and "/lists form Partners" in reworded, reworded
+    assert "paste" in reworded, reworded
+    async with web(bot) as client:
+        old = await client.post(
+            "/s/partners", data={"email": "old@example.com", "source": "form", "wording_version": "1"}
+        )
+        assert old.status_code == 200, old.text
+        new = await client.post(
+            "/s/partners", data={"email": "new@example.com", "source": "form", "wording_version": "2"}
+        )
+        assert new.status_code == 200, new.text
+        forged = await client.post(
+            "/s/partners", data={"email": "odd@example.com", "source": "form", "wording_version": "9"}
+        )
+        assert forged.status_code == 400 and "/s/partners" in forged.text, forged.text
+        await bot.app.drain()
+    async with bot.app.ctx.sessions() as s:
+        signups = {x.email: x for x in (await s.execute(select(Signup))).scalars()}
+    assert set(signups) == {"old@example.com", "new@example.com"}
+    assert signups["old@example.com"].wording == v1
+    assert signups["old@example.com"].wording_version == "Partners#1"
+    assert signups["new@example.com"].wording == v2
+    assert signups["new@example.com"].wording_version == "Partners#2"

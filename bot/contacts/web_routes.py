@@ -36,6 +36,8 @@ def form_html(ctx: Context, lst: ContactList, *, hosted: bool) -> str:
     return (
         f"<form method='post' action='{attr(base)}/s/{attr(lst.name)}'>"
         f"<input type='hidden' name='source' value='{source}'>"
+        # The wording this form shows: a form embedded before a re-wording records the text it showed.
+        f"<input type='hidden' name='wording_version' value='{lst.wording_version}'>"
         f"<label for='pr-email'>{attr(t('Email address'))}</label>"
         "<input type='email' id='pr-email' name='email' required autocomplete='email' maxlength='320'>"
         f"<label for='pr-name'>{attr(t('Name (optional)'))}</label>"
@@ -84,7 +86,7 @@ def signup_routes(ctx: Context, signups: Signups) -> list[Route]:
             fields = {
                 k: v[0]
                 for k, v in parse_qs(body.decode("utf-8", "replace"), max_num_fields=20).items()
-                if k in ("email", "name", "source", HONEYPOT)
+                if k in ("email", "name", "source", "wording_version", HONEYPOT)
             }
             ip, agent = _client(request)
             await signups.request(
@@ -97,6 +99,7 @@ def signup_routes(ctx: Context, signups: Signups) -> list[Route]:
                     request.headers.get("referer", "")[:300] or None,
                     ip,
                     agent,
+                    wording_version=fields.get("wording_version"),
                 )
             )
         except Refused as exc:
