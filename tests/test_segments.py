@@ -222,3 +222,15 @@ async def test_a_field_no_contact_has_is_refused_naming_the_closest(make_bot) ->
     assert "matches" in await bot.say(SENDER, "/segment new dach customers --where \"country = 'DE'\"")
     reply = await bot.say(SENDER, "/segment edit dach --where \"Country = 'DE'\"")
     assert "did you mean “country”?" in reply, reply
+
+
+async def test_segment_names_are_one_in_any_case_and_a_near_miss_names_the_segment(make_bot) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot()
+    assert "matches" in await bot.say(SENDER, "/segment new dach customers --where \"country = 'DE'\"")
+    again = await bot.say(SENDER, "/segment new Dach customers --where \"country = 'AT'\"")
+    assert "already exists" in again, again
+    assert "country = 'DE'" in await bot.say(SENDER, "/segment show DACH")
+    reply = await bot.say(SENDER, "/campaign new c4 --to Dach --template welcome")
+    assert "The segment matches" in reply, reply
+    reply = await bot.say(SENDER, "/campaign new c5 --to dahc --template welcome")
+    assert "segment" in reply and "did you mean segment “dach”?" in reply, reply

@@ -43,7 +43,11 @@ async def match(ctx: Context, list_name: str, expression: str | None) -> Matched
 
 async def _get(session, name: str) -> Segment:
     service.check_name(name)
-    seg = (await session.execute(select(Segment).where(Segment.name == name))).scalar_one_or_none()
+    seg = (
+        (await session.execute(select(Segment).where(Segment.named(name)).order_by(Segment.id)))
+        .scalars()
+        .first()
+    )
     if seg is None:
         raise UserError(t("There is no segment “{name}”. /segment list shows them.", name=name))
     return seg
@@ -61,7 +65,7 @@ async def create(
         if spelt is None:
             raise UserError(t("There is no contact list “{name}”. /lists shows them.", name=list_name[:60]))
         list_name = spelt  # as the list is spelt, whatever case was typed
-        if (await session.execute(select(Segment.id).where(Segment.name == name))).first() is not None:
+        if (await session.execute(select(Segment.id).where(Segment.named(name)))).first() is not None:
             raise UserError(
                 t("A segment named “{name}” already exists; /segment edit changes it.", name=name)
             )
