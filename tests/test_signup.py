@@ -165,7 +165,7 @@ async def test_bad_signups_get_a_sentence_and_a_status(make_bot, smtp) -> None: 
             (
                 await client.post("/s/customers", data={"email": "a@example.com", "name": "x\x1by"}),
                 400,
-                "printable",
+                "control character (U+001B)",
             ),
         ]
     for response, status, words in cases:
@@ -486,3 +486,24 @@ async def test_an_old_embedded_form_records_the_wording_it_showed_not_the_newest
     assert signups["old@example.com"].wording_version == "Partners#1"
     assert signups["new@example.com"].wording == v2
     assert signups["new@example.com"].wording_version == "Partners#2"
+
+
+async def test_the_json_endpoint_names_a_direction_override_and_answers_get_with_405_json(make_bot) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot()
+    await open_signup(bot)
+    async with web(bot) as client:
+        override = await client.post(
+            "/s/customers.json",
+            content=b'{"email": "ann@example.com", "name": "Ann\\u202egnp.exe"}',
+            headers={"Content-Type": "application/json"},
+        )
+        assert override.status_code == 400 and "text-direction override (U+202E)" in override.json()["error"]
+        broken = await client.post(
+            "/s/customers.json",
+            content=b'{"email": "ann@example.com", "name": "Ann\\ud800"}',
+            headers={"Content-Type": "application/json"},
+        )
+        assert broken.status_code == 400 and "U+D800" in broken.json()["error"], broken.text
+        got = await client.get("/s/customers.json")
+        assert got.status_code == 405 and got.headers["allow"] == "POST", got.text
+        assert "POST" in got.json()["error"]

@@ -95,6 +95,9 @@ def check_wording(text: str) -> str:
 
 
 def clean_name(text: str) -> str | None:
+    sentence = values.problem(text, t("The name"))  # names the direction override, as chat does
+    if sentence is not None:
+        raise UserError(sentence)
     name = " ".join(text.split())
     if len(name) > 200 or any(not c.isprintable() for c in name):
         raise UserError(t("A name is at most 200 printable characters."))

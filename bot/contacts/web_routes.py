@@ -217,8 +217,18 @@ def signup_routes(ctx: Context, signups: Signups) -> list[Route]:
             f"<p role='status'>{attr(t('Thank you: you are on the list “{list}”.', list=found.list_name))}</p>",
         )
 
+    async def json_get(request: Request) -> Response:
+        """The JSON endpoint takes POST only; without this a GET would be the hosted page of a list named
+        “<list>.json”."""
+        return JSONResponse(
+            {"error": t("This endpoint takes POST with a JSON body: {example}.", example='{"email": "…"}')},
+            status_code=405,
+            headers={"Allow": "POST"},
+        )
+
     return [
         Route("/s/confirm/{token}", confirm_page, methods=["GET"]),
+        Route("/s/{name}.json", json_get, methods=["GET"]),
         Route("/s/confirm/{token}", confirm, methods=["POST"]),
         Route("/s/{name}.json", submit_json, methods=["POST"]),
         Route("/s/{name}/form", snippet, methods=["GET"]),
