@@ -507,3 +507,12 @@ async def test_the_json_endpoint_names_a_direction_override_and_answers_get_with
         got = await client.get("/s/customers.json")
         assert got.status_code == 405 and got.headers["allow"] == "POST", got.text
         assert "POST" in got.json()["error"]
+
+
+async def test_a_multipart_form_post_is_refused_with_415_and_a_sentence(make_bot) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot()
+    await open_signup(bot)
+    async with web(bot) as client:
+        sent = await client.post("/s/customers", files={"email": (None, "ann@example.com")})
+        assert sent.status_code == 415 and "application/x-www-form-urlencoded" in sent.text, sent.text
+        assert "<main" in sent.text

@@ -81,6 +81,21 @@ def signup_routes(ctx: Context, signups: Signups) -> list[Route]:
 
     async def submit(request: Request) -> Response:
         name = request.path_params["name"]
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind and kind != "application/x-www-form-urlencoded":
+            # Our form posts url-encoded; a multipart or other body would read as no email at all.
+            return page(
+                t("Signup not taken"),
+                para(
+                    t(
+                        "The signup form must be sent as application/x-www-form-urlencoded (what the form from "
+                        "/s/{name}/form sends), not {kind}.",
+                        name=name[:60],
+                        kind=kind[:60],
+                    )
+                ),
+                415,
+            )
         try:
             body = await read_capped(request, cap)
             fields = {
