@@ -516,3 +516,20 @@ async def test_a_multipart_form_post_is_refused_with_415_and_a_sentence(make_bot
         sent = await client.post("/s/customers", files={"email": (None, "ann@example.com")})
         assert sent.status_code == 415 and "application/x-www-form-urlencoded" in sent.text, sent.text
         assert "<main" in sent.text
+
+
+async def test_a_local_part_over_64_octets_is_refused_from_chat_and_signup(make_bot) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot()
+    await open_signup(bot)
+    long = "a" * 65 + "@example.com"
+    reply = await bot.say(
+        SENDER, f'/contacts add {long} --list customers --consent "Said yes to our newsletter at the fair"'
+    )
+    assert "64" in reply and "Added" not in reply, reply
+    async with web(bot) as client:
+        sent = await client.post("/s/customers", data={"email": long})
+        assert sent.status_code == 400 and "64" in sent.text, sent.text
+        ok = await client.post("/s/customers", data={"email": "a" * 64 + "@example.com"})
+        assert ok.status_code == 200, ok.text
+    shown = await bot.say(SENDER, f"/contacts show {long}")  # a lookup is no new address: not refused for it
+    assert "64" not in shown, shown

@@ -30,7 +30,7 @@ class ContactView:
 
 
 async def show(ctx: Context, email: str) -> ContactView:
-    address = normalise(email)
+    address = normalise(email, existing=True)
     async with ctx.sessions() as session:
         contact = (
             await session.execute(select(Contact).where(Contact.email == address))
@@ -92,7 +92,7 @@ async def find(ctx: Context, text: str) -> list[Contact]:
 
 async def remove(ctx: Context, email: str, list_name: str, *, actor: str, via: str) -> None:
     """Take a contact off a list at their word (told to a sales person): recorded like leaving it."""
-    address = normalise(email)
+    address = normalise(email, existing=True)
     async with ctx.sessions() as session, session.begin():
         contact = (
             await session.execute(select(Contact).where(Contact.email == address))
