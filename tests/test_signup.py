@@ -533,3 +533,17 @@ async def test_a_local_part_over_64_octets_is_refused_from_chat_and_signup(make_
         assert ok.status_code == 200, ok.text
     shown = await bot.say(SENDER, f"/contacts show {long}")  # a lookup is no new address: not refused for it
     assert "64" not in shown, shown
+
+
+async def test_the_404_page_shows_control_and_direction_characters_as_escapes(make_bot) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot()
+    async with web(bot) as client:
+        for sent in (
+            client.get("/s/abc%E2%80%AEfdp.exe"),
+            client.post("/s/abc%E2%80%AEx", data={"email": "a@example.com"}),
+        ):
+            got = await sent
+            assert got.status_code == 404 and "\u202e" not in got.text, got.text
+            assert "abc\\u202e" in got.text, got.text
+        got = await client.post("/s/abc%1Bx.json", json={"email": "a@example.com"})
+        assert got.status_code == 404 and "abc\\u001bx" in got.json()["error"], got.text

@@ -172,7 +172,10 @@ class Signups:
         settings = self.ctx.settings.signup
         lst = await find_list(self.ctx, form.list_name)
         if lst is None or not lst.signup_open:
-            raise Refused(404, t("There is no signup for a list named “{name}”.", name=form.list_name[:60]))
+            raise Refused(
+                404,
+                t("There is no signup for a list named “{name}”.", name=values.visible(form.list_name[:60])),
+            )
         if (
             form.ip
             and not form.trusted

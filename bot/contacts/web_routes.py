@@ -20,6 +20,7 @@ from bot.context import Context
 from bot.db.models import ContactList
 from bot.html_pages import attr, page, para
 from bot.i18n import t
+from bot.values import visible
 from bot.webhooks import Refused, parse_json, read_capped, signatures_match
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,9 @@ def signup_routes(ctx: Context, signups: Signups) -> list[Route]:
 
     def not_open(name: str) -> Response:
         return page(
-            t("No such signup"), para(t("There is no signup for a list named “{name}”.", name=name[:60])), 404
+            t("No such signup"),
+            para(t("There is no signup for a list named “{name}”.", name=visible(name[:60]))),
+            404,
         )
 
     async def hosted(request: Request) -> Response:
