@@ -547,3 +547,22 @@ async def test_the_404_page_shows_control_and_direction_characters_as_escapes(ma
             assert "abc\\u202e" in got.text, got.text
         got = await client.post("/s/abc%1Bx.json", json={"email": "a@example.com"})
         assert got.status_code == 404 and "abc\\u001bx" in got.json()["error"], got.text
+
+
+async def test_a_page_url_must_be_an_absolute_http_or_https_url(make_bot) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot()
+    await open_signup(bot)
+    async with web(bot) as client:
+        for bad in (
+            "javascript:alert(1)",
+            "ftp://corp.example/x",
+            "/join",
+            "https://",
+            "https://corp.example/" + "a" * 2000,
+        ):
+            got = await client.post("/s/customers.json", json={"email": "ann@example.com", "page_url": bad})
+            assert got.status_code == 422 and "page_url" in got.json()["error"], (bad[:40], got.text)
+        good = await client.post(
+            "/s/customers.json", json={"email": "ann@example.com", "page_url": "https://corp.example/join"}
+        )
+        assert good.status_code == 202, good.text

@@ -9,12 +9,13 @@ Every body is capped while it is read; bad input gets one sentence and a status,
 from __future__ import annotations
 
 import logging
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from bot import values
 from bot.contacts.signup import Pending, SignupForm, Signups, accepted_sentence, find_list
 from bot.context import Context
 from bot.db.models import ContactList
@@ -50,6 +51,17 @@ def form_html(ctx: Context, lst: ContactList, *, hosted: bool) -> str:
         f"<p id='pr-consent'>{attr(lst.consent_wording or '')}</p>"
         f"<button type='submit' aria-describedby='pr-consent'>{attr(t('Sign up'))}</button></form>"
     )
+
+
+def _web_url(text: str) -> bool:
+    """An absolute http(s) URL with a host, at most 2,000 characters: what a signup's page can be."""
+    if len(text) > 2000 or not values.is_clean(text) or any(c.isspace() for c in text):
+        return False
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
 
 
 def _client(request: Request) -> tuple[str | None, str | None]:
@@ -155,6 +167,13 @@ def signup_routes(ctx: Context, signups: Signups) -> list[Route]:
             text = {k: data.get(k) for k in ("name", "page_url", HONEYPOT)}
             if any(v is not None and not isinstance(v, str) for v in text.values()):
                 raise Refused(400, t("“name”, “page_url” and “website” must be strings when given."))
+            if text["page_url"] and not _web_url(text["page_url"]):
+                raise Refused(
+                    422,
+                    t(
+                        "“page_url” must be the page's absolute http or https address, at most 2,000 characters."
+                    ),
+                )
             ip, agent = _client(request)
             await signups.request(
                 SignupForm(
