@@ -24,9 +24,13 @@ from bot.config import Settings, routing_form
 from bot.errors import UserError
 from bot.i18n import t
 
+MAX_LOCAL_OCTETS = 64  # RFC 5321 §4.5.3.1.1: a server may refuse a longer local part
 
-def normalise(address: str) -> str:
-    """Lower-cased, validated address; UserError with a sentence when it is not one."""
+
+def normalise(address: str, *, existing: bool = False) -> str:
+    """Lower-cased, validated address; UserError with a sentence when it is not one. A new address
+    (a contact, a group) keeps RFC 5321's 64-octet local part; `existing` looks up one stored already
+    (to show, erase or suppress it), which an older, longer one must still find."""
     text = address.strip()
     if text.lower().startswith("mailto:"):
         text = text[7:]
@@ -51,6 +55,14 @@ def normalise(address: str) -> str:
                 reason=reason[0].lower() + reason[1:],
             )
         ) from None
+    if not existing and len(result.local_part.encode("utf-8")) > MAX_LOCAL_OCTETS:
+        raise UserError(
+            t(
+                "{text} is not a valid email address: the part before the @ is longer than 64 characters "
+                "(RFC 5321), and mail to it may be refused.",
+                text=_show(address),
+            )
+        )
     mixed = _mixed_scripts(result.domain)
     if mixed:
         raise UserError(

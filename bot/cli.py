@@ -298,7 +298,7 @@ def chat(ctx: click.Context, as_email: str, text: tuple[str, ...]) -> None:
     from bot.errors import UserError
 
     try:
-        as_email = normalise(as_email)
+        as_email = normalise(as_email, existing=True)
     except UserError as exc:
         raise click.BadParameter(exc.sentence, param_hint="--as") from None
     settings = _settings(ctx.obj["config"])

@@ -9,7 +9,7 @@ the record. Both the signup (bot/contacts/) and the preference centre (bot/campa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -34,6 +34,28 @@ class Proof:
     ip: str | None = None  # only when the organisation records it (signup.record_ip)
     user_agent: str | None = None
     actor: str | None = None
+
+
+GIVEN_MARK = " (consent given "  # an import's source ends with the time the file says consent was given
+
+
+def imported_source(source: str, given: datetime) -> str:
+    """An imported consent's source: where the file says it came from, and when it was given."""
+    return f"{source}{GIVEN_MARK}{given.isoformat()})"
+
+
+def given_at(event: ConsentEvent) -> datetime:
+    """When this consent was given: an import's own time (the file's consent_at, kept in its source),
+    else when the event was recorded — never when the person first joined the list."""
+    if event.kind == "imported" and event.source and event.source.endswith(")"):
+        _, mark, rest = event.source.rpartition(GIVEN_MARK)
+        if mark:
+            try:
+                given = datetime.fromisoformat(rest[:-1])
+            except ValueError:
+                return event.at
+            return given.replace(tzinfo=UTC) if given.tzinfo is None else given.astimezone(UTC)
+    return event.at
 
 
 def _cut(value: str | None, limit: int) -> str | None:

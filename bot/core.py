@@ -134,7 +134,7 @@ class Core:
 
     async def identify(self, actor: Actor) -> str:
         if actor.email:
-            return normalise(actor.email)
+            return normalise(actor.email, existing=True)
         adapter = self.messengers.get(actor.platform)
 
         async def resolve() -> tuple[str | None, str | None] | None:

@@ -35,7 +35,7 @@ class Identities:
 
     async def remember(self, platform: str, user_id: str, email: str, name: str | None = None) -> None:
         """Record or refresh who `user_id` is; the newest email wins."""
-        email = normalise(email)
+        email = normalise(email, existing=True)
         # A messenger's directory: nobody can correct it through Postroom, so it is cleaned, not refused.
         name = (clean_text(name)[:200] or None) if name is not None else None
         async with self.sessions() as session, session.begin():
@@ -98,4 +98,4 @@ class Identities:
         if not found or not found[0]:
             return None
         await self.remember(platform, user_id, found[0], found[1])
-        return normalise(found[0])
+        return normalise(found[0], existing=True)

@@ -61,6 +61,12 @@ def clean_name(text: str) -> str:
     return _INVISIBLE.sub("", clean_text(text))
 
 
+def visible(text: str) -> str:
+    """`text` with each control, direction or broken character shown as its escape (`\\u202e`): for
+    echoing what someone typed or sent (a path) without letting it reorder or hide the page's text."""
+    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def is_clean(text: str) -> bool:
     return _UNSAFE.search(text) is None
 

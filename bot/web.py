@@ -14,7 +14,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from bot import i18n
+from bot import html_pages, i18n
 from bot.campaigns import preferences
 from bot.campaigns.preview import RETRY_AFTER_S, PreviewCache
 from bot.campaigns.unsubscribe import masked, read_token, target_of, unsubscribe
@@ -27,17 +27,8 @@ MAX_FORM_BYTES = 4096
 
 
 def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
-    lang = i18n.current().replace("_", "-")
-    doc = (
-        f"<!doctype html><html lang='{lang}'><head><meta charset='utf-8'>"
-        "<meta name='viewport' content='width=device-width'>"
-        f"<title>{html.escape(title)}</title><style>body{{font-family:system-ui,sans-serif;max-width:36rem;"
-        "margin:4rem auto;padding:0 1rem;line-height:1.5}button{font-size:1rem;padding:.5rem 1rem}</style>"
-        f"</head><body><h1>{html.escape(title)}</h1>{body}</body></html>"
-    )
-    return HTMLResponse(
-        doc, status_code=status, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
-    )
+    """The recipient pages' frame: the shared one (`<main>`, the same headers as the signup pages)."""
+    return html_pages.page(title, body, status)
 
 
 def _gone_text() -> str:
@@ -134,7 +125,7 @@ def build_web(ctx: Context, routes: list[Any]) -> ASGIApp:
         await unsubscribe(ctx, target, via="web", how="one-click", detail="one-click unsubscribe (RFC 8058)")
         return _page(
             t("Unsubscribed"),
-            _p(
+            _status(
                 t(
                     "{email} will receive no more campaign email from {org}.",
                     email=masked(target.email),
@@ -180,3 +171,8 @@ def build_web(ctx: Context, routes: list[Any]) -> ASGIApp:
 
 def _p(sentence: str) -> str:
     return f"<p>{html.escape(sentence)}</p>"
+
+
+def _status(sentence: str) -> str:
+    """The sentence that says what just happened, announced to screen readers."""
+    return f"<p role='status'>{html.escape(sentence)}</p>"

@@ -295,6 +295,12 @@ async def test_an_unknown_trigger_or_date_attribute_is_refused_naming_the_closes
     reply = await bot.say(SENDER, "/automation new hello --on joind --template welcome --to customers")
     assert "“joind” is not a trigger" in reply and "did you mean “joined”?" in reply, reply
     reply = await bot.say(
+        SENDER, "/automation new a1 --on joind --template welcome"
+    )  # no --to: the word first
+    assert "“joind” is not a trigger" in reply and "did you mean “joined”?" in reply, reply
+    reply = await bot.say(SENDER, "/automation new a2 --on joined_at --template welcome")  # a real attribute
+    assert "needs --to" in reply, reply
+    reply = await bot.say(
         SENDER, '/automation new renew --on "renewal_dat - 14d" --template welcome --to customers'
     )
     assert "No contact on “customers” has a date attribute “renewal_dat”" in reply, reply

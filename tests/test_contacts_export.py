@@ -96,3 +96,33 @@ async def test_one_row_per_list_with_that_lists_consent_and_the_suppression(make
     report = await import_contacts(bot.app.ctx, path, "copy", dry_run=True)
     assert not report.bad and report.repeated == 1, report.summary()
     assert "1 row of the file repeated a contact for another list" in report.summary()
+
+
+async def test_consent_at_is_the_consents_own_time_not_the_join_time(make_bot, tmp_path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """Joined a list without consent first, consented later: the export shows the consent's time, and a
+    re-import of the export keeps it."""
+    bot = await make_bot()
+    first = tmp_path / "first.csv"
+    first.write_text("email,name\na1@example.com,A One\n", encoding="utf-8")
+    report = await import_contacts(bot.app.ctx, first, "customers")
+    assert report.without_consent == 1, report.summary()
+    later = tmp_path / "c.csv"
+    later.write_text(
+        "email,name,consent_at,consent_source\na1@example.com,A One,2026-11-01T10:00:00Z,fair booth\n",
+        encoding="utf-8",
+    )
+    for name in ("customers", "partners"):
+        report = await import_contacts(bot.app.ctx, later, name)
+        assert not report.bad, report.summary()
+    text = (await export_csv(bot.app.ctx, None)).text
+    rows = {r["list"]: r for r in csv.DictReader(io.StringIO(text)) if r["email"] == "a1@example.com"}
+    assert set(rows) == {"customers", "partners"}
+    for row in rows.values():
+        assert row["consent_at"].startswith("2026-11-01T10:00:00"), row
+    again = tmp_path / "export.csv"
+    again.write_text(text, encoding="utf-8")
+    report = await import_contacts(bot.app.ctx, again, "customers")
+    assert not report.bad, report.summary()
+    text = (await export_csv(bot.app.ctx, "customers")).text
+    (row,) = [r for r in csv.DictReader(io.StringIO(text)) if r["email"] == "a1@example.com"]
+    assert row["consent_at"].startswith("2026-11-01T10:00:00"), row

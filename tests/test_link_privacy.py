@@ -158,3 +158,17 @@ def test_without_a_secret_nothing_is_signed_and_nothing_verifies() -> None:
         unset.sign("ud", "1")
     assert unset.verify(Signer("x" * 20).sign("ud", "1"), "ud") is None
     assert verify_unsubscribe(unset, "dWR8MQ.oadA6yAZTtqKDLDDU2hFKSwP") is None
+
+
+async def test_the_one_click_result_page_has_main_and_a_status_like_the_other_pages(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot()
+    bot.core.ctx.settings.web.legacy_unsubscribe_tokens = True
+    old = bot.core.ctx.signer.sign("u", "1", "raj@example.net")
+    async with web(bot) as client:
+        posted = await client.post(f"/u/{old}", content="List-Unsubscribe=One-Click")
+        bad = await client.post("/u/forged.token", content="List-Unsubscribe=One-Click")
+    assert posted.status_code == 200 and "<main>" in posted.text and "role='status'" in posted.text, (
+        posted.text
+    )
+    assert "will receive no more campaign email" in posted.text
+    assert bad.status_code == 400 and "<main>" in bad.text

@@ -222,3 +222,31 @@ async def test_a_field_no_contact_has_is_refused_naming_the_closest(make_bot) ->
     assert "matches" in await bot.say(SENDER, "/segment new dach customers --where \"country = 'DE'\"")
     reply = await bot.say(SENDER, "/segment edit dach --where \"Country = 'DE'\"")
     assert "did you mean “country”?" in reply, reply
+
+
+async def test_segment_names_are_one_in_any_case_and_a_near_miss_names_the_segment(make_bot) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot()
+    assert "matches" in await bot.say(SENDER, "/segment new dach customers --where \"country = 'DE'\"")
+    again = await bot.say(SENDER, "/segment new Dach customers --where \"country = 'AT'\"")
+    assert "already exists" in again, again
+    assert "country = 'DE'" in await bot.say(SENDER, "/segment show DACH")
+    reply = await bot.say(SENDER, "/campaign new c4 --to Dach --template welcome")
+    assert "The segment matches" in reply, reply
+    reply = await bot.say(SENDER, "/campaign new c5 --to dahc --template welcome")
+    assert "segment" in reply and "did you mean segment “dach”?" in reply, reply
+
+
+async def test_a_segments_count_leaves_out_suppressed_contacts_and_says_how_many(make_bot) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    from bot.addresses import email_hash
+    from bot.db.models import Suppression
+
+    bot = await make_bot()
+    async with bot.app.ctx.sessions() as s, s.begin():
+        s.add(
+            Suppression(
+                email_hash=email_hash("lena@example.com"), email="lena@example.com", reason="unsubscribed"
+            )
+        )
+    reply = await bot.say(SENDER, '/segment new dach customers --where \'country in ("DE", "AT")\'')
+    assert "matches 1 contact now" in reply and "kim@example.org" in reply, reply
+    assert "lena@example.com" not in reply and "1 more is suppressed" in reply, reply

@@ -182,7 +182,7 @@ async def test_bad_signups_get_a_sentence_and_a_status(make_bot, smtp) -> None: 
             (
                 await client.post("/s/customers", data={"email": "a@example.com", "name": "x\x1by"}),
                 400,
-                "printable",
+                "control character (U+001B)",
             ),
         ]
     for response, status, words in cases:
@@ -469,3 +469,117 @@ async def test_the_embedded_forms_honeypot_is_hidden_without_the_pages_styleshee
     assert "overflow:hidden" in style.group(1) and "height:1px" in style.group(1)
     (field,) = re.findall(r"<input[^>]*name='website'[^>]*>", embedded)
     assert "tabindex='-1'" in field and "autocomplete='off'" in field and "aria-hidden='true'" in field
+
+
+async def test_an_old_embedded_form_records_the_wording_it_showed_not_the_newest(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    from tests.conftest import ADMIN
+
+    bot = await make_bot()
+    v1, v2 = "Partner news from us, now and then (v1).", "Partner news and event invitations (v2)."
+    assert "v1" in await bot.say(ADMIN, f'/lists open Partners --wording "{v1}"')
+    snippet_v1 = await bot.say(SENDER, "/lists form partners")
+    assert "name='wording_version' value='1'" in snippet_v1, snippet_v1
+    reworded = await bot.say(ADMIN, f'/lists open Partners --wording "{v2}"')
+    assert "v2" in reworded and "/lists form Partners" in reworded, reworded
+    assert "paste" in reworded, reworded
+    async with web(bot) as client:
+        old = await client.post(
+            "/s/partners", data={"email": "old@example.com", "source": "form", "wording_version": "1"}
+        )
+        assert old.status_code == 200, old.text
+        new = await client.post(
+            "/s/partners", data={"email": "new@example.com", "source": "form", "wording_version": "2"}
+        )
+        assert new.status_code == 200, new.text
+        forged = await client.post(
+            "/s/partners", data={"email": "odd@example.com", "source": "form", "wording_version": "9"}
+        )
+        assert forged.status_code == 400 and "/s/partners" in forged.text, forged.text
+        await bot.app.drain()
+    async with bot.app.ctx.sessions() as s:
+        signups = {x.email: x for x in (await s.execute(select(Signup))).scalars()}
+    assert set(signups) == {"old@example.com", "new@example.com"}
+    assert signups["old@example.com"].wording == v1
+    assert signups["old@example.com"].wording_version == "Partners#1"
+    assert signups["new@example.com"].wording == v2
+    assert signups["new@example.com"].wording_version == "Partners#2"
+
+
+async def test_the_json_endpoint_names_a_direction_override_and_answers_get_with_405_json(make_bot) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot()
+    await open_signup(bot)
+    async with web(bot) as client:
+        override = await client.post(
+            "/s/customers.json",
+            content=b'{"email": "ann@example.com", "name": "Ann\\u202egnp.exe"}',
+            headers={"Content-Type": "application/json"},
+        )
+        assert override.status_code == 400 and "text-direction override (U+202E)" in override.json()["error"]
+        broken = await client.post(
+            "/s/customers.json",
+            content=b'{"email": "ann@example.com", "name": "Ann\\ud800"}',
+            headers={"Content-Type": "application/json"},
+        )
+        assert broken.status_code == 400 and "U+D800" in broken.json()["error"], broken.text
+        got = await client.get("/s/customers.json")
+        assert got.status_code == 405 and got.headers["allow"] == "POST", got.text
+        assert "POST" in got.json()["error"]
+
+
+async def test_a_multipart_form_post_is_refused_with_415_and_a_sentence(make_bot) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot()
+    await open_signup(bot)
+    async with web(bot) as client:
+        sent = await client.post("/s/customers", files={"email": (None, "ann@example.com")})
+        assert sent.status_code == 415 and "application/x-www-form-urlencoded" in sent.text, sent.text
+        assert "<main" in sent.text
+
+
+async def test_a_local_part_over_64_octets_is_refused_from_chat_and_signup(make_bot) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot()
+    await open_signup(bot)
+    long = "a" * 65 + "@example.com"
+    reply = await bot.say(
+        SENDER, f'/contacts add {long} --list customers --consent "Said yes to our newsletter at the fair"'
+    )
+    assert "64" in reply and "Added" not in reply, reply
+    async with web(bot) as client:
+        sent = await client.post("/s/customers", data={"email": long})
+        assert sent.status_code == 400 and "64" in sent.text, sent.text
+        ok = await client.post("/s/customers", data={"email": "a" * 64 + "@example.com"})
+        assert ok.status_code == 200, ok.text
+    shown = await bot.say(SENDER, f"/contacts show {long}")  # a lookup is no new address: not refused for it
+    assert "64" not in shown, shown
+
+
+async def test_the_404_page_shows_control_and_direction_characters_as_escapes(make_bot) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot()
+    async with web(bot) as client:
+        for sent in (
+            client.get("/s/abc%E2%80%AEfdp.exe"),
+            client.post("/s/abc%E2%80%AEx", data={"email": "a@example.com"}),
+        ):
+            got = await sent
+            assert got.status_code == 404 and "\u202e" not in got.text, got.text
+            assert "abc\\u202e" in got.text, got.text
+        got = await client.post("/s/abc%1Bx.json", json={"email": "a@example.com"})
+        assert got.status_code == 404 and "abc\\u001bx" in got.json()["error"], got.text
+
+
+async def test_a_page_url_must_be_an_absolute_http_or_https_url(make_bot) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot()
+    await open_signup(bot)
+    async with web(bot) as client:
+        for bad in (
+            "javascript:alert(1)",
+            "ftp://corp.example/x",
+            "/join",
+            "https://",
+            "https://corp.example/" + "a" * 2000,
+        ):
+            got = await client.post("/s/customers.json", json={"email": "ann@example.com", "page_url": bad})
+            assert got.status_code == 422 and "page_url" in got.json()["error"], (bad[:40], got.text)
+        good = await client.post(
+            "/s/customers.json", json={"email": "ann@example.com", "page_url": "https://corp.example/join"}
+        )
+        assert good.status_code == 202, good.text

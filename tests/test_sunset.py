@@ -72,3 +72,11 @@ async def test_the_sunset_flow_needs_its_approvals(make_bot, smtp) -> None:  # t
         )
     assert gone == {("lena@example.com", "inactive"), ("raj@example.net", "inactive")}  # Kim clicked
     assert len(events) == 2
+
+
+async def test_a_sunset_after_a_never_approved_automation_says_so(make_bot) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bot = await make_bot()
+    await bot.say(SENDER, "/automation new reperm --on inactive:30d --template welcome --to customers")
+    reply = await bot.say(SENDER, "/contacts sunset customers --after reperm")
+    assert "never approved" in reply and "everyone" not in reply, reply
+    assert "/automation submit reperm" in reply, reply

@@ -14,6 +14,7 @@ domain, a row written before normalisation) goes through the Python rules, a chu
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -89,6 +90,29 @@ async def resolve_audience(session: AsyncSession, settings: Settings, name: str)
             .scalars()
             .all()
         )
+        segments = (
+            (await session.execute(select(Segment.name).order_by(Segment.name).limit(200))).scalars().all()
+        )
+        near = difflib.get_close_matches(raw.lower(), [s.lower() for s in segments], n=1, cutoff=0.6)
+        if near:
+            spelt = next(s for s in segments if s.lower() == near[0])
+            raise UserError(
+                t(
+                    "“{text}” is not a contact list, segment or group — did you mean segment “{segment}”?",
+                    text=raw[:80],
+                    segment=spelt,
+                )
+            ) from None
+        if segments:
+            raise UserError(
+                t(
+                    "“{text}” is not a contact list, segment or group. Contact lists: {names}. Segments: "
+                    "{segments}.",
+                    text=raw[:80],
+                    names=", ".join(lists) or "—",
+                    segments=", ".join(segments[:20]),
+                )
+            ) from None
         if lists:
             raise UserError(
                 t(
@@ -152,7 +176,11 @@ async def resolve_target(session: AsyncSession, settings: Settings, to: str, whe
     if raw and "@" not in raw:
         found = (await session.execute(select(ContactList.id).where(ContactList.named(raw)))).first()
         if found is None:
-            segment = (await session.execute(select(Segment).where(Segment.name == raw))).scalar_one_or_none()
+            segment = (
+                (await session.execute(select(Segment).where(Segment.named(raw)).order_by(Segment.id)))
+                .scalars()
+                .first()
+            )
     if segment is not None:
         expression = segment.expression if not where else f"({segment.expression}) and ({where})"
         checked = check(expression)

@@ -155,6 +155,10 @@ class Automations:
                 )
             return target
         if not to:
+            attribute = str(trigger.attribute or "")
+            near = closest_kind(attribute) if trigger.kind == "date" else None
+            if near is not None and abs(len(attribute) - len(near)) <= 2:
+                raise not_a_trigger(attribute)  # a misspelt trigger word (`joind`), not a missing --to
             raise UserError(t("This trigger needs --to: the contact list or segment it watches."))
         target = await resolve_target(session, settings, to, where)
         if target.kind != "list":

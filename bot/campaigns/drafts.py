@@ -190,7 +190,7 @@ class Drafts:
             review = await service.review(ctx, session, campaign)
             chosen = review.sample
             if recipient:
-                chosen = await self._find_recipient(session, campaign, normalise(recipient))
+                chosen = await self._find_recipient(session, campaign, normalise(recipient, existing=True))
         out = Preview(campaign, review, chosen, None, None)
         if chosen is not None:
             try:

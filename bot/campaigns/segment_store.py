@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sqlalchemy import delete as sql_delete
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from bot import audit
 from bot.campaigns import service
-from bot.campaigns.audience import check_fields
+from bot.campaigns.audience import CHUNK, check_fields, suppressed_among
 from bot.campaigns.segments import check, compile_where
 from bot.context import Context
 from bot.db.models import Contact, ContactList, ListMember, Segment
@@ -24,26 +24,45 @@ SAMPLE = 5
 class Matched:
     count: int = 0
     sample: list[str] = field(default_factory=list)
+    suppressed: int = 0  # matched but on the suppression list: no campaign would mail them
 
 
 async def match(ctx: Context, list_name: str, expression: str | None) -> Matched:
-    """How many consented contacts on the list the expression matches now, and the first few."""
+    """How many consented contacts on the list the expression matches now and the first few, counted
+    as the campaign preview counts: a suppressed address is left out (and counted apart)."""
     condition = compile_where(expression, ctx.now()) if expression else Contact.id.is_not(None)
     base = (
-        select(Contact.email)
+        select(Contact.id, Contact.email)
         .join(ListMember, ListMember.contact_id == Contact.id)
         .join(ContactList, ContactList.id == ListMember.list_id)
         .where(ContactList.named(list_name), Contact.consent_at.is_not(None), condition)
+        .order_by(Contact.id)
     )
+    found = Matched()
+    last_id = 0
     async with ctx.sessions() as session:
-        count = (await session.execute(select(func.count()).select_from(base.subquery()))).scalar_one()
-        sample = list((await session.execute(base.order_by(Contact.id).limit(SAMPLE))).scalars())
-    return Matched(count, sample)
+        while True:
+            rows = (await session.execute(base.where(Contact.id > last_id).limit(CHUNK))).all()
+            if not rows:
+                break
+            last_id = rows[-1].id
+            suppressed = await suppressed_among(session, (r.email for r in rows))
+            found.suppressed += len(suppressed)
+            for r in rows:
+                if r.email not in suppressed:
+                    found.count += 1
+                    if len(found.sample) < SAMPLE:
+                        found.sample.append(r.email)
+    return found
 
 
 async def _get(session, name: str) -> Segment:
     service.check_name(name)
-    seg = (await session.execute(select(Segment).where(Segment.name == name))).scalar_one_or_none()
+    seg = (
+        (await session.execute(select(Segment).where(Segment.named(name)).order_by(Segment.id)))
+        .scalars()
+        .first()
+    )
     if seg is None:
         raise UserError(t("There is no segment “{name}”. /segment list shows them.", name=name))
     return seg
@@ -61,7 +80,7 @@ async def create(
         if spelt is None:
             raise UserError(t("There is no contact list “{name}”. /lists shows them.", name=list_name[:60]))
         list_name = spelt  # as the list is spelt, whatever case was typed
-        if (await session.execute(select(Segment.id).where(Segment.name == name))).first() is not None:
+        if (await session.execute(select(Segment.id).where(Segment.named(name)))).first() is not None:
             raise Refusal(t("A segment named “{name}” already exists; /segment edit changes it.", name=name))
         if (await session.execute(select(ContactList.id).where(ContactList.named(name)))).first() is not None:
             raise UserError(

@@ -102,6 +102,23 @@ class Sunsets:
                         list=list_name,
                     )
                 )
+            ever_sent = (
+                await session.execute(
+                    select(Delivery.id)
+                    .where(Delivery.campaign_id == campaign.id, Delivery.status == "sent")
+                    .limit(1)
+                )
+            ).first()
+            if ever_sent is None and campaign.state in ("draft", "pending_approval", "rejected"):
+                raise UserError(
+                    t(
+                        "Nobody to sunset on “{list}”: “{name}” was never approved, so it has asked nobody yet. "
+                        "Once it is approved (/automation submit {name}) and its window has passed, a sunset can "
+                        "follow.",
+                        list=list_name,
+                        name=automation,
+                    )
+                )
             cutoff = ctx.now() - timedelta(days=window_days)
             mailed = (
                 select(Contact.id, Contact.email)

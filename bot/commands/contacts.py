@@ -10,7 +10,7 @@ from bot.addresses import normalise
 from bot.campaigns.sunset import Sunsets, check_window, find_inactive
 from bot.commandline import Arg, Flag, Parsed, Spec, usage_of
 from bot.contacts import directory
-from bot.contacts.signup import Signups
+from bot.contacts.signup import Signups, find_list
 from bot.contacts.web_routes import form_html
 from bot.context import Context
 from bot.core import CommandTable, Request
@@ -308,16 +308,31 @@ class ContactCommands:
         return Message("\n".join(lines))
 
     async def open(self, req: Request, p: Parsed) -> Message:
+        before = await find_list(self.ctx, p.arg("name"))
         with usage_of(OPEN):
             lst = await self.signups.open_list(
                 p.arg("name"), p.flag("wording") or "", actor=req.email, via=req.via
+            )
+        url = f"{self.ctx.settings.web.base_url}/s/{lst.name}"
+        if before is not None and before.wording_version and before.wording_version != lst.wording_version:
+            # Forms embedded earlier keep showing the old wording (and record it): they must be replaced.
+            return Message(
+                t(
+                    "The signup page for “{name}” is open at {url} with the new consent wording v{version}. "
+                    "Forms embedded on websites still show v{old} and record v{old}: paste the new form from "
+                    "/lists form {name} in their place.",
+                    name=lst.name,
+                    url=url,
+                    version=lst.wording_version,
+                    old=before.wording_version,
+                )
             )
         return Message(
             t(
                 "The signup page for “{name}” is open at {url} (consent wording v{version}). /lists form {name} gives "
                 "the form to embed.",
                 name=lst.name,
-                url=f"{self.ctx.settings.web.base_url}/s/{lst.name}",
+                url=url,
                 version=lst.wording_version,
             )
         )

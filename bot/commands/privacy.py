@@ -47,7 +47,7 @@ class PrivacyCommands:
 
 async def export(ctx: Context, req: Request, p: Parsed) -> Message:
     try:
-        email = normalise(p.arg("email"))
+        email = normalise(p.arg("email"), existing=True)
     except UserError as exc:
         raise with_usage(exc, EXPORT.usage) from None
     data = await privacy.export(ctx, email)
@@ -115,7 +115,7 @@ def _write_export(folder: Path, now: datetime, data: dict[str, Any]) -> Path:
 
 async def erase(ctx: Context, req: Request, p: Parsed) -> Message:
     try:
-        email = normalise(p.arg("email"))
+        email = normalise(p.arg("email"), existing=True)
     except UserError as exc:
         raise with_usage(exc, ERASE.usage) from None
     if ctx.settings.is_internal(email):

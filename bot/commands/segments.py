@@ -40,6 +40,22 @@ SPECS = (NEW, EDIT, SHOW, LIST, DELETE)
 
 
 def matched(name: str, found: segment_store.Matched) -> str:
+    said = _matched(name, found)
+    if found.suppressed == 1:
+        return said + " " + t("1 more is suppressed (unsubscribed, bounced or complained) and not counted.")
+    if found.suppressed:
+        return (
+            said
+            + " "
+            + t(
+                "{count} more are suppressed (unsubscribed, bounced or complained) and not counted.",
+                count=found.suppressed,
+            )
+        )
+    return said
+
+
+def _matched(name: str, found: segment_store.Matched) -> str:
     if not found.count:
         return t("“{name}” matches nobody on the list now.", name=name)
     if found.count == 1:

@@ -62,7 +62,7 @@ def _printable(text: str, limit: int = 500) -> str:
 
 def _address(p: Parsed, spec: Spec) -> str:
     try:
-        return normalise(p.arg("email"))
+        return normalise(p.arg("email"), existing=True)
     except UserError as exc:
         raise with_usage(exc, spec.usage) from None
 

@@ -30,7 +30,7 @@ class ContactView:
 
 
 async def show(ctx: Context, email: str) -> ContactView:
-    address = normalise(email)
+    address = normalise(email, existing=True)
     async with ctx.sessions() as session:
         contact = (
             await session.execute(select(Contact).where(Contact.email == address))
@@ -92,7 +92,7 @@ async def find(ctx: Context, text: str) -> list[Contact]:
 
 async def remove(ctx: Context, email: str, list_name: str, *, actor: str, via: str) -> None:
     """Take a contact off a list at their word (told to a sales person): recorded like leaving it."""
-    address = normalise(email)
+    address = normalise(email, existing=True)
     async with ctx.sessions() as session, session.begin():
         contact = (
             await session.execute(select(Contact).where(Contact.email == address))
@@ -226,12 +226,12 @@ async def export_csv(ctx: Context, list_name: str | None) -> Export:
     for c in contacts:
         attrs = [(c.attributes or {}).get(k) for k in keys]
         reason = suppressed.get(email_hash(c.email), "")
-        for name, since in sorted(memberships.get(c.id, []), key=lambda m: m[0]) or [("", None)]:
+        for name, _since in sorted(memberships.get(c.id, []), key=lambda m: m[0]) or [("", None)]:
             event = granted.get((c.id, name))
             if event is None:  # on the list without consent (an import without consent_at): never mailed
                 rows.append([c.email, c.name, name, "", "", "", "", reason, *attrs])
                 continue
-            at = since or event.at
+            at = consent.given_at(event)  # the consent's own time, never when they joined the list
             method = METHOD_OF_KIND.get(event.kind) or event.wording or c.consent_method or event.kind
             rows.append(
                 [

@@ -312,8 +312,9 @@ async def _import(
                     contact_id=contact.id,
                     list_name=list_name,
                     proof=consent.Proof(
-                        source=f"csv {p.name}: {contact.consent_source or 'no source given'}"
-                        f" (consent given {contact.consent_at.isoformat()})",
+                        source=consent.imported_source(
+                            f"csv {p.name}: {contact.consent_source or 'no source given'}", contact.consent_at
+                        ),
                         wording=contact.consent_method,
                         actor=actor,
                     ),

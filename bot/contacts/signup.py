@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import audit, consent, values
@@ -33,7 +33,7 @@ from bot.background import Background
 from bot.contacts import rate_limits
 from bot.contacts.mx import domain_receives_mail
 from bot.context import Context
-from bot.db.models import Contact, ContactList, ListMember, Signup, Suppression
+from bot.db.models import AuditEntry, Contact, ContactList, ListMember, Signup, Suppression
 from bot.db.upsert import insert_ignore
 from bot.errors import UserError
 from bot.i18n import t
@@ -60,6 +60,7 @@ class SignupForm:
     ip: str | None = None
     user_agent: str | None = None
     trusted: bool = False  # a caller with signup.api_key (a CRM): not held by the per-IP limit
+    wording_version: str | None = None  # the version the form showed (its hidden field); None: the newest
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,9 @@ def check_wording(text: str) -> str:
 
 
 def clean_name(text: str) -> str | None:
+    sentence = values.problem(text, t("The name"))  # names the direction override, as chat does
+    if sentence is not None:
+        raise UserError(sentence)
     name = " ".join(text.split())
     if len(name) > 200 or any(not c.isprintable() for c in name):
         raise UserError(t("A name is at most 200 printable characters."))
@@ -168,7 +172,10 @@ class Signups:
         settings = self.ctx.settings.signup
         lst = await find_list(self.ctx, form.list_name)
         if lst is None or not lst.signup_open:
-            raise Refused(404, t("There is no signup for a list named “{name}”.", name=form.list_name[:60]))
+            raise Refused(
+                404,
+                t("There is no signup for a list named “{name}”.", name=values.visible(form.list_name[:60])),
+            )
         if (
             form.ip
             and not form.trusted
@@ -192,11 +199,12 @@ class Signups:
             raise Refused(
                 400, t("{domain} does not receive email; check the address.", domain=domain_of(email))
             )
+        version, wording = await self._wording_shown(lst, form)
         now = self.ctx.now()
         proof = consent.Proof(
             source=_source(form),
-            wording=lst.consent_wording,
-            wording_version=f"{lst.name}#{lst.wording_version}",
+            wording=wording,
+            wording_version=f"{lst.name}#{version}",
             ip=form.ip if settings.record_ip else None,
             user_agent=form.user_agent if settings.record_user_agent else None,
             actor=email,
@@ -205,6 +213,36 @@ class Signups:
         # decided in the background: every well-formed request returns after the same work (the checks
         # above), so the answer's timing tells nobody whether an address is a member.
         self.background.spawn(self._take(lst, email, name, proof, now), name=f"signup-{lst.id}")
+
+    async def _wording_shown(self, lst: ContactList, form: SignupForm) -> tuple[int, str | None]:
+        """The wording version the form showed and its exact text, from the list's kept history (the
+        audit of every /lists open). A version the list never had is refused: consent to a wording nobody
+        can show is no demonstrable consent."""
+        given = (form.wording_version or "").strip()
+        if not given or given == str(lst.wording_version):
+            return lst.wording_version, lst.consent_wording
+        if given.isdigit() and 0 < int(given) < lst.wording_version:
+            async with self.ctx.sessions() as session:
+                for after, detail in (
+                    await session.execute(
+                        select(AuditEntry.after, AuditEntry.detail)
+                        .where(
+                            AuditEntry.action == "list.signup-open",
+                            func.lower(AuditEntry.subject) == f"list:{lst.name}".lower(),
+                        )
+                        .order_by(AuditEntry.id.desc())
+                    )
+                ).all():
+                    if (after or {}).get("wording_version") == int(given) and detail:
+                        return int(given), detail
+        raise Refused(
+            400,
+            t(
+                "This signup form is out of date: the consent wording it showed is not known here. Sign up on "
+                "{url} instead.",
+                url=f"{self.ctx.settings.web.base_url}/s/{lst.name}",
+            ),
+        )
 
     async def _take(
         self, lst: ContactList, email: str, name: str | None, proof: consent.Proof, now: datetime

@@ -9,17 +9,19 @@ Every body is capped while it is read; bad input gets one sentence and a status,
 from __future__ import annotations
 
 import logging
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from bot import values
 from bot.contacts.signup import Pending, SignupForm, Signups, accepted_sentence, find_list
 from bot.context import Context
 from bot.db.models import ContactList
 from bot.html_pages import attr, page, para
 from bot.i18n import t
+from bot.values import visible
 from bot.webhooks import Refused, parse_json, read_capped, signatures_match
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,8 @@ def form_html(ctx: Context, lst: ContactList, *, hosted: bool) -> str:
     return (
         f"<form method='post' action='{attr(base)}/s/{attr(lst.name)}'>"
         f"<input type='hidden' name='source' value='{source}'>"
+        # The wording this form shows: a form embedded before a re-wording records the text it showed.
+        f"<input type='hidden' name='wording_version' value='{lst.wording_version}'>"
         f"<label for='pr-email'>{attr(t('Email address'))}</label>"
         "<input type='email' id='pr-email' name='email' required autocomplete='email' maxlength='320'>"
         f"<label for='pr-name'>{attr(t('Name (optional)'))}</label>"
@@ -49,6 +53,17 @@ def form_html(ctx: Context, lst: ContactList, *, hosted: bool) -> str:
     )
 
 
+def _web_url(text: str) -> bool:
+    """An absolute http(s) URL with a host, at most 2,000 characters: what a signup's page can be."""
+    if len(text) > 2000 or not values.is_clean(text) or any(c.isspace() for c in text):
+        return False
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+
+
 def _client(request: Request) -> tuple[str | None, str | None]:
     ip = request.client.host if request.client else None
     return ip, (request.headers.get("user-agent") or "")[:400] or None
@@ -59,7 +74,9 @@ def signup_routes(ctx: Context, signups: Signups) -> list[Route]:
 
     def not_open(name: str) -> Response:
         return page(
-            t("No such signup"), para(t("There is no signup for a list named “{name}”.", name=name[:60])), 404
+            t("No such signup"),
+            para(t("There is no signup for a list named “{name}”.", name=visible(name[:60]))),
+            404,
         )
 
     async def hosted(request: Request) -> Response:
@@ -79,10 +96,29 @@ def signup_routes(ctx: Context, signups: Signups) -> list[Route]:
 
     async def submit(request: Request) -> Response:
         name = request.path_params["name"]
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind and kind != "application/x-www-form-urlencoded":
+            # Our form posts url-encoded; a multipart or other body would read as no email at all.
+            return page(
+                t("Signup not taken"),
+                para(
+                    t(
+                        "The signup form must be sent as application/x-www-form-urlencoded (what the form from "
+                        "/s/{name}/form sends), not {kind}.",
+                        name=name[:60],
+                        kind=kind[:60],
+                    )
+                ),
+                415,
+            )
         try:
             body = await read_capped(request, cap)
             given = parse_qs(body.decode("utf-8", "replace"), max_num_fields=20)
-            fields = {k: v[0] for k, v in given.items() if k in ("email", "name", "source", HONEYPOT)}
+            fields = {
+                k: v[0]
+                for k, v in given.items()
+                if k in ("email", "name", "source", "wording_version", HONEYPOT)
+            }
             twice = next((k for k in fields if len(given[k]) > 1), None)
             if twice is not None:  # email=a@…&email=b@…: which one did the person mean?
                 raise Refused(
@@ -99,6 +135,7 @@ def signup_routes(ctx: Context, signups: Signups) -> list[Route]:
                     request.headers.get("referer", "")[:300] or None,
                     ip,
                     agent,
+                    wording_version=fields.get("wording_version"),
                 )
             )
         except Refused as exc:
@@ -140,6 +177,13 @@ def signup_routes(ctx: Context, signups: Signups) -> list[Route]:
             text = {k: data.get(k) for k in ("name", "page_url", HONEYPOT)}
             if any(v is not None and not isinstance(v, str) for v in text.values()):
                 raise Refused(400, t("“name”, “page_url” and “website” must be strings when given."))
+            if text["page_url"] and not _web_url(text["page_url"]):
+                raise Refused(
+                    422,
+                    t(
+                        "“page_url” must be the page's absolute http or https address, at most 2,000 characters."
+                    ),
+                )
             ip, agent = _client(request)
             await signups.request(
                 SignupForm(
@@ -220,8 +264,18 @@ def signup_routes(ctx: Context, signups: Signups) -> list[Route]:
             f"<p role='status'>{attr(t('Thank you: you are on the list “{list}”.', list=found.list_name))}</p>",
         )
 
+    async def json_get(request: Request) -> Response:
+        """The JSON endpoint takes POST only; without this a GET would be the hosted page of a list named
+        “<list>.json”."""
+        return JSONResponse(
+            {"error": t("This endpoint takes POST with a JSON body: {example}.", example='{"email": "…"}')},
+            status_code=405,
+            headers={"Allow": "POST"},
+        )
+
     return [
         Route("/s/confirm/{token}", confirm_page, methods=["GET"]),
+        Route("/s/{name}.json", json_get, methods=["GET"]),
         Route("/s/confirm/{token}", confirm, methods=["POST"]),
         Route("/s/{name}.json", submit_json, methods=["POST"]),
         Route("/s/{name}/form", snippet, methods=["GET"]),

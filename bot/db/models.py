@@ -284,6 +284,12 @@ class Segment(Base):
     __tablename__ = "segments"
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
+
+    @staticmethod
+    def named(name: str) -> Any:
+        """The condition that finds the segment a person named, in any case (as ContactList.named)."""
+        return func.lower(Segment.name) == name.lower()
+
     list_name: Mapped[str] = mapped_column(String(200))
     expression: Mapped[str] = mapped_column(Text)
     created_by: Mapped[str] = mapped_column(String(320))

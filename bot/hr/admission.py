@@ -129,7 +129,7 @@ async def _repair_future_dates(ctx: Context, event: PersonEvent, now: datetime, 
     who = [Person.id.in_(known), Person.employee_id == event.external_id]
     if event.email:
         try:
-            who.append(Person.email == normalise(event.email))
+            who.append(Person.email == normalise(event.email, existing=True))
         except UserError:
             pass  # refused below, or by the lifecycle
     async with ctx.sessions() as session, session.begin():

@@ -387,7 +387,9 @@ class Lifecycle:
             if not fresh:
                 return Outcome("duplicate")
             person = await self._find(session, event)
-            email = normalise(event.email) if event.email else (person.email if person else None)
+            email = (
+                normalise(event.email, existing=True) if event.email else (person.email if person else None)
+            )
             if email is None:
                 raise UnknownPerson(
                     t(
