@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -31,11 +32,22 @@ import httpx  # noqa: E402
 
 from bot.links import Signer  # noqa: E402
 from bot.secret_policy import generate_secret  # noqa: E402
-from tests.fake_wecom import FakeWeCom  # noqa: E402
+from tests.fake_wecom import FakeWeCom, generated_callback_secrets  # noqa: E402
 from tests.loopback import serve  # noqa: E402
-from tests.slack_fake import BOT_TOKEN, SIGNING_SECRET, FakeSlack  # noqa: E402
+from tests.slack_fake import FakeSlack  # noqa: E402
 from tests.smtp import free_port  # noqa: E402
-from tests.test_wecom import AES_KEY, CORP_ID, TOKEN  # noqa: E402
+from tests.test_wecom import CORP_ID  # noqa: E402
+
+# The platforms' credentials fresh each run too: serve refuses the fakes' published ones (they are in our
+# source). The fakes don't check the Slack bot token; the WeCom fake is given its app secret.
+SLACK_SIGNING = secrets.token_hex(16)  # as Slack issues it: 32 hex digits
+SLACK_BOT = (
+    "xoxb-"
+    + "-".join(str(secrets.randbelow(10**12)).zfill(12) for _ in range(3))
+    + "-"
+    + secrets.token_hex(12)
+)
+WECOM_TOKEN, WECOM_AES_KEY, WECOM_APP = generated_callback_secrets()
 
 POSTROOM = str(Path(sys.executable).parent / "postroom")
 CHUNK = 1024 * 1024
@@ -76,16 +88,16 @@ webhook_secret = "{generate_secret()}"
 templates_dir = "{ROOT / "bot" / "demo_data" / "templates"}"
 webhook_secret = "{generate_secret()}"
 [slack]
-bot_token = "{BOT_TOKEN}"
-signing_secret = "{SIGNING_SECRET}"
+bot_token = "{SLACK_BOT}"
+signing_secret = "{SLACK_SIGNING}"
 mode = "http"
 api_url = "{slack_url}"
 [wecom]
 corp_id = "{CORP_ID}"
 agent_id = 1000002
-secret = "app-secret"
-token = "{TOKEN}"
-encoding_aes_key = "{AES_KEY}"
+secret = "{WECOM_APP}"
+token = "{WECOM_TOKEN}"
+encoding_aes_key = "{WECOM_AES_KEY}"
 api_url = "{wecom_url}"
 """)
     return path
@@ -93,7 +105,7 @@ api_url = "{wecom_url}"
 
 async def main(megabytes: int) -> dict[str, object]:
     slack = await FakeSlack().start()
-    wecom = FakeWeCom()
+    wecom = FakeWeCom(corp_secret=WECOM_APP)
     proc = None
     try:
         async with serve(wecom.app()) as wecom_url:

@@ -309,6 +309,13 @@ async def test_an_approved_snapshot_applies_its_changes_for_people_without_an_ev
     assert any(c.email == "p0@corp.example" and c.op == "add" for c in held.plan.changes)
     reply = await lbot.say(APPROVER, f"/plan approve {held.held}")
     assert "1 event applied" in reply and "also applied 1 change" in reply, reply
+    # HR hears of it too (the notice's text was once built before its own helper existed: NameError)
+    await lbot.settle()
+    to_hr = [m.text for _kind, conv, m in lbot.console.transcript if conv == "hr" and m.text]
+    assert any(
+        f"Plan #{held.held} from" in text and "HR event from" in text and "also applied 1 change" in text
+        for text in to_hr
+    ), to_hr
     assert "eng" in await groups_of(lbot, "p0@corp.example")
     assert "eng" in await groups_of(lbot, "p5@corp.example")
     # so the next import has nothing to ask

@@ -456,6 +456,25 @@ class Memberships:
                         why = t("{email} has left since the plan was made", email=c.email)
                     if why not in not_applied:
                         not_applied.append(why)
+        def events_tail() -> str:
+            """After an approved plan of HR events: the other changes it applied, and what changed since."""
+            text = ""
+            if rest:
+                text += " " + (
+                    t("It also applied 1 change for someone without an event in the plan.")
+                    if rest == 1
+                    else t(
+                        "It also applied {count} changes for people without an event in the plan.", count=rest
+                    )
+                )
+            if since:
+                text += " " + t("Changed since the plan was made: {changes}.", changes=t("; ").join(since))
+            if not_applied:
+                text += " " + t(
+                    "Not applied: {reasons}.", reasons=t("; ").join(why.rstrip(".") for why in not_applied)
+                )
+            return text
+
         if decision == "approved" and events is not None:
             if self.replay_events is None:
                 raise RuntimeError("no HR lifecycle is wired to apply approved HR events")
@@ -492,25 +511,6 @@ class Memberships:
                     + summary
                 ),
             )
-
-        def events_tail() -> str:
-            """After an approved plan of HR events: the other changes it applied, and what changed since."""
-            text = ""
-            if rest:
-                text += " " + (
-                    t("It also applied 1 change for someone without an event in the plan.")
-                    if rest == 1
-                    else t(
-                        "It also applied {count} changes for people without an event in the plan.", count=rest
-                    )
-                )
-            if since:
-                text += " " + t("Changed since the plan was made: {changes}.", changes=t("; ").join(since))
-            if not_applied:
-                text += " " + t(
-                    "Not applied: {reasons}.", reasons=t("; ").join(why.rstrip(".") for why in not_applied)
-                )
-            return text
 
         def outcome_text() -> str:
             who = {"id": plan_id, "requester": pending.actor, "approver": approver}
