@@ -376,7 +376,7 @@ class RelaySettings(_Section):
     batch_size: int = Field(default=500, ge=1, le=10_000)
     # Results are written every this many copies of a claimed batch: a process killed mid-fan-out
     # repeats at most these (and the ones in flight), not the whole batch.
-    record_every: int = Field(default=50, ge=1, le=10_000)
+    record_every: int = Field(default=250, ge=1, le=10_000)
     connections: int = Field(default=4, ge=1, le=64)
     lease_s: float = Field(default=30, gt=0)
     max_attempts: int = Field(default=10, ge=1, le=50)
