@@ -456,6 +456,7 @@ class Memberships:
                         why = t("{email} has left since the plan was made", email=c.email)
                     if why not in not_applied:
                         not_applied.append(why)
+
         def events_tail() -> str:
             """After an approved plan of HR events: the other changes it applied, and what changed since."""
             text = ""
