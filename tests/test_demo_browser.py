@@ -22,6 +22,7 @@ from bot import demo
 from bot.app import Runtime, build_app
 from bot.db.models import ConsentEvent
 from bot.mail.server import Mailbox
+from tests.smtp import free_port
 from tests.webdriver import Browser, browser_missing
 
 MISSING = browser_missing()
@@ -44,7 +45,9 @@ async def mail_to(mailbox: Mailbox, email: str, subject: str, timeout: float = 2
 
 async def test_signup_confirm_welcome_preferences_and_unsubscribe_in_a_browser(tmp_path: Path) -> None:
     assert MISSING is None, MISSING
-    plan = demo.prepare(tmp_path / "demo", fresh=True)
+    # Ports of their own: demo.prepare prefers 8080 and 2525, which another test (or a demo) may take
+    # between its check and our bind.
+    plan = demo.prepare(tmp_path / "demo", fresh=True, web_port=free_port(), smtp_port=free_port())
     app = await build_app(plan.settings)
     runtime = Runtime(app)
     browser = Browser()

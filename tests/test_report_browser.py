@@ -19,6 +19,7 @@ from adapters.console import ConsoleAdapter
 from bot import demo
 from bot.app import Runtime, build_app
 from bot.mail.server import Mailbox
+from tests.smtp import free_port
 from tests.webdriver import Browser, browser_missing
 
 MISSING = browser_missing()
@@ -46,7 +47,9 @@ async def test_the_report_page_renders_with_its_chart_and_refuses_forged_and_exp
     tmp_path: Path,
 ) -> None:
     assert MISSING is None, MISSING
-    plan = demo.prepare(tmp_path / "demo", fresh=True)
+    # Ports of their own: demo.prepare prefers 8080 and 2525, which another test (or a demo) may take
+    # between its check and our bind.
+    plan = demo.prepare(tmp_path / "demo", fresh=True, web_port=free_port(), smtp_port=free_port())
     app = await build_app(plan.settings)
     runtime = Runtime(app)
     browser = Browser()
