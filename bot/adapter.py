@@ -7,10 +7,18 @@ remember which platform user is which person (adapters never touch the database 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from abc import ABC, abstractmethod
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
+from bot import i18n
 from bot.events import Action, Actor, Command, Conversation, Message, MessageRef, PersonEvent
+from bot.message_text import picture_fallback
+
+log = logging.getLogger(__name__)
 
 
 class Directory(Protocol):
@@ -71,3 +79,54 @@ class Adapter(ABC):
     def conversation_for(self, purpose: str) -> Conversation | None:
         """Where this adapter posts cards for a purpose ('approvals', 'hr'), if anywhere."""
         return None
+
+
+PictureFault = Literal["too large", "refused"]
+
+
+async def send_pictures(
+    message: Message,
+    *,
+    platform: str,
+    locale: str | None,
+    max_bytes: int,
+    deliver: Callable[[str, bytes], Awaitable[None]],
+    tell: Callable[[str], Awaitable[None]],
+    classify: Callable[[Exception], PictureFault | None],
+) -> None:
+    """A message's pictures, after its text went out: each read and size-checked here, then handed to
+    `deliver(filename, data)` (the platform's upload and image message). A picture that fails never
+    fails the send (the text stands, and a caller retrying would repeat it): the chat is told why in a
+    few words, through `tell`, best effort. `classify` reads the platform's error: too large, refused,
+    or (None) no usable answer."""
+    for image in message.images:
+        fault: str
+        try:
+            data = await asyncio.to_thread(Path(image.path).read_bytes)
+        except OSError as exc:
+            log.warning("reading the picture %s for %s failed: %s", image.path, platform, exc)
+            fault = "unreadable"
+        else:
+            if len(data) > max_bytes:
+                fault = "too large"
+            else:
+                try:
+                    await deliver(Path(image.path).name, data)
+                    continue
+                except Exception as exc:
+                    log.warning("sending the picture %s to %s failed: %s", image.path, platform, exc)
+                    fault = classify(exc) or "no answer"
+        with i18n.using(locale):
+            if fault == "unreadable":
+                why = i18n.t("the picture file could not be read")
+            elif fault == "too large":
+                why = i18n.t("file too large for {platform}", platform=platform)
+            elif fault == "refused":
+                why = i18n.t("{platform} refused the upload", platform=platform)
+            else:
+                why = i18n.t("{platform} gave no usable answer", platform=platform)
+            said = picture_fallback(message, why)
+        try:
+            await tell(said)
+        except Exception as again:
+            log.warning("telling the %s conversation about the picture failed too: %s", platform, again)

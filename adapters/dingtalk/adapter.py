@@ -14,7 +14,6 @@ import time
 import uuid
 from collections.abc import Coroutine
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from dingtalk_stream import (
@@ -32,7 +31,7 @@ from dingtalk_stream.frames import Headers
 from adapters.dingtalk.openapi import DingTalkApi, DingTalkError
 from adapters.dingtalk.stream import PostroomStreamClient
 from bot import i18n
-from bot.adapter import Adapter, CoreHandle
+from bot.adapter import Adapter, CoreHandle, PictureFault, send_pictures
 from bot.background import Background
 from bot.config import DingTalkSettings
 from bot.dedupe import Seen as _Seen
@@ -48,7 +47,7 @@ from bot.events import (
     PersonEvent,
     PersonKind,
 )
-from bot.message_text import MARKDOWN, card_lines, picture_fallback, render
+from bot.message_text import MARKDOWN, card_lines, render
 
 log = logging.getLogger(__name__)
 PLATFORM = "dingtalk"
@@ -255,40 +254,33 @@ class DingTalkAdapter(Adapter):
 
     async def _post_images(self, conversation_id: str, message: Message) -> None:
         """Each picture as a robot image message: uploaded with media/upload, sent by its media id."""
-        for image in message.images:
-            with i18n.using(self.locale):
-                why = i18n.t("{platform} gave no usable answer", platform="DingTalk")
-            try:
-                try:
-                    data = await asyncio.to_thread(Path(image.path).read_bytes)
-                except OSError:
-                    with i18n.using(self.locale):
-                        why = i18n.t("the picture file could not be read")
-                    raise
-                if len(data) > MAX_IMAGE_BYTES:
-                    with i18n.using(self.locale):
-                        why = i18n.t("file too large for {platform}", platform="DingTalk")
-                    raise DingTalkError("/media/upload", 0, f"{len(data)} bytes, over {MAX_IMAGE_BYTES}")
-                media_id = await self.api.upload_image(Path(image.path).name, data)
-                param = {"photoURL": media_id}
-                if conversation_id.startswith("user:"):
-                    await self.api.send_to_users(
-                        self.robot_code, [conversation_id[5:]], "sampleImageMsg", param
-                    )
-                else:
-                    await self.api.send_to_group(self.robot_code, conversation_id, "sampleImageMsg", param)
-            except Exception as exc:  # the text went out already: a picture's failure never undoes it
-                log.warning("sending the picture %s to DingTalk failed: %s", image.path, exc)
-                with i18n.using(self.locale):
-                    if isinstance(exc, DingTalkError) and exc.status in (413, 40006):
-                        why = i18n.t("file too large for {platform}", platform="DingTalk")
-                    elif isinstance(exc, DingTalkError) and exc.status != 0 and not 500 <= exc.status < 600:
-                        why = i18n.t("{platform} refused the upload", platform="DingTalk")
-                    said = picture_fallback(message, why)
-                try:
-                    await self._post_markdown(conversation_id, Message(said))
-                except Exception as again:  # best effort: a caller retrying send() would repeat the text
-                    log.warning("telling DingTalk conversation %s so failed too: %s", conversation_id, again)
+
+        async def deliver(filename: str, data: bytes) -> None:
+            param = {"photoURL": await self.api.upload_image(filename, data)}
+            if conversation_id.startswith("user:"):
+                await self.api.send_to_users(self.robot_code, [conversation_id[5:]], "sampleImageMsg", param)
+            else:
+                await self.api.send_to_group(self.robot_code, conversation_id, "sampleImageMsg", param)
+
+        def classify(exc: Exception) -> PictureFault | None:
+            if isinstance(exc, DingTalkError) and exc.status in (413, 40006):
+                return "too large"
+            if isinstance(exc, DingTalkError) and exc.status != 0 and not 500 <= exc.status < 600:
+                return "refused"
+            return None
+
+        async def tell(said: str) -> None:
+            await self._post_markdown(conversation_id, Message(said))
+
+        await send_pictures(
+            message,
+            platform="DingTalk",
+            locale=self.locale,
+            max_bytes=MAX_IMAGE_BYTES,
+            deliver=deliver,
+            tell=tell,
+            classify=classify,
+        )
 
     async def _post_markdown(self, conversation_id: str, message: Message) -> None:
         title = (message.card.title if message.card else message.text.split("\n", 1)[0])[:60] or "Postroom"

@@ -8,7 +8,6 @@ event a `PersonEvent`. Replies are app messages; approvals are `button_interacti
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import logging
@@ -16,7 +15,6 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from xml.etree.ElementTree import Element, ParseError
 
@@ -29,13 +27,13 @@ from starlette.routing import Route
 from adapters.wecom.api import WeComApi, WeComError
 from adapters.wecom.crypto import CallbackRefused, WeComCrypto
 from bot import i18n
-from bot.adapter import Adapter, CoreHandle
+from bot.adapter import Adapter, CoreHandle, PictureFault, send_pictures
 from bot.background import Background
 from bot.config import WeComSettings
 from bot.dedupe import Seen as _Seen
 from bot.errors import UserError
 from bot.events import Action, Actor, Command, Conversation, Message, MessageRef, PersonEvent, PersonKind
-from bot.message_text import PLAIN, picture_fallback, render
+from bot.message_text import PLAIN, render
 from bot.webhooks import Refused, parse_timestamp, read_capped
 
 log = logging.getLogger(__name__)
@@ -333,36 +331,29 @@ class WeComAdapter(Adapter):
 
     async def _send_images(self, touser: str, message: Message) -> None:
         """Each picture as an image message: uploaded as temporary media, sent by its media id."""
-        for image in message.images:
-            with i18n.using(self.locale):
-                why = i18n.t("{platform} gave no usable answer", platform="WeCom")
-            try:
-                try:
-                    data = await asyncio.to_thread(Path(image.path).read_bytes)
-                except OSError:
-                    with i18n.using(self.locale):
-                        why = i18n.t("the picture file could not be read")
-                    raise
-                if len(data) > MAX_IMAGE_BYTES:
-                    with i18n.using(self.locale):
-                        why = i18n.t("file too large for {platform}", platform="WeCom")
-                    raise WeComError(
-                        "/cgi-bin/media/upload", 40006, f"{len(data)} bytes, over {MAX_IMAGE_BYTES}"
-                    )
-                media_id = await self.api.upload_image(Path(image.path).name, data)
-                await self.api.send(touser, "image", {"media_id": media_id})
-            except Exception as exc:  # the text went out already: a picture's failure never undoes it
-                log.warning("sending the picture %s to WeCom failed: %s", image.path, exc)
-                with i18n.using(self.locale):
-                    if isinstance(exc, WeComError) and exc.errcode in (413, 40006):
-                        why = i18n.t("file too large for {platform}", platform="WeCom")
-                    elif isinstance(exc, WeComError) and exc.errcode >= 1000:  # WeCom's own errcode
-                        why = i18n.t("{platform} refused the upload", platform="WeCom")
-                    said = picture_fallback(message, why)
-                try:
-                    await self._send_text(touser, said)
-                except Exception as again:  # best effort: a caller retrying send() would repeat the text
-                    log.warning("telling WeCom user %s so failed too: %s", touser, again)
+
+        async def deliver(filename: str, data: bytes) -> None:
+            await self.api.send(touser, "image", {"media_id": await self.api.upload_image(filename, data)})
+
+        def classify(exc: Exception) -> PictureFault | None:
+            if isinstance(exc, WeComError) and exc.errcode in (413, 40006):
+                return "too large"
+            if isinstance(exc, WeComError) and exc.errcode >= 1000:  # WeCom's own errcode
+                return "refused"
+            return None
+
+        async def tell(said: str) -> None:
+            await self._send_text(touser, said)
+
+        await send_pictures(
+            message,
+            platform="WeCom",
+            locale=self.locale,
+            max_bytes=MAX_IMAGE_BYTES,
+            deliver=deliver,
+            tell=tell,
+            classify=classify,
+        )
 
     async def _on_card_click(self, msg: dict[str, str]) -> None:
         assert self.core is not None
