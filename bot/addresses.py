@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
+from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import ColumnElement, and_, false, func, not_, or_
 
 from bot.config import Settings, routing_form
 from bot.errors import UserError
@@ -139,3 +141,26 @@ def _show(text: str, limit: int = 80) -> str:
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     return f"“{text}”"
+
+
+_ROUTING_CHARS = '!"%(),:;<>@[\\]'
+
+
+def internal_clause(settings: Settings, column: Any) -> ColumnElement[bool]:
+    """`settings.is_internal` in SQL, for a stored (normalised) address: it ends with `@domain` (exactly a listed domain) and
+    the part before has none of `_ROUTING_CHARS`. (A domain with an `@` in it can never match the text
+    after the last `@`, so it is left out, as Python finds it.)"""
+    ends = []
+    for d in settings.org.domains:
+        if "@" in d:
+            continue
+        suffix = "@" + d
+        local = func.substr(column, 1, func.length(column) - len(suffix))
+        ends.append(
+            and_(
+                func.length(column) > len(suffix),
+                func.substr(column, func.length(column) - len(suffix) + 1) == suffix,
+                *(not_(local.contains(c, autoescape=True)) for c in _ROUTING_CHARS),
+            )
+        )
+    return or_(false(), *ends)

@@ -514,6 +514,19 @@ async def test_a_plain_marketing_post_to_external_members_is_flagged_with_its_ev
     assert "tracking links" in misuse and "an unsubscribe footer" in misuse
 
 
+async def test_the_review_counts_external_recipients_by_the_one_company_address_rule(bot) -> None:  # type: ignore[no-untyped-def]
+    """A routed local part (the percent hack) and an unlisted subdomain are not company addresses
+    (config.internal_address): the review counts them as external, as the guard and the snapshot do."""
+    await external_group(
+        bot,
+        "vendors",
+        [("dana@corp.example", 40), ("ops%supplier.example@corp.example", 40), ("li@eu.corp.example", 40)],
+    )
+    bf = await post(bot, "vendors@corp.example", BLACK_FRIDAY, 2)
+    misuse = field(await bot.say(HR, "/report usage --months 1"), "Possible misuse (1)")
+    assert f"post #{bf} to vendors@corp.example" in misuse and "2 external recipients" in misuse, misuse
+
+
 async def test_an_offer_alone_to_external_members_is_flagged(bot) -> None:  # type: ignore[no-untyped-def]
     await external_group(bot, "vendors", [("dana@corp.example", 40), ("ops@supplier.example", 40)])
     subject = Header("限时优惠：全场八折", "utf-8").encode().encode()

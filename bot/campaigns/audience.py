@@ -29,7 +29,6 @@ from sqlalchemy import (
     case,
     cast,
     exists,
-    false,
     func,
     insert,
     literal,
@@ -43,7 +42,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.addresses import email_hash
+from bot.addresses import email_hash, internal_clause
 from bot.campaigns.segments import check, compile_where, unknown_field
 from bot.config import Settings
 from bot.db.models import (
@@ -430,29 +429,6 @@ def _attributes(dialect: str, *columns: Any) -> Any:
 
 # The printable ASCII characters `bot.config.internal_address` refuses in a local part (it allows a
 # dot-atom without "%" and "!"): what can route mail elsewhere, quote, or start a source route.
-_ROUTING_CHARS = '!"%(),:;<>@[\\]'
-
-
-def _internal(settings: Settings, column: Any) -> ColumnElement[bool]:
-    """`settings.is_internal` for a plain address: it ends with `@domain` (exactly a listed domain) and
-    the part before has none of `_ROUTING_CHARS`. (A domain with an `@` in it can never match the text
-    after the last `@`, so it is left out, as Python finds it.)"""
-    ends = []
-    for d in settings.org.domains:
-        if "@" in d:
-            continue
-        suffix = "@" + d
-        local = func.substr(column, 1, func.length(column) - len(suffix))
-        ends.append(
-            and_(
-                func.length(column) > len(suffix),
-                func.substr(column, func.length(column) - len(suffix) + 1) == suffix,
-                *(not_(local.contains(c, autoescape=True)) for c in _ROUTING_CHARS),
-            )
-        )
-    return or_(false(), *ends)
-
-
 SNAPSHOT_COLUMNS = ["campaign_id", "email", "name", "attributes", "status", "attempts", "trigger_key"]
 
 
@@ -488,7 +464,7 @@ def _snapshot_sql(settings: Settings, campaign: Campaign, dialect: str, group_id
             )
             .order_by(Contact.id)
         )
-    internal = _internal(settings, Membership.email)
+    internal = internal_clause(settings, Membership.email)
     return (
         row(
             Membership.email,

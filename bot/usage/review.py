@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, not_, or_, select
+from sqlalchemy import and_, case, func, not_, select
 from sqlalchemy.orm import defer
 
+from bot.addresses import internal_clause
+from bot.config import Settings
 from bot.context import Context
 from bot.db.models import (
     AuditEntry,
@@ -234,11 +236,6 @@ class Review:
         return Message(headline, Card(title=t("Email usage review"), fields=fields))
 
 
-def _internal(column: Any, domains: list[str]) -> ColumnElement[bool]:
-    lowered = func.lower(column)
-    return or_(*[or_(lowered.like(f"%@{d}"), lowered.like(f"%.{d}")) for d in domains])
-
-
 async def build(
     ctx: Context, *, since: datetime, until: datetime, group: Group | None = None, admin: bool = False
 ) -> Review:
@@ -281,7 +278,7 @@ async def build(
                 select(
                     GroupPostDelivery.post_id,
                     func.count(),
-                    func.sum(case((not_(_internal(GroupPostDelivery.email, domains)), 1), else_=0)),
+                    func.sum(case((not_(internal_clause(settings, GroupPostDelivery.email)), 1), else_=0)),
                 )
                 .where(GroupPostDelivery.post_id.in_(ids[i : i + 500]))
                 .group_by(GroupPostDelivery.post_id)
@@ -294,7 +291,7 @@ async def build(
                 (
                     await session.execute(
                         select(Membership.email)
-                        .where(Membership.group_id == gid, not_(_internal(Membership.email, domains)))
+                        .where(Membership.group_id == gid, not_(internal_clause(settings, Membership.email)))
                         .order_by(Membership.email)
                         .limit(1000)
                     )
@@ -315,7 +312,7 @@ async def build(
                                 select(GroupPostDelivery.email)
                                 .where(
                                     GroupPostDelivery.post_id == p.id,
-                                    not_(_internal(GroupPostDelivery.email, domains)),
+                                    not_(internal_clause(settings, GroupPostDelivery.email)),
                                 )
                                 .order_by(GroupPostDelivery.email)
                                 .limit(3)
@@ -344,7 +341,7 @@ async def build(
             select(
                 Delivery.campaign_id,
                 func.count(),
-                func.sum(case((not_(_internal(Delivery.email, domains)), 1), else_=0)),
+                func.sum(case((not_(internal_clause(settings, Delivery.email)), 1), else_=0)),
                 func.min(Delivery.sent_at),
             )
             .where(Delivery.sent_at >= since, Delivery.sent_at < until)
@@ -409,11 +406,11 @@ async def build(
                 )
             )
         # -- groups whose external members grew --------------------------------------------------
-        review.growth = await _growth(session, since, until, domains, group)
+        review.growth = await _growth(session, since, until, settings, group)
     review.items.sort(key=lambda sv: sv[0].at)
     if group is not None:
         async with ctx.sessions() as session:
-            review.group_health = await _group_health(session, group, since, domains)
+            review.group_health = await _group_health(session, group, since, settings)
         return review
     report = await audit_report.build_report(ctx)
     review.health = report.counts
@@ -421,11 +418,9 @@ async def build(
     return review
 
 
-async def _group_health(session: Any, group: Group, since: datetime, domains: list[str]) -> GroupHealthNow:
-    internal_suffixes = tuple("@" + d for d in domains) + tuple("." + d for d in domains)
-
+async def _group_health(session: Any, group: Group, since: datetime, settings: Settings) -> GroupHealthNow:
     def external(email: str) -> bool:
-        return not email.lower().endswith(internal_suffixes)
+        return not settings.is_internal(email)
 
     members = (
         await session.execute(
@@ -478,14 +473,14 @@ def _steps(since: datetime, until: datetime) -> list[datetime]:
 
 
 async def _growth(
-    session: Any, since: datetime, until: datetime, domains: list[str], group: Group | None
+    session: Any, since: datetime, until: datetime, settings: Settings, group: Group | None
 ) -> list[Flag]:
     """External members of each group at each month boundary: the members now, by when they were added,
     plus those whose removal was audited after the boundary."""
     q = (
         select(Group.id, Group.address, Membership.email, Membership.added_at)
         .join(Membership, Membership.group_id == Group.id)
-        .where(not_(_internal(Membership.email, domains)))
+        .where(not_(internal_clause(settings, Membership.email)))
     )
     if group is not None:
         q = q.where(Group.id == group.id)
@@ -498,10 +493,9 @@ async def _growth(
     )
     if group is not None:
         rq = rq.where(AuditEntry.subject == f"group:{group.address}")
-    internal_suffixes = tuple("@" + d for d in domains) + tuple("." + d for d in domains)
     for subject, before, at in (await session.execute(rq.limit(MAX_READ))).all():
         email = str((before or {}).get("email", "")).lower()
-        if email and not email.endswith(internal_suffixes):
+        if email and not settings.is_internal(email):
             removed.setdefault(subject.removeprefix("group:"), []).append(at)
     steps = _steps(since, until)
     flags = []
