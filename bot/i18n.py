@@ -70,11 +70,14 @@ def any_of(items: list[str]) -> str:
     return head + ("或" if zh else " or ") + items[-1]
 
 
+def sentence_gap() -> str:
+    """What separates two whole sentences in the current language (Chinese puts no space after 。)."""
+    return "" if current().startswith("zh") else " "
+
+
 def sentences(*parts: str) -> str:
-    """Sentences one after another: a space between them in English, none in Chinese (its full stop
-    “。” ends a sentence without one)."""
-    joiner = "" if current().startswith("zh") else " "
-    return joiner.join(p for p in parts if p)
+    """Sentences one after another, `sentence_gap()` between them."""
+    return sentence_gap().join(p for p in parts if p)
 
 
 @contextmanager

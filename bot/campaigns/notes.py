@@ -77,8 +77,3 @@ def status_name(status: str) -> str:
 def decision_name(decision: str) -> str:
     """An approver's decision: approved or rejected."""
     return {"approved": t("approved"), "rejected": t("rejected")}.get(decision, decision)
-
-
-def sentence_gap() -> str:
-    """What separates two whole sentences in the current language (Chinese puts no space after 。)."""
-    return "" if i18n.current() == "zh_CN" else " "

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from bot.campaigns.automations import Automations, running_name, trigger_of
 from bot.campaigns.cards import audience
-from bot.campaigns.notes import sentence_gap, show
+from bot.campaigns.notes import show
 from bot.campaigns.triggers import delay_text
 from bot.commandline import Arg, Flag, Parsed, Spec, usage_of
 from bot.context import Context
 from bot.core import CommandTable, Request
 from bot.errors import PermissionDenied, UserError
 from bot.events import Message
-from bot.i18n import t
+from bot.i18n import sentence_gap, t
 
 NAME = Arg("name")
 ON = Flag("on", help="what sends a message: confirmed:<list>, joined, inactive:<N>d, or “renewal_date - 14d”")

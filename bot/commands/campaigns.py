@@ -10,7 +10,7 @@ from bot.campaigns import service
 from bot.campaigns.approval import Approvals
 from bot.campaigns.cards import CampaignCards, created, preview_text, schedule_line
 from bot.campaigns.drafts import Drafts
-from bot.campaigns.notes import sentence_gap, show
+from bot.campaigns.notes import show
 from bot.campaigns.report import refuse_unsent, report_message
 from bot.campaigns.runs import CampaignRuns
 from bot.commandline import Arg, Flag, Parsed, Spec, usage_of
@@ -19,7 +19,7 @@ from bot.core import CommandTable, Request
 from bot.db.models import Campaign
 from bot.errors import PermissionDenied, UserError
 from bot.events import Action, Message
-from bot.i18n import t
+from bot.i18n import sentence_gap, t
 
 NAME = Arg("name")
 TO = Flag("to", help="a contact list, a segment or a group")

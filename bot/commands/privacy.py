@@ -12,13 +12,13 @@ from typing import Any
 
 from bot import privacy
 from bot.addresses import normalise
-from bot.campaigns.notes import sentence_gap, status_name
+from bot.campaigns.notes import status_name
 from bot.commandline import Arg, Flag, Parsed, Spec
 from bot.context import Context
 from bot.core import CommandTable, Request
 from bot.errors import UserError, with_usage
 from bot.events import Message
-from bot.i18n import t
+from bot.i18n import sentence_gap, t
 
 EXPORT = Spec(
     ("privacy", "export"), (Arg("email"),), (), "Everything held about a contact (admins).", ("admins",)
