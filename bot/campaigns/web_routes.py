@@ -36,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from bot import i18n
+from bot import html_pages, i18n
 from bot.addresses import email_hash
 from bot.campaigns.bounces import Finding, classify_status, record_finding
 from bot.campaigns.report import REPORT_KIND, build_report, chart_data, draw
@@ -173,27 +173,7 @@ def campaign_routes(ctx: Context) -> list[Route]:
         return JSONResponse({"accepted": accepted, "ignored": ignored})
 
     def page(title: str, body: str, status: int = 200, *, wide: bool = False) -> HTMLResponse:
-        lang = i18n.current().replace("_", "-")
-        width = "52rem" if wide else "36rem"
-        doc = (
-            f"<!doctype html><html lang='{lang}'><head><meta charset='utf-8'>"
-            "<meta name='viewport' content='width=device-width'><link rel='icon' href='data:,'>"
-            f"<title>{html.escape(title)}</title><style>body{{font-family:system-ui,sans-serif;"
-            f"max-width:{width};margin:3rem auto;padding:0 1rem;line-height:1.5}}"
-            "pre{white-space:pre-wrap;background:#f6f6f6;padding:1rem;border-radius:.4rem}"
-            "img{max-width:100%;height:auto;border:1px solid #ddd}</style>"
-            f"</head><body><h1>{html.escape(title)}</h1>{body}</body></html>"
-        )
-        return HTMLResponse(
-            doc,
-            status_code=status,
-            headers={
-                "Content-Security-Policy": "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'",
-                "Cache-Control": "no-store, private",
-                "Referrer-Policy": "no-referrer",
-                "X-Robots-Tag": "noindex",
-            },
-        )
+        return html_pages.page(title, body, status, wide=wide, images=True)
 
     async def reported(request: Request) -> tuple[Campaign | None, str | None]:
         """The campaign a report token names, and the language it was asked in (signed with it; a
