@@ -627,6 +627,17 @@ class LdapProviderSettings(_Section):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
+    @field_validator("url")
+    @classmethod
+    def _ldap_scheme(cls, v: str) -> str:
+        # ldap3 reads any other scheme's "host:port" as garbage and fails at the first call with an
+        # exception name (LDAPInvalidPortError for http://…): say it at start instead.
+        if v and not v.lower().startswith(("ldap://", "ldaps://", "ldapi://")):
+            raise ValueError(
+                "must start with ldap://, ldaps:// or ldapi:// (an LDAP server, not a web address)"
+            )
+        return v
+
 
 class MailmanProviderSettings(_Section):
     """Mailman 3 lists through its REST API (manifests/mailman/README.md)."""

@@ -250,3 +250,21 @@ async def test_import_from_an_unknown_provider_or_from_local_says_which_provider
         assert code == 1 and "Traceback" not in out, out
         assert "local is Postroom's own database" in out and "not configured" not in out, out
         assert "google, microsoft, wecom, ldap, mailman" in out, out
+
+
+async def test_an_ldap_url_that_is_not_ldap_is_refused_at_start_naming_its_key(tmp_path: Path) -> None:
+    """ldap3 read `http://ldap.corp.example` as a host with a bad port and `providers check` said only
+    "did not answer (LDAPInvalidPortError)": the scheme is the admin's mistake, said at start."""
+    config = tmp_path / "postroom.toml"
+    for url, refused in (("http://ldap.corp.example", True), ("ldaps://ldap.corp.example", False)):
+        config.write_text(
+            f"[database]\nurl = {toml_value('sqlite+aiosqlite:///' + str(tmp_path / 'p.db'))}\n"
+            f'[org]\ndomains = ["corp.example"]\n[providers.ldap]\nurl = {toml_value(url)}\n'
+        )
+        code, out = await postroom(config, "providers", "check")
+        assert "Traceback" not in out, out
+        if refused:
+            assert code != 0 and "providers.ldap.url" in out and "ldap://" in out, out
+            assert "LDAPInvalidPortError" not in out, out
+        else:
+            assert "providers.ldap.url" not in out and "ldap:" in out, out
