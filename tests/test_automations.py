@@ -63,7 +63,9 @@ async def test_a_welcome_automation_is_sent_only_while_its_approval_matches(make
     await bot.settle()
     assert smtp.handler.to("bea@example.com") == []
     assert [d.email for d in await deliveries(bot, "welcome")] == ["ann@example.com"]
-    assert "nothing to approve" in await bot.say(APPROVER, "/approve automation:welcome")
+    assert "its sender submits it with /automation submit welcome." in await bot.say(
+        APPROVER, "/approve automation:welcome"
+    )
 
     # The stored approval no longer matches even if the state were forced back: the engine refuses.
     async with bot.app.ctx.sessions() as s, s.begin():

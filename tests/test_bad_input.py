@@ -371,7 +371,7 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], list[tuple[str, str, bool]]]] = 
         [
             ("/approve", "needs a campaign", True),
             ("/approve nosuch", "There is no campaign", False),
-            ("/approve spring", "is draft; there is nothing to approve", False),
+            ("/approve spring", "is a draft and waits for nobody's approval", False),
             ("/approve 99999999999999999999999999", "There is no campaign", False),
             ("/approve ²", "cannot be a campaign name", True),
             ("/approve sub extra", "does not take", True),
@@ -386,7 +386,7 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], list[tuple[str, str, bool]]]] = 
             ("/reject sub", "needs a reason", True),
             ("/reject sub '   '", "needs a reason", True),
             ("/reject nosuch because", "There is no campaign", False),
-            ("/reject spring because", "is draft; there is nothing to reject", False),
+            ("/reject spring because", "is a draft and waits for nobody's approval", False),
             ("/reject sub " + "why " * 300, "under 1,000 characters", True),
         ],
     ),

@@ -11,7 +11,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from bot.db.models import AuditEntry, Campaign
-from tests.conftest import SENDER
+from tests.conftest import APPROVER, SENDER
 from tests.slack_rig import APPROVALS, U_APPROVER, U_SENDER, Rig
 from tests.slack_rig import load_customers as load_slack_customers
 from tests.test_campaign_flow import load_customers
@@ -200,3 +200,20 @@ async def test_edit_takes_no_tracking_as_new_does(bot, tmp_path: Path) -> None: 
     assert tracking is False
     both = await bot.say(SENDER, "/campaign edit spring --no-tracking --tracking on")
     assert both.startswith("--no-tracking and --tracking on say opposite things")
+
+
+# -- /approve of a draft: it was never "any more" ----------------------------------------------------------
+async def test_approving_a_never_submitted_draft_says_it_waits_for_submission_without_usage(
+    bot, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    await load_customers(bot, tmp_path)
+    await bot.say(SENDER, "/campaign new spring --to customers --template welcome")
+    for command in ("/approve spring", '/reject spring "not yet"'):
+        reply = await bot.say(APPROVER, command)
+        assert reply == (
+            "“spring” is a draft and waits for nobody's approval: its sender submits it with "
+            "/campaign submit spring."
+        ), reply
+    async with bot.core.ctx.sessions() as session:
+        state = (await session.execute(select(Campaign.state).where(Campaign.name == "spring"))).scalar_one()
+    assert state == "draft"

@@ -130,7 +130,7 @@ async def test_a_segment_narrows_the_audience_in_the_database(make_bot, smtp) ->
     assert "approval request is void" in await bot.say(
         SENDER, "/campaign edit spring --where \"country = 'DE'\""
     )
-    assert "nothing to approve" in await bot.say(APPROVER, "/approve spring")
+    assert "is a draft and waits for nobody's approval" in await bot.say(APPROVER, "/approve spring")
     assert "Submitted" in await bot.say(SENDER, "/campaign submit spring")
     await bot.say(APPROVER, "/approve spring")
     await bot.settle()

@@ -21,7 +21,7 @@ from bot.campaigns.notes import decision_name, note, state_name
 from bot.campaigns.runs import CampaignRuns
 from bot.context import Context
 from bot.db.models import Approval, Campaign
-from bot.errors import PermissionDenied, UserError
+from bot.errors import PermissionDenied, Refusal, UserError
 from bot.events import Message
 from bot.i18n import t
 
@@ -255,8 +255,23 @@ class Approvals:
             )
         ).first()
         values = {"name": campaign.name, "state": state_name(campaign.state)}
+        if campaign.state == "draft":
+            # Never submitted, or back to draft after a rejection or an edit: nothing was ever "any more".
+            automation = campaign.kind == "automation"
+            command = (
+                f"/automation submit {campaign.name.removeprefix('automation:')}"
+                if automation
+                else f"/campaign submit {campaign.name}"
+            )
+            raise Refusal(
+                t(
+                    "“{name}” is a draft and waits for nobody's approval: its sender submits it with {command}.",
+                    name=campaign.name,
+                    command=command,
+                )
+            )
         if decided and approve:
-            raise UserError(
+            raise Refusal(
                 t(
                     "“{name}” is {state} ({decision} by {email}); there is nothing to approve any more.",
                     decision=decision_name(decided.decision),
@@ -265,7 +280,7 @@ class Approvals:
                 )
             )
         if decided:
-            raise UserError(
+            raise Refusal(
                 t(
                     "“{name}” is {state} ({decision} by {email}); there is nothing to reject any more.",
                     decision=decision_name(decided.decision),
@@ -274,8 +289,8 @@ class Approvals:
                 )
             )
         if approve:
-            raise UserError(t("“{name}” is {state}; there is nothing to approve any more.", **values))
-        raise UserError(t("“{name}” is {state}; there is nothing to reject any more.", **values))
+            raise Refusal(t("“{name}” is {state}; there is nothing to approve any more.", **values))
+        raise Refusal(t("“{name}” is {state}; there is nothing to reject any more.", **values))
 
     async def _after(self, out: Decided, approver: str, reason: str | None) -> None:
         """The card shows the decision in every messenger; an approved campaign starts or is scheduled."""
