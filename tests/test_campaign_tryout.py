@@ -217,3 +217,19 @@ async def test_approving_a_never_submitted_draft_says_it_waits_for_submission_wi
     async with bot.core.ctx.sessions() as session:
         state = (await session.execute(select(Campaign.state).where(Campaign.name == "spring"))).scalar_one()
     assert state == "draft"
+
+
+async def test_refusals_by_state_or_by_a_name_that_is_not_there_carry_no_usage_line(
+    bot, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The usage line is for a malformed command; these were well formed and refused by what exists."""
+    await load_customers(bot, tmp_path)
+    await bot.say(SENDER, "/campaign new spring --to customers --template welcome")
+    assert "Submitted" in await bot.say(SENDER, "/campaign submit spring")
+    for command, sentence in (
+        ("/campaign submit spring", "only a draft can be submitted"),
+        ("/campaign new other --to nosuchlist --template welcome", "is neither a contact list nor a group"),
+        ("/campaign new other --to customers --template nosuch", "There is no template “nosuch”"),
+    ):
+        reply = await bot.say(SENDER, command)
+        assert sentence in reply and "Usage" not in reply, (command, reply)

@@ -107,7 +107,7 @@ class Approvals:
             campaign = await service.get(session, name)
             may_change(campaign, requester, admin, "submit")
             if campaign.state not in ("draft", "rejected"):
-                raise UserError(
+                raise Refusal(
                     t(
                         "“{name}” is {state}; only a draft can be submitted.",
                         name=campaign.name,

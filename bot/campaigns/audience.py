@@ -57,7 +57,7 @@ from bot.db.models import (
     Segment,
     Suppression,
 )
-from bot.errors import UserError
+from bot.errors import Refusal, UserError
 from bot.i18n import t
 
 CHUNK = 1000
@@ -95,7 +95,7 @@ async def resolve_audience(session: AsyncSession, settings: Settings, name: str)
         near = difflib.get_close_matches(raw.lower(), [s.lower() for s in segments], n=1, cutoff=0.6)
         if near:
             spelt = next(s for s in segments if s.lower() == near[0])
-            raise UserError(
+            raise Refusal(
                 t(
                     "“{text}” is not a contact list, segment or group — did you mean segment “{segment}”?",
                     text=raw[:80],
@@ -103,7 +103,7 @@ async def resolve_audience(session: AsyncSession, settings: Settings, name: str)
                 )
             ) from None
         if segments:
-            raise UserError(
+            raise Refusal(
                 t(
                     "“{text}” is not a contact list, segment or group. Contact lists: {names}. Segments: "
                     "{segments}.",
@@ -113,14 +113,14 @@ async def resolve_audience(session: AsyncSession, settings: Settings, name: str)
                 )
             ) from None
         if lists:
-            raise UserError(
+            raise Refusal(
                 t(
                     "“{text}” is neither a contact list nor a group. Contact lists: {names}.",
                     text=raw[:80],
                     names=", ".join(lists),
                 )
             ) from None
-        raise UserError(
+        raise Refusal(
             t(
                 "“{text}” is neither a contact list nor a group. There are no contact lists yet.",
                 text=raw[:80],

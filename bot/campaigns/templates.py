@@ -20,7 +20,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
 
 from bot import values
 from bot.campaigns import render_time
-from bot.errors import UserError
+from bot.errors import Refusal, UserError
 from bot.i18n import t
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -270,7 +270,7 @@ def load_source(templates_dir: str | Path, name: str) -> TemplateSource:
     if not html_path.is_file():
         available = sorted(p.stem for p in base.glob("*.html")) if base.is_dir() else []
         if available:
-            raise UserError(
+            raise Refusal(
                 t(
                     "There is no template “{name}” in {folder}. Templates available: {names}.",
                     name=name,
@@ -278,7 +278,7 @@ def load_source(templates_dir: str | Path, name: str) -> TemplateSource:
                     names=", ".join(available),
                 )
             )
-        raise UserError(t("There is no template “{name}” in {folder}.", name=name, folder=base))
+        raise Refusal(t("There is no template “{name}” in {folder}.", name=name, folder=base))
     text_path = base / f"{name}.txt"
     try:
         return TemplateSource(
