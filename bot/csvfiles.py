@@ -25,6 +25,28 @@ def read_utf8(path: str | Path) -> tuple[bytes, str]:
         raise UserError(t("{path} is not UTF-8 text; save it as UTF-8 CSV.", path=p)) from None
 
 
+def refuse_unclosed_quote(text: str) -> None:
+    """A UserError naming the line where a quoted field opens and never closes. Python's csv (not strict)
+    reads such a field on to the end of the file, so one stray quote made the rest of the file a single
+    value and the sentence came out as a wrong email address on the quote's line, quoting later rows.
+    Only that fault is looked for here (a strict pass); anything else strict csv dislikes is left to the
+    tolerant reader, as before."""
+    reader = csv.reader(io.StringIO(text), strict=True)
+    start = 1
+    try:
+        for _row in reader:
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        if "unexpected end of data" in str(exc):
+            raise UserError(
+                t(
+                    'Line {line}: a field opens a quote (") that is never closed, so every line after it '
+                    "would be read into that field. Close the quote, or remove it.",
+                    line=start,
+                )
+            ) from None
+
+
 # A spreadsheet runs a cell that starts like a formula (=, +, -, @, or a tab or carriage return before
 # them), also after leading spaces: every text cell Postroom writes goes through `safe_cell`, which
 # keeps such a cell text with a leading apostrophe; `unguard` takes it off again when a file is read

@@ -22,7 +22,7 @@ from bot import audit, consent, values
 from bot.addresses import domain_of, email_hash, normalise
 from bot.contacts.mx import domain_receives_mail
 from bot.context import Context
-from bot.csvfiles import read_utf8, unguard
+from bot.csvfiles import read_utf8, refuse_unclosed_quote, unguard
 from bot.db.models import Contact, ContactList, ListMember, Suppression
 from bot.db.upsert import insert_ignore
 from bot.errors import UserError
@@ -128,6 +128,7 @@ async def import_contacts(
     check_list_name(list_name)
     p = Path(path)
     _raw, text = read_utf8(p)
+    refuse_unclosed_quote(text)
     reader = csv.DictReader(io.StringIO(text))
     headers = [unguard(h).strip().lower() for h in (reader.fieldnames or [])]
     if "email" not in headers:

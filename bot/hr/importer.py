@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from bot import values
 from bot.addresses import normalise, routing_refusal
-from bot.csvfiles import read_utf8
+from bot.csvfiles import read_utf8, refuse_unclosed_quote
 from bot.db.models import Group, Person
 from bot.errors import UserError
 from bot.events import Message, PersonEvent, PersonKind
@@ -183,6 +183,7 @@ class ImportResult:
 
 def read_snapshot(text: str, domains_check: Callable[[str], bool] | None = None) -> list[dict[str, Any]]:
     """Rows as {employee_id, email, name, attributes}; UserError naming the line for the first bad one."""
+    refuse_unclosed_quote(text)
     reader = csv.DictReader(io.StringIO(text))
     if reader.fieldnames is None:
         raise UserError(t("The file is empty: it needs a header line with employee_id and email."))
