@@ -396,3 +396,22 @@ async def test_a_relay_that_starts_refusing_everyone_midway_pauses_and_suppresse
         assert await suppressed_emails(bot) == []
         assert await statuses(bot, "spring") == Counter({("sent", 1): 1, ("pending", 0): len(emails) - 1})
         assert any("in a row" in text and GENERIC_550 in text for text in said(bot)), said(bot)
+
+
+async def test_a_one_domain_audience_refused_after_a_delivery_pauses_at_the_error_window(
+    make_bot, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """At one domain after a delivery, a run of bare refusals can't be told from dead mailboxes, so the
+    streak does not pause; the error window still does, and nobody is suppressed or counted."""
+    size = 60
+    with FaultyServer() as server:
+        for e in addresses(size)[1:]:
+            server.handler.rcpt_replies[e] = GENERIC_550
+        bot = await make_bot(smtp_section={"port": server.port, "connections": 1})
+        to = await audience(bot, tmp_path, size)
+        await approve(bot, "spring", to)
+        assert await state_of(bot, "spring") == "paused", said(bot)
+        assert await suppressed_emails(bot) == []
+        assert await statuses(bot, "spring") == Counter({("sent", 1): 1, ("pending", 0): size - 1})
+        sentence = [text for text in said(bot) if "Paused by itself" in text]
+        assert len(sentence) == 1 and "of the last" in sentence[0] and GENERIC_550 in sentence[0], said(bot)
