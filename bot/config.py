@@ -264,8 +264,9 @@ class CampaignSettings(_Section):
     error_window: int = Field(default=200, ge=1)
     error_min_samples: int = Field(default=50, ge=1)
     error_pause_share: float = Field(default=0.5, gt=0, le=1)
-    # the same bare 5xx at RCPT (no enhanced code) for this many recipients in a row, nothing delivered in
-    # between: the relay's fault, the campaign pauses and suppresses none of them (bot/mail/replies.py)
+    # the same bare 5xx at RCPT (no enhanced code) over one connection for this many recipients in a row
+    # at more than one domain (or before the run's first delivery), nothing delivered over it in between:
+    # the relay's fault, the campaign pauses and suppresses none of them (bot/campaigns/engine.py)
     same_refusal_limit: int = Field(default=3, ge=2, le=1000)
     poll_s: float = Field(default=2.0, gt=0)
     # A template that takes longer than this to render one message is stopped and refused (preview,

@@ -124,7 +124,7 @@ class Claims:
     ) -> None:
         """Write a batch's results, each list as one executemany. Rows carry `b_id`; `ended` rows a
         final `status` and `err`; `retry` rows `err` and `nxt` (when to try again); `unsent` rows go back
-        to `pending` with the attempt uncounted (and `nxt` if given as `unsent_nxt`)."""
+        to `pending` with the attempt uncounted (an `err` given with one is kept as its `last_error`)."""
         conn = await session.connection()
         table = self.table
         mine = and_(table.c.id == bindparam("b_id"), table.c.claimed_by == worker_id)
@@ -145,9 +145,18 @@ class Claims:
                 .values(status="pending", last_error=bindparam("err"), next_attempt_at=bindparam("nxt")),
                 retry,
             )
-        if unsent:
+        back = [r for r in unsent if "err" not in r]
+        said = [r for r in unsent if "err" in r]
+        if back:
             await conn.execute(
-                table.update().where(mine).values(status="pending", attempts=table.c.attempts - 1), unsent
+                table.update().where(mine).values(status="pending", attempts=table.c.attempts - 1), back
+            )
+        if said:
+            await conn.execute(
+                table.update()
+                .where(mine)
+                .values(status="pending", attempts=table.c.attempts - 1, last_error=bindparam("err")),
+                said,
             )
 
     async def remaining(self, sessions: async_sessionmaker, scope_id: int) -> bool:

@@ -28,13 +28,17 @@ class FaultyHandler(RecordingHandler):
     rcpt_reply: str | None = None  # for every recipient, e.g. "554 5.7.1 Relay access denied"
     data_reply: str | None = None  # e.g. "500 5.5.1 Command unrecognized"
     rcpt_replies: dict[str, str] = field(default_factory=dict)  # one address's own reply
+    # One pooled connection gone bad: the first connection to reach RCPT gets this reply for every
+    # recipient, every other connection is answered as usual.
+    bad_connection_reply: str | None = None
+    bad_session: int | None = None  # id() of that connection's session
     password: str = PASSWORD
     refused_logins: set[int] = field(default_factory=set)  # the sessions (connections) whose login failed
     refused: list[str] = field(default_factory=list)  # what each scripted refusal answered to
 
     def fix(self) -> None:
         """What the admin does once they read the pause sentence."""
-        self.mail_reply = self.rcpt_reply = self.data_reply = None
+        self.mail_reply = self.rcpt_reply = self.data_reply = self.bad_connection_reply = None
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):  # type: ignore[no-untyped-def]
         if self.mail_reply:
@@ -46,6 +50,12 @@ class FaultyHandler(RecordingHandler):
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
         reply = self.rcpt_replies.get(address.lower()) or self.rcpt_reply
+        if self.bad_connection_reply and not reply:
+            with self.lock:
+                if self.bad_session is None:
+                    self.bad_session = id(session)
+                if self.bad_session == id(session):
+                    reply = self.bad_connection_reply
         if reply:
             self.refused.append(f"RCPT {address}")
             return reply

@@ -249,3 +249,169 @@ async def test_a_generic_550_for_one_mailbox_among_good_ones_still_suppresses_it
         async with bot.core.ctx.sessions() as session:
             rows = (await session.execute(select(Suppression))).scalars().all()
         assert sorted(s.email for s in rows) == ["r1@example.net", "r5@example.net"]
+
+
+async def audience_of(bot: ChatBot, tmp_path: Path, name: str, emails: list[str]) -> str:
+    """A list of `emails`, imported in this order (the delivery rows are claimed by id, so in this order)."""
+    rows = "".join(f"{e},{e.split('@')[0]},2026-01-01T00:00:00+00:00,form\n" for e in emails)
+    path = tmp_path / f"{name}.csv"
+    path.write_text("email,name,consent_at,consent_source\n" + rows)
+    report = await import_contacts(bot.core.ctx, path, name)
+    assert report.added == len(emails)
+    return name
+
+
+async def suppressed_emails(bot: ChatBot) -> list[str]:
+    async with bot.core.ctx.sessions() as session:
+        return sorted((await session.execute(select(Suppression.email))).scalars())
+
+
+DEAD = ["dead1@provider.example", "dead2@provider.example", "dead3@provider.example"]
+LIVE = ["live1@provider.example", "a@example.net", "b@example.org", "live2@provider.example"]
+
+
+# Review: three dead mailboxes in a row at one provider, each answered with the bare 550, paused the campaign
+# as the server's fault; `/campaign resume` claimed the same three first and paused again, every time, and
+# nobody after them was ever mailed. A relay that refuses everything answers the same at every domain; a
+# provider's dead mailboxes are refused only at that provider, and its live ones are delivered.
+async def test_dead_mailboxes_in_a_row_at_one_provider_do_not_pause_and_end_suppressed(
+    make_bot, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    with FaultyServer() as server:
+        for e in DEAD:
+            server.handler.rcpt_replies[e] = GENERIC_550
+        bot = await make_bot(smtp_section={"port": server.port, "connections": 1})
+        to = await audience_of(bot, tmp_path, "mixed", ["first@example.com", *DEAD, *LIVE])
+        await approve(bot, "spring", to)
+        assert await state_of(bot, "spring") == "completed", said(bot)
+        assert not [text for text in said(bot) if "Paused by itself" in text]
+        assert received(server) == Counter(dict.fromkeys(["first@example.com", *LIVE], 1))
+        assert await suppressed_emails(bot) == sorted(DEAD)
+        shown = await bot.say(ADMIN, "/suppressions show dead2@provider.example")
+        assert "suppressed: hard bounce" in shown and GENERIC_550 in shown, shown
+
+
+async def test_dead_mailboxes_that_open_a_campaign_pause_it_once_and_resume_sends_past_them(
+    make_bot, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Before anything is delivered, three bare refusals in a row can't be told from a relay refusing
+    everyone: the campaign pauses. The resume must not pause on the same three again."""
+    with FaultyServer() as server:
+        for e in DEAD:
+            server.handler.rcpt_replies[e] = GENERIC_550
+        bot = await make_bot(smtp_section={"port": server.port, "connections": 1})
+        to = await audience_of(bot, tmp_path, "mixed", [*DEAD, *LIVE])
+        await approve(bot, "spring", to)
+        assert await state_of(bot, "spring") == "paused"
+        assert await suppressed_emails(bot) == [] and server.messages == []
+        assert await statuses(bot, "spring") == Counter({("pending", 0): 7})
+        for _resume in range(2):  # main paused again on every resume, the same three first
+            if await state_of(bot, "spring") == "paused":
+                assert "Resumed" in await bot.say(SENDER, "/campaign resume spring")
+                await bot.settle()
+        assert await state_of(bot, "spring") == "completed", said(bot)
+        assert len([text for text in said(bot) if "Paused by itself" in text]) == 1, said(bot)
+        assert received(server) == Counter(dict.fromkeys(LIVE, 1))
+        assert await suppressed_emails(bot) == sorted(DEAD)
+
+
+# Review: a bare 550 for the last recipient of a batch had no delivery after it in its batch, so it was
+# retried and, after max_attempts, failed "not suppressed" although the next batch delivered to the same
+# domain over the same connection a moment later.
+async def test_a_bare_550_at_the_end_of_a_batch_is_proven_by_a_delivery_in_the_next_batch(
+    make_bot, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    with FaultyServer() as server:
+        server.handler.rcpt_replies["r1@example.net"] = GENERIC_550  # the second, last of batch one
+        bot = await make_bot(
+            smtp_section={"port": server.port, "connections": 1}, batch_size=2, max_attempts=1
+        )
+        to = await audience(bot, tmp_path, 6)
+        await approve(bot, "spring", to)
+        assert await state_of(bot, "spring") == "completed", said(bot)
+        assert await suppressed_emails(bot) == ["r1@example.net"]
+        assert await statuses(bot, "spring") == Counter({("sent", 1): 5, ("bounced", 1): 1})
+        assert received(server) == Counter({e: 1 for e in addresses(6) if e != "r1@example.net"})
+
+
+# A provider that refuses every address of its domain with the bare 550 (the relay can't reach it, or it
+# refuses the relay) says nothing about any of its mailboxes: deliveries to other domains around them
+# proved them before, and suppressed every recipient there.
+async def test_a_domain_that_refuses_all_its_addresses_suppresses_none_of_them(
+    make_bot, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    gone = [f"g{i}@gone.example" for i in range(3)]
+    good = [f"r{i}@example.net" for i in range(6)]
+    emails = [good[0], gone[0], good[1], good[2], gone[1], good[3], good[4], gone[2], good[5]]
+    with FaultyServer() as server:
+        for e in gone:
+            server.handler.rcpt_replies[e] = GENERIC_550
+        bot = await make_bot(
+            smtp_section={"port": server.port, "connections": 1}, batch_size=3, max_attempts=2
+        )
+        to = await audience_of(bot, tmp_path, "withgone", emails)
+        await approve(bot, "spring", to)
+        assert await state_of(bot, "spring") == "completed", said(bot)
+        assert await suppressed_emails(bot) == []
+        assert received(server) == Counter(dict.fromkeys(good, 1))
+        assert await statuses(bot, "spring") == Counter({("sent", 1): 6, ("failed", 2): 3})
+
+
+# Review: any delivery on any connection proved every earlier bare refusal, so one pooled connection gone
+# bad (answering the bare 550 to everything) got innocent recipients suppressed because the other
+# connection was delivering. Proof now has to come from the connection that refused.
+async def test_one_bad_connection_among_good_ones_suppresses_nobody(make_bot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    emails = [f"p{i}@{d}" for i in range(5) for d in ("example.net", "example.org", "example.com")]
+    with FaultyServer() as server:
+        server.handler.bad_connection_reply = GENERIC_550
+        bot = await make_bot(smtp_section={"port": server.port, "connections": 2})
+        to = await audience_of(bot, tmp_path, "pooled", emails)
+        await approve(bot, "spring", to)
+        assert await suppressed_emails(bot) == []
+        assert server.handler.refused  # the bad connection did refuse some
+        assert await state_of(bot, "spring") == "paused", said(bot)
+        sentence = [text for text in said(bot) if "Paused by itself" in text]
+        assert len(sentence) == 1 and "in a row" in sentence[0] and GENERIC_550 in sentence[0], said(bot)
+        server.handler.fix()
+        assert "Resumed" in await bot.say(SENDER, "/campaign resume spring")
+        await bot.settle()
+        assert await state_of(bot, "spring") == "completed"
+        assert received(server) == Counter(dict.fromkeys(emails, 1))
+        assert await suppressed_emails(bot) == []
+
+
+async def test_a_relay_that_starts_refusing_everyone_midway_pauses_and_suppresses_nobody(
+    make_bot, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """After a delivery a one-domain run of bare refusals may be dead mailboxes; at several domains it is
+    the relay's, and the campaign pauses as before."""
+    emails = [f"q{i}@{d}" for i in range(6) for d in ("example.net", "example.org", "example.com")]
+    with FaultyServer() as server:
+        for e in emails[1:]:
+            server.handler.rcpt_replies[e] = GENERIC_550
+        bot = await make_bot(smtp_section={"port": server.port, "connections": 1})
+        to = await audience_of(bot, tmp_path, "midway", emails)
+        await approve(bot, "spring", to)
+        assert await state_of(bot, "spring") == "paused", said(bot)
+        assert await suppressed_emails(bot) == []
+        assert await statuses(bot, "spring") == Counter({("sent", 1): 1, ("pending", 0): len(emails) - 1})
+        assert any("in a row" in text and GENERIC_550 in text for text in said(bot)), said(bot)
+
+
+async def test_a_one_domain_audience_refused_after_a_delivery_pauses_at_the_error_window(
+    make_bot, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """At one domain after a delivery, a run of bare refusals can't be told from dead mailboxes, so the
+    streak does not pause; the error window still does, and nobody is suppressed or counted."""
+    size = 60
+    with FaultyServer() as server:
+        for e in addresses(size)[1:]:
+            server.handler.rcpt_replies[e] = GENERIC_550
+        bot = await make_bot(smtp_section={"port": server.port, "connections": 1})
+        to = await audience(bot, tmp_path, size)
+        await approve(bot, "spring", to)
+        assert await state_of(bot, "spring") == "paused", said(bot)
+        assert await suppressed_emails(bot) == []
+        assert await statuses(bot, "spring") == Counter({("sent", 1): 1, ("pending", 0): size - 1})
+        sentence = [text for text in said(bot) if "Paused by itself" in text]
+        assert len(sentence) == 1 and "of the last" in sentence[0] and GENERIC_550 in sentence[0], said(bot)

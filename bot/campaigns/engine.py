@@ -14,6 +14,30 @@ Only a recipient's own permanent failure bounces and suppresses (bot/mail/replie
 send itself — the connection, the login, the sender, the relay — trips a circuit breaker: the campaign
 pauses at once with a sentence saying what to check, and the rows go back to `pending` uncounted, so a
 resume after the fix mails everyone once (invariant 8).
+
+A bare 5xx at RCPT (no enhanced code naming the mailbox, `Outcome.unproven`) is what a relay refusing
+everyone says too, so it is judged by what follows it. Real relays fail in three ways that look alike one
+reply at a time, and each leaves a different trace:
+
+- a relay that refuses everything (misconfigured, out of quota, its own upstream down) gives the same
+  reply for every recipient at every domain, over every connection;
+- one pooled connection gone bad (a session the relay has flagged, a half-broken TLS state) refuses
+  everything over that connection while the others deliver;
+- a provider with dead mailboxes refuses just those, and still accepts its live ones — and a provider
+  refusing the relay altogether refuses every address of its own domain and no other.
+
+So a bare refusal is proven to be the recipient's only by a later delivery **over the same connection to
+the same recipient domain**: the same connection rules out the connection's state, the same domain rules
+out the route to that domain. Until then the row stays claimed by this worker (its lease renewed by the
+watcher) and waits, across batches, in `_Unproven` (bounded by `unproven_hold`; when its connection
+closes or nothing is left to claim it is retried instead, and after `max_attempts` it fails without being
+suppressed). And the server is blamed — pause at once, none of them suppressed, back to `pending`
+uncounted with the reply kept — only when one connection gives the same bare reply to
+`same_refusal_limit` distinct recipients in a row **at more than one domain** (a provider's run of dead
+mailboxes never spans domains, a relay refusing everyone does within a few recipients), or at one domain
+before this run has delivered anything at all (no sign yet that the relay accepts any mail). A row put back
+that way (its `last_error` is that reply) is not counted in a streak again, so a resumed run sends on past
+it instead of pausing on the same rows each time: every resume makes progress.
 """
 
 from __future__ import annotations
@@ -39,6 +63,7 @@ from bot.campaigns.templates import TemplateProblem, load_source
 from bot.config import Settings
 from bot.context import Context
 from bot.db.models import Campaign, Delivery, Suppression
+from bot.mail.replies import reply_key
 from bot.mail.transport import Outcome, SmtpTransport
 from bot.outbox import Claims, backoff_s, verdict
 from bot.suppressions import Evidence, suppress
@@ -48,7 +73,7 @@ log = logging.getLogger(__name__)
 CLAIMS = Claims(
     cast(Table, Delivery.__table__),
     "campaign_id",
-    ("id", "email", "name", "attributes", "attempts"),
+    ("id", "email", "name", "attributes", "attempts", "last_error"),
     sent_extra=(("message_id", "mid"),),
 )
 
@@ -56,12 +81,18 @@ CLAIMS = Claims(
 ProgressCallback = Callable[[int, str], Awaitable[None]]
 
 
+def _domain(email: str) -> str:
+    return email.rsplit("@", 1)[-1].lower()
+
+
 class _RefusalStreak:
-    """The distinct recipients refused in a row with the same unproven reply, since the last delivery."""
+    """The distinct recipients one connection refused in a row with the same unproven reply since its last
+    delivery, and their domains."""
 
     def __init__(self) -> None:
         self.reply = ""
         self.emails: set[str] = set()
+        self.domains: set[str] = set()
 
     @property
     def count(self) -> int:
@@ -69,12 +100,47 @@ class _RefusalStreak:
 
     def add(self, reply: str, email: str) -> int:
         if reply != self.reply:
-            self.reply, self.emails = reply, set()
+            self.reply, self.emails, self.domains = reply, set(), set()
         self.emails.add(email)
+        self.domains.add(_domain(email))
         return self.count
 
-    def reset(self) -> None:
-        self.reply, self.emails = "", set()
+
+class _Unproven:
+    """Bare RCPT refusals no delivery has proven yet, held across batches (their rows stay claimed), each
+    waiting for a delivery over the same connection to the same domain."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, tuple[Any, Outcome]] = {}  # delivery id -> (row, outcome), oldest first
+        self._by_key: dict[tuple[int | None, str], list[int]] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(self, d: Any, outcome: Outcome) -> None:
+        self.rows[d.id] = (d, outcome)
+        self._by_key.setdefault((outcome.connection, _domain(d.email)), []).append(d.id)
+
+    def prove(self, connection: int | None, email: str) -> list[tuple[Any, Outcome]]:
+        """The refusals a delivery to `email` over `connection` proves, taken out."""
+        if connection is None or not self.rows:
+            return []
+        ids = self._by_key.pop((connection, _domain(email)), [])
+        return [self.rows.pop(i) for i in ids if i in self.rows]
+
+    def take(self, keep: Callable[[Any, Outcome], bool] = lambda _d, _o: False, *, over: int = 0) -> list:
+        """Take out every refusal `keep` says no to, then the oldest beyond `over` of those left (0: none)."""
+        taken = [(d, o) for d, o in self.rows.values() if not keep(d, o)]
+        for d, _o in taken:
+            del self.rows[d.id]
+        if over and len(self.rows) > over:
+            oldest = list(self.rows)[: len(self.rows) - over]
+            taken.extend(self.rows.pop(i) for i in oldest)
+        if taken:
+            self._by_key = {}
+            for d, o in self.rows.values():
+                self._by_key.setdefault((o.connection, _domain(d.email)), []).append(d.id)
+        return taken
 
 
 @dataclass
@@ -92,7 +158,8 @@ class EngineOptions:
     error_window: int = 200
     error_min_samples: int = 50
     error_pause_share: float = 0.5
-    same_refusal_limit: int = 3  # the same unproven RCPT refusal this often in a row: the server's, pause
+    same_refusal_limit: int = 3  # the same unproven RCPT refusal this often in a row, >1 domain: the server's
+    unproven_hold: int = 1000  # bare refusals held across batches awaiting proof; the oldest beyond: retried
     frequency_cap: int = 0
     frequency_period_s: float = 7 * 86400.0
 
@@ -191,7 +258,9 @@ class DeliveryEngine:
         self._domain_slots: dict[str, asyncio.Semaphore] = {}
         self._late_suppressions: set[str] = set()  # hashes suppressed while a batch is out
         self._suppression_mark = 0
-        self._refusals = _RefusalStreak()  # unproven RCPT refusals since the last delivery
+        self._streaks: dict[int | None, _RefusalStreak] = {}  # per connection, since its last delivery
+        self._unproven = _Unproven()  # bare RCPT refusals awaiting proof, across batches
+        self._delivered = False  # anything delivered in this run: the relay accepts mail at all
         self.sent_total = 0
 
     def stop(self) -> None:
@@ -279,6 +348,10 @@ class DeliveryEngine:
             return await self._run(campaign_id, transport)
         finally:
             watcher.cancel()
+            try:
+                await self._hand_back_unproven()
+            except Exception:  # the lease runs out and another run claims them: nobody is lost
+                log.exception("handing back unproven refusals of campaign %s failed", campaign_id)
             if own_transport:
                 await transport.close()
 
@@ -351,10 +424,19 @@ class DeliveryEngine:
         while not self._stop.is_set():
             state = await self._state(campaign_id)
             if state != "sending" or self._halt.is_set():
+                await self._hand_back_unproven()
                 if state == "cancelled":  # rows this batch handed back must not wait forever
                     await self._cancel_pending(campaign_id)
                 return RunResult(campaign_id, state)
             batch = await self._claim(campaign_id)
+            if not batch and self._unproven:
+                # Nothing left to send after them in this run: no proof can come; tried again after their
+                # backoff, and after max_attempts failed without being suppressed.
+                failed: list[dict] = []
+                retry: list[dict] = []
+                self._give_back(self._unproven.take(), failed, retry)
+                await self._record(campaign, [], failed, retry, [], [], [])
+                continue
             if not batch:
                 if campaign.kind == "automation":  # standing: idle until its triggers make more (runs.py)
                     return RunResult(campaign_id, "idle")
@@ -391,6 +473,31 @@ class DeliveryEngine:
         if won:
             await self._emit(campaign.id, "auto-paused")
         return RunResult(campaign.id, "paused", note=english(stored))
+
+    async def _hand_back_unproven(self) -> None:
+        """The run stops (a pause, a cancel, a shutdown): held refusals go back to `pending` uncounted, each
+        with the reply it got (so a resumed run does not count it in a streak again)."""
+        if self._unproven:
+            unsent = [{"b_id": d.id, "err": o.detail} for d, o in self._unproven.take()]
+            async with self.ctx.sessions() as session, session.begin():
+                await CLAIMS.record(session, self.worker_id, self.ctx.now(), unsent=unsent)
+
+    def _give_back(self, held: list[tuple[Any, Outcome]], failed: list[dict], retry: list[dict]) -> None:
+        """Refusals no delivery proved: retried after their backoff; after max_attempts, failed unsuppressed."""
+        opts = self.options
+        now = self.ctx.now()
+        for d, outcome in held:
+            if d.attempts >= opts.max_attempts:
+                failed.append(
+                    {
+                        "b_id": d.id,
+                        "status": "failed",
+                        "err": f"gave up after {d.attempts} attempts, not suppressed: {outcome.detail}",
+                    }
+                )
+            else:
+                delay = backoff_s(d.attempts, opts.retry_base_s, opts.retry_max_s)
+                retry.append({"b_id": d.id, "err": outcome.detail, "nxt": now + timedelta(seconds=delay)})
 
     async def _cancel_pending(self, campaign_id: int) -> None:
         async with self.ctx.sessions() as session, session.begin():
@@ -472,10 +579,27 @@ class DeliveryEngine:
         window = self._window
         server = f"{self.ctx.settings.smtp.host}:{self.ctx.settings.smtp.port}"
         queue = deque(batch)
-        unproven: list[tuple[Any, Outcome]] = []  # bare RCPT refusals no delivery has followed yet
-        refusals = self._refusals
+        unproven = self._unproven
+        streaks = self._streaks
         halt = self._halt
         late = self._late_suppressions
+
+        def check_window() -> None:
+            errors, seen = window.share()
+            if (
+                seen >= opts.error_min_samples
+                and errors / seen >= opts.error_pause_share
+                and not halt.is_set()
+            ):
+                self._halt_reason = note(
+                    "Paused by itself: {errors} of the last {seen} messages failed (most often: {error}). "
+                    "Check the mail server, then /campaign resume {name}.",
+                    errors=errors,
+                    seen=seen,
+                    error=window.most_common(),
+                    name=campaign.name,
+                )
+                halt.set()
 
         async def worker() -> None:
             while queue:
@@ -516,27 +640,42 @@ class DeliveryEngine:
                 if kind == "sent":
                     sent.append({"b_id": d.id, "mid": built.message_id})
                     window.add(None)
-                    # a delivery after them: the bare refusals before it were about those recipients
+                    # Delivered over the same connection to the same domain after them: the bare refusals
+                    # before it were about those recipients (the module's docstring says why both).
                     bounced.extend(
                         {"b_id": p.id, "status": "bounced", "err": o.detail, "email": p.email}
-                        for p, o in unproven
+                        for p, o in unproven.prove(outcome.connection, d.email)
                     )
-                    unproven.clear()
-                    refusals.reset()
+                    streaks.pop(outcome.connection, None)
+                    self._delivered = True
                     continue
                 if kind == "bounced" and outcome.unproven:
-                    unproven.append((d, outcome))
+                    unproven.add(d, outcome)
                     window.add(outcome.detail)
-                    if refusals.add(outcome.same_reply(), d.email) >= opts.same_refusal_limit:
-                        # The same bare refusal for everyone: the server's, not theirs. None of them is
-                        # suppressed; they go back to `pending` uncounted, and the campaign pauses now.
-                        unsent.extend({"b_id": p.id} for p, _o in unproven)
-                        unproven.clear()
+                    reply = outcome.same_reply()
+                    if d.last_error and reply_key(d.last_error) == reply:
+                        # Put back (or retried) after this very reply: it was counted once. Counting it
+                        # again would pause every resumed run on the same rows before anyone else.
+                        check_window()
+                        continue
+                    streak = streaks.get(outcome.connection)
+                    if streak is None:
+                        if len(streaks) > 4 * transport.size:  # connections closed since: forget theirs
+                            streaks.clear()
+                        streak = streaks[outcome.connection] = _RefusalStreak()
+                    if streak.add(reply, d.email) >= opts.same_refusal_limit and (
+                        len(streak.domains) > 1 or not self._delivered
+                    ):
+                        # The same bare refusal at several domains over one connection with nothing delivered
+                        # over it in between (or before anything was delivered at all): the server's (or
+                        # that connection's), not theirs. None of them is suppressed (the batch's end puts
+                        # them back uncounted); the campaign pauses now.
                         if not halt.is_set():
                             self._halt_reason = repeated_refusal_note(
-                                outcome, count=refusals.count, server=server, name=campaign.name
+                                outcome, count=streak.count, server=server, name=campaign.name
                             )
                             halt.set()
+                    check_window()
                     continue
                 if kind == "halt":
                     # The server, the login, the sender or the connection failed, not this recipient:
@@ -567,37 +706,21 @@ class DeliveryEngine:
                 else:
                     delay = backoff_s(d.attempts, opts.retry_base_s, opts.retry_max_s)
                     retry.append({"b_id": d.id, "err": outcome.detail, "nxt": now + timedelta(seconds=delay)})
-                errors, seen = window.share()
-                if (
-                    seen >= opts.error_min_samples
-                    and errors / seen >= opts.error_pause_share
-                    and not halt.is_set()
-                ):
-                    self._halt_reason = note(
-                        "Paused by itself: {errors} of the last {seen} messages failed (most often: {error}). "
-                        "Check the mail server, then /campaign resume {name}.",
-                        errors=errors,
-                        seen=seen,
-                        error=window.most_common(),
-                        name=campaign.name,
-                    )
-                    halt.set()
+                check_window()
 
         workers = max(1, transport.size)
         await asyncio.gather(*(worker() for _ in range(min(workers, len(batch)))))
-        # Unproven refusals (a bare 5xx at RCPT) that no delivery followed: not evidence yet; tried again.
-        for d, outcome in unproven:
-            if d.attempts >= opts.max_attempts:
-                failed.append(
-                    {
-                        "b_id": d.id,
-                        "status": "failed",
-                        "err": f"gave up after {d.attempts} attempts, not suppressed: {outcome.detail}",
-                    }
-                )
-            else:
-                delay = backoff_s(d.attempts, opts.retry_base_s, opts.retry_max_s)
-                retry.append({"b_id": d.id, "err": outcome.detail, "nxt": now + timedelta(seconds=delay)})
+        if halt.is_set():
+            # Halted (a pause, a cancel, a stop, a failure of the send): the refusals not yet proven go back
+            # to `pending` uncounted, each with its reply (not counted in a streak again on resume).
+            unsent.extend({"b_id": p.id, "err": o.detail} for p, o in unproven.take())
+        else:
+            # Held for the next batches, but not past the connection that refused them (no proof can come
+            # over a closed one) nor beyond `unproven_hold`: those are retried after their backoff.
+            alive = transport.open_connections()
+            self._give_back(
+                unproven.take(lambda _d, o: o.connection in alive, over=opts.unproven_hold), failed, retry
+            )
         await self._record(campaign, sent, failed, retry, bounced, skipped, unsent)
         self.sent_total += len(sent)
 

@@ -58,11 +58,12 @@ ignored when reading its words (<password@example.com> is not about a password).
 
 An RCPT refusal read as `recipient` without an enhanced code (`Outcome.unproven`: "550 Requested action
 not taken: mailbox unavailable") is what a relay that refuses everyone says too, so the campaign engine
-counts it against the recipient only once it is shown to be theirs: a later message of the same batch was
-delivered. The same reply (addresses aside) for `campaigns.same_refusal_limit` distinct recipients in a
-row with no delivery in between is the server's: the campaign pauses at once and none of them is
-suppressed (they go back to `pending`). One still unproven when its batch ends is retried later, and
-never suppressed if no delivery ever follows it (after `max_attempts` it fails).
+counts it against the recipient only once it is shown to be theirs: a later message to the same domain
+over the same connection (`Outcome.connection`) was delivered, in that batch or a later one. The same
+reply (addresses aside) over one connection for `campaigns.same_refusal_limit` distinct recipients in a
+row at more than one domain (or before anything was delivered), with no delivery in between, is the
+server's: the campaign pauses at once and none of them is suppressed (they go back to `pending`). One
+that no delivery proves is retried, and after `max_attempts` fails unsuppressed (bot/campaigns/engine.py).
 """
 
 from __future__ import annotations
@@ -117,6 +118,9 @@ class Outcome:
     code: int | None = None  # the reply code; None when there was no reply
     status: str = ""  # the RFC 3463 enhanced status code the server gave, e.g. "5.1.1"
     detail: str = ""  # the reply as the server wrote it ("550 5.1.1 no such user"), bounded
+    # Which of the transport's connections answered (numbered as opened; None: none was open). A bare
+    # refusal is proven only by a delivery over the same connection (bot/campaigns/engine.py).
+    connection: int | None = None
 
     @property
     def transient(self) -> bool:
@@ -137,7 +141,7 @@ class Outcome:
 
     def same_reply(self) -> str:
         """The reply without the addresses in it, to tell one reply repeated for everyone."""
-        return " ".join(_ADDRESS.sub("<>", self.detail.lower()).split())
+        return reply_key(self.detail)
 
     @property
     def about_recipient(self) -> bool:
@@ -149,8 +153,13 @@ class Outcome:
         return self.stage == "rcpt" or (self.stage == "data" and self.status[2:4] in ("1.", "2."))
 
 
-def sent(code: int = 250) -> Outcome:
-    return Outcome(ok=True, code=code)
+def reply_key(detail: str) -> str:
+    """A reply without the addresses in it, lower case: the same for a reply repeated for everyone."""
+    return " ".join(_ADDRESS.sub("<>", detail.lower()).split())
+
+
+def sent(code: int = 250, connection: int | None = None) -> Outcome:
+    return Outcome(ok=True, code=code, connection=connection)
 
 
 def no_reply(stage: Stage, error: BaseException | str) -> Outcome:

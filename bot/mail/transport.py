@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import aiosmtplib
 
@@ -61,6 +61,10 @@ class SmtpTransport:
         self.target = target
         self.size = connections or target.connections
         self._size_ok = False
+        # Each connection gets a number when it opens, never reused: an Outcome names the connection that
+        # answered it, so "a later delivery over the same connection" can be told apart from another's.
+        self._opened = 0
+        self._numbers: dict[int, int] = {}  # id(client) -> its number, while it is open
         self._idle: asyncio.Queue[aiosmtplib.SMTP | None] = asyncio.Queue()
         for _ in range(self.size):
             self._idle.put_nowait(None)  # a slot; connected lazily
@@ -90,7 +94,13 @@ class SmtpTransport:
             client.close()
             raise _SetupFailed(stage, exc) from exc
         self._size_ok = client.supports_extension("size")
+        self._opened += 1
+        self._numbers[id(client)] = self._opened
         return client
+
+    def open_connections(self) -> frozenset[int]:
+        """The numbers of the connections open now (a closed one's number never comes back)."""
+        return frozenset(self._numbers.values())
 
     async def _deliver(
         self, client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes, where: list[Stage]
@@ -155,46 +165,71 @@ class SmtpTransport:
 
     async def send(self, sender: str, recipient: str, data: bytes) -> Outcome:
         """Send one message to one recipient. A connection that was dropped (or a greeting that said
-        "try later") is reopened once; a refusal is returned at once, classified."""
+        "try later") is reopened once; a refusal is returned at once, classified. The outcome names the
+        connection that answered (`Outcome.connection`)."""
         async with self._slot() as holder:
-            outcome = Outcome(ok=False, fault="connection", detail="unreachable")
-            for _attempt in (1, 2):
-                where: list[Stage] = ["connect"]
-                try:
-                    client = holder[0]
-                    if client is None or not client.is_connected:
-                        client = holder[0] = await self._connect()
-                    await self._deliver(client, sender, recipient, data, where)
-                    return sent()
-                except _SetupFailed as exc:
-                    await _discard(holder)
-                    outcome = _setup_outcome(exc, sender)
-                    if not outcome.transient:
-                        return outcome
-                except aiosmtplib.SMTPRecipientsRefused as exc:
-                    err = exc.recipients[0] if exc.recipients else None
-                    return classify("rcpt", err.code if err else 550, err.message if err else str(exc))
-                except aiosmtplib.SMTPSenderRefused as exc:
-                    return classify("mail", exc.code, exc.message, sender=sender)
-                except aiosmtplib.SMTPDataError as exc:
-                    return classify("data", exc.code, exc.message, sender=sender)
-                except aiosmtplib.SMTPResponseException as exc:
-                    await _discard(holder)
-                    outcome = classify(where[0], exc.code, exc.message, sender=sender)
-                    if not outcome.transient:
-                        return outcome
-                except _NO_REPLY as exc:
-                    await _discard(holder)
-                    outcome = no_reply(where[0], exc)
-                except aiosmtplib.SMTPException as exc:  # e.g. SMTPUTF8 not offered for a non-ASCII address
-                    await _discard(holder)
-                    return Outcome(ok=False, fault="server", stage=where[0], detail=str(exc)[:300])
-            return outcome
+            outcome = await self._send(holder, sender, recipient, data)
+            if outcome.ok:
+                return outcome
+            client = holder[0]
+            number = self._numbers.get(id(client)) if client is not None else None
+            return replace(outcome, connection=number) if number is not None else outcome
+
+    async def _send(
+        self, holder: list[aiosmtplib.SMTP | None], sender: str, recipient: str, data: bytes
+    ) -> Outcome:
+        outcome = Outcome(ok=False, fault="connection", detail="unreachable")
+        for _attempt in (1, 2):
+            where: list[Stage] = ["connect"]
+            try:
+                client = holder[0]
+                if client is None or not client.is_connected:
+                    if client is not None:
+                        self._numbers.pop(id(client), None)
+                        holder[0] = None
+                    client = holder[0] = await self._connect()
+                await self._deliver(client, sender, recipient, data, where)
+                return sent(connection=self._numbers.get(id(client)))
+            except _SetupFailed as exc:
+                self._discard(holder)
+                outcome = _setup_outcome(exc, sender)
+                if not outcome.transient:
+                    return outcome
+            except aiosmtplib.SMTPRecipientsRefused as exc:
+                err = exc.recipients[0] if exc.recipients else None
+                return classify("rcpt", err.code if err else 550, err.message if err else str(exc))
+            except aiosmtplib.SMTPSenderRefused as exc:
+                return classify("mail", exc.code, exc.message, sender=sender)
+            except aiosmtplib.SMTPDataError as exc:
+                return classify("data", exc.code, exc.message, sender=sender)
+            except aiosmtplib.SMTPResponseException as exc:
+                self._discard(holder)
+                outcome = classify(where[0], exc.code, exc.message, sender=sender)
+                if not outcome.transient:
+                    return outcome
+            except _NO_REPLY as exc:
+                self._discard(holder)
+                outcome = no_reply(where[0], exc)
+            except aiosmtplib.SMTPException as exc:  # e.g. SMTPUTF8 not offered for a non-ASCII address
+                self._discard(holder)
+                return Outcome(ok=False, fault="server", stage=where[0], detail=str(exc)[:300])
+        return outcome
+
+    def _discard(self, holder: list[aiosmtplib.SMTP | None]) -> None:
+        client = holder[0]
+        holder[0] = None
+        if client is not None:
+            self._numbers.pop(id(client), None)
+            try:
+                client.close()
+            except Exception:  # already broken
+                pass
 
     async def close(self) -> None:
         clients = []
         while not self._idle.empty():
             clients.append(self._idle.get_nowait())
+        self._numbers.clear()
         for c in clients:
             if c is not None and c.is_connected:
                 try:
@@ -203,16 +238,6 @@ class SmtpTransport:
                     c.close()
         for _ in range(self.size):
             self._idle.put_nowait(None)
-
-
-async def _discard(holder: list[aiosmtplib.SMTP | None]) -> None:
-    client = holder[0]
-    holder[0] = None
-    if client is not None:
-        try:
-            client.close()
-        except Exception:  # already broken
-            pass
 
 
 def _setup_outcome(exc: _SetupFailed, sender: str) -> Outcome:
