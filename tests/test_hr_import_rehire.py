@@ -70,3 +70,26 @@ async def test_a_name_with_an_invisible_character_refuses_the_file(lbot, tmp_pat
     with pytest.raises(UserError) as refused:
         await import_staff(lbot.app.lifecycle, write(tmp_path, rows, "zwj.csv"))
     assert "Line 6: name contains an invisible character (U+200D)" in refused.value.sentence
+
+
+async def test_a_csv_row_under_a_new_id_with_a_leavers_address_is_refused_not_taken_as_their_rehire(
+    lbot, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """The webhook's rule (tests/test_hr_webhook.py), now in the lifecycle, so the CSV keeps it too: E003
+    left; a file listing p3@ under E003b would have re-activated E003 by the address."""
+    app = lbot.app
+    await import_staff(app.lifecycle, write(tmp_path, ROWS, "all.csv"))
+    left = await lbot.core.handle_person_event(
+        PersonEvent(
+            "left", "hr-webhook", "E003", "p3@corp.example", {}, "l3", datetime.now(UTC) - timedelta(hours=1)
+        )
+    )
+    assert left.status == "applied"
+    rows = [*ROWS[:3], "E003b,p3@corp.example,Person 3,Engineering"]
+    result = await import_staff(app.lifecycle, write(tmp_path, rows, "renumbered.csv"))
+    text = result.summary()
+    assert "p3@corp.example belongs to E003, who left; a rehire keeps the employee id" in text, text
+    assert await groups_of(lbot, "p3@corp.example") == {}
+    async with app.ctx.sessions() as s:
+        status = (await s.execute(select(Person.status).where(Person.employee_id == "E003"))).scalar_one()
+    assert status == "left"

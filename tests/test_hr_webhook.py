@@ -126,7 +126,7 @@ async def test_a_joined_under_a_new_id_with_a_leavers_email_is_refused_not_taken
             assert r.status_code == 422, (kind, r.text)
             assert r.json()["error"] == (
                 "frank@corp.example belongs to E6, who left; a rehire keeps the employee id: send the joined "
-                "event for E6, or correct employee.email."
+                "event for E6, or correct the email."
             )
         assert await groups_of(lbot, frank) == {}
         r = await post_event(

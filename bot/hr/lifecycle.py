@@ -77,6 +77,43 @@ class Outcome:
     future_leave: bool = False  # a leave dated later than now: they stay until its date (and grace)
 
 
+async def _refuse_a_leavers_address(
+    session: AsyncSession, person: Person, event: PersonEvent, email: str
+) -> None:
+    """A UserError for a `joined` or `changed` from HR (webhook or CSV) under an id nobody has, giving the
+    address of someone who left under another HR id. A rehire keeps the employee id (docs/hr-webhook.md):
+    taken by its address, the event would re-activate the leaver as a rehire, or change a leaver's record.
+    Directory sources (Slack, DingTalk, WeCom) have ids of their own and are matched by address as before."""
+    if (
+        event.kind not in ("joined", "changed")
+        or person.status != "left"
+        or id_namespace(event.source) != "hr"
+    ):
+        return
+    ids = set(
+        (
+            await session.execute(
+                select(PersonId.external_id).where(
+                    PersonId.person_id == person.id, PersonId.namespace == "hr"
+                )
+            )
+        ).scalars()
+    )
+    if person.employee_id:
+        ids.add(person.employee_id)
+    if not ids or event.external_id in ids:
+        return  # a person on record without an HR id (or under this one): matched by address
+    theirs = person.employee_id or sorted(ids)[0]
+    raise UserError(
+        t(
+            "{email} belongs to {theirs}, who left; a rehire keeps the employee id: send the joined event for "
+            "{theirs}, or correct the email.",
+            email=email,
+            theirs=theirs,
+        )
+    )
+
+
 class _NotApplied(Exception):
     """Raised inside the event's transaction so nothing of it is kept (not even its id as seen)."""
 
@@ -402,6 +439,8 @@ class Lifecycle:
                 person = (
                     await session.execute(select(Person).where(Person.email == email))
                 ).scalar_one_or_none()
+                if person is not None:
+                    await _refuse_a_leavers_address(session, person, event, email)
             # Only a strictly older event is stale: one with the same time (sources with whole seconds) and
             # another id is a further change, applied in arrival order; the same id was caught as a duplicate.
             # The person's clock counts at most up to now, so an event dated in the future (inside the

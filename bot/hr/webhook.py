@@ -17,19 +17,17 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.exc import DataError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bot import values
-from bot.addresses import normalise, routing_refusal
+from bot.addresses import routing_refusal
 from bot.config import HrSettings
-from bot.db.models import Person, PersonId
 from bot.errors import UserError
 from bot.events import PersonEvent
-from bot.hr.admission import id_namespace, time_problem
+from bot.hr.admission import time_problem
 from bot.hr.lifecycle import Lifecycle
 from bot.webhooks import Refused, parse_json, parse_timestamp, signatures_match
 from bot.webhooks import read_capped as _read_capped
@@ -140,48 +138,6 @@ def parse_event(body: bytes) -> PersonEvent:
     )
 
 
-async def _a_leavers_address(hr: Lifecycle, event: PersonEvent) -> str | None:
-    """The sentence refusing a `joined` or `changed` under an HR id nobody has, whose address is a leaver's
-    known under another HR id; None otherwise. A rehire keeps the employee id (docs/hr-webhook.md): taken
-    by its address, the event would re-activate the leaver as a rehire, or change a leaver's record."""
-    if event.kind not in ("joined", "changed") or not event.email:
-        return None
-    try:
-        email = normalise(event.email)
-    except UserError:
-        return None  # the lifecycle refuses it with its own sentence
-    namespace = id_namespace(event.source)
-    async with hr.ctx.sessions() as session:
-        known = await session.execute(
-            select(PersonId.id).where(
-                PersonId.namespace == namespace, PersonId.external_id == event.external_id
-            )
-        )
-        if known.first() is not None:
-            return None  # the id is someone's: the lifecycle judges the address against that person
-        person = (await session.execute(select(Person).where(Person.email == email))).scalar_one_or_none()
-        if person is None or person.status != "left":
-            return None
-        ids = set(
-            (
-                await session.execute(
-                    select(PersonId.external_id).where(
-                        PersonId.person_id == person.id, PersonId.namespace == namespace
-                    )
-                )
-            ).scalars()
-        )
-    if person.employee_id:
-        ids.add(person.employee_id)
-    if not ids or event.external_id in ids:
-        return None  # a person on record without an HR id (or under this one): the lifecycle matches them
-    theirs = person.employee_id or sorted(ids)[0]
-    return (
-        f"{email} belongs to {theirs}, who left; a rehire keeps the employee id: send the joined event for "
-        f"{theirs}, or correct employee.email."
-    )
-
-
 def webhook_routes(settings: HrSettings, hr: Lifecycle) -> list[Route]:
 
     async def hook(request: Request) -> Response:
@@ -196,9 +152,6 @@ def webhook_routes(settings: HrSettings, hr: Lifecycle) -> list[Route]:
                 routed is not None
             ):  # x%gmail.com@corp.example: mail to it leaves the company, whatever the kind
                 raise Refused(422, f"{routed}; correct employee.email.")
-            taken = await _a_leavers_address(hr, event)
-            if taken is not None:
-                raise Refused(422, taken)
             late = time_problem(event.at, hr.ctx.now(), settings.max_future_skew_s)
             if late is not None:
                 raise Refused(422, late)
