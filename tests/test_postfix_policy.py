@@ -224,6 +224,47 @@ async def test_smtp_auth_as_the_sender_is_believed_and_as_someone_else_is_not(po
     assert answers[3] == "action=DUNNO"  # loopback is trusted by default
 
 
+# Tryout finding: a long refusal was cut at 200 characters in the middle of a word ("...as that mai").
+# Postfix sends the text on whole, after its own "554 5.7.1 <rcpt>: Recipient address rejected: ": the
+# reply line must stay within RFC 5321's 512 octets, cut after a whole word, with "...".
+def postfix_reply_line(answer: str, recipient: str) -> str:
+    action, dsn, text = answer.removeprefix("action=").split(" ", 2)
+    assert action == "REJECT" and dsn == "5.7.1", answer
+    return f"554 {dsn} <{recipient}>: Recipient address rejected: {text}\r\n"
+
+
+@pytest.mark.parametrize("local", ["alice", "a" * 60, "b" * 250, "c" * 290])
+async def test_a_long_refusal_is_cut_after_a_whole_word_within_the_reply_line(policy, local: str) -> None:  # type: ignore[no-untyped-def]
+    _bot, port = policy
+    sender = f"{local}@corp.example"
+    (answer,) = await ask(
+        port, request(sender=sender, recipient="eng@corp.example", client_address="203.0.113.9")
+    )
+    full = (
+        f"<eng@corp.example>: only members of this group may post to it, and {sender} is a company "
+        "address, but mail from this client is taken as its sender only from postfix.trusted_networks or "
+        "after SMTP AUTH as that mailbox"
+    )
+    line = postfix_reply_line(answer, "eng@corp.example")
+    assert len(line.encode()) <= 512, (len(line), answer)
+    text = answer.split(" ", 2)[2]
+    if len(full) + 60 <= 510:  # fits: nothing cut
+        assert text == full, answer
+    else:
+        assert text.endswith("...") and len(text) > 60, answer
+        head = text.removesuffix("...")
+        assert full.startswith(head) and full[len(head)] in " ,", answer  # after a whole word
+        assert text.startswith("<eng@corp.example>: only members of this group may post to it"), answer
+
+
+async def test_a_refusal_with_a_long_recipient_still_fits_one_reply_line(policy) -> None:  # type: ignore[no-untyped-def]
+    _bot, port = policy
+    recipient = "eng+" + "x" * 300 + "@corp.example"  # eng@ through the delimiter
+    (answer,) = await ask(port, request(sender="chen@corp.example", recipient=recipient))
+    assert len(postfix_reply_line(answer, recipient).encode()) <= 512, answer
+    assert "only members of this group may post" in answer, answer
+
+
 # Attacker tryout: the held-post decision lived only in memory. A flood of RCPT requests evicted it, and a
 # restart of serve lost it; END-OF-MESSAGE then found nothing and answered DUNNO, so a post to a moderated
 # group went out unmoderated. An END-OF-MESSAGE without a remembered decision is decided afresh from its
