@@ -311,7 +311,8 @@ async def test_a_held_post_is_held_after_a_flood_evicts_its_decision(policy) -> 
         "action=DUNNO"
     ]
     await flood(port, 10_001, client="203.0.113.66")  # another client's flood evicts nothing of victim's
-    (three,) = await ask(port, end_of_message("victim3", recipient_count="2", **victim))
+    # one RCPT, one recipient; no recipient named, so the remembered decision is what holds it
+    (three,) = await ask(port, end_of_message("victim3", recipient_count="1", **victim))
     assert three.startswith("action=HOLD held for a moderator of board@corp.example"), three
     await flood(port, 1_001, client="198.51.100.7")  # victim's own client: its oldest entries go
     one, two = await ask(
@@ -364,3 +365,60 @@ async def test_ordinary_mail_to_several_people_is_not_deferred(policy) -> None: 
         end_of_message("m1", sender="chen@corp.example", recipient_count="2"),
     )
     assert answers == ["action=DUNNO"] * 4
+
+
+# Tryout finding: an END-OF-MESSAGE with nothing remembered, naming recipient=someone@ (no group) with
+# recipient_count=2, was decided from that one recipient and answered DUNNO. Postfix names the recipient at
+# DATA and END-OF-MESSAGE only when the message has exactly one (SMTPD_POLICY_README); with more, the
+# other recipient may be a group, so the answer is postfix.on_error (the client retries), never DUNNO.
+@pytest.mark.parametrize("state", ["END-OF-MESSAGE", "DATA"])
+async def test_one_named_recipient_of_several_is_not_the_whole_message(policy, state: str) -> None:  # type: ignore[no-untyped-def]
+    bot, port = policy
+    old = bot.app.group_mail.policy
+    await old.stop()
+    fresh = PolicyService(old.ctx, old.moderation)  # nothing remembered: a restart between RCPT and here
+    await fresh.start(port=0)
+    outsider = {"sender": "x@gmail.com", "client_address": "198.51.100.7", "protocol_state": state}
+    try:
+        answers = await ask(
+            fresh.port,
+            request(instance="n1", recipient="someone@corp.example", recipient_count="2", **outsider),
+            request(instance="n2", recipient="board@corp.example", recipient_count="2", **outsider),
+            request(instance="n3", recipient="someone@corp.example", recipient_count="x", **outsider),
+            request(instance="n4", recipient="someone@corp.example", recipient_count="0", **outsider),
+            # exactly one, or no count at all (Postfix before 2.3): decided afresh from it
+            request(instance="n5", recipient="someone@corp.example", recipient_count="1", **outsider),
+            request(instance="n6", recipient="someone@corp.example", **outsider),
+        )
+    finally:
+        await fresh.stop()
+    assert all(a.startswith("action=DEFER_IF_PERMIT ") for a in answers[:4]), answers
+    assert answers[4:] == ["action=DUNNO", "action=DUNNO"], answers
+
+
+async def test_a_flood_between_two_rcpts_cannot_drop_the_group_of_a_message(policy) -> None:  # type: ignore[no-untyped-def]
+    """RCPT board@ (held for an outsider), a flood from the same client evicts that decision, RCPT
+    someone@ starts the message afresh: END-OF-MESSAGE with two recipients found one remembered, no
+    group among it, and answered DUNNO — board@'s moderation skipped."""
+    _bot, port = policy
+    victim = {"sender": "x@gmail.com", "client_address": "198.51.100.7"}
+    assert await ask(port, request(recipient="board@corp.example", instance="two", **victim)) == [
+        "action=DUNNO"
+    ]
+    await flood(port, 1_001, client="198.51.100.7")
+    answers = await ask(
+        port,
+        request(recipient="someone@corp.example", instance="two", **victim),
+        request(protocol_state="DATA", instance="two", recipient_count="2", **victim),
+        end_of_message("two", recipient_count="2", **victim),
+        # all of a message's RCPTs remembered: decided as before
+        request(recipient="someone@corp.example", instance="whole", **victim),
+        request(recipient="board@corp.example", instance="whole", **victim),
+        request(protocol_state="DATA", instance="whole", recipient_count="2", **victim),
+        end_of_message("whole", recipient_count="2", **victim),
+    )
+    assert answers[0] == "action=DUNNO"
+    assert answers[1].startswith("action=DEFER_IF_PERMIT ") and "try again later" in answers[1], answers
+    assert answers[2].startswith("action=DEFER_IF_PERMIT "), answers
+    assert answers[3:6] == ["action=DUNNO"] * 3, answers
+    assert answers[6].startswith("action=HOLD held for a moderator of board@corp.example"), answers

@@ -21,9 +21,13 @@ Postfix keeps open for further requests.
   The remembered decisions are bounded (MAX_PER_CLIENT per `client_address`, its oldest forgotten first,
   MAX_INSTANCES in all), and forgetting must never permit: an END-OF-MESSAGE (or DATA) request with no
   remembered decision — evicted by a flood, or serve restarted between RCPT and the end — is decided
-  afresh from its own attributes (Postfix names `recipient` there when the message has exactly one), and
-  with several recipients, which Postfix does not name, it gets `postfix.on_error`, never DUNNO. Every
-  RCPT with an `instance` is remembered, groups or not, so ordinary mail to several people is not deferred.
+  afresh from its own attributes (Postfix names `recipient` there only when the message has exactly one),
+  and with several recipients, which Postfix does not name, it gets `postfix.on_error`, never DUNNO. A
+  request naming one recipient with `recipient_count` above 1 is not decided from that one (a group among
+  the others would skip its policy), and a message whose remembered RCPTs are fewer than its
+  `recipient_count` (the first ones forgotten in a flood, a later one remembered afresh) is deferred too:
+  a message is decided only from all its recipients. Every RCPT with an `instance` is remembered, groups
+  or not, so ordinary mail to several people is not deferred.
 - Anything else: `DUNNO` (Postroom has no opinion; Postfix goes on with its other restrictions).
 
 Every request is bounded (`postfix.max_request_bytes`, `max_request_lines`); a malformed one is answered
@@ -156,6 +160,7 @@ class _Pending:
     accepted: list[int] = field(default_factory=list)
     held: list[int] = field(default_factory=list)
     unverified: bool = False  # a company sender held because this client could claim any sender
+    rcpts: int = 0  # RCPT requests seen for this message
 
     def add(self, decided: _Decided) -> None:
         self.unverified = self.unverified or decided.unverified
@@ -168,6 +173,15 @@ class _Pending:
 class _Decided:
     groups: list[tuple[Group, str]]  # every group a recipient reaches, "hold" or "accept"
     unverified: bool
+
+
+def _recipient_count(req: dict[str, str]) -> int | None:
+    """Postfix's `recipient_count` (DATA and END-OF-MESSAGE: the recipients it accepted); None when the
+    request has none (Postfix before 2.3). Anything that is not a number counts as "several": never one."""
+    value = req.get("recipient_count", "").strip()
+    if not value:
+        return None
+    return int(value) if value.isdigit() and len(value) < 10 else 2**31
 
 
 class PolicyService:
@@ -308,25 +322,26 @@ class PolicyService:
                 if pending is None:
                     pending = self._remember(instance, _Pending(sender, client))
                 pending.add(decided)
+                pending.rcpts += 1
             return "DUNNO"
         if state in ("DATA", "END-OF-MESSAGE"):
             pending = self._instances.get(instance) if instance else None
+            count = _recipient_count(req)
+            if pending is not None and count is not None and count > pending.rcpts:
+                # Fewer RCPTs remembered than the message has recipients: its decisions were forgotten
+                # (a flood) and a later RCPT started afresh, so a group among the forgotten ones would go
+                # unchecked. Its recipients are not named here: defer, never DUNNO.
+                self._forget(instance)
+                return self._unknown(state, instance, f"{pending.rcpts} of its {count} recipients checked")
             if pending is None:
                 # Nothing remembered (evicted, a restart, RCPT checked elsewhere): decide afresh from this
                 # request's own attributes, or defer. Never DUNNO by default: that would wave a post
-                # through that the policy refuses or holds (fail-open).
-                if "recipient" not in req or not req["recipient"].strip():
-                    log.warning(
-                        "policy %s request for instance %r: no decision remembered and no single "
-                        "recipient to decide afresh from; answering %s",
-                        state,
-                        instance,
-                        self.settings.on_error,
-                    )
-                    return (
-                        f"{self.settings.on_error} Group policy decision for this message is not known, "
-                        "try again later"
-                    )
+                # through that the policy refuses or holds (fail-open). Postfix names `recipient` here only
+                # when the message has exactly one (SMTPD_POLICY_README); with `recipient_count` above 1
+                # the named one is not all of them (another MTA, or a forged request), and deciding from it
+                # alone would let a group among the others skip its policy.
+                if not req.get("recipient", "").strip() or count not in (None, 1):
+                    return self._unknown(state, instance, f"{count or 'several'} recipients, none named")
                 decided = await self._for_recipient(req, sender)
                 if isinstance(decided, str):
                     return decided
@@ -344,6 +359,18 @@ class PolicyService:
                 return "DUNNO"  # no group among the recipients: ordinary mail
             return await self._log(pending, req)
         return "DUNNO"
+
+    def _unknown(self, state: str, instance: str, why: str) -> str:
+        log.warning(
+            "policy %s request for instance %r: no decision remembered for every recipient (%s); answering %s",
+            state,
+            instance,
+            why,
+            self.settings.on_error,
+        )
+        return (
+            f"{self.settings.on_error} Group policy decision for this message is not known, try again later"
+        )
 
     async def _for_recipient(self, req: dict[str, str], sender: str) -> str | _Decided:
         """A refusal (the whole answer), or every group the request's recipient reaches with "hold" or
