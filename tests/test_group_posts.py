@@ -243,7 +243,10 @@ async def test_a_moderated_post_waits_for_a_click_and_goes_once(relay, smtp) -> 
     refused = await bot.core.handle_action(click("bob@corp.example", "post.approve", post_id))
     assert refused is not None and "Only the moderators of board@corp.example" in refused.text
     answer = await bot.core.handle_action(click(HR, "post.approve", post_id))
-    assert answer is not None and "Approved post" in answer.text
+    assert answer is not None
+    assert answer.text == f"Approved post #{post_id} to board@corp.example. It goes to 3 members.", (
+        answer.text
+    )
     again = await bot.core.handle_action(click(HR, "post.approve", post_id))
     assert again is not None and "already decided" in again.text
     await fanned_out(bot.app)
@@ -474,7 +477,11 @@ async def test_one_message_to_two_groups_is_one_copy_each_and_the_log_counts_tru
     await until(lambda: bool(bot.cards("hr")))
     post_id = bot.cards("hr")[-1].card.buttons[0].value
     answer = await bot.core.handle_action(click(HR, "post.approve", post_id))
-    assert answer is not None and "Approved post" in answer.text
+    # Tryout finding: this said "it goes to 3 members" and nobody got a copy. It says the copies that go.
+    assert answer is not None and answer.text == (
+        f"Approved post #{post_id} to board@corp.example. Nobody gets a copy from it: every member had the "
+        "message through another group it was sent to."
+    ), answer.text
     posts = await fanned_out(bot.app)
     assert [copies(smtp, m) for m in everyone] == [2, 2, 2, 2]  # board@'s members had it from all-staff@
     assert [(p.group_address, p.state, p.recipient_count) for p in posts[2:]] == [
@@ -523,3 +530,64 @@ async def test_a_rejection_notice_comes_from_noreply_on_the_bounce_domain(relay,
     assert "eng-open@corp.example" not in str(notice.message["From"])
     assert notice.message["Auto-Submitted"] == "auto-replied"
     assert notice.mail_from == "<>"
+
+
+async def test_an_approval_counts_the_copies_that_go_out(relay, smtp) -> None:  # type: ignore[no-untyped-def]
+    """Tryout finding: "/post approve" said "it goes to 3 members" for board@ (alice, bob, fwd) when the
+    same message had gone to berlin@ (alice, fwd) at once: one copy went, to bob. It counts as the fan-out
+    does: members, the sender too when one, less those another group of the message covered."""
+    bot, port = relay
+    await aiosmtplib.send(
+        mail("chen@corp.example", "board@corp.example, berlin@corp.example", "Offsite"),
+        sender="chen@corp.example",
+        recipients=["board@corp.example", "berlin@corp.example"],
+        hostname="127.0.0.1",
+        port=port,
+    )
+    await fanned_out(bot.app)
+    assert (copies(smtp, "alice@corp.example"), copies(smtp, "fwd@corp.example")) == (1, 1)
+    await until(lambda: len(held_cards(bot)) == 1)
+    post_id = held_cards(bot)[-1].buttons[0].value
+    before = len(smtp.messages)
+    answer = await bot.say(HR, f"/post approve {post_id}")
+    assert answer == (
+        f"Approved post #{post_id} to board@corp.example. It goes to 1 member. 2 more members had the "
+        "message through another group it was sent to."
+    ), answer
+    await fanned_out(bot.app)
+    assert [r for m in smtp.messages[before:] for r in m.rcpt_tos] == ["bob@corp.example"]
+    # a member who sends gets a copy like everyone else (a list server's default): counted
+    await aiosmtplib.send(
+        mail("bob@corp.example", "board@corp.example", "Minutes"),
+        sender="bob@corp.example",
+        recipients=["board@corp.example"],
+        hostname="127.0.0.1",
+        port=port,
+    )
+    await until(lambda: len(held_cards(bot)) == 2)
+    post_id = held_cards(bot)[-1].buttons[0].value
+    before = len(smtp.messages)
+    answer = await bot.say(HR, f"/post allow {post_id}")
+    assert answer == (
+        f"Approved post #{post_id} to board@corp.example. It goes to 3 members. bob@corp.example now posts "
+        "without waiting."
+    ), answer
+    await fanned_out(bot.app)
+    assert sorted(r for m in smtp.messages[before:] for r in m.rcpt_tos) == [
+        "alice@corp.example",
+        "bob@corp.example",
+        "fwd@corp.example",
+    ]
+    # in Chinese too (bob's posts no longer wait: chen's does)
+    await aiosmtplib.send(
+        mail("chen@corp.example", "board@corp.example", "Agenda"),
+        sender="chen@corp.example",
+        recipients=["board@corp.example"],
+        hostname="127.0.0.1",
+        port=port,
+    )
+    await until(lambda: len(held_cards(bot)) == 3)
+    post_id = held_cards(bot)[-1].buttons[0].value
+    bot.console.locale = "zh_CN"
+    answer = await bot.say(HR, f"/post approve {post_id}")
+    assert answer == f"已批准发往 board@corp.example 的帖子 #{post_id}。将发给 3 个成员。", answer
