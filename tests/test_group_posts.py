@@ -591,3 +591,38 @@ async def test_an_approval_counts_the_copies_that_go_out(relay, smtp) -> None:  
     bot.console.locale = "zh_CN"
     answer = await bot.say(HR, f"/post approve {post_id}")
     assert answer == f"已批准发往 board@corp.example 的帖子 #{post_id}。将发给 3 个成员。", answer
+
+
+async def test_one_message_in_two_transactions_to_overlapping_groups_is_one_copy_each(relay, smtp) -> None:  # type: ignore[no-untyped-def]
+    """Found looking for double deliveries: a client whose RCPT to all-staff@ was deferred (or that sends
+    each group in its own transaction, as some servers split recipients) delivers the same message again
+    to all-staff@ alone. Only posts stored in one transaction counted as one message, so alice, bob and
+    fwd (in eng@ and all-staff@) got it twice. Same sender and Message-ID within
+    relay.duplicate_window_hours is one message: one copy per member, whichever group it came through."""
+    bot, port = relay
+    everyone = ["alice@corp.example", "bob@corp.example", "chen@corp.example", "fwd@corp.example"]
+    data = mail("alice@corp.example", "eng@corp.example, all-staff@corp.example", "Release")
+    await post(port, "alice@corp.example", "eng@corp.example", data)
+    await fanned_out(bot.app)
+    await post(port, "alice@corp.example", "all-staff@corp.example", data)
+    posts = await fanned_out(bot.app)
+    assert [copies(smtp, m) for m in everyone] == [1, 1, 1, 1]
+    assert [(p.group_address, p.recipient_count) for p in posts] == [
+        ("eng@corp.example", 3),
+        ("all-staff@corp.example", 4),
+    ]
+    # a held post of that message, approved later, sends nobody a second copy either
+    held = mail("chen@corp.example", "board@corp.example, all-staff@corp.example", "Plan")
+    await post(port, "chen@corp.example", "board@corp.example", held)
+    await until(lambda: len(held_cards(bot)) == 1)
+    await post(port, "chen@corp.example", "all-staff@corp.example", held)
+    await fanned_out(bot.app)
+    answer = await bot.say(HR, f"/post approve {held_cards(bot)[-1].buttons[0].value}")
+    assert "Nobody gets a copy from it" in answer, answer
+    await fanned_out(bot.app)
+    assert [copies(smtp, m) for m in everyone] == [2, 2, 2, 2]
+    # another message (its own Message-ID) is another post: everyone gets it
+    other = mail("alice@corp.example", "all-staff@corp.example", "Release")
+    await post(port, "alice@corp.example", "all-staff@corp.example", other)
+    await fanned_out(bot.app)
+    assert [copies(smtp, m) for m in everyone] == [3, 3, 3, 3]

@@ -374,7 +374,8 @@ class Moderation:
                     fresh = await session.get(GroupPost, post.id, populate_existing=True)
                     assert fresh is not None
                     # members who had the message through another group of it get no second copy
-                    copies = len(await snapshot_members(session, fresh, set()))
+                    window = timedelta(hours=self.ctx.settings.relay.duplicate_window_hours)
+                    copies = len(await snapshot_members(session, fresh, set(), window=window))
                     post.recipient_count = fresh.recipient_count
                     covered = max(0, (fresh.recipient_count or 0) - copies)
             self.fanout.wake()
