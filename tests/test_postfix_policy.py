@@ -422,3 +422,23 @@ async def test_a_flood_between_two_rcpts_cannot_drop_the_group_of_a_message(poli
     assert answers[2].startswith("action=DEFER_IF_PERMIT "), answers
     assert answers[3:6] == ["action=DUNNO"] * 3, answers
     assert answers[6].startswith("action=HOLD held for a moderator of board@corp.example"), answers
+
+
+async def test_a_flood_between_rcpts_is_caught_even_when_a_later_rcpt_is_rejected(policy) -> None:  # type: ignore[no-untyped-def]
+    """The RCPT count alone misses this: RCPT board@ (remembered, then evicted by a flood), RCPT someone@
+    and RCPT other@ remembered afresh, other@ then rejected by a later Postfix restriction, so Postfix
+    counts 2 recipients and 2 RCPTs are remembered. The evicted message's name is kept: deferred."""
+    _bot, port = policy
+    victim = {"sender": "x@gmail.com", "client_address": "198.51.100.7"}
+    assert await ask(port, request(recipient="board@corp.example", instance="split", **victim)) == [
+        "action=DUNNO"
+    ]
+    await flood(port, 1_001, client="198.51.100.7")
+    answers = await ask(
+        port,
+        request(recipient="someone@corp.example", instance="split", **victim),
+        request(recipient="other@corp.example", instance="split", **victim),
+        end_of_message("split", recipient_count="2", **victim),
+    )
+    assert answers[:2] == ["action=DUNNO", "action=DUNNO"]
+    assert answers[2].startswith("action=DEFER_IF_PERMIT ") and "try again later" in answers[2], answers

@@ -24,9 +24,9 @@ Postfix keeps open for further requests.
   afresh from its own attributes (Postfix names `recipient` there only when the message has exactly one),
   and with several recipients, which Postfix does not name, it gets `postfix.on_error`, never DUNNO. A
   request naming one recipient with `recipient_count` above 1 is not decided from that one (a group among
-  the others would skip its policy), and a message whose remembered RCPTs are fewer than its
-  `recipient_count` (the first ones forgotten in a flood, a later one remembered afresh) is deferred too:
-  a message is decided only from all its recipients. Every RCPT with an `instance` is remembered, groups
+  the others would skip its policy), and a message whose first RCPTs were forgotten in a flood before a
+  later one is deferred too (known by its name among the last MAX_EVICTED evicted, or by fewer RCPTs
+  remembered than its `recipient_count`): a message is decided only from all its recipients. Every RCPT with an `instance` is remembered, groups
   or not, so ordinary mail to several people is not deferred.
 - Anything else: `DUNNO` (Postroom has no opinion; Postfix goes on with its other restrictions).
 
@@ -64,6 +64,7 @@ from bot.groups.posts import add_post, member_count
 log = logging.getLogger(__name__)
 MAX_INSTANCES = 10_000  # messages between RCPT and END-OF-MESSAGE, in all
 MAX_PER_CLIENT = 1_000  # of them from one SMTP client (client_address)
+MAX_EVICTED = 50_000  # instances whose decisions a flood evicted, remembered by name only
 GROUPS_TTL_S = 5.0
 REPLY_LINE_MAX = 512  # RFC 5321 4.5.3.1.5: a reply line, with its code and CRLF
 MIN_REASON = 40  # characters of reason kept however long Postfix's own words are
@@ -161,6 +162,7 @@ class _Pending:
     held: list[int] = field(default_factory=list)
     unverified: bool = False  # a company sender held because this client could claim any sender
     rcpts: int = 0  # RCPT requests seen for this message
+    partial: bool = False  # begun again after a flood evicted its earlier RCPTs' decisions
 
     def add(self, decided: _Decided) -> None:
         self.unverified = self.unverified or decided.unverified
@@ -192,6 +194,7 @@ class PolicyService:
         self._server: asyncio.base_events.Server | None = None
         self._instances: OrderedDict[str, _Pending] = OrderedDict()
         self._by_client: dict[str, OrderedDict[str, None]] = {}
+        self._evicted: OrderedDict[str, None] = OrderedDict()
         self._groups: dict[str, Group] = {}
         self._members: dict[int, set[str]] = {}  # members of `post: members` groups
         self._allowed: dict[int, set[str]] = {}
@@ -321,18 +324,24 @@ class PolicyService:
                 pending = self._instances.get(instance)
                 if pending is None:
                     pending = self._remember(instance, _Pending(sender, client))
+                    if instance in self._evicted:  # its earlier RCPTs' decisions were evicted
+                        del self._evicted[instance]
+                        pending.partial = True
                 pending.add(decided)
                 pending.rcpts += 1
             return "DUNNO"
         if state in ("DATA", "END-OF-MESSAGE"):
             pending = self._instances.get(instance) if instance else None
             count = _recipient_count(req)
-            if pending is not None and count is not None and count > pending.rcpts:
-                # Fewer RCPTs remembered than the message has recipients: its decisions were forgotten
-                # (a flood) and a later RCPT started afresh, so a group among the forgotten ones would go
-                # unchecked. Its recipients are not named here: defer, never DUNNO.
+            if pending is not None and (pending.partial or (count is not None and count > pending.rcpts)):
+                # Its first RCPTs' decisions were forgotten (a flood) and a later RCPT started afresh — known
+                # from the evicted names, or from fewer RCPTs remembered than the message has recipients —
+                # so a group among the forgotten ones would go unchecked. Its recipients are not named
+                # here: defer, never DUNNO.
                 self._forget(instance)
                 return self._unknown(state, instance, f"{pending.rcpts} of its {count} recipients checked")
+            if instance:
+                self._evicted.pop(instance, None)
             if pending is None:
                 # Nothing remembered (evicted, a restart, RCPT checked elsewhere): decide afresh from this
                 # request's own attributes, or defer. Never DUNNO by default: that would wave a post
@@ -413,12 +422,20 @@ class PolicyService:
         through."""
         mine = self._by_client.setdefault(pending.client, OrderedDict())
         while len(mine) >= MAX_PER_CLIENT:
-            self._forget(next(iter(mine)))
+            self._evict(next(iter(mine)))
         while len(self._instances) >= MAX_INSTANCES:
-            self._forget(next(iter(self._instances)))
+            self._evict(next(iter(self._instances)))
         self._instances[instance] = pending
         self._by_client.setdefault(pending.client, OrderedDict())[instance] = None
         return pending
+
+    def _evict(self, instance: str) -> None:
+        """Forget a message's decisions before its end, keeping its name (bounded by MAX_EVICTED): a later
+        RCPT of it begins a partial record, which is deferred at its end, never decided from part."""
+        self._forget(instance)
+        self._evicted[instance] = None
+        while len(self._evicted) > MAX_EVICTED:
+            self._evicted.popitem(last=False)
 
     def _forget(self, instance: str) -> None:
         pending = self._instances.pop(instance, None)
