@@ -17,7 +17,10 @@ from pathlib import Path
 
 POSTFIX = "/usr/sbin/postfix"
 PACKAGES = "postfix postfix-sqlite postfix-pgsql"
-QUERY = "SELECT m.email FROM memberships m JOIN groups g ON g.id = m.group_id WHERE g.address = '%s'"
+QUERY = (
+    "SELECT m.email FROM memberships m JOIN groups g ON g.id = m.group_id WHERE g.address = '%s' "
+    "AND m.email NOT IN (SELECT address FROM groups)"
+)
 
 
 def missing() -> str | None:

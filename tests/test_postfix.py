@@ -88,7 +88,10 @@ async def test_postfix_delivers_groups_with_postroom_policy_and_holds_for_modera
                     delivery_id="pf-1",
                 )
             )
-            assert answer is not None and "Approved post" in answer.text, answer
+            # the copies Postfix delivers: the held message's envelope recipients (it expanded board@)
+            assert answer is not None and answer.text.endswith(
+                "to board@corp.example. Postfix delivers it to 3 recipients."
+            ), answer
             await until(lambda: len(smtp.messages) > before, 30)  # noqa: B023 (awaited in the loop)
             released = smtp.messages[-1]
             assert sorted(released.rcpt_tos) == members
@@ -185,6 +188,30 @@ async def test_postfix_clients_outside_the_trusted_networks_cannot_post_as_a_mem
             err = refused.value.recipients[0]
             assert err.code // 100 == 5 and "only members of this group may post" in err.message, err
             assert "alice@corp.example is a company address" in err.message
+            # the reason whole (it was cut mid-word at 200 characters), and one reply line within RFC
+            # 5321's 512 octets with its code and CRLF
+            assert err.message.endswith("after SMTP AUTH as that mailbox"), err.message
+            assert len(f"{err.code} {err.message}\r\n".encode()) <= 512, err.message
+            # a reason too long for one reply line is cut after a whole word, with "..."
+            long_sender = "a" * 300 + "@corp.example"
+            with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as refused:
+                await aiosmtplib.send(
+                    mail(long_sender, "eng@corp.example"),
+                    sender=long_sender,
+                    recipients=["eng@corp.example"],
+                    hostname="127.0.0.1",
+                    port=instance.port,
+                )
+            err = refused.value.recipients[0]
+            assert err.code == 554 and err.message.startswith("5.7.1 <eng@corp.example>: "), err
+            assert err.message.endswith("...") and len(f"{err.code} {err.message}\r\n".encode()) <= 512, err
+            said = err.message.removesuffix("...").split("rejected: <eng@corp.example>: ", 1)[1].split()
+            whole = (
+                f"only members of this group may post to it, and {long_sender} is a company address, but mail "
+                "from this client is taken as its sender only from postfix.trusted_networks or after SMTP "
+                "AUTH as that mailbox"
+            ).split()
+            assert 10 < len(said) < len(whole) and said == whole[: len(said)], err  # whole words only
             # ordinary mail to an address that is no group is Postfix's business, as before
             await aiosmtplib.send(
                 mail("alice@corp.example", "someone@corp.example"),

@@ -32,12 +32,13 @@ from bot.groups.fanout import GroupFanout
 from bot.groups.notices import send_notice
 from bot.groups.posting import moderators_of
 from bot.groups.posts import inspect, snapshot_members
-from bot.i18n import t
+from bot.i18n import sentences, t
 from bot.messengers import Messengers
 
 log = logging.getLogger(__name__)
 QUEUE_ID_RE = re.compile(r"^[0-9A-Za-z]{5,32}$")
 MAX_POSTCAT_BYTES = 256 * 1024
+MAX_ENVELOPE_BYTES = 8 * 1024 * 1024  # `postcat -e` of a post to 20,000 members is about 1 MB
 JOB_ID = "groups.moderation"
 PRUNE_JOB = "groups.prune-posts"
 
@@ -85,6 +86,22 @@ class PostfixQueue:
             return text[:300] or f"exit status {code}"
         return None
 
+    async def recipients(self, queue_id: str) -> list[str] | None:
+        """The envelope recipients of a queued message still to be delivered (`postcat -e`: Postfix
+        expanded the groups and dropped duplicates when it queued it), or None when it can't be read."""
+        if not QUEUE_ID_RE.match(queue_id):
+            return None
+        limit = MAX_ENVELOPE_BYTES
+        code, out = await self._run([*self.settings.postcat, *self._config(), "-e", "-q", queue_id], limit)
+        if code != 0 or len(out) >= limit:  # cut short: a count would be wrong
+            return None
+        found: list[str] = []
+        for line in out.decode("utf-8", "replace").splitlines():
+            name, sep, value = line.partition(": ")
+            if sep and name == "recipient":
+                found.append(value.strip())
+        return found
+
     async def read(self, queue_id: str) -> bytes | None:
         """The held message's header and body (bounded), or None."""
         if not QUEUE_ID_RE.match(queue_id):
@@ -105,6 +122,34 @@ async def _read_upto(stream: asyncio.StreamReader, limit: int) -> bytes:
         if len(out) < limit:
             out += chunk[: limit - len(out)]
     return bytes(out)
+
+
+def _copies_sentence(post: GroupPost, group: Group, copies: int | None, covered: int) -> str:
+    """What an approval sends, counted as the fan-out counts it: one copy per member of the group (the
+    sender too, when a member, as a list server does by default) except group addresses among them and
+    members who had the message through another group it was sent to; through Postfix, one per recipient
+    in the held message's envelope (Postfix expanded the groups and dropped duplicates when it queued it)."""
+    if post.via == "postfix":
+        if copies is None:
+            return t("Postfix delivers it to every recipient of the held message.")
+        if copies == 1:
+            return t("Postfix delivers it to 1 recipient.")
+        return t("Postfix delivers it to {count} recipients.", count=copies)
+    if not copies:
+        if not covered:
+            return t("Nobody gets it: {group} has no members.", group=group.address)
+        return t(
+            "Nobody gets a copy from it: every member had the message through another group it was sent to."
+        )
+    goes = t("It goes to 1 member.") if copies == 1 else t("It goes to {count} members.", count=copies)
+    if not covered:
+        return goes
+    had = (
+        t("1 more member had the message through another group it was sent to.")
+        if covered == 1
+        else t("{count} more members had the message through another group it was sent to.", count=covered)
+    )
+    return sentences(goes, had)
 
 
 def _size(n: int) -> str:
@@ -298,7 +343,11 @@ class Moderation:
 
     async def _approve(self, post: GroupPost, group: Group, actor: str, *, allowed: bool) -> str:
         now = self.ctx.now()
+        copies: int | None = None  # the copies that go out; None: not known (Postfix's queue unread)
+        covered = 0  # members who had the message through another group of it, so get no copy from this
         if post.via == "postfix":
+            recipients = await self.queue.recipients(post.queue_id or "")
+            copies = None if recipients is None else len(recipients)
             problem = await self.queue.release(post.queue_id or "")
             if problem is not None:
                 raise UserError(
@@ -325,28 +374,20 @@ class Moderation:
                     fresh = await session.get(GroupPost, post.id, populate_existing=True)
                     assert fresh is not None
                     # members who had the message through another group of it get no second copy
-                    await snapshot_members(session, fresh, set())
+                    window = timedelta(hours=self.ctx.settings.relay.duplicate_window_hours)
+                    copies = len(await snapshot_members(session, fresh, set(), window=window))
                     post.recipient_count = fresh.recipient_count
+                    covered = max(0, (fresh.recipient_count or 0) - copies)
             self.fanout.wake()
         if not won:
             async with self.ctx.sessions() as session:
                 again = await session.get(GroupPost, post.id)
             return self._already(again or post)
-        if allowed:
-            text = t(
-                "Approved post #{id} to {group} for {count} members; {sender} now posts without waiting.",
-                id=post.id,
-                group=group.address,
-                count=post.recipient_count,
-                sender=post.sender,
-            )
-        else:
-            text = t(
-                "Approved post #{id} to {group}; it goes to {count} members.",
-                id=post.id,
-                group=group.address,
-                count=post.recipient_count,
-            )
+        text = sentences(
+            t("Approved post #{id} to {group}.", id=post.id, group=group.address),
+            _copies_sentence(post, group, copies, covered),
+            t("{sender} now posts without waiting.", sender=post.sender) if allowed and post.sender else "",
+        )
         await self._close_card(post, group, t("Approved by {who}.", who=actor))
         return text
 

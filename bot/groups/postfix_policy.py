@@ -9,7 +9,7 @@ Postfix keeps open for further requests.
 - RCPT, recipient a group: the group's posting policy (bot/groups/posting.py). The recipient is read the
   way Postfix rewrites it (`group_routes`: case, quotes, a trailing dot, a source route, the percent
   hack and bang paths, a bare local part, `postfix.recipient_delimiter`), and every group it can reach is
-  checked. A refusal is `REJECT <why>`; a post that may go or must wait is `DUNNO` for now, remembered by
+  checked. A refusal is `REJECT <dsn> <why>`, short enough for one SMTP reply line (`reject`); a post that may go or must wait is `DUNNO` for now, remembered by
   `instance`. A recipient whose form can't be read is refused (5.1.3): Postfix might still expand it.
   Anyone who reaches the MTA can claim any envelope sender, so a company sender counts as one only when
   `client_address` is in `postfix.trusted_networks` (default loopback) or the client logged in (SMTP
@@ -21,9 +21,13 @@ Postfix keeps open for further requests.
   The remembered decisions are bounded (MAX_PER_CLIENT per `client_address`, its oldest forgotten first,
   MAX_INSTANCES in all), and forgetting must never permit: an END-OF-MESSAGE (or DATA) request with no
   remembered decision — evicted by a flood, or serve restarted between RCPT and the end — is decided
-  afresh from its own attributes (Postfix names `recipient` there when the message has exactly one), and
-  with several recipients, which Postfix does not name, it gets `postfix.on_error`, never DUNNO. Every
-  RCPT with an `instance` is remembered, groups or not, so ordinary mail to several people is not deferred.
+  afresh from its own attributes (Postfix names `recipient` there only when the message has exactly one),
+  and with several recipients, which Postfix does not name, it gets `postfix.on_error`, never DUNNO. A
+  request naming one recipient with `recipient_count` above 1 is not decided from that one (a group among
+  the others would skip its policy), and a message whose first RCPTs were forgotten in a flood before a
+  later one is deferred too (known by its name among the last MAX_EVICTED evicted, or by fewer RCPTs
+  remembered than its `recipient_count`): a message is decided only from all its recipients. Every RCPT with an `instance` is remembered, groups
+  or not, so ordinary mail to several people is not deferred.
 - Anything else: `DUNNO` (Postroom has no opinion; Postfix goes on with its other restrictions).
 
 Every request is bounded (`postfix.max_request_bytes`, `max_request_lines`); a malformed one is answered
@@ -60,7 +64,19 @@ from bot.groups.posts import add_post, member_count
 log = logging.getLogger(__name__)
 MAX_INSTANCES = 10_000  # messages between RCPT and END-OF-MESSAGE, in all
 MAX_PER_CLIENT = 1_000  # of them from one SMTP client (client_address)
+MAX_EVICTED = 50_000  # instances whose decisions a flood evicted, remembered by name only
 GROUPS_TTL_S = 5.0
+REPLY_LINE_MAX = 512  # RFC 5321 4.5.3.1.5: a reply line, with its code and CRLF
+MIN_REASON = 40  # characters of reason kept however long Postfix's own words are
+ELLIPSIS = "..."
+# How Postfix words a REJECT at each stage (smtpd_check.c): what was rejected, and the name it puts in
+# angle brackets (None: the recipient).
+POSTFIX_REJECTED: dict[str, tuple[str, str | None]] = {
+    "RCPT": ("Recipient address", None),
+    "DATA": ("Data command", "DATA"),
+    "END-OF-MESSAGE": ("End-of-data", "END-OF-MESSAGE"),
+}
+HOLD_TEXT_MAX = 400  # HOLD's text is only logged by Postfix, but one message can name many groups
 
 
 class Malformed(Exception):
@@ -103,7 +119,39 @@ async def read_request(reader: asyncio.StreamReader, max_bytes: int, max_lines: 
 
 
 def _text(reason: str) -> str:
-    return " ".join("".join(c if c.isprintable() else " " for c in reason).split())[:200]
+    """One line of printable ASCII (an SMTP reply is ASCII: anything else becomes "?", as Postfix's own
+    `printable()` does), runs of white space made one space."""
+    printable = "".join((c if c.isascii() else "?") if c.isprintable() else " " for c in reason)
+    return " ".join(printable.split())
+
+
+def fit(text: str, limit: int) -> str:
+    """`text` (made `_text`) in at most `limit` characters: cut after the last whole word that fits, with
+    "..." (ASCII: an SMTP reply is), never in the middle of a word unless the first word alone is longer."""
+    text = _text(text)
+    if len(text) <= limit:
+        return text
+    room = max(0, limit - len(ELLIPSIS))
+    head = text[:room]
+    if text[room : room + 1] != " " and " " in head:
+        head = head.rsplit(" ", 1)[0]
+    return head.rstrip(" ,;:.-") + ELLIPSIS
+
+
+def reject(state: str, dsn: str, recipient: str, reason: str) -> str:
+    """`REJECT <dsn> <<recipient>>: <reason>`, short enough that the SMTP reply Postfix makes of it stays
+    one reply line of at most REPLY_LINE_MAX octets (RFC 5321 4.5.3.1.5). Postfix passes the text on
+    whole (3.7 sent a 5,059-octet reply line for a 5,000-character text), and puts its own words first:
+    `554 5.7.1 <rcpt>: Recipient address rejected: <our text without the dsn>`. Our text keeps the
+    enhanced status code first, where access(5) reads it; names the recipient again only when that fits
+    (at END-OF-MESSAGE Postfix does not name it); and cuts the reason after a whole word, with "..."."""
+    what, reply_name = POSTFIX_REJECTED.get(state, POSTFIX_REJECTED["RCPT"])
+    theirs = f"554 {dsn} <{recipient if reply_name is None else reply_name}>: {what} rejected: "
+    room = max(MIN_REASON, REPLY_LINE_MAX - len("\r\n") - len(theirs))
+    ours = f"<{_text(recipient)[:320]}>: " if recipient else ""
+    if len(ours) + MIN_REASON > room:
+        ours = ""
+    return f"REJECT {dsn} {ours}{fit(reason, room - len(ours))}"
 
 
 @dataclass
@@ -113,6 +161,8 @@ class _Pending:
     accepted: list[int] = field(default_factory=list)
     held: list[int] = field(default_factory=list)
     unverified: bool = False  # a company sender held because this client could claim any sender
+    rcpts: int = 0  # RCPT requests seen for this message
+    partial: bool = False  # begun again after a flood evicted its earlier RCPTs' decisions
 
     def add(self, decided: _Decided) -> None:
         self.unverified = self.unverified or decided.unverified
@@ -127,6 +177,15 @@ class _Decided:
     unverified: bool
 
 
+def _recipient_count(req: dict[str, str]) -> int | None:
+    """Postfix's `recipient_count` (DATA and END-OF-MESSAGE: the recipients it accepted); None when the
+    request has none (Postfix before 2.3). Anything that is not a number counts as "several": never one."""
+    value = req.get("recipient_count", "").strip()
+    if not value:
+        return None
+    return int(value) if value.isdigit() and len(value) < 10 else 2**31
+
+
 class PolicyService:
     def __init__(self, ctx: Context, moderation: Moderation):
         self.ctx = ctx
@@ -135,6 +194,7 @@ class PolicyService:
         self._server: asyncio.base_events.Server | None = None
         self._instances: OrderedDict[str, _Pending] = OrderedDict()
         self._by_client: dict[str, OrderedDict[str, None]] = {}
+        self._evicted: OrderedDict[str, None] = OrderedDict()
         self._groups: dict[str, Group] = {}
         self._members: dict[int, set[str]] = {}  # members of `post: members` groups
         self._allowed: dict[int, set[str]] = {}
@@ -264,26 +324,33 @@ class PolicyService:
                 pending = self._instances.get(instance)
                 if pending is None:
                     pending = self._remember(instance, _Pending(sender, client))
+                    if instance in self._evicted:  # its earlier RCPTs' decisions were evicted
+                        del self._evicted[instance]
+                        pending.partial = True
                 pending.add(decided)
+                pending.rcpts += 1
             return "DUNNO"
         if state in ("DATA", "END-OF-MESSAGE"):
             pending = self._instances.get(instance) if instance else None
+            count = _recipient_count(req)
+            if pending is not None and (pending.partial or (count is not None and count > pending.rcpts)):
+                # Its first RCPTs' decisions were forgotten (a flood) and a later RCPT started afresh — known
+                # from the evicted names, or from fewer RCPTs remembered than the message has recipients —
+                # so a group among the forgotten ones would go unchecked. Its recipients are not named
+                # here: defer, never DUNNO.
+                self._forget(instance)
+                return self._unknown(state, instance, f"{pending.rcpts} of its {count} recipients checked")
+            if instance:
+                self._evicted.pop(instance, None)
             if pending is None:
                 # Nothing remembered (evicted, a restart, RCPT checked elsewhere): decide afresh from this
                 # request's own attributes, or defer. Never DUNNO by default: that would wave a post
-                # through that the policy refuses or holds (fail-open).
-                if "recipient" not in req or not req["recipient"].strip():
-                    log.warning(
-                        "policy %s request for instance %r: no decision remembered and no single "
-                        "recipient to decide afresh from; answering %s",
-                        state,
-                        instance,
-                        self.settings.on_error,
-                    )
-                    return (
-                        f"{self.settings.on_error} Group policy decision for this message is not known, "
-                        "try again later"
-                    )
+                # through that the policy refuses or holds (fail-open). Postfix names `recipient` here only
+                # when the message has exactly one (SMTPD_POLICY_README); with `recipient_count` above 1
+                # the named one is not all of them (another MTA, or a forged request), and deciding from it
+                # alone would let a group among the others skip its policy.
+                if not req.get("recipient", "").strip() or count not in (None, 1):
+                    return self._unknown(state, instance, f"{count or 'several'} recipients, none named")
                 decided = await self._for_recipient(req, sender)
                 if isinstance(decided, str):
                     return decided
@@ -302,17 +369,34 @@ class PolicyService:
             return await self._log(pending, req)
         return "DUNNO"
 
+    def _unknown(self, state: str, instance: str, why: str) -> str:
+        log.warning(
+            "policy %s request for instance %r: no decision remembered for every recipient (%s); answering %s",
+            state,
+            instance,
+            why,
+            self.settings.on_error,
+        )
+        return (
+            f"{self.settings.on_error} Group policy decision for this message is not known, try again later"
+        )
+
     async def _for_recipient(self, req: dict[str, str], sender: str) -> str | _Decided:
         """A refusal (the whole answer), or every group the request's recipient reaches with "hold" or
         "accept" for each (none: not a group)."""
-        recipient = req.get("recipient", "").strip()[:320]
+        named = req.get("recipient", "").strip()
+        recipient = named[:320]
+        state = req.get("protocol_state", "").upper()
         try:
             routes = group_routes(recipient, self.ctx.settings)
         except Unreadable:
             # Postfix may still rewrite it to a group address: refused, never waved through.
-            return (
-                f"REJECT 5.1.3 <{_text(recipient)}>: the recipient address can't be read, so its group "
-                "posting policy can't be checked; write it as name@domain"
+            return reject(
+                state,
+                "5.1.3",
+                named,
+                "the recipient address can't be read, so its group posting policy can't be checked; "
+                "write it as name@domain",
             )
         # Every group the recipient can reach through Postfix's rewriting (eng+x@, "eng"@, eng@corp.
         # example., a bare eng) gets its policy checked: the strictest answer wins.
@@ -328,7 +412,7 @@ class PolicyService:
                 verified=verified,
             )
             if decision.action == "refuse":
-                return f"REJECT 5.7.1 <{_text(recipient)}>: {_text(decision.reason)}"
+                return reject(state, "5.7.1", named, decision.reason)
             decisions.append((group, "hold" if decision.action == "hold" else "accept"))
         return _Decided(decisions, bool(decisions) and not verified and self.ctx.settings.is_internal(sender))
 
@@ -338,12 +422,20 @@ class PolicyService:
         through."""
         mine = self._by_client.setdefault(pending.client, OrderedDict())
         while len(mine) >= MAX_PER_CLIENT:
-            self._forget(next(iter(mine)))
+            self._evict(next(iter(mine)))
         while len(self._instances) >= MAX_INSTANCES:
-            self._forget(next(iter(self._instances)))
+            self._evict(next(iter(self._instances)))
         self._instances[instance] = pending
         self._by_client.setdefault(pending.client, OrderedDict())[instance] = None
         return pending
+
+    def _evict(self, instance: str) -> None:
+        """Forget a message's decisions before its end, keeping its name (bounded by MAX_EVICTED): a later
+        RCPT of it begins a partial record, which is deferred at its end, never decided from part."""
+        self._forget(instance)
+        self._evicted[instance] = None
+        while len(self._evicted) > MAX_EVICTED:
+            self._evicted.popitem(last=False)
 
     def _forget(self, instance: str) -> None:
         pending = self._instances.pop(instance, None)
@@ -405,8 +497,8 @@ class PolicyService:
             task = asyncio.get_running_loop().create_task(self._announce(post_id))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        why = f": {_text(UNVERIFIED.format(sender=pending.sender))}" if pending.unverified else ""
-        return f"HOLD held for a moderator of {', '.join(names)}{why}"
+        why = f": {UNVERIFIED.format(sender=pending.sender)}" if pending.unverified else ""
+        return "HOLD " + fit(f"held for a moderator of {', '.join(names)}{why}", HOLD_TEXT_MAX)
 
     def _hold_time(self) -> timedelta:
         return timedelta(hours=self.ctx.settings.relay.hold_hours)

@@ -312,12 +312,16 @@ async def member_count(session: AsyncSession, group_id: int) -> int:
 
 
 async def snapshot_members(
-    session: AsyncSession, post: GroupPost, exclude: set[str], groups: set[str] | None = None
+    session: AsyncSession,
+    post: GroupPost,
+    exclude: set[str],
+    groups: set[str] | None = None,
+    window: timedelta | None = None,
 ) -> list[str]:
     """One pending delivery per current member of the post's group (the relay reads membership, never
     changes it), leaving out group addresses (`groups`; None: every group's address) and `exclude` —
     members another group of the same message already covers — and, for members of both, the ones a
-    sibling post of the same message (`siblings_of`) has a copy for. `post.recipient_count` becomes the
+    sibling post of the same message (`siblings_of`, over `window`) has a copy for. `post.recipient_count` becomes the
     group's members this message reaches, through this post or a sibling's: the number the log shows.
     Returns the addresses given a delivery here, so the caller can exclude them from the next group."""
     if groups is None:
@@ -333,7 +337,7 @@ async def snapshot_members(
         ).scalars()
         if e not in groups
     ]
-    siblings = await siblings_of(session, post)
+    siblings = await siblings_of(session, post, window)
     taken = set(exclude)
     if siblings:
         taken.update(
@@ -356,15 +360,21 @@ async def snapshot_members(
     return emails
 
 
-async def siblings_of(session: AsyncSession, post: GroupPost) -> list[int]:
-    """The other posts of the same message: the relay stores all groups of one message in one
-    transaction, with the same envelope sender, Message-ID and time."""
+async def siblings_of(session: AsyncSession, post: GroupPost, window: timedelta | None = None) -> list[int]:
+    """The other posts of the same message. The relay stores all groups of one SMTP transaction together,
+    with the same envelope sender, Message-ID and time; with `window` (relay.duplicate_window_hours), the
+    same envelope sender and Message-ID within that time either side is the same message too, stored in
+    another transaction (a client that retried a deferred recipient, or one that splits recipients). A
+    message without a Message-ID is one only within its transaction."""
+    same_time = GroupPost.received_at == post.received_at
+    if post.message_id is not None and window is not None:
+        same_time = GroupPost.received_at.between(post.received_at - window, post.received_at + window)
     rows = await session.execute(
         select(GroupPost.id).where(
             GroupPost.id != post.id,
             GroupPost.via == post.via,
             GroupPost.sender == post.sender,
-            GroupPost.received_at == post.received_at,
+            same_time,
             GroupPost.message_id.is_(None)
             if post.message_id is None
             else GroupPost.message_id == post.message_id,

@@ -12,7 +12,10 @@ sender post or holds the post for a moderator; otherwise the sender gets a 550 w
 SMTP conversation. At DATA time the message, its post-log entry and one delivery row per member are
 committed, and only then does the client hear 250; the fan-out (bot/groups/fanout.py) delivers from the
 store. A member of two addressed groups gets one copy, also when one of the posts is held and
-approved later (posts.snapshot_members leaves out who a sibling post of the message covers); each post's
+approved later, and when the groups came in separate transactions (the same envelope sender and Message-ID
+within `relay.duplicate_window_hours`: posts.snapshot_members leaves out who a sibling post of the message
+covers). Mailman would send one copy per list; Postroom's groups are a company's distribution lists, where
+one message is one copy (as Postfix's own de-duplication gives on the Postfix path); each post's
 `recipient_count` is its group's members the message reached. A client that timed out and sends the same
 message again (same group, envelope sender and Message-ID, within `relay.duplicate_window_hours`) hears
 250 and nobody gets it twice. A message that already passed through the group (its loop marker, or too
@@ -168,7 +171,7 @@ class GroupRelay:
                     now=now,
                     size=len(data),
                 )
-                copies = await snapshot_members(session, post, covered, addresses)
+                copies = await snapshot_members(session, post, covered, addresses, window)
                 covered.update(copies)
                 queued += len(copies)
                 log.info(
