@@ -426,6 +426,9 @@ def startup_lines(settings: Settings, runtime: Runtime) -> list[str]:
         listening.append(f"SMTP relay {runtime.mail_server.host}:{runtime.mail_server.port}")
     else:
         listening.append("SMTP relay off (relay.enabled = false)")
+    policy = runtime.app.group_mail.policy.listening()
+    if policy is not None:
+        listening.append(f"Postfix policy service {policy}")
     lines.append("Listening: " + "; ".join(listening))
     dkim = runtime.app.ctx.dkim
     if dkim:

@@ -442,3 +442,21 @@ async def test_a_flood_between_rcpts_is_caught_even_when_a_later_rcpt_is_rejecte
     )
     assert answers[:2] == ["action=DUNNO", "action=DUNNO"]
     assert answers[2].startswith("action=DEFER_IF_PERMIT ") and "try again later" in answers[2], answers
+
+
+async def test_serve_names_the_policy_service_where_it_listens(policy) -> None:  # type: ignore[no-untyped-def]
+    """serve's "Listening:" line named the web app and the relay but not the policy service Postfix is to be
+    pointed at (check_policy_service inet:host:port)."""
+    from bot.app import Runtime
+    from bot.cli import startup_lines
+
+    bot, port = policy
+    listening = next(
+        x for x in startup_lines(bot.app.ctx.settings, Runtime(bot.app)) if x.startswith("Listening")
+    )
+    assert f"Postfix policy service 127.0.0.1:{port}" in listening, listening
+    await bot.app.group_mail.policy.stop()
+    listening = next(
+        x for x in startup_lines(bot.app.ctx.settings, Runtime(bot.app)) if x.startswith("Listening")
+    )
+    assert "policy" not in listening, listening

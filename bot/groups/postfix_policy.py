@@ -212,6 +212,13 @@ class PolicyService:
         )
         self.port = self._server.sockets[0].getsockname()[1]
 
+    def listening(self) -> str | None:
+        """host:port while the service listens, else None (for serve's start lines)."""
+        if self._server is None or not self._server.sockets:
+            return None
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return f"{host}:{port}"
+
     async def stop(self) -> None:
         for task in [*self._tasks, *([self._refreshing] if self._refreshing else [])]:
             task.cancel()
