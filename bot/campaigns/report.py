@@ -31,7 +31,10 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
-from sqlalchemy import distinct, exists, func, select
+from sqlalchemy import Float, Integer, Select, String, case, distinct, exists, func, select, union_all
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
 from bot import i18n
 from bot.campaigns import service
@@ -70,8 +73,20 @@ class Earlier:
     opens: int
     clicks: int
 
-    def rate(self, n: int) -> float:
-        return n / self.delivered if self.delivered else 0.0
+
+Steps = tuple[tuple[datetime, int], ...]
+"""A cumulative count as the points where it rose: (when, how many by then), ascending. Built from
+the database it has at most BUCKETS + 1 points however large the campaign (each bucket's last time and
+the count by then, so every point lies on the exact curve); `steps` makes it from exact times."""
+
+
+def steps(times: list[datetime]) -> Steps:
+    """Exact steps from a list of times (one point per time)."""
+    return tuple((at, n) for n, at in enumerate(sorted(times), 1))
+
+
+def _total(s: Steps) -> int:
+    return s[-1][1] if s else 0
 
 
 @dataclass
@@ -97,12 +112,14 @@ class Figures:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     now: datetime | None = None
-    sent_times: list[datetime] = field(default_factory=list)
-    open_times: list[datetime] = field(default_factory=list)
-    click_times: list[datetime] = field(default_factory=list)
-    bounce_times: list[datetime] = field(default_factory=list)  # hard and soft, first per recipient
-    unsubscribe_times: list[datetime] = field(default_factory=list)
-    complaint_times: list[datetime] = field(default_factory=list)
+    first_sent_at: datetime | None = None  # exact (a Steps point is its bucket's last time)
+    sent_steps: Steps = ()
+    open_steps: Steps = ()  # first open or click per recipient
+    click_steps: Steps = ()  # first click per recipient
+    bounce_steps: Steps = ()  # hard and soft, first per recipient
+    unsubscribe_steps: Steps = ()
+    complaint_steps: Steps = ()  # first per recipient
+    by_day: list[tuple[date, int, int]] = field(default_factory=list)  # (UTC day, unsubscribes, complaints)
     bounce_classes: dict[tuple[str, str], int] = field(default_factory=dict)  # (hard|soft, class) -> n
     links: list[tuple[str, int, int]] = field(default_factory=list)  # (url, people, clicks)
     earlier: list[Earlier] = field(default_factory=list)
@@ -117,10 +134,10 @@ class Figures:
     def ended_at(self) -> datetime | None:
         """When the send ended (an automation: when it first sent; its figures settle from there)."""
         if self.automation:
-            return self.sent_times[0] if self.sent_times else None
+            return self.first_sent_at or (self.sent_steps[0][0] if self.sent_steps else None)
         if self.state == "sending" or self.state == "paused":
             return None
-        return self.finished_at or (self.sent_times[-1] if self.sent_times else None)
+        return self.finished_at or (self.sent_steps[-1][0] if self.sent_steps else None)
 
     def benchmark_wait(self) -> str | None:
         """Why the figures can't be compared with the benchmarks yet, or None when they can."""
@@ -239,7 +256,7 @@ class Figures:
                 ]
         else:
             lines.append("  " + t("opens and clicks: not tracked for this campaign."))
-        days = self._by_day()
+        days = self.by_day
         if days:
             lines.append("  " + t("unsubscribes and complaints by day:"))
             lines += [
@@ -250,7 +267,7 @@ class Figures:
                     unsubscribes=t("1 unsubscribe") if u == 1 else t("{count} unsubscribes", count=u),
                     complaints=t("1 complaint") if c == 1 else t("{count} complaints", count=c),
                 )
-                for day, (u, c) in days
+                for day, u, c in days
             ]
         if self.earlier:
             lines.append("  " + t("the last campaigns to {audience}:", audience=self.audience))
@@ -318,11 +335,6 @@ class Figures:
                 parts.append(f"{label}: " + ", ".join(f"{bounce_class_name(k)} {n}" for k, n in found))
         return "; ".join(parts)
 
-    def _by_day(self) -> list[tuple[date, tuple[int, int]]]:
-        u = Counter(x.date() for x in self.unsubscribe_times)
-        c = Counter(x.date() for x in self.complaint_times)
-        return [(d, (u[d], c[d])) for d in sorted(set(u) | set(c))]
-
 
 def _people(n: int) -> str:
     return t("1 person") if n == 1 else t("{count} people", count=n)
@@ -372,6 +384,106 @@ def bounce_class_name(klass: str) -> str:
     }.get(klass, t("other"))
 
 
+# -- counting in the database ----------------------------------------------------------------------
+# Every figure is counted by the database, never by loading a campaign's rows into Python: a report on
+# a 100,000-recipient campaign moves a few hundred rows (benchmarks/report_build.py). The time series
+# are bucketed there too: BUCKETS equal slices from the send's start to the report time (finer than
+# the chart's plot area is wide), each bucket giving its count and its last time.
+BUCKETS = 400
+
+
+class _Seconds(FunctionElement[Any]):
+    """A timestamp as seconds since the epoch, the same number on both databases."""
+
+    inherit_cache = True
+    type = Float()
+
+
+@compiles(_Seconds)
+def _seconds_default(element: _Seconds, compiler: Any, **kw: Any) -> str:
+    return f"EXTRACT(EPOCH FROM {compiler.process(element.clauses, **kw)})"
+
+
+@compiles(_Seconds, "sqlite")
+def _seconds_sqlite(element: _Seconds, compiler: Any, **kw: Any) -> str:
+    # stored as UTC text (UtcDateTime); julianday reads its fractional seconds
+    return f"((julianday({compiler.process(element.clauses, **kw)}) - 2440587.5) * 86400.0)"
+
+
+class _Floor(FunctionElement[Any]):
+    """floor() of a non-negative number (SQLite has no floor() unless built with its math functions;
+    CAST truncates there, which is floor for x >= 0; PostgreSQL's CAST would round instead)."""
+
+    inherit_cache = True
+    type = Integer()
+
+
+@compiles(_Floor)
+def _floor_default(element: _Floor, compiler: Any, **kw: Any) -> str:
+    return f"CAST(FLOOR({compiler.process(element.clauses, **kw)}) AS INTEGER)"
+
+
+@compiles(_Floor, "sqlite")
+def _floor_sqlite(element: _Floor, compiler: Any, **kw: Any) -> str:
+    return f"CAST({compiler.process(element.clauses, **kw)} AS INTEGER)"
+
+
+class _UtcDay(FunctionElement[Any]):
+    """The UTC calendar day of a timestamp."""
+
+    inherit_cache = True
+    type = String()
+
+
+@compiles(_UtcDay)
+def _day_default(element: _UtcDay, compiler: Any, **kw: Any) -> str:
+    return f"CAST(CAST(timezone('UTC', {compiler.process(element.clauses, **kw)}) AS DATE) AS VARCHAR)"
+
+
+@compiles(_UtcDay, "sqlite")
+def _day_sqlite(element: _UtcDay, compiler: Any, **kw: Any) -> str:
+    return f"date({compiler.process(element.clauses, **kw)})"
+
+
+async def _steps(session: AsyncSession, times: Select[Any], origin: datetime, width_s: float) -> Steps:
+    """The cumulative count of `times` (a select of one column labelled "at") in BUCKETS buckets of
+    `width_s` from `origin`; a time outside them counts in the first or the last."""
+    at = times.subquery().c.at
+    x = (_Seconds(at) - origin.timestamp()) / width_s
+    bucket = _Floor(case((x < 0, 0.0), (x > BUCKETS, float(BUCKETS)), else_=x))
+    rows = (
+        await session.execute(
+            select(bucket, func.count(), func.max(at))
+            .where(at.is_not(None))
+            .group_by(bucket)
+            .order_by(bucket)
+        )
+    ).all()
+    out, n = [], 0
+    for _, count, last in rows:
+        n += int(count)
+        out.append((cast(datetime, last), n))
+    return tuple(out)
+
+
+def _firsts(campaign_id: int, *kinds: str) -> Select[Any]:
+    """Each recipient's first event of `kinds`."""
+    return (
+        select(func.min(CampaignEvent.at).label("at"))
+        .where(CampaignEvent.campaign_id == campaign_id, CampaignEvent.kind.in_(kinds))
+        .group_by(CampaignEvent.delivery_id)
+    )
+
+
+def _distinct_recipients(campaign: Any, *kinds: str) -> Any:
+    """How many recipients of `campaign` (a column: correlated) have an event of `kinds`."""
+    return (
+        select(func.count(distinct(CampaignEvent.delivery_id)))
+        .where(CampaignEvent.campaign_id == campaign, CampaignEvent.kind.in_(kinds))
+        .scalar_subquery()
+    )
+
+
 async def build_report(ctx: Context, campaign: Campaign) -> Figures:
     f = Figures(
         campaign=campaign.name.removeprefix(service.AUTOMATION_PREFIX),
@@ -408,76 +520,79 @@ async def build_report(ctx: Context, campaign: Campaign) -> Figures:
         # A click implies an open (the images were blocked, or fetched by a proxy we never saw): a
         # delivery that clicked counts as opened, so no more people click than open.
         f.opens = int(
-            (
-                await session.execute(
-                    select(func.count(distinct(CampaignEvent.delivery_id))).where(
-                        CampaignEvent.campaign_id == cid, CampaignEvent.kind.in_(("open", "click"))
-                    )
-                )
-            ).scalar_one()
+            (await session.execute(select(_distinct_recipients(cid, "open", "click")))).scalar_one()
         )
         f.delivered = max(0, f.sent - late_hard)
+        sent = Delivery.campaign_id == cid, Delivery.status == "sent", Delivery.sent_at.is_not(None)
+        f.first_sent_at = (
+            await session.execute(select(func.min(Delivery.sent_at)).where(*sent))
+        ).scalar_one()
+        now = f.now or datetime.now(UTC)
+        origin = min(x for x in (campaign.started_at, f.first_sent_at, now) if x is not None)
+        width_s = max((now - origin).total_seconds(), MIN_SPAN.total_seconds()) / BUCKETS
         unsubscribed = (
-            await session.execute(
-                select(Suppression.created_at)
-                .where(
-                    Suppression.campaign_id == cid,
-                    Suppression.reason == "unsubscribed",
-                    # from a message of its own that reached them before they left
-                    exists(
-                        select(Delivery.id).where(
-                            Delivery.campaign_id == cid,
-                            Delivery.email == Suppression.email,
-                            Delivery.status == "sent",
-                            Delivery.sent_at <= Suppression.created_at,
-                        )
-                    ),
+            Suppression.campaign_id == cid,
+            Suppression.reason == "unsubscribed",
+            # from a message of its own that reached them before they left
+            exists(
+                select(Delivery.id).where(
+                    Delivery.campaign_id == cid,
+                    Delivery.email == Suppression.email,
+                    Delivery.status == "sent",
+                    Delivery.sent_at <= Suppression.created_at,
                 )
-                .order_by(Suppression.created_at)
+            ),
+        )
+
+        async def curve(times: Select[Any]) -> Steps:
+            return await _steps(session, times, origin, width_s)
+
+        f.unsubscribe_steps = await curve(select(Suppression.created_at.label("at")).where(*unsubscribed))
+        f.unsubscribes = _total(f.unsubscribe_steps)
+        f.sent_steps = await curve(select(Delivery.sent_at.label("at")).where(*sent))
+        f.open_steps = await curve(_firsts(cid, "open", "click"))  # opened: the first open or click
+        f.click_steps = await curve(_firsts(cid, "click"))
+        f.complaint_steps = await curve(_firsts(cid, "complaint"))
+        refused = Delivery.campaign_id == cid, Delivery.status == "bounced"
+        f.bounce_steps = await curve(
+            union_all(
+                select(Delivery.claimed_at.label("at")).where(*refused),
+                _firsts(cid, "hard_bounce"),
+                _firsts(cid, "soft_bounce"),
             )
-        ).scalars()
-        f.unsubscribe_times = list(unsubscribed)
-        f.unsubscribes = len(f.unsubscribe_times)
-        f.sent_times = list(
+            .subquery()
+            .select()
+        )
+        days: dict[date, list[int]] = {}
+        for n, times in enumerate(
             (
-                await session.execute(
-                    select(Delivery.sent_at)
-                    .where(
-                        Delivery.campaign_id == cid, Delivery.status == "sent", Delivery.sent_at.is_not(None)
-                    )
-                    .order_by(Delivery.sent_at)
-                )
-            ).scalars()
-        )
-        firsts: dict[str, list[datetime]] = {}
-        for kind in ("open", "click", "complaint", "hard_bounce", "soft_bounce"):
-            kinds = ("open", "click") if kind == "open" else (kind,)  # opened: the first open or click
-            first = (
-                select(func.min(CampaignEvent.at))
-                .where(CampaignEvent.campaign_id == cid, CampaignEvent.kind.in_(kinds))
-                .group_by(CampaignEvent.delivery_id)
+                select(Suppression.created_at.label("at")).where(*unsubscribed),
+                _firsts(cid, "complaint"),
             )
-            firsts[kind] = sorted((await session.execute(first)).scalars())
-        f.open_times, f.click_times, f.complaint_times = firsts["open"], firsts["click"], firsts["complaint"]
-        refused = (
+        ):
+            at = times.subquery().c.at
+            for day, count in (
+                await session.execute(select(_UtcDay(at), func.count()).group_by(_UtcDay(at)))
+            ).all():
+                days.setdefault(date.fromisoformat(str(day)), [0, 0])[n] += int(count)
+        f.by_day = [(d, u, c) for d, (u, c) in sorted(days.items())]
+        classes: Counter[tuple[str, str]] = Counter()
+        for err, n in (
             await session.execute(
-                select(Delivery.claimed_at, Delivery.last_error).where(
-                    Delivery.campaign_id == cid, Delivery.status == "bounced"
-                )
-            )
-        ).all()
-        f.bounce_times = sorted(
-            [at for at, _ in refused if at is not None] + firsts["hard_bounce"] + firsts["soft_bounce"]
-        )
-        classes: Counter[tuple[str, str]] = Counter(("hard", bounce_class("hard", err)) for _, err in refused)
-        for kind, detail in (
-            await session.execute(
-                select(CampaignEvent.kind, CampaignEvent.detail).where(
-                    CampaignEvent.campaign_id == cid, CampaignEvent.kind.in_(("hard_bounce", "soft_bounce"))
-                )
+                select(Delivery.last_error, func.count()).where(*refused).group_by(Delivery.last_error)
             )
         ).all():
-            classes[(kind.removesuffix("_bounce"), bounce_class(kind, detail))] += 1
+            classes[("hard", bounce_class("hard", err))] += int(n)
+        for kind, detail, n in (
+            await session.execute(
+                select(CampaignEvent.kind, CampaignEvent.detail, func.count())
+                .where(
+                    CampaignEvent.campaign_id == cid, CampaignEvent.kind.in_(("hard_bounce", "soft_bounce"))
+                )
+                .group_by(CampaignEvent.kind, CampaignEvent.detail)
+            )
+        ).all():
+            classes[(kind.removesuffix("_bounce"), bounce_class(kind, detail))] += int(n)
         f.bounce_classes = dict(classes)
         f.links = [
             (str(url), int(people), int(n))
@@ -495,9 +610,23 @@ async def build_report(ctx: Context, campaign: Campaign) -> Figures:
             if url
         ]
         if campaign.started_at is not None and not f.automation:
-            earlier = (
+            # the last campaigns to the same audience, each one's figures counted in the same statement
+            other = Campaign.id
+            sent_there = (
+                select(func.count())
+                .where(Delivery.campaign_id == other, Delivery.status == "sent")
+                .scalar_subquery()
+            )
+            rows = (
                 await session.execute(
-                    select(Campaign)
+                    select(
+                        Campaign.name,
+                        Campaign.started_at,
+                        sent_there,
+                        _distinct_recipients(other, "hard_bounce"),
+                        _distinct_recipients(other, "open", "click"),
+                        _distinct_recipients(other, "click"),
+                    )
                     .where(
                         Campaign.audience_kind == campaign.audience_kind,
                         Campaign.audience_name == campaign.audience_name,
@@ -509,35 +638,11 @@ async def build_report(ctx: Context, campaign: Campaign) -> Figures:
                     .order_by(Campaign.started_at.desc())
                     .limit(PREVIOUS_SHOWN)
                 )
-            ).scalars()
-            for other in earlier:
-                sent = (await service.counts(session, other.id)).get("sent", 0)
-                got = dict(
-                    (
-                        await session.execute(
-                            select(CampaignEvent.kind, func.count(distinct(CampaignEvent.delivery_id)))
-                            .where(CampaignEvent.campaign_id == other.id)
-                            .group_by(CampaignEvent.kind)
-                        )
-                    ).all()
-                )
-                assert other.started_at is not None
-                opened = (
-                    await session.execute(
-                        select(func.count(distinct(CampaignEvent.delivery_id))).where(
-                            CampaignEvent.campaign_id == other.id, CampaignEvent.kind.in_(("open", "click"))
-                        )
-                    )
-                ).scalar_one()
-                f.earlier.append(
-                    Earlier(
-                        other.name,
-                        other.started_at,
-                        max(0, sent - got.get("hard_bounce", 0)),
-                        int(opened),
-                        got.get("click", 0),
-                    )
-                )
+            ).all()
+            f.earlier = [
+                Earlier(name, started, max(0, int(n_sent) - int(hard)), int(opened), int(clicked))
+                for name, started, n_sent, hard, opened, clicked in rows
+            ]
     return f
 
 
@@ -621,17 +726,18 @@ def integer_ticks(top: int, most: int = 6) -> tuple[int, ...]:
     return (0, top)
 
 
-def _series(key: str, label: str, times: list[datetime], t0: datetime, scale: float, x_max: float) -> Series:
+def _series(key: str, label: str, counted: Steps, t0: datetime, scale: float, x_max: float) -> Series:
     """A cumulative line from 0 to `x_max` (the report time: nothing is known past it)."""
-    points = [min(x_max, max(0.0, (x - t0).total_seconds() / scale)) for x in sorted(times)]
-    ys = tuple(range(1, len(points) + 1))
+    points = [min(x_max, max(0.0, (at - t0).total_seconds() / scale)) for at, _ in counted]
+    ys = tuple(n for _, n in counted)
+    total = _total(counted)
     colour, marker, linestyle, width, z = STYLE[key]
     return Series(
         key=key,
-        label=f"{label} ({len(points)})",
-        total=len(points),
+        label=f"{label} ({total})",
+        total=total,
         xs=(0.0, *points, x_max),
-        ys=(0, *ys, len(points)),
+        ys=(0, *ys, total),
         marks=_marks(points, ys),
         colour=colour,
         marker=marker,
@@ -642,13 +748,20 @@ def _series(key: str, label: str, times: list[datetime], t0: datetime, scale: fl
 
 
 def _marks(points: list[float], ys: tuple[int, ...], most: int = MAX_MARKS) -> tuple[tuple[float, int], ...]:
-    """A marker where each count rose; for a large send, `most` of them spread evenly (a marker per
-    recipient would be a smear, and slow to draw)."""
+    """A marker where each count rose; for a large send, `most` of them spread evenly over the count (a
+    marker per recipient would be a smear, and slow to draw): the first point to reach each share."""
     pairs = list(zip(points, ys, strict=True))
     if len(pairs) <= most:
         return tuple(pairs)
-    step = len(pairs) / most
-    return tuple(pairs[min(len(pairs) - 1, int(i * step))] for i in range(most)) + (pairs[-1],)
+    total, k = pairs[-1][1], 0
+    marks: list[tuple[float, int]] = []
+    for i in range(most):
+        target = int(i * total / most) + 1
+        while pairs[k][1] < target:
+            k += 1
+        if not marks or marks[-1] != pairs[k]:
+            marks.append(pairs[k])
+    return tuple(marks) + (pairs[-1],)
 
 
 def _panel(title: str, ylabel: str, series: tuple[Series, ...], **extra: str | None) -> Panel:
@@ -659,10 +772,19 @@ def _panel(title: str, ylabel: str, series: tuple[Series, ...], **extra: str | N
 def chart_data(f: Figures) -> ChartData:
     """What the chart shows, in the current language: axes, series and empty states."""
     now = f.now or datetime.now(UTC)
-    every = (
-        f.sent_times + f.bounce_times + f.unsubscribe_times + f.complaint_times + f.open_times + f.click_times
-    )
-    t0 = min([x for x in (f.started_at, *every) if x is not None], default=now)
+    every = [
+        at
+        for counted in (
+            f.sent_steps,
+            f.bounce_steps,
+            f.unsubscribe_steps,
+            f.complaint_steps,
+            f.open_steps,
+            f.click_steps,
+        )
+        for at, _ in counted
+    ]
+    t0 = min([x for x in (f.started_at, f.first_sent_at, *every) if x is not None], default=now)
     end = max([now, *every])
     span = max((end - t0).total_seconds(), MIN_SPAN.total_seconds())
     scale, unit = _unit(span)
@@ -674,8 +796,8 @@ def chart_data(f: Figures) -> ChartData:
         else t("“{name}”: {count} recipients", name=f.campaign, count=f.recipients)
     )
 
-    def series(key: str, label: str, times: list[datetime]) -> Series:
-        return _series(key, label, times, t0, scale, now_x)
+    def series(key: str, label: str, counted: Steps) -> Series:
+        return _series(key, label, counted, t0, scale, now_x)
 
     if f.attempted == 0:
         words = (
@@ -689,10 +811,10 @@ def chart_data(f: Figures) -> ChartData:
             t("Delivery"),
             t("recipients (cumulative)"),
             (
-                series("sent", t("sent"), f.sent_times),
-                series("bounced", t("bounced"), f.bounce_times),
-                series("unsubscribed", t("unsubscribed"), f.unsubscribe_times),
-                series("complained", t("complained"), f.complaint_times),
+                series("sent", t("sent"), f.sent_steps),
+                series("bounced", t("bounced"), f.bounce_steps),
+                series("unsubscribed", t("unsubscribed"), f.unsubscribe_steps),
+                series("complained", t("complained"), f.complaint_steps),
             ),
             note=t("Every message bounced: nothing was delivered.") if f.delivered == 0 else None,
         )
@@ -713,8 +835,8 @@ def chart_data(f: Figures) -> ChartData:
         engagement = _panel(
             t("Engagement"),
             t("recipients (cumulative)"),
-            (series("opened", t("opened"), f.open_times), series("clicked", t("clicked"), f.click_times)),
-            note=t("No opens or clicks recorded yet.") if not (f.open_times or f.click_times) else None,
+            (series("opened", t("opened"), f.open_steps), series("clicked", t("clicked"), f.click_steps)),
+            note=t("No opens or clicks recorded yet.") if not (f.open_steps or f.click_steps) else None,
         )
     return ChartData(title, _unit_label(unit, t0), unit, x_max, (delivery, engagement), now_x)
 
