@@ -19,6 +19,8 @@ total, zero included; an empty panel says why it is empty.
 from __future__ import annotations
 
 import asyncio
+import io
+import itertools
 import math
 import os
 import re
@@ -26,6 +28,8 @@ import secrets
 import threading
 import unicodedata
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -39,6 +43,7 @@ from sqlalchemy.sql.functions import FunctionElement
 from bot import i18n
 from bot.campaigns import service
 from bot.campaigns.notes import state_name, status_name
+from bot.campaigns.report_cache import Busy, report_renders
 from bot.context import Context
 from bot.db.models import Campaign, CampaignEvent, Delivery, Suppression
 from bot.errors import Refusal
@@ -123,6 +128,9 @@ class Figures:
     bounce_classes: dict[tuple[str, str], int] = field(default_factory=dict)  # (hard|soft, class) -> n
     links: list[tuple[str, int, int]] = field(default_factory=list)  # (url, people, clicks)
     earlier: list[Earlier] = field(default_factory=list)
+    # which build these are: a chart drawn from them is kept under it (report_cache), never mistaken
+    # for one drawn from another build of the same campaign
+    build: int = field(default_factory=itertools.count().__next__, compare=False)
 
     @property
     def attempted(self) -> int:
@@ -843,13 +851,20 @@ def chart_data(f: Figures) -> ChartData:
 
 # -- drawing ------------------------------------------------------------------------------------
 def draw(data: ChartData, path: Path | BinaryIO) -> None:
+    with drawing():
+        figure(data).savefig(path, format="png")
+
+
+@contextmanager
+def drawing() -> Iterator[None]:
+    """Where a chart is laid out and saved: matplotlib's Agg backend and the report's fonts (rc_context
+    changes matplotlib's process-wide rcParams: one drawing at a time; text is laid out when saved, so
+    the fonts must hold until then)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     with _DRAWING, matplotlib.rc_context(cast(Any, _fonts())):
-        # rc_context changes matplotlib's process-wide rcParams: one drawing at a time; text is laid out
-        # when saved, so the fonts must hold then
-        figure(data).savefig(path, format="png")
+        yield
 
 
 _DRAWING = threading.Lock()
@@ -867,121 +882,141 @@ def _fonts() -> dict[str, Any]:
 
 
 def figure(data: ChartData) -> Figure:
-    """The chart as a matplotlib Figure (not yet drawn). Each panel's legend sits below its plot
-    area, never over it: a small send's cumulative lines peak top-left, where a legend inside would
-    hide them."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+    """The chart as a matplotlib Figure (not yet drawn; `draw` makes it inside `drawing()`, for the
+    fonts). Each panel's legend sits right of its plot area, never over it: a small send's cumulative
+    lines peak top-left, where a legend inside would hide them."""
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FixedLocator
 
-    with matplotlib.rc_context(cast(Any, _fonts())):
-        fig = Figure(figsize=(8, 6.4), dpi=100)
-        fig.suptitle(data.title, fontsize=13)
-        axes = fig.subplots(len(data.panels), 1)
-        for ax, panel in zip(axes, data.panels, strict=True):
-            ax.set_title(panel.title, fontsize=11, loc="left")
-            ax.set_xlim(-data.x_max * 0.015, data.x_max)  # a count that rose at 0 stays off the axis
-            ax.set_xlabel(data.x_label)
-            if panel.empty is not None:
-                ax.set_yticks([])
-                ax.text(0.5, 0.5, panel.empty, ha="center", va="center", transform=ax.transAxes, fontsize=11)
-                continue
-            ax.set_ylabel(panel.ylabel)
-            ax.set_ylim(-panel.y_top * 0.04, panel.y_top)  # a series at 0 stays visible above the axis
-            ax.yaxis.set_major_locator(FixedLocator(list(panel.y_ticks)))
-            ax.grid(axis="y", alpha=0.3)
-            if data.now_x < data.x_max:  # the lines stop at the report time: mark it
-                ax.axvline(data.now_x, color="#999999", linewidth=0.8, linestyle=":", zorder=1)
-                ax.annotate(
-                    t("now"),
-                    (data.now_x, 1.0),
-                    xycoords=("data", "axes fraction"),
-                    xytext=(3, -3),
-                    textcoords="offset points",
-                    ha="left",
-                    va="top",
-                    fontsize=8,
-                    color="#666666",
-                )
-            for s in panel.series:
-                ax.step(
-                    s.xs,
-                    s.ys,
-                    where="post",
-                    color=s.colour,
-                    linestyle=s.linestyle,
-                    linewidth=s.linewidth,
-                    zorder=s.zorder,
-                    label=s.label,
-                    marker=None,
-                )
-                if s.marks:
-                    mx, my = zip(*s.marks, strict=True)
-                    ax.plot(mx, my, linestyle="none", marker=s.marker, color=s.colour, zorder=s.zorder + 0.5)
-            # The legend's entries show the line and the marker of each series.
-            handles = [
-                Line2D(
-                    [],
-                    [],
-                    color=s.colour,
-                    linestyle=cast(Any, s.linestyle),
-                    linewidth=s.linewidth,
-                    marker=s.marker,
-                )
-                for s in panel.series
-            ]
-            ax.legend(
-                handles,
-                [s.label for s in panel.series],
-                loc="upper left",
-                bbox_to_anchor=(1.01, 1.0),  # right of the plot area: no data is hidden
-                fontsize=9,
-                ncols=1,
-                frameon=False,
-                borderaxespad=0.0,
+    fig = Figure(figsize=(8, 6.4), dpi=100)
+    fig.suptitle(data.title, fontsize=13)
+    axes = fig.subplots(len(data.panels), 1)
+    for ax, panel in zip(axes, data.panels, strict=True):
+        ax.set_title(panel.title, fontsize=11, loc="left")
+        ax.set_xlim(-data.x_max * 0.015, data.x_max)  # a count that rose at 0 stays off the axis
+        ax.set_xlabel(data.x_label)
+        if panel.empty is not None:
+            ax.set_yticks([])
+            ax.text(0.5, 0.5, panel.empty, ha="center", va="center", transform=ax.transAxes, fontsize=11)
+            continue
+        ax.set_ylabel(panel.ylabel)
+        ax.set_ylim(-panel.y_top * 0.04, panel.y_top)  # a series at 0 stays visible above the axis
+        ax.yaxis.set_major_locator(FixedLocator(list(panel.y_ticks)))
+        ax.grid(axis="y", alpha=0.3)
+        if data.now_x < data.x_max:  # the lines stop at the report time: mark it
+            ax.axvline(data.now_x, color="#999999", linewidth=0.8, linestyle=":", zorder=1)
+            ax.annotate(
+                t("now"),
+                (data.now_x, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(3, -3),
+                textcoords="offset points",
+                ha="left",
+                va="top",
+                fontsize=8,
+                color="#666666",
             )
-            if panel.note:
-                ax.text(
-                    0.98,
-                    0.08,
-                    panel.note,
-                    ha="right",
-                    va="bottom",
-                    transform=ax.transAxes,
-                    fontsize=10,
-                    bbox={"facecolor": "white", "edgecolor": "#999999", "alpha": 0.9},
-                )
-        fig.tight_layout()
+        for s in panel.series:
+            ax.step(
+                s.xs,
+                s.ys,
+                where="post",
+                color=s.colour,
+                linestyle=s.linestyle,
+                linewidth=s.linewidth,
+                zorder=s.zorder,
+                label=s.label,
+                marker=None,
+            )
+            if s.marks:
+                mx, my = zip(*s.marks, strict=True)
+                ax.plot(mx, my, linestyle="none", marker=s.marker, color=s.colour, zorder=s.zorder + 0.5)
+        # The legend's entries show the line and the marker of each series.
+        handles = [
+            Line2D(
+                [],
+                [],
+                color=s.colour,
+                linestyle=cast(Any, s.linestyle),
+                linewidth=s.linewidth,
+                marker=s.marker,
+            )
+            for s in panel.series
+        ]
+        ax.legend(
+            handles,
+            [s.label for s in panel.series],
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),  # right of the plot area: no data is hidden
+            fontsize=9,
+            ncols=1,
+            frameon=False,
+            borderaxespad=0.0,
+        )
+        if panel.note:
+            ax.text(
+                0.98,
+                0.08,
+                panel.note,
+                ha="right",
+                va="bottom",
+                transform=ax.transAxes,
+                fontsize=10,
+                bbox={"facecolor": "white", "edgecolor": "#999999", "alpha": 0.9},
+            )
+    fig.tight_layout()
     return fig
 
 
+async def cached_report(ctx: Context, campaign: Campaign) -> Figures:
+    """The campaign's figures, built at most once per campaign every report_cache.TTL_S and under its
+    render cap: the report page and its chart share one build. Figures hold numbers and times only (the
+    words are made in the reader's language when shown), so one build serves every language."""
+    return cast(
+        Figures, await report_renders(ctx).get(("figures", campaign.id), lambda: build_report(ctx, campaign))
+    )
+
+
+async def chart_png(ctx: Context, campaign: Campaign, figures: Figures) -> bytes:
+    """The chart of `figures` as PNG bytes in the current language, drawn in a worker thread at most
+    once per (campaign, language, build of the figures) and under the render cap (Busy past it)."""
+    data = chart_data(figures)  # here, not in the thread: the labels are in the reader's language
+
+    async def make() -> bytes:
+        buffer = io.BytesIO()
+        await asyncio.get_running_loop().run_in_executor(None, draw, data, buffer)
+        return buffer.getvalue()
+
+    key = ("png", campaign.id, i18n.current(), figures.build)
+    return cast(bytes, await report_renders(ctx).get(key, make))
+
+
 async def render_chart(ctx: Context, campaign: Campaign, figures: Figures) -> Path | None:
-    """The chart as a PNG under campaigns.reports_dir; None when matplotlib is missing. Drawn into a
-    temporary file beside it and renamed into place, so a crash mid-draw never leaves a truncated PNG;
-    report PNGs older than campaigns.report_files_days are pruned then."""
+    """The chart as a PNG under campaigns.reports_dir; None when matplotlib is missing; Busy when every
+    render slot is taken. Written into a temporary file beside it and renamed into place, so a crash
+    mid-write never leaves a truncated PNG; report PNGs older than campaigns.report_files_days are
+    pruned then."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         return None
-    data = chart_data(figures)  # here, not in the thread: the labels are in the reader's language
+    png = await chart_png(ctx, campaign, figures)
     folder = Path(ctx.settings.campaigns.reports_dir)
     folder.mkdir(parents=True, exist_ok=True)
     safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in campaign.name)[:80]
     now = ctx.now()
     path = (folder / f"{safe}-{now:%Y%m%d-%H%M%S}.png").resolve()
     loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, _write_atomically, data, path)
+    await loop.run_in_executor(None, _write_atomically, png, path)
     await loop.run_in_executor(None, prune_reports, folder, now, ctx.settings.campaigns.report_files_days)
     return path
 
 
-def _write_atomically(data: ChartData, path: Path) -> None:
+def _write_atomically(png: bytes, path: Path) -> None:
     temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        draw(data, temp)
+        temp.write_bytes(png)
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
@@ -1051,8 +1086,19 @@ def report_url(ctx: Context, campaign: Campaign) -> str | None:
 async def report_message(ctx: Context, campaign: Campaign, figures: Figures | None = None) -> Message:
     """The report as a chat answer: the figures as text, the chart as a picture beside it, and a card
     linking the report page."""
-    figures = figures or await build_report(ctx, campaign)
-    chart = await render_chart(ctx, campaign, figures)
+    if figures is None:
+        figures = await build_report(ctx, campaign)  # whoever asks in chat gets this moment's figures…
+        report_renders(ctx).put(("figures", campaign.id), figures)  # …and so does the page they link to
+    text = figures.text()
+    try:
+        chart = await render_chart(ctx, campaign, figures)
+    except Busy as exc:  # the chart waits its turn like the page's: the text goes now
+        chart = None
+        text += "\n" + t(
+            "The chart is not attached: too many reports are being drawn right now; try again in "
+            "{seconds} s, or open the report page.",
+            seconds=exc.retry_after_s,
+        )
     url = report_url(ctx, campaign)
     title = t("Report: “{name}”", name=figures.campaign)
     card = (
@@ -1065,4 +1111,4 @@ async def report_message(ctx: Context, campaign: Campaign, figures: Figures | No
         else None
     )
     images = (Image(str(chart), title),) if chart else ()
-    return Message(figures.text(), card=card, images=images)
+    return Message(text, card=card, images=images)
