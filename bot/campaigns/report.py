@@ -35,7 +35,18 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
-from sqlalchemy import Float, Integer, Select, String, case, distinct, exists, func, select, union_all
+from sqlalchemy import (
+    Float,
+    Integer,
+    Select,
+    String,
+    distinct,
+    exists,
+    func,
+    literal_column,
+    select,
+    union_all,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
@@ -418,22 +429,23 @@ def _seconds_sqlite(element: _Seconds, compiler: Any, **kw: Any) -> str:
     return f"((julianday({compiler.process(element.clauses, **kw)}) - 2440587.5) * 86400.0)"
 
 
-class _Floor(FunctionElement[Any]):
-    """floor() of a non-negative number (SQLite has no floor() unless built with its math functions;
-    CAST truncates there, which is floor for x >= 0; PostgreSQL's CAST would round instead)."""
+class _Bucket(FunctionElement[Any]):
+    """The bucket of a number of bucket widths: floor(x) clamped to 0..BUCKETS, with x written once
+    (SQLite would compute it again for each place it appears). SQLite has no floor() unless built with
+    its math functions; CAST truncates there, which is floor for x >= 0 (PostgreSQL's CAST would round)."""
 
     inherit_cache = True
     type = Integer()
 
 
-@compiles(_Floor)
-def _floor_default(element: _Floor, compiler: Any, **kw: Any) -> str:
-    return f"CAST(FLOOR({compiler.process(element.clauses, **kw)}) AS INTEGER)"
+@compiles(_Bucket)
+def _bucket_default(element: _Bucket, compiler: Any, **kw: Any) -> str:
+    return f"CAST(FLOOR(GREATEST(0, LEAST({BUCKETS}, {compiler.process(element.clauses, **kw)}))) AS INTEGER)"
 
 
-@compiles(_Floor, "sqlite")
-def _floor_sqlite(element: _Floor, compiler: Any, **kw: Any) -> str:
-    return f"CAST({compiler.process(element.clauses, **kw)} AS INTEGER)"
+@compiles(_Bucket, "sqlite")
+def _bucket_sqlite(element: _Bucket, compiler: Any, **kw: Any) -> str:
+    return f"CAST(max(0, min({BUCKETS}, {compiler.process(element.clauses, **kw)})) AS INTEGER)"
 
 
 class _UtcDay(FunctionElement[Any]):
@@ -453,25 +465,43 @@ def _day_sqlite(element: _UtcDay, compiler: Any, **kw: Any) -> str:
     return f"date({compiler.process(element.clauses, **kw)})"
 
 
-async def _steps(session: AsyncSession, times: Select[Any], origin: datetime, width_s: float) -> Steps:
-    """The cumulative count of `times` (a select of one column labelled "at") in BUCKETS buckets of
-    `width_s` from `origin`; a time outside them counts in the first or the last."""
+@dataclass
+class _Counted:
+    steps: Steps
+    first: datetime | None  # exact
+    days: dict[date, int]  # UTC day -> how many
+
+
+async def _count(session: AsyncSession, times: Select[Any], origin: datetime, width_s: float) -> _Counted:
+    """`times` (a select of one column labelled "at") counted in one statement: cumulatively in BUCKETS
+    buckets of `width_s` from `origin` (a time outside them counts in the first or the last), by UTC
+    day, and the first of them. Rows per (bucket, day): at most a few hundred."""
     at = times.subquery().c.at
-    x = (_Seconds(at) - origin.timestamp()) / width_s
-    bucket = _Floor(case((x < 0, 0.0), (x > BUCKETS, float(BUCKETS)), else_=x))
+    bucket = _Bucket((_Seconds(at) - origin.timestamp()) / width_s).label("bucket")
+    day = _UtcDay(at).label("day")
+    # grouped by the columns' names: each computed once a row
+    by: tuple[Any, ...] = (literal_column("bucket"), literal_column("day"))
     rows = (
         await session.execute(
-            select(bucket, func.count(), func.max(at))
+            select(bucket, day, func.count(), func.max(at), func.min(at))
             .where(at.is_not(None))
-            .group_by(bucket)
-            .order_by(bucket)
+            .group_by(*by)
+            .order_by(*by)
         )
     ).all()
+    buckets: dict[int, tuple[int, datetime]] = {}
+    days: dict[date, int] = {}
+    for b, d, count, last, _ in rows:
+        n, latest = buckets.get(b, (0, last))
+        buckets[b] = (n + int(count), max(latest, last))
+        on = date.fromisoformat(str(d))
+        days[on] = days.get(on, 0) + int(count)
     out, n = [], 0
-    for _, count, last in rows:
-        n += int(count)
-        out.append((cast(datetime, last), n))
-    return tuple(out)
+    for b in sorted(buckets):
+        n += buckets[b][0]
+        out.append((buckets[b][1], n))
+    first = min((cast(datetime, r[4]) for r in rows), default=None)
+    return _Counted(tuple(out), first, days)
 
 
 def _firsts(campaign_id: int, *kinds: str) -> Select[Any]:
@@ -532,11 +562,8 @@ async def build_report(ctx: Context, campaign: Campaign) -> Figures:
         )
         f.delivered = max(0, f.sent - late_hard)
         sent = Delivery.campaign_id == cid, Delivery.status == "sent", Delivery.sent_at.is_not(None)
-        f.first_sent_at = (
-            await session.execute(select(func.min(Delivery.sent_at)).where(*sent))
-        ).scalar_one()
         now = f.now or datetime.now(UTC)
-        origin = min(x for x in (campaign.started_at, f.first_sent_at, now) if x is not None)
+        origin = min(campaign.started_at or campaign.created_at or now, now)
         width_s = max((now - origin).total_seconds(), MIN_SPAN.total_seconds()) / BUCKETS
         unsubscribed = (
             Suppression.campaign_id == cid,
@@ -552,37 +579,34 @@ async def build_report(ctx: Context, campaign: Campaign) -> Figures:
             ),
         )
 
-        async def curve(times: Select[Any]) -> Steps:
-            return await _steps(session, times, origin, width_s)
+        async def count(times: Select[Any]) -> _Counted:
+            return await _count(session, times, origin, width_s)
 
-        f.unsubscribe_steps = await curve(select(Suppression.created_at.label("at")).where(*unsubscribed))
+        unsubscribes = await count(select(Suppression.created_at.label("at")).where(*unsubscribed))
+        f.unsubscribe_steps = unsubscribes.steps
         f.unsubscribes = _total(f.unsubscribe_steps)
-        f.sent_steps = await curve(select(Delivery.sent_at.label("at")).where(*sent))
-        f.open_steps = await curve(_firsts(cid, "open", "click"))  # opened: the first open or click
-        f.click_steps = await curve(_firsts(cid, "click"))
-        f.complaint_steps = await curve(_firsts(cid, "complaint"))
+        sent_at = await count(select(Delivery.sent_at.label("at")).where(*sent))
+        f.sent_steps, f.first_sent_at = sent_at.steps, sent_at.first
+        f.open_steps = (await count(_firsts(cid, "open", "click"))).steps  # the first open or click
+        f.click_steps = (await count(_firsts(cid, "click"))).steps
+        complaints = await count(_firsts(cid, "complaint"))
+        f.complaint_steps = complaints.steps
         refused = Delivery.campaign_id == cid, Delivery.status == "bounced"
-        f.bounce_steps = await curve(
-            union_all(
-                select(Delivery.claimed_at.label("at")).where(*refused),
-                _firsts(cid, "hard_bounce"),
-                _firsts(cid, "soft_bounce"),
+        f.bounce_steps = (
+            await count(
+                union_all(
+                    select(Delivery.claimed_at.label("at")).where(*refused),
+                    _firsts(cid, "hard_bounce"),
+                    _firsts(cid, "soft_bounce"),
+                )
+                .subquery()
+                .select()
             )
-            .subquery()
-            .select()
-        )
-        days: dict[date, list[int]] = {}
-        for n, times in enumerate(
-            (
-                select(Suppression.created_at.label("at")).where(*unsubscribed),
-                _firsts(cid, "complaint"),
-            )
-        ):
-            at = times.subquery().c.at
-            for day, count in (
-                await session.execute(select(_UtcDay(at), func.count()).group_by(_UtcDay(at)))
-            ).all():
-                days.setdefault(date.fromisoformat(str(day)), [0, 0])[n] += int(count)
+        ).steps
+        days = {
+            d: [unsubscribes.days.get(d, 0), complaints.days.get(d, 0)]
+            for d in set(unsubscribes.days) | set(complaints.days)
+        }
         f.by_day = [(d, u, c) for d, (u, c) in sorted(days.items())]
         classes: Counter[tuple[str, str]] = Counter()
         for err, n in (
