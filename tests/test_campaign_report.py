@@ -13,7 +13,16 @@ from fontTools.ttLib import TTFont
 from sqlalchemy import select
 
 from bot import i18n
-from bot.campaigns.report import FONT, Figures, bounce_class, build_report, chart_data, draw, integer_ticks
+from bot.campaigns.report import (
+    FONT,
+    Figures,
+    bounce_class,
+    build_report,
+    chart_data,
+    draw,
+    integer_ticks,
+    steps,
+)
 from bot.contacts.importer import import_contacts
 from bot.db.models import Campaign
 from tests.audience_kit import web
@@ -40,9 +49,9 @@ def demo_like(**overrides: object) -> Figures:
         "started_at": T0,
         "finished_at": T0 + timedelta(seconds=0.2),
         "now": T0 + timedelta(seconds=25),
-        "sent_times": [T0 + timedelta(seconds=0.05 * i) for i in range(1, 5)],
-        "open_times": [T0 + timedelta(seconds=8), T0 + timedelta(seconds=12)],
-        "click_times": [T0 + timedelta(seconds=12)],
+        "sent_steps": steps([T0 + timedelta(seconds=0.05 * i) for i in range(1, 5)]),
+        "open_steps": steps([T0 + timedelta(seconds=8), T0 + timedelta(seconds=12)]),
+        "click_steps": steps([T0 + timedelta(seconds=12)]),
     }
     values.update(overrides)
     return Figures(**values)  # type: ignore[arg-type]
@@ -84,7 +93,7 @@ def test_a_small_fast_send_gets_a_fitting_time_axis_whole_number_counts_and_ever
 
 def test_a_large_send_gets_a_few_markers_not_one_per_recipient() -> None:
     many = [T0 + timedelta(seconds=i) for i in range(5000)]
-    sent = series(chart_data(demo_like(sent=5000, delivered=5000, sent_times=many)).panels[0], "sent")
+    sent = series(chart_data(demo_like(sent=5000, delivered=5000, sent_steps=steps(many))).panels[0], "sent")
     assert sent.total == 5000 and len(sent.ys) == 5002 and len(sent.marks) <= 41
     assert sent.marks[-1] == (sent.xs[-2], 5000)  # the last count is marked
 
@@ -113,10 +122,10 @@ def test_everything_bounced_is_not_nothing_sent() -> None:
         clicks=0,
         hard_bounces=4,
         statuses={"bounced": 4},
-        sent_times=[],
-        open_times=[],
-        click_times=[],
-        bounce_times=refused,
+        sent_steps=steps([]),
+        open_steps=steps([]),
+        click_steps=steps([]),
+        bounce_steps=steps(refused),
         bounce_classes={("hard", "address"): 4},
     )
     delivery, engagement = chart_data(figures).panels
@@ -132,14 +141,14 @@ def test_everything_bounced_is_not_nothing_sent() -> None:
 def test_nothing_sent_yet_and_tracking_off_say_so() -> None:
     waiting = demo_like(
         state="sending", sent=0, delivered=0, opens=0, clicks=0, statuses={"pending": 4},
-        sent_times=[], open_times=[], click_times=[],
+        sent_steps=steps([]), open_steps=steps([]), click_steps=steps([]),
     )  # fmt: skip
     delivery, engagement = chart_data(waiting).panels
     assert delivery.empty == "Sending has started; nothing has gone out yet." and not delivery.series
     assert engagement.empty == "Nothing was delivered yet."
     untracked = chart_data(demo_like(tracking=False)).panels[1]
     assert untracked.empty == "Opens and clicks are not tracked."
-    quiet = chart_data(demo_like(opens=0, clicks=0, open_times=[], click_times=[])).panels[1]
+    quiet = chart_data(demo_like(opens=0, clicks=0, open_steps=steps([]), click_steps=steps([]))).panels[1]
     assert quiet.empty is None and quiet.note == "No opens or clicks recorded yet."
     assert [s.total for s in quiet.series] == [0, 0]  # still drawn, and in the legend
 
@@ -250,8 +259,9 @@ def test_unsubscribes_and_complaints_by_day_and_the_last_campaigns_to_the_list()
         audience="customers",
         unsubscribes=2,
         complaints=1,
-        unsubscribe_times=[day1, day2],
-        complaint_times=[day2],
+        unsubscribe_steps=steps([day1, day2]),
+        complaint_steps=steps([day2]),
+        by_day=[(day1.date(), 1, 0), (day2.date(), 1, 1)],
         earlier=[Earlier("winter", T0 - timedelta(days=60), 200, 50, 9)],
     ).text()
     assert "unsubscribes and complaints by day:" in text
@@ -389,12 +399,12 @@ async def test_an_automation_that_never_sent_has_no_report_like_a_draft_campaign
 def test_no_benchmark_line_when_nothing_was_delivered() -> None:
     bounced = demo_like(
         sent=0, delivered=0, opens=0, clicks=0, hard_bounces=4, statuses={"bounced": 4},
-        sent_times=[], open_times=[], click_times=[],
+        sent_steps=steps([]), open_steps=steps([]), click_steps=steps([]),
     ).text()  # fmt: skip
     assert "Benchmarks" not in bounced and "0 delivered is fewer" not in bounced
     waiting = demo_like(
         state="sending", sent=0, delivered=0, opens=0, clicks=0, statuses={"pending": 4},
-        sent_times=[], open_times=[], click_times=[],
+        sent_steps=steps([]), open_steps=steps([]), click_steps=steps([]),
     ).text()  # fmt: skip
     assert "Benchmarks" not in waiting
     assert "Benchmarks (20% opens, 3% clicks) not compared yet" in demo_like().text()
@@ -422,8 +432,8 @@ def test_counts_of_one_read_in_the_singular_and_lists_read_as_lists() -> None:
 
     one = demo_like(
         recipients=1, sent=1, delivered=1, opens=1, clicks=1, statuses={"sent": 1},
-        sent_times=[T0], open_times=[T0], click_times=[T0], unsubscribes=1,
-        unsubscribe_times=[T0], links=[("https://corp.example/a", 1, 1), ("https://corp.example/b", 2, 3)],
+        sent_steps=steps([T0]), open_steps=steps([T0]), click_steps=steps([T0]), unsubscribes=1,
+        unsubscribe_steps=steps([T0]), by_day=[(T0.date(), 1, 0)], links=[("https://corp.example/a", 1, 1), ("https://corp.example/b", 2, 3)],
     )  # fmt: skip
     text = one.text()
     assert "https://corp.example/a — 1 person, 1 click" in text

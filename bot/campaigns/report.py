@@ -19,6 +19,8 @@ total, zero included; an empty panel says why it is empty.
 from __future__ import annotations
 
 import asyncio
+import io
+import itertools
 import math
 import os
 import re
@@ -26,16 +28,33 @@ import secrets
 import threading
 import unicodedata
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
-from sqlalchemy import distinct, exists, func, select
+from sqlalchemy import (
+    Float,
+    Integer,
+    Select,
+    String,
+    distinct,
+    exists,
+    func,
+    literal_column,
+    select,
+    union_all,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
 from bot import i18n
 from bot.campaigns import service
 from bot.campaigns.notes import state_name, status_name
+from bot.campaigns.report_cache import Busy, report_renders
 from bot.context import Context
 from bot.db.models import Campaign, CampaignEvent, Delivery, Suppression
 from bot.errors import Refusal
@@ -70,8 +89,20 @@ class Earlier:
     opens: int
     clicks: int
 
-    def rate(self, n: int) -> float:
-        return n / self.delivered if self.delivered else 0.0
+
+Steps = tuple[tuple[datetime, int], ...]
+"""A cumulative count as the points where it rose: (when, how many by then), ascending. Built from
+the database it has at most BUCKETS + 1 points however large the campaign (each bucket's last time and
+the count by then, so every point lies on the exact curve); `steps` makes it from exact times."""
+
+
+def steps(times: list[datetime]) -> Steps:
+    """Exact steps from a list of times (one point per time)."""
+    return tuple((at, n) for n, at in enumerate(sorted(times), 1))
+
+
+def _total(s: Steps) -> int:
+    return s[-1][1] if s else 0
 
 
 @dataclass
@@ -97,15 +128,20 @@ class Figures:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     now: datetime | None = None
-    sent_times: list[datetime] = field(default_factory=list)
-    open_times: list[datetime] = field(default_factory=list)
-    click_times: list[datetime] = field(default_factory=list)
-    bounce_times: list[datetime] = field(default_factory=list)  # hard and soft, first per recipient
-    unsubscribe_times: list[datetime] = field(default_factory=list)
-    complaint_times: list[datetime] = field(default_factory=list)
+    first_sent_at: datetime | None = None  # exact (a Steps point is its bucket's last time)
+    sent_steps: Steps = ()
+    open_steps: Steps = ()  # first open or click per recipient
+    click_steps: Steps = ()  # first click per recipient
+    bounce_steps: Steps = ()  # hard and soft, first per recipient
+    unsubscribe_steps: Steps = ()
+    complaint_steps: Steps = ()  # first per recipient
+    by_day: list[tuple[date, int, int]] = field(default_factory=list)  # (UTC day, unsubscribes, complaints)
     bounce_classes: dict[tuple[str, str], int] = field(default_factory=dict)  # (hard|soft, class) -> n
     links: list[tuple[str, int, int]] = field(default_factory=list)  # (url, people, clicks)
     earlier: list[Earlier] = field(default_factory=list)
+    # which build these are: a chart drawn from them is kept under it (report_cache), never mistaken
+    # for one drawn from another build of the same campaign
+    build: int = field(default_factory=itertools.count().__next__, compare=False)
 
     @property
     def attempted(self) -> int:
@@ -117,10 +153,10 @@ class Figures:
     def ended_at(self) -> datetime | None:
         """When the send ended (an automation: when it first sent; its figures settle from there)."""
         if self.automation:
-            return self.sent_times[0] if self.sent_times else None
+            return self.first_sent_at or (self.sent_steps[0][0] if self.sent_steps else None)
         if self.state == "sending" or self.state == "paused":
             return None
-        return self.finished_at or (self.sent_times[-1] if self.sent_times else None)
+        return self.finished_at or (self.sent_steps[-1][0] if self.sent_steps else None)
 
     def benchmark_wait(self) -> str | None:
         """Why the figures can't be compared with the benchmarks yet, or None when they can."""
@@ -239,7 +275,7 @@ class Figures:
                 ]
         else:
             lines.append("  " + t("opens and clicks: not tracked for this campaign."))
-        days = self._by_day()
+        days = self.by_day
         if days:
             lines.append("  " + t("unsubscribes and complaints by day:"))
             lines += [
@@ -250,7 +286,7 @@ class Figures:
                     unsubscribes=t("1 unsubscribe") if u == 1 else t("{count} unsubscribes", count=u),
                     complaints=t("1 complaint") if c == 1 else t("{count} complaints", count=c),
                 )
-                for day, (u, c) in days
+                for day, u, c in days
             ]
         if self.earlier:
             lines.append("  " + t("the last campaigns to {audience}:", audience=self.audience))
@@ -318,11 +354,6 @@ class Figures:
                 parts.append(f"{label}: " + ", ".join(f"{bounce_class_name(k)} {n}" for k, n in found))
         return "; ".join(parts)
 
-    def _by_day(self) -> list[tuple[date, tuple[int, int]]]:
-        u = Counter(x.date() for x in self.unsubscribe_times)
-        c = Counter(x.date() for x in self.complaint_times)
-        return [(d, (u[d], c[d])) for d in sorted(set(u) | set(c))]
-
 
 def _people(n: int) -> str:
     return t("1 person") if n == 1 else t("{count} people", count=n)
@@ -372,6 +403,125 @@ def bounce_class_name(klass: str) -> str:
     }.get(klass, t("other"))
 
 
+# -- counting in the database ----------------------------------------------------------------------
+# Every figure is counted by the database, never by loading a campaign's rows into Python: a report on
+# a 100,000-recipient campaign moves a few hundred rows (benchmarks/report_build.py). The time series
+# are bucketed there too: BUCKETS equal slices from the send's start to the report time (finer than
+# the chart's plot area is wide), each bucket giving its count and its last time.
+BUCKETS = 400
+
+
+class _Seconds(FunctionElement[Any]):
+    """A timestamp as seconds since the epoch, the same number on both databases."""
+
+    inherit_cache = True
+    type = Float()
+
+
+@compiles(_Seconds)
+def _seconds_default(element: _Seconds, compiler: Any, **kw: Any) -> str:
+    return f"EXTRACT(EPOCH FROM {compiler.process(element.clauses, **kw)})"
+
+
+@compiles(_Seconds, "sqlite")
+def _seconds_sqlite(element: _Seconds, compiler: Any, **kw: Any) -> str:
+    # stored as UTC text (UtcDateTime); julianday reads its fractional seconds
+    return f"((julianday({compiler.process(element.clauses, **kw)}) - 2440587.5) * 86400.0)"
+
+
+class _Bucket(FunctionElement[Any]):
+    """The bucket of a number of bucket widths: floor(x) clamped to 0..BUCKETS, with x written once
+    (SQLite would compute it again for each place it appears). SQLite has no floor() unless built with
+    its math functions; CAST truncates there, which is floor for x >= 0 (PostgreSQL's CAST would round)."""
+
+    inherit_cache = True
+    type = Integer()
+
+
+@compiles(_Bucket)
+def _bucket_default(element: _Bucket, compiler: Any, **kw: Any) -> str:
+    return f"CAST(FLOOR(GREATEST(0, LEAST({BUCKETS}, {compiler.process(element.clauses, **kw)}))) AS INTEGER)"
+
+
+@compiles(_Bucket, "sqlite")
+def _bucket_sqlite(element: _Bucket, compiler: Any, **kw: Any) -> str:
+    return f"CAST(max(0, min({BUCKETS}, {compiler.process(element.clauses, **kw)})) AS INTEGER)"
+
+
+class _UtcDay(FunctionElement[Any]):
+    """The UTC calendar day of a timestamp."""
+
+    inherit_cache = True
+    type = String()
+
+
+@compiles(_UtcDay)
+def _day_default(element: _UtcDay, compiler: Any, **kw: Any) -> str:
+    return f"CAST(CAST(timezone('UTC', {compiler.process(element.clauses, **kw)}) AS DATE) AS VARCHAR)"
+
+
+@compiles(_UtcDay, "sqlite")
+def _day_sqlite(element: _UtcDay, compiler: Any, **kw: Any) -> str:
+    return f"date({compiler.process(element.clauses, **kw)})"
+
+
+@dataclass
+class _Counted:
+    steps: Steps
+    first: datetime | None  # exact
+    days: dict[date, int]  # UTC day -> how many
+
+
+async def _count(session: AsyncSession, times: Select[Any], origin: datetime, width_s: float) -> _Counted:
+    """`times` (a select of one column labelled "at") counted in one statement: cumulatively in BUCKETS
+    buckets of `width_s` from `origin` (a time outside them counts in the first or the last), by UTC
+    day, and the first of them. Rows per (bucket, day): at most a few hundred."""
+    at = times.subquery().c.at
+    bucket = _Bucket((_Seconds(at) - origin.timestamp()) / width_s).label("bucket")
+    day = _UtcDay(at).label("day")
+    # grouped by the columns' names: each computed once a row
+    by: tuple[Any, ...] = (literal_column("bucket"), literal_column("day"))
+    rows = (
+        await session.execute(
+            select(bucket, day, func.count(), func.max(at), func.min(at))
+            .where(at.is_not(None))
+            .group_by(*by)
+            .order_by(*by)
+        )
+    ).all()
+    buckets: dict[int, tuple[int, datetime]] = {}
+    days: dict[date, int] = {}
+    for b, d, count, last, _ in rows:
+        n, latest = buckets.get(b, (0, last))
+        buckets[b] = (n + int(count), max(latest, last))
+        on = date.fromisoformat(str(d))
+        days[on] = days.get(on, 0) + int(count)
+    out, n = [], 0
+    for b in sorted(buckets):
+        n += buckets[b][0]
+        out.append((buckets[b][1], n))
+    first = min((cast(datetime, r[4]) for r in rows), default=None)
+    return _Counted(tuple(out), first, days)
+
+
+def _firsts(campaign_id: int, *kinds: str) -> Select[Any]:
+    """Each recipient's first event of `kinds`."""
+    return (
+        select(func.min(CampaignEvent.at).label("at"))
+        .where(CampaignEvent.campaign_id == campaign_id, CampaignEvent.kind.in_(kinds))
+        .group_by(CampaignEvent.delivery_id)
+    )
+
+
+def _distinct_recipients(campaign: Any, *kinds: str) -> Any:
+    """How many recipients of `campaign` (a column: correlated) have an event of `kinds`."""
+    return (
+        select(func.count(distinct(CampaignEvent.delivery_id)))
+        .where(CampaignEvent.campaign_id == campaign, CampaignEvent.kind.in_(kinds))
+        .scalar_subquery()
+    )
+
+
 async def build_report(ctx: Context, campaign: Campaign) -> Figures:
     f = Figures(
         campaign=campaign.name.removeprefix(service.AUTOMATION_PREFIX),
@@ -408,76 +558,73 @@ async def build_report(ctx: Context, campaign: Campaign) -> Figures:
         # A click implies an open (the images were blocked, or fetched by a proxy we never saw): a
         # delivery that clicked counts as opened, so no more people click than open.
         f.opens = int(
-            (
-                await session.execute(
-                    select(func.count(distinct(CampaignEvent.delivery_id))).where(
-                        CampaignEvent.campaign_id == cid, CampaignEvent.kind.in_(("open", "click"))
-                    )
-                )
-            ).scalar_one()
+            (await session.execute(select(_distinct_recipients(cid, "open", "click")))).scalar_one()
         )
         f.delivered = max(0, f.sent - late_hard)
+        sent = Delivery.campaign_id == cid, Delivery.status == "sent", Delivery.sent_at.is_not(None)
+        now = f.now or datetime.now(UTC)
+        origin = min(campaign.started_at or campaign.created_at or now, now)
+        width_s = max((now - origin).total_seconds(), MIN_SPAN.total_seconds()) / BUCKETS
         unsubscribed = (
-            await session.execute(
-                select(Suppression.created_at)
-                .where(
-                    Suppression.campaign_id == cid,
-                    Suppression.reason == "unsubscribed",
-                    # from a message of its own that reached them before they left
-                    exists(
-                        select(Delivery.id).where(
-                            Delivery.campaign_id == cid,
-                            Delivery.email == Suppression.email,
-                            Delivery.status == "sent",
-                            Delivery.sent_at <= Suppression.created_at,
-                        )
-                    ),
+            Suppression.campaign_id == cid,
+            Suppression.reason == "unsubscribed",
+            # from a message of its own that reached them before they left
+            exists(
+                select(Delivery.id).where(
+                    Delivery.campaign_id == cid,
+                    Delivery.email == Suppression.email,
+                    Delivery.status == "sent",
+                    Delivery.sent_at <= Suppression.created_at,
                 )
-                .order_by(Suppression.created_at)
-            )
-        ).scalars()
-        f.unsubscribe_times = list(unsubscribed)
-        f.unsubscribes = len(f.unsubscribe_times)
-        f.sent_times = list(
-            (
-                await session.execute(
-                    select(Delivery.sent_at)
-                    .where(
-                        Delivery.campaign_id == cid, Delivery.status == "sent", Delivery.sent_at.is_not(None)
-                    )
-                    .order_by(Delivery.sent_at)
-                )
-            ).scalars()
+            ),
         )
-        firsts: dict[str, list[datetime]] = {}
-        for kind in ("open", "click", "complaint", "hard_bounce", "soft_bounce"):
-            kinds = ("open", "click") if kind == "open" else (kind,)  # opened: the first open or click
-            first = (
-                select(func.min(CampaignEvent.at))
-                .where(CampaignEvent.campaign_id == cid, CampaignEvent.kind.in_(kinds))
-                .group_by(CampaignEvent.delivery_id)
-            )
-            firsts[kind] = sorted((await session.execute(first)).scalars())
-        f.open_times, f.click_times, f.complaint_times = firsts["open"], firsts["click"], firsts["complaint"]
-        refused = (
-            await session.execute(
-                select(Delivery.claimed_at, Delivery.last_error).where(
-                    Delivery.campaign_id == cid, Delivery.status == "bounced"
+
+        async def count(times: Select[Any]) -> _Counted:
+            return await _count(session, times, origin, width_s)
+
+        unsubscribes = await count(select(Suppression.created_at.label("at")).where(*unsubscribed))
+        f.unsubscribe_steps = unsubscribes.steps
+        f.unsubscribes = _total(f.unsubscribe_steps)
+        sent_at = await count(select(Delivery.sent_at.label("at")).where(*sent))
+        f.sent_steps, f.first_sent_at = sent_at.steps, sent_at.first
+        f.open_steps = (await count(_firsts(cid, "open", "click"))).steps  # the first open or click
+        f.click_steps = (await count(_firsts(cid, "click"))).steps
+        complaints = await count(_firsts(cid, "complaint"))
+        f.complaint_steps = complaints.steps
+        refused = Delivery.campaign_id == cid, Delivery.status == "bounced"
+        f.bounce_steps = (
+            await count(
+                union_all(
+                    select(Delivery.claimed_at.label("at")).where(*refused),
+                    _firsts(cid, "hard_bounce"),
+                    _firsts(cid, "soft_bounce"),
                 )
+                .subquery()
+                .select()
             )
-        ).all()
-        f.bounce_times = sorted(
-            [at for at, _ in refused if at is not None] + firsts["hard_bounce"] + firsts["soft_bounce"]
-        )
-        classes: Counter[tuple[str, str]] = Counter(("hard", bounce_class("hard", err)) for _, err in refused)
-        for kind, detail in (
+        ).steps
+        days = {
+            d: [unsubscribes.days.get(d, 0), complaints.days.get(d, 0)]
+            for d in set(unsubscribes.days) | set(complaints.days)
+        }
+        f.by_day = [(d, u, c) for d, (u, c) in sorted(days.items())]
+        classes: Counter[tuple[str, str]] = Counter()
+        for err, n in (
             await session.execute(
-                select(CampaignEvent.kind, CampaignEvent.detail).where(
-                    CampaignEvent.campaign_id == cid, CampaignEvent.kind.in_(("hard_bounce", "soft_bounce"))
-                )
+                select(Delivery.last_error, func.count()).where(*refused).group_by(Delivery.last_error)
             )
         ).all():
-            classes[(kind.removesuffix("_bounce"), bounce_class(kind, detail))] += 1
+            classes[("hard", bounce_class("hard", err))] += int(n)
+        for kind, detail, n in (
+            await session.execute(
+                select(CampaignEvent.kind, CampaignEvent.detail, func.count())
+                .where(
+                    CampaignEvent.campaign_id == cid, CampaignEvent.kind.in_(("hard_bounce", "soft_bounce"))
+                )
+                .group_by(CampaignEvent.kind, CampaignEvent.detail)
+            )
+        ).all():
+            classes[(kind.removesuffix("_bounce"), bounce_class(kind, detail))] += int(n)
         f.bounce_classes = dict(classes)
         f.links = [
             (str(url), int(people), int(n))
@@ -495,9 +642,23 @@ async def build_report(ctx: Context, campaign: Campaign) -> Figures:
             if url
         ]
         if campaign.started_at is not None and not f.automation:
-            earlier = (
+            # the last campaigns to the same audience, each one's figures counted in the same statement
+            other = Campaign.id
+            sent_there = (
+                select(func.count())
+                .where(Delivery.campaign_id == other, Delivery.status == "sent")
+                .scalar_subquery()
+            )
+            rows = (
                 await session.execute(
-                    select(Campaign)
+                    select(
+                        Campaign.name,
+                        Campaign.started_at,
+                        sent_there,
+                        _distinct_recipients(other, "hard_bounce"),
+                        _distinct_recipients(other, "open", "click"),
+                        _distinct_recipients(other, "click"),
+                    )
                     .where(
                         Campaign.audience_kind == campaign.audience_kind,
                         Campaign.audience_name == campaign.audience_name,
@@ -509,35 +670,11 @@ async def build_report(ctx: Context, campaign: Campaign) -> Figures:
                     .order_by(Campaign.started_at.desc())
                     .limit(PREVIOUS_SHOWN)
                 )
-            ).scalars()
-            for other in earlier:
-                sent = (await service.counts(session, other.id)).get("sent", 0)
-                got = dict(
-                    (
-                        await session.execute(
-                            select(CampaignEvent.kind, func.count(distinct(CampaignEvent.delivery_id)))
-                            .where(CampaignEvent.campaign_id == other.id)
-                            .group_by(CampaignEvent.kind)
-                        )
-                    ).all()
-                )
-                assert other.started_at is not None
-                opened = (
-                    await session.execute(
-                        select(func.count(distinct(CampaignEvent.delivery_id))).where(
-                            CampaignEvent.campaign_id == other.id, CampaignEvent.kind.in_(("open", "click"))
-                        )
-                    )
-                ).scalar_one()
-                f.earlier.append(
-                    Earlier(
-                        other.name,
-                        other.started_at,
-                        max(0, sent - got.get("hard_bounce", 0)),
-                        int(opened),
-                        got.get("click", 0),
-                    )
-                )
+            ).all()
+            f.earlier = [
+                Earlier(name, started, max(0, int(n_sent) - int(hard)), int(opened), int(clicked))
+                for name, started, n_sent, hard, opened, clicked in rows
+            ]
     return f
 
 
@@ -621,17 +758,18 @@ def integer_ticks(top: int, most: int = 6) -> tuple[int, ...]:
     return (0, top)
 
 
-def _series(key: str, label: str, times: list[datetime], t0: datetime, scale: float, x_max: float) -> Series:
+def _series(key: str, label: str, counted: Steps, t0: datetime, scale: float, x_max: float) -> Series:
     """A cumulative line from 0 to `x_max` (the report time: nothing is known past it)."""
-    points = [min(x_max, max(0.0, (x - t0).total_seconds() / scale)) for x in sorted(times)]
-    ys = tuple(range(1, len(points) + 1))
+    points = [min(x_max, max(0.0, (at - t0).total_seconds() / scale)) for at, _ in counted]
+    ys = tuple(n for _, n in counted)
+    total = _total(counted)
     colour, marker, linestyle, width, z = STYLE[key]
     return Series(
         key=key,
-        label=f"{label} ({len(points)})",
-        total=len(points),
+        label=f"{label} ({total})",
+        total=total,
         xs=(0.0, *points, x_max),
-        ys=(0, *ys, len(points)),
+        ys=(0, *ys, total),
         marks=_marks(points, ys),
         colour=colour,
         marker=marker,
@@ -642,13 +780,20 @@ def _series(key: str, label: str, times: list[datetime], t0: datetime, scale: fl
 
 
 def _marks(points: list[float], ys: tuple[int, ...], most: int = MAX_MARKS) -> tuple[tuple[float, int], ...]:
-    """A marker where each count rose; for a large send, `most` of them spread evenly (a marker per
-    recipient would be a smear, and slow to draw)."""
+    """A marker where each count rose; for a large send, `most` of them spread evenly over the count (a
+    marker per recipient would be a smear, and slow to draw): the first point to reach each share."""
     pairs = list(zip(points, ys, strict=True))
     if len(pairs) <= most:
         return tuple(pairs)
-    step = len(pairs) / most
-    return tuple(pairs[min(len(pairs) - 1, int(i * step))] for i in range(most)) + (pairs[-1],)
+    total, k = pairs[-1][1], 0
+    marks: list[tuple[float, int]] = []
+    for i in range(most):
+        target = int(i * total / most) + 1
+        while pairs[k][1] < target:
+            k += 1
+        if not marks or marks[-1] != pairs[k]:
+            marks.append(pairs[k])
+    return tuple(marks) + (pairs[-1],)
 
 
 def _panel(title: str, ylabel: str, series: tuple[Series, ...], **extra: str | None) -> Panel:
@@ -659,10 +804,19 @@ def _panel(title: str, ylabel: str, series: tuple[Series, ...], **extra: str | N
 def chart_data(f: Figures) -> ChartData:
     """What the chart shows, in the current language: axes, series and empty states."""
     now = f.now or datetime.now(UTC)
-    every = (
-        f.sent_times + f.bounce_times + f.unsubscribe_times + f.complaint_times + f.open_times + f.click_times
-    )
-    t0 = min([x for x in (f.started_at, *every) if x is not None], default=now)
+    every = [
+        at
+        for counted in (
+            f.sent_steps,
+            f.bounce_steps,
+            f.unsubscribe_steps,
+            f.complaint_steps,
+            f.open_steps,
+            f.click_steps,
+        )
+        for at, _ in counted
+    ]
+    t0 = min([x for x in (f.started_at, f.first_sent_at, *every) if x is not None], default=now)
     end = max([now, *every])
     span = max((end - t0).total_seconds(), MIN_SPAN.total_seconds())
     scale, unit = _unit(span)
@@ -674,8 +828,8 @@ def chart_data(f: Figures) -> ChartData:
         else t("“{name}”: {count} recipients", name=f.campaign, count=f.recipients)
     )
 
-    def series(key: str, label: str, times: list[datetime]) -> Series:
-        return _series(key, label, times, t0, scale, now_x)
+    def series(key: str, label: str, counted: Steps) -> Series:
+        return _series(key, label, counted, t0, scale, now_x)
 
     if f.attempted == 0:
         words = (
@@ -689,10 +843,10 @@ def chart_data(f: Figures) -> ChartData:
             t("Delivery"),
             t("recipients (cumulative)"),
             (
-                series("sent", t("sent"), f.sent_times),
-                series("bounced", t("bounced"), f.bounce_times),
-                series("unsubscribed", t("unsubscribed"), f.unsubscribe_times),
-                series("complained", t("complained"), f.complaint_times),
+                series("sent", t("sent"), f.sent_steps),
+                series("bounced", t("bounced"), f.bounce_steps),
+                series("unsubscribed", t("unsubscribed"), f.unsubscribe_steps),
+                series("complained", t("complained"), f.complaint_steps),
             ),
             note=t("Every message bounced: nothing was delivered.") if f.delivered == 0 else None,
         )
@@ -713,21 +867,28 @@ def chart_data(f: Figures) -> ChartData:
         engagement = _panel(
             t("Engagement"),
             t("recipients (cumulative)"),
-            (series("opened", t("opened"), f.open_times), series("clicked", t("clicked"), f.click_times)),
-            note=t("No opens or clicks recorded yet.") if not (f.open_times or f.click_times) else None,
+            (series("opened", t("opened"), f.open_steps), series("clicked", t("clicked"), f.click_steps)),
+            note=t("No opens or clicks recorded yet.") if not (f.open_steps or f.click_steps) else None,
         )
     return ChartData(title, _unit_label(unit, t0), unit, x_max, (delivery, engagement), now_x)
 
 
 # -- drawing ------------------------------------------------------------------------------------
 def draw(data: ChartData, path: Path | BinaryIO) -> None:
+    with drawing():
+        figure(data).savefig(path, format="png")
+
+
+@contextmanager
+def drawing() -> Iterator[None]:
+    """Where a chart is laid out and saved: matplotlib's Agg backend and the report's fonts (rc_context
+    changes matplotlib's process-wide rcParams: one drawing at a time; text is laid out when saved, so
+    the fonts must hold until then)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     with _DRAWING, matplotlib.rc_context(cast(Any, _fonts())):
-        # rc_context changes matplotlib's process-wide rcParams: one drawing at a time; text is laid out
-        # when saved, so the fonts must hold then
-        figure(data).savefig(path, format="png")
+        yield
 
 
 _DRAWING = threading.Lock()
@@ -745,121 +906,141 @@ def _fonts() -> dict[str, Any]:
 
 
 def figure(data: ChartData) -> Figure:
-    """The chart as a matplotlib Figure (not yet drawn). Each panel's legend sits below its plot
-    area, never over it: a small send's cumulative lines peak top-left, where a legend inside would
-    hide them."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+    """The chart as a matplotlib Figure (not yet drawn; `draw` makes it inside `drawing()`, for the
+    fonts). Each panel's legend sits right of its plot area, never over it: a small send's cumulative
+    lines peak top-left, where a legend inside would hide them."""
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FixedLocator
 
-    with matplotlib.rc_context(cast(Any, _fonts())):
-        fig = Figure(figsize=(8, 6.4), dpi=100)
-        fig.suptitle(data.title, fontsize=13)
-        axes = fig.subplots(len(data.panels), 1)
-        for ax, panel in zip(axes, data.panels, strict=True):
-            ax.set_title(panel.title, fontsize=11, loc="left")
-            ax.set_xlim(-data.x_max * 0.015, data.x_max)  # a count that rose at 0 stays off the axis
-            ax.set_xlabel(data.x_label)
-            if panel.empty is not None:
-                ax.set_yticks([])
-                ax.text(0.5, 0.5, panel.empty, ha="center", va="center", transform=ax.transAxes, fontsize=11)
-                continue
-            ax.set_ylabel(panel.ylabel)
-            ax.set_ylim(-panel.y_top * 0.04, panel.y_top)  # a series at 0 stays visible above the axis
-            ax.yaxis.set_major_locator(FixedLocator(list(panel.y_ticks)))
-            ax.grid(axis="y", alpha=0.3)
-            if data.now_x < data.x_max:  # the lines stop at the report time: mark it
-                ax.axvline(data.now_x, color="#999999", linewidth=0.8, linestyle=":", zorder=1)
-                ax.annotate(
-                    t("now"),
-                    (data.now_x, 1.0),
-                    xycoords=("data", "axes fraction"),
-                    xytext=(3, -3),
-                    textcoords="offset points",
-                    ha="left",
-                    va="top",
-                    fontsize=8,
-                    color="#666666",
-                )
-            for s in panel.series:
-                ax.step(
-                    s.xs,
-                    s.ys,
-                    where="post",
-                    color=s.colour,
-                    linestyle=s.linestyle,
-                    linewidth=s.linewidth,
-                    zorder=s.zorder,
-                    label=s.label,
-                    marker=None,
-                )
-                if s.marks:
-                    mx, my = zip(*s.marks, strict=True)
-                    ax.plot(mx, my, linestyle="none", marker=s.marker, color=s.colour, zorder=s.zorder + 0.5)
-            # The legend's entries show the line and the marker of each series.
-            handles = [
-                Line2D(
-                    [],
-                    [],
-                    color=s.colour,
-                    linestyle=cast(Any, s.linestyle),
-                    linewidth=s.linewidth,
-                    marker=s.marker,
-                )
-                for s in panel.series
-            ]
-            ax.legend(
-                handles,
-                [s.label for s in panel.series],
-                loc="upper left",
-                bbox_to_anchor=(1.01, 1.0),  # right of the plot area: no data is hidden
-                fontsize=9,
-                ncols=1,
-                frameon=False,
-                borderaxespad=0.0,
+    fig = Figure(figsize=(8, 6.4), dpi=100)
+    fig.suptitle(data.title, fontsize=13)
+    axes = fig.subplots(len(data.panels), 1)
+    for ax, panel in zip(axes, data.panels, strict=True):
+        ax.set_title(panel.title, fontsize=11, loc="left")
+        ax.set_xlim(-data.x_max * 0.015, data.x_max)  # a count that rose at 0 stays off the axis
+        ax.set_xlabel(data.x_label)
+        if panel.empty is not None:
+            ax.set_yticks([])
+            ax.text(0.5, 0.5, panel.empty, ha="center", va="center", transform=ax.transAxes, fontsize=11)
+            continue
+        ax.set_ylabel(panel.ylabel)
+        ax.set_ylim(-panel.y_top * 0.04, panel.y_top)  # a series at 0 stays visible above the axis
+        ax.yaxis.set_major_locator(FixedLocator(list(panel.y_ticks)))
+        ax.grid(axis="y", alpha=0.3)
+        if data.now_x < data.x_max:  # the lines stop at the report time: mark it
+            ax.axvline(data.now_x, color="#999999", linewidth=0.8, linestyle=":", zorder=1)
+            ax.annotate(
+                t("now"),
+                (data.now_x, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(3, -3),
+                textcoords="offset points",
+                ha="left",
+                va="top",
+                fontsize=8,
+                color="#666666",
             )
-            if panel.note:
-                ax.text(
-                    0.98,
-                    0.08,
-                    panel.note,
-                    ha="right",
-                    va="bottom",
-                    transform=ax.transAxes,
-                    fontsize=10,
-                    bbox={"facecolor": "white", "edgecolor": "#999999", "alpha": 0.9},
-                )
-        fig.tight_layout()
+        for s in panel.series:
+            ax.step(
+                s.xs,
+                s.ys,
+                where="post",
+                color=s.colour,
+                linestyle=s.linestyle,
+                linewidth=s.linewidth,
+                zorder=s.zorder,
+                label=s.label,
+                marker=None,
+            )
+            if s.marks:
+                mx, my = zip(*s.marks, strict=True)
+                ax.plot(mx, my, linestyle="none", marker=s.marker, color=s.colour, zorder=s.zorder + 0.5)
+        # The legend's entries show the line and the marker of each series.
+        handles = [
+            Line2D(
+                [],
+                [],
+                color=s.colour,
+                linestyle=cast(Any, s.linestyle),
+                linewidth=s.linewidth,
+                marker=s.marker,
+            )
+            for s in panel.series
+        ]
+        ax.legend(
+            handles,
+            [s.label for s in panel.series],
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),  # right of the plot area: no data is hidden
+            fontsize=9,
+            ncols=1,
+            frameon=False,
+            borderaxespad=0.0,
+        )
+        if panel.note:
+            ax.text(
+                0.98,
+                0.08,
+                panel.note,
+                ha="right",
+                va="bottom",
+                transform=ax.transAxes,
+                fontsize=10,
+                bbox={"facecolor": "white", "edgecolor": "#999999", "alpha": 0.9},
+            )
+    fig.tight_layout()
     return fig
 
 
+async def cached_report(ctx: Context, campaign: Campaign) -> Figures:
+    """The campaign's figures, built at most once per campaign every report_cache.TTL_S and under its
+    render cap: the report page and its chart share one build. Figures hold numbers and times only (the
+    words are made in the reader's language when shown), so one build serves every language."""
+    return cast(
+        Figures, await report_renders(ctx).get(("figures", campaign.id), lambda: build_report(ctx, campaign))
+    )
+
+
+async def chart_png(ctx: Context, campaign: Campaign, figures: Figures) -> bytes:
+    """The chart of `figures` as PNG bytes in the current language, drawn in a worker thread at most
+    once per (campaign, language, build of the figures) and under the render cap (Busy past it)."""
+    data = chart_data(figures)  # here, not in the thread: the labels are in the reader's language
+
+    async def make() -> bytes:
+        buffer = io.BytesIO()
+        await asyncio.get_running_loop().run_in_executor(None, draw, data, buffer)
+        return buffer.getvalue()
+
+    key = ("png", campaign.id, i18n.current(), figures.build)
+    return cast(bytes, await report_renders(ctx).get(key, make))
+
+
 async def render_chart(ctx: Context, campaign: Campaign, figures: Figures) -> Path | None:
-    """The chart as a PNG under campaigns.reports_dir; None when matplotlib is missing. Drawn into a
-    temporary file beside it and renamed into place, so a crash mid-draw never leaves a truncated PNG;
-    report PNGs older than campaigns.report_files_days are pruned then."""
+    """The chart as a PNG under campaigns.reports_dir; None when matplotlib is missing; Busy when every
+    render slot is taken. Written into a temporary file beside it and renamed into place, so a crash
+    mid-write never leaves a truncated PNG; report PNGs older than campaigns.report_files_days are
+    pruned then."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         return None
-    data = chart_data(figures)  # here, not in the thread: the labels are in the reader's language
+    png = await chart_png(ctx, campaign, figures)
     folder = Path(ctx.settings.campaigns.reports_dir)
     folder.mkdir(parents=True, exist_ok=True)
     safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in campaign.name)[:80]
     now = ctx.now()
     path = (folder / f"{safe}-{now:%Y%m%d-%H%M%S}.png").resolve()
     loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, _write_atomically, data, path)
+    await loop.run_in_executor(None, _write_atomically, png, path)
     await loop.run_in_executor(None, prune_reports, folder, now, ctx.settings.campaigns.report_files_days)
     return path
 
 
-def _write_atomically(data: ChartData, path: Path) -> None:
+def _write_atomically(png: bytes, path: Path) -> None:
     temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        draw(data, temp)
+        temp.write_bytes(png)
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
@@ -929,8 +1110,19 @@ def report_url(ctx: Context, campaign: Campaign) -> str | None:
 async def report_message(ctx: Context, campaign: Campaign, figures: Figures | None = None) -> Message:
     """The report as a chat answer: the figures as text, the chart as a picture beside it, and a card
     linking the report page."""
-    figures = figures or await build_report(ctx, campaign)
-    chart = await render_chart(ctx, campaign, figures)
+    if figures is None:
+        figures = await build_report(ctx, campaign)  # whoever asks in chat gets this moment's figures…
+        report_renders(ctx).put(("figures", campaign.id), figures)  # …and so does the page they link to
+    text = figures.text()
+    try:
+        chart = await render_chart(ctx, campaign, figures)
+    except Busy as exc:  # the chart waits its turn like the page's: the text goes now
+        chart = None
+        text += "\n" + t(
+            "The chart is not attached: too many reports are being drawn right now; try again in "
+            "{seconds} s, or open the report page.",
+            seconds=exc.retry_after_s,
+        )
     url = report_url(ctx, campaign)
     title = t("Report: “{name}”", name=figures.campaign)
     card = (
@@ -943,4 +1135,4 @@ async def report_message(ctx: Context, campaign: Campaign, figures: Figures | No
         else None
     )
     images = (Image(str(chart), title),) if chart else ()
-    return Message(figures.text(), card=card, images=images)
+    return Message(text, card=card, images=images)

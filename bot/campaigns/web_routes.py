@@ -23,13 +23,11 @@ five minutes are refused. With no webhook_secret configured the endpoint answers
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import html
-import io
 import time
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import select
 from starlette.requests import Request
@@ -39,8 +37,8 @@ from starlette.routing import Route
 from bot import html_pages, i18n
 from bot.addresses import email_hash
 from bot.campaigns.bounces import Finding, classify_status, record_finding
-from bot.campaigns.report import REPORT_KIND, build_report, chart_data, draw
-from bot.campaigns.report_cache import Busy, RenderCache
+from bot.campaigns.report import REPORT_KIND, cached_report, chart_png
+from bot.campaigns.report_cache import Busy
 from bot.campaigns.tracking import verify_click, verify_open, verp_delivery
 from bot.context import Context
 from bot.db.models import Campaign, CampaignEvent, Delivery, ProcessedEvent
@@ -59,7 +57,6 @@ MAX_SKEW_S = 300
 
 def campaign_routes(ctx: Context) -> list[Route]:
     signer = ctx.signer
-    renders = cast(RenderCache, ctx.extras.setdefault("report_renders", RenderCache()))
 
     async def record(delivery_id: int, kind: str, detail: str | None) -> None:
         async with ctx.sessions() as session, session.begin():
@@ -207,16 +204,13 @@ def campaign_routes(ctx: Context) -> list[Route]:
         if request.method == "HEAD":  # no render for a HEAD
             return page(t("Report: “{name}”", name=campaign.name), "")
 
-        async def make() -> tuple[str, str]:
-            figures = await build_report(ctx, campaign)
-            return figures.campaign, figures.text()
-
         try:
-            name, text = await renders.get((campaign.id, locale, "page"), make)
-        except Busy:
+            figures = await cached_report(ctx, campaign)  # the chart's request reuses these figures
+        except Busy as exc:
             response = page(t("Busy"), f"<p>{html.escape(busy())}</p>", 503)
-            response.headers["Retry-After"] = "5"
+            response.headers["Retry-After"] = str(exc.retry_after_s)
             return response
+        name, text = figures.campaign, figures.text()
         token = html.escape(request.path_params["token"], quote=True)
         alt = html.escape(
             t("The report's chart: sent, bounced, unsubscribed, complained, opened and clicked over time."),
@@ -237,24 +231,17 @@ def campaign_routes(ctx: Context) -> list[Route]:
             return Response(media_type="image/png", headers=headers)
         shown_in = locale or i18n.current()
 
-        async def make() -> bytes:
-            with i18n.using(shown_in):  # labels in the page's language
-                data = chart_data(await build_report(ctx, campaign))
-            buffer = io.BytesIO()
-            await asyncio.get_running_loop().run_in_executor(None, draw, data, buffer)
-            return buffer.getvalue()
-
         try:
-            with i18n.using(shown_in):
-                png = await renders.get((campaign.id, shown_in, "png"), make)
-        except Busy:
+            with i18n.using(shown_in):  # labels in the page's language
+                png = await chart_png(ctx, campaign, await cached_report(ctx, campaign))
+        except Busy as exc:
             with i18n.using(shown_in):
                 said = busy()
             return Response(
                 said,
                 status_code=503,
                 media_type="text/plain; charset=utf-8",
-                headers={"Retry-After": "5", "Cache-Control": "no-store"},
+                headers={"Retry-After": str(exc.retry_after_s), "Cache-Control": "no-store"},
             )
         return Response(png, media_type="image/png", headers=headers)
 
