@@ -5,12 +5,12 @@ sender, the recipient and the result of the checks. Its unsubscribe link is the 
 (bot/campaigns/tracking.py): opening a preview never unsubscribes the customer it was rendered for.
 
 A page is rendered once per campaign and content (its approval hash) and kept in a cache bounded
-in entries, bytes and age, so reloading it costs no render; renders run in a worker thread, so a
-heavy template does not stall the web app's event loop. A failed render (a template that runs into its
+in entries, bytes and age, so reloading it costs no render; renders run in a render process
+(bot/campaigns/render_pool.py), so a heavy template does not stall the web app's event loop. A failed render (a template that runs into its
 time budget) is kept the same way: reloading a template bomb's preview renders nothing again. GETs of a
 page being rendered share that render, and at most `max_renders` different pages render at once; a GET
 beyond that gets 503 with Retry-After (`RETRY_AFTER_S`) and a sentence, so forty open tabs cannot keep
-the worker threads (and, through the GIL, /healthz) busy (benchmarks/preview_load.py).
+the render processes busy (benchmarks/preview_load.py).
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ async def _render(ctx: Context, campaign: Campaign) -> Page:
             review = await service.review(ctx, session, campaign)
         if review.sample is None:
             return Page(200, t("No recipients"), t("The audience is empty, so there is nothing to preview."))
-        rendered = await asyncio.to_thread(review.messages.render, review.sample)
+        rendered = await review.messages.render_async(review.sample)  # the review's render, remembered
     except UserError as exc:  # a broken template is shown, not raised
         return Page(422, t("Preview failed"), exc.sentence)
     sample = review.sample
