@@ -17,6 +17,7 @@ three phases of the same run:
 /healthz figures are of the requests that started while the phase's previews were under way.
 
     .venv/bin/python benchmarks/preview_load.py [--concurrent 40] [--rounds 3] [--single 5] [--budget 0.5]
+        [--render-processes 1]   # 0: the renders in threads of the server, as before
 
 The last line is one JSON object.
 """
@@ -110,7 +111,7 @@ async def client_side(base: str, phases: dict[str, list[list[str]]]) -> dict[str
     return out
 
 
-async def main(concurrent: int, rounds: int, single: int, budget: float) -> dict[str, object]:
+async def main(concurrent: int, rounds: int, single: int, budget: float, processes: int) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         port = free_port()
@@ -119,7 +120,7 @@ async def main(concurrent: int, rounds: int, single: int, budget: float) -> dict
             2525,
             folder,
             web={"port": port},
-            campaigns={"render_timeout_s": budget},
+            campaigns={"render_timeout_s": budget, "render_processes": processes},
         )
         (folder / "templates" / "bomb.html").write_text(BOMB)
         app = await build_app(settings)
@@ -200,9 +201,21 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--single", type=int, default=5, help="one-at-a-time bomb previews")
     parser.add_argument("--budget", type=float, default=0.5, help="campaigns.render_timeout_s")
+    parser.add_argument(
+        "--render-processes",
+        type=int,
+        default=1,
+        help="campaigns.render_processes (0: renders in threads of the server, as before)",
+    )
     parser.add_argument("--client", metavar="BASE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
         print(json.dumps(asyncio.run(client_side(args.client, json.loads(sys.stdin.read())))))
     else:
-        print(json.dumps(asyncio.run(main(args.concurrent, args.rounds, args.single, args.budget))))
+        print(
+            json.dumps(
+                asyncio.run(
+                    main(args.concurrent, args.rounds, args.single, args.budget, args.render_processes)
+                )
+            )
+        )

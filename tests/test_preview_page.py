@@ -177,3 +177,32 @@ async def test_too_many_preview_renders_at_once_get_503_with_retry_after(make_bo
         assert all("Too many previews are being rendered at once" in a.text for a in busy)
         later = await asyncio.gather(*(client.get(p) for p in paths))  # once the renders are done
         assert [a.status_code for a in later] == [422] * 4
+
+
+async def test_a_kept_page_is_answered_while_every_render_slot_is_busy(make_bot, smtp, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A GET of a page not kept is refused before any database read while the slots are taken; one of a
+    kept page, or of a page under way, still gets it."""
+    from bot.campaigns.preview import PreviewCache
+
+    bot = await make_bot(render_timeout_s=0.5)
+    ctx = bot.core.ctx
+    await preview_path(bot)
+    paths = await bomb_paths(bot, tmp_path, ["b1", "b2", "b3"])
+    assert len(paths) == 3
+    from bot.db.models import Campaign
+
+    async with ctx.sessions() as session:
+        ids = {name: cid for name, cid in await session.execute(select(Campaign.name, Campaign.id))}
+    kept_id, b1, b2, b3 = ids["spring"], ids["b1"], ids["b2"], ids["b3"]
+    cache = PreviewCache(max_renders=2)
+    assert (await cache.page(ctx, kept_id)).status == 200
+    rendering = [asyncio.ensure_future(cache.page(ctx, cid)) for cid in (b1, b2)]
+    deadline = time.monotonic() + 20
+    while cache.slots_taken() < 2:  # both bombs past the door
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    sharing = asyncio.ensure_future(cache.page(ctx, b1))
+    assert (await cache.page(ctx, b3)).status == 503
+    assert (await cache.page(ctx, kept_id)).status == 200
+    assert [p.status for p in await asyncio.gather(*rendering, sharing)] == [422, 422, 422]
+    assert cache.renders == 3 and cache.slots_taken() == 0

@@ -6,14 +6,20 @@ real database; the one thing simulated is a render stuck in C code, by stopping 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
 
 from adapters.console import ConsoleAdapter
 from bot.app import build_app
@@ -23,9 +29,10 @@ from bot.campaigns.templates import TemplateSource, TemplateTimeout
 from bot.contacts.importer import import_contacts
 from tests.conftest import SENDER, make_settings
 from tests.test_campaign_delivery import make_bot
+from tests.test_cli import CONTACTS, SAM, Setup, served, setup
 from tests.test_render_budget import BOMB, write_template
 
-__all__ = ["make_bot"]  # the fixture, used by name
+__all__ = ["make_bot", "setup"]  # the fixtures, used by name
 
 SENTENCE = "Template bomb took longer than {s} s to render and was stopped (a loop that runs too long?)."
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,3 +200,40 @@ async def test_render_processes_exit_when_the_server_is_killed_with_sigkill(tmp_
         server.kill()  # SIGKILL: nothing in the server runs, nothing closes the pool
         server.wait()
     await wait_for(lambda: all(parent_of(p) is None for p in workers), "the render processes exited")
+
+
+def serve_children(pid: int) -> list[int]:
+    """The live render processes whose parent is `pid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and parent_of(int(entry.name)) == pid:
+            with contextlib.suppress(OSError):
+                if b"bot.campaigns.render_worker" in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGKILL"])
+def test_postroom_serve_leaves_no_render_process_behind(setup: Setup, stop: str) -> None:
+    """`postroom serve` stopped while a bomb preview renders: by SIGTERM it stops its render processes
+    itself; killed with SIGKILL, they see their pipe close and exit."""
+    (setup.folder / "contacts.csv").write_text(CONTACTS)
+    assert setup.run("contacts", "import", "contacts.csv", "--list", "customers").returncode == 0
+    (setup.folder / "templates" / "bomb.html").write_text(BOMB)
+    assert "Draft campaign" in setup.chat(
+        SAM, "/campaign new spin --to customers --template bomb --subject Hi"
+    )
+    url = re.search(r"HTML preview: (\S+)", setup.chat(SAM, "/campaign preview spin"))
+    assert url is not None
+    path = urlsplit(url.group(1)).path
+    with served(setup) as proc:
+        with httpx.Client(base_url=f"http://127.0.0.1:{setup.web_port}", timeout=30) as http:
+            assert http.get(path).status_code == 422  # rendered (and stopped) in a render process
+        (worker,) = serve_children(proc.pid)
+        if stop == "SIGKILL":
+            proc.kill()
+            proc.communicate()
+    deadline = time.monotonic() + 20
+    while parent_of(worker) is not None:
+        assert time.monotonic() < deadline, f"render process {worker} still runs after serve's {stop}"
+        time.sleep(0.02)
