@@ -30,7 +30,7 @@ from bot.contacts.importer import import_contacts
 from tests.conftest import SENDER, make_settings
 from tests.test_campaign_delivery import make_bot
 from tests.test_cli import CONTACTS, SAM, Setup, served, setup
-from tests.test_render_budget import BOMB, write_template
+from tests.test_render_budget import BOMB, FOOTER, write_template
 
 __all__ = ["make_bot", "setup"]  # the fixtures, used by name
 
@@ -237,3 +237,17 @@ def test_postroom_serve_leaves_no_render_process_behind(setup: Setup, stop: str)
     while parent_of(worker) is not None:
         assert time.monotonic() < deadline, f"render process {worker} still runs after serve's {stop}"
         time.sleep(0.02)
+
+
+async def test_a_render_process_answers_in_the_readers_language(make_bot, smtp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The sentence is made in the render process, in the locale of the person who asked."""
+    bot = await make_bot()
+    bot.console.locale = "zh_CN"
+    write_template(tmp_path, "odd", "<p>{{ shoe_size }}</p>" + FOOTER)
+    assert "已创建群发活动草稿" in await bot.say(
+        SENDER, "/campaign new odd --to customers --template odd --subject Hi"
+    )
+    reply = await bot.say(SENDER, "/campaign preview odd")
+    assert "模板使用了该收件人没有的变量：" in reply, reply
+    pool = render_pool.of(bot.core.ctx)
+    assert pool is not None and pool.recent and os.getpid() not in pool.recent
