@@ -1,15 +1,23 @@
-"""Does `/healthz` keep its 100 ms budget while 40 approvers' browsers GET a template bomb's preview?
+"""Does `/healthz` keep its 100 ms budget while template bombs are previewed?
 
-`postroom serve`'s web app (uvicorn on loopback, SQLite) on one event loop, as in `postroom serve`. A
+`postroom serve`'s web app (uvicorn on loopback, SQLite) on one event loop, as in `postroom serve`. Each
 campaign's template is a bomb (nested loops the sandbox allows, no output) that runs into its render
-budget (`campaigns.render_timeout_s`) every time it is rendered. `--rounds` times, `--concurrent` GETs of
-its preview page start at once (real HTTP, from a child process so the load generator does not compete
-for the server's GIL), while the child also asks GET /healthz every 20 ms and records each answer's time. Before the fix every GET rendered again (a failed render was not
-kept); now a failure is kept like a page, and at most a few renders run at once (the rest get 503 with
-Retry-After). Baseline, same run: as many GETs of an invalid preview link (403 at once: no database, no
-render), which is what serving that many requests at once costs by itself.
+budget (`campaigns.render_timeout_s`) every time it is rendered. A child process (so the load generator
+does not compete for the server's GIL) asks GET /healthz every 20 ms and records each answer's time, in
+three phases of the same run:
 
-    .venv/bin/python benchmarks/preview_load.py [--concurrent 40] [--rounds 3] [--budget 0.5]
+- baseline: nothing else (no preview);
+- 1 preview: `--single` times, one GET of a bomb campaign's preview not rendered before (a failed render
+  is kept like a page, so each GET is a campaign of its own), one after the other;
+- 40 previews: `--rounds` times, `--concurrent` GETs at once, each of a bomb campaign not rendered before
+  (at most a few render at once; the rest get 503 with Retry-After);
+- 40 invalid links: as many GETs at once of a preview link that is not valid (403 at once: no database,
+  no render), what serving that many requests at once costs by itself.
+
+/healthz figures are of the requests that started while the phase's previews were under way.
+
+    .venv/bin/python benchmarks/preview_load.py [--concurrent 40] [--rounds 3] [--single 5] [--budget 0.5]
+        [--render-processes 1]   # 0: the renders in threads of the server, as before
 
 The last line is one JSON object.
 """
@@ -20,6 +28,7 @@ import argparse
 import asyncio
 import io
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -32,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from adapters.console import ConsoleAdapter  # noqa: E402
-from benchmarks.render_budget import BOMB, figures  # noqa: E402
+from benchmarks.render_budget import BOMB  # noqa: E402
 from bot.app import Runtime, build_app  # noqa: E402
 from bot.contacts.importer import import_contacts  # noqa: E402
 from bot.db.models import Campaign  # noqa: E402
@@ -40,12 +49,22 @@ from tests.conftest import SENDER, make_settings  # noqa: E402
 from tests.smtp import free_port  # noqa: E402
 
 
-async def client_side(base: str, path: str, concurrent: int, rounds: int) -> dict[str, object]:
-    """In a child process, so the load generator's own threads and GIL do not slow the server it measures:
-    GET /healthz every 20 ms while `rounds` times `concurrent` preview GETs start at once."""
-    statuses: Counter[int] = Counter()
-    took: list[float] = []
-    samples: list[float] = []
+def figures(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples) or [0.0]
+    return {
+        "n": len(samples),
+        "p50_ms": round(statistics.median(ordered) * 1000, 2),
+        "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 2),
+        "max_ms": round(ordered[-1] * 1000, 2),
+    }
+
+
+async def client_side(base: str, phases: dict[str, list[list[str]]]) -> dict[str, object]:
+    """In a child process: GET /healthz every 20 ms while each phase's rounds of preview GETs run (the
+    GETs of one round at once, rounds one after the other); `baseline` is 2 s of /healthz alone."""
+    samples: list[tuple[float, float]] = []  # (started, took)
+    out: dict[str, object] = {}
+    concurrent = max((len(r) for rounds in phases.values() for r in rounds), default=1)
     limits = httpx.Limits(max_connections=concurrent + 1, max_keepalive_connections=0)
     async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as http:
         done = asyncio.Event()
@@ -55,33 +74,44 @@ async def client_side(base: str, path: str, concurrent: int, rounds: int) -> dic
                 while not done.is_set():
                     started = time.perf_counter()
                     resp = await health.get("/healthz")
-                    samples.append(time.perf_counter() - started)
+                    samples.append((started, time.perf_counter() - started))
                     assert resp.status_code == 200
                     await asyncio.sleep(0.02)
 
-        async def one() -> None:
-            started = time.perf_counter()
-            statuses[(await http.get(path)).status_code] += 1
-            took.append(time.perf_counter() - started)
+        def during(since: float, until: float) -> list[float]:
+            return [took for at, took in samples if since <= at < until]
 
         poller = asyncio.create_task(poll())
         await asyncio.sleep(0.3)
-        started = time.perf_counter()
-        for _ in range(rounds):
-            await asyncio.gather(*(one() for _ in range(concurrent)))
-        storm_s = time.perf_counter() - started
-        await asyncio.sleep(0.1)
+        since = time.perf_counter()
+        await asyncio.sleep(2.0)
+        out["baseline"] = {"healthz": figures(during(since, time.perf_counter()))}
+        for phase, rounds in phases.items():
+            statuses: Counter[int] = Counter()
+            took: list[float] = []
+
+            async def one(path: str, statuses: Counter[int], took: list[float]) -> None:
+                started = time.perf_counter()
+                statuses[(await http.get(path)).status_code] += 1
+                took.append(time.perf_counter() - started)
+
+            since = time.perf_counter()
+            for paths in rounds:
+                await asyncio.gather(*(one(p, statuses, took) for p in paths))
+            until = time.perf_counter()
+            out[phase] = {
+                "wall_s": round(until - since, 2),
+                "preview_statuses": {str(k): v for k, v in sorted(statuses.items())},
+                "preview_get": figures(took),
+                "healthz": figures(during(since, until)),
+            }
+            await asyncio.sleep(0.2)
         done.set()
         await poller
-    return {
-        "storm_s": round(storm_s, 2),
-        "preview_statuses": {str(k): v for k, v in sorted(statuses.items())},
-        "preview_get": figures(took),
-        "healthz_during": figures(samples),
-    }
+    return out
 
 
-async def main(concurrent: int, rounds: int, budget: float) -> dict[str, object]:
+async def main(concurrent: int, rounds: int, single: int, budget: float, processes: int) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         port = free_port()
@@ -90,7 +120,7 @@ async def main(concurrent: int, rounds: int, budget: float) -> dict[str, object]
             2525,
             folder,
             web={"port": port},
-            campaigns={"render_timeout_s": budget},
+            campaigns={"render_timeout_s": budget, "render_processes": processes},
         )
         (folder / "templates" / "bomb.html").write_text(BOMB)
         app = await build_app(settings)
@@ -104,52 +134,64 @@ async def main(concurrent: int, rounds: int, budget: float) -> dict[str, object]
             "email,name,consent_at,consent_source\nlena@example.com,Lena,2026-03-02T10:15:00+00:00,form\n"
         )
         await import_contacts(core.ctx, contacts, "customers")
-        reply = await console.say("/campaign new spin --to customers --template bomb --subject Hi")
-        assert reply is not None and "Draft campaign" in reply.text, reply
-        async with core.ctx.sessions() as session:
-            campaign = (await session.execute(Campaign.__table__.select())).first()
-        assert campaign is not None
-        path = "/preview/" + core.ctx.signer.sign_expiring("p", str(campaign.id), ttl_s=3600)
+
+        async def bombs(prefix: str, count: int) -> list[str]:
+            """`count` campaigns with the bomb template (a cached preview is per campaign): their links."""
+            links = []
+            for i in range(count):
+                name = f"{prefix}{i}"
+                reply = await console.say(f"/campaign new {name} --to customers --template bomb --subject Hi")
+                assert reply is not None and "Draft campaign" in reply.text, reply
+                async with core.ctx.sessions() as session:
+                    row = (
+                        await session.execute(Campaign.__table__.select().where(Campaign.name == name))
+                    ).first()
+                assert row is not None
+                links.append("/preview/" + core.ctx.signer.sign_expiring("p", str(row.id), ttl_s=3600))
+            return links
+
+        one_links = await bombs("one", single)
+        many_links = await bombs("many", concurrent * rounds)
+        phases = {
+            "one_preview": [[link] for link in one_links],
+            f"{concurrent}_previews": [
+                many_links[i * concurrent : (i + 1) * concurrent] for i in range(rounds)
+            ],
+            # What serving that many requests at once costs by itself: a link that is not valid (403 at
+            # once: no database, no render).
+            f"{concurrent}_invalid_links": [["/preview/not-a-valid-token"] * concurrent] * rounds,
+        }
         await runtime.start_web("127.0.0.1", port)
         base = f"http://127.0.0.1:{port}"
         try:
-
-            async def drive(target: str) -> dict[str, object]:
-                child = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    __file__,
-                    "--client",
-                    base,
-                    target,
-                    "--concurrent",
-                    str(concurrent),
-                    "--rounds",
-                    str(rounds),
-                    stdout=asyncio.subprocess.PIPE,
-                )
-                out, _ = await child.communicate()
-                return dict(json.loads(out.decode().strip().splitlines()[-1]))
-
-            measured = await drive(path)
-            # Baseline, same run: as many GETs of a link that is not valid (403: no database, no render).
-            floor = await drive("/preview/not-a-valid-token")
+            child = await asyncio.create_subprocess_exec(
+                sys.executable,
+                __file__,
+                "--client",
+                base,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            out, _ = await child.communicate(json.dumps(phases).encode())
+            measured = dict(json.loads(out.decode().strip().splitlines()[-1]))
         finally:
             await runtime.stop()
     result = {
         "benchmark": "preview_load",
         "concurrent": concurrent,
         "rounds": rounds,
+        "single": single,
         "budget_s": budget,
+        "render_processes": settings.campaigns.render_processes,
         **measured,
-        "baseline_invalid_link": floor,
     }
-    print(
-        f"{rounds} rounds of {concurrent} concurrent preview GETs took {measured['storm_s']} s: "
-        f"{measured['preview_statuses']}"
-    )
-    print(f"each preview GET: {measured['preview_get']}")
-    print(f"GET /healthz meanwhile: {measured['healthz_during']}")
-    print(f"baseline, as many GETs of an invalid link (403): /healthz {floor['healthz_during']}")
+    for phase, found in measured.items():
+        extra = (
+            f"; {found['wall_s']} s, previews {found['preview_statuses']}, each GET {found['preview_get']}"
+            if "wall_s" in found
+            else ""
+        )
+        print(f"{phase}: GET /healthz {found['healthz']}{extra}")
     return result
 
 
@@ -157,10 +199,23 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--concurrent", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--single", type=int, default=5, help="one-at-a-time bomb previews")
     parser.add_argument("--budget", type=float, default=0.5, help="campaigns.render_timeout_s")
-    parser.add_argument("--client", nargs=2, metavar=("BASE", "PATH"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--render-processes",
+        type=int,
+        default=1,
+        help="campaigns.render_processes (0: renders in threads of the server, as before)",
+    )
+    parser.add_argument("--client", metavar="BASE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
-        print(json.dumps(asyncio.run(client_side(*args.client, args.concurrent, args.rounds))))
+        print(json.dumps(asyncio.run(client_side(args.client, json.loads(sys.stdin.read())))))
     else:
-        print(json.dumps(asyncio.run(main(args.concurrent, args.rounds, args.budget))))
+        print(
+            json.dumps(
+                asyncio.run(
+                    main(args.concurrent, args.rounds, args.single, args.budget, args.render_processes)
+                )
+            )
+        )

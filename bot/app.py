@@ -21,6 +21,7 @@ from typing import Any
 from starlette.types import ASGIApp
 
 from bot.adapter import Adapter
+from bot.campaigns import render_pool
 from bot.campaigns.approval import Approvals
 from bot.campaigns.automations import Automations
 from bot.campaigns.bounces import BounceMailbox
@@ -185,6 +186,9 @@ class App:
                 log.exception("stopping %s failed", adapter.platform)
         if self.ctx.dkim is not None and self.ctx.dkim.pool is not None:
             self.ctx.dkim.pool.close()
+        renders = render_pool.of(self.ctx)
+        if renders is not None:
+            await renders.close()
         await self.ctx.engine.dispose()
 
 
@@ -231,6 +235,9 @@ async def build_app(settings: Settings, **context_options: Any) -> App:
         dkim=dkim,
         **context_options,
     )
+    renders = render_pool.from_settings(settings.campaigns)  # no process until the first preview
+    if renders is not None:
+        ctx.extras["render_pool"] = renders
     messengers = Messengers(sessions)
     scheduler = Scheduler(engine, settings.database.url)
     rules = RuleBook(settings)

@@ -272,6 +272,13 @@ class CampaignSettings(_Section):
     # A template that takes longer than this to render one message is stopped and refused (preview,
     # submit, and each message at send time); a real one renders in well under a millisecond.
     render_timeout_s: float = Field(default=0.5, ge=0.01, le=30)
+    # Previews and the review before a submit (templates nobody approved yet) render in this many
+    # processes of their own, started on the first render, so the server keeps its GIL while a template
+    # runs into its budget (bot/campaigns/render_pool.py); 0: in threads of the server, as before.
+    render_processes: int = Field(default=1, ge=0, le=16)
+    # a render process is replaced after this many renders, or when its memory passes this many MB
+    render_process_renders: int = Field(default=1000, ge=1)
+    render_process_mb: int = Field(default=256, ge=64, le=16384)
     # compliance
     frequency_cap: int = Field(default=0, ge=0)  # at most N campaign messages per contact per period; 0: off
     frequency_period_days: float = Field(default=7, gt=0)

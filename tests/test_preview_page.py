@@ -1,17 +1,17 @@
 """The approver's preview page: a banner with subject, sender, recipient and checks; an unsubscribe link
-that unsubscribes nobody; rendered once (in a worker thread) and kept; the link expires."""
+that unsubscribes nobody; rendered once (in a render process) and kept; the link expires."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
-import threading
 import time
 
 import pytest
 from sqlalchemy import func, select
 
-from bot.campaigns import templates
+from bot.campaigns.render_pool import RenderPool
 from bot.db.models import Suppression
 from tests import test_campaign_delivery
 from tests.conftest import SENDER
@@ -21,16 +21,19 @@ make_bot = test_campaign_delivery.make_bot  # the fixture
 
 
 @pytest.fixture
-def renders(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The thread of every template render (a spy: the real render runs)."""
-    seen: list[str] = []
-    real = templates.CompiledTemplate.render
+def renders(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The process (pid) of every template render a preview or review asks for (a spy: the real render
+    runs, in a render process: bot/campaigns/render_pool.py)."""
+    seen: list[int] = []
+    real = RenderPool.render
 
-    def counting(self, context):  # type: ignore[no-untyped-def]
-        seen.append(threading.current_thread().name)
-        return real(self, context)
+    async def counting(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return await real(self, *args, **kwargs)
+        finally:
+            seen.append(self.recent[-1] if self.recent else os.getpid())
 
-    monkeypatch.setattr(templates.CompiledTemplate, "render", counting)
+    monkeypatch.setattr(RenderPool, "render", counting)
     return seen
 
 
@@ -43,7 +46,7 @@ async def preview_path(bot) -> str:  # type: ignore[no-untyped-def]
 
 
 async def test_the_preview_shows_a_banner_no_live_unsubscribe_and_renders_once(
-    make_bot, smtp, tmp_path, renders: list[str]
+    make_bot, smtp, tmp_path, renders: list[int]
 ) -> None:  # type: ignore[no-untyped-def]
     bot = await make_bot()
     path = await preview_path(bot)
@@ -51,7 +54,7 @@ async def test_the_preview_shows_a_banner_no_live_unsubscribe_and_renders_once(
         renders.clear()
         first = await client.get(path)
         assert first.status_code == 200
-        assert renders and all(name != threading.main_thread().name for name in renders)  # off the loop
+        assert renders and os.getpid() not in renders  # in another process: the server keeps its GIL
         after_first = len(renders)
         second = await client.get(path)
         assert second.status_code == 200 and second.text == first.text
@@ -148,7 +151,7 @@ async def bomb_paths(bot, tmp_path, names: list[str]) -> list[str]:  # type: ign
 
 
 async def test_a_failed_preview_render_is_kept_and_not_rendered_again(
-    make_bot, smtp, tmp_path, renders: list[str]
+    make_bot, smtp, tmp_path, renders: list[int]
 ) -> None:  # type: ignore[no-untyped-def]
     bot = await make_bot(render_timeout_s=0.2)
     (path,) = await bomb_paths(bot, tmp_path, ["bomb1"])
@@ -157,6 +160,7 @@ async def test_a_failed_preview_render_is_kept_and_not_rendered_again(
         first = await client.get(path)
         assert first.status_code == 422 and "took longer than" in first.text
         after_first = len(renders)
+        assert after_first and os.getpid() not in renders  # rendered (and stopped) in a render process
         again = await asyncio.gather(*(client.get(path) for _ in range(5)))
         assert [a.status_code for a in again] == [422] * 5 and all(a.text == first.text for a in again)
         assert len(renders) == after_first, "a failed render must be kept, not rendered again"
@@ -173,3 +177,32 @@ async def test_too_many_preview_renders_at_once_get_503_with_retry_after(make_bo
         assert all("Too many previews are being rendered at once" in a.text for a in busy)
         later = await asyncio.gather(*(client.get(p) for p in paths))  # once the renders are done
         assert [a.status_code for a in later] == [422] * 4
+
+
+async def test_a_kept_page_is_answered_while_every_render_slot_is_busy(make_bot, smtp, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A GET of a page not kept is refused before any database read while the slots are taken; one of a
+    kept page, or of a page under way, still gets it."""
+    from bot.campaigns.preview import PreviewCache
+
+    bot = await make_bot(render_timeout_s=0.5)
+    ctx = bot.core.ctx
+    await preview_path(bot)
+    paths = await bomb_paths(bot, tmp_path, ["b1", "b2", "b3"])
+    assert len(paths) == 3
+    from bot.db.models import Campaign
+
+    async with ctx.sessions() as session:
+        ids = {name: cid for name, cid in await session.execute(select(Campaign.name, Campaign.id))}
+    kept_id, b1, b2, b3 = ids["spring"], ids["b1"], ids["b2"], ids["b3"]
+    cache = PreviewCache(max_renders=2)
+    assert (await cache.page(ctx, kept_id)).status == 200
+    rendering = [asyncio.ensure_future(cache.page(ctx, cid)) for cid in (b1, b2)]
+    deadline = time.monotonic() + 20
+    while cache.slots_taken() < 2:  # both bombs past the door
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    sharing = asyncio.ensure_future(cache.page(ctx, b1))
+    assert (await cache.page(ctx, b3)).status == 503
+    assert (await cache.page(ctx, kept_id)).status == 200
+    assert [p.status for p in await asyncio.gather(*rendering, sharing)] == [422, 422, 422]
+    assert cache.renders == 3 and cache.slots_taken() == 0

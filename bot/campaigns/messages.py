@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import pickle
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from urllib.parse import quote
 
 from bot.campaigns import render_time
 from bot.campaigns.audience import Recipient
+from bot.campaigns.render_pool import RenderPool, Unavailable
 from bot.campaigns.templates import CompiledTemplate, Rendered, TemplateProblem, TemplateSource
 from bot.campaigns.tracking import (
     LinkTracker,
@@ -40,8 +42,17 @@ class Built:
 
 
 class CampaignMessages:
-    def __init__(self, settings: Settings, signer: Signer, campaign: Campaign, source: TemplateSource):
+    def __init__(
+        self,
+        settings: Settings,
+        signer: Signer,
+        campaign: Campaign,
+        source: TemplateSource,
+        *,
+        renders: RenderPool | None = None,
+    ):
         self.settings = settings
+        self.renders = renders  # where render_async renders (previews, reviews): other processes
         self.signer = signer
         self.campaign = campaign
         self.template = CompiledTemplate(
@@ -108,14 +119,15 @@ class CampaignMessages:
         return self.template.render(self.context(r, self.unsubscribe_url()))
 
     async def render_async(self, r: Recipient) -> Rendered:
-        """`render` in a worker thread, so the event loop keeps answering while a slow template runs
-        into its time budget. What it finds is remembered for this object's later `render(r)`."""
+        """`render` in a render process (bot/campaigns/render_pool.py; a worker thread without one), so
+        the event loop keeps answering while a slow template runs into its time budget. What it finds is
+        remembered for this object's later `render(r)`."""
         key = _memo_key(r)
         found = self._memo.get(key)
         if found is None:
             context = self.context(r, self.unsubscribe_url())
             try:
-                found = await render_time.off_loop(lambda: self.template.render(context))
+                found = await self._render_elsewhere(context)
             except TemplateProblem as exc:
                 found = exc
             if len(self._memo) >= MEMO_SIZE:
@@ -124,6 +136,16 @@ class CampaignMessages:
         if isinstance(found, TemplateProblem):
             raise found
         return found
+
+    async def _render_elsewhere(self, context: dict[str, Any]) -> Rendered:
+        if self.renders is not None:
+            try:
+                return await self.renders.render(
+                    self.template.source, self.template.subject_source, context, self.template.time_budget_s
+                )
+            except (Unavailable, pickle.PicklingError, TypeError, AttributeError):
+                pass  # no render process, or a value that can't cross to one: a thread, as before
+        return await render_time.off_loop(lambda: self.template.render(context))
 
     def build(self, r: Recipient, *, subject_prefix: str = "", delivery_id: int | None = None) -> Built:
         """The message for one recipient. With a delivery id (a real send): a VERP return path and,

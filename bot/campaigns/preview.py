@@ -5,12 +5,13 @@ sender, the recipient and the result of the checks. Its unsubscribe link is the 
 (bot/campaigns/tracking.py): opening a preview never unsubscribes the customer it was rendered for.
 
 A page is rendered once per campaign and content (its approval hash) and kept in a cache bounded
-in entries, bytes and age, so reloading it costs no render; renders run in a worker thread, so a
-heavy template does not stall the web app's event loop. A failed render (a template that runs into its
+in entries, bytes and age, so reloading it costs no render; renders run in a render process
+(bot/campaigns/render_pool.py), so a heavy template does not stall the web app's event loop. A failed render (a template that runs into its
 time budget) is kept the same way: reloading a template bomb's preview renders nothing again. GETs of a
 page being rendered share that render, and at most `max_renders` different pages render at once; a GET
 beyond that gets 503 with Retry-After (`RETRY_AFTER_S`) and a sentence, so forty open tabs cannot keep
-the worker threads (and, through the GIL, /healthz) busy (benchmarks/preview_load.py).
+the render processes busy — and when it is a page not kept, it gets that answer before any database read
+or template file, so the forty answers cost the web app little (benchmarks/preview_load.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import asyncio
 import html
 import re
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -61,6 +62,7 @@ class PreviewCache:
         self._pages: OrderedDict[CacheKey, tuple[float, Page]] = OrderedDict()
         self._bytes = 0
         self._inflight: dict[CacheKey, asyncio.Future[Page]] = {}
+        self._opening: Counter[int] = Counter()  # campaigns of GETs of a new page looking up its key
         self.renders = 0  # pages rendered (cache misses), for the curious and the tests
 
     def get(self, key: CacheKey) -> Page | None:
@@ -93,17 +95,23 @@ class PreviewCache:
         return len(self._pages)
 
     async def page(self, ctx: Context, campaign_id: int) -> Page:
-        async with ctx.sessions() as session:
-            campaign = await session.get(Campaign, campaign_id)
-        if campaign is None:
-            return Page(404, t("Not found"), t("That campaign no longer exists."))
+        # A page neither kept nor under way, with every render slot taken or being opened, is refused
+        # before the database and the template file: forty tabs at once cost forty short answers.
+        new = not self._known(campaign_id)
+        if new and self.slots_taken() >= self.max_renders:
+            return _busy()
+        if new:  # a render slot it may take: counted while it looks up its key
+            self._opening[campaign_id] += 1
         try:
-            source = await asyncio.to_thread(
-                load_source, ctx.settings.campaigns.templates_dir, campaign.template
-            )
-        except UserError as exc:  # a missing or broken template file is shown, not raised
-            return Page(422, t("Preview failed"), exc.sentence)
-        key = (campaign.id, service.content_hash(campaign, source.digest()))
+            found = await self._look_up(ctx, campaign_id)
+        finally:
+            if new:
+                self._opening[campaign_id] -= 1
+                if not self._opening[campaign_id]:
+                    del self._opening[campaign_id]
+        if isinstance(found, Page):
+            return found
+        key, campaign = found
         cached = self.get(key)
         if cached is not None:
             return cached
@@ -111,14 +119,7 @@ class PreviewCache:
         if running is not None:  # the same page is being rendered for another request: share it
             return await asyncio.shield(running)
         if len(self._inflight) >= self.max_renders:
-            return Page(
-                503,
-                t("Preview busy"),
-                t(
-                    "Too many previews are being rendered at once; try again in {seconds} seconds.",
-                    seconds=RETRY_AFTER_S,
-                ),
-            )
+            return _busy()
         future: asyncio.Future[Page] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
@@ -135,6 +136,41 @@ class PreviewCache:
         finally:
             del self._inflight[key]
 
+    def slots_taken(self) -> int:
+        """Render slots taken: pages rendering, and new pages whose key is being looked up."""
+        return len(self._inflight) + len(self._opening)
+
+    async def _look_up(self, ctx: Context, campaign_id: int) -> Page | tuple[CacheKey, Campaign]:
+        """The campaign and its page's cache key, or the page that says why there is none."""
+        async with ctx.sessions() as session:
+            campaign = await session.get(Campaign, campaign_id)
+        if campaign is None:
+            return Page(404, t("Not found"), t("That campaign no longer exists."))
+        try:
+            source = await asyncio.to_thread(
+                load_source, ctx.settings.campaigns.templates_dir, campaign.template
+            )
+        except UserError as exc:  # a missing or broken template file is shown, not raised
+            return Page(422, t("Preview failed"), exc.sentence)
+        return (campaign.id, service.content_hash(campaign, source.digest())), campaign
+
+    def _known(self, campaign_id: int) -> bool:
+        """A page of this campaign is kept, being rendered or being looked up (a GET of it may share)."""
+        return campaign_id in self._opening or any(
+            key[0] == campaign_id for key in (*self._inflight, *self._pages)
+        )
+
+
+def _busy() -> Page:
+    return Page(
+        503,
+        t("Preview busy"),
+        t(
+            "Too many previews are being rendered at once; try again in {seconds} seconds.",
+            seconds=RETRY_AFTER_S,
+        ),
+    )
+
 
 async def _render(ctx: Context, campaign: Campaign) -> Page:
     try:
@@ -142,7 +178,7 @@ async def _render(ctx: Context, campaign: Campaign) -> Page:
             review = await service.review(ctx, session, campaign)
         if review.sample is None:
             return Page(200, t("No recipients"), t("The audience is empty, so there is nothing to preview."))
-        rendered = await asyncio.to_thread(review.messages.render, review.sample)
+        rendered = await review.messages.render_async(review.sample)  # the review's render, remembered
     except UserError as exc:  # a broken template is shown, not raised
         return Page(422, t("Preview failed"), exc.sentence)
     sample = review.sample

@@ -16,9 +16,10 @@ wherever in that stretch the interrupt lands. `_Interrupted` derives from BaseEx
 `except Exception` in Jinja or in Postroom swallows it, and `run_within` turns it into `OutOfTime`.
 
 A CPU-bound render still holds the event loop while it runs in the loop's thread: `off_loop` runs it
-in a worker thread instead (CPython hands the GIL back to the loop every 5 ms), which is what the
-previews and the review before a submit do; a send renders on the loop for at most a short slice and
-moves to a thread when that is not enough (bot/campaigns/messages.py).
+in a worker thread instead (CPython hands the GIL back to the loop every 5 ms, so the loop is slowed,
+not stopped). A send renders on the loop for at most a short slice and moves to a thread when that is
+not enough (bot/campaigns/messages.py); previews and the review before a submit render in other
+processes (bot/campaigns/render_pool.py), which use this module's watchdog inside themselves.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import audit
+from bot.campaigns import render_pool
 from bot.campaigns.audience import AudienceReport, Recipient, describe_audience
 from bot.campaigns.messages import CampaignMessages, lint
 from bot.campaigns.notes import note
@@ -99,7 +100,7 @@ async def transition(
 
 def messages_for(ctx: Context, campaign: Campaign) -> CampaignMessages:
     source = load_source(ctx.settings.campaigns.templates_dir, campaign.template)
-    return CampaignMessages(ctx.settings, ctx.signer, campaign, source)
+    return CampaignMessages(ctx.settings, ctx.signer, campaign, source, renders=render_pool.of(ctx))
 
 
 def default_subject(ctx: Context, template: str) -> str:
@@ -118,7 +119,7 @@ class Review:
 
 
 async def review(ctx: Context, session: AsyncSession, campaign: Campaign) -> Review:
-    """Renders one sample per distinct set of attributes, each in a worker thread within the time budget:
+    """Renders one sample per distinct set of attributes, each in a render process within the time budget:
     a heavy template must not stall the event loop (the web app, the messengers' acknowledgements)."""
     messages = await asyncio.to_thread(messages_for, ctx, campaign)
     report = await describe_audience(session, ctx.settings, campaign)

@@ -35,6 +35,18 @@ class TemplateTimeout(TemplateProblem):
     """The render ran past its time budget and was stopped."""
 
 
+def timed_out(name: str, seconds: float) -> TemplateTimeout:
+    """The answer to a render of template `name` stopped at its budget of `seconds`."""
+    return TemplateTimeout(
+        t(
+            "Template {name} took longer than {seconds} s to render and was stopped (a loop that runs "
+            "too long?).",
+            name=name,
+            seconds=f"{seconds:g}",
+        )
+    )
+
+
 DEFAULT_TIME_BUDGET_S = 0.5  # campaigns.render_timeout_s; a real message renders in about 0.1 ms
 
 
@@ -380,14 +392,7 @@ class CompiledTemplate:
         try:
             return self.render_within(context, self.time_budget_s)
         except render_time.OutOfTime:
-            raise TemplateTimeout(
-                t(
-                    "Template {name} took longer than {seconds} s to render and was stopped (a loop that runs "
-                    "too long?).",
-                    name=self.source.name,
-                    seconds=f"{self.time_budget_s:g}",
-                )
-            ) from None
+            raise timed_out(self.source.name, self.time_budget_s) from None
 
     def render_within(self, context: dict[str, Any], seconds: float) -> Rendered:
         """As `render`, but render_time.OutOfTime when it takes longer than `seconds`."""
