@@ -416,6 +416,18 @@ async def test_ses_through_sns_suppresses_the_right_recipient_once_and_refuses_f
             ):
                 r = await web.post("/hooks/ses", content=sns.sign(notification(note, f"sender-{i}"), "2"))
                 assert r.json() == {"accepted": 0, "ignored": 1}, note
+            # A full mailbox is counted as a soft bounce, not suppressed; a hostile shape is ignored.
+            full = ses_bounce("raj@example.net", "news@corp.example", "Transient", "MailboxFull", "5.2.2")
+            r = await web.post("/hooks/ses", content=sns.sign(notification(full, "soft-1"), "2"))
+            assert r.json() == {"accepted": 1, "ignored": 0}
+            assert await failures(bot) == after[1] + 1 and await suppressed(bot) == after[0]
+            odd = {
+                "notificationType": "Bounce",
+                "bounce": {"bounceType": "Permanent", "bouncedRecipients": 7},
+            }
+            r = await web.post("/hooks/ses", content=sns.sign(notification(odd, "odd-1"), "2"))
+            assert r.json() == {"accepted": 0, "ignored": 0}
+            after = (await suppressed(bot), await failures(bot))
             # Someone Postroom never mailed: answered 200, nothing written.
             stranger_note = notification(
                 ses_bounce("nobody@elsewhere.example", "x@corp.example"), "unknown-1"

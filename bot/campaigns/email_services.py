@@ -112,6 +112,10 @@ def _obj(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def _address(value: object) -> str:
     return _text(value, 320).strip().strip("<>").strip().lower()
 
@@ -130,7 +134,7 @@ def ses_events(message_id: str, note: dict[str, Any]) -> list[ServiceEvent]:
     if kind == "Bounce" and isinstance(note.get("bounce"), dict):
         bounce = note["bounce"]
         btype, sub = str(bounce.get("bounceType") or ""), str(bounce.get("bounceSubType") or "")
-        for r in bounce.get("bouncedRecipients") or []:
+        for r in _list(bounce.get("bouncedRecipients")):
             if not isinstance(r, dict) or not _address(r.get("emailAddress")):
                 continue
             email = _address(r.get("emailAddress"))
@@ -165,7 +169,7 @@ def ses_events(message_id: str, note: dict[str, Any]) -> list[ServiceEvent]:
     elif kind == "Complaint" and isinstance(note.get("complaint"), dict):
         complaint = note["complaint"]
         feedback = str(complaint.get("complaintFeedbackType") or "")
-        for r in complaint.get("complainedRecipients") or []:
+        for r in _list(complaint.get("complainedRecipients")):
             email = _address(r.get("emailAddress")) if isinstance(r, dict) else ""
             if not email:
                 continue
