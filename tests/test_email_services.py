@@ -396,11 +396,23 @@ async def test_ses_through_sns_suppresses_the_right_recipient_once_and_refuses_f
                 notification(ses_complaint("kim@example.org"), "f8a2c2a1-0000-4b9e-8e0e-5e3a9e0b0001"), "1"
             )
             assert (await web.post("/hooks/ses", content=complaint)).json() == {"accepted": 1, "ignored": 0}
-            assert await suppressed(bot) == {
-                "lena@example.com": "hard_bounce",
-                "kim@example.org": "complaint",
-            }
+            both = {"lena@example.com": "hard_bounce", "kim@example.org": "complaint"}
+            assert await suppressed(bot) == both
             assert await failures(bot) == 2
+            async with bot.core.ctx.sessions() as session:
+                evidence = (
+                    await session.execute(
+                        select(Suppression.source, Suppression.evidence).where(
+                            Suppression.email == "lena@example.com"
+                        )
+                    )
+                ).one()
+            assert evidence.source == "webhook:ses" and "5.1.1" in (evidence.evidence or "")
+            # Lena's return path with Raj named as the bounced recipient: evidence against neither.
+            crossed = notification(ses_bounce("raj@example.net", lena_path), "crossed-1")
+            r = await web.post("/hooks/ses", content=sns.sign(crossed, "2"))
+            assert r.status_code == 200
+            assert await suppressed(bot) == both and await failures(bot) == 2
 
             # Not the recipient's fault, whatever SES calls it: nothing changes.
             after = (await suppressed(bot), await failures(bot))
