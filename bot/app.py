@@ -27,6 +27,7 @@ from bot.campaigns.automations import Automations
 from bot.campaigns.bounces import BounceMailbox
 from bot.campaigns.cards import CampaignCards
 from bot.campaigns.drafts import Drafts
+from bot.campaigns.email_services import email_service_routes
 from bot.campaigns.runs import CampaignRuns
 from bot.campaigns.sunset import Sunsets
 from bot.campaigns.unsubscribe_mail import UnsubscribeMailbox
@@ -130,6 +131,7 @@ class App:
         routes: list[Any] = [
             *webhook_routes(self.settings.hr, self.lifecycle),
             *campaign_routes(self.ctx),
+            *email_service_routes(self.ctx),
             *signup_routes(self.ctx, self.signups),
         ]
         for adapter in self.messengers.adapters.values():

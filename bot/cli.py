@@ -442,6 +442,26 @@ def startup_lines(settings: Settings, runtime: Runtime) -> list[str]:
     for k in dkim.keys if dkim else ():
         if k.algorithm == "rsa-sha256" and k.bits < 2048:
             lines.append(f"Warning: the DKIM key {k.describe()} is shorter than 2048 bits: make a new one.")
+    events = settings.email_events
+    services = [
+        name
+        for name, on in (
+            ("ses", bool(events.ses.topic_arns)),
+            ("sendgrid", bool(events.sendgrid.public_key)),
+            ("mailgun", bool(events.mailgun.signing_key)),
+            ("postmark", bool(events.postmark.password)),
+        )
+        if on
+    ]
+    if services:
+        lines.append("Email service webhooks: " + ", ".join(f"/hooks/{name}" for name in services))
+    if events.ses.unsafe_cert_url_pattern:
+        lines.append(
+            "Warning: email_events.ses.unsafe_cert_url_pattern is set, so SNS signing certificates are "
+            f"fetched from any URL matching {events.ses.unsafe_cert_url_pattern!r} instead of only "
+            "https://sns.<region>.amazonaws.com: anyone who can serve such a URL can forge SES bounces. "
+            "It is for tests against a local fake; remove it."
+        )
     return lines
 
 

@@ -684,6 +684,62 @@ class ProvidersSettings(_Section):
         return names
 
 
+# The hosts Amazon SNS signs from and confirms subscriptions at: https://sns.<region>.amazonaws.com
+# (and .com.cn in China). A SigningCertURL or SubscribeURL anywhere else is refused (bot/campaigns/sns.py).
+SNS_HOST_RE = r"sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?"
+
+
+class SesEventsSettings(_Section):
+    """Amazon SES bounces and complaints through an SNS topic, at POST /hooks/ses. Off while topic_arns is empty."""
+
+    topic_arns: list[str] = []  # the SNS topics SES publishes to; any other topic is refused
+    # A regular expression the whole SigningCertURL and SubscribeURL must match INSTEAD of
+    # https://sns.<region>.amazonaws.com/…: for tests against a local fake only. While it is set anyone who
+    # can serve a URL it matches can sign SNS messages, so postroom serve warns at every start.
+    unsafe_cert_url_pattern: str = ""
+
+    @field_validator("unsafe_cert_url_pattern")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        if v:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"is not a regular expression ({exc})") from None
+        return v
+
+
+class SendGridEventsSettings(_Section):
+    """SendGrid's signed Event Webhook at POST /hooks/sendgrid. Off while public_key is empty."""
+
+    public_key: str = ""  # the verification key SendGrid shows (base64 DER, or PEM) for the signed webhook
+    tolerance_s: int = Field(default=300, ge=30, le=3600)  # X-Twilio-Email-Event-Webhook-Timestamp
+
+
+class MailgunEventsSettings(_Section):
+    """Mailgun's signed webhooks at POST /hooks/mailgun. Off while signing_key is empty."""
+
+    signing_key: SecretStr | None = None  # Sending → Webhooks → HTTP webhook signing key
+    tolerance_s: int = Field(default=300, ge=30, le=3600)
+
+
+class PostmarkEventsSettings(_Section):
+    """Postmark's bounce and spam-complaint webhooks at POST /hooks/postmark, behind HTTP basic auth
+    (Postmark does not sign webhooks). Off while password is empty."""
+
+    user: str = "postmark"
+    password: SecretStr | None = None
+
+
+class EmailEventsSettings(_Section):
+    """The email services' own bounce and complaint webhooks (docs/email-services.md)."""
+
+    ses: SesEventsSettings = SesEventsSettings()
+    sendgrid: SendGridEventsSettings = SendGridEventsSettings()
+    mailgun: MailgunEventsSettings = MailgunEventsSettings()
+    postmark: PostmarkEventsSettings = PostmarkEventsSettings()
+
+
 class HrSettings(_Section):
     """HR events: the signed webhook."""
 
@@ -799,6 +855,7 @@ class Settings(BaseSettings):
     groups: GroupsSettings = GroupsSettings()
     reports: ReportsSettings = ReportsSettings()
     hr: HrSettings = HrSettings()
+    email_events: EmailEventsSettings = EmailEventsSettings()
     postfix: PostfixSettings = PostfixSettings()
     providers: ProvidersSettings = ProvidersSettings()
     dkim: DkimSettings = DkimSettings()

@@ -150,6 +150,11 @@ ISSUED = (
         "press 随机获取 (generate) beside EncodingAESKey in the app's API receive settings",
     ),
     ("wecom.secret", 32, "copy the app's Secret from the WeCom admin console"),
+    (
+        "email_events.mailgun.signing_key",
+        32,
+        "copy the HTTP webhook signing key from Mailgun's Sending → Webhooks page",
+    ),
     ("dingtalk.client_secret", 32, "copy the app's Client Secret from the DingTalk developer console"),
     (
         "providers.microsoft.client_secret",
@@ -159,7 +164,12 @@ ISSUED = (
     ("providers.wecom.secret", 32, "copy the mail app's Secret from the WeCom admin console"),
 )
 # Passwords someone chose: their strength is not ours to judge, but one printed in Postroom's source is.
-PASSWORDS = ("smtp.password", "providers.ldap.password", "providers.mailman.password")
+PASSWORDS = (
+    "smtp.password",
+    "providers.ldap.password",
+    "providers.mailman.password",
+    "email_events.postmark.password",
+)
 
 
 def _issued_weakness(value: str, shortest: int) -> str | None:

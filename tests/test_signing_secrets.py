@@ -368,6 +368,7 @@ def test_the_policy_judges_every_credential_and_password_serve_uses() -> None:
         "dingtalk.client_secret": secrets.token_urlsafe(48),
         "providers.microsoft.client_secret": secrets.token_urlsafe(30),
         "providers.wecom.secret": secrets.token_urlsafe(32),
+        "email_events.mailgun.signing_key": secrets.token_hex(16),
     }
     assert set(real) == {key for key, _, _ in ISSUED}
     for key, shortest, _ in ISSUED:

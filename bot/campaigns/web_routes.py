@@ -5,9 +5,10 @@ signed report page (`/report/<token>`, linked from `/campaign report`; the token
 Click redirects go only to URLs signed into a message by Postroom (no open redirect): a tampered
 or foreign token gets a 400 page, never a redirect.
 
-The webhook is the extension point for an email service (SES, SendGrid, Postmark, …) that reports
-bounces and complaints over HTTP instead of by mail. A small translator on your side turns the
-service's payload into this one and signs it:
+The webhook is the extension point for an email service that reports bounces and complaints over HTTP
+instead of by mail (SES, SendGrid, Mailgun and Postmark have their own endpoints:
+bot/campaigns/email_services.py). A small translator on your side turns the service's payload into
+this one and signs it:
 
     POST /hooks/email-events
     X-Postroom-Timestamp: <unix seconds>
