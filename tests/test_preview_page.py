@@ -206,3 +206,31 @@ async def test_a_kept_page_is_answered_while_every_render_slot_is_busy(make_bot,
     assert (await cache.page(ctx, kept_id)).status == 200
     assert [p.status for p in await asyncio.gather(*rendering, sharing)] == [422, 422, 422]
     assert cache.renders == 3 and cache.slots_taken() == 0
+
+
+async def test_a_preview_request_that_goes_away_leaves_the_render_to_the_others(
+    make_bot, smtp, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """The first GET of a page renders it; when its client goes away (the request is cancelled), the GETs
+    sharing that render got its CancelledError. Now the render belongs to the cache: they get the page."""
+    from bot.campaigns.preview import PreviewCache
+    from bot.db.models import Campaign
+
+    bot = await make_bot(render_timeout_s=0.5)
+    ctx = bot.core.ctx
+    (_path,) = await bomb_paths(bot, tmp_path, ["b1"])
+    async with ctx.sessions() as session:
+        campaign_id = (await session.execute(select(Campaign.id).where(Campaign.name == "b1"))).scalar_one()
+    cache = PreviewCache(max_renders=2)
+    first = asyncio.ensure_future(cache.page(ctx, campaign_id))
+    deadline = time.monotonic() + 20
+    while not cache._inflight:  # the first request's render is under way
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    second = asyncio.ensure_future(cache.page(ctx, campaign_id))
+    await asyncio.sleep(0.05)
+    first.cancel()  # its client went away
+    page = await second
+    assert page.status == 422 and "took longer than" in page.body, page
+    assert first.cancelled() and cache.renders == 1 and cache.slots_taken() == 0
+    assert (await cache.page(ctx, campaign_id)).status == 422 and cache.renders == 1  # kept

@@ -61,7 +61,7 @@ class PreviewCache:
         self._clock = clock
         self._pages: OrderedDict[CacheKey, tuple[float, Page]] = OrderedDict()
         self._bytes = 0
-        self._inflight: dict[CacheKey, asyncio.Future[Page]] = {}
+        self._inflight: dict[CacheKey, asyncio.Task[Page]] = {}
         self._opening: Counter[int] = Counter()  # campaigns of GETs of a new page looking up its key
         self.renders = 0  # pages rendered (cache misses), for the curious and the tests
 
@@ -120,21 +120,24 @@ class PreviewCache:
             return await asyncio.shield(running)
         if len(self._inflight) >= self.max_renders:
             return _busy()
-        future: asyncio.Future[Page] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
-        try:
-            page = await _render(ctx, campaign)
-            self.renders += 1
-            if page.status in (200, 422):  # a failed render is kept too: it would fail the same way
-                self.put(key, page)
-            future.set_result(page)
-            return page
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: no "never retrieved" warning when nobody else waited
-            raise
-        finally:
-            del self._inflight[key]
+        # The render belongs to the cache, not to this request: a client that goes away (its request
+        # cancelled) leaves it running for the others sharing it, and the page is kept for later ones.
+        task = asyncio.ensure_future(self._render_and_keep(ctx, campaign, key))
+        self._inflight[key] = task
+        task.add_done_callback(lambda done: self._landed(key, done))
+        return await asyncio.shield(task)
+
+    async def _render_and_keep(self, ctx: Context, campaign: Campaign, key: CacheKey) -> Page:
+        page = await _render(ctx, campaign)
+        self.renders += 1
+        if page.status in (200, 422):  # a failed render is kept too: it would fail the same way
+            self.put(key, page)
+        return page
+
+    def _landed(self, key: CacheKey, task: asyncio.Task[Page]) -> None:
+        self._inflight.pop(key, None)
+        if not task.cancelled():
+            task.exception()  # retrieved: no "never retrieved" warning when every requester left
 
     def slots_taken(self) -> int:
         """Render slots taken: pages rendering, and new pages whose key is being looked up."""
