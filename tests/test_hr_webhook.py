@@ -337,3 +337,36 @@ async def test_bad_input_gets_a_4xx_sentence_and_changes_nothing(
     async with lbot.core.ctx.sessions() as s:
         assert (await s.execute(select(func.count()).select_from(Person))).scalar_one() == 0
         assert (await s.execute(select(func.count()).select_from(Membership))).scalar_one() == 0
+
+
+async def test_an_unknown_id_with_an_active_persons_email_is_refused_not_a_takeover(lbot) -> None:  # type: ignore[no-untyped-def]
+    """Attacker tryout: alice is E1; a signed `joined` for X12 with alice@ renamed her "Mallory" and moved
+    her groups, and a `left` for X12 then removed her from everything. A bare `left` for an unknown id
+    with someone's address did the same. HR ids are immutable: each is refused (422) and changes nothing."""
+    alice = "alice@corp.example"
+    async with web_client(lbot) as client:
+        r = await post_event(
+            client, hr_event("joined", "a1", "E1", alice, "2026-01-01T09:00:00Z", department="Engineering")
+        )
+        assert r.status_code == 200, r.text
+        before = await groups_of(lbot, alice)
+        assert before
+        for kind, event_id in (("joined", "x1"), ("changed", "x2"), ("left", "x3")):
+            r = await post_event(
+                client,
+                hr_event(kind, event_id, "X12", alice, "2026-06-01T09:00:00Z", "Mallory", department="Board"),
+            )
+            assert r.status_code == 422, (kind, r.text)
+            assert r.json()["error"] == (
+                "alice@corp.example belongs to E1; an HR id is one person's and does not change: send the "
+                "event for E1, or correct the email."
+            ), (kind, r.text)
+    assert await groups_of(lbot, alice) == before
+    async with lbot.app.ctx.sessions() as session:
+        person = (await session.execute(select(Person).where(Person.email == alice))).scalar_one()
+        assert person.status == "active" and person.name != "Mallory"
+        assert "X12" not in set(
+            (
+                await session.execute(select(PersonId.external_id).where(PersonId.person_id == person.id))
+            ).scalars()
+        )

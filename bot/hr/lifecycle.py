@@ -80,15 +80,13 @@ class Outcome:
 async def _refuse_a_leavers_address(
     session: AsyncSession, person: Person, event: PersonEvent, email: str
 ) -> None:
-    """A UserError for a `joined` or `changed` from HR (webhook or CSV) under an id nobody has, giving the
-    address of someone who left under another HR id. A rehire keeps the employee id (docs/hr-webhook.md):
-    taken by its address, the event would re-activate the leaver as a rehire, or change a leaver's record.
-    Directory sources (Slack, DingTalk, WeCom) have ids of their own and are matched by address as before."""
-    if (
-        event.kind not in ("joined", "changed")
-        or person.status != "left"
-        or id_namespace(event.source) != "hr"
-    ):
+    """A UserError for an event from HR (webhook or CSV) under an id nobody has, giving the address of
+    someone on record under another HR id. HR ids are immutable and a rehire keeps the employee id
+    (docs/hr-webhook.md): taken by its address, such an event would take that person over — a `joined`
+    renames and regroups them, a `left` removes them from every group — or re-activate a leaver as a
+    rehire. Directory sources (Slack, DingTalk, WeCom) have ids of their own and are matched by address
+    as before."""
+    if id_namespace(event.source) != "hr":
         return
     ids = set(
         (
@@ -99,14 +97,23 @@ async def _refuse_a_leavers_address(
             )
         ).scalars()
     )
-    if person.employee_id:
+    if person.employee_id and person.source in HR_SOURCES:  # a directory-made person's is its directory id
         ids.add(person.employee_id)
     if not ids or event.external_id in ids:
         return  # a person on record without an HR id (or under this one): matched by address
-    theirs = person.employee_id or sorted(ids)[0]
+    theirs = person.employee_id if person.employee_id in ids else sorted(ids)[0]
+    if person.status == "left":
+        raise UserError(
+            t(
+                "{email} belongs to {theirs}, who left; a rehire keeps the employee id: send the joined event "
+                "for {theirs}, or correct the email.",
+                email=email,
+                theirs=theirs,
+            )
+        )
     raise UserError(
         t(
-            "{email} belongs to {theirs}, who left; a rehire keeps the employee id: send the joined event for "
+            "{email} belongs to {theirs}; an HR id is one person's and does not change: send the event for "
             "{theirs}, or correct the email.",
             email=email,
             theirs=theirs,
