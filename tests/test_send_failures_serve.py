@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.scheduler import sync_url
 from tests.smtp import free_port
 from tests.smtp_faults import PASSWORD, USERNAME, FaultyServer
 from tests.test_cli import CONTACTS, MARIA, SAM, Setup, served, write_config
@@ -34,14 +35,27 @@ def configure(setup: Setup, database_url: str, password: str) -> None:
     setup.config.write_text(text)
 
 
-def wait_for(setup: Setup, words: str, timeout: float = 40) -> str:
+def campaign_state(database_url: str, name: str) -> str | None:
+    """The campaign's state, read from the database the served process writes (no `postroom` start a poll)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(sync_url(database_url))
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT state FROM campaigns WHERE name = :n"), {"n": name}).scalar()
+    finally:
+        engine.dispose()
+
+
+def wait_for(setup: Setup, database_url: str, state: str, words: str, timeout: float = 40) -> str:
+    """Wait until the campaign is in `state` in the database, then `/campaign status` must say `words`."""
     deadline = time.monotonic() + timeout
-    while True:
-        status = setup.chat(SAM, "/campaign status spring")
-        if words in status:
-            return status
-        assert time.monotonic() < deadline, status
-        time.sleep(0.2)
+    while (now := campaign_state(database_url, "spring")) != state:
+        assert time.monotonic() < deadline, now
+        time.sleep(0.1)
+    status = setup.chat(SAM, "/campaign status spring")
+    assert words in status, status
+    return status
 
 
 def test_a_wrong_password_pauses_a_served_campaign_and_resume_delivers_once(
@@ -55,12 +69,17 @@ def test_a_wrong_password_pauses_a_served_campaign_and_resume_delivers_once(
         (tmp_path / "contacts.csv").write_text(CONTACTS)
         assert setup.run("contacts", "import", "contacts.csv", "--list", "customers").returncode == 0
         with served(setup):
+            started = time.monotonic()
             setup.chat(SAM, "/campaign new spring --to customers --template welcome")
-            at = (datetime.now(UTC) + timedelta(seconds=10)).isoformat(timespec="seconds")
+            # The start must come after the two `postroom` calls below (submit, approve), else the approving
+            # process starts the send itself: four times what one call just took, as slow as the machine is.
+            # A fixed 10 s was both a wait on a quiet machine and too short on a loaded one.
+            ahead = max(3.0, 4 * (time.monotonic() - started))
+            at = (datetime.now(UTC) + timedelta(seconds=ahead + 1)).isoformat(timespec="seconds")
             assert "It starts at" in setup.chat(SAM, f"/campaign submit spring --at {at}")
             approved = setup.chat(MARIA, "/approve spring")
             assert "it starts at" in approved, approved  # serve starts it, not this process
-            status = wait_for(setup, "is paused")
+            status = wait_for(setup, database_url, "paused", "is paused")
         assert "refused Postroom's login (535 5.7.8" in status and "smtp.username and smtp.password" in status
         assert "Nobody was suppressed" in status and "3 recipients: pending 3" in status, status
         assert relay.messages == [] and relay.handler.refused_logins
@@ -69,7 +88,7 @@ def test_a_wrong_password_pauses_a_served_campaign_and_resume_delivers_once(
         configure(setup, database_url, PASSWORD)  # the admin corrects smtp.password and restarts
         with served(setup):
             assert "Resumed" in setup.chat(SAM, "/campaign resume spring")
-            wait_for(setup, "is completed")
+            wait_for(setup, database_url, "completed", "is completed")
         assert Counter(r for m in relay.messages for r in m.rcpt_tos) == Counter(dict.fromkeys(RECIPIENTS, 1))
         assert "Nobody is suppressed." in setup.chat(ADMIN, "/suppressions list")
 

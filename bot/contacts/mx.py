@@ -6,10 +6,6 @@ records); a timeout or a server failure accepts it: a DNS hiccup must not turn p
 
 from __future__ import annotations
 
-import dns.asyncresolver
-import dns.exception
-import dns.resolver
-
 from bot.config import SignupSettings
 
 
@@ -26,6 +22,12 @@ async def domain_receives_mail(settings: SignupSettings, domain: str) -> bool:
 async def has_mail_server(
     domain: str, *, timeout_s: float, nameservers: list[str] | None = None, port: int = 53
 ) -> bool:
+    # dnspython is imported here, not with the module: every `postroom` start builds the signup code, and
+    # dnspython costs ~50 ms to import (its name codecs); only a signup or an import with the check looks up.
+    import dns.asyncresolver
+    import dns.exception
+    import dns.resolver
+
     resolver = dns.asyncresolver.Resolver(configure=nameservers is None)
     if nameservers is not None:
         resolver.nameservers = nameservers

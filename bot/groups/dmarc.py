@@ -17,10 +17,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import dns.asyncresolver
-import dns.exception
-import dns.resolver
+if TYPE_CHECKING:
+    import dns.asyncresolver
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +38,29 @@ class DmarcPolicies:
         cache_s: float = 3600.0,
         clock: Callable[[], float] = time.monotonic,
     ):
-        self.resolver = dns.asyncresolver.Resolver(configure=not nameservers)
-        if nameservers:
-            self.resolver.nameservers = list(nameservers)
-        self.resolver.port = port
-        self.resolver.timeout = timeout_s
-        self.resolver.lifetime = timeout_s
+        self.nameservers = list(nameservers or [])
+        self.port = port
+        self.timeout_s = timeout_s
+        self._resolver: dns.asyncresolver.Resolver | None = None
         self.cache_s = cache_s
         self.clock = clock
         self._cache: dict[str, tuple[float, str | None, str | None]] = {}  # name -> (until, p, sp)
+
+    @property
+    def resolver(self) -> dns.asyncresolver.Resolver:
+        """Built at the first look-up: every `postroom` start builds a DmarcPolicies, and importing dnspython
+        (~50 ms) and reading resolv.conf are for the relay's first post from an outside domain."""
+        if self._resolver is None:
+            import dns.asyncresolver
+
+            resolver = dns.asyncresolver.Resolver(configure=not self.nameservers)
+            if self.nameservers:
+                resolver.nameservers = list(self.nameservers)
+            resolver.port = self.port
+            resolver.timeout = self.timeout_s
+            resolver.lifetime = self.timeout_s
+            self._resolver = resolver
+        return self._resolver
 
     async def _record(self, name: str) -> tuple[str | None, str | None]:
         """(p, sp) of the DMARC record at _dmarc.<name>; (None, None) when there is none."""
@@ -54,6 +68,8 @@ class DmarcPolicies:
         hit = self._cache.get(name)
         if hit is not None and hit[0] > now:
             return hit[1], hit[2]
+        import dns.resolver
+
         p: str | None = None
         sp: str | None = None
         ttl = NEGATIVE_TTL
@@ -77,6 +93,8 @@ class DmarcPolicies:
     async def policy(self, domain: str) -> str | None:
         """The policy that applies to mail from `domain` (none, quarantine, reject), or None without one.
         A DNS failure (timeout, SERVFAIL) says `reject`: see the module's note."""
+        import dns.exception
+
         domain = domain.strip().lower().rstrip(".")
         if not domain or len(domain) > 253:
             return None
