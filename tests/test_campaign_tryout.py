@@ -233,3 +233,24 @@ async def test_refusals_by_state_or_by_a_name_that_is_not_there_carry_no_usage_l
     ):
         reply = await bot.say(SENDER, command)
         assert sentence in reply and "Usage" not in reply, (command, reply)
+
+
+async def test_test_mail_refusals_are_refusals_and_a_leaver_is_named_as_one(bot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Tryout: each well-formed /campaign test refused by who the address is carried the usage line, and a
+    colleague who left was "not a colleague on record"."""
+    await load_customers(bot, tmp_path)
+    await bot.say(SENDER, "/campaign new spring --to customers --template welcome")
+    async with bot.core.ctx.sessions() as session, session.begin():
+        from bot.db.models import Person
+
+        session.add(
+            Person(employee_id="E9", email="ivan@corp.example", name="Ivan", status="left", source="hr")
+        )
+    for command, sentence in (
+        ("/campaign test spring someone@gmail.com", "Tests go to internal addresses only"),
+        ("/campaign test spring ghost@corp.example", "is not a colleague on record"),
+        ("/campaign test spring ivan@corp.example", "ivan@corp.example has left the company (HR's record)"),
+        ("/campaign preview spring stranger@example.com", "is not in the audience"),
+    ):
+        reply = await bot.say(SENDER, command)
+        assert sentence in reply and "Usage" not in reply, (command, reply)

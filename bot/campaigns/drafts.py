@@ -204,7 +204,7 @@ class Drafts:
             for r in chunk:
                 if r.email == email:
                     return r
-        raise UserError(
+        raise Refusal(
             t(
                 "{email} is not in the audience of “{name}” (or has not given consent).",
                 email=email,
@@ -220,9 +220,9 @@ class Drafts:
         async with ctx.sessions() as session:
             routed = routing_refusal(email, ctx.settings)
             if routed and email != actor:
-                raise UserError(t("Tests go to internal addresses only: {why}.", why=routed))
+                raise Refusal(t("Tests go to internal addresses only: {why}.", why=routed))
             if not ctx.settings.is_internal(email) and email != actor:
-                raise UserError(
+                raise Refusal(
                     t(
                         "Tests go to internal addresses only; {email} is outside {domains}. External people get a "
                         "campaign only after approval.",
@@ -231,7 +231,7 @@ class Drafts:
                     )
                 )
             if (await session.execute(select(Group.id).where(Group.address == email))).first():
-                raise UserError(
+                raise Refusal(
                     t(
                         "{email} is an email group: a test goes to one person. A group gets a campaign only "
                         "through its approval.",
@@ -242,8 +242,15 @@ class Drafts:
                 await session.execute(select(Person.status, Person.name).where(Person.email == email))
             ).first()
             status, tester_name = (person.status, person.name) if person is not None else (None, None)
+            if email != actor and status == "left":
+                raise Refusal(
+                    t(
+                        "{email} has left the company (HR's record): a test goes to you or to a colleague.",
+                        email=email,
+                    )
+                )
             if email != actor and status != "active":
-                raise UserError(
+                raise Refusal(
                     t(
                         "{email} is not a colleague on record: a test goes to you or to a person HR knows.",
                         email=email,
@@ -272,14 +279,14 @@ class Drafts:
         try:
             built = await review.messages.build_test_async(review.sample or tester, tester, banner)
         except TemplateProblem as exc:
-            raise UserError(exc.sentence) from None
+            raise Refusal(exc.sentence) from None
         transport = ctx.new_transport(connections=1)
         try:
             outcome = await transport.send(campaign.from_address, email, built.data)
         finally:
             await transport.close()
         if not outcome.ok:
-            raise UserError(
+            raise Refusal(
                 t("The mail server did not take the test message: {detail}.", detail=outcome.detail)
             )
         async with ctx.sessions() as session, session.begin():
