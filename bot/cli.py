@@ -294,7 +294,7 @@ def chat(ctx: click.Context, as_email: str, text: tuple[str, ...]) -> None:
     command is refused or fails (nothing changed).
     """
     from bot.addresses import normalise
-    from bot.config import org_problem
+    from bot.config import org_problem, sender_problem
     from bot.errors import UserError
 
     try:
@@ -302,7 +302,7 @@ def chat(ctx: click.Context, as_email: str, text: tuple[str, ...]) -> None:
     except UserError as exc:
         raise click.BadParameter(exc.sentence, param_hint="--as") from None
     settings = _settings(ctx.obj["config"])
-    problem = org_problem(settings, "chat")
+    problem = org_problem(settings, "chat") or sender_problem(settings, "chat")
     if problem is not None:
         raise click.ClickException(problem)
     refused: list[int] = []
@@ -332,13 +332,16 @@ async def _chat(settings: Settings, as_email: str, text: str, refused: list[int]
 @click.pass_context
 def serve(ctx: click.Context) -> None:
     """Run the configured adapters, the web app, the mail server and the scheduler until stopped."""
-    from bot.config import example_problem, org_problem
+    from bot.config import example_problem, org_problem, sender_problem
     from bot.secret_policy import serving_problem
 
     settings = _settings(ctx.obj["config"])
     # Before anything opens: a forgeable secret serves nothing, and placeholders in [org] mail nobody.
     problem = (
-        serving_problem(settings) or org_problem(settings, "serve") or example_problem(settings, "serve")
+        serving_problem(settings)
+        or org_problem(settings, "serve")
+        or example_problem(settings, "serve")
+        or sender_problem(settings, "serve")
     )
     if problem is not None:
         raise click.ClickException(problem)
@@ -430,6 +433,9 @@ def startup_lines(settings: Settings, runtime: Runtime) -> list[str]:
     if policy is not None:
         listening.append(f"Postfix policy service {policy}")
     lines.append("Listening: " + "; ".join(listening))
+    from bot.config import sender_warnings
+
+    lines += [f"Warning: {w}" for w in sender_warnings(settings)]
     dkim = runtime.app.ctx.dkim
     if dkim:
         lines.append("DKIM signing: " + ", ".join(k.describe() for k in dkim.keys))

@@ -999,6 +999,45 @@ def example_problem(settings: Settings, command: str) -> str | None:
     )
 
 
+def sender_problem(settings: Settings, command: str) -> str | None:
+    """Why `postroom <command>` must not start with campaign mail's own addresses at a public mailbox
+    provider (news@gmail.com): the bounces, with the VERP tokens in their addresses, and the mailto
+    unsubscribes would go to a stranger's mailbox. One sentence; None when it may start."""
+    c = settings.campaigns
+    for key, address in (
+        ("campaigns.from_address", c.from_address),
+        ("campaigns.unsubscribe_mailbox", c.unsubscribe_mailbox),
+        ("campaigns.bounce_domain", f"bounces@{c.bounce_domain}"),
+    ):
+        domain = address.rpartition("@")[2].lower()
+        if domain in PUBLIC_MAILBOX_DOMAINS:
+            shown = c.bounce_domain if key == "campaigns.bounce_domain" else address
+            return (
+                f"postroom {command} won't start with {key} {shown} at {domain}, a public mailbox provider: "
+                f"bounces and unsubscribe mail would go to a mailbox there, not the company's. Use an address "
+                f"on your own domain ({', '.join(settings.org.domains)})."
+            )
+    return None
+
+
+def sender_warnings(settings: Settings) -> list[str]:
+    """Sentences for serve's start: campaign mail's addresses on a domain that is not in org.domains (a
+    separate mail domain is allowed — its bounces and unsubscribes must reach Postroom there)."""
+    c = settings.campaigns
+    out = []
+    for key, address in (
+        ("campaigns.from_address", c.from_address),
+        ("campaigns.unsubscribe_mailbox", c.unsubscribe_mailbox),
+    ):
+        domain = address.rpartition("@")[2].lower()
+        if domain not in settings.org.domains:
+            out.append(
+                f"{key} {address} is not on org.domains ({', '.join(settings.org.domains)}): make sure mail to "
+                f"{domain} reaches Postroom (its MX), or bounces and unsubscribes are lost."
+            )
+    return out
+
+
 class _DictSource(PydanticBaseSettingsSource):
     def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]):
         super().__init__(settings_cls)

@@ -225,3 +225,53 @@ def test_serve_and_chat_refuse_a_public_mailbox_domain_in_org_domains(tmp_path: 
     lines = done.stderr.strip().splitlines()
     assert done.returncode != 0 and len(lines) == 1 and done.stdout == "", done.stderr
     assert "org.domains" in lines[0] and "'gmail.com' is a public mailbox provider's domain" in lines[0]
+
+
+ORG = (
+    '[org]\nname = "Acme GmbH"\ndomains = ["acme.example"]\npostal_address = "Acme GmbH, 1 Main St, Berlin"\n'
+)
+
+
+def test_serve_refuses_campaign_addresses_at_a_public_mailbox_provider(tmp_path: Path) -> None:
+    """New-user tryout: POSTROOM_CAMPAIGNS__FROM_ADDRESS=news@gmail.com started serve, printing
+    Return-Path bounces+…@gmail.com and mailto:unsubscribe@gmail.com: bounces with their tokens and the
+    unsubscribes would have gone to a stranger's mailbox."""
+    config = base_config(tmp_path, ORG + '[campaigns]\nfrom_address = "news@gmail.com"\n')
+    done = postroom(tmp_path, "--config", str(config), "serve")
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip() == (
+        "Error: postroom serve won't start with campaigns.from_address news@gmail.com at gmail.com, a public "
+        "mailbox provider: bounces and unsubscribe mail would go to a mailbox there, not the company's. Use "
+        "an address on your own domain (acme.example)."
+    ), done.stderr
+
+
+def test_a_sending_domain_of_its_own_is_allowed_and_named_at_start() -> None:
+    from bot.config import sender_problem, sender_warnings
+
+    own = load_settings(
+        read_file=False,
+        read_env=False,
+        org={"domains": ["acme.example"]},
+        campaigns={"from_address": "n@acme.example"},
+    )
+    assert sender_problem(own, "serve") is None and sender_warnings(own) == []
+    mail_domain = load_settings(
+        read_file=False,
+        read_env=False,
+        org={"domains": ["acme.example"]},
+        campaigns={"from_address": "news@mail.acme-news.example"},
+    )
+    assert sender_problem(mail_domain, "serve") is None
+    assert sender_warnings(mail_domain)[0].startswith(
+        "campaigns.from_address news@mail.acme-news.example is not on org.domains (acme.example): make sure "
+        "mail to mail.acme-news.example reaches Postroom"
+    )
+    bounce = load_settings(
+        read_file=False,
+        read_env=False,
+        org={"domains": ["acme.example"]},
+        campaigns={"bounce_domain": "outlook.com"},
+    )
+    said = sender_problem(bounce, "serve")
+    assert said is not None and "campaigns.bounce_domain outlook.com at outlook.com" in said
