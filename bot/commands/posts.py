@@ -141,13 +141,15 @@ class PostCommands:
                 flags.append(t("unsubscribe-like footer"))
             lines.append(
                 t(
-                    "#{id} {when} {sender} “{subject}” {size}, {count} recipients — {state}{flags}",
+                    "#{id} {when} {sender} “{subject}” {size}, {recipients} — {state}{flags}",
                     id=post.id,
                     when=post.received_at.strftime("%Y-%m-%d %H:%M"),
                     sender=post.sender or "<>",
                     subject=post.subject or t("(no subject)"),
                     size=_size(post.size),
-                    count=post.recipient_count,
+                    recipients=t("1 recipient")
+                    if post.recipient_count == 1
+                    else t("{count} recipients", count=post.recipient_count),
                     state=states.get(post.state, post.state),
                     flags=(" (" + ", ".join(flags) + ")") if flags else "",
                 )
@@ -161,6 +163,10 @@ class PostCommands:
             post_id = _post_id(raw)
             if reason is not None and len(reason) > 500:
                 raise UserError(t("A reason can be at most 500 characters."))
+            if reason is not None and any(not c.isprintable() for c in reason):
+                raise UserError(
+                    t("The reason can't contain control characters or text-direction overrides."), spec.usage
+                )
         return Message(
             await self.moderation.decide(
                 post_id,

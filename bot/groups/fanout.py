@@ -32,7 +32,7 @@ from bot.db.models import Group, GroupPost, GroupPostDelivery
 from bot.events import Message
 from bot.groups.dmarc import DmarcPolicies
 from bot.groups.notices import send_notice
-from bot.groups.posts import inspect, relayed_copy
+from bot.groups.posts import impersonates, inspect, relayed_copy
 from bot.i18n import t
 from bot.links import Signer
 from bot.mail.dsn import parse_report
@@ -216,8 +216,17 @@ class GroupFanout:
         if post is None or group is None or post.body is None:
             return None
         inspected = inspect(post.body, self.options.max_header_bytes)
-        munge = await self.dmarc.needs_munging(inspected.author_address, self.ctx.settings.is_internal)
-        data = relayed_copy(post.body, group, inspected, munge=munge, domain=group.address.split("@", 1)[1])
+        internal = self.ctx.settings.is_internal
+        forged = impersonates(inspected, post.sender or "", internal)
+        munge = not forged and await self.dmarc.needs_munging(inspected.author_address, internal)
+        data = relayed_copy(
+            post.body,
+            group,
+            inspected,
+            munge=munge,
+            domain=group.address.split("@", 1)[1],
+            impersonated_by=(post.sender or "<>") if forged else None,
+        )
         if len(self._copies) > 64:
             self._copies.clear()
         copy = self._copies[post_id] = _Copy(group, data)

@@ -18,6 +18,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from email.utils import getaddresses
 from typing import Any
 
 from sqlalchemy import delete, select, update
@@ -152,6 +153,31 @@ def _copies_sentence(post: GroupPost, group: Group, copies: int | None, covered:
     return sentences(goes, had)
 
 
+def _envelope_fields(post: GroupPost, group: Group, internal: Callable[[str], bool]) -> list[tuple[str, str]]:
+    """The envelope sender beside the From when they differ: the posting check read the envelope, and a
+    From naming a colleague the envelope sender is not goes to members as "<sender> via <group>"."""
+    pairs = getaddresses([post.author or ""])
+    author = pairs[0][1].lower() if pairs and "@" in pairs[0][1] else ""
+    sender = post.sender or ""
+    if not author or author == sender.lower():
+        return []
+    fields = [(t("Envelope sender"), sender or t("(no sender)"))]
+    if internal(author):
+        fields.append(
+            (
+                t("Warning"),
+                t(
+                    "The From names {author}, a company address, but the message was sent by {sender}. "
+                    "Members would see it as from “{sender} via {group}”.",
+                    author=author,
+                    sender=sender or "<>",
+                    group=group.display_name or group.local_part,
+                ),
+            )
+        )
+    return fields
+
+
 def _size(n: int) -> str:
     return f"{n / 1024 / 1024:.1f} MB" if n >= 1024 * 1024 else f"{max(1, round(n / 1024))} KB"
 
@@ -223,6 +249,7 @@ class Moderation:
     def card(self, post: GroupPost, group: Group, lines: tuple[str, ...]) -> Message:
         fields = [
             (t("From"), post.author or post.sender or t("(no sender)")),
+            *_envelope_fields(post, group, self.ctx.settings.is_internal),
             (t("Subject"), post.subject or t("(no subject)")),
             (t("Size"), _size(post.size)),
             (t("Recipients"), str(post.recipient_count)),
@@ -388,7 +415,7 @@ class Moderation:
             _copies_sentence(post, group, copies, covered),
             t("{sender} now posts without waiting.", sender=post.sender) if allowed and post.sender else "",
         )
-        await self._close_card(post, group, t("Approved by {who}.", who=actor))
+        await self._close_card(post, group, lambda: t("Approved by {who}.", who=actor), "approved")
         return text
 
     async def _reject(self, post: GroupPost, group: Group, actor: str, reason: str, state: str) -> str:
@@ -424,25 +451,56 @@ class Moderation:
             )
         else:
             body = f'Your message "{subject}" to {group.address} was not delivered.\n\nThe moderator\'s reason: {reason}'
-        if post.sender:
+        told = "@" in (post.sender or "")  # a post without a sender ("" or <>) has nobody to tell
+        if told:
             await send_notice(self.ctx, [post.sender], f"Not delivered: {subject}"[:200], body + "\n")
         if state == "expired":
-            await self._close_card(post, group, t("Expired: nobody decided in time. The sender was told."))
+            await self._close_card(
+                post,
+                group,
+                lambda: (
+                    t("Expired: nobody decided in time. The sender was told.")
+                    if told
+                    else t("Expired: nobody decided in time. It had no sender, so nobody was told.")
+                ),
+                state,
+            )
             return ""
-        await self._close_card(post, group, t("Rejected by {who}: {reason}", who=actor, reason=reason))
+        await self._close_card(
+            post, group, lambda: t("Rejected by {who}: {reason}", who=actor, reason=reason), state
+        )
+        if not told:
+            return t(
+                "Rejected post #{id} to {group}. It had no sender, so nobody was told.",
+                id=post.id,
+                group=group.address,
+            )
         return t("Rejected post #{id} to {group}; the sender was told why.", id=post.id, group=group.address)
 
-    async def _close_card(self, post: GroupPost, group: Group, outcome: str) -> None:
+    async def _close_card(
+        self, post: GroupPost, group: Group, outcome: Callable[[], str], state: str
+    ) -> None:
+        """Replace the card with the decision; `outcome` is built per messenger (each has its locale)."""
+
         def build() -> Message:
+            if state == "approved":
+                text = t("Post #{id} to {group} was approved.", id=post.id, group=group.address)
+            elif state == "expired":
+                text = t(
+                    "Post #{id} to {group} expired: nobody decided in time.", id=post.id, group=group.address
+                )
+            else:
+                text = t("Post #{id} to {group} was rejected.", id=post.id, group=group.address)
             return Message(
-                t("A post to {group} waits for a moderator.", group=group.address),
+                text,
                 Card(
                     title=t("Post #{id} to {group}", id=post.id, group=group.address),
                     fields=(
                         (t("From"), post.author or post.sender or t("(no sender)")),
+                        *_envelope_fields(post, group, self.ctx.settings.is_internal)[:1],
                         (t("Subject"), post.subject or t("(no subject)")),
                     ),
-                    footer=outcome,
+                    footer=outcome(),
                 ),
             )
 

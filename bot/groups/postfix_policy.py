@@ -38,9 +38,10 @@ have refused or held (fail-open), and nothing lets it be taken back. A deferral 
 servers retry. Recipients that are not groups are answered from an in-memory copy of the group addresses,
 so ordinary mail gets DUNNO even while the database is away.
 
-The hot path never waits on the database: the groups, the members of `post: members` groups and the
-allow lists are read into memory together every `GROUPS_TTL_S` (in the background once loaded), so a
-membership change reaches the policy within seconds (benchmarks/group_fanout.py: p99 under 5 ms).
+The hot path never waits on the database: the groups, the members of `post: members` groups, the
+allow lists and the addresses of people who left (outsiders to every group) are read into memory
+together every `GROUPS_TTL_S` (in the background once loaded), so a membership change reaches the policy
+within seconds (benchmarks/group_fanout.py: p99 under 5 ms).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from sqlalchemy import select
 
 from bot.config import PostfixSettings, peer_in
 from bot.context import Context
-from bot.db.models import Group, GroupSenderAllow, Membership
+from bot.db.models import Group, GroupSenderAllow, Membership, Person
 from bot.groups.moderation import Moderation
 from bot.groups.posting import UNVERIFIED, Unreadable, decide_with, group_routes
 from bot.groups.posts import add_post, member_count
@@ -198,6 +199,7 @@ class PolicyService:
         self._groups: dict[str, Group] = {}
         self._members: dict[int, set[str]] = {}  # members of `post: members` groups
         self._allowed: dict[int, set[str]] = {}
+        self._left: set[str] = set()  # people HR says left: outsiders to every group (posting.decide_with)
         self._groups_at = -1e9
         self._refreshing: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -286,12 +288,13 @@ class PolicyService:
                 )
                 for group_id, email in rows:
                     members[group_id].add(email)
+            left = set((await session.execute(select(Person.email).where(Person.status == "left"))).scalars())
             allowed: dict[int, set[str]] = {}
             for group_id, email in await session.execute(
                 select(GroupSenderAllow.group_id, GroupSenderAllow.email)
             ):
                 allowed.setdefault(group_id, set()).add(email)
-        self._groups, self._members, self._allowed = groups, members, allowed
+        self._groups, self._members, self._allowed, self._left = groups, members, allowed, left
         self._groups_at = time.monotonic()
 
     async def _refresh(self) -> None:
@@ -417,6 +420,7 @@ class PolicyService:
                 member=sender in self._members.get(group.id, ()),
                 allowed=sender in self._allowed.get(group.id, ()),
                 verified=verified,
+                left=sender in self._left,
             )
             if decision.action == "refuse":
                 return reject(state, "5.7.1", named, decision.reason)

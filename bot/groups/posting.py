@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Settings
-from bot.db.models import Group, GroupSenderAllow, Membership
+from bot.db.models import Group, GroupSenderAllow, Membership, Person
 
 Action = Literal["accept", "hold", "refuse"]
 
@@ -144,9 +144,11 @@ def moderators_of(group: Group) -> list[str]:
 
 
 async def decide(session: AsyncSession, settings: Settings, group: Group, sender: str) -> Decision:
-    """Whether `sender` (an envelope sender, "" for none) may post to `group` now."""
+    """Whether `sender` (an envelope sender, "" or "<>" for none) may post to `group` now."""
     sender = sender.lower()
-    allowed = member = False
+    allowed = member = left = False
+    if sender and sender != "<>" and group.post_policy != "anyone" and settings.is_internal(sender):
+        left = await has_left(session, sender)
     if sender and group.post_policy != "anyone":
         allowed = (
             await session.execute(
@@ -161,7 +163,19 @@ async def decide(session: AsyncSession, settings: Settings, group: Group, sender
                     select(Membership.id).where(Membership.group_id == group.id, Membership.email == sender)
                 )
             ).first() is not None
-    return decide_with(settings, group, sender, member=member, allowed=allowed)
+    return decide_with(settings, group, sender, member=member, allowed=allowed, left=left)
+
+
+async def has_left(session: AsyncSession, email: str) -> bool:
+    """Whether HR (an import, a webhook, a directory) says the person with this address left."""
+    row = await session.execute(select(Person.id).where(Person.email == email, Person.status == "left"))
+    return row.first() is not None
+
+
+NO_SENDER = (
+    "this group takes no mail without a sender: a bounce or an automatic reply is not a post "
+    "(bounces go to the return path the message was sent with)"
+)
 
 
 UNVERIFIED = (
@@ -171,21 +185,39 @@ UNVERIFIED = (
 
 
 def decide_with(
-    settings: Settings, group: Group, sender: str, *, member: bool, allowed: bool, verified: bool = True
+    settings: Settings,
+    group: Group,
+    sender: str,
+    *,
+    member: bool,
+    allowed: bool,
+    verified: bool = True,
+    left: bool = False,
 ) -> Decision:
     """The decision once it is known whether the sender is a member and on the group's allow list.
 
     `verified=False`: the client could claim any sender (Postfix, a client outside
     `postfix.trusted_networks` without SMTP AUTH as the sender). A company sender is then an outsider: not
     a member, moderator, owner or allowed sender, and not "at the company" — held or refused as the
-    group's policy says for outsiders, with the reason saying why."""
+    group's policy says for outsiders, with the reason saying why.
+
+    `left`: HR says the sender left the company. "Anyone at the company" is its current people, so a
+    leaver is an outsider too (held or refused like one), whatever an allow list or an owner list from
+    before still says.
+
+    A message without a sender (`MAIL FROM:<>`: a bounce, an auto-reply) is refused for every group,
+    `post: anyone` too — never held: nobody could be told of a rejection, and a list server discards
+    bounces sent to its posting address (Mailman takes them at its -bounces address only). Refusing it
+    during the SMTP conversation sends nothing back: no server bounces a bounce (RFC 5321 §4.5.5)."""
     sender = sender.lower()
+    if not sender or sender == "<>":
+        return Decision("refuse", NO_SENDER)
     if group.post_policy == "anyone":
         return Decision("accept")
-    if not sender:
-        return Decision("refuse", "this group takes no mail without a sender")
     if not verified and settings.is_internal(sender):
         return _outsider(settings, group, UNVERIFIED.format(sender=sender))
+    if left:
+        return _outsider(settings, group, f"{sender} has left the company")
     if sender in moderators_of(group) or sender in (group.owners or []):
         return Decision("accept")
     if group.post_policy == "moderated":

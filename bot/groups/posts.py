@@ -5,17 +5,22 @@ Also what a post is, read once: who wrote it, its subject and Message-ID, whethe
 unsubscribe-like footer (the post log), its first lines (the moderation card); and the copy members
 get: `List-Id`, `List-Post`, `Sender`, `Precedence: list`, a loop marker, a `Message-ID`/`Date` when the
 original lacks them, and — for a sender whose domain publishes DMARC reject or quarantine — the
-`From` rewritten to "Name via Group" with `Reply-To` the original author.
+`From` rewritten to "Name via Group" with `Reply-To` the original author; a `From` naming a company
+mailbox the envelope sender is not (`impersonates`) is rewritten to "<envelope sender> via Group". The
+headers written here are ASCII (RFC 2047 encoded words, folded: bot/mail/compose.py); the ones read for
+the log take raw 8-bit text as UTF-8 (Latin-1 when it is not).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email import message_from_bytes, policy
-from email.message import EmailMessage
+from email.header import decode_header, make_header
+from email.message import EmailMessage, Message
 from email.parser import BytesHeaderParser
 from email.utils import getaddresses, make_msgid
 
@@ -88,8 +93,9 @@ class BadMessage(Exception):
 
 
 def list_id(group: Group) -> str:
-    label = (group.display_name or group.local_part).replace('"', "").replace("\r", "").replace("\n", "")
-    return f'"{label}" <{list_id_value(group)}>'
+    """The `List-Id` header line: the group's name as its phrase — quoted when ASCII (a `<`, `,` or `"`
+    in a name can't end the phrase early), RFC 2047 encoded words otherwise — then `<local.domain>`."""
+    return address(group.display_name or group.local_part, list_id_value(group), "List-Id", quoted=True)
 
 
 def list_id_value(group: Group) -> str:
@@ -138,7 +144,7 @@ def inspect(data: bytes, max_header_bytes: int) -> Inspected:
             f"552 5.3.4 The message's header is {len(headers)} bytes; this server takes at most {max_header_bytes}"
         )
     parsed = BytesHeaderParser(policy=policy.compat32).parsebytes(headers)
-    author = _clean(_decoded(parsed.get("From")), 500)
+    author = _clean(_decoded(_raw(parsed, "From")), 500)  # raw 8-bit text read as UTF-8 (_decoded)
     pairs = getaddresses([author or ""])
     name, address = pairs[0] if pairs else ("", "")
     markers = frozenset(
@@ -150,7 +156,7 @@ def inspect(data: bytes, max_header_bytes: int) -> Inspected:
         author=author,
         author_address=address.lower() or None if "@" in address else None,
         author_name=_clean(name, 200),
-        subject=_clean(_decoded(parsed.get("Subject")), 500),
+        subject=_clean(_decoded(_raw(parsed, "Subject")), 500),
         message_id=_clean(parsed.get("Message-ID"), 300),
         has_links=bool(_LINK.search(body[:1_000_000])) or "http://" in text or "https://" in text,
         has_unsubscribe=bool(parsed.get("List-Unsubscribe")) or _has_unsubscribe(text),
@@ -163,15 +169,30 @@ def inspect(data: bytes, max_header_bytes: int) -> Inspected:
     )
 
 
+def _raw(parsed: Message, name: str) -> str | None:
+    """The first `name` header's value as received (8-bit bytes as surrogate escapes, not compat32's
+    `Header` object, whose text is replacement characters)."""
+    wanted = name.lower()
+    return next((v for k, v in parsed.raw_items() if k.lower() == wanted), None)
+
+
 def _decoded(value: object) -> str | None:
+    """A header value as text: encoded words decoded, and raw 8-bit bytes (a client that wrote UTF-8
+    headers, RFC 6532, with or without SMTPUTF8) read as UTF-8, or Latin-1 when they are not UTF-8 —
+    the parser hands those over as surrogate escapes, which would show as "������"."""
     if value is None:
         return None
-    from email.header import decode_header, make_header
-
+    text = str(value)
+    if any("\udc80" <= c <= "\udcff" for c in text):
+        raw = text.encode("ascii", "surrogateescape")
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return raw.decode("latin-1")
     try:
-        return str(make_header(decode_header(str(value))))
+        return str(make_header(decode_header(text)))
     except (ValueError, LookupError, UnicodeError):
-        return str(value)
+        return text
 
 
 def _plain_text(data: bytes) -> str:
@@ -204,8 +225,30 @@ def loops_through(inspected: Inspected, group: Group) -> bool:
 _DROP = {b"list-id", b"list-post", b"sender", b"precedence", b"return-path"}
 
 
-def relayed_copy(data: bytes, group: Group, inspected: Inspected, *, munge: bool, domain: str) -> bytes:
-    """The bytes every member of `group` gets (the envelope's return path is each member's own)."""
+def impersonates(inspected: Inspected, sender: str, internal: Callable[[str], bool]) -> bool:
+    """The From names a company mailbox (`internal`: Settings.is_internal) that the envelope sender is not:
+    the posting check read the envelope, so the copy must not show members that colleague."""
+    author = inspected.author_address
+    return bool(author) and internal(author or "") and author != (sender or "").lower()
+
+
+def relayed_copy(
+    data: bytes,
+    group: Group,
+    inspected: Inspected,
+    *,
+    munge: bool,
+    domain: str,
+    impersonated_by: str | None = None,
+) -> bytes:
+    """The bytes every member of `group` gets (the envelope's return path is each member's own).
+
+    `munge` (the author's domain publishes DMARC reject/quarantine): From "Name via Group <group@…>",
+    Reply-To the author. `impersonated_by` (an envelope sender whose From names a colleague it is not,
+    `impersonates`): From "<envelope sender> via Group <group@…>", Reply-To the envelope sender — the
+    identity the posting check let in, never the colleague the From claims. Every header written here is
+    ASCII: names RFC 2047 encoded, lines folded (bot/mail/compose.py)."""
+    rewrite = munge or impersonated_by is not None
     headers, body = split(data)
     kept: list[bytes] = []
     dropping = False
@@ -215,27 +258,32 @@ def relayed_copy(data: bytes, group: Group, inspected: Inspected, *, munge: bool
                 kept.append(_crlf(line))
             continue
         name = line.split(b":", 1)[0].strip().lower()
-        dropping = name in _DROP or (munge and name == b"from")
+        dropping = name in _DROP or (rewrite and name == b"from")
         if not dropping:
             kept.append(_crlf(line))
     label = group.display_name or group.local_part
     added = [
         f"X-Postroom-Group: {group.address}",
-        f"List-Id: {list_id(group)}",
+        list_id(group),
         f"List-Post: <mailto:{group.address}>",
         f"Sender: {group.address}",
         "Precedence: list",
     ]
-    if munge:
+    if impersonated_by is not None:
+        added.append(address(f"{impersonated_by} via {label}", group.address, "From"))
+        if not inspected.has_reply_to and impersonated_by.isascii():
+            added.append(address(None, impersonated_by, "Reply-To"))
+    elif munge:
         who = inspected.author_name or (inspected.author_address or "").split("@")[0] or "Someone"
         added.append(address(f"{who} via {label}", group.address, "From"))
-        if not inspected.has_reply_to and inspected.author:
-            added.append(f"Reply-To: {inspected.author}")
+        author = inspected.author_address
+        if not inspected.has_reply_to and author and author.isascii():
+            added.append(address(inspected.author_name, author, "Reply-To"))
     if inspected.message_id is None:
         added.append(f"Message-ID: {make_msgid(domain=domain)}")
     if not inspected.has_date:
         added.append(f"Date: {date_header()}")
-    head = "".join(h + "\r\n" for h in added).encode("utf-8")
+    head = "".join(h + "\r\n" for h in added).encode("ascii")
     return head + b"".join(kept) + body
 
 

@@ -79,6 +79,7 @@ class GroupRelay:
         return next((found[c] for c in candidates if c in found), None)
 
     async def accepts(self, rcpt: str, mail_from: str) -> str | None:
+        mail_from = "" if mail_from == "<>" else mail_from  # aiosmtpd's null sender
         async with self.ctx.sessions() as session:
             group = await self._group(session, rcpt)
             if group is None:
@@ -103,6 +104,7 @@ class GroupRelay:
         return member.first() is None
 
     async def deliver(self, mail_from: str, rcpts: list[str], data: bytes) -> str:
+        mail_from = "" if mail_from == "<>" else mail_from
         settings = self.ctx.settings
         try:
             seen = inspect(data, settings.relay.max_header_bytes)

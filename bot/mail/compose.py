@@ -85,13 +85,14 @@ def header(name: str, value: str) -> str:
     return f"{name}: " + "\r\n ".join(words)
 
 
-def address(name: str | None, email: str, field: str = "From") -> str:
-    """`Field: Name <email>`, the name quoted or encoded as needed (encoded words within their limits)."""
+def address(name: str | None, email: str, field: str = "From", *, quoted: bool = False) -> str:
+    """`Field: Name <email>`, the name quoted or encoded as needed (encoded words within their limits);
+    `quoted`: an ASCII name is quoted even without specials (List-Id's phrase, as list servers write it)."""
     if not name:
         return f"{field}: {email}"
     name = _one_line(name)
     if name.isascii():
-        shown = f'"{quote(name)}"' if _SPECIALS.search(name) else name
+        shown = f'"{quote(name)}"' if quoted or _SPECIALS.search(name) else name
         return fold(field, f"{shown} <{email}>")
     words = encoded_words(name, MAX_WORD_LINE - len(field) - 2)
     tail = f"<{email}>"
