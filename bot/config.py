@@ -114,7 +114,19 @@ def org_text_problem(value: str, limit: int) -> str | None:
 
 
 def normalise_domain(value: str) -> str:
-    return value.strip().lower().lstrip("@")
+    """Lower case, and an international domain in its ASCII (xn--) form, the form addresses are stored in
+    (bot/addresses.py); a domain that can't be written so is left as given, for domain_problem."""
+    domain = value.strip().lower().lstrip("@")
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            pass
+    return domain
+
+
+# One label of a host name (RFC 1123): letters, digits and inner hyphens, at most 63 characters.
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 
 # Mailbox providers anyone can sign up with: listed in org.domains, every one of their users would count
@@ -146,6 +158,7 @@ def domain_problem(domain: str) -> str | None:
         or len(domain) > 253
         or _UNSAFE_TEXT.search(domain)
         or any(c in domain for c in ' /@:,;<>"')
+        or not all(_LABEL.fullmatch(label) for label in domain.split("."))
     ):
         return "is not a mail domain like acme.com"
     return None

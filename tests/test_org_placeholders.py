@@ -125,6 +125,8 @@ def test_defaults_are_placeholders_that_org_problem_names() -> None:
         ({"postal_address": "x" * 501}, "must be at most 500 characters"),
         ({"domains": ["acme"]}, "'acme' is not a mail domain like acme.com"),
         ({"domains": ["acme.example, evil.example"]}, "is not a mail domain"),
+        ({"domains": ["acme..example"]}, "'acme..example' is not a mail domain"),
+        ({"domains": ["a_b.example"]}, "'a_b.example' is not a mail domain"),
         # Tryout: gmail.com in org.domains was accepted: every Gmail user would count as staff.
         ({"domains": ["corp.example", "gmail.com"]}, "'gmail.com' is a public mailbox provider's domain"),
         ({"domains": ["QQ.com"]}, "'qq.com' is a public mailbox provider's domain"),
@@ -151,6 +153,10 @@ def test_bad_org_values_are_a_configuration_error(org: dict[str, object], says: 
         (["--postal-address", "x" * 501], "--postal-address: must be at most 500 characters"),
         (["--domain", "your-company.example"], "is the placeholder"),
         (["--domain", "acme.example\x7f"], "is not a mail domain"),
+        # New-user tryout: these were written to org.domains with exit 0.
+        (["--domain", "acme..example"], "'acme..example' is not a mail domain"),
+        (["--domain", "-x.example"], "'-x.example' is not a mail domain"),
+        (["--domain", "*.acme.example"], "'*.acme.example' is not a mail domain"),
         (["--domain", "corp.example", "--domain", "outlook.com"], "is a public mailbox provider's domain"),
     ],
 )
@@ -275,3 +281,13 @@ def test_a_sending_domain_of_its_own_is_allowed_and_named_at_start() -> None:
     )
     said = sender_problem(bounce, "serve")
     assert said is not None and "campaigns.bounce_domain outlook.com at outlook.com" in said
+
+
+def test_an_international_org_domain_is_kept_in_the_form_addresses_are_stored_in() -> None:
+    """Addresses are stored with the domain in its xn-- form (bot/addresses.py): org.domains follows, so
+    bob@bücher.example counts as a company address."""
+    s = load_settings(read_file=False, read_env=False, org={"domains": ["Bücher.example"]})
+    assert s.org.domains == ["xn--bcher-kva.example"]
+    from bot.addresses import normalise
+
+    assert s.is_internal(normalise("bob@bücher.example"))
