@@ -105,3 +105,98 @@ async def test_an_owner_who_left_gets_no_undeliverable_notice_and_hr_is_told(
         hr = [m.text for kind, conv, m in bot.console.transcript if conv == "hr" and "bounced" in m.text]
         assert hr and "no owner at the company" in hr[-1], hr
 
+
+async def group_addresses(bot) -> set[str]:  # type: ignore[no-untyped-def]
+    from bot.db.models import Group
+
+    async with bot.app.ctx.sessions() as session:
+        return set((await session.execute(select(Group.address))).scalars())
+
+
+async def test_a_group_cannot_take_a_persons_or_postrooms_own_address(database_url, smtp, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Tryout finding: /newgroup on an employee's own mailbox, then /addgroup, sent that person's mail to
+    someone else (through the relay and the Postfix export); so did Postroom's own addresses."""
+    from datetime import UTC, datetime
+
+    from bot.events import PersonEvent
+
+    async for bot, _port in running(database_url, smtp.port, tmp_path):
+        await bot.core.handle_person_event(
+            PersonEvent("left", "test", "E3", None, {}, "l3", datetime.now(UTC))
+        )
+        before = await group_addresses(bot)
+        expected = {
+            "bob@corp.example": "is the mailbox of Bob (bob@corp.example): a group can't take a person's address",
+            "Bob+lists": "is the mailbox of Bob (bob@corp.example)",
+            "chen": "who has left: a group can't take a person's address, even a leaver's",
+            "news": "campaigns.from_address",
+            "unsubscribe@corp.example": "campaigns.unsubscribe_mailbox",
+            "bounces": "Postroom's own addresses",
+            "bounces+g.x": "Postroom's own addresses",
+            "noreply": "Postroom's own addresses",
+            "postmaster": "RFC 2142",
+            "abuse@corp.example": "must reach a person who answers for it, not a group",
+        }
+        for name, why in expected.items():
+            reply = await bot.say(HR, f"/newgroup {name}")
+            assert why in reply and "Usage" not in reply and "Traceback" not in reply, (name, reply)
+        assert await group_addresses(bot) == before
+        reply = await bot.say(HR, "/addgroup bob alice@corp.example")
+        assert "no group" in reply.lower(), reply
+        assert "Created the internal group" in await bot.say(
+            HR, "/newgroup eng-leads"
+        )  # an ordinary name still works
+
+
+def test_the_rules_file_refuses_postrooms_own_addresses_with_the_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from bot.groups.rules import RulesError, parse_rules
+    from tests.conftest import make_settings
+
+    settings = make_settings("sqlite+aiosqlite:///:memory:", 2525, tmp_path)
+    text = "groups:\n  - address: eng\n  - address: postmaster\n    members: everyone\n"
+    try:
+        parse_rules(text, settings, "groups.yaml")
+    except RulesError as exc:
+        assert "groups.yaml, line 3" in str(exc) and "RFC 2142" in str(exc), exc
+    else:
+        raise AssertionError("postmaster@ was accepted as a rule group")
+
+
+async def test_a_rule_group_on_a_persons_address_is_not_created_and_says_its_line(
+    database_url, smtp, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    from bot.groups import planner
+    from bot.groups.rules import parse_rules
+
+    async for bot, _port in running(database_url, smtp.port, tmp_path):
+        rules = parse_rules(
+            "groups:\n  - address: social2\n  - address: bob\n    members: everyone\n", bot.app.settings
+        )
+        async with bot.app.ctx.sessions() as session, session.begin():
+            done = await planner.sync_group_definitions(session, rules, bot.app.settings, actor="t", via="t")
+        assert "created social2@corp.example" in done
+        assert any("not created bob@corp.example (rules file, line 3)" in d for d in done), done
+        assert "bob@corp.example" not in await group_addresses(bot)
+        assert "social2@corp.example" in await group_addresses(bot)
+
+
+async def test_a_joiner_whose_email_is_a_groups_address_is_refused(database_url, smtp, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from datetime import UTC, datetime
+
+    import pytest
+
+    from bot.db.models import Person
+    from bot.errors import UserError
+    from bot.events import PersonEvent
+
+    async for bot, _port in running(database_url, smtp.port, tmp_path):
+        joined = PersonEvent(
+            "joined", "hr", "E9", "eng@corp.example", {"department": "Sales"}, "j9", datetime.now(UTC)
+        )
+        with pytest.raises(UserError) as refused:
+            await bot.core.handle_person_event(joined)
+        assert "a person and a group can't share an address" in refused.value.sentence
+        async with bot.app.ctx.sessions() as session:
+            assert (
+                await session.execute(select(Person.id).where(Person.email == "eng@corp.example"))
+            ).first() is None
