@@ -403,6 +403,9 @@ class RelaySettings(_Section):
     max_attempts: int = Field(default=10, ge=1, le=50)
     retry_base_s: float = Field(default=30, ge=0)
     retry_max_s: float = Field(default=3600, ge=0)
+    # The same bare RCPT refusal (no enhanced code) for this many members in a row over one connection,
+    # at more than one domain or before anything was delivered: the relay's fault, not theirs.
+    same_refusal_limit: int = Field(default=3, ge=2, le=1000)
     # DMARC look-ups for From munging; empty: the system's resolver (/etc/resolv.conf).
     dns_nameservers: list[str] = []
     dns_port: int = Field(default=53, ge=1, le=65535)

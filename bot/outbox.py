@@ -10,11 +10,17 @@ Results are recorded a batch at a time, each row only by the worker that holds i
 `verdict` reads an SMTP `Outcome` the one way both senders must (invariant 8): only the recipient's own
 permanent failure is `bounced`; a failure of the send itself (server, login, sender, connection) is
 `halt` — the row goes back to `pending` with its attempt uncounted.
+
+A bare refusal at RCPT (`Outcome.unproven`: "550 Requested action not taken", no enhanced code) is read
+the one way both senders must too: `UnprovenRefusals` holds it until a delivery over the same connection
+to the same domain proves it the recipient's, and `RefusalStreak.blames_server` says when a run of them
+is the server's (bot/campaigns/engine.py explains the rule; bot/groups/fanout.py applies it to group
+mail).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -47,6 +53,73 @@ def verdict(outcome: Outcome, attempts: int, max_attempts: int) -> Verdict:
 def backoff_s(attempts: int, base_s: float, max_s: float) -> float:
     """The wait before try `attempts + 1`: doubling from `base_s`, at most `max_s`."""
     return min(base_s * (2 ** (attempts - 1)), max_s)
+
+
+def _domain(email: str) -> str:
+    return email.rsplit("@", 1)[-1].lower()
+
+
+class RefusalStreak:
+    """The distinct recipients one connection refused in a row with the same unproven reply since its last
+    delivery, and their domains."""
+
+    def __init__(self) -> None:
+        self.reply = ""
+        self.emails: set[str] = set()
+        self.domains: set[str] = set()
+
+    @property
+    def count(self) -> int:
+        return len(self.emails)
+
+    def add(self, reply: str, email: str) -> int:
+        if reply != self.reply:
+            self.reply, self.emails, self.domains = reply, set(), set()
+        self.emails.add(email)
+        self.domains.add(_domain(email))
+        return self.count
+
+    def blames_server(self, limit: int, delivered: bool) -> bool:
+        """`limit` distinct recipients refused in a row at more than one domain (a provider's run of dead
+        mailboxes never spans domains), or at one domain before anything was delivered at all."""
+        return self.count >= limit and (len(self.domains) > 1 or not delivered)
+
+
+class UnprovenRefusals:
+    """Bare RCPT refusals no delivery has proven yet, held across batches (their rows stay claimed), each
+    waiting for a delivery over the same connection to the same domain."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, tuple[Any, Outcome]] = {}  # delivery id -> (row, outcome), oldest first
+        self._by_key: dict[tuple[int | None, str], list[int]] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(self, d: Any, outcome: Outcome) -> None:
+        self.rows[d.id] = (d, outcome)
+        self._by_key.setdefault((outcome.connection, _domain(d.email)), []).append(d.id)
+
+    def prove(self, connection: int | None, email: str) -> list[tuple[Any, Outcome]]:
+        """The refusals a delivery to `email` over `connection` proves, taken out."""
+        if connection is None or not self.rows:
+            return []
+        ids = self._by_key.pop((connection, _domain(email)), [])
+        return [self.rows.pop(i) for i in ids if i in self.rows]
+
+    def take(self, keep: Callable[[Any, Outcome], bool] = lambda _d, _o: False, *, over: int = 0) -> list:
+        """Take out every refusal `keep` says no to, then the oldest beyond `over` of those left (0: none)."""
+        taken = [(d, o) for d, o in self.rows.values() if not keep(d, o)]
+        for d, _o in taken:
+            del self.rows[d.id]
+        if over and len(self.rows) > over:
+            oldest = list(self.rows)[: len(self.rows) - over]
+            taken.extend(self.rows.pop(i) for i in oldest)
+        if taken:
+            self._by_key = {}
+            for d, o in self.rows.values():
+                self._by_key.setdefault((o.connection, _domain(d.email)), []).append(d.id)
+        return taken
 
 
 @dataclass(frozen=True)

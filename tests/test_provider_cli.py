@@ -268,3 +268,21 @@ async def test_an_ldap_url_that_is_not_ldap_is_refused_at_start_naming_its_key(t
             assert "LDAPInvalidPortError" not in out, out
         else:
             assert "providers.ldap.url" not in out and "ldap:" in out, out
+
+
+async def test_import_skips_a_platform_group_on_postrooms_own_or_a_role_address_saying_why(
+    tmp_path: Path,
+) -> None:
+    """Attacker tryout: a group may not take postmaster@ (RFC 2142) or the campaigns' From address, so an
+    import of one from the platform skips it, naming the reason, and imports the rest."""
+    async with google_platform(tmp_path) as g:
+        g.fake.add_group("eng@corp.example", {"ann@corp.example": "member"})
+        g.fake.add_group("postmaster@corp.example", {"ann@corp.example": "member"})
+        g.fake.add_group("news@corp.example", {"bob@corp.example": "member"})
+        config = write_config(tmp_path, g.settings)
+        code, out = await postroom(config, "groups", "import", "--from", "google")
+        assert code == 0 and "Traceback" not in out, out
+        assert "postmaster@corp.example: postmaster@corp.example is a role mailbox" in out, out
+        assert "news@corp.example: news@corp.example is the campaigns' From address" in out, out
+        with sqlite3.connect(tmp_path / "postroom.db") as db:
+            assert [r for (r,) in db.execute("SELECT address FROM groups")] == ["eng@corp.example"]

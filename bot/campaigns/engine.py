@@ -29,7 +29,7 @@ reply at a time, and each leaves a different trace:
 So a bare refusal is proven to be the recipient's only by a later delivery **over the same connection to
 the same recipient domain**: the same connection rules out the connection's state, the same domain rules
 out the route to that domain. Until then the row stays claimed by this worker (its lease renewed by the
-watcher) and waits, across batches, in `_Unproven` (bounded by `unproven_hold`; when its connection
+watcher) and waits, across batches, in `UnprovenRefusals` (bot/outbox.py) (bounded by `unproven_hold`; when its connection
 closes or nothing is left to claim it is retried instead, and after `max_attempts` it fails without being
 suppressed). And the server is blamed — pause at once, none of them suppressed, back to `pending`
 uncounted with the reply kept — only when one connection gives the same bare reply to
@@ -65,7 +65,7 @@ from bot.context import Context
 from bot.db.models import Campaign, Delivery, Suppression
 from bot.mail.replies import reply_key
 from bot.mail.transport import Outcome, SmtpTransport
-from bot.outbox import Claims, backoff_s, verdict
+from bot.outbox import Claims, RefusalStreak, UnprovenRefusals, backoff_s, verdict
 from bot.suppressions import Evidence, suppress
 
 log = logging.getLogger(__name__)
@@ -79,68 +79,6 @@ CLAIMS = Claims(
 
 # (campaign id, event: progress | done | paused | auto-paused | failed)
 ProgressCallback = Callable[[int, str], Awaitable[None]]
-
-
-def _domain(email: str) -> str:
-    return email.rsplit("@", 1)[-1].lower()
-
-
-class _RefusalStreak:
-    """The distinct recipients one connection refused in a row with the same unproven reply since its last
-    delivery, and their domains."""
-
-    def __init__(self) -> None:
-        self.reply = ""
-        self.emails: set[str] = set()
-        self.domains: set[str] = set()
-
-    @property
-    def count(self) -> int:
-        return len(self.emails)
-
-    def add(self, reply: str, email: str) -> int:
-        if reply != self.reply:
-            self.reply, self.emails, self.domains = reply, set(), set()
-        self.emails.add(email)
-        self.domains.add(_domain(email))
-        return self.count
-
-
-class _Unproven:
-    """Bare RCPT refusals no delivery has proven yet, held across batches (their rows stay claimed), each
-    waiting for a delivery over the same connection to the same domain."""
-
-    def __init__(self) -> None:
-        self.rows: dict[int, tuple[Any, Outcome]] = {}  # delivery id -> (row, outcome), oldest first
-        self._by_key: dict[tuple[int | None, str], list[int]] = {}
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def add(self, d: Any, outcome: Outcome) -> None:
-        self.rows[d.id] = (d, outcome)
-        self._by_key.setdefault((outcome.connection, _domain(d.email)), []).append(d.id)
-
-    def prove(self, connection: int | None, email: str) -> list[tuple[Any, Outcome]]:
-        """The refusals a delivery to `email` over `connection` proves, taken out."""
-        if connection is None or not self.rows:
-            return []
-        ids = self._by_key.pop((connection, _domain(email)), [])
-        return [self.rows.pop(i) for i in ids if i in self.rows]
-
-    def take(self, keep: Callable[[Any, Outcome], bool] = lambda _d, _o: False, *, over: int = 0) -> list:
-        """Take out every refusal `keep` says no to, then the oldest beyond `over` of those left (0: none)."""
-        taken = [(d, o) for d, o in self.rows.values() if not keep(d, o)]
-        for d, _o in taken:
-            del self.rows[d.id]
-        if over and len(self.rows) > over:
-            oldest = list(self.rows)[: len(self.rows) - over]
-            taken.extend(self.rows.pop(i) for i in oldest)
-        if taken:
-            self._by_key = {}
-            for d, o in self.rows.values():
-                self._by_key.setdefault((o.connection, _domain(d.email)), []).append(d.id)
-        return taken
 
 
 @dataclass
@@ -258,8 +196,8 @@ class DeliveryEngine:
         self._domain_slots: dict[str, asyncio.Semaphore] = {}
         self._late_suppressions: set[str] = set()  # hashes suppressed while a batch is out
         self._suppression_mark = 0
-        self._streaks: dict[int | None, _RefusalStreak] = {}  # per connection, since its last delivery
-        self._unproven = _Unproven()  # bare RCPT refusals awaiting proof, across batches
+        self._streaks: dict[int | None, RefusalStreak] = {}  # per connection, since its last delivery
+        self._unproven = UnprovenRefusals()  # bare RCPT refusals awaiting proof, across batches
         self._delivered = False  # anything delivered in this run: the relay accepts mail at all
         self.sent_total = 0
 
@@ -662,10 +600,9 @@ class DeliveryEngine:
                     if streak is None:
                         if len(streaks) > 4 * transport.size:  # connections closed since: forget theirs
                             streaks.clear()
-                        streak = streaks[outcome.connection] = _RefusalStreak()
-                    if streak.add(reply, d.email) >= opts.same_refusal_limit and (
-                        len(streak.domains) > 1 or not self._delivered
-                    ):
+                        streak = streaks[outcome.connection] = RefusalStreak()
+                    streak.add(reply, d.email)
+                    if streak.blames_server(opts.same_refusal_limit, self._delivered):
                         # The same bare refusal at several domains over one connection with nothing delivered
                         # over it in between (or before anything was delivered at all): the server's (or
                         # that connection's), not theirs. None of them is suppressed (the batch's end puts

@@ -6,12 +6,13 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.commandline import Arg, Flag, Parsed, Spec, usage_of
 from bot.context import Context
 from bot.core import CommandTable, Request
-from bot.db.models import GroupPost
+from bot.db.models import GroupPost, GroupPostDelivery
 from bot.errors import PermissionDenied, UserError
 from bot.events import Action, Message
 from bot.groups import service
@@ -80,6 +81,46 @@ def _size(n: int) -> str:
     return f"{n / 1024 / 1024:.1f} MB" if n >= 1024 * 1024 else f"{max(1, round(n / 1024))} KB"
 
 
+async def _copies(session: AsyncSession, post_ids: list[int]) -> dict[int, dict[str, int]]:
+    """Each relayed post's own copies by what became of them: sent, bounced, failed, waiting (a retry after
+    a failed try), going (not tried yet, or out now)."""
+    if not post_ids:
+        return {}
+    d = GroupPostDelivery
+    tried = (d.attempts > 0) | d.last_error.is_not(None)  # a copy the relay refused, put back uncounted too
+    rows = await session.execute(
+        select(d.post_id, d.status, tried, func.count())
+        .where(d.post_id.in_(post_ids))
+        .group_by(d.post_id, d.status, tried)
+    )
+    out: dict[int, dict[str, int]] = {}
+    for post_id, status, was_tried, n in rows:
+        if status == "pending":
+            key = "waiting" if was_tried else "going"
+        else:
+            key = "going" if status == "sending" else status
+        counts = out.setdefault(post_id, {})
+        counts[key] = counts.get(key, 0) + n
+    return out
+
+
+def _copies_said(counts: dict[str, int] | None) -> str | None:
+    """What became of a post's copies, when it is not simply "delivered" or "delivering": a post whose
+    copies bounced, failed or wait to be retried never reads as delivered."""
+    if not counts or not any(counts.get(k) for k in ("bounced", "failed", "waiting")):
+        return None
+    parts = [t("{count} delivered", count=counts.get("sent", 0))]
+    if counts.get("bounced"):
+        parts.append(t("{count} bounced", count=counts["bounced"]))
+    if counts.get("failed"):
+        parts.append(t("{count} failed", count=counts["failed"]))
+    if counts.get("waiting"):
+        parts.append(t("{count} waiting to retry", count=counts["waiting"]))
+    if counts.get("going"):
+        parts.append(t("{count} going out", count=counts["going"]))
+    return ", ".join(parts)
+
+
 class PostCommands:
     def __init__(self, ctx: Context, moderation: Moderation):
         self.ctx = ctx
@@ -112,6 +153,9 @@ class PostCommands:
                             .limit(SHOWN + 1)
                         )
                     ).scalars()
+                )
+                copies = await _copies(
+                    session, [p.id for p in rows[:SHOWN] if p.state in ("sending", "delivered")]
                 )
         if not rows:
             return Message(
@@ -150,7 +194,7 @@ class PostCommands:
                     recipients=t("1 recipient")
                     if post.recipient_count == 1
                     else t("{count} recipients", count=post.recipient_count),
-                    state=states.get(post.state, post.state),
+                    state=_copies_said(copies.get(post.id)) or states.get(post.state, post.state),
                     flags=(" (" + ", ".join(flags) + ")") if flags else "",
                 )
             )

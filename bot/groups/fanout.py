@@ -8,6 +8,14 @@ delivery `bounced` and is reported to HR in chat and to the group's owners by ma
 the member — whether the address is wrong is for a person to decide. A failure of the relay itself (the
 connection, the login, our sender) puts the rows back uncounted and waits before trying that post again.
 
+A bare refusal at RCPT (no enhanced code: "550 Requested action not taken: mailbox unavailable",
+`Outcome.unproven`) is read as the campaign engine reads it (bot/outbox.py, bot/campaigns/engine.py): a
+relay refusing everyone says the same, so it is that member's bounce only once a later copy of the same
+batch went out over the same connection to the same domain. The same bare reply over one connection for
+`relay.same_refusal_limit` members in a row at more than one domain (or before anything was delivered) is
+the relay's fault: the post waits as for any relay failure, nobody's copy is bounced. One no delivery
+proves is retried with backoff and, after `relay.max_attempts`, fails — never filed as a bounce.
+
 A process that dies mid-post leaves its claimed batch to be claimed again when the lease runs out: nobody
 is skipped, and only the copies sent since the last record (fewer than `record_every`, plus one in flight
 per connection) are repeated.
@@ -31,19 +39,22 @@ from bot.context import Context
 from bot.db.models import Group, GroupPost, GroupPostDelivery
 from bot.events import Message
 from bot.groups.dmarc import DmarcPolicies
-from bot.groups.notices import send_notice
+from bot.groups.notices import send_notice, still_here
 from bot.groups.posts import impersonates, inspect, relayed_copy
 from bot.i18n import t
 from bot.links import Signer
 from bot.mail.dsn import parse_report
+from bot.mail.replies import reply_key
 from bot.mail.server import Route
 from bot.mail.transport import Outcome, SmtpTransport
 from bot.messengers import Messengers
-from bot.outbox import Claims, backoff_s, verdict
+from bot.outbox import Claims, RefusalStreak, UnprovenRefusals, backoff_s, verdict
 
 log = logging.getLogger(__name__)
 
-CLAIMS = Claims(cast(Table, GroupPostDelivery.__table__), "post_id", ("id", "email", "attempts"))
+CLAIMS = Claims(
+    cast(Table, GroupPostDelivery.__table__), "post_id", ("id", "email", "attempts", "last_error")
+)
 GROUP_VERP_RE = re.compile(r"^bounces\+g\.([0-9a-z]{1,13})-([0-9a-f]{16})@([a-z0-9.-]+)$")
 
 
@@ -88,6 +99,7 @@ class BounceReports:
             return
         lines = "\n".join(f"• {email}: {detail[:200]}" for email, detail in bounced[:20])
         more = len(bounced) - 20
+        owners = await still_here(self.ctx, list(group.owners or []))
 
         def build() -> Message:
             text = t(
@@ -98,6 +110,11 @@ class BounceReports:
                 local=group.local_part,
             )
             extra = "\n" + t("…and {count} more.", count=more) if more > 0 else ""
+            if not owners:
+                extra += "\n" + t(
+                    "{group} has no owner at the company to tell by mail: this message is the only notice.",
+                    group=group.address,
+                )
             return Message(f"{text}\n{lines}{extra}")
 
         try:
@@ -106,7 +123,7 @@ class BounceReports:
             log.exception("reporting group bounces to HR failed")
         await send_notice(
             self.ctx,
-            list(group.owners or []),
+            owners,
             f"Undeliverable group mail to {group.address}",
             f"Mail to {group.address} could not be delivered to these members:\n\n{lines}\n\n"
             "They are still members. If an address is wrong or gone, ask HR to update it or remove it "
@@ -137,6 +154,9 @@ class GroupFanout:
         self._task: asyncio.Task[None] | None = None
         self._copies: dict[int, _Copy] = {}
         self._resume_at: dict[int, float] = {}  # post id -> loop time: the relay failed, wait
+        self._halts: dict[int, int] = {}  # post id -> relay failures in a row (the wait doubles)
+        self._streaks: dict[int | None, RefusalStreak] = {}  # per connection, since its last delivery
+        self._delivered = False  # anything delivered since this fan-out started (bot/outbox.py)
         self.sent_total = 0
 
     def wake(self) -> None:
@@ -281,6 +301,8 @@ class GroupFanout:
         results: dict[str, list[dict[str, Any]]] = {"sent": [], "ended": [], "retry": [], "unsent": []}
         bounced: list[tuple[str, str]] = []
         halted: list[Outcome] = []
+        unproven = UnprovenRefusals()
+        streaks = self._streaks
         queue = deque(batch)
         open_gate = asyncio.Event()
         open_gate.set()
@@ -314,6 +336,25 @@ class GroupFanout:
                     kind = "failed"  # a loop through this member's address: theirs alone, not the relay's
                 if kind == "sent":
                     results["sent"].append({"b_id": d.id})
+                    # Delivered over the same connection to the same domain after them: the bare refusals
+                    # before it were about those members (bot/campaigns/engine.py says why both).
+                    for p, o in unproven.prove(outcome.connection, d.email):
+                        results["ended"].append({"b_id": p.id, "status": "bounced", "err": o.detail})
+                        bounced.append((p.email, o.detail))
+                    streaks.pop(outcome.connection, None)
+                    self._delivered = True
+                elif kind == "bounced" and outcome.unproven:
+                    unproven.add(d, outcome)
+                    reply = outcome.same_reply()
+                    if not (d.last_error and reply_key(d.last_error) == reply):  # not counted twice
+                        streak = streaks.get(outcome.connection)
+                        if streak is None:
+                            if len(streaks) > 4 * transport.size:  # connections closed since
+                                streaks.clear()
+                            streak = streaks[outcome.connection] = RefusalStreak()
+                        streak.add(reply, d.email)
+                        if streak.blames_server(opts.same_refusal_limit, self._delivered) and not halted:
+                            halted.append(outcome)  # the relay refuses everyone: nobody's bounce
                 elif kind == "halt":
                     results["unsent"].append({"b_id": d.id})
                     halted.append(outcome)
@@ -346,12 +387,24 @@ class GroupFanout:
             await asyncio.gather(*(worker() for _ in range(min(max(1, transport.size), len(batch)))))
         finally:
             renewing.cancel()
+        if halted:  # back to pending uncounted, each with its reply (not counted in a streak again)
+            results["unsent"].extend({"b_id": p.id, "err": o.detail} for p, o in unproven.take())
+        else:  # no delivery proved them: tried again after their backoff, never filed as bounces
+            for p, o in unproven.take():
+                if p.attempts >= opts.max_attempts:
+                    err = f"gave up after {p.attempts} attempts, not a proven bounce: {o.detail}"
+                    results["ended"].append({"b_id": p.id, "status": "failed", "err": err})
+                else:
+                    delay = backoff_s(p.attempts, opts.retry_base_s, opts.retry_max_s)
+                    results["retry"].append(
+                        {"b_id": p.id, "err": o.detail, "nxt": now + timedelta(seconds=delay)}
+                    )
         await record()
         if bounced:
             await self.reports.report(copy.group, bounced)
         if halted:
-            attempts = max(d.attempts for d in batch)
-            wait = backoff_s(attempts, opts.retry_base_s, opts.retry_max_s)
+            halts = self._halts[post_id] = self._halts.get(post_id, 0) + 1
+            wait = backoff_s(halts, opts.retry_base_s, opts.retry_max_s)
             self._resume_at[post_id] = asyncio.get_running_loop().time() + wait
             log.warning(
                 "group mail to %s paused for %.0f s: the outbound relay failed (%s, %s); %d copies wait",
@@ -362,6 +415,7 @@ class GroupFanout:
                 state["unsent"],
             )
             return False
+        self._halts.pop(post_id, None)
         return True
 
     async def _finish(self, post_id: int) -> None:
@@ -373,6 +427,7 @@ class GroupFanout:
             )
         self._copies.pop(post_id, None)
         self._resume_at.pop(post_id, None)
+        self._halts.pop(post_id, None)
 
 
 class GroupBounceMailbox:

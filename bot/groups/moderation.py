@@ -30,7 +30,7 @@ from bot.db.upsert import insert_ignore
 from bot.errors import UserError
 from bot.events import Button, Card, Message
 from bot.groups.fanout import GroupFanout
-from bot.groups.notices import send_notice
+from bot.groups.notices import send_notice, still_here
 from bot.groups.posting import moderators_of
 from bot.groups.posts import inspect, snapshot_members
 from bot.i18n import sentences, t
@@ -246,7 +246,10 @@ class Moderation:
             )
         post.subject, post.author, post.message_id = seen.subject, seen.author, seen.message_id
 
-    def card(self, post: GroupPost, group: Group, lines: tuple[str, ...]) -> Message:
+    def card(
+        self, post: GroupPost, group: Group, lines: tuple[str, ...], moderators_here: list[str] | None = None
+    ) -> Message:
+        """`moderators_here`: the group's moderators still at the company (a leaver moderates nothing)."""
         fields = [
             (t("From"), post.author or post.sender or t("(no sender)")),
             *_envelope_fields(post, group, self.ctx.settings.is_internal),
@@ -256,7 +259,8 @@ class Moderation:
         ]
         if lines:
             fields.append((t("First lines"), "\n".join(lines)))
-        moderators = ", ".join(moderators_of(group)) or t("HR")
+        here = moderators_of(group) if moderators_here is None else moderators_here
+        moderators = ", ".join(here) or t("HR")
         expires = post.expires_at.strftime("%Y-%m-%d %H:%M UTC") if post.expires_at else "—"
         card = Card(
             title=t("A post to {group} waits for a moderator (#{id})", group=group.address, id=post.id),
@@ -298,11 +302,12 @@ class Moderation:
             return
         await self._subject_from_queue(post)
         lines = await self._first_lines(post)
+        here = await still_here(self.ctx, moderators_of(group))
         refs = await self.messengers.post(
-            "moderation", lambda: self.card(post, group, lines), f"post:{post.id}"
+            "moderation", lambda: self.card(post, group, lines, here), f"post:{post.id}"
         )
         if not refs:  # no messenger keeps a moderation conversation: the HR one
-            await self.messengers.post("hr", lambda: self.card(post, group, lines), f"post:{post.id}")
+            await self.messengers.post("hr", lambda: self.card(post, group, lines, here), f"post:{post.id}")
 
     # -- deciding ------------------------------------------------------------------------------
     async def decide(

@@ -3,7 +3,10 @@ a group's owners. Sent with a null envelope sender, so a notice that fails never
 `Auto-Submitted: auto-replied` (RFC 3834: autoresponders stay quiet), and From `noreply@` the bounce
 domain, never the group's address: an answer or an out-of-office reply to a notice must not become a
 post to the group (which could be held, noticed again, and so on). Mail to the bounce domain reaches
-Postroom's bounce handling, which drops what is not a bounce of its own."""
+Postroom's bounce handling, which drops what is not a bounce of its own.
+
+A group's owners and moderators are told only while they are at the company: a leaver owns nothing
+(`still_here`). When nobody is left to tell, HR's chat report is the notice, as for a group with no owner."""
 
 from __future__ import annotations
 
@@ -11,7 +14,10 @@ import logging
 from email.message import EmailMessage
 from email.utils import make_msgid
 
+from sqlalchemy import select
+
 from bot.context import Context
+from bot.db.models import Person
 from bot.mail.compose import date_header
 
 log = logging.getLogger(__name__)
@@ -27,6 +33,22 @@ def notice_bytes(from_address: str, to: list[str], subject: str, text: str) -> b
     msg["Auto-Submitted"] = "auto-replied"
     msg.set_content(text)
     return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+
+
+async def still_here(ctx: Context, addresses: list[str]) -> list[str]:
+    """`addresses` less the people who have left (an address nobody has on record stays: an outside owner
+    HR named on purpose)."""
+    if not addresses:
+        return []
+    async with ctx.sessions() as session:
+        gone = set(
+            (
+                await session.execute(
+                    select(Person.email).where(Person.email.in_(addresses), Person.status == "left")
+                )
+            ).scalars()
+        )
+    return [a for a in addresses if a not in gone]
 
 
 def notice_sender(ctx: Context) -> str:

@@ -67,6 +67,18 @@ async def sync_group_definitions(
         if rule.provider is not None:
             wanted["provider"] = rule.provider
         if group is None:
+            taken = await service.person_address(session, settings, rule.address)
+            if taken is not None:  # a person's mailbox: the rule waits for the address to be corrected
+                log.warning("rules file, line %s: %s not created: %s", rule.line, rule.address, taken)
+                done.append(
+                    t(
+                        "not created {group} (rules file, line {line}): {why}",
+                        group=rule.address,
+                        line=rule.line,
+                        why=taken,
+                    )
+                )
+                continue
             created = await service.create_group(
                 session,
                 settings,

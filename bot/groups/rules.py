@@ -35,7 +35,7 @@ import yaml
 from bot.addresses import routing_refusal
 from bot.config import Settings
 from bot.errors import UserError
-from bot.groups.service import LOCAL_PART_RE
+from bot.groups.service import LOCAL_PART_RE, reserved_address
 from bot.i18n import t
 
 log = logging.getLogger(__name__)
@@ -483,6 +483,9 @@ def _group(node: yaml.Node, name: str, settings: Settings) -> GroupRule:
                 domains=", ".join(settings.org.domains),
             )
         )
+    reserved = reserved_address(settings, address)
+    if reserved is not None:
+        raise RulesError(t("{file}, line {line}: {problem}", file=name, line=_line(anode), problem=reserved))
     owners: list[str] = []
     if "owners" in m:
         onode = m["owners"][1]

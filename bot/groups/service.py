@@ -25,6 +25,77 @@ from bot.errors import Refusal, UserError
 from bot.i18n import t
 
 LOCAL_PART_RE = re.compile(r"^[a-z0-9][a-z0-9._+-]{0,63}$")
+# RFC 2142: mail about the mail system and about abuse must reach a person who answers for it, not fan out.
+ROLE_MAILBOXES = ("postmaster", "abuse")
+# Postroom's own local parts: its return paths (bounces+…, VERP) and the sender of its notices.
+OWN_LOCAL_PARTS = ("bounces", "noreply")
+
+
+def reserved_address(settings: Settings, address: str) -> str | None:
+    """Why `address` (normalised) can't be a group's, when it is one Postroom or the mail system needs:
+    the campaign sender, the unsubscribe mailbox, a return path, the notice sender, postmaster@, abuse@.
+    A group there would take mail meant for Postroom itself or for a person (and so export it to Postfix)."""
+    c = settings.campaigns
+    local, _, domain = address.partition("@")
+    if address == c.from_address.lower():
+        return t(
+            "{address} is the campaigns' From address (campaigns.from_address): replies to campaigns would "
+            "go to the group's members.",
+            address=address,
+        )
+    if address == c.unsubscribe_mailbox.lower():
+        return t(
+            "{address} is the unsubscribe mailbox (campaigns.unsubscribe_mailbox): unsubscribe requests "
+            "would go to the group's members instead of unsubscribing anyone.",
+            address=address,
+        )
+    ours = domain == c.bounce_domain.lower() or settings.is_internal(address)
+    base = re.split(r"[+]", local, maxsplit=1)[0]
+    if ours and base in OWN_LOCAL_PARTS:
+        return t(
+            "{address} is one of Postroom's own addresses (bounces@ and bounces+…@ are its return paths, "
+            "noreply@ sends its notices): a group can't take it.",
+            address=address,
+        )
+    if ours and base in ROLE_MAILBOXES:
+        return t(
+            "{address} is a role mailbox every mail domain keeps (RFC 2142: postmaster@, abuse@): its mail "
+            "must reach a person who answers for it, not a group.",
+            address=address,
+        )
+    return None
+
+
+async def person_address(session: AsyncSession, settings: Settings, address: str) -> str | None:
+    """Why `address` can't be a group's when it is a person's on record — their own address, or theirs with
+    a `postfix.recipient_delimiter` tag (staff+x@ reaches staff@'s mailbox) — whatever their status."""
+    local, _, domain = address.partition("@")
+    candidates = {address}
+    delimiters = settings.postfix.recipient_delimiter
+    cut = min((local.find(d) for d in delimiters if local.find(d) > 0), default=-1)
+    if cut > 0:
+        candidates.add(f"{local[:cut]}@{domain}")
+    row = (
+        await session.execute(
+            select(Person.email, Person.name, Person.status).where(Person.email.in_(candidates)).limit(1)
+        )
+    ).first()
+    if row is None:
+        return None
+    who = f"{row.name} ({row.email})" if row.name else row.email
+    if row.status == "left":
+        return t(
+            "{address} is the mailbox of {who}, who has left: a group can't take a person's address, even a "
+            "leaver's, or mail still sent to them would go to the group's members. Choose another address.",
+            address=address,
+            who=who,
+        )
+    return t(
+        "{address} is the mailbox of {who}: a group can't take a person's address, or their mail would go "
+        "to the group's members. Choose another address.",
+        address=address,
+        who=who,
+    )
 
 
 @dataclass(frozen=True)
@@ -145,6 +216,9 @@ async def create_group(
     exists = (await session.execute(select(Group.id).where(Group.address == addr))).scalar_one_or_none()
     if exists is not None:
         raise Refusal(t("The group {address} already exists.", address=addr))
+    taken = reserved_address(settings, addr) or await person_address(session, settings, addr)
+    if taken is not None:
+        raise Refusal(taken)
     if display_name is not None and len(display_name) > 200:
         raise UserError(t("A display name can be at most 200 characters."))
     if display_name is not None and not values.is_clean(display_name):
