@@ -281,6 +281,10 @@ class CampaignSettings(_Section):
     # at more than one domain (or before the run's first delivery), nothing delivered over it in between:
     # the relay's fault, the campaign pauses and suppresses none of them (bot/campaigns/engine.py)
     same_refusal_limit: int = Field(default=3, ge=2, le=1000)
+    # ... for this many distinct recipients in a row at one domain, over any connections, while other
+    # domains take mail: that domain's messages wait and are tried again later (with backoff), its
+    # refusals leave the error window, nobody there is suppressed
+    domain_refusal_limit: int = Field(default=10, ge=2, le=100000)
     poll_s: float = Field(default=2.0, gt=0)
     # A template that takes longer than this to render one message is stopped and refused (preview,
     # submit, and each message at send time); a real one renders in well under a millisecond.

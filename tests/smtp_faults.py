@@ -28,6 +28,7 @@ class FaultyHandler(RecordingHandler):
     rcpt_reply: str | None = None  # for every recipient, e.g. "554 5.7.1 Relay access denied"
     data_reply: str | None = None  # e.g. "500 5.5.1 Command unrecognized"
     rcpt_replies: dict[str, str] = field(default_factory=dict)  # one address's own reply
+    domain_replies: dict[str, str] = field(default_factory=dict)  # every address of one domain (lower case)
     # One pooled connection gone bad: the first connection to reach RCPT gets this reply for every
     # recipient, every other connection is answered as usual.
     bad_connection_reply: str | None = None
@@ -39,6 +40,7 @@ class FaultyHandler(RecordingHandler):
     def fix(self) -> None:
         """What the admin does once they read the pause sentence."""
         self.mail_reply = self.rcpt_reply = self.data_reply = self.bad_connection_reply = None
+        self.domain_replies.clear()
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):  # type: ignore[no-untyped-def]
         if self.mail_reply:
@@ -49,7 +51,11 @@ class FaultyHandler(RecordingHandler):
         return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
-        reply = self.rcpt_replies.get(address.lower()) or self.rcpt_reply
+        reply = (
+            self.rcpt_replies.get(address.lower())
+            or self.domain_replies.get(address.rsplit("@", 1)[-1].lower())
+            or self.rcpt_reply
+        )
         if self.bad_connection_reply and not reply:
             with self.lock:
                 if self.bad_session is None:

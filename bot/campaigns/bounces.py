@@ -12,12 +12,17 @@ suppression keeps the DSN's status and diagnostic as its evidence.
 Anyone who got a message has seen its return path, so a report to it counts only when it is about that
 delivery: its Final-Recipient (or Original-Recipient), when it names one, must be the delivery's
 recipient, and it must arrive within `campaigns.bounce_window_days` (30) of the send. Anything else is
-ignored and logged. The same holds for the email-events webhook (its `email` is the named recipient).
+ignored and logged. The same holds for the email-events webhook (its `email` is the named recipient) and
+the email services' endpoints, with one more rule: a reported return path that claims to be ours
+(`bounces+…`) but fails its MAC makes the event ignored — it is never matched by address instead
+(`return_path_delivery`). `record_event` says whether an event was recorded or ignored, so an endpoint's
+answer counts what changed nothing as ignored.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import UTC, timedelta
 from email import message_from_bytes, policy
 
@@ -29,18 +34,60 @@ from bot.campaigns.tracking import VERP_RE, verp_delivery
 from bot.context import Context
 from bot.db.models import CampaignEvent, Delivery, ProcessedEvent
 from bot.db.upsert import insert_ignore
+from bot.links import Signer
 from bot.mail.dsn import STATUS_RE, Finding, classify_status, parse_report
 from bot.mail.server import Route
 from bot.suppressions import Evidence, suppress
 
 log = logging.getLogger(__name__)
-__all__ = ["STATUS_RE", "BounceMailbox", "Finding", "classify_status", "parse_report", "record_finding"]
+__all__ = [
+    "STATUS_RE",
+    "BounceMailbox",
+    "Finding",
+    "Recorded",
+    "classify_status",
+    "parse_report",
+    "record_event",
+    "record_finding",
+    "return_path_delivery",
+]
+
+
+def return_path_delivery(signer: Signer, return_path: str) -> tuple[int | None, bool]:
+    """The delivery a reported return path names, and whether it is forged: shaped like ours
+    (`bounces+…`) but failing its MAC. A forged one is no evidence, and neither is "the latest message to
+    this address" in its place. A return path that is not ours at all (a service's own sender) names
+    nothing and forges nothing."""
+    address = return_path.strip().lower()
+    if not address:
+        return None, False
+    found = verp_delivery(signer, address)
+    if found is not None:
+        return found, False
+    return None, address.startswith("bounces+")
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What became of one reported event: `ignored` says why nothing was written ("" when it was recorded);
+    `reason` is the suppression applied, if any."""
+
+    ignored: str = ""
+    reason: str | None = None
 
 
 async def record_finding(
     ctx: Context, delivery_id: int | None, finding: Finding, *, via: str, email: str | None = None
 ) -> str | None:
     """Store the event and suppress as its kind says. Returns the suppression reason applied, if any."""
+    return (await record_event(ctx, delivery_id, finding, via=via, email=email)).reason
+
+
+async def record_event(
+    ctx: Context, delivery_id: int | None, finding: Finding, *, via: str, email: str | None = None
+) -> Recorded:
+    """Store the event and suppress as its kind says, or ignore it (logged) when it is not evidence about
+    the delivery it names."""
     async with ctx.sessions() as session, session.begin():
         row = None
         if delivery_id is not None:
@@ -64,7 +111,7 @@ async def record_finding(
                 delivery_id = row.id
         if row is None:
             log.info("a %s for an unknown delivery was ignored", finding.kind)
-            return None
+            return Recorded(ignored="no delivery to this address")
         address = row.email
         named = (finding.recipient or "").strip().strip("<>").strip().lower()
         if named and named != address.lower():
@@ -74,7 +121,7 @@ async def record_finding(
                 finding.kind,
                 delivery_id,
             )
-            return None
+            return Recorded(ignored="names another recipient")
         window = timedelta(days=ctx.settings.campaigns.bounce_window_days)
         sent_at = row.sent_at
         if sent_at is not None and sent_at.tzinfo is None:
@@ -88,7 +135,7 @@ async def record_finding(
                 delivery_id,
                 sent_at,
             )
-            return None
+            return Recorded(ignored="outside campaigns.bounce_window_days")
         hashed = email_hash(address)
         session.add(
             CampaignEvent(
@@ -129,7 +176,7 @@ async def record_finding(
                     after={"reason": reason},
                     detail=finding.detail,
                 )
-        return reason
+        return Recorded(reason=reason)
 
 
 class BounceMailbox:

@@ -405,6 +405,17 @@ class CampaignCards:
                 ),
             )
 
+    async def tell(self, campaign_id: int, stored: str) -> None:
+        """A status note the approvals chat should read while the campaign goes on (a deferred domain)."""
+        async with self.ctx.sessions() as session:
+            campaign = await session.get(Campaign, campaign_id)
+        if campaign is None:
+            return
+        await self.messengers.post(
+            "approvals",
+            lambda: Message(t("Campaign “{name}”: {note}", name=campaign.name, note=show(stored))),
+        )
+
     async def status(self, campaign: Campaign) -> str:
         """Where a campaign stands, for /campaign status."""
         async with self.ctx.sessions() as session:

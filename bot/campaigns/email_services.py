@@ -28,8 +28,10 @@ the SMTP path does (bot/mail/replies.py) and in its terms:
 
 What is recorded goes through `record_finding`, the one path DSNs take: the delivery is found by the
 VERP return path when the service reports it (SES `mail.source`, Mailgun `envelope.sender`), else the
-latest message sent to the address; a recipient Postroom never mailed is ignored with a log line and
-still answered 200 (so the service does not retry). Events are idempotent by the service's own id
+latest message sent to the address; a return path shaped like ours (`bounces+…`) that fails its MAC makes
+the event ignored, never matched by address instead; a recipient Postroom never mailed is ignored with a
+log line and still answered 200 (so the service does not retry). The answer counts every event that
+changed nothing as `ignored`. Events are idempotent by the service's own id
 (SNS MessageId with the recipient, sg_event_id, Mailgun event-data id, Postmark RecordType and ID),
 kept in processed_events under `hook:<service>`.
 """
@@ -54,9 +56,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bot.campaigns.bounces import record_finding
+from bot.campaigns.bounces import record_event, return_path_delivery
 from bot.campaigns.sns import SnsVerifier, sns_url_allowed
-from bot.campaigns.tracking import verp_delivery
 from bot.context import Context
 from bot.db.models import ProcessedEvent
 from bot.db.upsert import insert_ignore
@@ -318,6 +319,11 @@ def email_service_routes(ctx: Context) -> list[Route]:
                 )
                 ignored += 1
                 continue
+            delivery_id, forged = return_path_delivery(ctx.signer, event.return_path)
+            if forged:  # claims to be our return path and is not: no evidence, and no address to fall back on
+                log.warning("%s event %s: its return path fails its MAC; ignored", service, event.event_id)
+                ignored += 1
+                continue
             async with ctx.sessions() as session, session.begin():
                 first = (
                     await insert_ignore(
@@ -332,16 +338,22 @@ def email_service_routes(ctx: Context) -> list[Route]:
                 ignored += 1
                 continue
             finding = Finding(event.kind, event.status, event.email, event.detail)
-            delivery_id = verp_delivery(ctx.signer, event.return_path) if event.return_path else None
-            reason = await record_finding(
+            recorded = await record_event(
                 ctx,
                 delivery_id,
                 finding,
                 via=f"webhook:{service}",
                 email=None if delivery_id else event.email,
             )
+            if recorded.ignored:
+                log.info("%s %s for a recipient was ignored: %s", service, event.kind, recorded.ignored)
+                ignored += 1
+                continue
             log.info(
-                "%s %s for a recipient: %s", service, event.kind, reason or "recorded, nobody suppressed"
+                "%s %s for a recipient: %s",
+                service,
+                event.kind,
+                recorded.reason or "recorded, nobody suppressed",
             )
             accepted += 1
         return JSONResponse({"accepted": accepted, "ignored": ignored})

@@ -38,6 +38,15 @@ mailboxes never spans domains, a relay refusing everyone does within a few recip
 before this run has delivered anything at all (no sign yet that the relay accepts any mail). A row put back
 that way (its `last_error` is that reply) is not counted in a streak again, so a resumed run sends on past
 it instead of pausing on the same rows each time: every resume makes progress.
+
+A domain that refuses everyone is a circuit of its own (`_DomainBreaker`): when `domain_refusal_limit`
+distinct recipients there, over any connections, get the same bare reply in a row with nothing delivered to
+that domain in between, while other domains take mail in this run, the domain is **deferred**: its held
+refusals and every row of it claimed before the deferral ends wait (`pending`, tried again from a time that
+backs off with each deferral, the attempt counted, so after `max_attempts` they fail unsuppressed), and its
+refusals leave the error window — the campaign-wide pause is for failures not confined to one domain. After
+the wait, the domain's first refusal with the same reply defers it again; a delivery there ends it. The
+chat is told once per run which domain waits, why and until when; nobody there is suppressed.
 """
 
 from __future__ import annotations
@@ -48,7 +57,7 @@ import secrets
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Table, func, select, update
@@ -58,7 +67,7 @@ from bot.campaigns import service
 from bot.campaigns.audience import Recipient, snapshot_deliveries, suppressed_among, withdrawn_among
 from bot.campaigns.messages import CampaignMessages
 from bot.campaigns.notes import english, note
-from bot.campaigns.send_faults import pause_note, repeated_refusal_note
+from bot.campaigns.send_faults import deferred_domain_note, pause_note, repeated_refusal_note
 from bot.campaigns.templates import TemplateProblem, load_source
 from bot.config import Settings
 from bot.context import Context
@@ -79,6 +88,51 @@ CLAIMS = Claims(
 
 # (campaign id, event: progress | done | paused | auto-paused | failed)
 ProgressCallback = Callable[[int, str], Awaitable[None]]
+# (campaign id, a status note to tell the chat while the campaign goes on: a deferred domain)
+NoticeCallback = Callable[[int, str], Awaitable[None]]
+
+
+def _domain(email: str) -> str:
+    return email.rsplit("@", 1)[-1].lower()
+
+
+class _DomainBreaker:
+    """Per recipient domain, across connections: the same bare refusal to distinct recipients in a row with
+    nothing delivered to that domain in between, and the domains deferred for it (the module's docstring)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.streaks: dict[str, RefusalStreak] = {}
+        self.until: dict[str, datetime] = {}  # deferred: its rows wait until then
+        self.reply: dict[str, str] = {}  # the reply that deferred it
+        self.trips: Counter[str] = Counter()
+        self.delivered: set[str] = set()  # domains that took mail in this run
+        self.told: set[str] = set()
+
+    def holding(self, domain: str, since: datetime) -> datetime | None:
+        """When `domain`'s rows are tried again, if it was deferred until `since` or later."""
+        until = self.until.get(domain)
+        return until if until is not None and until >= since else None
+
+    def delivered_to(self, domain: str) -> None:
+        self.delivered.add(domain)
+        self.streaks.pop(domain, None)
+        self.until.pop(domain, None)
+        self.trips.pop(domain, None)
+
+    def refused(self, domain: str, reply: str, email: str) -> int:
+        """Count a bare refusal; the streak's length when the domain should be deferred now, else 0."""
+        streak = self.streaks.setdefault(domain, RefusalStreak())
+        count = streak.add(reply, email)
+        need = 1 if self.trips[domain] else self.limit  # deferred before: the first refusal after the wait
+        return count if count >= need and self.delivered - {domain} else 0
+
+    def trip(self, domain: str, reply: str, now: datetime, base_s: float, max_s: float) -> datetime:
+        self.trips[domain] += 1
+        self.until[domain] = until = now + timedelta(seconds=backoff_s(self.trips[domain], base_s, max_s))
+        self.reply[domain] = reply
+        self.streaks.pop(domain, None)
+        return until
 
 
 @dataclass
@@ -97,6 +151,7 @@ class EngineOptions:
     error_min_samples: int = 50
     error_pause_share: float = 0.5
     same_refusal_limit: int = 3  # the same unproven RCPT refusal this often in a row, >1 domain: the server's
+    domain_refusal_limit: int = 10  # ... at one domain while others take mail: that domain waits
     unproven_hold: int = 1000  # bare refusals held across batches awaiting proof; the oldest beyond: retried
     frequency_cap: int = 0
     frequency_period_s: float = 7 * 86400.0
@@ -116,6 +171,7 @@ class EngineOptions:
             error_min_samples=c.error_min_samples,
             error_pause_share=c.error_pause_share,
             same_refusal_limit=c.same_refusal_limit,
+            domain_refusal_limit=c.domain_refusal_limit,
             frequency_cap=c.frequency_cap,
             frequency_period_s=c.frequency_period_days * 86400.0,
         )
@@ -153,25 +209,30 @@ class _RateLimiter:
 
 
 class _ErrorWindow:
-    """The share of failures among the last N outcomes."""
+    """The share of failures among the last N outcomes, each with its recipient's domain."""
 
     def __init__(self, size: int):
         self.size = size
-        self.outcomes: deque[str | None] = deque()
+        self.outcomes: deque[tuple[str | None, str]] = deque()
         self.errors = 0
 
-    def add(self, error: str | None) -> None:
-        self.outcomes.append(error)
+    def add(self, error: str | None, domain: str = "") -> None:
+        self.outcomes.append((error, domain))
         if error is not None:
             self.errors += 1
-        if len(self.outcomes) > self.size and self.outcomes.popleft() is not None:
+        if len(self.outcomes) > self.size and self.outcomes.popleft()[0] is not None:
             self.errors -= 1
+
+    def forget(self, domain: str) -> None:
+        """A deferred domain's refusals are its own circuit's, not the campaign's."""
+        self.outcomes = deque(o for o in self.outcomes if o[1] != domain)
+        self.errors = sum(1 for e, _d in self.outcomes if e is not None)
 
     def share(self) -> tuple[int, int]:
         return self.errors, len(self.outcomes)
 
     def most_common(self) -> str:
-        errors = Counter(o[:120] for o in self.outcomes if o is not None)
+        errors = Counter(e[:120] for e, _d in self.outcomes if e is not None)
         return errors.most_common(1)[0][0] if errors else ""
 
 
@@ -182,11 +243,13 @@ class DeliveryEngine:
         *,
         options: EngineOptions | None = None,
         on_event: ProgressCallback | None = None,
+        on_notice: NoticeCallback | None = None,
         worker_id: str | None = None,
     ):
         self.ctx = ctx
         self.options = options or EngineOptions.from_settings(ctx.settings)
         self.on_event = on_event
+        self.on_notice = on_notice
         self.worker_id = worker_id or f"w-{secrets.token_hex(4)}"
         self._stop = asyncio.Event()
         self._halt = asyncio.Event()  # the campaign left `sending`, or the engine paused it itself
@@ -199,6 +262,8 @@ class DeliveryEngine:
         self._streaks: dict[int | None, RefusalStreak] = {}  # per connection, since its last delivery
         self._unproven = UnprovenRefusals()  # bare RCPT refusals awaiting proof, across batches
         self._delivered = False  # anything delivered in this run: the relay accepts mail at all
+        self._domains = _DomainBreaker(self.options.domain_refusal_limit)
+        self._notices: list[str] = []  # deferred domains to tell the chat about once the batch is recorded
         self.sent_total = 0
 
     def stop(self) -> None:
@@ -521,6 +586,42 @@ class DeliveryEngine:
         streaks = self._streaks
         halt = self._halt
         late = self._late_suppressions
+        domains = self._domains
+
+        def defer(d: Any, reply: str, until: datetime) -> None:
+            """Its domain refuses everyone: the row waits (its attempt counted), failed unsuppressed at the end."""
+            if d.attempts >= opts.max_attempts:
+                failed.append(
+                    {
+                        "b_id": d.id,
+                        "status": "failed",
+                        "err": f"gave up after {d.attempts} attempts, not suppressed: its domain refused "
+                        f"everyone with {reply}",
+                    }
+                )
+            else:
+                retry.append({"b_id": d.id, "err": reply, "nxt": until})
+
+        def defer_domain(domain: str, outcome: Outcome, reply: str, count: int) -> None:
+            until = domains.trip(domain, outcome.detail, self.ctx.now(), opts.retry_base_s, opts.retry_max_s)
+            window.forget(domain)
+            for connection in [c for c, st in streaks.items() if domain in st.domains]:
+                del streaks[connection]  # explained by the domain: not a sign against the relay any more
+            for p, o in unproven.take(lambda p, _o: _domain(p.email) != domain):
+                defer(p, o.detail, until)
+            log.warning(
+                "campaign %s: %s refused %d recipients in a row (%s); deferred until %s",
+                campaign.id,
+                domain,
+                count,
+                outcome.detail,
+                until.isoformat(),
+            )
+            if domain not in domains.told:
+                domains.told.add(domain)
+                self._notices.append(
+                    deferred_domain_note(outcome, domain=domain, count=count, until=until, name=campaign.name)
+                )
 
         def check_window() -> None:
             errors, seen = window.share()
@@ -557,6 +658,11 @@ class DeliveryEngine:
                         }
                     )
                     continue
+                domain = _domain(d.email)
+                held = domains.holding(domain, now)
+                if held is not None:
+                    defer(d, domains.reply[domain], held)
+                    continue
                 await self._limiter.wait(halt)
                 if halt.is_set():
                     unsent.append({"b_id": d.id})
@@ -577,7 +683,8 @@ class DeliveryEngine:
                 kind = verdict(outcome, d.attempts, opts.max_attempts)
                 if kind == "sent":
                     sent.append({"b_id": d.id, "mid": built.message_id})
-                    window.add(None)
+                    window.add(None, domain)
+                    domains.delivered_to(domain)
                     # Delivered over the same connection to the same domain after them: the bare refusals
                     # before it were about those recipients (the module's docstring says why both).
                     bounced.extend(
@@ -588,9 +695,17 @@ class DeliveryEngine:
                     self._delivered = True
                     continue
                 if kind == "bounced" and outcome.unproven:
+                    held = domains.holding(domain, now)
+                    if held is not None:  # in flight when its domain was deferred
+                        defer(d, outcome.detail, held)
+                        continue
                     unproven.add(d, outcome)
-                    window.add(outcome.detail)
+                    window.add(outcome.detail, domain)
                     reply = outcome.same_reply()
+                    count = domains.refused(domain, reply, d.email)
+                    if count:
+                        defer_domain(domain, outcome, reply, count)
+                        continue
                     if d.last_error and reply_key(d.last_error) == reply:
                         # Put back (or retried) after this very reply: it was counted once. Counting it
                         # again would pause every resumed run on the same rows before anyone else.
@@ -625,7 +740,7 @@ class DeliveryEngine:
                         )
                         halt.set()
                     continue
-                window.add(outcome.detail or "error")
+                window.add(outcome.detail or "error", domain)
                 if kind == "bounced":
                     bounced.append(
                         {"b_id": d.id, "status": "bounced", "err": outcome.detail, "email": d.email}
@@ -660,6 +775,31 @@ class DeliveryEngine:
             )
         await self._record(campaign, sent, failed, retry, bounced, skipped, unsent)
         self.sent_total += len(sent)
+        await self._tell(campaign)
+
+    async def _tell(self, campaign: Campaign) -> None:
+        """Each domain deferred in this batch, once per run: in the audit trail and in the chat."""
+        notices, self._notices = self._notices, []
+        if not notices:
+            return
+        async with self.ctx.sessions() as session, session.begin():
+            for stored in notices:
+                service.audit_campaign(
+                    session,
+                    campaign,
+                    actor="system",
+                    via="engine",
+                    action="campaign.defer_domain",
+                    before="sending",
+                    after="sending",
+                    detail=english(stored),
+                )
+        if self.on_notice is not None:
+            for stored in notices:
+                try:
+                    await self.on_notice(campaign.id, stored)
+                except Exception:  # a chat failure must not stop a send
+                    log.exception("telling the chat about campaign %s failed", campaign.id)
 
     async def _record(
         self,

@@ -86,7 +86,9 @@ class CampaignRuns:
                 self._runs.pop(campaign_id, None)
             return
         while True:
-            engine = DeliveryEngine(self.ctx, on_event=on_event, worker_id=self.worker_id)
+            engine = DeliveryEngine(
+                self.ctx, on_event=on_event, on_notice=self.cards.tell, worker_id=self.worker_id
+            )
             self._engines[campaign_id] = engine
             result = await engine.run(campaign_id)
             if self._runs.get(campaign_id) is me:

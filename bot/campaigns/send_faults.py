@@ -7,6 +7,8 @@ their own language.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from bot.campaigns.notes import note
 from bot.mail.replies import STAGE_NAMES, Outcome
 
@@ -79,6 +81,21 @@ def pause_note(outcome: Outcome, *, server: str, sender: str, name: str) -> str:
         reply=reply,
         stage=stage,
         name=name,
+    )
+
+
+def deferred_domain_note(outcome: Outcome, *, domain: str, count: int, until: datetime, name: str) -> str:
+    """One recipient domain refuses everyone while the others take mail: its messages wait, the campaign goes
+    on (bot/campaigns/engine.py, `_DomainBreaker`)."""
+    return note(
+        "{domain} refused {count} recipients in a row with the same reply ({reply}) while other domains took "
+        "mail: its messages in {name} wait and are tried again from {time}. Nobody was suppressed; the other "
+        "domains keep going.",
+        domain=domain,
+        count=count,
+        reply=outcome.detail or "no reply",
+        name=name,
+        time=until.strftime("%H:%M UTC"),
     )
 
 

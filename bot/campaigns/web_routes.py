@@ -18,8 +18,13 @@ this one and signs it:
                 {"id": "evt-2", "type": "complaint", "email": "y@example.com"}]}
 
 `return_path` (the VERP address the message went out with) is preferred; without it the latest
-message sent to `email` is the one meant. Events are idempotent by `id`. Timestamps older than
-five minutes are refused. With no webhook_secret configured the endpoint answers 404.
+message sent to `email` is the one meant. A `return_path` shaped like Postroom's (`bounces+…`) that fails
+its MAC makes the event ignored, never matched by `email` instead. When `status` holds an enhanced code it
+decides, whatever `bounce` says (4.x.x is never hard; 5.2.2 mailbox full is soft; 2.x.x is no failure and
+is ignored); `bounce` ("hard"/"soft") decides only without one. Events are idempotent by `id`. The answer
+counts as `ignored` every event that changed nothing: a duplicate, a forged return path, an address
+Postroom never mailed, a return path naming another recipient, a report outside the bounce window.
+Timestamps older than five minutes are refused. With no webhook_secret configured the endpoint answers 404.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import html
+import logging
 import time
 from typing import Any
 
@@ -37,10 +43,10 @@ from starlette.routing import Route
 
 from bot import html_pages, i18n
 from bot.addresses import email_hash
-from bot.campaigns.bounces import Finding, classify_status, record_finding
+from bot.campaigns.bounces import STATUS_RE, Finding, classify_status, record_event, return_path_delivery
 from bot.campaigns.report import REPORT_KIND, cached_report, chart_png
 from bot.campaigns.report_cache import Busy
-from bot.campaigns.tracking import verify_click, verify_open, verp_delivery
+from bot.campaigns.tracking import verify_click, verify_open
 from bot.context import Context
 from bot.db.models import Campaign, CampaignEvent, Delivery, ProcessedEvent
 from bot.db.upsert import insert_ignore
@@ -54,6 +60,8 @@ PIXEL = bytes.fromhex(
 MAX_WEBHOOK_BYTES = 1_000_000
 MAX_WEBHOOK_EVENTS = 1000  # per request; more is refused whole (413), never cut short, so the service retries
 MAX_SKEW_S = 300
+
+log = logging.getLogger(__name__)
 
 
 def campaign_routes(ctx: Context) -> list[Route]:
@@ -166,8 +174,11 @@ def campaign_routes(ctx: Context) -> list[Route]:
                     ):
                         ignored += 1
                         continue
-            await record_finding(ctx, delivery_id, finding, via="webhook", email=email)
-            accepted += 1
+            recorded = await record_event(ctx, delivery_id, finding, via="webhook", email=email)
+            if recorded.ignored:
+                ignored += 1
+            else:
+                accepted += 1
         return JSONResponse({"accepted": accepted, "ignored": ignored})
 
     def page(title: str, body: str, status: int = 200, *, wide: bool = False) -> HTMLResponse:
@@ -260,7 +271,10 @@ def _translate(event: Any, signer: Any) -> tuple[Finding | None, int | None, str
         return None, None, None
     kind = str(event.get("type", "")).lower()
     email = clean_text(str(event.get("email") or "")).strip().lower() or None
-    delivery_id = verp_delivery(signer, str(event.get("return_path") or ""))
+    delivery_id, forged = return_path_delivery(signer, str(event.get("return_path") or ""))
+    if forged:  # claims to be our return path and is not: no evidence, and no address to fall back on
+        log.warning("an email-events %s with a return path that fails its MAC was ignored", kind or "event")
+        return None, None, None
     if delivery_id is None and email is None:
         return None, None, None
     # The service's own words: kept, without what would break a chat line or a database text column.
@@ -270,11 +284,14 @@ def _translate(event: Any, signer: Any) -> tuple[Finding | None, int | None, str
     if kind == "bounce":
         status = str(event.get("status") or "")
         hint = str(event.get("bounce") or "").lower()
-        if hint in ("hard", "permanent"):
+        if STATUS_RE.search(status):  # the code is the receiving server's own word: it decides
+            code = classify_status(status)
+            if code is None:  # 2.x.x: delivered, not a bounce
+                return None, None, None
+            found = code
+        elif hint in ("hard", "permanent"):
             found = "hard_bounce"
-        elif hint in ("soft", "transient"):
-            found = "soft_bounce"
         else:
-            found = classify_status(status) or "soft_bounce"
+            found = "soft_bounce"
         return Finding(found, status, email, detail), delivery_id, email
     return None, None, None
