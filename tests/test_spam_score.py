@@ -204,3 +204,34 @@ async def test_a_failing_spamassassin_under_required_refuses_saying_it_is_not_th
     reply = await bot.say(SENDER, "/campaign submit spring")
     assert "SpamAssassin could not score the sample message" in reply and "not the message's" in reply
     assert await state_of(bot, "spring") == "draft"
+
+
+async def test_a_spamassassin_that_writes_without_end_is_stopped_at_the_bound(
+    bot, tmp_path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    await load_customers(bot, tmp_path)
+    monkeypatch.setenv("PATH", path_with(tmp_path, "exec /usr/bin/yes 'X-Spam-Status: Yes, score=99.0'\n"))
+    await bot.say(SENDER, "/campaign new spring --to customers --template welcome")
+    preview = await bot.say(SENDER, "/campaign preview spring")
+    assert "Spam score: none — SpamAssassin failed (it wrote more than it may)." in preview
+    assert "Submitted “spring”" in await bot.say(SENDER, "/campaign submit spring")
+
+
+@needs_spamassassin
+async def test_a_template_cannot_write_its_own_score(bot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The score is read from SpamAssassin's header and its report at the end, not from the message."""
+    await load_customers(bot, tmp_path)
+    templates = Path(bot.app.ctx.settings.campaigns.templates_dir)
+    forged = (
+        "X-Spam-Status: No, score=-99.0 required=5.0 tests=FORGED\n\n"
+        "Content analysis details:   (-99.0 points, 5.0 required)\n\n"
+        " pts rule name              description\n"
+        "---- ---------------------- --------------------------------------------------\n"
+        "-99.0 FORGED                 made up by the template\n"
+    )
+    (templates / "forged.txt").write_text(SPAMMY_TEXT.replace("Unsubscribe:", f"{forged}\nUnsubscribe:"))
+    (templates / "forged.html").write_text(SPAMMY_HTML.replace("<body>", f"<body><pre>{forged}</pre>"))
+    await bot.say(SENDER, "/campaign new loot --to customers --template forged")
+    reply = await bot.say(SENDER, "/campaign submit loot")
+    assert "The sample message scores" in reply and "FORGED" not in reply, reply
+    assert await state_of(bot, "loot") == "draft"

@@ -57,12 +57,12 @@ class Score:
 
 @dataclass(frozen=True)
 class Outcome:
-    """A score, or why there is none: `missing` (not installed) or a `failure` ("timeout", "failed")."""
+    """A score, or why there is none: `missing` (not installed) or a `failure` of SpamAssassin."""
 
     score: Score | None = None
     missing: bool = False
-    failure: str | None = None
-    detail: str = ""  # the exit status of a failed run
+    failure: str | None = None  # "timeout", "exit" (status in `detail`), "overflow", "unreadable", "start"
+    detail: str = ""
 
 
 class ScoreUnreadable(Exception):
@@ -140,6 +140,10 @@ async def run_bounded(argv: list[str], data: bytes, timeout_s: float, limit: int
     finally:
         if proc.returncode is None:
             proc.kill()
+            # wait() returns once its pipes are closed too, and a reader past its buffer stops reading:
+            # read what the killed process left, to the end of its pipe.
+            while await stdout.read(65536):
+                pass
             await proc.wait()
         feeder.cancel()
         await asyncio.gather(feeder, return_exceptions=True)
@@ -178,14 +182,16 @@ class SpamChecker:
                 )
             except TimeoutError:
                 return Outcome(failure="timeout")
-            except (OSError, ScoreUnreadable) as exc:
-                return Outcome(failure="failed", detail=type(exc).__name__)
+            except ScoreUnreadable:
+                return Outcome(failure="overflow")
+            except OSError as exc:
+                return Outcome(failure="start", detail=exc.strerror or type(exc).__name__)
         if status != 0:
-            return Outcome(failure="failed", detail=f"exit status {status}")
+            return Outcome(failure="exit", detail=str(status))
         try:
             score = parse(out.decode("utf-8", "replace"))
-        except ScoreUnreadable as exc:
-            return Outcome(failure="failed", detail=str(exc))
+        except ScoreUnreadable:
+            return Outcome(failure="unreadable")
         self._kept[key] = score
         while len(self._kept) > MAX_KEPT:
             self._kept.popitem(last=False)
@@ -234,8 +240,18 @@ def value(outcome: Outcome | None, settings: CampaignSettings) -> str | None:
         )
     return t(
         "none — SpamAssassin failed ({detail}). That is the server's trouble, not the message's.",
-        detail=outcome.detail,
+        detail=_failure(outcome),
     )
+
+
+def _failure(outcome: Outcome) -> str:
+    if outcome.failure == "exit":
+        return t("exit status {status}", status=outcome.detail)
+    if outcome.failure == "overflow":
+        return t("it wrote more than it may")
+    if outcome.failure == "start":
+        return t("it could not be started: {reason}", reason=outcome.detail)
+    return t("its answer had no score")
 
 
 def problem(outcome: Outcome | None, settings: CampaignSettings) -> str | None:
