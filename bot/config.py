@@ -296,6 +296,11 @@ class CampaignSettings(_Section):
     # a render process is replaced after this many renders, or when its memory passes this many MB
     render_process_renders: int = Field(default=1000, ge=1)
     render_process_mb: int = Field(default=256, ge=64, le=16384)
+    # The sample's spam score at preview and submit (bot/campaigns/spam_score.py): "auto" scores when
+    # `spamassassin` is installed, "required" refuses a submit without a score, "off" never runs it.
+    spam_check: Literal["auto", "off", "required"] = "auto"
+    spam_threshold: float = Field(default=5.0, gt=-100, le=100)  # a score at or above it stops a submit
+    spam_timeout_s: float = Field(default=20, gt=0, le=300)
     # compliance
     frequency_cap: int = Field(default=0, ge=0)  # at most N campaign messages per contact per period; 0: off
     frequency_period_days: float = Field(default=7, gt=0)

@@ -161,6 +161,9 @@ def make_settings(database_url: str, smtp_port: int, tmp_path: Path, **sections:
             "from_address": "news@corp.example",
             "from_name": "Example Corp",
             "reports_dir": str(tmp_path / "reports"),  # charts stay in the test's folder
+            # A SpamAssassin run costs ~1 s and ~120 MB; tests/test_spam_score.py turns it on (and tests
+            # the default, "auto"), the rest of the suite doesn't wait for it.
+            "spam_check": "off",
         },
     }
     for section, values in sections.items():

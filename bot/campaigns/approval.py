@@ -114,7 +114,7 @@ class Approvals:
                         state=state_name(campaign.state),
                     )
                 )
-            review = await service.review(ctx, session, campaign)
+            review = await service.review(ctx, session, campaign, spam=True)
             if review.problems:
                 raise UserError(
                     t(
@@ -306,7 +306,7 @@ class Approvals:
             )
         elif out.state == "pending_approval":
             async with self.ctx.sessions() as session:
-                review = await service.review(self.ctx, session, campaign)
+                review = await service.review(self.ctx, session, campaign, spam=True)
             await self.cards.update_card(
                 campaign,
                 lambda: Message(

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
-from bot.campaigns import service
+from bot.campaigns import service, spam_score
 from bot.campaigns.audience import Recipient
 from bot.campaigns.notes import decision_name, show, state_name, status_name
 from bot.campaigns.templates import Rendered, TemplateProblem
@@ -155,6 +155,9 @@ def preview_text(preview: Preview, url: str) -> str:
     lines.append("")
     lines.append(t("Checks: all passed.") if not review.problems else t("Checks:"))
     lines += [f"  ✗ {problem}" for problem in review.problems]
+    spam = spam_score.line(review.spam, review.messages.settings.campaigns)
+    if spam is not None:
+        lines.append(spam)
     lines.append(t("HTML preview: {url}", url=url))
     return "\n".join(lines)
 
@@ -250,6 +253,9 @@ class CampaignCards:
                 except TemplateProblem:
                     fields.append((t("Subject"), campaign.subject))
             fields.append((t("Checks"), t("passed") if not review.problems else "; ".join(review.problems)))
+            spam = spam_score.value(review.spam, settings.campaigns)
+            if spam is not None:
+                fields.append((t("Spam score"), spam))
         else:
             fields.append(
                 (

@@ -187,7 +187,7 @@ class Drafts:
         ctx = self.ctx
         async with ctx.sessions() as session:
             campaign = await service.get(session, name)
-            review = await service.review(ctx, session, campaign)
+            review = await service.review(ctx, session, campaign, spam=True)
             chosen = review.sample
             if recipient:
                 chosen = await self._find_recipient(session, campaign, normalise(recipient, existing=True))

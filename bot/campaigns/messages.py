@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import pickle
@@ -147,6 +148,31 @@ class CampaignMessages:
                 pass  # no render process, or a value that can't cross to one: a thread, as before
         return await render_time.off_loop(lambda: self.template.render(context))
 
+    def spam_sample(self, r: Recipient) -> tuple[bytes, str]:
+        """The message for `r` as it would be sent, for a spam score (bot/campaigns/spam_score.py), and a
+        key of what it says: its Date, Message-ID and MIME boundary change with every build, its score
+        doesn't. Rendered from what render_async remembered; links tracked when the campaign tracks, for a
+        delivery id 0 that no delivery has, and the inert preview unsubscribe link."""
+        rendered = self.render(r)
+        built = self._build(r, "", None, lambda _context: rendered, track_as=0 if self.tracking else None)
+        key = hashlib.sha256(
+            json.dumps(
+                [
+                    self.campaign.from_name,
+                    self.campaign.from_address,
+                    r.name,
+                    r.email,
+                    rendered.subject,
+                    rendered.html,
+                    rendered.text,
+                    self.tracking,
+                    self._list_id,
+                    self._automatic,
+                ]
+            ).encode()
+        ).hexdigest()
+        return built.data, key
+
     def build(self, r: Recipient, *, subject_prefix: str = "", delivery_id: int | None = None) -> Built:
         """The message for one recipient. With a delivery id (a real send): a VERP return path and,
         when tracking is on, tracked links and an open pixel; without one (a test), neither.
@@ -198,6 +224,7 @@ class CampaignMessages:
         render: Callable[[dict[str, Any]], Rendered],
         to: Recipient | None = None,
         banner: str | None = None,
+        track_as: int | None = None,
     ) -> Built:
         token = self._unsubscribe_token(delivery_id)
         url = f"{self.settings.web.base_url}/u/{token}"
@@ -211,6 +238,8 @@ class CampaignMessages:
             sender = verp_address(self.signer, delivery_id, self._bounce_domain)
             if self.tracking:
                 body_html = self._tracker.rewrite(body_html, delivery_id)
+        elif track_as is not None:
+            body_html = self._tracker.rewrite(body_html, track_as)
         mailto = (
             f"mailto:{self.settings.campaigns.unsubscribe_mailbox}?subject={quote('unsubscribe ' + token)}"
         )

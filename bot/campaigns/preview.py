@@ -24,7 +24,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bot.campaigns import service
+from bot.campaigns import service, spam_score
 from bot.campaigns.templates import load_source
 from bot.context import Context
 from bot.db.models import Campaign
@@ -178,7 +178,7 @@ def _busy() -> Page:
 async def _render(ctx: Context, campaign: Campaign) -> Page:
     try:
         async with ctx.sessions() as session:
-            review = await service.review(ctx, session, campaign)
+            review = await service.review(ctx, session, campaign, spam=True)
         if review.sample is None:
             return Page(200, t("No recipients"), t("The audience is empty, so there is nothing to preview."))
         rendered = await review.messages.render_async(review.sample)  # the review's render, remembered
@@ -194,6 +194,9 @@ async def _render(ctx: Context, campaign: Campaign) -> Page:
         if not review.problems
         else "".join(f"<li>✗ {html.escape(p)}</li>" for p in review.problems)
     )
+    spam = spam_score.line(review.spam, ctx.settings.campaigns)
+    if spam is not None:
+        checks += f"<li>{html.escape(spam)}</li>"
     rows = "".join(
         f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(label)}</th><td>{html.escape(value)}</td></tr>"
         for label, value in (

@@ -17,7 +17,7 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import audit
-from bot.campaigns import render_pool
+from bot.campaigns import render_pool, spam_score
 from bot.campaigns.audience import AudienceReport, Recipient, describe_audience
 from bot.campaigns.messages import CampaignMessages, lint
 from bot.campaigns.notes import note
@@ -116,14 +116,38 @@ class Review:
     problems: list[str]
     sample: Recipient | None
     messages: CampaignMessages
+    spam: spam_score.Outcome | None = None  # the sample's spam score, when asked for and not off
 
 
-async def review(ctx: Context, session: AsyncSession, campaign: Campaign) -> Review:
+async def review(ctx: Context, session: AsyncSession, campaign: Campaign, *, spam: bool = False) -> Review:
     """Renders one sample per distinct set of attributes, each in a render process within the time budget:
-    a heavy template must not stall the event loop (the web app, the messengers' acknowledgements)."""
+    a heavy template must not stall the event loop (the web app, the messengers' acknowledgements).
+    With `spam` (previews and submit), the sample as it would be sent is scored by SpamAssassin, and a
+    score at or above the threshold is one of the problems."""
     messages = await asyncio.to_thread(messages_for, ctx, campaign)
     report = await describe_audience(session, ctx.settings, campaign)
-    return await _judge(messages, report, campaign.kind == "automation")
+    judged = await _judge(messages, report, campaign.kind == "automation")
+    if spam and ctx.settings.campaigns.spam_check != "off":
+        judged.spam = await _spam(ctx, judged)
+        found = spam_score.problem(judged.spam, ctx.settings.campaigns)
+        if found is not None:
+            judged.problems.append(found)
+    return judged
+
+
+async def _spam(ctx: Context, judged: Review) -> spam_score.Outcome | None:
+    """The score of the review's sample (of the placeholder for an audience still empty); None when it
+    can't be rendered, which the review has said already."""
+    sample = judged.sample or PLACEHOLDER
+    try:
+        await judged.messages.render_async(sample)  # remembered: the review rendered it
+        data, key = judged.messages.spam_sample(sample)
+    except TemplateProblem:
+        return None
+    return await spam_score.of(ctx).check(data, key)
+
+
+PLACEHOLDER = Recipient("sample@example.com", "Sample", {})  # the sample of an audience still empty
 
 
 async def _judge(messages: CampaignMessages, report: AudienceReport, standing: bool = False) -> Review:
@@ -160,7 +184,7 @@ async def _judge(messages: CampaignMessages, report: AudienceReport, standing: b
         except TemplateProblem:
             pass  # reported above
     else:
-        placeholder = Recipient("sample@example.com", "Sample", {})
+        placeholder = PLACEHOLDER
         try:
             await messages.render_async(placeholder)  # lint's render below is then remembered
             problems.extend(lint(messages, placeholder))
