@@ -371,3 +371,23 @@ async def test_group_mail_leaves_by_relay_route(database_url: str, smtp, tmp_pat
             "bob@corp.example",
         ]
         assert smtp.messages == [], "group mail did not go by [smtp]"
+
+
+def test_a_routes_password_is_judged_and_masked_like_smtp_password() -> None:
+    import secrets
+
+    from bot.log_masking import settings_secrets
+    from bot.secret_policy import serving_problem
+
+    web = {"secret": secrets.token_urlsafe(32)}
+    published = {"bulk": {"host": "smtp.bulk.example", "port": 587, "password": "app-secret"}}
+    settings = load_settings(read_file=False, read_env=False, web=web, smtp={"routes": published})
+    said = serving_problem(settings) or ""
+    assert said.startswith("smtp.routes.bulk.password appears in Postroom's own source"), said
+    assert "$POSTROOM_SMTP__ROUTES__BULK__PASSWORD" in said and "app-secret" not in said
+
+    chosen = "pw-" + secrets.token_hex(8)
+    fine = {"bulk": {**published["bulk"], "password": chosen}}
+    settings = load_settings(read_file=False, read_env=False, web=web, smtp={"routes": fine})
+    assert serving_problem(settings) is None
+    assert chosen in settings_secrets(settings)  # masked in every log line, as smtp.password is
