@@ -406,12 +406,39 @@ async def _serve(settings: Settings) -> None:
 
 
 async def _warn_about_relay(settings: Settings) -> None:
+    import asyncio
+
     from bot.mail.probe import relay_problem
     from bot.mail.transport import SmtpTarget
 
-    problem = await relay_problem(SmtpTarget.from_settings(settings.smtp))
-    if problem is not None:
-        click.echo(f"Warning: {problem}", err=True)
+    smtp = settings.smtp
+    targets = [SmtpTarget.from_settings(smtp.server(r), r) for r in smtp.route_names()]
+    # Every route at once: one that is down is said without waiting out the others' timeouts.
+    for problem in await asyncio.gather(*(relay_problem(target) for target in targets)):
+        if problem is not None:
+            click.echo(f"Warning: {problem}", err=True)
+
+
+def route_lines(settings: Settings) -> list[str]:
+    """Each outbound SMTP route, what takes it and its server: "bulk smtp.example:587 (8 connections, 20/s,
+    login bulk@…): news.acme.example"."""
+    smtp, c = settings.smtp, settings.campaigns
+    out = []
+    for name in smtp.route_names():
+        server = smtp.server(name)
+        assert server is not None
+        rate = server.rate_per_s if server.rate_per_s is not None else c.rate_per_s
+        details = [f"{server.connections} connections", f"{rate:g}/s" if rate else "no rate limit"]
+        if server.username:
+            details.append(f"login {server.username}")
+        if server.starttls:
+            details.append("STARTTLS")
+        takes = sorted(d for d, r in smtp.domain_routes.items() if r == name)
+        if settings.relay.route == name:
+            takes.append("group mail")
+        text = f"{name} {server.host}:{server.port} ({', '.join(details)})"
+        out.append(text + (f" for {', '.join(takes)}" if takes else ""))
+    return out
 
 
 def startup_lines(settings: Settings, runtime: Runtime) -> list[str]:
@@ -421,6 +448,7 @@ def startup_lines(settings: Settings, runtime: Runtime) -> list[str]:
         f"Campaign mail: From: {c.from_name} <{c.from_address}>; Return-Path: bounces+…@{c.bounce_domain}; "
         f"List-Unsubscribe: {settings.web.base_url}/u/…, mailto:{c.unsubscribe_mailbox}"
     ]
+    lines.append("Mail routes: " + "; ".join(route_lines(settings)))
     listening = []
     if runtime.web_socket is not None:
         host, port = runtime.web_socket.getsockname()[:2]

@@ -74,7 +74,13 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
-class SmtpSettings(_Section):
+DEFAULT_ROUTE = "default"
+_ROUTE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+
+
+class SmtpServer(_Section):
+    """One outbound mail server: where a route's mail is handed over, with its own login and pool."""
+
     host: str = "127.0.0.1"
     port: int = Field(default=2525, ge=1, le=65535)
     username: str | None = None
@@ -82,11 +88,82 @@ class SmtpSettings(_Section):
     starttls: bool = False
     timeout_s: float = Field(default=30.0, gt=0)
     connections: int = Field(default=2, ge=1, le=64)
+    # Messages per second of one sending run over this route; None: campaigns.rate_per_s, 0: no limit.
+    rate_per_s: float | None = Field(default=None, ge=0)
 
     @field_validator("username", "password")
     @classmethod
     def _empty_is_none(cls, v: str | None) -> str | None:
         return v or None
+
+
+class SmtpRoute(SmtpServer):
+    """A named route, `[smtp.routes.<name>]`: host and port are its own, never borrowed from [smtp]."""
+
+    host: str  # required: a route without its own server is [smtp]
+    port: int = Field(ge=1, le=65535)
+
+
+def route_name_problem(name: str) -> str | None:
+    if not _ROUTE_NAME.fullmatch(name):
+        return "must be lower-case letters, digits, - and _ (at most 40), like bulk or transactional"
+    if name == DEFAULT_ROUTE:
+        return "is [smtp] itself: name the other routes anything else"
+    return None
+
+
+class SmtpSettings(SmtpServer):
+    """[smtp] is the route named "default"; `[smtp.routes.<name>]` tables are the others
+    (POSTROOM_SMTP__ROUTES__<NAME>__HOST and so on from the environment)."""
+
+    routes: dict[str, SmtpRoute] = {}
+    # The route of a campaign or automation that names none, by the domain of its sender (From).
+    domain_routes: dict[str, str] = {}
+
+    @field_validator("routes", mode="before")
+    @classmethod
+    def _route_names(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        out = {}
+        for name, table in value.items():
+            key = str(name)  # lower case only: the environment's names are (POSTROOM_SMTP__ROUTES__BULK__…)
+            problem = route_name_problem(key)
+            if problem:
+                raise ValueError(f"route {name!r} {problem}")
+            out[key] = table
+        return out
+
+    @model_validator(mode="after")
+    def _known_domain_routes(self) -> SmtpSettings:
+        mapped: dict[str, str] = {}
+        for domain, route in self.domain_routes.items():
+            name = route.strip().lower()
+            if name not in self.route_names():
+                raise ValueError(
+                    f"domain_routes sends {domain} to route {route!r}, which is not configured "
+                    f"(there are: {', '.join(self.route_names())})"
+                )
+            mapped[normalise_domain(domain)] = name
+        self.domain_routes = mapped
+        return self
+
+    def route_names(self) -> list[str]:
+        return [DEFAULT_ROUTE, *sorted(self.routes)]
+
+    def server(self, route: str) -> SmtpServer | None:
+        """The server of `route` ([smtp] for "default"); None when no such route is configured."""
+        return self if route == DEFAULT_ROUTE else self.routes.get(route)
+
+    def keys(self, route: str) -> str:
+        """Where `route`'s settings live, for sentences that say what to check."""
+        return "smtp" if route == DEFAULT_ROUTE else f"smtp.routes.{route}"
+
+    def route_for(self, chosen: str | None, sender: str) -> str:
+        """The route mail from `sender` takes: the one chosen, else domain_routes by its domain, else default."""
+        if chosen:
+            return chosen
+        return self.domain_routes.get(sender.rsplit("@", 1)[-1].lower(), DEFAULT_ROUTE)
 
 
 # What [org] holds until someone sets it: obvious placeholders, which `postroom serve` and `postroom chat`
@@ -408,6 +485,8 @@ class RelaySettings(_Section):
     # repeats at most these (and the ones in flight), not the whole batch.
     record_every: int = Field(default=250, ge=1, le=10_000)
     connections: int = Field(default=4, ge=1, le=64)
+    # The outbound route group mail leaves by ("default": [smtp]; else a [smtp.routes.<name>]).
+    route: str = DEFAULT_ROUTE
     lease_s: float = Field(default=30, gt=0)
     max_attempts: int = Field(default=10, ge=1, le=50)
     retry_base_s: float = Field(default=30, ge=0)
@@ -420,6 +499,11 @@ class RelaySettings(_Section):
     dns_port: int = Field(default=53, ge=1, le=65535)
     dns_timeout_s: float = Field(default=2.0, gt=0, le=30)
     dns_cache_s: float = Field(default=3600, ge=0)
+
+    @field_validator("route")
+    @classmethod
+    def _route_lower(cls, value: str) -> str:
+        return value.strip().lower()
 
     @field_validator("trusted_networks")
     @classmethod
@@ -907,6 +991,15 @@ class Settings(BaseSettings):
         return (init_settings, *env, _DictSource(settings_cls, cls._toml_data))
 
     @model_validator(mode="after")
+    def _known_relay_route(self) -> Settings:
+        if self.relay.route not in self.smtp.route_names():
+            raise ValueError(
+                f"relay.route is {self.relay.route!r}, which is not configured "
+                f"(there are: {', '.join(self.smtp.route_names())})"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _derive_from_org(self) -> Settings:
         """Sender values nobody set follow [org], so no example value ends up in real mail."""
         c = self.campaigns
@@ -1130,6 +1223,8 @@ def describe_validation_error(exc: ValidationError) -> str:
     if first["type"] == "extra_forbidden":
         return f"Configuration key {key} is not one Postroom knows (see manifests/postroom.example.toml)."
     msg = first["msg"].removeprefix("Value error, ")
+    if not first["loc"]:  # a check across sections (Settings' own validators): its sentence says which keys
+        return f"In the configuration, {msg[0].lower() + msg[1:]}."
     got = first.get("input")
     got_text = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
     if is_secret_key(str(first["loc"][-1])):

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from bot.config import Settings
+from bot.config import DEFAULT_ROUTE, Settings
 from bot.links import Signer
 from bot.mail.dkim import DkimSigner, SignedTransport
 from bot.mail.transport import SmtpTarget, SmtpTransport
@@ -33,11 +33,16 @@ class Context:
     # DKIM keys loaded at start (bot.app): every transport made here signs with them.
     dkim: DkimSigner | None = None
 
-    def new_transport(self, connections: int | None = None) -> SmtpTransport:
-        """The outgoing SMTP transport; with DKIM keys, one that signs every message it sends."""
+    def new_transport(self, connections: int | None = None, route: str = DEFAULT_ROUTE) -> SmtpTransport:
+        """The outgoing SMTP transport of `route` (its own server, login and pool; "default" is [smtp]);
+        with DKIM keys, one that signs every message it sends. A route that is not configured is a
+        `LookupError` (callers check `settings.smtp.server(route)` first and say so in a sentence)."""
         if self.transport_factory is not None:
             return self.transport_factory()
-        target = SmtpTarget.from_settings(self.settings.smtp)
+        server = self.settings.smtp.server(route)
+        if server is None:
+            raise LookupError(f"no SMTP route {route!r}")
+        target = SmtpTarget.from_settings(server, route)
         if self.dkim:
             return SignedTransport(target, connections, self.dkim)
         return SmtpTransport(target, connections)

@@ -13,6 +13,7 @@ two-label suffix (example.co.uk) relaxed alignment reads one label too short, an
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -138,22 +139,28 @@ class Doctor:
                 )
             )
         findings.append(self.web())
-        findings.append(await self.relay())
+        findings.extend(await self.relays())
         return findings
 
     # -- the relay ------------------------------------------------------------------------------
-    async def relay(self) -> Finding:
-        """Connect, EHLO, STARTTLS and AUTH as configured in [smtp]: mail leaves through it or not at all."""
+    async def relays(self) -> list[Finding]:
+        """Each route's relay ([smtp] and every [smtp.routes.<name>]), probed at once."""
+        names = self.settings.smtp.route_names()
+        return list(await asyncio.gather(*(self.relay(name) for name in names)))
+
+    async def relay(self, route: str = "default") -> Finding:
+        """Connect, EHLO, STARTTLS and AUTH as configured for `route`: its mail leaves through it or not at all."""
         from bot.mail.probe import relay_problem
         from bot.mail.transport import SmtpTarget
 
-        smtp = self.settings.smtp
-        where = f"{smtp.host}:{smtp.port}"
-        problem = await relay_problem(SmtpTarget.from_settings(smtp))
+        server = self.settings.smtp.server(route)
+        assert server is not None
+        target = SmtpTarget.from_settings(server, route)
+        problem = await relay_problem(target)
         if problem is not None:
-            return Finding("fix", "SMTP", where, problem[0].lower() + problem[1:])
-        logged_in = ", and accepted smtp.username's login" if smtp.username else ""
-        return Finding("ok", "SMTP", where, f"the relay answered{logged_in}.")
+            return Finding("fix", "SMTP", target.where, problem[0].lower() + problem[1:])
+        logged_in = f", and accepted {target.keys}.username's login" if server.username else ""
+        return Finding("ok", "SMTP", target.where, f"the relay answered{logged_in}.")
 
     # -- SPF ------------------------------------------------------------------------------------
     async def spf(self, domain: str) -> list[Finding]:

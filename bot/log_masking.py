@@ -116,4 +116,5 @@ def settings_secrets(settings: Any) -> list[Any]:
         settings.wecom.secret,
         settings.wecom.token,
         settings.wecom.encoding_aes_key,
+        *(route.password for route in settings.smtp.routes.values()),
     ]

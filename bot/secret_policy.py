@@ -254,4 +254,8 @@ def serving_problem(settings: Settings) -> str | None:
         problem = credential_problem(key, _setting(settings, key))
         if problem is not None:
             return problem
+    for name, route in settings.smtp.routes.items():  # each SMTP route's own login
+        problem = credential_problem(f"smtp.routes.{name}.password", route.password)
+        if problem is not None:
+            return problem
     return None

@@ -213,9 +213,12 @@ class Automations:
         tracking: bool,
         actor: str,
         via: str,
+        route: str | None = None,
     ) -> Shown:
         ctx = self.ctx
         service.check_name(name)
+        if route is not None:
+            route = service.check_route(ctx, route)
         trigger = parse_trigger(on)
         delay_s, daily_cap = parse_delay(delay), parse_cap(cap)
         load_source(ctx.settings.campaigns.templates_dir, template)
@@ -242,6 +245,7 @@ class Automations:
                 from_name=ctx.settings.campaigns.from_name,
                 created_by=actor,
                 tracking=tracking,
+                route=route,
             )
             session.add(campaign)
             await session.flush()
@@ -287,6 +291,7 @@ class Automations:
         actor: str,
         via: str,
         admin: bool,
+        route: str | None = None,
     ) -> tuple[Shown, str]:
         """Change an automation; any edit voids its approval (back to draft: nothing is sent until it is
         approved again), and its card says so. Returns it and the state it was in."""
@@ -307,6 +312,8 @@ class Automations:
             delay_s = parse_delay(delay) if delay is not None else a.delay_s
             daily_cap = parse_cap(cap) if cap is not None else a.daily_cap
             values: dict[str, Any] = {}
+            if route is not None:
+                values["route"] = service.check_route(ctx, route)
             if template:
                 load_source(ctx.settings.campaigns.templates_dir, template)
                 values["template"] = template

@@ -18,6 +18,7 @@ from bot.campaigns.audience import Recipient
 from bot.campaigns.notes import decision_name, show, state_name, status_name
 from bot.campaigns.templates import Rendered, TemplateProblem
 from bot.campaigns.triggers import delay_text, from_bound
+from bot.config import DEFAULT_ROUTE
 from bot.context import Context
 from bot.db.models import Approval, Campaign
 from bot.events import Button, Card, Message
@@ -278,6 +279,9 @@ class CampaignCards:
                 else campaign.from_address,
             )
         )
+        route = service.route_of(self.ctx, campaign)
+        if route != DEFAULT_ROUTE:  # most campaigns go by [smtp]: named only when another route is taken
+            fields.append((t("SMTP route"), route))
         fields.append((t("Template"), campaign.template))
         fields.append((t("Schedule"), schedule_line(campaign)))
         tracked = settings.campaigns.tracking and campaign.tracking
@@ -450,6 +454,9 @@ class CampaignCards:
                 email=campaign.created_by,
             ),
         ]
+        route = service.route_of(self.ctx, campaign)
+        if route != DEFAULT_ROUTE:
+            lines.append("  " + t("leaves by the SMTP route “{route}”", route=route))
         for d in decisions:
             values = {
                 "decision": decision_name(d.decision),

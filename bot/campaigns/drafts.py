@@ -22,6 +22,16 @@ from bot.errors import Refusal, UserError
 from bot.i18n import t
 
 
+def unconfigured_route(ctx: Context, name: str, route: str) -> str:
+    return t(
+        "“{name}” goes by the SMTP route “{route}”, which is no longer configured (there are: {routes}); "
+        "/campaign edit {name} --route picks another.",
+        name=name,
+        route=route,
+        routes=", ".join(ctx.settings.smtp.route_names()),
+    )
+
+
 @dataclass
 class Edited:
     campaign: Campaign
@@ -50,9 +60,12 @@ class Drafts:
         actor: str,
         via: str,
         where: str | None = None,
+        route: str | None = None,
     ) -> Campaign:
         ctx = self.ctx
         service.check_name(name)
+        if route is not None:
+            route = service.check_route(ctx, route)
         load_source(ctx.settings.campaigns.templates_dir, template)
         subject = subject or service.default_subject(ctx, template)
         self._check_template(template, subject)
@@ -76,6 +89,7 @@ class Drafts:
                 from_name=ctx.settings.campaigns.from_name,
                 created_by=actor,
                 tracking=tracking,
+                route=route,
             )
             session.add(campaign)
             await session.flush()
@@ -96,6 +110,7 @@ class Drafts:
         via: str,
         admin: bool,
         where: str | None = None,
+        route: str | None = None,
     ) -> Edited:
         """Change a campaign; any edit voids an approval (back to draft, the submitted hash forgotten), and
         every card that showed the request or the approval says so."""
@@ -112,6 +127,8 @@ class Drafts:
                     )
                 )
             values: dict[str, object] = {}
+            if route is not None:
+                values["route"] = service.check_route(ctx, route)
             if template:
                 load_source(ctx.settings.campaigns.templates_dir, template)
                 values["template"] = template
@@ -152,6 +169,7 @@ class Drafts:
             given = {"--to": to, "--where": where, "--template": template, "--subject": subject}
             fields = [flag for flag, value in given.items() if value]
             fields += ["--tracking"] if tracking is not None else []
+            fields += ["--route"] if route is not None else []
             service.audit_campaign(
                 session,
                 campaign,
@@ -280,7 +298,10 @@ class Drafts:
             built = await review.messages.build_test_async(review.sample or tester, tester, banner)
         except TemplateProblem as exc:
             raise Refusal(exc.sentence) from None
-        transport = ctx.new_transport(connections=1)
+        route = service.route_of(ctx, campaign)
+        if ctx.settings.smtp.server(route) is None:
+            raise Refusal(unconfigured_route(ctx, campaign.name, route))
+        transport = ctx.new_transport(connections=1, route=route)
         try:
             outcome = await transport.send(campaign.from_address, email, built.data)
         finally:

@@ -73,7 +73,7 @@ from bot.config import Settings
 from bot.context import Context
 from bot.db.models import Campaign, Delivery, Suppression
 from bot.mail.replies import reply_key
-from bot.mail.transport import Outcome, SmtpTransport
+from bot.mail.transport import Outcome, SmtpTarget, SmtpTransport
 from bot.outbox import Claims, RefusalStreak, UnprovenRefusals, backoff_s, verdict
 from bot.suppressions import Evidence, suppress
 
@@ -255,7 +255,9 @@ class DeliveryEngine:
         self._halt = asyncio.Event()  # the campaign left `sending`, or the engine paused it itself
         self._halt_reason: str | None = None
         self._window = _ErrorWindow(self.options.error_window)
-        self._limiter = _RateLimiter(self.options.rate_per_s)
+        self._limiter = _RateLimiter(self.options.rate_per_s)  # the route's own rate, when it has one (run)
+        smtp = ctx.settings.smtp
+        self._server = f"{smtp.host}:{smtp.port}"  # the route's server, named in pause notes (run)
         self._domain_slots: dict[str, asyncio.Semaphore] = {}
         self._late_suppressions: set[str] = set()  # hashes suppressed while a batch is out
         self._suppression_mark = 0
@@ -344,8 +346,32 @@ class DeliveryEngine:
     # -- run ------------------------------------------------------------------------------------
     async def run(self, campaign_id: int, transport: SmtpTransport | None = None) -> RunResult:
         """Send every remaining delivery of a `sending` campaign. Returns when it is done, paused or stopped."""
+        async with self.ctx.sessions() as session:
+            campaign = await session.get(Campaign, campaign_id)
+        if campaign is None:
+            return RunResult(campaign_id, "missing")
+        # Its route's own server, login, pool and rate (bot/config.py SmtpSettings): two campaigns on
+        # different routes share nothing, and a route's failure pauses only the campaigns on it.
+        route = service.route_of(self.ctx, campaign)
+        smtp = self.ctx.settings.smtp
+        server = smtp.server(route)
+        if server is None:  # the route was removed from the configuration since: the admin's to fix
+            return await self._pause(
+                campaign,
+                note(
+                    "Paused: it goes by the SMTP route “{route}”, which is no longer configured (there are: "
+                    "{routes}). Configure it again or /campaign edit {name} --route, then /campaign resume "
+                    "{name}.",
+                    route=route,
+                    routes=", ".join(smtp.route_names()),
+                    name=campaign.name,
+                ),
+            )
+        self._server = SmtpTarget.from_settings(server, route).where
+        if server.rate_per_s is not None:
+            self._limiter = _RateLimiter(server.rate_per_s)
         own_transport = transport is None
-        transport = transport or self.ctx.new_transport(self.options.connections)
+        transport = transport or self.ctx.new_transport(self.options.connections, route)
         watcher = asyncio.get_running_loop().create_task(self._watch(campaign_id))
         try:
             return await self._run(campaign_id, transport)
@@ -580,7 +606,7 @@ class DeliveryEngine:
         now = self.ctx.now()
         opts = self.options
         window = self._window
-        server = f"{self.ctx.settings.smtp.host}:{self.ctx.settings.smtp.port}"
+        server = self._server
         queue = deque(batch)
         unproven = self._unproven
         streaks = self._streaks

@@ -45,6 +45,27 @@ def check_name(name: str) -> str:
     return name
 
 
+def check_route(ctx: Context, route: str) -> str:
+    """A route a campaign or automation may name (--route): "default" ([smtp]) or a configured
+    [smtp.routes.<name>]; anything else is refused with the names there are."""
+    name = route.strip().lower()
+    names = ctx.settings.smtp.route_names()
+    if name not in names:
+        raise Refusal(
+            t(
+                "There is no SMTP route “{route}”; the routes configured are: {routes}.",
+                route=route[:40],
+                routes=", ".join(names),
+            )
+        )
+    return name
+
+
+def route_of(ctx: Context, campaign: Campaign) -> str:
+    """The route a campaign's mail leaves by: its own, else smtp.domain_routes by its sender, else default."""
+    return ctx.settings.smtp.route_for(campaign.route, campaign.from_address)
+
+
 AUTOMATION_PREFIX = "automation:"  # the standing campaign behind an automation (bot/campaigns/automations.py)
 
 
@@ -58,14 +79,16 @@ async def get(session: AsyncSession, name: str) -> Campaign:
 
 def content_hash(campaign: Campaign, template_digest: str) -> str:
     """What an approval is bound to: subject, template, audience definition (a segment's expression too)
-    and sender; for an automation also its trigger, delay and daily cap (`bound`). Parts added later are
-    hashed only when set, so an approval given before them stays valid."""
+    and sender; for an automation also its trigger, delay and daily cap (`bound`); the SMTP route it names
+    (`route`). Parts added later are hashed only when set, so an approval given before them stays valid."""
     h = hashlib.sha256()
     extra = []
     if campaign.audience_where:
         extra.append(f"where:{campaign.audience_where}")
     if campaign.bound:
         extra.append(f"bound:{campaign.bound}")
+    if campaign.route:
+        extra.append(f"route:{campaign.route}")
     for part in (
         campaign.subject,
         template_digest,

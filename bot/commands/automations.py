@@ -24,6 +24,7 @@ SUBJECT = Flag("subject", help='the subject line; a template too, e.g. "Hello {{
 DELAY = Flag("delay", help="wait this long after the trigger: 30m, 12h, 2d, 1w")
 TO = Flag("to", help="the contact list or segment it mails (a confirmed automation: that list)")
 WHERE = Flag("where", help='narrow the list with a segment expression, e.g. "country in (\\"DE\\")"')
+ROUTE = Flag("route", help="the SMTP route it leaves by: default ([smtp]) or a [smtp.routes.<name>]")
 CAP = Flag("cap", help="at most this many messages a day (default automations.daily_cap)")
 EITHER, SENDERS = ("senders", "approvers"), ("senders",)
 
@@ -42,6 +43,7 @@ NEW = _spec(
     TO,
     WHERE,
     CAP,
+    ROUTE,
     Flag("no-tracking", False, "no open pixel and no click redirects in its mail"),
     roles=SENDERS,
 )
@@ -55,6 +57,7 @@ EDIT = _spec(
     TO,
     WHERE,
     CAP,
+    ROUTE,
     Flag("tracking", help="on or off: open and click tracking in its mail"),
     roles=SENDERS,
 )
@@ -95,6 +98,7 @@ class AutomationCommands:
                 tracking=not p.switch("no-tracking"),
                 actor=req.email,
                 via=req.via,
+                route=p.flag("route"),
             )
         c, a = shown.campaign, shown.automation
         return Message(
@@ -110,7 +114,7 @@ class AutomationCommands:
         )
 
     async def edit(self, req: Request, p: Parsed) -> Message:
-        names = ("on", "template", "subject", "delay", "to", "where", "cap", "tracking")
+        names = ("on", "template", "subject", "delay", "to", "where", "cap", "tracking", "route")
         if not any(p.flag(n) for n in names):
             raise UserError(
                 t(
@@ -136,6 +140,7 @@ class AutomationCommands:
                 actor=req.email,
                 via=req.via,
                 admin=req.has("admins"),
+                route=p.flag("route"),
             )
         name = shown.automation.name
         if before in ("draft", "rejected"):

@@ -32,6 +32,7 @@ TEMPLATE = Flag("template", help="a template in campaigns.templates_dir (name.ht
 SUBJECT = Flag("subject", help='the subject line; a template too, e.g. "Hello {{ first_name }}"')
 NO_TRACKING = Flag("no-tracking", False, "no open pixel and no click redirects in this campaign's mail")
 TRACKING = Flag("tracking", help="on or off: open and click tracking for this campaign")
+ROUTE = Flag("route", help="the SMTP route it leaves by: default ([smtp]) or a [smtp.routes.<name>]")
 AT = Flag("at", help="start time, ISO 8601 with an offset, e.g. 2026-12-01T09:00:00+01:00")
 EITHER, SENDERS = ("senders", "approvers"), ("senders",)
 
@@ -47,14 +48,14 @@ NEW = _campaign(
     "new",
     "Start a draft campaign (senders).",
     NAME,
-    flags=(*REQUIRED, WHERE, SUBJECT, NO_TRACKING),
+    flags=(*REQUIRED, WHERE, SUBJECT, NO_TRACKING, ROUTE),
     roles=SENDERS,
 )
 EDIT = _campaign(
     "edit",
     "Change a campaign; an edit voids any approval.",
     NAME,
-    flags=(TO, EDIT_WHERE, TEMPLATE, SUBJECT, TRACKING, NO_TRACKING),
+    flags=(TO, EDIT_WHERE, TEMPLATE, SUBJECT, TRACKING, NO_TRACKING, ROUTE),
     roles=SENDERS,
 )
 PREVIEW = _campaign(
@@ -142,14 +143,19 @@ class CampaignCommands:
                 tracking=not p.switch("no-tracking"),
                 actor=req.email,
                 via=req.via,
+                route=p.flag("route"),
             )
         return Message(created(campaign) + await self.drafts.audience_note(campaign))
 
     async def edit(self, req: Request, p: Parsed) -> Message:
         off = p.switch("no-tracking")  # the same switch as /campaign new's: --tracking off
-        if not off and not any(p.flag(f) for f in ("to", "where", "template", "subject", "tracking")):
+        if not off and not any(
+            p.flag(f) for f in ("to", "where", "template", "subject", "tracking", "route")
+        ):
             raise UserError(
-                t("/campaign edit needs at least one of --to, --where, --template, --subject, --tracking."),
+                t(
+                    "/campaign edit needs at least one of --to, --where, --template, --subject, --tracking, --route."
+                ),
                 EDIT.usage,
             )
         tracking = (p.flag("tracking") or "").lower()
@@ -169,6 +175,7 @@ class CampaignCommands:
                 actor=req.email,
                 via=req.via,
                 admin=req.has("admins"),
+                route=p.flag("route"),
             )
         values = {"name": done.campaign.name, "fields": ", ".join(done.fields)}
         if done.before != "draft":

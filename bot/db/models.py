@@ -376,6 +376,9 @@ class Campaign(Base):
     audience_where: Mapped[str | None] = mapped_column(Text)
     # The rest of what an approval is bound to, canonical text: an automation's trigger, delay and cap.
     bound: Mapped[str | None] = mapped_column(Text)
+    # The [smtp] route it leaves by, as chosen (--route); None: smtp.domain_routes by its sender, else
+    # "default". Part of the approval hash when set.
+    route: Mapped[str | None] = mapped_column(String(40))
     submitted_by: Mapped[str | None] = mapped_column(String(320))
     content_hash: Mapped[str | None] = mapped_column(String(64))
     submission: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # +1 on each submit

@@ -198,7 +198,7 @@ class GroupFanout:
     def _new_transport(self) -> SmtpTransport:
         if self._transport_factory is not None:
             return self._transport_factory()
-        return self.ctx.new_transport(self.options.connections)
+        return self.ctx.new_transport(self.options.connections, self.options.route)
 
     async def run_pending(self, transport: SmtpTransport | None = None) -> int:
         """Deliver what can be delivered now of every post in `sending`; returns the copies sent."""

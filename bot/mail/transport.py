@@ -50,10 +50,22 @@ class SmtpTarget:
     starttls: bool = False
     timeout_s: float = 30.0
     connections: int = 2
+    route: str = "default"  # the [smtp] route this server is: "default" is [smtp] itself
 
     @classmethod
-    def from_settings(cls, s) -> SmtpTarget:
-        return cls(s.host, s.port, s.username, s.password, s.starttls, s.timeout_s, s.connections)
+    def from_settings(cls, s, route: str = "default") -> SmtpTarget:
+        return cls(s.host, s.port, s.username, s.password, s.starttls, s.timeout_s, s.connections, route)
+
+    @property
+    def keys(self) -> str:
+        """Where this server's settings live, for a sentence that says what to check."""
+        return "smtp" if self.route == "default" else f"smtp.routes.{self.route}"
+
+    @property
+    def where(self) -> str:
+        """host:port, and the route's settings when it is not [smtp]."""
+        place = f"{self.host}:{self.port}"
+        return place if self.route == "default" else f"{place} ({self.keys})"
 
 
 class SmtpTransport:
