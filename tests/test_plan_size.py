@@ -16,8 +16,8 @@ from sqlalchemy import func, select
 
 from bot.db.models import Group, Membership, PendingPlan, Person
 from bot.events import Message
-from tests.conftest import HR, ChatBot, render_message
-from tests.lifecycle_kit import lifecycle_bot, write_rules
+from tests.conftest import APPROVER, HR, ChatBot, render_message
+from tests.lifecycle_kit import RULES, lifecycle_bot, write_rules
 
 PEOPLE = 1600  # memberships: all-staff 1,600, eng and sales 533 each, berlin 320 — a plan of ~3,000
 BOUND = 4000  # the most a plan's answer or card may say, whatever the plan's size
@@ -57,22 +57,58 @@ def everything_said(bot: ChatBot) -> list[str]:
     return [said(m) for _kind, _conv, m in bot.console.transcript]
 
 
-async def test_a_plan_removing_every_rule_membership_removes_each_once(lbot: ChatBot, tmp_path: Path) -> None:
+async def test_a_plan_removing_every_rule_membership_counts_each_once_and_says_it_briefly(
+    lbot: ChatBot, tmp_path: Path
+) -> None:
     await on_record(lbot)
-    await lbot.say(HR, "/sync")  # the rules put everyone in their groups
+    synced = await lbot.say(HR, "/sync")  # the rules put everyone in their groups
     size = PEOPLE + 534 + 533 + 320
-    assert await memberships(lbot) == size
+    assert await memberships(lbot) == size, synced
     write_rules(tmp_path, "groups: []\n")
     answer = await lbot.say(HR, "/rules reload")
-    assert "plan #1" in answer, answer[:2000]
+    assert "plan #1" in answer, answer
+    assert len(answer) <= BOUND, len(answer)
     async with lbot.app.ctx.sessions() as s:
         pending = (await s.execute(select(PendingPlan))).scalar_one()
     keys = [(c["group_id"], c["email"]) for c in pending.payload["changes"]]
     assert len(keys) == len(set(keys)) == size, (len(keys), len(set(keys)))
-    assert f"it removes {PEOPLE} of {PEOPLE} members (100%) of all-staff@corp.example" in answer, answer[
-        :2000
-    ]
-    assert f"0 to add, {size} to remove" in answer, answer[:2000]
+    for text in (answer, said(lbot.cards("approvals")[-1])):
+        assert len(text) <= BOUND, len(text)
+        assert f"it removes {PEOPLE} of {PEOPLE} members (100%) of all-staff@corp.example" in text, text
+        assert "it removes 534 of 534 members (100%) of eng@corp.example" in text, text
+        assert "sales@corp.example: 0 to add, 533 to remove" in answer, answer
+        assert f"0 to add, {size} to remove" in text, text
+        assert "… and " in text and "postroom groups plan 1" in text, text
+    assert f"it removes {size} memberships at once" in answer, answer
+
+    # The rules come back before the approver looks: every removal is dropped, said per rule.
+    write_rules(tmp_path, RULES)
+    approved = await lbot.say(APPROVER, "/plan approve 1")
+    assert await memberships(lbot) == size, approved
+    assert f"{PEOPLE} people match rule all-staff again, so stay" in approved, approved
+    assert "p00001@corp.example" not in approved, approved
+
+    # Emptied again and approved: each membership removed once, told in a bounded answer.
+    write_rules(tmp_path, "groups: []\n")
+    assert "plan #2" in await lbot.say(HR, "/rules reload")
+    approved = await lbot.say(APPROVER, "/plan approve 2")
+    assert f"{size} changes applied" in approved, approved
+    assert await memberships(lbot) == 0
+    for text in everything_said(lbot):
+        assert len(text) <= BOUND, (len(text), text[:300])
+
+
+async def test_the_whole_plan_is_printed_by_postroom_groups_plan(lbot: ChatBot, tmp_path: Path) -> None:
+    from bot.groups.membership import whole_plan
+
+    await on_record(lbot, 60)
+    await lbot.say(HR, "/sync")
+    write_rules(tmp_path, "groups: []\n")
+    assert "plan #1" in await lbot.say(HR, "/rules reload")
+    text = await whole_plan(lbot.app.ctx, 1)
+    lines = [line for line in text.splitlines() if line.startswith("− ")]
+    assert len(lines) == len(set(lines)) == 60 + 20 + 20 + 12, text
+    assert "− p00059@corp.example from all-staff@corp.example" in text, text
 
 
 async def test_the_guard_counts_a_membership_removed_twice_in_a_plan_once(lbot: ChatBot) -> None:
