@@ -689,6 +689,27 @@ def groups_export(ctx: click.Context, fmt: str, output: str) -> None:
     _run(go())
 
 
+@groups_cli.command("plan")
+@click.argument("plan_id", type=int)
+@click.pass_context
+def groups_plan(ctx: click.Context, plan_id: int) -> None:
+    """Print a held membership plan whole: every change it holds, one a line (chat shows the first few)."""
+    settings = _settings(ctx.find_root().obj["config"])
+
+    async def go() -> None:
+        from bot.app import build_app
+        from bot.groups.membership import whole_plan
+
+        app = await build_app(settings)
+        try:
+            text = await whole_plan(app.ctx, plan_id)
+        finally:
+            await app.close()
+        click.echo(text, nl=False)
+
+    _run(go(), settings)
+
+
 @groups_cli.command("import")
 @click.option(
     "--from", "provider", required=True, help="The provider to read: google, microsoft, wecom, ldap, mailman."

@@ -179,6 +179,10 @@ def test_cli_hr_import_dry_run_and_groups_export(tmp_path: Path) -> None:
     assert "+ bob@corp.example to eng@corp.example" in real.stdout
     out = run("groups", "export", "--format", "postfix")
     assert out.returncode == 0 and "eng@corp.example alice@corp.example,bob@corp.example" in out.stdout
+    none = run("groups", "plan", "1")  # nothing was held
+    assert none.returncode == 1 and none.stderr.strip() == "Error: There is no membership plan #1.", (
+        none.stderr
+    )
 
 
 @pytest.mark.parametrize("bad", ["0 8 * *", "61 8 * * 1"])

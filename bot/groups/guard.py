@@ -158,7 +158,10 @@ class Guard:
             reasons.append(t("it changes the protected group {group}", group=address[gid]))
         # The share and the rolling window apply to every plan, one person's too: movers sent one event
         # at a time must not empty a group a few at a time. (Leavers' removals are not stoppable.)
-        removes = Counter(c.group_id for c in stoppable if c.op == "remove")
+        # Distinct memberships: two changes removing the same one are one removal.
+        removes = Counter(
+            gid for gid, _email in {(c.group_id, c.email) for c in stoppable if c.op == "remove"}
+        )
         if removes:
             sizes = dict(
                 (

@@ -28,7 +28,7 @@ from bot.groups.guard import Guard, Kind, Verdict, leavers
 from bot.groups.outbox import Outbox
 from bot.groups.providers.registry import LOCAL
 from bot.groups.rules import RuleBook, RuleSet, person_values
-from bot.groups.service import Change, Plan
+from bot.groups.service import SHOWN, Change, Plan, bounded_lines, listed
 from bot.i18n import t
 from bot.messengers import Messengers
 
@@ -170,7 +170,7 @@ class Memberships:
             if dry_run:
                 verdict = await self.guard.review(session, plan, "reconcile")
                 kept_out = await _exceptions(session)
-        head = (t("Groups: {changes}.", changes=t("; ").join(defs)) + "\n") if defs else ""
+        head = (t("Groups: {changes}.", changes=listed(defs)) + "\n") if defs else ""
         if dry_run:
             tail = (
                 ("\n" + t("Kept out by rule exceptions: {items}.", items=t("; ").join(kept_out)))
@@ -183,7 +183,7 @@ class Memberships:
             text = head + t("Dry run — nothing changed.") + " " + allowed.summary()
             if verdict.reasons:
                 text += "\n" + t(
-                    "Applying it would need an approver: {reasons}.", reasons=t("; ").join(verdict.reasons)
+                    "Applying it would need an approver: {reasons}.", reasons=listed(verdict.reasons)
                 )
             return text + tail
         if not plan.changes:
@@ -201,10 +201,11 @@ class Memberships:
         waiting = t(
             "The plan waits for an approver (plan #{id}): {reasons}.",
             id=out.held,
-            reasons=t("; ").join(out.reasons),
+            reasons=listed(out.reasons),
         )
         done = (applied + " " + out.plan.summary() + "\n") if out.plan.changes else ""
-        return head + done + waiting + "\n" + Plan(out.waiting).summary()
+        whole = _whole_plan(out.held, len(out.waiting))
+        return head + done + waiting + "\n" + Plan(out.waiting).summary() + whole
 
     # -- rule exceptions -------------------------------------------------------------------------
     async def _keep_exceptions(self, session: AsyncSession, plan: Plan, *, actor: str, via: str) -> None:
@@ -469,10 +470,10 @@ class Memberships:
                     )
                 )
             if since:
-                text += " " + t("Changed since the plan was made: {changes}.", changes=t("; ").join(since))
+                text += " " + t("Changed since the plan was made: {changes}.", changes=listed(since))
             if not_applied:
                 text += " " + t(
-                    "Not applied: {reasons}.", reasons=t("; ").join(why.rstrip(".") for why in not_applied)
+                    "Not applied: {reasons}.", reasons=listed([why.rstrip(".") for why in not_applied])
                 )
             return text
 
@@ -537,7 +538,7 @@ class Memberships:
                 return t(
                     "Membership plan #{id} from {requester}, approved by {approver}: nothing to apply, because "
                     "{reasons}.",
-                    reasons=t("; ").join(why.rstrip(".") for why in [*since, *not_applied]),
+                    reasons=listed([why.rstrip(".") for why in [*since, *not_applied]]),
                     **who,
                 )
             text = (
@@ -550,10 +551,10 @@ class Memberships:
                 )
             )
             if since:
-                text += " " + t("Changed since the plan was made: {changes}.", changes=t("; ").join(since))
+                text += " " + t("Changed since the plan was made: {changes}.", changes=listed(since))
             if not_applied:
                 text += " " + t(
-                    "Not applied: {reasons}.", reasons=t("; ").join(why.rstrip(".") for why in not_applied)
+                    "Not applied: {reasons}.", reasons=listed([why.rstrip(".") for why in not_applied])
                 )
             return text
 
@@ -574,7 +575,7 @@ def approval_card(pending: PendingPlan) -> Message:
     removes = len(changes) - adds
     fields: list[tuple[str, str]] = [
         (t("Requested by"), t("{actor} via {via}", actor=pending.actor, via=pending.via)),
-        (t("Why it waits"), t("; ").join(pending.reasons)),
+        (t("Why it waits"), listed(list(pending.reasons))),
     ]
     if events is not None:
         fields.append((t("HR events"), str(len(events))))
@@ -582,7 +583,13 @@ def approval_card(pending: PendingPlan) -> Message:
     # The plan's text opens with the same counts: said once, in the field above.
     counts = t("{adds} to add, {removes} to remove.", adds=adds, removes=removes)
     lines = [line.replace(counts, "").rstrip() for line in pending.summary.splitlines()]
-    fields.append((t("Plan"), "\n".join(line for line in lines if line.strip())[:1500]))
+    fields.append(
+        (
+            t("Plan"),
+            bounded_lines([line for line in lines if line.strip()], 1500)
+            + _whole_plan(pending.id, len(changes)),
+        )
+    )
     card = Card(
         title=t("Membership plan #{id} needs an approver", id=pending.id),
         fields=tuple(fields),
@@ -605,6 +612,13 @@ def approval_card(pending: PendingPlan) -> Message:
         ),
     )
     return Message(t("A membership plan from {source} waits for approval.", source=pending.source), card)
+
+
+def _whole_plan(plan_id: int | None, count: int) -> str:
+    """Where a held plan too big to name in chat is listed whole."""
+    if plan_id is None or count <= SHOWN:
+        return ""
+    return "\n" + t("The whole plan: postroom groups plan {id}", id=plan_id)
 
 
 def _approved(plan: Plan) -> Plan:
@@ -692,6 +706,8 @@ async def _replan(
     matching = await _rule_matches(session, [c for c in changes if c.source.startswith("rule:")], rules)
     keep: list[Change] = []
     since: list[str] = []
+    said: set[str] = set()
+    staying: dict[str, list[str]] = {}
     for c in changes:
         added_at = now_in.get((c.group_id, c.email))
         match = matching.get((c.email, c.source))
@@ -702,7 +718,9 @@ async def _replan(
         elif c.op == "add" and match == "no":
             why = t("{email} no longer matches rule {rule}", email=c.email, rule=c.source[5:])
         elif c.op == "remove" and not c.cause and match == "yes":
-            why = t("{email} matches rule {rule} again, so stays", email=c.email, rule=c.source[5:])
+            # Not a change: counted per rule, never a line for each of thousands of people.
+            staying.setdefault(c.source, []).append(c.email)
+            continue
         elif c.op == "remove" and added_at is None:
             why = t("{email} is no longer in {group}", email=c.email, group=c.group_address)
         elif c.op == "remove" and added_at is not None and added_at > held_at:
@@ -722,8 +740,15 @@ async def _replan(
         else:
             keep.append(c)
             continue
-        if why not in since:
+        if why not in said:
+            said.add(why)
             since.append(why)
+    for source, emails in staying.items():
+        since.append(
+            t("{email} matches rule {rule} again, so stays", email=emails[0], rule=source[5:])
+            if len(emails) == 1
+            else t("{count} people match rule {rule} again, so stay", count=len(emails), rule=source[5:])
+        )
     return keep, since
 
 
@@ -765,3 +790,39 @@ async def _exceptions(session: AsyncSession) -> list[str]:
         .limit(50)
     )
     return [t("{email} from {group} (by {who})", email=e, group=g, who=w) for e, g, w in rows.all()]
+
+
+async def whole_plan(ctx: Context, plan_id: int) -> str:
+    """A held plan with every change it holds, one a line: what `postroom groups plan <id>` prints (a
+    terminal, not a chat message, so not bounded — chat answers name the first few and point here)."""
+    async with ctx.sessions() as session:
+        pending = await session.get(PendingPlan, plan_id)
+    if pending is None:
+        raise Refusal(t("There is no membership plan #{id}.", id=plan_id))
+    changes = [Change(**d) for d in pending.payload.get("changes", [])]
+    plan = Plan(changes)
+    lines = [
+        t(
+            "Membership plan #{id} ({state}) from {actor} via {via}, source {source}.",
+            id=pending.id,
+            state=pending.state,
+            actor=pending.actor,
+            via=pending.via,
+            source=pending.source,
+        ),
+        t("Why it waits: {reasons}.", reasons=t("; ").join(pending.reasons)),
+        t("{adds} to add, {removes} to remove.", adds=len(plan.adds), removes=len(plan.removes)),
+    ]
+    events = pending.payload.get("events")
+    if events is not None:
+        lines.append(t("HR events: {count}", count=len(events)))
+    for c in changes:
+        if c.op == "add":
+            lines.append(
+                t("+ {email} to {group} ({reason})", email=c.email, group=c.group_address, reason=c.reason)
+            )
+        else:
+            lines.append(
+                t("− {email} from {group} ({reason})", email=c.email, group=c.group_address, reason=c.reason)
+            )
+    return "\n".join(lines) + "\n"

@@ -317,7 +317,11 @@ async def plan_reconcile(
                         all_groups[gid],
                         p.email,
                         source,
-                        t("{email} no longer matches rule {rule}", email=p.email, rule=source[5:])
+                        (
+                            t("{email} no longer matches rule {rule}", email=p.email, rule=source[5:])
+                            if source in rule_sources
+                            else t("the rule {rule} is no longer in the rules file", rule=source[5:])
+                        )
                         + suffix(p.email),
                         p.id,
                     )
@@ -354,4 +358,19 @@ async def plan_reconcile(
                         t("the rule {rule} is no longer in the rules file", rule=source[5:]),
                     )
                 )
+    return once(plan)
+
+
+def once(plan: Plan) -> Plan:
+    """Each membership changed once, whatever number of reasons say so (the first found stands): a rule
+    membership of a rule gone from the file is a person who no longer matches it *and* a rule no longer
+    in the file, and was removed — and counted by the guard — twice."""
+    seen: set[tuple[str, int, str]] = set()
+    kept = []
+    for c in plan.changes:
+        key = (c.op, c.group_id, c.email)
+        if key not in seen:
+            seen.add(key)
+            kept.append(c)
+    plan.changes = kept
     return plan

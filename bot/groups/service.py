@@ -130,8 +130,27 @@ class Plan:
         return [c for c in self.changes if c.op == "remove"]
 
     def summary(self) -> str:
+        """The plan in words, bounded whatever its size: the counts, per group when it is big, the first
+        `SHOWN` changes named and "… and N more" (a held plan's whole list: `postroom groups plan <id>`)."""
         lines = [t("{adds} to add, {removes} to remove.", adds=len(self.adds), removes=len(self.removes))]
-        for c in self.changes[:50]:
+        if len(self.changes) > SHOWN:
+            per: dict[str, list[int]] = {}
+            for c in self.changes:
+                per.setdefault(c.group_address, [0, 0])[c.op == "remove"] += 1
+            for address in sorted(per)[:SHOWN]:
+                adds, removes = per[address]
+                lines.append(
+                    "  "
+                    + t(
+                        "{group}: {adds} to add, {removes} to remove",
+                        group=address,
+                        adds=adds,
+                        removes=removes,
+                    )
+                )
+            if len(per) > SHOWN:
+                lines.append("  " + t("… and {count} more groups", count=len(per) - SHOWN))
+        for c in self.changes[:SHOWN]:
             if c.op == "add":
                 line = t(
                     "+ {email} to {group} ({reason})", email=c.email, group=c.group_address, reason=c.reason
@@ -141,11 +160,39 @@ class Plan:
                     "− {email} from {group} ({reason})", email=c.email, group=c.group_address, reason=c.reason
                 )
             lines.append("  " + line)
-        if len(self.changes) > 50:
-            lines.append("  " + t("… and {count} more", count=len(self.changes) - 50))
-        for c, why in self.refused[:20]:
+        if len(self.changes) > SHOWN:
+            lines.append("  " + t("… and {count} more", count=len(self.changes) - SHOWN))
+        for c, why in self.refused[:REFUSED_SHOWN]:
             lines.append("  " + t("refused: {email} — {why}", email=c.email, why=why))
-        return "\n".join(lines)
+        if len(self.refused) > REFUSED_SHOWN:
+            lines.append("  " + t("… and {count} more refused", count=len(self.refused) - REFUSED_SHOWN))
+        return bounded_lines(lines)
+
+
+SHOWN = 20  # changes (and groups) a plan's summary names; the rest are counted
+REFUSED_SHOWN = 10  # refusals are long sentences
+SUMMARY_CHARS = 3000  # a summary's bound: it goes into chat answers and cards (Slack ~40k, WeCom 2,048 bytes)
+
+
+def bounded_lines(lines: list[str], limit: int = SUMMARY_CHARS) -> str:
+    """Lines joined, cut at a line once `limit` characters are reached (long addresses or reasons)."""
+    out: list[str] = []
+    size = 0
+    for i, line in enumerate(lines):
+        if size + len(line) + 1 > limit and i:
+            out.append("  " + t("… and {count} more lines", count=len(lines) - i))
+            break
+        out.append(line[:limit])
+        size += len(line) + 1
+    return "\n".join(out)
+
+
+def listed(items: list[str], limit: int = SHOWN) -> str:
+    """Sentences joined with "; ", the first `limit` of them, then how many more."""
+    text = t("; ").join(items[:limit])
+    if len(items) > limit:
+        text = t("{items} and {count} more", items=text, count=len(items) - limit)
+    return text
 
 
 async def find_group(session: AsyncSession, name: str, settings: Settings) -> Group:
