@@ -58,6 +58,10 @@ api_url = "{wecom_url}"
             stderr=asyncio.subprocess.PIPE,
             env=env,
         )
+        # serve's log is read while it runs: with -v, a pipe left unread fills (64 KB) and blocks serve's
+        # next log line, and with it the reply this test waits for.
+        assert proc.stderr is not None
+        logged = asyncio.ensure_future(proc.stderr.read())
         try:
             async with httpx.AsyncClient() as http:
                 deadline = time.monotonic() + 30
@@ -87,12 +91,19 @@ api_url = "{wecom_url}"
                     content=body,
                 )
                 assert answer.status_code == 200
-            await wait_until(lambda: fake.sent(to="hannah"), 20, 0.05)  # the reply went out: tokens used
+            try:  # the reply went out: tokens used (a bound for a loaded machine, not a timing check)
+                await wait_until(lambda: fake.sent(to="hannah"), 60, 0.05)
+            except AssertionError:
+                proc.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(proc.wait(), 10)
+                raise AssertionError(
+                    "no reply to hannah; serve logged:\n" + (await logged).decode()[-4000:]
+                ) from None
         finally:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
                 await asyncio.wait_for(proc.wait(), 10)
-        err = (await proc.stderr.read()).decode() if proc.stderr else ""
+        err = (await logged).decode()
     assert fake.token_requests >= 1 and fake.valid_tokens
     assert "HTTP Request: GET" in err and "/cgi-bin/gettoken?corpid=" in err  # httpx did log the URL…
     assert "corpsecret=***" in err and "access_token=***" in err  # …masked
