@@ -76,6 +76,14 @@ async def test_a_return_path_that_fails_its_mac_is_ignored_not_matched_by_addres
     answer = await post(bot, [{**event, "email": "ode@example.com"}])
     assert answer == {"accepted": 0, "ignored": 1}
     assert await suppressed(bot) == {} and await events(bot) == 0
+    # Verification tryout: the same forged return path in angle brackets, or as a display address, was
+    # not seen as ours and fell back to the address: suppressed.
+    for n, written in enumerate((f"<{forged}>", f"Bounces <{forged}>", f" <{forged.upper()}> ")):
+        answer = await post(
+            bot, [{**event, "id": f"fb{n}", "return_path": written, "email": "ode@example.com"}]
+        )
+        assert answer == {"accepted": 0, "ignored": 1}, written
+    assert await suppressed(bot) == {} and await events(bot) == 0
     # The same event with its real return path is believed.
     real = smtp.handler.to("ode@example.com")[0].mail_from
     assert await post(bot, [{**event, "id": "f2", "return_path": real}]) == {"accepted": 1, "ignored": 0}

@@ -25,6 +25,7 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, timedelta
 from email import message_from_bytes, policy
+from email.utils import parseaddr
 
 from sqlalchemy import func, select
 
@@ -58,13 +59,17 @@ def return_path_delivery(signer: Signer, return_path: str) -> tuple[int | None, 
     (`bounces+…`) but failing its MAC. A forged one is no evidence, and neither is "the latest message to
     this address" in its place. A return path that is not ours at all (a service's own sender) names
     nothing and forges nothing."""
-    address = return_path.strip().lower()
+    raw = return_path.strip().lower()
+    # "<bounces+…@…>", "Name <bounces+…@…>", "mailto:…": the address inside, however it is written (a
+    # return path in angle brackets was not recognised as ours and fell back to matching by address).
+    address = parseaddr(raw.removeprefix("mailto:"))[1] or raw
+    address = address.strip("<> \t")
     if not address:
         return None, False
     found = verp_delivery(signer, address)
     if found is not None:
         return found, False
-    return None, address.startswith("bounces+")
+    return None, address.startswith("bounces+") or "bounces+" in raw
 
 
 @dataclass(frozen=True)
