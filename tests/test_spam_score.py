@@ -8,6 +8,7 @@ one sentence. The tests of a missing, hanging or failing SpamAssassin put a PATH
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -235,3 +236,25 @@ async def test_a_template_cannot_write_its_own_score(bot, tmp_path) -> None:  # 
     reply = await bot.say(SENDER, "/campaign submit loot")
     assert "The sample message scores" in reply and "FORGED" not in reply, reply
     assert await state_of(bot, "loot") == "draft"
+
+
+@pytest.mark.parametrize("campaigns", [{"spam_timeout_s": 0.5}])
+async def test_a_spamassassin_whose_child_holds_its_output_does_not_hold_the_next_preview(
+    bot, tmp_path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Verification tryout: a `spamassassin` that ignored TERM and left a `sleep 300` child holding its
+    stdout made every later preview and submit review wait behind the one-at-a-time lock for the child
+    (curl gave up at 60 s). The whole process group is killed now, and the pipe is waited for briefly."""
+    await load_customers(bot, tmp_path)
+    pid_file = tmp_path / "child"
+    script = f"trap '' TERM\n/bin/sleep 300 &\necho $! > {pid_file}\nwait\n"
+    monkeypatch.setenv("PATH", path_with(tmp_path, script))
+    for name in ("spring", "autumn"):
+        await bot.say(SENDER, f"/campaign new {name} --to customers --template welcome")
+        started = asyncio.get_running_loop().time()
+        preview = await asyncio.wait_for(bot.say(SENDER, f"/campaign preview {name}"), 30)
+        assert "SpamAssassin did not answer within 0.5 seconds" in preview, preview
+        assert asyncio.get_running_loop().time() - started < 30  # a bound, not a speed check
+    child = Path(f"/proc/{int(pid_file.read_text())}/status")
+    # The child went with its group: gone, or a zombie waiting for init to reap it (it was orphaned).
+    assert not child.exists() or "State:\tZ" in child.read_text()

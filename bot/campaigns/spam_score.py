@@ -19,8 +19,10 @@ preview), so the same sample is scored once; failures are not kept, the next rev
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
+import signal
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -110,6 +112,7 @@ async def run_bounded(argv: list[str], data: bytes, timeout_s: float, limit: int
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: a kill reaches what it started too
     )
     assert proc.stdin is not None and proc.stdout is not None
     stdin, stdout = proc.stdin, proc.stdout
@@ -139,14 +142,38 @@ async def run_bounded(argv: list[str], data: bytes, timeout_s: float, limit: int
         return await asyncio.wait_for(talk(), timeout_s)
     finally:
         if proc.returncode is None:
-            proc.kill()
+            _kill_group(proc)
             # wait() returns once its pipes are closed too, and a reader past its buffer stops reading:
-            # read what the killed process left, to the end of its pipe.
-            while await stdout.read(65536):
-                pass
-            await proc.wait()
+            # read what the killed process left, to the end of its pipe — bounded, for a child that got
+            # out of the group and still holds the pipe (a fake that ignored TERM held every preview
+            # behind the one-at-a-time lock for minutes).
+            try:
+                await asyncio.wait_for(_drain_and_wait(proc, stdout), KILL_GRACE_S)
+            except TimeoutError:
+                transport = getattr(proc, "_transport", None)
+                if transport is not None:
+                    transport.close()
         feeder.cancel()
         await asyncio.gather(feeder, return_exceptions=True)
+
+
+KILL_GRACE_S = 2.0  # after the kill, how long its pipe may take to close
+
+
+def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
+
+
+async def _drain_and_wait(proc: asyncio.subprocess.Process, stdout: asyncio.StreamReader) -> None:
+    while await stdout.read(65536):
+        pass
+    await proc.wait()
 
 
 class SpamChecker:
