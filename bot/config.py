@@ -1127,8 +1127,8 @@ def sender_problem(settings: Settings, command: str) -> str | None:
         ("campaigns.unsubscribe_mailbox", c.unsubscribe_mailbox),
         ("campaigns.bounce_domain", f"bounces@{c.bounce_domain}"),
     ):
-        domain = address.rpartition("@")[2].lower()
-        if domain in PUBLIC_MAILBOX_DOMAINS:
+        domain = address.rpartition("@")[2].lower().rstrip(".")  # gmail.com. is gmail.com to DNS
+        if domain in PUBLIC_MAILBOX_DOMAINS or any(domain.endswith("." + d) for d in PUBLIC_MAILBOX_DOMAINS):
             shown = c.bounce_domain if key == "campaigns.bounce_domain" else address
             return (
                 f"postroom {command} won't start with {key} {shown} at {domain}, a public mailbox provider: "

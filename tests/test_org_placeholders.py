@@ -291,3 +291,18 @@ def test_an_international_org_domain_is_kept_in_the_form_addresses_are_stored_in
     from bot.addresses import normalise
 
     assert s.is_internal(normalise("bob@bücher.example"))
+
+
+def test_a_trailing_dot_or_a_providers_subdomain_does_not_pass_as_the_companys() -> None:
+    """Verification tryout: news@gmail.com. (a trailing dot, the same domain to DNS) started serve."""
+    from bot.config import sender_problem
+
+    for address in ("news@gmail.com.", "news@GMAIL.COM.", "news@mail.gmail.com"):
+        s = load_settings(
+            read_file=False,
+            read_env=False,
+            org={"domains": ["acme.example"]},
+            campaigns={"from_address": address},
+        )
+        said = sender_problem(s, "serve")
+        assert said is not None and "a public mailbox provider" in said, address
