@@ -71,6 +71,7 @@ async def test_a_template_that_runs_too_long_is_refused_at_preview_and_submit_an
     assert watch.longest < 1.0, watch.longest
     submitted = await bot.say(SENDER, "/campaign submit spin")
     assert "can't be submitted yet" in submitted and sentence in submitted, submitted
+    assert "Usage" not in submitted  # a well-formed command refused by the review (verification tryout)
     assert await state_of(bot, "spin") == "draft"
     assert not smtp.messages
 

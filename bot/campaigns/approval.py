@@ -115,8 +115,8 @@ class Approvals:
                     )
                 )
             review = await service.review(ctx, session, campaign, spam=True)
-            if review.problems:
-                raise UserError(
+            if review.problems:  # a well-formed submit refused by what the review found: no usage line
+                raise Refusal(
                     t(
                         "“{name}” can't be submitted yet: {problems}",
                         name=campaign.name,
