@@ -13,6 +13,10 @@ from bot import demo
 
 POSTROOM = str(Path(sys.executable).parent / "postroom")
 
+# The demos these tests start prefer web 8080 and SMTP 2525 (free ones when taken): two of them at once,
+# one per xdist worker, could both find a port free and one then fail to bind it. One worker runs them.
+pytestmark = pytest.mark.xdist_group("demo-ports")
+
 SESSION = """\
 /groups
 /addgroup eng someone@gmail.com
@@ -116,7 +120,10 @@ def test_demo_in_a_terminal_prompts_and_ctrl_c_leaves_at_once(tmp_path: Path) ->
         while marker not in seen:
             assert time.monotonic() < deadline, f"no {marker!r} in {seen[-500:]!r}"
             if select.select([fd], [], [], 0.1)[0]:
-                seen += os.read(fd, 65536)
+                try:
+                    seen += os.read(fd, 65536)
+                except OSError:  # the terminal closed: the demo ended before saying it
+                    raise AssertionError(f"the demo ended before {marker!r}: {seen[-1500:]!r}") from None
 
     try:
         read_until(b"hannah@corp.example> ", 30)
