@@ -77,7 +77,7 @@ class Outcome:
     future_leave: bool = False  # a leave dated later than now: they stay until its date (and grace)
 
 
-async def _refuse_a_leavers_address(
+async def _refuse_another_persons_address(
     session: AsyncSession, person: Person, event: PersonEvent, email: str
 ) -> None:
     """A UserError for an event from HR (webhook or CSV) under an id nobody has, giving the address of
@@ -447,7 +447,7 @@ class Lifecycle:
                     await session.execute(select(Person).where(Person.email == email))
                 ).scalar_one_or_none()
                 if person is not None:
-                    await _refuse_a_leavers_address(session, person, event, email)
+                    await _refuse_another_persons_address(session, person, event, email)
             if event.kind != "left" and (person is None or person.email != email):
                 group_there = (
                     await session.execute(select(Group.address).where(Group.address == email))
