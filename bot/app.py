@@ -453,7 +453,14 @@ class Runtime:
         self.mail_server = EmbeddedSmtpServer(
             host, port, routes, data_size_limit=self.app.settings.relay.max_message_bytes
         )
-        await self.mail_server.start()
+        try:
+            await self.mail_server.start()
+        except OSError as exc:
+            self.mail_server = None
+            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+            raise ConfigError(
+                f"The SMTP relay can't listen on {host}:{port} ({reason}): set relay.port to a free port."
+            ) from None
         return self.mail_server
 
     async def stop(self) -> None:

@@ -216,3 +216,28 @@ def test_trusted_networks_default_to_loopback_and_reject_nonsense(tmp_path) -> N
     assert RelaySettings(trusted_networks=["192.0.2.0/24"]).trusts("192.0.2.7")
     with pytest.raises(ConfigError, match="not an IP network"):
         make_settings("sqlite+aiosqlite://", 25, tmp_path, relay={"trusted_networks": ["corp.example"]})
+
+
+async def test_a_relay_port_in_use_is_one_sentence_naming_relay_port(database_url, smtp, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Tryout: a relay port already taken stopped serve with "[Errno 98] error while attempting to bind",
+    and the demo with a traceback; the web port had its sentence already."""
+    import socket
+
+    from bot.config import ConfigError
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        async for bot in lifecycle_bot(database_url, smtp.port, tmp_path):
+            runtime = Runtime(bot.app)
+            with pytest.raises(ConfigError) as refused:
+                await runtime.start_mail("127.0.0.1", port, bot.app.mail_routes())
+            assert str(refused.value) == (
+                f"The SMTP relay can't listen on 127.0.0.1:{port} (address already in use): set relay.port "
+                "to a free port."
+            )
+            assert runtime.mail_server is None
+    finally:
+        taken.close()

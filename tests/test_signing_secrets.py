@@ -261,6 +261,7 @@ def test_init_refuses_bad_options_with_one_sentence(tmp_path: Path) -> None:
 
 
 # -- the demo's own secrets -----------------------------------------------------------------------------
+@pytest.mark.xdist_group("demo-ports")  # prepare() tries 8080 and 2525 by binding them: beside the real demos
 def test_the_demo_makes_its_secrets_once_keeps_them_private_and_fresh_renews_them(tmp_path: Path) -> None:
     from bot import demo
     from bot.secret_policy import serving_problem
