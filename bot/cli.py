@@ -383,9 +383,11 @@ async def _serve(settings: Settings) -> None:
         for adapter in adapters:
             app.attach(adapter)
         await runtime.start_services()
-        await runtime.start_web(settings.web.host, settings.web.port)
+        # The adapters start before the web app answers: a callback (WeCom, Slack's HTTP mode) that /healthz
+        # let through must find its adapter ready, and a refused bot token stops serve before it is reachable.
         for adapter in adapters:
             await adapter.start(app.core)
+        await runtime.start_web(settings.web.host, settings.web.port)
         resumed = await _sending(app)  # the campaign watcher (started with the services) resumes them
         names = ", ".join(a.platform for a in adapters) or "no messenger (configure one; see README)"
         click.echo(

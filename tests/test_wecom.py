@@ -462,3 +462,37 @@ async def test_an_absurd_create_time_in_a_signed_callback_is_taken_as_now(world:
     async with world.core.ctx.sessions() as s:
         ivan = (await s.execute(select(Person).where(Person.email == "ivan@corp.example"))).scalar_one()
     assert abs((ivan.last_event_at - datetime.now(UTC)).total_seconds()) < 60
+
+
+async def test_a_callback_before_the_adapter_started_is_asked_again_not_lost(
+    database_url: str, smtp, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    # serve starts its adapters before the web app answers; should a callback still come first (a stopping or
+    # odd server), WeCom is asked to send it again (any answer but 200 is retried), and it is not taken as seen.
+    fake = FakeWeCom(users={k: dict(v) for k, v in USERS.items()})
+    async with serve(fake.app()) as api_url:
+        settings = wecom_settings(database_url, smtp.port, tmp_path, api_url)
+        app = await build_app(settings)
+        adapter = load_adapter("wecom", settings)
+        assert isinstance(adapter, WeComAdapter)
+        app.attach(adapter)
+        web = httpx.AsyncClient(transport=httpx.ASGITransport(app=app.web()), base_url="http://postroom")
+        world = WeComWorld(
+            app,
+            adapter,
+            ConsoleAdapter(SENDER, out=io.StringIO(), prompt=False),
+            fake,
+            web,
+            WeComCrypto(TOKEN, AES_KEY, CORP_ID),
+        )
+        try:
+            early = await world.say("hannah", "/newgroup eng", "7100")
+            assert early.status_code == 503 and fake.sent("text", to="hannah") == []
+            await adapter.start(app.core)
+            again = await world.say("hannah", "/newgroup eng", "7100")
+            assert again.status_code == 200
+            replies = fake.sent("text", to="hannah")
+            assert len(replies) == 1 and "eng@corp.example" in replies[0]["text"]["content"]
+        finally:
+            await web.aclose()
+            await app.close()

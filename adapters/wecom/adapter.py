@@ -279,6 +279,9 @@ class WeComAdapter(Adapter):
             inner = parse_xml(self.crypto.decrypt(encrypted))
         except CallbackRefused as exc:
             return self._refuse(exc)
+        if self.core is None:  # serve starts its adapters before the web: only a stopping or odd server
+            log.warning("WeCom callback before the adapter started; WeCom is asked to send it again")
+            return PlainTextResponse("Postroom is starting; send again.\n", status_code=503)
         self._dispatch(inner)
         return PlainTextResponse("")  # an empty answer: no passive reply; WeCom stops retrying
 
@@ -288,9 +291,6 @@ class WeComAdapter(Adapter):
         if handler is None:
             # WeCom retries anything not answered, so an unknown type is accepted and ignored.
             log.info("WeCom %s/%s ignored: not something Postroom handles", msg_type, msg.get("Event", ""))
-            return
-        if self.core is None:
-            log.warning("WeCom callback before the adapter started; ignored")
             return
         key = delivery_key(msg)
         if not self._seen.first(key):
