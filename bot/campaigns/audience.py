@@ -15,7 +15,7 @@ domain, a row written before normalisation) goes through the Python rules, a chu
 from __future__ import annotations
 
 import difflib
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -211,6 +211,17 @@ async def suppressed_among(session: AsyncSession, emails: Iterable[str]) -> set[
     return {by_hash[h] for h in found}
 
 
+async def _streamed(session: AsyncSession, stmt: Any) -> AsyncIterator[Sequence[Any]]:
+    """The rows of one SELECT in chunks of CHUNK, read through one cursor: one pass over the join, where
+    keyset pages (`id > last … LIMIT`) made PostgreSQL join and sort the audience again for every page."""
+    result = await session.stream(stmt.execution_options(yield_per=CHUNK))
+    try:
+        async for rows in result.partitions(CHUNK):
+            yield rows
+    finally:
+        await result.close()
+
+
 async def stream_candidates(
     session: AsyncSession,
     settings: Settings,
@@ -231,15 +242,9 @@ async def stream_candidates(
         people = select(Person.id, Person.email, Person.name, Person.attributes).where(
             Person.status == "active", narrowed(Person.email)
         )
-        last_id = 0
-        while True:
-            rows = (
-                await session.execute(people.where(Person.id > last_id).order_by(Person.id).limit(CHUNK))
-            ).all()
-            if not rows:
-                return
-            last_id = rows[-1].id
+        async for rows in _streamed(session, people.order_by(Person.id)):
             yield [Recipient(r.email, r.name, dict(r.attributes or {})) for r in rows]
+        return
     if campaign.audience_kind == "list":
         stmt = (
             select(Contact.id, Contact.email, Contact.name, Contact.attributes)
@@ -253,12 +258,7 @@ async def stream_candidates(
             )
             .order_by(Contact.id)
         )
-        last_id = 0
-        while True:
-            rows = (await session.execute(stmt.where(Contact.id > last_id).limit(CHUNK))).all()
-            if not rows:
-                return
-            last_id = rows[-1].id
+        async for rows in _streamed(session, stmt):
             yield [Recipient(r.email, r.name, dict(r.attributes or {})) for r in rows]
     else:
         group = (
@@ -282,12 +282,7 @@ async def stream_candidates(
             .where(Membership.group_id == group.id, narrowed(Membership.email))
             .order_by(Membership.id)
         )
-        last_id = 0
-        while True:
-            rows = (await session.execute(stmt.where(Membership.id > last_id).limit(CHUNK))).all()
-            if not rows:
-                return
-            last_id = rows[-1].id
+        async for rows in _streamed(session, stmt):
             chunk = []
             for r in rows:
                 if settings.is_internal(r.email):
