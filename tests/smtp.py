@@ -6,6 +6,7 @@ accepts), and the server can drop connections, to test the engine against a misb
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -39,8 +40,16 @@ class RecordingHandler:
     fail_rcpt: dict[str, list[int]] = field(default_factory=dict)
     drop_after: int | None = None  # close the connection after this many accepted messages (once)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # RCPT TO one of these addresses waits until its event is set (at most 30 s): a send held mid-way
+    hold: dict[str, threading.Event] = field(default_factory=dict)
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
+        gate = self.hold.get(address.lower())
+        if gate is not None:
+            for _ in range(3000):
+                if gate.is_set():
+                    break
+                await asyncio.sleep(0.01)
         with self.lock:
             codes = self.fail_rcpt.get(address.lower())
             if codes:

@@ -287,7 +287,7 @@ async def test_the_migration_keeps_existing_campaigns_on_the_default_route(
                 )
             )
         before, after = await upgrade(engine)
-        assert (before, after) == ("0014", "0015")
+        assert (before, after) == ("0014", "0016")
         async with engine.connect() as conn:
             rows = (await conn.execute(text("SELECT name, route FROM campaigns"))).all()
         assert [tuple(r) for r in rows] == [("old", None)]

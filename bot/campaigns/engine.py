@@ -61,10 +61,17 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Table, func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from bot.addresses import email_hash
 from bot.campaigns import service
-from bot.campaigns.audience import Recipient, snapshot_deliveries, suppressed_among, withdrawn_among
+from bot.campaigns.audience import (
+    Recipient,
+    audience_key_bound,
+    snapshot_deliveries,
+    suppressed_among,
+    withdrawn_among,
+)
 from bot.campaigns.messages import CampaignMessages
 from bot.campaigns.notes import english, note
 from bot.campaigns.send_faults import deferred_domain_note, pause_note, repeated_refusal_note
@@ -155,6 +162,10 @@ class EngineOptions:
     unproven_hold: int = 1000  # bare refusals held across batches awaiting proof; the oldest beyond: retried
     frequency_cap: int = 0
     frequency_period_s: float = 7 * 86400.0
+    # The snapshot in chunks of the audience's key: the first with the start, so the first message leaves
+    # while the rest is written beside the sending (one contact id, person id or membership id a key).
+    snapshot_first_keys: int = 5_000
+    snapshot_chunk_keys: int = 10_000
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> EngineOptions:
@@ -236,6 +247,10 @@ class _ErrorWindow:
         return errors.most_common(1)[0][0] if errors else ""
 
 
+class _ChunkTaken(Exception):
+    """Another worker moved the snapshot's mark first: this chunk is rolled back."""
+
+
 class DeliveryEngine:
     def __init__(
         self,
@@ -253,6 +268,7 @@ class DeliveryEngine:
         self.worker_id = worker_id or f"w-{secrets.token_hex(4)}"
         self._stop = asyncio.Event()
         self._halt = asyncio.Event()  # the campaign left `sending`, or the engine paused it itself
+        self._more = asyncio.Event()  # another chunk of the snapshot is written
         self._halt_reason: str | None = None
         self._window = _ErrorWindow(self.options.error_window)
         self._limiter = _RateLimiter(self.options.rate_per_s)  # the route's own rate, when it has one (run)
@@ -341,7 +357,68 @@ class DeliveryEngine:
         return "sending"
 
     async def _snapshot(self, session, campaign: Campaign) -> None:
-        await snapshot_deliveries(session, self.ctx.settings, campaign)
+        """The first chunk of the audience, with the start; `_extend_snapshot` writes the rest while the
+        first messages leave. The audience is bounded by its key's largest value now: whoever is added to
+        the source with a larger key after the start is not in this send."""
+        upto = await audience_key_bound(session, campaign)
+        first = min(upto, self.options.snapshot_first_keys)
+        await snapshot_deliveries(session, self.ctx.settings, campaign, within=(0, first))
+        if first < upto:
+            await session.execute(
+                update(Campaign)
+                .where(Campaign.id == campaign.id)
+                .values(snapshot_after=first, snapshot_upto=upto)
+            )
+
+    async def _extend_snapshot(self, campaign_id: int) -> None:
+        """Write the rest of the snapshot a chunk at a time, each chunk with the mark of how far it got in one
+        transaction: a kill -9 between chunks resumes at the mark, and two workers never write one chunk
+        twice (the mark moves by compare-and-set at the end, and the loser's chunk is rolled back). The
+        campaign's row is updated last, so a pause waits for no chunk on PostgreSQL; on SQLite a chunk is
+        small enough (snapshot_chunk_keys) to hold the one writer's lock well under a second."""
+        while not self._halt.is_set():
+            try:
+                async with self.ctx.sessions() as session, session.begin():
+                    campaign = await session.get(Campaign, campaign_id)
+                    if campaign is None or campaign.snapshot_after is None or campaign.state != "sending":
+                        return
+                    after, upto = campaign.snapshot_after, campaign.snapshot_upto or 0
+                    hi = min(upto, after + self.options.snapshot_chunk_keys)
+                    await snapshot_deliveries(session, self.ctx.settings, campaign, within=(after, hi))
+                    moved = await session.execute(
+                        update(Campaign)
+                        .where(Campaign.id == campaign_id, Campaign.snapshot_after == after)
+                        .values(snapshot_after=hi if hi < upto else None)
+                    )
+                    if moved.rowcount != 1:
+                        raise _ChunkTaken
+            except (_ChunkTaken, IntegrityError):
+                continue  # another worker wrote this chunk first: read the mark again
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a database hiccup: the mark did not move; try again shortly
+                log.exception("writing the snapshot of campaign %s failed; trying again", campaign_id)
+                await asyncio.sleep(1.0)
+                continue
+            self._more.set()
+            await asyncio.sleep(0)  # let the sending take its turn between chunks
+
+    async def _idle(self, seconds: float) -> None:
+        """Wait up to `seconds`, less if the campaign halts or the snapshot grows."""
+        self._more.clear()
+        waits = [asyncio.ensure_future(self._halt.wait()), asyncio.ensure_future(self._more.wait())]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    async def _snapshot_pending(self, campaign_id: int) -> bool:
+        async with self.ctx.sessions() as session:
+            after = (
+                await session.execute(select(Campaign.snapshot_after).where(Campaign.id == campaign_id))
+            ).scalar_one_or_none()
+        return after is not None
 
     # -- run ------------------------------------------------------------------------------------
     async def run(self, campaign_id: int, transport: SmtpTransport | None = None) -> RunResult:
@@ -372,11 +449,14 @@ class DeliveryEngine:
             self._limiter = _RateLimiter(server.rate_per_s)
         own_transport = transport is None
         transport = transport or self.ctx.new_transport(self.options.connections, route)
-        watcher = asyncio.get_running_loop().create_task(self._watch(campaign_id))
+        loop = asyncio.get_running_loop()
+        watcher = loop.create_task(self._watch(campaign_id))
+        snapshot = loop.create_task(self._extend_snapshot(campaign_id))
         try:
             return await self._run(campaign_id, transport)
         finally:
             watcher.cancel()
+            snapshot.cancel()
             try:
                 await self._hand_back_unproven()
             except Exception:  # the lease runs out and another run claims them: nobody is lost
@@ -471,10 +551,9 @@ class DeliveryEngine:
                     return RunResult(campaign_id, "idle")
                 if await self._finished(campaign_id):
                     return await self._complete(campaign)
-                try:  # retries waiting out their backoff, or another worker's batch
-                    await asyncio.wait_for(self._halt.wait(), self.options.idle_poll_s)
-                except TimeoutError:
-                    pass
+                # Retries waiting out their backoff, another worker's batch, or the next chunk of the
+                # snapshot (which wakes this at once).
+                await self._idle(self.options.idle_poll_s)
                 continue
             await self._send_batch(campaign, messages, batch, transport)
             if self._halt_reason is not None:  # the error window or the circuit breaker tripped
@@ -857,7 +936,10 @@ class DeliveryEngine:
                 )
 
     async def _finished(self, campaign_id: int) -> bool:
-        return not await CLAIMS.remaining(self.ctx.sessions, campaign_id)
+        """Nothing left to send, and no part of the audience left to write."""
+        if await CLAIMS.remaining(self.ctx.sessions, campaign_id):
+            return False
+        return not await self._snapshot_pending(campaign_id)
 
     async def _complete(self, campaign: Campaign) -> RunResult:
         async with self.ctx.sessions() as session, session.begin():
