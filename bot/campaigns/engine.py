@@ -42,11 +42,13 @@ it instead of pausing on the same rows each time: every resume makes progress.
 A domain that refuses everyone is a circuit of its own (`_DomainBreaker`): when `domain_refusal_limit`
 distinct recipients there, over any connections, get the same bare reply in a row with nothing delivered to
 that domain in between, while other domains take mail in this run, the domain is **deferred**: its held
-refusals and every row of it claimed before the deferral ends wait (`pending`, tried again from a time that
-backs off with each deferral, the attempt counted, so after `max_attempts` they fail unsuppressed), and its
-refusals leave the error window — the campaign-wide pause is for failures not confined to one domain. After
-the wait, the domain's first refusal with the same reply defers it again; a delivery there ends it. The
-chat is told once per run which domain waits, why and until when; nobody there is suppressed.
+refusals wait (`pending`, tried again from a time that backs off with each deferral, the attempt counted —
+they were tried — so a row refused `max_attempts` times fails unsuppressed), every row of it claimed before
+the deferral ends goes back untried to wait for the same time with its attempt uncounted (a domain deferred
+again and again gives up nobody it was never asked about), and its refusals leave the error window — the
+campaign-wide pause is for failures not confined to one domain. After the wait, the domain's first refusal
+with the same reply defers it again; a delivery there ends it. The chat is told once per run which domain
+waits, why and until when; nobody there is suppressed.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ import asyncio
 import logging
 import secrets
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -603,6 +605,7 @@ class DeliveryEngine:
         bounced: list[dict] = []
         skipped: list[dict] = []
         unsent: list[dict] = []
+        later: list[dict] = []
         now = self.ctx.now()
         opts = self.options
         window = self._window
@@ -615,7 +618,8 @@ class DeliveryEngine:
         domains = self._domains
 
         def defer(d: Any, reply: str, until: datetime) -> None:
-            """Its domain refuses everyone: the row waits (its attempt counted), failed unsuppressed at the end."""
+            """Tried, and its domain refuses everyone: the row waits (this attempt counted), failed
+            unsuppressed after max_attempts tries."""
             if d.attempts >= opts.max_attempts:
                 failed.append(
                     {
@@ -686,8 +690,8 @@ class DeliveryEngine:
                     continue
                 domain = _domain(d.email)
                 held = domains.holding(domain, now)
-                if held is not None:
-                    defer(d, domains.reply[domain], held)
+                if held is not None:  # not tried: it waits for the deferral's end, the attempt uncounted
+                    later.append({"b_id": d.id, "nxt": held})
                     continue
                 await self._limiter.wait(halt)
                 if halt.is_set():
@@ -799,7 +803,7 @@ class DeliveryEngine:
             self._give_back(
                 unproven.take(lambda _d, o: o.connection in alive, over=opts.unproven_hold), failed, retry
             )
-        await self._record(campaign, sent, failed, retry, bounced, skipped, unsent)
+        await self._record(campaign, sent, failed, retry, bounced, skipped, unsent, later)
         self.sent_total += len(sent)
         await self._tell(campaign)
 
@@ -836,6 +840,7 @@ class DeliveryEngine:
         bounced: list[dict],
         skipped: list[dict],
         unsent: list[dict],
+        later: Sequence[dict] = (),
     ) -> None:
         now = self.ctx.now()
         async with self.ctx.sessions() as session, session.begin():
@@ -847,6 +852,7 @@ class DeliveryEngine:
                 ended=[*failed, *bounced, *skipped],
                 retry=retry,
                 unsent=unsent,  # halted before these went out: back in the queue, the attempt not counted
+                later=later,  # held by a deferred domain, never tried: due when the deferral ends, uncounted
             )
             for r in bounced:  # the relay refused this very address: the evidence is its reply
                 await suppress(
