@@ -17,8 +17,9 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from adapters.console import ConsoleAdapter
+from bot import i18n
 from bot.app import build_app
-from bot.campaigns import service
+from bot.campaigns import notes, service
 from bot.config import ConfigError, load_settings
 from bot.contacts.importer import import_contacts
 from bot.db.models import Campaign
@@ -194,6 +195,58 @@ async def test_a_wrong_password_on_one_route_pauses_only_its_campaigns(make_bot,
         assert await state_of(bot, "spring") == "completed"
         assert received(bulk) == Counter({e: 1 for e in CONSENTED})
         assert len(smtp.messages) == len(CONSENTED)
+
+
+# Review: a named route that refused the login paused with "Check smtp.username and smtp.password" — the
+# settings of [smtp], which were right — instead of the route's own.
+ROUTE_FAULTS: dict[str, tuple[dict[str, Any], str, str]] = {
+    # case: (how the bulk relay is broken, the settings it names in English, and in Chinese)
+    "wrong password (535 at AUTH)": (
+        {"password": "wrong-password"},
+        "Check smtp.routes.bulk.username and smtp.routes.bulk.password.",
+        "请检查 smtp.routes.bulk.username 和 smtp.routes.bulk.password。",
+    ),
+    "relay access denied (554 5.7.1 at RCPT)": (
+        {"rcpt_reply": "554 5.7.1 Relay access denied"},
+        "Check smtp.routes.bulk.username and smtp.routes.bulk.password, and that",
+        "请检查 smtp.routes.bulk.username 和 smtp.routes.bulk.password，",
+    ),
+    "misconfigured relay (500 at DATA)": (
+        {"data_reply": "500 Error: command not recognized"},
+        "Check that smtp.routes.bulk.host and smtp.routes.bulk.port point at",
+        "请检查 smtp.routes.bulk.host 和 smtp.routes.bulk.port 是否",
+    ),
+    "connection refused": (
+        {},
+        "Check smtp.routes.bulk.host, smtp.routes.bulk.port and smtp.routes.bulk.starttls,",
+        "请检查 smtp.routes.bulk.host、smtp.routes.bulk.port 和 smtp.routes.bulk.starttls，",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ROUTE_FAULTS))
+async def test_a_routes_pause_sentence_names_the_routes_own_settings(make_bot, smtp, case: str) -> None:  # type: ignore[no-untyped-def]
+    broken, english, chinese = ROUTE_FAULTS[case]
+    server = FaultyServer(auth=True)
+    password = broken.pop("password", PASSWORD)
+    for attr, value in broken.items():
+        setattr(server.handler, attr, value)
+    if case != "connection refused":
+        server.__enter__()
+    try:
+        bot = await make_bot({"bulk": route(server.port, username=USERNAME, password=password)})
+        assert "Draft campaign" in await new(bot, "spring", "--route", "bulk")
+        await approve(bot, "spring")
+        assert await state_of(bot, "spring") == "paused"
+        status = await bot.say(SENDER, "/campaign status spring")
+        assert english in status, status
+        assert "smtp.username" not in status and "smtp.host" not in status, status
+        with i18n.using("zh_CN"):
+            shown = notes.show((await campaign(bot, "spring")).status_note)
+        assert chinese in shown, shown
+    finally:
+        if case != "connection refused":
+            server.__exit__()
 
 
 async def test_a_route_removed_from_the_configuration_pauses_its_campaign_with_a_sentence(

@@ -260,6 +260,7 @@ class DeliveryEngine:
         self._limiter = _RateLimiter(self.options.rate_per_s)  # the route's own rate, when it has one (run)
         smtp = ctx.settings.smtp
         self._server = f"{smtp.host}:{smtp.port}"  # the route's server, named in pause notes (run)
+        self._keys = "smtp"  # where the route's settings live, named in pause notes (run)
         self._domain_slots: dict[str, asyncio.Semaphore] = {}
         self._late_suppressions: set[str] = set()  # hashes suppressed while a batch is out
         self._suppression_mark = 0
@@ -369,7 +370,8 @@ class DeliveryEngine:
                     name=campaign.name,
                 ),
             )
-        self._server = SmtpTarget.from_settings(server, route).where
+        target = SmtpTarget.from_settings(server, route)
+        self._server, self._keys = target.where, target.keys
         if server.rate_per_s is not None:
             self._limiter = _RateLimiter(server.rate_per_s)
         own_transport = transport is None
@@ -766,7 +768,7 @@ class DeliveryEngine:
                     unsent.append({"b_id": d.id})
                     if not halt.is_set():
                         self._halt_reason = pause_note(
-                            outcome, server=server, sender=built.sender, name=campaign.name
+                            outcome, server=server, keys=self._keys, sender=built.sender, name=campaign.name
                         )
                         halt.set()
                     continue
