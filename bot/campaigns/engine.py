@@ -98,6 +98,13 @@ def _domain(email: str) -> str:
     return email.rsplit("@", 1)[-1].lower()
 
 
+def _given_up(d: Any, why: str, *, unsuppressed: bool = False) -> dict[str, Any]:
+    """The record of a row failed after its `max_attempts` tries. `unsuppressed` says in it that nobody was
+    suppressed, where a reader might think otherwise (a bare refusal no delivery proved the recipient's)."""
+    said = ", not suppressed" if unsuppressed else ""
+    return {"b_id": d.id, "status": "failed", "err": f"gave up after {d.attempts} attempts{said}: {why}"}
+
+
 class _DomainBreaker:
     """Per recipient domain, across connections: the same bare refusal to distinct recipients in a row with
     nothing delivered to that domain in between, and the domains deferred for it (the module's docstring)."""
@@ -521,13 +528,7 @@ class DeliveryEngine:
         now = self.ctx.now()
         for d, outcome in held:
             if d.attempts >= opts.max_attempts:
-                failed.append(
-                    {
-                        "b_id": d.id,
-                        "status": "failed",
-                        "err": f"gave up after {d.attempts} attempts, not suppressed: {outcome.detail}",
-                    }
-                )
+                failed.append(_given_up(d, outcome.detail, unsuppressed=True))
             else:
                 delay = backoff_s(d.attempts, opts.retry_base_s, opts.retry_max_s)
                 retry.append({"b_id": d.id, "err": outcome.detail, "nxt": now + timedelta(seconds=delay)})
@@ -623,14 +624,7 @@ class DeliveryEngine:
             """Tried, and its domain refuses everyone: the row waits (this attempt counted), failed
             unsuppressed after max_attempts tries."""
             if d.attempts >= opts.max_attempts:
-                failed.append(
-                    {
-                        "b_id": d.id,
-                        "status": "failed",
-                        "err": f"gave up after {d.attempts} attempts, not suppressed: its domain refused "
-                        f"everyone with {reply}",
-                    }
-                )
+                failed.append(_given_up(d, f"its domain refused everyone with {reply}", unsuppressed=True))
             else:
                 retry.append({"b_id": d.id, "err": reply, "nxt": until})
 
@@ -780,13 +774,7 @@ class DeliveryEngine:
                 elif kind == "failed":
                     failed.append({"b_id": d.id, "status": "failed", "err": outcome.detail})
                 elif kind == "gave_up":
-                    failed.append(
-                        {
-                            "b_id": d.id,
-                            "status": "failed",
-                            "err": f"gave up after {d.attempts} attempts: {outcome.detail}",
-                        }
-                    )
+                    failed.append(_given_up(d, outcome.detail))
                 else:
                     delay = backoff_s(d.attempts, opts.retry_base_s, opts.retry_max_s)
                     retry.append({"b_id": d.id, "err": outcome.detail, "nxt": now + timedelta(seconds=delay)})
