@@ -136,7 +136,11 @@ class SmtpSettings(SmtpServer):
 
     @model_validator(mode="after")
     def _known_domain_routes(self) -> SmtpSettings:
+        # Keys are normalised rather than refused: "Acme.example." (upper case, or the absolute form DNS tools
+        # print) is the very domain acme.example names, so there is one right reading and nothing to ask.
+        # Two keys that are the same domain are refused: which route was meant is the admin's to say.
         mapped: dict[str, str] = {}
+        given: dict[str, str] = {}
         for domain, route in self.domain_routes.items():
             name = route.strip().lower()
             if name not in self.route_names():
@@ -144,7 +148,13 @@ class SmtpSettings(SmtpServer):
                     f"domain_routes sends {domain} to route {route!r}, which is not configured "
                     f"(there are: {', '.join(self.route_names())})"
                 )
-            mapped[normalise_domain(domain)] = name
+            key = route_domain(domain)
+            if key in given:
+                raise ValueError(
+                    f"domain_routes names {given[key]!r} and {domain!r}, which are the same domain ({key}): "
+                    "keep one of them"
+                )
+            given[key], mapped[key] = domain, name
         self.domain_routes = mapped
         return self
 
@@ -163,7 +173,7 @@ class SmtpSettings(SmtpServer):
         """The route mail from `sender` takes: the one chosen, else domain_routes by its domain, else default."""
         if chosen:
             return chosen
-        return self.domain_routes.get(sender.rsplit("@", 1)[-1].lower(), DEFAULT_ROUTE)
+        return self.domain_routes.get(route_domain(sender.rsplit("@", 1)[-1]), DEFAULT_ROUTE)
 
 
 # What [org] holds until someone sets it: obvious placeholders, which `postroom serve` and `postroom chat`
@@ -200,6 +210,11 @@ def normalise_domain(value: str) -> str:
         except UnicodeError:
             pass
     return domain
+
+
+def route_domain(value: str) -> str:
+    """A domain as smtp.domain_routes keys and looks it up: normalised, without the root's trailing dot."""
+    return normalise_domain(value).rstrip(".")
 
 
 # One label of a host name (RFC 1123): letters, digits and inner hyphens, at most 63 characters.

@@ -42,11 +42,13 @@ it instead of pausing on the same rows each time: every resume makes progress.
 A domain that refuses everyone is a circuit of its own (`_DomainBreaker`): when `domain_refusal_limit`
 distinct recipients there, over any connections, get the same bare reply in a row with nothing delivered to
 that domain in between, while other domains take mail in this run, the domain is **deferred**: its held
-refusals and every row of it claimed before the deferral ends wait (`pending`, tried again from a time that
-backs off with each deferral, the attempt counted, so after `max_attempts` they fail unsuppressed), and its
-refusals leave the error window — the campaign-wide pause is for failures not confined to one domain. After
-the wait, the domain's first refusal with the same reply defers it again; a delivery there ends it. The
-chat is told once per run which domain waits, why and until when; nobody there is suppressed.
+refusals wait (`pending`, tried again from a time that backs off with each deferral, the attempt counted —
+they were tried — so a row refused `max_attempts` times fails unsuppressed), every row of it claimed before
+the deferral ends goes back untried to wait for the same time with its attempt uncounted (a domain deferred
+again and again gives up nobody it was never asked about), and its refusals leave the error window — the
+campaign-wide pause is for failures not confined to one domain. After the wait, the domain's first refusal
+with the same reply defers it again; a delivery there ends it. The chat is told once per run which domain
+waits, why and until when; nobody there is suppressed.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ import asyncio
 import logging
 import secrets
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -101,6 +103,13 @@ NoticeCallback = Callable[[int, str], Awaitable[None]]
 
 def _domain(email: str) -> str:
     return email.rsplit("@", 1)[-1].lower()
+
+
+def _given_up(d: Any, why: str, *, unsuppressed: bool = False) -> dict[str, Any]:
+    """The record of a row failed after its `max_attempts` tries. `unsuppressed` says in it that nobody was
+    suppressed, where a reader might think otherwise (a bare refusal no delivery proved the recipient's)."""
+    said = ", not suppressed" if unsuppressed else ""
+    return {"b_id": d.id, "status": "failed", "err": f"gave up after {d.attempts} attempts{said}: {why}"}
 
 
 class _DomainBreaker:
@@ -274,6 +283,7 @@ class DeliveryEngine:
         self._limiter = _RateLimiter(self.options.rate_per_s)  # the route's own rate, when it has one (run)
         smtp = ctx.settings.smtp
         self._server = f"{smtp.host}:{smtp.port}"  # the route's server, named in pause notes (run)
+        self._keys = "smtp"  # where the route's settings live, named in pause notes (run)
         self._domain_slots: dict[str, asyncio.Semaphore] = {}
         self._late_suppressions: set[str] = set()  # hashes suppressed while a batch is out
         self._suppression_mark = 0
@@ -444,7 +454,8 @@ class DeliveryEngine:
                     name=campaign.name,
                 ),
             )
-        self._server = SmtpTarget.from_settings(server, route).where
+        target = SmtpTarget.from_settings(server, route)
+        self._server, self._keys = target.where, target.keys
         if server.rate_per_s is not None:
             self._limiter = _RateLimiter(server.rate_per_s)
         own_transport = transport is None
@@ -596,13 +607,7 @@ class DeliveryEngine:
         now = self.ctx.now()
         for d, outcome in held:
             if d.attempts >= opts.max_attempts:
-                failed.append(
-                    {
-                        "b_id": d.id,
-                        "status": "failed",
-                        "err": f"gave up after {d.attempts} attempts, not suppressed: {outcome.detail}",
-                    }
-                )
+                failed.append(_given_up(d, outcome.detail, unsuppressed=True))
             else:
                 delay = backoff_s(d.attempts, opts.retry_base_s, opts.retry_max_s)
                 retry.append({"b_id": d.id, "err": outcome.detail, "nxt": now + timedelta(seconds=delay)})
@@ -682,6 +687,7 @@ class DeliveryEngine:
         bounced: list[dict] = []
         skipped: list[dict] = []
         unsent: list[dict] = []
+        later: list[dict] = []
         now = self.ctx.now()
         opts = self.options
         window = self._window
@@ -694,16 +700,10 @@ class DeliveryEngine:
         domains = self._domains
 
         def defer(d: Any, reply: str, until: datetime) -> None:
-            """Its domain refuses everyone: the row waits (its attempt counted), failed unsuppressed at the end."""
+            """Tried, and its domain refuses everyone: the row waits (this attempt counted), failed
+            unsuppressed after max_attempts tries."""
             if d.attempts >= opts.max_attempts:
-                failed.append(
-                    {
-                        "b_id": d.id,
-                        "status": "failed",
-                        "err": f"gave up after {d.attempts} attempts, not suppressed: its domain refused "
-                        f"everyone with {reply}",
-                    }
-                )
+                failed.append(_given_up(d, f"its domain refused everyone with {reply}", unsuppressed=True))
             else:
                 retry.append({"b_id": d.id, "err": reply, "nxt": until})
 
@@ -765,8 +765,8 @@ class DeliveryEngine:
                     continue
                 domain = _domain(d.email)
                 held = domains.holding(domain, now)
-                if held is not None:
-                    defer(d, domains.reply[domain], held)
+                if held is not None:  # not tried: it waits for the deferral's end, the attempt uncounted
+                    later.append({"b_id": d.id, "nxt": held})
                     continue
                 await self._limiter.wait(halt)
                 if halt.is_set():
@@ -841,7 +841,7 @@ class DeliveryEngine:
                     unsent.append({"b_id": d.id})
                     if not halt.is_set():
                         self._halt_reason = pause_note(
-                            outcome, server=server, sender=built.sender, name=campaign.name
+                            outcome, server=server, keys=self._keys, sender=built.sender, name=campaign.name
                         )
                         halt.set()
                     continue
@@ -853,13 +853,7 @@ class DeliveryEngine:
                 elif kind == "failed":
                     failed.append({"b_id": d.id, "status": "failed", "err": outcome.detail})
                 elif kind == "gave_up":
-                    failed.append(
-                        {
-                            "b_id": d.id,
-                            "status": "failed",
-                            "err": f"gave up after {d.attempts} attempts: {outcome.detail}",
-                        }
-                    )
+                    failed.append(_given_up(d, outcome.detail))
                 else:
                     delay = backoff_s(d.attempts, opts.retry_base_s, opts.retry_max_s)
                     retry.append({"b_id": d.id, "err": outcome.detail, "nxt": now + timedelta(seconds=delay)})
@@ -878,7 +872,7 @@ class DeliveryEngine:
             self._give_back(
                 unproven.take(lambda _d, o: o.connection in alive, over=opts.unproven_hold), failed, retry
             )
-        await self._record(campaign, sent, failed, retry, bounced, skipped, unsent)
+        await self._record(campaign, sent, failed, retry, bounced, skipped, unsent, later)
         self.sent_total += len(sent)
         await self._tell(campaign)
 
@@ -915,6 +909,7 @@ class DeliveryEngine:
         bounced: list[dict],
         skipped: list[dict],
         unsent: list[dict],
+        later: Sequence[dict] = (),
     ) -> None:
         now = self.ctx.now()
         async with self.ctx.sessions() as session, session.begin():
@@ -926,6 +921,7 @@ class DeliveryEngine:
                 ended=[*failed, *bounced, *skipped],
                 retry=retry,
                 unsent=unsent,  # halted before these went out: back in the queue, the attempt not counted
+                later=later,  # held by a deferred domain, never tried: due when the deferral ends, uncounted
             )
             for r in bounced:  # the relay refused this very address: the evidence is its reply
                 await suppress(
