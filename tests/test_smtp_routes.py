@@ -227,6 +227,7 @@ ROUTE_FAULTS: dict[str, tuple[dict[str, Any], str, str]] = {
 @pytest.mark.parametrize("case", list(ROUTE_FAULTS))
 async def test_a_routes_pause_sentence_names_the_routes_own_settings(make_bot, smtp, case: str) -> None:  # type: ignore[no-untyped-def]
     broken, english, chinese = ROUTE_FAULTS[case]
+    broken = dict(broken)  # a copy: the case runs once per database
     server = FaultyServer(auth=True)
     password = broken.pop("password", PASSWORD)
     for attr, value in broken.items():
