@@ -9,7 +9,7 @@ audits each change. Nothing else calls `apply`. Membership rows are written only
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -129,27 +129,28 @@ class Plan:
     def removes(self) -> list[Change]:
         return [c for c in self.changes if c.op == "remove"]
 
-    def summary(self) -> str:
+    def summary(self, limit: int = 0, *, counts: bool = True) -> str:
         """The plan in words, bounded whatever its size: the counts, per group when it is big, the first
-        `SHOWN` changes named and "… and N more" (a held plan's whole list: `postroom groups plan <id>`)."""
-        lines = [t("{adds} to add, {removes} to remove.", adds=len(self.adds), removes=len(self.removes))]
+        `SHOWN` changes named and "… and N more" (a held plan's whole list: `postroom groups plan <id>`).
+        Within `limit` characters (SUMMARY_CHARS by default) it names fewer changes, groups or refusals,
+        and each "… and N more" counts those it leaves out, in its own unit. `counts=False` leaves out
+        the opening counts (a card that shows them in a field of their own)."""
+        head = (
+            [t("{adds} to add, {removes} to remove.", adds=len(self.adds), removes=len(self.removes))]
+            if counts
+            else []
+        )
+        sections: list[tuple[list[str], int, Callable[[int], str]]] = []
         if len(self.changes) > SHOWN:
             per: dict[str, list[int]] = {}
             for c in self.changes:
                 per.setdefault(c.group_address, [0, 0])[c.op == "remove"] += 1
-            for address in sorted(per)[:SHOWN]:
-                adds, removes = per[address]
-                lines.append(
-                    "  "
-                    + t(
-                        "{group}: {adds} to add, {removes} to remove",
-                        group=address,
-                        adds=adds,
-                        removes=removes,
-                    )
-                )
-            if len(per) > SHOWN:
-                lines.append("  " + t("… and {count} more groups", count=len(per) - SHOWN))
+            groups = [
+                t("{group}: {adds} to add, {removes} to remove", group=address, adds=adds, removes=removes)
+                for address, (adds, removes) in sorted(per.items())[:SHOWN]
+            ]
+            sections.append((groups, len(per), lambda n: t("… and {count} more groups", count=n)))
+        named = []
         for c in self.changes[:SHOWN]:
             if c.op == "add":
                 line = t(
@@ -159,32 +160,42 @@ class Plan:
                 line = t(
                     "− {email} from {group} ({reason})", email=c.email, group=c.group_address, reason=c.reason
                 )
-            lines.append("  " + line)
-        if len(self.changes) > SHOWN:
-            lines.append("  " + t("… and {count} more", count=len(self.changes) - SHOWN))
-        for c, why in self.refused[:REFUSED_SHOWN]:
-            lines.append("  " + t("refused: {email} — {why}", email=c.email, why=why))
-        if len(self.refused) > REFUSED_SHOWN:
-            lines.append("  " + t("… and {count} more refused", count=len(self.refused) - REFUSED_SHOWN))
-        return bounded_lines(lines)
+            named.append(line)
+        sections.append((named, len(self.changes), lambda n: t("… and {count} more", count=n)))
+        refusals = [
+            t("refused: {email} — {why}", email=c.email, why=why) for c, why in self.refused[:REFUSED_SHOWN]
+        ]
+        sections.append((refusals, len(self.refused), lambda n: t("… and {count} more refused", count=n)))
+        return "\n".join(
+            head + bounded_sections(sections, (limit or SUMMARY_CHARS) - sum(len(h) + 1 for h in head))
+        )
 
 
 SHOWN = 20  # changes (and groups) a plan's summary names; the rest are counted
 REFUSED_SHOWN = 10  # refusals are long sentences
 SUMMARY_CHARS = 3000  # a summary's bound: it goes into chat answers and cards (Slack ~40k, WeCom 2,048 bytes)
+TAIL_CHARS = 60  # room kept for each section's "… and N more …"
 
 
-def bounded_lines(lines: list[str], limit: int = SUMMARY_CHARS) -> str:
-    """Lines joined, cut at a line once `limit` characters are reached (long addresses or reasons)."""
+def bounded_sections(sections: list[tuple[list[str], int, Callable[[int], str]]], limit: int) -> list[str]:
+    """Indented lines of each section — (lines naming one item each, how many items there are, the tail
+    saying how many went unnamed) — within `limit` characters: a section stops at the line that would not
+    fit (room is kept for every tail still to come), and its tail counts the items it did not name."""
     out: list[str] = []
     size = 0
-    for i, line in enumerate(lines):
-        if size + len(line) + 1 > limit and i:
-            out.append("  " + t("… and {count} more lines", count=len(lines) - i))
-            break
-        out.append(line[:limit])
-        size += len(line) + 1
-    return "\n".join(out)
+    for k, (lines, total, tail) in enumerate(sections):
+        room = limit - TAIL_CHARS * (len(sections) - k)
+        shown = 0
+        for line in lines:
+            if size + len(line) + 3 > room:
+                break
+            out.append("  " + line)
+            size += len(line) + 3
+            shown += 1
+        if total > shown:
+            out.append("  " + tail(total - shown))
+            size += TAIL_CHARS
+    return out
 
 
 def listed(items: list[str], limit: int = SHOWN) -> str:

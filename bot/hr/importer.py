@@ -72,17 +72,7 @@ class ImportResult:
     def summary(self) -> str:
         if self.applied:
             return self._applied_summary()
-        head = (
-            t(
-                "{joined} joining, {changed} changing, {left} leaving, {unchanged} unchanged.",
-                joined=self.joined,
-                changed=self.changed,
-                left=self.left,
-                unchanged=self.unchanged,
-            )
-            + " "
-            + self.plan.summary()
-        )
+        head = self.counts() + " " + self.plan.summary()
         if self.groups:
             head = t("Groups: {changes}.", changes=t("; ").join(self.groups)) + "\n" + head
         if self.not_applied:
@@ -106,6 +96,15 @@ class ImportResult:
             )
             return t("Dry run — nothing changed.") + " " + head + extra
         return head
+
+    def counts(self) -> str:
+        return t(
+            "{joined} joining, {changed} changing, {left} leaving, {unchanged} unchanged.",
+            joined=self.joined,
+            changed=self.changed,
+            left=self.left,
+            unchanged=self.unchanged,
+        )
 
     def _applied_summary(self) -> str:
         """What was applied, from the outcomes: never the plan's intent when an event changed nothing."""
@@ -446,6 +445,8 @@ async def import_staff(
                 summary=result.summary(),
                 changes=plan.changes,
                 events=[{**event_to_dict(e), "snapshot": True} for e in events],
+                head=result.counts(),
+                not_applied=result.not_applied,
             )
         result.held = pending.id
         await hr.memberships.announce(pending.id)
