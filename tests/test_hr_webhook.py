@@ -307,6 +307,26 @@ BAD = [
         400,
         "whole number",
     ),
+    # Tryout: a UTF-16 body (with or without its byte-order mark) was decoded as UTF-16 and applied; JSON
+    # between systems is UTF-8 (RFC 8259), and a body in another encoding is refused whole.
+    ("UTF-16 with a byte-order mark", signed, RAW.decode().encode("utf-16"), 415, "must be JSON in UTF-8"),
+    ("UTF-16 without a byte-order mark", signed, RAW.decode().encode("utf-16-le"), 415, "not UTF-16"),
+    ("UTF-16 big-endian", signed, RAW.decode().encode("utf-16-be"), 415, "must be JSON in UTF-8"),
+    ("UTF-32", signed, RAW.decode().encode("utf-32"), 415, "must be JSON in UTF-8"),
+    (
+        "Latin-1",
+        signed,
+        RAW.replace(b'"attributes"', '"name": "Iván", "attributes"'.encode("latin-1")),
+        400,
+        "is not UTF-8",
+    ),
+    (
+        "a charset other than UTF-8",
+        lambda b: {**signed(b), "Content-Type": "application/json; charset=utf-16"},
+        None,
+        415,
+        "charset=utf-16",
+    ),
     (
         "non-ASCII signature",
         lambda b: {**signed(b), "X-Postroom-Signature": b"sha256=\xe9"},
@@ -337,6 +357,16 @@ async def test_bad_input_gets_a_4xx_sentence_and_changes_nothing(
     async with lbot.core.ctx.sessions() as s:
         assert (await s.execute(select(func.count()).select_from(Person))).scalar_one() == 0
         assert (await s.execute(select(func.count()).select_from(Membership))).scalar_one() == 0
+
+
+async def test_a_utf8_body_with_a_byte_order_mark_is_taken(lbot) -> None:  # type: ignore[no-untyped-def]
+    body = b"\xef\xbb\xbf" + RAW
+    headers = {**signed(body), "Content-Type": "application/json; charset=UTF-8"}
+    async with web_client(lbot) as client:
+        r = await client.post("/hooks/hr", content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    async with lbot.core.ctx.sessions() as s:
+        assert (await s.execute(select(Person.email).where(Person.employee_id == "E5"))).scalar_one() == IVAN
 
 
 async def test_an_unknown_id_with_an_active_persons_email_is_refused_not_a_takeover(lbot) -> None:  # type: ignore[no-untyped-def]
