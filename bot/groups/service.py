@@ -31,50 +31,92 @@ ROLE_MAILBOXES = ("postmaster", "abuse")
 OWN_LOCAL_PARTS = ("bounces", "noreply")
 
 
+def untagged(settings: Settings, address: str) -> str:
+    """`address` without its `postfix.recipient_delimiter` tag — staff+x@ is delivered to staff@'s mailbox —
+    or `address` itself when it has none."""
+    local, _, domain = address.partition("@")
+    cut = min((local.find(d) for d in settings.postfix.recipient_delimiter if local.find(d) > 0), default=-1)
+    return f"{local[:cut]}@{domain}" if cut > 0 else address
+
+
+Role = Literal["from", "unsubscribe", "own", "role"]
+
+
+def reserved_role(settings: Settings, address: str) -> tuple[Role, str] | None:
+    """Which address Postroom or the mail system needs `address` (normalised) is, and that address — also
+    when `address` is it with a tag (news+x@ is delivered to news@): the campaign sender ("from"), the
+    unsubscribe mailbox ("unsubscribe"), a return path or the notice sender ("own": bounces@, bounces+…@,
+    noreply@), or postmaster@ and abuse@ ("role", RFC 2142). None for any other address. The one rule for
+    what neither a group nor a person may take (`reserved_address`, `not_a_mailbox`)."""
+    c = settings.campaigns
+    base = untagged(settings, address)
+    for role, mailbox in (("from", c.from_address.lower()), ("unsubscribe", c.unsubscribe_mailbox.lower())):
+        if mailbox in (address, base):
+            return role, mailbox  # type: ignore[return-value]
+    local, _, domain = address.partition("@")
+    if domain != c.bounce_domain.lower() and not settings.is_internal(address):
+        return None
+    # "+" also for a return path whatever the delimiter: its VERP form is bounces+<token>@.
+    head = re.split("[" + re.escape("+" + settings.postfix.recipient_delimiter) + "]", local, maxsplit=1)[0]
+    if head in OWN_LOCAL_PARTS:
+        return "own", f"{head}@{domain}"
+    if head in ROLE_MAILBOXES:
+        return "role", f"{head}@{domain}"
+    return None
+
+
 def reserved_address(settings: Settings, address: str) -> str | None:
     """Why `address` (normalised) can't be a group's, when it is one Postroom or the mail system needs:
-    the campaign sender, the unsubscribe mailbox, a return path, the notice sender, postmaster@, abuse@.
-    A group there would take mail meant for Postroom itself or for a person (and so export it to Postfix)."""
-    c = settings.campaigns
-    local, _, domain = address.partition("@")
-    if address == c.from_address.lower():
+    the campaign sender, the unsubscribe mailbox, a return path, the notice sender, postmaster@, abuse@,
+    or one of them with a tag. A group there would take mail meant for Postroom itself or for a person (and
+    so export it to Postfix)."""
+    found = reserved_role(settings, address)
+    if found is None:
+        return None
+    role, mailbox = found
+    if role == "from" and mailbox != address:
+        return t(
+            "{address} is the campaigns' From address {mailbox} (campaigns.from_address) with a tag: mail to "
+            "it belongs in that mailbox, not with a group's members.",
+            address=address,
+            mailbox=mailbox,
+        )
+    if role == "from":
         return t(
             "{address} is the campaigns' From address (campaigns.from_address): replies to campaigns would "
             "go to the group's members.",
             address=address,
         )
-    if address == c.unsubscribe_mailbox.lower():
+    if role == "unsubscribe" and mailbox != address:
+        return t(
+            "{address} is the unsubscribe mailbox {mailbox} (campaigns.unsubscribe_mailbox) with a tag: mail "
+            "to it belongs in that mailbox, not with a group's members.",
+            address=address,
+            mailbox=mailbox,
+        )
+    if role == "unsubscribe":
         return t(
             "{address} is the unsubscribe mailbox (campaigns.unsubscribe_mailbox): unsubscribe requests "
             "would go to the group's members instead of unsubscribing anyone.",
             address=address,
         )
-    ours = domain == c.bounce_domain.lower() or settings.is_internal(address)
-    base = re.split(r"[+]", local, maxsplit=1)[0]
-    if ours and base in OWN_LOCAL_PARTS:
+    if role == "own":
         return t(
             "{address} is one of Postroom's own addresses (bounces@ and bounces+…@ are its return paths, "
             "noreply@ sends its notices): a group can't take it.",
             address=address,
         )
-    if ours and base in ROLE_MAILBOXES:
-        return t(
-            "{address} is a role mailbox every mail domain keeps (RFC 2142: postmaster@, abuse@): its mail "
-            "must reach a person who answers for it, not a group.",
-            address=address,
-        )
-    return None
+    return t(
+        "{address} is a role mailbox every mail domain keeps (RFC 2142: postmaster@, abuse@): its mail "
+        "must reach a person who answers for it, not a group.",
+        address=address,
+    )
 
 
 async def person_address(session: AsyncSession, settings: Settings, address: str) -> str | None:
     """Why `address` can't be a group's when it is a person's on record — their own address, or theirs with
     a `postfix.recipient_delimiter` tag (staff+x@ reaches staff@'s mailbox) — whatever their status."""
-    local, _, domain = address.partition("@")
-    candidates = {address}
-    delimiters = settings.postfix.recipient_delimiter
-    cut = min((local.find(d) for d in delimiters if local.find(d) > 0), default=-1)
-    if cut > 0:
-        candidates.add(f"{local[:cut]}@{domain}")
+    candidates = {address, untagged(settings, address)}
     row = (
         await session.execute(
             select(Person.email, Person.name, Person.status).where(Person.email.in_(candidates)).limit(1)
