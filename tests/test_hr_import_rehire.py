@@ -93,3 +93,32 @@ async def test_a_csv_row_under_a_new_id_with_a_leavers_address_is_refused_not_ta
     async with app.ctx.sessions() as s:
         status = (await s.execute(select(Person.status).where(Person.employee_id == "E003"))).scalar_one()
     assert status == "left"
+
+
+async def test_a_csv_row_whose_email_is_no_persons_mailbox_is_refused_and_the_rest_applies(
+    lbot, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """The webhook's refusal (tests/test_hr_webhook.py), in a snapshot: the row is not applied, with its
+    line and why; everyone else in the file is."""
+    app = lbot.app
+    await import_staff(app.lifecycle, write(tmp_path, ROWS, "all.csv"))
+    rows = [*ROWS, "E010,p1+lists@corp.example,Tagged,Engineering", "E011,postmaster@corp.example,PM,Sales"]
+    rows[0] = "E000,eng+x@corp.example,Person 0,Engineering"  # an address change to a group's, tagged
+    rows.append("E012,p12@corp.example,Person 12,Sales")
+    result = await import_staff(app.lifecycle, write(tmp_path, rows, "tagged.csv"))
+    text = result.summary()
+    assert "E010 (p1+lists@corp.example), joined: not applied — line 6: p1+lists@corp.example is " in text, (
+        text
+    )
+    assert (
+        "E011 (postmaster@corp.example), joined: not applied — line 7: postmaster@corp.example is a role"
+        in text
+    )
+    assert "E000 (eng+x@corp.example), changed: not applied — line 2: eng+x@corp.example is the group" in text
+    assert result.done == {"joined": 1}, text
+    assert "sales" in await groups_of(lbot, "p12@corp.example")
+    assert "eng" in await groups_of(lbot, "p0@corp.example")  # E000 stays as on record
+    async with app.ctx.sessions() as s:
+        emails = set((await s.execute(select(Person.email))).scalars())
+    assert "p1+lists@corp.example" not in emails and "postmaster@corp.example" not in emails
+    assert "p0@corp.example" in emails

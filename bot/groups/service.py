@@ -9,7 +9,7 @@ audits each change. Nothing else calls `apply`. Membership rows are written only
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -111,6 +111,76 @@ def reserved_address(settings: Settings, address: str) -> str | None:
         "must reach a person who answers for it, not a group.",
         address=address,
     )
+
+
+def not_a_mailbox(settings: Settings, email: str, groups: Container[str]) -> str | None:
+    """Why `email` (normalised) is no person's own mailbox, for HR (webhook, CSV): a group's address, or
+    a group's with a tag; an address Postroom or the mail system needs (`reserved_role`: the groups' rule
+    too), also with a tag; or, on the company's domains, another address with a "+" tag (alice+x@ is
+    delivered to alice@'s mailbox; other delimiter characters, such as "-", are common in names and are
+    not taken as tags here). `groups`: group addresses, at least those of `email` and `untagged(email)`."""
+    base = untagged(settings, email)
+    if email in groups:  # the relay and Postfix would deliver their mail to the group
+        return t(
+            "{email} is the address of the group {group}: a person and a group can't share an address. "
+            "Correct the email in the HR record.",
+            email=email,
+            group=email,
+        )
+    if base in groups:
+        return t(
+            "{email} is the group {group}'s address with a tag: mail to it goes to the group's members, so it "
+            "is no person's mailbox. Correct the email in the HR record.",
+            email=email,
+            group=base,
+        )
+    found = reserved_role(settings, email)
+    if found is not None:
+        role, mailbox = found
+        what = {
+            "from": t("the campaigns' From address (campaigns.from_address)"),
+            "unsubscribe": t("the unsubscribe mailbox (campaigns.unsubscribe_mailbox)"),
+            "own": t("one of Postroom's own addresses (its return paths, and the sender of its notices)"),
+            "role": t("a role mailbox every mail domain keeps (RFC 2142)"),
+        }[role]
+        if mailbox == email:
+            return t(
+                "{email} is {what}: it is no person's mailbox. Correct the email in the HR record.",
+                email=email,
+                what=what,
+            )
+        return t(
+            "{email} is {mailbox} with a tag, and that is {what}: it is no person's mailbox. Correct the "
+            "email in the HR record.",
+            email=email,
+            mailbox=mailbox,
+            what=what,
+        )
+    local = email.partition("@")[0]
+    if "+" in settings.postfix.recipient_delimiter and local.find("+") > 0 and settings.is_internal(email):
+        mailbox = f"{local[: local.find('+')]}@{email.partition('@')[2]}"
+        return t(
+            "{email} is {mailbox} with a tag (postfix.recipient_delimiter): mail to it is delivered to "
+            "{mailbox}'s mailbox, so it is not a mailbox of its own. Give the person's own address in the "
+            "HR record.",
+            email=email,
+            mailbox=mailbox,
+        )
+    return None
+
+
+async def mailbox_refusal(
+    session: AsyncSession, settings: Settings, email: str, *, directory: bool = False
+) -> str | None:
+    """`not_a_mailbox` for one address, its group addresses looked up. A messenger's `directory` (Slack,
+    DingTalk, WeCom) lists accounts their owners verified: there only a group's own address is refused."""
+    candidates = {email, untagged(settings, email)}
+    groups = set(
+        (await session.execute(select(Group.address).where(Group.address.in_(candidates)))).scalars()
+    )
+    if directory:
+        return not_a_mailbox(settings, email, groups) if email in groups else None
+    return not_a_mailbox(settings, email, groups)
 
 
 async def person_address(session: AsyncSession, settings: Settings, address: str) -> str | None:

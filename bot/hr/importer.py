@@ -250,6 +250,19 @@ def read_snapshot(text: str, domains_check: Callable[[str], bool] | None = None)
     return rows
 
 
+def _as_on_record(person: Person, employee_id: str) -> PersonRow:
+    """A person the file names as the record stands: their row changes nothing in this import."""
+    return PersonRow(
+        person.id,
+        person.employee_id or employee_id,
+        person.email,
+        person.name,
+        person.attributes or {},
+        person.status,
+        person.left_at,
+    )
+
+
 async def import_staff(
     hr: Lifecycle,
     path: Path,
@@ -282,6 +295,7 @@ async def import_staff(
             p.employee_id: p for p in (await session.execute(select(Person))).scalars() if p.employee_id
         }
         by_email = {p.email: p for p in people.values()}
+        group_addresses = set((await session.execute(select(Group.address))).scalars())
         snapshot: list[PersonRow] = []
         in_file: set[str] = set()
         notes: dict[str, str] = {}  # why a person's rule membership goes, when they are in the file
@@ -292,6 +306,24 @@ async def import_staff(
             person = people.get(r["employee_id"]) or by_email.get(r["email"])
             if person is not None:
                 in_file.add(person.employee_id or "")
+            refused = (
+                groups.not_a_mailbox(ctx.settings, r["email"], group_addresses)
+                if person is None or person.email != r["email"]
+                else None
+            )
+            if refused is not None:
+                # The row changes nothing (the lifecycle would refuse its event): said with its line, and
+                # whoever it names stays as on record.
+                row_kind: PersonKind = "joined" if person is None or person.status == "left" else "changed"
+                result.not_applied.append(
+                    not_applied(
+                        PersonEvent(row_kind, SOURCE, r["employee_id"], r["email"], r["attributes"], "", now),
+                        t("line {line}: {problem}", line=r["line"], problem=refused.rstrip(".")),
+                    )
+                )
+                if person is not None:
+                    snapshot.append(_as_on_record(person, r["employee_id"]))
+                continue
             if (
                 person is not None
                 and person.last_event_at is not None
@@ -319,17 +351,7 @@ async def import_staff(
                     )
                 else:
                     result.unchanged += 1
-                snapshot.append(
-                    PersonRow(
-                        person.id,
-                        person.employee_id or r["employee_id"],
-                        person.email,
-                        person.name,
-                        person.attributes or {},
-                        person.status,
-                        person.left_at,
-                    )
-                )
+                snapshot.append(_as_on_record(person, r["employee_id"]))
                 continue
             if person is None or person.status == "left":
                 kind: PersonKind | None = "joined"

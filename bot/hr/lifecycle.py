@@ -449,18 +449,11 @@ class Lifecycle:
                 if person is not None:
                     await _refuse_another_persons_address(session, person, event, email)
             if event.kind != "left" and (person is None or person.email != email):
-                group_there = (
-                    await session.execute(select(Group.address).where(Group.address == email))
-                ).scalar_one_or_none()
-                if group_there is not None:  # the relay and Postfix would deliver their mail to the group
-                    raise UserError(
-                        t(
-                            "{email} is the address of the group {group}: a person and a group can't share an "
-                            "address. Correct the email in the HR record.",
-                            email=email,
-                            group=group_there,
-                        )
-                    )
+                refused = await service.mailbox_refusal(
+                    session, settings, email, directory=event.source in admission.DIRECTORY_SOURCES
+                )
+                if refused is not None:
+                    raise UserError(refused)
             # Only a strictly older event is stale: one with the same time (sources with whole seconds) and
             # another id is a further change, applied in arrival order; the same id was caught as a duplicate.
             # The person's clock counts at most up to now, so an event dated in the future (inside the
