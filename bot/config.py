@@ -236,8 +236,29 @@ PUBLIC_MAILBOX_DOMAINS = frozenset(
 )  # fmt: skip
 
 
+def _ip_literal(domain: str) -> bool:
+    """Whether `domain` is an IP address, bare or as an address literal ([10.0.0.1], [IPv6:…])."""
+    inner = domain[1:-1] if domain.startswith("[") and domain.endswith("]") else domain
+    try:
+        ipaddress.ip_address(inner.removeprefix("ipv6:"))
+    except ValueError:
+        return False
+    return True
+
+
 def domain_problem(domain: str) -> str | None:
     """Why `domain` (normalised) is not a mail domain, as the end of a sentence; None when it is one."""
+    if _ip_literal(domain):
+        # alice@10.0.0.1 goes to that host, not through the company's MX: no address there is staff's
+        return (
+            "is an IP address, not a mail domain: mail to an address at it goes straight to that host; list "
+            "the company's mail domains, like acme.com"
+        )
+    if domain.rsplit(".", 1)[-1].isdigit():
+        return (
+            "ends in a number, which no top-level domain does (mail software reads it as an IP address); list "
+            "the company's mail domains, like acme.com"
+        )
     if domain in PUBLIC_MAILBOX_DOMAINS:
         return (
             "is a public mailbox provider's domain: listed, every one of its users would count as "
