@@ -1,6 +1,6 @@
 """Campaign send throughput, end to end, against a naive baseline measured in the same run.
 
-    python benchmarks/send_throughput.py [--recipients 20000] [--connections 4] [--dkim]
+    python benchmarks/send_throughput.py [--recipients 20000] [--connections 4] [--dkim] [--pipelining [--pairs 2]]
 
 The engine path: audience snapshot into delivery rows (SQLite), batch claims, the template
 compiled once and rendered per recipient (text + HTML, personalised subject, tracked links,
@@ -16,11 +16,20 @@ the event loop, then with the RSA signatures in cores-1 signing processes (dkim.
 unsigned again; each signed rate is compared with the mean of the two unsigned ones. The JSON adds
 each signed rate, its share of the unsigned one, and the signing cost alone per message (the signer
 over a built message, without the engine).
+
+With --pipelining, `smtp.pipelining = false` (one command at a time, four round trips a message) and true
+(RFC 2920: MAIL, RCPT and DATA in one write, the message in a second; the sink offers PIPELINING) take
+turns into the same sink, lock-step first, --pairs times each: first the SMTP client alone (SmtpTransport
+sending one prebuilt 6 KB message, up to 20,000 times), then the whole engine. Each run prints its rate and
+this process's CPU per message (the sink's excluded), which a loaded machine disturbs less than the rate.
+The engine's rate is then the mean of the pipelined runs; the JSON adds `lockstep_messages_per_s`,
+`pipelining_ratio` (pipelined / lock-step, engine), the client's and the CPU ratios, and every run.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import resource
@@ -28,9 +37,12 @@ import time
 
 from common import Sink, count, fresh_folder, recipient, run_async, seed_campaign, settings_for
 
+# This process's CPU seconds in the last engine run (render, database, SMTP client; not the sink's).
+LAST_CPU_S = [0.0]
+
 
 async def engine_run(
-    folder, port: int, n: int, connections: int, dkim=None, db="bench"
+    folder, port: int, n: int, connections: int, dkim=None, db="bench", pipelining: bool = True
 ) -> tuple[float, dict[str, int]]:  # type: ignore[no-untyped-def]
     from bot.app import build_app
     from bot.campaigns import service
@@ -43,16 +55,18 @@ async def engine_run(
         dkim=dkim,
         connections=connections,
         batch_size=1000,
+        pipelining=pipelining,
     )
     app = await build_app(settings)
     core = app.core
     try:
         cid = await seed_campaign(core, n)
         engine = DeliveryEngine(core.ctx)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         assert await engine.start(cid) == "sending"
         result = await engine.run(cid)
         elapsed = time.perf_counter() - t0
+        LAST_CPU_S[0] = time.process_time() - cpu0
         async with core.ctx.sessions() as session:
             counts = await service.counts(session, cid)
         assert result.state == "completed", result
@@ -141,6 +155,79 @@ def signing_cost_us(section: dict, samples: int = 500) -> float:  # type: ignore
     return (time.perf_counter() - t0) / samples * 1e6
 
 
+async def transport_run(port: int, n: int, connections: int, pipelining: bool) -> tuple[float, float]:
+    """The SMTP client alone: one prebuilt 6 KB message sent n times over `connections` connections by
+    SmtpTransport, as the engine sends. Returns (messages per second, CPU µs per message)."""
+    from bot.mail.transport import SmtpTarget, SmtpTransport
+
+    data = (
+        b"Subject: news\r\nFrom: news@corp.example\r\n\r\n"
+        + b"Lorem ipsum dolor sit amet, consectetur.\r\n" * 150
+    )
+    transport = SmtpTransport(SmtpTarget("127.0.0.1", port, connections=connections, pipelining=pipelining))
+    left = iter(range(n))
+
+    async def worker() -> None:
+        for i in left:
+            outcome = await transport.send("bounces@corp.example", f"p{i}@d{i % 50}.example", data)
+            assert outcome.ok, outcome
+
+    try:
+        await transport.send("bounces@corp.example", "warm@example.com", data)  # connections opened first
+        await asyncio.gather(*(worker() for _ in range(connections)))  # opens the rest
+        left = iter(range(n))
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        await asyncio.gather(*(worker() for _ in range(connections)))
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    finally:
+        await transport.close()
+    return n / elapsed, cpu / n * 1e6
+
+
+def compare_pipelining(
+    folder, port: int, n: int, connections: int, pairs: int
+) -> dict[str, dict[bool, list[float]]]:  # type: ignore[no-untyped-def]
+    """smtp.pipelining off and on, alternately: the SMTP client alone, then the engine (each run on a
+    fresh database). Wall-clock rates and this process's CPU per message (robust to other load)."""
+    runs: dict[str, dict[bool, list[float]]] = {
+        k: {False: [], True: []} for k in ("client", "client_cpu_us", "engine", "engine_cpu_us")
+    }
+    label = {False: "lock-step", True: "pipelined"}
+    sample = min(n, 20_000)
+    for _ in range(pairs):
+        for on in (False, True):
+            rate, cpu = run_async(transport_run(port, sample, connections, on))
+            runs["client"][on].append(rate)
+            runs["client_cpu_us"][on].append(cpu)
+            print(
+                f"SMTP client alone, {label[on]}: {sample} messages, {rate:,.0f} msg/s, {cpu:,.0f} µs CPU a message"
+            )
+    for i in range(pairs):
+        for on in (False, True):
+            took, counts = run_async(
+                engine_run(folder, port, n, connections, db=f"pipelining-{on}-{i}", pipelining=on)
+            )
+            cpu = LAST_CPU_S[0] / n * 1e6
+            runs["engine"][on].append(n / took)
+            runs["engine_cpu_us"][on].append(cpu)
+            print(
+                f"engine, {label[on]}: {n} recipients in {took:.2f} s = {n / took:,.0f} msg/s, "
+                f"{cpu:,.0f} µs CPU a message ({counts})"
+            )
+    for what in ("client", "engine"):
+        on, off = (mean(runs[what][m]) for m in (True, False))
+        con, coff = (mean(runs[what + "_cpu_us"][m]) for m in (True, False))
+        print(
+            f"{what}: pipelined {on:,.0f} msg/s vs lock-step {off:,.0f} msg/s = {on / off:.2f}x; CPU a message "
+            f"{con:,.0f} vs {coff:,.0f} µs = {con / coff:.2f} (means of {pairs}, {connections} connections)"
+        )
+    return runs
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recipients", type=count, default=20_000)
@@ -156,6 +243,14 @@ def main() -> None:
         action="store_true",
         help="also run the engine DKIM-signing with RSA-2048 and with Ed25519, beside the unsigned run",
     )
+    parser.add_argument(
+        "--pipelining",
+        action="store_true",
+        help="run the engine with smtp.pipelining off and on, alternately, and compare the two",
+    )
+    parser.add_argument(
+        "--pairs", type=count, default=2, help="with --pipelining: how many lock-step + pipelined pairs"
+    )
     args = parser.parse_args()
     folder = fresh_folder("throughput")
     signed: dict[str, float] = {}
@@ -166,9 +261,13 @@ def main() -> None:
             f"sink: {sink.kind} on 127.0.0.1:{sink.port}; recipients: {args.recipients}; "
             f"connections: {args.connections}"
         )
-        elapsed, counts = run_async(engine_run(folder, sink.port, args.recipients, args.connections))
-        rate = args.recipients / elapsed
-        print(f"engine: {args.recipients} recipients in {elapsed:.2f} s = {rate:,.0f} msg/s ({counts})")
+        if args.pipelining:
+            runs = compare_pipelining(folder, sink.port, args.recipients, args.connections, args.pairs)
+            rate = mean(runs["engine"][True])
+        else:
+            elapsed, counts = run_async(engine_run(folder, sink.port, args.recipients, args.connections))
+            rate = args.recipients / elapsed
+            print(f"engine: {args.recipients} recipients in {elapsed:.2f} s = {rate:,.0f} msg/s ({counts})")
         if args.dkim:
             processes = max(1, (os.cpu_count() or 2) - 1)
             for label in ("ed25519-sha256", "rsa-sha256", f"rsa-sha256, {processes} signing process(es)"):
@@ -218,6 +317,15 @@ def main() -> None:
         "speedup": round(rate / baseline, 2),
         "peak_rss_mb": round(peak, 1),
     }
+    if args.pipelining:
+        lockstep = mean(runs["engine"][False])
+        result["lockstep_messages_per_s"] = round(lockstep, 1)
+        result["pipelining_ratio"] = round(rate / lockstep, 3)
+        for what, values in runs.items():
+            for on, name in ((True, "pipelined"), (False, "lockstep")):
+                result[f"{what}_{name}_runs"] = [round(v, 1) for v in values[on]]
+        for what in ("client", "engine_cpu_us", "client_cpu_us"):
+            result[f"{what}_pipelining_ratio"] = round(mean(runs[what][True]) / mean(runs[what][False]), 3)
     if signed:
         result["unsigned_runs_messages_per_s"] = [round(r, 1) for r in unsigned_runs]
     for algorithm, value in signed.items():

@@ -88,6 +88,9 @@ class SmtpServer(_Section):
     starttls: bool = False
     timeout_s: float = Field(default=30.0, gt=0)
     connections: int = Field(default=2, ge=1, le=64)
+    # RFC 2920 when the server offers PIPELINING: MAIL, RCPT and DATA in one write (bot/mail/transport.py);
+    # false speaks one command at a time even then.
+    pipelining: bool = True
     # Messages per second of one sending run over this route; None: campaigns.rate_per_s, 0: no limit.
     rate_per_s: float | None = Field(default=None, ge=0)
 

@@ -772,6 +772,9 @@ class DeliveryEngine:
                 if halt.is_set():
                     unsent.append({"b_id": d.id})
                     continue
+                if late and email_hash(d.email) in late:  # unsubscribed while it waited for its slot
+                    skipped.append({"b_id": d.id, "status": "suppressed", "err": "suppressed before sending"})
+                    continue
                 try:
                     built = await messages.build_async(
                         Recipient(d.email, d.name, d.attributes or {}), delivery_id=d.id
