@@ -554,4 +554,6 @@ class SignedTransport(SmtpTransport):
         self.signer = signer
 
     async def send(self, sender: str, recipient: str, data: bytes) -> Outcome:
-        return await super().send(sender, recipient, await self.signer.sign_async(data))
+        signer = self.signer
+        signed = signer.sign(data) if signer.pool is None else await signer.sign_async(data)
+        return await super().send(sender, recipient, signed)
