@@ -520,8 +520,8 @@ class RelaySettings(_Section):
     hold_hours: float = Field(default=72, gt=0, le=24 * 90)  # a held post expires after this
     post_retention_days: int = Field(default=180, ge=1, le=3650)  # the post log
     batch_size: int = Field(default=500, ge=1, le=10_000)
-    # Results are written every this many copies of a claimed batch: a process killed mid-fan-out
-    # repeats at most these (and the ones in flight), not the whole batch.
+    # At most this many copies sent and not yet written (the ones in flight included): a process killed
+    # mid-fan-out repeats at most these, not the whole batch. Written as they go, from half of this.
     record_every: int = Field(default=250, ge=1, le=10_000)
     connections: int = Field(default=4, ge=1, le=64)
     # The outbound route group mail leaves by ("default": [smtp]; else a [smtp.routes.<name>]).

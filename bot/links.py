@@ -78,7 +78,9 @@ class Signer:
 
     def short_mac(self, text: str, length: int = 16) -> str:
         """A lower-case hex MAC, for places that fold case (an SMTP local part: VERP)."""
-        return hmac.new(self._key, text.encode(), hashlib.sha256).hexdigest()[:length]
+        h = self._keyed.copy()  # the same MAC as hmac.new(key, text) without the key's set-up (a VERP a copy)
+        h.update(text.encode())
+        return h.hexdigest()[:length]
 
     def sign(self, *parts: str) -> str:
         self._require()

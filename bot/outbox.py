@@ -203,7 +203,13 @@ class Claims:
         conn = await session.connection()
         table = self.table
         mine = and_(table.c.id == bindparam("b_id"), table.c.claimed_by == worker_id)
-        if sent:
+        if sent and not self.sent_extra:  # one statement: nothing differs between the rows but their id
+            await conn.execute(
+                table.update()
+                .where(table.c.id.in_([r["b_id"] for r in sent]), table.c.claimed_by == worker_id)
+                .values(status="sent", sent_at=now, last_error=None)
+            )
+        elif sent:
             extra: dict[str, Any] = {column: bindparam(key) for column, key in self.sent_extra}
             await conn.execute(
                 table.update().where(mine).values(status="sent", sent_at=now, last_error=None, **extra), sent

@@ -407,7 +407,7 @@ class Moderation:
                     assert fresh is not None
                     # members who had the message through another group of it get no second copy
                     window = timedelta(hours=self.ctx.settings.relay.duplicate_window_hours)
-                    copies = len(await snapshot_members(session, fresh, set(), window=window))
+                    copies = await snapshot_members(session, fresh, window)
                     post.recipient_count = fresh.recipient_count
                     covered = max(0, (fresh.recipient_count or 0) - copies)
             self.fanout.wake()

@@ -133,9 +133,6 @@ class GroupRelay:
                 if loops_through(seen, group):
                     log.warning("mail loop on %s refused (from %s)", group.address, mail_from or "<>")
                     return "554 5.4.6 Mail loop detected: this message has already passed through the group"
-            # never mail a group to itself, and a member of two addressed groups once
-            addresses: set[str] = {g for g in (await session.execute(select(Group.address))).scalars()}
-            covered: set[str] = set()
             for group in groups:
                 decision = await decide(session, settings, group, mail_from)
                 if decision.action == "refuse":  # the policy changed between RCPT and DATA
@@ -173,16 +170,17 @@ class GroupRelay:
                     now=now,
                     size=len(data),
                 )
-                copies = await snapshot_members(session, post, covered, addresses, window)
-                covered.update(copies)
-                queued += len(copies)
+                # never mail a group to itself, and a member of two addressed groups once: the groups
+                # stored before this one are sibling posts of the message
+                copies = await snapshot_members(session, post, window)
+                queued += copies
                 log.info(
                     "post #%s to %s from %s: %s members, %s copies (the others through another group of it)",
                     post.id,
                     group.address,
                     mail_from or "<>",
                     post.recipient_count,
-                    len(copies),
+                    copies,
                 )
         if queued:
             self.fanout.wake()
