@@ -151,7 +151,7 @@ class SmtpTransport:
         of aiosmtplib's two regular-expression passes over every message (~45 µs of ~400 per message).
         `WireBytes` (the composer's and the DKIM signer's) are CRLF by construction and not counted again."""
         proto = client.protocol
-        if proto is None or (type(data) is not WireBytes and not _crlf_only(data)):
+        if proto is None or (not isinstance(data, WireBytes) and not _crlf_only(data)):
             await client.data(data)  # not pure CRLF: let aiosmtplib normalise it
             return
         payload = (b"." + data if data.startswith(b".") else data).replace(b"\r\n.", b"\r\n..")
