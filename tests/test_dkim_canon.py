@@ -24,7 +24,7 @@ from bot.mail.dkim import (
     relaxed_body,
     relaxed_fields,
 )
-from bot.mail.wire import WireBytes
+from bot.mail.wire import ComposedBytes, WireBytes
 from tests.dkim_kit import DOMAIN, Keys, verified
 
 # Bodies and header values built from the pieces canonicalisation cares about.
@@ -182,11 +182,13 @@ def _crlf_only(data: bytes) -> bool:
 
 @settings(max_examples=60, deadline=None)
 @given(
-    text=st.text(st.sampled_from("ab \t\r\n\u00e9\u4f60."), max_size=200),
+    text=st.text(st.sampled_from("ab \t\r\n\u00e9\u4f60."), max_size=400),
     subject=st.text(st.sampled_from("ab \t\r\n\x00\x7f\u00e9"), max_size=40),
     email=st.sampled_from(["x@example.com", "x\r\n@example.com", "x\n@example.com\r"]),
 )
-def test_the_composer_makes_crlf_only_messages(text: str, subject: str, email: str) -> None:
+def test_the_composer_makes_crlf_only_messages_without_whitespace_at_line_ends(
+    text: str, subject: str, email: str
+) -> None:
     data = build_message(
         from_name="News\r\nBcc: evil@example.com",
         from_address="news@corp.example",
@@ -198,9 +200,10 @@ def test_the_composer_makes_crlf_only_messages(text: str, subject: str, email: s
         message_id="<1@corp.example>\n",
         headers=[("X-Test\r\n", "v\r\nw")],
     )
-    assert type(data) is WireBytes
+    assert type(data) is ComposedBytes
     assert _crlf_only(data), data
-    head = data.split(b"\r\n\r\n", 1)[0]
+    head, body = data.split(b"\r\n\r\n", 1)
+    assert not re.search(rb"[ \t]\r\n", body)  # what ComposedBytes promises the DKIM body hash
     assert not re.search(rb"^Bcc:", head, re.M | re.I)
 
 

@@ -5,9 +5,10 @@ same MIME structure here costs a small fraction of that (benchmarks/send_through
 Parts are UTF-8 quoted-printable. Header values are RFC 2047-encoded only when not ASCII, in encoded words
 of at most 75 characters on lines of at most 76; ASCII values are folded at spaces to 78 characters, so a
 `List-Unsubscribe` is folded between its URIs, never inside one; `Date` is UTC written `+0000`.
-The message comes back as `WireBytes`: CRLF throughout by construction (a bare CR in a part is a line
+The message comes back as `ComposedBytes`: CRLF throughout by construction (a bare CR in a part is a line
 break, as SMTP would have made it; no header carries a control character), so neither the DKIM signer nor
-the transport scans it for bare line ends again.
+the transport scans it for bare line ends again, and no body line ends in whitespace (quoted-printable
+encodes it), so the DKIM body hash skips that search too.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import secrets
 import time
 from email.utils import formatdate, quote
 
-from bot.mail.wire import WireBytes
+from bot.mail.wire import ComposedBytes
 
 # What no header may carry: inputs refuse these (bot/values.py), but a value stored before they did may.
 _CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
@@ -133,8 +134,8 @@ def build_message(
     html: str | None,
     message_id: str,
     headers: list[tuple[str, str]] = (),  # type: ignore[assignment]
-) -> WireBytes:
-    """A complete RFC 5322 message with CRLF line ends (`WireBytes`), ready for SMTP DATA."""
+) -> ComposedBytes:
+    """A complete RFC 5322 message with CRLF line ends (`ComposedBytes`), ready for SMTP DATA."""
     lines = [
         address(from_name, from_address, "From"),
         address(to_name, to_address, "To"),
@@ -148,7 +149,7 @@ def build_message(
     if html is None:
         lines.append('Content-Type: text/plain; charset="utf-8"')
         lines.append("Content-Transfer-Encoding: quoted-printable")
-        return WireBytes(("\r\n".join(lines) + "\r\n\r\n").encode() + _qp(text) + b"\r\n")
+        return ComposedBytes(("\r\n".join(lines) + "\r\n\r\n").encode() + _qp(text) + b"\r\n")
     boundary = "=_pr_" + secrets.token_hex(12)
     lines.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
     head = ("\r\n".join(lines) + "\r\n\r\n").encode()
@@ -156,7 +157,7 @@ def build_message(
     part_head = (
         b'Content-Type: text/%s; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n'
     )
-    return WireBytes(
+    return ComposedBytes(
         b"".join(
             [
                 head,

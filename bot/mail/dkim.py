@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
 from bot.mail.transport import Outcome, SmtpTarget, SmtpTransport
-from bot.mail.wire import WireBytes
+from bot.mail.wire import ComposedBytes, WireBytes
 
 Algorithm = Literal["rsa-sha256", "ed25519-sha256"]
 
@@ -292,10 +292,15 @@ def relaxed_body(body: bytes) -> bytes:
     return body + b"\r\n" if body else b""
 
 
-def body_hash(data: bytes, start: int = 0) -> bytes:
+def body_hash(data: bytes, start: int = 0, *, line_end_space: bool = True) -> bytes:
     """SHA-256 of the relaxed body that starts at `start`, without copying a body that has no whitespace
-    to fold (what the engine builds: quoted-printable encodes the whitespace at line ends)."""
-    if data.find(b"\t", start) >= 0 or data.find(b"  ", start) >= 0 or data.find(b" \r\n", start) >= 0:
+    to fold (what the engine builds: quoted-printable encodes the whitespace at line ends);
+    `line_end_space=False`: no line of it ends in whitespace (`ComposedBytes`), so that is not searched."""
+    if (
+        data.find(b"\t", start) >= 0
+        or data.find(b"  ", start) >= 0
+        or (line_end_space and data.find(b" \r\n", start) >= 0)
+    ):
         return hashlib.sha256(relaxed_body(data[start:])).digest()
     stop = len(data)
     while stop > start and data[stop - 1] in (10, 13):  # the empty lines at the end
@@ -310,7 +315,7 @@ def body_hash(data: bytes, start: int = 0) -> bytes:
 
 def normalise_line_ends(data: bytes) -> WireBytes:
     """`data` with every CRLF, bare LF and bare CR as CRLF; `WireBytes` are so already and not scanned."""
-    if type(data) is WireBytes:
+    if isinstance(data, WireBytes):
         return data
     crlf = data.count(b"\r\n")
     if data.count(b"\n") == crlf and data.count(b"\r") == crlf:
@@ -366,6 +371,7 @@ class DkimSigner:
         for key in self.keys:
             self._by_domain.setdefault(key.domain, []).append(key)
         self._lookup: dict[str, tuple[DkimKey, ...]] = {}
+        self._by_author: dict[bytes, tuple[DkimKey, ...]] = {}  # canonical From/Sender field -> keys
         self._clock = clock
         # Group mail hands the same bytes to every member: they are signed once.
         self._last: tuple[bytes, bytes] | None = None
@@ -378,6 +384,16 @@ class DkimSigner:
     @property
     def uses_rsa(self) -> bool:
         return any(k.algorithm == "rsa-sha256" for k in self.keys)
+
+    def _keys_of(self, author: bytes) -> tuple[DkimKey, ...]:
+        """The keys for a canonical From or Sender field: its domain's (a campaign's is looked up once)."""
+        found = self._by_author.get(author)
+        if found is None:
+            domain = _domain_of(author.partition(b":")[2])
+            found = self.keys_for(domain) if domain else ()
+            if len(self._by_author) < 10_000:
+                self._by_author[author] = found
+        return found
 
     def keys_for(self, domain: str) -> tuple[DkimKey, ...]:
         """The keys of `domain` or of its nearest parent domain that has any."""
@@ -446,8 +462,7 @@ class DkimSigner:
         keys: Sequence[DkimKey] = ()
         for author in (b"from", b"sender"):
             if author in fields:
-                domain = _domain_of(fields[author][0][len(author) + 1 :])
-                keys = self.keys_for(domain) if domain else ()
+                keys = self._keys_of(fields[author][0])
                 if keys:
                     break
         if not keys:
@@ -469,7 +484,9 @@ class DkimSigner:
         if b"from" in fields:
             names.append(b"from")  # one more than there are: nothing can be added
         signed_headers = b"".join(signed)
-        bh = base64.b64encode(body_hash(data, start))
+        bh = binascii.b2a_base64(
+            body_hash(data, start, line_end_space=type(data) is not ComposedBytes), newline=False
+        )
         t = b"%d" % int(self._clock())
         listed = tuple(names)
         jobs = []

@@ -330,7 +330,7 @@ def _wire(data: bytes) -> bytes:
     """The message as DATA carries it: CRLF line ends, a dot doubled at the start of a line, and the dot
     line that ends it. A message built here is CRLF already: then it is one bytes.replace, and `WireBytes`
     (the composer's and the DKIM signer's, CRLF by construction) are not even counted."""
-    if type(data) is not WireBytes and not _crlf_only(data):
+    if not isinstance(data, WireBytes) and not _crlf_only(data):
         data = _LINE_END.sub(b"\r\n", data)
     payload = (b"." + data if data.startswith(b".") else data).replace(b"\r\n.", b"\r\n..")
     if not payload.endswith(b"\r\n"):

@@ -14,3 +14,11 @@ class WireBytes(bytes):
     """Bytes with CRLF line ends throughout (no bare CR, no bare LF)."""
 
     __slots__ = ()
+
+
+class ComposedBytes(WireBytes):
+    """A message from the composer (bot/mail/compose.py): `WireBytes`, and no line of its body ends in a
+    space or tab (its parts are quoted-printable, which encodes whitespace before a line end), so DKIM's
+    relaxed body canonicalisation has no trailing whitespace to look for."""
+
+    __slots__ = ()
