@@ -135,6 +135,7 @@ def settings_for(
             "host": "127.0.0.1",
             "port": smtp_port,
             "connections": campaigns.pop("connections", 4),
+            "pipelining": campaigns.pop("pipelining", True),
             "timeout_s": 30,
         },
         org={

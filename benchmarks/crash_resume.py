@@ -89,9 +89,15 @@ def main() -> None:
         ]
         kills = 0
         for _ in range(args.kills):
+            before = len(sink.received())
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-            # Somewhere after start-up (imports take ~1 s) and before the end of the send.
-            delay = rng.uniform(1.3, 3.0)
+            # Somewhere in the send: once this process has delivered something (start-up takes 1 s on a
+            # quiet machine, several on a loaded one, and a kill before it would test nothing), and before
+            # the end of the send.
+            started = time.monotonic() + 120
+            while time.monotonic() < started and proc.poll() is None and len(sink.received()) <= before:
+                time.sleep(0.02)
+            delay = rng.uniform(0.1, 1.5)
             deadline = time.monotonic() + delay
             while time.monotonic() < deadline and proc.poll() is None:
                 time.sleep(0.02)
@@ -100,7 +106,7 @@ def main() -> None:
                 proc.wait()
                 kills += 1
                 print(
-                    f"kill {kills}: SIGKILL after {delay:.2f} s; {len(sink.received())} received so far",
+                    f"kill {kills}: SIGKILL {delay:.2f} s into sending; {len(sink.received())} received so far",
                     flush=True,
                 )
             else:

@@ -73,6 +73,41 @@ def _write_private(output: str, text: str) -> None:
         raise click.ClickException(f"Can't write {output}: {exc.strerror or exc}.") from None
 
 
+class _OutputThatMayClose:
+    """Standard output whose reader may go away (`postroom chat … | head -1`). Once it has, the rest is
+    dropped rather than stopping the command halfway: what the command changes, and the background work it
+    starts (a campaign send), still finish, and it exits as it would have, without a traceback. The reader
+    chose to stop reading; that is not the command's failure."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.gone = False
+
+    def write(self, text: str) -> int:
+        if not self.gone:
+            try:
+                self.stream.write(text)
+            except BrokenPipeError:
+                self._went_away()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self._went_away()
+
+    def _went_away(self) -> None:
+        self.gone = True
+        # Python flushes stdout once more on its way out: give that flush somewhere it cannot fail.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self.stream.fileno())
+        finally:
+            os.close(devnull)
+
+
 def _run(coro, settings: Settings | None = None) -> None:
     from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -84,6 +119,8 @@ def _run(coro, settings: Settings | None = None) -> None:
         run_coroutine(coro)
     except (ConfigError, SchemaError, UserError, DatabaseUnreachable) as exc:
         raise click.ClickException(getattr(exc, "sentence", None) or str(exc)) from None
+    except BrokenPipeError:
+        raise  # standard output's reader went away: not a start-up failure; click exits quietly
     except (OperationalError, InterfaceError, OSError) as exc:
         # A database that can't be opened or reached, a port already taken: a sentence, not a traceback.
         if settings is None:
@@ -316,7 +353,8 @@ async def _chat(settings: Settings, as_email: str, text: str, refused: list[int]
 
     app = await build_app(settings)
     try:
-        console = load_adapter("console", settings, as_email=as_email, prompt=False)
+        out = _OutputThatMayClose(sys.stdout)
+        console = load_adapter("console", settings, as_email=as_email, prompt=False, out=out)
         assert console is not None
         app.attach(console)
         await console.start(app.core)

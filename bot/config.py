@@ -88,6 +88,9 @@ class SmtpServer(_Section):
     starttls: bool = False
     timeout_s: float = Field(default=30.0, gt=0)
     connections: int = Field(default=2, ge=1, le=64)
+    # RFC 2920 when the server offers PIPELINING: MAIL, RCPT and DATA in one write (bot/mail/transport.py);
+    # false speaks one command at a time even then.
+    pipelining: bool = True
     # Messages per second of one sending run over this route; None: campaigns.rate_per_s, 0: no limit.
     rate_per_s: float | None = Field(default=None, ge=0)
 
@@ -136,7 +139,11 @@ class SmtpSettings(SmtpServer):
 
     @model_validator(mode="after")
     def _known_domain_routes(self) -> SmtpSettings:
+        # Keys are normalised rather than refused: "Acme.example." (upper case, or the absolute form DNS tools
+        # print) is the very domain acme.example names, so there is one right reading and nothing to ask.
+        # Two keys that are the same domain are refused: which route was meant is the admin's to say.
         mapped: dict[str, str] = {}
+        given: dict[str, str] = {}
         for domain, route in self.domain_routes.items():
             name = route.strip().lower()
             if name not in self.route_names():
@@ -144,7 +151,13 @@ class SmtpSettings(SmtpServer):
                     f"domain_routes sends {domain} to route {route!r}, which is not configured "
                     f"(there are: {', '.join(self.route_names())})"
                 )
-            mapped[normalise_domain(domain)] = name
+            key = route_domain(domain)
+            if key in given:
+                raise ValueError(
+                    f"domain_routes names {given[key]!r} and {domain!r}, which are the same domain ({key}): "
+                    "keep one of them"
+                )
+            given[key], mapped[key] = domain, name
         self.domain_routes = mapped
         return self
 
@@ -163,7 +176,7 @@ class SmtpSettings(SmtpServer):
         """The route mail from `sender` takes: the one chosen, else domain_routes by its domain, else default."""
         if chosen:
             return chosen
-        return self.domain_routes.get(sender.rsplit("@", 1)[-1].lower(), DEFAULT_ROUTE)
+        return self.domain_routes.get(route_domain(sender.rsplit("@", 1)[-1]), DEFAULT_ROUTE)
 
 
 # What [org] holds until someone sets it: obvious placeholders, which `postroom serve` and `postroom chat`
@@ -202,6 +215,11 @@ def normalise_domain(value: str) -> str:
     return domain
 
 
+def route_domain(value: str) -> str:
+    """A domain as smtp.domain_routes keys and looks it up: normalised, without the root's trailing dot."""
+    return normalise_domain(value).rstrip(".")
+
+
 # One label of a host name (RFC 1123): letters, digits and inner hyphens, at most 63 characters.
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
@@ -221,8 +239,29 @@ PUBLIC_MAILBOX_DOMAINS = frozenset(
 )  # fmt: skip
 
 
+def _ip_literal(domain: str) -> bool:
+    """Whether `domain` is an IP address, bare or as an address literal ([10.0.0.1], [IPv6:…])."""
+    inner = domain[1:-1] if domain.startswith("[") and domain.endswith("]") else domain
+    try:
+        ipaddress.ip_address(inner.removeprefix("ipv6:"))
+    except ValueError:
+        return False
+    return True
+
+
 def domain_problem(domain: str) -> str | None:
     """Why `domain` (normalised) is not a mail domain, as the end of a sentence; None when it is one."""
+    if _ip_literal(domain):
+        # alice@10.0.0.1 goes to that host, not through the company's MX: no address there is staff's
+        return (
+            "is an IP address, not a mail domain: mail to an address at it goes straight to that host; list "
+            "the company's mail domains, like acme.com"
+        )
+    if domain.rsplit(".", 1)[-1].isdigit():
+        return (
+            "ends in a number, which no top-level domain does (mail software reads it as an IP address); list "
+            "the company's mail domains, like acme.com"
+        )
     if domain in PUBLIC_MAILBOX_DOMAINS:
         return (
             "is a public mailbox provider's domain: listed, every one of its users would count as "

@@ -16,6 +16,25 @@ import time
 from bot.errors import UserError
 from bot.i18n import t
 
+# The largest id a row can have: SQLite's INTEGER and PostgreSQL's BIGINT are signed 64-bit. A token is
+# signed, so it can only name a bigger one if we signed it; still, looking one up is a 500, not an answer.
+MAX_ROW_ID = 2**63 - 1
+
+
+def row_id(text: str) -> int | None:
+    """The row id a token part spells (ASCII digits, within MAX_ROW_ID), else None. Not `str.isdigit`:
+    it takes "²", which `int` refuses."""
+    if not text or len(text) > 19 or not text.isascii() or not text.isdigit():
+        return None
+    value = int(text)
+    return value if value <= MAX_ROW_ID else None
+
+
+def base36_id(text: str) -> int | None:
+    """The row id a VERP local part spells in base 36 (already matched as [0-9a-z]+), else None."""
+    value = int(text, 36)
+    return value if value <= MAX_ROW_ID else None
+
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()

@@ -195,10 +195,12 @@ class Claims:
         ended: Sequence[dict[str, Any]] = (),
         retry: Sequence[dict[str, Any]] = (),
         unsent: Sequence[dict[str, Any]] = (),
+        later: Sequence[dict[str, Any]] = (),
     ) -> None:
         """Write a batch's results, each list as one executemany. Rows carry `b_id`; `ended` rows a
         final `status` and `err`; `retry` rows `err` and `nxt` (when to try again); `unsent` rows go back
-        to `pending` with the attempt uncounted (an `err` given with one is kept as its `last_error`)."""
+        to `pending` with the attempt uncounted (an `err` given with one is kept as its `last_error`);
+        `later` rows too, not due before their `nxt` (claimed, never tried: held by a deferral)."""
         conn = await session.connection()
         table = self.table
         mine = and_(table.c.id == bindparam("b_id"), table.c.claimed_by == worker_id)
@@ -236,6 +238,17 @@ class Claims:
                 .values(status="pending", attempts=table.c.attempts - 1, last_error=bindparam("err")),
                 said,
             )
+        waiting = (
+            table.update()
+            .where(mine)
+            .values(status="pending", attempts=table.c.attempts - 1, next_attempt_at=bindparam("nxt"))
+        )
+        quiet = [r for r in later if "err" not in r]
+        told = [r for r in later if "err" in r]
+        if quiet:
+            await conn.execute(waiting, quiet)
+        if told:
+            await conn.execute(waiting.values(last_error=bindparam("err")), told)
 
     @cached_property
     def _sent_by_id(self) -> Any:

@@ -20,6 +20,7 @@ from bot.campaigns.preview import RETRY_AFTER_S, PreviewCache
 from bot.campaigns.unsubscribe import masked, read_token, target_of, unsubscribe
 from bot.context import Context
 from bot.i18n import t
+from bot.links import row_id
 from bot.webhooks import Refused, read_capped
 
 log = logging.getLogger(__name__)
@@ -138,9 +139,10 @@ def build_web(ctx: Context, routes: list[Any]) -> ASGIApp:
 
     async def preview(request: Request) -> Response:
         parts = signer.verify_expiring(request.path_params["token"], "p")
-        if not parts or len(parts) != 1 or not parts[0].isdigit():
+        campaign_id = row_id(parts[0]) if parts and len(parts) == 1 else None
+        if campaign_id is None:
             return _page(t("Link not valid"), _p(t("This preview link is not valid or has expired.")), 403)
-        page = await previews.page(ctx, int(parts[0]))
+        page = await previews.page(ctx, campaign_id)
         if not page.document:
             shown = _page(page.title, f"<p>{html.escape(page.body)}</p>", page.status)
             if page.status == 503:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 from typing import Any
 
 from starlette.requests import Request
@@ -107,6 +108,34 @@ def parse_json(
         raise Refused(400, duplicate.format(name=shown) if duplicate else sentence) from None
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise Refused(400, sentence) from None
+
+
+_UTF8_BOM = b"\xef\xbb\xbf"
+_WIDE_BOMS = (b"\xff\xfe", b"\xfe\xff")  # UTF-16 (and UTF-32 LE, which starts the same way)
+_CHARSET = re.compile(r";\s*charset\s*=\s*\"?([^\";\s]*)", re.I)
+
+
+def utf8_text(body: bytes, content_type: str | None = None) -> str:
+    """A JSON body as text: UTF-8 only (RFC 8259 §8.1; a leading UTF-8 byte-order mark is dropped).
+    `json.loads` would take UTF-16 or UTF-32 bytes too, guessing the encoding from the zero bytes; a
+    sender whose body is another encoding than it thinks would have it read as something else. Refused:
+    415 for a body or a Content-Type charset in another encoding, 400 for bytes that are not UTF-8."""
+    found = _CHARSET.search(content_type or "")
+    if found and found.group(1).lower().replace("_", "-") not in ("utf-8", "utf8"):
+        shown = "".join(ch if ch.isprintable() else "?" for ch in found.group(1)[:20])
+        raise Refused(415, f"The body must be JSON in UTF-8, and Content-Type says charset={shown}.")
+    if body.startswith(_UTF8_BOM):
+        body = body[len(_UTF8_BOM) :]
+    # A NUL byte is never in UTF-8 JSON (a control character is escaped in a string, and none is
+    # allowed outside one), and UTF-16 or UTF-32 text of ASCII has one in every other (or every fourth) byte.
+    if body.startswith(_WIDE_BOMS) or b"\x00" in body:
+        raise Refused(415, "The body must be JSON in UTF-8, not UTF-16 or UTF-32: send it encoded as UTF-8.")
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Refused(
+            400, f"The body is not UTF-8 (byte {exc.start} is not a UTF-8 character): send JSON in UTF-8."
+        ) from None
 
 
 def parse_timestamp(value: str | None) -> int | None:

@@ -2,11 +2,18 @@
 
 Replies can be scripted per recipient (`fail_rcpt["x@y"] = [451, 451]` answers 451 twice, then
 accepts), and the server can drop connections, to test the engine against a misbehaving peer.
+
+It offers PIPELINING (RFC 2920) unless made with `pipelining=False`, as Postfix and most relays do.
+aiosmtpd does not advertise it, but it reads commands one line at a time from its buffer and answers them
+in order, which is all a pipelining client needs; the EHLO hook only says so. For each MAIL FROM it notes
+what the client had already sent after it (`ahead`): a pipelining client's RCPT TO and DATA.
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,6 +34,7 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     data: bytes
+    connection: int = 0  # which connection (session) it came over
 
     @property
     def message(self) -> EmailMessage:
@@ -38,9 +46,37 @@ class RecordingHandler:
     messages: list[Received] = field(default_factory=list)
     fail_rcpt: dict[str, list[int]] = field(default_factory=dict)
     drop_after: int | None = None  # close the connection after this many accepted messages (once)
+    pipelining: bool = True  # offer PIPELINING in the EHLO reply
+    # Per MAIL FROM, in order: the bytes the client had sent after it before it was answered.
+    ahead: list[bytes] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # RCPT TO one of these addresses waits until its event is set (at most 30 s): a send held mid-way
+    hold: dict[str, threading.Event] = field(default_factory=dict)
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # type: ignore[no-untyped-def]
+        session.host_name = hostname  # what aiosmtpd does itself when there is no hook
+        if self.pipelining:
+            responses.insert(len(responses) - 1, "250-PIPELINING")
+        return responses
+
+    def note_mail(self, server) -> None:  # type: ignore[no-untyped-def]
+        """What is already in the server's read buffer when MAIL FROM is handled (before it is answered)."""
+        with self.lock:
+            self.ahead.append(bytes(server._reader._buffer))
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):  # type: ignore[no-untyped-def]
+        self.note_mail(server)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
+        gate = self.hold.get(address.lower())
+        if gate is not None:
+            for _ in range(3000):
+                if gate.is_set():
+                    break
+                await asyncio.sleep(0.01)
         with self.lock:
             codes = self.fail_rcpt.get(address.lower())
             if codes:
@@ -52,7 +88,7 @@ class RecordingHandler:
     async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
         with self.lock:
             self.messages.append(
-                Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
+                Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content, id(session))
             )
             if self.drop_after is not None and len(self.messages) >= self.drop_after:
                 self.drop_after = None
@@ -73,10 +109,18 @@ class RecordingHandler:
 
 
 class SmtpServer:
-    def __init__(self) -> None:
-        self.handler = RecordingHandler()
+    def __init__(
+        self,
+        *,
+        pipelining: bool = True,
+        handler: RecordingHandler | None = None,
+        tls_context: ssl.SSLContext | None = None,  # offer STARTTLS with it
+    ) -> None:
+        self.handler = handler or RecordingHandler(pipelining=pipelining)
         self.port = free_port()
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, decode_data=False)
+        self.controller = Controller(
+            self.handler, hostname="127.0.0.1", port=self.port, decode_data=False, tls_context=tls_context
+        )
 
     def __enter__(self) -> SmtpServer:
         self.controller.start()

@@ -44,11 +44,10 @@ class FaultyHandler(RecordingHandler):
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):  # type: ignore[no-untyped-def]
         if self.mail_reply:
+            self.note_mail(server)
             self.refused.append(f"MAIL {address}")
             return self.mail_reply
-        envelope.mail_from = address
-        envelope.mail_options.extend(mail_options)
-        return "250 OK"
+        return await super().handle_MAIL(server, session, envelope, address, mail_options)
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
         reply = (
@@ -86,10 +85,11 @@ class FaultyHandler(RecordingHandler):
 
 
 class FaultyServer:
-    """Started on `port` (a free one by default); `auth=True` makes it require a login before MAIL."""
+    """Started on `port` (a free one by default); `auth=True` makes it require a login before MAIL;
+    `pipelining=False` stops it offering PIPELINING."""
 
-    def __init__(self, port: int | None = None, *, auth: bool = False) -> None:
-        self.handler = FaultyHandler()
+    def __init__(self, port: int | None = None, *, auth: bool = False, pipelining: bool = True) -> None:
+        self.handler = FaultyHandler(pipelining=pipelining)
         self.port = port or free_port()
         options: dict[str, object] = {}
         if auth:

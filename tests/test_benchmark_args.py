@@ -35,6 +35,11 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
             "argument --policy-requests: 0 is too small; give a count of 1 or more.",
         ),
         (
+            "send_throughput.py",
+            ["--pairs", "0"],
+            "argument --pairs: 0 is too small; give a count of 1 or more.",
+        ),
+        (
             "automations.py",
             ["--contacts", "0"],
             "argument --contacts: 0 is too small; give a count of 1 or more.",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import re
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -187,8 +188,12 @@ async def test_cancel_stops_the_send_for_good(make_bot, smtp) -> None:  # type: 
 
 
 async def test_an_unsubscribe_mid_campaign_stops_the_next_message(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]
-    # One batch holds everyone: the unsubscribe lands while that batch is being sent.
-    bot = await make_bot(rate_per_s=4, batch_size=10)
+    # One batch holds everyone, on one connection: the unsubscribe lands while that batch is being sent.
+    # The second message is held at the server until the unsubscribe has had time (2 s, eight of the
+    # engine's 0.25 s looks) to reach the engine, so a loaded machine can't send the last one first.
+    raj_held = threading.Event()
+    smtp.handler.hold["raj@example.net"] = raj_held
+    bot = await make_bot({"connections": 1}, batch_size=10)
     await send(bot, "mid")
     await until(lambda: len(smtp.messages) >= 1)
     first = smtp.messages[0].message
@@ -203,9 +208,33 @@ async def test_an_unsubscribe_mid_campaign_stops_the_next_message(make_bot, smtp
             headers={"content-type": "application/x-www-form-urlencoded"},
         )
     assert done.status_code == 200
+    await asyncio.sleep(2)
+    raj_held.set()
     await bot.settle()
     assert "ode@example.com" not in received(smtp)
     assert (await deliveries(bot, "mid"))["ode@example.com"].status == "suppressed"
+
+
+async def test_an_unsubscribe_while_a_message_waits_for_its_rate_slot_stops_it(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]
+    # 0.5 messages a second over two connections: the last recipient (ode) is taken from the batch as the
+    # second message goes out, then waits about 4 s for its slot. An unsubscribe in that wait must hold.
+    bot = await make_bot(rate_per_s=0.5, batch_size=10)
+    await send(bot, "slow")
+    await until(lambda: len(smtp.messages) >= 2, timeout=30)
+    assert "ode@example.com" not in received(smtp)
+    async with bot.core.ctx.sessions() as session:
+        cid = (await session.execute(select(Campaign.id).where(Campaign.name == "slow"))).scalar_one()
+    token = bot.core.ctx.signer.sign("u", str(cid), "ode@example.com")
+    async with web(bot) as client:
+        done = await client.post(
+            f"/u/{token}",
+            content="List-Unsubscribe=One-Click",
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+    assert done.status_code == 200
+    await bot.settle()
+    assert "ode@example.com" not in received(smtp)
+    assert (await deliveries(bot, "slow"))["ode@example.com"].status == "suppressed"
 
 
 async def test_too_many_errors_pause_the_campaign_and_say_why_in_chat(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]

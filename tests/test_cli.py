@@ -420,3 +420,41 @@ def test_an_older_schema_is_refused_until_db_upgrade(setup: Setup) -> None:
         and upgraded.stdout.strip() == f"Upgraded the schema from 0004 to {head_revision()}."
     )
     assert setup.run("chat", "--as", HR, "/help").returncode == 0
+
+
+def with_stdout_closed(setup: Setup, *args: str) -> tuple[int, str]:
+    """`postroom … | head -1` once head has gone: the reader closes its end before anything is written."""
+    proc = subprocess.Popen(
+        [POSTROOM, "--config", str(setup.config), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=setup.folder,
+        env=clean_env(),
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read()
+    return proc.wait(timeout=60), err
+
+
+# Review: `postroom chat … | head -1` said "Error: Postroom could not start: [Errno 32] Broken pipe." and
+# exited 1 — after the command had been carried out, and before the campaign send it started had finished.
+def test_chat_into_a_pipe_that_closes_finishes_the_command_and_exits_quietly(setup: Setup) -> None:
+    assert with_stdout_closed(setup, "chat", "--as", HR, "/help") == (0, "")
+    assert with_stdout_closed(setup, "chat", "--as", HR, '/newgroup eng "Engineering"') == (0, "")
+    assert "eng@corp.example" in setup.chat(HR, "/groups")
+    code, err = with_stdout_closed(setup, "chat", "--as", NOBODY, "/newgroup sales")
+    assert (code, err) == (1, ""), err  # refused: still 1, and still no traceback
+
+    (setup.folder / "contacts.csv").write_text(CONTACTS)
+    assert setup.run("contacts", "import", "contacts.csv", "--list", "customers").returncode == 0
+    setup.chat(SAM, "/campaign new spring --to customers --template welcome")
+    setup.chat(SAM, "/campaign submit spring")
+    assert with_stdout_closed(setup, "chat", "--as", MARIA, "/approve spring") == (0, "")
+    # The send it started finished before it exited, as with a reader that stays.
+    assert sorted(r for m in setup.smtp.messages for r in m.rcpt_tos) == [
+        "lena@example.com",
+        "raj@example.net",
+        "yuki@example.org",
+    ]

@@ -130,6 +130,10 @@ async def test_a_group_cannot_take_a_persons_or_postrooms_own_address(database_u
             "Bob+lists": "is the mailbox of Bob (bob@corp.example)",
             "chen": "who has left: a group can't take a person's address, even a leaver's",
             "news": "campaigns.from_address",
+            # Tryout: the campaign sender's, the unsubscribe mailbox's and a return path's addresses with a
+            # tag were taken (mail to news+x@ is delivered to news@'s mailbox).
+            "news+x": "is the campaigns' From address news@corp.example (campaigns.from_address) with a tag",
+            "unsubscribe+x@corp.example": "is the unsubscribe mailbox unsubscribe@corp.example (campaigns.unsubscribe_mailbox) with a tag",
             "unsubscribe@corp.example": "campaigns.unsubscribe_mailbox",
             "bounces": "Postroom's own addresses",
             "bounces+g.x": "Postroom's own addresses",

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from bot.db.models import Person
+from bot.db.models import Person, PersonId
 from bot.errors import UserError
 from bot.events import PersonEvent
 from bot.hr.importer import import_staff
@@ -93,3 +93,70 @@ async def test_a_csv_row_under_a_new_id_with_a_leavers_address_is_refused_not_ta
     async with app.ctx.sessions() as s:
         status = (await s.execute(select(Person.status).where(Person.employee_id == "E003"))).scalar_one()
     assert status == "left"
+
+
+async def test_a_csv_row_whose_email_is_no_persons_mailbox_is_refused_and_the_rest_applies(
+    lbot, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """The webhook's refusal (tests/test_hr_webhook.py), in a snapshot: the row is not applied, with its
+    line and why; everyone else in the file is."""
+    app = lbot.app
+    await import_staff(app.lifecycle, write(tmp_path, ROWS, "all.csv"))
+    rows = [*ROWS, "E010,p1+lists@corp.example,Tagged,Engineering", "E011,postmaster@corp.example,PM,Sales"]
+    rows[0] = "E000,eng+x@corp.example,Person 0,Engineering"  # an address change to a group's, tagged
+    rows.append("E012,p12@corp.example,Person 12,Sales")
+    result = await import_staff(app.lifecycle, write(tmp_path, rows, "tagged.csv"))
+    text = result.summary()
+    assert "E010 (p1+lists@corp.example), joined: not applied — line 6: p1+lists@corp.example is " in text, (
+        text
+    )
+    assert (
+        "E011 (postmaster@corp.example), joined: not applied — line 7: postmaster@corp.example is a role"
+        in text
+    )
+    assert "E000 (eng+x@corp.example), changed: not applied — line 2: eng+x@corp.example is the group" in text
+    assert result.done == {"joined": 1}, text
+    assert "sales" in await groups_of(lbot, "p12@corp.example")
+    assert "eng" in await groups_of(lbot, "p0@corp.example")  # E000 stays as on record
+    async with app.ctx.sessions() as s:
+        emails = set((await s.execute(select(Person.email))).scalars())
+    assert "p1+lists@corp.example" not in emails and "postmaster@corp.example" not in emails
+    assert "p0@corp.example" in emails
+
+
+async def test_a_csv_row_taking_over_another_persons_address_is_refused_with_its_line(lbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Tryout finding: a row under a new id (X12) with an active person's address (p1@, E001's) was taken
+    silently — as E001 'unchanged' when its values matched, so E001's own absence went unnoticed, and X12
+    never existed; and a row giving E000 the address of E002 (who is missing from the file) was planned as
+    E000's move. HR ids are immutable (the webhook refuses both): each row is refused with its line, nothing
+    changes for it, and the rest of the file applies as usual (E002, missing, leaves)."""
+    app = lbot.app
+    await import_staff(app.lifecycle, write(tmp_path, ROWS, "all.csv"))
+    before = await groups_of(lbot, "p1@corp.example")
+    rows = [
+        "E000,p2@corp.example,Person 0,Sales",
+        "X12,p1@corp.example,Person 1,Engineering",
+        ROWS[3],
+        "E009,p9@corp.example,Person 9,Sales",
+    ]
+    result = await import_staff(app.lifecycle, write(tmp_path, rows, "renumbered.csv"))
+    text = result.summary()
+    assert (
+        "X12 (p1@corp.example), joined: not applied — line 3: p1@corp.example belongs to E001; an HR id is "
+        "one person's and does not change: send the event for E001, or correct the email" in text
+    ), text
+    assert (
+        "E000 (p2@corp.example), changed: not applied — line 2: p2@corp.example belongs to E002, another "
+        "person on record" in text
+    ), text
+    assert result.done == {"joined": 1, "left": 1}, text
+    assert await groups_of(lbot, "p1@corp.example") == before
+    assert "eng" in await groups_of(lbot, "p0@corp.example") and "sales" in await groups_of(
+        lbot, "p9@corp.example"
+    )
+    assert await groups_of(lbot, "p2@corp.example") == {}  # E002 left: missing from the file
+    async with app.ctx.sessions() as s:
+        people = dict((await s.execute(select(Person.employee_id, Person.email))).all())
+        ids = set((await s.execute(select(PersonId.external_id))).scalars())
+    assert people["E000"] == "p0@corp.example" and people["E001"] == "p1@corp.example", people
+    assert "X12" not in people and "X12" not in ids, (people, ids)

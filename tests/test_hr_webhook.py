@@ -307,6 +307,26 @@ BAD = [
         400,
         "whole number",
     ),
+    # Tryout: a UTF-16 body (with or without its byte-order mark) was decoded as UTF-16 and applied; JSON
+    # between systems is UTF-8 (RFC 8259), and a body in another encoding is refused whole.
+    ("UTF-16 with a byte-order mark", signed, RAW.decode().encode("utf-16"), 415, "must be JSON in UTF-8"),
+    ("UTF-16 without a byte-order mark", signed, RAW.decode().encode("utf-16-le"), 415, "not UTF-16"),
+    ("UTF-16 big-endian", signed, RAW.decode().encode("utf-16-be"), 415, "must be JSON in UTF-8"),
+    ("UTF-32", signed, RAW.decode().encode("utf-32"), 415, "must be JSON in UTF-8"),
+    (
+        "Latin-1",
+        signed,
+        RAW.replace(b'"attributes"', '"name": "Iván", "attributes"'.encode("latin-1")),
+        400,
+        "is not UTF-8",
+    ),
+    (
+        "a charset other than UTF-8",
+        lambda b: {**signed(b), "Content-Type": "application/json; charset=utf-16"},
+        None,
+        415,
+        "charset=utf-16",
+    ),
     (
         "non-ASCII signature",
         lambda b: {**signed(b), "X-Postroom-Signature": b"sha256=\xe9"},
@@ -337,6 +357,16 @@ async def test_bad_input_gets_a_4xx_sentence_and_changes_nothing(
     async with lbot.core.ctx.sessions() as s:
         assert (await s.execute(select(func.count()).select_from(Person))).scalar_one() == 0
         assert (await s.execute(select(func.count()).select_from(Membership))).scalar_one() == 0
+
+
+async def test_a_utf8_body_with_a_byte_order_mark_is_taken(lbot) -> None:  # type: ignore[no-untyped-def]
+    body = b"\xef\xbb\xbf" + RAW
+    headers = {**signed(body), "Content-Type": "application/json; charset=UTF-8"}
+    async with web_client(lbot) as client:
+        r = await client.post("/hooks/hr", content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    async with lbot.core.ctx.sessions() as s:
+        assert (await s.execute(select(Person.email).where(Person.employee_id == "E5"))).scalar_one() == IVAN
 
 
 async def test_an_unknown_id_with_an_active_persons_email_is_refused_not_a_takeover(lbot) -> None:  # type: ignore[no-untyped-def]
@@ -370,3 +400,63 @@ async def test_an_unknown_id_with_an_active_persons_email_is_refused_not_a_takeo
                 await session.execute(select(PersonId.external_id).where(PersonId.person_id == person.id))
             ).scalars()
         )
+
+
+NOT_A_MAILBOX = [
+    ("alice+x@corp.example", "alice+x@corp.example is alice@corp.example with a tag"),
+    ("postmaster@corp.example", "a role mailbox every mail domain keeps (RFC 2142)"),
+    ("abuse@corp.example", "a role mailbox every mail domain keeps (RFC 2142)"),
+    ("bounces@corp.example", "one of Postroom's own addresses"),
+    ("bounces+x@corp.example", "one of Postroom's own addresses"),
+    ("unsubscribe@corp.example", "the unsubscribe mailbox (campaigns.unsubscribe_mailbox)"),
+    ("news@corp.example", "the campaigns' From address (campaigns.from_address)"),
+    ("news+x@corp.example", "is news@corp.example with a tag, and that is the campaigns' From address"),
+    ("eng@corp.example", "is the address of the group eng@corp.example"),
+    ("eng+x@corp.example", "is the group eng@corp.example's address with a tag"),
+]
+
+
+@pytest.mark.parametrize("email,words", NOT_A_MAILBOX, ids=[e for e, _w in NOT_A_MAILBOX])
+async def test_a_joiner_or_an_address_change_to_what_is_no_persons_mailbox_is_refused(
+    lbot, email, words
+) -> None:  # type: ignore[no-untyped-def]
+    """Tryout finding: HR joiners on alice+x@ (delivered to alice@'s mailbox), postmaster@, abuse@, the
+    return path, the unsubscribe mailbox, the campaign sender, a group's address with a tag were taken
+    as people, and the rules put those addresses in every group. Each is refused (422), and so is an
+    address change to one; nothing changes."""
+    async with web_client(lbot) as client:
+        r = await post_event(
+            client,
+            hr_event("joined", "j1", "E1", "carol@corp.example", "2026-11-01T09:00:00Z", department="Sales"),
+        )
+        assert r.status_code == 200, r.text
+        before = await groups_of(lbot, "carol@corp.example")
+        for kind, emp, event_id in (("joined", "E2", "j2"), ("changed", "E1", "c1")):
+            r = await post_event(
+                client, hr_event(kind, event_id, emp, email, "2026-11-02T09:00:00Z", department="Engineering")
+            )
+            assert r.status_code == 422, (kind, r.text)
+            error = r.json()["error"]
+            assert words in error and error.endswith("."), (kind, error)
+    assert await groups_of(lbot, "carol@corp.example") == before
+    async with lbot.core.ctx.sessions() as s:
+        emails = set((await s.execute(select(Person.email))).scalars())
+        ids = set((await s.execute(select(PersonId.external_id))).scalars())
+    assert emails == {"carol@corp.example"} and ids == {"E1"}, (emails, ids)
+
+
+def test_a_plus_address_outside_the_company_is_a_persons_own(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Outside the company's domains Postroom can't know what a "+" means: an external contractor's
+    address is theirs as it is; on them, a tag is refused (and with postfix.recipient_delimiter empty,
+    a "+" is no tag at all)."""
+    from bot.groups.service import not_a_mailbox
+    from tests.conftest import make_settings
+
+    settings = make_settings("sqlite+aiosqlite:///:memory:", 2525, tmp_path)
+    assert not_a_mailbox(settings, "dana+corp@partner.example", set()) is None
+    assert not_a_mailbox(settings, "mary-ann@corp.example", set()) is None
+    assert "with a tag" in (not_a_mailbox(settings, "dana+corp@corp.example", set()) or "")
+    untagged = make_settings(
+        "sqlite+aiosqlite:///:memory:", 2525, tmp_path, postfix={"recipient_delimiter": ""}
+    )
+    assert not_a_mailbox(untagged, "dana+corp@corp.example", set()) is None

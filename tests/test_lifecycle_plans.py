@@ -258,6 +258,8 @@ async def test_a_plan_held_where_no_messenger_listens_is_announced_once_later(lb
     assert await lbot.app.memberships.announce_pending() == []
     card = lbot.cards("approvals")[-1].card
     assert card is not None and card.title == f"Membership plan #{held.held} needs an approver"
+    fields = dict(card.fields)  # the snapshot's own counts beside its plan (its stored text is not cut)
+    assert fields["HR events"].endswith(f"— {held.counts()}"), fields
 
 
 async def test_groups_shows_each_membership_source(lbot) -> None:  # type: ignore[no-untyped-def]

@@ -130,6 +130,15 @@ def test_defaults_are_placeholders_that_org_problem_names() -> None:
         # Tryout: gmail.com in org.domains was accepted: every Gmail user would count as staff.
         ({"domains": ["corp.example", "gmail.com"]}, "'gmail.com' is a public mailbox provider's domain"),
         ({"domains": ["QQ.com"]}, "'qq.com' is a public mailbox provider's domain"),
+        # Tryout: an IP address was taken as a company domain (alice@10.0.0.1 counted as staff).
+        (
+            {"domains": ["corp.example", "10.0.0.1"]},
+            "org.domains (or $POSTROOM_ORG__DOMAINS) '10.0.0.1' is an IP",
+        ),
+        ({"domains": ["[10.0.0.1]"]}, "'[10.0.0.1]' is an IP address, not a mail domain"),
+        ({"domains": ["[IPv6:2001:db8::1]"]}, "'[ipv6:2001:db8::1]' is an IP address, not a mail domain"),
+        ({"domains": ["10.0.0.256"]}, "'10.0.0.256' ends in a number"),
+        ({"domains": ["127.1"]}, "'127.1' ends in a number"),
     ],
 )
 def test_bad_org_values_are_a_configuration_error(org: dict[str, object], says: str) -> None:
@@ -158,6 +167,7 @@ def test_bad_org_values_are_a_configuration_error(org: dict[str, object], says: 
         (["--domain", "-x.example"], "'-x.example' is not a mail domain"),
         (["--domain", "*.acme.example"], "'*.acme.example' is not a mail domain"),
         (["--domain", "corp.example", "--domain", "outlook.com"], "is a public mailbox provider's domain"),
+        (["--domain", "192.168.1.10"], "'192.168.1.10' is an IP address, not a mail domain"),
     ],
 )
 def test_init_refuses_bad_org_values_and_writes_nothing(tmp_path: Path, args: list[str], says: str) -> None:

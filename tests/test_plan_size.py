@@ -135,3 +135,43 @@ async def test_the_guard_counts_a_membership_removed_twice_in_a_plan_once(lbot: 
         ]
         verdict = await Guard(lbot.app.ctx.settings).review(s, Plan(changes), "reconcile")
     assert verdict.reasons == [] and not verdict.held, verdict.reasons
+
+
+def _named_and_more(text: str) -> tuple[int, list[int]]:
+    """How many changes a text names (its "+ …"/"− …" lines), and the N of each "… and N more" it says."""
+    import re
+
+    lines = [line.strip(" │") for line in text.splitlines()]
+    named = sum(1 for line in lines if line.startswith(("+ ", "− ")))
+    return named, [int(n) for n in re.findall(r"… and (\d+) more\b", text)]
+
+
+async def test_the_approval_card_counts_the_changes_it_leaves_out(lbot: ChatBot, tmp_path: Path) -> None:
+    """Tryout finding: the card cut the plan's text at its bound and said "… and 8 more lines" while 2,974
+    changes went unnamed. It now says how many changes it leaves out."""
+    await on_record(lbot, 60)
+    await lbot.say(HR, "/sync")
+    write_rules(tmp_path, "groups: []\n")
+    assert "plan #1" in await lbot.say(HR, "/rules reload")
+    async with lbot.app.ctx.sessions() as s:
+        total = len((await s.execute(select(PendingPlan))).scalar_one().payload["changes"])
+    card = said(lbot.cards("approvals")[-1])
+    assert "more lines" not in card, card
+    named, more = _named_and_more(card)
+    assert 0 < named < total and more == [total - named], (named, more, total, card)
+
+
+def test_a_plan_summary_cut_by_its_bound_counts_the_changes_it_leaves_out() -> None:
+    from bot.groups.service import SUMMARY_CHARS, Change, Plan
+
+    reason = "rule eng: department is " + "Engineering or " * 12 + "Research"
+    plan = Plan(
+        [
+            Change("add", 1, "eng@corp.example", f"p{i:03d}@corp.example", "rule:eng", reason)
+            for i in range(25)
+        ]
+    )
+    text = plan.summary()
+    assert len(text) <= SUMMARY_CHARS and "more lines" not in text, text
+    named, more = _named_and_more(text)
+    assert 0 < named < 20 and more == [25 - named], (named, more, text)

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from bot.db.models import Delivery
 from tests.conftest import APPROVER, SENDER
 from tests.smtp_faults import FaultyServer
-from tests.test_campaign_delivery import make_bot, state_of, until
+from tests.test_campaign_delivery import deliveries, make_bot, state_of, until
 from tests.test_send_failures import (
     GENERIC_550,
-    approve,
     audience_of,
     received,
     said,
@@ -52,6 +52,35 @@ def deferral(bot) -> list[str]:  # type: ignore[no-untyped-def]
     return [text for text in said(bot) if "example.org refused" in text]
 
 
+def tries(server: FaultyServer) -> Counter[str]:
+    """How often the relay was actually asked to take each address and refused it."""
+    return Counter(r.removeprefix("RCPT ") for r in server.handler.refused if r.startswith("RCPT "))
+
+
+async def org_rows(bot) -> dict[str, Delivery]:  # type: ignore[no-untyped-def]
+    return {e: d for e, d in (await deliveries(bot, "spring")).items() if e in ORG}
+
+
+async def start(bot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    to = await audience_of(bot, tmp_path, "many", EMAILS)
+    assert "Draft campaign" in await bot.say(SENDER, f"/campaign new spring --to {to} --template welcome")
+    assert "Submitted" in await bot.say(SENDER, "/campaign submit spring")
+    assert "Approved" in await bot.say(APPROVER, "/approve spring")  # its run goes on: no settle
+
+
+async def deferred_again(bot, server: FaultyServer, before: int) -> bool:  # type: ignore[no-untyped-def]
+    """The relay refused example.org once more since `before` refusals, and every row there is recorded as
+    waiting for the next deferral's end (or given up)."""
+    if len(server.handler.refused) <= before:
+        return False
+    now = bot.core.ctx.now()
+    rows = (await org_rows(bot)).values()
+    return all(
+        d.status == "failed" or (d.status == "pending" and d.next_attempt_at and d.next_attempt_at > now)
+        for d in rows
+    )
+
+
 # Tryout: the error window paused the campaign ("27 of the last 51 messages failed"), and every resume sent
 # fewer (25, 13, 6, 3) because the domain's refused rows went back to the front of the queue.
 async def test_one_domain_refusing_everyone_is_deferred_and_the_others_are_all_delivered(
@@ -60,45 +89,74 @@ async def test_one_domain_refusing_everyone_is_deferred_and_the_others_are_all_d
     with FaultyServer() as server:
         server.handler.domain_replies["example.org"] = GENERIC_550
         server.handler.rcpt_replies[UNKNOWN] = USER_UNKNOWN
-        bot = await make_bot(smtp_section={"port": server.port})
-        to = await audience_of(bot, tmp_path, "many", EMAILS)
-        await approve(bot, "spring", to)
-        assert await state_of(bot, "spring") == "completed", said(bot)
+        bot = await make_bot(smtp_section={"port": server.port}, retry_base_s=600)
+        await start(bot, tmp_path)
+
+        async def others_done() -> bool:
+            return received(server) == Counter(dict.fromkeys(OTHERS, 1)) and await deferred_again(
+                bot, server, 0
+            )
+
+        await until(others_done, timeout=30)
+        assert await state_of(bot, "spring") == "sending", said(bot)
         assert not [text for text in said(bot) if "Paused by itself" in text], said(bot)
-        assert received(server) == Counter(dict.fromkeys(OTHERS, 1))
         assert await suppressed_emails(bot) == [UNKNOWN]
         counts = await statuses(bot, "spring")
         assert counts[("sent", 1)] == len(OTHERS) and counts[("bounced", 1)] == 1
-        failed = sum(n for (status, _attempts), n in counts.items() if status == "failed")
-        assert failed == len(ORG), counts
+        # Every example.org row waits, counting only the tries the relay really refused.
+        rows, tried = await org_rows(bot), tries(server)
+        assert {d.status for d in rows.values()} == {"pending"}, counts
+        assert {e: d.attempts for e, d in rows.items()} == {e: tried[e] for e in ORG}
+        assert sum(1 for e in ORG if not tried[e]) > len(ORG) // 2, tried
         told = deferral(bot)
         assert len(told) == 1, said(bot)
         assert GENERIC_550 in told[0] and "Nobody was suppressed" in told[0], told
 
 
-async def test_a_deferred_domain_is_delivered_once_it_accepts_mail_again(make_bot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+# Review: each re-probe after a deferral put every claimed row of the domain back with an attempt counted,
+# so after max_attempts deferrals the whole domain was "gave up after N attempts" — and the campaign
+# "completed" — though the relay had been asked about one address per deferral.
+async def test_a_domain_deferred_many_times_loses_nobody_who_was_never_tried(
+    make_bot, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    attempts = 4
     with FaultyServer() as server:
         server.handler.domain_replies["example.org"] = GENERIC_550
         server.handler.rcpt_replies[UNKNOWN] = USER_UNKNOWN
-        bot = await make_bot(smtp_section={"port": server.port}, retry_base_s=600)
-        to = await audience_of(bot, tmp_path, "many", EMAILS)
-        assert "Draft campaign" in await bot.say(SENDER, f"/campaign new spring --to {to} --template welcome")
-        assert "Submitted" in await bot.say(SENDER, "/campaign submit spring")
-        assert "Approved" in await bot.say(APPROVER, "/approve spring")  # its run goes on: no settle
+        bot = await make_bot(
+            smtp_section={"port": server.port}, retry_base_s=600, retry_max_s=600, max_attempts=attempts
+        )
+        await start(bot, tmp_path)
 
         async def others_done() -> bool:
-            return received(server) == Counter(dict.fromkeys(OTHERS, 1)) and bool(deferral(bot))
+            return received(server) == Counter(dict.fromkeys(OTHERS, 1)) and await deferred_again(
+                bot, server, 0
+            )
 
         await until(others_done, timeout=30)
-        assert await state_of(bot, "spring") == "sending", said(bot)
-        assert await suppressed_emails(bot) == [UNKNOWN]
-        told = deferral(bot)
-        assert len(told) == 1 and "tried again from" in told[0], told
-        server.handler.fix()  # the provider takes mail again
         clock = bot.core.ctx.clock
-        bot.core.ctx.clock = lambda: clock() + timedelta(seconds=601)  # and the wait is over
+        for waited in range(1, attempts):  # each wait over, the domain's first refusal defers it again
+            before = len(server.handler.refused)
+            bot.core.ctx.clock = lambda waited=waited: clock() + timedelta(seconds=601 * waited)
+            await until(lambda before=before: deferred_again(bot, server, before), timeout=30)
+        assert await state_of(bot, "spring") == "sending", said(bot)
+        rows, tried = await org_rows(bot), tries(server)
+        assert {e: d.attempts for e, d in rows.items()} == {e: tried[e] for e in ORG}
+        assert sum(1 for e in ORG if not tried[e]) > len(ORG) // 2, tried
+        given_up = {e for e, d in rows.items() if d.status == "failed"}
+        assert given_up == {e for e in ORG if tried[e] >= attempts}, tried  # the probe, tried each time
+        assert all(
+            rows[e].last_error.startswith(f"gave up after {attempts} attempts, not suppressed")
+            for e in given_up
+        )
+        assert len(deferral(bot)) == 1, said(bot)
+
+        server.handler.fix()  # the provider takes mail again
+        bot.core.ctx.clock = lambda: clock() + timedelta(seconds=601 * attempts)  # and the wait is over
         await bot.settle()
         assert await state_of(bot, "spring") == "completed", said(bot)
-        assert received(server) == Counter(dict.fromkeys([*OTHERS, *ORG], 1))
+        assert received(server) == Counter(
+            dict.fromkeys([*OTHERS, *(e for e in ORG if e not in given_up)], 1)
+        )
         assert await suppressed_emails(bot) == [UNKNOWN]
         assert not [text for text in said(bot) if "Paused by itself" in text], said(bot)

@@ -17,8 +17,9 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from adapters.console import ConsoleAdapter
+from bot import i18n
 from bot.app import build_app
-from bot.campaigns import service
+from bot.campaigns import notes, service
 from bot.config import ConfigError, load_settings
 from bot.contacts.importer import import_contacts
 from bot.db.models import Campaign
@@ -108,8 +109,8 @@ async def test_a_campaign_with_route_bulk_is_delivered_by_the_bulk_server_only(m
 
 async def test_domain_routes_picks_the_route_by_the_sending_domain(make_bot, smtp) -> None:  # type: ignore[no-untyped-def]
     with SmtpServer() as bulk:
-        # make_settings' campaigns.from_address is news@corp.example
-        bot = await make_bot({"bulk": route(bulk.port)}, domain_routes={"Corp.Example": "bulk"})
+        # make_settings' campaigns.from_address is news@corp.example; the key, as a DNS tool prints it
+        bot = await make_bot({"bulk": route(bulk.port)}, domain_routes={"Corp.Example.": "bulk"})
         assert "Draft campaign" in await new(bot, "spring")
         assert "leaves by the SMTP route “bulk”" in await bot.say(SENDER, "/campaign status spring")
         await approve(bot, "spring")
@@ -196,6 +197,59 @@ async def test_a_wrong_password_on_one_route_pauses_only_its_campaigns(make_bot,
         assert len(smtp.messages) == len(CONSENTED)
 
 
+# Review: a named route that refused the login paused with "Check smtp.username and smtp.password" — the
+# settings of [smtp], which were right — instead of the route's own.
+ROUTE_FAULTS: dict[str, tuple[dict[str, Any], str, str]] = {
+    # case: (how the bulk relay is broken, the settings it names in English, and in Chinese)
+    "wrong password (535 at AUTH)": (
+        {"password": "wrong-password"},
+        "Check smtp.routes.bulk.username and smtp.routes.bulk.password.",
+        "请检查 smtp.routes.bulk.username 和 smtp.routes.bulk.password。",
+    ),
+    "relay access denied (554 5.7.1 at RCPT)": (
+        {"rcpt_reply": "554 5.7.1 Relay access denied"},
+        "Check smtp.routes.bulk.username and smtp.routes.bulk.password, and that",
+        "请检查 smtp.routes.bulk.username 和 smtp.routes.bulk.password，",
+    ),
+    "misconfigured relay (500 at DATA)": (
+        {"data_reply": "500 Error: command not recognized"},
+        "Check that smtp.routes.bulk.host and smtp.routes.bulk.port point at",
+        "请检查 smtp.routes.bulk.host 和 smtp.routes.bulk.port 是否",
+    ),
+    "connection refused": (
+        {},
+        "Check smtp.routes.bulk.host, smtp.routes.bulk.port and smtp.routes.bulk.starttls,",
+        "请检查 smtp.routes.bulk.host、smtp.routes.bulk.port 和 smtp.routes.bulk.starttls，",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ROUTE_FAULTS))
+async def test_a_routes_pause_sentence_names_the_routes_own_settings(make_bot, smtp, case: str) -> None:  # type: ignore[no-untyped-def]
+    broken, english, chinese = ROUTE_FAULTS[case]
+    broken = dict(broken)  # a copy: the case runs once per database
+    server = FaultyServer(auth=True)
+    password = broken.pop("password", PASSWORD)
+    for attr, value in broken.items():
+        setattr(server.handler, attr, value)
+    if case != "connection refused":
+        server.__enter__()
+    try:
+        bot = await make_bot({"bulk": route(server.port, username=USERNAME, password=password)})
+        assert "Draft campaign" in await new(bot, "spring", "--route", "bulk")
+        await approve(bot, "spring")
+        assert await state_of(bot, "spring") == "paused"
+        status = await bot.say(SENDER, "/campaign status spring")
+        assert english in status, status
+        assert "smtp.username" not in status and "smtp.host" not in status, status
+        with i18n.using("zh_CN"):
+            shown = notes.show((await campaign(bot, "spring")).status_note)
+        assert chinese in shown, shown
+    finally:
+        if case != "connection refused":
+            server.__exit__()
+
+
 async def test_a_route_removed_from_the_configuration_pauses_its_campaign_with_a_sentence(
     make_bot, smtp
 ) -> None:  # type: ignore[no-untyped-def]
@@ -213,6 +267,30 @@ async def test_a_route_removed_from_the_configuration_pauses_its_campaign_with_a
     status = await bot.say(SENDER, "/campaign status spring")
     assert "SMTP route “bulk”, which is no longer configured (there are: default)" in status, status
     assert smtp.messages == []
+
+
+# Review: `"example.com." = "bulk"` (the absolute form DNS tools print) matched no sender: the campaign left
+# by [smtp], and nothing said so.
+def test_domain_routes_keys_in_upper_case_or_with_a_trailing_dot_match_and_two_for_one_domain_are_refused(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "postroom.toml"
+    routes = '[smtp.routes.bulk]\nhost = "smtp.bulk.example"\nport = 587\n'
+    path.write_text('[smtp]\ndomain_routes = {"News.ACME.example." = "bulk"}\n' + routes)
+    s = load_settings(path)
+    assert s.smtp.domain_routes == {"news.acme.example": "bulk"}
+    assert s.smtp.route_for(None, "news@news.acme.example") == "bulk"
+    assert s.smtp.route_for(None, "News@NEWS.Acme.Example") == "bulk"
+    assert s.smtp.route_for(None, "news@acme.example") == "default"
+
+    path.write_text(
+        '[smtp]\ndomain_routes = {"acme.example" = "bulk", "Acme.Example." = "default"}\n' + routes
+    )
+    with pytest.raises(ConfigError) as refused:
+        load_settings(path)
+    said = str(refused.value)
+    assert "domain_routes names 'acme.example' and 'Acme.Example.', which are the same domain" in said, said
+    assert "Traceback" not in said
 
 
 def test_routes_come_from_toml_tables_and_the_environment(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -287,7 +365,7 @@ async def test_the_migration_keeps_existing_campaigns_on_the_default_route(
                 )
             )
         before, after = await upgrade(engine)
-        assert (before, after) == ("0014", "0015")
+        assert (before, after) == ("0014", "0016")
         async with engine.connect() as conn:
             rows = (await conn.execute(text("SELECT name, route FROM campaigns"))).all()
         assert [tuple(r) for r in rows] == [("old", None)]

@@ -4,7 +4,8 @@ or a group, minus consent-less contacts and suppressions; for a joiner automatio
 Streamed in chunks, so memory does not grow with the audience. The segment is a SQL condition with
 bound values, applied in the database: set-based, never a filter over rows fetched into Python.
 
-The send snapshot (`snapshot_deliveries`) is one `INSERT … SELECT` per campaign: the same rules as
+The send snapshot (`snapshot_deliveries`) is one `INSERT … SELECT` per chunk of the audience's key (the
+engine writes the first with the start and the rest while sending): the same rules as
 `stream_candidates` and `suppressed_among`, written as SQL, so the database does one pass over the audience
 whatever its size. The rules are written in SQL only for addresses of printable ASCII without capitals (what
 `normalise` stores): for those, the address is already its own `strip().lower()`, so its SHA-256 in SQL is
@@ -15,7 +16,7 @@ domain, a row written before normalisation) goes through the Python rules, a chu
 from __future__ import annotations
 
 import difflib
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -211,17 +212,56 @@ async def suppressed_among(session: AsyncSession, emails: Iterable[str]) -> set[
     return {by_hash[h] for h in found}
 
 
+Keys = tuple[int, int]  # a range of an audience's key: lo < key <= hi
+
+
+def _within(column: Any, keys: Keys | None) -> ColumnElement[bool]:
+    return true() if keys is None else and_(column > keys[0], column <= keys[1])
+
+
+async def audience_key_bound(session: AsyncSession, campaign: Campaign) -> int:
+    """The largest value of the audience's key now: the contact's id for a list, the person's for
+    joiners, the membership's for a group (the key the snapshot is written in chunks of). 0: nobody."""
+    if campaign.audience_kind == "joiners":
+        stmt = select(func.max(Person.id))
+    elif campaign.audience_kind == "list":
+        stmt = (
+            select(func.max(ListMember.contact_id))
+            .join(ContactList, ContactList.id == ListMember.list_id)
+            .where(ContactList.name == campaign.audience_name)
+        )
+    else:
+        stmt = (
+            select(func.max(Membership.id))
+            .join(Group, Group.id == Membership.group_id)
+            .where(Group.address == campaign.audience_name)
+        )
+    return int((await session.execute(stmt)).scalar() or 0)
+
+
+async def _streamed(session: AsyncSession, stmt: Any) -> AsyncIterator[Sequence[Any]]:
+    """The rows of one SELECT in chunks of CHUNK, read through one cursor: one pass over the join, where
+    keyset pages (`id > last … LIMIT`) made PostgreSQL join and sort the audience again for every page."""
+    result = await session.stream(stmt.execution_options(yield_per=CHUNK))
+    try:
+        async for rows in result.partitions(CHUNK):
+            yield rows
+    finally:
+        await result.close()
+
+
 async def stream_candidates(
     session: AsyncSession,
     settings: Settings,
     campaign: Campaign,
     only: Callable[[Any], ColumnElement[bool]] | None = None,
+    within: Keys | None = None,
 ) -> AsyncIterator[list[Recipient]]:
     """Chunks of recipients before suppression: consented contacts, or a group's members.
 
     Internal members of a group need no consent record; external members of an
     external-allowed group do, like any contact. `only` narrows by the address column (the snapshot's
-    rows that its SQL does not cover).
+    rows that its SQL does not cover), `within` by a range of the audience's key (`audience_key`).
     """
 
     def narrowed(column: Any) -> ColumnElement[bool]:
@@ -229,17 +269,11 @@ async def stream_candidates(
 
     if campaign.audience_kind == "joiners":
         people = select(Person.id, Person.email, Person.name, Person.attributes).where(
-            Person.status == "active", narrowed(Person.email)
+            Person.status == "active", narrowed(Person.email), _within(Person.id, within)
         )
-        last_id = 0
-        while True:
-            rows = (
-                await session.execute(people.where(Person.id > last_id).order_by(Person.id).limit(CHUNK))
-            ).all()
-            if not rows:
-                return
-            last_id = rows[-1].id
+        async for rows in _streamed(session, people.order_by(Person.id)):
             yield [Recipient(r.email, r.name, dict(r.attributes or {})) for r in rows]
+        return
     if campaign.audience_kind == "list":
         stmt = (
             select(Contact.id, Contact.email, Contact.name, Contact.attributes)
@@ -250,15 +284,11 @@ async def stream_candidates(
                 Contact.consent_at.is_not(None),
                 audience_filter(campaign),
                 narrowed(Contact.email),
+                _within(Contact.id, within),
             )
             .order_by(Contact.id)
         )
-        last_id = 0
-        while True:
-            rows = (await session.execute(stmt.where(Contact.id > last_id).limit(CHUNK))).all()
-            if not rows:
-                return
-            last_id = rows[-1].id
+        async for rows in _streamed(session, stmt):
             yield [Recipient(r.email, r.name, dict(r.attributes or {})) for r in rows]
     else:
         group = (
@@ -279,15 +309,12 @@ async def stream_candidates(
             )
             .outerjoin(Person, Person.id == Membership.person_id)
             .outerjoin(Contact, Contact.email == Membership.email)
-            .where(Membership.group_id == group.id, narrowed(Membership.email))
+            .where(
+                Membership.group_id == group.id, narrowed(Membership.email), _within(Membership.id, within)
+            )
             .order_by(Membership.id)
         )
-        last_id = 0
-        while True:
-            rows = (await session.execute(stmt.where(Membership.id > last_id).limit(CHUNK))).all()
-            if not rows:
-                return
-            last_id = rows[-1].id
+        async for rows in _streamed(session, stmt):
             chunk = []
             for r in rows:
                 if settings.is_internal(r.email):
@@ -432,8 +459,11 @@ def _attributes(dialect: str, *columns: Any) -> Any:
 SNAPSHOT_COLUMNS = ["campaign_id", "email", "name", "attributes", "status", "attempts", "trigger_key"]
 
 
-def _snapshot_sql(settings: Settings, campaign: Campaign, dialect: str, group_id: int | None) -> Any:
-    """`stream_audience` as one SELECT of delivery rows (SNAPSHOT_COLUMNS), for plain addresses only."""
+def _snapshot_sql(
+    settings: Settings, campaign: Campaign, dialect: str, group_id: int | None, within: Keys | None = None
+) -> Any:
+    """`stream_audience` as one SELECT of delivery rows (SNAPSHOT_COLUMNS), for plain addresses only;
+    `within` narrows it to a range of the audience's key (`audience_key`)."""
 
     def row(email: Any, name: Any, attributes: Any) -> Any:
         return select(
@@ -449,7 +479,7 @@ def _snapshot_sql(settings: Settings, campaign: Campaign, dialect: str, group_id
     if campaign.audience_kind == "joiners":
         return (
             row(Person.email, Person.name, _attributes(dialect, Person.attributes))
-            .where(Person.status == "active")
+            .where(Person.status == "active", _within(Person.id, within))
             .order_by(Person.id)
         )
     if campaign.audience_kind == "list":
@@ -461,6 +491,7 @@ def _snapshot_sql(settings: Settings, campaign: Campaign, dialect: str, group_id
                 ContactList.name == campaign.audience_name,
                 Contact.consent_at.is_not(None),
                 audience_filter(campaign),
+                _within(Contact.id, within),
             )
             .order_by(Contact.id)
         )
@@ -481,6 +512,7 @@ def _snapshot_sql(settings: Settings, campaign: Campaign, dialect: str, group_id
         .outerjoin(Contact, Contact.email == Membership.email)
         .where(
             Membership.group_id == group_id,
+            _within(Membership.id, within),
             or_(
                 and_(internal, or_(Person.status.is_(None), Person.status != "left")),
                 and_(not_(internal), Contact.consent_at.is_not(None)),
@@ -490,9 +522,12 @@ def _snapshot_sql(settings: Settings, campaign: Campaign, dialect: str, group_id
     )
 
 
-async def snapshot_deliveries(session: AsyncSession, settings: Settings, campaign: Campaign) -> int:
+async def snapshot_deliveries(
+    session: AsyncSession, settings: Settings, campaign: Campaign, within: Keys | None = None
+) -> int:
     """Write the campaign's delivery rows: its audience minus suppressions, in one statement (plus the
-    Python rules for any address that is not plain). Returns how many rows were written."""
+    Python rules for any address that is not plain), all of it or the part `within` a range of its key
+    (`audience_key`). Returns how many rows were written."""
     connection = await session.connection()
     dialect = connection.dialect.name
     if dialect == "sqlite":
@@ -515,13 +550,17 @@ async def snapshot_deliveries(session: AsyncSession, settings: Settings, campaig
         await session.execute(text("SET LOCAL enable_nestloop = off"))
     result = await session.execute(
         insert(Delivery).from_select(
-            SNAPSHOT_COLUMNS, _snapshot_sql(settings, campaign, dialect, group_id), include_defaults=False
+            SNAPSHOT_COLUMNS,
+            _snapshot_sql(settings, campaign, dialect, group_id, within),
+            include_defaults=False,
         )
     )
     if dialect == "postgresql":
         await session.execute(text("SET LOCAL enable_nestloop TO DEFAULT"))
     written = max(result.rowcount or 0, 0)  # type: ignore[attr-defined]
-    async for chunk in stream_candidates(session, settings, campaign, only=_not_plain(dialect)):
+    async for chunk in stream_candidates(
+        session, settings, campaign, only=_not_plain(dialect), within=within
+    ):
         suppressed = await suppressed_among(session, (r.email for r in chunk))
         kept = [r for r in chunk if r.email not in suppressed]
         if kept:

@@ -218,7 +218,9 @@ class Drafts:
         return out
 
     async def _find_recipient(self, session: AsyncSession, campaign: Campaign, email: str) -> Recipient:
-        async for chunk in stream_candidates(session, self.ctx.settings, campaign):
+        # Only that address's rows, not the whole audience scanned for one.
+        only = lambda column: column == email  # noqa: E731
+        async for chunk in stream_candidates(session, self.ctx.settings, campaign, only=only):
             for r in chunk:
                 if r.email == email:
                     return r

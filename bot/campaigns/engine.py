@@ -42,11 +42,13 @@ it instead of pausing on the same rows each time: every resume makes progress.
 A domain that refuses everyone is a circuit of its own (`_DomainBreaker`): when `domain_refusal_limit`
 distinct recipients there, over any connections, get the same bare reply in a row with nothing delivered to
 that domain in between, while other domains take mail in this run, the domain is **deferred**: its held
-refusals and every row of it claimed before the deferral ends wait (`pending`, tried again from a time that
-backs off with each deferral, the attempt counted, so after `max_attempts` they fail unsuppressed), and its
-refusals leave the error window — the campaign-wide pause is for failures not confined to one domain. After
-the wait, the domain's first refusal with the same reply defers it again; a delivery there ends it. The
-chat is told once per run which domain waits, why and until when; nobody there is suppressed.
+refusals wait (`pending`, tried again from a time that backs off with each deferral, the attempt counted —
+they were tried — so a row refused `max_attempts` times fails unsuppressed), every row of it claimed before
+the deferral ends goes back untried to wait for the same time with its attempt uncounted (a domain deferred
+again and again gives up nobody it was never asked about), and its refusals leave the error window — the
+campaign-wide pause is for failures not confined to one domain. After the wait, the domain's first refusal
+with the same reply defers it again; a delivery there ends it. The chat is told once per run which domain
+waits, why and until when; nobody there is suppressed.
 """
 
 from __future__ import annotations
@@ -55,16 +57,23 @@ import asyncio
 import logging
 import secrets
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Table, func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from bot.addresses import email_hash
 from bot.campaigns import service
-from bot.campaigns.audience import Recipient, snapshot_deliveries, suppressed_among, withdrawn_among
+from bot.campaigns.audience import (
+    Recipient,
+    audience_key_bound,
+    snapshot_deliveries,
+    suppressed_among,
+    withdrawn_among,
+)
 from bot.campaigns.messages import CampaignMessages
 from bot.campaigns.notes import english, note
 from bot.campaigns.send_faults import deferred_domain_note, pause_note, repeated_refusal_note
@@ -94,6 +103,13 @@ NoticeCallback = Callable[[int, str], Awaitable[None]]
 
 def _domain(email: str) -> str:
     return email.rsplit("@", 1)[-1].lower()
+
+
+def _given_up(d: Any, why: str, *, unsuppressed: bool = False) -> dict[str, Any]:
+    """The record of a row failed after its `max_attempts` tries. `unsuppressed` says in it that nobody was
+    suppressed, where a reader might think otherwise (a bare refusal no delivery proved the recipient's)."""
+    said = ", not suppressed" if unsuppressed else ""
+    return {"b_id": d.id, "status": "failed", "err": f"gave up after {d.attempts} attempts{said}: {why}"}
 
 
 class _DomainBreaker:
@@ -155,6 +171,10 @@ class EngineOptions:
     unproven_hold: int = 1000  # bare refusals held across batches awaiting proof; the oldest beyond: retried
     frequency_cap: int = 0
     frequency_period_s: float = 7 * 86400.0
+    # The snapshot in chunks of the audience's key: the first with the start, so the first message leaves
+    # while the rest is written beside the sending (one contact id, person id or membership id a key).
+    snapshot_first_keys: int = 5_000
+    snapshot_chunk_keys: int = 10_000
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> EngineOptions:
@@ -236,6 +256,10 @@ class _ErrorWindow:
         return errors.most_common(1)[0][0] if errors else ""
 
 
+class _ChunkTaken(Exception):
+    """Another worker moved the snapshot's mark first: this chunk is rolled back."""
+
+
 class DeliveryEngine:
     def __init__(
         self,
@@ -253,11 +277,13 @@ class DeliveryEngine:
         self.worker_id = worker_id or f"w-{secrets.token_hex(4)}"
         self._stop = asyncio.Event()
         self._halt = asyncio.Event()  # the campaign left `sending`, or the engine paused it itself
+        self._more = asyncio.Event()  # another chunk of the snapshot is written
         self._halt_reason: str | None = None
         self._window = _ErrorWindow(self.options.error_window)
         self._limiter = _RateLimiter(self.options.rate_per_s)  # the route's own rate, when it has one (run)
         smtp = ctx.settings.smtp
         self._server = f"{smtp.host}:{smtp.port}"  # the route's server, named in pause notes (run)
+        self._keys = "smtp"  # where the route's settings live, named in pause notes (run)
         self._domain_slots: dict[str, asyncio.Semaphore] = {}
         self._late_suppressions: set[str] = set()  # hashes suppressed while a batch is out
         self._suppression_mark = 0
@@ -341,7 +367,68 @@ class DeliveryEngine:
         return "sending"
 
     async def _snapshot(self, session, campaign: Campaign) -> None:
-        await snapshot_deliveries(session, self.ctx.settings, campaign)
+        """The first chunk of the audience, with the start; `_extend_snapshot` writes the rest while the
+        first messages leave. The audience is bounded by its key's largest value now: whoever is added to
+        the source with a larger key after the start is not in this send."""
+        upto = await audience_key_bound(session, campaign)
+        first = min(upto, self.options.snapshot_first_keys)
+        await snapshot_deliveries(session, self.ctx.settings, campaign, within=(0, first))
+        if first < upto:
+            await session.execute(
+                update(Campaign)
+                .where(Campaign.id == campaign.id)
+                .values(snapshot_after=first, snapshot_upto=upto)
+            )
+
+    async def _extend_snapshot(self, campaign_id: int) -> None:
+        """Write the rest of the snapshot a chunk at a time, each chunk with the mark of how far it got in one
+        transaction: a kill -9 between chunks resumes at the mark, and two workers never write one chunk
+        twice (the mark moves by compare-and-set at the end, and the loser's chunk is rolled back). The
+        campaign's row is updated last, so a pause waits for no chunk on PostgreSQL; on SQLite a chunk is
+        small enough (snapshot_chunk_keys) to hold the one writer's lock well under a second."""
+        while not self._halt.is_set():
+            try:
+                async with self.ctx.sessions() as session, session.begin():
+                    campaign = await session.get(Campaign, campaign_id)
+                    if campaign is None or campaign.snapshot_after is None or campaign.state != "sending":
+                        return
+                    after, upto = campaign.snapshot_after, campaign.snapshot_upto or 0
+                    hi = min(upto, after + self.options.snapshot_chunk_keys)
+                    await snapshot_deliveries(session, self.ctx.settings, campaign, within=(after, hi))
+                    moved = await session.execute(
+                        update(Campaign)
+                        .where(Campaign.id == campaign_id, Campaign.snapshot_after == after)
+                        .values(snapshot_after=hi if hi < upto else None)
+                    )
+                    if moved.rowcount != 1:
+                        raise _ChunkTaken
+            except (_ChunkTaken, IntegrityError):
+                continue  # another worker wrote this chunk first: read the mark again
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a database hiccup: the mark did not move; try again shortly
+                log.exception("writing the snapshot of campaign %s failed; trying again", campaign_id)
+                await asyncio.sleep(1.0)
+                continue
+            self._more.set()
+            await asyncio.sleep(0)  # let the sending take its turn between chunks
+
+    async def _idle(self, seconds: float) -> None:
+        """Wait up to `seconds`, less if the campaign halts or the snapshot grows."""
+        self._more.clear()
+        waits = [asyncio.ensure_future(self._halt.wait()), asyncio.ensure_future(self._more.wait())]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    async def _snapshot_pending(self, campaign_id: int) -> bool:
+        async with self.ctx.sessions() as session:
+            after = (
+                await session.execute(select(Campaign.snapshot_after).where(Campaign.id == campaign_id))
+            ).scalar_one_or_none()
+        return after is not None
 
     # -- run ------------------------------------------------------------------------------------
     async def run(self, campaign_id: int, transport: SmtpTransport | None = None) -> RunResult:
@@ -367,16 +454,20 @@ class DeliveryEngine:
                     name=campaign.name,
                 ),
             )
-        self._server = SmtpTarget.from_settings(server, route).where
+        target = SmtpTarget.from_settings(server, route)
+        self._server, self._keys = target.where, target.keys
         if server.rate_per_s is not None:
             self._limiter = _RateLimiter(server.rate_per_s)
         own_transport = transport is None
         transport = transport or self.ctx.new_transport(self.options.connections, route)
-        watcher = asyncio.get_running_loop().create_task(self._watch(campaign_id))
+        loop = asyncio.get_running_loop()
+        watcher = loop.create_task(self._watch(campaign_id))
+        snapshot = loop.create_task(self._extend_snapshot(campaign_id))
         try:
             return await self._run(campaign_id, transport)
         finally:
             watcher.cancel()
+            snapshot.cancel()
             try:
                 await self._hand_back_unproven()
             except Exception:  # the lease runs out and another run claims them: nobody is lost
@@ -471,10 +562,9 @@ class DeliveryEngine:
                     return RunResult(campaign_id, "idle")
                 if await self._finished(campaign_id):
                     return await self._complete(campaign)
-                try:  # retries waiting out their backoff, or another worker's batch
-                    await asyncio.wait_for(self._halt.wait(), self.options.idle_poll_s)
-                except TimeoutError:
-                    pass
+                # Retries waiting out their backoff, another worker's batch, or the next chunk of the
+                # snapshot (which wakes this at once).
+                await self._idle(self.options.idle_poll_s)
                 continue
             await self._send_batch(campaign, messages, batch, transport)
             if self._halt_reason is not None:  # the error window or the circuit breaker tripped
@@ -517,13 +607,7 @@ class DeliveryEngine:
         now = self.ctx.now()
         for d, outcome in held:
             if d.attempts >= opts.max_attempts:
-                failed.append(
-                    {
-                        "b_id": d.id,
-                        "status": "failed",
-                        "err": f"gave up after {d.attempts} attempts, not suppressed: {outcome.detail}",
-                    }
-                )
+                failed.append(_given_up(d, outcome.detail, unsuppressed=True))
             else:
                 delay = backoff_s(d.attempts, opts.retry_base_s, opts.retry_max_s)
                 retry.append({"b_id": d.id, "err": outcome.detail, "nxt": now + timedelta(seconds=delay)})
@@ -603,6 +687,7 @@ class DeliveryEngine:
         bounced: list[dict] = []
         skipped: list[dict] = []
         unsent: list[dict] = []
+        later: list[dict] = []
         now = self.ctx.now()
         opts = self.options
         window = self._window
@@ -615,16 +700,10 @@ class DeliveryEngine:
         domains = self._domains
 
         def defer(d: Any, reply: str, until: datetime) -> None:
-            """Its domain refuses everyone: the row waits (its attempt counted), failed unsuppressed at the end."""
+            """Tried, and its domain refuses everyone: the row waits (this attempt counted), failed
+            unsuppressed after max_attempts tries."""
             if d.attempts >= opts.max_attempts:
-                failed.append(
-                    {
-                        "b_id": d.id,
-                        "status": "failed",
-                        "err": f"gave up after {d.attempts} attempts, not suppressed: its domain refused "
-                        f"everyone with {reply}",
-                    }
-                )
+                failed.append(_given_up(d, f"its domain refused everyone with {reply}", unsuppressed=True))
             else:
                 retry.append({"b_id": d.id, "err": reply, "nxt": until})
 
@@ -686,12 +765,15 @@ class DeliveryEngine:
                     continue
                 domain = _domain(d.email)
                 held = domains.holding(domain, now)
-                if held is not None:
-                    defer(d, domains.reply[domain], held)
+                if held is not None:  # not tried: it waits for the deferral's end, the attempt uncounted
+                    later.append({"b_id": d.id, "nxt": held})
                     continue
                 await self._limiter.wait(halt)
                 if halt.is_set():
                     unsent.append({"b_id": d.id})
+                    continue
+                if late and email_hash(d.email) in late:  # unsubscribed while it waited for its slot
+                    skipped.append({"b_id": d.id, "status": "suppressed", "err": "suppressed before sending"})
                     continue
                 try:
                     built = await messages.build_async(
@@ -762,7 +844,7 @@ class DeliveryEngine:
                     unsent.append({"b_id": d.id})
                     if not halt.is_set():
                         self._halt_reason = pause_note(
-                            outcome, server=server, sender=built.sender, name=campaign.name
+                            outcome, server=server, keys=self._keys, sender=built.sender, name=campaign.name
                         )
                         halt.set()
                     continue
@@ -774,13 +856,7 @@ class DeliveryEngine:
                 elif kind == "failed":
                     failed.append({"b_id": d.id, "status": "failed", "err": outcome.detail})
                 elif kind == "gave_up":
-                    failed.append(
-                        {
-                            "b_id": d.id,
-                            "status": "failed",
-                            "err": f"gave up after {d.attempts} attempts: {outcome.detail}",
-                        }
-                    )
+                    failed.append(_given_up(d, outcome.detail))
                 else:
                     delay = backoff_s(d.attempts, opts.retry_base_s, opts.retry_max_s)
                     retry.append({"b_id": d.id, "err": outcome.detail, "nxt": now + timedelta(seconds=delay)})
@@ -799,7 +875,7 @@ class DeliveryEngine:
             self._give_back(
                 unproven.take(lambda _d, o: o.connection in alive, over=opts.unproven_hold), failed, retry
             )
-        await self._record(campaign, sent, failed, retry, bounced, skipped, unsent)
+        await self._record(campaign, sent, failed, retry, bounced, skipped, unsent, later)
         self.sent_total += len(sent)
         await self._tell(campaign)
 
@@ -836,6 +912,7 @@ class DeliveryEngine:
         bounced: list[dict],
         skipped: list[dict],
         unsent: list[dict],
+        later: Sequence[dict] = (),
     ) -> None:
         now = self.ctx.now()
         async with self.ctx.sessions() as session, session.begin():
@@ -847,6 +924,7 @@ class DeliveryEngine:
                 ended=[*failed, *bounced, *skipped],
                 retry=retry,
                 unsent=unsent,  # halted before these went out: back in the queue, the attempt not counted
+                later=later,  # held by a deferred domain, never tried: due when the deferral ends, uncounted
             )
             for r in bounced:  # the relay refused this very address: the evidence is its reply
                 await suppress(
@@ -857,7 +935,10 @@ class DeliveryEngine:
                 )
 
     async def _finished(self, campaign_id: int) -> bool:
-        return not await CLAIMS.remaining(self.ctx.sessions, campaign_id)
+        """Nothing left to send, and no part of the audience left to write."""
+        if await CLAIMS.remaining(self.ctx.sessions, campaign_id):
+            return False
+        return not await self._snapshot_pending(campaign_id)
 
     async def _complete(self, campaign: Campaign) -> RunResult:
         async with self.ctx.sessions() as session, session.begin():

@@ -13,15 +13,18 @@ from bot.campaigns.notes import note
 from bot.mail.replies import STAGE_NAMES, Outcome
 
 
-def pause_note(outcome: Outcome, *, server: str, sender: str, name: str) -> str:
+def pause_note(outcome: Outcome, *, server: str, keys: str, sender: str, name: str) -> str:
+    """`keys` is where the route's settings live (`smtp`, `smtp.routes.<name>`): the sentence names the very
+    setting to change."""
     reply = outcome.detail or "no reply"
     stage = STAGE_NAMES.get(outcome.stage or "", outcome.stage or "?")
     if outcome.fault == "connection":
         return note(
             "Paused by itself: Postroom could not talk to the mail server at {server} ({reply}, at {stage}). "
-            "Check smtp.host, smtp.port and smtp.starttls, and that the server is running. Nobody was "
+            "Check {keys}.host, {keys}.port and {keys}.starttls, and that the server is running. Nobody was "
             "suppressed; /campaign resume {name} continues where it stopped.",
             server=server,
+            keys=keys,
             reply=reply,
             stage=stage,
             name=name,
@@ -29,18 +32,20 @@ def pause_note(outcome: Outcome, *, server: str, sender: str, name: str) -> str:
     if outcome.fault == "auth" and outcome.stage == "auth":
         return note(
             "Paused by itself: the mail server at {server} refused Postroom's login ({reply}). Check "
-            "smtp.username and smtp.password. Nobody was suppressed; /campaign resume {name} continues "
+            "{keys}.username and {keys}.password. Nobody was suppressed; /campaign resume {name} continues "
             "where it stopped.",
             server=server,
+            keys=keys,
             reply=reply,
             name=name,
         )
     if outcome.fault == "auth":
         return note(
             "Paused by itself: the mail server at {server} does not let Postroom send through it ({reply}, "
-            "at {stage}). Check smtp.username and smtp.password, and that the server relays mail from this "
+            "at {stage}). Check {keys}.username and {keys}.password, and that the server relays mail from this "
             "host. Nobody was suppressed; /campaign resume {name} continues where it stopped.",
             server=server,
+            keys=keys,
             reply=reply,
             stage=stage,
             name=name,
@@ -75,9 +80,10 @@ def pause_note(outcome: Outcome, *, server: str, sender: str, name: str) -> str:
         )
     return note(
         "Paused by itself: the mail server at {server} answered {reply} at {stage}, which is not about any "
-        "recipient. Check that smtp.host and smtp.port point at a mail relay configured to accept this "
+        "recipient. Check that {keys}.host and {keys}.port point at a mail relay configured to accept this "
         "mail. Nobody was suppressed; /campaign resume {name} continues where it stopped.",
         server=server,
+        keys=keys,
         reply=reply,
         stage=stage,
         name=name,

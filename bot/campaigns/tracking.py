@@ -15,7 +15,7 @@ import html
 import re
 from dataclasses import dataclass
 
-from bot.links import Signer
+from bot.links import Signer, base36_id, row_id
 
 _HREF = re.compile(r'(<a\b[^>]*?\bhref=")(https?://[^"]+)(")', re.I)
 VERP_RE = re.compile(r"^bounces\+([0-9a-z]{1,13})-([0-9a-f]{16})@([a-z0-9.-]+)$")
@@ -31,7 +31,7 @@ def verp_delivery(signer: Signer, address: str) -> int | None:
     m = VERP_RE.match(address.strip().lower())
     if m is None or signer.short_mac("verp:" + m.group(1)) != m.group(2):
         return None
-    return int(m.group(1), 36)
+    return base36_id(m.group(1))
 
 
 def _base36(n: int) -> str:
@@ -72,13 +72,12 @@ def verify_unsubscribe(signer: Signer, token: str, *, legacy: bool = True) -> Un
     for kind, name in (("ud", "delivery"), ("up", "preview")):
         parts = signer.verify(token, kind)
         if parts is not None:
-            if len(parts) != 1 or not parts[0].isdigit():
-                return None
-            return UnsubscribeLink(name, int(parts[0]))
+            ident = row_id(parts[0]) if len(parts) == 1 else None
+            return None if ident is None else UnsubscribeLink(name, ident)
     if legacy:
         parts = signer.verify(token, "u")
-        if parts and len(parts) == 2 and parts[0].isdigit() and "@" in parts[1]:
-            return UnsubscribeLink("legacy", int(parts[0]), parts[1].lower())
+        if parts and len(parts) == 2 and "@" in parts[1] and (ident := row_id(parts[0])) is not None:
+            return UnsubscribeLink("legacy", ident, parts[1].lower())
     return None
 
 
@@ -96,19 +95,17 @@ def open_token(signer: Signer, delivery_id: int) -> str:
 def verify_click(signer: Signer, token: str) -> tuple[int, str] | None:
     """(delivery id, URL) for an untampered click token whose URL is http(s); else None."""
     parts = signer.verify(token, "c")
-    if not parts or len(parts) != 2 or not parts[0].isdigit():
+    if not parts or len(parts) != 2 or (ident := row_id(parts[0])) is None:
         return None
     url = parts[1].replace("%7C", "|").replace("%25", "%")
     if not re.match(r"^https?://[^/\s\\]+", url, re.I) or any(c in url for c in "\r\n"):
         return None
-    return int(parts[0]), url
+    return ident, url
 
 
 def verify_open(signer: Signer, token: str) -> int | None:
     parts = signer.verify(token.removesuffix(".gif"), "o")
-    if not parts or len(parts) != 1 or not parts[0].isdigit():
-        return None
-    return int(parts[0])
+    return row_id(parts[0]) if parts and len(parts) == 1 else None
 
 
 class LinkTracker:

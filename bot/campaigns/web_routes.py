@@ -51,6 +51,7 @@ from bot.context import Context
 from bot.db.models import Campaign, CampaignEvent, Delivery, ProcessedEvent
 from bot.db.upsert import insert_ignore
 from bot.i18n import t
+from bot.links import row_id
 from bot.values import clean_text
 from bot.webhooks import Refused, parse_json, parse_timestamp, read_capped, signatures_match
 
@@ -188,11 +189,11 @@ def campaign_routes(ctx: Context) -> list[Route]:
         """The campaign a report token names, and the language it was asked in (signed with it; a
         token from before languages were signed has none: the organisation's)."""
         parts = signer.verify_expiring(request.path_params["token"], REPORT_KIND)
-        if not parts or len(parts) > 2 or not parts[0].isdigit():
+        if not parts or len(parts) > 2 or (campaign_id := row_id(parts[0])) is None:
             return None, None
         locale = i18n.match_locale(parts[1]) if len(parts) == 2 else None
         async with ctx.sessions() as session:
-            return await session.get(Campaign, int(parts[0])), locale
+            return await session.get(Campaign, campaign_id), locale
 
     def refused() -> HTMLResponse:
         return page(

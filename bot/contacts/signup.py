@@ -37,6 +37,7 @@ from bot.db.models import AuditEntry, Contact, ContactList, ListMember, Signup, 
 from bot.db.upsert import insert_ignore
 from bot.errors import UserError
 from bot.i18n import t
+from bot.links import row_id
 from bot.mail.compose import build_message, new_message_id
 from bot.webhooks import Refused
 
@@ -371,7 +372,8 @@ class Signups:
             or not all(p.isascii() and p.isdigit() and len(p) <= 20 for p in parts)
         ):
             return None
-        return int(parts[0]), parts[1]
+        signup_id = row_id(parts[0])
+        return None if signup_id is None else (signup_id, parts[1])
 
     async def pending(self, token: str) -> Pending | None:
         """What a confirmation link stands for, or None for a link that is not one of ours."""

@@ -379,6 +379,11 @@ class Campaign(Base):
     # The [smtp] route it leaves by, as chosen (--route); None: smtp.domain_routes by its sender, else
     # "default". Part of the approval hash when set.
     route: Mapped[str | None] = mapped_column(String(40))
+    # The send snapshot is written in chunks of the audience's key (bot/campaigns/audience.py): rows up to
+    # `snapshot_after` are written, up to `snapshot_upto` (the key's largest value when sending started) are
+    # to be. NULL `snapshot_after`: the whole audience is written.
+    snapshot_after: Mapped[int | None] = mapped_column(BigInteger)
+    snapshot_upto: Mapped[int | None] = mapped_column(BigInteger)
     submitted_by: Mapped[str | None] = mapped_column(String(320))
     content_hash: Mapped[str | None] = mapped_column(String(64))
     submission: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # +1 on each submit

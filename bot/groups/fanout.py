@@ -44,7 +44,7 @@ from bot.groups.dmarc import DmarcPolicies
 from bot.groups.notices import send_notice, still_here
 from bot.groups.posts import impersonates, inspect, relayed_copy
 from bot.i18n import t
-from bot.links import Signer
+from bot.links import Signer, base36_id
 from bot.mail.dsn import parse_report
 from bot.mail.replies import reply_key
 from bot.mail.server import Route
@@ -69,7 +69,7 @@ def group_verp_delivery(signer: Signer, address: str) -> int | None:
     m = GROUP_VERP_RE.match(address.strip().lower())
     if m is None or signer.short_mac("gverp:" + m.group(1)) != m.group(2):
         return None
-    return int(m.group(1), 36)
+    return base36_id(m.group(1))
 
 
 def _base36(n: int) -> str:

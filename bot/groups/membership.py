@@ -28,7 +28,7 @@ from bot.groups.guard import Guard, Kind, Verdict, leavers
 from bot.groups.outbox import Outbox
 from bot.groups.providers.registry import LOCAL
 from bot.groups.rules import RuleBook, RuleSet, person_values
-from bot.groups.service import SHOWN, Change, Plan, bounded_lines, listed
+from bot.groups.service import SHOWN, Change, Plan, listed
 from bot.i18n import t
 from bot.messengers import Messengers
 
@@ -303,15 +303,23 @@ class Memberships:
         summary: str,
         changes: list[Change] | None = None,
         events: list[dict[str, Any]] | None = None,
+        head: str = "",
+        not_applied: list[str] | None = None,
     ) -> PendingPlan:
         """Keep a plan (its changes, or whole HR events) for an approver. The same request again while
-        it waits (the same changes, and the same HR events) is that plan, not a second one."""
+        it waits (the same changes, and the same HR events) is that plan, not a second one. `head` and
+        `not_applied` are what a snapshot's card says beside the plan: its counts, and the rows that
+        will not apply."""
         same = await _same_pending(session, changes or [], events)
         if same is not None:
             return same
         payload: dict[str, Any] = {"changes": [asdict(c) for c in changes or []]}
         if events is not None:
             payload["events"] = events
+        if head:
+            payload["head"] = head
+        if not_applied:
+            payload["not_applied"] = not_applied
         pending = PendingPlan(
             source=source, actor=actor, via=via, reasons=reasons, summary=summary[:20_000], payload=payload
         )
@@ -568,6 +576,9 @@ class Memberships:
         return outcome_text()
 
 
+CARD_PLAN_CHARS = 1500  # a card's plan field (a WeCom card is 2,048 bytes whole)
+
+
 def approval_card(pending: PendingPlan) -> Message:
     changes = pending.payload.get("changes", [])
     events = pending.payload.get("events")
@@ -578,17 +589,17 @@ def approval_card(pending: PendingPlan) -> Message:
         (t("Why it waits"), listed(list(pending.reasons))),
     ]
     if events is not None:
-        fields.append((t("HR events"), str(len(events))))
+        head = str(pending.payload.get("head") or "")
+        fields.append((t("HR events"), f"{len(events)} — {head}" if head else str(len(events))))
+        not_applied = [str(line) for line in pending.payload.get("not_applied") or []]
+        if not_applied:
+            fields.append((t("Not applied"), listed(not_applied, 5)))
     fields.append((t("Changes"), t("{adds} to add, {removes} to remove", adds=adds, removes=removes)))
-    # The plan's text opens with the same counts: said once, in the field above.
-    counts = t("{adds} to add, {removes} to remove.", adds=adds, removes=removes)
-    lines = [line.replace(counts, "").rstrip() for line in pending.summary.splitlines()]
+    # The plan from its changes, in the reader's language, cut in whole changes and counted in them (the
+    # counts are said once, in the field above).
+    plan = Plan([Change(**c) for c in changes])
     fields.append(
-        (
-            t("Plan"),
-            bounded_lines([line for line in lines if line.strip()], 1500)
-            + _whole_plan(pending.id, len(changes)),
-        )
+        (t("Plan"), plan.summary(CARD_PLAN_CHARS, counts=False) + _whole_plan(pending.id, len(changes)))
     )
     card = Card(
         title=t("Membership plan #{id} needs an approver", id=pending.id),

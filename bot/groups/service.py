@@ -9,7 +9,7 @@ audits each change. Nothing else calls `apply`. Membership rows are written only
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -31,50 +31,162 @@ ROLE_MAILBOXES = ("postmaster", "abuse")
 OWN_LOCAL_PARTS = ("bounces", "noreply")
 
 
+def untagged(settings: Settings, address: str) -> str:
+    """`address` without its `postfix.recipient_delimiter` tag — staff+x@ is delivered to staff@'s mailbox —
+    or `address` itself when it has none."""
+    local, _, domain = address.partition("@")
+    cut = min((local.find(d) for d in settings.postfix.recipient_delimiter if local.find(d) > 0), default=-1)
+    return f"{local[:cut]}@{domain}" if cut > 0 else address
+
+
+Role = Literal["from", "unsubscribe", "own", "role"]
+
+
+def reserved_role(settings: Settings, address: str) -> tuple[Role, str] | None:
+    """Which address Postroom or the mail system needs `address` (normalised) is, and that address — also
+    when `address` is it with a tag (news+x@ is delivered to news@): the campaign sender ("from"), the
+    unsubscribe mailbox ("unsubscribe"), a return path or the notice sender ("own": bounces@, bounces+…@,
+    noreply@), or postmaster@ and abuse@ ("role", RFC 2142). None for any other address. The one rule for
+    what neither a group nor a person may take (`reserved_address`, `not_a_mailbox`)."""
+    c = settings.campaigns
+    base = untagged(settings, address)
+    for role, mailbox in (("from", c.from_address.lower()), ("unsubscribe", c.unsubscribe_mailbox.lower())):
+        if mailbox in (address, base):
+            return role, mailbox  # type: ignore[return-value]
+    local, _, domain = address.partition("@")
+    if domain != c.bounce_domain.lower() and not settings.is_internal(address):
+        return None
+    # "+" also for a return path whatever the delimiter: its VERP form is bounces+<token>@.
+    head = re.split("[" + re.escape("+" + settings.postfix.recipient_delimiter) + "]", local, maxsplit=1)[0]
+    if head in OWN_LOCAL_PARTS:
+        return "own", f"{head}@{domain}"
+    if head in ROLE_MAILBOXES:
+        return "role", f"{head}@{domain}"
+    return None
+
+
 def reserved_address(settings: Settings, address: str) -> str | None:
     """Why `address` (normalised) can't be a group's, when it is one Postroom or the mail system needs:
-    the campaign sender, the unsubscribe mailbox, a return path, the notice sender, postmaster@, abuse@.
-    A group there would take mail meant for Postroom itself or for a person (and so export it to Postfix)."""
-    c = settings.campaigns
-    local, _, domain = address.partition("@")
-    if address == c.from_address.lower():
+    the campaign sender, the unsubscribe mailbox, a return path, the notice sender, postmaster@, abuse@,
+    or one of them with a tag. A group there would take mail meant for Postroom itself or for a person (and
+    so export it to Postfix)."""
+    found = reserved_role(settings, address)
+    if found is None:
+        return None
+    role, mailbox = found
+    if role == "from" and mailbox != address:
+        return t(
+            "{address} is the campaigns' From address {mailbox} (campaigns.from_address) with a tag: mail to "
+            "it belongs in that mailbox, not with a group's members.",
+            address=address,
+            mailbox=mailbox,
+        )
+    if role == "from":
         return t(
             "{address} is the campaigns' From address (campaigns.from_address): replies to campaigns would "
             "go to the group's members.",
             address=address,
         )
-    if address == c.unsubscribe_mailbox.lower():
+    if role == "unsubscribe" and mailbox != address:
+        return t(
+            "{address} is the unsubscribe mailbox {mailbox} (campaigns.unsubscribe_mailbox) with a tag: mail "
+            "to it belongs in that mailbox, not with a group's members.",
+            address=address,
+            mailbox=mailbox,
+        )
+    if role == "unsubscribe":
         return t(
             "{address} is the unsubscribe mailbox (campaigns.unsubscribe_mailbox): unsubscribe requests "
             "would go to the group's members instead of unsubscribing anyone.",
             address=address,
         )
-    ours = domain == c.bounce_domain.lower() or settings.is_internal(address)
-    base = re.split(r"[+]", local, maxsplit=1)[0]
-    if ours and base in OWN_LOCAL_PARTS:
+    if role == "own":
         return t(
             "{address} is one of Postroom's own addresses (bounces@ and bounces+…@ are its return paths, "
             "noreply@ sends its notices): a group can't take it.",
             address=address,
         )
-    if ours and base in ROLE_MAILBOXES:
+    return t(
+        "{address} is a role mailbox every mail domain keeps (RFC 2142: postmaster@, abuse@): its mail "
+        "must reach a person who answers for it, not a group.",
+        address=address,
+    )
+
+
+def not_a_mailbox(settings: Settings, email: str, groups: Container[str]) -> str | None:
+    """Why `email` (normalised) is no person's own mailbox, for HR (webhook, CSV): a group's address, or
+    a group's with a tag; an address Postroom or the mail system needs (`reserved_role`: the groups' rule
+    too), also with a tag; or, on the company's domains, another address with a "+" tag (alice+x@ is
+    delivered to alice@'s mailbox; other delimiter characters, such as "-", are common in names and are
+    not taken as tags here). `groups`: group addresses, at least those of `email` and `untagged(email)`."""
+    base = untagged(settings, email)
+    if email in groups:  # the relay and Postfix would deliver their mail to the group
         return t(
-            "{address} is a role mailbox every mail domain keeps (RFC 2142: postmaster@, abuse@): its mail "
-            "must reach a person who answers for it, not a group.",
-            address=address,
+            "{email} is the address of the group {group}: a person and a group can't share an address. "
+            "Correct the email in the HR record.",
+            email=email,
+            group=email,
+        )
+    if base in groups:
+        return t(
+            "{email} is the group {group}'s address with a tag: mail to it goes to the group's members, so it "
+            "is no person's mailbox. Correct the email in the HR record.",
+            email=email,
+            group=base,
+        )
+    found = reserved_role(settings, email)
+    if found is not None:
+        role, mailbox = found
+        what = {
+            "from": t("the campaigns' From address (campaigns.from_address)"),
+            "unsubscribe": t("the unsubscribe mailbox (campaigns.unsubscribe_mailbox)"),
+            "own": t("one of Postroom's own addresses (its return paths, and the sender of its notices)"),
+            "role": t("a role mailbox every mail domain keeps (RFC 2142)"),
+        }[role]
+        if mailbox == email:
+            return t(
+                "{email} is {what}: it is no person's mailbox. Correct the email in the HR record.",
+                email=email,
+                what=what,
+            )
+        return t(
+            "{email} is {mailbox} with a tag, and that is {what}: it is no person's mailbox. Correct the "
+            "email in the HR record.",
+            email=email,
+            mailbox=mailbox,
+            what=what,
+        )
+    local = email.partition("@")[0]
+    if "+" in settings.postfix.recipient_delimiter and local.find("+") > 0 and settings.is_internal(email):
+        mailbox = f"{local[: local.find('+')]}@{email.partition('@')[2]}"
+        return t(
+            "{email} is {mailbox} with a tag (postfix.recipient_delimiter): mail to it is delivered to "
+            "{mailbox}'s mailbox, so it is not a mailbox of its own. Give the person's own address in the "
+            "HR record.",
+            email=email,
+            mailbox=mailbox,
         )
     return None
+
+
+async def mailbox_refusal(
+    session: AsyncSession, settings: Settings, email: str, *, directory: bool = False
+) -> str | None:
+    """`not_a_mailbox` for one address, its group addresses looked up. A messenger's `directory` (Slack,
+    DingTalk, WeCom) lists accounts their owners verified: there only a group's own address is refused."""
+    candidates = {email, untagged(settings, email)}
+    groups = set(
+        (await session.execute(select(Group.address).where(Group.address.in_(candidates)))).scalars()
+    )
+    if directory:
+        return not_a_mailbox(settings, email, groups) if email in groups else None
+    return not_a_mailbox(settings, email, groups)
 
 
 async def person_address(session: AsyncSession, settings: Settings, address: str) -> str | None:
     """Why `address` can't be a group's when it is a person's on record — their own address, or theirs with
     a `postfix.recipient_delimiter` tag (staff+x@ reaches staff@'s mailbox) — whatever their status."""
-    local, _, domain = address.partition("@")
-    candidates = {address}
-    delimiters = settings.postfix.recipient_delimiter
-    cut = min((local.find(d) for d in delimiters if local.find(d) > 0), default=-1)
-    if cut > 0:
-        candidates.add(f"{local[:cut]}@{domain}")
+    candidates = {address, untagged(settings, address)}
     row = (
         await session.execute(
             select(Person.email, Person.name, Person.status).where(Person.email.in_(candidates)).limit(1)
@@ -129,27 +241,28 @@ class Plan:
     def removes(self) -> list[Change]:
         return [c for c in self.changes if c.op == "remove"]
 
-    def summary(self) -> str:
+    def summary(self, limit: int = 0, *, counts: bool = True) -> str:
         """The plan in words, bounded whatever its size: the counts, per group when it is big, the first
-        `SHOWN` changes named and "… and N more" (a held plan's whole list: `postroom groups plan <id>`)."""
-        lines = [t("{adds} to add, {removes} to remove.", adds=len(self.adds), removes=len(self.removes))]
+        `SHOWN` changes named and "… and N more" (a held plan's whole list: `postroom groups plan <id>`).
+        Within `limit` characters (SUMMARY_CHARS by default) it names fewer changes, groups or refusals,
+        and each "… and N more" counts those it leaves out, in its own unit. `counts=False` leaves out
+        the opening counts (a card that shows them in a field of their own)."""
+        head = (
+            [t("{adds} to add, {removes} to remove.", adds=len(self.adds), removes=len(self.removes))]
+            if counts
+            else []
+        )
+        sections: list[tuple[list[str], int, Callable[[int], str]]] = []
         if len(self.changes) > SHOWN:
             per: dict[str, list[int]] = {}
             for c in self.changes:
                 per.setdefault(c.group_address, [0, 0])[c.op == "remove"] += 1
-            for address in sorted(per)[:SHOWN]:
-                adds, removes = per[address]
-                lines.append(
-                    "  "
-                    + t(
-                        "{group}: {adds} to add, {removes} to remove",
-                        group=address,
-                        adds=adds,
-                        removes=removes,
-                    )
-                )
-            if len(per) > SHOWN:
-                lines.append("  " + t("… and {count} more groups", count=len(per) - SHOWN))
+            groups = [
+                t("{group}: {adds} to add, {removes} to remove", group=address, adds=adds, removes=removes)
+                for address, (adds, removes) in sorted(per.items())[:SHOWN]
+            ]
+            sections.append((groups, len(per), lambda n: t("… and {count} more groups", count=n)))
+        named = []
         for c in self.changes[:SHOWN]:
             if c.op == "add":
                 line = t(
@@ -159,32 +272,42 @@ class Plan:
                 line = t(
                     "− {email} from {group} ({reason})", email=c.email, group=c.group_address, reason=c.reason
                 )
-            lines.append("  " + line)
-        if len(self.changes) > SHOWN:
-            lines.append("  " + t("… and {count} more", count=len(self.changes) - SHOWN))
-        for c, why in self.refused[:REFUSED_SHOWN]:
-            lines.append("  " + t("refused: {email} — {why}", email=c.email, why=why))
-        if len(self.refused) > REFUSED_SHOWN:
-            lines.append("  " + t("… and {count} more refused", count=len(self.refused) - REFUSED_SHOWN))
-        return bounded_lines(lines)
+            named.append(line)
+        sections.append((named, len(self.changes), lambda n: t("… and {count} more", count=n)))
+        refusals = [
+            t("refused: {email} — {why}", email=c.email, why=why) for c, why in self.refused[:REFUSED_SHOWN]
+        ]
+        sections.append((refusals, len(self.refused), lambda n: t("… and {count} more refused", count=n)))
+        return "\n".join(
+            head + bounded_sections(sections, (limit or SUMMARY_CHARS) - sum(len(h) + 1 for h in head))
+        )
 
 
 SHOWN = 20  # changes (and groups) a plan's summary names; the rest are counted
 REFUSED_SHOWN = 10  # refusals are long sentences
 SUMMARY_CHARS = 3000  # a summary's bound: it goes into chat answers and cards (Slack ~40k, WeCom 2,048 bytes)
+TAIL_CHARS = 60  # room kept for each section's "… and N more …"
 
 
-def bounded_lines(lines: list[str], limit: int = SUMMARY_CHARS) -> str:
-    """Lines joined, cut at a line once `limit` characters are reached (long addresses or reasons)."""
+def bounded_sections(sections: list[tuple[list[str], int, Callable[[int], str]]], limit: int) -> list[str]:
+    """Indented lines of each section — (lines naming one item each, how many items there are, the tail
+    saying how many went unnamed) — within `limit` characters: a section stops at the line that would not
+    fit (room is kept for every tail still to come), and its tail counts the items it did not name."""
     out: list[str] = []
     size = 0
-    for i, line in enumerate(lines):
-        if size + len(line) + 1 > limit and i:
-            out.append("  " + t("… and {count} more lines", count=len(lines) - i))
-            break
-        out.append(line[:limit])
-        size += len(line) + 1
-    return "\n".join(out)
+    for k, (lines, total, tail) in enumerate(sections):
+        room = limit - TAIL_CHARS * (len(sections) - k)
+        shown = 0
+        for line in lines:
+            if size + len(line) + 3 > room:
+                break
+            out.append("  " + line)
+            size += len(line) + 3
+            shown += 1
+        if total > shown:
+            out.append("  " + tail(total - shown))
+            size += TAIL_CHARS
+    return out
 
 
 def listed(items: list[str], limit: int = SHOWN) -> str:

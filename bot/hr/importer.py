@@ -23,13 +23,20 @@ from sqlalchemy import select
 from bot import values
 from bot.addresses import normalise, routing_refusal
 from bot.csvfiles import read_utf8, refuse_unclosed_quote
-from bot.db.models import Group, Person
+from bot.db.models import Group, Person, PersonId
 from bot.errors import UserError
 from bot.events import Message, PersonEvent, PersonKind
 from bot.groups import planner
 from bot.groups import service as groups
 from bot.groups.planner import PersonRow
-from bot.hr.lifecycle import Lifecycle, Outcome, event_to_dict, not_applied, not_applied_why
+from bot.hr.lifecycle import (
+    Lifecycle,
+    Outcome,
+    another_persons_address,
+    event_to_dict,
+    not_applied,
+    not_applied_why,
+)
 from bot.i18n import t
 
 SOURCE = "csv"
@@ -72,17 +79,7 @@ class ImportResult:
     def summary(self) -> str:
         if self.applied:
             return self._applied_summary()
-        head = (
-            t(
-                "{joined} joining, {changed} changing, {left} leaving, {unchanged} unchanged.",
-                joined=self.joined,
-                changed=self.changed,
-                left=self.left,
-                unchanged=self.unchanged,
-            )
-            + " "
-            + self.plan.summary()
-        )
+        head = self.counts() + " " + self.plan.summary()
         if self.groups:
             head = t("Groups: {changes}.", changes=t("; ").join(self.groups)) + "\n" + head
         if self.not_applied:
@@ -106,6 +103,15 @@ class ImportResult:
             )
             return t("Dry run — nothing changed.") + " " + head + extra
         return head
+
+    def counts(self) -> str:
+        return t(
+            "{joined} joining, {changed} changing, {left} leaving, {unchanged} unchanged.",
+            joined=self.joined,
+            changed=self.changed,
+            left=self.left,
+            unchanged=self.unchanged,
+        )
 
     def _applied_summary(self) -> str:
         """What was applied, from the outcomes: never the plan's intent when an event changed nothing."""
@@ -251,6 +257,19 @@ def read_snapshot(text: str, domains_check: Callable[[str], bool] | None = None)
     return rows
 
 
+def _as_on_record(person: Person, employee_id: str) -> PersonRow:
+    """A person the file names as the record stands: their row changes nothing in this import."""
+    return PersonRow(
+        person.id,
+        person.employee_id or employee_id,
+        person.email,
+        person.name,
+        person.attributes or {},
+        person.status,
+        person.left_at,
+    )
+
+
 async def import_staff(
     hr: Lifecycle,
     path: Path,
@@ -283,6 +302,14 @@ async def import_staff(
             p.employee_id: p for p in (await session.execute(select(Person))).scalars() if p.employee_id
         }
         by_email = {p.email: p for p in people.values()}
+        hr_ids: dict[int, set[str]] = {}
+        for person_id, external_id in (
+            await session.execute(
+                select(PersonId.person_id, PersonId.external_id).where(PersonId.namespace == "hr")
+            )
+        ).all():
+            hr_ids.setdefault(person_id, set()).add(external_id)
+        group_addresses = set((await session.execute(select(Group.address))).scalars())
         snapshot: list[PersonRow] = []
         in_file: set[str] = set()
         notes: dict[str, str] = {}  # why a person's rule membership goes, when they are in the file
@@ -290,9 +317,42 @@ async def import_staff(
         latest = now + timedelta(seconds=ctx.settings.hr.max_future_skew_s)
         for r in rows:
             rehire = ""
-            person = people.get(r["employee_id"]) or by_email.get(r["email"])
+            person = people.get(r["employee_id"])
+            owner = by_email.get(r["email"])
+            refused = None
+            if person is None and owner is not None:  # an id nobody has, with someone's address
+                refused = another_persons_address(
+                    owner, hr_ids.get(owner.id, set()), r["employee_id"], r["email"]
+                )
+                person = owner  # matched by address (a directory-made person gets their HR id), or kept
+            elif person is not None and owner is not None and owner is not person:
+                refused = t(
+                    "{email} belongs to {theirs}, another person on record: an address is one person's; correct "
+                    "the email.",
+                    email=r["email"],
+                    theirs=owner.employee_id or owner.email,
+                )
             if person is not None:
                 in_file.add(person.employee_id or "")
+            if refused is None and (person is None or person.email != r["email"]):
+                refused = groups.not_a_mailbox(ctx.settings, r["email"], group_addresses)
+            if refused is not None:
+                # The row changes nothing (the lifecycle would refuse its event): said with its line, and
+                # whoever it names stays as on record.
+                row_kind: PersonKind = (
+                    "joined"
+                    if person is None or person.status == "left" or person.employee_id != r["employee_id"]
+                    else "changed"
+                )
+                result.not_applied.append(
+                    not_applied(
+                        PersonEvent(row_kind, SOURCE, r["employee_id"], r["email"], r["attributes"], "", now),
+                        t("line {line}: {problem}", line=r["line"], problem=refused.rstrip(".")),
+                    )
+                )
+                if person is not None:
+                    snapshot.append(_as_on_record(person, r["employee_id"]))
+                continue
             if (
                 person is not None
                 and person.last_event_at is not None
@@ -320,17 +380,7 @@ async def import_staff(
                     )
                 else:
                     result.unchanged += 1
-                snapshot.append(
-                    PersonRow(
-                        person.id,
-                        person.employee_id or r["employee_id"],
-                        person.email,
-                        person.name,
-                        person.attributes or {},
-                        person.status,
-                        person.left_at,
-                    )
-                )
+                snapshot.append(_as_on_record(person, r["employee_id"]))
                 continue
             if person is None or person.status == "left":
                 kind: PersonKind | None = "joined"
@@ -446,6 +496,8 @@ async def import_staff(
                 summary=result.summary(),
                 changes=plan.changes,
                 events=[{**event_to_dict(e), "snapshot": True} for e in events],
+                head=result.counts(),
+                not_applied=result.not_applied,
             )
         result.held = pending.id
         await hr.memberships.announce(pending.id)

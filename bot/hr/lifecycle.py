@@ -77,15 +77,39 @@ class Outcome:
     future_leave: bool = False  # a leave dated later than now: they stay until its date (and grace)
 
 
-async def _refuse_another_persons_address(
-    session: AsyncSession, person: Person, event: PersonEvent, email: str
-) -> None:
-    """A UserError for an event from HR (webhook or CSV) under an id nobody has, giving the address of
-    someone on record under another HR id. HR ids are immutable and a rehire keeps the employee id
+def another_persons_address(person: Person, hr_ids: set[str], external_id: str, email: str) -> str | None:
+    """Why an HR event (webhook or CSV) under `external_id` can't take `email`, the address of `person`
+    on record under other HR ids (`hr_ids`: theirs in PersonId's "hr" namespace); None when it may (they
+    have no HR id, or this is one of theirs). HR ids are immutable and a rehire keeps the employee id
     (docs/hr-webhook.md): taken by its address, such an event would take that person over — a `joined`
     renames and regroups them, a `left` removes them from every group — or re-activate a leaver as a
     rehire. Directory sources (Slack, DingTalk, WeCom) have ids of their own and are matched by address
     as before."""
+    ids = set(hr_ids)
+    if person.employee_id and person.source in HR_SOURCES:  # a directory-made person's is its directory id
+        ids.add(person.employee_id)
+    if not ids or external_id in ids:
+        return None  # a person on record without an HR id (or under this one): matched by address
+    theirs = person.employee_id if person.employee_id in ids else sorted(ids)[0]
+    if person.status == "left":
+        return t(
+            "{email} belongs to {theirs}, who left; a rehire keeps the employee id: send the joined event "
+            "for {theirs}, or correct the email.",
+            email=email,
+            theirs=theirs,
+        )
+    return t(
+        "{email} belongs to {theirs}; an HR id is one person's and does not change: send the event for "
+        "{theirs}, or correct the email.",
+        email=email,
+        theirs=theirs,
+    )
+
+
+async def _refuse_another_persons_address(
+    session: AsyncSession, person: Person, event: PersonEvent, email: str
+) -> None:
+    """`another_persons_address` for an HR event, as a UserError; their HR ids looked up."""
     if id_namespace(event.source) != "hr":
         return
     ids = set(
@@ -97,28 +121,9 @@ async def _refuse_another_persons_address(
             )
         ).scalars()
     )
-    if person.employee_id and person.source in HR_SOURCES:  # a directory-made person's is its directory id
-        ids.add(person.employee_id)
-    if not ids or event.external_id in ids:
-        return  # a person on record without an HR id (or under this one): matched by address
-    theirs = person.employee_id if person.employee_id in ids else sorted(ids)[0]
-    if person.status == "left":
-        raise UserError(
-            t(
-                "{email} belongs to {theirs}, who left; a rehire keeps the employee id: send the joined event "
-                "for {theirs}, or correct the email.",
-                email=email,
-                theirs=theirs,
-            )
-        )
-    raise UserError(
-        t(
-            "{email} belongs to {theirs}; an HR id is one person's and does not change: send the event for "
-            "{theirs}, or correct the email.",
-            email=email,
-            theirs=theirs,
-        )
-    )
+    sentence = another_persons_address(person, ids, event.external_id, email)
+    if sentence is not None:
+        raise UserError(sentence)
 
 
 class _NotApplied(Exception):
@@ -449,18 +454,11 @@ class Lifecycle:
                 if person is not None:
                     await _refuse_another_persons_address(session, person, event, email)
             if event.kind != "left" and (person is None or person.email != email):
-                group_there = (
-                    await session.execute(select(Group.address).where(Group.address == email))
-                ).scalar_one_or_none()
-                if group_there is not None:  # the relay and Postfix would deliver their mail to the group
-                    raise UserError(
-                        t(
-                            "{email} is the address of the group {group}: a person and a group can't share an "
-                            "address. Correct the email in the HR record.",
-                            email=email,
-                            group=group_there,
-                        )
-                    )
+                refused = await service.mailbox_refusal(
+                    session, settings, email, directory=event.source in admission.DIRECTORY_SOURCES
+                )
+                if refused is not None:
+                    raise UserError(refused)
             # Only a strictly older event is stale: one with the same time (sources with whole seconds) and
             # another id is a further change, applied in arrival order; the same id was caught as a duplicate.
             # The person's clock counts at most up to now, so an event dated in the future (inside the

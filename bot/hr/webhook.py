@@ -29,7 +29,7 @@ from bot.errors import UserError
 from bot.events import PersonEvent
 from bot.hr.admission import time_problem
 from bot.hr.lifecycle import Lifecycle
-from bot.webhooks import Refused, parse_json, parse_timestamp, signatures_match
+from bot.webhooks import Refused, parse_json, parse_timestamp, signatures_match, utf8_text
 from bot.webhooks import read_capped as _read_capped
 
 log = logging.getLogger(__name__)
@@ -81,9 +81,9 @@ def _text(value: Any, what: str, limit: int, required: bool = True) -> str | Non
         raise Refused(422, exc.sentence) from None
 
 
-def parse_event(body: bytes) -> PersonEvent:
+def parse_event(body: bytes, content_type: str | None = None) -> PersonEvent:
     data = parse_json(
-        body,
+        utf8_text(body, content_type),
         "The body is not valid JSON.",
         "The body is not valid JSON: {name} is not a number in JSON.",
         "The key “{name}” appears twice in one JSON object; send each field once.",
@@ -146,7 +146,7 @@ def webhook_routes(settings: HrSettings, hr: Lifecycle) -> list[Route]:
                 raise Refused(403, "The HR webhook is not configured (hr.webhook_secret is unset).")
             body = await _read_capped(request, settings.webhook_max_bytes)
             verify(settings.webhook_secret, request.headers, body, settings.webhook_tolerance_s, time.time())
-            event = parse_event(body)
+            event = parse_event(body, request.headers.get("content-type"))
             routed = routing_refusal(event.email, hr.ctx.settings) if event.email else None
             if (
                 routed is not None

@@ -5,6 +5,9 @@ same MIME structure here costs a small fraction of that (benchmarks/send_through
 Parts are UTF-8 quoted-printable. Header values are RFC 2047-encoded only when not ASCII, in encoded words
 of at most 75 characters on lines of at most 76; ASCII values are folded at spaces to 78 characters, so a
 `List-Unsubscribe` is folded between its URIs, never inside one; `Date` is UTC written `+0000`.
+The message comes back as `WireBytes`: CRLF throughout by construction (a bare CR in a part is a line
+break, as SMTP would have made it; no header carries a control character), so neither the DKIM signer nor
+the transport scans it for bare line ends again.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import re
 import secrets
 import time
 from email.utils import formatdate, quote
+
+from bot.mail.wire import WireBytes
 
 # What no header may carry: inputs refuse these (bot/values.py), but a value stored before they did may.
 _CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
@@ -78,7 +83,7 @@ def fold(name: str, value: str) -> str:
 def header(name: str, value: str) -> str:
     """One header field, ready for the wire: ASCII folded at spaces; otherwise RFC 2047 encoded words
     within their limits, one per line."""
-    value = _one_line(value)
+    name, value = _one_line(name), _one_line(value)
     if value.isascii():
         return fold(name, value)
     words = encoded_words(value, MAX_WORD_LINE - len(name) - 2)
@@ -88,6 +93,7 @@ def header(name: str, value: str) -> str:
 def address(name: str | None, email: str, field: str = "From", *, quoted: bool = False) -> str:
     """`Field: Name <email>`, the name quoted or encoded as needed (encoded words within their limits);
     `quoted`: an ASCII name is quoted even without specials (List-Id's phrase, as list servers write it)."""
+    email = _one_line(email)
     if not name:
         return f"{field}: {email}"
     name = _one_line(name)
@@ -106,7 +112,8 @@ def address(name: str | None, email: str, field: str = "From", *, quoted: bool =
 
 
 def _qp(text: str) -> bytes:
-    data = text.replace("\r\n", "\n").encode("utf-8")
+    """`text` quoted-printable with CRLF line ends: CRLF, LF and a bare CR are each one line break."""
+    data = text.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
     encoded = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
     return encoded.replace(b"\n", b"\r\n")
 
@@ -126,14 +133,14 @@ def build_message(
     html: str | None,
     message_id: str,
     headers: list[tuple[str, str]] = (),  # type: ignore[assignment]
-) -> bytes:
-    """A complete RFC 5322 message with CRLF line ends, ready for SMTP DATA."""
+) -> WireBytes:
+    """A complete RFC 5322 message with CRLF line ends (`WireBytes`), ready for SMTP DATA."""
     lines = [
         address(from_name, from_address, "From"),
         address(to_name, to_address, "To"),
         header("Subject", subject),
         f"Date: {date_header()}",
-        f"Message-ID: {message_id}",
+        f"Message-ID: {_one_line(message_id)}",
         "MIME-Version: 1.0",
     ]
     for name, value in headers:
@@ -141,7 +148,7 @@ def build_message(
     if html is None:
         lines.append('Content-Type: text/plain; charset="utf-8"')
         lines.append("Content-Transfer-Encoding: quoted-printable")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode() + _qp(text) + b"\r\n"
+        return WireBytes(("\r\n".join(lines) + "\r\n\r\n").encode() + _qp(text) + b"\r\n")
     boundary = "=_pr_" + secrets.token_hex(12)
     lines.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
     head = ("\r\n".join(lines) + "\r\n\r\n").encode()
@@ -149,15 +156,17 @@ def build_message(
     part_head = (
         b'Content-Type: text/%s; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n'
     )
-    return b"".join(
-        [
-            head,
-            b"--" + b + b"\r\n",
-            part_head % b"plain",
-            _qp(text),
-            b"\r\n--" + b + b"\r\n",
-            part_head % b"html",
-            _qp(html),
-            b"\r\n--" + b + b"--\r\n",
-        ]
+    return WireBytes(
+        b"".join(
+            [
+                head,
+                b"--" + b + b"\r\n",
+                part_head % b"plain",
+                _qp(text),
+                b"\r\n--" + b + b"\r\n",
+                part_head % b"html",
+                _qp(html),
+                b"\r\n--" + b + b"--\r\n",
+            ]
+        )
     )
