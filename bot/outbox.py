@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any, Literal
 
 from sqlalchemy import Table, and_, bindparam, or_, select
@@ -205,9 +206,7 @@ class Claims:
         mine = and_(table.c.id == bindparam("b_id"), table.c.claimed_by == worker_id)
         if sent and not self.sent_extra:  # one statement: nothing differs between the rows but their id
             await conn.execute(
-                table.update()
-                .where(table.c.id.in_([r["b_id"] for r in sent]), table.c.claimed_by == worker_id)
-                .values(status="sent", sent_at=now, last_error=None)
+                self._sent_by_id, {"ids": [r["b_id"] for r in sent], "wid": worker_id, "at": now}
             )
         elif sent:
             extra: dict[str, Any] = {column: bindparam(key) for column, key in self.sent_extra}
@@ -250,6 +249,17 @@ class Claims:
             await conn.execute(waiting, quiet)
         if told:
             await conn.execute(waiting.values(last_error=bindparam("err")), told)
+
+    @cached_property
+    def _sent_by_id(self) -> Any:
+        """The rows `ids` held by worker `wid` sent at `at`: built once (with its values, a statement built
+        per write cost a fifth of the write)."""
+        c = self.table.c
+        return (
+            self.table.update()
+            .where(c.id.in_(bindparam("ids", expanding=True)), c.claimed_by == bindparam("wid"))
+            .values(status="sent", sent_at=bindparam("at"), last_error=None)
+        )
 
     async def remaining(self, sessions: async_sessionmaker, scope_id: int) -> bool:
         """Whether any row of the scope is still `pending` or `sending`."""
