@@ -671,13 +671,15 @@ def quoted(value: str) -> str:
     return quote(value)
 
 
+# Every table's row count in one statement (a scalar subquery each): a snapshot is taken after each of the
+# ~2,000 cases, and a query per table was two thirds of this file's CPU.
+COUNTED = [t for t in Base.metadata.sorted_tables if t.name != "processed_events"]
+COUNTS = select(*(select(func.count()).select_from(t).scalar_subquery().label(t.name) for t in COUNTED))
+
+
 async def snapshot(bot) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     async with bot.core.ctx.sessions() as s:
-        counts = {
-            t.name: (await s.execute(select(func.count()).select_from(t))).scalar_one()
-            for t in Base.metadata.sorted_tables
-            if t.name != "processed_events"
-        }
+        counts = dict(zip([t.name for t in COUNTED], (await s.execute(COUNTS)).one(), strict=True))
         campaigns = (
             await s.execute(
                 select(

@@ -74,6 +74,8 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def write_config(folder: Path, smtp_port: int, web_port: int, database_url: str | None = None) -> Path:
+    """A postroom.toml for these tests. SpamAssassin is off, as in tests/conftest.py's settings: a submit or a
+    preview would run it (~0.8 s of CPU each), and tests/test_spam_score.py tests it, with the default."""
     templates = folder / "templates"
     if not templates.exists():
         shutil.copytree(DEMO_TEMPLATES, templates)
@@ -108,6 +110,7 @@ secret = "{secrets.token_urlsafe(32)}"
 templates_dir = "{templates}"
 from_address = "news@corp.example"
 unsubscribe_mailbox = "unsubscribe@corp.example"
+spam_check = "off"
 """)
     return config
 
