@@ -1,6 +1,15 @@
-"""HR lifecycle at company scale: leaver latency and a full reconcile.
+"""HR lifecycle at company scale: leaver latency and a full reconcile; or a CSV import.
 
     python benchmarks/lifecycle.py [--database-url URL] [--people 10000] [--groups 1000] [--per-person 50]
+    python benchmarks/lifecycle.py --import-rows 3000 [--database-url URL]
+
+With --import-rows: `postroom hr import` of a generated file of that many staff (6 rule groups by
+department and location), then of the same staff all moved to another department, each timed; the
+baseline, in the same run on a fresh database, applies every event one at a time as the importer did
+before it applied runs (Lifecycle.apply_snapshot with SNAPSHOT_RUN 0). The two must leave the same
+memberships.
+
+Otherwise:
 
 Sets up `people` people and `groups` rule groups (50 attributes x 20 values, so each person
 matches exactly `per-person` groups: 500,000 memberships at the defaults), then measures:
@@ -19,13 +28,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -40,6 +52,8 @@ from bot.db.models import Group, Membership, Person  # noqa: E402
 from bot.events import PersonEvent  # noqa: E402
 from bot.groups import planner  # noqa: E402
 from bot.groups.rules import parse_rules  # noqa: E402
+from bot.hr import lifecycle as hr_lifecycle  # noqa: E402
+from bot.hr.importer import import_staff  # noqa: E402
 
 VALUES = 20
 
@@ -217,6 +231,118 @@ async def run(url: str, people: int, groups: int, per_person: int, leavers: int)
     }
 
 
+IMPORT_RULES = """\
+groups:
+  - address: all-staff
+    members: everyone
+  - address: eng
+    members: {department: Engineering}
+  - address: sales
+    members: {department: Sales}
+  - address: finance
+    members: {department: Finance}
+  - address: berlin
+    members: {location: Berlin}
+  - address: paris
+    members: {location: Paris}
+"""
+
+
+def staff_csv(rows: int, shift: int) -> str:
+    depts, places = ("Engineering", "Sales", "Finance"), ("Berlin", "Paris", "London")
+    lines = ["employee_id,email,name,department,location"]
+    lines += [
+        f"E{i:06d},p{i}@corp.example,Person {i},{depts[(i + shift) % 3]},{places[i % 3]}" for i in range(rows)
+    ]
+    return "\n".join(lines) + "\n"
+
+
+async def run_import(url: str, rows: int, folder: Path) -> dict[str, Any]:
+    """The joiners' import and the movers' import of `rows` staff, timed; and the memberships they left."""
+    (folder / "groups.yaml").write_text(IMPORT_RULES)
+    settings = load_settings(
+        read_file=False,
+        database={"url": url},
+        org={"name": "Bench", "domains": ["corp.example"]},
+        groups={
+            "rules_file": str(folder / "groups.yaml"),
+            "max_remove_count": 1_000_000,
+            "max_remove_share": 1,
+        },
+    )
+    app = await build_app(settings)
+    try:
+        times = []
+        for name, shift in (("joiners.csv", 0), ("movers.csv", 1)):
+            path = folder / name
+            path.write_text(staff_csv(rows, shift))
+            t = time.perf_counter()
+            result = await import_staff(app.lifecycle, path)
+            times.append(time.perf_counter() - t)
+            assert not result.not_applied and result.held is None, result.summary()[:500]
+        async with app.core.ctx.sessions() as s:
+            members = sorted(
+                (a, e)
+                for a, e in (await s.execute(select(Group.address, Membership.email).join(Membership))).all()
+            )
+        dialect = app.core.ctx.dialect
+    finally:
+        await app.close()
+    return {"joiners_s": times[0], "movers_s": times[1], "members": members, "database": dialect}
+
+
+async def import_bench(args: argparse.Namespace) -> dict[str, Any]:
+    rows = args.import_rows
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", file=sys.stderr)
+    runs = await one_database(args, lambda url, folder: run_import(url, rows, folder))
+    hr_lifecycle.SNAPSHOT_RUN, kept = 0, hr_lifecycle.SNAPSHOT_RUN  # the baseline: one event at a time
+    try:
+        alone = await one_database(args, lambda url, folder: run_import(url, rows, folder))
+    finally:
+        hr_lifecycle.SNAPSHOT_RUN = kept
+    assert runs["members"] == alone["members"], "runs and one event at a time left different memberships"
+    for what in ("joiners", "movers"):
+        r, a = float(runs[f"{what}_s"]), float(alone[f"{what}_s"])
+        print(
+            f"import of {rows} {what}: {r:.2f} s in runs of {kept} ({rows / r:,.0f} rows/s); baseline one event "
+            f"at a time {a:.2f} s ({rows / a:,.0f} rows/s): {a / r:.1f}x ({runs['database']})",
+            file=sys.stderr,
+        )
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", file=sys.stderr)
+    return {
+        "import_rows": rows,
+        "joiners_s": round(float(runs["joiners_s"]), 2),
+        "movers_s": round(float(runs["movers_s"]), 2),
+        "baseline_joiners_s": round(float(alone["joiners_s"]), 2),
+        "baseline_movers_s": round(float(alone["movers_s"]), 2),
+        "memberships": len(runs["members"]),
+        "database": runs["database"],
+    }
+
+
+async def one_database(
+    args: argparse.Namespace, job: Callable[[str, Path], Awaitable[dict[str, Any]]]
+) -> dict[str, Any]:
+    """`job(url, folder)` on a new database: a temporary SQLite file, or a throwaway PostgreSQL database
+    next to the one in --database-url."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.database_url:
+            return await job(f"sqlite+aiosqlite:///{tmp}/bench.db", Path(tmp))
+        url = normalise_database_url(args.database_url)
+        if not url.startswith("postgresql"):
+            return await job(url, Path(tmp))
+        name = f"postroom_bench_{uuid.uuid4().hex[:8]}"
+        admin = create_async_engine(url, isolation_level="AUTOCOMMIT")
+        async with admin.connect() as conn:
+            await conn.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            return await job(url.rsplit("/", 1)[0] + "/" + name, Path(tmp))
+        finally:
+            async with admin.connect() as conn:
+                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            await admin.dispose()
+
+
 async def with_database(args: argparse.Namespace) -> dict[str, object]:
     if not args.database_url:
         with tempfile.TemporaryDirectory() as tmp:
@@ -247,7 +373,16 @@ def main() -> None:
     p.add_argument("--groups", type=count, default=1_000, help=f"must be {VALUES} × --per-person")
     p.add_argument("--per-person", type=count, default=50)
     p.add_argument("--leavers", type=count, default=200)
+    p.add_argument(
+        "--import-rows",
+        type=count,
+        default=None,
+        help="measure `postroom hr import` of this many staff instead",
+    )
     args = p.parse_args()
+    if args.import_rows is not None:
+        print(json.dumps(asyncio.run(import_bench(args))))
+        return
     if args.groups != VALUES * args.per_person:
         p.error(
             f"--groups must be {VALUES} × --per-person (each attribute has {VALUES} values, one group each): "

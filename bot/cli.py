@@ -698,14 +698,16 @@ def hr_import(ctx: click.Context, file: str, dry_run: bool) -> None:
 
         app = await build_app(settings)
         bar = None
+        shown = 0
         try:
 
-            def progress(done: int, total: int) -> None:
-                nonlocal bar
+            def progress(done: int, total: int) -> None:  # events are applied in runs: `done` so far
+                nonlocal bar, shown
                 if bar is None:
                     bar = click.progressbar(length=total, label="Applying HR events", file=sys.stderr)
                     bar.__enter__()
-                bar.update(1)
+                bar.update(done - shown)
+                shown = done
 
             result = await import_staff(
                 app.lifecycle, Path(file), dry_run=dry_run, actor="cli", progress=progress

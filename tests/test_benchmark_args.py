@@ -26,6 +26,11 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
             ["--people", "10", "--leavers", "20"],
             "--leavers (20) can't be more than --people (10).",
         ),
+        (
+            "lifecycle.py",
+            ["--import-rows", "0"],
+            "argument --import-rows: 0 is too small; give a count of 1 or more.",
+        ),
         ("crash_resume.py", ["--kills", "0"], "argument --kills: 0 is too small; give a count of 1 or more."),
         ("slack_ack.py", ["lots"], "argument requests: “lots” is not a whole number; give a count like 200."),
         ("template_render.py", ["-5"], "argument renders: -5 is too small; give a count of 1 or more."),

@@ -545,8 +545,9 @@ class Automations:
             if await self.scan_one(name):
                 await self.send_due(name)
 
-    async def on_joined(self, joiner: Joiner) -> None:
-        """The lifecycle's hook: an employee joined; each running joined automation mails them once."""
+    async def on_joined(self, joiners: list[Joiner]) -> None:
+        """The lifecycle's hook: employees joined (one, or a snapshot's run); each running joined
+        automation mails each of them once, in their order, while its daily cap has room."""
         async with self.ctx.sessions() as session:
             names = (
                 (
@@ -560,29 +561,37 @@ class Automations:
                 .all()
             )
         for name in names:
+            made = 0
             async with self.ctx.sessions() as session, session.begin():
                 shown = await self._get(session, name)
-                room = await self._room(session, shown.automation, 1)
-                if room < 1:
-                    continue
-                made = await insert_ignore(
-                    session,
-                    Delivery,
-                    [
-                        {
-                            "campaign_id": shown.campaign.id,
-                            "email": joiner.email,
-                            "name": joiner.name,
-                            "attributes": joiner.attributes,
-                            "status": "pending",
-                            "attempts": 0,
-                            "trigger_key": f"joined:{joiner.person_id}",
-                            "next_attempt_at": self.ctx.now() + timedelta(seconds=shown.automation.delay_s),
-                        }
-                    ],
-                    ["campaign_id", "email", "trigger_key"],
-                )
-                await self._count(session, shown.automation, made)
+                waiting = list(joiners)
+                while waiting:
+                    # As one joiner at a time would: a delivery made already takes no room from the next.
+                    room = await self._room(session, shown.automation, len(waiting))
+                    if room < 1:
+                        break
+                    batch, waiting = waiting[:room], waiting[room:]
+                    new = await insert_ignore(
+                        session,
+                        Delivery,
+                        [
+                            {
+                                "campaign_id": shown.campaign.id,
+                                "email": joiner.email,
+                                "name": joiner.name,
+                                "attributes": joiner.attributes,
+                                "status": "pending",
+                                "attempts": 0,
+                                "trigger_key": f"joined:{joiner.person_id}",
+                                "next_attempt_at": self.ctx.now()
+                                + timedelta(seconds=shown.automation.delay_s),
+                            }
+                            for joiner in batch
+                        ],
+                        ["campaign_id", "email", "trigger_key"],
+                    )
+                    await self._count(session, shown.automation, new)
+                    made += new
             if made:
                 await self.send_due(name)
 

@@ -161,43 +161,85 @@ def _add_reason(rule: GroupRule) -> str:
 # -- plans --------------------------------------------------------------------------------------
 async def plan_person(session: AsyncSession, rules: RuleSet, person: Person) -> Plan:
     """Joiner or mover: the rule groups recomputed; manual and imported memberships kept."""
-    plan = Plan()
+    return (await plan_people(session, rules, [person]))[0]
+
+
+async def plan_people(session: AsyncSession, rules: RuleSet, people: list[Person]) -> list[Plan]:
+    """`plan_person` for each of `people` (on record: they have ids), with their memberships, rule groups
+    and rule exceptions read once for all of them (a CSV snapshot applies hundreds together)."""
     ids = await _group_ids(session, rules)
-    values = person_values(person.email, person.employee_id, person.name, person.attributes)
-    desired = {r.address: r for r in rules.groups_for(values) if r.address in ids}
-    rows = (
-        await session.execute(
-            select(Membership.group_id, Group.address, Membership.email, Membership.source)
-            .join(Group, Group.id == Membership.group_id)
-            .where(
-                (Membership.person_id == person.id) | (Membership.email == person.email),
-                Membership.state != "removing",  # on its way out of a platform already
-            )
-        )
-    ).all()
-    present = {r.address for r in rows}
-    for r in rows:
-        if rules.error:  # the rules are unknown, so nothing says a rule membership is wrong
-            break
-        if r.source.startswith("rule:") and r.address not in desired:
-            plan.changes.append(
-                Change(
-                    "remove",
-                    r.group_id,
-                    r.address,
-                    r.email,
-                    r.source,
-                    t("{email} no longer matches rule {rule}", email=person.email, rule=r.source[5:]),
-                    person.id,
+    pids = [p.id for p in people]
+    emails = [p.email for p in people]
+    rows: list[Any] = []
+    for i in range(0, len(people), 500):
+        rows += (
+            await session.execute(
+                select(
+                    Membership.group_id,
+                    Group.address,
+                    Membership.email,
+                    Membership.source,
+                    Membership.person_id,
+                )
+                .join(Group, Group.id == Membership.group_id)
+                .where(
+                    Membership.person_id.in_(pids[i : i + 500]) | Membership.email.in_(emails[i : i + 500]),
+                    Membership.state != "removing",  # on its way out of a platform already
                 )
             )
-    kept_out = await rule_exceptions(session, person.id)
-    for address, rule in desired.items():
-        if address not in present and (ids[address], person.id) not in kept_out:
-            plan.changes.append(
-                Change("add", ids[address], address, person.email, rule.source, _add_reason(rule), person.id)
-            )
-    return plan
+        ).all()
+    by_person: dict[int, list[Any]] = defaultdict(list)
+    by_email: dict[str, list[Any]] = defaultdict(list)
+    for r in rows:
+        if r.person_id is not None:
+            by_person[r.person_id].append(r)
+        by_email[r.email].append(r)
+    kept_out: set[tuple[int, int]] = set()
+    for i in range(0, len(pids), 500):
+        kept_out |= {
+            (g, p)
+            for g, p in (
+                await session.execute(
+                    select(RuleException.group_id, RuleException.person_id).where(
+                        RuleException.person_id.in_(pids[i : i + 500])
+                    )
+                )
+            ).all()
+        }
+    plans = []
+    for person in people:
+        plan = Plan()
+        values = person_values(person.email, person.employee_id, person.name, person.attributes)
+        desired = {r.address: r for r in rules.groups_for(values) if r.address in ids}
+        # Their memberships: by person id or by address, each once (a row can be both).
+        mine = list(
+            {(r.group_id, r.email): r for r in [*by_person[person.id], *by_email[person.email]]}.values()
+        )
+        present = {r.address for r in mine}
+        for r in mine:
+            if rules.error:  # the rules are unknown, so nothing says a rule membership is wrong
+                break
+            if r.source.startswith("rule:") and r.address not in desired:
+                plan.changes.append(
+                    Change(
+                        "remove",
+                        r.group_id,
+                        r.address,
+                        r.email,
+                        r.source,
+                        t("{email} no longer matches rule {rule}", email=person.email, rule=r.source[5:]),
+                        person.id,
+                    )
+                )
+        for address, rule in desired.items():
+            if address not in present and (ids[address], person.id) not in kept_out:
+                plan.changes.append(
+                    Change(
+                        "add", ids[address], address, person.email, rule.source, _add_reason(rule), person.id
+                    )
+                )
+        plans.append(plan)
+    return plans
 
 
 async def plan_leaver(session: AsyncSession, person: Person, why: str) -> Plan:

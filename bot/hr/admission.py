@@ -80,12 +80,14 @@ async def admit(ctx: Context, event: PersonEvent) -> PersonEvent:
     if event.source in DIRECTORY_SOURCES:
         event = _cleaned(event, now, skew)
     else:
-        _check(event, now, skew)
+        check(event, now, skew)
     await _repair_future_dates(ctx, event, now, now + timedelta(seconds=skew))
     return event
 
 
-def _check(event: PersonEvent, now: datetime, skew: int) -> None:
+def check(event: PersonEvent, now: datetime, skew: int) -> None:
+    """UserError when an HR source's event is dated outside the window or carries a value bot/values.py
+    refuses."""
     sentence = time_problem(event.at, now, skew, t("The event's time"))
     if sentence is not None:
         raise UserError(sentence)

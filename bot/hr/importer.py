@@ -502,15 +502,11 @@ async def import_staff(
         result.held = pending.id
         await hr.memberships.announce(pending.id)
         return result
-    for i, event in enumerate(events, start=1):
-        try:
-            outcome = await hr.apply(event, kind="reviewed", notify=False, snapshot=True)
-        except UserError as exc:  # refused for this person (nothing changed for them); the rest go on
-            result.refuse(event, exc.sentence.rstrip("."))
+    for event, outcome in zip(events, await hr.apply_snapshot(events, progress=progress), strict=True):
+        if isinstance(outcome, UserError):  # refused for this person (nothing changed for them)
+            result.refuse(event, outcome.sentence.rstrip("."))
         else:
             result.record(event, outcome)
-        if progress is not None:
-            progress(i, len(events))
     result.applied = True
     if events:
         await hr.messengers.post(

@@ -12,13 +12,14 @@ Every membership change is a plan executed through the one membership path
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, cast, select
+from sqlalchemy import String, cast, insert, select
 from sqlalchemy.exc import DataError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -32,7 +33,7 @@ from bot.events import Joiner, Message, PersonEvent
 from bot.groups import planner, service
 from bot.groups.guard import Kind
 from bot.groups.membership import Memberships, Refused
-from bot.groups.rules import RuleBook
+from bot.groups.rules import RuleBook, person_values
 from bot.hr import admission
 from bot.hr.admission import HR_SOURCES, id_namespace
 from bot.i18n import t
@@ -51,6 +52,7 @@ DIRECTORY_PREFIXES = ("slack_", "dingtalk_", "wecom_")
 FINISH_LEAVER = "hr.finish-leaver"
 RETRY_EVENT = "hr.retry-event"
 RETRY_UNKNOWN_LEAVER = "hr.retry-unknown-leaver"
+SNAPSHOT_RUN = 500  # a snapshot's plain events applied in one transaction (Lifecycle.apply_snapshot)
 
 
 class UnknownPerson(UserError):
@@ -126,6 +128,10 @@ async def _refuse_another_persons_address(
         raise UserError(sentence)
 
 
+class _RunFailed(Exception):
+    """A run of a snapshot's plain events could not be applied together: each is applied on its own."""
+
+
 class _NotApplied(Exception):
     """Raised inside the event's transaction so nothing of it is kept (not even its id as seen)."""
 
@@ -176,10 +182,11 @@ class Lifecycle:
         self.messengers = messengers
         self.scheduler = scheduler
         self._locks: dict[str, asyncio.Lock] = {}
-        self._joiner_hooks: list[Callable[[Joiner], Awaitable[None]]] = []
+        self._joiner_hooks: list[Callable[[list[Joiner]], Awaitable[None]]] = []
 
-    def listen_for_joiners(self, hook: Callable[[Joiner], Awaitable[None]]) -> None:
-        """Call `hook` after each applied joiner is committed (an onboarding automation)."""
+    def listen_for_joiners(self, hook: Callable[[list[Joiner]], Awaitable[None]]) -> None:
+        """Call `hook` with applied joiners once they are committed (an onboarding automation): one at a
+        time, or a snapshot's run of them together."""
         self._joiner_hooks.append(hook)
 
     def jobs(self) -> dict[str, Any]:
@@ -248,27 +255,335 @@ class Lifecycle:
             await self._after_commit(event, outcome, notify)
         return outcome
 
+    async def apply_snapshot(
+        self,
+        events: list[PersonEvent],
+        *,
+        approved: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[Outcome | UserError]:
+        """A CSV snapshot's events (reviewed as a whole already), in their order, each with what
+        `apply(event, kind="reviewed", notify=False, snapshot=True)` gives or the UserError it raises.
+
+        Applied one at a time, 3,000 rows took minutes: each event is its own transaction of some thirty
+        statements. So runs of *plain* events — a joiner with an id and an address nobody has, a mover
+        who is active, keeps their address and has nothing older or future-dated in the way — go
+        together, up to SNAPSHOT_RUN in one transaction, with their reads and writes done for all of
+        them; every other event (a leaver, a rehire, an address change, a duplicate, one to be refused)
+        is applied on its own through `apply`, in its place in the order. A run that fails (a database
+        error, someone else's change to the same people) is applied again one event at a time."""
+        results: list[Outcome | UserError] = []
+        while len(results) < len(events):
+            run = self._plain_candidates(events, len(results))
+            outcomes: list[Outcome] = []
+            if run:
+                try:
+                    outcomes = await self._apply_run(run, approved)
+                except _RunFailed:
+                    for event, _email in run:
+                        results.append(await self._apply_one(event, approved))
+                        if progress is not None:
+                            progress(len(results), len(events))
+                    continue
+            results += outcomes
+            if len(outcomes) < len(run) or not run:  # the next event is not plain: on its own
+                results.append(await self._apply_one(events[len(results)], approved))
+            if progress is not None:
+                progress(len(results), len(events))
+        return results
+
+    async def _apply_one(self, event: PersonEvent, approved: bool) -> Outcome | UserError:
+        try:
+            return await self.apply(event, kind="reviewed", notify=False, snapshot=True, approved=approved)
+        except UserError as exc:  # refused for this person (nothing changed for them); the rest go on
+            return exc
+
+    def _plain_candidates(self, events: list[PersonEvent], start: int) -> list[tuple[PersonEvent, str]]:
+        """The events from `start` that may be plain, by what they say alone, with their addresses: HR's
+        joined or changed with an address, admissible, one source, each person and address once."""
+        now, skew = self.ctx.now(), self.ctx.settings.hr.max_future_skew_s
+        run: list[tuple[PersonEvent, str]] = []
+        ids: set[str] = set()
+        emails: set[str] = set()
+        for event in events[start : start + SNAPSHOT_RUN]:
+            if event.kind not in ("joined", "changed") or event.source not in HR_SOURCES or not event.email:
+                break
+            if run and event.source != run[0][0].source:
+                break
+            try:
+                admission.check(event, now, skew)
+                email = normalise(event.email, existing=True)
+            except UserError:
+                break
+            if event.external_id in ids or email in emails or event.at.tzinfo is None:
+                break
+            ids.add(event.external_id)
+            emails.add(email)
+            run.append((event, email))
+        return run
+
+    async def _apply_run(self, run: list[tuple[PersonEvent, str]], approved: bool) -> list[Outcome]:
+        """The plain events at the head of `run`, applied in one transaction; [] when the first is not."""
+        async with contextlib.AsyncExitStack() as locks:
+            for key in sorted({f"{id_namespace(e.source)}:{e.external_id}" for e, _m in run}):
+                await locks.enter_async_context(self._lock_for(key))
+            try:
+                async with self.ctx.sessions() as session, session.begin():
+                    plain = await self._plain_head(session, run)
+                    if not plain:
+                        return []
+                    outcomes = await self._apply_plain(session, plain, approved)
+            except DBAPIError as exc:  # IntegrityError included: someone else's change to these people
+                log.warning(
+                    "%d HR events applied together failed (%s): applying them one at a time", len(run), exc
+                )
+                raise _RunFailed from None
+        for (event, _person, _email), outcome in zip(plain, outcomes, strict=True):
+            await self._after_commit(event, outcome, notify=False, joiners=False)
+        await self._joined(
+            [(event, outcome) for (event, _p, _m), outcome in zip(plain, outcomes, strict=True)]
+        )
+        return outcomes
+
+    async def _plain_head(
+        self, session: AsyncSession, run: list[tuple[PersonEvent, str]]
+    ) -> list[tuple[PersonEvent, Person | None, str]]:
+        """The plain events at the head of `run` (event, their record or None for a joiner, address),
+        judged as `_apply_once` judges each, from reads made once for the run."""
+        ctx, settings = self.ctx, self.ctx.settings
+        now = ctx.now()
+        latest = now + timedelta(seconds=settings.hr.max_future_skew_s)
+        rules = self.rules.current()
+        pg = ctx.dialect == "postgresql"
+        source = run[0][0].source
+        exts = [e.external_id for e, _m in run]
+        emails = [email for _e, email in run]
+        seen = set(
+            (
+                await session.execute(
+                    select(ProcessedEvent.event_id).where(
+                        ProcessedEvent.source == f"person:{source}",
+                        ProcessedEvent.event_id.in_([e.event_id[:300] for e, _m in run]),
+                    )
+                )
+            ).scalars()
+        )
+        query = (
+            select(PersonId.external_id, Person)
+            .join(Person, Person.id == PersonId.person_id)
+            .where(PersonId.namespace == id_namespace(source), PersonId.external_id.in_(exts))
+        )
+        by_id: dict[str, Person] = {
+            ext: p
+            for ext, p in (await session.execute(query.with_for_update(of=Person) if pg else query)).all()
+        }
+        query2 = select(Person).where(Person.employee_id.in_([x for x in exts if x not in by_id]))
+        by_employee = {
+            p.employee_id: p
+            for p in (await session.execute(query2.with_for_update() if pg else query2)).scalars()
+        }
+        query3 = select(Person).where(Person.email.in_(emails))
+        by_email = {
+            p.email: p for p in (await session.execute(query3.with_for_update() if pg else query3)).scalars()
+        }
+        wanted = set(emails) | {service.untagged(settings, e) for e in emails}
+        groups = set(
+            (await session.execute(select(Group.address).where(Group.address.in_(wanted)))).scalars()
+        )
+        kinds = dict(
+            (
+                await session.execute(
+                    select(Group.address, Group.kind).where(
+                        Group.address.in_([g.address for g in rules.groups])
+                    )
+                )
+            ).all()
+        )
+        plain: list[tuple[PersonEvent, Person | None, str]] = []
+        for event, email in run:
+            person = by_id.get(event.external_id) or by_employee.get(event.external_id)
+            if event.event_id[:300] in seen:
+                break  # a duplicate: `apply` says so
+            if event.kind == "joined":
+                if person is not None or email in by_email or service.not_a_mailbox(settings, email, groups):
+                    break
+                if not settings.is_internal(email):
+                    values = person_values(email, event.external_id, event.name, event.attributes)
+                    if any(kinds.get(r.address) == "internal" for r in rules.groups_for(values)):
+                        break  # refused whole: `apply` says why
+                plain.append((event, None, email))
+                continue
+            if person is None or person.status != "active" or person.email != email:
+                break
+            if (person.last_event_at is not None and person.last_event_at > latest) or (
+                person.left_at is not None and person.left_at > latest
+            ):
+                break  # a date from before the window: admission repairs it first
+            if person.last_event_at is not None and event.at < min(person.last_event_at, now):
+                break  # stale
+            plain.append((event, person, email))
+        return plain
+
+    async def _apply_plain(
+        self, session: AsyncSession, plain: list[tuple[PersonEvent, Person | None, str]], approved: bool
+    ) -> list[Outcome]:
+        """What `_apply_once` does for each plain event, for all of them at once."""
+        ctx = self.ctx
+        source = plain[0][0].source
+        actor, via = f"hr:{source}", source
+        fresh = await insert_ignore(
+            session,
+            ProcessedEvent,
+            [{"source": f"person:{source}", "event_id": e.event_id[:300]} for e, _p, _m in plain],
+            ["source", "event_id"],
+        )
+        if fresh != len(plain):
+            raise _RunFailed  # one of them was handled meanwhile: each is judged again on its own
+        # The joiners in one INSERT … RETURNING (the ORM's unit of work sends one a row), written as their
+        # event leaves them (the fields set below for everyone change nothing more for a joiner).
+        new = [
+            {
+                "employee_id": event.external_id,
+                "email": email,
+                "name": event.name,
+                "attributes": dict(event.attributes),
+                "source": event.source,
+                "status": "active",
+                "last_event_at": event.at,
+            }
+            for event, person, email in plain
+            if person is None
+        ]
+        made = {
+            p.email: p for p in (await session.scalars(insert(Person).returning(Person), new) if new else [])
+        }
+        people = [person or made[email] for _e, person, email in plain]
+        befores: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        await insert_ignore(
+            session,
+            PersonId,
+            [
+                {
+                    "namespace": id_namespace(source),
+                    "external_id": e.external_id[:200],
+                    "person_id": p.id,
+                    "created_at": ctx.now(),
+                }
+                for (e, _p, _m), p in zip(plain, people, strict=True)
+            ],
+            ["namespace", "external_id"],
+        )
+        await service.link_people(session, [(p.id, p.email) for p in people])
+        for (event, _p, _m), person in zip(plain, people, strict=True):
+            attributes_before = dict(person.attributes or {})
+            befores.append(
+                (
+                    attributes_before,
+                    {"status": person.status, "email": person.email, "attributes": attributes_before},
+                )
+            )
+            person.last_event_at = event.at
+            person.employee_id = person.employee_id or event.external_id
+            person.status, person.left_at = "active", None
+            if event.name:
+                person.name = event.name
+            # A snapshot is HR's whole record of HR's attributes; a messenger directory's (namespaced) stay.
+            person.attributes = {
+                **{k: v for k, v in (person.attributes or {}).items() if k.startswith(DIRECTORY_PREFIXES)},
+                **dict(event.attributes),
+            }
+        await session.flush()
+        plans = await planner.plan_people(session, self.rules.current(), people)
+        out = await self.memberships.execute(
+            service.Plan([c for plan in plans for c in plan.changes]),
+            kind="reviewed",
+            source=source,
+            actor=actor,
+            via=via,
+            session=session,
+            approved=approved,
+        )
+        joiners = {p.email for (_e, known, _m), p in zip(plain, people, strict=True) if known is None}
+        if any(c.email in joiners for c, _why in out.plan.refused):
+            raise _RunFailed  # a joiner is refused whole: `apply` says why
+        added: dict[str, list[str]] = {}
+        removed: dict[str, set[str]] = {}
+        for c in out.plan.changes:
+            if c.op == "add":
+                added.setdefault(c.email, []).append(c.group_address)
+            else:
+                removed.setdefault(c.email, set()).add(c.group_address)
+        manual = await _manual_groups_of(session, [p.email for p in people])
+        await audit.record_all(
+            session,
+            [
+                {
+                    "actor": actor,
+                    "via": via,
+                    "action": f"person.{event.kind}",
+                    "subject": f"person:{person.employee_id or email}",
+                    "before": before,
+                    "after": {
+                        "status": person.status,
+                        "email": person.email,
+                        "attributes": person.attributes,
+                    },
+                    "detail": f"event {event.event_id}",
+                }
+                for (event, _p, email), person, (_a, before) in zip(plain, people, befores, strict=True)
+            ],
+        )
+        outcomes = []
+        for (event, _p, email), person, (attributes_before, _b) in zip(plain, people, befores, strict=True):
+            outcome = Outcome(
+                "applied",
+                email,
+                added=sorted(added.get(email, [])),
+                removed=sorted(removed.get(email, set())),
+                kept=manual.get(person.email, []),
+                held=out.held,
+                person_id=person.id,
+                kind=event.kind,
+                who=f"{person.name} ({person.email})" if person.name else person.email,
+                moved=[
+                    f"{k} {attributes_before.get(k, '—')} → {v}"
+                    for k, v in sorted(event.attributes.items())
+                    if attributes_before.get(k) != v
+                ],
+            )
+            outcome.note = hr_note(outcome)
+            outcomes.append(outcome)
+        return outcomes
+
     async def replay(self, events: list[dict[str, Any]]) -> tuple[int, list[str]]:
         """Apply HR events an approver released (a held CSV snapshot); returns how many applied, and a
         sentence for each that did not (stale, a duplicate, refused for its person): the others still
-        apply."""
+        apply. A snapshot's events go as `postroom hr import` applies them (`apply_snapshot`)."""
         applied = 0
         skipped: list[str] = []
-        for raw in events:
-            event = event_from_dict(raw)
-            try:
-                out = await self.apply(
-                    event_from_dict(raw),
-                    kind="reviewed",
-                    notify=False,
-                    snapshot=bool(raw.get("snapshot")),
-                    approved=True,
-                )
-            except UserError as exc:
-                log.warning("released HR event %s not applied: %s", raw.get("event_id"), exc.sentence)
-                skipped.append(not_applied(event, exc.sentence.rstrip(".")))
-                continue
-            if out.status == "applied":
+        parsed = [event_from_dict(raw) for raw in events]
+        if all(raw.get("snapshot") for raw in events):
+            results = await self.apply_snapshot(parsed, approved=True)
+        else:
+            results = []
+            for raw, event in zip(events, parsed, strict=True):
+                try:
+                    results.append(
+                        await self.apply(
+                            event,
+                            kind="reviewed",
+                            notify=False,
+                            snapshot=bool(raw.get("snapshot")),
+                            approved=True,
+                        )
+                    )
+                except UserError as exc:
+                    results.append(exc)
+        for event, out in zip(parsed, results, strict=True):
+            if isinstance(out, UserError):
+                log.warning("released HR event %s not applied: %s", event.event_id, out.sentence)
+                skipped.append(not_applied(event, out.sentence.rstrip(".")))
+            elif out.status == "applied":
                 applied += 1
             else:
                 skipped.append(not_applied(event, not_applied_why(out)))
@@ -660,7 +975,9 @@ class Lifecycle:
         person.email = email
         return removed
 
-    async def _after_commit(self, event: PersonEvent, o: Outcome, notify: bool = True) -> None:
+    async def _after_commit(
+        self, event: PersonEvent, o: Outcome, notify: bool = True, *, joiners: bool = True
+    ) -> None:
         if o.removal_due is not None:
             try:
                 assert o.person_id is not None
@@ -678,13 +995,22 @@ class Lifecycle:
         await self.memberships.announce(o.held)
         if notify:
             await self.messengers.post("hr", lambda: Message(hr_note(o)))
-        if event.kind == "joined" and o.person_id is not None and o.person:
-            joiner = Joiner(o.person_id, o.person, event.name, dict(event.attributes), event.event_id)
-            for hook in self._joiner_hooks:
-                try:
-                    await hook(joiner)
-                except Exception:  # the membership change stands; the hook's owner logs its own trouble
-                    log.exception("joiner hook failed for %s", o.person)
+        if joiners:
+            await self._joined([(event, o)])
+
+    async def _joined(self, applied: list[tuple[PersonEvent, Outcome]]) -> None:
+        joiners = [
+            Joiner(o.person_id, o.person, event.name, dict(event.attributes), event.event_id)
+            for event, o in applied
+            if event.kind == "joined" and o.person_id is not None and o.person
+        ]
+        if not joiners:
+            return
+        for hook in self._joiner_hooks:
+            try:
+                await hook(joiners)
+            except Exception:  # the membership change stands; the hook's owner logs its own trouble
+                log.exception("joiner hook failed for %s", ", ".join(j.email for j in joiners[:5]))
 
     # -- the grace period ----------------------------------------------------------------------
     async def finish_leaver(self, person_id: int, left_at: str) -> list[str]:
@@ -757,15 +1083,22 @@ async def _last_was_rehire(session: AsyncSession, person: Person) -> bool:
 
 
 async def _manual_groups(session: Any, person: Person) -> list[str]:
-    return sorted(
-        (
+    return (await _manual_groups_of(session, [person.email])).get(person.email, [])
+
+
+async def _manual_groups_of(session: Any, emails: list[str]) -> dict[str, list[str]]:
+    """Each address's groups it is in by hand (or imported), not by a rule."""
+    found: dict[str, list[str]] = {}
+    for i in range(0, len(emails), 500):
+        for email, address in (
             await session.execute(
-                select(Group.address)
-                .join(Membership, Membership.group_id == Group.id)
-                .where(Membership.email == person.email, ~Membership.source.like("rule:%"))
+                select(Membership.email, Group.address)
+                .join(Group, Group.id == Membership.group_id)
+                .where(Membership.email.in_(emails[i : i + 500]), ~Membership.source.like("rule:%"))
             )
-        ).scalars()
-    )
+        ).all():
+            found.setdefault(email, []).append(address)
+    return {email: sorted(groups) for email, groups in found.items()}
 
 
 async def owned_groups(session: Any, email: str) -> list[str]:
