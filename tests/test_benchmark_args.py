@@ -40,7 +40,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
             "argument --policy-requests: 0 is too small; give a count of 1 or more.",
         ),
         (
-            "send_throughput.py",
+            "pipelining.py",
             ["--pairs", "0"],
             "argument --pairs: 0 is too small; give a count of 1 or more.",
         ),

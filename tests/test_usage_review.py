@@ -99,7 +99,7 @@ async def post(bot, address: str, raw: bytes, days_ago: int) -> int:  # type: ig
             now=NOW - timedelta(days=days_ago),
             size=len(raw),
         )
-        await posts.snapshot_members(s, stored, set())
+        await posts.snapshot_members(s, stored)
         return stored.id
 
 
